@@ -1,0 +1,39 @@
+# Two entry points for a newcomer: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	@rm -rf demo-reports
+	@$(BIN)/evs-snapshot create samples/volumes.csv --emulator --report demo-reports/demo.jsonl; \
+	  code=$$?; \
+	  echo; echo "exit code: $$code (1 = the run finished and some rows did not succeed, as the sample intends)"; \
+	  echo "report: demo-reports/demo.jsonl"; echo; head -n 3 demo-reports/demo.jsonl; \
+	  test $$code -le 1
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check orchestrator tests benchmarks
+	$(BIN)/ruff check orchestrator tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) demo-reports reports .mypy_cache .ruff_cache

@@ -1,0 +1,168 @@
+"""EVS API calls over an injected aiohttp session; the only place aiohttp errors are caught.
+
+Every call returns an ``Answer`` for any HTTP status; a request that got no HTTP answer raises
+``TransportError`` (``RequestTimeout`` when it ran out of time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import platform
+import ssl
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from orchestrator import __version__, signing
+from orchestrator.auth import Authenticator, OutgoingRequest
+from orchestrator.errors import RequestTimeout, TransportError
+from orchestrator.models import SnapshotRequest
+
+USER_AGENT = f"evs-snapshot/{__version__} python/{platform.python_version()}"
+JSON_CONTENT_TYPE = "application/json;charset=utf-8"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Answer:
+    """An HTTP answer: status, parsed JSON body (or ``None``), and the headers we use."""
+
+    status: int
+    body: Any
+    request_id: str | None
+    retry_after: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 400
+
+    def error(self) -> tuple[str, str | None]:
+        """``(error_code, error_message)`` from whichever body shape came back, as the SDK reads it."""
+        found = _find_error(self.body)
+        if found is None:
+            return str(self.status), None
+        code, message = found
+        return str(code), (None if message is None else str(message))
+
+
+def _find_error(body: object) -> tuple[object, object] | None:
+    if not isinstance(body, dict):
+        return None
+    for code_key, message_key in (
+        ("error_code", "error_msg"),
+        ("errorCode", "errorMsg"),
+        ("code", "message"),
+    ):
+        if code_key in body and body[code_key] is not None:
+            return body[code_key], body.get(message_key)
+    for value in body.values():
+        found = _find_error(value)
+        if found is not None:
+            return found
+    return None
+
+
+def ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """Verified TLS with the system CAs, plus ``--ca-bundle`` when given."""
+    context = ssl.create_default_context()
+    if ca_bundle is not None:
+        context.load_verify_locations(cafile=str(ca_bundle))
+    return context
+
+
+def new_session(*, connections: int, ca_bundle: Path | None = None) -> aiohttp.ClientSession:
+    """One session for a run: a connection pool at least as large as the worker count."""
+    connector = aiohttp.TCPConnector(
+        limit=connections, limit_per_host=connections, ssl=ssl_context(ca_bundle), ttl_dns_cache=300
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        trust_env=True,
+        skip_auto_headers=("Content-Type",),
+        raise_for_status=False,
+    )
+
+
+class EvsClient:
+    """Calls of the EVS v2 snapshot API for one endpoint, authorized by an injected authenticator."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, base_url: URL, auth: Authenticator, *, timeout: float
+    ) -> None:
+        self.session = session
+        self.base_url = base_url
+        self.auth = auth
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def create_snapshot(self, request: SnapshotRequest) -> Answer:
+        body = orjson.dumps(request.body())
+        return await self.call(
+            "POST", f"/v2/{request.project_id}/cloudsnapshots", request.project_id, body=body
+        )
+
+    async def list_snapshots(self, project_id: str, query: Sequence[tuple[str, str]]) -> Answer:
+        return await self.call("GET", f"/v2/{project_id}/cloudsnapshots/detail", project_id, query=query)
+
+    async def show_volume(self, project_id: str, volume_id: str) -> Answer:
+        return await self.call("GET", f"/v2/{project_id}/cloudvolumes/{volume_id}", project_id)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        project_id: str | None,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> Answer:
+        """Send one request and return its answer; raise ``TransportError`` when none came."""
+        query_string = signing.canonical_query(query)
+        url = URL(f"{self.base_url}{path}" + (f"?{query_string}" if query_string else ""), encoded=True)
+        outgoing = OutgoingRequest(
+            method=method,
+            url=url,
+            headers={"Content-Type": JSON_CONTENT_TYPE, "User-Agent": USER_AGENT},
+            body=body,
+            project_id=project_id,
+        )
+        await self.auth.authorize(outgoing)
+        try:
+            async with self.session.request(
+                method, url, data=body or None, headers=outgoing.headers, timeout=self.timeout
+            ) as response:
+                raw = await response.read()
+                return Answer(
+                    status=response.status,
+                    body=_parse(raw),
+                    request_id=response.headers.get("X-Request-Id"),
+                    retry_after=response.headers.get("Retry-After"),
+                )
+        except TimeoutError as exc:
+            raise RequestTimeout(f"no answer within {self.timeout.total:g}s") from exc
+        except aiohttp.ClientSSLError as exc:
+            raise TransportError(f"TLS failed: {exc}", code="TLS_ERROR") from exc
+        except aiohttp.ClientError as exc:
+            raise TransportError(_describe(exc)) from exc
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            raise TransportError(f"connection failed: {exc.__class__.__name__}") from exc
+
+
+def _parse(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {"message": raw[:200].decode("utf-8", errors="replace")}
+
+
+def _describe(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection before answering"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port}: {exc.strerror or exc.__class__.__name__}"
+    return f"{exc.__class__.__name__}: {exc}"

@@ -1,0 +1,124 @@
+"""Frozen settings of a run (endpoints, limits, row defaults) and the functions that build them."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import secrets
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+
+from yarl import URL
+
+from orchestrator.errors import UsageError
+
+REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z]+)+-\d{1,3}$")
+PROJECT_RE = re.compile(r"^[0-9a-f]{32}$")
+DEFAULT_NAME_TEMPLATE = "pre-maint-{date}-{volume_id}"
+DEFAULT_CONCURRENCY = 32
+DEFAULT_TIMEOUT = 30.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RunIdentity:
+    """What names a run: its id and start time (kept across --resume so names stay the same)."""
+
+    run_id: str
+    started: datetime
+
+    @classmethod
+    def new(cls, started: datetime) -> RunIdentity:
+        return cls(run_id=secrets.token_hex(6), started=started)
+
+    @property
+    def date(self) -> str:
+        return self.started.strftime("%Y%m%d")
+
+    @property
+    def datetime(self) -> str:
+        return self.started.strftime("%Y%m%dT%H%M%SZ")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RowDefaults:
+    """Values a manifest row falls back to when it does not give its own."""
+
+    name_template: str = DEFAULT_NAME_TEMPLATE
+    description: str | None = None
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    force: bool = False
+    project_id: str | None = None
+    region: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoints:
+    """Where requests go: a fixed EVS URL, or one derived from each row's region."""
+
+    evs: URL | None = None
+    iam: URL | None = None
+    ca_bundle: Path | None = None
+
+    def evs_for(self, region: str | None) -> URL:
+        if self.evs is not None:
+            return self.evs
+        if region is None:
+            raise ValueError("a row without a region needs --endpoint")
+        return URL(f"https://evs.{region}.myhuaweicloud.com")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """How hard a run may push: requests in flight and the time one request may take."""
+
+    concurrency: int = DEFAULT_CONCURRENCY
+    timeout: float = DEFAULT_TIMEOUT
+
+
+def parse_endpoint(value: str, *, option: str) -> URL:
+    """An endpoint URL: https, or plain http to a loopback address only."""
+    url = URL(value.rstrip("/"))
+    if url.scheme not in ("http", "https") or not url.host:
+        raise UsageError(f"{option} {value!r} is not an http(s) URL")
+    if url.scheme == "http" and not is_loopback(url.host):
+        raise UsageError(
+            f"{option} {value!r} uses plain http to a non-loopback host; use https "
+            "(plain http is allowed only to 127.0.0.0/8, ::1 or localhost)"
+        )
+    if url.path not in ("", "/") or url.query_string:
+        raise UsageError(f"{option} {value!r} must be scheme://host[:port] with no path")
+    return url.with_path("")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_metadata_options(items: tuple[str, ...]) -> dict[str, str]:
+    """``--metadata KEY=VALUE`` options into a mapping (later ones win)."""
+    metadata = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--metadata {item!r} must look like KEY=VALUE")
+        metadata[key] = value
+    return metadata
+
+
+def check_project_id(value: str | None, *, option: str) -> str | None:
+    if value is not None and not PROJECT_RE.match(value):
+        raise UsageError(f"{option} {value!r} must be 32 lower-case hex characters")
+    return value
+
+
+def check_region(value: str | None, *, option: str) -> str | None:
+    if value is not None and not REGION_RE.match(value):
+        raise UsageError(f"{option} {value!r} is not a region id like cn-north-4")
+    return value

@@ -1,0 +1,175 @@
+"""``evs-snapshot create``: read the manifest twice (check, then send), run, report, summarize.
+
+The first pass reads the whole manifest without sending anything, so that a file that cannot be read
+as a whole stops the run with exit 2 before the first request; it also counts rows and finds the
+keys that may be duplicated. The second pass validates each row and streams it to the runner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TextIO
+
+import anyio
+from aiohttp import ClientSession
+from yarl import URL
+
+from orchestrator import auth as credentials
+from orchestrator.client import EvsClient, new_session
+from orchestrator.config import Endpoints, Limits, RowDefaults, RunIdentity
+from orchestrator.manifest import ManifestSource, RawRow, read_rows, spooled
+from orchestrator.models import SnapshotRequest, utc_now
+from orchestrator.progress import Progress
+from orchestrator.report import ReportWriter, Tally
+from orchestrator.rows import RowValidator, check_template, duplicate_candidates, volume_key
+from orchestrator.runner import Runner, RunPlan
+
+EMULATOR_STATUS_COLUMN = "emulator_status"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CreateSettings:
+    """Everything ``create`` was told, resolved from options and the environment."""
+
+    source: ManifestSource
+    report: str
+    defaults: RowDefaults
+    limits: Limits
+    endpoints: Endpoints
+    auth_kind: credentials.AuthKind | None = None
+    token_file: Path | None = None
+    dry_run: bool = False
+    progress: bool = False
+    summary_json: Path | None = None
+    emulator: bool = False
+    environ: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+async def create(settings: CreateSettings, *, stderr: TextIO) -> int:
+    """Run the whole job and return the exit code; raises ``EvsSnapshotError`` for run-level errors."""
+    identity = RunIdentity.new(utc_now())
+    check_template(settings.defaults.name_template)
+
+    def warn(message: str) -> None:
+        print(f"evs-snapshot: warning: {message}", file=stderr, flush=True)
+
+    also_known = frozenset({EMULATOR_STATUS_COLUMN}) if settings.emulator else frozenset()
+    display = "<stdin>" if settings.source.path == "-" else settings.source.path
+    with spooled(settings.source) as source:
+
+        def rows(*, warn_columns: bool = False) -> Iterator[RawRow]:
+            return read_rows(
+                source, display=display, warn=warn if warn_columns else None, also_known=also_known
+            )
+
+        total, candidates = duplicate_candidates(rows(warn_columns=True), settings.defaults)
+        async with contextlib.AsyncExitStack() as stack:
+            if settings.emulator:
+                settings = await stack.enter_async_context(_with_emulator(settings, rows()))
+            auth = (
+                None
+                if settings.dry_run
+                else credentials.discover(
+                    environ=settings.environ,
+                    forced=settings.auth_kind,
+                    token_file=settings.token_file,
+                )
+            )
+            writer = stack.enter_context(ReportWriter(settings.report))
+            validator = RowValidator(
+                defaults=settings.defaults,
+                identity=identity,
+                candidates=candidates,
+                region_required=settings.endpoints.evs is None,
+            )
+            tally = Tally()
+            client_for = None
+            if auth is not None:
+                session = await stack.enter_async_context(
+                    new_session(
+                        connections=settings.limits.concurrency,
+                        ca_bundle=settings.endpoints.ca_bundle,
+                    )
+                )
+                client_for = _client_factory(session, auth, settings)
+            runner = Runner(
+                RunPlan(
+                    run_id=identity.run_id,
+                    concurrency=settings.limits.concurrency,
+                    dry_run=settings.dry_run,
+                ),
+                client_for=client_for,
+                writer=writer,
+                tally=tally,
+            )
+            async with anyio.create_task_group() as group:
+                if settings.progress:
+                    group.start_soon(Progress(tally, total, stderr).run)
+                await runner.run(validator.validate_all(rows()))
+                group.cancel_scope.cancel()
+    summary = tally.summary()
+    where = "standard output" if settings.report == "-" else settings.report
+    print(f"{summary.render()}\nreport: {where}", file=stderr, flush=True)
+    if settings.summary_json is not None:
+        _write_atomically(settings.summary_json, summary.to_json())
+    return summary.exit_code
+
+
+def _client_factory(
+    session: ClientSession, auth: credentials.Authenticator, settings: CreateSettings
+) -> Callable[[SnapshotRequest], EvsClient]:
+    clients: dict[URL, EvsClient] = {}
+
+    def client_for(request: SnapshotRequest) -> EvsClient:
+        base = settings.endpoints.evs_for(request.region)
+        client = clients.get(base)
+        if client is None:
+            client = clients[base] = EvsClient(session, base, auth, timeout=settings.limits.timeout)
+        return client
+
+    return client_for
+
+
+@contextlib.asynccontextmanager
+async def _with_emulator(settings: CreateSettings, rows: Iterator[RawRow]) -> AsyncIterator[CreateSettings]:
+    """Start an in-process emulator seeded with the manifest's volumes; point the run at it.
+
+    A manifest column ``emulator_status`` (``available``, ``in-use``, ``error``, ... or ``missing``)
+    sets each disk's state, so a demo or rehearsal can show every outcome.
+    """
+    from orchestrator.emulator import EmulatorSettings, SeedVolume, serving  # noqa: PLC0415
+    from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_PROJECT_ID, DEFAULT_SK  # noqa: PLC0415
+
+    project = settings.defaults.project_id or DEFAULT_PROJECT_ID
+    region = settings.defaults.region or "cn-north-4"
+    seeds: dict[str, SeedVolume] = {}
+    for raw in rows:
+        key = volume_key(raw.fields, settings.defaults) if raw.fields is not None else None
+        status = str((raw.fields or {}).get(EMULATOR_STATUS_COLUMN) or "available").strip()
+        if key is not None and status != "missing":
+            volume_id = key.decode().split("/")[0]
+            seeds[volume_id] = SeedVolume(volume_id=volume_id, status=status)
+    emulator_settings = EmulatorSettings(
+        volumes=tuple(seeds.values()), project_id=project, region=region, creating_seconds=2.0
+    )
+    async with serving(emulator_settings) as running:
+        yield dataclasses.replace(
+            settings,
+            defaults=dataclasses.replace(settings.defaults, project_id=project, region=region),
+            endpoints=dataclasses.replace(settings.endpoints, evs=URL(running.url), iam=URL(running.url)),
+            auth_kind="aksk",
+            token_file=None,
+            environ={"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK},
+        )
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)

@@ -1,0 +1,176 @@
+"""Frozen records that flow through a run (request, report record, summary) and their JSON forms.
+
+No I/O here: readers and writers live in ``manifest.py`` and ``report.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+
+class Outcome(enum.StrEnum):
+    """What became of one manifest row; the last record of a row holds its current outcome."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    INVALID = "invalid"
+    FAILED = "failed"
+    PLANNED = "planned"
+    AVAILABLE = "available"
+    SNAPSHOT_ERROR = "snapshot_error"
+    WAIT_TIMEOUT = "wait_timeout"
+
+
+SUCCESSFUL = frozenset({Outcome.ACCEPTED, Outcome.AVAILABLE})
+
+
+def utc_iso(moment: datetime) -> str:
+    """Render a UTC instant as ISO 8601 with milliseconds and a ``Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotRequest:
+    """One validated manifest row: exactly what will be sent for it."""
+
+    row: int
+    line: int
+    volume_id: str
+    project_id: str
+    region: str | None
+    name: str
+    description: str | None
+    force: bool
+    metadata: Mapping[str, str]
+
+    def body(self) -> dict[str, Any]:
+        """The create-snapshot request body, in the field order the official SDK sends."""
+        snapshot: dict[str, Any] = {"volume_id": self.volume_id, "force": self.force}
+        if self.metadata:
+            snapshot["metadata"] = dict(self.metadata)
+        if self.description is not None:
+            snapshot["description"] = self.description
+        snapshot["name"] = self.name
+        return {"snapshot": snapshot}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Record:
+    """One line of the JSON-lines report."""
+
+    run_id: str
+    row: int
+    volume_id: str | None
+    project_id: str | None
+    region: str | None
+    name: str | None
+    outcome: Outcome
+    http_status: int | None = None
+    snapshot_id: str | None = None
+    snapshot_status: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    request_id: str | None = None
+    attempts: int = 0
+    reconciled: bool = False
+    started_at: str
+    finished_at: str
+    elapsed_ms: int
+
+    def to_json(self) -> bytes:
+        """The record as one JSON line, newline included."""
+        return orjson.dumps(self, option=orjson.OPT_APPEND_NEWLINE)
+
+    @classmethod
+    def from_json(cls, line: bytes | str) -> Record:
+        """Parse one report line; raises ``ValueError`` when it is not a record."""
+        data = orjson.loads(line)
+        if not isinstance(data, dict):
+            raise ValueError("a report line must be a JSON object")  # noqa: TRY004 - callers catch ValueError
+        names = {field.name for field in dataclasses.fields(cls)}
+        try:
+            values = {key: value for key, value in data.items() if key in names}
+            values["outcome"] = Outcome(values["outcome"])
+            return cls(**values)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a report record: {exc}") from exc
+
+    @property
+    def succeeded(self) -> bool:
+        return self.outcome in SUCCESSFUL
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Summary:
+    """Counts of a finished (or interrupted) run, built from the last record of each row."""
+
+    rows: int
+    outcomes: Mapping[str, int]
+    error_codes: Mapping[str, int]
+    requests: int
+    elapsed_s: float
+
+    @classmethod
+    def of(cls, records: Iterable[Record], *, elapsed_s: float) -> Summary:
+        outcomes: Counter[str] = Counter()
+        codes: Counter[str] = Counter()
+        requests = 0
+        for record in records:
+            outcomes[record.outcome.value] += 1
+            requests += record.attempts
+            if record.error_code is not None and not record.succeeded:
+                codes[record.error_code] += 1
+        return cls(
+            rows=sum(outcomes.values()),
+            outcomes=dict(outcomes),
+            error_codes=dict(codes.most_common()),
+            requests=requests,
+            elapsed_s=elapsed_s,
+        )
+
+    @property
+    def all_succeeded(self) -> bool:
+        return all(Outcome(outcome) in SUCCESSFUL for outcome in self.outcomes)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every row succeeded, else 1 (a dry run counts ``planned`` as success)."""
+        ok = SUCCESSFUL | {Outcome.PLANNED}
+        return 0 if all(Outcome(outcome) in ok for outcome in self.outcomes) else 1
+
+    def to_json(self) -> bytes:
+        rate = self.requests / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return orjson.dumps(
+            {
+                "rows": self.rows,
+                "outcomes": self.outcomes,
+                "error_codes": self.error_codes,
+                "requests": self.requests,
+                "elapsed_s": round(self.elapsed_s, 3),
+                "requests_per_s": round(rate, 1),
+                "exit_code": self.exit_code,
+            },
+            option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE,
+        )
+
+    def render(self) -> str:
+        """The human summary printed on stderr at the end of a run."""
+        rate = self.requests / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        parts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(self.outcomes.items()))
+        lines = [f"{self.rows} rows: {parts or 'none'}"]
+        if self.error_codes:
+            top = ", ".join(f"{code} x{count}" for code, count in list(self.error_codes.items())[:5])
+            lines.append(f"top errors: {top}")
+        lines.append(f"{self.requests} requests in {self.elapsed_s:.2f}s ({rate:.1f} requests/s)")
+        return "\n".join(lines)

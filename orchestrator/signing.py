@@ -1,0 +1,150 @@
+"""The ``SDK-HMAC-SHA256`` and ``V11-HMAC-SHA256`` request signatures, exactly as the official SDK does them.
+
+Pure functions on strings and bytes (standard library only), used by the client to sign and by the
+emulator to verify. The algorithm and its test vectors are in ``shared/reference/evs-api.md`` sections
+5.2 and 6; ``tests/test_signing.py`` checks every vector and compares with the SDK's own signer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from urllib.parse import quote, unquote
+
+ALGORITHM = "SDK-HMAC-SHA256"
+DERIVED_ALGORITHM = "V11-HMAC-SHA256"
+DATE_FORMAT = "%Y%m%dT%H%M%SZ"
+EMPTY_HASH = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+CONTENT_HASH_HEADER = "X-Sdk-Content-Sha256"
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+
+QueryParams = Sequence[tuple[str, str]]
+
+
+def _encode(text: str) -> str:
+    return quote(text, safe="~")
+
+
+def canonical_uri(path: str) -> str:
+    """Percent-encode each path segment (RFC 3986 unreserved kept) and end with ``/``."""
+    encoded = "/".join(_encode(segment) for segment in unquote(path).split("/"))
+    return encoded if encoded.endswith("/") else encoded + "/"
+
+
+def canonical_query(params: Iterable[tuple[str, str]]) -> str:
+    """Sort ``(key, value)`` pairs and encode both sides; also the exact query string to send."""
+    return "&".join(f"{_encode(key)}={_encode(value)}" for key, value in sorted(params))
+
+
+def parse_query(raw_query: str) -> list[tuple[str, str]]:
+    """Decode a wire query string into pairs (``+`` stays ``+``: the SDK never sends it for a space)."""
+    pairs: list[tuple[str, str]] = []
+    for part in raw_query.split("&"):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        pairs.append((unquote(key), unquote(value)))
+    return pairs
+
+
+def payload_hash(body: bytes, headers: Mapping[str, str]) -> str:
+    """Hash of the body, or the literal ``X-Sdk-Content-Sha256`` value when one is set."""
+    if not body:
+        return EMPTY_HASH
+    for name, value in headers.items():
+        if name.lower() == CONTENT_HASH_HEADER.lower() and value:
+            return value
+    return hashlib.sha256(body).hexdigest()
+
+
+def signed_header_names(headers: Iterable[str]) -> list[str]:
+    """Lower-cased, sorted names of every header without an underscore."""
+    return sorted({name.lower() for name in headers if "_" not in name})
+
+
+def canonical_request(
+    *,
+    method: str,
+    path: str,
+    query: Iterable[tuple[str, str]],
+    headers: Mapping[str, str],
+    signed: Sequence[str],
+    body: bytes,
+) -> str:
+    """The canonical request of section 5.2: method, URI, query, headers, blank line, names, hash."""
+    values = {name.lower(): str(value).strip() for name, value in headers.items()}
+    header_block = "".join(f"{name}:{values.get(name, '')}\n" for name in signed)
+    return "\n".join(
+        [
+            method.upper(),
+            canonical_uri(path),
+            canonical_query(query),
+            header_block,
+            ";".join(signed),
+            payload_hash(body, headers),
+        ]
+    )
+
+
+def string_to_sign(canonical: str, sdk_date: str, info: str | None = None) -> str:
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    if info is None:
+        return f"{ALGORITHM}\n{sdk_date}\n{digest}"
+    return f"{DERIVED_ALGORITHM}\n{sdk_date}\n{info}\n{digest}"
+
+
+def derived_key(ak: str, sk: str, info: str) -> str:
+    """HKDF-SHA256 (one block) of the SK salted with the AK, as 64 hex characters."""
+    prk = hmac.new(ak.encode(), sk.encode(), hashlib.sha256).digest()
+    return hmac.new(prk, info.encode() + b"\x01", hashlib.sha256).hexdigest()
+
+
+def signature(key: str, to_sign: str) -> str:
+    return hmac.new(key.encode(), to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+def authorization(
+    *,
+    ak: str,
+    sk: str,
+    method: str,
+    path: str,
+    query: QueryParams,
+    headers: Mapping[str, str],
+    body: bytes,
+    derived: tuple[str, str] | None = None,
+) -> str:
+    """The ``Authorization`` value for a request whose headers already hold X-Sdk-Date and Host.
+
+    ``derived`` is ``(region, service)`` for ``V11-HMAC-SHA256``; ``None`` signs ``SDK-HMAC-SHA256``.
+    """
+    sdk_date = next(value for name, value in headers.items() if name.lower() == "x-sdk-date")
+    signed = signed_header_names(headers)
+    canonical = canonical_request(
+        method=method, path=path, query=query, headers=headers, signed=signed, body=body
+    )
+    names = ";".join(signed)
+    if derived is None:
+        sig = signature(sk, string_to_sign(canonical, sdk_date))
+        return f"{ALGORITHM} Access={ak}, SignedHeaders={names}, Signature={sig}"
+    region, service = derived
+    moment = datetime.strptime(sdk_date, DATE_FORMAT)
+    info = f"{moment:%Y%m%d}/{region}/{service}"
+    sig = signature(derived_key(ak, sk, info), string_to_sign(canonical, sdk_date, info))
+    return f"{DERIVED_ALGORITHM} Credential={ak}/{info}, SignedHeaders={names}, Signature={sig}"
+
+
+def parse_authorization(value: str) -> tuple[str, dict[str, str]] | None:
+    """Split an ``Authorization`` value into its algorithm and ``Access``/``SignedHeaders``/... parts."""
+    algorithm, _, rest = value.strip().partition(" ")
+    if algorithm not in (ALGORITHM, DERIVED_ALGORITHM) or not rest:
+        return None
+    parts: dict[str, str] = {}
+    for item in rest.split(","):
+        name, sep, val = item.strip().partition("=")
+        if not sep:
+            return None
+        parts[name] = val
+    return algorithm, parts
