@@ -1,0 +1,81 @@
+"""Shared fixtures: the emulator on a loopback port (in the test's loop, or in a thread for CLI tests)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from orchestrator.emulator import EmulatorSettings, EmulatorThread, RunningEmulator, SeedVolume, serving
+
+PROJECT = "0123456789abcdef0123456789abcdef"
+TOKEN = "test-fixed-token-0001"
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def volume_ids(count: int, seed: int = 0) -> list[str]:
+    """Deterministic, distinct volume ids."""
+    return [str(uuid.UUID(int=(seed << 64) + index + 1, version=4)) for index in range(count)]
+
+
+def seeds(ids: list[str], status: str = "available") -> tuple[SeedVolume, ...]:
+    return tuple(SeedVolume(volume_id=volume_id, status=status) for volume_id in ids)
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Callable[..., Any]]:
+    """A factory: ``await emulator(**settings)`` starts an emulator in the test's own event loop."""
+    from contextlib import AsyncExitStack
+
+    async with AsyncExitStack() as stack:
+
+        async def start(**options: Any) -> RunningEmulator:
+            options.setdefault("token", TOKEN)
+            return await stack.enter_async_context(serving(EmulatorSettings(**options)))
+
+        yield start
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def emulator_thread() -> Iterator[Callable[..., EmulatorThread]]:
+    """A factory for emulators on their own thread, for tests that drive the synchronous CLI."""
+    started: list[EmulatorThread] = []
+
+    def start(**options: Any) -> EmulatorThread:
+        options.setdefault("token", TOKEN)
+        running = EmulatorThread(EmulatorSettings(**options)).start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Callable[[str, str | bytes], Path]:
+    """Write a file under the test's temporary folder and return its path."""
+
+    def writer(name: str, content: str | bytes) -> Path:
+        path = tmp_path / name
+        if isinstance(content, str):
+            path.write_text(content, encoding="utf-8")
+        else:
+            path.write_bytes(content)
+        return path
+
+    return writer

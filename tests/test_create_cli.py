@@ -1,0 +1,425 @@
+"""``evs-snapshot create`` end to end against the emulator: outcomes, formats, bounds, bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import main
+from orchestrator.emulator import SeedVolume
+from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
+from tests.conftest import PROJECT, TOKEN, seeds, volume_ids
+
+IDS = volume_ids(8)
+REPORT_FIELDS = {
+    "run_id",
+    "row",
+    "volume_id",
+    "project_id",
+    "region",
+    "name",
+    "outcome",
+    "http_status",
+    "snapshot_id",
+    "snapshot_status",
+    "error_code",
+    "error_message",
+    "request_id",
+    "attempts",
+    "reconciled",
+    "started_at",
+    "finished_at",
+    "elapsed_ms",
+}
+TOKEN_ENV = {"OS_AUTH_TOKEN": TOKEN, "HUAWEICLOUD_SDK_AK": "", "HUAWEICLOUD_SDK_SK": ""}
+
+
+def invoke(args: list[str], env: dict[str, str] | None = None, input: bytes | None = None) -> Any:
+    runner = CliRunner()
+    return runner.invoke(main, args, env={**TOKEN_ENV, **(env or {})}, input=input, catch_exceptions=False)
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def base_args(url: str, report: Path) -> list[str]:
+    return ["--endpoint", url, "--project-id", PROJECT, "--region", "cn-north-4", "--report", str(report)]
+
+
+def test_every_outcome(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """accepted, rejected (in-use without force, unknown disk) and invalid rows, one record each."""
+    emu = emulator_thread(volumes=(*seeds(IDS[:3]), SeedVolume(volume_id=IDS[3], status="in-use")))
+    manifest = write(
+        "m.csv",
+        "volume_id,force,team\n"
+        f"{IDS[0]},,db\n{IDS[1]},no,db\n{IDS[2]},yes,web\n{IDS[3]},no,web\n{IDS[4]},,web\nnot-a-uuid,,x\n{IDS[0]},,dup\n",
+    )
+    report = tmp_path / "r.jsonl"
+    result = invoke(["create", str(manifest), *base_args(emu.url, report), "--name-template", "{team}-{row}"])
+    assert result.exit_code == 1, result.output
+    got = records(report)
+    assert sorted(r["row"] for r in got) == [1, 2, 3, 4, 5, 6, 7]
+    assert all(set(r) == REPORT_FIELDS for r in got)
+    by_row = {r["row"]: r for r in got}
+    for row in (1, 2, 3):
+        assert by_row[row]["outcome"] == "accepted"
+        assert by_row[row]["http_status"] == 202
+        assert by_row[row]["snapshot_status"] == "creating"
+        assert by_row[row]["snapshot_id"]
+        assert by_row[row]["request_id"]
+        assert by_row[row]["attempts"] == 1
+        assert by_row[row]["finished_at"].endswith("Z")
+    assert by_row[1]["name"] == "db-1"
+    assert (by_row[4]["outcome"], by_row[4]["http_status"], by_row[4]["error_code"]) == (
+        "rejected",
+        400,
+        "EVS.5400",
+    )
+    assert "in-use" in by_row[4]["error_message"]
+    assert (by_row[5]["outcome"], by_row[5]["error_code"]) == ("rejected", "EVS.5404")
+    assert (by_row[6]["outcome"], by_row[6]["error_code"], by_row[6]["attempts"]) == (
+        "invalid",
+        "INVALID_VOLUME_ID",
+        0,
+    )
+    assert (by_row[7]["outcome"], by_row[7]["error_code"]) == ("invalid", "DUPLICATE_VOLUME")
+    assert len({r["run_id"] for r in got}) == 1
+    state = emu.state()
+    assert sorted(s["volume_id"] for s in state["snapshots"]) == sorted(IDS[:3])
+    assert {s["id"] for s in state["snapshots"]} == {by_row[row]["snapshot_id"] for row in (1, 2, 3)}
+    assert "7 rows: 3 accepted, 2 invalid, 2 rejected" in result.stderr
+    assert "EVS.5400 x1" in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "jsonl"])
+def test_formats_row_count_in_equals_records_out(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, fmt: str
+) -> None:
+    """CSV, JSON and JSON Lines manifests each give exactly one record per row."""
+    ids = volume_ids(40, seed=3)
+    emu = emulator_thread(any_volume=True)
+    if fmt == "csv":
+        manifest = write("m.csv", "volume_id\n" + "".join(f"{i}\n" for i in ids))
+    elif fmt == "json":
+        manifest = write("m.json", orjson.dumps({"volumes": [{"volume_id": i} for i in ids]}))
+    else:
+        manifest = write("m.jsonl", b"".join(orjson.dumps({"volume_id": i}) + b"\n" for i in ids))
+    report = tmp_path / "r.jsonl"
+    result = invoke(["create", str(manifest), *base_args(emu.url, report)])
+    assert result.exit_code == 0, result.output
+    got = records(report)
+    assert sorted(r["row"] for r in got) == list(range(1, 41))
+    assert Counter(r["outcome"] for r in got) == {"accepted": 40}
+    assert len(emu.state()["snapshots"]) == 40
+
+
+def test_concurrency_bound(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Requests in flight never exceed --concurrency (the emulator counts the maximum it saw)."""
+    ids = volume_ids(48, seed=4)
+    emu = emulator_thread(any_volume=True, latency_ms=40)
+    manifest = write("m.csv", "volume_id\n" + "".join(f"{i}\n" for i in ids))
+    result = invoke(
+        ["create", str(manifest), *base_args(emu.url, tmp_path / "r.jsonl"), "--concurrency", "5"]
+    )
+    assert result.exit_code == 0, result.output
+    state = emu.state()
+    assert 2 <= state["max_in_flight"] <= 5
+    assert len(state["snapshots"]) == 48
+
+
+def test_dry_run_sends_nothing(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--dry-run writes planned records with rendered names and sends no request at all."""
+    emu = emulator_thread(any_volume=True)
+    manifest = write("m.csv", f"volume_id\n{IDS[0]}\n{IDS[1]}\nbad\n")
+    report = tmp_path / "r.jsonl"
+    result = invoke(
+        ["create", str(manifest), *base_args(emu.url, report), "--dry-run"], env={"OS_AUTH_TOKEN": ""}
+    )
+    assert result.exit_code == 1  # the invalid row
+    got = {r["row"]: r for r in records(report)}
+    assert got[1]["outcome"] == "planned"
+    assert got[1]["name"].endswith(IDS[0])
+    assert got[1]["attempts"] == 0
+    assert got[3]["outcome"] == "invalid"
+    assert emu.state()["requests"] == {}
+
+
+BAD_MANIFESTS = [
+    ("empty.csv", b"", "empty.csv: the manifest is empty"),
+    ("header.csv", b"volume_id\n", "header.csv: the manifest has no rows"),
+    ("nocol.csv", b"id,name\nx,y\n", "nocol.csv:1: the header has no volume_id column"),
+    (
+        "utf.csv",
+        b"volume_id\n" + IDS[0].encode() + b"\n\xc3\x28\n",
+        "utf.csv:3: this line is not valid UTF-8",
+    ),
+    ("notlist.json", b'{"a": 1}', 'notlist.json:1: the JSON object has no "volumes" array'),
+    (
+        "syntax.json",
+        b'[{"volume_id": "' + IDS[0].encode() + b'"},\n{"volume_id": }]',
+        "syntax.json:2: JSON syntax error",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "message"), BAD_MANIFESTS, ids=[b[0] for b in BAD_MANIFESTS])
+def test_bad_manifest_exits_2_before_sending(
+    emulator_thread: Callable[..., Any],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    name: str,
+    content: bytes,
+    message: str,
+) -> None:
+    """A file that cannot be read as a whole exits 2 with file:line, no traceback, nothing sent."""
+    emu = emulator_thread(any_volume=True)
+    manifest = write(name, content)
+    report = tmp_path / "r.jsonl"
+    result = invoke(["create", str(manifest), *base_args(emu.url, report)])
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert emu.state()["requests"] == {}
+    assert not report.exists() or report.read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    ("rows", "code"),
+    [
+        ('{"volume_id": "%s", "metadata": {"a": {"b": 1}}}', "INVALID_METADATA"),
+        ('{"volume_id": "%s", "name": "' + "n" * 70 + '"}', "NAME_TOO_LONG"),
+        ('{"volume_id": "%s", "name": "autobk_snapshot_x"}', "RESERVED_NAME_PREFIX"),
+        ('{"volume_id": "%s", "force": "sure"}', "INVALID_FORCE"),
+        ('{"volume_id": "%s", "project_id": "XYZ"}', "INVALID_PROJECT_ID"),
+    ],
+)
+def test_bad_rows_do_not_stop_the_others(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, rows: str, code: str
+) -> None:
+    """A row that breaks a rule is invalid with its code; the good row beside it is still accepted."""
+    emu = emulator_thread(any_volume=True)
+    manifest = write("m.jsonl", (rows % IDS[0]) + "\n" + orjson.dumps({"volume_id": IDS[1]}).decode() + "\n")
+    report = tmp_path / "r.jsonl"
+    result = invoke(["create", str(manifest), *base_args(emu.url, report)])
+    assert result.exit_code == 1
+    got = {r["row"]: r for r in records(report)}
+    assert (got[1]["outcome"], got[1]["error_code"]) == ("invalid", code)
+    assert got[2]["outcome"] == "accepted"
+    assert [s["volume_id"] for s in emu.state()["snapshots"]] == [IDS[1]]
+
+
+def test_server_errors_and_throttling_fail_rows(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """5xx answers and dropped connections end rows failed (never rejected), with their codes."""
+    ids = volume_ids(30, seed=5)
+    emu = emulator_thread(any_volume=True, fault_5xx=0.3, fault_drop_before=0.2, seed=3)
+    manifest = write("m.csv", "volume_id\n" + "".join(f"{i}\n" for i in ids))
+    report = tmp_path / "r.jsonl"
+    result = invoke(["create", str(manifest), *base_args(emu.url, report)])
+    assert result.exit_code == 1
+    got = records(report)
+    assert len(got) == 30
+    failed = [r for r in got if r["outcome"] == "failed"]
+    assert failed
+    assert {r["outcome"] for r in got} <= {"accepted", "failed"}
+    codes = {r["error_code"] for r in failed}
+    assert codes <= {"EVS.5500", "EVS.5503", "APIGW.0202", "CONNECTION_ERROR"}
+    assert "CONNECTION_ERROR" in codes
+
+
+def test_existing_report_is_not_overwritten(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A report that already holds records is an error (exit 2) and is left as it was."""
+    emu = emulator_thread(any_volume=True)
+    manifest = write("m.csv", f"volume_id\n{IDS[0]}\n")
+    report = write("r.jsonl", b'{"old": true}\n')
+    result = invoke(["create", str(manifest), *base_args(emu.url, report)])
+    assert result.exit_code == 2
+    assert "--resume" in result.stderr
+    assert report.read_bytes() == b'{"old": true}\n'
+    assert emu.state()["requests"] == {}
+
+
+def test_summary_json(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--summary-json writes counts per outcome, error codes, requests and the exit code."""
+    emu = emulator_thread(volumes=seeds(IDS[:1]))
+    manifest = write("m.csv", f"volume_id\n{IDS[0]}\n{IDS[1]}\n")
+    summary = tmp_path / "s" / "summary.json"
+    result = invoke(
+        ["create", str(manifest), *base_args(emu.url, tmp_path / "r.jsonl"), "--summary-json", str(summary)]
+    )
+    assert result.exit_code == 1
+    data = orjson.loads(summary.read_bytes())
+    assert data["rows"] == 2
+    assert data["outcomes"] == {"accepted": 1, "rejected": 1}
+    assert data["error_codes"] == {"EVS.5404": 1}
+    assert data["requests"] == 2
+    assert data["exit_code"] == 1
+
+
+def test_credential_sources(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A token file, AK/SK variables and the SDK credentials file each authorize a run."""
+    emu = emulator_thread(any_volume=True)
+    token_file = write("token", TOKEN + "\n")
+    credentials = write("credentials", f"[basic]\nak = {DEFAULT_AK}\nsk = {DEFAULT_SK}\n")
+    cases = [
+        (["--token-file", str(token_file)], {"OS_AUTH_TOKEN": ""}),
+        (["--auth", "aksk"], {"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}),
+        ([], {"OS_AUTH_TOKEN": "", "HUAWEICLOUD_SDK_CREDENTIALS_FILE": str(credentials)}),
+    ]
+    for number, (extra, env) in enumerate(cases):
+        manifest = write(f"m{number}.csv", f"volume_id\n{volume_ids(3, seed=10 + number)[0]}\n")
+        report = tmp_path / f"r{number}.jsonl"
+        result = invoke(["create", str(manifest), *base_args(emu.url, report), *extra], env=env)
+        assert result.exit_code == 0, (extra, result.output)
+        assert records(report)[0]["outcome"] == "accepted"
+
+
+def test_no_credentials_is_a_usage_error(write: Callable[..., Path], tmp_path: Path) -> None:
+    """With no complete credential source, exit 2 naming every place looked at."""
+    manifest = write("m.csv", f"volume_id\n{IDS[0]}\n")
+    env = {"OS_AUTH_TOKEN": "", "HUAWEICLOUD_SDK_CREDENTIALS_FILE": str(tmp_path / "none")}
+    result = invoke(
+        ["create", str(manifest), *base_args("http://127.0.0.1:9", tmp_path / "r.jsonl")], env=env
+    )
+    assert result.exit_code == 2
+    assert "OS_AUTH_TOKEN" in result.stderr
+    assert "HUAWEICLOUD_SDK_AK" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("--endpoint", "http://10.1.2.3:8080", "plain http"),
+        ("--endpoint", "ftp://x", "not an http(s) URL"),
+        ("--project-id", "ABC", "32 lower-case hex"),
+        ("--region", "mars", "region id"),
+        ("--metadata", "novalue", "KEY=VALUE"),
+        ("--name-template", "{row!r}", "plain name"),
+    ],
+)
+def test_bad_options_are_usage_errors(
+    write: Callable[..., Path], tmp_path: Path, option: str, value: str, words: str
+) -> None:
+    """Bad option values exit 2 with a message, before anything is read or sent."""
+    manifest = write("m.csv", f"volume_id\n{IDS[0]}\n")
+    result = invoke(["create", str(manifest), "--report", str(tmp_path / "r.jsonl"), option, value])
+    assert result.exit_code == 2
+    assert words in result.stderr
+
+
+def test_connection_refused_fails_rows(write: Callable[..., Path], tmp_path: Path) -> None:
+    """An endpoint that refuses connections ends every row failed with CONNECTION_ERROR (exit 1)."""
+    manifest = write("m.csv", f"volume_id\n{IDS[0]}\n{IDS[1]}\n")
+    report = tmp_path / "r.jsonl"
+    result = invoke(["create", str(manifest), *base_args("http://127.0.0.1:9", report)])
+    assert result.exit_code == 1
+    assert {(r["outcome"], r["error_code"]) for r in records(report)} == {("failed", "CONNECTION_ERROR")}
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        input=stdin,
+        capture_output=True,
+        env={**os.environ, **TOKEN_ENV, **env},
+        timeout=60,
+        check=False,
+    )
+
+
+def test_stdin_manifest_and_stdout_report(emulator_thread: Callable[..., Any]) -> None:
+    """A real process reads the manifest from - and writes the report to standard output."""
+    emu = emulator_thread(any_volume=True)
+    manifest = b"".join(orjson.dumps({"volume_id": i}) + b"\n" for i in IDS)
+    result = run_cli(
+        ["create", "-", "--format", "jsonl", "--endpoint", emu.url, "--project-id", PROJECT, "--report", "-"],
+        env={},
+        stdin=manifest,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(r["row"] for r in lines) == list(range(1, 9))
+    assert {r["outcome"] for r in lines} == {"accepted"}
+    assert b"8 rows: 8 accepted" in result.stderr
+
+
+def test_stdin_needs_format() -> None:
+    """Reading standard input without --format is a usage error (exit 2)."""
+    result = run_cli(["create", "-", "--project-id", PROJECT], env={}, stdin=b"")
+    assert result.returncode == 2
+    assert b"--format" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+def test_emulator_demo_mode(tmp_path: Path) -> None:
+    """--emulator runs the sample against an in-process emulator and shows every outcome."""
+    sample = Path(__file__).parent.parent / "samples" / "volumes.csv"
+    report = tmp_path / "demo.jsonl"
+    result = run_cli(
+        ["create", str(sample), "--emulator", "--report", str(report)], env={"OS_AUTH_TOKEN": ""}
+    )
+    assert result.returncode == 1, result.stderr
+    outcomes = Counter(r["outcome"] for r in records(report))
+    assert outcomes == {"accepted": 3, "rejected": 2, "invalid": 2}
+    assert b"warning" not in result.stderr
+
+
+def test_emulator_command_serves_until_sigterm(tmp_path: Path) -> None:
+    """`evs-snapshot emulator` prints its address line first, serves, and exits 0 on SIGTERM."""
+    import signal
+    import urllib.request
+
+    volumes = tmp_path / "v.csv"
+    volumes.write_text(f"volume_id,status,size\n{IDS[0]},in-use,100\n", encoding="utf-8")
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "emulator",
+            "--port",
+            "0",
+            "--volumes",
+            str(volumes),
+            "--token",
+            TOKEN,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline().decode()
+            assert line.startswith("EVS emulator listening on http://127.0.0.1:")
+            url = line.split()[-1]
+            with urllib.request.urlopen(f"{url}/_emulator/state", timeout=10) as answer:  # noqa: S310
+                state = orjson.loads(answer.read())
+            assert state["volumes"] == [{"volume_id": IDS[0], "status": "in-use", "size": 100}]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=10) == 0

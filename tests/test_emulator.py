@@ -1,0 +1,547 @@
+"""The emulator behaves like EVS, IAM and the API gateway in everything the tool relies on."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import anyio
+import orjson
+import pytest
+from yarl import URL
+
+from orchestrator import signing
+from orchestrator.auth import AkSkAuth, OutgoingRequest, TokenAuth
+from orchestrator.emulator import RunningEmulator, SeedVolume
+from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
+from tests.conftest import PROJECT, TOKEN, seeds, volume_ids
+
+SNAPSHOTS = f"/v2/{PROJECT}/cloudsnapshots"
+VOLUME = volume_ids(1)[0]
+EVS_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}$")
+
+
+async def call(
+    http: aiohttp.ClientSession,
+    emulator: RunningEmulator,
+    method: str,
+    path: str,
+    *,
+    body: object = None,
+    auth: Any = None,
+    query: list[tuple[str, str]] | None = None,
+    raw_body: bytes | None = None,
+) -> tuple[int, Any, dict[str, str]]:
+    """One request to the emulator, authorized by ``auth`` (the fixed token by default)."""
+    data = raw_body if raw_body is not None else (b"" if body is None else orjson.dumps(body))
+    qs = signing.canonical_query(query or [])
+    url = URL(f"{emulator.url}{path}" + (f"?{qs}" if qs else ""), encoded=True)
+    outgoing = OutgoingRequest(
+        method=method, url=url, headers={"Content-Type": "application/json"}, body=data, project_id=PROJECT
+    )
+    if auth is not False:
+        await (auth or TokenAuth(TOKEN)).authorize(outgoing)
+    async with http.request(method, url, data=data or None, headers=outgoing.headers) as response:
+        raw = await response.read()
+        return (
+            response.status,
+            (orjson.loads(raw) if raw else None),
+            {k.title(): v for k, v in response.headers.items()},
+        )
+
+
+def create_body(volume_id: str = VOLUME, **fields: object) -> dict[str, object]:
+    return {"snapshot": {"volume_id": volume_id, **fields}}
+
+
+async def test_create_show_list_delete_lifecycle(
+    emulator: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    """A snapshot is 202 creating, then available; show and list reflect it; delete gives 202 then 404."""
+    emu = await emulator(volumes=seeds([VOLUME]), creating_seconds=0.3)
+    status, body, headers = await call(
+        http, emu, "POST", SNAPSHOTS, body=create_body(name="s1", description="d")
+    )
+    assert status == 202
+    assert headers["X-Request-Id"]
+    snap = body["snapshot"]
+    assert snap["status"] == "creating"
+    assert snap["volume_id"] == VOLUME
+    assert snap["name"] == "s1"
+    assert snap["size"] == 40
+    assert EVS_TIME.match(snap["created_at"])
+    assert snap["os-extended-snapshot-attributes:project_id"] == PROJECT
+    status, shown, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/{snap['id']}")
+    assert (status, shown["snapshot"]["status"]) == (200, "creating")
+    await anyio.sleep(0.4)
+    status, shown, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/{snap['id']}")
+    assert shown["snapshot"]["status"] == "available"
+    assert shown["snapshot"]["os-extended-snapshot-attributes:progress"] == "100%"
+    status, listed, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/detail")
+    assert listed["count"] == 1
+    assert listed["snapshots"][0]["service_type"] == "EVS"
+    status, deleted, _ = await call(http, emu, "DELETE", f"{SNAPSHOTS}/{snap['id']}")
+    assert (status, deleted) == (202, None)
+    await anyio.sleep(0.6)
+    status, missing, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/{snap['id']}")
+    assert status == 404
+    assert missing["error"]["code"] == "EVS.5404"
+
+
+async def test_delete_while_creating_is_refused(
+    emulator: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    """Delete is allowed only from available or error (EVS.1047)."""
+    emu = await emulator(volumes=seeds([VOLUME]), creating_seconds=30)
+    _, body, _ = await call(http, emu, "POST", SNAPSHOTS, body=create_body())
+    status, error, _ = await call(http, emu, "DELETE", f"{SNAPSHOTS}/{body['snapshot']['id']}")
+    assert (status, error["error"]["code"]) == (400, "EVS.1047")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (None, 400, "EVS.5400"),
+        ({"snapshot": "x"}, 400, "EVS.5400"),
+        (create_body("not-a-uuid"), 400, "EVS.1002"),
+        (create_body(volume_ids(2)[1]), 404, "EVS.5404"),
+        (create_body(force="yes"), 400, "EVS.5400"),
+        (create_body(name="n" * 65), 400, "EVS.5400"),
+        (create_body(name=""), 400, "EVS.5400"),
+        (create_body(name="autobk_snapshot_x"), 400, "EVS.5400"),
+        (create_body(description="d" * 86), 400, "EVS.5400"),
+        (create_body(metadata={"a": 1}), 400, "EVS.5400"),
+        (create_body(metadata={"a": {"b": "c"}}), 400, "EVS.5400"),
+        (create_body(metadata={"__system__encrypted": "1"}), 403, "EVS.5403"),
+    ],
+)
+async def test_create_validation(
+    emulator: Callable[..., Any], http: aiohttp.ClientSession, body: object, status: int, code: str
+) -> None:
+    """Bad create requests get the status and EVS error code the real service gives."""
+    emu = await emulator(volumes=seeds([VOLUME]))
+    raw = b"{not json" if body is None else None
+    got, error, _ = await call(http, emu, "POST", SNAPSHOTS, body=body, raw_body=raw)
+    assert (got, error["error"]["code"]) == (status, code)
+    assert error["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("volume_status", "force", "status", "code"),
+    [
+        ("available", False, 202, None),
+        ("in-use", True, 202, None),
+        ("in-use", False, 400, "EVS.5400"),
+        ("attaching", True, 400, "EVS.5400"),
+        ("extending", False, 400, "EVS.5400"),
+        ("error", True, 500, "EVS.2024"),
+    ],
+)
+async def test_disk_status_rules(
+    emulator: Callable[..., Any],
+    http: aiohttp.ClientSession,
+    volume_status: str,
+    force: bool,
+    status: int,
+    code: str | None,
+) -> None:
+    """available is fine, in-use needs force, any other disk state is refused."""
+    emu = await emulator(volumes=(SeedVolume(volume_id=VOLUME, status=volume_status),))
+    got, body, _ = await call(http, emu, "POST", SNAPSHOTS, body=create_body(force=force))
+    assert got == status
+    if code is not None:
+        assert body["error"]["code"] == code
+
+
+async def test_seven_snapshots_per_disk(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """The eighth snapshot of one disk is refused."""
+    emu = await emulator(volumes=seeds([VOLUME]))
+    for _ in range(7):
+        status, _, _ = await call(http, emu, "POST", SNAPSHOTS, body=create_body())
+        assert status == 202
+    status, body, _ = await call(http, emu, "POST", SNAPSHOTS, body=create_body())
+    assert (status, body["error"]["code"]) == (400, "EVS.5400")
+
+
+async def test_any_volume_and_volume_lookup(
+    emulator: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    """--any-volume makes every UUID an available disk; the volume lookup shows status and size."""
+    emu = await emulator(any_volume=True, volumes=(SeedVolume(volume_id=VOLUME, status="in-use", size=80),))
+    other = volume_ids(3)[2]
+    status, body, _ = await call(http, emu, "GET", f"/v2/{PROJECT}/cloudvolumes/{other}")
+    assert (status, body["volume"]["status"], body["volume"]["attachments"]) == (200, "available", [])
+    status, body, _ = await call(http, emu, "GET", f"/v2/{PROJECT}/cloudvolumes/{VOLUME}")
+    assert (body["volume"]["status"], body["volume"]["size"]) == ("in-use", 80)
+    assert len(body["volume"]["attachments"]) == 1
+    status, body, _ = await call(http, emu, "GET", f"/v2/{PROJECT}/cloudvolumes/not-a-uuid")
+    assert status == 404
+
+
+async def test_list_pagination_and_filters(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """offset/limit pages, count of all matches, links only when more remain, and every filter."""
+    ids = volume_ids(25)
+    emu = await emulator(volumes=seeds(ids), creating_seconds=60)
+    created = []
+    for index, volume_id in enumerate(ids):
+        _, body, _ = await call(
+            http, emu, "POST", SNAPSHOTS, body=create_body(volume_id, name=f"n{index % 5}")
+        )
+        created.append(body["snapshot"]["id"])
+    seen: list[str] = []
+    offset = 0
+    while True:
+        status, page, _ = await call(
+            http, emu, "GET", f"{SNAPSHOTS}/detail", query=[("limit", "10"), ("offset", str(offset))]
+        )
+        assert status == 200
+        assert page["count"] == 25
+        seen += [snap["id"] for snap in page["snapshots"]]
+        offset += len(page["snapshots"])
+        if offset < 25:
+            assert page["snapshots_links"][0]["rel"] == "next"
+            assert f"marker={page['snapshots'][-1]['id']}" in page["snapshots_links"][0]["href"]
+        else:
+            assert "snapshots_links" not in page
+            break
+    assert sorted(seen) == sorted(created)
+    _, page, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/detail", query=[("name", "n3")])
+    assert page["count"] == 5
+    _, page, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/detail", query=[("volume_id", ids[4])])
+    assert [s["id"] for s in page["snapshots"]] == [created[4]]
+    _, page, _ = await call(
+        http, emu, "GET", f"{SNAPSHOTS}/detail", query=[("id", created[0]), ("id", created[7])]
+    )
+    assert sorted(s["id"] for s in page["snapshots"]) == sorted([created[0], created[7]])
+    _, page, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/detail", query=[("status", "available")])
+    assert page["count"] == 0
+
+
+@pytest.mark.parametrize(
+    ("limit", "code"), [("1001", "EVS.2142"), ("0", "EVS.5400"), ("-1", "EVS.5400"), ("ten", "EVS.5400")]
+)
+async def test_list_limit_rules(
+    emulator: Callable[..., Any], http: aiohttp.ClientSession, limit: str, code: str
+) -> None:
+    """limit must be a positive integer no greater than 1000."""
+    emu = await emulator()
+    status, body, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/detail", query=[("limit", limit)])
+    assert (status, body["error"]["code"]) == (400, code)
+
+
+async def test_aksk_signature_accepted_and_tampering_refused(
+    emulator: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    """A correct signature passes; a wrong secret, unknown AK or altered body is 401 APIGW.0301."""
+    emu = await emulator(volumes=seeds([VOLUME]), port=0)
+    status, _, _ = await call(
+        http, emu, "POST", SNAPSHOTS, body=create_body(), auth=AkSkAuth(DEFAULT_AK, DEFAULT_SK)
+    )
+    assert status == 202
+    for auth in (AkSkAuth(DEFAULT_AK, "wrong-secret"), AkSkAuth("UNKNOWNAK00000000000", DEFAULT_SK)):
+        status, body, _ = await call(http, emu, "POST", SNAPSHOTS, body=create_body(), auth=auth)
+        assert (status, body["error_code"]) == (401, "APIGW.0301")
+        assert body["request_id"]
+    outgoing = OutgoingRequest(
+        method="POST",
+        url=URL(f"{emu.url}{SNAPSHOTS}"),
+        headers={"Content-Type": "application/json"},
+        body=orjson.dumps(create_body()),
+        project_id=PROJECT,
+    )
+    await AkSkAuth(DEFAULT_AK, DEFAULT_SK, "TEMP-TOKEN").authorize(outgoing)
+    tampered = orjson.dumps(create_body(name="other"))
+    async with http.post(outgoing.url, data=tampered, headers=outgoing.headers) as response:
+        assert response.status == 401
+    async with http.post(outgoing.url, data=outgoing.body, headers=outgoing.headers) as response:
+        assert response.status == 202  # the security token is signed and accepted
+
+
+async def test_signature_must_cover_host_port(
+    emulator: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    """The Host header (with its port) is part of the signature: signing another port fails."""
+    emu = await emulator(volumes=seeds([VOLUME]))
+    url = URL(f"{emu.url}{SNAPSHOTS}")
+    headers = {
+        "Content-Type": "application/json",
+        "X-Sdk-Date": datetime.now(UTC).strftime(signing.DATE_FORMAT),
+        "Host": f"127.0.0.1:{url.port + 1 if url.port else 1}",
+    }
+    body = orjson.dumps(create_body())
+    headers["Authorization"] = signing.authorization(
+        ak=DEFAULT_AK, sk=DEFAULT_SK, method="POST", path=url.path, query=[], headers=headers, body=body
+    )
+    headers["Host"] = f"127.0.0.1:{url.port}"
+    async with http.post(url, data=body, headers=headers) as response:
+        assert response.status == 401
+
+
+async def test_clock_skew_window(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """A signature dated 16 minutes away is refused; 10 minutes away is accepted."""
+    emu = await emulator(volumes=seeds([VOLUME]))
+    url = URL(f"{emu.url}{SNAPSHOTS}")
+    body = orjson.dumps(create_body())
+    results = []
+    for minutes in (16, -16, 10):
+        headers = {
+            "Content-Type": "application/json",
+            "X-Sdk-Date": (datetime.now(UTC) + timedelta(minutes=minutes)).strftime(signing.DATE_FORMAT),
+            "Host": f"127.0.0.1:{url.port}",
+        }
+        headers["Authorization"] = signing.authorization(
+            ak=DEFAULT_AK, sk=DEFAULT_SK, method="POST", path=url.path, query=[], headers=headers, body=body
+        )
+        async with http.post(url, data=body, headers=headers) as response:
+            results.append(response.status)
+    assert results == [401, 401, 202]
+
+
+async def test_signed_query_string(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """Query parameters with special characters are signed and verified in canonical form."""
+    emu = await emulator()
+    status, body, _ = await call(
+        http,
+        emu,
+        "GET",
+        f"{SNAPSHOTS}/detail",
+        query=[("name", "snap a/b*~"), ("limit", "5"), ("id", "b"), ("id", "a")],
+        auth=AkSkAuth(DEFAULT_AK, DEFAULT_SK),
+    )
+    assert (status, body["count"]) == (200, 0)
+
+
+async def test_missing_and_unknown_token(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """No credentials, or a token the emulator never issued, is 401 in the gateway shape."""
+    emu = await emulator()
+    for auth in (False, TokenAuth("forged")):
+        status, body, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/detail", auth=auth)
+        assert (status, body["error_code"]) == (401, "APIGW.0301")
+
+
+async def password_token(
+    http: aiohttp.ClientSession, emu: RunningEmulator, **changes: str
+) -> tuple[int, Any, str]:
+    user = {"name": "operator", "password": "emulator-password", "domain": {"name": "emulator-domain"}}
+    user.update(changes)
+    body = {
+        "auth": {
+            "identity": {"methods": ["password"], "password": {"user": user}},
+            "scope": {"project": {"name": "cn-north-4"}},
+        }
+    }
+    async with http.post(f"{emu.url}/v3/auth/tokens", data=orjson.dumps(body)) as response:
+        return (
+            response.status,
+            orjson.loads(await response.read()),
+            response.headers.get("X-Subject-Token", ""),
+        )
+
+
+async def test_iam_password_token_and_expiry(
+    emulator: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    """IAM issues a project token (201, X-Subject-Token, expires_at) that works until it expires."""
+    emu = await emulator(volumes=seeds([VOLUME]), token_ttl=0.5)
+    status, body, token = await password_token(http, emu)
+    assert status == 201
+    assert token
+    assert body["token"]["project"]["id"] == PROJECT
+    expires = datetime.strptime(body["token"]["expires_at"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    assert expires > datetime.now(UTC).replace(tzinfo=None)
+    status, _, _ = await call(http, emu, "POST", SNAPSHOTS, body=create_body(), auth=TokenAuth(token))
+    assert status == 202
+    await anyio.sleep(0.6)
+    status, error, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/detail", auth=TokenAuth(token))
+    assert (status, error["error_code"]) == (401, "APIGW.0301")
+    status, error, _ = await password_token(http, emu, password="wrong")
+    assert (status, error["error_code"]) == (401, "IAM.0004")
+
+
+async def test_project_mismatch(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """A token used on another project's URL is 400 Common.0018; a signature on it is EVS.0001."""
+    emu = await emulator(volumes=seeds([VOLUME]))
+    other = "f" * 32
+    status, body, _ = await call(http, emu, "GET", f"/v2/{other}/cloudsnapshots/detail")
+    assert (status, body["error"]["code"]) == (400, "Common.0018")
+    status, body, _ = await call(
+        http, emu, "GET", f"/v2/{other}/cloudsnapshots/detail", auth=AkSkAuth(DEFAULT_AK, DEFAULT_SK)
+    )
+    assert (status, body["error"]["code"]) == (400, "EVS.0001")
+
+
+async def test_project_lookup(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """GET /v3/projects?name=REGION finds the served project, and nothing for another region."""
+    emu = await emulator()
+    status, body, _ = await call(http, emu, "GET", "/v3/projects", query=[("name", "cn-north-4")])
+    assert (status, [p["id"] for p in body["projects"]]) == (200, [PROJECT])
+    _, body, _ = await call(
+        http,
+        emu,
+        "GET",
+        "/v3/projects",
+        query=[("name", "ap-southeast-1")],
+        auth=AkSkAuth(DEFAULT_AK, DEFAULT_SK),
+    )
+    assert body["projects"] == []
+
+
+async def test_throttling(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """Past the bucket, answers are 429 APIGW.0308 with Retry-After when asked."""
+    emu = await emulator(rate_limit=2, burst=3, retry_after=True)
+    statuses = []
+    for _ in range(5):
+        status, body, headers = await call(http, emu, "GET", f"{SNAPSHOTS}/detail")
+        statuses.append(status)
+    assert statuses == [200, 200, 200, 429, 429]
+    assert body["error_code"] == "APIGW.0308"
+    assert "limit:2" in body["error_msg"]
+    assert int(headers["Retry-After"]) >= 1
+
+
+async def test_faults_are_seeded_and_counted(
+    emulator: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    """5xx faults hit about the asked share, reproducibly for one seed, and show in the counters."""
+    outcomes = []
+    for _ in range(2):
+        emu = await emulator(any_volume=True, fault_5xx=0.3, seed=7)
+        statuses = []
+        for volume_id in volume_ids(60, seed=1):
+            status, _, _ = await call(http, emu, "POST", SNAPSHOTS, body=create_body(volume_id))
+            statuses.append(status)
+        outcomes.append(statuses)
+        async with http.get(f"{emu.url}/_emulator/state") as response:
+            state = orjson.loads(await response.read())
+        counts = state["requests"]["POST /v2/{project_id}/cloudsnapshots"]
+        assert sum(counts.values()) == 60
+        assert counts.get("202", 0) == statuses.count(202)
+    assert outcomes[0] == outcomes[1]
+    failures = sum(1 for status in outcomes[0] if status >= 500)
+    assert 8 <= failures <= 30
+    assert {status for status in outcomes[0] if status >= 500} <= {500, 502, 503}
+
+
+async def test_dropped_connections(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """Drop-before records nothing; drop-after records the snapshot; both lose the answer."""
+    for knob, recorded in (("fault_drop_before", 0), ("fault_drop_after", 1)):
+        emu = await emulator(volumes=seeds([VOLUME]), **{knob: 1.0})
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await call(http, emu, "POST", SNAPSHOTS, body=create_body())
+        async with http.get(f"{emu.url}/_emulator/state") as response:
+            state = orjson.loads(await response.read())
+        assert len(state["snapshots"]) == recorded
+        assert state["requests"]["POST /v2/{project_id}/cloudsnapshots"] == {"dropped": 1}
+
+
+async def test_snapshot_error_fault(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """With fault_snapshot_error=1 every snapshot ends in error after creating."""
+    emu = await emulator(volumes=seeds([VOLUME]), creating_seconds=0.1, fault_snapshot_error=1.0)
+    _, body, _ = await call(http, emu, "POST", SNAPSHOTS, body=create_body())
+    await anyio.sleep(0.2)
+    _, shown, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/{body['snapshot']['id']}")
+    assert shown["snapshot"]["status"] == "error"
+
+
+async def test_latency_and_max_in_flight(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """Latency delays answers; the state reports the most requests seen in flight at once."""
+    emu = await emulator(any_volume=True, latency_ms=200)
+    started = anyio.current_time()
+
+    async def create(volume_id: str) -> None:
+        await call(http, emu, "POST", SNAPSHOTS, body=create_body(volume_id))
+
+    async with anyio.create_task_group() as group:
+        for volume_id in volume_ids(6):
+            group.start_soon(create, volume_id)
+    assert anyio.current_time() - started >= 0.2
+    async with http.get(f"{emu.url}/_emulator/state") as response:
+        state = orjson.loads(await response.read())
+    assert state["max_in_flight"] == 6
+    assert len(state["snapshots"]) == 6
+    assert set(state["snapshots"][0]) == {"id", "volume_id", "project_id", "name", "status", "created_at"}
+    assert set(state["volumes"][0]) == {"volume_id", "status", "size"}
+
+
+async def test_unknown_route_is_gateway_404(
+    emulator: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    """A path the emulator does not serve answers in the gateway shape, with a request id."""
+    emu = await emulator()
+    async with http.get(f"{emu.url}/v9/nothing") as response:
+        body = orjson.loads(await response.read())
+        assert response.status == 404
+        assert body["error_code"] == "APIGW.0101"
+        assert response.headers["X-Request-Id"]
+
+
+def test_official_sdk_against_emulator(emulator_thread: Callable[..., Any]) -> None:
+    """The official huaweicloudsdkevs client, signing with AK/SK, creates, shows, lists and deletes."""
+    from huaweicloudsdkcore.auth.credentials import BasicCredentials
+    from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
+    from huaweicloudsdkevs.v2 import (
+        CreateSnapshotOption,
+        CreateSnapshotRequest,
+        CreateSnapshotRequestBody,
+        DeleteSnapshotRequest,
+        EvsClient,
+        ListSnapshotsRequest,
+        ShowSnapshotRequest,
+    )
+
+    emu = emulator_thread(volumes=seeds([VOLUME]), creating_seconds=0.0)
+    client = (
+        EvsClient.new_builder()
+        .with_credentials(BasicCredentials(DEFAULT_AK, DEFAULT_SK, PROJECT))
+        .with_endpoints([emu.url])
+        .build()
+    )
+    option = CreateSnapshotOption(
+        volume_id=VOLUME, force=False, name="sdk-snap", description="via sdk", metadata={"k": "v"}
+    )
+    created = client.create_snapshot(CreateSnapshotRequest(body=CreateSnapshotRequestBody(snapshot=option)))
+    assert created.snapshot.status == "creating"
+    shown = client.show_snapshot(ShowSnapshotRequest(snapshot_id=created.snapshot.id))
+    assert shown.snapshot.name == "sdk-snap"
+    assert shown.snapshot.status == "available"
+    listed = client.list_snapshots(ListSnapshotsRequest(limit=1, name="sdk-snap"))
+    assert listed.count == 1
+    assert listed.snapshots[0].id == created.snapshot.id
+    client.delete_snapshot(DeleteSnapshotRequest(snapshot_id=created.snapshot.id))
+    bad = CreateSnapshotOption(volume_id=volume_ids(2)[1])
+    with pytest.raises(ClientRequestException) as refused:
+        client.create_snapshot(CreateSnapshotRequest(body=CreateSnapshotRequestBody(snapshot=bad)))
+    assert refused.value.status_code == 404
+    assert refused.value.error_code == "EVS.5404"
+    assert refused.value.request_id
+
+
+def test_official_sdk_with_wrong_key_is_refused(emulator_thread: Callable[..., Any]) -> None:
+    """The SDK sees the gateway's 401 APIGW.0301 when its secret key is wrong."""
+    from huaweicloudsdkcore.auth.credentials import BasicCredentials
+    from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
+    from huaweicloudsdkevs.v2 import EvsClient, ListSnapshotsRequest
+
+    emu = emulator_thread()
+    client = (
+        EvsClient.new_builder()
+        .with_credentials(BasicCredentials(DEFAULT_AK, "not-the-secret", PROJECT))
+        .with_endpoints([emu.url])
+        .build()
+    )
+    with pytest.raises(ClientRequestException) as refused:
+        client.list_snapshots(ListSnapshotsRequest())
+    assert (refused.value.status_code, refused.value.error_code) == (401, "APIGW.0301")
+
+
+async def test_state_is_open_without_auth(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """/_emulator/state needs no credentials and is not counted as API traffic."""
+    emu = await emulator()
+    async with http.get(f"{emu.url}/_emulator/state") as response:
+        state = orjson.loads(await response.read())
+    assert state == {"volumes": [], "snapshots": [], "requests": {}, "max_in_flight": 0}
+    await asyncio.sleep(0)

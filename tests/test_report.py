@@ -1,0 +1,105 @@
+"""Report records round-trip through JSON; the writer appends whole lines; the reader tolerates a torn tail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.errors import ReportExistsError, UsageError
+from orchestrator.models import Outcome, Record, Summary
+from orchestrator.report import ReportWriter, Tally, read_records
+
+text = st.none() | st.text(max_size=40)
+records = st.builds(
+    Record,
+    run_id=st.text(min_size=1, max_size=12),
+    row=st.integers(min_value=1, max_value=10**7),
+    volume_id=text,
+    project_id=text,
+    region=text,
+    name=text,
+    outcome=st.sampled_from(Outcome),
+    http_status=st.none() | st.integers(min_value=100, max_value=599),
+    snapshot_id=text,
+    snapshot_status=text,
+    error_code=text,
+    error_message=text,
+    request_id=text,
+    attempts=st.integers(min_value=0, max_value=100),
+    reconciled=st.booleans(),
+    started_at=st.text(max_size=30),
+    finished_at=st.text(max_size=30),
+    elapsed_ms=st.integers(min_value=0, max_value=10**9),
+)
+
+
+@given(records)
+def test_record_json_round_trip(record: Record) -> None:
+    """Any record written as a JSON line reads back equal, as exactly one line."""
+    line = record.to_json()
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
+    assert Record.from_json(line) == record
+
+
+def sample(row: int, outcome: Outcome = Outcome.ACCEPTED, code: str | None = None) -> Record:
+    return Record(
+        run_id="r",
+        row=row,
+        volume_id="v",
+        project_id="p",
+        region="cn-north-4",
+        name="n",
+        outcome=outcome,
+        error_code=code,
+        attempts=1,
+        started_at="s",
+        finished_at="f",
+        elapsed_ms=1,
+    )
+
+
+def test_writer_appends_and_reader_skips_torn_tail(tmp_path: Path) -> None:
+    """Records are appended whole; a last line cut by a crash is ignored; a bad middle line is an error."""
+    path = tmp_path / "sub" / "r.jsonl"
+    with ReportWriter(str(path)) as writer:
+        writer.write(sample(1))
+        writer.write(sample(2))
+    with path.open("ab") as handle:
+        handle.write(sample(3).to_json()[:25])
+    assert [r.row for r in read_records(path)] == [1, 2]
+    path.write_bytes(sample(1).to_json() + b"garbage\n" + sample(2).to_json())
+    with pytest.raises(UsageError, match=r"r.jsonl:2"):
+        list(read_records(path))
+
+
+def test_writer_refuses_existing_report_without_resume(tmp_path: Path) -> None:
+    """An existing non-empty report needs --resume; an empty one may be reused."""
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b"")
+    ReportWriter(str(path)).close()
+    path.write_bytes(sample(1).to_json())
+    with pytest.raises(ReportExistsError):
+        ReportWriter(str(path))
+    with ReportWriter(str(path), resume=True) as writer:
+        writer.write(sample(2))
+    assert [r.row for r in read_records(path)] == [1, 2]
+
+
+def test_tally_and_summary_exit_codes() -> None:
+    """The tally counts outcomes and failing error codes; exit 0 only when every row succeeded."""
+    tally = Tally()
+    tally.add(sample(1))
+    assert tally.summary().exit_code == 0
+    tally.add(sample(2, Outcome.REJECTED, "EVS.5400"))
+    tally.add(sample(3, Outcome.REJECTED, "EVS.5400"))
+    summary = tally.summary()
+    assert summary.outcomes == {"accepted": 1, "rejected": 2}
+    assert summary.error_codes == {"EVS.5400": 2}
+    assert summary.exit_code == 1
+    assert "EVS.5400 x2" in summary.render()
+    planned = Summary.of([sample(1, Outcome.PLANNED)], elapsed_s=1.0)
+    assert planned.exit_code == 0
