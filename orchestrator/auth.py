@@ -18,8 +18,8 @@ from yarl import URL
 from orchestrator import signing
 from orchestrator.errors import CredentialsError
 
-AuthKind = Literal["token", "aksk"]
-AUTH_KINDS: tuple[AuthKind, ...] = ("token", "aksk")
+AuthKind = Literal["token", "aksk", "password"]
+AUTH_KINDS: tuple[AuthKind, ...] = ("token", "aksk", "password")
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -97,22 +97,42 @@ class AkSkAuth:
         )
 
 
+@dataclasses.dataclass(frozen=True, slots=True, repr=False)
+class PasswordCredentials:
+    """An IAM user and password; ``iam.PasswordAuth`` turns them into tokens once a session exists."""
+
+    user: str
+    password: str
+    domain: str
+    kind: str = "password"
+
+    def __repr__(self) -> str:
+        return "PasswordCredentials(user=***, password=***)"
+
+
 def discover(
     *,
     environ: Mapping[str, str],
     forced: AuthKind | None = None,
     token_file: Path | None = None,
-) -> Authenticator:
+) -> Authenticator | PasswordCredentials:
     """The first complete credential source, in the documented order (or the one ``--auth`` forces)."""
     order = [forced] if forced is not None else list(AUTH_KINDS)
     for kind in order:
-        found = _token(environ, token_file) if kind == "token" else _aksk(environ)
+        found: Authenticator | PasswordCredentials | None
+        if kind == "token":
+            found = _token(environ, token_file)
+        elif kind == "aksk":
+            found = _aksk(environ)
+        else:
+            found = _password(environ)
         if found is not None:
             return found
     looked = {
         "token": "OS_AUTH_TOKEN or --token-file",
         "aksk": "HUAWEICLOUD_SDK_AK + HUAWEICLOUD_SDK_SK, or [basic] ak/sk in "
         + str(_credentials_file(environ)),
+        "password": "OS_USERNAME + OS_PASSWORD + OS_USER_DOMAIN_NAME",
     }
     wanted = "; ".join(f"{kind}: {looked[kind]}" for kind in order)
     raise CredentialsError(f"no complete credentials found (looked for {wanted})")
@@ -157,6 +177,13 @@ def _aksk(environ: Mapping[str, str]) -> AkSkAuth | None:
     if not (ak and sk):
         return None
     return AkSkAuth(ak, sk, section.get("security_token", "").strip() or None)
+
+
+def _password(environ: Mapping[str, str]) -> PasswordCredentials | None:
+    user = environ.get("OS_USERNAME", "").strip()
+    password = environ.get("OS_PASSWORD", "")
+    domain = environ.get("OS_USER_DOMAIN_NAME", "").strip()
+    return PasswordCredentials(user, password, domain) if user and password and domain else None
 
 
 def environment() -> Mapping[str, str]:

@@ -233,9 +233,16 @@ def duration(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     help="Extra CA certificates (PEM) to trust.",
 )
 @click.option(
+    "--iam-endpoint",
+    default=None,
+    envvar="HUAWEICLOUD_SDK_IAM_ENDPOINT",
+    help="IAM URL (default: the --region's IAM, else https://iam.myhuaweicloud.com).  "
+    "[env: HUAWEICLOUD_SDK_IAM_ENDPOINT]",
+)
+@click.option(
     "--auth",
     "auth_kind",
-    type=click.Choice(["token", "aksk"]),
+    type=click.Choice(["token", "aksk", "password"]),
     help="Force one credential kind (default: the first complete one).",
 )
 @click.option(
@@ -273,6 +280,7 @@ def create(
     project_id: str | None,
     region: str | None,
     endpoint: str | None,
+    iam_endpoint: str | None,
     ca_bundle: Path | None,
     auth_kind: str | None,
     token_file: Path | None,
@@ -289,6 +297,8 @@ def create(
     from orchestrator.manifest import ManifestSource  # noqa: PLC0415
     from orchestrator.models import utc_now  # noqa: PLC0415
 
+    environ = environment()
+
     def settings() -> CreateSettings:
         return CreateSettings(
             source=ManifestSource.of(manifest, manifest_format),
@@ -304,6 +314,9 @@ def create(
             limits=config.Limits(concurrency=concurrency, timeout=timeout),
             endpoints=config.Endpoints(
                 evs=config.parse_endpoint(endpoint, option="--endpoint") if endpoint else None,
+                regions=config.region_overrides(environ),
+                iam=config.parse_endpoint(iam_endpoint, option="--iam-endpoint") if iam_endpoint else None,
+                home_region=region,
                 ca_bundle=ca_bundle,
             ),
             auth_kind=auth_kind,  # type: ignore[arg-type]
@@ -312,7 +325,7 @@ def create(
             progress=sys.stderr.isatty() if progress is None else progress,
             summary_json=summary_json,
             emulator=use_emulator,
-            environ=environment(),
+            environ=environ,
         )
 
     async def entry() -> int:

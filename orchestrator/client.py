@@ -29,12 +29,17 @@ JSON_CONTENT_TYPE = "application/json;charset=utf-8"
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Answer:
-    """An HTTP answer: status, parsed JSON body (or ``None``), and the headers we use."""
+    """An HTTP answer: status, parsed JSON body (or ``None``), and the headers we use.
+
+    ``sent_with`` is the token the request carried, so that a 401 renews only a token not yet renewed.
+    """
 
     status: int
     body: Any
     request_id: str | None
     retry_after: str | None = None
+    subject_token: str | None = dataclasses.field(default=None, repr=False)
+    sent_with: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -75,9 +80,10 @@ def ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
 
 
 def new_session(*, connections: int, ca_bundle: Path | None = None) -> aiohttp.ClientSession:
-    """One session for a run: a connection pool at least as large as the worker count."""
+    """One session for a run: each endpoint's connection pool is as large as the worker count."""
+    # The workers bound what is in flight; each endpoint (host) gets its own pool of that size.
     connector = aiohttp.TCPConnector(
-        limit=connections, limit_per_host=connections, ssl=ssl_context(ca_bundle), ttl_dns_cache=300
+        limit=0, limit_per_host=connections, ssl=ssl_context(ca_bundle), ttl_dns_cache=300
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -87,35 +93,21 @@ def new_session(*, connections: int, ca_bundle: Path | None = None) -> aiohttp.C
     )
 
 
-class EvsClient:
-    """Calls of the EVS v2 snapshot API for one endpoint, authorized by an injected authenticator."""
+class Caller:
+    """Sends one request to one base URL and returns its ``Answer`` (shared by EVS and IAM calls)."""
 
-    def __init__(
-        self, session: aiohttp.ClientSession, base_url: URL, auth: Authenticator, *, timeout: float
-    ) -> None:
+    def __init__(self, session: aiohttp.ClientSession, base_url: URL, *, timeout: float) -> None:
         self.session = session
         self.base_url = base_url
-        self.auth = auth
         self.timeout = aiohttp.ClientTimeout(total=timeout)
-
-    async def create_snapshot(self, request: SnapshotRequest) -> Answer:
-        body = orjson.dumps(request.body())
-        return await self.call(
-            "POST", f"/v2/{request.project_id}/cloudsnapshots", request.project_id, body=body
-        )
-
-    async def list_snapshots(self, project_id: str, query: Sequence[tuple[str, str]]) -> Answer:
-        return await self.call("GET", f"/v2/{project_id}/cloudsnapshots/detail", project_id, query=query)
-
-    async def show_volume(self, project_id: str, volume_id: str) -> Answer:
-        return await self.call("GET", f"/v2/{project_id}/cloudvolumes/{volume_id}", project_id)
 
     async def call(
         self,
         method: str,
         path: str,
-        project_id: str | None,
         *,
+        auth: Authenticator | None,
+        project_id: str | None = None,
         query: Sequence[tuple[str, str]] = (),
         body: bytes = b"",
     ) -> Answer:
@@ -129,7 +121,8 @@ class EvsClient:
             body=body,
             project_id=project_id,
         )
-        await self.auth.authorize(outgoing)
+        if auth is not None:
+            await auth.authorize(outgoing)
         try:
             async with self.session.request(
                 method, url, data=body or None, headers=outgoing.headers, timeout=self.timeout
@@ -140,15 +133,73 @@ class EvsClient:
                     body=_parse(raw),
                     request_id=response.headers.get("X-Request-Id"),
                     retry_after=response.headers.get("Retry-After"),
+                    subject_token=response.headers.get("X-Subject-Token"),
+                    sent_with=outgoing.headers.get("X-Auth-Token"),
                 )
         except TimeoutError as exc:
-            raise RequestTimeout(f"no answer within {self.timeout.total:g}s") from exc
+            raise RequestTimeout(f"no answer from {self.base_url} within {self.timeout.total:g}s") from exc
         except aiohttp.ClientSSLError as exc:
-            raise TransportError(f"TLS failed: {exc}", code="TLS_ERROR") from exc
+            raise TransportError(f"TLS with {self.base_url} failed: {exc}", code="TLS_ERROR") from exc
         except aiohttp.ClientError as exc:
             raise TransportError(_describe(exc)) from exc
         except (OSError, asyncio.IncompleteReadError) as exc:
-            raise TransportError(f"connection failed: {exc.__class__.__name__}") from exc
+            raise TransportError(f"connection to {self.base_url} failed: {exc.__class__.__name__}") from exc
+
+
+class EvsClient:
+    """Calls of the EVS v2 snapshot API on one endpoint, authorized by an injected authenticator."""
+
+    def __init__(self, caller: Caller, auth: Authenticator) -> None:
+        self.caller = caller
+        self.auth = auth
+
+    @property
+    def base_url(self) -> URL:
+        return self.caller.base_url
+
+    async def create_snapshot(self, request: SnapshotRequest, project_id: str) -> Answer:
+        body = orjson.dumps(request.body())
+        return await self.caller.call(
+            "POST", f"/v2/{project_id}/cloudsnapshots", auth=self.auth, project_id=project_id, body=body
+        )
+
+    async def list_snapshots(self, project_id: str, query: Sequence[tuple[str, str]]) -> Answer:
+        return await self.caller.call(
+            "GET",
+            f"/v2/{project_id}/cloudsnapshots/detail",
+            auth=self.auth,
+            project_id=project_id,
+            query=query,
+        )
+
+    async def show_volume(self, project_id: str, volume_id: str) -> Answer:
+        return await self.caller.call(
+            "GET", f"/v2/{project_id}/cloudvolumes/{volume_id}", auth=self.auth, project_id=project_id
+        )
+
+
+class IamClient:
+    """The two IAM calls the tool makes: a password token, and the project of a region."""
+
+    def __init__(self, caller: Caller) -> None:
+        self.caller = caller
+
+    async def password_token(self, *, user: str, password: str, domain: str, scope: dict[str, str]) -> Answer:
+        body = {
+            "auth": {
+                "identity": {
+                    "methods": ["password"],
+                    "password": {"user": {"name": user, "password": password, "domain": {"name": domain}}},
+                },
+                "scope": {"project": scope},
+            }
+        }
+        return await self.caller.call(
+            "POST", "/v3/auth/tokens", auth=None, query=[("nocatalog", "true")], body=orjson.dumps(body)
+        )
+
+    async def projects(self, region: str, auth: Authenticator) -> Answer:
+        return await self.caller.call("GET", "/v3/projects", auth=auth, query=[("name", region)])
 
 
 def _parse(raw: bytes) -> Any:

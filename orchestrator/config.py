@@ -53,12 +53,32 @@ class RowDefaults:
     region: str | None = None
 
 
+# Regions with an IAM endpoint of their own in the official SDK's table; others use the global one.
+IAM_REGIONS = frozenset(
+    {
+        *("cn-north-1", "cn-north-2", "cn-north-4", "cn-north-9", "cn-north-12", "cn-east-2", "cn-east-3"),
+        *("cn-east-4", "cn-east-5", "cn-south-1", "cn-south-2", "cn-southwest-2", "ap-southeast-1"),
+        *("ap-southeast-2", "ap-southeast-3", "ap-southeast-4", "af-south-1", "sa-brazil-1", "la-south-2"),
+        *("la-north-2", "na-mexico-1", "eu-west-0", "my-kualalumpur-1", "ru-moscow-1", "me-east-1"),
+        *("ae-ad-1", "tr-west-1"),
+    }
+)
+GLOBAL_IAM = URL("https://iam.myhuaweicloud.com")
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Endpoints:
-    """Where requests go: a fixed EVS URL, or one derived from each row's region."""
+    """Where requests go.
+
+    EVS: ``evs`` for every row when set (``--endpoint``), else a per-region override (the SDK's
+    ``HUAWEICLOUD_SDK_REGION_EVS_{REGION}`` variables), else ``https://evs.{region}.myhuaweicloud.com``.
+    IAM: ``iam`` when set, else the IAM of ``home_region`` when it has one, else the global IAM.
+    """
 
     evs: URL | None = None
+    regions: Mapping[str, URL] = dataclasses.field(default_factory=dict)
     iam: URL | None = None
+    home_region: str | None = None
     ca_bundle: Path | None = None
 
     def evs_for(self, region: str | None) -> URL:
@@ -66,7 +86,25 @@ class Endpoints:
             return self.evs
         if region is None:
             raise ValueError("a row without a region needs --endpoint")
-        return URL(f"https://evs.{region}.myhuaweicloud.com")
+        return self.regions.get(region) or URL(f"https://evs.{region}.myhuaweicloud.com")
+
+    def iam_url(self) -> URL:
+        if self.iam is not None:
+            return self.iam
+        if self.home_region in IAM_REGIONS:
+            return URL(f"https://iam.{self.home_region}.myhuaweicloud.com")
+        return GLOBAL_IAM
+
+
+def region_overrides(environ: Mapping[str, str]) -> dict[str, URL]:
+    """``HUAWEICLOUD_SDK_REGION_EVS_CN_NORTH_4=url[,url]`` variables as ``{"cn-north-4": URL}``."""
+    prefix = "HUAWEICLOUD_SDK_REGION_EVS_"
+    found = {}
+    for name, value in environ.items():
+        if name.startswith(prefix) and value.strip():
+            region = name.removeprefix(prefix).lower().replace("_", "-")
+            found[region] = parse_endpoint(value.split(",")[0].strip(), option=name)
+    return found
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

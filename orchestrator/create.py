@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import TextIO
 
@@ -20,12 +20,15 @@ from aiohttp import ClientSession
 from yarl import URL
 
 from orchestrator import auth as credentials
-from orchestrator.client import EvsClient, new_session
+from orchestrator.client import Caller, IamClient, new_session
 from orchestrator.config import Endpoints, Limits, RowDefaults, RunIdentity
+from orchestrator.errors import RunAborted
+from orchestrator.iam import PasswordAuth, ProjectResolver
 from orchestrator.manifest import ManifestSource, RawRow, read_rows, spooled
-from orchestrator.models import SnapshotRequest, utc_now
+from orchestrator.models import Summary, utc_now
 from orchestrator.progress import Progress
 from orchestrator.report import ReportWriter, Tally
+from orchestrator.routing import Router
 from orchestrator.rows import RowValidator, check_template, duplicate_candidates, volume_key
 from orchestrator.runner import Runner, RunPlan
 
@@ -71,68 +74,77 @@ async def create(settings: CreateSettings, *, stderr: TextIO) -> int:
         async with contextlib.AsyncExitStack() as stack:
             if settings.emulator:
                 settings = await stack.enter_async_context(_with_emulator(settings, rows()))
-            auth = (
-                None
-                if settings.dry_run
-                else credentials.discover(
-                    environ=settings.environ,
-                    forced=settings.auth_kind,
-                    token_file=settings.token_file,
+            found = None
+            if not settings.dry_run:
+                found = credentials.discover(
+                    environ=settings.environ, forced=settings.auth_kind, token_file=settings.token_file
                 )
-            )
             writer = stack.enter_context(ReportWriter(settings.report))
+            router = None
+            if found is not None:
+                session = await stack.enter_async_context(
+                    new_session(
+                        connections=settings.limits.concurrency, ca_bundle=settings.endpoints.ca_bundle
+                    )
+                )
+                router = _router(session, found, settings)
             validator = RowValidator(
                 defaults=settings.defaults,
                 identity=identity,
                 candidates=candidates,
                 region_required=settings.endpoints.evs is None,
             )
-            tally = Tally()
-            client_for = None
-            if auth is not None:
-                session = await stack.enter_async_context(
-                    new_session(
-                        connections=settings.limits.concurrency,
-                        ca_bundle=settings.endpoints.ca_bundle,
-                    )
-                )
-                client_for = _client_factory(session, auth, settings)
-            runner = Runner(
-                RunPlan(
-                    run_id=identity.run_id,
-                    concurrency=settings.limits.concurrency,
-                    dry_run=settings.dry_run,
-                ),
-                client_for=client_for,
-                writer=writer,
-                tally=tally,
+            plan = RunPlan(
+                run_id=identity.run_id, concurrency=settings.limits.concurrency, dry_run=settings.dry_run
             )
+            tally = Tally()
+            runner = Runner(plan, router=router, writer=writer, tally=tally)
             async with anyio.create_task_group() as group:
                 if settings.progress:
                     group.start_soon(Progress(tally, total, stderr).run)
                 await runner.run(validator.validate_all(rows()))
                 group.cancel_scope.cancel()
-    summary = tally.summary()
+    return _finish(tally.summary(), settings, router, stderr)
+
+
+def _finish(summary: Summary, settings: CreateSettings, router: Router | None, stderr: TextIO) -> int:
+    """Print and write the summary; the exit code is 3 when credentials were refused anywhere."""
     where = "standard output" if settings.report == "-" else settings.report
     print(f"{summary.render()}\nreport: {where}", file=stderr, flush=True)
     if settings.summary_json is not None:
         _write_atomically(settings.summary_json, summary.to_json())
+    refusals = [] if router is None else router.closed()
+    for refused in refusals:
+        print(f"evs-snapshot: error: {refused}", file=stderr, flush=True)
+    if refusals:
+        print(
+            "evs-snapshot: the run stopped sending where the credentials were refused; fix them and run "
+            "again with --resume to finish the job",
+            file=stderr,
+            flush=True,
+        )
+        return RunAborted.exit_code
     return summary.exit_code
 
 
-def _client_factory(
-    session: ClientSession, auth: credentials.Authenticator, settings: CreateSettings
-) -> Callable[[SnapshotRequest], EvsClient]:
-    clients: dict[URL, EvsClient] = {}
-
-    def client_for(request: SnapshotRequest) -> EvsClient:
-        base = settings.endpoints.evs_for(request.region)
-        client = clients.get(base)
-        if client is None:
-            client = clients[base] = EvsClient(session, base, auth, timeout=settings.limits.timeout)
-        return client
-
-    return client_for
+def _router(
+    session: ClientSession,
+    found: credentials.Authenticator | credentials.PasswordCredentials,
+    settings: CreateSettings,
+) -> Router:
+    iam = IamClient(Caller(session, settings.endpoints.iam_url(), timeout=settings.limits.timeout))
+    auth: credentials.Authenticator
+    if isinstance(found, credentials.PasswordCredentials):
+        auth = PasswordAuth(user=found.user, password=found.password, domain=found.domain, iam=iam)
+    else:
+        auth = found
+    return Router(
+        session=session,
+        auth=auth,
+        endpoints=settings.endpoints,
+        timeout=settings.limits.timeout,
+        resolver=ProjectResolver(iam, auth),
+    )
 
 
 @contextlib.asynccontextmanager

@@ -8,13 +8,15 @@
     |   +-- CredentialsError (2)     no complete credential source, or one that cannot be read
     |   +-- ReportExistsError (2)    the report already holds records and --resume was not given
     +-- RunAborted (3)               the service refused our credentials or answered a fatal condition
+    |   +-- CredentialsRefused (3)   IAM or the gateway refused the credentials themselves
     +-- LockHeld (75)                another run holds the lock of this report
     +-- Interrupted (130 / 143)      SIGINT or SIGTERM stopped the run after a graceful drain
     +-- TransportError (1)           a request got no HTTP answer (connection refused, reset, timeout);
         +-- RequestTimeout (1)       the request ran past its --timeout
 
-TransportError never reaches the user: the client raises it and the runner turns it into a row's
-``failed`` record (or a retry). Every other class reaches the single ``except`` of the CLI.
+TransportError and CredentialsRefused are caught by the runner and become rows' ``failed`` records
+(CredentialsRefused also stops the run from sending to that endpoint and makes it exit 3). Every
+other class reaches the single ``except`` of the CLI.
 """
 
 from __future__ import annotations
@@ -56,6 +58,15 @@ class RunAborted(EvsSnapshotError):
     """The service refused our credentials or answered a condition that makes every row fail."""
 
     exit_code = 3
+
+
+class CredentialsRefused(RunAborted):
+    """IAM or the API gateway refused the credentials themselves (not one row's request)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"credentials refused: {code} {message}")
 
 
 class LockHeld(EvsSnapshotError):

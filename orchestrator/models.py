@@ -47,7 +47,7 @@ class SnapshotRequest:
     row: int
     line: int
     volume_id: str
-    project_id: str
+    project_id: str | None
     region: str | None
     name: str
     description: str | None

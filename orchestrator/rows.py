@@ -194,8 +194,11 @@ class RowValidator:
             raise RowProblem(
                 "INVALID_REGION", f"{where}: region {region!r} is not a region id like cn-north-4"
             )
-        if project_id is None:
-            raise RowProblem("MISSING_PROJECT_ID", f"{where}: no project_id in the row and no --project-id")
+        if project_id is None and region is None:
+            raise RowProblem(
+                "MISSING_PROJECT_ID",
+                f"{where}: no project_id in the row, no --project-id, and no region to look it up by",
+            )
         if region is None and self.region_required:
             raise RowProblem("MISSING_REGION", f"{where}: no region in the row and no --region or --endpoint")
         description = _optional_text(fields, "description", where, strip=False)

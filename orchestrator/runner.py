@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from orchestrator.client import Answer, EvsClient
-from orchestrator.errors import TransportError
+from orchestrator.client import Answer
+from orchestrator.errors import CredentialsRefused, TransportError
+from orchestrator.iam import PasswordAuth, ProjectLookupFailed
 from orchestrator.models import Outcome, Record, SnapshotRequest, utc_iso, utc_now
 from orchestrator.report import ReportWriter, Tally
+from orchestrator.routing import Route, Router
 
 THROTTLING_CODES = frozenset({"APIGW.0308", "APIG.0308"})
 
@@ -37,18 +39,18 @@ class RunPlan:
 
 
 class Runner:
-    """Runs one plan: ``client_for`` picks the client of a row's endpoint; ``writer`` takes records."""
+    """Runs one plan: ``router`` gives each row its endpoint and project; ``writer`` takes records."""
 
     def __init__(
         self,
         plan: RunPlan,
         *,
-        client_for: Callable[[SnapshotRequest], EvsClient] | None,
+        router: Router | None,
         writer: ReportWriter,
         tally: Tally,
     ) -> None:
         self.plan = plan
-        self.client_for = client_for
+        self.router = router
         self.writer = writer
         self.tally = tally
 
@@ -85,20 +87,69 @@ class Runner:
 
     async def process(self, request: SnapshotRequest) -> Record:
         """Send one row's create request and turn whatever happens into its record."""
-        if self.client_for is None:
+        if self.router is None:
             raise RuntimeError("a dry run sends nothing")
         started, clock = utc_now(), time.monotonic()
-        client = self.client_for(request)
         try:
-            answer = await client.create_snapshot(request)
+            route = await self.router.route_for(request)
+        except (ProjectLookupFailed, CredentialsRefused) as exc:
+            return self._record(
+                request, Outcome.FAILED, started, clock, attempts=0, error=(exc.code, exc.message)
+            )
         except TransportError as exc:
             return self._record(
-                request, Outcome.FAILED, started, clock, error_code=exc.code, error_message=str(exc)
+                request, Outcome.FAILED, started, clock, attempts=0, error=(exc.code, str(exc))
             )
-        return self._from_answer(request, answer, started, clock)
+        request = dataclasses.replace(request, project_id=route.project_id)
+        if route.refused is not None:
+            return self._not_sent(request, route, started, clock)
+        try:
+            answer, attempts = await self._send(request, route)
+        except CredentialsRefused as exc:
+            self.router.refused = exc
+            return self._record(
+                request, Outcome.FAILED, started, clock, attempts=0, error=(exc.code, exc.message)
+            )
+        except TransportError as exc:
+            return self._record(request, Outcome.FAILED, started, clock, error=(exc.code, str(exc)))
+        if route.refused is not None and answer.status in (401, 403):
+            code, message = answer.error()
+            return self._record(
+                request,
+                Outcome.FAILED,
+                started,
+                clock,
+                answer=answer,
+                attempts=attempts,
+                error=(code, message),
+            )
+        return self._from_answer(request, answer, started, clock, attempts=attempts)
+
+    async def _send(self, request: SnapshotRequest, route: Route) -> tuple[Answer, int]:
+        """One create request; after a 401 with renewable credentials, one more with a new token.
+
+        A 401 comes from the gateway before EVS sees the request, so sending again cannot double.
+        """
+        answer = await route.client.create_snapshot(request, route.project_id)
+        attempts = 1
+        auth = route.client.auth
+        if answer.status == 401 and isinstance(auth, PasswordAuth):
+            auth.forget(route.project_id, answer.sent_with)
+            answer = await route.client.create_snapshot(request, route.project_id)
+            attempts += 1
+        route.observe(answer)
+        return answer, attempts
+
+    def _not_sent(self, request: SnapshotRequest, route: Route, started: datetime, clock: float) -> Record:
+        refused = route.refused
+        assert refused is not None  # noqa: S101 - checked by the caller
+        message = f"not sent: {route.name} refused the credentials ({refused.message})"
+        return self._record(
+            request, Outcome.FAILED, started, clock, attempts=0, error=(refused.code, message)
+        )
 
     def _from_answer(
-        self, request: SnapshotRequest, answer: Answer, started: datetime, clock: float
+        self, request: SnapshotRequest, answer: Answer, started: datetime, clock: float, *, attempts: int
     ) -> Record:
         if answer.status == 202:
             snapshot = answer.body.get("snapshot") if isinstance(answer.body, dict) else None
@@ -109,6 +160,7 @@ class Runner:
                 started,
                 clock,
                 answer=answer,
+                attempts=attempts,
                 snapshot_id=snapshot.get("id"),
                 snapshot_status=snapshot.get("status"),
             )
@@ -120,8 +172,8 @@ class Runner:
             started,
             clock,
             answer=answer,
-            error_code=code,
-            error_message=message,
+            attempts=attempts,
+            error=(code, message),
         )
 
     def _record(
@@ -135,8 +187,7 @@ class Runner:
         attempts: int = 1,
         snapshot_id: str | None = None,
         snapshot_status: str | None = None,
-        error_code: str | None = None,
-        error_message: str | None = None,
+        error: tuple[str, str | None] | None = None,
     ) -> Record:
         return Record(
             run_id=self.plan.run_id,
@@ -150,8 +201,8 @@ class Runner:
             request_id=None if answer is None else answer.request_id,
             snapshot_id=snapshot_id,
             snapshot_status=snapshot_status,
-            error_code=error_code,
-            error_message=error_message,
+            error_code=None if error is None else error[0],
+            error_message=None if error is None else error[1],
             attempts=attempts if outcome is not Outcome.PLANNED else 0,
             started_at=utc_iso(started),
             finished_at=utc_iso(utc_now()),

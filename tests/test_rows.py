@@ -99,8 +99,15 @@ def test_rule_breaks_give_invalid_records(fields: dict[str, Any] | None, from_cs
 
 
 def test_missing_project_and_region() -> None:
-    """Without a project (row or default) the row is invalid; without a region too, unless an endpoint is fixed."""
-    record = validate({"volume_id": IDS[0]}, defaults=RowDefaults(region="cn-north-4"))
+    """A row without a project is looked up by region; with neither it is invalid; no region needs an endpoint."""
+    request = validate({"volume_id": IDS[0]}, defaults=RowDefaults(region="cn-north-4"))
+    assert isinstance(request, SnapshotRequest)
+    assert request.project_id is None
+    raw = RawRow(1, 2, {"volume_id": IDS[0]}, False)
+    validator = RowValidator(
+        defaults=RowDefaults(), identity=IDENTITY, candidates=set(), region_required=False
+    )
+    record = validator.validate(raw)
     assert isinstance(record, Record)
     assert record.error_code == "MISSING_PROJECT_ID"
     record = validate({"volume_id": IDS[0]}, defaults=RowDefaults(project_id=PROJECT))

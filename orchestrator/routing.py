@@ -1,0 +1,100 @@
+"""Where each row goes: its endpoint and project, and whether that route still accepts our credentials.
+
+A route is one (EVS endpoint, project) pair. When the service refuses the credentials themselves on a
+route (any 401, or a 403 before anything on it succeeded), the route is closed: rows not yet sent to
+it end ``failed`` with that error, without a request, and the run exits 3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import aiohttp
+from yarl import URL
+
+from orchestrator.auth import Authenticator
+from orchestrator.client import Answer, Caller, EvsClient
+from orchestrator.config import Endpoints
+from orchestrator.errors import CredentialsRefused
+from orchestrator.iam import ProjectResolver
+from orchestrator.models import SnapshotRequest
+
+
+@dataclasses.dataclass(slots=True)
+class Route:
+    """One endpoint and project; ``refused`` holds the error that closed it."""
+
+    client: EvsClient
+    project_id: str
+    refused: CredentialsRefused | None = None
+    succeeded: bool = False
+
+    def observe(self, answer: Answer) -> None:
+        """Close the route when an answer refuses the credentials; note successes."""
+        if answer.ok:
+            self.succeeded = True
+        elif answer.status == 401 or (answer.status == 403 and not self.succeeded):
+            code, message = answer.error()
+            self.refused = CredentialsRefused(
+                code, f"{self.client.base_url} answered {answer.status}: {message}"
+            )
+
+    @property
+    def name(self) -> str:
+        return f"{self.client.base_url} project {self.project_id}"
+
+
+class Router:
+    """Builds and keeps the routes of a run, resolving missing project ids through IAM."""
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        auth: Authenticator,
+        endpoints: Endpoints,
+        timeout: float,
+        resolver: ProjectResolver | None,
+    ) -> None:
+        self.session = session
+        self.auth = auth
+        self.endpoints = endpoints
+        self.timeout = timeout
+        self.resolver = resolver
+        self.routes: dict[tuple[URL, str], Route] = {}
+        self.clients: dict[URL, EvsClient] = {}
+        self.refused: CredentialsRefused | None = None
+
+    async def route_for(self, request: SnapshotRequest) -> Route:
+        """The route of a row.
+
+        Raises ``ProjectLookupFailed``, ``CredentialsRefused`` or ``TransportError``.
+        """
+        if self.refused is not None:
+            raise self.refused
+        project = request.project_id
+        if project is None:
+            if self.resolver is None or request.region is None:
+                raise ValueError("a row without project_id needs a region and an IAM endpoint")
+            try:
+                project = await self.resolver.project_for(request.region)
+            except CredentialsRefused as exc:
+                self.refused = exc  # IAM refused the credentials: nothing can be sent anywhere
+                raise
+        base = self.endpoints.evs_for(request.region)
+        route = self.routes.get((base, project))
+        if route is None:
+            client = self.clients.get(base)
+            if client is None:
+                client = self.clients[base] = EvsClient(
+                    Caller(self.session, base, timeout=self.timeout), self.auth
+                )
+            route = self.routes[(base, project)] = Route(client, project)
+        return route
+
+    def closed(self) -> list[CredentialsRefused]:
+        """Every refusal that closed a route (or the whole run), for the closing message."""
+        found = [route.refused for route in self.routes.values() if route.refused is not None]
+        if self.refused is not None:
+            found.insert(0, self.refused)
+        return found

@@ -1,0 +1,382 @@
+"""Credentials end to end: password tokens that renew, project lookup, routing, refusal, redaction."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import main
+from orchestrator.config import Endpoints, region_overrides
+from orchestrator.emulator.settings import (
+    DEFAULT_AK,
+    DEFAULT_DOMAIN,
+    DEFAULT_PASSWORD,
+    DEFAULT_SK,
+    DEFAULT_USER,
+)
+from orchestrator.errors import UsageError
+from tests.conftest import PROJECT, TOKEN, volume_ids
+
+NO_CREDENTIALS = {
+    "OS_AUTH_TOKEN": "",
+    "HUAWEICLOUD_SDK_AK": "",
+    "HUAWEICLOUD_SDK_SK": "",
+    "HUAWEICLOUD_SDK_SECURITY_TOKEN": "",
+    "OS_USERNAME": "",
+    "OS_PASSWORD": "",
+    "OS_USER_DOMAIN_NAME": "",
+    "HUAWEICLOUD_SDK_CREDENTIALS_FILE": "/nonexistent/credentials",
+}
+PASSWORD_ENV = {
+    "OS_USERNAME": DEFAULT_USER,
+    "OS_PASSWORD": DEFAULT_PASSWORD,
+    "OS_USER_DOMAIN_NAME": DEFAULT_DOMAIN,
+}
+AKSK_ENV = {"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
+
+
+def invoke(args: list[str], env: dict[str, str]) -> Any:
+    return CliRunner().invoke(main, args, env={**NO_CREDENTIALS, **env}, catch_exceptions=False)
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def manifest_of(write: Callable[..., Path], ids: list[str], name: str = "m.csv", extra: str = "") -> Path:
+    return write(
+        name,
+        "volume_id" + (",region,project_id" if extra else "") + "\n" + "".join(f"{i}{extra}\n" for i in ids),
+    )
+
+
+def requests_of(state: dict[str, Any], route: str) -> Counter[str]:
+    return Counter(state["requests"].get(route, {}))
+
+
+def test_password_tokens_renew_during_a_run(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """With 1-second tokens on a ~3-second run, every row is accepted and tokens are renewed, few at a time."""
+    ids = volume_ids(60, seed=21)
+    emu = emulator_thread(any_volume=True, token_ttl=1.0, latency_ms=100)
+    report = tmp_path / "r.jsonl"
+    result = invoke(
+        [
+            "create",
+            str(manifest_of(write, ids)),
+            "--endpoint",
+            emu.url,
+            "--iam-endpoint",
+            emu.url,
+            "--project-id",
+            PROJECT,
+            "--report",
+            str(report),
+            "--concurrency",
+            "2",
+        ],
+        env=PASSWORD_ENV,
+    )
+    assert result.exit_code == 0, result.output
+    assert Counter(r["outcome"] for r in records(report)) == {"accepted": 60}
+    state = emu.state()
+    tokens = requests_of(state, "POST /v3/auth/tokens")
+    assert set(tokens) == {"201"}
+    assert 3 <= tokens["201"] <= 12, tokens
+    creates = requests_of(state, "POST /v2/{project_id}/cloudsnapshots")
+    assert creates["202"] == 60
+    assert len(state["snapshots"]) == 60
+
+
+def test_many_workers_ask_iam_once(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Thirty workers starting together share one token request (single flight)."""
+    ids = volume_ids(90, seed=22)
+    emu = emulator_thread(any_volume=True)
+    report = tmp_path / "r.jsonl"
+    result = invoke(
+        [
+            "create",
+            str(manifest_of(write, ids)),
+            "--endpoint",
+            emu.url,
+            "--iam-endpoint",
+            emu.url,
+            "--project-id",
+            PROJECT,
+            "--report",
+            str(report),
+            "--concurrency",
+            "30",
+        ],
+        env=PASSWORD_ENV,
+    )
+    assert result.exit_code == 0, result.output
+    assert requests_of(emu.state(), "POST /v3/auth/tokens") == {"201": 1}
+
+
+@pytest.mark.parametrize(
+    "env", [AKSK_ENV, PASSWORD_ENV, {"OS_AUTH_TOKEN": TOKEN}], ids=["aksk", "password", "token"]
+)
+def test_project_id_looked_up_once_per_region(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, env: dict[str, str]
+) -> None:
+    """Without --project-id, the region's project comes from IAM, asked once for the whole run."""
+    ids = volume_ids(20, seed=23)
+    emu = emulator_thread(any_volume=True)
+    report = tmp_path / "r.jsonl"
+    result = invoke(
+        [
+            "create",
+            str(manifest_of(write, ids)),
+            "--region",
+            "cn-north-4",
+            "--endpoint",
+            emu.url,
+            "--iam-endpoint",
+            emu.url,
+            "--report",
+            str(report),
+            "--concurrency",
+            "8",
+        ],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    got = records(report)
+    assert {r["project_id"] for r in got} == {PROJECT}
+    assert Counter(r["outcome"] for r in got) == {"accepted": 20}
+    state = emu.state()
+    lookups = requests_of(state, "GET /v3/projects") + requests_of(state, "POST /v3/auth/tokens")
+    assert sum(lookups.values()) <= 2  # one lookup (password: one name-scoped and one id-scoped token)
+
+
+def test_region_without_project_fails_its_rows_only(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A region with no project for these credentials fails its rows with PROJECT_NOT_FOUND; others go on."""
+    ids = volume_ids(6, seed=24)
+    emu = emulator_thread(any_volume=True)
+    manifest = write(
+        "m.csv",
+        "volume_id,region\n"
+        + "".join(f"{i},{'ap-southeast-1' if n % 2 else 'cn-north-4'}\n" for n, i in enumerate(ids)),
+    )
+    report = tmp_path / "r.jsonl"
+    result = invoke(
+        ["create", str(manifest), "--endpoint", emu.url, "--iam-endpoint", emu.url, "--report", str(report)],
+        env=AKSK_ENV,
+    )
+    assert result.exit_code == 1, result.output
+    got = {r["row"]: r for r in records(report)}
+    for row, record in got.items():
+        if row % 2 == 0:  # rows 2, 4, 6 are the odd indexes: ap-southeast-1
+            assert (record["outcome"], record["error_code"], record["attempts"]) == (
+                "failed",
+                "PROJECT_NOT_FOUND",
+                0,
+            )
+            assert "project_id" in record["error_message"]
+        else:
+            assert record["outcome"] == "accepted"
+    assert requests_of(emu.state(), "GET /v3/projects") == {"200": 2}
+
+
+def test_two_projects_in_two_regions(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Rows of two projects and regions each go to their region's endpoint, signed for their project."""
+    other_project = "fedcba9876543210fedcba9876543210"
+    north = emulator_thread(any_volume=True, region="cn-north-4", project_id=PROJECT, latency_ms=20)
+    south = emulator_thread(any_volume=True, region="ap-southeast-1", project_id=other_project, latency_ms=20)
+    ids = volume_ids(40, seed=25)
+    lines = [
+        f"{i},cn-north-4,{PROJECT}" if n % 2 == 0 else f"{i},ap-southeast-1,{other_project}"
+        for n, i in enumerate(ids)
+    ]
+    manifest = write("m.csv", "volume_id,region,project_id\n" + "\n".join(lines) + "\n")
+    report = tmp_path / "r.jsonl"
+    env = {
+        **AKSK_ENV,
+        "HUAWEICLOUD_SDK_REGION_EVS_CN_NORTH_4": north.url,
+        "HUAWEICLOUD_SDK_REGION_EVS_AP_SOUTHEAST_1": south.url,
+    }
+    result = invoke(["create", str(manifest), "--report", str(report), "--concurrency", "6"], env=env)
+    assert result.exit_code == 0, result.output
+    north_state, south_state = north.state(), south.state()
+    assert sorted(s["volume_id"] for s in north_state["snapshots"]) == sorted(ids[0::2])
+    assert sorted(s["volume_id"] for s in south_state["snapshots"]) == sorted(ids[1::2])
+    assert {s["project_id"] for s in south_state["snapshots"]} == {other_project}
+    assert north_state["max_in_flight"] <= 6
+    assert south_state["max_in_flight"] <= 6
+    by_volume = {r["volume_id"]: r for r in records(report)}
+    assert by_volume[ids[1]]["project_id"] == other_project
+    assert by_volume[ids[1]]["region"] == "ap-southeast-1"
+
+
+def test_refused_keys_stop_the_run(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A wrong secret key: the first answers are 401, sending stops at once, every row fails, exit 3."""
+    ids = volume_ids(200, seed=26)
+    emu = emulator_thread(any_volume=True, latency_ms=20)
+    report = tmp_path / "r.jsonl"
+    result = invoke(
+        [
+            "create",
+            str(manifest_of(write, ids)),
+            "--endpoint",
+            emu.url,
+            "--project-id",
+            PROJECT,
+            "--report",
+            str(report),
+            "--concurrency",
+            "4",
+        ],
+        env={"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": "not-the-secret-key"},
+    )
+    assert result.exit_code == 3, result.output
+    got = records(report)
+    assert len(got) == 200
+    assert {(r["outcome"], r["error_code"]) for r in got} == {("failed", "APIGW.0301")}
+    sent = sum(requests_of(emu.state(), "POST /v2/{project_id}/cloudsnapshots").values())
+    assert 1 <= sent <= 8, sent
+    assert sum(1 for r in got if r["attempts"] == 0) >= 192
+    assert "--resume" in result.stderr
+    assert emu.state()["snapshots"] == []
+
+
+def test_refused_password_stops_before_evs(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A wrong IAM password fails every row with IAM's error and sends nothing to EVS (exit 3)."""
+    emu = emulator_thread(any_volume=True)
+    report = tmp_path / "r.jsonl"
+    result = invoke(
+        [
+            "create",
+            str(manifest_of(write, volume_ids(30, seed=27))),
+            "--endpoint",
+            emu.url,
+            "--iam-endpoint",
+            emu.url,
+            "--project-id",
+            PROJECT,
+            "--report",
+            str(report),
+        ],
+        env={**PASSWORD_ENV, "OS_PASSWORD": "wrong-password"},
+    )
+    assert result.exit_code == 3, result.output
+    assert {(r["outcome"], r["error_code"]) for r in records(report)} == {("failed", "IAM.0004")}
+    state = emu.state()
+    assert "POST /v2/{project_id}/cloudsnapshots" not in state["requests"]
+    assert sum(requests_of(state, "POST /v3/auth/tokens").values()) <= 4
+
+
+def test_forced_kind_that_is_incomplete(write: Callable[..., Path], tmp_path: Path) -> None:
+    """--auth password without OS_USERNAME etc. exits 2 naming the variables it needs."""
+    result = invoke(
+        [
+            "create",
+            str(manifest_of(write, volume_ids(1))),
+            "--project-id",
+            PROJECT,
+            "--region",
+            "cn-north-4",
+            "--report",
+            str(tmp_path / "r.jsonl"),
+            "--auth",
+            "password",
+        ],
+        env=AKSK_ENV,
+    )
+    assert result.exit_code == 2
+    assert "OS_USERNAME + OS_PASSWORD + OS_USER_DOMAIN_NAME" in result.stderr
+    assert "HUAWEICLOUD_SDK_AK" not in result.stderr
+
+
+def test_endpoint_rules() -> None:
+    """Region overrides come from the SDK's variables; IAM defaults to the region's, else the global one."""
+    overrides = region_overrides(
+        {"HUAWEICLOUD_SDK_REGION_EVS_CN_NORTH_4": "http://127.0.0.1:1,http://127.0.0.1:2"}
+    )
+    assert str(overrides["cn-north-4"]) == "http://127.0.0.1:1"
+    with pytest.raises(UsageError, match="plain http"):
+        region_overrides({"HUAWEICLOUD_SDK_REGION_EVS_CN_NORTH_4": "http://192.0.2.1"})
+    assert (
+        str(Endpoints(regions=overrides).evs_for("ap-southeast-1"))
+        == "https://evs.ap-southeast-1.myhuaweicloud.com"
+    )
+    assert str(Endpoints(home_region="cn-north-4").iam_url()) == "https://iam.cn-north-4.myhuaweicloud.com"
+    assert str(Endpoints(home_region="eu-west-101").iam_url()) == "https://iam.myhuaweicloud.com"
+
+
+SECRET_TOKEN = "SECRET-TOKEN-a1b2c3d4e5f6"
+SECRET_SK = "emulator-secret-key-0000000000000000000000"
+SECRET_SECURITY_TOKEN = "SECURITY-TOKEN-z9y8x7w6"
+
+
+@pytest.mark.parametrize("kind", ["token", "aksk", "password"])
+def test_secrets_never_leak(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, kind: str
+) -> None:
+    """A full run (good credentials, then refused ones) never shows a secret in report, output or summary."""
+    emu = emulator_thread(any_volume=True, token=SECRET_TOKEN, sk=SECRET_SK, fault_5xx=0.2)
+    good = {
+        "token": {"OS_AUTH_TOKEN": SECRET_TOKEN},
+        "aksk": {
+            **AKSK_ENV,
+            "HUAWEICLOUD_SDK_SK": SECRET_SK,
+            "HUAWEICLOUD_SDK_SECURITY_TOKEN": SECRET_SECURITY_TOKEN,
+        },
+        "password": PASSWORD_ENV,
+    }[kind]
+    bad = {
+        "token": {"OS_AUTH_TOKEN": SECRET_TOKEN + "x"},
+        "aksk": {**good, "HUAWEICLOUD_SDK_SK": SECRET_SK + "x"},
+        "password": {**PASSWORD_ENV, "OS_PASSWORD": DEFAULT_PASSWORD + "x"},
+    }[kind]
+    secrets = [SECRET_TOKEN, SECRET_SK, SECRET_SECURITY_TOKEN, DEFAULT_PASSWORD]
+    seen = []
+    for number, env in enumerate((good, bad)):
+        report = tmp_path / f"r{number}.jsonl"
+        summary = tmp_path / f"s{number}.json"
+        result = invoke(
+            [
+                "create",
+                str(manifest_of(write, volume_ids(20, seed=30 + number), name=f"m{number}.csv")),
+                "--endpoint",
+                emu.url,
+                "--iam-endpoint",
+                emu.url,
+                "--project-id",
+                PROJECT,
+                "--report",
+                str(report),
+                "--summary-json",
+                str(summary),
+            ],
+            env=env,
+        )
+        assert result.exit_code in (0, 1, 3), result.output
+        seen += [
+            result.stdout,
+            result.stderr,
+            report.read_text(encoding="utf-8"),
+            summary.read_text(encoding="utf-8"),
+        ]
+    everything = "\n".join(seen)
+    assert "accepted" in everything
+    assert "failed" in everything
+    for secret in secrets:
+        assert secret not in everything
