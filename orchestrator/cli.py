@@ -250,6 +250,49 @@ def duration(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     type=click.Path(path_type=Path, dir_okay=False),
     help="Read the IAM token from this file instead of OS_AUTH_TOKEN.",
 )
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --report: skip finished rows, look up uncertain ones first.",
+)
+@click.option(
+    "--lock-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Lock held for the whole run; a second run exits 75.  [default: the report path + .lock]",
+)
+@click.option(
+    "--max-rps",
+    type=click.FloatRange(min=0.01),
+    default=None,
+    help="Cap on requests per second per endpoint (adapts lower on throttling).  [default: none]",
+)
+@click.option(
+    "--max-attempts",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="Create requests per row at most.",
+)
+@click.option(
+    "--backoff-initial",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Ceiling of the first retry wait, seconds (full jitter, doubling each retry).",
+)
+@click.option(
+    "--backoff-max",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Largest retry wait, seconds.",
+)
+@click.option(
+    "--deadline",
+    callback=duration,
+    default=None,
+    help="Time for the whole run (90s, 15m, 2h); rows not sent by then end failed with DEADLINE_EXCEEDED.",
+)
 @click.option("--dry-run", is_flag=True, help="Validate and write planned records; send nothing.")
 @click.option(
     "--progress/--no-progress",
@@ -284,6 +327,13 @@ def create(
     ca_bundle: Path | None,
     auth_kind: str | None,
     token_file: Path | None,
+    resume: bool,
+    lock_file: Path | None,
+    max_rps: float | None,
+    max_attempts: int,
+    backoff_initial: float,
+    backoff_max: float,
+    deadline: float | None,
     dry_run: bool,
     progress: bool | None,
     summary_json: Path | None,
@@ -296,6 +346,7 @@ def create(
     from orchestrator.create import create as run_create  # noqa: PLC0415
     from orchestrator.manifest import ManifestSource  # noqa: PLC0415
     from orchestrator.models import utc_now  # noqa: PLC0415
+    from orchestrator.retry import RetryPolicy  # noqa: PLC0415
 
     environ = environment()
 
@@ -326,6 +377,11 @@ def create(
             summary_json=summary_json,
             emulator=use_emulator,
             environ=environ,
+            resume=resume,
+            lock_file=lock_file,
+            policy=RetryPolicy(max_attempts=max_attempts, initial_wait=backoff_initial, max_wait=backoff_max),
+            max_rps=max_rps,
+            deadline=deadline,
         )
 
     async def entry() -> int:

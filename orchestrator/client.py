@@ -139,7 +139,11 @@ class Caller:
         except TimeoutError as exc:
             raise RequestTimeout(f"no answer from {self.base_url} within {self.timeout.total:g}s") from exc
         except aiohttp.ClientSSLError as exc:
-            raise TransportError(f"TLS with {self.base_url} failed: {exc}", code="TLS_ERROR") from exc
+            raise TransportError(
+                f"TLS with {self.base_url} failed: {exc}", code="TLS_ERROR", may_have_arrived=False
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise TransportError(_describe(exc), code="CONNECT_FAILED", may_have_arrived=False) from exc
         except aiohttp.ClientError as exc:
             raise TransportError(_describe(exc)) from exc
         except (OSError, asyncio.IncompleteReadError) as exc:

@@ -7,7 +7,7 @@ import ipaddress
 import re
 import secrets
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from yarl import URL
@@ -30,7 +30,21 @@ class RunIdentity:
 
     @classmethod
     def new(cls, started: datetime) -> RunIdentity:
-        return cls(run_id=secrets.token_hex(6), started=started)
+        """A fresh identity; the id starts with the start time so that a resumed run can recover it."""
+        return cls(run_id=f"{started:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}", started=started)
+
+    @classmethod
+    def resumed(cls, run_id: str) -> RunIdentity:
+        """The identity of the run a report belongs to (names render exactly as they did)."""
+        try:
+            started = datetime.strptime(run_id.split("-", maxsplit=1)[0], "%Y%m%dT%H%M%SZ").replace(
+                tzinfo=UTC
+            )
+        except ValueError:
+            raise UsageError(
+                f"the report's run_id {run_id!r} was not written by this tool's create"
+            ) from None
+        return cls(run_id=run_id, started=started)
 
     @property
     def date(self) -> str:

@@ -11,6 +11,8 @@ import contextlib
 import dataclasses
 import os
 import secrets
+import signal
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import TextIO
@@ -22,12 +24,13 @@ from yarl import URL
 from orchestrator import auth as credentials
 from orchestrator.client import Caller, IamClient, new_session
 from orchestrator.config import Endpoints, Limits, RowDefaults, RunIdentity
-from orchestrator.errors import RunAborted
+from orchestrator.errors import RunAborted, UsageError
 from orchestrator.iam import PasswordAuth, ProjectResolver
 from orchestrator.manifest import ManifestSource, RawRow, read_rows, spooled
 from orchestrator.models import Summary, utc_now
 from orchestrator.progress import Progress
-from orchestrator.report import ReportWriter, Tally
+from orchestrator.report import ReportLock, ReportWriter, ResumeBook, Tally
+from orchestrator.retry import RetryPolicy
 from orchestrator.routing import Router
 from orchestrator.rows import RowValidator, check_template, duplicate_candidates, volume_key
 from orchestrator.runner import Runner, RunPlan
@@ -50,14 +53,39 @@ class CreateSettings:
     progress: bool = False
     summary_json: Path | None = None
     emulator: bool = False
+    resume: bool = False
+    lock_file: Path | None = None
+    policy: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
+    max_rps: float | None = None
+    deadline: float | None = None  # seconds for the whole run
+    grace: float = 10.0
     environ: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 async def create(settings: CreateSettings, *, stderr: TextIO) -> int:
     """Run the whole job and return the exit code; raises ``EvsSnapshotError`` for run-level errors."""
-    identity = RunIdentity.new(utc_now())
+    started = time.monotonic()
     check_template(settings.defaults.name_template)
+    lock_path = settings.lock_file or (None if settings.report == "-" else Path(settings.report + ".lock"))
+    with contextlib.ExitStack() as locks:
+        if lock_path is not None:
+            locks.enter_context(ReportLock(lock_path))
+        book = _resume_book(settings)
+        identity = RunIdentity.resumed(book.run_id) if book is not None else RunIdentity.new(utc_now())
+        return await _locked(settings, identity, book, started, stderr)
 
+
+def _resume_book(settings: CreateSettings) -> ResumeBook | None:
+    if not settings.resume:
+        return None
+    if settings.report == "-":
+        raise UsageError("--resume needs a --report file to read, not standard output")
+    return ResumeBook.load(Path(settings.report))
+
+
+async def _locked(
+    settings: CreateSettings, identity: RunIdentity, book: ResumeBook | None, started: float, stderr: TextIO
+) -> int:
     def warn(message: str) -> None:
         print(f"evs-snapshot: warning: {message}", file=stderr, flush=True)
 
@@ -79,7 +107,7 @@ async def create(settings: CreateSettings, *, stderr: TextIO) -> int:
                 found = credentials.discover(
                     environ=settings.environ, forced=settings.auth_kind, token_file=settings.token_file
                 )
-            writer = stack.enter_context(ReportWriter(settings.report))
+            writer = stack.enter_context(ReportWriter(settings.report, resume=settings.resume))
             router = None
             if found is not None:
                 session = await stack.enter_async_context(
@@ -95,16 +123,42 @@ async def create(settings: CreateSettings, *, stderr: TextIO) -> int:
                 region_required=settings.endpoints.evs is None,
             )
             plan = RunPlan(
-                run_id=identity.run_id, concurrency=settings.limits.concurrency, dry_run=settings.dry_run
+                run_id=identity.run_id,
+                concurrency=settings.limits.concurrency,
+                dry_run=settings.dry_run,
+                policy=settings.policy,
+                deadline=None if settings.deadline is None else started + settings.deadline,
             )
             tally = Tally()
-            runner = Runner(plan, router=router, writer=writer, tally=tally)
+            runner = Runner(plan, router=router, writer=writer, tally=tally, resume=book)
+            signals: list[int] = []
             async with anyio.create_task_group() as group:
                 if settings.progress:
                     group.start_soon(Progress(tally, total, stderr).run)
-                await runner.run(validator.validate_all(rows()))
+                with anyio.CancelScope() as run_scope:
+                    group.start_soon(_watch_signals, runner, run_scope, settings.grace, writer, signals)
+                    await runner.run(validator.validate_all(rows()))
                 group.cancel_scope.cancel()
-    return _finish(tally.summary(), settings, router, stderr)
+    code = _finish(tally.summary(), settings, router, stderr)
+    if signals:
+        name = signal.Signals(signals[0]).name
+        print(f"evs-snapshot: stopped by {name}; run again with --resume to finish the job", file=stderr)
+        return 128 + signals[0]
+    return code
+
+
+async def _watch_signals(
+    runner: Runner, run_scope: anyio.CancelScope, grace: float, writer: ReportWriter, received: list[int]
+) -> None:
+    """First SIGINT/SIGTERM: take no new rows, give rows in flight ``grace`` seconds. Second: exit now."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if received:
+                writer.sync()
+                os._exit(128 + signum)
+            received.append(signum)
+            runner.stop()
+            run_scope.deadline = anyio.current_time() + grace
 
 
 def _finish(summary: Summary, settings: CreateSettings, router: Router | None, stderr: TextIO) -> int:
@@ -144,6 +198,7 @@ def _router(
         endpoints=settings.endpoints,
         timeout=settings.limits.timeout,
         resolver=ProjectResolver(iam, auth),
+        max_rps=settings.max_rps,
     )
 
 

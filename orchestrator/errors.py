@@ -84,10 +84,17 @@ class Interrupted(EvsSnapshotError):
 
 
 class TransportError(EvsSnapshotError):
-    """A request got no HTTP answer; whether the service acted on it is unknown."""
+    """A request got no HTTP answer.
 
-    def __init__(self, message: str, *, code: str = "CONNECTION_ERROR") -> None:
+    ``may_have_arrived`` is False only when no connection was made (refused, DNS, TLS handshake), so
+    the service surely did not act; otherwise whether it acted is unknown.
+    """
+
+    def __init__(
+        self, message: str, *, code: str = "CONNECTION_ERROR", may_have_arrived: bool = True
+    ) -> None:
         self.code = code
+        self.may_have_arrived = may_have_arrived
         super().__init__(message)
 
 

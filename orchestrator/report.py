@@ -6,15 +6,17 @@ buffer to lose); the file is fsynced at least once a second while records arrive
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
-from orchestrator.errors import ReportExistsError, UsageError
-from orchestrator.models import Record, Summary
+from orchestrator.errors import LockHeld, ReportExistsError, UsageError
+from orchestrator.models import SUCCESSFUL, Outcome, Record, Summary
 
 FSYNC_INTERVAL = 1.0
 
@@ -37,10 +39,26 @@ class ReportWriter:
             )
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self.fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
             raise UsageError(f"cannot write the report {path}: {exc.strerror}") from None
         self._owned = True
+        self._cut_torn_tail()
+
+    def _cut_torn_tail(self) -> None:
+        """Drop a last line a killed writer left half-written, so the next record starts on its own line."""
+        size = os.fstat(self.fd).st_size
+        if size == 0 or os.pread(self.fd, 1, size - 1) == b"\n":
+            return
+        keep = size
+        while keep > 0:
+            start = max(0, keep - 65536)
+            newline = os.pread(self.fd, keep - start, start).rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            keep = start
+        os.ftruncate(self.fd, keep)
 
     def write(self, record: Record) -> None:
         """Append one record as one whole line."""
@@ -93,6 +111,10 @@ class Tally:
         self.requests = 0
         self.started = time.monotonic()
 
+    def add_previous(self, outcome: Outcome) -> None:
+        """Count a row a previous run of this report finished (``--resume``)."""
+        self.outcomes[outcome.value] += 1
+
     def add(self, record: Record) -> None:
         self.outcomes[record.outcome.value] += 1
         self.requests += record.attempts
@@ -111,3 +133,77 @@ class Tally:
             requests=self.requests,
             elapsed_s=time.monotonic() - self.started,
         )
+
+
+class ResumeBook:
+    """What a previous run of this report already did, one byte per row (flat memory).
+
+    Each byte is 0 (no record: the row was in flight or not reached) or 1 + the index of the row's
+    last outcome. Rows with no record and ``failed`` rows are uncertain: the snapshot may exist, so
+    they are looked up before anything is sent again (one list request each, always safe).
+    """
+
+    OUTCOMES: ClassVar[list[Outcome]] = list(Outcome)
+
+    def __init__(self, run_id: str, states: bytearray) -> None:
+        self.run_id = run_id
+        self.states = states
+
+    @classmethod
+    def load(cls, path: Path) -> ResumeBook | None:
+        """Read a report; ``None`` when it does not exist or holds no record."""
+        if not path.exists():
+            return None
+        run_id = None
+        states = bytearray()
+        for record in read_records(path):
+            run_id = run_id or record.run_id
+            if record.row >= len(states):
+                states.extend(bytes(record.row + 1 - len(states)))
+            states[record.row] = cls.OUTCOMES.index(record.outcome) + 1
+        return None if run_id is None else cls(run_id, states)
+
+    def outcome(self, row: int) -> Outcome | None:
+        state = self.states[row] if row < len(self.states) else 0
+        return self.OUTCOMES[state - 1] if state else None
+
+    def done(self, row: int) -> bool:
+        outcome = self.outcome(row)
+        return outcome is not None and outcome in SUCCESSFUL
+
+    def uncertain(self, row: int) -> bool:
+        """True when a snapshot may exist (in flight when the last run died, or failed after sending)."""
+        outcome = self.outcome(row)
+        return outcome is None or outcome is Outcome.FAILED
+
+
+class ReportLock:
+    """An exclusive ``flock`` on the lock file, so two runs on one report cannot overlap."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def __enter__(self) -> ReportLock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UsageError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise LockHeld(
+                f"another evs-snapshot run holds {self.path}; nothing was done (exit 75: try again later)"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None

@@ -18,6 +18,7 @@ from orchestrator.config import Endpoints
 from orchestrator.errors import CredentialsRefused
 from orchestrator.iam import ProjectResolver
 from orchestrator.models import SnapshotRequest
+from orchestrator.retry import RateLimiter
 
 
 @dataclasses.dataclass(slots=True)
@@ -26,6 +27,7 @@ class Route:
 
     client: EvsClient
     project_id: str
+    limiter: RateLimiter
     refused: CredentialsRefused | None = None
     succeeded: bool = False
 
@@ -55,12 +57,14 @@ class Router:
         endpoints: Endpoints,
         timeout: float,
         resolver: ProjectResolver | None,
+        max_rps: float | None = None,
     ) -> None:
         self.session = session
         self.auth = auth
         self.endpoints = endpoints
         self.timeout = timeout
         self.resolver = resolver
+        self.max_rps = max_rps
         self.routes: dict[tuple[URL, str], Route] = {}
         self.clients: dict[URL, EvsClient] = {}
         self.refused: CredentialsRefused | None = None
@@ -89,7 +93,7 @@ class Router:
                 client = self.clients[base] = EvsClient(
                     Caller(self.session, base, timeout=self.timeout), self.auth
                 )
-            route = self.routes[(base, project)] = Route(client, project)
+            route = self.routes[(base, project)] = Route(client, project, RateLimiter(self.max_rps))
         return route
 
     def closed(self) -> list[CredentialsRefused]:
@@ -98,3 +102,7 @@ class Router:
         if self.refused is not None:
             found.insert(0, self.refused)
         return found
+
+    @property
+    def throttled(self) -> int:
+        return sum(route.limiter.throttled for route in self.routes.values())

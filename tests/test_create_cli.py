@@ -224,24 +224,31 @@ def test_bad_rows_do_not_stop_the_others(
     assert [s["volume_id"] for s in emu.state()["snapshots"]] == [IDS[1]]
 
 
-def test_server_errors_and_throttling_fail_rows(
+def test_single_attempt_failures_are_failed_never_rejected(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """5xx answers and dropped connections end rows failed (never rejected), with their codes."""
+    """With --max-attempts 1, 5xx answers and lost connections end rows failed with their codes."""
     ids = volume_ids(30, seed=5)
     emu = emulator_thread(any_volume=True, fault_5xx=0.3, fault_drop_before=0.2, seed=3)
     manifest = write("m.csv", "volume_id\n" + "".join(f"{i}\n" for i in ids))
     report = tmp_path / "r.jsonl"
-    result = invoke(["create", str(manifest), *base_args(emu.url, report)])
+    result = invoke(["create", str(manifest), *base_args(emu.url, report), "--max-attempts", "1"])
     assert result.exit_code == 1
     got = records(report)
     assert len(got) == 30
     failed = [r for r in got if r["outcome"] == "failed"]
     assert failed
     assert {r["outcome"] for r in got} <= {"accepted", "failed"}
+    assert all(r["attempts"] == 1 for r in got)
     codes = {r["error_code"] for r in failed}
-    assert codes <= {"EVS.5500", "EVS.5503", "APIGW.0202", "CONNECTION_ERROR"}
+    # UNCONFIRMED: the lookup after an uncertain attempt was itself hit by an injected 5xx.
+    assert codes <= {"EVS.5500", "EVS.5503", "APIGW.0202", "CONNECTION_ERROR", "UNCONFIRMED"}
     assert "CONNECTION_ERROR" in codes
+    # Every accepted row has its snapshot; any other snapshot belongs to a row that says it may exist.
+    snapshots = {s["volume_id"] for s in emu.state()["snapshots"]}
+    accepted = {r["volume_id"] for r in got if r["outcome"] == "accepted"}
+    unconfirmed = {r["volume_id"] for r in failed if r["error_code"] == "UNCONFIRMED"}
+    assert accepted <= snapshots <= accepted | unconfirmed
 
 
 def test_existing_report_is_not_overwritten(
@@ -331,12 +338,14 @@ def test_bad_options_are_usage_errors(
 
 
 def test_connection_refused_fails_rows(write: Callable[..., Path], tmp_path: Path) -> None:
-    """An endpoint that refuses connections ends every row failed with CONNECTION_ERROR (exit 1)."""
+    """An endpoint that refuses connections: every row is retried, then failed with CONNECT_FAILED (exit 1)."""
     manifest = write("m.csv", f"volume_id\n{IDS[0]}\n{IDS[1]}\n")
     report = tmp_path / "r.jsonl"
-    result = invoke(["create", str(manifest), *base_args("http://127.0.0.1:9", report)])
+    args = [*base_args("http://127.0.0.1:9", report), "--max-attempts", "3", "--backoff-max", "0.05"]
+    result = invoke(["create", str(manifest), *args])
     assert result.exit_code == 1
-    assert {(r["outcome"], r["error_code"]) for r in records(report)} == {("failed", "CONNECTION_ERROR")}
+    got = records(report)
+    assert {(r["outcome"], r["error_code"], r["attempts"]) for r in got} == {("failed", "CONNECT_FAILED", 3)}
 
 
 def run_cli(

@@ -1,0 +1,304 @@
+"""Never lose or double a snapshot: chaos, kills and resume, signals, the lock, deadlines, throttling."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from click.testing import CliRunner
+
+from orchestrator.cli import main
+from orchestrator.emulator import SeedVolume
+from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
+from tests.conftest import PROJECT, seeds, volume_ids
+
+ENV = {"OS_AUTH_TOKEN": "", "HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
+FAST_RETRIES = ["--max-attempts", "12", "--backoff-initial", "0.05", "--backoff-max", "0.5"]
+CHAOS = {
+    "fault_5xx": 0.08,
+    "fault_drop_before": 0.05,
+    "fault_drop_after": 0.05,
+    "rate_limit": 150,
+    "burst": 20,
+    "latency_ms": 5,
+    "jitter_ms": 5,
+}
+
+
+def invoke(args: list[str]) -> Any:
+    return CliRunner().invoke(main, args, env=ENV, catch_exceptions=False)
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.endswith(b"}")]
+
+
+def last_per_row(path: Path) -> dict[int, dict[str, Any]]:
+    final: dict[int, dict[str, Any]] = {}
+    for record in lines(path):
+        final[record["row"]] = record
+    return final
+
+
+def csv_manifest(write: Callable[..., Path], ids: list[str]) -> Path:
+    return write("m.csv", "volume_id\n" + "".join(f"{i}\n" for i in ids))
+
+
+def args_for(url: str, manifest: Path, report: Path, *extra: str) -> list[str]:
+    return [
+        "create",
+        str(manifest),
+        "--endpoint",
+        url,
+        "--project-id",
+        PROJECT,
+        "--report",
+        str(report),
+        *extra,
+    ]
+
+
+def assert_exactly_one_snapshot_each(state: dict[str, Any], ids: list[str]) -> None:
+    counts = Counter(snapshot["volume_id"] for snapshot in state["snapshots"])
+    assert counts == dict.fromkeys(ids, 1), {k: v for k, v in counts.items() if v != 1}
+
+
+def test_chaos_run_creates_exactly_one_snapshot_per_volume(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """5xx, drops before and after recording, a tight rate limit and latency: one snapshot each, all accepted."""
+    ids = volume_ids(300, seed=41)
+    emu = emulator_thread(any_volume=True, seed=41, **CHAOS)
+    report = tmp_path / "r.jsonl"
+    result = invoke(args_for(emu.url, csv_manifest(write, ids), report, "--concurrency", "16", *FAST_RETRIES))
+    assert result.exit_code == 0, result.output
+    final = last_per_row(report)
+    assert sorted(final) == list(range(1, 301))
+    assert {r["outcome"] for r in final.values()} == {"accepted"}
+    assert len(lines(report)) == 300
+    state = emu.state()
+    assert_exactly_one_snapshot_each(state, ids)
+    by_volume = {s["volume_id"]: s["id"] for s in state["snapshots"]}
+    assert all(by_volume[r["volume_id"]] == r["snapshot_id"] for r in final.values())
+    reconciled = [r for r in final.values() if r["reconciled"]]
+    assert reconciled, "drop-after faults must have been reconciled by lookup"
+    creates = state["requests"]["POST /v2/{project_id}/cloudsnapshots"]
+    assert creates.get("429", 0) > 0
+    assert creates.get("dropped", 0) > 0
+
+
+def run_process(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **ENV, **(env or {})},
+    )
+
+
+def wait_for_records(report: Path, count: int, process: subprocess.Popen[bytes], limit: float = 30.0) -> None:
+    """Wait (bounded) until the report holds ``count`` records while the process runs."""
+    stop = time.monotonic() + limit
+    while time.monotonic() < stop and process.poll() is None:
+        if report.exists() and report.read_bytes().count(b"\n") >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"report never reached {count} records (process exit {process.poll()})")
+
+
+def test_sigkill_then_resume_finishes_without_duplicates(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A chaos run killed with SIGKILL at a random moment, then --resume: every row once, no doubles."""
+    ids = volume_ids(250, seed=42)
+    emu = emulator_thread(any_volume=True, seed=42, **{**CHAOS, "latency_ms": 25})
+    manifest = csv_manifest(write, ids)
+    report = tmp_path / "r.jsonl"
+    args = args_for(emu.url, manifest, report, "--concurrency", "12", *FAST_RETRIES)
+    with run_process(args) as process:
+        wait_for_records(report, random.Random(42).randint(20, 120), process)
+        process.kill()
+        process.wait(timeout=10)
+    before = lines(report)
+    assert 0 < len(before) < 250
+    result = invoke([*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    final = last_per_row(report)
+    assert sorted(final) == list(range(1, 251))
+    assert {r["outcome"] for r in final.values()} == {"accepted"}
+    assert {r["run_id"] for r in lines(report)} == {before[0]["run_id"]}
+    assert_exactly_one_snapshot_each(emu.state(), ids)
+    done_before = {r["row"] for r in before if r["outcome"] == "accepted"}
+    assert all(Counter(r["row"] for r in lines(report))[row] == 1 for row in done_before)
+
+
+def test_sigterm_drains_exits_143_and_resume_completes(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """SIGTERM: in-flight rows finish and are recorded, exit 143, summary printed; --resume finishes."""
+    ids = volume_ids(200, seed=43)
+    emu = emulator_thread(any_volume=True, latency_ms=60)
+    manifest = csv_manifest(write, ids)
+    report = tmp_path / "r.jsonl"
+    args = args_for(emu.url, manifest, report, "--concurrency", "8")
+    with run_process(args) as process:
+        wait_for_records(report, 30, process)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 143, stderr
+    assert b"stopped by SIGTERM" in stderr
+    assert b"rows:" in stderr
+    first = lines(report)
+    assert len(first) == report.read_bytes().count(b"\n")  # every line whole
+    assert len({r["row"] for r in first}) == len(first) < 200
+    assert all(r["outcome"] == "accepted" for r in first)
+    assert len(emu.state()["snapshots"]) == len(first)  # in-flight rows were drained and recorded
+    result = invoke([*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert sorted(last_per_row(report)) == list(range(1, 201))
+    assert_exactly_one_snapshot_each(emu.state(), ids)
+
+
+def test_second_run_on_same_report_exits_75(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """While one run holds the report's lock, a second exits 75 at once and changes nothing."""
+    ids = volume_ids(60, seed=44)
+    emu = emulator_thread(any_volume=True, latency_ms=50)
+    report = tmp_path / "r.jsonl"
+    args = args_for(emu.url, csv_manifest(write, ids), report, "--concurrency", "2")
+    with run_process(args) as process:
+        wait_for_records(report, 2, process)
+        started = time.monotonic()
+        second = run_process([*args, "--resume"])
+        _, stderr = second.communicate(timeout=30)
+        assert second.returncode == 75, stderr
+        assert time.monotonic() - started < 15
+        assert b"another evs-snapshot run holds" in stderr
+        process.communicate(timeout=60)
+        assert process.returncode == 0
+    records = lines(report)
+    assert len(records) == 60
+    assert len({r["run_id"] for r in records}) == 1
+    assert_exactly_one_snapshot_each(emu.state(), ids)
+
+
+def test_resume_skips_finished_rows_and_retries_the_rest(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Accepted rows are not sent again; rejected and failed rows are; names and run_id stay the same."""
+    ids = volume_ids(6, seed=45)
+    emu = emulator_thread(volumes=(*seeds(ids[:4]), SeedVolume(volume_id=ids[4], status="in-use")))
+    manifest = csv_manifest(write, ids)
+    report = tmp_path / "r.jsonl"
+    args = args_for(emu.url, manifest, report, "--name-template", "{run_id}-{row}", "--max-attempts", "1")
+    assert invoke(args).exit_code == 1
+    first = last_per_row(report)
+    assert [first[n]["outcome"] for n in range(1, 7)] == ["accepted"] * 4 + ["rejected", "rejected"]
+    posts_before = sum(emu.state()["requests"]["POST /v2/{project_id}/cloudsnapshots"].values())
+    result = invoke([*args, "--resume", "--force"])  # the operator now allows the in-use disk
+    assert result.exit_code == 1, result.output  # row 6 still does not exist
+    final = last_per_row(report)
+    assert final[5]["outcome"] == "accepted"
+    assert final[5]["name"] == first[5]["name"]
+    assert final[6]["error_code"] == "EVS.5404"
+    assert {r["run_id"] for r in lines(report)} == {first[1]["run_id"]}
+    posts_after = sum(emu.state()["requests"]["POST /v2/{project_id}/cloudsnapshots"].values())
+    assert posts_after - posts_before == 2  # only rows 5 and 6 were sent again
+    assert "6 rows: 5 accepted, 1 rejected" in result.stderr
+
+
+def test_resume_after_torn_last_line(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A report whose last line was cut mid-write resumes: that row is looked up, not doubled."""
+    ids = volume_ids(10, seed=46)
+    emu = emulator_thread(any_volume=True)
+    manifest = csv_manifest(write, ids)
+    report = tmp_path / "r.jsonl"
+    args = args_for(emu.url, manifest, report, "--concurrency", "1")
+    assert invoke(args).exit_code == 0
+    data = report.read_bytes()
+    report.write_bytes(data[: len(data) - 40])  # the last record loses its end and newline
+    result = invoke([*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert_exactly_one_snapshot_each(emu.state(), ids)
+    final = last_per_row(report)
+    assert sorted(final) == list(range(1, 11))
+    assert sum(1 for r in final.values() if r["reconciled"]) == 1
+
+
+def test_deadline_fails_rows_not_sent(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Past --deadline, rows not yet sent end failed with DEADLINE_EXCEEDED; every row has a record."""
+    ids = volume_ids(40, seed=47)
+    emu = emulator_thread(any_volume=True, latency_ms=200)
+    report = tmp_path / "r.jsonl"
+    result = invoke(
+        args_for(emu.url, csv_manifest(write, ids), report, "--concurrency", "2", "--deadline", "1s")
+    )
+    assert result.exit_code == 1
+    final = last_per_row(report)
+    assert sorted(final) == list(range(1, 41))
+    late = [r for r in final.values() if r["outcome"] == "failed"]
+    assert late
+    assert {r["error_code"] for r in late} == {"DEADLINE_EXCEEDED"}
+    assert all(r["attempts"] == 0 for r in late)
+    accepted = [r for r in final.values() if r["outcome"] == "accepted"]
+    assert len(emu.state()["snapshots"]) == len(accepted) > 0
+
+
+def test_unknown_rate_limit_is_learned(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Against a limit the tool is not told, it slows itself: nothing fails and few attempts are throttled."""
+    ids = volume_ids(240, seed=48)
+    emu = emulator_thread(any_volume=True, rate_limit=60, burst=10)
+    report = tmp_path / "r.jsonl"
+    result = invoke(args_for(emu.url, csv_manifest(write, ids), report, "--concurrency", "16", *FAST_RETRIES))
+    assert result.exit_code == 0, result.output
+    creates = emu.state()["requests"]["POST /v2/{project_id}/cloudsnapshots"]
+    assert creates["202"] == 240
+    assert creates.get("429", 0) < 0.25 * sum(creates.values()), creates
+
+
+def test_max_rps_below_the_limit_is_never_throttled(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """With --max-rps under the service limit, no request is throttled and starts are paced."""
+    ids = volume_ids(60, seed=49)
+    emu = emulator_thread(any_volume=True, rate_limit=50, burst=5)
+    report = tmp_path / "r.jsonl"
+    started = time.monotonic()
+    result = invoke(
+        args_for(emu.url, csv_manifest(write, ids), report, "--concurrency", "16", "--max-rps", "40")
+    )
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 0, result.output
+    assert emu.state()["requests"]["POST /v2/{project_id}/cloudsnapshots"] == {"202": 60}
+    assert elapsed >= 59 / 40  # a lower bound: pacing can only make it slower, never faster
+
+
+def test_retry_after_is_honoured(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """429 answers with Retry-After are retried after the wait and every row is accepted."""
+    ids = volume_ids(12, seed=50)
+    emu = emulator_thread(any_volume=True, rate_limit=8, burst=2, retry_after=True)
+    report = tmp_path / "r.jsonl"
+    result = invoke(
+        args_for(emu.url, csv_manifest(write, ids), report, "--concurrency", "6", "--max-attempts", "10")
+    )
+    assert result.exit_code == 0, result.output
+    assert {r["outcome"] for r in lines(report)} == {"accepted"}
+    assert emu.state()["requests"]["POST /v2/{project_id}/cloudsnapshots"].get("429", 0) > 0

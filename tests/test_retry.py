@@ -1,0 +1,115 @@
+"""Retry policy and rate limiter logic, with an injected clock and sleep (no real waiting)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from orchestrator.retry import RateLimiter, RetryPolicy, Verdict, classify, retry_after
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "verdict"),
+    [
+        (202, None, Verdict.SUCCESS),
+        (429, "APIGW.0308", Verdict.RETRY),
+        (403, "APIG.0308", Verdict.RETRY),
+        (400, "APIGW.0308", Verdict.RETRY),
+        (500, "EVS.5500", Verdict.UNCERTAIN),
+        (502, "APIGW.0202", Verdict.UNCERTAIN),
+        (503, None, Verdict.UNCERTAIN),
+        (504, None, Verdict.UNCERTAIN),
+        (500, "EVS.2024", Verdict.FINAL),
+        (400, "EVS.5400", Verdict.FINAL),
+        (404, "EVS.5404", Verdict.FINAL),
+        (401, "APIGW.0301", Verdict.FINAL),
+        (501, None, Verdict.FINAL),
+    ],
+)
+def test_classify(status: int, code: str | None, verdict: Verdict) -> None:
+    """Throttling is retried, server errors are uncertain, other refusals are final."""
+    assert classify(status, code) is verdict
+
+
+def test_backoff_full_jitter_bounds() -> None:
+    """Each wait lies between 0 and min(max_wait, initial * 2^(n-1)), and varies."""
+    policy = RetryPolicy(initial_wait=0.5, max_wait=4.0)
+    rng = random.Random(1)
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)]:
+        waits = [policy.backoff(attempt, rng) for _ in range(200)]
+        assert all(0 <= wait <= ceiling for wait in waits)
+        assert max(waits) > ceiling * 0.8
+    assert RetryPolicy(max_attempts=1).max_lookups == 3
+
+
+def test_retry_after_forms() -> None:
+    """Retry-After as seconds or an HTTP date; garbage is ignored."""
+    now = datetime(2026, 11, 27, 3, 0, 0, tzinfo=UTC)
+    assert retry_after("3", now) == 3.0
+    assert retry_after(" 1.5 ", now) == 1.5
+    assert retry_after("Fri, 27 Nov 2026 03:00:07 GMT", now) == 7.0
+    assert retry_after("Fri, 27 Nov 2026 02:00:00 GMT", now) == 0.0
+    assert retry_after("soon", now) is None
+    assert retry_after(None, now) is None
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+async def test_limiter_paces_evenly_at_ceiling() -> None:
+    """With --max-rps 10, starts are spaced 0.1 s apart and never faster."""
+    fake = FakeTime()
+    limiter = RateLimiter(10.0, clock=fake.clock, sleep=fake.sleep)
+    for _ in range(20):
+        await limiter.acquire()
+    assert fake.now == pytest.approx(100.0 + 19 * 0.1)
+    for _ in range(50):
+        limiter.on_success()
+    assert limiter.rate == 10.0
+
+
+async def test_limiter_adapts_to_throttling() -> None:
+    """Unpaced until the first 429; then just under the success rate, not compounding; slow recovery."""
+    fake = FakeTime()
+    limiter = RateLimiter(None, clock=fake.clock, sleep=fake.sleep)
+    for _ in range(50):  # 50 successes within the last second
+        await limiter.acquire()
+        limiter.on_success()
+        fake.now += 0.02
+    assert limiter.rate is None
+    assert fake.slept == []
+    for _ in range(10):  # a burst of 429s from requests already in flight
+        limiter.on_throttled()
+    assert limiter.throttled == 10
+    assert limiter.rate == pytest.approx(50 * RateLimiter.DECREASE, rel=0.03)
+    fake.now += 1.5  # a second and a half with no success at all: halve, once per cooldown
+    limiter.on_throttled()
+    limiter.on_throttled()
+    assert limiter.rate == pytest.approx(50 * RateLimiter.DECREASE / 2, rel=0.05)
+    low = limiter.rate
+    for _ in range(int(low)):  # about one second of successes at that rate
+        limiter.on_success()
+    gained = limiter.rate - low
+    assert 0 < gained < 0.1 * low
+
+
+async def test_limiter_never_stops() -> None:
+    """However many 429s, the rate stays at least MIN_RATE."""
+    fake = FakeTime()
+    limiter = RateLimiter(5.0, clock=fake.clock, sleep=fake.sleep)
+    for _ in range(100):
+        limiter.on_throttled()
+        fake.now += 2
+    assert limiter.rate == RateLimiter.MIN_RATE
