@@ -176,6 +176,11 @@ class EvsClient:
             query=query,
         )
 
+    async def show_snapshot(self, project_id: str, snapshot_id: str) -> Answer:
+        return await self.caller.call(
+            "GET", f"/v2/{project_id}/cloudsnapshots/{snapshot_id}", auth=self.auth, project_id=project_id
+        )
+
     async def show_volume(self, project_id: str, volume_id: str) -> Answer:
         return await self.caller.call(
             "GET", f"/v2/{project_id}/cloudvolumes/{volume_id}", auth=self.auth, project_id=project_id

@@ -174,3 +174,15 @@ def check_region(value: str | None, *, option: str) -> str | None:
     if value is not None and not REGION_RE.match(value):
         raise UsageError(f"{option} {value!r} is not a region id like cn-north-4")
     return value
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Connection:
+    """How to reach and authenticate to the service (shared by create, wait and validate --online)."""
+
+    endpoints: Endpoints
+    limits: Limits = dataclasses.field(default_factory=Limits)
+    auth_kind: str | None = None
+    token_file: Path | None = None
+    max_rps: float | None = None
+    environ: Mapping[str, str] = dataclasses.field(default_factory=dict)

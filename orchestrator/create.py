@@ -10,32 +10,30 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TextIO
 
 import anyio
-from aiohttp import ClientSession
 from yarl import URL
 
-from orchestrator import auth as credentials
-from orchestrator.client import Caller, IamClient, new_session
-from orchestrator.config import Endpoints, Limits, RowDefaults, RunIdentity
-from orchestrator.errors import RunAborted, UsageError
-from orchestrator.iam import PasswordAuth, ProjectResolver
+from orchestrator.config import Connection, RowDefaults, RunIdentity
+from orchestrator.errors import UsageError
+from orchestrator.jobs import Closing, finish
+from orchestrator.log import Console
 from orchestrator.manifest import ManifestSource, RawRow, read_rows, spooled
-from orchestrator.models import Summary, utc_now
+from orchestrator.models import utc_now
 from orchestrator.progress import Progress
-from orchestrator.report import ReportLock, ReportWriter, ResumeBook, Tally
+from orchestrator.report import ReportLock, ReportWriter, ResumeBook, Tally, final_records
 from orchestrator.retry import RetryPolicy
-from orchestrator.routing import Router
+from orchestrator.routing import Router, connect
 from orchestrator.rows import RowValidator, check_template, duplicate_candidates, volume_key
 from orchestrator.runner import Runner, RunPlan
+from orchestrator.waiter import Waiter, WaitPlan
 
 EMULATOR_STATUS_COLUMN = "emulator_status"
+GRACE_SECONDS = 10.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,34 +43,37 @@ class CreateSettings:
     source: ManifestSource
     report: str
     defaults: RowDefaults
-    limits: Limits
-    endpoints: Endpoints
-    auth_kind: credentials.AuthKind | None = None
-    token_file: Path | None = None
+    connection: Connection
+    closing: Closing = dataclasses.field(default_factory=Closing)
     dry_run: bool = False
     progress: bool = False
-    summary_json: Path | None = None
     emulator: bool = False
     resume: bool = False
     lock_file: Path | None = None
     policy: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
-    max_rps: float | None = None
     deadline: float | None = None  # seconds for the whole run
-    grace: float = 10.0
-    environ: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    wait: WaitPlan | None = None
+    grace: float = GRACE_SECONDS
 
 
-async def create(settings: CreateSettings, *, stderr: TextIO) -> int:
+def lock_path(report: str, lock_file: Path | None) -> Path | None:
+    """The lock of a report: ``--lock-file``, else the report path + ``.lock`` (none for stdout)."""
+    return lock_file or (None if report == "-" else Path(report + ".lock"))
+
+
+async def create(settings: CreateSettings, *, console: Console) -> int:
     """Run the whole job and return the exit code; raises ``EvsSnapshotError`` for run-level errors."""
     started = time.monotonic()
     check_template(settings.defaults.name_template)
-    lock_path = settings.lock_file or (None if settings.report == "-" else Path(settings.report + ".lock"))
+    if settings.wait is not None and settings.report == "-":
+        raise UsageError("--wait reads the report back, so it needs a --report file, not standard output")
     with contextlib.ExitStack() as locks:
-        if lock_path is not None:
-            locks.enter_context(ReportLock(lock_path))
+        path = lock_path(settings.report, settings.lock_file)
+        if path is not None:
+            locks.enter_context(ReportLock(path))
         book = _resume_book(settings)
         identity = RunIdentity.resumed(book.run_id) if book is not None else RunIdentity.new(utc_now())
-        return await _locked(settings, identity, book, started, stderr)
+        return await _locked(settings, identity, book, started, console)
 
 
 def _resume_book(settings: CreateSettings) -> ResumeBook | None:
@@ -84,47 +85,31 @@ def _resume_book(settings: CreateSettings) -> ResumeBook | None:
 
 
 async def _locked(
-    settings: CreateSettings, identity: RunIdentity, book: ResumeBook | None, started: float, stderr: TextIO
+    settings: CreateSettings, identity: RunIdentity, book: ResumeBook | None, started: float, console: Console
 ) -> int:
-    def warn(message: str) -> None:
-        print(f"evs-snapshot: warning: {message}", file=stderr, flush=True)
-
     also_known = frozenset({EMULATOR_STATUS_COLUMN}) if settings.emulator else frozenset()
     display = "<stdin>" if settings.source.path == "-" else settings.source.path
     with spooled(settings.source) as source:
 
         def rows(*, warn_columns: bool = False) -> Iterator[RawRow]:
-            return read_rows(
-                source, display=display, warn=warn if warn_columns else None, also_known=also_known
-            )
+            warn = console.warn if warn_columns else None
+            return read_rows(source, display=display, warn=warn, also_known=also_known)
 
         total, candidates = duplicate_candidates(rows(warn_columns=True), settings.defaults)
         async with contextlib.AsyncExitStack() as stack:
             if settings.emulator:
                 settings = await stack.enter_async_context(_with_emulator(settings, rows()))
-            found = None
-            if not settings.dry_run:
-                found = credentials.discover(
-                    environ=settings.environ, forced=settings.auth_kind, token_file=settings.token_file
-                )
+            router = None if settings.dry_run else await connect(stack, settings.connection)
             writer = stack.enter_context(ReportWriter(settings.report, resume=settings.resume))
-            router = None
-            if found is not None:
-                session = await stack.enter_async_context(
-                    new_session(
-                        connections=settings.limits.concurrency, ca_bundle=settings.endpoints.ca_bundle
-                    )
-                )
-                router = _router(session, found, settings)
             validator = RowValidator(
                 defaults=settings.defaults,
                 identity=identity,
                 candidates=candidates,
-                region_required=settings.endpoints.evs is None,
+                region_required=settings.connection.endpoints.evs is None,
             )
             plan = RunPlan(
                 run_id=identity.run_id,
-                concurrency=settings.limits.concurrency,
+                concurrency=settings.connection.limits.concurrency,
                 dry_run=settings.dry_run,
                 policy=settings.policy,
                 deadline=None if settings.deadline is None else started + settings.deadline,
@@ -134,17 +119,33 @@ async def _locked(
             signals: list[int] = []
             async with anyio.create_task_group() as group:
                 if settings.progress:
-                    group.start_soon(Progress(tally, total, stderr).run)
+                    group.start_soon(Progress(tally, total, console.stream).run)
                 with anyio.CancelScope() as run_scope:
                     group.start_soon(_watch_signals, runner, run_scope, settings.grace, writer, signals)
                     await runner.run(validator.validate_all(rows()))
                 group.cancel_scope.cancel()
-    code = _finish(tally.summary(), settings, router, stderr)
+            if settings.wait is not None and router is not None and not signals:
+                writer.sync()
+                console.event(
+                    "waiting", f"create done; waiting for snapshots (up to {settings.wait.timeout:g}s)"
+                )
+                tally = await _wait(settings.wait, router, writer, Path(settings.report))
+    code = finish(
+        tally, settings.closing, router=router, console=console, report=settings.report, command="create"
+    )
     if signals:
         name = signal.Signals(signals[0]).name
-        print(f"evs-snapshot: stopped by {name}; run again with --resume to finish the job", file=stderr)
+        console.error(f"stopped by {name}; run again with --resume to finish the job", signal=name)
         return 128 + signals[0]
     return code
+
+
+async def _wait(plan: WaitPlan, router: Router, writer: ReportWriter, report: Path) -> Tally:
+    tally = Tally()
+    waiter = Waiter(plan, router=router, writer=writer, tally=tally)
+    waiter.load(final_records(report))
+    await waiter.run()
+    return tally
 
 
 async def _watch_signals(
@@ -159,47 +160,6 @@ async def _watch_signals(
             received.append(signum)
             runner.stop()
             run_scope.deadline = anyio.current_time() + grace
-
-
-def _finish(summary: Summary, settings: CreateSettings, router: Router | None, stderr: TextIO) -> int:
-    """Print and write the summary; the exit code is 3 when credentials were refused anywhere."""
-    where = "standard output" if settings.report == "-" else settings.report
-    print(f"{summary.render()}\nreport: {where}", file=stderr, flush=True)
-    if settings.summary_json is not None:
-        _write_atomically(settings.summary_json, summary.to_json())
-    refusals = [] if router is None else router.closed()
-    for refused in refusals:
-        print(f"evs-snapshot: error: {refused}", file=stderr, flush=True)
-    if refusals:
-        print(
-            "evs-snapshot: the run stopped sending where the credentials were refused; fix them and run "
-            "again with --resume to finish the job",
-            file=stderr,
-            flush=True,
-        )
-        return RunAborted.exit_code
-    return summary.exit_code
-
-
-def _router(
-    session: ClientSession,
-    found: credentials.Authenticator | credentials.PasswordCredentials,
-    settings: CreateSettings,
-) -> Router:
-    iam = IamClient(Caller(session, settings.endpoints.iam_url(), timeout=settings.limits.timeout))
-    auth: credentials.Authenticator
-    if isinstance(found, credentials.PasswordCredentials):
-        auth = PasswordAuth(user=found.user, password=found.password, domain=found.domain, iam=iam)
-    else:
-        auth = found
-    return Router(
-        session=session,
-        auth=auth,
-        endpoints=settings.endpoints,
-        timeout=settings.limits.timeout,
-        resolver=ProjectResolver(iam, auth),
-        max_rps=settings.max_rps,
-    )
 
 
 @contextlib.asynccontextmanager
@@ -225,18 +185,17 @@ async def _with_emulator(settings: CreateSettings, rows: Iterator[RawRow]) -> As
         volumes=tuple(seeds.values()), project_id=project, region=region, creating_seconds=2.0
     )
     async with serving(emulator_settings) as running:
+        connection = settings.connection
         yield dataclasses.replace(
             settings,
             defaults=dataclasses.replace(settings.defaults, project_id=project, region=region),
-            endpoints=dataclasses.replace(settings.endpoints, evs=URL(running.url), iam=URL(running.url)),
-            auth_kind="aksk",
-            token_file=None,
-            environ={"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK},
+            connection=dataclasses.replace(
+                connection,
+                endpoints=dataclasses.replace(
+                    connection.endpoints, evs=URL(running.url), iam=URL(running.url)
+                ),
+                auth_kind="aksk",
+                token_file=None,
+                environ={"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK},
+            ),
         )
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)

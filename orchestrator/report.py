@@ -10,6 +10,7 @@ import fcntl
 import os
 import sys
 import time
+from array import array
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,3 +208,15 @@ class ReportLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+def final_records(path: Path) -> Iterator[Record]:
+    """The last record of each row, in file order of those records (two passes, 8 bytes per row)."""
+    last = array("q")
+    for index, record in enumerate(read_records(path)):
+        if record.row >= len(last):
+            last.extend([-1] * (record.row + 1 - len(last)))
+        last[record.row] = index
+    for index, record in enumerate(read_records(path)):
+        if last[record.row] == index:
+            yield record

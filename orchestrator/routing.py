@@ -7,16 +7,17 @@ it end ``failed`` with that error, without a request, and the run exits 3.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import aiohttp
 from yarl import URL
 
-from orchestrator.auth import Authenticator
-from orchestrator.client import Answer, Caller, EvsClient
-from orchestrator.config import Endpoints
+from orchestrator.auth import Authenticator, PasswordCredentials, discover
+from orchestrator.client import Answer, Caller, EvsClient, IamClient, new_session
+from orchestrator.config import Connection, Endpoints
 from orchestrator.errors import CredentialsRefused
-from orchestrator.iam import ProjectResolver
+from orchestrator.iam import PasswordAuth, ProjectResolver
 from orchestrator.models import SnapshotRequest
 from orchestrator.retry import RateLimiter
 
@@ -85,15 +86,19 @@ class Router:
             except CredentialsRefused as exc:
                 self.refused = exc  # IAM refused the credentials: nothing can be sent anywhere
                 raise
-        base = self.endpoints.evs_for(request.region)
-        route = self.routes.get((base, project))
+        return self.route_at(request.region, project)
+
+    def route_at(self, region: str | None, project_id: str) -> Route:
+        """The route of a known endpoint region and project (for records that already went out)."""
+        base = self.endpoints.evs_for(region)
+        route = self.routes.get((base, project_id))
         if route is None:
             client = self.clients.get(base)
             if client is None:
                 client = self.clients[base] = EvsClient(
                     Caller(self.session, base, timeout=self.timeout), self.auth
                 )
-            route = self.routes[(base, project)] = Route(client, project, RateLimiter(self.max_rps))
+            route = self.routes[(base, project_id)] = Route(client, project_id, RateLimiter(self.max_rps))
         return route
 
     def closed(self) -> list[CredentialsRefused]:
@@ -106,3 +111,30 @@ class Router:
     @property
     def throttled(self) -> int:
         return sum(route.limiter.throttled for route in self.routes.values())
+
+
+async def connect(stack: contextlib.AsyncExitStack, connection: Connection) -> Router:
+    """Find the credentials, open the run's one HTTP session (closed with ``stack``), build the router."""
+    found = discover(
+        environ=connection.environ,
+        forced=connection.auth_kind,  # type: ignore[arg-type]
+        token_file=connection.token_file,
+    )
+    limits = connection.limits
+    session = await stack.enter_async_context(
+        new_session(connections=limits.concurrency, ca_bundle=connection.endpoints.ca_bundle)
+    )
+    iam = IamClient(Caller(session, connection.endpoints.iam_url(), timeout=limits.timeout))
+    auth: Authenticator
+    if isinstance(found, PasswordCredentials):
+        auth = PasswordAuth(user=found.user, password=found.password, domain=found.domain, iam=iam)
+    else:
+        auth = found
+    return Router(
+        session=session,
+        auth=auth,
+        endpoints=connection.endpoints,
+        timeout=limits.timeout,
+        resolver=ProjectResolver(iam, auth),
+        max_rps=connection.max_rps,
+    )

@@ -1,0 +1,230 @@
+"""Entry points of ``wait``, ``summary`` and ``validate``, and the closing steps every run shares."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import TextIO
+
+import anyio
+
+from orchestrator import metrics
+from orchestrator.config import Connection, RowDefaults, RunIdentity
+from orchestrator.digest import Digest
+from orchestrator.errors import CredentialsRefused, RunAborted, TransportError, UsageError
+from orchestrator.iam import ProjectLookupFailed
+from orchestrator.log import Console
+from orchestrator.manifest import ManifestSource, read_rows, spooled
+from orchestrator.models import Record, SnapshotRequest, utc_now
+from orchestrator.report import ReportLock, ReportWriter, Tally, final_records
+from orchestrator.routing import Router, connect
+from orchestrator.rows import RowValidator, check_template, duplicate_candidates
+from orchestrator.waiter import Waiter, WaitPlan
+
+MAX_SNAPSHOTS_PER_VOLUME = 7
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Closing:
+    """Where a run's summary and metrics go besides stderr."""
+
+    summary_json: Path | None = None
+    metrics_file: Path | None = None
+
+
+def finish(
+    tally: Tally, closing: Closing, *, router: Router | None, console: Console, report: str, command: str
+) -> int:
+    """Print and write the summary and metrics; the exit code is 3 when credentials were refused anywhere."""
+    summary = tally.summary()
+    where = "standard output" if report == "-" else report
+    console.event(
+        "summary",
+        f"{summary.render()}\nreport: {where}",
+        rows=summary.rows,
+        outcomes=dict(summary.outcomes),
+        error_codes=dict(summary.error_codes),
+        requests=summary.requests,
+        elapsed_s=round(summary.elapsed_s, 3),
+        report=where,
+    )
+    if closing.summary_json is not None:
+        metrics.write_atomically(closing.summary_json, summary.to_json())
+    refusals = [] if router is None else router.closed()
+    for refused in refusals:
+        console.error(str(refused), code=refused.code)
+    code = summary.exit_code
+    if refusals:
+        console.error(
+            "stopped sending where the credentials were refused; fix them and run again with --resume"
+        )
+        code = RunAborted.exit_code
+    if closing.metrics_file is not None:
+        throttled = 0 if router is None else router.throttled
+        metrics.write(closing.metrics_file, summary, command=command, exit_code=code, throttled=throttled)
+    return code
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WaitSettings:
+    report: Path
+    connection: Connection
+    plan: WaitPlan = dataclasses.field(default_factory=WaitPlan)
+    closing: Closing = dataclasses.field(default_factory=Closing)
+    lock_file: Path | None = None
+
+
+async def wait(settings: WaitSettings, *, console: Console) -> int:
+    """``evs-snapshot wait REPORT``: poll the report's accepted snapshots and append their final states."""
+    if not settings.report.is_file():
+        raise UsageError(f"{settings.report}: no such report")
+    with ReportLock(settings.lock_file or Path(f"{settings.report}.lock")):
+        async with contextlib.AsyncExitStack() as stack:
+            router = await connect(stack, settings.connection)
+            writer = stack.enter_context(ReportWriter(str(settings.report), resume=True))
+            tally = Tally()
+            waiter = Waiter(settings.plan, router=router, writer=writer, tally=tally)
+            waiter.load(final_records(settings.report))
+            console.event("waiting", f"waiting for {waiter.waiting} snapshots", pending=waiter.waiting)
+            received: list[int] = []
+            async with anyio.create_task_group() as group:
+                group.start_soon(_stop_on_signal, group.cancel_scope, received)
+                await waiter.run()
+                group.cancel_scope.cancel()
+    code = finish(
+        tally, settings.closing, router=router, console=console, report=str(settings.report), command="wait"
+    )
+    if received:
+        console.error(f"stopped by {signal.Signals(received[0]).name}; run wait again to go on")
+        return 128 + received[0]
+    return code
+
+
+async def _stop_on_signal(scope: anyio.CancelScope, received: list[int]) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            received.append(signum)
+            scope.cancel()
+            return
+
+
+def summary(report: Path, *, as_json: bool, stdout: TextIO) -> int:
+    """``evs-snapshot summary REPORT``: counts, error codes with examples, slowest rows, rows to retry."""
+    if not report.is_file():
+        raise UsageError(f"{report}: no such report")
+    digest = Digest.of(report)
+    if digest.rows == 0:
+        raise UsageError(f"{report}: the report holds no records")
+    stdout.write(digest.to_json().decode() if as_json else digest.render() + "\n")
+    return digest.exit_code
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ValidateSettings:
+    source: ManifestSource
+    defaults: RowDefaults
+    online: Connection | None = None
+
+
+async def validate(settings: ValidateSettings, *, console: Console, stdout: TextIO) -> int:
+    """``evs-snapshot validate``: every problem the manifest would meet, by row, without creating anything."""
+    check_template(settings.defaults.name_template)
+    display = "<stdin>" if settings.source.path == "-" else settings.source.path
+    problems: Counter[str] = Counter()
+    good = 0
+    with spooled(settings.source) as source:
+        total, candidates = duplicate_candidates(
+            read_rows(source, display=display, warn=console.warn), settings.defaults
+        )
+        validator = RowValidator(
+            defaults=settings.defaults,
+            identity=RunIdentity.new(utc_now()),
+            candidates=candidates,
+            region_required=settings.online is None or settings.online.endpoints.evs is None,
+        )
+        requests: list[SnapshotRequest] = []
+        for item in validator.validate_all(read_rows(source, display=display)):
+            if isinstance(item, Record):
+                problems[item.error_code or "INVALID"] += 1
+                stdout.write(f"{item.error_code}: {item.error_message}\n")
+            elif settings.online is None:
+                good += 1
+            else:
+                requests.append(item)
+        if settings.online is not None:
+            good += await _check_online(requests, settings.online, problems, stdout)
+    bad = sum(problems.values())
+    codes = ", ".join(f"{code} x{count}" for code, count in problems.most_common())
+    checked = " (checked online)" if settings.online else ""
+    stdout.write(f"{total} rows: {good} would be sent{checked}, {bad} with problems")
+    stdout.write(f" ({codes})\n" if codes else "\n")
+    return 0 if bad == 0 else 1
+
+
+async def _check_online(
+    requests: list[SnapshotRequest], connection: Connection, problems: Counter[str], stdout: TextIO
+) -> int:
+    """Look each volume up (status, force, snapshots so far) with bounded concurrency; GETs only."""
+    good = 0
+    limiter = anyio.CapacityLimiter(connection.limits.concurrency)
+    async with contextlib.AsyncExitStack() as stack:
+        router = await connect(stack, connection)
+
+        async def check(request: SnapshotRequest) -> None:
+            nonlocal good
+            async with limiter:
+                problem = await _volume_problem(router, request)
+            where = f"row {request.row} (line {request.line}): volume {request.volume_id}"
+            if problem is None:
+                good += 1
+            else:
+                problems[problem[0]] += 1
+                stdout.write(f"{problem[0]}: {where}: {problem[1]}\n")
+
+        async with anyio.create_task_group() as group:
+            for request in requests:
+                group.start_soon(check, request)
+    refused = router.closed()
+    if refused:
+        raise refused[0]
+    return good
+
+
+async def _volume_problem(router: Router, request: SnapshotRequest) -> tuple[str, str] | None:
+    try:
+        route = await router.route_for(request)
+        await route.limiter.acquire()
+        volume = await route.client.show_volume(route.project_id, request.volume_id)
+        route.observe(volume)
+        if volume.status == 404:
+            return "VOLUME_NOT_FOUND", "the disk does not exist in this project"
+        if volume.status != 200 or not isinstance(volume.body, dict):
+            return "CHECK_FAILED", f"volume lookup answered {volume.status} {volume.error()[0]}"
+        status = str(volume.body.get("volume", {}).get("status"))
+        if status == "in-use" and not request.force:
+            return "VOLUME_IN_USE", "the disk is in-use: set force (row or --force) to snapshot it attached"
+        if status not in ("available", "in-use"):
+            return "VOLUME_NOT_SNAPSHOTTABLE", f"the disk is {status}; it must be available or in-use"
+        await route.limiter.acquire()
+        listed = await route.client.list_snapshots(
+            route.project_id, [("limit", "1"), ("volume_id", request.volume_id)]
+        )
+        route.observe(listed)
+        count = (
+            int(listed.body.get("count") or 0)
+            if listed.status == 200 and isinstance(listed.body, dict)
+            else 0
+        )
+        if count >= MAX_SNAPSHOTS_PER_VOLUME:
+            return (
+                "SNAPSHOT_LIMIT_REACHED",
+                f"the disk already has {count} snapshots (at most {MAX_SNAPSHOTS_PER_VOLUME})",
+            )
+    except TransportError as exc:
+        return "CHECK_FAILED", str(exc)
+    except (ProjectLookupFailed, CredentialsRefused) as exc:
+        return exc.code, exc.message
+    return None
