@@ -1,0 +1,223 @@
+"""wait / create --wait: final states match the emulator row by row, within the N/1000 request bound."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import orjson
+from click.testing import CliRunner
+from yarl import URL
+
+from orchestrator.auth import AkSkAuth
+from orchestrator.cli import main
+from orchestrator.config import Connection, Endpoints
+from orchestrator.emulator.settings import (
+    DEFAULT_AK,
+    DEFAULT_DOMAIN,
+    DEFAULT_PASSWORD,
+    DEFAULT_SK,
+    DEFAULT_USER,
+)
+from orchestrator.models import Outcome, Record
+from orchestrator.report import ReportWriter, Tally
+from orchestrator.routing import connect
+from orchestrator.waiter import Waiter, WaitPlan
+from tests.conftest import PROJECT, volume_ids
+
+AKSK = {"OS_AUTH_TOKEN": "", "HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
+
+
+def invoke(args: list[str], env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(main, args, env={**AKSK, **(env or {})}, catch_exceptions=False)
+
+
+def last_per_row(path: Path) -> dict[int, dict[str, Any]]:
+    final: dict[int, dict[str, Any]] = {}
+    for line in path.read_bytes().splitlines():
+        record = orjson.loads(line)
+        final[record["row"]] = record
+    return final
+
+
+def manifest(write: Callable[..., Path], ids: list[str]) -> Path:
+    return write("m.csv", "volume_id\n" + "".join(f"{i}\n" for i in ids))
+
+
+def test_create_wait_matches_emulator_state(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """create --wait: each row's final record is the emulator's final status of its snapshot."""
+    ids = volume_ids(40, seed=61)
+    emu = emulator_thread(any_volume=True, creating_seconds=1.0, fault_snapshot_error=0.25, seed=61)
+    report = tmp_path / "r.jsonl"
+    result = invoke(
+        [
+            "create",
+            str(manifest(write, ids)),
+            "--endpoint",
+            emu.url,
+            "--project-id",
+            PROJECT,
+            "--report",
+            str(report),
+            "--wait",
+            "--poll-interval",
+            "0.3",
+        ]
+    )
+    assert result.exit_code == 1, result.output  # some snapshots end in error
+    final = last_per_row(report)
+    state = {s["id"]: s["status"] for s in emu.state()["snapshots"]}
+    assert sorted(final) == list(range(1, 41))
+    for record in final.values():
+        expected = "available" if state[record["snapshot_id"]] == "available" else "snapshot_error"
+        assert record["outcome"] == expected
+        assert record["snapshot_status"] == state[record["snapshot_id"]]
+    outcomes = Counter(r["outcome"] for r in final.values())
+    assert outcomes["snapshot_error"] > 0
+    assert outcomes["available"] > 0
+    lists = sum(emu.state()["requests"]["GET /v2/{project_id}/cloudsnapshots/detail"].values())
+    assert lists <= 12  # one page per round: 40 pending is far below 1000
+    assert "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}" not in emu.state()["requests"]
+
+
+def test_wait_command_timeout_and_vanished(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """wait: a deleted snapshot is SNAPSHOT_NOT_FOUND; ones still creating at the timeout are wait_timeout."""
+    ids = volume_ids(4, seed=62)
+    fast = emulator_thread(any_volume=True, creating_seconds=0.0)
+    report = tmp_path / "r.jsonl"
+    args = ["--endpoint", fast.url, "--project-id", PROJECT, "--report", str(report)]
+    assert invoke(["create", str(manifest(write, ids)), *args]).exit_code == 0
+    doomed = last_per_row(report)[1]["snapshot_id"]
+
+    async def delete() -> None:
+        async with aiohttp.ClientSession() as http:
+            from orchestrator.auth import OutgoingRequest
+
+            url = URL(f"{fast.url}/v2/{PROJECT}/cloudsnapshots/{doomed}")
+            outgoing = OutgoingRequest(method="DELETE", url=url, headers={}, body=b"", project_id=PROJECT)
+            await AkSkAuth(DEFAULT_AK, DEFAULT_SK).authorize(outgoing)
+            async with http.delete(url, headers=outgoing.headers) as answer:
+                assert answer.status == 202
+            await anyio.sleep(0.7)
+
+    anyio.run(delete)
+    result = invoke(["wait", str(report), "--endpoint", fast.url, "--poll-interval", "0.1"])
+    assert result.exit_code == 1, result.output
+    final = last_per_row(report)
+    assert (final[1]["outcome"], final[1]["error_code"]) == ("snapshot_error", "SNAPSHOT_NOT_FOUND")
+    assert {final[n]["outcome"] for n in (2, 3, 4)} == {"available"}
+    slow = emulator_thread(any_volume=True, creating_seconds=60)
+    report2 = tmp_path / "r2.jsonl"
+    args2 = ["--endpoint", slow.url, "--project-id", PROJECT, "--report", str(report2)]
+    assert invoke(["create", str(manifest(write, volume_ids(3, seed=63))), *args2]).exit_code == 0
+    result = invoke(
+        ["wait", str(report2), "--endpoint", slow.url, "--wait-timeout", "1s", "--poll-interval", "0.2"]
+    )
+    assert result.exit_code == 1
+    assert {(r["outcome"], r["snapshot_status"]) for r in last_per_row(report2).values()} == {
+        ("wait_timeout", "creating")
+    }
+
+
+def test_wait_outlives_token_lifetime(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A wait longer than the IAM token's lifetime keeps working: tokens are renewed."""
+    ids = volume_ids(10, seed=64)
+    emu = emulator_thread(any_volume=True, creating_seconds=2.5, token_ttl=1.0)
+    report = tmp_path / "r.jsonl"
+    env = {
+        "HUAWEICLOUD_SDK_AK": "",
+        "OS_USERNAME": DEFAULT_USER,
+        "OS_PASSWORD": DEFAULT_PASSWORD,
+        "OS_USER_DOMAIN_NAME": DEFAULT_DOMAIN,
+    }
+    result = invoke(
+        [
+            "create",
+            str(manifest(write, ids)),
+            "--endpoint",
+            emu.url,
+            "--iam-endpoint",
+            emu.url,
+            "--project-id",
+            PROJECT,
+            "--report",
+            str(report),
+            "--wait",
+            "--poll-interval",
+            "0.3",
+        ],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    assert {r["outcome"] for r in last_per_row(report).values()} == {"available"}
+    assert emu.state()["requests"]["POST /v3/auth/tokens"]["201"] >= 3
+
+
+async def test_poll_round_costs_about_n_over_1000(emulator: Callable[..., Any], tmp_path: Path) -> None:
+    """2,500 pending snapshots in one project cost 3 list requests a round (pages of 1000), not 2,500."""
+    emu = await emulator(any_volume=True, creating_seconds=1.5, seed=65)
+    ids = volume_ids(2500, seed=65)
+    created: list[Record] = []
+    async with aiohttp.ClientSession() as http:
+        limiter = anyio.CapacityLimiter(32)
+
+        async def create(row: int, volume_id: str) -> None:
+            async with limiter:
+                from orchestrator.auth import OutgoingRequest
+
+                url = URL(f"{emu.url}/v2/{PROJECT}/cloudsnapshots")
+                body = orjson.dumps({"snapshot": {"volume_id": volume_id, "name": f"n{row}"}})
+                outgoing = OutgoingRequest(
+                    method="POST",
+                    url=url,
+                    headers={"Content-Type": "application/json"},
+                    body=body,
+                    project_id=PROJECT,
+                )
+                await AkSkAuth(DEFAULT_AK, DEFAULT_SK).authorize(outgoing)
+                async with http.post(url, data=body, headers=outgoing.headers) as answer:
+                    snapshot = orjson.loads(await answer.read())["snapshot"]
+            created.append(
+                Record(
+                    run_id="r",
+                    row=row,
+                    volume_id=volume_id,
+                    project_id=PROJECT,
+                    region=None,
+                    name=f"n{row}",
+                    outcome=Outcome.ACCEPTED,
+                    snapshot_id=snapshot["id"],
+                    snapshot_status="creating",
+                    attempts=1,
+                    started_at="2026-11-27T00:00:00.000Z",
+                    finished_at="2026-11-27T00:00:00.000Z",
+                    elapsed_ms=1,
+                )
+            )
+
+        async with anyio.create_task_group() as group:
+            for row, volume_id in enumerate(ids, start=1):
+                group.start_soon(create, row, volume_id)
+    connection = Connection(endpoints=Endpoints(evs=URL(emu.url)), environ=AKSK)
+    async with contextlib.AsyncExitStack() as stack:
+        router = await connect(stack, connection)
+        tally = Tally()
+        with ReportWriter(str(tmp_path / "r.jsonl")) as writer:
+            waiter = Waiter(WaitPlan(timeout=30, interval=0.5), router=router, writer=writer, tally=tally)
+            waiter.load(created)
+            await waiter.run()
+    assert tally.outcomes == {"available": 2500}
+    assert waiter.round_requests
+    assert max(waiter.round_requests) <= math.ceil(2500 / 1000)
