@@ -41,7 +41,9 @@ class Digest:
         self.requests += record.attempts
         if record.error_code is not None and record.outcome not in SUCCESSFUL:
             self.codes[record.error_code] += 1
-            self.examples.setdefault(record.error_code, f"row {record.row}: {record.error_message or ''}")
+            message = record.error_message or ""
+            example = message if message.startswith(f"row {record.row} ") else f"row {record.row}: {message}"
+            self.examples.setdefault(record.error_code, example)
         entry = (record.elapsed_ms, record.row, record.volume_id or "")
         if len(self.slowest) < SLOWEST:
             heapq.heappush(self.slowest, entry)
