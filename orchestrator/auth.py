@@ -41,6 +41,10 @@ class Authenticator(Protocol):
 
     async def authorize(self, request: OutgoingRequest) -> None: ...
 
+    def forget(self, project_id: str, stale: str | None) -> bool:
+        """After a 401: drop credentials that may have expired; True when sending again may succeed."""
+        ...
+
 
 def host_header(url: URL) -> str:
     """``host[:port]`` as sent in ``Host`` (the port only when it is not the scheme's default)."""
@@ -65,6 +69,9 @@ class TokenAuth:
     async def authorize(self, request: OutgoingRequest) -> None:
         request.headers["X-Auth-Token"] = self.token
 
+    def forget(self, project_id: str, stale: str | None) -> bool:
+        return False  # a fixed token cannot be renewed
+
 
 @dataclasses.dataclass(frozen=True, slots=True, repr=False)
 class AkSkAuth:
@@ -77,6 +84,9 @@ class AkSkAuth:
 
     def __repr__(self) -> str:
         return "AkSkAuth(ak=***, sk=***)"
+
+    def forget(self, project_id: str, stale: str | None) -> bool:
+        return False  # a signature does not expire; a 401 means the keys are wrong
 
     async def authorize(self, request: OutgoingRequest) -> None:
         headers = request.headers

@@ -259,7 +259,7 @@ def row_defaults(options: dict[str, Any]) -> Any:
 
 
 def closing(options: dict[str, Any]) -> Any:
-    from orchestrator.jobs import Closing  # noqa: PLC0415
+    from orchestrator.closing import Closing  # noqa: PLC0415
 
     return Closing(summary_json=options["summary_json"], metrics_file=options["metrics_file"])
 

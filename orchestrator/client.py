@@ -7,9 +7,9 @@ Every call returns an ``Answer`` for any HTTP status; a request that got no HTTP
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import platform
 import ssl
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,54 +21,19 @@ from yarl import URL
 from orchestrator import __version__, signing
 from orchestrator.auth import Authenticator, OutgoingRequest
 from orchestrator.errors import RequestTimeout, TransportError
-from orchestrator.models import SnapshotRequest
+from orchestrator.models import Answer, SnapshotRequest
 
 USER_AGENT = f"evs-snapshot/{__version__} python/{platform.python_version()}"
 JSON_CONTENT_TYPE = "application/json;charset=utf-8"
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Answer:
-    """An HTTP answer: status, parsed JSON body (or ``None``), and the headers we use.
-
-    ``sent_with`` is the token the request carried, so that a 401 renews only a token not yet renewed.
-    """
-
-    status: int
-    body: Any
-    request_id: str | None
-    retry_after: str | None = None
-    subject_token: str | None = dataclasses.field(default=None, repr=False)
-    sent_with: str | None = dataclasses.field(default=None, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.status < 400
-
-    def error(self) -> tuple[str, str | None]:
-        """``(error_code, error_message)`` from whichever body shape came back, as the SDK reads it."""
-        found = _find_error(self.body)
-        if found is None:
-            return str(self.status), None
-        code, message = found
-        return str(code), (None if message is None else str(message))
-
-
-def _find_error(body: object) -> tuple[object, object] | None:
-    if not isinstance(body, dict):
+def proxy_for(url: URL) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``/``HTTP_PROXY``, minus ``NO_PROXY``)."""
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(url.scheme)
+    if not proxy or urllib.request.proxy_bypass(url.host or ""):
         return None
-    for code_key, message_key in (
-        ("error_code", "error_msg"),
-        ("errorCode", "errorMsg"),
-        ("code", "message"),
-    ):
-        if code_key in body and body[code_key] is not None:
-            return body[code_key], body.get(message_key)
-    for value in body.values():
-        found = _find_error(value)
-        if found is not None:
-            return found
-    return None
+    return proxy
 
 
 def ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
@@ -85,9 +50,9 @@ def new_session(*, connections: int, ca_bundle: Path | None = None) -> aiohttp.C
     connector = aiohttp.TCPConnector(
         limit=0, limit_per_host=connections, ssl=ssl_context(ca_bundle), ttl_dns_cache=300
     )
+    # trust_env would look up netrc and proxies in a thread on every request; Caller does it once.
     return aiohttp.ClientSession(
         connector=connector,
-        trust_env=True,
         skip_auto_headers=("Content-Type",),
         raise_for_status=False,
     )
@@ -100,6 +65,7 @@ class Caller:
         self.session = session
         self.base_url = base_url
         self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.proxy = proxy_for(base_url)
 
     async def call(
         self,
@@ -125,7 +91,12 @@ class Caller:
             await auth.authorize(outgoing)
         try:
             async with self.session.request(
-                method, url, data=body or None, headers=outgoing.headers, timeout=self.timeout
+                method,
+                url,
+                data=body or None,
+                headers=outgoing.headers,
+                timeout=self.timeout,
+                proxy=self.proxy,
             ) as response:
                 raw = await response.read()
                 return Answer(

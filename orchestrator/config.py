@@ -27,6 +27,12 @@ class RunIdentity:
 
     run_id: str
     started: datetime
+    day: str = dataclasses.field(init=False)  # {date}: run start, UTC YYYYMMDD
+    stamp: str = dataclasses.field(init=False)  # {datetime}: run start, UTC YYYYMMDDTHHMMSSZ
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "day", self.started.strftime("%Y%m%d"))
+        object.__setattr__(self, "stamp", self.started.strftime("%Y%m%dT%H%M%SZ"))
 
     @classmethod
     def new(cls, started: datetime) -> RunIdentity:
@@ -37,22 +43,13 @@ class RunIdentity:
     def resumed(cls, run_id: str) -> RunIdentity:
         """The identity of the run a report belongs to (names render exactly as they did)."""
         try:
-            started = datetime.strptime(run_id.split("-", maxsplit=1)[0], "%Y%m%dT%H%M%SZ").replace(
-                tzinfo=UTC
-            )
+            stamp = run_id.split("-", maxsplit=1)[0]
+            started = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
         except ValueError:
             raise UsageError(
                 f"the report's run_id {run_id!r} was not written by this tool's create"
             ) from None
         return cls(run_id=run_id, started=started)
-
-    @property
-    def date(self) -> str:
-        return self.started.strftime("%Y%m%d")
-
-    @property
-    def datetime(self) -> str:
-        return self.started.strftime("%Y%m%dT%H%M%SZ")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

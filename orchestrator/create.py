@@ -14,23 +14,26 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from yarl import URL
 
+from orchestrator.closing import Closing, finish, round_logger
 from orchestrator.config import Connection, RowDefaults, RunIdentity
 from orchestrator.errors import UsageError
-from orchestrator.jobs import Closing, finish
 from orchestrator.log import Console
 from orchestrator.manifest import ManifestSource, RawRow, read_rows, spooled
 from orchestrator.models import utc_now
 from orchestrator.progress import Progress
 from orchestrator.report import ReportLock, ReportWriter, ResumeBook, Tally, final_records
 from orchestrator.retry import RetryPolicy
-from orchestrator.routing import Router, connect
 from orchestrator.rows import RowValidator, check_template, duplicate_candidates, volume_key
 from orchestrator.runner import Runner, RunPlan
 from orchestrator.waiter import Waiter, WaitPlan
+
+if TYPE_CHECKING:
+    from orchestrator.routing import Router
 
 EMULATOR_STATUS_COLUMN = "emulator_status"
 GRACE_SECONDS = 10.0
@@ -99,7 +102,11 @@ async def _locked(
         async with contextlib.AsyncExitStack() as stack:
             if settings.emulator:
                 settings = await stack.enter_async_context(_with_emulator(settings, rows()))
-            router = None if settings.dry_run else await connect(stack, settings.connection)
+            router = None
+            if not settings.dry_run:
+                from orchestrator.routing import connect  # noqa: PLC0415 - aiohttp loads only when sending
+
+                router = await connect(stack, settings.connection)
             writer = stack.enter_context(ReportWriter(settings.report, resume=settings.resume))
             validator = RowValidator(
                 defaults=settings.defaults,
@@ -129,7 +136,7 @@ async def _locked(
                 console.event(
                     "waiting", f"create done; waiting for snapshots (up to {settings.wait.timeout:g}s)"
                 )
-                tally = await _wait(settings.wait, router, writer, Path(settings.report))
+                tally = await _wait(settings.wait, router, writer, Path(settings.report), console)
     code = finish(
         tally, settings.closing, router=router, console=console, report=settings.report, command="create"
     )
@@ -140,9 +147,11 @@ async def _locked(
     return code
 
 
-async def _wait(plan: WaitPlan, router: Router, writer: ReportWriter, report: Path) -> Tally:
+async def _wait(
+    plan: WaitPlan, router: Router, writer: ReportWriter, report: Path, console: Console
+) -> Tally:
     tally = Tally()
-    waiter = Waiter(plan, router=router, writer=writer, tally=tally)
+    waiter = Waiter(plan, router=router, writer=writer, tally=tally, on_round=round_logger(console))
     waiter.load(final_records(report))
     await waiter.run()
     return tally

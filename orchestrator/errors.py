@@ -9,14 +9,15 @@
     |   +-- ReportExistsError (2)    the report already holds records and --resume was not given
     +-- RunAborted (3)               the service refused our credentials or answered a fatal condition
     |   +-- CredentialsRefused (3)   IAM or the gateway refused the credentials themselves
+    +-- ProjectLookupFailed (1)      IAM knows no project (or several) for a region; fails its rows
     +-- LockHeld (75)                another run holds the lock of this report
     +-- Interrupted (130 / 143)      SIGINT or SIGTERM stopped the run after a graceful drain
     +-- TransportError (1)           a request got no HTTP answer (connection refused, reset, timeout);
         +-- RequestTimeout (1)       the request ran past its --timeout
 
-TransportError and CredentialsRefused are caught by the runner and become rows' ``failed`` records
-(CredentialsRefused also stops the run from sending to that endpoint and makes it exit 3). Every
-other class reaches the single ``except`` of the CLI.
+TransportError, ProjectLookupFailed and CredentialsRefused are caught by the runner and become rows'
+``failed`` records (CredentialsRefused also stops the run from sending to that endpoint and makes it
+exit 3). Every other class reaches the single ``except`` of the CLI.
 """
 
 from __future__ import annotations
@@ -67,6 +68,15 @@ class CredentialsRefused(RunAborted):
         self.code = code
         self.message = message
         super().__init__(f"credentials refused: {code} {message}")
+
+
+class ProjectLookupFailed(EvsSnapshotError):
+    """A region has no project, or several, for these credentials; the runner fails its rows."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class LockHeld(EvsSnapshotError):

@@ -14,20 +14,12 @@ from datetime import datetime
 import anyio
 
 from orchestrator.auth import Authenticator, OutgoingRequest
-from orchestrator.client import Answer, IamClient
-from orchestrator.errors import CredentialsRefused, TransportError
+from orchestrator.client import IamClient
+from orchestrator.errors import CredentialsRefused, ProjectLookupFailed, TransportError
+from orchestrator.models import Answer
 
 IAM_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 MAX_RENEW_MARGIN = 600.0
-
-
-class ProjectLookupFailed(Exception):
-    """A region has no project, or several, for these credentials; its rows cannot be sent."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclasses.dataclass(slots=True)
@@ -79,11 +71,12 @@ class PasswordAuth:
             raise ValueError("a password token is scoped to a project; the request has none")
         request.headers["X-Auth-Token"] = await self.token_for(request.project_id)
 
-    def forget(self, project_id: str, stale: str | None) -> None:
+    def forget(self, project_id: str, stale: str | None) -> bool:
         """After a 401: drop the token the request carried, unless a newer one already replaced it."""
         current = self._tokens.get(project_id)
         if current is not None and current.value == stale:
             del self._tokens[project_id]
+        return self._refused is None
 
     async def token_for(self, project_id: str) -> str:
         token = self._fresh(project_id)

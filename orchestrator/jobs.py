@@ -11,11 +11,15 @@ from typing import TextIO
 
 import anyio
 
-from orchestrator import metrics
+from orchestrator.closing import Closing, finish, round_logger
 from orchestrator.config import Connection, RowDefaults, RunIdentity
 from orchestrator.digest import Digest
-from orchestrator.errors import CredentialsRefused, RunAborted, TransportError, UsageError
-from orchestrator.iam import ProjectLookupFailed
+from orchestrator.errors import (
+    CredentialsRefused,
+    ProjectLookupFailed,
+    TransportError,
+    UsageError,
+)
 from orchestrator.log import Console
 from orchestrator.manifest import ManifestSource, read_rows, spooled
 from orchestrator.models import Record, SnapshotRequest, utc_now
@@ -25,47 +29,6 @@ from orchestrator.rows import RowValidator, check_template, duplicate_candidates
 from orchestrator.waiter import Waiter, WaitPlan
 
 MAX_SNAPSHOTS_PER_VOLUME = 7
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Closing:
-    """Where a run's summary and metrics go besides stderr."""
-
-    summary_json: Path | None = None
-    metrics_file: Path | None = None
-
-
-def finish(
-    tally: Tally, closing: Closing, *, router: Router | None, console: Console, report: str, command: str
-) -> int:
-    """Print and write the summary and metrics; the exit code is 3 when credentials were refused anywhere."""
-    summary = tally.summary()
-    where = "standard output" if report == "-" else report
-    console.event(
-        "summary",
-        f"{summary.render()}\nreport: {where}",
-        rows=summary.rows,
-        outcomes=dict(summary.outcomes),
-        error_codes=dict(summary.error_codes),
-        requests=summary.requests,
-        elapsed_s=round(summary.elapsed_s, 3),
-        report=where,
-    )
-    if closing.summary_json is not None:
-        metrics.write_atomically(closing.summary_json, summary.to_json())
-    refusals = [] if router is None else router.closed()
-    for refused in refusals:
-        console.error(str(refused), code=refused.code)
-    code = summary.exit_code
-    if refusals:
-        console.error(
-            "stopped sending where the credentials were refused; fix them and run again with --resume"
-        )
-        code = RunAborted.exit_code
-    if closing.metrics_file is not None:
-        throttled = 0 if router is None else router.throttled
-        metrics.write(closing.metrics_file, summary, command=command, exit_code=code, throttled=throttled)
-    return code
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,7 +49,9 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
             router = await connect(stack, settings.connection)
             writer = stack.enter_context(ReportWriter(str(settings.report), resume=True))
             tally = Tally()
-            waiter = Waiter(settings.plan, router=router, writer=writer, tally=tally)
+            waiter = Waiter(
+                settings.plan, router=router, writer=writer, tally=tally, on_round=round_logger(console)
+            )
             waiter.load(final_records(settings.report))
             console.event("waiting", f"waiting for {waiter.waiting} snapshots", pending=waiter.waiting)
             received: list[int] = []

@@ -174,3 +174,47 @@ class Summary:
             lines.append(f"top errors: {top}")
         lines.append(f"{self.requests} requests in {self.elapsed_s:.2f}s ({rate:.1f} requests/s)")
         return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Answer:
+    """An HTTP answer: status, parsed JSON body (or ``None``), and the headers we use.
+
+    ``sent_with`` is the token the request carried, so that a 401 renews only a token not yet renewed.
+    """
+
+    status: int
+    body: Any
+    request_id: str | None
+    retry_after: str | None = None
+    subject_token: str | None = dataclasses.field(default=None, repr=False)
+    sent_with: str | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 400
+
+    def error(self) -> tuple[str, str | None]:
+        """``(error_code, error_message)`` from whichever body shape came back, as the SDK reads it."""
+        found = _find_error(self.body)
+        if found is None:
+            return str(self.status), None
+        code, message = found
+        return str(code), (None if message is None else str(message))
+
+
+def _find_error(body: object) -> tuple[object, object] | None:
+    if not isinstance(body, dict):
+        return None
+    for code_key, message_key in (
+        ("error_code", "error_msg"),
+        ("errorCode", "errorMsg"),
+        ("code", "message"),
+    ):
+        if code_key in body and body[code_key] is not None:
+            return body[code_key], body.get(message_key)
+    for value in body.values():
+        found = _find_error(value)
+        if found is not None:
+            return found
+    return None

@@ -23,7 +23,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 import anyio
 
@@ -79,6 +78,8 @@ def retry_after(value: str | None, now: datetime | None = None) -> float | None:
         return max(0.0, float(text))
     except ValueError:
         pass
+    from email.utils import parsedate_to_datetime  # noqa: PLC0415 - rare; keeps start-up fast
+
     try:
         moment = parsedate_to_datetime(text)
     except (TypeError, ValueError):

@@ -14,11 +14,11 @@ import aiohttp
 from yarl import URL
 
 from orchestrator.auth import Authenticator, PasswordCredentials, discover
-from orchestrator.client import Answer, Caller, EvsClient, IamClient, new_session
+from orchestrator.client import Caller, EvsClient, IamClient, new_session
 from orchestrator.config import Connection, Endpoints
 from orchestrator.errors import CredentialsRefused
 from orchestrator.iam import PasswordAuth, ProjectResolver
-from orchestrator.models import SnapshotRequest
+from orchestrator.models import Answer, SnapshotRequest
 from orchestrator.retry import RateLimiter
 
 
@@ -36,7 +36,8 @@ class Route:
         """Close the route when an answer refuses the credentials; note successes."""
         if answer.ok:
             self.succeeded = True
-        elif answer.status == 401 or (answer.status == 403 and not self.succeeded):
+            return
+        if answer.status == 401 or (answer.status == 403 and not self.succeeded):
             code, message = answer.error()
             self.refused = CredentialsRefused(
                 code, f"{self.client.base_url} answered {answer.status}: {message}"

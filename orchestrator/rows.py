@@ -221,8 +221,8 @@ class RowValidator:
                 volume_id=volume_id,
                 row=raw.row,
                 run_id=self.identity.run_id,
-                date=self.identity.date,
-                datetime=self.identity.datetime,
+                date=self.identity.day,
+                datetime=self.identity.stamp,
             )
             name = render_name(self.defaults.name_template, values)
         _check_name(name, where)

@@ -16,18 +16,18 @@ import random
 import time
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from orchestrator.client import Answer
-from orchestrator.errors import CredentialsRefused, TransportError
-from orchestrator.iam import PasswordAuth, ProjectLookupFailed
-from orchestrator.models import Outcome, Record, SnapshotRequest, utc_iso, utc_now
+from orchestrator.errors import CredentialsRefused, ProjectLookupFailed, TransportError
+from orchestrator.models import Answer, Outcome, Record, SnapshotRequest, utc_iso, utc_now
 from orchestrator.report import ReportWriter, ResumeBook, Tally
 from orchestrator.retry import RetryPolicy, Verdict, classify, retry_after
-from orchestrator.routing import Route, Router
+
+if TYPE_CHECKING:
+    from orchestrator.routing import Route, Router
 
 GONE_STATUSES = frozenset({"deleting", "error_deleting"})
 
@@ -110,7 +110,11 @@ class Runner:
                 else:
                     look_first = self.resume is not None and self.resume.uncertain(item.row)
                     await send.send((item, look_first))
-                await anyio.lowlevel.checkpoint()
+                    continue
+                if item.row % 64 == 0:
+                    await (
+                        anyio.lowlevel.checkpoint()
+                    )  # rows written without sending must not starve the workers
 
     async def _worker(self, receive: ObjectReceiveStream[tuple[SnapshotRequest, bool]]) -> None:
         async with receive:
@@ -187,10 +191,8 @@ class Runner:
         state.attempts += 1
         try:
             answer = await route.client.create_snapshot(request, route.project_id)
-            auth = route.client.auth
-            if answer.status == 401 and isinstance(auth, PasswordAuth):
+            if answer.status == 401 and route.client.auth.forget(route.project_id, answer.sent_with):
                 # A 401 comes from the gateway before EVS sees the request: sending again cannot double.
-                auth.forget(route.project_id, answer.sent_with)
                 state.attempts += 1
                 answer = await route.client.create_snapshot(request, route.project_id)
         except TransportError as exc:
@@ -198,9 +200,8 @@ class Runner:
             return (Verdict.UNCERTAIN if exc.may_have_arrived else Verdict.RETRY), None
         route.observe(answer)
         state.answer = answer
-        code, message = answer.error()
-        state.error = None if answer.ok else (code, message)
-        verdict = classify(answer.status, None if answer.ok else code)
+        state.error = None if answer.ok else answer.error()
+        verdict = classify(answer.status, None if state.error is None else state.error[0])
         if verdict is Verdict.RETRY:
             route.limiter.on_throttled()
         state.uncertain = verdict is Verdict.UNCERTAIN

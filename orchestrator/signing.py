@@ -7,6 +7,7 @@ emulator to verify. The algorithm and its test vectors are in ``shared/reference
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,6 +28,7 @@ def _encode(text: str) -> str:
     return quote(text, safe="~")
 
 
+@functools.lru_cache(maxsize=1024)
 def canonical_uri(path: str) -> str:
     """Percent-encode each path segment (RFC 3986 unreserved kept) and end with ``/``."""
     encoded = "/".join(_encode(segment) for segment in unquote(path).split("/"))

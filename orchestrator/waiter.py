@@ -13,16 +13,18 @@ import dataclasses
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import anyio
 
-from orchestrator.client import Answer
 from orchestrator.errors import TransportError
-from orchestrator.models import Outcome, Record, utc_iso, utc_now
+from orchestrator.models import Answer, Outcome, Record, utc_iso, utc_now
 from orchestrator.report import ReportWriter, Tally
-from orchestrator.routing import Route, Router
+
+if TYPE_CHECKING:
+    from orchestrator.routing import Route, Router
 
 PAGE = 1000
 ID_CHUNK = 100
@@ -45,8 +47,17 @@ class WaitPlan:
 class Waiter:
     """Waits for the accepted rows of a report and appends a record for each as it settles."""
 
-    def __init__(self, plan: WaitPlan, *, router: Router, writer: ReportWriter, tally: Tally) -> None:
+    def __init__(
+        self,
+        plan: WaitPlan,
+        *,
+        router: Router,
+        writer: ReportWriter,
+        tally: Tally,
+        on_round: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.plan = plan
+        self.on_round = on_round
         self.router = router
         self.writer = writer
         self.tally = tally
@@ -84,6 +95,8 @@ class Waiter:
                 if not group:
                     del self.pending[(region, project)]
             self.round_requests.append(requests)
+            if self.on_round is not None:
+                self.on_round(requests, self.waiting)
             remaining = deadline - time.monotonic()
             if not self.waiting or remaining <= 0:
                 break

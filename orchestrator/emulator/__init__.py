@@ -1,16 +1,14 @@
-"""A local stand-in for the EVS snapshot API and the IAM calls the tool makes (aiohttp.web)."""
+"""A local stand-in for the EVS snapshot API and the IAM calls the tool makes (aiohttp.web).
+
+The server parts are imported on first use, so that importing ``orchestrator.emulator.settings``
+(which every CLI start does) does not load aiohttp.web.
+"""
 
 from __future__ import annotations
 
-from orchestrator.emulator.app import build_app
-from orchestrator.emulator.server import (
-    EmulatorThread,
-    RunningEmulator,
-    emulator_thread,
-    fetch_state,
-    serve_forever,
-    serving,
-)
+import importlib
+from typing import Any
+
 from orchestrator.emulator.settings import EmulatorSettings, SeedVolume, read_volumes
 
 __all__ = [
@@ -25,3 +23,20 @@ __all__ = [
     "serve_forever",
     "serving",
 ]
+
+_LAZY = {
+    "build_app": "orchestrator.emulator.app",
+    "EmulatorThread": "orchestrator.emulator.server",
+    "RunningEmulator": "orchestrator.emulator.server",
+    "emulator_thread": "orchestrator.emulator.server",
+    "fetch_state": "orchestrator.emulator.server",
+    "serve_forever": "orchestrator.emulator.server",
+    "serving": "orchestrator.emulator.server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'orchestrator.emulator' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

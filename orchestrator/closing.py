@@ -1,0 +1,71 @@
+"""The steps every run ends with: the summary on stderr, the summary JSON, metrics, and the exit code."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from orchestrator import metrics
+from orchestrator.errors import RunAborted
+from orchestrator.log import Console
+from orchestrator.report import Tally
+
+if TYPE_CHECKING:
+    from orchestrator.routing import Router
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Closing:
+    """Where a run's summary and metrics go besides stderr."""
+
+    summary_json: Path | None = None
+    metrics_file: Path | None = None
+
+
+def finish(
+    tally: Tally, closing: Closing, *, router: Router | None, console: Console, report: str, command: str
+) -> int:
+    """Print and write the summary and metrics; the exit code is 3 when credentials were refused anywhere."""
+    summary = tally.summary()
+    where = "standard output" if report == "-" else report
+    console.event(
+        "summary",
+        f"{summary.render()}\nreport: {where}",
+        rows=summary.rows,
+        outcomes=dict(summary.outcomes),
+        error_codes=dict(summary.error_codes),
+        requests=summary.requests,
+        elapsed_s=round(summary.elapsed_s, 3),
+        report=where,
+    )
+    if closing.summary_json is not None:
+        metrics.write_atomically(closing.summary_json, summary.to_json())
+    refusals = [] if router is None else router.closed()
+    for refused in refusals:
+        console.error(str(refused), code=refused.code)
+    code = summary.exit_code
+    if refusals:
+        console.error(
+            "stopped sending where the credentials were refused; fix them and run again with --resume"
+        )
+        code = RunAborted.exit_code
+    if closing.metrics_file is not None:
+        throttled = 0 if router is None else router.throttled
+        metrics.write(closing.metrics_file, summary, command=command, exit_code=code, throttled=throttled)
+    return code
+
+
+def round_logger(console: Console) -> Callable[[int, int], None]:
+    """A waiter callback that reports each poll round (requests it used, snapshots still pending)."""
+
+    def log(requests: int, pending: int) -> None:
+        console.event(
+            "wait_round",
+            f"poll round: {requests} requests, {pending} pending",
+            requests=requests,
+            pending=pending,
+        )
+
+    return log
