@@ -86,7 +86,9 @@ class Runner:
 
     async def run(self, items: Iterable[SnapshotRequest | Record]) -> None:
         """Send every valid row and record every row; returns when all records are written."""
-        send, receive = anyio.create_memory_object_stream[tuple[SnapshotRequest, bool]](self.plan.concurrency)
+        send, receive = anyio.create_memory_object_stream[tuple[SnapshotRequest, bool]](
+            4 * self.plan.concurrency
+        )
         async with anyio.create_task_group() as group:
             async with receive:
                 for _ in range(self.plan.concurrency):
