@@ -1,30 +1,58 @@
-"""``make bench``: run every scenario, print the tables, and write them to benchmarks/results.md."""
+"""``make bench``: run the scenarios, print the tables, and write them to benchmarks/results.md.
+
+``python -m benchmarks [SCENARIO ...]`` runs only the named ones (overhead, latency, ratecap, memory,
+waiting, startup); each table then replaces its own section in results.md.
+"""
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import memory
+from benchmarks import latency, memory, overhead, ratecap, startup, waiting
+
+SCENARIOS: dict[str, Callable[[], str]] = {
+    "overhead": overhead.run,
+    "latency": latency.run,
+    "ratecap": ratecap.run,
+    "memory": memory.run,
+    "waiting": waiting.run,
+    "startup": startup.run,
+}
+RESULTS = Path(__file__).with_name("results.md")
 
 
 def machine() -> str:
     python = platform.python_version()
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {python}, {platform.system()}"
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {python}, {platform.system()} {platform.release()}"
 
 
 def main(argv: list[str]) -> None:
-    scenarios = {"memory": memory.run}
-    chosen = argv or list(scenarios)
-    parts = [f"# Benchmark results\n\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}\n"]
+    chosen = argv or list(SCENARIOS)
+    unknown = [name for name in chosen if name not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    sections: dict[str, str] = {}
+    if RESULTS.exists():
+        for block in re.split(r"\n(?=<!-- scenario: )", RESULTS.read_text(encoding="utf-8")):
+            found = re.match(r"<!-- scenario: (\w+) -->", block)
+            if found:
+                sections[found.group(1)] = block.strip()
     for name in chosen:
-        section = scenarios[name]()
+        started = datetime.now(UTC)
+        section = SCENARIOS[name]()
+        note = f"_{started:%Y-%m-%d %H:%M} UTC on {machine()}_"
+        sections[name] = f"<!-- scenario: {name} -->\n{section}\n\n{note}"
         print(section + "\n", flush=True)
-        parts.append(section)
-    Path(__file__).with_name("results.md").write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    ordered = [sections[name] for name in SCENARIOS if name in sections]
+    RESULTS.write_text(
+        "# Benchmark results (`make bench`)\n\n" + "\n\n".join(ordered) + "\n", encoding="utf-8"
+    )
 
 
 if __name__ == "__main__":

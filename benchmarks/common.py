@@ -1,30 +1,42 @@
-"""Helpers shared by benchmark scenarios: manifests, child processes with peak RSS, tables."""
+"""Helpers shared by the benchmark scenarios: manifests, the emulator as a process, measured children, tables."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 WORK = Path(__file__).parent / ".work"
 PROJECT = "0123456789abcdef0123456789abcdef"
+AKSK_ENV = {
+    "HUAWEICLOUD_SDK_AK": "EMULATORAK0000000000",
+    "HUAWEICLOUD_SDK_SK": "emulator-secret-key-0000000000000000000000",
+    "OS_AUTH_TOKEN": "",
+}
 
 
-def manifest(rows: int) -> Path:
-    """A CSV manifest of ``rows`` distinct volumes (cached under benchmarks/.work)."""
+def manifest(rows: int, offset: int = 0) -> Path:
+    """A CSV manifest of ``rows`` distinct volumes starting at ``offset`` (cached under benchmarks/.work)."""
     WORK.mkdir(exist_ok=True)
-    path = WORK / f"manifest-{rows}.csv"
+    path = WORK / f"manifest-{rows}-{offset}.csv"
     if not path.exists():
         with path.open("w", encoding="utf-8") as handle:
             handle.write("volume_id,description\n")
             for index in range(rows):
-                handle.write(f"{uuid.UUID(int=index + 1, version=4)},bench row {index}\n")
+                handle.write(f"{uuid.UUID(int=offset + index + 1, version=4)},bench row {index}\n")
     return path
 
 
@@ -34,27 +46,104 @@ class Measured:
     peak_rss_mb: float
     cpu_seconds: float
     returncode: int
+    stdout: bytes
+    stderr: bytes
 
 
 def run_measured(args: Sequence[str], env: dict[str, str] | None = None) -> Measured:
-    """Run one child process; return its wall time, peak RSS and CPU time (from wait4)."""
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        list(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}
-    )
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, process.returncode)
+    """Run one child process; its wall time, peak RSS and CPU time (from wait4), and its output."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(list(args), stdout=out, stderr=err, env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(process.pid, 0)
+        elapsed = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return Measured(
+            elapsed,
+            usage.ru_maxrss / 1024,
+            usage.ru_utime + usage.ru_stime,
+            process.returncode,
+            out.read(),
+            err.read(),
+        )
 
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator", *args]
 
 
-def median_spread(values: Sequence[float]) -> str:
+def process_cpu(pid: int) -> float:
+    """CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Emulator:
+    """The emulator as its own process (so its CPU is not the client's)."""
+
+    def __init__(self, process: subprocess.Popen[bytes], url: str) -> None:
+        self.process = process
+        self.url = url
+
+    def cpu(self) -> float:
+        return process_cpu(self.process.pid)
+
+    def state(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/_emulator/state", timeout=60) as answer:  # noqa: S310
+            state: dict[str, Any] = orjson.loads(answer.read())
+        return state
+
+
+@contextlib.contextmanager
+def emulator(*options: str) -> Iterator[Emulator]:
+    process = subprocess.Popen(
+        cli("emulator", "--any-volume", *options), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().decode().split()[-1]
+        yield Emulator(process, url)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def create(url: str, path: Path, report: Path, *extra: str, env: dict[str, str] | None = None) -> Measured:
+    """``evs-snapshot create`` as a process, AK/SK signing, report and summary JSON written."""
+    return run_measured(
+        cli(
+            "create",
+            str(path),
+            "--endpoint",
+            url,
+            "--project-id",
+            PROJECT,
+            "--report",
+            str(report),
+            "--summary-json",
+            str(report.with_suffix(".summary.json")),
+            *extra,
+        ),
+        env={**AKSK_ENV, **(env or {})},
+    )
+
+
+def summary_of(report: Path) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads(report.with_suffix(".summary.json").read_bytes())
+    return data
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: Sequence[float], digits: int = 1) -> str:
     """``median (min-max)`` of repeated runs."""
-    return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+    return f"{median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -44,7 +44,9 @@ async def bare(url: str, ids: list[str], concurrency: int) -> int:
         nonlocal accepted
         while not queue.empty():
             volume_id = queue.get_nowait()
-            body = orjson.dumps({"snapshot": {"volume_id": volume_id, "force": False, "name": f"bare-{volume_id}"}})
+            body = orjson.dumps(
+                {"snapshot": {"volume_id": volume_id, "force": False, "name": f"bare-{volume_id}"}}
+            )
             headers = {
                 "Content-Type": "application/json;charset=utf-8",
                 "X-Project-Id": PROJECT,
@@ -52,7 +54,13 @@ async def bare(url: str, ids: list[str], concurrency: int) -> int:
                 "Host": host,
             }
             headers["Authorization"] = signing.authorization(
-                ak=DEFAULT_AK, sk=DEFAULT_SK, method="POST", path=target.path, query=[], headers=headers, body=body
+                ak=DEFAULT_AK,
+                sk=DEFAULT_SK,
+                method="POST",
+                path=target.path,
+                query=[],
+                headers=headers,
+                body=body,
             )
             async with session.post(target, data=body, headers=headers) as response:
                 await response.read()
@@ -120,7 +128,11 @@ def main(argv: list[str]) -> None:
         accepted = sdk_sync(args.url, ids, args.concurrency)
     else:
         accepted = sdk_async(args.url, ids, args.concurrency)
-    print(orjson.dumps({"rows": args.rows, "accepted": accepted, "seconds": time.perf_counter() - started}).decode())
+    print(
+        orjson.dumps(
+            {"rows": args.rows, "accepted": accepted, "seconds": time.perf_counter() - started}
+        ).decode()
+    )
 
 
 if __name__ == "__main__":

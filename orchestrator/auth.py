@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -46,6 +47,7 @@ class Authenticator(Protocol):
         ...
 
 
+@functools.lru_cache(maxsize=64)
 def host_header(url: URL) -> str:
     """``host[:port]`` as sent in ``Host`` (the port only when it is not the scheme's default)."""
     host = url.raw_host or ""

@@ -66,6 +66,7 @@ class Caller:
         self.base_url = base_url
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.proxy = proxy_for(base_url)
+        self._urls: dict[str, URL] = {}
 
     async def call(
         self,
@@ -79,7 +80,12 @@ class Caller:
     ) -> Answer:
         """Send one request and return its answer; raise ``TransportError`` when none came."""
         query_string = signing.canonical_query(query)
-        url = URL(f"{self.base_url}{path}" + (f"?{query_string}" if query_string else ""), encoded=True)
+        target = f"{path}?{query_string}" if query_string else path
+        url = self._urls.get(target)
+        if url is None:
+            url = URL(f"{self.base_url}{target}", encoded=True)
+            if not query_string:  # the create path repeats for every row; queries vary
+                self._urls[target] = url
         outgoing = OutgoingRequest(
             method=method,
             url=url,

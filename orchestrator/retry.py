@@ -166,6 +166,8 @@ class RateLimiter:
         if self._first_success is None:
             self._first_success = now
         self._successes.append(now)
+        while self._successes[0] < now - self.WINDOW:  # keep one window: memory stays flat
+            self._successes.popleft()
         if self.rate is None:
             return
         self.rate += self.RECOVERY * self._cut_from / self.rate  # about RECOVERY * cut-from per second

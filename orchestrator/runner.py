@@ -139,7 +139,8 @@ class Runner:
             return self._failed(request, started, clock, state, (exc.code, exc.message))
         except TransportError as exc:
             return self._failed(request, started, clock, state, (exc.code, str(exc)))
-        request = dataclasses.replace(request, project_id=route.project_id)
+        if request.project_id != route.project_id:
+            request = dataclasses.replace(request, project_id=route.project_id)
         try:
             return await self._attempts(request, route, state, started, clock)
         except CredentialsRefused as exc:

@@ -1,0 +1,45 @@
+"""Scenario 6: start-up. Wall time of ``evs-snapshot --help`` and of ``create --dry-run`` on one row (target < 0.5 s)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import PROJECT, WORK, cli, run_measured, spread, table
+
+REPEATS = 10
+
+
+def run() -> str:
+    WORK.mkdir(exist_ok=True)
+    one = WORK / "one-row.csv"
+    one.write_text("volume_id\n6d1a4e3c-2b7f-4c39-9f5e-0a1b2c3d4e5f\n", encoding="utf-8")
+    rows = []
+    for label, make in (
+        ("evs-snapshot --help", lambda _folder: cli("--help")),
+        (
+            "create --dry-run, one row",
+            lambda folder: cli(
+                "create",
+                str(one),
+                "--dry-run",
+                "--project-id",
+                PROJECT,
+                "--region",
+                "cn-north-4",
+                "--report",
+                str(Path(folder) / "r.jsonl"),
+            ),
+        ),
+    ):
+        seconds = []
+        for _ in range(REPEATS):
+            with tempfile.TemporaryDirectory() as folder:
+                measured = run_measured(make(folder))
+            if measured.returncode != 0:
+                raise SystemExit(f"{label} exited {measured.returncode}")
+            seconds.append(measured.seconds)
+        rows.append([label, spread(seconds, 3)])
+    return "### 6. Start-up (target: under 0.5 s)\n\n" + table(
+        ["command", f"wall seconds over {REPEATS} runs, median (min-max)"], rows
+    )
