@@ -49,10 +49,9 @@ def main(argv: list[str]) -> None:
         note = f"_{started:%Y-%m-%d %H:%M} UTC on {machine()}_"
         sections[name] = f"<!-- scenario: {name} -->\n{section}\n\n{note}"
         print(section + "\n", flush=True)
-    ordered = [sections[name] for name in SCENARIOS if name in sections]
-    RESULTS.write_text(
-        "# Benchmark results (`make bench`)\n\n" + "\n\n".join(ordered) + "\n", encoding="utf-8"
-    )
+        ordered = [sections[name] for name in SCENARIOS if name in sections]
+        text = "# Benchmark results (`make bench`)\n\n" + "\n\n".join(ordered) + "\n"
+        RESULTS.write_text(text, encoding="utf-8")  # after each scenario, so a failure keeps the others
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def run(repeats: int = 2) -> str:
                 report = Path(folder) / "r.jsonl"
                 measured = create(emu.url, manifest(ROWS, 60_000_000 + repeat * ROWS), report, *extra)
                 creates = emu.state()["requests"]["POST /v2/{project_id}/cloudsnapshots"]
-            summary = summary_of(report)
+                summary = summary_of(report)
             runs.append(summary["elapsed_s"])
             walls.append(measured.seconds)
             failed.append(summary["outcomes"].get("failed", 0))

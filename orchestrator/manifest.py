@@ -207,11 +207,15 @@ def _jsonl_rows(lines: Iterator[tuple[int, str]], name: str, columns: _ColumnWar
                 name, number, f"not valid JSON: {exc}", "each line must be one JSON object"
             ) from None
         row += 1
-        if isinstance(value, dict):
-            columns.check(value)
-            yield RawRow(row, number, value, from_csv=False)
-        else:
-            yield RawRow(row, number, None, from_csv=False)
+        yield _json_row(row, number, value, columns)
+
+
+def _json_row(row: int, line: int, value: object, columns: _ColumnWarnings) -> RawRow:
+    """A decoded JSON element as a row; anything but an object is kept as a malformed row."""
+    if isinstance(value, dict):
+        columns.check(value)
+        return RawRow(row, line, value, from_csv=False)
+    return RawRow(row, line, None, from_csv=False)
 
 
 class _JsonScanner:
@@ -311,11 +315,7 @@ def _json_array(scanner: _JsonScanner, columns: _ColumnWarnings) -> Iterator[Raw
     while True:
         line, value = scanner.value()
         row += 1
-        if isinstance(value, dict):
-            columns.check(value)
-            yield RawRow(row, line, value, from_csv=False)
-        else:
-            yield RawRow(row, line, None, from_csv=False)
+        yield _json_row(row, line, value, columns)
         if scanner.expect(",]", "',' or ']'") == "]":
             return
 
