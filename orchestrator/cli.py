@@ -520,7 +520,11 @@ def emulator(volumes_file: Path | None, **options: object) -> NoReturn:
     """Serve the local EVS emulator until SIGINT/SIGTERM (tests, demos, runbook rehearsal)."""
     from orchestrator.emulator.server import serve_forever  # noqa: PLC0415 - keeps --help fast
 
-    volumes = read_volumes(volumes_file) if volumes_file is not None else ()
+    try:
+        volumes = read_volumes(volumes_file) if volumes_file is not None else ()
+    except EvsSnapshotError as exc:
+        Console(sys.stderr).error(str(exc))
+        sys.exit(exc.exit_code)
     settings = EmulatorSettings(volumes=volumes, **options)  # type: ignore[arg-type]
     try:
         anyio.run(serve_forever, settings)

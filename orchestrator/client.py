@@ -20,7 +20,7 @@ from yarl import URL
 
 from orchestrator import __version__, signing
 from orchestrator.auth import Authenticator, OutgoingRequest
-from orchestrator.errors import RequestTimeout, TransportError
+from orchestrator.errors import RequestTimeout, TransportError, UsageError
 from orchestrator.models import Answer, SnapshotRequest
 
 USER_AGENT = f"evs-snapshot/{__version__} python/{platform.python_version()}"
@@ -40,7 +40,12 @@ def ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
     """Verified TLS with the system CAs, plus ``--ca-bundle`` when given."""
     context = ssl.create_default_context()
     if ca_bundle is not None:
-        context.load_verify_locations(cafile=str(ca_bundle))
+        try:
+            context.load_verify_locations(cafile=str(ca_bundle))
+        except (ssl.SSLError, OSError) as exc:
+            raise UsageError(
+                f"--ca-bundle {ca_bundle}: not a readable PEM file of CA certificates ({exc})"
+            ) from None
     return context
 
 

@@ -1,11 +1,14 @@
-"""The steps every run ends with: the summary on stderr, the summary JSON, metrics, and the exit code."""
+"""How runs end: the summary on stderr, the summary JSON, metrics, the exit code, and stopping on a signal."""
 
 from __future__ import annotations
 
 import dataclasses
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import anyio
 
 from orchestrator import metrics
 from orchestrator.errors import RunAborted
@@ -40,8 +43,9 @@ def finish(
         elapsed_s=round(summary.elapsed_s, 3),
         report=where,
     )
-    if closing.summary_json is not None:
-        metrics.write_atomically(closing.summary_json, summary.to_json())
+    summary_json = closing.summary_json
+    if summary_json is not None:
+        _write(console, "--summary-json", lambda: metrics.write_atomically(summary_json, summary.to_json()))
     refusals = [] if router is None else router.closed()
     for refused in refusals:
         console.error(str(refused), code=refused.code)
@@ -53,8 +57,30 @@ def finish(
         code = RunAborted.exit_code
     if closing.metrics_file is not None:
         throttled = 0 if router is None else router.throttled
-        metrics.write(closing.metrics_file, summary, command=command, exit_code=code, throttled=throttled)
+        path = closing.metrics_file
+        _write(
+            console,
+            "--metrics-file",
+            lambda: metrics.write(path, summary, command=command, exit_code=code, throttled=throttled),
+        )
     return code
+
+
+def _write(console: Console, option: str, write: Callable[[], None]) -> None:
+    """Write a side file; failing to is reported but does not change what the run did or its exit code."""
+    try:
+        write()
+    except OSError as exc:
+        console.error(f"{option}: cannot write {exc.filename or ''}: {exc.strerror}")
+
+
+async def stop_on_signal(scope: anyio.CancelScope, received: list[int]) -> None:
+    """Cancel ``scope`` at the first SIGINT/SIGTERM and note which one (for waits: nothing is in flight)."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            received.append(signum)
+            scope.cancel()
+            return
 
 
 def round_logger(console: Console) -> Callable[[int, int], None]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import anyio
 from yarl import URL
 
-from orchestrator.closing import Closing, finish, round_logger
+from orchestrator.closing import Closing, finish, round_logger, stop_on_signal
 from orchestrator.config import Connection, RowDefaults, RunIdentity
 from orchestrator.errors import UsageError
 from orchestrator.log import Console
@@ -136,7 +136,10 @@ async def _locked(
                 console.event(
                     "waiting", f"create done; waiting for snapshots (up to {settings.wait.timeout:g}s)"
                 )
-                tally = await _wait(settings.wait, router, writer, Path(settings.report), console)
+                async with anyio.create_task_group() as group:
+                    group.start_soon(stop_on_signal, group.cancel_scope, signals)
+                    tally = await _wait(settings.wait, router, writer, Path(settings.report), console)
+                    group.cancel_scope.cancel()
     code = finish(
         tally, settings.closing, router=router, console=console, report=settings.report, command="create"
     )

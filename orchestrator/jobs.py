@@ -11,7 +11,7 @@ from typing import TextIO
 
 import anyio
 
-from orchestrator.closing import Closing, finish, round_logger
+from orchestrator.closing import Closing, finish, round_logger, stop_on_signal
 from orchestrator.config import Connection, RowDefaults, RunIdentity
 from orchestrator.digest import Digest
 from orchestrator.errors import (
@@ -56,7 +56,7 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
             console.event("waiting", f"waiting for {waiter.waiting} snapshots", pending=waiter.waiting)
             received: list[int] = []
             async with anyio.create_task_group() as group:
-                group.start_soon(_stop_on_signal, group.cancel_scope, received)
+                group.start_soon(stop_on_signal, group.cancel_scope, received)
                 await waiter.run()
                 group.cancel_scope.cancel()
     code = finish(
@@ -66,14 +66,6 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
         console.error(f"stopped by {signal.Signals(received[0]).name}; run wait again to go on")
         return 128 + received[0]
     return code
-
-
-async def _stop_on_signal(scope: anyio.CancelScope, received: list[int]) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            received.append(signum)
-            scope.cancel()
-            return
 
 
 def summary(report: Path, *, as_json: bool, stdout: TextIO) -> int:

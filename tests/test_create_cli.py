@@ -432,3 +432,52 @@ def test_emulator_command_serves_until_sigterm(tmp_path: Path) -> None:
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 0
+
+
+def test_foreseeable_setup_errors_are_messages_not_tracebacks(
+    write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A bad --ca-bundle and a bad emulator --volumes file exit 2 with a message; no traceback."""
+    bad_pem = write("bad.pem", "not a certificate\n")
+    manifest = write("m.csv", f"volume_id\n{IDS[0]}\n")
+    env = {"OS_AUTH_TOKEN": "", "HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
+    result = invoke(
+        [
+            "create",
+            str(manifest),
+            *base_args("http://127.0.0.1:9", tmp_path / "r.jsonl"),
+            "--ca-bundle",
+            str(bad_pem),
+        ],
+        env=env,
+    )
+    assert result.exit_code == 2
+    assert "--ca-bundle" in result.stderr
+    volumes = write("v.csv", "volume_id,status\nx,sideways\n")
+    result = invoke(["emulator", "--volumes", str(volumes)])
+    assert result.exit_code == 2
+    assert "needs a volume_id and a known status" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_unwritable_metrics_file_keeps_the_runs_exit_code(write: Callable[..., Path], tmp_path: Path) -> None:
+    """A metrics file that cannot be written is reported; the run's own exit code stands."""
+    manifest = write("m.csv", f"volume_id\n{IDS[0]}\n")
+    blocker = write("file", "not a folder")
+    result = invoke(
+        [
+            "create",
+            str(manifest),
+            "--dry-run",
+            "--project-id",
+            PROJECT,
+            "--region",
+            "cn-north-4",
+            "--report",
+            str(tmp_path / "r.jsonl"),
+            "--metrics-file",
+            str(blocker / "m.prom"),
+        ]
+    )
+    assert result.exit_code == 0
+    assert "--metrics-file: cannot write" in result.stderr
