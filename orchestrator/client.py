@@ -99,7 +99,12 @@ class Caller:
             project_id=project_id,
         )
         if auth is not None:
-            await auth.authorize(outgoing)
+            try:
+                await auth.authorize(outgoing)
+            except TransportError as exc:  # IAM could not be reached: this request was never sent
+                raise TransportError(
+                    f"getting credentials: {exc}", code=exc.code, may_have_arrived=False
+                ) from exc
         try:
             async with self.session.request(
                 method,

@@ -146,6 +146,8 @@ class Runner:
         except CredentialsRefused as exc:
             self.router.refused = exc
             return self._failed(request, started, clock, state, (exc.code, exc.message))
+        except ProjectLookupFailed as exc:  # IAM would not scope a token to this project
+            return self._failed(request, started, clock, state, (exc.code, exc.message))
 
     async def _attempts(
         self, request: SnapshotRequest, route: Route, state: _Attempt, started: datetime, clock: float

@@ -380,3 +380,60 @@ def test_secrets_never_leak(
     assert "failed" in everything
     for secret in secrets:
         assert secret not in everything
+
+
+def test_unreachable_iam_sends_nothing_and_fails_rows(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """When IAM cannot be reached for a password token, no create is sent and rows fail CONNECT_FAILED."""
+    emu = emulator_thread(any_volume=True)
+    report = tmp_path / "r.jsonl"
+    result = invoke(
+        [
+            "create",
+            str(manifest_of(write, volume_ids(3, seed=28))),
+            "--endpoint",
+            emu.url,
+            "--iam-endpoint",
+            "http://127.0.0.1:9",
+            "--project-id",
+            PROJECT,
+            "--report",
+            str(report),
+            "--max-attempts",
+            "2",
+            "--backoff-max",
+            "0.05",
+        ],
+        env=PASSWORD_ENV,
+    )
+    assert result.exit_code == 1, result.output
+    got = records(report)
+    assert {(r["outcome"], r["error_code"]) for r in got} == {("failed", "CONNECT_FAILED")}
+    assert all(r["reconciled"] is False for r in got)
+    assert emu.state()["requests"] == {}  # neither a create nor a lookup reached EVS
+
+
+def test_project_iam_will_not_scope_fails_its_rows(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A password token IAM refuses to scope to the row's project fails that row with PROJECT_NOT_FOUND."""
+    emu = emulator_thread(any_volume=True)
+    report = tmp_path / "r.jsonl"
+    result = invoke(
+        [
+            "create",
+            str(manifest_of(write, volume_ids(2, seed=29))),
+            "--endpoint",
+            emu.url,
+            "--iam-endpoint",
+            emu.url,
+            "--project-id",
+            "f" * 32,
+            "--report",
+            str(report),
+        ],
+        env=PASSWORD_ENV,
+    )
+    assert result.exit_code == 1, result.output
+    assert {(r["outcome"], r["error_code"]) for r in records(report)} == {("failed", "PROJECT_NOT_FOUND")}
