@@ -26,7 +26,7 @@ from orchestrator.log import Console
 from orchestrator.manifest import ManifestSource, RawRow, read_rows, spooled
 from orchestrator.models import utc_now
 from orchestrator.progress import Progress
-from orchestrator.report import ReportLock, ReportWriter, ResumeBook, Tally, final_records
+from orchestrator.report import ReportLock, ReportWriter, ResumeBook, Tally, final_records, lock_path
 from orchestrator.retry import RetryPolicy
 from orchestrator.rows import RowValidator, check_template, duplicate_candidates, volume_key
 from orchestrator.runner import Runner, RunPlan
@@ -57,11 +57,6 @@ class CreateSettings:
     deadline: float | None = None  # seconds for the whole run
     wait: WaitPlan | None = None
     grace: float = GRACE_SECONDS
-
-
-def lock_path(report: str, lock_file: Path | None) -> Path | None:
-    """The lock of a report: ``--lock-file``, else the report path + ``.lock`` (none for stdout)."""
-    return lock_file or (None if report == "-" else Path(report + ".lock"))
 
 
 async def create(settings: CreateSettings, *, console: Console) -> int:

@@ -23,7 +23,7 @@ from orchestrator.errors import (
 from orchestrator.log import Console
 from orchestrator.manifest import ManifestSource, read_rows, spooled
 from orchestrator.models import Record, SnapshotRequest, utc_now
-from orchestrator.report import ReportLock, ReportWriter, Tally, final_records
+from orchestrator.report import ReportLock, ReportWriter, Tally, final_records, lock_path
 from orchestrator.routing import Router, connect
 from orchestrator.rows import RowValidator, check_template, duplicate_candidates
 from orchestrator.waiter import Waiter, WaitPlan
@@ -44,7 +44,9 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
     """``evs-snapshot wait REPORT``: poll the report's accepted snapshots and append their final states."""
     if not settings.report.is_file():
         raise UsageError(f"{settings.report}: no such report")
-    with ReportLock(settings.lock_file or Path(f"{settings.report}.lock")):
+    with ReportLock(
+        lock_path(str(settings.report), settings.lock_file) or settings.report.with_suffix(".lock")
+    ):
         async with contextlib.AsyncExitStack() as stack:
             router = await connect(stack, settings.connection)
             writer = stack.enter_context(ReportWriter(str(settings.report), resume=True))

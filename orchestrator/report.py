@@ -178,6 +178,11 @@ class ResumeBook:
         return outcome is None or outcome is Outcome.FAILED
 
 
+def lock_path(report: str, lock_file: Path | None) -> Path | None:
+    """The lock of a report: ``--lock-file``, else the report path + ``.lock`` (none for standard output)."""
+    return lock_file or (None if report == "-" else Path(report + ".lock"))
+
+
 class ReportLock:
     """An exclusive ``flock`` on the lock file, so two runs on one report cannot overlap."""
 
