@@ -44,9 +44,10 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
     """``evs-snapshot wait REPORT``: poll the report's accepted snapshots and append their final states."""
     if not settings.report.is_file():
         raise UsageError(f"{settings.report}: no such report")
-    with ReportLock(
-        lock_path(str(settings.report), settings.lock_file) or settings.report.with_suffix(".lock")
-    ):
+    lock = lock_path(str(settings.report), settings.lock_file)
+    if lock is None:
+        raise UsageError("wait reads and appends to a report file, not standard output")
+    with ReportLock(lock):
         async with contextlib.AsyncExitStack() as stack:
             router = await connect(stack, settings.connection)
             writer = stack.enter_context(ReportWriter(str(settings.report), resume=True))
