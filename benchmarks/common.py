@@ -74,6 +74,21 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator", *args]
 
 
+def dry_run(path: Path, folder: str) -> list[str]:
+    """The command line of ``create --dry-run`` on ``path``, its report in ``folder``."""
+    return cli(
+        "create",
+        str(path),
+        "--dry-run",
+        "--project-id",
+        PROJECT,
+        "--region",
+        "cn-north-4",
+        "--report",
+        str(Path(folder) / "r.jsonl"),
+    )
+
+
 def process_cpu(pid: int) -> float:
     """CPU seconds a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import PROJECT, cli, create, emulator, manifest, run_measured, spread, table
+from benchmarks.common import create, dry_run, emulator, manifest, run_measured, spread, table
 
 DRY_SIZES = (10_000, 1_000_000)
 REAL_ROWS = 200_000
@@ -18,19 +18,7 @@ def run(repeats: int = 3) -> str:
         peaks, seconds = [], []
         for _ in range(repeats if size <= 100_000 else 1):
             with tempfile.TemporaryDirectory() as folder:
-                measured = run_measured(
-                    cli(
-                        "create",
-                        str(manifest(size)),
-                        "--dry-run",
-                        "--project-id",
-                        PROJECT,
-                        "--region",
-                        "cn-north-4",
-                        "--report",
-                        str(Path(folder) / "r.jsonl"),
-                    )
-                )
+                measured = run_measured(dry_run(manifest(size), folder))
             if measured.returncode != 0:
                 raise SystemExit(f"dry run of {size} rows exited {measured.returncode}")
             peaks.append(measured.peak_rss_mb)

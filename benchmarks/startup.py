@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 
-from benchmarks.common import PROJECT, WORK, cli, run_measured, spread, table
+from benchmarks.common import WORK, cli, dry_run, run_measured, spread, table
 
 REPEATS = 10
 
@@ -19,17 +18,7 @@ def run() -> str:
         ("evs-snapshot --help", lambda _folder: cli("--help")),
         (
             "create --dry-run, one row",
-            lambda folder: cli(
-                "create",
-                str(one),
-                "--dry-run",
-                "--project-id",
-                PROJECT,
-                "--region",
-                "cn-north-4",
-                "--report",
-                str(Path(folder) / "r.jsonl"),
-            ),
+            lambda folder: dry_run(one, folder),
         ),
     ):
         seconds = []

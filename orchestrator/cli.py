@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 import anyio
 import click
 
-from orchestrator import __version__
+from orchestrator import __version__, defaults
 from orchestrator.emulator.settings import (
     DEFAULT_AK,
     DEFAULT_DOMAIN,
@@ -103,7 +103,7 @@ MANIFEST_OPTIONS = apply(
     ),
     click.option(
         "--name-template",
-        default="pre-maint-{date}-{volume_id}",
+        default=defaults.NAME_TEMPLATE,
         show_default=True,
         help="Name of rows without one: {volume_id} {row} {run_id} {date} {datetime} {column}.",
     ),
@@ -164,14 +164,14 @@ CONNECTION_OPTIONS = apply(
     ),
     click.option(
         "--concurrency",
-        default=32,
+        default=defaults.CONCURRENCY,
         show_default=True,
         type=click.IntRange(1, 1000),
         help="Requests in flight at most.",
     ),
     click.option(
         "--timeout",
-        default=30.0,
+        default=defaults.TIMEOUT,
         show_default=True,
         type=click.FloatRange(min=0.1),
         help="Seconds one request may take.",
@@ -208,13 +208,13 @@ WAIT_OPTIONS = apply(
     click.option(
         "--wait-timeout",
         callback=duration,
-        default="1h",
+        default=f"{defaults.WAIT_TIMEOUT:g}s",
         show_default=True,
         help="How long to wait for snapshots to settle (90s, 15m, 2h; no built-in cap).",
     ),
     click.option(
         "--poll-interval",
-        default=5.0,
+        default=defaults.POLL_INTERVAL,
         show_default=True,
         type=click.FloatRange(min=0.05),
         help="First pause between poll rounds, seconds (grows by half up to 60).",
@@ -224,7 +224,7 @@ WAIT_OPTIONS = apply(
 
 def connection(options: dict[str, Any]) -> Any:
     """A ``config.Connection`` from the shared connection options and the environment."""
-    from orchestrator import config  # noqa: PLC0415
+    from orchestrator import config  # noqa: PLC0415 - keeps --help fast
     from orchestrator.auth import environment  # noqa: PLC0415
 
     environ = environment()
@@ -246,7 +246,7 @@ def connection(options: dict[str, Any]) -> Any:
 
 
 def row_defaults(options: dict[str, Any]) -> Any:
-    from orchestrator import config  # noqa: PLC0415
+    from orchestrator import config  # noqa: PLC0415 - keeps --help fast
 
     return config.RowDefaults(
         name_template=options["name_template"],
@@ -289,21 +289,21 @@ def wait_plan(options: dict[str, Any]) -> Any:
 )
 @click.option(
     "--max-attempts",
-    default=8,
+    default=defaults.MAX_ATTEMPTS,
     show_default=True,
     type=click.IntRange(1, 100),
     help="Create requests per row at most.",
 )
 @click.option(
     "--backoff-initial",
-    default=0.5,
+    default=defaults.BACKOFF_INITIAL,
     show_default=True,
     type=click.FloatRange(min=0),
     help="Ceiling of the first retry wait, seconds (full jitter, doubling each retry).",
 )
 @click.option(
     "--backoff-max",
-    default=30.0,
+    default=defaults.BACKOFF_MAX,
     show_default=True,
     type=click.FloatRange(min=0),
     help="Largest retry wait, seconds.",

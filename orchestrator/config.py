@@ -12,13 +12,11 @@ from pathlib import Path
 
 from yarl import URL
 
+from orchestrator import defaults
 from orchestrator.errors import UsageError
 
 REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z]+)+-\d{1,3}$")
 PROJECT_RE = re.compile(r"^[0-9a-f]{32}$")
-DEFAULT_NAME_TEMPLATE = "pre-maint-{date}-{volume_id}"
-DEFAULT_CONCURRENCY = 32
-DEFAULT_TIMEOUT = 30.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,7 +54,7 @@ class RunIdentity:
 class RowDefaults:
     """Values a manifest row falls back to when it does not give its own."""
 
-    name_template: str = DEFAULT_NAME_TEMPLATE
+    name_template: str = defaults.NAME_TEMPLATE
     description: str | None = None
     metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
     force: bool = False
@@ -122,8 +120,8 @@ def region_overrides(environ: Mapping[str, str]) -> dict[str, URL]:
 class Limits:
     """How hard a run may push: requests in flight and the time one request may take."""
 
-    concurrency: int = DEFAULT_CONCURRENCY
-    timeout: float = DEFAULT_TIMEOUT
+    concurrency: int = defaults.CONCURRENCY
+    timeout: float = defaults.TIMEOUT
 
 
 def parse_endpoint(value: str, *, option: str) -> URL:

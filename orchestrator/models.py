@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,28 +119,6 @@ class Summary:
     error_codes: Mapping[str, int]
     requests: int
     elapsed_s: float
-
-    @classmethod
-    def of(cls, records: Iterable[Record], *, elapsed_s: float) -> Summary:
-        outcomes: Counter[str] = Counter()
-        codes: Counter[str] = Counter()
-        requests = 0
-        for record in records:
-            outcomes[record.outcome.value] += 1
-            requests += record.attempts
-            if record.error_code is not None and not record.succeeded:
-                codes[record.error_code] += 1
-        return cls(
-            rows=sum(outcomes.values()),
-            outcomes=dict(outcomes),
-            error_codes=dict(codes.most_common()),
-            requests=requests,
-            elapsed_s=elapsed_s,
-        )
-
-    @property
-    def all_succeeded(self) -> bool:
-        return all(Outcome(outcome) in SUCCESSFUL for outcome in self.outcomes)
 
     @property
     def exit_code(self) -> int:

@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 
 import anyio
 
+from orchestrator import defaults
+
 THROTTLING_CODES = frozenset({"APIGW.0308", "APIG.0308"})
 RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
 # 5xx answers that describe the disk, not the service: sending again cannot help.
@@ -54,9 +56,9 @@ def classify(status: int, error_code: str | None) -> Verdict:
 class RetryPolicy:
     """How often and how patiently to retry: exponential backoff with full jitter."""
 
-    max_attempts: int = 8
-    initial_wait: float = 0.5
-    max_wait: float = 30.0
+    max_attempts: int = defaults.MAX_ATTEMPTS
+    initial_wait: float = defaults.BACKOFF_INITIAL
+    max_wait: float = defaults.BACKOFF_MAX
 
     @property
     def max_lookups(self) -> int:

@@ -8,6 +8,7 @@ possibly seen before; the second pass needs exact first-seen bookkeeping for jus
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 import string
@@ -42,10 +43,16 @@ class RowProblem(Exception):
         self.message = message
 
 
+@functools.lru_cache(maxsize=8)
+def _parsed(template: str) -> tuple[tuple[str, str | None, str | None, str | None], ...]:
+    """The template's pieces, parsed once per run rather than once per row."""
+    return tuple(string.Formatter().parse(template))
+
+
 def check_template(template: str) -> None:
     """Refuse templates that could do more than substitute names (attribute access, conversions)."""
     try:
-        parsed = list(string.Formatter().parse(template))
+        parsed = _parsed(template)
     except ValueError as exc:
         raise UsageError(f"--name-template {template!r}: {exc}") from None
     for _, field, spec, conversion in parsed:
@@ -60,7 +67,7 @@ def check_template(template: str) -> None:
 
 def render_name(template: str, values: Mapping[str, object]) -> str:
     out = []
-    for literal, field, _, _ in string.Formatter().parse(template):
+    for literal, field, _, _ in _parsed(template):
         out.append(literal)
         if field is not None:
             value = values.get(field)

@@ -74,7 +74,6 @@ class Runner:
         self.resume = resume
         self.random = random.Random(plan.seed)
         self.stopping = False
-        self.reconciled = 0
 
     def emit(self, record: Record) -> None:
         self.writer.write(record)
@@ -268,7 +267,6 @@ class Runner:
         state: _Attempt,
         snapshot: dict[str, Any],
     ) -> Record:
-        self.reconciled += 1
         return self._record(
             request, Outcome.ACCEPTED, started, clock, state, snapshot=snapshot, reconciled=True
         )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from orchestrator import defaults
 from orchestrator.errors import TransportError
 from orchestrator.models import Answer, Outcome, Record, utc_iso, utc_now
 from orchestrator.report import ReportWriter, Tally
@@ -39,8 +40,8 @@ SETTLED = {
 class WaitPlan:
     """How long to wait in all, and how often to look (the interval grows by half up to its maximum)."""
 
-    timeout: float = 3600.0
-    interval: float = 5.0
+    timeout: float = defaults.WAIT_TIMEOUT
+    interval: float = defaults.POLL_INTERVAL
     max_interval: float = 60.0
 
 

@@ -8,8 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
+from yarl import URL
 
+from orchestrator import signing
+from orchestrator.auth import OutgoingRequest, TokenAuth
 from orchestrator.emulator import EmulatorSettings, EmulatorThread, RunningEmulator, SeedVolume, serving
 
 PROJECT = "0123456789abcdef0123456789abcdef"
@@ -79,3 +83,32 @@ def write(tmp_path: Path) -> Callable[[str, str | bytes], Path]:
         return path
 
     return writer
+
+
+async def call(
+    http: aiohttp.ClientSession,
+    emulator: RunningEmulator | EmulatorThread,
+    method: str,
+    path: str,
+    *,
+    body: object = None,
+    auth: Any = None,
+    query: list[tuple[str, str]] | None = None,
+    raw_body: bytes | None = None,
+) -> tuple[int, Any, dict[str, str]]:
+    """One request to an emulator, authorized by ``auth`` (the fixed token by default; ``False``: none)."""
+    data = raw_body if raw_body is not None else (b"" if body is None else orjson.dumps(body))
+    qs = signing.canonical_query(query or [])
+    url = URL(f"{emulator.url}{path}" + (f"?{qs}" if qs else ""), encoded=True)
+    outgoing = OutgoingRequest(
+        method=method, url=url, headers={"Content-Type": "application/json"}, body=data, project_id=PROJECT
+    )
+    if auth is not False:
+        await (auth or TokenAuth(TOKEN)).authorize(outgoing)
+    async with http.request(method, url, data=data or None, headers=outgoing.headers) as response:
+        raw = await response.read()
+        return (
+            response.status,
+            (orjson.loads(raw) if raw else None),
+            {k.title(): v for k, v in response.headers.items()},
+        )

@@ -18,40 +18,11 @@ from orchestrator import signing
 from orchestrator.auth import AkSkAuth, OutgoingRequest, TokenAuth
 from orchestrator.emulator import RunningEmulator, SeedVolume
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from tests.conftest import PROJECT, TOKEN, seeds, volume_ids
+from tests.conftest import PROJECT, call, seeds, volume_ids
 
 SNAPSHOTS = f"/v2/{PROJECT}/cloudsnapshots"
 VOLUME = volume_ids(1)[0]
 EVS_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}$")
-
-
-async def call(
-    http: aiohttp.ClientSession,
-    emulator: RunningEmulator,
-    method: str,
-    path: str,
-    *,
-    body: object = None,
-    auth: Any = None,
-    query: list[tuple[str, str]] | None = None,
-    raw_body: bytes | None = None,
-) -> tuple[int, Any, dict[str, str]]:
-    """One request to the emulator, authorized by ``auth`` (the fixed token by default)."""
-    data = raw_body if raw_body is not None else (b"" if body is None else orjson.dumps(body))
-    qs = signing.canonical_query(query or [])
-    url = URL(f"{emulator.url}{path}" + (f"?{qs}" if qs else ""), encoded=True)
-    outgoing = OutgoingRequest(
-        method=method, url=url, headers={"Content-Type": "application/json"}, body=data, project_id=PROJECT
-    )
-    if auth is not False:
-        await (auth or TokenAuth(TOKEN)).authorize(outgoing)
-    async with http.request(method, url, data=data or None, headers=outgoing.headers) as response:
-        raw = await response.read()
-        return (
-            response.status,
-            (orjson.loads(raw) if raw else None),
-            {k.title(): v for k, v in response.headers.items()},
-        )
 
 
 def create_body(volume_id: str = VOLUME, **fields: object) -> dict[str, object]:

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.errors import ReportExistsError, UsageError
-from orchestrator.models import Outcome, Record, Summary
+from orchestrator.models import Outcome, Record
 from orchestrator.report import ReportWriter, Tally, read_records
 
 text = st.none() | st.text(max_size=40)
@@ -101,5 +101,6 @@ def test_tally_and_summary_exit_codes() -> None:
     assert summary.error_codes == {"EVS.5400": 2}
     assert summary.exit_code == 1
     assert "EVS.5400 x2" in summary.render()
-    planned = Summary.of([sample(1, Outcome.PLANNED)], elapsed_s=1.0)
-    assert planned.exit_code == 0
+    planned = Tally()
+    planned.add(sample(1, Outcome.PLANNED))
+    assert planned.summary().exit_code == 0

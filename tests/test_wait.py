@@ -29,7 +29,7 @@ from orchestrator.models import Outcome, Record
 from orchestrator.report import ReportWriter, Tally
 from orchestrator.routing import connect
 from orchestrator.waiter import Waiter, WaitPlan
-from tests.conftest import PROJECT, volume_ids
+from tests.conftest import PROJECT, call, volume_ids
 
 AKSK = {"OS_AUTH_TOKEN": "", "HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
 
@@ -101,13 +101,9 @@ def test_wait_command_timeout_and_vanished(
 
     async def delete() -> None:
         async with aiohttp.ClientSession() as http:
-            from orchestrator.auth import OutgoingRequest
-
-            url = URL(f"{fast.url}/v2/{PROJECT}/cloudsnapshots/{doomed}")
-            outgoing = OutgoingRequest(method="DELETE", url=url, headers={}, body=b"", project_id=PROJECT)
-            await AkSkAuth(DEFAULT_AK, DEFAULT_SK).authorize(outgoing)
-            async with http.delete(url, headers=outgoing.headers) as answer:
-                assert answer.status == 202
+            path = f"/v2/{PROJECT}/cloudsnapshots/{doomed}"
+            status, _, _ = await call(http, fast, "DELETE", path, auth=AkSkAuth(DEFAULT_AK, DEFAULT_SK))
+            assert status == 202
             await anyio.sleep(0.7)
 
     anyio.run(delete)
@@ -175,20 +171,16 @@ async def test_poll_round_costs_about_n_over_1000(emulator: Callable[..., Any], 
 
         async def create(row: int, volume_id: str) -> None:
             async with limiter:
-                from orchestrator.auth import OutgoingRequest
-
-                url = URL(f"{emu.url}/v2/{PROJECT}/cloudsnapshots")
-                body = orjson.dumps({"snapshot": {"volume_id": volume_id, "name": f"n{row}"}})
-                outgoing = OutgoingRequest(
-                    method="POST",
-                    url=url,
-                    headers={"Content-Type": "application/json"},
+                body = {"snapshot": {"volume_id": volume_id, "name": f"n{row}"}}
+                _, answer, _ = await call(
+                    http,
+                    emu,
+                    "POST",
+                    f"/v2/{PROJECT}/cloudsnapshots",
                     body=body,
-                    project_id=PROJECT,
+                    auth=AkSkAuth(DEFAULT_AK, DEFAULT_SK),
                 )
-                await AkSkAuth(DEFAULT_AK, DEFAULT_SK).authorize(outgoing)
-                async with http.post(url, data=body, headers=outgoing.headers) as answer:
-                    snapshot = orjson.loads(await answer.read())["snapshot"]
+                snapshot = answer["snapshot"]
             created.append(
                 Record(
                     run_id="r",

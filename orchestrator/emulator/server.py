@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -110,9 +110,3 @@ def fetch_state(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{url}/_emulator/state", timeout=30) as answer:  # noqa: S310 - loopback http
         state: dict[str, Any] = orjson.loads(answer.read())
     return state
-
-
-@contextlib.contextmanager
-def emulator_thread(settings: EmulatorSettings) -> Iterator[EmulatorThread]:
-    with EmulatorThread(settings) as running:
-        yield running

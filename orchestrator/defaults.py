@@ -1,0 +1,13 @@
+"""Every default of the tool, defined once (the CLI shows them; the settings objects use them).
+
+Nothing is imported here, so the CLI can read them without slowing its start-up.
+"""
+
+NAME_TEMPLATE = "pre-maint-{date}-{volume_id}"
+CONCURRENCY = 32
+TIMEOUT = 30.0
+MAX_ATTEMPTS = 8
+BACKOFF_INITIAL = 0.5
+BACKOFF_MAX = 30.0
+WAIT_TIMEOUT = 3600.0
+POLL_INTERVAL = 5.0
