@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from benchmarks.common import PROJECT
-from orchestrator import signing
+from orchestrator.api import signing
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
 
 

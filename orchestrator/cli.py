@@ -15,18 +15,8 @@ import anyio
 import click
 
 from orchestrator import __version__, defaults
-from orchestrator.emulator.settings import (
-    DEFAULT_AK,
-    DEFAULT_DOMAIN,
-    DEFAULT_PASSWORD,
-    DEFAULT_PROJECT_ID,
-    DEFAULT_SK,
-    DEFAULT_USER,
-    EmulatorSettings,
-    read_volumes,
-)
+from orchestrator.console import Console
 from orchestrator.errors import EvsSnapshotError
-from orchestrator.log import Console
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -225,7 +215,7 @@ WAIT_OPTIONS = apply(
 def connection(options: dict[str, Any]) -> Any:
     """A ``config.Connection`` from the shared connection options and the environment."""
     from orchestrator import config  # noqa: PLC0415 - keeps --help fast
-    from orchestrator.auth import environment  # noqa: PLC0415
+    from orchestrator.api.credentials import environment  # noqa: PLC0415
 
     environ = environment()
     endpoint, iam_endpoint = options["endpoint"], options["iam_endpoint"]
@@ -259,7 +249,7 @@ def row_defaults(options: dict[str, Any]) -> Any:
 
 
 def closing(options: dict[str, Any]) -> Any:
-    from orchestrator.closing import Closing  # noqa: PLC0415
+    from orchestrator.finish import Closing  # noqa: PLC0415
 
     return Closing(summary_json=options["summary_json"], metrics_file=options["metrics_file"])
 
@@ -334,8 +324,8 @@ def wait_plan(options: dict[str, Any]) -> Any:
 )
 def create(**options: Any) -> NoReturn:
     """Create one snapshot per manifest row and write a JSON-lines report."""
-    from orchestrator.create import CreateSettings  # noqa: PLC0415
-    from orchestrator.create import create as create_job  # noqa: PLC0415
+    from orchestrator.commands.create import CreateSettings  # noqa: PLC0415
+    from orchestrator.commands.create import create as create_job  # noqa: PLC0415
     from orchestrator.manifest import ManifestSource  # noqa: PLC0415
     from orchestrator.models import utc_now  # noqa: PLC0415
     from orchestrator.retry import RetryPolicy  # noqa: PLC0415
@@ -380,8 +370,8 @@ def create(**options: Any) -> NoReturn:
 @CLOSING_OPTIONS
 def wait(**options: Any) -> NoReturn:
     """Poll the snapshots a report accepted until each is available or error; append their final states."""
-    from orchestrator.jobs import WaitSettings  # noqa: PLC0415
-    from orchestrator.jobs import wait as wait_job  # noqa: PLC0415
+    from orchestrator.commands.wait import WaitSettings  # noqa: PLC0415
+    from orchestrator.commands.wait import wait as wait_job  # noqa: PLC0415
 
     console = Console(sys.stderr, json=options["log_format"] == "json")
 
@@ -413,8 +403,8 @@ def wait(**options: Any) -> NoReturn:
 )
 def validate(**options: Any) -> NoReturn:
     """Check a manifest (offline, or --online against the API) without creating anything."""
-    from orchestrator.jobs import ValidateSettings  # noqa: PLC0415
-    from orchestrator.jobs import validate as validate_job  # noqa: PLC0415
+    from orchestrator.commands.validate import ValidateSettings  # noqa: PLC0415
+    from orchestrator.commands.validate import validate as validate_job  # noqa: PLC0415
     from orchestrator.manifest import ManifestSource  # noqa: PLC0415
 
     console = Console(sys.stderr, json=options["log_format"] == "json")
@@ -435,7 +425,7 @@ def validate(**options: Any) -> NoReturn:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def summary(report: Path, as_json: bool) -> NoReturn:
     """Summarize a report (last record per row): outcomes, error codes, slowest rows, rows to retry."""
-    from orchestrator.jobs import summary as summary_job  # noqa: PLC0415
+    from orchestrator.commands.summary import summary as summary_job  # noqa: PLC0415
 
     async def entry() -> int:
         return summary_job(report, as_json=as_json, stdout=sys.stdout)
@@ -443,95 +433,10 @@ def summary(report: Path, as_json: bool) -> NoReturn:
     run(entry)
 
 
-@main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port",
-    default=0,
-    show_default=True,
-    type=click.IntRange(0, 65535),
-    help="0 picks a free port.",
-)
-@click.option("--region", default="cn-north-4", show_default=True, help="The one region it serves.")
-@click.option(
-    "--project-id", default=DEFAULT_PROJECT_ID, show_default=True, help="The one project it serves."
-)
-@click.option(
-    "--volumes",
-    "volumes_file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Known volumes: CSV or JSON with volume_id, status, size.",
-)
-@click.option("--any-volume", is_flag=True, help="Every well-formed UUID is an available disk.")
-@click.option("--ak", default=DEFAULT_AK, show_default=True, help="Access key it accepts.")
-@click.option("--sk", default=DEFAULT_SK, help="Secret key it accepts (a published demo value by default).")
-@click.option("--user", default=DEFAULT_USER, show_default=True, help="IAM user it accepts.")
-@click.option("--password", default=DEFAULT_PASSWORD, help="IAM password it accepts (demo value by default).")
-@click.option("--domain", default=DEFAULT_DOMAIN, show_default=True, help="IAM domain (account) name.")
-@click.option("--token", default=None, help="A fixed token it always accepts.")
-@click.option(
-    "--token-ttl",
-    default=86400.0,
-    show_default=True,
-    type=click.FloatRange(min=0.1),
-    help="Lifetime of issued tokens, seconds.",
-)
-@click.option("--latency-ms", default=0.0, show_default=True, type=click.FloatRange(min=0))
-@click.option("--jitter-ms", default=0.0, show_default=True, type=click.FloatRange(min=0))
-@click.option(
-    "--rate-limit",
-    default=None,
-    type=click.FloatRange(min=0.001),
-    help="Requests per second per tenant; 429 APIGW.0308 beyond it.  [default: off]",
-)
-@click.option("--burst", default=None, type=click.IntRange(min=1), help="Bucket size.  [default: RPS]")
-@click.option("--retry-after", is_flag=True, help="Add Retry-After to 429 answers.")
-@click.option("--creating-seconds", default=2.0, show_default=True, type=click.FloatRange(min=0))
-@click.option(
-    "--fault-5xx",
-    default=0.0,
-    show_default=True,
-    callback=probability,
-    help="Share of EVS answers replaced by 500/502/503.",
-)
-@click.option(
-    "--fault-drop-before",
-    default=0.0,
-    show_default=True,
-    callback=probability,
-    help="Share of creates dropped before the snapshot is recorded.",
-)
-@click.option(
-    "--fault-drop-after",
-    default=0.0,
-    show_default=True,
-    callback=probability,
-    help="Share of creates dropped after the snapshot is recorded.",
-)
-@click.option(
-    "--fault-snapshot-error",
-    default=0.0,
-    show_default=True,
-    callback=probability,
-    help="Share of snapshots that end in error.",
-)
-@click.option("--seed", default=0, show_default=True, help="Seed for every random choice.")
-def emulator(volumes_file: Path | None, **options: object) -> NoReturn:
-    """Serve the local EVS emulator until SIGINT/SIGTERM (tests, demos, runbook rehearsal)."""
-    from orchestrator.emulator.server import serve_forever  # noqa: PLC0415 - keeps --help fast
+def _register() -> None:
+    from orchestrator.commands import emulator  # noqa: PLC0415 - commands register after the group exists
 
-    try:
-        volumes = read_volumes(volumes_file) if volumes_file is not None else ()
-    except EvsSnapshotError as exc:
-        Console(sys.stderr).error(str(exc))
-        sys.exit(exc.exit_code)
-    settings = EmulatorSettings(volumes=volumes, **options)  # type: ignore[arg-type]
-    try:
-        anyio.run(serve_forever, settings)
-    except OSError as exc:
-        click.echo(
-            f"evs-snapshot: error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
-            err=True,
-        )
-        sys.exit(2)
-    sys.exit(0)
+    main.add_command(emulator.command)
+
+
+_register()

@@ -8,7 +8,7 @@ from typing import TextIO
 import anyio
 
 from orchestrator.models import SUCCESSFUL, Outcome
-from orchestrator.report import Tally
+from orchestrator.tally import Tally
 
 INTERVAL = 0.5
 

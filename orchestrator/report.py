@@ -6,18 +6,16 @@ buffer to lose); the file is fsynced at least once a second while records arrive
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
 import time
 from array import array
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
-from orchestrator.errors import LockHeld, ReportExistsError, UsageError
-from orchestrator.models import SUCCESSFUL, Outcome, Record, Summary
+from orchestrator.errors import ReportExistsError, UsageError
+from orchestrator.models import SUCCESSFUL, Outcome, Record
 
 FSYNC_INTERVAL = 1.0
 
@@ -103,39 +101,6 @@ def read_records(path: Path) -> Iterator[Record]:
                 raise UsageError(f"{path}:{number}: not a report record ({exc})") from None
 
 
-class Tally:
-    """Counts outcomes and error codes as records are written, without keeping the records."""
-
-    def __init__(self) -> None:
-        self.outcomes: Counter[str] = Counter()
-        self.codes: Counter[str] = Counter()
-        self.requests = 0
-        self.started = time.monotonic()
-
-    def add_previous(self, outcome: Outcome) -> None:
-        """Count a row a previous run of this report finished (``--resume``)."""
-        self.outcomes[outcome.value] += 1
-
-    def add(self, record: Record) -> None:
-        self.outcomes[record.outcome.value] += 1
-        self.requests += record.attempts
-        if record.error_code is not None and not record.succeeded:
-            self.codes[record.error_code] += 1
-
-    @property
-    def done(self) -> int:
-        return sum(self.outcomes.values())
-
-    def summary(self) -> Summary:
-        return Summary(
-            rows=self.done,
-            outcomes=dict(self.outcomes),
-            error_codes=dict(self.codes.most_common()),
-            requests=self.requests,
-            elapsed_s=time.monotonic() - self.started,
-        )
-
-
 class ResumeBook:
     """What a previous run of this report already did, one byte per row (flat memory).
 
@@ -176,43 +141,6 @@ class ResumeBook:
         """True when a snapshot may exist (in flight when the last run died, or failed after sending)."""
         outcome = self.outcome(row)
         return outcome is None or outcome is Outcome.FAILED
-
-
-def lock_path(report: str, lock_file: Path | None) -> Path | None:
-    """The lock of a report: ``--lock-file``, else the report path + ``.lock`` (none for standard output)."""
-    return lock_file or (None if report == "-" else Path(report + ".lock"))
-
-
-class ReportLock:
-    """An exclusive ``flock`` on the lock file, so two runs on one report cannot overlap."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd: int | None = None
-
-    def __enter__(self) -> ReportLock:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise UsageError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = None
-            raise LockHeld(
-                f"another evs-snapshot run holds {self.path}; nothing was done (exit 75: try again later)"
-            ) from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
 
 
 def final_records(path: Path) -> Iterator[Record]:

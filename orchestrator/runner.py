@@ -23,11 +23,12 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from orchestrator.errors import CredentialsRefused, ProjectLookupFailed, TransportError
 from orchestrator.models import Answer, Outcome, Record, SnapshotRequest, utc_iso, utc_now
-from orchestrator.report import ReportWriter, ResumeBook, Tally
+from orchestrator.report import ReportWriter, ResumeBook
 from orchestrator.retry import RetryPolicy, Verdict, classify, retry_after
+from orchestrator.tally import Tally
 
 if TYPE_CHECKING:
-    from orchestrator.routing import Route, Router
+    from orchestrator.api.routes import Route, Router
 
 GONE_STATUSES = frozenset({"deleting", "error_deleting"})
 

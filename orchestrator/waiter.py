@@ -22,10 +22,11 @@ import anyio
 from orchestrator import defaults
 from orchestrator.errors import TransportError
 from orchestrator.models import Answer, Outcome, Record, utc_iso, utc_now
-from orchestrator.report import ReportWriter, Tally
+from orchestrator.report import ReportWriter
+from orchestrator.tally import Tally
 
 if TYPE_CHECKING:
-    from orchestrator.routing import Route, Router
+    from orchestrator.api.routes import Route, Router
 
 PAGE = 1000
 ID_CHUNK = 100

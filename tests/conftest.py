@@ -12,8 +12,8 @@ import orjson
 import pytest
 from yarl import URL
 
-from orchestrator import signing
-from orchestrator.auth import OutgoingRequest, TokenAuth
+from orchestrator.api import signing
+from orchestrator.api.credentials import OutgoingRequest, TokenAuth
 from orchestrator.emulator import EmulatorSettings, EmulatorThread, RunningEmulator, SeedVolume, serving
 
 PROJECT = "0123456789abcdef0123456789abcdef"

@@ -14,8 +14,8 @@ import orjson
 import pytest
 from yarl import URL
 
-from orchestrator import signing
-from orchestrator.auth import AkSkAuth, OutgoingRequest, TokenAuth
+from orchestrator.api import signing
+from orchestrator.api.credentials import AkSkAuth, OutgoingRequest, TokenAuth
 from orchestrator.emulator import RunningEmulator, SeedVolume
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
 from tests.conftest import PROJECT, call, seeds, volume_ids

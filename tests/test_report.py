@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from orchestrator.errors import ReportExistsError, UsageError
 from orchestrator.models import Outcome, Record
-from orchestrator.report import ReportWriter, Tally, read_records
+from orchestrator.report import ReportWriter, read_records
+from orchestrator.tally import Tally
 
 text = st.none() | st.text(max_size=40)
 records = st.builds(

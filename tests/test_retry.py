@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from orchestrator.retry import RateLimiter, RetryPolicy, Verdict, classify, retry_after
+from orchestrator.retry import RetryPolicy, Verdict, classify, retry_after
+from orchestrator.throttle import RateLimiter
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from orchestrator.config import RowDefaults, RunIdentity
+from orchestrator.duplicates import BloomFilter, duplicate_candidates
 from orchestrator.errors import UsageError
 from orchestrator.manifest import RawRow
 from orchestrator.models import Outcome, Record, SnapshotRequest
-from orchestrator.rows import BloomFilter, RowValidator, check_template, duplicate_candidates
+from orchestrator.rules import RowValidator, check_template
 from tests.conftest import PROJECT, volume_ids
 
 IDS = volume_ids(4)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator import signing
+from orchestrator.api import signing
 
 AK = "HPUAEXAMPLEAK0000001"
 SK = "ExampleSecretKey0000000000000000000000001"

@@ -15,7 +15,8 @@ import orjson
 from click.testing import CliRunner
 from yarl import URL
 
-from orchestrator.auth import AkSkAuth
+from orchestrator.api.credentials import AkSkAuth
+from orchestrator.api.routes import connect
 from orchestrator.cli import main
 from orchestrator.config import Connection, Endpoints
 from orchestrator.emulator.settings import (
@@ -26,8 +27,8 @@ from orchestrator.emulator.settings import (
     DEFAULT_USER,
 )
 from orchestrator.models import Outcome, Record
-from orchestrator.report import ReportWriter, Tally
-from orchestrator.routing import connect
+from orchestrator.report import ReportWriter
+from orchestrator.tally import Tally
 from orchestrator.waiter import Waiter, WaitPlan
 from tests.conftest import PROJECT, call, volume_ids
 

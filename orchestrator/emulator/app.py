@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from orchestrator import signing
+from orchestrator.api import signing
 from orchestrator.emulator.settings import EmulatorSettings, SeedVolume
 from orchestrator.emulator.state import UUID_RE, Clock, Snapshot, World
 

@@ -18,8 +18,9 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from orchestrator import __version__, signing
-from orchestrator.auth import Authenticator, OutgoingRequest
+from orchestrator import __version__
+from orchestrator.api import signing
+from orchestrator.api.credentials import Authenticator, OutgoingRequest
 from orchestrator.errors import RequestTimeout, TransportError, UsageError
 from orchestrator.models import Answer, SnapshotRequest
 

@@ -13,13 +13,13 @@ import dataclasses
 import aiohttp
 from yarl import URL
 
-from orchestrator.auth import Authenticator, PasswordCredentials, discover
-from orchestrator.client import Caller, EvsClient, IamClient, new_session
+from orchestrator.api.credentials import Authenticator, PasswordCredentials, discover
+from orchestrator.api.iam import PasswordAuth, ProjectResolver
+from orchestrator.api.session import Caller, EvsClient, IamClient, new_session
 from orchestrator.config import Connection, Endpoints
 from orchestrator.errors import CredentialsRefused
-from orchestrator.iam import PasswordAuth, ProjectResolver
 from orchestrator.models import Answer, SnapshotRequest
-from orchestrator.retry import RateLimiter
+from orchestrator.throttle import RateLimiter
 
 
 @dataclasses.dataclass(slots=True)

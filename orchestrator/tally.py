@@ -1,19 +1,53 @@
-"""``evs-snapshot summary``: what a report says, by the last record of each row."""
+"""Counting outcomes: the running tally of a run, and the digest of a whole report."""
 
 from __future__ import annotations
 
 import dataclasses
 import heapq
+import time
 from collections import Counter
 from pathlib import Path
 
 import orjson
 
-from orchestrator.models import SUCCESSFUL, Outcome, Record
+from orchestrator.models import SUCCESSFUL, Outcome, Record, Summary
 from orchestrator.report import final_records
 
 SLOWEST = 5
 RETRY_LIST_MAX = 1000
+
+
+class Tally:
+    """Counts outcomes and error codes as records are written, without keeping the records."""
+
+    def __init__(self) -> None:
+        self.outcomes: Counter[str] = Counter()
+        self.codes: Counter[str] = Counter()
+        self.requests = 0
+        self.started = time.monotonic()
+
+    def add_previous(self, outcome: Outcome) -> None:
+        """Count a row a previous run of this report finished (``--resume``)."""
+        self.outcomes[outcome.value] += 1
+
+    def add(self, record: Record) -> None:
+        self.outcomes[record.outcome.value] += 1
+        self.requests += record.attempts
+        if record.error_code is not None and not record.succeeded:
+            self.codes[record.error_code] += 1
+
+    @property
+    def done(self) -> int:
+        return sum(self.outcomes.values())
+
+    def summary(self) -> Summary:
+        return Summary(
+            rows=self.done,
+            outcomes=dict(self.outcomes),
+            error_codes=dict(self.codes.most_common()),
+            requests=self.requests,
+            elapsed_s=time.monotonic() - self.started,
+        )
 
 
 @dataclasses.dataclass(slots=True)

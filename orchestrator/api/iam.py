@@ -13,8 +13,8 @@ from datetime import datetime
 
 import anyio
 
-from orchestrator.auth import Authenticator, OutgoingRequest
-from orchestrator.client import IamClient
+from orchestrator.api.credentials import Authenticator, OutgoingRequest
+from orchestrator.api.session import IamClient
 from orchestrator.errors import CredentialsRefused, ProjectLookupFailed, TransportError
 from orchestrator.models import Answer
 

@@ -1,15 +1,12 @@
 """Row rules: a ``RawRow`` becomes a ``SnapshotRequest`` to send, or an ``invalid`` report record.
 
-Also the name template, and duplicate detection that keeps memory flat: a first pass over the
-manifest feeds every volume key to a fixed-size Bloom filter and remembers only the keys it has
-possibly seen before; the second pass needs exact first-seen bookkeeping for just those keys.
+Also the name template. Duplicate detection's first pass lives in ``duplicates.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import re
 import string
 from collections.abc import Iterable, Iterator, Mapping
@@ -19,11 +16,11 @@ from typing import Any
 import orjson
 
 from orchestrator.config import PROJECT_RE, REGION_RE, RowDefaults, RunIdentity
+from orchestrator.duplicates import UUID_RE, volume_key
 from orchestrator.errors import UsageError
 from orchestrator.manifest import RawRow
 from orchestrator.models import Outcome, Record, SnapshotRequest, utc_iso
 
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 NAME_MAX = 64
 DESCRIPTION_MAX = 85
 METADATA_KEY_MAX = 255
@@ -78,56 +75,6 @@ def render_name(template: str, values: Mapping[str, object]) -> str:
                 )
             out.append(str(value))
     return "".join(out)
-
-
-def volume_key(fields: Mapping[str, Any], defaults: RowDefaults) -> bytes | None:
-    """The identity of a row's target disk (volume and project, or region when no project is known)."""
-    raw = fields.get("volume_id")
-    if not isinstance(raw, str):
-        return None
-    volume = raw.strip().lower()
-    if not UUID_RE.match(volume):
-        return None
-    project = fields.get("project_id")
-    scope = str(project).strip() if isinstance(project, str) and project.strip() else defaults.project_id
-    if scope is None:
-        region = fields.get("region")
-        scope = "region:" + (str(region).strip() if isinstance(region, str) else str(defaults.region))
-    return f"{volume}/{scope}".encode()
-
-
-class BloomFilter:
-    """A fixed-size Bloom filter over byte strings (4 MiB: about 1 false positive in 15,000 at 1M keys)."""
-
-    def __init__(self, bits: int = 1 << 25, hashes: int = 5) -> None:
-        self.bits = bits
-        self.hashes = hashes
-        self.array = bytearray(bits // 8)
-
-    def add(self, key: bytes) -> bool:
-        """Add a key; True when it was possibly present already."""
-        digest = hashlib.blake2b(key, digest_size=8 * self.hashes).digest()
-        present = True
-        for index in range(self.hashes):
-            bit = int.from_bytes(digest[index * 8 : index * 8 + 8], "little") % self.bits
-            byte, mask = bit >> 3, 1 << (bit & 7)
-            if not self.array[byte] & mask:
-                present = False
-                self.array[byte] |= mask
-        return present
-
-
-def duplicate_candidates(rows: Iterable[RawRow], defaults: RowDefaults) -> tuple[int, set[bytes]]:
-    """First pass: count the rows and collect every key that may occur more than once."""
-    bloom = BloomFilter()
-    candidates: set[bytes] = set()
-    count = 0
-    for raw in rows:
-        count += 1
-        key = volume_key(raw.fields, defaults) if raw.fields is not None else None
-        if key is not None and bloom.add(key):
-            candidates.add(key)
-    return count, candidates
 
 
 @dataclasses.dataclass(slots=True)

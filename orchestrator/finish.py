@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 import anyio
 
 from orchestrator import metrics
+from orchestrator.console import Console
 from orchestrator.errors import RunAborted
-from orchestrator.log import Console
-from orchestrator.report import Tally
+from orchestrator.tally import Tally
 
 if TYPE_CHECKING:
-    from orchestrator.routing import Router
+    from orchestrator.api.routes import Router
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,85 +1,28 @@
-"""Entry points of ``wait``, ``summary`` and ``validate``, and the closing steps every run shares."""
+"""``evs-snapshot validate MANIFEST``: every problem a manifest would meet, by row; creates nothing."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import signal
 from collections import Counter
-from pathlib import Path
 from typing import TextIO
 
 import anyio
 
-from orchestrator.closing import Closing, finish, round_logger, stop_on_signal
+from orchestrator.api.routes import Router, connect
 from orchestrator.config import Connection, RowDefaults, RunIdentity
-from orchestrator.digest import Digest
+from orchestrator.console import Console
+from orchestrator.duplicates import duplicate_candidates
 from orchestrator.errors import (
     CredentialsRefused,
     ProjectLookupFailed,
     TransportError,
-    UsageError,
 )
-from orchestrator.log import Console
 from orchestrator.manifest import ManifestSource, read_rows, spooled
 from orchestrator.models import Record, SnapshotRequest, utc_now
-from orchestrator.report import ReportLock, ReportWriter, Tally, final_records, lock_path
-from orchestrator.routing import Router, connect
-from orchestrator.rows import RowValidator, check_template, duplicate_candidates
-from orchestrator.waiter import Waiter, WaitPlan
+from orchestrator.rules import RowValidator, check_template
 
 MAX_SNAPSHOTS_PER_VOLUME = 7
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class WaitSettings:
-    report: Path
-    connection: Connection
-    plan: WaitPlan = dataclasses.field(default_factory=WaitPlan)
-    closing: Closing = dataclasses.field(default_factory=Closing)
-    lock_file: Path | None = None
-
-
-async def wait(settings: WaitSettings, *, console: Console) -> int:
-    """``evs-snapshot wait REPORT``: poll the report's accepted snapshots and append their final states."""
-    if not settings.report.is_file():
-        raise UsageError(f"{settings.report}: no such report")
-    lock = lock_path(str(settings.report), settings.lock_file)
-    if lock is None:
-        raise UsageError("wait reads and appends to a report file, not standard output")
-    with ReportLock(lock):
-        async with contextlib.AsyncExitStack() as stack:
-            router = await connect(stack, settings.connection)
-            writer = stack.enter_context(ReportWriter(str(settings.report), resume=True))
-            tally = Tally()
-            waiter = Waiter(
-                settings.plan, router=router, writer=writer, tally=tally, on_round=round_logger(console)
-            )
-            waiter.load(final_records(settings.report))
-            console.event("waiting", f"waiting for {waiter.waiting} snapshots", pending=waiter.waiting)
-            received: list[int] = []
-            async with anyio.create_task_group() as group:
-                group.start_soon(stop_on_signal, group.cancel_scope, received)
-                await waiter.run()
-                group.cancel_scope.cancel()
-    code = finish(
-        tally, settings.closing, router=router, console=console, report=str(settings.report), command="wait"
-    )
-    if received:
-        console.error(f"stopped by {signal.Signals(received[0]).name}; run wait again to go on")
-        return 128 + received[0]
-    return code
-
-
-def summary(report: Path, *, as_json: bool, stdout: TextIO) -> int:
-    """``evs-snapshot summary REPORT``: counts, error codes with examples, slowest rows, rows to retry."""
-    if not report.is_file():
-        raise UsageError(f"{report}: no such report")
-    digest = Digest.of(report)
-    if digest.rows == 0:
-        raise UsageError(f"{report}: the report holds no records")
-    stdout.write(digest.to_json().decode() if as_json else digest.render() + "\n")
-    return digest.exit_code
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

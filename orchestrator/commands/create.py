@@ -19,21 +19,24 @@ from typing import TYPE_CHECKING
 import anyio
 from yarl import URL
 
-from orchestrator.closing import Closing, finish, round_logger, stop_on_signal
 from orchestrator.config import Connection, RowDefaults, RunIdentity
+from orchestrator.console import Console
+from orchestrator.duplicates import duplicate_candidates, volume_key
 from orchestrator.errors import UsageError
-from orchestrator.log import Console
+from orchestrator.finish import Closing, finish, round_logger, stop_on_signal
+from orchestrator.lock import ReportLock, lock_path
 from orchestrator.manifest import ManifestSource, RawRow, read_rows, spooled
 from orchestrator.models import utc_now
 from orchestrator.progress import Progress
-from orchestrator.report import ReportLock, ReportWriter, ResumeBook, Tally, final_records, lock_path
+from orchestrator.report import ReportWriter, ResumeBook, final_records
 from orchestrator.retry import RetryPolicy
-from orchestrator.rows import RowValidator, check_template, duplicate_candidates, volume_key
+from orchestrator.rules import RowValidator, check_template
 from orchestrator.runner import Runner, RunPlan
+from orchestrator.tally import Tally
 from orchestrator.waiter import Waiter, WaitPlan
 
 if TYPE_CHECKING:
-    from orchestrator.routing import Router
+    from orchestrator.api.routes import Router
 
 EMULATOR_STATUS_COLUMN = "emulator_status"
 GRACE_SECONDS = 10.0
@@ -99,7 +102,7 @@ async def _locked(
                 settings = await stack.enter_async_context(_with_emulator(settings, rows()))
             router = None
             if not settings.dry_run:
-                from orchestrator.routing import connect  # noqa: PLC0415 - aiohttp loads only when sending
+                from orchestrator.api.routes import connect  # noqa: PLC0415 - aiohttp loads only when sending
 
                 router = await connect(stack, settings.connection)
             writer = stack.enter_context(ReportWriter(settings.report, resume=settings.resume))

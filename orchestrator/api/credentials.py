@@ -16,7 +16,7 @@ from typing import Literal, Protocol
 
 from yarl import URL
 
-from orchestrator import signing
+from orchestrator.api import signing
 from orchestrator.errors import CredentialsError
 
 AuthKind = Literal["token", "aksk", "password"]
