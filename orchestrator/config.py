@@ -13,6 +13,7 @@ from pathlib import Path
 from yarl import URL
 
 from orchestrator import defaults
+from orchestrator.api.credentials import AUTH_KINDS, AuthKind
 from orchestrator.errors import UsageError
 
 REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z]+)+-\d{1,3}$")
@@ -94,7 +95,10 @@ class Endpoints:
         if self.evs is not None:
             return self.evs
         if region is None:
-            raise ValueError("a row without a region needs --endpoint")
+            raise UsageError(
+                "a row has no region and no --endpoint was given: pass the --endpoint (or --region) "
+                "the run used"
+            )
         return self.regions.get(region) or URL(f"https://evs.{region}.myhuaweicloud.com")
 
     def iam_url(self) -> URL:
@@ -177,7 +181,16 @@ class Connection:
 
     endpoints: Endpoints
     limits: Limits = dataclasses.field(default_factory=Limits)
-    auth_kind: str | None = None
+    auth_kind: AuthKind | None = None
     token_file: Path | None = None
     max_rps: float | None = None
     environ: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def check_auth_kind(value: str | None) -> AuthKind | None:
+    for kind in AUTH_KINDS:
+        if value == kind:
+            return kind
+    if value is not None:
+        raise UsageError(f"--auth {value!r} must be one of {', '.join(AUTH_KINDS)}")
+    return None

@@ -32,3 +32,13 @@ class Console:
 
     def error(self, message: str, **fields: Any) -> None:
         self.event("error", message, level="error", **fields)
+
+    def wait_round(self, requests: int, pending: int) -> None:
+        """One poll round of a wait: the requests it used and the snapshots still pending."""
+        noun = "request" if requests == 1 else "requests"
+        self.event(
+            "wait_round",
+            f"poll round: {requests} {noun}, {pending} pending",
+            requests=requests,
+            pending=pending,
+        )

@@ -11,3 +11,7 @@ BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
 WAIT_TIMEOUT = 3600.0
 POLL_INTERVAL = 5.0
+# An uncertain create is looked up this long before it may be sent again: API Gateway cuts a backend
+# off after at most 60 s (answering 504 APIG.0203), and EVS commits a create it received within
+# seconds; 60 s covers both with margin while other rows go on.
+SETTLE = 60.0

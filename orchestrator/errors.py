@@ -3,21 +3,28 @@
 ::
 
     EvsSnapshotError                 root; never raised itself
-    +-- UsageError (2)               bad options or configuration; nothing was sent
+    +-- UsageError (2)               bad options, configuration or input files; nothing was sent
     |   +-- ManifestError (2)        the manifest cannot be read as a whole; names file:line
     |   +-- CredentialsError (2)     no complete credential source, or one that cannot be read
     |   +-- ReportExistsError (2)    the report already holds records and --resume was not given
-    +-- RunAborted (3)               the service refused our credentials or answered a fatal condition
-    |   +-- CredentialsRefused (3)   IAM or the gateway refused the credentials themselves
+    |   +-- ResumeMismatch (2)       --resume with another manifest or other name-shaping options
+    +-- RunAborted (3)               the run cannot go on where it was going
+    |   +-- RouteClosed (3)          an endpoint/project takes no more requests: credentials refused,
+    |   |   |                        wrong project, or endpoint unreachable (``code`` says which)
+    |   |   +-- CredentialsRefused   IAM or the gateway refused the credentials themselves
+    |   +-- ListingFailed (3)        a listing that a delete or a check depends on failed or was refused
+    |   +-- ReportUnwritable (3)     the report cannot be written (disk full, file too large, closed pipe)
     +-- ProjectLookupFailed (1)      IAM knows no project (or several) for a region; fails its rows
-    +-- LockHeld (75)                another run holds the lock of this report
+    +-- LockHeld (75)                another run holds the lock of this manifest or report
     +-- Interrupted (130 / 143)      SIGINT or SIGTERM stopped the run after a graceful drain
     +-- TransportError (1)           a request got no HTTP answer (connection refused, reset, timeout);
         +-- RequestTimeout (1)       the request ran past its --timeout
 
-TransportError, ProjectLookupFailed and CredentialsRefused are caught by the runner and become rows'
-``failed`` records (CredentialsRefused also stops the run from sending to that endpoint and makes it
-exit 3). Every other class reaches the single ``except`` of the CLI.
+RouteClosed, ProjectLookupFailed and TransportError are caught by the workers and become rows'
+``failed`` records; a closed route also makes the run exit 3. Every other class reaches the single
+``except`` of ``cli.run``, which prints one line and exits with the class's code. Anything else is a
+bug: exit 70. A state that is remembered (a closed route, a failed lookup) is kept as data and raised
+as a fresh exception each time, so tracebacks never pile up on one instance.
 """
 
 from __future__ import annotations
@@ -55,19 +62,39 @@ class ReportExistsError(UsageError):
     """The report file already holds records and --resume was not given."""
 
 
+class ResumeMismatch(UsageError):
+    """``--resume`` was given a manifest (or name-shaping options) other than the report's."""
+
+
 class RunAborted(EvsSnapshotError):
-    """The service refused our credentials or answered a condition that makes every row fail."""
+    """The run cannot go on where it was going; the report holds every finished row."""
 
     exit_code = 3
 
 
-class CredentialsRefused(RunAborted):
-    """IAM or the API gateway refused the credentials themselves (not one row's request)."""
+class RouteClosed(RunAborted):
+    """An endpoint and project take no more requests (``code``: the service's, or ENDPOINT_UNREACHABLE)."""
 
     def __init__(self, code: str, message: str) -> None:
         self.code = code
         self.message = message
-        super().__init__(f"credentials refused: {code} {message}")
+        super().__init__(f"{code}: {message}")
+
+
+class CredentialsRefused(RouteClosed):
+    """IAM or the API gateway refused the credentials themselves (not one row's request)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.args = (f"credentials refused: {code} {message}",)
+
+
+class ListingFailed(RunAborted):
+    """A listing failed or was refused; a command that deletes or checks from it must not go on."""
+
+
+class ReportUnwritable(RunAborted):
+    """The report cannot be written: nothing more is sent, since no outcome could be recorded."""
 
 
 class ProjectLookupFailed(EvsSnapshotError):
@@ -88,9 +115,12 @@ class LockHeld(EvsSnapshotError):
 class Interrupted(EvsSnapshotError):
     """A signal stopped the run after in-flight rows were drained and recorded."""
 
-    def __init__(self, signal_name: str, exit_code: int) -> None:
-        self.exit_code = exit_code
-        super().__init__(f"interrupted by {signal_name}; run again with --resume to finish the job")
+    def __init__(self, signum: int, advice: str = "run again with --resume to finish the job") -> None:
+        import signal  # noqa: PLC0415 - only on this rare path
+
+        self.exit_code = 128 + signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.signal_name}; {advice}")
 
 
 class TransportError(EvsSnapshotError):
@@ -101,10 +131,16 @@ class TransportError(EvsSnapshotError):
     """
 
     def __init__(
-        self, message: str, *, code: str = "CONNECTION_ERROR", may_have_arrived: bool = True
+        self,
+        message: str,
+        *,
+        code: str = "CONNECTION_ERROR",
+        may_have_arrived: bool = True,
+        from_iam: bool = False,
     ) -> None:
         self.code = code
         self.may_have_arrived = may_have_arrived
+        self.from_iam = from_iam  # IAM (getting credentials) failed, not the endpoint the request was for
         super().__init__(message)
 
 

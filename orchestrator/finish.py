@@ -1,18 +1,16 @@
-"""How runs end: the summary on stderr, the summary JSON, metrics, the exit code, and stopping on a signal."""
+"""The end of a run: the summary on stderr, the summary JSON, metrics, and the exit code."""
 
 from __future__ import annotations
 
 import dataclasses
-import signal
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import anyio
-
 from orchestrator import metrics
 from orchestrator.console import Console
-from orchestrator.errors import RunAborted
+from orchestrator.errors import RunAborted, UsageError
 from orchestrator.tally import Tally
 
 if TYPE_CHECKING:
@@ -26,34 +24,50 @@ class Closing:
     summary_json: Path | None = None
     metrics_file: Path | None = None
 
+    def check(self) -> None:
+        """Refuse side files that could not be written, before anything is sent (exit 2)."""
+        for option, path in (("--summary-json", self.summary_json), ("--metrics-file", self.metrics_file)):
+            if path is not None:
+                check_writable(path, option)
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Prove that ``path`` can be written atomically (a temporary file beside it, then removed)."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a directory; give a file path")
+    probe = path.with_name(f".{path.name}.{secrets.token_hex(4)}.probe")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(
+            f"{option} {path}: cannot write there ({exc.strerror}); choose another path"
+        ) from None
+
 
 def finish(
-    tally: Tally, closing: Closing, *, router: Router | None, console: Console, report: str, command: str
+    tally: Tally,
+    closing: Closing,
+    *,
+    router: Router | None,
+    console: Console,
+    report: str,
+    command: str,
 ) -> int:
-    """Print and write the summary and metrics; the exit code is 3 when credentials were refused anywhere."""
-    summary = tally.summary()
+    """Print and write the summary and metrics; exit 3 when a route was closed anywhere."""
     where = "standard output" if report == "-" else report
-    console.event(
-        "summary",
-        f"{summary.render()}\nreport: {where}",
-        rows=summary.rows,
-        outcomes=dict(summary.outcomes),
-        error_codes=dict(summary.error_codes),
-        requests=summary.requests,
-        elapsed_s=round(summary.elapsed_s, 3),
-        report=where,
-    )
+    data = tally.to_dict()
+    console.event("summary", f"{tally.render()}\nreport: {where}", report=where, **data)
     summary_json = closing.summary_json
     if summary_json is not None:
-        _write(console, "--summary-json", lambda: metrics.write_atomically(summary_json, summary.to_json()))
-    refusals = [] if router is None else router.closed()
-    for refused in refusals:
-        console.error(str(refused), code=refused.code)
-    code = summary.exit_code
-    if refusals:
-        console.error(
-            "stopped sending where the credentials were refused; fix them and run again with --resume"
-        )
+        _write(console, "--summary-json", lambda: metrics.write_atomically(summary_json, tally.to_json()))
+    closures = [] if router is None else router.closures()
+    for closure in closures:
+        console.error(closure.message, code=closure.code)
+    code = tally.exit_code
+    if closures:
+        console.error("stopped sending where noted above; fix the cause and run again with --resume")
         code = RunAborted.exit_code
     if closing.metrics_file is not None:
         throttled = 0 if router is None else router.throttled
@@ -61,7 +75,7 @@ def finish(
         _write(
             console,
             "--metrics-file",
-            lambda: metrics.write(path, summary, command=command, exit_code=code, throttled=throttled),
+            lambda: metrics.write(path, tally, command=command, exit_code=code, throttled=throttled),
         )
     return code
 
@@ -72,26 +86,3 @@ def _write(console: Console, option: str, write: Callable[[], None]) -> None:
         write()
     except OSError as exc:
         console.error(f"{option}: cannot write {exc.filename or ''}: {exc.strerror}")
-
-
-async def stop_on_signal(scope: anyio.CancelScope, received: list[int]) -> None:
-    """Cancel ``scope`` at the first SIGINT/SIGTERM and note which one (for waits: nothing is in flight)."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            received.append(signum)
-            scope.cancel()
-            return
-
-
-def round_logger(console: Console) -> Callable[[int, int], None]:
-    """A waiter callback that reports each poll round (requests it used, snapshots still pending)."""
-
-    def log(requests: int, pending: int) -> None:
-        console.event(
-            "wait_round",
-            f"poll round: {requests} requests, {pending} pending",
-            requests=requests,
-            pending=pending,
-        )
-
-    return log

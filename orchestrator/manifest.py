@@ -1,7 +1,21 @@
 """Streaming manifest reader: CSV, JSON (array or ``{"volumes": [...]}``) and JSON Lines.
 
-It yields ``RawRow`` values one at a time and keeps no rows in memory; a problem with the file as a
-whole raises ``ManifestError`` naming ``file:line``. Field rules live in ``rows.py``.
+It yields ``RawRow`` values one at a time and keeps no rows in memory: CSV and JSON Lines are read
+line by line, JSON in fixed-size chunks of incrementally decoded text, so a minified one-line file
+costs no more memory than a pretty one. A problem with the file as a whole raises ``ManifestError``
+naming ``file:line``; field rules live in ``rules.py``.
+
+Column names (CSV header cells and JSON object keys) are read by ``column_name``:
+
+- known names (the row fields and the informational columns ``select`` writes) ignore case and
+  surrounding spaces, and are stored in lower case (`` Volume_ID `` is ``volume_id``);
+- ``metadata.KEY``: the prefix ignores case, the KEY keeps its own case (``Metadata.Owner`` is
+  ``metadata.Owner``), because metadata keys are case-sensitive in the cloud;
+- any other column keeps its own spelling, trimmed: that is how a ``{column}`` placeholder names it.
+
+Two header cells with the same name after this are a file error; two keys of one JSON object with the
+same name make that row invalid (``RawRow.problem``). JSON is streamed by ``jsonstream.py``, where
+nesting deeper than ``MAX_DEPTH`` levels is a file error.
 """
 
 from __future__ import annotations
@@ -10,22 +24,36 @@ import contextlib
 import csv
 import dataclasses
 import enum
-import json
+import hashlib
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
 from orchestrator.errors import ManifestError, UsageError
+from orchestrator.jsonstream import (
+    BOM,
+    MAX_DEPTH,
+    JsonScanner,
+    decoded_chunks,
+    manifest_elements,
+    nesting_error,
+    too_deep,
+)
 
-BOM = b"\xef\xbb\xbf"
-MAX_ELEMENT_CHARS = 1 << 20
-CHUNK_CHARS = 1 << 16
-KNOWN_COLUMNS = frozenset({"volume_id", "name", "description", "force", "metadata", "project_id", "region"})
+MAX_LINE_BYTES = 1 << 22
+WARN_LIMIT = 10
+MAX_TRACKED_COLUMNS = 50_000
+METADATA_PREFIX = "metadata."
+FIELDS = frozenset({"volume_id", "name", "description", "force", "metadata", "project_id", "region"})
+INFO_COLUMNS = frozenset(
+    {"server_id", "device", "bootable", "volume_name", "size", "availability_zone", "status"}
+)
+KNOWN_COLUMNS = FIELDS | INFO_COLUMNS
 
 
 class Format(enum.StrEnum):
@@ -48,12 +76,14 @@ class RawRow:
 
     ``fields`` is ``None`` when the row is not an object (a JSON scalar, or a CSV row with more cells
     than the header); ``from_csv`` tells that values are text to be parsed (``force``, ``metadata``).
+    ``problem`` says why fields that were read cannot be trusted (two keys naming one field).
     """
 
     row: int
     line: int
     fields: dict[str, Any] | None
     from_csv: bool
+    problem: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -90,6 +120,34 @@ def spooled(source: ManifestSource) -> Iterator[ManifestSource]:
         yield ManifestSource(copy.name, source.format)
 
 
+def manifest_digest(source: ManifestSource, *, display: str | None = None) -> str:
+    """``sha256:<hex>`` over the manifest file's raw bytes, read in chunks.
+
+    For standard input pass the source ``spooled`` yields (the copy); ``-`` itself cannot be read twice.
+    """
+    if source.path == "-":
+        raise ValueError("standard input must be spooled before its digest is taken")
+    try:
+        with open(source.path, "rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256")
+    except OSError as exc:
+        raise ManifestError(
+            display or source.path, None, f"cannot open the manifest: {exc.strerror}"
+        ) from None
+    return f"sha256:{digest.hexdigest()}"
+
+
+def column_name(raw: str) -> str:
+    """The name a column or key is known by (see the module docstring)."""
+    name = raw.strip()
+    lower = name.lower()
+    if lower in KNOWN_COLUMNS:
+        return lower
+    if lower.startswith(METADATA_PREFIX):
+        return METADATA_PREFIX + name[len(METADATA_PREFIX) :]
+    return name
+
+
 def read_rows(
     source: ManifestSource,
     *,
@@ -99,7 +157,8 @@ def read_rows(
 ) -> Iterator[RawRow]:
     """Yield every row of the manifest in order; raise ``ManifestError`` for a bad file.
 
-    ``warn`` gets one message per unknown column (``also_known`` names columns not to warn about).
+    ``warn`` gets one message for each of the first ``WARN_LIMIT`` unknown column names and then one
+    with the count of the others; ``also_known`` names columns not to warn about.
     """
     name = display or source.path
     columns = _ColumnWarnings(name, warn, also_known)
@@ -108,22 +167,28 @@ def read_rows(
     except OSError as exc:
         raise ManifestError(name, None, f"cannot open the manifest: {exc.strerror}") from None
     with handle:
-        lines = _decoded_lines(handle, name)
-        if source.format is Format.CSV:
-            rows = _csv_rows(lines, name, columns)
+        rows: Iterator[RawRow]
+        if source.format is Format.JSON:
+            elements = manifest_elements(JsonScanner(decoded_chunks(handle, name), name))
+            rows = (_json_row(row, *element, columns) for row, element in enumerate(elements, start=1))
         elif source.format is Format.JSONL:
-            rows = _jsonl_rows(lines, name, columns)
+            rows = _jsonl_rows(_decoded_lines(handle, name), name, columns)
         else:
-            rows = _json_rows(lines, name, columns)
+            rows = _csv_rows(_decoded_lines(handle, name), name, columns)
         count = 0
         for count, row in enumerate(rows, start=1):  # noqa: B007 - count is read after the loop
             yield row
+        columns.finish()
         if count == 0:
             raise ManifestError(name, None, "the manifest has no rows", "add at least one volume")
 
 
 def _decoded_lines(handle: IO[bytes], name: str) -> Iterator[tuple[int, str]]:
-    for number, raw in enumerate(handle, start=1):
+    for number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), start=1):
+        if len(raw) > MAX_LINE_BYTES:
+            raise ManifestError(
+                name, number, f"this line is longer than {MAX_LINE_BYTES:,} bytes", "one row per line"
+            )
         chunk = raw[3:] if number == 1 and raw.startswith(BOM) else raw
         try:
             yield number, chunk.decode("utf-8")
@@ -133,24 +198,75 @@ def _decoded_lines(handle: IO[bytes], name: str) -> Iterator[tuple[int, str]]:
             ) from None
 
 
+def _shown(text: str) -> str:
+    """A name for a message: quoted, control characters escaped, cut at 64 characters."""
+    return repr(text if len(text) <= 64 else text[:64] + "...")
+
+
 class _ColumnWarnings:
-    """One warning per unknown column name."""
+    """Warns about unknown column names: the first ``WARN_LIMIT`` one by one, the rest as one count."""
 
     def __init__(self, name: str, warn: Callable[[str], None] | None, also_known: frozenset[str]) -> None:
         self.name = name
         self.warn = warn
-        self.seen: set[str] = set(also_known)
+        self.known = frozenset(column_name(column) for column in also_known)
+        self.seen: set[str] = set()
+        self.unlisted = 0
+        self.saturated = False  # more distinct names than we keep count of
 
-    def check(self, keys: Any) -> None:
+    def check(self, keys: Iterable[str]) -> None:
         if self.warn is None:
             return
         for key in keys:
-            if key in self.seen or key in KNOWN_COLUMNS or str(key).startswith("metadata."):
+            if (
+                key in KNOWN_COLUMNS
+                or key in self.seen
+                or key in self.known
+                or key.startswith(METADATA_PREFIX)
+            ):
+                continue
+            if len(self.seen) >= MAX_TRACKED_COLUMNS:
+                self.saturated = True
                 continue
             self.seen.add(key)
-            self.warn(
-                f"{self.name}: unknown column {key!r} is ignored (it can still be used in --name-template)"
+            if len(self.seen) <= WARN_LIMIT:
+                self.warn(
+                    f"{self.name}: unknown column {_shown(key)} is ignored "
+                    "(it can still be used in --name-template)"
+                )
+            else:
+                self.unlisted += 1
+
+    def finish(self) -> None:
+        """Say how many unknown columns were not named, once."""
+        if self.warn is not None and self.unlisted:
+            count = f"more than {self.unlisted:,}" if self.saturated else f"{self.unlisted:,}"
+            plural = "s are" if self.saturated or self.unlisted > 1 else " is"
+            self.warn(f"{self.name}: {count} more unknown column{plural} ignored (not named one by one)")
+        self.unlisted = 0
+
+
+def _checked_header(header: list[str], name: str, line: int) -> list[str]:
+    """The header's column names; the same name twice is a file error."""
+    columns = [column_name(cell) for cell in header]
+    first: dict[str, int] = {}
+    for index, column in enumerate(columns):
+        if column in first:
+            earlier = first[column]
+            raise ManifestError(
+                name,
+                line,
+                f"the header has the column {_shown(column)} twice: {_shown(header[earlier].strip())} "
+                f"in column {earlier + 1} and {_shown(header[index].strip())} in column {index + 1}",
+                "rename or remove one of them",
             )
+        if column:  # several unnamed columns (trailing commas) are only ignored
+            first[column] = index
+    if "volume_id" not in first:
+        shown = ", ".join(_shown(column) for column in columns[:WARN_LIMIT])
+        more = f" and {len(columns) - WARN_LIMIT:,} more" if len(columns) > WARN_LIMIT else ""
+        raise ManifestError(name, line, "the header has no volume_id column", f"columns found: {shown}{more}")
+    return columns
 
 
 def _csv_rows(lines: Iterator[tuple[int, str]], name: str, columns_seen: _ColumnWarnings) -> Iterator[RawRow]:
@@ -168,15 +284,9 @@ def _csv_rows(lines: Iterator[tuple[int, str]], name: str, columns_seen: _Column
             header = next(reader, None)
         if header is None:
             raise ManifestError(name, None, "the manifest is empty", "add a header row with volume_id")
-        columns = [cell.strip() for cell in header]
-        if "volume_id" not in columns:
-            raise ManifestError(
-                name,
-                numbers[0],
-                "the header has no volume_id column",
-                f"columns found: {', '.join(columns)}",
-            )
+        columns = _checked_header(header, name, numbers[0])
         columns_seen.check(columns)
+        columns_seen.finish()
         row = 0
         start = numbers[0] + 1
         for cells in reader:
@@ -187,7 +297,9 @@ def _csv_rows(lines: Iterator[tuple[int, str]], name: str, columns_seen: _Column
             if len(cells) > len(columns):
                 yield RawRow(row, line, None, from_csv=True)
                 continue
-            fields = {column: cell for column, cell in zip(columns, cells, strict=False) if cell.strip()}
+            fields = {
+                column: cell for column, cell in zip(columns, cells, strict=False) if column and cell.strip()
+            }
             yield RawRow(row, line, fields, from_csv=True)
     except csv.Error as exc:
         raise ManifestError(
@@ -200,147 +312,39 @@ def _jsonl_rows(lines: Iterator[tuple[int, str]], name: str, columns: _ColumnWar
     for number, line in lines:
         if not line.strip():
             continue
+        start = len(line) - len(line.lstrip())
         try:
             value = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
+            if too_deep(line, start) is not None:
+                raise nesting_error(name, number) from None
             raise ManifestError(
                 name, number, f"not valid JSON: {exc}", "each line must be one JSON object"
             ) from None
+        if line.count("[") + line.count("{") > MAX_DEPTH and too_deep(line, start) is not None:
+            raise nesting_error(name, number)
         row += 1
         yield _json_row(row, number, value, columns)
 
 
 def _json_row(row: int, line: int, value: object, columns: _ColumnWarnings) -> RawRow:
     """A decoded JSON element as a row; anything but an object is kept as a malformed row."""
-    if isinstance(value, dict):
+    if not isinstance(value, dict):
+        return RawRow(row, line, None, from_csv=False)
+    if KNOWN_COLUMNS.issuperset(value) or all(column_name(key) == key for key in value):
         columns.check(value)
         return RawRow(row, line, value, from_csv=False)
-    return RawRow(row, line, None, from_csv=False)
-
-
-class _JsonScanner:
-    """Reads a JSON document piece by piece from numbered lines, keeping only a small window."""
-
-    def __init__(self, lines: Iterator[tuple[int, str]], name: str) -> None:
-        self.lines = lines
-        self.name = name
-        self.buffer = ""
-        self.pos = 0
-        self.line = 1  # line number of buffer[pos]
-        self.eof = False
-        self.decoder = json.JSONDecoder()
-
-    def _fill(self) -> bool:
-        """Append about one chunk of text to the window; False at the end of the file."""
-        if self.eof:
-            return False
-        self.buffer = self.buffer[self.pos :]
-        self.pos = 0
-        added = 0
-        for _, text in self.lines:
-            self.buffer += text
-            added += len(text)
-            if added >= CHUNK_CHARS:
-                break
-        else:
-            self.eof = True
-        return added > 0
-
-    def _advance(self, end: int) -> None:
-        self.line += self.buffer.count("\n", self.pos, end)
-        self.pos = end
-
-    def peek(self) -> str:
-        """The next non-blank character, without consuming it ("" at the end)."""
-        while True:
-            while self.pos < len(self.buffer) and self.buffer[self.pos] in " \t\r\n":
-                self._advance(self.pos + 1)
-            if self.pos < len(self.buffer):
-                return self.buffer[self.pos]
-            if not self._fill():
-                return ""
-
-    def expect(self, chars: str, what: str) -> str:
-        char = self.peek()
-        if not char or char not in chars:
-            found = repr(char) if char else "the end of the file"
-            raise ManifestError(self.name, self.line, f"JSON syntax error: expected {what}, found {found}")
-        self._advance(self.pos + 1)
-        return char
-
-    def value(self) -> tuple[int, Any]:
-        """Decode the next JSON value; returns the line it starts on and the value."""
-        self.peek()
-        while True:
-            try:
-                value, end = self.decoder.raw_decode(self.buffer, self.pos)
-            except json.JSONDecodeError as exc:
-                if len(self.buffer) - self.pos < MAX_ELEMENT_CHARS and self._fill():
-                    continue
-                line = self.line + self.buffer.count("\n", self.pos, exc.pos)
-                raise ManifestError(self.name, line, f"JSON syntax error: {exc.msg}") from None
-            if end == len(self.buffer) and not self.eof and isinstance(value, int | float):
-                self._fill()  # a number may go on in the next chunk
-                continue
-            start = self.line
-            self._advance(end)
-            return start, value
-
-
-def _json_rows(lines: Iterator[tuple[int, str]], name: str, columns: _ColumnWarnings) -> Iterator[RawRow]:
-    scanner = _JsonScanner(lines, name)
-    first = scanner.peek()
-    if first == "":
-        raise ManifestError(name, None, "the manifest is empty", "a JSON manifest is an array of objects")
-    if first == "[":
-        yield from _json_array(scanner, columns)
-    elif first == "{":
-        yield from _json_volumes_object(scanner, columns)
-    else:
-        raise ManifestError(
-            name,
-            scanner.line,
-            "a JSON manifest must be an array of objects or an object with a volumes array",
-        )
-    if scanner.peek() != "":
-        raise ManifestError(name, scanner.line, "JSON syntax error: extra data after the manifest")
-
-
-def _json_array(scanner: _JsonScanner, columns: _ColumnWarnings) -> Iterator[RawRow]:
-    scanner.expect("[", "'['")
-    if scanner.peek() == "]":
-        scanner.expect("]", "']'")
-        return
-    row = 0
-    while True:
-        line, value = scanner.value()
-        row += 1
-        yield _json_row(row, line, value, columns)
-        if scanner.expect(",]", "',' or ']'") == "]":
-            return
-
-
-def _json_volumes_object(scanner: _JsonScanner, columns: _ColumnWarnings) -> Iterator[RawRow]:
-    scanner.expect("{", "'{'")
-    found = False
-    if scanner.peek() == "}":
-        scanner.expect("}", "'}'")
-    else:
-        while True:
-            line, key = scanner.value()
-            if not isinstance(key, str):
-                raise ManifestError(scanner.name, line, "JSON syntax error: object keys must be strings")
-            scanner.expect(":", "':'")
-            if key == "volumes" and not found:
-                if scanner.peek() != "[":
-                    raise ManifestError(scanner.name, scanner.line, '"volumes" must be an array of objects')
-                found = True
-                yield from _json_array(scanner, columns)
-            else:
-                scanner.value()
-            if scanner.expect(",}", "',' or '}'") == "}":
-                break
-    if not found:
-        raise ManifestError(
-            scanner.name, 1, 'the JSON object has no "volumes" array', 'use {"volumes": [...]}'
-        )
+    fields: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    problem = None
+    for key, item in value.items():
+        canonical = column_name(key)
+        if canonical in spelled:
+            problem = problem or (
+                f"the keys {_shown(spelled[canonical])} and {_shown(key)} both name {_shown(canonical)}"
+            )
+            continue
+        spelled[canonical] = key
+        fields[canonical] = item
+    columns.check(fields)
+    return RawRow(row, line, fields, from_csv=False, problem=problem)

@@ -8,57 +8,125 @@ import secrets
 import time
 from pathlib import Path
 
-from orchestrator.models import Summary
+from orchestrator.tally import Tally
 
 PREFIX = "evs_snapshot"
 LAST_SUCCESS = f"{PREFIX}_last_success_timestamp_seconds"
 
 
 def render(
-    summary: Summary, *, command: str, exit_code: int, throttled: int, previous_success: float | None
+    tally: Tally, *, command: str, exit_code: int, throttled: int, previous_success: float | None
 ) -> str:
-    """The metrics text; ``previous_success`` carries the last good run's time across failed runs."""
+    """The metrics text of one command; ``previous_success`` carries the last good run's time."""
     now = time.time()
     last_success = now if exit_code == 0 else previous_success
-    lines = [
-        f"# HELP {PREFIX}_rows Rows of the last run by current outcome.",
-        f"# TYPE {PREFIX}_rows gauge",
+    label = f'command="{command}"'
+    families: list[tuple[str, str, list[str]]] = [
+        (
+            f"{PREFIX}_rows",
+            "Rows of the last run by current outcome.",
+            [f'{PREFIX}_rows{{{label},outcome="{o}"}} {n}' for o, n in sorted(tally.outcomes.items())],
+        ),
+        (
+            f"{PREFIX}_requests",
+            "Create requests the last run sent (attempts).",
+            [f"{PREFIX}_requests{{{label}}} {tally.requests.get('creates', tally.attempts)}"],
+        ),
+        (
+            f"{PREFIX}_requests_by_kind",
+            "Requests the last run sent, by kind (creates, lookups, polls, checks, lists, deletes, ...).",
+            [
+                f'{PREFIX}_requests_by_kind{{{label},kind="{k}"}} {n}'
+                for k, n in sorted(tally.requests.items())
+            ],
+        ),
+        (
+            f"{PREFIX}_phase_duration_seconds",
+            "Wall time of each phase of the last run.",
+            [
+                f'{PREFIX}_phase_duration_seconds{{{label},phase="{p}"}} {s:.3f}'
+                for p, s in tally.phases.items()
+            ],
+        ),
+        (
+            f"{PREFIX}_throttled_requests",
+            "Requests of the last run answered 429 / APIGW.0308.",
+            [f"{PREFIX}_throttled_requests{{{label}}} {throttled}"],
+        ),
+        (
+            f"{PREFIX}_run_duration_seconds",
+            "Wall time of the last run, from start to exit.",
+            [f"{PREFIX}_run_duration_seconds{{{label}}} {tally.elapsed:.3f}"],
+        ),
+        (
+            f"{PREFIX}_exit_code",
+            "Exit code of the last run (0 = every row succeeded).",
+            [f"{PREFIX}_exit_code{{{label}}} {exit_code}"],
+        ),
+        (
+            f"{PREFIX}_last_run_timestamp_seconds",
+            "When the last run ended (Unix time).",
+            [f"{PREFIX}_last_run_timestamp_seconds{{{label}}} {now:.3f}"],
+        ),
     ]
-    for outcome, count in sorted(summary.outcomes.items()):
-        lines.append(f'{PREFIX}_rows{{command="{command}",outcome="{outcome}"}} {count}')
-    lines += [
-        f"# HELP {PREFIX}_requests Create requests the last run sent (attempts).",
-        f"# TYPE {PREFIX}_requests gauge",
-        f'{PREFIX}_requests{{command="{command}"}} {summary.requests}',
-        f"# HELP {PREFIX}_throttled_requests Requests of the last run answered 429 / APIGW.0308.",
-        f"# TYPE {PREFIX}_throttled_requests gauge",
-        f'{PREFIX}_throttled_requests{{command="{command}"}} {throttled}',
-        f"# HELP {PREFIX}_run_duration_seconds Wall time of the last run.",
-        f"# TYPE {PREFIX}_run_duration_seconds gauge",
-        f'{PREFIX}_run_duration_seconds{{command="{command}"}} {summary.elapsed_s:.3f}',
-        f"# HELP {PREFIX}_exit_code Exit code of the last run (0 = every row succeeded).",
-        f"# TYPE {PREFIX}_exit_code gauge",
-        f'{PREFIX}_exit_code{{command="{command}"}} {exit_code}',
-        f"# HELP {PREFIX}_last_run_timestamp_seconds When the last run ended (Unix time).",
-        f"# TYPE {PREFIX}_last_run_timestamp_seconds gauge",
-        f'{PREFIX}_last_run_timestamp_seconds{{command="{command}"}} {now:.3f}',
-    ]
+    if tally.duplicates:
+        families.append(
+            (
+                f"{PREFIX}_duplicates",
+                "Extra snapshots of the last run found by the sweep, by what was done.",
+                [
+                    f'{PREFIX}_duplicates{{{label},outcome="{o}"}} {n}'
+                    for o, n in sorted(tally.duplicates.items())
+                ],
+            )
+        )
     if last_success is not None:
-        lines += [
-            f"# HELP {LAST_SUCCESS} When a run last ended with every row succeeded (Unix time).",
-            f"# TYPE {LAST_SUCCESS} gauge",
-            f'{LAST_SUCCESS}{{command="{command}"}} {last_success:.3f}',
-        ]
+        families.append(
+            (
+                LAST_SUCCESS,
+                "When a run last ended with every row succeeded (Unix time).",
+                [f"{LAST_SUCCESS}{{{label}}} {last_success:.3f}"],
+            )
+        )
+    return render_families(families)
+
+
+def render_families(families: list[tuple[str, str, list[str]]]) -> str:
+    lines = []
+    for name, help_text, samples in families:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *samples]
     return "\n".join(lines) + "\n"
 
 
-def previous_success(path: Path) -> float | None:
-    """The last-success timestamp an earlier run wrote to this file, if any."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    match = re.search(rf"^{LAST_SUCCESS}{{[^}}]*}} ([0-9.eE+]+)$", text, flags=re.MULTILINE)
+def merge(existing: str, new: str, command: str) -> str:
+    """``new`` plus the samples of other commands already in the file (one file serves create and wait)."""
+    label = f'command="{command}"'
+    kept: dict[str, list[str]] = {}
+    helps: dict[str, list[str]] = {}
+    for line in existing.splitlines():
+        if line.startswith("# "):
+            name = line.split()[2] if len(line.split()) > 2 else ""
+            helps.setdefault(name, []).append(line)
+        elif line and label not in line:
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            kept.setdefault(name, []).append(line)
+    out: list[str] = []
+    seen: set[str] = set()
+    for line in new.splitlines():
+        out.append(line)
+        if line.startswith("# TYPE "):
+            name = line.split()[2]
+            seen.add(name)
+            out += kept.pop(name, [])
+    for name, samples in kept.items():
+        out += helps.get(name, []) + samples
+    del seen
+    return "\n".join(out) + "\n"
+
+
+def previous_success(text: str, command: str) -> float | None:
+    """The last-success timestamp an earlier run of ``command`` wrote to this file, if any."""
+    match = re.search(rf'^{LAST_SUCCESS}{{command="{command}"}} ([0-9.eE+]+)$', text, flags=re.MULTILINE)
     return float(match.group(1)) if match else None
 
 
@@ -70,12 +138,17 @@ def write_atomically(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-def write(path: Path, summary: Summary, *, command: str, exit_code: int, throttled: int) -> None:
+def write(path: Path, tally: Tally, *, command: str, exit_code: int, throttled: int) -> None:
+    """Write ``command``'s series into the file, keeping other commands' series already there."""
+    try:
+        existing = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        existing = ""
     text = render(
-        summary,
+        tally,
         command=command,
         exit_code=exit_code,
         throttled=throttled,
-        previous_success=previous_success(path),
+        previous_success=previous_success(existing, command),
     )
-    write_atomically(path, text.encode())
+    write_atomically(path, merge(existing, text, command).encode())

@@ -25,9 +25,13 @@ class Outcome(enum.StrEnum):
     AVAILABLE = "available"
     SNAPSHOT_ERROR = "snapshot_error"
     WAIT_TIMEOUT = "wait_timeout"
+    DUPLICATE_DELETED = "duplicate_deleted"
+    DUPLICATE_FOUND = "duplicate_found"
 
 
 SUCCESSFUL = frozenset({Outcome.ACCEPTED, Outcome.AVAILABLE})
+# Side records tell what the duplicate sweep did about a row; they never change the row's state.
+SIDE = frozenset({Outcome.DUPLICATE_DELETED, Outcome.DUPLICATE_FOUND})
 
 
 def utc_iso(moment: datetime) -> str:
@@ -53,11 +57,14 @@ class SnapshotRequest:
     force: bool
     metadata: Mapping[str, str]
 
-    def body(self) -> dict[str, Any]:
-        """The create-snapshot request body, in the field order the official SDK sends."""
+    def body(self, marker: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The create-snapshot request body, in the field order the official SDK sends.
+
+        ``marker`` (the run's identity) is added to the row's metadata.
+        """
         snapshot: dict[str, Any] = {"volume_id": self.volume_id, "force": self.force}
-        if self.metadata:
-            snapshot["metadata"] = dict(self.metadata)
+        if self.metadata or marker:
+            snapshot["metadata"] = {**self.metadata, **(marker or {})}
         if self.description is not None:
             snapshot["description"] = self.description
         snapshot["name"] = self.name
@@ -94,10 +101,14 @@ class Record:
     @classmethod
     def from_json(cls, line: bytes | str) -> Record:
         """Parse one report line; raises ``ValueError`` when it is not a record."""
-        data = orjson.loads(line)
+        return cls.from_dict(orjson.loads(line))
+
+    @classmethod
+    def from_dict(cls, data: object) -> Record:
+        """A record from a parsed report line; raises ``ValueError`` when it is not one."""
         if not isinstance(data, dict):
             raise ValueError("a report line must be a JSON object")  # noqa: TRY004 - callers catch ValueError
-        names = {field.name for field in dataclasses.fields(cls)}
+        names = _RECORD_FIELDS
         try:
             values = {key: value for key, value in data.items() if key in names}
             values["outcome"] = Outcome(values["outcome"])
@@ -108,6 +119,59 @@ class Record:
     @property
     def succeeded(self) -> bool:
         return self.outcome in SUCCESSFUL
+
+    @property
+    def side(self) -> bool:
+        """True for a sweep's record about a row, which leaves the row's state as it was."""
+        return self.outcome in SIDE
+
+
+_RECORD_FIELDS = frozenset(field.name for field in dataclasses.fields(Record))
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RunHeader:
+    """The first line of a report: the run, and the manifest and options its names came from.
+
+    ``--resume`` refuses a manifest or options that differ; ``summary`` and ``wait`` read ``rows``.
+    """
+
+    run_id: str
+    command: str
+    manifest: str
+    rows: int
+    digest: str
+    shape: Mapping[str, str]
+    started_at: str
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"type": "run", **dataclasses.asdict(self)}, option=orjson.OPT_APPEND_NEWLINE)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunHeader:
+        try:
+            return cls(
+                run_id=str(data["run_id"]),
+                command=str(data.get("command", "create")),
+                manifest=str(data.get("manifest", "")),
+                rows=int(data["rows"]),
+                digest=str(data.get("digest", "")),
+                shape={str(k): str(v) for k, v in dict(data.get("shape") or {}).items()},
+                started_at=str(data.get("started_at", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a run header: {exc}") from exc
+
+    def first_difference(self, other: RunHeader) -> str | None:
+        """What differs between this report's run and the one about to resume it (``None``: same)."""
+        if self.rows != other.rows:
+            return f"the manifest has {other.rows} rows; the report's had {self.rows}"
+        if self.digest != other.digest:
+            return f"the manifest's content differs ({other.digest[:19]}... vs {self.digest[:19]}...)"
+        for key in sorted(set(self.shape) | set(other.shape)):
+            if self.shape.get(key) != other.shape.get(key):
+                return f"{key} is {other.shape.get(key)!r}; the report's run used {self.shape.get(key)!r}"
+        return None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,12 +1,16 @@
-"""The JSON-lines report: a durable append-only writer, a tolerant reader, and the running tally.
+"""The JSON-lines report: a durable append-only writer, a tolerant reader, and the resume book.
 
 Each record is written with one ``write`` of a whole line straight to the file descriptor (no
 buffer to lose); the file is fsynced at least once a second while records arrive, and at close.
+The first line of a report is its run header (``models.RunHeader``); readers skip it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import stat
 import sys
 import time
 from array import array
@@ -14,10 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
-from orchestrator.errors import ReportExistsError, UsageError
-from orchestrator.models import SUCCESSFUL, Outcome, Record
+import orjson
+
+from orchestrator.errors import ReportExistsError, ReportUnwritable, UsageError
+from orchestrator.models import SUCCESSFUL, Outcome, Record, RunHeader
 
 FSYNC_INTERVAL = 1.0
+# Rows in these states are not sent again on --resume (they are waited for, or left to the operator).
+FINISHED = SUCCESSFUL | {Outcome.WAIT_TIMEOUT, Outcome.SNAPSHOT_ERROR}
 
 
 class ReportWriter:
@@ -26,11 +34,13 @@ class ReportWriter:
     def __init__(self, path: str, *, resume: bool = False) -> None:
         self.path = path
         self._last_sync = time.monotonic()
+        self.written = 0
         if path == "-":
             self.fd = sys.stdout.fileno()
             self._owned = False
             return
         target = Path(path)
+        check_report_path(target)
         if not resume and target.exists() and target.stat().st_size > 0:
             raise ReportExistsError(
                 f"the report {path} already holds records; pass --resume to continue that run, "
@@ -43,6 +53,10 @@ class ReportWriter:
             raise UsageError(f"cannot write the report {path}: {exc.strerror}") from None
         self._owned = True
         self._cut_torn_tail()
+
+    @property
+    def empty(self) -> bool:
+        return not self._owned or os.fstat(self.fd).st_size == 0
 
     def _cut_torn_tail(self) -> None:
         """Drop a last line a killed writer left half-written, so the next record starts on its own line."""
@@ -59,26 +73,53 @@ class ReportWriter:
             keep = start
         os.ftruncate(self.fd, keep)
 
+    def write_header(self, header: RunHeader) -> None:
+        self._write(header.to_json())
+
     def write(self, record: Record) -> None:
-        """Append one record as one whole line."""
-        data = memoryview(record.to_json())
-        while data:
-            written = os.write(self.fd, data)
-            data = data[written:]
+        """Append one record as one whole line; raises ``ReportUnwritable`` when it cannot."""
+        self._write(record.to_json())
+        self.written += 1
+
+    def _write(self, line: bytes) -> None:
+        data = memoryview(line)
+        try:
+            while data:
+                written = os.write(self.fd, data)
+                data = data[written:]
+        except OSError as exc:
+            self._fail(exc)
         now = time.monotonic()
         if now - self._last_sync >= FSYNC_INTERVAL:
             self.sync()
             self._last_sync = now
 
+    def _fail(self, exc: OSError) -> None:
+        where = "standard output" if self.path == "-" else f"the report {self.path}"
+        if exc.errno == errno.EPIPE:
+            why = "the reader of standard output went away (broken pipe)"
+        else:
+            why = exc.strerror or type(exc).__name__
+        if self._owned:
+            self._cut_torn_tail()  # a partial line must not stay in the report
+        raise ReportUnwritable(
+            f"cannot write {where}: {why}; the run stopped after {self.written} records. "
+            "Fix it and run again with --resume (rows in flight are looked up before anything is resent)"
+        ) from None
+
     def sync(self) -> None:
         if self._owned:
-            os.fsync(self.fd)
+            try:
+                os.fsync(self.fd)
+            except OSError as exc:
+                self._fail(exc)
 
     def close(self) -> None:
         if self._owned:
-            self.sync()
-            os.close(self.fd)
             self._owned = False
+            with contextlib.suppress(OSError):  # already reported by the write that failed
+                os.fsync(self.fd)
+            os.close(self.fd)
 
     def __enter__(self) -> ReportWriter:
         return self
@@ -87,18 +128,62 @@ class ReportWriter:
         self.close()
 
 
-def read_records(path: Path) -> Iterator[Record]:
-    """Every whole record of a report, in file order; a torn last line (a killed writer) is skipped."""
+def check_report_path(path: Path) -> None:
+    """A report is a regular file (or will be): not a directory, a device or a pipe."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError(f"cannot use the report {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"the report {path} is a directory; give a file path such as {path}/run.jsonl")
+    if not stat.S_ISREG(mode):
+        raise UsageError(
+            f"the report {path} is not a regular file (a device or a pipe); give a file path, "
+            "or - for standard output"
+        )
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes, object]]:
+    """Every whole, parsed line of a report (a torn last line is skipped; a bad one is an error)."""
+    check_report_path(path)
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                yield Record.from_json(line)
-            except ValueError as exc:
+                data = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
                 if not line.endswith(b"\n"):
                     return  # the writer died mid-line; the row is redone on resume
                 raise UsageError(f"{path}:{number}: not a report record ({exc})") from None
+            yield number, line, data
+
+
+def read_header(path: Path) -> RunHeader | None:
+    """The run header of a report, or ``None`` (empty, or written before headers existed)."""
+    for number, _, data in _lines(path):
+        if isinstance(data, dict) and data.get("type") == "run":
+            try:
+                return RunHeader.from_dict(data)
+            except ValueError as exc:
+                raise UsageError(f"{path}:{number}: {exc}") from None
+        return None
+    return None
+
+
+def read_records(path: Path) -> Iterator[Record]:
+    """Every whole record of a report, in file order (the header is skipped)."""
+    for number, line, data in _lines(path):
+        if isinstance(data, dict) and data.get("type") == "run":
+            continue
+        try:
+            yield Record.from_dict(data)
+        except ValueError as exc:
+            if not line.endswith(b"\n"):
+                return
+            raise UsageError(f"{path}:{number}: not a report record ({exc})") from None
 
 
 class ResumeBook:
@@ -106,50 +191,64 @@ class ResumeBook:
 
     Each byte is 0 (no record: the row was in flight or not reached) or 1 + the index of the row's
     last outcome. Rows with no record and ``failed`` rows are uncertain: the snapshot may exist, so
-    they are looked up before anything is sent again (one list request each, always safe).
+    they are looked up (over the settle window, counted from when the report was last written) before
+    anything is sent again.
     """
 
     OUTCOMES: ClassVar[list[Outcome]] = list(Outcome)
 
-    def __init__(self, run_id: str, states: bytearray) -> None:
+    def __init__(
+        self, run_id: str, states: bytearray, *, last_write: float, header: RunHeader | None
+    ) -> None:
         self.run_id = run_id
         self.states = states
+        self.header = header
+        # The previous process died at or after its last write: late commits count from then.
+        self.since = time.monotonic() - max(0.0, time.time() - last_write)
 
     @classmethod
     def load(cls, path: Path) -> ResumeBook | None:
         """Read a report; ``None`` when it does not exist or holds no record."""
         if not path.exists():
             return None
-        run_id = None
+        header = read_header(path)
+        run_id = None if header is None else header.run_id
         states = bytearray()
         for record in read_records(path):
+            if record.side:
+                continue
             run_id = run_id or record.run_id
             if record.row >= len(states):
                 states.extend(bytes(record.row + 1 - len(states)))
             states[record.row] = cls.OUTCOMES.index(record.outcome) + 1
-        return None if run_id is None else cls(run_id, states)
+        if run_id is None:
+            return None
+        return cls(run_id, states, last_write=path.stat().st_mtime, header=header)
 
     def outcome(self, row: int) -> Outcome | None:
         state = self.states[row] if row < len(self.states) else 0
         return self.OUTCOMES[state - 1] if state else None
 
-    def done(self, row: int) -> bool:
+    def finished(self, row: int) -> bool:
+        """True when the row is not sent again: it succeeded, or its snapshot exists (waited for)."""
         outcome = self.outcome(row)
-        return outcome is not None and outcome in SUCCESSFUL
+        return outcome is not None and outcome in FINISHED
 
-    def uncertain(self, row: int) -> bool:
-        """True when a snapshot may exist (in flight when the last run died, or failed after sending)."""
+    def uncertain_since(self, row: int) -> float | None:
+        """When a snapshot of the row may have been created (``None``: surely not)."""
         outcome = self.outcome(row)
-        return outcome is None or outcome is Outcome.FAILED
+        return self.since if outcome is None or outcome is Outcome.FAILED else None
 
 
 def final_records(path: Path) -> Iterator[Record]:
     """The last record of each row, in file order of those records (two passes, 8 bytes per row)."""
     last = array("q")
     for index, record in enumerate(read_records(path)):
+        if record.side:
+            continue
         if record.row >= len(last):
             last.extend([-1] * (record.row + 1 - len(last)))
         last[record.row] = index
     for index, record in enumerate(read_records(path)):
-        if last[record.row] == index:
+        if not record.side and last[record.row] == index:
             yield record

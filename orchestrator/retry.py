@@ -5,12 +5,13 @@ What is retried, and whether a retry needs a lookup first:
 ==========================================  ==========  ====================================
 answer                                      verdict     why
 ==========================================  ==========  ====================================
-202                                         success
+2xx                                         success
 429, or ``APIGW.0308`` / ``APIG.0308``      retry       the gateway refused it before EVS
 500, 502, 503, 504 (not a final code)       uncertain   EVS may have acted; look up first
 no connection (refused, DNS, TLS)           retry       the request never left
 no answer (reset, timeout)                  uncertain   the request may have reached EVS
-other 4xx, or 5xx with a final EVS code     final       the API refused this snapshot
+other 4xx, or 5xx with a final EVS code     final       the API refused this request
+401, 400 Common.0013, wrong project         refused     decided by the route (``api.routes``)
 ==========================================  ==========  ====================================
 """
 
@@ -34,11 +35,12 @@ class Verdict(enum.Enum):
     RETRY = "retry"
     UNCERTAIN = "uncertain"
     FINAL = "final"
+    REFUSED = "refused"
 
 
 def classify(status: int, error_code: str | None) -> Verdict:
-    """What to do after an HTTP answer to a create request."""
-    if status == 202:
+    """What to do after an HTTP answer (refusals of the credentials are the route's to decide)."""
+    if 200 <= status < 300:
         return Verdict.SUCCESS
     if status == 429 or error_code in THROTTLING_CODES:
         return Verdict.RETRY

@@ -1,6 +1,11 @@
 """Row rules: a ``RawRow`` becomes a ``SnapshotRequest`` to send, or an ``invalid`` report record.
 
-Also the name template. Duplicate detection's first pass lives in ``duplicates.py``.
+Also the name template, and the metadata key of the run marker (``RUN_MARKER_KEY``), which neither a
+manifest nor ``--metadata`` may set. Duplicate detection's first pass lives in ``duplicates.py``.
+
+Names (given, or rendered from the template) are 1 to 64 characters, not only whitespace, without
+the backup prefix, and without control or format characters (Unicode categories Cc, Cf, Cs, Zl, Zp:
+NUL, ESC, newline, U+202E ...), which messages and records show escaped, never raw.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ import dataclasses
 import functools
 import re
 import string
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -27,6 +33,8 @@ METADATA_KEY_MAX = 255
 METADATA_VALUE_MAX = 255
 RESERVED_NAME_PREFIX = "autobk_snapshot_"
 RESERVED_METADATA_PREFIX = "__system__"
+RUN_MARKER_KEY = "evs_snapshot_run"
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 BUILTIN_PLACEHOLDERS = frozenset({"volume_id", "row", "run_id", "date", "datetime"})
 
@@ -52,6 +60,21 @@ def check_template(template: str) -> None:
         parsed = _parsed(template)
     except ValueError as exc:
         raise UsageError(f"--name-template {template!r}: {exc}") from None
+    literal = "".join(piece for piece, _, _, _ in parsed)
+    index = unsafe_character(literal)
+    if index is not None:
+        raise UsageError(
+            f"--name-template {template!r}: names cannot hold the control character "
+            f"{_described(literal[index])}"
+        )
+    if len(literal) > NAME_MAX:
+        raise UsageError(
+            f"--name-template {template!r}: its fixed text alone is longer than {NAME_MAX} characters"
+        )
+    if not literal.strip() and all(field is None for _, field, _, _ in parsed):
+        raise UsageError(f"--name-template {template!r}: gives every snapshot a blank name")
+    if parsed and parsed[0][0].startswith(RESERVED_NAME_PREFIX):
+        raise UsageError(f"--name-template {template!r}: {RESERVED_NAME_PREFIX} is reserved for backups")
     for _, field, spec, conversion in parsed:
         if field is None:
             continue
@@ -62,7 +85,32 @@ def check_template(template: str) -> None:
             )
 
 
+def check_metadata_option_keys(metadata: Mapping[str, str]) -> None:
+    """Refuse ``--metadata`` options that set the run marker or a ``__system__`` key (a usage error)."""
+    for key in metadata:
+        if _is_run_marker(key):
+            raise UsageError(
+                f"--metadata {key!r}: the key {RUN_MARKER_KEY} is reserved for the run marker that "
+                "evs-snapshot puts on every snapshot it creates"
+            )
+        if key.startswith(RESERVED_METADATA_PREFIX):
+            raise UsageError(
+                f"--metadata {key!r}: keys starting with {RESERVED_METADATA_PREFIX} are reserved by the cloud"
+            )
+
+
+def unsafe_character(text: str) -> int | None:
+    """The index of the first control or format character in ``text`` (see the module docstring)."""
+    if text.isprintable():  # printable text holds none of them: the common case, checked in C
+        return None
+    for index, char in enumerate(text):
+        if unicodedata.category(char) in UNSAFE_CATEGORIES:
+            return index
+    return None
+
+
 def render_name(template: str, values: Mapping[str, object]) -> str:
+    """The template with each placeholder replaced; a placeholder without a value is a ``RowProblem``."""
     out = []
     for literal, field, _, _ in _parsed(template):
         out.append(literal)
@@ -105,7 +153,7 @@ class RowValidator:
 
         def text(key: str) -> str | None:
             value = fields.get(key)
-            return value.strip() if isinstance(value, str) else None
+            return _escaped(value.strip()) if isinstance(value, str) else None
 
         return Record(
             run_id=self.identity.run_id,
@@ -167,6 +215,7 @@ class RowValidator:
         metadata = {**self.defaults.metadata, **_metadata(fields, raw.from_csv, where)}
         _check_metadata(metadata, where)
         name = _optional_text(fields, "name", where, strip=False)
+        rendered = name is None
         if name is None:
             values: dict[str, object] = {
                 key: value for key, value in fields.items() if isinstance(value, str | int | float | bool)
@@ -179,7 +228,7 @@ class RowValidator:
                 datetime=self.identity.stamp,
             )
             name = render_name(self.defaults.name_template, values)
-        _check_name(name, where)
+        _check_name(name, where, rendered=rendered)
         return SnapshotRequest(
             row=raw.row,
             line=raw.line,
@@ -197,6 +246,8 @@ def _fields_of(raw: RawRow) -> dict[str, Any]:
     if raw.fields is None:
         what = "more cells than the header has columns" if raw.from_csv else "not a JSON object"
         raise RowProblem("MALFORMED_ROW", f"row {raw.row} (line {raw.line}): {what}")
+    if raw.problem is not None:
+        raise RowProblem("DUPLICATE_FIELD", f"row {raw.row} (line {raw.line}): {raw.problem}")
     return raw.fields
 
 
@@ -248,6 +299,12 @@ def _metadata(fields: Mapping[str, Any], from_csv: bool, where: str) -> dict[str
 
 def _check_metadata(metadata: Mapping[str, Any], where: str) -> None:
     for key, value in metadata.items():
+        if _is_run_marker(key):
+            raise RowProblem(
+                "RESERVED_METADATA_KEY",
+                f"{where}: metadata key {key!r} is reserved for the run marker that evs-snapshot "
+                "puts on its snapshots",
+            )
         if not isinstance(value, str):
             raise RowProblem(
                 "INVALID_METADATA",
@@ -270,16 +327,52 @@ def _check_metadata(metadata: Mapping[str, Any], where: str) -> None:
             )
 
 
-def _check_name(name: str, where: str) -> None:
+def _check_name(name: str, where: str, *, rendered: bool = False) -> None:
+    what = "name rendered from --name-template" if rendered else "name"
     if not name:
-        raise RowProblem("INVALID_NAME", f"{where}: name is empty")
+        raise RowProblem("INVALID_NAME", f"{where}: {what} is empty")
+    index = unsafe_character(name)
+    if index is not None:
+        raise RowProblem(
+            "INVALID_NAME",
+            f"{where}: {what} {_shown(name)} has the control character {_described(name[index])} "
+            f"at position {index + 1}",
+        )
+    if not name.strip():
+        raise RowProblem("INVALID_NAME", f"{where}: {what} {_shown(name)} is only whitespace")
     if len(name) > NAME_MAX:
         raise RowProblem(
             "NAME_TOO_LONG",
-            f"{where}: name {name[:20]!r}... has {len(name)} characters, at most {NAME_MAX}",
+            f"{where}: {what} {name[:20]!r}... has {len(name)} characters, at most {NAME_MAX}",
         )
     if name.startswith(RESERVED_NAME_PREFIX):
         raise RowProblem(
             "RESERVED_NAME_PREFIX",
-            f"{where}: name {name!r} starts with {RESERVED_NAME_PREFIX}, reserved for backups",
+            f"{where}: {what} {name!r} starts with {RESERVED_NAME_PREFIX}, reserved for backups",
         )
+
+
+def _is_run_marker(key: str) -> bool:
+    """Near spellings count too: an operator reading metadata could not tell them from the marker."""
+    return key.strip().lower() == RUN_MARKER_KEY
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _described(char: str) -> str:
+    """A control character for a message: ``\\x1b (U+001B)``."""
+    return f"{_escape(char)} (U+{ord(char):04X})"
+
+
+def _escaped(text: str) -> str:
+    """``text`` with its control and format characters written as escapes, for a report record."""
+    if unsafe_character(text) is None:
+        return text
+    return "".join(_escape(c) if unicodedata.category(c) in UNSAFE_CATEGORIES else c for c in text)
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "...")

@@ -1,12 +1,15 @@
 """The bulk run: manifest rows in, one report record per row out, through a fixed pool of workers.
 
 A producer feeds valid rows into a bounded memory stream (so reading never runs far ahead of
-sending); ``concurrency`` workers each take a row, send its request under the retry policy, and
-write its record. Rows that fail are records, not exceptions; only run-fatal errors escape.
+sending); ``concurrency`` workers each take a row, send its create request, and write its record.
+Rows that fail are records, not exceptions; only run-fatal errors escape.
 
-The create API has no idempotency key, so an attempt whose outcome is uncertain (no answer, or a
-5xx) is followed by a lookup of the snapshot by volume and (deterministic) name before anything is
-sent again: a snapshot found there makes the row ``accepted`` with ``reconciled: true``.
+The create API has no idempotency key, and the cloud can act late: the gateway may answer 504 (or
+the client give up) while EVS still creates the snapshot seconds later. So an attempt whose outcome
+is uncertain (no answer, or a 5xx) hands its row to a settling task, and the worker takes the next
+row. The settling task looks the row's snapshot up (the row's volume with this run's marker, never
+the name) until it is found, or until the settle window has passed with nothing found; only then
+may the row be sent again.
 """
 
 from __future__ import annotations
@@ -19,18 +22,21 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 
-from orchestrator.errors import CredentialsRefused, ProjectLookupFailed, TransportError
+from orchestrator import defaults
+from orchestrator.api import evs
+from orchestrator.errors import ProjectLookupFailed, RouteClosed, TransportError, UsageError
 from orchestrator.models import Answer, Outcome, Record, SnapshotRequest, utc_iso, utc_now
 from orchestrator.report import ReportWriter, ResumeBook
-from orchestrator.retry import RetryPolicy, Verdict, classify, retry_after
+from orchestrator.retry import RetryPolicy, Verdict, retry_after
 from orchestrator.tally import Tally
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route, Router
 
 GONE_STATUSES = frozenset({"deleting", "error_deleting"})
+LIMIT_CODES = frozenset({"EVS.5400", "EVS.5413"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,7 +48,7 @@ class RunPlan:
     dry_run: bool = False
     policy: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
     deadline: float | None = None  # time.monotonic() after which nothing more is sent
-    seed: int | None = None
+    settle: float = defaults.SETTLE
 
 
 @dataclasses.dataclass(slots=True)
@@ -51,13 +57,21 @@ class _Attempt:
 
     attempts: int = 0
     lookups: int = 0
-    uncertain: bool = False
+    uncertain_since: float | None = None  # monotonic time of the attempt that may have acted
+    maybe_sent: bool = False  # some attempt may have reached EVS
+    in_flight: bool = False  # a request is out (a deadline that cancels it leaves the row uncertain)
     answer: Answer | None = None
     error: tuple[str, str | None] | None = None
+    started: datetime = dataclasses.field(default_factory=utc_now)
+    clock: float = dataclasses.field(default_factory=time.monotonic)
+
+
+class _Stopped(Exception):
+    """The run is stopping (a signal): the row is left without a record, for --resume."""
 
 
 class Runner:
-    """Runs one plan: ``router`` gives each row its endpoint and project; ``writer`` takes records."""
+    """Runs one plan: ``router`` gives each row its route; ``writer`` takes records."""
 
     def __init__(
         self,
@@ -73,8 +87,10 @@ class Runner:
         self.writer = writer
         self.tally = tally
         self.resume = resume
-        self.random = random.Random(plan.seed)
+        self.random = random.Random()
         self.stopping = False
+        self.settling = 0
+        self._settlers: TaskGroup | None = None
 
     def emit(self, record: Record) -> None:
         self.writer.write(record)
@@ -86,156 +102,202 @@ class Runner:
 
     async def run(self, items: Iterable[SnapshotRequest | Record]) -> None:
         """Send every valid row and record every row; returns when all records are written."""
-        send, receive = anyio.create_memory_object_stream[tuple[SnapshotRequest, bool]](
+        send, receive = anyio.create_memory_object_stream[tuple[SnapshotRequest, float | None]](
             4 * self.plan.concurrency
         )
-        async with anyio.create_task_group() as group:
-            async with receive:
-                for _ in range(self.plan.concurrency):
-                    group.start_soon(self._worker, receive.clone())
-            group.start_soon(self._produce, items, send)
+        async with anyio.create_task_group() as settlers:
+            self._settlers = settlers
+            async with anyio.create_task_group() as group:
+                async with receive:
+                    for _ in range(self.plan.concurrency):
+                        group.start_soon(self._worker, receive.clone())
+                group.start_soon(self._produce, items, send)
 
     async def _produce(
-        self, items: Iterable[SnapshotRequest | Record], send: ObjectSendStream[tuple[SnapshotRequest, bool]]
+        self,
+        items: Iterable[SnapshotRequest | Record],
+        send: ObjectSendStream[tuple[SnapshotRequest, float | None]],
     ) -> None:
         async with send:
             for item in items:
                 if self.stopping:
                     return
                 previous = None if self.resume is None else self.resume.outcome(item.row)
-                if self.resume is not None and self.resume.done(item.row) and previous is not None:
+                if self.resume is not None and self.resume.finished(item.row) and previous is not None:
                     self.tally.add_previous(previous)
                 elif isinstance(item, Record):
                     self.emit(item)
                 elif self.plan.dry_run:
-                    self.emit(self._record(item, Outcome.PLANNED, utc_now(), time.monotonic(), _Attempt()))
+                    self.emit(self._record(item, Outcome.PLANNED, _Attempt()))
                 else:
-                    look_first = self.resume is not None and self.resume.uncertain(item.row)
-                    await send.send((item, look_first))
+                    since = None if self.resume is None else self.resume.uncertain_since(item.row)
+                    await send.send((item, since))
                     continue
                 if item.row % 64 == 0:
-                    await (
-                        anyio.lowlevel.checkpoint()
-                    )  # rows written without sending must not starve the workers
+                    await anyio.lowlevel.checkpoint()  # rows written without sending must not starve workers
 
-    async def _worker(self, receive: ObjectReceiveStream[tuple[SnapshotRequest, bool]]) -> None:
+    async def _worker(self, receive: ObjectReceiveStream[tuple[SnapshotRequest, float | None]]) -> None:
         async with receive:
-            async for request, look_first in receive:
+            async for request, since in receive:
                 if self.stopping:
                     continue  # left without a record: --resume picks it up
-                record = await self.process(request, look_first=look_first)
-                if record is not None:
-                    self.emit(record)
+                state = _Attempt(uncertain_since=since, maybe_sent=since is not None)
+                await self._row(request, state, settling=False)
 
-    async def process(self, request: SnapshotRequest, *, look_first: bool = False) -> Record | None:
-        """Create one row's snapshot under the retry policy; ``None`` when stopped before its end."""
+    async def _row(self, request: SnapshotRequest, state: _Attempt, *, settling: bool) -> None:
+        """Drive one row to its record, under the run's deadline."""
+        remaining = None if self.plan.deadline is None else self.plan.deadline - time.monotonic()
+        record: Record | None = None
+        with anyio.move_on_after(remaining) as scope:
+            try:
+                record = await self.process(request, state, settling=settling)
+            except _Stopped:
+                return
+        if scope.cancelled_caught:
+            record = self._deadline(request, state)
+        if record is not None:
+            self.emit(record)
+
+    async def process(self, request: SnapshotRequest, state: _Attempt, *, settling: bool) -> Record | None:
+        """Create one row's snapshot; ``None`` when the row went to a settling task."""
         if self.router is None:
-            raise RuntimeError("a dry run sends nothing")
-        started, clock = utc_now(), time.monotonic()
-        state = _Attempt(uncertain=look_first)
+            raise UsageError("a dry run sends nothing")
         try:
-            route = await self.router.route_for(request)
-        except (ProjectLookupFailed, CredentialsRefused) as exc:
-            return self._failed(request, started, clock, state, (exc.code, exc.message))
+            route = await self.router.route_for(request.project_id, request.region)
+        except (ProjectLookupFailed, RouteClosed) as exc:
+            return self._failed(request, state, (exc.code, exc.message))
         except TransportError as exc:
-            return self._failed(request, started, clock, state, (exc.code, str(exc)))
+            return self._failed(request, state, (exc.code, str(exc)))
         if request.project_id != route.project_id:
             request = dataclasses.replace(request, project_id=route.project_id)
         try:
-            return await self._attempts(request, route, state, started, clock)
-        except CredentialsRefused as exc:
-            self.router.refused = exc
-            return self._failed(request, started, clock, state, (exc.code, exc.message))
+            return await self._attempts(request, route, state, settling=settling)
+        except RouteClosed as exc:
+            return self._closed(request, state, exc)
         except ProjectLookupFailed as exc:  # IAM would not scope a token to this project
-            return self._failed(request, started, clock, state, (exc.code, exc.message))
+            return self._failed(request, state, (exc.code, exc.message))
+        except _Unconfirmed:
+            return self._unconfirmed(request, state, "lookups kept failing")
 
     async def _attempts(
-        self, request: SnapshotRequest, route: Route, state: _Attempt, started: datetime, clock: float
+        self, request: SnapshotRequest, route: Route, state: _Attempt, *, settling: bool
     ) -> Record | None:
         policy = self.plan.policy
         while True:
-            if route.refused is not None:
-                return self._not_sent(request, route, started, clock, state)
             if self._past_deadline():
-                return self._failed(
-                    request, started, clock, state, ("DEADLINE_EXCEEDED", "the run's --deadline passed")
-                )
-            if state.uncertain:
-                found = await self._look_up(request, route, state)
-                if isinstance(found, dict):
-                    return self._reconciled(request, started, clock, state, found)
-                if found is False:
-                    state.uncertain = False  # certainly not created: safe to send
-                elif state.lookups >= policy.max_lookups:
-                    return self._unconfirmed(request, started, clock, state)
-            wait = None  # after a lookup that could not answer: back off, then look again
-            if not state.uncertain:
-                if state.attempts >= policy.max_attempts:
-                    return self._record(request, Outcome.FAILED, started, clock, state)
-                await route.limiter.acquire()
-                verdict, wait = await self._send_once(request, route, state)
-                if verdict is Verdict.SUCCESS:
-                    route.limiter.on_success()
-                    return self._accepted(request, started, clock, state)
-                if verdict is Verdict.FINAL:
-                    outcome = Outcome.FAILED if route.refused is not None else Outcome.REJECTED
-                    return self._record(request, outcome, started, clock, state)
+                return self._deadline(request, state)
+            if state.uncertain_since is not None:
+                if not settling:
+                    self._hand_to_settler(request, state)
+                    return None
+                found = await self._settle(request, route, state)
+                if found is not None:
+                    return self._record(request, Outcome.ACCEPTED, state, snapshot=found, reconciled=True)
+            if state.attempts >= policy.max_attempts:
+                return self._record(request, Outcome.FAILED, state)
             if self.stopping:
-                return None
-            await self._pause(
-                wait if wait is not None else policy.backoff(max(1, state.attempts), self.random)
-            )
+                raise _Stopped
+            verdict, wait = await self._send_once(request, route, state)
+            if verdict is Verdict.SUCCESS:
+                return self._accepted(request, state)
+            if verdict is Verdict.FINAL:
+                return self._rejected(request, state)
+            if verdict is Verdict.REFUSED:
+                return self._record(request, Outcome.FAILED, state)
+            if verdict is Verdict.UNCERTAIN:
+                continue  # settle first (in a settling task), then maybe send again
+            await self._pause(wait if wait is not None else policy.backoff(state.attempts, self.random))
+
+    def _hand_to_settler(self, request: SnapshotRequest, state: _Attempt) -> None:
+        assert self._settlers is not None  # noqa: S101 - set by run() before any worker starts
+        self.settling += 1
+
+        async def settle() -> None:
+            try:
+                await self._row(request, state, settling=True)
+            finally:
+                self.settling -= 1
+
+        self._settlers.start_soon(settle)
 
     async def _send_once(
         self, request: SnapshotRequest, route: Route, state: _Attempt
     ) -> tuple[Verdict, float | None]:
-        """One create request (two after a 401 with renewable credentials).
-
-        Returns the verdict and the ``Retry-After`` seconds, if any.
-        """
+        """One create request; returns the verdict and the ``Retry-After`` seconds, if any."""
         state.attempts += 1
+        call = evs.create_snapshot(route.project_id, request, self.plan.run_id)
+        sent_at = time.monotonic()
+        state.in_flight = True
         try:
-            answer = await route.client.create_snapshot(request, route.project_id)
-            if answer.status == 401 and route.client.auth.forget(route.project_id, answer.sent_with):
-                # A 401 comes from the gateway before EVS sees the request: sending again cannot double.
-                state.attempts += 1
-                answer = await route.client.create_snapshot(request, route.project_id)
+            reply = await route.send(call)
+        except RouteClosed:
+            state.in_flight = False
+            state.attempts -= 1  # refused before sending: nothing went out
+            raise
         except TransportError as exc:
-            state.uncertain, state.answer, state.error = exc.may_have_arrived, None, (exc.code, str(exc))
-            return (Verdict.UNCERTAIN if exc.may_have_arrived else Verdict.RETRY), None
-        route.observe(answer)
+            state.in_flight = False
+            state.answer, state.error = None, (exc.code, str(exc))
+            if exc.may_have_arrived:
+                state.maybe_sent, state.uncertain_since = True, sent_at
+                return Verdict.UNCERTAIN, None
+            return Verdict.RETRY, None
+        state.in_flight = False
+        answer = reply.answer
         state.answer = answer
         state.error = None if answer.ok else answer.error()
-        verdict = classify(answer.status, None if state.error is None else state.error[0])
-        if verdict is Verdict.RETRY:
-            route.limiter.on_throttled()
-        state.uncertain = verdict is Verdict.UNCERTAIN
-        return verdict, retry_after(answer.retry_after)
+        if reply.verdict is Verdict.UNCERTAIN:
+            state.maybe_sent, state.uncertain_since = True, sent_at
+        return reply.verdict, retry_after(answer.retry_after)
+
+    async def _settle(self, request: SnapshotRequest, route: Route, state: _Attempt) -> dict[str, Any] | None:
+        """Look the row's snapshot up until found, or until the settle window has passed without it.
+
+        Returns the snapshot, or ``None`` when nothing can still appear (the row may be sent again);
+        raises ``_Unconfirmed`` when lookups keep failing.
+        """
+        since = state.uncertain_since
+        assert since is not None  # noqa: S101 - only called for an uncertain row
+        failures = 0
+        delay = min(0.5, self.plan.settle) or 0.05
+        while True:
+            found = await self._look_up(request, route, state)
+            if isinstance(found, dict):
+                return found
+            window_left = since + self.plan.settle - time.monotonic()
+            if found is None:
+                failures += 1
+                if failures >= self.plan.policy.max_lookups:
+                    raise _Unconfirmed(state.lookups)
+            elif window_left <= 0:
+                state.uncertain_since = None  # nothing appeared in the whole window: safe to send again
+                return None
+            if self.stopping:
+                raise _Stopped
+            pause = delay if found is None else min(delay, window_left)
+            await self._pause(max(pause, 0.0))
+            delay = min(delay * 2, max(1.0, self.plan.settle / 4), 10.0)
 
     async def _look_up(
         self, request: SnapshotRequest, route: Route, state: _Attempt
     ) -> dict[str, Any] | bool | None:
-        """The snapshot this row may have created.
-
-        Returns its dict, ``False`` when it surely does not exist, ``None`` when the lookup failed.
-        """
+        """This run's snapshot of the row's volume: its dict, ``False`` when absent, ``None`` unknown."""
         state.lookups += 1
-        await route.limiter.acquire()
+        call = evs.list_snapshots(
+            route.project_id,
+            [("volume_id", request.volume_id), ("limit", str(evs.PAGE))],
+            kind=evs.Kind.LOOKUP,
+        )
         try:
-            answer = await route.client.list_snapshots(
-                route.project_id, [("volume_id", request.volume_id), ("name", request.name)]
-            )
+            reply = await route.send(call)
         except TransportError:
             return None
-        route.observe(answer)
-        if answer.status == 429:
-            route.limiter.on_throttled()
-        if answer.status != 200 or not isinstance(answer.body, dict):
+        body = reply.answer.body
+        if reply.verdict is not Verdict.SUCCESS or not isinstance(body, dict):
             return None
-        for snapshot in answer.body.get("snapshots") or []:
+        for snapshot in body.get("snapshots") or []:
             if (
                 isinstance(snapshot, dict)
-                and snapshot.get("name") == request.name
+                and evs.marked(snapshot, self.plan.run_id)
                 and str(snapshot.get("volume_id", "")).lower() == request.volume_id
                 and snapshot.get("status") not in GONE_STATUSES
             ):
@@ -250,67 +312,52 @@ class Runner:
     def _past_deadline(self) -> bool:
         return self.plan.deadline is not None and time.monotonic() >= self.plan.deadline
 
-    def _unconfirmed(
-        self, request: SnapshotRequest, started: datetime, clock: float, state: _Attempt
-    ) -> Record:
+    def _deadline(self, request: SnapshotRequest, state: _Attempt) -> Record:
+        if state.maybe_sent or state.in_flight:
+            return self._unconfirmed(request, state, "the run's --deadline passed")
+        return self._failed(
+            request, state, ("DEADLINE_EXCEEDED", "the run's --deadline passed before it was sent")
+        )
+
+    def _unconfirmed(self, request: SnapshotRequest, state: _Attempt, why: str) -> Record:
         last = state.error[0] if state.error else "none"
         message = (
-            f"could not confirm whether the snapshot exists after {state.lookups} lookups "
+            f"{why}; could not confirm whether the snapshot exists after {state.lookups} lookups "
             f"(last error: {last}); --resume looks again before sending"
         )
-        return self._failed(request, started, clock, state, ("UNCONFIRMED", message))
+        return self._failed(request, state, ("UNCONFIRMED", message))
 
-    def _reconciled(
-        self,
-        request: SnapshotRequest,
-        started: datetime,
-        clock: float,
-        state: _Attempt,
-        snapshot: dict[str, Any],
-    ) -> Record:
-        return self._record(
-            request, Outcome.ACCEPTED, started, clock, state, snapshot=snapshot, reconciled=True
-        )
+    def _closed(self, request: SnapshotRequest, state: _Attempt, exc: RouteClosed) -> Record:
+        if state.maybe_sent:
+            return self._unconfirmed(request, state, f"stopped sending ({exc.code})")
+        return self._failed(request, state, (exc.code, f"not sent: {exc.message}"))
 
-    def _accepted(self, request: SnapshotRequest, started: datetime, clock: float, state: _Attempt) -> Record:
+    def _accepted(self, request: SnapshotRequest, state: _Attempt) -> Record:
         body = state.answer.body if state.answer is not None else None
         snapshot = body.get("snapshot") if isinstance(body, dict) else None
         return self._record(
-            request,
-            Outcome.ACCEPTED,
-            started,
-            clock,
-            state,
-            snapshot=snapshot if isinstance(snapshot, dict) else {},
+            request, Outcome.ACCEPTED, state, snapshot=snapshot if isinstance(snapshot, dict) else {}
         )
 
-    def _failed(
-        self,
-        request: SnapshotRequest,
-        started: datetime,
-        clock: float,
-        state: _Attempt,
-        error: tuple[str, str | None],
-    ) -> Record:
-        state.error = error
-        return self._record(request, Outcome.FAILED, started, clock, state)
+    def _rejected(self, request: SnapshotRequest, state: _Attempt) -> Record:
+        code, message = state.error or ("", None)
+        text = (message or "").lower()
+        if code in LIMIT_CODES and "snapshot" in text and ("limit" in text or "quota" in text):
+            limit = "the project's snapshot quota" if code == "EVS.5413" else "the per-disk snapshot limit"
+            state.error = (
+                "SNAPSHOT_LIMIT_REACHED",
+                f"{message} ({limit}: run prune to delete old snapshots of this tool, then --resume)",
+            )
+        return self._record(request, Outcome.REJECTED, state)
 
-    def _not_sent(
-        self, request: SnapshotRequest, route: Route, started: datetime, clock: float, state: _Attempt
-    ) -> Record:
-        refused = route.refused
-        assert refused is not None  # noqa: S101 - checked by the caller
-        if state.attempts and state.answer is not None and state.answer.status in (401, 403):
-            return self._record(request, Outcome.FAILED, started, clock, state)
-        error = (refused.code, f"not sent: {route.name} refused the credentials ({refused.message})")
-        return self._failed(request, started, clock, state, error)
+    def _failed(self, request: SnapshotRequest, state: _Attempt, error: tuple[str, str | None]) -> Record:
+        state.error = error
+        return self._record(request, Outcome.FAILED, state)
 
     def _record(
         self,
         request: SnapshotRequest,
         outcome: Outcome,
-        started: datetime,
-        clock: float,
         state: _Attempt,
         *,
         snapshot: dict[str, Any] | None = None,
@@ -334,7 +381,15 @@ class Runner:
             error_message=None if error is None else error[1],
             attempts=state.attempts,
             reconciled=reconciled,
-            started_at=utc_iso(started),
+            started_at=utc_iso(state.started),
             finished_at=utc_iso(utc_now()),
-            elapsed_ms=round((time.monotonic() - clock) * 1000),
+            elapsed_ms=round((time.monotonic() - state.clock) * 1000),
         )
+
+
+class _Unconfirmed(Exception):
+    """Lookups kept failing: whether the snapshot exists is unknown."""
+
+    def __init__(self, lookups: int) -> None:
+        super().__init__(lookups)
+        self.lookups = lookups

@@ -1,78 +1,68 @@
-"""Counting outcomes: the running tally of a run, and the digest of a whole report."""
+"""The one outcome counter: a run's tally as records are written, and the summary of a whole report.
+
+It keeps counts, not records: outcomes, error codes with one example row each, the slowest rows,
+the rows to act on (capped), requests by kind and time by phase. Memory stays flat.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import time
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-from orchestrator.models import SUCCESSFUL, Outcome, Record, Summary
-from orchestrator.report import final_records
+from orchestrator.models import SUCCESSFUL, Outcome, Record
+from orchestrator.report import final_records, read_header, read_records
 
 SLOWEST = 5
-RETRY_LIST_MAX = 1000
+LISTED_ROWS_MAX = 1000
+OK = SUCCESSFUL | {Outcome.PLANNED}
+
+# What to do about a row, by its last outcome (``summary`` prints it; the README explains it).
+NEXT_STEP = {
+    Outcome.INVALID: "fix these rows; run them as a new manifest (a changed manifest cannot be resumed)",
+    Outcome.REJECTED: "the API refused these rows: fix the disk or the row, then run them as a new manifest",
+    Outcome.FAILED: "run the same create command with --resume (uncertain rows are looked up first)",
+    Outcome.WAIT_TIMEOUT: "run `evs-snapshot wait REPORT` again (nothing is sent again for these rows)",
+    Outcome.SNAPSHOT_ERROR: "the snapshot ended in error: remove it (cleanup), snapshot the disk anew",
+}
 
 
 class Tally:
-    """Counts outcomes and error codes as records are written, without keeping the records."""
+    """Counts what a run (or a report) holds."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, manifest_rows: int | None = None) -> None:
+        self.manifest_rows = manifest_rows
         self.outcomes: Counter[str] = Counter()
         self.codes: Counter[str] = Counter()
-        self.requests = 0
+        self.examples: dict[str, str] = {}
+        self.slowest: list[tuple[int, int, str]] = []
+        self.to_act: dict[str, list[int]] = {}
+        self.to_act_count: Counter[str] = Counter()
+        self.attempts = 0
+        self.requests: Counter[str] = Counter()
+        self.phases: dict[str, float] = {}
+        self.phase_requests: dict[str, Counter[str]] = {}
+        self.duplicates: Counter[str] = Counter()
+        self.unfinished: list[str] = []  # run-level steps that did not complete (exit 1)
         self.started = time.monotonic()
 
+    # --- counting ------------------------------------------------------------------------
     def add_previous(self, outcome: Outcome) -> None:
-        """Count a row a previous run of this report finished (``--resume``)."""
+        """Count a row that a previous run of this report finished (``--resume``, ``wait``)."""
         self.outcomes[outcome.value] += 1
 
     def add(self, record: Record) -> None:
+        """Count a record written now (a row's newest state, or a sweep's side record)."""
+        if record.side:
+            self.duplicates[record.outcome.value] += 1
+            return
         self.outcomes[record.outcome.value] += 1
-        self.requests += record.attempts
-        if record.error_code is not None and not record.succeeded:
-            self.codes[record.error_code] += 1
-
-    @property
-    def done(self) -> int:
-        return sum(self.outcomes.values())
-
-    def summary(self) -> Summary:
-        return Summary(
-            rows=self.done,
-            outcomes=dict(self.outcomes),
-            error_codes=dict(self.codes.most_common()),
-            requests=self.requests,
-            elapsed_s=time.monotonic() - self.started,
-        )
-
-
-@dataclasses.dataclass(slots=True)
-class Digest:
-    """Counts per outcome, error codes with one example row each, the slowest rows, and rows to retry."""
-
-    outcomes: Counter[str] = dataclasses.field(default_factory=Counter)
-    codes: Counter[str] = dataclasses.field(default_factory=Counter)
-    examples: dict[str, str] = dataclasses.field(default_factory=dict)
-    slowest: list[tuple[int, int, str]] = dataclasses.field(default_factory=list)
-    retry_rows: list[int] = dataclasses.field(default_factory=list)
-    retry_count: int = 0
-    requests: int = 0
-
-    @classmethod
-    def of(cls, path: Path) -> Digest:
-        digest = cls()
-        for record in final_records(path):
-            digest.add(record)
-        digest.slowest.sort(reverse=True)
-        return digest
-
-    def add(self, record: Record) -> None:
-        self.outcomes[record.outcome.value] += 1
-        self.requests += record.attempts
+        self.attempts += record.attempts
         if record.error_code is not None and record.outcome not in SUCCESSFUL:
             self.codes[record.error_code] += 1
             message = record.error_message or ""
@@ -83,55 +73,164 @@ class Digest:
             heapq.heappush(self.slowest, entry)
         else:
             heapq.heappushpop(self.slowest, entry)
-        if record.outcome not in SUCCESSFUL and record.outcome is not Outcome.PLANNED:
-            self.retry_count += 1
-            if len(self.retry_rows) < RETRY_LIST_MAX:
-                self.retry_rows.append(record.row)
+        if record.outcome in NEXT_STEP:
+            self.to_act_count[record.outcome.value] += 1
+            rows = self.to_act.setdefault(record.outcome.value, [])
+            if len(rows) < LISTED_ROWS_MAX:
+                rows.append(record.row)
 
+    def replace(self, previous: Outcome, record: Record) -> None:
+        """A row's state changed (waiting, or a sweep's reconciliation): count the new one instead."""
+        self.outcomes[previous.value] -= 1
+        if not self.outcomes[previous.value]:
+            del self.outcomes[previous.value]
+        self.add(record)
+
+    def phase(self, name: str, seconds: float, totals: Mapping[str, int]) -> None:
+        """A phase ended: its time, and the requests sent since the last phase (``totals``: so far)."""
+        self.phases[name] = self.phases.get(name, 0.0) + seconds
+        sent = Counter({kind: count - self.requests.get(kind, 0) for kind, count in totals.items()})
+        self.phase_requests.setdefault(name, Counter()).update(+sent)
+        self.requests = Counter(totals)
+
+    def carried_over(self) -> Tally:
+        """A fresh row count for the next phase (``wait``), keeping the time, requests and sweep so far."""
+        tally = Tally(manifest_rows=self.manifest_rows)
+        tally.started, tally.phases, tally.phase_requests = self.started, self.phases, self.phase_requests
+        tally.requests, tally.duplicates, tally.unfinished = self.requests, self.duplicates, self.unfinished
+        return tally
+
+    @classmethod
+    def of_report(cls, path: Path) -> Tally:
+        """The summary of a report: the last record of each row, plus its sweep records."""
+        header = read_header(path)
+        tally = cls(manifest_rows=None if header is None else header.rows)
+        for record in final_records(path):
+            tally.add(record)
+        for record in read_records(path):
+            if record.side:
+                tally.add(record)
+        return tally
+
+    # --- reading -------------------------------------------------------------------------
     @property
     def rows(self) -> int:
         return sum(self.outcomes.values())
 
     @property
-    def exit_code(self) -> int:
-        ok = {outcome.value for outcome in SUCCESSFUL | {Outcome.PLANNED}}
-        return 0 if self.rows and all(outcome in ok for outcome in self.outcomes) else 1
+    def done(self) -> int:
+        return self.rows
 
-    def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "rows": self.rows,
-                "outcomes": dict(sorted(self.outcomes.items())),
-                "error_codes": [
-                    {"code": code, "rows": count, "example": self.examples[code]}
-                    for code, count in self.codes.most_common()
-                ],
-                "slowest": [
-                    {"row": row, "volume_id": volume, "elapsed_ms": ms} for ms, row, volume in self.slowest
-                ],
-                "rows_to_retry": sorted(self.retry_rows),
-                "rows_to_retry_count": self.retry_count,
-                "requests": self.requests,
-                "exit_code": self.exit_code,
-            },
-            option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE,
+    @property
+    def missing(self) -> int:
+        """Manifest rows with no record at all (never started), when the manifest's size is known."""
+        return 0 if self.manifest_rows is None else max(0, self.manifest_rows - self.rows)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every row of the manifest has a record and succeeded (a dry run: ``planned``), else 1."""
+        every = self.rows > 0 and all(Outcome(outcome) in OK for outcome in self.outcomes)
+        return 0 if every and not self.missing and not self.unfinished else 1
+
+    def _of(self) -> str:
+        if self.manifest_rows is None:
+            return ""
+        return f" ({self.rows} of {self.manifest_rows} rows have a record)"
+
+    def render(self, *, detailed: bool = False) -> str:
+        """The human summary: counts, errors, next steps; ``detailed`` adds examples and slowest rows."""
+        parts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(self.outcomes.items()))
+        lines = [f"{self.rows} rows: {parts or 'none'}{self._of()}"]
+        if self.missing:
+            lines.append(f"{self.missing} rows never started: run the same command with --resume")
+        if self.duplicates:
+            found = sum(self.duplicates.values())
+            removed = self.duplicates.get(Outcome.DUPLICATE_DELETED.value, 0)
+            lines.append(f"duplicates: {found} found, {removed} removed (each is a record in the report)")
+        if self.codes:
+            if detailed:
+                lines.append("errors:")
+                lines += [
+                    f"  {code} x{n} (e.g. {self.examples[code]})" for code, n in self.codes.most_common(10)
+                ]
+            else:
+                top = ", ".join(f"{code} x{count}" for code, count in self.codes.most_common(5))
+                lines.append(f"top errors: {top}")
+        if detailed and self.slowest:
+            slow = ", ".join(f"row {row} {ms} ms" for ms, row, _ in sorted(self.slowest, reverse=True))
+            lines.append(f"slowest: {slow}")
+        if self.to_act_count:
+            count = sum(self.to_act_count.values())
+            rows = sorted(row for rows in self.to_act.values() for row in rows)[:50]
+            more = "" if count <= 50 else f" ... ({count} in all)"
+            lines.append(f"rows to retry ({count}): {', '.join(map(str, rows))}{more}")
+            for outcome, number in sorted(self.to_act_count.items()):
+                lines.append(f"  {outcome} ({number}): {NEXT_STEP[Outcome(outcome)]}")
+        if self.phases:
+            lines.append(self._timing())
+        return "\n".join(lines)
+
+    def _timing(self) -> str:
+        total = sum(self.requests.values())
+        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.requests.items()))
+        phases = ", ".join(
+            f"{name} {seconds:.2f}s/{sum(self.phase_requests.get(name, Counter()).values())} requests"
+            for name, seconds in self.phases.items()
+        )
+        rate = total / self.elapsed if self.elapsed > 0 else 0.0
+        return (
+            f"{total} requests ({kinds or 'none'}) in {self.elapsed:.2f}s ({rate:.1f} requests/s); "
+            f"phases: {phases}"
         )
 
-    def render(self) -> str:
-        parts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(self.outcomes.items()))
-        lines = [f"{self.rows} rows: {parts or 'none'}"]
-        if self.codes:
-            lines.append("errors:")
-            lines += [
-                f"  {code} x{count} (e.g. {self.examples[code]})"
-                for code, count in self.codes.most_common(10)
-            ]
-        if self.slowest:
-            slow = ", ".join(f"row {row} {ms} ms" for ms, row, _ in self.slowest)
-            lines.append(f"slowest: {slow}")
-        if self.retry_count:
-            shown = ", ".join(str(row) for row in sorted(self.retry_rows)[:50])
-            more = "" if self.retry_count <= 50 else f" ... ({self.retry_count} in all)"
-            lines.append(f"rows to retry ({self.retry_count}): {shown}{more}")
-            lines.append("  run the same create command with --resume to retry them")
-        return "\n".join(lines)
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of ``summary --json`` and ``--summary-json`` (one shape for both)."""
+        return {
+            "rows": self.rows,
+            "manifest_rows": self.manifest_rows,
+            "missing_rows": self.missing,
+            "outcomes": dict(sorted(self.outcomes.items())),
+            "error_codes": [
+                {"code": code, "rows": count, "example": self.examples[code]}
+                for code, count in self.codes.most_common()
+            ],
+            "slowest": [
+                {"row": row, "volume_id": volume, "elapsed_ms": ms}
+                for ms, row, volume in sorted(self.slowest, reverse=True)
+            ],
+            "next_steps": [
+                {
+                    "outcome": outcome,
+                    "rows": sorted(self.to_act[outcome]),
+                    "count": count,
+                    "next": NEXT_STEP[Outcome(outcome)],
+                }
+                for outcome, count in sorted(self.to_act_count.items())
+            ],
+            "rows_to_retry": sorted(row for rows in self.to_act.values() for row in rows)[:LISTED_ROWS_MAX],
+            "rows_to_retry_count": sum(self.to_act_count.values()),
+            "duplicates": dict(self.duplicates),
+            "requests": sum(self.requests.values()) if self.requests else self.attempts,
+            "requests_by_kind": dict(sorted(self.requests.items())),
+            "attempts": self.attempts,
+            "phases": {
+                name: {"seconds": round(seconds, 3), "requests": dict(self.phase_requests.get(name, {}))}
+                for name, seconds in self.phases.items()
+            },
+            "elapsed_s": round(self.elapsed, 3),
+            "exit_code": self.exit_code,
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+
+
+def counted(records: Iterable[Record]) -> Tally:
+    tally = Tally()
+    for record in records:
+        tally.add(record)
+    return tally

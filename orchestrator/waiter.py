@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING
 import anyio
 
 from orchestrator import defaults
+from orchestrator.api import evs
 from orchestrator.errors import TransportError
 from orchestrator.models import Answer, Outcome, Record, utc_iso, utc_now
 from orchestrator.report import ReportWriter
+from orchestrator.retry import Verdict
 from orchestrator.tally import Tally
 
 if TYPE_CHECKING:
@@ -65,12 +67,17 @@ class Waiter:
         self.tally = tally
         self.pending: defaultdict[tuple[str | None, str], dict[str, Record]] = defaultdict(dict)
         self.round_requests: list[int] = []
-        self.stopping = False
 
     def load(self, records: Iterable[Record]) -> None:
-        """Take the last record of every row: accepted ones are waited for, the rest are counted."""
+        """Take the last record of every row: accepted (or timed-out) ones are waited for, the rest counted.
+
+        Every route is built before the first poll, so a report that cannot be routed (rows without a
+        region, and no --endpoint) is a usage error before anything is sent.
+        """
         for record in records:
-            if record.outcome is Outcome.ACCEPTED and record.snapshot_id and record.project_id:
+            waitable = record.outcome in (Outcome.ACCEPTED, Outcome.WAIT_TIMEOUT)
+            if waitable and record.snapshot_id and record.project_id:
+                self.router.route_at(record.region, record.project_id)
                 self.pending[(record.region, record.project_id)][record.snapshot_id] = record
             else:
                 self.tally.add_previous(record.outcome)
@@ -84,7 +91,7 @@ class Waiter:
         deadline = time.monotonic() + self.plan.timeout
         interval = self.plan.interval
         last_seen: dict[str, str] = {}
-        while self.waiting and not self.stopping:
+        while self.waiting:
             requests = 0
             for (region, project), group in list(self.pending.items()):
                 route = self.router.route_at(region, project)
@@ -104,8 +111,6 @@ class Waiter:
                 break
             await anyio.sleep(min(interval, remaining))
             interval = min(self.plan.max_interval, interval * 1.5)
-        if self.stopping:
-            return
         for group in self.pending.values():
             for snapshot_id, record in group.items():
                 self._emit(
@@ -157,12 +162,13 @@ class Waiter:
 
     async def _confirm_gone(self, route: Route, snapshot_id: str) -> str | None:
         """One GET: ``""`` when it says 404, the status when the snapshot exists, ``None`` when unknown."""
-        await route.limiter.acquire()
         try:
-            answer = await route.client.show_snapshot(route.project_id, snapshot_id)
+            reply = await route.send(evs.show_snapshot(route.project_id, snapshot_id))
         except TransportError:
             return None
-        route.observe(answer)
+        answer = reply.answer
+        if reply.verdict is Verdict.REFUSED:
+            route.check_open()
         if answer.status == 404:
             return ""
         snapshot = answer.body.get("snapshot") if isinstance(answer.body, dict) else None
@@ -171,20 +177,15 @@ class Waiter:
         return None
 
     async def _list(self, route: Route, query: list[tuple[str, str]]) -> Answer | None:
-        await route.limiter.acquire()
         try:
-            answer = await route.client.list_snapshots(route.project_id, query)
+            reply = await route.send(evs.list_snapshots(route.project_id, query, kind=evs.Kind.POLL))
         except TransportError:
             return None
-        route.observe(answer)
-        if answer.status == 429:
-            route.limiter.on_throttled()
-        if route.refused is not None:
-            raise route.refused
-        if answer.status != 200 or not isinstance(answer.body, dict):
+        if reply.verdict is Verdict.REFUSED:
+            route.check_open()  # raises the route's closure: a refused wait stops (exit 3)
+        if reply.verdict is not Verdict.SUCCESS or not isinstance(reply.answer.body, dict):
             return None
-        route.limiter.on_success()
-        return answer
+        return reply.answer
 
     def _settle(self, record: Record, status: str | None) -> None:
         if status is None:

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from click.testing import CliRunner
 
@@ -22,6 +21,7 @@ from orchestrator.emulator.settings import (
 )
 from orchestrator.errors import UsageError
 from tests.conftest import PROJECT, TOKEN, volume_ids
+from tests.helpers import records, requests_of
 
 NO_CREDENTIALS = {
     "OS_AUTH_TOKEN": "",
@@ -45,19 +45,11 @@ def invoke(args: list[str], env: dict[str, str]) -> Any:
     return CliRunner().invoke(main, args, env={**NO_CREDENTIALS, **env}, catch_exceptions=False)
 
 
-def records(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
-
-
 def manifest_of(write: Callable[..., Path], ids: list[str], name: str = "m.csv", extra: str = "") -> Path:
     return write(
         name,
         "volume_id" + (",region,project_id" if extra else "") + "\n" + "".join(f"{i}{extra}\n" for i in ids),
     )
-
-
-def requests_of(state: dict[str, Any], route: str) -> Counter[str]:
-    return Counter(state["requests"].get(route, {}))
 
 
 def test_password_tokens_renew_during_a_run(
@@ -277,7 +269,7 @@ def test_refused_password_stops_before_evs(
         env={**PASSWORD_ENV, "OS_PASSWORD": "wrong-password"},
     )
     assert result.exit_code == 3, result.output
-    assert {(r["outcome"], r["error_code"]) for r in records(report)} == {("failed", "IAM.0004")}
+    assert {(r["outcome"], r["error_code"]) for r in records(report)} == {("failed", "IAM.0001")}
     state = emu.state()
     assert "POST /v2/{project_id}/cloudsnapshots" not in state["requests"]
     assert sum(requests_of(state, "POST /v3/auth/tokens").values()) <= 4

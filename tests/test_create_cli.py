@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -12,12 +13,12 @@ from typing import Any
 
 import orjson
 import pytest
-from click.testing import CliRunner
 
-from orchestrator.cli import main
 from orchestrator.emulator import SeedVolume
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
+from tests import helpers
 from tests.conftest import PROJECT, TOKEN, seeds, volume_ids
+from tests.helpers import TOKEN_ENV, records
 
 IDS = volume_ids(8)
 REPORT_FIELDS = {
@@ -40,20 +41,24 @@ REPORT_FIELDS = {
     "finished_at",
     "elapsed_ms",
 }
-TOKEN_ENV = {"OS_AUTH_TOKEN": TOKEN, "HUAWEICLOUD_SDK_AK": "", "HUAWEICLOUD_SDK_SK": ""}
 
 
-def invoke(args: list[str], env: dict[str, str] | None = None, input: bytes | None = None) -> Any:
-    runner = CliRunner()
-    return runner.invoke(main, args, env={**TOKEN_ENV, **(env or {})}, input=input, catch_exceptions=False)
-
-
-def records(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+invoke = functools.partial(helpers.invoke, base=TOKEN_ENV)
 
 
 def base_args(url: str, report: Path) -> list[str]:
-    return ["--endpoint", url, "--project-id", PROJECT, "--region", "cn-north-4", "--report", str(report)]
+    return [
+        "--endpoint",
+        url,
+        "--project-id",
+        PROJECT,
+        "--region",
+        "cn-north-4",
+        "--report",
+        str(report),
+        "--settle",
+        "0.3",
+    ]
 
 
 def test_every_outcome(
@@ -279,8 +284,9 @@ def test_summary_json(
     data = orjson.loads(summary.read_bytes())
     assert data["rows"] == 2
     assert data["outcomes"] == {"accepted": 1, "rejected": 1}
-    assert data["error_codes"] == {"EVS.5404": 1}
-    assert data["requests"] == 2
+    # One shape with `summary --json` (issue 12): error codes as a list with an example row each.
+    assert [(e["code"], e["rows"]) for e in data["error_codes"]] == [("EVS.5404", 1)]
+    assert data["requests_by_kind"]["creates"] == 2
     assert data["exit_code"] == 1
 
 
@@ -338,14 +344,20 @@ def test_bad_options_are_usage_errors(
 
 
 def test_connection_refused_fails_rows(write: Callable[..., Path], tmp_path: Path) -> None:
-    """An endpoint that refuses connections: every row is retried, then failed with CONNECT_FAILED (exit 1)."""
-    manifest = write("m.csv", f"volume_id\n{IDS[0]}\n{IDS[1]}\n")
+    """An endpoint that refuses connections is closed after 3 connect failures: rows fail ENDPOINT_UNREACHABLE, exit 3.
+
+    (Issue 11 changed this from "every row retried, CONNECT_FAILED, exit 1": a dead endpoint must fail fast.)
+    """
+    manifest = write("m.csv", "volume_id\n" + "".join(f"{i}\n" for i in volume_ids(50, seed=77)))
     report = tmp_path / "r.jsonl"
     args = [*base_args("http://127.0.0.1:9", report), "--max-attempts", "3", "--backoff-max", "0.05"]
     result = invoke(["create", str(manifest), *args])
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     got = records(report)
-    assert {(r["outcome"], r["error_code"], r["attempts"]) for r in got} == {("failed", "CONNECT_FAILED", 3)}
+    assert len(got) == 50
+    assert {(r["outcome"], r["error_code"]) for r in got} == {("failed", "ENDPOINT_UNREACHABLE")}
+    assert sum(r["attempts"] for r in got) == 3  # three connect attempts in all, then nothing more
+    assert "ENDPOINT_UNREACHABLE" in result.stderr
 
 
 def run_cli(
@@ -372,6 +384,8 @@ def test_stdin_manifest_and_stdout_report(emulator_thread: Callable[..., Any]) -
     )
     assert result.returncode == 0, result.stderr
     lines = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert lines[0]["type"] == "run"  # the run header comes first
+    lines = lines[1:]
     assert sorted(r["row"] for r in lines) == list(range(1, 9))
     assert {r["outcome"] for r in lines} == {"accepted"}
     assert b"8 rows: 8 accepted" in result.stderr
@@ -428,7 +442,14 @@ def test_emulator_command_serves_until_sigterm(tmp_path: Path) -> None:
             url = line.split()[-1]
             with urllib.request.urlopen(f"{url}/_emulator/state", timeout=10) as answer:  # noqa: S310
                 state = orjson.loads(answer.read())
-            assert state["volumes"] == [{"volume_id": IDS[0], "status": "in-use", "size": 100}]
+            volume = state["volumes"][0]
+            assert len(state["volumes"]) == 1
+            assert {k: volume[k] for k in ("volume_id", "status", "size")} == {
+                "volume_id": IDS[0],
+                "status": "in-use",
+                "size": 100,
+            }
+            assert len(volume["attachments"]) == 1  # state shows attachments (issue 14)
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 0
@@ -460,8 +481,10 @@ def test_foreseeable_setup_errors_are_messages_not_tracebacks(
     assert "Traceback" not in result.output
 
 
-def test_unwritable_metrics_file_keeps_the_runs_exit_code(write: Callable[..., Path], tmp_path: Path) -> None:
-    """A metrics file that cannot be written is reported; the run's own exit code stands."""
+def test_unwritable_metrics_file_is_refused_before_sending(
+    write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A metrics file that cannot be written is a usage error before anything is read or sent (issue 12)."""
     manifest = write("m.csv", f"volume_id\n{IDS[0]}\n")
     blocker = write("file", "not a folder")
     result = invoke(
@@ -479,5 +502,7 @@ def test_unwritable_metrics_file_keeps_the_runs_exit_code(write: Callable[..., P
             str(blocker / "m.prom"),
         ]
     )
-    assert result.exit_code == 0
-    assert "--metrics-file: cannot write" in result.stderr
+    assert result.exit_code == 2
+    assert "--metrics-file" in result.stderr
+    assert "cannot write there" in result.stderr
+    assert not (tmp_path / "r.jsonl").exists()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,24 +16,44 @@ from yarl import URL
 
 from orchestrator.api import signing
 from orchestrator.api.credentials import AkSkAuth, OutgoingRequest, TokenAuth
-from orchestrator.emulator import RunningEmulator, SeedVolume
+from orchestrator.emulator import EmulatorSettings, ManualClock, RunningEmulator, SeedVolume, serving
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from tests.conftest import PROJECT, call, seeds, volume_ids
+from tests.conftest import PROJECT, TOKEN, call, seeds, volume_ids
 
 SNAPSHOTS = f"/v2/{PROJECT}/cloudsnapshots"
 VOLUME = volume_ids(1)[0]
 EVS_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}$")
 
 
+Start = Callable[..., Awaitable[RunningEmulator]]
+
+
 def create_body(volume_id: str = VOLUME, **fields: object) -> dict[str, object]:
     return {"snapshot": {"volume_id": volume_id, **fields}}
 
 
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def clocked(clock: ManualClock) -> AsyncIterator[Start]:
+    """``await clocked(**settings)``: an emulator in the test's loop whose time is ``clock``."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(**options: Any) -> RunningEmulator:
+            options.setdefault("token", TOKEN)
+            return await stack.enter_async_context(serving(EmulatorSettings(**options), clock))
+
+        yield start
+
+
 async def test_create_show_list_delete_lifecycle(
-    emulator: Callable[..., Any], http: aiohttp.ClientSession
+    clocked: Start, clock: ManualClock, http: aiohttp.ClientSession
 ) -> None:
     """A snapshot is 202 creating, then available; show and list reflect it; delete gives 202 then 404."""
-    emu = await emulator(volumes=seeds([VOLUME]), creating_seconds=0.3)
+    emu = await clocked(volumes=seeds([VOLUME]), creating_seconds=2)
     status, body, headers = await call(
         http, emu, "POST", SNAPSHOTS, body=create_body(name="s1", description="d")
     )
@@ -48,7 +68,7 @@ async def test_create_show_list_delete_lifecycle(
     assert snap["os-extended-snapshot-attributes:project_id"] == PROJECT
     status, shown, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/{snap['id']}")
     assert (status, shown["snapshot"]["status"]) == (200, "creating")
-    await anyio.sleep(0.4)
+    clock.advance(2)
     status, shown, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/{snap['id']}")
     assert shown["snapshot"]["status"] == "available"
     assert shown["snapshot"]["os-extended-snapshot-attributes:progress"] == "100%"
@@ -57,7 +77,9 @@ async def test_create_show_list_delete_lifecycle(
     assert listed["snapshots"][0]["service_type"] == "EVS"
     status, deleted, _ = await call(http, emu, "DELETE", f"{SNAPSHOTS}/{snap['id']}")
     assert (status, deleted) == (202, None)
-    await anyio.sleep(0.6)
+    _, shown, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/{snap['id']}")
+    assert shown["snapshot"]["status"] == "deleting"
+    clock.advance(0.5)
     status, missing, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/{snap['id']}")
     assert status == 404
     assert missing["error"]["code"] == "EVS.5404"
@@ -129,13 +151,14 @@ async def test_disk_status_rules(
 
 
 async def test_seven_snapshots_per_disk(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
-    """The eighth snapshot of one disk is refused."""
+    """The eighth snapshot of one disk is refused with the documented EVS.5400 body."""
     emu = await emulator(volumes=seeds([VOLUME]))
     for _ in range(7):
         status, _, _ = await call(http, emu, "POST", SNAPSHOTS, body=create_body())
         assert status == 202
     status, body, _ = await call(http, emu, "POST", SNAPSHOTS, body=create_body())
-    assert (status, body["error"]["code"]) == (400, "EVS.5400")
+    message = f"Invalid volume: the number of snapshots of volume {VOLUME} reached the limit 7."
+    assert (status, body) == (400, {"error": {"code": "EVS.5400", "message": message}})
 
 
 async def test_any_volume_and_volume_lookup(
@@ -314,10 +337,10 @@ async def password_token(
 
 
 async def test_iam_password_token_and_expiry(
-    emulator: Callable[..., Any], http: aiohttp.ClientSession
+    clocked: Start, clock: ManualClock, http: aiohttp.ClientSession
 ) -> None:
     """IAM issues a project token (201, X-Subject-Token, expires_at) that works until it expires."""
-    emu = await emulator(volumes=seeds([VOLUME]), token_ttl=0.5)
+    emu = await clocked(volumes=seeds([VOLUME]), token_ttl=600)
     status, body, token = await password_token(http, emu)
     assert status == 201
     assert token
@@ -326,11 +349,14 @@ async def test_iam_password_token_and_expiry(
     assert expires > datetime.now(UTC).replace(tzinfo=None)
     status, _, _ = await call(http, emu, "POST", SNAPSHOTS, body=create_body(), auth=TokenAuth(token))
     assert status == 202
-    await anyio.sleep(0.6)
+    clock.advance(600)
     status, error, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/detail", auth=TokenAuth(token))
     assert (status, error["error_code"]) == (401, "APIGW.0301")
     status, error, _ = await password_token(http, emu, password="wrong")
-    assert (status, error["error_code"]) == (401, "IAM.0004")
+    assert (status, error) == (
+        401,
+        {"error_msg": "The request you have made requires authentication.", "error_code": "IAM.0001"},
+    )
 
 
 async def test_project_mismatch(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
@@ -409,11 +435,11 @@ async def test_dropped_connections(emulator: Callable[..., Any], http: aiohttp.C
         assert state["requests"]["POST /v2/{project_id}/cloudsnapshots"] == {"dropped": 1}
 
 
-async def test_snapshot_error_fault(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+async def test_snapshot_error_fault(clocked: Start, clock: ManualClock, http: aiohttp.ClientSession) -> None:
     """With fault_snapshot_error=1 every snapshot ends in error after creating."""
-    emu = await emulator(volumes=seeds([VOLUME]), creating_seconds=0.1, fault_snapshot_error=1.0)
+    emu = await clocked(volumes=seeds([VOLUME]), creating_seconds=2, fault_snapshot_error=1.0)
     _, body, _ = await call(http, emu, "POST", SNAPSHOTS, body=create_body())
-    await anyio.sleep(0.2)
+    clock.advance(2)
     _, shown, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/{body['snapshot']['id']}")
     assert shown["snapshot"]["status"] == "error"
 
@@ -434,8 +460,16 @@ async def test_latency_and_max_in_flight(emulator: Callable[..., Any], http: aio
         state = orjson.loads(await response.read())
     assert state["max_in_flight"] == 6
     assert len(state["snapshots"]) == 6
-    assert set(state["snapshots"][0]) == {"id", "volume_id", "project_id", "name", "status", "created_at"}
-    assert set(state["volumes"][0]) == {"volume_id", "status", "size"}
+    assert set(state["snapshots"][0]) == {
+        "id",
+        "volume_id",
+        "project_id",
+        "name",
+        "status",
+        "created_at",
+        "metadata",
+    }
+    assert set(state["volumes"][0]) == {"volume_id", "status", "size", "attachments"}
 
 
 async def test_unknown_route_is_gateway_404(
@@ -514,5 +548,7 @@ async def test_state_is_open_without_auth(emulator: Callable[..., Any], http: ai
     emu = await emulator()
     async with http.get(f"{emu.url}/_emulator/state") as response:
         state = orjson.loads(await response.read())
-    assert state == {"volumes": [], "snapshots": [], "requests": {}, "max_in_flight": 0}
-    await asyncio.sleep(0)
+    assert state == {"volumes": [], "snapshots": [], "rollbacks": [], "requests": {}, "max_in_flight": 0}
+    async with http.get(f"{emu.url}/_emulator/state") as response:
+        again = orjson.loads(await response.read())
+    assert again["requests"] == {}

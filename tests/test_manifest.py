@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import shutil
+import subprocess
+import sys
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,10 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.errors import ManifestError, UsageError
-from orchestrator.manifest import Format, ManifestSource, RawRow, read_rows
+from orchestrator.jsonstream import MAX_DEPTH, JsonScanner, decoded_chunks, manifest_elements
+from orchestrator.manifest import Format, ManifestSource, RawRow, manifest_digest, read_rows
 from tests.conftest import volume_ids
 
 IDS = volume_ids(3)
+DEEP_1K = b"[" * 1000 + b"]" * 1000
+DEEP_100K = b"[" * 100_000 + b"]" * 100_000
 
 
 def rows_of(path: Path, fmt: str | None = None, warn: Callable[[str], None] | None = None) -> list[RawRow]:
@@ -122,6 +130,93 @@ BAD_FILES: list[tuple[str, str, bytes, int | None, str]] = [
     ("json extra data", "m.json", b'[{"volume_id": "a"}]\n[]', 2, "extra data"),
     ("empty json array", "m.json", b"[]", None, "no rows"),
     ("jsonl syntax error", "m.jsonl", b'{"volume_id": "a"}\n{oops}\n', 2, "not valid JSON"),
+    ("json 1,000 deep", "m.json", b"[" + DEEP_1K + b"]", 1, "nesting deeper than 32 levels"),
+    (
+        "json 100,000 deep",
+        "m.json",
+        b'[\n{"volume_id": "a"},\n' + DEEP_100K + b"\n]",
+        3,
+        "nesting deeper than 32 levels",
+    ),
+    ("json 2,000,000 open brackets", "m.json", b"[" * 2_000_000, 1, "nesting deeper than 32 levels"),
+    (
+        "json deep metadata",
+        "m.json",
+        b'[{"volume_id": "a",\n "metadata": ' + DEEP_1K + b"}]",
+        2,
+        "nesting deeper than 32 levels",
+    ),
+    (
+        "json deep beside volumes",
+        "m.json",
+        b'{"x":\n' + DEEP_100K + b', "volumes": []}',
+        2,
+        "nesting deeper than 32 levels",
+    ),
+    (
+        "jsonl 1,000 deep",
+        "m.jsonl",
+        b'{"volume_id": "a"}\n' + DEEP_1K + b"\n",
+        2,
+        "nesting deeper than 32 levels",
+    ),
+    (
+        "jsonl 100,000 deep",
+        "m.jsonl",
+        b'{"volume_id": "a"}\n' + DEEP_100K + b"\n",
+        2,
+        "nesting deeper than 32 levels",
+    ),
+    (
+        "jsonl 33 deep",
+        "m.jsonl",
+        b'{"metadata": ' + b"[" * 32 + b"]" * 32 + b"}\n",
+        1,
+        "nesting deeper than 32 levels",
+    ),
+    (
+        "json value too long",
+        "m.json",
+        b'[{"description": "' + b"x" * 1_100_000 + b'"}]',
+        1,
+        "longer than 1,048,576 characters",
+    ),
+    ("json value expected", "m.json", b'[\n{"volume_id": "a"},\n,]', 3, "expected a value, found ','"),
+    (
+        "json bad utf-8 after the first chunk",
+        "m.json",
+        b"[\n" + b'{"volume_id": "a"},\n' * 5000 + b'{"name": "\xff"}]',
+        5002,
+        "not valid UTF-8",
+    ),
+    (
+        "jsonl line too long",
+        "m.jsonl",
+        b'{"volume_id": "a"}\n{"name": "' + b"x" * (1 << 22) + b'"}\n',
+        2,
+        "longer than 4,194,304 bytes",
+    ),
+    (
+        "csv duplicate column",
+        "m.csv",
+        b"volume_id,volume_id\na,b\n",
+        1,
+        "the header has the column 'volume_id' twice: 'volume_id' in column 1 and 'volume_id' in column 2",
+    ),
+    (
+        "csv duplicate after case and spaces",
+        "m.csv",
+        b"\n\nvolume_id,Name, name \na,b,c\n",
+        3,
+        "the header has the column 'name' twice: 'Name' in column 2 and 'name' in column 3",
+    ),
+    (
+        "csv duplicate metadata column",
+        "m.csv",
+        b"volume_id,metadata.Owner,METADATA.Owner\na,b,c\n",
+        1,
+        "the column 'metadata.Owner' twice",
+    ),
 ]
 
 
@@ -149,6 +244,180 @@ def test_missing_file_and_unknown_extension(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="standard input"):
         ManifestSource.of("-", None)
     assert ManifestSource.of("x.NDJSON", None).format is Format.JSONL
+
+
+def test_header_names_ignore_case_and_spaces(write: Callable[..., Path]) -> None:
+    """Known headers match whatever their case and spaces; metadata.KEY keeps the key's case; others keep theirs."""
+    path = write("m.csv", f" Volume_ID ,NAME,Metadata.Owner, Team ,Server_ID\n{IDS[0]},n,dba,db,s-1\n")
+    warnings: list[str] = []
+    [row] = rows_of(path, warn=warnings.append)
+    assert row.fields == {
+        "volume_id": IDS[0],
+        "name": "n",
+        "metadata.Owner": "dba",
+        "Team": "db",
+        "server_id": "s-1",
+    }
+    assert warnings == [f"{path}: unknown column 'Team' is ignored (it can still be used in --name-template)"]
+
+
+def test_json_keys_ignore_case_and_conflicts_mark_the_row(write: Callable[..., Path]) -> None:
+    """JSON keys match known fields like headers do; two keys naming one field leave a problem on the row."""
+    rows = [
+        {"Volume_ID": IDS[0], " Name ": "n", "METADATA.Owner": "dba"},
+        {"volume_id": IDS[1], "Name": "a", "name": "b"},
+    ]
+    for fmt, content in (
+        ("json", orjson.dumps({"Volumes": rows})),
+        ("jsonl", b"\n".join(orjson.dumps(r) for r in rows)),
+    ):
+        first, second = rows_of(write(f"m.{fmt}", content))
+        assert first.fields == {"volume_id": IDS[0], "name": "n", "metadata.Owner": "dba"}
+        assert first.problem is None
+        assert second.problem == "the keys 'Name' and 'name' both name 'name'"
+
+
+def test_unknown_column_warnings_are_capped(write: Callable[..., Path]) -> None:
+    """20,000 unknown columns give 10 named warnings and one line counting the other 19,990."""
+    header = ",".join(["volume_id", *(f"extra{n}" for n in range(20_000))])
+    path = write("m.csv", f"{header}\n{IDS[0]}\n")
+    warnings: list[str] = []
+    rows_of(path, warn=warnings.append)
+    assert len(warnings) == 11
+    assert (
+        warnings[9] == f"{path}: unknown column 'extra9' is ignored (it can still be used in --name-template)"
+    )
+    assert warnings[10] == f"{path}: 19,990 more unknown columns are ignored (not named one by one)"
+
+
+def test_json_warnings_are_capped_across_rows(write: Callable[..., Path]) -> None:
+    """Unknown keys first seen in later JSON rows count toward the same cap; the count comes at the end."""
+    rows = [{"volume_id": IDS[0], f"k{n}": "v", "k0": "v"} for n in range(11)]
+    warnings: list[str] = []
+    rows_of(write("m.json", orjson.dumps(rows)), warn=warnings.append)
+    assert [w.split(": ", 1)[1] for w in warnings[-2:]] == [
+        "unknown column 'k9' is ignored (it can still be used in --name-template)",
+        "1 more unknown column is ignored (not named one by one)",
+    ]
+    assert len(warnings) == 11
+
+
+def test_select_columns_are_known(write: Callable[..., Path]) -> None:
+    """The informational columns that select writes are never warned about and are kept for templates."""
+    info = ["server_id", "device", "bootable", "volume_name", "size", "availability_zone", "status"]
+    path = write("m.csv", ",".join(["volume_id", *info]) + f"\n{IDS[0]}," + ",".join(info) + "\n")
+    warnings: list[str] = []
+    [row] = rows_of(path, warn=warnings.append)
+    assert warnings == []
+    assert row.fields is not None
+    assert row.fields["server_id"] == "server_id"
+
+
+def test_nesting_up_to_the_limit_reads(write: Callable[..., Path]) -> None:
+    """A value nested exactly MAX_DEPTH levels reads; the limit is about depth, not bracket count."""
+    deep = "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1)
+    many = "[" + ",".join(["[]"] * 5000) + "]"
+    for fmt in ("json", "jsonl"):
+        content = f'{{"volume_id": "{IDS[0]}", "x": {deep}, "y": {many}}}'
+        path = write(f"m.{fmt}", f"[{content}]" if fmt == "json" else content)
+        [row] = rows_of(path)
+        assert row.fields is not None
+        assert len(row.fields["y"]) == 5000
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 64, 1 << 16])
+def test_chunk_edges_keep_text_and_lines(tmp_path: Path, size: int) -> None:
+    """Characters and numbers cut by a read, a BOM and CRLF read the same at any chunk size."""
+    items = [{"volume_id": IDS[n % 3], "name": "é€😀" * n, "n": 10**n} for n in range(12)]
+    text = "[\r\n" + ",\r\n".join(orjson.dumps(item).decode() for item in items) + "\r\n]\r\n"
+    path = tmp_path / "m.json"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    with path.open("rb") as handle:
+        scanner = JsonScanner(decoded_chunks(handle, str(path), size=size), str(path))
+        got = list(manifest_elements(scanner))
+    assert got == [(n + 2, item) for n, item in enumerate(items)]
+
+
+def test_json_window_stays_bounded(tmp_path: Path) -> None:
+    """Reading a one-line JSON array keeps at most about two chunks of text, not the whole line."""
+    path = tmp_path / "m.json"
+    path.write_bytes(orjson.dumps([{"volume_id": IDS[n % 3], "description": "d" * 40} for n in range(5000)]))
+    assert path.stat().st_size > 400_000
+    with path.open("rb") as handle:
+        scanner = JsonScanner(decoded_chunks(handle, str(path), size=4096), str(path))
+        assert sum(1 for _ in manifest_elements(scanner)) == 5000
+    assert scanner.high_water <= 2 * 4096
+
+
+def test_minified_json_reads_in_bounded_memory(tmp_path: Path) -> None:
+    """The reader's peak allocation on a 4 MB one-line JSON manifest stays far below the file's size."""
+    path = tmp_path / "m.json"
+    path.write_bytes(
+        orjson.dumps([{"volume_id": IDS[n % 3], "description": "d" * 40} for n in range(40_000)])
+    )
+    assert path.stat().st_size > 4_000_000
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in read_rows(ManifestSource(str(path), Format.JSON)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 40_000
+    assert peak < 1_000_000
+
+
+def test_manifest_digest(tmp_path: Path) -> None:
+    """The digest is sha256 over the raw bytes: a copy has the same one, a one-byte change another."""
+    content = b"\xef\xbb\xbfvolume_id\r\n" + "\n".join(IDS).encode() * 50_000
+    original = tmp_path / "a.csv"
+    original.write_bytes(content)
+    copy = tmp_path / "copy.csv"
+    shutil.copyfile(original, copy)
+    changed = tmp_path / "changed.csv"
+    changed.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
+    digest = manifest_digest(ManifestSource(str(original), Format.CSV))
+    assert digest == "sha256:" + hashlib.sha256(content).hexdigest()
+    assert manifest_digest(ManifestSource(str(copy), Format.CSV)) == digest
+    assert manifest_digest(ManifestSource(str(changed), Format.CSV)) != digest
+    with pytest.raises(ManifestError, match="cannot open"):
+        manifest_digest(ManifestSource(str(tmp_path / "nope.csv"), Format.CSV))
+    with pytest.raises(ValueError, match="spooled"):
+        manifest_digest(ManifestSource("-", Format.CSV))
+
+
+def test_digest_of_standard_input() -> None:
+    """Standard input, once spooled, has the digest of the bytes that came in."""
+    content = f"volume_id\n{IDS[0]}\n".encode()
+    script = (
+        "from orchestrator.manifest import Format, ManifestSource, manifest_digest, spooled\n"
+        "with spooled(ManifestSource('-', Format.CSV)) as source:\n"
+        "    print(manifest_digest(source))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], input=content, capture_output=True, check=True)
+    assert done.stdout.decode().strip() == "sha256:" + hashlib.sha256(content).hexdigest()
+
+
+hostile = st.one_of(
+    st.binary(max_size=200),
+    st.text(alphabet='[]{}",:\\ \n\r0123.eE-+tfnul\x00\x1b\u202eé', max_size=200).map(str.encode),
+    st.lists(st.sampled_from([b"[", b"{", b'"a":', b"]", b"}", b",", b'"', b"1"]), max_size=3000).map(
+        b"".join
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=hostile, fmt=st.sampled_from(["csv", "json", "jsonl"]))
+def test_hostile_input_raises_only_manifest_error(tmp_path: Path, content: bytes, fmt: str) -> None:
+    """Whatever the bytes, reading gives rows or a ManifestError naming the file, never another error."""
+    path = tmp_path / f"h.{fmt}"
+    path.write_bytes(content)
+    outcome: list[RawRow] | ManifestError
+    try:
+        outcome = list(read_rows(ManifestSource(str(path), Format(fmt)), warn=lambda _: None))
+    except ManifestError as exc:
+        outcome = exc
+    assert str(outcome).startswith(str(path)) if isinstance(outcome, ManifestError) else outcome
 
 
 cell = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=12)

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
-from click.testing import CliRunner
-
-from orchestrator.cli import main
 from orchestrator.emulator import SeedVolume
-from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from tests.conftest import PROJECT, seeds, volume_ids
+from tests.conftest import seeds, volume_ids
+from tests.helpers import (
+    FAST_RETRIES,
+    csv_manifest,
+    invoke,
+    last_per_row,
+    records,
+    run_process,
+    wait_for_records,
+)
+from tests.helpers import create_args as args_for
 
-ENV = {"OS_AUTH_TOKEN": "", "HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
-FAST_RETRIES = ["--max-attempts", "12", "--backoff-initial", "0.05", "--backoff-max", "0.5"]
 CHAOS = {
     "fault_5xx": 0.08,
     "fault_drop_before": 0.05,
@@ -32,39 +32,6 @@ CHAOS = {
     "latency_ms": 5,
     "jitter_ms": 5,
 }
-
-
-def invoke(args: list[str]) -> Any:
-    return CliRunner().invoke(main, args, env=ENV, catch_exceptions=False)
-
-
-def lines(path: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.endswith(b"}")]
-
-
-def last_per_row(path: Path) -> dict[int, dict[str, Any]]:
-    final: dict[int, dict[str, Any]] = {}
-    for record in lines(path):
-        final[record["row"]] = record
-    return final
-
-
-def csv_manifest(write: Callable[..., Path], ids: list[str]) -> Path:
-    return write("m.csv", "volume_id\n" + "".join(f"{i}\n" for i in ids))
-
-
-def args_for(url: str, manifest: Path, report: Path, *extra: str) -> list[str]:
-    return [
-        "create",
-        str(manifest),
-        "--endpoint",
-        url,
-        "--project-id",
-        PROJECT,
-        "--report",
-        str(report),
-        *extra,
-    ]
 
 
 def assert_exactly_one_snapshot_each(state: dict[str, Any], ids: list[str]) -> None:
@@ -84,7 +51,7 @@ def test_chaos_run_creates_exactly_one_snapshot_per_volume(
     final = last_per_row(report)
     assert sorted(final) == list(range(1, 301))
     assert {r["outcome"] for r in final.values()} == {"accepted"}
-    assert len(lines(report)) == 300
+    assert len(records(report)) == 300
     state = emu.state()
     assert_exactly_one_snapshot_each(state, ids)
     by_volume = {s["volume_id"]: s["id"] for s in state["snapshots"]}
@@ -94,25 +61,6 @@ def test_chaos_run_creates_exactly_one_snapshot_per_volume(
     creates = state["requests"]["POST /v2/{project_id}/cloudsnapshots"]
     assert creates.get("429", 0) > 0
     assert creates.get("dropped", 0) > 0
-
-
-def run_process(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **ENV, **(env or {})},
-    )
-
-
-def wait_for_records(report: Path, count: int, process: subprocess.Popen[bytes], limit: float = 30.0) -> None:
-    """Wait (bounded) until the report holds ``count`` records while the process runs."""
-    stop = time.monotonic() + limit
-    while time.monotonic() < stop and process.poll() is None:
-        if report.exists() and report.read_bytes().count(b"\n") >= count:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"report never reached {count} records (process exit {process.poll()})")
 
 
 def test_sigkill_then_resume_finishes_without_duplicates(
@@ -128,17 +76,17 @@ def test_sigkill_then_resume_finishes_without_duplicates(
         wait_for_records(report, random.Random(42).randint(20, 120), process)
         process.kill()
         process.wait(timeout=10)
-    before = lines(report)
+    before = records(report)
     assert 0 < len(before) < 250
     result = invoke([*args, "--resume"])
     assert result.exit_code == 0, result.output
     final = last_per_row(report)
     assert sorted(final) == list(range(1, 251))
     assert {r["outcome"] for r in final.values()} == {"accepted"}
-    assert {r["run_id"] for r in lines(report)} == {before[0]["run_id"]}
+    assert {r["run_id"] for r in records(report)} == {before[0]["run_id"]}
     assert_exactly_one_snapshot_each(emu.state(), ids)
     done_before = {r["row"] for r in before if r["outcome"] == "accepted"}
-    assert all(Counter(r["row"] for r in lines(report))[row] == 1 for row in done_before)
+    assert all(Counter(r["row"] for r in records(report))[row] == 1 for row in done_before)
 
 
 def test_sigterm_drains_exits_143_and_resume_completes(
@@ -157,8 +105,8 @@ def test_sigterm_drains_exits_143_and_resume_completes(
         assert process.returncode == 143, stderr
     assert b"stopped by SIGTERM" in stderr
     assert b"rows:" in stderr
-    first = lines(report)
-    assert len(first) == report.read_bytes().count(b"\n")  # every line whole
+    first = records(report)
+    assert len(first) + 1 == report.read_bytes().count(b"\n")  # every line whole (+ the run header)
     assert len({r["row"] for r in first}) == len(first) < 200
     assert all(r["outcome"] == "accepted" for r in first)
     assert len(emu.state()["snapshots"]) == len(first)  # in-flight rows were drained and recorded
@@ -186,9 +134,9 @@ def test_second_run_on_same_report_exits_75(
         assert b"another evs-snapshot run holds" in stderr
         process.communicate(timeout=60)
         assert process.returncode == 0
-    records = lines(report)
-    assert len(records) == 60
-    assert len({r["run_id"] for r in records}) == 1
+    got = records(report)
+    assert len(got) == 60
+    assert len({r["run_id"] for r in got}) == 1
     assert_exactly_one_snapshot_each(emu.state(), ids)
 
 
@@ -211,7 +159,7 @@ def test_resume_skips_finished_rows_and_retries_the_rest(
     assert final[5]["outcome"] == "accepted"
     assert final[5]["name"] == first[5]["name"]
     assert final[6]["error_code"] == "EVS.5404"
-    assert {r["run_id"] for r in lines(report)} == {first[1]["run_id"]}
+    assert {r["run_id"] for r in records(report)} == {first[1]["run_id"]}
     posts_after = sum(emu.state()["requests"]["POST /v2/{project_id}/cloudsnapshots"].values())
     assert posts_after - posts_before == 2  # only rows 5 and 6 were sent again
     assert "6 rows: 5 accepted, 1 rejected" in result.stderr
@@ -300,5 +248,5 @@ def test_retry_after_is_honoured(
         args_for(emu.url, csv_manifest(write, ids), report, "--concurrency", "6", "--max-attempts", "10")
     )
     assert result.exit_code == 0, result.output
-    assert {r["outcome"] for r in lines(report)} == {"accepted"}
+    assert {r["outcome"] for r in records(report)} == {"accepted"}
     assert emu.state()["requests"]["POST /v2/{project_id}/cloudsnapshots"].get("429", 0) > 0

@@ -11,13 +11,10 @@ from typing import Any
 
 import aiohttp
 import anyio
-import orjson
-from click.testing import CliRunner
 from yarl import URL
 
 from orchestrator.api.credentials import AkSkAuth
 from orchestrator.api.routes import connect
-from orchestrator.cli import main
 from orchestrator.config import Connection, Endpoints
 from orchestrator.emulator.settings import (
     DEFAULT_AK,
@@ -31,20 +28,9 @@ from orchestrator.report import ReportWriter
 from orchestrator.tally import Tally
 from orchestrator.waiter import Waiter, WaitPlan
 from tests.conftest import PROJECT, call, volume_ids
+from tests.helpers import invoke, last_per_row
 
 AKSK = {"OS_AUTH_TOKEN": "", "HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
-
-
-def invoke(args: list[str], env: dict[str, str] | None = None) -> Any:
-    return CliRunner().invoke(main, args, env={**AKSK, **(env or {})}, catch_exceptions=False)
-
-
-def last_per_row(path: Path) -> dict[int, dict[str, Any]]:
-    final: dict[int, dict[str, Any]] = {}
-    for line in path.read_bytes().splitlines():
-        record = orjson.loads(line)
-        final[record["row"]] = record
-    return final
 
 
 def manifest(write: Callable[..., Path], ids: list[str]) -> Path:

@@ -12,14 +12,49 @@ from collections.abc import Callable
 from datetime import datetime
 
 import anyio
+import orjson
 
 from orchestrator.api.credentials import Authenticator, OutgoingRequest
-from orchestrator.api.session import IamClient
+from orchestrator.api.routes import Closure
+from orchestrator.api.session import Caller
 from orchestrator.errors import CredentialsRefused, ProjectLookupFailed, TransportError
 from orchestrator.models import Answer
 
 IAM_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 MAX_RENEW_MARGIN = 600.0
+
+
+class IamClient:
+    """The IAM calls the tool makes: a password token, and the projects of a region."""
+
+    def __init__(self, caller: Caller) -> None:
+        self.caller = caller
+        self.requests = 0
+
+    async def password_token(self, *, user: str, password: str, domain: str, scope: dict[str, str]) -> Answer:
+        body = {
+            "auth": {
+                "identity": {
+                    "methods": ["password"],
+                    "password": {"user": {"name": user, "password": password, "domain": {"name": domain}}},
+                },
+                "scope": {"project": scope},
+            }
+        }
+        self.requests += 1
+        return await self.caller.call(
+            "POST", "/v3/auth/tokens", auth=None, query=[("nocatalog", "true")], body=orjson.dumps(body)
+        )
+
+    async def projects(self, region: str, auth: Authenticator) -> Answer:
+        """``GET /v3/projects?name=REGION`` (needs ``iam:projects:listProjects``)."""
+        self.requests += 1
+        return await self.caller.call("GET", "/v3/projects", auth=auth, query=[("name", region)])
+
+    async def my_projects(self, auth: Authenticator) -> Answer:
+        """``GET /v3/auth/projects``: the projects the caller may use (no special permission)."""
+        self.requests += 1
+        return await self.caller.call("GET", "/v3/auth/projects", auth=auth)
 
 
 @dataclasses.dataclass(slots=True)
@@ -30,9 +65,10 @@ class _Token:
     expires_at: float
 
 
-def refusal(answer: Answer, what: str) -> CredentialsRefused:
+def refusal(answer: Answer, what: str) -> tuple[str, str]:
+    """The code and message of an IAM refusal (kept as data; raised as a fresh exception each time)."""
     code, message = answer.error()
-    return CredentialsRefused(code, f"{what} answered {answer.status}: {message or 'no message'}")
+    return code, f"{what} answered {answer.status}: {message or 'no message'}"
 
 
 class PasswordAuth:
@@ -60,8 +96,7 @@ class PasswordAuth:
         self._clock = clock
         self._tokens: dict[str, _Token] = {}
         self._locks: dict[str, anyio.Lock] = {}
-        self._refused: CredentialsRefused | None = None
-        self.issued = 0
+        self.refused: tuple[str, str] | None = None
 
     def __repr__(self) -> str:
         return "PasswordAuth(user=***, password=***)"
@@ -76,7 +111,7 @@ class PasswordAuth:
         current = self._tokens.get(project_id)
         if current is not None and current.value == stale:
             del self._tokens[project_id]
-        return self._refused is None
+        return self.refused is None
 
     async def token_for(self, project_id: str) -> str:
         token = self._fresh(project_id)
@@ -105,15 +140,15 @@ class PasswordAuth:
         return token if token is not None and self._clock() < token.renew_at else None
 
     async def _fetch(self, scope: dict[str, str]) -> _Token:
-        if self._refused is not None:
-            raise self._refused  # IAM said no once: workers waiting on the lock must not ask again
+        if self.refused is not None:  # IAM said no once: workers waiting on the lock must not ask again
+            raise CredentialsRefused(*self.refused)
         started = self._clock()
         answer = await self._iam.password_token(
             user=self._user, password=self._password, domain=self._domain, scope=scope
         )
         if answer.status in (401, 403):
-            self._refused = refusal(answer, "IAM (password token)")
-            raise self._refused
+            self.refused = refusal(answer, "IAM (password token)")
+            raise CredentialsRefused(*self.refused)
         if answer.status in (400, 404):
             code, message = answer.error()
             wanted = scope.get("name") or scope.get("id")
@@ -133,7 +168,6 @@ class PasswordAuth:
             expires_at=started + lifetime,
         )
         self._tokens[project] = token
-        self.issued += 1
         return token
 
 
@@ -147,36 +181,67 @@ def _lifetime(body: dict[str, object]) -> float:
 
 
 class ProjectResolver:
-    """The project id of each region, looked up once per region and kept for the run."""
+    """The project id of each region, looked up once per region and kept for the run.
+
+    With AK/SK or a token, ``GET /v3/projects?name=REGION`` is asked first; a least-privilege user
+    gets 403 there (it needs ``iam:projects:listProjects``), so ``GET /v3/auth/projects`` (no special
+    permission) is asked next and filtered by name. A password user gets the project from a token
+    scoped by the region's name. Outcomes are kept as data and raised fresh for every row.
+    """
 
     def __init__(self, iam: IamClient, auth: Authenticator) -> None:
         self._iam = iam
         self._auth = auth
-        self._found: dict[str, str | ProjectLookupFailed] = {}
+        self._found: dict[str, str | tuple[str, str, bool]] = {}
         self._locks: dict[str, anyio.Lock] = {}
 
     async def project_for(self, region: str) -> str:
-        """The project of ``region``; raises ``ProjectLookupFailed`` (kept) or refusal/transport errors."""
+        """The project of ``region``; raises ``ProjectLookupFailed``, ``CredentialsRefused`` or transport."""
         async with self._locks.setdefault(region, anyio.Lock()):
             if region not in self._found:
                 try:
                     self._found[region] = await self._lookup(region)
+                except CredentialsRefused as exc:
+                    self._found[region] = (exc.code, exc.message, True)
                 except ProjectLookupFailed as exc:
-                    self._found[region] = exc
+                    self._found[region] = (exc.code, exc.message, False)
         found = self._found[region]
-        if isinstance(found, ProjectLookupFailed):
-            raise found
+        if isinstance(found, str):
+            return found
+        code, message, refused = found
+        raise CredentialsRefused(code, message) if refused else ProjectLookupFailed(code, message)
+
+    def closures(self) -> list[Closure]:
+        """The regions where IAM refused the credentials (each stops the run: exit 3)."""
+        found = [
+            Closure(item[0], item[1]) for item in self._found.values() if isinstance(item, tuple) and item[2]
+        ]
+        if isinstance(self._auth, PasswordAuth) and self._auth.refused is not None:
+            found.append(Closure(*self._auth.refused))
         return found
 
     async def _lookup(self, region: str) -> str:
         if isinstance(self._auth, PasswordAuth):
             return await self._auth.project_for_region(region)
         answer = await self._iam.projects(region, self._auth)
+        if answer.status == 403:
+            answer = await self._iam.my_projects(self._auth)
+            if answer.status == 403:
+                raise ProjectLookupFailed(
+                    "PROJECT_LOOKUP_FORBIDDEN",
+                    f"IAM refused both project lookups for {region} (GET /v3/projects needs "
+                    "iam:projects:listProjects; GET /v3/auth/projects was refused too); "
+                    "give project_id in the row or --project-id",
+                )
         if answer.status in (401, 403):
-            raise refusal(answer, "IAM (project lookup)")
+            raise CredentialsRefused(*refusal(answer, "IAM (project lookup)"))
         if answer.status != 200 or not isinstance(answer.body, dict):
             raise TransportError(f"IAM project lookup answered {answer.status}", code=f"IAM_{answer.status}")
-        ids = [p.get("id") for p in answer.body.get("projects", []) if isinstance(p, dict) and p.get("id")]
+        ids = [
+            p.get("id")
+            for p in answer.body.get("projects", [])
+            if isinstance(p, dict) and p.get("id") and p.get("name") == region
+        ]
         if not ids:
             raise ProjectLookupFailed(
                 "PROJECT_NOT_FOUND",

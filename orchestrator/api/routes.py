@@ -1,51 +1,213 @@
-"""Where each row goes: its endpoint and project, and whether that route still accepts our credentials.
+"""Routes and their one ``send``: every API request of every command goes through ``Route.send``.
 
-A route is one (EVS endpoint, project) pair. When the service refuses the credentials themselves on a
-route (any 401, or a 403 before anything on it succeeded), the route is closed: rows not yet sent to
-it end ``failed`` with that error, without a request, and the run exits 3.
+A route is one (EVS endpoint, project) pair. ``send`` takes a rate slot and an in-flight slot, adds
+credentials, sends, checks the answer for a refusal of the credentials or the project, tells the
+limiter what happened, classifies the answer and counts the request by kind.
+
+Credentials are proven before fanning out: until one request on a route has got through the gateway,
+requests on it go one at a time, so refused credentials cost at most two requests (one, plus one
+resend after renewing a password token) however many workers there are. The gateway locks an AK
+after more than five failures in a row.
+
+A route closes, and takes no more requests, when:
+- the credentials are refused (any 401, or 400 ``Common.0013`` for an expired token, after one
+  renewal where the credentials can be renewed; or a 403 before anything succeeded);
+- the project is wrong (400 ``EVS.0001`` or ``Common.0018`` before anything succeeded);
+- its endpoint cannot be reached (``UNREACHABLE_AFTER`` connect failures in a row and no answer yet).
+A closed route raises a fresh ``RouteClosed`` for every later request; the run exits 3.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
-import aiohttp
-from yarl import URL
+import anyio
 
-from orchestrator.api.credentials import Authenticator, PasswordCredentials, discover
-from orchestrator.api.iam import PasswordAuth, ProjectResolver
-from orchestrator.api.session import Caller, EvsClient, IamClient, new_session
-from orchestrator.config import Connection, Endpoints
-from orchestrator.errors import CredentialsRefused
-from orchestrator.models import Answer, SnapshotRequest
+from orchestrator.api.evs import Call
+from orchestrator.api.session import Caller
+from orchestrator.errors import RouteClosed, TransportError, UsageError
+from orchestrator.models import Answer
+from orchestrator.retry import Verdict, classify
 from orchestrator.throttle import RateLimiter
 
+if TYPE_CHECKING:
+    import aiohttp
+    from yarl import URL
 
-@dataclasses.dataclass(slots=True)
-class Route:
-    """One endpoint and project; ``refused`` holds the error that closed it."""
+    from orchestrator.api.credentials import Authenticator
+    from orchestrator.api.iam import IamClient, ProjectResolver
+    from orchestrator.config import Connection, Endpoints, Limits
 
-    client: EvsClient
-    project_id: str
-    limiter: RateLimiter
-    refused: CredentialsRefused | None = None
-    succeeded: bool = False
+EXPIRED_TOKEN = "Common.0013"  # noqa: S105 - an error code, not a secret
+WRONG_PROJECT = frozenset({"EVS.0001", "Common.0018"})
+UNREACHABLE_AFTER = 3
+THROTTLED = frozenset({"APIGW.0308", "APIG.0308"})
 
-    def observe(self, answer: Answer) -> None:
-        """Close the route when an answer refuses the credentials; note successes."""
-        if answer.ok:
-            self.succeeded = True
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Closure:
+    """Why a route or an endpoint takes no more requests (kept as data; raised fresh each time)."""
+
+    code: str
+    message: str
+
+    def error(self) -> RouteClosed:
+        return RouteClosed(self.code, self.message)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reply:
+    """An answer and what it means: SUCCESS, RETRY (throttled), UNCERTAIN (5xx), FINAL or REFUSED."""
+
+    answer: Answer
+    verdict: Verdict
+
+
+class Endpoint:
+    """One EVS base URL: its caller, and whether it has been found unreachable."""
+
+    def __init__(self, caller: Caller) -> None:
+        self.caller = caller
+        self.answered = False
+        self.connect_failures = 0
+        self.closure: Closure | None = None
+
+    @property
+    def url(self) -> URL:
+        return self.caller.base_url
+
+    def on_transport_error(self, exc: TransportError) -> None:
+        if self.answered or exc.may_have_arrived or exc.from_iam:
             return
-        if answer.status == 401 or (answer.status == 403 and not self.succeeded):
-            code, message = answer.error()
-            self.refused = CredentialsRefused(
-                code, f"{self.client.base_url} answered {answer.status}: {message}"
+        self.connect_failures += 1
+        if self.connect_failures >= UNREACHABLE_AFTER:
+            self.closure = Closure(
+                "ENDPOINT_UNREACHABLE",
+                f"{self.url} cannot be reached ({self.connect_failures} attempts in a row: {exc}); "
+                "check --endpoint/--region and the network",
             )
+
+    def on_answer(self) -> None:
+        self.answered = True
+        self.connect_failures = 0
+
+
+class Route:
+    """One endpoint and project: the only place requests are sent from."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        project_id: str,
+        *,
+        auth: Authenticator,
+        limiter: RateLimiter,
+        in_flight: anyio.CapacityLimiter,
+    ) -> None:
+        self.endpoint = endpoint
+        self.project_id = project_id
+        self.auth = auth
+        self.limiter = limiter
+        self.in_flight = in_flight
+        self.counts: Counter[str] = Counter()
+        self.proven = False
+        self.closure: Closure | None = None
+        self._gate = anyio.Lock()
 
     @property
     def name(self) -> str:
-        return f"{self.client.base_url} project {self.project_id}"
+        return f"{self.endpoint.url} project {self.project_id}"
+
+    @property
+    def closed(self) -> Closure | None:
+        return self.closure or self.endpoint.closure
+
+    def check_open(self) -> None:
+        """Raise a fresh ``RouteClosed`` when nothing more may be sent on this route."""
+        closure = self.closed
+        if closure is not None:
+            raise closure.error()
+
+    async def send(self, call: Call) -> Reply:
+        """Send one call; raises ``RouteClosed`` (nothing sent) or ``TransportError`` (no answer)."""
+        self.check_open()
+        async with self._alone_until_proven():
+            self.check_open()
+            await self.limiter.acquire()
+            async with self.in_flight:
+                answer = await self._call(call)
+                refusal = self._refusal(answer)
+                if refusal is not None and _expired(answer) and self._renewable(answer):
+                    answer = await self._call(call)  # the gateway refused the first: no double
+                    refusal = self._refusal(answer)
+        if refusal is not None:
+            if self.closure is None:
+                self.closure = refusal
+            return Reply(answer, Verdict.REFUSED)
+        code = None if answer.ok else answer.error()[0]
+        verdict = classify(answer.status, code)
+        if verdict is Verdict.RETRY:
+            self.limiter.on_throttled()
+        elif answer.status < 500:
+            self.proven = True
+            self.limiter.on_success()
+        return Reply(answer, verdict)
+
+    @contextlib.asynccontextmanager
+    async def _alone_until_proven(self) -> AsyncIterator[None]:
+        if self.proven:
+            yield
+            return
+        async with self._gate:
+            yield
+
+    async def _call(self, call: Call) -> Answer:
+        self.counts[call.kind.value] += 1
+        try:
+            answer = await self.endpoint.caller.call(
+                call.method,
+                call.path,
+                auth=self.auth,
+                project_id=self.project_id,
+                query=call.query,
+                body=call.body,
+            )
+        except TransportError as exc:
+            self.endpoint.on_transport_error(exc)
+            raise
+        self.endpoint.on_answer()
+        return answer
+
+    def _renewable(self, answer: Answer) -> bool:
+        return self.auth.forget(self.project_id, answer.sent_with)
+
+    def _refusal(self, answer: Answer) -> Closure | None:
+        status = answer.status
+        if status < 400 or status >= 500 or status == 429:
+            return None
+        code, message = answer.error()
+        said = f"{self.name} answered {status} {code}: {message or 'no message'}"
+        if _expired(answer):
+            return Closure(code, f"credentials refused: {said}")
+        if self.proven or code in THROTTLED:
+            return None
+        if status == 403:
+            return Closure(code, f"credentials refused: {said}")
+        if status == 400 and code in WRONG_PROJECT:
+            return Closure(
+                code,
+                f"wrong project: {said}; check project_id, --project-id and the credentials' project",
+            )
+        return None
+
+
+def _expired(answer: Answer) -> bool:
+    """A 401, or the 400 ``Common.0013`` some services give an expired token: renew, or stop."""
+    return answer.status == 401 or (answer.status == 400 and answer.error()[0] == EXPIRED_TOKEN)
 
 
 class Router:
@@ -57,57 +219,64 @@ class Router:
         session: aiohttp.ClientSession,
         auth: Authenticator,
         endpoints: Endpoints,
-        timeout: float,
-        resolver: ProjectResolver | None,
+        limits: Limits,
+        resolver: ProjectResolver,
+        iam: IamClient,
         max_rps: float | None = None,
     ) -> None:
         self.session = session
         self.auth = auth
         self.endpoints = endpoints
-        self.timeout = timeout
+        self.limits = limits
         self.resolver = resolver
+        self.iam = iam
         self.max_rps = max_rps
+        self.in_flight = anyio.CapacityLimiter(limits.concurrency)
         self.routes: dict[tuple[URL, str], Route] = {}
-        self.clients: dict[URL, EvsClient] = {}
-        self.refused: CredentialsRefused | None = None
+        self._endpoints: dict[URL, Endpoint] = {}
 
-    async def route_for(self, request: SnapshotRequest) -> Route:
-        """The route of a row.
-
-        Raises ``ProjectLookupFailed``, ``CredentialsRefused`` or ``TransportError``.
-        """
-        if self.refused is not None:
-            raise self.refused
-        project = request.project_id
-        if project is None:
-            if self.resolver is None or request.region is None:
-                raise ValueError("a row without project_id needs a region and an IAM endpoint")
-            try:
-                project = await self.resolver.project_for(request.region)
-            except CredentialsRefused as exc:
-                self.refused = exc  # IAM refused the credentials: nothing can be sent anywhere
-                raise
-        return self.route_at(request.region, project)
+    async def route_for(self, project_id: str | None, region: str | None) -> Route:
+        """The route of a row; raises ``ProjectLookupFailed``, ``RouteClosed`` or ``TransportError``."""
+        if project_id is None:
+            if region is None:
+                raise UsageError("a row without project_id needs a region to look its project up by")
+            project_id = await self.resolver.project_for(region)
+        return self.route_at(region, project_id)
 
     def route_at(self, region: str | None, project_id: str) -> Route:
-        """The route of a known endpoint region and project (for records that already went out)."""
+        """The route of a known region and project (for records that already went out)."""
         base = self.endpoints.evs_for(region)
         route = self.routes.get((base, project_id))
         if route is None:
-            client = self.clients.get(base)
-            if client is None:
-                client = self.clients[base] = EvsClient(
-                    Caller(self.session, base, timeout=self.timeout), self.auth
-                )
-            route = self.routes[(base, project_id)] = Route(client, project_id, RateLimiter(self.max_rps))
+            endpoint = self._endpoints.get(base)
+            if endpoint is None:
+                caller = Caller(self.session, base, timeout=self.limits.timeout)
+                endpoint = self._endpoints[base] = Endpoint(caller)
+            route = self.routes[(base, project_id)] = Route(
+                endpoint,
+                project_id,
+                auth=self.auth,
+                limiter=RateLimiter(self.max_rps),
+                in_flight=self.in_flight,
+            )
         return route
 
-    def closed(self) -> list[CredentialsRefused]:
-        """Every refusal that closed a route (or the whole run), for the closing message."""
-        found = [route.refused for route in self.routes.values() if route.refused is not None]
-        if self.refused is not None:
-            found.insert(0, self.refused)
-        return found
+    def closures(self) -> list[Closure]:
+        """Every reason a route, an endpoint or IAM stopped the run from sending, each once."""
+        found: dict[str, Closure] = {}
+        for closure in [*self.resolver.closures(), *(route.closed for route in self.routes.values())]:
+            if closure is not None:
+                found.setdefault(closure.message, closure)
+        return list(found.values())
+
+    def counts(self) -> Counter[str]:
+        """Requests sent, by kind, over every route (IAM requests as ``iam``)."""
+        total: Counter[str] = Counter()
+        for route in self.routes.values():
+            total.update(route.counts)
+        if self.iam.requests:
+            total["iam"] = self.iam.requests
+        return total
 
     @property
     def throttled(self) -> int:
@@ -116,10 +285,12 @@ class Router:
 
 async def connect(stack: contextlib.AsyncExitStack, connection: Connection) -> Router:
     """Find the credentials, open the run's one HTTP session (closed with ``stack``), build the router."""
+    from orchestrator.api.credentials import PasswordCredentials, discover  # noqa: PLC0415
+    from orchestrator.api.iam import IamClient, PasswordAuth, ProjectResolver  # noqa: PLC0415
+    from orchestrator.api.session import new_session  # noqa: PLC0415
+
     found = discover(
-        environ=connection.environ,
-        forced=connection.auth_kind,  # type: ignore[arg-type]
-        token_file=connection.token_file,
+        environ=connection.environ, forced=connection.auth_kind, token_file=connection.token_file
     )
     limits = connection.limits
     session = await stack.enter_async_context(
@@ -135,7 +306,8 @@ async def connect(stack: contextlib.AsyncExitStack, connection: Connection) -> R
         session=session,
         auth=auth,
         endpoints=connection.endpoints,
-        timeout=limits.timeout,
+        limits=limits,
         resolver=ProjectResolver(iam, auth),
+        iam=iam,
         max_rps=connection.max_rps,
     )

@@ -1,7 +1,7 @@
-"""EVS API calls over an injected aiohttp session; the only place aiohttp errors are caught.
+"""The run's one aiohttp session and ``Caller``, which sends one request to one base URL.
 
-Every call returns an ``Answer`` for any HTTP status; a request that got no HTTP answer raises
-``TransportError`` (``RequestTimeout`` when it ran out of time).
+The only place aiohttp errors are caught: every call returns an ``Answer`` for any HTTP status; a
+request that got no HTTP answer raises ``TransportError`` (``RequestTimeout`` when it ran out of time).
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from orchestrator import __version__
 from orchestrator.api import signing
 from orchestrator.api.credentials import Authenticator, OutgoingRequest
 from orchestrator.errors import RequestTimeout, TransportError, UsageError
-from orchestrator.models import Answer, SnapshotRequest
+from orchestrator.models import Answer
 
 USER_AGENT = f"evs-snapshot/{__version__} python/{platform.python_version()}"
 JSON_CONTENT_TYPE = "application/json;charset=utf-8"
+URL_CACHE_SIZE = 64
 
 
 def proxy_for(url: URL) -> str | None:
@@ -72,7 +73,7 @@ class Caller:
         self.base_url = base_url
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.proxy = proxy_for(base_url)
-        self._urls: dict[str, URL] = {}
+        self._urls: dict[str, URL] = {}  # paths without ids only (the create path), so it stays small
 
     async def call(
         self,
@@ -90,7 +91,7 @@ class Caller:
         url = self._urls.get(target)
         if url is None:
             url = URL(f"{self.base_url}{target}", encoded=True)
-            if not query_string:  # the create path repeats for every row; queries vary
+            if not query_string and len(self._urls) < URL_CACHE_SIZE:
                 self._urls[target] = url
         outgoing = OutgoingRequest(
             method=method,
@@ -104,7 +105,10 @@ class Caller:
                 await auth.authorize(outgoing)
             except TransportError as exc:  # IAM could not be reached: this request was never sent
                 raise TransportError(
-                    f"getting credentials: {exc}", code=exc.code, may_have_arrived=False
+                    f"getting credentials: {exc}",
+                    code=exc.code,
+                    may_have_arrived=False,
+                    from_iam=True,
                 ) from exc
         try:
             async with self.session.request(
@@ -136,67 +140,6 @@ class Caller:
             raise TransportError(_describe(exc)) from exc
         except (OSError, asyncio.IncompleteReadError) as exc:
             raise TransportError(f"connection to {self.base_url} failed: {exc.__class__.__name__}") from exc
-
-
-class EvsClient:
-    """Calls of the EVS v2 snapshot API on one endpoint, authorized by an injected authenticator."""
-
-    def __init__(self, caller: Caller, auth: Authenticator) -> None:
-        self.caller = caller
-        self.auth = auth
-
-    @property
-    def base_url(self) -> URL:
-        return self.caller.base_url
-
-    async def create_snapshot(self, request: SnapshotRequest, project_id: str) -> Answer:
-        body = orjson.dumps(request.body())
-        return await self.caller.call(
-            "POST", f"/v2/{project_id}/cloudsnapshots", auth=self.auth, project_id=project_id, body=body
-        )
-
-    async def list_snapshots(self, project_id: str, query: Sequence[tuple[str, str]]) -> Answer:
-        return await self.caller.call(
-            "GET",
-            f"/v2/{project_id}/cloudsnapshots/detail",
-            auth=self.auth,
-            project_id=project_id,
-            query=query,
-        )
-
-    async def show_snapshot(self, project_id: str, snapshot_id: str) -> Answer:
-        return await self.caller.call(
-            "GET", f"/v2/{project_id}/cloudsnapshots/{snapshot_id}", auth=self.auth, project_id=project_id
-        )
-
-    async def show_volume(self, project_id: str, volume_id: str) -> Answer:
-        return await self.caller.call(
-            "GET", f"/v2/{project_id}/cloudvolumes/{volume_id}", auth=self.auth, project_id=project_id
-        )
-
-
-class IamClient:
-    """The two IAM calls the tool makes: a password token, and the project of a region."""
-
-    def __init__(self, caller: Caller) -> None:
-        self.caller = caller
-
-    async def password_token(self, *, user: str, password: str, domain: str, scope: dict[str, str]) -> Answer:
-        body = {
-            "auth": {
-                "identity": {
-                    "methods": ["password"],
-                    "password": {"user": {"name": user, "password": password, "domain": {"name": domain}}},
-                },
-                "scope": {"project": scope},
-            }
-        }
-        return await self.caller.call(
-            "POST", "/v3/auth/tokens", auth=None, query=[("nocatalog", "true")], body=orjson.dumps(body)
-        )
-
-    async def projects(self, region: str, auth: Authenticator) -> Answer:
-        return await self.caller.call("GET", "/v3/projects", auth=auth, query=[("name", region)])
 
 
 def _parse(raw: bytes) -> Any:

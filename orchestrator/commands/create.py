@@ -1,8 +1,10 @@
-"""``evs-snapshot create``: read the manifest twice (check, then send), run, report, summarize.
+"""``evs-snapshot create MANIFEST``: read the manifest twice (check, then send), run, sweep, report.
 
 The first pass reads the whole manifest without sending anything, so that a file that cannot be read
-as a whole stops the run with exit 2 before the first request; it also counts rows and finds the
-keys that may be duplicated. The second pass validates each row and streams it to the runner.
+as a whole stops the run with exit 2 before the first request; it also counts rows, finds the keys
+that may be duplicated, and digests the file for the report's header (an honest ``--resume``). The
+second pass validates each row and streams it to the runner. When every row is done, the sweep
+removes any second snapshot a late commit made, then ``--wait`` polls until each settles.
 """
 
 from __future__ import annotations
@@ -10,35 +12,30 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
+import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
-import anyio
-from yarl import URL
+import click
 
-from orchestrator.config import Connection, RowDefaults, RunIdentity
-from orchestrator.console import Console
-from orchestrator.duplicates import duplicate_candidates, volume_key
-from orchestrator.errors import UsageError
-from orchestrator.finish import Closing, finish, round_logger, stop_on_signal
-from orchestrator.lock import ReportLock, lock_path
-from orchestrator.manifest import ManifestSource, RawRow, read_rows, spooled
-from orchestrator.models import utc_now
-from orchestrator.progress import Progress
-from orchestrator.report import ReportWriter, ResumeBook, final_records
-from orchestrator.retry import RetryPolicy
-from orchestrator.rules import RowValidator, check_template
-from orchestrator.runner import Runner, RunPlan
-from orchestrator.tally import Tally
-from orchestrator.waiter import Waiter, WaitPlan
+from orchestrator import options
+from orchestrator.cli import run
+from orchestrator.defaults import SETTLE
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Router
+    from orchestrator.config import Connection, RowDefaults, RunIdentity
+    from orchestrator.console import Console
+    from orchestrator.finish import Closing
+    from orchestrator.manifest import ManifestSource, RawRow
+    from orchestrator.models import Outcome, Record
+    from orchestrator.report import ReportWriter, ResumeBook
+    from orchestrator.retry import RetryPolicy
+    from orchestrator.tally import Tally
+    from orchestrator.waiter import WaitPlan
 
-EMULATOR_STATUS_COLUMN = "emulator_status"
 GRACE_SECONDS = 10.0
 
 
@@ -50,45 +47,49 @@ class CreateSettings:
     report: str
     defaults: RowDefaults
     connection: Connection
-    closing: Closing = dataclasses.field(default_factory=Closing)
+    closing: Closing
+    policy: RetryPolicy
     dry_run: bool = False
     progress: bool = False
     emulator: bool = False
     resume: bool = False
     lock_file: Path | None = None
-    policy: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
     deadline: float | None = None  # seconds for the whole run
+    settle: float = SETTLE
+    keep_duplicates: bool = False
     wait: WaitPlan | None = None
     grace: float = GRACE_SECONDS
 
 
+def name_shape(row_defaults: RowDefaults) -> dict[str, str]:
+    """The options that shape names, metadata and where rows go: a resume with others would misidentify rows.
+
+    ``--force`` and ``--description`` may change between a run and its resume (say, to force the rows
+    that were refused as in-use).
+    """
+    import orjson  # noqa: PLC0415
+
+    return {
+        "name_template": row_defaults.name_template,
+        "metadata": orjson.dumps(dict(row_defaults.metadata), option=orjson.OPT_SORT_KEYS).decode(),
+        "project_id": row_defaults.project_id or "",
+        "region": row_defaults.region or "",
+    }
+
+
 async def create(settings: CreateSettings, *, console: Console) -> int:
     """Run the whole job and return the exit code; raises ``EvsSnapshotError`` for run-level errors."""
-    started = time.monotonic()
-    check_template(settings.defaults.name_template)
+    from orchestrator.duplicates import duplicate_candidates  # noqa: PLC0415
+    from orchestrator.errors import UsageError  # noqa: PLC0415
+    from orchestrator.manifest import manifest_digest, read_rows, spooled  # noqa: PLC0415
+
     if settings.wait is not None and settings.report == "-":
         raise UsageError("--wait reads the report back, so it needs a --report file, not standard output")
-    with contextlib.ExitStack() as locks:
-        path = lock_path(settings.report, settings.lock_file)
-        if path is not None:
-            locks.enter_context(ReportLock(path))
-        book = _resume_book(settings)
-        identity = RunIdentity.resumed(book.run_id) if book is not None else RunIdentity.new(utc_now())
-        return await _locked(settings, identity, book, started, console)
-
-
-def _resume_book(settings: CreateSettings) -> ResumeBook | None:
-    if not settings.resume:
-        return None
-    if settings.report == "-":
+    if settings.resume and settings.report == "-":
         raise UsageError("--resume needs a --report file to read, not standard output")
-    return ResumeBook.load(Path(settings.report))
-
-
-async def _locked(
-    settings: CreateSettings, identity: RunIdentity, book: ResumeBook | None, started: float, console: Console
-) -> int:
-    also_known = frozenset({EMULATOR_STATUS_COLUMN}) if settings.emulator else frozenset()
+    if settings.emulator and settings.connection.endpoints.evs is not None:
+        raise UsageError("--emulator starts its own emulator; leave out --endpoint (or leave out --emulator)")
+    also_known = frozenset({"emulator_status"}) if settings.emulator else frozenset()
     display = "<stdin>" if settings.source.path == "-" else settings.source.path
     with spooled(settings.source) as source:
 
@@ -97,115 +98,324 @@ async def _locked(
             return read_rows(source, display=display, warn=warn, also_known=also_known)
 
         total, candidates = duplicate_candidates(rows(warn_columns=True), settings.defaults)
-        async with contextlib.AsyncExitStack() as stack:
-            if settings.emulator:
-                settings = await stack.enter_async_context(_with_emulator(settings, rows()))
-            router = None
-            if not settings.dry_run:
-                from orchestrator.api.routes import connect  # noqa: PLC0415 - aiohttp loads only when sending
+        digest = manifest_digest(source)
+        with _locks(settings):
+            book, identity = _identity(settings, total, digest, display)
+            return await _locked(settings, identity, book, total, digest, display, rows, candidates, console)
 
-                router = await connect(stack, settings.connection)
-            writer = stack.enter_context(ReportWriter(settings.report, resume=settings.resume))
-            validator = RowValidator(
-                defaults=settings.defaults,
-                identity=identity,
-                candidates=candidates,
-                region_required=settings.connection.endpoints.evs is None,
-            )
-            plan = RunPlan(
-                run_id=identity.run_id,
-                concurrency=settings.connection.limits.concurrency,
-                dry_run=settings.dry_run,
-                policy=settings.policy,
-                deadline=None if settings.deadline is None else started + settings.deadline,
-            )
-            tally = Tally()
-            runner = Runner(plan, router=router, writer=writer, tally=tally, resume=book)
-            signals: list[int] = []
-            async with anyio.create_task_group() as group:
-                if settings.progress:
-                    group.start_soon(Progress(tally, total, console.stream).run)
-                with anyio.CancelScope() as run_scope:
-                    group.start_soon(_watch_signals, runner, run_scope, settings.grace, writer, signals)
-                    await runner.run(validator.validate_all(rows()))
-                group.cancel_scope.cancel()
-            if settings.wait is not None and router is not None and not signals:
-                writer.sync()
-                console.event(
-                    "waiting", f"create done; waiting for snapshots (up to {settings.wait.timeout:g}s)"
+
+@contextlib.contextmanager
+def _locks(settings: CreateSettings) -> Iterator[None]:
+    from orchestrator.lock import holding, lock_for  # noqa: PLC0415
+
+    paths = []
+    if settings.lock_file is not None:
+        paths.append(settings.lock_file)
+    elif settings.source.path != "-":
+        paths.append(lock_for("manifest", settings.source.path, os.environ))
+    if settings.report != "-":
+        paths.append(lock_for("report", settings.report, os.environ))
+    with holding(paths):
+        yield
+
+
+def _identity(
+    settings: CreateSettings, total: int, digest: str, display: str
+) -> tuple[ResumeBook | None, RunIdentity]:
+    from orchestrator.config import RunIdentity  # noqa: PLC0415
+    from orchestrator.errors import ResumeMismatch  # noqa: PLC0415
+    from orchestrator.models import RunHeader, utc_iso, utc_now  # noqa: PLC0415
+    from orchestrator.report import ResumeBook  # noqa: PLC0415
+
+    book = ResumeBook.load(Path(settings.report)) if settings.resume else None
+    if book is None:
+        return None, RunIdentity.new(utc_now())
+    identity = RunIdentity.resumed(book.run_id)
+    if book.header is None:
+        raise ResumeMismatch(
+            f"{settings.report} has no run header (written by an older version): it cannot be resumed "
+            "safely; start a new report"
+        )
+    current = RunHeader(
+        run_id=identity.run_id,
+        command="create",
+        manifest=display,
+        rows=total,
+        digest=digest,
+        shape=name_shape(settings.defaults),
+        started_at=utc_iso(identity.started),
+    )
+    difference = book.header.first_difference(current)
+    if difference is not None:
+        raise ResumeMismatch(
+            f"--resume: {difference}. A resumed run must use the same manifest and naming options as "
+            f"{settings.report}; nothing was sent"
+        )
+    return book, identity
+
+
+async def _locked(
+    settings: CreateSettings,
+    identity: RunIdentity,
+    book: ResumeBook | None,
+    total: int,
+    digest: str,
+    display: str,
+    rows: Callable[..., Iterator[RawRow]],
+    candidates: set[bytes],
+    console: Console,
+) -> int:
+    import anyio  # noqa: PLC0415
+
+    from orchestrator.finish import finish  # noqa: PLC0415
+    from orchestrator.models import RunHeader, utc_iso  # noqa: PLC0415
+    from orchestrator.progress import Progress  # noqa: PLC0415
+    from orchestrator.report import ReportWriter  # noqa: PLC0415
+    from orchestrator.rules import RowValidator  # noqa: PLC0415
+    from orchestrator.runner import Runner, RunPlan  # noqa: PLC0415
+    from orchestrator.signals import drain_on_signal  # noqa: PLC0415
+    from orchestrator.tally import Tally  # noqa: PLC0415
+
+    started = time.monotonic()
+    signals: list[int] = []
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.emulator:
+            from orchestrator.demo import with_emulator  # noqa: PLC0415
+
+            settings = await stack.enter_async_context(with_emulator(settings, rows()))
+        router: Router | None = None
+        if not settings.dry_run:
+            from orchestrator.api.routes import connect  # noqa: PLC0415 - aiohttp loads only when sending
+
+            router = await connect(stack, settings.connection)
+        writer = stack.enter_context(ReportWriter(settings.report, resume=settings.resume))
+        if writer.empty:
+            writer.write_header(
+                RunHeader(
+                    run_id=identity.run_id,
+                    command="create",
+                    manifest=display,
+                    rows=total,
+                    digest=digest,
+                    shape=name_shape(settings.defaults),
+                    started_at=utc_iso(identity.started),
                 )
-                async with anyio.create_task_group() as group:
-                    group.start_soon(stop_on_signal, group.cancel_scope, signals)
-                    tally = await _wait(settings.wait, router, writer, Path(settings.report), console)
-                    group.cancel_scope.cancel()
+            )
+        validator = RowValidator(
+            defaults=settings.defaults,
+            identity=identity,
+            candidates=candidates,
+            region_required=settings.connection.endpoints.evs is None,
+        )
+        plan = RunPlan(
+            run_id=identity.run_id,
+            concurrency=settings.connection.limits.concurrency,
+            dry_run=settings.dry_run,
+            policy=settings.policy,
+            deadline=None if settings.deadline is None else started + settings.deadline,
+            settle=settings.settle,
+        )
+        tally = Tally(manifest_rows=total)
+        runner = Runner(plan, router=router, writer=writer, tally=tally, resume=book)
+        async with anyio.create_task_group() as group:
+            if settings.progress:
+                progress = Progress(tally, total, console.stream, router=router, runner=runner)
+                group.start_soon(progress.run)
+            with anyio.CancelScope() as run_scope:
+                group.start_soon(
+                    lambda: drain_on_signal(
+                        stop=runner.stop,
+                        scope=run_scope,
+                        grace=settings.grace,
+                        received=signals,
+                        console=console,
+                        sync=writer.sync,
+                    )
+                )
+                await runner.run(validator.validate_all(rows()))
+            group.cancel_scope.cancel()
+        _phase(tally, "create", started, router)
+        if router is not None and not signals:
+            tally = await _after_create(settings, identity, router, writer, tally, console, signals)
     code = finish(
         tally, settings.closing, router=router, console=console, report=settings.report, command="create"
     )
     if signals:
-        name = signal.Signals(signals[0]).name
-        console.error(f"stopped by {name}; run again with --resume to finish the job", signal=name)
-        return 128 + signals[0]
+        from orchestrator.errors import Interrupted  # noqa: PLC0415
+
+        raise Interrupted(signals[0])
     return code
 
 
-async def _wait(
-    plan: WaitPlan, router: Router, writer: ReportWriter, report: Path, console: Console
+async def _after_create(
+    settings: CreateSettings,
+    identity: RunIdentity,
+    router: Router,
+    writer: ReportWriter,
+    tally: Tally,
+    console: Console,
+    signals: list[int],
 ) -> Tally:
-    tally = Tally()
-    waiter = Waiter(plan, router=router, writer=writer, tally=tally, on_round=round_logger(console))
+    """The sweep (exactly one snapshot per accepted row), then ``--wait``."""
+    import anyio  # noqa: PLC0415
+
+    from orchestrator.errors import ListingFailed  # noqa: PLC0415
+    from orchestrator.report import final_records  # noqa: PLC0415
+    from orchestrator.signals import cancel_on_signal  # noqa: PLC0415
+    from orchestrator.sweep import sweep, sweep_policy  # noqa: PLC0415
+    from orchestrator.waiter import Waiter  # noqa: PLC0415
+
+    report = Path(settings.report) if settings.report != "-" else None
+    if report is not None:
+        started = time.monotonic()
+        writer.sync()
+        try:
+            result = await sweep(
+                list(router.routes.values()),
+                run_id=identity.run_id,
+                report=report,
+                writer=writer,
+                emit=lambda record, previous: _emit(writer, tally, record, previous),
+                policy=sweep_policy(settings.policy),
+                keep_duplicates=settings.keep_duplicates,
+                patience=settings.settle,
+            )
+        except ListingFailed as exc:
+            tally.unfinished.append(f"the duplicate sweep could not list: {exc}")
+            console.error(f"{tally.unfinished[-1]}; run `evs-snapshot wait {report}` to sweep again")
+        else:
+            if result.found or result.reconciled:
+                console.warn(
+                    f"sweep: {result.found} extra snapshots of this run found, {result.removed} deleted; "
+                    f"{result.reconciled} rows found created after all"
+                )
+        _phase(tally, "sweep", started, router)
+    if settings.wait is None or report is None:
+        return tally
+    started = time.monotonic()
+    writer.sync()
+    console.event("waiting", f"create done; waiting for snapshots (up to {settings.wait.timeout:g}s)")
+    waited = tally.carried_over()
+    waiter = Waiter(settings.wait, router=router, writer=writer, tally=waited, on_round=console.wait_round)
     waiter.load(final_records(report))
-    await waiter.run()
-    return tally
+    async with anyio.create_task_group() as group:
+        group.start_soon(cancel_on_signal, group.cancel_scope, signals)
+        await waiter.run()
+        group.cancel_scope.cancel()
+    _phase(waited, "wait", started, router)
+    return waited
 
 
-async def _watch_signals(
-    runner: Runner, run_scope: anyio.CancelScope, grace: float, writer: ReportWriter, received: list[int]
-) -> None:
-    """First SIGINT/SIGTERM: take no new rows, give rows in flight ``grace`` seconds. Second: exit now."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            if received:
-                writer.sync()
-                os._exit(128 + signum)
-            received.append(signum)
-            runner.stop()
-            run_scope.deadline = anyio.current_time() + grace
+def _emit(writer: ReportWriter, tally: Tally, record: Record, previous: Outcome | None) -> None:
+    writer.write(record)
+    if previous is None:
+        tally.add(record)
+    else:
+        tally.replace(previous, record)
 
 
-@contextlib.asynccontextmanager
-async def _with_emulator(settings: CreateSettings, rows: Iterator[RawRow]) -> AsyncIterator[CreateSettings]:
-    """Start an in-process emulator seeded with the manifest's volumes; point the run at it.
+def _phase(tally: Tally, name: str, started: float, router: Router | None) -> None:
+    tally.phase(name, time.monotonic() - started, {} if router is None else router.counts())
 
-    A manifest column ``emulator_status`` (``available``, ``in-use``, ``error``, ... or ``missing``)
-    sets each disk's state, so a demo or rehearsal can show every outcome.
-    """
-    from orchestrator.emulator import EmulatorSettings, SeedVolume, serving  # noqa: PLC0415
-    from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_PROJECT_ID, DEFAULT_SK  # noqa: PLC0415
 
-    project = settings.defaults.project_id or DEFAULT_PROJECT_ID
-    region = settings.defaults.region or "cn-north-4"
-    seeds: dict[str, SeedVolume] = {}
-    for raw in rows:
-        key = volume_key(raw.fields, settings.defaults) if raw.fields is not None else None
-        status = str((raw.fields or {}).get(EMULATOR_STATUS_COLUMN) or "available").strip()
-        if key is not None and status != "missing":
-            volume_id = key.decode().split("/")[0]
-            seeds[volume_id] = SeedVolume(volume_id=volume_id, status=status)
-    emulator_settings = EmulatorSettings(
-        volumes=tuple(seeds.values()), project_id=project, region=region, creating_seconds=2.0
+@click.command("create")
+@options.MANIFEST
+@options.ROWS
+@options.CONNECTION
+@click.option(
+    "--report",
+    "report_path",
+    default=None,
+    help="Report path, or - for standard output.  [default: reports/evs-snapshot-{datetime}.jsonl]",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --report (same manifest and naming options): skip finished rows, "
+    "look up uncertain ones before sending them again.",
+)
+@options.LOCK_FILE
+@options.RETRIES
+@click.option(
+    "--deadline",
+    callback=options.duration,
+    default=None,
+    help="Time for the whole run (90s, 15m, 2h); rows not sent by then end failed with DEADLINE_EXCEEDED, "
+    "rows in flight are cancelled and end UNCONFIRMED (--resume looks them up).",
+)
+@click.option(
+    "--settle",
+    callback=options.duration,
+    default=f"{SETTLE:g}s",
+    show_default=True,
+    help="How long an uncertain row (5xx, timeout, reset) is looked up before it may be sent again; "
+    "covers the gateway's 60 s backend timeout.",
+)
+@click.option(
+    "--keep-duplicates",
+    is_flag=True,
+    help="Report, but do not delete, extra snapshots of this run that the end-of-run sweep finds.",
+)
+@click.option("--dry-run", is_flag=True, help="Validate and write planned records; send nothing.")
+@click.option(
+    "--wait",
+    "wait_for_snapshots",
+    is_flag=True,
+    help="After creating, wait until every snapshot is available or error (see wait).",
+)
+@options.WAITING
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress line.  [default: on when stderr is a terminal]"
+)
+@options.CLOSING
+@options.LOG_FORMAT
+@click.option(
+    "--emulator",
+    "use_emulator",
+    is_flag=True,
+    help="Start an in-process emulator seeded with the manifest's volumes and use it (demo mode).",
+)
+@options.DEBUG
+def command(
+    *,
+    source: ManifestSource,
+    rows: RowDefaults,
+    connection: Connection,
+    report_path: str | None,
+    resume: bool,
+    lock_file: Path | None,
+    policy: RetryPolicy,
+    deadline: float | None,
+    settle: float,
+    keep_duplicates: bool,
+    dry_run: bool,
+    wait_for_snapshots: bool,
+    wait_plan: WaitPlan,
+    progress: bool | None,
+    closing: Closing,
+    log_format: str,
+    use_emulator: bool,
+) -> NoReturn:
+    """Create one snapshot per manifest row and write a JSON-lines report."""
+    from orchestrator.console import Console  # noqa: PLC0415
+    from orchestrator.models import utc_now  # noqa: PLC0415
+
+    console = Console(sys.stderr, json=log_format == "json")
+    settings = CreateSettings(
+        source=source,
+        report=report_path or f"reports/evs-snapshot-{utc_now():%Y%m%dT%H%M%SZ}.jsonl",
+        defaults=dataclasses.replace(rows, region=connection.endpoints.home_region),
+        connection=connection,
+        closing=closing,
+        policy=policy,
+        dry_run=dry_run,
+        progress=sys.stderr.isatty() if progress is None else progress,
+        emulator=use_emulator,
+        resume=resume,
+        lock_file=lock_file,
+        deadline=deadline,
+        settle=settle,
+        keep_duplicates=keep_duplicates,
+        wait=wait_plan if wait_for_snapshots else None,
     )
-    async with serving(emulator_settings) as running:
-        connection = settings.connection
-        yield dataclasses.replace(
-            settings,
-            defaults=dataclasses.replace(settings.defaults, project_id=project, region=region),
-            connection=dataclasses.replace(
-                connection,
-                endpoints=dataclasses.replace(
-                    connection.endpoints, evs=URL(running.url), iam=URL(running.url)
-                ),
-                auth_kind="aksk",
-                token_file=None,
-                environ={"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK},
-            ),
-        )
+    raise SystemExit(run(lambda: create(settings, console=console)))

@@ -10,6 +10,7 @@ import anyio
 import click
 
 from orchestrator.console import Console
+from orchestrator.emulator.seedfiles import read_snapshots, read_volumes
 from orchestrator.emulator.settings import (
     DEFAULT_AK,
     DEFAULT_DOMAIN,
@@ -18,9 +19,12 @@ from orchestrator.emulator.settings import (
     DEFAULT_SK,
     DEFAULT_USER,
     EmulatorSettings,
-    read_volumes,
 )
 from orchestrator.errors import EvsSnapshotError
+
+DEFAULTS = EmulatorSettings()
+SECONDS = click.FloatRange(min=0)
+SEED_FILE = click.Path(path_type=Path, dir_okay=False)
 
 
 def probability(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
@@ -30,23 +34,31 @@ def probability(_ctx: click.Context, _param: click.Parameter, value: float) -> f
 
 
 @click.command("emulator")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--host", default=DEFAULTS.host, show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
-    default=0,
+    default=DEFAULTS.port,
     show_default=True,
     type=click.IntRange(0, 65535),
-    help="0 picks a free port.",
+    help="Port to listen on; 0 picks a free port.",
 )
-@click.option("--region", default="cn-north-4", show_default=True, help="The one region it serves.")
+@click.option("--region", default=DEFAULTS.region, show_default=True, help="The one region it serves.")
 @click.option(
     "--project-id", default=DEFAULT_PROJECT_ID, show_default=True, help="The one project it serves."
 )
 @click.option(
     "--volumes",
     "volumes_file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Known volumes: CSV or JSON with volume_id, status, size.",
+    type=SEED_FILE,
+    help="Known volumes: CSV or JSON with volume_id, status, size, name, server_id, device, bootable, "
+    "availability_zone, metadata (JSON object), tags (k=v;k2=v2).",
+)
+@click.option(
+    "--snapshots",
+    "snapshots_file",
+    type=SEED_FILE,
+    help="Existing snapshots: CSV or JSON with id, volume_id, name, status, created_at, metadata "
+    "(JSON object), project_id.",
 )
 @click.option("--any-volume", is_flag=True, help="Every well-formed UUID is an available disk.")
 @click.option("--ak", default=DEFAULT_AK, show_default=True, help="Access key it accepts.")
@@ -57,13 +69,51 @@ def probability(_ctx: click.Context, _param: click.Parameter, value: float) -> f
 @click.option("--token", default=None, help="A fixed token it always accepts.")
 @click.option(
     "--token-ttl",
-    default=86400.0,
+    default=DEFAULTS.token_ttl,
     show_default=True,
     type=click.FloatRange(min=0.1),
     help="Lifetime of issued tokens, seconds.",
 )
-@click.option("--latency-ms", default=0.0, show_default=True, type=click.FloatRange(min=0))
-@click.option("--jitter-ms", default=0.0, show_default=True, type=click.FloatRange(min=0))
+@click.option(
+    "--expired-token-answer",
+    type=click.Choice(["401", "400"]),
+    default=str(DEFAULTS.expired_token_answer),
+    show_default=True,
+    help="How an expired token is refused: 401 APIGW.0301, or 400 Common.0013.",
+)
+@click.option(
+    "--ak-lock-after",
+    default=DEFAULTS.ak_lock_after,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Lock the AK after this many signature failures in a row (0: never).",
+)
+@click.option(
+    "--ak-lock-seconds",
+    default=DEFAULTS.ak_lock_seconds,
+    show_default=True,
+    type=SECONDS,
+    help="How long a locked AK stays locked.",
+)
+@click.option(
+    "--iam-deny-list-projects",
+    is_flag=True,
+    help="GET /v3/projects answers 403 (GET /v3/auth/projects still works).",
+)
+@click.option(
+    "--latency-ms",
+    default=DEFAULTS.latency_ms,
+    show_default=True,
+    type=SECONDS,
+    help="Added to every answer.",
+)
+@click.option(
+    "--jitter-ms",
+    default=DEFAULTS.jitter_ms,
+    show_default=True,
+    type=SECONDS,
+    help="Random +/- spread around --latency-ms.",
+)
 @click.option(
     "--rate-limit",
     default=None,
@@ -72,7 +122,33 @@ def probability(_ctx: click.Context, _param: click.Parameter, value: float) -> f
 )
 @click.option("--burst", default=None, type=click.IntRange(min=1), help="Bucket size.  [default: RPS]")
 @click.option("--retry-after", is_flag=True, help="Add Retry-After to 429 answers.")
-@click.option("--creating-seconds", default=2.0, show_default=True, type=click.FloatRange(min=0))
+@click.option(
+    "--creating-seconds",
+    default=DEFAULTS.creating_seconds,
+    show_default=True,
+    type=SECONDS,
+    help="How long a new snapshot stays creating.",
+)
+@click.option(
+    "--rollback-seconds",
+    default=DEFAULTS.rollback_seconds,
+    show_default=True,
+    type=SECONDS,
+    help="How long a rollback keeps disk and snapshot rollbacking.",
+)
+@click.option(
+    "--late-commit-seconds",
+    default=DEFAULTS.late_commit_seconds,
+    show_default=True,
+    type=SECONDS,
+    help="How long after its 504 a late-committed snapshot appears.",
+)
+@click.option(
+    "--snapshot-quota",
+    default=None,
+    type=click.IntRange(min=0),
+    help="Project snapshot quota; creates beyond it get 413 EVS.5413.  [default: unlimited]",
+)
 @click.option(
     "--fault-5xx",
     default=0.0,
@@ -101,17 +177,112 @@ def probability(_ctx: click.Context, _param: click.Parameter, value: float) -> f
     callback=probability,
     help="Share of snapshots that end in error.",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed for every random choice.")
-def command(volumes_file: Path | None, **options: object) -> NoReturn:
+@click.option(
+    "--fault-late-commit",
+    default=0.0,
+    show_default=True,
+    callback=probability,
+    help="Share of creates answered 504 APIG.0203 at once whose snapshot appears later.",
+)
+@click.option(
+    "--fault-list",
+    default=0.0,
+    show_default=True,
+    callback=probability,
+    help="Share of snapshot list answers replaced by 503 EVS.5503.",
+)
+@click.option(
+    "--fault-rollback-error",
+    default=0.0,
+    show_default=True,
+    callback=probability,
+    help="Share of rollbacks whose disk ends error_rollbacking.",
+)
+@click.option("--seed", default=DEFAULTS.seed, show_default=True, help="Seed for every random choice.")
+def command(
+    *,
+    host: str,
+    port: int,
+    region: str,
+    project_id: str,
+    volumes_file: Path | None,
+    snapshots_file: Path | None,
+    any_volume: bool,
+    ak: str,
+    sk: str,
+    user: str,
+    password: str,
+    domain: str,
+    token: str | None,
+    token_ttl: float,
+    expired_token_answer: str,
+    ak_lock_after: int,
+    ak_lock_seconds: float,
+    iam_deny_list_projects: bool,
+    latency_ms: float,
+    jitter_ms: float,
+    rate_limit: float | None,
+    burst: int | None,
+    retry_after: bool,
+    creating_seconds: float,
+    rollback_seconds: float,
+    late_commit_seconds: float,
+    snapshot_quota: int | None,
+    fault_5xx: float,
+    fault_drop_before: float,
+    fault_drop_after: float,
+    fault_snapshot_error: float,
+    fault_late_commit: float,
+    fault_list: float,
+    fault_rollback_error: float,
+    seed: int,
+) -> NoReturn:
     """Serve the local EVS emulator until SIGINT/SIGTERM (tests, demos, runbook rehearsal)."""
     from orchestrator.emulator.server import serve_forever  # noqa: PLC0415 - keeps --help fast
 
     try:
         volumes = read_volumes(volumes_file) if volumes_file is not None else ()
+        snapshots = read_snapshots(snapshots_file) if snapshots_file is not None else ()
     except EvsSnapshotError as exc:
         Console(sys.stderr).error(str(exc))
         sys.exit(exc.exit_code)
-    settings = EmulatorSettings(volumes=volumes, **options)  # type: ignore[arg-type]
+    settings = EmulatorSettings(
+        host=host,
+        port=port,
+        region=region,
+        project_id=project_id,
+        volumes=volumes,
+        snapshots=snapshots,
+        any_volume=any_volume,
+        ak=ak,
+        sk=sk,
+        user=user,
+        password=password,
+        domain=domain,
+        token=token,
+        token_ttl=token_ttl,
+        expired_token_answer=int(expired_token_answer),
+        ak_lock_after=ak_lock_after,
+        ak_lock_seconds=ak_lock_seconds,
+        iam_deny_list_projects=iam_deny_list_projects,
+        latency_ms=latency_ms,
+        jitter_ms=jitter_ms,
+        rate_limit=rate_limit,
+        burst=burst,
+        retry_after=retry_after,
+        creating_seconds=creating_seconds,
+        rollback_seconds=rollback_seconds,
+        late_commit_seconds=late_commit_seconds,
+        snapshot_quota=snapshot_quota,
+        fault_5xx=fault_5xx,
+        fault_drop_before=fault_drop_before,
+        fault_drop_after=fault_drop_after,
+        fault_snapshot_error=fault_snapshot_error,
+        fault_late_commit=fault_late_commit,
+        fault_list=fault_list,
+        fault_rollback_error=fault_rollback_error,
+        seed=seed,
+    )
     try:
         anyio.run(serve_forever, settings)
     except OSError as exc:

@@ -1,42 +1,79 @@
-"""``evs-snapshot validate MANIFEST``: every problem a manifest would meet, by row; creates nothing."""
+"""``evs-snapshot validate MANIFEST``: every problem a manifest would meet, by row; creates nothing.
+
+Offline it applies the row rules. ``--online`` also looks each disk up through the same send path as
+``create`` (throttling and 5xx retried under the adaptive limiter): unknown, in use without force,
+not snapshottable, at the per-disk limit (counted as the service counts), or beyond the project's
+snapshot quota. Rows stream through a fixed pool of workers, so memory does not grow with the rows.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import sys
 from collections import Counter
-from typing import TextIO
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-import anyio
+import click
 
-from orchestrator.api.routes import Router, connect
-from orchestrator.config import Connection, RowDefaults, RunIdentity
-from orchestrator.console import Console
-from orchestrator.duplicates import duplicate_candidates
-from orchestrator.errors import (
-    CredentialsRefused,
-    ProjectLookupFailed,
-    TransportError,
-)
-from orchestrator.manifest import ManifestSource, read_rows, spooled
-from orchestrator.models import Record, SnapshotRequest, utc_now
-from orchestrator.rules import RowValidator, check_template
+from orchestrator import options
+from orchestrator.cli import run
+
+if TYPE_CHECKING:
+    from orchestrator.api.routes import Router
+    from orchestrator.config import Connection, RowDefaults
+    from orchestrator.console import Console
+    from orchestrator.manifest import ManifestSource
+    from orchestrator.models import SnapshotRequest
+    from orchestrator.retry import RetryPolicy
 
 MAX_SNAPSHOTS_PER_VOLUME = 7
+BACKUP_PREFIXES = ("autobk_snapshot_", "manualbk_snapshot_")
+SHOWN_PER_CODE = 10
+HINTS = {
+    "MISSING_PROJECT_ID": "pass --project-id or --region (or give project_id/region columns)",
+    "MISSING_REGION": "pass --region or --endpoint (or give a region column)",
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ValidateSettings:
     source: ManifestSource
     defaults: RowDefaults
+    policy: RetryPolicy
     online: Connection | None = None
 
 
+class _Problems:
+    """Problem lines by code: the first few of each code in full, then a count and a hint."""
+
+    def __init__(self, stdout: TextIO) -> None:
+        self.stdout = stdout
+        self.counts: Counter[str] = Counter()
+
+    def add(self, code: str, message: str) -> None:
+        self.counts[code] += 1
+        if self.counts[code] <= SHOWN_PER_CODE:
+            self.stdout.write(f"{code}: {message}\n")
+
+    def close(self) -> None:
+        for code, count in self.counts.most_common():
+            if count > SHOWN_PER_CODE:
+                self.stdout.write(f"{code}: ... and {count - SHOWN_PER_CODE} more rows like these\n")
+            if code in HINTS:
+                self.stdout.write(f"{code}: {HINTS[code]}\n")
+
+
 async def validate(settings: ValidateSettings, *, console: Console, stdout: TextIO) -> int:
-    """``evs-snapshot validate``: every problem the manifest would meet, by row, without creating anything."""
-    check_template(settings.defaults.name_template)
+    """Check every row; exit 0 when none has a problem, 1 otherwise (3 when the API refused us)."""
+    from orchestrator.config import RunIdentity  # noqa: PLC0415
+    from orchestrator.duplicates import duplicate_candidates  # noqa: PLC0415
+    from orchestrator.manifest import read_rows, spooled  # noqa: PLC0415
+    from orchestrator.models import Record, utc_now  # noqa: PLC0415
+    from orchestrator.rules import RowValidator  # noqa: PLC0415
+
     display = "<stdin>" if settings.source.path == "-" else settings.source.path
-    problems: Counter[str] = Counter()
+    problems = _Problems(stdout)
     good = 0
     with spooled(settings.source) as source:
         total, candidates = duplicate_candidates(
@@ -48,19 +85,25 @@ async def validate(settings: ValidateSettings, *, console: Console, stdout: Text
             candidates=candidates,
             region_required=settings.online is None or settings.online.endpoints.evs is None,
         )
-        requests: list[SnapshotRequest] = []
-        for item in validator.validate_all(read_rows(source, display=display)):
-            if isinstance(item, Record):
-                problems[item.error_code or "INVALID"] += 1
-                stdout.write(f"{item.error_code}: {item.error_message}\n")
-            elif settings.online is None:
-                good += 1
-            else:
-                requests.append(item)
-        if settings.online is not None:
-            good += await _check_online(requests, settings.online, problems, stdout)
-    bad = sum(problems.values())
-    codes = ", ".join(f"{code} x{count}" for code, count in problems.most_common())
+
+        def requests() -> Iterator[SnapshotRequest]:
+            nonlocal good
+            for item in validator.validate_all(read_rows(source, display=display)):
+                if isinstance(item, Record):
+                    problems.add(item.error_code or "INVALID", item.error_message or "")
+                elif settings.online is None:
+                    good += 1
+                else:
+                    yield item
+
+        if settings.online is None:
+            for _ in requests():
+                pass
+        else:
+            good += await _check_online(requests(), settings, problems, console)
+    problems.close()
+    bad = sum(problems.counts.values())
+    codes = ", ".join(f"{code} x{count}" for code, count in problems.counts.most_common())
     checked = " (checked online)" if settings.online else ""
     stdout.write(f"{total} rows: {good} would be sent{checked}, {bad} with problems")
     stdout.write(f" ({codes})\n" if codes else "\n")
@@ -68,66 +111,159 @@ async def validate(settings: ValidateSettings, *, console: Console, stdout: Text
 
 
 async def _check_online(
-    requests: list[SnapshotRequest], connection: Connection, problems: Counter[str], stdout: TextIO
+    requests: Iterator[SnapshotRequest], settings: ValidateSettings, problems: _Problems, console: Console
 ) -> int:
-    """Look each volume up (status, force, snapshots so far) with bounded concurrency; GETs only."""
+    """Look each disk up with a fixed pool of workers; GETs only. Returns the rows without a problem."""
+    import contextlib  # noqa: PLC0415
+
+    import anyio  # noqa: PLC0415
+
+    from orchestrator.api.routes import connect  # noqa: PLC0415
+
+    connection = settings.online
+    assert connection is not None  # noqa: S101 - only called online
     good = 0
-    limiter = anyio.CapacityLimiter(connection.limits.concurrency)
+    per_project: Counter[tuple[str | None, str]] = Counter()
     async with contextlib.AsyncExitStack() as stack:
         router = await connect(stack, connection)
+        send, receive = anyio.create_memory_object_stream["SnapshotRequest"](
+            2 * connection.limits.concurrency
+        )
 
-        async def check(request: SnapshotRequest) -> None:
+        async def worker(stream: Any) -> None:
             nonlocal good
-            async with limiter:
-                problem = await _volume_problem(router, request)
-            where = f"row {request.row} (line {request.line}): volume {request.volume_id}"
-            if problem is None:
-                good += 1
-            else:
-                problems[problem[0]] += 1
-                stdout.write(f"{problem[0]}: {where}: {problem[1]}\n")
+            async with stream:
+                async for request in stream:
+                    problem = await _volume_problem(router, request, settings.policy)
+                    if problem is None:
+                        good += 1
+                        per_project[(request.region, request.project_id or "")] += 1
+                    else:
+                        where = f"row {request.row} (line {request.line}): volume {request.volume_id}"
+                        problems.add(problem[0], f"{where}: {problem[1]}")
 
         async with anyio.create_task_group() as group:
-            for request in requests:
-                group.start_soon(check, request)
-    refused = router.closed()
-    if refused:
-        raise refused[0]
+            async with receive:
+                for _ in range(connection.limits.concurrency):
+                    group.start_soon(worker, receive.clone())
+            async with send:
+                for request in requests:
+                    if router.closures():
+                        break  # refused: stop checking (one message at the end, exit 3)
+                    await send.send(request)
+        for (region, project), wanted in per_project.items():
+            if project and not router.closures():
+                good -= await _quota_problem(router, region, project, wanted, settings.policy, problems)
+        closures = router.closures()
+    if closures:
+        for closure in closures:
+            console.error(closure.message, code=closure.code)
+        from orchestrator.errors import RouteClosed  # noqa: PLC0415
+
+        raise RouteClosed(
+            closures[0].code, "validate stopped: the API refused the credentials or the project"
+        )
     return good
 
 
-async def _volume_problem(router: Router, request: SnapshotRequest) -> tuple[str, str] | None:
+async def _volume_problem(
+    router: Router, request: SnapshotRequest, policy: RetryPolicy
+) -> tuple[str, str] | None:
+    from orchestrator.api import evs  # noqa: PLC0415
+    from orchestrator.api.safe import fetch_json  # noqa: PLC0415
+    from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError  # noqa: PLC0415
+
     try:
-        route = await router.route_for(request)
-        await route.limiter.acquire()
-        volume = await route.client.show_volume(route.project_id, request.volume_id)
-        route.observe(volume)
-        if volume.status == 404:
+        route = await router.route_for(request.project_id, request.region)
+        body = await fetch_json(
+            route, evs.show_volume(route.project_id, request.volume_id), policy, missing_ok=True
+        )
+        if not body:
             return "VOLUME_NOT_FOUND", "the disk does not exist in this project"
-        if volume.status != 200 or not isinstance(volume.body, dict):
-            return "CHECK_FAILED", f"volume lookup answered {volume.status} {volume.error()[0]}"
-        status = str(volume.body.get("volume", {}).get("status"))
+        status = str((body.get("volume") or {}).get("status"))
         if status == "in-use" and not request.force:
             return "VOLUME_IN_USE", "the disk is in-use: set force (row or --force) to snapshot it attached"
         if status not in ("available", "in-use"):
             return "VOLUME_NOT_SNAPSHOTTABLE", f"the disk is {status}; it must be available or in-use"
-        await route.limiter.acquire()
-        listed = await route.client.list_snapshots(
-            route.project_id, [("limit", "1"), ("volume_id", request.volume_id)]
+        query = [("volume_id", request.volume_id), ("limit", str(evs.PAGE))]
+        listed = await fetch_json(
+            route, evs.list_snapshots(route.project_id, query, kind=evs.Kind.CHECK), policy
         )
-        route.observe(listed)
-        count = (
-            int(listed.body.get("count") or 0)
-            if listed.status == 200 and isinstance(listed.body, dict)
-            else 0
-        )
+        count = sum(1 for snapshot in listed.get("snapshots") or [] if _counts_toward_limit(snapshot))
         if count >= MAX_SNAPSHOTS_PER_VOLUME:
             return (
                 "SNAPSHOT_LIMIT_REACHED",
-                f"the disk already has {count} snapshots (at most {MAX_SNAPSHOTS_PER_VOLUME})",
+                f"the disk already has {count} manually created snapshots "
+                f"(at most {MAX_SNAPSHOTS_PER_VOLUME}); prune old ones first",
             )
+    except ListingFailed as exc:
+        return "CHECK_FAILED", str(exc)
     except TransportError as exc:
         return "CHECK_FAILED", str(exc)
-    except (ProjectLookupFailed, CredentialsRefused) as exc:
+    except (ProjectLookupFailed, RouteClosed) as exc:
         return exc.code, exc.message
     return None
+
+
+def _counts_toward_limit(snapshot: object) -> bool:
+    """The service counts manually created snapshots: not backup-made ones, and not those being deleted."""
+    if not isinstance(snapshot, dict):
+        return False
+    name = str(snapshot.get("name") or "")
+    return not name.startswith(BACKUP_PREFIXES) and snapshot.get("status") not in ("deleting",)
+
+
+async def _quota_problem(
+    router: Router, region: str | None, project: str, wanted: int, policy: RetryPolicy, problems: _Problems
+) -> int:
+    """Rows beyond the project's remaining snapshot quota (each reported as QUOTA_EXCEEDED)."""
+    from orchestrator.api.safe import remaining_quota  # noqa: PLC0415
+    from orchestrator.errors import ListingFailed  # noqa: PLC0415
+
+    route = router.route_at(region, project)
+    try:
+        remaining = await remaining_quota(route, policy)
+    except ListingFailed as exc:
+        problems.add("CHECK_FAILED", f"project {project}: the snapshot quota could not be read ({exc})")
+        return 0
+    if remaining is None or wanted <= remaining:
+        return 0
+    over = wanted - remaining
+    problems.add(
+        "QUOTA_EXCEEDED",
+        f"project {project}: {wanted} rows would be sent but only {remaining} snapshots are left in the "
+        f"project's quota; {over} would be refused (prune, or ask for a larger quota)",
+    )
+    return 0
+
+
+@click.command("validate")
+@options.MANIFEST
+@options.ROWS
+@click.option(
+    "--online", is_flag=True, help="Also check each volume against the API (GETs only; nothing is created)."
+)
+@options.CONNECTION
+@options.RETRIES
+@options.LOG_FORMAT
+@options.DEBUG
+def command(
+    *,
+    source: ManifestSource,
+    rows: RowDefaults,
+    online: bool,
+    connection: Connection,
+    policy: RetryPolicy,
+    log_format: str,
+) -> NoReturn:
+    """Check a manifest (offline, or --online against the API) without creating anything."""
+    from orchestrator.console import Console  # noqa: PLC0415
+
+    console = Console(sys.stderr, json=log_format == "json")
+    settings = ValidateSettings(
+        source=source,
+        defaults=dataclasses.replace(rows, region=connection.endpoints.home_region),
+        policy=policy,
+        online=connection if online else None,
+    )
+    raise SystemExit(run(lambda: validate(settings, console=console, stdout=sys.stdout)))

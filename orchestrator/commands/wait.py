@@ -1,62 +1,154 @@
-"""``evs-snapshot wait REPORT``: poll the snapshots a report accepted until each settles."""
+"""``evs-snapshot wait REPORT``: poll the snapshots a report accepted until each settles.
+
+It first sweeps the run's projects for extra snapshots of the run (as ``create`` does at its end),
+then polls; rows that timed out waiting before are waited for again, never sent again.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import signal
+import os
+import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
-import anyio
+import click
 
-from orchestrator.api.routes import connect
-from orchestrator.config import Connection
-from orchestrator.console import Console
-from orchestrator.errors import (
-    UsageError,
-)
-from orchestrator.finish import Closing, finish, round_logger, stop_on_signal
-from orchestrator.lock import ReportLock, lock_path
-from orchestrator.report import ReportWriter, final_records
-from orchestrator.tally import Tally
-from orchestrator.waiter import Waiter, WaitPlan
+from orchestrator import options
+from orchestrator.cli import run
+
+if TYPE_CHECKING:
+    from orchestrator.config import Connection
+    from orchestrator.console import Console
+    from orchestrator.finish import Closing
+    from orchestrator.models import Outcome, Record
+    from orchestrator.report import ReportWriter
+    from orchestrator.retry import RetryPolicy
+    from orchestrator.tally import Tally
+    from orchestrator.waiter import WaitPlan
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class WaitSettings:
     report: Path
     connection: Connection
-    plan: WaitPlan = dataclasses.field(default_factory=WaitPlan)
-    closing: Closing = dataclasses.field(default_factory=Closing)
+    plan: WaitPlan
+    closing: Closing
+    policy: RetryPolicy
     lock_file: Path | None = None
+    keep_duplicates: bool = False
 
 
 async def wait(settings: WaitSettings, *, console: Console) -> int:
-    """``evs-snapshot wait REPORT``: poll the report's accepted snapshots and append their final states."""
-    if not settings.report.is_file():
-        raise UsageError(f"{settings.report}: no such report")
-    lock = lock_path(str(settings.report), settings.lock_file)
-    if lock is None:
-        raise UsageError("wait reads and appends to a report file, not standard output")
-    with ReportLock(lock):
+    """Sweep, then poll the report's accepted snapshots and append their final states."""
+    import anyio  # noqa: PLC0415
+
+    from orchestrator.api.routes import connect  # noqa: PLC0415
+    from orchestrator.errors import Interrupted, UsageError  # noqa: PLC0415
+    from orchestrator.finish import finish  # noqa: PLC0415
+    from orchestrator.lock import holding, lock_for  # noqa: PLC0415
+    from orchestrator.report import ReportWriter, check_report_path, final_records, read_header  # noqa: PLC0415
+    from orchestrator.signals import cancel_on_signal  # noqa: PLC0415
+    from orchestrator.sweep import sweep, sweep_policy  # noqa: PLC0415
+    from orchestrator.tally import Tally  # noqa: PLC0415
+    from orchestrator.waiter import Waiter  # noqa: PLC0415
+
+    report = settings.report
+    check_report_path(report)
+    if not report.is_file():
+        raise UsageError(f"{report}: no such report")
+    header = read_header(report)
+    lock = settings.lock_file or lock_for("report", str(report), os.environ)
+    received: list[int] = []
+    with holding([lock]):
+        if header is None and next(iter(final_records(report)), None) is None:
+            raise UsageError(f"{report}: the report holds no records; nothing to wait for")
+        tally = Tally(manifest_rows=None if header is None else header.rows)
         async with contextlib.AsyncExitStack() as stack:
             router = await connect(stack, settings.connection)
-            writer = stack.enter_context(ReportWriter(str(settings.report), resume=True))
-            tally = Tally()
+            writer = stack.enter_context(ReportWriter(str(report), resume=True))
             waiter = Waiter(
-                settings.plan, router=router, writer=writer, tally=tally, on_round=round_logger(console)
+                settings.plan, router=router, writer=writer, tally=tally, on_round=console.wait_round
             )
-            waiter.load(final_records(settings.report))
+            waiter.load(final_records(report))
+            started = time.monotonic()
+            if header is not None and waiter.pending:
+                found = await sweep(
+                    list(router.routes.values()),
+                    run_id=header.run_id,
+                    report=report,
+                    writer=writer,
+                    emit=lambda record, previous: _emit(writer, tally, record, previous),
+                    policy=sweep_policy(settings.policy),
+                    keep_duplicates=settings.keep_duplicates,
+                    patience=settings.plan.interval * 4,
+                )
+                if found.found:
+                    console.warn(
+                        f"sweep: {found.found} extra snapshots of this run found, {found.removed} deleted"
+                    )
+                tally.phase("sweep", time.monotonic() - started, router.counts())
+                started = time.monotonic()
             console.event("waiting", f"waiting for {waiter.waiting} snapshots", pending=waiter.waiting)
-            received: list[int] = []
             async with anyio.create_task_group() as group:
-                group.start_soon(stop_on_signal, group.cancel_scope, received)
+                group.start_soon(cancel_on_signal, group.cancel_scope, received)
                 await waiter.run()
                 group.cancel_scope.cancel()
-    code = finish(
-        tally, settings.closing, router=router, console=console, report=str(settings.report), command="wait"
-    )
+            tally.phase("wait", time.monotonic() - started, router.counts())
+    code = finish(tally, settings.closing, router=router, console=console, report=str(report), command="wait")
     if received:
-        console.error(f"stopped by {signal.Signals(received[0]).name}; run wait again to go on")
-        return 128 + received[0]
+        raise Interrupted(received[0], "run wait again to go on")
     return code
+
+
+def _emit(writer: ReportWriter, tally: Tally, record: Record, previous: Outcome | None) -> None:
+    writer.write(record)
+    if previous is None:
+        tally.add(record)
+    else:
+        tally.replace(previous, record)
+
+
+@click.command("wait")
+@click.argument("report", type=click.Path(path_type=Path, dir_okay=True))
+@options.CONNECTION
+@options.WAITING
+@options.RETRIES
+@click.option(
+    "--keep-duplicates", is_flag=True, help="Report, but do not delete, extra snapshots of the report's run."
+)
+@click.option(
+    "--lock-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Lock held while waiting.  [default: one per report, in the per-user lock directory]",
+)
+@options.CLOSING
+@options.LOG_FORMAT
+@options.DEBUG
+def command(
+    *,
+    report: Path,
+    connection: Connection,
+    wait_plan: WaitPlan,
+    policy: RetryPolicy,
+    keep_duplicates: bool,
+    lock_file: Path | None,
+    closing: Closing,
+    log_format: str,
+) -> NoReturn:
+    """Poll the snapshots a report accepted until each is available or error; append their final states."""
+    from orchestrator.console import Console  # noqa: PLC0415
+
+    console = Console(sys.stderr, json=log_format == "json")
+    settings = WaitSettings(
+        report=report,
+        connection=connection,
+        plan=wait_plan,
+        closing=closing,
+        policy=policy,
+        lock_file=lock_file,
+        keep_duplicates=keep_duplicates,
+    )
+    raise SystemExit(run(lambda: wait(settings, console=console)))

@@ -1,7 +1,8 @@
 """A local stand-in for the EVS snapshot API and the IAM calls the tool makes (aiohttp.web).
 
 The server parts are imported on first use, so that importing ``orchestrator.emulator.settings``
-(which every CLI start does) does not load aiohttp.web.
+(which every CLI start does) does not load aiohttp.web. ``ManualClock`` is the test clock: pass it
+to ``serving``, ``EmulatorThread`` or ``build_app`` and advance it instead of sleeping.
 """
 
 from __future__ import annotations
@@ -9,15 +10,20 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from orchestrator.emulator.settings import EmulatorSettings, SeedVolume, read_volumes
+from orchestrator.emulator.clock import ManualClock
+from orchestrator.emulator.seedfiles import read_snapshots, read_volumes
+from orchestrator.emulator.settings import EmulatorSettings, SeedSnapshot, SeedVolume
 
 __all__ = [
     "EmulatorSettings",
     "EmulatorThread",
+    "ManualClock",
     "RunningEmulator",
+    "SeedSnapshot",
     "SeedVolume",
     "build_app",
     "fetch_state",
+    "read_snapshots",
     "read_volumes",
     "serve_forever",
     "serving",

@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from orchestrator.emulator.app import WORLD, build_app
+from orchestrator.emulator.clock import Clock
 from orchestrator.emulator.settings import EmulatorSettings
 from orchestrator.emulator.state import World
 
@@ -28,10 +29,14 @@ class RunningEmulator:
 
 
 @contextlib.asynccontextmanager
-async def serving(settings: EmulatorSettings) -> AsyncIterator[RunningEmulator]:
-    """Serve the emulator in the running event loop for the duration of the block."""
-    app = build_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+async def serving(settings: EmulatorSettings, clock: Clock | None = None) -> AsyncIterator[RunningEmulator]:
+    """Serve the emulator in the running event loop for the duration of the block.
+
+    ``clock`` (monotonic seconds, e.g. a ``ManualClock``) drives the emulator's time; handlers are
+    never cancelled when a client goes away, so a request the client gave up on is still carried out.
+    """
+    app = build_app(settings, clock)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
@@ -58,8 +63,9 @@ async def serve_forever(settings: EmulatorSettings) -> None:
 class EmulatorThread:
     """The emulator on its own event loop in a daemon thread, for synchronous callers (CLI tests)."""
 
-    def __init__(self, settings: EmulatorSettings) -> None:
+    def __init__(self, settings: EmulatorSettings, clock: Clock | None = None) -> None:
         self.settings = settings
+        self.clock = clock
         self.url = ""
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -77,7 +83,7 @@ class EmulatorThread:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with serving(self.settings) as emulator:
+        async with serving(self.settings, self.clock) as emulator:
             self.url = emulator.url
             self._ready.set()
             await self._stop.wait()

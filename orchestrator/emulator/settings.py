@@ -1,16 +1,12 @@
-"""The emulator's knobs (one frozen value; every default is the spec's) and its volume seed file."""
+"""The emulator's knobs (one frozen value; every default is the spec's) and the records it is seeded with.
+
+Reading the seed files (``--volumes``, ``--snapshots``) lives in ``orchestrator.emulator.seedfiles``.
+"""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-from collections.abc import Iterable
-from pathlib import Path
-
-import orjson
-
-from orchestrator.errors import UsageError
+from collections.abc import Mapping
 
 DEFAULT_PROJECT_ID = "0123456789abcdef0123456789abcdef"
 DEFAULT_AK = "EMULATORAK0000000000"
@@ -30,20 +26,60 @@ VOLUME_STATUSES = frozenset(
         "error",
         "error_deleting",
         "error_extending",
+        "error_restoring",
+        "error_rollbacking",
+        "rollbacking",
+        "backing-up",
         "downloading",
         "uploading",
+        "retyping",
+        "awaiting-transfer",
         "restoring-backup",
     }
+)
+SNAPSHOT_STATUSES = frozenset(
+    {"creating", "available", "error", "deleting", "error_deleting", "rollbacking", "backing-up"}
 )
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SeedVolume:
-    """A disk the emulator knows: its id (lower case), status and size in GB."""
+    """A disk the emulator knows: its id (lower case), status, size in GB and descriptive fields.
+
+    ``server_id`` (with ``device``, ``/dev/vdb`` by default) makes one attachment, and an attached disk
+    left ``available`` is ``in-use``; an ``in-use`` disk without ``server_id`` gets a made-up server.
+    ``availability_zone`` defaults to the region + ``a``.
+    """
 
     volume_id: str
     status: str = "available"
     size: int = 40
+    name: str = ""
+    server_id: str | None = None
+    device: str | None = None
+    bootable: bool = False
+    availability_zone: str | None = None
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SeedSnapshot:
+    """A snapshot that exists when the emulator starts; it keeps its seeded status until acted on.
+
+    ``created_at`` is in EVS form (``YYYY-MM-DDTHH:MM:SS.ffffff``, UTC) or ``None`` for the start time;
+    ``project_id`` ``None`` means the served project; ``size`` ``None`` takes the disk's size.
+    """
+
+    id: str
+    volume_id: str
+    name: str | None = None
+    status: str = "available"
+    created_at: str | None = None
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    project_id: str | None = None
+    description: str | None = None
+    size: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +91,7 @@ class EmulatorSettings:
     region: str = "cn-north-4"
     project_id: str = DEFAULT_PROJECT_ID
     volumes: tuple[SeedVolume, ...] = ()
+    snapshots: tuple[SeedSnapshot, ...] = ()
     any_volume: bool = False
     ak: str = DEFAULT_AK
     sk: str = DEFAULT_SK
@@ -63,50 +100,26 @@ class EmulatorSettings:
     domain: str = DEFAULT_DOMAIN
     token: str | None = None
     token_ttl: float = 86400.0
+    expired_token_answer: int = 401
+    ak_lock_after: int = 0
+    ak_lock_seconds: float = 300.0
+    iam_deny_list_projects: bool = False
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
     rate_limit: float | None = None
     burst: int | None = None
     retry_after: bool = False
     creating_seconds: float = 2.0
+    deleting_seconds: float = 0.5
+    rollback_seconds: float = 2.0
+    late_commit_seconds: float = 3.0
+    snapshot_quota: int | None = None
+    max_snapshots_per_volume: int = 7
     fault_5xx: float = 0.0
     fault_drop_before: float = 0.0
     fault_drop_after: float = 0.0
     fault_snapshot_error: float = 0.0
+    fault_late_commit: float = 0.0
+    fault_list: float = 0.0
+    fault_rollback_error: float = 0.0
     seed: int = 0
-    max_snapshots_per_volume: int = 7
-    deleting_seconds: float = 0.5
-
-
-def read_volumes(path: Path) -> tuple[SeedVolume, ...]:
-    """Read ``volume_id,status,size`` rows from a CSV file or a JSON array (or ``{"volumes": [...]}``)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the volumes file: {exc.strerror}") from exc
-    if path.suffix.lower() == ".json":
-        try:
-            loaded = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise UsageError(f"{path}: not valid JSON: {exc}") from exc
-        items = loaded.get("volumes") if isinstance(loaded, dict) else loaded
-        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-            raise UsageError(f"{path}: expected an array of volume objects")
-        return _seed(path, items)
-    text = data.decode("utf-8-sig", errors="replace")
-    return _seed(path, csv.DictReader(io.StringIO(text)))
-
-
-def _seed(path: Path, items: Iterable[dict[str, object]]) -> tuple[SeedVolume, ...]:
-    volumes = []
-    for number, item in enumerate(items, start=1):
-        volume_id = str(item.get("volume_id") or "").strip().lower()
-        status = str(item.get("status") or "available").strip()
-        if not volume_id or status not in VOLUME_STATUSES:
-            raise UsageError(f"{path}: entry {number} needs a volume_id and a known status")
-        try:
-            size = int(str(item.get("size") or 40))
-        except ValueError as exc:
-            raise UsageError(f"{path}: entry {number}: size must be a whole number") from exc
-        volumes.append(SeedVolume(volume_id=volume_id, status=status, size=size))
-    return tuple(volumes)

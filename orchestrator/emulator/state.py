@@ -1,29 +1,56 @@
-"""The emulator's in-memory world: volumes, snapshots, issued tokens, throttling buckets, counters.
+"""The emulator's in-memory world: volumes, snapshots, rollbacks, tokens, the AK lock, buckets, counters.
 
-Snapshot statuses are computed from the clock when read (``creating`` until its time is up, then
-``available`` or ``error``), so no timer tasks exist. Times come from an injected monotonic clock.
+States are computed from the injected clock when read (a snapshot is ``creating`` until its time is
+up, then ``available`` or ``error``; a rollback ends when its time is up), so no timer tasks exist.
+A late-committed snapshot is invisible until the moment it appears.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import re
 import secrets
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from datetime import UTC, datetime
 
-from orchestrator.emulator.settings import EmulatorSettings, SeedVolume
+from orchestrator.emulator.clock import Clock, Timeline, evs_time
+from orchestrator.emulator.settings import EmulatorSettings, SeedSnapshot, SeedVolume
+
+__all__ = ["UUID_RE", "Attachment", "Clock", "Snapshot", "Volume", "World", "evs_time"]
 
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-Clock = Callable[[], float]
+# Snapshots the backup services make; they do not count against the per-disk limit (evs-api.md 9).
+BACKUP_NAME_PREFIXES = ("autobk_snapshot_", "manualbk_snapshot_")
+DEFAULT_DEVICE = "/dev/vdb"
 
 
-def evs_time(moment: datetime) -> str:
-    """EVS timestamps: UTC, microseconds, no ``Z``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+@dataclasses.dataclass(slots=True)
+class Attachment:
+    server_id: str
+    device: str
+    attached_at: str
+
+
+@dataclasses.dataclass(slots=True)
+class Volume:
+    """A disk as the emulator holds it; ``status`` is settled against the clock by ``World``."""
+
+    id: str
+    status: str
+    size: int
+    name: str
+    bootable: bool
+    availability_zone: str
+    metadata: dict[str, str]
+    tags: dict[str, str]
+    attachments: list[Attachment]
+    created_at: str
+    rollback_until: float | None = None
+    rollback_final: str = "available"
 
 
 @dataclasses.dataclass(slots=True)
@@ -36,10 +63,12 @@ class Snapshot:
     metadata: dict[str, str]
     size: int
     created_at: str
-    created_mono: float
+    visible_from: float
+    creating_until: float
     final_status: str
     updated_at: str | None = None
     deleted_mono: float | None = None
+    rollback_until: float | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -58,7 +87,7 @@ class TokenBucket:
     updated: float
 
     def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.updated) * self.rate)
         self.updated = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0
@@ -75,88 +104,204 @@ class World:
     def __init__(self, settings: EmulatorSettings, clock: Clock) -> None:
         self.settings = settings
         self.clock = clock
+        self.timeline = Timeline(clock)
         self.random = random.Random(settings.seed)
-        self.volumes: dict[str, SeedVolume] = {v.volume_id: v for v in settings.volumes}
+        self.volumes: dict[str, Volume] = {}
+        for seed in settings.volumes:
+            self.volumes[seed.volume_id] = self._new_volume(seed)
         self.snapshots: dict[str, Snapshot] = {}
         self.by_volume: defaultdict[str, list[str]] = defaultdict(list)
+        for seeded in sorted(settings.snapshots, key=lambda s: s.created_at or "~"):
+            self._seed_snapshot(seeded)
+        self.rollbacks: list[dict[str, str]] = []
         self.tokens: dict[str, IssuedToken] = {}
         self.buckets: dict[str, TokenBucket] = {}
+        self.ak_failures = 0
+        self.ak_locked_until: float | None = None
         self.requests: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.in_flight = 0
         self.max_in_flight = 0
 
+    def now_text(self) -> str:
+        """The wall time now, in EVS form (it follows the injected clock)."""
+        return evs_time(self.timeline.wall())
+
     # --- volumes -------------------------------------------------------------------------
-    def volume(self, volume_id: str) -> SeedVolume | None:
+    def _new_volume(self, seed: SeedVolume) -> Volume:
+        now = self.now_text()
+        attachments = []
+        server_id = seed.server_id
+        if server_id is None and seed.status == "in-use":  # an in-use disk is attached to something
+            server_id = str(uuid.uuid5(uuid.NAMESPACE_OID, f"server/{seed.volume_id}"))
+        status = seed.status
+        if server_id:
+            attachments.append(Attachment(server_id, seed.device or DEFAULT_DEVICE, now))
+            status = "in-use" if status == "available" else status  # attached means in use
+        return Volume(
+            id=seed.volume_id,
+            status=status,
+            size=seed.size,
+            name=seed.name,
+            bootable=seed.bootable,
+            availability_zone=seed.availability_zone or f"{self.settings.region}a",
+            metadata=dict(seed.metadata),
+            tags=dict(seed.tags),
+            attachments=attachments,
+            created_at=now,
+        )
+
+    def volume(self, volume_id: str) -> Volume | None:
+        """A known disk (made on first use under ``--any-volume``), its status settled."""
         key = volume_id.lower()
         found = self.volumes.get(key)
         if found is None and self.settings.any_volume and UUID_RE.match(volume_id):
-            found = self.volumes[key] = SeedVolume(volume_id=key)
-        return found
+            found = self.volumes[key] = self._new_volume(SeedVolume(volume_id=key))
+        return None if found is None else self._settle(found)
+
+    def all_volumes(self) -> list[Volume]:
+        return [self._settle(volume) for volume in self.volumes.values()]
+
+    def _settle(self, volume: Volume) -> Volume:
+        if volume.rollback_until is not None and self.clock() >= volume.rollback_until:
+            volume.status = volume.rollback_final
+            volume.rollback_until = None
+        return volume
+
+    def attach(self, volume: Volume, server_id: str, device: str | None) -> None:
+        volume.attachments = [Attachment(server_id, device or DEFAULT_DEVICE, self.now_text())]
+        volume.status = "in-use"
+
+    def detach(self, volume: Volume) -> None:
+        volume.attachments = []
+        volume.status = "available"
 
     # --- snapshots -----------------------------------------------------------------------
+    def _seed_snapshot(self, seeded: SeedSnapshot) -> None:
+        volume = self.volumes.get(seeded.volume_id)
+        created_at = seeded.created_at or self.now_text()
+        snap = Snapshot(
+            id=seeded.id,
+            volume_id=seeded.volume_id,
+            project_id=seeded.project_id or self.settings.project_id,
+            name=seeded.name,
+            description=seeded.description,
+            metadata=dict(seeded.metadata),
+            size=seeded.size or (volume.size if volume is not None else 40),
+            created_at=created_at,
+            updated_at=created_at,
+            visible_from=-math.inf,
+            creating_until=-math.inf,
+            final_status=seeded.status,
+        )
+        self.snapshots[snap.id] = snap
+        self.by_volume[snap.volume_id].append(snap.id)
+
     def status_of(self, snap: Snapshot) -> str | None:
-        """Current status, or ``None`` once a deleted snapshot is gone."""
+        """Current status, or ``None`` while a late commit has not appeared or once a deletion is over."""
         now = self.clock()
+        if now < snap.visible_from:
+            return None
         if snap.deleted_mono is not None:
             return "deleting" if now - snap.deleted_mono < self.settings.deleting_seconds else None
-        if now - snap.created_mono < self.settings.creating_seconds:
+        if snap.rollback_until is not None:
+            if now < snap.rollback_until:
+                return "rollbacking"
+            snap.rollback_until = None
+        if now < snap.creating_until:
             return "creating"
         return snap.final_status
 
+    def _gone(self, snap: Snapshot) -> bool:
+        return (
+            snap.deleted_mono is not None
+            and self.clock() - snap.deleted_mono >= self.settings.deleting_seconds
+        )
+
     def live_snapshots(self) -> Iterator[tuple[Snapshot, str]]:
-        """Every snapshot that still exists with its status, newest first; purges vanished ones."""
+        """Every visible snapshot with its status, newest first; purges the ones that are gone."""
         gone = []
         for snap in reversed(self.snapshots.values()):
             status = self.status_of(snap)
-            if status is None:
-                gone.append(snap)
-            else:
+            if status is not None:
                 yield snap, status
+            elif self._gone(snap):
+                gone.append(snap)
         for snap in gone:
             self._forget(snap)
 
-    def find(self, snapshot_id: str) -> tuple[Snapshot, str] | None:
+    def find(self, snapshot_id: str, project_id: str | None = None) -> tuple[Snapshot, str] | None:
+        """A visible snapshot (of ``project_id`` when given) with its status."""
         snap = self.snapshots.get(snapshot_id)
-        if snap is None:
+        if snap is None or (project_id is not None and snap.project_id != project_id):
             return None
         status = self.status_of(snap)
         if status is None:
-            self._forget(snap)
+            if self._gone(snap):
+                self._forget(snap)
             return None
         return snap, status
 
     def snapshot_count(self, volume_id: str) -> int:
-        return sum(1 for sid in self.by_volume.get(volume_id, ()) if self.find(sid) is not None)
+        """Snapshots of a disk as the service counts them against its limit of 7 (evs-api.md 9):
+        visible, not ``deleting``, and not made by a backup service."""
+        count = 0
+        for snapshot_id in list(self.by_volume.get(volume_id, ())):
+            found = self.find(snapshot_id)
+            if found is None or found[1] == "deleting":
+                continue
+            if not (found[0].name or "").startswith(BACKUP_NAME_PREFIXES):
+                count += 1
+        return count
+
+    def project_snapshots(self, project_id: str) -> list[tuple[Snapshot, str]]:
+        return [(snap, status) for snap, status in self.live_snapshots() if snap.project_id == project_id]
 
     def create_snapshot(
         self,
         *,
-        volume: SeedVolume,
+        volume: Volume,
         name: str | None,
         description: str | None,
         metadata: dict[str, str],
+        delay: float = 0.0,
     ) -> Snapshot:
-        now = datetime.now(UTC)
+        """Record a snapshot; with ``delay`` it appears (starts ``creating``) that many seconds later."""
+        appears = self.clock() + delay
+        created_at = evs_time(self.timeline.wall(appears))
         failed = self.chance(self.settings.fault_snapshot_error)
         snap = Snapshot(
             id=str(uuid.UUID(int=self.random.getrandbits(128), version=4)),
-            volume_id=volume.volume_id,
+            volume_id=volume.id,
             project_id=self.settings.project_id,
             name=name,
             description=description,
             metadata=metadata,
             size=volume.size,
-            created_at=evs_time(now),
-            updated_at=evs_time(now),
-            created_mono=self.clock(),
+            created_at=created_at,
+            updated_at=created_at,
+            visible_from=appears,
+            creating_until=appears + self.settings.creating_seconds,
             final_status="error" if failed else "available",
         )
         self.snapshots[snap.id] = snap
-        self.by_volume[volume.volume_id].append(snap.id)
+        self.by_volume[volume.id].append(snap.id)
         return snap
 
     def delete_snapshot(self, snap: Snapshot) -> None:
         snap.deleted_mono = self.clock()
+        snap.updated_at = self.now_text()
+
+    def rollback(self, snap: Snapshot, volume: Volume, name: str | None) -> None:
+        """Start a rollback: disk and snapshot are ``rollbacking`` for ``rollback_seconds``."""
+        until = self.clock() + self.settings.rollback_seconds
+        failed = self.chance(self.settings.fault_rollback_error)
+        snap.rollback_until = until
+        volume.status = "rollbacking"
+        volume.rollback_until = until
+        volume.rollback_final = "error_rollbacking" if failed else "available"
+        if name is not None:
+            volume.name = name
+        self.rollbacks.append({"snapshot_id": snap.id, "volume_id": volume.id, "at": self.now_text()})
 
     def _forget(self, snap: Snapshot) -> None:
         self.snapshots.pop(snap.id, None)
@@ -164,14 +309,16 @@ class World:
         if ids and snap.id in ids:
             ids.remove(snap.id)
 
-    # --- tokens --------------------------------------------------------------------------
-    def issue_token(self) -> tuple[str, datetime]:
+    # --- tokens and the AK lock ------------------------------------------------------------
+    def issue_token(self) -> tuple[str, datetime, datetime]:
+        """A new token with its issue and expiry wall times (both follow the clock)."""
         token = "MII" + secrets.token_urlsafe(48)
+        now = self.clock()
         self.tokens[token] = IssuedToken(
-            project_id=self.settings.project_id,
-            expires_mono=self.clock() + self.settings.token_ttl,
+            project_id=self.settings.project_id, expires_mono=now + self.settings.token_ttl
         )
-        return token, datetime.now(UTC) + timedelta(seconds=self.settings.token_ttl)
+        issued = self.timeline.wall(now).astimezone(UTC)
+        return token, issued, self.timeline.wall(now + self.settings.token_ttl).astimezone(UTC)
 
     def token_project(self, token: str) -> str | bool | None:
         """The project of a valid token; ``False`` when it expired; ``None`` when unknown."""
@@ -183,6 +330,27 @@ class World:
         if self.clock() >= issued.expires_mono:
             return False
         return issued.project_id
+
+    def ak_locked(self) -> bool:
+        if self.ak_locked_until is None:
+            return False
+        if self.clock() < self.ak_locked_until:
+            return True
+        self.ak_locked_until = None
+        self.ak_failures = 0
+        return False
+
+    def ak_failed(self) -> None:
+        """Count a signature failure of the emulator's AK; lock it after ``ak_lock_after`` in a row."""
+        limit = self.settings.ak_lock_after
+        if limit <= 0:
+            return
+        self.ak_failures += 1
+        if self.ak_failures >= limit:
+            self.ak_locked_until = self.clock() + self.settings.ak_lock_seconds
+
+    def ak_succeeded(self) -> None:
+        self.ak_failures = 0
 
     # --- faults and throttling -------------------------------------------------------------
     def chance(self, probability: float) -> bool:
@@ -200,11 +368,18 @@ class World:
             bucket = self.buckets[tenant] = TokenBucket(rate, burst, burst, now)
         return None if bucket.take(now) else bucket.wait_time()
 
+    # --- the test hook ---------------------------------------------------------------------
     def state(self) -> dict[str, object]:
         """The ``GET /_emulator/state`` document."""
         return {
             "volumes": [
-                {"volume_id": v.volume_id, "status": v.status, "size": v.size} for v in self.volumes.values()
+                {
+                    "volume_id": v.id,
+                    "status": v.status,
+                    "size": v.size,
+                    "attachments": [attachment_json(v, a) for a in v.attachments],
+                }
+                for v in self.all_volumes()
             ],
             "snapshots": [
                 {
@@ -214,9 +389,24 @@ class World:
                     "name": snap.name,
                     "status": status,
                     "created_at": snap.created_at,
+                    "metadata": snap.metadata,
                 }
                 for snap, status in reversed(list(self.live_snapshots()))
             ],
+            "rollbacks": list(self.rollbacks),
             "requests": {route: dict(counts) for route, counts in sorted(self.requests.items())},
             "max_in_flight": self.max_in_flight,
         }
+
+
+def attachment_json(volume: Volume, attachment: Attachment) -> dict[str, object]:
+    """An attachment in the EVS shape (``id`` is the disk's, as the service answers)."""
+    return {
+        "server_id": attachment.server_id,
+        "device": attachment.device,
+        "attachment_id": str(uuid.uuid5(uuid.NAMESPACE_OID, f"{volume.id}/{attachment.server_id}")),
+        "attached_at": attachment.attached_at,
+        "host_name": None,
+        "volume_id": volume.id,
+        "id": volume.id,
+    }

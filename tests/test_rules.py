@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator.config import RowDefaults, RunIdentity
 from orchestrator.duplicates import BloomFilter, duplicate_candidates
 from orchestrator.errors import UsageError
-from orchestrator.manifest import RawRow
+from orchestrator.manifest import Format, ManifestSource, RawRow, read_rows
 from orchestrator.models import Outcome, Record, SnapshotRequest
-from orchestrator.rules import RowValidator, check_template
+from orchestrator.rules import (
+    RUN_MARKER_KEY,
+    RowValidator,
+    check_metadata_option_keys,
+    check_template,
+)
 from tests.conftest import PROJECT, volume_ids
 
 IDS = volume_ids(4)
@@ -82,6 +91,12 @@ RULES: list[tuple[dict[str, Any] | None, bool, str]] = [
     ({"volume_id": IDS[0], "metadata": {"__system__x": "v"}}, False, "RESERVED_METADATA_KEY"),
     ({"volume_id": IDS[0], "project_id": "ABC"}, False, "INVALID_PROJECT_ID"),
     ({"volume_id": IDS[0], "region": "north"}, False, "INVALID_REGION"),
+    ({"volume_id": IDS[0], "name": "a\x00b"}, False, "INVALID_NAME"),
+    ({"volume_id": IDS[0], "name": " \t "}, False, "INVALID_NAME"),
+    ({"volume_id": IDS[0], "metadata": {RUN_MARKER_KEY: "x"}}, False, "RESERVED_METADATA_KEY"),
+    ({"volume_id": IDS[0], "metadata": '{"evs_snapshot_run": "x"}'}, True, "RESERVED_METADATA_KEY"),
+    ({"volume_id": IDS[0], "metadata.evs_snapshot_run": "x"}, True, "RESERVED_METADATA_KEY"),
+    ({"volume_id": IDS[0], "metadata": {" EVS_Snapshot_Run": "x"}}, False, "RESERVED_METADATA_KEY"),
 ]
 
 
@@ -184,3 +199,151 @@ def test_bloom_filter_has_no_false_negatives() -> None:
     assert all(bloom.add(key) for key in keys[:1000])
     false_positives = sum(bloom.add(key) for key in keys[1000:])
     assert false_positives < 100
+
+
+NAMES: list[tuple[str, str]] = [
+    ("nul\x00", "has the control character \\x00 (U+0000) at position 4"),
+    ("esc\x1b[2J", "has the control character \\x1b (U+001B) at position 4"),
+    ("bell\x07", "has the control character \\x07 (U+0007) at position 5"),
+    ("two\nlines", "has the control character \\x0a (U+000A) at position 4"),
+    ("del\x7f", "has the control character \\x7f (U+007F) at position 4"),
+    ("abc\u202etxt.exe", "has the control character \\u202e (U+202E) at position 4"),
+    ("zero\u200bwidth", "has the control character \\u200b (U+200B) at position 5"),
+    ("line\u2028sep", "has the control character \\u2028 (U+2028) at position 5"),
+    ("   ", "name '   ' is only whitespace"),
+    ("\u3000\u00a0", "name '\\u3000\\xa0' is only whitespace"),
+]
+
+
+@pytest.mark.parametrize(("name", "words"), NAMES, ids=[repr(n[0]) for n in NAMES])
+def test_names_with_control_characters_or_only_whitespace(name: str, words: str) -> None:
+    """Such names are INVALID_NAME; the message names row, line and the character escaped, never raw."""
+    record = validate({"volume_id": IDS[0], "name": name})
+    assert isinstance(record, Record)
+    assert record.error_code == "INVALID_NAME"
+    assert record.error_message is not None
+    assert record.error_message.startswith("row 1 (line 2): name ")
+    assert words in record.error_message
+    assert record.error_message.isprintable()
+    assert record.name is None or record.name.isprintable()
+
+
+def test_printable_unicode_names_are_fine() -> None:
+    """Letters of any script, emoji and inner spaces are not control characters."""
+    request = validate({"volume_id": IDS[0], "name": "sauvegarde é 備份 😀 x"})
+    assert isinstance(request, SnapshotRequest)
+
+
+def test_invalid_record_escapes_control_characters() -> None:
+    """The invalid record keeps the rejected name with its control characters written as escapes."""
+    record = validate({"volume_id": IDS[0], "name": "a\u202eb\x1b"})
+    assert isinstance(record, Record)
+    assert record.name == "a\\u202eb\\x1b"
+
+
+def test_rendered_names_obey_the_name_rules() -> None:
+    """A name rendered from --name-template is refused like a given one, and the message says so."""
+    defaults = RowDefaults(project_id=PROJECT, region="cn-north-4", name_template="{team}")
+    record = validate({"volume_id": IDS[0], "team": "db\x1b[31m"}, defaults=defaults)
+    assert isinstance(record, Record)
+    assert record.error_code == "INVALID_NAME"
+    assert record.error_message == (
+        "row 1 (line 2): name rendered from --name-template 'db\\x1b[31m' has the control character "
+        "\\x1b (U+001B) at position 3"
+    )
+    record = validate({"volume_id": IDS[0], "team": "  "}, defaults=defaults)
+    assert isinstance(record, Record)
+    assert record.error_code == "INVALID_NAME"
+    assert "only whitespace" in (record.error_message or "")
+    prefixed = RowDefaults(project_id=PROJECT, region="cn-north-4", name_template="autobk_{team}")
+    record = validate({"volume_id": IDS[0], "team": "snapshot_1"}, defaults=prefixed)
+    assert isinstance(record, Record)
+    assert record.error_code == "RESERVED_NAME_PREFIX"
+
+
+@pytest.mark.parametrize(
+    ("template", "words"),
+    [
+        ("snap\x1b-{volume_id}", "control character \\x1b (U+001B)"),
+        ("snap-\u202e{volume_id}", "control character \\u202e (U+202E)"),
+        ("autobk_snapshot_{volume_id}", "reserved for backups"),
+        ("x" * 65 + "{row}", "longer than 64 characters"),
+        ("  ", "blank name"),
+    ],
+)
+def test_templates_that_can_never_give_a_valid_name(template: str, words: str) -> None:
+    """Templates whose fixed text breaks the name rules are refused before the run, the text escaped."""
+    with pytest.raises(UsageError) as raised:
+        check_template(template)
+    assert words in str(raised.value)
+    assert str(raised.value).isprintable()
+
+
+def test_select_columns_work_in_templates(write: Callable[..., Path]) -> None:
+    """{server_id} and the other informational columns from select render from a real manifest."""
+    path = write("m.csv", f"Volume_ID,Server_ID,size\n{IDS[0]},srv-1,40\n")
+    defaults = RowDefaults(project_id=PROJECT, region="cn-north-4", name_template="{server_id}-{size}-{row}")
+    warnings: list[str] = []
+    [raw] = read_rows(ManifestSource(str(path), Format.CSV), warn=warnings.append)
+    request = RowValidator(defaults=defaults, identity=IDENTITY, candidates=set()).validate(raw)
+    assert isinstance(request, SnapshotRequest)
+    assert request.name == "srv-1-40-1"
+    assert warnings == []
+
+
+def test_conflicting_json_keys_make_the_row_invalid(write: Callable[..., Path]) -> None:
+    """Two keys of one JSON row naming the same field make that row DUPLICATE_FIELD, naming both keys."""
+    path = write("m.jsonl", f'{{"volume_id": "{IDS[0]}", "Name": "a", "name": "b"}}\n')
+    [raw] = read_rows(ManifestSource(str(path), Format.JSONL))
+    record = RowValidator(defaults=DEFAULTS, identity=IDENTITY, candidates=set()).validate(raw)
+    assert isinstance(record, Record)
+    assert record.error_code == "DUPLICATE_FIELD"
+    assert record.error_message == "row 1 (line 1): the keys 'Name' and 'name' both name 'name'"
+    assert record.volume_id == IDS[0]
+
+
+@pytest.mark.parametrize(
+    ("metadata", "words"),
+    [
+        ({"evs_snapshot_run": "x"}, "reserved for the run marker"),
+        ({"team": "ops", "Evs_Snapshot_Run ": "x"}, "reserved for the run marker"),
+        ({"__system__encrypted": "1"}, "reserved by the cloud"),
+    ],
+)
+def test_metadata_options_cannot_set_reserved_keys(metadata: dict[str, str], words: str) -> None:
+    """--metadata setting the run marker or a __system__ key is a usage error (exit 2)."""
+    with pytest.raises(UsageError) as raised:
+        check_metadata_option_keys(metadata)
+    assert words in str(raised.value)
+    assert raised.value.exit_code == 2
+    check_metadata_option_keys({"team": "ops", "evs_snapshot_runner": "x"})
+    assert RUN_MARKER_KEY == "evs_snapshot_run"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=70),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+field_names = st.sampled_from(
+    ["volume_id", "name", "description", "force", "metadata", "project_id", "region", "metadata.k", "team"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.dictionaries(field_names, json_values | st.sampled_from(IDS), max_size=8),
+    from_csv=st.booleans(),
+    template=st.sampled_from(["{team}", "{volume_id}-{name}", "pre-{metadata.k}"]),
+)
+def test_any_row_gives_a_request_or_an_invalid_record(
+    fields: dict[str, Any], from_csv: bool, template: str
+) -> None:
+    """Whatever a row holds, validation returns a request or an invalid record and never raises."""
+    defaults = RowDefaults(project_id=PROJECT, region="cn-north-4", name_template=template)
+    result = validate(fields, from_csv=from_csv, defaults=defaults)
+    if isinstance(result, Record):
+        assert result.outcome is Outcome.INVALID
+        assert (result.error_message or "").isprintable()
+    else:
+        assert 1 <= len(result.name) <= 64

@@ -1,0 +1,113 @@
+"""The EVS calls the tool makes, each described as a ``Call`` that a route sends (``routes.Route.send``).
+
+A call is data: method, path, query, body and the kind it is counted as. Adding an API call is one
+function here; how it is sent (rate slot, credentials, refusal, limiter feedback, counting) is
+written once, in ``routes``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from orchestrator.models import SnapshotRequest
+
+RUN_MARKER_KEY = "evs_snapshot_run"
+PAGE = 1000
+
+
+class Kind(enum.StrEnum):
+    """What a request was for; the summary counts requests of each kind."""
+
+    CREATE = "creates"
+    LOOKUP = "lookups"
+    POLL = "polls"
+    CHECK = "checks"
+    LIST = "lists"
+    DELETE = "deletes"
+    ROLLBACK = "rollbacks"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Call:
+    """One API request, before credentials are added."""
+
+    kind: Kind
+    method: str
+    path: str
+    query: Sequence[tuple[str, str]] = ()
+    body: bytes = b""
+
+
+def create_snapshot(project_id: str, request: SnapshotRequest, run_id: str) -> Call:
+    """Create one snapshot; the body carries the run's marker beside the row's own metadata."""
+    body = request.body(marker={RUN_MARKER_KEY: run_id})
+    return Call(
+        kind=Kind.CREATE, method="POST", path=f"/v2/{project_id}/cloudsnapshots", body=orjson.dumps(body)
+    )
+
+
+def list_snapshots(project_id: str, query: Sequence[tuple[str, str]], *, kind: Kind = Kind.LIST) -> Call:
+    return Call(kind=kind, method="GET", path=f"/v2/{project_id}/cloudsnapshots/detail", query=query)
+
+
+def show_snapshot(project_id: str, snapshot_id: str, *, kind: Kind = Kind.POLL) -> Call:
+    return Call(kind=kind, method="GET", path=f"/v2/{project_id}/cloudsnapshots/{snapshot_id}")
+
+
+def delete_snapshot(project_id: str, snapshot_id: str) -> Call:
+    return Call(kind=Kind.DELETE, method="DELETE", path=f"/v2/{project_id}/cloudsnapshots/{snapshot_id}")
+
+
+def rollback_snapshot(project_id: str, snapshot_id: str, volume_id: str) -> Call:
+    body = orjson.dumps({"rollback": {"volume_id": volume_id}})
+    return Call(
+        kind=Kind.ROLLBACK,
+        method="POST",
+        path=f"/v2/{project_id}/cloudsnapshots/{snapshot_id}/rollback",
+        body=body,
+    )
+
+
+def show_volume(project_id: str, volume_id: str, *, kind: Kind = Kind.CHECK) -> Call:
+    return Call(kind=kind, method="GET", path=f"/v2/{project_id}/cloudvolumes/{volume_id}")
+
+
+def list_volumes(project_id: str, query: Sequence[tuple[str, str]]) -> Call:
+    return Call(kind=Kind.LIST, method="GET", path=f"/v2/{project_id}/cloudvolumes/detail", query=query)
+
+
+def volumes_by_tags(project_id: str, tags: Mapping[str, Sequence[str]], *, offset: int) -> Call:
+    body = {
+        "action": "filter",
+        "tags": [{"key": key, "values": list(values)} for key, values in tags.items()],
+        "limit": str(PAGE),
+        "offset": str(offset),
+    }
+    return Call(
+        kind=Kind.LIST,
+        method="POST",
+        path=f"/v2/{project_id}/cloudvolumes/resource_instances/action",
+        body=orjson.dumps(body),
+    )
+
+
+def quota(project_id: str) -> Call:
+    return Call(
+        kind=Kind.CHECK,
+        method="GET",
+        path=f"/v2/{project_id}/os-quota-sets/{project_id}",
+        query=(("usage", "True"),),
+    )
+
+
+def marked(snapshot: Mapping[str, Any], run_id: str | None = None) -> bool:
+    """True when a listed snapshot carries the tool's marker (of ``run_id``, when given)."""
+    metadata = snapshot.get("metadata")
+    if not isinstance(metadata, dict) or RUN_MARKER_KEY not in metadata:
+        return False
+    return run_id is None or metadata[RUN_MARKER_KEY] == run_id

@@ -1,0 +1,137 @@
+"""Safe calls (GETs, and DELETE, where 404 means done) sent through a route and retried under the policy.
+
+Throttling, 5xx and transport errors are retried with backoff (the route's limiter paces and adapts);
+a refusal closes the route and raises ``RouteClosed``; retries spent raise ``ListingFailed``, so a
+listing that failed is never taken for an empty one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from orchestrator.api import evs
+from orchestrator.errors import ListingFailed, TransportError
+from orchestrator.retry import RetryPolicy, Verdict
+
+if TYPE_CHECKING:
+    from orchestrator.api.routes import Route
+
+NOT_YET_DELETABLE = "EVS.1047"
+
+
+async def list_all(
+    route: Route, policy: RetryPolicy, *, query: Iterable[tuple[str, str]] = ()
+) -> list[dict[str, Any]]:
+    """Every snapshot of a route's project, 1000 a page; raises ``ListingFailed`` rather than guess."""
+    snapshots: list[dict[str, Any]] = []
+    offset = 0
+    while True:
+        page_query = [("limit", str(evs.PAGE)), ("offset", str(offset)), *query]
+        body = await fetch_json(route, evs.list_snapshots(route.project_id, page_query), policy)
+        items = [item for item in body.get("snapshots") or [] if isinstance(item, dict)]
+        snapshots.extend(items)
+        offset += len(items)
+        if not items or offset >= int(body.get("count") or 0):
+            return snapshots
+
+
+async def fetch_json(
+    route: Route, call: evs.Call, policy: RetryPolicy, *, missing_ok: bool = False
+) -> dict[str, Any]:
+    """A safe call's JSON body, retrying throttling, 5xx and transport errors under ``policy``.
+
+    Raises ``RouteClosed`` when the route refuses, ``ListingFailed`` when retries are spent or the
+    service refuses the call itself (a 403 for a permission, say).
+    """
+    rng = random.Random()
+    last = ""
+    for attempt in range(1, policy.max_attempts + 1):
+        try:
+            reply = await route.send(call)
+        except TransportError as exc:
+            last = str(exc)
+        else:
+            if reply.verdict is Verdict.REFUSED:
+                route.check_open()
+            answer = reply.answer
+            if reply.verdict is Verdict.SUCCESS and isinstance(answer.body, dict):
+                return answer.body
+            if missing_ok and answer.status == 404:
+                return {}
+            code, message = answer.error()
+            last = f"{answer.status} {code}: {message or 'no message'}"
+            if reply.verdict is Verdict.FINAL:
+                break
+        await anyio.sleep(policy.backoff(attempt, rng))
+    raise ListingFailed(
+        f"{call.method} {call.path} on {route.name} failed ({last}); nothing was decided from it"
+    )
+
+
+async def list_all_volumes(
+    route: Route, policy: RetryPolicy, query: Iterable[tuple[str, str]] = ()
+) -> list[dict[str, Any]]:
+    """Every disk of a route's project that matches ``query``, 1000 a page."""
+    volumes: list[dict[str, Any]] = []
+    offset = 0
+    while True:
+        page_query = [("limit", str(evs.PAGE)), ("offset", str(offset)), *query]
+        body = await fetch_json(route, evs.list_volumes(route.project_id, page_query), policy)
+        items = [item for item in body.get("volumes") or [] if isinstance(item, dict)]
+        volumes.extend(items)
+        offset += len(items)
+        if not items or offset >= int(body.get("count") or 0):
+            return volumes
+
+
+async def delete_snapshot(
+    route: Route, snapshot_id: str, policy: RetryPolicy, *, patience: float
+) -> tuple[bool, str | None]:
+    """Delete one snapshot: ``(True, None)`` when it is going or gone (404 counts), else ``(False, why)``.
+
+    A snapshot still ``creating`` cannot be deleted yet (400 ``EVS.1047``): tried again for ``patience``
+    seconds.
+    """
+    rng = random.Random()
+    waited = 0.0
+    attempt = 0
+    why: str | None = None
+    while True:
+        attempt += 1
+        try:
+            reply = await route.send(evs.delete_snapshot(route.project_id, snapshot_id))
+        except TransportError as exc:
+            why = str(exc)
+        else:
+            if reply.verdict is Verdict.REFUSED:
+                route.check_open()
+            answer = reply.answer
+            if reply.verdict is Verdict.SUCCESS or answer.status == 404:
+                return True, None
+            code, message = answer.error()
+            why = f"{answer.status} {code}: {message or 'no message'}"
+            if reply.verdict is Verdict.FINAL and (code != NOT_YET_DELETABLE or waited >= patience):
+                return False, why
+        if attempt >= policy.max_attempts and waited >= patience:
+            return False, why
+        pause = policy.backoff(min(attempt, 6), rng) + 0.2
+        waited += pause
+        await anyio.sleep(pause)
+
+
+async def remaining_quota(route: Route, policy: RetryPolicy) -> int | None:
+    """Snapshots the project may still create (``None``: unlimited, or the service does not say)."""
+    body = await fetch_json(route, evs.quota(route.project_id), policy)
+    snapshots = (body.get("quota_set") or {}).get("snapshots")
+    if not isinstance(snapshots, dict):
+        return None
+    try:
+        limit = int(snapshots.get("limit", -1))
+        used = int(snapshots.get("in_use", 0)) + int(snapshots.get("reserved", 0) or 0)
+    except (TypeError, ValueError):
+        return None
+    return None if limit < 0 else max(0, limit - used)

@@ -1,0 +1,57 @@
+"""The demo mode of ``create --emulator``: an in-process emulator seeded from the manifest itself."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
+
+from yarl import URL
+
+from orchestrator.duplicates import volume_key
+from orchestrator.manifest import RawRow
+
+if TYPE_CHECKING:
+    from orchestrator.commands.create import CreateSettings
+
+EMULATOR_STATUS_COLUMN = "emulator_status"
+
+
+@contextlib.asynccontextmanager
+async def with_emulator(settings: CreateSettings, rows: Iterator[RawRow]) -> AsyncIterator[CreateSettings]:
+    """Start an in-process emulator seeded with the manifest's volumes; point the run at it.
+
+    A manifest column ``emulator_status`` (``available``, ``in-use``, ``error``, ... or ``missing``)
+    sets each disk's state, so a demo or rehearsal can show every outcome.
+    """
+    from orchestrator.emulator import EmulatorSettings, SeedVolume, serving  # noqa: PLC0415
+    from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_PROJECT_ID, DEFAULT_SK  # noqa: PLC0415
+
+    project = settings.defaults.project_id or DEFAULT_PROJECT_ID
+    region = settings.defaults.region or "cn-north-4"
+    seeds: dict[str, SeedVolume] = {}
+    for raw in rows:
+        key = volume_key(raw.fields, settings.defaults) if raw.fields is not None else None
+        status = str((raw.fields or {}).get(EMULATOR_STATUS_COLUMN) or "available").strip()
+        if key is not None and status != "missing":
+            volume_id = key.decode().split("/")[0]
+            seeds[volume_id] = SeedVolume(volume_id=volume_id, status=status)
+    emulator_settings = EmulatorSettings(
+        volumes=tuple(seeds.values()), project_id=project, region=region, creating_seconds=2.0
+    )
+    async with serving(emulator_settings) as running:
+        connection = settings.connection
+        yield dataclasses.replace(
+            settings,
+            defaults=dataclasses.replace(settings.defaults, project_id=project, region=region),
+            connection=dataclasses.replace(
+                connection,
+                endpoints=dataclasses.replace(
+                    connection.endpoints, evs=URL(running.url), iam=URL(running.url)
+                ),
+                auth_kind="aksk",
+                token_file=None,
+                environ={"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK},
+            ),
+        )

@@ -1,0 +1,219 @@
+"""The API gateway in front of EVS and IAM: request ids, counters, latency, authentication, throttling,
+5xx faults. One aiohttp middleware; handlers behind it raise ``ApiError`` and it renders them.
+
+Authentication follows the real gateway (evs-api.md 3.4, 5, 7, 9): issued or fixed ``X-Auth-Token``s
+(expired ones answered 401, or 400 ``Common.0013`` under ``--expired-token-answer 400``), AK/SK
+signatures checked exactly, and the AK lock after ``--ak-lock-after`` signature failures in a row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from aiohttp import web
+
+from orchestrator.api import signing
+from orchestrator.emulator.answers import ApiError, evs_error, gateway_error, json_response
+from orchestrator.emulator.state import World
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SKEW = timedelta(minutes=15)
+UNAUTHORIZED = "Incorrect IAM authentication information: "
+AK_LOCKED = UNAUTHORIZED + "AK access failed to reach the limit,forbidden"
+AUTHENTICATED_IAM_ROUTES = frozenset({"GET /v3/projects", "GET /v3/auth/projects"})
+
+
+class Gateway:
+    """The middleware over one ``World``."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.settings = world.settings
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = self._route_key(request)
+        if route.split(" ", 1)[1].startswith("/_emulator"):
+            try:  # test hooks: no authentication, latency or counting
+                return await handler(request)
+            except ApiError as exc:
+                return self._render(exc, "")
+        request_id = uuid.uuid4().hex
+        world = self.world
+        world.in_flight += 1
+        world.max_in_flight = max(world.max_in_flight, world.in_flight)
+        status = "dropped"
+        try:
+            response = await self._answer(request, handler, request_id, route)
+            status = str(response.status)
+            response.headers["X-Request-Id"] = request_id
+            return response
+        finally:
+            world.in_flight -= 1
+            if request.transport is None or request.transport.is_closing():
+                status = "dropped"
+            world.requests[route][status] += 1
+
+    async def _answer(
+        self, request: web.Request, handler: Handler, request_id: str, route: str
+    ) -> web.StreamResponse:
+        try:
+            # Read the body before the latency: a client that gives up meanwhile closes the
+            # connection, and aiohttp then fails unread bodies; the request must still be carried out.
+            if request.can_read_body:
+                await request.read()
+            await self._delay()
+            evs = route.split(" ", 1)[1].startswith("/v2/")
+            if evs or route in AUTHENTICATED_IAM_ROUTES:
+                tenant = await self._authenticate(request)
+                if evs:
+                    self._throttle(tenant)
+                    fault = self._fault_5xx()
+                    if fault is not None:
+                        if fault == 502:  # the backend acted (or refused); the gateway lost its answer
+                            with contextlib.suppress(ApiError):
+                                await handler(request)
+                        return self._render(self._fault_error(fault), request_id)
+            return await handler(request)
+        except ApiError as exc:
+            return self._render(exc, request_id)
+        except web.HTTPException as exc:
+            error = gateway_error(
+                exc.status,
+                "APIGW.0101",
+                "The API does not exist or has not been published in the environment",
+            )
+            return self._render(error, request_id)
+
+    @staticmethod
+    def _route_key(request: web.Request) -> str:
+        info = request.match_info
+        if info.http_exception is not None or info.route.resource is None:
+            return f"{request.method} <unknown>"
+        return f"{request.method} {info.route.resource.canonical}"
+
+    @staticmethod
+    def _render(exc: ApiError, request_id: str) -> web.Response:
+        body = dict(exc.body)
+        if "error_code" in body and "error_msg" in body and "IAM" not in str(body["error_code"]):
+            body["request_id"] = request_id
+        return json_response(exc.status, body, exc.headers)
+
+    async def _delay(self) -> None:
+        settings = self.settings
+        if settings.latency_ms <= 0 and settings.jitter_ms <= 0:
+            return
+        jitter = self.world.random.uniform(-settings.jitter_ms, settings.jitter_ms)
+        await asyncio.sleep(max(0.0, settings.latency_ms + jitter) / 1000)
+
+    def _throttle(self, tenant: str) -> None:
+        wait = self.world.throttle(tenant)
+        if wait is None:
+            return
+        limit = self.settings.rate_limit
+        error = gateway_error(
+            429,
+            "APIGW.0308",
+            "The throttling threshold has been reached: policy user over ratelimit,"
+            f"limit:{limit:g},time:1 second",
+        )
+        if self.settings.retry_after:
+            error.headers["Retry-After"] = str(max(1, round(wait + 0.4999)))
+        raise error
+
+    def _fault_5xx(self) -> int | None:
+        if not self.world.chance(self.settings.fault_5xx):
+            return None
+        return self.world.random.choice((500, 502, 503))
+
+    @staticmethod
+    def _fault_error(status: int) -> ApiError:
+        if status == 500:
+            return evs_error(500, "EVS.5500", "Internal server error.")
+        if status == 503:
+            return evs_error(503, "EVS.5503", "Service unavailable.")
+        return gateway_error(502, "APIGW.0202", "Backend unavailable.")
+
+    async def _authenticate(self, request: web.Request) -> str:
+        """Check the token or signature; return the tenant key (for throttling)."""
+        token = request.headers.get("X-Auth-Token")
+        url_project = request.match_info.get("project_id")
+        if token is not None:
+            project = self.world.token_project(token)
+            if project is None:
+                raise gateway_error(401, "APIGW.0301", UNAUTHORIZED + "decrypt token fail")
+            if project is False:
+                if self.settings.expired_token_answer == 400:
+                    raise gateway_error(400, "Common.0013", "The token is expired or invalid.")
+                raise gateway_error(401, "APIGW.0301", UNAUTHORIZED + "token expired")
+            if url_project is not None and url_project != project:
+                raise evs_error(400, "Common.0018", "Invalid token in the header")
+            return f"project:{project}"
+        if "Authorization" in request.headers:
+            await self._verify_signature(request)
+            project = request.headers.get("X-Project-Id", url_project)
+            if url_project is not None and (
+                url_project != self.settings.project_id or project != url_project
+            ):
+                raise evs_error(400, "EVS.0001", "invalid tenant id!")
+            return f"ak:{self.settings.ak}"
+        raise gateway_error(401, "APIGW.0301", UNAUTHORIZED + "Authorization not found")
+
+    async def _verify_signature(self, request: web.Request) -> None:
+        """Accept the emulator's AK with a correct signature; count failures toward the AK lock."""
+        parsed = signing.parse_authorization(request.headers["Authorization"])
+        if parsed is None:
+            raise gateway_error(401, "APIGW.0301", UNAUTHORIZED + "verify aksk signature fail")
+        algorithm, parts = parsed
+        derived: tuple[str, str] | None = None
+        if algorithm == signing.ALGORITHM:
+            ak = parts.get("Access", "")
+        else:
+            ak, _, info = parts.get("Credential", "").partition("/")
+            _, _, service = info.partition("/")[2].partition("/")
+            derived = (self.settings.region, service)
+        if not hmac.compare_digest(ak, self.settings.ak):
+            raise gateway_error(
+                401, "APIGW.0301", UNAUTHORIZED + "Get secretKey failed,ak:******,err:ak not exist"
+            )
+        if self.world.ak_locked():
+            raise gateway_error(401, "APIGW.0301", AK_LOCKED)
+        try:
+            await self._check_signature(request, ak, parts, derived)
+        except ApiError:
+            self.world.ak_failed()
+            raise
+        self.world.ak_succeeded()
+
+    async def _check_signature(
+        self, request: web.Request, ak: str, parts: dict[str, str], derived: tuple[str, str] | None
+    ) -> None:
+        signed = parts.get("SignedHeaders", "").split(";")
+        sdk_date = request.headers.get("X-Sdk-Date", "")
+        try:
+            moment = datetime.strptime(sdk_date, signing.DATE_FORMAT).replace(tzinfo=UTC)
+        except ValueError:
+            raise gateway_error(401, "APIGW.0301", UNAUTHORIZED + "verify aksk signature fail") from None
+        # The skew is checked against the real wall clock: the client signs with real time.
+        if abs(datetime.now(UTC) - moment) > SKEW or "x-sdk-date" not in signed:
+            raise gateway_error(
+                401, "APIGW.0301", UNAUTHORIZED + f"signature expired, signature time:{sdk_date}"
+            )
+        headers = {name: request.headers.get(name, "") for name in signed if name}
+        expected = signing.authorization(
+            ak=ak,
+            sk=self.settings.sk,
+            method=request.method,
+            path=request.raw_path.partition("?")[0],
+            query=signing.parse_query(request.rel_url.raw_query_string),
+            headers=headers,
+            body=await request.read(),
+            derived=derived,
+        )
+        if not hmac.compare_digest(expected, request.headers["Authorization"].strip()):
+            raise gateway_error(401, "APIGW.0301", UNAUTHORIZED + "verify aksk signature fail")

@@ -1,0 +1,246 @@
+"""EVS snapshot routes (``/v2/{project_id}/cloudsnapshots...``) and the project quota.
+
+Create, show, list with details, delete and rollback follow evs-api.md sections 2, 3 and 8; the
+per-disk limit counts as the service counts (section 9). Faults here: drops, late commits (504
+``APIG.0203`` now, the snapshot later), list answers replaced by 503, rollbacks ending in error.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from orchestrator.emulator.answers import (
+    evs_error,
+    gateway_error,
+    json_body,
+    json_response,
+    malformed,
+    not_found,
+    page_params,
+)
+from orchestrator.emulator.state import UUID_RE, Snapshot, Volume, World
+
+NAME_MAX = 64
+DESCRIPTION_MAX = 85
+RESERVED_NAME_PREFIX = "autobk_snapshot_"
+
+
+class SnapshotRoutes:
+    """Handlers over one ``World``."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.settings = world.settings
+
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        spec = await json_body(request, "snapshot")
+        volume_id = spec.get("volume_id")
+        if not isinstance(volume_id, str) or not UUID_RE.match(volume_id):
+            raise evs_error(400, "EVS.1002", "invalid volume id!")
+        force = spec.get("force", False)
+        name = spec.get("name")
+        description = spec.get("description")
+        metadata = spec.get("metadata") or {}
+        if not isinstance(force, bool):
+            raise malformed()
+        if name is not None and (not isinstance(name, str) or not 1 <= len(name) <= NAME_MAX):
+            raise evs_error(400, "EVS.5400", f"Invalid input: name must be 1 to {NAME_MAX} characters.")
+        if isinstance(name, str) and name.startswith(RESERVED_NAME_PREFIX):
+            raise evs_error(400, "EVS.5400", f"Invalid input: name cannot start with {RESERVED_NAME_PREFIX}.")
+        if description is not None and (
+            not isinstance(description, str) or len(description) > DESCRIPTION_MAX
+        ):
+            raise evs_error(
+                400, "EVS.5400", f"Invalid input: description exceeds {DESCRIPTION_MAX} characters."
+            )
+        if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+        ):
+            raise evs_error(400, "EVS.5400", "Invalid input: metadata must map strings to strings.")
+        if any(key.startswith("__system__") for key in metadata):
+            raise evs_error(403, "EVS.5403", "metadata can not be operated.")
+        volume = self.world.volume(volume_id)
+        if volume is None:
+            raise not_found()
+        self._check_volume(volume, force=force)
+        self._check_quota()
+        world = self.world
+        if world.chance(self.settings.fault_drop_before):
+            return self._drop(request)
+        if world.chance(self.settings.fault_late_commit):
+            world.create_snapshot(
+                volume=volume,
+                name=name,
+                description=description,
+                metadata=metadata,
+                delay=self.settings.late_commit_seconds,
+            )
+            raise gateway_error(504, "APIG.0203", "Backend timeout.")
+        snap = world.create_snapshot(volume=volume, name=name, description=description, metadata=metadata)
+        if world.chance(self.settings.fault_drop_after):
+            return self._drop(request)
+        return json_response(202, {"snapshot": snapshot_json(snap, "creating")})
+
+    def _check_volume(self, volume: Volume, *, force: bool) -> None:
+        if volume.status == "error":
+            raise evs_error(500, "EVS.2024", "volume is error!")
+        if volume.status == "in-use" and not force:
+            raise evs_error(
+                400,
+                "EVS.5400",
+                f"Invalid volume: Volume {volume.id} status must be available, "
+                "but current status is: in-use.",
+            )
+        if volume.status not in ("available", "in-use"):
+            raise evs_error(
+                400,
+                "EVS.5400",
+                f"Invalid volume: Volume {volume.id} status must be available or in-use, "
+                f"but current status is: {volume.status}.",
+            )
+        limit = self.settings.max_snapshots_per_volume
+        if self.world.snapshot_count(volume.id) >= limit:
+            raise evs_error(
+                400,
+                "EVS.5400",
+                f"Invalid volume: the number of snapshots of volume {volume.id} reached the limit {limit}.",
+            )
+
+    def _check_quota(self) -> None:
+        quota = self.settings.snapshot_quota
+        if quota is not None and len(self.world.project_snapshots(self.settings.project_id)) >= quota:
+            raise evs_error(413, "EVS.5413", "Insufficient volume quota.")
+
+    @staticmethod
+    def _drop(request: web.Request) -> web.Response:
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=202)
+
+    def _find(self, request: web.Request) -> tuple[Snapshot, str]:
+        found = self.world.find(request.match_info["snapshot_id"], request.match_info["project_id"])
+        if found is None:
+            raise not_found()
+        return found
+
+    async def show(self, request: web.Request) -> web.StreamResponse:
+        return json_response(200, {"snapshot": snapshot_json(*self._find(request))})
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        snap, status = self._find(request)
+        if status == "error_deleting":
+            raise evs_error(500, "EVS.2019", "snapshot is error_deleting!")
+        if status not in ("available", "error"):
+            raise evs_error(
+                400, "EVS.1047", "snapshot status must be available or error when delete snapshot!"
+            )
+        self.world.delete_snapshot(snap)
+        return web.Response(status=202)
+
+    async def rollback(self, request: web.Request) -> web.StreamResponse:
+        spec = await json_body(request, "rollback")
+        volume_id = spec.get("volume_id")
+        name = spec.get("name")
+        if not isinstance(volume_id, str) or not volume_id:
+            raise evs_error(400, "EVS.5400", "Invalid input: rollback needs a volume_id.")
+        if name is not None and (not isinstance(name, str) or not 1 <= len(name) <= NAME_MAX):
+            raise evs_error(400, "EVS.5400", f"Invalid input: name must be 1 to {NAME_MAX} characters.")
+        snap, status = self._find(request)
+        if status != "available":
+            raise evs_error(400, "EVS.5400", "Must specify a valid status.")
+        if snap.volume_id != volume_id.lower():
+            raise evs_error(
+                400,
+                "EVS.5400",
+                f"Invalid input: snapshot {snap.id} can only be rolled back to its source volume "
+                f"{snap.volume_id}.",
+            )
+        volume = self.world.volume(volume_id)
+        if volume is None:
+            raise not_found()
+        if volume.status not in ("available", "error_rollbacking"):
+            raise evs_error(
+                400,
+                "EVS.5400",
+                f"Invalid volume: Volume {volume.id} status must be available or error_rollbacking, "
+                f"but current status is: {volume.status}.",
+            )
+        self.world.rollback(snap, volume, name)
+        return json_response(202, {"rollback": {"volume_id": volume.id}})
+
+    async def list(self, request: web.Request) -> web.StreamResponse:
+        if self.world.chance(self.settings.fault_list):
+            raise evs_error(503, "EVS.5503", "Service unavailable.")
+        offset, limit, limited = page_params(request)
+        query = request.query
+        ids = set(query.getall("id", []))
+        name = query.get("name")
+        status_filter = query.get("status")
+        volume_id = query.get("volume_id")
+        project = request.match_info["project_id"]
+        matches = [
+            (snap, status)
+            for snap, status in self.world.project_snapshots(project)
+            if (not ids or snap.id in ids)
+            and (name is None or snap.name == name)
+            and (status_filter is None or status == status_filter)
+            and (volume_id is None or snap.volume_id == volume_id.lower())
+        ]
+        page = matches[offset : offset + limit]
+        body: dict[str, object] = {
+            "count": len(matches),
+            "snapshots": [snapshot_json(snap, status, listed=True) for snap, status in page],
+        }
+        if limited and page and offset + len(page) < len(matches):
+            href = (
+                f"{request.url.origin()}/v2/{project}/snapshots/detail?limit={limit}&marker={page[-1][0].id}"
+            )
+            body["snapshots_links"] = [{"href": href, "rel": "next"}]
+        return json_response(200, body)
+
+    async def quota(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v2/{project_id}/os-quota-sets/{target_project_id}[?usage=True]``."""
+        project = request.match_info["project_id"]
+        if request.match_info["target_project_id"] != project:
+            raise evs_error(400, "EVS.0001", "invalid tenant id!")
+        snapshots = self.world.project_snapshots(project)
+        snapshot_limit = -1 if self.settings.snapshot_quota is None else self.settings.snapshot_quota
+        gigabytes = sum(v.size for v in self.world.all_volumes()) + sum(s.size for s, _ in snapshots)
+        if request.query.get("usage", "").lower() != "true":
+            return json_response(
+                200, {"quota_set": {"id": project, "snapshots": snapshot_limit, "gigabytes": -1}}
+            )
+        return json_response(
+            200,
+            {
+                "quota_set": {
+                    "id": project,
+                    "snapshots": _usage(len(snapshots), snapshot_limit),
+                    "gigabytes": _usage(gigabytes, -1),
+                }
+            },
+        )
+
+
+def _usage(in_use: int, limit: int) -> dict[str, int]:
+    return {"in_use": in_use, "limit": limit, "reserved": 0, "allocated": 0}
+
+
+def snapshot_json(snap: Snapshot, status: str, *, listed: bool = False) -> dict[str, object]:
+    """A snapshot in the EVS shape (``SnapshotDetails``; list items add ``SnapshotList`` fields)."""
+    data: dict[str, object] = {
+        "id": snap.id,
+        "status": status,
+        "name": snap.name,
+        "description": snap.description,
+        "created_at": snap.created_at,
+        "updated_at": snap.updated_at,
+        "metadata": snap.metadata,
+        "volume_id": snap.volume_id,
+        "size": snap.size,
+        "os-extended-snapshot-attributes:project_id": snap.project_id,
+        "os-extended-snapshot-attributes:progress": "100%" if status == "available" else "0%",
+    }
+    if listed:
+        data.update(service_type="EVS", dedicated_storage_id=None, dedicated_storage_name=None)
+    return data

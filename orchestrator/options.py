@@ -1,0 +1,378 @@
+"""Shared command-line options, grouped: each group turns its options into one typed settings value.
+
+A command declares ``@CONNECTION`` and receives ``connection: Connection``; the group's builder is a
+typed function whose parameter names are the option names, so an option renamed in one place and
+not the other fails the first time the command runs (every command has a CLI test). Builders run
+inside the command, under the one error boundary of ``cli.Main``.
+
+Imports of the run machinery happen inside builders, so ``--help`` and cron start-up stay fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from orchestrator import defaults
+
+if TYPE_CHECKING:
+    from orchestrator.config import Connection, RowDefaults
+    from orchestrator.finish import Closing
+    from orchestrator.manifest import ManifestSource
+    from orchestrator.retry import RetryPolicy
+    from orchestrator.waiter import WaitPlan
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def apply(*decorators: Decorator) -> Decorator:
+    """Stack click options in reading order."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return decorate
+
+
+def group(name: str, build: Callable[..., Any], *decorators: Decorator) -> Decorator:
+    """Options whose values ``build`` turns into one argument ``name`` of the command."""
+    keys = list(inspect.signature(build).parameters)
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def wrapper(**options: Any) -> Any:
+            values = {key: options.pop(key) for key in keys}
+            options[name] = build(**values)
+            return command(**options)
+
+        return apply(*decorators)(wrapper)
+
+    return decorate
+
+
+class Finite(click.ParamType):  # type: ignore[type-arg]
+    """A finite number in a range: nan and inf are refused, whatever the bounds."""
+
+    name = "number"
+
+    def __init__(self, minimum: float | None = None, maximum: float | None = None, *, integer: bool = False):
+        self.minimum = minimum
+        self.maximum = maximum
+        self.integer = integer
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.minimum is not None and number < self.minimum:
+            self.fail(f"{value} is below the minimum {self.minimum:g}", param, ctx)
+        if self.maximum is not None and number > self.maximum:
+            self.fail(f"{value} is above the maximum {self.maximum:g}", param, ctx)
+        return number
+
+
+def duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    """``90``, ``90s``, ``15m``, ``2h`` or ``1h30m`` (or ``7d``) as seconds."""
+    if value is None:
+        return None
+    return parse_duration(value)
+
+
+def parse_duration(value: str) -> float:
+    text = value.strip()
+    match = re.fullmatch(
+        r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text
+    )
+    if not text or match is None:
+        raise click.BadParameter("use a duration such as 90, 90s, 15m, 2h, 1h30m or 7d")
+    days, hours, minutes, seconds = (float(part) if part else 0.0 for part in match.groups())
+    return days * 86400 + hours * 3600 + minutes * 60 + seconds
+
+
+DEBUG = click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    help="Show the traceback of an internal error (also EVS_SNAPSHOT_DEBUG=1).",
+)
+LOG_FORMAT = click.option(
+    "--log-format",
+    type=click.Choice(["human", "json"]),
+    default="human",
+    show_default=True,
+    help="stderr as human lines or one JSON event per line.",
+)
+
+
+def _manifest(manifest: str, manifest_format: str | None) -> ManifestSource:
+    from orchestrator.manifest import ManifestSource  # noqa: PLC0415 - keeps --help fast
+
+    return ManifestSource.of(manifest, manifest_format)
+
+
+MANIFEST = group(
+    "source",
+    _manifest,
+    click.argument("manifest"),
+    click.option(
+        "--format",
+        "manifest_format",
+        type=click.Choice(["csv", "json", "jsonl"]),
+        help="Manifest format (default: from the extension; required for -).",
+    ),
+)
+
+
+def _rows(
+    name_template: str,
+    description: str | None,
+    metadata_items: tuple[str, ...],
+    force: bool,
+    project_id: str | None,
+) -> RowDefaults:
+    from orchestrator import config  # noqa: PLC0415 - keeps --help fast
+    from orchestrator.rules import check_metadata_option_keys, check_template  # noqa: PLC0415
+
+    check_template(name_template)
+    metadata = config.parse_metadata_options(metadata_items)
+    check_metadata_option_keys(metadata)
+    return config.RowDefaults(
+        name_template=name_template,
+        description=description,
+        metadata=metadata,
+        force=force,
+        project_id=config.check_project_id(project_id, option="--project-id"),
+    )
+
+
+ROWS = group(
+    "rows",
+    _rows,
+    click.option(
+        "--name-template",
+        default=defaults.NAME_TEMPLATE,
+        show_default=True,
+        help="Name of rows without one: {volume_id} {row} {run_id} {date} {datetime} {column}.",
+    ),
+    click.option("--description", default=None, help="Description of rows without one."),
+    click.option(
+        "--metadata",
+        "metadata_items",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Metadata for every snapshot (repeatable); a row's own metadata wins.",
+    ),
+    click.option(
+        "--force/--no-force",
+        default=False,
+        show_default=True,
+        help="Snapshot in-use disks when a row does not say.",
+    ),
+    click.option(
+        "--project-id",
+        default=None,
+        envvar="HUAWEICLOUD_SDK_PROJECT_ID",
+        help="Project of rows without project_id (default: looked up by region).  "
+        "[env: HUAWEICLOUD_SDK_PROJECT_ID]",
+    ),
+)
+
+
+def _connection(
+    region: str | None,
+    endpoint: str | None,
+    iam_endpoint: str | None,
+    ca_bundle: Path | None,
+    auth_kind: str | None,
+    token_file: Path | None,
+    concurrency: int,
+    timeout: float,
+    max_rps: float | None,
+) -> Connection:
+    from orchestrator import config  # noqa: PLC0415 - keeps --help fast
+    from orchestrator.api.credentials import environment  # noqa: PLC0415
+
+    environ = environment()
+    return config.Connection(
+        endpoints=config.Endpoints(
+            evs=config.parse_endpoint(endpoint, option="--endpoint") if endpoint else None,
+            regions=config.region_overrides(environ),
+            iam=config.parse_endpoint(iam_endpoint, option="--iam-endpoint") if iam_endpoint else None,
+            home_region=config.check_region(region, option="--region"),
+            ca_bundle=ca_bundle,
+        ),
+        limits=config.Limits(concurrency=concurrency, timeout=timeout),
+        auth_kind=config.check_auth_kind(auth_kind),
+        token_file=token_file,
+        max_rps=max_rps,
+        environ=environ,
+    )
+
+
+CONNECTION = group(
+    "connection",
+    _connection,
+    click.option(
+        "--region",
+        default=None,
+        envvar="OS_REGION_NAME",
+        help="Region of rows without one; gives https://evs.{region}.myhuaweicloud.com.  "
+        "[env: OS_REGION_NAME]",
+    ),
+    click.option("--endpoint", default=None, help="EVS URL for every row (plain http only to loopback)."),
+    click.option(
+        "--iam-endpoint",
+        default=None,
+        envvar="HUAWEICLOUD_SDK_IAM_ENDPOINT",
+        help="IAM URL (default: the --region's IAM, else the global one).  "
+        "[env: HUAWEICLOUD_SDK_IAM_ENDPOINT]",
+    ),
+    click.option(
+        "--ca-bundle",
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        help="Extra CA certificates (PEM) to trust; TLS is always verified.",
+    ),
+    click.option(
+        "--auth",
+        "auth_kind",
+        type=click.Choice(["token", "aksk", "password"]),
+        help="Force one credential kind (default: the first complete one).",
+    ),
+    click.option(
+        "--token-file",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Read the IAM token from this file instead of OS_AUTH_TOKEN.",
+    ),
+    click.option(
+        "--concurrency",
+        default=defaults.CONCURRENCY,
+        show_default=True,
+        type=click.IntRange(1, 1000),
+        help="Requests in flight at most.",
+    ),
+    click.option(
+        "--timeout",
+        default=defaults.TIMEOUT,
+        show_default=True,
+        type=Finite(0.1, 3600),
+        help="Seconds one request may take.",
+    ),
+    click.option(
+        "--max-rps",
+        type=Finite(0.01, 100000),
+        default=None,
+        help="Cap on request starts per second per endpoint (adapts lower on throttling).",
+    ),
+)
+
+
+def _policy(max_attempts: int, backoff_initial: float, backoff_max: float) -> RetryPolicy:
+    from orchestrator.errors import UsageError  # noqa: PLC0415
+    from orchestrator.retry import RetryPolicy  # noqa: PLC0415
+
+    if backoff_initial > backoff_max:
+        source = click.get_current_context().get_parameter_source("backoff_initial")
+        if source is click.core.ParameterSource.DEFAULT:  # only --backoff-max was given: it caps both
+            return RetryPolicy(max_attempts=max_attempts, initial_wait=backoff_max, max_wait=backoff_max)
+        raise UsageError(
+            f"--backoff-initial {backoff_initial:g} is above --backoff-max {backoff_max:g}; "
+            "the first wait cannot be longer than the longest"
+        )
+    return RetryPolicy(max_attempts=max_attempts, initial_wait=backoff_initial, max_wait=backoff_max)
+
+
+RETRIES = group(
+    "policy",
+    _policy,
+    click.option(
+        "--max-attempts",
+        default=defaults.MAX_ATTEMPTS,
+        show_default=True,
+        type=click.IntRange(1, 100),
+        help="Requests per row at most.",
+    ),
+    click.option(
+        "--backoff-initial",
+        default=defaults.BACKOFF_INITIAL,
+        show_default=True,
+        type=Finite(0, 3600),
+        help="Ceiling of the first retry wait, seconds (full jitter, doubling each retry).",
+    ),
+    click.option(
+        "--backoff-max",
+        default=defaults.BACKOFF_MAX,
+        show_default=True,
+        type=Finite(0, 3600),
+        help="Largest retry wait, seconds.",
+    ),
+)
+
+
+def _closing(summary_json: Path | None, metrics_file: Path | None) -> Closing:
+    from orchestrator.finish import Closing  # noqa: PLC0415
+
+    closing = Closing(summary_json=summary_json, metrics_file=metrics_file)
+    closing.check()
+    return closing
+
+
+CLOSING = group(
+    "closing",
+    _closing,
+    click.option(
+        "--summary-json",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Also write the summary as JSON (atomically).",
+    ),
+    click.option(
+        "--metrics-file",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Write Prometheus text-format metrics at the end (atomically), for node_exporter; "
+        "each command keeps its own series in a shared file.",
+    ),
+)
+
+
+def _wait_plan(wait_timeout: float, poll_interval: float) -> WaitPlan:
+    from orchestrator.waiter import WaitPlan  # noqa: PLC0415
+
+    return WaitPlan(timeout=wait_timeout, interval=poll_interval)
+
+
+WAITING = group(
+    "wait_plan",
+    _wait_plan,
+    click.option(
+        "--wait-timeout",
+        callback=duration,
+        default=f"{defaults.WAIT_TIMEOUT:g}s",
+        show_default=True,
+        help="How long to wait for snapshots to settle (90s, 15m, 2h; no built-in cap).",
+    ),
+    click.option(
+        "--poll-interval",
+        default=defaults.POLL_INTERVAL,
+        show_default=True,
+        type=Finite(0.05, 3600),
+        help="First pause between poll rounds, seconds (grows by half up to 60).",
+    ),
+)
+
+LOCK_FILE = click.option(
+    "--lock-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Lock held for the whole run; a second run exits 75.  [default: one per manifest (or report), "
+    "in $XDG_RUNTIME_DIR or ~/.cache/evs-snapshot/locks]",
+)

@@ -1,0 +1,137 @@
+"""The end-of-run sweep: exactly one snapshot per accepted row, even when the cloud acted late.
+
+It pages each project's snapshots (1000 a request: at most N/1000 + 1 list requests per project) and
+groups those carrying this run's marker by volume. Where a volume holds more than one, the one the
+report names is kept and the others are deleted (``--keep-duplicates``: only reported); each is a
+``duplicate_deleted`` / ``duplicate_found`` side record of the row, which does not change the row's
+state. Where a row's last record is not a success but its snapshot exists (a lookup that could not
+confirm it, then a late commit), an ``accepted`` record with ``reconciled: true`` is appended.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.api import evs
+from orchestrator.api.safe import delete_snapshot, list_all
+from orchestrator.errors import RouteClosed
+from orchestrator.models import Outcome, Record, utc_iso, utc_now
+from orchestrator.report import ReportWriter, final_records
+from orchestrator.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from orchestrator.api.routes import Route
+
+GONE = frozenset({"deleting", "error_deleting"})
+
+
+def sweep_policy(policy: RetryPolicy) -> RetryPolicy:
+    """The sweep lists and deletes with safe calls: at least 8 tries each, whatever --max-attempts says."""
+    return dataclasses.replace(policy, max_attempts=max(8, policy.max_attempts))
+
+
+@dataclasses.dataclass(slots=True)
+class SweepResult:
+    found: int = 0
+    removed: int = 0
+    reconciled: int = 0
+    requests: int = 0
+
+
+async def sweep(
+    routes: Iterable[Route],
+    *,
+    run_id: str,
+    report: Path,
+    writer: ReportWriter,
+    emit: Callable[[Record, Outcome | None], None],
+    policy: RetryPolicy,
+    keep_duplicates: bool,
+    patience: float,
+) -> SweepResult:
+    """Find and remove this run's extra snapshots in each project; append records for what it did."""
+    result = SweepResult()
+    ours: defaultdict[str, list[tuple[Route, dict[str, Any]]]] = defaultdict(list)
+    for route in routes:
+        if route.closed is not None:
+            continue  # nothing can be listed there; the run already exits 3 for it
+        try:
+            listed = await list_all(route, policy)
+        except RouteClosed:
+            continue  # refused now (IAM, say): the run exits 3 and says why
+        for snapshot in listed:
+            if evs.marked(snapshot, run_id) and snapshot.get("status") not in GONE:
+                ours[str(snapshot.get("volume_id", "")).lower()].append((route, snapshot))
+    if not ours:
+        return result
+    rows = {
+        record.volume_id: record
+        for record in final_records(report)
+        if record.volume_id is not None and record.volume_id in ours
+    }
+    for volume_id, found in ours.items():
+        record = rows.get(volume_id)
+        if record is None:
+            continue  # not a row of this report (another manifest with the same run id cannot exist)
+        named = record.snapshot_id if record.succeeded else None
+        found.sort(key=lambda item: (item[1].get("id") != named, str(item[1].get("created_at") or "")))
+        keep = found[0][1]
+        if not record.succeeded and record.outcome is not Outcome.SNAPSHOT_ERROR:
+            emit(_reconciled(record, keep), record.outcome)
+            result.reconciled += 1
+        kept = str(keep.get("id"))
+        for route, extra in found[1:]:
+            result.found += 1
+            if keep_duplicates:
+                emit(_side(record, extra, kept, Outcome.DUPLICATE_FOUND, None), None)
+                continue
+            deleted, why = await delete_snapshot(route, str(extra["id"]), policy, patience=patience)
+            if deleted:
+                result.removed += 1
+                emit(_side(record, extra, kept, Outcome.DUPLICATE_DELETED, None), None)
+            else:
+                emit(_side(record, extra, kept, Outcome.DUPLICATE_FOUND, ("DELETE_FAILED", why)), None)
+    writer.sync()
+    return result
+
+
+def _reconciled(record: Record, snapshot: dict[str, Any]) -> Record:
+    now = utc_iso(utc_now())
+    return dataclasses.replace(
+        record,
+        outcome=Outcome.ACCEPTED,
+        snapshot_id=str(snapshot.get("id")),
+        snapshot_status=str(snapshot.get("status")),
+        error_code=None,
+        error_message=None,
+        reconciled=True,
+        finished_at=now,
+    )
+
+
+def _side(
+    record: Record,
+    snapshot: dict[str, Any],
+    kept: str,
+    outcome: Outcome,
+    error: tuple[str, str | None] | None,
+) -> Record:
+    now = utc_iso(utc_now())
+    message = f"a second snapshot of this run on volume {record.volume_id}; the row keeps {kept}"
+    return dataclasses.replace(
+        record,
+        outcome=outcome,
+        snapshot_id=str(snapshot.get("id")),
+        snapshot_status=str(snapshot.get("status")),
+        error_code="DUPLICATE" if error is None else error[0],
+        error_message=message if error is None else f"{message}; delete failed: {error[1]}",
+        attempts=0,
+        reconciled=False,
+        started_at=now,
+        finished_at=now,
+        elapsed_ms=0,
+    )

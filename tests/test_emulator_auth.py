@@ -1,0 +1,222 @@
+"""The emulator's gateway and IAM under the injected clock: the manual clock itself, wall timestamps
+that age with it, token expiry (401 or 400 Common.0013), the AK lock, throttling refills, and the two
+IAM project lookups."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from orchestrator.api.credentials import AkSkAuth, TokenAuth
+from orchestrator.emulator import EmulatorSettings, ManualClock, RunningEmulator, serving
+from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
+from tests.conftest import PROJECT, TOKEN, call, seeds, volume_ids
+
+Start = Callable[..., Awaitable[RunningEmulator]]
+SNAPSHOTS = f"/v2/{PROJECT}/cloudsnapshots"
+VOLUME = volume_ids(1)[0]
+EVS_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
+IAM_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+AK_LOCKED = {
+    "error_code": "APIGW.0301",
+    "error_msg": "Incorrect IAM authentication information: AK access failed to reach the limit,forbidden",
+}
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def clocked(clock: ManualClock) -> AsyncIterator[Start]:
+    """``await clocked(**settings)``: an emulator in the test's loop whose time is ``clock``."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(**options: Any) -> RunningEmulator:
+            options.setdefault("token", TOKEN)
+            return await stack.enter_async_context(serving(EmulatorSettings(**options), clock))
+
+        yield start
+
+
+async def password_token(http: aiohttp.ClientSession, emu: RunningEmulator) -> tuple[int, Any, str]:
+    user = {"name": "operator", "password": "emulator-password", "domain": {"name": "emulator-domain"}}
+    body = {
+        "auth": {
+            "identity": {"methods": ["password"], "password": {"user": user}},
+            "scope": {"project": {"name": "cn-north-4"}},
+        }
+    }
+    async with http.post(f"{emu.url}/v3/auth/tokens", data=orjson.dumps(body)) as response:
+        return (
+            response.status,
+            orjson.loads(await response.read()),
+            response.headers.get("X-Subject-Token", ""),
+        )
+
+
+def test_manual_clock_moves_only_forward_and_is_thread_safe() -> None:
+    """advance() adds up across threads; reading does not move it; it never goes back."""
+    clock = ManualClock(start=5.0)
+    assert clock() == clock() == 5.0
+
+    def advance_many() -> None:
+        for _ in range(1000):
+            clock.advance(0.5)
+
+    threads = [threading.Thread(target=advance_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert clock() == 2005.0
+    with pytest.raises(ValueError, match="forward"):
+        clock.advance(-1)
+
+
+async def test_wall_timestamps_follow_the_clock(
+    clocked: Start, clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    """created_at, issued_at and expires_at are the start wall time plus the clock's advance."""
+    emu = await clocked(volumes=seeds([VOLUME]), creating_seconds=0, token_ttl=7200)
+    _, first, _ = await call(http, emu, "POST", SNAPSHOTS, body={"snapshot": {"volume_id": VOLUME}})
+    _, token_body, _ = await password_token(http, emu)
+    clock.advance(3600)
+    _, second, _ = await call(http, emu, "POST", SNAPSHOTS, body={"snapshot": {"volume_id": VOLUME}})
+    _, later_token, _ = await password_token(http, emu)
+    created = [datetime.strptime(s["snapshot"]["created_at"], EVS_FORMAT) for s in (first, second)]
+    assert (created[1] - created[0]).total_seconds() == 3600
+    issued = [datetime.strptime(t["token"]["issued_at"], IAM_FORMAT) for t in (token_body, later_token)]
+    assert (issued[1] - issued[0]).total_seconds() == 3600
+    expires = datetime.strptime(token_body["token"]["expires_at"], IAM_FORMAT)
+    assert (expires - issued[0]).total_seconds() == 7200
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "body"),
+    [
+        (
+            401,
+            401,
+            {
+                "error_code": "APIGW.0301",
+                "error_msg": "Incorrect IAM authentication information: token expired",
+            },
+        ),
+        (400, 400, {"error_code": "Common.0013", "error_msg": "The token is expired or invalid."}),
+    ],
+)
+async def test_expired_token_answer(
+    clocked: Start,
+    clock: ManualClock,
+    http: aiohttp.ClientSession,
+    answer: int,
+    status: int,
+    body: dict[str, str],
+) -> None:
+    """An issued token works until its TTL on the clock, then is refused as --expired-token-answer says."""
+    emu = await clocked(token_ttl=60, expired_token_answer=answer)
+    _, _, token = await password_token(http, emu)
+    got, _, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/detail", auth=TokenAuth(token))
+    assert got == 200
+    clock.advance(59.9)
+    got, _, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/detail", auth=TokenAuth(token))
+    assert got == 200
+    clock.advance(0.1)
+    got, refused, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/detail", auth=TokenAuth(token))
+    assert (got, {k: v for k, v in refused.items() if k != "request_id"}) == (status, body)
+    assert refused["request_id"]
+    got, _, _ = await call(http, emu, "GET", "/v3/auth/projects", auth=TokenAuth(token))
+    assert got == status
+
+
+async def test_ak_lock(clocked: Start, clock: ManualClock, http: aiohttp.ClientSession) -> None:
+    """N signature failures in a row lock the AK for S seconds (even good signatures are refused); a
+    success resets the count; unknown AKs and tokens are unaffected."""
+    emu = await clocked(ak_lock_after=3, ak_lock_seconds=300)
+    good, bad = AkSkAuth(DEFAULT_AK, DEFAULT_SK), AkSkAuth(DEFAULT_AK, "wrong-secret")
+    path = f"{SNAPSHOTS}/detail"
+    for auth in (bad, bad, good, bad, bad):  # the success in the middle resets the count
+        status, _, _ = await call(http, emu, "GET", path, auth=auth)
+        assert status == (200 if auth is good else 401)
+    status, body, _ = await call(http, emu, "GET", path, auth=bad)
+    assert (status, body["error_msg"]) == (
+        401,
+        "Incorrect IAM authentication information: verify aksk signature fail",
+    )
+    for auth in (good, bad):
+        status, body, _ = await call(http, emu, "GET", path, auth=auth)
+        assert (status, {k: v for k, v in body.items() if k != "request_id"}) == (401, AK_LOCKED)
+    status, body, _ = await call(http, emu, "GET", "/v3/auth/projects", auth=good)
+    assert (status, body["error_msg"]) == (401, AK_LOCKED["error_msg"])
+    status, body, _ = await call(http, emu, "GET", path, auth=AkSkAuth("UNKNOWNAK00000000000", DEFAULT_SK))
+    assert (status, body["error_msg"]) == (
+        401,
+        "Incorrect IAM authentication information: Get secretKey failed,ak:******,err:ak not exist",
+    )
+    status, _, _ = await call(http, emu, "GET", path)
+    assert status == 200  # tokens are not locked
+    clock.advance(299)
+    status, _, _ = await call(http, emu, "GET", path, auth=good)
+    assert status == 401
+    clock.advance(1)
+    status, _, _ = await call(http, emu, "GET", path, auth=good)
+    assert status == 200
+
+
+async def test_ak_lock_is_off_by_default(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """Without --ak-lock-after, failures never lock the AK."""
+    emu = await emulator()
+    for _ in range(8):
+        status, _, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/detail", auth=AkSkAuth(DEFAULT_AK, "nope"))
+        assert status == 401
+    status, _, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/detail", auth=AkSkAuth(DEFAULT_AK, DEFAULT_SK))
+    assert status == 200
+
+
+async def test_rate_limit_refills_with_the_clock(
+    clocked: Start, clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    """The throttling bucket refills as the injected clock advances, not with real time."""
+    emu = await clocked(rate_limit=1, burst=1)
+    statuses = [(await call(http, emu, "GET", f"{SNAPSHOTS}/detail"))[0] for _ in range(3)]
+    assert statuses == [200, 429, 429]
+    clock.advance(1)
+    statuses = [(await call(http, emu, "GET", f"{SNAPSHOTS}/detail"))[0] for _ in range(2)]
+    assert statuses == [200, 429]
+
+
+async def test_list_projects_denied_but_auth_projects_served(
+    emulator: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    """--iam-deny-list-projects: GET /v3/projects is 403; GET /v3/auth/projects lists the project
+    for a token or a signature, and needs one of them."""
+    emu = await emulator(iam_deny_list_projects=True)
+    status, body, _ = await call(http, emu, "GET", "/v3/projects", query=[("name", "cn-north-4")])
+    assert (status, body) == (
+        403,
+        {
+            "error_msg": "Policy doesn't allow iam:projects:listProjects to be performed.",
+            "error_code": "IAM.0003",
+        },
+    )
+    for auth in (None, AkSkAuth(DEFAULT_AK, DEFAULT_SK)):
+        status, body, _ = await call(http, emu, "GET", "/v3/auth/projects", auth=auth)
+        assert status == 200
+        [project] = body["projects"]
+        assert (project["id"], project["name"], project["enabled"]) == (PROJECT, "cn-north-4", True)
+        assert project["domain_id"]
+        assert set(body["links"]) >= {"self"}
+    status, body, _ = await call(http, emu, "GET", "/v3/auth/projects", auth=False)
+    assert (status, body["error_code"]) == (401, "APIGW.0301")
+    allowed = await emulator()
+    status, body, _ = await call(http, allowed, "GET", "/v3/projects", query=[("name", "cn-north-4")])
+    assert (status, [p["id"] for p in body["projects"]]) == (200, [PROJECT])

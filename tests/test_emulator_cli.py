@@ -1,0 +1,251 @@
+"""`evs-snapshot emulator` as a command: its seed files (--volumes, --snapshots) and their errors,
+help text for every option, and the new options wired through to a served emulator."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import main
+from orchestrator.commands.emulator import command
+from orchestrator.emulator import SeedSnapshot, SeedVolume, read_snapshots, read_volumes
+from orchestrator.errors import UsageError
+from tests.conftest import PROJECT, TOKEN, volume_ids
+
+IDS = volume_ids(4, seed=5)
+SNAP_IDS = volume_ids(4, seed=6)
+
+
+def test_read_volumes_csv_with_every_column(write: Callable[..., Path]) -> None:
+    """CSV volumes take name, server_id, device, bootable, AZ, a JSON metadata column and k=v;k2=v2 tags;
+    a disk with a server and no status is in-use."""
+    path = write(
+        "v.csv",
+        "volume_id,status,size,name,server_id,device,bootable,availability_zone,metadata,tags\n"
+        f'{IDS[0].upper()},,100,web,srv-1,/dev/vda,true,cn-north-4b,"{{""role"": ""system""}}",env=prod;app=web\n'
+        f"{IDS[1]},error,,,,,false,,,\n",
+    )
+    first, second = read_volumes(path)
+    assert first == SeedVolume(
+        volume_id=IDS[0],
+        status="in-use",
+        size=100,
+        name="web",
+        server_id="srv-1",
+        device="/dev/vda",
+        bootable=True,
+        availability_zone="cn-north-4b",
+        metadata={"role": "system"},
+        tags={"env": "prod", "app": "web"},
+    )
+    assert second == SeedVolume(volume_id=IDS[1], status="error")
+
+
+def test_read_volumes_json(write: Callable[..., Path]) -> None:
+    """JSON volumes: an array or {"volumes": [...]}, with tags as an object and bootable as a boolean."""
+    items = [
+        {
+            "volume_id": IDS[0],
+            "server_id": "srv-1",
+            "bootable": True,
+            "tags": {"env": "prod"},
+            "metadata": {"a": "b"},
+        },
+        {"volume_id": IDS[1], "status": "available", "size": 20},
+    ]
+    for content in (items, {"volumes": items}):
+        first, second = read_volumes(write("v.json", orjson.dumps(content)))
+        assert (first.status, first.bootable, first.tags, first.metadata) == (
+            "in-use",
+            True,
+            {"env": "prod"},
+            {"a": "b"},
+        )
+        assert (second.status, second.size, second.server_id) == ("available", 20, None)
+
+
+def test_read_snapshots_csv_and_json(write: Callable[..., Path]) -> None:
+    """Seeded snapshots of any age, marked or not, backup-made names included; EVS or ISO-with-Z times."""
+    csv_path = write(
+        "s.csv",
+        "id,volume_id,name,status,created_at,metadata,project_id\n"
+        f'{SNAP_IDS[0]},{IDS[0]},old-run,available,2019-03-01T02:03:04.500000,"{{""evs_snapshot_run"": ""r0""}}",\n'
+        f"{SNAP_IDS[1]},{IDS[0]},autobk_snapshot_vbs_x,error,2026-11-01T00:00:00Z,,{'f' * 32}\n",
+    )
+    first, second = read_snapshots(csv_path)
+    assert first == SeedSnapshot(
+        id=SNAP_IDS[0],
+        volume_id=IDS[0],
+        name="old-run",
+        status="available",
+        created_at="2019-03-01T02:03:04.500000",
+        metadata={"evs_snapshot_run": "r0"},
+    )
+    assert (second.name, second.status, second.created_at, second.project_id, second.metadata) == (
+        "autobk_snapshot_vbs_x",
+        "error",
+        "2026-11-01T00:00:00.000000",
+        "f" * 32,
+        {},
+    )
+    items = [{"id": SNAP_IDS[2], "volume_id": IDS[1], "created_at": "2026-01-02T03:04:05.123456+08:00"}]
+    for content in (items, {"snapshots": items}):
+        [only] = read_snapshots(write("s.json", orjson.dumps(content)))
+        assert (only.status, only.created_at, only.name) == ("available", "2026-01-01T19:04:05.123456", None)
+
+
+BAD_VOLUMES = [
+    (b"\x00\x01\x02binary", "binary"),
+    ("volume_id\ncaf\xe9\n".encode("latin-1"), "not UTF-8"),
+    (b"volume_id,status\nx,sideways\n", "needs a volume_id and a known status"),
+    (b"volume_id,size\nx,big\n", "size must be a whole number"),
+    (b'volume_id,metadata\nx,"{not json"\n', "metadata must be a JSON object"),
+    (b'volume_id,metadata\nx,"{""a"": 1}"\n', "metadata must be a JSON object of strings"),
+    (b"volume_id,bootable\nx,maybe\n", "bootable must be true or false"),
+    (b"volume_id,tags\nx,=v\n", "tags must be k=v;k2=v2"),
+    (b'[{"volume_id": "x"', "not valid JSON"),
+    (b'{"volumes": 3}', "expected an array of volume objects"),
+]
+BAD_SNAPSHOTS = [
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "binary"),
+    (b"id,volume_id\n\xff\xfe,x\n", "not UTF-8"),
+    (b"id,volume_id\n,x\n", "needs an id and a volume_id"),
+    (b"id,volume_id,status\ns1,x,melting\n", "unknown snapshot status"),
+    (b"id,volume_id,created_at\ns1,x,yesterday\n", "created_at must be"),
+    (b"id,volume_id\ns1,x\ns1,y\n", "appears twice"),
+    (b'[{"id": "s1", "volume_id": "x", "metadata": ["a"]}]', "metadata must be a JSON object of strings"),
+    (b'[{"id": "s1", "volume_id": "x", "name": {"a": 1}}]', "name must be a string"),
+    (b'{"snapshots": [1, 2]}', "expected an array of snapshot objects"),
+]
+
+
+@pytest.mark.parametrize(
+    ("option", "content", "message"),
+    [("--volumes", c, m) for c, m in BAD_VOLUMES] + [("--snapshots", c, m) for c, m in BAD_SNAPSHOTS],
+)
+def test_bad_seed_files_are_one_line_errors(
+    write: Callable[..., Path], option: str, content: bytes, message: str
+) -> None:
+    """A binary, non-UTF-8 or malformed seed file ends the command with exit 2 and one message line."""
+    path = write("seed.json" if content.lstrip()[:1] in (b"[", b"{") else "seed.csv", content)
+    result = CliRunner().invoke(main, ["emulator", option, str(path)], catch_exceptions=False)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert str(path) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_missing_seed_file_is_a_usage_error(tmp_path: Path) -> None:
+    """An unreadable seed file is a UsageError naming the file."""
+    with pytest.raises(UsageError, match="cannot read the snapshots file"):
+        read_snapshots(tmp_path / "absent.csv")
+
+
+def test_every_option_has_help() -> None:
+    """Each option of `evs-snapshot emulator` explains itself in --help."""
+    options = [param for param in command.params if isinstance(param, click.Option)]
+    assert len(options) >= 35
+    assert [o.name for o in options if not o.help] == []
+    result = CliRunner().invoke(main, ["emulator", "--help"])
+    assert result.exit_code == 0
+    for flag in (
+        "--fault-late-commit",
+        "--late-commit-seconds",
+        "--ak-lock-after",
+        "--ak-lock-seconds",
+        "--expired-token-answer",
+        "--iam-deny-list-projects",
+        "--snapshots",
+        "--snapshot-quota",
+        "--rollback-seconds",
+        "--fault-rollback-error",
+        "--fault-list",
+    ):
+        assert flag in result.output
+
+
+def get(url: str, path: str) -> tuple[int, Any]:
+    request = urllib.request.Request(f"{url}{path}", headers={"X-Auth-Token": TOKEN})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback http
+            return answer.status, orjson.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, orjson.loads(error.read())
+
+
+def test_command_wires_the_new_options(write: Callable[..., Path]) -> None:
+    """The served emulator honours --snapshots, --volumes columns, --snapshot-quota,
+    --iam-deny-list-projects and --fault-list given on the command line."""
+    volumes = write("v.csv", f"volume_id,server_id,tags\n{IDS[0]},srv-9,env=prod\n")
+    snapshots = write(
+        "s.json",
+        orjson.dumps(
+            {
+                "snapshots": [
+                    {
+                        "id": SNAP_IDS[0],
+                        "volume_id": IDS[0],
+                        "name": "nightly",
+                        "created_at": "2020-05-06T07:08:09.000001",
+                        "metadata": {"evs_snapshot_run": "run-1"},
+                    }
+                ]
+            }
+        ),
+    )
+    args = [
+        *("--port", "0", "--token", TOKEN, "--volumes", str(volumes), "--snapshots", str(snapshots)),
+        *("--snapshot-quota", "5", "--iam-deny-list-projects", "--fault-list", "1"),
+    ]
+    with subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "emulator", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            url = process.stdout.readline().decode().split()[-1]
+            _, state = get(url, "/_emulator/state")
+            assert state["snapshots"] == [
+                {
+                    "id": SNAP_IDS[0],
+                    "volume_id": IDS[0],
+                    "project_id": PROJECT,
+                    "name": "nightly",
+                    "status": "available",
+                    "created_at": "2020-05-06T07:08:09.000001",
+                    "metadata": {"evs_snapshot_run": "run-1"},
+                }
+            ]
+            [volume] = state["volumes"]
+            assert (volume["status"], volume["attachments"][0]["server_id"]) == ("in-use", "srv-9")
+            assert state["rollbacks"] == []
+            status, quota = get(url, f"/v2/{PROJECT}/os-quota-sets/{PROJECT}?usage=True")
+            assert (
+                status,
+                quota["quota_set"]["snapshots"]["limit"],
+                quota["quota_set"]["snapshots"]["in_use"],
+            ) == (
+                200,
+                5,
+                1,
+            )
+            assert get(url, "/v3/projects")[0] == 403
+            assert get(url, "/v3/auth/projects")[0] == 200
+            assert get(url, f"/v2/{PROJECT}/cloudsnapshots/detail")[0] == 503
+            assert get(url, f"/v2/{PROJECT}/cloudsnapshots/{SNAP_IDS[0]}")[0] == 200
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=10) == 0
