@@ -76,6 +76,11 @@ class ReportWriter:
     def write_header(self, header: RunHeader) -> None:
         self._write(header.to_json())
 
+    def write_line(self, line: bytes) -> None:
+        """Append one whole JSON line of another record type (the action reports)."""
+        self._write(line)
+        self.written += 1
+
     def write(self, record: Record) -> None:
         """Append one record as one whole line; raises ``ReportUnwritable`` when it cannot."""
         self._write(record.to_json())
