@@ -217,7 +217,8 @@ async def action_run(
         check_report_path(Path(report))
         locks.append(lock_for("report", report, os.environ))
     with holding(locks):
-        header = read_header(Path(report)) if resume and report != "-" and Path(report).exists() else None
+        existing = resume and report != "-" and os.path.exists(report)
+        header = read_header(Path(report)) if existing else None
         if header is not None and header.command != command:
             raise UsageError(f"{report} is a {header.command} report, not a {command} report")
         from orchestrator.config import RunIdentity  # noqa: PLC0415
