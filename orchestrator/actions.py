@@ -217,7 +217,7 @@ async def action_run(
         check_report_path(Path(report))
         locks.append(lock_for("report", report, os.environ))
     with holding(locks):
-        existing = resume and report != "-" and os.path.exists(report)
+        existing = resume and report != "-" and os.path.exists(report)  # noqa: ASYNC240 - one stat
         header = read_header(Path(report)) if existing else None
         if header is not None and header.command != command:
             raise UsageError(f"{report} is a {header.command} report, not a {command} report")
