@@ -1,4 +1,8 @@
-"""Shared fixtures: the emulator on a loopback port (in the test's loop, or in a thread for CLI tests)."""
+"""Shared fixtures: the emulator on a loopback port (in the test's loop, or in a thread for CLI tests).
+
+Both factories take ``clock=``: pass the ``clock`` fixture (a ``ManualClock``) and advance it to move
+the emulator's time (token expiry, ``creating``, deletes, rollbacks) without sleeping.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,15 @@ from yarl import URL
 
 from orchestrator.api import signing
 from orchestrator.api.credentials import OutgoingRequest, TokenAuth
-from orchestrator.emulator import EmulatorSettings, EmulatorThread, RunningEmulator, SeedVolume, serving
+from orchestrator.emulator import (
+    EmulatorSettings,
+    EmulatorThread,
+    ManualClock,
+    RunningEmulator,
+    SeedVolume,
+    serving,
+)
+from orchestrator.emulator.clock import Clock
 
 PROJECT = "0123456789abcdef0123456789abcdef"
 TOKEN = "test-fixed-token-0001"
@@ -35,17 +47,34 @@ def seeds(ids: list[str], status: str = "available") -> tuple[SeedVolume, ...]:
 
 
 @pytest.fixture
+def clock() -> ManualClock:
+    """The emulator's time, moved by the test (``clock.advance(seconds)``) instead of sleeping."""
+    return ManualClock()
+
+
+@pytest.fixture
 async def emulator() -> AsyncIterator[Callable[..., Any]]:
     """A factory: ``await emulator(**settings)`` starts an emulator in the test's own event loop."""
     from contextlib import AsyncExitStack
 
     async with AsyncExitStack() as stack:
 
-        async def start(**options: Any) -> RunningEmulator:
+        async def start(clock: Clock | None = None, **options: Any) -> RunningEmulator:
             options.setdefault("token", TOKEN)
-            return await stack.enter_async_context(serving(EmulatorSettings(**options)))
+            return await stack.enter_async_context(serving(EmulatorSettings(**options), clock))
 
         yield start
+
+
+@pytest.fixture
+async def clocked(emulator: Callable[..., Any], clock: ManualClock) -> Callable[..., Any]:
+    """``await clocked(**settings)``: an emulator in the test's loop whose time is the ``clock`` fixture."""
+
+    async def start(**options: Any) -> RunningEmulator:
+        started: RunningEmulator = await emulator(clock=clock, **options)
+        return started
+
+    return start
 
 
 @pytest.fixture
@@ -59,9 +88,9 @@ def emulator_thread() -> Iterator[Callable[..., EmulatorThread]]:
     """A factory for emulators on their own thread, for tests that drive the synchronous CLI."""
     started: list[EmulatorThread] = []
 
-    def start(**options: Any) -> EmulatorThread:
+    def start(clock: Clock | None = None, **options: Any) -> EmulatorThread:
         options.setdefault("token", TOKEN)
-        running = EmulatorThread(EmulatorSettings(**options)).start()
+        running = EmulatorThread(EmulatorSettings(**options), clock).start()
         started.append(running)
         return running
 

@@ -1,24 +1,20 @@
-"""The emulator behaves like EVS, IAM and the API gateway in everything the tool relies on."""
+"""The emulator's EVS snapshot core: create, show, list, delete, validation, disk rules, faults, the state
+hook, and the official SDK against it (auth and IAM: test_emulator_auth.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import anyio
 import orjson
 import pytest
-from yarl import URL
 
-from orchestrator.api import signing
-from orchestrator.api.credentials import AkSkAuth, OutgoingRequest, TokenAuth
-from orchestrator.emulator import EmulatorSettings, ManualClock, RunningEmulator, SeedVolume, serving
+from orchestrator.emulator import ManualClock, RunningEmulator, SeedVolume
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from tests.conftest import PROJECT, TOKEN, call, seeds, volume_ids
+from tests.conftest import PROJECT, call, seeds, volume_ids
 
 SNAPSHOTS = f"/v2/{PROJECT}/cloudsnapshots"
 VOLUME = volume_ids(1)[0]
@@ -30,23 +26,6 @@ Start = Callable[..., Awaitable[RunningEmulator]]
 
 def create_body(volume_id: str = VOLUME, **fields: object) -> dict[str, object]:
     return {"snapshot": {"volume_id": volume_id, **fields}}
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def clocked(clock: ManualClock) -> AsyncIterator[Start]:
-    """``await clocked(**settings)``: an emulator in the test's loop whose time is ``clock``."""
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def start(**options: Any) -> RunningEmulator:
-            options.setdefault("token", TOKEN)
-            return await stack.enter_async_context(serving(EmulatorSettings(**options), clock))
-
-        yield start
 
 
 async def test_create_show_list_delete_lifecycle(
@@ -227,179 +206,6 @@ async def test_list_limit_rules(
     assert (status, body["error"]["code"]) == (400, code)
 
 
-async def test_aksk_signature_accepted_and_tampering_refused(
-    emulator: Callable[..., Any], http: aiohttp.ClientSession
-) -> None:
-    """A correct signature passes; a wrong secret, unknown AK or altered body is 401 APIGW.0301."""
-    emu = await emulator(volumes=seeds([VOLUME]), port=0)
-    status, _, _ = await call(
-        http, emu, "POST", SNAPSHOTS, body=create_body(), auth=AkSkAuth(DEFAULT_AK, DEFAULT_SK)
-    )
-    assert status == 202
-    for auth in (AkSkAuth(DEFAULT_AK, "wrong-secret"), AkSkAuth("UNKNOWNAK00000000000", DEFAULT_SK)):
-        status, body, _ = await call(http, emu, "POST", SNAPSHOTS, body=create_body(), auth=auth)
-        assert (status, body["error_code"]) == (401, "APIGW.0301")
-        assert body["request_id"]
-    outgoing = OutgoingRequest(
-        method="POST",
-        url=URL(f"{emu.url}{SNAPSHOTS}"),
-        headers={"Content-Type": "application/json"},
-        body=orjson.dumps(create_body()),
-        project_id=PROJECT,
-    )
-    await AkSkAuth(DEFAULT_AK, DEFAULT_SK, "TEMP-TOKEN").authorize(outgoing)
-    tampered = orjson.dumps(create_body(name="other"))
-    async with http.post(outgoing.url, data=tampered, headers=outgoing.headers) as response:
-        assert response.status == 401
-    async with http.post(outgoing.url, data=outgoing.body, headers=outgoing.headers) as response:
-        assert response.status == 202  # the security token is signed and accepted
-
-
-async def test_signature_must_cover_host_port(
-    emulator: Callable[..., Any], http: aiohttp.ClientSession
-) -> None:
-    """The Host header (with its port) is part of the signature: signing another port fails."""
-    emu = await emulator(volumes=seeds([VOLUME]))
-    url = URL(f"{emu.url}{SNAPSHOTS}")
-    headers = {
-        "Content-Type": "application/json",
-        "X-Sdk-Date": datetime.now(UTC).strftime(signing.DATE_FORMAT),
-        "Host": f"127.0.0.1:{url.port + 1 if url.port else 1}",
-    }
-    body = orjson.dumps(create_body())
-    headers["Authorization"] = signing.authorization(
-        ak=DEFAULT_AK, sk=DEFAULT_SK, method="POST", path=url.path, query=[], headers=headers, body=body
-    )
-    headers["Host"] = f"127.0.0.1:{url.port}"
-    async with http.post(url, data=body, headers=headers) as response:
-        assert response.status == 401
-
-
-async def test_clock_skew_window(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
-    """A signature dated 16 minutes away is refused; 10 minutes away is accepted."""
-    emu = await emulator(volumes=seeds([VOLUME]))
-    url = URL(f"{emu.url}{SNAPSHOTS}")
-    body = orjson.dumps(create_body())
-    results = []
-    for minutes in (16, -16, 10):
-        headers = {
-            "Content-Type": "application/json",
-            "X-Sdk-Date": (datetime.now(UTC) + timedelta(minutes=minutes)).strftime(signing.DATE_FORMAT),
-            "Host": f"127.0.0.1:{url.port}",
-        }
-        headers["Authorization"] = signing.authorization(
-            ak=DEFAULT_AK, sk=DEFAULT_SK, method="POST", path=url.path, query=[], headers=headers, body=body
-        )
-        async with http.post(url, data=body, headers=headers) as response:
-            results.append(response.status)
-    assert results == [401, 401, 202]
-
-
-async def test_signed_query_string(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
-    """Query parameters with special characters are signed and verified in canonical form."""
-    emu = await emulator()
-    status, body, _ = await call(
-        http,
-        emu,
-        "GET",
-        f"{SNAPSHOTS}/detail",
-        query=[("name", "snap a/b*~"), ("limit", "5"), ("id", "b"), ("id", "a")],
-        auth=AkSkAuth(DEFAULT_AK, DEFAULT_SK),
-    )
-    assert (status, body["count"]) == (200, 0)
-
-
-async def test_missing_and_unknown_token(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
-    """No credentials, or a token the emulator never issued, is 401 in the gateway shape."""
-    emu = await emulator()
-    for auth in (False, TokenAuth("forged")):
-        status, body, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/detail", auth=auth)
-        assert (status, body["error_code"]) == (401, "APIGW.0301")
-
-
-async def password_token(
-    http: aiohttp.ClientSession, emu: RunningEmulator, **changes: str
-) -> tuple[int, Any, str]:
-    user = {"name": "operator", "password": "emulator-password", "domain": {"name": "emulator-domain"}}
-    user.update(changes)
-    body = {
-        "auth": {
-            "identity": {"methods": ["password"], "password": {"user": user}},
-            "scope": {"project": {"name": "cn-north-4"}},
-        }
-    }
-    async with http.post(f"{emu.url}/v3/auth/tokens", data=orjson.dumps(body)) as response:
-        return (
-            response.status,
-            orjson.loads(await response.read()),
-            response.headers.get("X-Subject-Token", ""),
-        )
-
-
-async def test_iam_password_token_and_expiry(
-    clocked: Start, clock: ManualClock, http: aiohttp.ClientSession
-) -> None:
-    """IAM issues a project token (201, X-Subject-Token, expires_at) that works until it expires."""
-    emu = await clocked(volumes=seeds([VOLUME]), token_ttl=600)
-    status, body, token = await password_token(http, emu)
-    assert status == 201
-    assert token
-    assert body["token"]["project"]["id"] == PROJECT
-    expires = datetime.strptime(body["token"]["expires_at"], "%Y-%m-%dT%H:%M:%S.%fZ")
-    assert expires > datetime.now(UTC).replace(tzinfo=None)
-    status, _, _ = await call(http, emu, "POST", SNAPSHOTS, body=create_body(), auth=TokenAuth(token))
-    assert status == 202
-    clock.advance(600)
-    status, error, _ = await call(http, emu, "GET", f"{SNAPSHOTS}/detail", auth=TokenAuth(token))
-    assert (status, error["error_code"]) == (401, "APIGW.0301")
-    status, error, _ = await password_token(http, emu, password="wrong")
-    assert (status, error) == (
-        401,
-        {"error_msg": "The request you have made requires authentication.", "error_code": "IAM.0001"},
-    )
-
-
-async def test_project_mismatch(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
-    """A token used on another project's URL is 400 Common.0018; a signature on it is EVS.0001."""
-    emu = await emulator(volumes=seeds([VOLUME]))
-    other = "f" * 32
-    status, body, _ = await call(http, emu, "GET", f"/v2/{other}/cloudsnapshots/detail")
-    assert (status, body["error"]["code"]) == (400, "Common.0018")
-    status, body, _ = await call(
-        http, emu, "GET", f"/v2/{other}/cloudsnapshots/detail", auth=AkSkAuth(DEFAULT_AK, DEFAULT_SK)
-    )
-    assert (status, body["error"]["code"]) == (400, "EVS.0001")
-
-
-async def test_project_lookup(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
-    """GET /v3/projects?name=REGION finds the served project, and nothing for another region."""
-    emu = await emulator()
-    status, body, _ = await call(http, emu, "GET", "/v3/projects", query=[("name", "cn-north-4")])
-    assert (status, [p["id"] for p in body["projects"]]) == (200, [PROJECT])
-    _, body, _ = await call(
-        http,
-        emu,
-        "GET",
-        "/v3/projects",
-        query=[("name", "ap-southeast-1")],
-        auth=AkSkAuth(DEFAULT_AK, DEFAULT_SK),
-    )
-    assert body["projects"] == []
-
-
-async def test_throttling(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
-    """Past the bucket, answers are 429 APIGW.0308 with Retry-After when asked."""
-    emu = await emulator(rate_limit=2, burst=3, retry_after=True)
-    statuses = []
-    for _ in range(5):
-        status, body, headers = await call(http, emu, "GET", f"{SNAPSHOTS}/detail")
-        statuses.append(status)
-    assert statuses == [200, 200, 200, 429, 429]
-    assert body["error_code"] == "APIGW.0308"
-    assert "limit:2" in body["error_msg"]
-    assert int(headers["Retry-After"]) >= 1
-
-
 async def test_faults_are_seeded_and_counted(
     emulator: Callable[..., Any], http: aiohttp.ClientSession
 ) -> None:
@@ -523,24 +329,6 @@ def test_official_sdk_against_emulator(emulator_thread: Callable[..., Any]) -> N
     assert refused.value.status_code == 404
     assert refused.value.error_code == "EVS.5404"
     assert refused.value.request_id
-
-
-def test_official_sdk_with_wrong_key_is_refused(emulator_thread: Callable[..., Any]) -> None:
-    """The SDK sees the gateway's 401 APIGW.0301 when its secret key is wrong."""
-    from huaweicloudsdkcore.auth.credentials import BasicCredentials
-    from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
-    from huaweicloudsdkevs.v2 import EvsClient, ListSnapshotsRequest
-
-    emu = emulator_thread()
-    client = (
-        EvsClient.new_builder()
-        .with_credentials(BasicCredentials(DEFAULT_AK, "not-the-secret", PROJECT))
-        .with_endpoints([emu.url])
-        .build()
-    )
-    with pytest.raises(ClientRequestException) as refused:
-        client.list_snapshots(ListSnapshotsRequest())
-    assert (refused.value.status_code, refused.value.error_code) == (401, "APIGW.0301")
 
 
 async def test_state_is_open_without_auth(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:

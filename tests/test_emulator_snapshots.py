@@ -3,8 +3,7 @@ quota, delete and rollback (evs-api.md 8 and 9), also through the official SDK."
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -19,10 +18,9 @@ from orchestrator.emulator import (
     RunningEmulator,
     SeedSnapshot,
     SeedVolume,
-    serving,
 )
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from tests.conftest import PROJECT, TOKEN, call, seeds, volume_ids
+from tests.conftest import PROJECT, call, seeds, volume_ids
 
 Start = Callable[..., Awaitable[RunningEmulator]]
 SNAPSHOTS = f"/v2/{PROJECT}/cloudsnapshots"
@@ -32,23 +30,6 @@ SNAP_IDS = volume_ids(12, seed=9)
 NOT_FOUND = {
     "error": {"code": "EVS.5404", "message": "Resource(Volume, Snapshot, Backup .etc) cound not be found."}
 }
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def clocked(clock: ManualClock) -> AsyncIterator[Start]:
-    """``await clocked(**settings)``: an emulator in the test's loop whose time is ``clock``."""
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def start(**options: Any) -> RunningEmulator:
-            options.setdefault("token", TOKEN)
-            return await stack.enter_async_context(serving(EmulatorSettings(**options), clock))
-
-        yield start
 
 
 def seeded(index: int, status: str = "available", name: str | None = None, **fields: Any) -> SeedSnapshot:

@@ -97,7 +97,7 @@ def test_sigterm_drains_exits_143_and_resume_completes(
     emu = emulator_thread(any_volume=True, latency_ms=60)
     manifest = csv_manifest(write, ids)
     report = tmp_path / "r.jsonl"
-    args = args_for(emu.url, manifest, report, "--concurrency", "8")
+    args = args_for(emu.url, manifest, report, "--concurrency", "8", "--settle", "0.5")
     with run_process(args) as process:
         wait_for_records(report, 30, process)
         process.send_signal(signal.SIGTERM)

@@ -79,6 +79,7 @@ def name_shape(row_defaults: RowDefaults) -> dict[str, str]:
 
 async def create(settings: CreateSettings, *, console: Console) -> int:
     """Run the whole job and return the exit code; raises ``EvsSnapshotError`` for run-level errors."""
+    started = time.monotonic()  # the run's time and --deadline count from here
     from orchestrator.duplicates import duplicate_candidates  # noqa: PLC0415
     from orchestrator.errors import UsageError  # noqa: PLC0415
     from orchestrator.manifest import manifest_digest, read_rows, spooled  # noqa: PLC0415
@@ -101,7 +102,9 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
         digest = manifest_digest(source)
         with _locks(settings):
             book, identity = _identity(settings, total, digest, display)
-            return await _locked(settings, identity, book, total, digest, display, rows, candidates, console)
+            return await _locked(
+                settings, identity, book, total, digest, display, rows, candidates, console, started
+            )
 
 
 @contextlib.contextmanager
@@ -164,6 +167,7 @@ async def _locked(
     rows: Callable[..., Iterator[RawRow]],
     candidates: set[bytes],
     console: Console,
+    started: float,
 ) -> int:
     import anyio  # noqa: PLC0415
 
@@ -176,7 +180,6 @@ async def _locked(
     from orchestrator.signals import drain_on_signal  # noqa: PLC0415
     from orchestrator.tally import Tally  # noqa: PLC0415
 
-    started = time.monotonic()
     signals: list[int] = []
     async with contextlib.AsyncExitStack() as stack:
         if settings.emulator:
@@ -216,6 +219,7 @@ async def _locked(
             settle=settings.settle,
         )
         tally = Tally(manifest_rows=total)
+        tally.started = started
         runner = Runner(plan, router=router, writer=writer, tally=tally, resume=book)
         async with anyio.create_task_group() as group:
             if settings.progress:
@@ -236,7 +240,7 @@ async def _locked(
             group.cancel_scope.cancel()
         _phase(tally, "create", started, router)
         if router is not None and not signals:
-            tally = await _after_create(settings, identity, router, writer, tally, console, signals)
+            tally = await _after_create(settings, identity, router, writer, tally, console, signals, started)
     code = finish(
         tally, settings.closing, router=router, console=console, report=settings.report, command="create"
     )
@@ -255,40 +259,26 @@ async def _after_create(
     tally: Tally,
     console: Console,
     signals: list[int],
+    run_started: float,
 ) -> Tally:
-    """The sweep (exactly one snapshot per accepted row), then ``--wait``."""
+    """The sweep (exactly one snapshot per accepted row), then ``--wait``; both within ``--deadline``."""
     import anyio  # noqa: PLC0415
 
-    from orchestrator.errors import ListingFailed  # noqa: PLC0415
     from orchestrator.report import final_records  # noqa: PLC0415
     from orchestrator.signals import cancel_on_signal  # noqa: PLC0415
-    from orchestrator.sweep import sweep, sweep_policy  # noqa: PLC0415
     from orchestrator.waiter import Waiter  # noqa: PLC0415
 
     report = Path(settings.report) if settings.report != "-" else None
+    deadline = None if settings.deadline is None else run_started + settings.deadline
     if report is not None:
         started = time.monotonic()
         writer.sync()
-        try:
-            result = await sweep(
-                list(router.routes.values()),
-                run_id=identity.run_id,
-                report=report,
-                writer=writer,
-                emit=lambda record, previous: _emit(writer, tally, record, previous),
-                policy=sweep_policy(settings.policy),
-                keep_duplicates=settings.keep_duplicates,
-                patience=settings.settle,
-            )
-        except ListingFailed as exc:
-            tally.unfinished.append(f"the duplicate sweep could not list: {exc}")
+        with anyio.move_on_after(None if deadline is None else deadline - time.monotonic()) as scope:
+            await _sweep(settings, identity, router, writer, tally, console, report)
+        if scope.cancelled_caught:
+            tally.unfinished.append("the --deadline passed before the duplicate sweep finished")
             console.error(f"{tally.unfinished[-1]}; run `evs-snapshot wait {report}` to sweep again")
-        else:
-            if result.found or result.reconciled:
-                console.warn(
-                    f"sweep: {result.found} extra snapshots of this run found, {result.removed} deleted; "
-                    f"{result.reconciled} rows found created after all"
-                )
+            return tally
         _phase(tally, "sweep", started, router)
     if settings.wait is None or report is None:
         return tally
@@ -300,10 +290,48 @@ async def _after_create(
     waiter.load(final_records(report))
     async with anyio.create_task_group() as group:
         group.start_soon(cancel_on_signal, group.cancel_scope, signals)
-        await waiter.run()
+        with anyio.move_on_after(None if deadline is None else deadline - time.monotonic()) as scope:
+            await waiter.run()
         group.cancel_scope.cancel()
+    if scope.cancelled_caught:
+        waited.unfinished.append("the --deadline passed while waiting")
+        console.error(f"{waited.unfinished[-1]}; run `evs-snapshot wait {report}` to wait for the rest")
     _phase(waited, "wait", started, router)
     return waited
+
+
+async def _sweep(
+    settings: CreateSettings,
+    identity: RunIdentity,
+    router: Router,
+    writer: ReportWriter,
+    tally: Tally,
+    console: Console,
+    report: Path,
+) -> None:
+    from orchestrator.errors import ListingFailed  # noqa: PLC0415
+    from orchestrator.sweep import sweep, sweep_policy  # noqa: PLC0415
+
+    try:
+        result = await sweep(
+            list(router.routes.values()),
+            run_id=identity.run_id,
+            report=report,
+            writer=writer,
+            emit=lambda record, previous: _emit(writer, tally, record, previous),
+            policy=sweep_policy(settings.policy),
+            keep_duplicates=settings.keep_duplicates,
+            patience=max(settings.settle, 10.0),
+        )
+    except ListingFailed as exc:
+        tally.unfinished.append(f"the duplicate sweep could not list: {exc}")
+        console.error(f"{tally.unfinished[-1]}; run `evs-snapshot wait {report}` to sweep again")
+        return
+    if result.found or result.reconciled:
+        console.warn(
+            f"sweep: {result.found} extra snapshots of this run found, {result.removed} deleted; "
+            f"{result.reconciled} rows found created after all"
+        )
 
 
 def _emit(writer: ReportWriter, tally: Tally, record: Record, previous: Outcome | None) -> None:

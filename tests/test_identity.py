@@ -1,0 +1,412 @@
+"""Exactly once on the real cloud: the run marker, late commits, the sweep, honest resume, no overlap."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from orchestrator.emulator import SeedSnapshot
+from tests.conftest import volume_ids
+from tests.helpers import (
+    CREATE_ROUTE,
+    FAST_RETRIES,
+    LIST_ROUTE,
+    create_args,
+    csv_manifest,
+    header,
+    invoke,
+    last_per_row,
+    records,
+    requests_of,
+    run_process,
+    snapshots_per_volume,
+    wait_for_records,
+)
+
+MARKER = "evs_snapshot_run"
+
+
+def run_id_of(report: Path) -> str:
+    return str(header(report)["run_id"])
+
+
+def test_every_snapshot_carries_the_run_marker_beside_user_metadata(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Each created snapshot has evs_snapshot_run = the run id, and the row's own metadata too."""
+    ids = volume_ids(5, seed=100)
+    emu = emulator_thread(any_volume=True)
+    report = tmp_path / "r.jsonl"
+    result = invoke(create_args(emu.url, csv_manifest(write, ids), report, metadata="team=db"))
+    assert result.exit_code == 0, result.output
+    run_id = run_id_of(report)
+    for snapshot in emu.state()["snapshots"]:
+        assert snapshot["metadata"] == {"team": "db", MARKER: run_id}
+
+
+def test_the_marker_key_cannot_be_set_by_the_user(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--metadata evs_snapshot_run=... exits 2; a row that sets it is invalid RESERVED_METADATA_KEY."""
+    emu = emulator_thread(any_volume=True)
+    ids = volume_ids(2, seed=101)
+    manifest = csv_manifest(write, ids)
+    result = invoke(create_args(emu.url, manifest, tmp_path / "a.jsonl", metadata=f"{MARKER}=x"))
+    assert result.exit_code == 2
+    assert MARKER in result.stderr
+    rows = write("m.jsonl", orjson.dumps({"volume_id": ids[0], "metadata": {MARKER: "x"}}).decode() + "\n")
+    report = tmp_path / "b.jsonl"
+    assert invoke(create_args(emu.url, rows, report)).exit_code == 1
+    assert records(report)[0]["error_code"] == "RESERVED_METADATA_KEY"
+    assert requests_of(emu.state(), CREATE_ROUTE) == Counter()
+
+
+def test_a_second_same_day_run_never_takes_the_first_runs_snapshots(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Same manifest, same default names, 5xx on the second run: its lookups find only its own snapshots."""
+    ids = volume_ids(50, seed=102)
+    emu = emulator_thread(any_volume=True, seed=102)
+    manifest = csv_manifest(write, ids)
+    first = tmp_path / "first.jsonl"
+    assert invoke(create_args(emu.url, manifest, first)).exit_code == 0
+    morning = {s["id"] for s in emu.state()["snapshots"]}
+    marker = {MARKER: run_id_of(first)}
+    # The afternoon's cloud: the morning's snapshots (same names, the first run's marker), and 5xx faults.
+    seeded = emulator_thread(
+        any_volume=True,
+        seed=104,
+        fault_5xx=0.3,
+        fault_drop_after=0.1,
+        snapshots=tuple(
+            SeedSnapshot(id=r["snapshot_id"], volume_id=r["volume_id"], name=r["name"], metadata=marker)
+            for r in records(first)
+        ),
+    )
+    second = tmp_path / "second.jsonl"
+    result = invoke(create_args(seeded.url, manifest, second, *FAST_RETRIES))
+    assert result.exit_code == 0, result.output
+    final = last_per_row(second)
+    assert {r["outcome"] for r in final.values()} == {"accepted"}
+    assert any(r["reconciled"] for r in final.values()), "the faults must have made some lookups"
+    assert not {r["snapshot_id"] for r in final.values()} & morning
+    run_id = run_id_of(second)
+    assert snapshots_per_volume(seeded.state(), run_id) == dict.fromkeys(ids, 1)
+
+
+def test_late_commits_within_the_settle_window_make_no_doubles(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """504 answered at once, the snapshot appearing 1 s later: rows are looked up, not resent; one each."""
+    ids = volume_ids(20, seed=105)
+    emu = emulator_thread(any_volume=True, seed=105, fault_late_commit=0.5, late_commit_seconds=1.0)
+    report = tmp_path / "r.jsonl"
+    result = invoke(create_args(emu.url, csv_manifest(write, ids), report, settle="3s"))
+    assert result.exit_code == 0, result.output
+    final = last_per_row(report)
+    assert {r["outcome"] for r in final.values()} == {"accepted"}
+    assert sum(r["reconciled"] for r in final.values()) >= 5
+    assert requests_of(emu.state(), CREATE_ROUTE)["504"] >= 5
+    assert snapshots_per_volume(emu.state(), run_id_of(report)) == dict.fromkeys(ids, 1)
+    assert not [r for r in records(report) if r["outcome"].startswith("duplicate")]
+
+
+def test_commits_later_than_the_settle_window_are_swept(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A backend slower than --settle makes a second snapshot; the end-of-run sweep deletes it and says so."""
+    ids = volume_ids(30, seed=106)
+    emu = emulator_thread(
+        any_volume=True,
+        seed=106,
+        fault_late_commit=0.3,
+        late_commit_seconds=0.6,
+        creating_seconds=0.2,
+        deleting_seconds=0.1,
+        rate_limit=1000,
+    )
+    report = tmp_path / "r.jsonl"
+    result = invoke(
+        create_args(emu.url, csv_manifest(write, ids), report, settle="0.1", max_rps=15, concurrency=2)
+    )
+    assert result.exit_code == 0, result.output
+    side = [r for r in records(report) if r["outcome"] == "duplicate_deleted"]
+    assert side, "with a settle window shorter than the backend lag, doubles must appear and be swept"
+    assert "duplicates:" in result.stderr
+    # A commit later than both the settle window and the create's sweep is caught by `wait`'s sweep.
+    time.sleep(0.7)
+    waited = invoke(["wait", str(report), "--endpoint", emu.url, "--poll-interval", "0.1"])
+    assert waited.exit_code == 0, waited.output
+    time.sleep(0.3)  # the emulator's deleting state (0.1 s) ends
+    assert snapshots_per_volume(emu.state(), run_id_of(report)) == dict.fromkeys(ids, 1)
+    kept = {r["volume_id"]: r["snapshot_id"] for r in last_per_row(report).values()}
+    assert {s["volume_id"]: s["id"] for s in emu.state()["snapshots"]} == kept
+
+
+def test_keep_duplicates_reports_without_deleting(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--keep-duplicates: duplicate_found records, nothing deleted."""
+    ids = volume_ids(20, seed=107)
+    emu = emulator_thread(any_volume=True, seed=107, fault_late_commit=0.4, late_commit_seconds=0.5)
+    report = tmp_path / "r.jsonl"
+    args = create_args(emu.url, csv_manifest(write, ids), report, settle="0.1", max_rps=12, concurrency=2)
+    result = invoke([*args, "--keep-duplicates"])
+    assert result.exit_code == 0, result.output
+    found = [r for r in records(report) if r["outcome"] == "duplicate_found"]
+    assert found
+    assert "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}" not in emu.state()["requests"]
+    per_volume = snapshots_per_volume(emu.state(), run_id_of(report))
+    assert sum(per_volume.values()) == len(ids) + len(found)
+
+
+def test_resume_refuses_another_manifest(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--resume with more rows, a changed row or another template exits 2 naming it; nothing is sent."""
+    ids = volume_ids(50, seed=108)
+    emu = emulator_thread(any_volume=True)
+    report = tmp_path / "r.jsonl"
+    assert invoke(create_args(emu.url, csv_manifest(write, ids), report)).exit_code == 0
+    sent = requests_of(emu.state(), CREATE_ROUTE)
+    bigger = csv_manifest(write, volume_ids(200, seed=108), name="m.csv")
+    result = invoke([*create_args(emu.url, bigger, report), "--resume"])
+    assert result.exit_code == 2
+    assert "200 rows" in result.stderr
+    assert "50" in result.stderr
+    edited = csv_manifest(write, [*ids[:10], ids[11], *ids[11:]], name="m.csv")
+    result = invoke([*create_args(emu.url, edited, report), "--resume"])
+    assert result.exit_code == 2
+    assert "content differs" in result.stderr
+    same = csv_manifest(write, ids, name="m.csv")
+    result = invoke([*create_args(emu.url, same, report, name_template="other-{volume_id}"), "--resume"])
+    assert result.exit_code == 2
+    assert "name_template" in result.stderr
+    assert requests_of(emu.state(), CREATE_ROUTE) == sent
+
+
+def test_wait_timeout_rows_are_waited_for_not_resent(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """create --wait that times out, then --resume --wait: no create is sent again; rows become available."""
+    ids = volume_ids(10, seed=109)
+    emu = emulator_thread(any_volume=True, creating_seconds=1.5)
+    report = tmp_path / "r.jsonl"
+    args = create_args(
+        emu.url, csv_manifest(write, ids), report, wait=True, wait_timeout="0.2s", poll_interval=0.1
+    )
+    assert invoke(args).exit_code == 1
+    assert {r["outcome"] for r in last_per_row(report).values()} == {"wait_timeout"}
+    summary = invoke(["summary", str(report)])
+    assert "evs-snapshot wait" in summary.stdout
+    result = invoke(
+        [*create_args(emu.url, csv_manifest(write, ids), report, wait=True, poll_interval=0.2), "--resume"]
+    )
+    assert result.exit_code == 0, result.output
+    assert requests_of(emu.state(), CREATE_ROUTE) == Counter({"202": 10})
+    assert {r["outcome"] for r in last_per_row(report).values()} == {"available"}
+
+
+def test_two_runs_of_one_manifest_never_overlap(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A second run of the same manifest exits 75 naming the holder's pid, whatever report it writes."""
+    ids = volume_ids(80, seed=110)
+    emu = emulator_thread(any_volume=True, latency_ms=50)
+    manifest = csv_manifest(write, ids)
+    with run_process(create_args(emu.url, manifest, tmp_path / "one.jsonl", concurrency=2)) as first:
+        wait_for_records(tmp_path / "one.jsonl", 2, first)
+        second = invoke(create_args(emu.url, manifest, tmp_path / "two.jsonl"))
+        assert second.exit_code == 75
+        assert f"process {first.pid}" in second.stderr
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+    assert not (tmp_path / "two.jsonl").exists()
+    assert not list(tmp_path.glob("*.lock"))  # no lock files beside reports
+
+
+def test_refused_keys_cost_at_most_two_requests_and_do_not_lock_the_ak(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A wrong secret with --concurrency 64: at most 2 requests reach the gateway; the rerun is not locked."""
+    ids = volume_ids(200, seed=111)
+    emu = emulator_thread(any_volume=True, ak_lock_after=5, latency_ms=20)
+    manifest = csv_manifest(write, ids)
+    bad = invoke(
+        create_args(emu.url, manifest, tmp_path / "bad.jsonl", concurrency=64),
+        env={"HUAWEICLOUD_SDK_SK": "wrong"},
+    )
+    assert bad.exit_code == 3
+    assert sum(requests_of(emu.state(), CREATE_ROUTE).values()) <= 2
+    final = last_per_row(tmp_path / "bad.jsonl")
+    assert len(final) == 200
+    assert sum(r["attempts"] for r in final.values()) <= 2
+    good = invoke(create_args(emu.url, manifest, tmp_path / "good.jsonl", concurrency=64))
+    assert good.exit_code == 0, good.output
+
+
+def test_least_privilege_user_finds_the_project_through_auth_projects(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """GET /v3/projects answers 403: the lookup falls back to /v3/auth/projects and the run succeeds."""
+    ids = volume_ids(5, seed=112)
+    emu = emulator_thread(any_volume=True, iam_deny_list_projects=True)
+    report = tmp_path / "r.jsonl"
+    args = [
+        "create",
+        str(csv_manifest(write, ids)),
+        "--endpoint",
+        emu.url,
+        "--iam-endpoint",
+        emu.url,
+        "--region",
+        "cn-north-4",
+        "--report",
+        str(report),
+    ]
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    assert requests_of(emu.state(), "GET /v3/projects") == Counter({"403": 1})
+    assert requests_of(emu.state(), "GET /v3/auth/projects") == Counter({"200": 1})
+
+
+def test_a_wrong_project_closes_its_route(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """AK/SK with another project: the first answer (400 EVS.0001) closes it; rows fail with attempts 0; exit 3."""
+    ids = volume_ids(40, seed=113)
+    emu = emulator_thread(any_volume=True)
+    report = tmp_path / "r.jsonl"
+    args = [
+        "create",
+        str(csv_manifest(write, ids)),
+        "--endpoint",
+        emu.url,
+        "--project-id",
+        "f" * 32,
+        "--report",
+        str(report),
+        "--concurrency",
+        "16",
+    ]
+    result = invoke(args)
+    assert result.exit_code == 3
+    assert "wrong project" in result.stderr
+    final = last_per_row(report)
+    assert {r["error_code"] for r in final.values()} == {"EVS.0001"}
+    assert sum(r["attempts"] for r in final.values()) == 1
+    assert sum(requests_of(emu.state(), CREATE_ROUTE).values()) == 1
+
+
+def test_validate_online_retries_throttling_and_5xx(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path]
+) -> None:
+    """Under a 20/s limit and 20% 5xx, validate --online retries: every row checks clean, exit 0."""
+    ids = volume_ids(30, seed=114)
+    emu = emulator_thread(any_volume=True, rate_limit=30, burst=5, fault_5xx=0.2, seed=114)
+    result = invoke(
+        [
+            "validate",
+            str(csv_manifest(write, ids)),
+            "--online",
+            "--endpoint",
+            emu.url,
+            "--project-id",
+            "0123456789abcdef0123456789abcdef",
+            "--backoff-initial",
+            "0.05",
+            "--backoff-max",
+            "0.5",
+            "--max-attempts",
+            "12",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    assert "30 rows: 30 would be sent (checked online), 0 with problems" in result.stdout
+    volume_gets = requests_of(emu.state(), "GET /v2/{project_id}/cloudvolumes/{volume_id}")
+    assert volume_gets["200"] == 30
+    assert volume_gets["429"] + volume_gets["500"] + volume_gets["502"] + volume_gets["503"] > 0
+
+
+def test_validate_counts_only_what_the_service_counts(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path]
+) -> None:
+    """Backup-made and deleting snapshots do not count toward the 7 per disk; 7 manual ones do."""
+    free, full = volume_ids(2, seed=115)
+    snaps = [
+        *(
+            SeedSnapshot(
+                id=f"00000000-0000-4000-8000-0000000001{i:02d}", volume_id=free, name=f"autobk_snapshot_{i}"
+            )
+            for i in range(6)
+        ),
+        *(
+            SeedSnapshot(
+                id=f"00000000-0000-4000-8000-0000000002{i:02d}",
+                volume_id=free,
+                name=f"m{i}",
+                status="deleting",
+            )
+            for i in range(3)
+        ),
+        *(
+            SeedSnapshot(id=f"00000000-0000-4000-8000-0000000003{i:02d}", volume_id=full, name=f"m{i}")
+            for i in range(7)
+        ),
+    ]
+    emu = emulator_thread(any_volume=True, snapshots=tuple(snaps))
+    result = invoke(
+        [
+            "validate",
+            str(csv_manifest(write, [free, full])),
+            "--online",
+            "--endpoint",
+            emu.url,
+            "--project-id",
+            "0123456789abcdef0123456789abcdef",
+        ]
+    )
+    assert result.exit_code == 1
+    assert "1 with problems (SNAPSHOT_LIMIT_REACHED x1)" in result.stdout
+    assert full in result.stdout
+    assert free not in result.stdout
+
+
+def test_deadline_holds_and_cancels_requests_in_flight(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--deadline 1s against a very slow endpoint: rows in flight end UNCONFIRMED, the rest DEADLINE_EXCEEDED."""
+    ids = volume_ids(20, seed=116)
+    emu = emulator_thread(any_volume=True, latency_ms=3_000)
+    report = tmp_path / "r.jsonl"
+    started = time.monotonic()
+    result = invoke(create_args(emu.url, csv_manifest(write, ids), report, deadline="1s", concurrency=4))
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 1
+    codes = Counter(r["error_code"] for r in last_per_row(report).values())
+    assert sum(codes.values()) == 20, codes
+    assert codes["UNCONFIRMED"] >= 1  # the one request in flight (credentials not yet proven)
+    assert codes["UNCONFIRMED"] + codes["DEADLINE_EXCEEDED"] == 20
+    assert elapsed < 15  # a loose sanity bound; the exact overshoot is measured in the note, not here
+
+
+def test_settle_lookups_that_keep_failing_end_unconfirmed(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Every create answered 504 and every lookup failing: rows end UNCONFIRMED; --resume looks them up."""
+    ids = volume_ids(4, seed=117)
+    emu = emulator_thread(any_volume=True, fault_late_commit=1.0, late_commit_seconds=0.1, fault_list=1.0)
+    report = tmp_path / "r.jsonl"
+    args = create_args(emu.url, csv_manifest(write, ids), report, *FAST_RETRIES)
+    result = invoke([*args, "--max-attempts", "3"])
+    assert result.exit_code == 1
+    final = last_per_row(report)
+    assert {r["error_code"] for r in final.values()} == {"UNCONFIRMED"}
+    assert requests_of(emu.state(), LIST_ROUTE)["503"] >= 4 * 3  # 3 lookups a row at least
+    assert "--resume" in invoke(["summary", str(report)]).stdout
