@@ -18,6 +18,8 @@ from orchestrator.errors import UsageError
 
 REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z]+)+-\d{1,3}$")
 PROJECT_RE = re.compile(r"^[0-9a-f]{32}$")
+HOST_RE = re.compile(r"[A-Za-z0-9._:%-]+")  # a name, IPv4 or IPv6 (punycode for IDN)
+USERINFO_RE = re.compile(r"(//)[^/?#]*@")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,18 +131,40 @@ class Limits:
 
 
 def parse_endpoint(value: str, *, option: str) -> URL:
-    """An endpoint URL: https, or plain http to a loopback address only."""
-    url = URL(value.rstrip("/"))
-    if url.scheme not in ("http", "https") or not url.host:
-        raise UsageError(f"{option} {value!r} is not an http(s) URL")
-    if url.scheme == "http" and not is_loopback(url.host):
+    """An endpoint URL: https, or plain http to a loopback address only.
+
+    Errors show the value with any ``user:password@`` part masked: a secret typed into a URL must not
+    reach the terminal or a log.
+    """
+    shown = redact_userinfo(value)
+    try:
+        url = URL(value.strip().rstrip("/"))
+        host = url.raw_host
+    except ValueError as exc:
+        raise UsageError(f"{option} {shown!r} is not a valid URL ({exc}); use https://host[:port]") from None
+    if url.scheme not in ("http", "https") or not host:
+        raise UsageError(f"{option} {shown!r} is not an http(s) URL; use https://host[:port]")
+    if url.raw_user is not None or url.raw_password is not None:
         raise UsageError(
-            f"{option} {value!r} uses plain http to a non-loopback host; use https "
+            f"{option} {shown!r} carries a user name or password; remove it: credentials come from "
+            "the environment or files (OS_AUTH_TOKEN, HUAWEICLOUD_SDK_AK/SK, OS_USERNAME/OS_PASSWORD), "
+            "never from a URL"
+        )
+    if not HOST_RE.fullmatch(host):
+        raise UsageError(f"{option} {shown!r} has an invalid host name; use https://host[:port]")
+    if url.scheme == "http" and not is_loopback(host):
+        raise UsageError(
+            f"{option} {shown!r} uses plain http to a non-loopback host; use https "
             "(plain http is allowed only to 127.0.0.0/8, ::1 or localhost)"
         )
-    if url.path not in ("", "/") or url.query_string:
-        raise UsageError(f"{option} {value!r} must be scheme://host[:port] with no path")
+    if url.path not in ("", "/") or url.query_string or url.raw_fragment:
+        raise UsageError(f"{option} {shown!r} must be scheme://host[:port] with no path, query or fragment")
     return url.with_path("")
+
+
+def redact_userinfo(value: str) -> str:
+    """``value`` with a ``user:password@`` part (parseable or not) replaced by ``***@``."""
+    return USERINFO_RE.sub(r"\1***@", value)
 
 
 def is_loopback(host: str) -> bool:

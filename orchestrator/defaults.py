@@ -15,3 +15,5 @@ POLL_INTERVAL = 5.0
 # off after at most 60 s (answering 504 APIG.0203), and EVS commits a create it received within
 # seconds; 60 s covers both with margin while other rows go on.
 SETTLE = 60.0
+# Manually created legacy snapshots per disk (evs-api.md 2.8); the emulator enforces the same number.
+SNAPSHOTS_PER_DISK = 7

@@ -35,6 +35,9 @@ def check_writable(path: Path, option: str) -> None:
     """Prove that ``path`` can be written atomically (a temporary file beside it, then removed)."""
     if path.is_dir():
         raise UsageError(f"{option} {path} is a directory; give a file path")
+    if path.exists() and not path.is_file():
+        # Renaming over a device (/dev/null) would replace it, and reading one (/dev/zero) never ends.
+        raise UsageError(f"{option} {path} is not a regular file (a device or a pipe); give a file path")
     probe = path.with_name(f".{path.name}.{secrets.token_hex(4)}.probe")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -141,7 +141,7 @@ def write_atomically(path: Path, data: bytes) -> None:
 def write(path: Path, tally: Tally, *, command: str, exit_code: int, throttled: int) -> None:
     """Write ``command``'s series into the file, keeping other commands' series already there."""
     try:
-        existing = path.read_text(encoding="utf-8")
+        existing = path.read_text(encoding="utf-8") if path.is_file() else ""
     except (OSError, UnicodeDecodeError):
         existing = ""
     text = render(

@@ -175,49 +175,6 @@ class RunHeader:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Summary:
-    """Counts of a finished (or interrupted) run, built from the last record of each row."""
-
-    rows: int
-    outcomes: Mapping[str, int]
-    error_codes: Mapping[str, int]
-    requests: int
-    elapsed_s: float
-
-    @property
-    def exit_code(self) -> int:
-        """0 when every row succeeded, else 1 (a dry run counts ``planned`` as success)."""
-        ok = SUCCESSFUL | {Outcome.PLANNED}
-        return 0 if all(Outcome(outcome) in ok for outcome in self.outcomes) else 1
-
-    def to_json(self) -> bytes:
-        rate = self.requests / self.elapsed_s if self.elapsed_s > 0 else 0.0
-        return orjson.dumps(
-            {
-                "rows": self.rows,
-                "outcomes": self.outcomes,
-                "error_codes": self.error_codes,
-                "requests": self.requests,
-                "elapsed_s": round(self.elapsed_s, 3),
-                "requests_per_s": round(rate, 1),
-                "exit_code": self.exit_code,
-            },
-            option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE,
-        )
-
-    def render(self) -> str:
-        """The human summary printed on stderr at the end of a run."""
-        rate = self.requests / self.elapsed_s if self.elapsed_s > 0 else 0.0
-        parts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(self.outcomes.items()))
-        lines = [f"{self.rows} rows: {parts or 'none'}"]
-        if self.error_codes:
-            top = ", ".join(f"{code} x{count}" for code, count in list(self.error_codes.items())[:5])
-            lines.append(f"top errors: {top}")
-        lines.append(f"{self.requests} requests in {self.elapsed_s:.2f}s ({rate:.1f} requests/s)")
-        return "\n".join(lines)
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Answer:
     """An HTTP answer: status, parsed JSON body (or ``None``), and the headers we use.
 

@@ -46,22 +46,34 @@ class Progress:
         return line + self._activity()
 
     def _activity(self) -> str:
-        """Retries, throttling, uncertain rows being looked up, and requests without an answer yet."""
+        """What is going on besides finished rows: requests out, retries, throttling, lookups, silence.
+
+        ``retries`` counts the creates of rows not recorded yet that did not settle them, so that each
+        was or is about to be sent again: all of them but the one in flight or being looked up. A row
+        sent once and still waiting for its answer is never a retry.
+        """
         parts = []
+        settling = 0 if self.runner is None else self.runner.settling
         if self.router is not None:
             counts = self.router.counts()
             sent = counts.get("creates", 0)
-            retries = max(0, sent - self.tally.attempts) if sent else 0
+            in_flight = self.router.in_flight.borrowed_tokens
+            retries = max(0, sent - self.tally.attempts - in_flight - settling)
+            if sent:
+                parts.append(f"sent {sent}")
+            if in_flight:
+                parts.append(f"in flight {in_flight}")
             if retries:
                 parts.append(f"retries {retries}")
             if self.router.throttled:
                 parts.append(f"throttled {self.router.throttled}")
             if counts.get("lookups"):
                 parts.append(f"lookups {counts['lookups']}")
-            if sent == 0 and done_none(self.tally):
-                parts.append(f"waiting for the first answer ({time.monotonic() - self.started:.0f}s)")
-        if self.runner is not None and self.runner.settling:
-            parts.append(f"settling {self.runner.settling}")
+            answered = any(route.endpoint.answered for route in self.router.routes.values())
+            if self.tally.done < self.total and not answered:
+                parts.append(f"no answer yet ({time.monotonic() - self.started:.0f}s)")
+        if settling:
+            parts.append(f"settling {settling}")
         return ("  " + "  ".join(parts)) if parts else ""
 
     async def run(self) -> None:
@@ -73,7 +85,3 @@ class Progress:
         finally:
             self.stream.write("\r\x1b[2K")
             self.stream.flush()
-
-
-def done_none(tally: Tally) -> bool:
-    return tally.done == 0

@@ -35,6 +35,7 @@ class ReportWriter:
         self.path = path
         self._last_sync = time.monotonic()
         self.written = 0
+        self.run_id: str | None = None
         if path == "-":
             self.fd = sys.stdout.fileno()
             self._owned = False
@@ -74,6 +75,7 @@ class ReportWriter:
         os.ftruncate(self.fd, keep)
 
     def write_header(self, header: RunHeader) -> None:
+        self.run_id = header.run_id
         self._write(header.to_json())
 
     def write_line(self, line: bytes) -> None:
@@ -107,9 +109,17 @@ class ReportWriter:
             why = exc.strerror or type(exc).__name__
         if self._owned:
             self._cut_torn_tail()  # a partial line must not stay in the report
+            advice = (
+                "Fix it and run again with --resume (rows in flight are looked up before anything is resent)"
+            )
+        else:
+            marker = f" (metadata evs_snapshot_run={self.run_id})" if self.run_id else ""
+            advice = (
+                f"A report on standard output cannot be resumed: rows in flight may have made a snapshot"
+                f"{marker} that no record names; next time write the report to a file (--report PATH)"
+            )
         raise ReportUnwritable(
-            f"cannot write {where}: {why}; the run stopped after {self.written} records. "
-            "Fix it and run again with --resume (rows in flight are looked up before anything is resent)"
+            f"cannot write {where}: {why}; the run stopped after {self.written} records. {advice}"
         ) from None
 
     def sync(self) -> None:

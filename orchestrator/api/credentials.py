@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import os
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -37,9 +36,6 @@ class OutgoingRequest:
 class Authenticator(Protocol):
     """Adds credentials to a request (the seam between the client and the credential kinds)."""
 
-    @property
-    def kind(self) -> str: ...
-
     async def authorize(self, request: OutgoingRequest) -> None: ...
 
     def forget(self, project_id: str, stale: str | None) -> bool:
@@ -63,7 +59,6 @@ class TokenAuth:
     """An IAM token sent as ``X-Auth-Token``."""
 
     token: str
-    kind: str = "token"
 
     def __repr__(self) -> str:
         return "TokenAuth(token=***)"
@@ -82,7 +77,6 @@ class AkSkAuth:
     ak: str
     sk: str
     security_token: str | None = None
-    kind: str = "aksk"
 
     def __repr__(self) -> str:
         return "AkSkAuth(ak=***, sk=***)"
@@ -96,14 +90,16 @@ class AkSkAuth:
             headers["X-Project-Id"] = request.project_id
         if self.security_token is not None:
             headers["X-Security-Token"] = self.security_token
-        headers["X-Sdk-Date"] = datetime.now(UTC).strftime(signing.DATE_FORMAT)
-        headers["Host"] = host_header(request.url)
+        headers["X-Sdk-Date"] = signing.sdk_date()
+        url = request.url
+        headers["Host"] = host_header(url)
+        raw_query = url.raw_query_string
         headers["Authorization"] = signing.authorization(
             ak=self.ak,
             sk=self.sk,
             method=request.method,
-            path=request.url.raw_path,
-            query=signing.parse_query(request.url.raw_query_string),
+            path=url.raw_path,
+            query=signing.parse_query(raw_query) if raw_query else (),
             headers=headers,
             body=request.body,
         )
@@ -116,7 +112,6 @@ class PasswordCredentials:
     user: str
     password: str
     domain: str
-    kind: str = "password"
 
     def __repr__(self) -> str:
         return "PasswordCredentials(user=***, password=***)"

@@ -85,8 +85,8 @@ def volumes_by_tags(project_id: str, tags: Mapping[str, Sequence[str]], *, offse
     body = {
         "action": "filter",
         "tags": [{"key": key, "values": list(values)} for key, values in tags.items()],
-        "limit": str(PAGE),
-        "offset": str(offset),
+        "limit": PAGE,  # integers, as the official SDK's ListVolumesByTagsRequestBody sends them
+        "offset": offset,
     }
     return Call(
         kind=Kind.LIST,

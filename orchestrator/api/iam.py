@@ -78,8 +78,6 @@ class PasswordAuth:
     local monotonic clock from the lifetime IAM states, so clock skew does not matter.
     """
 
-    kind = "password"
-
     def __init__(
         self,
         *,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from urllib.parse import quote, unquote
@@ -26,6 +27,16 @@ QueryParams = Sequence[tuple[str, str]]
 
 def _encode(text: str) -> str:
     return quote(text, safe="~")
+
+
+def sdk_date(epoch: float | None = None) -> str:
+    """The ``X-Sdk-Date`` value (UTC, whole seconds) of ``epoch``, or of now."""
+    return _sdk_date(int(time.time() if epoch is None else epoch))
+
+
+@functools.lru_cache(maxsize=4)
+def _sdk_date(second: int) -> str:
+    return time.strftime(DATE_FORMAT, time.gmtime(second))  # formatted once a second, not per request
 
 
 @functools.lru_cache(maxsize=1024)
@@ -56,9 +67,12 @@ def payload_hash(body: bytes, headers: Mapping[str, str]) -> str:
     if not body:
         return EMPTY_HASH
     for name, value in headers.items():
-        if name.lower() == CONTENT_HASH_HEADER.lower() and value:
+        if value and name.lower() == _CONTENT_HASH_LOWER:
             return value
     return hashlib.sha256(body).hexdigest()
+
+
+_CONTENT_HASH_LOWER = CONTENT_HASH_HEADER.lower()
 
 
 def signed_header_names(headers: Iterable[str]) -> list[str]:
@@ -77,16 +91,10 @@ def canonical_request(
 ) -> str:
     """The canonical request of section 5.2: method, URI, query, headers, blank line, names, hash."""
     values = {name.lower(): str(value).strip() for name, value in headers.items()}
-    header_block = "".join(f"{name}:{values.get(name, '')}\n" for name in signed)
-    return "\n".join(
-        [
-            method.upper(),
-            canonical_uri(path),
-            canonical_query(query),
-            header_block,
-            ";".join(signed),
-            payload_hash(body, headers),
-        ]
+    header_block = "".join([f"{name}:{values.get(name, '')}\n" for name in signed])
+    return (
+        f"{method.upper()}\n{canonical_uri(path)}\n{canonical_query(query) if query else ''}\n"
+        f"{header_block}\n{';'.join(signed)}\n{payload_hash(body, headers)}"
     )
 
 
@@ -99,12 +107,23 @@ def string_to_sign(canonical: str, sdk_date: str, info: str | None = None) -> st
 
 def derived_key(ak: str, sk: str, info: str) -> str:
     """HKDF-SHA256 (one block) of the SK salted with the AK, as 64 hex characters."""
-    prk = hmac.new(ak.encode(), sk.encode(), hashlib.sha256).digest()
-    return hmac.new(prk, info.encode() + b"\x01", hashlib.sha256).hexdigest()
+    prk = hmac.digest(ak.encode(), sk.encode(), "sha256")
+    return _keyed(prk, info.encode() + b"\x01")
 
 
 def signature(key: str, to_sign: str) -> str:
-    return hmac.new(key.encode(), to_sign.encode(), hashlib.sha256).hexdigest()
+    return _keyed(key.encode(), to_sign.encode())
+
+
+def _keyed(key: bytes, message: bytes) -> str:
+    mac = _prepared(key).copy()  # the key's pads are computed once, not for every request
+    mac.update(message)
+    return mac.hexdigest()
+
+
+@functools.lru_cache(maxsize=16)
+def _prepared(key: bytes) -> hmac.HMAC:
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def authorization(

@@ -18,6 +18,7 @@ import click
 
 from orchestrator import options
 from orchestrator.cli import run
+from orchestrator.defaults import SNAPSHOTS_PER_DISK
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Router
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from orchestrator.models import SnapshotRequest
     from orchestrator.retry import RetryPolicy
 
-MAX_SNAPSHOTS_PER_VOLUME = 7
+MAX_SNAPSHOTS_PER_VOLUME = SNAPSHOTS_PER_DISK
 BACKUP_PREFIXES = ("autobk_snapshot_", "manualbk_snapshot_")
 SHOWN_PER_CODE = 10
 HINTS = {

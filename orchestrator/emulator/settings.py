@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from orchestrator.defaults import SNAPSHOTS_PER_DISK
+
 DEFAULT_PROJECT_ID = "0123456789abcdef0123456789abcdef"
 DEFAULT_AK = "EMULATORAK0000000000"
 DEFAULT_SK = "emulator-secret-key-0000000000000000000000"
@@ -114,7 +116,7 @@ class EmulatorSettings:
     rollback_seconds: float = 2.0
     late_commit_seconds: float = 3.0
     snapshot_quota: int | None = None
-    max_snapshots_per_volume: int = 7
+    max_snapshots_per_volume: int = SNAPSHOTS_PER_DISK
     fault_5xx: float = 0.0
     fault_drop_before: float = 0.0
     fault_drop_after: float = 0.0

@@ -1,0 +1,422 @@
+"""``evs-snapshot select``: write a manifest of the disks that match, for ``create`` to read.
+
+Selectors are ANDed: ``--server`` (repeatable; a disk attached to any of them), ``--tag KEY=VALUE``
+(repeatable; keys ANDed, values of one key ORed, as the tags API does), ``--metadata KEY=VALUE``
+(repeatable, ANDed), ``--availability-zone``, ``--status``, ``--name`` (exact) and
+``--only-boot``/``--exclude-boot``. With ``--tag`` the disks come from
+``POST .../cloudvolumes/resource_instances/action``; otherwise from ``GET .../cloudvolumes/detail``
+(once per ``--server``), with the other selectors as query filters. Both list 1000 a page, through the
+same send path as ``create``; every selector is checked again on each disk, so a filter the service
+applies loosely (or ignores) cannot widen the selection.
+
+Nothing is written until the listing is complete: a listing that fails exits 3 and leaves no file;
+no match exits 1 ("no disk matched") rather than writing an empty manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+
+import click
+
+from orchestrator import options
+from orchestrator.cli import run
+
+if TYPE_CHECKING:
+    from orchestrator.api.routes import Route
+    from orchestrator.config import Connection
+    from orchestrator.console import Console
+    from orchestrator.retry import RetryPolicy
+
+COLUMNS = (
+    "volume_id",
+    "server_id",
+    "device",
+    "bootable",
+    "volume_name",
+    "size",
+    "availability_zone",
+    "status",
+)
+MAX_TAG_KEYS = 10  # evs-api.md 8.5
+FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Selector:
+    """What a disk must match (every given selector, ANDed)."""
+
+    servers: tuple[str, ...] = ()
+    tags: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    availability_zone: str | None = None
+    status: str | None = None
+    name: str | None = None
+    boot: bool | None = None  # True: only boot disks; False: no boot disks; None: both
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.servers or self.tags or self.metadata or self.availability_zone or self.status or self.name
+        ) and (self.boot is None)
+
+    def query(self) -> list[tuple[str, str]]:
+        """The list filters the service applies (every selector is also checked on each disk)."""
+        import orjson  # noqa: PLC0415
+
+        query = [
+            (key, value)
+            for key, value in (
+                ("availability_zone", self.availability_zone),
+                ("status", self.status),
+                ("name", self.name),
+            )
+            if value is not None
+        ]
+        if self.metadata:
+            query.append(("metadata", orjson.dumps(dict(self.metadata)).decode()))
+        return query
+
+    def matches(self, volume: Mapping[str, Any]) -> bool:
+        """True when the disk matches every selector."""
+        if self.servers and not set(self.servers) & set(servers_of(volume)):
+            return False
+        tags = volume.get("tags")
+        tags = tags if isinstance(tags, dict) else {}
+        for key, values in self.tags.items():
+            if key not in tags or (values and str(tags[key]) not in values):
+                return False
+        metadata = volume.get("metadata")
+        metadata = metadata if isinstance(metadata, dict) else {}
+        if any(key not in metadata or str(metadata[key]) != value for key, value in self.metadata.items()):
+            return False
+        wanted = (
+            ("availability_zone", self.availability_zone),
+            ("status", self.status),
+            ("name", self.name),
+        )
+        if any(value is not None and volume.get(field) != value for field, value in wanted):
+            return False
+        return self.boot is None or is_boot(volume) == self.boot
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SelectSettings:
+    selector: Selector
+    connection: Connection
+    policy: RetryPolicy
+    project_id: str | None
+    output: str  # a path, or "-" for standard output
+    format: str
+    force: bool
+
+
+def servers_of(volume: Mapping[str, Any]) -> list[str]:
+    attachments = volume.get("attachments")
+    if not isinstance(attachments, list):
+        return []
+    return [
+        str(item["server_id"]) for item in attachments if isinstance(item, dict) and item.get("server_id")
+    ]
+
+
+def is_boot(volume: Mapping[str, Any]) -> bool:
+    """``bootable`` is the string ``"true"``/``"false"`` in EVS answers (a boolean is accepted too)."""
+    return str(volume.get("bootable", "")).lower() == "true"
+
+
+def manifest_row(volume: Mapping[str, Any], selector: Selector, *, force: bool) -> dict[str, Any]:
+    """One manifest row: ``volume_id`` and the informational columns (and ``force`` with ``--force``).
+
+    A disk attached to several servers is shown with a selected server's attachment when there is one.
+    """
+    attachments = [item for item in volume.get("attachments") or [] if isinstance(item, dict)]
+    chosen = next((a for a in attachments if a.get("server_id") in selector.servers), None)
+    chosen = chosen or (attachments[0] if attachments else {})
+    row: dict[str, Any] = {
+        "volume_id": str(volume.get("id", "")).lower(),
+        "server_id": chosen.get("server_id"),
+        "device": chosen.get("device"),
+        "bootable": "true" if is_boot(volume) else "false",
+        "volume_name": volume.get("name") or None,
+        "size": volume.get("size"),
+        "availability_zone": volume.get("availability_zone"),
+        "status": volume.get("status"),
+    }
+    if force:
+        row["force"] = bool(attachments) or volume.get("status") == "in-use"
+    return row
+
+
+async def find_volumes(route: Route, selector: Selector, policy: RetryPolicy) -> list[dict[str, Any]]:
+    """Every disk of the route's project that matches, each once, in listing order."""
+    from orchestrator.api.safe import list_all_volumes  # noqa: PLC0415
+
+    if selector.tags:
+        candidates = await _volumes_by_tags(route, selector.tags, policy)
+    elif selector.servers:
+        candidates = []
+        for server in selector.servers:
+            candidates += await list_all_volumes(route, policy, [("server_id", server), *selector.query()])
+    else:
+        candidates = await list_all_volumes(route, policy, selector.query())
+    found: dict[str, dict[str, Any]] = {}
+    for volume in candidates:
+        key = str(volume.get("id", "")).lower()
+        if key and key not in found and selector.matches(volume):
+            found[key] = volume
+    return list(found.values())
+
+
+async def _volumes_by_tags(
+    route: Route, tags: Mapping[str, Sequence[str]], policy: RetryPolicy
+) -> list[dict[str, Any]]:
+    """The disks carrying the tags, 1000 a page (``resource_detail`` is the disk, as in the list)."""
+    from orchestrator.api import evs  # noqa: PLC0415
+    from orchestrator.api.safe import fetch_json  # noqa: PLC0415
+
+    volumes: list[dict[str, Any]] = []
+    offset = 0
+    while True:
+        body = await fetch_json(route, evs.volumes_by_tags(route.project_id, tags, offset=offset), policy)
+        resources = [item for item in body.get("resources") or [] if isinstance(item, dict)]
+        for resource in resources:
+            detail = resource.get("resource_detail")
+            if not isinstance(detail, dict) or not detail.get("id"):
+                shown = await fetch_json(
+                    route, evs.show_volume(route.project_id, str(resource.get("resource_id"))), policy
+                )
+                detail = shown.get("volume") or {}
+            volumes.append(detail)
+        offset += len(resources)
+        if not resources or offset >= int(body.get("total_count") or 0):
+            return volumes
+
+
+def write_manifest(rows: Iterable[Mapping[str, Any]], stream: TextIO, fmt: str, *, force: bool) -> None:
+    import csv  # noqa: PLC0415
+
+    import orjson  # noqa: PLC0415
+
+    columns = (*COLUMNS, "force") if force else COLUMNS
+    if fmt == "csv":
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(_cell(row[column]) for column in columns)
+        return
+    lines = [orjson.dumps({column: row[column] for column in columns}).decode() for row in rows]
+    if fmt == "jsonl":
+        stream.write("".join(f"{line}\n" for line in lines))
+    else:
+        stream.write("[\n" + ",\n".join(lines) + "\n]\n")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else value
+
+
+async def select(settings: SelectSettings, *, console: Console, stdout: TextIO) -> int:
+    """List, filter and write the manifest; 0 when written, 1 when no disk matched."""
+    import contextlib  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from orchestrator.api.routes import connect  # noqa: PLC0415
+    from orchestrator.errors import ProjectLookupFailed, RunAborted, UsageError  # noqa: PLC0415
+
+    connection = settings.connection
+    region = connection.endpoints.home_region
+    if settings.project_id is None and region is None:
+        raise UsageError("select needs --project-id, or --region to look the project up by")
+    started = time.monotonic()
+    async with contextlib.AsyncExitStack() as stack:
+        router = await connect(stack, connection)
+        try:
+            route = await router.route_for(settings.project_id, region)
+        except ProjectLookupFailed as exc:
+            raise RunAborted(f"{exc.code}: {exc.message}") from None  # no project: nothing to select from
+        volumes = await find_volumes(route, settings.selector, settings.policy)
+        counts = router.counts()
+    requests = sum(counts.values())
+    spent = f"{_count(requests, 'request')} in {time.monotonic() - started:.2f}s"
+    if not volumes:
+        console.error(f"no disk matched in project {route.project_id} ({spent}); nothing was written")
+        return 1
+    rows = sorted(
+        (manifest_row(volume, settings.selector, force=settings.force) for volume in volumes),
+        key=lambda row: (
+            row["server_id"] is None,
+            row["server_id"] or "",
+            row["device"] or "",
+            row["volume_id"],
+        ),
+    )
+    _output(rows, settings, stdout)
+    where = "standard output" if settings.output == "-" else settings.output
+    console.event(
+        "selected",
+        f"select: {_count(len(rows), 'disk')} matched ({spent}); manifest: {where}",
+        disks=len(rows),
+        requests=dict(counts),
+        manifest=where,
+    )
+    return 0
+
+
+def _output(rows: list[dict[str, Any]], settings: SelectSettings, stdout: TextIO) -> None:
+    """Write to standard output, or atomically to a file (a temporary file beside it, then renamed)."""
+    import os  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from orchestrator.errors import UsageError  # noqa: PLC0415
+
+    if settings.output == "-":
+        write_manifest(rows, stdout, settings.format, force=settings.force)
+        stdout.flush()
+        return
+    target = Path(settings.output)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            write_manifest(rows, handle, settings.format, force=settings.force)
+        os.replace(temporary, target)
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror}") from None
+
+
+def _pairs(items: tuple[str, ...], option: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} must look like KEY=VALUE", param_hint=option)
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def _selector(
+    servers: tuple[str, ...],
+    tag_items: tuple[str, ...],
+    metadata_items: tuple[str, ...],
+    availability_zone: str | None,
+    status: str | None,
+    name: str | None,
+    only_boot: bool,
+    exclude_boot: bool,
+) -> Selector:
+    if only_boot and exclude_boot:
+        raise click.UsageError("--only-boot and --exclude-boot exclude each other")
+    tags: dict[str, tuple[str, ...]] = {}
+    for key, value in _pairs(tag_items, "--tag"):
+        tags[key] = (*tags.get(key, ()), value)
+    if len(tags) > MAX_TAG_KEYS:
+        raise click.BadParameter(f"at most {MAX_TAG_KEYS} tag keys (the API's limit)", param_hint="--tag")
+    selector = Selector(
+        servers=tuple(dict.fromkeys(server.strip() for server in servers if server.strip())),
+        tags=tags,
+        metadata=dict(_pairs(metadata_items, "--metadata")),
+        availability_zone=availability_zone,
+        status=status,
+        name=name,
+        boot=True if only_boot else (False if exclude_boot else None),
+    )
+    if selector.empty:
+        raise click.UsageError(
+            "give at least one selector: --server, --tag, --metadata, --availability-zone, --status, "
+            "--name, --only-boot or --exclude-boot"
+        )
+    return selector
+
+
+SELECTORS = options.group(
+    "selector",
+    _selector,
+    click.option(
+        "--server", "servers", multiple=True, metavar="ID", help="Disks attached to this server (repeatable)."
+    ),
+    click.option(
+        "--tag",
+        "tag_items",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Disks with this tag (repeatable: keys ANDed, values of one key ORed); uses the tags API.",
+    ),
+    click.option(
+        "--metadata",
+        "metadata_items",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Disks with this metadata (repeatable, ANDed).",
+    ),
+    click.option("--availability-zone", default=None, help="Disks in this availability zone."),
+    click.option("--status", default=None, help="Disks in this status (available, in-use, ...)."),
+    click.option("--name", default=None, help="Disks with exactly this name."),
+    click.option("--only-boot", is_flag=True, help="Only boot disks (bootable)."),
+    click.option("--exclude-boot", is_flag=True, help="Leave boot disks out."),
+)
+
+
+@click.command("select")
+@SELECTORS
+@click.option(
+    "--project-id",
+    default=None,
+    envvar="HUAWEICLOUD_SDK_PROJECT_ID",
+    help="Project to list (default: looked up by --region).  [env: HUAWEICLOUD_SDK_PROJECT_ID]",
+)
+@options.CONNECTION
+@options.RETRIES
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Add a force column: true for attached (in-use) disks, so create snapshots them.",
+)
+@click.option(
+    "-o", "--output", default="-", show_default=True, help="Manifest path, or - for standard output."
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["csv", "json", "jsonl"]),
+    default=None,
+    help="Manifest format.  [default: from the -o extension, else csv]",
+)
+@options.LOG_FORMAT
+@options.DEBUG
+def command(
+    *,
+    selector: Selector,
+    project_id: str | None,
+    connection: Connection,
+    policy: RetryPolicy,
+    force: bool,
+    output: str,
+    output_format: str | None,
+    log_format: str,
+) -> NoReturn:
+    """Write a manifest (CSV, JSON or JSON Lines) of the disks that match every selector."""
+    from orchestrator import config  # noqa: PLC0415
+    from orchestrator.console import Console  # noqa: PLC0415
+
+    console = Console(sys.stderr, json=log_format == "json")
+    settings = SelectSettings(
+        selector=selector,
+        connection=connection,
+        policy=policy,
+        project_id=config.check_project_id(project_id, option="--project-id"),
+        output=output,
+        format=output_format or FORMATS.get(Path(output).suffix.lower(), "csv"),
+        force=force,
+    )
+    raise SystemExit(run(lambda: select(settings, console=console, stdout=sys.stdout)))

@@ -1,0 +1,353 @@
+"""Restoring one disk from the snapshot a create run made (evs-api.md 8.3): look, send once, wait.
+
+Before anything is sent, ``look`` checks, in this order (the first that fails is the row's blocker):
+
+1. the create run made a snapshot for the row: its last record is ``accepted`` or ``available``;
+2. the snapshot exists; it is not backup-made (``autobk_snapshot_*``, ``manualbk_snapshot_*``), it
+   carries the run's ``evs_snapshot_run`` marker and it belongs to the row's disk; otherwise the row
+   is ``refused``: the tool restores only from a snapshot it can prove is the run's own;
+3. the disk exists and is detached (an attached disk is ``blocked`` with ``VOLUME_ATTACHED`` and its
+   server ids); the snapshot and the disk are ``available``.
+
+A disk and snapshot both ``rollbacking`` mean a rollback from this very snapshot is under way (say,
+sent by a run that died before recording it): ``restore`` waits for it instead of sending another.
+
+Sending: throttled answers and connections that surely never left are resent after a backoff. An
+answer that may have been lost (5xx, reset, timeout) is never resent blindly: the disk is watched for
+``settle`` seconds; a disk that turns ``rollbacking`` took the request; one that stays ``available``
+is looked at again (every check above) before the one resend. A rollback that completed unseen and is
+sent again restores the same data again: the disk is detached, and a snapshot may be used for rollback
+more than once (8.3). A 4xx after an uncertain attempt is checked the same way before it counts.
+
+Waiting: after the 202 the disk and the snapshot are polled until neither is ``rollbacking``; a disk
+that ends ``error_rollbacking`` is ``rollback_failed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from orchestrator.actions import Action
+from orchestrator.api import evs
+from orchestrator.api.safe import fetch_json
+from orchestrator.errors import ListingFailed, TransportError
+from orchestrator.models import Outcome, Record
+from orchestrator.retry import RetryPolicy, Verdict
+from orchestrator.waiter import WaitPlan
+
+if TYPE_CHECKING:
+    from orchestrator.api.routes import Route
+
+BACKUP_PREFIXES = ("autobk_snapshot_", "manualbk_snapshot_")
+USABLE = frozenset({Outcome.ACCEPTED, Outcome.AVAILABLE})
+SETTLE_STEP = 1.0  # seconds between looks at a disk while an uncertain rollback settles
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RestorePlan:
+    """How a rollback run works: the create run it restores, its retries, settle window and waits."""
+
+    source_run: str
+    policy: RetryPolicy
+    settle: float
+    wait: WaitPlan
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Finding:
+    """What became of a row, or (when planning) what stands in its way (``code`` names the blocker)."""
+
+    outcome: Action
+    code: str | None = None
+    message: str | None = None
+    snapshot: Mapping[str, Any] | None = None
+    http_status: int | None = None
+    request_id: str | None = None
+    attempts: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Look:
+    """The snapshot and disk as found, and the blocker (``None``: the rollback may be sent)."""
+
+    snapshot: Mapping[str, Any] | None
+    blocker: Finding | None
+    running: bool = False  # a rollback from this snapshot is under way
+
+
+async def plan_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
+    """One ``planned`` finding, naming the blocker when there is one; sends nothing."""
+    try:
+        found = await look(route, row, plan)
+    except ListingFailed as exc:
+        return Finding(outcome=Action.PLANNED, code="CHECK_FAILED", message=str(exc))
+    if found.blocker is not None:
+        return dataclasses.replace(found.blocker, outcome=Action.PLANNED)
+    message = "a rollback from this snapshot is under way; --apply waits for it" if found.running else None
+    return Finding(outcome=Action.PLANNED, message=message, snapshot=found.snapshot)
+
+
+async def restore_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
+    """Check, send the rollback (at most once unless it surely did not arrive), wait for the end."""
+    try:
+        found = await look(route, row, plan)
+    except ListingFailed as exc:
+        return Finding(outcome=Action.FAILED, code="CHECK_FAILED", message=str(exc))
+    if found.blocker is not None:
+        return found.blocker
+    sent = Finding(outcome=Action.ROLLED_BACK, snapshot=found.snapshot)
+    if not found.running:
+        sent = await _send(route, row, plan, found)
+        if sent.outcome is not Action.ROLLED_BACK:
+            return sent
+    try:
+        return await _settled(route, row, plan, sent, seen=found.running)
+    except ListingFailed as exc:
+        return dataclasses.replace(
+            sent,
+            outcome=Action.FAILED,
+            code="UNCONFIRMED",
+            message=f"the rollback was accepted, but its end could not be seen ({exc}); "
+            "--resume looks at the disk before anything is sent again",
+        )
+
+
+async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
+    """The checks of the module docstring, in order; raises ``ListingFailed`` when a GET fails."""
+    blocked = unusable(row)
+    if blocked is not None:
+        return Look(None, blocked)
+    body = await fetch_json(
+        route,
+        evs.show_snapshot(route.project_id, str(row.snapshot_id), kind=evs.Kind.CHECK),
+        plan.policy,
+        missing_ok=True,
+    )
+    snapshot = body.get("snapshot") if body else None
+    if not isinstance(snapshot, dict):
+        return Look(None, _blocked("SNAPSHOT_NOT_FOUND", f"snapshot {row.snapshot_id} no longer exists"))
+    refused = _not_ours(snapshot, row, plan.source_run)
+    if refused is not None:
+        return Look(snapshot, dataclasses.replace(refused, snapshot=snapshot))
+    volume = await _volume(route, row, plan.policy, evs.Kind.CHECK)
+    if volume is None:
+        return Look(
+            snapshot, _blocked("VOLUME_NOT_FOUND", f"disk {row.volume_id} no longer exists", snapshot)
+        )
+    disk, status = volume.get("status"), snapshot.get("status")
+    if disk == "rollbacking" and status == "rollbacking":
+        return Look(snapshot, None, running=True)
+    servers = _servers(volume)
+    if servers or disk == "in-use":
+        shown = ", ".join(servers) or "a server"
+        return Look(
+            snapshot,
+            _blocked(
+                "VOLUME_ATTACHED",
+                f"disk {row.volume_id} is attached to {shown} ({disk}): detach it first, attach it again "
+                "after the rollback",
+                snapshot,
+            ),
+        )
+    if status != "available":
+        return Look(
+            snapshot,
+            _blocked(
+                "SNAPSHOT_NOT_AVAILABLE", f"snapshot {row.snapshot_id} is {status}, not available", snapshot
+            ),
+        )
+    if disk != "available":
+        return Look(
+            snapshot,
+            _blocked("VOLUME_NOT_AVAILABLE", f"disk {row.volume_id} is {disk}, not available", snapshot),
+        )
+    return Look(snapshot, None)
+
+
+def unusable(row: Record) -> Finding | None:
+    """The blocker of a row for which the create run made no snapshot (``None``: it made one)."""
+    if row.outcome in USABLE and row.snapshot_id and row.volume_id:
+        return None
+    hint = ""
+    if row.outcome is Outcome.WAIT_TIMEOUT:
+        hint = "; run `evs-snapshot wait` on the create report first"
+    return _blocked(
+        "NO_USABLE_SNAPSHOT",
+        f"the create run's last record of row {row.row} is {row.outcome.value}: no snapshot to restore "
+        f"from{hint}",
+    )
+
+
+def _not_ours(snapshot: Mapping[str, Any], row: Record, source_run: str) -> Finding | None:
+    name = str(snapshot.get("name") or "")
+    if name.startswith(BACKUP_PREFIXES):
+        return Finding(
+            outcome=Action.REFUSED,
+            code="BACKUP_SNAPSHOT",
+            message=f"snapshot {row.snapshot_id} ({name}) belongs to the backup service; never used",
+        )
+    if not evs.marked(snapshot, source_run):
+        metadata = snapshot.get("metadata")
+        marker = metadata.get(evs.RUN_MARKER_KEY) if isinstance(metadata, dict) else None
+        whose = f"run {marker}" if marker else "no run of this tool"
+        return Finding(
+            outcome=Action.REFUSED,
+            code="NOT_THIS_RUN",
+            message=f"snapshot {row.snapshot_id} was made by {whose}, not by run {source_run}",
+        )
+    source = str(snapshot.get("volume_id") or "").lower()
+    if source != str(row.volume_id).lower():
+        return Finding(
+            outcome=Action.REFUSED,
+            code="FOREIGN_SNAPSHOT",
+            message=f"snapshot {row.snapshot_id} is of disk {source}, not of the row's disk {row.volume_id}",
+        )
+    return None
+
+
+def _blocked(code: str, message: str, snapshot: Mapping[str, Any] | None = None) -> Finding:
+    return Finding(outcome=Action.BLOCKED, code=code, message=message, snapshot=snapshot)
+
+
+def _servers(volume: Mapping[str, Any]) -> list[str]:
+    attachments = volume.get("attachments")
+    if not isinstance(attachments, list):
+        return []
+    return [
+        str(item["server_id"]) for item in attachments if isinstance(item, dict) and item.get("server_id")
+    ]
+
+
+async def _volume(route: Route, row: Record, policy: RetryPolicy, kind: evs.Kind) -> dict[str, Any] | None:
+    body = await fetch_json(
+        route, evs.show_volume(route.project_id, str(row.volume_id), kind=kind), policy, missing_ok=True
+    )
+    volume = body.get("volume") if body else None
+    return volume if isinstance(volume, dict) else None
+
+
+async def _send(route: Route, row: Record, plan: RestorePlan, found: Look) -> Finding:
+    """POST the rollback; ``ROLLED_BACK`` here means accepted (or found taken), to be waited for."""
+    rng = random.Random()
+    policy = plan.policy
+    call = evs.rollback_snapshot(route.project_id, str(row.snapshot_id), str(row.volume_id))
+    uncertain = doubtful = False  # doubtful: some attempt may have arrived without an answer
+    last = Finding(outcome=Action.FAILED, snapshot=found.snapshot)
+    attempt = 0
+    while attempt < policy.max_attempts:
+        if uncertain:
+            if await _taken(route, row, plan, patience=plan.settle):
+                return dataclasses.replace(last, outcome=Action.ROLLED_BACK, attempts=attempt)
+            again = await look(route, row, plan)  # every check again, before the one resend
+            if again.blocker is not None:
+                return dataclasses.replace(again.blocker, attempts=attempt)
+            if again.running:
+                return dataclasses.replace(last, outcome=Action.ROLLED_BACK, attempts=attempt)
+            uncertain = False
+        attempt += 1
+        try:
+            reply = await route.send(call)
+        except TransportError as exc:
+            uncertain = exc.may_have_arrived
+            doubtful = doubtful or uncertain
+            last = dataclasses.replace(
+                last, code=exc.code, message=str(exc), http_status=None, attempts=attempt
+            )
+        else:
+            if reply.verdict is Verdict.REFUSED:
+                route.check_open()
+            answer = reply.answer
+            code, message = answer.error() if not answer.ok else (None, None)
+            last = dataclasses.replace(
+                last,
+                code=code,
+                message=message,
+                http_status=answer.status,
+                request_id=answer.request_id,
+                attempts=attempt,
+            )
+            if reply.verdict is Verdict.SUCCESS:
+                return dataclasses.replace(last, outcome=Action.ROLLED_BACK)
+            if reply.verdict is Verdict.FINAL:
+                if doubtful and await _taken(route, row, plan, patience=0.0):
+                    return dataclasses.replace(last, outcome=Action.ROLLED_BACK, code=None, message=None)
+                return dataclasses.replace(last, outcome=Action.REJECTED)
+            uncertain = reply.verdict is Verdict.UNCERTAIN
+            doubtful = doubtful or uncertain
+        if not uncertain:
+            await anyio.sleep(policy.backoff(attempt, rng))
+    if uncertain and await _taken(route, row, plan, patience=plan.settle):
+        return dataclasses.replace(last, outcome=Action.ROLLED_BACK, code=None, message=None)
+    return dataclasses.replace(
+        last,
+        message=f"gave up after {attempt} attempts ({last.message or last.code}); --resume looks at the disk "
+        "before anything is sent again",
+    )
+
+
+async def _taken(route: Route, row: Record, plan: RestorePlan, *, patience: float) -> bool:
+    """True when the disk shows a rollback (running or failed) within ``patience`` seconds."""
+    waited = 0.0
+    while True:
+        volume = await _volume(route, row, plan.policy, evs.Kind.LOOKUP)
+        if volume is not None and volume.get("status") in ("rollbacking", "error_rollbacking"):
+            return True
+        if volume is None or volume.get("status") != "available" or waited >= patience:
+            return False
+        step = min(SETTLE_STEP, patience - waited)
+        await anyio.sleep(step)
+        waited += step
+
+
+async def _settled(route: Route, row: Record, plan: RestorePlan, sent: Finding, *, seen: bool) -> Finding:
+    """Poll disk and snapshot until neither is ``rollbacking``; the disk's status gives the outcome.
+
+    A disk that still shows ``available`` right after the 202 may not have started yet: it counts as
+    done once ``rollbacking`` was seen, or after ``settle`` seconds.
+    """
+    started = anyio.current_time()
+    interval = plan.wait.interval
+    while True:
+        volume = await _volume(route, row, plan.policy, evs.Kind.POLL)
+        body = await fetch_json(
+            route,
+            evs.show_snapshot(route.project_id, str(row.snapshot_id)),
+            plan.policy,
+            missing_ok=True,
+        )
+        snapshot = body.get("snapshot") if isinstance(body.get("snapshot"), dict) else None
+        disk = None if volume is None else volume.get("status")
+        status = None if snapshot is None else snapshot.get("status")
+        elapsed = anyio.current_time() - started
+        if disk == "error_rollbacking":
+            return dataclasses.replace(
+                sent,
+                outcome=Action.ROLLBACK_FAILED,
+                code="VOLUME_ERROR_ROLLBACKING",
+                message=f"disk {row.volume_id} ended error_rollbacking: the rollback failed",
+            )
+        if disk is None:
+            return dataclasses.replace(
+                sent,
+                outcome=Action.FAILED,
+                code="VOLUME_NOT_FOUND",
+                message=f"disk {row.volume_id} disappeared during the rollback",
+            )
+        if "rollbacking" in (disk, status):
+            seen = True
+        elif disk in ("available", "in-use", "attaching") and (seen or elapsed >= plan.settle):
+            return dataclasses.replace(sent, outcome=Action.ROLLED_BACK, code=None, message=None)
+        if elapsed >= plan.wait.timeout:
+            return dataclasses.replace(
+                sent,
+                outcome=Action.FAILED,
+                code="ROLLBACK_TIMEOUT",
+                message=f"disk {row.volume_id} is still {disk} after {elapsed:.0f}s; --resume waits again",
+            )
+        await anyio.sleep(min(interval, max(0.0, plan.wait.timeout - elapsed)))
+        interval = min(interval * 1.5, plan.wait.max_interval)

@@ -1,0 +1,342 @@
+"""prune: each retention rule against seeded snapshots; only the tool's own, selected, deletable ones go."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from yarl import URL
+
+from orchestrator.actions import Action, ActionRecord
+from orchestrator.api.routes import connect
+from orchestrator.config import Connection, Endpoints
+from orchestrator.emulator import SeedSnapshot, SeedVolume
+from orchestrator.emulator.clock import evs_time
+from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
+from orchestrator.retention import Deleter, Job
+from orchestrator.retry import RetryPolicy
+from tests.conftest import volume_ids
+from tests.helpers import PROJECT, csv_manifest, invoke, records, requests_of, run_process
+
+MARKER = "evs_snapshot_run"
+LIST = "GET /v2/{project_id}/cloudsnapshots/detail"
+DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"
+FAST = ["--max-attempts", "3", "--backoff-initial", "0.01", "--backoff-max", "0.05"]
+
+
+def ago(days: float) -> str:
+    return evs_time(datetime.now(UTC) - timedelta(days=days))
+
+
+def snap(
+    volume: str, days: float, *, run: str | None = "run-old", name: str | None = None, **extra: Any
+) -> SeedSnapshot:
+    """A seeded snapshot ``days`` old, marked by ``run`` (``None``: unmarked)."""
+    tag = f"{volume}/{days}/{run}/{name}/{extra.get('status')}"
+    return SeedSnapshot(
+        id=str(uuid.uuid5(uuid.NAMESPACE_OID, tag)),
+        volume_id=volume,
+        name=name or f"pre-maint-{days}",
+        created_at=ago(days),
+        metadata={MARKER: run} if run else {},
+        **extra,
+    )
+
+
+def start(
+    emulator_thread: Callable[..., Any], volumes: list[str], snapshots: list[SeedSnapshot], **knobs: Any
+) -> Any:
+    knobs.setdefault("deleting_seconds", 0.05)
+    return emulator_thread(
+        volumes=tuple(SeedVolume(volume_id=v) for v in volumes), snapshots=tuple(snapshots), **knobs
+    )
+
+
+def prune(
+    emu: Any, manifest: Path | None, report: Path, *extra: str, env: dict[str, str] | None = None
+) -> Any:
+    head = ["prune"] if manifest is None else ["prune", str(manifest)]
+    return invoke(
+        [*head, "--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report), *FAST, *extra], env
+    )
+
+
+def live(emu: Any) -> dict[str, dict[str, Any]]:
+    return {s["id"]: s for s in emu.state()["snapshots"] if s["status"] != "deleting"}
+
+
+def test_keep_last_deletes_only_the_oldest_owned(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--keep-last 3 --apply: the 6 oldest owned go; backup-made, unmarked and other disks' snapshots stay."""
+    disk, other = volume_ids(2, seed=131)
+    owned = [snap(disk, d) for d in range(1, 10)]
+    foreign = [
+        snap(disk, 30, run=None, name="made-by-hand"),
+        snap(disk, 31, name="autobk_snapshot_vbs_1"),  # backup-made, even if it carried a marker
+        snap(disk, 32, run=None, name="manualbk_snapshot_csbs_1"),
+        *[snap(other, d) for d in range(1, 10)],  # owned, but its disk is not selected
+    ]
+    emu = start(emulator_thread, [disk, other], owned + foreign)
+    report = tmp_path / "prune.jsonl"
+    metrics = tmp_path / "metrics.prom"
+    args = ["--keep-last", "3", "--apply", "--metrics-file", str(metrics)]
+    result = prune(emu, csv_manifest(write, [disk]), report, *args)
+    assert result.exit_code == 0, result.output
+    assert 'evs_snapshot_snapshots{command="prune",outcome="deleted"} 6' in metrics.read_text()
+    assert 'evs_snapshot_snapshots{command="prune",outcome="kept"} 3' in metrics.read_text()
+    deleted = {r["snapshot_id"]: r for r in records(report)}
+    assert set(deleted) == {s.id for s in owned[3:]}
+    for record in deleted.values():
+        assert record["outcome"] == "deleted"
+        assert record["rule"] == "keep-last 3"
+        assert record["volume_id"] == disk
+        assert record["source_run"] == "run-old"
+        assert record["snapshot_name"].startswith("pre-maint-")
+        assert record["created_at"]
+    assert set(live(emu)) == {s.id for s in owned[:3] + foreign}
+    assert emu.state()["snapshots"] == [s for s in emu.state()["snapshots"] if s["status"] != "deleting"]
+    assert f"volume {disk}: 6 deleted, 3 kept" in result.output
+
+
+def test_dry_run_plans_and_sends_no_delete(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Without --apply: planned records, no DELETE request, nothing changes."""
+    (disk,) = volume_ids(1, seed=132)
+    owned = [snap(disk, d) for d in range(1, 6)]
+    emu = start(emulator_thread, [disk], owned)
+    report = tmp_path / "plan.jsonl"
+    result = prune(emu, csv_manifest(write, [disk]), report, "--keep-last", "2")
+    assert result.exit_code == 0, result.output
+    assert Counter(r["outcome"] for r in records(report)) == {"planned": 3}
+    verbose = tmp_path / "verbose.jsonl"
+    assert prune(emu, csv_manifest(write, [disk]), verbose, "--keep-last", "2", "--verbose").exit_code == 0
+    assert Counter(r["outcome"] for r in records(verbose)) == {"planned": 3, "kept": 2}
+    assert DELETE not in emu.state()["requests"]
+    assert set(live(emu)) == {s.id for s in owned}
+
+
+def test_keep_within_and_either_rule_keeps(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--keep-within keeps the young; with --keep-last too, a snapshot kept by either rule stays."""
+    one, two = volume_ids(2, seed=133)
+    first = [snap(one, d) for d in (1, 2, 3, 4, 5)]
+    second = [snap(two, d) for d in (1, 2, 3, 4, 5)]
+    emu = start(emulator_thread, [one, two], first + second)
+    manifest = csv_manifest(write, [one])
+    result = prune(emu, manifest, tmp_path / "a.jsonl", "--keep-within", "2d12h", "--apply")
+    assert result.exit_code == 0, result.output
+    assert {r["snapshot_id"] for r in records(tmp_path / "a.jsonl")} == {s.id for s in first[2:]}
+    assert {r["rule"] for r in records(tmp_path / "a.jsonl")} == {"keep-within 2d12h"}
+    manifest = csv_manifest(write, [two], name="two.csv")
+    args = ["--keep-last", "1", "--keep-within", "3d12h", "--apply"]
+    result = prune(emu, manifest, tmp_path / "b.jsonl", *args)
+    assert result.exit_code == 0, result.output
+    assert {r["snapshot_id"] for r in records(tmp_path / "b.jsonl")} == {s.id for s in second[3:]}
+    assert {r["rule"] for r in records(tmp_path / "b.jsonl")} == {"keep-last 1 and keep-within 3d12h"}
+
+
+def test_newest_available_kept_unless_allow_none(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The newest available owned snapshot survives every rule, unless --allow-none."""
+    (disk,) = volume_ids(1, seed=134)
+    errored = snap(disk, 1, status="error")
+    old = [snap(disk, 10), snap(disk, 11)]
+    emu = start(emulator_thread, [disk], [errored, *old])
+    manifest = csv_manifest(write, [disk])
+    result = prune(emu, manifest, tmp_path / "a.jsonl", "--keep-within", "2d", "--apply")
+    assert result.exit_code == 0, result.output
+    assert {r["snapshot_id"] for r in records(tmp_path / "a.jsonl")} == {old[1].id}
+    result = prune(emu, manifest, tmp_path / "b.jsonl", "--keep-last", "0", "--allow-none", "--apply")
+    assert result.exit_code == 0, result.output
+    assert {r["snapshot_id"] for r in records(tmp_path / "b.jsonl")} == {errored.id, old[0].id}
+    assert live(emu) == {}
+
+
+def test_name_prefix_owns_unmarked_snapshots_only_when_given(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Unmarked snapshots are never the tool's, except with an explicit --name-prefix."""
+    (disk,) = volume_ids(1, seed=135)
+    legacy = [snap(disk, d, run=None, name=f"nightly-{d}") for d in (1, 2, 3)]
+    other = snap(disk, 4, run=None, name="someone-else")
+    emu = start(emulator_thread, [disk], [*legacy, other])
+    manifest = csv_manifest(write, [disk])
+    result = prune(emu, manifest, tmp_path / "a.jsonl", "--keep-last", "1", "--apply")
+    assert result.exit_code == 0, result.output
+    assert records(tmp_path / "a.jsonl") == []
+    result = prune(
+        emu, manifest, tmp_path / "b.jsonl", "--keep-last", "1", "--name-prefix", "nightly-", "--apply"
+    )
+    assert result.exit_code == 0, result.output
+    assert {r["snapshot_id"] for r in records(tmp_path / "b.jsonl")} == {legacy[1].id, legacy[2].id}
+    assert set(live(emu)) == {legacy[0].id, other.id}
+    for bad in ("", "autobk_snap", "manualbk_snapshot_x"):
+        assert (
+            prune(emu, manifest, tmp_path / "c.jsonl", "--keep-last", "1", "--name-prefix", bad).exit_code
+            == 2
+        )
+
+
+def test_only_available_or_error_are_deleted(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Condemned snapshots in other states are blocked (exit 1) and get no DELETE; error ones are deleted."""
+    (disk,) = volume_ids(1, seed=136)
+    newest = snap(disk, 1)
+    busy = [snap(disk, 2, status="error_deleting"), snap(disk, 3, status="backing-up")]
+    errored = snap(disk, 4, status="error")
+    emu = start(emulator_thread, [disk], [newest, *busy, errored])
+    result = prune(emu, csv_manifest(write, [disk]), tmp_path / "r.jsonl", "--keep-last", "1", "--apply")
+    assert result.exit_code == 1, result.output
+    outcomes = {r["snapshot_id"]: (r["outcome"], r["error_code"]) for r in records(tmp_path / "r.jsonl")}
+    assert outcomes == {
+        busy[0].id: ("blocked", "SNAPSHOT_BUSY"),
+        busy[1].id: ("blocked", "SNAPSHOT_BUSY"),
+        errored.id: ("deleted", None),
+    }
+    assert requests_of(emu.state(), DELETE) == {"202": 1}
+
+
+def test_listing_pages_per_project_not_per_volume(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """2,500 snapshots, 50 selected disks: 3 list requests plan the whole prune; deleting adds 1 per 100."""
+    disks = volume_ids(50, seed=137)
+    seeds = [snap(disk, d) for disk in disks for d in (1, 2, 3, 4)]
+    seeds += [snap(disk, d) for disk in volume_ids(230, seed=138) for d in range(1, 11)]  # not selected
+    assert len(seeds) == 2500
+    emu = start(emulator_thread, disks, seeds)
+    manifest = csv_manifest(write, disks)
+    result = prune(emu, manifest, tmp_path / "plan.jsonl", "--keep-last", "2")
+    assert result.exit_code == 0, result.output
+    assert sum(requests_of(emu.state(), LIST).values()) == 3  # 2500 / 1000 + 1
+    assert len(records(tmp_path / "plan.jsonl")) == 100
+    result = prune(emu, manifest, tmp_path / "apply.jsonl", "--keep-last", "2", "--apply")
+    assert result.exit_code == 0, result.output
+    assert Counter(r["outcome"] for r in records(tmp_path / "apply.jsonl")) == {"deleted": 100}
+    lists = sum(requests_of(emu.state(), LIST).values()) - 3
+    assert 3 + 1 <= lists <= 3 + 2  # the listing, then one confirmation round (100 ids a request)
+    assert requests_of(emu.state(), DELETE) == {"202": 100}
+
+
+def test_refused_or_failed_listing_stops_with_nothing_deleted(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Wrong credentials (401) or a listing that keeps failing: exit 3, a clear error, no DELETE."""
+    (disk,) = volume_ids(1, seed=139)
+    emu = start(emulator_thread, [disk], [snap(disk, d) for d in range(1, 6)])
+    manifest = csv_manifest(write, [disk])
+    wrong = {"HUAWEICLOUD_SDK_SK": "not-the-secret-key-0000000000000000000000"}
+    result = prune(emu, manifest, tmp_path / "a.jsonl", "--keep-last", "1", "--apply", env=wrong)
+    assert result.exit_code == 3, result.output
+    assert "nothing was deleted" in result.output
+    assert "credentials refused" in result.output
+    failing = start(emulator_thread, [disk], [snap(disk, d) for d in range(1, 6)], fault_list=1.0)
+    result = prune(failing, manifest, tmp_path / "b.jsonl", "--keep-last", "1", "--apply")
+    assert result.exit_code == 3, result.output
+    assert "cannot list the snapshots" in result.output
+    assert "nothing was deleted" in result.output
+    for server in (emu, failing):
+        assert DELETE not in server.state()["requests"]
+        assert len(live(server)) == 5
+
+
+def test_all_volumes_and_no_wait(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--all-volumes selects every disk of the project (not snapshots of unknown disks); --no-wait ends at 202."""
+    one, two, gone = volume_ids(3, seed=140)
+    seeds = [snap(v, d) for v in (one, two, gone) for d in (1, 2, 3)]
+    emu = start(emulator_thread, [one, two], seeds, deleting_seconds=60)
+    report = tmp_path / "r.jsonl"
+    result = prune(emu, None, report, "--all-volumes", "--keep-last", "1", "--apply", "--no-wait")
+    assert result.exit_code == 0, result.output
+    assert {(r["volume_id"], r["outcome"]) for r in records(report)} == {(one, "deleted"), (two, "deleted")}
+    assert len(records(report)) == 4
+    statuses = Counter((s["volume_id"], s["status"]) for s in emu.state()["snapshots"])
+    assert statuses == {
+        (one, "available"): 1,
+        (one, "deleting"): 2,
+        (two, "available"): 1,
+        (two, "deleting"): 2,
+        (gone, "available"): 3,
+    }
+    assert "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}" not in emu.state()["requests"]
+    assert invoke(["prune", "--keep-last", "1"]).exit_code == 2  # neither a manifest nor --all-volumes
+    assert invoke(["prune", str(csv_manifest(write, [one]))]).exit_code == 2  # no rule
+
+
+def test_resume_after_sigterm_finishes_the_job(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """SIGTERM mid-prune: exit 143 with whole records; --resume deletes the rest, each snapshot once."""
+    (disk,) = volume_ids(1, seed=141)
+    owned = [snap(disk, d) for d in range(1, 14)]
+    emu = start(emulator_thread, [disk], owned, latency_ms=60)
+    report = tmp_path / "r.jsonl"
+    manifest = csv_manifest(write, [disk])
+    args = ["prune", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report)]
+    args += ["--keep-last", "1", "--apply", "--concurrency", "1", *FAST]
+    with run_process(args) as process:
+        for _ in range(1000):
+            if sum(requests_of(emu.state(), DELETE).values()) >= 3:
+                break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 143, stderr.decode()
+    first = records(report)
+    assert 3 <= len(first) < 12
+    result = prune(emu, manifest, report, "--keep-last", "1", "--apply", "--resume")
+    assert result.exit_code == 0, result.output
+    final = records(report)
+    assert {r["run_id"] for r in final} == {first[0]["run_id"]}
+    assert Counter(r["snapshot_id"] for r in final if r["outcome"] == "deleted") == {
+        s.id: 1 for s in owned[1:]
+    }
+    assert set(live(emu)) == {owned[0].id}
+    changed = prune(emu, manifest, report, "--keep-last", "2", "--apply", "--resume")
+    assert changed.exit_code == 2  # a resume must keep the same rules
+    assert "keep_last" in changed.output
+
+
+@pytest.mark.anyio
+async def test_delete_answered_404_is_success(emulator: Callable[..., Any]) -> None:
+    """A DELETE answered 404 (already gone) ends deleted, without a wait."""
+    running = await emulator()
+    environ = {"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
+    connection = Connection(endpoints=Endpoints(evs=URL(running.url)), environ=environ)
+    written: list[ActionRecord] = []
+    async with contextlib.AsyncExitStack() as stack:
+        router = await connect(stack, connection)
+        route = await router.route_for(PROJECT, None)
+        record = ActionRecord(
+            run_id="r",
+            command="prune",
+            key="x",
+            outcome=Action.PLANNED,
+            snapshot_id=str(uuid.uuid4()),
+            started_at="t",
+            finished_at="t",
+        )
+        deleter = Deleter(
+            policy=RetryPolicy(max_attempts=2),
+            concurrency=2,
+            wait_timeout=5,
+            write=written.append,
+            stopping=lambda: False,
+        )
+        await deleter.run([Job(route, record)])
+    assert [(r.outcome, r.http_status, r.attempts) for r in written] == [(Action.DELETED, 404, 1)]

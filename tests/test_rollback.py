@@ -1,0 +1,350 @@
+"""``evs-snapshot rollback REPORT`` against the emulator: plan, apply, blockers, refusals, resume, subsets.
+
+The create reports here are written by hand over seeded snapshots, so each case sets up exactly the
+disk and snapshot states it checks; the runbook test runs the real create first.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
+from orchestrator.lock import RunLock, lock_for
+from tests.helpers import PROJECT, cli_args, header, invoke, records, requests_of
+
+RUN = "20261127T035432Z-abc123"
+OTHER_RUN = "20261120T010101Z-def456"
+SERVER = "7c3e6a52-0f1d-4b8e-9c2a-5d4f3e2b1a09"
+VOLUMES = [str(uuid.UUID(int=0xC000 + index, version=4)) for index in range(8)]
+SNAPS = [str(uuid.UUID(int=0xD000 + index, version=4)) for index in range(8)]
+ROLLBACK = "POST /v2/{project_id}/cloudsnapshots/{snapshot_id}/rollback"
+FAST = ("--max-attempts", "12", "--backoff-initial", "0.05", "--backoff-max", "0.3", "--settle", "0.5")
+FAST_WAIT = ("--poll-interval", "0.05", "--wait-timeout", "20s")
+
+
+def marker(run: str = RUN) -> dict[str, str]:
+    return {"evs_snapshot_run": run}
+
+
+def world(count: int, *, attached: frozenset[int] = frozenset()) -> dict[str, Any]:
+    """``count`` detached disks (those in ``attached`` on SERVER), each with its marked snapshot."""
+    volumes = tuple(
+        SeedVolume(volume_id=VOLUMES[i], server_id=SERVER if i in attached else None) for i in range(count)
+    )
+    snapshots = tuple(
+        SeedSnapshot(id=SNAPS[i], volume_id=VOLUMES[i], name=f"pre-maint-{i}", metadata=marker())
+        for i in range(count)
+    )
+    return {"volumes": volumes, "snapshots": snapshots}
+
+
+def create_report(path: Path, rows: list[dict[str, Any]], run_id: str = RUN) -> Path:
+    """A create report: the run header, then one record per row (defaults: accepted, its own snapshot)."""
+    lines = [
+        {
+            "type": "run",
+            "run_id": run_id,
+            "command": "create",
+            "manifest": "m.csv",
+            "rows": len(rows),
+            "digest": "sha256:00",
+            "shape": {},
+            "started_at": "2026-11-27T03:54:32.000Z",
+        }
+    ]
+    for number, row in enumerate(rows, start=1):
+        index = row.pop("index", number - 1)
+        lines.append(
+            {
+                "run_id": run_id,
+                "row": number,
+                "volume_id": VOLUMES[index],
+                "project_id": PROJECT,
+                "region": None,
+                "name": f"pre-maint-{index}",
+                "outcome": "accepted",
+                "http_status": 202,
+                "snapshot_id": SNAPS[index],
+                "snapshot_status": "creating",
+                "started_at": "2026-11-27T03:54:32.100Z",
+                "finished_at": "2026-11-27T03:54:32.200Z",
+                "elapsed_ms": 100,
+                **row,
+            }
+        )
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    return path
+
+
+def rollback(emu: EmulatorThread, source: Path, report: Path, *extra: str, **flags: object) -> Any:
+    args = cli_args("rollback", source, endpoint=emu.url, report=report, **flags)
+    return invoke([*args, *FAST, *FAST_WAIT, *extra])
+
+
+def by_row(path: Path) -> dict[int, dict[str, Any]]:
+    final: dict[int, dict[str, Any]] = {}
+    for record in records(path):
+        final[record["row"]] = record
+    return final
+
+
+def rollbacks_per_snapshot(state: dict[str, Any]) -> Counter[str]:
+    return Counter(item["snapshot_id"] for item in state["rollbacks"])
+
+
+def mixed_world() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Seven rows: one good, one attached, four snapshots the run must not use, one never created."""
+    seeded = world(2, attached=frozenset({1}))
+    volumes = (*seeded["volumes"], *(SeedVolume(volume_id=VOLUMES[i]) for i in range(2, 7)))
+    snapshots = (
+        *seeded["snapshots"],
+        SeedSnapshot(id=SNAPS[2], volume_id=VOLUMES[2], name="hand-made"),
+        SeedSnapshot(id=SNAPS[3], volume_id=VOLUMES[3], name="older-run", metadata=marker(OTHER_RUN)),
+        SeedSnapshot(id=SNAPS[4], volume_id=VOLUMES[0], name="of-disk-0", metadata=marker()),
+        SeedSnapshot(id=SNAPS[5], volume_id=VOLUMES[5], name="autobk_snapshot_vbs_1", metadata=marker()),
+    )
+    rows: list[dict[str, Any]] = [{} for _ in range(6)]
+    rows.append({"outcome": "rejected", "snapshot_id": None, "error_code": "EVS.5400", "http_status": 400})
+    return {"volumes": volumes, "snapshots": snapshots}, rows
+
+
+EXPECTED = {
+    1: (None, None),
+    2: ("blocked", "VOLUME_ATTACHED"),
+    3: ("refused", "NOT_THIS_RUN"),
+    4: ("refused", "NOT_THIS_RUN"),
+    5: ("refused", "FOREIGN_SNAPSHOT"),
+    6: ("refused", "BACKUP_SNAPSHOT"),
+    7: ("blocked", "NO_USABLE_SNAPSHOT"),
+}
+
+
+def test_plan_sends_nothing_and_names_blockers(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """Without --apply: one planned record per row, naming its blocker; no rollback is sent; exit 1."""
+    settings, rows = mixed_world()
+    emu = emulator_thread(**settings)
+    source = create_report(tmp_path / "create.jsonl", rows)
+    report = tmp_path / "plan.jsonl"
+    result = rollback(emu, source, report)
+    assert result.exit_code == 1, result.stderr
+    final = by_row(report)
+    assert {row: record["outcome"] for row, record in final.items()} == dict.fromkeys(range(1, 8), "planned")
+    assert {row: record["error_code"] for row, record in final.items()} == {
+        row: code for row, (_, code) in EXPECTED.items()
+    }
+    assert SERVER in final[2]["error_message"]
+    assert final[1]["source_run"] == RUN
+    assert final[1]["snapshot_name"] == "pre-maint-0"
+    state = emu.state()
+    assert ROLLBACK not in state["requests"]
+    assert state["rollbacks"] == []
+    assert "plan only, nothing was sent: 1 of 7 rows can be rolled back, 6 have a blocker" in result.stderr
+    assert header(report)["command"] == "rollback"
+
+
+def test_plan_without_blockers_exits_0(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """A plan whose rows all could be rolled back exits 0 (a runbook's go/no-go)."""
+    emu = emulator_thread(**world(2))
+    source = create_report(tmp_path / "create.jsonl", [{}, {}])
+    result = rollback(emu, source, tmp_path / "plan.jsonl")
+    assert result.exit_code == 0, result.stderr
+    assert {r["error_code"] for r in records(tmp_path / "plan.jsonl")} == {None}
+
+
+def test_apply_rolls_back_only_what_passes(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """--apply: the good row is rolled back and waited for; attached, foreign and missing rows are not sent."""
+    settings, rows = mixed_world()
+    emu = emulator_thread(rollback_seconds=0.2, **settings)
+    source = create_report(tmp_path / "create.jsonl", rows)
+    report = tmp_path / "apply.jsonl"
+    result = rollback(emu, source, report, apply=True)
+    assert result.exit_code == 1, result.stderr
+    final = by_row(report)
+    assert {row: (r["outcome"], r["error_code"]) for row, r in final.items()} == {
+        **EXPECTED,
+        1: ("rolled_back", None),
+    }
+    assert (final[1]["http_status"], final[1]["attempts"]) == (202, 1)
+    state = emu.state()
+    assert requests_of(state, ROLLBACK) == {"202": 1}
+    assert [(item["snapshot_id"], item["volume_id"]) for item in state["rollbacks"]] == [
+        (SNAPS[0], VOLUMES[0])
+    ]
+    statuses = {volume["volume_id"]: volume["status"] for volume in state["volumes"]}
+    assert statuses[VOLUMES[0]] == "available"
+    assert statuses[VOLUMES[1]] == "in-use"
+
+
+def test_apply_all_good_exits_0(emulator_thread: Callable[..., EmulatorThread], tmp_path: Path) -> None:
+    """Every row rolled back: exit 0, one rollback per snapshot, and the request count stays small."""
+    emu = emulator_thread(rollback_seconds=0.2, **world(4))
+    source = create_report(tmp_path / "create.jsonl", [{}, {}, {}, {}])
+    report = tmp_path / "apply.jsonl"
+    result = rollback(emu, source, report, apply=True)
+    assert result.exit_code == 0, result.stderr
+    assert {r["outcome"] for r in records(report)} == {"rolled_back"}
+    state = emu.state()
+    assert rollbacks_per_snapshot(state) == dict.fromkeys(SNAPS[:4], 1)
+    checks = requests_of(state, "GET /v2/{project_id}/cloudvolumes/{volume_id}")
+    assert checks["200"] <= 4 * 12  # one check, then about one poll per 0.05-0.3 s of a 0.2 s rollback
+
+
+def test_attached_disk_is_never_sent(emulator_thread: Callable[..., EmulatorThread], tmp_path: Path) -> None:
+    """An attached disk is blocked with VOLUME_ATTACHED and its server id; its rollback is never POSTed."""
+    emu = emulator_thread(**world(2, attached=frozenset({0, 1})))
+    source = create_report(tmp_path / "create.jsonl", [{}, {}])
+    report = tmp_path / "apply.jsonl"
+    result = rollback(emu, source, report, apply=True)
+    assert result.exit_code == 1
+    for record in records(report):
+        assert (record["outcome"], record["error_code"], record["attempts"]) == (
+            "blocked",
+            "VOLUME_ATTACHED",
+            0,
+        )
+        assert SERVER in record["error_message"]
+    state = emu.state()
+    assert ROLLBACK not in state["requests"]
+    assert state["rollbacks"] == []
+    assert "VOLUME_ATTACHED x2" in result.stderr
+
+
+def test_error_rollbacking_is_rollback_failed(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """A disk that ends error_rollbacking gives rollback_failed (exit 1)."""
+    emu = emulator_thread(rollback_seconds=0.2, fault_rollback_error=1.0, **world(1))
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    report = tmp_path / "apply.jsonl"
+    result = rollback(emu, source, report, apply=True)
+    assert result.exit_code == 1
+    (record,) = records(report)
+    assert (record["outcome"], record["error_code"]) == ("rollback_failed", "VOLUME_ERROR_ROLLBACKING")
+
+
+@pytest.mark.parametrize(
+    ("seed", "answers", "attempts"),
+    [
+        (15, {"502": 1}, 1),  # EVS acted, the gateway lost the answer: seen rollbacking, never resent
+        (9, {"503": 1, "202": 1}, 2),  # EVS did not act: the disk stays available, checked, sent once more
+    ],
+)
+def test_lost_answer_is_not_resent_blindly(
+    emulator_thread: Callable[..., EmulatorThread],
+    tmp_path: Path,
+    seed: int,
+    answers: dict[str, int],
+    attempts: int,
+) -> None:
+    """After a 5xx the disk is looked at first: exactly one rollback happens either way.
+
+    With one row the emulator's seeded fault draws come in a fixed order, so each seed is one case.
+    """
+    emu = emulator_thread(rollback_seconds=0.3, fault_5xx=0.25, seed=seed, **world(1))
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    report = tmp_path / "apply.jsonl"
+    result = rollback(emu, source, report, apply=True)
+    assert result.exit_code == 0, result.stderr
+    (record,) = records(report)
+    assert (record["outcome"], record["attempts"]) == ("rolled_back", attempts)
+    state = emu.state()
+    assert requests_of(state, ROLLBACK) == answers
+    assert rollbacks_per_snapshot(state) == {SNAPS[0]: 1}
+
+
+def test_resume_skips_finished_rows_and_waits_for_a_sent_rollback(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """--resume: a rolled-back row is skipped; a rollback sent by a run that died is waited for, not resent."""
+    emu = emulator_thread(rollback_seconds=0.3, **world(3))
+    source = create_report(tmp_path / "create.jsonl", [{}, {}, {}])
+    report = tmp_path / "apply.jsonl"
+    first = rollback(emu, source, report, apply=True, rows="1")
+    assert first.exit_code == 0, first.stderr
+    # A run that died after sending row 2's rollback, before recording it:
+    request = urllib.request.Request(  # noqa: S310 - the loopback emulator
+        f"{emu.url}/v2/{PROJECT}/cloudsnapshots/{SNAPS[1]}/rollback",
+        data=orjson.dumps({"rollback": {"volume_id": VOLUMES[1]}}),
+        headers={"Content-Type": "application/json", "X-Auth-Token": "test-fixed-token-0001"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback emulator
+        assert answer.status == 202
+    result = rollback(emu, source, report, apply=True, resume=True)
+    assert result.exit_code == 0, result.stderr
+    assert "1 rows were finished by an earlier run" in result.stderr
+    lines = records(report)
+    assert [(r["row"], r["outcome"]) for r in lines].count((1, "rolled_back")) == 1
+    row2 = next(r for r in lines if r["row"] == 2)
+    assert (row2["outcome"], row2["attempts"]) == ("rolled_back", 0)
+    assert {r["run_id"] for r in lines} == {header(report)["run_id"]}
+    state = emu.state()
+    assert rollbacks_per_snapshot(state) == dict.fromkeys(SNAPS[:3], 1)
+    assert requests_of(state, ROLLBACK) == {"202": 3}
+
+
+def test_resume_refuses_another_create_run(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """--resume with the report of another create run's rollback exits 2 before sending anything."""
+    emu = emulator_thread(**world(1))
+    report = tmp_path / "apply.jsonl"
+    first = rollback(emu, create_report(tmp_path / "a.jsonl", [{}]), report)
+    assert first.exit_code == 0, first.stderr
+    other = create_report(tmp_path / "b.jsonl", [{}], run_id=OTHER_RUN)
+    result = rollback(emu, other, report, apply=True, resume=True)
+    assert result.exit_code == 2
+    assert "rolls back run" in result.stderr
+
+
+def test_rows_and_volume_subsets(emulator_thread: Callable[..., EmulatorThread], tmp_path: Path) -> None:
+    """--rows 1,3-4 and --volume ID act on those rows only; a row or disk not in the report exits 2."""
+    emu = emulator_thread(**world(5))
+    source = create_report(tmp_path / "create.jsonl", [{} for _ in range(5)])
+    result = rollback(emu, source, tmp_path / "a.jsonl", rows="1,3-4")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(r["row"] for r in records(tmp_path / "a.jsonl")) == [1, 3, 4]
+    result = rollback(emu, source, tmp_path / "b.jsonl", volume=VOLUMES[4].upper())
+    assert result.exit_code == 0, result.stderr
+    assert [r["row"] for r in records(tmp_path / "b.jsonl")] == [5]
+    for flags in ({"rows": "6"}, {"volume": VOLUMES[7]}, {"rows": "4-2"}, {"rows": "x"}):
+        result = rollback(emu, source, tmp_path / "c.jsonl", **flags)
+        assert result.exit_code == 2, (flags, result.stderr)
+    assert not (tmp_path / "c.jsonl").exists()
+
+
+def test_lock_held_exits_75(emulator_thread: Callable[..., EmulatorThread], tmp_path: Path) -> None:
+    """A second rollback of the same create report while the first holds its lock exits 75."""
+    emu = emulator_thread(**world(1))
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    lock = tmp_path / "locks" / "rollback.lock"
+    with RunLock(lock):
+        result = rollback(emu, source, tmp_path / "r.jsonl", lock_file=lock)
+    assert result.exit_code == 75
+    assert emu.state()["requests"] == {}
+    assert lock_for("rollback", str(source), {}).name.startswith("rollback-create.jsonl")
+
+
+def test_not_a_create_report(emulator_thread: Callable[..., EmulatorThread], tmp_path: Path) -> None:
+    """A rollback report (or a missing file) is not a create report: exit 2."""
+    emu = emulator_thread(**world(1))
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    plan = tmp_path / "plan.jsonl"
+    assert rollback(emu, source, plan).exit_code == 0
+    assert rollback(emu, plan, tmp_path / "x.jsonl").exit_code == 2
+    assert rollback(emu, tmp_path / "missing.jsonl", tmp_path / "y.jsonl").exit_code == 2
+    assert rollback(emu, source, source).exit_code == 2
