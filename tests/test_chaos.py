@@ -1,0 +1,87 @@
+"""The chaos test, sized for CI: every fault at once, a SIGKILL and a resume, then a second same-day run."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import volume_ids
+from tests.helpers import (
+    CREATE_ROUTE,
+    create_args,
+    csv_manifest,
+    header,
+    invoke,
+    last_per_row,
+    requests_of,
+    run_process,
+    snapshots_per_volume,
+    wait_for_records,
+)
+
+CHAOS = {
+    "fault_5xx": 0.05,
+    "fault_drop_before": 0.03,
+    "fault_drop_after": 0.03,
+    "fault_late_commit": 0.06,
+    "late_commit_seconds": 0.5,  # longer than --settle below: some rows are doubled, then swept
+    "rate_limit": 150,
+    "burst": 20,
+    "latency_ms": 5,
+    "jitter_ms": 5,
+    "creating_seconds": 0.2,
+    "deleting_seconds": 0.1,
+}
+RETRIES = ("--max-attempts", "12", "--backoff-initial", "0.05", "--backoff-max", "0.5", "--settle", "0.3")
+
+
+def one_per_accepted_row(state: dict[str, Any], report: Path) -> None:
+    """Exactly one live snapshot with the report's run marker per accepted row, none for any other row."""
+    run_id = str(header(report)["run_id"])
+    final = last_per_row(report)
+    accepted = {r["volume_id"] for r in final.values() if r["outcome"] in ("accepted", "available")}
+    live = {**state, "snapshots": [s for s in state["snapshots"] if s["status"] != "deleting"]}
+    counts = snapshots_per_volume(live, run_id)
+    assert counts == dict.fromkeys(accepted, 1), {v: n for v, n in counts.items() if n != 1}
+
+
+def settle_and_sweep(url: str, report: Path) -> None:
+    """Let the last late commits land, then `wait` sweeps them and waits for every snapshot."""
+    time.sleep(CHAOS["late_commit_seconds"] + 0.2)
+    result = invoke(["wait", str(report), "--endpoint", url, "--poll-interval", "0.1", *RETRIES[:6]])
+    assert result.exit_code == 0, result.output
+    time.sleep(CHAOS["deleting_seconds"] + 0.1)
+
+
+def test_chaos_with_a_kill_a_resume_and_a_second_run(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Late commits, 5xx, drops, throttling, SIGKILL + --resume, a second same-day run: one snapshot per row per run."""
+    ids = volume_ids(150, seed=131)
+    emu = emulator_thread(any_volume=True, seed=131, **CHAOS)
+    manifest = csv_manifest(write, ids)
+    first = tmp_path / "first.jsonl"
+    args = create_args(emu.url, manifest, first, *RETRIES, concurrency=8)
+    with run_process(args) as process:
+        wait_for_records(first, random.Random(131).randint(15, 60), process)
+        process.kill()
+        process.wait(timeout=10)
+    result = invoke([*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    settle_and_sweep(emu.url, first)
+    assert {r["outcome"] for r in last_per_row(first).values()} == {"available"}
+    second = tmp_path / "second.jsonl"
+    result = invoke(create_args(emu.url, manifest, second, *RETRIES, concurrency=8))
+    assert result.exit_code == 0, result.output
+    settle_and_sweep(emu.url, second)
+    state = emu.state()
+    one_per_accepted_row(state, first)
+    one_per_accepted_row(state, second)
+    assert header(first)["run_id"] != header(second)["run_id"]
+    creates = requests_of(state, CREATE_ROUTE)
+    for fault in ("504", "dropped", "429"):
+        assert creates[fault] > 0, (fault, creates)  # each fault really happened
+    assert any(r["reconciled"] for r in last_per_row(first).values())
