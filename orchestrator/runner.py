@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from orchestrator.api.routes import Route, Router
 
 GONE_STATUSES = frozenset({"deleting", "error_deleting"})
-LIMIT_CODES = frozenset({"EVS.5400", "EVS.5413"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -342,7 +341,8 @@ class Runner:
     def _rejected(self, request: SnapshotRequest, state: _Attempt) -> Record:
         code, message = state.error or ("", None)
         text = (message or "").lower()
-        if code in LIMIT_CODES and "snapshot" in text and ("limit" in text or "quota" in text):
+        per_disk = code == "EVS.5400" and "snapshot" in text and "limit" in text
+        if per_disk or code == "EVS.5413":  # the per-disk limit, or the project's quota
             limit = "the project's snapshot quota" if code == "EVS.5413" else "the per-disk snapshot limit"
             state.error = (
                 "SNAPSHOT_LIMIT_REACHED",

@@ -280,3 +280,30 @@ def test_progress_on_a_run(
     assert "\r\x1b[2K" in result.stderr
     assert len(last_per_row(report)) == 30
     assert requests_of(emu.state(), LIST_ROUTE)["200"] == 1  # the sweep: one page for 30 snapshots
+
+
+def test_create_warns_before_sending_when_the_quota_is_short(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """5 rows, 3 snapshots left in the quota: a warning before the first create; 2 rows SNAPSHOT_LIMIT_REACHED."""
+    emu = emulator_thread(any_volume=True, snapshot_quota=3)
+    report = tmp_path / "r.jsonl"
+    args = [
+        "create",
+        str(csv_manifest(write, volume_ids(5, seed=124))),
+        "--endpoint",
+        emu.url,
+        "--project-id",
+        PROJECT,
+        "--report",
+        str(report),
+        "--concurrency",
+        "1",
+    ]
+    result = invoke(args)
+    assert result.exit_code == 1
+    assert "only 3 snapshots left" in result.stderr
+    final = last_per_row(report)
+    refused = [r for r in final.values() if r["outcome"] == "rejected"]
+    assert [r["error_code"] for r in refused] == ["SNAPSHOT_LIMIT_REACHED"] * 2
+    assert all("prune" in r["error_message"] for r in refused)

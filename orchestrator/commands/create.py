@@ -191,6 +191,7 @@ async def _locked(
             from orchestrator.api.routes import connect  # noqa: PLC0415 - aiohttp loads only when sending
 
             router = await connect(stack, settings.connection)
+            await _warn_over_quota(settings, router, total, console)
         writer = stack.enter_context(ReportWriter(settings.report, resume=settings.resume))
         if writer.empty:
             writer.write_header(
@@ -331,6 +332,34 @@ async def _sweep(
         console.warn(
             f"sweep: {result.found} extra snapshots of this run found, {result.removed} deleted; "
             f"{result.reconciled} rows found created after all"
+        )
+
+
+async def _warn_over_quota(settings: CreateSettings, router: Router, total: int, console: Console) -> None:
+    """Before the first create: warn when the rows exceed the project's remaining snapshot quota.
+
+    Checked for the ``--project-id`` project (rows naming their own project are not counted); a quota
+    that cannot be read is said, not fatal.
+    """
+    from orchestrator.api.routes import Route  # noqa: PLC0415
+    from orchestrator.api.safe import remaining_quota  # noqa: PLC0415
+    from orchestrator.errors import EvsSnapshotError  # noqa: PLC0415
+
+    project = settings.defaults.project_id
+    if project is None or settings.resume:
+        return
+    try:
+        route: Route = router.route_at(settings.defaults.region, project)
+        remaining = await remaining_quota(route, dataclasses.replace(settings.policy, max_attempts=3))
+    except EvsSnapshotError as exc:
+        console.warn(f"the project's snapshot quota could not be read ({exc}); going on")
+        return
+    if remaining is not None and total > remaining:
+        console.warn(
+            f"project {project}: {total} rows to send but only {remaining} snapshots left in the project's "
+            f"quota; rows beyond it will be refused (SNAPSHOT_LIMIT_REACHED): prune first, or ask for more",
+            rows=total,
+            remaining=remaining,
         )
 
 
