@@ -63,10 +63,8 @@ def check_name_prefix(prefix: str | None) -> str | None:
         return None
     if not prefix.strip():
         raise UsageError("--name-prefix must not be empty: it would make every snapshot the tool's own")
-    if prefix.startswith(BACKUP_PREFIXES) or any(p.startswith(prefix) for p in BACKUP_PREFIXES):
-        raise UsageError(
-            f"--name-prefix {prefix!r} would match backup-made snapshots, which are never deleted"
-        )
+    if prefix.startswith(BACKUP_PREFIXES):  # shorter prefixes are harmless: backup names are never owned
+        raise UsageError(f"--name-prefix {prefix!r} names backup-made snapshots, which are never deleted")
     return prefix
 
 

@@ -45,7 +45,7 @@ def created(
 def test_cleanup_plans_then_deletes_only_the_runs_snapshots(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """Dry run: planned, no DELETE; --apply: the run's snapshots go, older runs' and foreign ones stay."""
+    """Dry run: planned, no DELETE; --apply --resume: the run's snapshots go, older and foreign ones stay."""
     emu, report, others = created(emulator_thread, write, tmp_path, 4, seed=151)
     made = {r["snapshot_id"] for r in last_per_row(report).values()}
     plan = tmp_path / "plan.jsonl"
@@ -54,11 +54,12 @@ def test_cleanup_plans_then_deletes_only_the_runs_snapshots(
     assert {(r["snapshot_id"], r["outcome"]) for r in records(plan)} == {(i, "planned") for i in made}
     assert DELETE not in emu.state()["requests"]
     lists = sum(requests_of(emu.state(), LIST).values())
-    done = tmp_path / "done.jsonl"
-    result = cleanup(emu, report, done, "--apply")
+    result = cleanup(emu, report, plan, "--apply", "--resume")  # the runbook: plan, then apply the plan
     assert result.exit_code == 0, result.output
-    assert {(r["snapshot_id"], r["outcome"]) for r in records(done)} == {(i, "deleted") for i in made}
-    assert {r["row"] for r in records(done)} == {1, 2, 3, 4}
+    done = records(plan)[4:]
+    assert {(r["snapshot_id"], r["outcome"]) for r in done} == {(i, "deleted") for i in made}
+    assert {r["row"] for r in done} == {1, 2, 3, 4}
+    assert {r["run_id"] for r in records(plan)} == {records(plan)[0]["run_id"]}
     assert set(live(emu)) == {s.id for s in others}
     assert requests_of(emu.state(), DELETE) == {"202": 4}
     assert sum(requests_of(emu.state(), LIST).values()) - lists <= 2  # one listing, one confirmation round
@@ -73,7 +74,7 @@ def test_cleanup_plans_then_deletes_only_the_runs_snapshots(
 def test_cleanup_refuses_snapshots_of_another_run_or_volume(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """A row naming a snapshot without this run's marker, or of another disk, is refused and left alone."""
+    """A recorded snapshot not of this run or of another disk is refused; each row's own is found by marker."""
     emu, report, others = created(emulator_thread, write, tmp_path, 3, seed=152)
     final = last_per_row(report)
     tampered = tmp_path / "tampered.jsonl"
@@ -84,18 +85,22 @@ def test_cleanup_refuses_snapshots_of_another_run_or_volume(
             data["snapshot_id"] = others[0].id  # an older run's snapshot of the same disk
         elif data.get("row") == 2 and data.get("snapshot_id"):
             data["snapshot_id"] = final[3]["snapshot_id"]  # this run's, but of row 3's disk
+        elif data.get("row") == 3 and data.get("snapshot_id"):
+            data.update(outcome="failed", snapshot_id=None)  # as if the create were confirmed late
         lines.append(orjson.dumps(data))
     tampered.write_bytes(b"\n".join(lines) + b"\n")
     out = tmp_path / "out.jsonl"
     result = cleanup(emu, tampered, out, "--apply")
     assert result.exit_code == 0, result.output  # refusing is the safe outcome, not a failure
-    outcomes = [(r["row"], r["outcome"], r["error_code"]) for r in records(out)]
-    assert sorted(outcomes, key=lambda o: (o[0], o[1])) == [
-        (1, "refused", "NOT_THIS_RUN"),
-        (2, "refused", "OTHER_VOLUME"),
-        (3, "deleted", None),
-    ]
-    assert set(live(emu)) == {s.id for s in others} | {final[1]["snapshot_id"], final[2]["snapshot_id"]}
+    outcomes = Counter((r["row"], r["snapshot_id"], r["outcome"], r["error_code"]) for r in records(out))
+    assert outcomes == {
+        (1, final[1]["snapshot_id"], "deleted", None): 1,
+        (1, others[0].id, "refused", "NOT_THIS_RUN"): 1,
+        (2, final[2]["snapshot_id"], "deleted", None): 1,
+        (2, final[3]["snapshot_id"], "refused", "OTHER_VOLUME"): 1,
+        (3, final[3]["snapshot_id"], "deleted", None): 1,
+    }
+    assert set(live(emu)) == {s.id for s in others}
 
 
 def test_cleanup_resume_and_refusals(

@@ -21,6 +21,7 @@ from orchestrator.config import Connection, Endpoints
 from orchestrator.emulator import SeedSnapshot, SeedVolume
 from orchestrator.emulator.clock import evs_time
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
+from orchestrator.lock import RunLock
 from orchestrator.retention import Deleter, Job
 from orchestrator.retry import RetryPolicy
 from tests.conftest import volume_ids
@@ -182,7 +183,7 @@ def test_name_prefix_owns_unmarked_snapshots_only_when_given(
     assert result.exit_code == 0, result.output
     assert {r["snapshot_id"] for r in records(tmp_path / "b.jsonl")} == {legacy[1].id, legacy[2].id}
     assert set(live(emu)) == {legacy[0].id, other.id}
-    for bad in ("", "autobk_snap", "manualbk_snapshot_x"):
+    for bad in ("", " ", "autobk_snapshot_vbs_", "manualbk_snapshot_x"):
         assert (
             prune(emu, manifest, tmp_path / "c.jsonl", "--keep-last", "1", "--name-prefix", bad).exit_code
             == 2
@@ -340,3 +341,17 @@ async def test_delete_answered_404_is_success(emulator: Callable[..., Any]) -> N
         )
         await deleter.run([Job(route, record)])
     assert [(r.outcome, r.http_status, r.attempts) for r in written] == [(Action.DELETED, 404, 1)]
+
+
+def test_a_second_run_is_refused_by_the_lock(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """While another run holds the lock, prune exits 75 and sends nothing."""
+    (disk,) = volume_ids(1, seed=142)
+    emu = start(emulator_thread, [disk], [snap(disk, d) for d in range(1, 4)])
+    lock = tmp_path / "held.lock"
+    with RunLock(lock):
+        args = ["--keep-last", "1", "--apply", "--lock-file", str(lock)]
+        result = prune(emu, csv_manifest(write, [disk]), tmp_path / "r.jsonl", *args)
+    assert result.exit_code == 75, result.output
+    assert emu.state()["requests"] == {}

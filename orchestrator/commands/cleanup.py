@@ -1,10 +1,12 @@
 """``evs-snapshot cleanup REPORT``: delete the snapshots one ``create`` run made.
 
-The rows whose last record is ``accepted`` or ``available`` name their snapshot. Each project is listed
-once (1000 snapshots a request) before anything is deleted; a row's snapshot is deleted only when the
-listing shows it carries that run's ``evs_snapshot_run`` marker and belongs to the row's volume.
-Otherwise the row is ``refused`` and left alone. A snapshot the listing does not show is looked up
-once (GET): a 404 means it is already gone, which counts as deleted.
+A row's snapshot is the one on the row's volume with the run's ``evs_snapshot_run`` marker (SPEC,
+"Snapshot identity"), and the one its last record names (``accepted``, ``available``, ...). Each project
+is listed once (1000 snapshots a request) before anything is deleted. A snapshot is deleted only when
+the listing shows it carries that run's marker and belongs to the row's volume; otherwise the row is
+``refused`` and the snapshot left alone. So a snapshot that a late commit made for a ``failed`` row, or
+a duplicate kept by ``--keep-duplicates``, goes too. A recorded snapshot the listing does not show is
+looked up once (GET): a 404 means it is already gone, which counts as deleted.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ class CleanupSettings:
 
 
 def run_of(report: Path) -> tuple[str, list[Record]]:
-    """The create run's id and its rows with a snapshot (last record ``accepted`` or ``available``)."""
+    """The create run's id and the last record of each row that was sent (not ``invalid`` or ``planned``)."""
     from orchestrator.errors import UsageError  # noqa: PLC0415
+    from orchestrator.models import Outcome  # noqa: PLC0415
     from orchestrator.report import check_report_path, final_records, read_header  # noqa: PLC0415
 
     check_report_path(report)
@@ -60,7 +63,8 @@ def run_of(report: Path) -> tuple[str, list[Record]]:
     run_id = header.run_id if header is not None else next((r.run_id for r in rows), None)
     if run_id is None:
         raise UsageError(f"{report}: the report holds no records; nothing to clean up")
-    return run_id, [r for r in rows if r.succeeded and r.snapshot_id and r.run_id == run_id]
+    unsent = (Outcome.INVALID, Outcome.PLANNED)
+    return run_id, [r for r in rows if r.volume_id and r.outcome not in unsent and r.run_id == run_id]
 
 
 async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
@@ -102,28 +106,32 @@ async def _cleanup(
     settings: CleanupSettings, router: Router, run_id: str, rows: list[Record], action: ActionRun
 ) -> None:
     from orchestrator.actions import Action  # noqa: PLC0415
+    from orchestrator.api import evs  # noqa: PLC0415
     from orchestrator.retention import Deleter, Target, list_scope, scopes_of  # noqa: PLC0415
 
-    todo = [
-        row
-        for row in rows
-        if action.book.last.get(str(row.snapshot_id)) not in (Action.DELETED, Action.REFUSED)
-    ]
-    targets = [Target(str(row.volume_id), row.project_id, row.region, row.row) for row in todo]
     outcome = "nothing was deleted" if settings.apply else "nothing was planned"
+    targets = [Target(str(row.volume_id), row.project_id, row.region, row.row) for row in rows]
     scopes = await scopes_of(router, targets, outcome=outcome)
     listed: dict[tuple[int, str], dict[str, Any]] = {}
+    ours: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for scope in scopes:
         for item in await list_scope(scope, settings.policy, outcome=outcome):
             listed[(id(scope.route), str(item.get("id")))] = item
+            if evs.marked(item, run_id):
+                ours.setdefault((id(scope.route), str(item.get("volume_id") or "").lower()), []).append(item)
     by_route = {id(scope.route): scope for scope in scopes}
+    done = (Action.DELETED, Action.REFUSED)
     jobs: list[Job] = []
-    for row in todo:
+    for row in rows:
         scope = by_route[id(await router.route_for(row.project_id, row.region))]  # known by now: no request
-        snapshot = listed.get((id(scope.route), str(row.snapshot_id)))
-        job = await _judge_row(settings, action, run_id, scope, row, snapshot)
-        if job is not None:
-            jobs.append(job)
+        found = {str(s.get("id")): s for s in ours.get((id(scope.route), str(row.volume_id)), [])}
+        candidates: dict[str, dict[str, Any] | None] = dict(found)
+        if row.snapshot_id and row.snapshot_id not in found:  # the recorded one, checked like the others
+            candidates[row.snapshot_id] = listed.get((id(scope.route), row.snapshot_id))
+        for snapshot_id, snapshot in candidates.items():
+            if action.book.last.get(snapshot_id) not in done:
+                job = await _judge_row(settings, action, run_id, scope, row, snapshot_id, snapshot)
+                jobs += [job] if job is not None else []
     if jobs:
         deleter = Deleter(
             policy=settings.policy,
@@ -141,6 +149,7 @@ async def _judge_row(
     run_id: str,
     scope: Scope,
     row: Record,
+    snapshot_id: str,
     snapshot: dict[str, Any] | None,
 ) -> Job | None:
     """Write the row's record (planned, refused, blocked, or deleted when already gone) or return its job."""
@@ -151,7 +160,7 @@ async def _judge_row(
 
     route = scope.route
     if snapshot is None:  # not listed: a GET tells gone (404) from a listing that lags
-        call = evs.show_snapshot(route.project_id, str(row.snapshot_id), kind=evs.Kind.CHECK)
+        call = evs.show_snapshot(route.project_id, snapshot_id, kind=evs.Kind.CHECK)
         body = await fetch_json(route, call, settings.policy, missing_ok=True)
         snapshot = body.get("snapshot") if isinstance(body.get("snapshot"), dict) else None
     stamp = now_iso()
@@ -161,13 +170,13 @@ async def _judge_row(
         return ActionRecord(
             run_id=action.run_id,
             command="cleanup",
-            key=str(row.snapshot_id),
+            key=snapshot_id,
             outcome=outcome,
             row=row.row,
             volume_id=row.volume_id,
             project_id=route.project_id,
             region=row.region,
-            snapshot_id=row.snapshot_id,
+            snapshot_id=snapshot_id,
             snapshot_name=str(shown.get("name") or row.name or "") or None,
             created_at=None if shown.get("created_at") is None else str(shown.get("created_at")),
             source_run=source_run(shown) if snapshot is not None else run_id,
