@@ -16,12 +16,15 @@ import time
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import orjson
 
-from orchestrator.errors import ReportExistsError, ReportUnwritable, UsageError
-from orchestrator.models import SUCCESSFUL, Outcome, Record, RunHeader
+from orchestrator.errors import ReportExistsError, ReportUnwritable, ResumeMismatch, UsageError
+from orchestrator.models import SUCCESSFUL, Outcome, Record, RunHeader, utc_iso, utc_now
+
+if TYPE_CHECKING:
+    from orchestrator.config import RowDefaults, RunIdentity
 
 FSYNC_INTERVAL = 1.0
 # Rows in these states are not sent again on --resume (they are waited for, or left to the operator).
@@ -42,11 +45,8 @@ class ReportWriter:
             return
         target = Path(path)
         check_report_path(target)
-        if not resume and target.exists() and target.stat().st_size > 0:
-            raise ReportExistsError(
-                f"the report {path} already holds records; pass --resume to continue that run, "
-                "or choose another --report path"
-            )
+        if not resume:
+            refuse_existing(target)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
@@ -141,6 +141,16 @@ class ReportWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def refuse_existing(path: Path) -> None:
+    """A new run never writes into a report that already holds records (exit 2)."""
+    check_report_path(path)
+    if path.exists() and path.stat().st_size > 0:
+        raise ReportExistsError(
+            f"the report {path} already holds records; pass --resume to continue that run, "
+            "or choose another --report path"
+        )
 
 
 def check_report_path(path: Path) -> None:
@@ -267,3 +277,50 @@ def final_records(path: Path) -> Iterator[Record]:
     for index, record in enumerate(read_records(path)):
         if not record.side and last[record.row] == index:
             yield record
+
+
+def name_shape(row_defaults: RowDefaults) -> dict[str, str]:
+    """The options that shape names, metadata and where rows go: a resume with others would misidentify rows.
+
+    ``--force`` and ``--description`` may change between a run and its resume (say, to force the rows
+    that were refused as in-use).
+    """
+    return {
+        "name_template": row_defaults.name_template,
+        "metadata": orjson.dumps(dict(row_defaults.metadata), option=orjson.OPT_SORT_KEYS).decode(),
+        "project_id": row_defaults.project_id or "",
+        "region": row_defaults.region or "",
+    }
+
+
+def resume_identity(
+    report: str, resume: bool, *, total: int, digest: str, display: str, shape: dict[str, str]
+) -> tuple[ResumeBook | None, RunIdentity]:
+    """The resume book and run identity of a create run; refuses a resume of another manifest (exit 2)."""
+    from orchestrator.config import RunIdentity  # noqa: PLC0415 - config imports nothing of ours back
+
+    book = ResumeBook.load(Path(report)) if resume else None
+    if book is None:
+        return None, RunIdentity.new(utc_now())
+    identity = RunIdentity.resumed(book.run_id)
+    if book.header is None:
+        raise ResumeMismatch(
+            f"{report} has no run header (written by an older version): it cannot be resumed "
+            "safely; start a new report"
+        )
+    current = RunHeader(
+        run_id=identity.run_id,
+        command="create",
+        manifest=display,
+        rows=total,
+        digest=digest,
+        shape=shape,
+        started_at=utc_iso(identity.started),
+    )
+    difference = book.header.first_difference(current)
+    if difference is not None:
+        raise ResumeMismatch(
+            f"--resume: {difference}. A resumed run must use the same manifest and naming options as "
+            f"{report}; nothing was sent"
+        )
+    return book, identity

@@ -356,7 +356,9 @@ def test_connection_refused_fails_rows(write: Callable[..., Path], tmp_path: Pat
     got = records(report)
     assert len(got) == 50
     assert {(r["outcome"], r["error_code"]) for r in got} == {("failed", "ENDPOINT_UNREACHABLE")}
-    assert sum(r["attempts"] for r in got) == 3  # three connect attempts in all, then nothing more
+    # Three connect attempts in all (the quota pre-flight's), then nothing more: no row was sent.
+    assert sum(r["attempts"] for r in got) == 0
+    assert "3 attempts in a row" in result.stderr
     assert "ENDPOINT_UNREACHABLE" in result.stderr
 
 

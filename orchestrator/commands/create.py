@@ -62,28 +62,13 @@ class CreateSettings:
     grace: float = GRACE_SECONDS
 
 
-def name_shape(row_defaults: RowDefaults) -> dict[str, str]:
-    """The options that shape names, metadata and where rows go: a resume with others would misidentify rows.
-
-    ``--force`` and ``--description`` may change between a run and its resume (say, to force the rows
-    that were refused as in-use).
-    """
-    import orjson  # noqa: PLC0415
-
-    return {
-        "name_template": row_defaults.name_template,
-        "metadata": orjson.dumps(dict(row_defaults.metadata), option=orjson.OPT_SORT_KEYS).decode(),
-        "project_id": row_defaults.project_id or "",
-        "region": row_defaults.region or "",
-    }
-
-
 async def create(settings: CreateSettings, *, console: Console) -> int:
     """Run the whole job and return the exit code; raises ``EvsSnapshotError`` for run-level errors."""
     started = time.monotonic()  # the run's time and --deadline count from here
     from orchestrator.duplicates import duplicate_candidates  # noqa: PLC0415
     from orchestrator.errors import UsageError  # noqa: PLC0415
     from orchestrator.manifest import manifest_digest, read_rows, spooled  # noqa: PLC0415
+    from orchestrator.report import name_shape, refuse_existing, resume_identity  # noqa: PLC0415
 
     if settings.wait is not None and settings.report == "-":
         raise UsageError("--wait reads the report back, so it needs a --report file, not standard output")
@@ -91,6 +76,8 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
         raise UsageError("--resume needs a --report file to read, not standard output")
     if settings.emulator and settings.connection.endpoints.evs is not None:
         raise UsageError("--emulator starts its own emulator; leave out --endpoint (or leave out --emulator)")
+    if not settings.resume and settings.report != "-":
+        refuse_existing(Path(settings.report))  # before anything is read or sent
     also_known = frozenset({"emulator_status"}) if settings.emulator else frozenset()
     display = "<stdin>" if settings.source.path == "-" else settings.source.path
     with spooled(settings.source) as source:
@@ -102,7 +89,14 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
         total, candidates = duplicate_candidates(rows(warn_columns=True), settings.defaults)
         digest = manifest_digest(source)
         with _locks(settings):
-            book, identity = _identity(settings, total, digest, display)
+            book, identity = resume_identity(
+                settings.report,
+                settings.resume,
+                total=total,
+                digest=digest,
+                display=display,
+                shape=name_shape(settings.defaults),
+            )
             return await _locked(
                 settings, identity, book, total, digest, display, rows, candidates, console, started
             )
@@ -123,41 +117,6 @@ def _locks(settings: CreateSettings) -> Iterator[None]:
         yield
 
 
-def _identity(
-    settings: CreateSettings, total: int, digest: str, display: str
-) -> tuple[ResumeBook | None, RunIdentity]:
-    from orchestrator.config import RunIdentity  # noqa: PLC0415
-    from orchestrator.errors import ResumeMismatch  # noqa: PLC0415
-    from orchestrator.models import RunHeader, utc_iso, utc_now  # noqa: PLC0415
-    from orchestrator.report import ResumeBook  # noqa: PLC0415
-
-    book = ResumeBook.load(Path(settings.report)) if settings.resume else None
-    if book is None:
-        return None, RunIdentity.new(utc_now())
-    identity = RunIdentity.resumed(book.run_id)
-    if book.header is None:
-        raise ResumeMismatch(
-            f"{settings.report} has no run header (written by an older version): it cannot be resumed "
-            "safely; start a new report"
-        )
-    current = RunHeader(
-        run_id=identity.run_id,
-        command="create",
-        manifest=display,
-        rows=total,
-        digest=digest,
-        shape=name_shape(settings.defaults),
-        started_at=utc_iso(identity.started),
-    )
-    difference = book.header.first_difference(current)
-    if difference is not None:
-        raise ResumeMismatch(
-            f"--resume: {difference}. A resumed run must use the same manifest and naming options as "
-            f"{settings.report}; nothing was sent"
-        )
-    return book, identity
-
-
 async def _locked(
     settings: CreateSettings,
     identity: RunIdentity,
@@ -175,7 +134,7 @@ async def _locked(
     from orchestrator.finish import finish  # noqa: PLC0415
     from orchestrator.models import RunHeader, utc_iso  # noqa: PLC0415
     from orchestrator.progress import Progress  # noqa: PLC0415
-    from orchestrator.report import ReportWriter  # noqa: PLC0415
+    from orchestrator.report import ReportWriter, name_shape  # noqa: PLC0415
     from orchestrator.rules import RowValidator  # noqa: PLC0415
     from orchestrator.runner import Runner, RunPlan  # noqa: PLC0415
     from orchestrator.signals import drain_on_signal  # noqa: PLC0415
