@@ -101,19 +101,19 @@ async def restore_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
     if found.blocker is not None:
         return found.blocker
     sent = Finding(outcome=Action.ROLLED_BACK, snapshot=found.snapshot)
-    if not found.running:
-        sent = await _send(route, row, plan, found)
-        if sent.outcome is not Action.ROLLED_BACK:
-            return sent
     try:
+        if not found.running:
+            sent = await _send(route, row, plan, found)
+            if sent.outcome is not Action.ROLLED_BACK:
+                return sent
         return await _settled(route, row, plan, sent, seen=found.running)
-    except ListingFailed as exc:
+    except ListingFailed as exc:  # a rollback may have been sent: its disk is looked at again first
         return dataclasses.replace(
             sent,
             outcome=Action.FAILED,
             code="UNCONFIRMED",
-            message=f"the rollback was accepted, but its end could not be seen ({exc}); "
-            "--resume looks at the disk before anything is sent again",
+            message=f"the disk could not be looked at after the rollback was sent ({exc}); "
+            "--resume looks at it before anything is sent again",
         )
 
 

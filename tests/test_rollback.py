@@ -6,6 +6,8 @@ disk and snapshot states it checks; the runbook test runs the real create first.
 
 from __future__ import annotations
 
+import signal
+import time
 import urllib.request
 import uuid
 from collections import Counter
@@ -18,7 +20,7 @@ import pytest
 
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from orchestrator.lock import RunLock, lock_for
-from tests.helpers import PROJECT, cli_args, header, invoke, records, requests_of
+from tests.helpers import PROJECT, cli_args, header, invoke, records, requests_of, run_process
 
 RUN = "20261127T035432Z-abc123"
 OTHER_RUN = "20261120T010101Z-def456"
@@ -155,12 +157,17 @@ def test_plan_sends_nothing_and_names_blockers(
 def test_plan_without_blockers_exits_0(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
-    """A plan whose rows all could be rolled back exits 0 (a runbook's go/no-go)."""
-    emu = emulator_thread(**world(2))
+    """A plan whose rows all could be rolled back exits 0 (a runbook's go/no-go); --resume --apply on the
+    plan's report then rolls them back in the same report."""
+    emu = emulator_thread(rollback_seconds=0.1, **world(2))
     source = create_report(tmp_path / "create.jsonl", [{}, {}])
-    result = rollback(emu, source, tmp_path / "plan.jsonl")
+    report = tmp_path / "plan.jsonl"
+    result = rollback(emu, source, report)
     assert result.exit_code == 0, result.stderr
-    assert {r["error_code"] for r in records(tmp_path / "plan.jsonl")} == {None}
+    assert {r["error_code"] for r in records(report)} == {None}
+    result = rollback(emu, source, report, apply=True, resume=True)
+    assert result.exit_code == 0, result.stderr
+    assert [r["outcome"] for r in records(report)] == ["planned", "planned", "rolled_back", "rolled_back"]
 
 
 def test_apply_rolls_back_only_what_passes(
@@ -348,3 +355,30 @@ def test_not_a_create_report(emulator_thread: Callable[..., EmulatorThread], tmp
     assert rollback(emu, plan, tmp_path / "x.jsonl").exit_code == 2
     assert rollback(emu, tmp_path / "missing.jsonl", tmp_path / "y.jsonl").exit_code == 2
     assert rollback(emu, source, source).exit_code == 2
+
+
+def test_sigterm_drains_then_resume_finishes(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """SIGTERM: the rollback in flight is waited for and recorded, no new row starts, exit 143; --resume
+    finishes the rest without a second rollback of any disk."""
+    emu = emulator_thread(rollback_seconds=0.3, **world(3))
+    source = create_report(tmp_path / "create.jsonl", [{}, {}, {}])
+    report = tmp_path / "apply.jsonl"
+    args = cli_args("rollback", source, apply=True, report=report, endpoint=emu.url, concurrency=1)
+    process = run_process([*args, *FAST, *FAST_WAIT])
+    stop = time.monotonic() + 20
+    while not emu.state()["rollbacks"] and time.monotonic() < stop and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 143, stderr.decode()
+    assert [(r["row"], r["outcome"]) for r in records(report)] == [(1, "rolled_back")]
+    result = rollback(emu, source, report, apply=True, resume=True)
+    assert result.exit_code == 0, result.stderr
+    assert sorted((r["row"], r["outcome"]) for r in records(report)) == [
+        (1, "rolled_back"),
+        (2, "rolled_back"),
+        (3, "rolled_back"),
+    ]
+    assert rollbacks_per_snapshot(emu.state()) == dict.fromkeys(SNAPS[:3], 1)
