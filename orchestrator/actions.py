@@ -135,22 +135,30 @@ class ActionBook:
 
 
 class ActionTally:
-    """Counts of an action run: outcomes, error codes, and per-volume kept/deleted counts (capped)."""
+    """Counts of an action run: outcomes, error codes, notes; ``success`` says which outcomes are fine.
 
-    def __init__(self) -> None:
+    A ``planned`` record that names a blocker (an ``error_code``) is not fine: the plan would not do it.
+    """
+
+    def __init__(self, success: frozenset[Action] = SUCCESS | {Action.REFUSED}) -> None:
+        self.success = success
         self.outcomes: Counter[str] = Counter()
         self.codes: Counter[str] = Counter()
+        self.failing = 0
         self.started = time.monotonic()
         self.notes: list[str] = []
 
     def add(self, record: ActionRecord) -> None:
         self.outcomes[record.outcome.value] += 1
-        if record.error_code and record.outcome not in SUCCESS:
-            self.codes[record.error_code] += 1
+        fine = record.outcome in self.success and not (record.outcome is Action.PLANNED and record.error_code)
+        if not fine:
+            self.failing += 1
+            if record.error_code:
+                self.codes[record.error_code] += 1
 
     @property
     def exit_code(self) -> int:
-        return 0 if all(Action(outcome) in SUCCESS | {Action.REFUSED} for outcome in self.outcomes) else 1
+        return 1 if self.failing else 0
 
     def render(self, command: str) -> str:
         parts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(self.outcomes.items()))
@@ -196,6 +204,8 @@ async def action_run(
     lock_key: str,
     lock_file: Path | None,
     console: Console,
+    success: frozenset[Action] = SUCCESS | {Action.REFUSED},
+    grace: float = 10.0,
 ) -> AsyncIterator[ActionRun]:
     """Lock, open the report (header first), load the resume book; on a signal, stop taking new work.
 
@@ -221,11 +231,20 @@ async def action_run(
         header = read_header(Path(report)) if existing else None
         if header is not None and header.command != command:
             raise UsageError(f"{report} is a {header.command} report, not a {command} report")
+        if header is not None:
+            for key in sorted(set(header.shape) | set(shape)):
+                if header.shape.get(key) != shape.get(key):
+                    from orchestrator.errors import ResumeMismatch  # noqa: PLC0415
+
+                    raise ResumeMismatch(
+                        f"--resume: {key} is {shape.get(key)!r}; {report}'s run used "
+                        f"{header.shape.get(key)!r}; nothing was done"
+                    )
         from orchestrator.config import RunIdentity  # noqa: PLC0415
 
         run_id = header.run_id if header is not None else RunIdentity.new(utc_now()).run_id
         book = ActionBook.load(Path(report)) if resume and report != "-" else ActionBook({})
-        tally = ActionTally()
+        tally = ActionTally(success)
         signals: list[int] = []
         with ReportWriter(report, resume=resume) as writer:
             if writer.empty:
@@ -262,7 +281,7 @@ async def action_run(
                         lambda: drain_on_signal(
                             stop=lambda: stopped.append(True),
                             scope=scope,
-                            grace=10.0,
+                            grace=grace,
                             received=signals,
                             console=console,
                             sync=writer.sync,

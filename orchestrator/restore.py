@@ -43,7 +43,8 @@ from orchestrator.waiter import WaitPlan
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
 
-BACKUP_PREFIXES = ("autobk_snapshot_", "manualbk_snapshot_")
+from orchestrator.api.evs import BACKUP_PREFIXES
+
 USABLE = frozenset({Outcome.ACCEPTED, Outcome.AVAILABLE})
 SETTLE_STEP = 1.0  # seconds between looks at a disk while an uncertain rollback settles
 

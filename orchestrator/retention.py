@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from orchestrator.console import Console
     from orchestrator.finish import Closing
 
-BACKUP_PREFIXES = ("autobk_snapshot_", "manualbk_snapshot_")
+from orchestrator.api.evs import BACKUP_PREFIXES
+
 DELETABLE = frozenset({"available", "error"})
 DELETING = "deleting"
 NOT_YET_DELETABLE = "EVS.1047"

@@ -17,6 +17,8 @@ import orjson
 from orchestrator.models import SnapshotRequest
 
 RUN_MARKER_KEY = "evs_snapshot_run"
+# Names the backup service gives its snapshots: never the tool's, never deleted or used (evs-api.md 8.2).
+BACKUP_PREFIXES = ("autobk_snapshot_", "manualbk_snapshot_")
 PAGE = 1000
 
 

@@ -55,7 +55,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     """Plan or apply the rollback of the chosen rows; returns the exit code (see the module docstring)."""
     import contextlib  # noqa: PLC0415
 
-    from orchestrator.actions import action_run  # noqa: PLC0415
+    from orchestrator.actions import Action, action_run  # noqa: PLC0415
     from orchestrator.api.routes import connect  # noqa: PLC0415
     from orchestrator.restore import RestorePlan  # noqa: PLC0415
 
@@ -74,6 +74,8 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
         lock_key=str(settings.source),
         lock_file=settings.lock_file,
         console=console,
+        success=frozenset({Action.PLANNED, Action.ROLLED_BACK}),
+        grace=60.0,  # a rollback in flight takes a while: give it time to be recorded
     ) as action:
         async with contextlib.AsyncExitStack() as stack:
             router = await connect(stack, settings.connection)

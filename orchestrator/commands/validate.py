@@ -29,7 +29,11 @@ if TYPE_CHECKING:
     from orchestrator.retry import RetryPolicy
 
 MAX_SNAPSHOTS_PER_VOLUME = SNAPSHOTS_PER_DISK
-BACKUP_PREFIXES = ("autobk_snapshot_", "manualbk_snapshot_")
+BACKUP_PREFIXES = (
+    "autobk_snapshot_",
+    "manualbk_snapshot_",
+)  # as orchestrator.api.evs (not imported at start-up)
+
 SHOWN_PER_CODE = 10
 HINTS = {
     "MISSING_PROJECT_ID": "pass --project-id or --region (or give project_id/region columns)",
