@@ -76,11 +76,10 @@ class Main(click.Group):
         except click.ClickException as exc:
             _usage_error(console, exc)
             code = exc.exit_code
-        except click.exceptions.Abort:
-            console.error("aborted")
-            code = 130
+        except click.exceptions.Abort:  # click's form of KeyboardInterrupt (and of EOF at a prompt)
+            code = _interrupted(console)
         except KeyboardInterrupt:
-            code = 130
+            code = _interrupted(console)
         except BaseException as exc:
             error = first_error(exc)
             if isinstance(error, SystemExit):
@@ -89,7 +88,7 @@ class Main(click.Group):
                 console.error(str(error), exit_code=error.exit_code)
                 code = error.exit_code
             elif isinstance(error, KeyboardInterrupt):
-                code = 130
+                code = _interrupted(console)
             else:
                 if debug:
                     traceback.print_exception(exc, file=sys.stderr)
@@ -100,6 +99,16 @@ class Main(click.Group):
                 code = INTERNAL_ERROR
         _flush()
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted(console: Console) -> int:
+    """SIGINT where a command has no handler of its own (start-up, checks): say so, exit 130."""
+    console.error(
+        "stopped by SIGINT; any record written is whole: run the same command again "
+        "(create: with --resume when its report holds records)",
+        exit_code=130,
+    )
+    return 130
 
 
 def _usage_error(console: Console, exc: click.ClickException) -> None:

@@ -192,7 +192,7 @@ def test_a_report_that_is_not_a_file_is_refused_up_front(
     write: Callable[..., Path],
     tmp_path: Path,
 ) -> None:
-    """A directory, a device, or a symlink to /dev/null as --report: exit 2 before anything is sent."""
+    """A directory, a device, or a symlink to /dev/null as --report: exit 2 before any request."""
     emu = emulator_thread(any_volume=True)
     result = invoke(create_args(emu.url, csv_manifest(write, IDS[:2]), _report_target(kind, tmp_path)))
     line = refused(result, fragment)

@@ -56,6 +56,16 @@ def whole_lines(report: Path) -> None:
         orjson.loads(line)
 
 
+def own_project(write: Callable[..., Path], ids: list[str], name: str = "m.csv") -> Path:
+    """A manifest whose rows name their project (so create sends no quota check before the rows)."""
+    return write(name, "volume_id,project_id\n" + "".join(f"{vid},{PROJECT}\n" for vid in ids))
+
+
+def rows_args(url: str, manifest: Path, report: Path, *extra: str) -> list[str]:
+    """A create command whose first request is a row's create (no --project-id, so no quota check)."""
+    return [*cli_args("create", manifest, endpoint=url, report=report), *extra]
+
+
 def with_file_size_limit(limit: int, args: list[str]) -> subprocess.Popen[bytes]:
     """The CLI as a process whose files may not grow past ``limit`` bytes (``ulimit -f``).
 
@@ -73,6 +83,16 @@ def with_file_size_limit(limit: int, args: list[str]) -> subprocess.Popen[bytes]
         stderr=subprocess.PIPE,
         env={**os.environ, **AKSK_ENV},
     )
+
+
+def finished(process: subprocess.Popen[bytes], limit: float = 10.0) -> bytes:
+    """The stderr of a process that must end within ``limit`` seconds (killed and shown otherwise)."""
+    try:
+        return process.communicate(timeout=limit)[1]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stderr = process.communicate()[1]
+        raise AssertionError(f"still running after {limit}s; stderr: {stderr.decode()}") from None
 
 
 def test_file_size_limit_stops_the_run_cleanly_and_resume_finishes(
@@ -156,19 +176,19 @@ def test_second_sigint_says_it_stopped_at_once(
 ) -> None:
     """SIGINT, then SIGINT again during the drain: exit 130 at once, with a line saying so."""
     ids = volume_ids(20, seed=133)
-    emu = emulator_thread(any_volume=True, latency_ms=1500)
+    emu = emulator_thread(any_volume=True, latency_ms=1000)
     report = tmp_path / "r.jsonl"
-    args = create_args(emu.url, csv_manifest(write, ids), report, "--concurrency", "4", "--settle", "0.5")
+    args = rows_args(emu.url, own_project(write, ids), report, "--concurrency", "4", "--settle", "0.5")
     with run_process(args) as process:
         stop = time.monotonic() + 20
         while emu.state()["max_in_flight"] == 0 and time.monotonic() < stop:
             time.sleep(0.02)
         process.send_signal(signal.SIGINT)
         time.sleep(0.3)
-        assert process.poll() is None, "the first SIGINT drains rows in flight (1.5 s each)"
+        assert process.poll() is None, "the first SIGINT drains rows in flight (1 s each)"
         started = time.monotonic()
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=10)
+        stderr = finished(process)
         took = time.monotonic() - started
     text = stderr.decode()
     assert process.returncode == 130, text
@@ -179,6 +199,33 @@ def test_second_sigint_says_it_stopped_at_once(
     assert "stopping now" in second
     assert "--resume" in second
     whole_lines(report)
+    summary = invoke(["summary", str(report)])
+    assert summary.exit_code == 1, summary.output
+    done = len(records(report))
+    assert f"({done} of 20 rows have a record)" in summary.stdout
+    assert f"{20 - done} rows never started: run the same command with --resume" in summary.stdout
+
+
+def test_sigint_before_the_rows_says_so(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """SIGINT during start-up checks (the quota GET): exit 130 with one line, not silently."""
+    emu = emulator_thread(any_volume=True, latency_ms=1000)
+    report = tmp_path / "r.jsonl"
+    args = create_args(emu.url, csv_manifest(write, volume_ids(3, seed=144)), report, "--settle", "0.5")
+    with run_process(args) as process:
+        stop = time.monotonic() + 20
+        while emu.state()["max_in_flight"] == 0 and time.monotonic() < stop:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        stderr = finished(process)
+    text = stderr.decode()
+    assert process.returncode == 130, text
+    assert "Traceback" not in text
+    [line] = [line for line in text.splitlines() if line.startswith("evs-snapshot: error:")]
+    assert "stopped by SIGINT" in line
+    assert "run the same command again" in line
+    assert CREATE_ROUTE not in emu.state()["requests"]
 
 
 def test_create_wait_reports_the_whole_run(
@@ -248,7 +295,8 @@ def test_wait_reports_its_own_requests_and_time(
     assert float(match.group(3)) <= sent / 0.3  # the wait lasted at least 0.3 s (creating_seconds)
     rounds = [line for line in result.stderr.splitlines() if line.startswith("poll round:")]
     assert rounds
-    assert not any(re.search(r"\b1 requests\b", line) for line in rounds)
+    assert not any(re.search(r"\b1 requests\b", line) for line in rounds), rounds
+    assert any(line.startswith("poll round: 1 request,") for line in rounds), rounds
 
 
 def test_create_and_wait_keep_separate_metrics_series(
@@ -317,13 +365,13 @@ def test_progress_says_a_silent_endpoint_has_not_answered(write: Callable[..., P
         silent.bind(("127.0.0.1", 0))
         silent.listen(64)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        args = create_args(url, csv_manifest(write, volume_ids(10, seed=140)), tmp_path / "r.jsonl")
-        result = invoke([*args, "--progress", "--timeout", "0.4", "--deadline", "1.2s", "--settle", "0.5"])
+        args = rows_args(url, own_project(write, volume_ids(10, seed=140)), tmp_path / "r.jsonl")
+        result = invoke([*args, "--progress", "--timeout", "0.4", "--deadline", "1s", "--settle", "0.5"])
     assert result.exit_code in (1, 3), result.output
     assert "Traceback" not in result.output
     frames = _frames(result.stderr)
     assert len(frames) >= 2, result.stderr
-    assert all("no answer yet" in frame for frame in frames), frames
+    assert all("no answer yet" in frame for frame in frames if not frame.startswith("10/10")), frames
     assert any("in flight 1" in frame or "settling" in frame for frame in frames[1:]), frames
     assert not any("retries" in frame for frame in frames), frames  # every row sent once at most
 
@@ -333,7 +381,7 @@ def test_progress_shows_requests_in_flight_and_throttling(
 ) -> None:
     """Slow answers show as requests in flight (not retries); 429s show as throttled."""
     slow = emulator_thread(any_volume=True, latency_ms=300)
-    args = create_args(slow.url, csv_manifest(write, volume_ids(2, seed=141)), tmp_path / "slow.jsonl")
+    args = rows_args(slow.url, own_project(write, volume_ids(2, seed=141)), tmp_path / "slow.jsonl")
     result = invoke([*args, "--progress", "--settle", "0.5"])
     assert result.exit_code == 0, result.output
     frames = _frames(result.stderr)
@@ -341,8 +389,8 @@ def test_progress_shows_requests_in_flight_and_throttling(
     assert not any("retries" in frame for frame in frames), frames
 
     throttled = emulator_thread(any_volume=True, rate_limit=8, burst=1)
-    args = create_args(
-        throttled.url, csv_manifest(write, volume_ids(6, seed=142), "t.csv"), tmp_path / "t.jsonl"
+    args = rows_args(
+        throttled.url, own_project(write, volume_ids(6, seed=142), "t.csv"), tmp_path / "t.jsonl"
     )
     result = invoke([*args, "--progress", *FAST_RETRIES])
     assert result.exit_code == 0, result.output
@@ -360,7 +408,7 @@ def test_rows_queued_behind_the_credentials_proof_go_out_together(
 ) -> None:
     """Once the first request has proven the credentials, the rows that waited for it are sent in parallel."""
     emu = emulator_thread(any_volume=True, latency_ms=100)
-    args = create_args(emu.url, csv_manifest(write, volume_ids(6, seed=143)), tmp_path / "r.jsonl")
+    args = rows_args(emu.url, own_project(write, volume_ids(6, seed=143)), tmp_path / "r.jsonl")
     assert invoke([*args, "--settle", "0.5"]).exit_code == 0
     assert emu.state()["max_in_flight"] > 1
 
@@ -384,9 +432,10 @@ def test_refused_credentials_stop_validate_online_within_two_requests(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="commands/validate.py: _volume_problem turns RouteClosed into a problem line per queued row "
-    "(problems.add(exc.code, ...)), and _check_online raises RouteClosed before validate() prints "
-    "problems.close() and the count line; stderr also gets two error lines (the closure, 'validate stopped')",
+    reason="commands/validate.py: _volume_problem returns a RouteClosed as the row's problem, so every row "
+    "already queued prints an 'APIGW.0301: row N' line; _check_online then prints the closure and raises "
+    "RouteClosed ('validate stopped'): two error lines, and validate() never reaches problems.close() "
+    "and the count line",
 )
 def test_refused_credentials_give_validate_one_error_and_a_count(
     emulator_thread: Callable[..., Any], write: Callable[..., Path]
@@ -416,8 +465,10 @@ def _sample_emulator(emulator_thread: Callable[..., Any]) -> Any:
 @pytest.mark.xfail(
     strict=True,
     reason="README ('After fixing a cause (say, --force for attached disks), rerun the same create command "
-    "with --resume', and '(rejected rows are sent again: ... say with --force)'): samples/volumes.csv "
-    "row 4 sets force=false, and a row's own force wins over --force, so row 4 stays rejected EVS.5400",
+    "with --resume'; '--force and --description may change (to force the rows refused as in-use)') and "
+    "tally.NEXT_STEP ('rejected: fix the cause (say --force for in-use disks) and run the same create with "
+    "--resume'): samples/volumes.csv row 4 sets force=false, and a row's own force wins over --force, "
+    "so row 4 stays rejected EVS.5400",
 )
 def test_readme_force_then_resume_example_works_on_the_sample(
     emulator_thread: Callable[..., Any], tmp_path: Path
@@ -435,9 +486,9 @@ def test_readme_force_then_resume_example_works_on_the_sample(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="commands/create.py: _identity() compares the report's shape (project_id from the embedded "
-    "emulator) with settings.defaults before with_emulator() fills project_id in, so "
-    "'create --emulator --resume' is always refused: \"--resume: project_id is ''\"",
+    reason="commands/create.py create(): resume_identity(..., shape=name_shape(settings.defaults)) runs "
+    "before _locked() applies demo.with_emulator(), which fills in the emulator's project_id and region; "
+    "so 'create --emulator --resume' is always refused: \"--resume: project_id is ''\"",
 )
 def test_emulator_demo_can_be_resumed(tmp_path: Path) -> None:
     """``create samples/volumes.csv --emulator`` then the same with ``--resume``: accepted rows are kept."""
