@@ -14,8 +14,18 @@ from orchestrator.manifest import RawRow
 
 if TYPE_CHECKING:
     from orchestrator.commands.create import CreateSettings
+    from orchestrator.config import RowDefaults
 
 EMULATOR_STATUS_COLUMN = "emulator_status"
+
+
+def demo_defaults(defaults: RowDefaults) -> RowDefaults:
+    """The row defaults of a demo run: the emulator's project and region unless the options say."""
+    from orchestrator.emulator.settings import DEFAULT_PROJECT_ID  # noqa: PLC0415
+
+    return dataclasses.replace(
+        defaults, project_id=defaults.project_id or DEFAULT_PROJECT_ID, region=defaults.region or "cn-north-4"
+    )
 
 
 @contextlib.asynccontextmanager
@@ -26,10 +36,10 @@ async def with_emulator(settings: CreateSettings, rows: Iterator[RawRow]) -> Asy
     sets each disk's state, so a demo or rehearsal can show every outcome.
     """
     from orchestrator.emulator import EmulatorSettings, SeedVolume, serving  # noqa: PLC0415
-    from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_PROJECT_ID, DEFAULT_SK  # noqa: PLC0415
+    from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK  # noqa: PLC0415
 
-    project = settings.defaults.project_id or DEFAULT_PROJECT_ID
-    region = settings.defaults.region or "cn-north-4"
+    row_defaults = demo_defaults(settings.defaults)
+    project, region = str(row_defaults.project_id), str(row_defaults.region)
     seeds: dict[str, SeedVolume] = {}
     for raw in rows:
         key = volume_key(raw.fields, settings.defaults) if raw.fields is not None else None

@@ -36,7 +36,9 @@ SIDE = frozenset({Outcome.DUPLICATE_DELETED, Outcome.DUPLICATE_FOUND})
 
 def utc_iso(moment: datetime) -> str:
     """Render a UTC instant as ISO 8601 with milliseconds and a ``Z``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"  # drop "+00:00"; C, not strftime
 
 
 def utc_now() -> datetime:

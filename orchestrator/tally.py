@@ -25,7 +25,7 @@ OK = SUCCESSFUL | {Outcome.PLANNED}
 # What to do about a row, by its last outcome (``summary`` prints it; the README explains it).
 NEXT_STEP = {
     Outcome.INVALID: "fix these rows; run them as a new manifest (a changed manifest cannot be resumed)",
-    Outcome.REJECTED: "fix the cause (say --force for in-use disks) and run the same create with --resume",
+    Outcome.REJECTED: "fix the cause (say --force, for in-use rows without force) and run create --resume",
     Outcome.FAILED: "run the same create command with --resume (uncertain rows are looked up first)",
     Outcome.WAIT_TIMEOUT: "run `evs-snapshot wait REPORT` again (nothing is sent again for these rows)",
     Outcome.SNAPSHOT_ERROR: "the snapshot ended in error: remove it (cleanup), snapshot the disk anew",

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from orchestrator.emulator import SeedVolume
 from tests.conftest import volume_ids
@@ -397,12 +396,6 @@ def test_progress_shows_requests_in_flight_and_throttling(
     assert any("throttled" in frame for frame in _frames(result.stderr)), result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/routes.py Route._alone_until_proven: every row that arrived while the route was unproven "
-    "queues on the gate lock and then sends *under* it, one at a time, even after the first success has "
-    "proven the route; a run of at most --concurrency rows is sent strictly one by one (max_in_flight 1)",
-)
 def test_rows_queued_behind_the_credentials_proof_go_out_together(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -430,13 +423,6 @@ def test_refused_credentials_stop_validate_online_within_two_requests(
     assert "credentials refused" in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="commands/validate.py: _volume_problem returns a RouteClosed as the row's problem, so every row "
-    "already queued prints an 'APIGW.0301: row N' line; _check_online then prints the closure and raises "
-    "RouteClosed ('validate stopped'): two error lines, and validate() never reaches problems.close() "
-    "and the count line",
-)
 def test_refused_credentials_give_validate_one_error_and_a_count(
     emulator_thread: Callable[..., Any], write: Callable[..., Path]
 ) -> None:
@@ -462,14 +448,6 @@ def _sample_emulator(emulator_thread: Callable[..., Any]) -> Any:
     return emulator_thread(volumes=tuple(volumes), project_id=PROJECT)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="README ('After fixing a cause (say, --force for attached disks), rerun the same create command "
-    "with --resume'; '--force and --description may change (to force the rows refused as in-use)') and "
-    "tally.NEXT_STEP ('rejected: fix the cause (say --force for in-use disks) and run the same create with "
-    "--resume'): samples/volumes.csv row 4 sets force=false, and a row's own force wins over --force, "
-    "so row 4 stays rejected EVS.5400",
-)
 def test_readme_force_then_resume_example_works_on_the_sample(
     emulator_thread: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -484,12 +462,6 @@ def test_readme_force_then_resume_example_works_on_the_sample(
     assert last_per_row(report)[4]["outcome"] == "accepted"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="commands/create.py create(): resume_identity(..., shape=name_shape(settings.defaults)) runs "
-    "before _locked() applies demo.with_emulator(), which fills in the emulator's project_id and region; "
-    "so 'create --emulator --resume' is always refused: \"--resume: project_id is ''\"",
-)
 def test_emulator_demo_can_be_resumed(tmp_path: Path) -> None:
     """``create samples/volumes.csv --emulator`` then the same with ``--resume``: accepted rows are kept."""
     report = tmp_path / "r.jsonl"

@@ -159,11 +159,19 @@ class Route:
 
     @contextlib.asynccontextmanager
     async def _alone_until_proven(self) -> AsyncIterator[None]:
+        """Hold the route's gate until one request has got through; then everyone goes at once."""
         if self.proven:
             yield
             return
-        async with self._gate:
+        await self._gate.acquire()
+        if self.proven:  # proven while this request waited: the rows queued behind it fan out
+            self._gate.release()
             yield
+            return
+        try:
+            yield
+        finally:
+            self._gate.release()
 
     async def _call(self, call: Call) -> Answer:
         self.counts[call.kind.value] += 1

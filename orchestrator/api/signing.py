@@ -91,10 +91,21 @@ def canonical_request(
 ) -> str:
     """The canonical request of section 5.2: method, URI, query, headers, blank line, names, hash."""
     values = {name.lower(): str(value).strip() for name, value in headers.items()}
+    return _canonical(method, path, query, values, signed, payload_hash(body, headers))
+
+
+def _canonical(
+    method: str,
+    path: str,
+    query: Iterable[tuple[str, str]],
+    values: Mapping[str, str],
+    signed: Sequence[str],
+    hashed: str,
+) -> str:
     header_block = "".join([f"{name}:{values.get(name, '')}\n" for name in signed])
     return (
         f"{method.upper()}\n{canonical_uri(path)}\n{canonical_query(query) if query else ''}\n"
-        f"{header_block}\n{';'.join(signed)}\n{payload_hash(body, headers)}"
+        f"{header_block}\n{';'.join(signed)}\n{hashed}"
     )
 
 
@@ -142,10 +153,11 @@ def authorization(
     ``derived`` is ``(region, service)`` for ``V11-HMAC-SHA256``; ``None`` signs ``SDK-HMAC-SHA256``.
     """
     sdk_date = next(value for name, value in headers.items() if name.lower() == "x-sdk-date")
-    signed = signed_header_names(headers)
-    canonical = canonical_request(
-        method=method, path=path, query=query, headers=headers, signed=signed, body=body
-    )
+    # One pass over the headers serves the signed names, the header block and the payload hash.
+    values = {name.lower(): str(value).strip() for name, value in headers.items()}
+    signed = sorted([name for name in values if "_" not in name])
+    hashed = payload_hash(body, headers) if body else EMPTY_HASH
+    canonical = _canonical(method, path, query, values, signed, hashed)
     names = ";".join(signed)
     if derived is None:
         sig = signature(sk, string_to_sign(canonical, sdk_date))

@@ -78,6 +78,10 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
         raise UsageError("--emulator starts its own emulator; leave out --endpoint (or leave out --emulator)")
     if not settings.resume and settings.report != "-":
         refuse_existing(Path(settings.report))  # before anything is read or sent
+    if settings.emulator:
+        from orchestrator.demo import demo_defaults  # noqa: PLC0415
+
+        settings = dataclasses.replace(settings, defaults=demo_defaults(settings.defaults))
     also_known = frozenset({"emulator_status"}) if settings.emulator else frozenset()
     display = "<stdin>" if settings.source.path == "-" else settings.source.path
     with spooled(settings.source) as source:

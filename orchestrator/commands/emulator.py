@@ -21,9 +21,10 @@ from orchestrator.emulator.settings import (
     EmulatorSettings,
 )
 from orchestrator.errors import EvsSnapshotError
+from orchestrator.options import Finite
 
 DEFAULTS = EmulatorSettings()
-SECONDS = click.FloatRange(min=0)
+SECONDS = Finite(0)
 SEED_FILE = click.Path(path_type=Path, dir_okay=False)
 
 
@@ -71,7 +72,7 @@ def probability(_ctx: click.Context, _param: click.Parameter, value: float) -> f
     "--token-ttl",
     default=DEFAULTS.token_ttl,
     show_default=True,
-    type=click.FloatRange(min=0.1),
+    type=Finite(0.1),
     help="Lifetime of issued tokens, seconds.",
 )
 @click.option(
@@ -117,7 +118,7 @@ def probability(_ctx: click.Context, _param: click.Parameter, value: float) -> f
 @click.option(
     "--rate-limit",
     default=None,
-    type=click.FloatRange(min=0.001),
+    type=Finite(0.001),
     help="Requests per second per tenant; 429 APIGW.0308 beyond it.  [default: off]",
 )
 @click.option("--burst", default=None, type=click.IntRange(min=1), help="Bucket size.  [default: RPS]")

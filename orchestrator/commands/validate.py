@@ -101,17 +101,25 @@ async def validate(settings: ValidateSettings, *, console: Console, stdout: Text
                 else:
                     yield item
 
+        stopped = None
         if settings.online is None:
             for _ in requests():
                 pass
         else:
-            good += await _check_online(requests(), settings, problems, console)
+            from orchestrator.errors import RouteClosed  # noqa: PLC0415
+
+            try:
+                good += await _check_online(requests(), settings, problems, console)
+            except RouteClosed as exc:
+                stopped = exc
     problems.close()
     bad = sum(problems.counts.values())
     codes = ", ".join(f"{code} x{count}" for code, count in problems.counts.most_common())
     checked = " (checked online)" if settings.online else ""
     stdout.write(f"{total} rows: {good} would be sent{checked}, {bad} with problems")
     stdout.write(f" ({codes})\n" if codes else "\n")
+    if stopped is not None:
+        raise stopped  # after the count: the one error line, exit 3
     return 0 if bad == 0 else 1
 
 
@@ -124,6 +132,7 @@ async def _check_online(
     import anyio  # noqa: PLC0415
 
     from orchestrator.api.routes import connect  # noqa: PLC0415
+    from orchestrator.errors import RouteClosed  # noqa: PLC0415
 
     connection = settings.online
     assert connection is not None  # noqa: S101 - only called online
@@ -139,7 +148,10 @@ async def _check_online(
             nonlocal good
             async with stream:
                 async for request in stream:
-                    problem = await _volume_problem(router, request, settings.policy)
+                    try:
+                        problem = await _volume_problem(router, request, settings.policy)
+                    except RouteClosed:
+                        continue  # refused: not this row's problem; the run stops with one message
                     if problem is None:
                         good += 1
                         per_project[(request.region, request.project_id or "")] += 1
@@ -161,13 +173,8 @@ async def _check_online(
                 good -= await _quota_problem(router, region, project, wanted, settings.policy, problems)
         closures = router.closures()
     if closures:
-        for closure in closures:
-            console.error(closure.message, code=closure.code)
-        from orchestrator.errors import RouteClosed  # noqa: PLC0415
-
-        raise RouteClosed(
-            closures[0].code, "validate stopped: the API refused the credentials or the project"
-        )
+        reasons = "; ".join(closure.message for closure in closures)
+        raise RouteClosed(closures[0].code, f"{reasons}; validate stopped (fix the cause and run it again)")
     return good
 
 
@@ -176,7 +183,7 @@ async def _volume_problem(
 ) -> tuple[str, str] | None:
     from orchestrator.api import evs  # noqa: PLC0415
     from orchestrator.api.safe import fetch_json  # noqa: PLC0415
-    from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError  # noqa: PLC0415
+    from orchestrator.errors import ListingFailed, ProjectLookupFailed, TransportError  # noqa: PLC0415
 
     try:
         route = await router.route_for(request.project_id, request.region)
@@ -205,7 +212,7 @@ async def _volume_problem(
         return "CHECK_FAILED", str(exc)
     except TransportError as exc:
         return "CHECK_FAILED", str(exc)
-    except (ProjectLookupFailed, RouteClosed) as exc:
+    except ProjectLookupFailed as exc:
         return exc.code, exc.message
     return None
 
