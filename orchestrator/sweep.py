@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from orchestrator.errors import RouteClosed
 from orchestrator.models import Outcome, Record, utc_iso, utc_now
 from orchestrator.report import ReportWriter, final_records
 from orchestrator.retry import RetryPolicy
+from orchestrator.tally import Tally
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
@@ -48,12 +49,20 @@ async def sweep(
     run_id: str,
     report: Path,
     writer: ReportWriter,
-    emit: Callable[[Record, Outcome | None], None],
+    tally: Tally,
     policy: RetryPolicy,
     keep_duplicates: bool,
     patience: float,
 ) -> SweepResult:
     """Find and remove this run's extra snapshots in each project; append records for what it did."""
+
+    def emit(record: Record, previous: Outcome | None) -> None:
+        writer.write(record)
+        if previous is None:
+            tally.add(record)  # a side record
+        else:
+            tally.replace(previous, record)  # the row's state changed (found created after all)
+
     result = SweepResult()
     ours: defaultdict[str, list[tuple[Route, dict[str, Any]]]] = defaultdict(list)
     for route in routes:

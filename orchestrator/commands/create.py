@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from orchestrator.console import Console
     from orchestrator.finish import Closing
     from orchestrator.manifest import ManifestSource, RawRow
-    from orchestrator.models import Outcome, Record
     from orchestrator.report import ReportWriter, ResumeBook
     from orchestrator.retry import RetryPolicy
     from orchestrator.tally import Tally
@@ -289,7 +288,7 @@ async def _sweep(
             run_id=identity.run_id,
             report=report,
             writer=writer,
-            emit=lambda record, previous: _emit(writer, tally, record, previous),
+            tally=tally,
             policy=sweep_policy(settings.policy),
             keep_duplicates=settings.keep_duplicates,
             patience=max(settings.settle, 10.0),
@@ -331,14 +330,6 @@ async def _warn_over_quota(settings: CreateSettings, router: Router, total: int,
             rows=total,
             remaining=remaining,
         )
-
-
-def _emit(writer: ReportWriter, tally: Tally, record: Record, previous: Outcome | None) -> None:
-    writer.write(record)
-    if previous is None:
-        tally.add(record)
-    else:
-        tally.replace(previous, record)
 
 
 def _phase(tally: Tally, name: str, started: float, router: Router | None) -> None:

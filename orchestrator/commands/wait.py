@@ -23,10 +23,7 @@ if TYPE_CHECKING:
     from orchestrator.config import Connection
     from orchestrator.console import Console
     from orchestrator.finish import Closing
-    from orchestrator.models import Outcome, Record
-    from orchestrator.report import ReportWriter
     from orchestrator.retry import RetryPolicy
-    from orchestrator.tally import Tally
     from orchestrator.waiter import WaitPlan
 
 
@@ -80,7 +77,7 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
                     run_id=header.run_id,
                     report=report,
                     writer=writer,
-                    emit=lambda record, previous: _emit(writer, tally, record, previous),
+                    tally=tally,
                     policy=sweep_policy(settings.policy),
                     keep_duplicates=settings.keep_duplicates,
                     patience=settings.plan.interval * 4,
@@ -101,14 +98,6 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
     if received:
         raise Interrupted(received[0], "run wait again to go on")
     return code
-
-
-def _emit(writer: ReportWriter, tally: Tally, record: Record, previous: Outcome | None) -> None:
-    writer.write(record)
-    if previous is None:
-        tally.add(record)
-    else:
-        tally.replace(previous, record)
 
 
 @click.command("wait")
