@@ -60,7 +60,7 @@ def test_chaos_with_a_kill_a_resume_and_a_second_run(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """Late commits, 5xx, drops, throttling, SIGKILL + --resume, a second same-day run: one snapshot per row per run."""
-    ids = volume_ids(150, seed=131)
+    ids = volume_ids(90, seed=131)
     emu = emulator_thread(any_volume=True, seed=131, **CHAOS)
     manifest = csv_manifest(write, ids)
     first = tmp_path / "first.jsonl"

@@ -71,7 +71,7 @@ def test_a_second_same_day_run_never_takes_the_first_runs_snapshots(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """Same manifest, same default names, 5xx on the second run: its lookups find only its own snapshots."""
-    ids = volume_ids(50, seed=102)
+    ids = volume_ids(30, seed=102)
     emu = emulator_thread(any_volume=True, seed=102)
     manifest = csv_manifest(write, ids)
     first = tmp_path / "first.jsonl"
@@ -121,7 +121,7 @@ def test_commits_later_than_the_settle_window_are_swept(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """A backend slower than --settle makes a second snapshot; the end-of-run sweep deletes it and says so."""
-    ids = volume_ids(30, seed=106)
+    ids = volume_ids(20, seed=106)
     emu = emulator_thread(
         any_volume=True,
         seed=106,
@@ -133,7 +133,7 @@ def test_commits_later_than_the_settle_window_are_swept(
     )
     report = tmp_path / "r.jsonl"
     result = invoke(
-        create_args(emu.url, csv_manifest(write, ids), report, settle="0.1", max_rps=15, concurrency=2)
+        create_args(emu.url, csv_manifest(write, ids), report, settle="0.1", max_rps=20, concurrency=2)
     )
     assert result.exit_code == 0, result.output
     side = [r for r in records(report) if r["outcome"] == "duplicate_deleted"]
@@ -153,7 +153,7 @@ def test_keep_duplicates_reports_without_deleting(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """--keep-duplicates: duplicate_found records, nothing deleted."""
-    ids = volume_ids(20, seed=107)
+    ids = volume_ids(14, seed=107)
     emu = emulator_thread(any_volume=True, seed=107, fault_late_commit=0.4, late_commit_seconds=0.5)
     report = tmp_path / "r.jsonl"
     args = create_args(emu.url, csv_manifest(write, ids), report, settle="0.1", max_rps=12, concurrency=2)
@@ -382,13 +382,13 @@ def test_validate_counts_only_what_the_service_counts(
 def test_deadline_holds_and_cancels_requests_in_flight(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """--deadline 4s, 3 s per answer: the first create is cut in flight (UNCONFIRMED), the rest DEADLINE_EXCEEDED."""
+    """--deadline 2s, 1.5 s per answer: the first create is cut in flight (UNCONFIRMED), the rest DEADLINE_EXCEEDED."""
     ids = volume_ids(20, seed=116)
-    emu = emulator_thread(any_volume=True, latency_ms=3_000)
+    emu = emulator_thread(any_volume=True, latency_ms=1_500)
     report = tmp_path / "r.jsonl"
     started = time.monotonic()
-    # The quota pre-flight takes the first 3 s; the first create goes out at 3 s and is cut at 4 s.
-    result = invoke(create_args(emu.url, csv_manifest(write, ids), report, deadline="4s", concurrency=4))
+    # The quota pre-flight takes the first 1.5 s; the first create goes out then and is cut at 2 s.
+    result = invoke(create_args(emu.url, csv_manifest(write, ids), report, deadline="2s", concurrency=4))
     elapsed = time.monotonic() - started
     assert result.exit_code == 1
     codes = Counter(r["error_code"] for r in last_per_row(report).values())
