@@ -233,12 +233,32 @@ async def _volume(route: Route, row: Record, policy: RetryPolicy, kind: evs.Kind
 
 
 async def _send(route: Route, row: Record, plan: RestorePlan, found: Look) -> Finding:
-    """POST the rollback; ``ROLLED_BACK`` here means accepted (or found taken), to be waited for."""
+    """POST the rollback; ``ROLLED_BACK`` here means accepted (or found taken), to be waited for.
+
+    When the disk cannot be looked at after a request went out, the row is ``UNCONFIRMED`` with the
+    requests it really sent (``attempts``, the last status), so ``--resume`` looks before resending.
+    """
+    sent: list[Finding] = [Finding(outcome=Action.FAILED, snapshot=found.snapshot)]
+    try:
+        return await _send_until_settled(route, row, plan, found, sent)
+    except ListingFailed as exc:
+        return dataclasses.replace(
+            sent[0],
+            outcome=Action.FAILED,
+            code="UNCONFIRMED",
+            message=f"the disk could not be looked at after the rollback was sent ({exc}); "
+            "--resume looks at it before anything is sent again",
+        )
+
+
+async def _send_until_settled(
+    route: Route, row: Record, plan: RestorePlan, found: Look, sent: list[Finding]
+) -> Finding:
     rng = random.Random()
     policy = plan.policy
     call = evs.rollback_snapshot(route.project_id, str(row.snapshot_id), str(row.volume_id))
     uncertain = doubtful = False  # doubtful: some attempt may have arrived without an answer
-    last = Finding(outcome=Action.FAILED, snapshot=found.snapshot)
+    last = sent[0]
     attempt = 0
     while attempt < policy.max_attempts:
         if uncertain:
@@ -256,7 +276,7 @@ async def _send(route: Route, row: Record, plan: RestorePlan, found: Look) -> Fi
         except TransportError as exc:
             uncertain = exc.may_have_arrived
             doubtful = doubtful or uncertain
-            last = dataclasses.replace(
+            last = sent[0] = dataclasses.replace(
                 last, code=exc.code, message=str(exc), http_status=None, attempts=attempt
             )
         else:
@@ -264,7 +284,7 @@ async def _send(route: Route, row: Record, plan: RestorePlan, found: Look) -> Fi
                 route.check_open()
             answer = reply.answer
             code, message = answer.error() if not answer.ok else (None, None)
-            last = dataclasses.replace(
+            last = sent[0] = dataclasses.replace(
                 last,
                 code=code,
                 message=message,
