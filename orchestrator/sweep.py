@@ -1,11 +1,13 @@
 """The end-of-run sweep: exactly one snapshot per accepted row, even when the cloud acted late.
 
-It pages each project's snapshots (1000 a request: at most N/1000 + 1 list requests per project) and
-groups those carrying this run's marker by volume. Where a volume holds more than one, the one the
-report names is kept and the others are deleted (``--keep-duplicates``: only reported); each is a
-``duplicate_deleted`` / ``duplicate_found`` side record of the row, which does not change the row's
-state. Where a row's last record is not a success but its snapshot exists (a lookup that could not
-confirm it, then a late commit), an ``accepted`` record with ``reconciled: true`` is appended.
+It pages each project's snapshots (1000 a request: at most N/1000 + 1 list requests per project, plus
+one lookup per volume that may hold a second snapshot of the run) and groups those carrying this
+run's marker by volume, with flat memory (a Bloom filter of the volumes seen). Where a volume holds
+more than one, the one the report names is kept and the others are deleted (``--keep-duplicates``:
+only reported); each is a ``duplicate_deleted`` / ``duplicate_found`` side record of the row, which
+does not change the row's state. Where a row's last record is not a success but its snapshot exists
+(a lookup that could not confirm it, then a late commit), an ``accepted`` record with
+``reconciled: true`` is appended.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.api import evs
-from orchestrator.api.safe import delete_snapshot, list_all
+from orchestrator.api.safe import delete_snapshot, fetch_json, snapshot_pages
+from orchestrator.duplicates import BloomFilter
 from orchestrator.errors import RouteClosed
 from orchestrator.models import Outcome, Record, utc_iso, utc_now
 from orchestrator.report import ReportWriter, final_records
@@ -64,17 +67,7 @@ async def sweep(
             tally.replace(previous, record)  # the row's state changed (found created after all)
 
     result = SweepResult()
-    ours: defaultdict[str, list[tuple[Route, dict[str, Any]]]] = defaultdict(list)
-    for route in routes:
-        if route.closed is not None:
-            continue  # nothing can be listed there; the run already exits 3 for it
-        try:
-            listed = await list_all(route, policy)
-        except RouteClosed:
-            continue  # refused now (IAM, say): the run exits 3 and says why
-        for snapshot in listed:
-            if evs.marked(snapshot, run_id) and snapshot.get("status") not in GONE:
-                ours[str(snapshot.get("volume_id", "")).lower()].append((route, snapshot))
+    ours = await _ours(routes, run_id=run_id, report=report, policy=policy)
     if not ours:
         return result
     rows = {
@@ -106,6 +99,57 @@ async def sweep(
                 emit(_side(record, extra, kept, Outcome.DUPLICATE_FOUND, ("DELETE_FAILED", why)), None)
     writer.sync()
     return result
+
+
+async def _ours(
+    routes: Iterable[Route], *, run_id: str, report: Path, policy: RetryPolicy
+) -> dict[str, list[tuple[Route, dict[str, Any]]]]:
+    """The volumes that need the sweep: two snapshots of this run, or a row that did not succeed.
+
+    Memory stays flat in the number of rows: a page at a time, a fixed-size Bloom filter of the
+    volumes seen, and exact lists only for volumes that may hold two snapshots of this run (looked
+    up once each) and for rows that did not succeed (their snapshot may have appeared late).
+    """
+    unsettled = {
+        record.volume_id
+        for record in final_records(report)
+        if record.volume_id is not None and not record.succeeded and record.outcome is not Outcome.INVALID
+    }
+    seen = BloomFilter(bits=1 << 23)
+    ours: defaultdict[str, list[tuple[Route, dict[str, Any]]]] = defaultdict(list)
+    twice: list[tuple[Route, str]] = []
+    for route in routes:
+        if route.closed is not None:
+            continue  # nothing can be listed there; the run already exits 3 for it
+        try:
+            async for page in snapshot_pages(route, policy):
+                for snapshot in page:
+                    if not _ours_alive(snapshot, run_id):
+                        continue
+                    volume = str(snapshot.get("volume_id", "")).lower()
+                    if volume in unsettled:
+                        ours[volume].append((route, _slim(snapshot)))
+                    elif seen.add(volume.encode()):
+                        twice.append((route, volume))
+        except RouteClosed:
+            continue  # refused now (IAM, say): the run exits 3 and says why
+    for route, volume in twice:
+        query = [("volume_id", volume), ("limit", str(evs.PAGE))]
+        call = evs.list_snapshots(route.project_id, query, kind=evs.Kind.LOOKUP)
+        body = await fetch_json(route, call, policy)
+        found = [(route, _slim(item)) for item in body.get("snapshots") or [] if _ours_alive(item, run_id)]
+        if len(found) > 1:
+            ours[volume] = found
+    return {volume: found for volume, found in ours.items() if found}
+
+
+def _ours_alive(snapshot: object, run_id: str) -> bool:
+    return isinstance(snapshot, dict) and evs.marked(snapshot, run_id) and snapshot.get("status") not in GONE
+
+
+def _slim(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The fields the sweep uses (a listed snapshot is about 3 KB)."""
+    return {key: snapshot.get(key) for key in ("id", "status", "created_at", "volume_id")}
 
 
 def _reconciled(record: Record, snapshot: dict[str, Any]) -> Record:

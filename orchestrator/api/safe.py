@@ -8,7 +8,7 @@ listing that failed is never taken for an empty one.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -21,6 +21,22 @@ if TYPE_CHECKING:
     from orchestrator.api.routes import Route
 
 NOT_YET_DELETABLE = "EVS.1047"
+
+
+async def snapshot_pages(
+    route: Route, policy: RetryPolicy, *, query: Iterable[tuple[str, str]] = ()
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """A project's snapshots one page (1000) at a time, so a caller keeps only what it needs."""
+    offset = 0
+    while True:
+        page_query = [("limit", str(evs.PAGE)), ("offset", str(offset)), *query]
+        body = await fetch_json(route, evs.list_snapshots(route.project_id, page_query), policy)
+        items = [item for item in body.get("snapshots") or [] if isinstance(item, dict)]
+        if items:
+            yield items
+        offset += len(items)
+        if not items or offset >= int(body.get("count") or 0):
+            return
 
 
 async def list_all(
