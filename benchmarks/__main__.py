@@ -1,7 +1,8 @@
 """``make bench``: run the scenarios, print the tables, and write them to benchmarks/results.md.
 
 ``python -m benchmarks [SCENARIO ...]`` runs only the named ones (overhead, latency, ratecap, memory,
-waiting, startup); each table then replaces its own section in results.md.
+waiting, startup, profile); each table then replaces its own section in results.md. Sections marked
+``<!-- note: NAME -->`` (measurements made by hand, say of an older commit) are kept as they are.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import latency, memory, overhead, ratecap, startup, waiting
+from benchmarks import latency, memory, overhead, profile, ratecap, startup, waiting
 
 SCENARIOS: dict[str, Callable[[], str]] = {
     "overhead": overhead.run,
@@ -23,6 +24,7 @@ SCENARIOS: dict[str, Callable[[], str]] = {
     "memory": memory.run,
     "waiting": waiting.run,
     "startup": startup.run,
+    "profile": profile.run,
 }
 RESULTS = Path(__file__).with_name("results.md")
 
@@ -38,18 +40,21 @@ def main(argv: list[str]) -> None:
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
     sections: dict[str, str] = {}
+    notes: list[str] = []
     if RESULTS.exists():
-        for block in re.split(r"\n(?=<!-- scenario: )", RESULTS.read_text(encoding="utf-8")):
+        for block in re.split(r"\n(?=<!-- (?:scenario|note): )", RESULTS.read_text(encoding="utf-8")):
             found = re.match(r"<!-- scenario: (\w+) -->", block)
             if found:
                 sections[found.group(1)] = block.strip()
+            elif block.startswith("<!-- note: "):
+                notes.append(block.strip())
     for name in chosen:
         started = datetime.now(UTC)
         section = SCENARIOS[name]()
         note = f"_{started:%Y-%m-%d %H:%M} UTC on {machine()}_"
         sections[name] = f"<!-- scenario: {name} -->\n{section}\n\n{note}"
         print(section + "\n", flush=True)
-        ordered = [sections[name] for name in SCENARIOS if name in sections]
+        ordered = [sections[name] for name in SCENARIOS if name in sections] + notes
         text = "# Benchmark results (`make bench`)\n\n" + "\n\n".join(ordered) + "\n"
         RESULTS.write_text(text, encoding="utf-8")  # after each scenario, so a failure keeps the others
 

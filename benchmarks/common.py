@@ -141,14 +141,11 @@ class Emulator:
 
 
 @contextlib.contextmanager
-def emulator(*options: str, tree: Path | None = None) -> Iterator[Emulator]:
-    """The emulator (``--any-volume``) as a process; ``tree`` runs another checkout's code."""
-    precompile(tree)
+def emulator(*options: str) -> Iterator[Emulator]:
+    """This checkout's emulator (``--any-volume``) as a process."""
+    precompile()
     process = subprocess.Popen(
-        cli("emulator", "--any-volume", *options),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        **tree_options(tree),
+        cli("emulator", "--any-volume", *options), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
     try:
         assert process.stdout is not None

@@ -100,7 +100,7 @@ def sdk_sync(url: str, ids: list[str], concurrency: int) -> int:
     client = sdk_client(url, concurrency, asynchronous=False)
 
     def create(volume_id: str) -> bool:
-        return client.create_snapshot(sdk_request(volume_id)).snapshot.status == "creating"
+        return bool(client.create_snapshot(sdk_request(volume_id)).snapshot.status == "creating")
 
     with ThreadPoolExecutor(concurrency) as pool:
         return sum(pool.map(create, ids))

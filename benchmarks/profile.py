@@ -8,8 +8,9 @@ one list request per 1000), and the client is a whole ``create`` process, AK/SK,
   cost out (the median of ``--repeats`` runs of each);
 - one more run under cProfile: the functions with the most own time, and own time by package.
 
-``--tree`` runs another checkout's code (``git worktree add /tmp/old 475e429``, then
-``--tree /tmp/old``) with this interpreter, so two commits can be compared on the same machine.
+``--tree`` runs another checkout's client (``git worktree add /tmp/old 475e429``, then
+``--tree /tmp/old``) with this interpreter, against this checkout's emulator, so two commits can be
+compared on the same machine; repeat it to interleave the runs of several checkouts.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Measured, create, emulator, manifest, spread, summary_of, table
+from benchmarks.common import Measured, create, emulator, manifest, run_measured, spread, summary_of, table
 
 CONCURRENCY = 32
 
@@ -30,7 +31,7 @@ CONCURRENCY = 32
 def measure(
     rows: int, offset: int, tree: Path | None, prefix: tuple[str, ...] = ()
 ) -> tuple[Measured, dict[str, Any]]:
-    with emulator(tree=tree) as emu, tempfile.TemporaryDirectory() as folder:
+    with emulator() as emu, tempfile.TemporaryDirectory() as folder:
         report = Path(folder) / "r.jsonl"
         measured = create(
             emu.url,
@@ -48,7 +49,7 @@ def measure(
 
 def package(filename: str) -> str:
     """A short name for where a profiled function lives: our module, a library, or the stdlib."""
-    if filename.startswith("~") or filename.startswith("<"):
+    if filename.startswith(("~", "<")):
         return "builtins (C)"
     parts = Path(filename).parts
     for anchor in ("orchestrator", "site-packages"):
@@ -63,6 +64,7 @@ def package(filename: str) -> str:
 
 
 def profile(rows: int, tree: Path | None, top: int) -> str:
+    """One run under cProfile: the functions with the most own time, and own time by package."""
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "create.prof"
         measure(rows, 95_000_000, tree, ("-m", "cProfile", "-o", str(output)))
@@ -72,7 +74,7 @@ def profile(rows: int, tree: Path | None, top: int) -> str:
     by_own = sorted(raw.items(), key=lambda item: item[1][2], reverse=True)[:top]
     functions = [
         [
-            f"`{Path(filename).name}:{line} {name}`",
+            f"`{package(filename)}:{line} {name}`",
             f"{own / rows * 1e6:.1f}",
             f"{cumulative / rows * 1e6:.1f}",
             f"{calls / rows:.2f}",
@@ -87,10 +89,70 @@ def profile(rows: int, tree: Path | None, top: int) -> str:
         for name, own in sorted(packages.items(), key=lambda item: item[1], reverse=True)[:top]
     ]
     return (
-        f"Under cProfile ({total / rows * 1e6:.0f} us/row of profiled time; cProfile inflates it):\n\n"
+        f"One run under cProfile ({total / rows * 1e6:.0f} us/row of profiled time: cProfile about "
+        "doubles it; coroutine calls count each resumption):\n\n"
         + table(["function (most own time)", "own us/row", "cumulative us/row", "calls/row"], functions)
         + "\n\n"
         + table(["where", "own us/row", "share"], grouped)
+    )
+
+
+def measure_bare(rows: int, offset: int) -> Measured:
+    """The bare aiohttp loop of scenario 1 (``benchmarks.contenders bare``) as a process."""
+    with emulator() as emu:
+        command = [sys.executable, "-m", "benchmarks.contenders", "bare", "--url", emu.url]
+        measured = run_measured([*command, "--rows", str(rows), "--offset", str(offset)])
+    if measured.returncode != 0:
+        raise SystemExit(f"the bare loop exited {measured.returncode}: {measured.stderr.decode()[-600:]}")
+    return measured
+
+
+def cpu_table(trees: list[Path | None], rows: int, repeats: int, *, bare: bool = False) -> str:
+    """CPU per row of each checkout (and of the bare loop), their runs interleaved in each repeat."""
+    names: list[Path | str | None] = [*trees, *(["bare aiohttp loop"] if bare else [])]
+    results: dict[Path | str | None, list[tuple[float, float, float]]] = {name: [] for name in names}
+    requests: dict[str, int] = {}
+    for repeat in range(repeats):
+        for index, name in enumerate(names):
+            offset = 90_000_000 + (repeat * len(names) + index) * 1_000_000
+            if isinstance(name, str):
+                measured = measure_bare(rows, offset)
+                single = measure_bare(1, offset + 500_000).cpu_seconds
+            else:
+                measured, summary = measure(rows, offset, name)
+                requests = summary.get("requests_by_kind") or {"all": summary.get("requests", 0)}
+                single = measure(1, offset + 500_000, name)[0].cpu_seconds
+            results[name].append((measured.cpu_seconds, single, measured.seconds))
+    lines = []
+    for name, runs in results.items():
+        marginal = [(full - single) / (rows - 1) * 1e6 for full, single, _ in runs]
+        lines.append(
+            [
+                str(name or "this checkout"),
+                spread([run[0] / rows * 1e6 for run in runs], 0),
+                spread([run[1] for run in runs], 2),
+                spread(marginal, 0),
+                spread([rows / run[2] for run in runs], 0),
+            ]
+        )
+    return (
+        f"{rows:,} rows, concurrency {CONCURRENCY}, AK/SK; evs-snapshot's requests: {requests}\n\n"
+        + table(
+            ["code", "whole process CPU us/row", "1-row run CPU s", "marginal CPU us/row", "rows/s"],
+            lines,
+        )
+    )
+
+
+def run(repeats: int = 3) -> str:
+    """The scenario ``python -m benchmarks profile``: this checkout's CPU per row and its hot spots."""
+    return (
+        "### 7. Where the CPU of scenario 1's job goes (`python -m benchmarks.profile`)\n\n"
+        "Median (min-max) of interleaved runs, each with a fresh emulator; the marginal cost leaves "
+        "start-up and the manifest check's fixed cost out.\n\n"
+        + cpu_table([None], 5000, repeats, bare=True)
+        + "\n\n"
+        + profile(5000, None, 15)
     )
 
 
@@ -106,44 +168,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--no-profile", action="store_true", help="only the CPU per row")
+    parser.add_argument("--bare", action="store_true", help="measure the bare aiohttp loop too")
     args = parser.parse_args(argv)
     trees: list[Path | None] = [tree.resolve() for tree in args.tree] if args.tree else [None]
-    rows = args.rows
-    results: dict[Path | None, list[tuple[float, float, float]]] = {tree: [] for tree in trees}
-    requests: dict[str, int] = {}
-    for repeat in range(args.repeats):
-        for index, tree in enumerate(trees):
-            offset = 90_000_000 + (repeat * len(trees) + index) * 1_000_000
-            measured, summary = measure(rows, offset, tree)
-            requests = summary.get("requests_by_kind") or {"all": summary.get("requests", 0)}
-            single = measure(1, offset + 500_000, tree)[0].cpu_seconds
-            results[tree].append((measured.cpu_seconds, single, measured.seconds))
-    print(f"{rows} rows, concurrency {CONCURRENCY}, AK/SK, median of {args.repeats} (requests: {requests})\n")
-    lines = []
-    for tree, runs in results.items():
-        marginal = [(full - single) / (rows - 1) * 1e6 for full, single, _ in runs]
-        lines.append(
-            [
-                str(tree or "this checkout"),
-                spread([run[0] / rows * 1e6 for run in runs], 0),
-                spread([run[1] for run in runs], 2),
-                spread(marginal, 0),
-                spread([rows / run[2] for run in runs], 0),
-            ]
-        )
-    print(
-        table(
-            [
-                "code",
-                "whole process CPU us/row",
-                "1-row run CPU s",
-                "marginal CPU us/row",
-                "rows/s (median (min-max))",
-            ], lines
-        )
-    )
+    print(cpu_table(trees, args.rows, args.repeats, bare=args.bare))
     if not args.no_profile:
-        print("\n" + profile(rows, trees[0], args.top))
+        print("\n" + profile(args.rows, trees[0], args.top))
 
 
 if __name__ == "__main__":

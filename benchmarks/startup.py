@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 
 from benchmarks.common import WORK, cli, dry_run, run_measured, spread, table
 
@@ -14,13 +15,14 @@ def run() -> str:
     one = WORK / "one-row.csv"
     one.write_text("volume_id\n6d1a4e3c-2b7f-4c39-9f5e-0a1b2c3d4e5f\n", encoding="utf-8")
     rows = []
-    for label, make in (
+    commands: tuple[tuple[str, Callable[[str], list[str]]], ...] = (
         ("evs-snapshot --help", lambda _folder: cli("--help")),
         (
             "create --dry-run, one row",
             lambda folder: dry_run(one, folder),
         ),
-    ):
+    )
+    for label, make in commands:
         seconds = []
         for _ in range(REPEATS):
             with tempfile.TemporaryDirectory() as folder:
