@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from orchestrator.config import RowDefaults
@@ -42,15 +42,22 @@ class BloomFilter:
 
     def add(self, key: bytes) -> bool:
         """Add a key; True when it was possibly present already."""
-        digest = hashlib.blake2b(key, digest_size=8 * self.hashes).digest()
         present = True
-        for index in range(self.hashes):
-            bit = int.from_bytes(digest[index * 8 : index * 8 + 8], "little") % self.bits
-            byte, mask = bit >> 3, 1 << (bit & 7)
+        for byte, mask in self._bits(key):
             if not self.array[byte] & mask:
                 present = False
                 self.array[byte] |= mask
         return present
+
+    def __contains__(self, key: bytes) -> bool:
+        """True when the key was possibly added (never False for a key that was)."""
+        return all(self.array[byte] & mask for byte, mask in self._bits(key))
+
+    def _bits(self, key: bytes) -> Iterator[tuple[int, int]]:
+        digest = hashlib.blake2b(key, digest_size=8 * self.hashes).digest()
+        for index in range(self.hashes):
+            bit = int.from_bytes(digest[index * 8 : index * 8 + 8], "little") % self.bits
+            yield bit >> 3, 1 << (bit & 7)
 
 
 def duplicate_candidates(rows: Iterable[RawRow], defaults: RowDefaults) -> tuple[int, set[bytes]]:

@@ -22,7 +22,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from orchestrator import defaults
 from orchestrator.api import evs
@@ -115,7 +116,7 @@ class Runner:
     async def _produce(
         self,
         items: Iterable[SnapshotRequest | Record],
-        send: ObjectSendStream[tuple[SnapshotRequest, float | None]],
+        send: MemoryObjectSendStream[tuple[SnapshotRequest, float | None]],
     ) -> None:
         async with send:
             for item in items:
@@ -130,14 +131,26 @@ class Runner:
                     self.emit(self._record(item, Outcome.PLANNED, _Attempt()))
                 else:
                     since = None if self.resume is None else self.resume.uncertain_since(item.row)
-                    await send.send((item, since))
+                    try:
+                        send.send_nowait((item, since))  # fill the buffer in a burst, no checkpoint per row
+                    except anyio.WouldBlock:
+                        await send.send((item, since))
                     continue
                 if item.row % 64 == 0:
                     await anyio.lowlevel.checkpoint()  # rows written without sending must not starve workers
 
-    async def _worker(self, receive: ObjectReceiveStream[tuple[SnapshotRequest, float | None]]) -> None:
+    async def _worker(self, receive: MemoryObjectReceiveStream[tuple[SnapshotRequest, float | None]]) -> None:
         async with receive:
-            async for request, since in receive:
+            while True:
+                try:
+                    request, since = receive.receive_nowait()  # the usual case: no checkpoint per row
+                except anyio.WouldBlock:
+                    try:
+                        request, since = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
                 if self.stopping:
                     continue  # left without a record: --resume picks it up
                 state = _Attempt(uncertain_since=since, maybe_sent=since is not None)
@@ -145,15 +158,17 @@ class Runner:
 
     async def _row(self, request: SnapshotRequest, state: _Attempt, *, settling: bool) -> None:
         """Drive one row to its record, under the run's deadline."""
-        remaining = None if self.plan.deadline is None else self.plan.deadline - time.monotonic()
         record: Record | None = None
-        with anyio.move_on_after(remaining) as scope:
-            try:
+        try:
+            if self.plan.deadline is None:  # no cancel scope to enter and leave for every row
                 record = await self.process(request, state, settling=settling)
-            except _Stopped:
-                return
-        if scope.cancelled_caught:
-            record = self._deadline(request, state)
+            else:
+                with anyio.move_on_after(self.plan.deadline - time.monotonic()) as scope:
+                    record = await self.process(request, state, settling=settling)
+                if scope.cancelled_caught:
+                    record = self._deadline(request, state)
+        except _Stopped:
+            return
         if record is not None:
             self.emit(record)
 

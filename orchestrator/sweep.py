@@ -56,8 +56,13 @@ async def sweep(
     policy: RetryPolicy,
     keep_duplicates: bool,
     patience: float,
+    all_succeeded: bool = False,
 ) -> SweepResult:
-    """Find and remove this run's extra snapshots in each project; append records for what it did."""
+    """Find and remove this run's extra snapshots in each project; append records for what it did.
+
+    ``all_succeeded`` says every row's last record is a success (create knows it from its tally): then
+    no row can need reconciling, and the report is read only for volumes that hold two snapshots.
+    """
 
     def emit(record: Record, previous: Outcome | None) -> None:
         writer.write(record)
@@ -67,7 +72,7 @@ async def sweep(
             tally.replace(previous, record)  # the row's state changed (found created after all)
 
     result = SweepResult()
-    ours = await _ours(routes, run_id=run_id, report=report, policy=policy)
+    ours = await _ours(routes, run_id=run_id, report=report, policy=policy, all_succeeded=all_succeeded)
     if not ours:
         return result
     rows = {
@@ -102,7 +107,7 @@ async def sweep(
 
 
 async def _ours(
-    routes: Iterable[Route], *, run_id: str, report: Path, policy: RetryPolicy
+    routes: Iterable[Route], *, run_id: str, report: Path, policy: RetryPolicy, all_succeeded: bool
 ) -> dict[str, list[tuple[Route, dict[str, Any]]]]:
     """The volumes that need the sweep: two snapshots of this run, or a row that did not succeed.
 
@@ -110,11 +115,22 @@ async def _ours(
     volumes seen, and exact lists only for volumes that may hold two snapshots of this run (looked
     up once each) and for rows that did not succeed (their snapshot may have appeared late).
     """
-    unsettled = {
-        record.volume_id
-        for record in final_records(report)
-        if record.volume_id is not None and not record.succeeded and record.outcome is not Outcome.INVALID
-    }
+    routes = [route for route in routes if route.closed is None]  # nothing can be listed on the others
+    if not routes:
+        return {}
+    # Volumes of rows that did not succeed, as a Bloom filter (flat memory however many rows failed):
+    # a false positive only makes a settled row's volume a candidate, which the exact check drops.
+    unsettled = BloomFilter(bits=1 << 23)
+    any_unsettled = False
+    if not all_succeeded:
+        for record in final_records(report):
+            if (
+                record.volume_id is not None
+                and not record.succeeded
+                and record.outcome is not Outcome.INVALID
+            ):
+                unsettled.add(record.volume_id.encode())
+                any_unsettled = True
     seen = BloomFilter(bits=1 << 23)
     ours: defaultdict[str, list[tuple[Route, dict[str, Any]]]] = defaultdict(list)
     twice: list[tuple[Route, str]] = []
@@ -127,7 +143,7 @@ async def _ours(
                     if not _ours_alive(snapshot, run_id):
                         continue
                     volume = str(snapshot.get("volume_id", "")).lower()
-                    if volume in unsettled:
+                    if any_unsettled and volume.encode() in unsettled:
                         ours[volume].append((route, _slim(snapshot)))
                     elif seen.add(volume.encode()):
                         twice.append((route, volume))

@@ -79,6 +79,10 @@ class Tally:
             if len(rows) < LISTED_ROWS_MAX:
                 rows.append(record.row)
 
+    def all_succeeded(self) -> bool:
+        """True when every row counted so far ended in a success."""
+        return all(Outcome(outcome) in SUCCESSFUL for outcome in self.outcomes)
+
     def replace(self, previous: Outcome, record: Record) -> None:
         """A row's state changed (waiting, or a sweep's reconciliation): count the new one instead."""
         self.outcomes[previous.value] -= 1

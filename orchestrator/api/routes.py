@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import anyio
@@ -135,15 +134,14 @@ class Route:
     async def send(self, call: Call) -> Reply:
         """Send one call; raises ``RouteClosed`` (nothing sent) or ``TransportError`` (no answer)."""
         self.check_open()
-        async with self._alone_until_proven():
-            self.check_open()
-            await self.limiter.acquire()
-            async with self.in_flight:
-                answer = await self._call(call)
-                refusal = self._refusal(answer)
-                if refusal is not None and _expired(answer) and self._renewable(answer):
-                    answer = await self._call(call)  # the gateway refused the first: no double
-                    refusal = self._refusal(answer)
+        if not self.proven:
+            async with self._gate:
+                if not self.proven:  # else proven while this one waited: the rows queued fan out
+                    return self._judge(*await self._send(call))
+        return self._judge(*await self._send(call))
+
+    def _judge(self, answer: Answer, refusal: Closure | None) -> Reply:
+        """Close the route on a refusal, tell the limiter, classify the answer."""
         if refusal is not None:
             if self.closure is None:
                 self.closure = refusal
@@ -157,21 +155,23 @@ class Route:
             self.limiter.on_success()
         return Reply(answer, verdict)
 
-    @contextlib.asynccontextmanager
-    async def _alone_until_proven(self) -> AsyncIterator[None]:
-        """Hold the route's gate until one request has got through; then everyone goes at once."""
-        if self.proven:
-            yield
-            return
-        await self._gate.acquire()
-        if self.proven:  # proven while this request waited: the rows queued behind it fan out
-            self._gate.release()
-            yield
-            return
+    async def _send(self, call: Call) -> tuple[Answer, Closure | None]:
+        self.check_open()
+        await self.limiter.acquire()
+        in_flight = self.in_flight
         try:
-            yield
+            in_flight.acquire_nowait()  # no checkpoint when a slot is free (the usual case)
+        except anyio.WouldBlock:
+            await in_flight.acquire()
+        try:
+            answer = await self._call(call)
+            refusal = self._refusal(answer)
+            if refusal is not None and _expired(answer) and self._renewable(answer):
+                answer = await self._call(call)  # the gateway refused the first: no double
+                refusal = self._refusal(answer)
         finally:
-            self._gate.release()
+            in_flight.release()
+        return answer, refusal
 
     async def _call(self, call: Call) -> Answer:
         self.counts[call.kind.value] += 1

@@ -292,6 +292,7 @@ async def _sweep(
             policy=sweep_policy(settings.policy),
             keep_duplicates=settings.keep_duplicates,
             patience=max(settings.settle, 10.0),
+            all_succeeded=tally.all_succeeded(),
         )
     except ListingFailed as exc:
         tally.unfinished.append(f"the duplicate sweep could not list: {exc}")
