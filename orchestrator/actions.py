@@ -96,19 +96,17 @@ def now_iso() -> str:
 
 def read_actions(path: Path) -> Iterator[ActionRecord]:
     """Every whole record of an action report (header skipped; a torn last line skipped)."""
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = orjson.loads(line)
-                if isinstance(data, dict) and data.get("type") == "run":
-                    continue
-                yield ActionRecord.from_dict(data)
-            except (orjson.JSONDecodeError, ValueError) as exc:
-                if not line.endswith(b"\n"):
-                    return
-                raise UsageError(f"{path}:{number}: not a record of this report ({exc})") from None
+    from orchestrator.report import report_lines  # noqa: PLC0415
+
+    for number, line, data in report_lines(path):
+        if isinstance(data, dict) and data.get("type") == "run":
+            continue
+        try:
+            yield ActionRecord.from_dict(data)
+        except ValueError as exc:
+            if not line.endswith(b"\n"):
+                return
+            raise UsageError(f"{path}:{number}: not a record of this report ({exc})") from None
 
 
 class ActionBook:
@@ -206,6 +204,7 @@ async def action_run(
     console: Console,
     success: frozenset[Action] = SUCCESS | {Action.REFUSED},
     grace: float = 10.0,
+    nothing: str = "nothing was done",
 ) -> AsyncIterator[ActionRun]:
     """Lock, open the report (header first), load the resume book; on a signal, stop taking new work.
 
@@ -238,7 +237,8 @@ async def action_run(
 
                     raise ResumeMismatch(
                         f"--resume: {key} is {shape.get(key)!r}; {report}'s run used "
-                        f"{header.shape.get(key)!r}; nothing was done"
+                        f"{header.shape.get(key)!r}. Resume with the same options, or start a new "
+                        f"report; {nothing}"
                     )
         from orchestrator.config import RunIdentity  # noqa: PLC0415
 

@@ -139,14 +139,8 @@ def main() -> None:
 def _register() -> None:
     import importlib  # noqa: PLC0415
 
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"orchestrator.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"orchestrator.commands.{name}":
-                raise
-            continue  # a command not built yet
-        main.add_command(module.command)
+    for name in COMMANDS:  # each module imports only click and options: --help stays fast
+        main.add_command(importlib.import_module(f"orchestrator.commands.{name}").command)
 
 
 _register()

@@ -170,7 +170,7 @@ def check_report_path(path: Path) -> None:
         )
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes, object]]:
+def report_lines(path: Path) -> Iterator[tuple[int, bytes, object]]:
     """Every whole, parsed line of a report (a torn last line is skipped; a bad one is an error)."""
     check_report_path(path)
     with path.open("rb") as handle:
@@ -188,7 +188,7 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes, object]]:
 
 def read_header(path: Path) -> RunHeader | None:
     """The run header of a report, or ``None`` (empty, or written before headers existed)."""
-    for number, _, data in _lines(path):
+    for number, _, data in report_lines(path):
         if isinstance(data, dict) and data.get("type") == "run":
             try:
                 return RunHeader.from_dict(data)
@@ -200,7 +200,7 @@ def read_header(path: Path) -> RunHeader | None:
 
 def read_records(path: Path) -> Iterator[Record]:
     """Every whole record of a report, in file order (the header is skipped)."""
-    for number, line, data in _lines(path):
+    for number, line, data in report_lines(path):
         if isinstance(data, dict) and data.get("type") == "run":
             continue
         try:

@@ -77,7 +77,6 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
 
     run_id, rows = run_of(settings.source)
     shape = {"create_report": str(settings.source), "create_run": run_id}
-    check_resume(settings.report, settings.resume, "cleanup", shape)
     # The create report's own lock: no create --resume or wait may run on it meanwhile.
     lock = lock_for("report", str(settings.source), os.environ)
     with holding([lock]), recording_aborts(settings.closing, "cleanup", console):
@@ -92,6 +91,7 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
                 lock_key=str(settings.source),
                 lock_file=settings.lock_file,
                 console=console,
+                nothing="nothing was deleted",
             ) as action:
                 await _cleanup(settings, router, run_id, rows, action)
             closures = router.closures()
@@ -231,24 +231,6 @@ def recording_aborts(closing: Closing, command: str, console: Console) -> Iterat
         summary = {"command": command, "exit_code": 3, "error": str(group.exceptions[0])}
         write_side_files(closing, command=command, summary=summary, families=[], exit_code=3, console=console)
         raise
-
-
-def check_resume(report: str, resume: bool, command: str, shape: dict[str, str]) -> None:
-    """``--resume`` continues the same job only: another command's report, or other options, are refused."""
-    from orchestrator.errors import ResumeMismatch  # noqa: PLC0415
-    from orchestrator.report import read_header  # noqa: PLC0415
-
-    if not resume or report == "-" or not Path(report).is_file():
-        return
-    header = read_header(Path(report))
-    if header is None or header.command != command:
-        return  # action_run says what is wrong with it
-    for key in sorted(set(shape) | set(header.shape)):
-        if shape.get(key) != header.shape.get(key):
-            raise ResumeMismatch(
-                f"--resume: {key} is {shape.get(key)!r}; the report's run used {header.shape.get(key)!r}. "
-                f"Resume {report} with the same options, or start a new report; nothing was deleted"
-            )
 
 
 def action_side_files(

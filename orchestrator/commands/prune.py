@@ -24,7 +24,6 @@ from orchestrator.cli import run
 from orchestrator.commands.cleanup import (
     DELETING_OPTIONS,
     action_side_files,
-    check_resume,
     default_report,
     recording_aborts,
 )
@@ -133,7 +132,6 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
         "all_volumes": str(settings.all_volumes),
         "digest": digest,
     }
-    check_resume(settings.report, settings.resume, "prune", shape)
     async with contextlib.AsyncExitStack() as stack:
         stack.enter_context(recording_aborts(settings.closing, "prune", console))
         router = await connect(stack, settings.connection)
@@ -146,6 +144,7 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
             lock_key=what,
             lock_file=settings.lock_file,
             console=console,
+            nothing="nothing was deleted",
         ) as action:
             counts = await _prune(settings, router, targets, action)
             if bad:
