@@ -100,6 +100,18 @@ class Main(click.Group):
         _flush()
         sys.exit(code if isinstance(code, int) else 0)
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """A command's module is imported when it is named: ``create`` does not pay for the others."""
+        if cmd_name not in COMMANDS:
+            return None
+        import importlib  # noqa: PLC0415
+
+        command: click.Command = importlib.import_module(f"orchestrator.commands.{cmd_name}").command
+        return command
+
 
 def _interrupted(console: Console) -> int:
     """SIGINT where a command has no handler of its own (start-up, checks): say so, exit 130."""
@@ -134,13 +146,3 @@ def _flush() -> None:
 @click.version_option(__version__, prog_name="evs-snapshot")
 def main() -> None:
     """Create Huawei Cloud EVS snapshots in bulk: never twice, never silently skipped."""
-
-
-def _register() -> None:
-    import importlib  # noqa: PLC0415
-
-    for name in COMMANDS:  # each module imports only click and options: --help stays fast
-        main.add_command(importlib.import_module(f"orchestrator.commands.{name}").command)
-
-
-_register()

@@ -90,6 +90,9 @@ class Runner:
         self.random = random.Random()
         self.stopping = False
         self.settling = 0
+        # True once a create may have acted twice or late (resent, answered 5xx/timeout, or cut off),
+        # and for a resumed run (the earlier process may have): only then can the sweep find anything.
+        self.in_doubt = resume is not None
         self._settlers: TaskGroup | None = None
 
     def emit(self, record: Record) -> None:
@@ -250,12 +253,15 @@ class Runner:
             raise
         except TransportError as exc:
             state.in_flight = False
+            self.in_doubt = True
             state.answer, state.error = None, (exc.code, str(exc))
             if exc.may_have_arrived:
                 state.maybe_sent, state.uncertain_since = True, sent_at
                 return Verdict.UNCERTAIN, None
             return Verdict.RETRY, None
         state.in_flight = False
+        if reply.verdict is not Verdict.SUCCESS and reply.verdict is not Verdict.FINAL:
+            self.in_doubt = True  # the row is sent again or looked up: one snapshot or two?
         answer = reply.answer
         state.answer = answer
         state.error = None if answer.ok else answer.error()
@@ -334,6 +340,7 @@ class Runner:
         )
 
     def _unconfirmed(self, request: SnapshotRequest, state: _Attempt, why: str) -> Record:
+        self.in_doubt = True  # its snapshot may still appear: the sweep reconciles it
         last = state.error[0] if state.error else "none"
         message = (
             f"{why}; could not confirm whether the snapshot exists after {state.lookups} lookups "

@@ -134,9 +134,7 @@ async def _ours(
     seen = BloomFilter(bits=1 << 23)
     ours: defaultdict[str, list[tuple[Route, dict[str, Any]]]] = defaultdict(list)
     twice: list[tuple[Route, str]] = []
-    for route in routes:
-        if route.closed is not None:
-            continue  # nothing can be listed there; the run already exits 3 for it
+    for route in routes:  # open above; one refused since raises RouteClosed at its first request
         try:
             async for page in snapshot_pages(route, policy):
                 for snapshot in page:

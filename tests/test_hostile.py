@@ -543,7 +543,8 @@ def test_missing_manifest_under_log_format_json(tmp_path: Path) -> None:
 
 def test_every_emulator_option_has_help_text() -> None:
     """``evs-snapshot emulator --help`` explains every option."""
-    emulator = main.commands["emulator"]
+    emulator = main.get_command(click.Context(main), "emulator")
+    assert emulator is not None
     missing = [
         param.name
         for param in emulator.params

@@ -149,6 +149,45 @@ def test_commits_later_than_the_settle_window_are_swept(
     assert {s["volume_id"]: s["id"] for s in emu.state()["snapshots"]} == kept
 
 
+def test_the_sweep_lists_only_when_some_create_was_in_doubt(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Every row sent once and answered for sure: no listing. A 5xx, or --resume: the sweep lists."""
+
+    def sweep_requests(report: Path) -> dict[str, int]:
+        summary = orjson.loads(report.with_suffix(".summary.json").read_bytes())
+        return dict(summary["phases"]["sweep"]["requests"])
+
+    ids = volume_ids(20, seed=130)
+    manifest = csv_manifest(write, ids)
+    sure = emulator_thread(any_volume=True)
+    clean = tmp_path / "clean.jsonl"
+    flags = {"summary_json": clean.with_suffix(".summary.json")}
+    assert invoke(create_args(sure.url, manifest, clean, **flags)).exit_code == 0
+    assert sweep_requests(clean) == {}
+    assert requests_of(sure.state(), LIST_ROUTE) == Counter()
+
+    # A process killed after 12 records, resumed: it may have sent the others already, so the rows
+    # left are looked up before sending, and the sweep lists (and finds one snapshot each).
+    clean.write_bytes(b"".join(clean.read_bytes().splitlines(keepends=True)[:13]))
+    flags = {"summary_json": clean.with_suffix(".summary.json"), "resume": True}
+    assert invoke(create_args(sure.url, manifest, clean, **flags)).exit_code == 0
+    assert sweep_requests(clean) == {"lists": 1}
+    assert snapshots_per_volume(sure.state(), run_id_of(clean)) == dict.fromkeys(ids, 1)
+
+    # Answers of 500/503 (EVS may have acted): rows are looked up or resent, and the sweep lists.
+    faulty = emulator_thread(any_volume=True, seed=130, fault_5xx=0.3)
+    doubted = tmp_path / "doubted.jsonl"
+    flags = {"summary_json": doubted.with_suffix(".summary.json")}
+    result = invoke(create_args(faulty.url, manifest, doubted, *FAST_RETRIES, **flags))
+    assert result.exit_code == 0, result.output
+    assert sum(
+        count for status, count in requests_of(faulty.state(), CREATE_ROUTE).items() if status >= "500"
+    )
+    assert sweep_requests(doubted)["lists"] >= 1  # one page, sent again after a 5xx of its own
+    assert snapshots_per_volume(faulty.state(), run_id_of(doubted)) == dict.fromkeys(ids, 1)
+
+
 def test_keep_duplicates_reports_without_deleting(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

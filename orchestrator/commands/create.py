@@ -210,7 +210,9 @@ async def _locked(
             group.cancel_scope.cancel()
         _phase(tally, "create", started, router)
         if router is not None and not signals:
-            tally = await _after_create(settings, identity, router, writer, tally, console, signals, started)
+            tally = await _after_create(
+                settings, identity, router, writer, tally, console, signals, started, in_doubt=runner.in_doubt
+            )
     code = finish(
         tally, settings.closing, router=router, console=console, report=settings.report, command="create"
     )
@@ -230,8 +232,14 @@ async def _after_create(
     console: Console,
     signals: list[int],
     run_started: float,
+    *,
+    in_doubt: bool,
 ) -> Tally:
-    """The sweep (exactly one snapshot per accepted row), then ``--wait``; both within ``--deadline``."""
+    """The sweep (exactly one snapshot per accepted row), then ``--wait``; both within ``--deadline``.
+
+    The sweep runs when some create was in doubt (resent, answered 5xx, cut off) or the run resumed:
+    a run whose every row was sent once and answered for sure cannot hold two snapshots of a row.
+    """
     import anyio  # noqa: PLC0415
 
     from orchestrator.report import final_records  # noqa: PLC0415
@@ -242,14 +250,15 @@ async def _after_create(
     deadline = None if settings.deadline is None else run_started + settings.deadline
     if report is not None:
         started = time.monotonic()
-        writer.sync()
-        with anyio.move_on_after(None if deadline is None else deadline - time.monotonic()) as scope:
-            await _sweep(settings, identity, router, writer, tally, console, report)
-        if scope.cancelled_caught:
-            tally.unfinished.append("the --deadline passed before the duplicate sweep finished")
-            console.error(f"{tally.unfinished[-1]}; run `evs-snapshot wait {report}` to sweep again")
-            return tally
-        _phase(tally, "sweep", started, router)
+        if in_doubt:
+            writer.sync()
+            with anyio.move_on_after(None if deadline is None else deadline - time.monotonic()) as scope:
+                await _sweep(settings, identity, router, writer, tally, console, report)
+            if scope.cancelled_caught:
+                tally.unfinished.append("the --deadline passed before the duplicate sweep finished")
+                console.error(f"{tally.unfinished[-1]}; run `evs-snapshot wait {report}` to sweep again")
+                return tally
+        _phase(tally, "sweep", started, router)  # a sweep with nothing to look at is a phase of 0 requests
     if settings.wait is None or report is None:
         return tally
     started = time.monotonic()

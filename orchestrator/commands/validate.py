@@ -55,16 +55,19 @@ class _Problems:
     def __init__(self, stdout: TextIO) -> None:
         self.stdout = stdout
         self.counts: Counter[str] = Counter()
+        self.shown: Counter[str] = Counter()
 
-    def add(self, code: str, message: str) -> None:
-        self.counts[code] += 1
-        if self.counts[code] <= SHOWN_PER_CODE:
+    def add(self, code: str, message: str, rows: int = 1) -> None:
+        """``rows`` rows have this problem (one message says it for all of them)."""
+        self.counts[code] += rows
+        if self.shown[code] < SHOWN_PER_CODE:
+            self.shown[code] += rows
             self.stdout.write(f"{code}: {message}\n")
 
     def close(self) -> None:
         for code, count in self.counts.most_common():
-            if count > SHOWN_PER_CODE:
-                self.stdout.write(f"{code}: ... and {count - SHOWN_PER_CODE} more rows like these\n")
+            if count > self.shown[code]:
+                self.stdout.write(f"{code}: ... and {count - self.shown[code]} more rows like these\n")
             if code in HINTS:
                 self.stdout.write(f"{code}: {HINTS[code]}\n")
 
@@ -149,12 +152,12 @@ async def _check_online(
             async with stream:
                 async for request in stream:
                     try:
-                        problem = await _volume_problem(router, request, settings.policy)
+                        problem, project = await _volume_problem(router, request, settings.policy)
                     except RouteClosed:
                         continue  # refused: not this row's problem; the run stops with one message
                     if problem is None:
                         good += 1
-                        per_project[(request.region, request.project_id or "")] += 1
+                        per_project[(request.region, project)] += 1  # the looked-up project too
                     else:
                         where = f"row {request.row} (line {request.line}): volume {request.volume_id}"
                         problems.add(problem[0], f"{where}: {problem[1]}")
@@ -169,7 +172,7 @@ async def _check_online(
                         break  # refused: stop checking (one message at the end, exit 3)
                     await send.send(request)
         for (region, project), wanted in per_project.items():
-            if project and not router.closures():
+            if not router.closures():
                 good -= await _quota_problem(router, region, project, wanted, settings.policy, problems)
         closures = router.closures()
     if closures:
@@ -180,7 +183,8 @@ async def _check_online(
 
 async def _volume_problem(
     router: Router, request: SnapshotRequest, policy: RetryPolicy
-) -> tuple[str, str] | None:
+) -> tuple[tuple[str, str] | None, str]:
+    """The row's problem (and ""), or ``None`` and the project the disk was found in."""
     from orchestrator.api import evs  # noqa: PLC0415
     from orchestrator.api.safe import fetch_json  # noqa: PLC0415
     from orchestrator.errors import ListingFailed, ProjectLookupFailed, TransportError  # noqa: PLC0415
@@ -191,12 +195,15 @@ async def _volume_problem(
             route, evs.show_volume(route.project_id, request.volume_id), policy, missing_ok=True
         )
         if not body:
-            return "VOLUME_NOT_FOUND", "the disk does not exist in this project"
+            return ("VOLUME_NOT_FOUND", "the disk does not exist in this project"), ""
         status = str((body.get("volume") or {}).get("status"))
         if status == "in-use" and not request.force:
-            return "VOLUME_IN_USE", "the disk is in-use: set force (row or --force) to snapshot it attached"
+            return (
+                "VOLUME_IN_USE",
+                "the disk is in-use: set force (row or --force) to snapshot it attached",
+            ), ""
         if status not in ("available", "in-use"):
-            return "VOLUME_NOT_SNAPSHOTTABLE", f"the disk is {status}; it must be available or in-use"
+            return ("VOLUME_NOT_SNAPSHOTTABLE", f"the disk is {status}; it must be available or in-use"), ""
         query = [("volume_id", request.volume_id), ("limit", str(evs.PAGE))]
         listed = await fetch_json(
             route, evs.list_snapshots(route.project_id, query, kind=evs.Kind.CHECK), policy
@@ -207,14 +214,14 @@ async def _volume_problem(
                 "SNAPSHOT_LIMIT_REACHED",
                 f"the disk already has {count} manually created snapshots "
                 f"(at most {MAX_SNAPSHOTS_PER_VOLUME}); prune old ones first",
-            )
+            ), ""
     except ListingFailed as exc:
-        return "CHECK_FAILED", str(exc)
+        return ("CHECK_FAILED", str(exc)), ""
     except TransportError as exc:
-        return "CHECK_FAILED", str(exc)
+        return ("CHECK_FAILED", str(exc)), ""
     except ProjectLookupFailed as exc:
-        return exc.code, exc.message
-    return None
+        return (exc.code, exc.message), ""
+    return None, route.project_id
 
 
 def _counts_toward_limit(snapshot: object) -> bool:
@@ -245,8 +252,9 @@ async def _quota_problem(
         "QUOTA_EXCEEDED",
         f"project {project}: {wanted} rows would be sent but only {remaining} snapshots are left in the "
         f"project's quota; {over} would be refused (prune, or ask for a larger quota)",
+        rows=over,
     )
-    return 0
+    return over
 
 
 @click.command("validate")

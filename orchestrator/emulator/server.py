@@ -96,8 +96,10 @@ class EmulatorThread:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+        """Stop the server and wait for its thread (nothing to do when it never started)."""
+        if self._loop is None or self._stop is None:
+            return
+        self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=30)
 
     def state(self) -> dict[str, Any]:
