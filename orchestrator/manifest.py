@@ -280,7 +280,7 @@ def _csv_rows(lines: Iterator[tuple[int, str]], name: str, columns_seen: _Column
     reader = csv.reader(text(), strict=True)
     try:
         header = next(reader, None)
-        while header is not None and not any(cell.strip() for cell in header):
+        while header is not None and not any(map(str.strip, header)):
             header = next(reader, None)
         if header is None:
             raise ManifestError(name, None, "the manifest is empty", "add a header row with volume_id")
@@ -291,7 +291,7 @@ def _csv_rows(lines: Iterator[tuple[int, str]], name: str, columns_seen: _Column
         start = numbers[0] + 1
         for cells in reader:
             line, start = start, numbers[0] + 1
-            if not any(cell.strip() for cell in cells):
+            if not any(map(str.strip, cells)):
                 continue
             row += 1
             if len(cells) > len(columns):
