@@ -1,6 +1,6 @@
 """Scenario 2: latency-bound. 3,000 rows, 100 ms emulator latency, concurrency 100; ideal = rows x latency / concurrency.
 
-Each run gets a fresh emulator, so its end-of-run sweep lists only its own snapshots (3 pages).
+Each run gets a fresh emulator; every row is answered 202 once, so the end-of-run sweep lists nothing.
 ``python -m benchmarks.latency [--tree PATH]`` prints the table for another checkout's evs-snapshot.
 """
 
