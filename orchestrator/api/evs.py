@@ -20,6 +20,9 @@ RUN_MARKER_KEY = "evs_snapshot_run"
 # Names the backup service gives its snapshots: never the tool's, never deleted or used (evs-api.md 8.2).
 BACKUP_PREFIXES = ("autobk_snapshot_", "manualbk_snapshot_")
 PAGE = 1000
+# Every list asks for all the enterprise projects the caller may see: without it a list may show only
+# the default one (evs-api.md section 9), and a lookup would miss a snapshot of a disk in another.
+EVERY_ENTERPRISE_PROJECT = ("enterprise_project_id", "all_granted_eps")
 
 
 class Kind(enum.StrEnum):
@@ -54,6 +57,7 @@ def create_snapshot(project_id: str, request: SnapshotRequest, run_id: str) -> C
 
 
 def list_snapshots(project_id: str, query: Sequence[tuple[str, str]], *, kind: Kind = Kind.LIST) -> Call:
+    query = (*query, EVERY_ENTERPRISE_PROJECT)
     return Call(kind=kind, method="GET", path=f"/v2/{project_id}/cloudsnapshots/detail", query=query)
 
 
@@ -80,6 +84,7 @@ def show_volume(project_id: str, volume_id: str, *, kind: Kind = Kind.CHECK) -> 
 
 
 def list_volumes(project_id: str, query: Sequence[tuple[str, str]]) -> Call:
+    query = (*query, EVERY_ENTERPRISE_PROJECT)
     return Call(kind=Kind.LIST, method="GET", path=f"/v2/{project_id}/cloudvolumes/detail", query=query)
 
 

@@ -17,7 +17,13 @@ from pathlib import Path
 import orjson
 
 from orchestrator.emulator.clock import evs_time
-from orchestrator.emulator.settings import SNAPSHOT_STATUSES, VOLUME_STATUSES, SeedSnapshot, SeedVolume
+from orchestrator.emulator.settings import (
+    DEFAULT_ENTERPRISE_PROJECT,
+    SNAPSHOT_STATUSES,
+    VOLUME_STATUSES,
+    SeedSnapshot,
+    SeedVolume,
+)
 from orchestrator.errors import UsageError
 
 Item = Mapping[str | None, object]
@@ -31,7 +37,8 @@ class EntryError(ValueError):
 
 def read_volumes(path: Path) -> tuple[SeedVolume, ...]:
     """The disks of a ``--volumes`` file: ``volume_id`` plus optional ``status``, ``size``, ``name``,
-    ``server_id``, ``device``, ``bootable``, ``availability_zone``, ``metadata``, ``tags``."""
+    ``server_id``, ``device``, ``bootable``, ``availability_zone``, ``metadata``, ``tags``,
+    ``enterprise_project_id``."""
     volumes = []
     for number, item in enumerate(_items(path, "volumes", "volume"), start=1):
         volume_id = (_text(item, "volume_id") or "").lower()
@@ -52,6 +59,7 @@ def read_volumes(path: Path) -> tuple[SeedVolume, ...]:
                     availability_zone=_text(item, "availability_zone"),
                     metadata=_mapping(item, "metadata"),
                     tags=_tags(item),
+                    enterprise_project_id=_text(item, "enterprise_project_id") or DEFAULT_ENTERPRISE_PROJECT,
                 )
             )
         except EntryError as exc:

@@ -44,13 +44,19 @@ SNAPSHOT_STATUSES = frozenset(
 )
 
 
+# Lists without ``enterprise_project_id`` show only the default enterprise project's resources (as the
+# cloud may: evs-api.md section 9); ``all_granted_eps`` shows every one.
+DEFAULT_ENTERPRISE_PROJECT = "0"
+ALL_ENTERPRISE_PROJECTS = "all_granted_eps"
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SeedVolume:
     """A disk the emulator knows: its id (lower case), status, size in GB and descriptive fields.
 
     ``server_id`` (with ``device``, ``/dev/vdb`` by default) makes one attachment, and an attached disk
     left ``available`` is ``in-use``; an ``in-use`` disk without ``server_id`` gets a made-up server.
-    ``availability_zone`` defaults to the region + ``a``.
+    ``availability_zone`` defaults to the region + ``a``; ``enterprise_project_id`` to the default one.
     """
 
     volume_id: str
@@ -63,6 +69,7 @@ class SeedVolume:
     availability_zone: str | None = None
     metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
     tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    enterprise_project_id: str = DEFAULT_ENTERPRISE_PROJECT
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

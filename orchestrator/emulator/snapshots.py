@@ -18,7 +18,7 @@ from orchestrator.emulator.answers import (
     not_found,
     page_params,
 )
-from orchestrator.emulator.state import UUID_RE, Snapshot, Volume, World
+from orchestrator.emulator.state import UUID_RE, Snapshot, Volume, World, listed_in
 
 NAME_MAX = 64
 DESCRIPTION_MAX = 85
@@ -177,11 +177,13 @@ class SnapshotRoutes:
         name = query.get("name")
         status_filter = query.get("status")
         volume_id = query.get("volume_id")
+        enterprise_project = query.get("enterprise_project_id")
         project = request.match_info["project_id"]
         matches = [
             (snap, status)
             for snap, status in self.world.project_snapshots(project)
-            if (not ids or snap.id in ids)
+            if listed_in(enterprise_project, snap.enterprise_project_id)
+            and (not ids or snap.id in ids)
             and (name is None or snap.name == name)
             and (status_filter is None or status == status_filter)
             and (volume_id is None or snap.volume_id == volume_id.lower())
@@ -240,6 +242,7 @@ def snapshot_json(snap: Snapshot, status: str, *, listed: bool = False) -> dict[
         "size": snap.size,
         "os-extended-snapshot-attributes:project_id": snap.project_id,
         "os-extended-snapshot-attributes:progress": "100%" if status == "available" else "0%",
+        "enterprise_project_id": snap.enterprise_project_id,
     }
     if listed:
         data.update(service_type="EVS", dedicated_storage_id=None, dedicated_storage_name=None)

@@ -18,7 +18,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from orchestrator.emulator.clock import Clock, Timeline, evs_time
-from orchestrator.emulator.settings import EmulatorSettings, SeedSnapshot, SeedVolume
+from orchestrator.emulator.settings import (
+    ALL_ENTERPRISE_PROJECTS,
+    DEFAULT_ENTERPRISE_PROJECT,
+    EmulatorSettings,
+    SeedSnapshot,
+    SeedVolume,
+)
 
 __all__ = ["UUID_RE", "Attachment", "Clock", "Snapshot", "Volume", "World", "evs_time"]
 
@@ -33,6 +39,13 @@ class Attachment:
     server_id: str
     device: str
     attached_at: str
+
+
+def listed_in(asked: str | None, enterprise_project_id: str) -> bool:
+    """Whether a list asking for ``enterprise_project_id=asked`` shows a resource of that project."""
+    if asked == ALL_ENTERPRISE_PROJECTS:
+        return True
+    return enterprise_project_id == (DEFAULT_ENTERPRISE_PROJECT if asked is None else asked)
 
 
 @dataclasses.dataclass(slots=True)
@@ -51,6 +64,7 @@ class Volume:
     created_at: str
     rollback_until: float | None = None
     rollback_final: str = "available"
+    enterprise_project_id: str = DEFAULT_ENTERPRISE_PROJECT
 
 
 @dataclasses.dataclass(slots=True)
@@ -69,6 +83,7 @@ class Snapshot:
     updated_at: str | None = None
     deleted_mono: float | None = None
     rollback_until: float | None = None
+    enterprise_project_id: str = DEFAULT_ENTERPRISE_PROJECT  # the disk's, when it was made
 
 
 @dataclasses.dataclass(slots=True)
@@ -148,6 +163,7 @@ class World:
             tags=dict(seed.tags),
             attachments=attachments,
             created_at=now,
+            enterprise_project_id=seed.enterprise_project_id,
         )
 
     def volume(self, volume_id: str) -> Volume | None:
@@ -192,6 +208,9 @@ class World:
             visible_from=-math.inf,
             creating_until=-math.inf,
             final_status=seeded.status,
+            enterprise_project_id=(
+                volume.enterprise_project_id if volume is not None else DEFAULT_ENTERPRISE_PROJECT
+            ),
         )
         self.snapshots[snap.id] = snap
         self.by_volume[snap.volume_id].append(snap.id)
@@ -282,6 +301,7 @@ class World:
             visible_from=appears,
             creating_until=appears + self.settings.creating_seconds,
             final_status="error" if failed else "available",
+            enterprise_project_id=volume.enterprise_project_id,
         )
         self.snapshots[snap.id] = snap
         self.by_volume[volume.id].append(snap.id)

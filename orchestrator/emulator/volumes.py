@@ -17,7 +17,7 @@ from orchestrator.emulator.answers import (
     not_found,
     page_params,
 )
-from orchestrator.emulator.state import Volume, World, attachment_json
+from orchestrator.emulator.state import Volume, World, attachment_json, listed_in
 
 TAG_KEYS_MAX = 10
 
@@ -47,10 +47,12 @@ class VolumeRoutes:
         if not isinstance(metadata, dict):
             raise evs_error(400, "EVS.1058", "invalid metadata filter!")
         wanted = {key: query.get(key) for key in ("server_id", "availability_zone", "status", "name")}
+        enterprise_project = query.get("enterprise_project_id")
         matches = [
             volume
             for volume in self.world.all_volumes()
-            if (wanted["status"] is None or volume.status == wanted["status"])
+            if listed_in(enterprise_project, volume.enterprise_project_id)
+            and (wanted["status"] is None or volume.status == wanted["status"])
             and (wanted["name"] is None or volume.name == wanted["name"])
             and (
                 wanted["availability_zone"] is None or volume.availability_zone == wanted["availability_zone"]
@@ -146,6 +148,7 @@ class VolumeRoutes:
             "shareable": "false",
             "encrypted": False,
             "service_type": "EVS",
+            "enterprise_project_id": volume.enterprise_project_id,
             "os-vol-tenant-attr:tenant_id": project,
             "links": [{"href": f"/v2/{project}/cloudvolumes/{volume.id}", "rel": "self"}],
         }
