@@ -29,7 +29,14 @@ import anyio
 
 from orchestrator.actions import Action, ActionRecord, now_iso
 from orchestrator.api import evs
-from orchestrator.api.safe import fetch_json, list_all, list_all_volumes
+from orchestrator.api.safe import (
+    DELETING,
+    NOT_YET_DELETABLE,
+    fetch_json,
+    list_all,
+    list_all_volumes,
+    snapshot_status,
+)
 from orchestrator.config import PROJECT_RE, REGION_RE
 from orchestrator.duplicates import UUID_RE
 from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError, UsageError
@@ -46,8 +53,6 @@ if TYPE_CHECKING:
 from orchestrator.api.evs import BACKUP_PREFIXES
 
 DELETABLE = frozenset({"available", "error"})
-DELETING = "deleting"
-NOT_YET_DELETABLE = "EVS.1047"
 ID_CHUNK = 100  # ids per list request when confirming deletions (~4 KB of URL)
 FIRST_POLL = 0.2
 MAX_POLL = 5.0
@@ -314,14 +319,12 @@ class Deleter:
         return record, False
 
     async def _wrong_state(self, route: Route, record: ActionRecord) -> tuple[ActionRecord, bool]:
-        call = evs.show_snapshot(route.project_id, str(record.snapshot_id), kind=evs.Kind.CHECK)
         try:
-            body = await fetch_json(route, call, self.policy, missing_ok=True)
+            status = await snapshot_status(route, str(record.snapshot_id), self.policy)
         except ListingFailed:
             return record, False
-        status = (body.get("snapshot") or {}).get("status") if body else None
-        if not body or status == DELETING:
-            return _with(record, Action.DELETED, None, None), not body
+        if status is None or status == DELETING:
+            return _with(record, Action.DELETED, None, None), status is None
         message = f"{record.error_message} (the snapshot is {status})"
         return _with(record, Action.REJECTED, record.error_code, message), False
 

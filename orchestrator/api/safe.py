@@ -20,7 +20,8 @@ from orchestrator.retry import RetryPolicy, Verdict
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
 
-NOT_YET_DELETABLE = "EVS.1047"
+NOT_YET_DELETABLE = "EVS.1047"  # 400 "wrong state": creating, or already deleting
+DELETING = "deleting"
 
 
 async def snapshot_pages(
@@ -109,8 +110,9 @@ async def delete_snapshot(
 ) -> tuple[bool, str | None]:
     """Delete one snapshot: ``(True, None)`` when it is going or gone (404 counts), else ``(False, why)``.
 
-    A snapshot still ``creating`` cannot be deleted yet (400 ``EVS.1047``): tried again for ``patience``
-    seconds.
+    400 ``EVS.1047`` ("wrong state") is looked into: a snapshot already ``deleting`` (an earlier
+    attempt whose answer was lost got through) or gone counts as done; one still ``creating`` is tried
+    again for ``patience`` seconds.
     """
     rng = random.Random()
     waited = 0.0
@@ -130,13 +132,30 @@ async def delete_snapshot(
                 return True, None
             code, message = answer.error()
             why = f"{answer.status} {code}: {message or 'no message'}"
-            if reply.verdict is Verdict.FINAL and (code != NOT_YET_DELETABLE or waited >= patience):
+            if reply.verdict is Verdict.FINAL and code == NOT_YET_DELETABLE:
+                try:
+                    status = await snapshot_status(route, snapshot_id, policy)
+                except ListingFailed:
+                    return False, f"{why} (and its status could not be read)"
+                if status in (None, DELETING):
+                    return True, None
+                why = f"{why} (the snapshot is {status})"
+                if status != "creating" or waited >= patience:
+                    return False, why
+            elif reply.verdict is Verdict.FINAL:
                 return False, why
         if attempt >= policy.max_attempts and waited >= patience:
             return False, why
         pause = policy.backoff(min(attempt, 6), rng) + 0.2
         waited += pause
         await anyio.sleep(pause)
+
+
+async def snapshot_status(route: Route, snapshot_id: str, policy: RetryPolicy) -> str | None:
+    """A snapshot's status, ``None`` once it is gone; raises ``ListingFailed`` when it cannot be read."""
+    call = evs.show_snapshot(route.project_id, snapshot_id, kind=evs.Kind.CHECK)
+    body = await fetch_json(route, call, policy, missing_ok=True)
+    return str((body.get("snapshot") or {}).get("status")) if body else None
 
 
 async def remaining_quota(route: Route, policy: RetryPolicy) -> int | None:

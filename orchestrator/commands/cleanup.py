@@ -155,8 +155,8 @@ async def _judge_row(
     """Write the row's record (planned, refused, blocked, or deleted when already gone) or return its job."""
     from orchestrator.actions import Action, ActionRecord, now_iso  # noqa: PLC0415
     from orchestrator.api import evs  # noqa: PLC0415
-    from orchestrator.api.safe import fetch_json  # noqa: PLC0415
-    from orchestrator.retention import DELETABLE, DELETING, Job, is_backup, source_run  # noqa: PLC0415
+    from orchestrator.api.safe import DELETING, fetch_json  # noqa: PLC0415
+    from orchestrator.retention import DELETABLE, Job, is_backup, source_run  # noqa: PLC0415
 
     route = scope.route
     if snapshot is None:  # not listed: a GET tells gone (404) from a listing that lags

@@ -211,8 +211,9 @@ def _judge_scope(
 ) -> list[Job]:
     """Records for one project's candidates (planned, blocked, kept with --verbose) and the jobs to run."""
     from orchestrator.actions import Action, ActionRecord, now_iso  # noqa: PLC0415
+    from orchestrator.api.safe import DELETING  # noqa: PLC0415
     from orchestrator.models import utc_now  # noqa: PLC0415
-    from orchestrator.retention import DELETABLE, DELETING, Job, Ownership, source_run  # noqa: PLC0415
+    from orchestrator.retention import DELETABLE, Job, Ownership, source_run  # noqa: PLC0415
 
     ownership = Ownership(settings.name_prefix)
     by_volume: dict[str, list[dict[str, Any]]] = defaultdict(list)
