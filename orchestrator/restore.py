@@ -14,7 +14,8 @@ sent by a run that died before recording it): ``restore`` waits for it instead o
 
 Sending: throttled answers and connections that surely never left are resent after a backoff. An
 answer that may have been lost (5xx, reset, timeout) is never resent blindly: the disk is watched for
-``settle`` seconds; a disk that turns ``rollbacking`` took the request; one that stays ``available``
+``settle`` seconds; a disk that turns ``rollbacking`` from this row's snapshot took the request (a
+rollback from another snapshot is not ours); one that stays ``available``
 is looked at again (every check above) before the one resend. A rollback that completed unseen and is
 sent again restores the same data again: the disk is detached, and a snapshot may be used for rollback
 more than once (8.3). A 4xx after an uncertain attempt is checked the same way before it counts.
@@ -57,6 +58,11 @@ class RestorePlan:
     policy: RetryPolicy
     settle: float
     wait: WaitPlan
+
+    @property
+    def reads(self) -> RetryPolicy:
+        """GETs are safe: at least three tries each, even with ``--max-attempts 1`` (as create's lookups)."""
+        return dataclasses.replace(self.policy, max_attempts=self.policy.max_lookups)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,7 +132,7 @@ async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
     body = await fetch_json(
         route,
         evs.show_snapshot(route.project_id, str(row.snapshot_id), kind=evs.Kind.CHECK),
-        plan.policy,
+        plan.reads,
         missing_ok=True,
     )
     snapshot = body.get("snapshot") if body else None
@@ -135,7 +141,7 @@ async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
     refused = _not_ours(snapshot, row, plan.source_run)
     if refused is not None:
         return Look(snapshot, dataclasses.replace(refused, snapshot=snapshot))
-    volume = await _volume(route, row, plan.policy, evs.Kind.CHECK)
+    volume = await _volume(route, row, plan.reads, evs.Kind.CHECK)
     if volume is None:
         return Look(
             snapshot, _blocked("VOLUME_NOT_FOUND", f"disk {row.volume_id} no longer exists", snapshot)
@@ -312,13 +318,20 @@ async def _send_until_settled(
 
 
 async def _taken(route: Route, row: Record, plan: RestorePlan, *, patience: float) -> bool:
-    """True when the disk shows a rollback (running or failed) within ``patience`` seconds."""
+    """True when the disk shows this row's rollback (running from its snapshot, or failed) within
+    ``patience`` seconds. A disk rolling back from another snapshot (another run's) is not ours."""
     waited = 0.0
+    policy = plan.reads
     while True:
-        volume = await _volume(route, row, plan.policy, evs.Kind.LOOKUP)
-        if volume is not None and volume.get("status") in ("rollbacking", "error_rollbacking"):
+        volume = await _volume(route, row, policy, evs.Kind.LOOKUP)
+        disk = None if volume is None else volume.get("status")
+        if disk == "error_rollbacking":
             return True
-        if volume is None or volume.get("status") != "available" or waited >= patience:
+        if disk == "rollbacking":
+            call = evs.show_snapshot(route.project_id, str(row.snapshot_id), kind=evs.Kind.LOOKUP)
+            body = await fetch_json(route, call, policy, missing_ok=True)
+            return (body.get("snapshot") or {}).get("status") == "rollbacking"
+        if disk != "available" or waited >= patience:
             return False
         step = min(SETTLE_STEP, patience - waited)
         await anyio.sleep(step)
@@ -334,11 +347,11 @@ async def _settled(route: Route, row: Record, plan: RestorePlan, sent: Finding, 
     started = anyio.current_time()
     interval = plan.wait.interval
     while True:
-        volume = await _volume(route, row, plan.policy, evs.Kind.POLL)
+        volume = await _volume(route, row, plan.reads, evs.Kind.POLL)
         body = await fetch_json(
             route,
             evs.show_snapshot(route.project_id, str(row.snapshot_id)),
-            plan.policy,
+            plan.reads,
             missing_ok=True,
         )
         snapshot = body.get("snapshot") if isinstance(body.get("snapshot"), dict) else None

@@ -136,8 +136,11 @@ def test_last_attempt_lost_is_judged_by_the_disk(
 def test_accepted_rollback_whose_end_cannot_be_seen_is_unconfirmed(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
-    """202, then the disk cannot be looked at: failed UNCONFIRMED (attempts 1, status 202), never resent."""
-    emu = emulator_thread(rollback_seconds=0.2, fault_5xx=0.25, seed=5, **world(1))
+    """202, then the disk cannot be looked at: failed UNCONFIRMED (attempts 1, status 202), never resent.
+
+    GETs get three tries each even with --max-attempts 1: this seed makes one of them fail three times.
+    """
+    emu = emulator_thread(rollback_seconds=0.2, fault_5xx=0.25, seed=21, **world(1))
     source = create_report(tmp_path / "create.jsonl", [{}])
     report = tmp_path / "r.jsonl"
     result = rollback(emu, source, report, "--max-attempts", "1", "--settle", "0.3", apply=True)
@@ -152,8 +155,11 @@ def test_accepted_rollback_whose_end_cannot_be_seen_is_unconfirmed(
 def test_unconfirmed_after_a_lost_answer_still_counts_the_request(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
-    """A rollback answered 502 whose disk then cannot be looked at is UNCONFIRMED with attempts 1 and its 502."""
-    emu = emulator_thread(rollback_seconds=0.2, fault_5xx=0.25, seed=45, **world(1))
+    """A rollback answered 502 whose disk then cannot be looked at is UNCONFIRMED with attempts 1 and its 502.
+
+    GETs get three tries each: a larger fault share and this seed make one of them fail three times.
+    """
+    emu = emulator_thread(rollback_seconds=0.2, fault_5xx=0.4, seed=40, **world(1))
     source = create_report(tmp_path / "create.jsonl", [{}])
     report = tmp_path / "r.jsonl"
     rollback(emu, source, report, "--max-attempts", "1", "--settle", "0.3", apply=True)

@@ -199,6 +199,20 @@ def probability(_ctx: click.Context, _param: click.Parameter, value: float) -> f
     callback=probability,
     help="Share of rollbacks whose disk ends error_rollbacking.",
 )
+@click.option(
+    "--fault-rollback-drop-before",
+    default=0.0,
+    show_default=True,
+    callback=probability,
+    help="Share of rollbacks dropped before EVS acts (no rollback happens).",
+)
+@click.option(
+    "--fault-rollback-drop-after",
+    default=0.0,
+    show_default=True,
+    callback=probability,
+    help="Share of rollbacks dropped after EVS starts them (the disk goes rollbacking).",
+)
 @click.option("--seed", default=DEFAULTS.seed, show_default=True, help="Seed for every random choice.")
 def command(
     *,
@@ -236,6 +250,8 @@ def command(
     fault_late_commit: float,
     fault_list: float,
     fault_rollback_error: float,
+    fault_rollback_drop_before: float,
+    fault_rollback_drop_after: float,
     seed: int,
 ) -> NoReturn:
     """Serve the local EVS emulator until SIGINT/SIGTERM (tests, demos, runbook rehearsal)."""
@@ -282,6 +298,8 @@ def command(
         fault_late_commit=fault_late_commit,
         fault_list=fault_list,
         fault_rollback_error=fault_rollback_error,
+        fault_rollback_drop_before=fault_rollback_drop_before,
+        fault_rollback_drop_after=fault_rollback_drop_after,
         seed=seed,
     )
     try:

@@ -131,4 +131,6 @@ class EmulatorSettings:
     fault_late_commit: float = 0.0
     fault_list: float = 0.0
     fault_rollback_error: float = 0.0
+    fault_rollback_drop_before: float = 0.0
+    fault_rollback_drop_after: float = 0.0
     seed: int = 0

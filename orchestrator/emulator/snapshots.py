@@ -1,8 +1,9 @@
 """EVS snapshot routes (``/v2/{project_id}/cloudsnapshots...``) and the project quota.
 
 Create, show, list with details, delete and rollback follow evs-api.md sections 2, 3 and 8; the
-per-disk limit counts as the service counts (section 9). Faults here: drops, late commits (504
-``APIG.0203`` now, the snapshot later), list answers replaced by 503, rollbacks ending in error.
+per-disk limit counts as the service counts (section 9). Faults here: drops (of creates and of
+rollbacks, before or after EVS acts), late commits (504 ``APIG.0203`` now, the snapshot later), list
+answers replaced by 503, rollbacks ending in error.
 """
 
 from __future__ import annotations
@@ -165,7 +166,11 @@ class SnapshotRoutes:
                 f"Invalid volume: Volume {volume.id} status must be available or error_rollbacking, "
                 f"but current status is: {volume.status}.",
             )
+        if self.world.chance(self.settings.fault_rollback_drop_before):
+            return self._drop(request)
         self.world.rollback(snap, volume, name)
+        if self.world.chance(self.settings.fault_rollback_drop_after):
+            return self._drop(request)
         return json_response(202, {"rollback": {"volume_id": volume.id}})
 
     async def list(self, request: web.Request) -> web.StreamResponse:

@@ -1,0 +1,350 @@
+"""Rollbacks whose answer is lost: the emulator's --fault-rollback-drop-before/--fault-rollback-drop-after,
+and the rollback client after them (the disk is looked at before any resend; one rollback per disk).
+
+The emulator's clock is a ``ManualClock`` that stands still until the client has seen the rollback, so
+no rollback can end unseen, whatever the machine's speed. The in-loop cases act on the emulator's world
+between two requests: its 30 ms latency is the window, six times the 5 ms poll of ``until``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.actions import Action
+from orchestrator.cli import main
+from orchestrator.emulator import EmulatorThread, ManualClock, RunningEmulator, SeedSnapshot, SeedVolume
+from tests.conftest import PROJECT, TOKEN, call
+from tests.helpers import records, requests_of
+from tests.test_branches_restore import VOLUME_GET
+from tests.test_branches_retention import routed
+from tests.test_edges_core import answers, restore_plan, restoring, until
+from tests.test_rollback import (
+    OTHER_RUN,
+    ROLLBACK,
+    SERVER,
+    SNAPS,
+    VOLUMES,
+    create_report,
+    marker,
+    rollback,
+    rollbacks_per_snapshot,
+    world,
+)
+
+ROLLBACK_PATH = f"/v2/{PROJECT}/cloudsnapshots/{SNAPS[0]}/rollback"
+LATENCY_MS = 30  # the window in which the in-loop cases act on the world (see the module docstring)
+
+
+def requests_note(stderr: str) -> dict[str, int]:
+    """The rollback summary's ``requests: 2 checks, 1 lookups, ...`` line, by kind."""
+    (line,) = [text for text in stderr.splitlines() if "requests: " in text]
+    return {kind: int(count) for count, kind in re.findall(r"(\d+) (\w+)", line.split("requests: ", 1)[1])}
+
+
+@contextlib.contextmanager
+def rollbacks_end_once_seen(emu: EmulatorThread, clock: ManualClock) -> Iterator[None]:
+    """The emulator's clock stands until the disk has been answered twice since a rollback started (so the
+    client has seen it ``rollbacking``); then it moves a minute on and the rollback ends."""
+    done = threading.Event()
+
+    def release() -> None:
+        answered_at_start: int | None = None
+        while not done.wait(0.01):
+            state = emu.state()
+            answered = requests_of(state, VOLUME_GET)["200"]
+            if answered_at_start is None:
+                if state["rollbacks"]:
+                    answered_at_start = answered
+            elif answered >= answered_at_start + 2:
+                clock.advance(60)
+                return
+
+    thread = threading.Thread(target=release, name="release-rollbacks", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=10)
+
+
+# --- the emulator's switches -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("knob", "status", "rollbacks"),
+    [
+        ("fault_rollback_drop_before", "available", []),
+        ("fault_rollback_drop_after", "rollbacking", [SNAPS[0]]),
+    ],
+)
+async def test_rollback_drop_switches_lose_the_answer_before_or_after_evs_acts(
+    emulator: Callable[..., Any],
+    clock: ManualClock,
+    http: aiohttp.ClientSession,
+    knob: str,
+    status: str,
+    rollbacks: list[str],
+) -> None:
+    """Drop-before: no rollback, disk and snapshot stay available; drop-after: the rollback is recorded
+    and both are rollbacking. Either way the connection closes unanswered and is counted ``dropped``;
+    creates and refused rollbacks are answered as usual."""
+    emu: RunningEmulator = await emulator(clock=clock, **world(2), **{knob: 1.0})
+    created, _, _ = await call(
+        http, emu, "POST", f"/v2/{PROJECT}/cloudsnapshots", body={"snapshot": {"volume_id": VOLUMES[1]}}
+    )
+    assert created == 202
+    refused, _, _ = await call(http, emu, "POST", ROLLBACK_PATH, body={"rollback": {"volume_id": VOLUMES[1]}})
+    assert refused == 400
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await call(http, emu, "POST", ROLLBACK_PATH, body={"rollback": {"volume_id": VOLUMES[0]}})
+    async with http.get(f"{emu.url}/_emulator/state") as response:
+        state = orjson.loads(await response.read())
+    assert [item["snapshot_id"] for item in state["rollbacks"]] == rollbacks
+    assert {v["volume_id"]: v["status"] for v in state["volumes"]}[VOLUMES[0]] == status
+    assert {s["id"]: s["status"] for s in state["snapshots"]}[SNAPS[0]] == status
+    assert state["requests"][ROLLBACK] == {"400": 1, "dropped": 1}
+    assert state["requests"]["POST /v2/{project_id}/cloudsnapshots"] == {"202": 1}
+
+
+def test_rollback_drop_flags_have_help_and_take_a_share() -> None:
+    """Both flags are in the emulator's --help, and a share outside 0..1 is a usage error (exit 2)."""
+    runner = CliRunner()
+    shown = runner.invoke(main, ["emulator", "--help"])
+    assert shown.exit_code == 0
+    assert "--fault-rollback-drop-before" in shown.output
+    assert "--fault-rollback-drop-after" in shown.output
+    for flag in ("--fault-rollback-drop-before", "--fault-rollback-drop-after"):
+        refused = runner.invoke(main, ["emulator", flag, "1.5"])
+        assert refused.exit_code == 2
+        assert "must be between 0 and 1" in refused.output
+
+
+def test_rollback_drop_flags_reach_the_served_emulator(write: Callable[..., Path]) -> None:
+    """The command wires both flags: with --seed 1, drop-before 0.5 drops the first rollback (the draw is
+    0.13) and lets the second through (0.85), which drop-after 1 then drops once EVS started it."""
+    volumes = write("v.csv", f"volume_id\n{VOLUMES[0]}\n")
+    snapshots = write("s.json", orjson.dumps([{"id": SNAPS[0], "volume_id": VOLUMES[0], "name": "s"}]))
+    args = [
+        *("--port", "0", "--token", TOKEN, "--volumes", str(volumes), "--snapshots", str(snapshots)),
+        *("--seed", "1", "--fault-rollback-drop-before", "0.5", "--fault-rollback-drop-after", "1"),
+        *("--rollback-seconds", "600"),
+    ]
+    with subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "emulator", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            url = process.stdout.readline().decode().split()[-1]
+            states = []
+            for _ in range(2):
+                request = urllib.request.Request(  # noqa: S310 - the loopback emulator
+                    f"{url}{ROLLBACK_PATH}",
+                    data=orjson.dumps({"rollback": {"volume_id": VOLUMES[0]}}),
+                    headers={"Content-Type": "application/json", "X-Auth-Token": TOKEN},
+                    method="POST",
+                )
+                with pytest.raises((urllib.error.URLError, ConnectionError)):
+                    urllib.request.urlopen(request, timeout=10)  # noqa: S310 - the loopback emulator
+                with urllib.request.urlopen(f"{url}/_emulator/state", timeout=10) as answer:  # noqa: S310
+                    states.append(orjson.loads(answer.read()))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=10) == 0
+    assert [len(state["rollbacks"]) for state in states] == [0, 1]
+    assert [state["volumes"][0]["status"] for state in states] == ["available", "rollbacking"]
+    assert states[1]["requests"][ROLLBACK] == {"dropped": 2}
+
+
+# --- the rollback command after a lost answer -----------------------------------------------------
+def test_rollback_dropped_after_evs_acted_is_seen_and_never_resent(
+    emulator_thread: Callable[..., EmulatorThread], clock: ManualClock, tmp_path: Path
+) -> None:
+    """Drop-after: the disk is looked up, found rollbacking, and waited for; the rollback is not resent
+    and the row is rolled_back after one attempt, with no error left on it."""
+    emu = emulator_thread(clock=clock, fault_rollback_drop_after=1.0, **world(1))
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    report = tmp_path / "apply.jsonl"
+    with rollbacks_end_once_seen(emu, clock):
+        result = rollback(emu, source, report, "--wait-timeout", "10s", apply=True)
+    assert result.exit_code == 0, result.stderr
+    (record,) = records(report)
+    assert (record["outcome"], record["attempts"], record["http_status"]) == ("rolled_back", 1, None)
+    assert (record["error_code"], record["error_message"]) == (None, None)
+    state = emu.state()
+    assert requests_of(state, ROLLBACK) == {"dropped": 1}
+    assert rollbacks_per_snapshot(state) == {SNAPS[0]: 1}
+    note = requests_note(result.stderr)
+    # Pre-send checks of disk and snapshot; after the lost answer the disk (rollbacking) and the
+    # snapshot (rollbacking too: this row's rollback, not another's) are looked up; one rollback.
+    assert (note["checks"], note["lookups"], note["rollbacks"]) == (2, 2, 1)
+
+
+def test_rollback_dropped_before_evs_acted_is_checked_again_and_sent_once_more(
+    emulator_thread: Callable[..., EmulatorThread], clock: ManualClock, tmp_path: Path
+) -> None:
+    """Drop-before (seed 1, share 0.5: the first rollback is dropped, the second is not): the disk stays
+    available through --settle, every pre-send check runs again (4 checks), the rollback is sent once
+    more and answered 202; one rollback happened."""
+    emu = emulator_thread(clock=clock, fault_rollback_drop_before=0.5, seed=1, **world(1))
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    report = tmp_path / "apply.jsonl"
+    with rollbacks_end_once_seen(emu, clock):
+        result = rollback(emu, source, report, "--settle", "0.1", "--wait-timeout", "10s", apply=True)
+    assert result.exit_code == 0, result.stderr
+    (record,) = records(report)
+    assert (record["outcome"], record["attempts"], record["http_status"]) == ("rolled_back", 2, 202)
+    state = emu.state()
+    assert requests_of(state, ROLLBACK) == {"dropped": 1, "202": 1}
+    assert rollbacks_per_snapshot(state) == {SNAPS[0]: 1}
+    note = requests_note(result.stderr)
+    assert (note["checks"], note["rollbacks"]) == (4, 2)
+    assert note["lookups"] >= 1
+
+
+# --- restore_row between two requests (in-loop emulator) ---------------------------------------------
+def start_rollback(emu: RunningEmulator, snapshot_id: str = SNAPS[0]) -> None:
+    """EVS starts a rollback of disk 0 from ``snapshot_id`` (a lost request acted on late, or another
+    client); the disk must still be available, and no rollback may have happened yet."""
+    evs = emu.world
+    assert evs.rollbacks == []
+    volume = evs.volume(VOLUMES[0])
+    assert volume is not None
+    assert volume.status == "available"
+    evs.rollback(evs.snapshots[snapshot_id], volume, None)
+
+
+async def end_rollbacks_after(emu: RunningEmulator, clock: ManualClock, disk_answers: int) -> None:
+    """Once the disk has been answered ``disk_answers`` times, move the clock on: rollbacks end."""
+    await until(lambda: answers(emu, VOLUME_GET)["200"] >= disk_answers)
+    clock.advance(60)
+
+
+async def test_disk_attached_after_a_lost_rollback_blocks_the_resend(
+    emulator: Callable[..., Any], clock: ManualClock
+) -> None:
+    """The rollback is dropped before EVS acts, then the disk is attached: the new look finds it
+    attached, the row is blocked (VOLUME_ATTACHED, attempts 1) and nothing is sent again."""
+    emu = await emulator(clock=clock, latency_ms=LATENCY_MS, fault_rollback_drop_before=1.0, **world(1))
+
+    async def attach_after_the_drop() -> None:
+        await until(lambda: answers(emu, ROLLBACK)["dropped"] >= 1)
+        emu.world.attach(emu.world.volumes[VOLUMES[0]], SERVER, None)
+
+    async with routed(emu.url) as route:
+        finding = await restoring(route, restore_plan(settle=1.0), attach_after_the_drop)
+        counts = dict(route.counts)
+    assert (finding.outcome, finding.code, finding.attempts) == (Action.BLOCKED, "VOLUME_ATTACHED", 1)
+    assert finding.message is not None
+    assert SERVER in finding.message
+    assert counts["checks"] == 4  # snapshot and disk, before the first send and again after the drop
+    assert answers(emu, ROLLBACK) == {"dropped": 1}
+    assert emu.world.rollbacks == []
+
+
+async def test_rollback_under_way_at_the_new_look_is_waited_for_not_resent(
+    emulator: Callable[..., Any], clock: ManualClock
+) -> None:
+    """Dropped before EVS acts, the disk still available at the lookup (--settle 0), then EVS starts the
+    rollback: the new look finds disk and snapshot rollbacking, so the row waits for it and is rolled_back
+    after one attempt; nothing is sent again."""
+    emu = await emulator(clock=clock, latency_ms=LATENCY_MS, fault_rollback_drop_before=1.0, **world(1))
+
+    async def late_rollback() -> None:
+        await until(lambda: answers(emu, VOLUME_GET)["200"] >= 2)  # the first look, then the lookup
+        start_rollback(emu)
+        await end_rollbacks_after(emu, clock, 4)  # the new look and the first poll saw it
+
+    async with routed(emu.url) as route:
+        finding = await restoring(route, restore_plan(settle=0.0), late_rollback)
+        counts = dict(route.counts)
+    assert (finding.outcome, finding.code, finding.attempts) == (Action.ROLLED_BACK, None, 1)
+    assert (counts["checks"], counts["lookups"], counts["rollbacks"]) == (4, 1, 1)
+    assert answers(emu, ROLLBACK) == {"dropped": 1}
+    assert [item["snapshot_id"] for item in emu.world.rollbacks] == [SNAPS[0]]
+
+
+async def test_refusal_after_a_doubtful_attempt_is_judged_by_the_disk(
+    emulator: Callable[..., Any], clock: ManualClock
+) -> None:
+    """Dropped before EVS acts, looked at again and resent; EVS acts on the lost first request just before
+    the resend, which is refused 400 (the snapshot is rollbacking): the disk shows the rollback, so the
+    row is rolled_back (attempts 2, last status 400, no error code) and one rollback happened."""
+    emu = await emulator(clock=clock, latency_ms=LATENCY_MS, fault_rollback_drop_before=1.0, **world(1))
+
+    async def late_rollback() -> None:
+        await until(lambda: answers(emu, VOLUME_GET)["200"] >= 3)  # first look, lookup, new look
+        start_rollback(emu)
+        await end_rollbacks_after(emu, clock, 5)  # the lookup after the 400 and the first poll saw it
+
+    async with routed(emu.url) as route:
+        finding = await restoring(route, restore_plan(settle=0.0), late_rollback)
+        counts = dict(route.counts)
+    assert (finding.outcome, finding.code, finding.message) == (Action.ROLLED_BACK, None, None)
+    assert (finding.attempts, finding.http_status) == (2, 400)
+    assert (counts["checks"], counts["rollbacks"]) == (4, 2)
+    assert answers(emu, ROLLBACK) == {"dropped": 1, "400": 1}
+    assert [item["snapshot_id"] for item in emu.world.rollbacks] == [SNAPS[0]]
+
+
+async def test_another_snapshots_rollback_is_not_taken_for_the_lost_one(
+    emulator: Callable[..., Any], clock: ManualClock
+) -> None:
+    """The row's rollback is dropped before EVS acts; meanwhile the disk is rolled back from another
+    snapshot (another run's). The row must not be recorded rolled_back: its snapshot was never used
+    (it is ``available`` while the disk is ``rollbacking``, the very sign ``look`` reads)."""
+    snapshots = (
+        SeedSnapshot(id=SNAPS[0], volume_id=VOLUMES[0], name="pre-maint-0", metadata=marker()),
+        SeedSnapshot(id=SNAPS[1], volume_id=VOLUMES[0], name="pre-upgrade", metadata=marker(OTHER_RUN)),
+    )
+    emu = await emulator(
+        clock=clock,
+        latency_ms=LATENCY_MS,
+        fault_rollback_drop_before=1.0,
+        volumes=(SeedVolume(volume_id=VOLUMES[0]),),
+        snapshots=snapshots,
+    )
+
+    async def other_rollback() -> None:
+        await until(lambda: answers(emu, ROLLBACK)["dropped"] >= 1)
+        start_rollback(emu, SNAPS[1])
+        await end_rollbacks_after(emu, clock, 3)
+
+    async with routed(emu.url) as route:
+        finding = await restoring(route, restore_plan(settle=0.0), other_rollback)
+    assert [item["snapshot_id"] for item in emu.world.rollbacks] == [SNAPS[1]]
+    assert finding.outcome is not Action.ROLLED_BACK, finding
+
+
+def test_status_reads_are_retried_even_with_one_attempt(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """--max-attempts 1 bounds the rollback POSTs, not the GETs that watch the disk: a 5xx on a status
+    read is retried (three tries, as create's lookups), so the row ends rolled_back, not UNCONFIRMED."""
+    emu = emulator_thread(rollback_seconds=0.2, fault_5xx=0.25, seed=5, **world(1))
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    report = tmp_path / "apply.jsonl"
+    result = rollback(emu, source, report, "--max-attempts", "1", "--settle", "0.3", apply=True)
+    assert result.exit_code == 0, result.stderr
+    (record,) = records(report)
+    assert (record["outcome"], record["attempts"], record["http_status"]) == ("rolled_back", 1, 202)
+    state = emu.state()
+    assert requests_of(state, ROLLBACK) == {"202": 1}
+    snapshot_reads = requests_of(state, "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}")
+    reads = requests_of(state, VOLUME_GET) + snapshot_reads
+    assert sum(count for status, count in reads.items() if status >= "500") >= 2  # each one retried
