@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from orchestrator.api.safe import delete_snapshot
 from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
 from orchestrator.retry import RetryPolicy
+from tests.conftest import volume_ids
+from tests.helpers import FAST_RETRIES, create_args, csv_manifest, invoke, last_per_row, records, requests_of
 from tests.test_edges_core import AKSK, answers, router_for
 
 VOLUME = str(uuid.UUID(int=0xDE00, version=4))
@@ -56,3 +59,35 @@ async def test_a_snapshot_in_another_state_fails_with_its_status(
     assert why.startswith("400 EVS.1047")
     assert why.endswith("(the snapshot is rollbacking)")
     assert answers(emu, DELETE) == {"400": 1}
+
+
+def test_the_sweep_counts_a_deletion_whose_answer_was_lost_as_done(
+    emulator_thread: Callable[..., Any], write: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Doubles from commits later than --settle are deleted by the sweep; every DELETE's answer is lost
+    after EVS acted. The resend is refused EVS.1047 (already deleting): that is a deletion, not a failure."""
+    ids = volume_ids(20, seed=106)
+    emu = emulator_thread(
+        any_volume=True,
+        seed=106,
+        fault_late_commit=0.3,
+        late_commit_seconds=0.6,
+        creating_seconds=0.2,
+        deleting_seconds=60.0,  # still deleting when the DELETE is sent again
+        fault_delete_drop_after=1.0,
+        rate_limit=1000,
+    )
+    report = tmp_path / "r.jsonl"
+    args = create_args(emu.url, csv_manifest(write, ids), report, *FAST_RETRIES)
+    result = invoke([*args, "--settle", "0.1", "--max-rps", "20", "--concurrency", "2"])
+    assert result.exit_code == 0, result.output
+    side = [r for r in records(report) if r["outcome"].startswith("duplicate")]
+    assert side, "with a settle window shorter than the backend lag, doubles must appear and be swept"
+    assert {r["outcome"] for r in side} == {"duplicate_deleted"}
+    deletes = requests_of(emu.state(), DELETE)
+    assert deletes["dropped"] == len(side)
+    assert deletes["400"] == len(side)  # each resend refused: the snapshot was deleting already
+    # The snapshot each row names was kept (a commit later than the sweep itself is wait's to catch).
+    kept = {r["snapshot_id"] for r in last_per_row(report).values()}
+    alive = {s["id"] for s in emu.state()["snapshots"] if s["status"] != "deleting"}
+    assert kept <= alive

@@ -213,6 +213,13 @@ def probability(_ctx: click.Context, _param: click.Parameter, value: float) -> f
     callback=probability,
     help="Share of rollbacks dropped after EVS starts them (the disk goes rollbacking).",
 )
+@click.option(
+    "--fault-delete-drop-after",
+    default=0.0,
+    show_default=True,
+    callback=probability,
+    help="Share of snapshot deletions dropped after EVS starts them (the snapshot goes deleting).",
+)
 @click.option("--seed", default=DEFAULTS.seed, show_default=True, help="Seed for every random choice.")
 def command(
     *,
@@ -252,6 +259,7 @@ def command(
     fault_rollback_error: float,
     fault_rollback_drop_before: float,
     fault_rollback_drop_after: float,
+    fault_delete_drop_after: float,
     seed: int,
 ) -> NoReturn:
     """Serve the local EVS emulator until SIGINT/SIGTERM (tests, demos, runbook rehearsal)."""
@@ -300,6 +308,7 @@ def command(
         fault_rollback_error=fault_rollback_error,
         fault_rollback_drop_before=fault_rollback_drop_before,
         fault_rollback_drop_after=fault_rollback_drop_after,
+        fault_delete_drop_after=fault_delete_drop_after,
         seed=seed,
     )
     try:

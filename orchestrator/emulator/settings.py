@@ -133,4 +133,5 @@ class EmulatorSettings:
     fault_rollback_error: float = 0.0
     fault_rollback_drop_before: float = 0.0
     fault_rollback_drop_after: float = 0.0
+    fault_delete_drop_after: float = 0.0
     seed: int = 0

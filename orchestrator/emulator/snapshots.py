@@ -2,7 +2,7 @@
 
 Create, show, list with details, delete and rollback follow evs-api.md sections 2, 3 and 8; the
 per-disk limit counts as the service counts (section 9). Faults here: drops (of creates and of
-rollbacks, before or after EVS acts), late commits (504 ``APIG.0203`` now, the snapshot later), list
+rollbacks, before or after EVS acts; of deletes, after), late commits (504 ``APIG.0203`` now, the snapshot later), list
 answers replaced by 503, rollbacks ending in error.
 """
 
@@ -135,6 +135,9 @@ class SnapshotRoutes:
             raise evs_error(
                 400, "EVS.1047", "snapshot status must be available or error when delete snapshot!"
             )
+        if self.world.chance(self.settings.fault_delete_drop_after):
+            self.world.delete_snapshot(snap)  # EVS started the deletion; the answer is lost
+            return self._drop(request)
         self.world.delete_snapshot(snap)
         return web.Response(status=202)
 
