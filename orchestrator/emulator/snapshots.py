@@ -2,8 +2,8 @@
 
 Create, show, list with details, delete and rollback follow evs-api.md sections 2, 3 and 8; the
 per-disk limit counts as the service counts (section 9). Faults here: drops (of creates and of
-rollbacks, before or after EVS acts; of deletes, after), late commits (504 ``APIG.0203`` now, the snapshot later), list
-answers replaced by 503, rollbacks ending in error.
+rollbacks, before or after EVS acts; of deletes, after), late commits (504 ``APIG.0203`` now, the
+snapshot later), list answers replaced by 503, rollbacks ending in error.
 """
 
 from __future__ import annotations
