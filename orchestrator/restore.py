@@ -14,8 +14,9 @@ sent by a run that died before recording it): ``restore`` waits for it instead o
 
 Sending: throttled answers and connections that surely never left are resent after a backoff. An
 answer that may have been lost (5xx, reset, timeout) is never resent blindly: the disk is watched for
-``settle`` seconds; a disk that turns ``rollbacking`` from this row's snapshot took the request (a
-rollback from another snapshot is not ours); one that stays ``available``
+``settle`` seconds, the row's snapshot first: a snapshot that turns ``rollbacking`` took the request
+(it rolls back onto its own disk only; a disk rolling back from another snapshot is not ours); one
+that stays ``available``
 is looked at again (every check above) before the one resend. A rollback that completed unseen and is
 sent again restores the same data again: the disk is detached, and a snapshot may be used for rollback
 more than once (8.3). A 4xx after an uncertain attempt is checked the same way before it counts.
@@ -322,16 +323,17 @@ async def _taken(route: Route, row: Record, plan: RestorePlan, *, patience: floa
     ``patience`` seconds. A disk rolling back from another snapshot (another run's) is not ours."""
     waited = 0.0
     policy = plan.reads
+    call = evs.show_snapshot(route.project_id, str(row.snapshot_id), kind=evs.Kind.LOOKUP)
     while True:
+        body = await fetch_json(route, call, policy, missing_ok=True)
+        if (body.get("snapshot") or {}).get("status") == "rollbacking":
+            return True  # a snapshot rolls back onto its own disk only: this row's request was taken
         volume = await _volume(route, row, policy, evs.Kind.LOOKUP)
         disk = None if volume is None else volume.get("status")
         if disk == "error_rollbacking":
             return True
-        if disk == "rollbacking":
-            call = evs.show_snapshot(route.project_id, str(row.snapshot_id), kind=evs.Kind.LOOKUP)
-            body = await fetch_json(route, call, policy, missing_ok=True)
-            return (body.get("snapshot") or {}).get("status") == "rollbacking"
-        if disk != "available" or waited >= patience:
+        # rollbacking here is another snapshot's rollback: watch on (ours may still start)
+        if disk not in ("available", "rollbacking") or waited >= patience:
             return False
         step = min(SETTLE_STEP, patience - waited)
         await anyio.sleep(step)

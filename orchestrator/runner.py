@@ -243,7 +243,6 @@ class Runner:
         """One create request; returns the verdict and the ``Retry-After`` seconds, if any."""
         state.attempts += 1
         call = evs.create_snapshot(route.project_id, request, self.plan.run_id)
-        sent_at = time.monotonic()
         state.in_flight = True
         try:
             reply = await route.send(call)
@@ -256,7 +255,8 @@ class Runner:
             self.in_doubt = True
             state.answer, state.error = None, (exc.code, str(exc))
             if exc.may_have_arrived:
-                state.maybe_sent, state.uncertain_since = True, sent_at
+                # The window runs from now: the request may have waited for a slot before it left.
+                state.maybe_sent, state.uncertain_since = True, time.monotonic()
                 return Verdict.UNCERTAIN, None
             return Verdict.RETRY, None
         state.in_flight = False
@@ -266,7 +266,7 @@ class Runner:
         state.answer = answer
         state.error = None if answer.ok else answer.error()
         if reply.verdict is Verdict.UNCERTAIN:
-            state.maybe_sent, state.uncertain_since = True, sent_at
+            state.maybe_sent, state.uncertain_since = True, time.monotonic()
         return reply.verdict, retry_after(answer.retry_after)
 
     async def _settle(self, request: SnapshotRequest, route: Route, state: _Attempt) -> dict[str, Any] | None:

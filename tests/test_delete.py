@@ -7,12 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from orchestrator.api.safe import delete_snapshot
 from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
 from orchestrator.retry import RetryPolicy
 from tests.conftest import volume_ids
 from tests.helpers import FAST_RETRIES, create_args, csv_manifest, invoke, last_per_row, records, requests_of
-from tests.test_edges_core import AKSK, answers, router_for
+from tests.test_edges_core import AKSK, answers, router_for, until
 
 VOLUME = str(uuid.UUID(int=0xDE00, version=4))
 DELETING, ROLLBACKING, AVAILABLE = (str(uuid.UUID(int=0xDE01 + index, version=4)) for index in range(3))
@@ -91,3 +93,30 @@ def test_the_sweep_counts_a_deletion_whose_answer_was_lost_as_done(
     kept = {r["snapshot_id"] for r in last_per_row(report).values()}
     alive = {s["id"] for s in emu.state()["snapshots"] if s["status"] != "deleting"}
     assert kept <= alive
+
+
+async def test_a_duplicate_that_finishes_creating_meanwhile_is_deleted_on_the_next_try(
+    emulator: Callable[..., Any], clock: ManualClock
+) -> None:
+    """DELETE refused EVS.1047 while the snapshot is creating; it is available by the status read:
+    the DELETE is sent again at once (not given up), and the snapshot goes."""
+    emu = await emulator(
+        clock=clock, creating_seconds=2.0, latency_ms=30, volumes=(SeedVolume(volume_id=VOLUME),)
+    )
+    snapshot = emu.world.create_snapshot(
+        volume=emu.world.volumes[VOLUME], name=None, description=None, metadata={}
+    )
+    found: list[tuple[bool, str | None]] = []
+
+    async def delete() -> None:
+        async with router_for(emu.url, AKSK) as router:
+            route = router.route_at(None, emu.world.settings.project_id)
+            found.append(await delete_snapshot(route, snapshot.id, QUICK, patience=600.0))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(delete)
+        await until(lambda: answers(emu, DELETE)["400"] >= 1)
+        clock.advance(5)  # created: available by the time the status is read
+    assert found == [(True, None)]
+    assert answers(emu, DELETE) == {"400": 1, "202": 1}
+    assert answers(emu, SHOW) == {"200": 1}

@@ -563,3 +563,20 @@ def test_wait_sigint_while_throttled_exits_130(
     assert result.exit_code == 130, result.output
     assert "stopped by SIGINT; run wait again to go on" in result.stderr
     assert report.read_bytes() == before
+
+
+def test_validate_online_counts_one_quota_for_rows_with_and_without_a_region(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path]
+) -> None:
+    """--online --endpoint: rows naming the region and rows that do not go to the same endpoint and
+    project, so they count against one quota: 6 rows, 4 left, 2 beyond it."""
+    emu = emulator_thread(any_volume=True, snapshot_quota=4)
+    rows = [
+        f"{volume},{'cn-north-4' if index % 2 else ''}"
+        for index, volume in enumerate(volume_ids(6, seed=716))
+    ]
+    manifest = write("mixed.csv", "volume_id,region\n" + "".join(f"{row}\n" for row in rows))
+    result = invoke(cli_args("validate", manifest, online=True, endpoint=emu.url, project_id=PROJECT))
+    assert result.exit_code == 1, result.output
+    assert "6 rows: 4 would be sent (checked online), 2 with problems (QUOTA_EXCEEDED x2)" in result.stdout
+    assert sum(requests_of(emu.state(), QUOTA).values()) == 1

@@ -247,7 +247,7 @@ def test_error_rollbacking_is_rollback_failed(
     ("seed", "answers", "attempts"),
     [
         (15, {"502": 1}, 1),  # EVS acted, the gateway lost the answer: seen rollbacking, never resent
-        (9, {"503": 1, "202": 1}, 2),  # EVS did not act: the disk stays available, checked, sent once more
+        (14, {"503": 1, "202": 1}, 2),  # EVS did not act: the disk stays available, checked, sent once more
     ],
 )
 def test_lost_answer_is_not_resent_blindly(

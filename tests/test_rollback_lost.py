@@ -190,9 +190,9 @@ def test_rollback_dropped_after_evs_acted_is_seen_and_never_resent(
     assert requests_of(state, ROLLBACK) == {"dropped": 1}
     assert rollbacks_per_snapshot(state) == {SNAPS[0]: 1}
     note = requests_note(result.stderr)
-    # Pre-send checks of disk and snapshot; after the lost answer the disk (rollbacking) and the
-    # snapshot (rollbacking too: this row's rollback, not another's) are looked up; one rollback.
-    assert (note["checks"], note["lookups"], note["rollbacks"]) == (2, 2, 1)
+    # Pre-send checks of snapshot and disk; after the lost answer one lookup of the snapshot, which is
+    # rollbacking (a snapshot rolls back onto its own disk only); one rollback.
+    assert (note["checks"], note["lookups"], note["rollbacks"]) == (2, 1, 1)
 
 
 def test_rollback_dropped_before_evs_acted_is_checked_again_and_sent_once_more(
@@ -274,7 +274,8 @@ async def test_rollback_under_way_at_the_new_look_is_waited_for_not_resent(
         finding = await restoring(route, restore_plan(settle=0.0), late_rollback)
         counts = dict(route.counts)
     assert (finding.outcome, finding.code, finding.attempts) == (Action.ROLLED_BACK, None, 1)
-    assert (counts["checks"], counts["lookups"], counts["rollbacks"]) == (4, 1, 1)
+    # Two looks (snapshot and disk each); one lookup round after the drop (the snapshot, then the disk).
+    assert (counts["checks"], counts["lookups"], counts["rollbacks"]) == (4, 2, 1)
     assert answers(emu, ROLLBACK) == {"dropped": 1}
     assert [item["snapshot_id"] for item in emu.world.rollbacks] == [SNAPS[0]]
 
@@ -348,3 +349,28 @@ def test_status_reads_are_retried_even_with_one_attempt(
     snapshot_reads = requests_of(state, "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}")
     reads = requests_of(state, VOLUME_GET) + snapshot_reads
     assert sum(count for status, count in reads.items() if status >= "500") >= 2  # each one retried
+
+
+async def test_a_rollback_that_ends_right_after_the_first_read_is_not_sent_again(
+    emulator: Callable[..., Any], clock: ManualClock
+) -> None:
+    """The answer is lost after EVS started the rollback, and the rollback ends just after the first
+    read that follows: that read is of the snapshot (``rollbacking``: taken), so nothing is sent again.
+    Reading the disk first and the snapshot second would find the snapshot already back to available."""
+    emu = await emulator(clock=clock, latency_ms=LATENCY_MS, fault_rollback_drop_after=1.0, **world(1))
+    snapshot_get = "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"
+
+    def reads() -> int:
+        return answers(emu, snapshot_get)["200"] + answers(emu, VOLUME_GET)["200"]
+
+    async def end_after_the_first_read() -> None:
+        await until(lambda: answers(emu, ROLLBACK)["dropped"] >= 1)
+        before = reads()
+        await until(lambda: reads() > before)
+        clock.advance(60)  # the rollback is over
+
+    async with routed(emu.url) as route:
+        finding = await restoring(route, restore_plan(settle=0.5), end_after_the_first_read)
+    assert (finding.outcome, finding.attempts) == (Action.ROLLED_BACK, 1)
+    assert answers(emu, ROLLBACK) == {"dropped": 1}
+    assert [item["snapshot_id"] for item in emu.world.rollbacks] == [SNAPS[0]]

@@ -111,8 +111,8 @@ async def delete_snapshot(
     """Delete one snapshot: ``(True, None)`` when it is going or gone (404 counts), else ``(False, why)``.
 
     400 ``EVS.1047`` ("wrong state") is looked into: a snapshot already ``deleting`` (an earlier
-    attempt whose answer was lost got through) or gone counts as done; one still ``creating`` is tried
-    again for ``patience`` seconds.
+    attempt whose answer was lost got through) or gone counts as done; one still ``creating``, or
+    ``available`` by now, is tried again for ``patience`` seconds.
     """
     rng = random.Random()
     waited = 0.0
@@ -140,7 +140,8 @@ async def delete_snapshot(
                 if status in (None, DELETING):
                     return True, None
                 why = f"{why} (the snapshot is {status})"
-                if status != "creating" or waited >= patience:
+                # creating: not deletable yet; available or error: it finished meanwhile, send again
+                if status not in ("creating", "available", "error") or waited >= patience:
                     return False, why
             elif reply.verdict is Verdict.FINAL:
                 return False, why

@@ -21,7 +21,7 @@ from orchestrator.cli import run
 from orchestrator.defaults import SNAPSHOTS_PER_DISK
 
 if TYPE_CHECKING:
-    from orchestrator.api.routes import Router
+    from orchestrator.api.routes import Route, Router
     from orchestrator.config import Connection, RowDefaults
     from orchestrator.console import Console
     from orchestrator.manifest import ManifestSource
@@ -140,7 +140,7 @@ async def _check_online(
     connection = settings.online
     assert connection is not None  # noqa: S101 - only called online
     good = 0
-    per_project: Counter[tuple[str | None, str]] = Counter()
+    per_route: Counter[Route] = Counter()  # rows with and without a region can share one endpoint
     async with contextlib.AsyncExitStack() as stack:
         router = await connect(stack, connection)
         send, receive = anyio.create_memory_object_stream["SnapshotRequest"](
@@ -152,15 +152,15 @@ async def _check_online(
             async with stream:
                 async for request in stream:
                     try:
-                        problem, project = await _volume_problem(router, request, settings.policy)
+                        found = await _volume_problem(router, request, settings.policy)
                     except RouteClosed:
                         continue  # refused: not this row's problem; the run stops with one message
-                    if problem is None:
-                        good += 1
-                        per_project[(request.region, project)] += 1  # the looked-up project too
-                    else:
+                    if isinstance(found, tuple):
                         where = f"row {request.row} (line {request.line}): volume {request.volume_id}"
-                        problems.add(problem[0], f"{where}: {problem[1]}")
+                        problems.add(found[0], f"{where}: {found[1]}")
+                    else:
+                        good += 1
+                        per_route[found] += 1  # the looked-up project too
 
         async with anyio.create_task_group() as group:
             async with receive:
@@ -171,9 +171,9 @@ async def _check_online(
                     if router.closures():
                         break  # refused: stop checking (one message at the end, exit 3)
                     await send.send(request)
-        for (region, project), wanted in per_project.items():
+        for route, wanted in per_route.items():
             if not router.closures():
-                good -= await _quota_problem(router, region, project, wanted, settings.policy, problems)
+                good -= await _quota_problem(route, wanted, settings.policy, problems)
         closures = router.closures()
     if closures:
         reasons = "; ".join(closure.message for closure in closures)
@@ -183,8 +183,8 @@ async def _check_online(
 
 async def _volume_problem(
     router: Router, request: SnapshotRequest, policy: RetryPolicy
-) -> tuple[tuple[str, str] | None, str]:
-    """The row's problem (and ""), or ``None`` and the project the disk was found in."""
+) -> tuple[str, str] | Route:
+    """The row's problem (code, message), or the route (endpoint and project) the disk was found on."""
     from orchestrator.api import evs  # noqa: PLC0415
     from orchestrator.api.safe import fetch_json  # noqa: PLC0415
     from orchestrator.errors import ListingFailed, ProjectLookupFailed, TransportError  # noqa: PLC0415
@@ -195,15 +195,15 @@ async def _volume_problem(
             route, evs.show_volume(route.project_id, request.volume_id), policy, missing_ok=True
         )
         if not body:
-            return ("VOLUME_NOT_FOUND", "the disk does not exist in this project"), ""
+            return ("VOLUME_NOT_FOUND", "the disk does not exist in this project")
         status = str((body.get("volume") or {}).get("status"))
         if status == "in-use" and not request.force:
             return (
                 "VOLUME_IN_USE",
                 "the disk is in-use: set force (row or --force) to snapshot it attached",
-            ), ""
+            )
         if status not in ("available", "in-use"):
-            return ("VOLUME_NOT_SNAPSHOTTABLE", f"the disk is {status}; it must be available or in-use"), ""
+            return ("VOLUME_NOT_SNAPSHOTTABLE", f"the disk is {status}; it must be available or in-use")
         query = [("volume_id", request.volume_id), ("limit", str(evs.PAGE))]
         listed = await fetch_json(
             route, evs.list_snapshots(route.project_id, query, kind=evs.Kind.CHECK), policy
@@ -214,14 +214,14 @@ async def _volume_problem(
                 "SNAPSHOT_LIMIT_REACHED",
                 f"the disk already has {count} manually created snapshots "
                 f"(at most {MAX_SNAPSHOTS_PER_VOLUME}); prune old ones first",
-            ), ""
+            )
     except ListingFailed as exc:
-        return ("CHECK_FAILED", str(exc)), ""
+        return ("CHECK_FAILED", str(exc))
     except TransportError as exc:
-        return ("CHECK_FAILED", str(exc)), ""
+        return ("CHECK_FAILED", str(exc))
     except ProjectLookupFailed as exc:
-        return (exc.code, exc.message), ""
-    return None, route.project_id
+        return (exc.code, exc.message)
+    return route
 
 
 def _counts_toward_limit(snapshot: object) -> bool:
@@ -232,14 +232,12 @@ def _counts_toward_limit(snapshot: object) -> bool:
     return not name.startswith(BACKUP_PREFIXES) and snapshot.get("status") not in ("deleting",)
 
 
-async def _quota_problem(
-    router: Router, region: str | None, project: str, wanted: int, policy: RetryPolicy, problems: _Problems
-) -> int:
+async def _quota_problem(route: Route, wanted: int, policy: RetryPolicy, problems: _Problems) -> int:
     """Rows beyond the project's remaining snapshot quota (each reported as QUOTA_EXCEEDED)."""
     from orchestrator.api.safe import remaining_quota  # noqa: PLC0415
     from orchestrator.errors import ListingFailed  # noqa: PLC0415
 
-    route = router.route_at(region, project)
+    project = route.project_id
     try:
         remaining = await remaining_quota(route, policy)
     except ListingFailed as exc:
