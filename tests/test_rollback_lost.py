@@ -374,3 +374,31 @@ async def test_a_rollback_that_ends_right_after_the_first_read_is_not_sent_again
     assert (finding.outcome, finding.attempts) == (Action.ROLLED_BACK, 1)
     assert answers(emu, ROLLBACK) == {"dropped": 1}
     assert [item["snapshot_id"] for item in emu.world.rollbacks] == [SNAPS[0]]
+
+
+async def test_a_lost_rollback_that_already_failed_is_judged_by_the_disk(
+    emulator: Callable[..., Any], clock: ManualClock
+) -> None:
+    """The answer is lost after EVS started the rollback, which fails before the first read: the
+    snapshot is available again, the disk error_rollbacking. That is this request's failed rollback
+    (nothing else rolled the disk back): rollback_failed, and nothing is sent again."""
+    emu = await emulator(
+        clock=clock,
+        latency_ms=LATENCY_MS,
+        fault_rollback_drop_after=1.0,
+        fault_rollback_error=1.0,
+        **world(1),
+    )
+
+    async def fail_before_the_first_read() -> None:
+        await until(lambda: answers(emu, ROLLBACK)["dropped"] >= 1)
+        clock.advance(60)  # the rollback is over: the disk ends error_rollbacking
+
+    async with routed(emu.url) as route:
+        finding = await restoring(route, restore_plan(settle=0.5), fail_before_the_first_read)
+    assert (finding.outcome, finding.code, finding.attempts) == (
+        Action.ROLLBACK_FAILED,
+        "VOLUME_ERROR_ROLLBACKING",
+        1,
+    )
+    assert answers(emu, ROLLBACK) == {"dropped": 1}
