@@ -16,6 +16,7 @@ from click.testing import CliRunner, Result
 
 from orchestrator.cli import main
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
+from orchestrator.models import SnapshotRequest
 
 PROJECT = "0123456789abcdef0123456789abcdef"
 TOKEN = "test-fixed-token-0001"
@@ -148,3 +149,19 @@ def wait_for_records(report: Path, count: int, process: subprocess.Popen[bytes],
             return
         time.sleep(0.02)
     raise AssertionError(f"report never reached {count} records (process exit {process.poll()})")
+
+
+def snapshot_request(volume_id: str, row: int = 1, **changes: Any) -> SnapshotRequest:
+    """A valid row as the runner receives it: ``row`` on line ``row + 1``, the test project, name ``n``."""
+    fields: dict[str, Any] = {
+        "row": row,
+        "line": row + 1,
+        "volume_id": volume_id,
+        "project_id": PROJECT,
+        "region": None,
+        "name": "n",
+        "description": None,
+        "force": False,
+        "metadata": {},
+    }
+    return SnapshotRequest(**{**fields, **changes})

@@ -59,12 +59,11 @@ from orchestrator.errors import (
     UsageError,
 )
 from orchestrator.lock import RunLock, lock_for
-from orchestrator.models import SnapshotRequest
 from orchestrator.retry import Verdict
 from orchestrator.signals import cancel_on_signal, drain_on_signal
 from orchestrator.tally import Tally
 from tests.conftest import PROJECT, TOKEN, call, volume_ids
-from tests.helpers import TOKEN_ENV, create_args, csv_manifest, invoke, records
+from tests.helpers import TOKEN_ENV, create_args, csv_manifest, invoke, records, snapshot_request
 from tests.test_branches_retention import AKSK, CLOSED_PORT, QUICK, WRONG, hits, routed
 
 OTHER_PROJECT = "fedcba9876543210fedcba9876543210"
@@ -227,17 +226,7 @@ async def test_an_unreachable_endpoint_closes_every_project_on_it() -> None:
 async def test_a_403_before_anything_succeeded_closes_the_route(emulator: Callable[..., Any]) -> None:
     """The first answer on a route is a 403: the route closes; the next call is refused unsent."""
     emu = await emulator(any_volume=True)
-    request = SnapshotRequest(
-        row=1,
-        line=2,
-        volume_id=IDS[0],
-        project_id=PROJECT,
-        region=None,
-        name="n",
-        description=None,
-        force=False,
-        metadata={"__system__encrypted": "1"},
-    )
+    request = snapshot_request(IDS[0], metadata={"__system__encrypted": "1"})
     async with routed(emu.url) as route:
         reply = await route.send(evs.create_snapshot(PROJECT, request, "run-1"))
         assert (reply.answer.status, reply.verdict) == (403, Verdict.REFUSED)

@@ -51,6 +51,7 @@ from tests.helpers import (
     invoke,
     records,
     requests_of,
+    snapshot_request,
 )
 from tests.test_rollback import ROLLBACK, SERVER, SNAPS, VOLUMES, world
 from tests.test_rollback import RUN as SOURCE_RUN
@@ -231,17 +232,7 @@ def test_instants_in_other_zones_are_written_in_utc() -> None:
 
 def test_request_body_without_metadata_or_marker_has_no_metadata() -> None:
     """A row with no metadata, sent without a marker, has no metadata key at all (nor a description)."""
-    request = SnapshotRequest(
-        row=1,
-        line=2,
-        volume_id=IDS[0],
-        project_id=PROJECT,
-        region=None,
-        name="n",
-        description=None,
-        force=False,
-        metadata={},
-    )
+    request = snapshot_request(IDS[0])
     assert request.body() == {"snapshot": {"volume_id": IDS[0], "force": False, "name": "n"}}
     assert request.body({"evs_snapshot_run": RUN})["snapshot"]["metadata"] == {"evs_snapshot_run": RUN}
 
@@ -385,18 +376,8 @@ WRONG_SK = {"HUAWEICLOUD_SDK_SK": "not-the-secret-key-000000000000000000000"}
 VOLUMES_TO_SNAPSHOT = volume_ids(16, seed=0xED6F)
 
 
-def snapshot_request(row: int) -> SnapshotRequest:
-    return SnapshotRequest(
-        row=row,
-        line=row + 1,
-        volume_id=VOLUMES_TO_SNAPSHOT[row],
-        project_id=PROJECT,
-        region=None,
-        name=f"n{row}",
-        description=None,
-        force=False,
-        metadata={},
-    )
+def row_request(row: int) -> SnapshotRequest:
+    return snapshot_request(VOLUMES_TO_SNAPSHOT[row], row, name=f"n{row}")
 
 
 class StopsTheRun(ReportWriter):
@@ -422,7 +403,7 @@ async def test_rows_still_queued_when_the_run_stops_get_no_record(
     def rows() -> Iterator[SnapshotRequest]:
         for row in range(1, 11):
             read.append(row)
-            yield snapshot_request(row)
+            yield row_request(row)
 
     async with router_for(emu.url, AKSK) as router:
         writer = StopsTheRun(str(path))
@@ -458,7 +439,7 @@ async def test_a_throttled_row_is_not_sent_again_once_the_run_stops(
     )
     async with throttled_runner(emulator, clock, tmp_path, plan) as (emu, runner):
         async with anyio.create_task_group() as group:
-            group.start_soon(runner.run, [snapshot_request(1)])
+            group.start_soon(runner.run, [row_request(1)])
             await until(lambda: answers(emu, CREATE_ROUTE)["429"] >= 1)
             runner.stop()
             at_stop = answers(emu, CREATE_ROUTE).total()
@@ -483,7 +464,7 @@ async def test_the_deadline_ends_a_throttled_row_that_would_wait_long(
     )
     async with throttled_runner(emulator, clock, tmp_path, plan) as (emu, runner):
         with anyio.fail_after(5):
-            await runner.run([snapshot_request(1)])
+            await runner.run([row_request(1)])
     [row] = records(tmp_path / "r.jsonl")
     assert (row["outcome"], row["error_code"], row["http_status"]) == ("failed", "DEADLINE_EXCEEDED", 429)
     assert row["attempts"] >= 1
@@ -503,7 +484,7 @@ async def test_a_row_being_looked_up_stops_with_the_run_and_progress_shows_the_l
                 RunPlan(run_id=RUN, concurrency=1, settle=30.0), router=router, writer=writer, tally=Tally()
             )
             async with anyio.create_task_group() as group:
-                group.start_soon(runner.run, [snapshot_request(1)])
+                group.start_soon(runner.run, [row_request(1)])
                 await until(lambda: answers(emu, CREATE_ROUTE)["504"] == 1)
                 runner.stop()
         line = Progress(runner.tally, 1, io.StringIO(), router=router, runner=runner).line()
@@ -530,7 +511,7 @@ async def test_a_route_refused_while_a_row_settles_leaves_the_row_unconfirmed(
                 RunPlan(run_id=RUN, concurrency=1, settle=0.2), router=router, writer=writer, tally=Tally()
             )
             async with anyio.create_task_group() as group:
-                group.start_soon(runner.run, [snapshot_request(1)])
+                group.start_soon(runner.run, [row_request(1)])
                 await until(lambda: answers(emu, CREATE_ROUTE)["504"] == 1)
                 clock.advance(emu.world.settings.token_ttl + 1)
         closures = router.closures()

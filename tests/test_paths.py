@@ -24,7 +24,7 @@ from orchestrator.emulator.settings import (
     DEFAULT_SK,
     DEFAULT_USER,
 )
-from orchestrator.models import Outcome, Record, SnapshotRequest
+from orchestrator.models import Outcome, Record
 from orchestrator.progress import Progress
 from orchestrator.report import ReportWriter
 from orchestrator.retry import Verdict
@@ -32,7 +32,15 @@ from orchestrator.runner import Runner, RunPlan, _Attempt
 from orchestrator.tally import Tally
 from orchestrator.waiter import Waiter, WaitPlan
 from tests.conftest import volume_ids
-from tests.helpers import LIST_ROUTE, PROJECT, csv_manifest, invoke, last_per_row, requests_of
+from tests.helpers import (
+    LIST_ROUTE,
+    PROJECT,
+    csv_manifest,
+    invoke,
+    last_per_row,
+    requests_of,
+    snapshot_request,
+)
 
 PASSWORD_ENV = {
     "OS_USERNAME": DEFAULT_USER,
@@ -81,17 +89,7 @@ async def test_wait_asks_by_id_in_a_large_project(
     async with router_for(emu.url, AKSK) as router:
         route = router.route_at(None, PROJECT)
         for row, volume in enumerate(volumes[2500:], start=1):
-            request = SnapshotRequest(
-                row=row,
-                line=row,
-                volume_id=volume,
-                project_id=PROJECT,
-                region=None,
-                name=f"n{row}",
-                description=None,
-                force=False,
-                metadata={},
-            )
+            request = snapshot_request(volume, row, line=row, name=f"n{row}")
             reply = await route.send(evs.create_snapshot(PROJECT, request, "run"))
             pending.append(record(row, volume, reply.answer.body["snapshot"]["id"]))
         clock.advance(2.0)
@@ -130,17 +128,7 @@ async def test_a_lookup_that_gets_no_answer_is_unknown_not_absent(tmp_path: Path
         route = router.route_at(None, PROJECT)
         with ReportWriter(str(tmp_path / "r.jsonl")) as writer:
             runner = Runner(RunPlan(run_id="r", concurrency=1), router=router, writer=writer, tally=Tally())
-            request = SnapshotRequest(
-                row=1,
-                line=2,
-                volume_id=volume_ids(1)[0],
-                project_id=PROJECT,
-                region=None,
-                name="n",
-                description=None,
-                force=False,
-                metadata={},
-            )
+            request = snapshot_request(volume_ids(1)[0])
             state = _Attempt()
             assert await runner._look_up(request, route, state) is None
             assert state.lookups == 1
