@@ -96,17 +96,9 @@ def now_iso() -> str:
 
 def read_actions(path: Path) -> Iterator[ActionRecord]:
     """Every whole record of an action report (header skipped; a torn last line skipped)."""
-    from orchestrator.report import report_lines  # noqa: PLC0415
+    from orchestrator.report import read_typed  # noqa: PLC0415
 
-    for number, line, data in report_lines(path):
-        if isinstance(data, dict) and data.get("type") == "run":
-            continue
-        try:
-            yield ActionRecord.from_dict(data)
-        except ValueError as exc:
-            if not line.endswith(b"\n"):
-                return
-            raise UsageError(f"{path}:{number}: not a record of this report ({exc})") from None
+    return read_typed(path, ActionRecord.from_dict, "a record of this report")
 
 
 class ActionBook:

@@ -14,14 +14,16 @@ import stat
 import sys
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import orjson
 
 from orchestrator.errors import ReportExistsError, ReportUnwritable, ResumeMismatch, UsageError
 from orchestrator.models import SUCCESSFUL, Outcome, Record, RunHeader, utc_iso, utc_now
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from orchestrator.config import RowDefaults, RunIdentity
@@ -199,16 +201,22 @@ def read_header(path: Path) -> RunHeader | None:
 
 
 def read_records(path: Path) -> Iterator[Record]:
-    """Every whole record of a report, in file order (the header is skipped)."""
+    """Every whole record of a create report, in file order (the header is skipped)."""
+    return read_typed(path, Record.from_dict, "a report record")
+
+
+def read_typed(path: Path, parse: Callable[[Any], _T], what: str) -> Iterator[_T]:
+    """Every whole record of a report as ``parse`` reads it (header skipped; a torn last line
+    skipped); a whole line ``parse`` refuses is a usage error naming ``file:line``."""
     for number, line, data in report_lines(path):
         if isinstance(data, dict) and data.get("type") == "run":
             continue
         try:
-            yield Record.from_dict(data)
+            yield parse(data)
         except ValueError as exc:
             if not line.endswith(b"\n"):
                 return
-            raise UsageError(f"{path}:{number}: not a report record ({exc})") from None
+            raise UsageError(f"{path}:{number}: not {what} ({exc})") from None
 
 
 class ResumeBook:

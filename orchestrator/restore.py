@@ -36,7 +36,7 @@ import anyio
 
 from orchestrator.actions import Action
 from orchestrator.api import evs
-from orchestrator.api.safe import fetch_json
+from orchestrator.api.safe import fetch_json, snapshot_status
 from orchestrator.errors import ListingFailed, TransportError
 from orchestrator.models import Outcome, Record
 from orchestrator.retry import RetryPolicy, Verdict
@@ -323,10 +323,9 @@ async def _taken(route: Route, row: Record, plan: RestorePlan, *, patience: floa
     ``patience`` seconds. A disk rolling back from another snapshot (another run's) is not ours."""
     waited = 0.0
     policy = plan.reads
-    call = evs.show_snapshot(route.project_id, str(row.snapshot_id), kind=evs.Kind.LOOKUP)
     while True:
-        body = await fetch_json(route, call, policy, missing_ok=True)
-        if (body.get("snapshot") or {}).get("status") == "rollbacking":
+        status = await snapshot_status(route, str(row.snapshot_id), policy, kind=evs.Kind.LOOKUP)
+        if status == "rollbacking":
             return True  # a snapshot rolls back onto its own disk only: this row's request was taken
         volume = await _volume(route, row, policy, evs.Kind.LOOKUP)
         disk = None if volume is None else volume.get("status")

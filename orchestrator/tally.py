@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from orchestrator.errors import UsageError
 from orchestrator.models import SUCCESSFUL, Outcome, Record
 from orchestrator.report import final_records, read_header, read_records
 
@@ -108,6 +109,11 @@ class Tally:
     def of_report(cls, path: Path) -> Tally:
         """The summary of a report: the last record of each row, plus its sweep records."""
         header = read_header(path)
+        if header is not None and header.command != "create":
+            raise UsageError(
+                f"{path} is a {header.command} report: summary reads create reports "
+                f"(a {header.command} run prints its own summary at its end)"
+            )
         tally = cls(manifest_rows=None if header is None else header.rows)
         for record in final_records(path):
             tally.add(record)

@@ -152,9 +152,11 @@ async def delete_snapshot(
         await anyio.sleep(pause)
 
 
-async def snapshot_status(route: Route, snapshot_id: str, policy: RetryPolicy) -> str | None:
+async def snapshot_status(
+    route: Route, snapshot_id: str, policy: RetryPolicy, *, kind: evs.Kind = evs.Kind.CHECK
+) -> str | None:
     """A snapshot's status, ``None`` once it is gone; raises ``ListingFailed`` when it cannot be read."""
-    call = evs.show_snapshot(route.project_id, snapshot_id, kind=evs.Kind.CHECK)
+    call = evs.show_snapshot(route.project_id, snapshot_id, kind=kind)
     body = await fetch_json(route, call, policy, missing_ok=True)
     return str((body.get("snapshot") or {}).get("status")) if body else None
 
