@@ -157,6 +157,15 @@ def _rows(
     )
 
 
+# The project of manifest rows that do not name one (prune and audit; create's is in ROWS).
+PROJECT_OF_ROWS = click.option(
+    "--project-id",
+    default=None,
+    envvar="HUAWEICLOUD_SDK_PROJECT_ID",
+    help="Project of rows without project_id.  [env: HUAWEICLOUD_SDK_PROJECT_ID]",
+)
+
+
 ROWS = group(
     "rows",
     _rows,

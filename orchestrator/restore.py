@@ -150,7 +150,7 @@ async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
     disk, status = volume.get("status"), snapshot.get("status")
     if disk == "rollbacking" and status == "rollbacking":
         return Look(snapshot, None, running=True)
-    servers = _servers(volume)
+    servers = evs.servers_of(volume)
     if servers or disk == "in-use":
         shown = ", ".join(servers) or "a server"
         return Look(
@@ -220,15 +220,6 @@ def _not_ours(snapshot: Mapping[str, Any], row: Record, source_run: str) -> Find
 
 def _blocked(code: str, message: str, snapshot: Mapping[str, Any] | None = None) -> Finding:
     return Finding(outcome=Action.BLOCKED, code=code, message=message, snapshot=snapshot)
-
-
-def _servers(volume: Mapping[str, Any]) -> list[str]:
-    attachments = volume.get("attachments")
-    if not isinstance(attachments, list):
-        return []
-    return [
-        str(item["server_id"]) for item in attachments if isinstance(item, dict) and item.get("server_id")
-    ]
 
 
 async def _volume(route: Route, row: Record, policy: RetryPolicy, kind: evs.Kind) -> dict[str, Any] | None:

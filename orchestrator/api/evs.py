@@ -118,3 +118,13 @@ def marked(snapshot: Mapping[str, Any], run_id: str | None = None) -> bool:
     if not isinstance(metadata, dict) or RUN_MARKER_KEY not in metadata:
         return False
     return run_id is None or metadata[RUN_MARKER_KEY] == run_id
+
+
+def servers_of(volume: Mapping[str, Any]) -> list[str]:
+    """The servers a listed or shown disk is attached to (none when the answer has no attachments)."""
+    attachments = volume.get("attachments")
+    if not isinstance(attachments, list):
+        return []
+    return [
+        str(item["server_id"]) for item in attachments if isinstance(item, dict) and item.get("server_id")
+    ]

@@ -211,12 +211,7 @@ def _side_files(
     required=True,
     help="A disk passes with an available snapshot of the tool younger than this (26h, 7d).",
 )
-@click.option(
-    "--project-id",
-    default=None,
-    envvar="HUAWEICLOUD_SDK_PROJECT_ID",
-    help="Project of rows without project_id.  [env: HUAWEICLOUD_SDK_PROJECT_ID]",
-)
+@options.PROJECT_OF_ROWS
 @click.option(
     "--name-prefix",
     default=None,

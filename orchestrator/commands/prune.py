@@ -300,12 +300,7 @@ def per_volume_notes(counts: dict[str, Counter[str]], *, shown: int = 20) -> lis
     is_flag=True,
     help="Every disk of each project named (by the manifest's rows, or by --project-id / --region).",
 )
-@click.option(
-    "--project-id",
-    default=None,
-    envvar="HUAWEICLOUD_SDK_PROJECT_ID",
-    help="Project of rows without project_id.  [env: HUAWEICLOUD_SDK_PROJECT_ID]",
-)
+@options.PROJECT_OF_ROWS
 @click.option(
     "--keep-last", type=click.IntRange(0, 100000), help="Keep the newest N owned snapshots of each disk."
 )

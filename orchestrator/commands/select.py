@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 import click
 
 from orchestrator import options
+from orchestrator.api.evs import servers_of
 from orchestrator.cli import run
 
 if TYPE_CHECKING:
@@ -113,15 +114,6 @@ class SelectSettings:
     output: str  # a path, or "-" for standard output
     format: str
     force: bool
-
-
-def servers_of(volume: Mapping[str, Any]) -> list[str]:
-    attachments = volume.get("attachments")
-    if not isinstance(attachments, list):
-        return []
-    return [
-        str(item["server_id"]) for item in attachments if isinstance(item, dict) and item.get("server_id")
-    ]
 
 
 def is_boot(volume: Mapping[str, Any]) -> bool:
