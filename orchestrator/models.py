@@ -152,9 +152,17 @@ class RunHeader:
     digest: str
     shape: Mapping[str, str]
     started_at: str
+    # A run against ``--emulator`` (its snapshots live in a process that is gone) and a ``--dry-run``
+    # (nothing was sent): later commands refuse to act on either against the real cloud.
+    emulator: bool = False
+    dry_run: bool = False
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"type": "run", **dataclasses.asdict(self)}, option=orjson.OPT_APPEND_NEWLINE)
+        data: dict[str, Any] = {"type": "run", **dataclasses.asdict(self)}
+        for flag in ("emulator", "dry_run"):
+            if not data[flag]:
+                del data[flag]  # headers of ordinary runs read as before
+        return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunHeader:
@@ -167,6 +175,8 @@ class RunHeader:
                 digest=str(data.get("digest", "")),
                 shape={str(k): str(v) for k, v in dict(data.get("shape") or {}).items()},
                 started_at=str(data.get("started_at", "")),
+                emulator=data.get("emulator") is True,
+                dry_run=data.get("dry_run") is True,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a run header: {exc}") from exc

@@ -172,6 +172,8 @@ async def _locked(
                     digest=digest,
                     shape=name_shape(settings.defaults),
                     started_at=utc_iso(identity.started),
+                    emulator=settings.emulator,
+                    dry_run=settings.dry_run,
                 )
             )
         validator = RowValidator(
