@@ -85,11 +85,29 @@ class Tally:
         """True when every row counted so far ended in a success."""
         return all(Outcome(outcome) in SUCCESSFUL for outcome in self.outcomes)
 
-    def replace(self, previous: Outcome, record: Record) -> None:
-        """A row's state changed (waiting, or a sweep's reconciliation): count the new one instead."""
-        self.outcomes[previous.value] -= 1
-        if not self.outcomes[previous.value]:
-            del self.outcomes[previous.value]
+    def replace(self, previous: Record, record: Record) -> None:
+        """A row's state changed (a sweep's reconciliation): count the new one instead of the old one,
+        which leaves the error codes and the rows to retry as well, so the closing summary agrees with
+        ``summary`` of the report."""
+        outcome = previous.outcome.value
+        self.outcomes[outcome] -= 1
+        if not self.outcomes[outcome]:
+            del self.outcomes[outcome]
+        code = previous.error_code
+        if code is not None and previous.outcome not in SUCCESSFUL and self.codes.get(code):
+            self.codes[code] -= 1
+            if not self.codes[code]:
+                del self.codes[code], self.examples[code]
+        if previous.outcome in NEXT_STEP and self.to_act_count.get(outcome):
+            self.to_act_count[outcome] -= 1
+            if not self.to_act_count[outcome]:
+                del self.to_act_count[outcome]
+            rows = self.to_act.get(outcome, [])
+            if previous.row in rows:
+                rows.remove(previous.row)
+            if not rows:
+                self.to_act.pop(outcome, None)
+        self.attempts -= previous.attempts  # the new record carries the row's attempts again
         self.add(record)
 
     def phase(self, name: str, seconds: float, totals: Mapping[str, int]) -> None:

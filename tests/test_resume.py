@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from orchestrator.emulator import ManualClock
 from tests.conftest import volume_ids
 from tests.helpers import (
     CREATE_ROUTE,
@@ -71,17 +73,23 @@ def summary_of(path: Path) -> dict[str, Any]:
 
 
 def test_a_row_in_flight_at_a_kill_is_looked_up_from_its_last_send_not_resent(
-    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, clock: ManualClock
 ) -> None:
-    """Case 1 of issue 18: drop, then 504 with a late commit, SIGKILL right after the 504, resume: one snapshot."""
+    """Case 1 of issue 18: a drop, then a 504 whose snapshot commits late, SIGKILL right after the 504;
+    the commit lands while the resume looks: the resume finds it and sends no third create."""
     emu = emulator_thread(
-        any_volume=True, fault_drop_before=0.5, fault_late_commit=0.5, late_commit_seconds=0.6, seed=40
+        clock=clock,
+        any_volume=True,
+        fault_drop_before=0.5,
+        fault_late_commit=0.5,
+        late_commit_seconds=1,
+        seed=40,
     )
     (disk,) = volume_ids(1, seed=1801)
     manifest = csv_manifest(write, [disk])
     report = tmp_path / "r.jsonl"
     args = create_args(
-        emu.url, manifest, report, "--settle", "1s", "--timeout", "1", "--backoff-initial", "0.1"
+        emu.url, manifest, report, "--settle", "3s", "--timeout", "1", "--backoff-initial", "0.1"
     )
     process = run_process(args)
     kill_when(report, process, lambda _: bool(requests_of(emu.state(), CREATE_ROUTE)["504"]))
@@ -89,9 +97,24 @@ def test_a_row_in_flight_at_a_kill_is_looked_up_from_its_last_send_not_resent(
     assert records(report) == []  # only the header ...
     assert len(journal(report)) == 2  # ... and the journal of the two sends
 
-    resumed = invoke([*args, "--resume"])
+    # The late commit lands (the emulator's clock moves on) as soon as the resume first reads the list.
+    reads = sum(requests_of(emu.state(), LIST_ROUTE).values())
+    done = threading.Event()
+
+    def commit_on_first_read() -> None:
+        while not done.wait(0.005):
+            if sum(requests_of(emu.state(), LIST_ROUTE).values()) > reads:
+                clock.advance(5)
+                return
+
+    watcher = threading.Thread(target=commit_on_first_read, daemon=True)
+    watcher.start()
+    try:
+        resumed = invoke([*args, "--resume"])
+    finally:
+        done.set()
+        watcher.join()
     assert resumed.exit_code == 0, resumed.output
-    time.sleep(0.7)  # any commit still due has landed
     assert requests_of(emu.state(), CREATE_ROUTE) == {"dropped": 1, "504": 1}  # no third create
     assert snapshots_per_volume(emu.state(), header(report)["run_id"]) == {disk: 1}
     (row,) = last_per_row(report).values()
@@ -224,3 +247,20 @@ def test_the_journal_costs_one_line_per_attempt_and_no_line_on_standard_output(
     assert piped.returncode == 0
     assert out.count(b"\n") == 4
     assert b"sending" not in out
+
+
+def test_the_closing_summary_agrees_with_summary_after_the_sweep_reconciles_rows(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Rows that failed and that the sweep then found created are neither counted nor listed to retry twice."""
+    emu = emulator_thread(any_volume=True, seed=7, fault_late_commit=0.5, late_commit_seconds=0.15)
+    ids = volume_ids(12, seed=1810)
+    report = tmp_path / "r.jsonl"
+    args = create_args(emu.url, csv_manifest(write, ids), report, "--settle", "0.05s", "--max-attempts", "1")
+    result = invoke([*args, "--concurrency", "1"])
+    assert sum(1 for r in records(report) if r["reconciled"]) > 0, result.output  # the sweep reconciled some
+    closing = [line for line in result.stderr.splitlines() if " rows: " in line or "rows to retry" in line]
+    printed = invoke(["summary", str(report)])
+    again = [line for line in printed.stdout.splitlines() if " rows: " in line or "rows to retry" in line]
+    assert closing == again
+    assert result.exit_code == printed.exit_code
