@@ -20,10 +20,13 @@ from tests.helpers import (
     create_args,
     csv_manifest,
     header,
+    in_flight,
     invoke,
     journal,
+    kill_when,
     last_per_row,
     records,
+    records_in,
     requests_of,
     run_process,
     snapshots_per_volume,
@@ -40,31 +43,6 @@ FAULTS = {
 }
 QUICK = ("--settle", "0.8s", "--timeout", "1", "--backoff-initial", "0.05", "--backoff-max", "0.3")
 QUICK += ("--max-attempts", "12")
-
-
-def kill_when(report: Path, process: Any, ready: Callable[[bytes], bool], limit: float = 30.0) -> None:
-    """SIGKILL ``process`` as soon as ``ready(report bytes)`` holds (bounded wait)."""
-    stop = time.monotonic() + limit
-    while time.monotonic() < stop and process.poll() is None:
-        if report.exists() and ready(report.read_bytes()):
-            break
-        time.sleep(0.005)
-    process.kill()
-    process.communicate(timeout=10)  # reaps it and closes its pipes
-
-
-def in_flight(data: bytes) -> set[int]:
-    """Rows with a ``sending`` record and no row record after it: sent, answer not recorded."""
-    open_rows: set[int] = set()
-    for line in data.splitlines():
-        if not line.endswith(b"}"):
-            continue
-        item = orjson.loads(line)
-        if item.get("outcome") == "sending":
-            open_rows.add(item["row"])
-        elif "row" in item and item.get("outcome") not in ("duplicate_deleted", "duplicate_found"):
-            open_rows.discard(item["row"])
-    return open_rows
 
 
 def summary_of(path: Path) -> dict[str, Any]:
@@ -147,15 +125,6 @@ def test_kills_at_random_moments_then_resume_leave_one_snapshot_per_disk(
     assert snapshots_per_volume(state, header(report)["run_id"]) == dict.fromkeys(ids, 1)
     assert {r["outcome"] for r in last_per_row(report).values()} == {"accepted"}
     assert sorted(last_per_row(report)) == list(range(1, 41))
-
-
-def records_in(data: bytes) -> list[dict[str, Any]]:
-    """The row records (no header, no journal) among the whole lines of report bytes."""
-    found = []
-    for line in data.splitlines():
-        if line.endswith(b"}") and b'"type":"run"' not in line and b'"outcome":"sending"' not in line:
-            found.append(orjson.loads(line))
-    return found
 
 
 def test_a_resume_lists_the_run_once_and_looks_up_only_rows_in_their_window(
@@ -253,7 +222,9 @@ def test_the_closing_summary_agrees_with_summary_after_the_sweep_reconciles_rows
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """Rows that failed and that the sweep then found created are neither counted nor listed to retry twice."""
-    emu = emulator_thread(any_volume=True, seed=7, fault_late_commit=0.5, late_commit_seconds=0.15)
+    emu = emulator_thread(
+        any_volume=True, seed=7, fault_late_commit=0.5, late_commit_seconds=0.15, latency_ms=30
+    )
     ids = volume_ids(12, seed=1810)
     report = tmp_path / "r.jsonl"
     args = create_args(emu.url, csv_manifest(write, ids), report, "--settle", "0.05s", "--max-attempts", "1")
