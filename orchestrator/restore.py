@@ -200,7 +200,9 @@ def unusable(row: Record) -> Finding | None:
 
 def earlier_rollbacks(run_id: str, places: Iterable[Path], *, skip: Path | None) -> dict[Path, set[int]]:
     """The rollback reports in the folders ``places`` that rolled back rows of create run ``run_id``,
-    each with the rows it shows ``rolled_back`` (``skip``: the report of this run).
+    each with the rows it shows ``rolled_back`` (``skip``: the report of this run). A row whose
+    rollback was sent but not seen to end (``failed``, ``UNCONFIRMED``) is not counted: the ``--resume``
+    of its own report looks at that disk.
 
     Only each file's first line is read, unless it is the header of such a report. The evidence
     travels with the folder (copy it with the create report to another machine); a rollback report

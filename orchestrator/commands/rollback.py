@@ -66,7 +66,7 @@ class Chosen:
 
     run_id: str
     rows: list[Record]
-    total: int  # the create run's rows (its header's), or the rows chosen by --rows / --volume
+    total: int  # the create run's rows, as its header says (0: no header)
     unrecorded: int  # rows of the header without a record (counted when every row is chosen)
     first_unrecorded: list[int]
 
@@ -149,7 +149,7 @@ def chosen_rows(settings: RollbackSettings) -> Chosen:
         missing = ", ".join(str(row) for row in sorted(settings.rows - seen_rows)[:10])
         raise UsageError(f"--rows: {path} has no record of row {missing}; nothing was sent")
     total = 0 if header is None else header.rows
-    unrecorded = total - sum(1 for row in seen_rows if 1 <= row <= total)
+    unrecorded = total - sum(1 for row in seen_rows if isinstance(row, int) and 1 <= row <= total)
     if settings.volumes is not None and settings.volumes - seen_volumes:
         missing = ", ".join(sorted(settings.volumes - seen_volumes)[:10])
         gap = f" ({unrecorded} of {total} rows of the create run have no record)" if unrecorded else ""
@@ -160,7 +160,7 @@ def chosen_rows(settings: RollbackSettings) -> Chosen:
     return Chosen(
         run_id=run_id,
         rows=sorted(rows, key=lambda record: record.row),
-        total=total if every and unrecorded else len(rows),
+        total=total,
         unrecorded=unrecorded if every else 0,
         first_unrecorded=first_without_record(total, seen_rows.__contains__) if every else [],
     )
