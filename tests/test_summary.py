@@ -62,7 +62,9 @@ def report(path: Path, *items: dict[str, Any]) -> Path:
             id="rows-below-0",
         ),
         pytest.param(
-            [run_line(rows="3"), row_line(1)], ':1: the run header\'s rows is "3"', id="rows-a-string"
+            [run_line(rows="3"), row_line(1)],
+            ":1: not a run header: rows must be a whole number of 0 or more, not '3'",
+            id="rows-a-string",
         ),
         pytest.param(
             [run_line(rows=2.5), row_line(1)],
