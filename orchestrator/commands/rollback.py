@@ -57,6 +57,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
 
     from orchestrator.actions import Action, action_run  # noqa: PLC0415
     from orchestrator.api.routes import connect  # noqa: PLC0415
+    from orchestrator.lock import run_locks  # noqa: PLC0415
     from orchestrator.restore import RestorePlan  # noqa: PLC0415
 
     source_run, rows = chosen_rows(settings)
@@ -71,8 +72,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
         source=str(settings.source),
         shape=shape,
         resume=settings.resume,
-        lock_key=str(settings.source),
-        lock_file=settings.lock_file,
+        locks=run_locks(source_run, settings.lock_file),
         console=console,
         success=frozenset({Action.PLANNED, Action.ROLLED_BACK}),
         grace=60.0,  # a rollback in flight takes a while: give it time to be recorded

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
@@ -45,7 +44,7 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
     from orchestrator.api.routes import connect  # noqa: PLC0415
     from orchestrator.errors import Interrupted, UsageError  # noqa: PLC0415
     from orchestrator.finish import finish  # noqa: PLC0415
-    from orchestrator.lock import holding, lock_for  # noqa: PLC0415
+    from orchestrator.lock import holding, run_locks  # noqa: PLC0415
     from orchestrator.report import ReportWriter, check_report_path, final_records, read_header  # noqa: PLC0415
     from orchestrator.signals import cancel_on_signal  # noqa: PLC0415
     from orchestrator.sweep import sweep, sweep_policy  # noqa: PLC0415
@@ -57,9 +56,10 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
     if not report.is_file():
         raise UsageError(f"{report}: no such report")
     header = read_header(report)
-    lock = settings.lock_file or lock_for("report", str(report), os.environ)
+    # The run's lock: no create --resume, cleanup, rollback or other wait of the run meanwhile.
+    locks = run_locks(report if header is None else header.run_id, settings.lock_file)
     received: list[int] = []
-    with holding([lock]):
+    with holding(locks, "wait"):
         if header is None and next(iter(final_records(report)), None) is None:
             raise UsageError(f"{report}: the report holds no records; nothing to wait for")
         tally = Tally(manifest_rows=None if header is None else header.rows)
@@ -111,7 +111,8 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
 @click.option(
     "--lock-file",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Lock held while waiting.  [default: one per report, in the per-user lock directory]",
+    help="Another lock held while waiting; a second holder exits 75 (the run's own lock, in the per-user "
+    "lock directory, is always held).",
 )
 @options.CLOSING
 @options.LOG_FORMAT
