@@ -3,7 +3,7 @@
 REPORT is a ``create`` report. Without ``--apply`` every chosen row gets one ``planned`` record naming
 its blocker, if any, and nothing is sent; with ``--apply`` each row is checked, rolled back and
 waited for (``orchestrator.restore`` holds the rules). ``--rows 3,7-9`` and ``--volume ID`` choose a
-subset. The run has its own report (one record per row, key ``row:N``), a lock per create report,
+subset. The run has its own report (one record per row, key ``row:N``), the create run's lock,
 and ``--resume`` (rows already rolled back or refused are skipped; the others are looked at again,
 their disks first).
 
