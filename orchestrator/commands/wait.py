@@ -56,12 +56,12 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
     if not report.is_file():
         raise UsageError(f"{report}: no such report")
     header = read_header(report)
+    if header is None and next(iter(final_records(report)), None) is None:
+        raise UsageError(f"{report}: the report holds no records; nothing to wait for")
     # The run's lock: no create --resume, cleanup, rollback or other wait of the run meanwhile.
     locks = run_locks(report if header is None else header.run_id, settings.lock_file)
     received: list[int] = []
     with holding(locks, "wait"):
-        if header is None and next(iter(final_records(report)), None) is None:
-            raise UsageError(f"{report}: the report holds no records; nothing to wait for")
         tally = Tally(manifest_rows=None if header is None else header.rows)
         async with contextlib.AsyncExitStack() as stack:
             router = await connect(stack, settings.connection)
