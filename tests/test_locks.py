@@ -220,8 +220,8 @@ def test_every_command_on_a_run_takes_its_lock(
     tmp_path: Path,
     lock_dir_of_the_test: Path,
 ) -> None:
-    """While the run's lock is held, create --resume, wait, cleanup and rollback of that run exit 75 and
-    send nothing, also through a copy of its report (the lock is the run id's, not the file's)."""
+    """While the run's lock is held, create --resume, wait, cleanup and rollback (plan or --apply) of that
+    run exit 75 and send nothing, also through a copy of its report (the lock is the run id's)."""
     emu = emulator_thread(any_volume=True)
     manifest, report = made_run(emu, write, tmp_path)
     copy = tmp_path / "copy.jsonl"
@@ -233,6 +233,7 @@ def test_every_command_on_a_run_takes_its_lock(
         "wait": cli_args("wait", report, endpoint=url),
         "cleanup": cli_args("cleanup", copy, endpoint=url, report=tmp_path / "c.jsonl", apply=True),
         "rollback": cli_args("rollback", copy, endpoint=url, report=tmp_path / "r.jsonl", apply=True),
+        "rollback plan": cli_args("rollback", report, endpoint=url, report=tmp_path / "plan.jsonl"),
     }
     lock = run_lock(report)
     assert lock.path.parent == lock_dir_of_the_test
@@ -245,6 +246,7 @@ def test_every_command_on_a_run_takes_its_lock(
     assert emu.state()["requests"] == before
     assert not (tmp_path / "c.jsonl").exists()
     assert not (tmp_path / "r.jsonl").exists()
+    assert not (tmp_path / "plan.jsonl").exists()
 
 
 # --- lock files ---------------------------------------------------------------------------------------
