@@ -5,7 +5,8 @@ Three kinds of lock live in a per-user lock directory (``$XDG_RUNTIME_DIR/evs-sn
 
 - **a manifest's**, taken by ``create`` and ``prune``: named after the file's identity (device and
   inode, symlinks resolved), so a symlink or a hard link of the manifest is the same manifest. A
-  manifest read from standard input is locked by its digest. ``--lock-file`` replaces it.
+  manifest read from standard input is locked by its digest. ``--lock-file`` replaces it. (A manifest
+  rewritten by renaming a new file over it is a new file: a run of it does not wait for one of the old.)
 - **a run's**, named after a create run's id: ``create`` (the new run, or the run ``--resume``
   continues), ``wait``, ``cleanup`` and ``rollback`` of that run all take it, so no two of them act on
   one run at once (a copy of the report names the same run).
