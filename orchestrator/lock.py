@@ -62,19 +62,24 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def manifest_lock(path: str, environ: Mapping[str, str] = os.environ) -> Lock:
-    """The lock of a manifest file: its device and inode, so every name of the file shares it."""
+def manifest_lock(
+    path: str, environ: Mapping[str, str] = os.environ, *, digest: str = "", lock_file: Path | None = None
+) -> Lock:
+    """The lock a run of a manifest takes (``create`` and ``prune`` the same): ``--lock-file`` when
+    given; for standard input (``-``) its ``digest``; else the file's device and inode (every name of
+    the file shares it)."""
+    if lock_file is not None:
+        return given_lock(lock_file)
+    if path == "-":
+        return Lock(
+            lock_dir(environ) / f"manifest-{_digest(digest)}.lock", "the lock of this manifest (stdin)"
+        )
     try:
         identity = os.stat(path)  # follows symlinks
     except OSError as exc:
         raise ManifestError(path, None, f"cannot open the manifest: {exc.strerror}") from None
     name = f"manifest-dev{identity.st_dev:x}-ino{identity.st_ino:x}.lock"
     return Lock(lock_dir(environ) / name, f"the lock of manifest {path}")
-
-
-def stdin_lock(digest: str, environ: Mapping[str, str] = os.environ) -> Lock:
-    """The lock of a manifest read from standard input: its content digest (``sha256:<hex>``)."""
-    return Lock(lock_dir(environ) / f"manifest-{_digest(digest)}.lock", "the lock of this manifest (stdin)")
 
 
 def scope_lock(scope: str, environ: Mapping[str, str] = os.environ) -> Lock:

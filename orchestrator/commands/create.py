@@ -113,16 +113,10 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
 def _locks(settings: CreateSettings, digest: str) -> list[Lock]:
     """The manifest's lock (or --lock-file), the report's, and the lock of the run the report holds."""
     from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.lock import given_lock, manifest_lock, report_lock, run_lock, stdin_lock  # noqa: PLC0415
+    from orchestrator.lock import manifest_lock, report_lock, run_lock  # noqa: PLC0415
     from orchestrator.report import read_header  # noqa: PLC0415
 
-    locks = []
-    if settings.lock_file is not None:
-        locks.append(given_lock(settings.lock_file))
-    elif settings.source.path == "-":
-        locks.append(stdin_lock(digest))
-    else:
-        locks.append(manifest_lock(settings.source.path))
+    locks = [manifest_lock(settings.source.path, digest=digest, lock_file=settings.lock_file)]
     if settings.report != "-":
         locks.append(report_lock(settings.report))
         with contextlib.suppress(UsageError, OSError):  # not a report: refuse_existing or the resume says so

@@ -117,14 +117,12 @@ def selection(settings: PruneSettings, console: Console) -> tuple[str, list[Targ
 
 
 def _lock(settings: PruneSettings, what: str, digest: str) -> Lock:
-    """The manifest's lock, as ``create`` takes it (or --lock-file; for --all-volumes alone, a scope's)."""
-    from orchestrator.lock import given_lock, manifest_lock, scope_lock, stdin_lock  # noqa: PLC0415
+    """The manifest's lock, the one ``create`` takes (for --all-volumes alone, the scope's)."""
+    from orchestrator.lock import given_lock, manifest_lock, scope_lock  # noqa: PLC0415
 
-    if settings.lock_file is not None:
-        return given_lock(settings.lock_file)
-    if settings.source is None:
-        return scope_lock(what)
-    return stdin_lock(digest) if settings.source.path == "-" else manifest_lock(settings.source.path)
+    if settings.source is not None:
+        return manifest_lock(settings.source.path, digest=digest, lock_file=settings.lock_file)
+    return given_lock(settings.lock_file) if settings.lock_file is not None else scope_lock(what)
 
 
 async def prune(settings: PruneSettings, *, console: Console) -> int:
