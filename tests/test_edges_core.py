@@ -321,12 +321,15 @@ def test_summary_counts_the_sweep_records_of_a_report(tmp_path: Path) -> None:
 def test_replacing_one_of_several_rows_keeps_the_others_counted() -> None:
     """Two failed rows, one found created after all: one failed and one accepted remain."""
     tally = Tally(manifest_rows=2)
-    tally.add(record(1, Outcome.FAILED, error_code="UNCONFIRMED"))
-    tally.add(record(2, Outcome.FAILED, error_code="UNCONFIRMED"))
-    tally.replace(Outcome.FAILED, record(1, snapshot_id="s1", reconciled=True))
+    failed = [record(row, Outcome.FAILED, error_code="UNCONFIRMED") for row in (1, 2)]
+    for item in failed:
+        tally.add(item)
+    tally.replace(failed[0], record(1, snapshot_id="s1", reconciled=True))
     assert dict(tally.outcomes) == {"failed": 1, "accepted": 1}
-    tally.replace(Outcome.FAILED, record(2, snapshot_id="s2", reconciled=True))
+    assert (dict(tally.codes), tally.to_act) == ({"UNCONFIRMED": 1}, {"failed": [2]})
+    tally.replace(failed[1], record(2, snapshot_id="s2", reconciled=True))
     assert dict(tally.outcomes) == {"accepted": 2}
+    assert (dict(tally.codes), tally.to_act, dict(tally.to_act_count)) == ({}, {}, {})
     assert tally.exit_code == 0
 
 
