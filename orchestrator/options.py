@@ -494,7 +494,7 @@ WAITING = group(
         type=Duration(),
         default=f"{defaults.WAIT_TIMEOUT:g}s",
         show_default=True,
-        help="How long to wait for snapshots to settle (90s, 15m, 2h; no built-in cap).",
+        help="How long to wait for snapshots to settle (90s, 15m, 2h; up to 100 years).",
     ),
     click.option(
         "--poll-interval",

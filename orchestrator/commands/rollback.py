@@ -276,7 +276,14 @@ def _exit_code(finals: dict[int, tuple[Action, str | None]], *, apply: bool) -> 
 @click.command("rollback")
 @click.argument("source", metavar="REPORT", type=click.Path(path_type=Path, dir_okay=True))
 @click.option("--apply", "apply_changes", is_flag=True, help="Roll back (default: plan only, send nothing).")
-@click.option("--rows", "row_spec", callback=options.row_ranges, default=None, help="Only these rows: 3,7-9.")
+@click.option(
+    "--rows",
+    "row_spec",
+    callback=options.row_ranges,
+    default=None,
+    metavar="ROWS",
+    help="Only these rows: 3,7-9 (from 1, ranges with both ends, up to the run's rows).",
+)
 @click.option(
     "--volume", "volume_ids", multiple=True, metavar="ID", help="Only the rows of this disk (repeatable)."
 )
