@@ -37,7 +37,9 @@ def check_writable(path: Path, option: str) -> None:
 
     blocker = file_in_the_way(path)
     if blocker is not None:
-        raise UsageError(f"{option} {path}: {blocker} is a file, not a directory; choose another path")
+        raise UsageError(
+            f"{option} {path}: cannot write there ({blocker} is a file, not a directory); choose another path"
+        )
     if path.is_dir():
         raise UsageError(f"{option} {path} is a directory; give a file path")
     if path.exists() and not path.is_file():
