@@ -161,11 +161,11 @@ def refuse_existing(path: Path) -> None:
 
 def check_report_path(path: Path) -> None:
     """A report is a regular file (or will be): not a directory, a device or a pipe."""
-    from orchestrator.config import file_in_the_way  # noqa: PLC0415 - config imports nothing of ours back
-
     try:
         mode = path.stat().st_mode
     except OSError as exc:
+        from orchestrator.config import file_in_the_way  # noqa: PLC0415
+
         blocker = file_in_the_way(path)
         if blocker is not None:
             raise UsageError(

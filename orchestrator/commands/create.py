@@ -368,7 +368,7 @@ def _phase(tally: Tally, name: str, started: float, router: Router | None) -> No
 @options.RETRIES
 @click.option(
     "--deadline",
-    type=options.Duration(above=0),
+    type=options.Duration(positive=True),
     default=None,
     help="Time for the whole run (90s, 15m, 2h); rows not sent by then end failed with DEADLINE_EXCEEDED, "
     "rows in flight are cancelled and end UNCONFIRMED (--resume looks them up).",

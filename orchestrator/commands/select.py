@@ -203,9 +203,8 @@ def write_manifest(rows: Iterable[Mapping[str, Any]], stream: TextIO, fmt: str, 
         writer.writerow(columns)
         for row in rows:
             cells = [_cell(row[column]) for column in columns]
-            (quoted if any(isinstance(cell, str) and "\r" in cell for cell in cells) else writer).writerow(
-                cells
-            )
+            has_cr = any(isinstance(cell, str) and "\r" in cell for cell in cells)
+            (quoted if has_cr else writer).writerow(cells)
         return
     lines = [orjson.dumps({column: row[column] for column in columns}).decode() for row in rows]
     if fmt == "jsonl":
@@ -307,9 +306,12 @@ def _output(rows: list[dict[str, Any]], settings: SelectSettings, stdout: TextIO
         fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             write_manifest(rows, handle, settings.format, force=settings.force)
-        if target.exists() and not settings.overwrite:  # made while the disks were listed
+        if target.exists() and not settings.overwrite:
             os.unlink(temporary)
-            _check_output(target, overwrite=False)
+            raise UsageError(
+                f"-o {target} appeared while the disks were listed; nothing was written "
+                "(--overwrite replaces it)"
+            )
         os.replace(temporary, target)
     except OSError as exc:
         raise UsageError(f"cannot write {target}: {exc.strerror}") from None
