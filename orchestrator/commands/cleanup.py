@@ -59,6 +59,9 @@ def run_of(report: Path) -> tuple[str, list[Record]]:
     header = read_header(report)
     if header is not None and header.command != "create":
         raise UsageError(f"{report} is a {header.command} report; cleanup reads the report of a create run")
+    why = None if header is None else header.nothing_in_the_cloud()
+    if why is not None:
+        raise UsageError(f"{report} {why}; there is nothing to clean up, and nothing was sent")
     rows = list(final_records(report))
     run_id = header.run_id if header is not None else next((r.run_id for r in rows), None)
     if run_id is None:
