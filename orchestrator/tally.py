@@ -116,7 +116,7 @@ class Tally:
             return
         self.outcomes[record.outcome.value] += 1
         self._mark(record.row)
-        self.attempts += _count(record.attempts) or 0
+        self.attempts += record.attempts
         if record.error_code is not None and record.outcome not in SUCCESSFUL:
             self.codes[record.error_code] += 1
             message = record.error_message or ""
@@ -125,13 +125,11 @@ class Tally:
         if record.outcome is Outcome.REJECTED:
             code = record.error_code or "no error code"
             self.rejected[(code, rejected_step(record.error_code, record.error_message))] += 1
-        elapsed = _count(record.elapsed_ms)
-        if elapsed is not None:  # a record without its time is not among the slowest
-            entry = (elapsed, _count(record.row) or 0, record.volume_id or "")
-            if len(self.slowest) < SLOWEST:
-                heapq.heappush(self.slowest, entry)
-            else:
-                heapq.heappushpop(self.slowest, entry)
+        entry = (record.elapsed_ms, record.row, record.volume_id or "")  # typed by the report reader
+        if len(self.slowest) < SLOWEST:
+            heapq.heappush(self.slowest, entry)
+        else:
+            heapq.heappushpop(self.slowest, entry)
         if record.outcome in NEXT_STEP:
             self.to_act_count[record.outcome.value] += 1
             rows = self.to_act.setdefault(record.outcome.value, [])
@@ -164,6 +162,14 @@ class Tally:
                 rows.remove(previous.row)
             if not rows:
                 self.to_act.pop(outcome, None)
+        if previous.outcome is Outcome.REJECTED:
+            self.rejected[
+                (
+                    previous.error_code or "no error code",
+                    rejected_step(previous.error_code, previous.error_message),
+                )
+            ] -= 1
+            self.rejected = +self.rejected
         self.attempts -= previous.attempts  # the new record carries the row's attempts again
         self.add(record)
 
@@ -341,8 +347,3 @@ class Tally:
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-
-
-def _count(value: object) -> int | None:
-    """An integer field of a record, or ``None`` when the record holds something else there."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -56,20 +56,30 @@ def report(path: Path, *items: dict[str, Any]) -> Path:
 @pytest.mark.parametrize(
     ("lines", "fragment"),
     [
-        pytest.param([run_line(rows=-5), row_line(1)], ":1: the run header's rows is -5", id="rows-below-0"),
         pytest.param(
-            [run_line(rows="3"), row_line(1)], ':1: the run header\'s rows is "3"', id="rows-a-string"
+            [run_line(rows=-5), row_line(1)],
+            ":1: not a run header: rows must be a whole number of 0 or more, not -5",
+            id="rows-below-0",
         ),
         pytest.param(
-            [run_line(rows=2.5), row_line(1)], ":1: the run header's rows is 2.5", id="rows-a-fraction"
+            [run_line(rows="3"), row_line(1)],
+            ":1: not a run header: rows must be a whole number of 0 or more, not '3'",
+            id="rows-a-string",
         ),
-        pytest.param([run_line(rows=True), row_line(1)], ":1: the run header's rows is true", id="rows-true"),
         pytest.param(
-            [row_line(1), row_line(2)], ":1: the report does not start with a run header", id="none"
+            [run_line(rows=2.5), row_line(1)],
+            ":1: not a run header: rows must be a whole number of 0 or more, not 2.5",
+            id="rows-a-fraction",
         ),
+        pytest.param(
+            [run_line(rows=True), row_line(1)],
+            ":1: not a run header: rows must be a whole number of 0 or more, not True",
+            id="rows-true",
+        ),
+        pytest.param([row_line(1), row_line(2)], ":1: a report starts with its run header", id="none"),
         pytest.param(
             [run_line(rows=1), row_line(1), run_line(rows=1, run_id=OTHER_RUN), row_line(1)],
-            f":3: a second run header (run {OTHER_RUN}; line 1 is run {RUN})",
+            f":3: a second run header (run {OTHER_RUN}) after run {RUN}'s",
             id="two",
         ),
     ],
@@ -87,22 +97,23 @@ def test_summary_refuses_impossible_headers(
 
 
 def test_summary_never_prints_none_ms(tmp_path: Path) -> None:
-    """Records without a time (``elapsed_ms`` null) are left out of the slowest rows, never 'None ms'."""
+    """A record without a time (``elapsed_ms`` null) is a file error naming its line, never 'None ms'."""
     path = report(
         tmp_path / "r.jsonl",
         run_line(rows=3),
         row_line(1, elapsed_ms=None),
         row_line(2, elapsed_ms=250),
-        row_line(3, elapsed_ms=None, attempts=None),
     )
     result = invoke(["summary", str(path)])
-    assert result.exit_code == 0, result.output
-    assert "None" not in result.stdout
-    assert "slowest: row 2 250 ms" in result.stdout
-    data = orjson.loads(invoke(["summary", str(path), "--json"]).stdout)
-    assert data["slowest"] == [
-        {"row": 2, "volume_id": "00000000-0000-4000-8000-000000000002", "elapsed_ms": 250}
-    ]
+    assert result.exit_code == 2, result.output
+    assert "r.jsonl:2: not a report record (elapsed_ms must be int, not None)" in result.output
+    assert "None ms" not in result.output
+    fine = report(
+        tmp_path / "f.jsonl", run_line(rows=2), row_line(1, elapsed_ms=90), row_line(2, elapsed_ms=250)
+    )
+    shown = invoke(["summary", str(fine)])
+    assert shown.exit_code == 0, shown.output
+    assert "None" not in shown.output
 
 
 def test_summary_names_the_rows_without_a_record(tmp_path: Path) -> None:

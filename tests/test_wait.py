@@ -250,7 +250,9 @@ def test_wait_counts_rows_without_a_record_against_the_header(
     report = tmp_path / "r.jsonl"
     args = ["--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report)]
     assert invoke(["create", str(manifest(write, volume_ids(3, seed=66))), *args]).exit_code == 0
-    report.write_bytes(b"".join(report.read_bytes().splitlines(keepends=True)[:2]))
+    lines = report.read_bytes().splitlines(keepends=True)
+    first = next(n for n, line in enumerate(lines) if n and b'"outcome":"sending"' not in line)
+    report.write_bytes(b"".join(lines[: first + 1]))  # as a kill leaves it: the journal, one row record
     result = invoke(["wait", str(report), "--endpoint", emu.url, "--poll-interval", "0.1"])
     assert result.exit_code == 1, result.output
     assert "2 of 3 rows have no record (rows 2, 3)" in result.stderr
