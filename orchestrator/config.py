@@ -218,3 +218,16 @@ def check_auth_kind(value: str | None) -> AuthKind | None:
     if value is not None:
         raise UsageError(f"--auth {value!r} must be one of {', '.join(AUTH_KINDS)}")
     return None
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """The ancestor of ``path`` that is a file, not a directory (so ``path`` cannot be made), or ``None``."""
+    for parent in path.parents:
+        try:
+            is_dir = parent.is_dir()
+            exists = is_dir or parent.exists()
+        except OSError:  # a parent further up is a file (ENOTDIR), or not readable: keep looking
+            continue
+        if exists:
+            return None if is_dir else parent
+    return None

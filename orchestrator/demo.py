@@ -28,6 +28,25 @@ def demo_defaults(defaults: RowDefaults) -> RowDefaults:
     )
 
 
+def emulator_status(raw: RawRow, display: str) -> str:
+    """The disk state a row's ``emulator_status`` asks for (default ``available``); one the emulator
+    does not know is a manifest error (exit 2) naming ``file:line`` and the states it knows."""
+    from orchestrator.emulator.settings import VOLUME_STATUSES  # noqa: PLC0415
+    from orchestrator.errors import ManifestError  # noqa: PLC0415
+
+    value = (raw.fields or {}).get(EMULATOR_STATUS_COLUMN)
+    status = ("" if value is None else str(value).strip()) or "available"
+    if status not in VOLUME_STATUSES and status != "missing":
+        known = ", ".join([*sorted(VOLUME_STATUSES), "missing"])
+        raise ManifestError(
+            display,
+            raw.line,
+            f"{EMULATOR_STATUS_COLUMN} {status!r} is not a disk state",
+            f"use one of: {known}",
+        )
+    return status
+
+
 @contextlib.asynccontextmanager
 async def with_emulator(settings: CreateSettings, rows: Iterator[RawRow]) -> AsyncIterator[CreateSettings]:
     """Start an in-process emulator seeded with the manifest's volumes; point the run at it.
@@ -40,10 +59,11 @@ async def with_emulator(settings: CreateSettings, rows: Iterator[RawRow]) -> Asy
 
     row_defaults = demo_defaults(settings.defaults)
     project, region = str(row_defaults.project_id), str(row_defaults.region)
+    display = "<stdin>" if settings.source.path == "-" else settings.source.path
     seeds: dict[str, SeedVolume] = {}
     for raw in rows:
         key = volume_key(raw.fields, settings.defaults) if raw.fields is not None else None
-        status = str((raw.fields or {}).get(EMULATOR_STATUS_COLUMN) or "available").strip()
+        status = emulator_status(raw, display)
         if key is not None and status != "missing":
             volume_id = key.decode().split("/")[0]
             seeds[volume_id] = SeedVolume(volume_id=volume_id, status=status)

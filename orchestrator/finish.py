@@ -33,6 +33,13 @@ class Closing:
 
 def check_writable(path: Path, option: str) -> None:
     """Prove that ``path`` can be written atomically (a temporary file beside it, then removed)."""
+    from orchestrator.config import file_in_the_way  # noqa: PLC0415
+
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        raise UsageError(
+            f"{option} {path}: cannot write there ({blocker} is a file, not a directory); choose another path"
+        )
     if path.is_dir():
         raise UsageError(f"{option} {path} is a directory; give a file path")
     if path.exists() and not path.is_file():

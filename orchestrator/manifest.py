@@ -13,6 +13,10 @@ Column names (CSV header cells and JSON object keys) are read by ``column_name``
   ``metadata.Owner``), because metadata keys are case-sensitive in the cloud;
 - any other column keeps its own spelling, trimmed: that is how a ``{column}`` placeholder names it.
 
+In CSV a cell that starts with an apostrophe and then ``=``, ``+``, ``-``, ``@``, a tab, a carriage
+return or another apostrophe is read without the first apostrophe: that is how ``select`` (and a
+spreadsheet) keeps such text from being run as a formula.
+
 Two header cells with the same name after this are a file error; two keys of one JSON object with the
 same name make that row invalid (``RawRow.problem``). JSON is streamed by ``jsonstream.py``, where
 nesting deeper than ``MAX_DEPTH`` levels is a file error.
@@ -54,6 +58,11 @@ INFO_COLUMNS = frozenset(
     {"server_id", "device", "bootable", "volume_name", "size", "availability_zone", "status"}
 )
 KNOWN_COLUMNS = FIELDS | INFO_COLUMNS
+# A CSV cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection"): select
+# writes such a cell behind an apostrophe, which spreadsheets show as text and this reader removes.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# ...and a cell that starts with an apostrophe gets one more, so that every value reads back as it was.
+GUARDED_STARTS = (*FORMULA_STARTS, "'")
 
 
 class Format(enum.StrEnum):
@@ -198,6 +207,16 @@ def _decoded_lines(handle: IO[bytes], name: str) -> Iterator[tuple[int, str]]:
             ) from None
 
 
+def spreadsheet_text(cell: str) -> str:
+    """A CSV cell as written for people who open it in a spreadsheet: text, never a formula."""
+    return "'" + cell if cell.startswith(GUARDED_STARTS) else cell
+
+
+def _read_cell(cell: str) -> str:
+    """The value of a CSV cell: ``spreadsheet_text``'s apostrophe is removed."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(GUARDED_STARTS) else cell
+
+
 def _shown(text: str) -> str:
     """A name for a message: quoted, control characters escaped, cut at 64 characters."""
     return repr(text if len(text) <= 64 else text[:64] + "...")
@@ -298,7 +317,9 @@ def _csv_rows(lines: Iterator[tuple[int, str]], name: str, columns_seen: _Column
                 yield RawRow(row, line, None, from_csv=True)
                 continue
             fields = {
-                column: cell for column, cell in zip(columns, cells, strict=False) if column and cell.strip()
+                column: _read_cell(cell)
+                for column, cell in zip(columns, cells, strict=False)
+                if column and cell.strip()
             }
             yield RawRow(row, line, fields, from_csv=True)
     except csv.Error as exc:

@@ -10,11 +10,12 @@ Imports of the run machinery happen inside builders, so ``--help`` and cron star
 
 from __future__ import annotations
 
+import bisect
 import functools
 import inspect
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,22 +84,139 @@ class Finite(click.ParamType):  # type: ignore[type-arg]
         return number
 
 
-def duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
-    """``90``, ``90s``, ``15m``, ``2h`` or ``1h30m`` (or ``7d``) as seconds."""
-    if value is None:
-        return None
-    return parse_duration(value)
+# The longest duration any option takes: beyond it a value is a typo (and datetime arithmetic overflows).
+CENTURY = 36525 * 86400.0
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]
+    """``90``, ``90s``, ``15m``, ``2h``, ``1h30m`` or ``7d`` as seconds, at most ``CENTURY`` (100 years);
+    with ``positive``, 0 is refused too (``--deadline 0`` would end the run before it starts)."""
+
+    name = "duration"
+
+    def __init__(self, *, positive: bool = False) -> None:
+        self.positive = positive
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value) if isinstance(value, int | float) else parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(f"{value!r}: {exc}", param, ctx)
+        if self.positive and seconds <= 0:
+            self.fail(f"{value!r}: must be longer than 0s", param, ctx)
+        if not 0 <= seconds <= CENTURY:
+            self.fail(f"{value!r}: must be from 0s to 100 years (36525d)", param, ctx)
+        return seconds
 
 
 def parse_duration(value: str) -> float:
+    """Seconds of a duration such as ``90``, ``90s``, ``15m``, ``2h``, ``1h30m`` or ``7d``."""
     text = value.strip()
     match = re.fullmatch(
-        r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text
+        r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?",
+        text,
+        flags=re.ASCII,
     )
     if not text or match is None:
-        raise click.BadParameter("use a duration such as 90, 90s, 15m, 2h, 1h30m or 7d")
+        raise ValueError("use a duration such as 90, 90s, 15m, 2h, 1h30m or 7d")
     days, hours, minutes, seconds = (float(part) if part else 0.0 for part in match.groups())
     return days * 86400 + hours * 3600 + minutes * 60 + seconds
+
+
+class RowRanges:
+    """A selection of report rows such as ``3,7-9``, kept as sorted, merged ranges (never expanded).
+
+    Membership is a binary search over the ranges; ``last`` is the highest row chosen, which callers
+    check against the report header's ``rows``.
+    """
+
+    __slots__ = ("_firsts", "_ranges")
+
+    def __init__(self, ranges: Iterable[tuple[int, int]]) -> None:
+        merged: list[tuple[int, int]] = []
+        for first, last in sorted(ranges):
+            if first < 1 or last < first:
+                raise ValueError(f"not a range of rows: {first}-{last}")
+            if merged and first <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+            else:
+                merged.append((first, last))
+        if not merged:
+            raise ValueError("no rows")
+        self._ranges = tuple(merged)
+        self._firsts = [first for first, _ in merged]
+
+    @classmethod
+    def parse(cls, text: str) -> RowRanges:
+        """``3,7-9``: row numbers from 1 and ranges that go up; anything else raises ``ValueError``."""
+        ranges = []
+        for part in text.split(","):
+            match = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", part, flags=re.ASCII)
+            shown = part.strip() if len(part.strip()) <= 40 else part.strip()[:40] + "..."
+            if match is None:
+                why = f"{shown!r} is not a row or a range" if shown else "an empty part"
+                raise ValueError(f"{why}: use row numbers and ranges such as 3,7-9 (both ends given)")
+            try:
+                first = int(match[1])
+                last = int(match[2]) if match[2] is not None else first
+            except ValueError:  # more digits than int() reads
+                digits = max(len(match[1]), len(match[2] or ""))
+                raise ValueError(f"a row number of {digits} digits is not a row") from None
+            if first < 1:
+                raise ValueError(f"{shown!r}: rows are numbered from 1")
+            if last < first:
+                raise ValueError(f"{shown!r}: a range must go up (7-9, not 9-7)")
+            ranges.append((first, last))
+        return cls(ranges)
+
+    @property
+    def last(self) -> int:
+        return self._ranges[-1][1]
+
+    @property
+    def count(self) -> int:
+        """How many rows are chosen."""
+        return sum(last - first + 1 for first, last in self._ranges)
+
+    def __contains__(self, row: object) -> bool:
+        if not isinstance(row, int):
+            return False
+        index = bisect.bisect_right(self._firsts, row) - 1
+        return index >= 0 and row <= self._ranges[index][1]
+
+    def absent(self, present: Container[int], limit: int) -> list[int]:
+        """The first ``limit`` chosen rows not in ``present``, in order; walks at most
+        ``limit`` rows beyond those of ``present``, whatever the ranges' size."""
+        found: list[int] = []
+        for first, last in self._ranges:
+            row = first
+            while row <= last and len(found) < limit:
+                if row not in present:
+                    found.append(row)
+                row += 1
+        return found
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RowRanges) and self._ranges == other._ranges
+
+    def __hash__(self) -> int:
+        return hash(self._ranges)
+
+    def __str__(self) -> str:
+        return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in self._ranges)
+
+    def __repr__(self) -> str:
+        return f"RowRanges({str(self)!r})"
+
+
+def row_ranges(_ctx: click.Context, _param: click.Parameter, value: str | None) -> RowRanges | None:
+    """The click callback of ``--rows``: a ``RowRanges``, or a usage error (exit 2)."""
+    if value is None:
+        return None
+    try:
+        return RowRanges.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 DEBUG = click.option(
@@ -365,10 +483,10 @@ WAITING = group(
     _wait_plan,
     click.option(
         "--wait-timeout",
-        callback=duration,
+        type=Duration(),
         default=f"{defaults.WAIT_TIMEOUT:g}s",
         show_default=True,
-        help="How long to wait for snapshots to settle (90s, 15m, 2h; no built-in cap).",
+        help="How long to wait for snapshots to settle (90s, 15m, 2h; up to 100 years).",
     ),
     click.option(
         "--poll-interval",

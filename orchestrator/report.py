@@ -54,7 +54,11 @@ class ReportWriter:
             target.parent.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
-            raise UsageError(f"cannot write the report {path}: {exc.strerror}") from None
+            from orchestrator.config import file_in_the_way  # noqa: PLC0415
+
+            blocker = file_in_the_way(target)
+            why = exc.strerror if blocker is None else f"{blocker} is a file, not a directory"
+            raise UsageError(f"cannot write the report {path}: {why}") from None
         self._owned = True
         self._cut_torn_tail()
 
@@ -165,9 +169,16 @@ def check_report_path(path: Path) -> None:
     """A report is a regular file (or will be): not a directory, a device or a pipe."""
     try:
         mode = path.stat().st_mode
-    except FileNotFoundError:
-        return
     except OSError as exc:
+        from orchestrator.config import file_in_the_way  # noqa: PLC0415
+
+        blocker = file_in_the_way(path)
+        if blocker is not None:
+            raise UsageError(
+                f"cannot use the report {path}: {blocker} is a file, not a directory; give another path"
+            ) from None
+        if isinstance(exc, FileNotFoundError):
+            return
         raise UsageError(f"cannot use the report {path}: {exc.strerror}") from None
     if stat.S_ISDIR(mode):
         raise UsageError(f"the report {path} is a directory; give a file path such as {path}/run.jsonl")

@@ -337,6 +337,36 @@ def test_rows_and_volume_subsets(emulator_thread: Callable[..., EmulatorThread],
     assert not (tmp_path / "c.jsonl").exists()
 
 
+def test_rows_beyond_the_header_are_refused_without_expanding(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """--rows 1-99999999999999 is checked against the header's 5 rows, not expanded: exit 2, naming 5."""
+    emu = emulator_thread(**world(5))
+    source = create_report(tmp_path / "create.jsonl", [{} for _ in range(5)])
+    for spec in ("1-99999999999999", "2,6", "3-4,9-99999999999999999999999"):
+        result = rollback(emu, source, tmp_path / "r.jsonl", rows=spec)
+        assert result.exit_code == 2, (spec, result.stderr)
+        assert "beyond the 5 rows" in result.stderr, result.stderr
+    assert emu.state()["requests"] == {}
+    assert not (tmp_path / "r.jsonl").exists()
+    result = rollback(emu, source, tmp_path / "r.jsonl", rows="5,2-3,3-4")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(r["row"] for r in records(tmp_path / "r.jsonl")) == [2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("spec", ["1-", "-5", "3-1", "0", "", "1,,2", "2,", "1-2-3", "\u00b2"])
+def test_rows_open_or_empty_ranges_are_usage_errors(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path, spec: str
+) -> None:
+    """--rows 1- (open), -5, 3-1, 0, empty parts and non-ASCII digits: exit 2 naming --rows, nothing sent."""
+    emu = emulator_thread(**world(2))
+    source = create_report(tmp_path / "create.jsonl", [{}, {}])
+    result = rollback(emu, source, tmp_path / "r.jsonl", "--rows", spec)
+    assert result.exit_code == 2, result.stderr
+    assert "--rows" in result.stderr
+    assert emu.state()["requests"] == {}
+
+
 def test_lock_held_exits_75(emulator_thread: Callable[..., EmulatorThread], tmp_path: Path) -> None:
     """A second rollback of the same create report while the first holds its lock exits 75."""
     emu = emulator_thread(**world(1))

@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from orchestrator.emulator import EmulatorThread, SeedVolume
-from tests.helpers import NO_CREDENTIALS, PROJECT, cli_args, invoke, requests_of
+from orchestrator.manifest import ManifestSource, read_rows
+from tests.helpers import NO_CREDENTIALS, PROJECT, cli_args, invoke, records, requests_of
 
 WEB, DB = "5f0c1a6e-7a52-4c1e-9a1b-0c0f4e2d8a01", "5f0c1a6e-7a52-4c1e-9a1b-0c0f4e2d8a02"
 IDS = [str(uuid.UUID(int=0xA000 + index, version=4)) for index in range(6)]
@@ -149,7 +150,7 @@ def test_force_only_with_the_flag(emulator_thread: Callable[..., EmulatorThread]
     result = select(emu, "--tag", "team=ops", "--tag", "env=prod", output=out)
     assert result.exit_code == 0, result.stderr
     assert "force" not in orjson.loads(out.read_bytes())[0]
-    result = select(emu, "--tag", "env=prod", output=out, force=True)
+    result = select(emu, "--tag", "env=prod", output=out, force=True, overwrite=True)
     assert result.exit_code == 0, result.stderr
     rows = {row["volume_id"]: row for row in orjson.loads(out.read_bytes())}
     assert {volume: row["force"] for volume, row in rows.items()} == {
@@ -224,6 +225,16 @@ def test_project_looked_up_by_region(emulator_thread: Callable[..., EmulatorThre
         (["--only-boot", "--exclude-boot"], "exclude each other"),
         (["--tag", "env"], "KEY=VALUE"),
         (["--status", "available", "--project-id", "nothex"], "32 lower-case hex"),
+        (["--server", ""], "--server"),
+        (["--server", "", "--status", "available"], "--server"),
+        (["--server", "not-a-uuid"], "not a server id"),
+        (["--server", WEB, "--server", "  "], "--server"),
+        (["--tag", "=x"], "--tag"),
+        (["--tag", ""], "--tag"),
+        (["--metadata", "=x"], "--metadata"),
+        (["--status", ""], "--status"),
+        (["--tag", "env=prod", "--name", " "], "--name"),
+        (["--tag", "env=prod", "--availability-zone", ""], "--availability-zone"),
     ],
 )
 def test_usage_errors(emulator_thread: Callable[..., EmulatorThread], args: list[str], message: str) -> None:
@@ -246,3 +257,72 @@ def test_refused_credentials_exit_3(emulator_thread: Callable[..., EmulatorThrea
     assert result.exit_code == 3
     assert not out.exists()
     assert sum(requests_of(emu.state(), DETAIL).values()) == 1
+
+
+def test_server_ids_are_read_case_insensitively(emulator_thread: Callable[..., EmulatorThread]) -> None:
+    """--server given in upper case with spaces is the same server: its two disks are selected."""
+    emu = emulator_thread(volumes=DISKS)
+    result = select(emu, "--server", f" {WEB.upper()} ")
+    assert result.exit_code == 0, result.stderr
+    assert {row["volume_id"] for row in csv_rows(result.stdout)} == {IDS[0], IDS[1]}
+
+
+FORMULAS = ('=HYPERLINK("http://x")', "+1", "-2", "@SUM(A1)", "'=quoted", "\tTAB", "a\rCR", "\rCR")
+
+
+def test_csv_cells_are_spreadsheet_text_and_read_back(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """CSV cells starting with = + - @ ' tab CR get a leading apostrophe; our reader gives the names back."""
+    disks = tuple(
+        SeedVolume(volume_id=str(uuid.UUID(int=0xE000 + index, version=4)), name=name, tags={"batch": "f"})
+        for index, name in enumerate(FORMULAS)
+    )
+    expected = {disk.volume_id: disk.name for disk in disks}
+    emu = emulator_thread(volumes=disks)
+    out = tmp_path / "m.csv"
+    result = select(emu, "--tag", "batch=f", output=out)
+    assert result.exit_code == 0, result.stderr
+    with out.open(newline="") as handle:
+        written = {row["volume_id"]: row["volume_name"] for row in csv.DictReader(handle)}
+    assert written == {
+        volume: name if name.startswith("a") else "'" + name for volume, name in expected.items()
+    }
+    source = ManifestSource.of(str(out), None)
+    read = {raw.fields["volume_id"]: raw.fields["volume_name"] for raw in read_rows(source) if raw.fields}
+    assert read == expected
+    report = tmp_path / "plan.jsonl"
+    args = cli_args("create", out, endpoint=emu.url, project_id=PROJECT, report=report, dry_run=True)
+    invoke([*args, "--name-template", "n{volume_name}"])
+    planned = {r["volume_id"]: r["name"] for r in records(report) if r["outcome"] == "planned"}
+    assert planned == {volume: "n" + name for volume, name in expected.items() if name.isprintable()}
+
+
+def test_output_file_is_not_overwritten_without_the_flag(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """-o naming an existing file exits 2 before listing and leaves it alone; --overwrite replaces it."""
+    emu = emulator_thread(volumes=DISKS)
+    out = tmp_path / "m.csv"
+    out.write_text("keep me\n")
+    result = select(emu, "--name", "scratch", output=out)
+    assert result.exit_code == 2
+    assert "--overwrite" in result.stderr
+    assert out.read_text() == "keep me\n"
+    assert emu.state()["requests"] == {}
+    result = select(emu, "--name", "scratch", output=out, overwrite=True)
+    assert result.exit_code == 0, result.stderr
+    assert [row["volume_id"] for row in csv_rows(out.read_text())] == [IDS[4]]
+
+
+def test_output_under_a_file_names_that_file(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """-o somefile/m.csv: exit 2 before listing, saying that somefile is a file, not a directory."""
+    emu = emulator_thread(volumes=DISKS)
+    blocker = tmp_path / "somefile"
+    blocker.write_text("")
+    result = select(emu, "--name", "scratch", output=blocker / "sub" / "m.csv")
+    assert result.exit_code == 2
+    assert f"{blocker} is a file, not a directory" in result.stderr
+    assert emu.state()["requests"] == {}

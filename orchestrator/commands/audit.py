@@ -207,7 +207,7 @@ def _side_files(
 @options.MANIFEST
 @click.option(
     "--max-age",
-    callback=options.duration,
+    type=options.Duration(positive=True),
     required=True,
     help="A disk passes with an available snapshot of the tool younger than this (26h, 7d).",
 )

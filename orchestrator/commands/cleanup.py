@@ -278,7 +278,7 @@ DELETING_OPTIONS = options.apply(
     ),
     click.option(
         "--wait-timeout",
-        callback=options.duration,
+        type=options.Duration(),
         default="10m",
         show_default=True,
         help="How long to wait for deletions to finish (90s, 15m, 2h).",

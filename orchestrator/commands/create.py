@@ -389,14 +389,14 @@ def _phase(tally: Tally, name: str, started: float, router: Router | None) -> No
 @options.RETRIES
 @click.option(
     "--deadline",
-    callback=options.duration,
+    type=options.Duration(positive=True),
     default=None,
     help="Time for the whole run (90s, 15m, 2h); rows not sent by then end failed with DEADLINE_EXCEEDED, "
     "rows in flight are cancelled and end UNCONFIRMED (--resume looks them up).",
 )
 @click.option(
     "--settle",
-    callback=options.duration,
+    type=options.Duration(),
     default=f"{SETTLE:g}s",
     show_default=True,
     help="How long an uncertain row (5xx, timeout, reset) is looked up before it may be sent again; "

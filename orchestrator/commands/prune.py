@@ -315,7 +315,7 @@ def per_volume_notes(counts: dict[str, Counter[str]], *, shown: int = 20) -> lis
     "--keep-last", type=click.IntRange(0, 100000), help="Keep the newest N owned snapshots of each disk."
 )
 @click.option(
-    "--keep-within", callback=options.duration, help="Keep owned snapshots younger than this (36h, 7d)."
+    "--keep-within", type=options.Duration(), help="Keep owned snapshots younger than this (36h, 7d)."
 )
 @click.option(
     "--allow-none",

@@ -54,7 +54,7 @@ class RollbackSettings:
     settle: float
     apply: bool = False
     resume: bool = False
-    rows: frozenset[int] | None = None
+    rows: options.RowRanges | None = None  # --rows
     volumes: frozenset[str] | None = None
     lock_file: Path | None = None
     again: bool = False  # roll back rows that an earlier rollback report shows rolled back
@@ -132,6 +132,11 @@ def chosen_rows(settings: RollbackSettings) -> Chosen:
     if why is not None:
         raise UsageError(f"{path} {why}; there is nothing to roll back, and nothing was sent")
     run_id = None if header is None else header.run_id
+    if settings.rows is not None and header is not None and settings.rows.last > header.rows:
+        raise UsageError(
+            f"--rows {settings.rows}: row {settings.rows.last} is beyond the {header.rows} rows of the run "
+            f"in {path}; nothing was sent"
+        )
     rows, seen_rows, seen_volumes = [], set(), set()
     for record in final_records(path):
         run_id = run_id or record.run_id
@@ -145,8 +150,9 @@ def chosen_rows(settings: RollbackSettings) -> Chosen:
         rows.append(record)
     if run_id is None or not seen_rows:
         raise UsageError(f"{path} holds no records of a create run; nothing to roll back")
-    if settings.rows is not None and settings.rows - seen_rows:
-        missing = ", ".join(str(row) for row in sorted(settings.rows - seen_rows)[:10])
+    absent = [] if settings.rows is None else settings.rows.absent(seen_rows, limit=10)
+    if absent:
+        missing = ", ".join(str(row) for row in absent)
         raise UsageError(f"--rows: {path} has no record of row {missing}; nothing was sent")
     total = 0 if header is None else header.rows
     unrecorded = total - sum(1 for row in seen_rows if isinstance(row, int) and 1 <= row <= total)
@@ -350,26 +356,17 @@ def _exit_code(finals: dict[int, tuple[Action, str | None]], *, apply: bool) -> 
     return 0 if all(outcome in good and not code for outcome, code in finals.values()) else 1
 
 
-def _row_spec(_ctx: click.Context, _param: click.Parameter, value: str | None) -> frozenset[int] | None:
-    """``3,7-9`` as {3, 7, 8, 9}."""
-    if value is None:
-        return None
-    rows: set[int] = set()
-    for part in value.split(","):
-        first, _, last = part.strip().partition("-")
-        if not first.isdigit() or (last and not last.isdigit()) or int(first) < 1:
-            raise click.BadParameter(f"{value!r}: use row numbers and ranges such as 3,7-9")
-        end = int(last) if last else int(first)
-        if end < int(first):
-            raise click.BadParameter(f"{part.strip()!r}: a range must go up (7-9, not 9-7)")
-        rows.update(range(int(first), end + 1))
-    return frozenset(rows)
-
-
 @click.command("rollback")
 @click.argument("source", metavar="REPORT", type=click.Path(path_type=Path, dir_okay=True))
 @click.option("--apply", "apply_changes", is_flag=True, help="Roll back (default: plan only, send nothing).")
-@click.option("--rows", "row_spec", callback=_row_spec, default=None, help="Only these rows: 3,7-9.")
+@click.option(
+    "--rows",
+    "row_spec",
+    callback=options.row_ranges,
+    default=None,
+    metavar="ROWS",
+    help="Only these rows: 3,7-9 (from 1, ranges with both ends, up to the run's rows).",
+)
 @click.option(
     "--volume", "volume_ids", multiple=True, metavar="ID", help="Only the rows of this disk (repeatable)."
 )
@@ -397,7 +394,7 @@ def _row_spec(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @options.WAITING
 @click.option(
     "--settle",
-    callback=options.duration,
+    type=options.Duration(),
     default=f"{defaults.SETTLE:g}s",
     show_default=True,
     help="How long a disk is watched after an answer that may have been lost, before the rollback may "
@@ -410,7 +407,7 @@ def command(
     *,
     source: Path,
     apply_changes: bool,
-    row_spec: frozenset[int] | None,
+    row_spec: options.RowRanges | None,
     volume_ids: tuple[str, ...],
     report_path: str | None,
     resume: bool,

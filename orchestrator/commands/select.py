@@ -84,7 +84,7 @@ class Selector:
 
     def matches(self, volume: Mapping[str, Any]) -> bool:
         """True when the disk matches every selector."""
-        if self.servers and not set(self.servers) & set(servers_of(volume)):
+        if self.servers and not set(self.servers) & {server.lower() for server in servers_of(volume)}:
             return False
         tags = volume.get("tags")
         tags = tags if isinstance(tags, dict) else {}
@@ -114,6 +114,7 @@ class SelectSettings:
     output: str  # a path, or "-" for standard output
     format: str
     force: bool
+    overwrite: bool = False  # -o may replace an existing file
 
 
 def is_boot(volume: Mapping[str, Any]) -> bool:
@@ -127,7 +128,7 @@ def manifest_row(volume: Mapping[str, Any], selector: Selector, *, force: bool) 
     A disk attached to several servers is shown with a selected server's attachment when there is one.
     """
     attachments = [item for item in volume.get("attachments") or [] if isinstance(item, dict)]
-    chosen = next((a for a in attachments if a.get("server_id") in selector.servers), None)
+    chosen = next((a for a in attachments if str(a.get("server_id")).lower() in selector.servers), None)
     chosen = chosen or (attachments[0] if attachments else {})
     row: dict[str, Any] = {
         "volume_id": str(volume.get("id", "")).lower(),
@@ -197,9 +198,13 @@ def write_manifest(rows: Iterable[Mapping[str, Any]], stream: TextIO, fmt: str, 
     columns = (*COLUMNS, "force") if force else COLUMNS
     if fmt == "csv":
         writer = csv.writer(stream, lineterminator="\n")
+        # Python 3.11 leaves a CR unquoted when lines end in LF, which would split the row: quote that row.
+        quoted = csv.writer(stream, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow(columns)
         for row in rows:
-            writer.writerow(_cell(row[column]) for column in columns)
+            cells = [_cell(row[column]) for column in columns]
+            has_cr = any(isinstance(cell, str) and "\r" in cell for cell in cells)
+            (quoted if has_cr else writer).writerow(cells)
         return
     lines = [orjson.dumps({column: row[column] for column in columns}).decode() for row in rows]
     if fmt == "jsonl":
@@ -213,8 +218,13 @@ def _count(number: int, noun: str) -> str:
 
 
 def _cell(value: object) -> object:
+    """A CSV cell; text a spreadsheet would run as a formula gets a leading apostrophe."""
+    from orchestrator.manifest import spreadsheet_text  # noqa: PLC0415
+
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str):
+        return spreadsheet_text(value)
     return "" if value is None else value
 
 
@@ -230,6 +240,8 @@ async def select(settings: SelectSettings, *, console: Console, stdout: TextIO) 
     region = connection.endpoints.home_region
     if settings.project_id is None and region is None:
         raise UsageError("select needs --project-id, or --region to look the project up by")
+    if settings.output != "-":
+        _check_output(Path(settings.output), overwrite=settings.overwrite)
     started = time.monotonic()
     async with contextlib.AsyncExitStack() as stack:
         router = await connect(stack, connection)
@@ -265,6 +277,18 @@ async def select(settings: SelectSettings, *, console: Console, stdout: TextIO) 
     return 0
 
 
+def _check_output(target: Path, *, overwrite: bool) -> None:
+    """Before anything is listed: ``-o`` can be written, and replaces a file only with ``--overwrite``."""
+    from orchestrator.errors import UsageError  # noqa: PLC0415
+    from orchestrator.finish import check_writable  # noqa: PLC0415
+
+    check_writable(target, "-o")
+    if target.exists() and not overwrite:
+        raise UsageError(
+            f"-o {target} already exists; pass --overwrite to replace it, or choose another path"
+        )
+
+
 def _output(rows: list[dict[str, Any]], settings: SelectSettings, stdout: TextIO) -> None:
     """Write to standard output, or atomically to a file (a temporary file beside it, then renamed)."""
     import os  # noqa: PLC0415
@@ -282,6 +306,12 @@ def _output(rows: list[dict[str, Any]], settings: SelectSettings, stdout: TextIO
         fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             write_manifest(rows, handle, settings.format, force=settings.force)
+        if target.exists() and not settings.overwrite:
+            os.unlink(temporary)
+            raise UsageError(
+                f"-o {target} appeared while the disks were listed; nothing was written "
+                "(--overwrite replaces it)"
+            )
         os.replace(temporary, target)
     except OSError as exc:
         raise UsageError(f"cannot write {target}: {exc.strerror}") from None
@@ -292,9 +322,32 @@ def _pairs(items: tuple[str, ...], option: str) -> list[tuple[str, str]]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise click.BadParameter(f"{item!r} must look like KEY=VALUE", param_hint=option)
+            raise click.BadParameter(
+                f"{item!r} must look like KEY=VALUE (a key before the =)", param_hint=option
+            )
         pairs.append((key.strip(), value))
     return pairs
+
+
+def _servers(servers: tuple[str, ...]) -> tuple[str, ...]:
+    """Server ids as given (UUIDs, lower-cased, each once); an empty or malformed one is a usage error."""
+    from orchestrator.duplicates import UUID_RE  # noqa: PLC0415
+
+    chosen: dict[str, None] = {}
+    for server in servers:
+        server_id = server.strip().lower()
+        if not UUID_RE.fullmatch(server_id):
+            what = "an empty value" if not server_id else f"{server!r} is not a server id"
+            raise click.BadParameter(f"{what}: give a server's UUID (8-4-4-4-12 hex)", param_hint="--server")
+        chosen[server_id] = None
+    return tuple(chosen)
+
+
+def _given(value: str | None, option: str) -> str | None:
+    """An option's value, or ``None`` when it was not given; an empty value is a usage error, not "any"."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("an empty value: give one, or leave the option out", param_hint=option)
+    return value
 
 
 def _selector(
@@ -315,12 +368,12 @@ def _selector(
     if len(tags) > MAX_TAG_KEYS:
         raise click.BadParameter(f"at most {MAX_TAG_KEYS} tag keys (the API's limit)", param_hint="--tag")
     selector = Selector(
-        servers=tuple(dict.fromkeys(server.strip() for server in servers if server.strip())),
+        servers=_servers(servers),
         tags=tags,
         metadata=dict(_pairs(metadata_items, "--metadata")),
-        availability_zone=availability_zone,
-        status=status,
-        name=name,
+        availability_zone=_given(availability_zone, "--availability-zone"),
+        status=_given(status, "--status"),
+        name=_given(name, "--name"),
         boot=True if only_boot else (False if exclude_boot else None),
     )
     if selector.empty:
@@ -377,6 +430,7 @@ SELECTORS = options.group(
 @click.option(
     "-o", "--output", default="-", show_default=True, help="Manifest path, or - for standard output."
 )
+@click.option("--overwrite", is_flag=True, help="Let -o replace an existing file.")
 @click.option(
     "--format",
     "output_format",
@@ -395,6 +449,7 @@ def command(
     force: bool,
     output: str,
     output_format: str | None,
+    overwrite: bool,
     log_format: str,
 ) -> NoReturn:
     """Write a manifest (CSV, JSON or JSON Lines) of the disks that match every selector."""
@@ -410,5 +465,6 @@ def command(
         output=output,
         format=output_format or FORMATS.get(Path(output).suffix.lower(), "csv"),
         force=force,
+        overwrite=overwrite,
     )
     raise SystemExit(run(lambda: select(settings, console=console, stdout=sys.stdout)))
