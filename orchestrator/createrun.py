@@ -1,0 +1,146 @@
+"""What later commands read from a create report: its run, the last record of each row that was
+sent, the rows with no record, and the disks of the manifest the run read.
+
+A create killed mid-run leaves a report that tells less than the cloud holds: rows in flight have no
+record, and the last line may be cut short. These readers say so rather than trust the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+
+from orchestrator.errors import UsageError
+from orchestrator.models import Outcome, Record, RunHeader
+from orchestrator.report import check_report_path, final_records, read_header, report_lines
+
+if TYPE_CHECKING:
+    from orchestrator.retention import Target
+
+ROW_RANGES_SHOWN = 10  # rows without a record are named as ranges, the first this many
+TAIL_KEPT = 1 << 20  # a last line longer than this is no record, whole or torn
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CreateRun:
+    """A create report as cleanup reads it."""
+
+    run_id: str
+    header: RunHeader | None
+    sent: list[Record]  # the last record of each row that was sent (not ``invalid`` or ``planned``)
+    recorded: frozenset[int]  # rows with a record, whatever its outcome
+
+    def unrecorded(self) -> tuple[int, str]:
+        """How many of the header's rows have no record, and which (``rows 3-4, 9``), or ``(0, "")``."""
+        total = 0 if self.header is None else self.header.rows
+        ranges: list[str] = []
+        missing = 0
+        start = 1
+        for row in [*sorted(r for r in self.recorded if 1 <= r <= total), total + 1]:
+            if row > start:
+                missing += row - start
+                ranges.append(f"{start}" if row - 1 == start else f"{start}-{row - 1}")
+            start = row + 1
+        shown = ", ".join(ranges[:ROW_RANGES_SHOWN])
+        more = f" and {len(ranges) - ROW_RANGES_SHOWN} more ranges" if len(ranges) > ROW_RANGES_SHOWN else ""
+        return missing, (f"row{'s' if missing > 1 else ''} {shown}{more}" if missing else "")
+
+
+def run_of(report: Path, warn: Callable[[str], None]) -> CreateRun:
+    """Read a create report: its run, the last record of each sent row, the rows with a record.
+
+    A torn last line is warned about (``file:line``) and skipped; two run headers, or records of two
+    runs, are a usage error naming both run ids.
+    """
+    check_report_path(report)
+    if not report.is_file():
+        raise UsageError(f"{report}: no such report")
+    header = read_header(report)
+    if header is not None and header.command != "create":
+        raise UsageError(f"{report} is a {header.command} report; cleanup reads the report of a create run")
+    one_run(report)
+    torn = torn_line(report)
+    if torn is not None:
+        warn(f"{report}:{torn}: the last line is cut short (its writer was killed mid-line); skipped")
+    rows = list(final_records(report))
+    run_id = header.run_id if header is not None else next((r.run_id for r in rows), None)
+    if run_id is None:
+        raise UsageError(f"{report}: the report holds no records; nothing to clean up")
+    unsent = (Outcome.INVALID, Outcome.PLANNED)
+    return CreateRun(
+        run_id=run_id,
+        header=header,
+        sent=[r for r in rows if r.volume_id and r.outcome not in unsent and r.run_id == run_id],
+        recorded=frozenset(r.row for r in rows),
+    )
+
+
+def one_run(report: Path) -> None:
+    """A report is one run's: a second run header, or a record of another run, is a usage error.
+
+    (The smallest check, until the typed report reader refuses such files for every command.)
+    """
+    first: tuple[str, int] | None = None
+    headers: list[int] = []
+    for number, _, data in report_lines(report):
+        if not isinstance(data, dict):
+            continue
+        if data.get("type") == "run":
+            headers.append(number)
+        run_id = data.get("run_id")
+        if not isinstance(run_id, str):
+            continue
+        if first is None:
+            first = (run_id, number)
+        elif run_id != first[0] or len(headers) > 1:
+            why = "two run headers" if data.get("type") == "run" else "records of two runs"
+            raise UsageError(
+                f"{report} holds {why}: {first[0]} (line {first[1]}) and {run_id} (line {number}); were two "
+                "reports joined? Give cleanup one create run's report; nothing was deleted"
+            )
+
+
+def torn_line(report: Path) -> int | None:
+    """The number of the report's last line when its writer was killed mid-line (no newline, not
+    whole JSON); ``None`` when the file ends whole."""
+    with report.open("rb") as handle:
+        if handle.seek(0, 2) == 0:
+            return None
+        handle.seek(-1, 2)
+        if handle.read(1) == b"\n":
+            return None
+        handle.seek(0)
+        newlines, tail = 0, b""
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            newlines += chunk.count(b"\n")
+            cut = chunk.rfind(b"\n")
+            tail = chunk[cut + 1 :] if cut >= 0 else (tail + chunk)[-TAIL_KEPT:]
+    try:
+        orjson.loads(tail)
+    except orjson.JSONDecodeError:
+        return newlines + 1
+    return None  # a whole record that lacks only its newline: read as any other
+
+
+def manifest_disks(
+    header: RunHeader, *, project_id: str | None, region: str | None
+) -> tuple[list[Target] | None, str]:
+    """The disks the run's manifest names, when the file the header names is there and unchanged
+    (its digest is the header's); otherwise ``None`` and why not."""
+    from orchestrator.manifest import ManifestSource, manifest_digest  # noqa: PLC0415
+    from orchestrator.retention import read_targets  # noqa: PLC0415
+
+    if header.manifest in ("", "<stdin>"):
+        return None, "the run read its manifest from standard input"
+    try:
+        source = ManifestSource.of(header.manifest, None)
+        if manifest_digest(source) != header.digest:
+            return None, f"the manifest {header.manifest} changed since the run (its digest differs)"
+        targets, _ = read_targets(source, project_id=project_id, region=region, warn=lambda _: None)
+    except UsageError as exc:  # ManifestError included: missing, unreadable
+        return None, f"the run's manifest cannot be read ({exc})"
+    return targets, ""
