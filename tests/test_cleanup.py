@@ -252,7 +252,13 @@ def test_cleanup_keeps_to_the_manifests_disks_unless_the_manifest_changed(
         ("refused", "OTHER_VOLUME"): 1,
     }
     manifest = Path(header(report)["manifest"])
-    manifest.write_text(manifest.read_text() + volume_ids(1, seed=159)[0] + "\n")  # edited since the run
+    text = manifest.read_text()
+    manifest.unlink()
+    result = cleanup(emu, report, tmp_path / "moved.jsonl")
+    assert result.exit_code == 0, result.output
+    assert "the run's manifest cannot be read" in result.output
+    assert Counter(r["outcome"] for r in records(tmp_path / "moved.jsonl")) == {"planned": 4}
+    manifest.write_text(text + volume_ids(1, seed=159)[0] + "\n")  # edited since the run
     out = tmp_path / "out.jsonl"
     result = cleanup(emu, report, out, "--apply")
     assert result.exit_code == 0, result.output
@@ -281,4 +287,38 @@ def test_cleanup_exits_1_while_a_snapshot_of_the_run_is_still_creating(
     result = cleanup(emu, report, out, "--apply", "--resume", "--no-wait")
     assert result.exit_code == 0, result.output
     clock.advance(1)
+    assert run_snapshots(emu, report) == []
+
+
+def test_cleanup_of_a_bare_header_searches_the_project_given(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Header only, manifest gone, no project in the report: exit 2 asks for --project-id; with it, the
+    run's snapshots are found by their marker and deleted."""
+    run_id = "20261207T010000Z-0c1ea0"
+    disks = volume_ids(2, seed=161)
+    emu = start(emulator_thread, disks, [snap(disk, 0.1, run=run_id) for disk in disks], creating_seconds=0.0)
+    report = write(
+        "create.jsonl",
+        orjson.dumps(
+            {
+                "type": "run",
+                "run_id": run_id,
+                "command": "create",
+                "manifest": str(tmp_path / "gone.csv"),
+                "rows": 2,
+                "digest": "sha256:00",
+                "shape": {"project_id": "", "region": ""},
+                "started_at": "2026-12-07T01:00:00Z",
+            }
+        )
+        + b"\n",
+    )
+    result = cleanup(emu, report, tmp_path / "out.jsonl", "--apply")
+    assert result.exit_code == 2, result.output
+    assert "give --project-id" in result.output
+    assert DELETE not in emu.state()["requests"]
+    result = cleanup(emu, report, tmp_path / "out.jsonl", "--apply", "--project-id", PROJECT)
+    assert result.exit_code == 0, result.output
+    assert "2 of 2 rows have no record (rows 1-2)" in result.output
     assert run_snapshots(emu, report) == []
