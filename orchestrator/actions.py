@@ -25,7 +25,7 @@ import orjson
 
 from orchestrator.console import Console
 from orchestrator.errors import UsageError
-from orchestrator.models import RunHeader, utc_iso, utc_now
+from orchestrator.models import RunHeader, checked_fields, field_types, utc_iso, utc_now
 
 
 class Action(enum.StrEnum):
@@ -79,15 +79,17 @@ class ActionRecord:
     def from_dict(cls, data: object) -> ActionRecord:
         if not isinstance(data, dict):
             raise ValueError("a report line must be a JSON object")  # noqa: TRY004 - callers catch ValueError
+        values = checked_fields(data, _TYPES)
         try:
-            values = {key: value for key, value in data.items() if key in _FIELDS}
             values["outcome"] = Action(values["outcome"])
             return cls(**values)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not an action record: {exc}") from exc
+        except KeyError as exc:
+            raise ValueError(f"no {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc)) from exc
 
 
-_FIELDS = frozenset(field.name for field in dataclasses.fields(ActionRecord))
+_TYPES = field_types(ActionRecord)
 
 
 def now_iso() -> str:

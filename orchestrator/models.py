@@ -28,11 +28,13 @@ class Outcome(enum.StrEnum):
     WAIT_TIMEOUT = "wait_timeout"
     DUPLICATE_DELETED = "duplicate_deleted"
     DUPLICATE_FOUND = "duplicate_found"
+    SENDING = "sending"
 
 
 SUCCESSFUL = frozenset({Outcome.ACCEPTED, Outcome.AVAILABLE})
-# Side records tell what the duplicate sweep did about a row; they never change the row's state.
-SIDE = frozenset({Outcome.DUPLICATE_DELETED, Outcome.DUPLICATE_FOUND})
+# Side records never change the row's state: what the duplicate sweep did about a row, and ``sending``,
+# written just before each create request leaves (so a resume knows when a row was last sent).
+SIDE = frozenset({Outcome.DUPLICATE_DELETED, Outcome.DUPLICATE_FOUND, Outcome.SENDING})
 
 
 def utc_iso(moment: datetime) -> str:
@@ -117,13 +119,14 @@ class Record:
         """A record from a parsed report line; raises ``ValueError`` when it is not one."""
         if not isinstance(data, dict):
             raise ValueError("a report line must be a JSON object")  # noqa: TRY004 - callers catch ValueError
-        names = _RECORD_FIELDS
+        values = checked_fields(data, _RECORD_TYPES)
         try:
-            values = {key: value for key, value in data.items() if key in names}
             values["outcome"] = Outcome(values["outcome"])
             return cls(**values)
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"not a report record: {exc}") from exc
+        except KeyError as exc:
+            raise ValueError(f"no {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc)) from exc
 
     @property
     def succeeded(self) -> bool:
@@ -135,7 +138,35 @@ class Record:
         return self.outcome in SIDE
 
 
-_RECORD_FIELDS = frozenset(field.name for field in dataclasses.fields(Record))
+def field_types(record_type: type) -> dict[str, tuple[type, ...]]:
+    """The JSON types each field of a frozen record accepts, from its annotation (``str | None``, ...)."""
+    known: dict[str, type] = {"str": str, "int": int, "bool": bool, "None": type(None), "Action": str}
+    known["Outcome"] = str
+    table = {}
+    for field in dataclasses.fields(record_type):
+        names = [part.strip() for part in str(field.type).split("|")]
+        table[field.name] = tuple(known[name] for name in names)
+    return table
+
+
+def checked_fields(data: Mapping[str, Any], types: Mapping[str, tuple[type, ...]]) -> dict[str, Any]:
+    """The known fields of a parsed line, each checked against its type (``ValueError`` naming it).
+
+    A ``bool`` is not taken for an ``int`` (JSON ``true`` is not a row number), nor a float for either.
+    """
+    values = {}
+    for key, value in data.items():
+        allowed = types.get(key)
+        if allowed is None:
+            continue
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            expected = " or ".join("null" if kind is type(None) else kind.__name__ for kind in allowed)
+            raise ValueError(f"{key} must be {expected}, not {value!r}"[:200])
+        values[key] = value
+    return values
+
+
+_RECORD_TYPES = field_types(Record)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,27 +187,36 @@ class RunHeader:
     # (nothing was sent): later commands refuse to act on either against the real cloud.
     emulator: bool = False
     dry_run: bool = False
+    # Each create attempt is journalled (a ``sending`` record) before it leaves: a resume sends a row
+    # with no ``sending`` record at once. Reports written before the journal existed lack the flag.
+    journal: bool = False
 
     def to_json(self) -> bytes:
         data: dict[str, Any] = {"type": "run", **dataclasses.asdict(self)}
-        for flag in ("emulator", "dry_run"):
+        for flag in ("emulator", "dry_run", "journal"):
             if not data[flag]:
                 del data[flag]  # headers of ordinary runs read as before
         return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunHeader:
+        rows, run_id = data.get("rows"), data.get("run_id")
+        if not isinstance(run_id, str) or not run_id:
+            raise ValueError("not a run header: no run_id")
+        if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+            raise ValueError(f"not a run header: rows must be a whole number of 0 or more, not {rows!r}")
         try:
             return cls(
-                run_id=str(data["run_id"]),
+                run_id=run_id,
                 command=str(data.get("command", "create")),
                 manifest=str(data.get("manifest", "")),
-                rows=int(data["rows"]),
+                rows=rows,
                 digest=str(data.get("digest", "")),
                 shape={str(k): str(v) for k, v in dict(data.get("shape") or {}).items()},
                 started_at=str(data.get("started_at", "")),
                 emulator=data.get("emulator") is True,
                 dry_run=data.get("dry_run") is True,
+                journal=data.get("journal") is True,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a run header: {exc}") from exc

@@ -15,6 +15,7 @@ import sys
 import time
 from array import array
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -56,6 +57,11 @@ class ReportWriter:
             raise UsageError(f"cannot write the report {path}: {exc.strerror}") from None
         self._owned = True
         self._cut_torn_tail()
+
+    @property
+    def resumable(self) -> bool:
+        """A report in a file can be resumed (standard output cannot: no journal is kept there)."""
+        return self.path != "-"
 
     @property
     def empty(self) -> bool:
@@ -173,90 +179,157 @@ def check_report_path(path: Path) -> None:
 
 
 def report_lines(path: Path) -> Iterator[tuple[int, bytes, object]]:
-    """Every whole, parsed line of a report (a torn last line is skipped; a bad one is an error)."""
+    """Every whole, parsed line of a report, its run header first; a torn last line is skipped.
+
+    The rules every reader relies on are checked here, once: the first line is the run header, there
+    is exactly one, and every record belongs to its run. A file that breaks one (two reports joined,
+    a record of another run) is a usage error naming ``file:line`` and both run ids.
+    """
     check_report_path(path)
+    header: RunHeader | None = None
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
+            if not line.endswith(b"\n"):
+                return  # the writer died mid-line (every line it writes ends so): the row is redone on resume
             try:
                 data = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                if not line.endswith(b"\n"):
-                    return  # the writer died mid-line; the row is redone on resume
                 raise UsageError(f"{path}:{number}: not a report record ({exc})") from None
+            is_header = isinstance(data, dict) and data.get("type") == "run"
+            if header is None:
+                if not is_header:
+                    raise UsageError(
+                        f"{path}:{number}: a report starts with its run header (a line with "
+                        '"type": "run"); this file does not: it is not a report of evs-snapshot, or was cut '
+                        "at the start"
+                    )
+                header = _parse_header(path, number, data)
+            elif is_header:
+                other = data.get("run_id") if isinstance(data, dict) else None
+                raise UsageError(
+                    f"{path}:{number}: a second run header (run {other}) after run {header.run_id}'s: "
+                    "the file holds two runs (reports joined together?); give each run's report on its own"
+                )
+            elif isinstance(data, dict) and data.get("run_id", header.run_id) != header.run_id:
+                raise UsageError(
+                    f"{path}:{number}: a record of run {data.get('run_id')} in the report of run "
+                    f"{header.run_id}: the file holds two runs; give each run's report on its own"
+                )
             yield number, line, data
 
 
+def _parse_header(path: Path, number: int, data: object) -> RunHeader:
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}:{number}: not a run header")
+    try:
+        return RunHeader.from_dict(data)
+    except ValueError as exc:
+        raise UsageError(f"{path}:{number}: {exc}") from None
+
+
+def torn_tail(path: Path) -> int | None:
+    """The line number of a last line a killed writer left half-written, or ``None``."""
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return None
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return None
+        handle.seek(0)
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b"")) + 1
+
+
 def read_header(path: Path) -> RunHeader | None:
-    """The run header of a report, or ``None`` (empty, or written before headers existed)."""
+    """The run header of a report, or ``None`` when the report is empty."""
     for number, _, data in report_lines(path):
-        if isinstance(data, dict) and data.get("type") == "run":
-            try:
-                return RunHeader.from_dict(data)
-            except ValueError as exc:
-                raise UsageError(f"{path}:{number}: {exc}") from None
-        return None
+        return _parse_header(path, number, data)
     return None
 
 
 def read_records(path: Path) -> Iterator[Record]:
-    """Every whole record of a create report, in file order (the header is skipped)."""
-    return read_typed(path, Record.from_dict, "a report record")
+    """Every whole record of a create report, in file order (the header is skipped).
+
+    Each record's ``row`` is checked against the header's ``rows``: a row outside 1..rows is a usage
+    error naming ``file:line``, so no reader sizes anything by a number it has not checked.
+    """
+    return read_typed(path, Record.from_dict, "a report record", rows_checked=True)
 
 
-def read_typed(path: Path, parse: Callable[[Any], _T], what: str) -> Iterator[_T]:
+def read_typed(
+    path: Path, parse: Callable[[Any], _T], what: str, *, rows_checked: bool = False
+) -> Iterator[_T]:
     """Every whole record of a report as ``parse`` reads it (header skipped; a torn last line
     skipped); a whole line ``parse`` refuses is a usage error naming ``file:line``."""
-    for number, line, data in report_lines(path):
-        if isinstance(data, dict) and data.get("type") == "run":
+    rows: int | None = None
+    for number, _, data in report_lines(path):
+        if rows is None:
+            rows = _parse_header(path, number, data).rows
             continue
         try:
-            yield parse(data)
+            record = parse(data)
         except ValueError as exc:
-            if not line.endswith(b"\n"):
-                return
             raise UsageError(f"{path}:{number}: not {what} ({exc})") from None
+        row = getattr(record, "row", None)
+        if rows_checked and isinstance(row, int) and not 1 <= row <= rows:
+            raise UsageError(
+                f"{path}:{number}: row {row} is outside the run's manifest (rows 1 to {rows}, as its "
+                "header says); the report was edited or damaged"
+            )
+        yield record
 
 
 class ResumeBook:
-    """What a previous run of this report already did, one byte per row (flat memory).
+    """What a previous run of this report already did: per row, its last outcome and its last send.
 
-    Each byte is 0 (no record: the row was in flight or not reached) or 1 + the index of the row's
-    last outcome. Rows with no record and ``failed`` rows are uncertain: the snapshot may exist, so
-    they are looked up (over the settle window, counted from when the report was last written) before
-    anything is sent again.
+    Flat memory: one byte per row (0: no record; else 1 + the index of the row's last outcome) and
+    one float per row (the wall-clock time of the row's last ``sending`` record, 0 when none).
+
+    A row that is not finished is uncertain when some create of it may have reached EVS: it was sent
+    (a ``sending`` record) and no answer proved it refused. Such a row is looked up until ``--settle``
+    has passed since its last send (plus the request ``--timeout``) before it may be sent again. A row
+    never sent is sent at once. A report written before the journal existed (no ``journal`` flag in
+    its header) cannot tell: every row without a success is uncertain from the report's last write.
     """
 
     OUTCOMES: ClassVar[list[Outcome]] = list(Outcome)
 
     def __init__(
-        self, run_id: str, states: bytearray, *, last_write: float, header: RunHeader | None
+        self,
+        run_id: str,
+        states: bytearray,
+        sent: array[float],
+        *,
+        last_write: float,
+        header: RunHeader,
     ) -> None:
         self.run_id = run_id
         self.states = states
+        self.sent = sent
         self.header = header
-        # The previous process died at or after its last write: late commits count from then.
-        self.since = time.monotonic() - max(0.0, time.time() - last_write)
+        self.offset = time.monotonic() - time.time()  # wall clock -> this process's monotonic clock
+        # Without a journal, the previous process died at or after its last write.
+        self.since = last_write + self.offset
 
     @classmethod
     def load(cls, path: Path) -> ResumeBook | None:
-        """Read a report; ``None`` when it does not exist or holds no record."""
+        """Read a report; ``None`` when it does not exist or is empty."""
         if not path.exists():
             return None
         header = read_header(path)
-        run_id = None if header is None else header.run_id
-        states = bytearray()
-        for record in read_records(path):
-            if record.side:
-                continue
-            run_id = run_id or record.run_id
-            if record.row >= len(states):
-                states.extend(bytes(record.row + 1 - len(states)))
-            states[record.row] = cls.OUTCOMES.index(record.outcome) + 1
-        if run_id is None:
+        if header is None:
             return None
-        return cls(run_id, states, last_write=path.stat().st_mtime, header=header)
+        states = bytearray(header.rows + 1)
+        sent = array("d", bytes(8 * (header.rows + 1)))
+        sending = Outcome.SENDING
+        for record in read_records(path):
+            if record.outcome is sending:
+                sent[record.row] = _epoch(record.started_at)
+            elif not record.side:
+                states[record.row] = cls.OUTCOMES.index(record.outcome) + 1
+        return cls(header.run_id, states, sent, last_write=path.stat().st_mtime, header=header)
 
     def outcome(self, row: int) -> Outcome | None:
         state = self.states[row] if row < len(self.states) else 0
@@ -268,20 +341,30 @@ class ResumeBook:
         return outcome is not None and outcome in FINISHED
 
     def uncertain_since(self, row: int) -> float | None:
-        """When a snapshot of the row may have been created (``None``: surely not)."""
+        """When (monotonic) a create of the row was last sent, if one may have acted; ``None``: surely not."""
         outcome = self.outcome(row)
-        return self.since if outcome is None or outcome is Outcome.FAILED else None
+        if outcome is not None and outcome is not Outcome.FAILED:
+            return None
+        if not self.header.journal:
+            return self.since
+        last_send = self.sent[row] if row < len(self.sent) else 0.0
+        return last_send + self.offset if last_send else None
+
+
+def _epoch(stamp: str) -> float:
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return time.time()  # unreadable: as if sent just now (the longest wait, the safe side)
 
 
 def final_records(path: Path) -> Iterator[Record]:
     """The last record of each row, in file order of those records (two passes, 8 bytes per row)."""
-    last = array("q")
+    header = read_header(path)
+    last = array("q", [-1]) * ((0 if header is None else header.rows) + 1)
     for index, record in enumerate(read_records(path)):
-        if record.side:
-            continue
-        if record.row >= len(last):
-            last.extend([-1] * (record.row + 1 - len(last)))
-        last[record.row] = index
+        if not record.side:
+            last[record.row] = index
     for index, record in enumerate(read_records(path)):
         if not record.side and last[record.row] == index:
             yield record
@@ -311,10 +394,14 @@ def resume_identity(
     if book is None:
         return None, RunIdentity.new(utc_now())
     identity = RunIdentity.resumed(book.run_id)
-    if book.header is None:
+    if book.header.command != "create":
         raise ResumeMismatch(
-            f"{report} has no run header (written by an older version): it cannot be resumed "
-            "safely; start a new report"
+            f"{report} is a {book.header.command} report, not a create report; nothing was sent"
+        )
+    if book.header.dry_run:
+        raise ResumeMismatch(
+            f"{report} holds a --dry-run's plan, not a run: nothing of it was sent, so there is nothing to "
+            "resume. Start the run with a new --report; nothing was sent"
         )
     current = RunHeader(
         run_id=identity.run_id,

@@ -30,6 +30,7 @@ from orchestrator.api import evs
 from orchestrator.errors import ProjectLookupFailed, RouteClosed, TransportError, UsageError
 from orchestrator.models import Answer, Outcome, Record, SnapshotRequest, utc_iso, utc_now
 from orchestrator.report import ReportWriter, ResumeBook
+from orchestrator.resume import RunIndex
 from orchestrator.retry import RetryPolicy, Verdict, retry_after
 from orchestrator.tally import Tally
 
@@ -49,6 +50,7 @@ class RunPlan:
     policy: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
     deadline: float | None = None  # time.monotonic() after which nothing more is sent
     settle: float = defaults.SETTLE
+    timeout: float = defaults.TIMEOUT  # one request: a resumed row's window counts from its send plus this
 
 
 @dataclasses.dataclass(slots=True)
@@ -60,6 +62,7 @@ class _Attempt:
     uncertain_since: float | None = None  # monotonic time of the attempt that may have acted
     maybe_sent: bool = False  # some attempt may have reached EVS
     in_flight: bool = False  # a request is out (a deadline that cancels it leaves the row uncertain)
+    resumed: bool = False  # an earlier process sent it: the run's listing is asked before any lookup
     answer: Answer | None = None
     error: tuple[str, str | None] | None = None
     started: datetime = dataclasses.field(default_factory=utc_now)
@@ -94,6 +97,10 @@ class Runner:
         # and for a resumed run (the earlier process may have): only then can the sweep find anything.
         self.in_doubt = resume is not None
         self._settlers: TaskGroup | None = None
+        # Settling rows wait (mostly asleep) in tasks of their own; their number is bounded, so that a
+        # run where many rows are uncertain holds the workers back instead of growing without limit.
+        self._settle_slots = anyio.Semaphore(max(64, 8 * plan.concurrency))
+        self.index = None if resume is None else RunIndex(plan.run_id, plan.policy)
 
     def emit(self, record: Record) -> None:
         self.writer.write(record)
@@ -134,6 +141,8 @@ class Runner:
                     self.emit(self._record(item, Outcome.PLANNED, _Attempt()))
                 else:
                     since = None if self.resume is None else self.resume.uncertain_since(item.row)
+                    if since is not None:
+                        since += self.plan.timeout  # the request may have been answered this much later
                     try:
                         send.send_nowait((item, since))  # fill the buffer in a burst, no checkpoint per row
                     except anyio.WouldBlock:
@@ -156,7 +165,9 @@ class Runner:
                     return
                 if self.stopping:
                     continue  # left without a record: --resume picks it up
-                state = _Attempt(uncertain_since=since, maybe_sent=since is not None)
+                state = _Attempt(
+                    uncertain_since=since, maybe_sent=since is not None, resumed=since is not None
+                )
                 await self._row(request, state, settling=False)
 
     async def _row(self, request: SnapshotRequest, state: _Attempt, *, settling: bool) -> None:
@@ -203,9 +214,14 @@ class Runner:
         while True:
             if self._past_deadline():
                 return self._deadline(request, state)
+            if state.resumed:
+                state.resumed = False
+                found = await self._from_listing(request, route, state)
+                if found is not None:
+                    return self._record(request, Outcome.ACCEPTED, state, snapshot=found, reconciled=True)
             if state.uncertain_since is not None:
                 if not settling:
-                    self._hand_to_settler(request, state)
+                    await self._hand_to_settler(request, state)
                     return None
                 found = await self._settle(request, route, state)
                 if found is not None:
@@ -225,8 +241,27 @@ class Runner:
                 continue  # settle first (in a settling task), then maybe send again
             await self._pause(wait if wait is not None else policy.backoff(state.attempts, self.random))
 
-    def _hand_to_settler(self, request: SnapshotRequest, state: _Attempt) -> None:
+    async def _from_listing(
+        self, request: SnapshotRequest, route: Route, state: _Attempt
+    ) -> dict[str, Any] | None:
+        """A resumed row against its project's listing of the run: its snapshot, or ``None``.
+
+        When the row's window had closed before the listing began, absence is proof: the row may be
+        sent at once. Otherwise (or when the listing failed) it settles by lookups, as in a run.
+        """
+        assert self.index is not None  # noqa: S101 - a resumed row implies a resume book
+        listing = await self.index.listing(route)
+        if listing is None:
+            return None
+        found = listing.snapshot(request.volume_id)
+        window = state.uncertain_since
+        if found is None and window is not None and window + self.plan.settle <= listing.began:
+            state.uncertain_since, state.maybe_sent = None, False
+        return found
+
+    async def _hand_to_settler(self, request: SnapshotRequest, state: _Attempt) -> None:
         assert self._settlers is not None  # noqa: S101 - set by run() before any worker starts
+        await self._settle_slots.acquire()
         self.settling += 1
 
         async def settle() -> None:
@@ -234,6 +269,7 @@ class Runner:
                 await self._row(request, state, settling=True)
             finally:
                 self.settling -= 1
+                self._settle_slots.release()
 
         self._settlers.start_soon(settle)
 
@@ -242,7 +278,8 @@ class Runner:
     ) -> tuple[Verdict, float | None]:
         """One create request; returns the verdict and the ``Retry-After`` seconds, if any."""
         state.attempts += 1
-        call = evs.create_snapshot(route.project_id, request, self.plan.run_id)
+        journal = (lambda: self._journal(request, state)) if self.writer.resumable else None
+        call = evs.create_snapshot(route.project_id, request, self.plan.run_id, before=journal)
         state.in_flight = True
         try:
             reply = await route.send(call)
@@ -268,6 +305,25 @@ class Runner:
         if reply.verdict is Verdict.UNCERTAIN:
             state.maybe_sent, state.uncertain_since = True, time.monotonic()
         return reply.verdict, retry_after(answer.retry_after)
+
+    def _journal(self, request: SnapshotRequest, state: _Attempt) -> None:
+        """Record that a create of the row is leaving now (a ``sending`` side record), before it leaves."""
+        now = utc_iso(utc_now())
+        self.writer.write(
+            Record(
+                run_id=self.plan.run_id,
+                row=request.row,
+                volume_id=request.volume_id,
+                project_id=request.project_id,
+                region=request.region,
+                name=request.name,
+                outcome=Outcome.SENDING,
+                attempts=state.attempts,
+                started_at=now,
+                finished_at=now,
+                elapsed_ms=0,
+            )
+        )
 
     async def _settle(self, request: SnapshotRequest, route: Route, state: _Attempt) -> dict[str, Any] | None:
         """Look the row's snapshot up until found, or until the settle window has passed without it.

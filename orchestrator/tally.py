@@ -60,7 +60,8 @@ class Tally:
     def add(self, record: Record) -> None:
         """Count a record written now (a row's newest state, or a sweep's side record)."""
         if record.side:
-            self.duplicates[record.outcome.value] += 1
+            if record.outcome is not Outcome.SENDING:  # the journal of attempts is not an outcome
+                self.duplicates[record.outcome.value] += 1
             return
         self.outcomes[record.outcome.value] += 1
         self.attempts += record.attempts

@@ -91,8 +91,13 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 
 def records(path: Path) -> list[dict[str, Any]]:
-    """Every record of a report (the run header left out)."""
-    return [line for line in lines(path) if line.get("type") != "run"]
+    """Every record of a report (the run header and the journal of ``sending`` records left out)."""
+    return [line for line in lines(path) if line.get("type") != "run" and line.get("outcome") != "sending"]
+
+
+def journal(path: Path) -> list[dict[str, Any]]:
+    """The ``sending`` records of a report: one per create request that left, written before it left."""
+    return [line for line in lines(path) if line.get("outcome") == "sending"]
 
 
 def header(path: Path) -> dict[str, Any]:

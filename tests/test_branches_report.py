@@ -113,22 +113,18 @@ def test_reader_skips_blank_and_torn_lines_and_refuses_damaged_ones(tmp_path: Pa
         list(read_records(bad_record))
 
 
-def test_resume_book_of_missing_or_side_only_reports(tmp_path: Path) -> None:
-    """No file, or only side records and no header: no resume book; a header-less report takes its records' run."""
+def test_resume_book_of_missing_empty_or_headerless_reports(tmp_path: Path) -> None:
+    """No file, or an empty one: no resume book; records without a run header first: a usage error at line 1."""
     assert ResumeBook.load(tmp_path / "missing.jsonl") is None
-    side_only = tmp_path / "side.jsonl"
-    side_only.write_bytes(record(1, Outcome.DUPLICATE_FOUND).to_json())
-    assert ResumeBook.load(side_only) is None
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    assert ResumeBook.load(empty) is None
     headerless = tmp_path / "old.jsonl"
     headerless.write_bytes(
         record(2, Outcome.FAILED).to_json() + record(1, Outcome.DUPLICATE_DELETED).to_json()
     )
-    book = ResumeBook.load(headerless)
-    assert book is not None
-    assert (book.run_id, book.header) == (RUN, None)
-    assert book.outcome(2) is Outcome.FAILED
-    assert book.outcome(1) is None
-    assert book.uncertain_since(2) is not None
+    with pytest.raises(UsageError, match=r"old.jsonl:1: a report starts with its run header"):
+        ResumeBook.load(headerless)
 
 
 def test_create_resume_refuses_a_report_without_header(
@@ -141,7 +137,7 @@ def test_create_resume_refuses_a_report_without_header(
     report.write_bytes(record(1).to_json())
     result = invoke(create_args(emu.url, manifest, report, *FAST_RETRIES, "--resume"))
     assert result.exit_code == 2, result.output
-    assert "has no run header (written by an older version)" in result.output
+    assert "old.jsonl:1: a report starts with its run header" in result.output
     assert emu.state()["requests"] == {}
 
 

@@ -18,7 +18,7 @@ from orchestrator.api.routes import Router, connect
 from orchestrator.config import Connection, Endpoints
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from orchestrator.errors import RouteClosed
-from orchestrator.models import Outcome, Record
+from orchestrator.models import Outcome, Record, RunHeader
 from orchestrator.report import ReportWriter, read_records
 from orchestrator.tally import Tally
 from orchestrator.waiter import Waiter, WaitPlan
@@ -64,6 +64,18 @@ async def wait_for(
     report = tmp_path / "w.jsonl"
     async with router_at(url, environ) as router:
         with ReportWriter(str(report)) as writer:
+            run_id = rows[0].run_id if rows else "r"
+            writer.write_header(
+                RunHeader(
+                    run_id=run_id,
+                    command="create",
+                    manifest="m.csv",
+                    rows=max((row.row for row in rows), default=0),
+                    digest="",
+                    shape={},
+                    started_at="s",
+                )
+            )
             waiter = Waiter(plan, router=router, writer=writer, tally=tally)
             waiter.load(rows)
             await waiter.run()

@@ -551,9 +551,7 @@ def test_wait_sigint_while_throttled_exits_130(
 ) -> None:
     """wait: SIGINT while polling is throttled stops the wait: exit 130, nothing appended to the report."""
     emu = emulator_thread(clock=clock, rate_limit=1.0, burst=1, **world(2))
-    source = create_report(tmp_path / "create.jsonl", [{}, {}])
-    report = tmp_path / "old-style.jsonl"  # written before reports had a header: no sweep first
-    report.write_bytes(b"".join(source.read_bytes().splitlines(keepends=True)[1:]))
+    report = create_report(tmp_path / "create.jsonl", [{}, {}])
     before = report.read_bytes()
     drain_bucket(emu)
     args = [*cli_args("wait", report, endpoint=emu.url, poll_interval="0.05"), *MANY_RETRIES]

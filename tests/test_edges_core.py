@@ -670,8 +670,8 @@ def test_the_sweep_leaves_alone_marked_snapshots_of_a_disk_no_row_names(
     resumed run deletes neither and writes no duplicate record about them."""
     manifest = csv_manifest(write, IDS[:2])
     report = tmp_path / "r.jsonl"
-    planned = invoke(create_args("http://127.0.0.1:1", manifest, report, dry_run=True))
-    assert planned.exit_code == 0, planned.output
+    unreachable = invoke(create_args("http://127.0.0.1:1", manifest, report))
+    assert unreachable.exit_code == 3, unreachable.output  # nothing sent: a run to resume
     run_id = header(report)["run_id"]
     (foreign,) = volume_ids(1, seed=0xED70)
     strays = tuple(

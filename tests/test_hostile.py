@@ -429,7 +429,8 @@ def _cut_report(emu: Any, write: Callable[..., Path], tmp_path: Path, keep: int,
     ids = volume_ids(total, seed=124)
     assert invoke(create_args(emu.url, csv_manifest(write, ids), report, "--settle", "0.5")).exit_code == 0
     lines = report.read_bytes().splitlines(keepends=True)
-    report.write_bytes(b"".join(lines[: 1 + keep]))
+    finals = [n for n, line in enumerate(lines) if n and b'"outcome":"sending"' not in line]
+    report.write_bytes(b"".join(lines[: finals[keep]]))  # up to the keep-th row record, journal included
     return report
 
 

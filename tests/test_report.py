@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.errors import ReportExistsError, UsageError
-from orchestrator.models import Outcome, Record
+from orchestrator.models import Outcome, Record, RunHeader
 from orchestrator.report import ReportWriter, read_records
 from orchestrator.tally import Tally
 
@@ -46,6 +46,13 @@ def test_record_json_round_trip(record: Record) -> None:
     assert Record.from_json(line) == record
 
 
+def run_header(rows: int = 10, run_id: str = "r") -> RunHeader:
+    """The header every report starts with (the readers refuse a file without one)."""
+    return RunHeader(
+        run_id=run_id, command="create", manifest="m.csv", rows=rows, digest="", shape={}, started_at="s"
+    )
+
+
 def sample(row: int, outcome: Outcome = Outcome.ACCEPTED, code: str | None = None) -> Record:
     return Record(
         run_id="r",
@@ -67,13 +74,14 @@ def test_writer_appends_and_reader_skips_torn_tail(tmp_path: Path) -> None:
     """Records are appended whole; a last line cut by a crash is ignored; a bad middle line is an error."""
     path = tmp_path / "sub" / "r.jsonl"
     with ReportWriter(str(path)) as writer:
+        writer.write_header(run_header())
         writer.write(sample(1))
         writer.write(sample(2))
     with path.open("ab") as handle:
         handle.write(sample(3).to_json()[:25])
     assert [r.row for r in read_records(path)] == [1, 2]
-    path.write_bytes(sample(1).to_json() + b"garbage\n" + sample(2).to_json())
-    with pytest.raises(UsageError, match=r"r.jsonl:2"):
+    path.write_bytes(run_header().to_json() + sample(1).to_json() + b"garbage\n" + sample(2).to_json())
+    with pytest.raises(UsageError, match=r"r.jsonl:3"):
         list(read_records(path))
 
 
@@ -82,7 +90,7 @@ def test_writer_refuses_existing_report_without_resume(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
     path.write_bytes(b"")
     ReportWriter(str(path)).close()
-    path.write_bytes(sample(1).to_json())
+    path.write_bytes(run_header().to_json() + sample(1).to_json())
     with pytest.raises(ReportExistsError):
         ReportWriter(str(path))
     with ReportWriter(str(path), resume=True) as writer:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -46,13 +46,22 @@ class Call:
     path: str
     query: Sequence[tuple[str, str]] = ()
     body: bytes = b""
+    # Called each time the request is about to leave (after its rate and in-flight slots): create
+    # journals the attempt there, so the journal's time is the send's, not the queue's.
+    before: Callable[[], None] | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
-def create_snapshot(project_id: str, request: SnapshotRequest, run_id: str) -> Call:
+def create_snapshot(
+    project_id: str, request: SnapshotRequest, run_id: str, *, before: Callable[[], None] | None = None
+) -> Call:
     """Create one snapshot; the body carries the run's marker beside the row's own metadata."""
     body = request.body(marker={RUN_MARKER_KEY: run_id})
     return Call(
-        kind=Kind.CREATE, method="POST", path=f"/v2/{project_id}/cloudsnapshots", body=orjson.dumps(body)
+        kind=Kind.CREATE,
+        method="POST",
+        path=f"/v2/{project_id}/cloudsnapshots",
+        body=orjson.dumps(body),
+        before=before,
     )
 
 

@@ -175,6 +175,8 @@ class Route:
 
     async def _call(self, call: Call) -> Answer:
         self.counts[call.kind.value] += 1
+        if call.before is not None:
+            call.before()
         try:
             answer = await self.endpoint.caller.call(
                 call.method,

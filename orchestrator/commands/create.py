@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from orchestrator.waiter import WaitPlan
 
 GRACE_SECONDS = 10.0
+SETTLE_WARN = 10.0  # a shorter --settle may not outlast a late commit
 QUOTA_CHECK_SECONDS = 10.0  # the pre-flight quota check never holds the run up longer
 
 
@@ -73,6 +74,18 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
         raise UsageError("--wait reads the report back, so it needs a --report file, not standard output")
     if settings.resume and settings.report == "-":
         raise UsageError("--resume needs a --report file to read, not standard output")
+    if settings.resume and settings.dry_run:
+        # A plan written into the run's report would read as rows done: the next --resume would trust it.
+        raise UsageError(
+            "--dry-run does not mix with --resume: a plan must not be written into the report a resume "
+            "reads. To see what a resume would send, run `evs-snapshot summary REPORT`"
+        )
+    if settings.settle < SETTLE_WARN:
+        console.warn(
+            f"--settle {settings.settle:g}s is under {SETTLE_WARN:g}s: a create the gateway answered 504 may "
+            "commit later than that, and the row would be sent again (the end-of-run sweep deletes a "
+            "second snapshot it finds, but keep --settle at 60s for real runs)"
+        )
     if settings.emulator and settings.connection.endpoints.evs is not None:
         raise UsageError("--emulator starts its own emulator; leave out --endpoint (or leave out --emulator)")
     if not settings.resume and settings.report != "-":
@@ -174,6 +187,7 @@ async def _locked(
                     started_at=utc_iso(identity.started),
                     emulator=settings.emulator,
                     dry_run=settings.dry_run,
+                    journal=True,
                 )
             )
         validator = RowValidator(
@@ -189,6 +203,7 @@ async def _locked(
             policy=settings.policy,
             deadline=None if settings.deadline is None else started + settings.deadline,
             settle=settings.settle,
+            timeout=settings.connection.limits.timeout,
         )
         tally = Tally(manifest_rows=total)
         tally.started = started

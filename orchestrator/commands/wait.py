@@ -20,11 +20,15 @@ from orchestrator import options
 from orchestrator.cli import run
 
 if TYPE_CHECKING:
+    from orchestrator.api.routes import Router
     from orchestrator.config import Connection
     from orchestrator.console import Console
     from orchestrator.finish import Closing
+    from orchestrator.models import RunHeader
+    from orchestrator.report import ReportWriter
     from orchestrator.retry import RetryPolicy
-    from orchestrator.waiter import WaitPlan
+    from orchestrator.tally import Tally
+    from orchestrator.waiter import Waiter, WaitPlan
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,7 +52,6 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
     from orchestrator.lock import holding, lock_for  # noqa: PLC0415
     from orchestrator.report import ReportWriter, check_report_path, final_records, read_header  # noqa: PLC0415
     from orchestrator.signals import cancel_on_signal  # noqa: PLC0415
-    from orchestrator.sweep import sweep, sweep_policy  # noqa: PLC0415
     from orchestrator.tally import Tally  # noqa: PLC0415
     from orchestrator.waiter import Waiter  # noqa: PLC0415
 
@@ -70,34 +73,49 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
                 settings.plan, router=router, writer=writer, tally=tally, on_round=console.wait_round
             )
             waiter.load(final_records(report))
-            started = time.monotonic()
-            if header is not None and waiter.pending:
-                found = await sweep(
-                    list(router.routes.values()),
-                    run_id=header.run_id,
-                    report=report,
-                    writer=writer,
-                    tally=tally,
-                    policy=sweep_policy(settings.policy),
-                    keep_duplicates=settings.keep_duplicates,
-                    patience=settings.plan.interval * 4,
-                )
-                if found.found:
-                    console.warn(
-                        f"sweep: {found.found} extra snapshots of this run found, {found.removed} deleted"
-                    )
-                tally.phase("sweep", time.monotonic() - started, router.counts())
-                started = time.monotonic()
-            console.event("waiting", f"waiting for {waiter.waiting} snapshots", pending=waiter.waiting)
             async with anyio.create_task_group() as group:
                 group.start_soon(cancel_on_signal, group.cancel_scope, received)
-                await waiter.run()
+                await _sweep_then_wait(settings, header, router, writer, waiter, tally, console)
                 group.cancel_scope.cancel()
-            tally.phase("wait", time.monotonic() - started, router.counts())
     code = finish(tally, settings.closing, router=router, console=console, report=str(report), command="wait")
     if received:
         raise Interrupted(received[0], "run wait again to go on")
     return code
+
+
+async def _sweep_then_wait(
+    settings: WaitSettings,
+    header: RunHeader | None,
+    router: Router,
+    writer: ReportWriter,
+    waiter: Waiter,
+    tally: Tally,
+    console: Console,
+) -> None:
+    """The sweep (when the report names its run), then the polls, each counted as a phase."""
+    from orchestrator.sweep import sweep, sweep_policy  # noqa: PLC0415
+
+    started = time.monotonic()
+    if header is not None and waiter.pending:
+        found = await sweep(
+            list(router.routes.values()),
+            run_id=header.run_id,
+            report=settings.report,
+            writer=writer,
+            tally=tally,
+            policy=sweep_policy(settings.policy),
+            keep_duplicates=settings.keep_duplicates,
+            patience=settings.plan.interval * 4,
+        )
+        if found.found:
+            console.warn(f"sweep: {found.found} extra snapshots of this run found, {found.removed} deleted")
+        tally.phase("sweep", time.monotonic() - started, router.counts())
+        started = time.monotonic()
+    console.event("waiting", f"waiting for {waiter.waiting} snapshots", pending=waiter.waiting)
+    try:
+        await waiter.run()
+    finally:
+        tally.phase("wait", time.monotonic() - started, router.counts())
 
 
 @click.command("wait")
