@@ -12,17 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import orjson
-
 from orchestrator.errors import UsageError
 from orchestrator.models import Outcome, Record, RunHeader
-from orchestrator.report import check_report_path, final_records, read_header, report_lines
+from orchestrator.report import check_report_path, final_records, read_header, torn_tail
 
 if TYPE_CHECKING:
     from orchestrator.retention import Target
 
 ROW_RANGES_SHOWN = 10  # rows without a record are named as ranges, the first this many
-TAIL_KEPT = 1 << 20  # a last line longer than this is no record, whole or torn
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,13 +27,13 @@ class CreateRun:
     """A create report as cleanup reads it."""
 
     run_id: str
-    header: RunHeader | None
+    header: RunHeader
     sent: list[Record]  # the last record of each row that was sent (not ``invalid`` or ``planned``)
     recorded: frozenset[int]  # rows with a record, whatever its outcome
 
     def unrecorded(self) -> tuple[int, str]:
         """How many of the header's rows have no record, and which (``rows 3-4, 9``), or ``(0, "")``."""
-        total = 0 if self.header is None else self.header.rows
+        total = self.header.rows
         ranges: list[str] = []
         missing = 0
         start = 1
@@ -53,77 +50,28 @@ class CreateRun:
 def run_of(report: Path, warn: Callable[[str], None]) -> CreateRun:
     """Read a create report: its run, the last record of each sent row, the rows with a record.
 
-    A torn last line is warned about (``file:line``) and skipped; two run headers, or records of two
-    runs, are a usage error naming both run ids.
+    A torn last line is warned about (``file:line``) and skipped. The report reader refuses a file
+    of two runs (exit 2, naming both run ids) and rows outside the header's.
     """
     check_report_path(report)
     if not report.is_file():
         raise UsageError(f"{report}: no such report")
     header = read_header(report)
-    if header is not None and header.command != "create":
+    if header is None:
+        raise UsageError(f"{report}: the report holds no records; nothing to clean up")
+    if header.command != "create":
         raise UsageError(f"{report} is a {header.command} report; cleanup reads the report of a create run")
-    one_run(report)
-    torn = torn_line(report)
+    torn = torn_tail(report)
     if torn is not None:
         warn(f"{report}:{torn}: the last line is cut short (its writer was killed mid-line); skipped")
     rows = list(final_records(report))
-    run_id = header.run_id if header is not None else next((r.run_id for r in rows), None)
-    if run_id is None:
-        raise UsageError(f"{report}: the report holds no records; nothing to clean up")
     unsent = (Outcome.INVALID, Outcome.PLANNED)
     return CreateRun(
-        run_id=run_id,
+        run_id=header.run_id,
         header=header,
-        sent=[r for r in rows if r.volume_id and r.outcome not in unsent and r.run_id == run_id],
+        sent=[r for r in rows if r.volume_id and r.outcome not in unsent],
         recorded=frozenset(r.row for r in rows),
     )
-
-
-def one_run(report: Path) -> None:
-    """A report is one run's: a second run header, or a record of another run, is a usage error.
-
-    (The smallest check, until the typed report reader refuses such files for every command.)
-    """
-    first: tuple[str, int] | None = None
-    headers: list[int] = []
-    for number, _, data in report_lines(report):
-        if not isinstance(data, dict):
-            continue
-        if data.get("type") == "run":
-            headers.append(number)
-        run_id = data.get("run_id")
-        if not isinstance(run_id, str):
-            continue
-        if first is None:
-            first = (run_id, number)
-        elif run_id != first[0] or len(headers) > 1:
-            why = "two run headers" if data.get("type") == "run" else "records of two runs"
-            raise UsageError(
-                f"{report} holds {why}: {first[0]} (line {first[1]}) and {run_id} (line {number}); were two "
-                "reports joined? Give cleanup one create run's report; nothing was deleted"
-            )
-
-
-def torn_line(report: Path) -> int | None:
-    """The number of the report's last line when its writer was killed mid-line (no newline, not
-    whole JSON); ``None`` when the file ends whole."""
-    with report.open("rb") as handle:
-        if handle.seek(0, 2) == 0:
-            return None
-        handle.seek(-1, 2)
-        if handle.read(1) == b"\n":
-            return None
-        handle.seek(0)
-        newlines, tail = 0, b""
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            newlines += chunk.count(b"\n")
-            cut = chunk.rfind(b"\n")
-            tail = chunk[cut + 1 :] if cut >= 0 else (tail + chunk)[-TAIL_KEPT:]
-    try:
-        orjson.loads(tail)
-    except orjson.JSONDecodeError:
-        return newlines + 1
-    return None  # a whole record that lacks only its newline: read as any other
 
 
 def manifest_disks(

@@ -25,7 +25,6 @@ from tests.helpers import (
     records,
     requests_of,
     run_process,
-    wait_for_records,
 )
 from tests.test_prune import DELETE, FAST, LIST, MARKER, live, snap, start
 
@@ -150,11 +149,17 @@ def run_snapshots(emu: Any, report: Path) -> list[dict[str, Any]]:
     return [s for s in emu.state()["snapshots"] if (s.get("metadata") or {}).get(MARKER) == run_id]
 
 
-def cut(report: Path, keep: int, *, torn: bool = False) -> None:
-    """Keep the header and the first ``keep`` records, as a SIGKILL leaves a report (``torn``: and half a line)."""
-    kept = report.read_bytes().splitlines(keepends=True)
-    tail = kept[1 + keep][: len(kept[1 + keep]) // 2] if torn else b""
-    report.write_bytes(b"".join(kept[: 1 + keep]) + tail)
+def cut(report: Path, keep: int, *, torn: bool = False) -> int:
+    """Cut the report after its ``keep``-th outcome record, as a SIGKILL leaves it (``torn``: and half the
+    next line); the number of the first line cut."""
+    lines = report.read_bytes().splitlines(keepends=True)
+    end, outcomes = 1, 0
+    while outcomes < keep:
+        outcomes += orjson.loads(lines[end])["outcome"] != "sending"
+        end += 1
+    tail = lines[end][: len(lines[end]) // 2] if torn else b""
+    report.write_bytes(b"".join(lines[:end]) + tail)
+    return end + 1
 
 
 def mark(emu: Any, volume_id: str, run_id: str) -> None:
@@ -177,11 +182,13 @@ def test_cleanup_after_a_killed_create_deletes_every_snapshot_of_the_run(
     disks = volume_ids(40, seed=154)
     emu = start(emulator_thread, disks, [], creating_seconds=0.0, latency_ms=50)
     report = tmp_path / "create.jsonl"
+    stop = time.monotonic() + 30
     with run_process(create_args(emu.url, csv_manifest(write, disks), report, concurrency=8)) as process:
-        wait_for_records(report, 8, process)
+        while (not report.exists() or len(records(report)) < 8) and time.monotonic() < stop:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            time.sleep(0.02)
         process.kill()
         process.wait(timeout=10)
-    stop = time.monotonic() + 30
     while emu.state()["in_flight"] and time.monotonic() < stop:  # the killed client's requests land
         time.sleep(0.02)
     recorded = {r["row"] for r in records(report)}
@@ -200,11 +207,11 @@ def test_cleanup_of_a_report_cut_mid_line_warns_and_deletes_that_rows_snapshot(
 ) -> None:
     """A torn last line is named (file:line) and skipped; its row's snapshot is found by the marker."""
     emu, report, others = created(emulator_thread, write, tmp_path, 4, seed=155)
-    cut(report, 2, torn=True)
+    torn = cut(report, 2, torn=True)
     plan = tmp_path / "plan.jsonl"
     result = cleanup(emu, report, plan)
     assert result.exit_code == 0, result.output
-    assert f"{report}:4:" in result.output
+    assert f"{report}:{torn}:" in result.output
     assert "2 of 4 rows have no record (rows 3-4)" in result.output
     assert Counter(r["outcome"] for r in records(plan)) == {"planned": 4}
     result = cleanup(emu, report, plan, "--apply", "--resume")

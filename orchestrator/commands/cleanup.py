@@ -21,7 +21,8 @@ So cleanup goes by the marker, not by the records:
   manifest does not name (``OTHER_VOLUME``).
 - **The report**: rows without a record are counted against the header's ``rows`` and named in the
   summary; a torn last line (a writer killed mid-line) is named ``file:line`` and skipped; a file that
-  holds two run headers, or records of two runs (two reports joined), is refused (exit 2).
+  holds two run headers, or records of two runs (two reports joined), is refused by the report reader
+  (exit 2, naming both run ids).
 - **The exit**: 0 only when nothing of the run is left: every snapshot of the run that was found ended
   ``deleted`` (with ``--apply``, after the wait for it to be gone; ``--no-wait`` counts the accepted
   DELETE) or, in a plan, ``planned``. A snapshot still ``creating`` (``blocked``), a deletion that
@@ -135,12 +136,12 @@ class _Search:
         from orchestrator.retention import Target  # noqa: PLC0415
 
         disks = [Target(str(r.volume_id), r.project_id, r.region, r.row) for r in run_.sent]
-        shape = run_.header.shape if run_.header is not None else {}
+        shape = run_.header.shape
         project = shape.get("project_id") or settings.project_id
         region = shape.get("region") or settings.connection.endpoints.home_region
         missing, rows_text = run_.unrecorded()
         anywhere = None
-        if missing and run_.header is not None:
+        if missing:
             named, why = manifest_disks(run_.header, project_id=project, region=region)
             if named is not None:
                 disks += named
@@ -158,7 +159,7 @@ class _Search:
                     )
         return cls(
             disks=disks,
-            rows=0 if run_.header is None else run_.header.rows,
+            rows=run_.header.rows,
             fallback=(project, region),
             missing=missing,
             rows_text=rows_text,
