@@ -61,6 +61,9 @@ def run_of(report: Path, warn: Callable[[str], None]) -> CreateRun:
         raise UsageError(f"{report}: the report holds no records; nothing to clean up")
     if header.command != "create":
         raise UsageError(f"{report} is a {header.command} report; cleanup reads the report of a create run")
+    why = header.nothing_in_the_cloud()
+    if why is not None:
+        raise UsageError(f"{report} {why}; there is nothing to clean up, and nothing was sent")
     torn = torn_tail(report)
     if torn is not None:
         warn(f"{report}:{torn}: the last line is cut short (its writer was killed mid-line); skipped")

@@ -221,6 +221,20 @@ class RunHeader:
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a run header: {exc}") from exc
 
+    def nothing_in_the_cloud(self) -> str | None:
+        """Why no snapshot of this run can exist in a real cloud (``None``: the run sent its requests there).
+
+        ``wait``, ``cleanup`` and ``rollback`` refuse such a report (exit 2) instead of asking the cloud.
+        """
+        if self.dry_run:
+            return f"is the report of a --dry-run: nothing was sent, so run {self.run_id} made no snapshot"
+        if self.emulator:
+            return (
+                f"was made with --emulator: the snapshots of run {self.run_id} lived in an in-process "
+                "emulator that ended with that run, not in a cloud this command could reach"
+            )
+        return None
+
     def first_difference(self, other: RunHeader) -> str | None:
         """What differs between this report's run and the one about to resume it (``None``: same)."""
         if self.rows != other.rows:

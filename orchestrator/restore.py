@@ -23,22 +23,28 @@ more than once (8.3). A 4xx after an uncertain attempt is checked the same way b
 
 Waiting: after the 202 the disk and the snapshot are polled until neither is ``rollbacking``; a disk
 that ends ``error_rollbacking`` is ``rollback_failed``.
+
+Rolled back before: nothing the EVS API shows tells that a disk was rolled back (afterwards it is
+``available``, its snapshot unchanged), so the evidence is the rollback reports themselves
+(``earlier_rollbacks``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import orjson
 
-from orchestrator.actions import Action
+from orchestrator.actions import Action, read_actions
 from orchestrator.api import evs
 from orchestrator.api.safe import fetch_json, snapshot_status
-from orchestrator.errors import ListingFailed, TransportError
-from orchestrator.models import Outcome, Record
+from orchestrator.errors import ListingFailed, TransportError, UsageError
+from orchestrator.models import Outcome, Record, RunHeader
 from orchestrator.retry import RetryPolicy, Verdict
 from orchestrator.waiter import WaitPlan
 
@@ -49,6 +55,7 @@ from orchestrator.api.evs import BACKUP_PREFIXES
 
 USABLE = frozenset({Outcome.ACCEPTED, Outcome.AVAILABLE})
 SETTLE_STEP = 1.0  # seconds between looks at a disk while an uncertain rollback settles
+HEADER_MAX = 65536  # bytes of a file's first line read to tell whether it is a rollback report
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,6 +196,49 @@ def unusable(row: Record) -> Finding | None:
         f"the create run's last record of row {row.row} is {row.outcome.value}: no snapshot to restore "
         f"from{hint}",
     )
+
+
+def earlier_rollbacks(run_id: str, places: Iterable[Path], *, skip: Path | None) -> dict[Path, set[int]]:
+    """The rollback reports in the folders ``places`` that rolled back rows of create run ``run_id``,
+    each with the rows it shows ``rolled_back`` (``skip``: the report of this run). A row whose
+    rollback was sent but not seen to end (``failed``, ``UNCONFIRMED``) is not counted: the ``--resume``
+    of its own report looks at that disk.
+
+    Only each file's first line is read, unless it is the header of such a report. The evidence
+    travels with the folder (copy it with the create report to another machine); a rollback report
+    written elsewhere, or to standard output, is not seen.
+    """
+    found: dict[Path, set[int]] = {}
+    seen = set() if skip is None else {skip.resolve()}
+    for place in places:
+        try:
+            entries = sorted(place.iterdir()) if place.is_dir() else []
+        except OSError:
+            continue
+        for path in entries:
+            resolved = path.resolve()
+            if resolved in seen or not path.is_file():  # not a FIFO: opening one would block
+                continue
+            seen.add(resolved)
+            header = _first_header(path)
+            if header is None or header.command != "rollback" or header.shape.get("source_run") != run_id:
+                continue
+            try:
+                rows = {r.row for r in read_actions(path) if r.outcome is Action.ROLLED_BACK and r.row}
+            except (UsageError, OSError):
+                continue  # a damaged report of another run: its own commands say what is wrong
+            if rows:
+                found[path] = rows
+    return found
+
+
+def _first_header(path: Path) -> RunHeader | None:
+    try:
+        with path.open("rb") as handle:
+            data = orjson.loads(handle.readline(HEADER_MAX))
+        return RunHeader.from_dict(data) if isinstance(data, dict) and data.get("type") == "run" else None
+    except (OSError, ValueError):  # orjson.JSONDecodeError is a ValueError
+        return None
 
 
 def _not_ours(snapshot: Mapping[str, Any], row: Record, source_run: str) -> Finding | None:

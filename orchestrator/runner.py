@@ -134,7 +134,7 @@ class Runner:
                     return
                 previous = None if self.resume is None else self.resume.outcome(item.row)
                 if self.resume is not None and self.resume.finished(item.row) and previous is not None:
-                    self.tally.add_previous(previous)
+                    self.tally.add_previous(previous, item.row)
                 elif isinstance(item, Record):
                     self.emit(item)
                 elif self.plan.dry_run:

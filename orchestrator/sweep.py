@@ -64,7 +64,7 @@ async def sweep(
     no row can need reconciling, and the report is read only for volumes that hold two snapshots.
     """
 
-    def emit(record: Record, previous: Outcome | None) -> None:
+    def emit(record: Record, previous: Record | None) -> None:
         writer.write(record)
         if previous is None:
             tally.add(record)  # a side record
@@ -88,7 +88,7 @@ async def sweep(
         found.sort(key=lambda item: (item[1].get("id") != named, str(item[1].get("created_at") or "")))
         keep = found[0][1]
         if not record.succeeded and record.outcome is not Outcome.SNAPSHOT_ERROR:
-            emit(_reconciled(record, keep), record.outcome)
+            emit(_reconciled(record, keep), record)
             result.reconciled += 1
         kept = str(keep.get("id"))
         for route, extra in found[1:]:

@@ -1,7 +1,8 @@
 """The one outcome counter: a run's tally as records are written, and the summary of a whole report.
 
 It keeps counts, not records: outcomes, error codes with one example row each, the slowest rows,
-the rows to act on (capped), requests by kind and time by phase. Memory stays flat.
+the rows to act on (capped), requests by kind and time by phase, and one byte per manifest row to
+name the rows that have no record. Memory stays flat.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,50 @@ SLOWEST = 5
 LISTED_ROWS_MAX = 1000
 OK = SUCCESSFUL | {Outcome.PLANNED}
 
+LISTED_ROWS = 50  # row numbers shown on one line of the human summary
 # What to do about a row, by its last outcome (``summary`` prints it; the README explains it).
 NEXT_STEP = {
     Outcome.INVALID: "fix these rows; run them as a new manifest (a changed manifest cannot be resumed)",
-    Outcome.REJECTED: "fix the cause (say --force, for in-use rows without force) and run create --resume",
+    Outcome.REJECTED: "the API refused these rows; the next step depends on the error code:",
     Outcome.FAILED: "run the same create command with --resume (uncertain rows are looked up first)",
     Outcome.WAIT_TIMEOUT: "run `evs-snapshot wait REPORT` again (nothing is sent again for these rows)",
     Outcome.SNAPSHOT_ERROR: "the snapshot ended in error: remove it (cleanup), snapshot the disk anew",
 }
+
+
+DENIED = frozenset({"EVS.0003", "EVS.1027", "EVS.2056", "EVS.5403"})
+NOT_FOUND = frozenset({"EVS.5404", "EVS.1002"})
+
+
+def rejected_step(code: str | None, message: str | None) -> str:
+    """The next step for a row the API refused, by its error code (and, for a disk's state, its message)."""
+    text = (message or "").lower()
+    if code == "SNAPSHOT_LIMIT_REACHED":
+        return "run prune to delete old snapshots of this tool (or ask for more quota), then create --resume"
+    if "current status is: in-use" in text:  # 400 EVS.5400 (or a Cinder-style 400) for an attached disk
+        return (
+            "the disk is attached: run create --resume with --force (a crash-consistent snapshot), "
+            "or detach it first"
+        )
+    if "current status is" in text:
+        return "the disk is neither available nor in-use: wait for it or repair it, then create --resume"
+    if code in NOT_FOUND:
+        return "no such disk in this project: fix these rows and run them as a new manifest"
+    if code in DENIED:
+        return "permission refused: grant the EVS snapshot permissions, then create --resume"
+    return "fix the cause the error message names, then create --resume"
+
+
+def first_without_record(total: int, recorded: Callable[[int], bool], limit: int = LISTED_ROWS) -> list[int]:
+    """The first ``limit`` rows of 1..``total`` that have no record; looks at no more rows than are
+    recorded, plus ``limit`` (so a header's row count is never expanded in memory)."""
+    found: list[int] = []
+    row = 1
+    while row <= total and len(found) < limit:
+        if not recorded(row):
+            found.append(row)
+        row += 1
+    return found
 
 
 class Tally:
@@ -50,12 +87,26 @@ class Tally:
         self.phase_requests: dict[str, Counter[str]] = {}
         self.duplicates: Counter[str] = Counter()
         self.unfinished: list[str] = []  # run-level steps that did not complete (exit 1)
+        self.rejected: Counter[tuple[str, str]] = Counter()  # (error code, next step) of rejected rows
+        self.recorded = bytearray()  # 1 at each manifest row that has a record
+        self.untracked = 0  # rows counted without a number within the manifest: rows are not named then
         self.started = time.monotonic()
 
     # --- counting ------------------------------------------------------------------------
-    def add_previous(self, outcome: Outcome) -> None:
+    def add_previous(self, outcome: Outcome, row: int | None = None) -> None:
         """Count a row that a previous run of this report finished (``--resume``, ``wait``)."""
         self.outcomes[outcome.value] += 1
+        self._mark(row)
+
+    def _mark(self, row: object) -> None:
+        if self.manifest_rows is None:
+            return
+        if not isinstance(row, int) or isinstance(row, bool) or not 1 <= row <= self.manifest_rows:
+            self.untracked += 1
+            return
+        if row >= len(self.recorded):
+            self.recorded.extend(bytes(row + 1 - len(self.recorded)))
+        self.recorded[row] = 1
 
     def add(self, record: Record) -> None:
         """Count a record written now (a row's newest state, or a sweep's side record)."""
@@ -64,13 +115,17 @@ class Tally:
                 self.duplicates[record.outcome.value] += 1
             return
         self.outcomes[record.outcome.value] += 1
+        self._mark(record.row)
         self.attempts += record.attempts
         if record.error_code is not None and record.outcome not in SUCCESSFUL:
             self.codes[record.error_code] += 1
             message = record.error_message or ""
             example = message if message.startswith(f"row {record.row} ") else f"row {record.row}: {message}"
             self.examples.setdefault(record.error_code, example)
-        entry = (record.elapsed_ms, record.row, record.volume_id or "")
+        if record.outcome is Outcome.REJECTED:
+            code = record.error_code or "no error code"
+            self.rejected[(code, rejected_step(record.error_code, record.error_message))] += 1
+        entry = (record.elapsed_ms, record.row, record.volume_id or "")  # typed by the report reader
         if len(self.slowest) < SLOWEST:
             heapq.heappush(self.slowest, entry)
         else:
@@ -85,12 +140,41 @@ class Tally:
         """True when every row counted so far ended in a success."""
         return all(Outcome(outcome) in SUCCESSFUL for outcome in self.outcomes)
 
-    def replace(self, previous: Outcome, record: Record) -> None:
-        """A row's state changed (waiting, or a sweep's reconciliation): count the new one instead."""
-        self.outcomes[previous.value] -= 1
-        if not self.outcomes[previous.value]:
-            del self.outcomes[previous.value]
+    def replace(self, previous: Record, record: Record) -> None:
+        """A row's state changed (a sweep's reconciliation): count the new one instead of the old one,
+        which leaves the error codes and the rows to retry as well, so the closing summary agrees with
+        ``summary`` of the report."""
+        outcome = previous.outcome.value
+        self.outcomes[outcome] -= 1
+        if not self.outcomes[outcome]:
+            del self.outcomes[outcome]
+        code = previous.error_code
+        if code is not None and previous.outcome not in SUCCESSFUL and self.codes.get(code):
+            self.codes[code] -= 1
+            if not self.codes[code]:
+                del self.codes[code], self.examples[code]
+        if previous.outcome in NEXT_STEP and self.to_act_count.get(outcome):
+            self.to_act_count[outcome] -= 1
+            if not self.to_act_count[outcome]:
+                del self.to_act_count[outcome]
+            rows = self.to_act.get(outcome, [])
+            if previous.row in rows:
+                rows.remove(previous.row)
+            if not rows:
+                self.to_act.pop(outcome, None)
+        if previous.outcome is Outcome.REJECTED:
+            self.rejected[
+                (
+                    previous.error_code or "no error code",
+                    rejected_step(previous.error_code, previous.error_message),
+                )
+            ] -= 1
+            self.rejected = +self.rejected
+        self.attempts -= previous.attempts  # the new record carries the row's attempts again
         self.add(record)
+
+    def _marked(self, row: object) -> bool:
+        return isinstance(row, int) and 0 < row < len(self.recorded) and bool(self.recorded[row])
 
     def phase(self, name: str, seconds: float, totals: Mapping[str, int]) -> None:
         """A phase ended: its time, and the requests sent since the last phase (``totals``: so far)."""
@@ -137,6 +221,12 @@ class Tally:
         """Manifest rows with no record at all (never started), when the manifest's size is known."""
         return 0 if self.manifest_rows is None else max(0, self.manifest_rows - self.rows)
 
+    def without_record(self) -> list[int]:
+        """The first rows of the manifest without a record (empty when some rows were counted unnamed)."""
+        if not self.missing or self.untracked > 0 or self.manifest_rows is None:
+            return []
+        return first_without_record(self.manifest_rows, self._marked)
+
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -157,7 +247,13 @@ class Tally:
         parts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(self.outcomes.items()))
         lines = [f"{self.rows} rows: {parts or 'none'}{self._of()}"]
         if self.missing:
-            lines.append(f"{self.missing} rows never started: run the same command with --resume")
+            named = self.without_record()
+            more = "" if len(named) >= self.missing else ", ..."
+            shown = f" (rows {', '.join(map(str, named))}{more})" if named else ""
+            lines.append(
+                f"{self.missing} of {self.manifest_rows} rows have no record{shown}: not reached, or in "
+                "flight when the run stopped; run the same create command with --resume"
+            )
         if self.duplicates:
             found = sum(self.duplicates.values())
             removed = self.duplicates.get(Outcome.DUPLICATE_DELETED.value, 0)
@@ -181,6 +277,8 @@ class Tally:
             lines.append(f"rows to retry ({count}): {', '.join(map(str, rows))}{more}")
             for outcome, number in sorted(self.to_act_count.items()):
                 lines.append(f"  {outcome} ({number}): {NEXT_STEP[Outcome(outcome)]}")
+                if outcome == Outcome.REJECTED.value:
+                    lines += [f"    {code} x{n}: {step}" for (code, step), n in self.rejected.most_common()]
         if self.phases:
             lines.append(self._timing())
         return "\n".join(lines)
@@ -204,6 +302,7 @@ class Tally:
             "rows": self.rows,
             "manifest_rows": self.manifest_rows,
             "missing_rows": self.missing,
+            "rows_without_record": self.without_record(),
             "outcomes": dict(sorted(self.outcomes.items())),
             "error_codes": [
                 {"code": code, "rows": count, "example": self.examples[code]}
@@ -219,6 +318,16 @@ class Tally:
                     "rows": sorted(self.to_act[outcome]),
                     "count": count,
                     "next": NEXT_STEP[Outcome(outcome)],
+                    **(
+                        {
+                            "by_error_code": [
+                                {"code": code, "count": n, "next": step}
+                                for (code, step), n in self.rejected.most_common()
+                            ]
+                        }
+                        if outcome == Outcome.REJECTED.value
+                        else {}
+                    ),
                 }
                 for outcome, count in sorted(self.to_act_count.items())
             ],

@@ -80,7 +80,7 @@ class Waiter:
                 self.router.route_at(record.region, record.project_id)
                 self.pending[(record.region, record.project_id)][record.snapshot_id] = record
             else:
-                self.tally.add_previous(record.outcome)
+                self.tally.add_previous(record.outcome, record.row)
 
     @property
     def waiting(self) -> int:

@@ -147,10 +147,11 @@ def run_process(args: list[str], env: Mapping[str, str] | None = None) -> subpro
 
 
 def wait_for_records(report: Path, count: int, process: subprocess.Popen[bytes], limit: float = 30.0) -> None:
-    """Wait (bounded) until the report holds ``count`` records while the process runs."""
+    """Wait (bounded) until the report holds ``count`` records (the journal not counted) while the process runs."""
     stop = time.monotonic() + limit
     while time.monotonic() < stop and process.poll() is None:
-        if report.exists() and report.read_bytes().count(b"\n") >= count + 1:  # + the run header
+        data = report.read_bytes() if report.exists() else b""
+        if data.count(b"\n") - data.count(b'"outcome":"sending"') >= count + 1:  # + the run header
             return
         time.sleep(0.02)
     raise AssertionError(f"report never reached {count} records (process exit {process.poll()})")
@@ -170,3 +171,37 @@ def snapshot_request(volume_id: str, row: int = 1, **changes: Any) -> SnapshotRe
         "metadata": {},
     }
     return SnapshotRequest(**{**fields, **changes})
+
+
+def kill_when(report: Path, process: Any, ready: Callable[[bytes], bool], limit: float = 30.0) -> None:
+    """SIGKILL ``process`` as soon as ``ready(report bytes)`` holds (bounded wait)."""
+    stop = time.monotonic() + limit
+    while time.monotonic() < stop and process.poll() is None:
+        if report.exists() and ready(report.read_bytes()):
+            break
+        time.sleep(0.005)
+    process.kill()
+    process.communicate(timeout=10)  # reaps it and closes its pipes
+
+
+def in_flight(data: bytes) -> set[int]:
+    """Rows with a ``sending`` record and no row record after it: sent, answer not recorded."""
+    open_rows: set[int] = set()
+    for line in data.splitlines():
+        if not line.endswith(b"}"):
+            continue
+        item = orjson.loads(line)
+        if item.get("outcome") == "sending":
+            open_rows.add(item["row"])
+        elif "row" in item and item.get("outcome") not in ("duplicate_deleted", "duplicate_found"):
+            open_rows.discard(item["row"])
+    return open_rows
+
+
+def records_in(data: bytes) -> list[dict[str, Any]]:
+    """The row records (no header, no journal) among the whole lines of report bytes."""
+    found = []
+    for line in data.splitlines():
+        if line.endswith(b"}") and b'"type":"run"' not in line and b'"outcome":"sending"' not in line:
+            found.append(orjson.loads(line))
+    return found

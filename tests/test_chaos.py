@@ -14,12 +14,13 @@ from tests.helpers import (
     create_args,
     csv_manifest,
     header,
+    in_flight,
     invoke,
+    kill_when,
     last_per_row,
     requests_of,
     run_process,
     snapshots_per_volume,
-    wait_for_records,
 )
 
 CHAOS = {
@@ -65,10 +66,9 @@ def test_chaos_with_a_kill_a_resume_and_a_second_run(
     manifest = csv_manifest(write, ids)
     first = tmp_path / "first.jsonl"
     args = create_args(emu.url, manifest, first, *RETRIES, concurrency=8)
-    with run_process(args) as process:
-        wait_for_records(first, random.Random(131).randint(15, 60), process)
-        process.kill()
-        process.wait(timeout=10)
+    # SIGKILL between a send and its answer: once a random row's create is out (journalled, unanswered).
+    target = random.Random(131).randint(15, 60)
+    kill_when(first, run_process(args), lambda data: target in in_flight(data))
     result = invoke([*args, "--resume"])
     assert result.exit_code == 0, result.output
     settle_and_sweep(emu.url, first)

@@ -437,14 +437,15 @@ def _cut_report(emu: Any, write: Callable[..., Path], tmp_path: Path, keep: int,
 def test_summary_of_a_report_cut_short_is_not_a_success(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """3 of 6 rows recorded: 'N of M rows have a record', 'rows never started: --resume', exit 1."""
+    """3 of 6 rows recorded: 'N of M rows have a record', the rows without one named, --resume, exit 1."""
     emu = emulator_thread(any_volume=True)
     report = _cut_report(emu, write, tmp_path, keep=3)
     before = emu.state()["requests"]
     result = invoke(["summary", str(report)])
     assert result.exit_code == 1, result.output
     assert "3 rows: 3 accepted (3 of 6 rows have a record)" in result.stdout
-    assert "3 rows never started: run the same command with --resume" in result.stdout
+    assert "3 of 6 rows have no record (rows 4, 5, 6)" in result.stdout
+    assert "run the same create command with --resume" in result.stdout
     data = orjson.loads(invoke(["summary", str(report), "--json"]).stdout)
     assert (data["rows"], data["manifest_rows"], data["missing_rows"], data["exit_code"]) == (3, 6, 3, 1)
     assert emu.state()["requests"] == before
@@ -468,7 +469,7 @@ def test_wait_on_an_empty_report_is_not_a_success(
     else:
         assert result.exit_code == 1
         assert "0 of 6 rows have a record" in result.output
-        assert "6 rows never started" in result.output
+        assert "6 of 6 rows have no record" in result.output
     assert emu.state()["requests"] == before
 
 

@@ -202,7 +202,8 @@ def test_second_sigint_says_it_stopped_at_once(
     assert summary.exit_code == 1, summary.output
     done = len(records(report))
     assert f"({done} of 20 rows have a record)" in summary.stdout
-    assert f"{20 - done} rows never started: run the same command with --resume" in summary.stdout
+    assert f"{20 - done} of 20 rows have no record" in summary.stdout
+    assert "run the same create command with --resume" in summary.stdout
 
 
 def test_sigint_before_the_rows_says_so(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,6 +15,8 @@ from orchestrator.errors import ReportExistsError, UsageError
 from orchestrator.models import Outcome, Record, RunHeader
 from orchestrator.report import ReportWriter, read_records
 from orchestrator.tally import Tally
+from tests.conftest import volume_ids
+from tests.helpers import cli_args, create_args, csv_manifest, invoke
 
 text = st.none() | st.text(max_size=40)
 records = st.builds(
@@ -113,3 +118,78 @@ def test_tally_and_summary_exit_codes() -> None:
     planned = Tally()
     planned.add(sample(1, Outcome.PLANNED))
     assert planned.exit_code == 0
+
+
+BAD_ROWS = [-5, "3", 2.5, 1e20, 999999999, True, 0]
+
+
+@pytest.fixture
+def made_report(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> tuple[Any, Path, Path]:
+    """An emulator, a two-row manifest and the report of a real create run of it."""
+    emu = emulator_thread(any_volume=True)
+    manifest = csv_manifest(write, volume_ids(2, seed=1809))
+    report = tmp_path / "r.jsonl"
+    assert invoke(create_args(emu.url, manifest, report, "--settle", "0.5s")).exit_code == 0
+    return emu, manifest, report
+
+
+def reading_commands(url: str, manifest: Path, report: Path, tmp_path: Path) -> dict[str, list[str]]:
+    return {
+        "summary": ["summary", str(report)],
+        "wait": cli_args("wait", report, endpoint=url),
+        "cleanup": cli_args("cleanup", report, endpoint=url, report=tmp_path / "c.jsonl"),
+        "rollback": cli_args("rollback", report, endpoint=url, report=tmp_path / "b.jsonl"),
+        "create --resume": create_args(url, manifest, report, "--resume"),
+    }
+
+
+@pytest.mark.parametrize("row", BAD_ROWS, ids=repr)
+def test_a_record_with_an_impossible_row_is_a_file_error_in_every_command(
+    made_report: tuple[Any, Path, Path], tmp_path: Path, row: object
+) -> None:
+    """Case 9 of issue 18: a row that is not a whole number from 1 to the header's rows: exit 2 with
+    file:line in summary, wait, cleanup, rollback and create --resume, never 70, nothing sent."""
+    emu, manifest, report = made_report
+    lines = report.read_bytes().splitlines(keepends=True)
+    bad = orjson.loads(lines[-1])
+    bad["row"] = row
+    report.write_bytes(b"".join(lines) + orjson.dumps(bad) + b"\n")
+    before = emu.state()["requests"]
+    for name, args in reading_commands(emu.url, manifest, report, tmp_path).items():
+        result = invoke(args)
+        assert result.exit_code == 2, (name, result.output)
+        assert f"r.jsonl:{len(lines) + 1}:" in result.output, (name, result.output)
+        assert "Traceback" not in result.output
+    assert emu.state()["requests"] == before
+
+
+def test_report_structure_is_checked_header_first_once_and_one_run(
+    made_report: tuple[Any, Path, Path], tmp_path: Path
+) -> None:
+    """No header first, two headers (reports joined), a record of another run, rows below 0: exit 2 naming the line."""
+    emu, manifest, report = made_report
+    lines = report.read_bytes().splitlines(keepends=True)
+    head = orjson.loads(lines[0])
+    other = orjson.dumps({**head, "run_id": "20261207T000000Z-0ther0"}) + b"\n"
+    foreign = orjson.dumps({**orjson.loads(lines[-1]), "run_id": "20261207T000000Z-0ther0"}) + b"\n"
+    cases = {
+        "no header": (b"".join(lines[1:]), "r.jsonl:1: a report starts with its run header"),
+        "two headers": (b"".join(lines) + other, f"r.jsonl:{len(lines) + 1}: a second run header"),
+        "two runs": (
+            b"".join(lines) + foreign,
+            "a record of run 20261207T000000Z-0ther0 in the report of run",
+        ),
+        "negative rows": (orjson.dumps({**head, "rows": -1}) + b"\n", "r.jsonl:1: not a run header"),
+        "rows missing": (
+            orjson.dumps({k: v for k, v in head.items() if k != "rows"}) + b"\n",
+            "not a run header",
+        ),
+    }
+    for case, (content, message) in cases.items():
+        report.write_bytes(content)
+        for name, args in reading_commands(emu.url, manifest, report, tmp_path).items():
+            result = invoke(args)
+            assert result.exit_code == 2, (case, name, result.output)
+            assert message in result.output, (case, name, result.output)

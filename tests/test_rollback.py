@@ -48,15 +48,18 @@ def world(count: int, *, attached: frozenset[int] = frozenset()) -> dict[str, An
     return {"volumes": volumes, "snapshots": snapshots}
 
 
-def create_report(path: Path, rows: list[dict[str, Any]], run_id: str = RUN) -> Path:
-    """A create report: the run header, then one record per row (defaults: accepted, its own snapshot)."""
+def create_report(
+    path: Path, rows: list[dict[str, Any]], run_id: str = RUN, *, total: int | None = None
+) -> Path:
+    """A create report: the run header (``total`` rows, default one per record), then one record per
+    row (defaults: accepted, its own snapshot)."""
     lines = [
         {
             "type": "run",
             "run_id": run_id,
             "command": "create",
             "manifest": "m.csv",
-            "rows": len(rows),
+            "rows": len(rows) if total is None else total,
             "digest": "sha256:00",
             "shape": {},
             "started_at": "2026-11-27T03:54:32.000Z",
@@ -382,3 +385,59 @@ def test_sigterm_drains_then_resume_finishes(
         (3, "rolled_back"),
     ]
     assert rollbacks_per_snapshot(emu.state()) == dict.fromkeys(SNAPS[:3], 1)
+
+
+def test_plan_counts_rows_without_a_record_against_the_header(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """A create cut short (3 of 5 rows recorded): the plan is no-go (exit 1) and names the 2 rows without
+    a record; --apply rolls back the 3 and still exits 1."""
+    emu = emulator_thread(rollback_seconds=0.1, **world(3))
+    source = create_report(tmp_path / "create.jsonl", [{}, {}, {}], total=5)
+    result = rollback(emu, source, tmp_path / "plan.jsonl")
+    assert result.exit_code == 1, result.stderr
+    assert (
+        "2 of 5 rows have no record: their disks have no snapshot of this run to roll back to (rows 4, 5)"
+        in result.stderr
+    )
+    assert "plan only, nothing was sent: 3 of 5 rows can be rolled back, 2 have no record" in result.stderr
+    result = rollback(emu, source, tmp_path / "apply.jsonl", apply=True)
+    assert result.exit_code == 1, result.stderr
+    assert "2 of 5 rows have no record" in result.stderr
+    assert [r["outcome"] for r in records(tmp_path / "apply.jsonl")] == ["rolled_back"] * 3
+    assert rollbacks_per_snapshot(emu.state()) == dict.fromkeys(SNAPS[:3], 1)
+
+
+def test_plan_counts_a_blocker_once(emulator_thread: Callable[..., EmulatorThread], tmp_path: Path) -> None:
+    """One attached disk in a plan: 'VOLUME_ATTACHED x1', not x2."""
+    emu = emulator_thread(**world(2, attached=frozenset({1})))
+    source = create_report(tmp_path / "create.jsonl", [{}, {}])
+    result = rollback(emu, source, tmp_path / "plan.jsonl")
+    assert result.exit_code == 1, result.stderr
+    assert "errors: VOLUME_ATTACHED x1" in result.stderr
+    assert "VOLUME_ATTACHED x2" not in result.stderr
+
+
+def test_a_run_rolled_back_before_needs_again(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """A new --report for a run a rollback report beside it already rolled back: --apply is refused
+    (exit 2, nothing sent), a plan warns (exit 1); --again rolls back once more; other rows need nothing."""
+    emu = emulator_thread(rollback_seconds=0.1, **world(3))
+    source = create_report(tmp_path / "create.jsonl", [{}, {}, {}])
+    first = rollback(emu, source, tmp_path / "first.jsonl", apply=True, rows="1-2")
+    assert first.exit_code == 0, first.stderr
+    elsewhere = tmp_path / "later"
+    refused = rollback(emu, source, elsewhere / "second.jsonl", apply=True)
+    assert refused.exit_code == 2, refused.stderr
+    assert f"run {RUN} was rolled back before (2 of its rows by {tmp_path / 'first.jsonl'})" in refused.stderr
+    assert "--again" in refused.stderr
+    assert not (elsewhere / "second.jsonl").exists()
+    assert requests_of(emu.state(), ROLLBACK) == {"202": 2}
+    plan = rollback(emu, source, elsewhere / "plan.jsonl")
+    assert plan.exit_code == 1, plan.stderr
+    assert "--apply needs --again" in plan.stderr
+    assert rollback(emu, source, elsewhere / "row3.jsonl", apply=True, rows="3").exit_code == 0
+    again = rollback(emu, source, elsewhere / "again.jsonl", "--again", apply=True, rows="1")
+    assert again.exit_code == 0, again.stderr
+    assert rollbacks_per_snapshot(emu.state()) == {SNAPS[0]: 2, SNAPS[1]: 1, SNAPS[2]: 1}

@@ -11,6 +11,8 @@ from typing import Any
 
 import aiohttp
 import anyio
+import orjson
+import pytest
 from yarl import URL
 
 from orchestrator.api.credentials import AkSkAuth
@@ -200,3 +202,92 @@ async def test_poll_round_costs_about_n_over_1000(emulator: Callable[..., Any], 
     assert tally.outcomes == {"available": 2500}
     assert waiter.round_requests
     assert max(waiter.round_requests) <= math.ceil(2500 / 1000)
+
+
+def action_report(path: Path, command: str) -> Path:
+    """A prune, cleanup or rollback report: its run header and one record."""
+    head = {
+        "type": "run",
+        "run_id": "20261127T035432Z-abc123",
+        "command": command,
+        "manifest": "m.csv",
+        "rows": 0,
+        "digest": "",
+        "shape": {},
+        "started_at": "2026-11-27T03:54:32.000Z",
+    }
+    line = {
+        "run_id": "20261127T035432Z-abc123",
+        "command": command,
+        "key": "row:1" if command == "rollback" else "s1",
+        "outcome": "planned",
+        "row": 1 if command == "rollback" else None,
+        "started_at": "2026-11-27T03:54:32.100Z",
+        "finished_at": "2026-11-27T03:54:32.200Z",
+    }
+    path.write_bytes(orjson.dumps(head) + b"\n" + orjson.dumps(line) + b"\n")
+    return path
+
+
+@pytest.mark.parametrize("command", ["prune", "cleanup", "rollback"])
+def test_wait_says_what_kind_of_report_it_was_given(
+    command: str, emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """wait of a prune, cleanup or rollback report names the kind (exit 2) and sends nothing."""
+    emu = emulator_thread(any_volume=True)
+    report = action_report(tmp_path / f"{command}.jsonl", command)
+    result = invoke(["wait", str(report), "--endpoint", emu.url])
+    assert result.exit_code == 2, result.output
+    assert f"{report} is a {command} report: wait reads the report of a create run" in result.stderr
+    assert emu.state()["requests"] == {}
+
+
+def test_wait_counts_rows_without_a_record_against_the_header(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A create report cut to 1 of 3 records: wait settles that row, names rows 2 and 3, exits 1."""
+    emu = emulator_thread(any_volume=True, creating_seconds=0.0)
+    report = tmp_path / "r.jsonl"
+    args = ["--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report)]
+    assert invoke(["create", str(manifest(write, volume_ids(3, seed=66))), *args]).exit_code == 0
+    lines = report.read_bytes().splitlines(keepends=True)
+    first = next(n for n, line in enumerate(lines) if n and b'"outcome":"sending"' not in line)
+    report.write_bytes(b"".join(lines[: first + 1]))  # as a kill leaves it: the journal, one row record
+    result = invoke(["wait", str(report), "--endpoint", emu.url, "--poll-interval", "0.1"])
+    assert result.exit_code == 1, result.output
+    assert "2 of 3 rows have no record (rows 2, 3)" in result.stderr
+    assert "run the same create command with --resume" in result.stderr
+    assert {row: r["outcome"] for row, r in last_per_row(report).items()} == {1: "available"}
+
+
+def unsent_report(kind: str, write: Callable[..., Path], tmp_path: Path, url: str) -> Path:
+    """A create report of a --dry-run (against the emulator at ``url``) or of --emulator (in-process)."""
+    report = tmp_path / f"{kind}.jsonl"
+    if kind == "dry-run":
+        args = ["--endpoint", url, "--project-id", PROJECT, "--dry-run"]
+        source = manifest(write, volume_ids(2, seed=67))
+    else:
+        args = ["--emulator"]
+        source = Path(__file__).parent.parent / "samples" / "volumes.csv"
+    invoke(["create", str(source), "--report", str(report), *args])
+    assert orjson.loads(report.read_bytes().splitlines()[0])[kind.replace("-", "_")] is True
+    return report
+
+
+@pytest.mark.parametrize("kind", ["dry-run", "emulator"])
+@pytest.mark.parametrize("command", ["wait", "cleanup", "rollback"])
+def test_reports_of_dry_runs_and_of_the_demo_emulator_are_refused(
+    kind: str, command: str, emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """wait, cleanup and rollback of a --dry-run or --emulator report: exit 2 with the reason, no request."""
+    emu = emulator_thread(any_volume=True)
+    report = unsent_report(kind, write, tmp_path, emu.url)
+    before = emu.state()["requests"]
+    extra = [] if command == "wait" else ["--report", str(tmp_path / "out.jsonl"), "--apply"]
+    result = invoke([command, str(report), "--endpoint", emu.url, *extra])
+    assert result.exit_code == 2, result.output
+    reason = "nothing was sent" if kind == "dry-run" else "in-process emulator that ended with that run"
+    assert reason in result.stderr
+    assert "Traceback" not in result.output
+    assert emu.state()["requests"] == before
+    assert not (tmp_path / "out.jsonl").exists()

@@ -7,10 +7,18 @@ subset. The run has its own report (one record per row, key ``row:N``), a lock p
 and ``--resume`` (rows already rolled back or refused are skipped; the others are looked at again,
 their disks first).
 
-Exit codes: 0 when every chosen row was rolled back (or, when planning, has no blocker); 1 when a
-row is blocked, refused, rejected, failed or ``rollback_failed`` (or, when planning, has a blocker);
-2 usage; 3 credentials, project or endpoint refused (rows not reached have no record: ``--resume``);
-75 lock held; 130/143 signals.
+Go/no-go is counted against the create report's header: rows of the create run without a record
+(an interrupted create) have no snapshot the report names, so they cannot be rolled back; they are
+counted and named, and the exit is 1. A run that a rollback report found beside this one (or beside
+the create report, or in ``reports/``) already rolled back is not rolled back again without
+``--again`` (see ``orchestrator.restore.earlier_rollbacks``).
+
+Exit codes: 0 when every row of the create run was rolled back (or, when planning, has no blocker);
+1 when a row is blocked, refused, rejected, failed, ``rollback_failed`` or has no record (or, when
+planning, has a blocker, or was rolled back before and ``--again`` is not given); 2 usage (also: a
+report of a ``--dry-run`` or of ``--emulator``, and ``--apply`` of rows rolled back before without
+``--again``); 3 credentials, project or endpoint refused (rows not reached have no record:
+``--resume``); 75 lock held; 130/143 signals.
 """
 
 from __future__ import annotations
@@ -49,6 +57,18 @@ class RollbackSettings:
     rows: frozenset[int] | None = None
     volumes: frozenset[str] | None = None
     lock_file: Path | None = None
+    again: bool = False  # roll back rows that an earlier rollback report shows rolled back
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Chosen:
+    """The rows a rollback acts on, and how many rows of the create run have no record at all."""
+
+    run_id: str
+    rows: list[Record]
+    total: int  # the create run's rows, as its header says (0: no header)
+    unrecorded: int  # rows of the header without a record (counted when every row is chosen)
+    first_unrecorded: list[int]
 
 
 async def rollback(settings: RollbackSettings, *, console: Console) -> int:
@@ -59,9 +79,11 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     from orchestrator.api.routes import connect  # noqa: PLC0415
     from orchestrator.restore import RestorePlan  # noqa: PLC0415
 
-    source_run, rows = chosen_rows(settings)
+    chosen = chosen_rows(settings)
+    source_run, rows = chosen.run_id, chosen.rows
     shape = {"source_report": str(settings.source.resolve()), "source_run": source_run}
     _check_resume(settings, source_run)
+    before = _rolled_back_before(settings, chosen, console)
     plan = RestorePlan(
         source_run=source_run, policy=settings.policy, settle=settings.settle, wait=settings.wait
     )
@@ -82,18 +104,20 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
             finals, skipped = await _restore_all(action, router, rows, plan, apply=settings.apply)
             closures = router.closures()
             counts = router.counts()
-        _notes(action, finals, counts, apply=settings.apply, skipped=skipped)
+        _notes(action, finals, counts, apply=settings.apply, skipped=skipped, chosen=chosen, before=before)
     if closures:
         for closure in closures:
             console.error(closure.message, code=closure.code)
         return 3
-    return _exit_code(finals, apply=settings.apply)
+    return 1 if chosen.unrecorded or before else _exit_code(finals, apply=settings.apply)
 
 
-def chosen_rows(settings: RollbackSettings) -> tuple[str, list[Record]]:
-    """The create run's id and the last record of each chosen row, in row order (exit 2 when unusable)."""
+def chosen_rows(settings: RollbackSettings) -> Chosen:
+    """The create run's id, the last record of each chosen row in row order, and the rows of the run
+    that have no record (exit 2 when the report is unusable)."""
     from orchestrator.errors import UsageError  # noqa: PLC0415
     from orchestrator.report import check_report_path, final_records, read_header  # noqa: PLC0415
+    from orchestrator.tally import first_without_record  # noqa: PLC0415
 
     path = settings.source
     check_report_path(path)
@@ -104,6 +128,9 @@ def chosen_rows(settings: RollbackSettings) -> tuple[str, list[Record]]:
     header = read_header(path)
     if header is not None and header.command != "create":
         raise UsageError(f"{path} is a {header.command} report; rollback reads the report of a create run")
+    why = None if header is None else header.nothing_in_the_cloud()
+    if why is not None:
+        raise UsageError(f"{path} {why}; there is nothing to roll back, and nothing was sent")
     run_id = None if header is None else header.run_id
     rows, seen_rows, seen_volumes = [], set(), set()
     for record in final_records(path):
@@ -121,12 +148,51 @@ def chosen_rows(settings: RollbackSettings) -> tuple[str, list[Record]]:
     if settings.rows is not None and settings.rows - seen_rows:
         missing = ", ".join(str(row) for row in sorted(settings.rows - seen_rows)[:10])
         raise UsageError(f"--rows: {path} has no record of row {missing}; nothing was sent")
+    total = 0 if header is None else header.rows
+    unrecorded = total - sum(1 for row in seen_rows if isinstance(row, int) and 1 <= row <= total)
     if settings.volumes is not None and settings.volumes - seen_volumes:
         missing = ", ".join(sorted(settings.volumes - seen_volumes)[:10])
-        raise UsageError(f"--volume: no row of {path} is disk {missing}; nothing was sent")
+        gap = f" ({unrecorded} of {total} rows of the create run have no record)" if unrecorded else ""
+        raise UsageError(f"--volume: no row of {path} is disk {missing}{gap}; nothing was sent")
     if not rows:
         raise UsageError("--rows and --volume together choose no row; nothing was sent")
-    return run_id, sorted(rows, key=lambda record: record.row)
+    every = settings.rows is None and settings.volumes is None
+    return Chosen(
+        run_id=run_id,
+        rows=sorted(rows, key=lambda record: record.row),
+        total=total,
+        unrecorded=unrecorded if every else 0,
+        first_unrecorded=first_without_record(total, seen_rows.__contains__) if every else [],
+    )
+
+
+def _rolled_back_before(settings: RollbackSettings, chosen: Chosen, console: Console) -> bool:
+    """True when an earlier rollback report of this create run rolled back chosen rows (not asked on
+    ``--resume``): ``--apply`` without ``--again`` is refused then (exit 2); a plan warns."""
+    from orchestrator.errors import UsageError  # noqa: PLC0415
+    from orchestrator.restore import earlier_rollbacks  # noqa: PLC0415
+
+    if settings.resume:
+        return False
+    this = None if settings.report == "-" else Path(settings.report)
+    places = [settings.source.parent, Path("reports"), *([] if this is None else [this.parent])]
+    wanted = {record.row for record in chosen.rows}
+    found = {
+        report: len(rows & wanted)
+        for report, rows in earlier_rollbacks(chosen.run_id, places, skip=this).items()
+        if rows & wanted
+    }
+    if not found:
+        return False
+    where = "; ".join(f"{count} of its rows by {report}" for report, count in sorted(found.items()))
+    told = (
+        f"run {chosen.run_id} was rolled back before ({where}): rolling back again restores the "
+        "snapshots' data once more and loses what was written to those disks since"
+    )
+    if settings.apply and not settings.again:
+        raise UsageError(f"{told}; pass --again to do it; nothing was sent")
+    console.warn(f"{told}; " + ("--again: rolling back again" if settings.again else "--apply needs --again"))
+    return not settings.again
 
 
 def _check_resume(settings: RollbackSettings, source_run: str) -> None:
@@ -239,19 +305,36 @@ def _notes(
     *,
     apply: bool,
     skipped: int,
+    chosen: Chosen,
+    before: bool,
 ) -> None:
-    """Summary lines: blockers found while planning, rows skipped on resume, requests by kind."""
+    """Summary lines: rows without a record, blockers found while planning, rows skipped on resume,
+    requests by kind. Each row's blocker is counted once, by the tally, as its record is written."""
     from orchestrator.actions import Action  # noqa: PLC0415
 
     tally = action.tally
+    if chosen.unrecorded:
+        shown = ", ".join(map(str, chosen.first_unrecorded))
+        more = "" if chosen.unrecorded <= len(chosen.first_unrecorded) else ", ..."
+        tally.notes.append(
+            f"{chosen.unrecorded} of {chosen.total} rows have no record: their disks have no snapshot of "
+            f"this run to roll back to (rows {shown}{more}); before the maintenance, `create --resume` of "
+            "the create report snapshots them"
+        )
+        tally.failing += chosen.unrecorded  # the summary's exit code is the command's
     if not apply:
         planned = [code for outcome, code in finals.values() if outcome is Action.PLANNED]
-        blockers = [code for code in planned if code]
-        tally.codes.update(blockers)
+        blockers = sum(1 for code in planned if code)
         tally.notes.append(
-            f"plan only, nothing was sent: {len(planned) - len(blockers)} of {len(planned)} rows can be "
-            "rolled back" + (f", {len(blockers)} have a blocker" if blockers else "") + "; --apply rolls back"
+            f"plan only, nothing was sent: {len(planned) - blockers} of {len(planned) + chosen.unrecorded} "
+            "rows can be rolled back"
+            + (f", {blockers} have a blocker" if blockers else "")
+            + (f", {chosen.unrecorded} have no record" if chosen.unrecorded else "")
+            + "; --apply rolls back"
         )
+    if before:
+        tally.notes.append("rolled back before: --apply needs --again (see the warning above)")
+        tally.failing += 1
     if skipped:
         tally.notes.append(f"{skipped} rows were finished by an earlier run of this report (skipped)")
     if counts:
@@ -303,6 +386,12 @@ def _row_spec(_ctx: click.Context, _param: click.Parameter, value: str | None) -
     help="Continue the rollback recorded in --report: skip rows rolled back or refused, look at the "
     "others' disks before sending anything again.",
 )
+@click.option(
+    "--again",
+    is_flag=True,
+    help="Roll back rows that an earlier rollback report of the same create run shows rolled back "
+    "(found beside --report, beside REPORT and in reports/).",
+)
 @options.CONNECTION
 @options.RETRIES
 @options.WAITING
@@ -325,6 +414,7 @@ def command(
     volume_ids: tuple[str, ...],
     report_path: str | None,
     resume: bool,
+    again: bool,
     connection: Connection,
     policy: RetryPolicy,
     wait_plan: WaitPlan,
@@ -349,5 +439,6 @@ def command(
         rows=row_spec,
         volumes=frozenset(volume.strip().lower() for volume in volume_ids) or None,
         lock_file=lock_file,
+        again=again,
     )
     raise SystemExit(run(lambda: rollback(settings, console=console)))

@@ -1,4 +1,8 @@
-"""``evs-snapshot summary REPORT``: what a report says, by the last record of each row."""
+"""``evs-snapshot summary REPORT``: what a report says, by the last record of each row.
+
+A report whose header cannot be right (none, two, or a row count that is not a whole number of 0 or
+more) is refused by the report reader (exit 2, ``file:line``): its counts would be wrong.
+"""
 
 from __future__ import annotations
 

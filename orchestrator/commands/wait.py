@@ -60,6 +60,14 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
     if not report.is_file():
         raise UsageError(f"{report}: no such report")
     header = read_header(report)
+    if header is not None and header.command != "create":
+        raise UsageError(
+            f"{report} is a {header.command} report: wait reads the report of a create run "
+            f"(a {header.command} run confirms its own requests before it ends)"
+        )
+    why = None if header is None else header.nothing_in_the_cloud()
+    if why is not None:
+        raise UsageError(f"{report} {why}; there is nothing to wait for, and nothing was sent")
     lock = settings.lock_file or lock_for("report", str(report), os.environ)
     received: list[int] = []
     with holding([lock]):

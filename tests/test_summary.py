@@ -1,0 +1,164 @@
+"""``evs-snapshot summary REPORT``: impossible headers refused, rows without a record named, honest
+times, and the next step for rejected rows by error code. Reports here are written by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.helpers import PROJECT, invoke
+
+RUN = "20261127T035432Z-abc123"
+OTHER_RUN = "20261128T010101Z-def456"
+
+
+def run_line(rows: object = 3, run_id: str = RUN, **fields: Any) -> dict[str, Any]:
+    return {
+        "type": "run",
+        "run_id": run_id,
+        "command": "create",
+        "manifest": "m.csv",
+        "rows": rows,
+        "digest": "sha256:00",
+        "shape": {},
+        "started_at": "2026-11-27T03:54:32.000Z",
+        **fields,
+    }
+
+
+def row_line(row: int, outcome: str = "accepted", **fields: Any) -> dict[str, Any]:
+    return {
+        "run_id": RUN,
+        "row": row,
+        "volume_id": f"00000000-0000-4000-8000-{row:012d}",
+        "project_id": PROJECT,
+        "region": None,
+        "name": f"n{row}",
+        "outcome": outcome,
+        "http_status": 202 if outcome == "accepted" else 400,
+        "snapshot_id": f"10000000-0000-4000-8000-{row:012d}" if outcome == "accepted" else None,
+        "attempts": 1,
+        "started_at": "2026-11-27T03:54:32.100Z",
+        "finished_at": "2026-11-27T03:54:32.200Z",
+        "elapsed_ms": 100,
+        **fields,
+    }
+
+
+def report(path: Path, *items: dict[str, Any]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(item) + b"\n" for item in items))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("lines", "fragment"),
+    [
+        pytest.param(
+            [run_line(rows=-5), row_line(1)],
+            ":1: not a run header: rows must be a whole number of 0 or more, not -5",
+            id="rows-below-0",
+        ),
+        pytest.param(
+            [run_line(rows="3"), row_line(1)],
+            ":1: not a run header: rows must be a whole number of 0 or more, not '3'",
+            id="rows-a-string",
+        ),
+        pytest.param(
+            [run_line(rows=2.5), row_line(1)],
+            ":1: not a run header: rows must be a whole number of 0 or more, not 2.5",
+            id="rows-a-fraction",
+        ),
+        pytest.param(
+            [run_line(rows=True), row_line(1)],
+            ":1: not a run header: rows must be a whole number of 0 or more, not True",
+            id="rows-true",
+        ),
+        pytest.param([row_line(1), row_line(2)], ":1: a report starts with its run header", id="none"),
+        pytest.param(
+            [run_line(rows=1), row_line(1), run_line(rows=1, run_id=OTHER_RUN), row_line(1)],
+            f":3: a second run header (run {OTHER_RUN}) after run {RUN}'s",
+            id="two",
+        ),
+    ],
+)
+def test_summary_refuses_impossible_headers(
+    tmp_path: Path, lines: list[dict[str, Any]], fragment: str
+) -> None:
+    """A header with rows below 0 or not a whole number, no header, or two headers: exit 2, file:line."""
+    path = report(tmp_path / "r.jsonl", *lines)
+    result = invoke(["summary", str(path)])
+    assert result.exit_code == 2, result.output
+    assert f"{path}{fragment}" in result.stderr
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+def test_summary_never_prints_none_ms(tmp_path: Path) -> None:
+    """A record without a time (``elapsed_ms`` null) is a file error naming its line, never 'None ms'."""
+    path = report(
+        tmp_path / "r.jsonl",
+        run_line(rows=3),
+        row_line(1, elapsed_ms=None),
+        row_line(2, elapsed_ms=250),
+    )
+    result = invoke(["summary", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "r.jsonl:2: not a report record (elapsed_ms must be int, not None)" in result.output
+    assert "None ms" not in result.output
+    fine = report(
+        tmp_path / "f.jsonl", run_line(rows=2), row_line(1, elapsed_ms=90), row_line(2, elapsed_ms=250)
+    )
+    shown = invoke(["summary", str(fine)])
+    assert shown.exit_code == 0, shown.output
+    assert "None" not in shown.output
+
+
+def test_summary_names_the_rows_without_a_record(tmp_path: Path) -> None:
+    """Two of five rows recorded: '3 of 5 rows have no record (rows 2, 4, 5)', --resume, exit 1."""
+    path = report(tmp_path / "r.jsonl", run_line(rows=5), row_line(1), row_line(3))
+    result = invoke(["summary", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "2 rows: 2 accepted (2 of 5 rows have a record)" in result.stdout
+    assert "3 of 5 rows have no record (rows 2, 4, 5)" in result.stdout
+    assert "run the same create command with --resume" in result.stdout
+    data = orjson.loads(invoke(["summary", str(path), "--json"]).stdout)
+    assert (data["missing_rows"], data["rows_without_record"], data["exit_code"]) == (3, [2, 4, 5], 1)
+
+
+IN_USE = "Invalid volume: Volume v status must be available, but current status is: in-use."
+LIMIT = "Insufficient volume quota. (the project's snapshot quota: run prune to delete old snapshots)"
+
+
+def test_rejected_advice_names_the_next_step_per_error_code(tmp_path: Path) -> None:
+    """--force is advised only for the in-use disk; prune for SNAPSHOT_LIMIT_REACHED; a missing disk is
+    fixed in the manifest."""
+    path = report(
+        tmp_path / "r.jsonl",
+        run_line(rows=4),
+        row_line(1, "rejected", error_code="EVS.5400", error_message=IN_USE),
+        row_line(2, "rejected", error_code="SNAPSHOT_LIMIT_REACHED", error_message=LIMIT),
+        row_line(3, "rejected", error_code="SNAPSHOT_LIMIT_REACHED", error_message=LIMIT),
+        row_line(4, "rejected", error_code="EVS.5404", error_message="Resource could not be found."),
+    )
+    result = invoke(["summary", str(path)])
+    assert result.exit_code == 1, result.output
+    advice = {
+        line.split(":", 1)[0].strip(): line.split(":", 1)[1]
+        for line in result.stdout.splitlines()
+        if line.startswith("    ")
+    }
+    assert set(advice) == {"SNAPSHOT_LIMIT_REACHED x2", "EVS.5400 x1", "EVS.5404 x1"}
+    assert "run prune" in advice["SNAPSHOT_LIMIT_REACHED x2"]
+    assert "--force" in advice["EVS.5400 x1"]
+    assert "new manifest" in advice["EVS.5404 x1"]
+    assert [code for code, step in advice.items() if "--force" in step] == ["EVS.5400 x1"]
+    data = orjson.loads(invoke(["summary", str(path), "--json"]).stdout)
+    (rejected,) = data["next_steps"]
+    assert {(item["code"], item["count"]) for item in rejected["by_error_code"]} == {
+        ("SNAPSHOT_LIMIT_REACHED", 2),
+        ("EVS.5400", 1),
+        ("EVS.5404", 1),
+    }
