@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING
 from orchestrator.errors import UsageError
 from orchestrator.models import Outcome, Record, RunHeader
 from orchestrator.report import check_report_path, final_records, read_header, torn_tail
+from orchestrator.tally import first_without_record
 
 if TYPE_CHECKING:
     from orchestrator.retention import Target
-
-ROW_RANGES_SHOWN = 10  # rows without a record are named as ranges, the first this many
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,19 +31,13 @@ class CreateRun:
     recorded: frozenset[int]  # rows with a record, whatever its outcome
 
     def unrecorded(self) -> tuple[int, str]:
-        """How many of the header's rows have no record, and which (``rows 3-4, 9``), or ``(0, "")``."""
+        """How many of the header's rows have no record, and the first of them as ``summary`` names them
+        (``rows 3, 4``), or ``(0, "")``."""
         total = self.header.rows
-        ranges: list[str] = []
-        missing = 0
-        start = 1
-        for row in [*sorted(r for r in self.recorded if 1 <= r <= total), total + 1]:
-            if row > start:
-                missing += row - start
-                ranges.append(f"{start}" if row - 1 == start else f"{start}-{row - 1}")
-            start = row + 1
-        shown = ", ".join(ranges[:ROW_RANGES_SHOWN])
-        more = f" and {len(ranges) - ROW_RANGES_SHOWN} more ranges" if len(ranges) > ROW_RANGES_SHOWN else ""
-        return missing, (f"row{'s' if missing > 1 else ''} {shown}{more}" if missing else "")
+        missing = total - sum(1 for row in self.recorded if 1 <= row <= total)
+        named = first_without_record(total, self.recorded.__contains__)
+        more = "" if len(named) >= missing else ", ..."
+        return missing, (f"rows {', '.join(map(str, named))}{more}" if missing else "")
 
 
 def run_of(report: Path, warn: Callable[[str], None]) -> CreateRun:

@@ -212,7 +212,7 @@ def test_cleanup_of_a_report_cut_mid_line_warns_and_deletes_that_rows_snapshot(
     result = cleanup(emu, report, plan)
     assert result.exit_code == 0, result.output
     assert f"{report}:{torn}:" in result.output
-    assert "2 of 4 rows have no record (rows 3-4)" in result.output
+    assert "2 of 4 rows have no record (rows 3, 4)" in result.output
     assert Counter(r["outcome"] for r in records(plan)) == {"planned": 4}
     result = cleanup(emu, report, plan, "--apply", "--resume")
     assert result.exit_code == 0, result.output
@@ -253,7 +253,7 @@ def test_cleanup_keeps_to_the_manifests_disks_unless_the_manifest_changed(
     plan = tmp_path / "plan.jsonl"
     result = cleanup(emu, report, plan)
     assert result.exit_code == 1, result.output
-    assert "2 of 3 rows have no record (rows 2-3)" in result.output
+    assert "2 of 3 rows have no record (rows 2, 3)" in result.output
     assert Counter((r["outcome"], r["error_code"]) for r in records(plan)) == {
         ("planned", None): 3,
         ("refused", "OTHER_VOLUME"): 1,
@@ -327,5 +327,5 @@ def test_cleanup_of_a_bare_header_searches_the_project_given(
     assert DELETE not in emu.state()["requests"]
     result = cleanup(emu, report, tmp_path / "out.jsonl", "--apply", "--project-id", PROJECT)
     assert result.exit_code == 0, result.output
-    assert "2 of 2 rows have no record (rows 1-2)" in result.output
+    assert "2 of 2 rows have no record (rows 1, 2)" in result.output
     assert run_snapshots(emu, report) == []
