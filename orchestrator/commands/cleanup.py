@@ -135,7 +135,7 @@ class _Search:
         from orchestrator.errors import UsageError  # noqa: PLC0415
         from orchestrator.retention import Target  # noqa: PLC0415
 
-        disks = [Target(str(r.volume_id), r.project_id, r.region, r.row) for r in run_.sent]
+        disks = [Target(str(r.volume_id).lower(), r.project_id, r.region, r.row) for r in run_.sent]
         shape = run_.header.shape
         project = shape.get("project_id") or settings.project_id
         region = shape.get("region") or settings.connection.endpoints.home_region
