@@ -17,15 +17,18 @@ import enum
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from orchestrator.console import Console
 from orchestrator.errors import UsageError
 from orchestrator.models import RunHeader, checked_fields, field_types, utc_iso, utc_now
+
+if TYPE_CHECKING:
+    from orchestrator.lock import Lock
 
 
 class Action(enum.StrEnum):
@@ -193,14 +196,15 @@ async def action_run(
     source: str,
     shape: dict[str, str],
     resume: bool,
-    lock_key: str,
-    lock_file: Path | None,
+    locks: Sequence[Lock] = (),
     console: Console,
     success: frozenset[Action] = SUCCESS | {Action.REFUSED},
     grace: float = 10.0,
     nothing: str = "nothing was done",
 ) -> AsyncIterator[ActionRun]:
     """Lock, open the report (header first), load the resume book; on a signal, stop taking new work.
+
+    ``locks`` (the run's or the manifest's, and any ``--lock-file``) are held with the report's own.
 
     The caller acts and writes records through ``ActionRun.write``; when the block ends, the summary
     is printed. The exit code is the caller's to compute (``ActionRun.tally.exit_code``, or 3 when a
@@ -209,17 +213,16 @@ async def action_run(
     import anyio  # noqa: PLC0415
 
     from orchestrator.errors import Interrupted  # noqa: PLC0415
-    from orchestrator.lock import holding, lock_for  # noqa: PLC0415
+    from orchestrator.lock import holding, report_lock  # noqa: PLC0415
     from orchestrator.report import ReportWriter, check_report_path, read_header  # noqa: PLC0415
     from orchestrator.signals import drain_on_signal  # noqa: PLC0415
 
     if resume and report == "-":
         raise UsageError("--resume needs a --report file to read, not standard output")
-    locks = [lock_file or lock_for(command, lock_key, os.environ)]
     if report != "-":
         check_report_path(Path(report))
-        locks.append(lock_for("report", report, os.environ))
-    with holding(locks):
+        locks = [*locks, report_lock(report)]
+    with holding(locks, command):
         existing = resume and report != "-" and os.path.exists(report)  # noqa: ASYNC240 - one stat
         header = read_header(Path(report)) if existing else None
         if header is not None and header.command != command:

@@ -15,7 +15,7 @@
     |   +-- ListingFailed (3)        a listing that a delete or a check depends on failed or was refused
     |   +-- ReportUnwritable (3)     the report cannot be written (disk full, file too large, closed pipe)
     +-- ProjectLookupFailed (1)      IAM knows no project (or several) for a region; fails its rows
-    +-- LockHeld (75)                another run holds the lock of this manifest or report
+    +-- LockHeld (75)                another run holds the lock of this manifest, run or report
     +-- Interrupted (130 / 143)      SIGINT or SIGTERM stopped the run after a graceful drain
     +-- TransportError (1)           a request got no HTTP answer (connection refused, reset, timeout);
         +-- RequestTimeout (1)       the request ran past its --timeout
@@ -107,7 +107,7 @@ class ProjectLookupFailed(EvsSnapshotError):
 
 
 class LockHeld(EvsSnapshotError):
-    """Another evs-snapshot process holds the lock file of this report."""
+    """Another evs-snapshot process holds the lock of this manifest, create run or report (or --lock-file)."""
 
     exit_code = 75
 

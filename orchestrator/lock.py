@@ -1,25 +1,56 @@
-"""Run locks: an exclusive ``flock``, so two runs that would act on the same disks cannot overlap.
+"""Run locks: an exclusive ``flock``, so two commands that would act on the same disks cannot overlap.
 
-A run of a manifest locks the manifest itself, whatever ``--report`` each run uses: the lock's name
-is derived from the manifest's resolved path and kept in a per-user runtime directory
-(``$XDG_RUNTIME_DIR/evs-snapshot``, else ``~/.cache/evs-snapshot/locks``), so lock files never pile up
-beside reports. Commands that append to a report (``wait``, ``create``) also lock the report the same
-way. ``--lock-file`` overrides the manifest's lock. The lock file holds the holder's process id.
+Three kinds of lock live in a per-user lock directory (``$XDG_RUNTIME_DIR/evs-snapshot``, else
+``~/.cache/evs-snapshot/locks``):
+
+- **a manifest's**, taken by ``create`` and ``prune``: named after the file's identity (device and
+  inode, symlinks resolved), so a symlink or a hard link of the manifest is the same manifest. A
+  manifest read from standard input is locked by its digest. ``--lock-file`` replaces it. (A manifest
+  rewritten by renaming a new file over it is a new file: a run of it does not wait for one of the old.)
+- **a run's**, named after a create run's id: ``create`` (the new run, or the run ``--resume``
+  continues), ``wait``, ``cleanup`` and ``rollback`` of that run all take it, so no two of them act on
+  one run at once (a copy of the report names the same run).
+- **a report's**, named after the resolved path of the report a command is about to write, so that
+  two commands never append to one file (a new report has no run id to lock yet).
+
+A second taker gets ``LockHeld`` (exit 75) naming the holder: its process id, command and start
+time, which the holder writes into the lock file. A lock file of the lock directory is removed when
+its holder releases it, so lock files do not pile up (at most one per manifest, run and report being
+written, and only while a command holds it; a killed holder leaves its file, which the next taker
+reuses and removes). The holder unlinks the file while it still holds the ``flock``, and a taker
+checks, once it holds a ``flock``, that the path still names the file it locked (else it locks the
+new file): a taker that opened the file just before the unlink cannot believe it holds the lock. A
+``--lock-file`` is never removed: other tools may ``flock`` it too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from orchestrator.errors import LockHeld, UsageError
+from orchestrator.errors import LockHeld, ManifestError, UsageError
+from orchestrator.models import utc_iso, utc_now
+
+ATTEMPTS = 100  # a lock file removed under a taker this often in a row means something else is wrong
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 
 
-def lock_dir(environ: Mapping[str, str]) -> Path:
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lock:
+    """A lock file and what it locks (for the message); ``remove``: delete the file on release."""
+
+    path: Path
+    what: str
+    remove: bool = True
+
+
+def lock_dir(environ: Mapping[str, str] = os.environ) -> Path:
     runtime = environ.get("XDG_RUNTIME_DIR", "").strip()
     if runtime and Path(runtime).is_dir():
         return Path(runtime) / "evs-snapshot"
@@ -27,52 +58,162 @@ def lock_dir(environ: Mapping[str, str]) -> Path:
     return (Path(cache) if cache else Path.home() / ".cache") / "evs-snapshot" / "locks"
 
 
-def lock_for(what: str, path: str, environ: Mapping[str, str]) -> Path:
-    """The lock of a manifest or report: one file per resolved path, in the per-user lock directory."""
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def manifest_lock(
+    path: str, environ: Mapping[str, str] = os.environ, *, digest: str = "", lock_file: Path | None = None
+) -> Lock:
+    """The lock a run of a manifest takes (``create`` and ``prune`` the same): ``--lock-file`` when
+    given; for standard input (``-``) its ``digest``; else the file's device and inode (every name of
+    the file shares it)."""
+    if lock_file is not None:
+        return given_lock(lock_file)
+    if path == "-":
+        return Lock(
+            lock_dir(environ) / f"manifest-{_digest(digest)}.lock", "the lock of this manifest (stdin)"
+        )
+    try:
+        identity = os.stat(path)  # follows symlinks
+    except OSError as exc:
+        raise ManifestError(path, None, f"cannot open the manifest: {exc.strerror}") from None
+    name = f"manifest-dev{identity.st_dev:x}-ino{identity.st_ino:x}.lock"
+    return Lock(lock_dir(environ) / name, f"the lock of manifest {path}")
+
+
+def scope_lock(scope: str, environ: Mapping[str, str] = os.environ) -> Lock:
+    """The lock of a scope named by a string, not a file (``prune --all-volumes`` of a project)."""
+    return Lock(lock_dir(environ) / f"scope-{_digest(scope)}.lock", f"the lock of {scope}")
+
+
+def report_lock(path: str, environ: Mapping[str, str] = os.environ) -> Lock:
+    """The lock of a report a command writes: its resolved path (it may not exist yet)."""
     resolved = str(Path(path).resolve())
-    digest = hashlib.sha256(resolved.encode()).hexdigest()[:20]
-    return lock_dir(environ) / f"{what}-{Path(path).name[:40]}-{digest}.lock"
+    name = f"report-{Path(path).name[:40]}-{_digest(resolved)}.lock"
+    return Lock(lock_dir(environ) / name, f"the lock of report {path}")
+
+
+def run_lock(run: str | Path, environ: Mapping[str, str] = os.environ) -> Lock:
+    """The lock of one create run, given its run id or its create report (whose header names the run)."""
+    run_id = run if isinstance(run, str) else run_id_of(run)
+    name = run_id if _SAFE_NAME.fullmatch(run_id) else _digest(run_id)
+    return Lock(lock_dir(environ) / f"run-{name}.lock", f"the lock of run {run_id}")
+
+
+def run_locks(run: str | Path, lock_file: Path | None = None) -> list[Lock]:
+    """What a command acting on a create run holds: the run's lock (by run id or create report), and
+    any ``--lock-file`` besides (it never replaces the run's lock)."""
+    return [run_lock(run), *([given_lock(lock_file)] if lock_file is not None else [])]
+
+
+def run_id_of(report: Path) -> str:
+    """The run a create report belongs to: its header's run id, else its first record's (exit 2: none)."""
+    from orchestrator.report import read_header, read_records  # noqa: PLC0415 - report imports much
+
+    header = read_header(report)
+    if header is not None:
+        return header.run_id
+    for record in read_records(report):
+        return record.run_id
+    raise UsageError(f"{report}: the report names no run (no header, no record)")
+
+
+def given_lock(path: Path) -> Lock:
+    """A ``--lock-file``: locked like the others, never removed."""
+    return Lock(path, str(path), remove=False)
+
+
+class Held:
+    """The locks a command holds; ``take`` adds more (a lock already held is not taken twice)."""
+
+    def __init__(self, stack: contextlib.ExitStack, command: str) -> None:
+        self._stack = stack
+        self._command = command
+        self._paths: set[Path] = set()
+
+    def take(self, *locks: Lock) -> None:
+        for lock in sorted(locks, key=lambda lock: lock.path):
+            if lock.path not in self._paths:
+                self._stack.enter_context(RunLock(lock, self._command))
+                self._paths.add(lock.path)
 
 
 @contextlib.contextmanager
-def holding(paths: list[Path]) -> Iterator[None]:
-    """Hold every lock in ``paths`` (deduplicated, in a fixed order) for the block."""
+def holding(locks: Iterable[Lock], command: str) -> Iterator[Held]:
+    """Hold every lock (deduplicated, in a fixed order) for the block; ``command`` names the holder."""
     with contextlib.ExitStack() as stack:
-        for path in sorted(set(paths)):
-            stack.enter_context(RunLock(path))
-        yield
+        held = Held(stack, command)
+        held.take(*locks)
+        yield held
 
 
 class RunLock:
-    """An exclusive ``flock`` on a lock file; a second holder gets ``LockHeld`` naming the first."""
+    """An exclusive ``flock`` on a lock file; a second taker gets ``LockHeld`` naming the holder."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, lock: Lock | Path, command: str = "") -> None:
+        self.lock = lock if isinstance(lock, Lock) else given_lock(lock)
+        self.path = self.lock.path
+        self.command = command
         self.fd: int | None = None
 
     def __enter__(self) -> RunLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UsageError(f"cannot create the lock directory {self.path.parent}: {exc.strerror}") from None
+        for _ in range(ATTEMPTS):
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                os.close(fd)
+                what = f"{self.lock.what} ({self.path})" if self.lock.remove else self.lock.what
+                raise LockHeld(
+                    f"another evs-snapshot run holds {what}: {_holder(holder)}; nothing was done "
+                    "(exit 75: try again when it has finished)"
+                ) from None
+            if not self.lock.remove or self._still_named(fd):
+                self.fd = fd
+                os.ftruncate(fd, 0)
+                since = utc_iso(utc_now())
+                os.pwrite(fd, f"{os.getpid()} {since} evs-snapshot {self.command}\n".encode(), 0)
+                return self
+            os.close(fd)  # its holder removed it between our open and our flock: lock the new file
+        raise LockHeld(f"{self.path} kept being removed while it was being locked; nothing was done")
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise UsageError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
+
+    def _still_named(self, fd: int) -> bool:
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(self.fd)
-            self.fd = None
-            raise LockHeld(
-                f"another evs-snapshot run holds {self.path} (process {holder}); nothing was done "
-                "(exit 75: try again when it has finished)"
-            ) from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
-        return self
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        opened = os.fstat(fd)
+        return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
     def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
+        if self.fd is None:
+            return
+        if self.lock.remove:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)  # while the flock is held: see the module docstring
+        else:
             os.ftruncate(self.fd, 0)
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+
+def _holder(text: str) -> str:
+    """How the lock file's content names its holder: ``process 123 (evs-snapshot wait, since ...)``."""
+    pid, _, rest = text.partition(" ")
+    if not pid:
+        return "process unknown"
+    since, _, command = rest.partition(" ")
+    return f"process {pid}" + (f" ({command.strip()}, since {since})" if command else "")

@@ -382,6 +382,7 @@ WAITING = group(
 LOCK_FILE = click.option(
     "--lock-file",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Lock held for the whole run; a second run exits 75.  [default: one per manifest (or report), "
-    "in $XDG_RUNTIME_DIR or ~/.cache/evs-snapshot/locks]",
+    help="Lock held for the whole run; a second run exits 75. It replaces the manifest's own lock (create, "
+    "prune); a create run's own lock is always held too.  [default: one per manifest, in "
+    "$XDG_RUNTIME_DIR/evs-snapshot or ~/.cache/evs-snapshot/locks]",
 )

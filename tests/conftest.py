@@ -46,6 +46,15 @@ def seeds(ids: list[str], status: str = "available") -> tuple[SeedVolume, ...]:
     return tuple(SeedVolume(volume_id=volume_id, status=status) for volume_id in ids)
 
 
+@pytest.fixture(autouse=True)
+def lock_dir_of_the_test(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own lock directory (``$XDG_RUNTIME_DIR/evs-snapshot``): runs of fixed run ids in
+    parallel tests, or in other checkouts on the machine, must not hold each other's run locks."""
+    runtime = tmp_path_factory.mktemp("xdg-runtime")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    return runtime / "evs-snapshot"
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     """The emulator's time, moved by the test (``clock.advance(seconds)``) instead of sleeping."""

@@ -58,7 +58,7 @@ from orchestrator.errors import (
     TransportError,
     UsageError,
 )
-from orchestrator.lock import RunLock, lock_for
+from orchestrator.lock import RunLock, manifest_lock
 from orchestrator.retry import Verdict
 from orchestrator.signals import cancel_on_signal, drain_on_signal
 from orchestrator.tally import Tally
@@ -473,7 +473,7 @@ def test_locks_live_in_xdg_runtime_dir(
     runtime = tmp_path / "runtime"
     runtime.mkdir()
     manifest = csv_manifest(write, IDS[:1])
-    lock = lock_for("manifest", str(manifest), {"XDG_RUNTIME_DIR": str(runtime)})
+    lock = manifest_lock(str(manifest), {"XDG_RUNTIME_DIR": str(runtime)}).path
     assert lock.parent == runtime / "evs-snapshot"
     with RunLock(lock):
         result = invoke(

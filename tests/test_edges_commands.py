@@ -21,7 +21,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.emulator import EmulatorThread, ManualClock, SeedSnapshot
 from orchestrator.emulator.settings import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_USER
-from orchestrator.lock import RunLock
+from orchestrator.lock import RunLock, manifest_lock
 from tests.conftest import call, volume_ids
 from tests.helpers import (
     AKSK_ENV,
@@ -68,11 +68,11 @@ def run_main(
     return stopped.value.code
 
 
-def test_create_stdin_manifest_takes_no_manifest_lock(
+def test_create_stdin_manifest_leaves_no_lock_file(
     emulator_thread: Callable[..., Any], tmp_path: Path
 ) -> None:
-    """create - (rows from standard input): the run works and takes only its report's lock, since
-    standard input has no path to lock."""
+    """create - (rows from standard input): the run works, and the lock files it took (the manifest's,
+    by digest; the report's; the run's) are gone when it ends."""
     ids = volume_ids(3, seed=701)
     emu = emulator_thread(any_volume=True)
     manifest = b"".join(orjson.dumps({"volume_id": i}) + b"\n" for i in ids)
@@ -84,7 +84,7 @@ def test_create_stdin_manifest_takes_no_manifest_lock(
     assert sorted((r["row"], r["volume_id"], r["outcome"]) for r in records(report)) == [
         (n, i, "accepted") for n, i in enumerate(ids, start=1)
     ]
-    assert [name.split("-", 1)[0] for name in lock_files(tmp_path)] == ["report"]
+    assert lock_files(tmp_path) == []
 
 
 def test_create_report_to_stdout_takes_no_report_lock(
@@ -94,7 +94,7 @@ def test_create_report_to_stdout_takes_no_report_lock(
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    """create --report -: the header and records go to standard output; only the manifest is locked."""
+    """create --report -: the header and records go to standard output; no lock file is left behind."""
     ids = volume_ids(2, seed=705)
     emu = emulator_thread(any_volume=True)
     manifest = csv_manifest(write, ids)
@@ -105,7 +105,7 @@ def test_create_report_to_stdout_takes_no_report_lock(
     shown = [orjson.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert shown[0]["type"] == "run"
     assert sorted((r["volume_id"], r["outcome"]) for r in shown[1:]) == sorted((i, "accepted") for i in ids)
-    assert [name.split("-", 1)[0] for name in lock_files(tmp_path)] == ["manifest"]
+    assert lock_files(tmp_path) == []
 
 
 def test_create_wait_needs_a_report_file(
@@ -124,7 +124,7 @@ def test_create_lock_file_replaces_the_manifest_lock(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """--lock-file: held by another run, exit 75 with nothing sent; free, it is taken instead of the
-    manifest's own lock (only the report's lock joins it in the lock directory)."""
+    manifest's own lock (held meanwhile by another), and it is not removed at the end."""
     emu = emulator_thread(any_volume=True)
     manifest = csv_manifest(write, volume_ids(2, seed=703))
     lock, runtime = tmp_path / "maintenance.lock", tmp_path / "runtime"
@@ -136,10 +136,12 @@ def test_create_lock_file_replaces_the_manifest_lock(
     assert f"another evs-snapshot run holds {lock}" in held.stderr
     assert emu.state()["requests"] == {}
     report = tmp_path / "r.jsonl"
-    free = invoke(create_args(emu.url, manifest, report, *FAST_RETRIES, lock_file=lock), env=env)
+    with RunLock(manifest_lock(str(manifest), env)):
+        free = invoke(create_args(emu.url, manifest, report, *FAST_RETRIES, lock_file=lock), env=env)
     assert free.exit_code == 0, free.stderr
     assert {r["outcome"] for r in records(report)} == {"accepted"}
-    assert [name.split("-", 1)[0] for name in lock_files(runtime)] == ["report"]
+    assert lock.exists()
+    assert lock_files(runtime) == []
 
 
 def test_create_quota_check_cut_short_by_the_deadline(
@@ -185,7 +187,7 @@ def test_rollback_plan_to_stdout(
         ("row:2", "planned", None),
     ]
     assert "report: standard output" in err
-    assert [name.split("-", 1)[0] for name in lock_files(tmp_path)] == ["rollback"]
+    assert lock_files(tmp_path) == []
 
 
 def test_rollback_resume_of_a_report_not_yet_written(

@@ -123,7 +123,7 @@ def test_second_run_on_same_report_exits_75(
 ) -> None:
     """While one run holds the report's lock, a second exits 75 at once and changes nothing."""
     ids = volume_ids(60, seed=44)
-    emu = emulator_thread(any_volume=True, latency_ms=50)
+    emu = emulator_thread(any_volume=True, latency_ms=150)  # outlasts the second's start under load
     report = tmp_path / "r.jsonl"
     args = args_for(emu.url, csv_manifest(write, ids), report, "--concurrency", "2")
     with run_process(args) as process:

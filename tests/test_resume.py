@@ -235,3 +235,17 @@ def test_the_closing_summary_agrees_with_summary_after_the_sweep_reconciles_rows
     again = [line for line in printed.stdout.splitlines() if " rows: " in line or "rows to retry" in line]
     assert closing == again
     assert result.exit_code == printed.exit_code
+
+
+def test_a_settle_window_under_ten_seconds_is_warned_about(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--settle under 10 s warns that late commits may double; the default does not."""
+    emu = emulator_thread(any_volume=True)
+    manifest = csv_manifest(write, volume_ids(1, seed=1811))
+    short = invoke(create_args(emu.url, manifest, tmp_path / "a.jsonl", "--settle", "9s"))
+    assert short.exit_code == 0
+    assert "--settle 9s is under 10s: a create the gateway answered 504 may commit later" in short.stderr
+    default = invoke(create_args(emu.url, manifest, tmp_path / "b.jsonl"))
+    assert default.exit_code == 0
+    assert "is under 10s" not in default.stderr

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
-from orchestrator.lock import RunLock, lock_for
+from orchestrator.lock import RunLock, run_lock
 from tests.helpers import PROJECT, cli_args, header, invoke, records, requests_of, run_process
 
 RUN = "20261127T035432Z-abc123"
@@ -346,7 +346,7 @@ def test_lock_held_exits_75(emulator_thread: Callable[..., EmulatorThread], tmp_
         result = rollback(emu, source, tmp_path / "r.jsonl", lock_file=lock)
     assert result.exit_code == 75
     assert emu.state()["requests"] == {}
-    assert lock_for("rollback", str(source), {}).name.startswith("rollback-create.jsonl")
+    assert run_lock(source, {}).path.name == f"run-{RUN}.lock"
 
 
 def test_not_a_create_report(emulator_thread: Callable[..., EmulatorThread], tmp_path: Path) -> None:

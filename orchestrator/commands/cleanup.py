@@ -70,21 +70,19 @@ class CleanupSettings:
 
 async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
     """Plan (and with ``--apply``, carry out) the deletion of one create run's snapshots."""
-    import os  # noqa: PLC0415
-
     from orchestrator.actions import action_run  # noqa: PLC0415
     from orchestrator.api.routes import connect  # noqa: PLC0415
     from orchestrator.createrun import run_of  # noqa: PLC0415
-    from orchestrator.lock import holding, lock_for  # noqa: PLC0415
+    from orchestrator.lock import holding, run_locks  # noqa: PLC0415
 
     run_ = run_of(settings.source, console.warn)
     search = _Search.of(settings, run_)
     if search.anywhere is not None:
         console.warn(search.anywhere)
     shape = {"create_report": str(settings.source), "create_run": run_.run_id}
-    # The create report's own lock: no create --resume or wait may run on it meanwhile.
-    lock = lock_for("report", str(settings.source), os.environ)
-    with holding([lock]), recording_aborts(settings.closing, "cleanup", console):
+    # The create run's lock, before anything is sent: no create, wait or rollback of the run meanwhile.
+    locks = run_locks(run_.run_id, settings.lock_file)
+    with holding(locks, "cleanup"), recording_aborts(settings.closing, "cleanup", console):
         async with contextlib.AsyncExitStack() as stack:
             router = await connect(stack, settings.connection)
             async with action_run(
@@ -93,8 +91,6 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
                 source=str(settings.source),
                 shape=shape,
                 resume=settings.resume,
-                lock_key=str(settings.source),
-                lock_file=settings.lock_file,
                 console=console,
                 nothing="nothing was deleted",
             ) as action:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
     from orchestrator.config import Connection, RowDefaults, RunIdentity
     from orchestrator.console import Console
     from orchestrator.finish import Closing
+    from orchestrator.lock import Lock
     from orchestrator.manifest import ManifestSource, RawRow
     from orchestrator.report import ReportWriter, ResumeBook
     from orchestrator.retry import RetryPolicy
@@ -67,8 +67,9 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
     started = time.monotonic()  # the run's time and --deadline count from here
     from orchestrator.duplicates import duplicate_candidates  # noqa: PLC0415
     from orchestrator.errors import UsageError  # noqa: PLC0415
+    from orchestrator.lock import holding, run_lock  # noqa: PLC0415
     from orchestrator.manifest import manifest_digest, read_rows, spooled  # noqa: PLC0415
-    from orchestrator.report import name_shape, refuse_existing, resume_identity  # noqa: PLC0415
+    from orchestrator.report import check_report_path, name_shape, refuse_existing, resume_identity  # noqa: PLC0415
 
     if settings.wait is not None and settings.report == "-":
         raise UsageError("--wait reads the report back, so it needs a --report file, not standard output")
@@ -88,8 +89,8 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
         )
     if settings.emulator and settings.connection.endpoints.evs is not None:
         raise UsageError("--emulator starts its own emulator; leave out --endpoint (or leave out --emulator)")
-    if not settings.resume and settings.report != "-":
-        refuse_existing(Path(settings.report))  # before anything is read or sent
+    if settings.report != "-":
+        check_report_path(Path(settings.report))
     if settings.emulator:
         from orchestrator.demo import demo_defaults  # noqa: PLC0415
 
@@ -102,9 +103,12 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
             warn = console.warn if warn_columns else None
             return read_rows(source, display=display, warn=warn, also_known=also_known)
 
-        total, candidates = duplicate_candidates(rows(warn_columns=True), settings.defaults)
-        digest = manifest_digest(source)
-        with _locks(settings):
+        digest = manifest_digest(source, display=display)
+        # Locks first: a second run of this manifest, report or run exits 75 (not 2, "report exists").
+        with holding(_locks(settings, digest), "create --resume" if settings.resume else "create") as held:
+            if not settings.resume and settings.report != "-":
+                refuse_existing(Path(settings.report))  # before anything is sent
+            total, candidates = duplicate_candidates(rows(warn_columns=True), settings.defaults)
             book, identity = resume_identity(
                 settings.report,
                 settings.resume,
@@ -113,24 +117,26 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
                 display=display,
                 shape=name_shape(settings.defaults),
             )
+            held.take(run_lock(identity.run_id))  # a new run's, before its header names it anywhere
             return await _locked(
                 settings, identity, book, total, digest, display, rows, candidates, console, started
             )
 
 
-@contextlib.contextmanager
-def _locks(settings: CreateSettings) -> Iterator[None]:
-    from orchestrator.lock import holding, lock_for  # noqa: PLC0415
+def _locks(settings: CreateSettings, digest: str) -> list[Lock]:
+    """The manifest's lock (or --lock-file), the report's, and the lock of the run the report holds."""
+    from orchestrator.errors import UsageError  # noqa: PLC0415
+    from orchestrator.lock import manifest_lock, report_lock, run_lock  # noqa: PLC0415
+    from orchestrator.report import read_header  # noqa: PLC0415
 
-    paths = []
-    if settings.lock_file is not None:
-        paths.append(settings.lock_file)
-    elif settings.source.path != "-":
-        paths.append(lock_for("manifest", settings.source.path, os.environ))
+    locks = [manifest_lock(settings.source.path, digest=digest, lock_file=settings.lock_file)]
     if settings.report != "-":
-        paths.append(lock_for("report", settings.report, os.environ))
-    with holding(paths):
-        yield
+        locks.append(report_lock(settings.report))
+        with contextlib.suppress(UsageError, OSError):  # not a report: refuse_existing or the resume says so
+            header = read_header(Path(settings.report))
+            if header is not None:
+                locks.append(run_lock(header.run_id))
+    return locks
 
 
 async def _locked(

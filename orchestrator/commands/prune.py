@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from orchestrator.config import Connection
     from orchestrator.console import Console
     from orchestrator.finish import Closing
+    from orchestrator.lock import Lock
     from orchestrator.manifest import ManifestSource
     from orchestrator.retention import Job, Scope, Target
     from orchestrator.retry import RetryPolicy
@@ -115,12 +116,22 @@ def selection(settings: PruneSettings, console: Console) -> tuple[str, list[Targ
     return ("<stdin>" if settings.source.path == "-" else settings.source.path), targets, bad, digest
 
 
+def _lock(settings: PruneSettings, what: str, digest: str) -> Lock:
+    """The manifest's lock, the one ``create`` takes (for --all-volumes alone, the scope's)."""
+    from orchestrator.lock import given_lock, manifest_lock, scope_lock  # noqa: PLC0415
+
+    if settings.source is not None:
+        return manifest_lock(settings.source.path, digest=digest, lock_file=settings.lock_file)
+    return given_lock(settings.lock_file) if settings.lock_file is not None else scope_lock(what)
+
+
 async def prune(settings: PruneSettings, *, console: Console) -> int:
     """Plan (and with ``--apply``, carry out) the deletions; the exit code of SPEC."""
     import contextlib  # noqa: PLC0415
 
     from orchestrator.actions import action_run  # noqa: PLC0415
     from orchestrator.api.routes import connect  # noqa: PLC0415
+    from orchestrator.lock import holding  # noqa: PLC0415
 
     what, targets, bad, digest = selection(settings, console)
     rules = settings.rules
@@ -133,6 +144,7 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
         "digest": digest,
     }
     async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(holding([_lock(settings, what, digest)], "prune"))  # before anything is sent
         stack.enter_context(recording_aborts(settings.closing, "prune", console))
         router = await connect(stack, settings.connection)
         async with action_run(
@@ -141,8 +153,6 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
             source=what,
             shape=shape,
             resume=settings.resume,
-            lock_key=what,
-            lock_file=settings.lock_file,
             console=console,
             nothing="nothing was deleted",
         ) as action:

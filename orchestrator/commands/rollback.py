@@ -3,7 +3,7 @@
 REPORT is a ``create`` report. Without ``--apply`` every chosen row gets one ``planned`` record naming
 its blocker, if any, and nothing is sent; with ``--apply`` each row is checked, rolled back and
 waited for (``orchestrator.restore`` holds the rules). ``--rows 3,7-9`` and ``--volume ID`` choose a
-subset. The run has its own report (one record per row, key ``row:N``), a lock per create report,
+subset. The run has its own report (one record per row, key ``row:N``), the create run's lock,
 and ``--resume`` (rows already rolled back or refused are skipped; the others are looked at again,
 their disks first).
 
@@ -77,6 +77,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
 
     from orchestrator.actions import Action, action_run  # noqa: PLC0415
     from orchestrator.api.routes import connect  # noqa: PLC0415
+    from orchestrator.lock import run_locks  # noqa: PLC0415
     from orchestrator.restore import RestorePlan  # noqa: PLC0415
 
     chosen = chosen_rows(settings)
@@ -93,8 +94,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
         source=str(settings.source),
         shape=shape,
         resume=settings.resume,
-        lock_key=str(settings.source),
-        lock_file=settings.lock_file,
+        locks=run_locks(source_run, settings.lock_file),
         console=console,
         success=frozenset({Action.PLANNED, Action.ROLLED_BACK}),
         grace=60.0,  # a rollback in flight takes a while: give it time to be recorded

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
     from orchestrator.api.routes import connect  # noqa: PLC0415
     from orchestrator.errors import Interrupted, UsageError  # noqa: PLC0415
     from orchestrator.finish import finish  # noqa: PLC0415
-    from orchestrator.lock import holding, lock_for  # noqa: PLC0415
+    from orchestrator.lock import holding, run_locks  # noqa: PLC0415
     from orchestrator.report import ReportWriter, check_report_path, final_records, read_header  # noqa: PLC0415
     from orchestrator.signals import cancel_on_signal  # noqa: PLC0415
     from orchestrator.tally import Tally  # noqa: PLC0415
@@ -60,19 +59,20 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
     if not report.is_file():
         raise UsageError(f"{report}: no such report")
     header = read_header(report)
-    if header is not None and header.command != "create":
+    if header is None:
+        raise UsageError(f"{report}: the report is empty; nothing to wait for")
+    if header.command != "create":
         raise UsageError(
             f"{report} is a {header.command} report: wait reads the report of a create run "
             f"(a {header.command} run confirms its own requests before it ends)"
         )
-    why = None if header is None else header.nothing_in_the_cloud()
+    why = header.nothing_in_the_cloud()
     if why is not None:
         raise UsageError(f"{report} {why}; there is nothing to wait for, and nothing was sent")
-    lock = settings.lock_file or lock_for("report", str(report), os.environ)
+    # The run's lock: no create --resume, cleanup, rollback or other wait of the run meanwhile.
+    locks = run_locks(header.run_id, settings.lock_file)
     received: list[int] = []
-    with holding([lock]):
-        if header is None and next(iter(final_records(report)), None) is None:
-            raise UsageError(f"{report}: the report holds no records; nothing to wait for")
+    with holding(locks, "wait"):
         tally = Tally(manifest_rows=None if header is None else header.rows)
         async with contextlib.AsyncExitStack() as stack:
             router = await connect(stack, settings.connection)
@@ -137,7 +137,8 @@ async def _sweep_then_wait(
 @click.option(
     "--lock-file",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Lock held while waiting.  [default: one per report, in the per-user lock directory]",
+    help="Another lock held while waiting; a second holder exits 75 (the run's own lock, in the per-user "
+    "lock directory, is always held).",
 )
 @options.CLOSING
 @options.LOG_FORMAT

@@ -1,0 +1,332 @@
+"""The locks: one per manifest (by file identity, or by digest for standard input), one per create run
+(by run id), one per report being written; a second taker exits 75 naming the holder and sends nothing;
+lock files are removed by their holder, safely, so they do not pile up.
+
+A "holder" here is a real evs-snapshot process pointed at an endpoint that accepts connections and never
+answers: once its first request arrives, it holds every lock it takes, until the test kills it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from orchestrator.emulator import EmulatorThread
+from orchestrator.errors import LockHeld
+from orchestrator.lock import Lock, RunLock, holding, manifest_lock, run_lock
+from tests.conftest import volume_ids
+from tests.helpers import (
+    AKSK_ENV,
+    FAST_RETRIES,
+    PROJECT,
+    cli_args,
+    create_args,
+    csv_manifest,
+    invoke,
+    lines,
+    records,
+    snapshots_per_volume,
+)
+
+HANG = ("--timeout", "120", "--max-attempts", "1")  # the holder's one request waits until it is killed
+
+
+@contextlib.contextmanager
+def silent_endpoint() -> Iterator[tuple[str, threading.Event]]:
+    """An endpoint that accepts connections and never answers; the event is set at the first one."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.05)
+    reached, stop = threading.Event(), threading.Event()
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                accepted.append(server.accept()[0])
+                reached.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}", reached
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        for connection in accepted:
+            connection.close()
+        server.close()
+
+
+@contextlib.contextmanager
+def holder(args: Callable[[str], list[str]], stdin: bytes = b"") -> Iterator[subprocess.Popen[bytes]]:
+    """A real evs-snapshot process (``args(endpoint)``) that has taken its locks and waits on its first
+    request; killed when the block ends."""
+    with silent_endpoint() as (url, reached):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", *args(url), *HANG],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **AKSK_ENV},
+        )
+        assert process.stdin is not None
+        assert process.stderr is not None
+        try:
+            process.stdin.write(stdin)
+            process.stdin.close()
+            while not reached.wait(0.05):
+                if process.poll() is not None:
+                    raise AssertionError(
+                        f"the holder ended ({process.returncode}): {process.stderr.read()!r}"
+                    )
+            yield process
+        finally:
+            process.kill()
+            process.wait(timeout=30)
+            stderr = process.stderr.read()
+            process.stderr.close()
+    assert b"Traceback" not in stderr
+
+
+def made_run(
+    emu: EmulatorThread, write: Callable[..., Path], tmp_path: Path, count: int = 3
+) -> tuple[Path, Path]:
+    """A finished create run of ``count`` disks on the emulator: its manifest and report."""
+    manifest = csv_manifest(write, volume_ids(count, seed=1801))
+    report = tmp_path / "create.jsonl"
+    result = invoke(create_args(emu.url, manifest, report, *FAST_RETRIES))
+    assert result.exit_code == 0, result.stderr
+    return manifest, report
+
+
+def refused(result: Any, holder_pid: int | None = None, command: str = "") -> None:
+    """Exit 75, one clear message naming the holder; no traceback."""
+    assert result.exit_code == 75, result.output
+    assert "another evs-snapshot run holds" in result.stderr
+    assert "nothing was done" in result.stderr
+    if holder_pid is not None:
+        assert f"process {holder_pid} (evs-snapshot {command}" in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+
+
+# --- case 5: a manifest is one file, whatever its name ------------------------------------------------
+def test_a_link_of_the_manifest_shares_its_lock(
+    emulator_thread: Callable[..., EmulatorThread], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """While a create of a manifest runs, a create of a symlink or of a hard link of it exits 75 and sends
+    nothing, so no disk gets two snapshots."""
+    emu = emulator_thread(any_volume=True)
+    manifest = csv_manifest(write, volume_ids(30, seed=1805))
+    symlink, hard_link = tmp_path / "symlink.csv", tmp_path / "hard-link.csv"
+    symlink.symlink_to(manifest)
+    os.link(manifest, hard_link)
+    first = lambda url: create_args(url, manifest, tmp_path / "first.jsonl")  # noqa: E731
+    with holder(first) as process:
+        for other in (symlink, hard_link):
+            second = invoke(create_args(emu.url, other, tmp_path / f"{other.stem}.jsonl", *FAST_RETRIES))
+            refused(second, process.pid, "create")
+    assert emu.state()["requests"] == {}
+    assert snapshots_per_volume(emu.state()) == {}
+
+
+def test_a_manifest_from_stdin_locks_on_its_digest(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """create - of the same rows while one runs exits 75; other rows on standard input go ahead."""
+    emu = emulator_thread(any_volume=True)
+    rows = b"volume_id\n" + b"".join(f"{i}\n".encode() for i in volume_ids(3, seed=1806))
+    other = b"volume_id\n" + b"".join(f"{i}\n".encode() for i in volume_ids(2, seed=1807))
+    first = lambda url: create_args(url, Path("-"), tmp_path / "first.jsonl", format="csv")  # noqa: E731
+    with holder(first, stdin=rows) as process:
+        same = invoke(create_args(emu.url, Path("-"), tmp_path / "same.jsonl", format="csv"), input=rows)
+        refused(same, process.pid, "create")
+        assert emu.state()["requests"] == {}
+        args = create_args(emu.url, Path("-"), tmp_path / "other.jsonl", *FAST_RETRIES, format="csv")
+        assert invoke(args, input=other).exit_code == 0
+    assert sum(snapshots_per_volume(emu.state()).values()) == 2
+
+
+# --- case 8: one run, one command at a time -----------------------------------------------------------
+def test_cleanup_and_rollback_of_one_run_exclude_each_other(
+    emulator_thread: Callable[..., EmulatorThread], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """While rollback --apply of a create report runs, cleanup --apply of it exits 75, naming the
+    rollback, and deletes nothing (the other way round: test_every_command_on_a_run_takes_its_lock)."""
+    emu = emulator_thread(any_volume=True)
+    _, report = made_run(emu, write, tmp_path)
+    before = emu.state()
+
+    def args(url: str, name: str) -> list[str]:
+        return cli_args(name, report, endpoint=url, report=tmp_path / f"{name}.jsonl", apply=True)
+
+    with holder(lambda url: args(url, "rollback")) as process:
+        refused(invoke(args(emu.url, "cleanup")), process.pid, "rollback")
+    assert emu.state()["requests"] == before["requests"]
+    assert [s["id"] for s in emu.state()["snapshots"]] == [s["id"] for s in before["snapshots"]]
+
+
+def test_create_and_prune_of_one_manifest_share_its_lock(
+    emulator_thread: Callable[..., EmulatorThread], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """While prune of a manifest runs, create of it exits 75 and sends nothing; and prune exits 75 on the
+    manifest's lock while create holds it."""
+    emu = emulator_thread(any_volume=True)
+    manifest = csv_manifest(write, volume_ids(3, seed=1808))
+
+    def args(url: str, name: str) -> list[str]:
+        flags = {"keep_last": 1, "apply": True} if name == "prune" else {}
+        report = tmp_path / f"{name}.jsonl"
+        return cli_args(name, manifest, endpoint=url, project_id=PROJECT, report=report, **flags)
+
+    with holder(lambda url: args(url, "prune")) as process:
+        refused(invoke(args(emu.url, "create")), process.pid, "prune")
+    with RunLock(manifest_lock(str(manifest)), "create"):
+        refused(invoke(args(emu.url, "prune")), os.getpid(), "create")
+    assert emu.state()["requests"] == {}
+
+
+def test_a_second_create_with_the_same_report_exits_75_not_2(
+    emulator_thread: Callable[..., EmulatorThread], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """While create --resume finishes a report, a create with the same --report (no --resume) exits 75
+    (try again later), not 2 (report exists), so a cron wrapper retries instead of paging."""
+    emu = emulator_thread(any_volume=True)
+    manifest, report = made_run(emu, write, tmp_path)
+    report.write_bytes(report.read_bytes().splitlines(keepends=True)[0])  # interrupted: the header only
+    first = lambda url: create_args(url, manifest, report, resume=True)  # noqa: E731
+    with holder(first) as process:
+        again = invoke(create_args(emu.url, manifest, report, *FAST_RETRIES))
+        refused(again, process.pid, "create --resume")
+        other = invoke(create_args(emu.url, csv_manifest(write, volume_ids(1, seed=1809), "o.csv"), report))
+        refused(other, process.pid, "create --resume")
+    assert len(lines(report)) == 1
+    after = invoke(create_args(emu.url, manifest, report, *FAST_RETRIES))  # nobody holds it: "exists", 2
+    assert after.exit_code == 2, after.output
+    assert "already holds records" in after.stderr
+
+
+# --- every command on a run takes the run's lock --------------------------------------------------------
+def test_every_command_on_a_run_takes_its_lock(
+    emulator_thread: Callable[..., EmulatorThread],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    lock_dir_of_the_test: Path,
+) -> None:
+    """While the run's lock is held, create --resume, wait, cleanup and rollback (plan or --apply) of that
+    run exit 75 and send nothing, also through a copy of its report (the lock is the run id's)."""
+    emu = emulator_thread(any_volume=True)
+    manifest, report = made_run(emu, write, tmp_path)
+    copy = tmp_path / "copy.jsonl"
+    shutil.copy(report, copy)
+    before = emu.state()["requests"]
+    url = emu.url
+    commands = {
+        "create --resume": create_args(url, manifest, report, resume=True),
+        "wait": cli_args("wait", report, endpoint=url),
+        "cleanup": cli_args("cleanup", copy, endpoint=url, report=tmp_path / "c.jsonl", apply=True),
+        "rollback": cli_args("rollback", copy, endpoint=url, report=tmp_path / "r.jsonl", apply=True),
+        "rollback plan": cli_args("rollback", report, endpoint=url, report=tmp_path / "plan.jsonl"),
+    }
+    lock = run_lock(report)
+    assert lock.path.parent == lock_dir_of_the_test
+    with RunLock(lock, "test"):
+        for name, args in commands.items():
+            result = invoke(args)
+            assert result.exit_code == 75, (name, result.output)
+            assert f"the lock of run {lines(report)[0]['run_id']}" in result.stderr
+            assert f"process {os.getpid()} (evs-snapshot test" in result.stderr
+    assert emu.state()["requests"] == before
+    assert not (tmp_path / "c.jsonl").exists()
+    assert not (tmp_path / "r.jsonl").exists()
+    assert not (tmp_path / "plan.jsonl").exists()
+
+
+# --- lock files ---------------------------------------------------------------------------------------
+def test_lock_files_do_not_pile_up(
+    emulator_thread: Callable[..., EmulatorThread],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    lock_dir_of_the_test: Path,
+) -> None:
+    """After create, wait, cleanup, rollback and prune have run, the lock directory is empty again; a
+    lock file a killed holder left behind is taken over and removed."""
+    emu = emulator_thread(any_volume=True, creating_seconds=0.0, deleting_seconds=0.0)
+    manifest, report = made_run(emu, write, tmp_path)
+    url = emu.url
+    stale = run_lock(report)
+    stale.path.write_text("999999999 2026-12-07T00:00:00Z evs-snapshot create\n")  # a kill -9 leaves this
+    for args in (
+        cli_args("wait", report, endpoint=url, poll_interval="0.05"),
+        cli_args("rollback", report, endpoint=url, report=tmp_path / "r.jsonl"),
+        cli_args("cleanup", report, endpoint=url, report=tmp_path / "c.jsonl", apply=True),
+        cli_args(
+            "prune", manifest, endpoint=url, project_id=PROJECT, report=tmp_path / "p.jsonl", keep_last=1
+        ),
+    ):
+        result = invoke(args)
+        assert result.exit_code in (0, 1), (args, result.output)
+        assert sorted(path.name for path in lock_dir_of_the_test.iterdir()) == []
+    assert {r["outcome"] for r in records(tmp_path / "c.jsonl")} == {"deleted"}
+
+
+def test_a_given_lock_file_is_kept(tmp_path: Path) -> None:
+    """--lock-file is locked and unlocked but never removed (other tools may flock it too); a lock of the
+    lock directory is removed by its holder."""
+    given = tmp_path / "maintenance.lock"
+    with RunLock(given, "create"):
+        assert given.read_text().split()[-2:] == ["evs-snapshot", "create"]
+    assert given.read_bytes() == b""
+    ours = Lock(tmp_path / "locks" / "run-x.lock", "the lock of run x")
+    with holding([ours], "wait"):
+        assert ours.path.exists()
+    assert not ours.path.exists()
+
+
+def test_removing_lock_files_keeps_the_exclusion(tmp_path: Path) -> None:
+    """Threads taking and releasing one lock (each release removes its file) are never inside together:
+    a taker that opened the file its holder then removed locks the new file instead."""
+    lock = Lock(tmp_path / "locks" / "run-race.lock", "the lock of run race")
+    inside, overlaps, entries = [0], [0], [0]
+    guard = threading.Lock()
+
+    def contend() -> None:
+        for _ in range(300):
+            try:
+                with RunLock(lock, "test"):
+                    with guard:
+                        inside[0] += 1
+                        overlaps[0] += inside[0] > 1
+                        entries[0] += 1
+                    os.sched_yield()
+                    with guard:
+                        inside[0] -= 1
+            except LockHeld:
+                os.sched_yield()
+
+    threads = [threading.Thread(target=contend) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert overlaps[0] == 0
+    assert entries[0] > 0
+    assert not lock.path.exists()
+
+
+def test_lock_file_of_a_run_id_is_a_safe_name() -> None:
+    """A run id read from a report names a file in the lock directory, never a path out of it."""
+    assert run_lock("20261207T003133Z-a1b2c3", {"XDG_RUNTIME_DIR": "/nonexistent"}).path.name == (
+        "run-20261207T003133Z-a1b2c3.lock"
+    )
+    odd = run_lock("../../etc/x", {"XDG_CACHE_HOME": "/c"}).path
+    assert odd.parent == Path("/c/evs-snapshot/locks")
+    assert odd.name.startswith("run-")
+    assert "/" not in odd.name
