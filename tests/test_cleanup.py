@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -9,17 +11,22 @@ from typing import Any
 
 import orjson
 
+from orchestrator.emulator import ManualClock
 from tests.conftest import volume_ids
 from tests.helpers import (
     FAST_RETRIES,
+    PROJECT,
+    TOKEN,
     create_args,
     csv_manifest,
+    header,
     invoke,
     last_per_row,
     records,
     requests_of,
+    run_process,
 )
-from tests.test_prune import DELETE, FAST, LIST, live, snap, start
+from tests.test_prune import DELETE, FAST, LIST, MARKER, live, snap, start
 
 
 def cleanup(emu: Any, source: Path, report: Path, *extra: str, env: dict[str, str] | None = None) -> Any:
@@ -29,13 +36,20 @@ def cleanup(emu: Any, source: Path, report: Path, *extra: str, env: dict[str, st
 
 
 def created(
-    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, count: int, seed: int
+    emulator_thread: Callable[..., Any],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    count: int,
+    seed: int,
+    *,
+    unnamed: tuple[str, ...] = (),
 ) -> tuple[Any, Path, list[Any]]:
-    """An emulator where a create run made one snapshot per disk, beside older and foreign snapshots."""
+    """An emulator where a create run made one snapshot per disk, beside older and foreign snapshots
+    (``unnamed``: more disks the emulator knows, not in the manifest)."""
     disks = volume_ids(count, seed=seed)
     others = [snap(disk, 3) for disk in disks] + [snap(disks[0], 4, run=None, name="by-hand")]
     others.append(snap(disks[0], 5, name="autobk_snapshot_1", run=None))
-    emu = start(emulator_thread, disks, others, creating_seconds=0.0)
+    emu = start(emulator_thread, [*disks, *unnamed], others, creating_seconds=0.0)
     report = tmp_path / "create.jsonl"
     result = invoke(create_args(emu.url, csv_manifest(write, disks), report, *FAST_RETRIES))
     assert result.exit_code == 0, result.output
@@ -126,3 +140,192 @@ def test_cleanup_resume_and_refusals(
     other = tmp_path / "other.jsonl"
     other.write_bytes(report.read_bytes())
     assert cleanup(emu, other, out, "--resume").exit_code == 2  # resumed with another create report
+
+
+# --- a run's snapshots are found by its marker, not only by the report's records -------------------
+def run_snapshots(emu: Any, report: Path) -> list[dict[str, Any]]:
+    """The snapshots of the report's run the emulator still holds (``deleting`` ones included)."""
+    run_id = header(report)["run_id"]
+    return [s for s in emu.state()["snapshots"] if (s.get("metadata") or {}).get(MARKER) == run_id]
+
+
+def cut(report: Path, keep: int, *, torn: bool = False) -> int:
+    """Cut the report after its ``keep``-th outcome record, as a SIGKILL leaves it (``torn``: and half the
+    next line); the number of the first line cut."""
+    lines = report.read_bytes().splitlines(keepends=True)
+    end, outcomes = 1, 0
+    while outcomes < keep:
+        outcomes += orjson.loads(lines[end])["outcome"] != "sending"
+        end += 1
+    tail = lines[end][: len(lines[end]) // 2] if torn else b""
+    report.write_bytes(b"".join(lines[:end]) + tail)
+    return end + 1
+
+
+def mark(emu: Any, volume_id: str, run_id: str) -> None:
+    """A snapshot carrying ``run_id``'s marker, made through the API (as a late commit would make one)."""
+    body = {"snapshot": {"volume_id": volume_id, "name": "stray", "metadata": {MARKER: run_id}}}
+    request = urllib.request.Request(  # noqa: S310 - the emulator on loopback
+        f"{emu.url}/v2/{PROJECT}/cloudsnapshots",
+        data=orjson.dumps(body),
+        headers={"X-Auth-Token": TOKEN, "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
+        assert answer.status == 202
+
+
+def test_cleanup_after_a_killed_create_deletes_every_snapshot_of_the_run(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A create SIGKILLed with requests in flight: more snapshots than records; --apply deletes them all, exit 0."""
+    disks = volume_ids(40, seed=154)
+    emu = start(emulator_thread, disks, [], creating_seconds=0.0, latency_ms=50)
+    report = tmp_path / "create.jsonl"
+    stop = time.monotonic() + 30
+    with run_process(create_args(emu.url, csv_manifest(write, disks), report, concurrency=8)) as process:
+        while (not report.exists() or len(records(report)) < 8) and time.monotonic() < stop:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            time.sleep(0.02)
+        process.kill()
+        process.wait(timeout=10)
+    while emu.state()["in_flight"] and time.monotonic() < stop:  # the killed client's requests land
+        time.sleep(0.02)
+    recorded = {r["row"] for r in records(report)}
+    made = run_snapshots(emu, report)
+    assert len(made) > len(recorded), (len(made), len(recorded))  # snapshots no record names
+    out = tmp_path / "out.jsonl"
+    result = cleanup(emu, report, out, "--apply")
+    assert result.exit_code == 0, result.output
+    assert run_snapshots(emu, report) == []
+    assert Counter(r["outcome"] for r in records(out)) == {"deleted": len(made)}
+    assert f"{40 - len(recorded)} of 40 rows have no record" in result.output
+
+
+def test_cleanup_of_a_report_cut_mid_line_warns_and_deletes_that_rows_snapshot(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A torn last line is named (file:line) and skipped; its row's snapshot is found by the marker."""
+    emu, report, others = created(emulator_thread, write, tmp_path, 4, seed=155)
+    torn = cut(report, 2, torn=True)
+    plan = tmp_path / "plan.jsonl"
+    result = cleanup(emu, report, plan)
+    assert result.exit_code == 0, result.output
+    assert f"{report}:{torn}:" in result.output
+    assert "2 of 4 rows have no record (rows 3, 4)" in result.output
+    assert Counter(r["outcome"] for r in records(plan)) == {"planned": 4}
+    result = cleanup(emu, report, plan, "--apply", "--resume")
+    assert result.exit_code == 0, result.output
+    assert run_snapshots(emu, report) == []
+    assert set(live(emu)) == {s.id for s in others}
+
+
+def test_cleanup_refuses_two_runs_joined_in_one_file(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`cat a.jsonl b.jsonl > both.jsonl`: exit 2 naming both run ids; nothing is deleted."""
+    disks = volume_ids(10, seed=156)
+    emu = start(emulator_thread, disks, [], creating_seconds=0.0)
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for report, part, name in ((a, disks[:5], "a.csv"), (b, disks[5:], "b.csv")):
+        result = invoke(create_args(emu.url, csv_manifest(write, part, name), report, *FAST_RETRIES))
+        assert result.exit_code == 0, result.output
+    both = tmp_path / "both.jsonl"
+    both.write_bytes(a.read_bytes() + b.read_bytes())
+    result = cleanup(emu, both, tmp_path / "out.jsonl", "--apply")
+    assert result.exit_code == 2, result.output
+    assert header(a)["run_id"] in result.output
+    assert header(b)["run_id"] in result.output
+    assert DELETE not in emu.state()["requests"]
+    assert len(run_snapshots(emu, a)) == len(run_snapshots(emu, b)) == 5
+
+
+def test_cleanup_keeps_to_the_manifests_disks_unless_the_manifest_changed(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A marked snapshot on a disk the manifest does not name is refused (exit 1); with the manifest changed,
+    every marked snapshot goes, and the warning says why."""
+    stranger = volume_ids(1, seed=158)[0]
+    emu, report, others = created(emulator_thread, write, tmp_path, 3, seed=157, unnamed=(stranger,))
+    run_id = header(report)["run_id"]
+    mark(emu, stranger, run_id)
+    cut(report, 1)
+    plan = tmp_path / "plan.jsonl"
+    result = cleanup(emu, report, plan)
+    assert result.exit_code == 1, result.output
+    assert "2 of 3 rows have no record (rows 2, 3)" in result.output
+    assert Counter((r["outcome"], r["error_code"]) for r in records(plan)) == {
+        ("planned", None): 3,
+        ("refused", "OTHER_VOLUME"): 1,
+    }
+    manifest = Path(header(report)["manifest"])
+    text = manifest.read_text()
+    manifest.unlink()
+    result = cleanup(emu, report, tmp_path / "moved.jsonl")
+    assert result.exit_code == 0, result.output
+    assert "the run's manifest cannot be read" in result.output
+    assert Counter(r["outcome"] for r in records(tmp_path / "moved.jsonl")) == {"planned": 4}
+    manifest.write_text(text + volume_ids(1, seed=159)[0] + "\n")  # edited since the run
+    out = tmp_path / "out.jsonl"
+    result = cleanup(emu, report, out, "--apply")
+    assert result.exit_code == 0, result.output
+    assert "changed since the run" in result.output
+    assert Counter(r["outcome"] for r in records(out)) == {"deleted": 4}
+    assert run_snapshots(emu, report) == []
+    assert set(live(emu)) == {s.id for s in others}
+
+
+def test_cleanup_exits_1_while_a_snapshot_of_the_run_is_still_creating(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, clock: ManualClock
+) -> None:
+    """A report holding only its header: the run's creating snapshots are blocked (exit 1), deleted later."""
+    disks = volume_ids(3, seed=160)
+    emu = start(emulator_thread, disks, [], creating_seconds=60.0, clock=clock)
+    report = tmp_path / "create.jsonl"
+    result = invoke(create_args(emu.url, csv_manifest(write, disks), report, *FAST_RETRIES))
+    assert result.exit_code == 0, result.output
+    cut(report, 0)
+    out = tmp_path / "out.jsonl"
+    result = cleanup(emu, report, out, "--apply")
+    assert result.exit_code == 1, result.output
+    assert Counter((r["outcome"], r["error_code"]) for r in records(out)) == {("blocked", "SNAPSHOT_BUSY"): 3}
+    assert "3 of 3 rows have no record" in result.output
+    clock.advance(61)
+    result = cleanup(emu, report, out, "--apply", "--resume", "--no-wait")
+    assert result.exit_code == 0, result.output
+    clock.advance(1)
+    assert run_snapshots(emu, report) == []
+
+
+def test_cleanup_of_a_bare_header_searches_the_project_given(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Header only, manifest gone, no project in the report: exit 2 asks for --project-id; with it, the
+    run's snapshots are found by their marker and deleted."""
+    run_id = "20261207T010000Z-0c1ea0"
+    disks = volume_ids(2, seed=161)
+    emu = start(emulator_thread, disks, [snap(disk, 0.1, run=run_id) for disk in disks], creating_seconds=0.0)
+    report = write(
+        "create.jsonl",
+        orjson.dumps(
+            {
+                "type": "run",
+                "run_id": run_id,
+                "command": "create",
+                "manifest": str(tmp_path / "gone.csv"),
+                "rows": 2,
+                "digest": "sha256:00",
+                "shape": {"project_id": "", "region": ""},
+                "started_at": "2026-12-07T01:00:00Z",
+            }
+        )
+        + b"\n",
+    )
+    result = cleanup(emu, report, tmp_path / "out.jsonl", "--apply")
+    assert result.exit_code == 2, result.output
+    assert "give --project-id" in result.output
+    assert DELETE not in emu.state()["requests"]
+    result = cleanup(emu, report, tmp_path / "out.jsonl", "--apply", "--project-id", PROJECT)
+    assert result.exit_code == 0, result.output
+    assert "2 of 2 rows have no record (rows 1, 2)" in result.output
+    assert run_snapshots(emu, report) == []

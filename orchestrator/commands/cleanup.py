@@ -1,12 +1,32 @@
 """``evs-snapshot cleanup REPORT``: delete the snapshots one ``create`` run made.
 
-A row's snapshot is the one on the row's volume with the run's ``evs_snapshot_run`` marker (SPEC,
-"Snapshot identity"), and the one its last record names (``accepted``, ``available``, ...). Each project
-is listed once (1000 snapshots a request) before anything is deleted. A snapshot is deleted only when
-the listing shows it carries that run's marker and belongs to the row's volume; otherwise the row is
-``refused`` and the snapshot left alone. So a snapshot that a late commit made for a ``failed`` row, or
-a duplicate kept by ``--keep-duplicates``, goes too. A recorded snapshot the listing does not show is
-looked up once (GET): a 404 means it is already gone, which counts as deleted.
+A snapshot is the run's when it carries the run's ``evs_snapshot_run`` marker (SPEC, "Snapshot
+identity"); the report tells which run, which disks and which projects, but not every snapshot: a
+create killed with requests in flight, or a report cut mid-line, made snapshots that no record names.
+So cleanup goes by the marker, not by the records:
+
+- **The disks**: those the report's records name and, when rows have no record, those the run's
+  manifest names: the file the header names (``manifest``, relative to the current directory when it
+  was given so), read only when it is there and its digest is the header's. When it is missing,
+  unreadable or changed, the disks are unknown: every snapshot carrying this run's marker in the
+  projects searched is deleted, whatever its disk (the run id is unique to the run, so such a
+  snapshot is still the run's), and a warning says so.
+- **The projects**: those of the records, of the manifest's disks, and, for rows without a record,
+  the create's ``--project-id`` / region (from the header) or cleanup's own ``--project-id``. Each is
+  listed once (1000 snapshots a request) before anything is deleted.
+- **What goes**: every listed snapshot with this run's marker on one of those disks, and the snapshot
+  a row's last record names (a recorded snapshot the listing does not show is looked up once: 404
+  means already gone, counted as deleted). A recorded snapshot without this run's marker, or of
+  another row's disk, is ``refused`` and left alone; so is a snapshot with the marker on a disk the
+  manifest does not name (``OTHER_VOLUME``).
+- **The report**: rows without a record are counted against the header's ``rows`` and named in the
+  summary; a torn last line (a writer killed mid-line) is named ``file:line`` and skipped; a file that
+  holds two run headers, or records of two runs (two reports joined), is refused by the report reader
+  (exit 2, naming both run ids).
+- **The exit**: 0 only when nothing of the run is left: every snapshot of the run that was found ended
+  ``deleted`` (with ``--apply``, after the wait for it to be gone; ``--no-wait`` counts the accepted
+  DELETE) or, in a plan, ``planned``. A snapshot still ``creating`` (``blocked``), a deletion that
+  failed, or a marked snapshot refused, makes it 1.
 """
 
 from __future__ import annotations
@@ -28,9 +48,9 @@ if TYPE_CHECKING:
     from orchestrator.api.routes import Router
     from orchestrator.config import Connection
     from orchestrator.console import Console
+    from orchestrator.createrun import CreateRun
     from orchestrator.finish import Closing
-    from orchestrator.models import Record
-    from orchestrator.retention import Job, Scope
+    from orchestrator.retention import Job, Scope, Target
     from orchestrator.retry import RetryPolicy
 
 
@@ -45,41 +65,23 @@ class CleanupSettings:
     resume: bool
     lock_file: Path | None
     closing: Closing
-
-
-def run_of(report: Path) -> tuple[str, list[Record]]:
-    """The create run's id and the last record of each row that was sent (not ``invalid`` or ``planned``)."""
-    from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.models import Outcome  # noqa: PLC0415
-    from orchestrator.report import check_report_path, final_records, read_header  # noqa: PLC0415
-
-    check_report_path(report)
-    if not report.is_file():
-        raise UsageError(f"{report}: no such report")
-    header = read_header(report)
-    if header is not None and header.command != "create":
-        raise UsageError(f"{report} is a {header.command} report; cleanup reads the report of a create run")
-    why = None if header is None else header.nothing_in_the_cloud()
-    if why is not None:
-        raise UsageError(f"{report} {why}; there is nothing to clean up, and nothing was sent")
-    rows = list(final_records(report))
-    run_id = header.run_id if header is not None else next((r.run_id for r in rows), None)
-    if run_id is None:
-        raise UsageError(f"{report}: the report holds no records; nothing to clean up")
-    unsent = (Outcome.INVALID, Outcome.PLANNED)
-    return run_id, [r for r in rows if r.volume_id and r.outcome not in unsent and r.run_id == run_id]
+    project_id: str | None = None  # of rows without a record, when the create report does not say
 
 
 async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
     """Plan (and with ``--apply``, carry out) the deletion of one create run's snapshots."""
     from orchestrator.actions import action_run  # noqa: PLC0415
     from orchestrator.api.routes import connect  # noqa: PLC0415
+    from orchestrator.createrun import run_of  # noqa: PLC0415
     from orchestrator.lock import holding, run_locks  # noqa: PLC0415
 
-    run_id, rows = run_of(settings.source)
-    shape = {"create_report": str(settings.source), "create_run": run_id}
+    run_ = run_of(settings.source, console.warn)
+    search = _Search.of(settings, run_)
+    if search.anywhere is not None:
+        console.warn(search.anywhere)
+    shape = {"create_report": str(settings.source), "create_run": run_.run_id}
     # The create run's lock, before anything is sent: no create, wait or rollback of the run meanwhile.
-    locks = run_locks(run_id, settings.lock_file)
+    locks = run_locks(run_.run_id, settings.lock_file)
     with holding(locks, "cleanup"), recording_aborts(settings.closing, "cleanup", console):
         async with contextlib.AsyncExitStack() as stack:
             router = await connect(stack, settings.connection)
@@ -92,129 +94,252 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
                 console=console,
                 nothing="nothing was deleted",
             ) as action:
-                await _cleanup(settings, router, run_id, rows, action)
+                left = await _Pass(settings, action, run_.run_id).run(router, run_, search)
+                action.tally.notes += search.notes(run_.run_id)
+                if left:
+                    still = "are still there" if settings.apply else "would be left by this plan"
+                    action.tally.notes.append(
+                        f"{left} snapshot{'s' if left > 1 else ''} of run {run_.run_id} {still} "
+                        "(blocked, refused or failed: see the records); exit 1"
+                    )
             closures = router.closures()
     for closure in closures:
         console.error(closure.message, code=closure.code)
-    code = 3 if closures else action.tally.exit_code
-    action_side_files(settings.closing, "cleanup", action, code, console)
+    code = 3 if closures else max(action.tally.exit_code, 1 if left else 0)
+    missing, _ = run_.unrecorded()
+    action_side_files(
+        settings.closing, "cleanup", action, code, console, rows_without_record=missing, snapshots_left=left
+    )
     return code
 
 
-async def _cleanup(
-    settings: CleanupSettings, router: Router, run_id: str, rows: list[Record], action: ActionRun
-) -> None:
-    from orchestrator.actions import Action  # noqa: PLC0415
-    from orchestrator.api import evs  # noqa: PLC0415
-    from orchestrator.retention import Deleter, Target, list_scope, scopes_of  # noqa: PLC0415
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _Search:
+    """Where cleanup looks for the run's snapshots: the disks named, and the project of rows that name
+    none; ``anywhere`` (a warning) when rows have no record and the manifest cannot tell their disks."""
 
-    outcome = "nothing was deleted" if settings.apply else "nothing was planned"
-    targets = [Target(str(row.volume_id), row.project_id, row.region, row.row) for row in rows]
-    scopes = await scopes_of(router, targets, outcome=outcome)
-    listed: dict[tuple[int, str], dict[str, Any]] = {}
-    ours: dict[tuple[int, str], list[dict[str, Any]]] = {}
-    for scope in scopes:
-        for item in await list_scope(scope, settings.policy, outcome=outcome):
-            listed[(id(scope.route), str(item.get("id")))] = item
-            if evs.marked(item, run_id):
-                ours.setdefault((id(scope.route), str(item.get("volume_id") or "").lower()), []).append(item)
-    by_route = {id(scope.route): scope for scope in scopes}
-    done = (Action.DELETED, Action.REFUSED)
-    jobs: list[Job] = []
-    for row in rows:
-        scope = by_route[id(await router.route_for(row.project_id, row.region))]  # known by now: no request
-        found = {str(s.get("id")): s for s in ours.get((id(scope.route), str(row.volume_id)), [])}
-        candidates: dict[str, dict[str, Any] | None] = dict(found)
-        if row.snapshot_id and row.snapshot_id not in found:  # the recorded one, checked like the others
-            candidates[row.snapshot_id] = listed.get((id(scope.route), row.snapshot_id))
-        for snapshot_id, snapshot in candidates.items():
-            if action.book.last.get(snapshot_id) not in done:
-                job = await _judge_row(settings, action, run_id, scope, row, snapshot_id, snapshot)
-                jobs += [job] if job is not None else []
-    if jobs:
-        deleter = Deleter(
-            policy=settings.policy,
-            concurrency=settings.connection.limits.concurrency,
-            wait_timeout=settings.wait_timeout,
-            write=action.write,
-            stopping=action.stopping,
-        )
-        await deleter.run(jobs)
+    disks: list[Target]
+    rows: int  # the header's
+    fallback: tuple[str | None, str | None]  # project and region of rows that name neither
+    missing: int
+    rows_text: str
+    anywhere: str | None
 
+    @classmethod
+    def of(cls, settings: CleanupSettings, run_: CreateRun) -> _Search:
+        from orchestrator.createrun import manifest_disks  # noqa: PLC0415
+        from orchestrator.errors import UsageError  # noqa: PLC0415
+        from orchestrator.retention import Target  # noqa: PLC0415
 
-async def _judge_row(
-    settings: CleanupSettings,
-    action: ActionRun,
-    run_id: str,
-    scope: Scope,
-    row: Record,
-    snapshot_id: str,
-    snapshot: dict[str, Any] | None,
-) -> Job | None:
-    """Write the row's record (planned, refused, blocked, or deleted when already gone) or return its job."""
-    from orchestrator.actions import Action, ActionRecord, now_iso  # noqa: PLC0415
-    from orchestrator.api import evs  # noqa: PLC0415
-    from orchestrator.api.safe import DELETING, fetch_json  # noqa: PLC0415
-    from orchestrator.retention import DELETABLE, Job, is_backup, source_run  # noqa: PLC0415
-
-    route = scope.route
-    if snapshot is None:  # not listed: a GET tells gone (404) from a listing that lags
-        call = evs.show_snapshot(route.project_id, snapshot_id, kind=evs.Kind.CHECK)
-        body = await fetch_json(route, call, settings.policy, missing_ok=True)
-        snapshot = body.get("snapshot") if isinstance(body.get("snapshot"), dict) else None
-    stamp = now_iso()
-
-    def record(outcome: Action, **fields: Any) -> ActionRecord:
-        shown = snapshot or {}
-        return ActionRecord(
-            run_id=action.run_id,
-            command="cleanup",
-            key=snapshot_id,
-            outcome=outcome,
-            row=row.row,
-            volume_id=row.volume_id,
-            project_id=route.project_id,
-            region=row.region,
-            snapshot_id=snapshot_id,
-            snapshot_name=str(shown.get("name") or row.name or "") or None,
-            created_at=None if shown.get("created_at") is None else str(shown.get("created_at")),
-            source_run=source_run(shown) if snapshot is not None else run_id,
-            started_at=stamp,
-            finished_at=stamp,
-            **fields,
+        disks = [Target(str(r.volume_id).lower(), r.project_id, r.region, r.row) for r in run_.sent]
+        shape = run_.header.shape
+        project = shape.get("project_id") or settings.project_id
+        region = shape.get("region") or settings.connection.endpoints.home_region
+        missing, rows_text = run_.unrecorded()
+        anywhere = None
+        if missing:
+            named, why = manifest_disks(run_.header, project_id=project, region=region)
+            if named is not None:
+                disks += named
+            else:
+                fate = "deleted" if settings.apply else "planned for deletion"
+                anywhere = (
+                    f"{why}: the disks of the {missing} rows without a record are unknown, so every "
+                    f"snapshot carrying run {run_.run_id}'s marker in the projects searched is {fate}, "
+                    "whatever its disk"
+                )
+                if project is None and region is None and not disks:
+                    raise UsageError(
+                        f"{settings.source}: no record and no option names a project to search for run "
+                        f"{run_.run_id}'s snapshots: give --project-id (or --region); nothing was deleted"
+                    )
+        return cls(
+            disks=disks,
+            rows=run_.header.rows,
+            fallback=(project, region),
+            missing=missing,
+            rows_text=rows_text,
+            anywhere=anywhere,
         )
 
-    if snapshot is None:
-        action.write(record(Action.DELETED, http_status=404, error_message="already gone (404)"))
-        return None
-    volume_id = str(snapshot.get("volume_id") or "").lower()
-    problem = None
-    if is_backup(snapshot):
-        problem = ("BACKUP_SNAPSHOT", "the snapshot was made by a backup service; it is never deleted")
-    elif not evs.marked(snapshot, run_id):
-        problem = (
-            "NOT_THIS_RUN",
-            f"the snapshot does not carry run {run_id}'s marker (it carries {source_run(snapshot)!r}); "
-            "left alone",
+    def notes(self, run_id: str) -> list[str]:
+        """The summary line about rows without a record and how their snapshots were found."""
+        if not self.missing:
+            return []
+        where = (
+            "on any disk of the projects searched (the manifest could not tell their disks)"
+            if self.anywhere
+            else "on the disks the manifest names"
         )
-    elif volume_id != str(row.volume_id).lower():
-        problem = ("OTHER_VOLUME", f"the snapshot belongs to volume {volume_id}, not the row's; left alone")
-    if problem is not None:
-        action.write(record(Action.REFUSED, error_code=problem[0], error_message=problem[1]))
-        return None
-    status = snapshot.get("status")
-    if status == DELETING:
-        return Job(route, record(Action.DELETED), sent=True) if settings.apply else None
-    if status not in DELETABLE:
-        message = (
-            f"the snapshot is {status}; only available or error snapshots can be deleted (run again later)"
-        )
-        action.write(record(Action.BLOCKED, error_code="SNAPSHOT_BUSY", error_message=message))
-        return None
-    if not settings.apply:
-        action.write(record(Action.PLANNED))
-        return None
-    return Job(route, record(Action.PLANNED))
+        return [
+            f"{self.missing} of {self.rows} rows have no record ({self.rows_text}): their snapshots, if any, "
+            f"were found by run {run_id}'s marker {where}"
+        ]
+
+
+class _Pass:
+    """One cleanup pass: list the projects, judge each snapshot found (write its record, or queue its
+    deletion), delete, and count the run's snapshots that are left."""
+
+    def __init__(self, settings: CleanupSettings, action: ActionRun, run_id: str) -> None:
+        self.settings = settings
+        self.action = action
+        self.run_id = run_id
+        self.outcome = "nothing was deleted" if settings.apply else "nothing was planned"
+        self.ours: set[str] = set()  # the run's snapshots found (by id)
+        self.going: set[str] = set()  # those deleted, deleting, or (in a plan) planned
+        self.jobs: list[Job] = []
+
+    def write(self, record: ActionRecord) -> None:
+        from orchestrator.actions import Action  # noqa: PLC0415
+
+        self.action.write(record)
+        if record.outcome is Action.DELETED or (record.outcome is Action.PLANNED and not record.error_code):
+            self.going.add(record.key)
+
+    async def run(self, router: Router, run_: CreateRun, search: _Search) -> int:
+        """Carry out the pass; the number of the run's snapshots found that are not going."""
+        from orchestrator.api import evs  # noqa: PLC0415
+        from orchestrator.retention import Deleter, Target, is_backup, list_scope, scopes_of  # noqa: PLC0415
+
+        targets = list(search.disks)
+        if search.anywhere is not None and search.fallback != (None, None):
+            targets.append(Target("", *search.fallback, 0))  # its project is searched; "" names no disk
+        scopes = await scopes_of(router, targets, outcome=self.outcome)
+        listed: dict[tuple[int, str], dict[str, Any]] = {}
+        ours: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        for scope in scopes:
+            scope.volumes.pop("", None)
+            for item in await list_scope(scope, self.settings.policy, outcome=self.outcome):
+                listed[(id(scope.route), str(item.get("id")))] = item
+                if evs.marked(item, self.run_id) and not is_backup(item):
+                    self.ours.add(str(item.get("id")))
+                    disk = (id(scope.route), str(item.get("volume_id") or "").lower())
+                    ours.setdefault(disk, []).append(item)
+        by_route = {id(scope.route): scope for scope in scopes}
+        claimed: set[str] = set()
+        for row in run_.sent:
+            route = await router.route_for(row.project_id, row.region)  # known by now: no request
+            scope = by_route[id(route)]
+            volume = str(row.volume_id).lower()
+            found = {str(s.get("id")): s for s in ours.get((id(scope.route), volume), [])}
+            claimed |= set(found)
+            candidates: dict[str, dict[str, Any] | None] = dict(found)
+            if row.snapshot_id and row.snapshot_id not in found:  # the recorded one, checked like the others
+                candidates[row.snapshot_id] = listed.get((id(scope.route), row.snapshot_id))
+            target = Target(volume, row.project_id, row.region, row.row)
+            for snapshot_id, snapshot in candidates.items():
+                await self.judge(scope, target, row.name, snapshot_id, snapshot)
+        for (route_id, volume), items in ours.items():  # rows without a record: found by the marker alone
+            scope = by_route[route_id]
+            first = scope.volumes.get(volume)
+            named = first is not None or search.anywhere is not None
+            target = Target(volume, scope.route.project_id, scope.region, first or 0)
+            for item in items:
+                if str(item.get("id")) not in claimed:
+                    await self.judge(scope, target, None, str(item.get("id")), item, named=named)
+        if self.jobs:
+            deleter = Deleter(
+                policy=self.settings.policy,
+                concurrency=self.settings.connection.limits.concurrency,
+                wait_timeout=self.settings.wait_timeout,
+                write=self.write,
+                stopping=self.action.stopping,
+            )
+            await deleter.run(self.jobs)
+        return len(self.ours - self.going)
+
+    async def judge(
+        self,
+        scope: Scope,
+        target: Target,
+        name: str | None,
+        snapshot_id: str,
+        snapshot: dict[str, Any] | None,
+        *,
+        named: bool = True,
+    ) -> None:
+        """Write the snapshot's record (planned, refused, blocked, or deleted when already gone) or queue
+        its deletion; ``named``: its disk is one the report or the manifest names."""
+        from orchestrator.actions import Action, ActionRecord, now_iso  # noqa: PLC0415
+        from orchestrator.api import evs  # noqa: PLC0415
+        from orchestrator.api.safe import DELETING, fetch_json  # noqa: PLC0415
+        from orchestrator.retention import DELETABLE, Job, is_backup, source_run  # noqa: PLC0415
+
+        done = self.action.book.last.get(snapshot_id)
+        if done is Action.DELETED:
+            self.going.add(snapshot_id)
+        if done in (Action.DELETED, Action.REFUSED):  # --resume: already settled
+            return
+        route = scope.route
+        if snapshot is None:  # not listed: a GET tells gone (404) from a listing that lags
+            call = evs.show_snapshot(route.project_id, snapshot_id, kind=evs.Kind.CHECK)
+            body = await fetch_json(route, call, self.settings.policy, missing_ok=True)
+            snapshot = body.get("snapshot") if isinstance(body.get("snapshot"), dict) else None
+        stamp = now_iso()
+
+        def record(outcome: Action, **fields: Any) -> ActionRecord:
+            shown = snapshot or {}
+            return ActionRecord(
+                run_id=self.action.run_id,
+                command="cleanup",
+                key=snapshot_id,
+                outcome=outcome,
+                row=target.row or None,
+                volume_id=target.volume_id,
+                project_id=route.project_id,
+                region=target.region,
+                snapshot_id=snapshot_id,
+                snapshot_name=str(shown.get("name") or name or "") or None,
+                created_at=None if shown.get("created_at") is None else str(shown.get("created_at")),
+                source_run=source_run(shown) if snapshot is not None else self.run_id,
+                started_at=stamp,
+                finished_at=stamp,
+                **fields,
+            )
+
+        if snapshot is None:
+            self.write(record(Action.DELETED, http_status=404, error_message="already gone (404)"))
+            return
+        volume_id = str(snapshot.get("volume_id") or "").lower()
+        problem = None
+        if is_backup(snapshot):
+            problem = ("BACKUP_SNAPSHOT", "the snapshot was made by a backup service; it is never deleted")
+        elif not evs.marked(snapshot, self.run_id):
+            problem = (
+                "NOT_THIS_RUN",
+                f"the snapshot does not carry run {self.run_id}'s marker "
+                f"(it carries {source_run(snapshot)!r}); left alone",
+            )
+        elif volume_id != target.volume_id:
+            problem = (
+                "OTHER_VOLUME",
+                f"the snapshot belongs to volume {volume_id}, not the row's; left alone",
+            )
+        elif not named:
+            problem = (
+                "OTHER_VOLUME",
+                f"the snapshot carries run {self.run_id}'s marker, but its volume {volume_id} is not one the "
+                "run's report or manifest names; left alone",
+            )
+        if problem is not None:
+            self.write(record(Action.REFUSED, error_code=problem[0], error_message=problem[1]))
+            return
+        status = snapshot.get("status")
+        if status == DELETING:
+            if self.settings.apply:
+                self.jobs.append(Job(route, record(Action.DELETED), sent=True))
+            else:
+                self.going.add(snapshot_id)
+            return
+        if status not in DELETABLE:
+            busy = f"the snapshot is {status}"
+            message = f"{busy}; only available or error snapshots can be deleted (run again later)"
+            self.write(record(Action.BLOCKED, error_code="SNAPSHOT_BUSY", error_message=message))
+        elif self.settings.apply:
+            self.jobs.append(Job(route, record(Action.PLANNED)))
+        else:
+            self.write(record(Action.PLANNED))
 
 
 @contextlib.contextmanager
@@ -300,6 +425,7 @@ DELETING_OPTIONS = options.apply(
 @click.command("cleanup")
 @click.argument("source", metavar="REPORT", type=click.Path(path_type=Path, dir_okay=True))
 @DELETING_OPTIONS
+@options.PROJECT_OF_ROWS
 @options.CONNECTION
 @options.RETRIES
 @options.CLOSING
@@ -308,6 +434,7 @@ DELETING_OPTIONS = options.apply(
 def command(
     *,
     source: Path,
+    project_id: str | None,
     apply: bool,
     wait_for_gone: bool,
     wait_timeout: float,
@@ -326,9 +453,12 @@ def command(
     report = default_report("cleanup", report_path)
     if report != "-" and Path(report).resolve() == source.resolve():
         raise UsageError("cleanup writes its own report: give a --report other than the create report")
+    from orchestrator.config import check_project_id  # noqa: PLC0415
+
     console = Console(sys.stderr, json=log_format == "json")
     settings = CleanupSettings(
         source=source.resolve(),
+        project_id=check_project_id(project_id, option="--project-id"),
         apply=apply,
         wait_timeout=wait_timeout if wait_for_gone else None,
         connection=connection,

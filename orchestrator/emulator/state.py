@@ -415,6 +415,7 @@ class World:
             ],
             "rollbacks": list(self.rollbacks),
             "requests": {route: dict(counts) for route, counts in sorted(self.requests.items())},
+            "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
         }
 

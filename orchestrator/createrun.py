@@ -1,0 +1,90 @@
+"""What later commands read from a create report: its run, the last record of each row that was
+sent, the rows with no record, and the disks of the manifest the run read.
+
+A create killed mid-run leaves a report that tells less than the cloud holds: rows in flight have no
+record, and the last line may be cut short. These readers say so rather than trust the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from orchestrator.errors import UsageError
+from orchestrator.models import Outcome, Record, RunHeader
+from orchestrator.report import check_report_path, final_records, read_header, torn_tail
+from orchestrator.tally import first_without_record
+
+if TYPE_CHECKING:
+    from orchestrator.retention import Target
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CreateRun:
+    """A create report as cleanup reads it."""
+
+    run_id: str
+    header: RunHeader
+    sent: list[Record]  # the last record of each row that was sent (not ``invalid`` or ``planned``)
+    recorded: frozenset[int]  # rows with a record, whatever its outcome
+
+    def unrecorded(self) -> tuple[int, str]:
+        """How many of the header's rows have no record, and the first of them as ``summary`` names them
+        (``rows 3, 4``), or ``(0, "")``."""
+        total = self.header.rows
+        missing = total - sum(1 for row in self.recorded if 1 <= row <= total)
+        named = first_without_record(total, self.recorded.__contains__)
+        more = "" if len(named) >= missing else ", ..."
+        return missing, (f"rows {', '.join(map(str, named))}{more}" if missing else "")
+
+
+def run_of(report: Path, warn: Callable[[str], None]) -> CreateRun:
+    """Read a create report: its run, the last record of each sent row, the rows with a record.
+
+    A torn last line is warned about (``file:line``) and skipped. The report reader refuses a file
+    of two runs (exit 2, naming both run ids) and rows outside the header's.
+    """
+    check_report_path(report)
+    if not report.is_file():
+        raise UsageError(f"{report}: no such report")
+    header = read_header(report)
+    if header is None:
+        raise UsageError(f"{report}: the report holds no records; nothing to clean up")
+    if header.command != "create":
+        raise UsageError(f"{report} is a {header.command} report; cleanup reads the report of a create run")
+    why = header.nothing_in_the_cloud()
+    if why is not None:
+        raise UsageError(f"{report} {why}; there is nothing to clean up, and nothing was sent")
+    torn = torn_tail(report)
+    if torn is not None:
+        warn(f"{report}:{torn}: the last line is cut short (its writer was killed mid-line); skipped")
+    rows = list(final_records(report))
+    unsent = (Outcome.INVALID, Outcome.PLANNED)
+    return CreateRun(
+        run_id=header.run_id,
+        header=header,
+        sent=[r for r in rows if r.volume_id and r.outcome not in unsent],
+        recorded=frozenset(r.row for r in rows),
+    )
+
+
+def manifest_disks(
+    header: RunHeader, *, project_id: str | None, region: str | None
+) -> tuple[list[Target] | None, str]:
+    """The disks the run's manifest names, when the file the header names is there and unchanged
+    (its digest is the header's); otherwise ``None`` and why not."""
+    from orchestrator.manifest import ManifestSource, manifest_digest  # noqa: PLC0415
+    from orchestrator.retention import read_targets  # noqa: PLC0415
+
+    if header.manifest in ("", "<stdin>"):
+        return None, "the run read its manifest from standard input"
+    try:
+        source = ManifestSource.of(header.manifest, None)
+        if manifest_digest(source) != header.digest:
+            return None, f"the manifest {header.manifest} changed since the run (its digest differs)"
+        targets, _ = read_targets(source, project_id=project_id, region=region, warn=lambda _: None)
+    except UsageError as exc:  # ManifestError included: missing, unreadable
+        return None, f"the run's manifest cannot be read ({exc})"
+    return targets, ""
