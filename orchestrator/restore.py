@@ -200,8 +200,7 @@ def _not_ours(snapshot: Mapping[str, Any], row: Record, source_run: str) -> Find
             message=f"snapshot {row.snapshot_id} ({name}) belongs to the backup service; never used",
         )
     if not evs.marked(snapshot, source_run):
-        metadata = snapshot.get("metadata")
-        marker = metadata.get(evs.RUN_MARKER_KEY) if isinstance(metadata, dict) else None
+        marker = evs.marker_of(snapshot)
         whose = f"run {marker}" if marker else "no run of this tool"
         return Finding(
             outcome=Action.REFUSED,

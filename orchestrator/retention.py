@@ -12,7 +12,9 @@ The safety rules live here, once:
   project, never one per disk), every project before anything is deleted; a listing that fails or is
   refused raises ``ListingFailed`` (exit 3). It never means "nothing there".
 - **Deleting**: a DELETE answered 404 is a success (already gone); with waiting, a deletion ends when the
-  snapshot is gone (``deleting``, then 404), checked 100 ids a list request, then one GET per absent id.
+  snapshot is gone (``deleting``, then 404). Deletions are confirmed while others are still being sent:
+  by paging the project's list while many are pending (a snapshot absent from it is gone), by parallel
+  GETs while few are; each record is written when its deletion ends.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ from orchestrator.api import evs
 from orchestrator.api.safe import (
     DELETING,
     NOT_YET_DELETABLE,
-    fetch_json,
     list_all,
     list_all_volumes,
+    snapshot_pages,
     snapshot_status,
 )
 from orchestrator.config import PROJECT_RE, REGION_RE
@@ -53,7 +55,6 @@ if TYPE_CHECKING:
 from orchestrator.api.evs import BACKUP_PREFIXES
 
 DELETABLE = frozenset({"available", "error"})
-ID_CHUNK = 100  # ids per list request when confirming deletions (~4 KB of URL)
 FIRST_POLL = 0.2
 MAX_POLL = 5.0
 
@@ -89,9 +90,8 @@ class Ownership:
 
 
 def source_run(snapshot: dict[str, Any]) -> str | None:
-    metadata = snapshot.get("metadata")
-    value = metadata.get(evs.RUN_MARKER_KEY) if isinstance(metadata, dict) else None
-    return None if value is None else str(value)
+    """The run whose marker the snapshot carries (``None``: none, or an empty one, which is not ours)."""
+    return evs.marker_of(snapshot)
 
 
 def created(snapshot: dict[str, Any]) -> datetime | None:
@@ -237,10 +237,26 @@ class Job:
     sent: bool = False
 
 
+@dataclasses.dataclass(slots=True)
+class Pending:
+    """An accepted deletion not yet seen gone: its record, when its job began, when its wait ends."""
+
+    record: ActionRecord
+    started: float
+    until: float
+
+
+NOT_WAITED = "deletion accepted (202); not waited for: the run stopped"
+
+
 class Deleter:
-    """Sends the DELETEs with a fixed pool of workers, then (unless ``wait_timeout`` is ``None``) confirms
-    that each snapshot is gone. Every job ends in exactly one record, written through ``write``;
-    jobs not started when ``stopping()`` turns true, or whose route closed, get none (``--resume``)."""
+    """Sends the DELETEs with a fixed pool of workers and meanwhile (unless ``wait_timeout`` is
+    ``None``) confirms that each accepted deletion is gone: by listing the project (1000 a page) while
+    more are pending than one wave of GETs (the in-flight limit) or than the list has pages, else by
+    parallel GETs (404: gone). Every request goes through the route, under the connection's in-flight
+    limit. Every job ends in exactly one record, written through ``write`` as soon as its deletion
+    ends; jobs not started when ``stopping()`` turns true, or whose route closed, get none
+    (``--resume``)."""
 
     def __init__(
         self,
@@ -256,10 +272,24 @@ class Deleter:
         self.wait_timeout = wait_timeout
         self.write = write
         self.stopping = stopping
-        self._pending: dict[Route, dict[str, tuple[ActionRecord, float]]] = {}
+        self._pending: dict[Route, dict[str, Pending]] = {}
+        self._pages: dict[Route, int] = {}  # list pages a route's project took, at the last listing
+        self._sending = False
+        self._arrived = False  # deletions accepted since the last round
         self._rng = random.Random()
 
     async def run(self, jobs: Iterable[Job]) -> None:
+        self._sending = True
+        async with anyio.create_task_group() as outer:
+            if self.wait_timeout is not None:
+                outer.start_soon(self._confirm)
+            try:
+                await self._send_all(jobs)
+            finally:
+                self._sending = False
+        self._flush(Action.DELETED, None, NOT_WAITED)  # a stop left these behind the confirmation
+
+    async def _send_all(self, jobs: Iterable[Job]) -> None:
         send, receive = anyio.create_memory_object_stream[Job](2 * self.concurrency)
         async with anyio.create_task_group() as group:
             async with receive:
@@ -270,7 +300,6 @@ class Deleter:
                     if self.stopping():
                         break
                     await send.send(job)
-        await self._confirm()
 
     async def _worker(self, stream: anyio.abc.ObjectReceiveStream[Job]) -> None:
         async with stream:
@@ -285,7 +314,11 @@ class Deleter:
                     except RouteClosed as exc:
                         record = _with(job.record, Action.FAILED, exc.code, exc.message)
                 if record.outcome is Action.DELETED and not gone and self.wait_timeout is not None:
-                    self._pending.setdefault(job.route, {})[str(record.snapshot_id)] = (record, started)
+                    until = time.monotonic() + self.wait_timeout
+                    self._pending.setdefault(job.route, {})[str(record.snapshot_id)] = Pending(
+                        record, started, until
+                    )
+                    self._arrived = True
                 else:
                     self._finish(record, started)
 
@@ -329,54 +362,95 @@ class Deleter:
         return _with(record, Action.REJECTED, record.error_code, message), False
 
     async def _confirm(self) -> None:
-        """Rounds of status checks until every accepted deletion is gone, the wait times out, or a stop."""
-        deadline = time.monotonic() + (self.wait_timeout or 0.0)
+        """Rounds of status checks, while DELETEs are still being sent and after, until every accepted
+        deletion is gone or out of time, or the run stops. The pause between rounds starts at
+        ``FIRST_POLL`` again whenever new deletions were accepted, and grows to ``MAX_POLL`` otherwise."""
         interval = FIRST_POLL
-        while self._pending:
+        while self._sending or self._pending:
+            await self._pause(min(interval, self._time_left()))
             if self.stopping():
-                self._flush(Action.DELETED, None, "deletion accepted (202); not waited for: the run stopped")
+                self._flush(Action.DELETED, None, NOT_WAITED)
                 return
-            if time.monotonic() >= deadline:
-                self._flush(Action.FAILED, "DELETE_WAIT_TIMEOUT", "deletion accepted (202); not gone in time")
-                return
-            await self._pause(min(interval, deadline - time.monotonic()))
-            interval = min(MAX_POLL, interval * 1.5)
-            for route in list(self._pending):
-                items = self._pending[route]
-                try:
-                    statuses = await self._statuses(route, set(items))
-                except (ListingFailed, RouteClosed) as exc:
-                    why = f"deletion accepted (202) but could not be confirmed: {exc}"
-                    self._flush(Action.FAILED, "DELETE_UNCONFIRMED", why, only=route)
-                    continue
-                for snapshot_id, status in statuses.items():
-                    record, started = items[snapshot_id]
-                    if status == "error_deleting":
-                        why = "the snapshot ended error_deleting; ask the provider's support"
-                        record = _with(record, Action.FAILED, "ERROR_DELETING", why)
-                    elif status is not None:
-                        continue
-                    self._finish(record, started)
-                    del items[snapshot_id]
-                if not items:
-                    del self._pending[route]
+            self._expire()
+            fresh, self._arrived = self._arrived, False
+            if self._pending:
+                async with anyio.create_task_group() as group:
+                    for route in list(self._pending):
+                        group.start_soon(self._check, route)
+            interval = FIRST_POLL if fresh or not self._pending else min(MAX_POLL, interval * 1.5)
 
-    async def _statuses(self, route: Route, ids: set[str]) -> dict[str, str | None]:
-        """Each id's status (``None``: gone, a 404 confirmed by GET), 100 ids a list request."""
-        found: dict[str, str | None] = {}
-        ordered = sorted(ids)
-        for start in range(0, len(ordered), ID_CHUNK):
-            query = [("limit", str(evs.PAGE)), *(("id", i) for i in ordered[start : start + ID_CHUNK])]
-            body = await fetch_json(route, evs.list_snapshots(route.project_id, query), self.policy)
-            for item in body.get("snapshots") or []:
-                if isinstance(item, dict) and item.get("id") in ids:
-                    found[str(item["id"])] = str(item.get("status") or "")
-        for snapshot_id in ordered:
-            if snapshot_id not in found:  # absent from the list: the list may lag, a GET says 404 for sure
-                call = evs.show_snapshot(route.project_id, snapshot_id, kind=evs.Kind.CHECK)
-                body = await fetch_json(route, call, self.policy, missing_ok=True)
-                found[snapshot_id] = str((body.get("snapshot") or {}).get("status") or "") if body else None
-        return found
+    def _time_left(self) -> float:
+        """Seconds until the first pending deletion runs out of time (``MAX_POLL`` when none is pending)."""
+        soonest = min((p.until for items in self._pending.values() for p in items.values()), default=None)
+        return MAX_POLL if soonest is None else max(0.0, soonest - time.monotonic())
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for route, items in list(self._pending.items()):
+            for snapshot_id, pending in list(items.items()):
+                if pending.until <= now:
+                    why = "deletion accepted (202); not gone in time"
+                    self._end(
+                        route, snapshot_id, _with(pending.record, Action.FAILED, "DELETE_WAIT_TIMEOUT", why)
+                    )
+
+    async def _check(self, route: Route) -> None:
+        """One round for one route: its pending deletions that are gone end (or ``error_deleting``)."""
+        ids = list(self._pending.get(route, {}))
+        try:
+            if len(ids) > max(self.concurrency, self._pages.get(route, 1)):
+                await self._by_listing(route, set(ids))
+            else:
+                async with anyio.create_task_group() as group:
+                    for snapshot_id in ids:
+                        group.start_soon(self._by_get, route, snapshot_id)
+        except (ListingFailed, RouteClosed) as exc:
+            why = f"deletion accepted (202) but could not be confirmed: {exc}"
+            self._flush(Action.FAILED, "DELETE_UNCONFIRMED", why, only=route)
+
+    async def _by_listing(self, route: Route, ids: set[str]) -> None:
+        """Page the whole project: a pending snapshot absent from it is gone. A stop mid-way decides
+        nothing (an unfinished listing proves no absence)."""
+        seen: dict[str, str] = {}
+        pages = 0
+        async for page in snapshot_pages(route, self.policy, overlap=True):
+            if self.stopping():
+                return
+            pages += 1
+            for item in page:
+                snapshot_id = str(item.get("id"))
+                if snapshot_id in ids:
+                    seen[snapshot_id] = str(item.get("status") or "")
+        self._pages[route] = pages
+        for snapshot_id in ids:
+            self._judge(route, snapshot_id, seen.get(snapshot_id))
+
+    async def _by_get(self, route: Route, snapshot_id: str) -> None:
+        """One GET (404: gone); a GET that keeps failing leaves this deletion unconfirmed."""
+        try:
+            status = await snapshot_status(route, snapshot_id, self.policy)
+        except ListingFailed as exc:
+            pending = self._pending.get(route, {}).get(snapshot_id)
+            if pending is not None:
+                why = f"deletion accepted (202) but could not be confirmed: {exc}"
+                self._end(route, snapshot_id, _with(pending.record, Action.FAILED, "DELETE_UNCONFIRMED", why))
+            return
+        except RouteClosed as exc:
+            why = f"deletion accepted (202) but could not be confirmed: {exc}"
+            self._flush(Action.FAILED, "DELETE_UNCONFIRMED", why, only=route)
+            return
+        self._judge(route, snapshot_id, status)
+
+    def _judge(self, route: Route, snapshot_id: str, status: str | None) -> None:
+        """``None`` (gone) ends the deletion; ``error_deleting`` fails it; anything else waits on."""
+        pending = self._pending.get(route, {}).get(snapshot_id)
+        if pending is None:
+            return  # ended meanwhile (out of time, or a stop)
+        if status is None:
+            self._end(route, snapshot_id, pending.record)
+        elif status == "error_deleting":
+            why = "the snapshot ended error_deleting; ask the provider's support"
+            self._end(route, snapshot_id, _with(pending.record, Action.FAILED, "ERROR_DELETING", why))
 
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds``, in slices, so that a stop is noticed within a tenth of a second."""
@@ -386,10 +460,17 @@ class Deleter:
                 return
             await anyio.sleep(seconds / slices)
 
+    def _end(self, route: Route, snapshot_id: str, record: ActionRecord) -> None:
+        items = self._pending.get(route, {})
+        pending = items.pop(snapshot_id)
+        if not items:
+            self._pending.pop(route, None)
+        self._finish(record, pending.started)
+
     def _flush(self, outcome: Action, code: str | None, message: str, *, only: Route | None = None) -> None:
         for route in [only] if only is not None else list(self._pending):
-            for record, started in self._pending.pop(route, {}).values():
-                self._finish(_with(record, outcome, code, message), started)
+            for pending in self._pending.pop(route, {}).values():
+                self._finish(_with(pending.record, outcome, code, message), pending.started)
 
     def _finish(self, record: ActionRecord, started: float) -> None:
         elapsed = round((time.monotonic() - started) * 1000)

@@ -1,0 +1,124 @@
+"""Deletions and rollbacks are confirmed concurrently, under the in-flight limit, and each is recorded as
+it ends: by listing where many are pending, by parallel GETs where few are."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import pytest
+from yarl import URL
+
+from orchestrator.actions import Action, ActionRecord
+from orchestrator.api.routes import Route, connect
+from orchestrator.config import Connection, Endpoints, Limits
+from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
+from orchestrator.retention import Deleter, Job
+from orchestrator.retry import RetryPolicy
+from tests.conftest import volume_ids
+from tests.helpers import PROJECT
+from tests.test_branches_retention import AKSK, hits, planned
+from tests.test_edges_core import until
+from tests.test_prune import DELETE, LIST
+
+SHOW = "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"
+QUICK = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02)
+COUNT = 30
+
+pytestmark = pytest.mark.anyio
+
+
+@contextlib.asynccontextmanager
+async def limited(url: str, concurrency: int) -> AsyncIterator[Route]:
+    """The test project's route on ``url`` with an in-flight limit of ``concurrency`` requests."""
+    connection = Connection(
+        endpoints=Endpoints(evs=URL(url)), environ=AKSK, limits=Limits(concurrency=concurrency)
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        router = await connect(stack, connection)
+        yield await router.route_for(PROJECT, None)
+
+
+def seeded(count: int, seed: int) -> list[SeedSnapshot]:
+    disks = volume_ids(count, seed=seed)
+    return [
+        SeedSnapshot(id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"confirm/{disk}")), volume_id=disk)
+        for disk in disks
+    ]
+
+
+async def test_each_deletion_is_recorded_as_it_ends_while_others_are_sent(
+    emulator: Callable[..., Any], clock: ManualClock
+) -> None:
+    """30 deletions, limit 3: a record is written once its snapshot is gone, while later DELETEs are
+    still going out (not all at the end); requests in flight stay within the limit."""
+    snapshots = seeded(COUNT, seed=961)
+    emu = await emulator(
+        clock=clock,
+        latency_ms=100,
+        deleting_seconds=1.0,
+        volumes=tuple(SeedVolume(volume_id=s.volume_id) for s in snapshots),
+        snapshots=tuple(snapshots),
+    )
+    written: list[tuple[ActionRecord, int]] = []
+
+    def write(record: ActionRecord) -> None:
+        assert emu.world.find(str(record.snapshot_id)) is None, "recorded before it was gone"
+        written.append((record, hits(emu, DELETE)["202"]))
+
+    async def drive() -> None:
+        """Deletions end in batches: the clock moves 1 s (the deleting time) for every 3 accepted."""
+        advanced = 0
+        with anyio.fail_after(30):
+            while len(written) < COUNT:
+                accepted = hits(emu, DELETE)["202"]
+                if accepted >= advanced + 3 or (accepted == COUNT and advanced < COUNT):
+                    clock.advance(1.0)
+                    advanced = accepted
+                await anyio.sleep(0.01)
+
+    async with limited(emu.url, 3) as route, anyio.create_task_group() as group:
+        group.start_soon(drive)
+        deleter = Deleter(policy=QUICK, concurrency=3, wait_timeout=60.0, write=write, stopping=lambda: False)
+        await deleter.run([Job(route, planned(s.id)) for s in snapshots])
+    assert len(written) == COUNT
+    assert {record.outcome for record, _ in written} == {Action.DELETED}
+    early = [record for record, accepted in written if accepted < COUNT]
+    assert len(early) >= COUNT // 2, "records must be written as deletions end, not after the last DELETE"
+    assert 1 < emu.world.max_in_flight <= 3
+
+
+async def test_many_pending_deletions_are_confirmed_by_listing(
+    emulator: Callable[..., Any], clock: ManualClock
+) -> None:
+    """30 deletions pending, limit 4: the project is listed (one page a round), never one GET per
+    deletion; nothing is recorded while they are still deleting, all once they are gone."""
+    snapshots = seeded(COUNT, seed=962)
+    emu = await emulator(
+        clock=clock,
+        latency_ms=10,
+        deleting_seconds=5.0,
+        volumes=tuple(SeedVolume(volume_id=s.volume_id) for s in snapshots),
+        snapshots=tuple(snapshots),
+    )
+    written: list[ActionRecord] = []
+
+    async def drive() -> None:
+        await until(lambda: hits(emu, DELETE)["202"] == COUNT and hits(emu, LIST)["200"] >= 2)
+        assert written == []  # listed twice, every one still deleting
+        clock.advance(5.0)
+
+    async with limited(emu.url, 4) as route, anyio.create_task_group() as group:
+        group.start_soon(drive)
+        deleter = Deleter(
+            policy=QUICK, concurrency=4, wait_timeout=60.0, write=written.append, stopping=lambda: False
+        )
+        await deleter.run([Job(route, planned(s.id)) for s in snapshots])
+    assert {record.outcome for record in written} == {Action.DELETED}
+    assert len(written) == COUNT
+    assert not hits(emu, SHOW)
+    assert 3 <= hits(emu, LIST)["200"] <= 10
+    assert 1 < emu.world.max_in_flight <= 4
