@@ -22,7 +22,9 @@ sent again restores the same data again: the disk is detached, and a snapshot ma
 more than once (8.3). A 4xx after an uncertain attempt is checked the same way before it counts.
 
 Waiting: after the 202 the disk and the snapshot are polled until neither is ``rollbacking``; a disk
-that ends ``error_rollbacking`` is ``rollback_failed``.
+that ends ``error_rollbacking`` is ``rollback_failed``. A rollback that ended before the first poll
+shows as a disk ``available`` again whose ``updated_at`` moved since it was looked at: it is recorded
+at that poll, not after the settle window.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class Look:
     snapshot: Mapping[str, Any] | None
     blocker: Finding | None
     running: bool = False  # a rollback from this snapshot is under way
+    disk_updated: str | None = None  # the disk's updated_at as looked at (before anything is sent)
 
 
 async def plan_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
@@ -114,7 +117,7 @@ async def restore_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
             sent = await _send(route, row, plan, found)
             if sent.outcome is not Action.ROLLED_BACK:
                 return sent
-        return await _settled(route, row, plan, sent, seen=found.running)
+        return await _settled(route, row, plan, sent, seen=found.running, before=found.disk_updated)
     except ListingFailed as exc:  # a rollback may have been sent: its disk is looked at again first
         return dataclasses.replace(
             sent,
@@ -148,8 +151,9 @@ async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
             snapshot, _blocked("VOLUME_NOT_FOUND", f"disk {row.volume_id} no longer exists", snapshot)
         )
     disk, status = volume.get("status"), snapshot.get("status")
+    updated = volume.get("updated_at") if isinstance(volume.get("updated_at"), str) else None
     if disk == "rollbacking" and status == "rollbacking":
-        return Look(snapshot, None, running=True)
+        return Look(snapshot, None, running=True, disk_updated=updated)
     servers = evs.servers_of(volume)
     if servers or disk == "in-use":
         shown = ", ".join(servers) or "a server"
@@ -174,7 +178,7 @@ async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
             snapshot,
             _blocked("VOLUME_NOT_AVAILABLE", f"disk {row.volume_id} is {disk}, not available", snapshot),
         )
-    return Look(snapshot, None)
+    return Look(snapshot, None, disk_updated=updated)
 
 
 def unusable(row: Record) -> Finding | None:
@@ -329,11 +333,15 @@ async def _taken(route: Route, row: Record, plan: RestorePlan, *, patience: floa
         waited += step
 
 
-async def _settled(route: Route, row: Record, plan: RestorePlan, sent: Finding, *, seen: bool) -> Finding:
+async def _settled(
+    route: Route, row: Record, plan: RestorePlan, sent: Finding, *, seen: bool, before: str | None = None
+) -> Finding:
     """Poll disk and snapshot until neither is ``rollbacking``; the disk's status gives the outcome.
 
     A disk that still shows ``available`` right after the 202 may not have started yet: it counts as
-    done once ``rollbacking`` was seen, or after ``settle`` seconds.
+    done once ``rollbacking`` was seen, or once its ``updated_at`` differs from ``before`` (the value
+    looked at before the send: the disk changed since, so the rollback ran and ended before this
+    poll), or after ``settle`` seconds.
     """
     started = anyio.current_time()
     interval = plan.wait.interval
@@ -349,6 +357,8 @@ async def _settled(route: Route, row: Record, plan: RestorePlan, sent: Finding, 
         disk = None if volume is None else volume.get("status")
         status = None if snapshot is None else snapshot.get("status")
         elapsed = anyio.current_time() - started
+        updated = None if volume is None else volume.get("updated_at")
+        changed = before is not None and updated is not None and updated != before
         if disk == "error_rollbacking":
             return dataclasses.replace(
                 sent,
@@ -365,7 +375,7 @@ async def _settled(route: Route, row: Record, plan: RestorePlan, sent: Finding, 
             )
         if "rollbacking" in (disk, status):
             seen = True
-        elif disk in ("available", "in-use", "attaching") and (seen or elapsed >= plan.settle):
+        elif disk in ("available", "in-use", "attaching") and (seen or changed or elapsed >= plan.settle):
             return dataclasses.replace(sent, outcome=Action.ROLLED_BACK, code=None, message=None)
         if elapsed >= plan.wait.timeout:
             return dataclasses.replace(

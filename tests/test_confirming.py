@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -19,10 +20,12 @@ from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
 from orchestrator.retention import Deleter, Job
 from orchestrator.retry import RetryPolicy
 from tests.conftest import volume_ids
-from tests.helpers import PROJECT
+from tests.helpers import PROJECT, records
 from tests.test_branches_retention import AKSK, hits, planned
 from tests.test_edges_core import until
 from tests.test_prune import DELETE, LIST
+from tests.test_rollback import SNAPS, create_report, rollback, rollbacks_per_snapshot, world
+from tests.test_rollback_lost import requests_note
 
 SHOW = "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 QUICK = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02)
@@ -122,3 +125,21 @@ async def test_many_pending_deletions_are_confirmed_by_listing(
     assert not hits(emu, SHOW)
     assert 3 <= hits(emu, LIST)["200"] <= 10
     assert 1 < emu.world.max_in_flight <= 4
+
+
+def test_a_rollback_that_ends_before_the_first_poll_is_recorded_at_that_poll(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Rollbacks over before the first poll (the disk available again, its updated_at moved): each row
+    is rolled_back after one poll of its disk and snapshot, not after polling out the settle window."""
+    rows = 6
+    emu = emulator_thread(rollback_seconds=0.0, latency_ms=30, **world(rows))
+    source = create_report(tmp_path / "create.jsonl", [{} for _ in range(rows)])
+    report = tmp_path / "rollback.jsonl"
+    result = rollback(emu, source, report, "--apply", "--settle", "5s", "--concurrency", "4")
+    assert result.exit_code == 0, result.output
+    assert {r["outcome"] for r in records(report)} == {"rolled_back"}
+    assert len(records(report)) == rows
+    assert rollbacks_per_snapshot(emu.state()) == {SNAPS[i]: 1 for i in range(rows)}
+    assert requests_note(result.output)["polls"] == 2 * rows  # one look at the disk, one at the snapshot
+    assert 1 < emu.state()["max_in_flight"] <= 4
