@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from orchestrator.actions import Action
 from orchestrator.api import evs
-from orchestrator.api.safe import fetch_json, snapshot_status
-from orchestrator.errors import ListingFailed, TransportError
+from orchestrator.api.safe import fetch_json, list_all_volumes, snapshot_status
+from orchestrator.errors import ListingFailed, RouteClosed, TransportError
 from orchestrator.models import Outcome, Record
 from orchestrator.retry import RetryPolicy, Verdict
 from orchestrator.waiter import WaitPlan
@@ -103,8 +103,9 @@ async def plan_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
     return Finding(outcome=Action.PLANNED, message=message, snapshot=found.snapshot)
 
 
-async def restore_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
-    """Check, send the rollback (at most once unless it surely did not arrive), wait for the end."""
+async def start_row(route: Route, row: Record, plan: RestorePlan) -> Finding | Watch:
+    """Check and send the rollback (at most once unless it surely did not arrive): the row's finding
+    when it ends here (blocked, refused, rejected, failed), or a ``Watch`` of the rollback under way."""
     try:
         found = await look(route, row, plan)
     except ListingFailed as exc:
@@ -112,20 +113,23 @@ async def restore_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
     if found.blocker is not None:
         return found.blocker
     sent = Finding(outcome=Action.ROLLED_BACK, snapshot=found.snapshot)
-    try:
-        if not found.running:
-            sent = await _send(route, row, plan, found)
-            if sent.outcome is not Action.ROLLED_BACK:
-                return sent
-        return await _settled(route, row, plan, sent, seen=found.running, before=found.disk_updated)
-    except ListingFailed as exc:  # a rollback may have been sent: its disk is looked at again first
-        return dataclasses.replace(
-            sent,
-            outcome=Action.FAILED,
-            code="UNCONFIRMED",
-            message=f"the disk could not be looked at after the rollback was sent ({exc}); "
-            "--resume looks at it before anything is sent again",
-        )
+    if not found.running:
+        sent = await _send(route, row, plan, found)
+        if sent.outcome is not Action.ROLLED_BACK:
+            return sent
+    now = anyio.current_time()
+    return Watch(sent, seen=found.running, before=found.disk_updated, started=now, due=now)
+
+
+async def restore_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
+    """Check, send the rollback, wait for the end: one row on its own (``Watcher`` watches many)."""
+    watch = await start_row(route, row, plan)
+    while not isinstance(watch, Finding):
+        await anyio.sleep(max(0.0, watch.due - anyio.current_time()))
+        ended = await poll(route, row, plan, watch)
+        if ended is not None:
+            return ended
+    return watch
 
 
 async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
@@ -333,19 +337,22 @@ async def _taken(route: Route, row: Record, plan: RestorePlan, *, patience: floa
         waited += step
 
 
-async def _settled(
-    route: Route, row: Record, plan: RestorePlan, sent: Finding, *, seen: bool, before: str | None = None
-) -> Finding:
-    """Poll disk and snapshot until neither is ``rollbacking``; the disk's status gives the outcome.
+@dataclasses.dataclass(slots=True)
+class Watch:
+    """A rollback sent (or found under way) whose end is not seen yet, and when to look next."""
 
-    A disk that still shows ``available`` right after the 202 may not have started yet: it counts as
-    done once ``rollbacking`` was seen, or once its ``updated_at`` differs from ``before`` (the value
-    looked at before the send: the disk changed since, so the rollback ran and ended before this
-    poll), or after ``settle`` seconds.
-    """
-    started = anyio.current_time()
-    interval = plan.wait.interval
-    while True:
+    sent: Finding
+    seen: bool  # ``rollbacking`` was seen
+    before: str | None  # the disk's updated_at before the send
+    started: float  # anyio time the watch began
+    due: float  # anyio time of the next look
+    interval: float | None = None  # None: the plan's first interval
+
+
+async def poll(route: Route, row: Record, plan: RestorePlan, watch: Watch) -> Finding | None:
+    """One look at the disk and the snapshot: the row's finding once its rollback has ended, else
+    ``None`` (``watch.due`` then says when to look again)."""
+    try:
         volume = await _volume(route, row, plan.reads, evs.Kind.POLL)
         body = await fetch_json(
             route,
@@ -353,36 +360,154 @@ async def _settled(
             plan.reads,
             missing_ok=True,
         )
-        snapshot = body.get("snapshot") if isinstance(body.get("snapshot"), dict) else None
-        disk = None if volume is None else volume.get("status")
-        status = None if snapshot is None else snapshot.get("status")
-        elapsed = anyio.current_time() - started
-        updated = None if volume is None else volume.get("updated_at")
-        changed = before is not None and updated is not None and updated != before
-        if disk == "error_rollbacking":
-            return dataclasses.replace(
-                sent,
-                outcome=Action.ROLLBACK_FAILED,
-                code="VOLUME_ERROR_ROLLBACKING",
-                message=f"disk {row.volume_id} ended error_rollbacking: the rollback failed",
+    except ListingFailed as exc:  # a rollback may have been sent: its disk is looked at again first
+        return unconfirmed(watch, exc)
+    snapshot = body.get("snapshot") if isinstance(body.get("snapshot"), dict) else None
+    return judge(row, plan, watch, volume, None if snapshot is None else snapshot.get("status"))
+
+
+def unconfirmed(watch: Watch, exc: Exception) -> Finding:
+    return dataclasses.replace(
+        watch.sent,
+        outcome=Action.FAILED,
+        code="UNCONFIRMED",
+        message=f"the disk could not be looked at after the rollback was sent ({exc}); "
+        "--resume looks at it before anything is sent again",
+    )
+
+
+def judge(
+    row: Record, plan: RestorePlan, watch: Watch, volume: Mapping[str, Any] | None, status: object
+) -> Finding | None:
+    """What one look at the disk (and the snapshot's ``status``, when looked at) says; the disk's status
+    gives the outcome. ``None``: still under way, and ``watch.due`` moves on (the interval grows by half
+    up to the plan's maximum).
+
+    A disk that still shows ``available`` right after the 202 may not have started yet: it counts as
+    done once ``rollbacking`` was seen, or once its ``updated_at`` differs from ``watch.before`` (the
+    value looked at before the send: the disk changed since, so the rollback ran and ended before this
+    look), or after ``settle`` seconds.
+    """
+    sent = watch.sent
+    now = anyio.current_time()
+    elapsed = now - watch.started
+    disk = None if volume is None else volume.get("status")
+    updated = None if volume is None else volume.get("updated_at")
+    changed = watch.before is not None and updated is not None and updated != watch.before
+    if disk == "error_rollbacking":
+        return dataclasses.replace(
+            sent,
+            outcome=Action.ROLLBACK_FAILED,
+            code="VOLUME_ERROR_ROLLBACKING",
+            message=f"disk {row.volume_id} ended error_rollbacking: the rollback failed",
+        )
+    if disk is None:
+        return dataclasses.replace(
+            sent,
+            outcome=Action.FAILED,
+            code="VOLUME_NOT_FOUND",
+            message=f"disk {row.volume_id} disappeared during the rollback",
+        )
+    if "rollbacking" in (disk, status):
+        watch.seen = True
+    elif disk in ("available", "in-use", "attaching") and (watch.seen or changed or elapsed >= plan.settle):
+        return dataclasses.replace(sent, outcome=Action.ROLLED_BACK, code=None, message=None)
+    if elapsed >= plan.wait.timeout:
+        return dataclasses.replace(
+            sent,
+            outcome=Action.FAILED,
+            code="ROLLBACK_TIMEOUT",
+            message=f"disk {row.volume_id} is still {disk} after {elapsed:.0f}s; --resume waits again",
+        )
+    interval = plan.wait.interval if watch.interval is None else watch.interval
+    watch.due = now + min(interval, max(0.0, plan.wait.timeout - elapsed))
+    watch.interval = min(interval * 1.5, plan.wait.max_interval)
+    return None
+
+
+class Watcher:
+    """Watches the rollbacks under way, beside the workers that send more, and calls ``done`` as each
+    ends. Disks due for a look are listed (1000 a page) when more are due on a route than one wave of
+    GETs (the in-flight limit) or than the list has pages, else looked at by parallel GETs (disk and
+    snapshot); a disk absent from a listing is looked at by GET before anything is concluded. Every
+    request goes through the route, under the connection's in-flight limit."""
+
+    def __init__(
+        self, plan: RestorePlan, *, concurrency: int, done: Callable[[Record, Finding], None]
+    ) -> None:
+        self.plan = plan
+        self.concurrency = concurrency
+        self.done = done
+        self._pending: dict[Route, dict[int, tuple[Record, Watch]]] = {}
+        self._pages: dict[Route, int] = {}
+        self._open = True
+        self._wake = anyio.Event()
+
+    def add(self, route: Route, row: Record, watch: Watch) -> None:
+        self._pending.setdefault(route, {})[row.row] = (row, watch)
+        self._wake.set()
+
+    def close(self) -> None:
+        """No more rollbacks will be added: ``run`` returns once the pending ones have ended."""
+        self._open = False
+        self._wake.set()
+
+    async def run(self) -> None:
+        while self._open or self._pending:
+            now = anyio.current_time()
+            soonest = min(
+                (w.due for items in self._pending.values() for _, w in items.values()), default=None
             )
-        if disk is None:
-            return dataclasses.replace(
-                sent,
-                outcome=Action.FAILED,
-                code="VOLUME_NOT_FOUND",
-                message=f"disk {row.volume_id} disappeared during the rollback",
-            )
-        if "rollbacking" in (disk, status):
-            seen = True
-        elif disk in ("available", "in-use", "attaching") and (seen or changed or elapsed >= plan.settle):
-            return dataclasses.replace(sent, outcome=Action.ROLLED_BACK, code=None, message=None)
-        if elapsed >= plan.wait.timeout:
-            return dataclasses.replace(
-                sent,
-                outcome=Action.FAILED,
-                code="ROLLBACK_TIMEOUT",
-                message=f"disk {row.volume_id} is still {disk} after {elapsed:.0f}s; --resume waits again",
-            )
-        await anyio.sleep(min(interval, max(0.0, plan.wait.timeout - elapsed)))
-        interval = min(interval * 1.5, plan.wait.max_interval)
+            if soonest is None or soonest > now:
+                with anyio.move_on_after(60.0 if soonest is None else soonest - now):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+                continue
+            async with anyio.create_task_group() as group:
+                for route in list(self._pending):
+                    group.start_soon(self._round, route)
+
+    async def _round(self, route: Route) -> None:
+        now = anyio.current_time()
+        due = [key for key, (_, watch) in self._pending.get(route, {}).items() if watch.due <= now]
+        if len(due) > max(self.concurrency, self._pages.get(route, 1)):
+            due = await self._by_listing(route, due)
+        async with anyio.create_task_group() as group:
+            for key in due:
+                row, watch = self._pending[route][key]
+                group.start_soon(self._by_get, route, row, watch)
+
+    async def _by_listing(self, route: Route, due: list[int]) -> list[int]:
+        """Judge the route's rows from one listing of the project's disks (every row, due or not: the
+        listing shows them all, and their next looks then fall due together); the due rows whose disk
+        it lacks are returned, to be looked at by GET."""
+        try:
+            volumes = await list_all_volumes(route, self.plan.reads)
+        except (ListingFailed, RouteClosed):
+            return due  # each is looked at by GET instead, which says what is wrong
+        self._pages[route] = len(volumes) // evs.PAGE + 1
+        listed = {str(volume.get("id") or "").lower(): volume for volume in volumes}
+        absent = []
+        for key, (row, watch) in list(self._pending.get(route, {}).items()):
+            volume = listed.get(str(row.volume_id).lower())
+            if volume is not None:
+                self._judged(route, key, judge(row, self.plan, watch, volume, None))
+            elif key in due:
+                absent.append(key)
+        return absent
+
+    async def _by_get(self, route: Route, row: Record, watch: Watch) -> None:
+        try:
+            ended = await poll(route, row, self.plan, watch)
+        except RouteClosed as exc:
+            ended = dataclasses.replace(watch.sent, outcome=Action.FAILED, code=exc.code, message=exc.message)
+        self._judged(route, row.row, ended)
+
+    def _judged(self, route: Route, key: int, ended: Finding | None) -> None:
+        if ended is None:
+            return
+        items = self._pending.get(route, {})
+        row, _ = items.pop(key)
+        if not items:
+            self._pending.pop(route, None)
+        self.done(row, ended)
