@@ -17,6 +17,7 @@ from yarl import URL
 
 from orchestrator.actions import Action, ActionRecord
 from orchestrator.api.routes import Route, connect
+from orchestrator.api.safe import snapshot_pages
 from orchestrator.config import Connection, Endpoints, Limits
 from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
 from orchestrator.retention import Deleter, Job
@@ -191,3 +192,26 @@ def test_many_rollbacks_under_way_are_watched_by_listing_the_disks(
     # a look and a first poll each, and a few more before the rows fall due together: not one a round
     assert sum(requests_of(state, VOLUME_GET).values()) <= 3 * rows
     assert 1 < state["max_in_flight"] <= 4
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+async def test_a_listing_that_shrinks_between_pages_misses_nothing_with_overlap(
+    emulator: Callable[..., Any], clock: ManualClock, overlap: bool
+) -> None:
+    """100 snapshots of the first page go between page 1 and page 2: with overlap, page 2 starts 100
+    earlier and every remaining snapshot is seen; without, the 100 that moved up are missed."""
+    snapshots = seeded(1500, seed=963)
+    emu = await emulator(clock=clock, deleting_seconds=0.0, snapshots=tuple(snapshots))
+    seen: set[str] = set()
+    async with limited(emu.url, 4) as route:
+        pages = snapshot_pages(route, QUICK, overlap=overlap)
+        first = await anext(pages)
+        for item in first[:100]:
+            emu.world.delete_snapshot(emu.world.snapshots[item["id"]])
+        seen.update(item["id"] for item in first[100:])
+        async for page in pages:
+            seen.update(item["id"] for item in page)
+    gone = {item["id"] for item in first[:100]}
+    missed = {s.id for s in snapshots} - gone - seen
+    assert len(missed) == (0 if overlap else 100)
+    assert hits(emu, LIST)["200"] == (3 if overlap else 2)
