@@ -107,7 +107,8 @@ async def _cleanup(
 ) -> None:
     from orchestrator.actions import Action  # noqa: PLC0415
     from orchestrator.api import evs  # noqa: PLC0415
-    from orchestrator.retention import Deleter, Target, list_scope, scopes_of  # noqa: PLC0415
+    from orchestrator.deleter import Deleter  # noqa: PLC0415
+    from orchestrator.retention import Target, list_scope, scopes_of  # noqa: PLC0415
 
     outcome = "nothing was deleted" if settings.apply else "nothing was planned"
     targets = [Target(str(row.volume_id), row.project_id, row.region, row.row) for row in rows]

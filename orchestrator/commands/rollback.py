@@ -148,7 +148,7 @@ async def _restore_all(
     action: ActionRun, router: Router, rows: list[Record], plan: RestorePlan, *, apply: bool
 ) -> tuple[dict[int, tuple[Action, str | None]], int]:
     """Every chosen row through a fixed pool of workers that check and send; the rollbacks under way
-    are watched meanwhile, together (``restore.Watcher``), and each row is recorded as it ends. Returns
+    are watched meanwhile, together (``rollback_watch.Watcher``), and each row is recorded as it ends. Returns
     the last outcome (and code) of each row, and how many rows an earlier run of the report had
     finished."""
     import time  # noqa: PLC0415
@@ -157,7 +157,7 @@ async def _restore_all(
     from anyio.abc import ObjectReceiveStream  # noqa: PLC0415
 
     from orchestrator.actions import now_iso  # noqa: PLC0415
-    from orchestrator.restore import Watcher  # noqa: PLC0415
+    from orchestrator.rollback_watch import Watcher  # noqa: PLC0415
 
     finals: dict[int, tuple[Action, str | None]] = {}
     begun: dict[int, tuple[str | None, str, float]] = {}  # row -> project, started_at, monotonic start
