@@ -8,6 +8,7 @@ concurrently). 300 disks with 6 of the tool's snapshots each; ``--keep-last 1`` 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import uuid
@@ -78,14 +79,25 @@ def run(tree: Path | None = None) -> str:
             f"{measured.stderr.decode()[-400:]}"
         )
     requests = state["requests"]
+    load = os.getloadavg()[0]  # the machine is shared: a busy one stretches the wall time
     return (
         f"### 9. Deleting: {deletions:,} deletions at {LATENCY_MS} ms latency, concurrency 32, waited for "
         "(target: under 20 s)\n\n"
         + table(
-            ["wall time (s)", "DELETEs", "list requests", "single GETs", "most in flight"],
+            [
+                "wall time (s)",
+                "client CPU (s)",
+                "load average",
+                "DELETEs",
+                "list requests",
+                "single GETs",
+                "most in flight",
+            ],
             [
                 [
                     f"{measured.seconds:.1f}",
+                    f"{measured.cpu_seconds:.1f}",
+                    f"{load:.1f}",
                     str(sum(requests.get(DELETE, {}).values())),
                     str(sum(requests.get(LIST, {}).values())),
                     str(sum(requests.get(SHOW, {}).values())),
