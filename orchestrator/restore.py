@@ -22,7 +22,9 @@ sent again restores the same data again: the disk is detached, and a snapshot ma
 more than once (8.3). A 4xx after an uncertain attempt is checked the same way before it counts.
 
 Waiting: after the 202 the disk and the snapshot are polled until neither is ``rollbacking``; a disk
-that ends ``error_rollbacking`` is ``rollback_failed``.
+that ends ``error_rollbacking`` is ``rollback_failed``. A rollback that ended before the first poll
+shows as a disk ``available`` again whose ``updated_at`` moved since it was looked at: it is recorded
+at that poll, not after the settle window.
 
 Rolled back before: nothing the EVS API shows tells that a disk was rolled back (afterwards it is
 ``available``, its snapshot unchanged), so the evidence is the rollback reports themselves
@@ -93,6 +95,7 @@ class Look:
     snapshot: Mapping[str, Any] | None
     blocker: Finding | None
     running: bool = False  # a rollback from this snapshot is under way
+    disk_updated: str | None = None  # the disk's updated_at as looked at (before anything is sent)
 
 
 async def plan_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
@@ -107,8 +110,9 @@ async def plan_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
     return Finding(outcome=Action.PLANNED, message=message, snapshot=found.snapshot)
 
 
-async def restore_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
-    """Check, send the rollback (at most once unless it surely did not arrive), wait for the end."""
+async def start_row(route: Route, row: Record, plan: RestorePlan) -> Finding | Watch:
+    """Check and send the rollback (at most once unless it surely did not arrive): the row's finding
+    when it ends here (blocked, refused, rejected, failed), or a ``Watch`` of the rollback under way."""
     try:
         found = await look(route, row, plan)
     except ListingFailed as exc:
@@ -116,20 +120,23 @@ async def restore_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
     if found.blocker is not None:
         return found.blocker
     sent = Finding(outcome=Action.ROLLED_BACK, snapshot=found.snapshot)
-    try:
-        if not found.running:
-            sent = await _send(route, row, plan, found)
-            if sent.outcome is not Action.ROLLED_BACK:
-                return sent
-        return await _settled(route, row, plan, sent, seen=found.running)
-    except ListingFailed as exc:  # a rollback may have been sent: its disk is looked at again first
-        return dataclasses.replace(
-            sent,
-            outcome=Action.FAILED,
-            code="UNCONFIRMED",
-            message=f"the disk could not be looked at after the rollback was sent ({exc}); "
-            "--resume looks at it before anything is sent again",
-        )
+    if not found.running:
+        sent = await _send(route, row, plan, found)
+        if sent.outcome is not Action.ROLLED_BACK:
+            return sent
+    now = anyio.current_time()
+    return Watch(sent, seen=found.running, before=found.disk_updated, started=now, due=now)
+
+
+async def restore_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
+    """Check, send the rollback, wait for the end: one row on its own (``Watcher`` watches many)."""
+    watch = await start_row(route, row, plan)
+    while not isinstance(watch, Finding):
+        await anyio.sleep(max(0.0, watch.due - anyio.current_time()))
+        ended = await poll(route, row, plan, watch)
+        if ended is not None:
+            return ended
+    return watch
 
 
 async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
@@ -155,8 +162,9 @@ async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
             snapshot, _blocked("VOLUME_NOT_FOUND", f"disk {row.volume_id} no longer exists", snapshot)
         )
     disk, status = volume.get("status"), snapshot.get("status")
+    updated = volume.get("updated_at") if isinstance(volume.get("updated_at"), str) else None
     if disk == "rollbacking" and status == "rollbacking":
-        return Look(snapshot, None, running=True)
+        return Look(snapshot, None, running=True, disk_updated=updated)
     servers = evs.servers_of(volume)
     if servers or disk == "in-use":
         shown = ", ".join(servers) or "a server"
@@ -181,7 +189,7 @@ async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
             snapshot,
             _blocked("VOLUME_NOT_AVAILABLE", f"disk {row.volume_id} is {disk}, not available", snapshot),
         )
-    return Look(snapshot, None)
+    return Look(snapshot, None, disk_updated=updated)
 
 
 def unusable(row: Record) -> Finding | None:
@@ -250,8 +258,7 @@ def _not_ours(snapshot: Mapping[str, Any], row: Record, source_run: str) -> Find
             message=f"snapshot {row.snapshot_id} ({name}) belongs to the backup service; never used",
         )
     if not evs.marked(snapshot, source_run):
-        metadata = snapshot.get("metadata")
-        marker = metadata.get(evs.RUN_MARKER_KEY) if isinstance(metadata, dict) else None
+        marker = evs.marker_of(snapshot)
         whose = f"run {marker}" if marker else "no run of this tool"
         return Finding(
             outcome=Action.REFUSED,
@@ -380,15 +387,22 @@ async def _taken(route: Route, row: Record, plan: RestorePlan, *, patience: floa
         waited += step
 
 
-async def _settled(route: Route, row: Record, plan: RestorePlan, sent: Finding, *, seen: bool) -> Finding:
-    """Poll disk and snapshot until neither is ``rollbacking``; the disk's status gives the outcome.
+@dataclasses.dataclass(slots=True)
+class Watch:
+    """A rollback sent (or found under way) whose end is not seen yet, and when to look next."""
 
-    A disk that still shows ``available`` right after the 202 may not have started yet: it counts as
-    done once ``rollbacking`` was seen, or after ``settle`` seconds.
-    """
-    started = anyio.current_time()
-    interval = plan.wait.interval
-    while True:
+    sent: Finding
+    seen: bool  # ``rollbacking`` was seen
+    before: str | None  # the disk's updated_at before the send
+    started: float  # anyio time the watch began
+    due: float  # anyio time of the next look
+    interval: float | None = None  # None: the plan's first interval
+
+
+async def poll(route: Route, row: Record, plan: RestorePlan, watch: Watch) -> Finding | None:
+    """One look at the disk and the snapshot: the row's finding once its rollback has ended, else
+    ``None`` (``watch.due`` then says when to look again)."""
+    try:
         volume = await _volume(route, row, plan.reads, evs.Kind.POLL)
         body = await fetch_json(
             route,
@@ -396,34 +410,66 @@ async def _settled(route: Route, row: Record, plan: RestorePlan, sent: Finding, 
             plan.reads,
             missing_ok=True,
         )
-        snapshot = body.get("snapshot") if isinstance(body.get("snapshot"), dict) else None
-        disk = None if volume is None else volume.get("status")
-        status = None if snapshot is None else snapshot.get("status")
-        elapsed = anyio.current_time() - started
-        if disk == "error_rollbacking":
-            return dataclasses.replace(
-                sent,
-                outcome=Action.ROLLBACK_FAILED,
-                code="VOLUME_ERROR_ROLLBACKING",
-                message=f"disk {row.volume_id} ended error_rollbacking: the rollback failed",
-            )
-        if disk is None:
-            return dataclasses.replace(
-                sent,
-                outcome=Action.FAILED,
-                code="VOLUME_NOT_FOUND",
-                message=f"disk {row.volume_id} disappeared during the rollback",
-            )
-        if "rollbacking" in (disk, status):
-            seen = True
-        elif disk in ("available", "in-use", "attaching") and (seen or elapsed >= plan.settle):
-            return dataclasses.replace(sent, outcome=Action.ROLLED_BACK, code=None, message=None)
-        if elapsed >= plan.wait.timeout:
-            return dataclasses.replace(
-                sent,
-                outcome=Action.FAILED,
-                code="ROLLBACK_TIMEOUT",
-                message=f"disk {row.volume_id} is still {disk} after {elapsed:.0f}s; --resume waits again",
-            )
-        await anyio.sleep(min(interval, max(0.0, plan.wait.timeout - elapsed)))
-        interval = min(interval * 1.5, plan.wait.max_interval)
+    except ListingFailed as exc:  # a rollback may have been sent: its disk is looked at again first
+        return unconfirmed(watch, exc)
+    snapshot = body.get("snapshot") if isinstance(body.get("snapshot"), dict) else None
+    return judge(row, plan, watch, volume, None if snapshot is None else snapshot.get("status"))
+
+
+def unconfirmed(watch: Watch, exc: Exception) -> Finding:
+    return dataclasses.replace(
+        watch.sent,
+        outcome=Action.FAILED,
+        code="UNCONFIRMED",
+        message=f"the disk could not be looked at after the rollback was sent ({exc}); "
+        "--resume looks at it before anything is sent again",
+    )
+
+
+def judge(
+    row: Record, plan: RestorePlan, watch: Watch, volume: Mapping[str, Any] | None, status: object
+) -> Finding | None:
+    """What one look at the disk (and the snapshot's ``status``, when looked at) says; the disk's status
+    gives the outcome. ``None``: still under way, and ``watch.due`` moves on (the interval grows by half
+    up to the plan's maximum).
+
+    A disk that still shows ``available`` right after the 202 may not have started yet: it counts as
+    done once ``rollbacking`` was seen, or once its ``updated_at`` differs from ``watch.before`` (the
+    value looked at before the send: the disk changed since, so the rollback ran and ended before this
+    look), or after ``settle`` seconds.
+    """
+    sent = watch.sent
+    now = anyio.current_time()
+    elapsed = now - watch.started
+    disk = None if volume is None else volume.get("status")
+    updated = None if volume is None else volume.get("updated_at")
+    changed = watch.before is not None and updated is not None and updated != watch.before
+    if disk == "error_rollbacking":
+        return dataclasses.replace(
+            sent,
+            outcome=Action.ROLLBACK_FAILED,
+            code="VOLUME_ERROR_ROLLBACKING",
+            message=f"disk {row.volume_id} ended error_rollbacking: the rollback failed",
+        )
+    if disk is None:
+        return dataclasses.replace(
+            sent,
+            outcome=Action.FAILED,
+            code="VOLUME_NOT_FOUND",
+            message=f"disk {row.volume_id} disappeared during the rollback",
+        )
+    if "rollbacking" in (disk, status):
+        watch.seen = True
+    elif disk in ("available", "in-use", "attaching") and (watch.seen or changed or elapsed >= plan.settle):
+        return dataclasses.replace(sent, outcome=Action.ROLLED_BACK, code=None, message=None)
+    if elapsed >= plan.wait.timeout:
+        return dataclasses.replace(
+            sent,
+            outcome=Action.FAILED,
+            code="ROLLBACK_TIMEOUT",
+            message=f"disk {row.volume_id} is still {disk} after {elapsed:.0f}s; --resume waits again",
+        )
+    interval = plan.wait.interval if watch.interval is None else watch.interval
+    watch.due = now + min(interval, max(0.0, plan.wait.timeout - elapsed))
+    watch.interval = min(interval * 1.5, plan.wait.max_interval)
+    return None

@@ -1,47 +1,39 @@
 """What ``prune``, ``cleanup`` and ``audit`` share: whose snapshots they are, which disks are selected,
-listing them, and deleting with confirmation.
+and listing them (``orchestrator.deleter`` deletes them, with confirmation).
 
 The safety rules live here, once:
 
-- **Owned**: a snapshot carrying the ``evs_snapshot_run`` marker or, with an explicit ``--name-prefix``,
-  named with that prefix. A backup-made name (``autobk_snapshot_*``, ``manualbk_snapshot_*``) is never
-  owned, whatever it carries.
+- **Owned**: a snapshot carrying the ``evs_snapshot_run`` marker (not empty) or, with an explicit
+  ``--name-prefix``, named with that prefix. A backup-made name (``autobk_snapshot_*``,
+  ``manualbk_snapshot_*``) is never owned, whatever it carries.
 - **Deletable**: owned, of a disk in the selection, and ``available`` or ``error`` (the only states the
   service deletes from).
 - **Listing**: each project's snapshots are paged 1000 a request (at most N/1000 + 1 requests per
   project, never one per disk), every project before anything is deleted; a listing that fails or is
   refused raises ``ListingFailed`` (exit 3). It never means "nothing there".
-- **Deleting**: a DELETE answered 404 is a success (already gone); with waiting, a deletion ends when the
-  snapshot is gone (``deleting``, then 404), checked 100 ids a list request, then one GET per absent id.
+- **Deleting** (``orchestrator.deleter``): a DELETE answered 404 is a success (already gone); with
+  waiting, a deletion ends when the snapshot is gone (``deleting``, then 404).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import random
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
-from orchestrator.actions import Action, ActionRecord, now_iso
+from orchestrator.actions import ActionRecord
 from orchestrator.api import evs
 from orchestrator.api.safe import (
-    DELETING,
-    NOT_YET_DELETABLE,
-    fetch_json,
     list_all,
     list_all_volumes,
-    snapshot_status,
 )
 from orchestrator.config import PROJECT_RE, REGION_RE
 from orchestrator.duplicates import UUID_RE
 from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError, UsageError
 from orchestrator.manifest import ManifestSource, read_rows
-from orchestrator.retry import RetryPolicy, Verdict
+from orchestrator.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -53,9 +45,6 @@ if TYPE_CHECKING:
 from orchestrator.api.evs import BACKUP_PREFIXES
 
 DELETABLE = frozenset({"available", "error"})
-ID_CHUNK = 100  # ids per list request when confirming deletions (~4 KB of URL)
-FIRST_POLL = 0.2
-MAX_POLL = 5.0
 
 
 # --- whose snapshots -------------------------------------------------------------------------
@@ -89,9 +78,8 @@ class Ownership:
 
 
 def source_run(snapshot: dict[str, Any]) -> str | None:
-    metadata = snapshot.get("metadata")
-    value = metadata.get(evs.RUN_MARKER_KEY) if isinstance(metadata, dict) else None
-    return None if value is None else str(value)
+    """The run whose marker the snapshot carries (``None``: none, or an empty one, which is not ours)."""
+    return evs.marker_of(snapshot)
 
 
 def created(snapshot: dict[str, Any]) -> datetime | None:
@@ -235,169 +223,6 @@ class Job:
     route: Route
     record: ActionRecord
     sent: bool = False
-
-
-class Deleter:
-    """Sends the DELETEs with a fixed pool of workers, then (unless ``wait_timeout`` is ``None``) confirms
-    that each snapshot is gone. Every job ends in exactly one record, written through ``write``;
-    jobs not started when ``stopping()`` turns true, or whose route closed, get none (``--resume``)."""
-
-    def __init__(
-        self,
-        *,
-        policy: RetryPolicy,
-        concurrency: int,
-        wait_timeout: float | None,
-        write: Callable[[ActionRecord], None],
-        stopping: Callable[[], bool],
-    ) -> None:
-        self.policy = policy
-        self.concurrency = concurrency
-        self.wait_timeout = wait_timeout
-        self.write = write
-        self.stopping = stopping
-        self._pending: dict[Route, dict[str, tuple[ActionRecord, float]]] = {}
-        self._rng = random.Random()
-
-    async def run(self, jobs: Iterable[Job]) -> None:
-        send, receive = anyio.create_memory_object_stream[Job](2 * self.concurrency)
-        async with anyio.create_task_group() as group:
-            async with receive:
-                for _ in range(self.concurrency):
-                    group.start_soon(self._worker, receive.clone())
-            async with send:
-                for job in jobs:
-                    if self.stopping():
-                        break
-                    await send.send(job)
-        await self._confirm()
-
-    async def _worker(self, stream: anyio.abc.ObjectReceiveStream[Job]) -> None:
-        async with stream:
-            async for job in stream:
-                if self.stopping() or job.route.closed is not None:
-                    continue  # no record: --resume lists it again
-                started = time.monotonic()
-                record, gone = dataclasses.replace(job.record, outcome=Action.DELETED), False
-                if not job.sent:
-                    try:
-                        record, gone = await self._delete(job.route, job.record)
-                    except RouteClosed as exc:
-                        record = _with(job.record, Action.FAILED, exc.code, exc.message)
-                if record.outcome is Action.DELETED and not gone and self.wait_timeout is not None:
-                    self._pending.setdefault(job.route, {})[str(record.snapshot_id)] = (record, started)
-                else:
-                    self._finish(record, started)
-
-    async def _delete(self, route: Route, record: ActionRecord) -> tuple[ActionRecord, bool]:
-        """One DELETE, retried under the policy: the record and whether the snapshot is surely gone.
-
-        404 counts as done; so does EVS.1047 ("wrong state") when the snapshot is ``deleting`` already,
-        because an earlier attempt whose answer was lost got through.
-        """
-        call = evs.delete_snapshot(route.project_id, str(record.snapshot_id))
-        for attempt in range(1, self.policy.max_attempts + 1):
-            record = dataclasses.replace(record, attempts=attempt)
-            try:
-                reply = await route.send(call)
-            except TransportError as exc:
-                record = _with(record, Action.FAILED, exc.code, str(exc))
-            else:
-                if reply.verdict is Verdict.REFUSED:
-                    route.check_open()
-                answer = reply.answer
-                record = dataclasses.replace(record, http_status=answer.status, request_id=answer.request_id)
-                if reply.verdict is Verdict.SUCCESS or answer.status == 404:
-                    return _with(record, Action.DELETED, None, None), answer.status == 404
-                record = _with(record, Action.FAILED, *answer.error())
-                if record.error_code == NOT_YET_DELETABLE:
-                    return await self._wrong_state(route, record)
-                if reply.verdict is Verdict.FINAL:
-                    return _with(record, Action.REJECTED, record.error_code, record.error_message), False
-            if attempt < self.policy.max_attempts:
-                await anyio.sleep(self.policy.backoff(attempt, self._rng))
-        return record, False
-
-    async def _wrong_state(self, route: Route, record: ActionRecord) -> tuple[ActionRecord, bool]:
-        try:
-            status = await snapshot_status(route, str(record.snapshot_id), self.policy)
-        except ListingFailed:
-            return record, False
-        if status is None or status == DELETING:
-            return _with(record, Action.DELETED, None, None), status is None
-        message = f"{record.error_message} (the snapshot is {status})"
-        return _with(record, Action.REJECTED, record.error_code, message), False
-
-    async def _confirm(self) -> None:
-        """Rounds of status checks until every accepted deletion is gone, the wait times out, or a stop."""
-        deadline = time.monotonic() + (self.wait_timeout or 0.0)
-        interval = FIRST_POLL
-        while self._pending:
-            if self.stopping():
-                self._flush(Action.DELETED, None, "deletion accepted (202); not waited for: the run stopped")
-                return
-            if time.monotonic() >= deadline:
-                self._flush(Action.FAILED, "DELETE_WAIT_TIMEOUT", "deletion accepted (202); not gone in time")
-                return
-            await self._pause(min(interval, deadline - time.monotonic()))
-            interval = min(MAX_POLL, interval * 1.5)
-            for route in list(self._pending):
-                items = self._pending[route]
-                try:
-                    statuses = await self._statuses(route, set(items))
-                except (ListingFailed, RouteClosed) as exc:
-                    why = f"deletion accepted (202) but could not be confirmed: {exc}"
-                    self._flush(Action.FAILED, "DELETE_UNCONFIRMED", why, only=route)
-                    continue
-                for snapshot_id, status in statuses.items():
-                    record, started = items[snapshot_id]
-                    if status == "error_deleting":
-                        why = "the snapshot ended error_deleting; ask the provider's support"
-                        record = _with(record, Action.FAILED, "ERROR_DELETING", why)
-                    elif status is not None:
-                        continue
-                    self._finish(record, started)
-                    del items[snapshot_id]
-                if not items:
-                    del self._pending[route]
-
-    async def _statuses(self, route: Route, ids: set[str]) -> dict[str, str | None]:
-        """Each id's status (``None``: gone, a 404 confirmed by GET), 100 ids a list request."""
-        found: dict[str, str | None] = {}
-        ordered = sorted(ids)
-        for start in range(0, len(ordered), ID_CHUNK):
-            query = [("limit", str(evs.PAGE)), *(("id", i) for i in ordered[start : start + ID_CHUNK])]
-            body = await fetch_json(route, evs.list_snapshots(route.project_id, query), self.policy)
-            for item in body.get("snapshots") or []:
-                if isinstance(item, dict) and item.get("id") in ids:
-                    found[str(item["id"])] = str(item.get("status") or "")
-        for snapshot_id in ordered:
-            if snapshot_id not in found:  # absent from the list: the list may lag, a GET says 404 for sure
-                call = evs.show_snapshot(route.project_id, snapshot_id, kind=evs.Kind.CHECK)
-                body = await fetch_json(route, call, self.policy, missing_ok=True)
-                found[snapshot_id] = str((body.get("snapshot") or {}).get("status") or "") if body else None
-        return found
-
-    async def _pause(self, seconds: float) -> None:
-        """Sleep ``seconds``, in slices, so that a stop is noticed within a tenth of a second."""
-        slices = max(1, math.ceil(seconds / 0.1))
-        for _ in range(slices):
-            if self.stopping():
-                return
-            await anyio.sleep(seconds / slices)
-
-    def _flush(self, outcome: Action, code: str | None, message: str, *, only: Route | None = None) -> None:
-        for route in [only] if only is not None else list(self._pending):
-            for record, started in self._pending.pop(route, {}).values():
-                self._finish(_with(record, outcome, code, message), started)
-
-    def _finish(self, record: ActionRecord, started: float) -> None:
-        elapsed = round((time.monotonic() - started) * 1000)
-        self.write(dataclasses.replace(record, finished_at=now_iso(), elapsed_ms=elapsed))
-
-
-def _with(record: ActionRecord, outcome: Action, code: str | None, message: str | None) -> ActionRecord:
-    return dataclasses.replace(record, outcome=outcome, error_code=code, error_message=message)
 
 
 # --- the end of a run ------------------------------------------------------------------------

@@ -18,9 +18,10 @@ from yarl import URL
 from orchestrator.actions import Action, ActionRecord
 from orchestrator.api.routes import Route, connect
 from orchestrator.config import Connection, Endpoints
+from orchestrator.deleter import Deleter
 from orchestrator.emulator import SeedSnapshot
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from orchestrator.retention import Deleter, Job
+from orchestrator.retention import Job
 from orchestrator.retry import RetryPolicy
 from tests.conftest import volume_ids
 from tests.helpers import PROJECT, csv_manifest, invoke, records, requests_of
@@ -118,7 +119,7 @@ async def test_delete_of_a_deleting_snapshot_waits_and_times_out(emulator: Calla
     assert (record.outcome, record.error_code) == (Action.FAILED, "DELETE_WAIT_TIMEOUT")
     assert record.error_message == "deletion accepted (202); not gone in time"
     assert hits(emu, DELETE) == {"400": 1}
-    assert hits(emu, LIST)["200"] >= 1  # its status was checked, and seen still deleting
+    assert hits(emu, SHOW)["200"] >= 2  # one pending: looked at by GET, and seen still deleting
 
 
 @pytest.mark.anyio
@@ -212,15 +213,22 @@ async def test_a_stop_while_confirming_records_the_accepted_deletions(emulator: 
 
 @pytest.mark.anyio
 async def test_confirmation_that_cannot_list_is_unconfirmed(emulator: Callable[..., Any]) -> None:
-    """Status checks that keep failing end an accepted deletion as DELETE_UNCONFIRMED, not as deleted."""
-    stuck = seeded("deleting")
-    emu = await emulator(snapshots=(stuck,), fault_list=1.0)
-    sent = dataclasses.replace(planned(stuck.id), outcome=Action.DELETED)
-    [record] = await delete_all(emu.url, lambda route: [Job(route, sent, sent=True)])
-    assert (record.outcome, record.error_code) == (Action.FAILED, "DELETE_UNCONFIRMED")
-    assert record.error_message is not None
-    assert "could not be confirmed" in record.error_message
+    """Status checks that keep failing end an accepted deletion as DELETE_UNCONFIRMED, not as deleted:
+    by listing (more pending than the in-flight limit), and by GET (as few as that)."""
+    stuck = [seeded("deleting"), seeded("deleting", project_id=PROJECT)]
+    emu = await emulator(snapshots=tuple(stuck), fault_list=1.0)
+    sent = [dataclasses.replace(planned(s.id), outcome=Action.DELETED) for s in stuck]
+    written = await delete_all(emu.url, lambda route: [Job(route, r, sent=True) for r in sent])
+    assert {(r.outcome, r.error_code) for r in written} == {(Action.FAILED, "DELETE_UNCONFIRMED")}
+    assert len(written) == 2
+    assert all("could not be confirmed" in str(r.error_message) for r in written)
     assert hits(emu, LIST) == {"503": QUICK.max_attempts}
+    assert not hits(emu, SHOW)
+    emu = await emulator(snapshots=tuple(stuck), fault_5xx=1.0)
+    written = await delete_all(emu.url, lambda route: [Job(route, r, sent=True) for r in sent], concurrency=2)
+    assert {(r.outcome, r.error_code) for r in written} == {(Action.FAILED, "DELETE_UNCONFIRMED")}
+    assert sum(hits(emu, SHOW).values()) == 2 * QUICK.max_attempts
+    assert not hits(emu, LIST)
 
 
 # --- prune's selection -------------------------------------------------------------------------

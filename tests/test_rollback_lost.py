@@ -337,7 +337,7 @@ def test_status_reads_are_retried_even_with_one_attempt(
 ) -> None:
     """--max-attempts 1 bounds the rollback POSTs, not the GETs that watch the disk: a 5xx on a status
     read is retried (three tries, as create's lookups), so the row ends rolled_back, not UNCONFIRMED."""
-    emu = emulator_thread(rollback_seconds=0.2, fault_5xx=0.25, seed=5, **world(1))
+    emu = emulator_thread(rollback_seconds=0.2, fault_5xx=0.25, seed=1, **world(1))
     source = create_report(tmp_path / "create.jsonl", [{}])
     report = tmp_path / "apply.jsonl"
     result = rollback(emu, source, report, "--max-attempts", "1", "--settle", "0.3", apply=True)
@@ -348,7 +348,10 @@ def test_status_reads_are_retried_even_with_one_attempt(
     assert requests_of(state, ROLLBACK) == {"202": 1}
     snapshot_reads = requests_of(state, "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}")
     reads = requests_of(state, VOLUME_GET) + snapshot_reads
-    assert sum(count for status, count in reads.items() if status >= "500") >= 2  # each one retried
+    # a read answered 5xx, and yet not UNCONFIRMED: it was retried. Seed 1 puts a 5xx among the first
+    # four reads (a rollback over before the first poll, on a loaded machine, leaves only those: the
+    # look and one poll) and never three in a row on one read, for rollbacks of 0 to 0.5 s.
+    assert sum(count for status, count in reads.items() if status >= "500") >= 1
 
 
 async def test_a_rollback_that_ends_right_after_the_first_read_is_not_sent_again(

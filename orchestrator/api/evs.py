@@ -121,12 +121,18 @@ def quota(project_id: str) -> Call:
     )
 
 
+def marker_of(snapshot: Mapping[str, Any]) -> str | None:
+    """The run id a snapshot's ``evs_snapshot_run`` key holds; ``None`` when absent, not a string, or
+    blank: an empty marker is not the tool's (the tool never writes one)."""
+    metadata = snapshot.get("metadata")
+    value = metadata.get(RUN_MARKER_KEY) if isinstance(metadata, dict) else None
+    return value if isinstance(value, str) and value.strip() else None
+
+
 def marked(snapshot: Mapping[str, Any], run_id: str | None = None) -> bool:
     """True when a listed snapshot carries the tool's marker (of ``run_id``, when given)."""
-    metadata = snapshot.get("metadata")
-    if not isinstance(metadata, dict) or RUN_MARKER_KEY not in metadata:
-        return False
-    return run_id is None or metadata[RUN_MARKER_KEY] == run_id
+    marker = marker_of(snapshot)
+    return marker is not None and (run_id is None or marker == run_id)
 
 
 def servers_of(volume: Mapping[str, Any]) -> list[str]:

@@ -25,18 +25,32 @@ DELETING = "deleting"
 
 
 async def snapshot_pages(
-    route: Route, policy: RetryPolicy, *, query: Iterable[tuple[str, str]] = ()
+    route: Route, policy: RetryPolicy, *, query: Iterable[tuple[str, str]] = (), overlap: bool = False
 ) -> AsyncIterator[list[dict[str, Any]]]:
-    """A project's snapshots one page (1000) at a time, so a caller keeps only what it needs."""
+    """A project's snapshots one page (1000) at a time, so a caller keeps only what it needs.
+
+    The list pages by offset: a snapshot that leaves it between two pages (a deletion ending) moves
+    the later ones up, and one may slip past the page boundary unseen. With ``overlap``, a page whose
+    ``count`` is smaller than the page before's is fetched again from that many items earlier, so
+    nothing that was listed is missed (as long as no snapshot joins the list mid-way); a snapshot
+    may then come twice. Without it, each listed item comes once.
+    """
     offset = 0
+    last_count: int | None = None
     while True:
         page_query = [("limit", str(evs.PAGE)), ("offset", str(offset)), *query]
         body = await fetch_json(route, evs.list_snapshots(route.project_id, page_query), policy)
         items = [item for item in body.get("snapshots") or [] if isinstance(item, dict)]
+        count = int(body.get("count") or 0)
         if items:
             yield items
+        shrank = 0 if last_count is None else last_count - count
+        last_count = count
+        if overlap and shrank > 0 and offset > 0:
+            offset = max(0, offset - shrank)
+            continue
         offset += len(items)
-        if not items or offset >= int(body.get("count") or 0):
+        if not items or offset >= count:
             return
 
 

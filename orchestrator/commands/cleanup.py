@@ -200,7 +200,8 @@ class _Pass:
     async def run(self, router: Router, run_: CreateRun, search: _Search) -> int:
         """Carry out the pass; the number of the run's snapshots found that are not going."""
         from orchestrator.api import evs  # noqa: PLC0415
-        from orchestrator.retention import Deleter, Target, is_backup, list_scope, scopes_of  # noqa: PLC0415
+        from orchestrator.deleter import Deleter  # noqa: PLC0415
+        from orchestrator.retention import Target, is_backup, list_scope, scopes_of  # noqa: PLC0415
 
         targets = list(search.disks)
         if search.anywhere is not None and search.fallback != (None, None):

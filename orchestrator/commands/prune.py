@@ -173,7 +173,8 @@ async def _prune(
     settings: PruneSettings, router: Router, targets: list[Target], action: ActionRun
 ) -> dict[str, Counter[str]]:
     """List every scope, judge each disk, write the records; returns outcome counts per volume."""
-    from orchestrator.retention import Deleter, add_all_volumes, list_scope, scopes_of  # noqa: PLC0415
+    from orchestrator.deleter import Deleter  # noqa: PLC0415
+    from orchestrator.retention import add_all_volumes, list_scope, scopes_of  # noqa: PLC0415
 
     outcome = "nothing was deleted" if settings.apply else "nothing was planned"
     scopes = await scopes_of(router, targets, outcome=outcome)

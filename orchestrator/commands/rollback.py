@@ -35,11 +35,11 @@ from orchestrator.cli import run
 
 if TYPE_CHECKING:
     from orchestrator.actions import Action, ActionRecord, ActionRun
-    from orchestrator.api.routes import Router
+    from orchestrator.api.routes import Route, Router
     from orchestrator.config import Connection
     from orchestrator.console import Console
     from orchestrator.models import Record
-    from orchestrator.restore import Finding, RestorePlan
+    from orchestrator.restore import Finding, RestorePlan, Watch
     from orchestrator.retry import RetryPolicy
     from orchestrator.waiter import WaitPlan
 
@@ -219,66 +219,105 @@ def _check_resume(settings: RollbackSettings, source_run: str) -> None:
 async def _restore_all(
     action: ActionRun, router: Router, rows: list[Record], plan: RestorePlan, *, apply: bool
 ) -> tuple[dict[int, tuple[Action, str | None]], int]:
-    """Every chosen row through a fixed pool of workers: the last outcome (and code) of each row, and
-    how many rows an earlier run of the report had finished."""
+    """Every chosen row through a fixed pool of workers that check and send; the rollbacks under way
+    are watched meanwhile, together (``rollback_watch.Watcher``), and each row is recorded as it ends. Returns
+    the last outcome (and code) of each row, and how many rows an earlier run of the report had
+    finished."""
+    import time  # noqa: PLC0415
+
     import anyio  # noqa: PLC0415
     from anyio.abc import ObjectReceiveStream  # noqa: PLC0415
 
+    from orchestrator.actions import now_iso  # noqa: PLC0415
+    from orchestrator.rollback_watch import Watcher  # noqa: PLC0415
+
     finals: dict[int, tuple[Action, str | None]] = {}
+    begun: dict[int, tuple[str | None, str, float]] = {}  # row -> project, started_at, monotonic start
     skipped = 0
 
     def stopped() -> bool:
         return action.stopping() or bool(router.closures())
+
+    def ended(row: Record, finding: Finding) -> None:
+        record = _record(action, row, finding, plan, *begun.pop(row.row))
+        action.write(record)
+        finals[row.row] = (record.outcome, record.error_code)
+
+    watcher = Watcher(plan, concurrency=router.limits.concurrency, done=ended)
 
     async def worker(stream: ObjectReceiveStream[Record]) -> None:
         async with stream:
             async for row in stream:
                 if stopped():
                     continue  # not reached: no record, so --resume takes it up
-                record = await _one(action, router, row, plan, apply=apply)
-                action.write(record)
-                finals[row.row] = (record.outcome, record.error_code)
+                started, clock = now_iso(), time.monotonic()
+                project, found = await _one(router, row, plan, apply=apply)
+                begun[row.row] = (project, started, clock)
+                if isinstance(found, tuple):
+                    watcher.add(*found)
+                else:
+                    ended(row, found)
 
     workers = min(len(rows), router.limits.concurrency)
     send, receive = anyio.create_memory_object_stream["Record"](workers)
-    async with anyio.create_task_group() as group:
-        async with receive:
-            for _ in range(workers):
-                group.start_soon(worker, receive.clone())
-        async with send:
-            for row in rows:
-                key = f"row:{row.row}"
-                if action.book.finished(key):
-                    finals[row.row] = (action.book.last[key], None)
-                    skipped += 1
-                    continue
-                if stopped():
-                    break
-                await send.send(row)
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(watcher.run)
+        try:
+            async with anyio.create_task_group() as group:
+                async with receive:
+                    for _ in range(workers):
+                        group.start_soon(worker, receive.clone())
+                async with send:
+                    for row in rows:
+                        key = f"row:{row.row}"
+                        if action.book.finished(key):
+                            finals[row.row] = (action.book.last[key], None)
+                            skipped += 1
+                            continue
+                        if stopped():
+                            break
+                        await send.send(row)
+        finally:
+            watcher.close()
     return finals, skipped
 
 
 async def _one(
-    action: ActionRun, router: Router, row: Record, plan: RestorePlan, *, apply: bool
+    router: Router, row: Record, plan: RestorePlan, *, apply: bool
+) -> tuple[str | None, Finding | tuple[Route, Record, Watch]]:
+    """The row's project and either its finding or (applying) the rollback under way, to be watched."""
+    from orchestrator.actions import Action  # noqa: PLC0415
+    from orchestrator.errors import ProjectLookupFailed, RouteClosed  # noqa: PLC0415
+    from orchestrator.restore import Finding, plan_row, start_row, unusable  # noqa: PLC0415
+
+    project = row.project_id
+    finding: Finding | None = unusable(row)
+    if finding is not None:
+        return project, finding if apply else dataclasses.replace(finding, outcome=Action.PLANNED)
+    try:
+        route = await router.route_for(row.project_id, row.region)
+        project = route.project_id
+        if not apply:
+            return project, await plan_row(route, row, plan)
+        found = await start_row(route, row, plan)
+    except (RouteClosed, ProjectLookupFailed) as exc:
+        return project, Finding(outcome=Action.FAILED, code=exc.code, message=exc.message)
+    return project, found if isinstance(found, Finding) else (route, row, found)
+
+
+def _record(
+    action: ActionRun,
+    row: Record,
+    finding: Finding,
+    plan: RestorePlan,
+    project: str | None,
+    started: str,
+    clock: float,
 ) -> ActionRecord:
     import time  # noqa: PLC0415
 
-    from orchestrator.actions import Action, ActionRecord, now_iso  # noqa: PLC0415
-    from orchestrator.errors import ProjectLookupFailed, RouteClosed  # noqa: PLC0415
-    from orchestrator.restore import Finding, plan_row, restore_row, unusable  # noqa: PLC0415
+    from orchestrator.actions import ActionRecord, now_iso  # noqa: PLC0415
 
-    started, clock = now_iso(), time.monotonic()
-    project = row.project_id
-    finding: Finding | None = unusable(row)
-    if finding is not None and not apply:
-        finding = dataclasses.replace(finding, outcome=Action.PLANNED)
-    if finding is None:
-        try:
-            route = await router.route_for(row.project_id, row.region)
-            project = route.project_id
-            finding = await (restore_row if apply else plan_row)(route, row, plan)
-        except (RouteClosed, ProjectLookupFailed) as exc:
-            finding = Finding(outcome=Action.FAILED, code=exc.code, message=exc.message)
     snapshot: dict[str, Any] = dict(finding.snapshot or {})
     return ActionRecord(
         run_id=action.run_id,

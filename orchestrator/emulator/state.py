@@ -65,6 +65,7 @@ class Volume:
     rollback_until: float | None = None
     rollback_final: str = "available"
     enterprise_project_id: str = DEFAULT_ENTERPRISE_PROJECT
+    updated_at: str | None = None  # None: never changed since created_at
 
 
 @dataclasses.dataclass(slots=True)
@@ -180,6 +181,7 @@ class World:
     def _settle(self, volume: Volume) -> Volume:
         if volume.rollback_until is not None and self.clock() >= volume.rollback_until:
             volume.status = volume.rollback_final
+            volume.updated_at = evs_time(self.timeline.wall(volume.rollback_until))
             volume.rollback_until = None
         return volume
 
@@ -317,6 +319,7 @@ class World:
         failed = self.chance(self.settings.fault_rollback_error)
         snap.rollback_until = until
         volume.status = "rollbacking"
+        volume.updated_at = self.now_text()
         volume.rollback_until = until
         volume.rollback_final = "error_rollbacking" if failed else "available"
         if name is not None:

@@ -142,7 +142,7 @@ class VolumeRoutes:
             "volume_type": "SSD",
             "attachments": [attachment_json(volume, attachment) for attachment in volume.attachments],
             "created_at": volume.created_at,
-            "updated_at": volume.created_at,
+            "updated_at": volume.updated_at or volume.created_at,
             "description": "",
             "multiattach": False,
             "shareable": "false",
