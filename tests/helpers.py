@@ -43,6 +43,8 @@ FAST_RETRIES = (
     "0.5",
     "--settle",
     "0.5",
+    "--timeout",  # a resumed row in flight is looked up for --settle after its send plus this
+    "3",
 )
 CREATE_ROUTE = "POST /v2/{project_id}/cloudsnapshots"
 LIST_ROUTE = "GET /v2/{project_id}/cloudsnapshots/detail"

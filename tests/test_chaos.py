@@ -37,6 +37,7 @@ CHAOS = {
     "deleting_seconds": 0.1,
 }
 RETRIES = ("--max-attempts", "12", "--backoff-initial", "0.05", "--backoff-max", "0.5", "--settle", "0.3")
+RETRIES += ("--timeout", "3")  # a resumed row in flight is looked up for --settle after its send plus this
 
 
 def one_per_accepted_row(state: dict[str, Any], report: Path) -> None:

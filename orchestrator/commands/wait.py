@@ -60,7 +60,7 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
         raise UsageError(f"{report}: no such report")
     header = read_header(report)
     if header is None:
-        raise UsageError(f"{report}: the report is empty; nothing to wait for")
+        raise UsageError(f"{report}: the report holds no records; nothing to wait for")
     if header.command != "create":
         raise UsageError(
             f"{report} is a {header.command} report: wait reads the report of a create run "
