@@ -17,7 +17,7 @@ demo: $(STAMP)
 	@$(BIN)/evs-snapshot create samples/volumes.csv --emulator --report demo-reports/demo.jsonl; \
 	  code=$$?; \
 	  echo; echo "exit code: $$code (1 = the run finished and some rows did not succeed, as the sample intends)"; \
-	  echo "report (one JSON line per manifest row):"; cat demo-reports/demo.jsonl; echo; \
+	  echo "report (the run header, a \"sending\" line as each request leaves, one record per manifest row):"; cat demo-reports/demo.jsonl; echo; \
 	  $(BIN)/evs-snapshot summary demo-reports/demo.jsonl; \
 	  test $$code -le 1
 
