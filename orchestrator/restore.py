@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -51,6 +51,10 @@ USABLE = frozenset({Outcome.ACCEPTED, Outcome.AVAILABLE})
 SETTLE_STEP = 1.0  # seconds between looks at a disk while an uncertain rollback settles
 
 
+class RowStopped(Exception):
+    """The run is stopping (a signal) before this row's rollback was sent: the row gets no record."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RestorePlan:
     """How a rollback run works: the create run it restores, its retries, settle window and waits."""
@@ -59,6 +63,7 @@ class RestorePlan:
     policy: RetryPolicy
     settle: float
     wait: WaitPlan
+    stopping: Callable[[], bool] = lambda: False  # a signal: send no rollback that is not out yet
 
     @property
     def reads(self) -> RetryPolicy:
@@ -268,6 +273,8 @@ async def _send_until_settled(
             if again.running:
                 return dataclasses.replace(last, outcome=Action.ROLLED_BACK, attempts=attempt)
             uncertain = False
+        if plan.stopping():
+            raise RowStopped  # not sent (again): no record, --resume looks at the disk first
         attempt += 1
         try:
             reply = await route.send(call)

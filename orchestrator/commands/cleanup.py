@@ -140,7 +140,8 @@ async def _cleanup(
             write=action.write,
             stopping=action.stopping,
         )
-        await deleter.run(jobs)
+        with action.draining():
+            await deleter.run(jobs)
 
 
 async def _judge_row(
@@ -339,4 +340,4 @@ def command(
         lock_file=lock_file,
         closing=closing,
     )
-    raise SystemExit(run(lambda: cleanup(settings, console=console)))
+    raise SystemExit(run(lambda: cleanup(settings, console=console), console=console))

@@ -68,6 +68,7 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
     from orchestrator.errors import UsageError  # noqa: PLC0415
     from orchestrator.manifest import manifest_digest, read_rows, spooled  # noqa: PLC0415
     from orchestrator.report import name_shape, refuse_existing, resume_identity  # noqa: PLC0415
+    from orchestrator.signals import in_thread  # noqa: PLC0415
 
     if settings.wait is not None and settings.report == "-":
         raise UsageError("--wait reads the report back, so it needs a --report file, not standard output")
@@ -89,8 +90,13 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
             warn = console.warn if warn_columns else None
             return read_rows(source, display=display, warn=warn, also_known=also_known)
 
-        total, candidates = duplicate_candidates(rows(warn_columns=True), settings.defaults)
-        digest = manifest_digest(source)
+        def first_pass() -> tuple[int, set[bytes], str]:
+            return (
+                *duplicate_candidates(rows(warn_columns=True), settings.defaults),
+                manifest_digest(source),
+            )
+
+        total, candidates, digest = await in_thread(first_pass)  # a signal stops a long pass promptly
         with _locks(settings):
             book, identity = resume_identity(
                 settings.report,
@@ -448,4 +454,4 @@ def command(
         keep_duplicates=keep_duplicates,
         wait=wait_plan if wait_for_snapshots else None,
     )
-    raise SystemExit(run(lambda: create(settings, console=console)))
+    raise SystemExit(run(lambda: create(settings, console=console), console=console))

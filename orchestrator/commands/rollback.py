@@ -25,7 +25,11 @@ import click
 from orchestrator import defaults, options
 from orchestrator.cli import run
 
+ROLLBACK_GRACE = 60.0  # a rollback sent is watched to its end: the disk is unusable while it runs
+
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from orchestrator.actions import Action, ActionRecord, ActionRun
     from orchestrator.api.routes import Router
     from orchestrator.config import Connection
@@ -62,8 +66,13 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     source_run, rows = chosen_rows(settings)
     shape = {"source_report": str(settings.source.resolve()), "source_run": source_run}
     _check_resume(settings, source_run)
+    stopping: list[Callable[[], bool]] = []
     plan = RestorePlan(
-        source_run=source_run, policy=settings.policy, settle=settings.settle, wait=settings.wait
+        source_run=source_run,
+        policy=settings.policy,
+        settle=settings.settle,
+        wait=settings.wait,
+        stopping=lambda: any(stop() for stop in stopping),
     )
     async with action_run(
         command="rollback",
@@ -75,11 +84,16 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
         lock_file=settings.lock_file,
         console=console,
         success=frozenset({Action.PLANNED, Action.ROLLED_BACK}),
-        grace=60.0,  # a rollback in flight takes a while: give it time to be recorded
+        grace=ROLLBACK_GRACE,
+        drain=f"sending no more rollbacks; those already sent are watched to their end for up to "
+        f"{ROLLBACK_GRACE:g}s (longer than other commands' 10s: a disk must not be left mid-rollback "
+        "without a record)",
     ) as action:
+        stopping.append(action.stopping)
         async with contextlib.AsyncExitStack() as stack:
             router = await connect(stack, settings.connection)
-            finals, skipped = await _restore_all(action, router, rows, plan, apply=settings.apply)
+            with action.draining() if settings.apply else contextlib.nullcontext():  # a plan stops at once
+                finals, skipped = await _restore_all(action, router, rows, plan, apply=settings.apply)
             closures = router.closures()
             counts = router.counts()
         _notes(action, finals, counts, apply=settings.apply, skipped=skipped)
@@ -152,6 +166,8 @@ async def _restore_all(
     import anyio  # noqa: PLC0415
     from anyio.abc import ObjectReceiveStream  # noqa: PLC0415
 
+    from orchestrator.restore import RowStopped  # noqa: PLC0415
+
     finals: dict[int, tuple[Action, str | None]] = {}
     skipped = 0
 
@@ -163,7 +179,10 @@ async def _restore_all(
             async for row in stream:
                 if stopped():
                     continue  # not reached: no record, so --resume takes it up
-                record = await _one(action, router, row, plan, apply=apply)
+                try:
+                    record = await _one(action, router, row, plan, apply=apply)
+                except RowStopped:
+                    continue  # stopped before its rollback was sent: no record, --resume takes it up
                 action.write(record)
                 finals[row.row] = (record.outcome, record.error_code)
 
@@ -350,4 +369,4 @@ def command(
         volumes=frozenset(volume.strip().lower() for volume in volume_ids) or None,
         lock_file=lock_file,
     )
-    raise SystemExit(run(lambda: rollback(settings, console=console)))
+    raise SystemExit(run(lambda: rollback(settings, console=console), console=console))

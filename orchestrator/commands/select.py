@@ -411,4 +411,4 @@ def command(
         format=output_format or FORMATS.get(Path(output).suffix.lower(), "csv"),
         force=force,
     )
-    raise SystemExit(run(lambda: select(settings, console=console, stdout=sys.stdout)))
+    raise SystemExit(run(lambda: select(settings, console=console, stdout=sys.stdout), console=console))
