@@ -416,6 +416,7 @@ class World:
             "rollbacks": list(self.rollbacks),
             "requests": {route: dict(counts) for route, counts in sorted(self.requests.items())},
             "max_in_flight": self.max_in_flight,
+            "in_flight": self.in_flight,
         }
 
 
