@@ -336,7 +336,14 @@ async def test_state_is_open_without_auth(emulator: Callable[..., Any], http: ai
     emu = await emulator()
     async with http.get(f"{emu.url}/_emulator/state") as response:
         state = orjson.loads(await response.read())
-    assert state == {"volumes": [], "snapshots": [], "rollbacks": [], "requests": {}, "max_in_flight": 0, "in_flight": 0}
+    assert state == {
+        "volumes": [],
+        "snapshots": [],
+        "rollbacks": [],
+        "requests": {},
+        "max_in_flight": 0,
+        "in_flight": 0,
+    }
     async with http.get(f"{emu.url}/_emulator/state") as response:
         again = orjson.loads(await response.read())
     assert again["requests"] == {}
