@@ -29,6 +29,7 @@ import dataclasses
 import os
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
@@ -95,6 +96,9 @@ class Guard:
 
     async def receive(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Receive every signal until cancelled (``task_status`` is set once the handlers are in place)."""
+        if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+            task_status.started()
+            await anyio.sleep_forever()
         with anyio.open_signal_receiver(*self.signals) as signals:
             task_status.started()
             async for signum in signals:
