@@ -114,8 +114,11 @@ def spooled(source: ManifestSource) -> Iterator[ManifestSource]:
     if source.path != "-":
         yield source
         return
+    from orchestrator.signals import blocking  # noqa: PLC0415
+
     with tempfile.NamedTemporaryFile(prefix="evs-snapshot-stdin-", suffix=f".{source.format}") as copy:
-        shutil.copyfileobj(sys.stdin.buffer, copy)
+        with blocking():  # a signal stops a copy that waits on a stalled producer
+            shutil.copyfileobj(sys.stdin.buffer, copy)
         copy.flush()
         yield ManifestSource(copy.name, source.format)
 

@@ -239,6 +239,29 @@ async def cancel_on_signal(scope: anyio.CancelScope, received: list[int]) -> Non
     await _in_phase(Phase(first=first), Console(sys.stderr))
 
 
+@contextlib.contextmanager
+def blocking() -> Iterator[None]:
+    """Around a read that may block the event loop's thread (standard input from a stalled producer):
+    a signal raises ``Interrupted`` there and then, instead of waiting for the loop that cannot run."""
+    from orchestrator.errors import Interrupted  # noqa: PLC0415
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Interrupted(signum, STOPPED_ADVICE)
+
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+        yield
+        return
+    saved = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    try:
+        for signum, handler in saved.items():
+            if handler is not signal.SIG_IGN:
+                signal.signal(signum, stop)
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
 def stop_point() -> None:
     """In a worker thread of ``in_thread``: raise the command's cancellation, if it was cancelled."""
     with contextlib.suppress(RuntimeError):  # not in a worker thread: the event loop's checkpoints do it

@@ -7,6 +7,7 @@ A second signal stops at once; a background run of a script (SIGINT ignored) sto
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from tests.helpers import (
     CREATE_ROUTE,
     NO_CREDENTIALS,
     PROJECT,
+    cli_args,
     create_args,
     csv_manifest,
     invoke,
@@ -140,6 +142,42 @@ def test_a_signal_in_the_manifest_pass_stops_at_once(
     assert process.returncode == 128 + signum, stderr
     stopped_by(stderr, signum)
     assert not report.exists()
+    assert sent(emu.state()) == 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see the copy open")
+def test_a_signal_while_standard_input_stalls_stops_at_once(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """SIGTERM while the manifest is copied from a stalled standard input: exit 143, nothing sent."""
+    emu = emulator_thread(any_volume=True)
+    report = tmp_path / "r.jsonl"
+    args = [*cli_args("create", "-", format="csv", endpoint=emu.url, project_id=PROJECT, report=report)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *args],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **AKSK_ENV},
+    )
+    with process:
+        assert process.stdin is not None
+        process.stdin.write(b"volume_id\n")  # then nothing more, and the pipe stays open
+        process.stdin.flush()
+
+        def copying() -> bool:
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(f"/proc/{process.pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        if "evs-snapshot-stdin-" in os.readlink(f"/proc/{process.pid}/fd/{fd}"):
+                            return True
+            return False
+
+        until(copying, process)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    stderr = err.decode()
+    assert process.returncode == 143, stderr
+    stopped_by(stderr, signal.SIGTERM)
     assert sent(emu.state()) == 0
 
 
