@@ -186,6 +186,9 @@ class ActionRun:
     console: Console
     write: Callable[[ActionRecord], None]
     stopping: Callable[[], bool]
+    draining: Callable[[], contextlib.AbstractContextManager[None]]
+    """The drain phase, entered around the acting itself (deletions, rollbacks): there a signal stops
+    new work and gives work in flight the grace period; elsewhere (listings, checks) it stops at once."""
 
 
 @contextlib.asynccontextmanager
@@ -200,22 +203,23 @@ async def action_run(
     console: Console,
     success: frozenset[Action] = SUCCESS | {Action.REFUSED},
     grace: float = 10.0,
+    drain: str | None = None,
     nothing: str = "nothing was done",
 ) -> AsyncIterator[ActionRun]:
     """Lock, open the report (header first), load the resume book; on a signal, stop taking new work.
 
     ``locks`` (the run's or the manifest's, and any ``--lock-file``) are held with the report's own.
 
-    The caller acts and writes records through ``ActionRun.write``; when the block ends, the summary
-    is printed. The exit code is the caller's to compute (``ActionRun.tally.exit_code``, or 3 when a
-    route closed); a signal raises ``Interrupted`` after the summary.
+    The caller acts and writes records through ``ActionRun.write``, inside ``ActionRun.draining()``
+    where work in flight must end (``grace`` seconds at most; ``drain`` says what the first signal
+    does there); when the block ends, the summary is printed. The exit code is the caller's to compute
+    (``ActionRun.tally.exit_code``, or 3 when a route closed); a signal in the drain phase raises
+    ``Interrupted`` after the summary; anywhere else it stops the command at once.
     """
-    import anyio  # noqa: PLC0415
-
     from orchestrator.errors import Interrupted  # noqa: PLC0415
     from orchestrator.lock import holding, report_lock  # noqa: PLC0415
     from orchestrator.report import ReportWriter, check_report_path, read_header  # noqa: PLC0415
-    from orchestrator.signals import drain_on_signal  # noqa: PLC0415
+    from orchestrator.signals import draining  # noqa: PLC0415
 
     if resume and report == "-":
         raise UsageError("--resume needs a --report file to read, not standard output")
@@ -262,6 +266,18 @@ async def action_run(
                 tally.add(record)
 
             stopped: list[bool] = []
+
+            def drain_phase() -> contextlib.AbstractContextManager[None]:
+                return draining(
+                    stop=lambda: stopped.append(True),
+                    grace=grace,
+                    received=signals,
+                    console=console,
+                    sync=writer.sync,
+                    what=drain,
+                    left="work in flight has no record; --resume looks at it again before acting",
+                )
+
             run = ActionRun(
                 run_id=run_id,
                 command=command,
@@ -271,21 +287,9 @@ async def action_run(
                 console=console,
                 write=write,
                 stopping=lambda: bool(stopped),
+                draining=drain_phase,
             )
-            async with anyio.create_task_group() as group:
-                with anyio.CancelScope() as scope:
-                    group.start_soon(
-                        lambda: drain_on_signal(
-                            stop=lambda: stopped.append(True),
-                            scope=scope,
-                            grace=grace,
-                            received=signals,
-                            console=console,
-                            sync=writer.sync,
-                        )
-                    )
-                    yield run
-                group.cancel_scope.cancel()
+            yield run
         where = "standard output" if report == "-" else report
         console.event("summary", f"{tally.render(command)}\nreport: {where}", report=where, **tally.to_dict())
         if signals:

@@ -44,11 +44,18 @@ def first_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def run(entry: Callable[[], Awaitable[int]]) -> int:
-    """Run one async entry point and return its exit code (errors go to ``Main.main``)."""
+def run(entry: Callable[[], Awaitable[int]], *, console: Console | None = None) -> int:
+    """Run one async entry point and return its exit code (errors go to ``Main.main``).
+
+    The command runs under one receiver of SIGINT/SIGTERM (``signals.guarded``): a signal outside a
+    drain phase cancels the command at once and it exits 130/143; ``console`` says a second signal.
+    """
     import anyio  # noqa: PLC0415 - keeps --help fast
 
-    return anyio.run(entry)
+    from orchestrator.signals import guarded  # noqa: PLC0415
+
+    said = console or Console(sys.stderr)
+    return anyio.run(guarded, entry, said)
 
 
 def _wants(args: Sequence[str], flag: str, value: str | None = None) -> bool:
@@ -114,12 +121,10 @@ class Main(click.Group):
 
 
 def _interrupted(console: Console) -> int:
-    """SIGINT where a command has no handler of its own (start-up, checks): say so, exit 130."""
-    console.error(
-        "stopped by SIGINT; any record written is whole: run the same command again "
-        "(create: with --resume when its report holds records)",
-        exit_code=130,
-    )
+    """SIGINT before a command's receiver is in place (parsing options): say so, exit 130."""
+    from orchestrator.signals import STOPPED_ADVICE  # noqa: PLC0415
+
+    console.error(f"stopped by SIGINT; {STOPPED_ADVICE}", exit_code=130)
     return 130
 
 

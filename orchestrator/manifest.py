@@ -123,8 +123,11 @@ def spooled(source: ManifestSource) -> Iterator[ManifestSource]:
     if source.path != "-":
         yield source
         return
+    from orchestrator.signals import blocking  # noqa: PLC0415
+
     with tempfile.NamedTemporaryFile(prefix="evs-snapshot-stdin-", suffix=f".{source.format}") as copy:
-        shutil.copyfileobj(sys.stdin.buffer, copy)
+        with blocking():  # a signal stops a copy that waits on a stalled producer
+            shutil.copyfileobj(sys.stdin.buffer, copy)
         copy.flush()
         yield ManifestSource(copy.name, source.format)
 
@@ -169,6 +172,8 @@ def read_rows(
     ``warn`` gets one message for each of the first ``WARN_LIMIT`` unknown column names and then one
     with the count of the others; ``also_known`` names columns not to warn about.
     """
+    from orchestrator.signals import STOP_EVERY, stop_point  # noqa: PLC0415 - anyio loads only when reading
+
     name = display or source.path
     columns = _ColumnWarnings(name, warn, also_known)
     try:
@@ -185,7 +190,9 @@ def read_rows(
         else:
             rows = _csv_rows(_decoded_lines(handle, name), name, columns)
         count = 0
-        for count, row in enumerate(rows, start=1):  # noqa: B007 - count is read after the loop
+        for count, row in enumerate(rows, start=1):
+            if count % STOP_EVERY == 0:
+                stop_point()  # a pass in a worker thread ends soon after a signal cancelled the command
             yield row
         columns.finish()
         if count == 0:

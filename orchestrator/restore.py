@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +60,10 @@ SETTLE_STEP = 1.0  # seconds between looks at a disk while an uncertain rollback
 HEADER_MAX = 65536  # bytes of a file's first line read to tell whether it is a rollback report
 
 
+class RowStopped(Exception):
+    """The run is stopping (a signal) before this row's rollback was sent: the row gets no record."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RestorePlan:
     """How a rollback run works: the create run it restores, its retries, settle window and waits."""
@@ -68,6 +72,7 @@ class RestorePlan:
     policy: RetryPolicy
     settle: float
     wait: WaitPlan
+    stopping: Callable[[], bool] = lambda: False  # a signal: send no rollback that is not out yet
 
     @property
     def reads(self) -> RetryPolicy:
@@ -325,6 +330,8 @@ async def _send_until_settled(
             if again.running:
                 return dataclasses.replace(last, outcome=Action.ROLLED_BACK, attempts=attempt)
             uncertain = False
+        if plan.stopping():
+            raise RowStopped  # not sent (again): no record, --resume looks at the disk first
         attempt += 1
         try:
             reply = await route.send(call)

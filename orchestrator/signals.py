@@ -1,14 +1,179 @@
-"""Stopping on SIGINT/SIGTERM: a graceful drain first, then, on a second signal, at once."""
+"""Stopping on SIGINT/SIGTERM: one receiver for the whole command, and phases that change what it does.
+
+``guarded`` runs a command (``cli.run`` calls it) with the one receiver of SIGINT and SIGTERM. What the
+first signal does depends on the phase the command is in:
+
+- no phase (start-up, the manifest pass, the credential proof, the quota pre-flight, listings and
+  checks): the command's scope is cancelled at once, so nothing more is sent, and the command ends
+  with ``Interrupted`` (exit 130/143);
+- a drain phase (``drain_on_signal``, ``draining``: create's rows, prune's and cleanup's deletions,
+  rollbacks): no new work is taken, work in flight gets a grace period, then the phase is cancelled;
+  the command prints its summary and raises ``Interrupted`` itself;
+- a cancel phase (``cancel_on_signal``: waits and audit, where nothing is in flight that must end):
+  the phase is cancelled at once and the command prints its summary.
+
+A second signal ends the process at once in every phase, after saying so and fsyncing the report.
+A signal the process inherited as ignored (SIGINT in a background job of a script, as POSIX shells
+start them) stays ignored: ``kill -TERM`` stops such a run.
+
+Synchronous passes (a manifest read) run in a worker thread (``in_thread``), where ``stop_point``
+(called every ``STOP_EVERY`` rows by the manifest reader) ends them soon after the command's scope
+was cancelled, while the event loop stays free to receive signals.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import os
 import signal
-from collections.abc import Callable
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
+import anyio.from_thread
+import anyio.to_thread
 
 from orchestrator.console import Console
+
+if TYPE_CHECKING:
+    import anyio.abc
+
+T = TypeVar("T")
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_EVERY = 1024  # rows between two looks at the command's cancellation in a synchronous pass
+STOPPED_ADVICE = (
+    "any record written is whole: run the same command again (create: with --resume when its report "
+    "holds records)"
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Phase:
+    """What the first signal does in a phase, and what a second one leaves behind (said as it exits)."""
+
+    first: Callable[[int], None]
+    left: str = "nothing more is sent"
+    sync: Callable[[], None] = lambda: None
+
+
+class Guard:
+    """The command's receiver: the signals it received and the phases it is in (the last one acts)."""
+
+    def __init__(self, console: Console, scope: anyio.CancelScope | None = None) -> None:
+        self.console = console
+        self.scope = scope
+        self.received: list[int] = []
+        self.phases: list[Phase] = []
+        # a signal inherited as ignored stays ignored (POSIX: a script's background job ignores SIGINT)
+        self.signals = tuple(signum for signum in SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN)
+
+    @contextlib.contextmanager
+    def entered(self, phase: Phase) -> Iterator[None]:
+        self.phases.append(phase)
+        try:
+            yield
+        finally:
+            self.phases.remove(phase)
+
+    def deliver(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        phase = self.phases[-1] if self.phases else None
+        if self.received:
+            left = phase.left if phase is not None else "nothing more is sent"
+            self.console.error(f"second {name}: stopping now; {left}", signal=name)
+            if phase is not None:
+                phase.sync()
+            os._exit(128 + signum)
+        self.received.append(signum)
+        if phase is not None:
+            phase.first(signum)
+        elif self.scope is not None:
+            self.scope.cancel()
+
+    async def receive(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Receive every signal until cancelled (``task_status`` is set once the handlers are in place)."""
+        if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+            task_status.started()
+            await anyio.sleep_forever()
+        with anyio.open_signal_receiver(*self.signals) as signals:
+            task_status.started()
+            async for signum in signals:
+                self.deliver(signum)
+
+
+_CURRENT: contextvars.ContextVar[Guard | None] = contextvars.ContextVar("evs_snapshot_guard", default=None)
+
+
+async def guarded(entry: Callable[[], Awaitable[int]], console: Console) -> int:
+    """Run ``entry`` under the command's receiver; a signal that cancelled it raises ``Interrupted``."""
+    from orchestrator.errors import Interrupted  # noqa: PLC0415
+
+    scope = anyio.CancelScope()
+    guard = Guard(console, scope)
+    token = _CURRENT.set(guard)
+    code = 0
+    error: Exception | None = None
+    try:
+        async with anyio.create_task_group() as group:
+            await group.start(guard.receive)
+            try:
+                with scope:
+                    code = await entry()
+            except Exception as exc:  # raised below, outside the task group: not wrapped in a group
+                error = exc
+            group.cancel_scope.cancel()
+    finally:
+        _CURRENT.reset(token)
+    if error is not None:
+        raise error
+    if guard.received:
+        raise Interrupted(guard.received[0], STOPPED_ADVICE)
+    return code
+
+
+def received() -> list[int]:
+    """The signals the running command received (empty outside ``guarded``)."""
+    guard = _CURRENT.get()
+    return [] if guard is None else list(guard.received)
+
+
+async def _in_phase(phase: Phase, console: Console) -> None:
+    """Stay in ``phase`` until cancelled (with a receiver of its own when no command guard runs)."""
+    guard = _CURRENT.get()
+    if guard is not None:
+        with guard.entered(phase):
+            await anyio.sleep_forever()
+    local = Guard(console)
+    with local.entered(phase):
+        await local.receive()
+
+
+def _drain_phase(
+    *,
+    stop: Callable[[], None],
+    scope: anyio.CancelScope,
+    grace: float,
+    received: list[int],
+    console: Console,
+    sync: Callable[[], None],
+    what: str,
+    left: str,
+) -> Phase:
+    def first(signum: int) -> None:
+        name = signal.Signals(signum).name
+        received.append(signum)
+        console.event("stopping", f"{name}: {what} (send {name} again to stop at once)", signal=name)
+        stop()
+        scope.deadline = min(scope.deadline, anyio.current_time() + grace)
+
+    return Phase(first=first, left=left, sync=sync)
+
+
+ROWS_LEFT = "rows in flight have no record and are looked up by --resume before anything is sent again"
 
 
 async def drain_on_signal(
@@ -21,32 +186,89 @@ async def drain_on_signal(
     sync: Callable[[], None],
 ) -> None:
     """First signal: take no new rows and give rows in flight ``grace`` seconds. Second: exit now."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if received:
-                console.error(
-                    f"second {name}: stopping now; rows in flight have no record and are looked up "
-                    "by --resume before anything is sent again",
-                    signal=name,
-                )
-                sync()
-                os._exit(128 + signum)
-            received.append(signum)
-            console.event(
-                "stopping",
-                f"{name}: taking no new rows; rows in flight get up to {grace:g}s to finish "
-                f"(send {name} again to stop at once)",
-                signal=name,
-            )
-            stop()
-            scope.deadline = anyio.current_time() + grace
+    what = f"taking no new rows; rows in flight get up to {grace:g}s to finish"
+    phase = _drain_phase(
+        stop=stop,
+        scope=scope,
+        grace=grace,
+        received=received,
+        console=console,
+        sync=sync,
+        what=what,
+        left=ROWS_LEFT,
+    )
+    await _in_phase(phase, console)
+
+
+@contextlib.contextmanager
+def draining(
+    *,
+    stop: Callable[[], None],
+    grace: float,
+    received: list[int],
+    console: Console,
+    sync: Callable[[], None],
+    what: str | None = None,
+    left: str = ROWS_LEFT,
+) -> Iterator[None]:
+    """The drain phase around a block: the first signal calls ``stop`` and gives the block ``grace``
+    seconds, then cancels it; ``what`` is said when the signal arrives (``received`` notes it)."""
+    guard = _CURRENT.get()
+    with anyio.CancelScope() as scope:
+        phase = _drain_phase(
+            stop=stop,
+            scope=scope,
+            grace=grace,
+            received=received,
+            console=console,
+            sync=sync,
+            what=what or f"taking no new work; work in flight gets up to {grace:g}s to finish",
+            left=left,
+        )
+        with guard.entered(phase) if guard is not None else contextlib.nullcontext():
+            yield
 
 
 async def cancel_on_signal(scope: anyio.CancelScope, received: list[int]) -> None:
     """Cancel ``scope`` at the first SIGINT/SIGTERM and note which one (for waits: nothing is in flight)."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            received.append(signum)
-            scope.cancel()
-            return
+
+    def first(signum: int) -> None:
+        received.append(signum)
+        scope.cancel()
+
+    await _in_phase(Phase(first=first), Console(sys.stderr))
+
+
+@contextlib.contextmanager
+def blocking() -> Iterator[None]:
+    """Around a read that may block the event loop's thread (standard input from a stalled producer):
+    a signal raises ``Interrupted`` there and then, instead of waiting for the loop that cannot run."""
+    from orchestrator.errors import Interrupted  # noqa: PLC0415
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Interrupted(signum, STOPPED_ADVICE)
+
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+        yield
+        return
+    saved = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    try:
+        for signum, handler in saved.items():
+            if handler is not signal.SIG_IGN:
+                signal.signal(signum, stop)
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def stop_point() -> None:
+    """In a worker thread of ``in_thread``: raise the command's cancellation, if it was cancelled."""
+    with contextlib.suppress(RuntimeError):  # not in a worker thread: the event loop's checkpoints do it
+        anyio.from_thread.check_cancelled()
+
+
+async def in_thread(work: Callable[[], T]) -> T:
+    """Run a synchronous pass in a worker thread, so that signals are received while it runs; the pass
+    calls ``stop_point`` now and then, and ends soon after the command is cancelled."""
+    return await anyio.to_thread.run_sync(work)

@@ -100,11 +100,13 @@ async def audit(settings: AuditSettings, *, console: Console, stdout: TextIO) ->
     from orchestrator.manifest import spooled  # noqa: PLC0415
     from orchestrator.models import utc_now  # noqa: PLC0415
     from orchestrator.retention import duration_text, read_targets  # noqa: PLC0415
-    from orchestrator.signals import cancel_on_signal  # noqa: PLC0415
+    from orchestrator.signals import cancel_on_signal, in_thread  # noqa: PLC0415
 
     region = settings.connection.endpoints.home_region
     with spooled(settings.source) as source:
-        targets, bad = read_targets(source, project_id=settings.project_id, region=region, warn=console.warn)
+        targets, bad = await in_thread(  # a signal stops a long manifest pass promptly
+            lambda: read_targets(source, project_id=settings.project_id, region=region, warn=console.warn)
+        )
     received: list[int] = []
     findings: list[Finding] = []
     async with contextlib.AsyncExitStack() as stack:
@@ -248,4 +250,4 @@ def command(
         policy=policy,
         closing=closing,
     )
-    raise SystemExit(run(lambda: audit(settings, console=console, stdout=sys.stdout)))
+    raise SystemExit(run(lambda: audit(settings, console=console, stdout=sys.stdout), console=console))

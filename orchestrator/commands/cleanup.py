@@ -247,7 +247,8 @@ class _Pass:
                 write=self.write,
                 stopping=self.action.stopping,
             )
-            await deleter.run(self.jobs)
+            with self.action.draining():
+                await deleter.run(self.jobs)
         return len(self.ours - self.going)
 
     async def judge(
@@ -469,4 +470,4 @@ def command(
         lock_file=lock_file,
         closing=closing,
     )
-    raise SystemExit(run(lambda: cleanup(settings, console=console)))
+    raise SystemExit(run(lambda: cleanup(settings, console=console), console=console))

@@ -70,6 +70,7 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
     from orchestrator.lock import holding, run_lock  # noqa: PLC0415
     from orchestrator.manifest import manifest_digest, read_rows, spooled  # noqa: PLC0415
     from orchestrator.report import check_report_path, name_shape, refuse_existing, resume_identity  # noqa: PLC0415
+    from orchestrator.signals import in_thread  # noqa: PLC0415
 
     if settings.wait is not None and settings.report == "-":
         raise UsageError("--wait reads the report back, so it needs a --report file, not standard output")
@@ -103,12 +104,15 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
             warn = console.warn if warn_columns else None
             return read_rows(source, display=display, warn=warn, also_known=also_known)
 
-        digest = manifest_digest(source, display=display)
+        # A signal stops a long pass promptly (the passes run in a worker thread).
+        digest = await in_thread(lambda: manifest_digest(source, display=display))
         # Locks first: a second run of this manifest, report or run exits 75 (not 2, "report exists").
         with holding(_locks(settings, digest), "create --resume" if settings.resume else "create") as held:
             if not settings.resume and settings.report != "-":
                 refuse_existing(Path(settings.report))  # before anything is sent
-            total, candidates = duplicate_candidates(rows(warn_columns=True), settings.defaults)
+            total, candidates = await in_thread(
+                lambda: duplicate_candidates(rows(warn_columns=True), settings.defaults)
+            )
             book, identity = resume_identity(
                 settings.report,
                 settings.resume,
@@ -469,4 +473,4 @@ def command(
         keep_duplicates=keep_duplicates,
         wait=wait_plan if wait_for_snapshots else None,
     )
-    raise SystemExit(run(lambda: create(settings, console=console)))
+    raise SystemExit(run(lambda: create(settings, console=console), console=console))

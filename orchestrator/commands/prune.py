@@ -97,10 +97,11 @@ class PruneSettings:
     closing: Closing
 
 
-def selection(settings: PruneSettings, console: Console) -> tuple[str, list[Target], int, str]:
+async def selection(settings: PruneSettings, console: Console) -> tuple[str, list[Target], int, str]:
     """What the run covers (for the lock and header), its disks, rows skipped, and the manifest digest."""
     from orchestrator.manifest import manifest_digest, spooled  # noqa: PLC0415
     from orchestrator.retention import Target, read_targets  # noqa: PLC0415
+    from orchestrator.signals import in_thread  # noqa: PLC0415
 
     region = settings.connection.endpoints.home_region
     if settings.source is None:  # --all-volumes alone: one scope, its disks listed later
@@ -111,8 +112,12 @@ def selection(settings: PruneSettings, console: Console) -> tuple[str, list[Targ
             "",
         )
     with spooled(settings.source) as source:
-        targets, bad = read_targets(source, project_id=settings.project_id, region=region, warn=console.warn)
-        digest = manifest_digest(source)
+
+        def read() -> tuple[list[Target], int, str]:
+            found = read_targets(source, project_id=settings.project_id, region=region, warn=console.warn)
+            return (*found, manifest_digest(source))
+
+        targets, bad, digest = await in_thread(read)  # a signal stops a long manifest pass promptly
     return ("<stdin>" if settings.source.path == "-" else settings.source.path), targets, bad, digest
 
 
@@ -133,7 +138,7 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
     from orchestrator.api.routes import connect  # noqa: PLC0415
     from orchestrator.lock import holding  # noqa: PLC0415
 
-    what, targets, bad, digest = selection(settings, console)
+    what, targets, bad, digest = await selection(settings, console)
     rules = settings.rules
     shape = {
         "keep_last": str(rules.keep_last),
@@ -202,7 +207,8 @@ async def _prune(
             write=write,
             stopping=action.stopping,
         )
-        await deleter.run(jobs)
+        with action.draining():
+            await deleter.run(jobs)
     action.tally.notes.extend(per_volume_notes(counts))
     total = sum(counts.values(), Counter())
     done = ", ".join(
@@ -389,4 +395,4 @@ def command(
         lock_file=lock_file,
         closing=closing,
     )
-    raise SystemExit(run(lambda: prune(settings, console=console)))
+    raise SystemExit(run(lambda: prune(settings, console=console), console=console))

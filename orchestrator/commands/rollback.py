@@ -33,7 +33,11 @@ import click
 from orchestrator import defaults, options
 from orchestrator.cli import run
 
+ROLLBACK_GRACE = 60.0  # a rollback sent is watched to its end: the disk is unusable while it runs
+
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from orchestrator.actions import Action, ActionRecord, ActionRun
     from orchestrator.api.routes import Route, Router
     from orchestrator.config import Connection
@@ -85,8 +89,13 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     shape = {"source_report": str(settings.source.resolve()), "source_run": source_run}
     _check_resume(settings, source_run)
     before = _rolled_back_before(settings, chosen, console)
+    stopping: list[Callable[[], bool]] = []
     plan = RestorePlan(
-        source_run=source_run, policy=settings.policy, settle=settings.settle, wait=settings.wait
+        source_run=source_run,
+        policy=settings.policy,
+        settle=settings.settle,
+        wait=settings.wait,
+        stopping=lambda: any(stop() for stop in stopping),
     )
     async with action_run(
         command="rollback",
@@ -97,11 +106,16 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
         locks=run_locks(source_run, settings.lock_file),
         console=console,
         success=frozenset({Action.PLANNED, Action.ROLLED_BACK}),
-        grace=60.0,  # a rollback in flight takes a while: give it time to be recorded
+        grace=ROLLBACK_GRACE,
+        drain=f"sending no more rollbacks; those already sent are watched to their end for up to "
+        f"{ROLLBACK_GRACE:g}s (longer than other commands' 10s: a disk must not be left mid-rollback "
+        "without a record)",
     ) as action:
+        stopping.append(action.stopping)
         async with contextlib.AsyncExitStack() as stack:
             router = await connect(stack, settings.connection)
-            finals, skipped = await _restore_all(action, router, rows, plan, apply=settings.apply)
+            with action.draining() if settings.apply else contextlib.nullcontext():  # a plan stops at once
+                finals, skipped = await _restore_all(action, router, rows, plan, apply=settings.apply)
             closures = router.closures()
             counts = router.counts()
         _notes(action, finals, counts, apply=settings.apply, skipped=skipped, chosen=chosen, before=before)
@@ -229,6 +243,7 @@ async def _restore_all(
     from anyio.abc import ObjectReceiveStream  # noqa: PLC0415
 
     from orchestrator.actions import now_iso  # noqa: PLC0415
+    from orchestrator.restore import RowStopped  # noqa: PLC0415
     from orchestrator.rollback_watch import Watcher  # noqa: PLC0415
 
     finals: dict[int, tuple[Action, str | None]] = {}
@@ -251,7 +266,10 @@ async def _restore_all(
                 if stopped():
                     continue  # not reached: no record, so --resume takes it up
                 started, clock = now_iso(), time.monotonic()
-                project, found = await _one(router, row, plan, apply=apply)
+                try:
+                    project, found = await _one(router, row, plan, apply=apply)
+                except RowStopped:
+                    continue  # stopped before its rollback was sent: no record, --resume takes it up
                 begun[row.row] = (project, started, clock)
                 if isinstance(found, tuple):
                     watcher.add(*found)
@@ -477,4 +495,4 @@ def command(
         lock_file=lock_file,
         again=again,
     )
-    raise SystemExit(run(lambda: rollback(settings, console=console)))
+    raise SystemExit(run(lambda: rollback(settings, console=console), console=console))

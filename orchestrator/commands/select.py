@@ -467,4 +467,4 @@ def command(
         force=force,
         overwrite=overwrite,
     )
-    raise SystemExit(run(lambda: select(settings, console=console, stdout=sys.stdout)))
+    raise SystemExit(run(lambda: select(settings, console=console, stdout=sys.stdout), console=console))

@@ -8,6 +8,7 @@ snapshot quota. Rows stream through a fixed pool of workers, so memory does not 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import sys
 from collections import Counter
@@ -79,13 +80,16 @@ async def validate(settings: ValidateSettings, *, console: Console, stdout: Text
     from orchestrator.manifest import read_rows, spooled  # noqa: PLC0415
     from orchestrator.models import Record, utc_now  # noqa: PLC0415
     from orchestrator.rules import RowValidator  # noqa: PLC0415
+    from orchestrator.signals import in_thread  # noqa: PLC0415
 
     display = "<stdin>" if settings.source.path == "-" else settings.source.path
     problems = _Problems(stdout)
     good = 0
     with spooled(settings.source) as source:
-        total, candidates = duplicate_candidates(
-            read_rows(source, display=display, warn=console.warn), settings.defaults
+        total, candidates = await in_thread(  # a signal stops a long manifest pass promptly
+            lambda: duplicate_candidates(
+                read_rows(source, display=display, warn=console.warn), settings.defaults
+            )
         )
         validator = RowValidator(
             defaults=settings.defaults,
@@ -106,8 +110,7 @@ async def validate(settings: ValidateSettings, *, console: Console, stdout: Text
 
         stopped = None
         if settings.online is None:
-            for _ in requests():
-                pass
+            await in_thread(lambda: collections.deque(requests(), maxlen=0))
         else:
             from orchestrator.errors import RouteClosed  # noqa: PLC0415
 
@@ -284,4 +287,4 @@ def command(
         policy=policy,
         online=connection if online else None,
     )
-    raise SystemExit(run(lambda: validate(settings, console=console, stdout=sys.stdout)))
+    raise SystemExit(run(lambda: validate(settings, console=console, stdout=sys.stdout), console=console))

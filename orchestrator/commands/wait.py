@@ -167,4 +167,4 @@ def command(
         lock_file=lock_file,
         keep_duplicates=keep_duplicates,
     )
-    raise SystemExit(run(lambda: wait(settings, console=console)))
+    raise SystemExit(run(lambda: wait(settings, console=console), console=console))

@@ -1,0 +1,309 @@
+"""SIGINT/SIGTERM in every phase of a command, as real processes with the default dispositions.
+
+Outside a drain phase a signal stops the command at once (exit 130/143) and nothing more is sent: the
+manifest pass, the credential proof, the quota pre-flight, the listings of validate, select and prune.
+A second signal stops at once; a background run of a script (SIGINT ignored) stops on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.emulator.settings import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_USER
+from tests.conftest import volume_ids
+from tests.helpers import (
+    AKSK_ENV,
+    CREATE_ROUTE,
+    NO_CREDENTIALS,
+    PROJECT,
+    cli_args,
+    create_args,
+    csv_manifest,
+    invoke,
+    last_per_row,
+    records,
+    snapshots_per_volume,
+)
+
+PASSWORD_ENV = {
+    **NO_CREDENTIALS,
+    "OS_USERNAME": DEFAULT_USER,
+    "OS_PASSWORD": DEFAULT_PASSWORD,
+    "OS_USER_DOMAIN_NAME": DEFAULT_DOMAIN,
+}
+ROLLBACK_ROUTE = "POST /v2/{project_id}/cloudsnapshots/{snapshot_id}/rollback"
+
+
+def started(
+    args: list[str], env: dict[str, str] | None = None, *, sigint_ignored: bool = False
+) -> subprocess.Popen[bytes]:
+    """The CLI as a real process; ``sigint_ignored`` starts it as ``sh -c 'cmd &'`` does (POSIX)."""
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or AKSK_ENV)},
+        preexec_fn=ignore_sigint if sigint_ignored else None,  # noqa: PLW1509 - a test's child only
+    )
+
+
+def until(ready: Callable[[], bool], process: subprocess.Popen[bytes], limit: float = 60.0) -> None:
+    """Wait (bounded) until ``ready()`` while the process runs."""
+    stop = time.monotonic() + limit
+    while time.monotonic() < stop:
+        if process.poll() is not None:
+            raise AssertionError(f"the process ended first: {process.communicate()[1].decode()}")
+        if ready():
+            return
+        time.sleep(0.01)
+    raise AssertionError("never ready")
+
+
+def ended(process: subprocess.Popen[bytes]) -> str:
+    """Stderr of a process that must end by itself (a hang fails the test here)."""
+    _, stderr = process.communicate(timeout=60)
+    return stderr.decode()
+
+
+def sent(state: dict[str, Any]) -> int:
+    """Requests the emulator has answered (or seen dropped), all routes."""
+    return sum(sum(counts.values()) for counts in state["requests"].values())
+
+
+def answered(emu: Any) -> dict[str, Any]:
+    """The emulator's state once no request is in flight (the killed client's last ones answered)."""
+    stop = time.monotonic() + 30
+    while (state := emu.state())["in_flight"] and time.monotonic() < stop:
+        time.sleep(0.02)
+    return state
+
+
+def stopped_by(stderr: str, signum: int) -> None:
+    name = signal.Signals(signum).name
+    assert "Traceback" not in stderr
+    [line] = [line for line in stderr.splitlines() if line.startswith("evs-snapshot: error:")]
+    assert f"stopped by {name}" in line
+
+
+def reading(process: subprocess.Popen[bytes], path: Path) -> Callable[[], bool]:
+    """True while the process has ``path`` open (the manifest pass is under way)."""
+
+    def now() -> bool:
+        try:
+            fds = os.listdir(f"/proc/{process.pid}/fd")
+        except OSError:
+            return False
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{process.pid}/fd/{fd}") == str(path):
+                    return True
+            except OSError:
+                continue
+        return False
+
+    return now
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see the manifest open")
+@pytest.mark.parametrize(("command", "signum"), [("create", signal.SIGTERM), ("validate", signal.SIGINT)])
+def test_a_signal_in_the_manifest_pass_stops_at_once(
+    command: str, signum: int, emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A signal while a large manifest is first read: exit 128+N promptly, no report, nothing sent."""
+    emu = emulator_thread(any_volume=True)
+    manifest = tmp_path / "big.csv"
+    manifest.write_text(
+        "volume_id\n" + "".join(f"00000000-0000-4000-8000-{n:012x}\n" for n in range(150_000))
+    )
+    report = tmp_path / "r.jsonl"
+    args = (
+        create_args(emu.url, manifest, report)
+        if command == "create"
+        else ["validate", str(manifest), "--project-id", PROJECT, "--region", "cn-north-4"]
+    )
+    with started(args) as process:
+        until(reading(process, manifest), process)
+        process.send_signal(signum)
+        stderr = ended(process)
+    assert process.returncode == 128 + signum, stderr
+    stopped_by(stderr, signum)
+    assert not report.exists()
+    assert sent(emu.state()) == 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see the copy open")
+def test_a_signal_while_standard_input_stalls_stops_at_once(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """SIGTERM while the manifest is copied from a stalled standard input: exit 143, nothing sent."""
+    emu = emulator_thread(any_volume=True)
+    report = tmp_path / "r.jsonl"
+    args = [*cli_args("create", "-", format="csv", endpoint=emu.url, project_id=PROJECT, report=report)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *args],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **AKSK_ENV},
+    )
+    with process:
+        assert process.stdin is not None
+        process.stdin.write(b"volume_id\n")  # then nothing more, and the pipe stays open
+        process.stdin.flush()
+
+        def copying() -> bool:
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(f"/proc/{process.pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        if "evs-snapshot-stdin-" in os.readlink(f"/proc/{process.pid}/fd/{fd}"):
+                            return True
+            return False
+
+        until(copying, process)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    stderr = err.decode()
+    assert process.returncode == 143, stderr
+    stopped_by(stderr, signal.SIGTERM)
+    assert sent(emu.state()) == 0
+
+
+def test_a_signal_in_the_credential_proof_sends_nothing_more(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """SIGTERM while the IAM token request (the first request) is out: exit 143, no other request."""
+    emu = emulator_thread(any_volume=True, latency_ms=1000)
+    report = tmp_path / "r.jsonl"
+    args = create_args(
+        emu.url, csv_manifest(write, volume_ids(3, seed=301)), report, "--iam-endpoint", emu.url
+    )
+    with started(args, PASSWORD_ENV) as process:
+        until(lambda: emu.state()["in_flight"] > 0, process)
+        process.send_signal(signal.SIGTERM)
+        stderr = ended(process)
+    assert process.returncode == 143, stderr
+    stopped_by(stderr, signal.SIGTERM)
+    state = answered(emu)
+    assert list(state["requests"]) == ["POST /v3/auth/tokens"]
+    assert sent(state) == 1
+    assert not report.exists()
+
+
+def test_a_signal_in_the_quota_preflight_sends_nothing_more(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """SIGINT while create's quota GET is out (it also proves the AK/SK): exit 130, no create sent."""
+    emu = emulator_thread(any_volume=True, latency_ms=1000)
+    report = tmp_path / "r.jsonl"
+    with started(create_args(emu.url, csv_manifest(write, volume_ids(3, seed=302)), report)) as process:
+        until(lambda: emu.state()["in_flight"] > 0, process)
+        process.send_signal(signal.SIGINT)
+        stderr = ended(process)
+    assert process.returncode == 130, stderr
+    stopped_by(stderr, signal.SIGINT)
+    state = answered(emu)
+    assert sent(state) == 1
+    assert CREATE_ROUTE not in state["requests"]
+
+
+@pytest.mark.parametrize("command", ["validate", "select", "prune"])
+def test_a_signal_in_a_listing_sends_nothing_more(
+    command: str, emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """SIGTERM while validate --online, select or prune lists: exit 143, no request after the signal."""
+    ids = volume_ids(6, seed=303)
+    emu = emulator_thread(any_volume=True, latency_ms=1000)
+    manifest = csv_manifest(write, ids)
+    common = ["--endpoint", emu.url, "--project-id", PROJECT, "--concurrency", "2"]
+    args = {
+        "validate": ["validate", str(manifest), "--online", *common],
+        "select": ["select", "--status", "available", "-o", str(tmp_path / "out.csv"), *common],
+        "prune": [
+            "prune",
+            str(manifest),
+            "--keep-last",
+            "1",
+            "--apply",
+            "--report",
+            str(tmp_path / "p.jsonl"),
+        ],
+    }[command]
+    if command == "prune":
+        args += common
+    with started(args) as process:
+        until(lambda: emu.state()["in_flight"] > 0, process)
+        state = emu.state()
+        before = sent(state) + state["in_flight"]
+        process.send_signal(signal.SIGTERM)
+        stderr = ended(process)
+    assert process.returncode == 143, stderr
+    stopped_by(stderr, signal.SIGTERM)
+    assert sent(answered(emu)) == before  # the requests out at the signal, and no other
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_background_run_ignores_sigint_and_stops_on_sigterm(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """``create ... &`` in a script (SIGINT ignored): SIGINT changes nothing, SIGTERM drains and exits
+    143, and --resume finishes the job with one snapshot per disk."""
+    ids = volume_ids(40, seed=304)
+    emu = emulator_thread(any_volume=True, latency_ms=100)
+    manifest, report = csv_manifest(write, ids), tmp_path / "r.jsonl"
+    args = create_args(emu.url, manifest, report, "--concurrency", "2", "--settle", "0.5")
+    with started(args, sigint_ignored=True) as process:
+        until(lambda: report.exists() and len(records(report)) >= 2, process)
+        process.send_signal(signal.SIGINT)
+        seen = len(records(report))
+        until(lambda: len(records(report)) >= seen + 4, process)  # SIGINT ignored: the run goes on
+        process.send_signal(signal.SIGTERM)
+        stderr = ended(process)
+    assert process.returncode == 143, stderr
+    assert "SIGINT" not in stderr
+    assert "SIGTERM: taking no new rows; rows in flight get up to 10s to finish" in stderr
+    first = records(report)
+    assert len(first) < 40
+    assert len(emu.state()["snapshots"]) == len(first)  # rows in flight were drained and recorded
+    result = invoke([*args, "--resume", "--concurrency", "8"])
+    assert result.exit_code == 0, result.output
+    assert sorted(last_per_row(report)) == list(range(1, 41))
+    assert set(snapshots_per_volume(emu.state()).values()) == {1}
+
+
+def test_rollback_says_why_it_watches_longer_and_a_second_signal_stops_at_once(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """SIGTERM during a rollback: no new rollback is sent, the longer watch is explained; a second
+    SIGTERM exits 143 at once, saying so."""
+    ids = volume_ids(3, seed=305)
+    emu = emulator_thread(any_volume=True, creating_seconds=0, rollback_seconds=60)
+    created = tmp_path / "c.jsonl"
+    assert invoke(create_args(emu.url, csv_manifest(write, ids), created)).exit_code == 0
+    args = ["rollback", str(created), "--apply", "--endpoint", emu.url, "--concurrency", "1"]
+    args += ["--report", str(tmp_path / "b.jsonl")]
+    with started(args) as process:
+        until(lambda: len(emu.state()["rollbacks"]) == 1, process)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert process.poll() is None, "a rollback sent is watched to its end"
+        process.send_signal(signal.SIGTERM)
+        stderr = ended(process)
+    assert process.returncode == 143, stderr
+    assert "sending no more rollbacks; those already sent are watched to their end for up to 60s" in stderr
+    assert "a disk must not be left mid-rollback" in stderr
+    [second] = [line for line in stderr.splitlines() if "second SIGTERM" in line]
+    assert "stopping now" in second
+    assert sum(emu.state()["requests"][ROLLBACK_ROUTE].values()) == 1
