@@ -288,17 +288,20 @@ def test_rollback_says_why_it_watches_longer_and_a_second_signal_stops_at_once(
 ) -> None:
     """SIGTERM during a rollback: no new rollback is sent, the longer watch is explained; a second
     SIGTERM exits 143 at once, saying so."""
-    ids = volume_ids(3, seed=305)
-    emu = emulator_thread(any_volume=True, creating_seconds=0, rollback_seconds=60)
+    ids = volume_ids(10, seed=305)
+    emu = emulator_thread(any_volume=True, creating_seconds=0, rollback_seconds=60, latency_ms=150)
     created = tmp_path / "c.jsonl"
     assert invoke(create_args(emu.url, csv_manifest(write, ids), created)).exit_code == 0
     args = ["rollback", str(created), "--apply", "--endpoint", emu.url, "--concurrency", "1"]
     args += ["--report", str(tmp_path / "b.jsonl")]
     with started(args) as process:
-        until(lambda: len(emu.state()["rollbacks"]) == 1, process)
+        until(lambda: len(emu.state()["rollbacks"]) >= 1, process)
         process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         assert process.poll() is None, "a rollback sent is watched to its end"
+        sent = sum(
+            emu.state()["requests"][ROLLBACK_ROUTE].values()
+        )  # any request out at the signal has ended
         process.send_signal(signal.SIGTERM)
         stderr = ended(process)
     assert process.returncode == 143, stderr
@@ -306,4 +309,4 @@ def test_rollback_says_why_it_watches_longer_and_a_second_signal_stops_at_once(
     assert "a disk must not be left mid-rollback" in stderr
     [second] = [line for line in stderr.splitlines() if "second SIGTERM" in line]
     assert "stopping now" in second
-    assert sum(emu.state()["requests"][ROLLBACK_ROUTE].values()) == 1
+    assert sum(emu.state()["requests"][ROLLBACK_ROUTE].values()) == sent < 10  # nothing sent after the signal
