@@ -64,6 +64,8 @@ def run_measured(
 
     ``cwd`` is the checkout whose code runs (``None``: this one); its bytecode is written first.
     A child still running after ``timeout`` seconds is killed (SIGKILL: its return code is -9).
+    The peak RSS is never below this process's own peak so far (Linux carries the larger of the two
+    across the child's exec): a scenario that measures memory keeps its own process small.
     """
     precompile(cwd)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:

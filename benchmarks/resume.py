@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -75,9 +76,31 @@ class Result:
     missing: int
 
 
-def requests_of(emu: Emulator) -> Counter[str]:
-    """The emulator's request counts by route (every status), so far."""
-    return Counter({route: sum(codes.values()) for route, codes in emu.state()["requests"].items()})
+def digest(emu: Emulator, run_id: str = "", rows: int = 0, offset: int = 0) -> dict[str, Any]:
+    """The emulator's request counts by route, and the disks doubled and missing of ``run_id``.
+
+    Read by a child process: the state of 60,000 snapshots would grow this one by 100-200 MB, and a
+    child's ``ru_maxrss`` includes its parent's peak at the fork (Linux keeps the larger).
+    """
+    code = "import sys; from benchmarks.resume import digest_main; digest_main(sys.argv[1:])"
+    answer = subprocess.run(
+        [sys.executable, "-c", code, emu.url, run_id, str(rows), str(offset)],
+        capture_output=True,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    data: dict[str, Any] = orjson.loads(answer.stdout)
+    return data
+
+
+def digest_main(argv: list[str]) -> None:
+    """``digest``'s child: fetch the emulator's state, print the digest as JSON."""
+    url, run_id, rows, offset = argv[0], argv[1], int(argv[2]), int(argv[3])
+    with urllib.request.urlopen(f"{url}/_emulator/state", timeout=120) as answer:  # noqa: S310
+        state = orjson.loads(answer.read())
+    doubled, missing = exactness(state, run_id, rows, offset) if run_id else (0, 0)
+    requests = {route: sum(codes.values()) for route, codes in state["requests"].items()}
+    sys.stdout.buffer.write(orjson.dumps({"requests": requests, "doubled": doubled, "missing": missing}))
 
 
 def first_run(emu: Emulator, source: Path, report: Path, sig: signal.Signals, tree: Path | None) -> None:
@@ -94,11 +117,20 @@ def first_run(emu: Emulator, source: Path, report: Path, sig: signal.Signals, tr
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    while process.poll() is None and not (report.exists() and b"\n" in report.read_bytes()[:4096]):
+    while process.poll() is None and not first_line(report):
         time.sleep(0.02)
     time.sleep(KILL_AFTER)
     process.send_signal(sig)
     process.wait(timeout=120)
+
+
+def first_line(report: Path) -> bytes:
+    """The report's first line once it is whole (the run's header), else ``b""``; not the whole file."""
+    if not report.exists():
+        return b""
+    with report.open("rb") as handle:
+        line = handle.readline()
+    return line if line.endswith(b"\n") else b""
 
 
 def report_counts(report: Path) -> tuple[int, int]:
@@ -142,21 +174,21 @@ def once(rows: int, name: str, offset: int, tree: Path | None, timeout: float | 
         report = Path(folder) / "r.jsonl"
         first_run(emu, source, report, SIGNALS[name], tree)
         recorded, in_flight = report_counts(report)
-        before = requests_of(emu)
+        before = Counter(digest(emu)["requests"])
         resumed = create(emu.url, source, report, *OPTIONS, "--resume", tree=tree, timeout=timeout)
         finished = resumed.returncode in (0, 1)
         if not finished and not (timeout is not None and resumed.seconds >= timeout):
             raise SystemExit(f"the resume exited {resumed.returncode}: {resumed.stderr.decode()[-400:]}")
-        state = emu.state()
-        sent = Counter({route: sum(codes.values()) for route, codes in state["requests"].items()}) - before
+        run_id = orjson.loads(first_line(report))["run_id"]
+        after = digest(emu, run_id, rows, offset)
+        sent = Counter(after["requests"]) - before
         if finished:
             kinds = summary_of(report).get("requests_by_kind", {})
             lookups, lists = str(kinds.get("lookups", 0)), str(kinds.get("lists", 0))
         else:  # no summary: the emulator's counts (a lookup and a list share the route)
             lookups = f"{sent[LIST_ROUTE] + sent[GET_ROUTE]} GETs"
             lists = "(in GETs)"
-        run_id = orjson.loads(report.read_bytes().splitlines()[0])["run_id"]
-        doubled, missing = exactness(state, run_id, rows, offset)
+        doubled, missing = after["doubled"], after["missing"]
     creates = sent[CREATE_ROUTE]
     fresh_seconds, fresh_cpu = (
         fresh(creates, offset + 50_000_000, tree) if finished and creates else (None, None)
