@@ -65,6 +65,7 @@ class Result:
     in_flight: int  # rows with a ``sending`` record and no final one (0 for code without the journal)
     seconds: float
     cpu_seconds: float
+    sweep_seconds: float | None  # the resume's end-of-run sweep (from its summary)
     finished: bool
     creates: int
     lookups: str
@@ -182,8 +183,11 @@ def once(rows: int, name: str, offset: int, tree: Path | None, timeout: float | 
         run_id = orjson.loads(first_line(report))["run_id"]
         after = digest(emu, run_id, rows, offset)
         sent = Counter(after["requests"]) - before
+        sweep = None
         if finished:
-            kinds = summary_of(report).get("requests_by_kind", {})
+            summary = summary_of(report)
+            sweep = (summary.get("phases") or {}).get("sweep", {}).get("seconds")
+            kinds = summary.get("requests_by_kind", {})
             lookups, lists = str(kinds.get("lookups", 0)), str(kinds.get("lists", 0))
         else:  # no summary: the emulator's counts (a lookup and a list share the route)
             lookups = f"{sent[LIST_ROUTE] + sent[GET_ROUTE]} GETs"
@@ -194,7 +198,7 @@ def once(rows: int, name: str, offset: int, tree: Path | None, timeout: float | 
         fresh(creates, offset + 50_000_000, tree) if finished and creates else (None, None)
     )
     return Result(
-        rows, name, recorded, in_flight, resumed.seconds, resumed.cpu_seconds, finished, creates, lookups,
+        rows, name, recorded, in_flight, resumed.seconds, resumed.cpu_seconds, sweep, finished, creates, lookups,
         lists, resumed.peak_rss_mb, fresh_seconds, fresh_cpu, doubled, missing,
     )  # fmt: skip
 
@@ -208,6 +212,7 @@ def line(result: Result) -> list[str]:
         f"{result.seconds:.1f} ({result.cpu_seconds:.1f})"
         if result.finished
         else f"did not finish in {result.seconds:.0f} s ({result.cpu_seconds:.1f})",
+        "" if result.sweep_seconds is None else f"{result.sweep_seconds:.1f}",
         f"{result.creates:,}",
         result.lookups,
         result.lists,
@@ -250,6 +255,7 @@ def run(
                 "signal",
                 "recorded / in flight at the stop",
                 "resume s (CPU s)",
+                "of which the sweep s",
                 "creates sent",
                 "lookups",
                 "list requests",
