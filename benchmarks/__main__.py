@@ -1,7 +1,8 @@
 """``make bench``: run the scenarios, print the tables, and write them to benchmarks/results.md.
 
 ``python -m benchmarks [SCENARIO ...]`` runs only the named ones (overhead, latency, ratecap, memory,
-waiting, startup, profile, killresume, deleting); each table then replaces its own section in results.md.
+waiting, startup, profile, killresume, deleting, resume); each table then replaces its own section in
+results.md.
 Sections marked ``<!-- note: NAME -->`` (measurements made by hand, say of an older commit) are kept.
 """
 
@@ -15,7 +16,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import deleting, killresume, latency, memory, overhead, profile, ratecap, startup, waiting
+from benchmarks import (
+    deleting,
+    killresume,
+    latency,
+    memory,
+    overhead,
+    profile,
+    ratecap,
+    resume,
+    startup,
+    waiting,
+)
 
 SCENARIOS: dict[str, Callable[[], str]] = {
     "overhead": overhead.run,
@@ -27,6 +39,7 @@ SCENARIOS: dict[str, Callable[[], str]] = {
     "profile": profile.run,
     "killresume": killresume.run,
     "deleting": deleting.run,
+    "resume": resume.run,
 }
 RESULTS = Path(__file__).with_name("results.md")
 

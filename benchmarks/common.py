@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -53,11 +54,18 @@ class Measured:
 
 
 def run_measured(
-    args: Sequence[str], env: dict[str, str] | None = None, *, cwd: Path | None = None
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    *,
+    cwd: Path | None = None,
+    timeout: float | None = None,
 ) -> Measured:
     """Run one child process; its wall time, peak RSS and CPU time (from wait4), and its output.
 
     ``cwd`` is the checkout whose code runs (``None``: this one); its bytecode is written first.
+    A child still running after ``timeout`` seconds is killed (SIGKILL: its return code is -9).
+    The peak RSS is never below this process's own peak so far (Linux carries the larger of the two
+    across the child's exec): a scenario that measures memory keeps its own process small.
     """
     precompile(cwd)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -65,7 +73,14 @@ def run_measured(
         process = subprocess.Popen(
             list(args), stdout=out, stderr=err, env={**os.environ, **(env or {})}, cwd=cwd
         )
-        _, status, usage = os.wait4(process.pid, 0)
+        timer = None if timeout is None else threading.Timer(timeout, process.kill)
+        if timer is not None:
+            timer.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            if timer is not None:
+                timer.cancel()
         elapsed = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
@@ -166,10 +181,12 @@ def create(
     env: dict[str, str] | None = None,
     prefix: Sequence[str] = (),
     tree: Path | None = None,
+    timeout: float | None = None,
 ) -> Measured:
     """``evs-snapshot create`` as a process, AK/SK signing, report and summary JSON written.
 
-    ``prefix`` goes between the interpreter and ``-m orchestrator`` (``-m cProfile -o FILE``, say).
+    ``prefix`` goes between the interpreter and ``-m orchestrator`` (``-m cProfile -o FILE``, say);
+    ``timeout``: see ``run_measured``.
     """
     options = tree_options(tree)
     return run_measured(
@@ -192,6 +209,7 @@ def create(
         ],
         env={**options.get("env", {}), **AKSK_ENV, **(env or {})},
         cwd=options.get("cwd"),
+        timeout=timeout,
     )
 
 
