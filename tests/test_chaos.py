@@ -29,15 +29,15 @@ CHAOS = {
     "fault_drop_after": 0.03,
     "fault_late_commit": 0.06,
     "late_commit_seconds": 0.5,  # longer than --settle below: some rows are doubled, then swept
-    "rate_limit": 80,  # under what the client sends even on a busy machine: some 429s always happen
-    "burst": 10,
+    "rate_limit": 150,
+    "burst": 20,  # under the 32 requests a run starts with, however slow the machine: some 429s always happen
     "latency_ms": 5,
     "jitter_ms": 5,
     "creating_seconds": 0.2,
     "deleting_seconds": 0.1,
 }
 RETRIES = ("--max-attempts", "12", "--backoff-initial", "0.05", "--backoff-max", "0.5", "--settle", "0.3")
-RETRIES += ("--timeout", "3")  # a resumed row in flight is looked up for --settle after its send plus this
+RETRIES += ("--timeout", "1")  # a resumed row in flight is looked up for --settle after its send plus this
 
 
 def one_per_accepted_row(state: dict[str, Any], report: Path) -> None:
@@ -66,7 +66,7 @@ def test_chaos_with_a_kill_a_resume_and_a_second_run(
     emu = emulator_thread(any_volume=True, seed=131, **CHAOS)
     manifest = csv_manifest(write, ids)
     first = tmp_path / "first.jsonl"
-    args = create_args(emu.url, manifest, first, *RETRIES, concurrency=8)
+    args = create_args(emu.url, manifest, first, *RETRIES, concurrency=32)
     # SIGKILL between a send and its answer: once a random row's create is out (journalled, unanswered).
     target = random.Random(131).randint(15, 60)
     kill_when(first, run_process(args), lambda data: target in in_flight(data))
@@ -75,7 +75,7 @@ def test_chaos_with_a_kill_a_resume_and_a_second_run(
     settle_and_sweep(emu.url, first)
     assert {r["outcome"] for r in last_per_row(first).values()} == {"available"}
     second = tmp_path / "second.jsonl"
-    result = invoke(create_args(emu.url, manifest, second, *RETRIES, concurrency=8))
+    result = invoke(create_args(emu.url, manifest, second, *RETRIES, concurrency=32))
     assert result.exit_code == 0, result.output
     settle_and_sweep(emu.url, second)
     state = emu.state()

@@ -47,7 +47,8 @@ def test_chaos_run_creates_exactly_one_snapshot_per_volume(
     ids = volume_ids(300, seed=41)
     emu = emulator_thread(any_volume=True, seed=41, **CHAOS)
     report = tmp_path / "r.jsonl"
-    result = invoke(args_for(emu.url, csv_manifest(write, ids), report, "--concurrency", "16", *FAST_RETRIES))
+    # 32 in flight at once outrun the burst of 20 however slow the machine: some 429s always happen.
+    result = invoke(args_for(emu.url, csv_manifest(write, ids), report, "--concurrency", "32", *FAST_RETRIES))
     assert result.exit_code == 0, result.output
     final = last_per_row(report)
     assert sorted(final) == list(range(1, 301))
