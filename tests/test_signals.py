@@ -310,3 +310,25 @@ def test_rollback_says_why_it_watches_longer_and_a_second_signal_stops_at_once(
     [second] = [line for line in stderr.splitlines() if "second SIGTERM" in line]
     assert "stopping now" in second
     assert sum(emu.state()["requests"][ROLLBACK_ROUTE].values()) == sent < 10  # nothing sent after the signal
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_cli_is_imported_ends_quietly(signum: int) -> None:
+    """A signal while the CLI's modules load (before the command's own receiver): 130/143, one line,
+    no traceback. The child signals itself as ``main`` starts importing the CLI."""
+    child = (
+        "import builtins, os, signal\n"
+        "real = builtins.__import__\n"
+        "def hook(name, *args, **kwargs):\n"
+        f"    if name == 'orchestrator.cli': os.kill(os.getpid(), {int(signum)})\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = hook\n"
+        "from orchestrator.__main__ import main\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", child, "--help"], capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 128 + signum, done.stderr
+    name = signal.Signals(signum).name
+    assert done.stderr.decode() == f"evs-snapshot: stopped by {name} while starting; nothing was sent\n"
