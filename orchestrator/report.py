@@ -17,7 +17,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import orjson
 
@@ -25,6 +25,7 @@ from orchestrator.errors import ReportExistsError, ReportUnwritable, ResumeMisma
 from orchestrator.models import SUCCESSFUL, Outcome, Record, RunHeader, utc_iso, utc_now
 
 _T = TypeVar("_T")
+_N = TypeVar("_N", int, float)
 
 if TYPE_CHECKING:
     from orchestrator.config import RowDefaults, RunIdentity
@@ -292,6 +293,40 @@ def read_typed(
         yield record
 
 
+class RowSlots(Generic[_N]):
+    """A value per row number: a flat array while the rows read are dense, a dict once a row lies far
+    beyond them. Memory follows the records read, never a row count a file claims (a header may say
+    a trillion rows over forty lines)."""
+
+    SPREAD = 16  # a row more than this many times the records read (plus a margin) goes sparse
+
+    def __init__(self, typecode: str, default: _N) -> None:
+        self._flat: array[Any] = array(typecode)
+        self._default: _N = default
+        self._sparse: dict[int, _N] | None = None
+        self._count = 0
+
+    def __setitem__(self, row: int, value: _N) -> None:
+        self._count += 1
+        flat = self._flat
+        if self._sparse is None and row >= len(flat) and row > self.SPREAD * self._count + 65536:
+            self._sparse = {index: item for index, item in enumerate(flat) if item != self._default}
+        if self._sparse is not None:
+            self._sparse[row] = value
+            return
+        if row >= len(flat):
+            flat.extend(array(flat.typecode, [self._default]) * (row + 1 - len(flat)))
+        flat[row] = value
+
+    def __getitem__(self, row: int) -> _N:
+        if self._sparse is not None:
+            return self._sparse.get(row, self._default)
+        if row < len(self._flat):
+            value: _N = self._flat[row]
+            return value
+        return self._default
+
+
 class ResumeBook:
     """What a previous run of this report already did: per row, its last outcome and its last send.
 
@@ -310,8 +345,8 @@ class ResumeBook:
     def __init__(
         self,
         run_id: str,
-        states: bytearray,
-        sent: array[float],
+        states: RowSlots[int],
+        sent: RowSlots[float],
         *,
         last_write: float,
         header: RunHeader,
@@ -332,8 +367,8 @@ class ResumeBook:
         header = read_header(path)
         if header is None:
             return None
-        states = bytearray(header.rows + 1)
-        sent = array("d", bytes(8 * (header.rows + 1)))
+        states: RowSlots[int] = RowSlots("B", 0)
+        sent: RowSlots[float] = RowSlots("d", 0.0)
         sending = Outcome.SENDING
         for record in read_records(path):
             if record.outcome is sending:
@@ -343,7 +378,7 @@ class ResumeBook:
         return cls(header.run_id, states, sent, last_write=path.stat().st_mtime, header=header)
 
     def outcome(self, row: int) -> Outcome | None:
-        state = self.states[row] if row < len(self.states) else 0
+        state = self.states[row]
         return self.OUTCOMES[state - 1] if state else None
 
     def finished(self, row: int) -> bool:
@@ -358,7 +393,7 @@ class ResumeBook:
             return None
         if not self.header.journal:
             return self.since
-        last_send = self.sent[row] if row < len(self.sent) else 0.0
+        last_send = self.sent[row]
         return last_send + self.offset if last_send else None
 
 
@@ -370,9 +405,8 @@ def _epoch(stamp: str) -> float:
 
 
 def final_records(path: Path) -> Iterator[Record]:
-    """The last record of each row, in file order of those records (two passes, 8 bytes per row)."""
-    header = read_header(path)
-    last = array("q", [-1]) * ((0 if header is None else header.rows) + 1)
+    """The last record of each row, in file order of those records (two passes, 8 bytes per row read)."""
+    last: RowSlots[int] = RowSlots("q", -1)
     for index, record in enumerate(read_records(path)):
         if not record.side:
             last[record.row] = index

@@ -18,7 +18,7 @@ import orjson
 
 from orchestrator.errors import UsageError
 from orchestrator.models import SUCCESSFUL, Outcome, Record
-from orchestrator.report import final_records, read_header, read_records
+from orchestrator.report import RowSlots, final_records, read_header, read_records
 
 SLOWEST = 5
 LISTED_ROWS_MAX = 1000
@@ -88,7 +88,7 @@ class Tally:
         self.duplicates: Counter[str] = Counter()
         self.unfinished: list[str] = []  # run-level steps that did not complete (exit 1)
         self.rejected: Counter[tuple[str, str]] = Counter()  # (error code, next step) of rejected rows
-        self.recorded = bytearray()  # 1 at each manifest row that has a record
+        self.recorded: RowSlots[int] = RowSlots("B", 0)  # 1 at each manifest row that has a record
         self.untracked = 0  # rows counted without a number within the manifest: rows are not named then
         self.started = time.monotonic()
 
@@ -104,8 +104,6 @@ class Tally:
         if not isinstance(row, int) or isinstance(row, bool) or not 1 <= row <= self.manifest_rows:
             self.untracked += 1
             return
-        if row >= len(self.recorded):
-            self.recorded.extend(bytes(row + 1 - len(self.recorded)))
         self.recorded[row] = 1
 
     def add(self, record: Record) -> None:
@@ -174,7 +172,7 @@ class Tally:
         self.add(record)
 
     def _marked(self, row: object) -> bool:
-        return isinstance(row, int) and 0 < row < len(self.recorded) and bool(self.recorded[row])
+        return isinstance(row, int) and row > 0 and bool(self.recorded[row])
 
     def phase(self, name: str, seconds: float, totals: Mapping[str, int]) -> None:
         """A phase ended: its time, and the requests sent since the last phase (``totals``: so far)."""

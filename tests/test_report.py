@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from orchestrator.errors import ReportExistsError, UsageError
 from orchestrator.models import Outcome, Record, RunHeader
-from orchestrator.report import ReportWriter, read_records
+from orchestrator.report import ReportWriter, RowSlots, read_records
 from orchestrator.tally import Tally
 from tests.conftest import volume_ids
 from tests.helpers import cli_args, create_args, csv_manifest, invoke
@@ -193,3 +193,31 @@ def test_report_structure_is_checked_header_first_once_and_one_run(
             result = invoke(args)
             assert result.exit_code == 2, (case, name, result.output)
             assert message in result.output, (case, name, result.output)
+
+
+def test_memory_follows_the_records_read_not_the_rows_a_header_claims(
+    made_report: tuple[Any, Path, Path], tmp_path: Path
+) -> None:
+    """A header claiming a trillion rows over a two-row report: no command sizes memory by it (exit 70
+    with a MemoryError before); the rows without a record are counted, and a resume is refused."""
+    emu, manifest, report = made_report
+    lines = report.read_bytes().splitlines(keepends=True)
+    head = orjson.loads(lines[0])
+    report.write_bytes(orjson.dumps({**head, "rows": 10**12}) + b"\n" + b"".join(lines[1:]))
+    summary = invoke(["summary", str(report)])
+    assert summary.exit_code == 1, summary.output
+    assert "2 of 1000000000000 rows have a record" in summary.output
+    resumed = invoke(create_args(emu.url, manifest, report, "--resume"))
+    assert resumed.exit_code == 2, resumed.output
+    assert "the manifest has 2 rows; the report's had 1000000000000" in resumed.output
+    for args in reading_commands(emu.url, manifest, report, tmp_path).values():
+        assert invoke(args).exit_code != 70
+
+
+def test_row_slots_stay_flat_while_dense_and_go_sparse_far_beyond_the_rows_read() -> None:
+    """RowSlots: dense rows in an array; one row far beyond the rows read switches to a dict, same values."""
+    slots: RowSlots[int] = RowSlots("q", -1)
+    for row in range(1, 1001):
+        slots[row] = row * 2
+    slots[10**12] = 7
+    assert (slots[1], slots[1000], slots[1001], slots[10**12], slots[5 * 10**11]) == (2, 2000, -1, 7, -1)
