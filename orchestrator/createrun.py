@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING
 
 from orchestrator.errors import UsageError
 from orchestrator.models import Outcome, Record, RunHeader
-from orchestrator.report import check_report_path, final_records, read_header, torn_tail
+from orchestrator.report import check_report_path, epoch, final_records, read_header, read_records, torn_tail
 from orchestrator.tally import first_without_record
 
 if TYPE_CHECKING:
     from orchestrator.retention import Target
+
+# A report without its run's window (written before it was recorded): the defaults' --settle + --timeout.
+DEFAULT_WINDOW = 90.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,6 +32,17 @@ class CreateRun:
     header: RunHeader
     sent: list[Record]  # the last record of each row that was sent (not ``invalid`` or ``planned``)
     recorded: frozenset[int]  # rows with a record, whatever its outcome
+    # When (epoch seconds) the last create left whose answer the report does not hold for sure (a row
+    # in flight at a kill, or ``failed``), and how many such rows: their snapshots may still appear.
+    last_doubtful_send: float | None = None
+    doubtful_rows: int = 0
+
+    def quiet_at(self) -> float | None:
+        """When (epoch seconds) no snapshot of the run can appear any more, if that is still ahead."""
+        if self.last_doubtful_send is None:
+            return None
+        window = self.header.window or DEFAULT_WINDOW
+        return self.last_doubtful_send + window
 
     def unrecorded(self) -> tuple[int, str]:
         """How many of the header's rows have no record, and the first of them as ``summary`` names them
@@ -62,11 +76,19 @@ def run_of(report: Path, warn: Callable[[str], None]) -> CreateRun:
         warn(f"{report}:{torn}: the last line is cut short (its writer was killed mid-line); skipped")
     rows = list(final_records(report))
     unsent = (Outcome.INVALID, Outcome.PLANNED)
+    doubtful: dict[int, float] = {}  # row -> its last send, while no answer for sure follows it
+    for record in read_records(report):
+        if record.outcome is Outcome.SENDING:
+            doubtful[record.row] = epoch(record.started_at)
+        elif not record.side and record.outcome is not Outcome.FAILED:
+            doubtful.pop(record.row, None)
     return CreateRun(
         run_id=header.run_id,
         header=header,
         sent=[r for r in rows if r.volume_id and r.outcome not in unsent],
         recorded=frozenset(r.row for r in rows),
+        last_doubtful_send=max(doubtful.values(), default=None),
+        doubtful_rows=len(doubtful),
     )
 
 

@@ -37,6 +37,13 @@ SUCCESSFUL = frozenset({Outcome.ACCEPTED, Outcome.AVAILABLE})
 SIDE = frozenset({Outcome.DUPLICATE_DELETED, Outcome.DUPLICATE_FOUND, Outcome.SENDING})
 
 
+def _seconds(value: object) -> float:
+    """A header's duration: a non-negative number, else 0 (unknown)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 10**9:
+        return float(value)
+    return 0.0
+
+
 def utc_iso(moment: datetime) -> str:
     """Render a UTC instant as ISO 8601 with milliseconds and a ``Z``."""
     if moment.tzinfo is not UTC:
@@ -190,10 +197,13 @@ class RunHeader:
     # Each create attempt is journalled (a ``sending`` record) before it leaves: a resume sends a row
     # with no ``sending`` record at once. Reports written before the journal existed lack the flag.
     journal: bool = False
+    # Seconds after a create left within which its snapshot may still appear (--timeout + --settle):
+    # cleanup waits that long after the last send whose answer the report does not hold.
+    window: float = 0.0
 
     def to_json(self) -> bytes:
         data: dict[str, Any] = {"type": "run", **dataclasses.asdict(self)}
-        for flag in ("emulator", "dry_run", "journal"):
+        for flag in ("emulator", "dry_run", "journal", "window"):
             if not data[flag]:
                 del data[flag]  # headers of ordinary runs read as before
         return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
@@ -217,6 +227,7 @@ class RunHeader:
                 emulator=data.get("emulator") is True,
                 dry_run=data.get("dry_run") is True,
                 journal=data.get("journal") is True,
+                window=_seconds(data.get("window")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a run header: {exc}") from exc

@@ -372,7 +372,7 @@ class ResumeBook:
         sending = Outcome.SENDING
         for record in read_records(path):
             if record.outcome is sending:
-                sent[record.row] = _epoch(record.started_at)
+                sent[record.row] = epoch(record.started_at)
             elif not record.side:
                 states[record.row] = cls.OUTCOMES.index(record.outcome) + 1
         return cls(header.run_id, states, sent, last_write=path.stat().st_mtime, header=header)
@@ -397,7 +397,7 @@ class ResumeBook:
         return last_send + self.offset if last_send else None
 
 
-def _epoch(stamp: str) -> float:
+def epoch(stamp: str) -> float:
     try:
         return datetime.fromisoformat(stamp).timestamp()
     except ValueError:

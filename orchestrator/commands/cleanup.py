@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -83,6 +84,7 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
     # The create run's lock, before anything is sent: no create, wait or rollback of the run meanwhile.
     locks = run_locks(run_.run_id, settings.lock_file)
     with holding(locks, "cleanup"), recording_aborts(settings.closing, "cleanup", console):
+        unsettled = await _until_quiet(settings, run_, console)
         async with contextlib.AsyncExitStack() as stack:
             router = await connect(stack, settings.connection)
             async with action_run(
@@ -96,6 +98,8 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
             ) as action:
                 left = await _Pass(settings, action, run_.run_id).run(router, run_, search)
                 action.tally.notes += search.notes(run_.run_id)
+                if unsettled:
+                    action.tally.notes.append(unsettled)
                 if left:
                     still = "are still there" if settings.apply else "would be left by this plan"
                     action.tally.notes.append(
@@ -105,12 +109,40 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
             closures = router.closures()
     for closure in closures:
         console.error(closure.message, code=closure.code)
-    code = 3 if closures else max(action.tally.exit_code, 1 if left else 0)
+    code = 3 if closures else max(action.tally.exit_code, 1 if left or unsettled else 0)
     missing, _ = run_.unrecorded()
     action_side_files(
         settings.closing, "cleanup", action, code, console, rows_without_record=missing, snapshots_left=left
     )
     return code
+
+
+async def _until_quiet(settings: CleanupSettings, run_: CreateRun, console: Console) -> str | None:
+    """Rows whose create left without an answer for sure (in flight at a kill, or ``failed``) may still
+    get their snapshot until the run's window (``--timeout`` + ``--settle``) has passed since that send.
+    With ``--apply`` cleanup waits until then before it looks, so that exit 0 means nothing of the run
+    is left; a plan does not wait, and returns the note that says so (exit 1)."""
+    import time  # noqa: PLC0415
+
+    import anyio  # noqa: PLC0415
+
+    from orchestrator.models import utc_iso  # noqa: PLC0415
+
+    quiet = run_.quiet_at()
+    left = 0.0 if quiet is None else quiet - time.time()
+    if quiet is None or left <= 0:
+        return None
+    when = utc_iso(datetime.fromtimestamp(quiet, UTC))
+    rows = f"{run_.doubtful_rows} row{'s' if run_.doubtful_rows > 1 else ''}"
+    why = (
+        f"{rows} of run {run_.run_id} left without an answer for sure; "
+        f"their snapshots may appear until {when}"
+    )
+    if not settings.apply:
+        return f"{why}: this plan may miss them; plan again after then (exit 1)"
+    console.event("waiting", f"{why}: waiting {left:.0f}s before looking", seconds=round(left, 1))
+    await anyio.sleep(left)
+    return None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -198,6 +198,7 @@ async def _locked(
                     emulator=settings.emulator,
                     dry_run=settings.dry_run,
                     journal=True,
+                    window=settings.settle + settings.connection.limits.timeout,
                 )
             )
         validator = RowValidator(
