@@ -71,15 +71,19 @@ def manifest_lock(
     if lock_file is not None:
         return given_lock(lock_file)
     if path == "-":
-        return Lock(
-            lock_dir(environ) / f"manifest-{_digest(digest)}.lock", "the lock of this manifest (stdin)"
-        )
+        return content_lock(digest, environ)
     try:
         identity = os.stat(path)  # follows symlinks
     except OSError as exc:
         raise ManifestError(path, None, f"cannot open the manifest: {exc.strerror}") from None
     name = f"manifest-dev{identity.st_dev:x}-ino{identity.st_ino:x}.lock"
     return Lock(lock_dir(environ) / name, f"the lock of manifest {path}")
+
+
+def content_lock(digest: str, environ: Mapping[str, str] = os.environ) -> Lock:
+    """The lock of a manifest's content (its SHA-256): two manifests with the same rows name the same
+    disks, whether a file, its copy or standard input; taken beside the file's own lock."""
+    return Lock(lock_dir(environ) / f"content-{_digest(digest)}.lock", "the lock of this manifest's content")
 
 
 def scope_lock(scope: str, environ: Mapping[str, str] = os.environ) -> Lock:

@@ -154,6 +154,25 @@ def test_a_manifest_from_stdin_locks_on_its_digest(
     assert sum(snapshots_per_volume(emu.state()).values()) == 2
 
 
+def test_the_same_rows_from_a_file_and_from_stdin_exclude_each_other(
+    emulator_thread: Callable[..., EmulatorThread], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """While a create of a file runs, create - of the same content (or of a copy of the file) exits 75."""
+    emu = emulator_thread(any_volume=True)
+    ids = volume_ids(3, seed=1812)
+    manifest = csv_manifest(write, ids)
+    copy = write("copy.csv", manifest.read_text())
+    first = lambda url: create_args(url, manifest, tmp_path / "first.jsonl")  # noqa: E731
+    with holder(first) as process:
+        piped = invoke(
+            create_args(emu.url, Path("-"), tmp_path / "piped.jsonl", format="csv"),
+            input=manifest.read_bytes(),
+        )
+        refused(piped, process.pid, "create")
+        refused(invoke(create_args(emu.url, copy, tmp_path / "copy.jsonl")), process.pid, "create")
+    assert emu.state()["requests"] == {}
+
+
 # --- case 8: one run, one command at a time -----------------------------------------------------------
 def test_cleanup_and_rollback_of_one_run_exclude_each_other(
     emulator_thread: Callable[..., EmulatorThread], write: Callable[..., Path], tmp_path: Path

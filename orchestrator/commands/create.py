@@ -130,10 +130,12 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
 def _locks(settings: CreateSettings, digest: str) -> list[Lock]:
     """The manifest's lock (or --lock-file), the report's, and the lock of the run the report holds."""
     from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.lock import manifest_lock, report_lock, run_lock  # noqa: PLC0415
+    from orchestrator.lock import content_lock, manifest_lock, report_lock, run_lock  # noqa: PLC0415
     from orchestrator.report import read_header  # noqa: PLC0415
 
     locks = [manifest_lock(settings.source.path, digest=digest, lock_file=settings.lock_file)]
+    if settings.lock_file is None and settings.source.path != "-":
+        locks.append(content_lock(digest))  # the same rows from a copy or from standard input
     if settings.report != "-":
         locks.append(report_lock(settings.report))
         with contextlib.suppress(UsageError, OSError):  # not a report: refuse_existing or the resume says so

@@ -121,13 +121,16 @@ async def selection(settings: PruneSettings, console: Console) -> tuple[str, lis
     return ("<stdin>" if settings.source.path == "-" else settings.source.path), targets, bad, digest
 
 
-def _lock(settings: PruneSettings, what: str, digest: str) -> Lock:
-    """The manifest's lock, the one ``create`` takes (for --all-volumes alone, the scope's)."""
-    from orchestrator.lock import given_lock, manifest_lock, scope_lock  # noqa: PLC0415
+def _locks(settings: PruneSettings, what: str, digest: str) -> list[Lock]:
+    """The manifest's locks, the ones ``create`` takes (for --all-volumes alone, the scope's)."""
+    from orchestrator.lock import content_lock, given_lock, manifest_lock, scope_lock  # noqa: PLC0415
 
     if settings.source is not None:
-        return manifest_lock(settings.source.path, digest=digest, lock_file=settings.lock_file)
-    return given_lock(settings.lock_file) if settings.lock_file is not None else scope_lock(what)
+        locks = [manifest_lock(settings.source.path, digest=digest, lock_file=settings.lock_file)]
+        if settings.lock_file is None and settings.source.path != "-":
+            locks.append(content_lock(digest))
+        return locks
+    return [given_lock(settings.lock_file) if settings.lock_file is not None else scope_lock(what)]
 
 
 async def prune(settings: PruneSettings, *, console: Console) -> int:
@@ -149,7 +152,7 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
         "digest": digest,
     }
     async with contextlib.AsyncExitStack() as stack:
-        stack.enter_context(holding([_lock(settings, what, digest)], "prune"))  # before anything is sent
+        stack.enter_context(holding(_locks(settings, what, digest), "prune"))  # before anything is sent
         stack.enter_context(recording_aborts(settings.closing, "prune", console))
         router = await connect(stack, settings.connection)
         async with action_run(
