@@ -1,4 +1,5 @@
-"""The one outcome counter: a run's tally as records are written, and the summary of a whole report.
+"""The outcome counter of create, wait and summary: a run's tally as records are written, and the
+summary of a whole report (prune, cleanup and rollback count with ``actions.ActionTally``).
 
 It keeps counts, not records: outcomes, error codes with one example row each, the slowest rows,
 the rows to act on (capped), requests by kind and time by phase, and one byte per manifest row to

@@ -9,7 +9,6 @@ from typing import NoReturn
 import anyio
 import click
 
-from orchestrator.console import Console
 from orchestrator.emulator.seedfiles import read_snapshots, read_volumes
 from orchestrator.emulator.settings import (
     DEFAULT_AK,
@@ -20,7 +19,7 @@ from orchestrator.emulator.settings import (
     DEFAULT_USER,
     EmulatorSettings,
 )
-from orchestrator.errors import EvsSnapshotError
+from orchestrator.errors import UsageError
 from orchestrator.options import Finite
 
 DEFAULTS = EmulatorSettings()
@@ -265,12 +264,8 @@ def command(
     """Serve the local EVS emulator until SIGINT/SIGTERM (tests, demos, runbook rehearsal)."""
     from orchestrator.emulator.server import serve_forever  # noqa: PLC0415 - keeps --help fast
 
-    try:
-        volumes = read_volumes(volumes_file) if volumes_file is not None else ()
-        snapshots = read_snapshots(snapshots_file) if snapshots_file is not None else ()
-    except EvsSnapshotError as exc:
-        Console(sys.stderr).error(str(exc))
-        sys.exit(exc.exit_code)
+    volumes = read_volumes(volumes_file) if volumes_file is not None else ()  # errors: cli's boundary
+    snapshots = read_snapshots(snapshots_file) if snapshots_file is not None else ()
     settings = EmulatorSettings(
         host=host,
         port=port,
@@ -314,9 +309,5 @@ def command(
     try:
         anyio.run(serve_forever, settings)
     except OSError as exc:
-        click.echo(
-            f"evs-snapshot: error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
-            err=True,
-        )
-        sys.exit(2)
+        raise UsageError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
     sys.exit(0)
