@@ -125,9 +125,6 @@ class ActionBook:
         outcome = self.last.get(key)
         return outcome is not None and outcome in FINAL
 
-    def seen(self, key: str) -> bool:
-        return key in self.last
-
 
 class ActionTally:
     """Counts of an action run: outcomes, error codes, notes; ``success`` says which outcomes are fine.

@@ -111,16 +111,12 @@ def merge(existing: str, new: str, command: str) -> str:
             name = line.split("{", 1)[0].split(" ", 1)[0]
             kept.setdefault(name, []).append(line)
     out: list[str] = []
-    seen: set[str] = set()
     for line in new.splitlines():
         out.append(line)
         if line.startswith("# TYPE "):
-            name = line.split()[2]
-            seen.add(name)
-            out += kept.pop(name, [])
+            out += kept.pop(line.split()[2], [])
     for name, samples in kept.items():
         out += helps.get(name, []) + samples
-    del seen
     return "\n".join(out) + "\n"
 
 
