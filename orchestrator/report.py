@@ -356,6 +356,9 @@ class ResumeBook:
         self.sent = sent
         self.header = header
         self.offset = time.monotonic() - time.time()  # wall clock -> this process's monotonic clock
+        # Some earlier process may have left two snapshots of a row: a row was sent twice, or ended
+        # ``failed`` after it was sent (or the report has no journal to tell). Then the sweep must look.
+        self.doubted = True
         # Without a journal, the previous process died at or after its last write.
         self.since = last_write + self.offset
 
@@ -369,13 +372,18 @@ class ResumeBook:
             return None
         states: RowSlots[int] = RowSlots("B", 0)
         sent: RowSlots[float] = RowSlots("d", 0.0)
-        sending = Outcome.SENDING
+        sending, failed = Outcome.SENDING, Outcome.FAILED
+        doubted = not header.journal
         for record in read_records(path):
             if record.outcome is sending:
+                doubted = doubted or sent[record.row] > 0  # sent twice: two snapshots are possible
                 sent[record.row] = epoch(record.started_at)
             elif not record.side:
                 states[record.row] = cls.OUTCOMES.index(record.outcome) + 1
-        return cls(header.run_id, states, sent, last_write=path.stat().st_mtime, header=header)
+                doubted = doubted or (record.outcome is failed and sent[record.row] > 0)
+        book = cls(header.run_id, states, sent, last_write=path.stat().st_mtime, header=header)
+        book.doubted = doubted
+        return book
 
     def outcome(self, row: int) -> Outcome | None:
         state = self.states[row]

@@ -63,6 +63,7 @@ class _Attempt:
     maybe_sent: bool = False  # some attempt may have reached EVS
     in_flight: bool = False  # a request is out (a deadline that cancels it leaves the row uncertain)
     resumed: bool = False  # an earlier process sent it: the run's listing is asked before any lookup
+    sent_before: bool = False  # an earlier process sent it: sending it again puts the run in doubt
     answer: Answer | None = None
     error: tuple[str, str | None] | None = None
     started: datetime = dataclasses.field(default_factory=utc_now)
@@ -94,8 +95,9 @@ class Runner:
         self.stopping = False
         self.settling = 0
         # True once a create may have acted twice or late (resent, answered 5xx/timeout, or cut off),
-        # and for a resumed run (the earlier process may have): only then can the sweep find anything.
-        self.in_doubt = resume is not None
+        # or when an earlier process of a resumed run may have (``ResumeBook.doubted``), or a row it
+        # sent is sent again: only then can the sweep find anything.
+        self.in_doubt = resume is not None and resume.doubted
         self._settlers: TaskGroup | None = None
         # Settling rows wait (mostly asleep) in tasks of their own; their number is bounded, so that a
         # run where many rows are uncertain holds the workers back instead of growing without limit.
@@ -165,8 +167,9 @@ class Runner:
                     return
                 if self.stopping:
                     continue  # left without a record: --resume picks it up
+                resumed = since is not None
                 state = _Attempt(
-                    uncertain_since=since, maybe_sent=since is not None, resumed=since is not None
+                    uncertain_since=since, maybe_sent=resumed, resumed=resumed, sent_before=resumed
                 )
                 await self._row(request, state, settling=False)
 
@@ -278,6 +281,8 @@ class Runner:
     ) -> tuple[Verdict, float | None]:
         """One create request; returns the verdict and the ``Retry-After`` seconds, if any."""
         state.attempts += 1
+        if state.sent_before:
+            self.in_doubt = True  # a commit of the earlier send later than its window would make two
         journal = (lambda: self._journal(request, state)) if self.writer.resumable else None
         call = evs.create_snapshot(route.project_id, request, self.plan.run_id, before=journal)
         state.in_flight = True

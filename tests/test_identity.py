@@ -152,7 +152,9 @@ def test_commits_later_than_the_settle_window_are_swept(
 def test_the_sweep_lists_only_when_some_create_was_in_doubt(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """Every row sent once and answered for sure: no listing. A 5xx, or --resume: the sweep lists."""
+    """Every row sent once and answered for sure: no listing. A 5xx, or a resume after a process that
+    was in doubt (a row sent twice): the sweep lists. A resume whose rows in flight are all found, after
+    a process that was not in doubt, does not."""
 
     def sweep_requests(report: Path) -> dict[str, int]:
         summary = orjson.loads(report.with_suffix(".summary.json").read_bytes())
@@ -167,12 +169,22 @@ def test_the_sweep_lists_only_when_some_create_was_in_doubt(
     assert sweep_requests(clean) == {}
     assert requests_of(sure.state(), LIST_ROUTE) == Counter()
 
-    # A process killed after 12 records, the others in flight (journalled as sent, no answer recorded):
-    # the resume finds them in its listing of the run, and the sweep lists (and finds one snapshot each).
+    # A process killed after 12 records, the others in flight (journalled as sent once, no answer
+    # recorded): the resume finds them in its listing of the run, sends nothing, and nothing can be
+    # doubled, so the sweep lists nothing.
     lines = clean.read_bytes().splitlines(keepends=True)
     finals = [n for n, line in enumerate(lines) if n and b'"outcome":"sending"' not in line]
-    clean.write_bytes(b"".join(line for n, line in enumerate(lines) if n not in finals[12:]))
+    cut = b"".join(line for n, line in enumerate(lines) if n not in finals[12:])
+    clean.write_bytes(cut)
     flags = {"summary_json": clean.with_suffix(".summary.json"), "resume": True}
+    assert invoke(create_args(sure.url, manifest, clean, **flags)).exit_code == 0
+    assert sweep_requests(clean) == {}
+    assert snapshots_per_volume(sure.state(), run_id_of(clean)) == dict.fromkeys(ids, 1)
+
+    # The same, but the earlier process had sent one of those rows twice (two journal lines): two
+    # snapshots are possible, so the resume's sweep lists (and finds one snapshot each).
+    twice = next(line for line in cut.splitlines(keepends=True)[1:] if b'"outcome":"sending"' in line)
+    clean.write_bytes(cut + twice)
     assert invoke(create_args(sure.url, manifest, clean, **flags)).exit_code == 0
     assert sweep_requests(clean) == {"lists": 1}
     assert snapshots_per_volume(sure.state(), run_id_of(clean)) == dict.fromkeys(ids, 1)

@@ -267,7 +267,8 @@ async def _after_create(
 ) -> Tally:
     """The sweep (exactly one snapshot per accepted row), then ``--wait``; both within ``--deadline``.
 
-    The sweep runs when some create was in doubt (resent, answered 5xx, cut off) or the run resumed:
+    The sweep runs when some create was in doubt (resent, answered 5xx, cut off; for a resume, also in an
+    earlier process, as its journal shows, or a row it sent is sent again):
     a run whose every row was sent once and answered for sure cannot hold two snapshots of a row.
     """
     import anyio  # noqa: PLC0415
