@@ -54,6 +54,19 @@ class CreateRun:
         return missing, (f"rows {', '.join(map(str, named))}{more}" if missing else "")
 
 
+def check_create_run(report: Path, header: RunHeader, command: str, verb: str) -> None:
+    """What ``wait``, ``cleanup`` and ``rollback`` ask of the report they act on (exit 2 otherwise): a
+    create run's, whose requests went to a cloud (not a ``--dry-run``, not ``--emulator``)."""
+    if header.command != "create":
+        raise UsageError(
+            f"{report} is a {header.command} report: {command} reads the report of a create run "
+            f"(a {header.command} run confirms its own requests before it ends)"
+        )
+    why = header.nothing_in_the_cloud()
+    if why is not None:
+        raise UsageError(f"{report} {why}; there is nothing to {verb}, and nothing was sent")
+
+
 def run_of(report: Path, warn: Callable[[str], None]) -> CreateRun:
     """Read a create report: its run, the last record of each sent row, the rows with a record.
 
@@ -66,11 +79,7 @@ def run_of(report: Path, warn: Callable[[str], None]) -> CreateRun:
     header = read_header(report)
     if header is None:
         raise UsageError(f"{report}: the report holds no records; nothing to clean up")
-    if header.command != "create":
-        raise UsageError(f"{report} is a {header.command} report; cleanup reads the report of a create run")
-    why = header.nothing_in_the_cloud()
-    if why is not None:
-        raise UsageError(f"{report} {why}; there is nothing to clean up, and nothing was sent")
+    check_create_run(report, header, "cleanup", "clean up")
     torn = torn_tail(report)
     if torn is not None:
         warn(f"{report}:{torn}: the last line is cut short (its writer was killed mid-line); skipped")

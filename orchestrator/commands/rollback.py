@@ -129,6 +129,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
 def chosen_rows(settings: RollbackSettings) -> Chosen:
     """The create run's id, the last record of each chosen row in row order, and the rows of the run
     that have no record (exit 2 when the report is unusable)."""
+    from orchestrator.createrun import check_create_run  # noqa: PLC0415
     from orchestrator.errors import UsageError  # noqa: PLC0415
     from orchestrator.report import check_report_path, final_records, read_header  # noqa: PLC0415
     from orchestrator.tally import first_without_record  # noqa: PLC0415
@@ -140,11 +141,8 @@ def chosen_rows(settings: RollbackSettings) -> Chosen:
     if settings.report != "-" and Path(settings.report).resolve() == path.resolve():
         raise UsageError("--report must not be the create report: rollback writes a report of its own")
     header = read_header(path)
-    if header is not None and header.command != "create":
-        raise UsageError(f"{path} is a {header.command} report; rollback reads the report of a create run")
-    why = None if header is None else header.nothing_in_the_cloud()
-    if why is not None:
-        raise UsageError(f"{path} {why}; there is nothing to roll back, and nothing was sent")
+    if header is not None:
+        check_create_run(path, header, "rollback", "roll back")
     run_id = None if header is None else header.run_id
     if settings.rows is not None and header is not None and settings.rows.last > header.rows:
         raise UsageError(

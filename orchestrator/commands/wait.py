@@ -46,6 +46,7 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
     import anyio  # noqa: PLC0415
 
     from orchestrator.api.routes import connect  # noqa: PLC0415
+    from orchestrator.createrun import check_create_run  # noqa: PLC0415
     from orchestrator.errors import Interrupted, UsageError  # noqa: PLC0415
     from orchestrator.finish import finish  # noqa: PLC0415
     from orchestrator.lock import holding, run_locks  # noqa: PLC0415
@@ -61,14 +62,7 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
     header = read_header(report)
     if header is None:
         raise UsageError(f"{report}: the report holds no records; nothing to wait for")
-    if header.command != "create":
-        raise UsageError(
-            f"{report} is a {header.command} report: wait reads the report of a create run "
-            f"(a {header.command} run confirms its own requests before it ends)"
-        )
-    why = header.nothing_in_the_cloud()
-    if why is not None:
-        raise UsageError(f"{report} {why}; there is nothing to wait for, and nothing was sent")
+    check_create_run(report, header, "wait", "wait for")
     # The run's lock: no create --resume, cleanup, rollback or other wait of the run meanwhile.
     locks = run_locks(header.run_id, settings.lock_file)
     received: list[int] = []
