@@ -30,6 +30,8 @@ as a fresh exception each time, so tracebacks never pile up on one instance.
 
 from __future__ import annotations
 
+import dataclasses
+
 
 class EvsSnapshotError(Exception):
     """Root of every error evs-snapshot raises on purpose."""
@@ -88,6 +90,17 @@ class CredentialsRefused(RouteClosed):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(code, message)
         self.args = (f"credentials refused: {code} {message}",)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Closure:
+    """Why a route or an endpoint takes no more requests (kept as data; raised fresh each time)."""
+
+    code: str
+    message: str
+
+    def error(self) -> RouteClosed:
+        return RouteClosed(self.code, self.message)
 
 
 class ListingFailed(RunAborted):

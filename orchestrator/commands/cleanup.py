@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from orchestrator import options
-from orchestrator.cli import run
+from orchestrator.entry import run
 
 if TYPE_CHECKING:
     from orchestrator.actions import ActionRecord, ActionRun

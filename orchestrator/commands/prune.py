@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from orchestrator import options
-from orchestrator.cli import run
 from orchestrator.commands.cleanup import (
     DELETING_OPTIONS,
     action_side_files,
     default_report,
     recording_aborts,
 )
+from orchestrator.entry import run
 
 if TYPE_CHECKING:
     from collections.abc import Callable
