@@ -23,9 +23,9 @@
 RouteClosed, ProjectLookupFailed and TransportError are caught by the workers and become rows'
 ``failed`` records; a closed route also makes the run exit 3. Every other class reaches the single
 ``except`` of ``cli.Main.main`` (every command's error boundary), which prints one line and exits
-with the class's code. Anything else is a
-bug: exit 70. A state that is remembered (a closed route, a failed lookup) is kept as data and raised
-as a fresh exception each time, so tracebacks never pile up on one instance.
+with the class's code. Anything else is a bug: exit 70. A state that is remembered (a closed route, as
+a ``Closure``; a failed lookup) is kept as data and raised as a fresh exception each time, so tracebacks
+never pile up on one instance.
 """
 
 from __future__ import annotations
