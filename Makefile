@@ -22,8 +22,8 @@ demo: $(STAMP)
 	  test $$code -le 1
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check orchestrator tests benchmarks
-	$(BIN)/ruff check orchestrator tests benchmarks
+	$(BIN)/ruff format --check orchestrator tests benchmarks docs
+	$(BIN)/ruff check orchestrator tests benchmarks docs
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
