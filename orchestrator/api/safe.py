@@ -15,7 +15,7 @@ import anyio
 
 from orchestrator.api import evs
 from orchestrator.errors import ListingFailed, TransportError
-from orchestrator.retry import RetryPolicy, Verdict
+from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retrying
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
@@ -78,14 +78,14 @@ async def fetch_json(
     Raises ``RouteClosed`` when the route refuses, ``ListingFailed`` when retries are spent or the
     service refuses the call itself (a 403 for a permission, say).
     """
-    rng = random.Random()
-    last = ""
-    for attempt in range(1, policy.max_attempts + 1):
-        try:
-            reply = await route.send(call)
-        except TransportError as exc:
-            last = str(exc)
-        else:
+    why = ""
+    async for attempt in retrying(policy, reraise=False):
+        with attempt:
+            try:
+                reply = await route.send(call)
+            except TransportError as exc:
+                why = str(exc)
+                raise TryAgain(why) from None
             if reply.verdict is Verdict.REFUSED:
                 route.check_open()
             answer = reply.answer
@@ -94,12 +94,12 @@ async def fetch_json(
             if missing_ok and answer.status == 404:
                 return {}
             code, message = answer.error()
-            last = f"{answer.status} {code}: {message or 'no message'}"
+            why = f"{answer.status} {code}: {message or 'no message'}"
             if reply.verdict is Verdict.FINAL:
                 break
-        await anyio.sleep(policy.backoff(attempt, rng))
+            raise TryAgain(why)
     raise ListingFailed(
-        f"{call.method} {call.path} on {route.name} failed ({last}); nothing was decided from it"
+        f"{call.method} {call.path} on {route.name} failed ({why}); nothing was decided from it"
     )
 
 
