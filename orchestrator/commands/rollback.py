@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -38,13 +38,10 @@ ROLLBACK_GRACE = 60.0  # a rollback sent is watched to its end: the disk is unus
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from orchestrator.actions import Action, ActionRecord, ActionRun
-    from orchestrator.api.routes import Route, Router
     from orchestrator.config import Connection
     from orchestrator.console import Console
-    from orchestrator.models import Record
-    from orchestrator.restore import Finding, RestorePlan, Watch
     from orchestrator.retry import RetryPolicy
+    from orchestrator.rollback_run import Chosen
     from orchestrator.waiter import WaitPlan
 
 
@@ -64,17 +61,6 @@ class RollbackSettings:
     again: bool = False  # roll back rows that an earlier rollback report shows rolled back
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Chosen:
-    """The rows a rollback acts on, and how many rows of the create run have no record at all."""
-
-    run_id: str
-    rows: list[Record]
-    total: int  # the create run's rows, as its header says (0: no header)
-    unrecorded: int  # rows of the header without a record (counted when every row is chosen)
-    first_unrecorded: list[int]
-
-
 async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     """Plan or apply the rollback of the chosen rows; returns the exit code (see the module docstring)."""
     import contextlib  # noqa: PLC0415
@@ -83,6 +69,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     from orchestrator.api.routes import connect  # noqa: PLC0415
     from orchestrator.lock import run_locks  # noqa: PLC0415
     from orchestrator.restore import RestorePlan  # noqa: PLC0415
+    from orchestrator.rollback_run import exit_code, notes, restore_all  # noqa: PLC0415
 
     chosen = chosen_rows(settings)
     source_run, rows = chosen.run_id, chosen.rows
@@ -115,15 +102,15 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
         async with contextlib.AsyncExitStack() as stack:
             router = await connect(stack, settings.connection)
             with action.draining() if settings.apply else contextlib.nullcontext():  # a plan stops at once
-                finals, skipped = await _restore_all(action, router, rows, plan, apply=settings.apply)
+                finals, skipped = await restore_all(action, router, rows, plan, apply=settings.apply)
             closures = router.closures()
             counts = router.counts()
-        _notes(action, finals, counts, apply=settings.apply, skipped=skipped, chosen=chosen, before=before)
+        notes(action, finals, counts, apply=settings.apply, skipped=skipped, chosen=chosen, before=before)
     if closures:
         for closure in closures:
             console.error(closure.message, code=closure.code)
         return 3
-    return 1 if chosen.unrecorded or before else _exit_code(finals, apply=settings.apply)
+    return 1 if chosen.unrecorded or before else exit_code(finals, apply=settings.apply)
 
 
 def chosen_rows(settings: RollbackSettings) -> Chosen:
@@ -132,6 +119,7 @@ def chosen_rows(settings: RollbackSettings) -> Chosen:
     from orchestrator.createrun import check_create_run  # noqa: PLC0415
     from orchestrator.errors import UsageError  # noqa: PLC0415
     from orchestrator.report import check_report_path, final_records, read_header  # noqa: PLC0415
+    from orchestrator.rollback_run import Chosen  # noqa: PLC0415
     from orchestrator.tally import first_without_record  # noqa: PLC0415
 
     path = settings.source
@@ -226,189 +214,6 @@ def _check_resume(settings: RollbackSettings, source_run: str) -> None:
             f"--resume: {path} rolls back run {header.shape.get('source_run')}, not run {source_run} "
             f"of {settings.source}; nothing was sent"
         )
-
-
-async def _restore_all(
-    action: ActionRun, router: Router, rows: list[Record], plan: RestorePlan, *, apply: bool
-) -> tuple[dict[int, tuple[Action, str | None]], int]:
-    """Every chosen row through a fixed pool of workers that check and send; the rollbacks under way
-    are watched meanwhile, together (``rollback_watch.Watcher``), and each row is recorded as it ends. Returns
-    the last outcome (and code) of each row, and how many rows an earlier run of the report had
-    finished."""
-    import time  # noqa: PLC0415
-
-    import anyio  # noqa: PLC0415
-    from anyio.abc import ObjectReceiveStream  # noqa: PLC0415
-
-    from orchestrator.actions import now_iso  # noqa: PLC0415
-    from orchestrator.restore import RowStopped  # noqa: PLC0415
-    from orchestrator.rollback_watch import Watcher  # noqa: PLC0415
-
-    finals: dict[int, tuple[Action, str | None]] = {}
-    begun: dict[int, tuple[str | None, str, float]] = {}  # row -> project, started_at, monotonic start
-    skipped = 0
-
-    def stopped() -> bool:
-        return action.stopping() or bool(router.closures())
-
-    def ended(row: Record, finding: Finding) -> None:
-        record = _record(action, row, finding, plan, *begun.pop(row.row))
-        action.write(record)
-        finals[row.row] = (record.outcome, record.error_code)
-
-    watcher = Watcher(plan, concurrency=router.limits.concurrency, done=ended)
-
-    async def worker(stream: ObjectReceiveStream[Record]) -> None:
-        async with stream:
-            async for row in stream:
-                if stopped():
-                    continue  # not reached: no record, so --resume takes it up
-                started, clock = now_iso(), time.monotonic()
-                try:
-                    project, found = await _one(router, row, plan, apply=apply)
-                except RowStopped:
-                    continue  # stopped before its rollback was sent: no record, --resume takes it up
-                begun[row.row] = (project, started, clock)
-                if isinstance(found, tuple):
-                    watcher.add(*found)
-                else:
-                    ended(row, found)
-
-    workers = min(len(rows), router.limits.concurrency)
-    send, receive = anyio.create_memory_object_stream["Record"](workers)
-    async with anyio.create_task_group() as outer:
-        outer.start_soon(watcher.run)
-        try:
-            async with anyio.create_task_group() as group:
-                async with receive:
-                    for _ in range(workers):
-                        group.start_soon(worker, receive.clone())
-                async with send:
-                    for row in rows:
-                        key = f"row:{row.row}"
-                        if action.book.finished(key):
-                            finals[row.row] = (action.book.last[key], None)
-                            skipped += 1
-                            continue
-                        if stopped():
-                            break
-                        await send.send(row)
-        finally:
-            watcher.close()
-    return finals, skipped
-
-
-async def _one(
-    router: Router, row: Record, plan: RestorePlan, *, apply: bool
-) -> tuple[str | None, Finding | tuple[Route, Record, Watch]]:
-    """The row's project and either its finding or (applying) the rollback under way, to be watched."""
-    from orchestrator.actions import Action  # noqa: PLC0415
-    from orchestrator.errors import ProjectLookupFailed, RouteClosed  # noqa: PLC0415
-    from orchestrator.restore import Finding, plan_row, start_row, unusable  # noqa: PLC0415
-
-    project = row.project_id
-    finding: Finding | None = unusable(row)
-    if finding is not None:
-        return project, finding if apply else dataclasses.replace(finding, outcome=Action.PLANNED)
-    try:
-        route = await router.route_for(row.project_id, row.region)
-        project = route.project_id
-        if not apply:
-            return project, await plan_row(route, row, plan)
-        found = await start_row(route, row, plan)
-    except (RouteClosed, ProjectLookupFailed) as exc:
-        return project, Finding(outcome=Action.FAILED, code=exc.code, message=exc.message)
-    return project, found if isinstance(found, Finding) else (route, row, found)
-
-
-def _record(
-    action: ActionRun,
-    row: Record,
-    finding: Finding,
-    plan: RestorePlan,
-    project: str | None,
-    started: str,
-    clock: float,
-) -> ActionRecord:
-    import time  # noqa: PLC0415
-
-    from orchestrator.actions import ActionRecord, now_iso  # noqa: PLC0415
-
-    snapshot: dict[str, Any] = dict(finding.snapshot or {})
-    return ActionRecord(
-        run_id=action.run_id,
-        command="rollback",
-        key=f"row:{row.row}",
-        outcome=finding.outcome,
-        row=row.row,
-        volume_id=row.volume_id,
-        project_id=project,
-        region=row.region,
-        snapshot_id=row.snapshot_id,
-        snapshot_name=snapshot.get("name"),
-        created_at=snapshot.get("created_at"),
-        source_run=plan.source_run,
-        http_status=finding.http_status,
-        error_code=finding.code,
-        error_message=finding.message,
-        request_id=finding.request_id,
-        attempts=finding.attempts,
-        started_at=started,
-        finished_at=now_iso(),
-        elapsed_ms=round((time.monotonic() - clock) * 1000),
-    )
-
-
-def _notes(
-    action: ActionRun,
-    finals: dict[int, tuple[Action, str | None]],
-    counts: dict[str, int],
-    *,
-    apply: bool,
-    skipped: int,
-    chosen: Chosen,
-    before: bool,
-) -> None:
-    """Summary lines: rows without a record, blockers found while planning, rows skipped on resume,
-    requests by kind. Each row's blocker is counted once, by the tally, as its record is written."""
-    from orchestrator.actions import Action  # noqa: PLC0415
-
-    tally = action.tally
-    if chosen.unrecorded:
-        shown = ", ".join(map(str, chosen.first_unrecorded))
-        more = "" if chosen.unrecorded <= len(chosen.first_unrecorded) else ", ..."
-        tally.notes.append(
-            f"{chosen.unrecorded} of {chosen.total} rows have no record: their disks have no snapshot of "
-            f"this run to roll back to (rows {shown}{more}); before the maintenance, `create --resume` of "
-            "the create report snapshots them"
-        )
-        tally.failing += chosen.unrecorded  # the summary's exit code is the command's
-    if not apply:
-        planned = [code for outcome, code in finals.values() if outcome is Action.PLANNED]
-        blockers = sum(1 for code in planned if code)
-        tally.notes.append(
-            f"plan only, nothing was sent: {len(planned) - blockers} of {len(planned) + chosen.unrecorded} "
-            "rows can be rolled back"
-            + (f", {blockers} have a blocker" if blockers else "")
-            + (f", {chosen.unrecorded} have no record" if chosen.unrecorded else "")
-            + "; --apply rolls back"
-        )
-    if before:
-        tally.notes.append("rolled back before: --apply needs --again (see the warning above)")
-        tally.failing += 1
-    if skipped:
-        tally.notes.append(f"{skipped} rows were finished by an earlier run of this report (skipped)")
-    if counts:
-        tally.notes.append("requests: " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())))
-
-
-def _exit_code(finals: dict[int, tuple[Action, str | None]], *, apply: bool) -> int:
-    from orchestrator.actions import Action  # noqa: PLC0415
-
-    if apply:
-        return 0 if all(outcome is Action.ROLLED_BACK for outcome, _ in finals.values()) else 1
-    good = {Action.PLANNED, Action.ROLLED_BACK}
-    return 0 if all(outcome in good and not code for outcome, code in finals.values()) else 1
 
 
 @click.command("rollback")

@@ -1,0 +1,200 @@
+"""A rollback run's rows (``rollback``): a fixed pool of workers checks and sends each row's rollback
+(``restore``), the ``rollback_watch.Watcher`` watches those under way, and each row gets one record
+as it ends; then the summary's notes and the exit code.
+
+A row not reached when the run stops (a signal, a route closed) gets no record, so ``--resume``
+takes it up; so does a row stopped before its rollback was sent (``restore.RowStopped``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import anyio
+from anyio.abc import ObjectReceiveStream
+
+from orchestrator.actions import Action, ActionRecord, ActionRun, now_iso
+from orchestrator.api.routes import Route, Router
+from orchestrator.errors import ProjectLookupFailed, RouteClosed
+from orchestrator.models import Record
+from orchestrator.restore import Finding, RestorePlan, RowStopped, Watch, plan_row, start_row, unusable
+from orchestrator.rollback_watch import Watcher
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Chosen:
+    """The rows a rollback acts on, and how many rows of the create run have no record at all."""
+
+    run_id: str
+    rows: list[Record]
+    total: int  # the create run's rows, as its header says (0: no header)
+    unrecorded: int  # rows of the header without a record (counted when every row is chosen)
+    first_unrecorded: list[int]
+
+
+async def restore_all(
+    action: ActionRun, router: Router, rows: list[Record], plan: RestorePlan, *, apply: bool
+) -> tuple[dict[int, tuple[Action, str | None]], int]:
+    """Every chosen row through a fixed pool of workers that check and send; the rollbacks under way
+    are watched meanwhile, together (``rollback_watch.Watcher``), and each row is recorded as it ends. Returns
+    the last outcome (and code) of each row, and how many rows an earlier run of the report had
+    finished."""
+
+    finals: dict[int, tuple[Action, str | None]] = {}
+    begun: dict[int, tuple[str | None, str, float]] = {}  # row -> project, started_at, monotonic start
+    skipped = 0
+
+    def stopped() -> bool:
+        return action.stopping() or bool(router.closures())
+
+    def ended(row: Record, finding: Finding) -> None:
+        record = record_of(action, row, finding, plan, *begun.pop(row.row))
+        action.write(record)
+        finals[row.row] = (record.outcome, record.error_code)
+
+    watcher = Watcher(plan, concurrency=router.limits.concurrency, done=ended)
+
+    async def worker(stream: ObjectReceiveStream[Record]) -> None:
+        async with stream:
+            async for row in stream:
+                if stopped():
+                    continue  # not reached: no record, so --resume takes it up
+                started, clock = now_iso(), time.monotonic()
+                try:
+                    project, found = await _one(router, row, plan, apply=apply)
+                except RowStopped:
+                    continue  # stopped before its rollback was sent: no record, --resume takes it up
+                begun[row.row] = (project, started, clock)
+                if isinstance(found, tuple):
+                    watcher.add(*found)
+                else:
+                    ended(row, found)
+
+    workers = min(len(rows), router.limits.concurrency)
+    send, receive = anyio.create_memory_object_stream[Record](workers)
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(watcher.run)
+        try:
+            async with anyio.create_task_group() as group:
+                async with receive:
+                    for _ in range(workers):
+                        group.start_soon(worker, receive.clone())
+                async with send:
+                    for row in rows:
+                        key = f"row:{row.row}"
+                        if action.book.finished(key):
+                            finals[row.row] = (action.book.last[key], None)
+                            skipped += 1
+                            continue
+                        if stopped():
+                            break
+                        await send.send(row)
+        finally:
+            watcher.close()
+    return finals, skipped
+
+
+async def _one(
+    router: Router, row: Record, plan: RestorePlan, *, apply: bool
+) -> tuple[str | None, Finding | tuple[Route, Record, Watch]]:
+    """The row's project and either its finding or (applying) the rollback under way, to be watched."""
+
+    project = row.project_id
+    finding: Finding | None = unusable(row)
+    if finding is not None:
+        return project, finding if apply else dataclasses.replace(finding, outcome=Action.PLANNED)
+    try:
+        route = await router.route_for(row.project_id, row.region)
+        project = route.project_id
+        if not apply:
+            return project, await plan_row(route, row, plan)
+        found = await start_row(route, row, plan)
+    except (RouteClosed, ProjectLookupFailed) as exc:
+        return project, Finding(outcome=Action.FAILED, code=exc.code, message=exc.message)
+    return project, found if isinstance(found, Finding) else (route, row, found)
+
+
+def record_of(
+    action: ActionRun,
+    row: Record,
+    finding: Finding,
+    plan: RestorePlan,
+    project: str | None,
+    started: str,
+    clock: float,
+) -> ActionRecord:
+
+    snapshot = finding.snapshot
+    return ActionRecord(
+        run_id=action.run_id,
+        command="rollback",
+        key=f"row:{row.row}",
+        outcome=finding.outcome,
+        row=row.row,
+        volume_id=row.volume_id,
+        project_id=project,
+        region=row.region,
+        snapshot_id=row.snapshot_id,
+        snapshot_name=None if snapshot is None else snapshot.name,
+        created_at=None if snapshot is None else snapshot.created_at,
+        source_run=plan.source_run,
+        http_status=finding.http_status,
+        error_code=finding.code,
+        error_message=finding.message,
+        request_id=finding.request_id,
+        attempts=finding.attempts,
+        started_at=started,
+        finished_at=now_iso(),
+        elapsed_ms=round((time.monotonic() - clock) * 1000),
+    )
+
+
+def notes(
+    action: ActionRun,
+    finals: dict[int, tuple[Action, str | None]],
+    counts: dict[str, int],
+    *,
+    apply: bool,
+    skipped: int,
+    chosen: Chosen,
+    before: bool,
+) -> None:
+    """Summary lines: rows without a record, blockers found while planning, rows skipped on resume,
+    requests by kind. Each row's blocker is counted once, by the tally, as its record is written."""
+
+    tally = action.tally
+    if chosen.unrecorded:
+        shown = ", ".join(map(str, chosen.first_unrecorded))
+        more = "" if chosen.unrecorded <= len(chosen.first_unrecorded) else ", ..."
+        tally.notes.append(
+            f"{chosen.unrecorded} of {chosen.total} rows have no record: their disks have no snapshot of "
+            f"this run to roll back to (rows {shown}{more}); before the maintenance, `create --resume` of "
+            "the create report snapshots them"
+        )
+        tally.failing += chosen.unrecorded  # the summary's exit code is the command's
+    if not apply:
+        planned = [code for outcome, code in finals.values() if outcome is Action.PLANNED]
+        blockers = sum(1 for code in planned if code)
+        tally.notes.append(
+            f"plan only, nothing was sent: {len(planned) - blockers} of {len(planned) + chosen.unrecorded} "
+            "rows can be rolled back"
+            + (f", {blockers} have a blocker" if blockers else "")
+            + (f", {chosen.unrecorded} have no record" if chosen.unrecorded else "")
+            + "; --apply rolls back"
+        )
+    if before:
+        tally.notes.append("rolled back before: --apply needs --again (see the warning above)")
+        tally.failing += 1
+    if skipped:
+        tally.notes.append(f"{skipped} rows were finished by an earlier run of this report (skipped)")
+    if counts:
+        tally.notes.append("requests: " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())))
+
+
+def exit_code(finals: dict[int, tuple[Action, str | None]], *, apply: bool) -> int:
+
+    if apply:
+        return 0 if all(outcome is Action.ROLLED_BACK for outcome, _ in finals.values()) else 1
+    good = {Action.PLANNED, Action.ROLLED_BACK}
+    return 0 if all(outcome in good and not code for outcome, code in finals.values()) else 1
