@@ -1,6 +1,8 @@
-"""A rollback run's rows (``rollback``): a fixed pool of workers checks and sends each row's rollback
-(``restore``), the ``rollback_watch.Watcher`` watches those under way, and each row gets one record
-as it ends; then the summary's notes and the exit code.
+"""A rollback run's rows (``rollback``): the rows chosen from the create report (``chosen_rows``; rows
+rolled back by an earlier rollback report are not rolled back again without ``--again``), a fixed
+pool of workers that checks and sends each row's rollback (``restore``) while the
+``rollback_watch.Watcher`` watches those under way, one record per row as it ends, then the
+summary's notes and the exit code.
 
 A row not reached when the run stops (a signal, a route closed) gets no record, so ``--resume``
 takes it up; so does a row stopped before its rollback was sent (``restore.RowStopped``).
@@ -10,16 +12,53 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import ObjectReceiveStream
 
 from orchestrator.actions import Action, ActionRecord, ActionRun, now_iso
-from orchestrator.api.routes import Route, Router
-from orchestrator.errors import ProjectLookupFailed, RouteClosed
+from orchestrator.createrun import check_create_run
+from orchestrator.errors import ProjectLookupFailed, RouteClosed, UsageError
 from orchestrator.models import Record
-from orchestrator.restore import Finding, RestorePlan, RowStopped, Watch, plan_row, start_row, unusable
+from orchestrator.report import check_report_path, final_records, read_header
+from orchestrator.restore import (
+    Finding,
+    RestorePlan,
+    RowStopped,
+    Watch,
+    earlier_rollbacks,
+    plan_row,
+    start_row,
+    unusable,
+)
 from orchestrator.rollback_watch import Watcher
+from orchestrator.tally import first_without_record
+
+if TYPE_CHECKING:
+    from orchestrator import options
+    from orchestrator.api.routes import Route, Router
+    from orchestrator.config import Connection
+    from orchestrator.console import Console
+    from orchestrator.retry import RetryPolicy
+    from orchestrator.waiter import WaitPlan
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RollbackSettings:
+    source: Path  # the create report
+    report: str  # this run's report, or "-"
+    connection: Connection
+    policy: RetryPolicy
+    wait: WaitPlan
+    settle: float
+    apply: bool = False
+    resume: bool = False
+    rows: options.RowRanges | None = None  # --rows
+    volumes: frozenset[str] | None = None
+    lock_file: Path | None = None
+    again: bool = False  # roll back rows that an earlier rollback report shows rolled back
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,6 +70,87 @@ class Chosen:
     total: int  # the create run's rows, as its header says (0: no header)
     unrecorded: int  # rows of the header without a record (counted when every row is chosen)
     first_unrecorded: list[int]
+
+
+def chosen_rows(settings: RollbackSettings) -> Chosen:
+    """The create run's id, the last record of each chosen row in row order, and the rows of the run
+    that have no record (exit 2 when the report is unusable)."""
+
+    path = settings.source
+    check_report_path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such report")
+    if settings.report != "-" and Path(settings.report).resolve() == path.resolve():
+        raise UsageError("--report must not be the create report: rollback writes a report of its own")
+    header = read_header(path)
+    if header is not None:
+        check_create_run(path, header, "rollback", "roll back")
+    run_id = None if header is None else header.run_id
+    if settings.rows is not None and header is not None and settings.rows.last > header.rows:
+        raise UsageError(
+            f"--rows {settings.rows}: row {settings.rows.last} is beyond the {header.rows} rows of the run "
+            f"in {path}; nothing was sent"
+        )
+    rows, seen_rows, seen_volumes = [], set(), set()
+    for record in final_records(path):
+        run_id = run_id or record.run_id
+        volume = (record.volume_id or "").lower()
+        seen_rows.add(record.row)
+        seen_volumes.add(volume)
+        if settings.rows is not None and record.row not in settings.rows:
+            continue
+        if settings.volumes is not None and volume not in settings.volumes:
+            continue
+        rows.append(record)
+    if run_id is None or not seen_rows:
+        raise UsageError(f"{path} holds no records of a create run; nothing to roll back")
+    absent = [] if settings.rows is None else settings.rows.absent(seen_rows, limit=10)
+    if absent:
+        missing = ", ".join(str(row) for row in absent)
+        raise UsageError(f"--rows: {path} has no record of row {missing}; nothing was sent")
+    total = 0 if header is None else header.rows
+    unrecorded = total - sum(1 for row in seen_rows if isinstance(row, int) and 1 <= row <= total)
+    if settings.volumes is not None and settings.volumes - seen_volumes:
+        missing = ", ".join(sorted(settings.volumes - seen_volumes)[:10])
+        gap = f" ({unrecorded} of {total} rows of the create run have no record)" if unrecorded else ""
+        raise UsageError(f"--volume: no row of {path} is disk {missing}{gap}; nothing was sent")
+    if not rows:
+        raise UsageError("--rows and --volume together choose no row; nothing was sent")
+    every = settings.rows is None and settings.volumes is None
+    return Chosen(
+        run_id=run_id,
+        rows=sorted(rows, key=lambda record: record.row),
+        total=total,
+        unrecorded=unrecorded if every else 0,
+        first_unrecorded=first_without_record(total, seen_rows.__contains__) if every else [],
+    )
+
+
+def rolled_back_before(settings: RollbackSettings, chosen: Chosen, console: Console) -> bool:
+    """True when an earlier rollback report of this create run rolled back chosen rows (not asked on
+    ``--resume``): ``--apply`` without ``--again`` is refused then (exit 2); a plan warns."""
+
+    if settings.resume:
+        return False
+    this = None if settings.report == "-" else Path(settings.report)
+    places = [settings.source.parent, Path("reports"), *([] if this is None else [this.parent])]
+    wanted = {record.row for record in chosen.rows}
+    found = {
+        report: len(rows & wanted)
+        for report, rows in earlier_rollbacks(chosen.run_id, places, skip=this).items()
+        if rows & wanted
+    }
+    if not found:
+        return False
+    where = "; ".join(f"{count} of its rows by {report}" for report, count in sorted(found.items()))
+    told = (
+        f"run {chosen.run_id} was rolled back before ({where}): rolling back again restores the "
+        "snapshots' data once more and loses what was written to those disks since"
+    )
+    if settings.apply and not settings.again:
+        raise UsageError(f"{told}; pass --again to do it; nothing was sent")
+    console.warn(f"{told}; " + ("--again: rolling back again" if settings.again else "--apply needs --again"))
+    return not settings.again
 
 
 async def restore_all(

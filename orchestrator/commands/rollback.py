@@ -23,7 +23,6 @@ report of a ``--dry-run`` or of ``--emulator``, and ``--apply`` of rows rolled b
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -41,24 +40,8 @@ if TYPE_CHECKING:
     from orchestrator.config import Connection
     from orchestrator.console import Console
     from orchestrator.retry import RetryPolicy
-    from orchestrator.rollback_run import Chosen
+    from orchestrator.rollback_run import RollbackSettings
     from orchestrator.waiter import WaitPlan
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class RollbackSettings:
-    source: Path  # the create report
-    report: str  # this run's report, or "-"
-    connection: Connection
-    policy: RetryPolicy
-    wait: WaitPlan
-    settle: float
-    apply: bool = False
-    resume: bool = False
-    rows: options.RowRanges | None = None  # --rows
-    volumes: frozenset[str] | None = None
-    lock_file: Path | None = None
-    again: bool = False  # roll back rows that an earlier rollback report shows rolled back
 
 
 async def rollback(settings: RollbackSettings, *, console: Console) -> int:
@@ -69,13 +52,19 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     from orchestrator.api.routes import connect  # noqa: PLC0415
     from orchestrator.lock import run_locks  # noqa: PLC0415
     from orchestrator.restore import RestorePlan  # noqa: PLC0415
-    from orchestrator.rollback_run import exit_code, notes, restore_all  # noqa: PLC0415
+    from orchestrator.rollback_run import (  # noqa: PLC0415
+        chosen_rows,
+        exit_code,
+        notes,
+        restore_all,
+        rolled_back_before,
+    )
 
     chosen = chosen_rows(settings)
     source_run, rows = chosen.run_id, chosen.rows
     shape = {"source_report": str(settings.source.resolve()), "source_run": source_run}
     _check_resume(settings, source_run)
-    before = _rolled_back_before(settings, chosen, console)
+    before = rolled_back_before(settings, chosen, console)
     stopping: list[Callable[[], bool]] = []
     plan = RestorePlan(
         source_run=source_run,
@@ -111,94 +100,6 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
             console.error(closure.message, code=closure.code)
         return 3
     return 1 if chosen.unrecorded or before else exit_code(finals, apply=settings.apply)
-
-
-def chosen_rows(settings: RollbackSettings) -> Chosen:
-    """The create run's id, the last record of each chosen row in row order, and the rows of the run
-    that have no record (exit 2 when the report is unusable)."""
-    from orchestrator.createrun import check_create_run  # noqa: PLC0415
-    from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.report import check_report_path, final_records, read_header  # noqa: PLC0415
-    from orchestrator.rollback_run import Chosen  # noqa: PLC0415
-    from orchestrator.tally import first_without_record  # noqa: PLC0415
-
-    path = settings.source
-    check_report_path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such report")
-    if settings.report != "-" and Path(settings.report).resolve() == path.resolve():
-        raise UsageError("--report must not be the create report: rollback writes a report of its own")
-    header = read_header(path)
-    if header is not None:
-        check_create_run(path, header, "rollback", "roll back")
-    run_id = None if header is None else header.run_id
-    if settings.rows is not None and header is not None and settings.rows.last > header.rows:
-        raise UsageError(
-            f"--rows {settings.rows}: row {settings.rows.last} is beyond the {header.rows} rows of the run "
-            f"in {path}; nothing was sent"
-        )
-    rows, seen_rows, seen_volumes = [], set(), set()
-    for record in final_records(path):
-        run_id = run_id or record.run_id
-        volume = (record.volume_id or "").lower()
-        seen_rows.add(record.row)
-        seen_volumes.add(volume)
-        if settings.rows is not None and record.row not in settings.rows:
-            continue
-        if settings.volumes is not None and volume not in settings.volumes:
-            continue
-        rows.append(record)
-    if run_id is None or not seen_rows:
-        raise UsageError(f"{path} holds no records of a create run; nothing to roll back")
-    absent = [] if settings.rows is None else settings.rows.absent(seen_rows, limit=10)
-    if absent:
-        missing = ", ".join(str(row) for row in absent)
-        raise UsageError(f"--rows: {path} has no record of row {missing}; nothing was sent")
-    total = 0 if header is None else header.rows
-    unrecorded = total - sum(1 for row in seen_rows if isinstance(row, int) and 1 <= row <= total)
-    if settings.volumes is not None and settings.volumes - seen_volumes:
-        missing = ", ".join(sorted(settings.volumes - seen_volumes)[:10])
-        gap = f" ({unrecorded} of {total} rows of the create run have no record)" if unrecorded else ""
-        raise UsageError(f"--volume: no row of {path} is disk {missing}{gap}; nothing was sent")
-    if not rows:
-        raise UsageError("--rows and --volume together choose no row; nothing was sent")
-    every = settings.rows is None and settings.volumes is None
-    return Chosen(
-        run_id=run_id,
-        rows=sorted(rows, key=lambda record: record.row),
-        total=total,
-        unrecorded=unrecorded if every else 0,
-        first_unrecorded=first_without_record(total, seen_rows.__contains__) if every else [],
-    )
-
-
-def _rolled_back_before(settings: RollbackSettings, chosen: Chosen, console: Console) -> bool:
-    """True when an earlier rollback report of this create run rolled back chosen rows (not asked on
-    ``--resume``): ``--apply`` without ``--again`` is refused then (exit 2); a plan warns."""
-    from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.restore import earlier_rollbacks  # noqa: PLC0415
-
-    if settings.resume:
-        return False
-    this = None if settings.report == "-" else Path(settings.report)
-    places = [settings.source.parent, Path("reports"), *([] if this is None else [this.parent])]
-    wanted = {record.row for record in chosen.rows}
-    found = {
-        report: len(rows & wanted)
-        for report, rows in earlier_rollbacks(chosen.run_id, places, skip=this).items()
-        if rows & wanted
-    }
-    if not found:
-        return False
-    where = "; ".join(f"{count} of its rows by {report}" for report, count in sorted(found.items()))
-    told = (
-        f"run {chosen.run_id} was rolled back before ({where}): rolling back again restores the "
-        "snapshots' data once more and loses what was written to those disks since"
-    )
-    if settings.apply and not settings.again:
-        raise UsageError(f"{told}; pass --again to do it; nothing was sent")
-    console.warn(f"{told}; " + ("--again: rolling back again" if settings.again else "--apply needs --again"))
-    return not settings.again
 
 
 def _check_resume(settings: RollbackSettings, source_run: str) -> None:
@@ -282,6 +183,7 @@ def command(
     """Restore each row's disk from the snapshot the create run in REPORT made; plans unless --apply."""
     from orchestrator.console import Console  # noqa: PLC0415
     from orchestrator.models import utc_now  # noqa: PLC0415
+    from orchestrator.rollback_run import RollbackSettings  # noqa: PLC0415
 
     console = Console(sys.stderr, json=log_format == "json")
     settings = RollbackSettings(
