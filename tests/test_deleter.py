@@ -4,6 +4,7 @@ the same way, through the one loop (``deleter.delete``)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,7 +15,7 @@ from yarl import URL
 from orchestrator.actions import Action, ActionRecord
 from orchestrator.api.routes import Route, connect
 from orchestrator.config import Connection, Endpoints
-from orchestrator.deleter import Deleter, Ended, Job, delete, delete_snapshot
+from orchestrator.deleter import WRONG_STATE_PAUSE, Deleter, Deletion, Ended, Job, delete, delete_snapshot
 from orchestrator.emulator import SeedSnapshot
 from orchestrator.retry import RetryPolicy
 from tests.conftest import volume_ids
@@ -111,3 +112,30 @@ async def test_a_wrong_state_is_waited_out_only_with_patience(emulator: Callable
     assert at_once.why.endswith("(the snapshot is creating)")
     assert patient.ended is Ended.REJECTED
     assert patient.attempts >= 2
+
+
+@pytest.mark.anyio
+async def test_patience_outlasts_the_attempts_at_a_steady_pace(emulator: Callable[..., Any]) -> None:
+    """Every DELETE answered 5xx: past the policy's attempts it is sent again while the patience lasts,
+    each pause then at least WRONG_STATE_PAUSE, so the patience is not spun through."""
+    target = seeded("available")
+    emu = await emulator(snapshots=(target,), fault_5xx=1.0)
+    async with route_to(emu.url) as route:
+        deletion = await delete(route, target.id, QUICK, patience=0.5)
+    assert deletion.ended is Ended.FAILED
+    assert QUICK.max_attempts < deletion.attempts <= QUICK.max_attempts + 1 + int(0.5 / WRONG_STATE_PAUSE)
+    assert deletion.why is not None
+    assert deletion.why[:3] in {"500", "502", "503", "504"}
+
+
+def test_why_names_what_was_learned() -> None:
+    """A deletion that did not succeed says why in one line: the answer, and the state or the failed look."""
+    answer = Deletion(ended=Ended.FAILED, http_status=400, code="EVS.1047", message="wrong state")
+    assert Deletion(ended=Ended.DONE).why is None
+    assert answer.why == "400 EVS.1047: wrong state"
+    unread = dataclasses.replace(answer, unreadable=True)
+    assert unread.why == "400 EVS.1047: wrong state (and its status could not be read)"
+    stuck = dataclasses.replace(answer, ended=Ended.REJECTED, state="backing-up")
+    assert stuck.why == "400 EVS.1047: wrong state (the snapshot is backing-up)"
+    lost = Deletion(ended=Ended.FAILED, code="CONNECTION_RESET", message="connection reset", transport=True)
+    assert lost.why == "connection reset"
