@@ -99,8 +99,14 @@ async def delete(route: Route, snapshot_id: str, policy: RetryPolicy, *, patienc
             try:
                 reply = await route.send(call)
             except TransportError as exc:
-                last = dataclasses.replace(
-                    last, attempts=attempt.number, code=exc.code, message=str(exc), transport=True
+                last = Deletion(  # the last answer's status stays on the record
+                    ended=Ended.FAILED,
+                    attempts=attempt.number,
+                    http_status=last.http_status,
+                    request_id=last.request_id,
+                    code=exc.code,
+                    message=str(exc),
+                    transport=True,
                 )
                 raise TryAgain(str(exc)) from None
             if reply.verdict is Verdict.REFUSED:
