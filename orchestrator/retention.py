@@ -10,6 +10,9 @@ record naming the rule that condemned it: ``planned`` without ``--apply``; with 
 deleted from. A snapshot already ``deleting`` is neither kept nor a candidate (``--resume`` waits for
 it when an earlier run sent its DELETE). Every project is listed (``selection``) before anything is
 deleted.
+
+``audit``'s rule is here too (``stale_disks``): a disk passes when it has an owned ``available``
+snapshot younger than ``--max-age``.
 """
 
 from __future__ import annotations
