@@ -32,6 +32,7 @@ COMMANDS = (
     "audit",
     "select",
     "rollback",
+    "doctor",
     "emulator",
 )
 

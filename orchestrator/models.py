@@ -271,6 +271,7 @@ class Answer:
     retry_after: str | None = None
     subject_token: str | None = dataclasses.field(default=None, repr=False)
     sent_with: str | None = dataclasses.field(default=None, repr=False)
+    date: str | None = dataclasses.field(default=None, repr=False)  # the gateway's clock (``api.clock``)
 
     @property
     def ok(self) -> bool:

@@ -191,6 +191,7 @@ class ProjectResolver:
         self._auth = auth
         self._found: dict[str, str | tuple[str, str, bool]] = {}
         self._locks: dict[str, anyio.Lock] = {}
+        self.via: dict[str, str] = {}  # region -> the IAM request that resolved its project
 
     async def project_for(self, region: str) -> str:
         """The project of ``region``; raises ``ProjectLookupFailed``, ``CredentialsRefused`` or transport."""
@@ -219,9 +220,12 @@ class ProjectResolver:
 
     async def _lookup(self, region: str) -> str:
         if isinstance(self._auth, PasswordAuth):
+            self.via[region] = "POST /v3/auth/tokens (a token scoped by the region's name)"
             return await self._auth.project_for_region(region)
+        self.via[region] = "GET /v3/projects"
         answer = await self._iam.projects(region, self._auth)
         if answer.status == 403:
+            self.via[region] = "GET /v3/auth/projects (GET /v3/projects was refused: 403)"
             answer = await self._iam.my_projects(self._auth)
             if answer.status == 403:
                 raise ProjectLookupFailed(

@@ -1,0 +1,403 @@
+"""``doctor --live VOLUME_ID``: one snapshot made and deleted on a scratch disk, proving what reading
+alone cannot.
+
+1. create a snapshot with the run marker and a probe metadata key, through the normal create path
+   (``runner.Runner``: journal, settle, lookups; a create report the ``cleanup`` command reads);
+2. GET it, and check that the metadata came back exactly (key case and value);
+3. find it in the list by ``volume_id``, with and without ``all_granted_eps``;
+4. with ``rollback``, roll the (detached) disk back to it;
+5. delete it (``deleter.delete``), and check that the GET then answers 404 ``EVS.5404``.
+
+If the round trip stops halfway (a failure, a signal), ``cleanup_hint`` is the ``cleanup`` command that
+removes what it made; the caller prints it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from orchestrator.api import evs
+from orchestrator.doctor import (
+    NOT_FOUND_CODES,
+    Check,
+    Doctor,
+    Result,
+    exchange,
+    said,
+    shown,
+    without_every_ep,
+)
+from orchestrator.errors import ListingFailed
+
+if TYPE_CHECKING:
+    from orchestrator.api.routes import Route
+    from orchestrator.models import Answer
+
+PROBE_KEY = "Evs_Snapshot_Doctor_Probe"  # mixed case: a service that rewrites keys shows it
+PROBE_VALUE = "Round-Trip Value/1"
+POLL_FIRST = 0.2
+POLL_MAX = 3.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LiveSettings:
+    volume_id: str
+    report: Path  # the create report of the probe (``cleanup REPORT --apply`` removes what it made)
+    rollback: bool = False
+    patience: float = 300.0  # seconds a state change (available, gone) may take
+
+
+class Live:
+    """The round trip on one disk; ``made`` holds the snapshot once created, ``removed`` once gone."""
+
+    def __init__(self, doctor: Doctor, settings: LiveSettings) -> None:
+        self.doctor = doctor
+        self.settings = settings
+        self.made: str | None = None
+        self.sent = False  # a create left: a snapshot may exist
+        self.removed = False
+        self.run_id = ""
+
+    @property
+    def project_id(self) -> str:
+        return self.doctor.project_id or ""
+
+    def add(
+        self, name: str, result: Result, meaning: str, fix: str = "", *sent: str, proves: tuple[int, ...] = ()
+    ) -> bool:
+        self.doctor.add(
+            Check(name=f"live: {name}", result=result, meaning=meaning, fix=fix, sent=sent, proves=proves)
+        )
+        return result is not Result.FAIL
+
+    def cleanup_hint(self, argv: list[str]) -> str | None:
+        """The command that removes what the round trip made, while something may be left."""
+        if not self.sent or self.removed:
+            return None
+        return " ".join(["evs-snapshot", "cleanup", str(self.settings.report), "--apply", *argv])
+
+    async def run(self) -> None:
+        """Every step in order; a failed step ends the round trip (its check says why)."""
+        route = self.doctor.fresh_route()
+        volume = await self._volume(route)
+        if volume is None or not await self._create(volume):
+            return
+        assert self.made is not None  # noqa: S101 - created
+        if not await self._read_back(route):
+            return
+        await self._listed(route)
+        if self.settings.rollback and not await self._rollback(route):
+            return
+        await self._delete(route)
+
+    async def _volume(self, route: Route) -> dict[str, Any] | None:
+        call = evs.show_volume(self.project_id, self.settings.volume_id)
+        answer = await exchange(route, call, self.doctor.policy)
+        body = answer.body.get("volume") if answer.ok and isinstance(answer.body, dict) else None
+        if not isinstance(body, dict):
+            self.add(
+                "disk",
+                Result.FAIL,
+                f"disk {self.settings.volume_id} cannot be read ({said(answer)})",
+                "name a scratch disk of this project (and grant evs:volumes:get)",
+                shown(call),
+            )
+            return None
+        status = str(body.get("status"))
+        if status not in ("available", "in-use") or (self.settings.rollback and status != "available"):
+            need = (
+                "available (detached) for --live-rollback"
+                if self.settings.rollback
+                else "available or in-use"
+            )
+            self.add(
+                "disk",
+                Result.FAIL,
+                f"disk {self.settings.volume_id} is {status}; it must be {need}",
+                "",
+                shown(call),
+            )
+            return None
+        self.add("disk", Result.PASS, f"disk {self.settings.volume_id} is {status}", "", shown(call))
+        return body
+
+    async def _create(self, volume: Mapping[str, Any]) -> bool:
+        """The normal create path: a one-row run of ``runner.Runner`` writing a create report."""
+        from orchestrator.config import RunIdentity  # noqa: PLC0415
+        from orchestrator.manifest import ManifestSource, manifest_digest  # noqa: PLC0415
+        from orchestrator.models import Outcome, RunHeader, SnapshotRequest, utc_iso, utc_now  # noqa: PLC0415
+        from orchestrator.report import ReportWriter, final_records  # noqa: PLC0415
+        from orchestrator.runner import Runner, RunPlan  # noqa: PLC0415
+        from orchestrator.tally import Tally  # noqa: PLC0415
+
+        report = self.settings.report
+        manifest = report.with_name(report.stem + ".manifest.csv")
+        identity = RunIdentity.new(utc_now())
+        self.run_id = identity.run_id
+        request = SnapshotRequest(
+            row=1,
+            line=2,
+            volume_id=self.settings.volume_id,
+            project_id=self.project_id,
+            region=self.doctor.region,
+            name=f"evs-snapshot-doctor-{identity.stamp}",
+            description="evs-snapshot doctor --live probe (deleted at once)",
+            force=volume.get("status") == "in-use",
+            metadata={PROBE_KEY: PROBE_VALUE},
+        )
+        connection = self.doctor.connection
+        policy = self.doctor.policy
+        with ReportWriter(str(report)) as writer:
+            manifest.write_text(f"volume_id\n{self.settings.volume_id}\n", encoding="utf-8")
+            source = ManifestSource.of(str(manifest), None)
+            writer.write_header(
+                RunHeader(
+                    run_id=identity.run_id,
+                    command="create",
+                    manifest=str(manifest),
+                    rows=1,
+                    digest=manifest_digest(source, display=str(manifest)),
+                    shape={},
+                    started_at=utc_iso(identity.started),
+                    journal=True,
+                    window=60.0 + connection.limits.timeout,
+                )
+            )
+            plan = RunPlan(
+                run_id=identity.run_id, concurrency=1, policy=policy, timeout=connection.limits.timeout
+            )
+            runner = Runner(plan, router=self.doctor.router, writer=writer, tally=Tally(manifest_rows=1))
+            self.sent = True
+            await runner.run([request])
+        records = list(final_records(report))
+        record = records[-1] if records else None
+        sent = shown(evs.create_snapshot(self.project_id, request, identity.run_id))
+        if record is None or record.outcome is not Outcome.ACCEPTED or not record.snapshot_id:
+            what = (
+                "no record"
+                if record is None
+                else f"{record.outcome}: {record.error_code} {record.error_message}"
+            )
+            self.add(
+                "create",
+                Result.FAIL,
+                f"the create did not succeed ({what})",
+                "see the answer; a 403 needs evs:snapshots:create",
+                sent,
+            )
+            return False
+        self.made = record.snapshot_id
+        self.add(
+            "create",
+            Result.PASS,
+            f"snapshot {self.made} made through the create path (run {identity.run_id}, report {report})",
+            "",
+            sent,
+        )
+        return True
+
+    async def _show(self, route: Route) -> Answer:
+        assert self.made is not None  # noqa: S101
+        return await exchange(
+            route, evs.show_snapshot(self.project_id, self.made, kind=evs.Kind.CHECK), self.doctor.policy
+        )
+
+    async def _until(self, route: Route, done: Any) -> Answer:
+        """GET the snapshot until ``done(answer)``, for at most the settings' patience."""
+        pause = POLL_FIRST
+        deadline = time.monotonic() + self.settings.patience
+        while True:
+            answer = await self._show(route)
+            if done(answer) or time.monotonic() >= deadline:
+                return answer
+            await anyio.sleep(pause)
+            pause = min(POLL_MAX, pause * 2)
+
+    async def _read_back(self, route: Route) -> bool:
+        """GET it until it is available; its metadata must be exactly what was sent."""
+        answer = await self._until(route, lambda a: not a.ok or _status(a) in ("available", "error"))
+        sent = shown(evs.show_snapshot(self.project_id, self.made or ""))
+        snapshot = answer.body.get("snapshot") if answer.ok and isinstance(answer.body, dict) else None
+        if not isinstance(snapshot, dict):
+            return self.add("read back", Result.FAIL, f"the GET answered {said(answer)}", "", sent)
+        raw = snapshot.get("metadata")
+        metadata: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        wanted = {evs.RUN_MARKER_KEY: self.run_id, PROBE_KEY: PROBE_VALUE}
+        changed = {key: value for key, value in wanted.items() if metadata.get(key) != value}
+        if changed:
+            got = {
+                key: value
+                for key, value in metadata.items()
+                if str(key).lower() in {k.lower() for k in wanted}
+            }
+            self.add(
+                "metadata",
+                Result.FAIL,
+                f"the marker did not survive: sent {wanted}, the GET gave back {got or metadata}; the tool "
+                "finds its snapshots by this metadata (resume, sweep, cleanup, prune), so they would be "
+                "missed or sent twice",
+                "do not use the tool against this service until metadata comes back as written",
+                sent,
+                proves=(1, 3),
+            )
+            return False
+        self.add(
+            "metadata",
+            Result.PASS,
+            f"the marker and the probe key came back exactly (key case and value); status {_status(answer)}",
+            "",
+            sent,
+            proves=(1, 3),
+        )
+        if _status(answer) != "available":
+            return self.add(
+                "read back", Result.FAIL, f"the snapshot is {_status(answer)}, not available", "", sent
+            )
+        return True
+
+    async def _listed(self, route: Route) -> None:
+        """Found in the list by ``volume_id``, with ``all_granted_eps`` (what lookups send) and without."""
+        query = [("volume_id", self.settings.volume_id), ("limit", str(evs.PAGE))]
+        call = evs.list_snapshots(self.project_id, query, kind=evs.Kind.LOOKUP)
+        found = {}
+        for label, each in (("with all_granted_eps", call), ("without", without_every_ep(call))):
+            answer = await exchange(route, each, self.doctor.policy)
+            items = answer.body.get("snapshots") if answer.ok and isinstance(answer.body, dict) else None
+            found[label] = isinstance(items, list) and any(
+                isinstance(item, dict) and item.get("id") == self.made and evs.marker_of(item) == self.run_id
+                for item in items
+            )
+        sent = shown(call) + "?volume_id=..."
+        if not found["with all_granted_eps"]:
+            self.add(
+                "lookup",
+                Result.FAIL,
+                "the list by volume_id with all_granted_eps does not show the snapshot (with its marker): "
+                "a lookup after an uncertain create would read 'absent' and send the row again",
+                "report it; do not rely on lookups in this region",
+                sent,
+                proves=(1, 3),
+            )
+            return
+        without = (
+            "also without it"
+            if found["without"]
+            else "not without it (the disk is outside the default enterprise project; the tool "
+            "always sends all_granted_eps)"
+        )
+        self.add(
+            "lookup",
+            Result.PASS,
+            f"the list by volume_id shows it with all_granted_eps, {without}",
+            "",
+            sent,
+            proves=(1, 3),
+        )
+
+    async def _rollback(self, route: Route) -> bool:
+        assert self.made is not None  # noqa: S101
+        call = evs.rollback_snapshot(self.project_id, self.made, self.settings.volume_id)
+        answer = await exchange(route, call, self.doctor.policy)
+        if not answer.ok:
+            return self.add(
+                "rollback",
+                Result.FAIL,
+                f"the rollback answered {said(answer)}",
+                "grant evs:snapshots:rollback; the disk must be detached (available)",
+                shown(call),
+                proves=(6,),
+            )
+        volume_call = evs.show_volume(self.project_id, self.settings.volume_id)
+        pause = POLL_FIRST
+        deadline = time.monotonic() + self.settings.patience
+        status = "rollbacking"
+        while time.monotonic() < deadline:
+            shown_volume = await exchange(route, volume_call, self.doctor.policy)
+            body = (
+                shown_volume.body.get("volume")
+                if shown_volume.ok and isinstance(shown_volume.body, dict)
+                else {}
+            )
+            status = str((body or {}).get("status"))
+            if status not in ("rollbacking",):
+                break
+            await anyio.sleep(pause)
+            pause = min(POLL_MAX, pause * 2)
+        ok = status == "available"
+        return self.add(
+            "rollback",
+            Result.PASS if ok else Result.FAIL,
+            f"the disk was rolled back to the snapshot and is {status}",
+            ""
+            if ok
+            else "look at the disk in the console; rollback --retry-failed sends again "
+            "from error_rollbacking",
+            shown(call),
+            shown(volume_call),
+            proves=(6,),
+        )
+
+    async def _delete(self, route: Route) -> None:
+        """Delete it through the one DELETE loop; the GET must then answer 404 with the resource's code."""
+        from orchestrator.deleter import Ended, delete  # noqa: PLC0415
+
+        assert self.made is not None  # noqa: S101
+        call = evs.delete_snapshot(self.project_id, self.made)
+        deletion = await delete(
+            route, self.made, self.doctor.policy, patience=min(60.0, self.settings.patience)
+        )
+        if deletion.ended is not Ended.DONE:
+            self.add(
+                "delete",
+                Result.FAIL,
+                f"the delete did not succeed ({deletion.why})",
+                "grant evs:snapshots:delete (create's sweep needs it to remove a double)",
+                shown(call),
+                proves=(9,),
+            )
+            return
+        answer = await self._until(route, lambda a: a.status == 404)
+        sent = (shown(call), shown(evs.show_snapshot(self.project_id, self.made)))
+        if answer.status != 404:
+            self.add(
+                "delete",
+                Result.FAIL,
+                f"still there after {self.settings.patience:g}s: {said(answer)}",
+                "",
+                *sent,
+            )
+            return
+        self.removed = True
+        code = answer.error()[0]
+        body = answer.body
+        ours = code in NOT_FOUND_CODES or (isinstance(body, dict) and "itemNotFound" in body)
+        if not ours:
+            self.add(
+                "gone",
+                Result.FAIL,
+                f"deleted, but the GET's 404 carries {said(answer)}, not EVS.5404: the tool cannot tell "
+                "'gone' from a gateway 404 here",
+                "report it: the tool takes a 404 as gone only with the resource's code",
+                *sent,
+                proves=(4,),
+            )
+            return
+        self.add("gone", Result.PASS, f"deleted; the GET then answers 404 {code}", "", *sent, proves=(4,))
+
+
+def _status(answer: Answer) -> str | None:
+    snapshot = answer.body.get("snapshot") if isinstance(answer.body, dict) else None
+    return str(snapshot.get("status")) if isinstance(snapshot, dict) else None
+
+
+def live_failed(error: BaseException) -> str:
+    """A round trip's unexpected end, in one line (``ListingFailed`` and the like)."""
+    if isinstance(error, ListingFailed):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
