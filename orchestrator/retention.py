@@ -18,7 +18,6 @@ The safety rules live here, once:
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -36,11 +35,7 @@ from orchestrator.manifest import ManifestSource, read_rows
 from orchestrator.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from orchestrator.api.routes import Route, Router
-    from orchestrator.console import Console
-    from orchestrator.finish import Closing
 
 from orchestrator.api.evs import BACKUP_PREFIXES
 
@@ -223,53 +218,3 @@ class Job:
     route: Route
     record: ActionRecord
     sent: bool = False
-
-
-# --- the end of a run ------------------------------------------------------------------------
-def write_side_files(
-    closing: Closing,
-    *,
-    command: str,
-    summary: dict[str, Any],
-    families: list[tuple[str, str, list[str]]],
-    exit_code: int,
-    console: Console,
-) -> None:
-    """``--summary-json`` and ``--metrics-file`` (this command's series; other commands' are kept)."""
-    import orjson  # noqa: PLC0415
-
-    from orchestrator import metrics  # noqa: PLC0415
-
-    writes: list[tuple[str, Path, Callable[[], bytes]]] = []
-    if closing.summary_json is not None:
-        options = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
-        writes.append(("--summary-json", closing.summary_json, lambda: orjson.dumps(summary, option=options)))
-    if closing.metrics_file is not None:
-        path = closing.metrics_file
-
-        def text() -> bytes:
-            try:
-                existing = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                existing = ""
-            now = time.time()
-            last_success = now if exit_code == 0 else metrics.previous_success(existing, command)
-            fixed: list[tuple[str, str, float | None]] = [
-                ("exit_code", "Exit code of the last run (0 = every row succeeded).", exit_code),
-                ("last_run_timestamp_seconds", "When the last run ended (Unix time).", now),
-                ("last_success_timestamp_seconds", "When a run last succeeded (Unix time).", last_success),
-            ]
-            label = f'command="{command}"'
-            every = families + [
-                (f"{metrics.PREFIX}_{name}", about, [f"{metrics.PREFIX}_{name}{{{label}}} {value:.3f}"])
-                for name, about, value in fixed
-                if value is not None
-            ]
-            return metrics.merge(existing, metrics.render_families(every), command).encode()
-
-        writes.append(("--metrics-file", path, text))
-    for option, target, data in writes:
-        try:
-            metrics.write_atomically(target, data())
-        except OSError as exc:
-            console.error(f"{option}: cannot write {target}: {exc.strerror}")

@@ -31,10 +31,8 @@ So cleanup goes by the marker, not by the records:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -43,6 +41,7 @@ import click
 
 from orchestrator import options
 from orchestrator.cli import run
+from orchestrator.frame import Frame, default_report
 
 if TYPE_CHECKING:
     from orchestrator.actions import ActionRecord, ActionRun
@@ -50,7 +49,7 @@ if TYPE_CHECKING:
     from orchestrator.config import Connection
     from orchestrator.console import Console
     from orchestrator.createrun import CreateRun
-    from orchestrator.finish import Closing
+    from orchestrator.frame import Closing
     from orchestrator.retention import Job, Scope, Target
     from orchestrator.retry import RetryPolicy
 
@@ -71,50 +70,39 @@ class CleanupSettings:
 
 async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
     """Plan (and with ``--apply``, carry out) the deletion of one create run's snapshots."""
-    from orchestrator.actions import action_run  # noqa: PLC0415
-    from orchestrator.api.routes import connect  # noqa: PLC0415
     from orchestrator.createrun import run_of  # noqa: PLC0415
-    from orchestrator.lock import holding, run_locks  # noqa: PLC0415
+    from orchestrator.lock import run_locks  # noqa: PLC0415
 
     run_ = run_of(settings.source, console.warn)
     search = _Search.of(settings, run_)
     if search.anywhere is not None:
         console.warn(search.anywhere)
     shape = {"create_report": str(settings.source), "create_run": run_.run_id}
-    # The create run's lock, before anything is sent: no create, wait or rollback of the run meanwhile.
-    locks = run_locks(run_.run_id, settings.lock_file)
-    with holding(locks, "cleanup"), recording_aborts(settings.closing, "cleanup", console):
+    async with Frame(
+        command="cleanup", console=console, report=settings.report, closing=settings.closing
+    ) as frame:
+        # The create run's lock, before anything is sent: no create, wait or rollback of the run meanwhile.
+        frame.lock(run_locks(run_.run_id, settings.lock_file))
         unsettled = await _until_quiet(settings, run_, console)
-        async with contextlib.AsyncExitStack() as stack:
-            router = await connect(stack, settings.connection)
-            async with action_run(
-                command="cleanup",
-                report=settings.report,
-                source=str(settings.source),
-                shape=shape,
-                resume=settings.resume,
-                console=console,
-                nothing="nothing was deleted",
-            ) as action:
-                left = await _Pass(settings, action, run_.run_id).run(router, run_, search)
-                action.tally.notes += search.notes(run_.run_id)
-                if unsettled:
-                    action.tally.notes.append(unsettled)
-                if left:
-                    still = "are still there" if settings.apply else "would be left by this plan"
-                    action.tally.notes.append(
-                        f"{left} snapshot{'s' if left > 1 else ''} of run {run_.run_id} {still} "
-                        "(blocked, refused or failed: see the records); exit 1"
-                    )
-            closures = router.closures()
-    for closure in closures:
-        console.error(closure.message, code=closure.code)
-    code = 3 if closures else max(action.tally.exit_code, 1 if left or unsettled else 0)
-    missing, _ = run_.unrecorded()
-    action_side_files(
-        settings.closing, "cleanup", action, code, console, rows_without_record=missing, snapshots_left=left
-    )
-    return code
+        router = await frame.connect(settings.connection)
+        frame.open_actions(
+            source=str(settings.source), shape=shape, resume=settings.resume, nothing="nothing was deleted"
+        )
+        left = await _Pass(settings, frame, run_.run_id).run(router, run_, search)
+        frame.tally.notes += search.notes(run_.run_id)
+        if unsettled:
+            frame.tally.notes.append(unsettled)
+        if left:
+            still = "are still there" if settings.apply else "would be left by this plan"
+            frame.tally.notes.append(
+                f"{left} snapshot{'s' if left > 1 else ''} of run {run_.run_id} {still} "
+                "(blocked, refused or failed: see the records); exit 1"
+            )
+        if left or unsettled:
+            frame.at_least = 1
+        frame.summary["rows_without_record"], _ = run_.unrecorded()
+        frame.summary["snapshots_left"] = left
+    return frame.exit_code
 
 
 async def _until_quiet(settings: CleanupSettings, run_: CreateRun, console: Console) -> str | None:
@@ -376,89 +364,9 @@ class _Pass:
             self.write(record(Action.PLANNED))
 
 
-@contextlib.contextmanager
-def recording_aborts(closing: Closing, command: str, console: Console) -> Iterator[None]:
-    """A run stopped with exit 3 (a listing failed or was refused) still writes exit code 3 to the side
-    files, so an alert on ``evs_snapshot_exit_code`` fires."""
-    from orchestrator.errors import RunAborted  # noqa: PLC0415
-    from orchestrator.retention import write_side_files  # noqa: PLC0415
-
-    try:
-        yield
-    except* RunAborted as group:
-        summary = {"command": command, "exit_code": 3, "error": str(group.exceptions[0])}
-        write_side_files(closing, command=command, summary=summary, families=[], exit_code=3, console=console)
-        raise
-
-
-def action_side_files(
-    closing: Closing,
-    command: str,
-    action: ActionRun,
-    code: int,
-    console: Console,
-    *,
-    kept: int = 0,
-    **extra: Any,
-) -> None:
-    """The summary JSON and the metrics of prune and cleanup: snapshots by outcome (and kept)."""
-    from collections import Counter  # noqa: PLC0415
-
-    from orchestrator.metrics import PREFIX  # noqa: PLC0415
-    from orchestrator.retention import write_side_files  # noqa: PLC0415
-
-    label = f'command="{command}"'
-    outcomes = action.tally.outcomes + Counter(kept=kept)
-    samples = [f'{PREFIX}_snapshots{{{label},outcome="{o}"}} {n}' for o, n in sorted(outcomes.items())]
-    write_side_files(
-        closing,
-        command=command,
-        summary={"command": command, **action.tally.to_dict(), "exit_code": code, **extra},
-        families=[(f"{PREFIX}_snapshots", "Snapshots the last run acted on (or kept), by outcome.", samples)],
-        exit_code=code,
-        console=console,
-    )
-
-
-def default_report(command: str, path: str | None) -> str:
-    from orchestrator.models import utc_now  # noqa: PLC0415
-
-    return path or f"reports/evs-snapshot-{command}-{utc_now():%Y%m%dT%H%M%SZ}.jsonl"
-
-
-DELETING_OPTIONS = options.apply(
-    click.option("--apply", is_flag=True, help="Delete for real; without it, write planned records only."),
-    click.option(
-        "--wait/--no-wait",
-        "wait_for_gone",
-        default=True,
-        show_default=True,
-        help="Wait until each deleted snapshot is gone (deleting, then 404); --no-wait ends at the 202.",
-    ),
-    click.option(
-        "--wait-timeout",
-        type=options.Duration(),
-        default="10m",
-        show_default=True,
-        help="How long to wait for deletions to finish (90s, 15m, 2h).",
-    ),
-    click.option(
-        "--report",
-        "report_path",
-        default=None,
-        help="Report path, or - for standard output.  "
-        "[default: reports/evs-snapshot-COMMAND-{datetime}.jsonl]",
-    ),
-    click.option(
-        "--resume", is_flag=True, help="Continue the run in --report: finished snapshots are skipped."
-    ),
-    options.LOCK_FILE,
-)
-
-
 @click.command("cleanup")
 @click.argument("source", metavar="REPORT", type=click.Path(path_type=Path, dir_okay=True))
-@DELETING_OPTIONS
+@options.DELETING
 @options.PROJECT_OF_ROWS
 @options.CONNECTION
 @options.RETRIES

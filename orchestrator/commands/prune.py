@@ -21,12 +21,7 @@ import click
 
 from orchestrator import options
 from orchestrator.cli import run
-from orchestrator.commands.cleanup import (
-    DELETING_OPTIONS,
-    action_side_files,
-    default_report,
-    recording_aborts,
-)
+from orchestrator.frame import Frame, default_report
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -35,7 +30,7 @@ if TYPE_CHECKING:
     from orchestrator.api.routes import Router
     from orchestrator.config import Connection
     from orchestrator.console import Console
-    from orchestrator.finish import Closing
+    from orchestrator.frame import Closing
     from orchestrator.lock import Lock
     from orchestrator.manifest import ManifestSource
     from orchestrator.retention import Job, Scope, Target
@@ -135,12 +130,6 @@ def _locks(settings: PruneSettings, what: str, digest: str) -> list[Lock]:
 
 async def prune(settings: PruneSettings, *, console: Console) -> int:
     """Plan (and with ``--apply``, carry out) the deletions; the exit code of SPEC."""
-    import contextlib  # noqa: PLC0415
-
-    from orchestrator.actions import action_run  # noqa: PLC0415
-    from orchestrator.api.routes import connect  # noqa: PLC0415
-    from orchestrator.lock import holding  # noqa: PLC0415
-
     what, targets, bad, digest = await selection(settings, console)
     rules = settings.rules
     shape = {
@@ -151,30 +140,21 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
         "all_volumes": str(settings.all_volumes),
         "digest": digest,
     }
-    async with contextlib.AsyncExitStack() as stack:
-        stack.enter_context(holding(_locks(settings, what, digest), "prune"))  # before anything is sent
-        stack.enter_context(recording_aborts(settings.closing, "prune", console))
-        router = await connect(stack, settings.connection)
-        async with action_run(
-            command="prune",
-            report=settings.report,
-            source=what,
-            shape=shape,
-            resume=settings.resume,
-            console=console,
-            nothing="nothing was deleted",
-        ) as action:
-            counts = await _prune(settings, router, targets, action)
-            if bad:
-                action.tally.notes.append(f"{bad} manifest rows skipped: they name no usable disk")
-        closures = router.closures()
-    for closure in closures:
-        console.error(closure.message, code=closure.code)
-    code = 3 if closures else max(action.tally.exit_code, 1 if bad else 0)
-    volumes = {volume: dict(c) for volume, c in sorted(counts.items())}
-    kept = sum(c["kept"] for c in counts.values())
-    action_side_files(settings.closing, "prune", action, code, console, volumes=volumes, kept=kept)
-    return code
+    async with Frame(
+        command="prune", console=console, report=settings.report, closing=settings.closing
+    ) as frame:
+        frame.lock(_locks(settings, what, digest))  # before anything is sent
+        router = await frame.connect(settings.connection)
+        frame.open_actions(source=what, shape=shape, resume=settings.resume, nothing="nothing was deleted")
+        counts = await _prune(settings, router, targets, frame)
+        if bad:
+            frame.tally.notes.append(f"{bad} manifest rows skipped: they name no usable disk")
+            frame.at_least = 1
+        frame.summary["volumes"] = {volume: dict(c) for volume, c in sorted(counts.items())}
+        kept = sum(c["kept"] for c in counts.values())
+        frame.summary["kept"] = kept
+        frame.also["kept"] = kept
+    return frame.exit_code
 
 
 async def _prune(
@@ -338,7 +318,7 @@ def per_volume_notes(counts: dict[str, Counter[str]], *, shown: int = 20) -> lis
     help="Also own snapshots named with this prefix (made before run markers existed).",
 )
 @click.option("--verbose", is_flag=True, help="Also write a kept record for each snapshot a rule keeps.")
-@DELETING_OPTIONS
+@options.DELETING
 @options.CONNECTION
 @options.RETRIES
 @options.CLOSING
