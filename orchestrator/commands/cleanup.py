@@ -41,7 +41,6 @@ import click
 
 from orchestrator import options
 from orchestrator.cli import run
-from orchestrator.frame import Frame, default_report
 
 if TYPE_CHECKING:
     from orchestrator.actions import ActionRecord, ActionRun
@@ -71,6 +70,7 @@ class CleanupSettings:
 async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
     """Plan (and with ``--apply``, carry out) the deletion of one create run's snapshots."""
     from orchestrator.createrun import run_of  # noqa: PLC0415
+    from orchestrator.frame import Frame  # noqa: PLC0415
     from orchestrator.lock import run_locks  # noqa: PLC0415
 
     run_ = run_of(settings.source, console.warn)
@@ -391,6 +391,7 @@ def command(
     """Delete the snapshots one create run made, each after checking its marker (plans unless --apply)."""
     from orchestrator.console import Console  # noqa: PLC0415
     from orchestrator.errors import UsageError  # noqa: PLC0415
+    from orchestrator.frame import default_report  # noqa: PLC0415
 
     report = default_report("cleanup", report_path)
     if report != "-" and Path(report).resolve() == source.resolve():

@@ -21,7 +21,6 @@ import click
 
 from orchestrator import options
 from orchestrator.cli import run
-from orchestrator.frame import Frame, default_report
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -130,6 +129,8 @@ def _locks(settings: PruneSettings, what: str, digest: str) -> list[Lock]:
 
 async def prune(settings: PruneSettings, *, console: Console) -> int:
     """Plan (and with ``--apply``, carry out) the deletions; the exit code of SPEC."""
+    from orchestrator.frame import Frame  # noqa: PLC0415
+
     what, targets, bad, digest = await selection(settings, console)
     rules = settings.rules
     shape = {
@@ -350,6 +351,7 @@ def command(
     from orchestrator.config import check_project_id  # noqa: PLC0415
     from orchestrator.console import Console  # noqa: PLC0415
     from orchestrator.errors import UsageError  # noqa: PLC0415
+    from orchestrator.frame import default_report  # noqa: PLC0415
     from orchestrator.manifest import ManifestSource  # noqa: PLC0415
     from orchestrator.retention import check_name_prefix  # noqa: PLC0415
 
