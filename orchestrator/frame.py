@@ -27,14 +27,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from orchestrator import metrics
-from orchestrator.actions import FINAL, SUCCESS, Action, ActionRecord, now_iso, read_actions
+from orchestrator.actions import FINAL, Action, ActionRecord, now_iso, read_actions
 from orchestrator.config import RunIdentity, file_in_the_way
 from orchestrator.console import Console
+from orchestrator.defaults import GRACE
 from orchestrator.errors import Interrupted, ResumeMismatch, RunAborted, UsageError
 from orchestrator.lock import Held, Lock, holding, report_lock
 from orchestrator.models import Record, RunHeader, utc_now
@@ -46,7 +47,8 @@ if TYPE_CHECKING:
     from orchestrator.api.routes import Router
     from orchestrator.config import Connection
 
-GRACE_SECONDS = 10.0
+T = TypeVar("T")
+
 RESUME_ADVICE = "run again with --resume to finish the job"
 
 
@@ -181,7 +183,7 @@ class Frame:
         report: str,
         closing: Closing | None = None,
         tally: Tally | None = None,
-        grace: float = GRACE_SECONDS,
+        grace: float = GRACE,
         drain: str | None = None,
         advice: str = RESUME_ADVICE,
     ) -> None:
@@ -270,7 +272,7 @@ class Frame:
                         f"{header.shape.get(key)!r}. Resume with the same options, or start a new "
                         f"report; {nothing}"
                     )
-        if resume and report != "-" and os.path.exists(report):
+        if existing:
             self.book = ResumeBook.keyed({r.key: r.outcome for r in read_actions(Path(report))}, FINAL)
         run_id = header.run_id if header is not None else RunIdentity.new(utc_now()).run_id
         self.open_report(
@@ -293,7 +295,7 @@ class Frame:
         self.router = await connect(self._stack, connection)
         return self.router
 
-    async def enter(self, context: contextlib.AbstractAsyncContextManager[Any]) -> Any:
+    async def enter(self, context: contextlib.AbstractAsyncContextManager[T]) -> T:
         """Keep an async context open until the run ends (the demo's emulator)."""
         return await self._stack.enter_async_context(context)
 
@@ -361,6 +363,3 @@ class Frame:
             console=console,
         )
         return code
-
-
-SUCCESS_OF_ACTIONS = SUCCESS | {Action.REFUSED}

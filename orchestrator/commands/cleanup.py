@@ -100,8 +100,8 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
             )
         if left or unsettled:
             frame.at_least = 1
-        frame.summary["rows_without_record"], _ = run_.unrecorded()
-        frame.summary["snapshots_left"] = left
+        missing, _ = run_.unrecorded()
+        frame.summary.update(rows_without_record=missing, snapshots_left=left)
     return frame.exit_code
 
 

@@ -21,7 +21,7 @@ import click
 
 from orchestrator import options
 from orchestrator.cli import run
-from orchestrator.defaults import SETTLE
+from orchestrator.defaults import GRACE, SETTLE
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Router
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from orchestrator.tally import Tally
     from orchestrator.waiter import WaitPlan
 
-GRACE_SECONDS = 10.0
 SETTLE_WARN = 10.0  # a shorter --settle may not outlast a late commit
 QUOTA_CHECK_SECONDS = 10.0  # the pre-flight quota check never holds the run up longer
 
@@ -60,7 +59,7 @@ class CreateSettings:
     settle: float = SETTLE
     keep_duplicates: bool = False
     wait: WaitPlan | None = None
-    grace: float = GRACE_SECONDS
+    grace: float = GRACE
 
 
 async def create(settings: CreateSettings, *, console: Console) -> int:
