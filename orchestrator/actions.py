@@ -15,17 +15,11 @@ import dataclasses
 import enum
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import orjson
 
 from orchestrator.models import checked_fields, field_types, utc_iso, utc_now
 from orchestrator.report import read_typed
-
-if TYPE_CHECKING:
-    from orchestrator.frame import Frame
-
-    ActionRun = Frame  # the old name of what an action command works with (``frame.Frame``)
 
 
 class Action(enum.StrEnum):

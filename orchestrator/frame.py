@@ -218,18 +218,19 @@ class Frame:
         try:
             await self._stack.__aexit__(kind, exc, traceback)
         except BaseException as raised:
-            aborted = _aborted(raised)
-            if aborted is not None:
-                record_abort(self.closing, self.command, self.console, aborted)
+            self._record_abort(raised)
             raise
         if exc is not None:
-            aborted = _aborted(exc)
-            if aborted is not None:
-                record_abort(self.closing, self.command, self.console, aborted)
+            self._record_abort(exc)
             return
         self.exit_code = self._finish()
         if self.signals:
             raise Interrupted(self.signals[0], self.advice)
+
+    def _record_abort(self, exc: BaseException) -> None:
+        aborted = _aborted(exc)
+        if aborted is not None:
+            record_abort(self.closing, self.command, self.console, aborted)
 
     # 1. the locks
     def lock(self, locks: Iterable[Lock], holder: str | None = None) -> Held:

@@ -43,12 +43,13 @@ from orchestrator import options
 from orchestrator.cli import run
 
 if TYPE_CHECKING:
-    from orchestrator.actions import ActionRecord, ActionRun
+    from orchestrator.actions import ActionRecord
     from orchestrator.api.routes import Router
     from orchestrator.config import Connection
     from orchestrator.console import Console
     from orchestrator.createrun import CreateRun
     from orchestrator.frame import Closing
+    from orchestrator.frame import Frame as ActionRun
     from orchestrator.retention import Job, Scope, Target
     from orchestrator.retry import RetryPolicy
 

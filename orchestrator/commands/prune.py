@@ -25,11 +25,12 @@ from orchestrator.cli import run
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from orchestrator.actions import ActionRecord, ActionRun
+    from orchestrator.actions import ActionRecord
     from orchestrator.api.routes import Router
     from orchestrator.config import Connection
     from orchestrator.console import Console
     from orchestrator.frame import Closing
+    from orchestrator.frame import Frame as ActionRun
     from orchestrator.lock import Lock
     from orchestrator.manifest import ManifestSource
     from orchestrator.retention import Job, Scope, Target

@@ -38,10 +38,11 @@ ROLLBACK_GRACE = 60.0  # a rollback sent is watched to its end: the disk is unus
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from orchestrator.actions import Action, ActionRecord, ActionRun
+    from orchestrator.actions import Action, ActionRecord
     from orchestrator.api.routes import Route, Router
     from orchestrator.config import Connection
     from orchestrator.console import Console
+    from orchestrator.frame import Frame as ActionRun
     from orchestrator.models import Record
     from orchestrator.restore import Finding, RestorePlan, Watch
     from orchestrator.retry import RetryPolicy
