@@ -15,10 +15,10 @@ import stat
 import sys
 import time
 from array import array
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import orjson
 
@@ -29,6 +29,8 @@ _T = TypeVar("_T")
 _N = TypeVar("_N", int, float)
 _K = TypeVar("_K")
 _O = TypeVar("_O")
+_K_contra = TypeVar("_K_contra", contravariant=True)
+_O_co = TypeVar("_O_co", covariant=True)
 
 if TYPE_CHECKING:
     from orchestrator.config import RowDefaults, RunIdentity
@@ -330,7 +332,15 @@ class RowSlots(Generic[_N]):
         return self._default
 
 
-class _RowOutcomes(Mapping[int, Outcome]):
+class Outcomes(Protocol[_K_contra, _O_co]):
+    """The last outcome of each key a resume book holds (a ``dict``, or a create report's rows)."""
+
+    def get(self, key: _K_contra, /) -> _O_co | None: ...
+
+    def __getitem__(self, key: _K_contra, /) -> _O_co: ...
+
+
+class RowOutcomes:
     """A create report's last outcome per row, one byte a row (0: no record; else 1 + its index)."""
 
     OUTCOMES: ClassVar[list[Outcome]] = list(Outcome)
@@ -341,17 +351,15 @@ class _RowOutcomes(Mapping[int, Outcome]):
     def set(self, row: int, outcome: Outcome) -> None:
         self.states[row] = self.OUTCOMES.index(outcome) + 1
 
-    def __getitem__(self, row: int) -> Outcome:
+    def get(self, row: int, /) -> Outcome | None:
         state = self.states[row]
-        if not state:
+        return self.OUTCOMES[state - 1] if state else None
+
+    def __getitem__(self, row: int, /) -> Outcome:
+        outcome = self.get(row)
+        if outcome is None:
             raise KeyError(row)
-        return self.OUTCOMES[state - 1]
-
-    def __iter__(self) -> Iterator[int]:
-        raise TypeError("a create report's rows are looked up one by one, never listed")
-
-    def __len__(self) -> int:
-        raise TypeError("a create report's rows are looked up one by one, never counted")
+        return outcome
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -384,7 +392,7 @@ class ResumeBook(Generic[_K, _O]):
     report's last write.
     """
 
-    def __init__(self, last: Mapping[_K, _O], final: frozenset[_O], journal: Journal | None = None) -> None:
+    def __init__(self, last: Outcomes[_K, _O], final: frozenset[_O], journal: Journal | None = None) -> None:
         self.last = last
         self.final = final
         self.journal = journal
@@ -401,7 +409,7 @@ class ResumeBook(Generic[_K, _O]):
         header = read_header(path)
         if header is None:
             return None
-        states = _RowOutcomes()
+        states = RowOutcomes()
         sent: RowSlots[float] = RowSlots("d", 0.0)
         sending, failed = Outcome.SENDING, Outcome.FAILED
         doubted = not header.journal

@@ -6,9 +6,11 @@ from __future__ import annotations
 import ast
 import io
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 
@@ -16,10 +18,10 @@ from orchestrator import metrics
 from orchestrator.actions import FINAL, Action, ActionRecord
 from orchestrator.api.routes import Closure
 from orchestrator.console import Console
-from orchestrator.errors import ListingFailed
-from orchestrator.frame import Closing, Frame
+from orchestrator.errors import Interrupted, ListingFailed
+from orchestrator.frame import Closing, Frame, recording_aborts
 from orchestrator.models import Outcome
-from orchestrator.report import ResumeBook
+from orchestrator.report import ResumeBook, RowOutcomes
 from orchestrator.tally import Counting, Tally
 
 COMMANDS = Path(__file__).resolve().parent.parent / "orchestrator" / "commands"
@@ -139,3 +141,56 @@ def test_no_command_imports_another() -> None:
                     assert not alias.name.startswith("orchestrator.commands"), (
                         f"{path.name} imports {alias.name}"
                     )
+
+
+async def test_an_abort_inside_a_task_group_still_writes_exit_3(tmp_path: Path) -> None:
+    """A RunAborted wrapped in a task group's exception group is found, and exit 3 written."""
+
+    async def refused() -> None:
+        raise ListingFailed("cannot list the snapshots")
+
+    closing = Closing(metrics_file=tmp_path / "m.prom")
+    frame = Frame(command="prune", console=Console(io.StringIO()), report="-", closing=closing)
+    with pytest.raises(BaseExceptionGroup):
+        async with frame, anyio.create_task_group() as group:
+            group.start_soon(refused)
+    assert 'evs_snapshot_exit_code{command="prune"} 3' in (tmp_path / "m.prom").read_text()
+
+
+def test_another_error_writes_no_side_file(tmp_path: Path) -> None:
+    """An error that is not an abort (a usage error, a bug) leaves the side files alone."""
+    closing = Closing(metrics_file=tmp_path / "m.prom")
+    with pytest.raises(ValueError, match="a bug"), recording_aborts(closing, "audit", Console(io.StringIO())):
+        raise ValueError("a bug")
+    assert not (tmp_path / "m.prom").exists()
+
+
+async def test_a_side_file_that_cannot_be_written_is_said_and_changes_nothing(tmp_path: Path) -> None:
+    """--summary-json under a file: the error is printed, the exit code stays the run's."""
+    (tmp_path / "file").write_text("")
+    stderr = io.StringIO()
+    closing = Closing(summary_json=tmp_path / "file" / "s.json")
+    async with Frame(command="cleanup", console=Console(stderr), report="-", closing=closing) as frame:
+        pass
+    assert frame.exit_code == 0
+    assert "--summary-json: cannot write" in stderr.getvalue()
+
+
+async def test_a_signal_stops_after_the_summary(tmp_path: Path) -> None:
+    """A signal received in a drain phase raises Interrupted (143) once the summary is printed."""
+    stderr = io.StringIO()
+    with pytest.raises(Interrupted) as stopped:
+        async with Frame(command="cleanup", console=Console(stderr), report="-") as frame:
+            frame.signals.append(signal.SIGTERM)
+    assert stopped.value.exit_code == 143
+    assert "cleanup: 0 records: nothing to do" in stderr.getvalue()
+
+
+def test_a_create_reports_rows_are_looked_up_one_by_one() -> None:
+    """The create book's rows answer get and [] like a dict; a row without a record has no outcome."""
+    rows = RowOutcomes()
+    rows.set(3, Outcome.ACCEPTED)
+    assert rows[3] is Outcome.ACCEPTED
+    assert rows.get(2) is None
+    with pytest.raises(KeyError):
+        rows[2]
