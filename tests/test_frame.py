@@ -16,9 +16,8 @@ import pytest
 
 from orchestrator import metrics
 from orchestrator.actions import FINAL, Action, ActionRecord
-from orchestrator.api.routes import Closure
 from orchestrator.console import Console
-from orchestrator.errors import Interrupted, ListingFailed
+from orchestrator.errors import Closure, Interrupted, ListingFailed
 from orchestrator.frame import Closing, Frame, recording_aborts
 from orchestrator.models import Outcome
 from orchestrator.report import ResumeBook, RowOutcomes

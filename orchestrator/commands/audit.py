@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, NoReturn, TextIO
 import click
 
 from orchestrator import options
-from orchestrator.cli import run
+from orchestrator.entry import run
 
 if TYPE_CHECKING:
     from datetime import datetime

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from orchestrator import options
-from orchestrator.cli import run
 from orchestrator.defaults import GRACE, SETTLE
+from orchestrator.entry import run
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Router
@@ -181,7 +181,10 @@ async def _locked(
     if settings.emulator:
         from orchestrator.demo import with_emulator  # noqa: PLC0415
 
-        settings = await frame.enter(with_emulator(settings, rows()))
+        defaults, connection = await frame.enter(
+            with_emulator(settings.defaults, settings.connection, rows(), display=display)
+        )
+        settings = dataclasses.replace(settings, defaults=defaults, connection=connection)
     router: Router | None = None
     if not settings.dry_run:
         router = await frame.connect(settings.connection)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from orchestrator import defaults, options
-from orchestrator.cli import run
+from orchestrator.entry import run
 
 ROLLBACK_GRACE = 60.0  # a rollback sent is watched to its end: the disk is unusable while it runs
 

@@ -25,7 +25,7 @@ import click
 
 from orchestrator import options
 from orchestrator.api.evs import servers_of
-from orchestrator.cli import run
+from orchestrator.entry import run
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
