@@ -69,7 +69,9 @@ def _option(field: dataclasses.Field[Any], told: Option) -> Callable[[F], F]:
     if TYPES[field.name] is bool:
         return click.option(name, is_flag=True, help=told.help)
     extra: dict[str, Any] = {}
-    if not told.file:
+    if told.repeat:
+        extra["multiple"] = True
+    elif not told.file:
         extra["default"] = str(field.default) if told.choices else field.default
         if told.show_default and field.default is not None:
             extra["show_default"] = True
@@ -92,6 +94,8 @@ def settings_from(values: dict[str, Any]) -> EmulatorSettings:
         value = values[field.name]
         if told.file:
             given[field.name] = SEED_READERS[field.name](value) if value is not None else ()
+        elif told.repeat:
+            given[field.name] = tuple(value)
         else:
             given[field.name] = TYPES[field.name](value) if told.choices else value
     return EmulatorSettings(**given)

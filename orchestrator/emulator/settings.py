@@ -54,6 +54,22 @@ SNAPSHOT_STATUSES = frozenset(
 DEFAULT_ENTERPRISE_PROJECT = "0"
 ALL_ENTERPRISE_PROJECTS = "all_granted_eps"
 
+# The IAM action each EVS API needs (evs-api.md section 10); ``--deny`` takes these.
+IAM_ACTIONS = (
+    "evs:snapshots:create",
+    "evs:snapshots:list",
+    "evs:snapshots:get",
+    "evs:snapshots:delete",
+    "evs:snapshots:rollback",
+    "evs:volumes:list",
+    "evs:volumes:get",
+    "evs:quotas:get",
+    "evs:volumeTags:list",
+)
+# The gateway's clock window for AK/SK signatures (evs-api.md 3.4), seconds.
+SIGNATURE_WINDOW = 15 * 60
+YEAR = 366 * 86400.0
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SeedVolume:
@@ -105,7 +121,8 @@ class Option:
 
     A number may have a ``low`` (and ``high``) bound; a ``share`` is a float between 0 and 1; ``choices``
     are the spellings the value may take; a ``file`` setting takes the path of a seed file; a secret's
-    default is not shown (``show_default``). A bool is a flag.
+    default is not shown (``show_default``). A bool is a flag. A ``repeat`` setting (a tuple) takes the
+    option any number of times.
     """
 
     help: str
@@ -115,6 +132,7 @@ class Option:
     choices: tuple[str, ...] = ()
     file: bool = False
     show_default: bool = True
+    repeat: bool = False
 
 
 def option(
@@ -127,10 +145,18 @@ def option(
     choices: tuple[str, ...] = (),
     file: bool = False,
     show_default: bool = True,
+    repeat: bool = False,
 ) -> T:
     """A setting with its default and its option (see ``Option``)."""
     told = Option(
-        help=help, low=low, high=high, share=share, choices=choices, file=file, show_default=show_default
+        help=help,
+        low=low,
+        high=high,
+        share=share,
+        choices=choices,
+        file=file,
+        show_default=show_default,
+        repeat=repeat,
     )
     return dataclasses.field(default=default, metadata={OPTION: told})
 
@@ -149,13 +175,13 @@ class EmulatorSettings:
     volumes: tuple[SeedVolume, ...] = option(
         (),
         "Known volumes: CSV or JSON with volume_id, status, size, name, server_id, device, bootable, "
-        "availability_zone, metadata (JSON object), tags (k=v;k2=v2).",
+        "availability_zone, metadata (JSON object), tags (k=v;k2=v2), enterprise_project_id.",
         file=True,
     )
     snapshots: tuple[SeedSnapshot, ...] = option(
         (),
         "Existing snapshots: CSV or JSON with id, volume_id, name, status, created_at, metadata "
-        "(JSON object), project_id.",
+        "(JSON object), project_id, description, size.",
         file=True,
     )
     any_volume: bool = option(False, "Every well-formed UUID is an available disk.")
@@ -222,5 +248,35 @@ class EmulatorSettings:
         0.0,
         "Share of snapshot deletions dropped after EVS starts them (the snapshot goes deleting).",
         share=True,
+    )
+    # Each switch below breaks one assumption the tool's promises rest on (issue 20; docs/emulator.md).
+    clock_offset: float = option(
+        0.0,
+        "Its clock (and Date header) runs this many seconds off real time; AK/SK signatures more "
+        "than 15 minutes from it are 401 APIGW.0303.",
+        low=-YEAR,
+        high=YEAR,
+    )
+    deny: tuple[str, ...] = option(
+        (),
+        "Calls needing this IAM action answer 403 EVS.5403 naming it (repeatable).",
+        choices=IAM_ACTIONS,
+        repeat=True,
+    )
+    tags_default_ep_only: bool = option(False, "The tag search finds only disks of enterprise project 0.")
+    list_shift: int = option(
+        0,
+        "Before each snapshot list page after the first, the N snapshots before its offset move to "
+        "the end of the order, so naive offset paging skips N.",
+        low=0,
+    )
+    gateway_404: tuple[str, ...] = option(
+        (),
+        "Requests whose path contains this text answer 404 APIGW.0101, an API missing in the "
+        "region (repeatable).",
+        repeat=True,
+    )
+    metadata_rewrite: str = option(
+        "none", "lower: snapshot metadata keys come back lower-cased.", choices=("none", "lower")
     )
     seed: int = option(0, "Seed for every random choice.")
