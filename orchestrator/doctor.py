@@ -45,6 +45,8 @@ NOT_FOUND_CODES = frozenset({"EVS.5404", "itemNotFound"})
 NO_SUCH_API = frozenset({"APIGW.0101", "APIG.0101"})
 SIGNATURE_EXPIRED = frozenset({"APIGW.0303", "APIG.0303"})
 SHOWN = 5  # disks named in a quota finding
+PAGES = 4  # the paging check splits the list into about this many pages
+MAX_PAGES = 20  # and sends no more than this many
 TAG_PROBE_KEY = "evs_snapshot_doctor"  # the tag search needs a key; any key proves the permission
 
 
@@ -345,6 +347,17 @@ class Doctor:
         self._clock(answer.date, message if code in SIGNATURE_EXPIRED else None, sent, received)
         if answer.status == 401 or (answer.status == 400 and code == "Common.0013"):
             raise self.stop(self._refused(said(answer), f"{shown(first.call)}"))
+        if answer.status == 404 and code in NO_SUCH_API:
+            raise self.stop(
+                Check(
+                    name="credentials",
+                    result=Result.FAIL,
+                    meaning=f"not proven: the gateway has no {shown(first.call)} here ({said(answer)})",
+                    fix="check --endpoint/--region: this is not an EVS endpoint of the region",
+                    sent=(shown(first.call),),
+                    proves=(4,),
+                )
+            )
         self.add(
             Check(
                 name="credentials",
@@ -481,10 +494,71 @@ class Doctor:
                 meaning=f"the tag search finds {found if found is not None else said(answer)} disks tagged "
                 f"{key!r}, the volume list with all_granted_eps {listed}: the tag search is scoped "
                 "(it has no enterprise-project field), so a manifest built from it leaves disks out",
-                fix="build manifests with `select --tag`, which matches tags on the volume list "
-                "(all_granted_eps); do not feed the raw tag search to create",
+                fix="do not build manifests from the raw tag search here: `select --tag` checks tags on "
+                "the volume list (all_granted_eps)",
                 sent=sent,
                 proves=(2,),
+            )
+        )
+
+    async def paging(self, answers: Mapping[str, Answer]) -> None:
+        """The snapshot list paged by offset in small pages: does each item come exactly once?"""
+        assert self.project_id is not None  # noqa: S101
+        name = "paging: snapshot list"
+        total = count_of(answers["snapshot list"])
+        if total is None or total < 2:
+            why = "the snapshot list was refused" if total is None else f"{total} snapshots: nothing to page"
+            self.add(Check(name=name, result=Result.INFO, meaning=f"not checked: {why}", proves=(3,)))
+            return
+        size = max(1, min(evs.PAGE, -(-total // PAGES)))
+        seen: set[str] = set()
+        items = offset = pages = 0
+        route = self.fresh_route()
+        call = evs.list_snapshots(self.project_id, [("limit", str(size))], kind=evs.Kind.CHECK)
+        while offset < total and pages < MAX_PAGES:
+            page_call = (
+                call
+                if not offset
+                else dataclasses.replace(call, query=(("offset", str(offset)), *call.query))
+            )
+            answer = await exchange(route, page_call, self.policy)
+            body = answer.body if answer.ok and isinstance(answer.body, dict) else {}
+            ids = [str(item.get("id")) for item in body.get("snapshots") or [] if isinstance(item, dict)]
+            if not ids:
+                break
+            seen.update(ids)
+            items += len(ids)
+            offset += len(ids)
+            pages += 1
+        repeated = items - len(seen)
+        missed = total - len(seen) if offset >= total else 0
+        sent = (shown(call) + "?limit=...&offset=...",)
+        how = f"{pages} pages of {size} by offset"
+        if repeated or missed > 0:
+            self.add(
+                Check(
+                    name=name,
+                    result=Result.FAIL,
+                    meaning=f"{how} gave {len(seen)} distinct snapshots of the {total} the list counts "
+                    f"({repeated} came twice): the order changed between pages, so one offset-paged listing "
+                    "can skip a snapshot (a double left in place by a sweep that trusts it)",
+                    fix="the sweep must confirm each doubtful row by a volume_id lookup, never by the paged "
+                    "listing alone; run doctor again when nothing else creates or deletes snapshots, to tell "
+                    "churn from an unstable order",
+                    sent=sent,
+                    proves=(3,),
+                )
+            )
+            return
+        part = "" if offset >= total else f" (the first {offset})"
+        self.add(
+            Check(
+                name=name,
+                result=Result.PASS,
+                meaning=f"{how} gave each of the {total} snapshots{part} exactly once (the list held still "
+                "while it was paged)",
+                sent=sent,
+                proves=(3,),
             )
         )
 
@@ -495,7 +569,7 @@ class Doctor:
 
         assert self.project_id is not None  # noqa: S101
         if not answers["quota"].ok:
-            self.add(Check(name="quota", result=Result.INFO, meaning="not read: the quota was refused"))
+            self.add(Check(name="quota", result=Result.INFO, meaning="not read (see permissions: quota)"))
             return
         left = await remaining_quota(self.fresh_route(), self.policy)
         sent = (shown(evs.quota(self.project_id)),)
@@ -627,7 +701,7 @@ def permission_check(probe: Probe, answer: Answer) -> Check:
         return Check(
             name=name,
             result=Result.FAIL,
-            meaning=f"refused ({said(answer)}): {probe.commands} will fail",
+            meaning=f"refused ({said(answer)}): the IAM action {probe.action} is missing",
             fix=f"grant the IAM action {probe.action} to this user (needed by {probe.commands})",
             sent=sent,
             proves=(9,),

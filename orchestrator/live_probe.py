@@ -83,17 +83,16 @@ class Live:
         return " ".join(["evs-snapshot", "cleanup", str(self.settings.report), "--apply", *argv])
 
     async def run(self) -> None:
-        """Every step in order; a failed step ends the round trip (its check says why)."""
+        """Every step in order; a failed step skips the rest (its check says why), except the delete:
+        whatever failed after the create, the snapshot it made is deleted."""
         route = self.doctor.fresh_route()
         volume = await self._volume(route)
         if volume is None or not await self._create(volume):
             return
-        assert self.made is not None  # noqa: S101 - created
-        if not await self._read_back(route):
-            return
-        await self._listed(route)
-        if self.settings.rollback and not await self._rollback(route):
-            return
+        if await self._read_back(route):
+            await self._listed(route)
+            if self.settings.rollback:
+                await self._rollback(route)
         await self._delete(route)
 
     async def _volume(self, route: Route) -> dict[str, Any] | None:

@@ -71,6 +71,7 @@ async def doctor(settings: DoctorSettings, *, console: Console, stdout: TextIO) 
             await checks.identity(settings.project_id)
             answers = await checks.permissions()
             await checks.enterprise_projects(answers)
+            await checks.paging(answers)
             await checks.quota(answers, targets)
             if settings.live is not None:
                 hint = await _live(checks, settings, console)
