@@ -28,6 +28,20 @@ if TYPE_CHECKING:
 LIVE_REPORT = "reports/evs-snapshot-doctor-{datetime}.jsonl"
 
 
+class DiskId(click.ParamType):  # type: ignore[type-arg]
+    """A disk id (a UUID, 8-4-4-4-12 hex), lower-cased; its metavar is VOLUME_ID."""
+
+    name = "volume_id"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from orchestrator.duplicates import UUID_RE  # noqa: PLC0415
+
+        text = str(value).strip().lower()
+        if not UUID_RE.match(text):
+            self.fail(f"{value!r} is not a disk id (a UUID, 8-4-4-4-12 hex)", param, ctx)
+        return text
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class DoctorSettings:
     source: ManifestSource | None
@@ -134,7 +148,7 @@ def _argv(connection_args: dict[str, object]) -> tuple[str, ...]:
 @click.option(
     "--live",
     "live",
-    metavar="VOLUME_ID",
+    type=DiskId(),
     default=None,
     help="Also make one snapshot of this scratch disk and delete it: proves the marker, the lookup and "
     "the delete (creates and deletes; nothing else).",
@@ -172,13 +186,10 @@ def command(
     """Check endpoint, clock, credentials, project, permissions, enterprise projects and quota (read-only)."""
     from orchestrator.config import check_project_id  # noqa: PLC0415
     from orchestrator.console import Console  # noqa: PLC0415
-    from orchestrator.duplicates import UUID_RE  # noqa: PLC0415
     from orchestrator.errors import UsageError  # noqa: PLC0415
     from orchestrator.manifest import ManifestSource  # noqa: PLC0415
 
     console = Console(sys.stderr, json=log_format == "json")
-    if live is not None and not UUID_RE.match(live.strip().lower()):
-        raise UsageError(f"--live {live!r} is not a disk id (a UUID, 8-4-4-4-12 hex)")
     if (live_rollback or live_report is not None) and live is None:
         raise UsageError("--live-rollback and --live-report go with --live VOLUME_ID")
     project = check_project_id(project_id, option="--project-id")
@@ -188,7 +199,7 @@ def command(
         project_id=project,
         connection=connection,
         policy=policy,
-        live=None if live is None else live.strip().lower(),
+        live=live,
         live_rollback=live_rollback,
         live_report=live_report,
         as_json=as_json,
