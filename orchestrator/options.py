@@ -240,16 +240,21 @@ def _manifest(manifest: str, manifest_format: str | None) -> ManifestSource:
     return ManifestSource.of(manifest, manifest_format)
 
 
-MANIFEST = group(
-    "source",
-    _manifest,
-    click.argument("manifest"),
-    click.option(
-        "--format",
-        "manifest_format",
-        type=click.Choice(["csv", "json", "jsonl"]),
-        help="Manifest format (default: from the extension; required for -).",
-    ),
+MANIFEST_FORMAT = click.option(
+    "--format",
+    "manifest_format",
+    type=click.Choice(["csv", "json", "jsonl"]),
+    help="Manifest format (default: from the extension; required for -).",
+)
+MANIFEST = group("source", _manifest, click.argument("manifest"), MANIFEST_FORMAT)
+
+
+def _optional_manifest(manifest: str | None, manifest_format: str | None) -> ManifestSource | None:
+    return None if manifest is None else _manifest(manifest, manifest_format)
+
+
+OPTIONAL_MANIFEST = group(
+    "source", _optional_manifest, click.argument("manifest", required=False), MANIFEST_FORMAT
 )
 
 

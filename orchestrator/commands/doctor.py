@@ -138,13 +138,7 @@ def _argv(connection_args: dict[str, object]) -> tuple[str, ...]:
 
 
 @click.command("doctor")
-@click.argument("manifest", required=False)
-@click.option(
-    "--format",
-    "manifest_format",
-    type=click.Choice(["csv", "json", "jsonl"]),
-    help="Manifest format (default: from the extension; required for -).",
-)
+@options.OPTIONAL_MANIFEST
 @click.option(
     "--live",
     "live",
@@ -172,8 +166,7 @@ def _argv(connection_args: dict[str, object]) -> tuple[str, ...]:
 @options.DEBUG
 def command(
     *,
-    manifest: str | None,
-    manifest_format: str | None,
+    source: ManifestSource | None,
     live: str | None,
     live_rollback: bool,
     live_report: Path | None,
@@ -187,7 +180,6 @@ def command(
     from orchestrator.config import check_project_id  # noqa: PLC0415
     from orchestrator.console import Console  # noqa: PLC0415
     from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.manifest import ManifestSource  # noqa: PLC0415
 
     console = Console(sys.stderr, json=log_format == "json")
     if (live_rollback or live_report is not None) and live is None:
@@ -195,7 +187,7 @@ def command(
     project = check_project_id(project_id, option="--project-id")
     endpoints = connection.endpoints
     settings = DoctorSettings(
-        source=None if manifest is None else ManifestSource.of(manifest, manifest_format),
+        source=source,
         project_id=project,
         connection=connection,
         policy=policy,
