@@ -28,7 +28,7 @@ import anyio
 
 from orchestrator.api import evs
 from orchestrator.api.clock import SIGNATURE_WINDOW, gateway_offset
-from orchestrator.errors import ListingFailed, TransportError
+from orchestrator.errors import ListingFailed, RouteClosed, TransportError
 from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retrying
 
 if TYPE_CHECKING:
@@ -152,6 +152,11 @@ async def exchange(route: Route, call: evs.Call, policy: RetryPolicy) -> Answer:
             except TransportError as exc:
                 why = str(exc)
                 raise TryAgain(why) from None
+            except RouteClosed as exc:  # a refusal that carries its answer is this call's answer
+                refusal: Answer | None = getattr(exc, "answer", None)
+                if refusal is None:
+                    raise
+                return refusal
             last = reply.answer
             if reply.verdict in (Verdict.RETRY, Verdict.UNCERTAIN):
                 why = f"{last.status} {last.error()[0]}"
@@ -160,6 +165,14 @@ async def exchange(route: Route, call: evs.Call, policy: RetryPolicy) -> Answer:
     if last is not None:
         return last
     raise ListingFailed(f"{shown(call)} got no answer ({why})")
+
+
+def accepted(answer: Answer) -> str:
+    """How an authenticated answer reads in the credentials check."""
+    if answer.ok:
+        return f"answered {answer.status}"
+    code = answer.error()[0]
+    return f"answered {answer.status} {code}: a refusal by policy, not of the credentials; see permissions"
 
 
 def said(answer: Answer) -> str:
@@ -362,8 +375,8 @@ class Doctor:
             Check(
                 name="credentials",
                 result=Result.PASS,
-                meaning=f"{credential_source(self.router, self.connection)}: a signed {shown(first.call)} "
-                f"was accepted (answered {answer.status}); {lifetime_note(self.router)}",
+                meaning=f"{credential_source(self.router, self.connection)}: {shown(first.call)} got "
+                f"through authentication ({accepted(answer)}); {lifetime_note(self.router)}",
                 sent=(shown(first.call),),
                 proves=(8,),
             )
@@ -815,7 +828,7 @@ async def reach(url: URL, connection: Connection) -> Check:
             fix="check the network path, a firewall or proxy (HTTPS_PROXY), and --endpoint/--region",
             sent=sent,
         )
-    except OSError as exc:  # socket.gaierror, refused connections and ssl.SSLError are OSErrors
+    except (OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:  # gaierror, SSLError: OSErrors
         fix = {
             "DNS": "check --region/--endpoint (the host name) and this machine's DNS",
             "TCP": "check a firewall or proxy (HTTPS_PROXY) between here and the endpoint",
@@ -825,7 +838,8 @@ async def reach(url: URL, connection: Connection) -> Check:
         return Check(
             name=name,
             result=Result.FAIL,
-            meaning=f"{step} failed: {exc}" + (f" (after {', '.join(steps)})" if steps else ""),
+            meaning=f"{step} failed: {exc or type(exc).__name__}"
+            + (f" (after {', '.join(steps)})" if steps else ""),
             fix=fix,
             sent=sent,
         )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -207,7 +207,7 @@ class Live:
             route, evs.show_snapshot(self.project_id, self.made, kind=evs.Kind.CHECK), self.doctor.policy
         )
 
-    async def _until(self, route: Route, done: Any) -> Answer:
+    async def _until(self, route: Route, done: Callable[[Answer], bool]) -> Answer:
         """GET the snapshot until ``done(answer)``, for at most the settings' patience."""
         pause = POLL_FIRST
         deadline = time.monotonic() + self.settings.patience

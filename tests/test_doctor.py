@@ -351,3 +351,30 @@ def test_the_skew_is_read_from_the_refusal_or_the_date_header() -> None:
     assert gateway_offset(date="Mon, 07 Dec 2026 03:58:00 GMT", sent=sent) == -120.0
     assert gateway_offset(date="not a date", sent=sent) is None
     assert gateway_offset(sent=sent) is None
+
+
+def test_tls_that_fails_stops_the_doctor(emulator_thread: Start) -> None:
+    """TLS to a plain-http port fails: the endpoint check names TLS and --ca-bundle; exit 3, nothing sent."""
+    emu = emulator_thread()
+    result = invoke(
+        [*cli_args("doctor", endpoint=emu.url.replace("http://", "https://"), project_id=PROJECT), *FAST]
+    )
+    sound(result, 3)
+    row = next(row for name, row in table(result).items() if name.startswith("endpoint"))
+    assert row.startswith("STOP")
+    assert "TLS failed" in row
+    assert "--ca-bundle" in row
+    assert emu.state()["requests"] == {}
+
+
+def test_an_existing_live_report_is_refused_before_anything_is_sent(
+    emulator_thread: Start, tmp_path: Path
+) -> None:
+    """``--live-report`` names a file that exists: exit 2 at once."""
+    emu = emulator_thread(volumes=DISKS)
+    report = tmp_path / "probe.jsonl"
+    report.write_text('{"type": "run"}\n', encoding="utf-8")
+    result = doctor(emu, live=VOLUME, live_report=report)
+    sound(result, 2)
+    assert "already holds records" in result.stderr
+    assert emu.state()["requests"] == {}

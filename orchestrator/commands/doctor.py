@@ -184,6 +184,12 @@ def command(
     console = Console(sys.stderr, json=log_format == "json")
     if (live_rollback or live_report is not None) and live is None:
         raise UsageError("--live-rollback and --live-report go with --live VOLUME_ID")
+    if live_report is not None:
+        from orchestrator.report import check_report_path  # noqa: PLC0415
+
+        check_report_path(live_report)
+        if live_report.exists() and live_report.stat().st_size > 0:  # before anything is sent
+            raise UsageError(f"--live-report {live_report} already holds records; choose another path")
     project = check_project_id(project_id, option="--project-id")
     endpoints = connection.endpoints
     settings = DoctorSettings(
