@@ -30,6 +30,11 @@ as a fresh exception each time, so tracebacks never pile up on one instance.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.models import Answer
+
 
 class EvsSnapshotError(Exception):
     """Root of every error evs-snapshot raises on purpose."""
@@ -74,11 +79,16 @@ class RunAborted(EvsSnapshotError):
 
 
 class RouteClosed(RunAborted):
-    """An endpoint and project take no more requests (``code``: the service's, or ENDPOINT_UNREACHABLE)."""
+    """An endpoint and project take no more requests (``code``: the service's, or ENDPOINT_UNREACHABLE).
 
-    def __init__(self, code: str, message: str) -> None:
+    ``answer`` is the refusal itself when this request was the one refused (a record keeps its
+    status), ``None`` when the route was closed before it and nothing was sent.
+    """
+
+    def __init__(self, code: str, message: str, *, answer: Answer | None = None) -> None:
         self.code = code
         self.message = message
+        self.answer = answer
         super().__init__(f"{code}: {message}")
 
 

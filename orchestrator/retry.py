@@ -11,7 +11,7 @@ answer                                      verdict     why
 no connection (refused, DNS, TLS)           retry       the request never left
 no answer (reset, timeout)                  uncertain   the request may have reached EVS
 other 4xx, or 5xx with a final EVS code     final       the API refused this request
-401, 400 Common.0013, wrong project         refused     decided by the route (``api.routes``)
+401, 400 Common.0013, wrong project         (raised)    the route closes: ``RouteClosed``
 ==========================================  ==========  ====================================
 """
 
@@ -37,7 +37,6 @@ class Verdict(enum.Enum):
     RETRY = "retry"
     UNCERTAIN = "uncertain"
     FINAL = "final"
-    REFUSED = "refused"
 
 
 def classify(status: int, error_code: str | None) -> Verdict:
