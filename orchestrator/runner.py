@@ -305,6 +305,7 @@ class Runner:
             if exc.answer is None:
                 state.attempts -= 1  # refused before sending: nothing went out
                 raise
+            self.in_doubt = True  # the run ends without sending the rest: the sweep has the last word
             state.answer, state.error = exc.answer, exc.answer.error()  # this request was refused
             return self._record(request, Outcome.FAILED, state)
         except TransportError as exc:
