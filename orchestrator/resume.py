@@ -66,7 +66,7 @@ class RunIndex:
         began = time.monotonic()
         found: dict[str, tuple[str, str | None]] = {}
         try:
-            async for page in snapshot_pages(route, self.policy):
+            async for page in snapshot_pages(route, self.policy, marker=self.run_id):
                 for snapshot in page:
                     if snapshot.marked(self.run_id) and snapshot.status not in GONE_STATUSES:
                         found.setdefault(snapshot.volume_id, (snapshot.id, snapshot.status))

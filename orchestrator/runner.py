@@ -218,10 +218,11 @@ class Runner:
     ) -> Record | None:
         """The row's create attempts, each after the lookups an uncertain one before it needs."""
         policy = self.plan.policy
-        left = policy.max_attempts - state.attempts  # a settling task goes on where the worker stopped
-        if left > 0:
+        if state.attempts < policy.max_attempts:
+            # A settling task goes on where the worker stopped: the attempts left are its budget.
+            budget = policy if not state.attempts else _spent(policy, state.attempts)
             tries = retrying(
-                dataclasses.replace(policy, max_attempts=left),
+                budget,
                 pause=lambda _number, rng: policy.backoff(state.attempts, rng),
                 rng=self.random,
                 sleep=self._pause,
@@ -474,6 +475,11 @@ class Runner:
             finished_at=utc_iso(utc_now()),
             elapsed_ms=round((time.monotonic() - state.clock) * 1000),
         )
+
+
+def _spent(policy: RetryPolicy, attempts: int) -> RetryPolicy:
+    """``policy`` with ``attempts`` of its attempts already made."""
+    return dataclasses.replace(policy, max_attempts=policy.max_attempts - attempts)
 
 
 class _Send(enum.Enum):

@@ -136,7 +136,7 @@ async def _ours(
     twice: list[tuple[Route, str]] = []
     for route in routes:  # open above; one refused since raises RouteClosed at its first request
         try:
-            async for page in snapshot_pages(route, policy):
+            async for page in snapshot_pages(route, policy, marker=run_id):
                 for snapshot in page:
                     if not _ours_alive(snapshot, run_id):
                         continue

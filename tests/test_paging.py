@@ -171,3 +171,23 @@ async def test_a_create_refused_for_the_credentials_keeps_the_refusal_in_its_rec
     assert (unsent["outcome"], unsent["http_status"], unsent["attempts"]) == ("failed", None, 0)
     assert unsent["error_message"].startswith("not sent: ")
     assert hits(emu, "POST /v2/{project_id}/cloudsnapshots") == {"401": 1}
+
+
+async def test_a_listing_by_marker_gives_only_that_runs_snapshots(emulator: Callable[..., Any]) -> None:
+    """Two snapshots of run-9, one of another run, one unmarked: the pages hold the two, the total all."""
+    disk = volume_ids(1, seed=36)[0]
+    ids = volume_ids(4, seed=37)
+    markers = (
+        {evs.RUN_MARKER_KEY: "run-9"},
+        {evs.RUN_MARKER_KEY: "run-9"},
+        {evs.RUN_MARKER_KEY: "run-1"},
+        {},
+    )
+    seeded = tuple(
+        SeedSnapshot(id=i, volume_id=disk, metadata=marker) for i, marker in zip(ids, markers, strict=True)
+    )
+    emu = await emulator(snapshots=seeded)
+    async with routed(emu.url) as route:
+        pages = [page async for page in snapshot_pages(route, QUICK, marker="run-9")]
+    assert [page.total for page in pages] == [4]
+    assert sorted(snapshot.id for page in pages for snapshot in page) == sorted(ids[:2])

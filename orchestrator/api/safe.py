@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from orchestrator.api import evs
-from orchestrator.api.views import Snapshot, Volume
+from orchestrator.api.views import Snapshot, Volume, marker_in
 from orchestrator.errors import ListingFailed, TransportError
 from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retrying
 
@@ -81,9 +81,14 @@ async def snapshot_pages(
     query: Iterable[tuple[str, str]] = (),
     overlap: bool = False,
     kind: evs.Kind = evs.Kind.LIST,
+    marker: str | None = None,
 ) -> AsyncGenerator[Page[Snapshot], None]:
     """A project's snapshots one page (1000) at a time, so a caller keeps only what it needs
-    (``overlap``: see ``_pages``); raises ``ListingFailed`` rather than guess."""
+    (``overlap``: see ``_pages``); raises ``ListingFailed`` rather than guess.
+
+    With ``marker``, a page holds only the snapshots carrying that run's marker, picked before they
+    are parsed (a project's list is mostly snapshots of other runs and tools).
+    """
     query = tuple(query)
 
     def call(offset: int) -> evs.Call:
@@ -91,7 +96,8 @@ async def snapshot_pages(
         return evs.list_snapshots(route.project_id, page_query, kind=kind)
 
     async for page in _pages(route, policy, call, key="snapshots", overlap=overlap):
-        yield Page(map(Snapshot.parse, page), page.total)
+        items = page if marker is None else [i for i in page if marker_in(i.get("metadata")) == marker]
+        yield Page(map(Snapshot.parse, items), page.total)
 
 
 async def list_all(
