@@ -86,6 +86,8 @@ class Attempt:
     attempt is allowed, and raised when it was the last; any other exception goes through.
     """
 
+    __slots__ = ("loop", "number")
+
     def __init__(self, loop: retrying, number: int) -> None:
         self.loop = loop
         self.number = number
@@ -122,6 +124,20 @@ class retrying:
     attempt's retryable error is raised to the caller; with ``reraise=False`` the loop just ends, and
     ``last`` holds it.
     """
+
+    __slots__ = (
+        "done",
+        "last",
+        "number",
+        "on",
+        "patience",
+        "pause",
+        "policy",
+        "reraise",
+        "rng",
+        "sleep",
+        "waited",
+    )
 
     def __init__(
         self,
