@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import pytest
 from yarl import URL
 
 from orchestrator.api import evs
-from orchestrator.api.routes import Route, connect
+from orchestrator.api.routes import connect
 from orchestrator.api.safe import (
     ONE_TRY,
     list_all_volumes,
@@ -28,32 +28,21 @@ from orchestrator.api.safe import (
 from orchestrator.api.views import Snapshot, Volume
 from orchestrator.config import Connection, Endpoints
 from orchestrator.emulator import SeedSnapshot, SeedVolume
-from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
 from orchestrator.errors import ListingFailed, RouteClosed
 from orchestrator.report import ReportWriter
 from orchestrator.retry import RetryPolicy
 from orchestrator.runner import Runner, RunPlan
 from orchestrator.tally import Tally
 from tests.conftest import volume_ids
-from tests.helpers import PROJECT, snapshot_request
+from tests.helpers import AKSK_ENV, PROJECT, route_to, snapshot_request
 
 pytestmark = pytest.mark.anyio
 
-AKSK = {"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
-WRONG = {"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": "not-the-secret-key-000000000000000000000"}
+WRONG = {**AKSK_ENV, "HUAWEICLOUD_SDK_SK": "not-the-secret-key-000000000000000000000"}
 QUICK = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02)
 BY_TAGS = "POST /v2/{project_id}/cloudvolumes/resource_instances/action"
 VOLUMES = "GET /v2/{project_id}/cloudvolumes/detail"
 SNAPSHOTS = "GET /v2/{project_id}/cloudsnapshots/detail"
-
-
-@contextlib.asynccontextmanager
-async def routed(url: str, environ: dict[str, str] | None = None) -> AsyncIterator[Route]:
-    """The route of the test project on ``url``, over a real session (AK/SK by default)."""
-    connection = Connection(endpoints=Endpoints(evs=URL(url)), environ=environ or AKSK)
-    async with contextlib.AsyncExitStack() as stack:
-        router = await connect(stack, connection)
-        yield await router.route_for(PROJECT, None)
 
 
 def hits(emu: Any, route: str) -> Counter[str]:
@@ -64,7 +53,7 @@ async def test_tagged_disks_page_by_the_offset_in_the_body(emulator: Callable[..
     """1001 tagged disks: two POSTs (offset 0, then 1000), every disk once, as a ``Volume``."""
     disks = tuple(SeedVolume(volume_id=i, tags={"batch": "p"}) for i in volume_ids(evs.PAGE + 1, seed=31))
     emu = await emulator(volumes=disks)
-    async with routed(emu.url) as route:
+    async with route_to(emu.url) as route:
         found = await volumes_by_tags(route, {"batch": ("p",)}, QUICK)
     assert all(isinstance(volume, Volume) for volume in found)
     assert sorted(volume.id for volume in found) == sorted(disk.volume_id for disk in disks)
@@ -78,7 +67,7 @@ async def test_disks_page_by_the_offset_in_the_query(emulator: Callable[..., Any
     ids = volume_ids(evs.PAGE + 1, seed=32)
     disks = (SeedVolume(volume_id=ids[0], server_id=server), *(SeedVolume(volume_id=i) for i in ids[1:]))
     emu = await emulator(volumes=disks)
-    async with routed(emu.url) as route:
+    async with route_to(emu.url) as route:
         found = await list_all_volumes(route, QUICK)
         shown = await show_volume(route, ids[0], QUICK)
         missing = await show_volume(route, str(uuid.UUID(int=0xDEAD, version=4)), QUICK)
@@ -99,7 +88,7 @@ async def test_snapshot_pages_say_the_total_and_an_empty_listing_is_one_page(
         for i in volume_ids(3, seed=34)
     )
     emu = await emulator(snapshots=seeded)
-    async with routed(emu.url) as route:
+    async with route_to(emu.url) as route:
         pages = [page async for page in snapshot_pages(route, QUICK)]
         one = await volume_snapshots(route, disk, QUICK)
         shown = await show_snapshot(route, seeded[0].id, QUICK)
@@ -111,7 +100,7 @@ async def test_snapshot_pages_say_the_total_and_an_empty_listing_is_one_page(
     assert shown.id == seeded[0].id
     assert gone is None
     empty = await emulator()
-    async with routed(empty.url) as route:
+    async with route_to(empty.url) as route:
         assert [(len(page), page.total) for page in [p async for p in snapshot_pages(route, QUICK)]] == [
             (0, 0)
         ]
@@ -124,7 +113,7 @@ async def test_a_refused_request_raises_with_its_answer_and_later_ones_without(
     """A wrong secret key: the first request raises ``RouteClosed`` holding the 401; the next is not
     sent and raises without an answer; a listing raises it too, never ``ListingFailed``."""
     emu = await emulator()
-    async with routed(emu.url, WRONG) as route:
+    async with route_to(emu.url, WRONG) as route:
         with pytest.raises(RouteClosed) as first:
             await route.send(evs.show_volume(PROJECT, volume_ids(1)[0]))
         with pytest.raises(RouteClosed) as later:
@@ -141,7 +130,7 @@ async def test_a_refused_request_raises_with_its_answer_and_later_ones_without(
 async def test_a_listing_that_keeps_failing_raises_listing_failed(emulator: Callable[..., Any]) -> None:
     """Every answer a 500: the attempts are spent, and the listing raises rather than look empty."""
     emu = await emulator(fault_5xx=1.0)
-    async with routed(emu.url) as route:
+    async with route_to(emu.url) as route:
         with pytest.raises(ListingFailed):
             [page async for page in snapshot_pages(route, QUICK)]
     assert sum(hits(emu, SNAPSHOTS).values()) == QUICK.max_attempts
@@ -187,7 +176,7 @@ async def test_a_listing_by_marker_gives_only_that_runs_snapshots(emulator: Call
         SeedSnapshot(id=i, volume_id=disk, metadata=marker) for i, marker in zip(ids, markers, strict=True)
     )
     emu = await emulator(snapshots=seeded)
-    async with routed(emu.url) as route:
+    async with route_to(emu.url) as route:
         pages = [page async for page in snapshot_pages(route, QUICK, marker="run-9")]
     assert [page.total for page in pages] == [4]
     assert sorted(snapshot.id for page in pages for snapshot in page) == sorted(ids[:2])
