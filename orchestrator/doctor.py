@@ -153,10 +153,9 @@ async def exchange(route: Route, call: evs.Call, policy: RetryPolicy) -> Answer:
                 why = str(exc)
                 raise TryAgain(why) from None
             except RouteClosed as exc:  # a refusal that carries its answer is this call's answer
-                refusal: Answer | None = getattr(exc, "answer", None)
-                if refusal is None:
+                if exc.answer is None:
                     raise
-                return refusal
+                return exc.answer
             last = reply.answer
             if reply.verdict in (Verdict.RETRY, Verdict.UNCERTAIN):
                 why = f"{last.status} {last.error()[0]}"
@@ -607,31 +606,30 @@ class Doctor:
 
     async def _room(self, targets: Sequence[Target]) -> None:
         """Each disk's room under the per-disk limit, counted as ``validate --online`` counts it."""
+        from orchestrator.api.safe import volume_snapshots  # noqa: PLC0415
         from orchestrator.defaults import SNAPSHOTS_PER_DISK  # noqa: PLC0415
 
         assert self.project_id is not None  # noqa: S101
         full: list[tuple[str, int]] = []
         failed: list[str] = []
         route = self.fresh_route()
-        limiter = anyio.CapacityLimiter(self.connection.limits.concurrency)
         ours = [t for t in targets if t.project_id in (None, self.project_id)]
+        pending = iter(ours)
 
-        async def one(target: Target) -> None:
-            async with limiter:
-                call = evs.list_snapshots(
-                    self.project_id or "", [("volume_id", target.volume_id), ("limit", str(evs.PAGE))]
-                )
-                answer = await exchange(route, call, self.policy)
-            if not answer.ok or not isinstance(answer.body, dict):
-                failed.append(f"{target.volume_id} ({said(answer)})")
-                return
-            count = sum(1 for item in answer.body.get("snapshots") or [] if counts_toward_limit(item))
-            if count >= SNAPSHOTS_PER_DISK:
-                full.append((target.volume_id, count))
+        async def worker() -> None:
+            for target in pending:  # one iterator shared by the workers: each disk is taken once
+                try:
+                    listed = await volume_snapshots(route, target.volume_id, self.policy, kind=evs.Kind.CHECK)
+                except (ListingFailed, RouteClosed) as exc:
+                    failed.append(f"{target.volume_id} ({exc})")
+                    continue
+                count = sum(1 for snapshot in listed if snapshot.counts_toward_limit)
+                if count >= SNAPSHOTS_PER_DISK:
+                    full.append((target.volume_id, count))
 
         async with anyio.create_task_group() as group:
-            for target in ours:
-                group.start_soon(one, target)
+            for _ in range(min(self.connection.limits.concurrency, len(ours))):
+                group.start_soon(worker)
         elsewhere = len(targets) - len(ours)
         other = f"; {elsewhere} disks of other projects not checked" if elsewhere else ""
         sent = (shown(evs.list_snapshots(self.project_id, ())) + "?volume_id=...",)
@@ -659,14 +657,6 @@ class Doctor:
                 sent=sent,
             )
         )
-
-
-def counts_toward_limit(snapshot: object) -> bool:
-    """The per-disk limit counts manually created snapshots: not backup-made ones, not those deleting."""
-    if not isinstance(snapshot, dict):
-        return False
-    name = str(snapshot.get("name") or "")
-    return not name.startswith(evs.BACKUP_PREFIXES) and snapshot.get("status") != "deleting"
 
 
 def tags_of(volume: object) -> list[str]:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from orchestrator.api import evs
+from orchestrator.api.views import RUN_MARKER_KEY, marker_in
 from orchestrator.doctor import (
     NOT_FOUND_CODES,
     Check,
@@ -227,7 +228,7 @@ class Live:
             return self.add("read back", Result.FAIL, f"the GET answered {said(answer)}", "", sent)
         raw = snapshot.get("metadata")
         metadata: dict[str, Any] = raw if isinstance(raw, dict) else {}
-        wanted = {evs.RUN_MARKER_KEY: self.run_id, PROBE_KEY: PROBE_VALUE}
+        wanted = {RUN_MARKER_KEY: self.run_id, PROBE_KEY: PROBE_VALUE}
         changed = {key: value for key, value in wanted.items() if metadata.get(key) != value}
         if changed:
             got = {
@@ -269,7 +270,9 @@ class Live:
             answer = await exchange(route, each, self.doctor.policy)
             items = answer.body.get("snapshots") if answer.ok and isinstance(answer.body, dict) else None
             found[label] = isinstance(items, list) and any(
-                isinstance(item, dict) and item.get("id") == self.made and evs.marker_of(item) == self.run_id
+                isinstance(item, dict)
+                and item.get("id") == self.made
+                and marker_in(item.get("metadata")) == self.run_id
                 for item in items
             )
         sent = shown(call) + "?volume_id=..."

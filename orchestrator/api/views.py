@@ -62,6 +62,11 @@ class Snapshot:
         """Made by a backup service (CBR): never the tool's, whatever it carries."""
         return (self.name or "").startswith(BACKUP_PREFIXES)
 
+    @property
+    def counts_toward_limit(self) -> bool:
+        """Counted by the per-disk limit (evs-api.md 9): made by hand, not by a backup, and not deleting."""
+        return not self.is_backup and self.status != "deleting"
+
     def marked(self, run_id: str | None = None) -> bool:
         """Carries the tool's marker (of ``run_id``, when given)."""
         return self.marker is not None and (run_id is None or self.marker == run_id)

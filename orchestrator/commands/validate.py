@@ -23,7 +23,6 @@ from orchestrator.entry import run
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route, Router
-    from orchestrator.api.views import Snapshot
     from orchestrator.config import Connection, RowDefaults
     from orchestrator.console import Console
     from orchestrator.manifest import ManifestSource
@@ -203,7 +202,7 @@ async def _volume_problem(
         if status not in ("available", "in-use"):
             return ("VOLUME_NOT_SNAPSHOTTABLE", f"the disk is {status}; it must be available or in-use")
         listed = await volume_snapshots(route, request.volume_id, policy, kind=evs.Kind.CHECK)
-        count = sum(1 for snapshot in listed if _counts_toward_limit(snapshot))
+        count = sum(1 for snapshot in listed if snapshot.counts_toward_limit)
         if count >= MAX_SNAPSHOTS_PER_VOLUME:
             return (
                 "SNAPSHOT_LIMIT_REACHED",
@@ -217,11 +216,6 @@ async def _volume_problem(
     except ProjectLookupFailed as exc:
         return (exc.code, exc.message)
     return route
-
-
-def _counts_toward_limit(snapshot: Snapshot) -> bool:
-    """The service counts manually created snapshots: not backup-made ones, and not those being deleted."""
-    return not snapshot.is_backup and snapshot.status != "deleting"
 
 
 async def _quota_problem(route: Route, wanted: int, policy: RetryPolicy, problems: _Problems) -> int:
