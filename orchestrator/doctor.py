@@ -317,7 +317,17 @@ class Doctor:
             try:
                 self.project_id = await resolver.project_for(self.region)
             except CredentialsRefused as exc:
-                self._clock(None, exc.message, sent)
+                if gateway_offset(message=exc.message, sent=sent) is not None:
+                    self._clock(None, exc.message, sent)
+                else:
+                    self.add(
+                        Check(
+                            name="clock",
+                            result=Result.INFO,
+                            meaning="not measured: IAM refused the credentials before EVS answered",
+                            proves=(8,),
+                        )
+                    )
                 raise self.stop(self._refused(exc.message, "IAM's project lookup")) from None
             except ProjectLookupFailed as exc:
                 raise self.stop(
@@ -344,6 +354,8 @@ class Doctor:
         sent = datetime.now(UTC)
         try:
             answer = await exchange(self.fresh_route(), first.call, self.policy)
+        except RouteClosed as exc:  # IAM refused the password (no request reached EVS)
+            raise self.stop(self._refused(exc.message, "IAM (password token)")) from None
         except ListingFailed as exc:
             raise self.stop(
                 Check(

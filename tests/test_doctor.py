@@ -378,3 +378,29 @@ def test_an_existing_live_report_is_refused_before_anything_is_sent(
     sound(result, 2)
     assert "already holds records" in result.stderr
     assert emu.state()["requests"] == {}
+
+
+PASSWORD_ENV = {
+    **NO_CREDENTIALS,
+    "OS_USERNAME": "operator",
+    "OS_PASSWORD": "emulator-password",
+    "OS_USER_DOMAIN_NAME": "emulator-domain",
+}
+
+
+@pytest.mark.parametrize(("password", "code"), [("emulator-password", 0), ("wrong", 3)])
+def test_a_password_user_gets_its_project_from_a_token(
+    emulator_thread: Start, password: str, code: int
+) -> None:
+    """An IAM password: the project comes from a token scoped by the region; a wrong one stops (exit 3)."""
+    emu = emulator_thread(volumes=DISKS)
+    args = cli_args("doctor", endpoint=emu.url, iam_endpoint=emu.url, region="cn-north-4")
+    result = invoke([*args, *FAST], base={**PASSWORD_ENV, "OS_PASSWORD": password})
+    sound(result, code)
+    rows = table(result)
+    if code == 0:
+        assert "POST /v3/auth/tokens" in rows["project"]
+        assert "an IAM password" in rows["credentials"]
+    else:
+        assert rows["credentials"].startswith("STOP")
+        assert "IAM" in rows["credentials"]

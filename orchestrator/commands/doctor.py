@@ -62,7 +62,8 @@ async def doctor(settings: DoctorSettings, *, console: Console, stdout: TextIO) 
     import orjson  # noqa: PLC0415
 
     from orchestrator.api.routes import connect  # noqa: PLC0415
-    from orchestrator.doctor import Doctor, Stopped, render, verdict  # noqa: PLC0415
+    from orchestrator.doctor import Check, Doctor, Result, Stopped, render, verdict  # noqa: PLC0415
+    from orchestrator.errors import RunAborted  # noqa: PLC0415
 
     targets = None
     if settings.source is not None:
@@ -91,6 +92,8 @@ async def doctor(settings: DoctorSettings, *, console: Console, stdout: TextIO) 
                 hint = await _live(checks, settings, console)
         except Stopped:
             pass
+        except RunAborted as exc:  # a route closed (unreachable, refused) or retries spent: exit 3
+            checks.add(Check(name="stopped", result=Result.STOP, meaning=str(exc)))
     code, last = verdict(checks.checks, checks.where, live=settings.live is not None)
     if settings.as_json:
         data = {
