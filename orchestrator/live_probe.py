@@ -23,18 +23,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from orchestrator.api import evs
+from orchestrator.api.probe import exchange, said, shown, without_every_ep
 from orchestrator.api.views import RUN_MARKER_KEY, marker_in
-from orchestrator.doctor import (
-    NOT_FOUND_CODES,
-    Check,
-    Doctor,
-    Result,
-    exchange,
-    said,
-    shown,
-    without_every_ep,
-)
+from orchestrator.doctor import Doctor
 from orchestrator.errors import ListingFailed
+from orchestrator.findings import NOT_FOUND_CODES, Check, Result
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route

@@ -62,8 +62,9 @@ async def doctor(settings: DoctorSettings, *, console: Console, stdout: TextIO) 
     import orjson  # noqa: PLC0415
 
     from orchestrator.api.routes import connect  # noqa: PLC0415
-    from orchestrator.doctor import Check, Doctor, Result, Stopped, render, verdict  # noqa: PLC0415
+    from orchestrator.doctor import Doctor  # noqa: PLC0415
     from orchestrator.errors import RunAborted  # noqa: PLC0415
+    from orchestrator.findings import Check, Result, Stopped, render, verdict  # noqa: PLC0415
 
     targets = None
     if settings.source is not None:
@@ -112,8 +113,8 @@ async def doctor(settings: DoctorSettings, *, console: Console, stdout: TextIO) 
 
 async def _live(checks: Doctor, settings: DoctorSettings, console: Console) -> str | None:
     """The round trip; returns the cleanup command when it stopped with something left."""
-    from orchestrator.doctor import Result  # noqa: PLC0415
     from orchestrator.errors import EvsSnapshotError  # noqa: PLC0415
+    from orchestrator.findings import Result  # noqa: PLC0415
     from orchestrator.live_probe import Live, LiveSettings, live_failed  # noqa: PLC0415
     from orchestrator.models import utc_now  # noqa: PLC0415
 
