@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from orchestrator.actions import Action, ActionRecord, ActionRun, now_iso
+from orchestrator.actions import Action, ActionRecord, now_iso
 from orchestrator.api import evs
 from orchestrator.api.safe import fetch_json
 from orchestrator.api.views import Snapshot
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from orchestrator.api.routes import Router
     from orchestrator.config import Connection
     from orchestrator.console import Console
-    from orchestrator.finish import Closing
+    from orchestrator.frame import Closing, Frame
     from orchestrator.retry import RetryPolicy
 
 
@@ -155,7 +155,7 @@ class Pass:
     """One cleanup pass: list the projects, judge each snapshot found (write its record, or queue its
     deletion), delete, and count the run's snapshots that are left."""
 
-    def __init__(self, settings: CleanupSettings, action: ActionRun, run_id: str) -> None:
+    def __init__(self, settings: CleanupSettings, action: Frame, run_id: str) -> None:
         self.settings = settings
         self.action = action
         self.run_id = run_id

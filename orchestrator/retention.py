@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.actions import Action, ActionRecord, ActionRun, now_iso
+from orchestrator.actions import Action, ActionRecord, now_iso
 from orchestrator.api.views import Snapshot
 from orchestrator.defaults import SNAPSHOTS_PER_DISK
 from orchestrator.deleter import DELETABLE, DELETING, Deleter, Job
@@ -42,8 +41,7 @@ if TYPE_CHECKING:
 
     from orchestrator.api.routes import Router
     from orchestrator.config import Connection
-    from orchestrator.console import Console
-    from orchestrator.finish import Closing
+    from orchestrator.frame import Closing, Frame
     from orchestrator.manifest import ManifestSource
     from orchestrator.retry import RetryPolicy
 
@@ -240,7 +238,7 @@ class PruneSettings:
 
 
 async def prune_scopes(
-    settings: PruneSettings, router: Router, targets: list[Target], action: ActionRun
+    settings: PruneSettings, router: Router, targets: list[Target], action: Frame
 ) -> dict[str, Counter[str]]:
     """List every scope, judge each disk, write the records; returns outcome counts per volume."""
     outcome = "nothing was deleted" if settings.apply else "nothing was planned"
@@ -282,7 +280,7 @@ async def prune_scopes(
 
 def judge_scope(
     settings: PruneSettings,
-    action: ActionRun,
+    action: Frame,
     scope: Scope,
     snapshots: list[Snapshot],
     counts: dict[str, Counter[str]],
@@ -446,53 +444,3 @@ async def stale_disks(
                     )
                 )
     return stale
-
-
-# --- the end of a run ------------------------------------------------------------------------
-def write_side_files(
-    closing: Closing,
-    *,
-    command: str,
-    summary: dict[str, Any],
-    families: list[tuple[str, str, list[str]]],
-    exit_code: int,
-    console: Console,
-) -> None:
-    """``--summary-json`` and ``--metrics-file`` (this command's series; other commands' are kept)."""
-    import orjson  # noqa: PLC0415
-
-    from orchestrator import metrics  # noqa: PLC0415
-
-    writes: list[tuple[str, Path, Callable[[], bytes]]] = []
-    if closing.summary_json is not None:
-        options = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
-        writes.append(("--summary-json", closing.summary_json, lambda: orjson.dumps(summary, option=options)))
-    if closing.metrics_file is not None:
-        path = closing.metrics_file
-
-        def text() -> bytes:
-            try:
-                existing = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                existing = ""
-            now = time.time()
-            last_success = now if exit_code == 0 else metrics.previous_success(existing, command)
-            fixed: list[tuple[str, str, float | None]] = [
-                ("exit_code", "Exit code of the last run (0 = every row succeeded).", exit_code),
-                ("last_run_timestamp_seconds", "When the last run ended (Unix time).", now),
-                ("last_success_timestamp_seconds", "When a run last succeeded (Unix time).", last_success),
-            ]
-            label = f'command="{command}"'
-            every = families + [
-                (f"{metrics.PREFIX}_{name}", about, [f"{metrics.PREFIX}_{name}{{{label}}} {value:.3f}"])
-                for name, about, value in fixed
-                if value is not None
-            ]
-            return metrics.merge(existing, metrics.render_families(every), command).encode()
-
-        writes.append(("--metrics-file", path, text))
-    for option, target, data in writes:
-        try:
-            metrics.write_atomically(target, data())
-        except OSError as exc:
-            console.error(f"{option}: cannot write {target}: {exc.strerror}")

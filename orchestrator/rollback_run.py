@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import ObjectReceiveStream
 
-from orchestrator.actions import Action, ActionRecord, ActionRun, now_iso
+from orchestrator.actions import Action, ActionRecord, now_iso
 from orchestrator.createrun import check_create_run
 from orchestrator.errors import ProjectLookupFailed, RouteClosed, UsageError
 from orchestrator.models import Record
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from orchestrator.api.routes import Route, Router
     from orchestrator.config import Connection
     from orchestrator.console import Console
+    from orchestrator.frame import Frame
     from orchestrator.retry import RetryPolicy
     from orchestrator.waiter import WaitPlan
 
@@ -154,7 +155,7 @@ def rolled_back_before(settings: RollbackSettings, chosen: Chosen, console: Cons
 
 
 async def restore_all(
-    action: ActionRun, router: Router, rows: list[Record], plan: RestorePlan, *, apply: bool
+    action: Frame, router: Router, rows: list[Record], plan: RestorePlan, *, apply: bool
 ) -> tuple[dict[int, tuple[Action, str | None]], int]:
     """Every chosen row through a fixed pool of workers that check and send; the rollbacks under way
     are watched meanwhile, together (``rollback_watch.Watcher``), and each row is recorded as it ends. Returns
@@ -236,7 +237,7 @@ async def _one(
 
 
 def record_of(
-    action: ActionRun,
+    action: Frame,
     row: Record,
     finding: Finding,
     plan: RestorePlan,
@@ -271,7 +272,7 @@ def record_of(
 
 
 def notes(
-    action: ActionRun,
+    action: Frame,
     finals: dict[int, tuple[Action, str | None]],
     counts: dict[str, int],
     *,

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from orchestrator.config import Connection
     from orchestrator.console import Console
-    from orchestrator.finish import Closing
+    from orchestrator.frame import Closing
     from orchestrator.manifest import ManifestSource
     from orchestrator.retention import Stale
     from orchestrator.retry import RetryPolicy
@@ -52,8 +52,8 @@ async def audit(settings: AuditSettings, *, console: Console, stdout: TextIO) ->
     import anyio  # noqa: PLC0415
 
     from orchestrator.api.routes import connect  # noqa: PLC0415
-    from orchestrator.commands.cleanup import recording_aborts  # noqa: PLC0415
     from orchestrator.errors import Interrupted  # noqa: PLC0415
+    from orchestrator.frame import recording_aborts  # noqa: PLC0415
     from orchestrator.manifest import spooled  # noqa: PLC0415
     from orchestrator.models import utc_now  # noqa: PLC0415
     from orchestrator.ownership import Ownership  # noqa: PLC0415
@@ -107,8 +107,8 @@ def _side_files(
     now: datetime,
     console: Console,
 ) -> None:
+    from orchestrator.frame import write_side_files  # noqa: PLC0415
     from orchestrator.metrics import PREFIX  # noqa: PLC0415
-    from orchestrator.retention import write_side_files  # noqa: PLC0415
 
     label = 'command="audit"'
     write_side_files(

@@ -14,18 +14,12 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from orchestrator import options
-from orchestrator.commands.cleanup import (
-    DELETING_OPTIONS,
-    action_side_files,
-    default_report,
-    recording_aborts,
-)
 from orchestrator.entry import run
 
 if TYPE_CHECKING:
     from orchestrator.config import Connection
     from orchestrator.console import Console
-    from orchestrator.finish import Closing
+    from orchestrator.frame import Closing
     from orchestrator.lock import Lock
     from orchestrator.retention import PruneSettings
     from orchestrator.retry import RetryPolicy
@@ -45,11 +39,7 @@ def _locks(settings: PruneSettings, what: str, digest: str) -> list[Lock]:
 
 async def prune(settings: PruneSettings, *, console: Console) -> int:
     """Plan (and with ``--apply``, carry out) the deletions; the exit code of SPEC."""
-    import contextlib  # noqa: PLC0415
-
-    from orchestrator.actions import action_run  # noqa: PLC0415
-    from orchestrator.api.routes import connect  # noqa: PLC0415
-    from orchestrator.lock import holding  # noqa: PLC0415
+    from orchestrator.frame import Frame  # noqa: PLC0415
     from orchestrator.retention import prune_scopes  # noqa: PLC0415
     from orchestrator.selection import manifest_selection  # noqa: PLC0415
 
@@ -65,30 +55,19 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
         "all_volumes": str(settings.all_volumes),
         "digest": digest,
     }
-    async with contextlib.AsyncExitStack() as stack:
-        stack.enter_context(holding(_locks(settings, what, digest), "prune"))  # before anything is sent
-        stack.enter_context(recording_aborts(settings.closing, "prune", console))
-        router = await connect(stack, settings.connection)
-        async with action_run(
-            command="prune",
-            report=settings.report,
-            source=what,
-            shape=shape,
-            resume=settings.resume,
-            console=console,
-            nothing="nothing was deleted",
-        ) as action:
-            counts = await prune_scopes(settings, router, targets, action)
-            if bad:
-                action.tally.notes.append(f"{bad} manifest rows skipped: they name no usable disk")
-        closures = router.closures()
-    for closure in closures:
-        console.error(closure.message, code=closure.code)
-    code = 3 if closures else max(action.tally.exit_code, 1 if bad else 0)
-    volumes = {volume: dict(c) for volume, c in sorted(counts.items())}
-    kept = sum(c["kept"] for c in counts.values())
-    action_side_files(settings.closing, "prune", action, code, console, volumes=volumes, kept=kept)
-    return code
+    frame = Frame(command="prune", console=console, report=settings.report, closing=settings.closing)
+    async with frame:
+        frame.lock(_locks(settings, what, digest))  # before anything is sent
+        router = await frame.connect(settings.connection)
+        frame.open_actions(source=what, shape=shape, resume=settings.resume, nothing="nothing was deleted")
+        counts = await prune_scopes(settings, router, targets, frame)
+        if bad:
+            frame.tally.notes.append(f"{bad} manifest rows skipped: they name no usable disk")
+            frame.at_least = 1
+        kept = sum(c["kept"] for c in counts.values())
+        frame.summary.update(volumes={volume: dict(c) for volume, c in sorted(counts.items())}, kept=kept)
+        frame.also["kept"] = kept
+    return frame.exit_code
 
 
 @click.command("prune")
@@ -153,7 +132,7 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
     help="Also own snapshots named with this prefix (made before run markers existed).",
 )
 @click.option("--verbose", is_flag=True, help="Also write a kept record for each snapshot a rule keeps.")
-@DELETING_OPTIONS
+@options.DELETING
 @options.CONNECTION
 @options.RETRIES
 @options.CLOSING
@@ -192,6 +171,7 @@ def command(
     from orchestrator.config import check_project_id  # noqa: PLC0415
     from orchestrator.console import Console  # noqa: PLC0415
     from orchestrator.errors import UsageError  # noqa: PLC0415
+    from orchestrator.frame import default_report  # noqa: PLC0415
     from orchestrator.manifest import ManifestSource  # noqa: PLC0415
     from orchestrator.ownership import check_name_prefix  # noqa: PLC0415
     from orchestrator.retention import PruneSettings, Rules, local_zone, named_zone  # noqa: PLC0415

@@ -48,8 +48,8 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     """Plan or apply the rollback of the chosen rows; returns the exit code (see the module docstring)."""
     import contextlib  # noqa: PLC0415
 
-    from orchestrator.actions import Action, action_run  # noqa: PLC0415
-    from orchestrator.api.routes import connect  # noqa: PLC0415
+    from orchestrator.actions import Action  # noqa: PLC0415
+    from orchestrator.frame import Frame  # noqa: PLC0415
     from orchestrator.lock import run_locks  # noqa: PLC0415
     from orchestrator.restore import RestorePlan  # noqa: PLC0415
     from orchestrator.rollback_run import (  # noqa: PLC0415
@@ -59,6 +59,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
         restore_all,
         rolled_back_before,
     )
+    from orchestrator.tally import Counting, Tally  # noqa: PLC0415
 
     chosen = chosen_rows(settings)
     source_run, rows = chosen.run_id, chosen.rows
@@ -73,33 +74,29 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
         wait=settings.wait,
         stopping=lambda: any(stop() for stop in stopping),
     )
-    async with action_run(
+    frame = Frame(
         command="rollback",
-        report=settings.report,
-        source=str(settings.source),
-        shape=shape,
-        resume=settings.resume,
-        locks=run_locks(source_run, settings.lock_file),
         console=console,
-        success=frozenset({Action.PLANNED, Action.ROLLED_BACK}),
+        report=settings.report,
+        tally=Tally(counting=Counting.records("rollback", frozenset({Action.PLANNED, Action.ROLLED_BACK}))),
         grace=ROLLBACK_GRACE,
         drain=f"sending no more rollbacks; those already sent are watched to their end for up to "
         f"{ROLLBACK_GRACE:g}s (longer than other commands' 10s: a disk must not be left mid-rollback "
         "without a record)",
-    ) as action:
-        stopping.append(action.stopping)
-        async with contextlib.AsyncExitStack() as stack:
-            router = await connect(stack, settings.connection)
-            with action.draining() if settings.apply else contextlib.nullcontext():  # a plan stops at once
-                finals, skipped = await restore_all(action, router, rows, plan, apply=settings.apply)
-            closures = router.closures()
-            counts = router.counts()
-        notes(action, finals, counts, apply=settings.apply, skipped=skipped, chosen=chosen, before=before)
-    if closures:
-        for closure in closures:
-            console.error(closure.message, code=closure.code)
-        return 3
-    return 1 if chosen.unrecorded or before else exit_code(finals, apply=settings.apply)
+    )
+    async with frame:
+        frame.lock(run_locks(source_run, settings.lock_file))
+        frame.open_actions(
+            source=str(settings.source), shape=shape, resume=settings.resume, nothing="nothing was done"
+        )
+        stopping.append(frame.stopping)
+        router = await frame.connect(settings.connection)
+        with frame.draining() if settings.apply else contextlib.nullcontext():  # a plan stops at once
+            finals, skipped = await restore_all(frame, router, rows, plan, apply=settings.apply)
+        counts = router.counts()
+        notes(frame, finals, counts, apply=settings.apply, skipped=skipped, chosen=chosen, before=before)
+        frame.at_least = 1 if chosen.unrecorded or before else exit_code(finals, apply=settings.apply)
+    return frame.exit_code
 
 
 def _check_resume(settings: RollbackSettings, source_run: str) -> None:

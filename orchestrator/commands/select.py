@@ -280,7 +280,7 @@ async def select(settings: SelectSettings, *, console: Console, stdout: TextIO) 
 def _check_output(target: Path, *, overwrite: bool) -> None:
     """Before anything is listed: ``-o`` can be written, and replaces a file only with ``--overwrite``."""
     from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.finish import check_writable  # noqa: PLC0415
+    from orchestrator.frame import check_writable  # noqa: PLC0415
 
     check_writable(target, "-o")
     if target.exists() and not overwrite:
