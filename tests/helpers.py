@@ -207,3 +207,18 @@ def records_in(data: bytes) -> list[dict[str, Any]]:
         if line.endswith(b"}") and b'"type":"run"' not in line and b'"outcome":"sending"' not in line:
             found.append(orjson.loads(line))
     return found
+
+
+class FakeTime:
+    """An injected clock and sleep for pure timing logic: sleeping only moves the clock on."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
