@@ -23,12 +23,14 @@
 RouteClosed, ProjectLookupFailed and TransportError are caught by the workers and become rows'
 ``failed`` records; a closed route also makes the run exit 3. Every other class reaches the single
 ``except`` of ``cli.Main.main`` (every command's error boundary), which prints one line and exits
-with the class's code. Anything else is a
-bug: exit 70. A state that is remembered (a closed route, a failed lookup) is kept as data and raised
-as a fresh exception each time, so tracebacks never pile up on one instance.
+with the class's code. Anything else is a bug: exit 70. A state that is remembered (a closed route, as
+a ``Closure``; a failed lookup) is kept as data and raised as a fresh exception each time, so tracebacks
+never pile up on one instance.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 
 class EvsSnapshotError(Exception):
@@ -88,6 +90,17 @@ class CredentialsRefused(RouteClosed):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(code, message)
         self.args = (f"credentials refused: {code} {message}",)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Closure:
+    """Why a route or an endpoint takes no more requests (kept as data; raised fresh each time)."""
+
+    code: str
+    message: str
+
+    def error(self) -> RouteClosed:
+        return RouteClosed(self.code, self.message)
 
 
 class ListingFailed(RunAborted):

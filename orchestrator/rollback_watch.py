@@ -1,6 +1,6 @@
 """The rollbacks under way, watched together until each ends (``rollback --apply``).
 
-The workers of ``commands.rollback`` check and send (``restore.start_row``) and hand each rollback
+The workers of ``rollback_run`` check and send (``restore.start_row``) and hand each rollback
 under way to the ``Watcher``; one look at a disk is judged by ``restore.judge``.
 """
 
@@ -15,6 +15,7 @@ import anyio
 from orchestrator.actions import Action
 from orchestrator.api import evs
 from orchestrator.api.safe import list_all_volumes
+from orchestrator.api.views import Volume
 from orchestrator.errors import ListingFailed, RouteClosed
 from orchestrator.restore import Finding, RestorePlan, Watch, judge, poll
 
@@ -84,7 +85,7 @@ class Watcher:
         except (ListingFailed, RouteClosed):
             return due  # each is looked at by GET instead, which says what is wrong
         self._pages[route] = len(volumes) // evs.PAGE + 1
-        listed = {str(volume.get("id") or "").lower(): volume for volume in volumes}
+        listed = {volume.id: volume for volume in map(Volume.parse, volumes)}
         absent = []
         for key, (row, watch) in list(self._pending.get(route, {}).items()):
             volume = listed.get(str(row.volume_id).lower())

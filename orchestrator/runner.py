@@ -84,7 +84,7 @@ class Runner:
         router: Router | None,
         writer: ReportWriter,
         tally: Tally,
-        resume: ResumeBook | None = None,
+        resume: ResumeBook[int, Outcome] | None = None,
     ) -> None:
         self.plan = plan
         self.router = router

@@ -18,10 +18,9 @@ from yarl import URL
 from orchestrator.actions import Action, ActionRecord
 from orchestrator.api.routes import Route, connect
 from orchestrator.config import Connection, Endpoints
-from orchestrator.deleter import Deleter
+from orchestrator.deleter import Deleter, Job
 from orchestrator.emulator import SeedSnapshot
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from orchestrator.retention import Job
 from orchestrator.retry import RetryPolicy
 from tests.conftest import volume_ids
 from tests.helpers import PROJECT, csv_manifest, invoke, records, requests_of

@@ -19,9 +19,8 @@ from orchestrator.actions import Action, ActionRecord
 from orchestrator.api.routes import Route, connect
 from orchestrator.api.safe import snapshot_pages
 from orchestrator.config import Connection, Endpoints, Limits
-from orchestrator.deleter import Deleter
+from orchestrator.deleter import Deleter, Job
 from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
-from orchestrator.retention import Job
 from orchestrator.retry import RetryPolicy
 from tests.conftest import volume_ids
 from tests.helpers import PROJECT, records, requests_of

@@ -11,8 +11,9 @@ from typing import Any
 import orjson
 
 from orchestrator.api import evs
+from orchestrator.api.views import Snapshot
 from orchestrator.emulator import SeedSnapshot, SeedVolume
-from orchestrator.retention import Ownership, source_run
+from orchestrator.ownership import Ownership
 from tests.conftest import volume_ids
 from tests.helpers import csv_manifest, records, requests_of
 from tests.test_cleanup import cleanup
@@ -26,8 +27,8 @@ def test_a_blank_marker_is_no_marker() -> None:
         blank = {"name": "x", "metadata": {evs.RUN_MARKER_KEY: value}}
         assert not evs.marked(blank)
         assert not evs.marked(blank, value)
-        assert source_run(blank) is None
-        assert not Ownership().owns(blank)
+        assert Snapshot.parse(blank).marker is None
+        assert not Ownership().owns(Snapshot.parse(blank))
     assert evs.marked({"metadata": {evs.RUN_MARKER_KEY: "run-1"}}, "run-1")
 
 

@@ -18,12 +18,11 @@ from yarl import URL
 from orchestrator.actions import Action, ActionRecord
 from orchestrator.api.routes import connect
 from orchestrator.config import Connection, Endpoints
-from orchestrator.deleter import Deleter
+from orchestrator.deleter import Deleter, Job
 from orchestrator.emulator import SeedSnapshot, SeedVolume
 from orchestrator.emulator.clock import evs_time
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
 from orchestrator.lock import RunLock
-from orchestrator.retention import Job
 from orchestrator.retry import RetryPolicy
 from tests.conftest import volume_ids
 from tests.helpers import PROJECT, csv_manifest, invoke, records, requests_of, run_process

@@ -126,7 +126,7 @@ EXPECTED = {
     2: ("blocked", "VOLUME_ATTACHED"),
     3: ("refused", "NOT_THIS_RUN"),
     4: ("refused", "NOT_THIS_RUN"),
-    5: ("refused", "FOREIGN_SNAPSHOT"),
+    5: ("refused", "OTHER_VOLUME"),
     6: ("refused", "BACKUP_SNAPSHOT"),
     7: ("blocked", "NO_USABLE_SNAPSHOT"),
 }

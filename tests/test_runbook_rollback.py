@@ -1,4 +1,4 @@
-"""The README runbook end to end: select -> validate -> create --wait -> (maintenance fails) -> detach ->
+"""docs/runbook.md end to end: select -> validate -> create --wait -> (maintenance fails) -> detach ->
 rollback --apply -> re-attach, against one emulator."""
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import anyio
 
 from orchestrator.api.evs import Call
 from orchestrator.api.session import Caller
-from orchestrator.errors import RouteClosed, TransportError, UsageError
+from orchestrator.errors import Closure, TransportError, UsageError
 from orchestrator.models import Answer
 from orchestrator.retry import Verdict, classify
 from orchestrator.throttle import RateLimiter
@@ -45,17 +45,6 @@ EXPIRED_TOKEN = "Common.0013"  # noqa: S105 - an error code, not a secret
 WRONG_PROJECT = frozenset({"EVS.0001", "Common.0018"})
 UNREACHABLE_AFTER = 3
 THROTTLED = frozenset({"APIGW.0308", "APIG.0308"})
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Closure:
-    """Why a route or an endpoint takes no more requests (kept as data; raised fresh each time)."""
-
-    code: str
-    message: str
-
-    def error(self) -> RouteClosed:
-        return RouteClosed(self.code, self.message)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Safe calls (GETs, and DELETE, where 404 means done) sent through a route and retried under the policy.
+"""Safe calls (GETs) sent through a route and retried under the policy (DELETE is ``deleter``'s).
 
 Throttling, 5xx and transport errors are retried with backoff (the route's limiter paces and adapts);
 a refusal closes the route and raises ``RouteClosed``; retries spent raise ``ListingFailed``, so a
@@ -7,21 +7,15 @@ listing that failed is never taken for an empty one.
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from orchestrator.api import evs
 from orchestrator.errors import ListingFailed, TransportError
-from orchestrator.retry import RetryPolicy, Verdict
+from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retrying
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
-
-NOT_YET_DELETABLE = "EVS.1047"  # 400 "wrong state": creating, or already deleting
-DELETING = "deleting"
 
 
 async def snapshot_pages(
@@ -78,14 +72,14 @@ async def fetch_json(
     Raises ``RouteClosed`` when the route refuses, ``ListingFailed`` when retries are spent or the
     service refuses the call itself (a 403 for a permission, say).
     """
-    rng = random.Random()
-    last = ""
-    for attempt in range(1, policy.max_attempts + 1):
-        try:
-            reply = await route.send(call)
-        except TransportError as exc:
-            last = str(exc)
-        else:
+    why = ""
+    async for attempt in retrying(policy, reraise=False):
+        with attempt:
+            try:
+                reply = await route.send(call)
+            except TransportError as exc:
+                why = str(exc)
+                raise TryAgain(why) from None
             if reply.verdict is Verdict.REFUSED:
                 route.check_open()
             answer = reply.answer
@@ -94,12 +88,12 @@ async def fetch_json(
             if missing_ok and answer.status == 404:
                 return {}
             code, message = answer.error()
-            last = f"{answer.status} {code}: {message or 'no message'}"
+            why = f"{answer.status} {code}: {message or 'no message'}"
             if reply.verdict is Verdict.FINAL:
                 break
-        await anyio.sleep(policy.backoff(attempt, rng))
+            raise TryAgain(why)
     raise ListingFailed(
-        f"{call.method} {call.path} on {route.name} failed ({last}); nothing was decided from it"
+        f"{call.method} {call.path} on {route.name} failed ({why}); nothing was decided from it"
     )
 
 
@@ -117,53 +111,6 @@ async def list_all_volumes(
         offset += len(items)
         if not items or offset >= int(body.get("count") or 0):
             return volumes
-
-
-async def delete_snapshot(
-    route: Route, snapshot_id: str, policy: RetryPolicy, *, patience: float
-) -> tuple[bool, str | None]:
-    """Delete one snapshot: ``(True, None)`` when it is going or gone (404 counts), else ``(False, why)``.
-
-    400 ``EVS.1047`` ("wrong state") is looked into: a snapshot already ``deleting`` (an earlier
-    attempt whose answer was lost got through) or gone counts as done; one still ``creating``, or
-    ``available`` by now, is tried again for ``patience`` seconds.
-    """
-    rng = random.Random()
-    waited = 0.0
-    attempt = 0
-    why: str | None = None
-    while True:
-        attempt += 1
-        try:
-            reply = await route.send(evs.delete_snapshot(route.project_id, snapshot_id))
-        except TransportError as exc:
-            why = str(exc)
-        else:
-            if reply.verdict is Verdict.REFUSED:
-                route.check_open()
-            answer = reply.answer
-            if reply.verdict is Verdict.SUCCESS or answer.status == 404:
-                return True, None
-            code, message = answer.error()
-            why = f"{answer.status} {code}: {message or 'no message'}"
-            if reply.verdict is Verdict.FINAL and code == NOT_YET_DELETABLE:
-                try:
-                    status = await snapshot_status(route, snapshot_id, policy)
-                except ListingFailed:
-                    return False, f"{why} (and its status could not be read)"
-                if status in (None, DELETING):
-                    return True, None
-                why = f"{why} (the snapshot is {status})"
-                # creating: not deletable yet; available or error: it finished meanwhile, send again
-                if status not in ("creating", "available", "error") or waited >= patience:
-                    return False, why
-            elif reply.verdict is Verdict.FINAL:
-                return False, why
-        if attempt >= policy.max_attempts and waited >= patience:
-            return False, why
-        pause = policy.backoff(min(attempt, 6), rng) + 0.2
-        waited += pause
-        await anyio.sleep(pause)
 
 
 async def snapshot_status(

@@ -25,7 +25,7 @@ import click
 
 from orchestrator import options
 from orchestrator.api.evs import servers_of
-from orchestrator.cli import run
+from orchestrator.entry import run
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
@@ -280,7 +280,7 @@ async def select(settings: SelectSettings, *, console: Console, stdout: TextIO) 
 def _check_output(target: Path, *, overwrite: bool) -> None:
     """Before anything is listed: ``-o`` can be written, and replaces a file only with ``--overwrite``."""
     from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.finish import check_writable  # noqa: PLC0415
+    from orchestrator.frame import check_writable  # noqa: PLC0415
 
     check_writable(target, "-o")
     if target.exists() and not overwrite:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 import click
 
 from orchestrator import options
-from orchestrator.cli import run
 from orchestrator.defaults import SNAPSHOTS_PER_DISK
+from orchestrator.entry import run
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route, Router
