@@ -8,8 +8,7 @@ from typing import Any
 
 import orjson
 
-from tests.conftest import volume_ids
-from tests.helpers import PROJECT, csv_manifest, invoke
+from tests.helpers import PROJECT, csv_manifest, invoke, volume_ids
 from tests.test_prune import FAST, snap, start
 
 

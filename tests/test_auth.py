@@ -20,8 +20,7 @@ from orchestrator.emulator.settings import (
     DEFAULT_USER,
 )
 from orchestrator.errors import UsageError
-from tests.conftest import PROJECT, TOKEN, volume_ids
-from tests.helpers import records, requests_of
+from tests.helpers import PROJECT, TOKEN, records, requests_of, volume_ids
 
 NO_CREDENTIALS = {
     "OS_AUTH_TOKEN": "",

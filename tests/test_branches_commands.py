@@ -9,8 +9,7 @@ from typing import Any
 
 from orchestrator import __version__
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
-from tests.conftest import volume_ids
-from tests.helpers import PROJECT, cli_args, csv_manifest, invoke, records
+from tests.helpers import PROJECT, cli_args, csv_manifest, invoke, records, volume_ids
 from tests.test_rollback import SNAPS, VOLUMES, create_report, marker
 
 DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"

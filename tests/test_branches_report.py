@@ -23,8 +23,7 @@ from orchestrator.report import (
     read_header,
     read_records,
 )
-from tests.conftest import volume_ids
-from tests.helpers import FAST_RETRIES, create_args, csv_manifest, invoke, records
+from tests.helpers import FAST_RETRIES, create_args, csv_manifest, invoke, records, volume_ids
 from tests.test_prune import prune, snap, start
 from tests.test_rollback import RUN, create_report, rollback, world
 

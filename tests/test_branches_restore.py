@@ -15,8 +15,7 @@ from orchestrator.models import Outcome, Record
 from orchestrator.restore import RestorePlan, plan_row
 from orchestrator.retry import RetryPolicy
 from orchestrator.waiter import WaitPlan
-from tests.conftest import PROJECT
-from tests.helpers import invoke, records, requests_of
+from tests.helpers import PROJECT, invoke, records, requests_of
 from tests.test_branches_retention import CLOSED_PORT, WRONG, routed
 from tests.test_rollback import (
     ROLLBACK,

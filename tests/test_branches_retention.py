@@ -23,8 +23,7 @@ from orchestrator.emulator import SeedSnapshot
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
 from orchestrator.retention import Job
 from orchestrator.retry import RetryPolicy
-from tests.conftest import volume_ids
-from tests.helpers import PROJECT, csv_manifest, invoke, records, requests_of
+from tests.helpers import PROJECT, csv_manifest, invoke, records, requests_of, volume_ids
 from tests.test_prune import DELETE, LIST, prune, snap, start
 
 AKSK = {"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}

@@ -12,7 +12,6 @@ from typing import Any
 import orjson
 
 from orchestrator.emulator import ManualClock
-from tests.conftest import volume_ids
 from tests.helpers import (
     FAST_RETRIES,
     PROJECT,
@@ -25,6 +24,7 @@ from tests.helpers import (
     records,
     requests_of,
     run_process,
+    volume_ids,
 )
 from tests.test_prune import DELETE, FAST, LIST, MARKER, live, snap, start
 

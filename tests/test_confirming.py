@@ -23,8 +23,7 @@ from orchestrator.deleter import Deleter
 from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
 from orchestrator.retention import Job
 from orchestrator.retry import RetryPolicy
-from tests.conftest import volume_ids
-from tests.helpers import PROJECT, records, requests_of
+from tests.helpers import PROJECT, records, requests_of, volume_ids
 from tests.test_branches_retention import AKSK, hits, planned
 from tests.test_edges_core import until
 from tests.test_prune import DELETE, LIST

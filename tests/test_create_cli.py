@@ -17,8 +17,7 @@ import pytest
 from orchestrator.emulator import SeedVolume
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
 from tests import helpers
-from tests.conftest import PROJECT, TOKEN, seeds, volume_ids
-from tests.helpers import TOKEN_ENV, records
+from tests.helpers import PROJECT, TOKEN, TOKEN_ENV, records, seeds, volume_ids
 
 IDS = volume_ids(8)
 REPORT_FIELDS = {

@@ -12,8 +12,16 @@ import anyio
 from orchestrator.api.safe import delete_snapshot
 from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
 from orchestrator.retry import RetryPolicy
-from tests.conftest import volume_ids
-from tests.helpers import FAST_RETRIES, create_args, csv_manifest, invoke, last_per_row, records, requests_of
+from tests.helpers import (
+    FAST_RETRIES,
+    create_args,
+    csv_manifest,
+    invoke,
+    last_per_row,
+    records,
+    requests_of,
+    volume_ids,
+)
 from tests.test_edges_core import AKSK, answers, router_for, until
 
 VOLUME = str(uuid.UUID(int=0xDE00, version=4))

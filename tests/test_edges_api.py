@@ -62,8 +62,18 @@ from orchestrator.lock import RunLock, manifest_lock
 from orchestrator.retry import Verdict
 from orchestrator.signals import cancel_on_signal, drain_on_signal
 from orchestrator.tally import Tally
-from tests.conftest import PROJECT, TOKEN, call, volume_ids
-from tests.helpers import TOKEN_ENV, create_args, csv_manifest, invoke, records, snapshot_request
+from tests.helpers import (
+    PROJECT,
+    TOKEN,
+    TOKEN_ENV,
+    call,
+    create_args,
+    csv_manifest,
+    invoke,
+    records,
+    snapshot_request,
+    volume_ids,
+)
 from tests.test_branches_retention import AKSK, CLOSED_PORT, QUICK, WRONG, hits, routed
 
 OTHER_PROJECT = "fedcba9876543210fedcba9876543210"

@@ -22,13 +22,13 @@ from orchestrator.cli import main
 from orchestrator.emulator import EmulatorThread, ManualClock, SeedSnapshot
 from orchestrator.emulator.settings import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_USER
 from orchestrator.lock import RunLock, manifest_lock
-from tests.conftest import call, volume_ids
 from tests.helpers import (
     AKSK_ENV,
     FAST_RETRIES,
     NO_CREDENTIALS,
     PROJECT,
     TOKEN_ENV,
+    call,
     cli_args,
     create_args,
     csv_manifest,
@@ -36,6 +36,7 @@ from tests.helpers import (
     lines,
     records,
     requests_of,
+    volume_ids,
 )
 from tests.test_prune import snap, start
 from tests.test_rollback import FAST, FAST_WAIT, OTHER_RUN, SNAPS, VOLUMES, create_report, marker, world

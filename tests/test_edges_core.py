@@ -39,7 +39,6 @@ from orchestrator.runner import Runner, RunPlan
 from orchestrator.sweep import sweep
 from orchestrator.tally import LISTED_ROWS_MAX, Tally
 from orchestrator.waiter import Waiter, WaitPlan
-from tests.conftest import volume_ids
 from tests.helpers import (
     CREATE_ROUTE,
     LIST_ROUTE,
@@ -52,6 +51,7 @@ from tests.helpers import (
     records,
     requests_of,
     snapshot_request,
+    volume_ids,
 )
 from tests.test_rollback import ROLLBACK, SERVER, SNAPS, VOLUMES, world
 from tests.test_rollback import RUN as SOURCE_RUN

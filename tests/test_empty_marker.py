@@ -13,8 +13,7 @@ import orjson
 from orchestrator.api import evs
 from orchestrator.emulator import SeedSnapshot, SeedVolume
 from orchestrator.retention import Ownership, source_run
-from tests.conftest import volume_ids
-from tests.helpers import csv_manifest, records, requests_of
+from tests.helpers import csv_manifest, records, requests_of, volume_ids
 from tests.test_cleanup import cleanup
 from tests.test_prune import DELETE, live, prune, snap, start
 from tests.test_rollback import ROLLBACK, SNAPS, VOLUMES, create_report, rollback

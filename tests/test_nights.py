@@ -7,8 +7,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import volume_ids
-from tests.helpers import FAST_RETRIES, PROJECT, create_args, csv_manifest, invoke, last_per_row, records
+from tests.helpers import (
+    FAST_RETRIES,
+    PROJECT,
+    create_args,
+    csv_manifest,
+    invoke,
+    last_per_row,
+    records,
+    volume_ids,
+)
 from tests.test_prune import FAST, live, snap, start
 
 NIGHTS = 8

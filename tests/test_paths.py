@@ -31,7 +31,6 @@ from orchestrator.retry import Verdict
 from orchestrator.runner import Runner, RunPlan, _Attempt
 from orchestrator.tally import Tally
 from orchestrator.waiter import Waiter, WaitPlan
-from tests.conftest import volume_ids
 from tests.helpers import (
     LIST_ROUTE,
     PROJECT,
@@ -40,6 +39,7 @@ from tests.helpers import (
     last_per_row,
     requests_of,
     snapshot_request,
+    volume_ids,
 )
 
 PASSWORD_ENV = {

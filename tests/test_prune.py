@@ -25,8 +25,7 @@ from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
 from orchestrator.lock import RunLock
 from orchestrator.retention import Job
 from orchestrator.retry import RetryPolicy
-from tests.conftest import volume_ids
-from tests.helpers import PROJECT, csv_manifest, invoke, records, requests_of, run_process
+from tests.helpers import PROJECT, csv_manifest, invoke, records, requests_of, run_process, volume_ids
 
 MARKER = "evs_snapshot_run"
 LIST = "GET /v2/{project_id}/cloudsnapshots/detail"

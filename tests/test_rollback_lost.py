@@ -28,8 +28,7 @@ from click.testing import CliRunner
 from orchestrator.actions import Action
 from orchestrator.cli import main
 from orchestrator.emulator import EmulatorThread, ManualClock, RunningEmulator, SeedSnapshot, SeedVolume
-from tests.conftest import PROJECT, TOKEN, call
-from tests.helpers import records, requests_of
+from tests.helpers import PROJECT, TOKEN, call, records, requests_of
 from tests.test_branches_restore import VOLUME_GET
 from tests.test_branches_retention import routed
 from tests.test_edges_core import answers, restore_plan, restoring, until

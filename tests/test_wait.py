@@ -29,8 +29,7 @@ from orchestrator.models import Outcome, Record
 from orchestrator.report import ReportWriter
 from orchestrator.tally import Tally
 from orchestrator.waiter import Waiter, WaitPlan
-from tests.conftest import PROJECT, call, volume_ids
-from tests.helpers import invoke, last_per_row
+from tests.helpers import PROJECT, call, invoke, last_per_row, volume_ids
 
 AKSK = {"OS_AUTH_TOKEN": "", "HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
 
