@@ -28,7 +28,7 @@ from tests.test_branches_retention import AKSK, hits, planned
 from tests.test_edges_core import until
 from tests.test_prune import DELETE, LIST
 from tests.test_rollback import SNAPS, create_report, marker, rollback, rollbacks_per_snapshot, world
-from tests.test_rollback_lost import requests_note
+from tests.test_rollback_watching import requests_note
 
 SHOW = "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 VOLUME_GET = "GET /v2/{project_id}/cloudvolumes/{volume_id}"
