@@ -13,16 +13,19 @@ from orchestrator.api.safe import delete_snapshot
 from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
 from orchestrator.retry import RetryPolicy
 from tests.helpers import (
+    AKSK,
     FAST_RETRIES,
+    answers,
     create_args,
     csv_manifest,
     invoke,
     last_per_row,
     records,
     requests_of,
+    router_for,
+    until,
     volume_ids,
 )
-from tests.test_edges_core import AKSK, answers, router_for, until
 
 VOLUME = str(uuid.UUID(int=0xDE00, version=4))
 DELETING, ROLLBACKING, AVAILABLE = (str(uuid.UUID(int=0xDE01 + index, version=4)) for index in range(3))

@@ -63,18 +63,23 @@ from orchestrator.retry import Verdict
 from orchestrator.signals import cancel_on_signal, drain_on_signal
 from orchestrator.tally import Tally
 from tests.helpers import (
+    AKSK,
+    CLOSED_PORT,
     PROJECT,
+    QUICK,
     TOKEN,
     TOKEN_ENV,
+    WRONG,
     call,
     create_args,
     csv_manifest,
+    hits,
     invoke,
     records,
+    routed,
     snapshot_request,
     volume_ids,
 )
-from tests.test_branches_retention import AKSK, CLOSED_PORT, QUICK, WRONG, hits, routed
 
 OTHER_PROJECT = "fedcba9876543210fedcba9876543210"
 REGION = "cn-north-4"

@@ -13,10 +13,23 @@ import orjson
 from orchestrator.api import evs
 from orchestrator.emulator import SeedSnapshot, SeedVolume
 from orchestrator.retention import Ownership, source_run
-from tests.helpers import csv_manifest, records, requests_of, volume_ids
-from tests.test_cleanup import cleanup
-from tests.test_prune import DELETE, live, prune, snap, start
-from tests.test_rollback import ROLLBACK, SNAPS, VOLUMES, create_report, rollback
+from tests.helpers import (
+    DELETE,
+    ROLLBACK,
+    SNAPS,
+    VOLUMES,
+    cleanup,
+    create_report,
+    csv_manifest,
+    live,
+    prune,
+    records,
+    requests_of,
+    rollback,
+    snap,
+    start,
+    volume_ids,
+)
 
 
 def test_a_blank_marker_is_no_marker() -> None:

@@ -8,16 +8,19 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers import (
+    ACTION_RETRIES,
     FAST_RETRIES,
     PROJECT,
     create_args,
     csv_manifest,
     invoke,
     last_per_row,
+    live,
     records,
+    snap,
+    start,
     volume_ids,
 )
-from tests.test_prune import FAST, live, snap, start
 
 NIGHTS = 8
 MARKER = "evs_snapshot_run"
@@ -46,7 +49,7 @@ def test_eight_nights_never_hit_the_limit_nor_touch_foreign_snapshots(
         pruned = tmp_path / f"prune-{night}.jsonl"
         prune = [
             *("prune", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT),
-            *("--keep-last", "6", "--apply", "--report", str(pruned), *FAST),
+            *("--keep-last", "6", "--apply", "--report", str(pruned), *ACTION_RETRIES),
         ]
         result = invoke(prune)
         assert result.exit_code == 0, (night, result.output)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import signal
 import time
 import urllib.request
-import uuid
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,89 +18,28 @@ import pytest
 
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from orchestrator.lock import RunLock, run_lock
-from tests.helpers import PROJECT, cli_args, header, invoke, records, requests_of, run_process
-
-RUN = "20261127T035432Z-abc123"
-OTHER_RUN = "20261120T010101Z-def456"
-SERVER = "7c3e6a52-0f1d-4b8e-9c2a-5d4f3e2b1a09"
-VOLUMES = [str(uuid.UUID(int=0xC000 + index, version=4)) for index in range(8)]
-SNAPS = [str(uuid.UUID(int=0xD000 + index, version=4)) for index in range(8)]
-ROLLBACK = "POST /v2/{project_id}/cloudsnapshots/{snapshot_id}/rollback"
-FAST = ("--max-attempts", "12", "--backoff-initial", "0.05", "--backoff-max", "0.3", "--settle", "0.5")
-FAST_WAIT = ("--poll-interval", "0.05", "--wait-timeout", "20s")
-
-
-def marker(run: str = RUN) -> dict[str, str]:
-    return {"evs_snapshot_run": run}
-
-
-def world(count: int, *, attached: frozenset[int] = frozenset()) -> dict[str, Any]:
-    """``count`` detached disks (those in ``attached`` on SERVER), each with its marked snapshot."""
-    volumes = tuple(
-        SeedVolume(volume_id=VOLUMES[i], server_id=SERVER if i in attached else None) for i in range(count)
-    )
-    snapshots = tuple(
-        SeedSnapshot(id=SNAPS[i], volume_id=VOLUMES[i], name=f"pre-maint-{i}", metadata=marker())
-        for i in range(count)
-    )
-    return {"volumes": volumes, "snapshots": snapshots}
-
-
-def create_report(
-    path: Path, rows: list[dict[str, Any]], run_id: str = RUN, *, total: int | None = None
-) -> Path:
-    """A create report: the run header (``total`` rows, default one per record), then one record per
-    row (defaults: accepted, its own snapshot)."""
-    lines = [
-        {
-            "type": "run",
-            "run_id": run_id,
-            "command": "create",
-            "manifest": "m.csv",
-            "rows": len(rows) if total is None else total,
-            "digest": "sha256:00",
-            "shape": {},
-            "started_at": "2026-11-27T03:54:32.000Z",
-        }
-    ]
-    for number, row in enumerate(rows, start=1):
-        index = row.pop("index", number - 1)
-        lines.append(
-            {
-                "run_id": run_id,
-                "row": number,
-                "volume_id": VOLUMES[index],
-                "project_id": PROJECT,
-                "region": None,
-                "name": f"pre-maint-{index}",
-                "outcome": "accepted",
-                "http_status": 202,
-                "snapshot_id": SNAPS[index],
-                "snapshot_status": "creating",
-                "started_at": "2026-11-27T03:54:32.100Z",
-                "finished_at": "2026-11-27T03:54:32.200Z",
-                "elapsed_ms": 100,
-                **row,
-            }
-        )
-    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
-    return path
-
-
-def rollback(emu: EmulatorThread, source: Path, report: Path, *extra: str, **flags: object) -> Any:
-    args = cli_args("rollback", source, endpoint=emu.url, report=report, **flags)
-    return invoke([*args, *FAST, *FAST_WAIT, *extra])
-
-
-def by_row(path: Path) -> dict[int, dict[str, Any]]:
-    final: dict[int, dict[str, Any]] = {}
-    for record in records(path):
-        final[record["row"]] = record
-    return final
-
-
-def rollbacks_per_snapshot(state: dict[str, Any]) -> Counter[str]:
-    return Counter(item["snapshot_id"] for item in state["rollbacks"])
+from tests.helpers import (
+    FAST,
+    FAST_WAIT,
+    OTHER_RUN,
+    PROJECT,
+    ROLLBACK,
+    RUN,
+    SERVER,
+    SNAPS,
+    VOLUMES,
+    by_row,
+    cli_args,
+    create_report,
+    header,
+    marker,
+    records,
+    requests_of,
+    rollback,
+    rollbacks_per_snapshot,
+    run_process,
+    world,
+)
 
 
 def mixed_world() -> tuple[dict[str, Any], list[dict[str, Any]]]:
