@@ -54,7 +54,11 @@ NO_CREDENTIALS = {
     "HUAWEICLOUD_SDK_PROJECT_ID": "",
     "OS_REGION_NAME": "",
 }
-AKSK_ENV = {**NO_CREDENTIALS, "HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
+AKSK = {
+    "HUAWEICLOUD_SDK_AK": DEFAULT_AK,
+    "HUAWEICLOUD_SDK_SK": DEFAULT_SK,
+}  # the emulator's AK/SK pair, as the SDK's variables
+AKSK_ENV = {**NO_CREDENTIALS, **AKSK}
 TOKEN_ENV = {**NO_CREDENTIALS, "OS_AUTH_TOKEN": TOKEN}
 FAST_RETRIES = (
     "--max-attempts",
@@ -431,9 +435,6 @@ def by_row(path: Path) -> dict[int, dict[str, Any]]:
 
 def rollbacks_per_snapshot(state: dict[str, Any]) -> Counter[str]:
     return Counter(item["snapshot_id"] for item in state["rollbacks"])
-
-
-AKSK = {"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
 
 
 MARKER = "evs_snapshot_run"

@@ -23,7 +23,6 @@ import pytest
 from orchestrator.actions import Action
 from orchestrator.api import evs
 from orchestrator.emulator import EmulatorThread, ManualClock, RunningEmulator, SeedSnapshot
-from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
 from orchestrator.errors import ManifestError, ReportUnwritable, RouteClosed
 from orchestrator.manifest import ManifestSource, RawRow, read_rows
 from orchestrator.models import Answer, Outcome, Record, RunHeader, SnapshotRequest, utc_iso
@@ -36,6 +35,7 @@ from orchestrator.sweep import sweep
 from orchestrator.tally import LISTED_ROWS_MAX, Tally
 from orchestrator.waiter import Waiter, WaitPlan
 from tests.helpers import (
+    AKSK,
     CREATE_ROUTE,
     LIST_ROUTE,
     PROJECT,
@@ -61,7 +61,6 @@ from tests.helpers import (
 )
 
 IDS = volume_ids(4, seed=0xED6E)
-AKSK = {"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
 EDGE_RUN = "20261127T035432Z-edge01"
 OFFLINE = {"project_id": PROJECT, "region": "cn-north-4"}
 

@@ -18,10 +18,8 @@ from orchestrator.api.routes import Router, connect
 from orchestrator.config import Connection, Endpoints, Limits
 from orchestrator.emulator import ManualClock, SeedSnapshot
 from orchestrator.emulator.settings import (
-    DEFAULT_AK,
     DEFAULT_DOMAIN,
     DEFAULT_PASSWORD,
-    DEFAULT_SK,
     DEFAULT_USER,
 )
 from orchestrator.models import Outcome, Record
@@ -32,6 +30,7 @@ from orchestrator.runner import Runner, RunPlan, _Attempt
 from orchestrator.tally import Tally
 from orchestrator.waiter import Waiter, WaitPlan
 from tests.helpers import (
+    AKSK,
     LIST_ROUTE,
     PROJECT,
     csv_manifest,
@@ -47,7 +46,6 @@ PASSWORD_ENV = {
     "OS_PASSWORD": DEFAULT_PASSWORD,
     "OS_USER_DOMAIN_NAME": DEFAULT_DOMAIN,
 }
-AKSK = {"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
 
 
 @contextlib.asynccontextmanager

@@ -18,12 +18,12 @@ from orchestrator.actions import Action, ActionRecord
 from orchestrator.api.routes import connect
 from orchestrator.config import Connection, Endpoints
 from orchestrator.deleter import Deleter
-from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
 from orchestrator.lock import RunLock
 from orchestrator.retention import Job
 from orchestrator.retry import RetryPolicy
 from tests.helpers import (
     ACTION_RETRIES,
+    AKSK,
     DELETE,
     LIST,
     PROJECT,
@@ -288,7 +288,7 @@ def test_resume_after_sigterm_finishes_the_job(
 async def test_delete_answered_404_is_success(emulator: Callable[..., Any]) -> None:
     """A DELETE answered 404 (already gone) ends deleted, without a wait."""
     running = await emulator()
-    environ = {"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
+    environ = {**AKSK}
     connection = Connection(endpoints=Endpoints(evs=URL(running.url)), environ=environ)
     written: list[ActionRecord] = []
     async with contextlib.AsyncExitStack() as stack:
