@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,8 @@ demo: $(STAMP)
 	  test $$code -le 1
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check orchestrator tests benchmarks
-	$(BIN)/ruff check orchestrator tests benchmarks
+	$(BIN)/ruff format --check orchestrator tests benchmarks docs
+	$(BIN)/ruff check orchestrator tests benchmarks docs
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -35,6 +35,9 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+docs: $(STAMP)
+	$(BIN)/python docs/generate.py
 
 clean:
 	rm -rf $(VENV) demo-reports reports .mypy_cache .ruff_cache

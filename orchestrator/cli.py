@@ -1,7 +1,7 @@
 """The ``evs-snapshot`` command line: the click group, its commands, and the one error boundary.
 
 Every command module builds typed settings from its options (``options.py``) and runs one async job
-through ``run``. ``Main.main`` is the only place an error becomes a message and an exit code: our
+through ``entry.run``. ``Main.main`` is the only place an error becomes a message and an exit code: our
 errors carry their code; click's usage errors exit 2; anything else is a bug (exit 70, one line,
 the traceback only with ``--debug`` or ``EVS_SNAPSHOT_DEBUG=1``).
 """
@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import click
 
 from orchestrator import __version__
 from orchestrator.console import Console
+from orchestrator.entry import first_error
 from orchestrator.errors import EvsSnapshotError
 
 INTERNAL_ERROR = 70
@@ -33,29 +34,6 @@ COMMANDS = (
     "rollback",
     "emulator",
 )
-
-
-def first_error(exc: BaseException) -> BaseException:
-    """Our error inside (possibly nested) task-group exception groups, else the first leaf."""
-    if isinstance(exc, BaseExceptionGroup):
-        leaves = [first_error(inner) for inner in exc.exceptions]
-        ours = [leaf for leaf in leaves if isinstance(leaf, EvsSnapshotError)]
-        return ours[0] if ours else leaves[0]
-    return exc
-
-
-def run(entry: Callable[[], Awaitable[int]], *, console: Console | None = None) -> int:
-    """Run one async entry point and return its exit code (errors go to ``Main.main``).
-
-    The command runs under one receiver of SIGINT/SIGTERM (``signals.guarded``): a signal outside a
-    drain phase cancels the command at once and it exits 130/143; ``console`` says a second signal.
-    """
-    import anyio  # noqa: PLC0415 - keeps --help fast
-
-    from orchestrator.signals import guarded  # noqa: PLC0415
-
-    said = console or Console(sys.stderr)
-    return anyio.run(guarded, entry, said)
 
 
 def _wants(args: Sequence[str], flag: str, value: str | None = None) -> bool:

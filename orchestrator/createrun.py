@@ -18,7 +18,7 @@ from orchestrator.report import check_report_path, epoch, final_records, read_he
 from orchestrator.tally import first_without_record
 
 if TYPE_CHECKING:
-    from orchestrator.retention import Target
+    from orchestrator.selection import Target
 
 # A report without its run's window (written before it was recorded): the defaults' --settle + --timeout.
 DEFAULT_WINDOW = 90.0
@@ -107,7 +107,7 @@ def manifest_disks(
     """The disks the run's manifest names, when the file the header names is there and unchanged
     (its digest is the header's); otherwise ``None`` and why not."""
     from orchestrator.manifest import ManifestSource, manifest_digest  # noqa: PLC0415
-    from orchestrator.retention import read_targets  # noqa: PLC0415
+    from orchestrator.selection import read_targets  # noqa: PLC0415
 
     if header.manifest in ("", "<stdin>"):
         return None, "the run read its manifest from standard input"

@@ -17,3 +17,5 @@ POLL_INTERVAL = 5.0
 SETTLE = 60.0
 # Manually created legacy snapshots per disk (evs-api.md 2.8); the emulator enforces the same number.
 SNAPSHOTS_PER_DISK = 7
+# After the first SIGINT/SIGTERM, work in flight gets this long to finish and be recorded.
+GRACE = 10.0

@@ -1,15 +1,28 @@
-"""Deleting with confirmation, for ``prune`` and ``cleanup`` (``retention`` chooses what goes).
+"""Deleting snapshots: the one DELETE loop (``delete``), for ``prune``, ``cleanup`` (``Deleter``) and
+create's end-of-run sweep (``delete_snapshot``); what is deleted is chosen elsewhere (``retention``,
+``cleanup_pass``, ``sweep``).
 
-A DELETE answered 404 is a success (already gone); 400 ``EVS.1047`` on a snapshot already ``deleting``
-is one too (an earlier attempt whose answer was lost got through). With waiting, a deletion ends when
-the snapshot is gone (``deleting``, then 404). Deletions are confirmed while later DELETEs are still
-being sent: by paging the project's list while many are pending (a snapshot absent from it is gone),
-by parallel GETs while few are (404: gone); each record is written when its deletion ends.
+Every answer is handled the same way, whoever deletes:
+
+- 2xx: the deletion is under way; 404: already gone. Both are a success.
+- 400 ``EVS.1047`` ("wrong state") is looked into: a snapshot already ``deleting`` (an earlier
+  attempt whose answer was lost got through) or gone is a success; one still ``creating``, or
+  ``available`` or ``error`` by now, is sent again while the caller's ``patience`` lasts (the
+  sweep's; ``prune`` and ``cleanup`` have none), else the deletion is refused, naming the state.
+- Another final answer (4xx, a 5xx with a final EVS code) refuses the deletion; throttling, other
+  5xx and transport errors are retried under the policy (and on while the patience lasts); a
+  refusal of the credentials or project closes the route and raises ``RouteClosed``.
+
+With waiting (``Deleter``), a deletion ends when the snapshot is gone (``deleting``, then 404).
+Deletions are confirmed while later DELETEs are still being sent: by paging the project's list while
+many are pending (a snapshot absent from it is gone), by parallel GETs while few are (404: gone);
+each record is written when its deletion ends.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import random
 import time
@@ -20,16 +33,148 @@ import anyio
 
 from orchestrator.actions import Action, ActionRecord, now_iso
 from orchestrator.api import evs
-from orchestrator.api.safe import DELETING, NOT_YET_DELETABLE, snapshot_pages, snapshot_status
+from orchestrator.api.safe import snapshot_pages, snapshot_status
 from orchestrator.errors import ListingFailed, RouteClosed, TransportError
-from orchestrator.retention import Job
-from orchestrator.retry import RetryPolicy, Verdict
+from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retrying
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
 
+NOT_YET_DELETABLE = "EVS.1047"  # 400 "wrong state": creating, or already deleting
+DELETING = "deleting"
+DELETABLE = frozenset({"available", "error"})  # the only states the service deletes from
+# States an EVS.1047 may be sent again from: not deletable yet (creating), or deletable by now.
+SETTLING = frozenset({"creating", *DELETABLE})
+WRONG_STATE_PAUSE = 0.2  # seconds added to the backoff while a state is waited out
 FIRST_POLL = 0.2
 MAX_POLL = 5.0
+
+
+class Ended(enum.Enum):
+    """How one deletion's requests ended."""
+
+    DONE = "done"  # accepted (2xx), or found deleting already, or gone
+    REJECTED = "rejected"  # a final answer: the service will not delete it (as it is)
+    FAILED = "failed"  # retries spent, or an EVS.1047 whose snapshot could not be looked at
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Deletion:
+    """The end of ``delete``: how it ended, whether the snapshot is surely gone, and the last answer
+    (``code``, ``message``: its error, or the transport error's)."""
+
+    ended: Ended
+    gone: bool = False
+    attempts: int = 0
+    http_status: int | None = None
+    request_id: str | None = None
+    code: str | None = None
+    message: str | None = None
+    state: str | None = None  # the snapshot's status, when an EVS.1047 was looked into
+    unreadable: bool = False  # an EVS.1047 whose snapshot could not be looked at
+    transport: bool = False  # the last attempt got no answer
+
+    @property
+    def why(self) -> str | None:
+        """One line on why it did not succeed (``None`` when it did)."""
+        if self.ended is Ended.DONE:
+            return None
+        if self.transport:
+            return self.message
+        text = f"{self.http_status} {self.code}: {self.message or 'no message'}"
+        if self.unreadable:
+            return f"{text} (and its status could not be read)"
+        return text if self.state is None else f"{text} (the snapshot is {self.state})"
+
+
+async def delete(route: Route, snapshot_id: str, policy: RetryPolicy, *, patience: float = 0.0) -> Deletion:
+    """Delete one snapshot, handling each answer as the module docstring says; raises ``RouteClosed``
+    when the route refuses."""
+    call = evs.delete_snapshot(route.project_id, snapshot_id)
+    loop = retrying(policy, patience=patience, pause=_pause(policy), reraise=False)
+    last = Deletion(ended=Ended.FAILED)
+    async for attempt in loop:
+        with attempt:
+            try:
+                reply = await route.send(call)
+            except TransportError as exc:
+                last = Deletion(  # the last answer's status stays on the record
+                    ended=Ended.FAILED,
+                    attempts=attempt.number,
+                    http_status=last.http_status,
+                    request_id=last.request_id,
+                    code=exc.code,
+                    message=str(exc),
+                    transport=True,
+                )
+                raise TryAgain(str(exc)) from None
+            answer = reply.answer
+            code, message = answer.error() if not answer.ok else (None, None)
+            last = Deletion(
+                ended=Ended.FAILED,
+                attempts=attempt.number,
+                http_status=answer.status,
+                request_id=answer.request_id,
+                code=code,
+                message=message,
+            )
+            if reply.verdict is Verdict.SUCCESS or answer.status == 404:
+                return dataclasses.replace(
+                    last, ended=Ended.DONE, gone=answer.status == 404, code=None, message=None
+                )
+            if code == NOT_YET_DELETABLE:
+                last = await _wrong_state(route, snapshot_id, policy, last)
+                if last.ended is Ended.DONE or last.unreadable:
+                    return last
+                if last.state not in SETTLING or loop.waited >= patience:
+                    return last
+                raise TryAgain(
+                    str(last.why), wait=policy.backoff(min(attempt.number, 6), loop.rng) + WRONG_STATE_PAUSE
+                )
+            if reply.verdict is Verdict.FINAL:
+                return dataclasses.replace(last, ended=Ended.REJECTED)
+            raise TryAgain(f"{answer.status} {code}")
+    return last
+
+
+def _pause(policy: RetryPolicy) -> Callable[[int, random.Random], float]:
+    """The policy's backoff; past its attempts (while a patience lasts), at least WRONG_STATE_PAUSE."""
+
+    def pause(number: int, rng: random.Random) -> float:
+        if number < policy.max_attempts:
+            return policy.backoff(number, rng)
+        return policy.backoff(min(number, 6), rng) + WRONG_STATE_PAUSE
+
+    return pause
+
+
+async def _wrong_state(route: Route, snapshot_id: str, policy: RetryPolicy, last: Deletion) -> Deletion:
+    """An EVS.1047 looked into: gone or ``deleting`` is done; any other state refuses (for now)."""
+    try:
+        status = await snapshot_status(route, snapshot_id, policy)
+    except ListingFailed:
+        return dataclasses.replace(last, unreadable=True)
+    if status is None or status == DELETING:
+        return dataclasses.replace(last, ended=Ended.DONE, gone=status is None, code=None, message=None)
+    return dataclasses.replace(last, ended=Ended.REJECTED, state=status)
+
+
+async def delete_snapshot(
+    route: Route, snapshot_id: str, policy: RetryPolicy, *, patience: float
+) -> tuple[bool, str | None]:
+    """``delete`` as the sweep records it: ``(True, None)`` when it is going or gone, else
+    ``(False, why)``."""
+    deletion = await delete(route, snapshot_id, policy, patience=patience)
+    return deletion.ended is Ended.DONE, deletion.why
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """One snapshot to delete: its route and its record so far; ``sent``: a DELETE already went out."""
+
+    route: Route
+    record: ActionRecord
+    sent: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -71,7 +216,6 @@ class Deleter:
         self._pages: dict[Route, int] = {}  # list pages a route's project took, at the last listing
         self._sending = False
         self._arrived = False  # deletions accepted since the last round
-        self._rng = random.Random()
 
     async def run(self, jobs: Iterable[Job]) -> None:
         self._sending = True
@@ -118,43 +262,20 @@ class Deleter:
                     self._finish(record, started)
 
     async def _delete(self, route: Route, record: ActionRecord) -> tuple[ActionRecord, bool]:
-        """One DELETE, retried under the policy: the record and whether the snapshot is surely gone.
-
-        404 counts as done; so does EVS.1047 ("wrong state") when the snapshot is ``deleting`` already,
-        because an earlier attempt whose answer was lost got through.
-        """
-        call = evs.delete_snapshot(route.project_id, str(record.snapshot_id))
-        for attempt in range(1, self.policy.max_attempts + 1):
-            record = dataclasses.replace(record, attempts=attempt)
-            try:
-                reply = await route.send(call)
-            except TransportError as exc:
-                record = _with(record, Action.FAILED, exc.code, str(exc))
-            else:
-                if reply.verdict is Verdict.REFUSED:
-                    route.check_open()
-                answer = reply.answer
-                record = dataclasses.replace(record, http_status=answer.status, request_id=answer.request_id)
-                if reply.verdict is Verdict.SUCCESS or answer.status == 404:
-                    return _with(record, Action.DELETED, None, None), answer.status == 404
-                record = _with(record, Action.FAILED, *answer.error())
-                if record.error_code == NOT_YET_DELETABLE:
-                    return await self._wrong_state(route, record)
-                if reply.verdict is Verdict.FINAL:
-                    return _with(record, Action.REJECTED, record.error_code, record.error_message), False
-            if attempt < self.policy.max_attempts:
-                await anyio.sleep(self.policy.backoff(attempt, self._rng))
-        return record, False
-
-    async def _wrong_state(self, route: Route, record: ActionRecord) -> tuple[ActionRecord, bool]:
-        try:
-            status = await snapshot_status(route, str(record.snapshot_id), self.policy)
-        except ListingFailed:
-            return record, False
-        if status is None or status == DELETING:
-            return _with(record, Action.DELETED, None, None), status is None
-        message = f"{record.error_message} (the snapshot is {status})"
-        return _with(record, Action.REJECTED, record.error_code, message), False
+        """One ``delete`` (no patience): the record and whether the snapshot is surely gone."""
+        deletion = await delete(route, str(record.snapshot_id), self.policy)
+        record = dataclasses.replace(record, attempts=deletion.attempts)
+        if deletion.http_status is not None:
+            record = dataclasses.replace(
+                record, http_status=deletion.http_status, request_id=deletion.request_id
+            )
+        if deletion.ended is Ended.DONE:
+            return _with(record, Action.DELETED, None, None), deletion.gone
+        message = deletion.message
+        if deletion.state is not None:
+            message = f"{message} (the snapshot is {deletion.state})"
+        outcome = Action.REJECTED if deletion.ended is Ended.REJECTED else Action.FAILED
+        return _with(record, outcome, deletion.code, message), False
 
     async def _confirm(self) -> None:
         """Rounds of status checks, while DELETEs are still being sent and after, until every accepted
@@ -213,9 +334,8 @@ class Deleter:
                 return
             pages += 1
             for item in page:
-                snapshot_id = str(item.get("id"))
-                if snapshot_id in ids:
-                    seen[snapshot_id] = str(item.get("status") or "")
+                if item.id in ids:
+                    seen[item.id] = item.status or ""
         self._pages[route] = pages
         for snapshot_id in ids:
             self._judge(route, snapshot_id, seen.get(snapshot_id))

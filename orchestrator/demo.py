@@ -13,8 +13,7 @@ from orchestrator.duplicates import volume_key
 from orchestrator.manifest import RawRow
 
 if TYPE_CHECKING:
-    from orchestrator.commands.create import CreateSettings
-    from orchestrator.config import RowDefaults
+    from orchestrator.config import Connection, RowDefaults
 
 EMULATOR_STATUS_COLUMN = "emulator_status"
 
@@ -48,8 +47,11 @@ def emulator_status(raw: RawRow, display: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def with_emulator(settings: CreateSettings, rows: Iterator[RawRow]) -> AsyncIterator[CreateSettings]:
-    """Start an in-process emulator seeded with the manifest's volumes; point the run at it.
+async def with_emulator(
+    defaults: RowDefaults, connection: Connection, rows: Iterator[RawRow], *, display: str
+) -> AsyncIterator[tuple[RowDefaults, Connection]]:
+    """Start an in-process emulator seeded with the manifest's volumes; the run's defaults and
+    connection, pointed at it.
 
     A manifest column ``emulator_status`` (``available``, ``in-use``, ``error``, ... or ``missing``)
     sets each disk's state, so a demo or rehearsal can show every outcome.
@@ -57,12 +59,11 @@ async def with_emulator(settings: CreateSettings, rows: Iterator[RawRow]) -> Asy
     from orchestrator.emulator import EmulatorSettings, SeedVolume, serving  # noqa: PLC0415
     from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK  # noqa: PLC0415
 
-    row_defaults = demo_defaults(settings.defaults)
+    row_defaults = demo_defaults(defaults)
     project, region = str(row_defaults.project_id), str(row_defaults.region)
-    display = "<stdin>" if settings.source.path == "-" else settings.source.path
     seeds: dict[str, SeedVolume] = {}
     for raw in rows:
-        key = volume_key(raw.fields, settings.defaults) if raw.fields is not None else None
+        key = volume_key(raw.fields, defaults) if raw.fields is not None else None
         status = emulator_status(raw, display)
         if key is not None and status != "missing":
             volume_id = key.decode().split("/")[0]
@@ -71,11 +72,9 @@ async def with_emulator(settings: CreateSettings, rows: Iterator[RawRow]) -> Asy
         volumes=tuple(seeds.values()), project_id=project, region=region, creating_seconds=2.0
     )
     async with serving(emulator_settings) as running:
-        connection = settings.connection
-        yield dataclasses.replace(
-            settings,
-            defaults=dataclasses.replace(settings.defaults, project_id=project, region=region),
-            connection=dataclasses.replace(
+        yield (
+            dataclasses.replace(defaults, project_id=project, region=region),
+            dataclasses.replace(
                 connection,
                 endpoints=dataclasses.replace(
                     connection.endpoints, evs=URL(running.url), iam=URL(running.url)

@@ -23,12 +23,18 @@
 RouteClosed, ProjectLookupFailed and TransportError are caught by the workers and become rows'
 ``failed`` records; a closed route also makes the run exit 3. Every other class reaches the single
 ``except`` of ``cli.Main.main`` (every command's error boundary), which prints one line and exits
-with the class's code. Anything else is a
-bug: exit 70. A state that is remembered (a closed route, a failed lookup) is kept as data and raised
-as a fresh exception each time, so tracebacks never pile up on one instance.
+with the class's code. Anything else is a bug: exit 70. A state that is remembered (a closed route, as
+a ``Closure``; a failed lookup) is kept as data and raised as a fresh exception each time, so tracebacks
+never pile up on one instance.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.models import Answer
 
 
 class EvsSnapshotError(Exception):
@@ -74,11 +80,16 @@ class RunAborted(EvsSnapshotError):
 
 
 class RouteClosed(RunAborted):
-    """An endpoint and project take no more requests (``code``: the service's, or ENDPOINT_UNREACHABLE)."""
+    """An endpoint and project take no more requests (``code``: the service's, or ENDPOINT_UNREACHABLE).
 
-    def __init__(self, code: str, message: str) -> None:
+    ``answer`` is the refusal itself when this request was the one refused (a record keeps its
+    status), ``None`` when the route was closed before it and nothing was sent.
+    """
+
+    def __init__(self, code: str, message: str, *, answer: Answer | None = None) -> None:
         self.code = code
         self.message = message
+        self.answer = answer
         super().__init__(f"{code}: {message}")
 
 
@@ -88,6 +99,17 @@ class CredentialsRefused(RouteClosed):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(code, message)
         self.args = (f"credentials refused: {code} {message}",)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Closure:
+    """Why a route or an endpoint takes no more requests (kept as data; raised fresh each time)."""
+
+    code: str
+    message: str
+
+    def error(self, answer: Answer | None = None) -> RouteClosed:
+        return RouteClosed(self.code, self.message, answer=answer)
 
 
 class ListingFailed(RunAborted):

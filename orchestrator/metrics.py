@@ -1,4 +1,7 @@
-"""Prometheus text-format metrics of a run, written atomically for node_exporter's textfile collector."""
+"""Prometheus text-format metrics of a run, written atomically for node_exporter's textfile collector.
+
+The one writer of ``--metrics-file`` for every command: each metric has one name and one help text here.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +9,34 @@ import os
 import re
 import secrets
 import time
+from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from orchestrator.tally import Tally
+if TYPE_CHECKING:
+    from orchestrator.tally import Tally
 
 PREFIX = "evs_snapshot"
 LAST_SUCCESS = f"{PREFIX}_last_success_timestamp_seconds"
 
 
-def render(
-    tally: Tally, *, command: str, exit_code: int, throttled: int, previous_success: float | None
-) -> str:
-    """The metrics text of one command; ``previous_success`` carries the last good run's time."""
-    now = time.time()
-    last_success = now if exit_code == 0 else previous_success
+Family = tuple[str, str, list[str]]  # name, help text, samples
+
+
+def tally_families(tally: Tally, *, command: str, throttled: int, also: Counter[str]) -> list[Family]:
+    """The series a run's tally gives: a create run's rows, requests and phases, or an action run's
+    snapshots (or rows) by outcome, plus ``also`` (outcomes counted without a record: prune's kept)."""
     label = f'command="{command}"'
-    families: list[tuple[str, str, list[str]]] = [
+    if not tally.counting.rows:
+        outcomes = tally.outcomes + also
+        return [
+            (
+                f"{PREFIX}_snapshots",
+                "Snapshots the last run acted on (or kept), by outcome.",
+                [f'{PREFIX}_snapshots{{{label},outcome="{o}"}} {n}' for o, n in sorted(outcomes.items())],
+            )
+        ]
+    families: list[Family] = [
         (
             f"{PREFIX}_rows",
             "Rows of the last run by current outcome.",
@@ -58,16 +73,6 @@ def render(
             "Wall time of the last run, from start to exit.",
             [f"{PREFIX}_run_duration_seconds{{{label}}} {tally.elapsed:.3f}"],
         ),
-        (
-            f"{PREFIX}_exit_code",
-            "Exit code of the last run (0 = every row succeeded).",
-            [f"{PREFIX}_exit_code{{{label}}} {exit_code}"],
-        ),
-        (
-            f"{PREFIX}_last_run_timestamp_seconds",
-            "When the last run ended (Unix time).",
-            [f"{PREFIX}_last_run_timestamp_seconds{{{label}}} {now:.3f}"],
-        ),
     ]
     if tally.duplicates:
         families.append(
@@ -80,18 +85,40 @@ def render(
                 ],
             )
         )
+    return families
+
+
+def render(families: list[Family], *, command: str, exit_code: int, previous_success: float | None) -> str:
+    """The metrics text of one command: its ``families``, then the exit code, when the run ended and
+    (``previous_success`` carries the last good run's time) when a run last ended with exit code 0."""
+    now = time.time()
+    last_success = now if exit_code == 0 else previous_success
+    label = f'command="{command}"'
+    every = [
+        *families,
+        (
+            f"{PREFIX}_exit_code",
+            "Exit code of the last run (0 = every row succeeded).",
+            [f"{PREFIX}_exit_code{{{label}}} {exit_code}"],
+        ),
+        (
+            f"{PREFIX}_last_run_timestamp_seconds",
+            "When the last run ended (Unix time).",
+            [f"{PREFIX}_last_run_timestamp_seconds{{{label}}} {now:.3f}"],
+        ),
+    ]
     if last_success is not None:
-        families.append(
+        every.append(
             (
                 LAST_SUCCESS,
-                "When a run last ended with every row succeeded (Unix time).",
+                "When a run last ended with exit code 0 (Unix time).",
                 [f"{LAST_SUCCESS}{{{label}}} {last_success:.3f}"],
             )
         )
-    return render_families(families)
+    return render_families(every)
 
 
-def render_families(families: list[tuple[str, str, list[str]]]) -> str:
+def render_families(families: list[Family]) -> str:
     lines = []
     for name, help_text, samples in families:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *samples]
@@ -134,17 +161,27 @@ def write_atomically(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-def write(path: Path, tally: Tally, *, command: str, exit_code: int, throttled: int) -> None:
+def write(
+    path: Path,
+    tally: Tally,
+    *,
+    command: str,
+    exit_code: int,
+    throttled: int,
+    also: Counter[str] | None = None,
+) -> None:
+    """Write the series of ``command``'s tally into the file (see ``write_families``)."""
+    families = tally_families(tally, command=command, throttled=throttled, also=also or Counter())
+    write_families(path, families, command=command, exit_code=exit_code)
+
+
+def write_families(path: Path, families: list[Family], *, command: str, exit_code: int) -> None:
     """Write ``command``'s series into the file, keeping other commands' series already there."""
     try:
         existing = path.read_text(encoding="utf-8") if path.is_file() else ""
     except (OSError, UnicodeDecodeError):
         existing = ""
     text = render(
-        tally,
-        command=command,
-        exit_code=exit_code,
-        throttled=throttled,
-        previous_success=previous_success(existing, command),
+        families, command=command, exit_code=exit_code, previous_success=previous_success(existing, command)
     )
     write_atomically(path, merge(existing, text, command).encode())

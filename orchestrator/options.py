@@ -25,7 +25,7 @@ from orchestrator import defaults
 
 if TYPE_CHECKING:
     from orchestrator.config import Connection, RowDefaults
-    from orchestrator.finish import Closing
+    from orchestrator.frame import Closing
     from orchestrator.manifest import ManifestSource
     from orchestrator.retry import RetryPolicy
     from orchestrator.waiter import WaitPlan
@@ -448,7 +448,7 @@ RETRIES = group(
 
 
 def _closing(summary_json: Path | None, metrics_file: Path | None) -> Closing:
-    from orchestrator.finish import Closing  # noqa: PLC0415
+    from orchestrator.frame import Closing  # noqa: PLC0415
 
     closing = Closing(summary_json=summary_json, metrics_file=metrics_file)
     closing.check()
@@ -503,4 +503,34 @@ LOCK_FILE = click.option(
     help="Lock held for the whole run; a second run exits 75. It replaces the manifest's own lock (create, "
     "prune); a create run's own lock is always held too.  [default: one per manifest, in "
     "$XDG_RUNTIME_DIR/evs-snapshot or ~/.cache/evs-snapshot/locks]",
+)
+
+# prune and cleanup: delete for real or plan, wait for the deletions, their report and its resume.
+DELETING = apply(
+    click.option("--apply", is_flag=True, help="Delete for real; without it, write planned records only."),
+    click.option(
+        "--wait/--no-wait",
+        "wait_for_gone",
+        default=True,
+        show_default=True,
+        help="Wait until each deleted snapshot is gone (deleting, then 404); --no-wait ends at the 202.",
+    ),
+    click.option(
+        "--wait-timeout",
+        type=Duration(),
+        default="10m",
+        show_default=True,
+        help="How long to wait for deletions to finish (90s, 15m, 2h).",
+    ),
+    click.option(
+        "--report",
+        "report_path",
+        default=None,
+        help="Report path, or - for standard output.  "
+        "[default: reports/evs-snapshot-COMMAND-{datetime}.jsonl]",
+    ),
+    click.option(
+        "--resume", is_flag=True, help="Continue the run in --report: finished snapshots are skipped."
+    ),
+    LOCK_FILE,
 )

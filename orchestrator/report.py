@@ -1,4 +1,4 @@
-"""The JSON-lines report: a durable append-only writer, a tolerant reader, and the resume book.
+"""The JSON-lines report: a durable append-only writer, a tolerant reader, and the one resume book.
 
 Each record is written with one ``write`` of a whole line straight to the file descriptor (no
 buffer to lose); the file is fsynced at least once a second while records arrive, and at close.
@@ -8,6 +8,7 @@ The first line of a report is its run header (``models.RunHeader``); readers ski
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import stat
@@ -17,7 +18,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import orjson
 
@@ -26,6 +27,10 @@ from orchestrator.models import SUCCESSFUL, Outcome, Record, RunHeader, utc_iso,
 
 _T = TypeVar("_T")
 _N = TypeVar("_N", int, float)
+_K = TypeVar("_K")
+_O = TypeVar("_O")
+_K_contra = TypeVar("_K_contra", contravariant=True)
+_O_co = TypeVar("_O_co", covariant=True)
 
 if TYPE_CHECKING:
     from orchestrator.config import RowDefaults, RunIdentity
@@ -92,7 +97,7 @@ class ReportWriter:
         self._write(header.to_json())
 
     def write_line(self, line: bytes) -> None:
-        """Append one whole JSON line of another record type (the action reports)."""
+        """Append one whole JSON line already serialised (an action report's record, a journal line)."""
         self._write(line)
         self.written += 1
 
@@ -314,7 +319,10 @@ class RowSlots(Generic[_N]):
         if self._sparse is not None:
             self._sparse[row] = value
             return
-        if row >= len(flat):
+        if row == len(flat):  # the usual case: the next row, in order
+            flat.append(value)
+            return
+        if row > len(flat):
             flat.extend(array(flat.typecode, [self._default]) * (row + 1 - len(flat)))
         flat[row] = value
 
@@ -327,50 +335,84 @@ class RowSlots(Generic[_N]):
         return self._default
 
 
-class ResumeBook:
-    """What a previous run of this report already did: per row, its last outcome and its last send.
+class Outcomes(Protocol[_K_contra, _O_co]):
+    """The last outcome of each key a resume book holds (a ``dict``, or a create report's rows)."""
 
-    Flat memory: one byte per row (0: no record; else 1 + the index of the row's last outcome) and
-    one float per row (the wall-clock time of the row's last ``sending`` record, 0 when none).
+    def get(self, key: _K_contra, /) -> _O_co | None: ...
 
-    A row that is not finished is uncertain when some create of it may have reached EVS: it was sent
-    (a ``sending`` record) and no answer proved it refused. Such a row is looked up until ``--settle``
-    has passed since its last send (plus the request ``--timeout``) before it may be sent again. A row
-    never sent is sent at once. A report written before the journal existed (no ``journal`` flag in
-    its header) cannot tell: every row without a success is uncertain from the report's last write.
-    """
+    def __getitem__(self, key: _K_contra, /) -> _O_co: ...
+
+
+class RowOutcomes:
+    """A create report's last outcome per row, one byte a row (0: no record; else 1 + its index)."""
 
     OUTCOMES: ClassVar[list[Outcome]] = list(Outcome)
 
-    def __init__(
-        self,
-        run_id: str,
-        states: RowSlots[int],
-        sent: RowSlots[float],
-        *,
-        last_write: float,
-        header: RunHeader,
-    ) -> None:
-        self.run_id = run_id
-        self.states = states
-        self.sent = sent
-        self.header = header
-        self.offset = time.monotonic() - time.time()  # wall clock -> this process's monotonic clock
-        # Some earlier process may have left two snapshots of a row: a row was sent twice, or ended
-        # ``failed`` after it was sent (or the report has no journal to tell). Then the sweep must look.
-        self.doubted = True
-        # Without a journal, the previous process died at or after its last write.
-        self.since = last_write + self.offset
+    def __init__(self) -> None:
+        self.states: RowSlots[int] = RowSlots("B", 0)
+
+    def set(self, row: int, outcome: Outcome) -> None:
+        self.states[row] = self.OUTCOMES.index(outcome) + 1
+
+    def get(self, row: int, /) -> Outcome | None:
+        state = self.states[row]
+        return self.OUTCOMES[state - 1] if state else None
+
+    def __getitem__(self, row: int, /) -> Outcome:
+        outcome = self.get(row)
+        if outcome is None:
+            raise KeyError(row)
+        return outcome
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Journal:
+    """What a create report tells of its sends: the wall-clock time of each row's last ``sending``
+    record (one float per row, 0 when none), and whether an earlier process may have left two
+    snapshots of a row (``doubted``: a row sent twice, or ``failed`` after it was sent, or a report
+    without a journal to tell)."""
+
+    header: RunHeader
+    sent: RowSlots[float]
+    doubted: bool
+    offset: float  # wall clock -> this process's monotonic clock
+    since: float  # without a journal, the previous process died at or after its last write
+
+
+class ResumeBook(Generic[_K, _O]):
+    """What an earlier run of this report did: the last outcome of each key; ``final`` outcomes need
+    nothing more on ``--resume``.
+
+    One class for both record types: a create run's book is keyed by row (flat memory: one byte and,
+    in its ``journal``, one float per row; ``load``); an action run's by its records' ``key``, the
+    snapshot id or ``row:N`` (``keyed``).
+
+    A create row that is not finished is uncertain when some create of it may have reached EVS: it was
+    sent (a ``sending`` record) and no answer proved it refused. Such a row is looked up until
+    ``--settle`` has passed since its last send (plus the request ``--timeout``) before it may be sent
+    again. A row never sent is sent at once. A report written before the journal existed (no
+    ``journal`` flag in its header) cannot tell: every row without a success is uncertain from the
+    report's last write.
+    """
+
+    def __init__(self, last: Outcomes[_K, _O], final: frozenset[_O], journal: Journal | None = None) -> None:
+        self.last = last
+        self.final = final
+        self.journal = journal
 
     @classmethod
-    def load(cls, path: Path) -> ResumeBook | None:
-        """Read a report; ``None`` when it does not exist or is empty."""
+    def keyed(cls, last: dict[_K, _O], final: frozenset[_O]) -> ResumeBook[_K, _O]:
+        return cls(last, final)
+
+    @classmethod
+    def load(cls, path: Path) -> ResumeBook[int, Outcome] | None:
+        """Read a create report; ``None`` when it does not exist or is empty."""
         if not path.exists():
             return None
         header = read_header(path)
         if header is None:
             return None
-        states: RowSlots[int] = RowSlots("B", 0)
+        states = RowOutcomes()
         sent: RowSlots[float] = RowSlots("d", 0.0)
         sending, failed = Outcome.SENDING, Outcome.FAILED
         doubted = not header.journal
@@ -379,30 +421,51 @@ class ResumeBook:
                 doubted = doubted or sent[record.row] > 0  # sent twice: two snapshots are possible
                 sent[record.row] = epoch(record.started_at)
             elif not record.side:
-                states[record.row] = cls.OUTCOMES.index(record.outcome) + 1
+                states.set(record.row, record.outcome)
                 doubted = doubted or (record.outcome is failed and sent[record.row] > 0)
-        book = cls(header.run_id, states, sent, last_write=path.stat().st_mtime, header=header)
-        book.doubted = doubted
-        return book
+        offset = time.monotonic() - time.time()
+        journal = Journal(
+            header=header, sent=sent, doubted=doubted, offset=offset, since=path.stat().st_mtime + offset
+        )
+        return ResumeBook(states, FINISHED, journal)
 
-    def outcome(self, row: int) -> Outcome | None:
-        state = self.states[row]
-        return self.OUTCOMES[state - 1] if state else None
+    def outcome(self, key: _K) -> _O | None:
+        return self.last.get(key)
 
-    def finished(self, row: int) -> bool:
-        """True when the row is not sent again: it succeeded, or its snapshot exists (waited for)."""
-        outcome = self.outcome(row)
-        return outcome is not None and outcome in FINISHED
+    def finished(self, key: _K) -> bool:
+        """True when the key needs nothing more: a create row succeeded or its snapshot exists (waited
+        for); an action's snapshot was deleted, kept or refused, or its row rolled back."""
+        outcome = self.last.get(key)
+        return outcome is not None and outcome in self.final
 
-    def uncertain_since(self, row: int) -> float | None:
+    # --- a create report's journal ---------------------------------------------------------------
+    def _journal(self) -> Journal:
+        if self.journal is None:
+            raise TypeError("only a create report's book has a journal")
+        return self.journal
+
+    @property
+    def header(self) -> RunHeader:
+        return self._journal().header
+
+    @property
+    def run_id(self) -> str:
+        return self._journal().header.run_id
+
+    @property
+    def doubted(self) -> bool:
+        return self._journal().doubted
+
+    def uncertain_since(self: ResumeBook[int, Outcome], row: int) -> float | None:
         """When (monotonic) a create of the row was last sent, if one may have acted; ``None``: surely not."""
-        outcome = self.outcome(row)
+        journal = self._journal()
+        outcome = self.last.get(row)
         if outcome is not None and outcome is not Outcome.FAILED:
             return None
-        if not self.header.journal:
-            return self.since
-        last_send = self.sent[row]
-        return last_send + self.offset if last_send else None
+        if not journal.header.journal:
+            return journal.since
+        last_send = journal.sent[row]
+        return last_send + journal.offset if last_send else None
 
 
 def epoch(stamp: str) -> float:
@@ -439,7 +502,7 @@ def name_shape(row_defaults: RowDefaults) -> dict[str, str]:
 
 def resume_identity(
     report: str, resume: bool, *, total: int, digest: str, display: str, shape: dict[str, str]
-) -> tuple[ResumeBook | None, RunIdentity]:
+) -> tuple[ResumeBook[int, Outcome] | None, RunIdentity]:
     """The resume book and run identity of a create run; refuses a resume of another manifest (exit 2)."""
     from orchestrator.config import RunIdentity  # noqa: PLC0415 - config imports nothing of ours back
 

@@ -5,7 +5,8 @@ Before anything is sent, ``look`` checks, in this order (the first that fails is
 1. the create run made a snapshot for the row: its last record is ``accepted`` or ``available``;
 2. the snapshot exists; it is not backup-made (``autobk_snapshot_*``, ``manualbk_snapshot_*``), it
    carries the run's ``evs_snapshot_run`` marker and it belongs to the row's disk; otherwise the row
-   is ``refused``: the tool restores only from a snapshot it can prove is the run's own;
+   is ``refused`` (``ownership.refusal`` judges, and names the code): the tool restores only from a
+   snapshot it can prove is the run's own;
 3. the disk exists and is detached (an attached disk is ``blocked`` with ``VOLUME_ATTACHED`` and its
    server ids); the snapshot and the disk are ``available``.
 
@@ -34,26 +35,25 @@ Rolled back before: nothing the EVS API shows tells that a disk was rolled back 
 from __future__ import annotations
 
 import dataclasses
-import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import orjson
 
 from orchestrator.actions import Action, read_actions
 from orchestrator.api import evs
-from orchestrator.api.safe import fetch_json, snapshot_status
+from orchestrator.api.safe import show_snapshot, show_volume, snapshot_status
+from orchestrator.api.views import Snapshot, Volume
 from orchestrator.errors import ListingFailed, TransportError, UsageError
 from orchestrator.models import Outcome, Record, RunHeader
-from orchestrator.retry import RetryPolicy, Verdict
+from orchestrator.ownership import refusal
+from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retrying
 from orchestrator.waiter import WaitPlan
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
-
-from orchestrator.api.evs import BACKUP_PREFIXES
 
 USABLE = frozenset({Outcome.ACCEPTED, Outcome.AVAILABLE})
 SETTLE_STEP = 1.0  # seconds between looks at a disk while an uncertain rollback settles
@@ -87,7 +87,7 @@ class Finding:
     outcome: Action
     code: str | None = None
     message: str | None = None
-    snapshot: Mapping[str, Any] | None = None
+    snapshot: Snapshot | None = None
     http_status: int | None = None
     request_id: str | None = None
     attempts: int = 0
@@ -97,7 +97,7 @@ class Finding:
 class Look:
     """The snapshot and disk as found, and the blocker (``None``: the rollback may be sent)."""
 
-    snapshot: Mapping[str, Any] | None
+    snapshot: Snapshot | None
     blocker: Finding | None
     running: bool = False  # a rollback from this snapshot is under way
     disk_updated: str | None = None  # the disk's updated_at as looked at (before anything is sent)
@@ -149,28 +149,24 @@ async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
     blocked = unusable(row)
     if blocked is not None:
         return Look(None, blocked)
-    body = await fetch_json(
-        route,
-        evs.show_snapshot(route.project_id, str(row.snapshot_id), kind=evs.Kind.CHECK),
-        plan.reads,
-        missing_ok=True,
-    )
-    snapshot = body.get("snapshot") if body else None
-    if not isinstance(snapshot, dict):
+    snapshot = await _snapshot(route, row, plan.reads, evs.Kind.CHECK)
+    if snapshot is None:
         return Look(None, _blocked("SNAPSHOT_NOT_FOUND", f"snapshot {row.snapshot_id} no longer exists"))
-    refused = _not_ours(snapshot, row, plan.source_run)
+    refused = refusal(snapshot, run_id=plan.source_run, volume_id=str(row.volume_id))
     if refused is not None:
-        return Look(snapshot, dataclasses.replace(refused, snapshot=snapshot))
+        finding = Finding(
+            outcome=Action.REFUSED, code=refused.code, message=refused.message, snapshot=snapshot
+        )
+        return Look(snapshot, finding)
     volume = await _volume(route, row, plan.reads, evs.Kind.CHECK)
     if volume is None:
         return Look(
             snapshot, _blocked("VOLUME_NOT_FOUND", f"disk {row.volume_id} no longer exists", snapshot)
         )
-    disk, status = volume.get("status"), snapshot.get("status")
-    updated = volume.get("updated_at") if isinstance(volume.get("updated_at"), str) else None
+    disk, status, updated = volume.status, snapshot.status, volume.updated_at
     if disk == "rollbacking" and status == "rollbacking":
         return Look(snapshot, None, running=True, disk_updated=updated)
-    servers = evs.servers_of(volume)
+    servers = volume.servers
     if servers or disk == "in-use":
         shown = ", ".join(servers) or "a server"
         return Look(
@@ -254,42 +250,18 @@ def _first_header(path: Path) -> RunHeader | None:
         return None
 
 
-def _not_ours(snapshot: Mapping[str, Any], row: Record, source_run: str) -> Finding | None:
-    name = str(snapshot.get("name") or "")
-    if name.startswith(BACKUP_PREFIXES):
-        return Finding(
-            outcome=Action.REFUSED,
-            code="BACKUP_SNAPSHOT",
-            message=f"snapshot {row.snapshot_id} ({name}) belongs to the backup service; never used",
-        )
-    if not evs.marked(snapshot, source_run):
-        marker = evs.marker_of(snapshot)
-        whose = f"run {marker}" if marker else "no run of this tool"
-        return Finding(
-            outcome=Action.REFUSED,
-            code="NOT_THIS_RUN",
-            message=f"snapshot {row.snapshot_id} was made by {whose}, not by run {source_run}",
-        )
-    source = str(snapshot.get("volume_id") or "").lower()
-    if source != str(row.volume_id).lower():
-        return Finding(
-            outcome=Action.REFUSED,
-            code="FOREIGN_SNAPSHOT",
-            message=f"snapshot {row.snapshot_id} is of disk {source}, not of the row's disk {row.volume_id}",
-        )
-    return None
-
-
-def _blocked(code: str, message: str, snapshot: Mapping[str, Any] | None = None) -> Finding:
+def _blocked(code: str, message: str, snapshot: Snapshot | None = None) -> Finding:
     return Finding(outcome=Action.BLOCKED, code=code, message=message, snapshot=snapshot)
 
 
-async def _volume(route: Route, row: Record, policy: RetryPolicy, kind: evs.Kind) -> dict[str, Any] | None:
-    body = await fetch_json(
-        route, evs.show_volume(route.project_id, str(row.volume_id), kind=kind), policy, missing_ok=True
-    )
-    volume = body.get("volume") if body else None
-    return volume if isinstance(volume, dict) else None
+async def _volume(route: Route, row: Record, policy: RetryPolicy, kind: evs.Kind) -> Volume | None:
+    """The row's disk as shown (``None``: gone)."""
+    return await show_volume(route, str(row.volume_id), policy, kind=kind)
+
+
+async def _snapshot(route: Route, row: Record, policy: RetryPolicy, kind: evs.Kind) -> Snapshot | None:
+    """The row's snapshot as shown (``None``: gone)."""
+    return await show_snapshot(route, str(row.snapshot_id), policy, kind=kind)
 
 
 async def _send(route: Route, row: Record, plan: RestorePlan, found: Look) -> Finding:
@@ -314,36 +286,36 @@ async def _send(route: Route, row: Record, plan: RestorePlan, found: Look) -> Fi
 async def _send_until_settled(
     route: Route, row: Record, plan: RestorePlan, found: Look, sent: list[Finding]
 ) -> Finding:
-    rng = random.Random()
-    policy = plan.policy
+    """The sends, under the policy's retries: an attempt whose answer may have been lost is followed by
+    a watch of the disk (``_taken``, then every check again) instead of a pause, before the one resend.
+    ``sent[0]`` keeps the last attempt's finding (what ``_send`` records when a look fails)."""
     call = evs.rollback_snapshot(route.project_id, str(row.snapshot_id), str(row.volume_id))
     uncertain = doubtful = False  # doubtful: some attempt may have arrived without an answer
     last = sent[0]
-    attempt = 0
-    while attempt < policy.max_attempts:
-        if uncertain:
-            if await _taken(route, row, plan, patience=plan.settle):
-                return dataclasses.replace(last, outcome=Action.ROLLED_BACK, attempts=attempt)
-            again = await look(route, row, plan)  # every check again, before the one resend
-            if again.blocker is not None:
-                return dataclasses.replace(again.blocker, attempts=attempt)
-            if again.running:
-                return dataclasses.replace(last, outcome=Action.ROLLED_BACK, attempts=attempt)
-            uncertain = False
-        if plan.stopping():
-            raise RowStopped  # not sent (again): no record, --resume looks at the disk first
-        attempt += 1
-        try:
-            reply = await route.send(call)
-        except TransportError as exc:
-            uncertain = exc.may_have_arrived
-            doubtful = doubtful or uncertain
-            last = sent[0] = dataclasses.replace(
-                last, code=exc.code, message=str(exc), http_status=None, attempts=attempt
-            )
-        else:
-            if reply.verdict is Verdict.REFUSED:
-                route.check_open()
+    loop = retrying(plan.policy, reraise=False)
+    async for attempt in loop:
+        with attempt:
+            if uncertain:
+                sends = attempt.number - 1
+                if await _taken(route, row, plan, patience=plan.settle):
+                    return dataclasses.replace(last, outcome=Action.ROLLED_BACK, attempts=sends)
+                again = await look(route, row, plan)  # every check again, before the one resend
+                if again.blocker is not None:
+                    return dataclasses.replace(again.blocker, attempts=sends)
+                if again.running:
+                    return dataclasses.replace(last, outcome=Action.ROLLED_BACK, attempts=sends)
+                uncertain = False
+            if plan.stopping():
+                raise RowStopped  # not sent (again): no record, --resume looks at the disk first
+            try:
+                reply = await route.send(call)
+            except TransportError as exc:
+                uncertain = exc.may_have_arrived
+                doubtful = doubtful or uncertain
+                last = sent[0] = dataclasses.replace(
+                    last, code=exc.code, message=str(exc), http_status=None, attempts=attempt.number
+                )
+                raise TryAgain(str(exc), wait=0.0 if uncertain else None) from None
             answer = reply.answer
             code, message = answer.error() if not answer.ok else (None, None)
             last = sent[0] = dataclasses.replace(
@@ -352,7 +324,7 @@ async def _send_until_settled(
                 message=message,
                 http_status=answer.status,
                 request_id=answer.request_id,
-                attempts=attempt,
+                attempts=attempt.number,
             )
             if reply.verdict is Verdict.SUCCESS:
                 return dataclasses.replace(last, outcome=Action.ROLLED_BACK)
@@ -362,14 +334,14 @@ async def _send_until_settled(
                 return dataclasses.replace(last, outcome=Action.REJECTED)
             uncertain = reply.verdict is Verdict.UNCERTAIN
             doubtful = doubtful or uncertain
-        if not uncertain:
-            await anyio.sleep(policy.backoff(attempt, rng))
+            # an answer that may be lost is watched for (above), not waited out
+            raise TryAgain(f"{answer.status} {code}", wait=0.0 if uncertain else None)
     if uncertain and await _taken(route, row, plan, patience=plan.settle):
         return dataclasses.replace(last, outcome=Action.ROLLED_BACK, code=None, message=None)
     return dataclasses.replace(
         last,
-        message=f"gave up after {attempt} attempts ({last.message or last.code}); --resume looks at the disk "
-        "before anything is sent again",
+        message=f"gave up after {loop.number} attempts ({last.message or last.code}); --resume looks at the "
+        "disk before anything is sent again",
     )
 
 
@@ -383,7 +355,7 @@ async def _taken(route: Route, row: Record, plan: RestorePlan, *, patience: floa
         if status == "rollbacking":
             return True  # a snapshot rolls back onto its own disk only: this row's request was taken
         volume = await _volume(route, row, policy, evs.Kind.LOOKUP)
-        disk = None if volume is None else volume.get("status")
+        disk = None if volume is None else volume.status
         if disk == "error_rollbacking":
             return True
         # rollbacking here is another snapshot's rollback: watch on (ours may still start)
@@ -411,16 +383,10 @@ async def poll(route: Route, row: Record, plan: RestorePlan, watch: Watch) -> Fi
     ``None`` (``watch.due`` then says when to look again)."""
     try:
         volume = await _volume(route, row, plan.reads, evs.Kind.POLL)
-        body = await fetch_json(
-            route,
-            evs.show_snapshot(route.project_id, str(row.snapshot_id)),
-            plan.reads,
-            missing_ok=True,
-        )
+        snapshot = await _snapshot(route, row, plan.reads, evs.Kind.POLL)
     except ListingFailed as exc:  # a rollback may have been sent: its disk is looked at again first
         return unconfirmed(watch, exc)
-    snapshot = body.get("snapshot") if isinstance(body.get("snapshot"), dict) else None
-    return judge(row, plan, watch, volume, None if snapshot is None else snapshot.get("status"))
+    return judge(row, plan, watch, volume, None if snapshot is None else snapshot.status)
 
 
 def unconfirmed(watch: Watch, exc: Exception) -> Finding:
@@ -434,7 +400,7 @@ def unconfirmed(watch: Watch, exc: Exception) -> Finding:
 
 
 def judge(
-    row: Record, plan: RestorePlan, watch: Watch, volume: Mapping[str, Any] | None, status: object
+    row: Record, plan: RestorePlan, watch: Watch, volume: Volume | None, status: str | None
 ) -> Finding | None:
     """What one look at the disk (and the snapshot's ``status``, when looked at) says; the disk's status
     gives the outcome. ``None``: still under way, and ``watch.due`` moves on (the interval grows by half
@@ -448,8 +414,8 @@ def judge(
     sent = watch.sent
     now = anyio.current_time()
     elapsed = now - watch.started
-    disk = None if volume is None else volume.get("status")
-    updated = None if volume is None else volume.get("updated_at")
+    disk = None if volume is None else volume.status
+    updated = None if volume is None else volume.updated_at
     changed = watch.before is not None and updated is not None and updated != watch.before
     if disk == "error_rollbacking":
         return dataclasses.replace(

@@ -1,101 +1,47 @@
-"""What ``prune``, ``cleanup`` and ``audit`` share: whose snapshots they are, which disks are selected,
-and listing them (``orchestrator.deleter`` deletes them, with confirmation).
+"""The retention rules of ``prune``: which of the tool's own snapshots of a disk are kept, and what
+becomes of the others.
 
-The safety rules live here, once:
+For each selected disk, its owned snapshots (``ownership.Ownership``) are ranked newest first
+(``newest_first``; an unreadable ``created_at`` counts as newest, so it is kept). One kept by
+``--keep-last N`` (the newest N) or by ``--keep-within DURATION`` (younger than that) is kept; so is
+the newest ``available`` one unless ``--allow-none``. Every other one is a candidate and gets one
+record naming the rule that condemned it: ``planned`` without ``--apply``; with it ``deleted``,
+``rejected`` or ``failed`` (``deleter``); ``blocked`` (``SNAPSHOT_BUSY``) when its state cannot be
+deleted from. A snapshot already ``deleting`` is neither kept nor a candidate (``--resume`` waits for
+it when an earlier run sent its DELETE). Every project is listed (``selection``) before anything is
+deleted.
 
-- **Owned**: a snapshot carrying the ``evs_snapshot_run`` marker (not empty) or, with an explicit
-  ``--name-prefix``, named with that prefix. A backup-made name (``autobk_snapshot_*``,
-  ``manualbk_snapshot_*``) is never owned, whatever it carries.
-- **Deletable**: owned, of a disk in the selection, and ``available`` or ``error`` (the only states the
-  service deletes from).
-- **Listing**: each project's snapshots are paged 1000 a request (at most N/1000 + 1 requests per
-  project, never one per disk), every project before anything is deleted; a listing that fails or is
-  refused raises ``ListingFailed`` (exit 3). It never means "nothing there".
-- **Deleting** (``orchestrator.deleter``): a DELETE answered 404 is a success (already gone); with
-  waiting, a deletion ends when the snapshot is gone (``deleting``, then 404).
+``audit``'s rule is here too (``stale_disks``): a disk passes when it has an owned ``available``
+snapshot younger than ``--max-age``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.actions import ActionRecord
-from orchestrator.api import evs
-from orchestrator.api.safe import (
-    list_all,
-    list_all_volumes,
-)
-from orchestrator.config import PROJECT_RE, REGION_RE
-from orchestrator.duplicates import UUID_RE
-from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError, UsageError
-from orchestrator.manifest import ManifestSource, read_rows
-from orchestrator.retry import RetryPolicy
+from orchestrator.actions import Action, ActionRecord, now_iso
+from orchestrator.api.views import Snapshot
+from orchestrator.deleter import DELETABLE, DELETING, Deleter, Job
+from orchestrator.models import utc_now
+from orchestrator.ownership import Ownership
+from orchestrator.selection import Scope, Target, add_all_volumes, list_scope, scopes_of
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from orchestrator.api.routes import Route, Router
-    from orchestrator.console import Console
-    from orchestrator.finish import Closing
-
-from orchestrator.api.evs import BACKUP_PREFIXES
-
-DELETABLE = frozenset({"available", "error"})
+    from orchestrator.api.routes import Router
+    from orchestrator.config import Connection
+    from orchestrator.frame import Closing, Frame
+    from orchestrator.manifest import ManifestSource
+    from orchestrator.retry import RetryPolicy
 
 
-# --- whose snapshots -------------------------------------------------------------------------
-def is_backup(snapshot: dict[str, Any]) -> bool:
-    return str(snapshot.get("name") or "").startswith(BACKUP_PREFIXES)
-
-
-def check_name_prefix(prefix: str | None) -> str | None:
-    """``--name-prefix``: not empty (it would own everything), not a backup service's prefix."""
-    if prefix is None:
-        return None
-    if not prefix.strip():
-        raise UsageError("--name-prefix must not be empty: it would make every snapshot the tool's own")
-    if prefix.startswith(BACKUP_PREFIXES):  # shorter prefixes are harmless: backup names are never owned
-        raise UsageError(f"--name-prefix {prefix!r} names backup-made snapshots, which are never deleted")
-    return prefix
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Ownership:
-    """Which snapshots are the tool's own: the run marker, or an explicit name prefix; never a backup's."""
-
-    name_prefix: str | None = None
-
-    def owns(self, snapshot: dict[str, Any]) -> bool:
-        if is_backup(snapshot):
-            return False
-        if evs.marked(snapshot):
-            return True
-        return self.name_prefix is not None and str(snapshot.get("name") or "").startswith(self.name_prefix)
-
-
-def source_run(snapshot: dict[str, Any]) -> str | None:
-    """The run whose marker the snapshot carries (``None``: none, or an empty one, which is not ours)."""
-    return evs.marker_of(snapshot)
-
-
-def created(snapshot: dict[str, Any]) -> datetime | None:
-    """``created_at`` as a UTC instant (EVS writes it without a zone), or ``None`` when unreadable."""
-    text = snapshot.get("created_at")
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
-def age(snapshot: dict[str, Any], now: datetime) -> float | None:
-    moment = created(snapshot)
+def age(snapshot: Snapshot, now: datetime) -> float | None:
+    moment = snapshot.created
     return None if moment is None else (now - moment).total_seconds()
 
 
@@ -111,165 +57,247 @@ def duration_text(seconds: float, *, units: int = 4) -> str:
     return "".join(shown) or "0s"
 
 
-def newest_first(snapshots: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def newest_first(snapshots: Iterable[Snapshot]) -> list[Snapshot]:
     """By ``created_at``, newest first; an unreadable ``created_at`` counts as newest (so it is kept)."""
     far = datetime.max.replace(tzinfo=UTC)
-    return sorted(snapshots, key=lambda s: (created(s) or far, str(s.get("id"))), reverse=True)
+    return sorted(snapshots, key=lambda s: (s.created or far, s.id), reverse=True)
 
 
-# --- the selection ---------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True, slots=True)
-class Target:
-    """A disk of the selection, as the manifest names it (project or region may be missing)."""
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Rules:
+    """The retention rules of a prune."""
+
+    keep_last: int | None = None
+    keep_within: float | None = None  # seconds
+    allow_none: bool = False
+
+    def condemning(self) -> str:
+        """The rule (or rules) a deleted snapshot falls outside of, as the record's ``rule``."""
+        parts = []
+        if self.keep_last is not None:
+            parts.append(f"keep-last {self.keep_last}")
+        if self.keep_within is not None:
+            parts.append(f"keep-within {duration_text(self.keep_within)}")
+        return " and ".join(parts)
+
+    def judge(self, owned: list[Snapshot], now: datetime) -> list[tuple[Snapshot, bool]]:
+        """Each owned snapshot of one disk, newest first, with True when it is kept."""
+        ranked = newest_first(owned)
+        newest_available = next((s for s in ranked if s.status == "available"), None)
+        verdicts = []
+        for index, snapshot in enumerate(ranked):
+            seconds = age(snapshot, now)
+            kept = (
+                (self.keep_last is not None and index < self.keep_last)
+                or (self.keep_within is not None and (seconds is None or seconds < self.keep_within))
+                or (snapshot is newest_available and not self.allow_none)
+            )
+            verdicts.append((snapshot, kept))
+        return verdicts
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PruneSettings:
+    source: ManifestSource | None
+    all_volumes: bool
+    project_id: str | None
+    rules: Rules
+    name_prefix: str | None
+    apply: bool
+    wait_timeout: float | None  # None: --no-wait
+    verbose: bool
+    connection: Connection
+    policy: RetryPolicy
+    report: str
+    resume: bool
+    lock_file: Path | None
+    closing: Closing
+
+
+async def prune_scopes(
+    settings: PruneSettings, router: Router, targets: list[Target], action: Frame
+) -> dict[str, Counter[str]]:
+    """List every scope, judge each disk, write the records; returns outcome counts per volume."""
+    outcome = "nothing was deleted" if settings.apply else "nothing was planned"
+    scopes = await scopes_of(router, targets, outcome=outcome)
+    if settings.all_volumes:
+        for scope in scopes:
+            scope.volumes.pop("", None)
+            await add_all_volumes(scope, settings.policy, outcome=outcome)
+    listed = [(scope, await list_scope(scope, settings.policy, outcome=outcome)) for scope in scopes]
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+
+    def write(record: ActionRecord) -> None:
+        action.write(record)
+        counts[str(record.volume_id)][record.outcome.value] += 1
+
+    jobs = [
+        job
+        for scope, snapshots in listed
+        for job in judge_scope(settings, action, scope, snapshots, counts, write)
+    ]
+    if jobs:
+        deleter = Deleter(
+            policy=settings.policy,
+            concurrency=settings.connection.limits.concurrency,
+            wait_timeout=settings.wait_timeout,
+            write=write,
+            stopping=action.stopping,
+        )
+        with action.draining():
+            await deleter.run(jobs)
+    action.tally.notes.extend(per_volume_notes(counts))
+    total = sum(counts.values(), Counter())
+    done = ", ".join(
+        f"{total[key]} {key}" for key in ("kept", "deleted", "planned") if total[key] or key != "planned"
+    )
+    action.tally.notes.append(f"{len(counts)} volumes with snapshots of the tool: {done}")
+    return counts
+
+
+def judge_scope(
+    settings: PruneSettings,
+    action: Frame,
+    scope: Scope,
+    snapshots: list[Snapshot],
+    counts: dict[str, Counter[str]],
+    write: Callable[[ActionRecord], None],
+) -> list[Job]:
+    """Records for one project's candidates (planned, blocked, kept with --verbose) and the jobs to run."""
+    ownership = Ownership(settings.name_prefix)
+    by_volume: dict[str, list[Snapshot]] = defaultdict(list)
+    jobs: list[Job] = []
+    now = utc_now()
+    rule = settings.rules.condemning()
+
+    def record(snapshot: Snapshot, outcome: Action, **fields: Any) -> ActionRecord:
+        stamp = now_iso()
+        return ActionRecord(
+            run_id=action.run_id,
+            command="prune",
+            key=snapshot.id,
+            outcome=outcome,
+            row=scope.volumes.get(snapshot.volume_id) or None,
+            volume_id=snapshot.volume_id,
+            project_id=scope.route.project_id,
+            region=scope.region,
+            snapshot_id=snapshot.id,
+            snapshot_name=snapshot.name,
+            created_at=snapshot.created_at,
+            source_run=snapshot.marker,
+            started_at=stamp,
+            finished_at=stamp,
+            **fields,
+        )
+
+    for snapshot in snapshots:
+        volume_id = snapshot.volume_id
+        if volume_id not in scope.volumes or not ownership.owns(snapshot):
+            continue
+        key = snapshot.id
+        if action.book.last.get(key) is Action.DELETED:
+            continue
+        if snapshot.status == DELETING:
+            if settings.apply and settings.resume and action.book.last.get(key) is not Action.DELETED:
+                jobs.append(Job(scope.route, record(snapshot, Action.DELETED, rule=rule), sent=True))
+            continue  # on its way out: neither kept nor a candidate
+        by_volume[volume_id].append(snapshot)
+    for volume_id, owned in by_volume.items():
+        for snapshot, kept in settings.rules.judge(owned, now):
+            if kept:
+                counts[volume_id]["kept"] += 1
+                if settings.verbose:
+                    action.write(record(snapshot, Action.KEPT))
+            elif snapshot.status not in DELETABLE:
+                message = (
+                    f"the snapshot is {snapshot.status}; only available or error snapshots can be deleted"
+                )
+                write(
+                    record(
+                        snapshot, Action.BLOCKED, rule=rule, error_code="SNAPSHOT_BUSY", error_message=message
+                    )
+                )
+            elif not settings.apply:
+                write(record(snapshot, Action.PLANNED, rule=rule))
+            else:
+                jobs.append(Job(scope.route, record(snapshot, Action.PLANNED, rule=rule)))
+    return jobs
+
+
+def per_volume_notes(counts: dict[str, Counter[str]], *, shown: int = 20) -> list[str]:
+    """Summary lines: snapshots kept and deleted per volume (volumes with deletions first, capped)."""
+    ordered = sorted(counts.items(), key=lambda item: (item[1]["kept"] - item[1].total(), item[0]))
+    notes = [
+        f"volume {volume_id}: " + ", ".join(f"{n} {name}" for name, n in sorted(outcome.items()) if n)
+        for volume_id, outcome in ordered[:shown]
+    ]
+    if len(ordered) > shown:
+        notes.append(f"... and {len(ordered) - shown} more volumes")
+    return notes
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Stale:
+    """A disk without an owned available snapshot younger than ``audit --max-age``."""
 
     volume_id: str
-    project_id: str | None
+    project_id: str
     region: str | None
-    row: int
+    newest_available: Snapshot | None
+    newest: Snapshot | None  # the newest owned snapshot of any status
+
+    def line(self, now: datetime) -> str:
+        def shown(snapshot: Snapshot) -> str:
+            seconds = age(snapshot, now)
+            old = "of unknown age" if seconds is None else f"{duration_text(seconds, units=2)} old"
+            return f"{snapshot.id} ({old}, created {snapshot.created_at})"
+
+        text = f"volume {self.volume_id} (project {self.project_id}): "
+        if self.newest_available is None:
+            text += "no available snapshot of the tool"
+        else:
+            text += f"newest available snapshot of the tool is {shown(self.newest_available)}"
+        if self.newest is not None and self.newest is not self.newest_available:
+            text += f"; newest of any state is {self.newest.status}: {shown(self.newest)}"
+        return text
+
+    def to_dict(self, now: datetime) -> dict[str, Any]:
+        newest = self.newest_available
+        seconds = None if newest is None else age(newest, now)
+        return {
+            "volume_id": self.volume_id,
+            "project_id": self.project_id,
+            "region": self.region,
+            "newest_available_id": None if newest is None else newest.id,
+            "newest_available_created_at": None if newest is None else newest.created_at,
+            "newest_available_age_s": None if seconds is None else round(seconds),
+        }
 
 
-def read_targets(
-    source: ManifestSource,
-    *,
-    project_id: str | None,
-    region: str | None,
-    warn: Callable[[str], None],
-) -> tuple[list[Target], int]:
-    """The disks a manifest names (each once) and the number of rows that name none (each warned).
-
-    Only ``volume_id``, ``project_id`` and ``region`` matter here; names and metadata are ``create``'s.
-    """
-    display = "<stdin>" if source.path == "-" else source.path
-    targets: list[Target] = []
-    seen: set[tuple[str, str]] = set()
-    bad = 0
-    for raw in read_rows(source, display=display, warn=warn):
-        where = f"{display}: row {raw.row} (line {raw.line})"
-        fields = raw.fields or {}
-        volume = str(fields.get("volume_id") or "").strip().lower()
-        project = str(fields.get("project_id") or "").strip() or project_id
-        row_region = str(fields.get("region") or "").strip() or region
-        problem = None
-        if raw.fields is None or raw.problem is not None:
-            problem = raw.problem or "not a row object"
-        elif not UUID_RE.match(volume):
-            problem = f"volume_id {fields.get('volume_id')!r} is not a UUID"
-        elif project is not None and not PROJECT_RE.match(project):
-            problem = f"project_id {project!r} is not 32 lower-case hex characters"
-        elif row_region is not None and not REGION_RE.match(row_region):
-            problem = f"region {row_region!r} is not a region id like cn-north-4"
-        elif project is None and row_region is None:
-            problem = "no project_id (row or --project-id) and no region to look it up by"
-        if problem is not None:
-            bad += 1
-            warn(f"{where}: skipped: {problem}")
-            continue
-        key = (volume, project or f"region:{row_region}")
-        if key not in seen:
-            seen.add(key)
-            targets.append(Target(volume, project, row_region, raw.row))
-    return targets, bad
-
-
-@dataclasses.dataclass(eq=False, slots=True)
-class Scope:
-    """One project of the selection: its route, and its selected disks (volume id -> manifest row)."""
-
-    route: Route
-    region: str | None
-    volumes: dict[str, int] = dataclasses.field(default_factory=dict)
-
-
-async def scopes_of(router: Router, targets: Iterable[Target], *, outcome: str) -> list[Scope]:
-    """Group the selected disks by project, looking projects up (once per region) where rows lack one."""
-    scopes: dict[int, Scope] = {}
-    for target in targets:
-        try:
-            route = await router.route_for(target.project_id, target.region)
-        except (ProjectLookupFailed, RouteClosed) as exc:
-            raise ListingFailed(
-                f"cannot find the project of region {target.region}: {exc}; {outcome}"
-            ) from None
-        except TransportError as exc:
-            raise ListingFailed(f"cannot reach IAM to find a project: {exc}; {outcome}") from None
-        scope = scopes.setdefault(id(route), Scope(route, target.region))
-        scope.volumes.setdefault(target.volume_id, target.row)
-    return list(scopes.values())
-
-
-async def add_all_volumes(scope: Scope, policy: RetryPolicy, *, outcome: str) -> None:
-    """``--all-volumes``: every disk of the scope's project joins the selection (1000 a request)."""
-    try:
-        volumes = await list_all_volumes(scope.route, policy)
-    except RouteClosed as exc:
-        raise ListingFailed(f"cannot list the disks of {scope.route.name}: {exc}; {outcome}") from None
-    for volume in volumes:
-        scope.volumes.setdefault(str(volume.get("id") or "").lower(), 0)
-
-
-async def list_scope(scope: Scope, policy: RetryPolicy, *, outcome: str) -> list[dict[str, Any]]:
-    """Every snapshot of the scope's project (1000 a request); a failure raises ``ListingFailed``."""
-    try:
-        return await list_all(scope.route, policy)
-    except (ListingFailed, RouteClosed) as exc:
-        raise ListingFailed(f"cannot list the snapshots of {scope.route.name}: {exc}; {outcome}") from None
-
-
-# --- deleting --------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True, slots=True)
-class Job:
-    """One snapshot to delete: its route and its record so far; ``sent``: a DELETE already went out."""
-
-    route: Route
-    record: ActionRecord
-    sent: bool = False
-
-
-# --- the end of a run ------------------------------------------------------------------------
-def write_side_files(
-    closing: Closing,
-    *,
-    command: str,
-    summary: dict[str, Any],
-    families: list[tuple[str, str, list[str]]],
-    exit_code: int,
-    console: Console,
-) -> None:
-    """``--summary-json`` and ``--metrics-file`` (this command's series; other commands' are kept)."""
-    import orjson  # noqa: PLC0415
-
-    from orchestrator import metrics  # noqa: PLC0415
-
-    writes: list[tuple[str, Path, Callable[[], bytes]]] = []
-    if closing.summary_json is not None:
-        options = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
-        writes.append(("--summary-json", closing.summary_json, lambda: orjson.dumps(summary, option=options)))
-    if closing.metrics_file is not None:
-        path = closing.metrics_file
-
-        def text() -> bytes:
-            try:
-                existing = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                existing = ""
-            now = time.time()
-            last_success = now if exit_code == 0 else metrics.previous_success(existing, command)
-            fixed: list[tuple[str, str, float | None]] = [
-                ("exit_code", "Exit code of the last run (0 = every row succeeded).", exit_code),
-                ("last_run_timestamp_seconds", "When the last run ended (Unix time).", now),
-                ("last_success_timestamp_seconds", "When a run last succeeded (Unix time).", last_success),
-            ]
-            label = f'command="{command}"'
-            every = families + [
-                (f"{metrics.PREFIX}_{name}", about, [f"{metrics.PREFIX}_{name}{{{label}}} {value:.3f}"])
-                for name, about, value in fixed
-                if value is not None
-            ]
-            return metrics.merge(existing, metrics.render_families(every), command).encode()
-
-        writes.append(("--metrics-file", path, text))
-    for option, target, data in writes:
-        try:
-            metrics.write_atomically(target, data())
-        except OSError as exc:
-            console.error(f"{option}: cannot write {target}: {exc.strerror}")
+async def stale_disks(
+    router: Router, targets: list[Target], *, max_age: float, ownership: Ownership, policy: RetryPolicy
+) -> list[Stale]:
+    """``audit``'s rule: the selected disks without an owned ``available`` snapshot younger than
+    ``max_age`` seconds (every project listed once, 1000 a request)."""
+    stale: list[Stale] = []
+    for scope in await scopes_of(router, targets, outcome="nothing was audited"):
+        owned: dict[str, list[Snapshot]] = {volume: [] for volume in scope.volumes}
+        for snapshot in await list_scope(scope, policy, outcome="nothing was audited"):
+            if snapshot.volume_id in owned and ownership.owns(snapshot):
+                owned[snapshot.volume_id].append(snapshot)
+        now = utc_now()
+        for volume_id, snapshots in owned.items():
+            ranked = newest_first(snapshots)
+            available = next((s for s in ranked if s.status == "available"), None)
+            seconds = None if available is None else age(available, now)
+            if seconds is None or seconds >= max_age:
+                stale.append(
+                    Stale(
+                        volume_id=volume_id,
+                        project_id=scope.route.project_id,
+                        region=scope.region,
+                        newest_available=available,
+                        newest=ranked[0] if ranked else None,
+                    )
+                )
+    return stale

@@ -11,7 +11,7 @@ answer                                      verdict     why
 no connection (refused, DNS, TLS)           retry       the request never left
 no answer (reset, timeout)                  uncertain   the request may have reached EVS
 other 4xx, or 5xx with a final EVS code     final       the API refused this request
-401, 400 Common.0013, wrong project         refused     decided by the route (``api.routes``)
+401, 400 Common.0013, wrong project         (raised)    the route closes: ``RouteClosed``
 ==========================================  ==========  ====================================
 """
 
@@ -20,7 +20,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import random
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from types import TracebackType
 
 from orchestrator import defaults
 
@@ -35,7 +37,6 @@ class Verdict(enum.Enum):
     RETRY = "retry"
     UNCERTAIN = "uncertain"
     FINAL = "final"
-    REFUSED = "refused"
 
 
 def classify(status: int, error_code: str | None) -> Verdict:
@@ -66,6 +67,122 @@ class RetryPolicy:
         """Seconds to wait after the ``attempt``-th failed attempt (1-based)."""
         ceiling = min(self.max_wait, self.initial_wait * 2 ** (attempt - 1))
         return rng.uniform(0, ceiling)
+
+
+class TryAgain(Exception):
+    """Raised inside an attempt for an answer worth another try (throttled, a 5xx, no answer);
+    ``wait`` overrides the next pause (a ``Retry-After``)."""
+
+    def __init__(self, why: str, *, wait: float | None = None) -> None:
+        super().__init__(why)
+        self.why = why
+        self.wait = wait
+
+
+class Attempt:
+    """One attempt of a ``retrying`` loop, used as ``with attempt:``.
+
+    The block's retryable error (``TryAgain``, or a type the loop was given) is absorbed when another
+    attempt is allowed, and raised when it was the last; any other exception goes through.
+    """
+
+    __slots__ = ("loop", "number")
+
+    def __init__(self, loop: retrying, number: int) -> None:
+        self.loop = loop
+        self.number = number
+
+    def __enter__(self) -> Attempt:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _tb: TracebackType | None
+    ) -> bool:
+        loop = self.loop
+        if exc is None:
+            loop.done = True
+            return False
+        if not isinstance(exc, loop.on):
+            return False
+        loop.last = exc
+        if loop.more():
+            return True
+        loop.done = True
+        return not loop.reraise
+
+
+class retrying:
+    """The one retry loop, shaped like stamina's ``retry_context``::
+
+        async for attempt in retrying(policy):
+            with attempt:
+                ...  # raise TryAgain(why) for an answer worth another try; return on success
+
+    Attempts run until a block ends without a retryable error, up to ``policy.max_attempts``, and on
+    after that while the pauses so far are under ``patience`` seconds. Between attempts it sleeps the
+    policy's backoff (or ``pause(number, rng)``, or the ``wait`` a ``TryAgain`` asks for). The last
+    attempt's retryable error is raised to the caller; with ``reraise=False`` the loop just ends, and
+    ``last`` holds it.
+    """
+
+    __slots__ = (
+        "done",
+        "last",
+        "number",
+        "on",
+        "patience",
+        "pause",
+        "policy",
+        "reraise",
+        "rng",
+        "sleep",
+        "waited",
+    )
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        *,
+        on: tuple[type[BaseException], ...] = (TryAgain,),
+        patience: float = 0.0,
+        pause: Callable[[int, random.Random], float] | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        reraise: bool = True,
+    ) -> None:
+        self.policy = policy
+        self.on = on
+        self.patience = patience
+        self.pause = pause or policy.backoff
+        self.rng = rng or random.Random()
+        self.sleep = sleep
+        self.reraise = reraise
+        self.number = 0
+        self.waited = 0.0
+        self.done = False
+        self.last: BaseException | None = None
+
+    def more(self) -> bool:
+        """True when another attempt is allowed after the current one failed."""
+        return self.number < self.policy.max_attempts or self.waited < self.patience
+
+    def __aiter__(self) -> retrying:
+        return self
+
+    async def __anext__(self) -> Attempt:
+        if self.done:
+            raise StopAsyncIteration
+        if self.number:
+            asked = self.last.wait if isinstance(self.last, TryAgain) else None
+            pause = asked if asked is not None else self.pause(self.number, self.rng)
+            self.waited += pause
+            if self.sleep is None:
+                import anyio  # noqa: PLC0415 - anyio loads when a command connects, not for --help
+
+                self.sleep = anyio.sleep
+            await self.sleep(pause)
+        self.number += 1
+        return Attempt(self, self.number)
 
 
 def retry_after(value: str | None, now: datetime | None = None) -> float | None:

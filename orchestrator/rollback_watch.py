@@ -1,6 +1,6 @@
 """The rollbacks under way, watched together until each ends (``rollback --apply``).
 
-The workers of ``commands.rollback`` check and send (``restore.start_row``) and hand each rollback
+The workers of ``rollback_run`` check and send (``restore.start_row``) and hand each rollback
 under way to the ``Watcher``; one look at a disk is judged by ``restore.judge``.
 """
 
@@ -84,7 +84,7 @@ class Watcher:
         except (ListingFailed, RouteClosed):
             return due  # each is looked at by GET instead, which says what is wrong
         self._pages[route] = len(volumes) // evs.PAGE + 1
-        listed = {str(volume.get("id") or "").lower(): volume for volume in volumes}
+        listed = {volume.id: volume for volume in volumes}
         absent = []
         for key, (row, watch) in list(self._pending.get(route, {}).items()):
             volume = listed.get(str(row.volume_id).lower())

@@ -1,6 +1,6 @@
 """Stopping on SIGINT/SIGTERM: one receiver for the whole command, and phases that change what it does.
 
-``guarded`` runs a command (``cli.run`` calls it) with the one receiver of SIGINT and SIGTERM. What the
+``guarded`` runs a command (``entry.run`` calls it) with the one receiver of SIGINT and SIGTERM. What the
 first signal does depends on the phase the command is in:
 
 - no phase (start-up, the manifest pass, the credential proof, the quota pre-flight, listings and

@@ -16,13 +16,15 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from orchestrator.api import evs
-from orchestrator.api.safe import delete_snapshot, fetch_json, snapshot_pages
+from orchestrator.api.safe import snapshot_pages, volume_snapshots
+from orchestrator.api.views import Snapshot
+from orchestrator.deleter import delete_snapshot
 from orchestrator.duplicates import BloomFilter
 from orchestrator.errors import RouteClosed
 from orchestrator.models import Outcome, Record, utc_iso, utc_now
+from orchestrator.ownership import of_run
 from orchestrator.report import ReportWriter, final_records
 from orchestrator.retry import RetryPolicy
 from orchestrator.tally import Tally
@@ -85,18 +87,18 @@ async def sweep(
         if record is None:
             continue  # not a row of this report (another manifest with the same run id cannot exist)
         named = record.snapshot_id if record.succeeded else None
-        found.sort(key=lambda item: (item[1].get("id") != named, str(item[1].get("created_at") or "")))
+        found.sort(key=lambda item: (item[1].id != named, item[1].created_at or ""))
         keep = found[0][1]
         if not record.succeeded and record.outcome is not Outcome.SNAPSHOT_ERROR:
             emit(_reconciled(record, keep), record)
             result.reconciled += 1
-        kept = str(keep.get("id"))
+        kept = keep.id
         for route, extra in found[1:]:
             result.found += 1
             if keep_duplicates:
                 emit(_side(record, extra, kept, Outcome.DUPLICATE_FOUND, None), None)
                 continue
-            deleted, why = await delete_snapshot(route, str(extra["id"]), policy, patience=patience)
+            deleted, why = await delete_snapshot(route, extra.id, policy, patience=patience)
             if deleted:
                 result.removed += 1
                 emit(_side(record, extra, kept, Outcome.DUPLICATE_DELETED, None), None)
@@ -108,7 +110,7 @@ async def sweep(
 
 async def _ours(
     routes: Iterable[Route], *, run_id: str, report: Path, policy: RetryPolicy, all_succeeded: bool
-) -> dict[str, list[tuple[Route, dict[str, Any]]]]:
+) -> dict[str, list[tuple[Route, Snapshot]]]:
     """The volumes that need the sweep: two snapshots of this run, or a row that did not succeed.
 
     Memory stays flat in the number of rows: a page at a time, a fixed-size Bloom filter of the
@@ -132,47 +134,41 @@ async def _ours(
                 unsettled.add(record.volume_id.encode())
                 any_unsettled = True
     seen = BloomFilter(bits=1 << 23)
-    ours: defaultdict[str, list[tuple[Route, dict[str, Any]]]] = defaultdict(list)
+    ours: defaultdict[str, list[tuple[Route, Snapshot]]] = defaultdict(list)
     twice: list[tuple[Route, str]] = []
     for route in routes:  # open above; one refused since raises RouteClosed at its first request
         try:
-            async for page in snapshot_pages(route, policy):
+            async for page in snapshot_pages(route, policy, marker=run_id):
                 for snapshot in page:
                     if not _ours_alive(snapshot, run_id):
                         continue
-                    volume = str(snapshot.get("volume_id", "")).lower()
+                    volume = snapshot.volume_id
                     if any_unsettled and volume.encode() in unsettled:
-                        ours[volume].append((route, _slim(snapshot)))
+                        ours[volume].append((route, snapshot))
                     elif seen.add(volume.encode()):
                         twice.append((route, volume))
         except RouteClosed:
             continue  # refused now (IAM, say): the run exits 3 and says why
     for route, volume in twice:
-        query = [("volume_id", volume), ("limit", str(evs.PAGE))]
-        call = evs.list_snapshots(route.project_id, query, kind=evs.Kind.LOOKUP)
-        body = await fetch_json(route, call, policy)
-        found = [(route, _slim(item)) for item in body.get("snapshots") or [] if _ours_alive(item, run_id)]
+        listed = await volume_snapshots(route, volume, policy)
+        found = [(route, snapshot) for snapshot in listed if _ours_alive(snapshot, run_id)]
         if len(found) > 1:
             ours[volume] = found
     return {volume: found for volume, found in ours.items() if found}
 
 
-def _ours_alive(snapshot: object, run_id: str) -> bool:
-    return isinstance(snapshot, dict) and evs.marked(snapshot, run_id) and snapshot.get("status") not in GONE
+def _ours_alive(snapshot: Snapshot, run_id: str) -> bool:
+    """The run's (``ownership.of_run``), and not on its way out."""
+    return of_run(snapshot, run_id) and snapshot.status not in GONE
 
 
-def _slim(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """The fields the sweep uses (a listed snapshot is about 3 KB)."""
-    return {key: snapshot.get(key) for key in ("id", "status", "created_at", "volume_id")}
-
-
-def _reconciled(record: Record, snapshot: dict[str, Any]) -> Record:
+def _reconciled(record: Record, snapshot: Snapshot) -> Record:
     now = utc_iso(utc_now())
     return dataclasses.replace(
         record,
         outcome=Outcome.ACCEPTED,
-        snapshot_id=str(snapshot.get("id")),
-        snapshot_status=str(snapshot.get("status")),
+        snapshot_id=snapshot.id,
+        snapshot_status=str(snapshot.status),
         error_code=None,
         error_message=None,
         reconciled=True,
@@ -182,7 +178,7 @@ def _reconciled(record: Record, snapshot: dict[str, Any]) -> Record:
 
 def _side(
     record: Record,
-    snapshot: dict[str, Any],
+    snapshot: Snapshot,
     kept: str,
     outcome: Outcome,
     error: tuple[str, str | None] | None,
@@ -192,8 +188,8 @@ def _side(
     return dataclasses.replace(
         record,
         outcome=outcome,
-        snapshot_id=str(snapshot.get("id")),
-        snapshot_status=str(snapshot.get("status")),
+        snapshot_id=snapshot.id,
+        snapshot_status=str(snapshot.status),
         error_code="DUPLICATE" if error is None else error[0],
         error_message=message if error is None else f"{message}; delete failed: {error[1]}",
         attempts=0,

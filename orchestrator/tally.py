@@ -1,5 +1,9 @@
-"""The outcome counter of create, wait and summary: a run's tally as records are written, and the
-summary of a whole report (prune, cleanup and rollback count with ``actions.ActionTally``).
+"""The one outcome counter: a run's tally as records are written (every command the run frame serves),
+and the summary of a whole create report (``summary``).
+
+One class counts both record types of SPEC: a create run's rows (``models.Record``) and the records of
+``prune``, ``cleanup`` and ``rollback`` (``actions.ActionRecord``). What differs between them is data,
+a ``Counting``: which outcomes are fine, and how the summary names what it counted.
 
 It keeps counts, not records: outcomes, error codes with one example row each, the slowest rows,
 the rows to act on (capped), requests by kind and time by phase, and one byte per manifest row to
@@ -8,6 +12,7 @@ name the rows that have no record. Memory stays flat.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import time
 from collections import Counter
@@ -17,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from orchestrator.actions import SUCCESS, Action, ActionRecord
 from orchestrator.errors import UsageError
 from orchestrator.models import SUCCESSFUL, Outcome, Record
 from orchestrator.report import RowSlots, final_records, read_header, read_records
@@ -71,11 +77,43 @@ def first_without_record(total: int, recorded: Callable[[int], bool], limit: int
     return found
 
 
-class Tally:
-    """Counts what a run (or a report) holds."""
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Counting:
+    """What differs between counting a create run's rows and an action run's records.
 
-    def __init__(self, *, manifest_rows: int | None = None) -> None:
+    A record is fine when its outcome is in ``success``, except a ``planned`` record that names a
+    blocker (an ``error_code``): the plan would not do it. ``command`` names an action run in its
+    summary ("prune: 3 records: ..."); a create run's summary counts rows of its manifest instead.
+    """
+
+    success: frozenset[str]
+    command: str | None = None
+
+    @classmethod
+    def records(cls, command: str, success: frozenset[str] = SUCCESS | {Action.REFUSED}) -> Counting:
+        """The records of ``prune``, ``cleanup`` or ``rollback``."""
+        return cls(success=success, command=command)
+
+    @property
+    def rows(self) -> bool:
+        """True for the rows of a create run (next steps, row numbers, requests by phase)."""
+        return self.command is None
+
+    def fine(self, outcome: str, error_code: str | None) -> bool:
+        return outcome in self.success and not (outcome == Outcome.PLANNED.value and error_code)
+
+
+ROWS = Counting(success=frozenset(OK))
+
+
+class Tally:
+    """Counts what a run (or a report) holds; ``counting`` says what a record is."""
+
+    def __init__(self, *, manifest_rows: int | None = None, counting: Counting = ROWS) -> None:
         self.manifest_rows = manifest_rows
+        self.counting = counting
+        self.failing = 0  # records counted that are not fine, and what a command adds (exit 1)
+        self.notes: list[str] = []  # lines a command adds to the summary
         self.outcomes: Counter[str] = Counter()
         self.codes: Counter[str] = Counter()
         self.examples: dict[str, str] = {}
@@ -97,6 +135,8 @@ class Tally:
     def add_previous(self, outcome: Outcome, row: int | None = None) -> None:
         """Count a row that a previous run of this report finished (``--resume``, ``wait``)."""
         self.outcomes[outcome.value] += 1
+        if not self.counting.fine(outcome.value, None):
+            self.failing += 1
         self._mark(row)
 
     def _mark(self, row: object) -> None:
@@ -107,17 +147,26 @@ class Tally:
             return
         self.recorded[row] = 1
 
-    def add(self, record: Record) -> None:
-        """Count a record written now (a row's newest state, or a sweep's side record)."""
-        if record.side:
+    def add(self, record: Record | ActionRecord) -> None:
+        """Count a record written now (a row's newest state, a sweep's side record, an action's record)."""
+        if isinstance(record, Record) and record.side:
             if record.outcome is not Outcome.SENDING:  # the journal of attempts is not an outcome
                 self.duplicates[record.outcome.value] += 1
             return
         self.outcomes[record.outcome.value] += 1
+        fine = self.counting.fine(record.outcome.value, record.error_code)
+        if not fine:
+            self.failing += 1
+            if record.error_code is not None:
+                self.codes[record.error_code] += 1
+        if isinstance(record, Record):
+            self._add_row(record, fine=fine)
+
+    def _add_row(self, record: Record, *, fine: bool) -> None:
+        """What only a create run's row adds: its row number, attempts, example, time and next step."""
         self._mark(record.row)
         self.attempts += record.attempts
-        if record.error_code is not None and record.outcome not in SUCCESSFUL:
-            self.codes[record.error_code] += 1
+        if record.error_code is not None and not fine:
             message = record.error_message or ""
             example = message if message.startswith(f"row {record.row} ") else f"row {record.row}: {message}"
             self.examples.setdefault(record.error_code, example)
@@ -148,7 +197,10 @@ class Tally:
         if not self.outcomes[outcome]:
             del self.outcomes[outcome]
         code = previous.error_code
-        if code is not None and previous.outcome not in SUCCESSFUL and self.codes.get(code):
+        fine = self.counting.fine(outcome, code)
+        if not fine:
+            self.failing -= 1
+        if code is not None and not fine and self.codes.get(code):
             self.codes[code] -= 1
             if not self.codes[code]:
                 del self.codes[code], self.examples[code]
@@ -184,7 +236,7 @@ class Tally:
 
     def carried_over(self) -> Tally:
         """A fresh row count for the next phase (``wait``), keeping the time, requests and sweep so far."""
-        tally = Tally(manifest_rows=self.manifest_rows)
+        tally = Tally(manifest_rows=self.manifest_rows, counting=self.counting)
         tally.started, tally.phases, tally.phase_requests = self.started, self.phases, self.phase_requests
         tally.requests, tally.duplicates, tally.unfinished = self.requests, self.duplicates, self.unfinished
         return tally
@@ -232,9 +284,10 @@ class Tally:
 
     @property
     def exit_code(self) -> int:
-        """0 when every row of the manifest has a record and succeeded (a dry run: ``planned``), else 1."""
-        every = self.rows > 0 and all(Outcome(outcome) in OK for outcome in self.outcomes)
-        return 0 if every and not self.missing and not self.unfinished else 1
+        """0 when every record counted is fine and, for a create run, every row of the manifest has one
+        (at least one: a dry run's ``planned`` counts), else 1."""
+        counted = self.rows > 0 or not self.counting.rows  # an action run may have nothing to do
+        return 0 if counted and not self.failing and not self.missing and not self.unfinished else 1
 
     def _of(self) -> str:
         if self.manifest_rows is None:
@@ -244,7 +297,11 @@ class Tally:
     def render(self, *, detailed: bool = False) -> str:
         """The human summary: counts, errors, next steps; ``detailed`` adds examples and slowest rows."""
         parts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(self.outcomes.items()))
-        lines = [f"{self.rows} rows: {parts or 'none'}{self._of()}"]
+        command = self.counting.command
+        if command is not None:
+            lines = [f"{command}: {self.rows} records: {parts or 'nothing to do'}"]
+        else:
+            lines = [f"{self.rows} rows: {parts or 'none'}{self._of()}"]
         if self.missing:
             named = self.without_record()
             more = "" if len(named) >= self.missing else ", ..."
@@ -265,7 +322,7 @@ class Tally:
                 ]
             else:
                 top = ", ".join(f"{code} x{count}" for code, count in self.codes.most_common(5))
-                lines.append(f"top errors: {top}")
+                lines.append(f"{'top errors' if command is None else 'errors'}: {top}")
         if detailed and self.slowest:
             slow = ", ".join(f"row {row} {ms} ms" for ms, row, _ in sorted(self.slowest, reverse=True))
             lines.append(f"slowest: {slow}")
@@ -278,8 +335,11 @@ class Tally:
                 lines.append(f"  {outcome} ({number}): {NEXT_STEP[Outcome(outcome)]}")
                 if outcome == Outcome.REJECTED.value:
                     lines += [f"    {code} x{n}: {step}" for (code, step), n in self.rejected.most_common()]
+        lines += self.notes
         if self.phases:
             lines.append(self._timing())
+        elif command is not None:
+            lines.append(f"elapsed {self.elapsed:.2f}s")
         return "\n".join(lines)
 
     def _timing(self) -> str:
@@ -296,7 +356,16 @@ class Tally:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form of ``summary --json`` and ``--summary-json`` (one shape for both)."""
+        """The JSON form of ``summary --json`` and ``--summary-json`` (one shape for both; an action run's
+        is its outcomes, error codes, notes, time and exit code)."""
+        if not self.counting.rows:
+            return {
+                "outcomes": dict(sorted(self.outcomes.items())),
+                "error_codes": [{"code": code, "rows": n} for code, n in self.codes.most_common()],
+                "notes": self.notes,
+                "elapsed_s": round(self.elapsed, 3),
+                "exit_code": self.exit_code,
+            }
         return {
             "rows": self.rows,
             "manifest_rows": self.manifest_rows,

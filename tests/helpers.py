@@ -326,6 +326,15 @@ async def routed(url: str, environ: dict[str, str] | None = None) -> AsyncIterat
         yield await router.route_for(PROJECT, None)
 
 
+@contextlib.asynccontextmanager
+async def route_to(url: str, environ: Mapping[str, str] = AKSK_ENV) -> AsyncIterator[Route]:
+    """The route of the test project on ``url``, over a real session (AK/SK by default)."""
+    connection = Connection(endpoints=Endpoints(evs=URL(url)), environ=dict(environ))
+    async with contextlib.AsyncExitStack() as stack:
+        router = await connect(stack, connection)
+        yield await router.route_for(PROJECT, None)
+
+
 DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 
 
@@ -598,3 +607,18 @@ def source_row() -> Record:
         finished_at="2026-11-27T03:54:32.200Z",
         elapsed_ms=100,
     )
+
+
+class FakeTime:
+    """An injected clock and sleep for pure timing logic: sleeping only moves the clock on."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds

@@ -19,7 +19,8 @@ from orchestrator.api.credentials import (
     discover,
     host_header,
 )
-from orchestrator.api.safe import delete_snapshot, fetch_json, remaining_quota
+from orchestrator.api.safe import fetch_json, remaining_quota
+from orchestrator.deleter import delete_snapshot
 from orchestrator.emulator import SeedSnapshot
 from orchestrator.errors import CredentialsError, ListingFailed, RouteClosed
 from orchestrator.retry import RetryPolicy

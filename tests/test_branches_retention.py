@@ -15,9 +15,8 @@ import pytest
 
 from orchestrator.actions import Action, ActionRecord
 from orchestrator.api.routes import Route
-from orchestrator.deleter import Deleter
+from orchestrator.deleter import Deleter, Job
 from orchestrator.emulator import SeedSnapshot
-from orchestrator.retention import Job
 from tests.helpers import (
     CLOSED_PORT,
     DELETE,

@@ -19,9 +19,8 @@ from orchestrator.actions import Action, ActionRecord
 from orchestrator.api.routes import Route, connect
 from orchestrator.api.safe import snapshot_pages
 from orchestrator.config import Connection, Endpoints, Limits
-from orchestrator.deleter import Deleter
+from orchestrator.deleter import Deleter, Job
 from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
-from orchestrator.retention import Job
 from orchestrator.retry import RetryPolicy
 from tests.helpers import (
     AKSK,
@@ -220,11 +219,11 @@ async def test_a_listing_that_shrinks_between_pages_misses_nothing_with_overlap(
         pages = snapshot_pages(route, QUICK, overlap=overlap)
         first = await anext(pages)
         for item in first[:100]:
-            emu.world.delete_snapshot(emu.world.snapshots[item["id"]])
-        seen.update(item["id"] for item in first[100:])
+            emu.world.delete_snapshot(emu.world.snapshots[item.id])
+        seen.update(item.id for item in first[100:])
         async for page in pages:
-            seen.update(item["id"] for item in page)
-    gone = {item["id"] for item in first[:100]}
+            seen.update(item.id for item in page)
+    gone = {item.id for item in first[:100]}
     missed = {s.id for s in snapshots} - gone - seen
     assert len(missed) == (0 if overlap else 100)
     assert hits(emu, LIST)["200"] == (3 if overlap else 2)

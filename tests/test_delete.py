@@ -1,4 +1,4 @@
-"""The sweep's delete (``api.safe.delete_snapshot``) against the emulator: 400 EVS.1047 is looked into."""
+"""The sweep's delete (``deleter.delete_snapshot``) against the emulator: 400 EVS.1047 is looked into."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 
-from orchestrator.api.safe import delete_snapshot
+from orchestrator.deleter import delete_snapshot
 from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
 from orchestrator.retry import RetryPolicy
 from tests.helpers import (

@@ -22,13 +22,14 @@ import pytest
 
 from orchestrator.actions import Action
 from orchestrator.api import evs
+from orchestrator.api.views import Snapshot
 from orchestrator.emulator import EmulatorThread, ManualClock, RunningEmulator, SeedSnapshot
 from orchestrator.errors import ManifestError, ReportUnwritable, RouteClosed
 from orchestrator.manifest import ManifestSource, RawRow, read_rows
 from orchestrator.models import Answer, Outcome, Record, RunHeader, SnapshotRequest, utc_iso
 from orchestrator.progress import Progress
 from orchestrator.report import ReportWriter
-from orchestrator.retention import created, newest_first
+from orchestrator.retention import newest_first
 from orchestrator.retry import RetryPolicy, retry_after
 from orchestrator.runner import Runner, RunPlan
 from orchestrator.sweep import sweep
@@ -255,10 +256,10 @@ def test_snapshot_without_a_readable_creation_time_counts_as_newest() -> None:
     old = {"id": "a", "created_at": "2026-01-01T00:00:00.000000"}
     missing = {"id": "b"}
     empty = {"id": "c", "created_at": ""}
-    assert created(missing) is None
-    assert created(empty) is None
-    assert created({"created_at": None}) is None
-    assert [s["id"] for s in newest_first([old, missing, empty])] == ["c", "b", "a"]
+    assert Snapshot.parse(missing).created is None
+    assert Snapshot.parse(empty).created is None
+    assert Snapshot.parse({"created_at": None}).created is None
+    assert [s.id for s in newest_first(map(Snapshot.parse, [old, missing, empty]))] == ["c", "b", "a"]
 
 
 # --- the tally -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Eight nights of the README's cron (prune --keep-last 6 --apply, then create) against the per-disk limit."""
+"""Eight nights of docs/runbook.md's cron (prune --keep-last 6 --apply, then create) against the per-disk limit."""
 
 from __future__ import annotations
 

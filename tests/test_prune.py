@@ -17,9 +17,8 @@ from yarl import URL
 from orchestrator.actions import Action, ActionRecord
 from orchestrator.api.routes import connect
 from orchestrator.config import Connection, Endpoints
-from orchestrator.deleter import Deleter
+from orchestrator.deleter import Deleter, Job
 from orchestrator.lock import RunLock
-from orchestrator.retention import Job
 from orchestrator.retry import RetryPolicy
 from tests.helpers import (
     ACTION_RETRIES,

@@ -1,5 +1,5 @@
 """``evs-snapshot rollback REPORT`` against the emulator: plan, apply, blockers, refusals, resume, subsets;
-and the README runbook end to end (select, validate, create --wait, detach, rollback --apply, re-attach).
+and the runbook (docs/runbook.md) end to end (select, validate, create --wait, detach, rollback --apply, re-attach).
 
 The create reports here are written by hand over seeded snapshots, so each case sets up exactly the
 disk and snapshot states it checks; the runbook test runs the real create first.
@@ -70,7 +70,7 @@ EXPECTED = {
     2: ("blocked", "VOLUME_ATTACHED"),
     3: ("refused", "NOT_THIS_RUN"),
     4: ("refused", "NOT_THIS_RUN"),
-    5: ("refused", "FOREIGN_SNAPSHOT"),
+    5: ("refused", "OTHER_VOLUME"),
     6: ("refused", "BACKUP_SNAPSHOT"),
     7: ("blocked", "NO_USABLE_SNAPSHOT"),
 }

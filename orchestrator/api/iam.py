@@ -15,9 +15,8 @@ import anyio
 import orjson
 
 from orchestrator.api.credentials import Authenticator, OutgoingRequest
-from orchestrator.api.routes import Closure
 from orchestrator.api.session import Caller
-from orchestrator.errors import CredentialsRefused, ProjectLookupFailed, TransportError
+from orchestrator.errors import Closure, CredentialsRefused, ProjectLookupFailed, TransportError
 from orchestrator.models import Answer
 
 IAM_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"

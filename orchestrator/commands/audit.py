@@ -2,8 +2,8 @@
 
 GETs only: each project of the manifest is listed once (1000 snapshots a request). A disk passes when
 it has an owned (``evs_snapshot_run`` marker, from any run) ``available`` snapshot younger than
-``--max-age``. Exit 0 when every disk passes; else exit 1 and one line on stdout per disk that does
-not, with the age of its newest snapshot. ``--metrics-file`` writes
+``--max-age`` (``retention.stale_disks``). Exit 0 when every disk passes; else exit 1 and one line on
+stdout per disk that does not, with the age of its newest snapshot. ``--metrics-file`` writes
 ``evs_snapshot_audit_volumes_missing``, so an alert fires when cron itself stopped running.
 
 Audit changes nothing, so it takes no lock (an alert must not fail because a prune runs) and writes no
@@ -14,22 +14,21 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import click
 
 from orchestrator import options
-from orchestrator.cli import run
+from orchestrator.entry import run
 
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from orchestrator.api.routes import Router
     from orchestrator.config import Connection
     from orchestrator.console import Console
-    from orchestrator.finish import Closing
+    from orchestrator.frame import Closing
     from orchestrator.manifest import ManifestSource
-    from orchestrator.retention import Target
+    from orchestrator.retention import Stale
     from orchestrator.retry import RetryPolicy
 
 LISTED_IN_SUMMARY = 1000
@@ -46,48 +45,6 @@ class AuditSettings:
     closing: Closing
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Finding:
-    """A disk without an owned available snapshot younger than --max-age."""
-
-    volume_id: str
-    project_id: str
-    region: str | None
-    newest_available: dict[str, Any] | None
-    newest: dict[str, Any] | None  # the newest owned snapshot of any status
-
-    def line(self, now: datetime) -> str:
-        from orchestrator.retention import age, duration_text  # noqa: PLC0415
-
-        def shown(snapshot: dict[str, Any]) -> str:
-            seconds = age(snapshot, now)
-            old = "of unknown age" if seconds is None else f"{duration_text(seconds, units=2)} old"
-            return f"{snapshot.get('id')} ({old}, created {snapshot.get('created_at')})"
-
-        text = f"volume {self.volume_id} (project {self.project_id}): "
-        if self.newest_available is None:
-            text += "no available snapshot of the tool"
-        else:
-            text += f"newest available snapshot of the tool is {shown(self.newest_available)}"
-        if self.newest is not None and self.newest is not self.newest_available:
-            text += f"; newest of any state is {self.newest.get('status')}: {shown(self.newest)}"
-        return text
-
-    def to_dict(self, now: datetime) -> dict[str, Any]:
-        from orchestrator.retention import age  # noqa: PLC0415
-
-        newest = self.newest_available
-        seconds = None if newest is None else age(newest, now)
-        return {
-            "volume_id": self.volume_id,
-            "project_id": self.project_id,
-            "region": self.region,
-            "newest_available_id": None if newest is None else newest.get("id"),
-            "newest_available_created_at": None if newest is None else newest.get("created_at"),
-            "newest_available_age_s": None if seconds is None else round(seconds),
-        }
-
-
 async def audit(settings: AuditSettings, *, console: Console, stdout: TextIO) -> int:
     """List every project of the manifest; exit 0 when each disk has a fresh snapshot, else 1."""
     import contextlib  # noqa: PLC0415
@@ -95,11 +52,13 @@ async def audit(settings: AuditSettings, *, console: Console, stdout: TextIO) ->
     import anyio  # noqa: PLC0415
 
     from orchestrator.api.routes import connect  # noqa: PLC0415
-    from orchestrator.commands.cleanup import recording_aborts  # noqa: PLC0415
     from orchestrator.errors import Interrupted  # noqa: PLC0415
+    from orchestrator.frame import recording_aborts  # noqa: PLC0415
     from orchestrator.manifest import spooled  # noqa: PLC0415
     from orchestrator.models import utc_now  # noqa: PLC0415
-    from orchestrator.retention import duration_text, read_targets  # noqa: PLC0415
+    from orchestrator.ownership import Ownership  # noqa: PLC0415
+    from orchestrator.retention import duration_text, stale_disks  # noqa: PLC0415
+    from orchestrator.selection import read_targets  # noqa: PLC0415
     from orchestrator.signals import cancel_on_signal, in_thread  # noqa: PLC0415
 
     region = settings.connection.endpoints.home_region
@@ -108,13 +67,19 @@ async def audit(settings: AuditSettings, *, console: Console, stdout: TextIO) ->
             lambda: read_targets(source, project_id=settings.project_id, region=region, warn=console.warn)
         )
     received: list[int] = []
-    findings: list[Finding] = []
+    findings: list[Stale] = []
     async with contextlib.AsyncExitStack() as stack:
         stack.enter_context(recording_aborts(settings.closing, "audit", console))
         router = await connect(stack, settings.connection)
         async with anyio.create_task_group() as group:
             group.start_soon(cancel_on_signal, group.cancel_scope, received)
-            findings = await _findings(settings, router, targets)
+            findings = await stale_disks(
+                router,
+                targets,
+                max_age=settings.max_age,
+                ownership=Ownership(settings.name_prefix),
+                policy=settings.policy,
+            )
             group.cancel_scope.cancel()
         requests = dict(router.counts())
     if received:
@@ -132,48 +97,18 @@ async def audit(settings: AuditSettings, *, console: Console, stdout: TextIO) ->
     return code
 
 
-async def _findings(settings: AuditSettings, router: Router, targets: list[Target]) -> list[Finding]:
-    from orchestrator.models import utc_now  # noqa: PLC0415
-    from orchestrator.retention import Ownership, age, list_scope, newest_first, scopes_of  # noqa: PLC0415
-
-    ownership = Ownership(settings.name_prefix)
-    findings: list[Finding] = []
-    for scope in await scopes_of(router, targets, outcome="nothing was audited"):
-        owned: dict[str, list[dict[str, Any]]] = {volume: [] for volume in scope.volumes}
-        for snapshot in await list_scope(scope, settings.policy, outcome="nothing was audited"):
-            volume_id = str(snapshot.get("volume_id") or "").lower()
-            if volume_id in owned and ownership.owns(snapshot):
-                owned[volume_id].append(snapshot)
-        now = utc_now()
-        for volume_id, snapshots in owned.items():
-            ranked = newest_first(snapshots)
-            available = next((s for s in ranked if s.get("status") == "available"), None)
-            seconds = None if available is None else age(available, now)
-            if seconds is None or seconds >= settings.max_age:
-                findings.append(
-                    Finding(
-                        volume_id=volume_id,
-                        project_id=scope.route.project_id,
-                        region=scope.region,
-                        newest_available=available,
-                        newest=ranked[0] if ranked else None,
-                    )
-                )
-    return findings
-
-
 def _side_files(
     settings: AuditSettings,
     volumes: int,
-    findings: list[Finding],
+    findings: list[Stale],
     bad: int,
     requests: dict[str, int],
     code: int,
     now: datetime,
     console: Console,
 ) -> None:
+    from orchestrator.frame import write_side_files  # noqa: PLC0415
     from orchestrator.metrics import PREFIX  # noqa: PLC0415
-    from orchestrator.retention import write_side_files  # noqa: PLC0415
 
     label = 'command="audit"'
     write_side_files(
@@ -238,7 +173,7 @@ def command(
     """Exit 1 when a disk has no available snapshot of the tool younger than --max-age (GETs only)."""
     from orchestrator.config import check_project_id  # noqa: PLC0415
     from orchestrator.console import Console  # noqa: PLC0415
-    from orchestrator.retention import check_name_prefix  # noqa: PLC0415
+    from orchestrator.ownership import check_name_prefix  # noqa: PLC0415
 
     console = Console(sys.stderr, json=log_format == "json")
     settings = AuditSettings(

@@ -1,464 +1,77 @@
 """``evs-snapshot cleanup REPORT``: delete the snapshots one ``create`` run made.
 
-A snapshot is the run's when it carries the run's ``evs_snapshot_run`` marker (SPEC, "Snapshot
-identity"); the report tells which run, which disks and which projects, but not every snapshot: a
-create killed with requests in flight, or a report cut mid-line, made snapshots that no record names.
-So cleanup goes by the marker, not by the records:
+The search and the pass are ``orchestrator.cleanup_pass``'s (which snapshots are the run's, and how it
+finds those no record names). The report: rows without a record are counted against the header's
+``rows`` and named in the summary; a torn last line (a writer killed mid-line) is named ``file:line``
+and skipped; a file that holds two run headers, or records of two runs (two reports joined), is
+refused by the report reader (exit 2, naming both run ids).
 
-- **The disks**: those the report's records name and, when rows have no record, those the run's
-  manifest names: the file the header names (``manifest``, relative to the current directory when it
-  was given so), read only when it is there and its digest is the header's. When it is missing,
-  unreadable or changed, the disks are unknown: every snapshot carrying this run's marker in the
-  projects searched is deleted, whatever its disk (the run id is unique to the run, so such a
-  snapshot is still the run's), and a warning says so.
-- **The projects**: those of the records, of the manifest's disks, and, for rows without a record,
-  the create's ``--project-id`` / region (from the header) or cleanup's own ``--project-id``. Each is
-  listed once (1000 snapshots a request) before anything is deleted.
-- **What goes**: every listed snapshot with this run's marker on one of those disks, and the snapshot
-  a row's last record names (a recorded snapshot the listing does not show is looked up once: 404
-  means already gone, counted as deleted). A recorded snapshot without this run's marker, or of
-  another row's disk, is ``refused`` and left alone; so is a snapshot with the marker on a disk the
-  manifest does not name (``OTHER_VOLUME``).
-- **The report**: rows without a record are counted against the header's ``rows`` and named in the
-  summary; a torn last line (a writer killed mid-line) is named ``file:line`` and skipped; a file that
-  holds two run headers, or records of two runs (two reports joined), is refused by the report reader
-  (exit 2, naming both run ids).
-- **The exit**: 0 only when nothing of the run is left: every snapshot of the run that was found ended
-  ``deleted`` (with ``--apply``, after the wait for it to be gone; ``--no-wait`` counts the accepted
-  DELETE) or, in a plan, ``planned``. A snapshot still ``creating`` (``blocked``), a deletion that
-  failed, or a marked snapshot refused, makes it 1.
+The exit: 0 only when nothing of the run is left: every snapshot of the run that was found ended
+``deleted`` (with ``--apply``, after the wait for it to be gone; ``--no-wait`` counts the accepted
+DELETE) or, in a plan, ``planned``. A snapshot still ``creating`` (``blocked``), a deletion that
+failed, or a marked snapshot refused, makes it 1.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import sys
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from orchestrator import options
-from orchestrator.cli import run
+from orchestrator.entry import run
 
 if TYPE_CHECKING:
-    from orchestrator.actions import ActionRecord, ActionRun
-    from orchestrator.api.routes import Router
+    from orchestrator.cleanup_pass import CleanupSettings
     from orchestrator.config import Connection
     from orchestrator.console import Console
-    from orchestrator.createrun import CreateRun
-    from orchestrator.finish import Closing
-    from orchestrator.retention import Job, Scope, Target
+    from orchestrator.frame import Closing
     from orchestrator.retry import RetryPolicy
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class CleanupSettings:
-    source: Path  # the create report
-    apply: bool
-    wait_timeout: float | None  # None: --no-wait
-    connection: Connection
-    policy: RetryPolicy
-    report: str
-    resume: bool
-    lock_file: Path | None
-    closing: Closing
-    project_id: str | None = None  # of rows without a record, when the create report does not say
 
 
 async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
     """Plan (and with ``--apply``, carry out) the deletion of one create run's snapshots."""
-    from orchestrator.actions import action_run  # noqa: PLC0415
-    from orchestrator.api.routes import connect  # noqa: PLC0415
+    from orchestrator.cleanup_pass import Pass, Search, until_quiet  # noqa: PLC0415
     from orchestrator.createrun import run_of  # noqa: PLC0415
-    from orchestrator.lock import holding, run_locks  # noqa: PLC0415
+    from orchestrator.frame import Frame  # noqa: PLC0415
+    from orchestrator.lock import run_locks  # noqa: PLC0415
 
     run_ = run_of(settings.source, console.warn)
-    search = _Search.of(settings, run_)
+    search = Search.of(settings, run_)
     if search.anywhere is not None:
         console.warn(search.anywhere)
     shape = {"create_report": str(settings.source), "create_run": run_.run_id}
-    # The create run's lock, before anything is sent: no create, wait or rollback of the run meanwhile.
-    locks = run_locks(run_.run_id, settings.lock_file)
-    with holding(locks, "cleanup"), recording_aborts(settings.closing, "cleanup", console):
-        unsettled = await _until_quiet(settings, run_, console)
-        async with contextlib.AsyncExitStack() as stack:
-            router = await connect(stack, settings.connection)
-            async with action_run(
-                command="cleanup",
-                report=settings.report,
-                source=str(settings.source),
-                shape=shape,
-                resume=settings.resume,
-                console=console,
-                nothing="nothing was deleted",
-            ) as action:
-                left = await _Pass(settings, action, run_.run_id).run(router, run_, search)
-                action.tally.notes += search.notes(run_.run_id)
-                if unsettled:
-                    action.tally.notes.append(unsettled)
-                if left:
-                    still = "are still there" if settings.apply else "would be left by this plan"
-                    action.tally.notes.append(
-                        f"{left} snapshot{'s' if left > 1 else ''} of run {run_.run_id} {still} "
-                        "(blocked, refused or failed: see the records); exit 1"
-                    )
-            closures = router.closures()
-    for closure in closures:
-        console.error(closure.message, code=closure.code)
-    code = 3 if closures else max(action.tally.exit_code, 1 if left or unsettled else 0)
-    missing, _ = run_.unrecorded()
-    action_side_files(
-        settings.closing, "cleanup", action, code, console, rows_without_record=missing, snapshots_left=left
-    )
-    return code
-
-
-async def _until_quiet(settings: CleanupSettings, run_: CreateRun, console: Console) -> str | None:
-    """Rows whose create left without an answer for sure (in flight at a kill, or ``failed``) may still
-    get their snapshot until the run's window (``--timeout`` + ``--settle``) has passed since that send.
-    With ``--apply`` cleanup waits until then before it looks, so that exit 0 means nothing of the run
-    is left; a plan does not wait, and returns the note that says so (exit 1)."""
-    import time  # noqa: PLC0415
-
-    import anyio  # noqa: PLC0415
-
-    from orchestrator.models import utc_iso  # noqa: PLC0415
-
-    quiet = run_.quiet_at()
-    left = 0.0 if quiet is None else quiet - time.time()
-    if quiet is None or left <= 0:
-        return None
-    when = utc_iso(datetime.fromtimestamp(quiet, UTC))
-    rows = f"{run_.doubtful_rows} row{'s' if run_.doubtful_rows > 1 else ''}"
-    why = (
-        f"{rows} of run {run_.run_id} left without an answer for sure; "
-        f"their snapshots may appear until {when}"
-    )
-    if not settings.apply:
-        return f"{why}: this plan may miss them; plan again after then (exit 1)"
-    console.event("waiting", f"{why}: waiting {left:.0f}s before looking", seconds=round(left, 1))
-    await anyio.sleep(left)
-    return None
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class _Search:
-    """Where cleanup looks for the run's snapshots: the disks named, and the project of rows that name
-    none; ``anywhere`` (a warning) when rows have no record and the manifest cannot tell their disks."""
-
-    disks: list[Target]
-    rows: int  # the header's
-    fallback: tuple[str | None, str | None]  # project and region of rows that name neither
-    missing: int
-    rows_text: str
-    anywhere: str | None
-
-    @classmethod
-    def of(cls, settings: CleanupSettings, run_: CreateRun) -> _Search:
-        from orchestrator.createrun import manifest_disks  # noqa: PLC0415
-        from orchestrator.errors import UsageError  # noqa: PLC0415
-        from orchestrator.retention import Target  # noqa: PLC0415
-
-        disks = [Target(str(r.volume_id).lower(), r.project_id, r.region, r.row) for r in run_.sent]
-        shape = run_.header.shape
-        project = shape.get("project_id") or settings.project_id
-        region = shape.get("region") or settings.connection.endpoints.home_region
-        missing, rows_text = run_.unrecorded()
-        anywhere = None
-        if missing:
-            named, why = manifest_disks(run_.header, project_id=project, region=region)
-            if named is not None:
-                disks += named
-            else:
-                fate = "deleted" if settings.apply else "planned for deletion"
-                anywhere = (
-                    f"{why}: the disks of the {missing} rows without a record are unknown, so every "
-                    f"snapshot carrying run {run_.run_id}'s marker in the projects searched is {fate}, "
-                    "whatever its disk"
-                )
-                if project is None and region is None and not disks:
-                    raise UsageError(
-                        f"{settings.source}: no record and no option names a project to search for run "
-                        f"{run_.run_id}'s snapshots: give --project-id (or --region); nothing was deleted"
-                    )
-        return cls(
-            disks=disks,
-            rows=run_.header.rows,
-            fallback=(project, region),
-            missing=missing,
-            rows_text=rows_text,
-            anywhere=anywhere,
+    frame = Frame(command="cleanup", console=console, report=settings.report, closing=settings.closing)
+    async with frame:
+        # The create run's lock, before anything is sent: no create, wait or rollback of the run meanwhile.
+        frame.lock(run_locks(run_.run_id, settings.lock_file))
+        unsettled = await until_quiet(settings, run_, console)
+        router = await frame.connect(settings.connection)
+        frame.open_actions(
+            source=str(settings.source), shape=shape, resume=settings.resume, nothing="nothing was deleted"
         )
-
-    def notes(self, run_id: str) -> list[str]:
-        """The summary line about rows without a record and how their snapshots were found."""
-        if not self.missing:
-            return []
-        where = (
-            "on any disk of the projects searched (the manifest could not tell their disks)"
-            if self.anywhere
-            else "on the disks the manifest names"
-        )
-        return [
-            f"{self.missing} of {self.rows} rows have no record ({self.rows_text}): their snapshots, if any, "
-            f"were found by run {run_id}'s marker {where}"
-        ]
-
-
-class _Pass:
-    """One cleanup pass: list the projects, judge each snapshot found (write its record, or queue its
-    deletion), delete, and count the run's snapshots that are left."""
-
-    def __init__(self, settings: CleanupSettings, action: ActionRun, run_id: str) -> None:
-        self.settings = settings
-        self.action = action
-        self.run_id = run_id
-        self.outcome = "nothing was deleted" if settings.apply else "nothing was planned"
-        self.ours: set[str] = set()  # the run's snapshots found (by id)
-        self.going: set[str] = set()  # those deleted, deleting, or (in a plan) planned
-        self.jobs: list[Job] = []
-
-    def write(self, record: ActionRecord) -> None:
-        from orchestrator.actions import Action  # noqa: PLC0415
-
-        self.action.write(record)
-        if record.outcome is Action.DELETED or (record.outcome is Action.PLANNED and not record.error_code):
-            self.going.add(record.key)
-
-    async def run(self, router: Router, run_: CreateRun, search: _Search) -> int:
-        """Carry out the pass; the number of the run's snapshots found that are not going."""
-        from orchestrator.api import evs  # noqa: PLC0415
-        from orchestrator.deleter import Deleter  # noqa: PLC0415
-        from orchestrator.retention import Target, is_backup, list_scope, scopes_of  # noqa: PLC0415
-
-        targets = list(search.disks)
-        if search.anywhere is not None and search.fallback != (None, None):
-            targets.append(Target("", *search.fallback, 0))  # its project is searched; "" names no disk
-        scopes = await scopes_of(router, targets, outcome=self.outcome)
-        listed: dict[tuple[int, str], dict[str, Any]] = {}
-        ours: dict[tuple[int, str], list[dict[str, Any]]] = {}
-        for scope in scopes:
-            scope.volumes.pop("", None)
-            for item in await list_scope(scope, self.settings.policy, outcome=self.outcome):
-                listed[(id(scope.route), str(item.get("id")))] = item
-                if evs.marked(item, self.run_id) and not is_backup(item):
-                    self.ours.add(str(item.get("id")))
-                    disk = (id(scope.route), str(item.get("volume_id") or "").lower())
-                    ours.setdefault(disk, []).append(item)
-        by_route = {id(scope.route): scope for scope in scopes}
-        claimed: set[str] = set()
-        for row in run_.sent:
-            route = await router.route_for(row.project_id, row.region)  # known by now: no request
-            scope = by_route[id(route)]
-            volume = str(row.volume_id).lower()
-            found = {str(s.get("id")): s for s in ours.get((id(scope.route), volume), [])}
-            claimed |= set(found)
-            candidates: dict[str, dict[str, Any] | None] = dict(found)
-            if row.snapshot_id and row.snapshot_id not in found:  # the recorded one, checked like the others
-                candidates[row.snapshot_id] = listed.get((id(scope.route), row.snapshot_id))
-            target = Target(volume, row.project_id, row.region, row.row)
-            for snapshot_id, snapshot in candidates.items():
-                await self.judge(scope, target, row.name, snapshot_id, snapshot)
-        for (route_id, volume), items in ours.items():  # rows without a record: found by the marker alone
-            scope = by_route[route_id]
-            first = scope.volumes.get(volume)
-            named = first is not None or search.anywhere is not None
-            target = Target(volume, scope.route.project_id, scope.region, first or 0)
-            for item in items:
-                if str(item.get("id")) not in claimed:
-                    await self.judge(scope, target, None, str(item.get("id")), item, named=named)
-        if self.jobs:
-            deleter = Deleter(
-                policy=self.settings.policy,
-                concurrency=self.settings.connection.limits.concurrency,
-                wait_timeout=self.settings.wait_timeout,
-                write=self.write,
-                stopping=self.action.stopping,
+        left = await Pass(settings, frame, run_.run_id).run(router, run_, search)
+        frame.tally.notes += search.notes(run_.run_id)
+        if unsettled:
+            frame.tally.notes.append(unsettled)
+        if left:
+            still = "are still there" if settings.apply else "would be left by this plan"
+            frame.tally.notes.append(
+                f"{left} snapshot{'s' if left > 1 else ''} of run {run_.run_id} {still} "
+                "(blocked, refused or failed: see the records); exit 1"
             )
-            with self.action.draining():
-                await deleter.run(self.jobs)
-        return len(self.ours - self.going)
-
-    async def judge(
-        self,
-        scope: Scope,
-        target: Target,
-        name: str | None,
-        snapshot_id: str,
-        snapshot: dict[str, Any] | None,
-        *,
-        named: bool = True,
-    ) -> None:
-        """Write the snapshot's record (planned, refused, blocked, or deleted when already gone) or queue
-        its deletion; ``named``: its disk is one the report or the manifest names."""
-        from orchestrator.actions import Action, ActionRecord, now_iso  # noqa: PLC0415
-        from orchestrator.api import evs  # noqa: PLC0415
-        from orchestrator.api.safe import DELETING, fetch_json  # noqa: PLC0415
-        from orchestrator.retention import DELETABLE, Job, is_backup, source_run  # noqa: PLC0415
-
-        done = self.action.book.last.get(snapshot_id)
-        if done is Action.DELETED:
-            self.going.add(snapshot_id)
-        if done in (Action.DELETED, Action.REFUSED):  # --resume: already settled
-            return
-        route = scope.route
-        if snapshot is None:  # not listed: a GET tells gone (404) from a listing that lags
-            call = evs.show_snapshot(route.project_id, snapshot_id, kind=evs.Kind.CHECK)
-            body = await fetch_json(route, call, self.settings.policy, missing_ok=True)
-            snapshot = body.get("snapshot") if isinstance(body.get("snapshot"), dict) else None
-        stamp = now_iso()
-
-        def record(outcome: Action, **fields: Any) -> ActionRecord:
-            shown = snapshot or {}
-            return ActionRecord(
-                run_id=self.action.run_id,
-                command="cleanup",
-                key=snapshot_id,
-                outcome=outcome,
-                row=target.row or None,
-                volume_id=target.volume_id,
-                project_id=route.project_id,
-                region=target.region,
-                snapshot_id=snapshot_id,
-                snapshot_name=str(shown.get("name") or name or "") or None,
-                created_at=None if shown.get("created_at") is None else str(shown.get("created_at")),
-                source_run=source_run(shown) if snapshot is not None else self.run_id,
-                started_at=stamp,
-                finished_at=stamp,
-                **fields,
-            )
-
-        if snapshot is None:
-            self.write(record(Action.DELETED, http_status=404, error_message="already gone (404)"))
-            return
-        volume_id = str(snapshot.get("volume_id") or "").lower()
-        problem = None
-        if is_backup(snapshot):
-            problem = ("BACKUP_SNAPSHOT", "the snapshot was made by a backup service; it is never deleted")
-        elif not evs.marked(snapshot, self.run_id):
-            problem = (
-                "NOT_THIS_RUN",
-                f"the snapshot does not carry run {self.run_id}'s marker "
-                f"(it carries {source_run(snapshot)!r}); left alone",
-            )
-        elif volume_id != target.volume_id:
-            problem = (
-                "OTHER_VOLUME",
-                f"the snapshot belongs to volume {volume_id}, not the row's; left alone",
-            )
-        elif not named:
-            problem = (
-                "OTHER_VOLUME",
-                f"the snapshot carries run {self.run_id}'s marker, but its volume {volume_id} is not one the "
-                "run's report or manifest names; left alone",
-            )
-        if problem is not None:
-            self.write(record(Action.REFUSED, error_code=problem[0], error_message=problem[1]))
-            return
-        status = snapshot.get("status")
-        if status == DELETING:
-            if self.settings.apply:
-                self.jobs.append(Job(route, record(Action.DELETED), sent=True))
-            else:
-                self.going.add(snapshot_id)
-            return
-        if status not in DELETABLE:
-            busy = f"the snapshot is {status}"
-            message = f"{busy}; only available or error snapshots can be deleted (run again later)"
-            self.write(record(Action.BLOCKED, error_code="SNAPSHOT_BUSY", error_message=message))
-        elif self.settings.apply:
-            self.jobs.append(Job(route, record(Action.PLANNED)))
-        else:
-            self.write(record(Action.PLANNED))
-
-
-@contextlib.contextmanager
-def recording_aborts(closing: Closing, command: str, console: Console) -> Iterator[None]:
-    """A run stopped with exit 3 (a listing failed or was refused) still writes exit code 3 to the side
-    files, so an alert on ``evs_snapshot_exit_code`` fires."""
-    from orchestrator.errors import RunAborted  # noqa: PLC0415
-    from orchestrator.retention import write_side_files  # noqa: PLC0415
-
-    try:
-        yield
-    except* RunAborted as group:
-        summary = {"command": command, "exit_code": 3, "error": str(group.exceptions[0])}
-        write_side_files(closing, command=command, summary=summary, families=[], exit_code=3, console=console)
-        raise
-
-
-def action_side_files(
-    closing: Closing,
-    command: str,
-    action: ActionRun,
-    code: int,
-    console: Console,
-    *,
-    kept: int = 0,
-    **extra: Any,
-) -> None:
-    """The summary JSON and the metrics of prune and cleanup: snapshots by outcome (and kept)."""
-    from collections import Counter  # noqa: PLC0415
-
-    from orchestrator.metrics import PREFIX  # noqa: PLC0415
-    from orchestrator.retention import write_side_files  # noqa: PLC0415
-
-    label = f'command="{command}"'
-    outcomes = action.tally.outcomes + Counter(kept=kept)
-    samples = [f'{PREFIX}_snapshots{{{label},outcome="{o}"}} {n}' for o, n in sorted(outcomes.items())]
-    write_side_files(
-        closing,
-        command=command,
-        summary={"command": command, **action.tally.to_dict(), "exit_code": code, **extra},
-        families=[(f"{PREFIX}_snapshots", "Snapshots the last run acted on (or kept), by outcome.", samples)],
-        exit_code=code,
-        console=console,
-    )
-
-
-def default_report(command: str, path: str | None) -> str:
-    from orchestrator.models import utc_now  # noqa: PLC0415
-
-    return path or f"reports/evs-snapshot-{command}-{utc_now():%Y%m%dT%H%M%SZ}.jsonl"
-
-
-DELETING_OPTIONS = options.apply(
-    click.option("--apply", is_flag=True, help="Delete for real; without it, write planned records only."),
-    click.option(
-        "--wait/--no-wait",
-        "wait_for_gone",
-        default=True,
-        show_default=True,
-        help="Wait until each deleted snapshot is gone (deleting, then 404); --no-wait ends at the 202.",
-    ),
-    click.option(
-        "--wait-timeout",
-        type=options.Duration(),
-        default="10m",
-        show_default=True,
-        help="How long to wait for deletions to finish (90s, 15m, 2h).",
-    ),
-    click.option(
-        "--report",
-        "report_path",
-        default=None,
-        help="Report path, or - for standard output.  "
-        "[default: reports/evs-snapshot-COMMAND-{datetime}.jsonl]",
-    ),
-    click.option(
-        "--resume", is_flag=True, help="Continue the run in --report: finished snapshots are skipped."
-    ),
-    options.LOCK_FILE,
-)
+        if left or unsettled:
+            frame.at_least = 1
+        missing, _ = run_.unrecorded()
+        frame.summary.update(rows_without_record=missing, snapshots_left=left)
+    return frame.exit_code
 
 
 @click.command("cleanup")
 @click.argument("source", metavar="REPORT", type=click.Path(path_type=Path, dir_okay=True))
-@DELETING_OPTIONS
+@options.DELETING
 @options.PROJECT_OF_ROWS
 @options.CONNECTION
 @options.RETRIES
@@ -483,10 +96,12 @@ def command(
     """Delete the snapshots one create run made, each after checking its marker (plans unless --apply)."""
     from orchestrator.console import Console  # noqa: PLC0415
     from orchestrator.errors import UsageError  # noqa: PLC0415
+    from orchestrator.frame import default_report  # noqa: PLC0415
 
     report = default_report("cleanup", report_path)
     if report != "-" and Path(report).resolve() == source.resolve():
         raise UsageError("cleanup writes its own report: give a --report other than the create report")
+    from orchestrator.cleanup_pass import CleanupSettings  # noqa: PLC0415
     from orchestrator.config import check_project_id  # noqa: PLC0415
 
     console = Console(sys.stderr, json=log_format == "json")

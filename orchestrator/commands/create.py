@@ -20,22 +20,22 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from orchestrator import options
-from orchestrator.cli import run
-from orchestrator.defaults import SETTLE
+from orchestrator.defaults import GRACE, SETTLE
+from orchestrator.entry import run
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Router
     from orchestrator.config import Connection, RowDefaults, RunIdentity
     from orchestrator.console import Console
-    from orchestrator.finish import Closing
+    from orchestrator.frame import Closing, Frame
     from orchestrator.lock import Lock
     from orchestrator.manifest import ManifestSource, RawRow
+    from orchestrator.models import Outcome
     from orchestrator.report import ReportWriter, ResumeBook
     from orchestrator.retry import RetryPolicy
     from orchestrator.tally import Tally
     from orchestrator.waiter import WaitPlan
 
-GRACE_SECONDS = 10.0
 SETTLE_WARN = 10.0  # a shorter --settle may not outlast a late commit
 QUOTA_CHECK_SECONDS = 10.0  # the pre-flight quota check never holds the run up longer
 
@@ -59,7 +59,7 @@ class CreateSettings:
     settle: float = SETTLE
     keep_duplicates: bool = False
     wait: WaitPlan | None = None
-    grace: float = GRACE_SECONDS
+    grace: float = GRACE
 
 
 async def create(settings: CreateSettings, *, console: Console) -> int:
@@ -67,7 +67,8 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
     started = time.monotonic()  # the run's time and --deadline count from here
     from orchestrator.duplicates import duplicate_candidates  # noqa: PLC0415
     from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.lock import holding, run_lock  # noqa: PLC0415
+    from orchestrator.frame import Frame  # noqa: PLC0415
+    from orchestrator.lock import run_lock  # noqa: PLC0415
     from orchestrator.manifest import manifest_digest, read_rows, spooled  # noqa: PLC0415
     from orchestrator.report import check_report_path, name_shape, refuse_existing, resume_identity  # noqa: PLC0415
     from orchestrator.signals import in_thread  # noqa: PLC0415
@@ -106,8 +107,16 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
 
         # A signal stops a long pass promptly (the passes run in a worker thread).
         digest = await in_thread(lambda: manifest_digest(source, display=display))
-        # Locks first: a second run of this manifest, report or run exits 75 (not 2, "report exists").
-        with holding(_locks(settings, digest), "create --resume" if settings.resume else "create") as held:
+        frame = Frame(
+            command="create",
+            console=console,
+            report=settings.report,
+            closing=settings.closing,
+            grace=settings.grace,
+        )
+        async with frame:
+            # Locks first: a second run of this manifest, report or run exits 75 (not 2, "report exists").
+            held = frame.lock(_locks(settings, digest), "create --resume" if settings.resume else "create")
             if not settings.resume and settings.report != "-":
                 refuse_existing(Path(settings.report))  # before anything is sent
             total, candidates = await in_thread(
@@ -122,9 +131,10 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
                 shape=name_shape(settings.defaults),
             )
             held.take(run_lock(identity.run_id))  # a new run's, before its header names it anywhere
-            return await _locked(
-                settings, identity, book, total, digest, display, rows, candidates, console, started
+            await _locked(
+                frame, settings, identity, book, total, digest, display, rows, candidates, console, started
             )
+        return frame.exit_code
 
 
 def _locks(settings: CreateSettings, digest: str) -> list[Lock]:
@@ -146,9 +156,10 @@ def _locks(settings: CreateSettings, digest: str) -> list[Lock]:
 
 
 async def _locked(
+    frame: Frame,
     settings: CreateSettings,
     identity: RunIdentity,
-    book: ResumeBook | None,
+    book: ResumeBook[int, Outcome] | None,
     total: int,
     digest: str,
     display: str,
@@ -156,101 +167,98 @@ async def _locked(
     candidates: set[bytes],
     console: Console,
     started: float,
-) -> int:
+) -> None:
     import anyio  # noqa: PLC0415
 
-    from orchestrator.finish import finish  # noqa: PLC0415
     from orchestrator.models import RunHeader, utc_iso  # noqa: PLC0415
     from orchestrator.progress import Progress  # noqa: PLC0415
-    from orchestrator.report import ReportWriter, name_shape  # noqa: PLC0415
+    from orchestrator.report import name_shape  # noqa: PLC0415
     from orchestrator.rules import RowValidator  # noqa: PLC0415
     from orchestrator.runner import Runner, RunPlan  # noqa: PLC0415
     from orchestrator.signals import drain_on_signal  # noqa: PLC0415
     from orchestrator.tally import Tally  # noqa: PLC0415
 
-    signals: list[int] = []
-    async with contextlib.AsyncExitStack() as stack:
-        if settings.emulator:
-            from orchestrator.demo import with_emulator  # noqa: PLC0415
+    if settings.emulator:
+        from orchestrator.demo import with_emulator  # noqa: PLC0415
 
-            settings = await stack.enter_async_context(with_emulator(settings, rows()))
-        router: Router | None = None
-        if not settings.dry_run:
-            from orchestrator.api.routes import connect  # noqa: PLC0415 - aiohttp loads only when sending
-
-            router = await connect(stack, settings.connection)
-            left = QUOTA_CHECK_SECONDS
-            if settings.deadline is not None:
-                left = min(left, started + settings.deadline - time.monotonic())
-            with anyio.move_on_after(left) as quota_scope:
-                await _warn_over_quota(settings, router, total, console)
-            if quota_scope.cancelled_caught:
-                console.warn(f"the project's snapshot quota did not answer within {left:.0f}s; going on")
-        writer = stack.enter_context(ReportWriter(settings.report, resume=settings.resume))
-        if writer.empty:
-            writer.write_header(
-                RunHeader(
-                    run_id=identity.run_id,
-                    command="create",
-                    manifest=display,
-                    rows=total,
-                    digest=digest,
-                    shape=name_shape(settings.defaults),
-                    started_at=utc_iso(identity.started),
-                    emulator=settings.emulator,
-                    dry_run=settings.dry_run,
-                    journal=True,
-                    window=settings.settle + settings.connection.limits.timeout,
-                )
-            )
-        validator = RowValidator(
-            defaults=settings.defaults,
-            identity=identity,
-            candidates=candidates,
-            region_required=settings.connection.endpoints.evs is None,
+        defaults, connection = await frame.enter(
+            with_emulator(settings.defaults, settings.connection, rows(), display=display)
         )
-        plan = RunPlan(
+        settings = dataclasses.replace(settings, defaults=defaults, connection=connection)
+    router: Router | None = None
+    if not settings.dry_run:
+        router = await frame.connect(settings.connection)
+        left = QUOTA_CHECK_SECONDS
+        if settings.deadline is not None:
+            left = min(left, started + settings.deadline - time.monotonic())
+        with anyio.move_on_after(left) as quota_scope:
+            await _warn_over_quota(settings, router, total, console)
+        if quota_scope.cancelled_caught:
+            console.warn(f"the project's snapshot quota did not answer within {left:.0f}s; going on")
+    writer = frame.open_report(
+        RunHeader(
             run_id=identity.run_id,
-            concurrency=settings.connection.limits.concurrency,
+            command="create",
+            manifest=display,
+            rows=total,
+            digest=digest,
+            shape=name_shape(settings.defaults),
+            started_at=utc_iso(identity.started),
+            emulator=settings.emulator,
             dry_run=settings.dry_run,
-            policy=settings.policy,
-            deadline=None if settings.deadline is None else started + settings.deadline,
-            settle=settings.settle,
-            timeout=settings.connection.limits.timeout,
-        )
-        tally = Tally(manifest_rows=total)
-        tally.started = started
-        runner = Runner(plan, router=router, writer=writer, tally=tally, resume=book)
-        async with anyio.create_task_group() as group:
-            if settings.progress:
-                progress = Progress(tally, total, console.stream, router=router, runner=runner)
-                group.start_soon(progress.run)
-            with anyio.CancelScope() as run_scope:
-                group.start_soon(
-                    lambda: drain_on_signal(
-                        stop=runner.stop,
-                        scope=run_scope,
-                        grace=settings.grace,
-                        received=signals,
-                        console=console,
-                        sync=writer.sync,
-                    )
-                )
-                await runner.run(validator.validate_all(rows()))
-            group.cancel_scope.cancel()
-        _phase(tally, "create", started, router)
-        if router is not None and not signals:
-            tally = await _after_create(
-                settings, identity, router, writer, tally, console, signals, started, in_doubt=runner.in_doubt
-            )
-    code = finish(
-        tally, settings.closing, router=router, console=console, report=settings.report, command="create"
+            journal=True,
+            window=settings.settle + settings.connection.limits.timeout,
+        ),
+        resume=settings.resume,
     )
-    if signals:
-        from orchestrator.errors import Interrupted  # noqa: PLC0415
-
-        raise Interrupted(signals[0])
-    return code
+    validator = RowValidator(
+        defaults=settings.defaults,
+        identity=identity,
+        candidates=candidates,
+        region_required=settings.connection.endpoints.evs is None,
+    )
+    plan = RunPlan(
+        run_id=identity.run_id,
+        concurrency=settings.connection.limits.concurrency,
+        dry_run=settings.dry_run,
+        policy=settings.policy,
+        deadline=None if settings.deadline is None else started + settings.deadline,
+        settle=settings.settle,
+        timeout=settings.connection.limits.timeout,
+    )
+    tally = frame.tally = Tally(manifest_rows=total)
+    tally.started = started
+    runner = Runner(plan, router=router, writer=writer, tally=tally, resume=book)
+    async with anyio.create_task_group() as group:
+        if settings.progress:
+            progress = Progress(tally, total, console.stream, router=router, runner=runner)
+            group.start_soon(progress.run)
+        with anyio.CancelScope() as run_scope:
+            group.start_soon(
+                lambda: drain_on_signal(
+                    stop=runner.stop,
+                    scope=run_scope,
+                    grace=settings.grace,
+                    received=frame.signals,
+                    console=console,
+                    sync=writer.sync,
+                )
+            )
+            await runner.run(validator.validate_all(rows()))
+        group.cancel_scope.cancel()
+    _phase(tally, "create", started, router)
+    if router is not None and not frame.signals:
+        frame.tally = await _after_create(
+            settings,
+            identity,
+            router,
+            writer,
+            tally,
+            console,
+            frame.signals,
+            started,
+            in_doubt=runner.in_doubt,
+        )
 
 
 async def _after_create(

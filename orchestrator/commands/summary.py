@@ -13,7 +13,7 @@ from typing import NoReturn, TextIO
 import click
 
 from orchestrator import options
-from orchestrator.cli import run
+from orchestrator.entry import run
 
 
 def summary(report: Path, *, as_json: bool, stdout: TextIO) -> int:

@@ -6,7 +6,6 @@ then polls; rows that timed out waiting before are waited for again, never sent 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
 import time
@@ -16,13 +15,13 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from orchestrator import options
-from orchestrator.cli import run
+from orchestrator.entry import run
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Router
     from orchestrator.config import Connection
     from orchestrator.console import Console
-    from orchestrator.finish import Closing
+    from orchestrator.frame import Closing
     from orchestrator.models import RunHeader
     from orchestrator.report import ReportWriter
     from orchestrator.retry import RetryPolicy
@@ -45,12 +44,11 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
     """Sweep, then poll the report's accepted snapshots and append their final states."""
     import anyio  # noqa: PLC0415
 
-    from orchestrator.api.routes import connect  # noqa: PLC0415
     from orchestrator.createrun import check_create_run  # noqa: PLC0415
-    from orchestrator.errors import Interrupted, UsageError  # noqa: PLC0415
-    from orchestrator.finish import finish  # noqa: PLC0415
-    from orchestrator.lock import holding, run_locks  # noqa: PLC0415
-    from orchestrator.report import ReportWriter, check_report_path, final_records, read_header  # noqa: PLC0415
+    from orchestrator.errors import UsageError  # noqa: PLC0415
+    from orchestrator.frame import Frame  # noqa: PLC0415
+    from orchestrator.lock import run_locks  # noqa: PLC0415
+    from orchestrator.report import check_report_path, final_records, read_header  # noqa: PLC0415
     from orchestrator.signals import cancel_on_signal  # noqa: PLC0415
     from orchestrator.tally import Tally  # noqa: PLC0415
     from orchestrator.waiter import Waiter  # noqa: PLC0415
@@ -63,26 +61,28 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
     if header is None:
         raise UsageError(f"{report}: the report holds no records; nothing to wait for")
     check_create_run(report, header, "wait", "wait for")
-    # The run's lock: no create --resume, cleanup, rollback or other wait of the run meanwhile.
-    locks = run_locks(header.run_id, settings.lock_file)
-    received: list[int] = []
-    with holding(locks, "wait"):
-        tally = Tally(manifest_rows=None if header is None else header.rows)
-        async with contextlib.AsyncExitStack() as stack:
-            router = await connect(stack, settings.connection)
-            writer = stack.enter_context(ReportWriter(str(report), resume=True))
-            waiter = Waiter(
-                settings.plan, router=router, writer=writer, tally=tally, on_round=console.wait_round
-            )
-            waiter.load(final_records(report))
-            async with anyio.create_task_group() as group:
-                group.start_soon(cancel_on_signal, group.cancel_scope, received)
-                await _sweep_then_wait(settings, header, router, writer, waiter, tally, console)
-                group.cancel_scope.cancel()
-    code = finish(tally, settings.closing, router=router, console=console, report=str(report), command="wait")
-    if received:
-        raise Interrupted(received[0], "run wait again to go on")
-    return code
+    frame = Frame(
+        command="wait",
+        console=console,
+        report=str(report),
+        closing=settings.closing,
+        tally=Tally(manifest_rows=header.rows),
+        advice="run wait again to go on",
+    )
+    async with frame:
+        # The run's lock: no create --resume, cleanup, rollback or other wait of the run meanwhile.
+        frame.lock(run_locks(header.run_id, settings.lock_file))
+        router = await frame.connect(settings.connection)
+        writer = frame.open_report(None, resume=True)
+        waiter = Waiter(
+            settings.plan, router=router, writer=writer, tally=frame.tally, on_round=console.wait_round
+        )
+        waiter.load(final_records(report))
+        async with anyio.create_task_group() as group:
+            group.start_soon(cancel_on_signal, group.cancel_scope, frame.signals)
+            await _sweep_then_wait(settings, header, router, writer, waiter, frame.tally, console)
+            group.cancel_scope.cancel()
+    return frame.exit_code
 
 
 async def _sweep_then_wait(

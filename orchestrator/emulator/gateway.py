@@ -1,9 +1,12 @@
 """The API gateway in front of EVS and IAM: request ids, counters, latency, authentication, throttling,
-5xx faults. One aiohttp middleware; handlers behind it raise ``ApiError`` and it renders them.
+IAM policy, 5xx faults. One aiohttp middleware; handlers behind it raise ``ApiError`` and it renders them.
 
 Authentication follows the real gateway (evs-api.md 3.4, 5, 7, 9): issued or fixed ``X-Auth-Token``s
 (expired ones answered 401, or 400 ``Common.0013`` under ``--expired-token-answer 400``), AK/SK
-signatures checked exactly, and the AK lock after ``--ak-lock-after`` signature failures in a row.
+signatures checked exactly against the gateway's clock (``--clock-offset`` moves it; the ``Date``
+header tells it), and the AK lock after ``--ak-lock-after`` signature failures in a row. Paths
+containing a ``--gateway-404`` text are an API the region lacks (404 ``APIGW.0101``); a call whose IAM
+action is in ``--deny`` is refused 403 after authentication.
 """
 
 from __future__ import annotations
@@ -12,28 +15,36 @@ import asyncio
 import contextlib
 import hmac
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 from aiohttp import web
 
 from orchestrator.api import signing
 from orchestrator.emulator.answers import ApiError, evs_error, gateway_error, json_response
+from orchestrator.emulator.settings import SIGNATURE_WINDOW
 from orchestrator.emulator.state import World
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-SKEW = timedelta(minutes=15)
+SKEW = timedelta(seconds=SIGNATURE_WINDOW)
+NO_SUCH_API = "The API does not exist or has not been published in the environment"
 UNAUTHORIZED = "Incorrect IAM authentication information: "
 AK_LOCKED = UNAUTHORIZED + "AK access failed to reach the limit,forbidden"
 AUTHENTICATED_IAM_ROUTES = frozenset({"GET /v3/projects", "GET /v3/auth/projects"})
 
 
 class Gateway:
-    """The middleware over one ``World``."""
+    """The middleware over one ``World``; ``actions`` maps a route (``METHOD /path``) to its IAM action."""
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, actions: Mapping[str, str] | None = None) -> None:
         self.world = world
         self.settings = world.settings
+        self.actions = actions or {}
+
+    def server_time(self) -> datetime:
+        """The gateway's clock: real time moved by ``--clock-offset`` (signatures are checked against it)."""
+        return datetime.now(UTC) + timedelta(seconds=self.settings.clock_offset)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -52,6 +63,7 @@ class Gateway:
             response = await self._answer(request, handler, request_id, route)
             status = str(response.status)
             response.headers["X-Request-Id"] = request_id
+            response.headers["Date"] = format_datetime(self.server_time(), usegmt=True)
             return response
         finally:
             world.in_flight -= 1
@@ -68,11 +80,14 @@ class Gateway:
             if request.can_read_body:
                 await request.read()
             await self._delay()
+            if any(text in request.path for text in self.settings.gateway_404):
+                raise gateway_error(404, "APIGW.0101", NO_SUCH_API)
             evs = route.split(" ", 1)[1].startswith("/v2/")
             if evs or route in AUTHENTICATED_IAM_ROUTES:
                 tenant = await self._authenticate(request)
                 if evs:
                     self._throttle(tenant)
+                    self._check_policy(route)
                     fault = self._fault_5xx()
                     if fault is not None:
                         if fault == 502:  # the backend acted (or refused); the gateway lost its answer
@@ -83,12 +98,7 @@ class Gateway:
         except ApiError as exc:
             return self._render(exc, request_id)
         except web.HTTPException as exc:
-            error = gateway_error(
-                exc.status,
-                "APIGW.0101",
-                "The API does not exist or has not been published in the environment",
-            )
-            return self._render(error, request_id)
+            return self._render(gateway_error(exc.status, "APIGW.0101", NO_SUCH_API), request_id)
 
     @staticmethod
     def _route_key(request: web.Request) -> str:
@@ -125,6 +135,12 @@ class Gateway:
         if self.settings.retry_after:
             error.headers["Retry-After"] = str(max(1, round(wait + 0.4999)))
         raise error
+
+    def _check_policy(self, route: str) -> None:
+        """403 when the route's IAM action is denied (``--deny``), in EVS's shape, naming the action."""
+        action = self.actions.get(route)
+        if action is not None and action in self.settings.deny:
+            raise evs_error(403, "EVS.5403", f"Policy doesn't allow {action} to be performed.")
 
     def _fault_5xx(self) -> int | None:
         if not self.world.chance(self.settings.fault_5xx):
@@ -199,10 +215,16 @@ class Gateway:
             moment = datetime.strptime(sdk_date, signing.DATE_FORMAT).replace(tzinfo=UTC)
         except ValueError:
             raise gateway_error(401, "APIGW.0301", UNAUTHORIZED + "verify aksk signature fail") from None
-        # The skew is checked against the real wall clock: the client signs with real time.
-        if abs(datetime.now(UTC) - moment) > SKEW or "x-sdk-date" not in signed:
+        if "x-sdk-date" not in signed:
+            raise gateway_error(401, "APIGW.0301", UNAUTHORIZED + "verify aksk signature fail")
+        # The skew is checked against the gateway's clock (real time, moved by --clock-offset).
+        server = self.server_time()
+        if abs(server - moment) > SKEW:
             raise gateway_error(
-                401, "APIGW.0301", UNAUTHORIZED + f"signature expired, signature time:{sdk_date}"
+                401,
+                "APIGW.0303",
+                UNAUTHORIZED + f"signature expired, signature time:{sdk_date},"
+                f"server time:{server.strftime(signing.DATE_FORMAT)}",
             )
         headers = {name: request.headers.get(name, "") for name in signed if name}
         expected = signing.authorization(

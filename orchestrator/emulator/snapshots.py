@@ -3,7 +3,10 @@
 Create, show, list with details, delete and rollback follow evs-api.md sections 2, 3 and 8; the
 per-disk limit counts as the service counts (section 9). Faults here: drops (of creates and of
 rollbacks, before or after EVS acts; of deletes, after), late commits (504 ``APIG.0203`` now, the
-snapshot later), list answers replaced by 503, rollbacks ending in error.
+snapshot later), list answers replaced by 503, rollbacks ending in error. Switches that break an
+assumption: ``--list-shift`` (the list's order changes between pages), ``--metadata-rewrite lower``.
+Snapshots a backup service made (``autobk_snapshot_*``, ``manualbk_snapshot_*``) are neither deleted nor
+rolled back (evs-api.md 8.2, 10; the refusal's code and words are inferred).
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ from orchestrator.emulator.answers import (
     not_found,
     page_params,
 )
-from orchestrator.emulator.state import UUID_RE, Snapshot, Volume, World, listed_in
+from orchestrator.emulator.state import (
+    BACKUP_NAME_PREFIXES,
+    UUID_RE,
+    Snapshot,
+    Volume,
+    World,
+    listed_in,
+)
 
 NAME_MAX = 64
 DESCRIPTION_MAX = 85
@@ -80,7 +90,7 @@ class SnapshotRoutes:
         snap = world.create_snapshot(volume=volume, name=name, description=description, metadata=metadata)
         if world.chance(self.settings.fault_drop_after):
             return self._drop(request)
-        return json_response(202, {"snapshot": snapshot_json(snap, "creating")})
+        return json_response(202, {"snapshot": self._json(snap, "creating")})
 
     def _check_volume(self, volume: Volume, *, force: bool) -> None:
         if volume.status == "error":
@@ -124,11 +134,29 @@ class SnapshotRoutes:
             raise not_found()
         return found
 
+    def _json(self, snap: Snapshot, status: str, *, listed: bool = False) -> dict[str, object]:
+        data = snapshot_json(snap, status, listed=listed)
+        if self.settings.metadata_rewrite == "lower":
+            data["metadata"] = {key.lower(): value for key, value in snap.metadata.items()}
+        return data
+
+    @staticmethod
+    def _refuse_backup_made(snap: Snapshot, doing: str) -> None:
+        """A snapshot a backup service made belongs to it: 400 (code and words inferred)."""
+        if (snap.name or "").startswith(BACKUP_NAME_PREFIXES):
+            raise evs_error(
+                400,
+                "EVS.5400",
+                f"Invalid snapshot: snapshot {snap.id} is created by the backup service and "
+                f"cannot be {doing}.",
+            )
+
     async def show(self, request: web.Request) -> web.StreamResponse:
-        return json_response(200, {"snapshot": snapshot_json(*self._find(request))})
+        return json_response(200, {"snapshot": self._json(*self._find(request))})
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         snap, status = self._find(request)
+        self._refuse_backup_made(snap, "deleted")
         if status == "error_deleting":
             raise evs_error(500, "EVS.2019", "snapshot is error_deleting!")
         if status not in ("available", "error"):
@@ -150,6 +178,7 @@ class SnapshotRoutes:
         if name is not None and (not isinstance(name, str) or not 1 <= len(name) <= NAME_MAX):
             raise evs_error(400, "EVS.5400", f"Invalid input: name must be 1 to {NAME_MAX} characters.")
         snap, status = self._find(request)
+        self._refuse_backup_made(snap, "rolled back")
         if status != "available":
             raise evs_error(400, "EVS.5400", "Must specify a valid status.")
         if snap.volume_id != volume_id.lower():
@@ -196,10 +225,15 @@ class SnapshotRoutes:
             and (status_filter is None or status == status_filter)
             and (volume_id is None or snap.volume_id == volume_id.lower())
         ]
+        matches = self.world.listing_order(matches)
+        shift = self.settings.list_shift
+        if shift and offset:  # a later page: snapshots before it move away, later ones slide past it
+            self.world.demote(matches[max(0, offset - shift) : offset])
+            matches = self.world.listing_order(matches)
         page = matches[offset : offset + limit]
         body: dict[str, object] = {
             "count": len(matches),
-            "snapshots": [snapshot_json(snap, status, listed=True) for snap, status in page],
+            "snapshots": [self._json(snap, status, listed=True) for snap, status in page],
         }
         if limited and page and offset + len(page) < len(matches):
             href = (

@@ -15,7 +15,7 @@ import secrets
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from orchestrator.emulator.clock import Clock, Timeline, evs_time
 from orchestrator.emulator.settings import (
@@ -120,13 +120,15 @@ class World:
     def __init__(self, settings: EmulatorSettings, clock: Clock) -> None:
         self.settings = settings
         self.clock = clock
-        self.timeline = Timeline(clock)
+        self.timeline = Timeline(clock, datetime.now(UTC) + timedelta(seconds=settings.clock_offset))
         self.random = random.Random(settings.seed)
         self.volumes: dict[str, Volume] = {}
         for seed in settings.volumes:
             self.volumes[seed.volume_id] = self._new_volume(seed)
         self.snapshots: dict[str, Snapshot] = {}
         self.by_volume: defaultdict[str, list[str]] = defaultdict(list)
+        self.demoted: dict[str, int] = {}  # snapshot id -> when --list-shift moved it to the end
+        self.demotions = 0
         for seeded in sorted(settings.snapshots, key=lambda s: s.created_at or "~"):
             self._seed_snapshot(seeded)
         self.rollbacks: list[dict[str, str]] = []
@@ -277,6 +279,16 @@ class World:
     def project_snapshots(self, project_id: str) -> list[tuple[Snapshot, str]]:
         return [(snap, status) for snap, status in self.live_snapshots() if snap.project_id == project_id]
 
+    def listing_order(self, snapshots: list[tuple[Snapshot, str]]) -> list[tuple[Snapshot, str]]:
+        """The snapshot list's order: newest first, then the ones ``demote`` moved, in the order moved."""
+        return sorted(snapshots, key=lambda item: self.demoted.get(item[0].id, 0))
+
+    def demote(self, snapshots: list[tuple[Snapshot, str]]) -> None:
+        """Move snapshots to the end of the list's order (``--list-shift``: as if re-sorted)."""
+        for snap, _ in snapshots:
+            self.demotions += 1
+            self.demoted[snap.id] = self.demotions
+
     def create_snapshot(
         self,
         *,
@@ -328,6 +340,7 @@ class World:
 
     def _forget(self, snap: Snapshot) -> None:
         self.snapshots.pop(snap.id, None)
+        self.demoted.pop(snap.id, None)
         ids = self.by_volume.get(snap.volume_id)
         if ids and snap.id in ids:
             ids.remove(snap.id)

@@ -1,7 +1,9 @@
 """EVS volume routes: list with details, show one, find by tags; and the attach/detach test hooks.
 
 Volume fields follow evs-api.md 8.4 (``bootable`` is the string ``"true"``/``"false"``, ``tags`` a
-map); the tag search follows 8.5 (keys ANDed, values ORed, empty values match any value).
+map); the tag search follows 8.5 (keys ANDed, values ORed, empty values match any value). Under
+``--tags-default-ep-only`` the tag search sees only the default enterprise project's disks (a scoping
+the docs neither promise nor rule out: evs-api.md 10).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from orchestrator.emulator.answers import (
     not_found,
     page_params,
 )
+from orchestrator.emulator.settings import ALL_ENTERPRISE_PROJECTS
 from orchestrator.emulator.state import Volume, World, attachment_json, listed_in
 
 TAG_KEYS_MAX = 10
@@ -87,10 +90,13 @@ class VolumeRoutes:
             raise evs_error(400, "EVS.5400", "Invalid input: limit must be 1 to 1000.")
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise evs_error(400, "EVS.5400", "Invalid input: offset must not be negative.")
+        # --tags-default-ep-only: the search scoped as a list without enterprise_project_id
+        scope = None if self.settings.tags_default_ep_only else ALL_ENTERPRISE_PROJECTS
         found = [
             volume
             for volume in self.world.all_volumes()
-            if all(key in volume.tags and (not values or volume.tags[key] in values) for key, values in tags)
+            if listed_in(scope, volume.enterprise_project_id)
+            and all(key in volume.tags and (not values or volume.tags[key] in values) for key, values in tags)
             and (matches_filter is None or matches_filter in volume.name)
         ]
         if action == "count":

@@ -1,0 +1,137 @@
+"""Typed views of EVS answers: a snapshot and a disk, parsed once, where the answer arrives.
+
+No module outside ``api/`` reads a raw answer dict. A view keeps only the fields the tool uses
+(a listed snapshot is about 3 KB of JSON; its view is a few short strings), each with one spelling
+of "missing": ``volume_id`` is lower case and ``""`` when absent (never ``"none"``); ``name``,
+``status`` and ``created_at`` are ``None`` when absent or not text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+RUN_MARKER_KEY = "evs_snapshot_run"
+# Names the backup service gives its snapshots: never the tool's, never deleted or used (evs-api.md 8.2).
+BACKUP_PREFIXES = ("autobk_snapshot_", "manualbk_snapshot_")
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def marker_in(metadata: object) -> str | None:
+    """The run id an ``evs_snapshot_run`` key holds; ``None`` when absent, not a string, or blank: an
+    empty marker is not the tool's (the tool never writes one)."""
+    value = metadata.get(RUN_MARKER_KEY) if isinstance(metadata, Mapping) else None
+    return value if isinstance(value, str) and value.strip() else None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """One snapshot as a list or show answer gives it."""
+
+    id: str
+    volume_id: str = ""
+    name: str | None = None
+    status: str | None = None
+    created_at: str | None = None  # as EVS wrote it (no zone): the report keeps it verbatim
+    marker: str | None = None  # the run id of its ``evs_snapshot_run`` metadata key
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> Snapshot:
+        return cls(
+            id=str(data.get("id") or ""),
+            volume_id=str(data.get("volume_id") or "").lower(),
+            name=_text(data.get("name")),
+            status=_text(data.get("status")),
+            created_at=_text(data.get("created_at")),
+            marker=marker_in(data.get("metadata")),
+        )
+
+    @classmethod
+    def from_body(cls, body: object) -> Snapshot | None:
+        """The snapshot a create or show answer holds (``{"snapshot": {...}}``), or ``None``."""
+        inner = body.get("snapshot") if isinstance(body, Mapping) else None
+        return cls.parse(inner) if isinstance(inner, Mapping) else None
+
+    @property
+    def is_backup(self) -> bool:
+        """Made by a backup service (CBR): never the tool's, whatever it carries."""
+        return (self.name or "").startswith(BACKUP_PREFIXES)
+
+    def marked(self, run_id: str | None = None) -> bool:
+        """Carries the tool's marker (of ``run_id``, when given)."""
+        return self.marker is not None and (run_id is None or self.marker == run_id)
+
+    @property
+    def created(self) -> datetime | None:
+        """``created_at`` as a UTC instant (EVS writes it without a zone), or ``None`` when unreadable."""
+        if not self.created_at:
+            return None
+        try:
+            moment = datetime.fromisoformat(self.created_at.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attachment:
+    """Where a disk is attached: the server, and the device name on it."""
+
+    server_id: str
+    device: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Volume:
+    """One disk as a list, show or tag-filter answer gives it."""
+
+    id: str
+    name: str | None = None
+    status: str | None = None
+    size: int | None = None
+    bootable: bool = False
+    availability_zone: str | None = None
+    updated_at: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> Volume:
+        attachments = data.get("attachments")
+        attached = tuple(
+            Attachment(str(item["server_id"]), _text(item.get("device")))
+            for item in (attachments if isinstance(attachments, list) else [])
+            if isinstance(item, dict) and item.get("server_id")
+        )
+        size = data.get("size")
+        metadata = data.get("metadata")
+        tags = data.get("tags")
+        return cls(
+            id=str(data.get("id") or "").lower(),
+            name=_text(data.get("name")),
+            status=_text(data.get("status")),
+            size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+            bootable=str(data.get("bootable")).lower() == "true",
+            availability_zone=_text(data.get("availability_zone")),
+            updated_at=_text(data.get("updated_at")),
+            attachments=attached,
+            metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {},
+            tags={str(k): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {},
+        )
+
+    @classmethod
+    def from_body(cls, body: object) -> Volume | None:
+        """The disk a show answer holds (``{"volume": {...}}``), or ``None``."""
+        inner = body.get("volume") if isinstance(body, Mapping) else None
+        return cls.parse(inner) if isinstance(inner, Mapping) else None
+
+    @property
+    def servers(self) -> list[str]:
+        """The servers it is attached to (none when the answer has no attachments)."""
+        return [attachment.server_id for attachment in self.attachments]

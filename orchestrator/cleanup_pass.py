@@ -1,0 +1,281 @@
+"""Cleaning up one create run: where its snapshots may be (``Search``), and one pass (``Pass``) that
+lists those projects, judges each snapshot found and deletes the run's (``cleanup``'s policy; the
+create report is read by ``createrun``, whose snapshot is whose by ``ownership``, deletions by
+``deleter``).
+
+A snapshot is the run's when it carries the run's ``evs_snapshot_run`` marker (SPEC, "Snapshot
+identity"); the report tells which run, which disks and which projects, but not every snapshot: a
+create killed with requests in flight, or a report cut mid-line, made snapshots that no record names.
+So cleanup goes by the marker, not by the records:
+
+- **The disks**: those the report's records name and, when rows have no record, those the run's
+  manifest names: the file the header names (``manifest``, relative to the current directory when it
+  was given so), read only when it is there and its digest is the header's. When it is missing,
+  unreadable or changed, the disks are unknown: every snapshot carrying this run's marker in the
+  projects searched is deleted, whatever its disk (the run id is unique to the run, so such a
+  snapshot is still the run's), and a warning says so.
+- **The projects**: those of the records, of the manifest's disks, and, for rows without a record,
+  the create's ``--project-id`` / region (from the header) or cleanup's own ``--project-id``. Each is
+  listed once (1000 snapshots a request) before anything is deleted.
+- **What goes**: every listed snapshot with this run's marker on one of those disks, and the snapshot
+  a row's last record names (a recorded snapshot the listing does not show is looked up once: 404
+  means already gone, counted as deleted). A recorded snapshot without this run's marker, or of
+  another row's disk, is ``refused`` and left alone; so is a snapshot with the marker on a disk the
+  manifest does not name (``OTHER_VOLUME``; the codes are ``ownership``'s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from orchestrator.actions import Action, ActionRecord, now_iso
+from orchestrator.api.safe import show_snapshot
+from orchestrator.api.views import Snapshot
+from orchestrator.createrun import CreateRun, manifest_disks
+from orchestrator.deleter import DELETABLE, DELETING, Deleter, Job
+from orchestrator.errors import UsageError
+from orchestrator.models import utc_iso
+from orchestrator.ownership import of_run, refusal
+from orchestrator.selection import Scope, Target, list_scope, scopes_of
+
+if TYPE_CHECKING:
+    from orchestrator.api.routes import Router
+    from orchestrator.config import Connection
+    from orchestrator.console import Console
+    from orchestrator.frame import Closing, Frame
+    from orchestrator.retry import RetryPolicy
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CleanupSettings:
+    source: Path  # the create report
+    apply: bool
+    wait_timeout: float | None  # None: --no-wait
+    connection: Connection
+    policy: RetryPolicy
+    report: str
+    resume: bool
+    lock_file: Path | None
+    closing: Closing
+    project_id: str | None = None  # of rows without a record, when the create report does not say
+
+
+async def until_quiet(settings: CleanupSettings, run_: CreateRun, console: Console) -> str | None:
+    """Rows whose create left without an answer for sure (in flight at a kill, or ``failed``) may still
+    get their snapshot until the run's window (``--timeout`` + ``--settle``) has passed since that send.
+    With ``--apply`` cleanup waits until then before it looks, so that exit 0 means nothing of the run
+    is left; a plan does not wait, and returns the note that says so (exit 1)."""
+
+    quiet = run_.quiet_at()
+    left = 0.0 if quiet is None else quiet - time.time()
+    if quiet is None or left <= 0:
+        return None
+    when = utc_iso(datetime.fromtimestamp(quiet, UTC))
+    rows = f"{run_.doubtful_rows} row{'s' if run_.doubtful_rows > 1 else ''}"
+    why = (
+        f"{rows} of run {run_.run_id} left without an answer for sure; "
+        f"their snapshots may appear until {when}"
+    )
+    if not settings.apply:
+        return f"{why}: this plan may miss them; plan again after then (exit 1)"
+    console.event("waiting", f"{why}: waiting {left:.0f}s before looking", seconds=round(left, 1))
+    await anyio.sleep(left)
+    return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Search:
+    """Where cleanup looks for the run's snapshots: the disks named, and the project of rows that name
+    none; ``anywhere`` (a warning) when rows have no record and the manifest cannot tell their disks."""
+
+    disks: list[Target]
+    rows: int  # the header's
+    fallback: tuple[str | None, str | None]  # project and region of rows that name neither
+    missing: int
+    rows_text: str
+    anywhere: str | None
+
+    @classmethod
+    def of(cls, settings: CleanupSettings, run_: CreateRun) -> Search:
+
+        disks = [Target(str(r.volume_id).lower(), r.project_id, r.region, r.row) for r in run_.sent]
+        shape = run_.header.shape
+        project = shape.get("project_id") or settings.project_id
+        region = shape.get("region") or settings.connection.endpoints.home_region
+        missing, rows_text = run_.unrecorded()
+        anywhere = None
+        if missing:
+            named, why = manifest_disks(run_.header, project_id=project, region=region)
+            if named is not None:
+                disks += named
+            else:
+                fate = "deleted" if settings.apply else "planned for deletion"
+                anywhere = (
+                    f"{why}: the disks of the {missing} rows without a record are unknown, so every "
+                    f"snapshot carrying run {run_.run_id}'s marker in the projects searched is {fate}, "
+                    "whatever its disk"
+                )
+                if project is None and region is None and not disks:
+                    raise UsageError(
+                        f"{settings.source}: no record and no option names a project to search for run "
+                        f"{run_.run_id}'s snapshots: give --project-id (or --region); nothing was deleted"
+                    )
+        return cls(
+            disks=disks,
+            rows=run_.header.rows,
+            fallback=(project, region),
+            missing=missing,
+            rows_text=rows_text,
+            anywhere=anywhere,
+        )
+
+    def notes(self, run_id: str) -> list[str]:
+        """The summary line about rows without a record and how their snapshots were found."""
+        if not self.missing:
+            return []
+        where = (
+            "on any disk of the projects searched (the manifest could not tell their disks)"
+            if self.anywhere
+            else "on the disks the manifest names"
+        )
+        return [
+            f"{self.missing} of {self.rows} rows have no record ({self.rows_text}): their snapshots, if any, "
+            f"were found by run {run_id}'s marker {where}"
+        ]
+
+
+class Pass:
+    """One cleanup pass: list the projects, judge each snapshot found (write its record, or queue its
+    deletion), delete, and count the run's snapshots that are left."""
+
+    def __init__(self, settings: CleanupSettings, action: Frame, run_id: str) -> None:
+        self.settings = settings
+        self.action = action
+        self.run_id = run_id
+        self.outcome = "nothing was deleted" if settings.apply else "nothing was planned"
+        self.ours: set[str] = set()  # the run's snapshots found (by id)
+        self.going: set[str] = set()  # those deleted, deleting, or (in a plan) planned
+        self.jobs: list[Job] = []
+
+    def write(self, record: ActionRecord) -> None:
+        self.action.write(record)
+        if record.outcome is Action.DELETED or (record.outcome is Action.PLANNED and not record.error_code):
+            self.going.add(record.key)
+
+    async def run(self, router: Router, run_: CreateRun, search: Search) -> int:
+        """Carry out the pass; the number of the run's snapshots found that are not going."""
+        targets = list(search.disks)
+        if search.anywhere is not None and search.fallback != (None, None):
+            targets.append(Target("", *search.fallback, 0))  # its project is searched; "" names no disk
+        scopes = await scopes_of(router, targets, outcome=self.outcome)
+        listed: dict[tuple[int, str], Snapshot] = {}
+        ours: dict[tuple[int, str], list[Snapshot]] = {}
+        for scope in scopes:
+            scope.volumes.pop("", None)
+            for item in await list_scope(scope, self.settings.policy, outcome=self.outcome):
+                listed[(id(scope.route), item.id)] = item
+                if of_run(item, self.run_id):
+                    self.ours.add(item.id)
+                    ours.setdefault((id(scope.route), item.volume_id), []).append(item)
+        by_route = {id(scope.route): scope for scope in scopes}
+        claimed: set[str] = set()
+        for row in run_.sent:
+            route = await router.route_for(row.project_id, row.region)  # known by now: no request
+            scope = by_route[id(route)]
+            volume = str(row.volume_id).lower()
+            found: dict[str, Snapshot | None] = {s.id: s for s in ours.get((id(scope.route), volume), [])}
+            claimed |= set(found)
+            if row.snapshot_id and row.snapshot_id not in found:  # the recorded one, checked like the others
+                found[row.snapshot_id] = listed.get((id(scope.route), row.snapshot_id))
+            target = Target(volume, row.project_id, row.region, row.row)
+            for snapshot_id, snapshot in found.items():
+                await self.judge(scope, target, row.name, snapshot_id, snapshot)
+        for (route_id, volume), items in ours.items():  # rows without a record: found by the marker alone
+            scope = by_route[route_id]
+            first = scope.volumes.get(volume)
+            named = first is not None or search.anywhere is not None
+            target = Target(volume, scope.route.project_id, scope.region, first or 0)
+            for item in items:
+                if item.id not in claimed:
+                    await self.judge(scope, target, None, item.id, item, named=named)
+        if self.jobs:
+            deleter = Deleter(
+                policy=self.settings.policy,
+                concurrency=self.settings.connection.limits.concurrency,
+                wait_timeout=self.settings.wait_timeout,
+                write=self.write,
+                stopping=self.action.stopping,
+            )
+            with self.action.draining():
+                await deleter.run(self.jobs)
+        return len(self.ours - self.going)
+
+    async def judge(
+        self,
+        scope: Scope,
+        target: Target,
+        name: str | None,
+        snapshot_id: str,
+        snapshot: Snapshot | None,
+        *,
+        named: bool = True,
+    ) -> None:
+        """Write the snapshot's record (planned, refused, blocked, or deleted when already gone) or queue
+        its deletion; ``named``: its disk is one the report or the manifest names."""
+        done = self.action.book.last.get(snapshot_id)
+        if done is Action.DELETED:
+            self.going.add(snapshot_id)
+        if done in (Action.DELETED, Action.REFUSED):  # --resume: already settled
+            return
+        route = scope.route
+        if snapshot is None:  # not listed: a GET tells gone (404) from a listing that lags
+            snapshot = await show_snapshot(route, snapshot_id, self.settings.policy)
+        stamp = now_iso()
+
+        def record(outcome: Action, **fields: Any) -> ActionRecord:
+            return ActionRecord(
+                run_id=self.action.run_id,
+                command="cleanup",
+                key=snapshot_id,
+                outcome=outcome,
+                row=target.row or None,
+                volume_id=target.volume_id,
+                project_id=route.project_id,
+                region=target.region,
+                snapshot_id=snapshot_id,
+                snapshot_name=(snapshot.name if snapshot is not None else None) or name or None,
+                created_at=None if snapshot is None else snapshot.created_at,
+                source_run=self.run_id if snapshot is None else snapshot.marker,
+                started_at=stamp,
+                finished_at=stamp,
+                **fields,
+            )
+
+        if snapshot is None:
+            self.write(record(Action.DELETED, http_status=404, error_message="already gone (404)"))
+            return
+        refused = refusal(snapshot, run_id=self.run_id, volume_id=target.volume_id, named=named)
+        if refused is not None:
+            message = f"{refused.message}; left alone"
+            self.write(record(Action.REFUSED, error_code=refused.code, error_message=message))
+            return
+        if snapshot.status == DELETING:
+            if self.settings.apply:
+                self.jobs.append(Job(route, record(Action.DELETED), sent=True))
+            else:
+                self.going.add(snapshot_id)
+            return
+        if snapshot.status not in DELETABLE:
+            busy = f"the snapshot is {snapshot.status}"
+            message = f"{busy}; only available or error snapshots can be deleted (run again later)"
+            self.write(record(Action.BLOCKED, error_code="SNAPSHOT_BUSY", error_message=message))
+        elif self.settings.apply:
+            self.jobs.append(Job(route, record(Action.PLANNED)))
+        else:
+            self.write(record(Action.PLANNED))

@@ -1,0 +1,366 @@
+"""The run frame: what every command that writes a report (``create``, ``wait``, ``prune``, ``cleanup``,
+``rollback``) does around its own work, in this order:
+
+1. **the locks** (``lock.holding``), taken first: a second run of the same manifest, run or report
+   exits 75 before anything is read or sent (``Frame.lock``);
+2. **the report**: its writer, its run header (written when the file is new) and the resume book
+   (``Frame.open_report`` for a create report, ``Frame.open_actions`` for the others);
+3. **signals**: outside a drain phase a signal stops the command at once; inside one
+   (``Frame.draining``, or ``signals.drain_on_signal`` around create's rows) it stops new work and gives
+   work in flight a grace period; the frame keeps what was received (``Frame.signals``);
+4. **the tally** (``tally.Tally``): every record written through ``Frame.write`` is counted;
+5. **the end**: the summary on stderr, ``--summary-json``, ``--metrics-file`` (``metrics``) and the exit
+   code. A route closed anywhere (credentials refused, wrong project, endpoint gone) makes it 3 here,
+   never in a command; a run stopped by ``RunAborted`` still writes exit code 3 to the side files, so an
+   alert on ``evs_snapshot_exit_code`` fires; a signal raises ``Interrupted`` after the summary.
+
+A command does its own work inside ``async with Frame(...) as frame:`` and returns ``frame.exit_code``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from orchestrator import metrics
+from orchestrator.actions import FINAL, Action, ActionRecord, now_iso, read_actions
+from orchestrator.config import RunIdentity, file_in_the_way
+from orchestrator.console import Console
+from orchestrator.defaults import GRACE
+from orchestrator.errors import Interrupted, ResumeMismatch, RunAborted, UsageError
+from orchestrator.lock import Held, Lock, holding, report_lock
+from orchestrator.models import Record, RunHeader, utc_now
+from orchestrator.report import ReportWriter, ResumeBook, check_report_path, read_header
+from orchestrator.signals import draining
+from orchestrator.tally import Counting, Tally
+
+if TYPE_CHECKING:
+    from orchestrator.api.routes import Router
+    from orchestrator.config import Connection
+
+T = TypeVar("T")
+
+RESUME_ADVICE = "run again with --resume to finish the job"
+
+
+# --- where the summary and the metrics go ------------------------------------------------------
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Closing:
+    """Where a run's summary and metrics go besides stderr."""
+
+    summary_json: Path | None = None
+    metrics_file: Path | None = None
+
+    def check(self) -> None:
+        """Refuse side files that could not be written, before anything is sent (exit 2)."""
+        for option, path in (("--summary-json", self.summary_json), ("--metrics-file", self.metrics_file)):
+            if path is not None:
+                check_writable(path, option)
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Prove that ``path`` can be written atomically (a temporary file beside it, then removed)."""
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        raise UsageError(
+            f"{option} {path}: cannot write there ({blocker} is a file, not a directory); choose another path"
+        )
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a directory; give a file path")
+    if path.exists() and not path.is_file():
+        # Renaming over a device (/dev/null) would replace it, and reading one (/dev/zero) never ends.
+        raise UsageError(f"{option} {path} is not a regular file (a device or a pipe); give a file path")
+    probe = path.with_name(f".{path.name}.{secrets.token_hex(4)}.probe")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(
+            f"{option} {path}: cannot write there ({exc.strerror}); choose another path"
+        ) from None
+
+
+def default_report(command: str, path: str | None) -> str:
+    """``--report``, or the default path of an action command's report."""
+    return path or f"reports/evs-snapshot-{command}-{utc_now():%Y%m%dT%H%M%SZ}.jsonl"
+
+
+def write_side_files(
+    closing: Closing | None,
+    *,
+    command: str,
+    summary: dict[str, Any],
+    families: list[metrics.Family],
+    exit_code: int,
+    console: Console,
+) -> None:
+    """``--summary-json`` and ``--metrics-file`` (this command's series; other commands' are kept).
+    Failing to write one is reported, but changes neither what the run did nor its exit code."""
+    if closing is None:
+        return
+    writes: list[tuple[str, Path, Callable[[Path], None]]] = []
+    if closing.summary_json is not None:
+        data = orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+        writes.append(
+            ("--summary-json", closing.summary_json, lambda path: metrics.write_atomically(path, data))
+        )
+    if closing.metrics_file is not None:
+        writes.append(
+            (
+                "--metrics-file",
+                closing.metrics_file,
+                lambda path: metrics.write_families(path, families, command=command, exit_code=exit_code),
+            )
+        )
+    for option, path, write in writes:
+        try:
+            write(path)
+        except OSError as exc:
+            console.error(f"{option}: cannot write {exc.filename or path}: {exc.strerror}")
+
+
+def record_abort(closing: Closing | None, command: str, console: Console, error: BaseException) -> None:
+    """A run stopped with exit 3 (a listing failed or was refused) writes exit code 3 to the side files."""
+    summary = {"command": command, "exit_code": RunAborted.exit_code, "error": str(error)}
+    write_side_files(
+        closing,
+        command=command,
+        summary=summary,
+        families=[],
+        exit_code=RunAborted.exit_code,
+        console=console,
+    )
+
+
+def _aborted(exc: BaseException | None) -> BaseException | None:
+    """The first ``RunAborted`` that ``exc`` is or holds (a task group wraps what its tasks raise)."""
+    if isinstance(exc, RunAborted):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _aborted(inner)
+            if found is not None:
+                return found
+    return None
+
+
+@contextlib.contextmanager
+def recording_aborts(closing: Closing | None, command: str, console: Console) -> Iterator[None]:
+    """For a command without a report (``audit``): a ``RunAborted`` still writes exit code 3."""
+    try:
+        yield
+    except BaseException as exc:
+        aborted = _aborted(exc)
+        if aborted is not None:
+            record_abort(closing, command, console, aborted)
+        raise
+
+
+# --- the frame ---------------------------------------------------------------------------------
+class Frame:
+    """One run of a command that writes a report, from its locks to its exit code.
+
+    What a command sets besides writing records: ``at_least`` (its own verdict, 0 or 1, when its
+    records do not say it all), ``tally.notes`` and ``tally.failing``, ``summary`` (more fields for
+    ``--summary-json``) and ``also`` (outcomes counted without a record, for the metrics).
+    """
+
+    def __init__(
+        self,
+        *,
+        command: str,
+        console: Console,
+        report: str,
+        closing: Closing | None = None,
+        tally: Tally | None = None,
+        grace: float = GRACE,
+        drain: str | None = None,
+        advice: str = RESUME_ADVICE,
+    ) -> None:
+        self.command = command
+        self.console = console
+        self.report = report
+        self.closing = closing
+        self.tally = tally if tally is not None else Tally(counting=Counting.records(command))
+        self.grace = grace
+        self.drain = drain
+        self.advice = advice
+        self.run_id = ""
+        self.book: ResumeBook[str, Action] = ResumeBook.keyed({}, FINAL)
+        self.writer: ReportWriter | None = None
+        self.router: Router | None = None
+        self.held: Held | None = None
+        self.signals: list[int] = []
+        self.at_least = 0
+        self.summary: dict[str, Any] = {}
+        self.also: Counter[str] = Counter()
+        self.exit_code = 0
+        self._stopped = False
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Frame:
+        await self._stack.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        try:
+            await self._stack.__aexit__(kind, exc, traceback)
+        except BaseException as raised:
+            self._record_abort(raised)
+            raise
+        if exc is not None:
+            self._record_abort(exc)
+            return
+        self.exit_code = self._finish()
+        if self.signals:
+            raise Interrupted(self.signals[0], self.advice)
+
+    def _record_abort(self, exc: BaseException) -> None:
+        aborted = _aborted(exc)
+        if aborted is not None:
+            record_abort(self.closing, self.command, self.console, aborted)
+
+    # 1. the locks
+    def lock(self, locks: Iterable[Lock], holder: str | None = None) -> Held:
+        """Hold ``locks`` until the run ends (more can be taken later through the returned ``Held``)."""
+        if self.held is None:
+            self.held = self._stack.enter_context(holding(locks, holder or self.command))
+        else:
+            self.held.take(*locks)
+        return self.held
+
+    # 2. the report and the resume book
+    def open_report(self, header: RunHeader | None, *, resume: bool) -> ReportWriter:
+        """Open the report for appending (``resume``: it may exist); write ``header`` when it is new."""
+        writer = self._stack.enter_context(ReportWriter(self.report, resume=resume))
+        if writer.empty and header is not None:
+            writer.write_header(header)
+        if header is not None:
+            self.run_id = header.run_id
+        self.writer = writer
+        return writer
+
+    def open_actions(self, *, source: str, shape: dict[str, str], resume: bool, nothing: str) -> None:
+        """The report of ``prune``, ``cleanup`` or ``rollback``: its lock, a header naming ``source`` and
+        ``shape`` (a resume with other options is refused, saying ``nothing`` was done), and the book."""
+        report = self.report
+        if resume and report == "-":
+            raise UsageError("--resume needs a --report file to read, not standard output")
+        if report != "-":
+            check_report_path(Path(report))
+            self.lock([report_lock(report)])
+        existing = resume and report != "-" and os.path.exists(report)
+        header = read_header(Path(report)) if existing else None
+        if header is not None and header.command != self.command:
+            raise UsageError(f"{report} is a {header.command} report, not a {self.command} report")
+        if header is not None:
+            for key in sorted(set(header.shape) | set(shape)):
+                if header.shape.get(key) != shape.get(key):
+                    raise ResumeMismatch(
+                        f"--resume: {key} is {shape.get(key)!r}; {report}'s run used "
+                        f"{header.shape.get(key)!r}. Resume with the same options, or start a new "
+                        f"report; {nothing}"
+                    )
+        if existing:
+            self.book = ResumeBook.keyed({r.key: r.outcome for r in read_actions(Path(report))}, FINAL)
+        run_id = header.run_id if header is not None else RunIdentity.new(utc_now()).run_id
+        self.open_report(
+            RunHeader(
+                run_id=run_id,
+                command=self.command,
+                manifest=source,
+                rows=0,
+                digest="",
+                shape=shape,
+                started_at=now_iso(),
+            ),
+            resume=resume,
+        )
+
+    async def connect(self, connection: Connection) -> Router:
+        """The run's router (its session closes with the frame); its closed routes make exit 3."""
+        from orchestrator.api.routes import connect  # noqa: PLC0415 - aiohttp loads only when sending
+
+        self.router = await connect(self._stack, connection)
+        return self.router
+
+    async def enter(self, context: contextlib.AbstractAsyncContextManager[T]) -> T:
+        """Keep an async context open until the run ends (the demo's emulator)."""
+        return await self._stack.enter_async_context(context)
+
+    # 3. signals and drain
+    def stopping(self) -> bool:
+        """True once a signal asked the drain phase to take no new work."""
+        return self._stopped
+
+    def draining(self) -> contextlib.AbstractContextManager[None]:
+        """The drain phase, entered around the acting itself (deletions, rollbacks): there a signal stops
+        new work and gives work in flight the grace period; elsewhere (listings, checks) it stops at once."""
+
+        def stop() -> None:
+            self._stopped = True
+
+        return draining(
+            stop=stop,
+            grace=self.grace,
+            received=self.signals,
+            console=self.console,
+            sync=self.sync,
+            what=self.drain,
+            left="work in flight has no record; --resume looks at it again before acting",
+        )
+
+    def sync(self) -> None:
+        if self.writer is not None:
+            self.writer.sync()
+
+    # 4. the tally
+    def write(self, record: Record | ActionRecord) -> None:
+        """Append ``record`` to the report and count it."""
+        assert self.writer is not None  # noqa: S101 - a record is written only after the report opened
+        self.writer.write_line(record.to_json())
+        self.tally.add(record)
+
+    # 5. the end
+    def _finish(self) -> int:
+        """Print the summary, name closed routes, write the side files; the exit code."""
+        tally, console = self.tally, self.console
+        where = "standard output" if self.report == "-" else self.report
+        data = tally.to_dict()
+        console.event("summary", f"{tally.render()}\nreport: {where}", report=where, **data)
+        closures = [] if self.router is None else self.router.closures()
+        for closure in closures:
+            console.error(closure.message, code=closure.code)
+        if closures:
+            console.error("stopped sending where noted above; fix the cause and run again with --resume")
+            code = RunAborted.exit_code
+        else:
+            code = max(tally.exit_code, self.at_least)
+        summary = {**({"command": self.command} if not tally.counting.rows else {}), **data}
+        families = metrics.tally_families(
+            tally,
+            command=self.command,
+            throttled=0 if self.router is None else self.router.throttled,
+            also=self.also,
+        )
+        write_side_files(
+            self.closing,
+            command=self.command,
+            summary={**summary, "exit_code": code, **self.summary},
+            families=families,
+            exit_code=code,
+            console=console,
+        )
+        return code

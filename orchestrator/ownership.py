@@ -1,0 +1,100 @@
+"""Whose a snapshot is: the tool's, a given run's, a given row's. Judged here once, for ``prune``,
+``audit``, ``cleanup``, ``rollback`` and create's end-of-run sweep.
+
+- **The tool's** (``Ownership.owns``: prune, audit): it carries the ``evs_snapshot_run`` marker (not
+  empty) or, with an explicit ``--name-prefix``, it is named with that prefix.
+- **A run's** (``of_run``: cleanup, the sweep): it carries that run's marker.
+- **A row's** (``refusal``: cleanup, rollback): it is the run's and of the row's disk.
+
+A backup-made snapshot (named ``autobk_snapshot_*`` or ``manualbk_snapshot_*``) is never the tool's,
+whatever it carries. A command that finds a snapshot it was pointed at (by a report's record, or by
+a run's marker) but may not touch writes a ``refused`` record; each reason has one error code,
+whichever command refuses:
+
+=================  ==============================================================================
+code               reason
+=================  ==============================================================================
+BACKUP_SNAPSHOT    made by a backup service (its name): never the tool's, never deleted or used
+NOT_THIS_RUN       it does not carry the run's marker (none, an empty one, or another run's)
+OTHER_VOLUME       it carries the run's marker but is of another disk than the row's, or (a row
+                   without a record) of a disk the run's report and manifest do not name
+=================  ==============================================================================
+
+(``OTHER_VOLUME`` replaces rollback's ``FOREIGN_SNAPSHOT``, which named the same refusal.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from orchestrator.api.views import BACKUP_PREFIXES, Snapshot
+from orchestrator.errors import UsageError
+
+BACKUP_SNAPSHOT = "BACKUP_SNAPSHOT"
+NOT_THIS_RUN = "NOT_THIS_RUN"
+OTHER_VOLUME = "OTHER_VOLUME"
+
+
+def check_name_prefix(prefix: str | None) -> str | None:
+    """``--name-prefix``: not empty (it would own everything), not a backup service's prefix."""
+    if prefix is None:
+        return None
+    if not prefix.strip():
+        raise UsageError("--name-prefix must not be empty: it would make every snapshot the tool's own")
+    if prefix.startswith(BACKUP_PREFIXES):  # shorter prefixes are harmless: backup names are never owned
+        raise UsageError(f"--name-prefix {prefix!r} names backup-made snapshots, which are never deleted")
+    return prefix
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ownership:
+    """Which snapshots are the tool's own: the run marker, or an explicit name prefix; never a backup's."""
+
+    name_prefix: str | None = None
+
+    def owns(self, snapshot: Snapshot) -> bool:
+        if snapshot.is_backup:
+            return False
+        if snapshot.marked():
+            return True
+        return self.name_prefix is not None and (snapshot.name or "").startswith(self.name_prefix)
+
+
+def of_run(snapshot: Snapshot, run_id: str) -> bool:
+    """The snapshot is run ``run_id``'s: it carries the run's marker and is not backup-made."""
+    return snapshot.marked(run_id) and not snapshot.is_backup
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a snapshot may not be touched: an error code of the module docstring, and a sentence."""
+
+    code: str
+    message: str
+
+
+def refusal(snapshot: Snapshot, *, run_id: str, volume_id: str, named: bool = True) -> Refusal | None:
+    """Why ``snapshot`` is not run ``run_id``'s snapshot of disk ``volume_id`` (``None``: it is).
+
+    ``named=False``: the snapshot was found by the run's marker alone, and its disk is not one the
+    run's report or manifest names.
+    """
+    shown = f"snapshot {snapshot.id}"
+    if snapshot.is_backup:
+        return Refusal(
+            BACKUP_SNAPSHOT, f"{shown} ({snapshot.name}) was made by a backup service; it is never the tool's"
+        )
+    if not snapshot.marked(run_id):
+        whose = f"run {snapshot.marker}" if snapshot.marker else "no run of this tool"
+        return Refusal(NOT_THIS_RUN, f"{shown} was made by {whose}, not by run {run_id}")
+    if snapshot.volume_id != volume_id.lower():
+        return Refusal(
+            OTHER_VOLUME, f"{shown} is of disk {snapshot.volume_id}, not of the row's disk {volume_id}"
+        )
+    if not named:
+        return Refusal(
+            OTHER_VOLUME,
+            f"{shown} carries run {run_id}'s marker, but its disk {snapshot.volume_id} is not one the run's "
+            "report or manifest names",
+        )
+    return None

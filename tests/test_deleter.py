@@ -1,0 +1,140 @@
+"""One deleter: the sweep (``delete_snapshot``), prune and cleanup (``Deleter``) handle each DELETE answer
+the same way, through the one loop (``deleter.delete``)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from yarl import URL
+
+from orchestrator.actions import Action, ActionRecord
+from orchestrator.api.routes import Route, connect
+from orchestrator.config import Connection, Endpoints
+from orchestrator.deleter import WRONG_STATE_PAUSE, Deleter, Deletion, Ended, Job, delete, delete_snapshot
+from orchestrator.emulator import SeedSnapshot
+from orchestrator.retry import RetryPolicy
+from tests.helpers import AKSK_ENV, PROJECT, volume_ids
+
+QUICK = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02)
+(DISK,) = volume_ids(1, seed=1047)
+# The state each snapshot is seeded in, and how its deletion must end for every deleter.
+CASES = {
+    "available": (True, Action.DELETED, None),  # 202
+    "deleting": (
+        True,
+        Action.DELETED,
+        None,
+    ),  # 400 EVS.1047, then seen deleting: an earlier DELETE got through
+    "rollbacking": (False, Action.REJECTED, "EVS.1047"),  # 400 EVS.1047 in a state that stays
+    "error_deleting": (False, Action.REJECTED, "EVS.2019"),  # 500 with a final code
+}
+
+
+def seeded(status: str) -> SeedSnapshot:
+    return SeedSnapshot(
+        id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"deleter/{status}")), volume_id=DISK, status=status
+    )
+
+
+@contextlib.asynccontextmanager
+async def route_to(url: str) -> AsyncIterator[Route]:
+    async with contextlib.AsyncExitStack() as stack:
+        router = await connect(stack, Connection(endpoints=Endpoints(evs=URL(url)), environ=AKSK_ENV))
+        yield await router.route_for(PROJECT, None)
+
+
+def planned(snapshot_id: str) -> ActionRecord:
+    return ActionRecord(
+        run_id="r",
+        command="prune",
+        key=snapshot_id,
+        outcome=Action.PLANNED,
+        snapshot_id=snapshot_id,
+        started_at="t",
+        finished_at="t",
+    )
+
+
+@pytest.mark.anyio
+async def test_the_sweep_and_the_deleter_end_each_answer_alike(emulator: Callable[..., Any]) -> None:
+    """Seeded twice (each deleter its own copy): 202, EVS.1047 on a deleting or a stuck snapshot, a final
+    5xx, and 404 end as done for both or as not done for both, with the same code."""
+    missing = str(uuid.uuid4())
+    snapshots = tuple(seeded(status) for status in CASES)
+    for_sweep, for_deleter = await emulator(snapshots=snapshots), await emulator(snapshots=snapshots)
+    swept: dict[str, tuple[bool, str | None]] = {}
+    async with route_to(for_sweep.url) as route:
+        for snapshot in (*snapshots, missing):
+            snapshot_id = snapshot if isinstance(snapshot, str) else snapshot.id
+            swept[snapshot_id] = await delete_snapshot(route, snapshot_id, QUICK, patience=0)
+    written: dict[str, ActionRecord] = {}
+    async with route_to(for_deleter.url) as route:
+        deleter = Deleter(
+            policy=QUICK,
+            concurrency=2,
+            wait_timeout=None,
+            write=lambda record: written.__setitem__(str(record.snapshot_id), record),
+            stopping=lambda: False,
+        )
+        ids = [s.id for s in snapshots] + [missing]
+        await deleter.run([Job(route, planned(snapshot_id)) for snapshot_id in ids])
+    assert swept[missing] == (True, None)
+    assert written[missing].outcome is Action.DELETED
+    assert written[missing].http_status == 404
+    for snapshot in snapshots:
+        done, outcome, code = CASES[snapshot.status]
+        assert swept[snapshot.id][0] is done, (snapshot.status, swept[snapshot.id])
+        assert (written[snapshot.id].outcome, written[snapshot.id].error_code) == (outcome, code)
+        why = swept[snapshot.id][1]
+        assert (why is None) is done
+        if code is not None:
+            assert why is not None
+            assert code in why
+
+
+@pytest.mark.anyio
+async def test_a_wrong_state_is_waited_out_only_with_patience(emulator: Callable[..., Any]) -> None:
+    """EVS.1047 on a snapshot still creating: without patience one DELETE and a refusal naming the state;
+    with patience the DELETE is sent again until the patience is spent."""
+    young = seeded("creating")
+    emu = await emulator(snapshots=(young,))
+    async with route_to(emu.url) as route:
+        at_once = await delete(route, young.id, QUICK)
+        patient = await delete(route, young.id, QUICK, patience=0.3)
+    assert (at_once.ended, at_once.state, at_once.attempts) == (Ended.REJECTED, "creating", 1)
+    assert at_once.why is not None
+    assert at_once.why.endswith("(the snapshot is creating)")
+    assert patient.ended is Ended.REJECTED
+    assert patient.attempts >= 2
+
+
+@pytest.mark.anyio
+async def test_patience_outlasts_the_attempts_at_a_steady_pace(emulator: Callable[..., Any]) -> None:
+    """Every DELETE answered 5xx: past the policy's attempts it is sent again while the patience lasts,
+    each pause then at least WRONG_STATE_PAUSE, so the patience is not spun through."""
+    target = seeded("available")
+    emu = await emulator(snapshots=(target,), fault_5xx=1.0)
+    async with route_to(emu.url) as route:
+        deletion = await delete(route, target.id, QUICK, patience=0.5)
+    assert deletion.ended is Ended.FAILED
+    assert QUICK.max_attempts < deletion.attempts <= QUICK.max_attempts + 1 + int(0.5 / WRONG_STATE_PAUSE)
+    assert deletion.why is not None
+    assert deletion.why[:3] in {"500", "502", "503", "504"}
+
+
+def test_why_names_what_was_learned() -> None:
+    """A deletion that did not succeed says why in one line: the answer, and the state or the failed look."""
+    answer = Deletion(ended=Ended.FAILED, http_status=400, code="EVS.1047", message="wrong state")
+    assert Deletion(ended=Ended.DONE).why is None
+    assert answer.why == "400 EVS.1047: wrong state"
+    unread = dataclasses.replace(answer, unreadable=True)
+    assert unread.why == "400 EVS.1047: wrong state (and its status could not be read)"
+    stuck = dataclasses.replace(answer, ended=Ended.REJECTED, state="backing-up")
+    assert stuck.why == "400 EVS.1047: wrong state (the snapshot is backing-up)"
+    lost = Deletion(ended=Ended.FAILED, code="CONNECTION_RESET", message="connection reset", transport=True)
+    assert lost.why == "connection reset"

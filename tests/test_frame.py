@@ -1,0 +1,195 @@
+"""The one run frame: one tally and one resume book for both record types, one metrics writer with one
+help text per metric, exit 3 for a closed route decided by the frame, and no command importing another."""
+
+from __future__ import annotations
+
+import ast
+import io
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+from orchestrator import metrics
+from orchestrator.actions import FINAL, Action, ActionRecord
+from orchestrator.console import Console
+from orchestrator.errors import Closure, Interrupted, ListingFailed
+from orchestrator.frame import Closing, Frame, recording_aborts
+from orchestrator.models import Outcome
+from orchestrator.report import ResumeBook, RowOutcomes
+from orchestrator.tally import Counting, Tally
+
+COMMANDS = Path(__file__).resolve().parent.parent / "orchestrator" / "commands"
+
+
+def action(outcome: Action, key: str = "snap-1", **fields: Any) -> ActionRecord:
+    stamp = "2026-01-01T00:00:00Z"
+    return ActionRecord(
+        run_id="r", command="prune", key=key, outcome=outcome, started_at=stamp, finished_at=stamp, **fields
+    )
+
+
+class ClosedRouter:
+    """A router whose one route a refusal closed (what ``Router.closures`` reports)."""
+
+    throttled = 0
+
+    def closures(self) -> list[Closure]:
+        return [Closure("CREDENTIALS_REFUSED", "credentials refused by the endpoint")]
+
+
+def test_one_tally_counts_action_records() -> None:
+    """An action run's records are counted by the same Tally: a planned record naming a blocker fails."""
+    tally = Tally(counting=Counting.records("prune"))
+    tally.add(action(Action.DELETED))
+    assert tally.exit_code == 0
+    tally.add(action(Action.PLANNED, "snap-2", error_code="SNAPSHOT_BUSY"))
+    assert tally.exit_code == 1
+    assert tally.render().splitlines()[:2] == [
+        "prune: 2 records: 1 deleted, 1 planned",
+        "errors: SNAPSHOT_BUSY x1",
+    ]
+    data = tally.to_dict()
+    assert list(data) == ["outcomes", "error_codes", "notes", "elapsed_s", "exit_code"]
+    assert data["error_codes"] == [{"code": "SNAPSHOT_BUSY", "rows": 1}]
+
+
+def test_an_action_run_with_nothing_to_do_succeeds_and_an_empty_create_run_does_not() -> None:
+    """Nothing to prune is exit 0; a create run that counted no row is exit 1."""
+    assert Tally(counting=Counting.records("cleanup")).exit_code == 0
+    assert Tally().exit_code == 1
+
+
+def test_one_resume_book_for_both_record_types(tmp_path: Path) -> None:
+    """The action book is the create book's class: final outcomes are skipped, others looked at again."""
+    book = ResumeBook.keyed({"a": Action.DELETED, "b": Action.FAILED}, FINAL)
+    assert book.finished("a")
+    assert not book.finished("b")
+    assert not book.finished("c")
+    assert book.outcome("b") is Action.FAILED
+    assert ResumeBook.load(tmp_path / "none.jsonl") is None
+
+
+def test_one_help_text_per_metric(tmp_path: Path) -> None:
+    """create, prune and audit write one file; each metric keeps one HELP line, whoever wrote it."""
+    path = tmp_path / "evs.prom"
+    created = Tally()
+    metrics.write(path, created, command="create", exit_code=0, throttled=0)
+    pruned = Tally(counting=Counting.records("prune"))
+    metrics.write(path, pruned, command="prune", exit_code=1, throttled=0)
+    metrics.write_families(path, [], command="audit", exit_code=0)
+    text = path.read_text()
+    helps = re.findall(r"^# HELP (\S+) (.*)$", text, flags=re.MULTILINE)
+    names = [name for name, _ in helps]
+    assert len(names) == len(set(names)), text
+    assert "evs_snapshot_last_success_timestamp_seconds" in names
+    assert 'evs_snapshot_exit_code{command="prune"} 1\n' in text
+    assert 'evs_snapshot_exit_code{command="create"} 0\n' in text
+
+
+async def test_a_closed_route_is_exit_3_in_the_frame(tmp_path: Path) -> None:
+    """The frame, not the command, turns a closed route into exit 3, in the exit code and the metrics."""
+    stderr = io.StringIO()
+    closing = Closing(metrics_file=tmp_path / "m.prom", summary_json=tmp_path / "s.json")
+    frame = Frame(command="prune", console=Console(stderr), report=str(tmp_path / "r.jsonl"), closing=closing)
+    async with frame:
+        frame.open_actions(source="m.csv", shape={}, resume=False, nothing="nothing was deleted")
+        frame.router = ClosedRouter()  # type: ignore[assignment]
+        frame.write(action(Action.DELETED))
+    assert frame.exit_code == 3
+    assert "credentials refused by the endpoint" in stderr.getvalue()
+    assert 'evs_snapshot_exit_code{command="prune"} 3' in (tmp_path / "m.prom").read_text()
+    summary = orjson.loads((tmp_path / "s.json").read_bytes())
+    assert summary["command"] == "prune"
+    assert summary["exit_code"] == 3
+    assert summary["outcomes"] == {"deleted": 1}
+
+
+async def test_an_aborted_run_still_writes_exit_3(tmp_path: Path) -> None:
+    """A RunAborted (a listing refused) leaves exit code 3 in the metrics, so the alert fires."""
+    closing = Closing(metrics_file=tmp_path / "m.prom")
+    with pytest.raises(ListingFailed):
+        async with Frame(command="cleanup", console=Console(io.StringIO()), report="-", closing=closing):
+            raise ListingFailed("cannot list the snapshots")
+    assert 'evs_snapshot_exit_code{command="cleanup"} 3' in (tmp_path / "m.prom").read_text()
+
+
+def test_create_rows_are_counted_as_before() -> None:
+    """A create run's rows keep their own summary: N rows, then the rows of the manifest with a record."""
+    tally = Tally(manifest_rows=2)
+    tally.add_previous(Outcome.ACCEPTED, 1)
+    assert tally.render().splitlines()[0] == "1 rows: 1 accepted (1 of 2 rows have a record)"
+    assert tally.exit_code == 1  # row 2 has no record
+
+
+def test_no_command_imports_another() -> None:
+    """Each command module wires core modules; none imports another command."""
+    for path in sorted(COMMANDS.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("orchestrator.commands"), (
+                    f"{path.name} imports {node.module}"
+                )
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert not alias.name.startswith("orchestrator.commands"), (
+                        f"{path.name} imports {alias.name}"
+                    )
+
+
+async def test_an_abort_inside_a_task_group_still_writes_exit_3(tmp_path: Path) -> None:
+    """A RunAborted wrapped in a task group's exception group is found, and exit 3 written."""
+
+    async def refused() -> None:
+        raise ListingFailed("cannot list the snapshots")
+
+    closing = Closing(metrics_file=tmp_path / "m.prom")
+    frame = Frame(command="prune", console=Console(io.StringIO()), report="-", closing=closing)
+    with pytest.raises(BaseExceptionGroup):
+        async with frame, anyio.create_task_group() as group:
+            group.start_soon(refused)
+    assert 'evs_snapshot_exit_code{command="prune"} 3' in (tmp_path / "m.prom").read_text()
+
+
+def test_another_error_writes_no_side_file(tmp_path: Path) -> None:
+    """An error that is not an abort (a usage error, a bug) leaves the side files alone."""
+    closing = Closing(metrics_file=tmp_path / "m.prom")
+    with pytest.raises(ValueError, match="a bug"), recording_aborts(closing, "audit", Console(io.StringIO())):
+        raise ValueError("a bug")
+    assert not (tmp_path / "m.prom").exists()
+
+
+async def test_a_side_file_that_cannot_be_written_is_said_and_changes_nothing(tmp_path: Path) -> None:
+    """--summary-json under a file: the error is printed, the exit code stays the run's."""
+    (tmp_path / "file").write_text("")
+    stderr = io.StringIO()
+    closing = Closing(summary_json=tmp_path / "file" / "s.json")
+    async with Frame(command="cleanup", console=Console(stderr), report="-", closing=closing) as frame:
+        pass
+    assert frame.exit_code == 0
+    assert "--summary-json: cannot write" in stderr.getvalue()
+
+
+async def test_a_signal_stops_after_the_summary(tmp_path: Path) -> None:
+    """A signal received in a drain phase raises Interrupted (143) once the summary is printed."""
+    stderr = io.StringIO()
+    with pytest.raises(Interrupted) as stopped:
+        async with Frame(command="cleanup", console=Console(stderr), report="-") as frame:
+            frame.signals.append(signal.SIGTERM)
+    assert stopped.value.exit_code == 143
+    assert "cleanup: 0 records: nothing to do" in stderr.getvalue()
+
+
+def test_a_create_reports_rows_are_looked_up_one_by_one() -> None:
+    """The create book's rows answer get and [] like a dict; a row without a record has no outcome."""
+    rows = RowOutcomes()
+    rows.set(3, Outcome.ACCEPTED)
+    assert rows[3] is Outcome.ACCEPTED
+    assert rows.get(2) is None
+    with pytest.raises(KeyError):
+        rows[2]
