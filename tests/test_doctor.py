@@ -17,14 +17,11 @@ from click.testing import Result
 from orchestrator.api.clock import gateway_offset
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from tests.conftest import PROJECT, volume_ids
-from tests.helpers import NO_CREDENTIALS, cli_args, invoke, requests_of
+from tests.helpers import CREATE_ROUTE, NO_CREDENTIALS, PROJECT, cli_args, invoke, requests_of, volume_ids
 
 Start = Callable[..., EmulatorThread]
 VOLUME, TAGGED, OTHER_EP_VOLUME = volume_ids(3, seed=2001)
 SNAP_IDS = volume_ids(12, seed=2002)
-CREATE = "POST /v2/{project_id}/cloudsnapshots"
-DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 FAST = ("--max-attempts", "2", "--backoff-initial", "0.01", "--backoff-max", "0.05", "--timeout", "5")
 DISKS = (
     SeedVolume(volume_id=VOLUME),
@@ -59,7 +56,7 @@ def sound(result: Result, code: int) -> None:
 
 
 def created(emu: EmulatorThread) -> int:
-    return sum(requests_of(emu.state(), CREATE).values())
+    return sum(requests_of(emu.state(), CREATE_ROUTE).values())
 
 
 def test_the_default_emulator_passes_every_check(emulator_thread: Start) -> None:
@@ -273,7 +270,7 @@ def test_live_makes_exactly_one_snapshot_and_leaves_none(emulator_thread: Start,
     assert result.stdout.splitlines()[-1].startswith(
         "the assumptions evs-snapshot's exactly-once promise rests on hold in"
     )
-    assert requests_of(live_state(emu), CREATE) == {"202": 1}
+    assert requests_of(live_state(emu), CREATE_ROUTE) == {"202": 1}
     assert live_state(emu)["snapshots"] == []
     assert "cleanup" not in result.stderr
 
@@ -297,7 +294,7 @@ def test_live_says_the_marker_did_not_survive_rewritten_keys(emulator_thread: St
     assert row.startswith("FAIL")
     assert "the marker did not survive" in row
     assert "evs_snapshot_doctor_probe" in row
-    assert requests_of(live_state(emu), CREATE) == {"202": 1}
+    assert requests_of(live_state(emu), CREATE_ROUTE) == {"202": 1}
     assert live_state(emu)["snapshots"] == []
 
 
