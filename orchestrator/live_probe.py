@@ -183,6 +183,7 @@ class Live:
                 f"the create did not succeed ({what})",
                 "see the answer; a 403 needs evs:snapshots:create",
                 sent,
+                proves=(9,),
             )
             return False
         self.made = record.snapshot_id
@@ -192,6 +193,7 @@ class Live:
             f"snapshot {self.made} made through the create path (run {identity.run_id}, report {report})",
             "",
             sent,
+            proves=(9,),
         )
         return True
 
@@ -237,7 +239,6 @@ class Live:
                 "missed or sent twice",
                 "do not use the tool against this service until metadata comes back as written",
                 sent,
-                proves=(1, 3),
             )
             return False
         self.add(
@@ -246,7 +247,6 @@ class Live:
             f"the marker and the probe key came back exactly (key case and value); status {_status(answer)}",
             "",
             sent,
-            proves=(1, 3),
         )
         if _status(answer) != "available":
             return self.add(
