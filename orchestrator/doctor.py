@@ -219,7 +219,7 @@ class Doctor:
                 name="credentials",
                 result=Result.PASS,
                 meaning=f"{credential_source(self.router, self.connection)}: {shown(first.call)} got "
-                f"through authentication ({accepted(answer)}); {lifetime_note(self.router)}",
+                f"through authentication ({accepted(answer)}); {lifetime_note(self.router, self.project_id)}",
                 sent=(shown(first.call),),
                 proves=(8,),
             )

@@ -139,9 +139,10 @@ def credential_source(router: Router, connection: Connection) -> str:
     return "an IAM password (OS_USERNAME, OS_PASSWORD, OS_USER_DOMAIN_NAME)"
 
 
-def lifetime_note(router: Router) -> str:
+def lifetime_note(router: Router, project_id: str) -> str:
     """What the tool knows of how long the credentials last."""
     from orchestrator.api.credentials import AkSkAuth, TokenAuth  # noqa: PLC0415
+    from orchestrator.api.iam import PasswordAuth  # noqa: PLC0415
 
     auth = router.auth
     if isinstance(auth, TokenAuth):
@@ -156,7 +157,9 @@ def lifetime_note(router: Router) -> str:
                 "fresh ones before the window"
             )
         return "permanent keys do not expire"
-    return "a token is asked of IAM per project and renewed before it expires"
+    left = auth.seconds_left(project_id) if isinstance(auth, PasswordAuth) else None
+    now = "" if left is None else f" (this one: {left / 3600:.1f} h left)"
+    return f"a token is asked of IAM per project{now} and renewed before it expires"
 
 
 def tags_of(volume: object) -> list[str]:

@@ -398,6 +398,7 @@ def test_a_password_user_gets_its_project_from_a_token(
     if code == 0:
         assert "POST /v3/auth/tokens" in rows["project"]
         assert "an IAM password" in rows["credentials"]
+        assert "h left" in rows["credentials"]
     else:
         assert rows["credentials"].startswith("STOP")
         assert "IAM" in rows["credentials"]

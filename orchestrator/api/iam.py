@@ -132,6 +132,11 @@ class PasswordAuth:
             token = await self._fetch({"name": region})
             return token.project_id
 
+    def seconds_left(self, project_id: str) -> float | None:
+        """How long the project's current token lasts (from IAM's stated lifetime), if one was issued."""
+        token = self._tokens.get(project_id)
+        return None if token is None else max(0.0, token.expires_at - self._clock())
+
     def _fresh(self, project_id: str) -> _Token | None:
         token = self._tokens.get(project_id)
         return token if token is not None and self._clock() < token.renew_at else None
