@@ -41,7 +41,9 @@ def test_bash_completion_script_is_produced() -> None:
     assert "complete -o nosort -F _evs_snapshot_completion evs-snapshot" in result.output
 
 
-def _run(args: list[str | Path], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str | Path], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: PLW1510 - each caller checks the exit code it expects
         [str(arg) for arg in args],
         cwd=cwd,
@@ -68,7 +70,9 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path: Path) -> None:
     assert made.returncode == 0, made.stderr
     python = venv / "bin" / "python"
     user_site = Path(
-        _run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], cwd=tmp_path).stdout.strip()
+        _run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], cwd=tmp_path
+        ).stdout.strip()
     )
     # The dependencies come from this venv's site-packages (appended after the new venv's own, and
     # without its .pth files, so the repository's editable install stays invisible): fast and offline.
