@@ -299,7 +299,7 @@ class Answer:
     retry_after: str | None = None
     subject_token: str | None = dataclasses.field(default=None, repr=False)
     sent_with: str | None = dataclasses.field(default=None, repr=False)
-    date: str | None = dataclasses.field(default=None, repr=False)  # the gateway's clock (``api.clock``)
+    date: str | None = dataclasses.field(default=None, repr=False)  # the server's ``Date`` header
 
     @property
     def ok(self) -> bool:
