@@ -38,7 +38,8 @@ UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 BUILTIN_PLACEHOLDERS = frozenset({"volume_id", "row", "run_id", "date", "datetime"})
 PLACEHOLDER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
-TAG_KEY_RE = re.compile(r"[^\s{}]+")  # {tag:KEY}: a tag key as select --with-tags names its column
+# {tag:KEY}: a tag key (letters, digits, spaces and _ . : = + - @ /) as select --with-tags names its column
+TAG_KEY_RE = re.compile(r"[\w.:=+\-@/]+(?: [\w.:=+\-@/]+)*")
 
 
 class RowProblem(Exception):
@@ -79,11 +80,7 @@ def _checked(template: str, option: str) -> tuple[tuple[str, str | None, str | N
         if field is None:
             continue
         plain = bool(field) and PLACEHOLDER_RE.fullmatch(field) is not None and not conversion
-        tag = (
-            field == "tag"
-            and TAG_KEY_RE.fullmatch(spec or "") is not None
-            and unsafe_character(spec or "") is None
-        )
+        tag = field == "tag" and TAG_KEY_RE.fullmatch(spec or "") is not None
         if not plain or (spec and not tag):
             raise UsageError(
                 f"{option} {template!r}: placeholder {{{field}}} must be a plain name such as "
