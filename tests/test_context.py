@@ -44,9 +44,7 @@ DISKS = (
         device="/dev/vdb",
         tags={"env": "staging", "Owner": "dba", "ctx": "1"},
     ),
-    SeedVolume(
-        volume_id=IDS[2], name="scratch", tags={"app": "shop", "ctx": "1"}
-    ),  # no env tag, not attached
+    SeedVolume(volume_id=IDS[2], name="scratch", tags={"app": "shop", "ctx": "1"}),  # no env, no server
     SeedVolume(volume_id=IDS[3], name="bare", tags={"batch": "x"}),
 )
 INFO = ["volume_id", "server_id", "device", "bootable", "volume_name", "size", "availability_zone", "status"]
@@ -233,3 +231,21 @@ def test_resume_refuses_another_metadata_template(
     assert result.exit_code == 0, result.stderr
     assert requests_of(emu.state(), CREATE_ROUTE) == sent
     assert len(records(report)) == 3
+
+
+def test_name_template_takes_tag_columns_too(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """--name-template {tag:KEY} renders the tag column; a disk without the tag is TEMPLATE_ERROR as before."""
+    emu = emulator_thread(volumes=DISKS)
+    manifest = selected(emu, tmp_path / "m.csv", "--with-tags")
+    report = tmp_path / "plan.jsonl"
+    result = invoke(create_args(emu.url, manifest, report, name_template="{tag:app}-{row}", dry_run=True))
+    assert result.exit_code == 1, result.stderr
+    got = {r["volume_id"]: (r["outcome"], r["name"], r["error_code"]) for r in records(report)}
+    assert got == {
+        IDS[0]: ("planned", "shop-1", None),
+        IDS[1]: ("invalid", None, "TEMPLATE_ERROR"),
+        IDS[2]: ("planned", "shop-3", None),
+    }
+    assert "{tag:app}" in next(r["error_message"] for r in records(report) if r["error_code"])
