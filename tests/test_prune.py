@@ -38,6 +38,11 @@ def ago(days: float) -> str:
     return evs_time(datetime.now(UTC) - timedelta(days=days))
 
 
+def run_id_of(run: str) -> str:
+    """A well-formed run id (as create writes it) standing for the test's run name."""
+    return f"20261101T000000Z-{uuid.uuid5(uuid.NAMESPACE_OID, run).hex[:6]}"
+
+
 def snap(
     volume: str, days: float, *, run: str | None = "run-old", name: str | None = None, **extra: Any
 ) -> SeedSnapshot:
@@ -48,7 +53,7 @@ def snap(
         volume_id=volume,
         name=name or f"pre-maint-{days}",
         created_at=ago(days),
-        metadata={MARKER: run} if run else {},
+        metadata={MARKER: run_id_of(run)} if run else {},
         **extra,
     )
 
@@ -101,7 +106,7 @@ def test_keep_last_deletes_only_the_oldest_owned(
         assert record["outcome"] == "deleted"
         assert record["rule"] == "keep-last 3"
         assert record["volume_id"] == disk
-        assert record["source_run"] == "run-old"
+        assert record["source_run"] == run_id_of("run-old")
         assert record["snapshot_name"].startswith("pre-maint-")
         assert record["created_at"]
     assert set(live(emu)) == {s.id for s in owned[:3] + foreign}

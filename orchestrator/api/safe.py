@@ -141,7 +141,7 @@ async def fetch_json(
             answer = reply.answer
             if reply.verdict is Verdict.SUCCESS and isinstance(answer.body, dict):
                 return answer.body
-            if missing_ok and answer.status == 404:
+            if missing_ok and answer.gone:
                 return {}
             code, message = answer.error()
             why = f"{answer.status} {code}: {message or 'no message'}"

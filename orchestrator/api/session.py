@@ -128,6 +128,7 @@ class Caller:
                     retry_after=response.headers.get("Retry-After"),
                     subject_token=response.headers.get("X-Subject-Token"),
                     sent_with=outgoing.headers.get("X-Auth-Token"),
+                    date=response.headers.get("Date"),
                 )
         except TimeoutError as exc:
             raise RequestTimeout(f"no answer from {self.base_url} within {self.timeout.total:g}s") from exc
