@@ -27,7 +27,7 @@ GOOD = "20261101T000000Z-1a2b3c"
     ("marker", "owned"),
     [
         (GOOD, True),
-        (RunIdentity.new(datetime.now(UTC)).run_id, True),
+        (RunIdentity.new(datetime(2026, 12, 7, 1, 2, 3, tzinfo=UTC)).run_id[:17] + "9f8e7d", True),
         ("run-1", False),
         ("x", False),
         ("20261101T000000Z-1A2B3C", False),  # the tool writes lower-case hex
