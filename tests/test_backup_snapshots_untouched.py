@@ -14,8 +14,7 @@ import orjson
 
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from orchestrator.emulator.clock import evs_time
-from tests.conftest import volume_ids
-from tests.helpers import PROJECT, cli_args, csv_manifest, invoke, records
+from tests.helpers import PROJECT, cli_args, csv_manifest, invoke, records, volume_ids
 
 RUN = "20261201T010203Z-b0b1b2"
 DISK = volume_ids(1, seed=2007)[0]

@@ -15,8 +15,7 @@ from orchestrator.api import signing
 from orchestrator.api.iam import refusal
 from orchestrator.emulator import EmulatorThread, SeedVolume
 from orchestrator.models import Answer
-from tests.conftest import volume_ids
-from tests.helpers import PROJECT, cli_args, csv_manifest, invoke
+from tests.helpers import PROJECT, cli_args, csv_manifest, invoke, volume_ids
 
 DISK = volume_ids(1, seed=2002)[0]
 EXPIRED = {

@@ -14,8 +14,7 @@ import pytest
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from orchestrator.emulator.clock import evs_time
 from orchestrator.models import Answer
-from tests.conftest import volume_ids
-from tests.helpers import PROJECT, cli_args, csv_manifest, invoke, records, requests_of
+from tests.helpers import PROJECT, cli_args, csv_manifest, invoke, records, requests_of, volume_ids
 
 DISK = volume_ids(1, seed=2001)[0]
 RUN = "20261101T000000Z-4a4b4c"

@@ -16,8 +16,7 @@ from orchestrator.config import RunIdentity
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from orchestrator.emulator.clock import evs_time
 from orchestrator.ownership import Ownership
-from tests.conftest import volume_ids
-from tests.helpers import PROJECT, cli_args, csv_manifest, invoke, records
+from tests.helpers import PROJECT, cli_args, csv_manifest, invoke, records, volume_ids
 
 DISK = volume_ids(1, seed=2003)[0]
 GOOD = "20261101T000000Z-1a2b3c"

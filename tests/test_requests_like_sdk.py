@@ -11,8 +11,7 @@ from pathlib import Path
 
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from orchestrator.emulator.clock import evs_time
-from tests.conftest import volume_ids
-from tests.helpers import PROJECT, TOKEN_ENV, cli_args, csv_manifest, invoke, requests_of
+from tests.helpers import PROJECT, TOKEN_ENV, cli_args, csv_manifest, invoke, requests_of, volume_ids
 
 DISKS = volume_ids(2, seed=2004)
 RUN = "20261101T000000Z-5a5b5c"

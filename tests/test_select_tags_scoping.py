@@ -10,8 +10,7 @@ from pathlib import Path
 from click.testing import Result
 
 from orchestrator.emulator import EmulatorThread, SeedVolume
-from tests.conftest import volume_ids
-from tests.helpers import PROJECT, cli_args, invoke
+from tests.helpers import PROJECT, cli_args, invoke, volume_ids
 
 DEFAULT_EP, OTHER_EP, UNTAGGED = volume_ids(3, seed=2005)
 DISKS = (

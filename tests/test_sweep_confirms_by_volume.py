@@ -13,8 +13,7 @@ from typing import Any
 import orjson
 
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
-from tests.conftest import volume_ids
-from tests.helpers import PROJECT, invoke, records, requests_of
+from tests.helpers import PROJECT, invoke, records, requests_of, volume_ids
 
 RUN = "20261201T010203Z-0f1e2d"
 DISK, QUIET = volume_ids(2, seed=2006)
