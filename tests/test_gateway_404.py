@@ -4,20 +4,16 @@ nothing is recorded as deleted (issue 20)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
-from orchestrator.emulator.clock import evs_time
+from orchestrator.emulator import EmulatorThread, SeedVolume
 from orchestrator.models import Answer
-from tests.helpers import PROJECT, cli_args, csv_manifest, invoke, records, requests_of, volume_ids
+from tests.helpers import PROJECT, cli_args, csv_manifest, invoke, records, requests_of, snap, volume_ids
 
 DISK = volume_ids(1, seed=2001)[0]
-RUN = "20261101T000000Z-4a4b4c"
 DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 
 
@@ -36,22 +32,12 @@ def test_only_the_resources_own_404_is_gone(body: object, gone: bool) -> None:
     assert not Answer(status=400, body={"error": {"code": "EVS.5404"}}, request_id=None).gone
 
 
-def snapshot(index: int, days: float) -> SeedSnapshot:
-    return SeedSnapshot(
-        id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"gw404-{index}")),
-        volume_id=DISK,
-        name=f"pre-maint-{index}",
-        created_at=evs_time(datetime.now(UTC) - timedelta(days=days)),
-        metadata={"evs_snapshot_run": RUN},
-    )
-
-
 def test_a_gateway_404_on_delete_closes_the_route_and_records_nothing_deleted(
     emulator_thread: Callable[..., EmulatorThread], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """prune --keep-last 1: the old snapshot's DELETE is answered by the gateway (APIGW.0101): the run
     stops with exit 3, names the code, records no deletion, and the snapshot is still there."""
-    newest, old = snapshot(0, 1), snapshot(1, 5)
+    newest, old = snap(DISK, 1), snap(DISK, 5)
     emu = emulator_thread(
         volumes=(SeedVolume(volume_id=DISK),),
         snapshots=(newest, old),

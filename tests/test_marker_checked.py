@@ -4,9 +4,9 @@ access can set, so a value the tool never writes owns nothing."""
 
 from __future__ import annotations
 
-import uuid
+import dataclasses
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,9 +14,8 @@ import pytest
 from orchestrator.api.views import Snapshot
 from orchestrator.config import RunIdentity
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
-from orchestrator.emulator.clock import evs_time
 from orchestrator.ownership import Ownership
-from tests.helpers import PROJECT, cli_args, csv_manifest, invoke, records, volume_ids
+from tests.helpers import PROJECT, cli_args, csv_manifest, invoke, records, snap, volume_ids
 
 DISK = volume_ids(1, seed=2003)[0]
 GOOD = "20261101T000000Z-1a2b3c"
@@ -41,14 +40,9 @@ def test_only_a_well_formed_run_id_owns(marker: str, owned: bool) -> None:
     assert Ownership().owns(snapshot) is owned
 
 
-def seeded(index: int, days: float, marker: str) -> SeedSnapshot:
-    return SeedSnapshot(
-        id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"marker-{index}")),
-        volume_id=DISK,
-        name=f"pre-maint-{index}",
-        created_at=evs_time(datetime.now(UTC) - timedelta(days=days)),
-        metadata={"evs_snapshot_run": marker},
-    )
+def seeded(days: float, marker: str) -> SeedSnapshot:
+    """A snapshot of DISK ``days`` old whose marker holds ``marker``."""
+    return dataclasses.replace(snap(DISK, days), metadata={"evs_snapshot_run": marker})
 
 
 def test_prune_leaves_snapshots_whose_marker_is_not_a_run_id(
@@ -56,8 +50,8 @@ def test_prune_leaves_snapshots_whose_marker_is_not_a_run_id(
 ) -> None:
     """Four snapshots of one disk: two carry a run id, two a value someone else set (older ones). With
     --keep-last 1, prune deletes only the older run's snapshot; the forged ones stay."""
-    newest, older = seeded(0, 1, GOOD), seeded(1, 5, "20261001T000000Z-abcdef")
-    forged = [seeded(2, 9, "run-1"), seeded(3, 10, "anything")]
+    newest, older = seeded(1, GOOD), seeded(5, "20261001T000000Z-abcdef")
+    forged = [seeded(9, "run-1"), seeded(10, "anything")]
     emu = emulator_thread(
         volumes=(SeedVolume(volume_id=DISK),), snapshots=(newest, older, *forged), deleting_seconds=0.05
     )

@@ -4,27 +4,13 @@ the SDK sends only with a body). The emulator counts what the SDK would not send
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
-from orchestrator.emulator.clock import evs_time
-from tests.helpers import PROJECT, TOKEN_ENV, cli_args, csv_manifest, invoke, requests_of, volume_ids
+from orchestrator.emulator import EmulatorThread, SeedVolume
+from tests.helpers import PROJECT, TOKEN_ENV, cli_args, csv_manifest, invoke, requests_of, snap, volume_ids
 
 DISKS = volume_ids(2, seed=2004)
-RUN = "20261101T000000Z-5a5b5c"
-
-
-def seeded(index: int, days: float) -> SeedSnapshot:
-    return SeedSnapshot(
-        id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"sdk-{index}")),
-        volume_id=DISKS[0],
-        name=f"pre-maint-{index}",
-        created_at=evs_time(datetime.now(UTC) - timedelta(days=days)),
-        metadata={"evs_snapshot_run": RUN},
-    )
 
 
 def test_the_tool_sends_what_the_sdk_sends(
@@ -35,7 +21,7 @@ def test_the_tool_sends_what_the_sdk_sends(
     (AK/SK, which sign the headers sent) are accepted all along."""
     emu = emulator_thread(
         volumes=tuple(SeedVolume(volume_id=disk) for disk in DISKS),
-        snapshots=(seeded(0, 1), seeded(1, 5)),
+        snapshots=(snap(DISKS[0], 1), snap(DISKS[0], 5)),
         deleting_seconds=0.05,
     )
     manifest = csv_manifest(write, [DISKS[0]])
