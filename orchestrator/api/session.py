@@ -97,7 +97,10 @@ class Caller:
         outgoing = OutgoingRequest(
             method=method,
             url=url,
-            headers={"Content-Type": JSON_CONTENT_TYPE, "User-Agent": USER_AGENT},
+            # The SDK sends a Content-Type only with a body (evs-api.md 10): it is a signed header.
+            headers={"Content-Type": JSON_CONTENT_TYPE, "User-Agent": USER_AGENT}
+            if body
+            else {"User-Agent": USER_AGENT},
             body=body,
             project_id=project_id,
         )

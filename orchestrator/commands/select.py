@@ -3,9 +3,11 @@
 Selectors are ANDed: ``--server`` (repeatable; a disk attached to any of them), ``--tag KEY=VALUE``
 (repeatable; keys ANDed, values of one key ORed, as the tags API does), ``--metadata KEY=VALUE``
 (repeatable, ANDed), ``--availability-zone``, ``--status``, ``--name`` (exact) and
-``--only-boot``/``--exclude-boot``. With ``--tag`` the disks come from
-``POST .../cloudvolumes/resource_instances/action``; otherwise from ``GET .../cloudvolumes/detail``
-(once per ``--server``), with the other selectors as query filters. Both list 1000 a page, through the
+``--only-boot``/``--exclude-boot``. The disks come from ``GET .../cloudvolumes/detail`` (once per
+``--server``, with ``enterprise_project_id=all_granted_eps``), with the other selectors as query
+filters; ``--tag`` is matched on each disk's ``tags``, and cross-checked with the tag search
+(``POST .../cloudvolumes/resource_instances/action``, which has no enterprise-project field): when
+the two disagree the run stops with exit 3 and writes nothing. Both list 1000 a page, through the
 same send path as ``create``; every selector is checked again on each disk, so a filter the service
 applies loosely (or ignores) cannot widen the selection.
 
@@ -85,14 +87,12 @@ class Selector:
             query.append(("metadata", orjson.dumps(dict(self.metadata)).decode()))
         return query
 
-    def matches(self, volume: Volume) -> bool:
-        """True when the disk matches every selector."""
+    def matches(self, volume: Volume, *, tags: bool = True) -> bool:
+        """True when the disk matches every selector (``tags=False``: every one but ``--tag``)."""
         if self.servers and not set(self.servers) & {server.lower() for server in volume.servers}:
             return False
-        tags = volume.tags
-        for key, values in self.tags.items():
-            if key not in tags or (values and tags[key] not in values):
-                return False
+        if tags and not self.tagged(volume):
+            return False
         metadata = volume.metadata
         if any(key not in metadata or metadata[key] != value for key, value in self.metadata.items()):
             return False
@@ -104,6 +104,11 @@ class Selector:
         if any(value is not None and found != value for found, value in wanted):
             return False
         return self.boot is None or volume.bootable == self.boot
+
+    def tagged(self, volume: Volume) -> bool:
+        """The disk's tags (a map in the volume list's answer) match every ``--tag``."""
+        tags = volume.tags
+        return all(key in tags and (not values or tags[key] in values) for key, values in self.tags.items())
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,12 +164,16 @@ def manifest_columns(rows: Iterable[Mapping[str, Any]], *, force: bool, with_tag
 
 
 async def find_volumes(route: Route, selector: Selector, policy: RetryPolicy) -> list[Volume]:
-    """Every disk of the route's project that matches, each once, in listing order."""
+    """Every disk of the route's project that matches, each once, in listing order.
+
+    The disks always come from the volume list (every enterprise project the caller may see), and
+    ``--tag`` is matched on each disk's ``tags``. The tag search has no enterprise-project field
+    (evs-api.md 10): it is asked too, and when the two disagree the run stops (exit 3) rather than
+    write a manifest that may leave disks out.
+    """
     from orchestrator.api.safe import list_all_volumes, volumes_by_tags  # noqa: PLC0415
 
-    if selector.tags:
-        candidates = await volumes_by_tags(route, selector.tags, policy)
-    elif selector.servers:
+    if selector.servers:
         candidates = []
         for server in selector.servers:
             candidates += await list_all_volumes(route, policy, [("server_id", server), *selector.query()])
@@ -174,7 +183,41 @@ async def find_volumes(route: Route, selector: Selector, policy: RetryPolicy) ->
     for volume in candidates:
         if volume.id and volume.id not in found and selector.matches(volume):
             found[volume.id] = volume
+    if selector.tags:
+        listed = {volume.id: volume for volume in candidates if volume.id}
+        searched = {
+            volume.id
+            for volume in await volumes_by_tags(route, selector.tags, policy)
+            if volume.id and selector.matches(listed.get(volume.id, volume), tags=False)
+        }
+        _cross_check(found.keys(), searched)
     return list(found.values())
+
+
+def _cross_check(listed: Iterable[str], searched: set[str]) -> None:
+    """Stop (exit 3) when the volume list's tag matches and the tag search's differ."""
+    from orchestrator.errors import RunAborted  # noqa: PLC0415
+
+    listed = set(listed)
+    if listed == searched:
+        return
+    only_listed, only_searched = sorted(listed - searched), sorted(searched - listed)
+    told = []
+    if only_listed:
+        told.append(
+            f"{len(only_listed)} disk(s) carry the tags in the volume list but the tag search left them out "
+            f"({', '.join(only_listed[:5])}): the tag search may see only some enterprise projects"
+        )
+    if only_searched:
+        told.append(
+            f"{len(only_searched)} disk(s) found by the tag search do not carry the tags in the volume list "
+            f"({', '.join(only_searched[:5])})"
+        )
+    raise RunAborted(
+        "TAGS_DISAGREE: the volume list and the tag search disagree: "
+        + "; ".join(told)
+        + "; no manifest was written (select by --server, --metadata or --name, or check the tags)"
+    )
 
 
 def write_manifest(
@@ -388,7 +431,8 @@ SELECTORS = options.group(
         "tag_items",
         multiple=True,
         metavar="KEY=VALUE",
-        help="Disks with this tag (repeatable: keys ANDed, values of one key ORed); uses the tags API.",
+        help="Disks with this tag (repeatable: keys ANDed, values of one key ORed); matched on the volume "
+        "list, cross-checked with the tags API (exit 3 when they disagree).",
     ),
     click.option(
         "--metadata",
