@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 CLOCK_WARN = 60.0  # seconds of skew that earn a warning
 CLOCK_FAIL = 600.0  # and a failure: well inside the gateway's 15 minutes, with room for drift
-NOT_FOUND_CODES = frozenset({"EVS.5404", "itemNotFound"})
 NO_SUCH_API = frozenset({"APIGW.0101", "APIG.0101"})
 SIGNATURE_EXPIRED = frozenset({"APIGW.0303", "APIG.0303"})
 TAG_PROBE_KEY = "evs_snapshot_doctor"  # the tag search needs a key; any key proves the permission

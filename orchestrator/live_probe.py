@@ -27,7 +27,7 @@ from orchestrator.api.probe import exchange, said, shown, without_every_ep
 from orchestrator.api.views import RUN_MARKER_KEY, marker_in
 from orchestrator.doctor import Doctor
 from orchestrator.errors import ListingFailed
-from orchestrator.findings import NOT_FOUND_CODES, Check, Result
+from orchestrator.findings import Check, Result
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
@@ -370,9 +370,7 @@ class Live:
             return
         self.removed = True
         code = answer.error()[0]
-        body = answer.body
-        ours = code in NOT_FOUND_CODES or (isinstance(body, dict) and "itemNotFound" in body)
-        if not ours:
+        if not answer.gone:  # the resource's own 404 (EVS.5404, or Cinder's itemNotFound)
             self.add(
                 "gone",
                 Result.FAIL,

@@ -7,15 +7,15 @@ emulator to verify. The algorithm and its test vectors are in ``shared/reference
 
 from __future__ import annotations
 
-import contextlib
-import email.utils
 import functools
 import hashlib
 import hmac
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import quote, unquote
+
+from orchestrator.api.clock import SIGNATURE_WINDOW, gateway_offset
 
 ALGORITHM = "SDK-HMAC-SHA256"
 DERIVED_ALGORITHM = "V11-HMAC-SHA256"
@@ -23,8 +23,7 @@ DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 EMPTY_HASH = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 CONTENT_HASH_HEADER = "X-Sdk-Content-Sha256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-# The gateway refuses a signature dated more than this far from its own clock (401 APIGW.0303).
-SIGNATURE_WINDOW = 15 * 60
+# The code of a signature dated more than SIGNATURE_WINDOW from the gateway's clock.
 SIGNATURE_EXPIRED = "APIGW.0303"
 
 QueryParams = Sequence[tuple[str, str]]
@@ -48,19 +47,17 @@ def clock_advice(code: str, date: str | None, now: float | None = None) -> str:
     """What a refused signature says of the local clock: ``""`` unless ``code`` is ``APIGW.0303``.
 
     ``date`` is the answer's ``Date`` header (the gateway's clock); the offset is the local clock
-    minus it, in whole seconds.
+    minus it, in whole seconds (``clock.gateway_offset``, the one computation, which ``doctor`` uses).
     """
     if code != SIGNATURE_EXPIRED:
         return ""
     limit = f"the gateway refuses AK/SK signatures more than {SIGNATURE_WINDOW // 60} minutes from its clock"
     fix = "set this machine's clock right (NTP) and run again"
-    told = None
-    if date:
-        with contextlib.suppress(TypeError, ValueError, IndexError):
-            told = email.utils.parsedate_to_datetime(date)
-    if told is None or told.tzinfo is None:
+    sent = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    gateway_ahead = gateway_offset(date=date, sent=sent)
+    if gateway_ahead is None:
         return f"the local clock is off (signature expired): {limit}; {fix}"
-    offset = round((time.time() if now is None else now) - told.timestamp())
+    offset = round(-gateway_ahead)
     side = "ahead of" if offset > 0 else "behind"
     return (
         f"the local clock is off: it is {abs(offset)} s ({abs(offset) / 60:.1f} min) {side} the gateway's "
