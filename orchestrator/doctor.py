@@ -398,9 +398,9 @@ class Doctor:
                     meaning=f"{how} gave {len(seen)} distinct snapshots of the {total} the list counts "
                     f"({repeated} came twice): the order changed between pages, so one offset-paged listing "
                     "can skip a snapshot (a double left in place by a sweep that trusts it)",
-                    fix="the sweep must confirm each doubtful row by a volume_id lookup, never by the paged "
-                    "listing alone; run doctor again when nothing else creates or deletes snapshots, to tell "
-                    "churn from an unstable order",
+                    fix="nothing to set in the tool (its sweep confirms each doubtful row by a volume_id "
+                    "lookup, never by the paged listing); run doctor again when nothing else creates or "
+                    "deletes snapshots, to tell churn from an unstable order",
                     sent=sent,
                     proves=(3,),
                 )
