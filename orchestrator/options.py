@@ -534,3 +534,54 @@ DELETING = apply(
     ),
     LOCK_FILE,
 )
+
+# hold and release: which snapshots (a create report's rows, or --snapshot IDs), plan or apply, report.
+HOLDING = apply(
+    click.argument(
+        "source", metavar="[REPORT]", required=False, type=click.Path(path_type=Path, dir_okay=True)
+    ),
+    click.option(
+        "--snapshot",
+        "snapshot_ids",
+        multiple=True,
+        metavar="ID",
+        help="A snapshot of the tool to act on, instead of a REPORT (repeatable; with --project-id or "
+        "--region).",
+    ),
+    click.option(
+        "--rows",
+        "row_spec",
+        callback=row_ranges,
+        default=None,
+        metavar="ROWS",
+        help="Only the snapshots of these rows of REPORT: 3,7-9 (from 1, ranges with both ends).",
+    ),
+    click.option(
+        "--volume",
+        "volume_ids",
+        multiple=True,
+        metavar="ID",
+        help="Only the snapshots of REPORT's rows of this disk (repeatable).",
+    ),
+    click.option(
+        "--project-id",
+        default=None,
+        envvar="HUAWEICLOUD_SDK_PROJECT_ID",
+        help="Project of the --snapshot IDs (default: looked up by region).  "
+        "[env: HUAWEICLOUD_SDK_PROJECT_ID]",
+    ),
+    click.option(
+        "--apply", is_flag=True, help="Change the snapshots; without it, write planned records only."
+    ),
+    click.option(
+        "--report",
+        "report_path",
+        default=None,
+        help="Report path, or - for standard output.  "
+        "[default: reports/evs-snapshot-COMMAND-{datetime}.jsonl]",
+    ),
+    click.option(
+        "--resume", is_flag=True, help="Continue the run in --report: snapshots already done are skipped."
+    ),
+    LOCK_FILE,
+)

@@ -4,7 +4,10 @@ becomes of the others.
 For each selected disk, its owned snapshots (``ownership.Ownership``) are ranked newest first
 (``newest_first``; an unreadable ``created_at`` counts as newest, so it is kept). One kept by
 ``--keep-last N`` (the newest N) or by ``--keep-within DURATION`` (younger than that) is kept; so is
-the newest ``available`` one unless ``--allow-none``. Every other one is a candidate and gets one
+the newest ``available`` one unless ``--allow-none``; so is a held one (its ``evs_snapshot_hold`` key
+is set: ``create --hold``, ``hold``), whatever the rules say, with the rule ``hold: REASON`` on its
+``kept`` record. Held snapshots still take their place in the rules' count (``--keep-last`` counts
+them). Every other one is a candidate and gets one
 record naming the rule that condemned it: ``planned`` without ``--apply``; with it ``deleted``,
 ``rejected`` or ``failed`` (``deleter``); ``blocked`` (``SNAPSHOT_BUSY``) when its state cannot be
 deleted from. A snapshot already ``deleting`` is neither kept nor a candidate (``--resume`` waits for
@@ -204,7 +207,11 @@ def judge_scope(
         by_volume[volume_id].append(snapshot)
     for volume_id, owned in by_volume.items():
         for snapshot, kept in settings.rules.judge(owned, now):
-            if kept:
+            if snapshot.held:
+                counts[volume_id]["kept"] += 1
+                if settings.verbose:
+                    action.write(record(snapshot, Action.KEPT, rule=f"hold: {snapshot.hold}"))
+            elif kept:
                 counts[volume_id]["kept"] += 1
                 if settings.verbose:
                     action.write(record(snapshot, Action.KEPT))

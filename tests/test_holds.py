@@ -1,0 +1,283 @@
+"""Holds: create --hold, hold and release, and what prune and cleanup do with a held snapshot."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from orchestrator.emulator import SeedSnapshot, SeedVolume
+from orchestrator.emulator.clock import evs_time
+from tests.conftest import volume_ids
+from tests.helpers import (
+    FAST_RETRIES,
+    PROJECT,
+    create_args,
+    csv_manifest,
+    header,
+    invoke,
+    last_per_row,
+    records,
+    requests_of,
+)
+
+MARKER = "evs_snapshot_run"
+HOLD = "evs_snapshot_hold"
+FAST = ["--max-attempts", "3", "--backoff-initial", "0.01", "--backoff-max", "0.05"]
+CREATE = "POST /v2/{project_id}/cloudsnapshots"
+ADD = "POST /v2/{project_id}/snapshots/{snapshot_id}/metadata"
+REMOVE = "DELETE /v2/{project_id}/snapshots/{snapshot_id}/metadata/{key}"
+DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"
+
+
+def seeded(
+    volume: str, days: float, *, run: str | None = "run-old", hold: str | None = None, **extra: Any
+) -> SeedSnapshot:
+    """A seeded snapshot ``days`` old, marked by ``run`` (``None``: unmarked), held for ``hold``."""
+    metadata = {**({MARKER: run} if run else {}), **({HOLD: hold} if hold is not None else {})}
+    return SeedSnapshot(
+        id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"hold/{volume}/{days}/{run}/{hold}/{extra.get('name')}")),
+        volume_id=volume,
+        name=extra.pop("name", None) or f"pre-maint-{days}",
+        created_at=evs_time(datetime.now(UTC) - timedelta(days=days)),
+        metadata=metadata,
+        **extra,
+    )
+
+
+def start(
+    emulator_thread: Callable[..., Any], volumes: list[str], snapshots: list[SeedSnapshot], **knobs: Any
+) -> Any:
+    knobs.setdefault("deleting_seconds", 0.05)
+    return emulator_thread(
+        volumes=tuple(SeedVolume(volume_id=v) for v in volumes), snapshots=tuple(snapshots), **knobs
+    )
+
+
+def state_of(emu: Any) -> dict[str, dict[str, Any]]:
+    return {s["id"]: s for s in emu.state()["snapshots"] if s["status"] != "deleting"}
+
+
+def command(emu: Any, name: str, *args: str, report: Path) -> Any:
+    return invoke([name, *args, "--endpoint", emu.url, "--report", str(report), *FAST])
+
+
+def created(
+    emulator_thread: Callable[..., Any],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    count: int,
+    seed: int,
+    *extra: str,
+) -> tuple[Any, Path, list[str]]:
+    disks = volume_ids(count, seed=seed)
+    emu = start(emulator_thread, disks, [], creating_seconds=0.0)
+    report = tmp_path / "create.jsonl"
+    short = ("--settle", "0.1s", "--timeout", "0.2")
+    result = invoke(create_args(emu.url, csv_manifest(write, disks), report, *FAST_RETRIES, *short, *extra))
+    assert result.exit_code == 0, result.output
+    time.sleep(0.3)
+    return emu, report, disks
+
+
+def test_create_hold_writes_the_key_in_the_create_request(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """create --hold REASON: every snapshot carries the hold and the marker; one request per row, no more."""
+    emu, report, _ = created(emulator_thread, write, tmp_path, 3, 901, "--hold", "INC-7")
+    state = emu.state()
+    assert sum(requests_of(state, CREATE).values()) == 3
+    assert not any("metadata" in route for route in state["requests"])
+    run_id = header(report)["run_id"]
+    made = {r["snapshot_id"] for r in last_per_row(report).values()}
+    snaps = {s["id"]: s for s in state["snapshots"]}
+    assert {i: snaps[i]["metadata"] for i in made} == {i: {MARKER: run_id, HOLD: "INC-7"} for i in made}
+    assert header(report)["shape"]["hold"] == "INC-7"
+
+
+def test_create_hold_and_the_reserved_key_are_checked(write: Callable[..., Path], tmp_path: Path) -> None:
+    """An empty --hold, and --metadata or a manifest setting the hold key, are refused before sending."""
+    manifest = csv_manifest(write, volume_ids(1, seed=902))
+    report = tmp_path / "r.jsonl"
+    url = "http://127.0.0.1:9"
+    result = invoke(create_args(url, manifest, report, "--hold", " "))
+    assert result.exit_code == 2
+    assert "--hold needs a REASON" in result.output
+    result = invoke(create_args(url, manifest, report, "--metadata", f"{HOLD}=x"))
+    assert result.exit_code == 2
+    assert "reserved for holds" in result.output
+    disk = volume_ids(1, seed=903)[0]
+    held_row = write("held.csv", f"volume_id,metadata.{HOLD}\n{disk},x\n")
+    result = invoke(create_args(url, held_row, report, "--dry-run"))
+    assert result.exit_code == 1
+    (row,) = records(report)
+    assert (row["outcome"], row["error_code"]) == ("invalid", "RESERVED_METADATA_KEY")
+
+
+def test_hold_plans_then_applies_and_release_removes(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """hold REPORT: a plan sends nothing; --apply adds the key (the marker stays); release removes it."""
+    emu, report, _ = created(emulator_thread, write, tmp_path, 3, 904)
+    made = {r["row"]: r["snapshot_id"] for r in last_per_row(report).values()}
+    plan = tmp_path / "hold.jsonl"
+    result = command(emu, "hold", str(report), "--reason", "CHG-1", "--rows", "1-2", report=plan)
+    assert result.exit_code == 0, result.output
+    assert {(r["snapshot_id"], r["outcome"], r["rule"]) for r in records(plan)} == {
+        (made[1], "planned", "hold: CHG-1"),
+        (made[2], "planned", "hold: CHG-1"),
+    }
+    assert ADD not in emu.state()["requests"]
+    result = command(
+        emu, "hold", str(report), "--reason", "CHG-1", "--rows", "1-2", "--apply", "--resume", report=plan
+    )
+    assert result.exit_code == 0, result.output
+    assert {(r["snapshot_id"], r["outcome"]) for r in records(plan)[2:]} == {
+        (made[1], "held"),
+        (made[2], "held"),
+    }
+    snaps = state_of(emu)
+    assert snaps[made[1]]["metadata"][HOLD] == "CHG-1"
+    assert MARKER in snaps[made[1]]["metadata"]
+    assert HOLD not in snaps[made[3]]["metadata"]
+    assert sum(requests_of(emu.state(), ADD).values()) == 2
+    again = tmp_path / "hold-again.jsonl"  # already held: nothing is sent
+    result = command(emu, "hold", str(report), "--reason", "CHG-1", "--rows", "1", "--apply", report=again)
+    assert result.exit_code == 0, result.output
+    assert [r["outcome"] for r in records(again)] == ["held"]
+    assert sum(requests_of(emu.state(), ADD).values()) == 2
+    released = tmp_path / "release.jsonl"
+    result = command(
+        emu, "release", "--snapshot", made[1], "--project-id", PROJECT, "--apply", report=released
+    )
+    assert result.exit_code == 0, result.output
+    assert [(r["outcome"], r["rule"]) for r in records(released)] == [("released", "hold: CHG-1")]
+    assert HOLD not in state_of(emu)[made[1]]["metadata"]
+    assert MARKER in state_of(emu)[made[1]]["metadata"]
+    assert sum(requests_of(emu.state(), REMOVE).values()) == 1
+
+
+def test_hold_refuses_a_snapshot_not_the_tools(emulator_thread: Callable[..., Any], tmp_path: Path) -> None:
+    """hold --snapshot: an unmarked or backup-made snapshot is refused (exit 1) and nothing is sent for it."""
+    disk = volume_ids(1, seed=905)[0]
+    mine, by_hand = seeded(disk, 1), seeded(disk, 2, run=None, name="by-hand")
+    backup = seeded(disk, 3, name="autobk_snapshot_1")
+    emu = start(emulator_thread, [disk], [mine, by_hand, backup])
+    report = tmp_path / "hold.jsonl"
+    args = ["--reason", "INC-2", "--project-id", PROJECT, "--apply"]
+    for snapshot in (mine, by_hand, backup):
+        args += ["--snapshot", snapshot.id]
+    result = command(emu, "hold", *args, report=report)
+    assert result.exit_code == 1, result.output
+    outcomes = {r["snapshot_id"]: (r["outcome"], r["error_code"]) for r in records(report)}
+    assert outcomes == {
+        mine.id: ("held", None),
+        by_hand.id: ("refused", "NOT_OWNED"),
+        backup.id: ("refused", "BACKUP_SNAPSHOT"),
+    }
+    assert sum(requests_of(emu.state(), ADD).values()) == 1
+    assert HOLD not in state_of(emu)[by_hand.id]["metadata"]
+
+
+def test_hold_from_a_report_refuses_another_runs_snapshot(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """hold REPORT: a row whose recorded snapshot is not the run's is refused (the ownership judgement)."""
+    _, report, disks = created(emulator_thread, write, tmp_path, 2, 906)
+    stranger = seeded(disks[0], 5, run="another-run")
+    emu = start(emulator_thread, disks, [stranger])
+    lines = report.read_text().splitlines()
+    first = last_per_row(report)[1]["snapshot_id"]
+    report.write_text("\n".join(line.replace(first, stranger.id) for line in lines) + "\n")
+    plan = tmp_path / "hold.jsonl"
+    result = command(emu, "hold", str(report), "--reason", "X", "--rows", "1", report=plan)
+    assert result.exit_code == 1, result.output
+    assert [(r["outcome"], r["error_code"]) for r in records(plan)] == [("refused", "NOT_THIS_RUN")]
+
+
+def test_prune_keeps_a_held_snapshot(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """prune --keep-last 1 --apply: the held old snapshot stays, kept with rule hold: REASON."""
+    disk = volume_ids(1, seed=907)[0]
+    held = seeded(disk, 5, hold="baseline CHG-9")
+    others = [seeded(disk, d) for d in (1, 2, 3)]
+    emu = start(emulator_thread, [disk], [held, *others])
+    report = tmp_path / "prune.jsonl"
+    manifest = csv_manifest(write, [disk])
+    result = invoke(
+        [
+            "prune",
+            str(manifest),
+            "--endpoint",
+            emu.url,
+            "--project-id",
+            PROJECT,
+            "--report",
+            str(report),
+            *FAST,
+            "--keep-last",
+            "1",
+            "--apply",
+            "--verbose",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    outcomes = {r["snapshot_id"]: (r["outcome"], r["rule"]) for r in records(report)}
+    assert outcomes[held.id] == ("kept", "hold: baseline CHG-9")
+    assert {outcomes[s.id][0] for s in others[1:]} == {"deleted"}
+    assert set(state_of(emu)) == {held.id, others[0].id}
+
+
+def test_cleanup_blocks_held_unless_include_held(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """cleanup: a held snapshot of the run is blocked with HELD (exit 1); --include-held deletes it."""
+    emu, report, _ = created(emulator_thread, write, tmp_path, 2, 908)
+    made = {r["row"]: r["snapshot_id"] for r in last_per_row(report).values()}
+    result = command(
+        emu, "hold", str(report), "--reason", "keep", "--rows", "1", "--apply", report=tmp_path / "h.jsonl"
+    )
+    assert result.exit_code == 0, result.output
+    first = tmp_path / "cleanup.jsonl"
+    result = invoke(["cleanup", str(report), "--endpoint", emu.url, "--report", str(first), *FAST, "--apply"])
+    assert result.exit_code == 1, result.output
+    outcomes = {r["snapshot_id"]: (r["outcome"], r["error_code"]) for r in records(first)}
+    assert outcomes == {made[1]: ("blocked", "HELD"), made[2]: ("deleted", None)}
+    assert made[1] in state_of(emu)
+    second = tmp_path / "cleanup2.jsonl"
+    result = invoke(
+        [
+            "cleanup",
+            str(report),
+            "--endpoint",
+            emu.url,
+            "--report",
+            str(second),
+            *FAST,
+            "--apply",
+            "--include-held",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    assert {(r["snapshot_id"], r["outcome"]) for r in records(second)} == {
+        (made[1], "deleted"),
+        (made[2], "deleted"),
+    }
+    assert made[1] not in state_of(emu)
+
+
+def test_hold_and_release_usage(tmp_path: Path) -> None:
+    """A REPORT or --snapshot, not both, not neither; --rows only with a REPORT; hold needs --reason."""
+    url = ["--endpoint", "http://127.0.0.1:9", "--project-id", PROJECT]
+    assert invoke(["hold", "--reason", "x", *url]).exit_code == 2
+    report = tmp_path / "c.jsonl"
+    report.write_text("")
+    assert invoke(["hold", str(report), "--snapshot", "a", "--reason", "x", *url]).exit_code == 2
+    result = invoke(["release", "--snapshot", "a", "--rows", "1", *url])
+    assert result.exit_code == 2
+    assert "--rows and --volume choose rows of a REPORT" in result.output
+    assert invoke(["hold", "--snapshot", "a", *url]).exit_code == 2
