@@ -49,11 +49,8 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
         region=settings.connection.endpoints.home_region,
         warn=console.warn,
     )
-    rules = settings.rules
     shape = {
-        "keep_last": str(rules.keep_last),
-        "keep_within": str(rules.keep_within),
-        "allow_none": str(rules.allow_none),
+        **settings.rules.shape(),
         "name_prefix": settings.name_prefix or "",
         "all_volumes": str(settings.all_volumes),
         "digest": digest,
@@ -94,6 +91,37 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
     "--keep-within", type=options.Duration(), help="Keep owned snapshots younger than this (36h, 7d)."
 )
 @click.option(
+    "--keep-hourly",
+    type=click.IntRange(0, 100000),
+    help="Keep the newest owned available snapshot of each of the last N hours that hold one.",
+)
+@click.option(
+    "--keep-daily",
+    type=click.IntRange(0, 100000),
+    help="Keep the newest owned available snapshot of each of the last N days that hold one.",
+)
+@click.option(
+    "--keep-weekly",
+    type=click.IntRange(0, 100000),
+    help="Keep the newest owned available snapshot of each of the last N ISO weeks that hold one.",
+)
+@click.option(
+    "--keep-monthly",
+    type=click.IntRange(0, 100000),
+    help="Keep the newest owned available snapshot of each of the last N months that hold one.",
+)
+@click.option(
+    "--keep-yearly",
+    type=click.IntRange(0, 100000),
+    help="Keep the newest owned available snapshot of each of the last N years that hold one.",
+)
+@click.option(
+    "--tz",
+    "tz",
+    metavar="ZONE",
+    help="Time zone of the calendar periods (an IANA name: Europe/Berlin).  [default: the machine's]",
+)
+@click.option(
     "--allow-none",
     is_flag=True,
     help="Let the rules delete a disk's newest available snapshot too (kept by default).",
@@ -118,6 +146,12 @@ def command(
     project_id: str | None,
     keep_last: int | None,
     keep_within: float | None,
+    keep_hourly: int | None,
+    keep_daily: int | None,
+    keep_weekly: int | None,
+    keep_monthly: int | None,
+    keep_yearly: int | None,
+    tz: str | None,
     allow_none: bool,
     name_prefix: str | None,
     verbose: bool,
@@ -132,17 +166,36 @@ def command(
     closing: Closing,
     log_format: str,
 ) -> NoReturn:
-    """Delete the tool's own snapshots beyond --keep-last / --keep-within (plans unless --apply)."""
+    """Delete the tool's own snapshots beyond --keep-last / --keep-within / the calendar rules
+    (plans unless --apply)."""
     from orchestrator.config import check_project_id  # noqa: PLC0415
     from orchestrator.console import Console  # noqa: PLC0415
     from orchestrator.errors import UsageError  # noqa: PLC0415
     from orchestrator.frame import default_report  # noqa: PLC0415
     from orchestrator.manifest import ManifestSource  # noqa: PLC0415
     from orchestrator.ownership import check_name_prefix  # noqa: PLC0415
-    from orchestrator.retention import PruneSettings, Rules  # noqa: PLC0415
+    from orchestrator.retention import PruneSettings, Rules, local_zone, named_zone  # noqa: PLC0415
 
-    if keep_last is None and keep_within is None:
-        raise UsageError("prune needs a retention rule: --keep-last N and/or --keep-within DURATION")
+    try:
+        zone = local_zone() if tz is None else named_zone(tz)
+    except ValueError as exc:
+        raise UsageError(f"--tz: {exc}") from None
+    rules = Rules(
+        keep_last=keep_last,
+        keep_within=keep_within,
+        keep_hourly=keep_hourly,
+        keep_daily=keep_daily,
+        keep_weekly=keep_weekly,
+        keep_monthly=keep_monthly,
+        keep_yearly=keep_yearly,
+        allow_none=allow_none,
+        zone=zone,
+    )
+    if not rules.any():
+        raise UsageError(
+            "prune needs a retention rule: --keep-last N, --keep-within DURATION and/or "
+            "--keep-hourly/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly N"
+        )
     if manifest is None and not all_volumes:
         raise UsageError("prune needs a MANIFEST, or --all-volumes with --project-id or --region")
     if manifest is None and project_id is None and connection.endpoints.home_region is None:
@@ -154,7 +207,7 @@ def command(
         source=None if manifest is None else ManifestSource.of(manifest, manifest_format),
         all_volumes=all_volumes,
         project_id=check_project_id(project_id, option="--project-id"),
-        rules=Rules(keep_last=keep_last, keep_within=keep_within, allow_none=allow_none),
+        rules=rules,
         name_prefix=check_name_prefix(name_prefix),
         apply=apply,
         wait_timeout=wait_timeout if wait_for_gone else None,
