@@ -37,8 +37,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from orchestrator.actions import Action, ActionRecord, now_iso
-from orchestrator.api import evs
-from orchestrator.api.safe import fetch_json
+from orchestrator.api.safe import show_snapshot
 from orchestrator.api.views import Snapshot
 from orchestrator.createrun import CreateRun, manifest_disks
 from orchestrator.deleter import DELETABLE, DELETING, Deleter, Job
@@ -241,10 +240,7 @@ class Pass:
             return
         route = scope.route
         if snapshot is None:  # not listed: a GET tells gone (404) from a listing that lags
-            call = evs.show_snapshot(route.project_id, snapshot_id, kind=evs.Kind.CHECK)
-            body = await fetch_json(route, call, self.settings.policy, missing_ok=True)
-            shown = body.get("snapshot")
-            snapshot = Snapshot.parse(shown) if isinstance(shown, dict) else None
+            snapshot = await show_snapshot(route, snapshot_id, self.settings.policy)
         stamp = now_iso()
 
         def record(outcome: Action, **fields: Any) -> ActionRecord:

@@ -34,7 +34,6 @@ import anyio
 from orchestrator.actions import Action, ActionRecord, now_iso
 from orchestrator.api import evs
 from orchestrator.api.safe import snapshot_pages, snapshot_status
-from orchestrator.api.views import Snapshot
 from orchestrator.errors import ListingFailed, RouteClosed, TransportError
 from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retrying
 
@@ -109,8 +108,6 @@ async def delete(route: Route, snapshot_id: str, policy: RetryPolicy, *, patienc
                     transport=True,
                 )
                 raise TryAgain(str(exc)) from None
-            if reply.verdict is Verdict.REFUSED:
-                route.check_open()
             answer = reply.answer
             code, message = answer.error() if not answer.ok else (None, None)
             last = Deletion(
@@ -336,7 +333,7 @@ class Deleter:
             if self.stopping():
                 return
             pages += 1
-            for item in map(Snapshot.parse, page):
+            for item in page:
                 if item.id in ids:
                     seen[item.id] = item.status or ""
         self._pages[route] = pages

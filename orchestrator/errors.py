@@ -31,6 +31,10 @@ never pile up on one instance.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.models import Answer
 
 
 class EvsSnapshotError(Exception):
@@ -76,11 +80,16 @@ class RunAborted(EvsSnapshotError):
 
 
 class RouteClosed(RunAborted):
-    """An endpoint and project take no more requests (``code``: the service's, or ENDPOINT_UNREACHABLE)."""
+    """An endpoint and project take no more requests (``code``: the service's, or ENDPOINT_UNREACHABLE).
 
-    def __init__(self, code: str, message: str) -> None:
+    ``answer`` is the refusal itself when this request was the one refused (a record keeps its
+    status), ``None`` when the route was closed before it and nothing was sent.
+    """
+
+    def __init__(self, code: str, message: str, *, answer: Answer | None = None) -> None:
         self.code = code
         self.message = message
+        self.answer = answer
         super().__init__(f"{code}: {message}")
 
 
@@ -99,8 +108,8 @@ class Closure:
     code: str
     message: str
 
-    def error(self) -> RouteClosed:
-        return RouteClosed(self.code, self.message)
+    def error(self, answer: Answer | None = None) -> RouteClosed:
+        return RouteClosed(self.code, self.message, answer=answer)
 
 
 class ListingFailed(RunAborted):

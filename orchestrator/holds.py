@@ -30,7 +30,7 @@ import anyio
 
 from orchestrator.actions import FINAL, Action, ActionRecord, now_iso
 from orchestrator.api import evs
-from orchestrator.api.safe import fetch_json
+from orchestrator.api.safe import show_snapshot
 from orchestrator.api.views import HOLD_KEY, Snapshot
 from orchestrator.createrun import run_of
 from orchestrator.errors import ListingFailed, RouteClosed, TransportError, UsageError
@@ -205,14 +205,11 @@ async def _one(settings: HoldSettings, frame: Frame, route: Route, item: Named) 
     started, stamp = time.monotonic(), now_iso()
     wanted = settings.reason  # None: release
     try:
-        call = evs.show_snapshot(route.project_id, item.snapshot_id, kind=evs.Kind.CHECK)
-        body = await fetch_json(route, call, settings.policy, missing_ok=True)
+        snapshot = await show_snapshot(route, item.snapshot_id, settings.policy)
     except ListingFailed as exc:
         return _record(
             settings, frame, route, item, None, stamp, started, Action.FAILED, error_message=str(exc)
         )
-    shown = body.get("snapshot")
-    snapshot = Snapshot.parse(shown) if isinstance(shown, dict) else None
 
     def record(outcome: Action, **fields: Any) -> ActionRecord:
         return _record(settings, frame, route, item, snapshot, stamp, started, outcome, **fields)
@@ -264,10 +261,8 @@ async def _send(route: Route, call: evs.Call, policy: RetryPolicy) -> tuple[Answ
             except TransportError as exc:
                 why = str(exc)
                 raise TryAgain(why) from None
-            if reply.verdict is Verdict.REFUSED:
-                route.check_open()
             answer = reply.answer
-            if reply.verdict in (Verdict.SUCCESS, Verdict.FINAL, Verdict.REFUSED):
+            if reply.verdict in (Verdict.SUCCESS, Verdict.FINAL):
                 return answer, attempts, None
             code, _ = answer.error()
             why = f"{answer.status} {code}"

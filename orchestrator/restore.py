@@ -44,7 +44,7 @@ import orjson
 
 from orchestrator.actions import Action, read_actions
 from orchestrator.api import evs
-from orchestrator.api.safe import fetch_json, snapshot_status
+from orchestrator.api.safe import show_snapshot, show_volume, snapshot_status
 from orchestrator.api.views import Snapshot, Volume
 from orchestrator.errors import ListingFailed, TransportError, UsageError
 from orchestrator.models import Outcome, Record, RunHeader
@@ -256,20 +256,12 @@ def _blocked(code: str, message: str, snapshot: Snapshot | None = None) -> Findi
 
 async def _volume(route: Route, row: Record, policy: RetryPolicy, kind: evs.Kind) -> Volume | None:
     """The row's disk as shown (``None``: gone)."""
-    body = await fetch_json(
-        route, evs.show_volume(route.project_id, str(row.volume_id), kind=kind), policy, missing_ok=True
-    )
-    volume = body.get("volume")
-    return Volume.parse(volume) if isinstance(volume, dict) else None
+    return await show_volume(route, str(row.volume_id), policy, kind=kind)
 
 
 async def _snapshot(route: Route, row: Record, policy: RetryPolicy, kind: evs.Kind) -> Snapshot | None:
     """The row's snapshot as shown (``None``: gone)."""
-    body = await fetch_json(
-        route, evs.show_snapshot(route.project_id, str(row.snapshot_id), kind=kind), policy, missing_ok=True
-    )
-    snapshot = body.get("snapshot")
-    return Snapshot.parse(snapshot) if isinstance(snapshot, dict) else None
+    return await show_snapshot(route, str(row.snapshot_id), policy, kind=kind)
 
 
 async def _send(route: Route, row: Record, plan: RestorePlan, found: Look) -> Finding:
@@ -324,8 +316,6 @@ async def _send_until_settled(
                     last, code=exc.code, message=str(exc), http_status=None, attempts=attempt.number
                 )
                 raise TryAgain(str(exc), wait=0.0 if uncertain else None) from None
-            if reply.verdict is Verdict.REFUSED:
-                route.check_open()
             answer = reply.answer
             code, message = answer.error() if not answer.ok else (None, None)
             last = sent[0] = dataclasses.replace(

@@ -11,12 +11,12 @@ their window are looked up one by one, as during a run.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
-from orchestrator.api import evs
 from orchestrator.api.safe import snapshot_pages
+from orchestrator.api.views import Snapshot
 from orchestrator.errors import ListingFailed, RouteClosed
 from orchestrator.retry import RetryPolicy
 
@@ -27,15 +27,18 @@ GONE_STATUSES = frozenset({"deleting", "error_deleting"})
 
 
 class Listing:
-    """One project's snapshots of the run: ``volume_id -> (snapshot id, status)``, and when it began."""
+    """One project's snapshots of the run: ``volume_id -> (snapshot id, status)``, and when it began.
 
-    def __init__(self, began: float, found: dict[str, tuple[str, str]]) -> None:
+    Two strings a volume, not the view: a resumed run of many rows keeps one entry per row.
+    """
+
+    def __init__(self, began: float, found: dict[str, tuple[str, str | None]]) -> None:
         self.began = began
         self.found = found
 
-    def snapshot(self, volume_id: str) -> dict[str, Any] | None:
+    def snapshot(self, volume_id: str) -> Snapshot | None:
         hit = self.found.get(volume_id)
-        return None if hit is None else {"id": hit[0], "status": hit[1]}
+        return None if hit is None else Snapshot(id=hit[0], volume_id=volume_id, status=hit[1])
 
 
 class RunIndex:
@@ -61,13 +64,12 @@ class RunIndex:
 
     async def _list(self, route: Route) -> Listing | None:
         began = time.monotonic()
-        found: dict[str, tuple[str, str]] = {}
+        found: dict[str, tuple[str, str | None]] = {}
         try:
-            async for page in snapshot_pages(route, self.policy):
-                for item in page:
-                    if evs.marked(item, self.run_id) and item.get("status") not in GONE_STATUSES:
-                        volume = str(item.get("volume_id") or "").lower()
-                        found.setdefault(volume, (str(item.get("id")), str(item.get("status"))))
+            async for page in snapshot_pages(route, self.policy, marker=self.run_id):
+                for snapshot in page:
+                    if snapshot.marked(self.run_id) and snapshot.status not in GONE_STATUSES:
+                        found.setdefault(snapshot.volume_id, (snapshot.id, snapshot.status))
         except ListingFailed:
             return None
         except RouteClosed:

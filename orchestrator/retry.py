@@ -11,7 +11,7 @@ answer                                      verdict     why
 no connection (refused, DNS, TLS)           retry       the request never left
 no answer (reset, timeout)                  uncertain   the request may have reached EVS
 other 4xx, or 5xx with a final EVS code     final       the API refused this request
-401, 400 Common.0013, wrong project         refused     decided by the route (``api.routes``)
+401, 400 Common.0013, wrong project         (raised)    the route closes: ``RouteClosed``
 ==========================================  ==========  ====================================
 """
 
@@ -37,7 +37,6 @@ class Verdict(enum.Enum):
     RETRY = "retry"
     UNCERTAIN = "uncertain"
     FINAL = "final"
-    REFUSED = "refused"
 
 
 def classify(status: int, error_code: str | None) -> Verdict:
@@ -87,6 +86,8 @@ class Attempt:
     attempt is allowed, and raised when it was the last; any other exception goes through.
     """
 
+    __slots__ = ("loop", "number")
+
     def __init__(self, loop: retrying, number: int) -> None:
         self.loop = loop
         self.number = number
@@ -123,6 +124,20 @@ class retrying:
     attempt's retryable error is raised to the caller; with ``reraise=False`` the loop just ends, and
     ``last`` holds it.
     """
+
+    __slots__ = (
+        "done",
+        "last",
+        "number",
+        "on",
+        "patience",
+        "pause",
+        "policy",
+        "reraise",
+        "rng",
+        "sleep",
+        "waited",
+    )
 
     def __init__(
         self,

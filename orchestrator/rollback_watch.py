@@ -15,7 +15,6 @@ import anyio
 from orchestrator.actions import Action
 from orchestrator.api import evs
 from orchestrator.api.safe import list_all_volumes
-from orchestrator.api.views import Volume
 from orchestrator.errors import ListingFailed, RouteClosed
 from orchestrator.restore import Finding, RestorePlan, Watch, judge, poll
 
@@ -85,7 +84,7 @@ class Watcher:
         except (ListingFailed, RouteClosed):
             return due  # each is looked at by GET instead, which says what is wrong
         self._pages[route] = len(volumes) // evs.PAGE + 1
-        listed = {volume.id: volume for volume in map(Volume.parse, volumes)}
+        listed = {volume.id: volume for volume in volumes}
         absent = []
         for key, (row, watch) in list(self._pending.get(route, {}).items()):
             volume = listed.get(str(row.volume_id).lower())

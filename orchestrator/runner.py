@@ -15,11 +15,12 @@ may the row be sent again.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import random
 import time
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
@@ -27,11 +28,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from orchestrator import defaults
 from orchestrator.api import evs
-from orchestrator.errors import ProjectLookupFailed, RouteClosed, TransportError, UsageError
+from orchestrator.api.safe import ONE_TRY, volume_snapshots
+from orchestrator.api.views import Snapshot
+from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError, UsageError
 from orchestrator.models import Answer, Outcome, Record, SnapshotRequest, utc_iso, utc_now
 from orchestrator.report import ReportWriter, ResumeBook
 from orchestrator.resume import RunIndex
-from orchestrator.retry import RetryPolicy, Verdict, retry_after
+from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retry_after, retrying
 from orchestrator.tally import Tally
 
 if TYPE_CHECKING:
@@ -213,40 +216,51 @@ class Runner:
     async def _attempts(
         self, request: SnapshotRequest, route: Route, state: _Attempt, *, settling: bool
     ) -> Record | None:
+        """The row's create attempts, each after the lookups an uncertain one before it needs."""
         policy = self.plan.policy
-        while True:
-            if self._past_deadline():
-                return self._deadline(request, state)
-            if state.resumed:
-                state.resumed = False
-                found = await self._from_listing(request, route, state)
-                if found is not None:
-                    return self._record(request, Outcome.ACCEPTED, state, snapshot=found, reconciled=True)
-            if state.uncertain_since is not None:
-                if not settling:
-                    await self._hand_to_settler(request, state)
-                    return None
-                found = await self._settle(request, route, state)
-                if found is not None:
-                    return self._record(request, Outcome.ACCEPTED, state, snapshot=found, reconciled=True)
-            if state.attempts >= policy.max_attempts:
-                return self._record(request, Outcome.FAILED, state)
-            if self.stopping:
-                raise _Stopped
-            verdict, wait = await self._send_once(request, route, state)
-            if verdict is Verdict.SUCCESS:
-                return self._accepted(request, state)
-            if verdict is Verdict.FINAL:
-                return self._rejected(request, state)
-            if verdict is Verdict.REFUSED:
-                return self._record(request, Outcome.FAILED, state)
-            if verdict is Verdict.UNCERTAIN:
-                continue  # settle first (in a settling task), then maybe send again
-            await self._pause(wait if wait is not None else policy.backoff(state.attempts, self.random))
+        if state.attempts < policy.max_attempts:
+            # A settling task goes on where the worker stopped: the attempts left are its budget.
+            budget = policy if not state.attempts else _spent(policy, state.attempts)
+            tries = retrying(
+                budget,
+                pause=lambda _number, rng: policy.backoff(state.attempts, rng),
+                rng=self.random,
+                sleep=self._pause,
+                reraise=False,
+            )
+            async for attempt in tries:
+                with attempt:
+                    ready = await self._ready(request, route, state, settling=settling)
+                    if ready is not _Send.SEND:
+                        return ready
+                    if self.stopping:
+                        raise _Stopped
+                    return await self._send_once(request, route, state)
+        ready = await self._ready(request, route, state, settling=settling)  # the last one's lookups
+        return self._record(request, Outcome.FAILED, state) if ready is _Send.SEND else ready
 
-    async def _from_listing(
-        self, request: SnapshotRequest, route: Route, state: _Attempt
-    ) -> dict[str, Any] | None:
+    async def _ready(
+        self, request: SnapshotRequest, route: Route, state: _Attempt, *, settling: bool
+    ) -> Record | _Send | None:
+        """Before an attempt: a record when the row is decided (its deadline passed, or its snapshot was
+        found), ``None`` when it went to a settling task, ``_Send.SEND`` when it may be sent."""
+        if self._past_deadline():
+            return self._deadline(request, state)
+        if state.resumed:
+            state.resumed = False
+            found = await self._from_listing(request, route, state)
+            if found is not None:
+                return self._record(request, Outcome.ACCEPTED, state, snapshot=found, reconciled=True)
+        if state.uncertain_since is not None:
+            if not settling:
+                await self._hand_to_settler(request, state)
+                return None
+            found = await self._settle(request, route, state)
+            if found is not None:
+                return self._record(request, Outcome.ACCEPTED, state, snapshot=found, reconciled=True)
+        return _Send.SEND
+
+    async def _from_listing(self, request: SnapshotRequest, route: Route, state: _Attempt) -> Snapshot | None:
         """A resumed row against its project's listing of the run: its snapshot, or ``None``.
 
         When the row's window had closed before the listing began, absence is proof: the row may be
@@ -276,10 +290,9 @@ class Runner:
 
         self._settlers.start_soon(settle)
 
-    async def _send_once(
-        self, request: SnapshotRequest, route: Route, state: _Attempt
-    ) -> tuple[Verdict, float | None]:
-        """One create request; returns the verdict and the ``Retry-After`` seconds, if any."""
+    async def _send_once(self, request: SnapshotRequest, route: Route, state: _Attempt) -> Record:
+        """One create request: the row's record when the answer decides it; raises ``TryAgain`` when it
+        may be sent again (throttled, or no connection: after a pause; uncertain: after its lookups)."""
         state.attempts += 1
         if state.sent_before:
             self.in_doubt = True  # a commit of the earlier send later than its window would make two
@@ -288,10 +301,14 @@ class Runner:
         state.in_flight = True
         try:
             reply = await route.send(call)
-        except RouteClosed:
+        except RouteClosed as exc:
             state.in_flight = False
-            state.attempts -= 1  # refused before sending: nothing went out
-            raise
+            if exc.answer is None:
+                state.attempts -= 1  # refused before sending: nothing went out
+                raise
+            self.in_doubt = True  # the run ends without sending the rest: the sweep has the last word
+            state.answer, state.error = exc.answer, exc.answer.error()  # this request was refused
+            return self._record(request, Outcome.FAILED, state)
         except TransportError as exc:
             state.in_flight = False
             self.in_doubt = True
@@ -299,17 +316,23 @@ class Runner:
             if exc.may_have_arrived:
                 # The window runs from now: the request may have waited for a slot before it left.
                 state.maybe_sent, state.uncertain_since = True, time.monotonic()
-                return Verdict.UNCERTAIN, None
-            return Verdict.RETRY, None
+                raise TryAgain(str(exc), wait=0.0) from None  # look it up first, no pause
+            raise TryAgain(str(exc)) from None
         state.in_flight = False
-        if reply.verdict is not Verdict.SUCCESS and reply.verdict is not Verdict.FINAL:
-            self.in_doubt = True  # the row is sent again or looked up: one snapshot or two?
+        verdict = reply.verdict
         answer = reply.answer
         state.answer = answer
         state.error = None if answer.ok else answer.error()
-        if reply.verdict is Verdict.UNCERTAIN:
+        if verdict is Verdict.SUCCESS:
+            return self._record(request, Outcome.ACCEPTED, state, snapshot=Snapshot.from_body(answer.body))
+        if verdict is Verdict.FINAL:
+            return self._rejected(request, state)
+        self.in_doubt = True  # the row is sent again or looked up: one snapshot or two?
+        why = f"{answer.status} {state.error[0] if state.error else ''}"
+        if verdict is Verdict.UNCERTAIN:
             state.maybe_sent, state.uncertain_since = True, time.monotonic()
-        return reply.verdict, retry_after(answer.retry_after)
+            raise TryAgain(why, wait=0.0)  # look it up first, no pause
+        raise TryAgain(why, wait=retry_after(answer.retry_after))
 
     def _journal(self, request: SnapshotRequest, state: _Attempt) -> None:
         """Record that a create of the row is leaving now (a ``sending`` side record), before it leaves."""
@@ -330,7 +353,7 @@ class Runner:
             )
         )
 
-    async def _settle(self, request: SnapshotRequest, route: Route, state: _Attempt) -> dict[str, Any] | None:
+    async def _settle(self, request: SnapshotRequest, route: Route, state: _Attempt) -> Snapshot | None:
         """Look the row's snapshot up until found, or until the settle window has passed without it.
 
         Returns the snapshot, or ``None`` when nothing can still appear (the row may be sent again);
@@ -342,7 +365,7 @@ class Runner:
         delay = min(0.5, self.plan.settle) or 0.05
         while True:
             found = await self._look_up(request, route, state)
-            if isinstance(found, dict):
+            if isinstance(found, Snapshot):
                 return found
             window_left = since + self.plan.settle - time.monotonic()
             if found is None:
@@ -360,27 +383,18 @@ class Runner:
 
     async def _look_up(
         self, request: SnapshotRequest, route: Route, state: _Attempt
-    ) -> dict[str, Any] | bool | None:
-        """This run's snapshot of the row's volume: its dict, ``False`` when absent, ``None`` unknown."""
+    ) -> Snapshot | bool | None:
+        """This run's snapshot of the row's volume, ``False`` when absent, ``None`` when unknown."""
         state.lookups += 1
-        call = evs.list_snapshots(
-            route.project_id,
-            [("volume_id", request.volume_id), ("limit", str(evs.PAGE))],
-            kind=evs.Kind.LOOKUP,
-        )
         try:
-            reply = await route.send(call)
-        except TransportError:
+            listed = await volume_snapshots(route, request.volume_id, ONE_TRY)
+        except ListingFailed:
             return None
-        body = reply.answer.body
-        if reply.verdict is not Verdict.SUCCESS or not isinstance(body, dict):
-            return None
-        for snapshot in body.get("snapshots") or []:
+        for snapshot in listed:
             if (
-                isinstance(snapshot, dict)
-                and evs.marked(snapshot, self.plan.run_id)
-                and str(snapshot.get("volume_id", "")).lower() == request.volume_id
-                and snapshot.get("status") not in GONE_STATUSES
+                snapshot.marked(self.plan.run_id)
+                and snapshot.volume_id == request.volume_id
+                and snapshot.status not in GONE_STATUSES
             ):
                 return snapshot
         return False
@@ -414,13 +428,6 @@ class Runner:
             return self._unconfirmed(request, state, f"stopped sending ({exc.code})")
         return self._failed(request, state, (exc.code, f"not sent: {exc.message}"))
 
-    def _accepted(self, request: SnapshotRequest, state: _Attempt) -> Record:
-        body = state.answer.body if state.answer is not None else None
-        snapshot = body.get("snapshot") if isinstance(body, dict) else None
-        return self._record(
-            request, Outcome.ACCEPTED, state, snapshot=snapshot if isinstance(snapshot, dict) else {}
-        )
-
     def _rejected(self, request: SnapshotRequest, state: _Attempt) -> Record:
         code, message = state.error or ("", None)
         text = (message or "").lower()
@@ -443,7 +450,7 @@ class Runner:
         outcome: Outcome,
         state: _Attempt,
         *,
-        snapshot: dict[str, Any] | None = None,
+        snapshot: Snapshot | None = None,
         reconciled: bool = False,
     ) -> Record:
         answer = state.answer
@@ -458,8 +465,8 @@ class Runner:
             outcome=outcome,
             http_status=None if answer is None else answer.status,
             request_id=None if answer is None else answer.request_id,
-            snapshot_id=None if snapshot is None else snapshot.get("id"),
-            snapshot_status=None if snapshot is None else snapshot.get("status"),
+            snapshot_id=None if snapshot is None else snapshot.id or None,
+            snapshot_status=None if snapshot is None else snapshot.status,
             error_code=None if error is None else error[0],
             error_message=None if error is None else error[1],
             attempts=state.attempts,
@@ -468,6 +475,17 @@ class Runner:
             finished_at=utc_iso(utc_now()),
             elapsed_ms=round((time.monotonic() - state.clock) * 1000),
         )
+
+
+def _spent(policy: RetryPolicy, attempts: int) -> RetryPolicy:
+    """``policy`` with ``attempts`` of its attempts already made."""
+    return dataclasses.replace(policy, max_attempts=policy.max_attempts - attempts)
+
+
+class _Send(enum.Enum):
+    """The row may be sent (``_ready`` found nothing that decides it)."""
+
+    SEND = "send"
 
 
 class _Unconfirmed(Exception):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from orchestrator.api.safe import list_all, list_all_volumes
-from orchestrator.api.views import Snapshot, Volume
+from orchestrator.api.views import Snapshot
 from orchestrator.config import PROJECT_RE, REGION_RE
 from orchestrator.duplicates import UUID_RE
 from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError
@@ -112,14 +112,14 @@ async def add_all_volumes(scope: Scope, policy: RetryPolicy, *, outcome: str) ->
         volumes = await list_all_volumes(scope.route, policy)
     except RouteClosed as exc:
         raise ListingFailed(f"cannot list the disks of {scope.route.name}: {exc}; {outcome}") from None
-    for volume in map(Volume.parse, volumes):
+    for volume in volumes:
         scope.volumes.setdefault(volume.id, 0)
 
 
 async def list_scope(scope: Scope, policy: RetryPolicy, *, outcome: str) -> list[Snapshot]:
     """Every snapshot of the scope's project (1000 a request); a failure raises ``ListingFailed``."""
     try:
-        return [Snapshot.parse(item) for item in await list_all(scope.route, policy)]
+        return await list_all(scope.route, policy)
     except (ListingFailed, RouteClosed) as exc:
         raise ListingFailed(f"cannot list the snapshots of {scope.route.name}: {exc}; {outcome}") from None
 

@@ -18,8 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.api import evs
-from orchestrator.api.safe import fetch_json, snapshot_pages
+from orchestrator.api.safe import snapshot_pages, volume_snapshots
 from orchestrator.api.views import Snapshot
 from orchestrator.deleter import delete_snapshot
 from orchestrator.duplicates import BloomFilter
@@ -139,8 +138,10 @@ async def _ours(
     twice: list[tuple[Route, str]] = []
     for route in routes:  # open above; one refused since raises RouteClosed at its first request
         try:
-            async for page in snapshot_pages(route, policy):
-                for snapshot in _ours_alive(page, run_id):
+            async for page in snapshot_pages(route, policy, marker=run_id):
+                for snapshot in page:
+                    if not _ours_alive(snapshot, run_id):
+                        continue
                     volume = snapshot.volume_id
                     if any_unsettled and volume.encode() in unsettled:
                         ours[volume].append((route, snapshot))
@@ -149,20 +150,16 @@ async def _ours(
         except RouteClosed:
             continue  # refused now (IAM, say): the run exits 3 and says why
     for route, volume in twice:
-        query = [("volume_id", volume), ("limit", str(evs.PAGE))]
-        call = evs.list_snapshots(route.project_id, query, kind=evs.Kind.LOOKUP)
-        body = await fetch_json(route, call, policy)
-        found = [(route, snapshot) for snapshot in _ours_alive(body.get("snapshots") or [], run_id)]
+        listed = await volume_snapshots(route, volume, policy)
+        found = [(route, snapshot) for snapshot in listed if _ours_alive(snapshot, run_id)]
         if len(found) > 1:
             ours[volume] = found
     return {volume: found for volume, found in ours.items() if found}
 
 
-def _ours_alive(items: Iterable[object], run_id: str) -> list[Snapshot]:
-    """The listed snapshots that are the run's (``ownership.of_run``) and not on their way out, as views
-    (a listed snapshot is about 3 KB; its view keeps the few fields the sweep uses)."""
-    views = (Snapshot.parse(item) for item in items if isinstance(item, dict))
-    return [view for view in views if of_run(view, run_id) and view.status not in GONE]
+def _ours_alive(snapshot: Snapshot, run_id: str) -> bool:
+    """The run's (``ownership.of_run``), and not on its way out."""
+    return of_run(snapshot, run_id) and snapshot.status not in GONE
 
 
 def _reconciled(record: Record, snapshot: Snapshot) -> Record:

@@ -9,8 +9,10 @@ snapshots are created) before it is recorded as gone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -21,16 +23,18 @@ import anyio
 
 from orchestrator import defaults
 from orchestrator.api import evs
-from orchestrator.errors import TransportError
-from orchestrator.models import Answer, Outcome, Record, utc_iso, utc_now
+from orchestrator.api.safe import ONE_TRY, Page, show_snapshot, snapshot_pages
+from orchestrator.api.views import Snapshot
+from orchestrator.errors import ListingFailed
+from orchestrator.models import Outcome, Record, utc_iso, utc_now
 from orchestrator.report import ReportWriter
-from orchestrator.retry import Verdict
+from orchestrator.retry import RetryPolicy, TryAgain, retrying
 from orchestrator.tally import Tally
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route, Router
 
-PAGE = 1000
+PAGE = evs.PAGE
 ID_CHUNK = 100
 SETTLED = {
     "available": Outcome.AVAILABLE,
@@ -87,30 +91,29 @@ class Waiter:
         return sum(len(group) for group in self.pending.values())
 
     async def run(self) -> None:
-        """Poll until nothing is pending or the wait times out; then record what is left as wait_timeout."""
+        """Poll until nothing is pending or the wait times out; then record what is left as wait_timeout.
+
+        The rounds are attempts of the one retry loop: a round that leaves snapshots pending asks for
+        another while the wait has time left, after a pause that grows by half up to its maximum.
+        """
         deadline = time.monotonic() + self.plan.timeout
-        interval = self.plan.interval
         last_seen: dict[str, str] = {}
-        while self.waiting:
-            requests = 0
-            for (region, project), group in list(self.pending.items()):
-                route = self.router.route_at(region, project)
-                statuses, used = await self._statuses(route, set(group))
-                requests += used
-                for snapshot_id, status in statuses.items():
-                    last_seen[snapshot_id] = status or "gone"
-                    if status is None or status in SETTLED:
-                        self._settle(group.pop(snapshot_id), status)
-                if not group:
-                    del self.pending[(region, project)]
-            self.round_requests.append(requests)
-            if self.on_round is not None:
-                self.on_round(requests, self.waiting)
-            remaining = deadline - time.monotonic()
-            if not self.waiting or remaining <= 0:
-                break
-            await anyio.sleep(min(interval, remaining))
-            interval = min(self.plan.max_interval, interval * 1.5)
+        interval = self.plan.interval
+
+        def pause(number: int, _rng: random.Random) -> float:
+            nonlocal interval
+            if number > 1:
+                interval = min(self.plan.max_interval, interval * 1.5)
+            return min(interval, max(0.0, deadline - time.monotonic()))
+
+        # Not bounded by attempts: the wait's own deadline ends it (patience is never spent).
+        rounds = retrying(RetryPolicy(max_attempts=1), patience=math.inf, pause=pause, sleep=anyio.sleep)
+        async for attempt in rounds:
+            with attempt:
+                if self.waiting:
+                    await self._round(last_seen)
+                if self.waiting and deadline - time.monotonic() > 0:
+                    raise TryAgain(f"{self.waiting} snapshots pending")
         for group in self.pending.values():
             for snapshot_id, record in group.items():
                 self._emit(
@@ -118,36 +121,53 @@ class Waiter:
                 )
         self.pending.clear()
 
+    async def _round(self, last_seen: dict[str, str]) -> None:
+        """One poll of every pending snapshot; records those that settled."""
+        requests = 0
+        for (region, project), group in list(self.pending.items()):
+            route = self.router.route_at(region, project)
+            statuses, used = await self._statuses(route, set(group))
+            requests += used
+            for snapshot_id, status in statuses.items():
+                last_seen[snapshot_id] = status or "gone"
+                if status is None or status in SETTLED:
+                    self._settle(group.pop(snapshot_id), status)
+            if not group:
+                del self.pending[(region, project)]
+        self.round_requests.append(requests)
+        if self.on_round is not None:
+            self.on_round(requests, self.waiting)
+
     async def _statuses(self, route: Route, ids: set[str]) -> tuple[dict[str, str | None], int]:
         """Status of each id that this round could learn (``None``: confirmed gone), and requests used."""
         found: dict[str, str] = {}
-        first = await self._list(route, [("limit", str(PAGE)), ("offset", "0")])
-        used = 1
-        if first is None:
-            return {}, used
-        total = int(first.body.get("count") or 0)
-        if math.ceil(total / PAGE) <= math.ceil(len(ids) / ID_CHUNK):
-            found.update(_statuses_of(first))
-            offset = len(first.body.get("snapshots") or [])
-            while offset < total:
-                page = await self._list(route, [("limit", str(PAGE)), ("offset", str(offset))])
-                used += 1
-                if page is None:
-                    return {k: v for k, v in found.items() if k in ids and v}, used
-                items = len(page.body.get("snapshots") or [])
-                found.update(_statuses_of(page))
-                if items == 0:
-                    break
-                offset += items
-        else:
+        used = 0
+        by_id = False
+        listing = snapshot_pages(route, ONE_TRY, kind=evs.Kind.POLL)
+        try:
+            async with contextlib.aclosing(listing):
+                async for page in listing:
+                    used += 1
+                    if used == 1 and math.ceil(page.total / PAGE) > math.ceil(len(ids) / ID_CHUNK):
+                        by_id = True  # asking by id costs fewer requests than paging the project
+                        break
+                    found.update(_statuses_of(page))
+        except ListingFailed:
+            used += 1
+            if used == 1:
+                return {}, used
+            return {k: v for k, v in found.items() if k in ids and v}, used
+        if by_id:
             ordered = sorted(ids)
             for start in range(0, len(ordered), ID_CHUNK):
                 chunk = ordered[start : start + ID_CHUNK]
-                page = await self._list(route, [("limit", str(PAGE)), *(("id", i) for i in chunk)])
                 used += 1
-                if page is not None:
-                    found.update(_statuses_of(page))
-                    found.update({i: "" for i in chunk if i not in found})  # absent from an exact query
+                try:
+                    page = await self._by_id(route, chunk)
+                except ListingFailed:
+                    continue
+                found.update(_statuses_of(page))
+                found.update({i: "" for i in chunk if i not in found})  # absent from an exact query
         result: dict[str, str | None] = {}
         for snapshot_id in ids:
             status = found.get(snapshot_id)
@@ -160,32 +180,22 @@ class Waiter:
                 result[snapshot_id] = gone or None
         return result, used
 
+    async def _by_id(self, route: Route, chunk: list[str]) -> Page[Snapshot]:
+        """The snapshots of a chunk of ids: one request (a chunk is far smaller than a page)."""
+        query = [("id", snapshot_id) for snapshot_id in chunk]
+        listing = snapshot_pages(route, ONE_TRY, query=query, kind=evs.Kind.POLL)
+        async with contextlib.aclosing(listing):
+            return await anext(listing)  # a listing yields at least one page
+
     async def _confirm_gone(self, route: Route, snapshot_id: str) -> str | None:
         """One GET: ``""`` when it says 404, the status when the snapshot exists, ``None`` when unknown."""
         try:
-            reply = await route.send(evs.show_snapshot(route.project_id, snapshot_id))
-        except TransportError:
+            snapshot = await show_snapshot(route, snapshot_id, ONE_TRY, kind=evs.Kind.POLL)
+        except ListingFailed:
             return None
-        answer = reply.answer
-        if reply.verdict is Verdict.REFUSED:
-            route.check_open()
-        if answer.status == 404:
+        if snapshot is None:
             return ""
-        snapshot = answer.body.get("snapshot") if isinstance(answer.body, dict) else None
-        if answer.status == 200 and isinstance(snapshot, dict):
-            return str(snapshot.get("status") or "") or None
-        return None
-
-    async def _list(self, route: Route, query: list[tuple[str, str]]) -> Answer | None:
-        try:
-            reply = await route.send(evs.list_snapshots(route.project_id, query, kind=evs.Kind.POLL))
-        except TransportError:
-            return None
-        if reply.verdict is Verdict.REFUSED:
-            route.check_open()  # raises the route's closure: a refused wait stops (exit 3)
-        if reply.verdict is not Verdict.SUCCESS or not isinstance(reply.answer.body, dict):
-            return None
-        return reply.answer
+        return snapshot.status or None
 
     def _settle(self, record: Record, status: str | None) -> None:
         if status is None:
@@ -222,9 +232,5 @@ class Waiter:
         self.tally.add(settled)
 
 
-def _statuses_of(answer: Answer) -> dict[str, str]:
-    return {
-        str(item["id"]): str(item.get("status") or "")
-        for item in answer.body.get("snapshots") or []
-        if isinstance(item, dict) and item.get("id")
-    }
+def _statuses_of(page: Page[Snapshot]) -> dict[str, str]:
+    return {snapshot.id: snapshot.status or "" for snapshot in page if snapshot.id}

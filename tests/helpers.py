@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 from click.testing import CliRunner, Result
+from yarl import URL
 
+from orchestrator.api.routes import Route, connect
 from orchestrator.cli import main
+from orchestrator.config import Connection, Endpoints
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
 from orchestrator.models import SnapshotRequest
 
@@ -207,3 +211,12 @@ def records_in(data: bytes) -> list[dict[str, Any]]:
         if line.endswith(b"}") and b'"type":"run"' not in line and b'"outcome":"sending"' not in line:
             found.append(orjson.loads(line))
     return found
+
+
+@contextlib.asynccontextmanager
+async def route_to(url: str, environ: Mapping[str, str] = AKSK_ENV) -> AsyncIterator[Route]:
+    """The route of the test project on ``url``, over a real session (AK/SK by default)."""
+    connection = Connection(endpoints=Endpoints(evs=URL(url)), environ=dict(environ))
+    async with contextlib.AsyncExitStack() as stack:
+        router = await connect(stack, connection)
+        yield await router.route_for(PROJECT, None)

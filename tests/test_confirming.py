@@ -207,11 +207,11 @@ async def test_a_listing_that_shrinks_between_pages_misses_nothing_with_overlap(
         pages = snapshot_pages(route, QUICK, overlap=overlap)
         first = await anext(pages)
         for item in first[:100]:
-            emu.world.delete_snapshot(emu.world.snapshots[item["id"]])
-        seen.update(item["id"] for item in first[100:])
+            emu.world.delete_snapshot(emu.world.snapshots[item.id])
+        seen.update(item.id for item in first[100:])
         async for page in pages:
-            seen.update(item["id"] for item in page)
-    gone = {item["id"] for item in first[:100]}
+            seen.update(item.id for item in page)
+    gone = {item.id for item in first[:100]}
     missed = {s.id for s in snapshots} - gone - seen
     assert len(missed) == (0 if overlap else 100)
     assert hits(emu, LIST)["200"] == (3 if overlap else 2)

@@ -25,11 +25,11 @@ def test_a_blank_marker_is_no_marker() -> None:
     """ "" and "  " in evs_snapshot_run: not marked, no source run, not owned; a run id still is."""
     for value in ("", "  "):
         blank = {"name": "x", "metadata": {evs.RUN_MARKER_KEY: value}}
-        assert not evs.marked(blank)
-        assert not evs.marked(blank, value)
+        assert not Snapshot.parse(blank).marked()
+        assert not Snapshot.parse(blank).marked(value)
         assert Snapshot.parse(blank).marker is None
         assert not Ownership().owns(Snapshot.parse(blank))
-    assert evs.marked({"metadata": {evs.RUN_MARKER_KEY: "run-1"}}, "run-1")
+    assert Snapshot.parse({"metadata": {evs.RUN_MARKER_KEY: "run-1"}}).marked("run-1")
 
 
 def test_prune_never_deletes_a_snapshot_whose_marker_is_empty(

@@ -17,19 +17,9 @@ import functools
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent / "orchestrator"
 COMMANDS = "orchestrator.commands"
 REGISTRY = "orchestrator.cli"  # names every command, through importlib, and nothing else does
-# Until the shared names of commands/cleanup.py move to core modules (issue 19, another branch), these
-# two edges are the known exception; any other crossing fails. Remove this set when they are gone.
-PENDING = frozenset(
-    {
-        ("orchestrator.commands.audit", "orchestrator.commands.cleanup"),
-        ("orchestrator.commands.prune", "orchestrator.commands.cleanup"),
-    }
-)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -194,10 +184,6 @@ def test_no_import_circles() -> None:
 def test_no_command_imports_another() -> None:
     """A command module imports the run machinery, never another command."""
     crossing = [edge for edge in _edges(import_graph()) if _command(edge.source) and _command(edge.target)]
-    if crossing and {(edge.source, edge.target) for edge in crossing} <= PENDING:
-        pytest.xfail(
-            "prune and audit still import commands/cleanup.py; its shared names move to core modules"
-        )
     assert not crossing, "commands importing commands:\n" + "\n".join(map(str, crossing))
 
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 from urllib.parse import quote
 
 import orjson
 
+from orchestrator.api import views
+from orchestrator.api.views import RUN_MARKER_KEY
 from orchestrator.models import SnapshotRequest
 
-RUN_MARKER_KEY = "evs_snapshot_run"
-# Names the backup service gives its snapshots: never the tool's, never deleted or used (evs-api.md 8.2).
-BACKUP_PREFIXES = ("autobk_snapshot_", "manualbk_snapshot_")
+BACKUP_PREFIXES = views.BACKUP_PREFIXES  # read here by restore and retention
 PAGE = 1000
 # Every list asks for all the enterprise projects the caller may see: without it a list may show only
 # the default one (evs-api.md section 9), and a lookup would miss a snapshot of a disk in another.
@@ -140,27 +139,3 @@ def quota(project_id: str) -> Call:
         path=f"/v2/{project_id}/os-quota-sets/{project_id}",
         query=(("usage", "True"),),
     )
-
-
-def marker_of(snapshot: Mapping[str, Any]) -> str | None:
-    """The run id a snapshot's ``evs_snapshot_run`` key holds; ``None`` when absent, not a string, or
-    blank: an empty marker is not the tool's (the tool never writes one)."""
-    metadata = snapshot.get("metadata")
-    value = metadata.get(RUN_MARKER_KEY) if isinstance(metadata, dict) else None
-    return value if isinstance(value, str) and value.strip() else None
-
-
-def marked(snapshot: Mapping[str, Any], run_id: str | None = None) -> bool:
-    """True when a listed snapshot carries the tool's marker (of ``run_id``, when given)."""
-    marker = marker_of(snapshot)
-    return marker is not None and (run_id is None or marker == run_id)
-
-
-def servers_of(volume: Mapping[str, Any]) -> list[str]:
-    """The servers a listed or shown disk is attached to (none when the answer has no attachments)."""
-    attachments = volume.get("attachments")
-    if not isinstance(attachments, list):
-        return []
-    return [
-        str(item["server_id"]) for item in attachments if isinstance(item, dict) and item.get("server_id")
-    ]

@@ -14,7 +14,8 @@ A route closes, and takes no more requests, when:
   renewal where the credentials can be renewed; or a 403 before anything succeeded);
 - the project is wrong (400 ``EVS.0001`` or ``Common.0018`` before anything succeeded);
 - its endpoint cannot be reached (``UNREACHABLE_AFTER`` connect failures in a row and no answer yet).
-A closed route raises a fresh ``RouteClosed`` for every later request; the run exits 3.
+The request that is refused raises ``RouteClosed`` with the refusal attached (``answer``); a closed
+route raises a fresh ``RouteClosed`` for every later request; the run exits 3.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ THROTTLED = frozenset({"APIGW.0308", "APIG.0308"})
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Reply:
-    """An answer and what it means: SUCCESS, RETRY (throttled), UNCERTAIN (5xx), FINAL or REFUSED."""
+    """An answer and what it means: SUCCESS, RETRY (throttled), UNCERTAIN (5xx) or FINAL."""
 
     answer: Answer
     verdict: Verdict
@@ -121,7 +122,8 @@ class Route:
             raise closure.error()
 
     async def send(self, call: Call) -> Reply:
-        """Send one call; raises ``RouteClosed`` (nothing sent) or ``TransportError`` (no answer)."""
+        """Send one call; raises ``TransportError`` (no answer) or ``RouteClosed``: nothing was sent
+        (the route was closed), or this call was refused (``answer`` holds the refusal)."""
         self.check_open()
         if not self.proven:
             async with self._gate:
@@ -130,11 +132,11 @@ class Route:
         return self._judge(*await self._send(call))
 
     def _judge(self, answer: Answer, refusal: Closure | None) -> Reply:
-        """Close the route on a refusal, tell the limiter, classify the answer."""
+        """Close the route on a refusal (and raise it), tell the limiter, classify the answer."""
         if refusal is not None:
             if self.closure is None:
                 self.closure = refusal
-            return Reply(answer, Verdict.REFUSED)
+            raise self.closure.error(answer)  # the route's first closure names it, as for later calls
         code = None if answer.ok else answer.error()[0]
         verdict = classify(answer.status, code)
         if verdict is Verdict.RETRY:

@@ -2,42 +2,63 @@
 
 Throttling, 5xx and transport errors are retried with backoff (the route's limiter paces and adapts);
 a refusal closes the route and raises ``RouteClosed``; retries spent raise ``ListingFailed``, so a
-listing that failed is never taken for an empty one.
+listing that failed is never taken for an empty one. Every answer leaves this module as a typed view
+(``views.Snapshot``, ``views.Volume``), and every list call pages through the one ``_pages`` loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator.api import evs
+from orchestrator.api.views import Snapshot, Volume, marker_in
 from orchestrator.errors import ListingFailed, TransportError
 from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retrying
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
 
+ONE_TRY = RetryPolicy(max_attempts=1)  # for callers that handle a failed call themselves (a poll, a lookup)
 
-async def snapshot_pages(
-    route: Route, policy: RetryPolicy, *, query: Iterable[tuple[str, str]] = (), overlap: bool = False
-) -> AsyncIterator[list[dict[str, Any]]]:
-    """A project's snapshots one page (1000) at a time, so a caller keeps only what it needs.
+T = TypeVar("T")
 
-    The list pages by offset: a snapshot that leaves it between two pages (a deletion ending) moves
+
+class Page(list[T]):
+    """One page of a listing (its items, as views) and the ``total`` the service says the listing holds."""
+
+    __slots__ = ("total",)
+
+    def __init__(self, items: Iterable[T], total: int) -> None:
+        super().__init__(items)
+        self.total = total
+
+
+async def _pages(
+    route: Route,
+    policy: RetryPolicy,
+    call: Callable[[int], evs.Call],
+    *,
+    key: str,
+    total: str = "count",
+    overlap: bool = False,
+) -> AsyncGenerator[Page[dict[str, Any]], None]:
+    """The one paging loop: ``call(offset)`` for each page, 1000 items a page, until the total is
+    reached or a page comes back empty (every page is yielded, an empty last one too).
+
+    The lists page by offset: an item that leaves a list between two pages (a deletion ending) moves
     the later ones up, and one may slip past the page boundary unseen. With ``overlap``, a page whose
-    ``count`` is smaller than the page before's is fetched again from that many items earlier, so
-    nothing that was listed is missed (as long as no snapshot joins the list mid-way); a snapshot
-    may then come twice. Without it, each listed item comes once.
+    total is smaller than the page before's is fetched again from that many items earlier, so nothing
+    that was listed is missed (as long as nothing joins the list mid-way); an item may then come
+    twice. Without it, each listed item comes once.
     """
     offset = 0
     last_count: int | None = None
     while True:
-        page_query = [("limit", str(evs.PAGE)), ("offset", str(offset)), *query]
-        body = await fetch_json(route, evs.list_snapshots(route.project_id, page_query), policy)
-        items = [item for item in body.get("snapshots") or [] if isinstance(item, dict)]
-        count = int(body.get("count") or 0)
-        if items:
-            yield items
+        body = await fetch_json(route, call(offset), policy)
+        items = [item for item in body.get(key) or [] if isinstance(item, dict)]
+        count = int(body.get(total) or 0)
+        yield Page(items, count)
         shrank = 0 if last_count is None else last_count - count
         last_count = count
         if overlap and shrank > 0 and offset > 0:
@@ -48,20 +69,57 @@ async def snapshot_pages(
             return
 
 
+async def snapshot_pages(
+    route: Route,
+    policy: RetryPolicy,
+    *,
+    query: Iterable[tuple[str, str]] = (),
+    overlap: bool = False,
+    kind: evs.Kind = evs.Kind.LIST,
+    marker: str | None = None,
+) -> AsyncGenerator[Page[Snapshot], None]:
+    """A project's snapshots one page (1000) at a time, so a caller keeps only what it needs
+    (``overlap``: see ``_pages``); raises ``ListingFailed`` rather than guess.
+
+    With ``marker``, a page holds only the snapshots carrying that run's marker, picked before they
+    are parsed (a project's list is mostly snapshots of other runs and tools).
+    """
+    query = tuple(query)
+
+    def call(offset: int) -> evs.Call:
+        page_query = [("limit", str(evs.PAGE)), ("offset", str(offset)), *query]
+        return evs.list_snapshots(route.project_id, page_query, kind=kind)
+
+    async for page in _pages(route, policy, call, key="snapshots", overlap=overlap):
+        items = page if marker is None else [i for i in page if marker_in(i.get("metadata")) == marker]
+        yield Page(map(Snapshot.parse, items), page.total)
+
+
 async def list_all(
     route: Route, policy: RetryPolicy, *, query: Iterable[tuple[str, str]] = ()
-) -> list[dict[str, Any]]:
+) -> list[Snapshot]:
     """Every snapshot of a route's project, 1000 a page; raises ``ListingFailed`` rather than guess."""
-    snapshots: list[dict[str, Any]] = []
-    offset = 0
-    while True:
-        page_query = [("limit", str(evs.PAGE)), ("offset", str(offset)), *query]
-        body = await fetch_json(route, evs.list_snapshots(route.project_id, page_query), policy)
-        items = [item for item in body.get("snapshots") or [] if isinstance(item, dict)]
-        snapshots.extend(items)
-        offset += len(items)
-        if not items or offset >= int(body.get("count") or 0):
-            return snapshots
+    return [snapshot async for page in snapshot_pages(route, policy, query=query) for snapshot in page]
+
+
+async def volume_snapshots(
+    route: Route, volume_id: str, policy: RetryPolicy, *, kind: evs.Kind = evs.Kind.LOOKUP
+) -> list[Snapshot]:
+    """The snapshots of one disk (one request: a disk holds far fewer than a page)."""
+    query = [("volume_id", volume_id), ("limit", str(evs.PAGE))]
+    body = await fetch_json(route, evs.list_snapshots(route.project_id, query, kind=kind), policy)
+    return [Snapshot.parse(item) for item in body.get("snapshots") or [] if isinstance(item, dict)]
+
+
+async def show_snapshot(
+    route: Route, snapshot_id: str, policy: RetryPolicy, *, kind: evs.Kind = evs.Kind.CHECK
+) -> Snapshot | None:
+    """One snapshot, ``None`` once it is gone; raises ``ListingFailed`` when it cannot be read."""
+    call = evs.show_snapshot(route.project_id, snapshot_id, kind=kind)
+    body = await fetch_json(route, call, policy, missing_ok=True)
+    if not body:
+        return None
+    return Snapshot.from_body(body) or Snapshot(id=snapshot_id)  # an answer without one: status unknown
 
 
 async def fetch_json(
@@ -80,8 +138,6 @@ async def fetch_json(
             except TransportError as exc:
                 why = str(exc)
                 raise TryAgain(why) from None
-            if reply.verdict is Verdict.REFUSED:
-                route.check_open()
             answer = reply.answer
             if reply.verdict is Verdict.SUCCESS and isinstance(answer.body, dict):
                 return answer.body
@@ -99,27 +155,60 @@ async def fetch_json(
 
 async def list_all_volumes(
     route: Route, policy: RetryPolicy, query: Iterable[tuple[str, str]] = ()
-) -> list[dict[str, Any]]:
+) -> list[Volume]:
     """Every disk of a route's project that matches ``query``, 1000 a page."""
-    volumes: list[dict[str, Any]] = []
-    offset = 0
-    while True:
+    query = tuple(query)
+
+    def call(offset: int) -> evs.Call:
         page_query = [("limit", str(evs.PAGE)), ("offset", str(offset)), *query]
-        body = await fetch_json(route, evs.list_volumes(route.project_id, page_query), policy)
-        items = [item for item in body.get("volumes") or [] if isinstance(item, dict)]
-        volumes.extend(items)
-        offset += len(items)
-        if not items or offset >= int(body.get("count") or 0):
-            return volumes
+        return evs.list_volumes(route.project_id, page_query)
+
+    return [Volume.parse(item) async for page in _pages(route, policy, call, key="volumes") for item in page]
+
+
+async def volumes_by_tags(
+    route: Route, tags: Mapping[str, Sequence[str]], policy: RetryPolicy
+) -> list[Volume]:
+    """The disks carrying the tags, 1000 a page (``resource_detail`` is the disk, as in the list; a
+    resource without one is shown by its id)."""
+
+    def call(offset: int) -> evs.Call:
+        return evs.volumes_by_tags(route.project_id, tags, offset=offset)
+
+    volumes: list[Volume] = []
+    async for page in _pages(route, policy, call, key="resources", total="total_count"):
+        for resource in page:
+            detail = resource.get("resource_detail")
+            if isinstance(detail, dict) and detail.get("id"):
+                volumes.append(Volume.parse(detail))
+            else:
+                shown = await show_volume(route, str(resource.get("resource_id")), policy, missing_ok=False)
+                volumes.append(shown or Volume(id=""))  # id "": the caller skips it
+    return volumes
+
+
+async def show_volume(
+    route: Route,
+    volume_id: str,
+    policy: RetryPolicy,
+    *,
+    missing_ok: bool = True,
+    kind: evs.Kind = evs.Kind.CHECK,
+) -> Volume | None:
+    """One disk, ``None`` when it does not exist; raises ``ListingFailed`` when it cannot be read."""
+    call = evs.show_volume(route.project_id, volume_id, kind=kind)
+    body = await fetch_json(route, call, policy, missing_ok=missing_ok)
+    if not body:
+        return None
+    return Volume.from_body(body) or Volume(id="")  # an answer without one: nothing known of it
 
 
 async def snapshot_status(
     route: Route, snapshot_id: str, policy: RetryPolicy, *, kind: evs.Kind = evs.Kind.CHECK
 ) -> str | None:
     """A snapshot's status, ``None`` once it is gone; raises ``ListingFailed`` when it cannot be read."""
-    call = evs.show_snapshot(route.project_id, snapshot_id, kind=kind)
-    body = await fetch_json(route, call, policy, missing_ok=True)
-    return str((body.get("snapshot") or {}).get("status")) if body else None
+    snapshot = await show_snapshot(route, snapshot_id, policy, kind=kind)
+    return None if snapshot is None else str(snapshot.status)
 
 
 async def remaining_quota(route: Route, policy: RetryPolicy) -> int | None:

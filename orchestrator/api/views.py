@@ -15,6 +15,7 @@ from typing import Any
 
 RUN_MARKER_KEY = "evs_snapshot_run"
 HOLD_KEY = "evs_snapshot_hold"  # set by ``create --hold`` and ``hold``: prune never deletes the snapshot
+# Names the backup service gives its snapshots: never the tool's, never deleted or used (evs-api.md 8.2).
 BACKUP_PREFIXES = ("autobk_snapshot_", "manualbk_snapshot_")
 
 
@@ -61,6 +62,12 @@ class Snapshot:
             marker=marker_in(data.get("metadata")),
             hold=hold_in(data.get("metadata")),
         )
+
+    @classmethod
+    def from_body(cls, body: object) -> Snapshot | None:
+        """The snapshot a create or show answer holds (``{"snapshot": {...}}``), or ``None``."""
+        inner = body.get("snapshot") if isinstance(body, Mapping) else None
+        return cls.parse(inner) if isinstance(inner, Mapping) else None
 
     @property
     def is_backup(self) -> bool:
@@ -134,6 +141,12 @@ class Volume:
             metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {},
             tags={str(k): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {},
         )
+
+    @classmethod
+    def from_body(cls, body: object) -> Volume | None:
+        """The disk a show answer holds (``{"volume": {...}}``), or ``None``."""
+        inner = body.get("volume") if isinstance(body, Mapping) else None
+        return cls.parse(inner) if isinstance(inner, Mapping) else None
 
     @property
     def servers(self) -> list[str]:

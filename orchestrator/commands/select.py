@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import click
 
 from orchestrator import options
-from orchestrator.api.evs import servers_of
 from orchestrator.entry import run
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
+    from orchestrator.api.views import Volume
     from orchestrator.config import Connection
     from orchestrator.console import Console
     from orchestrator.retry import RetryPolicy
@@ -82,27 +82,25 @@ class Selector:
             query.append(("metadata", orjson.dumps(dict(self.metadata)).decode()))
         return query
 
-    def matches(self, volume: Mapping[str, Any]) -> bool:
+    def matches(self, volume: Volume) -> bool:
         """True when the disk matches every selector."""
-        if self.servers and not set(self.servers) & {server.lower() for server in servers_of(volume)}:
+        if self.servers and not set(self.servers) & {server.lower() for server in volume.servers}:
             return False
-        tags = volume.get("tags")
-        tags = tags if isinstance(tags, dict) else {}
+        tags = volume.tags
         for key, values in self.tags.items():
-            if key not in tags or (values and str(tags[key]) not in values):
+            if key not in tags or (values and tags[key] not in values):
                 return False
-        metadata = volume.get("metadata")
-        metadata = metadata if isinstance(metadata, dict) else {}
-        if any(key not in metadata or str(metadata[key]) != value for key, value in self.metadata.items()):
+        metadata = volume.metadata
+        if any(key not in metadata or metadata[key] != value for key, value in self.metadata.items()):
             return False
         wanted = (
-            ("availability_zone", self.availability_zone),
-            ("status", self.status),
-            ("name", self.name),
+            (volume.availability_zone, self.availability_zone),
+            (volume.status, self.status),
+            (volume.name, self.name),
         )
-        if any(value is not None and volume.get(field) != value for field, value in wanted):
+        if any(value is not None and found != value for found, value in wanted):
             return False
-        return self.boot is None or is_boot(volume) == self.boot
+        return self.boot is None or volume.bootable == self.boot
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,77 +115,46 @@ class SelectSettings:
     overwrite: bool = False  # -o may replace an existing file
 
 
-def is_boot(volume: Mapping[str, Any]) -> bool:
-    """``bootable`` is the string ``"true"``/``"false"`` in EVS answers (a boolean is accepted too)."""
-    return str(volume.get("bootable", "")).lower() == "true"
-
-
-def manifest_row(volume: Mapping[str, Any], selector: Selector, *, force: bool) -> dict[str, Any]:
+def manifest_row(volume: Volume, selector: Selector, *, force: bool) -> dict[str, Any]:
     """One manifest row: ``volume_id`` and the informational columns (and ``force`` with ``--force``).
 
     A disk attached to several servers is shown with a selected server's attachment when there is one.
     """
-    attachments = [item for item in volume.get("attachments") or [] if isinstance(item, dict)]
-    chosen = next((a for a in attachments if str(a.get("server_id")).lower() in selector.servers), None)
-    chosen = chosen or (attachments[0] if attachments else {})
+    attachments = volume.attachments
+    chosen = next((a for a in attachments if a.server_id.lower() in selector.servers), None)
+    chosen = chosen or (attachments[0] if attachments else None)
     row: dict[str, Any] = {
-        "volume_id": str(volume.get("id", "")).lower(),
-        "server_id": chosen.get("server_id"),
-        "device": chosen.get("device"),
-        "bootable": "true" if is_boot(volume) else "false",
-        "volume_name": volume.get("name") or None,
-        "size": volume.get("size"),
-        "availability_zone": volume.get("availability_zone"),
-        "status": volume.get("status"),
+        "volume_id": volume.id,
+        "server_id": None if chosen is None else chosen.server_id,
+        "device": None if chosen is None else chosen.device,
+        "bootable": "true" if volume.bootable else "false",
+        "volume_name": volume.name or None,
+        "size": volume.size,
+        "availability_zone": volume.availability_zone,
+        "status": volume.status,
     }
     if force:
-        row["force"] = bool(attachments) or volume.get("status") == "in-use"
+        row["force"] = bool(attachments) or volume.status == "in-use"
     return row
 
 
-async def find_volumes(route: Route, selector: Selector, policy: RetryPolicy) -> list[dict[str, Any]]:
+async def find_volumes(route: Route, selector: Selector, policy: RetryPolicy) -> list[Volume]:
     """Every disk of the route's project that matches, each once, in listing order."""
-    from orchestrator.api.safe import list_all_volumes  # noqa: PLC0415
+    from orchestrator.api.safe import list_all_volumes, volumes_by_tags  # noqa: PLC0415
 
     if selector.tags:
-        candidates = await _volumes_by_tags(route, selector.tags, policy)
+        candidates = await volumes_by_tags(route, selector.tags, policy)
     elif selector.servers:
         candidates = []
         for server in selector.servers:
             candidates += await list_all_volumes(route, policy, [("server_id", server), *selector.query()])
     else:
         candidates = await list_all_volumes(route, policy, selector.query())
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, Volume] = {}
     for volume in candidates:
-        key = str(volume.get("id", "")).lower()
-        if key and key not in found and selector.matches(volume):
-            found[key] = volume
+        if volume.id and volume.id not in found and selector.matches(volume):
+            found[volume.id] = volume
     return list(found.values())
-
-
-async def _volumes_by_tags(
-    route: Route, tags: Mapping[str, Sequence[str]], policy: RetryPolicy
-) -> list[dict[str, Any]]:
-    """The disks carrying the tags, 1000 a page (``resource_detail`` is the disk, as in the list)."""
-    from orchestrator.api import evs  # noqa: PLC0415
-    from orchestrator.api.safe import fetch_json  # noqa: PLC0415
-
-    volumes: list[dict[str, Any]] = []
-    offset = 0
-    while True:
-        body = await fetch_json(route, evs.volumes_by_tags(route.project_id, tags, offset=offset), policy)
-        resources = [item for item in body.get("resources") or [] if isinstance(item, dict)]
-        for resource in resources:
-            detail = resource.get("resource_detail")
-            if not isinstance(detail, dict) or not detail.get("id"):
-                shown = await fetch_json(
-                    route, evs.show_volume(route.project_id, str(resource.get("resource_id"))), policy
-                )
-                detail = shown.get("volume") or {}
-            volumes.append(detail)
-        offset += len(resources)
-        if not resources or offset >= int(body.get("total_count") or 0):
-            return volumes
 
 
 def write_manifest(rows: Iterable[Mapping[str, Any]], stream: TextIO, fmt: str, *, force: bool) -> None:

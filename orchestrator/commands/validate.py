@@ -23,6 +23,7 @@ from orchestrator.entry import run
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route, Router
+    from orchestrator.api.views import Snapshot
     from orchestrator.config import Connection, RowDefaults
     from orchestrator.console import Console
     from orchestrator.manifest import ManifestSource
@@ -30,10 +31,6 @@ if TYPE_CHECKING:
     from orchestrator.retry import RetryPolicy
 
 MAX_SNAPSHOTS_PER_VOLUME = SNAPSHOTS_PER_DISK
-BACKUP_PREFIXES = (
-    "autobk_snapshot_",
-    "manualbk_snapshot_",
-)  # as orchestrator.api.evs (not imported at start-up)
 
 SHOWN_PER_CODE = 10
 HINTS = {
@@ -189,17 +186,15 @@ async def _volume_problem(
 ) -> tuple[str, str] | Route:
     """The row's problem (code, message), or the route (endpoint and project) the disk was found on."""
     from orchestrator.api import evs  # noqa: PLC0415
-    from orchestrator.api.safe import fetch_json  # noqa: PLC0415
+    from orchestrator.api.safe import show_volume, volume_snapshots  # noqa: PLC0415
     from orchestrator.errors import ListingFailed, ProjectLookupFailed, TransportError  # noqa: PLC0415
 
     try:
         route = await router.route_for(request.project_id, request.region)
-        body = await fetch_json(
-            route, evs.show_volume(route.project_id, request.volume_id), policy, missing_ok=True
-        )
-        if not body:
+        volume = await show_volume(route, request.volume_id, policy)
+        if volume is None:
             return ("VOLUME_NOT_FOUND", "the disk does not exist in this project")
-        status = str((body.get("volume") or {}).get("status"))
+        status = str(volume.status)
         if status == "in-use" and not request.force:
             return (
                 "VOLUME_IN_USE",
@@ -207,11 +202,8 @@ async def _volume_problem(
             )
         if status not in ("available", "in-use"):
             return ("VOLUME_NOT_SNAPSHOTTABLE", f"the disk is {status}; it must be available or in-use")
-        query = [("volume_id", request.volume_id), ("limit", str(evs.PAGE))]
-        listed = await fetch_json(
-            route, evs.list_snapshots(route.project_id, query, kind=evs.Kind.CHECK), policy
-        )
-        count = sum(1 for snapshot in listed.get("snapshots") or [] if _counts_toward_limit(snapshot))
+        listed = await volume_snapshots(route, request.volume_id, policy, kind=evs.Kind.CHECK)
+        count = sum(1 for snapshot in listed if _counts_toward_limit(snapshot))
         if count >= MAX_SNAPSHOTS_PER_VOLUME:
             return (
                 "SNAPSHOT_LIMIT_REACHED",
@@ -227,12 +219,9 @@ async def _volume_problem(
     return route
 
 
-def _counts_toward_limit(snapshot: object) -> bool:
+def _counts_toward_limit(snapshot: Snapshot) -> bool:
     """The service counts manually created snapshots: not backup-made ones, and not those being deleted."""
-    if not isinstance(snapshot, dict):
-        return False
-    name = str(snapshot.get("name") or "")
-    return not name.startswith(BACKUP_PREFIXES) and snapshot.get("status") not in ("deleting",)
+    return not snapshot.is_backup and snapshot.status != "deleting"
 
 
 async def _quota_problem(route: Route, wanted: int, policy: RetryPolicy, problems: _Problems) -> int:
