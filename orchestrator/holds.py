@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from orchestrator.console import Console
     from orchestrator.frame import Closing, Frame
     from orchestrator.models import Answer
-    from orchestrator.options import RowRanges
+    from orchestrator.options import Choice, RowRanges
     from orchestrator.retry import RetryPolicy
 
 HOLD = "hold"
@@ -109,7 +109,7 @@ class Chosen:
 def choose(settings: HoldSettings, warn: Callable[[str], None]) -> Chosen:
     """The snapshots ``hold`` or ``release`` acts on (exit 2 when none, or a choice names nothing)."""
     if settings.source is None:
-        ids = list(dict.fromkeys(i.strip() for i in settings.snapshot_ids))
+        ids = list(dict.fromkeys(settings.snapshot_ids))
         region = settings.connection.endpoints.home_region
         if settings.project_id is None and region is None:
             raise UsageError("--snapshot needs --project-id or --region to name the snapshots' project")
@@ -347,44 +347,31 @@ async def run_holds(settings: HoldSettings, *, console: Console) -> int:
 def settings_of(
     command: str,
     reason: str | None,
+    choice: Choice,
     *,
-    source: Path | None,
-    snapshot_ids: tuple[str, ...],
-    row_spec: RowRanges | None,
-    volume_ids: tuple[str, ...],
-    project_id: str | None,
-    apply: bool,
-    report_path: str | None,
-    resume: bool,
-    lock_file: Path | None,
     connection: Connection,
     policy: RetryPolicy,
     closing: Closing,
 ) -> HoldSettings:
-    """The settings of ``hold`` or ``release`` from their options (exit 2 on a wrong mix)."""
-    from orchestrator.config import check_project_id  # noqa: PLC0415
+    """The settings of ``hold`` or ``release`` (exit 2 when its report would be the create report)."""
     from orchestrator.frame import default_report  # noqa: PLC0415
 
-    if (source is None) == (not snapshot_ids):
-        raise UsageError(f"{command} needs a create REPORT or --snapshot ID (one of the two)")
-    if source is None and (row_spec is not None or volume_ids):
-        raise UsageError("--rows and --volume choose rows of a REPORT; with --snapshot, name the snapshots")
-    report = default_report(command, report_path)
-    if source is not None and report != "-" and Path(report).resolve() == source.resolve():
+    report = default_report(command, choice.report_path)
+    if choice.source is not None and report != "-" and Path(report).resolve() == choice.source:
         raise UsageError(f"{command} writes its own report: give a --report other than the create report")
     return HoldSettings(
         command=command,
         reason=reason,
-        source=None if source is None else source.resolve(),
-        snapshot_ids=snapshot_ids,
-        rows=row_spec,
-        volumes=frozenset(v.strip().lower() for v in volume_ids) or None,
-        project_id=check_project_id(project_id, option="--project-id"),
-        apply=apply,
+        source=choice.source,
+        snapshot_ids=choice.snapshot_ids,
+        rows=choice.rows,
+        volumes=choice.volumes,
+        project_id=choice.project_id,
+        apply=choice.apply,
         connection=connection,
         policy=policy,
         report=report,
-        resume=resume,
-        lock_file=lock_file,
+        resume=choice.resume,
+        lock_file=choice.lock_file,
         closing=closing,
     )

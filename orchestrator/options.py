@@ -11,6 +11,7 @@ Imports of the run machinery happen inside builders, so ``--help`` and cron star
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import inspect
 import math
@@ -535,8 +536,62 @@ DELETING = apply(
     LOCK_FILE,
 )
 
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Choice:
+    """What ``hold`` and ``release`` were told to act on, and how (``HOLDING``)."""
+
+    source: Path | None
+    snapshot_ids: tuple[str, ...]
+    rows: RowRanges | None
+    volumes: frozenset[str] | None
+    project_id: str | None
+    apply: bool
+    report_path: str | None
+    resume: bool
+    lock_file: Path | None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        source: Path | None,
+        snapshot_ids: tuple[str, ...],
+        row_spec: RowRanges | None,
+        volume_ids: tuple[str, ...],
+        project_id: str | None,
+        apply: bool,
+        report_path: str | None,
+        resume: bool,
+        lock_file: Path | None,
+    ) -> Choice:
+        """The options of ``HOLDING``; a wrong mix is a usage error (exit 2)."""
+        from orchestrator.config import check_project_id  # noqa: PLC0415 - keeps --help fast
+        from orchestrator.errors import UsageError  # noqa: PLC0415
+
+        if (source is None) == (not snapshot_ids):
+            raise UsageError("give a create REPORT or --snapshot ID (one of the two)")
+        if source is None and (row_spec is not None or volume_ids):
+            raise UsageError(
+                "--rows and --volume choose rows of a REPORT; with --snapshot, name the snapshots"
+            )
+        return cls(
+            source=None if source is None else source.resolve(),
+            snapshot_ids=tuple(i.strip() for i in snapshot_ids),
+            rows=row_spec,
+            volumes=frozenset(v.strip().lower() for v in volume_ids) or None,
+            project_id=check_project_id(project_id, option="--project-id"),
+            apply=apply,
+            report_path=report_path,
+            resume=resume,
+            lock_file=lock_file,
+        )
+
+
 # hold and release: which snapshots (a create report's rows, or --snapshot IDs), plan or apply, report.
-HOLDING = apply(
+HOLDING = group(
+    "choice",
+    Choice.of,
     click.argument(
         "source", metavar="[REPORT]", required=False, type=click.Path(path_type=Path, dir_okay=True)
     ),

@@ -8,7 +8,6 @@ The rules, the records and the exit code are ``orchestrator.holds``'s; plans unl
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import click
@@ -19,6 +18,7 @@ from orchestrator.entry import run
 if TYPE_CHECKING:
     from orchestrator.config import Connection
     from orchestrator.frame import Closing
+    from orchestrator.options import Choice
     from orchestrator.retry import RetryPolicy
 
 
@@ -37,15 +37,7 @@ if TYPE_CHECKING:
 @options.DEBUG
 def command(
     *,
-    source: Path | None,
-    snapshot_ids: tuple[str, ...],
-    row_spec: options.RowRanges | None,
-    volume_ids: tuple[str, ...],
-    project_id: str | None,
-    apply: bool,
-    report_path: str | None,
-    resume: bool,
-    lock_file: Path | None,
+    choice: Choice,
     reason: str,
     connection: Connection,
     policy: RetryPolicy,
@@ -61,15 +53,7 @@ def command(
     settings = settings_of(
         HOLD,
         check_hold_reason(reason, "--reason"),
-        source=source,
-        snapshot_ids=snapshot_ids,
-        row_spec=row_spec,
-        volume_ids=volume_ids,
-        project_id=project_id,
-        apply=apply,
-        report_path=report_path,
-        resume=resume,
-        lock_file=lock_file,
+        choice,
         connection=connection,
         policy=policy,
         closing=closing,
