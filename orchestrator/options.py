@@ -506,6 +506,21 @@ LOCK_FILE = click.option(
     "$XDG_RUNTIME_DIR/evs-snapshot or ~/.cache/evs-snapshot/locks]",
 )
 
+# The report of a command acting on snapshots (prune, cleanup, hold, release), its resume, its lock.
+ACTION_REPORT = apply(
+    click.option(
+        "--report",
+        "report_path",
+        default=None,
+        help="Report path, or - for standard output.  "
+        "[default: reports/evs-snapshot-COMMAND-{datetime}.jsonl]",
+    ),
+    click.option(
+        "--resume", is_flag=True, help="Continue the run in --report: finished snapshots are skipped."
+    ),
+    LOCK_FILE,
+)
+
 # prune and cleanup: delete for real or plan, wait for the deletions, their report and its resume.
 DELETING = apply(
     click.option("--apply", is_flag=True, help="Delete for real; without it, write planned records only."),
@@ -523,17 +538,7 @@ DELETING = apply(
         show_default=True,
         help="How long to wait for deletions to finish (90s, 15m, 2h).",
     ),
-    click.option(
-        "--report",
-        "report_path",
-        default=None,
-        help="Report path, or - for standard output.  "
-        "[default: reports/evs-snapshot-COMMAND-{datetime}.jsonl]",
-    ),
-    click.option(
-        "--resume", is_flag=True, help="Continue the run in --report: finished snapshots are skipped."
-    ),
-    LOCK_FILE,
+    ACTION_REPORT,
 )
 
 
@@ -628,15 +633,5 @@ HOLDING = group(
     click.option(
         "--apply", is_flag=True, help="Change the snapshots; without it, write planned records only."
     ),
-    click.option(
-        "--report",
-        "report_path",
-        default=None,
-        help="Report path, or - for standard output.  "
-        "[default: reports/evs-snapshot-COMMAND-{datetime}.jsonl]",
-    ),
-    click.option(
-        "--resume", is_flag=True, help="Continue the run in --report: snapshots already done are skipped."
-    ),
-    LOCK_FILE,
+    ACTION_REPORT,
 )
