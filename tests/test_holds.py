@@ -281,3 +281,33 @@ def test_hold_and_release_usage(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "--rows and --volume choose rows of a REPORT" in result.output
     assert invoke(["hold", "--snapshot", "a", *url]).exit_code == 2
+
+
+def test_held_snapshots_count_toward_the_slots_and_the_warning_says_so(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """prune plan: 5 kept by --keep-last and 2 old held fill the 7 slots; the warning names the held."""
+    disk = volume_ids(1, seed=909)[0]
+    kept = [seeded(disk, d) for d in (1, 2, 3, 4, 5)]
+    held = [seeded(disk, d, hold="INC-3") for d in (8, 9)]
+    emu = start(emulator_thread, [disk], [*kept, *held])
+    report = tmp_path / "prune.jsonl"
+    args = ["prune", str(csv_manifest(write, [disk])), "--endpoint", emu.url, "--project-id", PROJECT]
+    result = invoke([*args, "--report", str(report), *FAST, "--keep-last", "5", "--verbose"])
+    assert result.exit_code == 0, result.output
+    assert f"disk {disk}: the rules keep 7 of 7 slots (2 of them held): tonight's create" in result.output
+    rules = {r["snapshot_id"]: r["rule"] for r in records(report)}
+    assert {rules[s.id] for s in held} == {"hold: INC-3"}
+    assert {r["outcome"] for r in records(report)} == {"kept"}
+
+
+def test_create_resume_refuses_another_hold(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The create report's header records --hold: a --resume with another REASON (or none) is refused."""
+    emu, report, _ = created(emulator_thread, write, tmp_path, 1, 910, "--hold", "INC-8")
+    manifest = tmp_path / "m.csv"
+    for other in (["--hold", "INC-9"], []):
+        result = invoke(create_args(emu.url, manifest, report, "--resume", *FAST_RETRIES, *other))
+        assert result.exit_code == 2, result.output
+        assert "--resume" in result.output
