@@ -220,3 +220,18 @@ async def route_to(url: str, environ: Mapping[str, str] = AKSK_ENV) -> AsyncIter
     async with contextlib.AsyncExitStack() as stack:
         router = await connect(stack, connection)
         yield await router.route_for(PROJECT, None)
+
+
+class FakeTime:
+    """An injected clock and sleep for pure timing logic: sleeping only moves the clock on."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
