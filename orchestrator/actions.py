@@ -60,7 +60,9 @@ class ActionRecord:
     snapshot_id: str | None = None
     snapshot_name: str | None = None
     created_at: str | None = None
-    rule: str | None = None  # prune: the rule that condemned (or kept) it ("keep-last 6", "hold: REASON")
+    # prune: the rules that condemned it ("keep-last 6") or kept it ("daily ...", "hold: REASON");
+    # hold, release: the hold set or removed ("hold: REASON")
+    rule: str | None = None
     source_run: str | None = None  # the run id of the snapshot's marker
     http_status: int | None = None
     error_code: str | None = None

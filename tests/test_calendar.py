@@ -110,12 +110,15 @@ ZONES = st.sampled_from([BERLIN, "America/New_York", "UTC", "Australia/Lord_Howe
 
 
 @settings(max_examples=300, deadline=None)
-@given(HISTORIES, COUNTS, ZONES, st.integers(0, 3) | st.none(), st.booleans())
+@given(
+    HISTORIES, COUNTS, ZONES, st.none() | st.integers(0, 3), st.none() | st.integers(1, 900), st.booleans()
+)
 def test_calendar_rules_match_an_independent_reading(
     generated: tuple[datetime, list[tuple[int, str]]],
     counts: dict[str, int],
     zone_name: str,
     keep_last: int | None,
+    within_days: int | None,
     allow_none: bool,
 ) -> None:
     """Rules.judge keeps exactly the snapshots the independent reading names, each with its periods."""
@@ -128,6 +131,7 @@ def test_calendar_rules_match_an_independent_reading(
     zone = ZoneInfo(zone_name)
     rules = Rules(
         keep_last=keep_last,
+        keep_within=None if within_days is None else within_days * 86400.0,
         allow_none=allow_none,
         zone=named_zone(zone_name),
         **{f"keep_{k}": n for k, n in counts.items()},
@@ -137,15 +141,18 @@ def test_calendar_rules_match_an_independent_reading(
 
     calendar = expected_calendar(history, counts, zone)
     ranked = sorted(history, key=lambda item: (item[1], item[0]), reverse=True)
+    created = {i: m for i, m, _ in history}
     newest_available = next((i for i, _, s in ranked if s == "available"), None)
     assert [s.id for s, _ in verdicts] == [i for i, _, _ in ranked]
     for position, (snapshot, reasons) in enumerate(verdicts):
         assert {r for r in reasons if r.split()[0] in KINDS} == calendar.get(snapshot.id, set()), snapshot
         by_last = keep_last is not None and position < keep_last
         assert (f"keep-last {keep_last}" in reasons) == by_last
+        by_within = within_days is not None and now - created[snapshot.id] < timedelta(days=within_days)
+        assert (f"keep-within {within_days}d" in reasons) == by_within
         by_newest = snapshot.id == newest_available and not allow_none
         assert ("newest available" in reasons) == by_newest
-        assert bool(reasons) == (bool(calendar.get(snapshot.id)) or by_last or by_newest)
+        assert bool(reasons) == (bool(calendar.get(snapshot.id)) or by_last or by_within or by_newest)
         assert len(reasons) == len(set(reasons))
 
 

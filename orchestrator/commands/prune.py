@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -17,6 +17,8 @@ from orchestrator import options
 from orchestrator.entry import run
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from orchestrator.config import Connection
     from orchestrator.console import Console
     from orchestrator.frame import Closing
@@ -70,6 +72,24 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
     return frame.exit_code
 
 
+def _calendar_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--keep-hourly`` ... ``--keep-yearly`` (``retention.PERIODS``), one option per period."""
+    periods = (
+        ("hourly", "hours"),
+        ("daily", "days"),
+        ("weekly", "ISO weeks"),
+        ("monthly", "months"),
+        ("yearly", "years"),
+    )
+    for kind, unit in reversed(periods):
+        function = click.option(
+            f"--keep-{kind}",
+            type=click.IntRange(0, 100000),
+            help=f"Keep the newest owned available snapshot of each of the last N {unit} that hold one.",
+        )(function)
+    return function
+
+
 @click.command("prune")
 @click.argument("manifest", required=False)
 @click.option(
@@ -90,31 +110,7 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
 @click.option(
     "--keep-within", type=options.Duration(), help="Keep owned snapshots younger than this (36h, 7d)."
 )
-@click.option(
-    "--keep-hourly",
-    type=click.IntRange(0, 100000),
-    help="Keep the newest owned available snapshot of each of the last N hours that hold one.",
-)
-@click.option(
-    "--keep-daily",
-    type=click.IntRange(0, 100000),
-    help="Keep the newest owned available snapshot of each of the last N days that hold one.",
-)
-@click.option(
-    "--keep-weekly",
-    type=click.IntRange(0, 100000),
-    help="Keep the newest owned available snapshot of each of the last N ISO weeks that hold one.",
-)
-@click.option(
-    "--keep-monthly",
-    type=click.IntRange(0, 100000),
-    help="Keep the newest owned available snapshot of each of the last N months that hold one.",
-)
-@click.option(
-    "--keep-yearly",
-    type=click.IntRange(0, 100000),
-    help="Keep the newest owned available snapshot of each of the last N years that hold one.",
-)
+@_calendar_options
 @click.option(
     "--tz",
     "tz",
