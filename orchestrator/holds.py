@@ -116,7 +116,7 @@ def choose(settings: HoldSettings, warn: Callable[[str], None]) -> Chosen:
         return Chosen(
             named=[Named(snapshot_id=i, project_id=settings.project_id, region=region) for i in ids]
         )
-    run_ = run_of(settings.source, warn)
+    run_ = run_of(settings.source, warn, command=settings.command, verb=settings.command)
     rows = settings.rows
     if rows is not None and rows.last > run_.header.rows:
         raise UsageError(

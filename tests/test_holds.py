@@ -311,3 +311,16 @@ def test_create_resume_refuses_another_hold(
         result = invoke(create_args(emu.url, manifest, report, "--resume", *FAST_RETRIES, *other))
         assert result.exit_code == 2, result.output
         assert "--resume" in result.output
+
+
+def test_hold_refuses_a_report_with_nothing_in_the_cloud(write: Callable[..., Path], tmp_path: Path) -> None:
+    """hold REPORT of a create --dry-run: exit 2, the message names hold, nothing is sent."""
+    report = tmp_path / "dry.jsonl"
+    url = "http://127.0.0.1:9"
+    result = invoke(create_args(url, csv_manifest(write, volume_ids(1, seed=914)), report, "--dry-run"))
+    assert result.exit_code == 0, result.output
+    result = invoke(
+        ["hold", str(report), "--reason", "x", "--endpoint", url, "--report", str(tmp_path / "h.jsonl")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "nothing to hold" in result.output
