@@ -26,7 +26,6 @@ from orchestrator.api.views import Snapshot
 from orchestrator.emulator import SeedSnapshot, SeedVolume
 from orchestrator.emulator.clock import EVS_TIME_FORMAT, ManualClock, evs_time
 from orchestrator.retention import Rules, Zone, named_zone
-from tests.conftest import volume_ids
 from tests.helpers import (
     FAST_RETRIES,
     PROJECT,
@@ -36,6 +35,7 @@ from tests.helpers import (
     invoke,
     last_per_row,
     records,
+    volume_ids,
 )
 
 MARKER = "evs_snapshot_run"

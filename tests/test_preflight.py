@@ -10,8 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import volume_ids
-from tests.helpers import CREATE_ROUTE, create_args, csv_manifest, invoke, journal, lines, requests_of
+from tests.helpers import (
+    CREATE_ROUTE,
+    create_args,
+    csv_manifest,
+    invoke,
+    journal,
+    lines,
+    requests_of,
+    volume_ids,
+)
 
 QUOTA_ROUTE = "GET /v2/{project_id}/os-quota-sets/{target_project_id}"
 
