@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 
 from orchestrator.emulator import RunningEmulator, SeedSnapshot
-from tests.conftest import PROJECT, call, seeds, volume_ids
+from tests.helpers import PROJECT, call, seeds, volume_ids
 
 Start = Callable[..., Awaitable[RunningEmulator]]
 VOLUME = volume_ids(1, seed=911)[0]

@@ -2,67 +2,47 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from orchestrator.emulator import SeedSnapshot, SeedVolume
-from orchestrator.emulator.clock import evs_time
-from tests.conftest import volume_ids
+from orchestrator.emulator import SeedSnapshot
 from tests.helpers import (
+    ACTION_RETRIES,
     FAST_RETRIES,
+    MARKER,
     PROJECT,
+    cleanup,
     create_args,
     csv_manifest,
     header,
     invoke,
     last_per_row,
+    live,
+    prune,
     records,
     requests_of,
+    snap,
+    start,
+    volume_ids,
 )
 
-MARKER = "evs_snapshot_run"
 HOLD = "evs_snapshot_hold"
-FAST = ["--max-attempts", "3", "--backoff-initial", "0.01", "--backoff-max", "0.05"]
 CREATE = "POST /v2/{project_id}/cloudsnapshots"
 ADD = "POST /v2/{project_id}/snapshots/{snapshot_id}/metadata"
 REMOVE = "DELETE /v2/{project_id}/snapshots/{snapshot_id}/metadata/{key}"
-DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 
 
-def seeded(
-    volume: str, days: float, *, run: str | None = "run-old", hold: str | None = None, **extra: Any
-) -> SeedSnapshot:
-    """A seeded snapshot ``days`` old, marked by ``run`` (``None``: unmarked), held for ``hold``."""
-    metadata = {**({MARKER: run} if run else {}), **({HOLD: hold} if hold is not None else {})}
-    return SeedSnapshot(
-        id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"hold/{volume}/{days}/{run}/{hold}/{extra.get('name')}")),
-        volume_id=volume,
-        name=extra.pop("name", None) or f"pre-maint-{days}",
-        created_at=evs_time(datetime.now(UTC) - timedelta(days=days)),
-        metadata=metadata,
-        **extra,
-    )
-
-
-def start(
-    emulator_thread: Callable[..., Any], volumes: list[str], snapshots: list[SeedSnapshot], **knobs: Any
-) -> Any:
-    knobs.setdefault("deleting_seconds", 0.05)
-    return emulator_thread(
-        volumes=tuple(SeedVolume(volume_id=v) for v in volumes), snapshots=tuple(snapshots), **knobs
-    )
-
-
-def state_of(emu: Any) -> dict[str, dict[str, Any]]:
-    return {s["id"]: s for s in emu.state()["snapshots"] if s["status"] != "deleting"}
+def seeded(volume: str, days: float, *, hold: str | None = None, **fields: Any) -> SeedSnapshot:
+    """``helpers.snap``, held for ``hold`` when given."""
+    made = snap(volume, days, **fields)
+    return made if hold is None else dataclasses.replace(made, metadata={**made.metadata, HOLD: hold})
 
 
 def command(emu: Any, name: str, *args: str, report: Path) -> Any:
-    return invoke([name, *args, "--endpoint", emu.url, "--report", str(report), *FAST])
+    return invoke([name, *args, "--endpoint", emu.url, "--report", str(report), *ACTION_RETRIES])
 
 
 def created(
@@ -139,7 +119,7 @@ def test_hold_plans_then_applies_and_release_removes(
         (made[1], "held"),
         (made[2], "held"),
     }
-    snaps = state_of(emu)
+    snaps = live(emu)
     assert snaps[made[1]]["metadata"][HOLD] == "CHG-1"
     assert MARKER in snaps[made[1]]["metadata"]
     assert HOLD not in snaps[made[3]]["metadata"]
@@ -155,8 +135,8 @@ def test_hold_plans_then_applies_and_release_removes(
     )
     assert result.exit_code == 0, result.output
     assert [(r["outcome"], r["rule"]) for r in records(released)] == [("released", "hold: CHG-1")]
-    assert HOLD not in state_of(emu)[made[1]]["metadata"]
-    assert MARKER in state_of(emu)[made[1]]["metadata"]
+    assert HOLD not in live(emu)[made[1]]["metadata"]
+    assert MARKER in live(emu)[made[1]]["metadata"]
     assert sum(requests_of(emu.state(), REMOVE).values()) == 1
 
 
@@ -179,7 +159,7 @@ def test_hold_refuses_a_snapshot_not_the_tools(emulator_thread: Callable[..., An
         backup.id: ("refused", "BACKUP_SNAPSHOT"),
     }
     assert sum(requests_of(emu.state(), ADD).values()) == 1
-    assert HOLD not in state_of(emu)[by_hand.id]["metadata"]
+    assert HOLD not in live(emu)[by_hand.id]["metadata"]
 
 
 def test_hold_from_a_report_refuses_another_runs_snapshot(
@@ -208,28 +188,12 @@ def test_prune_keeps_a_held_snapshot(
     emu = start(emulator_thread, [disk], [held, *others])
     report = tmp_path / "prune.jsonl"
     manifest = csv_manifest(write, [disk])
-    result = invoke(
-        [
-            "prune",
-            str(manifest),
-            "--endpoint",
-            emu.url,
-            "--project-id",
-            PROJECT,
-            "--report",
-            str(report),
-            *FAST,
-            "--keep-last",
-            "1",
-            "--apply",
-            "--verbose",
-        ]
-    )
+    result = prune(emu, manifest, report, "--keep-last", "1", "--apply", "--verbose")
     assert result.exit_code == 0, result.output
     outcomes = {r["snapshot_id"]: (r["outcome"], r["rule"]) for r in records(report)}
     assert outcomes[held.id] == ("kept", "hold: baseline CHG-9")
     assert {outcomes[s.id][0] for s in others[1:]} == {"deleted"}
-    assert set(state_of(emu)) == {held.id, others[0].id}
+    assert set(live(emu)) == {held.id, others[0].id}
 
 
 def test_cleanup_blocks_held_unless_include_held(
@@ -243,31 +207,19 @@ def test_cleanup_blocks_held_unless_include_held(
     )
     assert result.exit_code == 0, result.output
     first = tmp_path / "cleanup.jsonl"
-    result = invoke(["cleanup", str(report), "--endpoint", emu.url, "--report", str(first), *FAST, "--apply"])
+    result = cleanup(emu, report, first, "--apply")
     assert result.exit_code == 1, result.output
     outcomes = {r["snapshot_id"]: (r["outcome"], r["error_code"]) for r in records(first)}
     assert outcomes == {made[1]: ("blocked", "HELD"), made[2]: ("deleted", None)}
-    assert made[1] in state_of(emu)
+    assert made[1] in live(emu)
     second = tmp_path / "cleanup2.jsonl"
-    result = invoke(
-        [
-            "cleanup",
-            str(report),
-            "--endpoint",
-            emu.url,
-            "--report",
-            str(second),
-            *FAST,
-            "--apply",
-            "--include-held",
-        ]
-    )
+    result = cleanup(emu, report, second, "--apply", "--include-held")
     assert result.exit_code == 0, result.output
     assert {(r["snapshot_id"], r["outcome"]) for r in records(second)} == {
         (made[1], "deleted"),
         (made[2], "deleted"),
     }
-    assert made[1] not in state_of(emu)
+    assert made[1] not in live(emu)
 
 
 def test_hold_and_release_usage(tmp_path: Path) -> None:
@@ -292,8 +244,7 @@ def test_held_snapshots_count_toward_the_slots_and_the_warning_says_so(
     held = [seeded(disk, d, hold="INC-3") for d in (8, 9)]
     emu = start(emulator_thread, [disk], [*kept, *held])
     report = tmp_path / "prune.jsonl"
-    args = ["prune", str(csv_manifest(write, [disk])), "--endpoint", emu.url, "--project-id", PROJECT]
-    result = invoke([*args, "--report", str(report), *FAST, "--keep-last", "5", "--verbose"])
+    result = prune(emu, csv_manifest(write, [disk]), report, "--keep-last", "5", "--verbose")
     assert result.exit_code == 0, result.output
     assert f"disk {disk}: the rules keep 7 of 7 slots (2 of them held): tonight's create" in result.output
     rules = {r["snapshot_id"]: r["rule"] for r in records(report)}
