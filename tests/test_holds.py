@@ -275,3 +275,17 @@ def test_hold_refuses_a_report_with_nothing_in_the_cloud(write: Callable[..., Pa
     )
     assert result.exit_code == 2, result.output
     assert "nothing to hold" in result.output
+
+
+def test_hold_refused_by_the_api_is_rejected(emulator_thread: Callable[..., Any], tmp_path: Path) -> None:
+    """A metadata call the API refuses (--deny evs:snapshots:update: 403) is rejected with its code (exit 1)."""
+    disk = volume_ids(1, seed=915)[0]
+    mine = seeded(disk, 1)
+    emu = start(emulator_thread, [disk], [mine], deny=("evs:snapshots:update",))
+    report = tmp_path / "hold.jsonl"
+    args = ["--snapshot", mine.id, "--reason", "INC-4", "--project-id", PROJECT, "--apply"]
+    result = command(emu, "hold", *args, report=report)
+    assert result.exit_code == 1, result.output
+    [record] = records(report)
+    assert (record["outcome"], record["http_status"], record["error_code"]) == ("rejected", 403, "EVS.5403")
+    assert HOLD not in live(emu)[mine.id]["metadata"]
