@@ -32,6 +32,8 @@ COMMANDS = (
     "audit",
     "select",
     "rollback",
+    "hold",
+    "release",
     "emulator",
 )
 

@@ -69,6 +69,7 @@ class RowDefaults:
     force: bool = False
     project_id: str | None = None
     region: str | None = None
+    hold: str | None = None  # create --hold REASON: the evs_snapshot_hold key on every snapshot
 
 
 # Regions with an IAM endpoint of their own in the official SDK's table; others use the global one.

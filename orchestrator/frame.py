@@ -1,5 +1,5 @@
 """The run frame: what every command that writes a report (``create``, ``wait``, ``prune``, ``cleanup``,
-``rollback``) does around its own work, in this order:
+``rollback``, ``hold``, ``release``) does around its own work, in this order:
 
 1. **the locks** (``lock.holding``), taken first: a second run of the same manifest, run or report
    exits 75 before anything is read or sent (``Frame.lock``);
@@ -253,8 +253,9 @@ class Frame:
         return writer
 
     def open_actions(self, *, source: str, shape: dict[str, str], resume: bool, nothing: str) -> None:
-        """The report of ``prune``, ``cleanup`` or ``rollback``: its lock, a header naming ``source`` and
-        ``shape`` (a resume with other options is refused, saying ``nothing`` was done), and the book."""
+        """The report of ``prune``, ``cleanup``, ``rollback``, ``hold`` or ``release``: its lock, a header
+        naming ``source`` and ``shape`` (a resume with other options is refused, saying ``nothing`` was
+        done), and the book."""
         report = self.report
         if resume and report == "-":
             raise UsageError("--resume needs a --report file to read, not standard output")
