@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from orchestrator.config import Connection
     from orchestrator.console import Console
+    from orchestrator.frame import Closing
     from orchestrator.retry import RetryPolicy
     from orchestrator.rollback_run import RollbackSettings
     from orchestrator.waiter import WaitPlan
@@ -78,6 +79,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
         command="rollback",
         console=console,
         report=settings.report,
+        closing=settings.closing,
         tally=Tally(counting=Counting.records("rollback", frozenset({Action.PLANNED, Action.ROLLED_BACK}))),
         grace=ROLLBACK_GRACE,
         drain=f"sending no more rollbacks; those already sent are watched to their end for up to "
@@ -159,6 +161,7 @@ def _check_resume(settings: RollbackSettings, source_run: str) -> None:
     "be sent again.",
 )
 @options.LOCK_FILE
+@options.NOTIFYING
 @options.LOG_FORMAT
 @options.DEBUG
 def command(
@@ -175,6 +178,7 @@ def command(
     wait_plan: WaitPlan,
     settle: float,
     lock_file: Path | None,
+    closing: Closing,
     log_format: str,
 ) -> NoReturn:
     """Restore each row's disk from the snapshot the create run in REPORT made; plans unless --apply."""
@@ -196,5 +200,6 @@ def command(
         volumes=frozenset(volume.strip().lower() for volume in volume_ids) or None,
         lock_file=lock_file,
         again=again,
+        closing=closing,
     )
     raise SystemExit(run(lambda: rollback(settings, console=console), console=console))
