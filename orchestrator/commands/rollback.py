@@ -49,7 +49,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     """Plan or apply the rollback of the chosen rows; returns the exit code (see the module docstring)."""
     import contextlib  # noqa: PLC0415
 
-    from orchestrator.actions import Action  # noqa: PLC0415
+    from orchestrator.actions import ROLLBACK_SUCCESS  # noqa: PLC0415
     from orchestrator.frame import Frame  # noqa: PLC0415
     from orchestrator.lock import run_locks  # noqa: PLC0415
     from orchestrator.restore import RestorePlan  # noqa: PLC0415
@@ -80,7 +80,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
         console=console,
         report=settings.report,
         closing=settings.closing,
-        tally=Tally(counting=Counting.records("rollback", frozenset({Action.PLANNED, Action.ROLLED_BACK}))),
+        tally=Tally(counting=Counting.records("rollback", ROLLBACK_SUCCESS)),
         grace=ROLLBACK_GRACE,
         drain=f"sending no more rollbacks; those already sent are watched to their end for up to "
         f"{ROLLBACK_GRACE:g}s (longer than other commands' 10s: a disk must not be left mid-rollback "
