@@ -325,7 +325,8 @@ class Tally:
             if detailed:
                 lines.append("errors:")
                 lines += [
-                    f"  {code} x{n} (e.g. {self.examples[code]})" for code, n in self.codes.most_common(10)
+                    f"  {code} x{n}" + (f" (e.g. {self.examples[code]})" if code in self.examples else "")
+                    for code, n in self.codes.most_common(10)
                 ]
             else:
                 top = ", ".join(f"{code} x{count}" for code, count in self.codes.most_common(5))
