@@ -471,8 +471,9 @@ WEBHOOK = click.option(
     multiple=True,
     envvar="EVS_SNAPSHOT_WEBHOOK",
     metavar="URL",
-    help="POST a JSON event (command, run id, exit code, summary, report) here at the end (repeatable); "
-    "best effort.  [env: EVS_SNAPSHOT_WEBHOOK, URLs separated by spaces]",
+    help="POST a JSON event (command, run id, exit code, summary, report) here at the end (repeatable; in "
+    "the environment, URLs separated by spaces); "
+    "best effort.  [env: EVS_SNAPSHOT_WEBHOOK]",
 )
 
 
