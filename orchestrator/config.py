@@ -214,6 +214,18 @@ class Connection:
     max_rps: float | None = None
     environ: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
+    def recorded(self) -> dict[str, str]:
+        """The connection options given (``endpoint``, ``iam_endpoint``, ``ca_bundle``, ``auth``), for a
+        report's header: where the requests went, never a credential (a URL here has no user or query)."""
+        endpoints = self.endpoints
+        given = {
+            "endpoint": endpoints.evs,
+            "iam_endpoint": endpoints.iam,
+            "ca_bundle": None if endpoints.ca_bundle is None else endpoints.ca_bundle.resolve(),
+            "auth": self.auth_kind,
+        }
+        return {key: str(value) for key, value in given.items() if value is not None}
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Notify:

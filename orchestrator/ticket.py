@@ -44,11 +44,18 @@ def table(head: list[str], lines: Iterable[list[object]], total: int, what: str)
 
 
 def follow_ups(report: Path, header: RunHeader | None) -> list[str]:
-    """The commands that act on this report next, with the options of the run the report knows: its
-    ``--region`` (each command's endpoint), and for ``cleanup`` its ``--project-id`` (records name their
-    own project; cleanup also searches the run's projects by it)."""
+    """The commands that act on this report next, with the options of the run the report knows: where it
+    sent its requests (``--endpoint``, ``--iam-endpoint``, ``--ca-bundle``, ``--auth``, ``--region``), and
+    for ``cleanup`` its ``--project-id`` (records name their own project; cleanup also searches the run's
+    projects by it). Credentials are never among them: they come from the environment, as for the run."""
     shape = {} if header is None else header.shape
-    region = f" --region {shlex.quote(shape['region'])}" if shape.get("region") else ""
+    given = {} if header is None else header.connection
+    region = "".join(
+        f" --{key.replace('_', '-')} {shlex.quote(given[key])}"
+        for key in ("endpoint", "iam_endpoint", "ca_bundle", "auth")
+        if given.get(key)
+    )
+    region += f" --region {shlex.quote(shape['region'])}" if shape.get("region") else ""
     project = f" --project-id {shlex.quote(shape['project_id'])}" if shape.get("project_id") else ""
     quoted = shlex.quote(str(report.resolve()))
     command = "create" if header is None else header.command
@@ -84,6 +91,9 @@ def markdown(report: Path, header: RunHeader | None, tally: Tally, exit_code: in
     out.append(f"- started: {header.started_at if header is not None and header.started_at else '-'}")
     out.append(f"- last record: {last or '-'}")
     out.append(f"- exit code: {exit_code}")
+    nothing = None if header is None else header.nothing_in_the_cloud()
+    if nothing is not None:
+        out.append(f"- note: this report {nothing}; wait, rollback and cleanup refuse it")
     out += ["", "#### Outcomes", "", "| outcome | count |", "|---|---:|"]
     out += [f"| {outcome} | {count} |" for outcome, count in sorted(tally.outcomes.items())]
     if tally.missing:

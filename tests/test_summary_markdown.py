@@ -4,13 +4,17 @@ made capped at 200 lines, the rows to retry and why, the follow-up commands), ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.helpers import PROJECT, invoke
+from orchestrator.emulator.server import EmulatorThread
+from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
+from tests.conftest import seeds, volume_ids
+from tests.helpers import PROJECT, create_args, invoke
 
 RUN = "20261207T010203Z-a1b2c3"
 STARTED = "2026-12-07T01:02:03.000Z"
@@ -20,8 +24,9 @@ def disk(row: int) -> str:
     return f"00000000-0000-4000-8000-{row:012d}"
 
 
-def create_header(rows: int, **shape: str) -> dict[str, Any]:
+def create_header(rows: int, dry_run: bool = False, **shape: str) -> dict[str, Any]:
     return {
+        **({"dry_run": True} if dry_run else {}),
         "type": "run",
         "run_id": RUN,
         "command": "create",
@@ -226,3 +231,31 @@ def test_a_failed_action_is_listed_to_look_at_again(tmp_path: Path) -> None:
     block = invoke(["summary", str(report), "--format", "markdown"]).stdout
     assert "#### To look at again (1)" in block
     assert "| s2 | failed | EVS.5500 | a \\| b |" in block
+
+
+def test_the_follow_ups_carry_where_the_run_sent_its_requests(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """A real run records its --endpoint (never a credential) in its header; the follow-ups repeat it."""
+    ids = volume_ids(1)
+    emu = emulator_thread(volumes=seeds(ids))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("volume_id\n" + ids[0] + "\n", encoding="utf-8")
+    report = tmp_path / "r.jsonl"
+    assert invoke(create_args(emu.url, manifest, report, "--auth", "aksk")).exit_code == 0
+    block = invoke(["summary", str(report), "--format", "markdown"]).stdout
+    where = report.resolve()
+    assert f"evs-snapshot wait {where} --endpoint {emu.url} --auth aksk\n" in block
+    assert (
+        f"evs-snapshot cleanup {where} --apply --endpoint {emu.url} --auth aksk --project-id {PROJECT}\n"
+        in block
+    )
+    assert DEFAULT_SK not in report.read_text(encoding="utf-8") + block
+    assert DEFAULT_AK not in report.read_text(encoding="utf-8") + block
+
+
+def test_a_dry_run_is_named_as_one(tmp_path: Path) -> None:
+    """A dry run's block says that wait, rollback and cleanup refuse its report."""
+    report = write(tmp_path / "plan.jsonl", create_header(1, dry_run=True), made(1, outcome="planned"))
+    block = invoke(["summary", str(report), "--format", "markdown"]).stdout
+    assert "- note: this report is the report of a --dry-run" in block
