@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from orchestrator.config import Notify, redact_url
 from orchestrator.console import Console
 from orchestrator.emulator.server import EmulatorThread
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
+from orchestrator.errors import Interrupted, ListingFailed, LockHeld
 from orchestrator.frame import Closing, Frame
 from tests.conftest import seeds, volume_ids
 from tests.helpers import TOKEN, create_args, csv_manifest, invoke
@@ -246,3 +248,52 @@ def test_redact_url_masks_userinfo_query_and_fragment() -> None:
     assert redact_url("https://u:p@h.example:8443/a/b?x=1&y=2#f") == "https://***@h.example:8443/a/b?***#***"
     assert redact_url("http://h/a") == "http://h/a"
     assert redact_url("not a url ?x") == "not a url ?***"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        pytest.param(LockHeld("another run holds the lock"), 75, id="lock-held"),
+        pytest.param(ListingFailed("the listing was refused"), 3, id="aborted"),
+        pytest.param(RuntimeError("a bug"), 70, id="internal"),
+    ],
+)
+async def test_a_run_that_raises_pings_fail_with_its_exit_code(
+    receiver: Callable[..., Receiver], error: Exception, code: int
+) -> None:
+    """Whatever ends the run, the end ping is URL/fail and the webhook carries the process's exit code."""
+    hc, hook = receiver(), receiver()
+    notify = Notify(ping_url=f"{hc.url}/p", webhooks=(f"{hook.url}/h",), pause=0)
+    frame = Frame(
+        command="cleanup", console=Console(io.StringIO()), report="-", closing=Closing(notify=notify)
+    )
+
+    async def run() -> None:
+        async with frame:
+            assert await anyio.to_thread.run_sync(hc.first.wait, 10)
+            raise error
+
+    with pytest.raises(type(error)):
+        await run()
+    assert hc.paths() == ["/p/start", "/p/fail"]
+    assert str(error).encode() in hc.requests[1][2]
+    event = orjson.loads(hook.requests[0][2])
+    assert (event["event"], event["exit_code"], event["summary"]["exit_code"]) == ("failed", code, code)
+
+
+@pytest.mark.anyio
+async def test_a_signal_in_a_drain_pings_fail_after_the_summary(receiver: Callable[..., Receiver]) -> None:
+    """A run that drained after SIGTERM raises Interrupted (143); its end ping is URL/fail."""
+    hc = receiver()
+    notify = Notify(webhooks=(f"{hc.url}/h",), pause=0)
+    frame = Frame(command="prune", console=Console(io.StringIO()), report="-", closing=Closing(notify=notify))
+
+    async def run() -> None:
+        async with frame:
+            frame.signals.append(signal.SIGTERM)
+
+    with pytest.raises(Interrupted):
+        await run()
+    event = orjson.loads(hc.requests[0][2])
+    assert (event["event"], event["exit_code"], event["summary"]["command"]) == ("failed", 143, "prune")

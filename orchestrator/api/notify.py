@@ -129,6 +129,8 @@ class Notifier:
                         delivered = True
             except Refused as exc:
                 why = str(exc)
+            except Exception as exc:  # best effort: a notification never ends a run
+                why = f"{type(exc).__name__} (a bug: please report it)"
         if delivered:
             return
         attempts = f"{loop.number} attempt{'s' if loop.number != 1 else ''}"
