@@ -1,6 +1,6 @@
 """``make bench``: run the scenarios, print the tables, and write them to benchmarks/results.md.
 
-``python -m benchmarks [SCENARIO ...]`` runs only the named ones (overhead, latency, ratecap, memory,
+``python -m benchmarks [SCENARIO ...]`` runs only the named ones (overhead, null, latency, ratecap, memory,
 waiting, startup, profile, killresume, deleting, resume); each table then replaces its own section in
 results.md.
 Sections marked ``<!-- note: NAME -->`` (measurements made by hand, say of an older commit) are kept.
@@ -31,6 +31,7 @@ from benchmarks import (
 
 SCENARIOS: dict[str, Callable[[], str]] = {
     "overhead": overhead.run,
+    "null": overhead.run_null,
     "latency": latency.run,
     "ratecap": ratecap.run,
     "memory": memory.run,

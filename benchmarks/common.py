@@ -159,9 +159,21 @@ class Emulator:
 def emulator(*options: str) -> Iterator[Emulator]:
     """This checkout's emulator (``--any-volume``) as a process."""
     precompile()
-    process = subprocess.Popen(
-        cli("emulator", "--any-volume", *options), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
+    with _server(cli("emulator", "--any-volume", *options)) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def null_server() -> Iterator[Emulator]:
+    """A server that answers every create 202 at once (``benchmarks.nullserver``) as a process."""
+    with _server([sys.executable, "-m", "benchmarks.nullserver"]) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _server(command: list[str]) -> Iterator[Emulator]:
+    """A server process that prints its URL as the last word of its first line; SIGTERM at the end."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert process.stdout is not None
         url = process.stdout.readline().decode().split()[-1]

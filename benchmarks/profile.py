@@ -23,15 +23,25 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Measured, create, emulator, manifest, run_measured, spread, summary_of, table
+from benchmarks.common import (
+    Measured,
+    create,
+    emulator,
+    manifest,
+    null_server,
+    run_measured,
+    spread,
+    summary_of,
+    table,
+)
 
 CONCURRENCY = 32
 
 
 def measure(
-    rows: int, offset: int, tree: Path | None, prefix: tuple[str, ...] = ()
+    rows: int, offset: int, tree: Path | None, prefix: tuple[str, ...] = (), *, null: bool = False
 ) -> tuple[Measured, dict[str, Any]]:
-    with emulator() as emu, tempfile.TemporaryDirectory() as folder:
+    with null_server() if null else emulator() as emu, tempfile.TemporaryDirectory() as folder:
         report = Path(folder) / "r.jsonl"
         measured = create(
             emu.url,
@@ -63,11 +73,11 @@ def package(filename: str) -> str:
     return "stdlib: " + Path(filename).stem
 
 
-def profile(rows: int, tree: Path | None, top: int) -> str:
+def profile(rows: int, tree: Path | None, top: int, *, null: bool = False) -> str:
     """One run under cProfile: the functions with the most own time, and own time by package."""
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "create.prof"
-        measure(rows, 95_000_000, tree, ("-m", "cProfile", "-o", str(output)))
+        measure(rows, 95_000_000, tree, ("-m", "cProfile", "-o", str(output)), null=null)
         stats = pstats.Stats(str(output))
     raw = stats.stats  # type: ignore[attr-defined]
     total = sum(entry[2] for entry in raw.values())
@@ -97,9 +107,9 @@ def profile(rows: int, tree: Path | None, top: int) -> str:
     )
 
 
-def measure_bare(rows: int, offset: int) -> Measured:
+def measure_bare(rows: int, offset: int, *, null: bool = False) -> Measured:
     """The bare aiohttp loop of scenario 1 (``benchmarks.contenders bare``) as a process."""
-    with emulator() as emu:
+    with null_server() if null else emulator() as emu:
         command = [sys.executable, "-m", "benchmarks.contenders", "bare", "--url", emu.url]
         measured = run_measured([*command, "--rows", str(rows), "--offset", str(offset)])
     if measured.returncode != 0:
@@ -107,7 +117,9 @@ def measure_bare(rows: int, offset: int) -> Measured:
     return measured
 
 
-def cpu_table(trees: list[Path | None], rows: int, repeats: int, *, bare: bool = False) -> str:
+def cpu_table(
+    trees: list[Path | None], rows: int, repeats: int, *, bare: bool = False, null: bool = False
+) -> str:
     """CPU per row of each checkout (and of the bare loop), their runs interleaved in each repeat."""
     names: list[Path | str | None] = [*trees, *(["bare aiohttp loop"] if bare else [])]
     results: dict[Path | str | None, list[tuple[float, float, float]]] = {name: [] for name in names}
@@ -116,12 +128,12 @@ def cpu_table(trees: list[Path | None], rows: int, repeats: int, *, bare: bool =
         for index, name in enumerate(names):
             offset = 90_000_000 + (repeat * len(names) + index) * 1_000_000
             if isinstance(name, str):
-                measured = measure_bare(rows, offset)
-                single = measure_bare(1, offset + 500_000).cpu_seconds
+                measured = measure_bare(rows, offset, null=null)
+                single = measure_bare(1, offset + 500_000, null=null).cpu_seconds
             else:
-                measured, summary = measure(rows, offset, name)
+                measured, summary = measure(rows, offset, name, null=null)
                 requests = summary.get("requests_by_kind") or {"all": summary.get("requests", 0)}
-                single = measure(1, offset + 500_000, name)[0].cpu_seconds
+                single = measure(1, offset + 500_000, name, null=null)[0].cpu_seconds
             results[name].append((measured.cpu_seconds, single, measured.seconds))
     lines = []
     for name, runs in results.items():
@@ -169,11 +181,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--no-profile", action="store_true", help="only the CPU per row")
     parser.add_argument("--bare", action="store_true", help="measure the bare aiohttp loop too")
+    parser.add_argument(
+        "--null", action="store_true", help="against benchmarks.nullserver instead of the emulator"
+    )
     args = parser.parse_args(argv)
     trees: list[Path | None] = [tree.resolve() for tree in args.tree] if args.tree else [None]
-    print(cpu_table(trees, args.rows, args.repeats, bare=args.bare))
+    print(cpu_table(trees, args.rows, args.repeats, bare=args.bare, null=args.null))
     if not args.no_profile:
-        print("\n" + profile(args.rows, trees[0], args.top))
+        print("\n" + profile(args.rows, trees[0], args.top, null=args.null))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ class ActionRecord:
     snapshot_id: str | None = None
     snapshot_name: str | None = None
     created_at: str | None = None
-    rule: str | None = None  # prune: the rule that condemned it (e.g. "keep-last 6")
+    rule: str | None = None  # prune: the rules that condemned it ("keep-last 6") or kept it ("daily ...")
     source_run: str | None = None  # the run id of the snapshot's marker
     http_status: int | None = None
     error_code: str | None = None

@@ -116,6 +116,34 @@ class Record:
         """The record as one JSON line, newline included."""
         return orjson.dumps(self, option=orjson.OPT_APPEND_NEWLINE)
 
+    @staticmethod
+    def sending_line(request: SnapshotRequest, *, run_id: str, attempts: int, at: str) -> bytes:
+        """The ``sending`` journal line of a create about to leave at ``at``: the bytes ``to_json`` gives
+        that record, without building it (one per attempt; nothing reads it back in this process)."""
+        return orjson.dumps(
+            {
+                "run_id": run_id,
+                "row": request.row,
+                "volume_id": request.volume_id,
+                "project_id": request.project_id,
+                "region": request.region,
+                "name": request.name,
+                "outcome": Outcome.SENDING,
+                "http_status": None,
+                "snapshot_id": None,
+                "snapshot_status": None,
+                "error_code": None,
+                "error_message": None,
+                "request_id": None,
+                "attempts": attempts,
+                "reconciled": False,
+                "started_at": at,
+                "finished_at": at,
+                "elapsed_ms": 0,
+            },
+            option=orjson.OPT_APPEND_NEWLINE,
+        )
+
     @classmethod
     def from_json(cls, line: bytes | str) -> Record:
         """Parse one report line; raises ``ValueError`` when it is not a record."""

@@ -57,7 +57,7 @@ class Progress:
         if self.router is not None:
             counts = self.router.counts()
             sent = counts.get("creates", 0)
-            in_flight = self.router.in_flight.borrowed_tokens
+            in_flight = self.router.limits.concurrency - self.router.in_flight.value
             retries = max(0, sent - self.tally.attempts - in_flight - settling)
             if sent:
                 parts.append(f"sent {sent}")

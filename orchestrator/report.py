@@ -97,7 +97,7 @@ class ReportWriter:
         self._write(header.to_json())
 
     def write_line(self, line: bytes) -> None:
-        """Append one whole JSON line of another record type (the action reports)."""
+        """Append one whole JSON line already serialised (an action report's record, a journal line)."""
         self._write(line)
         self.written += 1
 
@@ -319,7 +319,10 @@ class RowSlots(Generic[_N]):
         if self._sparse is not None:
             self._sparse[row] = value
             return
-        if row >= len(flat):
+        if row == len(flat):  # the usual case: the next row, in order
+            flat.append(value)
+            return
+        if row > len(flat):
             flat.extend(array(flat.typecode, [self._default]) * (row + 1 - len(flat)))
         flat[row] = value
 

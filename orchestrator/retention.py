@@ -3,13 +3,17 @@ becomes of the others.
 
 For each selected disk, its owned snapshots (``ownership.Ownership``) are ranked newest first
 (``newest_first``; an unreadable ``created_at`` counts as newest, so it is kept). One kept by
-``--keep-last N`` (the newest N) or by ``--keep-within DURATION`` (younger than that) is kept; so is
-the newest ``available`` one unless ``--allow-none``. Every other one is a candidate and gets one
-record naming the rule that condemned it: ``planned`` without ``--apply``; with it ``deleted``,
+``--keep-last N`` (the newest N), by ``--keep-within DURATION`` (younger than that) or by a calendar
+rule (``--keep-daily N`` ...: the newest ``available`` snapshot of each of the last N days that hold
+one, restic's meaning, in ``Rules.zone``) is kept; so is the newest ``available`` one unless
+``--allow-none``. A kept record (``--verbose``) names the rules that kept it (``daily 2026-12-05,
+weekly 2026-W48``). Every other one is a candidate and gets one record naming the rules it falls
+outside of: ``planned`` without ``--apply``; with it ``deleted``,
 ``rejected`` or ``failed`` (``deleter``); ``blocked`` (``SNAPSHOT_BUSY``) when its state cannot be
 deleted from. A snapshot already ``deleting`` is neither kept nor a candidate (``--resume`` waits for
 it when an earlier run sent its DELETE). Every project is listed (``selection``) before anything is
-deleted.
+deleted. When the snapshots a disk keeps fill its slots (``SNAPSHOTS_PER_DISK``), the plan warns
+that tonight's create will be refused.
 
 ``audit``'s rule is here too (``stale_disks``): a disk passes when it has an owned ``available``
 snapshot younger than ``--max-age``.
@@ -17,14 +21,16 @@ snapshot younger than ``--max-age``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.actions import Action, ActionRecord, now_iso
 from orchestrator.api.views import Snapshot
+from orchestrator.defaults import SNAPSHOTS_PER_DISK
 from orchestrator.deleter import DELETABLE, DELETING, Deleter, Job
 from orchestrator.models import utc_now
 from orchestrator.ownership import Ownership
@@ -63,13 +69,103 @@ def newest_first(snapshots: Iterable[Snapshot]) -> list[Snapshot]:
     return sorted(snapshots, key=lambda s: (s.created or far, s.id), reverse=True)
 
 
+PERIODS = ("hourly", "daily", "weekly", "monthly", "yearly")
+"""The calendar rules, shortest period first (``--keep-hourly`` ... ``--keep-yearly``)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Zone:
+    """The time zone calendar periods are counted in: ``tzinfo`` ``None`` is the machine's local time,
+    read per instant (so its DST changes are followed even without a zone name)."""
+
+    name: str
+    tzinfo: tzinfo | None = None
+
+    def local(self, moment: datetime) -> datetime:
+        return moment.astimezone(self.tzinfo)
+
+
+UTC_ZONE = Zone("UTC", UTC)
+
+
+def named_zone(name: str) -> Zone:
+    """``--tz ZONE``: an IANA name (``Europe/Berlin``); ``ValueError`` when the zone database lacks it."""
+    from zoneinfo import ZoneInfo  # noqa: PLC0415
+
+    try:
+        return Zone(name, ZoneInfo(name))
+    except (ValueError, KeyError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
+        raise ValueError(f"{name!r} is not a zone of the time zone database (e.g. Europe/Berlin)") from exc
+
+
+def local_zone() -> Zone:
+    """The machine's zone: ``TZ``, else what ``/etc/localtime`` links to, named when the zone database
+    knows it; else the local time of the C library, named by its abbreviation."""
+    import os  # noqa: PLC0415
+    import time as clock  # noqa: PLC0415
+
+    key = os.environ.get("TZ", "").removeprefix(":")
+    if not key:
+        with contextlib.suppress(OSError):
+            target = os.path.realpath("/etc/localtime")
+            key = target.partition("/zoneinfo/")[2]
+    if key:
+        with contextlib.suppress(ValueError):
+            return named_zone(key)
+    return Zone(f"local ({clock.tzname[0]})")
+
+
+def period(kind: str, local: datetime) -> str:
+    """The period of a local time, as a kept record names it: ``hourly 2026-12-05T14``, ``daily
+    2026-12-05``, ``weekly 2026-W48`` (ISO week), ``monthly 2026-12``, ``yearly 2026``."""
+    if kind == "hourly":
+        label = f"{local.year:04d}-{local.month:02d}-{local.day:02d}T{local.hour:02d}"
+    elif kind == "daily":
+        label = f"{local.year:04d}-{local.month:02d}-{local.day:02d}"
+    elif kind == "weekly":
+        year, week, _ = local.isocalendar()
+        label = f"{year:04d}-W{week:02d}"
+    elif kind == "monthly":
+        label = f"{local.year:04d}-{local.month:02d}"
+    else:
+        label = f"{local.year:04d}"
+    return f"{kind} {label}"
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Rules:
     """The retention rules of a prune."""
 
     keep_last: int | None = None
     keep_within: float | None = None  # seconds
+    keep_hourly: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_yearly: int | None = None
     allow_none: bool = False
+    zone: Zone = UTC_ZONE  # where the calendar periods are counted
+
+    def calendar(self) -> list[tuple[str, int]]:
+        """The calendar rules given, as (period kind, N), shortest period first."""
+        counts = (self.keep_hourly, self.keep_daily, self.keep_weekly, self.keep_monthly, self.keep_yearly)
+        return [(kind, n) for kind, n in zip(PERIODS, counts, strict=True) if n is not None]
+
+    def any(self) -> bool:
+        return self.keep_last is not None or self.keep_within is not None or bool(self.calendar())
+
+    def shape(self) -> dict[str, str]:
+        """The rules as the report header records them (``--resume`` refuses others); the calendar
+        rules and the zone only when a calendar rule is given, so older reports resume as before."""
+        shape = {
+            "keep_last": str(self.keep_last),
+            "keep_within": str(self.keep_within),
+            "allow_none": str(self.allow_none),
+        }
+        if self.calendar():
+            shape |= {f"keep_{kind}": str(n) for kind, n in self.calendar()}
+            shape["tz"] = self.zone.name
+        return shape
 
     def condemning(self) -> str:
         """The rule (or rules) a deleted snapshot falls outside of, as the record's ``rule``."""
@@ -78,22 +174,49 @@ class Rules:
             parts.append(f"keep-last {self.keep_last}")
         if self.keep_within is not None:
             parts.append(f"keep-within {duration_text(self.keep_within)}")
+        parts += [f"keep-{kind} {n}" for kind, n in self.calendar()]
         return " and ".join(parts)
 
-    def judge(self, owned: list[Snapshot], now: datetime) -> list[tuple[Snapshot, bool]]:
-        """Each owned snapshot of one disk, newest first, with True when it is kept."""
+    def judge(self, owned: list[Snapshot], now: datetime) -> list[tuple[Snapshot, list[str]]]:
+        """Each owned snapshot of one disk, newest first, with the rules that keep it (none: a
+        candidate): ``keep-last 6``, ``keep-within 14d``, ``daily 2026-12-05``, ..., ``newest available``.
+
+        A calendar rule of N walks the disk's ``available`` snapshots newest first and keeps the newest
+        of each of the last N periods that hold one (restic's ``--keep-daily`` ...); other states fill
+        no period. A snapshot whose ``created_at`` is unreadable has no period: a calendar rule keeps it
+        (``created_at unreadable``), as ``--keep-last`` does by ranking it newest.
+        """
         ranked = newest_first(owned)
         newest_available = next((s for s in ranked if s.status == "available"), None)
-        verdicts = []
+        reasons: dict[str, list[str]] = {s.id: [] for s in ranked}
         for index, snapshot in enumerate(ranked):
             seconds = age(snapshot, now)
-            kept = (
-                (self.keep_last is not None and index < self.keep_last)
-                or (self.keep_within is not None and (seconds is None or seconds < self.keep_within))
-                or (snapshot is newest_available and not self.allow_none)
-            )
-            verdicts.append((snapshot, kept))
-        return verdicts
+            if self.keep_last is not None and index < self.keep_last:
+                reasons[snapshot.id].append(f"keep-last {self.keep_last}")
+            if self.keep_within is not None and (seconds is None or seconds < self.keep_within):
+                reasons[snapshot.id].append(f"keep-within {duration_text(self.keep_within)}")
+        calendar = self.calendar()
+        if calendar:
+            for snapshot in ranked:
+                if snapshot.created is None:
+                    reasons[snapshot.id].append("created_at unreadable")
+            dated = [
+                (s, self.zone.local(moment))
+                for s in ranked
+                if s.status == "available" and (moment := s.created) is not None
+            ]
+            for kind, count in calendar:
+                seen: set[str] = set()
+                for snapshot, local in dated:
+                    if len(seen) >= count:
+                        break
+                    label = period(kind, local)
+                    if label not in seen:  # the newest snapshot of a period not met yet
+                        seen.add(label)
+                        reasons[snapshot.id].append(label)
+        if newest_available is not None and not self.allow_none:
+            reasons[newest_available.id].append("newest available")
+        return [(snapshot, reasons[snapshot.id]) for snapshot in ranked]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -169,6 +292,7 @@ def judge_scope(
     jobs: list[Job] = []
     now = utc_now()
     rule = settings.rules.condemning()
+    others: Counter[str] = Counter()  # per selected disk: snapshots not the tool's that hold a slot
 
     def record(snapshot: Snapshot, outcome: Action, **fields: Any) -> ActionRecord:
         stamp = now_iso()
@@ -192,7 +316,11 @@ def judge_scope(
 
     for snapshot in snapshots:
         volume_id = snapshot.volume_id
-        if volume_id not in scope.volumes or not ownership.owns(snapshot):
+        if volume_id not in scope.volumes:
+            continue
+        if not ownership.owns(snapshot):
+            if not snapshot.is_backup and snapshot.status != DELETING:
+                others[volume_id] += 1
             continue
         key = snapshot.id
         if action.book.last.get(key) is Action.DELETED:
@@ -203,12 +331,15 @@ def judge_scope(
             continue  # on its way out: neither kept nor a candidate
         by_volume[volume_id].append(snapshot)
     for volume_id, owned in by_volume.items():
-        for snapshot, kept in settings.rules.judge(owned, now):
-            if kept:
+        staying = others[volume_id]
+        for snapshot, reasons in settings.rules.judge(owned, now):
+            if reasons:
+                staying += 1
                 counts[volume_id]["kept"] += 1
                 if settings.verbose:
-                    action.write(record(snapshot, Action.KEPT))
+                    action.write(record(snapshot, Action.KEPT, rule=", ".join(reasons)))
             elif snapshot.status not in DELETABLE:
+                staying += 1
                 message = (
                     f"the snapshot is {snapshot.status}; only available or error snapshots can be deleted"
                 )
@@ -221,7 +352,19 @@ def judge_scope(
                 write(record(snapshot, Action.PLANNED, rule=rule))
             else:
                 jobs.append(Job(scope.route, record(snapshot, Action.PLANNED, rule=rule)))
+        if staying >= SNAPSHOTS_PER_DISK:
+            action.console.warn(slots_warning(volume_id, staying, others[volume_id]))
     return jobs
+
+
+def slots_warning(volume_id: str, staying: int, others: int) -> str:
+    """The plan's warning when a disk keeps no free slot for tonight's ``create`` (its snapshots
+    count as the service counts them: not backup-made, not ``deleting``; evs-api.md 2.8)."""
+    held = f" ({others} of them not the tool's)" if others else ""
+    return (
+        f"disk {volume_id}: the rules keep {staying} of {SNAPSHOTS_PER_DISK} slots{held}: "
+        "tonight's create will be refused"
+    )
 
 
 def per_volume_notes(counts: dict[str, Counter[str]], *, shown: int = 20) -> list[str]:

@@ -336,21 +336,9 @@ class Runner:
 
     def _journal(self, request: SnapshotRequest, state: _Attempt) -> None:
         """Record that a create of the row is leaving now (a ``sending`` side record), before it leaves."""
-        now = utc_iso(utc_now())
-        self.writer.write(
-            Record(
-                run_id=self.plan.run_id,
-                row=request.row,
-                volume_id=request.volume_id,
-                project_id=request.project_id,
-                region=request.region,
-                name=request.name,
-                outcome=Outcome.SENDING,
-                attempts=state.attempts,
-                started_at=now,
-                finished_at=now,
-                elapsed_ms=0,
-            )
+        at = utc_iso(utc_now())
+        self.writer.write_line(
+            Record.sending_line(request, run_id=self.plan.run_id, attempts=state.attempts, at=at)
         )
 
     async def _settle(self, request: SnapshotRequest, route: Route, state: _Attempt) -> Snapshot | None:

@@ -21,6 +21,24 @@ class RateLimiter:
     succeeded for a second, it halves the rate once per ``COOLDOWN``. Each success adds a little
     back (about ``RECOVERY`` of the last measured rate per second), never above ``max_rps``. Against
     a limit it is not told, it settles in a shallow saw-tooth just under it.
+
+    The first 429 ends the unpaced start. A gateway's burst allowance (a limit of R a second lets
+    about R through at once, then R a second) makes the service look faster than its limit until
+    then, so:
+
+    - the first estimate never scales up the successes of a fraction of a second: it counts them
+      over a whole ``WINDOW``, and when requests were still in flight at that 429 (the run was
+      sending as fast as it could, so the burst was spent), over the time since the first success
+      plus a ``WINDOW`` (the burst taken for one window of the rate);
+    - the answers still due for those requests in flight (sent before anything was known) may raise
+      that estimate as they come, not only add back ``RECOVERY``;
+    - the success history starts again at the first 429 (what succeeds from then on is the limit),
+      and a later 429 lowers the rate only once a ``WINDOW`` of that history exists: right after
+      the first 429 many workers wait out their backoff, and their few successes would look like
+      a low limit;
+    - an estimate may still be low (a burst smaller than a second's worth): from the first 429
+      until a later one lowers the rate, each ``WINDOW`` without a 429 grows the rate by ``PROBE``
+      (a slow start from the estimate), where the saw-tooth after it only adds back ``RECOVERY``.
     """
 
     DECREASE = 0.9
@@ -28,6 +46,7 @@ class RateLimiter:
     COOLDOWN = 1.0
     MIN_RATE = 0.5
     WINDOW = 1.0
+    PROBE = 1.25
 
     def __init__(
         self, max_rps: float | None = None, *, clock: Clock = time.monotonic, sleep: Sleep = anyio.sleep
@@ -38,13 +57,22 @@ class RateLimiter:
         self._sleep = sleep
         self._next = 0.0
         self._successes: deque[float] = deque()
-        self._first_success: float | None = None
+        self._first_success: float | None = None  # of the history: the first 429 starts it again
         self._last_cut = -1e9
         self._cut_from = max_rps or 0.0
         self.throttled = 0
+        self.started = 0  # requests let through
+        self._answered = 0  # successes and 429s seen
+        self._restarted: float | None = None  # when the first 429 came
+        self._early = 0  # successes of the first estimate (the last window's before the first 429)
+        self._early_span = self.WINDOW  # the seconds they are counted over
+        self._owed = 0  # answers still due for requests in flight at the first 429
+        self._probing = False  # from the first 429 until a later one lowers the rate
+        self._last_throttle = -1e9
 
     async def acquire(self) -> None:
         """Wait for this request's slot."""
+        self.started += 1
         if self.rate is None:
             return
         now = self._clock()
@@ -65,8 +93,35 @@ class RateLimiter:
 
     def on_throttled(self) -> None:
         self.throttled += 1
+        self._answered += 1
         now = self._clock()
-        allowed = self.success_rate()
+        self._last_throttle = now
+        if self._restarted is None:
+            self._first_throttle(now)
+            self._probing = True
+        else:
+            if self._owed > 0:
+                self._owed -= 1
+            if now - self._restarted >= self.WINDOW:
+                self._probing = False
+                self._cut(now, self.success_rate())
+        if self.rate is not None:
+            self._next = max(self._next, now + 1.0 / self.rate)
+
+    def _first_throttle(self, now: float) -> None:
+        """The unpaced start ends: the first estimate, and the success history starts again."""
+        self.success_rate()  # drops the successes older than a window
+        self._early = len(self._successes)
+        self._owed = self.started - self._answered
+        if self._owed > 0 and self._first_success is not None:
+            self._early_span += min(self.WINDOW, now - self._first_success)
+        self._restarted = now
+        self._successes.clear()
+        self._first_success = now
+        self._cut(now, self._early / self._early_span)
+        self._last_cut = now
+
+    def _cut(self, now: float, allowed: float) -> None:
         if allowed > 0:
             # Idempotent for a burst of 429s: they all see the same success rate, so nothing compounds.
             target = max(self.MIN_RATE, allowed * self.DECREASE)
@@ -77,18 +132,27 @@ class RateLimiter:
             self.rate = max(self.MIN_RATE, (self.rate or 2 * self.MIN_RATE) / 2)
             self._cut_from = self.rate
             self._last_cut = now
-        if self.rate is not None:
-            self._next = max(self._next, now + 1.0 / self.rate)
 
     def on_success(self) -> None:
+        self._answered += 1
         now = self._clock()
-        if self._first_success is None:
-            self._first_success = now
-        self._successes.append(now)
-        while self._successes[0] < now - self.WINDOW:  # keep one window: memory stays flat
-            self._successes.popleft()
+        if self._owed > 0:  # in flight at the first 429: part of the first estimate, not of the history
+            self._owed -= 1
+            self._early += 1
+            allowed = self._early / self._early_span
+            if self.rate is not None and allowed * self.DECREASE > self.rate:
+                self.rate, self._cut_from = allowed * self.DECREASE, allowed
+        else:
+            if self._first_success is None:
+                self._first_success = now
+            self._successes.append(now)
+            while self._successes[0] < now - self.WINDOW:  # keep one window: memory stays flat
+                self._successes.popleft()
         if self.rate is None:
             return
-        self.rate += self.RECOVERY * self._cut_from / self.rate  # about RECOVERY * cut-from per second
+        if self._probing and now - self._last_throttle >= self.WINDOW:
+            self.rate *= self.PROBE ** (1.0 / self.rate)  # about PROBE times per second
+        else:
+            self.rate += self.RECOVERY * self._cut_from / self.rate  # about RECOVERY * cut-from per second
         if self.ceiling is not None:
             self.rate = min(self.rate, self.ceiling)

@@ -6,44 +6,27 @@ the emulator's time (token expiry, ``creating``, deletes, rollbacks) without sle
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
-from yarl import URL
 
-from orchestrator.api import signing
-from orchestrator.api.credentials import OutgoingRequest, TokenAuth
 from orchestrator.emulator import (
     EmulatorSettings,
     EmulatorThread,
     ManualClock,
     RunningEmulator,
-    SeedVolume,
     serving,
 )
 from orchestrator.emulator.clock import Clock
-
-PROJECT = "0123456789abcdef0123456789abcdef"
-TOKEN = "test-fixed-token-0001"
+from tests.helpers import TOKEN
 
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def volume_ids(count: int, seed: int = 0) -> list[str]:
-    """Deterministic, distinct volume ids."""
-    return [str(uuid.UUID(int=(seed << 64) + index + 1, version=4)) for index in range(count)]
-
-
-def seeds(ids: list[str], status: str = "available") -> tuple[SeedVolume, ...]:
-    return tuple(SeedVolume(volume_id=volume_id, status=status) for volume_id in ids)
 
 
 @pytest.fixture(autouse=True)
@@ -121,32 +104,3 @@ def write(tmp_path: Path) -> Callable[[str, str | bytes], Path]:
         return path
 
     return writer
-
-
-async def call(
-    http: aiohttp.ClientSession,
-    emulator: RunningEmulator | EmulatorThread,
-    method: str,
-    path: str,
-    *,
-    body: object = None,
-    auth: Any = None,
-    query: list[tuple[str, str]] | None = None,
-    raw_body: bytes | None = None,
-) -> tuple[int, Any, dict[str, str]]:
-    """One request to an emulator, authorized by ``auth`` (the fixed token by default; ``False``: none)."""
-    data = raw_body if raw_body is not None else (b"" if body is None else orjson.dumps(body))
-    qs = signing.canonical_query(query or [])
-    url = URL(f"{emulator.url}{path}" + (f"?{qs}" if qs else ""), encoded=True)
-    outgoing = OutgoingRequest(
-        method=method, url=url, headers={"Content-Type": "application/json"}, body=data, project_id=PROJECT
-    )
-    if auth is not False:
-        await (auth or TokenAuth(TOKEN)).authorize(outgoing)
-    async with http.request(method, url, data=data or None, headers=outgoing.headers) as response:
-        raw = await response.read()
-        return (
-            response.status,
-            (orjson.loads(raw) if raw else None),
-            {k.title(): v for k, v in response.headers.items()},
-        )

@@ -4,23 +4,41 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import anyio
 import orjson
 from click.testing import CliRunner, Result
 from yarl import URL
 
-from orchestrator.api.routes import Route, connect
+from orchestrator.actions import Action, ActionRecord
+from orchestrator.api import signing
+from orchestrator.api.credentials import OutgoingRequest, TokenAuth
+from orchestrator.api.routes import Route, Router, connect
 from orchestrator.cli import main
 from orchestrator.config import Connection, Endpoints
+from orchestrator.emulator import (
+    EmulatorThread,
+    RunningEmulator,
+    SeedSnapshot,
+    SeedVolume,
+)
+from orchestrator.emulator.clock import evs_time
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from orchestrator.models import SnapshotRequest
+from orchestrator.models import Outcome, Record, SnapshotRequest
+from orchestrator.restore import Finding, RestorePlan, restore_row
+from orchestrator.retry import RetryPolicy
+from orchestrator.waiter import WaitPlan
 
 PROJECT = "0123456789abcdef0123456789abcdef"
 TOKEN = "test-fixed-token-0001"
@@ -36,7 +54,11 @@ NO_CREDENTIALS = {
     "HUAWEICLOUD_SDK_PROJECT_ID": "",
     "OS_REGION_NAME": "",
 }
-AKSK_ENV = {**NO_CREDENTIALS, "HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
+AKSK = {
+    "HUAWEICLOUD_SDK_AK": DEFAULT_AK,
+    "HUAWEICLOUD_SDK_SK": DEFAULT_SK,
+}  # the emulator's AK/SK pair, as the SDK's variables
+AKSK_ENV = {**NO_CREDENTIALS, **AKSK}
 TOKEN_ENV = {**NO_CREDENTIALS, "OS_AUTH_TOKEN": TOKEN}
 FAST_RETRIES = (
     "--max-attempts",
@@ -213,6 +235,97 @@ def records_in(data: bytes) -> list[dict[str, Any]]:
     return found
 
 
+def volume_ids(count: int, seed: int = 0) -> list[str]:
+    """Deterministic, distinct volume ids."""
+    return [str(uuid.UUID(int=(seed << 64) + index + 1, version=4)) for index in range(count)]
+
+
+def seeds(ids: list[str], status: str = "available") -> tuple[SeedVolume, ...]:
+    return tuple(SeedVolume(volume_id=volume_id, status=status) for volume_id in ids)
+
+
+async def call(
+    http: aiohttp.ClientSession,
+    emulator: RunningEmulator | EmulatorThread,
+    method: str,
+    path: str,
+    *,
+    body: object = None,
+    auth: Any = None,
+    query: list[tuple[str, str]] | None = None,
+    raw_body: bytes | None = None,
+) -> tuple[int, Any, dict[str, str]]:
+    """One request to an emulator, authorized by ``auth`` (the fixed token by default; ``False``: none)."""
+    data = raw_body if raw_body is not None else (b"" if body is None else orjson.dumps(body))
+    qs = signing.canonical_query(query or [])
+    url = URL(f"{emulator.url}{path}" + (f"?{qs}" if qs else ""), encoded=True)
+    outgoing = OutgoingRequest(
+        method=method, url=url, headers={"Content-Type": "application/json"}, body=data, project_id=PROJECT
+    )
+    if auth is not False:
+        await (auth or TokenAuth(TOKEN)).authorize(outgoing)
+    async with http.request(method, url, data=data or None, headers=outgoing.headers) as response:
+        raw = await response.read()
+        return (
+            response.status,
+            (orjson.loads(raw) if raw else None),
+            {k.title(): v for k, v in response.headers.items()},
+        )
+
+
+ACTION_RETRIES = ["--max-attempts", "3", "--backoff-initial", "0.01", "--backoff-max", "0.05"]
+
+
+def snap(
+    volume: str, days: float, *, run: str | None = "run-old", name: str | None = None, **extra: Any
+) -> SeedSnapshot:
+    """A seeded snapshot ``days`` old, marked by ``run`` (``None``: unmarked)."""
+    tag = f"{volume}/{days}/{run}/{name}/{extra.get('status')}"
+    return SeedSnapshot(
+        id=str(uuid.uuid5(uuid.NAMESPACE_OID, tag)),
+        volume_id=volume,
+        name=name or f"pre-maint-{days}",
+        created_at=ago(days),
+        metadata={MARKER: run} if run else {},
+        **extra,
+    )
+
+
+def start(
+    emulator_thread: Callable[..., Any], volumes: list[str], snapshots: list[SeedSnapshot], **knobs: Any
+) -> Any:
+    knobs.setdefault("deleting_seconds", 0.05)
+    return emulator_thread(
+        volumes=tuple(SeedVolume(volume_id=v) for v in volumes), snapshots=tuple(snapshots), **knobs
+    )
+
+
+CLOSED_PORT = "http://127.0.0.1:1"
+
+
+QUICK = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02)
+
+
+SHOW = "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"
+
+
+WRONG = {"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": "not-the-secret-key-000000000000000000000"}
+
+
+def hits(emu: Any, route: str) -> Counter[str]:
+    """The in-loop emulator's answers to one route, by status."""
+    return Counter(emu.world.requests.get(route, {}))
+
+
+@contextlib.asynccontextmanager
+async def routed(url: str, environ: dict[str, str] | None = None) -> AsyncIterator[Route]:
+    """The route of the test project on ``url``, over a real session (AK/SK by default)."""
+    connection = Connection(endpoints=Endpoints(evs=URL(url)), environ=environ or AKSK)
+    async with contextlib.AsyncExitStack() as stack:
+        router = await connect(stack, connection)
+        yield await router.route_for(PROJECT, None)
+
+
 @contextlib.asynccontextmanager
 async def route_to(url: str, environ: Mapping[str, str] = AKSK_ENV) -> AsyncIterator[Route]:
     """The route of the test project on ``url``, over a real session (AK/SK by default)."""
@@ -220,3 +333,292 @@ async def route_to(url: str, environ: Mapping[str, str] = AKSK_ENV) -> AsyncIter
     async with contextlib.AsyncExitStack() as stack:
         router = await connect(stack, connection)
         yield await router.route_for(PROJECT, None)
+
+
+DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"
+
+
+LIST = "GET /v2/{project_id}/cloudsnapshots/detail"
+
+
+def prune(
+    emu: Any, manifest: Path | None, report: Path, *extra: str, env: dict[str, str] | None = None
+) -> Any:
+    head = ["prune"] if manifest is None else ["prune", str(manifest)]
+    return invoke(
+        [
+            *head,
+            "--endpoint",
+            emu.url,
+            "--project-id",
+            PROJECT,
+            "--report",
+            str(report),
+            *ACTION_RETRIES,
+            *extra,
+        ],
+        env,
+    )
+
+
+SNAPS = [str(uuid.UUID(int=0xD000 + index, version=4)) for index in range(8)]
+
+
+VOLUMES = [str(uuid.UUID(int=0xC000 + index, version=4)) for index in range(8)]
+
+
+RUN = "20261127T035432Z-abc123"
+
+
+def create_report(
+    path: Path, rows: list[dict[str, Any]], run_id: str = RUN, *, total: int | None = None
+) -> Path:
+    """A create report: the run header (``total`` rows, default one per record), then one record per
+    row (defaults: accepted, its own snapshot)."""
+    lines = [
+        {
+            "type": "run",
+            "run_id": run_id,
+            "command": "create",
+            "manifest": "m.csv",
+            "rows": len(rows) if total is None else total,
+            "digest": "sha256:00",
+            "shape": {},
+            "started_at": "2026-11-27T03:54:32.000Z",
+        }
+    ]
+    for number, row in enumerate(rows, start=1):
+        index = row.pop("index", number - 1)
+        lines.append(
+            {
+                "run_id": run_id,
+                "row": number,
+                "volume_id": VOLUMES[index],
+                "project_id": PROJECT,
+                "region": None,
+                "name": f"pre-maint-{index}",
+                "outcome": "accepted",
+                "http_status": 202,
+                "snapshot_id": SNAPS[index],
+                "snapshot_status": "creating",
+                "started_at": "2026-11-27T03:54:32.100Z",
+                "finished_at": "2026-11-27T03:54:32.200Z",
+                "elapsed_ms": 100,
+                **row,
+            }
+        )
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    return path
+
+
+def marker(run: str = RUN) -> dict[str, str]:
+    return {"evs_snapshot_run": run}
+
+
+def rollback(emu: EmulatorThread, source: Path, report: Path, *extra: str, **flags: object) -> Any:
+    args = cli_args("rollback", source, endpoint=emu.url, report=report, **flags)
+    return invoke([*args, *FAST, *FAST_WAIT, *extra])
+
+
+def world(count: int, *, attached: frozenset[int] = frozenset()) -> dict[str, Any]:
+    """``count`` detached disks (those in ``attached`` on SERVER), each with its marked snapshot."""
+    volumes = tuple(
+        SeedVolume(volume_id=VOLUMES[i], server_id=SERVER if i in attached else None) for i in range(count)
+    )
+    snapshots = tuple(
+        SeedSnapshot(id=SNAPS[i], volume_id=VOLUMES[i], name=f"pre-maint-{i}", metadata=marker())
+        for i in range(count)
+    )
+    return {"volumes": volumes, "snapshots": snapshots}
+
+
+ROLLBACK = "POST /v2/{project_id}/cloudsnapshots/{snapshot_id}/rollback"
+
+
+def by_row(path: Path) -> dict[int, dict[str, Any]]:
+    final: dict[int, dict[str, Any]] = {}
+    for record in records(path):
+        final[record["row"]] = record
+    return final
+
+
+def rollbacks_per_snapshot(state: dict[str, Any]) -> Counter[str]:
+    return Counter(item["snapshot_id"] for item in state["rollbacks"])
+
+
+MARKER = "evs_snapshot_run"
+
+
+def live(emu: Any) -> dict[str, dict[str, Any]]:
+    return {s["id"]: s for s in emu.state()["snapshots"] if s["status"] != "deleting"}
+
+
+def planned(snapshot_id: str) -> ActionRecord:
+    return ActionRecord(
+        run_id="r",
+        command="prune",
+        key=snapshot_id,
+        outcome=Action.PLANNED,
+        snapshot_id=snapshot_id,
+        started_at="t",
+        finished_at="t",
+    )
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait (bounded) until ``condition`` holds; the emulator runs in this loop meanwhile.
+
+    The emulator's state has no event to wait on, so it is polled; every window a test relies on is
+    the emulator's latency (30 ms) or its stopped clock, far longer than one poll.
+    """
+    with anyio.fail_after(5):
+        while True:
+            if condition():
+                return
+            await anyio.sleep(0.005)
+
+
+SERVER = "7c3e6a52-0f1d-4b8e-9c2a-5d4f3e2b1a09"
+
+
+def requests_note(stderr: str) -> dict[str, int]:
+    """The rollback summary's ``requests: 2 checks, 1 lookups, ...`` line, by kind."""
+    (line,) = [text for text in stderr.splitlines() if "requests: " in text]
+    return {kind: int(count) for count, kind in re.findall(r"(\d+) (\w+)", line.split("requests: ", 1)[1])}
+
+
+VOLUME_GET = "GET /v2/{project_id}/cloudvolumes/{volume_id}"
+
+
+def answers(emu: RunningEmulator, route: str) -> Counter[str]:
+    """The in-loop emulator's answers to one route, by status."""
+    return Counter(emu.world.requests.get(route, {}))
+
+
+def restore_plan(settle: float = 5.0) -> RestorePlan:
+    return RestorePlan(
+        source_run=RUN,
+        policy=RetryPolicy(max_attempts=50, initial_wait=0.01, max_wait=0.02),
+        settle=settle,
+        wait=WaitPlan(timeout=5.0, interval=0.02),
+    )
+
+
+async def restoring(route: Route, plan: RestorePlan, meanwhile: Callable[[], Any] | None = None) -> Finding:
+    """``restore_row`` on row 1; ``meanwhile`` (awaited) runs beside it, in the same loop."""
+    found: list[Finding] = []
+
+    async def restore() -> None:
+        found.append(await restore_row(route, source_row(), plan))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(restore)
+        if meanwhile is not None:
+            await meanwhile()
+    return found[0]
+
+
+OTHER_RUN = "20261120T010101Z-def456"
+
+
+@contextlib.asynccontextmanager
+async def router_for(url: str, environ: dict[str, str]) -> AsyncIterator[Router]:
+    """The run's router on the emulator at ``url`` (EVS and IAM), over a real session."""
+    connection = Connection(endpoints=Endpoints(evs=URL(url), iam=URL(url)), environ=environ)
+    async with contextlib.AsyncExitStack() as stack:
+        yield await connect(stack, connection)
+
+
+FAST = ("--max-attempts", "12", "--backoff-initial", "0.05", "--backoff-max", "0.3", "--settle", "0.5")
+
+
+FAST_WAIT = ("--poll-interval", "0.05", "--wait-timeout", "20s")
+
+
+WEB, DB = "5f0c1a6e-7a52-4c1e-9a1b-0c0f4e2d8a01", "5f0c1a6e-7a52-4c1e-9a1b-0c0f4e2d8a02"
+IDS = [str(uuid.UUID(int=0xA000 + index, version=4)) for index in range(6)]
+
+
+DISKS = (
+    SeedVolume(
+        volume_id=IDS[0],
+        name="web-system",
+        server_id=WEB,
+        device="/dev/vda",
+        bootable=True,
+        tags={"env": "prod", "role": "web"},
+        metadata={"tier": "web"},
+    ),
+    SeedVolume(
+        volume_id=IDS[1],
+        name="web-data",
+        server_id=WEB,
+        device="/dev/vdb",
+        tags={"env": "prod", "role": "web"},
+        metadata={"tier": "web", "ticket": "CHG-42"},
+    ),
+    SeedVolume(
+        volume_id=IDS[2],
+        name="db-system",
+        server_id=DB,
+        device="/dev/vda",
+        bootable=True,
+        availability_zone="cn-north-4b",
+        tags={"env": "prod", "role": "db"},
+    ),
+    SeedVolume(
+        volume_id=IDS[3],
+        name="db-data",
+        server_id=DB,
+        device="/dev/vdb",
+        availability_zone="cn-north-4b",
+        tags={"env": "staging", "role": "db"},
+        metadata={"ticket": "CHG-42"},
+    ),
+    SeedVolume(volume_id=IDS[4], name="scratch", tags={"env": "prod", "team": "ops"}),
+    SeedVolume(volume_id=IDS[5], name="broken", status="error", tags={"team": "ops"}),
+)
+
+
+def cleanup(emu: Any, source: Path, report: Path, *extra: str, env: dict[str, str] | None = None) -> Any:
+    return invoke(
+        ["cleanup", str(source), "--endpoint", emu.url, "--report", str(report), *ACTION_RETRIES, *extra], env
+    )
+
+
+def ago(days: float) -> str:
+    return evs_time(datetime.now(UTC) - timedelta(days=days))
+
+
+def source_row() -> Record:
+    """Row 1 of the create run: accepted, with its marked snapshot of its own disk."""
+    return Record(
+        run_id=RUN,
+        row=1,
+        volume_id=VOLUMES[0],
+        project_id=PROJECT,
+        region=None,
+        name="pre-maint-0",
+        outcome=Outcome.ACCEPTED,
+        http_status=202,
+        snapshot_id=SNAPS[0],
+        snapshot_status="creating",
+        started_at="2026-11-27T03:54:32.100Z",
+        finished_at="2026-11-27T03:54:32.200Z",
+        elapsed_ms=100,
+    )
+
+
+class FakeTime:
+    """An injected clock and sleep for pure timing logic: sleeping only moves the clock on."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds

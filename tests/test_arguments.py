@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 from orchestrator.emulator import EmulatorThread
 from orchestrator.options import RowRanges
-from tests.conftest import seeds, volume_ids
-from tests.helpers import PROJECT, invoke, records
+from tests.helpers import PROJECT, invoke, records, seeds, volume_ids
 
 IDS = volume_ids(3)
 

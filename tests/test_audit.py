@@ -8,14 +8,12 @@ from typing import Any
 
 import orjson
 
-from tests.conftest import volume_ids
-from tests.helpers import PROJECT, csv_manifest, invoke
-from tests.test_prune import FAST, snap, start
+from tests.helpers import ACTION_RETRIES, PROJECT, csv_manifest, invoke, snap, start, volume_ids
 
 
 def audit(emu: Any, manifest: Path, *extra: str, env: dict[str, str] | None = None) -> Any:
     return invoke(
-        ["audit", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT, *FAST, *extra], env
+        ["audit", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT, *ACTION_RETRIES, *extra], env
     )
 
 

@@ -16,12 +16,10 @@ from orchestrator.emulator.settings import (
     DEFAULT_AK,
     DEFAULT_DOMAIN,
     DEFAULT_PASSWORD,
-    DEFAULT_SK,
     DEFAULT_USER,
 )
 from orchestrator.errors import UsageError
-from tests.conftest import PROJECT, TOKEN, volume_ids
-from tests.helpers import records, requests_of
+from tests.helpers import AKSK, PROJECT, TOKEN, records, requests_of, volume_ids
 
 NO_CREDENTIALS = {
     "OS_AUTH_TOKEN": "",
@@ -38,7 +36,6 @@ PASSWORD_ENV = {
     "OS_PASSWORD": DEFAULT_PASSWORD,
     "OS_USER_DOMAIN_NAME": DEFAULT_DOMAIN,
 }
-AKSK_ENV = {"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
 
 
 def invoke(args: list[str], env: dict[str, str]) -> Any:
@@ -116,7 +113,7 @@ def test_many_workers_ask_iam_once(
 
 
 @pytest.mark.parametrize(
-    "env", [AKSK_ENV, PASSWORD_ENV, {"OS_AUTH_TOKEN": TOKEN}], ids=["aksk", "password", "token"]
+    "env", [AKSK, PASSWORD_ENV, {"OS_AUTH_TOKEN": TOKEN}], ids=["aksk", "password", "token"]
 )
 def test_project_id_looked_up_once_per_region(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, env: dict[str, str]
@@ -165,7 +162,7 @@ def test_region_without_project_fails_its_rows_only(
     report = tmp_path / "r.jsonl"
     result = invoke(
         ["create", str(manifest), "--endpoint", emu.url, "--iam-endpoint", emu.url, "--report", str(report)],
-        env=AKSK_ENV,
+        env=AKSK,
     )
     assert result.exit_code == 1, result.output
     got = {r["row"]: r for r in records(report)}
@@ -197,7 +194,7 @@ def test_two_projects_in_two_regions(
     manifest = write("m.csv", "volume_id,region,project_id\n" + "\n".join(lines) + "\n")
     report = tmp_path / "r.jsonl"
     env = {
-        **AKSK_ENV,
+        **AKSK,
         "HUAWEICLOUD_SDK_REGION_EVS_CN_NORTH_4": north.url,
         "HUAWEICLOUD_SDK_REGION_EVS_AP_SOUTHEAST_1": south.url,
     }
@@ -291,7 +288,7 @@ def test_forced_kind_that_is_incomplete(write: Callable[..., Path], tmp_path: Pa
             "--auth",
             "password",
         ],
-        env=AKSK_ENV,
+        env=AKSK,
     )
     assert result.exit_code == 2
     assert "OS_USERNAME + OS_PASSWORD + OS_USER_DOMAIN_NAME" in result.stderr
@@ -328,7 +325,7 @@ def test_secrets_never_leak(
     good = {
         "token": {"OS_AUTH_TOKEN": SECRET_TOKEN},
         "aksk": {
-            **AKSK_ENV,
+            **AKSK,
             "HUAWEICLOUD_SDK_SK": SECRET_SK,
             "HUAWEICLOUD_SDK_SECURITY_TOKEN": SECRET_SECURITY_TOKEN,
         },

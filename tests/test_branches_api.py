@@ -24,8 +24,7 @@ from orchestrator.deleter import delete_snapshot
 from orchestrator.emulator import SeedSnapshot
 from orchestrator.errors import CredentialsError, ListingFailed, RouteClosed
 from orchestrator.retry import RetryPolicy
-from tests.conftest import PROJECT, volume_ids
-from tests.test_branches_retention import CLOSED_PORT, QUICK, SHOW, WRONG, hits, routed
+from tests.helpers import CLOSED_PORT, PROJECT, QUICK, SHOW, WRONG, hits, routed, volume_ids
 
 DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 DISK = volume_ids(1, seed=911)[0]

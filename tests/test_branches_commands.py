@@ -9,9 +9,18 @@ from typing import Any
 
 from orchestrator import __version__
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
-from tests.conftest import volume_ids
-from tests.helpers import PROJECT, cli_args, csv_manifest, invoke, records
-from tests.test_rollback import SNAPS, VOLUMES, create_report, marker
+from tests.helpers import (
+    PROJECT,
+    SNAPS,
+    VOLUMES,
+    cli_args,
+    create_report,
+    csv_manifest,
+    invoke,
+    marker,
+    records,
+    volume_ids,
+)
 
 DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 

@@ -23,10 +23,21 @@ from orchestrator.report import (
     read_header,
     read_records,
 )
-from tests.conftest import volume_ids
-from tests.helpers import FAST_RETRIES, create_args, csv_manifest, invoke, records
-from tests.test_prune import prune, snap, start
-from tests.test_rollback import RUN, create_report, rollback, world
+from tests.helpers import (
+    FAST_RETRIES,
+    RUN,
+    create_args,
+    create_report,
+    csv_manifest,
+    invoke,
+    prune,
+    records,
+    rollback,
+    snap,
+    start,
+    volume_ids,
+    world,
+)
 
 HEADER = RunHeader(
     run_id=RUN,

@@ -15,23 +15,25 @@ from orchestrator.models import Outcome, Record
 from orchestrator.restore import RestorePlan, plan_row
 from orchestrator.retry import RetryPolicy
 from orchestrator.waiter import WaitPlan
-from tests.conftest import PROJECT
-from tests.helpers import invoke, records, requests_of
-from tests.test_branches_retention import CLOSED_PORT, WRONG, routed
-from tests.test_rollback import (
+from tests.helpers import (
+    CLOSED_PORT,
+    PROJECT,
     ROLLBACK,
     RUN,
     SNAPS,
     VOLUMES,
+    WRONG,
     by_row,
     create_report,
+    invoke,
     marker,
+    records,
+    requests_of,
     rollback,
     rollbacks_per_snapshot,
+    routed,
     world,
 )
-
-VOLUME_GET = "GET /v2/{project_id}/cloudvolumes/{volume_id}"
 
 
 def test_plan_names_each_missing_or_unready_piece(

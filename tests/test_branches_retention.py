@@ -3,60 +3,40 @@ wrong-state and refused DELETEs, failed confirmations, stops, unusable manifest 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from yarl import URL
 
 from orchestrator.actions import Action, ActionRecord
-from orchestrator.api.routes import Route, connect
-from orchestrator.config import Connection, Endpoints
+from orchestrator.api.routes import Route
 from orchestrator.deleter import Deleter, Job
 from orchestrator.emulator import SeedSnapshot
-from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from orchestrator.retry import RetryPolicy
-from tests.conftest import volume_ids
-from tests.helpers import PROJECT, csv_manifest, invoke, records, requests_of
-from tests.test_prune import DELETE, LIST, prune, snap, start
-
-AKSK = {"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
-WRONG = {"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": "not-the-secret-key-000000000000000000000"}
-SHOW = "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"
-QUICK = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02)
-CLOSED_PORT = "http://127.0.0.1:1"
-
-
-@contextlib.asynccontextmanager
-async def routed(url: str, environ: dict[str, str] | None = None) -> AsyncIterator[Route]:
-    """The route of the test project on ``url``, over a real session (AK/SK by default)."""
-    connection = Connection(endpoints=Endpoints(evs=URL(url)), environ=environ or AKSK)
-    async with contextlib.AsyncExitStack() as stack:
-        router = await connect(stack, connection)
-        yield await router.route_for(PROJECT, None)
-
-
-def hits(emu: Any, route: str) -> Counter[str]:
-    """The in-loop emulator's answers to one route, by status."""
-    return Counter(emu.world.requests.get(route, {}))
-
-
-def planned(snapshot_id: str) -> ActionRecord:
-    return ActionRecord(
-        run_id="r",
-        command="prune",
-        key=snapshot_id,
-        outcome=Action.PLANNED,
-        snapshot_id=snapshot_id,
-        started_at="t",
-        finished_at="t",
-    )
+from tests.helpers import (
+    CLOSED_PORT,
+    DELETE,
+    LIST,
+    PROJECT,
+    QUICK,
+    SHOW,
+    WRONG,
+    csv_manifest,
+    hits,
+    invoke,
+    planned,
+    prune,
+    records,
+    requests_of,
+    routed,
+    snap,
+    start,
+    volume_ids,
+)
 
 
 def seeded(status: str, *, project_id: str | None = None) -> SeedSnapshot:

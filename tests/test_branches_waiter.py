@@ -22,10 +22,20 @@ from orchestrator.models import Outcome, Record, RunHeader
 from orchestrator.report import ReportWriter, read_records
 from orchestrator.tally import Tally
 from orchestrator.waiter import Waiter, WaitPlan
-from tests.conftest import PROJECT
-from tests.helpers import invoke, records
-from tests.test_branches_retention import AKSK, CLOSED_PORT, WRONG, hits
-from tests.test_rollback import RUN, SNAPS, VOLUMES, create_report, marker
+from tests.helpers import (
+    AKSK,
+    CLOSED_PORT,
+    PROJECT,
+    RUN,
+    SNAPS,
+    VOLUMES,
+    WRONG,
+    create_report,
+    hits,
+    invoke,
+    marker,
+    records,
+)
 
 LIST = "GET /v2/{project_id}/cloudsnapshots/detail"
 SHOW = "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"

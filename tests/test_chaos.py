@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import volume_ids
 from tests.helpers import (
     CREATE_ROUTE,
     create_args,
@@ -21,6 +20,7 @@ from tests.helpers import (
     requests_of,
     run_process,
     snapshots_per_volume,
+    volume_ids,
 )
 
 CHAOS = {

@@ -12,27 +12,27 @@ from typing import Any
 import orjson
 
 from orchestrator.emulator import ManualClock
-from tests.conftest import volume_ids
 from tests.helpers import (
+    DELETE,
     FAST_RETRIES,
+    LIST,
+    MARKER,
     PROJECT,
     TOKEN,
+    cleanup,
     create_args,
     csv_manifest,
     header,
     invoke,
     last_per_row,
+    live,
     records,
     requests_of,
     run_process,
+    snap,
+    start,
+    volume_ids,
 )
-from tests.test_prune import DELETE, FAST, LIST, MARKER, live, snap, start
-
-
-def cleanup(emu: Any, source: Path, report: Path, *extra: str, env: dict[str, str] | None = None) -> Any:
-    return invoke(
-        ["cleanup", str(source), "--endpoint", emu.url, "--report", str(report), *FAST, *extra], env
-    )
 
 
 def created(

@@ -22,13 +22,25 @@ from orchestrator.config import Connection, Endpoints, Limits
 from orchestrator.deleter import Deleter, Job
 from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
 from orchestrator.retry import RetryPolicy
-from tests.conftest import volume_ids
-from tests.helpers import PROJECT, records, requests_of
-from tests.test_branches_retention import AKSK, hits, planned
-from tests.test_edges_core import until
-from tests.test_prune import DELETE, LIST
-from tests.test_rollback import SNAPS, create_report, marker, rollback, rollbacks_per_snapshot, world
-from tests.test_rollback_lost import requests_note
+from tests.helpers import (
+    AKSK,
+    DELETE,
+    LIST,
+    PROJECT,
+    SNAPS,
+    create_report,
+    hits,
+    marker,
+    planned,
+    records,
+    requests_note,
+    requests_of,
+    rollback,
+    rollbacks_per_snapshot,
+    until,
+    volume_ids,
+    world,
+)
 
 SHOW = "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 VOLUME_GET = "GET /v2/{project_id}/cloudvolumes/{volume_id}"

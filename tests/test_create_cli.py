@@ -17,8 +17,7 @@ import pytest
 from orchestrator.emulator import SeedVolume
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
 from tests import helpers
-from tests.conftest import PROJECT, TOKEN, seeds, volume_ids
-from tests.helpers import TOKEN_ENV, records
+from tests.helpers import AKSK, PROJECT, TOKEN, TOKEN_ENV, records, seeds, volume_ids
 
 IDS = volume_ids(8)
 REPORT_FIELDS = {
@@ -299,7 +298,7 @@ def test_credential_sources(
     credentials = write("credentials", f"[basic]\nak = {DEFAULT_AK}\nsk = {DEFAULT_SK}\n")
     cases = [
         (["--token-file", str(token_file)], {"OS_AUTH_TOKEN": ""}),
-        (["--auth", "aksk"], {"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}),
+        (["--auth", "aksk"], AKSK),
         ([], {"OS_AUTH_TOKEN": "", "HUAWEICLOUD_SDK_CREDENTIALS_FILE": str(credentials)}),
     ]
     for number, (extra, env) in enumerate(cases):
@@ -463,7 +462,7 @@ def test_foreseeable_setup_errors_are_messages_not_tracebacks(
     """A bad --ca-bundle and a bad emulator --volumes file exit 2 with a message; no traceback."""
     bad_pem = write("bad.pem", "not a certificate\n")
     manifest = write("m.csv", f"volume_id\n{IDS[0]}\n")
-    env = {"OS_AUTH_TOKEN": "", "HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
+    env = {"OS_AUTH_TOKEN": "", **AKSK}
     result = invoke(
         [
             "create",

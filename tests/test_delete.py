@@ -12,9 +12,20 @@ import anyio
 from orchestrator.deleter import delete_snapshot
 from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
 from orchestrator.retry import RetryPolicy
-from tests.conftest import volume_ids
-from tests.helpers import FAST_RETRIES, create_args, csv_manifest, invoke, last_per_row, records, requests_of
-from tests.test_edges_core import AKSK, answers, router_for, until
+from tests.helpers import (
+    AKSK,
+    FAST_RETRIES,
+    answers,
+    create_args,
+    csv_manifest,
+    invoke,
+    last_per_row,
+    records,
+    requests_of,
+    router_for,
+    until,
+    volume_ids,
+)
 
 VOLUME = str(uuid.UUID(int=0xDE00, version=4))
 DELETING, ROLLBACKING, AVAILABLE = (str(uuid.UUID(int=0xDE01 + index, version=4)) for index in range(3))

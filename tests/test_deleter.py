@@ -18,8 +18,7 @@ from orchestrator.config import Connection, Endpoints
 from orchestrator.deleter import WRONG_STATE_PAUSE, Deleter, Deletion, Ended, Job, delete, delete_snapshot
 from orchestrator.emulator import SeedSnapshot
 from orchestrator.retry import RetryPolicy
-from tests.conftest import volume_ids
-from tests.helpers import AKSK_ENV, PROJECT
+from tests.helpers import AKSK_ENV, PROJECT, volume_ids
 
 QUICK = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02)
 (DISK,) = volume_ids(1, seed=1047)

@@ -62,9 +62,24 @@ from orchestrator.lock import RunLock, manifest_lock
 from orchestrator.retry import Verdict
 from orchestrator.signals import cancel_on_signal, drain_on_signal
 from orchestrator.tally import Tally
-from tests.conftest import PROJECT, TOKEN, call, volume_ids
-from tests.helpers import TOKEN_ENV, create_args, csv_manifest, invoke, records, snapshot_request
-from tests.test_branches_retention import AKSK, CLOSED_PORT, QUICK, WRONG, hits, routed
+from tests.helpers import (
+    AKSK,
+    CLOSED_PORT,
+    PROJECT,
+    QUICK,
+    TOKEN,
+    TOKEN_ENV,
+    WRONG,
+    call,
+    create_args,
+    csv_manifest,
+    hits,
+    invoke,
+    records,
+    routed,
+    snapshot_request,
+    volume_ids,
+)
 
 OTHER_PROJECT = "fedcba9876543210fedcba9876543210"
 REGION = "cn-north-4"
@@ -196,6 +211,7 @@ async def test_a_project_lookup_with_wrong_keys_is_a_refusal(emulator: Callable[
 
 # --- routes ------------------------------------------------------------------------------------------
 async def test_a_row_with_neither_project_nor_region_cannot_be_routed(emulator: Callable[..., Any]) -> None:
+    """A row with neither project nor region: a UsageError naming the region, no route made, nothing sent."""
     emu = await emulator()
     connection = Connection(endpoints=Endpoints(evs=URL(emu.url)), environ=AKSK)
     async with contextlib.AsyncExitStack() as stack:
@@ -399,6 +415,7 @@ def test_an_unexpected_error_is_an_internal_error(
 
 
 def test_an_interrupt_inside_a_task_group_exits_130() -> None:
+    """A KeyboardInterrupt raised inside a task group: exit 130 'stopped by SIGINT', not an internal error."""
     result = CliRunner().invoke(boundary, ["interrupted"])
     assert result.exit_code == 130, result.output
     assert "stopped by SIGINT" in result.stderr
@@ -434,6 +451,7 @@ def test_an_unknown_command_is_a_usage_error() -> None:
 def test_numbers_outside_their_range_are_usage_errors(
     extra: list[str], message: str, write: Callable[..., Path], tmp_path: Path
 ) -> None:
+    """A number outside its option's range is a usage error (exit 2) naming it; no report is written."""
     report = tmp_path / "r.jsonl"
     result = invoke(create_args(CLOSED_PORT, csv_manifest(write, IDS[:1]), report, *extra, "--dry-run"))
     assert result.exit_code == 2, result.output
@@ -542,6 +560,7 @@ async def test_a_first_signal_starts_the_drain() -> None:
 
 
 async def test_a_signal_cancels_a_wait() -> None:
+    """SIGTERM during a wait under cancel_on_signal cancels the scope and records the signal."""
     received: list[int] = []
     async with anyio.create_task_group() as group:
         group.start_soon(cancel_on_signal, group.cancel_scope, received)
@@ -577,6 +596,7 @@ async def test_serve_forever_stops_on_sigterm(capsys: pytest.CaptureFixture[str]
 
 
 def test_an_emulator_thread_that_cannot_listen_says_so(emulator_thread: Callable[..., Any]) -> None:
+    """An emulator thread on a port already taken raises 'the emulator did not start', caused by the OSError."""
     taken = URL(emulator_thread().url).port
     assert taken is not None
     with pytest.raises(RuntimeError, match="the emulator did not start") as caught:
@@ -585,6 +605,7 @@ def test_an_emulator_thread_that_cannot_listen_says_so(emulator_thread: Callable
 
 
 def test_the_emulator_package_names_only_what_it_has() -> None:
+    """The emulator package exports serving; an unknown name is an AttributeError naming it."""
     assert emulator_package.serving is serving
     with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
         _ = emulator_package.nothing_here
@@ -643,6 +664,7 @@ async def test_gateway_signatures(emulator: Callable[..., Any], http: aiohttp.Cl
 async def test_iam_refuses_a_token_request_without_the_password_method(
     emulator: Callable[..., Any], http: aiohttp.ClientSession
 ) -> None:
+    """The emulator's IAM refuses a token request without the password method, or with a malformed scope."""
     emu = await emulator()
     identity = {
         "methods": ["token"],
@@ -714,6 +736,7 @@ async def test_emulator_name_match_skips_other_keys(
 
 
 def test_a_seed_file_with_a_negative_size_is_refused(write: Callable[..., Path]) -> None:
+    """emulator --volumes with a negative size: exit 2 naming the file and entry; nothing listens."""
     path = write("v.csv", f"volume_id,size\n{IDS[0]},-5\n")
     result = invoke(["emulator", "--volumes", str(path)])
     assert result.exit_code == 2, result.output

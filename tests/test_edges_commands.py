@@ -22,24 +22,34 @@ from orchestrator.cli import main
 from orchestrator.emulator import EmulatorThread, ManualClock, SeedSnapshot
 from orchestrator.emulator.settings import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_USER
 from orchestrator.lock import RunLock, manifest_lock
-from tests.conftest import call, volume_ids
 from tests.helpers import (
     AKSK_ENV,
+    DISKS,
+    FAST,
     FAST_RETRIES,
+    FAST_WAIT,
+    IDS,
     NO_CREDENTIALS,
+    OTHER_RUN,
     PROJECT,
+    SNAPS,
     TOKEN_ENV,
+    VOLUMES,
+    call,
     cli_args,
     create_args,
+    create_report,
     csv_manifest,
     invoke,
     lines,
+    marker,
     records,
     requests_of,
+    snap,
+    start,
+    volume_ids,
+    world,
 )
-from tests.test_prune import snap, start
-from tests.test_rollback import FAST, FAST_WAIT, OTHER_RUN, SNAPS, VOLUMES, create_report, marker, world
-from tests.test_select import DISKS, IDS
 
 QUOTA = "GET /v2/{project_id}/os-quota-sets/{target_project_id}"
 DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"

@@ -19,32 +19,32 @@ from typing import Any
 import anyio
 import orjson
 import pytest
-from yarl import URL
 
 from orchestrator.actions import Action
 from orchestrator.api import evs
-from orchestrator.api.routes import Route, Router, connect
 from orchestrator.api.views import Snapshot
-from orchestrator.config import Connection, Endpoints
 from orchestrator.emulator import EmulatorThread, ManualClock, RunningEmulator, SeedSnapshot
-from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
 from orchestrator.errors import ManifestError, ReportUnwritable, RouteClosed
 from orchestrator.manifest import ManifestSource, RawRow, read_rows
 from orchestrator.models import Answer, Outcome, Record, RunHeader, SnapshotRequest, utc_iso
 from orchestrator.progress import Progress
 from orchestrator.report import ReportWriter
-from orchestrator.restore import Finding, RestorePlan, restore_row
 from orchestrator.retention import newest_first
 from orchestrator.retry import RetryPolicy, retry_after
 from orchestrator.runner import Runner, RunPlan
 from orchestrator.sweep import sweep
 from orchestrator.tally import LISTED_ROWS_MAX, Tally
 from orchestrator.waiter import Waiter, WaitPlan
-from tests.conftest import volume_ids
 from tests.helpers import (
+    AKSK,
     CREATE_ROUTE,
     LIST_ROUTE,
     PROJECT,
+    ROLLBACK,
+    SERVER,
+    SNAPS,
+    VOLUMES,
+    answers,
     cli_args,
     create_args,
     csv_manifest,
@@ -52,20 +52,23 @@ from tests.helpers import (
     invoke,
     records,
     requests_of,
+    restore_plan,
+    restoring,
+    router_for,
     snapshot_request,
+    until,
+    volume_ids,
+    world,
 )
-from tests.test_rollback import ROLLBACK, SERVER, SNAPS, VOLUMES, world
-from tests.test_rollback import RUN as SOURCE_RUN
 
 IDS = volume_ids(4, seed=0xED6E)
-AKSK = {"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
-RUN = "20261127T035432Z-edge01"
+EDGE_RUN = "20261127T035432Z-edge01"
 OFFLINE = {"project_id": PROJECT, "region": "cn-north-4"}
 
 
 def record(row: int, outcome: Outcome = Outcome.ACCEPTED, **fields: Any) -> Record:
     values: dict[str, Any] = {
-        "run_id": RUN,
+        "run_id": EDGE_RUN,
         "row": row,
         "volume_id": IDS[row % len(IDS)],
         "project_id": PROJECT,
@@ -82,7 +85,7 @@ def record(row: int, outcome: Outcome = Outcome.ACCEPTED, **fields: Any) -> Reco
 
 def run_header(rows: int) -> RunHeader:
     return RunHeader(
-        run_id=RUN,
+        run_id=EDGE_RUN,
         command="create",
         manifest="m.csv",
         rows=rows,
@@ -100,32 +103,6 @@ def report_of(path: Path, items: list[Record], rows: int) -> Path:
 
 def rows_of(path: Path) -> list[RawRow]:
     return list(read_rows(ManifestSource.of(str(path), None)))
-
-
-@contextlib.asynccontextmanager
-async def router_for(url: str, environ: dict[str, str]) -> AsyncIterator[Router]:
-    """The run's router on the emulator at ``url`` (EVS and IAM), over a real session."""
-    connection = Connection(endpoints=Endpoints(evs=URL(url), iam=URL(url)), environ=environ)
-    async with contextlib.AsyncExitStack() as stack:
-        yield await connect(stack, connection)
-
-
-def answers(emu: RunningEmulator, route: str) -> Counter[str]:
-    """The in-loop emulator's answers to one route, by status."""
-    return Counter(emu.world.requests.get(route, {}))
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait (bounded) until ``condition`` holds; the emulator runs in this loop meanwhile.
-
-    The emulator's state has no event to wait on, so it is polled; every window a test relies on is
-    the emulator's latency (30 ms) or its stopped clock, far longer than one poll.
-    """
-    with anyio.fail_after(5):
-        while True:
-            if condition():
-                return
-            await anyio.sleep(0.005)
 
 
 # --- manifests -------------------------------------------------------------------------------
@@ -235,7 +212,9 @@ def test_request_body_without_metadata_or_marker_has_no_metadata() -> None:
     """A row with no metadata, sent without a marker, has no metadata key at all (nor a description)."""
     request = snapshot_request(IDS[0])
     assert request.body() == {"snapshot": {"volume_id": IDS[0], "force": False, "name": "n"}}
-    assert request.body({"evs_snapshot_run": RUN})["snapshot"]["metadata"] == {"evs_snapshot_run": RUN}
+    assert request.body({"evs_snapshot_run": EDGE_RUN})["snapshot"]["metadata"] == {
+        "evs_snapshot_run": EDGE_RUN
+    }
 
 
 @pytest.mark.parametrize("line", [b"[1, 2]", b'"accepted"', b"7"])
@@ -344,7 +323,7 @@ def test_report_on_a_full_standard_output_says_why_and_names_the_marker() -> Non
         writer.close()
     message = str(caught.value)
     assert "cannot write standard output: No space left on device" in message
-    assert f"(metadata evs_snapshot_run={RUN})" in message
+    assert f"(metadata evs_snapshot_run={EDGE_RUN})" in message
     assert "broken pipe" not in message
 
 
@@ -412,7 +391,9 @@ async def test_rows_still_queued_when_the_run_stops_get_no_record(
     async with router_for(emu.url, AKSK) as router:
         writer = StopsTheRun(str(path))
         with writer:
-            runner = Runner(RunPlan(run_id=RUN, concurrency=1), router=router, writer=writer, tally=tally)
+            runner = Runner(
+                RunPlan(run_id=EDGE_RUN, concurrency=1), router=router, writer=writer, tally=tally
+            )
             writer.runner = runner
             await runner.run(rows())
     assert [r["row"] for r in records(path)] == [1]
@@ -439,7 +420,7 @@ async def test_a_throttled_row_is_not_sent_again_once_the_run_stops(
 ) -> None:
     """A row being retried after 429s when the run stops: no more sends, and no record (left for --resume)."""
     plan = RunPlan(
-        run_id=RUN, concurrency=1, policy=RetryPolicy(max_attempts=100, initial_wait=0.02, max_wait=0.02)
+        run_id=EDGE_RUN, concurrency=1, policy=RetryPolicy(max_attempts=100, initial_wait=0.02, max_wait=0.02)
     )
     async with throttled_runner(emulator, clock, tmp_path, plan) as (emu, runner):
         async with anyio.create_task_group() as group:
@@ -461,7 +442,7 @@ async def test_the_deadline_ends_a_throttled_row_that_would_wait_long(
     """Throttled, with backoffs of up to 30 s and a deadline 0.3 s away: the wait is cut at the deadline
     and the row (never accepted) ends DEADLINE_EXCEEDED."""
     plan = RunPlan(
-        run_id=RUN,
+        run_id=EDGE_RUN,
         concurrency=1,
         policy=RetryPolicy(max_attempts=100, initial_wait=30.0, max_wait=30.0),
         deadline=time.monotonic() + 0.3,
@@ -485,7 +466,10 @@ async def test_a_row_being_looked_up_stops_with_the_run_and_progress_shows_the_l
     async with router_for(emu.url, AKSK) as router:
         with ReportWriter(str(path)) as writer:
             runner = Runner(
-                RunPlan(run_id=RUN, concurrency=1, settle=30.0), router=router, writer=writer, tally=Tally()
+                RunPlan(run_id=EDGE_RUN, concurrency=1, settle=30.0),
+                router=router,
+                writer=writer,
+                tally=Tally(),
             )
             async with anyio.create_task_group() as group:
                 group.start_soon(runner.run, [row_request(1)])
@@ -512,7 +496,10 @@ async def test_a_route_refused_while_a_row_settles_leaves_the_row_unconfirmed(
     async with router_for(emu.url, {"OS_AUTH_TOKEN": token}) as router:
         with ReportWriter(str(path)) as writer:
             runner = Runner(
-                RunPlan(run_id=RUN, concurrency=1, settle=0.2), router=router, writer=writer, tally=Tally()
+                RunPlan(run_id=EDGE_RUN, concurrency=1, settle=0.2),
+                router=router,
+                writer=writer,
+                tally=Tally(),
             )
             async with anyio.create_task_group() as group:
                 group.start_soon(runner.run, [row_request(1)])
@@ -547,49 +534,6 @@ def test_a_create_refused_outright_fails_its_row_and_the_rest_are_not_sent(
     assert all(got[row]["error_message"].startswith("not sent: ") for row in (2, 3))
     assert sum(emu.state()["requests"][CREATE_ROUTE].values()) == 1
     assert WRONG_SK["HUAWEICLOUD_SDK_SK"] not in result.output
-
-
-# --- rollbacks -------------------------------------------------------------------------------
-def source_row() -> Record:
-    """Row 1 of the create run: accepted, with its marked snapshot of its own disk."""
-    return Record(
-        run_id=SOURCE_RUN,
-        row=1,
-        volume_id=VOLUMES[0],
-        project_id=PROJECT,
-        region=None,
-        name="pre-maint-0",
-        outcome=Outcome.ACCEPTED,
-        http_status=202,
-        snapshot_id=SNAPS[0],
-        snapshot_status="creating",
-        started_at="2026-11-27T03:54:32.100Z",
-        finished_at="2026-11-27T03:54:32.200Z",
-        elapsed_ms=100,
-    )
-
-
-def restore_plan(settle: float = 5.0) -> RestorePlan:
-    return RestorePlan(
-        source_run=SOURCE_RUN,
-        policy=RetryPolicy(max_attempts=50, initial_wait=0.01, max_wait=0.02),
-        settle=settle,
-        wait=WaitPlan(timeout=5.0, interval=0.02),
-    )
-
-
-async def restoring(route: Route, plan: RestorePlan, meanwhile: Callable[[], Any] | None = None) -> Finding:
-    """``restore_row`` on row 1; ``meanwhile`` (awaited) runs beside it, in the same loop."""
-    found: list[Finding] = []
-
-    async def restore() -> None:
-        found.append(await restore_row(route, source_row(), plan))
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(restore)
-        if meanwhile is not None:
-            await meanwhile()
-    return found[0]
 
 
 async def test_a_disk_deleted_during_its_rollback_fails_the_row(
@@ -707,7 +651,7 @@ async def test_a_second_snapshot_gone_before_the_sweep_looks_closer_is_not_delet
     else) before the sweep looks at that disk: nothing is a duplicate, nothing is deleted or recorded."""
     kept, extra = volume_ids(2, seed=0xED74)
     twins = tuple(
-        SeedSnapshot(id=snapshot_id, volume_id=IDS[1], name="twin", metadata={"evs_snapshot_run": RUN})
+        SeedSnapshot(id=snapshot_id, volume_id=IDS[1], name="twin", metadata={"evs_snapshot_run": EDGE_RUN})
         for snapshot_id in (kept, extra)
     )
     emu = await emulator(clock=clock, latency_ms=30, snapshots=twins)
@@ -726,7 +670,7 @@ async def test_a_second_snapshot_gone_before_the_sweep_looks_closer_is_not_delet
                 group.start_soon(delete_the_second)
                 result = await sweep(
                     [route],
-                    run_id=RUN,
+                    run_id=EDGE_RUN,
                     report=path,
                     writer=writer,
                     tally=tally,

@@ -14,11 +14,23 @@ from orchestrator.api import evs
 from orchestrator.api.views import Snapshot
 from orchestrator.emulator import SeedSnapshot, SeedVolume
 from orchestrator.ownership import Ownership
-from tests.conftest import volume_ids
-from tests.helpers import csv_manifest, records, requests_of
-from tests.test_cleanup import cleanup
-from tests.test_prune import DELETE, live, prune, snap, start
-from tests.test_rollback import ROLLBACK, SNAPS, VOLUMES, create_report, rollback
+from tests.helpers import (
+    DELETE,
+    ROLLBACK,
+    SNAPS,
+    VOLUMES,
+    cleanup,
+    create_report,
+    csv_manifest,
+    live,
+    prune,
+    records,
+    requests_of,
+    rollback,
+    snap,
+    start,
+    volume_ids,
+)
 
 
 def test_a_blank_marker_is_no_marker() -> None:

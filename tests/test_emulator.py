@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.emulator import ManualClock, RunningEmulator, SeedVolume
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from tests.conftest import PROJECT, call, seeds, volume_ids
+from tests.helpers import PROJECT, call, seeds, volume_ids
 
 SNAPSHOTS = f"/v2/{PROJECT}/cloudsnapshots"
 VOLUME = volume_ids(1)[0]

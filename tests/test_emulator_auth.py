@@ -18,7 +18,7 @@ from orchestrator.api import signing
 from orchestrator.api.credentials import AkSkAuth, OutgoingRequest, TokenAuth
 from orchestrator.emulator import ManualClock, RunningEmulator
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from tests.conftest import PROJECT, call, seeds, volume_ids
+from tests.helpers import PROJECT, call, seeds, volume_ids
 
 Start = Callable[..., Awaitable[RunningEmulator]]
 SNAPSHOTS = f"/v2/{PROJECT}/cloudsnapshots"

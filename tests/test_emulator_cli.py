@@ -21,7 +21,7 @@ from orchestrator.cli import main
 from orchestrator.commands.emulator import command
 from orchestrator.emulator import SeedSnapshot, SeedVolume, read_snapshots, read_volumes
 from orchestrator.errors import UsageError
-from tests.conftest import PROJECT, TOKEN, volume_ids
+from tests.helpers import PROJECT, TOKEN, volume_ids
 
 IDS = volume_ids(4, seed=5)
 SNAP_IDS = volume_ids(4, seed=6)

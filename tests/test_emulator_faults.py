@@ -25,8 +25,7 @@ from orchestrator.emulator import (
     read_snapshots,
 )
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK, IAM_ACTIONS
-from tests.conftest import PROJECT, call, volume_ids
-from tests.helpers import cli_args, invoke, requests_of
+from tests.helpers import PROJECT, call, cli_args, invoke, requests_of, volume_ids
 
 Start = Callable[..., Awaitable[RunningEmulator]]
 BASE = f"/v2/{PROJECT}"

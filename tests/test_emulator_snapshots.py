@@ -20,7 +20,7 @@ from orchestrator.emulator import (
     SeedVolume,
 )
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from tests.conftest import PROJECT, call, seeds, volume_ids
+from tests.helpers import PROJECT, call, seeds, volume_ids
 
 Start = Callable[..., Awaitable[RunningEmulator]]
 SNAPSHOTS = f"/v2/{PROJECT}/cloudsnapshots"

@@ -13,7 +13,7 @@ import pytest
 from orchestrator.api.credentials import AkSkAuth
 from orchestrator.emulator import SeedVolume
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from tests.conftest import PROJECT, call, volume_ids
+from tests.helpers import PROJECT, call, volume_ids
 
 VOLUMES = f"/v2/{PROJECT}/cloudvolumes"
 BY_TAGS = f"{VOLUMES}/resource_instances/action"

@@ -15,10 +15,11 @@ from typing import Any
 import aiohttp
 
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
-from tests.conftest import PROJECT, TOKEN
 from tests.helpers import (
     CREATE_ROUTE,
     FAST_RETRIES,
+    PROJECT,
+    TOKEN,
     create_args,
     csv_manifest,
     header,

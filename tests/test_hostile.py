@@ -19,8 +19,7 @@ import pytest
 from click.testing import Result
 
 from orchestrator.cli import main
-from tests.conftest import volume_ids
-from tests.helpers import PROJECT, cli_args, create_args, csv_manifest, header, invoke, records
+from tests.helpers import PROJECT, cli_args, create_args, csv_manifest, header, invoke, records, volume_ids
 
 IDS = volume_ids(6, seed=120)
 PASSWORD = "s3cr3t-Pa55"  # a value the output must never show

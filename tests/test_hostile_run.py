@@ -22,7 +22,6 @@ from typing import Any
 import orjson
 
 from orchestrator.emulator import SeedVolume
-from tests.conftest import volume_ids
 from tests.helpers import (
     AKSK_ENV,
     CREATE_ROUTE,
@@ -37,6 +36,7 @@ from tests.helpers import (
     records,
     run_process,
     snapshots_per_volume,
+    volume_ids,
 )
 
 SAMPLE = Path(__file__).parent.parent / "samples" / "volumes.csv"

@@ -12,7 +12,6 @@ from typing import Any
 import orjson
 
 from orchestrator.emulator import SeedSnapshot
-from tests.conftest import volume_ids
 from tests.helpers import (
     CREATE_ROUTE,
     FAST_RETRIES,
@@ -26,6 +25,7 @@ from tests.helpers import (
     requests_of,
     run_process,
     snapshots_per_volume,
+    volume_ids,
     wait_for_records,
 )
 

@@ -22,7 +22,6 @@ from typing import Any
 from orchestrator.emulator import EmulatorThread
 from orchestrator.errors import LockHeld
 from orchestrator.lock import Lock, RunLock, holding, manifest_lock, run_lock
-from tests.conftest import volume_ids
 from tests.helpers import (
     AKSK_ENV,
     FAST_RETRIES,
@@ -34,6 +33,7 @@ from tests.helpers import (
     lines,
     records,
     snapshots_per_volume,
+    volume_ids,
 )
 
 HANG = ("--timeout", "120", "--max-attempts", "1")  # the holder's one request waits until it is killed

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from orchestrator.errors import ManifestError, UsageError
 from orchestrator.jsonstream import MAX_DEPTH, JsonScanner, decoded_chunks, manifest_elements
 from orchestrator.manifest import Format, ManifestSource, RawRow, manifest_digest, read_rows
-from tests.conftest import volume_ids
+from tests.helpers import volume_ids
 
 IDS = volume_ids(3)
 DEEP_1K = b"[" * 1000 + b"]" * 1000

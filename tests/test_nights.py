@@ -7,9 +7,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import volume_ids
-from tests.helpers import FAST_RETRIES, PROJECT, create_args, csv_manifest, invoke, last_per_row, records
-from tests.test_prune import FAST, live, snap, start
+from tests.helpers import (
+    ACTION_RETRIES,
+    FAST_RETRIES,
+    PROJECT,
+    create_args,
+    csv_manifest,
+    invoke,
+    last_per_row,
+    live,
+    records,
+    snap,
+    start,
+    volume_ids,
+)
 
 NIGHTS = 8
 MARKER = "evs_snapshot_run"
@@ -38,7 +49,7 @@ def test_eight_nights_never_hit_the_limit_nor_touch_foreign_snapshots(
         pruned = tmp_path / f"prune-{night}.jsonl"
         prune = [
             *("prune", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT),
-            *("--keep-last", "6", "--apply", "--report", str(pruned), *FAST),
+            *("--keep-last", "6", "--apply", "--report", str(pruned), *ACTION_RETRIES),
         ]
         result = invoke(prune)
         assert result.exit_code == 0, (night, result.output)

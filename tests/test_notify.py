@@ -23,8 +23,7 @@ from orchestrator.emulator.server import EmulatorThread
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
 from orchestrator.errors import Interrupted, ListingFailed, LockHeld
 from orchestrator.frame import Closing, Frame
-from tests.conftest import seeds, volume_ids
-from tests.helpers import TOKEN, create_args, csv_manifest, invoke
+from tests.helpers import TOKEN, create_args, csv_manifest, invoke, seeds, volume_ids
 
 SECRET = "q-secret-4711"
 

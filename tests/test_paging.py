@@ -33,8 +33,7 @@ from orchestrator.report import ReportWriter
 from orchestrator.retry import RetryPolicy
 from orchestrator.runner import Runner, RunPlan
 from orchestrator.tally import Tally
-from tests.conftest import volume_ids
-from tests.helpers import AKSK_ENV, PROJECT, route_to, snapshot_request
+from tests.helpers import AKSK_ENV, PROJECT, route_to, snapshot_request, volume_ids
 
 pytestmark = pytest.mark.anyio
 

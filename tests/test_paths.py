@@ -18,10 +18,8 @@ from orchestrator.api.routes import Router, connect
 from orchestrator.config import Connection, Endpoints, Limits
 from orchestrator.emulator import ManualClock, SeedSnapshot
 from orchestrator.emulator.settings import (
-    DEFAULT_AK,
     DEFAULT_DOMAIN,
     DEFAULT_PASSWORD,
-    DEFAULT_SK,
     DEFAULT_USER,
 )
 from orchestrator.models import Outcome, Record
@@ -31,8 +29,8 @@ from orchestrator.retry import Verdict
 from orchestrator.runner import Runner, RunPlan, _Attempt
 from orchestrator.tally import Tally
 from orchestrator.waiter import Waiter, WaitPlan
-from tests.conftest import volume_ids
 from tests.helpers import (
+    AKSK,
     LIST_ROUTE,
     PROJECT,
     csv_manifest,
@@ -40,6 +38,7 @@ from tests.helpers import (
     last_per_row,
     requests_of,
     snapshot_request,
+    volume_ids,
 )
 
 PASSWORD_ENV = {
@@ -47,7 +46,6 @@ PASSWORD_ENV = {
     "OS_PASSWORD": DEFAULT_PASSWORD,
     "OS_USER_DOMAIN_NAME": DEFAULT_DOMAIN,
 }
-AKSK = {"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
 
 
 @contextlib.asynccontextmanager

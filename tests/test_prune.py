@@ -8,7 +8,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,60 +18,27 @@ from orchestrator.actions import Action, ActionRecord
 from orchestrator.api.routes import connect
 from orchestrator.config import Connection, Endpoints
 from orchestrator.deleter import Deleter, Job
-from orchestrator.emulator import SeedSnapshot, SeedVolume
-from orchestrator.emulator.clock import evs_time
-from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
 from orchestrator.lock import RunLock
 from orchestrator.retry import RetryPolicy
-from tests.conftest import volume_ids
-from tests.helpers import PROJECT, csv_manifest, invoke, records, requests_of, run_process
+from tests.helpers import (
+    ACTION_RETRIES,
+    AKSK,
+    DELETE,
+    LIST,
+    PROJECT,
+    csv_manifest,
+    invoke,
+    live,
+    prune,
+    records,
+    requests_of,
+    run_process,
+    snap,
+    start,
+    volume_ids,
+)
 
-MARKER = "evs_snapshot_run"
-LIST = "GET /v2/{project_id}/cloudsnapshots/detail"
-DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 SHOW = "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"
-FAST = ["--max-attempts", "3", "--backoff-initial", "0.01", "--backoff-max", "0.05"]
-
-
-def ago(days: float) -> str:
-    return evs_time(datetime.now(UTC) - timedelta(days=days))
-
-
-def snap(
-    volume: str, days: float, *, run: str | None = "run-old", name: str | None = None, **extra: Any
-) -> SeedSnapshot:
-    """A seeded snapshot ``days`` old, marked by ``run`` (``None``: unmarked)."""
-    tag = f"{volume}/{days}/{run}/{name}/{extra.get('status')}"
-    return SeedSnapshot(
-        id=str(uuid.uuid5(uuid.NAMESPACE_OID, tag)),
-        volume_id=volume,
-        name=name or f"pre-maint-{days}",
-        created_at=ago(days),
-        metadata={MARKER: run} if run else {},
-        **extra,
-    )
-
-
-def start(
-    emulator_thread: Callable[..., Any], volumes: list[str], snapshots: list[SeedSnapshot], **knobs: Any
-) -> Any:
-    knobs.setdefault("deleting_seconds", 0.05)
-    return emulator_thread(
-        volumes=tuple(SeedVolume(volume_id=v) for v in volumes), snapshots=tuple(snapshots), **knobs
-    )
-
-
-def prune(
-    emu: Any, manifest: Path | None, report: Path, *extra: str, env: dict[str, str] | None = None
-) -> Any:
-    head = ["prune"] if manifest is None else ["prune", str(manifest)]
-    return invoke(
-        [*head, "--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report), *FAST, *extra], env
-    )
-
-
-def live(emu: Any) -> dict[str, dict[str, Any]]:
-    return {s["id"]: s for s in emu.state()["snapshots"] if s["status"] != "deleting"}
 
 
 def test_keep_last_deletes_only_the_oldest_owned(
@@ -293,7 +259,7 @@ def test_resume_after_sigterm_finishes_the_job(
     report = tmp_path / "r.jsonl"
     manifest = csv_manifest(write, [disk])
     args = ["prune", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report)]
-    args += ["--keep-last", "1", "--apply", "--concurrency", "1", *FAST]
+    args += ["--keep-last", "1", "--apply", "--concurrency", "1", *ACTION_RETRIES]
     with run_process(args) as process:
         for _ in range(1000):
             if sum(requests_of(emu.state(), DELETE).values()) >= 3:
@@ -321,7 +287,7 @@ def test_resume_after_sigterm_finishes_the_job(
 async def test_delete_answered_404_is_success(emulator: Callable[..., Any]) -> None:
     """A DELETE answered 404 (already gone) ends deleted, without a wait."""
     running = await emulator()
-    environ = {"HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
+    environ = {**AKSK}
     connection = Connection(endpoints=Endpoints(evs=URL(running.url)), environ=environ)
     written: list[ActionRecord] = []
     async with contextlib.AsyncExitStack() as stack:

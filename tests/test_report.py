@@ -15,8 +15,7 @@ from orchestrator.errors import ReportExistsError, UsageError
 from orchestrator.models import Outcome, Record, RunHeader
 from orchestrator.report import ReportWriter, RowSlots, read_records
 from orchestrator.tally import Tally
-from tests.conftest import volume_ids
-from tests.helpers import cli_args, create_args, csv_manifest, invoke
+from tests.helpers import cli_args, create_args, csv_manifest, invoke, volume_ids
 
 text = st.none() | st.text(max_size=40)
 records = st.builds(

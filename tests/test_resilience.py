@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.emulator import SeedVolume
-from tests.conftest import seeds, volume_ids
 from tests.helpers import (
     FAST_RETRIES,
     csv_manifest,
@@ -20,6 +19,8 @@ from tests.helpers import (
     last_per_row,
     records,
     run_process,
+    seeds,
+    volume_ids,
     wait_for_records,
 )
 from tests.helpers import create_args as args_for

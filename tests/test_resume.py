@@ -13,7 +13,6 @@ import orjson
 import pytest
 
 from orchestrator.emulator import ManualClock
-from tests.conftest import volume_ids
 from tests.helpers import (
     CREATE_ROUTE,
     LIST_ROUTE,
@@ -30,6 +29,7 @@ from tests.helpers import (
     requests_of,
     run_process,
     snapshots_per_volume,
+    volume_ids,
 )
 
 FAULTS = {

@@ -9,6 +9,7 @@ import pytest
 
 from orchestrator.retry import RetryPolicy, Verdict, classify, retry_after
 from orchestrator.throttle import RateLimiter
+from tests.helpers import FakeTime
 
 
 @pytest.mark.parametrize(
@@ -54,19 +55,6 @@ def test_retry_after_forms() -> None:
     assert retry_after("Fri, 27 Nov 2026 02:00:00 GMT", now) == 0.0
     assert retry_after("soon", now) is None
     assert retry_after(None, now) is None
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 async def test_limiter_paces_evenly_at_ceiling() -> None:

@@ -1,4 +1,5 @@
-"""``evs-snapshot rollback REPORT`` against the emulator: plan, apply, blockers, refusals, resume, subsets.
+"""``evs-snapshot rollback REPORT`` against the emulator: plan, apply, blockers, refusals, resume, subsets;
+and the runbook (docs/runbook.md) end to end (select, validate, create --wait, detach, rollback --apply, re-attach).
 
 The create reports here are written by hand over seeded snapshots, so each case sets up exactly the
 disk and snapshot states it checks; the runbook test runs the real create first.
@@ -6,6 +7,7 @@ disk and snapshot states it checks; the runbook test runs the real create first.
 
 from __future__ import annotations
 
+import csv
 import signal
 import time
 import urllib.request
@@ -20,89 +22,31 @@ import pytest
 
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from orchestrator.lock import RunLock, run_lock
-from tests.helpers import PROJECT, cli_args, header, invoke, records, requests_of, run_process
-
-RUN = "20261127T035432Z-abc123"
-OTHER_RUN = "20261120T010101Z-def456"
-SERVER = "7c3e6a52-0f1d-4b8e-9c2a-5d4f3e2b1a09"
-VOLUMES = [str(uuid.UUID(int=0xC000 + index, version=4)) for index in range(8)]
-SNAPS = [str(uuid.UUID(int=0xD000 + index, version=4)) for index in range(8)]
-ROLLBACK = "POST /v2/{project_id}/cloudsnapshots/{snapshot_id}/rollback"
-FAST = ("--max-attempts", "12", "--backoff-initial", "0.05", "--backoff-max", "0.3", "--settle", "0.5")
-FAST_WAIT = ("--poll-interval", "0.05", "--wait-timeout", "20s")
-
-
-def marker(run: str = RUN) -> dict[str, str]:
-    return {"evs_snapshot_run": run}
-
-
-def world(count: int, *, attached: frozenset[int] = frozenset()) -> dict[str, Any]:
-    """``count`` detached disks (those in ``attached`` on SERVER), each with its marked snapshot."""
-    volumes = tuple(
-        SeedVolume(volume_id=VOLUMES[i], server_id=SERVER if i in attached else None) for i in range(count)
-    )
-    snapshots = tuple(
-        SeedSnapshot(id=SNAPS[i], volume_id=VOLUMES[i], name=f"pre-maint-{i}", metadata=marker())
-        for i in range(count)
-    )
-    return {"volumes": volumes, "snapshots": snapshots}
-
-
-def create_report(
-    path: Path, rows: list[dict[str, Any]], run_id: str = RUN, *, total: int | None = None
-) -> Path:
-    """A create report: the run header (``total`` rows, default one per record), then one record per
-    row (defaults: accepted, its own snapshot)."""
-    lines = [
-        {
-            "type": "run",
-            "run_id": run_id,
-            "command": "create",
-            "manifest": "m.csv",
-            "rows": len(rows) if total is None else total,
-            "digest": "sha256:00",
-            "shape": {},
-            "started_at": "2026-11-27T03:54:32.000Z",
-        }
-    ]
-    for number, row in enumerate(rows, start=1):
-        index = row.pop("index", number - 1)
-        lines.append(
-            {
-                "run_id": run_id,
-                "row": number,
-                "volume_id": VOLUMES[index],
-                "project_id": PROJECT,
-                "region": None,
-                "name": f"pre-maint-{index}",
-                "outcome": "accepted",
-                "http_status": 202,
-                "snapshot_id": SNAPS[index],
-                "snapshot_status": "creating",
-                "started_at": "2026-11-27T03:54:32.100Z",
-                "finished_at": "2026-11-27T03:54:32.200Z",
-                "elapsed_ms": 100,
-                **row,
-            }
-        )
-    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
-    return path
-
-
-def rollback(emu: EmulatorThread, source: Path, report: Path, *extra: str, **flags: object) -> Any:
-    args = cli_args("rollback", source, endpoint=emu.url, report=report, **flags)
-    return invoke([*args, *FAST, *FAST_WAIT, *extra])
-
-
-def by_row(path: Path) -> dict[int, dict[str, Any]]:
-    final: dict[int, dict[str, Any]] = {}
-    for record in records(path):
-        final[record["row"]] = record
-    return final
-
-
-def rollbacks_per_snapshot(state: dict[str, Any]) -> Counter[str]:
-    return Counter(item["snapshot_id"] for item in state["rollbacks"])
+from tests.helpers import (
+    FAST,
+    FAST_WAIT,
+    OTHER_RUN,
+    PROJECT,
+    ROLLBACK,
+    RUN,
+    SERVER,
+    SNAPS,
+    VOLUMES,
+    by_row,
+    cli_args,
+    create_args,
+    create_report,
+    header,
+    invoke,
+    last_per_row,
+    marker,
+    records,
+    requests_of,
+    rollback,
+    rollbacks_per_snapshot,
+    run_process,
+    world,
+)
 
 
 def mixed_world() -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -474,3 +418,105 @@ def test_a_run_rolled_back_before_needs_again(
     again = rollback(emu, source, elsewhere / "again.jsonl", "--again", apply=True, rows="1")
     assert again.exit_code == 0, again.stderr
     assert rollbacks_per_snapshot(emu.state()) == {SNAPS[0]: 2, SNAPS[1]: 1, SNAPS[2]: 1}
+
+
+RUNBOOK_WEB, RUNBOOK_DB = "9a6b7c1d-0e2f-4a3b-8c4d-5e6f7a8b9c01", "9a6b7c1d-0e2f-4a3b-8c4d-5e6f7a8b9c02"
+
+
+RUNBOOK_IDS = [str(uuid.UUID(int=0xE000 + index, version=4)) for index in range(5)]
+
+
+RUNBOOK_DISKS = (
+    SeedVolume(
+        volume_id=RUNBOOK_IDS[0], name="web-system", server_id=RUNBOOK_WEB, device="/dev/vda", bootable=True
+    ),
+    SeedVolume(volume_id=RUNBOOK_IDS[1], name="web-data", server_id=RUNBOOK_WEB, device="/dev/vdb"),
+    SeedVolume(volume_id=RUNBOOK_IDS[2], name="web-logs", server_id=RUNBOOK_WEB, device="/dev/vdc"),
+    SeedVolume(
+        volume_id=RUNBOOK_IDS[3], name="db-system", server_id=RUNBOOK_DB, device="/dev/vda", bootable=True
+    ),
+    SeedVolume(volume_id=RUNBOOK_IDS[4], name="spare"),
+)
+
+
+def hook(emu: EmulatorThread, volume_id: str, action: str, body: dict[str, Any] | None = None) -> None:
+    """The emulator's stand-in for the compute API: detach or attach a disk."""
+    request = urllib.request.Request(  # noqa: S310 - the loopback emulator
+        f"{emu.url}/_emulator/volumes/{volume_id}/{action}",
+        data=orjson.dumps(body or {}),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - the loopback emulator
+        assert answer.status == 200
+
+
+def test_runbook_select_create_rollback(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """The whole runbook: every disk of the server is snapshotted once and restored once, then re-attached."""
+    emu = emulator_thread(volumes=RUNBOOK_DISKS, creating_seconds=0.2, rollback_seconds=0.3)
+    where = {"endpoint": emu.url, "project_id": PROJECT}
+    manifest = tmp_path / "web.csv"
+
+    # 1. select the server's disks (attached, so --force)
+    result = invoke(cli_args("select", server=RUNBOOK_WEB, force=True, output=manifest, **where))
+    assert result.exit_code == 0, result.stderr
+    with manifest.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["volume_id"], row["device"], row["force"]) for row in rows] == [
+        (RUNBOOK_IDS[0], "/dev/vda", "true"),
+        (RUNBOOK_IDS[1], "/dev/vdb", "true"),
+        (RUNBOOK_IDS[2], "/dev/vdc", "true"),
+    ]
+
+    # 2. validate it online: the informational columns raise no warning
+    result = invoke(cli_args("validate", manifest, online=True, **where))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "warning" not in result.stderr
+    assert "3 rows: 3 would be sent (checked online), 0 with problems" in result.stdout
+
+    # 3. create --wait, naming snapshots from the informational columns
+    created = tmp_path / "create.jsonl"
+    args = create_args(emu.url, manifest, created, *FAST, wait=True, poll_interval=0.1)
+    result = invoke([*args, "--name-template", "pre-maint-{volume_name}-{date}"])
+    assert result.exit_code == 0, result.stderr
+    final = last_per_row(created)
+    assert {record["outcome"] for record in final.values()} == {"available"}
+    assert final[2]["name"].startswith("pre-maint-web-data-")
+    run_id = header(created)["run_id"]
+
+    # 4. the maintenance fails; the plan names the blocker while the disks are attached
+    plan = tmp_path / "plan.jsonl"
+    result = invoke([*cli_args("rollback", created, report=plan, endpoint=emu.url), *FAST])
+    assert result.exit_code == 1
+    assert {(r["outcome"], r["error_code"]) for r in records(plan)} == {("planned", "VOLUME_ATTACHED")}
+
+    # 5. detach, roll back, re-attach where the manifest says each disk was
+    for row in rows:
+        hook(emu, row["volume_id"], "detach")
+    restored = tmp_path / "rollback.jsonl"
+    args = cli_args("rollback", created, apply=True, report=restored, endpoint=emu.url, poll_interval=0.05)
+    result = invoke([*args, *FAST])
+    assert result.exit_code == 0, result.stderr
+    assert {r["outcome"] for r in records(restored)} == {"rolled_back"}
+    assert {r["source_run"] for r in records(restored)} == {run_id}
+    for row in rows:
+        hook(emu, row["volume_id"], "attach", {"server_id": row["server_id"], "device": row["device"]})
+
+    state = emu.state()
+    run_snapshots = {
+        s["id"]: s["volume_id"] for s in state["snapshots"] if s["metadata"].get("evs_snapshot_run") == run_id
+    }
+    assert Counter(run_snapshots.values()) == dict.fromkeys(RUNBOOK_IDS[:3], 1)
+    assert sorted((r["snapshot_id"], r["volume_id"]) for r in state["rollbacks"]) == sorted(
+        run_snapshots.items()
+    )
+    volumes = {v["volume_id"]: v for v in state["volumes"]}
+    for row in rows:
+        volume = volumes[row["volume_id"]]
+        assert volume["status"] == "in-use"
+        assert [(a["server_id"], a["device"]) for a in volume["attachments"]] == [
+            (row["server_id"], row["device"])
+        ]
+    assert volumes[RUNBOOK_IDS[4]]["attachments"] == []

@@ -22,7 +22,7 @@ from orchestrator.rules import (
     check_metadata_option_keys,
     check_template,
 )
-from tests.conftest import PROJECT, volume_ids
+from tests.helpers import PROJECT, volume_ids
 
 IDS = volume_ids(4)
 IDENTITY = RunIdentity(run_id="abc123", started=datetime(2026, 11, 27, 3, 4, 5, tzinfo=UTC))

@@ -11,11 +11,8 @@ import orjson
 import pytest
 
 from orchestrator.emulator import SeedVolume
-from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from tests.conftest import PROJECT, seeds, volume_ids
-from tests.helpers import invoke
+from tests.helpers import PROJECT, invoke, seeds, volume_ids
 
-AKSK = {"OS_AUTH_TOKEN": "", "HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
 IDS = volume_ids(8, seed=71)
 
 

@@ -14,49 +14,8 @@ import pytest
 
 from orchestrator.emulator import EmulatorThread, SeedVolume
 from orchestrator.manifest import ManifestSource, read_rows
-from tests.helpers import NO_CREDENTIALS, PROJECT, cli_args, invoke, records, requests_of
+from tests.helpers import DB, DISKS, IDS, NO_CREDENTIALS, PROJECT, WEB, cli_args, invoke, records, requests_of
 
-WEB, DB = "5f0c1a6e-7a52-4c1e-9a1b-0c0f4e2d8a01", "5f0c1a6e-7a52-4c1e-9a1b-0c0f4e2d8a02"
-IDS = [str(uuid.UUID(int=0xA000 + index, version=4)) for index in range(6)]
-DISKS = (
-    SeedVolume(
-        volume_id=IDS[0],
-        name="web-system",
-        server_id=WEB,
-        device="/dev/vda",
-        bootable=True,
-        tags={"env": "prod", "role": "web"},
-        metadata={"tier": "web"},
-    ),
-    SeedVolume(
-        volume_id=IDS[1],
-        name="web-data",
-        server_id=WEB,
-        device="/dev/vdb",
-        tags={"env": "prod", "role": "web"},
-        metadata={"tier": "web", "ticket": "CHG-42"},
-    ),
-    SeedVolume(
-        volume_id=IDS[2],
-        name="db-system",
-        server_id=DB,
-        device="/dev/vda",
-        bootable=True,
-        availability_zone="cn-north-4b",
-        tags={"env": "prod", "role": "db"},
-    ),
-    SeedVolume(
-        volume_id=IDS[3],
-        name="db-data",
-        server_id=DB,
-        device="/dev/vdb",
-        availability_zone="cn-north-4b",
-        tags={"env": "staging", "role": "db"},
-        metadata={"ticket": "CHG-42"},
-    ),
-    SeedVolume(volume_id=IDS[4], name="scratch", tags={"env": "prod", "team": "ops"}),
-    SeedVolume(volume_id=IDS[5], name="broken", status="error", tags={"team": "ops"}),
-)
 HEADER = [
     "volume_id",
     "server_id",

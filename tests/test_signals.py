@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from orchestrator.emulator.settings import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_USER
-from tests.conftest import volume_ids
 from tests.helpers import (
     AKSK_ENV,
     CREATE_ROUTE,
@@ -33,6 +32,7 @@ from tests.helpers import (
     last_per_row,
     records,
     snapshots_per_volume,
+    volume_ids,
 )
 
 PASSWORD_ENV = {

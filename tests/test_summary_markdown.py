@@ -13,8 +13,7 @@ import pytest
 
 from orchestrator.emulator.server import EmulatorThread
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from tests.conftest import seeds, volume_ids
-from tests.helpers import PROJECT, create_args, invoke
+from tests.helpers import PROJECT, create_args, invoke, seeds, volume_ids
 
 RUN = "20261207T010203Z-a1b2c3"
 STARTED = "2026-12-07T01:02:03.000Z"

@@ -29,10 +29,9 @@ from orchestrator.models import Outcome, Record
 from orchestrator.report import ReportWriter
 from orchestrator.tally import Tally
 from orchestrator.waiter import Waiter, WaitPlan
-from tests.conftest import PROJECT, call, volume_ids
-from tests.helpers import invoke, last_per_row
+from tests.helpers import AKSK, PROJECT, call, invoke, last_per_row, volume_ids
 
-AKSK = {"OS_AUTH_TOKEN": "", "HUAWEICLOUD_SDK_AK": DEFAULT_AK, "HUAWEICLOUD_SDK_SK": DEFAULT_SK}
+AKSK_NO_TOKEN = {"OS_AUTH_TOKEN": "", **AKSK}
 
 
 def manifest(write: Callable[..., Path], ids: list[str]) -> Path:
@@ -167,7 +166,6 @@ async def test_poll_round_costs_about_n_over_1000(emulator: Callable[..., Any], 
                     "POST",
                     f"/v2/{PROJECT}/cloudsnapshots",
                     body=body,
-                    auth=AkSkAuth(DEFAULT_AK, DEFAULT_SK),
                 )
                 snapshot = answer["snapshot"]
             created.append(
@@ -191,7 +189,7 @@ async def test_poll_round_costs_about_n_over_1000(emulator: Callable[..., Any], 
         async with anyio.create_task_group() as group:
             for row, volume_id in enumerate(ids, start=1):
                 group.start_soon(create, row, volume_id)
-    connection = Connection(endpoints=Endpoints(evs=URL(emu.url)), environ=AKSK)
+    connection = Connection(endpoints=Endpoints(evs=URL(emu.url)), environ=AKSK_NO_TOKEN)
     async with contextlib.AsyncExitStack() as stack:
         router = await connect(stack, connection)
         tally = Tally()

@@ -95,7 +95,7 @@ class Route:
         *,
         auth: Authenticator,
         limiter: RateLimiter,
-        in_flight: anyio.CapacityLimiter,
+        in_flight: anyio.Semaphore,
     ) -> None:
         self.endpoint = endpoint
         self.project_id = project_id
@@ -232,7 +232,9 @@ class Router:
         self.resolver = resolver
         self.iam = iam
         self.max_rps = max_rps
-        self.in_flight = anyio.CapacityLimiter(limits.concurrency)
+        # A semaphore, not a CapacityLimiter: the run's requests are counted, not owned by tasks (a
+        # CapacityLimiter looks the task up on every acquire and release).
+        self.in_flight = anyio.Semaphore(limits.concurrency)
         self.routes: dict[tuple[URL, str], Route] = {}
         self._endpoints: dict[URL, Endpoint] = {}
 

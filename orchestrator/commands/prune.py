@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -17,6 +17,8 @@ from orchestrator import options
 from orchestrator.entry import run
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from orchestrator.config import Connection
     from orchestrator.console import Console
     from orchestrator.frame import Closing
@@ -49,11 +51,8 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
         region=settings.connection.endpoints.home_region,
         warn=console.warn,
     )
-    rules = settings.rules
     shape = {
-        "keep_last": str(rules.keep_last),
-        "keep_within": str(rules.keep_within),
-        "allow_none": str(rules.allow_none),
+        **settings.rules.shape(),
         "name_prefix": settings.name_prefix or "",
         "all_volumes": str(settings.all_volumes),
         "digest": digest,
@@ -71,6 +70,24 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
         frame.summary.update(volumes={volume: dict(c) for volume, c in sorted(counts.items())}, kept=kept)
         frame.also["kept"] = kept
     return frame.exit_code
+
+
+def _calendar_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--keep-hourly`` ... ``--keep-yearly`` (``retention.PERIODS``), one option per period."""
+    periods = (
+        ("hourly", "hours"),
+        ("daily", "days"),
+        ("weekly", "ISO weeks"),
+        ("monthly", "months"),
+        ("yearly", "years"),
+    )
+    for kind, unit in reversed(periods):
+        function = click.option(
+            f"--keep-{kind}",
+            type=click.IntRange(0, 100000),
+            help=f"Keep the newest owned available snapshot of each of the last N {unit} that hold one.",
+        )(function)
+    return function
 
 
 @click.command("prune")
@@ -92,6 +109,13 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
 )
 @click.option(
     "--keep-within", type=options.Duration(), help="Keep owned snapshots younger than this (36h, 7d)."
+)
+@_calendar_options
+@click.option(
+    "--tz",
+    "tz",
+    metavar="ZONE",
+    help="Time zone of the calendar periods (an IANA name: Europe/Berlin).  [default: the machine's]",
 )
 @click.option(
     "--allow-none",
@@ -118,6 +142,12 @@ def command(
     project_id: str | None,
     keep_last: int | None,
     keep_within: float | None,
+    keep_hourly: int | None,
+    keep_daily: int | None,
+    keep_weekly: int | None,
+    keep_monthly: int | None,
+    keep_yearly: int | None,
+    tz: str | None,
     allow_none: bool,
     name_prefix: str | None,
     verbose: bool,
@@ -132,17 +162,36 @@ def command(
     closing: Closing,
     log_format: str,
 ) -> NoReturn:
-    """Delete the tool's own snapshots beyond --keep-last / --keep-within (plans unless --apply)."""
+    """Delete the tool's own snapshots beyond --keep-last / --keep-within / the calendar rules
+    (plans unless --apply)."""
     from orchestrator.config import check_project_id  # noqa: PLC0415
     from orchestrator.console import Console  # noqa: PLC0415
     from orchestrator.errors import UsageError  # noqa: PLC0415
     from orchestrator.frame import default_report  # noqa: PLC0415
     from orchestrator.manifest import ManifestSource  # noqa: PLC0415
     from orchestrator.ownership import check_name_prefix  # noqa: PLC0415
-    from orchestrator.retention import PruneSettings, Rules  # noqa: PLC0415
+    from orchestrator.retention import PruneSettings, Rules, local_zone, named_zone  # noqa: PLC0415
 
-    if keep_last is None and keep_within is None:
-        raise UsageError("prune needs a retention rule: --keep-last N and/or --keep-within DURATION")
+    try:
+        zone = local_zone() if tz is None else named_zone(tz)
+    except ValueError as exc:
+        raise UsageError(f"--tz: {exc}") from None
+    rules = Rules(
+        keep_last=keep_last,
+        keep_within=keep_within,
+        keep_hourly=keep_hourly,
+        keep_daily=keep_daily,
+        keep_weekly=keep_weekly,
+        keep_monthly=keep_monthly,
+        keep_yearly=keep_yearly,
+        allow_none=allow_none,
+        zone=zone,
+    )
+    if not rules.any():
+        raise UsageError(
+            "prune needs a retention rule: --keep-last N, --keep-within DURATION and/or "
+            "--keep-hourly/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly N"
+        )
     if manifest is None and not all_volumes:
         raise UsageError("prune needs a MANIFEST, or --all-volumes with --project-id or --region")
     if manifest is None and project_id is None and connection.endpoints.home_region is None:
@@ -154,7 +203,7 @@ def command(
         source=None if manifest is None else ManifestSource.of(manifest, manifest_format),
         all_volumes=all_volumes,
         project_id=check_project_id(project_id, option="--project-id"),
-        rules=Rules(keep_last=keep_last, keep_within=keep_within, allow_none=allow_none),
+        rules=rules,
         name_prefix=check_name_prefix(name_prefix),
         apply=apply,
         wait_timeout=wait_timeout if wait_for_gone else None,

@@ -9,7 +9,6 @@ between two requests: its 30 ms latency is the window, six times the 5 ms poll o
 from __future__ import annotations
 
 import contextlib
-import re
 import signal
 import subprocess
 import sys
@@ -28,32 +27,33 @@ from click.testing import CliRunner
 from orchestrator.actions import Action
 from orchestrator.cli import main
 from orchestrator.emulator import EmulatorThread, ManualClock, RunningEmulator, SeedSnapshot, SeedVolume
-from tests.conftest import PROJECT, TOKEN, call
-from tests.helpers import records, requests_of
-from tests.test_branches_restore import VOLUME_GET
-from tests.test_branches_retention import routed
-from tests.test_edges_core import answers, restore_plan, restoring, until
-from tests.test_rollback import (
+from tests.helpers import (
     OTHER_RUN,
+    PROJECT,
     ROLLBACK,
     SERVER,
     SNAPS,
+    TOKEN,
+    VOLUME_GET,
     VOLUMES,
+    answers,
+    call,
     create_report,
     marker,
+    records,
+    requests_note,
+    requests_of,
+    restore_plan,
+    restoring,
     rollback,
     rollbacks_per_snapshot,
+    routed,
+    until,
     world,
 )
 
 ROLLBACK_PATH = f"/v2/{PROJECT}/cloudsnapshots/{SNAPS[0]}/rollback"
 LATENCY_MS = 30  # the window in which the in-loop cases act on the world (see the module docstring)
-
-
-def requests_note(stderr: str) -> dict[str, int]:
-    """The rollback summary's ``requests: 2 checks, 1 lookups, ...`` line, by kind."""
-    (line,) = [text for text in stderr.splitlines() if "requests: " in text]
-    return {kind: int(count) for count, kind in re.findall(r"(\d+) (\w+)", line.split("requests: ", 1)[1])}
 
 
 @contextlib.contextmanager

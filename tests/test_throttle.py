@@ -1,0 +1,127 @@
+"""The limiter's start against a limit it is not told: the burst is not taken for the rate.
+
+A fake clock drives ``RateLimiter``; requests are counted and ordered, never timed.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from orchestrator.throttle import RateLimiter
+from tests.helpers import FakeTime
+
+
+async def burst(
+    limiter: RateLimiter, fake: FakeTime, *, successes: int, in_flight: int, seconds: float
+) -> None:
+    """An unpaced start: ``in_flight`` requests out at once, each success sending the next, ``successes``
+    of them spread over ``seconds``; ``in_flight`` requests are still out at the end."""
+    for _ in range(in_flight):
+        await limiter.acquire()
+    for _ in range(successes):
+        fake.now += seconds / successes
+        limiter.on_success()
+        await limiter.acquire()
+
+
+async def test_the_first_estimate_is_never_scaled_up_from_a_burst() -> None:
+    """50 successes in 10 ms, then a 429 with 32 requests out: the rate is about 50/s less the burst,
+    not the 5,000/s (or 500/s over a 0.1 s floor) the successes would show scaled to a second."""
+    fake = FakeTime()
+    limiter = RateLimiter(None, clock=fake.clock, sleep=fake.sleep)
+    await burst(limiter, fake, successes=50, in_flight=32, seconds=0.01)
+    assert limiter.rate is None
+    assert fake.slept == []  # unpaced until the first 429
+    limiter.on_throttled()
+    assert limiter.rate is not None
+    assert limiter.rate <= 50 * RateLimiter.DECREASE
+    assert limiter.rate >= 50 / (RateLimiter.WINDOW + 0.01) * RateLimiter.DECREASE * 0.99
+
+
+async def test_answers_in_flight_at_the_first_429_refine_it_and_later_ones_do_not() -> None:
+    """Of the 31 requests still out at the first 429, each success raises the estimate (they were sent
+    before anything was known); once they are all answered, a success only adds back a little."""
+    fake = FakeTime()
+    limiter = RateLimiter(None, clock=fake.clock, sleep=fake.sleep)
+    await burst(limiter, fake, successes=30, in_flight=32, seconds=0.01)
+    limiter.on_throttled()  # one of the 32 out; 31 more are owed
+    first = limiter.rate
+    assert first is not None
+    rates = [first]
+    for _ in range(20):
+        limiter.on_success()
+        assert limiter.rate is not None
+        rates.append(limiter.rate)
+    for _ in range(11):
+        limiter.on_throttled()
+    assert rates == sorted(rates)
+    assert rates[-1] - first > 15 * RateLimiter.DECREASE / (RateLimiter.WINDOW + 0.01)
+    settled = limiter.rate
+    assert settled == rates[-1]  # the owed 429s lower nothing: less than a window of history
+    limiter.on_success()  # owed nothing now
+    assert limiter.rate is not None
+    assert 0 < limiter.rate - settled < RateLimiter.RECOVERY * 50
+
+
+async def test_a_later_429_lowers_the_rate_only_after_a_window_of_its_own_history() -> None:
+    """The success history starts again at the first 429: 429s within a window of it change nothing;
+    one after a window of successes at 30/s cuts the rate to just under 30/s."""
+    fake = FakeTime()
+    limiter = RateLimiter(None, clock=fake.clock, sleep=fake.sleep)
+    await burst(limiter, fake, successes=50, in_flight=1, seconds=0.5)
+    limiter.on_throttled()
+    first = limiter.rate
+    assert first is not None
+    for _ in range(10):
+        fake.now += 0.05
+        limiter.on_throttled()
+    assert limiter.rate == first
+    for _ in range(30):  # a second at 30 successes
+        fake.now += 1 / 30
+        limiter.on_success()
+    limiter.on_throttled()
+    assert limiter.rate == pytest.approx(30 * RateLimiter.DECREASE, rel=0.05)
+
+
+async def test_a_low_first_estimate_grows_until_a_later_429_then_only_recovers() -> None:
+    """A window without a 429 after the first grows the rate by PROBE a second (a slow start); once a
+    later 429 has cut it, a window without 429s adds back only RECOVERY."""
+    fake = FakeTime()
+    limiter = RateLimiter(None, clock=fake.clock, sleep=fake.sleep)
+    await burst(limiter, fake, successes=10, in_flight=1, seconds=0.01)
+    limiter.on_throttled()
+    low = limiter.rate
+    assert low is not None
+    fake.now += RateLimiter.WINDOW  # a whole window without a 429
+    for _ in range(round(low)):  # about a second of successes at that rate
+        limiter.on_success()
+    assert limiter.rate == pytest.approx(low * RateLimiter.PROBE, rel=0.05)
+    for _ in range(round(limiter.rate)):  # a second of successes, then a 429
+        fake.now += 1 / limiter.rate
+        limiter.on_success()
+    limiter.on_throttled()
+    cut = limiter.rate
+    assert cut is not None
+    fake.now += RateLimiter.WINDOW
+    for _ in range(round(cut)):
+        limiter.on_success()
+    assert 0 < limiter.rate - cut < (RateLimiter.PROBE - 1) * cut / 2
+
+
+async def test_after_the_first_429_starts_are_paced() -> None:
+    """Once cut, starts are spaced evenly at the new rate: the requests waiting slept, in order."""
+    fake = FakeTime()
+    limiter = RateLimiter(None, clock=fake.clock, sleep=fake.sleep)
+    await burst(limiter, fake, successes=20, in_flight=4, seconds=0.01)
+    limiter.on_throttled()
+    rate = limiter.rate
+    assert rate is not None
+    starts = []
+    for _ in range(5):
+        await limiter.acquire()
+        starts.append(fake.now)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert gaps == pytest.approx([1 / rate] * 4)
+    assert len(fake.slept) == 5
