@@ -281,9 +281,18 @@ class Frame:
         self.writer = writer
         return writer
 
-    def open_actions(self, *, source: str, shape: dict[str, str], resume: bool, nothing: str) -> None:
-        """The report of ``prune``, ``cleanup`` or ``rollback``: its lock, a header naming ``source`` and
-        ``shape`` (a resume with other options is refused, saying ``nothing`` was done), and the book."""
+    def open_actions(
+        self,
+        *,
+        source: str,
+        shape: dict[str, str],
+        resume: bool,
+        nothing: str,
+        connection: Connection | None = None,
+    ) -> None:
+        """The report of ``prune``, ``cleanup`` or ``rollback``: its lock, a header naming ``source``,
+        ``shape`` (a resume with other options is refused, saying ``nothing`` was done) and where the
+        requests go (``connection``, never a credential), and the book."""
         report = self.report
         if resume and report == "-":
             raise UsageError("--resume needs a --report file to read, not standard output")
@@ -314,6 +323,7 @@ class Frame:
                 digest="",
                 shape=shape,
                 started_at=now_iso(),
+                connection={} if connection is None else connection.recorded(),
             ),
             resume=resume,
         )

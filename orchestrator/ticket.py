@@ -50,24 +50,24 @@ def follow_ups(report: Path, header: RunHeader | None) -> list[str]:
     projects by it). Credentials are never among them: they come from the environment, as for the run."""
     shape = {} if header is None else header.shape
     given = {} if header is None else header.connection
-    region = "".join(
+    where_to = "".join(
         f" --{key.replace('_', '-')} {shlex.quote(given[key])}"
         for key in ("endpoint", "iam_endpoint", "ca_bundle", "auth")
         if given.get(key)
     )
-    region += f" --region {shlex.quote(shape['region'])}" if shape.get("region") else ""
+    where_to += f" --region {shlex.quote(shape['region'])}" if shape.get("region") else ""
     project = f" --project-id {shlex.quote(shape['project_id'])}" if shape.get("project_id") else ""
     quoted = shlex.quote(str(report.resolve()))
     command = "create" if header is None else header.command
     if command == "create":
         return [
-            f"evs-snapshot wait {quoted}{region}",
-            f"evs-snapshot rollback {quoted} --apply{region}",
-            f"evs-snapshot cleanup {quoted} --apply{region}{project}",
+            f"evs-snapshot wait {quoted}{where_to}",
+            f"evs-snapshot rollback {quoted} --apply{where_to}",
+            f"evs-snapshot cleanup {quoted} --apply{where_to}{project}",
         ]
     # finish what the run planned or left: the same command, applied, resuming this report
     source = header.manifest if header is not None and header.manifest else "SOURCE"
-    line = f"evs-snapshot {command} {shlex.quote(source)} --apply --resume --report {quoted}"
+    line = f"evs-snapshot {command} {shlex.quote(source)} --apply --resume --report {quoted}{where_to}"
     return [line + ("  # and the run's --keep-last/--keep-within" if command == "prune" else "")]
 
 

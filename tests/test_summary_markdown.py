@@ -235,9 +235,10 @@ def test_a_failed_action_is_listed_to_look_at_again(tmp_path: Path) -> None:
 def test_the_follow_ups_carry_where_the_run_sent_its_requests(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
-    """A real run records its --endpoint (never a credential) in its header; the follow-ups repeat it."""
+    """A real run records its --endpoint (never a credential) in its header; the follow-ups repeat it,
+    for the create report and for the report of a cleanup plan."""
     ids = volume_ids(1)
-    emu = emulator_thread(volumes=seeds(ids))
+    emu = emulator_thread(volumes=seeds(ids), creating_seconds=3600)  # the cleanup plan finds it creating
     manifest = tmp_path / "m.csv"
     manifest.write_text("volume_id\n" + ids[0] + "\n", encoding="utf-8")
     report = tmp_path / "r.jsonl"
@@ -249,8 +250,19 @@ def test_the_follow_ups_carry_where_the_run_sent_its_requests(
         f"evs-snapshot cleanup {where} --apply --endpoint {emu.url} --auth aksk --project-id {PROJECT}\n"
         in block
     )
-    assert DEFAULT_SK not in report.read_text(encoding="utf-8") + block
-    assert DEFAULT_AK not in report.read_text(encoding="utf-8") + block
+    plan = tmp_path / "cleanup.jsonl"
+    cleanup = ["cleanup", str(report), "--endpoint", emu.url, "--project-id", PROJECT, "--report", str(plan)]
+    planned = invoke(cleanup)
+    assert planned.exit_code == 1  # a snapshot still creating blocks the plan
+    assert "cleanup: 1 records: 1 blocked" in planned.stderr
+    follow = invoke(["summary", str(plan), "--format", "markdown"]).stdout
+    assert (
+        f"evs-snapshot cleanup {where} --apply --resume --report {plan.resolve()} --endpoint {emu.url}\n"
+        in follow
+    )
+    for text in (report.read_text(encoding="utf-8"), plan.read_text(encoding="utf-8"), block, follow):
+        assert DEFAULT_SK not in text
+        assert DEFAULT_AK not in text
 
 
 def test_a_dry_run_is_named_as_one(tmp_path: Path) -> None:

@@ -89,7 +89,11 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     async with frame:
         frame.lock(run_locks(source_run, settings.lock_file))
         frame.open_actions(
-            source=str(settings.source), shape=shape, resume=settings.resume, nothing="nothing was done"
+            source=str(settings.source),
+            shape=shape,
+            resume=settings.resume,
+            nothing="nothing was done",
+            connection=settings.connection,
         )
         stopping.append(frame.stopping)
         router = await frame.connect(settings.connection)
