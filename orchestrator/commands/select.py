@@ -9,6 +9,9 @@ Selectors are ANDed: ``--server`` (repeatable; a disk attached to any of them), 
 same send path as ``create``; every selector is checked again on each disk, so a filter the service
 applies loosely (or ignores) cannot widen the selection.
 
+``--with-tags`` adds one ``tag:KEY`` column per tag key found on the selected disks (empty where a
+disk lacks the key), for ``create --metadata KEY={tag:KEY}`` to copy onto each snapshot.
+
 Nothing is written until the listing is complete: a listing that fails exits 3 and leaves no file;
 no match exits 1 ("no disk matched") rather than writing an empty manifest.
 """
@@ -113,10 +116,14 @@ class SelectSettings:
     format: str
     force: bool
     overwrite: bool = False  # -o may replace an existing file
+    with_tags: bool = False  # a tag:KEY column per tag key of the selected disks
 
 
-def manifest_row(volume: Volume, selector: Selector, *, force: bool) -> dict[str, Any]:
-    """One manifest row: ``volume_id`` and the informational columns (and ``force`` with ``--force``).
+def manifest_row(
+    volume: Volume, selector: Selector, *, force: bool, with_tags: bool = False
+) -> dict[str, Any]:
+    """One manifest row: ``volume_id`` and the informational columns (and ``force`` with ``--force``,
+    ``tag:KEY`` for each of the disk's tags with ``--with-tags``).
 
     A disk attached to several servers is shown with a selected server's attachment when there is one.
     """
@@ -135,7 +142,20 @@ def manifest_row(volume: Volume, selector: Selector, *, force: bool) -> dict[str
     }
     if force:
         row["force"] = bool(attachments) or volume.status == "in-use"
+    if with_tags:
+        from orchestrator.manifest import TAG_PREFIX  # noqa: PLC0415
+
+        row.update((TAG_PREFIX + key, value) for key, value in volume.tags.items())
     return row
+
+
+def manifest_columns(rows: Iterable[Mapping[str, Any]], *, force: bool, with_tags: bool) -> tuple[str, ...]:
+    """The manifest's columns: ``COLUMNS``, ``force`` with ``--force``, then with ``--with-tags`` one
+    ``tag:KEY`` column per tag key any selected disk has, sorted by key."""
+    from orchestrator.manifest import TAG_PREFIX  # noqa: PLC0415
+
+    tags = {column for row in rows for column in row if column.startswith(TAG_PREFIX)} if with_tags else set()
+    return (*COLUMNS, *(("force",) if force else ()), *sorted(tags))
 
 
 async def find_volumes(route: Route, selector: Selector, policy: RetryPolicy) -> list[Volume]:
@@ -157,23 +177,25 @@ async def find_volumes(route: Route, selector: Selector, policy: RetryPolicy) ->
     return list(found.values())
 
 
-def write_manifest(rows: Iterable[Mapping[str, Any]], stream: TextIO, fmt: str, *, force: bool) -> None:
+def write_manifest(
+    rows: Iterable[Mapping[str, Any]], stream: TextIO, fmt: str, columns: tuple[str, ...]
+) -> None:
+    """The rows as CSV, JSON or JSON Lines; a column a row lacks is an empty cell (``null`` in JSON)."""
     import csv  # noqa: PLC0415
 
     import orjson  # noqa: PLC0415
 
-    columns = (*COLUMNS, "force") if force else COLUMNS
     if fmt == "csv":
         writer = csv.writer(stream, lineterminator="\n")
         # Python 3.11 leaves a CR unquoted when lines end in LF, which would split the row: quote that row.
         quoted = csv.writer(stream, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow(columns)
         for row in rows:
-            cells = [_cell(row[column]) for column in columns]
+            cells = [_cell(row.get(column)) for column in columns]
             has_cr = any(isinstance(cell, str) and "\r" in cell for cell in cells)
             (quoted if has_cr else writer).writerow(cells)
         return
-    lines = [orjson.dumps({column: row[column] for column in columns}).decode() for row in rows]
+    lines = [orjson.dumps({column: row.get(column) for column in columns}).decode() for row in rows]
     if fmt == "jsonl":
         stream.write("".join(f"{line}\n" for line in lines))
     else:
@@ -224,7 +246,10 @@ async def select(settings: SelectSettings, *, console: Console, stdout: TextIO) 
         console.error(f"no disk matched in project {route.project_id} ({spent}); nothing was written")
         return 1
     rows = sorted(
-        (manifest_row(volume, settings.selector, force=settings.force) for volume in volumes),
+        (
+            manifest_row(volume, settings.selector, force=settings.force, with_tags=settings.with_tags)
+            for volume in volumes
+        ),
         key=lambda row: (
             row["server_id"] is None,
             row["server_id"] or "",
@@ -263,8 +288,9 @@ def _output(rows: list[dict[str, Any]], settings: SelectSettings, stdout: TextIO
 
     from orchestrator.errors import UsageError  # noqa: PLC0415
 
+    columns = manifest_columns(rows, force=settings.force, with_tags=settings.with_tags)
     if settings.output == "-":
-        write_manifest(rows, stdout, settings.format, force=settings.force)
+        write_manifest(rows, stdout, settings.format, columns)
         stdout.flush()
         return
     target = Path(settings.output)
@@ -272,7 +298,7 @@ def _output(rows: list[dict[str, Any]], settings: SelectSettings, stdout: TextIO
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            write_manifest(rows, handle, settings.format, force=settings.force)
+            write_manifest(rows, handle, settings.format, columns)
         if target.exists() and not settings.overwrite:
             os.unlink(temporary)
             raise UsageError(
@@ -399,6 +425,11 @@ SELECTORS = options.group(
 )
 @click.option("--overwrite", is_flag=True, help="Let -o replace an existing file.")
 @click.option(
+    "--with-tags",
+    is_flag=True,
+    help="Add a tag:KEY column per tag key of the selected disks (for create's --metadata KEY={tag:KEY}).",
+)
+@click.option(
     "--format",
     "output_format",
     type=click.Choice(["csv", "json", "jsonl"]),
@@ -417,6 +448,7 @@ def command(
     output: str,
     output_format: str | None,
     overwrite: bool,
+    with_tags: bool,
     log_format: str,
 ) -> NoReturn:
     """Write a manifest (CSV, JSON or JSON Lines) of the disks that match every selector."""
@@ -433,5 +465,6 @@ def command(
         format=output_format or FORMATS.get(Path(output).suffix.lower(), "csv"),
         force=force,
         overwrite=overwrite,
+        with_tags=with_tags,
     )
     raise SystemExit(run(lambda: select(settings, console=console, stdout=sys.stdout), console=console))
