@@ -43,6 +43,8 @@ FINAL = frozenset(
     {Action.DELETED, Action.ROLLED_BACK, Action.REFUSED, Action.KEPT, Action.HELD, Action.RELEASED}
 )
 SUCCESS = frozenset({Action.PLANNED, Action.KEPT, Action.DELETED, Action.ROLLED_BACK})
+# A rollback succeeds only where it rolled back (or, planning, would): a refused row is not restored.
+ROLLBACK_SUCCESS = frozenset({Action.PLANNED, Action.ROLLED_BACK})
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,3 +102,13 @@ def now_iso() -> str:
 def read_actions(path: Path) -> Iterator[ActionRecord]:
     """Every whole record of an action report (header skipped; a torn last line skipped)."""
     return read_typed(path, ActionRecord.from_dict, "a record of this report")
+
+
+def final_actions(path: Path) -> Iterator[ActionRecord]:
+    """The last record of each key, in file order of those records (two passes)."""
+    last: dict[str, int] = {}
+    for index, record in enumerate(read_actions(path)):
+        last[record.key] = index
+    for index, record in enumerate(read_actions(path)):
+        if last[record.key] == index:
+            yield record

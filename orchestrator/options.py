@@ -25,7 +25,7 @@ import click
 from orchestrator import defaults
 
 if TYPE_CHECKING:
-    from orchestrator.config import Connection, RowDefaults
+    from orchestrator.config import Connection, Notify, RowDefaults
     from orchestrator.frame import Closing
     from orchestrator.manifest import ManifestSource
     from orchestrator.retry import RetryPolicy
@@ -454,29 +454,73 @@ RETRIES = group(
 )
 
 
-def _closing(summary_json: Path | None, metrics_file: Path | None) -> Closing:
+def _notify(ping_url: str | None, webhooks: tuple[str, ...]) -> Notify | None:
+    from orchestrator.config import Notify, parse_notify_url  # noqa: PLC0415
+
+    notify = Notify(
+        ping_url=None if not ping_url else parse_notify_url(ping_url, option="--ping-url"),
+        webhooks=tuple(parse_notify_url(url, option="--webhook") for url in webhooks if url.strip()),
+    )
+    return notify if notify else None
+
+
+PING_URL = click.option(
+    "--ping-url",
+    default=None,
+    envvar="EVS_SNAPSHOT_PING_URL",
+    metavar="URL",
+    help="Ping URL/start when the run starts, URL on exit 0, URL/fail on any other exit (Healthchecks "
+    "style; the body is the summary); best effort.  [env: EVS_SNAPSHOT_PING_URL]",
+)
+WEBHOOK = click.option(
+    "--webhook",
+    "webhooks",
+    multiple=True,
+    envvar="EVS_SNAPSHOT_WEBHOOK",
+    metavar="URL",
+    help="POST a JSON event (command, run id, exit code, summary, report) here at the end (repeatable; in "
+    "the environment, URLs separated by spaces); "
+    "best effort.  [env: EVS_SNAPSHOT_WEBHOOK]",
+)
+
+
+def _closing(
+    summary_json: Path | None, metrics_file: Path | None, ping_url: str | None, webhooks: tuple[str, ...]
+) -> Closing:
     from orchestrator.frame import Closing  # noqa: PLC0415
 
-    closing = Closing(summary_json=summary_json, metrics_file=metrics_file)
+    closing = Closing(
+        summary_json=summary_json, metrics_file=metrics_file, notify=_notify(ping_url, webhooks)
+    )
     closing.check()
     return closing
 
 
-CLOSING = group(
-    "closing",
-    _closing,
-    click.option(
-        "--summary-json",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="Also write the summary as JSON (atomically).",
-    ),
-    click.option(
-        "--metrics-file",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="Write Prometheus text-format metrics at the end (atomically), for node_exporter; "
-        "each command keeps its own series in a shared file.",
-    ),
+def _side_files(summary_json: Path | None, metrics_file: Path | None) -> Closing:
+    return _closing(summary_json, metrics_file, None, ())
+
+
+def _notifying(ping_url: str | None, webhooks: tuple[str, ...]) -> Closing:
+    return _closing(None, None, ping_url, webhooks)
+
+
+SUMMARY_JSON = click.option(
+    "--summary-json",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the summary as JSON (atomically).",
 )
+METRICS_FILE = click.option(
+    "--metrics-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write Prometheus text-format metrics at the end (atomically), for node_exporter; "
+    "each command keeps its own series in a shared file.",
+)
+# The end of a command that runs through the run frame: its side files and its notifications.
+CLOSING = group("closing", _closing, SUMMARY_JSON, METRICS_FILE, PING_URL, WEBHOOK)
+# The side files only (audit: it writes no report and runs outside the frame).
+SIDE_FILES = group("closing", _side_files, SUMMARY_JSON, METRICS_FILE)
+# The notifications only (rollback).
+NOTIFYING = group("closing", _notifying, PING_URL, WEBHOOK)
 
 
 def _wait_plan(wait_timeout: float, poll_interval: float) -> WaitPlan:

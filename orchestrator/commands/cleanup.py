@@ -51,7 +51,11 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
         unsettled = await until_quiet(settings, run_, console)
         router = await frame.connect(settings.connection)
         frame.open_actions(
-            source=str(settings.source), shape=shape, resume=settings.resume, nothing="nothing was deleted"
+            source=str(settings.source),
+            shape=shape,
+            resume=settings.resume,
+            nothing="nothing was deleted",
+            connection=settings.connection,
         )
         left = await Pass(settings, frame, run_.run_id).run(router, run_, search)
         frame.tally.notes += search.notes(run_.run_id)

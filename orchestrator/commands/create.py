@@ -211,6 +211,7 @@ async def _locked(
             dry_run=settings.dry_run,
             journal=True,
             window=settings.settle + settings.connection.limits.timeout,
+            connection={} if settings.emulator else settings.connection.recorded(),
         ),
         resume=settings.resume,
     )
