@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.errors import UsageError
+from orchestrator.manifest import ManifestSource, manifest_digest
 from orchestrator.models import Outcome, Record, RunHeader
 from orchestrator.report import check_report_path, epoch, final_records, read_header, read_records, torn_tail
+from orchestrator.selection import read_targets
 from orchestrator.tally import first_without_record
 
 if TYPE_CHECKING:
@@ -67,8 +69,11 @@ def check_create_run(report: Path, header: RunHeader, command: str, verb: str) -
         raise UsageError(f"{report} {why}; there is nothing to {verb}, and nothing was sent")
 
 
-def run_of(report: Path, warn: Callable[[str], None]) -> CreateRun:
-    """Read a create report: its run, the last record of each sent row, the rows with a record.
+def run_of(
+    report: Path, warn: Callable[[str], None], *, command: str = "cleanup", verb: str = "clean up"
+) -> CreateRun:
+    """Read a create report for ``command`` (``cleanup``; ``hold``, ``release``): its run, the last
+    record of each sent row, the rows with a record.
 
     A torn last line is warned about (``file:line``) and skipped. The report reader refuses a file
     of two runs (exit 2, naming both run ids) and rows outside the header's.
@@ -78,8 +83,8 @@ def run_of(report: Path, warn: Callable[[str], None]) -> CreateRun:
         raise UsageError(f"{report}: no such report")
     header = read_header(report)
     if header is None:
-        raise UsageError(f"{report}: the report holds no records; nothing to clean up")
-    check_create_run(report, header, "cleanup", "clean up")
+        raise UsageError(f"{report}: the report holds no records; nothing to {verb}")
+    check_create_run(report, header, command, verb)
     torn = torn_tail(report)
     if torn is not None:
         warn(f"{report}:{torn}: the last line is cut short (its writer was killed mid-line); skipped")
@@ -106,8 +111,6 @@ def manifest_disks(
 ) -> tuple[list[Target] | None, str]:
     """The disks the run's manifest names, when the file the header names is there and unchanged
     (its digest is the header's); otherwise ``None`` and why not."""
-    from orchestrator.manifest import ManifestSource, manifest_digest  # noqa: PLC0415
-    from orchestrator.selection import read_targets  # noqa: PLC0415
 
     if header.manifest in ("", "<stdin>"):
         return None, "the run read its manifest from standard input"

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import orjson
 
+from orchestrator.config import RunIdentity, file_in_the_way
 from orchestrator.errors import ReportExistsError, ReportUnwritable, ResumeMismatch, UsageError
 from orchestrator.models import SUCCESSFUL, Outcome, Record, RunHeader, utc_iso, utc_now
 
@@ -60,8 +61,6 @@ class ReportWriter:
             target.parent.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
-            from orchestrator.config import file_in_the_way  # noqa: PLC0415
-
             blocker = file_in_the_way(target)
             why = exc.strerror if blocker is None else f"{blocker} is a file, not a directory"
             raise UsageError(f"cannot write the report {path}: {why}") from None
@@ -176,8 +175,6 @@ def check_report_path(path: Path) -> None:
     try:
         mode = path.stat().st_mode
     except OSError as exc:
-        from orchestrator.config import file_in_the_way  # noqa: PLC0415
-
         blocker = file_in_the_way(path)
         if blocker is not None:
             raise UsageError(
@@ -493,19 +490,21 @@ def name_shape(row_defaults: RowDefaults) -> dict[str, str]:
     resume with another template is refused. ``--force`` and ``--description`` may change between a
     run and its resume (say, to force the rows that were refused as in-use).
     """
-    return {
+    shape = {
         "name_template": row_defaults.name_template,
         "metadata": orjson.dumps(dict(row_defaults.metadata), option=orjson.OPT_SORT_KEYS).decode(),
         "project_id": row_defaults.project_id or "",
         "region": row_defaults.region or "",
     }
+    if row_defaults.hold is not None:  # only when given: reports of runs without one read as before
+        shape["hold"] = row_defaults.hold
+    return shape
 
 
 def resume_identity(
     report: str, resume: bool, *, total: int, digest: str, display: str, shape: dict[str, str]
 ) -> tuple[ResumeBook[int, Outcome] | None, RunIdentity]:
     """The resume book and run identity of a create run; refuses a resume of another manifest (exit 2)."""
-    from orchestrator.config import RunIdentity  # noqa: PLC0415 - config imports nothing of ours back
 
     book = ResumeBook.load(Path(report)) if resume else None
     if book is None:

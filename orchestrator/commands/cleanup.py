@@ -8,8 +8,9 @@ refused by the report reader (exit 2, naming both run ids).
 
 The exit: 0 only when nothing of the run is left: every snapshot of the run that was found ended
 ``deleted`` (with ``--apply``, after the wait for it to be gone; ``--no-wait`` counts the accepted
-DELETE) or, in a plan, ``planned``. A snapshot still ``creating`` (``blocked``), a deletion that
-failed, or a marked snapshot refused, makes it 1.
+DELETE) or, in a plan, ``planned``. A snapshot still ``creating`` (``blocked``), a held one without
+``--include-held`` (``blocked``, ``HELD``), a deletion that failed, or a marked snapshot refused,
+makes it 1.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from orchestrator import options
+from orchestrator.cleanup_pass import CleanupSettings, Pass, Search, until_quiet
+from orchestrator.config import check_project_id
+from orchestrator.console import Console
+from orchestrator.createrun import run_of
 from orchestrator.entry import run
+from orchestrator.errors import UsageError
+from orchestrator.frame import Frame, default_report
+from orchestrator.lock import run_locks
 
 if TYPE_CHECKING:
     from orchestrator.cleanup_pass import CleanupSettings
@@ -33,10 +41,6 @@ if TYPE_CHECKING:
 
 async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
     """Plan (and with ``--apply``, carry out) the deletion of one create run's snapshots."""
-    from orchestrator.cleanup_pass import Pass, Search, until_quiet  # noqa: PLC0415
-    from orchestrator.createrun import run_of  # noqa: PLC0415
-    from orchestrator.frame import Frame  # noqa: PLC0415
-    from orchestrator.lock import run_locks  # noqa: PLC0415
 
     run_ = run_of(settings.source, console.warn)
     search = Search.of(settings, run_)
@@ -50,7 +54,11 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
         unsettled = await until_quiet(settings, run_, console)
         router = await frame.connect(settings.connection)
         frame.open_actions(
-            source=str(settings.source), shape=shape, resume=settings.resume, nothing="nothing was deleted"
+            source=str(settings.source),
+            shape=shape,
+            resume=settings.resume,
+            nothing="nothing was deleted",
+            connection=settings.connection,
         )
         left = await Pass(settings, frame, run_.run_id).run(router, run_, search)
         frame.tally.notes += search.notes(run_.run_id)
@@ -72,6 +80,11 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
 @click.command("cleanup")
 @click.argument("source", metavar="REPORT", type=click.Path(path_type=Path, dir_okay=True))
 @options.DELETING
+@click.option(
+    "--include-held",
+    is_flag=True,
+    help="Delete the run's held snapshots too (evs_snapshot_hold set); without it they are blocked (HELD).",
+)
 @options.PROJECT_OF_ROWS
 @options.CONNECTION
 @options.RETRIES
@@ -88,21 +101,17 @@ def command(
     report_path: str | None,
     resume: bool,
     lock_file: Path | None,
+    include_held: bool,
     connection: Connection,
     policy: RetryPolicy,
     closing: Closing,
     log_format: str,
 ) -> NoReturn:
     """Delete the snapshots one create run made, each after checking its marker (plans unless --apply)."""
-    from orchestrator.console import Console  # noqa: PLC0415
-    from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.frame import default_report  # noqa: PLC0415
 
     report = default_report("cleanup", report_path)
     if report != "-" and Path(report).resolve() == source.resolve():
         raise UsageError("cleanup writes its own report: give a --report other than the create report")
-    from orchestrator.cleanup_pass import CleanupSettings  # noqa: PLC0415
-    from orchestrator.config import check_project_id  # noqa: PLC0415
 
     console = Console(sys.stderr, json=log_format == "json")
     settings = CleanupSettings(
@@ -116,5 +125,6 @@ def command(
         resume=resume,
         lock_file=lock_file,
         closing=closing,
+        include_held=include_held,
     )
     raise SystemExit(run(lambda: cleanup(settings, console=console), console=console))

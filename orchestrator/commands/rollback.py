@@ -25,6 +25,7 @@ report of a ``--dry-run`` or of ``--emulator``, and ``--apply`` of rows rolled b
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -32,7 +33,25 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from orchestrator import defaults, options
+from orchestrator.actions import ROLLBACK_SUCCESS
+from orchestrator.console import Console
 from orchestrator.entry import run
+from orchestrator.errors import ResumeMismatch
+from orchestrator.frame import Frame
+from orchestrator.lock import run_locks
+from orchestrator.models import utc_now
+from orchestrator.report import read_header
+from orchestrator.restore import RestorePlan
+from orchestrator.rollback_run import (
+    RollbackSettings,
+    chosen_rows,
+    exit_code,
+    notes,
+    restore_all,
+    retried_rows,
+    rolled_back_before,
+)
+from orchestrator.tally import Counting, Tally
 
 ROLLBACK_GRACE = 60.0  # a rollback sent is watched to its end: the disk is unusable while it runs
 
@@ -41,6 +60,7 @@ if TYPE_CHECKING:
 
     from orchestrator.config import Connection
     from orchestrator.console import Console
+    from orchestrator.frame import Closing
     from orchestrator.retry import RetryPolicy
     from orchestrator.rollback_run import RollbackSettings
     from orchestrator.waiter import WaitPlan
@@ -48,21 +68,6 @@ if TYPE_CHECKING:
 
 async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     """Plan or apply the rollback of the chosen rows; returns the exit code (see the module docstring)."""
-    import contextlib  # noqa: PLC0415
-
-    from orchestrator.actions import Action  # noqa: PLC0415
-    from orchestrator.frame import Frame  # noqa: PLC0415
-    from orchestrator.lock import run_locks  # noqa: PLC0415
-    from orchestrator.restore import RestorePlan  # noqa: PLC0415
-    from orchestrator.rollback_run import (  # noqa: PLC0415
-        chosen_rows,
-        exit_code,
-        notes,
-        restore_all,
-        retried_rows,
-        rolled_back_before,
-    )
-    from orchestrator.tally import Counting, Tally  # noqa: PLC0415
 
     chosen = chosen_rows(settings)
     source_run, rows = chosen.run_id, chosen.rows
@@ -74,7 +79,8 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
         command="rollback",
         console=console,
         report=settings.report,
-        tally=Tally(counting=Counting.records("rollback", frozenset({Action.PLANNED, Action.ROLLED_BACK}))),
+        closing=settings.closing,
+        tally=Tally(counting=Counting.records("rollback", ROLLBACK_SUCCESS)),
         grace=ROLLBACK_GRACE,
         drain=f"sending no more rollbacks; those already sent are watched to their end for up to "
         f"{ROLLBACK_GRACE:g}s (longer than other commands' 10s: a disk must not be left mid-rollback "
@@ -83,7 +89,11 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     async with frame:
         frame.lock(run_locks(source_run, settings.lock_file))
         frame.open_actions(
-            source=str(settings.source), shape=shape, resume=settings.resume, nothing="nothing was done"
+            source=str(settings.source),
+            shape=shape,
+            resume=settings.resume,
+            nothing="nothing was done",
+            connection=settings.connection,
         )
         stopping.append(frame.stopping)
         plan = RestorePlan(
@@ -104,8 +114,6 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
 
 
 def _check_resume(settings: RollbackSettings, source_run: str) -> None:
-    from orchestrator.errors import ResumeMismatch  # noqa: PLC0415
-    from orchestrator.report import read_header  # noqa: PLC0415
 
     path = Path(settings.report)
     if not settings.resume or settings.report == "-" or not path.is_file():
@@ -169,6 +177,7 @@ def _check_resume(settings: RollbackSettings, source_run: str) -> None:
     "be sent again.",
 )
 @options.LOCK_FILE
+@options.NOTIFYING
 @options.LOG_FORMAT
 @options.DEBUG
 def command(
@@ -186,12 +195,10 @@ def command(
     wait_plan: WaitPlan,
     settle: float,
     lock_file: Path | None,
+    closing: Closing,
     log_format: str,
 ) -> NoReturn:
     """Restore each row's disk from the snapshot the create run in REPORT made; plans unless --apply."""
-    from orchestrator.console import Console  # noqa: PLC0415
-    from orchestrator.models import utc_now  # noqa: PLC0415
-    from orchestrator.rollback_run import RollbackSettings  # noqa: PLC0415
 
     console = Console(sys.stderr, json=log_format == "json")
     settings = RollbackSettings(
@@ -208,5 +215,6 @@ def command(
         lock_file=lock_file,
         again=again,
         retry_failed=retry_failed,
+        closing=closing,
     )
     raise SystemExit(run(lambda: rollback(settings, console=console), console=console))
