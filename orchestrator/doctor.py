@@ -25,8 +25,17 @@ import anyio
 
 from orchestrator.api import evs
 from orchestrator.api.clock import gateway_offset
+from orchestrator.api.credentials import AkSkAuth, TokenAuth
 from orchestrator.api.probe import count_of, exchange, said, shown, without_every_ep
-from orchestrator.errors import ListingFailed, RouteClosed, TransportError
+from orchestrator.api.safe import list_all_volumes, remaining_quota, volume_snapshots
+from orchestrator.defaults import SNAPSHOTS_PER_DISK
+from orchestrator.errors import (
+    CredentialsRefused,
+    ListingFailed,
+    ProjectLookupFailed,
+    RouteClosed,
+    TransportError,
+)
 from orchestrator.findings import (
     NO_SUCH_API,
     SIGNATURE_EXPIRED,
@@ -44,6 +53,7 @@ from orchestrator.findings import (
     reach,
     tags_of,
 )
+from orchestrator.throttle import RateLimiter
 
 if TYPE_CHECKING:
     from yarl import URL
@@ -89,7 +99,6 @@ class Doctor:
     def fresh_route(self) -> Route:
         """A route of its own on the doctor's endpoint and project (see the module docstring)."""
         from orchestrator.api.routes import Route  # noqa: PLC0415
-        from orchestrator.throttle import RateLimiter  # noqa: PLC0415
 
         assert self.project_id is not None  # noqa: S101 - after the project check
         shared = self.router.route_at(self.region, self.project_id)
@@ -116,14 +125,12 @@ class Doctor:
             self.add(check)
 
     def _needs_iam(self, project_id: str | None) -> bool:
-        from orchestrator.api.credentials import AkSkAuth, TokenAuth  # noqa: PLC0415
 
         return project_id is None or not isinstance(self.router.auth, AkSkAuth | TokenAuth)
 
     # --- 2-4. clock, credentials, project ----------------------------------------------------------
     async def identity(self, project_id: str | None) -> None:
         """The project (from the option, or IAM), then one signed GET: clock and credentials."""
-        from orchestrator.errors import CredentialsRefused, ProjectLookupFailed  # noqa: PLC0415
 
         project_check: Check
         if project_id is not None:
@@ -298,7 +305,6 @@ class Doctor:
         await self._tags(answers)
 
     async def _tags(self, answers: Mapping[str, Answer]) -> None:
-        from orchestrator.api.safe import list_all_volumes  # noqa: PLC0415
 
         assert self.project_id is not None  # noqa: S101
         name = "enterprise projects: tag search"
@@ -421,7 +427,6 @@ class Doctor:
     # --- 7. quota ------------------------------------------------------------------------------------
     async def quota(self, answers: Mapping[str, Answer], targets: Sequence[Target] | None) -> None:
         """What the project's quota leaves; with a manifest, each disk's room (``validate --online``)."""
-        from orchestrator.api.safe import remaining_quota  # noqa: PLC0415
 
         assert self.project_id is not None  # noqa: S101
         if not answers["quota"].ok:
@@ -450,8 +455,6 @@ class Doctor:
 
     async def _room(self, targets: Sequence[Target]) -> None:
         """Each disk's room under the per-disk limit, counted as ``validate --online`` counts it."""
-        from orchestrator.api.safe import volume_snapshots  # noqa: PLC0415
-        from orchestrator.defaults import SNAPSHOTS_PER_DISK  # noqa: PLC0415
 
         assert self.project_id is not None  # noqa: S101
         full: list[tuple[str, int]] = []

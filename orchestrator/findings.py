@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from anyio.streams.tls import TLSStream
 
 from orchestrator.api import evs
 from orchestrator.api.clock import SIGNATURE_WINDOW
+from orchestrator.api.credentials import AkSkAuth, TokenAuth
 from orchestrator.api.probe import said, shown
 
 if TYPE_CHECKING:
@@ -123,7 +126,6 @@ def accepted(answer: Answer) -> str:
 
 def credential_source(router: Router, connection: Connection) -> str:
     """Which source the credentials came from, in the words of the docs."""
-    from orchestrator.api.credentials import AkSkAuth, TokenAuth  # noqa: PLC0415
 
     auth = router.auth
     environ = connection.environ
@@ -140,7 +142,6 @@ def credential_source(router: Router, connection: Connection) -> str:
 
 def lifetime_note(router: Router, project_id: str) -> str:
     """What the tool knows of how long the credentials last."""
-    from orchestrator.api.credentials import AkSkAuth, TokenAuth  # noqa: PLC0415
     from orchestrator.api.iam import PasswordAuth  # noqa: PLC0415
 
     auth = router.auth
@@ -271,9 +272,6 @@ def ep_check(probe: Probe, everything: int, plain: int | None, answer: Answer) -
 
 async def reach(url: URL, connection: Connection) -> Check:
     """DNS, TCP and TLS (with ``--ca-bundle``) to ``url``, each timed; no HTTP is sent."""
-    import socket  # noqa: PLC0415
-
-    from anyio.streams.tls import TLSStream  # noqa: PLC0415
 
     from orchestrator.api.session import proxy_for, ssl_context  # noqa: PLC0415
 

@@ -25,9 +25,16 @@ import anyio
 from orchestrator.api import evs
 from orchestrator.api.probe import exchange, said, shown, without_every_ep
 from orchestrator.api.views import RUN_MARKER_KEY, marker_in
+from orchestrator.config import RunIdentity
+from orchestrator.deleter import Ended, delete
 from orchestrator.doctor import Doctor
 from orchestrator.errors import ListingFailed
 from orchestrator.findings import Check, Result
+from orchestrator.manifest import ManifestSource, manifest_digest
+from orchestrator.models import Outcome, RunHeader, SnapshotRequest, utc_iso, utc_now
+from orchestrator.report import ReportWriter, final_records
+from orchestrator.runner import Runner, RunPlan
+from orchestrator.tally import Tally
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
@@ -122,12 +129,6 @@ class Live:
 
     async def _create(self, volume: Mapping[str, Any]) -> bool:
         """The normal create path: a one-row run of ``runner.Runner`` writing a create report."""
-        from orchestrator.config import RunIdentity  # noqa: PLC0415
-        from orchestrator.manifest import ManifestSource, manifest_digest  # noqa: PLC0415
-        from orchestrator.models import Outcome, RunHeader, SnapshotRequest, utc_iso, utc_now  # noqa: PLC0415
-        from orchestrator.report import ReportWriter, final_records  # noqa: PLC0415
-        from orchestrator.runner import Runner, RunPlan  # noqa: PLC0415
-        from orchestrator.tally import Tally  # noqa: PLC0415
 
         report = self.settings.report
         manifest = report.with_name(report.stem + ".manifest.csv")
@@ -340,7 +341,6 @@ class Live:
 
     async def _delete(self, route: Route) -> None:
         """Delete it through the one DELETE loop; the GET must then answer 404 with the resource's code."""
-        from orchestrator.deleter import Ended, delete  # noqa: PLC0415
 
         assert self.made is not None  # noqa: S101
         call = evs.delete_snapshot(self.project_id, self.made)

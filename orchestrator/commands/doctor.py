@@ -8,15 +8,28 @@ credentials stop it, 2 for usage.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import click
+import orjson
 
 from orchestrator import options
+from orchestrator.config import check_project_id
+from orchestrator.console import Console
+from orchestrator.doctor import Doctor
+from orchestrator.duplicates import UUID_RE
 from orchestrator.entry import run
+from orchestrator.errors import EvsSnapshotError, RunAborted, UsageError
+from orchestrator.findings import Check, Result, Stopped, render, verdict
+from orchestrator.live_probe import Live, LiveSettings, live_failed
+from orchestrator.manifest import spooled
+from orchestrator.models import utc_now
+from orchestrator.report import check_report_path
+from orchestrator.selection import read_targets
 
 if TYPE_CHECKING:
     from orchestrator.config import Connection
@@ -34,7 +47,6 @@ class DiskId(click.ParamType):  # type: ignore[type-arg]
     name = "volume_id"
 
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from orchestrator.duplicates import UUID_RE  # noqa: PLC0415
 
         text = str(value).strip().lower()
         if not UUID_RE.match(text):
@@ -57,20 +69,11 @@ class DoctorSettings:
 
 async def doctor(settings: DoctorSettings, *, console: Console, stdout: TextIO) -> int:
     """Run the checks in order, print the table (or JSON) and return the exit code."""
-    import contextlib  # noqa: PLC0415
-
-    import orjson  # noqa: PLC0415
 
     from orchestrator.api.routes import connect  # noqa: PLC0415
-    from orchestrator.doctor import Doctor  # noqa: PLC0415
-    from orchestrator.errors import RunAborted  # noqa: PLC0415
-    from orchestrator.findings import Check, Result, Stopped, render, verdict  # noqa: PLC0415
 
     targets = None
     if settings.source is not None:
-        from orchestrator.manifest import spooled  # noqa: PLC0415
-        from orchestrator.selection import read_targets  # noqa: PLC0415
-
         with spooled(settings.source) as source:
             targets, _ = read_targets(
                 source,
@@ -113,10 +116,6 @@ async def doctor(settings: DoctorSettings, *, console: Console, stdout: TextIO) 
 
 async def _live(checks: Doctor, settings: DoctorSettings, console: Console) -> str | None:
     """The round trip; returns the cleanup command when it stopped with something left."""
-    from orchestrator.errors import EvsSnapshotError  # noqa: PLC0415
-    from orchestrator.findings import Result  # noqa: PLC0415
-    from orchestrator.live_probe import Live, LiveSettings, live_failed  # noqa: PLC0415
-    from orchestrator.models import utc_now  # noqa: PLC0415
 
     assert settings.live is not None  # noqa: S101 - only with --live
     report = settings.live_report or Path(LIVE_REPORT.format(datetime=f"{utc_now():%Y%m%dT%H%M%SZ}"))
@@ -181,16 +180,11 @@ def command(
     log_format: str,
 ) -> NoReturn:
     """Check endpoint, clock, credentials, project, permissions, enterprise projects and quota (read-only)."""
-    from orchestrator.config import check_project_id  # noqa: PLC0415
-    from orchestrator.console import Console  # noqa: PLC0415
-    from orchestrator.errors import UsageError  # noqa: PLC0415
 
     console = Console(sys.stderr, json=log_format == "json")
     if (live_rollback or live_report is not None) and live is None:
         raise UsageError("--live-rollback and --live-report go with --live VOLUME_ID")
     if live_report is not None:
-        from orchestrator.report import check_report_path  # noqa: PLC0415
-
         check_report_path(live_report)
         if live_report.exists() and live_report.stat().st_size > 0:  # before anything is sent
             raise UsageError(f"--live-report {live_report} already holds records; choose another path")
