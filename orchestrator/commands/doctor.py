@@ -33,8 +33,6 @@ from orchestrator.selection import read_targets
 
 if TYPE_CHECKING:
     from orchestrator.config import Connection
-    from orchestrator.console import Console
-    from orchestrator.doctor import Doctor
     from orchestrator.manifest import ManifestSource
     from orchestrator.retry import RetryPolicy
 
