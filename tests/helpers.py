@@ -26,7 +26,7 @@ from orchestrator.api import signing
 from orchestrator.api.credentials import OutgoingRequest, TokenAuth
 from orchestrator.api.routes import Route, Router, connect
 from orchestrator.cli import main
-from orchestrator.config import Connection, Endpoints
+from orchestrator.config import Connection, Endpoints, Limits
 from orchestrator.emulator import (
     EmulatorThread,
     RunningEmulator,
@@ -415,7 +415,7 @@ def marker(run: str = RUN) -> dict[str, str]:
     return {"evs_snapshot_run": run}
 
 
-def rollback(emu: EmulatorThread, source: Path, report: Path, *extra: str, **flags: object) -> Any:
+def rollback(emu: EmulatorThread, source: Path, report: Path | str, *extra: str, **flags: object) -> Any:
     args = cli_args("rollback", source, endpoint=emu.url, report=report, **flags)
     return invoke([*args, *FAST, *FAST_WAIT, *extra])
 
@@ -522,9 +522,10 @@ OTHER_RUN = "20261120T010101Z-def456"
 
 
 @contextlib.asynccontextmanager
-async def router_for(url: str, environ: dict[str, str]) -> AsyncIterator[Router]:
-    """The run's router on the emulator at ``url`` (EVS and IAM), over a real session."""
-    connection = Connection(endpoints=Endpoints(evs=URL(url), iam=URL(url)), environ=environ)
+async def router_for(url: str, environ: dict[str, str], **limits: Any) -> AsyncIterator[Router]:
+    connection = Connection(
+        endpoints=Endpoints(evs=URL(url), iam=URL(url)), limits=Limits(**limits), environ=environ
+    )
     async with contextlib.AsyncExitStack() as stack:
         yield await connect(stack, connection)
 

@@ -171,9 +171,8 @@ def test_create_quota_check_cut_short_by_the_deadline(
 
 # --- rollback, and the action-report frame it shares with prune and cleanup ---------------------------
 def rollback(emu: EmulatorThread, source: Path, report: Path | str, *extra: str, **flags: object) -> Any:
-    return invoke(
-        [*cli_args("rollback", source, endpoint=emu.url, report=report, **flags), *FAST, *FAST_WAIT, *extra]
-    )
+    args = cli_args("rollback", source, endpoint=emu.url, report=report, **flags)
+    return invoke([*args, *FAST, *FAST_WAIT, *extra])
 
 
 def test_rollback_plan_to_stdout(
@@ -291,8 +290,8 @@ def test_rollback_plan_of_rows_without_snapshots_sends_nothing(
 
 
 # --- select -----------------------------------------------------------------------------------------
-def select(emu: EmulatorThread, *selectors: str) -> Any:
-    return invoke([*cli_args("select", endpoint=emu.url, project_id=PROJECT), *selectors])
+def select(emu: EmulatorThread, *selectors: str, **flags: object) -> Any:
+    return invoke([*cli_args("select", endpoint=emu.url, project_id=PROJECT, **flags), *selectors])
 
 
 @pytest.mark.parametrize(

@@ -101,8 +101,8 @@ def report_of(path: Path, items: list[Record], rows: int) -> Path:
     return path
 
 
-def rows_of(path: Path) -> list[RawRow]:
-    return list(read_rows(ManifestSource.of(str(path), None)))
+def rows_of(path: Path, fmt: str | None = None, warn: Callable[[str], None] | None = None) -> list[RawRow]:
+    return list(read_rows(ManifestSource.of(str(path), fmt), warn=warn))
 
 
 # --- manifests -------------------------------------------------------------------------------
