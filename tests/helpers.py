@@ -336,15 +336,6 @@ async def routed(url: str, environ: dict[str, str] | None = None) -> AsyncIterat
         yield await router.route_for(PROJECT, None)
 
 
-@contextlib.asynccontextmanager
-async def route_to(url: str, environ: Mapping[str, str] = AKSK_ENV) -> AsyncIterator[Route]:
-    """The route of the test project on ``url``, over a real session (AK/SK by default)."""
-    connection = Connection(endpoints=Endpoints(evs=URL(url)), environ=dict(environ))
-    async with contextlib.AsyncExitStack() as stack:
-        router = await connect(stack, connection)
-        yield await router.route_for(PROJECT, None)
-
-
 DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 
 
@@ -498,11 +489,6 @@ def requests_note(stderr: str) -> dict[str, int]:
 
 
 VOLUME_GET = "GET /v2/{project_id}/cloudvolumes/{volume_id}"
-
-
-def answers(emu: RunningEmulator, route: str) -> Counter[str]:
-    """The in-loop emulator's answers to one route, by status."""
-    return Counter(emu.world.requests.get(route, {}))
 
 
 def restore_plan(settle: float = 5.0) -> RestorePlan:

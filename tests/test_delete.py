@@ -24,7 +24,6 @@ from tests.helpers import (
     LIST,
     PROJECT,
     WRONG,
-    answers,
     api_seeded,
     create_args,
     csv_manifest,
@@ -99,8 +98,8 @@ async def test_a_snapshot_already_deleting_counts_as_deleted_at_once(
         route = router.route_at(None, emu.world.settings.project_id)
         assert await delete_snapshot(route, DELETING, QUICK, patience=600.0) == (True, None)
         assert await delete_snapshot(route, AVAILABLE, QUICK, patience=600.0) == (True, None)
-    assert answers(emu, DELETE) == {"400": 1, "202": 1}
-    assert answers(emu, SHOW) == {"200": 1}
+    assert hits(emu, DELETE) == {"400": 1, "202": 1}
+    assert hits(emu, SHOW) == {"200": 1}
 
 
 async def test_a_snapshot_in_another_state_fails_with_its_status(
@@ -119,7 +118,7 @@ async def test_a_snapshot_in_another_state_fails_with_its_status(
     assert why is not None
     assert why.startswith("400 EVS.1047")
     assert why.endswith("(the snapshot is rollbacking)")
-    assert answers(emu, DELETE) == {"400": 1}
+    assert hits(emu, DELETE) == {"400": 1}
 
 
 def test_the_sweep_counts_a_deletion_whose_answer_was_lost_as_done(
@@ -174,11 +173,11 @@ async def test_a_duplicate_that_finishes_creating_meanwhile_is_deleted_on_the_ne
 
     async with anyio.create_task_group() as group:
         group.start_soon(delete)
-        await until(lambda: answers(emu, DELETE)["400"] >= 1)
+        await until(lambda: hits(emu, DELETE)["400"] >= 1)
         clock.advance(5)  # created: available by the time the status is read
     assert found == [(True, None)]
-    assert answers(emu, DELETE) == {"400": 1, "202": 1}
-    assert answers(emu, SHOW) == {"200": 1}
+    assert hits(emu, DELETE) == {"400": 1, "202": 1}
+    assert hits(emu, SHOW) == {"200": 1}
 
 
 @pytest.mark.anyio

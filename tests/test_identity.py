@@ -27,12 +27,12 @@ from tests.helpers import (
     PROJECT,
     SNAPS,
     VOLUMES,
-    answers,
     create_args,
     create_report,
     csv_manifest,
     edge_record,
     header,
+    hits,
     invoke,
     last_per_row,
     marker,
@@ -549,7 +549,7 @@ async def test_a_second_snapshot_gone_before_the_sweep_looks_closer_is_not_delet
     path = report_of(tmp_path / "r.jsonl", [edge_record(1, snapshot_id=kept)], 1)
 
     async def delete_the_second() -> None:
-        await until(lambda: answers(emu, LIST_ROUTE)["200"] == 1)
+        await until(lambda: hits(emu, LIST_ROUTE)["200"] == 1)
         emu.world.delete_snapshot(emu.world.snapshots[extra])
         clock.advance(emu.world.settings.deleting_seconds)
 
@@ -571,7 +571,7 @@ async def test_a_second_snapshot_gone_before_the_sweep_looks_closer_is_not_delet
                     all_succeeded=True,
                 )
     assert (result.found, result.removed, result.reconciled) == (0, 0, 0)
-    assert answers(emu, LIST_ROUTE) == Counter({"200": 2})  # the listing, then the look at that disk
+    assert hits(emu, LIST_ROUTE) == Counter({"200": 2})  # the listing, then the look at that disk
     assert "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}" not in emu.world.requests
     assert [r["outcome"] for r in records(path)] == ["accepted"]
     assert not tally.duplicates

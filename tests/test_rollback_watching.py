@@ -39,9 +39,9 @@ from tests.helpers import (
     TOKEN,
     VOLUME_GET,
     VOLUMES,
-    answers,
     call,
     create_report,
+    hits,
     marker,
     records,
     requests_note,
@@ -238,7 +238,7 @@ def start_rollback(emu: RunningEmulator, snapshot_id: str = SNAPS[0]) -> None:
 
 async def end_rollbacks_after(emu: RunningEmulator, clock: ManualClock, disk_answers: int) -> None:
     """Once the disk has been answered ``disk_answers`` times, move the clock on: rollbacks end."""
-    await until(lambda: answers(emu, VOLUME_GET)["200"] >= disk_answers)
+    await until(lambda: hits(emu, VOLUME_GET)["200"] >= disk_answers)
     clock.advance(60)
 
 
@@ -250,7 +250,7 @@ async def test_disk_attached_after_a_lost_rollback_blocks_the_resend(
     emu = await emulator(clock=clock, latency_ms=LATENCY_MS, fault_rollback_drop_before=1.0, **world(1))
 
     async def attach_after_the_drop() -> None:
-        await until(lambda: answers(emu, ROLLBACK)["dropped"] >= 1)
+        await until(lambda: hits(emu, ROLLBACK)["dropped"] >= 1)
         emu.world.attach(emu.world.volumes[VOLUMES[0]], SERVER, None)
 
     async with routed(emu.url) as route:
@@ -260,7 +260,7 @@ async def test_disk_attached_after_a_lost_rollback_blocks_the_resend(
     assert finding.message is not None
     assert SERVER in finding.message
     assert counts["checks"] == 4  # snapshot and disk, before the first send and again after the drop
-    assert answers(emu, ROLLBACK) == {"dropped": 1}
+    assert hits(emu, ROLLBACK) == {"dropped": 1}
     assert emu.world.rollbacks == []
 
 
@@ -273,7 +273,7 @@ async def test_rollback_under_way_at_the_new_look_is_waited_for_not_resent(
     emu = await emulator(clock=clock, latency_ms=LATENCY_MS, fault_rollback_drop_before=1.0, **world(1))
 
     async def late_rollback() -> None:
-        await until(lambda: answers(emu, VOLUME_GET)["200"] >= 2)  # the first look, then the lookup
+        await until(lambda: hits(emu, VOLUME_GET)["200"] >= 2)  # the first look, then the lookup
         start_rollback(emu)
         await end_rollbacks_after(emu, clock, 4)  # the new look and the first poll saw it
 
@@ -283,7 +283,7 @@ async def test_rollback_under_way_at_the_new_look_is_waited_for_not_resent(
     assert (finding.outcome, finding.code, finding.attempts) == (Action.ROLLED_BACK, None, 1)
     # Two looks (snapshot and disk each); one lookup round after the drop (the snapshot, then the disk).
     assert (counts["checks"], counts["lookups"], counts["rollbacks"]) == (4, 2, 1)
-    assert answers(emu, ROLLBACK) == {"dropped": 1}
+    assert hits(emu, ROLLBACK) == {"dropped": 1}
     assert [item["snapshot_id"] for item in emu.world.rollbacks] == [SNAPS[0]]
 
 
@@ -296,7 +296,7 @@ async def test_refusal_after_a_doubtful_attempt_is_judged_by_the_disk(
     emu = await emulator(clock=clock, latency_ms=LATENCY_MS, fault_rollback_drop_before=1.0, **world(1))
 
     async def late_rollback() -> None:
-        await until(lambda: answers(emu, VOLUME_GET)["200"] >= 3)  # first look, lookup, new look
+        await until(lambda: hits(emu, VOLUME_GET)["200"] >= 3)  # first look, lookup, new look
         start_rollback(emu)
         await end_rollbacks_after(emu, clock, 5)  # the lookup after the 400 and the first poll saw it
 
@@ -306,7 +306,7 @@ async def test_refusal_after_a_doubtful_attempt_is_judged_by_the_disk(
     assert (finding.outcome, finding.code, finding.message) == (Action.ROLLED_BACK, None, None)
     assert (finding.attempts, finding.http_status) == (2, 400)
     assert (counts["checks"], counts["rollbacks"]) == (4, 2)
-    assert answers(emu, ROLLBACK) == {"dropped": 1, "400": 1}
+    assert hits(emu, ROLLBACK) == {"dropped": 1, "400": 1}
     assert [item["snapshot_id"] for item in emu.world.rollbacks] == [SNAPS[0]]
 
 
@@ -329,7 +329,7 @@ async def test_another_snapshots_rollback_is_not_taken_for_the_lost_one(
     )
 
     async def other_rollback() -> None:
-        await until(lambda: answers(emu, ROLLBACK)["dropped"] >= 1)
+        await until(lambda: hits(emu, ROLLBACK)["dropped"] >= 1)
         start_rollback(emu, SNAPS[1])
         await end_rollbacks_after(emu, clock, 3)
 
@@ -371,10 +371,10 @@ async def test_a_rollback_that_ends_right_after_the_first_read_is_not_sent_again
     snapshot_get = "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 
     def reads() -> int:
-        return answers(emu, snapshot_get)["200"] + answers(emu, VOLUME_GET)["200"]
+        return hits(emu, snapshot_get)["200"] + hits(emu, VOLUME_GET)["200"]
 
     async def end_after_the_first_read() -> None:
-        await until(lambda: answers(emu, ROLLBACK)["dropped"] >= 1)
+        await until(lambda: hits(emu, ROLLBACK)["dropped"] >= 1)
         before = reads()
         await until(lambda: reads() > before)
         clock.advance(60)  # the rollback is over
@@ -382,7 +382,7 @@ async def test_a_rollback_that_ends_right_after_the_first_read_is_not_sent_again
     async with routed(emu.url) as route:
         finding = await restoring(route, restore_plan(settle=0.5), end_after_the_first_read)
     assert (finding.outcome, finding.attempts) == (Action.ROLLED_BACK, 1)
-    assert answers(emu, ROLLBACK) == {"dropped": 1}
+    assert hits(emu, ROLLBACK) == {"dropped": 1}
     assert [item["snapshot_id"] for item in emu.world.rollbacks] == [SNAPS[0]]
 
 
@@ -401,7 +401,7 @@ async def test_a_lost_rollback_that_already_failed_is_judged_by_the_disk(
     )
 
     async def fail_before_the_first_read() -> None:
-        await until(lambda: answers(emu, ROLLBACK)["dropped"] >= 1)
+        await until(lambda: hits(emu, ROLLBACK)["dropped"] >= 1)
         clock.advance(60)  # the rollback is over: the disk ends error_rollbacking
 
     async with routed(emu.url) as route:
@@ -411,7 +411,7 @@ async def test_a_lost_rollback_that_already_failed_is_judged_by_the_disk(
         "VOLUME_ERROR_ROLLBACKING",
         1,
     )
-    assert answers(emu, ROLLBACK) == {"dropped": 1}
+    assert hits(emu, ROLLBACK) == {"dropped": 1}
 
 
 def test_summary_of_an_action_report_says_what_it_reads(
@@ -434,7 +434,7 @@ async def test_a_disk_deleted_during_its_rollback_fails_the_row(
     emu = await emulator(clock=clock, **world(1))
 
     async def delete_the_disk() -> None:
-        await until(lambda: answers(emu, ROLLBACK)["202"] == 1)
+        await until(lambda: hits(emu, ROLLBACK)["202"] == 1)
         del emu.world.volumes[VOLUMES[0]]
 
     async with router_for(emu.url, AKSK) as router:
@@ -467,7 +467,7 @@ async def test_a_rollback_refused_once_the_disk_was_attached_is_rejected(
     emu = await emulator(clock=clock, rate_limit=1.0, burst=2, **world(1))
 
     async def attach_the_disk() -> None:
-        await until(lambda: answers(emu, ROLLBACK)["429"] >= 1)
+        await until(lambda: hits(emu, ROLLBACK)["429"] >= 1)
         emu.world.attach(emu.world.volumes[VOLUMES[0]], SERVER, None)
         clock.advance(10)  # the bucket fills again
 
@@ -478,7 +478,7 @@ async def test_a_rollback_refused_once_the_disk_was_attached_is_rejected(
     assert finding.message is not None
     assert "current status is: in-use" in finding.message
     assert finding.attempts >= 2
-    assert answers(emu, ROLLBACK)["400"] == 1
+    assert hits(emu, ROLLBACK)["400"] == 1
     assert emu.world.rollbacks == []
 
 
@@ -490,14 +490,14 @@ async def test_a_rollback_refused_for_the_credentials_stops_the_run(
     token, _, _ = emu.world.issue_token()
 
     async def expire_the_token() -> None:
-        await until(lambda: answers(emu, ROLLBACK)["429"] >= 1)
+        await until(lambda: hits(emu, ROLLBACK)["429"] >= 1)
         clock.advance(emu.world.settings.token_ttl + 1)
 
     async with router_for(emu.url, {"OS_AUTH_TOKEN": token}) as router:
         route = await router.route_for(PROJECT, None)
         with pytest.RaisesGroup(pytest.RaisesExc(RouteClosed, match="APIGW.0301: credentials refused: ")):
             await restoring(route, restore_plan(), expire_the_token)
-    assert answers(emu, ROLLBACK)["401"] == 1
+    assert hits(emu, ROLLBACK)["401"] == 1
     assert emu.world.rollbacks == []
 
 

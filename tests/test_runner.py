@@ -27,8 +27,8 @@ from tests.helpers import (
     EDGE_RUN,
     LIST_ROUTE,
     PROJECT,
-    answers,
     cli_args,
+    hits,
     invoke,
     records,
     router_for,
@@ -94,7 +94,7 @@ async def test_rows_still_queued_when_the_run_stops_get_no_record(
             writer.runner = runner
             await runner.run(rows())
     assert [r["row"] for r in records(path)] == [1]
-    assert answers(emu, CREATE_ROUTE) == Counter({"202": 1})
+    assert hits(emu, CREATE_ROUTE) == Counter({"202": 1})
     assert dict(tally.outcomes) == {"accepted": 1}
     assert len(read) < 10  # reading the manifest stopped too (it runs only a small buffer ahead)
 
@@ -109,10 +109,10 @@ async def test_a_throttled_row_is_not_sent_again_once_the_run_stops(
     async with throttled_runner(emulator, clock, tmp_path, plan) as (emu, runner):
         async with anyio.create_task_group() as group:
             group.start_soon(runner.run, [row_request(1)])
-            await until(lambda: answers(emu, CREATE_ROUTE)["429"] >= 1)
+            await until(lambda: hits(emu, CREATE_ROUTE)["429"] >= 1)
             runner.stop()
-            at_stop = answers(emu, CREATE_ROUTE).total()
-        sent = answers(emu, CREATE_ROUTE)
+            at_stop = hits(emu, CREATE_ROUTE).total()
+        sent = hits(emu, CREATE_ROUTE)
         assert runner.tally.rows == 0
     assert set(sent) == {"429"}
     assert sent.total() <= at_stop + 1  # at most the one already on its way
@@ -137,7 +137,7 @@ async def test_the_deadline_ends_a_throttled_row_that_would_wait_long(
     [row] = records(tmp_path / "r.jsonl")
     assert (row["outcome"], row["error_code"], row["http_status"]) == ("failed", "DEADLINE_EXCEEDED", 429)
     assert row["attempts"] >= 1
-    assert set(answers(emu, CREATE_ROUTE)) == {"429"}
+    assert set(hits(emu, CREATE_ROUTE)) == {"429"}
 
 
 async def test_a_row_being_looked_up_stops_with_the_run_and_progress_shows_the_lookups(
@@ -157,12 +157,12 @@ async def test_a_row_being_looked_up_stops_with_the_run_and_progress_shows_the_l
             )
             async with anyio.create_task_group() as group:
                 group.start_soon(runner.run, [row_request(1)])
-                await until(lambda: answers(emu, CREATE_ROUTE)["504"] == 1)
+                await until(lambda: hits(emu, CREATE_ROUTE)["504"] == 1)
                 runner.stop()
         line = Progress(runner.tally, 1, io.StringIO(), router=router, runner=runner).line()
     assert records(path) == []
-    assert answers(emu, CREATE_ROUTE) == Counter({"504": 1})
-    lookups = answers(emu, LIST_ROUTE)["200"]
+    assert hits(emu, CREATE_ROUTE) == Counter({"504": 1})
+    lookups = hits(emu, LIST_ROUTE)["200"]
     assert lookups >= 1
     assert line.startswith("0/1 rows")
     assert "sent 1" in line
@@ -187,14 +187,14 @@ async def test_a_route_refused_while_a_row_settles_leaves_the_row_unconfirmed(
             )
             async with anyio.create_task_group() as group:
                 group.start_soon(runner.run, [row_request(1)])
-                await until(lambda: answers(emu, CREATE_ROUTE)["504"] == 1)
+                await until(lambda: hits(emu, CREATE_ROUTE)["504"] == 1)
                 clock.advance(emu.world.settings.token_ttl + 1)
         closures = router.closures()
     [row] = records(path)
     assert (row["outcome"], row["error_code"]) == ("failed", "UNCONFIRMED")
     assert "stopped sending (APIGW.0301)" in row["error_message"]
     assert "--resume looks again" in row["error_message"]
-    assert answers(emu, LIST_ROUTE) == Counter({"401": 1})
+    assert hits(emu, LIST_ROUTE) == Counter({"401": 1})
     assert [c.code for c in closures] == ["APIGW.0301"]
     assert "credentials refused" in closures[0].message
 

@@ -43,7 +43,6 @@ from tests.helpers import (
     RUN,
     VOLUMES,
     WRONG,
-    answers,
     call,
     cli_args,
     create_args,
@@ -475,8 +474,8 @@ async def test_a_throttled_second_page_settles_the_rows_of_the_first(
         SEEDED[0].id: "wait_timeout",
         **{SEEDED[index].id: "available" for index in range(1, 101)},
     }
-    assert answers(emu, LIST_ROUTE)["200"] == 1
-    assert answers(emu, LIST_ROUTE)["429"] >= 1
+    assert hits(emu, LIST_ROUTE)["200"] == 1
+    assert hits(emu, LIST_ROUTE)["429"] >= 1
 
 
 async def test_a_throttled_query_by_id_falls_back_to_a_look_at_the_snapshot(
@@ -486,9 +485,9 @@ async def test_a_throttled_query_by_id_falls_back_to_a_look_at_the_snapshot(
     snapshot is looked at by GET (throttled too) and the row ends wait_timeout, its status unknown."""
     emu, outcomes = await wait_throttled(emulator, clock, tmp_path, [500])
     assert outcomes == {SEEDED[500].id: "wait_timeout"}
-    assert answers(emu, LIST_ROUTE)["200"] == 1
-    assert answers(emu, SHOW_ROUTE)["429"] >= 1
-    assert "200" not in answers(emu, SHOW_ROUTE)
+    assert hits(emu, LIST_ROUTE)["200"] == 1
+    assert hits(emu, SHOW_ROUTE)["429"] >= 1
+    assert "200" not in hits(emu, SHOW_ROUTE)
 
 
 async def test_a_snapshot_deleted_between_pages_shifts_a_row_off_them_and_a_get_finds_it(
@@ -499,7 +498,7 @@ async def test_a_snapshot_deleted_between_pages_shifts_a_row_off_them_and_a_get_
     emu = await emulator(clock=clock, latency_ms=30, snapshots=SEEDED)
 
     async def delete_one_already_listed() -> None:
-        await until(lambda: answers(emu, LIST_ROUTE)["200"] == 1)
+        await until(lambda: hits(emu, LIST_ROUTE)["200"] == 1)
         emu.world.delete_snapshot(emu.world.snapshots[SEEDED[1000].id])
         clock.advance(emu.world.settings.deleting_seconds)
 
@@ -513,8 +512,8 @@ async def test_a_snapshot_deleted_between_pages_shifts_a_row_off_them_and_a_get_
                 await waiter.run()
     assert dict(tally.outcomes) == {"available": 101}
     assert waiter.round_requests == [3]  # two pages and one GET: one round
-    assert answers(emu, LIST_ROUTE) == Counter({"200": 2})
-    assert answers(emu, SHOW_ROUTE) == Counter({"200": 1})
+    assert hits(emu, LIST_ROUTE) == Counter({"200": 2})
+    assert hits(emu, SHOW_ROUTE) == Counter({"200": 1})
 
 
 async def test_a_look_at_a_snapshot_refused_for_the_credentials_stops_the_wait(
@@ -526,7 +525,7 @@ async def test_a_look_at_a_snapshot_refused_for_the_credentials_stops_the_wait(
     token, _, _ = emu.world.issue_token()
 
     async def expire_the_token() -> None:
-        await until(lambda: answers(emu, LIST_ROUTE)["429"] == 1)
+        await until(lambda: hits(emu, LIST_ROUTE)["429"] == 1)
         clock.advance(emu.world.settings.token_ttl + 1)
 
     path = tmp_path / "w.jsonl"
@@ -539,7 +538,7 @@ async def test_a_look_at_a_snapshot_refused_for_the_credentials_stops_the_wait(
                     group.start_soon(expire_the_token)
                     await waiter.run()
     assert records(path) == []
-    assert answers(emu, SHOW_ROUTE) == Counter({"401": 1})
+    assert hits(emu, SHOW_ROUTE) == Counter({"401": 1})
 
 
 @pytest.mark.anyio
