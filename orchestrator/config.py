@@ -20,6 +20,7 @@ REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z]+)+-\d{1,3}$")
 PROJECT_RE = re.compile(r"^[0-9a-f]{32}$")
 HOST_RE = re.compile(r"[A-Za-z0-9._:%-]+")  # a name, IPv4 or IPv6 (punycode for IDN)
 USERINFO_RE = re.compile(r"(//)[^/?#]*@")
+RUN_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")  # what RunIdentity.new writes
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,6 +35,11 @@ class RunIdentity:
     def __post_init__(self) -> None:
         object.__setattr__(self, "day", self.started.strftime("%Y%m%d"))
         object.__setattr__(self, "stamp", self.started.strftime("%Y%m%dT%H%M%SZ"))
+
+    @staticmethod
+    def well_formed(run_id: str) -> bool:
+        """``run_id`` has the form ``new`` gives (start time, ``-``, six hex digits): a run of the tool."""
+        return RUN_ID.fullmatch(run_id) is not None
 
     @classmethod
     def new(cls, started: datetime) -> RunIdentity:

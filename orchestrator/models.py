@@ -286,6 +286,9 @@ class RunHeader:
         return None
 
 
+RESOURCE_NOT_FOUND = frozenset({"EVS.5404"})  # the code a snapshot or disk that does not exist answers
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Answer:
     """An HTTP answer: status, parsed JSON body (or ``None``), and the headers we use.
@@ -299,10 +302,23 @@ class Answer:
     retry_after: str | None = None
     subject_token: str | None = dataclasses.field(default=None, repr=False)
     sent_with: str | None = dataclasses.field(default=None, repr=False)
+    date: str | None = dataclasses.field(default=None, repr=False)  # the server's ``Date`` header
 
     @property
     def ok(self) -> bool:
         return self.status < 400
+
+    @property
+    def gone(self) -> bool:
+        """A 404 that the resource itself gave (``EVS.5404``, or the Cinder ``itemNotFound`` body).
+
+        Any other 404 (the gateway's ``APIGW.0101``: an API missing in the region, a wrong path)
+        says nothing of the resource: it is never taken for "already gone".
+        """
+        if self.status != 404:
+            return False
+        body = self.body
+        return (isinstance(body, dict) and "itemNotFound" in body) or self.error()[0] in RESOURCE_NOT_FOUND
 
     def error(self) -> tuple[str, str | None]:
         """``(error_code, error_message)`` from whichever body shape came back, as the SDK reads it."""

@@ -261,11 +261,16 @@ def _rows(
     project_id: str | None,
 ) -> RowDefaults:
     from orchestrator import config  # noqa: PLC0415 - keeps --help fast
-    from orchestrator.rules import check_metadata_option_keys, check_template  # noqa: PLC0415
+    from orchestrator.rules import (  # noqa: PLC0415
+        check_metadata_option_keys,
+        check_metadata_templates,
+        check_template,
+    )
 
     check_template(name_template)
     metadata = config.parse_metadata_options(metadata_items)
     check_metadata_option_keys(metadata)
+    check_metadata_templates(metadata)
     return config.RowDefaults(
         name_template=name_template,
         description=description,
@@ -299,7 +304,8 @@ ROWS = group(
         "metadata_items",
         multiple=True,
         metavar="KEY=VALUE",
-        help="Metadata for every snapshot (repeatable); a row's own metadata wins.",
+        help="Metadata for every snapshot (repeatable); the value may name columns as --name-template does "
+        "({tag:env}, {server_id}; an empty cell leaves the key out); a row's own metadata wins.",
     ),
     click.option(
         "--force/--no-force",

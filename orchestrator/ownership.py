@@ -1,8 +1,10 @@
 """Whose a snapshot is: the tool's, a given run's, a given row's. Judged here once, for ``prune``,
 ``audit``, ``cleanup``, ``rollback`` and create's end-of-run sweep.
 
-- **The tool's** (``Ownership.owns``: prune, audit): it carries the ``evs_snapshot_run`` marker (not
-  empty) or, with an explicit ``--name-prefix``, it is named with that prefix.
+- **The tool's** (``Ownership.owns``: prune, audit): its ``evs_snapshot_run`` marker is a well-formed
+  run id of the tool (``RunIdentity.well_formed``: ``YYYYMMDDTHHMMSSZ-`` and six hex digits) or, with
+  an explicit ``--name-prefix``, it is named with that prefix. The marker is metadata that anyone with
+  EVS write access can set or copy: it identifies, it does not authenticate.
 - **A run's** (``of_run``: cleanup, the sweep): it carries that run's marker.
 - **A row's** (``refusal``: cleanup, rollback): it is the run's and of the row's disk.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 
 from orchestrator.api.views import BACKUP_PREFIXES, Snapshot
+from orchestrator.config import RunIdentity
 from orchestrator.errors import UsageError
 
 BACKUP_SNAPSHOT = "BACKUP_SNAPSHOT"
@@ -55,7 +58,7 @@ class Ownership:
     def owns(self, snapshot: Snapshot) -> bool:
         if snapshot.is_backup:
             return False
-        if snapshot.marked():
+        if snapshot.marker is not None and RunIdentity.well_formed(snapshot.marker):
             return True
         return self.name_prefix is not None and (snapshot.name or "").startswith(self.name_prefix)
 

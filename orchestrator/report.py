@@ -489,8 +489,9 @@ def final_records(path: Path) -> Iterator[Record]:
 def name_shape(row_defaults: RowDefaults) -> dict[str, str]:
     """The options that shape names, metadata and where rows go: a resume with others would misidentify rows.
 
-    ``--force`` and ``--description`` may change between a run and its resume (say, to force the rows
-    that were refused as in-use).
+    ``metadata`` holds the ``--metadata`` values as given, templates unrendered (``{tag:env}``), so a
+    resume with another template is refused. ``--force`` and ``--description`` may change between a
+    run and its resume (say, to force the rows that were refused as in-use).
     """
     return {
         "name_template": row_defaults.name_template,

@@ -24,7 +24,7 @@ import orjson
 from orchestrator.config import PROJECT_RE, REGION_RE, RowDefaults, RunIdentity
 from orchestrator.duplicates import UUID_RE, volume_key
 from orchestrator.errors import UsageError
-from orchestrator.manifest import RawRow
+from orchestrator.manifest import TAG_PREFIX, RawRow
 from orchestrator.models import Outcome, Record, SnapshotRequest, utc_iso
 
 NAME_MAX = 64
@@ -37,6 +37,9 @@ RUN_MARKER_KEY = "evs_snapshot_run"
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 BUILTIN_PLACEHOLDERS = frozenset({"volume_id", "row", "run_id", "date", "datetime"})
+PLACEHOLDER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+# {tag:KEY}: a tag key (letters, digits, spaces and _ . : = + - @ /) as select --with-tags names its column
+TAG_KEY_RE = re.compile(r"[\w.:=+\-@/]+(?: [\w.:=+\-@/]+)*")
 
 
 class RowProblem(Exception):
@@ -48,18 +51,47 @@ class RowProblem(Exception):
         self.message = message
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)
 def _parsed(template: str) -> tuple[tuple[str, str | None, str | None, str | None], ...]:
     """The template's pieces, parsed once per run rather than once per row."""
     return tuple(string.Formatter().parse(template))
 
 
-def check_template(template: str) -> None:
-    """Refuse templates that could do more than substitute names (attribute access, conversions)."""
+@functools.lru_cache(maxsize=64)
+def _pieces(template: str) -> tuple[tuple[str, str | None], ...]:
+    """The template as (fixed text, column or ``None``) pairs; ``{tag:KEY}`` names the column ``tag:KEY``."""
+    return tuple(
+        (literal, None if field is None else TAG_PREFIX + spec if field == "tag" and spec else field)
+        for literal, field, spec, _ in _parsed(template)
+    )
+
+
+def _checked(template: str, option: str) -> tuple[tuple[str, str | None, str | None, str | None], ...]:
+    """The template's pieces; a template that could do more than substitute columns is a usage error.
+
+    A placeholder is a plain name (a manifest column or a built-in value), or ``{tag:KEY}``: never
+    attribute access, indexing, a conversion or a format spec.
+    """
     try:
         parsed = _parsed(template)
     except ValueError as exc:
-        raise UsageError(f"--name-template {template!r}: {exc}") from None
+        raise UsageError(f"{option} {template!r}: {exc}") from None
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        plain = bool(field) and PLACEHOLDER_RE.fullmatch(field) is not None and not conversion
+        tag = field == "tag" and TAG_KEY_RE.fullmatch(spec or "") is not None
+        if not plain or (spec and not tag):
+            raise UsageError(
+                f"{option} {template!r}: placeholder {{{field}}} must be a plain name such as "
+                "{volume_id}, {row}, {run_id}, {date}, {datetime}, a manifest column or {tag:KEY}"
+            )
+    return parsed
+
+
+def check_template(template: str) -> None:
+    """Refuse name templates that could do more than substitute names, or never give a valid name."""
+    parsed = _checked(template, "--name-template")
     literal = "".join(piece for piece, _, _, _ in parsed)
     index = unsafe_character(literal)
     if index is not None:
@@ -75,14 +107,47 @@ def check_template(template: str) -> None:
         raise UsageError(f"--name-template {template!r}: gives every snapshot a blank name")
     if parsed and parsed[0][0].startswith(RESERVED_NAME_PREFIX):
         raise UsageError(f"--name-template {template!r}: {RESERVED_NAME_PREFIX} is reserved for backups")
-    for _, field, spec, conversion in parsed:
-        if field is None:
-            continue
-        if not field or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", field) or conversion or spec:
-            raise UsageError(
-                f"--name-template {template!r}: placeholder {{{field}}} must be a plain name such as "
-                "{volume_id}, {row}, {run_id}, {date}, {datetime} or a manifest column"
-            )
+
+
+def check_metadata_templates(metadata: Mapping[str, str]) -> None:
+    """Refuse ``--metadata KEY=TEMPLATE`` values that could do more than substitute columns."""
+    for key, template in metadata.items():
+        _checked(template, f"--metadata {key}")
+
+
+def template_columns(template: str) -> list[str]:
+    """The manifest columns a template names, in order (the built-in values left out)."""
+    return [
+        column for _, column in _pieces(template) if column is not None and column not in BUILTIN_PLACEHOLDERS
+    ]
+
+
+def columns_checked(rows: Iterable[RawRow], defaults: RowDefaults) -> Iterator[RawRow]:
+    """The rows, passed through; once they are all read, a column that a ``--metadata`` template names
+    and no row has is a usage error (exit 2): the first pass raises it, before anything is sent.
+
+    A column some row has is known, even when its cells are empty (an empty cell leaves the key out).
+    """
+    wanted = {
+        column: f"--metadata {key}={template}"
+        for key, template in defaults.metadata.items()
+        for column in template_columns(template)
+    }
+    for raw in rows:
+        if wanted and raw.fields is not None:
+            for column in [column for column in wanted if column in raw.fields]:
+                del wanted[column]
+        yield raw
+    if wanted:
+        column, option = next(iter(wanted.items()))
+        hint = (
+            " (select --with-tags writes a tag:KEY column for each tag)"
+            if column.startswith(TAG_PREFIX)
+            else ""
+        )
+        raise UsageError(
+            f"{option}: no row of the manifest has the column {column!r}{hint}; nothing was sent"
+        )
 
 
 def check_metadata_option_keys(metadata: Mapping[str, str]) -> None:
@@ -109,20 +174,32 @@ def unsafe_character(text: str) -> int | None:
     return None
 
 
-def render_name(template: str, values: Mapping[str, object]) -> str:
-    """The template with each placeholder replaced; a placeholder without a value is a ``RowProblem``."""
+def render(template: str, values: Mapping[str, object]) -> str | None:
+    """The template with each placeholder replaced; ``None`` when one has no value (absent or empty)."""
     out = []
-    for literal, field, _, _ in _parsed(template):
+    for literal, column in _pieces(template):
         out.append(literal)
-        if field is not None:
-            value = values.get(field)
+        if column is not None:
+            value = values.get(column)
             if value is None or value == "":
-                raise RowProblem(
-                    "TEMPLATE_ERROR",
-                    f"--name-template needs {{{field}}}, which this row does not have",
-                )
+                return None
             out.append(str(value))
     return "".join(out)
+
+
+def render_name(template: str, values: Mapping[str, object]) -> str:
+    """The template with each placeholder replaced; a placeholder without a value is a ``RowProblem``."""
+    name = render(template, values)
+    if name is None:
+        missing = next(
+            column
+            for _, column in _pieces(template)
+            if column is not None and values.get(column) in (None, "")
+        )
+        raise RowProblem(
+            "TEMPLATE_ERROR", f"--name-template needs {{{missing}}}, which this row does not have"
+        )
+    return name
 
 
 @dataclasses.dataclass(slots=True)
@@ -134,6 +211,10 @@ class RowValidator:
     candidates: set[bytes]
     region_required: bool = True
     first_rows: dict[bytes, int] = dataclasses.field(default_factory=dict)
+    templated: bool = dataclasses.field(init=False)  # some --metadata value is rendered (has a brace)
+
+    def __post_init__(self) -> None:
+        self.templated = any("{" in value or "}" in value for value in self.defaults.metadata.values())
 
     def validate_all(self, rows: Iterable[RawRow]) -> Iterator[SnapshotRequest | Record]:
         for raw in rows:
@@ -212,21 +293,13 @@ class RowValidator:
                 f"{where}: description has {len(description)} characters, at most {DESCRIPTION_MAX}",
             )
         force = _force(fields.get("force"), raw.from_csv, where)
-        metadata = {**self.defaults.metadata, **_metadata(fields, raw.from_csv, where)}
+        values = self._values(fields, volume_id, raw.row) if self.templated else None
+        metadata = {**self._metadata(values), **_metadata(fields, raw.from_csv, where)}
         _check_metadata(metadata, where)
         name = _optional_text(fields, "name", where, strip=False)
         rendered = name is None
         if name is None:
-            values: dict[str, object] = {
-                key: value for key, value in fields.items() if isinstance(value, str | int | float | bool)
-            }
-            values.update(
-                volume_id=volume_id,
-                row=raw.row,
-                run_id=self.identity.run_id,
-                date=self.identity.day,
-                datetime=self.identity.stamp,
-            )
+            values = values if values is not None else self._values(fields, volume_id, raw.row)
             name = render_name(self.defaults.name_template, values)
         _check_name(name, where, rendered=rendered)
         return SnapshotRequest(
@@ -240,6 +313,27 @@ class RowValidator:
             force=force if force is not None else self.defaults.force,
             metadata=metadata,
         )
+
+    def _metadata(self, values: Mapping[str, object] | None) -> dict[str, str]:
+        """``--metadata`` with its templates rendered; a placeholder with an empty cell leaves its key out."""
+        if values is None:
+            return dict(self.defaults.metadata)
+        rendered = ((key, render(template, values)) for key, template in self.defaults.metadata.items())
+        return {key: value for key, value in rendered if value is not None}
+
+    def _values(self, fields: Mapping[str, Any], volume_id: str, row: int) -> dict[str, object]:
+        """What placeholders name: the row's columns and the built-in values."""
+        values: dict[str, object] = {
+            key: value for key, value in fields.items() if isinstance(value, str | int | float | bool)
+        }
+        values.update(
+            volume_id=volume_id,
+            row=row,
+            run_id=self.identity.run_id,
+            date=self.identity.day,
+            datetime=self.identity.stamp,
+        )
+        return values
 
 
 def _fields_of(raw: RawRow) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from tests.helpers import (
     invoke,
     last_per_row,
     records,
+    run_id_of,
     volume_ids,
 )
 
@@ -216,7 +217,7 @@ def seeded(
         name=f"nightly-{moment:%Y%m%d%H%M}",
         status=status,
         created_at=evs_time(moment),
-        metadata={MARKER: run} if run else {},
+        metadata={MARKER: run_id_of(run)} if run else {},
     )
 
 

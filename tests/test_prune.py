@@ -45,6 +45,7 @@ from tests.helpers import (
     prune,
     records,
     requests_of,
+    run_id_of,
     run_process,
     snap,
     start,
@@ -80,7 +81,7 @@ def test_keep_last_deletes_only_the_oldest_owned(
         assert record["outcome"] == "deleted"
         assert record["rule"] == "keep-last 3"
         assert record["volume_id"] == disk
-        assert record["source_run"] == "run-old"
+        assert record["source_run"] == run_id_of("run-old")
         assert record["snapshot_name"].startswith("pre-maint-")
         assert record["created_at"]
     assert set(live(emu)) == {s.id for s in owned[:3] + foreign}
@@ -513,7 +514,7 @@ def test_unreadable_creation_time_is_kept_as_newest(
         volume_id=disk,
         name="odd",
         created_at="yesterday",
-        metadata={"evs_snapshot_run": "x"},
+        metadata={"evs_snapshot_run": "20261101T000000Z-0a0b0c"},
     )
     dated = [snap(disk, d) for d in (1, 2, 3)]
     emu = start(emulator_thread, [disk], [odd, *dated])

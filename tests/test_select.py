@@ -147,7 +147,8 @@ def test_no_match_exits_1_and_writes_nothing(
 
 
 def test_pages_1000_at_a_time(emulator_thread: Callable[..., EmulatorThread]) -> None:
-    """2,500 disks cost 3 list pages; 1,001 tagged disks cost 2 tag pages."""
+    """2,500 disks cost 3 list pages; --tag lists them again (3 pages: tags are matched on the list)
+    and cross-checks 1,001 tagged disks with 2 tag pages."""
     many = tuple(
         SeedVolume(
             volume_id=str(uuid.UUID(int=0xB0000 + index, version=4)),
@@ -163,7 +164,7 @@ def test_pages_1000_at_a_time(emulator_thread: Callable[..., EmulatorThread]) ->
     assert result.exit_code == 0, result.stderr
     assert len(csv_rows(result.stdout)) == 1001
     state = emu.state()
-    assert requests_of(state, DETAIL) == {"200": 3}
+    assert requests_of(state, DETAIL) == {"200": 6}
     assert requests_of(state, BY_TAGS) == {"200": 2}
 
 
@@ -297,15 +298,18 @@ def test_output_under_a_file_names_that_file(
 def test_select_checks_other_selectors_on_tagged_disks(
     emulator_thread: Callable[..., Any], selectors: list[str], expected: set[int]
 ) -> None:
-    """With --tag the disks come from the tags API, which knows nothing of --server or --metadata: each
-    tagged disk is checked against them, so a tagged disk on another server, or without the metadata,
-    is left out."""
+    """With --tag the disks come from the volume list (per --server), cross-checked with the tags API,
+    which knows nothing of --server or --metadata: each tagged disk is checked against them, so a
+    tagged disk on another server, or without the metadata, is left out."""
     emu = emulator_thread(volumes=DISKS)
     result = select(emu, *selectors)
     assert result.exit_code == 0, result.stderr
     chosen = {line.split(",", 1)[0] for line in result.stdout.splitlines()[1:]}
     assert chosen == {IDS[i] for i in expected}
-    assert set(emu.state()["requests"]) == {"POST /v2/{project_id}/cloudvolumes/resource_instances/action"}
+    assert set(emu.state()["requests"]) == {
+        "GET /v2/{project_id}/cloudvolumes/detail",
+        "POST /v2/{project_id}/cloudvolumes/resource_instances/action",
+    }
 
 
 def test_select_needs_a_project_or_a_region(emulator_thread: Callable[..., Any]) -> None:

@@ -71,6 +71,7 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
     from orchestrator.lock import run_lock  # noqa: PLC0415
     from orchestrator.manifest import manifest_digest, read_rows, spooled  # noqa: PLC0415
     from orchestrator.report import check_report_path, name_shape, refuse_existing, resume_identity  # noqa: PLC0415
+    from orchestrator.rules import columns_checked  # noqa: PLC0415
     from orchestrator.signals import in_thread  # noqa: PLC0415
 
     if settings.wait is not None and settings.report == "-":
@@ -119,8 +120,10 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
             held = frame.lock(_locks(settings, digest), "create --resume" if settings.resume else "create")
             if not settings.resume and settings.report != "-":
                 refuse_existing(Path(settings.report))  # before anything is sent
-            total, candidates = await in_thread(
-                lambda: duplicate_candidates(rows(warn_columns=True), settings.defaults)
+            total, candidates = await in_thread(  # a --metadata column no row has exits 2 here
+                lambda: duplicate_candidates(
+                    columns_checked(rows(warn_columns=True), settings.defaults), settings.defaults
+                )
             )
             book, identity = resume_identity(
                 settings.report,
