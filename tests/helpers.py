@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -46,9 +45,7 @@ from orchestrator.emulator.settings import (
     DEFAULT_USER,
 )
 from orchestrator.models import Outcome, Record, RunHeader, SnapshotRequest
-from orchestrator.restore import Finding, RestorePlan, restore_row
 from orchestrator.retry import RetryPolicy
-from orchestrator.waiter import WaitPlan
 
 PROJECT = "0123456789abcdef0123456789abcdef"
 TOKEN = "test-fixed-token-0001"
@@ -234,15 +231,6 @@ def in_flight(data: bytes) -> set[int]:
         elif "row" in item and item.get("outcome") not in ("duplicate_deleted", "duplicate_found"):
             open_rows.discard(item["row"])
     return open_rows
-
-
-def records_in(data: bytes) -> list[dict[str, Any]]:
-    """The row records (no header, no journal) among the whole lines of report bytes."""
-    found = []
-    for line in data.splitlines():
-        if line.endswith(b"}") and b'"type":"run"' not in line and b'"outcome":"sending"' not in line:
-            found.append(orjson.loads(line))
-    return found
 
 
 def volume_ids(count: int, seed: int = 0) -> list[str]:
@@ -441,13 +429,6 @@ def world(count: int, *, attached: frozenset[int] = frozenset()) -> dict[str, An
 ROLLBACK = "POST /v2/{project_id}/cloudsnapshots/{snapshot_id}/rollback"
 
 
-def by_row(path: Path) -> dict[int, dict[str, Any]]:
-    final: dict[int, dict[str, Any]] = {}
-    for record in records(path):
-        final[record["row"]] = record
-    return final
-
-
 def rollbacks_per_snapshot(state: dict[str, Any]) -> Counter[str]:
     return Counter(item["snapshot_id"] for item in state["rollbacks"])
 
@@ -487,36 +468,7 @@ async def until(condition: Callable[[], bool]) -> None:
 SERVER = "7c3e6a52-0f1d-4b8e-9c2a-5d4f3e2b1a09"
 
 
-def requests_note(stderr: str) -> dict[str, int]:
-    """The rollback summary's ``requests: 2 checks, 1 lookups, ...`` line, by kind."""
-    (line,) = [text for text in stderr.splitlines() if "requests: " in text]
-    return {kind: int(count) for count, kind in re.findall(r"(\d+) (\w+)", line.split("requests: ", 1)[1])}
-
-
 VOLUME_GET = "GET /v2/{project_id}/cloudvolumes/{volume_id}"
-
-
-def restore_plan(settle: float = 5.0) -> RestorePlan:
-    return RestorePlan(
-        source_run=RUN,
-        policy=RetryPolicy(max_attempts=50, initial_wait=0.01, max_wait=0.02),
-        settle=settle,
-        wait=WaitPlan(timeout=5.0, interval=0.02),
-    )
-
-
-async def restoring(route: Route, plan: RestorePlan, meanwhile: Callable[[], Any] | None = None) -> Finding:
-    """``restore_row`` on row 1; ``meanwhile`` (awaited) runs beside it, in the same loop."""
-    found: list[Finding] = []
-
-    async def restore() -> None:
-        found.append(await restore_row(route, source_row(), plan))
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(restore)
-        if meanwhile is not None:
-            await meanwhile()
-    return found[0]
 
 
 OTHER_RUN = "20261120T010101Z-def456"

@@ -16,13 +16,15 @@ from orchestrator.api.routes import Route
 from orchestrator.deleter import Deleter, Job, delete_snapshot
 from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
 from orchestrator.errors import RouteClosed
-from orchestrator.retry import RetryPolicy
 from tests.helpers import (
     AKSK,
     CLOSED_PORT,
+    DELETE,
     FAST_RETRIES,
     LIST,
     PROJECT,
+    QUICK,
+    SHOW,
     WRONG,
     api_seeded,
     create_args,
@@ -41,9 +43,6 @@ from tests.helpers import (
 
 VOLUME = str(uuid.UUID(int=0xDE00, version=4))
 DELETING, ROLLBACKING, AVAILABLE = (str(uuid.UUID(int=0xDE01 + index, version=4)) for index in range(3))
-DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"
-SHOW = "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"
-QUICK = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02)
 
 
 def seeded(status: str, *, project_id: str | None = None) -> SeedSnapshot:

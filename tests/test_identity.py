@@ -21,6 +21,7 @@ from tests.helpers import (
     AKSK,
     CORE_IDS,
     CREATE_ROUTE,
+    DELETE,
     EDGE_RUN,
     FAST_RETRIES,
     LIST_ROUTE,
@@ -53,9 +54,6 @@ MARKER = "evs_snapshot_run"
 
 def run_id_of(report: Path) -> str:
     return str(header(report)["run_id"])
-
-
-DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 
 
 def test_every_snapshot_carries_the_run_marker_beside_user_metadata(

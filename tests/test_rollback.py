@@ -40,7 +40,6 @@ from tests.helpers import (
     SNAPS,
     VOLUMES,
     WRONG,
-    by_row,
     cli_args,
     create_args,
     create_report,
@@ -101,6 +100,13 @@ def refused_report(emu_factory: Callable[..., Any], tmp_path: Path) -> tuple[Emu
     assert first.exit_code == 1, first.output
     assert [(r["outcome"], r["error_code"]) for r in records(report)] == [("refused", "NOT_THIS_RUN")]
     return emu, source, report
+
+
+def by_row(path: Path) -> dict[int, dict[str, Any]]:
+    final: dict[int, dict[str, Any]] = {}
+    for record in records(path):
+        final[record["row"]] = record
+    return final
 
 
 def test_plan_sends_nothing_and_names_blockers(

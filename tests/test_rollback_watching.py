@@ -9,6 +9,7 @@ between two requests: its 30 ms latency is the window, six times the 5 ms poll o
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import subprocess
 import sys
@@ -21,19 +22,25 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 import orjson
 import pytest
 from click.testing import CliRunner
 
 from orchestrator.actions import Action
+from orchestrator.api.routes import Route
 from orchestrator.cli import main
 from orchestrator.emulator import EmulatorThread, ManualClock, RunningEmulator, SeedSnapshot, SeedVolume
 from orchestrator.errors import RouteClosed
+from orchestrator.restore import Finding, RestorePlan, restore_row
+from orchestrator.retry import RetryPolicy
+from orchestrator.waiter import WaitPlan
 from tests.helpers import (
     AKSK,
     OTHER_RUN,
     PROJECT,
     ROLLBACK,
+    RUN,
     SERVER,
     SNAPS,
     TOKEN,
@@ -44,14 +51,12 @@ from tests.helpers import (
     hits,
     marker,
     records,
-    requests_note,
     requests_of,
-    restore_plan,
-    restoring,
     rollback,
     rollbacks_per_snapshot,
     routed,
     router_for,
+    source_row,
     until,
     world,
 )
@@ -89,6 +94,35 @@ def rollbacks_end_once_seen(emu: EmulatorThread, clock: ManualClock) -> Iterator
 
 # --- the emulator's switches -------------------------------------------------------------------
 VOLUME_LIST = "GET /v2/{project_id}/cloudvolumes/detail"
+
+
+def requests_note(stderr: str) -> dict[str, int]:
+    """The rollback summary's ``requests: 2 checks, 1 lookups, ...`` line, by kind."""
+    (line,) = [text for text in stderr.splitlines() if "requests: " in text]
+    return {kind: int(count) for count, kind in re.findall(r"(\d+) (\w+)", line.split("requests: ", 1)[1])}
+
+
+def restore_plan(settle: float = 5.0) -> RestorePlan:
+    return RestorePlan(
+        source_run=RUN,
+        policy=RetryPolicy(max_attempts=50, initial_wait=0.01, max_wait=0.02),
+        settle=settle,
+        wait=WaitPlan(timeout=5.0, interval=0.02),
+    )
+
+
+async def restoring(route: Route, plan: RestorePlan, meanwhile: Callable[[], Any] | None = None) -> Finding:
+    """``restore_row`` on row 1; ``meanwhile`` (awaited) runs beside it, in the same loop."""
+    found: list[Finding] = []
+
+    async def restore() -> None:
+        found.append(await restore_row(route, source_row(), plan))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(restore)
+        if meanwhile is not None:
+            await meanwhile()
+    return found[0]
 
 
 @pytest.mark.parametrize(

@@ -38,9 +38,11 @@ from tests.helpers import (
     AKSK,
     API_IDS,
     CLOSED_PORT,
+    LIST,
     LIST_ROUTE,
     PROJECT,
     RUN,
+    SHOW,
     VOLUMES,
     WRONG,
     call,
@@ -96,12 +98,6 @@ async def wait_throttled(
             with anyio.fail_after(5):
                 await waiter.run()
     return emu, {r["snapshot_id"]: r["outcome"] for r in records(tmp_path / "w.jsonl")}
-
-
-LIST = "GET /v2/{project_id}/cloudsnapshots/detail"
-
-
-SHOW = "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 
 
 @contextlib.asynccontextmanager
