@@ -18,10 +18,9 @@ import click
 
 from orchestrator import __version__
 from orchestrator.console import Console
-from orchestrator.entry import first_error
+from orchestrator.entry import INTERNAL_ERROR, first_error
 from orchestrator.errors import EvsSnapshotError
 
-INTERNAL_ERROR = 70
 COMMANDS = (
     "create",
     "wait",
@@ -32,6 +31,8 @@ COMMANDS = (
     "audit",
     "select",
     "rollback",
+    "hold",
+    "release",
     "emulator",
 )
 

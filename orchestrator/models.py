@@ -228,10 +228,13 @@ class RunHeader:
     # Seconds after a create left within which its snapshot may still appear (--timeout + --settle):
     # cleanup waits that long after the last send whose answer the report does not hold.
     window: float = 0.0
+    # Where the run sent its requests, as its options said (``Connection.recorded``: never a credential),
+    # so that ``summary --format markdown`` can write the follow-up commands with them.
+    connection: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> bytes:
         data: dict[str, Any] = {"type": "run", **dataclasses.asdict(self)}
-        for flag in ("emulator", "dry_run", "journal", "window"):
+        for flag in ("emulator", "dry_run", "journal", "window", "connection"):
             if not data[flag]:
                 del data[flag]  # headers of ordinary runs read as before
         return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
@@ -256,6 +259,7 @@ class RunHeader:
                 dry_run=data.get("dry_run") is True,
                 journal=data.get("journal") is True,
                 window=_seconds(data.get("window")),
+                connection={str(k): str(v) for k, v in dict(data.get("connection") or {}).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a run header: {exc}") from exc

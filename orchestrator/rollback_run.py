@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from orchestrator.api.routes import Route, Router
     from orchestrator.config import Connection
     from orchestrator.console import Console
-    from orchestrator.frame import Frame
+    from orchestrator.frame import Closing, Frame
     from orchestrator.retry import RetryPolicy
     from orchestrator.waiter import WaitPlan
 
@@ -61,6 +61,7 @@ class RollbackSettings:
     lock_file: Path | None = None
     again: bool = False  # roll back rows that an earlier rollback report shows rolled back
     retry_failed: bool = False  # send again for rows last recorded rollback_failed (error_rollbacking)
+    closing: Closing | None = None  # its notifications (--ping-url, --webhook)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

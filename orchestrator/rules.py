@@ -1,7 +1,8 @@
 """Row rules: a ``RawRow`` becomes a ``SnapshotRequest`` to send, or an ``invalid`` report record.
 
-Also the name template, and the metadata key of the run marker (``RUN_MARKER_KEY``), which neither a
-manifest nor ``--metadata`` may set. Duplicate detection's first pass lives in ``duplicates.py``.
+Also the name template, and the metadata keys the tool reserves: the run marker (``RUN_MARKER_KEY``)
+and the hold (``HOLD_KEY``, set by ``create --hold REASON``), which neither a manifest nor ``--metadata``
+may set. Duplicate detection's first pass lives in ``duplicates.py``.
 
 Names (given, or rendered from the template) are 1 to 64 characters, not only whitespace, without
 the backup prefix, and without control or format characters (Unicode categories Cc, Cf, Cs, Zl, Zp:
@@ -34,6 +35,7 @@ METADATA_VALUE_MAX = 255
 RESERVED_NAME_PREFIX = "autobk_snapshot_"
 RESERVED_METADATA_PREFIX = "__system__"
 RUN_MARKER_KEY = "evs_snapshot_run"
+HOLD_KEY = "evs_snapshot_hold"
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 BUILTIN_PLACEHOLDERS = frozenset({"volume_id", "row", "run_id", "date", "datetime"})
@@ -151,17 +153,39 @@ def columns_checked(rows: Iterable[RawRow], defaults: RowDefaults) -> Iterator[R
 
 
 def check_metadata_option_keys(metadata: Mapping[str, str]) -> None:
-    """Refuse ``--metadata`` options that set the run marker or a ``__system__`` key (a usage error)."""
+    """Refuse ``--metadata`` options that set the run marker, the hold or a ``__system__`` key (a usage
+    error)."""
     for key in metadata:
         if _is_run_marker(key):
             raise UsageError(
                 f"--metadata {key!r}: the key {RUN_MARKER_KEY} is reserved for the run marker that "
                 "evs-snapshot puts on every snapshot it creates"
             )
+        if _is_hold(key):
+            raise UsageError(
+                f"--metadata {key!r}: the key {HOLD_KEY} is reserved for holds; use --hold REASON"
+            )
         if key.startswith(RESERVED_METADATA_PREFIX):
             raise UsageError(
                 f"--metadata {key!r}: keys starting with {RESERVED_METADATA_PREFIX} are reserved by the cloud"
             )
+
+
+def check_hold_reason(reason: str | None, option: str = "--hold") -> str | None:
+    """``--hold REASON``: 1 to 255 characters, not only whitespace, no control characters (exit 2)."""
+    if reason is None:
+        return None
+    if not reason.strip():
+        raise UsageError(f"{option} needs a REASON (an incident, a change ticket): it must not be empty")
+    if len(reason) > METADATA_VALUE_MAX:
+        raise UsageError(f"{option}: the REASON has {len(reason)} characters, at most {METADATA_VALUE_MAX}")
+    index = unsafe_character(reason)
+    if index is not None:
+        raise UsageError(
+            f"{option}: the REASON has the control character {_described(reason[index])} "
+            f"at position {index + 1}"
+        )
+    return reason
 
 
 def unsafe_character(text: str) -> int | None:
@@ -296,6 +320,8 @@ class RowValidator:
         values = self._values(fields, volume_id, raw.row) if self.templated else None
         metadata = {**self._metadata(values), **_metadata(fields, raw.from_csv, where)}
         _check_metadata(metadata, where)
+        if self.defaults.hold is not None:  # create --hold: in the create request itself
+            metadata[HOLD_KEY] = self.defaults.hold
         name = _optional_text(fields, "name", where, strip=False)
         rendered = name is None
         if name is None:
@@ -399,6 +425,11 @@ def _check_metadata(metadata: Mapping[str, Any], where: str) -> None:
                 f"{where}: metadata key {key!r} is reserved for the run marker that evs-snapshot "
                 "puts on its snapshots",
             )
+        if _is_hold(key):
+            raise RowProblem(
+                "RESERVED_METADATA_KEY",
+                f"{where}: metadata key {key!r} is reserved for holds: use create --hold REASON",
+            )
         if not isinstance(value, str):
             raise RowProblem(
                 "INVALID_METADATA",
@@ -449,6 +480,11 @@ def _check_name(name: str, where: str, *, rendered: bool = False) -> None:
 def _is_run_marker(key: str) -> bool:
     """Near spellings count too: an operator reading metadata could not tell them from the marker."""
     return key.strip().lower() == RUN_MARKER_KEY
+
+
+def _is_hold(key: str) -> bool:
+    """Near spellings count too, as for the marker."""
+    return key.strip().lower() == HOLD_KEY
 
 
 def _escape(char: str) -> str:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from orchestrator.config import Connection
     from orchestrator.console import Console
+    from orchestrator.frame import Closing
     from orchestrator.retry import RetryPolicy
     from orchestrator.rollback_run import RollbackSettings
     from orchestrator.waiter import WaitPlan
@@ -50,7 +51,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     """Plan or apply the rollback of the chosen rows; returns the exit code (see the module docstring)."""
     import contextlib  # noqa: PLC0415
 
-    from orchestrator.actions import Action  # noqa: PLC0415
+    from orchestrator.actions import ROLLBACK_SUCCESS  # noqa: PLC0415
     from orchestrator.frame import Frame  # noqa: PLC0415
     from orchestrator.lock import run_locks  # noqa: PLC0415
     from orchestrator.restore import RestorePlan  # noqa: PLC0415
@@ -74,7 +75,8 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
         command="rollback",
         console=console,
         report=settings.report,
-        tally=Tally(counting=Counting.records("rollback", frozenset({Action.PLANNED, Action.ROLLED_BACK}))),
+        closing=settings.closing,
+        tally=Tally(counting=Counting.records("rollback", ROLLBACK_SUCCESS)),
         grace=ROLLBACK_GRACE,
         drain=f"sending no more rollbacks; those already sent are watched to their end for up to "
         f"{ROLLBACK_GRACE:g}s (longer than other commands' 10s: a disk must not be left mid-rollback "
@@ -83,7 +85,11 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     async with frame:
         frame.lock(run_locks(source_run, settings.lock_file))
         frame.open_actions(
-            source=str(settings.source), shape=shape, resume=settings.resume, nothing="nothing was done"
+            source=str(settings.source),
+            shape=shape,
+            resume=settings.resume,
+            nothing="nothing was done",
+            connection=settings.connection,
         )
         stopping.append(frame.stopping)
         plan = RestorePlan(
@@ -169,6 +175,7 @@ def _check_resume(settings: RollbackSettings, source_run: str) -> None:
     "be sent again.",
 )
 @options.LOCK_FILE
+@options.NOTIFYING
 @options.LOG_FORMAT
 @options.DEBUG
 def command(
@@ -186,6 +193,7 @@ def command(
     wait_plan: WaitPlan,
     settle: float,
     lock_file: Path | None,
+    closing: Closing,
     log_format: str,
 ) -> NoReturn:
     """Restore each row's disk from the snapshot the create run in REPORT made; plans unless --apply."""
@@ -208,5 +216,6 @@ def command(
         lock_file=lock_file,
         again=again,
         retry_failed=retry_failed,
+        closing=closing,
     )
     raise SystemExit(run(lambda: rollback(settings, console=console), console=console))
