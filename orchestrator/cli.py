@@ -8,10 +8,13 @@ the traceback only with ``--debug`` or ``EVS_SNAPSHOT_DEBUG=1``).
 
 from __future__ import annotations
 
+import importlib
 import os
+import platform
 import sys
 import traceback
 from collections.abc import Sequence
+from importlib.metadata import version
 from typing import Any, NoReturn
 
 import click
@@ -20,6 +23,7 @@ from orchestrator import __version__
 from orchestrator.console import Console
 from orchestrator.entry import INTERNAL_ERROR, first_error
 from orchestrator.errors import EvsSnapshotError
+from orchestrator.signals import STOPPED_ADVICE
 
 COMMANDS = (
     "create",
@@ -93,7 +97,6 @@ class Main(click.Group):
         """A command's module is imported when it is named: ``create`` does not pay for the others."""
         if cmd_name not in COMMANDS:
             return None
-        import importlib  # noqa: PLC0415
 
         command: click.Command = importlib.import_module(f"orchestrator.commands.{cmd_name}").command
         return command
@@ -101,7 +104,6 @@ class Main(click.Group):
 
 def _interrupted(console: Console) -> int:
     """SIGINT before a command's receiver is in place (parsing options): say so, exit 130."""
-    from orchestrator.signals import STOPPED_ADVICE  # noqa: PLC0415
 
     console.error(f"stopped by SIGINT; {STOPPED_ADVICE}", exit_code=130)
     return 130
@@ -121,8 +123,6 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     """``--version``: ours, and the Python and aiohttp versions (a bug report needs all three)."""
     if not value or ctx.resilient_parsing:
         return
-    import platform  # noqa: PLC0415 - only --version pays for these
-    from importlib.metadata import version  # noqa: PLC0415
 
     python = platform.python_version()
     click.echo(f"evs-snapshot, version {__version__} (Python {python}, aiohttp {version('aiohttp')})")

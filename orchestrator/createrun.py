@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.errors import UsageError
+from orchestrator.manifest import ManifestSource, manifest_digest
 from orchestrator.models import Outcome, Record, RunHeader
 from orchestrator.report import check_report_path, epoch, final_records, read_header, read_records, torn_tail
+from orchestrator.selection import read_targets
 from orchestrator.tally import first_without_record
 
 if TYPE_CHECKING:
@@ -109,8 +111,6 @@ def manifest_disks(
 ) -> tuple[list[Target] | None, str]:
     """The disks the run's manifest names, when the file the header names is there and unchanged
     (its digest is the header's); otherwise ``None`` and why not."""
-    from orchestrator.manifest import ManifestSource, manifest_digest  # noqa: PLC0415
-    from orchestrator.selection import read_targets  # noqa: PLC0415
 
     if header.manifest in ("", "<stdin>"):
         return None, "the run read its manifest from standard input"

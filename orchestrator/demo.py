@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from yarl import URL
 
 from orchestrator.duplicates import volume_key
+from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_PROJECT_ID, DEFAULT_SK, VOLUME_STATUSES
+from orchestrator.errors import ManifestError
 from orchestrator.manifest import RawRow
 
 if TYPE_CHECKING:
@@ -20,7 +22,6 @@ EMULATOR_STATUS_COLUMN = "emulator_status"
 
 def demo_defaults(defaults: RowDefaults) -> RowDefaults:
     """The row defaults of a demo run: the emulator's project and region unless the options say."""
-    from orchestrator.emulator.settings import DEFAULT_PROJECT_ID  # noqa: PLC0415
 
     return dataclasses.replace(
         defaults, project_id=defaults.project_id or DEFAULT_PROJECT_ID, region=defaults.region or "cn-north-4"
@@ -30,8 +31,6 @@ def demo_defaults(defaults: RowDefaults) -> RowDefaults:
 def emulator_status(raw: RawRow, display: str) -> str:
     """The disk state a row's ``emulator_status`` asks for (default ``available``); one the emulator
     does not know is a manifest error (exit 2) naming ``file:line`` and the states it knows."""
-    from orchestrator.emulator.settings import VOLUME_STATUSES  # noqa: PLC0415
-    from orchestrator.errors import ManifestError  # noqa: PLC0415
 
     value = (raw.fields or {}).get(EMULATOR_STATUS_COLUMN)
     status = ("" if value is None else str(value).strip()) or "available"
@@ -56,8 +55,7 @@ async def with_emulator(
     A manifest column ``emulator_status`` (``available``, ``in-use``, ``error``, ... or ``missing``)
     sets each disk's state, so a demo or rehearsal can show every outcome.
     """
-    from orchestrator.emulator import EmulatorSettings, SeedVolume, serving  # noqa: PLC0415
-    from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK  # noqa: PLC0415
+    from orchestrator.emulator import EmulatorSettings, SeedVolume, serving  # noqa: PLC0415 - the server loads only when used
 
     row_defaults = demo_defaults(defaults)
     project, region = str(row_defaults.project_id), str(row_defaults.region)

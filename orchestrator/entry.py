@@ -10,8 +10,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Awaitable, Callable
 
+import anyio
+
 from orchestrator.console import Console
 from orchestrator.errors import EvsSnapshotError
+from orchestrator.signals import guarded, received
 
 INTERNAL_ERROR = 70  # anything but our errors is a bug
 
@@ -28,7 +31,6 @@ def first_error(exc: BaseException) -> BaseException:
 def exit_code_of(exc: BaseException) -> int:
     """The exit code a command that ended with ``exc`` exits with (``cli.Main.main`` maps it so): our
     error's own code, 128 + the signal for a cancellation by a signal, else ``INTERNAL_ERROR``."""
-    from orchestrator.signals import received  # noqa: PLC0415 - signals imports anyio
 
     error = first_error(exc)
     if isinstance(error, EvsSnapshotError):
@@ -47,9 +49,6 @@ def run(entry: Callable[[], Awaitable[int]], *, console: Console | None = None) 
     The command runs under one receiver of SIGINT/SIGTERM (``signals.guarded``): a signal outside a
     drain phase cancels the command at once and it exits 130/143; ``console`` says a second signal.
     """
-    import anyio  # noqa: PLC0415 - keeps --help fast
-
-    from orchestrator.signals import guarded  # noqa: PLC0415
 
     said = console or Console(sys.stderr)
     return anyio.run(guarded, entry, said)

@@ -31,6 +31,7 @@ never pile up on one instance.
 from __future__ import annotations
 
 import dataclasses
+import signal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -139,7 +140,6 @@ class Interrupted(EvsSnapshotError):
     """A signal stopped the run after in-flight rows were drained and recorded."""
 
     def __init__(self, signum: int, advice: str = "run again with --resume to finish the job") -> None:
-        import signal  # noqa: PLC0415 - only on this rare path
 
         self.exit_code = 128 + signum
         self.signal_name = signal.Signals(signum).name

@@ -33,6 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 import orjson
 
 from orchestrator import metrics
@@ -224,8 +225,6 @@ class Frame:
         await self._stack.__aenter__()
         notify = None if self.closing is None else self.closing.notify
         if notify:
-            import anyio  # noqa: PLC0415 - the frame runs under anyio; imported where it is used
-
             from orchestrator.api.notify import Notifier  # noqa: PLC0415 - aiohttp loads only when sending
 
             self._notifier = Notifier(notify, self.console)
@@ -378,7 +377,6 @@ class Frame:
         sent even when the run was cancelled by a signal, within their budget."""
         if self._notifier is None:
             return
-        import anyio  # noqa: PLC0415
 
         code = self.exit_code if ended is None else exit_code_of(ended)
         where = "standard output" if self.report == "-" else self.report

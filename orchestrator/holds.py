@@ -34,8 +34,11 @@ from orchestrator.api.safe import show_snapshot
 from orchestrator.api.views import HOLD_KEY, Snapshot
 from orchestrator.createrun import run_of
 from orchestrator.errors import ListingFailed, RouteClosed, TransportError, UsageError
+from orchestrator.frame import Frame, default_report
+from orchestrator.lock import given_lock, run_locks, scope_lock
 from orchestrator.ownership import hold_refusal
 from orchestrator.retry import TryAgain, Verdict, retrying
+from orchestrator.tally import Counting, Tally
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -305,9 +308,6 @@ def _record(
 
 async def run_holds(settings: HoldSettings, *, console: Console) -> int:
     """``hold`` or ``release`` through the run frame: locks, report, judge and change, summary, exit."""
-    from orchestrator.frame import Frame  # noqa: PLC0415
-    from orchestrator.lock import given_lock, run_locks, scope_lock  # noqa: PLC0415
-    from orchestrator.tally import Counting, Tally  # noqa: PLC0415
 
     chosen = choose(settings, console.warn)
     if chosen.run_id is not None:
@@ -354,7 +354,6 @@ def settings_of(
     closing: Closing,
 ) -> HoldSettings:
     """The settings of ``hold`` or ``release`` (exit 2 when its report would be the create report)."""
-    from orchestrator.frame import default_report  # noqa: PLC0415
 
     report = default_report(command, choice.report_path)
     if choice.source is not None and report != "-" and Path(report).resolve() == choice.source:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from orchestrator.errors import LockHeld, ManifestError, UsageError
 from orchestrator.models import utc_iso, utc_now
+from orchestrator.report import read_header, read_records
 
 ATTEMPTS = 100  # a lock file removed under a taker this often in a row means something else is wrong
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
@@ -113,7 +114,6 @@ def run_locks(run: str | Path, lock_file: Path | None = None) -> list[Lock]:
 
 def run_id_of(report: Path) -> str:
     """The run a create report belongs to: its header's run id, else its first record's (exit 2: none)."""
-    from orchestrator.report import read_header, read_records  # noqa: PLC0415 - report imports much
 
     header = read_header(report)
     if header is not None:

@@ -49,6 +49,7 @@ from orchestrator.jsonstream import (
     nesting_error,
     too_deep,
 )
+from orchestrator.signals import STOP_EVERY, blocking, stop_point
 
 MAX_LINE_BYTES = 1 << 22
 WARN_LIMIT = 10
@@ -125,7 +126,6 @@ def spooled(source: ManifestSource) -> Iterator[ManifestSource]:
     if source.path != "-":
         yield source
         return
-    from orchestrator.signals import blocking  # noqa: PLC0415
 
     with tempfile.NamedTemporaryFile(prefix="evs-snapshot-stdin-", suffix=f".{source.format}") as copy:
         with blocking():  # a signal stops a copy that waits on a stalled producer
@@ -175,7 +175,6 @@ def read_rows(
     ``warn`` gets one message for each of the first ``WARN_LIMIT`` unknown column names and then one
     with the count of the others; ``also_known`` names columns not to warn about.
     """
-    from orchestrator.signals import STOP_EVERY, stop_point  # noqa: PLC0415 - anyio loads only when reading
 
     name = display or source.path
     columns = _ColumnWarnings(name, warn, also_known)

@@ -22,7 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from orchestrator import defaults
+from orchestrator import config, defaults
+from orchestrator.api.credentials import environment
+from orchestrator.config import Notify, check_project_id, parse_notify_url
+from orchestrator.errors import UsageError
+from orchestrator.frame import Closing
+from orchestrator.manifest import ManifestSource
+from orchestrator.retry import RetryPolicy
+from orchestrator.rules import check_metadata_option_keys, check_metadata_templates, check_template
+from orchestrator.waiter import WaitPlan
 
 if TYPE_CHECKING:
     from orchestrator.config import Connection, Notify, RowDefaults
@@ -236,7 +244,6 @@ LOG_FORMAT = click.option(
 
 
 def _manifest(manifest: str, manifest_format: str | None) -> ManifestSource:
-    from orchestrator.manifest import ManifestSource  # noqa: PLC0415 - keeps --help fast
 
     return ManifestSource.of(manifest, manifest_format)
 
@@ -261,13 +268,6 @@ def _rows(
     force: bool,
     project_id: str | None,
 ) -> RowDefaults:
-    from orchestrator import config  # noqa: PLC0415 - keeps --help fast
-    from orchestrator.rules import (  # noqa: PLC0415
-        check_metadata_option_keys,
-        check_metadata_templates,
-        check_template,
-    )
-
     check_template(name_template)
     metadata = config.parse_metadata_options(metadata_items)
     check_metadata_option_keys(metadata)
@@ -335,8 +335,6 @@ def _connection(
     timeout: float,
     max_rps: float | None,
 ) -> Connection:
-    from orchestrator import config  # noqa: PLC0415 - keeps --help fast
-    from orchestrator.api.credentials import environment  # noqa: PLC0415
 
     environ = environment()
     return config.Connection(
@@ -413,8 +411,6 @@ CONNECTION = group(
 
 
 def _policy(max_attempts: int, backoff_initial: float, backoff_max: float) -> RetryPolicy:
-    from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.retry import RetryPolicy  # noqa: PLC0415
 
     if backoff_initial > backoff_max:
         source = click.get_current_context().get_parameter_source("backoff_initial")
@@ -455,7 +451,6 @@ RETRIES = group(
 
 
 def _notify(ping_url: str | None, webhooks: tuple[str, ...]) -> Notify | None:
-    from orchestrator.config import Notify, parse_notify_url  # noqa: PLC0415
 
     notify = Notify(
         ping_url=None if not ping_url else parse_notify_url(ping_url, option="--ping-url"),
@@ -487,7 +482,6 @@ WEBHOOK = click.option(
 def _closing(
     summary_json: Path | None, metrics_file: Path | None, ping_url: str | None, webhooks: tuple[str, ...]
 ) -> Closing:
-    from orchestrator.frame import Closing  # noqa: PLC0415
 
     closing = Closing(
         summary_json=summary_json, metrics_file=metrics_file, notify=_notify(ping_url, webhooks)
@@ -524,7 +518,6 @@ NOTIFYING = group("closing", _notifying, PING_URL, WEBHOOK)
 
 
 def _wait_plan(wait_timeout: float, poll_interval: float) -> WaitPlan:
-    from orchestrator.waiter import WaitPlan  # noqa: PLC0415
 
     return WaitPlan(timeout=wait_timeout, interval=poll_interval)
 
@@ -621,8 +614,6 @@ class Choice:
         lock_file: Path | None,
     ) -> Choice:
         """The options of ``HOLDING``; a wrong mix is a usage error (exit 2)."""
-        from orchestrator.config import check_project_id  # noqa: PLC0415 - keeps --help fast
-        from orchestrator.errors import UsageError  # noqa: PLC0415
 
         if (source is None) == (not snapshot_ids):
             raise UsageError("give a create REPORT or --snapshot ID (one of the two)")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import orjson
 
+from orchestrator.config import RunIdentity, file_in_the_way
 from orchestrator.errors import ReportExistsError, ReportUnwritable, ResumeMismatch, UsageError
 from orchestrator.models import SUCCESSFUL, Outcome, Record, RunHeader, utc_iso, utc_now
 
@@ -60,8 +61,6 @@ class ReportWriter:
             target.parent.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
-            from orchestrator.config import file_in_the_way  # noqa: PLC0415
-
             blocker = file_in_the_way(target)
             why = exc.strerror if blocker is None else f"{blocker} is a file, not a directory"
             raise UsageError(f"cannot write the report {path}: {why}") from None
@@ -176,8 +175,6 @@ def check_report_path(path: Path) -> None:
     try:
         mode = path.stat().st_mode
     except OSError as exc:
-        from orchestrator.config import file_in_the_way  # noqa: PLC0415
-
         blocker = file_in_the_way(path)
         if blocker is not None:
             raise UsageError(
@@ -508,7 +505,6 @@ def resume_identity(
     report: str, resume: bool, *, total: int, digest: str, display: str, shape: dict[str, str]
 ) -> tuple[ResumeBook[int, Outcome] | None, RunIdentity]:
     """The resume book and run identity of a create run; refuses a resume of another manifest (exit 2)."""
-    from orchestrator.config import RunIdentity  # noqa: PLC0415 - config imports nothing of ours back
 
     book = ResumeBook.load(Path(report)) if resume else None
     if book is None:

@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import time as clock
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from orchestrator.actions import Action, ActionRecord, now_iso
 from orchestrator.api.views import Snapshot
@@ -92,7 +95,6 @@ UTC_ZONE = Zone("UTC", UTC)
 
 def named_zone(name: str) -> Zone:
     """``--tz ZONE``: an IANA name (``Europe/Berlin``); ``ValueError`` when the zone database lacks it."""
-    from zoneinfo import ZoneInfo  # noqa: PLC0415
 
     try:
         return Zone(name, ZoneInfo(name))
@@ -103,8 +105,6 @@ def named_zone(name: str) -> Zone:
 def local_zone() -> Zone:
     """The machine's zone: ``TZ``, else what ``/etc/localtime`` links to, named when the zone database
     knows it; else the local time of the C library, named by its abbreviation."""
-    import os  # noqa: PLC0415
-    import time as clock  # noqa: PLC0415
 
     key = os.environ.get("TZ", "").removeprefix(":")
     if not key:

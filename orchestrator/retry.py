@@ -22,7 +22,10 @@ import enum
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from types import TracebackType
+
+import anyio
 
 from orchestrator import defaults
 
@@ -177,8 +180,6 @@ class retrying:
             pause = asked if asked is not None else self.pause(self.number, self.rng)
             self.waited += pause
             if self.sleep is None:
-                import anyio  # noqa: PLC0415 - anyio loads when a command connects, not for --help
-
                 self.sleep = anyio.sleep
             await self.sleep(pause)
         self.number += 1
@@ -194,7 +195,6 @@ def retry_after(value: str | None, now: datetime | None = None) -> float | None:
         return max(0.0, float(text))
     except ValueError:
         pass
-    from email.utils import parsedate_to_datetime  # noqa: PLC0415 - rare; keeps start-up fast
 
     try:
         moment = parsedate_to_datetime(text)

@@ -38,6 +38,7 @@ import anyio.from_thread
 import anyio.to_thread
 
 from orchestrator.console import Console
+from orchestrator.errors import Interrupted
 
 if TYPE_CHECKING:
     import anyio.abc
@@ -110,7 +111,6 @@ _CURRENT: contextvars.ContextVar[Guard | None] = contextvars.ContextVar("evs_sna
 
 async def guarded(entry: Callable[[], Awaitable[int]], console: Console) -> int:
     """Run ``entry`` under the command's receiver; a signal that cancelled it raises ``Interrupted``."""
-    from orchestrator.errors import Interrupted  # noqa: PLC0415
 
     scope = anyio.CancelScope()
     guard = Guard(console, scope)
@@ -243,7 +243,6 @@ async def cancel_on_signal(scope: anyio.CancelScope, received: list[int]) -> Non
 def blocking() -> Iterator[None]:
     """Around a read that may block the event loop's thread (standard input from a stalled producer):
     a signal raises ``Interrupted`` there and then, instead of waiting for the loop that cannot run."""
-    from orchestrator.errors import Interrupted  # noqa: PLC0415
 
     def stop(signum: int, _frame: object) -> None:
         raise Interrupted(signum, STOPPED_ADVICE)

@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING
 import anyio
 
 from orchestrator.api import signing
+from orchestrator.api.credentials import PasswordCredentials, discover
 from orchestrator.api.evs import Call
-from orchestrator.api.session import Caller
+from orchestrator.api.iam import IamClient, PasswordAuth, ProjectResolver
+from orchestrator.api.session import Caller, new_session
 from orchestrator.errors import Closure, TransportError, UsageError
 from orchestrator.models import Answer
 from orchestrator.retry import Verdict, classify
@@ -302,9 +304,6 @@ class Router:
 
 async def connect(stack: contextlib.AsyncExitStack, connection: Connection) -> Router:
     """Find the credentials, open the run's one HTTP session (closed with ``stack``), build the router."""
-    from orchestrator.api.credentials import PasswordCredentials, discover  # noqa: PLC0415
-    from orchestrator.api.iam import IamClient, PasswordAuth, ProjectResolver  # noqa: PLC0415
-    from orchestrator.api.session import new_session  # noqa: PLC0415
 
     found = discover(
         environ=connection.environ, forced=connection.auth_kind, token_file=connection.token_file

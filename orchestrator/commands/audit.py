@@ -12,14 +12,27 @@ report to resume: running it again is the resume.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
+import anyio
 import click
 
 from orchestrator import options
+from orchestrator.config import check_project_id
+from orchestrator.console import Console
 from orchestrator.entry import run
+from orchestrator.errors import Interrupted
+from orchestrator.frame import recording_aborts, write_side_files
+from orchestrator.manifest import spooled
+from orchestrator.metrics import PREFIX
+from orchestrator.models import utc_now
+from orchestrator.ownership import Ownership, check_name_prefix
+from orchestrator.retention import duration_text, stale_disks
+from orchestrator.selection import read_targets
+from orchestrator.signals import cancel_on_signal, in_thread
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -47,19 +60,8 @@ class AuditSettings:
 
 async def audit(settings: AuditSettings, *, console: Console, stdout: TextIO) -> int:
     """List every project of the manifest; exit 0 when each disk has a fresh snapshot, else 1."""
-    import contextlib  # noqa: PLC0415
 
-    import anyio  # noqa: PLC0415
-
-    from orchestrator.api.routes import connect  # noqa: PLC0415
-    from orchestrator.errors import Interrupted  # noqa: PLC0415
-    from orchestrator.frame import recording_aborts  # noqa: PLC0415
-    from orchestrator.manifest import spooled  # noqa: PLC0415
-    from orchestrator.models import utc_now  # noqa: PLC0415
-    from orchestrator.ownership import Ownership  # noqa: PLC0415
-    from orchestrator.retention import duration_text, stale_disks  # noqa: PLC0415
-    from orchestrator.selection import read_targets  # noqa: PLC0415
-    from orchestrator.signals import cancel_on_signal, in_thread  # noqa: PLC0415
+    from orchestrator.api.routes import connect  # noqa: PLC0415 - aiohttp loads only when sending
 
     region = settings.connection.endpoints.home_region
     with spooled(settings.source) as source:
@@ -107,8 +109,6 @@ def _side_files(
     now: datetime,
     console: Console,
 ) -> None:
-    from orchestrator.frame import write_side_files  # noqa: PLC0415
-    from orchestrator.metrics import PREFIX  # noqa: PLC0415
 
     label = 'command="audit"'
     write_side_files(
@@ -171,9 +171,6 @@ def command(
     log_format: str,
 ) -> NoReturn:
     """Exit 1 when a disk has no available snapshot of the tool younger than --max-age (GETs only)."""
-    from orchestrator.config import check_project_id  # noqa: PLC0415
-    from orchestrator.console import Console  # noqa: PLC0415
-    from orchestrator.ownership import check_name_prefix  # noqa: PLC0415
 
     console = Console(sys.stderr, json=log_format == "json")
     settings = AuditSettings(

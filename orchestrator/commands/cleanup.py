@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from orchestrator import options
+from orchestrator.cleanup_pass import CleanupSettings, Pass, Search, until_quiet
+from orchestrator.config import check_project_id
+from orchestrator.console import Console
+from orchestrator.createrun import run_of
 from orchestrator.entry import run
+from orchestrator.errors import UsageError
+from orchestrator.frame import Frame, default_report
+from orchestrator.lock import run_locks
 
 if TYPE_CHECKING:
     from orchestrator.cleanup_pass import CleanupSettings
@@ -34,10 +41,6 @@ if TYPE_CHECKING:
 
 async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
     """Plan (and with ``--apply``, carry out) the deletion of one create run's snapshots."""
-    from orchestrator.cleanup_pass import Pass, Search, until_quiet  # noqa: PLC0415
-    from orchestrator.createrun import run_of  # noqa: PLC0415
-    from orchestrator.frame import Frame  # noqa: PLC0415
-    from orchestrator.lock import run_locks  # noqa: PLC0415
 
     run_ = run_of(settings.source, console.warn)
     search = Search.of(settings, run_)
@@ -105,15 +108,10 @@ def command(
     log_format: str,
 ) -> NoReturn:
     """Delete the snapshots one create run made, each after checking its marker (plans unless --apply)."""
-    from orchestrator.console import Console  # noqa: PLC0415
-    from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.frame import default_report  # noqa: PLC0415
 
     report = default_report("cleanup", report_path)
     if report != "-" and Path(report).resolve() == source.resolve():
         raise UsageError("cleanup writes its own report: give a --report other than the create report")
-    from orchestrator.cleanup_pass import CleanupSettings  # noqa: PLC0415
-    from orchestrator.config import check_project_id  # noqa: PLC0415
 
     console = Console(sys.stderr, json=log_format == "json")
     settings = CleanupSettings(

@@ -17,11 +17,36 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+import anyio
 import click
 
 from orchestrator import options
+from orchestrator.api.safe import remaining_quota
+from orchestrator.console import Console
 from orchestrator.defaults import GRACE, SETTLE
+from orchestrator.demo import demo_defaults, with_emulator
+from orchestrator.duplicates import duplicate_candidates
 from orchestrator.entry import run
+from orchestrator.errors import EvsSnapshotError, ListingFailed, UsageError
+from orchestrator.frame import Frame
+from orchestrator.lock import content_lock, manifest_lock, report_lock, run_lock
+from orchestrator.manifest import manifest_digest, read_rows, spooled
+from orchestrator.models import RunHeader, utc_iso, utc_now
+from orchestrator.progress import Progress
+from orchestrator.report import (
+    check_report_path,
+    final_records,
+    name_shape,
+    read_header,
+    refuse_existing,
+    resume_identity,
+)
+from orchestrator.rules import RowValidator, check_hold_reason, columns_checked
+from orchestrator.runner import Runner, RunPlan
+from orchestrator.signals import cancel_on_signal, drain_on_signal, in_thread
+from orchestrator.sweep import sweep, sweep_policy
+from orchestrator.tally import Tally
+from orchestrator.waiter import Waiter
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Router
@@ -65,14 +90,6 @@ class CreateSettings:
 async def create(settings: CreateSettings, *, console: Console) -> int:
     """Run the whole job and return the exit code; raises ``EvsSnapshotError`` for run-level errors."""
     started = time.monotonic()  # the run's time and --deadline count from here
-    from orchestrator.duplicates import duplicate_candidates  # noqa: PLC0415
-    from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.frame import Frame  # noqa: PLC0415
-    from orchestrator.lock import run_lock  # noqa: PLC0415
-    from orchestrator.manifest import manifest_digest, read_rows, spooled  # noqa: PLC0415
-    from orchestrator.report import check_report_path, name_shape, refuse_existing, resume_identity  # noqa: PLC0415
-    from orchestrator.rules import columns_checked  # noqa: PLC0415
-    from orchestrator.signals import in_thread  # noqa: PLC0415
 
     if settings.wait is not None and settings.report == "-":
         raise UsageError("--wait reads the report back, so it needs a --report file, not standard output")
@@ -95,8 +112,6 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
     if settings.report != "-":
         check_report_path(Path(settings.report))
     if settings.emulator:
-        from orchestrator.demo import demo_defaults  # noqa: PLC0415
-
         settings = dataclasses.replace(settings, defaults=demo_defaults(settings.defaults))
     also_known = frozenset({"emulator_status"}) if settings.emulator else frozenset()
     display = "<stdin>" if settings.source.path == "-" else settings.source.path
@@ -142,9 +157,6 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
 
 def _locks(settings: CreateSettings, digest: str) -> list[Lock]:
     """The manifest's lock (or --lock-file), the report's, and the lock of the run the report holds."""
-    from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.lock import content_lock, manifest_lock, report_lock, run_lock  # noqa: PLC0415
-    from orchestrator.report import read_header  # noqa: PLC0415
 
     locks = [manifest_lock(settings.source.path, digest=digest, lock_file=settings.lock_file)]
     if settings.lock_file is None and settings.source.path != "-":
@@ -171,19 +183,8 @@ async def _locked(
     console: Console,
     started: float,
 ) -> None:
-    import anyio  # noqa: PLC0415
-
-    from orchestrator.models import RunHeader, utc_iso  # noqa: PLC0415
-    from orchestrator.progress import Progress  # noqa: PLC0415
-    from orchestrator.report import name_shape  # noqa: PLC0415
-    from orchestrator.rules import RowValidator  # noqa: PLC0415
-    from orchestrator.runner import Runner, RunPlan  # noqa: PLC0415
-    from orchestrator.signals import drain_on_signal  # noqa: PLC0415
-    from orchestrator.tally import Tally  # noqa: PLC0415
 
     if settings.emulator:
-        from orchestrator.demo import with_emulator  # noqa: PLC0415
-
         defaults, connection = await frame.enter(
             with_emulator(settings.defaults, settings.connection, rows(), display=display)
         )
@@ -283,11 +284,6 @@ async def _after_create(
     earlier process, as its journal shows, or a row it sent is sent again):
     a run whose every row was sent once and answered for sure cannot hold two snapshots of a row.
     """
-    import anyio  # noqa: PLC0415
-
-    from orchestrator.report import final_records  # noqa: PLC0415
-    from orchestrator.signals import cancel_on_signal  # noqa: PLC0415
-    from orchestrator.waiter import Waiter  # noqa: PLC0415
 
     report = Path(settings.report) if settings.report != "-" else None
     deadline = None if settings.deadline is None else run_started + settings.deadline
@@ -331,8 +327,6 @@ async def _sweep(
     console: Console,
     report: Path,
 ) -> None:
-    from orchestrator.errors import ListingFailed  # noqa: PLC0415
-    from orchestrator.sweep import sweep, sweep_policy  # noqa: PLC0415
 
     try:
         result = await sweep(
@@ -363,9 +357,7 @@ async def _warn_over_quota(settings: CreateSettings, router: Router, total: int,
     Checked for the ``--project-id`` project (rows naming their own project are not counted); a quota
     that cannot be read is said, not fatal.
     """
-    from orchestrator.api.routes import Route  # noqa: PLC0415
-    from orchestrator.api.safe import remaining_quota  # noqa: PLC0415
-    from orchestrator.errors import EvsSnapshotError  # noqa: PLC0415
+    from orchestrator.api.routes import Route  # noqa: PLC0415 - aiohttp loads only when sending
 
     project = settings.defaults.project_id
     if project is None or settings.resume:
@@ -477,9 +469,6 @@ def command(
     use_emulator: bool,
 ) -> NoReturn:
     """Create one snapshot per manifest row and write a JSON-lines report."""
-    from orchestrator.console import Console  # noqa: PLC0415
-    from orchestrator.models import utc_now  # noqa: PLC0415
-    from orchestrator.rules import check_hold_reason  # noqa: PLC0415
 
     console = Console(sys.stderr, json=log_format == "json")
     settings = CreateSettings(

@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from orchestrator import options
+from orchestrator.console import Console
 from orchestrator.entry import run
+from orchestrator.holds import HOLD, run_holds, settings_of
+from orchestrator.rules import check_hold_reason
 
 if TYPE_CHECKING:
     from orchestrator.config import Connection
@@ -45,9 +48,6 @@ def command(
     log_format: str,
 ) -> NoReturn:
     """Hold the tool's own snapshots: prune never deletes them (plans unless --apply)."""
-    from orchestrator.console import Console  # noqa: PLC0415
-    from orchestrator.holds import HOLD, run_holds, settings_of  # noqa: PLC0415
-    from orchestrator.rules import check_hold_reason  # noqa: PLC0415
 
     console = Console(sys.stderr, json=log_format == "json")
     settings = settings_of(

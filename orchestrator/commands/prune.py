@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from orchestrator import options
+from orchestrator.config import check_project_id
+from orchestrator.console import Console
 from orchestrator.entry import run
+from orchestrator.errors import UsageError
+from orchestrator.frame import Frame, default_report
+from orchestrator.lock import content_lock, given_lock, manifest_lock, scope_lock
+from orchestrator.manifest import ManifestSource
+from orchestrator.ownership import check_name_prefix
+from orchestrator.retention import PruneSettings, Rules, local_zone, named_zone, prune_scopes
+from orchestrator.selection import manifest_selection
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -29,7 +38,6 @@ if TYPE_CHECKING:
 
 def _locks(settings: PruneSettings, what: str, digest: str) -> list[Lock]:
     """The manifest's locks, the ones ``create`` takes (for --all-volumes alone, the scope's)."""
-    from orchestrator.lock import content_lock, given_lock, manifest_lock, scope_lock  # noqa: PLC0415
 
     if settings.source is not None:
         locks = [manifest_lock(settings.source.path, digest=digest, lock_file=settings.lock_file)]
@@ -41,9 +49,6 @@ def _locks(settings: PruneSettings, what: str, digest: str) -> list[Lock]:
 
 async def prune(settings: PruneSettings, *, console: Console) -> int:
     """Plan (and with ``--apply``, carry out) the deletions; the exit code of SPEC."""
-    from orchestrator.frame import Frame  # noqa: PLC0415
-    from orchestrator.retention import prune_scopes  # noqa: PLC0415
-    from orchestrator.selection import manifest_selection  # noqa: PLC0415
 
     what, targets, bad, digest = await manifest_selection(
         settings.source,
@@ -170,13 +175,6 @@ def command(
 ) -> NoReturn:
     """Delete the tool's own snapshots beyond --keep-last / --keep-within / the calendar rules
     (plans unless --apply)."""
-    from orchestrator.config import check_project_id  # noqa: PLC0415
-    from orchestrator.console import Console  # noqa: PLC0415
-    from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.frame import default_report  # noqa: PLC0415
-    from orchestrator.manifest import ManifestSource  # noqa: PLC0415
-    from orchestrator.ownership import check_name_prefix  # noqa: PLC0415
-    from orchestrator.retention import PruneSettings, Rules, local_zone, named_zone  # noqa: PLC0415
 
     try:
         zone = local_zone() if tz is None else named_zone(tz)

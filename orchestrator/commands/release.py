@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from orchestrator import options
+from orchestrator.console import Console
 from orchestrator.entry import run
+from orchestrator.holds import RELEASE, run_holds, settings_of
 
 if TYPE_CHECKING:
     from orchestrator.config import Connection
@@ -38,8 +40,6 @@ def command(
     log_format: str,
 ) -> NoReturn:
     """Remove the hold from the tool's own snapshots (plans unless --apply)."""
-    from orchestrator.console import Console  # noqa: PLC0415
-    from orchestrator.holds import RELEASE, run_holds, settings_of  # noqa: PLC0415
 
     console = Console(sys.stderr, json=log_format == "json")
     settings = settings_of(RELEASE, None, choice, connection=connection, policy=policy, closing=closing)

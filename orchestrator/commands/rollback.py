@@ -25,6 +25,7 @@ report of a ``--dry-run`` or of ``--emulator``, and ``--apply`` of rows rolled b
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -32,7 +33,25 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from orchestrator import defaults, options
+from orchestrator.actions import ROLLBACK_SUCCESS
+from orchestrator.console import Console
 from orchestrator.entry import run
+from orchestrator.errors import ResumeMismatch
+from orchestrator.frame import Frame
+from orchestrator.lock import run_locks
+from orchestrator.models import utc_now
+from orchestrator.report import read_header
+from orchestrator.restore import RestorePlan
+from orchestrator.rollback_run import (
+    RollbackSettings,
+    chosen_rows,
+    exit_code,
+    notes,
+    restore_all,
+    retried_rows,
+    rolled_back_before,
+)
+from orchestrator.tally import Counting, Tally
 
 ROLLBACK_GRACE = 60.0  # a rollback sent is watched to its end: the disk is unusable while it runs
 
@@ -49,21 +68,6 @@ if TYPE_CHECKING:
 
 async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     """Plan or apply the rollback of the chosen rows; returns the exit code (see the module docstring)."""
-    import contextlib  # noqa: PLC0415
-
-    from orchestrator.actions import ROLLBACK_SUCCESS  # noqa: PLC0415
-    from orchestrator.frame import Frame  # noqa: PLC0415
-    from orchestrator.lock import run_locks  # noqa: PLC0415
-    from orchestrator.restore import RestorePlan  # noqa: PLC0415
-    from orchestrator.rollback_run import (  # noqa: PLC0415
-        chosen_rows,
-        exit_code,
-        notes,
-        restore_all,
-        retried_rows,
-        rolled_back_before,
-    )
-    from orchestrator.tally import Counting, Tally  # noqa: PLC0415
 
     chosen = chosen_rows(settings)
     source_run, rows = chosen.run_id, chosen.rows
@@ -110,8 +114,6 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
 
 
 def _check_resume(settings: RollbackSettings, source_run: str) -> None:
-    from orchestrator.errors import ResumeMismatch  # noqa: PLC0415
-    from orchestrator.report import read_header  # noqa: PLC0415
 
     path = Path(settings.report)
     if not settings.resume or settings.report == "-" or not path.is_file():
@@ -197,9 +199,6 @@ def command(
     log_format: str,
 ) -> NoReturn:
     """Restore each row's disk from the snapshot the create run in REPORT made; plans unless --apply."""
-    from orchestrator.console import Console  # noqa: PLC0415
-    from orchestrator.models import utc_now  # noqa: PLC0415
-    from orchestrator.rollback_run import RollbackSettings  # noqa: PLC0415
 
     console = Console(sys.stderr, json=log_format == "json")
     settings = RollbackSettings(

@@ -20,16 +20,28 @@ no match exits 1 ("no disk matched") rather than writing an empty manifest.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import dataclasses
+import os
 import sys
+import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import click
+import orjson
 
-from orchestrator import options
+from orchestrator import config, options
+from orchestrator.api.safe import list_all_volumes, volumes_by_tags
+from orchestrator.console import Console
+from orchestrator.duplicates import UUID_RE
 from orchestrator.entry import run
+from orchestrator.errors import ProjectLookupFailed, RunAborted, UsageError
+from orchestrator.frame import check_writable
+from orchestrator.manifest import TAG_PREFIX, spreadsheet_text
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
@@ -72,7 +84,6 @@ class Selector:
 
     def query(self) -> list[tuple[str, str]]:
         """The list filters the service applies (every selector is also checked on each disk)."""
-        import orjson  # noqa: PLC0415
 
         query = [
             (key, value)
@@ -148,8 +159,6 @@ def manifest_row(
     if force:
         row["force"] = bool(attachments) or volume.status == "in-use"
     if with_tags:
-        from orchestrator.manifest import TAG_PREFIX  # noqa: PLC0415
-
         row.update((TAG_PREFIX + key, value) for key, value in volume.tags.items())
     return row
 
@@ -157,7 +166,6 @@ def manifest_row(
 def manifest_columns(rows: Iterable[Mapping[str, Any]], *, force: bool, with_tags: bool) -> tuple[str, ...]:
     """The manifest's columns: ``COLUMNS``, ``force`` with ``--force``, then with ``--with-tags`` one
     ``tag:KEY`` column per tag key any selected disk has, sorted by key."""
-    from orchestrator.manifest import TAG_PREFIX  # noqa: PLC0415
 
     tags = {column for row in rows for column in row if column.startswith(TAG_PREFIX)} if with_tags else set()
     return (*COLUMNS, *(("force",) if force else ()), *sorted(tags))
@@ -171,7 +179,6 @@ async def find_volumes(route: Route, selector: Selector, policy: RetryPolicy) ->
     (evs-api.md 10): it is asked too, and when the two disagree the run stops (exit 3) rather than
     write a manifest that may leave disks out.
     """
-    from orchestrator.api.safe import list_all_volumes, volumes_by_tags  # noqa: PLC0415
 
     if selector.servers:
         candidates = []
@@ -196,7 +203,6 @@ async def find_volumes(route: Route, selector: Selector, policy: RetryPolicy) ->
 
 def _cross_check(listed: Iterable[str], searched: set[str]) -> None:
     """Stop (exit 3) when the volume list's tag matches and the tag search's differ."""
-    from orchestrator.errors import RunAborted  # noqa: PLC0415
 
     listed = set(listed)
     if listed == searched:
@@ -224,9 +230,6 @@ def write_manifest(
     rows: Iterable[Mapping[str, Any]], stream: TextIO, fmt: str, columns: tuple[str, ...]
 ) -> None:
     """The rows as CSV, JSON or JSON Lines; a column a row lacks is an empty cell (``null`` in JSON)."""
-    import csv  # noqa: PLC0415
-
-    import orjson  # noqa: PLC0415
 
     if fmt == "csv":
         writer = csv.writer(stream, lineterminator="\n")
@@ -251,7 +254,6 @@ def _count(number: int, noun: str) -> str:
 
 def _cell(value: object) -> object:
     """A CSV cell; text a spreadsheet would run as a formula gets a leading apostrophe."""
-    from orchestrator.manifest import spreadsheet_text  # noqa: PLC0415
 
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -262,11 +264,8 @@ def _cell(value: object) -> object:
 
 async def select(settings: SelectSettings, *, console: Console, stdout: TextIO) -> int:
     """List, filter and write the manifest; 0 when written, 1 when no disk matched."""
-    import contextlib  # noqa: PLC0415
-    import time  # noqa: PLC0415
 
-    from orchestrator.api.routes import connect  # noqa: PLC0415
-    from orchestrator.errors import ProjectLookupFailed, RunAborted, UsageError  # noqa: PLC0415
+    from orchestrator.api.routes import connect  # noqa: PLC0415 - aiohttp loads only when sending
 
     connection = settings.connection
     region = connection.endpoints.home_region
@@ -314,8 +313,6 @@ async def select(settings: SelectSettings, *, console: Console, stdout: TextIO) 
 
 def _check_output(target: Path, *, overwrite: bool) -> None:
     """Before anything is listed: ``-o`` can be written, and replaces a file only with ``--overwrite``."""
-    from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.frame import check_writable  # noqa: PLC0415
 
     check_writable(target, "-o")
     if target.exists() and not overwrite:
@@ -326,10 +323,6 @@ def _check_output(target: Path, *, overwrite: bool) -> None:
 
 def _output(rows: list[dict[str, Any]], settings: SelectSettings, stdout: TextIO) -> None:
     """Write to standard output, or atomically to a file (a temporary file beside it, then renamed)."""
-    import os  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
-
-    from orchestrator.errors import UsageError  # noqa: PLC0415
 
     columns = manifest_columns(rows, force=settings.force, with_tags=settings.with_tags)
     if settings.output == "-":
@@ -367,7 +360,6 @@ def _pairs(items: tuple[str, ...], option: str) -> list[tuple[str, str]]:
 
 def _servers(servers: tuple[str, ...]) -> tuple[str, ...]:
     """Server ids as given (UUIDs, lower-cased, each once); an empty or malformed one is a usage error."""
-    from orchestrator.duplicates import UUID_RE  # noqa: PLC0415
 
     chosen: dict[str, None] = {}
     for server in servers:
@@ -496,8 +488,6 @@ def command(
     log_format: str,
 ) -> NoReturn:
     """Write a manifest (CSV, JSON or JSON Lines) of the disks that match every selector."""
-    from orchestrator import config  # noqa: PLC0415
-    from orchestrator.console import Console  # noqa: PLC0415
 
     console = Console(sys.stderr, json=log_format == "json")
     settings = SelectSettings(

@@ -15,15 +15,16 @@ import click
 
 from orchestrator import options
 from orchestrator.entry import run
+from orchestrator.errors import UsageError
+from orchestrator.report import check_report_path, read_header
+from orchestrator.tally import Tally
+from orchestrator.ticket import markdown
 
 
 def summary(report: Path, *, form: str, stdout: TextIO) -> int:
     """The summary of a create, prune, cleanup or rollback report as ``form`` (``text``: counts, error
     codes with examples, slowest rows and each row's next step; ``json``; ``markdown``: a change-ticket
     block); the exit code its run would have had."""
-    from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.report import check_report_path, read_header  # noqa: PLC0415
-    from orchestrator.tally import Tally  # noqa: PLC0415
 
     check_report_path(report)
     if not report.is_file():
@@ -35,8 +36,6 @@ def summary(report: Path, *, form: str, stdout: TextIO) -> int:
     if form == "json":
         stdout.write(tally.to_json().decode())
     elif form == "markdown":
-        from orchestrator.ticket import markdown  # noqa: PLC0415
-
         stdout.write(markdown(report, header, tally, tally.exit_code))
     else:
         stdout.write(tally.render(detailed=True) + "\n")

@@ -9,17 +9,29 @@ snapshot quota. Rows stream through a fixed pool of workers, so memory does not 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import sys
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
+import anyio
 import click
 
 from orchestrator import options
+from orchestrator.api import evs
+from orchestrator.api.safe import remaining_quota, show_volume, volume_snapshots
+from orchestrator.config import RunIdentity
+from orchestrator.console import Console
 from orchestrator.defaults import SNAPSHOTS_PER_DISK
+from orchestrator.duplicates import duplicate_candidates
 from orchestrator.entry import run
+from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError
+from orchestrator.manifest import read_rows, spooled
+from orchestrator.models import Record, utc_now
+from orchestrator.rules import RowValidator, columns_checked
+from orchestrator.signals import in_thread
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route, Router
@@ -72,12 +84,6 @@ class _Problems:
 
 async def validate(settings: ValidateSettings, *, console: Console, stdout: TextIO) -> int:
     """Check every row; exit 0 when none has a problem, 1 otherwise (3 when the API refused us)."""
-    from orchestrator.config import RunIdentity  # noqa: PLC0415
-    from orchestrator.duplicates import duplicate_candidates  # noqa: PLC0415
-    from orchestrator.manifest import read_rows, spooled  # noqa: PLC0415
-    from orchestrator.models import Record, utc_now  # noqa: PLC0415
-    from orchestrator.rules import RowValidator, columns_checked  # noqa: PLC0415
-    from orchestrator.signals import in_thread  # noqa: PLC0415
 
     display = "<stdin>" if settings.source.path == "-" else settings.source.path
     problems = _Problems(stdout)
@@ -110,8 +116,6 @@ async def validate(settings: ValidateSettings, *, console: Console, stdout: Text
         if settings.online is None:
             await in_thread(lambda: collections.deque(requests(), maxlen=0))
         else:
-            from orchestrator.errors import RouteClosed  # noqa: PLC0415
-
             try:
                 good += await _check_online(requests(), settings, problems, console)
             except RouteClosed as exc:
@@ -131,12 +135,8 @@ async def _check_online(
     requests: Iterator[SnapshotRequest], settings: ValidateSettings, problems: _Problems, console: Console
 ) -> int:
     """Look each disk up with a fixed pool of workers; GETs only. Returns the rows without a problem."""
-    import contextlib  # noqa: PLC0415
 
-    import anyio  # noqa: PLC0415
-
-    from orchestrator.api.routes import connect  # noqa: PLC0415
-    from orchestrator.errors import RouteClosed  # noqa: PLC0415
+    from orchestrator.api.routes import connect  # noqa: PLC0415 - aiohttp loads only when sending
 
     connection = settings.online
     assert connection is not None  # noqa: S101 - only called online
@@ -186,9 +186,6 @@ async def _volume_problem(
     router: Router, request: SnapshotRequest, policy: RetryPolicy
 ) -> tuple[str, str] | Route:
     """The row's problem (code, message), or the route (endpoint and project) the disk was found on."""
-    from orchestrator.api import evs  # noqa: PLC0415
-    from orchestrator.api.safe import show_volume, volume_snapshots  # noqa: PLC0415
-    from orchestrator.errors import ListingFailed, ProjectLookupFailed, TransportError  # noqa: PLC0415
 
     try:
         route = await router.route_for(request.project_id, request.region)
@@ -227,8 +224,6 @@ def _counts_toward_limit(snapshot: Snapshot) -> bool:
 
 async def _quota_problem(route: Route, wanted: int, policy: RetryPolicy, problems: _Problems) -> int:
     """Rows beyond the project's remaining snapshot quota (each reported as QUOTA_EXCEEDED)."""
-    from orchestrator.api.safe import remaining_quota  # noqa: PLC0415
-    from orchestrator.errors import ListingFailed  # noqa: PLC0415
 
     project = route.project_id
     try:
@@ -268,7 +263,6 @@ def command(
     log_format: str,
 ) -> NoReturn:
     """Check a manifest (offline, or --online against the API) without creating anything."""
-    from orchestrator.console import Console  # noqa: PLC0415
 
     console = Console(sys.stderr, json=log_format == "json")
     settings = ValidateSettings(

@@ -12,10 +12,21 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+import anyio
 import click
 
 from orchestrator import options
+from orchestrator.console import Console
+from orchestrator.createrun import check_create_run
 from orchestrator.entry import run
+from orchestrator.errors import UsageError
+from orchestrator.frame import Frame
+from orchestrator.lock import run_locks
+from orchestrator.report import check_report_path, final_records, read_header
+from orchestrator.signals import cancel_on_signal
+from orchestrator.sweep import sweep, sweep_policy
+from orchestrator.tally import Tally
+from orchestrator.waiter import Waiter
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Router
@@ -42,16 +53,6 @@ class WaitSettings:
 
 async def wait(settings: WaitSettings, *, console: Console) -> int:
     """Sweep, then poll the report's accepted snapshots and append their final states."""
-    import anyio  # noqa: PLC0415
-
-    from orchestrator.createrun import check_create_run  # noqa: PLC0415
-    from orchestrator.errors import UsageError  # noqa: PLC0415
-    from orchestrator.frame import Frame  # noqa: PLC0415
-    from orchestrator.lock import run_locks  # noqa: PLC0415
-    from orchestrator.report import check_report_path, final_records, read_header  # noqa: PLC0415
-    from orchestrator.signals import cancel_on_signal  # noqa: PLC0415
-    from orchestrator.tally import Tally  # noqa: PLC0415
-    from orchestrator.waiter import Waiter  # noqa: PLC0415
 
     report = settings.report
     check_report_path(report)
@@ -96,7 +97,6 @@ async def _sweep_then_wait(
     console: Console,
 ) -> None:
     """The sweep (when the report names its run), then the polls, each counted as a phase."""
-    from orchestrator.sweep import sweep, sweep_policy  # noqa: PLC0415
 
     started = time.monotonic()
     if header is not None and waiter.pending:
@@ -150,7 +150,6 @@ def command(
     log_format: str,
 ) -> NoReturn:
     """Poll the snapshots a report accepted until each is available or error; append their final states."""
-    from orchestrator.console import Console  # noqa: PLC0415
 
     console = Console(sys.stderr, json=log_format == "json")
     settings = WaitSettings(
