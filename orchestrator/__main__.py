@@ -14,8 +14,6 @@ import os
 import signal
 from types import FrameType
 
-from orchestrator.cli import main as cli
-
 
 def _stop(signum: int, _frame: FrameType | None) -> None:
     name = signal.Signals(signum).name
@@ -27,6 +25,7 @@ def main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, _stop)
+    from orchestrator.cli import main as cli  # noqa: PLC0415 - imported after the quiet receiver is set
 
     cli()
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import aiohttp
 import anyio
 import orjson
+import pytest
+from aiohttp import web
 from click.testing import CliRunner, Result
 from yarl import URL
 
@@ -26,7 +29,7 @@ from orchestrator.api import signing
 from orchestrator.api.credentials import OutgoingRequest, TokenAuth
 from orchestrator.api.routes import Route, Router, connect
 from orchestrator.cli import main
-from orchestrator.config import Connection, Endpoints
+from orchestrator.config import Connection, Endpoints, Limits
 from orchestrator.emulator import (
     EmulatorThread,
     RunningEmulator,
@@ -34,11 +37,15 @@ from orchestrator.emulator import (
     SeedVolume,
 )
 from orchestrator.emulator.clock import evs_time
-from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from orchestrator.models import Outcome, Record, SnapshotRequest
-from orchestrator.restore import Finding, RestorePlan, restore_row
+from orchestrator.emulator.settings import (
+    DEFAULT_AK,
+    DEFAULT_DOMAIN,
+    DEFAULT_PASSWORD,
+    DEFAULT_SK,
+    DEFAULT_USER,
+)
+from orchestrator.models import Outcome, Record, RunHeader, SnapshotRequest
 from orchestrator.retry import RetryPolicy
-from orchestrator.waiter import WaitPlan
 
 PROJECT = "0123456789abcdef0123456789abcdef"
 TOKEN = "test-fixed-token-0001"
@@ -226,15 +233,6 @@ def in_flight(data: bytes) -> set[int]:
     return open_rows
 
 
-def records_in(data: bytes) -> list[dict[str, Any]]:
-    """The row records (no header, no journal) among the whole lines of report bytes."""
-    found = []
-    for line in data.splitlines():
-        if line.endswith(b"}") and b'"type":"run"' not in line and b'"outcome":"sending"' not in line:
-            found.append(orjson.loads(line))
-    return found
-
-
 def volume_ids(count: int, seed: int = 0) -> list[str]:
     """Deterministic, distinct volume ids."""
     return [str(uuid.UUID(int=(seed << 64) + index + 1, version=4)) for index in range(count)]
@@ -331,15 +329,6 @@ async def routed(url: str, environ: dict[str, str] | None = None) -> AsyncIterat
         yield await router.route_for(PROJECT, None)
 
 
-@contextlib.asynccontextmanager
-async def route_to(url: str, environ: Mapping[str, str] = AKSK_ENV) -> AsyncIterator[Route]:
-    """The route of the test project on ``url``, over a real session (AK/SK by default)."""
-    connection = Connection(endpoints=Endpoints(evs=URL(url)), environ=dict(environ))
-    async with contextlib.AsyncExitStack() as stack:
-        router = await connect(stack, connection)
-        yield await router.route_for(PROJECT, None)
-
-
 DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 
 
@@ -420,7 +409,7 @@ def marker(run: str = RUN) -> dict[str, str]:
     return {"evs_snapshot_run": run}
 
 
-def rollback(emu: EmulatorThread, source: Path, report: Path, *extra: str, **flags: object) -> Any:
+def rollback(emu: EmulatorThread, source: Path, report: Path | str, *extra: str, **flags: object) -> Any:
     args = cli_args("rollback", source, endpoint=emu.url, report=report, **flags)
     return invoke([*args, *FAST, *FAST_WAIT, *extra])
 
@@ -438,13 +427,6 @@ def world(count: int, *, attached: frozenset[int] = frozenset()) -> dict[str, An
 
 
 ROLLBACK = "POST /v2/{project_id}/cloudsnapshots/{snapshot_id}/rollback"
-
-
-def by_row(path: Path) -> dict[int, dict[str, Any]]:
-    final: dict[int, dict[str, Any]] = {}
-    for record in records(path):
-        final[record["row"]] = record
-    return final
 
 
 def rollbacks_per_snapshot(state: dict[str, Any]) -> Counter[str]:
@@ -486,50 +468,17 @@ async def until(condition: Callable[[], bool]) -> None:
 SERVER = "7c3e6a52-0f1d-4b8e-9c2a-5d4f3e2b1a09"
 
 
-def requests_note(stderr: str) -> dict[str, int]:
-    """The rollback summary's ``requests: 2 checks, 1 lookups, ...`` line, by kind."""
-    (line,) = [text for text in stderr.splitlines() if "requests: " in text]
-    return {kind: int(count) for count, kind in re.findall(r"(\d+) (\w+)", line.split("requests: ", 1)[1])}
-
-
 VOLUME_GET = "GET /v2/{project_id}/cloudvolumes/{volume_id}"
-
-
-def answers(emu: RunningEmulator, route: str) -> Counter[str]:
-    """The in-loop emulator's answers to one route, by status."""
-    return Counter(emu.world.requests.get(route, {}))
-
-
-def restore_plan(settle: float = 5.0) -> RestorePlan:
-    return RestorePlan(
-        source_run=RUN,
-        policy=RetryPolicy(max_attempts=50, initial_wait=0.01, max_wait=0.02),
-        settle=settle,
-        wait=WaitPlan(timeout=5.0, interval=0.02),
-    )
-
-
-async def restoring(route: Route, plan: RestorePlan, meanwhile: Callable[[], Any] | None = None) -> Finding:
-    """``restore_row`` on row 1; ``meanwhile`` (awaited) runs beside it, in the same loop."""
-    found: list[Finding] = []
-
-    async def restore() -> None:
-        found.append(await restore_row(route, source_row(), plan))
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(restore)
-        if meanwhile is not None:
-            await meanwhile()
-    return found[0]
 
 
 OTHER_RUN = "20261120T010101Z-def456"
 
 
 @contextlib.asynccontextmanager
-async def router_for(url: str, environ: dict[str, str]) -> AsyncIterator[Router]:
-    """The run's router on the emulator at ``url`` (EVS and IAM), over a real session."""
-    connection = Connection(endpoints=Endpoints(evs=URL(url), iam=URL(url)), environ=environ)
+async def router_for(url: str, environ: dict[str, str], **limits: Any) -> AsyncIterator[Router]:
+    connection = Connection(
+        endpoints=Endpoints(evs=URL(url), iam=URL(url)), limits=Limits(**limits), environ=environ
+    )
     async with contextlib.AsyncExitStack() as stack:
         yield await connect(stack, connection)
 
@@ -627,3 +576,201 @@ class FakeTime:
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.now += seconds
+
+
+REGION = "cn-north-4"
+
+
+API_IDS = volume_ids(3, seed=4242)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def answering(status: int, body: object) -> Handler:
+    async def handler(_request: web.Request) -> web.Response:
+        return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+    return handler
+
+
+@contextlib.asynccontextmanager
+async def stand_in(routes: dict[str, Handler]) -> AsyncIterator[tuple[str, Counter[str]]]:
+    """A real server on a loopback port for answers the emulator never gives; counts each route's hits."""
+    seen: Counter[str] = Counter()
+    app = web.Application()
+    for key, handler in routes.items():
+        method, path = key.split(" ", 1)
+
+        async def counted(
+            request: web.Request, key: str = key, handler: Handler = handler
+        ) -> web.StreamResponse:
+            seen[key] += 1
+            return await handler(request)
+
+        app.router.add_route(method, path, counted)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}", seen
+    finally:
+        await runner.cleanup()
+
+
+def installed(signum: int) -> bool:
+    return signal.getsignal(signum) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+
+
+MANY_RETRIES = ("--max-attempts", "100", "--backoff-initial", "0.05", "--backoff-max", "0.1")
+
+
+def lock_files(runtime: Path) -> list[str]:
+    """The lock files a run left in the per-user lock directory (``$XDG_RUNTIME_DIR/evs-snapshot``)."""
+    folder = runtime / "evs-snapshot"
+    return sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
+
+
+def run_main(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, env: dict[str, str] = AKSK_ENV
+) -> int | str | None:
+    """The CLI in-process on the test's real standard output (a report to ``-`` writes to its descriptor,
+    which click's runner does not have); returns the exit code."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped:
+        main.main(args, prog_name="evs-snapshot")
+    return stopped.value.code
+
+
+# The emulator's token bucket refills only as its clock moves: under a ManualClock that the test holds
+# still, a drained bucket answers 429 until the test acts, so the test can act while a command is
+# provably in the middle of its work (retrying the throttled request).
+@contextlib.contextmanager
+def once_throttled(
+    emu: EmulatorThread, act: Callable[[], None], route: str | None = None
+) -> Iterator[list[bool]]:
+    """On a helper thread, run ``act`` as soon as the emulator has answered 429 (to ``route``, or to any
+    route), looking every 10 ms for at most 20 s; yields a list that holds True once it acted."""
+    acted: list[bool] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        limit = time.monotonic() + 20
+        while not done.wait(0.01) and time.monotonic() < limit:
+            requests = emu.state()["requests"]
+            if any(counts.get("429") for name, counts in requests.items() if route in (None, name)):
+                if not done.is_set():
+                    act()
+                    acted.append(True)
+                return
+
+    watcher = threading.Thread(target=watch, name="once-throttled", daemon=True)
+    watcher.start()
+    try:
+        yield acted
+    finally:
+        done.set()
+        watcher.join()
+
+
+def one_request(emu: EmulatorThread, method: str, path: str, **options: Any) -> tuple[int, dict[str, str]]:
+    """One request to the emulator (the fixed token's by default): its status and headers."""
+
+    async def send() -> tuple[int, dict[str, str]]:
+        async with aiohttp.ClientSession() as http:
+            status, _, headers = await call(http, emu, method, path, **options)
+            return status, headers
+
+    return anyio.run(send)
+
+
+def issued_token(emu: EmulatorThread) -> str:
+    """A password token from the emulator's IAM (unlike the fixed token, it expires with the clock)."""
+    user = {"name": DEFAULT_USER, "password": DEFAULT_PASSWORD, "domain": {"name": DEFAULT_DOMAIN}}
+    identity = {"methods": ["password"], "password": {"user": user}}
+    body = {"auth": {"identity": identity, "scope": {"project": {"id": PROJECT}}}}
+    status, headers = one_request(emu, "POST", "/v3/auth/tokens", body=body, auth=False)
+    assert status == 201
+    return headers["X-Subject-Token"]
+
+
+CORE_IDS = volume_ids(4, seed=0xED6E)
+
+
+EDGE_RUN = "20261127T035432Z-edge01"
+
+
+OFFLINE = {"project_id": PROJECT, "region": "cn-north-4"}
+
+
+def edge_record(row: int, outcome: Outcome = Outcome.ACCEPTED, **fields: Any) -> Record:
+    values: dict[str, Any] = {
+        "run_id": EDGE_RUN,
+        "row": row,
+        "volume_id": CORE_IDS[row % len(CORE_IDS)],
+        "project_id": PROJECT,
+        "region": None,
+        "name": f"n{row}",
+        "outcome": outcome,
+        "started_at": "2026-11-27T03:54:32.100Z",
+        "finished_at": "2026-11-27T03:54:32.200Z",
+        "elapsed_ms": 100,
+        **fields,
+    }
+    return Record(**values)
+
+
+def edge_header(rows: int) -> RunHeader:
+    return RunHeader(
+        run_id=EDGE_RUN,
+        command="create",
+        manifest="m.csv",
+        rows=rows,
+        digest="sha256:00",
+        shape={},
+        started_at="2026-11-27T03:54:32.000Z",
+    )
+
+
+def report_of(path: Path, items: list[Record], rows: int) -> Path:
+    """A create report written by hand: the run header, then ``items`` in order."""
+    path.write_bytes(edge_header(rows).to_json() + b"".join(item.to_json() for item in items))
+    return path
+
+
+DISK = volume_ids(1, seed=911)[0]
+
+
+def api_seeded(status: str) -> SeedSnapshot:
+    return SeedSnapshot(
+        id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"api/{status}")), volume_id=DISK, status=status
+    )
+
+
+TWO_ROWS_HEADER = RunHeader(
+    run_id=RUN,
+    command="create",
+    manifest="m.csv",
+    rows=2,
+    digest="sha256:00",
+    shape={},
+    started_at="2026-11-27T03:54:32.000Z",
+)
+
+
+def report_record(row: int, outcome: Outcome = Outcome.ACCEPTED) -> Record:
+    return Record(
+        run_id=RUN,
+        row=row,
+        volume_id=f"v{row}",
+        project_id=None,
+        region=None,
+        name=f"n{row}",
+        outcome=outcome,
+        started_at="2026-11-27T03:54:32.100Z",
+        finished_at="2026-11-27T03:54:32.200Z",
+        elapsed_ms=1,
+    )

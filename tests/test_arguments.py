@@ -4,14 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator import __version__
 from orchestrator.emulator import EmulatorThread
 from orchestrator.options import RowRanges
-from tests.helpers import PROJECT, invoke, records, seeds, volume_ids
+from tests.helpers import (
+    API_IDS,
+    CLOSED_PORT,
+    PROJECT,
+    create_args,
+    csv_manifest,
+    invoke,
+    records,
+    seeds,
+    volume_ids,
+)
 
 IDS = volume_ids(3)
 
@@ -165,3 +177,41 @@ def test_row_ranges_never_expand() -> None:
     assert 99999999999999 in chosen
     assert 10**14 not in chosen
     assert chosen.absent(set(range(1, 1001)), limit=3) == [1001, 1002, 1003]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        pytest.param(["--timeout", "0.01"], "0.01 is below the minimum 0.1", id="below"),
+        pytest.param(["--max-rps", "1e6"], "1e6 is above the maximum 100000", id="above"),
+    ],
+)
+def test_numbers_outside_their_range_are_usage_errors(
+    extra: list[str], message: str, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A number outside its option's range is a usage error (exit 2) naming it; no report is written."""
+    report = tmp_path / "r.jsonl"
+    result = invoke(create_args(CLOSED_PORT, csv_manifest(write, API_IDS[:1]), report, *extra, "--dry-run"))
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert not report.exists()
+
+
+def test_localhost_counts_as_loopback_for_plain_http(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--endpoint http://localhost:PORT is allowed (plain http to loopback) and reaches the emulator."""
+    emu = emulator_thread(any_volume=True)
+    url = emu.url.replace("127.0.0.1", "localhost")
+    report = tmp_path / "r.jsonl"
+    result = invoke(create_args(url, csv_manifest(write, API_IDS[:1]), report, "--settle", "0.5"))
+    assert result.exit_code == 0, result.output
+    assert [record["outcome"] for record in records(report)] == ["accepted"]
+    assert len(emu.state()["snapshots"]) == 1
+
+
+def test_version_option_prints_and_exits_0() -> None:
+    """--version prints the program name and version and exits 0."""
+    result = invoke(["--version"])
+    assert result.exit_code == 0
+    assert f"evs-snapshot, version {__version__}" in result.output

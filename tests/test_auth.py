@@ -2,24 +2,55 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import orjson
 import pytest
+from aiohttp import web
 from click.testing import CliRunner
+from yarl import URL
 
+from orchestrator.api import evs
+from orchestrator.api.credentials import AkSkAuth, OutgoingRequest, PasswordCredentials, TokenAuth, discover
+from orchestrator.api.iam import IamClient, PasswordAuth
+from orchestrator.api.routes import connect
+from orchestrator.api.session import Caller
 from orchestrator.cli import main
-from orchestrator.config import Endpoints, region_overrides
+from orchestrator.config import Connection, Endpoints, region_overrides
+from orchestrator.emulator import EmulatorSettings, ManualClock, serving
 from orchestrator.emulator.settings import (
     DEFAULT_AK,
     DEFAULT_DOMAIN,
     DEFAULT_PASSWORD,
     DEFAULT_USER,
 )
-from orchestrator.errors import UsageError
-from tests.helpers import AKSK, PROJECT, TOKEN, records, requests_of, volume_ids
+from orchestrator.errors import (
+    CredentialsError,
+    CredentialsRefused,
+    ProjectLookupFailed,
+    TransportError,
+    UsageError,
+)
+from orchestrator.retry import Verdict
+from tests.helpers import (
+    AKSK,
+    PROJECT,
+    REGION,
+    TOKEN,
+    WRONG,
+    answering,
+    hits,
+    records,
+    requests_of,
+    router_for,
+    stand_in,
+    volume_ids,
+)
 
 NO_CREDENTIALS = {
     "OS_AUTH_TOKEN": "",
@@ -47,6 +78,32 @@ def manifest_of(write: Callable[..., Path], ids: list[str], name: str = "m.csv",
         name,
         "volume_id" + (",region,project_id" if extra else "") + "\n" + "".join(f"{i}{extra}\n" for i in ids),
     )
+
+
+def password_auth(
+    session: aiohttp.ClientSession, url: str, clock: Callable[[], float]
+) -> tuple[PasswordAuth, IamClient]:
+    iam = IamClient(Caller(session, URL(url), timeout=5))
+    auth = PasswordAuth(
+        user=DEFAULT_USER, password=DEFAULT_PASSWORD, domain=DEFAULT_DOMAIN, iam=iam, clock=clock
+    )
+    return auth, iam
+
+
+@contextlib.asynccontextmanager
+async def fake_iam(handler: Callable[[web.Request], Any]) -> AsyncIterator[str]:
+    """A real IAM stand-in on a loopback port, for answers the emulator does not give (5xx, two projects)."""
+    app = web.Application()
+    app.router.add_get("/v3/projects", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
 
 
 def test_password_tokens_renew_during_a_run(
@@ -429,3 +486,188 @@ def test_project_iam_will_not_scope_fails_its_rows(
     )
     assert result.exit_code == 1, result.output
     assert {(r["outcome"], r["error_code"]) for r in records(report)} == {("failed", "PROJECT_NOT_FOUND")}
+
+
+async def test_a_password_token_outlives_an_unreachable_iam() -> None:
+    """Due for renewal while IAM is unreachable: the old token is used until it expires, then the error."""
+    now = [0.0]
+    async with aiohttp.ClientSession() as session:
+        async with serving(EmulatorSettings(token_ttl=100.0)) as emu:  # renewed at 75 s, expires at 100 s
+            auth, iam = password_auth(session, emu.url, lambda: now[0])
+            first = await auth.token_for(PROJECT)
+            # A 401 for a token this one already replaced: the current token is kept, IAM not asked.
+            assert auth.forget(PROJECT, "an-older-token") is True
+            assert await auth.token_for(PROJECT) == first
+            assert iam.requests == 1
+        now[0] = 80.0
+        assert await auth.token_for(PROJECT) == first  # IAM is gone; the token still works
+        assert iam.requests == 2
+        now[0] = 100.5
+        with pytest.raises(TransportError):
+            await auth.token_for(PROJECT)
+    assert auth.refused is None
+
+
+async def test_a_password_token_needs_a_project_scope(emulator: Callable[..., Any]) -> None:
+    """A request without a project cannot carry a project-scoped token: a ValueError, IAM not asked."""
+    emu = await emulator()
+    async with aiohttp.ClientSession() as session:
+        auth, iam = password_auth(session, emu.url, lambda: 0.0)
+        request = OutgoingRequest(method="GET", url=URL(emu.url), headers={}, body=b"", project_id=None)
+        with pytest.raises(ValueError, match="scoped to a project"):
+            await auth.authorize(request)
+    assert "X-Auth-Token" not in request.headers
+    assert iam.requests == 0
+    assert emu.world.requests == {}
+
+
+async def test_iam_answering_5xx_to_a_token_request_is_a_transport_error() -> None:
+    """IAM answers 503 to the password token request: a TransportError (retryable), not a refusal."""
+    busy = answering(503, {"error_msg": "busy", "error_code": "IAM.0500"})
+    async with stand_in({"POST /v3/auth/tokens": busy}) as (url, seen), aiohttp.ClientSession() as session:
+        auth, iam = password_auth(session, url, lambda: 0.0)
+        with pytest.raises(TransportError) as caught:
+            await auth.token_for(PROJECT)
+    assert caught.value.code == "IAM_503"
+    assert auth.refused is None
+    assert iam.requests == 1
+    assert seen == {"POST /v3/auth/tokens": 1}
+
+
+async def test_both_project_lookups_forbidden(emulator: Callable[..., Any]) -> None:
+    """403 from GET /v3/projects and from GET /v3/auth/projects: PROJECT_LOOKUP_FORBIDDEN, not a refusal."""
+    denied = answering(403, {"error": {"code": 403, "message": "Policy doesn't allow it."}})
+    emu = await emulator(any_volume=True)
+    routes = {"GET /v3/projects": denied, "GET /v3/auth/projects": denied}
+    async with stand_in(routes) as (iam_url, seen), contextlib.AsyncExitStack() as stack:
+        connection = Connection(endpoints=Endpoints(evs=URL(emu.url), iam=URL(iam_url)), environ=AKSK)
+        router = await connect(stack, connection)
+        with pytest.raises(ProjectLookupFailed) as caught:
+            await router.route_for(None, REGION)
+        assert router.closures() == []
+    assert caught.value.code == "PROJECT_LOOKUP_FORBIDDEN"
+    assert "give project_id in the row or --project-id" in caught.value.message
+    assert seen == {"GET /v3/projects": 1, "GET /v3/auth/projects": 1}
+    assert emu.world.requests == {}
+
+
+async def test_a_project_lookup_with_wrong_keys_is_a_refusal(emulator: Callable[..., Any]) -> None:
+    """Wrong AK/SK: IAM answers the project lookup 401, which closes the run (kept, asked once)."""
+    emu = await emulator(any_volume=True)
+    connection = Connection(endpoints=Endpoints(evs=URL(emu.url), iam=URL(emu.url)), environ=WRONG)
+    async with contextlib.AsyncExitStack() as stack:
+        router = await connect(stack, connection)
+        for _ in range(2):
+            with pytest.raises(CredentialsRefused, match="IAM \\(project lookup\\) answered 401"):
+                await router.route_for(None, REGION)
+        [closure] = router.closures()
+    assert closure.code == "APIGW.0301"
+    assert hits(emu, "GET /v3/projects") == {"401": 1}
+    assert router.counts() == {"iam": 1}
+
+
+async def test_a_row_with_neither_project_nor_region_cannot_be_routed(emulator: Callable[..., Any]) -> None:
+    """A row with neither project nor region: a UsageError naming the region, no route made, nothing sent."""
+    emu = await emulator()
+    connection = Connection(endpoints=Endpoints(evs=URL(emu.url)), environ=AKSK)
+    async with contextlib.AsyncExitStack() as stack:
+        router = await connect(stack, connection)
+        with pytest.raises(UsageError, match="needs a region"):
+            await router.route_for(None, None)
+    assert router.routes == {}
+    assert emu.world.requests == {}
+
+
+def test_credential_objects_never_show_their_secrets() -> None:
+    """repr() of every credential kind hides the secret values."""
+    shown = " ".join(
+        repr(item)
+        for item in (
+            TokenAuth("tok-SECRET"),
+            AkSkAuth("AK-SECRET", "SK-SECRET", "ST-SECRET"),
+            PasswordCredentials("user-SECRET", "pw-SECRET", "dom-SECRET"),
+        )
+    )
+    assert "SECRET" not in shown
+    assert TokenAuth("x").forget(PROJECT, "x") is False
+    assert AkSkAuth("a", "b").forget(PROJECT, None) is False
+
+
+def test_token_file_problems_are_credential_errors(tmp_path: Path) -> None:
+    """--token-file that is missing or empty raises CredentialsError naming the file; a good one is used."""
+    missing = tmp_path / "missing.token"
+    with pytest.raises(CredentialsError, match="cannot read the token file"):
+        discover(environ={}, token_file=missing)
+    empty = tmp_path / "empty.token"
+    empty.write_text("  \n", encoding="utf-8")
+    with pytest.raises(CredentialsError, match="is empty"):
+        discover(environ={}, token_file=empty)
+    good = tmp_path / "good.token"
+    good.write_text("abc\n", encoding="utf-8")
+    assert discover(environ={"OS_AUTH_TOKEN": "other"}, token_file=good) == TokenAuth("abc")
+
+
+def test_credentials_file_variants(tmp_path: Path) -> None:
+    """The [basic] credentials file: malformed is an error; no section or no keys fall through to the next kind."""
+    path = tmp_path / "credentials"
+    environ = {"HUAWEICLOUD_SDK_CREDENTIALS_FILE": str(path)}
+    password = {"OS_USERNAME": "u", "OS_PASSWORD": "p", "OS_USER_DOMAIN_NAME": "d"}
+    path.write_text("ak = no section header\n", encoding="utf-8")
+    with pytest.raises(CredentialsError, match="cannot read the credentials file"):
+        discover(environ=environ)
+    path.write_text("[other]\nak = A\nsk = S\n", encoding="utf-8")
+    assert discover(environ={**environ, **password}) == PasswordCredentials("u", "p", "d")
+    path.write_text("[basic]\nak = A\n", encoding="utf-8")
+    with pytest.raises(CredentialsError, match=r"no complete credentials found .*\[basic\] ak/sk in"):
+        discover(environ=environ)
+    path.write_text("[basic]\nak = A\nsk = S\nsecurity_token = T\n", encoding="utf-8")
+    assert discover(environ=environ, forced="aksk") == AkSkAuth("A", "S", "T")
+
+
+@pytest.mark.parametrize("answer", [401, 400])
+async def test_an_expired_token_is_renewed_and_the_request_resent(
+    clocked: Callable[..., Any], clock: ManualClock, answer: int
+) -> None:
+    """The gateway says the token expired (401, or 400 Common.0013): one IAM renewal, one resend, 200."""
+    emu = await clocked(any_volume=True, token_ttl=600, expired_token_answer=answer)
+    async with router_for(emu.url, PASSWORD_ENV) as router:
+        route = router.route_at(None, "0123456789abcdef0123456789abcdef")
+        first = await route.send(evs.show_volume(route.project_id, volume_ids(1)[0]))
+        assert first.verdict is Verdict.SUCCESS
+        clock.advance(601)  # the emulator's token expired; the client's clock still says fresh
+        again = await route.send(evs.show_volume(route.project_id, volume_ids(1)[0]))
+        assert again.verdict is Verdict.SUCCESS
+        assert route.closed is None
+        assert route.counts["checks"] == 3  # the first, the refused one, the resend
+    assert emu.world.requests["POST /v3/auth/tokens"]["201"] == 2
+    assert emu.world.requests["GET /v2/{project_id}/cloudvolumes/{volume_id}"][str(answer)] == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code"),
+    [
+        (503, {"error_msg": "busy", "error_code": "IAM.0500"}, "IAM_503"),
+        (
+            200,
+            {"projects": [{"id": "a" * 32, "name": "cn-north-4"}, {"id": "b" * 32, "name": "cn-north-4"}]},
+            "PROJECT_AMBIGUOUS",
+        ),
+    ],
+)
+async def test_iam_5xx_or_two_projects_fail_the_rows_that_needed_the_lookup(
+    emulator: Callable[..., Any], status: int, body: dict[str, Any], code: str
+) -> None:
+    """The project lookup answers 5xx or names two projects: those rows cannot be routed (no EVS request)."""
+
+    async def handler(_request: web.Request) -> web.Response:
+        return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+    emu = await emulator(any_volume=True)
+    async with fake_iam(handler) as iam_url:
+        connection = Connection(endpoints=Endpoints(evs=URL(emu.url), iam=URL(iam_url)), environ=AKSK)
+        async with contextlib.AsyncExitStack() as stack:
+            router = await connect(stack, connection)
+            with pytest.raises(Exception) as caught:  # noqa: PT011 - one of two of our classes, checked below
+                await router.route_for(None, "cn-north-4")
+    assert getattr(caught.value, "code", None) == code
+    assert emu.world.requests == {}

@@ -11,27 +11,37 @@ from typing import Any
 
 import orjson
 
-from orchestrator.emulator import ManualClock
+from orchestrator.emulator import EmulatorThread, ManualClock, SeedSnapshot, SeedVolume
 from tests.helpers import (
     DELETE,
     FAST_RETRIES,
     LIST,
+    MANY_RETRIES,
     MARKER,
+    NO_CREDENTIALS,
     PROJECT,
+    SNAPS,
     TOKEN,
+    VOLUMES,
     cleanup,
+    cli_args,
     create_args,
+    create_report,
     csv_manifest,
     header,
     invoke,
+    issued_token,
     last_per_row,
     live,
+    marker,
+    once_throttled,
     records,
     requests_of,
     run_process,
     snap,
     start,
     volume_ids,
+    world,
 )
 
 
@@ -342,3 +352,72 @@ def test_cleanup_of_a_bare_header_searches_the_project_given(
     assert result.exit_code == 0, result.output
     assert "2 of 2 rows have no record (rows 1, 2)" in result.output
     assert run_snapshots(emu, report) == []
+
+
+def test_cleanup_token_expiring_before_the_delete_stops_with_exit_3(
+    emulator_thread: Callable[..., Any], clock: ManualClock, tmp_path: Path
+) -> None:
+    """cleanup --apply: the listing passes, the DELETE is throttled, and meanwhile the token expires:
+    the DELETE is refused, the route closes, its refusal is printed and the run exits 3."""
+    emu = emulator_thread(clock=clock, rate_limit=1.0, burst=1, token_ttl=60.0, **world(1))
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    report = tmp_path / "cleanup.jsonl"
+    args = [*cli_args("cleanup", source, endpoint=emu.url, report=report, apply=True), *MANY_RETRIES]
+    with once_throttled(emu, lambda: clock.advance(120), route=DELETE) as acted:
+        result = invoke(args, base={**NO_CREDENTIALS, "OS_AUTH_TOKEN": issued_token(emu)})
+    assert acted == [True]
+    assert result.exit_code == 3, result.output
+    assert "credentials refused" in result.stderr
+    assert [(r["outcome"], r["error_code"]) for r in records(report)] == [("failed", "APIGW.0301")]
+    assert requests_of(emu.state(), DELETE)["401"] == 1
+    assert [s["status"] for s in emu.state()["snapshots"]] == ["available"]
+
+
+def test_cleanup_refuses_backups_blocks_busy_and_takes_up_deleting(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """cleanup --apply: a backup-named snapshot is refused, a busy one blocked, one already deleting is
+    recorded deleted without a DELETE; exit 1 for the blocked row."""
+    volumes = tuple(SeedVolume(volume_id=VOLUMES[i]) for i in range(3))
+    snapshots = (
+        SeedSnapshot(id=SNAPS[0], volume_id=VOLUMES[0], name="autobk_snapshot_vbs_1", metadata=marker()),
+        SeedSnapshot(
+            id=SNAPS[1], volume_id=VOLUMES[1], name="pre-maint-1", metadata=marker(), status="backing-up"
+        ),
+        SeedSnapshot(
+            id=SNAPS[2], volume_id=VOLUMES[2], name="pre-maint-2", metadata=marker(), status="deleting"
+        ),
+    )
+    emu = emulator_thread(volumes=volumes, snapshots=snapshots)
+    source = create_report(tmp_path / "create.jsonl", [{}, {}, {}])
+    report = tmp_path / "cleanup.jsonl"
+    result = invoke(
+        [
+            *cli_args("cleanup", source, endpoint=emu.url, report=report, apply=True, no_wait=True),
+            *("--max-attempts", "2", "--backoff-initial", "0.01"),
+        ]
+    )
+    assert result.exit_code == 1, result.output
+    outcomes = {r["snapshot_id"]: (r["outcome"], r["error_code"]) for r in records(report)}
+    assert outcomes == {
+        SNAPS[0]: ("refused", "BACKUP_SNAPSHOT"),
+        SNAPS[1]: ("blocked", "SNAPSHOT_BUSY"),
+        SNAPS[2]: ("deleted", None),
+    }
+    assert DELETE not in emu.state()["requests"]
+
+
+def test_cleanup_needs_a_create_report_with_records(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """cleanup of a missing report, or of an empty one: exit 2, nothing sent."""
+    emu = emulator_thread()
+    missing = invoke(cli_args("cleanup", tmp_path / "missing.jsonl", endpoint=emu.url))
+    assert missing.exit_code == 2
+    assert "no such report" in missing.output
+    blank = tmp_path / "empty.jsonl"
+    blank.write_bytes(b"")
+    empty = invoke(cli_args("cleanup", blank, endpoint=emu.url, report=tmp_path / "r.jsonl"))
+    assert empty.exit_code == 2
+    assert "the report holds no records; nothing to clean up" in empty.output
+    assert emu.state()["requests"] == {}

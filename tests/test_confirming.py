@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,24 +25,13 @@ from tests.helpers import (
     DELETE,
     LIST,
     PROJECT,
-    SNAPS,
-    create_report,
     hits,
-    marker,
     planned,
-    records,
-    requests_note,
-    requests_of,
-    rollback,
-    rollbacks_per_snapshot,
     until,
     volume_ids,
-    world,
 )
 
 SHOW = "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"
-VOLUME_GET = "GET /v2/{project_id}/cloudvolumes/{volume_id}"
-VOLUME_LIST = "GET /v2/{project_id}/cloudvolumes/detail"
 QUICK = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02)
 COUNT = 30
 
@@ -144,66 +131,6 @@ async def test_many_pending_deletions_are_confirmed_by_listing(
     assert len(written) == COUNT
     assert not hits(emu, SHOW)
     assert 3 <= hits(emu, LIST)["200"] <= 10
-
-
-def test_a_rollback_that_ends_before_the_first_poll_is_recorded_at_that_poll(
-    emulator_thread: Callable[..., Any], tmp_path: Path
-) -> None:
-    """Rollbacks over before the first poll (the disk available again, its updated_at moved): each row
-    is rolled_back after one poll of its disk and snapshot, not after polling out the settle window."""
-    rows = 6
-    emu = emulator_thread(rollback_seconds=0.0, latency_ms=30, **world(rows))
-    source = create_report(tmp_path / "create.jsonl", [{} for _ in range(rows)])
-    report = tmp_path / "rollback.jsonl"
-    result = rollback(emu, source, report, "--apply", "--settle", "5s", "--concurrency", "4")
-    assert result.exit_code == 0, result.output
-    assert {r["outcome"] for r in records(report)} == {"rolled_back"}
-    assert len(records(report)) == rows
-    assert rollbacks_per_snapshot(emu.state()) == {SNAPS[i]: 1 for i in range(rows)}
-    assert requests_note(result.output)["polls"] == 2 * rows  # one look at the disk, one at the snapshot
-    assert 1 < emu.state()["max_in_flight"] <= 4
-
-
-def test_many_rollbacks_under_way_are_watched_by_listing_the_disks(
-    emulator_thread: Callable[..., Any], tmp_path: Path
-) -> None:
-    """40 rollbacks under way, limit 4: after each disk's first look, they are watched by listing the
-    disks (1000 a page), not by a GET of each disk a round; requests in flight stay within the limit."""
-    rows, clock = 40, ManualClock()
-    volumes = tuple(SeedVolume(volume_id=str(uuid.UUID(int=0xE000 + i, version=4))) for i in range(rows))
-    snapshots = tuple(
-        SeedSnapshot(id=str(uuid.UUID(int=0xF000 + i, version=4)), volume_id=v.volume_id, metadata=marker())
-        for i, v in enumerate(volumes)
-    )
-    emu = emulator_thread(
-        clock=clock, rollback_seconds=10.0, latency_ms=20, volumes=volumes, snapshots=snapshots
-    )
-    lines = [{"volume_id": v.volume_id, "snapshot_id": s.id} for v, s in zip(volumes, snapshots, strict=True)]
-    source = create_report(tmp_path / "create.jsonl", [{"index": 0, **line} for line in lines])
-    done = threading.Event()
-
-    def release() -> None:
-        """Once every rollback runs and the disks were listed 3 times, the clock moves past their end."""
-        while not done.wait(0.01):
-            state = emu.state()
-            if len(state["rollbacks"]) == rows and sum(requests_of(state, VOLUME_LIST).values()) >= 3:
-                clock.advance(10.0)
-                return
-
-    thread = threading.Thread(target=release, daemon=True)
-    thread.start()
-    try:
-        result = rollback(emu, source, tmp_path / "rollback.jsonl", "--apply", "--concurrency", "4")
-    finally:
-        done.set()
-        thread.join(timeout=10)
-    assert result.exit_code == 0, result.output
-    assert {r["outcome"] for r in records(tmp_path / "rollback.jsonl")} == {"rolled_back"}
-    state = emu.state()
-    assert sum(requests_of(state, VOLUME_LIST).values()) >= 3
-    # a look and a first poll each, and a few more before the rows fall due together: not one a round
-    assert sum(requests_of(state, VOLUME_GET).values()) <= 3 * rows
-    assert 1 < state["max_in_flight"] <= 4
 
 
 @pytest.mark.parametrize("overlap", [True, False])

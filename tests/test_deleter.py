@@ -3,22 +3,18 @@ the same way, through the one loop (``deleter.delete``)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from yarl import URL
 
 from orchestrator.actions import Action, ActionRecord
-from orchestrator.api.routes import Route, connect
-from orchestrator.config import Connection, Endpoints
 from orchestrator.deleter import WRONG_STATE_PAUSE, Deleter, Deletion, Ended, Job, delete, delete_snapshot
 from orchestrator.emulator import SeedSnapshot
 from orchestrator.retry import RetryPolicy
-from tests.helpers import AKSK_ENV, PROJECT, volume_ids
+from tests.helpers import routed, volume_ids
 
 QUICK = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02)
 (DISK,) = volume_ids(1, seed=1047)
@@ -41,13 +37,6 @@ def seeded(status: str) -> SeedSnapshot:
     )
 
 
-@contextlib.asynccontextmanager
-async def route_to(url: str) -> AsyncIterator[Route]:
-    async with contextlib.AsyncExitStack() as stack:
-        router = await connect(stack, Connection(endpoints=Endpoints(evs=URL(url)), environ=AKSK_ENV))
-        yield await router.route_for(PROJECT, None)
-
-
 def planned(snapshot_id: str) -> ActionRecord:
     return ActionRecord(
         run_id="r",
@@ -68,12 +57,12 @@ async def test_the_sweep_and_the_deleter_end_each_answer_alike(emulator: Callabl
     snapshots = tuple(seeded(status) for status in CASES)
     for_sweep, for_deleter = await emulator(snapshots=snapshots), await emulator(snapshots=snapshots)
     swept: dict[str, tuple[bool, str | None]] = {}
-    async with route_to(for_sweep.url) as route:
+    async with routed(for_sweep.url) as route:
         for snapshot in (*snapshots, missing):
             snapshot_id = snapshot if isinstance(snapshot, str) else snapshot.id
             swept[snapshot_id] = await delete_snapshot(route, snapshot_id, QUICK, patience=0)
     written: dict[str, ActionRecord] = {}
-    async with route_to(for_deleter.url) as route:
+    async with routed(for_deleter.url) as route:
         deleter = Deleter(
             policy=QUICK,
             concurrency=2,
@@ -103,7 +92,7 @@ async def test_a_wrong_state_is_waited_out_only_with_patience(emulator: Callable
     with patience the DELETE is sent again until the patience is spent."""
     young = seeded("creating")
     emu = await emulator(snapshots=(young,))
-    async with route_to(emu.url) as route:
+    async with routed(emu.url) as route:
         at_once = await delete(route, young.id, QUICK)
         patient = await delete(route, young.id, QUICK, patience=0.3)
     assert (at_once.ended, at_once.state, at_once.attempts) == (Ended.REJECTED, "creating", 1)
@@ -119,7 +108,7 @@ async def test_patience_outlasts_the_attempts_at_a_steady_pace(emulator: Callabl
     each pause then at least WRONG_STATE_PAUSE, so the patience is not spun through."""
     target = seeded("available")
     emu = await emulator(snapshots=(target,), fault_5xx=1.0)
-    async with route_to(emu.url) as route:
+    async with routed(emu.url) as route:
         deletion = await delete(route, target.id, QUICK, patience=0.5)
     assert deletion.ended is Ended.FAILED
     assert QUICK.max_attempts < deletion.attempts <= QUICK.max_attempts + 1 + int(0.5 / WRONG_STATE_PAUSE)

@@ -12,9 +12,9 @@ import anyio
 import orjson
 import pytest
 
-from orchestrator.emulator import ManualClock, RunningEmulator, SeedVolume
+from orchestrator.emulator import ManualClock, RunningEmulator, SeedSnapshot, SeedVolume
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from tests.helpers import PROJECT, call, seeds, volume_ids
+from tests.helpers import API_IDS, PROJECT, call, seeds, volume_ids
 
 SNAPSHOTS = f"/v2/{PROJECT}/cloudsnapshots"
 VOLUME = volume_ids(1)[0]
@@ -348,3 +348,57 @@ async def test_state_is_open_without_auth(emulator: Callable[..., Any], http: ai
     async with http.get(f"{emu.url}/_emulator/state") as response:
         again = orjson.loads(await response.read())
     assert again["requests"] == {}
+
+
+async def test_emulator_refuses_malformed_queries_and_bodies(
+    emulator: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    """A negative offset, a rollback name out of bounds, a bad `matches` filter, detaching an unknown disk."""
+    snapshot = SeedSnapshot(id=volume_ids(1, seed=78)[0], volume_id=API_IDS[0])
+    emu = await emulator(volumes=(), any_volume=False, snapshots=(snapshot,))
+    status, body, _ = await call(
+        http, emu, "GET", f"/v2/{PROJECT}/cloudsnapshots/detail", query=[("offset", "-1")]
+    )
+    assert (status, body["error"]) == (400, {"code": "EVS.5400", "message": "offset param must be positive."})
+    for name in ("", "x" * 300, 7):
+        status, body, _ = await call(
+            http,
+            emu,
+            "POST",
+            f"/v2/{PROJECT}/cloudsnapshots/{snapshot.id}/rollback",
+            body={"rollback": {"volume_id": API_IDS[0], "name": name}},
+        )
+        assert (status, body["error"]["code"]) == (400, "EVS.5400"), body
+        assert "name must be 1 to" in body["error"]["message"]
+    assert emu.world.rollbacks == []
+    action = f"/v2/{PROJECT}/cloudvolumes/resource_instances/action"
+    for matches, message in (
+        ("resource_name", "matches must be a list"),
+        (["resource_name"], "each match needs a key and a value"),
+        ([{"key": "resource_name", "value": 3}], "each match needs a key and a value"),
+    ):
+        status, body, _ = await call(http, emu, "POST", action, body={"action": "count", "matches": matches})
+        assert (status, body["error"]["code"]) == (400, "EVS.5400"), body
+        assert message in body["error"]["message"]
+    status, body, _ = await call(http, emu, "POST", f"/_emulator/volumes/{API_IDS[1]}/detach", auth=False)
+    assert status == 404
+
+
+async def test_emulator_name_match_skips_other_keys(
+    emulator: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    """`matches` items with another key are passed over; the resource_name item after them filters."""
+    emu = await emulator(
+        volumes=(
+            SeedVolume(volume_id=API_IDS[0], name="web-1"),
+            SeedVolume(volume_id=API_IDS[1], name="db-1"),
+        )
+    )
+    action = f"/v2/{PROJECT}/cloudvolumes/resource_instances/action"
+    other = {"key": "resource_id", "value": API_IDS[1]}
+    status, body, _ = await call(http, emu, "POST", action, body={"action": "count", "matches": [other]})
+    assert (status, body) == (200, {"total_count": 2})
+    named = [other, {"key": "resource_name", "value": "web"}]
+    status, body, _ = await call(http, emu, "POST", action, body={"action": "filter", "matches": named})
+    assert status == 200
+    assert [item["resource_id"] for item in body["resources"]] == [API_IDS[0]]

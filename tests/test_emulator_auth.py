@@ -15,10 +15,16 @@ import pytest
 from yarl import URL
 
 from orchestrator.api import signing
-from orchestrator.api.credentials import AkSkAuth, OutgoingRequest, TokenAuth
+from orchestrator.api.credentials import AkSkAuth, OutgoingRequest, TokenAuth, host_header
 from orchestrator.emulator import ManualClock, RunningEmulator
-from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from tests.helpers import PROJECT, call, seeds, volume_ids
+from orchestrator.emulator.settings import (
+    DEFAULT_AK,
+    DEFAULT_DOMAIN,
+    DEFAULT_PASSWORD,
+    DEFAULT_SK,
+    DEFAULT_USER,
+)
+from tests.helpers import PROJECT, REGION, call, hits, seeds, volume_ids
 
 Start = Callable[..., Awaitable[RunningEmulator]]
 SNAPSHOTS = f"/v2/{PROJECT}/cloudsnapshots"
@@ -52,6 +58,36 @@ async def password_token(
             orjson.loads(await response.read()),
             response.headers.get("X-Subject-Token", ""),
         )
+
+
+class DerivedSigner:
+    """``V11-HMAC-SHA256`` (derived key) signatures, which the official SDK can send; the tool never does."""
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+
+    async def authorize(self, request: OutgoingRequest) -> None:
+        headers = request.headers
+        headers["X-Sdk-Date"] = signing.sdk_date()
+        headers["Host"] = host_header(request.url)
+        headers["Authorization"] = signing.authorization(
+            ak=DEFAULT_AK,
+            sk=DEFAULT_SK,
+            method=request.method,
+            path=request.url.raw_path,
+            query=signing.parse_query(request.url.raw_query_string),
+            headers=headers,
+            body=request.body,
+            derived=(self.region, "evs"),
+        )
+
+    def forget(self, project_id: str, stale: str | None) -> bool:
+        return False
+
+
+class MalformedSigner(DerivedSigner):
+    async def authorize(self, request: OutgoingRequest) -> None:
+        request.headers["Authorization"] = f"{signing.ALGORITHM} Access{DEFAULT_AK}"
 
 
 def test_manual_clock_moves_only_forward_and_is_thread_safe() -> None:
@@ -383,3 +419,46 @@ def test_official_sdk_with_wrong_key_is_refused(emulator_thread: Callable[..., A
     with pytest.raises(ClientRequestException) as refused:
         client.list_snapshots(ListSnapshotsRequest())
     assert (refused.value.status_code, refused.value.error_code) == (401, "APIGW.0301")
+
+
+async def test_gateway_signatures(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    """Derived-key signatures are verified (for the served region only); a malformed header is a 401."""
+    emu = await emulator()
+    path = f"/v2/{PROJECT}/cloudsnapshots/detail"
+    status, body, _ = await call(http, emu, "GET", path, auth=DerivedSigner(REGION))
+    assert (status, body["count"]) == (200, 0)
+    status, body, _ = await call(http, emu, "GET", path, auth=DerivedSigner("cn-south-1"))
+    assert (status, body["error_msg"]) == (
+        401,
+        "Incorrect IAM authentication information: verify aksk signature fail",
+    )
+    status, body, _ = await call(http, emu, "GET", path, auth=MalformedSigner(REGION))
+    assert (status, body["error_msg"]) == (
+        401,
+        "Incorrect IAM authentication information: verify aksk signature fail",
+    )
+    assert signing.parse_authorization(f"{signing.ALGORITHM} Access=a, SignedHeaders") is None
+    assert hits(emu, "GET /v2/{project_id}/cloudsnapshots/detail") == {"200": 1, "401": 2}
+
+
+async def test_iam_refuses_a_token_request_without_the_password_method(
+    emulator: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    """The emulator's IAM refuses a token request without the password method, or with a malformed scope."""
+    emu = await emulator()
+    identity = {
+        "methods": ["token"],
+        "password": {
+            "user": {"name": DEFAULT_USER, "password": DEFAULT_PASSWORD, "domain": {"name": DEFAULT_DOMAIN}}
+        },
+    }
+    for auth in (
+        {"identity": identity, "scope": {"project": {"id": PROJECT}}},
+        {"identity": {**identity, "methods": ["password"]}, "scope": {"project": PROJECT}},
+    ):
+        status, body, headers = await call(
+            http, emu, "POST", "/v3/auth/tokens", body={"auth": auth}, auth=False
+        )
+        assert (status, body["error_code"]) == (400, "IAM.0011"), body
+        assert "X-Subject-Token" not in headers
+    assert emu.world.tokens == {}

@@ -3,6 +3,8 @@ help text for every option, and the new options wired through to a served emulat
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -12,16 +14,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import click
 import orjson
 import pytest
 from click.testing import CliRunner
+from yarl import URL
 
+import orchestrator.emulator as emulator_package
 from orchestrator.cli import main
 from orchestrator.commands.emulator import command
-from orchestrator.emulator import SeedSnapshot, SeedVolume, read_snapshots, read_volumes
+from orchestrator.emulator import (
+    EmulatorSettings,
+    EmulatorThread,
+    SeedSnapshot,
+    SeedVolume,
+    fetch_state,
+    read_snapshots,
+    read_volumes,
+    serve_forever,
+    serving,
+)
 from orchestrator.errors import UsageError
-from tests.helpers import PROJECT, TOKEN, volume_ids
+from tests.helpers import API_IDS, PROJECT, TOKEN, installed, invoke, volume_ids
 
 IDS = volume_ids(4, seed=5)
 SNAP_IDS = volume_ids(4, seed=6)
@@ -249,3 +264,66 @@ def test_command_wires_the_new_options(write: Callable[..., Path]) -> None:
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 0
+
+
+async def test_serve_forever_stops_on_sigterm(capsys: pytest.CaptureFixture[str]) -> None:
+    """The emulator command's loop: prints its address, serves, and stops cleanly on SIGTERM."""
+    loop = asyncio.get_running_loop()
+    printed = ""
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(serve_forever, EmulatorSettings(token=TOKEN))
+            with anyio.fail_after(5):
+                while "listening on" not in printed:
+                    await anyio.sleep(0.005)
+                    printed += capsys.readouterr().out
+            url = printed.split("listening on ", 1)[1].split()[0]
+            state = await anyio.to_thread.run_sync(fetch_state, url)
+            assert state["snapshots"] == []
+            assert installed(signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)  # serve_forever leaves its handlers (it ends the process)
+    assert "EVS emulator stopped" in capsys.readouterr().err
+
+
+def test_an_emulator_thread_that_cannot_listen_says_so(emulator_thread: Callable[..., Any]) -> None:
+    """An emulator thread on a port already taken raises 'the emulator did not start', caused by the OSError."""
+    taken = URL(emulator_thread().url).port
+    assert taken is not None
+    with pytest.raises(RuntimeError, match="the emulator did not start") as caught:
+        EmulatorThread(EmulatorSettings(port=taken)).start()
+    assert isinstance(caught.value.__cause__, OSError)
+
+
+def test_the_emulator_package_names_only_what_it_has() -> None:
+    """The emulator package exports serving; an unknown name is an AttributeError naming it."""
+    assert emulator_package.serving is serving
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
+        _ = emulator_package.nothing_here
+
+
+def test_a_seed_file_with_a_negative_size_is_refused(write: Callable[..., Path]) -> None:
+    """emulator --volumes with a negative size: exit 2 naming the file and entry; nothing listens."""
+    path = write("v.csv", f"volume_id,size\n{API_IDS[0]},-5\n")
+    result = invoke(["emulator", "--volumes", str(path)])
+    assert result.exit_code == 2, result.output
+    assert f"{path}: entry 1: size must not be negative" in result.stderr
+    assert "listening" not in result.output
+
+
+def test_stopping_an_emulator_thread_that_never_started_does_nothing() -> None:
+    """stop() before start() returns at once (it used to fail joining a thread never started)."""
+    thread = EmulatorThread(EmulatorSettings())
+    thread.stop()
+    with thread:  # and the same object still starts and stops normally
+        assert thread.state()["snapshots"] == []
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1"])
+def test_emulator_fault_probabilities_are_between_0_and_1(value: str) -> None:
+    """emulator --fault-5xx outside [0, 1] is refused (exit 2) before anything starts."""
+    result = invoke(["emulator", "--port", "0", "--fault-5xx", value])
+    assert result.exit_code == 2
+    assert "must be between 0 and 1" in result.stderr

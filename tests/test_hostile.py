@@ -19,6 +19,8 @@ import pytest
 from click.testing import Result
 
 from orchestrator.cli import main
+from orchestrator.errors import UsageError
+from orchestrator.report import check_report_path
 from tests.helpers import PROJECT, cli_args, create_args, csv_manifest, header, invoke, records, volume_ids
 
 IDS = volume_ids(6, seed=120)
@@ -580,3 +582,13 @@ def test_report_header_knows_the_manifest(
     report = tmp_path / "r.jsonl"
     assert invoke(create_args(emu.url, csv_manifest(write, IDS[:4]), report, "--dry-run")).exit_code == 0
     assert header(report)["rows"] == 4
+
+
+def test_paths_that_cannot_be_reports(tmp_path: Path) -> None:
+    """A report under a regular file, or a device, is a usage error naming the path."""
+    plain = tmp_path / "plain"
+    plain.write_text("x", encoding="utf-8")
+    with pytest.raises(UsageError, match="cannot use the report"):
+        check_report_path(plain / "r.jsonl")
+    with pytest.raises(UsageError, match="not a regular file"):
+        check_report_path(Path(os.devnull))

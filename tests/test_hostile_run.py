@@ -6,8 +6,11 @@ Real processes where the process's own fate matters (a file-size limit, a broken
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -15,21 +18,29 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from orchestrator.emulator import SeedVolume
+from orchestrator.errors import ReportUnwritable
+from orchestrator.report import ReportWriter
 from tests.helpers import (
     AKSK_ENV,
     CREATE_ROUTE,
+    EDGE_RUN,
     FAST_RETRIES,
     PROJECT,
+    RUN,
+    TWO_ROWS_HEADER,
     cli_args,
     create_args,
     csv_manifest,
+    edge_header,
+    edge_record,
     invoke,
     last_per_row,
     lines,
@@ -92,6 +103,17 @@ def finished(process: subprocess.Popen[bytes], limit: float = 10.0) -> bytes:
         process.kill()
         stderr = process.communicate()[1]
         raise AssertionError(f"still running after {limit}s; stderr: {stderr.decode()}") from None
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """``ulimit -f`` for this process, for the ``with`` body only (Python ignores SIGXFSZ: writes fail EFBIG)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def test_file_size_limit_stops_the_run_cleanly_and_resume_finishes(
@@ -471,3 +493,49 @@ def test_emulator_demo_can_be_resumed(tmp_path: Path) -> None:
     result = invoke([*args, "--resume"])
     assert result.exit_code == 1, result.output
     assert len(lines(report)) > 8
+
+
+def test_report_on_a_full_standard_output_says_why_and_names_the_marker() -> None:
+    """--report - onto a full device: ReportUnwritable gives the OS's reason (not a broken pipe)."""
+    with open("/dev/full", "w") as full, contextlib.redirect_stdout(full):
+        writer = ReportWriter("-")
+        with pytest.raises(ReportUnwritable) as caught:
+            writer.write_header(edge_header(1))
+        writer.close()
+    message = str(caught.value)
+    assert "cannot write standard output: No space left on device" in message
+    assert f"(metadata evs_snapshot_run={EDGE_RUN})" in message
+    assert "broken pipe" not in message
+
+
+def test_report_file_that_cannot_grow_keeps_only_whole_records(tmp_path: Path) -> None:
+    """A report file at its size limit: the record is refused (File too large), no torn line stays,
+    and the message says to --resume."""
+    path = tmp_path / "r.jsonl"
+    first = edge_record(1).to_json()
+    with ReportWriter(str(path)) as writer:
+        writer.write(edge_record(1))
+        with file_size_limit(len(first) + 10), pytest.raises(ReportUnwritable) as caught:
+            writer.write(edge_record(2))
+    message = str(caught.value)
+    assert f"cannot write the report {path}: {os.strerror(errno.EFBIG)}" in message
+    assert "the run stopped after 1 records" in message
+    assert "--resume" in message
+    assert path.read_bytes() == first
+
+
+def test_stdout_report_whose_reader_left_stops_with_the_run_marker() -> None:
+    """--report - with the reader gone: ReportUnwritable says 'broken pipe' and names the run's marker."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "w") as stdout, contextlib.redirect_stdout(stdout):
+        writer = ReportWriter("-")
+        assert writer.empty
+        with pytest.raises(ReportUnwritable) as caught:
+            writer.write_header(TWO_ROWS_HEADER)
+        writer.sync()  # nothing to sync on a stream it does not own
+        writer.close()
+    message = str(caught.value)
+    assert "cannot write standard output: the reader of standard output went away (broken pipe)" in message
+    assert f"(metadata evs_snapshot_run={RUN})" in message
+    assert "the run stopped after 0 records" in message

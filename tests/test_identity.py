@@ -9,22 +9,42 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 
-from orchestrator.emulator import SeedSnapshot
+from orchestrator.emulator import EmulatorThread, ManualClock, SeedSnapshot, SeedVolume
+from orchestrator.report import ReportWriter
+from orchestrator.retry import RetryPolicy
+from orchestrator.sweep import sweep
+from orchestrator.tally import Tally
 from tests.helpers import (
+    AKSK,
+    CORE_IDS,
     CREATE_ROUTE,
+    DELETE,
+    EDGE_RUN,
     FAST_RETRIES,
     LIST_ROUTE,
+    PROJECT,
+    SNAPS,
+    VOLUMES,
     create_args,
+    create_report,
     csv_manifest,
+    edge_record,
     header,
+    hits,
     invoke,
     last_per_row,
+    marker,
     records,
+    report_of,
     requests_of,
+    router_for,
     run_process,
+    snapshot_request,
     snapshots_per_volume,
+    until,
     volume_ids,
     wait_for_records,
 )
@@ -468,3 +488,129 @@ def test_settle_lookups_that_keep_failing_end_unconfirmed(
     assert {r["error_code"] for r in final.values()} == {"UNCONFIRMED"}
     assert requests_of(emu.state(), LIST_ROUTE)["503"] >= 4 * 3  # 3 lookups a row at least
     assert "--resume" in invoke(["summary", str(report)]).stdout
+
+
+def test_request_body_without_metadata_or_marker_has_no_metadata() -> None:
+    """A row with no metadata, sent without a marker, has no metadata key at all (nor a description)."""
+    request = snapshot_request(CORE_IDS[0])
+    assert request.body() == {"snapshot": {"volume_id": CORE_IDS[0], "force": False, "name": "n"}}
+    assert request.body({"evs_snapshot_run": EDGE_RUN})["snapshot"]["metadata"] == {
+        "evs_snapshot_run": EDGE_RUN
+    }
+
+
+def test_the_sweep_leaves_alone_marked_snapshots_of_a_disk_no_row_names(
+    emulator_thread: Callable[..., EmulatorThread], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Two snapshots with the run's marker on a disk that is not in the report: the sweep of the
+    resumed run deletes neither and writes no duplicate record about them."""
+    manifest = csv_manifest(write, CORE_IDS[:2])
+    report = tmp_path / "r.jsonl"
+    # A first run whose every create is answered 5xx and ends failed after a send: a run in doubt.
+    short = ("--max-attempts", "1", "--settle", "0.1s", "--timeout", "1", "--backoff-initial", "0.01")
+    short += ("--backoff-max", "0.05")
+    failing = emulator_thread(any_volume=True, fault_5xx=1.0)
+    assert invoke(create_args(failing.url, manifest, report, *short)).exit_code == 1
+    run_id = header(report)["run_id"]
+    (foreign,) = volume_ids(1, seed=0xED70)
+    strays = tuple(
+        SeedSnapshot(id=snapshot_id, volume_id=foreign, name="stray", metadata={"evs_snapshot_run": run_id})
+        for snapshot_id in volume_ids(2, seed=0xED71)
+    )
+    emu = emulator_thread(any_volume=True, snapshots=strays)
+    result = invoke(create_args(emu.url, manifest, report, *short, resume=True))
+    assert result.exit_code == 0, result.output
+    final = {r["row"]: r["outcome"] for r in records(report) if r["outcome"] not in ("failed",)}
+    assert final == {1: "accepted", 2: "accepted"}
+    assert not any(r["volume_id"] == foreign for r in records(report))
+    state = emu.state()
+    assert sorted(s["id"] for s in state["snapshots"] if s["volume_id"] == foreign) == sorted(
+        s.id for s in strays
+    )
+    assert "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}" not in state["requests"]
+    assert requests_of(state, LIST_ROUTE)["200"] >= 2  # the sweep's listing, and its look at that disk
+    assert "duplicates" not in result.output
+
+
+async def test_a_second_snapshot_gone_before_the_sweep_looks_closer_is_not_deleted(
+    emulator: Callable[..., Any], clock: ManualClock, tmp_path: Path
+) -> None:
+    """The listing shows two snapshots of the run on one disk, but the second is deleted (by someone
+    else) before the sweep looks at that disk: nothing is a duplicate, nothing is deleted or recorded."""
+    kept, extra = volume_ids(2, seed=0xED74)
+    twins = tuple(
+        SeedSnapshot(
+            id=snapshot_id, volume_id=CORE_IDS[1], name="twin", metadata={"evs_snapshot_run": EDGE_RUN}
+        )
+        for snapshot_id in (kept, extra)
+    )
+    emu = await emulator(clock=clock, latency_ms=30, snapshots=twins)
+    path = report_of(tmp_path / "r.jsonl", [edge_record(1, snapshot_id=kept)], 1)
+
+    async def delete_the_second() -> None:
+        await until(lambda: hits(emu, LIST_ROUTE)["200"] == 1)
+        emu.world.delete_snapshot(emu.world.snapshots[extra])
+        clock.advance(emu.world.settings.deleting_seconds)
+
+    tally = Tally()
+    async with router_for(emu.url, AKSK) as router:
+        route = await router.route_for(PROJECT, None)
+        with ReportWriter(str(path), resume=True) as writer:
+            async with anyio.create_task_group() as group:
+                group.start_soon(delete_the_second)
+                result = await sweep(
+                    [route],
+                    run_id=EDGE_RUN,
+                    report=path,
+                    writer=writer,
+                    tally=tally,
+                    policy=RetryPolicy(max_attempts=8, initial_wait=0.01, max_wait=0.02),
+                    keep_duplicates=False,
+                    patience=1.0,
+                    all_succeeded=True,
+                )
+    assert (result.found, result.removed, result.reconciled) == (0, 0, 0)
+    assert hits(emu, LIST_ROUTE) == Counter({"200": 2})  # the listing, then the look at that disk
+    assert "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}" not in emu.world.requests
+    assert [r["outcome"] for r in records(path)] == ["accepted"]
+    assert not tally.duplicates
+
+
+def test_sweep_reconciles_a_row_and_reports_a_duplicate_it_cannot_delete(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """wait's sweep: a failed row whose snapshot exists gets an accepted record (reconciled); a duplicate
+    still creating cannot be deleted and is reported DELETE_FAILED; a marked snapshot of a disk not in
+    the report is left alone."""
+    volumes = tuple(SeedVolume(volume_id=VOLUMES[i]) for i in range(3))
+    snapshots = (
+        SeedSnapshot(id=SNAPS[0], volume_id=VOLUMES[0], name="pre-maint-0", metadata=marker()),
+        SeedSnapshot(
+            id=SNAPS[3], volume_id=VOLUMES[0], name="pre-maint-0", metadata=marker(), status="creating"
+        ),
+        SeedSnapshot(id=SNAPS[1], volume_id=VOLUMES[1], name="pre-maint-1", metadata=marker()),
+        SeedSnapshot(id=SNAPS[2], volume_id=VOLUMES[2], name="other", metadata=marker()),
+    )
+    emu = emulator_thread(volumes=volumes, snapshots=snapshots)
+    failed = {"outcome": "failed", "snapshot_id": None, "http_status": None, "error_code": "UNCONFIRMED"}
+    report = create_report(tmp_path / "create.jsonl", [{}, failed])
+    result = invoke(
+        ["wait", str(report), "--endpoint", emu.url, "--poll-interval", "0.05", "--wait-timeout", "5s"]
+    )
+    written = records(report)[2:]
+    by_outcome = Counter(r["outcome"] for r in written)
+    assert by_outcome == {"accepted": 1, "duplicate_found": 1, "available": 1}, written
+    reconciled = next(r for r in written if r["outcome"] == "accepted")
+    assert (reconciled["row"], reconciled["snapshot_id"], reconciled["reconciled"]) == (2, SNAPS[1], True)
+    duplicate = next(r for r in written if r["outcome"] == "duplicate_found")
+    assert (duplicate["row"], duplicate["snapshot_id"], duplicate["error_code"]) == (
+        1,
+        SNAPS[3],
+        "DELETE_FAILED",
+    )
+    assert "delete failed: 400 EVS.1047" in duplicate["error_message"]
+    assert "sweep: 1 extra snapshots of this run found, 0 deleted" in result.output
+    assert result.exit_code == 0, result.output
+    state = {s["id"]: s["status"] for s in emu.state()["snapshots"]}
+    assert state[SNAPS[2]] == "available"
+    assert DELETE in emu.state()["requests"]

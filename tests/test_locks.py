@@ -19,11 +19,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+import pytest
+
 from orchestrator.emulator import EmulatorThread
 from orchestrator.errors import LockHeld
 from orchestrator.lock import Lock, RunLock, holding, manifest_lock, run_lock
 from tests.helpers import (
     AKSK_ENV,
+    API_IDS,
     FAST_RETRIES,
     PROJECT,
     cli_args,
@@ -31,7 +35,9 @@ from tests.helpers import (
     csv_manifest,
     invoke,
     lines,
+    lock_files,
     records,
+    run_main,
     snapshots_per_volume,
     volume_ids,
 )
@@ -349,3 +355,86 @@ def test_lock_file_of_a_run_id_is_a_safe_name() -> None:
     assert odd.parent == Path("/c/evs-snapshot/locks")
     assert odd.name.startswith("run-")
     assert "/" not in odd.name
+
+
+def test_locks_live_in_xdg_runtime_dir(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """With XDG_RUNTIME_DIR set, the manifest's lock is there: held by another, the run exits 75 unsent."""
+    emu = emulator_thread(any_volume=True)
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    manifest = csv_manifest(write, API_IDS[:1])
+    lock = manifest_lock(str(manifest), {"XDG_RUNTIME_DIR": str(runtime)}).path
+    assert lock.parent == runtime / "evs-snapshot"
+    with RunLock(lock):
+        result = invoke(
+            create_args(emu.url, manifest, tmp_path / "r.jsonl"), env={"XDG_RUNTIME_DIR": str(runtime)}
+        )
+    assert result.exit_code == 75, result.output
+    assert str(lock) in result.stderr
+    assert emu.state()["requests"] == {}
+
+
+def test_create_stdin_manifest_leaves_no_lock_file(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """create - (rows from standard input): the run works, and the lock files it took (the manifest's,
+    by digest; the report's; the run's) are gone when it ends."""
+    ids = volume_ids(3, seed=701)
+    emu = emulator_thread(any_volume=True)
+    manifest = b"".join(orjson.dumps({"volume_id": i}) + b"\n" for i in ids)
+    report = tmp_path / "r.jsonl"
+    args = create_args(emu.url, Path("-"), report, *FAST_RETRIES, format="jsonl")
+    result = invoke(args, env={"XDG_RUNTIME_DIR": str(tmp_path)}, input=manifest)
+    assert result.exit_code == 0, result.stderr
+    assert lines(report)[0]["manifest"] == "<stdin>"
+    assert sorted((r["row"], r["volume_id"], r["outcome"]) for r in records(report)) == [
+        (n, i, "accepted") for n, i in enumerate(ids, start=1)
+    ]
+    assert lock_files(tmp_path) == []
+
+
+def test_create_report_to_stdout_takes_no_report_lock(
+    emulator_thread: Callable[..., Any],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """create --report -: the header and records go to standard output; no lock file is left behind."""
+    ids = volume_ids(2, seed=705)
+    emu = emulator_thread(any_volume=True)
+    manifest = csv_manifest(write, ids)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    code = run_main(create_args(emu.url, manifest, Path("-"), *FAST_RETRIES), monkeypatch)
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    shown = [orjson.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert shown[0]["type"] == "run"
+    assert sorted((r["volume_id"], r["outcome"]) for r in shown[1:]) == sorted((i, "accepted") for i in ids)
+    assert lock_files(tmp_path) == []
+
+
+def test_create_lock_file_replaces_the_manifest_lock(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--lock-file: held by another run, exit 75 with nothing sent; free, it is taken instead of the
+    manifest's own lock (held meanwhile by another), and it is not removed at the end."""
+    emu = emulator_thread(any_volume=True)
+    manifest = csv_manifest(write, volume_ids(2, seed=703))
+    lock, runtime = tmp_path / "maintenance.lock", tmp_path / "runtime"
+    runtime.mkdir()
+    env = {"XDG_RUNTIME_DIR": str(runtime)}
+    with RunLock(lock):
+        held = invoke(create_args(emu.url, manifest, tmp_path / "held.jsonl", lock_file=lock), env=env)
+    assert held.exit_code == 75
+    assert f"another evs-snapshot run holds {lock}" in held.stderr
+    assert emu.state()["requests"] == {}
+    report = tmp_path / "r.jsonl"
+    with RunLock(manifest_lock(str(manifest), env)):
+        free = invoke(create_args(emu.url, manifest, report, *FAST_RETRIES, lock_file=lock), env=env)
+    assert free.exit_code == 0, free.stderr
+    assert {r["outcome"] for r in records(report)} == {"accepted"}
+    assert lock.exists()
+    assert lock_files(runtime) == []

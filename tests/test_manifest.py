@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from orchestrator.errors import ManifestError, UsageError
 from orchestrator.jsonstream import MAX_DEPTH, JsonScanner, decoded_chunks, manifest_elements
 from orchestrator.manifest import Format, ManifestSource, RawRow, manifest_digest, read_rows
-from tests.helpers import volume_ids
+from tests.helpers import CORE_IDS, OFFLINE, cli_args, invoke, records, volume_ids
 
 IDS = volume_ids(3)
 DEEP_1K = b"[" * 1000 + b"]" * 1000
@@ -454,3 +454,69 @@ def test_reader_round_trips_generated_rows(
         expected = rows
     got = [r.fields for r in read_rows(ManifestSource(str(path), Format(fmt)))]
     assert got == expected
+
+
+def test_manifest_on_standard_input_is_read_with_the_given_format() -> None:
+    """``-`` with --format csv: standard input is spooled and read as CSV (both rows checked)."""
+    data = f"volume_id\n{CORE_IDS[0]}\n{CORE_IDS[1]}\n".encode()
+    result = invoke(cli_args("validate", "-", format="csv", **OFFLINE), input=data)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == "2 rows: 2 would be sent, 0 with problems"
+
+
+def test_more_unknown_columns_than_are_tracked_are_counted_as_more_than(write: Callable[..., Path]) -> None:
+    """Past 50,000 distinct unknown columns the count line says "more than": the rest are not tracked."""
+    columns = 50_001
+    manifest = write(
+        "wide.csv",
+        "volume_id," + ",".join(f"c{i}" for i in range(columns)) + f"\n{CORE_IDS[0]}" + "," * columns + "\n",
+    )
+    result = invoke(cli_args("validate", manifest, **OFFLINE))
+    assert result.exit_code == 0, result.output
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 11, warnings[:15]
+    assert "more than 49,990 more unknown columns are ignored" in warnings[10]
+
+
+def test_csv_row_with_more_cells_than_the_header_is_malformed(
+    write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A CSV row with a cell past the header's last column is invalid (MALFORMED_ROW); the others go on."""
+    manifest = write("m.csv", f"volume_id,name\n{CORE_IDS[0]},a,stray\n{CORE_IDS[1]},b\n")
+    report = tmp_path / "r.jsonl"
+    result = invoke(cli_args("create", manifest, report=report, dry_run=True, **OFFLINE))
+    assert result.exit_code == 1, result.output
+    got = {r["row"]: (r["outcome"], r["error_code"]) for r in records(report)}
+    assert got == {1: ("invalid", "MALFORMED_ROW"), 2: ("planned", None)}
+
+
+def test_json_number_at_the_very_end_is_read_before_the_missing_bracket_is_named(
+    write: Callable[..., Path],
+) -> None:
+    """A JSON array cut right after a number: the rows before it are read, and the error names the end."""
+    manifest = write("cut.json", orjson.dumps([{"volume_id": CORE_IDS[0]}])[:-1] + b", 12345")
+    rows: list[RawRow] = []
+    with pytest.raises(ManifestError) as caught:
+        rows.extend(rows_of(manifest))
+    assert (caught.value.line, caught.value.problem) == (
+        1,
+        "JSON syntax error: expected ',' or ']', found the end of the file",
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"{ }", 'the JSON object has no "volumes" array'),
+        (b'{"volumes": [], 7 : []}', "JSON syntax error: object keys must be strings"),
+        (b'{\n  ["volumes"]: []}', "JSON syntax error: object keys must be strings"),
+    ],
+)
+def test_json_object_without_volumes_or_with_a_number_as_key(
+    write: Callable[..., Path], content: bytes, problem: str
+) -> None:
+    """An empty JSON object has no volumes array; a key that is not a string is a syntax error."""
+    manifest = write("obj.json", content)
+    with pytest.raises(ManifestError) as caught:
+        rows_of(manifest)
+    assert caught.value.problem == problem

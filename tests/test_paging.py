@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from orchestrator.report import ReportWriter
 from orchestrator.retry import RetryPolicy
 from orchestrator.runner import Runner, RunPlan
 from orchestrator.tally import Tally
-from tests.helpers import AKSK_ENV, PROJECT, route_to, snapshot_request, volume_ids
+from tests.helpers import AKSK_ENV, PROJECT, hits, routed, snapshot_request, volume_ids
 
 pytestmark = pytest.mark.anyio
 
@@ -44,15 +43,11 @@ VOLUMES = "GET /v2/{project_id}/cloudvolumes/detail"
 SNAPSHOTS = "GET /v2/{project_id}/cloudsnapshots/detail"
 
 
-def hits(emu: Any, route: str) -> Counter[str]:
-    return Counter(emu.world.requests.get(route, {}))
-
-
 async def test_tagged_disks_page_by_the_offset_in_the_body(emulator: Callable[..., Any]) -> None:
     """1001 tagged disks: two POSTs (offset 0, then 1000), every disk once, as a ``Volume``."""
     disks = tuple(SeedVolume(volume_id=i, tags={"batch": "p"}) for i in volume_ids(evs.PAGE + 1, seed=31))
     emu = await emulator(volumes=disks)
-    async with route_to(emu.url) as route:
+    async with routed(emu.url) as route:
         found = await volumes_by_tags(route, {"batch": ("p",)}, QUICK)
     assert all(isinstance(volume, Volume) for volume in found)
     assert sorted(volume.id for volume in found) == sorted(disk.volume_id for disk in disks)
@@ -66,7 +61,7 @@ async def test_disks_page_by_the_offset_in_the_query(emulator: Callable[..., Any
     ids = volume_ids(evs.PAGE + 1, seed=32)
     disks = (SeedVolume(volume_id=ids[0], server_id=server), *(SeedVolume(volume_id=i) for i in ids[1:]))
     emu = await emulator(volumes=disks)
-    async with route_to(emu.url) as route:
+    async with routed(emu.url) as route:
         found = await list_all_volumes(route, QUICK)
         shown = await show_volume(route, ids[0], QUICK)
         missing = await show_volume(route, str(uuid.UUID(int=0xDEAD, version=4)), QUICK)
@@ -87,7 +82,7 @@ async def test_snapshot_pages_say_the_total_and_an_empty_listing_is_one_page(
         for i in volume_ids(3, seed=34)
     )
     emu = await emulator(snapshots=seeded)
-    async with route_to(emu.url) as route:
+    async with routed(emu.url) as route:
         pages = [page async for page in snapshot_pages(route, QUICK)]
         one = await volume_snapshots(route, disk, QUICK)
         shown = await show_snapshot(route, seeded[0].id, QUICK)
@@ -99,7 +94,7 @@ async def test_snapshot_pages_say_the_total_and_an_empty_listing_is_one_page(
     assert shown.id == seeded[0].id
     assert gone is None
     empty = await emulator()
-    async with route_to(empty.url) as route:
+    async with routed(empty.url) as route:
         assert [(len(page), page.total) for page in [p async for p in snapshot_pages(route, QUICK)]] == [
             (0, 0)
         ]
@@ -112,7 +107,7 @@ async def test_a_refused_request_raises_with_its_answer_and_later_ones_without(
     """A wrong secret key: the first request raises ``RouteClosed`` holding the 401; the next is not
     sent and raises without an answer; a listing raises it too, never ``ListingFailed``."""
     emu = await emulator()
-    async with route_to(emu.url, WRONG) as route:
+    async with routed(emu.url, WRONG) as route:
         with pytest.raises(RouteClosed) as first:
             await route.send(evs.show_volume(PROJECT, volume_ids(1)[0]))
         with pytest.raises(RouteClosed) as later:
@@ -129,7 +124,7 @@ async def test_a_refused_request_raises_with_its_answer_and_later_ones_without(
 async def test_a_listing_that_keeps_failing_raises_listing_failed(emulator: Callable[..., Any]) -> None:
     """Every answer a 500: the attempts are spent, and the listing raises rather than look empty."""
     emu = await emulator(fault_5xx=1.0)
-    async with route_to(emu.url) as route:
+    async with routed(emu.url) as route:
         with pytest.raises(ListingFailed):
             [page async for page in snapshot_pages(route, QUICK)]
     assert sum(hits(emu, SNAPSHOTS).values()) == QUICK.max_attempts
@@ -175,7 +170,7 @@ async def test_a_listing_by_marker_gives_only_that_runs_snapshots(emulator: Call
         SeedSnapshot(id=i, volume_id=disk, metadata=marker) for i, marker in zip(ids, markers, strict=True)
     )
     emu = await emulator(snapshots=seeded)
-    async with route_to(emu.url) as route:
+    async with routed(emu.url) as route:
         pages = [page async for page in snapshot_pages(route, QUICK, marker="run-9")]
     assert [page.total for page in pages] == [4]
     assert sorted(snapshot.id for page in pages for snapshot in page) == sorted(ids[:2])

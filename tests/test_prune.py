@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import time
 import uuid
@@ -11,24 +12,36 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from yarl import URL
 
 from orchestrator.actions import Action, ActionRecord
 from orchestrator.api.routes import connect
+from orchestrator.api.views import Snapshot
 from orchestrator.config import Connection, Endpoints
 from orchestrator.deleter import Deleter, Job
+from orchestrator.emulator import ManualClock, SeedSnapshot
 from orchestrator.lock import RunLock
+from orchestrator.retention import newest_first
 from orchestrator.retry import RetryPolicy
 from tests.helpers import (
     ACTION_RETRIES,
     AKSK,
+    CLOSED_PORT,
     DELETE,
     LIST,
+    MANY_RETRIES,
+    NO_CREDENTIALS,
     PROJECT,
+    WRONG,
+    cli_args,
+    create_report,
     csv_manifest,
     invoke,
+    issued_token,
     live,
+    once_throttled,
     prune,
     records,
     requests_of,
@@ -325,4 +338,234 @@ def test_a_second_run_is_refused_by_the_lock(
         args = ["--keep-last", "1", "--apply", "--lock-file", str(lock)]
         result = prune(emu, csv_manifest(write, [disk]), tmp_path / "r.jsonl", *args)
     assert result.exit_code == 75, result.output
+    assert emu.state()["requests"] == {}
+
+
+def test_prune_token_expiring_before_the_delete_stops_with_exit_3(
+    emulator_thread: Callable[..., Any], clock: ManualClock, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """prune --apply: as cleanup, a token that expires while the DELETE is throttled closes the route:
+    exit 3 with the refusal printed, and the condemned snapshot is still there."""
+    volume = volume_ids(1, seed=721)[0]
+    seeds = [snap(volume, 2), snap(volume, 1)]
+    emu = start(emulator_thread, [volume], seeds, clock=clock, rate_limit=1.0, burst=1, token_ttl=60.0)
+    manifest = csv_manifest(write, [volume])
+    report = tmp_path / "prune.jsonl"
+    args = cli_args(
+        "prune", manifest, endpoint=emu.url, project_id=PROJECT, report=report, keep_last=1, apply=True
+    )
+    with once_throttled(emu, lambda: clock.advance(120), route=DELETE) as acted:
+        result = invoke([*args, *MANY_RETRIES], base={**NO_CREDENTIALS, "OS_AUTH_TOKEN": issued_token(emu)})
+    assert acted == [True]
+    assert result.exit_code == 3, result.output
+    assert "credentials refused" in result.stderr
+    outcomes = sorted((r["outcome"], r["error_code"]) for r in records(report))
+    assert ("failed", "APIGW.0301") in outcomes
+    assert {s["id"] for s in emu.state()["snapshots"]} == {seed.id for seed in seeds}
+
+
+def test_snapshot_without_a_readable_creation_time_counts_as_newest() -> None:
+    """No ``created_at`` (missing, null or empty) is unreadable, so such a snapshot sorts first (kept)."""
+    old = {"id": "a", "created_at": "2026-01-01T00:00:00.000000"}
+    missing = {"id": "b"}
+    empty = {"id": "c", "created_at": ""}
+    assert Snapshot.parse(missing).created is None
+    assert Snapshot.parse(empty).created is None
+    assert Snapshot.parse({"created_at": None}).created is None
+    assert [s.id for s in newest_first(map(Snapshot.parse, [old, missing, empty]))] == ["c", "b", "a"]
+
+
+def test_action_resume_refuses_damaged_or_foreign_reports(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """prune --resume: a damaged line mid-report exits 2; a torn last line and blank lines are skipped;
+    another command's report or standard output cannot be resumed."""
+    (disk,) = volume_ids(1, seed=922)
+    emu = start(emulator_thread, [disk], [snap(disk, d) for d in (1, 2, 3)])
+    manifest = csv_manifest(write, [disk])
+    report = tmp_path / "r.jsonl"
+    assert prune(emu, manifest, report, "--keep-last", "1").exit_code == 0
+    planned = report.read_bytes()
+    report.write_bytes(planned + b"\n\n" + b'{"outcome": "deleted", "key"')
+    resumed = prune(emu, manifest, report, "--keep-last", "1", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert [r["outcome"] for r in records(report)] == ["planned"] * 4
+    report.write_bytes(
+        planned + b'{"outcome": "no-such-outcome", "key": "x"}\n' + planned.splitlines(True)[1]
+    )
+    damaged = prune(emu, manifest, report, "--keep-last", "1", "--resume")
+    assert damaged.exit_code == 2
+    assert "r.jsonl:4: not a record of this report" in damaged.output
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    other = invoke(["cleanup", str(source), "--endpoint", emu.url, "--report", str(tmp_path / "p.jsonl")])
+    assert other.exit_code == 0, other.output
+    shutil.copy(tmp_path / "p.jsonl", tmp_path / "q.jsonl")
+    wrong = prune(emu, manifest, tmp_path / "q.jsonl", "--keep-last", "1", "--resume")
+    assert wrong.exit_code == 2
+    assert "is a cleanup report, not a prune report" in wrong.output
+    stdout = prune(emu, manifest, Path("-"), "--keep-last", "1", "--resume")
+    assert stdout.exit_code == 2
+    assert "--resume needs a --report file to read, not standard output" in stdout.output
+
+
+def test_unusable_manifest_rows_are_warned_and_skipped(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Rows naming no usable disk are each warned and skipped (exit 1); a repeated disk is selected once."""
+    disk, other = volume_ids(2, seed=902)
+    owned = [snap(disk, d) for d in (1, 2, 3)]
+    emu = start(emulator_thread, [disk, other], [*owned, snap(other, 1), snap(other, 2)])
+    rows = [
+        {"volume_id": disk, "project_id": PROJECT},
+        {"volume_id": disk.upper(), "project_id": PROJECT},  # the same disk again
+        {"volume_id": "not-a-uuid", "project_id": PROJECT},
+        {"volume_id": other, "project_id": "XYZ"},
+        {"volume_id": other, "project_id": PROJECT, "region": "Not A Region"},
+        {"volume_id": other},
+    ]
+    manifest = write("m.jsonl", "".join(orjson.dumps(row).decode() + "\n" for row in rows) + "[1, 2]\n")
+    report = tmp_path / "r.jsonl"
+    result = invoke(
+        [
+            "prune",
+            str(manifest),
+            "--endpoint",
+            emu.url,
+            "--report",
+            str(report),
+            "--keep-last",
+            "1",
+            "--apply",
+        ]
+    )
+    assert result.exit_code == 1, result.output
+    assert "volume_id 'not-a-uuid' is not a UUID" in result.output
+    assert "project_id 'XYZ' is not 32 lower-case hex characters" in result.output
+    assert "region 'Not A Region' is not a region id" in result.output
+    assert "no project_id (row or --project-id) and no region" in result.output
+    assert "row 7" in result.output  # the line that is not a row object
+    assert "5 manifest rows skipped" in result.output
+    assert Counter(r["outcome"] for r in records(report)) == {"deleted": 2}
+    assert {r["volume_id"] for r in records(report)} == {disk}
+    assert requests_of(emu.state(), DELETE) == {"202": 2}
+
+
+def test_project_lookup_failures_stop_before_listing(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Rows without a project: an unknown region or an unreachable IAM exits 3, nothing listed or deleted."""
+    (disk,) = volume_ids(1, seed=903)
+    emu = start(emulator_thread, [disk], [snap(disk, d) for d in (1, 2)])
+    manifest = csv_manifest(write, [disk])
+    base = ["prune", str(manifest), "--endpoint", emu.url, "--keep-last", "1", "--apply"]
+    unknown = invoke(
+        [
+            *base,
+            "--iam-endpoint",
+            emu.url,
+            "--region",
+            "ap-southeast-9",
+            "--report",
+            str(tmp_path / "a.jsonl"),
+        ]
+    )
+    assert unknown.exit_code == 3, unknown.output
+    assert "cannot find the project of region ap-southeast-9" in unknown.output
+    assert "nothing was deleted" in unknown.output
+    away = invoke(
+        [
+            *base,
+            "--iam-endpoint",
+            CLOSED_PORT,
+            "--region",
+            "cn-north-4",
+            "--report",
+            str(tmp_path / "b.jsonl"),
+        ]
+    )
+    assert away.exit_code == 3, away.output
+    assert "cannot reach IAM to find a project" in away.output
+    assert LIST not in emu.state()["requests"]
+    assert DELETE not in emu.state()["requests"]
+
+
+def test_all_volumes_refused_listing_of_disks_exits_3(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """--all-volumes with refused credentials: 'cannot list the disks', exit 3, no snapshot listed."""
+    (disk,) = volume_ids(1, seed=904)
+    emu = start(emulator_thread, [disk], [snap(disk, d) for d in (1, 2)])
+    result = prune(emu, None, tmp_path / "r.jsonl", "--all-volumes", "--keep-last", "1", "--apply", env=WRONG)
+    assert result.exit_code == 3, result.output
+    assert "cannot list the disks of" in result.output
+    assert LIST not in emu.state()["requests"]
+    no_project = invoke(["prune", "--all-volumes", "--keep-last", "1", "--endpoint", emu.url])
+    assert no_project.exit_code == 2
+    assert "--all-volumes without a MANIFEST needs --project-id or --region" in no_project.output
+
+
+def test_unreadable_creation_time_is_kept_as_newest(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A snapshot whose created_at cannot be read counts as newest: keep-last and keep-within both keep it."""
+    (disk,) = volume_ids(1, seed=905)
+    odd = SeedSnapshot(
+        id=str(uuid.uuid4()),
+        volume_id=disk,
+        name="odd",
+        created_at="yesterday",
+        metadata={"evs_snapshot_run": "20261101T000000Z-0a0b0c"},
+    )
+    dated = [snap(disk, d) for d in (1, 2, 3)]
+    emu = start(emulator_thread, [disk], [odd, *dated])
+    manifest = csv_manifest(write, [disk])
+    result = prune(emu, manifest, tmp_path / "a.jsonl", "--keep-last", "1", "--allow-none")
+    assert result.exit_code == 0, result.output
+    assert {r["snapshot_id"] for r in records(tmp_path / "a.jsonl")} == {s.id for s in dated}
+    result = prune(emu, manifest, tmp_path / "b.jsonl", "--keep-within", "1h", "--allow-none")
+    assert result.exit_code == 0, result.output
+    assert {r["snapshot_id"] for r in records(tmp_path / "b.jsonl")} == {s.id for s in dated}
+
+
+def test_resume_takes_up_deletions_already_under_way(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--apply --resume: an owned snapshot already deleting is recorded deleted without a second DELETE,
+    and a later --resume skips what the report already deleted."""
+    (disk,) = volume_ids(1, seed=906)
+    newest, old = snap(disk, 1), snap(disk, 5)
+    going = snap(disk, 3, status="deleting")
+    emu = start(emulator_thread, [disk], [newest, old, going])
+    manifest = csv_manifest(write, [disk])
+    report = tmp_path / "r.jsonl"
+    plan = prune(emu, manifest, report, "--keep-last", "1")
+    assert plan.exit_code == 0, plan.output
+    assert [(r["snapshot_id"], r["outcome"]) for r in records(report)] == [(old.id, "planned")]
+    applied = prune(emu, manifest, report, "--keep-last", "1", "--apply", "--resume", "--no-wait")
+    assert applied.exit_code == 0, applied.output
+    done = {r["snapshot_id"]: r["outcome"] for r in records(report)[1:]}
+    assert done == {old.id: "deleted", going.id: "deleted"}
+    assert requests_of(emu.state(), DELETE) == {"202": 1}  # only the old one: the other was going already
+    again = prune(emu, manifest, report, "--keep-last", "1", "--apply", "--resume", "--no-wait")
+    assert again.exit_code == 0, again.output
+    assert len(records(report)) == 3
+    assert requests_of(emu.state(), DELETE) == {"202": 1}
+
+
+def test_side_files_that_cannot_be_written_are_refused_first(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--metrics-file that is a folder, or under a file: exit 2 before any request is sent."""
+    (disk,) = volume_ids(1, seed=907)
+    emu = start(emulator_thread, [disk], [snap(disk, d) for d in (1, 2)])
+    manifest = csv_manifest(write, [disk])
+    folder = prune(emu, manifest, tmp_path / "a.jsonl", "--keep-last", "1", "--metrics-file", str(tmp_path))
+    assert folder.exit_code == 2, folder.output
+    assert "is a directory" in folder.output
+    under_a_file = write("not-a-dir", "x") / "metrics.prom"
+    blocked = prune(
+        emu, manifest, tmp_path / "b.jsonl", "--keep-last", "1", "--summary-json", str(under_a_file)
+    )
+    assert blocked.exit_code == 2, blocked.output
+    assert f"--summary-json {under_a_file}: cannot write there" in blocked.output
     assert emu.state()["requests"] == {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.errors import ReportExistsError, UsageError
-from orchestrator.models import Outcome, Record, RunHeader
-from orchestrator.report import ReportWriter, RowSlots, read_records
+from orchestrator.models import Outcome, Record, RunHeader, utc_iso
+from orchestrator.report import ReportWriter, RowSlots, final_records, read_header, read_records
 from orchestrator.tally import Tally
-from tests.helpers import cli_args, create_args, csv_manifest, invoke, volume_ids
+from tests.helpers import (
+    TWO_ROWS_HEADER,
+    cli_args,
+    create_args,
+    csv_manifest,
+    invoke,
+    report_record,
+    volume_ids,
+)
 
 text = st.none() | st.text(max_size=40)
 records = st.builds(
@@ -220,3 +229,51 @@ def test_row_slots_stay_flat_while_dense_and_go_sparse_far_beyond_the_rows_read(
         slots[row] = row * 2
     slots[10**12] = 7
     assert (slots[1], slots[1000], slots[1001], slots[10**12], slots[5 * 10**11]) == (2, 2000, -1, 7, -1)
+
+
+def test_instants_in_other_zones_are_written_in_utc() -> None:
+    """A time in UTC+8 is written as the same instant in UTC, with milliseconds and a Z."""
+    moment = datetime(2026, 11, 27, 11, 54, 32, 100500, tzinfo=timezone(timedelta(hours=8)))
+    assert utc_iso(moment) == "2026-11-27T03:54:32.100Z"
+    assert utc_iso(moment.astimezone(UTC)) == "2026-11-27T03:54:32.100Z"
+
+
+@pytest.mark.parametrize("line", [b"[1, 2]", b'"accepted"', b"7"])
+def test_report_line_that_is_not_an_object_is_not_a_record(line: bytes) -> None:
+    """A report line holding an array, a string or a number is refused with ValueError."""
+    with pytest.raises(ValueError, match="a report line must be a JSON object"):
+        Record.from_json(line)
+
+
+def test_torn_tail_longer_than_one_read_is_cut(tmp_path: Path) -> None:
+    """A half-written last line longer than 64 KiB is cut back to the last whole line (or to nothing)."""
+    report = tmp_path / "r.jsonl"
+    whole = TWO_ROWS_HEADER.to_json() + report_record(1).to_json()
+    report.write_bytes(whole + b'{"run_id": "' + b"x" * 70000)
+    with ReportWriter(str(report), resume=True) as writer:
+        assert not writer.empty
+        writer.write(report_record(2))
+    assert report.read_bytes() == whole + report_record(2).to_json()
+    torn_only = tmp_path / "t.jsonl"
+    torn_only.write_bytes(b"y" * 70000)
+    with ReportWriter(str(torn_only), resume=True) as writer:
+        assert writer.empty
+    assert torn_only.read_bytes() == b""
+
+
+def test_reader_skips_blank_and_torn_lines_and_refuses_damaged_ones(tmp_path: Path) -> None:
+    """Blank lines and a torn last record are skipped; a damaged header or record mid-file names its line."""
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(
+        TWO_ROWS_HEADER.to_json() + b"\n   \n" + report_record(1).to_json() + b'{"run_id": "r", "row": 2}'
+    )
+    assert [r.row for r in read_records(good)] == [1]
+    assert [r.row for r in final_records(good)] == [1]
+    bad_header = tmp_path / "bad-header.jsonl"
+    bad_header.write_bytes(b'{"type": "run", "command": "create"}\n' + report_record(1).to_json())
+    with pytest.raises(UsageError, match=r"bad-header.jsonl:1: not a run header"):
+        read_header(bad_header)
+    bad_record = tmp_path / "bad-record.jsonl"
+    bad_record.write_bytes(TWO_ROWS_HEADER.to_json() + b'{"row": 1}\n' + report_record(2).to_json())
+    with pytest.raises(UsageError, match=r"bad-record.jsonl:2: not a report record"):
+        list(read_records(bad_record))

@@ -13,8 +13,12 @@ import orjson
 import pytest
 
 from orchestrator.emulator import ManualClock
+from orchestrator.errors import UsageError
+from orchestrator.models import Outcome
+from orchestrator.report import ResumeBook
 from tests.helpers import (
     CREATE_ROUTE,
+    FAST_RETRIES,
     LIST_ROUTE,
     create_args,
     csv_manifest,
@@ -25,7 +29,7 @@ from tests.helpers import (
     kill_when,
     last_per_row,
     records,
-    records_in,
+    report_record,
     requests_of,
     run_process,
     snapshots_per_volume,
@@ -48,6 +52,15 @@ QUICK += ("--max-attempts", "12")
 def summary_of(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = orjson.loads(path.read_bytes())
     return data
+
+
+def records_in(data: bytes) -> list[dict[str, Any]]:
+    """The row records (no header, no journal) among the whole lines of report bytes."""
+    found = []
+    for line in data.splitlines():
+        if line.endswith(b"}") and b'"type":"run"' not in line and b'"outcome":"sending"' not in line:
+            found.append(orjson.loads(line))
+    return found
 
 
 def test_a_row_in_flight_at_a_kill_is_looked_up_from_its_last_send_not_resent(
@@ -252,3 +265,31 @@ def test_a_settle_window_under_ten_seconds_is_warned_about(
     default = invoke(create_args(emu.url, manifest, tmp_path / "b.jsonl"))
     assert default.exit_code == 0
     assert "is under 10s" not in default.stderr
+
+
+def test_resume_book_of_missing_empty_or_headerless_reports(tmp_path: Path) -> None:
+    """No file, or an empty one: no resume book; records without a run header first: a usage error at line 1."""
+    assert ResumeBook.load(tmp_path / "missing.jsonl") is None
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    assert ResumeBook.load(empty) is None
+    headerless = tmp_path / "old.jsonl"
+    headerless.write_bytes(
+        report_record(2, Outcome.FAILED).to_json() + report_record(1, Outcome.DUPLICATE_DELETED).to_json()
+    )
+    with pytest.raises(UsageError, match=r"old.jsonl:1: a report starts with its run header"):
+        ResumeBook.load(headerless)
+
+
+def test_create_resume_refuses_a_report_without_header(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """create --resume on a report with records but no run header: exit 2, nothing sent."""
+    emu = emulator_thread(any_volume=True)
+    manifest = csv_manifest(write, volume_ids(2, seed=921))
+    report = tmp_path / "old.jsonl"
+    report.write_bytes(report_record(1).to_json())
+    result = invoke(create_args(emu.url, manifest, report, *FAST_RETRIES, "--resume"))
+    assert result.exit_code == 2, result.output
+    assert "old.jsonl:1: a report starts with its run header" in result.output
+    assert emu.state()["requests"] == {}

@@ -102,3 +102,10 @@ async def test_limiter_never_stops() -> None:
         limiter.on_throttled()
         fake.now += 2
     assert limiter.rate == RateLimiter.MIN_RATE
+
+
+def test_retry_after_date_without_a_zone_is_read_as_utc() -> None:
+    """An HTTP date with ``-0000`` (no zone) counts from UTC: 10 s after ``now``."""
+    now = datetime(2026, 11, 27, 3, 54, 22, tzinfo=UTC)
+    assert retry_after("Fri, 27 Nov 2026 03:54:32 -0000", now) == 10.0
+    assert retry_after("Fri, 27 Nov 2026 03:54:32 GMT", now) == 10.0

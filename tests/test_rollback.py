@@ -8,6 +8,7 @@ disk and snapshot states it checks; the runbook test runs the real create first.
 from __future__ import annotations
 
 import csv
+import shutil
 import signal
 import time
 import urllib.request
@@ -20,9 +21,15 @@ from typing import Any
 import orjson
 import pytest
 
+from orchestrator.actions import Action
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from orchestrator.lock import RunLock, run_lock
+from orchestrator.models import Outcome, Record
+from orchestrator.restore import RestorePlan, plan_row
+from orchestrator.retry import RetryPolicy
+from orchestrator.waiter import WaitPlan
 from tests.helpers import (
+    CLOSED_PORT,
     FAST,
     FAST_WAIT,
     OTHER_RUN,
@@ -32,18 +39,22 @@ from tests.helpers import (
     SERVER,
     SNAPS,
     VOLUMES,
-    by_row,
+    WRONG,
     cli_args,
     create_args,
     create_report,
     header,
     invoke,
     last_per_row,
+    lines,
+    lock_files,
     marker,
     records,
     requests_of,
     rollback,
     rollbacks_per_snapshot,
+    routed,
+    run_main,
     run_process,
     world,
 )
@@ -74,6 +85,28 @@ EXPECTED = {
     6: ("refused", "BACKUP_SNAPSHOT"),
     7: ("blocked", "NO_USABLE_SNAPSHOT"),
 }
+
+
+WRONG_SK = {"HUAWEICLOUD_SDK_SK": "not-the-emulator-secret-key-0000000000000000"}
+
+
+def refused_report(emu_factory: Callable[..., Any], tmp_path: Path) -> tuple[EmulatorThread, Path, Path]:
+    """A rollback --apply whose one row was refused (its snapshot is another run's): final, nothing sent."""
+    other = SeedSnapshot(id=SNAPS[0], volume_id=VOLUMES[0], name="older-run", metadata=marker(OTHER_RUN))
+    emu = emu_factory(volumes=world(1)["volumes"], snapshots=(other,))
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    report = tmp_path / "rollback.jsonl"
+    first = rollback(emu, source, report, apply=True)
+    assert first.exit_code == 1, first.output
+    assert [(r["outcome"], r["error_code"]) for r in records(report)] == [("refused", "NOT_THIS_RUN")]
+    return emu, source, report
+
+
+def by_row(path: Path) -> dict[int, dict[str, Any]]:
+    final: dict[int, dict[str, Any]] = {}
+    for record in records(path):
+        final[record["row"]] = record
+    return final
 
 
 def test_plan_sends_nothing_and_names_blockers(
@@ -520,3 +553,232 @@ def test_runbook_select_create_rollback(
             (row["server_id"], row["device"])
         ]
     assert volumes[RUNBOOK_IDS[4]]["attachments"] == []
+
+
+def test_rollback_plan_to_stdout(
+    emulator_thread: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """rollback --report -: the plan's header and records go to standard output; the summary says so."""
+    emu = emulator_thread(**world(2))
+    source = create_report(tmp_path / "create.jsonl", [{}, {}])
+    args = [*cli_args("rollback", source, endpoint=emu.url, report="-"), *FAST, *FAST_WAIT]
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    code = run_main(args, monkeypatch)
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    shown = [orjson.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert (shown[0]["type"], shown[0]["command"]) == ("run", "rollback")
+    assert [(r["key"], r["outcome"], r["error_code"]) for r in shown[1:]] == [
+        ("row:1", "planned", None),
+        ("row:2", "planned", None),
+    ]
+    assert "report: standard output" in err
+    assert lock_files(tmp_path) == []
+
+
+def test_rollback_resume_of_a_report_not_yet_written(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """--resume naming a report that does not exist yet starts it: header, one record per row, exit 0."""
+    emu = emulator_thread(**world(2))
+    source = create_report(tmp_path / "create.jsonl", [{}, {}])
+    report = tmp_path / "later.jsonl"
+    result = rollback(emu, source, report, resume=True)
+    assert result.exit_code == 0, result.output
+    assert lines(report)[0]["command"] == "rollback"
+    assert [(r["key"], r["outcome"]) for r in records(report)] == [("row:1", "planned"), ("row:2", "planned")]
+
+
+def test_rollback_resume_skips_a_torn_last_line(emulator_thread: Callable[..., Any], tmp_path: Path) -> None:
+    """--resume over a report whose last line was cut short (no newline) and is not a record: the line
+    is ignored (and cut), the refused row stays finished and nothing is sent."""
+    emu, source, report = refused_report(emulator_thread, tmp_path)
+    before = emu.state()["requests"]
+    with report.open("ab") as handle:
+        handle.write(b'{"run_id": "cut short"}')
+    result = rollback(emu, source, report, apply=True, resume=True)
+    assert result.exit_code == 1, result.output
+    assert "1 rows were finished by an earlier run of this report (skipped)" in result.output
+    assert [(r["outcome"], r["error_code"]) for r in records(report)] == [("refused", "NOT_THIS_RUN")]
+    assert not report.read_bytes().endswith(b'cut short"}')
+    assert emu.state()["requests"] == before
+
+
+def test_rollback_resume_refuses_a_line_that_is_not_an_object(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """--resume over a report holding a whole line that is JSON but not an object: exit 2, naming the
+    line, before anything is sent."""
+    emu, source, report = refused_report(emulator_thread, tmp_path)
+    before = emu.state()["requests"]
+    with report.open("ab") as handle:
+        handle.write(b"[1, 2]\n")
+    result = rollback(emu, source, report, apply=True, resume=True)
+    assert result.exit_code == 2
+    assert f"{report}:3: not a record of this report (a report line must be a JSON object)" in result.output
+    assert emu.state()["requests"] == before
+
+
+def test_rollback_stops_sending_rows_once_credentials_are_refused(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A refused signature closes the route on the first row: the rows after it get no record and no
+    request (--resume takes them up), the refusal is printed once, exit 3."""
+    emu = emulator_thread(**world(4))
+    source = create_report(tmp_path / "create.jsonl", [{}, {}, {}, {}])
+    report = tmp_path / "rollback.jsonl"
+    args = [*cli_args("rollback", source, endpoint=emu.url, report=report, concurrency=1), *FAST, *FAST_WAIT]
+    result = invoke(args, env=WRONG_SK)
+    assert result.exit_code == 3
+    assert result.stderr.count("credentials refused") == 1
+    assert [(r["key"], r["outcome"], r["error_code"]) for r in records(report)] == [
+        ("row:1", "failed", "APIGW.0301")
+    ]
+    assert sum(sum(counts.values()) for counts in emu.state()["requests"].values()) == 1
+
+
+def test_rollback_plan_of_rows_without_snapshots_sends_nothing(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Planning rows the create run never made a snapshot for sends no request, and the summary has no
+    request line; each row names NO_USABLE_SNAPSHOT, exit 1."""
+    emu = emulator_thread(**world(2))
+    failed = {"outcome": "failed", "snapshot_id": None, "error_code": "EVS.5500", "http_status": 500}
+    source = create_report(tmp_path / "create.jsonl", [dict(failed), dict(failed)])
+    report = tmp_path / "rollback.jsonl"
+    result = rollback(emu, source, report)
+    assert result.exit_code == 1
+    assert {(r["outcome"], r["error_code"]) for r in records(report)} == {("planned", "NO_USABLE_SNAPSHOT")}
+    assert "plan only, nothing was sent: 0 of 2 rows can be rolled back, 2 have a blocker" in result.output
+    assert "requests:" not in result.output
+    assert emu.state()["requests"] == {}
+
+
+def test_rollback_resume_of_a_moved_create_report_is_refused(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """rollback --resume naming the same run's create report at another path: exit 2, nothing done."""
+    emu = emulator_thread(**world(1))
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    report = tmp_path / "plan.jsonl"
+    assert rollback(emu, source, report).exit_code == 0
+    moved = tmp_path / "moved.jsonl"
+    shutil.copy(source, moved)
+    result = rollback(emu, moved, report, apply=True, resume=True)
+    assert result.exit_code == 2
+    assert "--resume: source_report is" in result.stderr
+    assert "nothing was done" in result.stderr
+    assert len(records(report)) == 1
+    assert "POST /v2/{project_id}/cloudsnapshots/{snapshot_id}/rollback" not in emu.state()["requests"]
+
+
+def test_plan_names_each_missing_or_unready_piece(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """Planning names the blocker of each row: snapshot or disk gone, snapshot or disk not available,
+    a row that only timed out waiting (with the hint to run wait first)."""
+    volumes = (
+        SeedVolume(volume_id=VOLUMES[0]),
+        SeedVolume(volume_id=VOLUMES[2]),
+        SeedVolume(volume_id=VOLUMES[3], status="extending"),
+        SeedVolume(volume_id=VOLUMES[4]),
+    )
+    snapshots = (
+        SeedSnapshot(id=SNAPS[1], volume_id=VOLUMES[1], name="pre-maint-1", metadata=marker()),
+        SeedSnapshot(
+            id=SNAPS[2], volume_id=VOLUMES[2], name="pre-maint-2", metadata=marker(), status="error"
+        ),
+        SeedSnapshot(id=SNAPS[3], volume_id=VOLUMES[3], name="pre-maint-3", metadata=marker()),
+        SeedSnapshot(id=SNAPS[4], volume_id=VOLUMES[4], name="pre-maint-4", metadata=marker()),
+    )
+    emu = emulator_thread(volumes=volumes, snapshots=snapshots)
+    rows: list[dict[str, Any]] = [{}, {}, {}, {}, {"outcome": "wait_timeout"}]
+    source = create_report(tmp_path / "create.jsonl", rows)
+    report = tmp_path / "plan.jsonl"
+    result = rollback(emu, source, report)
+    assert result.exit_code == 1, result.stderr
+    final = by_row(report)
+    assert {row: (r["outcome"], r["error_code"]) for row, r in final.items()} == {
+        1: ("planned", "SNAPSHOT_NOT_FOUND"),
+        2: ("planned", "VOLUME_NOT_FOUND"),
+        3: ("planned", "SNAPSHOT_NOT_AVAILABLE"),
+        4: ("planned", "VOLUME_NOT_AVAILABLE"),
+        5: ("planned", "NO_USABLE_SNAPSHOT"),
+    }
+    assert final[3]["error_message"] == f"snapshot {SNAPS[2]} is error, not available"
+    assert final[4]["error_message"] == f"disk {VOLUMES[3]} is extending, not available"
+    assert "run `evs-snapshot wait` on the create report first" in final[5]["error_message"]
+    assert ROLLBACK not in emu.state()["requests"]
+
+
+@pytest.mark.parametrize("apply", [False, True])
+def test_checks_that_cannot_be_made_are_check_failed(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path, apply: bool
+) -> None:
+    """Every GET answered 5xx: the row is CHECK_FAILED (planned, or failed with --apply); nothing is sent."""
+    emu = emulator_thread(fault_5xx=1.0, **world(1))
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    report = tmp_path / "r.jsonl"
+    result = rollback(emu, source, report, "--max-attempts", "1", apply=apply)
+    assert result.exit_code == 1, result.stderr
+    (record,) = records(report)
+    assert (record["outcome"], record["error_code"]) == ("failed" if apply else "planned", "CHECK_FAILED")
+    assert ROLLBACK not in emu.state()["requests"]
+
+
+def test_refused_credentials_stop_the_rollback_run(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """Refused credentials: the first row fails with the refusal, later rows are not started, exit 3."""
+    emu = emulator_thread(**world(3))
+    source = create_report(tmp_path / "create.jsonl", [{}, {}, {}])
+    report = tmp_path / "r.jsonl"
+    args = ["rollback", str(source), "--endpoint", emu.url, "--report", str(report), "--apply"]
+    result = invoke([*args, "--concurrency", "1"], env=WRONG)
+    assert result.exit_code == 3, result.stderr
+    assert "credentials refused" in result.stderr
+    assert [(r["row"], r["outcome"]) for r in records(report)] == [(1, "failed")]
+    assert ROLLBACK not in emu.state()["requests"]
+
+
+def test_source_reports_that_choose_nothing_are_usage_errors(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """A create report with no records, or --rows and --volume that pick no common row: exit 2, nothing sent."""
+    emu = emulator_thread(**world(2))
+    header_only = tmp_path / "empty.jsonl"
+    header_only.write_bytes(create_report(tmp_path / "full.jsonl", [{}, {}]).read_bytes().splitlines(True)[0])
+    empty = rollback(emu, header_only, tmp_path / "a.jsonl")
+    assert empty.exit_code == 2
+    assert "holds no records of a create run" in empty.stderr
+    apart = rollback(emu, tmp_path / "full.jsonl", tmp_path / "b.jsonl", rows="1", volume=VOLUMES[1])
+    assert apart.exit_code == 2
+    assert "--rows and --volume together choose no row" in apart.stderr
+    assert emu.state()["requests"] == {}
+
+
+@pytest.mark.anyio
+async def test_plan_row_without_a_snapshot_sends_nothing() -> None:
+    """plan_row on a row whose create failed names NO_USABLE_SNAPSHOT without a request (no server needed)."""
+    row = Record(
+        run_id=RUN,
+        row=1,
+        volume_id=VOLUMES[0],
+        project_id=PROJECT,
+        region=None,
+        name="n",
+        outcome=Outcome.REJECTED,
+        started_at="2026-11-27T03:54:32.100Z",
+        finished_at="2026-11-27T03:54:32.200Z",
+        elapsed_ms=1,
+    )
+    plan = RestorePlan(source_run=RUN, policy=RetryPolicy(max_attempts=1), settle=0.1, wait=WaitPlan())
+    async with routed(CLOSED_PORT) as route:
+        finding = await plan_row(route, row, plan)
+        assert sum(route.counts.values()) == 0
+    assert (finding.outcome, finding.code) == (Action.PLANNED, "NO_USABLE_SNAPSHOT")
+    assert finding.message is not None
+    assert "is rejected: no snapshot to restore from" in finding.message

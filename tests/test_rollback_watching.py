@@ -9,45 +9,54 @@ between two requests: its 30 ms latency is the window, six times the 5 ms poll o
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import subprocess
 import sys
 import threading
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 import orjson
 import pytest
 from click.testing import CliRunner
 
 from orchestrator.actions import Action
+from orchestrator.api.routes import Route
 from orchestrator.cli import main
 from orchestrator.emulator import EmulatorThread, ManualClock, RunningEmulator, SeedSnapshot, SeedVolume
+from orchestrator.errors import RouteClosed
+from orchestrator.restore import Finding, RestorePlan, restore_row
+from orchestrator.retry import RetryPolicy
+from orchestrator.waiter import WaitPlan
 from tests.helpers import (
+    AKSK,
     OTHER_RUN,
     PROJECT,
     ROLLBACK,
+    RUN,
     SERVER,
     SNAPS,
     TOKEN,
     VOLUME_GET,
     VOLUMES,
-    answers,
     call,
     create_report,
+    hits,
     marker,
     records,
-    requests_note,
     requests_of,
-    restore_plan,
-    restoring,
     rollback,
     rollbacks_per_snapshot,
     routed,
+    router_for,
+    source_row,
     until,
     world,
 )
@@ -84,6 +93,38 @@ def rollbacks_end_once_seen(emu: EmulatorThread, clock: ManualClock) -> Iterator
 
 
 # --- the emulator's switches -------------------------------------------------------------------
+VOLUME_LIST = "GET /v2/{project_id}/cloudvolumes/detail"
+
+
+def requests_note(stderr: str) -> dict[str, int]:
+    """The rollback summary's ``requests: 2 checks, 1 lookups, ...`` line, by kind."""
+    (line,) = [text for text in stderr.splitlines() if "requests: " in text]
+    return {kind: int(count) for count, kind in re.findall(r"(\d+) (\w+)", line.split("requests: ", 1)[1])}
+
+
+def restore_plan(settle: float = 5.0) -> RestorePlan:
+    return RestorePlan(
+        source_run=RUN,
+        policy=RetryPolicy(max_attempts=50, initial_wait=0.01, max_wait=0.02),
+        settle=settle,
+        wait=WaitPlan(timeout=5.0, interval=0.02),
+    )
+
+
+async def restoring(route: Route, plan: RestorePlan, meanwhile: Callable[[], Any] | None = None) -> Finding:
+    """``restore_row`` on row 1; ``meanwhile`` (awaited) runs beside it, in the same loop."""
+    found: list[Finding] = []
+
+    async def restore() -> None:
+        found.append(await restore_row(route, source_row(), plan))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(restore)
+        if meanwhile is not None:
+            await meanwhile()
+    return found[0]
+
+
 @pytest.mark.parametrize(
     ("knob", "status", "rollbacks"),
     [
@@ -231,7 +272,7 @@ def start_rollback(emu: RunningEmulator, snapshot_id: str = SNAPS[0]) -> None:
 
 async def end_rollbacks_after(emu: RunningEmulator, clock: ManualClock, disk_answers: int) -> None:
     """Once the disk has been answered ``disk_answers`` times, move the clock on: rollbacks end."""
-    await until(lambda: answers(emu, VOLUME_GET)["200"] >= disk_answers)
+    await until(lambda: hits(emu, VOLUME_GET)["200"] >= disk_answers)
     clock.advance(60)
 
 
@@ -243,7 +284,7 @@ async def test_disk_attached_after_a_lost_rollback_blocks_the_resend(
     emu = await emulator(clock=clock, latency_ms=LATENCY_MS, fault_rollback_drop_before=1.0, **world(1))
 
     async def attach_after_the_drop() -> None:
-        await until(lambda: answers(emu, ROLLBACK)["dropped"] >= 1)
+        await until(lambda: hits(emu, ROLLBACK)["dropped"] >= 1)
         emu.world.attach(emu.world.volumes[VOLUMES[0]], SERVER, None)
 
     async with routed(emu.url) as route:
@@ -253,7 +294,7 @@ async def test_disk_attached_after_a_lost_rollback_blocks_the_resend(
     assert finding.message is not None
     assert SERVER in finding.message
     assert counts["checks"] == 4  # snapshot and disk, before the first send and again after the drop
-    assert answers(emu, ROLLBACK) == {"dropped": 1}
+    assert hits(emu, ROLLBACK) == {"dropped": 1}
     assert emu.world.rollbacks == []
 
 
@@ -266,7 +307,7 @@ async def test_rollback_under_way_at_the_new_look_is_waited_for_not_resent(
     emu = await emulator(clock=clock, latency_ms=LATENCY_MS, fault_rollback_drop_before=1.0, **world(1))
 
     async def late_rollback() -> None:
-        await until(lambda: answers(emu, VOLUME_GET)["200"] >= 2)  # the first look, then the lookup
+        await until(lambda: hits(emu, VOLUME_GET)["200"] >= 2)  # the first look, then the lookup
         start_rollback(emu)
         await end_rollbacks_after(emu, clock, 4)  # the new look and the first poll saw it
 
@@ -276,7 +317,7 @@ async def test_rollback_under_way_at_the_new_look_is_waited_for_not_resent(
     assert (finding.outcome, finding.code, finding.attempts) == (Action.ROLLED_BACK, None, 1)
     # Two looks (snapshot and disk each); one lookup round after the drop (the snapshot, then the disk).
     assert (counts["checks"], counts["lookups"], counts["rollbacks"]) == (4, 2, 1)
-    assert answers(emu, ROLLBACK) == {"dropped": 1}
+    assert hits(emu, ROLLBACK) == {"dropped": 1}
     assert [item["snapshot_id"] for item in emu.world.rollbacks] == [SNAPS[0]]
 
 
@@ -289,7 +330,7 @@ async def test_refusal_after_a_doubtful_attempt_is_judged_by_the_disk(
     emu = await emulator(clock=clock, latency_ms=LATENCY_MS, fault_rollback_drop_before=1.0, **world(1))
 
     async def late_rollback() -> None:
-        await until(lambda: answers(emu, VOLUME_GET)["200"] >= 3)  # first look, lookup, new look
+        await until(lambda: hits(emu, VOLUME_GET)["200"] >= 3)  # first look, lookup, new look
         start_rollback(emu)
         await end_rollbacks_after(emu, clock, 5)  # the lookup after the 400 and the first poll saw it
 
@@ -299,7 +340,7 @@ async def test_refusal_after_a_doubtful_attempt_is_judged_by_the_disk(
     assert (finding.outcome, finding.code, finding.message) == (Action.ROLLED_BACK, None, None)
     assert (finding.attempts, finding.http_status) == (2, 400)
     assert (counts["checks"], counts["rollbacks"]) == (4, 2)
-    assert answers(emu, ROLLBACK) == {"dropped": 1, "400": 1}
+    assert hits(emu, ROLLBACK) == {"dropped": 1, "400": 1}
     assert [item["snapshot_id"] for item in emu.world.rollbacks] == [SNAPS[0]]
 
 
@@ -322,7 +363,7 @@ async def test_another_snapshots_rollback_is_not_taken_for_the_lost_one(
     )
 
     async def other_rollback() -> None:
-        await until(lambda: answers(emu, ROLLBACK)["dropped"] >= 1)
+        await until(lambda: hits(emu, ROLLBACK)["dropped"] >= 1)
         start_rollback(emu, SNAPS[1])
         await end_rollbacks_after(emu, clock, 3)
 
@@ -364,10 +405,10 @@ async def test_a_rollback_that_ends_right_after_the_first_read_is_not_sent_again
     snapshot_get = "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 
     def reads() -> int:
-        return answers(emu, snapshot_get)["200"] + answers(emu, VOLUME_GET)["200"]
+        return hits(emu, snapshot_get)["200"] + hits(emu, VOLUME_GET)["200"]
 
     async def end_after_the_first_read() -> None:
-        await until(lambda: answers(emu, ROLLBACK)["dropped"] >= 1)
+        await until(lambda: hits(emu, ROLLBACK)["dropped"] >= 1)
         before = reads()
         await until(lambda: reads() > before)
         clock.advance(60)  # the rollback is over
@@ -375,7 +416,7 @@ async def test_a_rollback_that_ends_right_after_the_first_read_is_not_sent_again
     async with routed(emu.url) as route:
         finding = await restoring(route, restore_plan(settle=0.5), end_after_the_first_read)
     assert (finding.outcome, finding.attempts) == (Action.ROLLED_BACK, 1)
-    assert answers(emu, ROLLBACK) == {"dropped": 1}
+    assert hits(emu, ROLLBACK) == {"dropped": 1}
     assert [item["snapshot_id"] for item in emu.world.rollbacks] == [SNAPS[0]]
 
 
@@ -394,7 +435,7 @@ async def test_a_lost_rollback_that_already_failed_is_judged_by_the_disk(
     )
 
     async def fail_before_the_first_read() -> None:
-        await until(lambda: answers(emu, ROLLBACK)["dropped"] >= 1)
+        await until(lambda: hits(emu, ROLLBACK)["dropped"] >= 1)
         clock.advance(60)  # the rollback is over: the disk ends error_rollbacking
 
     async with routed(emu.url) as route:
@@ -404,7 +445,7 @@ async def test_a_lost_rollback_that_already_failed_is_judged_by_the_disk(
         "VOLUME_ERROR_ROLLBACKING",
         1,
     )
-    assert answers(emu, ROLLBACK) == {"dropped": 1}
+    assert hits(emu, ROLLBACK) == {"dropped": 1}
 
 
 def test_summary_of_an_action_report_says_what_it_reads(
@@ -418,3 +459,235 @@ def test_summary_of_an_action_report_says_what_it_reads(
     result = CliRunner().invoke(main, ["summary", str(report)])
     assert result.exit_code == 0
     assert result.stdout.startswith("rollback: 1 records: 1 planned")
+
+
+async def test_a_disk_deleted_during_its_rollback_fails_the_row(
+    emulator: Callable[..., Any], clock: ManualClock
+) -> None:
+    """The disk disappears while it rolls back (the clock stands still): VOLUME_NOT_FOUND, failed."""
+    emu = await emulator(clock=clock, **world(1))
+
+    async def delete_the_disk() -> None:
+        await until(lambda: hits(emu, ROLLBACK)["202"] == 1)
+        del emu.world.volumes[VOLUMES[0]]
+
+    async with router_for(emu.url, AKSK) as router:
+        route = await router.route_for(PROJECT, None)
+        finding = await restoring(route, restore_plan(), delete_the_disk)
+    assert (finding.outcome, finding.code) == (Action.FAILED, "VOLUME_NOT_FOUND")
+    assert finding.message == f"disk {VOLUMES[0]} disappeared during the rollback"
+
+
+async def test_a_disk_available_right_after_the_rollback_counts_once_settle_has_passed(
+    emulator: Callable[..., Any], clock: ManualClock
+) -> None:
+    """A rollback over before the first poll (never seen rollbacking): the disk is polled until settle
+    has passed, then the row is rolled back."""
+    emu = await emulator(clock=clock, rollback_seconds=0.0, **world(1))
+    async with router_for(emu.url, AKSK) as router:
+        route = await router.route_for(PROJECT, None)
+        finding = await restoring(route, restore_plan(settle=0.1))
+        polls = route.counts["polls"]
+    assert (finding.outcome, finding.code, finding.http_status) == (Action.ROLLED_BACK, None, 202)
+    assert polls >= 2
+    assert [r["snapshot_id"] for r in emu.world.rollbacks] == [SNAPS[0]]
+
+
+async def test_a_rollback_refused_once_the_disk_was_attached_is_rejected(
+    emulator: Callable[..., Any], clock: ManualClock
+) -> None:
+    """Throttled (the clock stands, the bucket is empty) until the disk is attached: the rollback is
+    answered 400 and the row rejected with the service's reason; nothing rolls back."""
+    emu = await emulator(clock=clock, rate_limit=1.0, burst=2, **world(1))
+
+    async def attach_the_disk() -> None:
+        await until(lambda: hits(emu, ROLLBACK)["429"] >= 1)
+        emu.world.attach(emu.world.volumes[VOLUMES[0]], SERVER, None)
+        clock.advance(10)  # the bucket fills again
+
+    async with router_for(emu.url, AKSK) as router:
+        route = await router.route_for(PROJECT, None)
+        finding = await restoring(route, restore_plan(), attach_the_disk)
+    assert (finding.outcome, finding.code, finding.http_status) == (Action.REJECTED, "EVS.5400", 400)
+    assert finding.message is not None
+    assert "current status is: in-use" in finding.message
+    assert finding.attempts >= 2
+    assert hits(emu, ROLLBACK)["400"] == 1
+    assert emu.world.rollbacks == []
+
+
+async def test_a_rollback_refused_for_the_credentials_stops_the_run(
+    emulator: Callable[..., Any], clock: ManualClock
+) -> None:
+    """The token expires while the rollback is throttled: the 401 closes the route (RouteClosed, exit 3)."""
+    emu = await emulator(clock=clock, rate_limit=1.0, burst=2, **world(1))
+    token, _, _ = emu.world.issue_token()
+
+    async def expire_the_token() -> None:
+        await until(lambda: hits(emu, ROLLBACK)["429"] >= 1)
+        clock.advance(emu.world.settings.token_ttl + 1)
+
+    async with router_for(emu.url, {"OS_AUTH_TOKEN": token}) as router:
+        route = await router.route_for(PROJECT, None)
+        with pytest.RaisesGroup(pytest.RaisesExc(RouteClosed, match="APIGW.0301: credentials refused: ")):
+            await restoring(route, restore_plan(), expire_the_token)
+    assert hits(emu, ROLLBACK)["401"] == 1
+    assert emu.world.rollbacks == []
+
+
+def test_throttled_rollback_gives_up_after_its_attempts(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path, clock: ManualClock
+) -> None:
+    """A rollback throttled on every attempt fails after --max-attempts, saying --resume looks first."""
+    emu = emulator_thread(clock=clock, rate_limit=1.0, burst=2, **world(1))  # the two checks, then 429s
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    report = tmp_path / "r.jsonl"
+    result = rollback(emu, source, report, "--max-attempts", "2", apply=True)
+    assert result.exit_code == 1, result.stderr
+    (record,) = records(report)
+    assert (record["outcome"], record["http_status"], record["attempts"]) == ("failed", 429, 2)
+    assert record["error_message"].startswith("gave up after 2 attempts")
+    assert "--resume looks at the disk" in record["error_message"]
+    assert requests_of(emu.state(), ROLLBACK) == {"429": 2}
+    assert emu.state()["rollbacks"] == []
+
+
+@pytest.mark.parametrize(
+    ("seed", "outcome", "rollbacks"),
+    [
+        (40, "rolled_back", 1),  # the gateway lost the answer (502) of a rollback EVS carried out
+        (30, "failed", 0),  # 503: EVS did not act, and no attempt is left; the disk stays available
+    ],
+)
+def test_last_attempt_lost_is_judged_by_the_disk(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path, seed: int, outcome: str, rollbacks: int
+) -> None:
+    """With one attempt, a 5xx answer is judged by the disk: rollbacking means done, available means failed.
+
+    One row, seeded faults: the emulator's draws come in a fixed order, so each seed is one case.
+    """
+    emu = emulator_thread(rollback_seconds=0.2, fault_5xx=0.15, seed=seed, **world(1))
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    report = tmp_path / "r.jsonl"
+    result = rollback(emu, source, report, "--max-attempts", "1", "--settle", "0.3", apply=True)
+    (record,) = records(report)
+    assert (record["outcome"], record["attempts"]) == (outcome, 1), record
+    assert record["http_status"] >= 500
+    assert result.exit_code == (0 if outcome == "rolled_back" else 1)
+    if outcome == "failed":
+        assert record["error_message"].startswith("gave up after 1 attempts")
+    assert sum(requests_of(emu.state(), ROLLBACK).values()) == 1
+    assert len(emu.state()["rollbacks"]) == rollbacks
+
+
+def test_accepted_rollback_whose_end_cannot_be_seen_is_unconfirmed(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """202, then the disk cannot be looked at: failed UNCONFIRMED (attempts 1, status 202), never resent.
+
+    GETs get three tries each even with --max-attempts 1: this seed makes one of them fail three times.
+    """
+    emu = emulator_thread(rollback_seconds=0.2, fault_5xx=0.25, seed=21, **world(1))
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    report = tmp_path / "r.jsonl"
+    result = rollback(emu, source, report, "--max-attempts", "1", "--settle", "0.3", apply=True)
+    assert result.exit_code == 1
+    (record,) = records(report)
+    assert (record["outcome"], record["error_code"]) == ("failed", "UNCONFIRMED")
+    assert (record["attempts"], record["http_status"]) == (1, 202)
+    assert record["error_message"].endswith("--resume looks at it before anything is sent again")
+    assert requests_of(emu.state(), ROLLBACK) == {"202": 1}
+
+
+def test_unconfirmed_after_a_lost_answer_still_counts_the_request(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """A rollback answered 502 whose disk then cannot be looked at is UNCONFIRMED with attempts 1 and its 502.
+
+    GETs get three tries each: a larger fault share and this seed make one of them fail three times.
+    """
+    emu = emulator_thread(rollback_seconds=0.2, fault_5xx=0.4, seed=40, **world(1))
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    report = tmp_path / "r.jsonl"
+    rollback(emu, source, report, "--max-attempts", "1", "--settle", "0.3", apply=True)
+    assert requests_of(emu.state(), ROLLBACK) == {"502": 1}
+    assert len(emu.state()["rollbacks"]) == 1  # EVS carried it out
+    (record,) = records(report)
+    assert (record["outcome"], record["error_code"]) == ("failed", "UNCONFIRMED")
+    assert (record["attempts"], record["http_status"]) == (1, 502)
+
+
+def test_a_rollback_that_never_ends_times_out(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path, clock: ManualClock
+) -> None:
+    """A disk still rollbacking at --wait-timeout: failed ROLLBACK_TIMEOUT, sent once, --resume waits again."""
+    emu = emulator_thread(clock=clock, **world(1))  # the clock never moves: the rollback never ends
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    report = tmp_path / "r.jsonl"
+    result = rollback(emu, source, report, "--wait-timeout", "0.4s", apply=True)
+    assert result.exit_code == 1, result.stderr
+    (record,) = records(report)
+    assert (record["outcome"], record["error_code"]) == ("failed", "ROLLBACK_TIMEOUT")
+    assert f"disk {VOLUMES[0]} is still rollbacking" in record["error_message"]
+    assert requests_of(emu.state(), ROLLBACK) == {"202": 1}
+    assert rollbacks_per_snapshot(emu.state()) == {SNAPS[0]: 1}
+
+
+def test_a_rollback_that_ends_before_the_first_poll_is_recorded_at_that_poll(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Rollbacks over before the first poll (the disk available again, its updated_at moved): each row
+    is rolled_back after one poll of its disk and snapshot, not after polling out the settle window."""
+    rows = 6
+    emu = emulator_thread(rollback_seconds=0.0, latency_ms=30, **world(rows))
+    source = create_report(tmp_path / "create.jsonl", [{} for _ in range(rows)])
+    report = tmp_path / "rollback.jsonl"
+    result = rollback(emu, source, report, "--apply", "--settle", "5s", "--concurrency", "4")
+    assert result.exit_code == 0, result.output
+    assert {r["outcome"] for r in records(report)} == {"rolled_back"}
+    assert len(records(report)) == rows
+    assert rollbacks_per_snapshot(emu.state()) == {SNAPS[i]: 1 for i in range(rows)}
+    assert requests_note(result.output)["polls"] == 2 * rows  # one look at the disk, one at the snapshot
+    assert 1 < emu.state()["max_in_flight"] <= 4
+
+
+def test_many_rollbacks_under_way_are_watched_by_listing_the_disks(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """40 rollbacks under way, limit 4: after each disk's first look, they are watched by listing the
+    disks (1000 a page), not by a GET of each disk a round; requests in flight stay within the limit."""
+    rows, clock = 40, ManualClock()
+    volumes = tuple(SeedVolume(volume_id=str(uuid.UUID(int=0xE000 + i, version=4))) for i in range(rows))
+    snapshots = tuple(
+        SeedSnapshot(id=str(uuid.UUID(int=0xF000 + i, version=4)), volume_id=v.volume_id, metadata=marker())
+        for i, v in enumerate(volumes)
+    )
+    emu = emulator_thread(
+        clock=clock, rollback_seconds=10.0, latency_ms=20, volumes=volumes, snapshots=snapshots
+    )
+    lines = [{"volume_id": v.volume_id, "snapshot_id": s.id} for v, s in zip(volumes, snapshots, strict=True)]
+    source = create_report(tmp_path / "create.jsonl", [{"index": 0, **line} for line in lines])
+    done = threading.Event()
+
+    def release() -> None:
+        """Once every rollback runs and the disks were listed 3 times, the clock moves past their end."""
+        while not done.wait(0.01):
+            state = emu.state()
+            if len(state["rollbacks"]) == rows and sum(requests_of(state, VOLUME_LIST).values()) >= 3:
+                clock.advance(10.0)
+                return
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        result = rollback(emu, source, tmp_path / "rollback.jsonl", "--apply", "--concurrency", "4")
+    finally:
+        done.set()
+        thread.join(timeout=10)
+    assert result.exit_code == 0, result.output
+    assert {r["outcome"] for r in records(tmp_path / "rollback.jsonl")} == {"rolled_back"}
+    state = emu.state()
+    assert sum(requests_of(state, VOLUME_LIST).values()) >= 3
+    # a look and a first poll each, and a few more before the rows fall due together: not one a round
+    assert sum(requests_of(state, VOLUME_GET).values()) <= 3 * rows
+    assert 1 < state["max_in_flight"] <= 4

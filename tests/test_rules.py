@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,7 +23,7 @@ from orchestrator.rules import (
     check_metadata_option_keys,
     check_template,
 )
-from tests.helpers import PROJECT, volume_ids
+from tests.helpers import CORE_IDS, OFFLINE, PROJECT, cli_args, invoke, records, volume_ids
 
 IDS = volume_ids(4)
 IDENTITY = RunIdentity(run_id="abc123", started=datetime(2026, 11, 27, 3, 4, 5, tzinfo=UTC))
@@ -347,3 +348,30 @@ def test_any_row_gives_a_request_or_an_invalid_record(
         assert (result.error_message or "").isprintable()
     else:
         assert 1 <= len(result.name) <= 64
+
+
+def test_template_with_text_after_its_last_placeholder_keeps_that_text(
+    write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """``x-{volume_id}-end``: the fixed text after the last placeholder is checked and kept in the name."""
+    manifest = write("m.csv", f"volume_id\n{CORE_IDS[0]}\n")
+    report = tmp_path / "r.jsonl"
+    result = invoke(
+        cli_args(
+            "create", manifest, report=report, dry_run=True, name_template="x-{volume_id}-end", **OFFLINE
+        )
+    )
+    assert result.exit_code == 0, result.output
+    [planned] = records(report)
+    assert planned["name"] == f"x-{CORE_IDS[0]}-end"
+
+
+def test_json_force_is_a_json_boolean(write: Callable[..., Path], tmp_path: Path) -> None:
+    """In JSON, ``"force": true`` is taken as is; the text ``"yes"`` (a boolean in CSV) is INVALID_FORCE."""
+    rows = [{"volume_id": CORE_IDS[0], "force": True}, {"volume_id": CORE_IDS[1], "force": "yes"}]
+    manifest = write("m.json", orjson.dumps(rows))
+    report = tmp_path / "r.jsonl"
+    result = invoke(cli_args("create", manifest, report=report, dry_run=True, **OFFLINE))
+    assert result.exit_code == 1, result.output
+    got = {r["row"]: (r["outcome"], r["error_code"]) for r in records(report)}
+    assert got == {1: ("planned", None), 2: ("invalid", "INVALID_FORCE")}

@@ -10,8 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
+from orchestrator import metrics
 from orchestrator.emulator import SeedVolume
-from tests.helpers import PROJECT, invoke, seeds, volume_ids
+from orchestrator.tally import Tally
+from tests.helpers import PROJECT, cli_args, csv_manifest, invoke, requests_of, seeds, volume_ids
 
 IDS = volume_ids(8, seed=71)
 
@@ -205,3 +207,88 @@ def test_json_log_format(
         assert "warning" in names  # the unknown column
         summary = next(event for event in events if event["event"] == "summary")
         assert summary["outcomes"] == {"accepted": 1}
+
+
+def test_metrics_keep_another_commands_families(tmp_path: Path) -> None:
+    """create writes its duplicates (and no last success: it failed); wait's write keeps them whole."""
+    path = tmp_path / "m.prom"
+    created = Tally()
+    created.duplicates["duplicate_deleted"] = 2
+    metrics.write(path, created, command="create", exit_code=1, throttled=0)
+    text = path.read_text()
+    assert 'evs_snapshot_duplicates{command="create",outcome="duplicate_deleted"} 2' in text
+    assert metrics.LAST_SUCCESS not in text
+    metrics.write(path, Tally(), command="wait", exit_code=0, throttled=0)
+    text = path.read_text()
+    assert text.count("# TYPE evs_snapshot_duplicates gauge") == 1
+    assert 'evs_snapshot_duplicates{command="create",outcome="duplicate_deleted"} 2' in text
+    assert 'evs_snapshot_duplicates{command="wait"' not in text
+    assert metrics.previous_success(text, "wait") is not None
+    assert metrics.previous_success(text, "create") is None
+
+
+def test_validate_online_checks_that_cannot_be_made(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path]
+) -> None:
+    """validate --online: failing snapshot listings (CHECK_FAILED) and an unknown region
+    (PROJECT_NOT_FOUND) are problems of the rows, exit 1: not a crash and not a pass."""
+    ids = volume_ids(2, seed=931)
+    emu = emulator_thread(any_volume=True, fault_list=1.0)
+    manifest = csv_manifest(write, ids)
+    args = cli_args("validate", manifest, online=True, endpoint=emu.url, project_id=PROJECT)
+    failing = invoke([*args, "--max-attempts", "1", "--backoff-initial", "0.01"])
+    assert failing.exit_code == 1, failing.output
+    assert "CHECK_FAILED" in failing.output
+    region = cli_args("validate", manifest, online=True, endpoint=emu.url, iam_endpoint=emu.url)
+    lookup = invoke([*region, "--region", "ap-southeast-9", "--max-attempts", "1"])
+    assert lookup.exit_code == 1, lookup.output
+    assert "IAM lists no project named ap-southeast-9" in lookup.output
+    assert "2 with problems (PROJECT_NOT_FOUND x2)" in lookup.output
+
+
+def test_validate_online_with_refused_credentials_stops_at_once(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path]
+) -> None:
+    """A wrong secret: at most 2 GETs reach the gateway, one error and the count line, exit 3."""
+    ids = volume_ids(100, seed=121)
+    emu = emulator_thread(any_volume=True, latency_ms=10)
+    result = invoke(
+        [
+            "validate",
+            str(csv_manifest(write, ids)),
+            "--online",
+            "--endpoint",
+            emu.url,
+            "--project-id",
+            PROJECT,
+        ],
+        env={"HUAWEICLOUD_SDK_SK": "wrong"},
+    )
+    assert result.exit_code == 3
+    gets = requests_of(emu.state(), "GET /v2/{project_id}/cloudvolumes/{volume_id}")
+    assert sum(gets.values()) <= 2
+    assert result.stdout.count("\n") <= 12  # no line per row
+    assert "credentials refused" in result.stderr
+
+
+def test_validate_online_against_a_dead_endpoint_stops(write: Callable[..., Path]) -> None:
+    """Transport errors on every check: the endpoint is closed after 3 tries, exit 3, no line per row."""
+    ids = volume_ids(50, seed=122)
+    result = invoke(
+        [
+            "validate",
+            str(csv_manifest(write, ids)),
+            "--online",
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "--project-id",
+            PROJECT,
+            "--backoff-initial",
+            "0.01",
+            "--backoff-max",
+            "0.05",
+        ]
+    )
+    assert result.exit_code == 3
+    assert "ENDPOINT_UNREACHABLE" in result.stderr
+    assert result.stdout.count("\n") <= 12

@@ -286,3 +286,50 @@ def test_output_under_a_file_names_that_file(
     assert result.exit_code == 2
     assert f"{blocker} is a file, not a directory" in result.stderr
     assert emu.state()["requests"] == {}
+
+
+@pytest.mark.parametrize(
+    ("selectors", "expected"),
+    [
+        (["--tag", "env=prod", "--server", DISKS[0].server_id], {0, 1}),
+        (["--tag", "env=prod", "--metadata", "tier=web"], {0, 1}),
+    ],
+)
+def test_select_checks_other_selectors_on_tagged_disks(
+    emulator_thread: Callable[..., Any], selectors: list[str], expected: set[int]
+) -> None:
+    """With --tag the disks come from the volume list (per --server), cross-checked with the tags API,
+    which knows nothing of --server or --metadata: each tagged disk is checked against them, so a
+    tagged disk on another server, or without the metadata, is left out."""
+    emu = emulator_thread(volumes=DISKS)
+    result = select(emu, *selectors)
+    assert result.exit_code == 0, result.stderr
+    chosen = {line.split(",", 1)[0] for line in result.stdout.splitlines()[1:]}
+    assert chosen == {IDS[i] for i in expected}
+    assert set(emu.state()["requests"]) == {
+        "GET /v2/{project_id}/cloudvolumes/detail",
+        "POST /v2/{project_id}/cloudvolumes/resource_instances/action",
+    }
+
+
+def test_select_needs_a_project_or_a_region(emulator_thread: Callable[..., Any]) -> None:
+    """select with neither --project-id nor --region (nor their environment variables): exit 2, nothing
+    sent."""
+    emu = emulator_thread(volumes=DISKS)
+    result = invoke(cli_args("select", "--status", "available", endpoint=emu.url))
+    assert result.exit_code == 2
+    assert "select needs --project-id, or --region to look the project up by" in result.stderr
+    assert emu.state()["requests"] == {}
+
+
+def test_select_allows_at_most_ten_tag_keys(emulator_thread: Callable[..., Any]) -> None:
+    """Eleven --tag keys are more than the tags API takes: exit 2 before anything is sent; ten pass."""
+    emu = emulator_thread(volumes=DISKS)
+    ten = [item for n in range(10) for item in ("--tag", f"k{n}=v")]
+    over = invoke([*cli_args("select", endpoint=emu.url, project_id=PROJECT), *ten, "--tag", "k10=v"])
+    assert over.exit_code == 2
+    assert "at most 10 tag keys (the API's limit)" in over.stderr
+    assert emu.state()["requests"] == {}
+    fits = select(emu, *ten)
+    assert fits.exit_code == 1  # sent, and no disk carries those tags
+    assert "no disk matched" in fits.stderr

@@ -8,6 +8,8 @@ A second signal stops at once; a background run of a script (SIGINT ignored) sto
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import os
 import signal
 import subprocess
@@ -17,22 +19,36 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
+from orchestrator.console import Console
+from orchestrator.emulator import EmulatorThread, ManualClock
 from orchestrator.emulator.settings import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_USER
+from orchestrator.signals import cancel_on_signal, drain_on_signal
 from tests.helpers import (
     AKSK_ENV,
     CREATE_ROUTE,
+    MANY_RETRIES,
     NO_CREDENTIALS,
     PROJECT,
+    TOKEN_ENV,
     cli_args,
     create_args,
+    create_report,
     csv_manifest,
+    installed,
     invoke,
     last_per_row,
+    once_throttled,
+    one_request,
     records,
+    requests_of,
+    snap,
     snapshots_per_volume,
+    start,
     volume_ids,
+    world,
 )
 
 PASSWORD_ENV = {
@@ -116,6 +132,19 @@ def reading(process: subprocess.Popen[bytes], path: Path) -> Callable[[], bool]:
         return False
 
     return now
+
+
+SNAPSHOT_LIST = "GET /v2/{project_id}/cloudsnapshots/detail"
+
+
+def drain_bucket(emu: EmulatorThread) -> None:
+    """Spend the one request the fixed token's tenant may make until the emulator's clock moves."""
+    status, _ = one_request(emu, "GET", f"/v2/{PROJECT}/cloudsnapshots/detail")
+    assert status == 200
+
+
+def interrupt() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see the manifest open")
@@ -332,3 +361,89 @@ def test_a_signal_while_the_cli_is_imported_ends_quietly(signum: int) -> None:
     assert done.returncode == 128 + signum, done.stderr
     name = signal.Signals(signum).name
     assert done.stderr.decode() == f"evs-snapshot: stopped by {name} while starting; nothing was sent\n"
+
+
+async def test_a_first_signal_starts_the_drain() -> None:
+    """SIGTERM once: noted, new rows stopped, the work scope given the grace period, the operator told."""
+    received: list[int] = []
+    stopped = anyio.Event()
+    out = io.StringIO()
+    work = anyio.CancelScope()
+    async with anyio.create_task_group() as group:
+        drain = functools.partial(
+            drain_on_signal,
+            stop=stopped.set,
+            scope=work,
+            grace=7.0,
+            received=received,
+            console=Console(out),
+            sync=lambda: None,
+        )
+        group.start_soon(drain)
+        await anyio.wait_all_tasks_blocked()
+        assert installed(signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        with anyio.fail_after(5):
+            await stopped.wait()
+        group.cancel_scope.cancel()
+    assert received == [signal.SIGTERM]
+    assert work.deadline - anyio.current_time() == pytest.approx(7.0, abs=1.0)
+    assert "SIGTERM: taking no new rows; rows in flight get up to 7s to finish" in out.getvalue()
+
+
+async def test_a_signal_cancels_a_wait() -> None:
+    """SIGTERM during a wait under cancel_on_signal cancels the scope and records the signal."""
+    received: list[int] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(cancel_on_signal, group.cancel_scope, received)
+        await anyio.wait_all_tasks_blocked()
+        assert installed(signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await anyio.sleep(5)  # cancelled by the signal long before
+    assert group.cancel_scope.cancel_called
+    assert received == [signal.SIGTERM]
+
+
+def test_audit_sigint_while_throttled_exits_130(
+    emulator_thread: Callable[..., Any], clock: ManualClock, write: Callable[..., Path]
+) -> None:
+    """audit: SIGINT while the listing is throttled stops it at once: exit 130, no verdict printed."""
+    volume = volume_ids(1, seed=722)[0]
+    emu = start(emulator_thread, [volume], [snap(volume, 1)], clock=clock, rate_limit=1.0, burst=1)
+    manifest = csv_manifest(write, [volume])
+    drain_bucket(emu)
+    args = [
+        "audit",
+        str(manifest),
+        "--endpoint",
+        emu.url,
+        "--project-id",
+        PROJECT,
+        "--max-age",
+        "1d",
+        *MANY_RETRIES,
+    ]
+    with once_throttled(emu, interrupt) as acted:
+        result = invoke(args, base=TOKEN_ENV)
+    assert acted == [True]
+    assert result.exit_code == 130, result.output
+    assert "stopped by SIGINT; run audit again" in result.stderr
+    assert "volumes:" not in result.stdout
+    assert requests_of(emu.state(), SNAPSHOT_LIST)["200"] == 1  # the test's own request only
+
+
+def test_wait_sigint_while_throttled_exits_130(
+    emulator_thread: Callable[..., Any], clock: ManualClock, tmp_path: Path
+) -> None:
+    """wait: SIGINT while polling is throttled stops the wait: exit 130, nothing appended to the report."""
+    emu = emulator_thread(clock=clock, rate_limit=1.0, burst=1, **world(2))
+    report = create_report(tmp_path / "create.jsonl", [{}, {}])
+    before = report.read_bytes()
+    drain_bucket(emu)
+    args = [*cli_args("wait", report, endpoint=emu.url, poll_interval="0.05"), *MANY_RETRIES]
+    with once_throttled(emu, interrupt) as acted:
+        result = invoke(args, base=TOKEN_ENV)
+    assert acted == [True]
+    assert result.exit_code == 130, result.output
+    assert "stopped by SIGINT; run wait again to go on" in result.stderr
+    assert report.read_bytes() == before

@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from yarl import URL
 
 from orchestrator.api import signing
+from orchestrator.api.credentials import host_header
 
 AK = "HPUAEXAMPLEAK0000001"
 SK = "ExampleSecretKey0000000000000000000000001"
@@ -276,3 +278,13 @@ def test_unsigned_payload_for_non_json(content_type: str) -> None:
         signing.authorization(ak=AK, sk=SK, method="POST", path="/v1/x", query=[], headers=ours, body=b"abc")
         == expected
     )
+
+
+def test_host_header_brackets_ipv6_and_drops_default_ports() -> None:
+    """Host: IPv6 literals in brackets, the port only when it is not the scheme's default."""
+    assert host_header(URL("http://[::1]:8080/v2")) == "[::1]:8080"
+    assert (
+        host_header(URL("https://evs.cn-north-4.myhuaweicloud.com:443/v2"))
+        == "evs.cn-north-4.myhuaweicloud.com"
+    )
+    assert host_header(URL("http://127.0.0.1:80/")) == "127.0.0.1"

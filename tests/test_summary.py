@@ -9,7 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.helpers import PROJECT, invoke
+from orchestrator.models import Outcome
+from orchestrator.tally import LISTED_ROWS_MAX, Tally
+from tests.helpers import PROJECT, edge_record, invoke, report_of
 
 RUN = "20261127T035432Z-abc123"
 OTHER_RUN = "20261128T010101Z-def456"
@@ -162,3 +164,53 @@ def test_rejected_advice_names_the_next_step_per_error_code(tmp_path: Path) -> N
         ("EVS.5400", 1),
         ("EVS.5404", 1),
     }
+
+
+def test_summary_lists_at_most_a_thousand_rows_to_retry_but_counts_them_all(tmp_path: Path) -> None:
+    """1,001 failed rows: ``rows_to_retry`` holds the first 1,000, the count says 1,001."""
+    total = LISTED_ROWS_MAX + 1
+    report = report_of(
+        tmp_path / "r.jsonl",
+        [edge_record(row, Outcome.FAILED, error_code="EVS.5500") for row in range(1, total + 1)],
+        total,
+    )
+    result = invoke(["summary", str(report), "--json"])
+    assert result.exit_code == 1, result.output
+    summary = orjson.loads(result.stdout)
+    assert summary["rows_to_retry_count"] == total
+    assert summary["rows_to_retry"] == list(range(1, LISTED_ROWS_MAX + 1))
+    assert summary["next_steps"][0]["count"] == total
+    assert len(summary["next_steps"][0]["rows"]) == LISTED_ROWS_MAX
+
+
+def test_summary_counts_the_sweep_records_of_a_report(tmp_path: Path) -> None:
+    """A report with a duplicate deleted and one only found: both counted, the rows' states unchanged."""
+    report = report_of(
+        tmp_path / "r.jsonl",
+        [
+            edge_record(1, snapshot_id="s1"),
+            edge_record(2, snapshot_id="s2"),
+            edge_record(1, Outcome.DUPLICATE_DELETED, snapshot_id="s1-extra"),
+            edge_record(2, Outcome.DUPLICATE_FOUND, snapshot_id="s2-extra", error_code="DELETE_FAILED"),
+        ],
+        2,
+    )
+    result = invoke(["summary", str(report)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("2 rows: 2 accepted (2 of 2 rows have a record)")
+    assert "duplicates: 2 found, 1 removed" in result.stdout
+
+
+def test_replacing_one_of_several_rows_keeps_the_others_counted() -> None:
+    """Two failed rows, one found created after all: one failed and one accepted remain."""
+    tally = Tally(manifest_rows=2)
+    failed = [edge_record(row, Outcome.FAILED, error_code="UNCONFIRMED") for row in (1, 2)]
+    for item in failed:
+        tally.add(item)
+    tally.replace(failed[0], edge_record(1, snapshot_id="s1", reconciled=True))
+    assert dict(tally.outcomes) == {"failed": 1, "accepted": 1}
+    assert (dict(tally.codes), tally.to_act) == ({"UNCONFIRMED": 1}, {"failed": [2]})
+    tally.replace(failed[1], edge_record(2, snapshot_id="s2", reconciled=True))
+    assert dict(tally.outcomes) == {"accepted": 2}
+    assert (dict(tally.codes), tally.to_act, dict(tally.to_act_count)) == ({}, {}, {})
+    assert tally.exit_code == 0
