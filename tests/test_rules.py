@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.config import RowDefaults, RunIdentity
@@ -330,7 +330,6 @@ field_names = st.sampled_from(
 )
 
 
-@settings(max_examples=300, deadline=None)
 @given(
     fields=st.dictionaries(field_names, json_values | st.sampled_from(IDS), max_size=8),
     from_csv=st.booleans(),
