@@ -1,4 +1,5 @@
-"""The records of ``prune``, ``cleanup`` and ``rollback``: what became of each snapshot (or row).
+"""The records of ``prune``, ``cleanup``, ``rollback``, ``hold`` and ``release``: what became of each
+snapshot (or row).
 
 Each of these commands acts on snapshots (or rows) one by one and writes one JSON line per thing it
 acted on, in the report style of ``create``: the first line is a run header, then ``ActionRecord``
@@ -23,7 +24,7 @@ from orchestrator.report import read_typed
 
 
 class Action(enum.StrEnum):
-    """What became of one snapshot (prune, cleanup) or row (rollback)."""
+    """What became of one snapshot (prune, cleanup, hold, release) or row (rollback)."""
 
     PLANNED = "planned"  # no --apply: what would be done
     KEPT = "kept"  # a retention rule keeps it (prune --verbose records)
@@ -34,10 +35,16 @@ class Action(enum.StrEnum):
     REJECTED = "rejected"  # the API refused it (4xx)
     FAILED = "failed"  # gave up after retries, or could not be confirmed
     ROLLBACK_FAILED = "rollback_failed"  # the disk ended error_rollbacking
+    HELD = "held"  # hold: the snapshot carries the hold now
+    RELEASED = "released"  # release: the snapshot carries no hold now
 
 
-FINAL = frozenset({Action.DELETED, Action.ROLLED_BACK, Action.REFUSED, Action.KEPT})
+FINAL = frozenset(
+    {Action.DELETED, Action.ROLLED_BACK, Action.REFUSED, Action.KEPT, Action.HELD, Action.RELEASED}
+)
 SUCCESS = frozenset({Action.PLANNED, Action.KEPT, Action.DELETED, Action.ROLLED_BACK})
+# A rollback succeeds only where it rolled back (or, planning, would): a refused row is not restored.
+ROLLBACK_SUCCESS = frozenset({Action.PLANNED, Action.ROLLED_BACK})
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,7 +62,9 @@ class ActionRecord:
     snapshot_id: str | None = None
     snapshot_name: str | None = None
     created_at: str | None = None
-    rule: str | None = None  # prune: the rules that condemned it ("keep-last 6") or kept it ("daily ...")
+    # prune: the rules that condemned it ("keep-last 6") or kept it ("daily ...", "hold: REASON");
+    # hold, release: the hold set or removed ("hold: REASON")
+    rule: str | None = None
     source_run: str | None = None  # the run id of the snapshot's marker
     http_status: int | None = None
     error_code: str | None = None
@@ -93,3 +102,13 @@ def now_iso() -> str:
 def read_actions(path: Path) -> Iterator[ActionRecord]:
     """Every whole record of an action report (header skipped; a torn last line skipped)."""
     return read_typed(path, ActionRecord.from_dict, "a record of this report")
+
+
+def final_actions(path: Path) -> Iterator[ActionRecord]:
+    """The last record of each key, in file order of those records (two passes)."""
+    last: dict[str, int] = {}
+    for index, record in enumerate(read_actions(path)):
+        last[record.key] = index
+    for index, record in enumerate(read_actions(path)):
+        if last[record.key] == index:
+            yield record

@@ -21,7 +21,9 @@ So cleanup goes by the marker, not by the records:
   a row's last record names (a recorded snapshot the listing does not show is looked up once: 404
   means already gone, counted as deleted). A recorded snapshot without this run's marker, or of
   another row's disk, is ``refused`` and left alone; so is a snapshot with the marker on a disk the
-  manifest does not name (``OTHER_VOLUME``; the codes are ``ownership``'s).
+  manifest does not name (``OTHER_VOLUME``; the codes are ``ownership``'s). A held snapshot (its
+  ``evs_snapshot_hold`` key is set: ``create --hold``, ``hold``) is ``blocked`` with ``HELD`` and left
+  alone, unless ``--include-held``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from orchestrator.models import utc_iso
 from orchestrator.ownership import of_run, refusal
 from orchestrator.selection import Scope, Target, list_scope, scopes_of
 
+HELD = "HELD"  # a held snapshot, blocked without --include-held
+
 if TYPE_CHECKING:
     from orchestrator.api.routes import Router
     from orchestrator.config import Connection
@@ -64,6 +68,7 @@ class CleanupSettings:
     lock_file: Path | None
     closing: Closing
     project_id: str | None = None  # of rows without a record, when the create report does not say
+    include_held: bool = False  # delete held snapshots too (else blocked with HELD)
 
 
 async def until_quiet(settings: CleanupSettings, run_: CreateRun, console: Console) -> str | None:
@@ -264,6 +269,10 @@ class Pass:
         if refused is not None:
             message = f"{refused.message}; left alone"
             self.write(record(Action.REFUSED, error_code=refused.code, error_message=message))
+            return
+        if snapshot.held and not self.settings.include_held:
+            message = f"the snapshot is held ({snapshot.hold}); left alone (--include-held deletes it)"
+            self.write(record(Action.BLOCKED, error_code=HELD, error_message=message))
             return
         if snapshot.status == DELETING:
             if self.settings.apply:

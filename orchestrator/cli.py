@@ -18,10 +18,9 @@ import click
 
 from orchestrator import __version__
 from orchestrator.console import Console
-from orchestrator.entry import first_error
+from orchestrator.entry import INTERNAL_ERROR, first_error
 from orchestrator.errors import EvsSnapshotError
 
-INTERNAL_ERROR = 70
 COMMANDS = (
     "create",
     "wait",
@@ -32,6 +31,8 @@ COMMANDS = (
     "audit",
     "select",
     "rollback",
+    "hold",
+    "release",
     "emulator",
 )
 
@@ -116,6 +117,18 @@ def _usage_error(console: Console, exc: click.ClickException) -> None:
     console.error(message, exit_code=exc.exit_code)
 
 
+def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """``--version``: ours, and the Python and aiohttp versions (a bug report needs all three)."""
+    if not value or ctx.resilient_parsing:
+        return
+    import platform  # noqa: PLC0415 - only --version pays for these
+    from importlib.metadata import version  # noqa: PLC0415
+
+    python = platform.python_version()
+    click.echo(f"evs-snapshot, version {__version__} (Python {python}, aiohttp {version('aiohttp')})")
+    ctx.exit()
+
+
 def _flush() -> None:
     """Flush stdout now, so a reader that went away (``| head``) costs a quiet exit, not a traceback."""
     try:
@@ -126,6 +139,13 @@ def _flush() -> None:
 
 
 @click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(__version__, prog_name="evs-snapshot")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_version,
+    help="Show the version (with Python's and aiohttp's) and exit.",
+)
 def main() -> None:
     """Create Huawei Cloud EVS snapshots in bulk: never twice, never silently skipped."""

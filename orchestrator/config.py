@@ -20,6 +20,9 @@ REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z]+)+-\d{1,3}$")
 PROJECT_RE = re.compile(r"^[0-9a-f]{32}$")
 HOST_RE = re.compile(r"[A-Za-z0-9._:%-]+")  # a name, IPv4 or IPv6 (punycode for IDN)
 USERINFO_RE = re.compile(r"(//)[^/?#]*@")
+RUN_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")  # what RunIdentity.new writes
+QUERY_RE = re.compile(r"\?[^#]*")
+FRAGMENT_RE = re.compile(r"#.*", flags=re.DOTALL)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,6 +37,11 @@ class RunIdentity:
     def __post_init__(self) -> None:
         object.__setattr__(self, "day", self.started.strftime("%Y%m%d"))
         object.__setattr__(self, "stamp", self.started.strftime("%Y%m%dT%H%M%SZ"))
+
+    @staticmethod
+    def well_formed(run_id: str) -> bool:
+        """``run_id`` has the form ``new`` gives (start time, ``-``, six hex digits): a run of the tool."""
+        return RUN_ID.fullmatch(run_id) is not None
 
     @classmethod
     def new(cls, started: datetime) -> RunIdentity:
@@ -63,6 +71,7 @@ class RowDefaults:
     force: bool = False
     project_id: str | None = None
     region: str | None = None
+    hold: str | None = None  # create --hold REASON: the evs_snapshot_hold key on every snapshot
 
 
 # Regions with an IAM endpoint of their own in the official SDK's table; others use the global one.
@@ -136,7 +145,7 @@ def parse_endpoint(value: str, *, option: str) -> URL:
     Errors show the value with any ``user:password@`` part masked: a secret typed into a URL must not
     reach the terminal or a log.
     """
-    shown = redact_userinfo(value)
+    shown = redact_url(value)
     try:
         url = URL(value.strip().rstrip("/"))
         host = url.raw_host
@@ -162,9 +171,11 @@ def parse_endpoint(value: str, *, option: str) -> URL:
     return url.with_path("")
 
 
-def redact_userinfo(value: str) -> str:
-    """``value`` with a ``user:password@`` part (parseable or not) replaced by ``***@``."""
-    return USERINFO_RE.sub(r"\1***@", value)
+def redact_url(value: str) -> str:
+    """``value`` as it may be shown (parseable or not): a ``user:password@`` part becomes ``***@``, a query
+    string ``?***`` and a fragment ``#***``. The one masking function of URLs in messages and logs."""
+    shown = USERINFO_RE.sub(r"\1***@", value)
+    return FRAGMENT_RE.sub("#***", QUERY_RE.sub("?***", shown, count=1), count=1)
 
 
 def is_loopback(host: str) -> bool:
@@ -209,6 +220,62 @@ class Connection:
     token_file: Path | None = None
     max_rps: float | None = None
     environ: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def recorded(self) -> dict[str, str]:
+        """The connection options given (``endpoint``, ``iam_endpoint``, ``ca_bundle``, ``auth``), for a
+        report's header: where the requests went, never a credential (a URL here has no user or query)."""
+        endpoints = self.endpoints
+        given = {
+            "endpoint": endpoints.evs,
+            "iam_endpoint": endpoints.iam,
+            "ca_bundle": None if endpoints.ca_bundle is None else endpoints.ca_bundle.resolve(),
+            "auth": self.auth_kind,
+        }
+        return {key: str(value) for key, value in given.items() if value is not None}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Notify:
+    """Where a run says it started and ended (``--ping-url``, ``--webhook``), and how patiently.
+
+    Best effort: each request may take ``timeout`` seconds and is tried ``attempts`` times (pauses of
+    up to ``pause`` seconds, doubling); all attempts of one URL together take at most ``budget``.
+    """
+
+    ping_url: str | None = None
+    webhooks: tuple[str, ...] = ()
+    timeout: float = defaults.NOTIFY_TIMEOUT
+    attempts: int = defaults.NOTIFY_ATTEMPTS
+    pause: float = defaults.NOTIFY_PAUSE
+
+    @property
+    def budget(self) -> float:
+        """Seconds one URL may cost a run at most, pauses included (30 s by default)."""
+        return self.timeout * self.attempts
+
+    def __bool__(self) -> bool:
+        return self.ping_url is not None or bool(self.webhooks)
+
+
+def parse_notify_url(value: str, *, option: str) -> str:
+    """A notification URL: http(s) with a host, plain http to a loopback address only; it may carry a
+    path, a query and ``user:password@`` (all kept, none shown: errors use ``redact_url``)."""
+    shown = redact_url(value.strip())
+    try:
+        url = URL(value.strip(), encoded=True)
+        host = url.raw_host
+    except ValueError as exc:
+        raise UsageError(f"{option} {shown!r} is not a valid URL ({exc})") from None
+    if url.scheme not in ("http", "https") or not host:
+        raise UsageError(f"{option} {shown!r} is not an http(s) URL")
+    if url.scheme == "http" and not is_loopback(host):
+        raise UsageError(
+            f"{option} {shown!r} uses plain http to a non-loopback host; use https "
+            "(plain http is allowed only to 127.0.0.0/8, ::1 or localhost)"
+        )
+    if url.raw_fragment:
+        raise UsageError(f"{option} {shown!r} has a fragment (#...); remove it")
+    return value.strip()
 
 
 def check_auth_kind(value: str | None) -> AuthKind | None:

@@ -67,8 +67,11 @@ def check_create_run(report: Path, header: RunHeader, command: str, verb: str) -
         raise UsageError(f"{report} {why}; there is nothing to {verb}, and nothing was sent")
 
 
-def run_of(report: Path, warn: Callable[[str], None]) -> CreateRun:
-    """Read a create report: its run, the last record of each sent row, the rows with a record.
+def run_of(
+    report: Path, warn: Callable[[str], None], *, command: str = "cleanup", verb: str = "clean up"
+) -> CreateRun:
+    """Read a create report for ``command`` (``cleanup``; ``hold``, ``release``): its run, the last
+    record of each sent row, the rows with a record.
 
     A torn last line is warned about (``file:line``) and skipped. The report reader refuses a file
     of two runs (exit 2, naming both run ids) and rows outside the header's.
@@ -78,8 +81,8 @@ def run_of(report: Path, warn: Callable[[str], None]) -> CreateRun:
         raise UsageError(f"{report}: no such report")
     header = read_header(report)
     if header is None:
-        raise UsageError(f"{report}: the report holds no records; nothing to clean up")
-    check_create_run(report, header, "cleanup", "clean up")
+        raise UsageError(f"{report}: the report holds no records; nothing to {verb}")
+    check_create_run(report, header, command, verb)
     torn = torn_tail(report)
     if torn is not None:
         warn(f"{report}:{torn}: the last line is cut short (its writer was killed mid-line); skipped")

@@ -19,3 +19,9 @@ SETTLE = 60.0
 SNAPSHOTS_PER_DISK = 7
 # After the first SIGINT/SIGTERM, work in flight gets this long to finish and be recorded.
 GRACE = 10.0
+# Notifications (--ping-url, --webhook) are best effort: one request takes at most this long, and is
+# tried this many times, so a dead URL costs a run at most NOTIFY_TIMEOUT * NOTIFY_ATTEMPTS (30 s).
+NOTIFY_TIMEOUT = 10.0
+NOTIFY_ATTEMPTS = 3
+NOTIFY_PAUSE = 1.0  # ceiling of the first pause between two attempts (full jitter, doubling)
+NOTIFY_BODY_MAX = 10_000  # bytes of a ping's body (the summary as text), at most

@@ -4,7 +4,8 @@ create's end-of-run sweep (``delete_snapshot``); what is deleted is chosen elsew
 
 Every answer is handled the same way, whoever deletes:
 
-- 2xx: the deletion is under way; 404: already gone. Both are a success.
+- 2xx: the deletion is under way; the snapshot's own 404 (``Answer.gone``): already gone. Both are a
+  success. A gateway 404 closes the route (``routes``): nothing is recorded as deleted.
 - 400 ``EVS.1047`` ("wrong state") is looked into: a snapshot already ``deleting`` (an earlier
   attempt whose answer was lost got through) or gone is a success; one still ``creating``, or
   ``available`` or ``error`` by now, is sent again while the caller's ``patience`` lasts (the
@@ -118,10 +119,8 @@ async def delete(route: Route, snapshot_id: str, policy: RetryPolicy, *, patienc
                 code=code,
                 message=message,
             )
-            if reply.verdict is Verdict.SUCCESS or answer.status == 404:
-                return dataclasses.replace(
-                    last, ended=Ended.DONE, gone=answer.status == 404, code=None, message=None
-                )
+            if reply.verdict is Verdict.SUCCESS or answer.gone:
+                return dataclasses.replace(last, ended=Ended.DONE, gone=answer.gone, code=None, message=None)
             if code == NOT_YET_DELETABLE:
                 last = await _wrong_state(route, snapshot_id, policy, last)
                 if last.ended is Ended.DONE or last.unreadable:

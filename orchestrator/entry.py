@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from orchestrator.console import Console
 from orchestrator.errors import EvsSnapshotError
 
+INTERNAL_ERROR = 70  # anything but our errors is a bug
+
 
 def first_error(exc: BaseException) -> BaseException:
     """Our error inside (possibly nested) task-group exception groups, else the first leaf."""
@@ -21,6 +23,22 @@ def first_error(exc: BaseException) -> BaseException:
         ours = [leaf for leaf in leaves if isinstance(leaf, EvsSnapshotError)]
         return ours[0] if ours else leaves[0]
     return exc
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code a command that ended with ``exc`` exits with (``cli.Main.main`` maps it so): our
+    error's own code, 128 + the signal for a cancellation by a signal, else ``INTERNAL_ERROR``."""
+    from orchestrator.signals import received  # noqa: PLC0415 - signals imports anyio
+
+    error = first_error(exc)
+    if isinstance(error, EvsSnapshotError):
+        return error.exit_code
+    signals = received()
+    if signals:
+        return 128 + signals[0]
+    if isinstance(error, KeyboardInterrupt):
+        return 130
+    return INTERNAL_ERROR
 
 
 def run(entry: Callable[[], Awaitable[int]], *, console: Console | None = None) -> int:

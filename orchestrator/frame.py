@@ -1,5 +1,5 @@
 """The run frame: what every command that writes a report (``create``, ``wait``, ``prune``, ``cleanup``,
-``rollback``) does around its own work, in this order:
+``rollback``, ``hold``, ``release``) does around its own work, in this order:
 
 1. **the locks** (``lock.holding``), taken first: a second run of the same manifest, run or report
    exits 75 before anything is read or sent (``Frame.lock``);
@@ -12,7 +12,11 @@
 5. **the end**: the summary on stderr, ``--summary-json``, ``--metrics-file`` (``metrics``) and the exit
    code. A route closed anywhere (credentials refused, wrong project, endpoint gone) makes it 3 here,
    never in a command; a run stopped by ``RunAborted`` still writes exit code 3 to the side files, so an
-   alert on ``evs_snapshot_exit_code`` fires; a signal raises ``Interrupted`` after the summary.
+   alert on ``evs_snapshot_exit_code`` fires; a signal raises ``Interrupted`` after the summary;
+6. **notifications** (``--ping-url``, ``--webhook``: ``api.notify``): the start ping goes out in the
+   background when the frame is entered; the end ping and the webhooks go out last, after the report
+   is closed and synced and the summary printed, whatever ended the run (exit 0, 1, 2, 3, 75, 130/143,
+   70); best effort, they change nothing else.
 
 A command does its own work inside ``async with Frame(...) as frame:`` and returns ``frame.exit_code``.
 """
@@ -36,6 +40,7 @@ from orchestrator.actions import FINAL, Action, ActionRecord, now_iso, read_acti
 from orchestrator.config import RunIdentity, file_in_the_way
 from orchestrator.console import Console
 from orchestrator.defaults import GRACE
+from orchestrator.entry import exit_code_of, first_error
 from orchestrator.errors import Interrupted, ResumeMismatch, RunAborted, UsageError
 from orchestrator.lock import Held, Lock, holding, report_lock
 from orchestrator.models import Record, RunHeader, utc_now
@@ -44,8 +49,11 @@ from orchestrator.signals import draining
 from orchestrator.tally import Counting, Tally
 
 if TYPE_CHECKING:
+    import anyio.abc
+
+    from orchestrator.api.notify import Notifier
     from orchestrator.api.routes import Router
-    from orchestrator.config import Connection
+    from orchestrator.config import Connection, Notify
 
 T = TypeVar("T")
 
@@ -55,10 +63,11 @@ RESUME_ADVICE = "run again with --resume to finish the job"
 # --- where the summary and the metrics go ------------------------------------------------------
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Closing:
-    """Where a run's summary and metrics go besides stderr."""
+    """Where a run's summary and metrics go besides stderr, and whom it notifies."""
 
     summary_json: Path | None = None
     metrics_file: Path | None = None
+    notify: Notify | None = None
 
     def check(self) -> None:
         """Refuse side files that could not be written, before anything is sent (exit 2)."""
@@ -207,25 +216,45 @@ class Frame:
         self.exit_code = 0
         self._stopped = False
         self._stack = contextlib.AsyncExitStack()
+        self._ended: tuple[str, dict[str, Any]] | None = None  # the summary as text and as JSON
+        self._notifier: Notifier | None = None
+        self._pinging: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> Frame:
         await self._stack.__aenter__()
+        notify = None if self.closing is None else self.closing.notify
+        if notify:
+            import anyio  # noqa: PLC0415 - the frame runs under anyio; imported where it is used
+
+            from orchestrator.api.notify import Notifier  # noqa: PLC0415 - aiohttp loads only when sending
+
+            self._notifier = Notifier(notify, self.console)
+            start = self._notifier.start_messages(self.command)
+            if start:  # in the background: a slow receiver does not hold the run up
+                self._pinging = anyio.create_task_group()
+                await self._pinging.__aenter__()
+                self._pinging.start_soon(self._notifier.send, start)
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
+        ended, interrupted = exc, None
         try:
             await self._stack.__aexit__(kind, exc, traceback)
+            if exc is None:
+                self.exit_code = self._finish()
+                if self.signals:
+                    ended = interrupted = Interrupted(self.signals[0], self.advice)
         except BaseException as raised:
-            self._record_abort(raised)
+            ended = raised
             raise
-        if exc is not None:
-            self._record_abort(exc)
-            return
-        self.exit_code = self._finish()
-        if self.signals:
-            raise Interrupted(self.signals[0], self.advice)
+        finally:
+            if ended is not None:
+                self._record_abort(ended)
+            await self._notify_end(ended)
+        if interrupted is not None:
+            raise interrupted
 
     def _record_abort(self, exc: BaseException) -> None:
         aborted = _aborted(exc)
@@ -252,9 +281,18 @@ class Frame:
         self.writer = writer
         return writer
 
-    def open_actions(self, *, source: str, shape: dict[str, str], resume: bool, nothing: str) -> None:
-        """The report of ``prune``, ``cleanup`` or ``rollback``: its lock, a header naming ``source`` and
-        ``shape`` (a resume with other options is refused, saying ``nothing`` was done), and the book."""
+    def open_actions(
+        self,
+        *,
+        source: str,
+        shape: dict[str, str],
+        resume: bool,
+        nothing: str,
+        connection: Connection | None = None,
+    ) -> None:
+        """The report of ``prune``, ``cleanup``, ``rollback``, ``hold`` or ``release``: its lock, a header
+        naming ``source``, ``shape`` (a resume with other options is refused, saying ``nothing`` was
+        done) and where the requests go (``connection``, never a credential), and the book."""
         report = self.report
         if resume and report == "-":
             raise UsageError("--resume needs a --report file to read, not standard output")
@@ -285,6 +323,7 @@ class Frame:
                 digest="",
                 shape=shape,
                 started_at=now_iso(),
+                connection={} if connection is None else connection.recorded(),
             ),
             resume=resume,
         )
@@ -333,13 +372,41 @@ class Frame:
         self.writer.write_line(record.to_json())
         self.tally.add(record)
 
+    # 6. notifications
+    async def _notify_end(self, ended: BaseException | None) -> None:
+        """The end ping and the webhooks (the start ping, if still in flight, is dropped first); they are
+        sent even when the run was cancelled by a signal, within their budget."""
+        if self._notifier is None:
+            return
+        import anyio  # noqa: PLC0415
+
+        code = self.exit_code if ended is None else exit_code_of(ended)
+        where = "standard output" if self.report == "-" else self.report
+        if self._ended is not None:
+            text, summary = self._ended
+        else:  # the run stopped before its summary: what it counted, and why it stopped
+            why = "" if ended is None else str(first_error(ended))
+            text = f"{self.tally.render()}\nreport: {where}\nexit {code}" + (f": {why}" if why else "")
+            summary = {"command": self.command, "exit_code": code, **({"error": why} if why else {})}
+        messages = self._notifier.end_messages(
+            command=self.command, run_id=self.run_id, exit_code=code, text=text, summary=summary, report=where
+        )
+        if self._pinging is not None:
+            self._pinging.cancel_scope.cancel()
+            # A run cancelled by a signal is cancelled here too: the end ping goes out all the same.
+            with contextlib.suppress(anyio.get_cancelled_exc_class()):
+                await self._pinging.__aexit__(None, None, None)
+        with anyio.CancelScope(shield=True):
+            await self._notifier.send(messages)
+
     # 5. the end
     def _finish(self) -> int:
         """Print the summary, name closed routes, write the side files; the exit code."""
         tally, console = self.tally, self.console
         where = "standard output" if self.report == "-" else self.report
         data = tally.to_dict()
-        console.event("summary", f"{tally.render()}\nreport: {where}", report=where, **data)
+        text = f"{tally.render()}\nreport: {where}"
+        console.event("summary", text, report=where, **data)
         closures = [] if self.router is None else self.router.closures()
         for closure in closures:
             console.error(closure.message, code=closure.code)
@@ -355,12 +422,14 @@ class Frame:
             throttled=0 if self.router is None else self.router.throttled,
             also=self.also,
         )
+        summary = {**summary, "exit_code": code, **self.summary}
         write_side_files(
             self.closing,
             command=self.command,
-            summary={**summary, "exit_code": code, **self.summary},
+            summary=summary,
             families=families,
             exit_code=code,
             console=console,
         )
+        self._ended = (text, summary)
         return code

@@ -9,8 +9,9 @@ Column names (CSV header cells and JSON object keys) are read by ``column_name``
 
 - known names (the row fields and the informational columns ``select`` writes) ignore case and
   surrounding spaces, and are stored in lower case (`` Volume_ID `` is ``volume_id``);
-- ``metadata.KEY``: the prefix ignores case, the KEY keeps its own case (``Metadata.Owner`` is
-  ``metadata.Owner``), because metadata keys are case-sensitive in the cloud;
+- ``metadata.KEY`` and ``tag:KEY``: the prefix ignores case, the KEY keeps its own case
+  (``Metadata.Owner`` is ``metadata.Owner``, ``TAG:Env`` is ``tag:Env``), because metadata and tag keys
+  are case-sensitive in the cloud;
 - any other column keeps its own spelling, trimmed: that is how a ``{column}`` placeholder names it.
 
 In CSV a cell that starts with an apostrophe and then ``=``, ``+``, ``-``, ``@``, a tab, a carriage
@@ -53,6 +54,7 @@ MAX_LINE_BYTES = 1 << 22
 WARN_LIMIT = 10
 MAX_TRACKED_COLUMNS = 50_000
 METADATA_PREFIX = "metadata."
+TAG_PREFIX = "tag:"  # the columns of a disk's tags that ``select --with-tags`` writes
 FIELDS = frozenset({"volume_id", "name", "description", "force", "metadata", "project_id", "region"})
 INFO_COLUMNS = frozenset(
     {"server_id", "device", "bootable", "volume_name", "size", "availability_zone", "status"}
@@ -155,8 +157,9 @@ def column_name(raw: str) -> str:
     lower = name.lower()
     if lower in KNOWN_COLUMNS:
         return lower
-    if lower.startswith(METADATA_PREFIX):
-        return METADATA_PREFIX + name[len(METADATA_PREFIX) :]
+    for prefix in (METADATA_PREFIX, TAG_PREFIX):
+        if lower.startswith(prefix):
+            return prefix + name[len(prefix) :]
     return name
 
 
@@ -248,7 +251,7 @@ class _ColumnWarnings:
                 key in KNOWN_COLUMNS
                 or key in self.seen
                 or key in self.known
-                or key.startswith(METADATA_PREFIX)
+                or key.startswith((METADATA_PREFIX, TAG_PREFIX))
             ):
                 continue
             if len(self.seen) >= MAX_TRACKED_COLUMNS:

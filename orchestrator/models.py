@@ -228,10 +228,13 @@ class RunHeader:
     # Seconds after a create left within which its snapshot may still appear (--timeout + --settle):
     # cleanup waits that long after the last send whose answer the report does not hold.
     window: float = 0.0
+    # Where the run sent its requests, as its options said (``Connection.recorded``: never a credential),
+    # so that ``summary --format markdown`` can write the follow-up commands with them.
+    connection: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> bytes:
         data: dict[str, Any] = {"type": "run", **dataclasses.asdict(self)}
-        for flag in ("emulator", "dry_run", "journal", "window"):
+        for flag in ("emulator", "dry_run", "journal", "window", "connection"):
             if not data[flag]:
                 del data[flag]  # headers of ordinary runs read as before
         return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
@@ -256,6 +259,7 @@ class RunHeader:
                 dry_run=data.get("dry_run") is True,
                 journal=data.get("journal") is True,
                 window=_seconds(data.get("window")),
+                connection={str(k): str(v) for k, v in dict(data.get("connection") or {}).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a run header: {exc}") from exc
@@ -286,6 +290,9 @@ class RunHeader:
         return None
 
 
+RESOURCE_NOT_FOUND = frozenset({"EVS.5404"})  # the code a snapshot or disk that does not exist answers
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Answer:
     """An HTTP answer: status, parsed JSON body (or ``None``), and the headers we use.
@@ -299,10 +306,23 @@ class Answer:
     retry_after: str | None = None
     subject_token: str | None = dataclasses.field(default=None, repr=False)
     sent_with: str | None = dataclasses.field(default=None, repr=False)
+    date: str | None = dataclasses.field(default=None, repr=False)  # the server's ``Date`` header
 
     @property
     def ok(self) -> bool:
         return self.status < 400
+
+    @property
+    def gone(self) -> bool:
+        """A 404 that the resource itself gave (``EVS.5404``, or the Cinder ``itemNotFound`` body).
+
+        Any other 404 (the gateway's ``APIGW.0101``: an API missing in the region, a wrong path)
+        says nothing of the resource: it is never taken for "already gone".
+        """
+        if self.status != 404:
+            return False
+        body = self.body
+        return (isinstance(body, dict) and "itemNotFound" in body) or self.error()[0] in RESOURCE_NOT_FOUND
 
     def error(self) -> tuple[str, str | None]:
         """``(error_code, error_message)`` from whichever body shape came back, as the SDK reads it."""

@@ -11,6 +11,7 @@ Imports of the run machinery happen inside builders, so ``--help`` and cron star
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import inspect
 import math
@@ -24,7 +25,7 @@ import click
 from orchestrator import defaults
 
 if TYPE_CHECKING:
-    from orchestrator.config import Connection, RowDefaults
+    from orchestrator.config import Connection, Notify, RowDefaults
     from orchestrator.frame import Closing
     from orchestrator.manifest import ManifestSource
     from orchestrator.retry import RetryPolicy
@@ -261,11 +262,16 @@ def _rows(
     project_id: str | None,
 ) -> RowDefaults:
     from orchestrator import config  # noqa: PLC0415 - keeps --help fast
-    from orchestrator.rules import check_metadata_option_keys, check_template  # noqa: PLC0415
+    from orchestrator.rules import (  # noqa: PLC0415
+        check_metadata_option_keys,
+        check_metadata_templates,
+        check_template,
+    )
 
     check_template(name_template)
     metadata = config.parse_metadata_options(metadata_items)
     check_metadata_option_keys(metadata)
+    check_metadata_templates(metadata)
     return config.RowDefaults(
         name_template=name_template,
         description=description,
@@ -299,7 +305,8 @@ ROWS = group(
         "metadata_items",
         multiple=True,
         metavar="KEY=VALUE",
-        help="Metadata for every snapshot (repeatable); a row's own metadata wins.",
+        help="Metadata for every snapshot (repeatable); the value may name columns as --name-template does "
+        "({tag:env}, {server_id}; an empty cell leaves the key out); a row's own metadata wins.",
     ),
     click.option(
         "--force/--no-force",
@@ -447,29 +454,73 @@ RETRIES = group(
 )
 
 
-def _closing(summary_json: Path | None, metrics_file: Path | None) -> Closing:
+def _notify(ping_url: str | None, webhooks: tuple[str, ...]) -> Notify | None:
+    from orchestrator.config import Notify, parse_notify_url  # noqa: PLC0415
+
+    notify = Notify(
+        ping_url=None if not ping_url else parse_notify_url(ping_url, option="--ping-url"),
+        webhooks=tuple(parse_notify_url(url, option="--webhook") for url in webhooks if url.strip()),
+    )
+    return notify if notify else None
+
+
+PING_URL = click.option(
+    "--ping-url",
+    default=None,
+    envvar="EVS_SNAPSHOT_PING_URL",
+    metavar="URL",
+    help="Ping URL/start when the run starts, URL on exit 0, URL/fail on any other exit (Healthchecks "
+    "style; the body is the summary); best effort.  [env: EVS_SNAPSHOT_PING_URL]",
+)
+WEBHOOK = click.option(
+    "--webhook",
+    "webhooks",
+    multiple=True,
+    envvar="EVS_SNAPSHOT_WEBHOOK",
+    metavar="URL",
+    help="POST a JSON event (command, run id, exit code, summary, report) here at the end (repeatable; in "
+    "the environment, URLs separated by spaces); "
+    "best effort.  [env: EVS_SNAPSHOT_WEBHOOK]",
+)
+
+
+def _closing(
+    summary_json: Path | None, metrics_file: Path | None, ping_url: str | None, webhooks: tuple[str, ...]
+) -> Closing:
     from orchestrator.frame import Closing  # noqa: PLC0415
 
-    closing = Closing(summary_json=summary_json, metrics_file=metrics_file)
+    closing = Closing(
+        summary_json=summary_json, metrics_file=metrics_file, notify=_notify(ping_url, webhooks)
+    )
     closing.check()
     return closing
 
 
-CLOSING = group(
-    "closing",
-    _closing,
-    click.option(
-        "--summary-json",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="Also write the summary as JSON (atomically).",
-    ),
-    click.option(
-        "--metrics-file",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="Write Prometheus text-format metrics at the end (atomically), for node_exporter; "
-        "each command keeps its own series in a shared file.",
-    ),
+def _side_files(summary_json: Path | None, metrics_file: Path | None) -> Closing:
+    return _closing(summary_json, metrics_file, None, ())
+
+
+def _notifying(ping_url: str | None, webhooks: tuple[str, ...]) -> Closing:
+    return _closing(None, None, ping_url, webhooks)
+
+
+SUMMARY_JSON = click.option(
+    "--summary-json",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the summary as JSON (atomically).",
 )
+METRICS_FILE = click.option(
+    "--metrics-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write Prometheus text-format metrics at the end (atomically), for node_exporter; "
+    "each command keeps its own series in a shared file.",
+)
+# The end of a command that runs through the run frame: its side files and its notifications.
+CLOSING = group("closing", _closing, SUMMARY_JSON, METRICS_FILE, PING_URL, WEBHOOK)
+# The side files only (audit: it writes no report and runs outside the frame).
+SIDE_FILES = group("closing", _side_files, SUMMARY_JSON, METRICS_FILE)
+# The notifications only (rollback).
+NOTIFYING = group("closing", _notifying, PING_URL, WEBHOOK)
 
 
 def _wait_plan(wait_timeout: float, poll_interval: float) -> WaitPlan:
@@ -505,6 +556,21 @@ LOCK_FILE = click.option(
     "$XDG_RUNTIME_DIR/evs-snapshot or ~/.cache/evs-snapshot/locks]",
 )
 
+# The report of a command acting on snapshots (prune, cleanup, hold, release), its resume, its lock.
+ACTION_REPORT = apply(
+    click.option(
+        "--report",
+        "report_path",
+        default=None,
+        help="Report path, or - for standard output.  "
+        "[default: reports/evs-snapshot-COMMAND-{datetime}.jsonl]",
+    ),
+    click.option(
+        "--resume", is_flag=True, help="Continue the run in --report: finished snapshots are skipped."
+    ),
+    LOCK_FILE,
+)
+
 # prune and cleanup: delete for real or plan, wait for the deletions, their report and its resume.
 DELETING = apply(
     click.option("--apply", is_flag=True, help="Delete for real; without it, write planned records only."),
@@ -522,15 +588,100 @@ DELETING = apply(
         show_default=True,
         help="How long to wait for deletions to finish (90s, 15m, 2h).",
     ),
+    ACTION_REPORT,
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Choice:
+    """What ``hold`` and ``release`` were told to act on, and how (``HOLDING``)."""
+
+    source: Path | None
+    snapshot_ids: tuple[str, ...]
+    rows: RowRanges | None
+    volumes: frozenset[str] | None
+    project_id: str | None
+    apply: bool
+    report_path: str | None
+    resume: bool
+    lock_file: Path | None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        source: Path | None,
+        snapshot_ids: tuple[str, ...],
+        row_spec: RowRanges | None,
+        volume_ids: tuple[str, ...],
+        project_id: str | None,
+        apply: bool,
+        report_path: str | None,
+        resume: bool,
+        lock_file: Path | None,
+    ) -> Choice:
+        """The options of ``HOLDING``; a wrong mix is a usage error (exit 2)."""
+        from orchestrator.config import check_project_id  # noqa: PLC0415 - keeps --help fast
+        from orchestrator.errors import UsageError  # noqa: PLC0415
+
+        if (source is None) == (not snapshot_ids):
+            raise UsageError("give a create REPORT or --snapshot ID (one of the two)")
+        if source is None and (row_spec is not None or volume_ids):
+            raise UsageError(
+                "--rows and --volume choose rows of a REPORT; with --snapshot, name the snapshots"
+            )
+        return cls(
+            source=None if source is None else source.resolve(),
+            snapshot_ids=tuple(i.strip() for i in snapshot_ids),
+            rows=row_spec,
+            volumes=frozenset(v.strip().lower() for v in volume_ids) or None,
+            project_id=check_project_id(project_id, option="--project-id"),
+            apply=apply,
+            report_path=report_path,
+            resume=resume,
+            lock_file=lock_file,
+        )
+
+
+# hold and release: which snapshots (a create report's rows, or --snapshot IDs), plan or apply, report.
+HOLDING = group(
+    "choice",
+    Choice.of,
+    click.argument(
+        "source", metavar="[REPORT]", required=False, type=click.Path(path_type=Path, dir_okay=True)
+    ),
     click.option(
-        "--report",
-        "report_path",
+        "--snapshot",
+        "snapshot_ids",
+        multiple=True,
+        metavar="ID",
+        help="A snapshot of the tool to act on, instead of a REPORT (repeatable; with --project-id or "
+        "--region).",
+    ),
+    click.option(
+        "--rows",
+        "row_spec",
+        callback=row_ranges,
         default=None,
-        help="Report path, or - for standard output.  "
-        "[default: reports/evs-snapshot-COMMAND-{datetime}.jsonl]",
+        metavar="ROWS",
+        help="Only the snapshots of these rows of REPORT: 3,7-9 (from 1, ranges with both ends).",
     ),
     click.option(
-        "--resume", is_flag=True, help="Continue the run in --report: finished snapshots are skipped."
+        "--volume",
+        "volume_ids",
+        multiple=True,
+        metavar="ID",
+        help="Only the snapshots of REPORT's rows of this disk (repeatable).",
     ),
-    LOCK_FILE,
+    click.option(
+        "--project-id",
+        default=None,
+        envvar="HUAWEICLOUD_SDK_PROJECT_ID",
+        help="Project of the --snapshot IDs (default: looked up by region).  "
+        "[env: HUAWEICLOUD_SDK_PROJECT_ID]",
+    ),
+    click.option(
+        "--apply", is_flag=True, help="Change the snapshots; without it, write planned records only."
+    ),
+    ACTION_REPORT,
 )

@@ -1,10 +1,14 @@
 """Whose a snapshot is: the tool's, a given run's, a given row's. Judged here once, for ``prune``,
-``audit``, ``cleanup``, ``rollback`` and create's end-of-run sweep.
+``audit``, ``cleanup``, ``rollback``, ``hold``, ``release`` and create's end-of-run sweep.
 
-- **The tool's** (``Ownership.owns``: prune, audit): it carries the ``evs_snapshot_run`` marker (not
-  empty) or, with an explicit ``--name-prefix``, it is named with that prefix.
+- **The tool's** (``Ownership.owns``: prune, audit): its ``evs_snapshot_run`` marker is a well-formed
+  run id of the tool (``RunIdentity.well_formed``: ``YYYYMMDDTHHMMSSZ-`` and six hex digits) or, with
+  an explicit ``--name-prefix``, it is named with that prefix. The marker is metadata that anyone with
+  EVS write access can set or copy: it identifies, it does not authenticate.
 - **A run's** (``of_run``: cleanup, the sweep): it carries that run's marker.
 - **A row's** (``refusal``: cleanup, rollback): it is the run's and of the row's disk.
+- **Holdable** (``hold_refusal``: hold, release): a row's, when a create report named it; the tool's
+  (by its marker alone: a hold never goes by ``--name-prefix``), when ``--snapshot ID`` did.
 
 A backup-made snapshot (named ``autobk_snapshot_*`` or ``manualbk_snapshot_*``) is never the tool's,
 whatever it carries. A command that finds a snapshot it was pointed at (by a report's record, or by
@@ -18,6 +22,7 @@ BACKUP_SNAPSHOT    made by a backup service (its name): never the tool's, never 
 NOT_THIS_RUN       it does not carry the run's marker (none, an empty one, or another run's)
 OTHER_VOLUME       it carries the run's marker but is of another disk than the row's, or (a row
                    without a record) of a disk the run's report and manifest do not name
+NOT_OWNED          it carries no marker of the tool (hold, release by ``--snapshot ID``)
 =================  ==============================================================================
 
 (``OTHER_VOLUME`` replaces rollback's ``FOREIGN_SNAPSHOT``, which named the same refusal.)
@@ -28,11 +33,13 @@ from __future__ import annotations
 import dataclasses
 
 from orchestrator.api.views import BACKUP_PREFIXES, Snapshot
+from orchestrator.config import RunIdentity
 from orchestrator.errors import UsageError
 
 BACKUP_SNAPSHOT = "BACKUP_SNAPSHOT"
 NOT_THIS_RUN = "NOT_THIS_RUN"
 OTHER_VOLUME = "OTHER_VOLUME"
+NOT_OWNED = "NOT_OWNED"
 
 
 def check_name_prefix(prefix: str | None) -> str | None:
@@ -55,7 +62,7 @@ class Ownership:
     def owns(self, snapshot: Snapshot) -> bool:
         if snapshot.is_backup:
             return False
-        if snapshot.marked():
+        if snapshot.marker is not None and RunIdentity.well_formed(snapshot.marker):
             return True
         return self.name_prefix is not None and (snapshot.name or "").startswith(self.name_prefix)
 
@@ -98,3 +105,24 @@ def refusal(snapshot: Snapshot, *, run_id: str, volume_id: str, named: bool = Tr
             "report or manifest names",
         )
     return None
+
+
+def hold_refusal(
+    snapshot: Snapshot, *, run_id: str | None = None, volume_id: str | None = None
+) -> Refusal | None:
+    """Why ``hold`` or ``release`` may not touch ``snapshot`` (``None``: it may).
+
+    Named by a create report's row (``run_id`` and the row's ``volume_id``): the row's judgement
+    (``refusal``). Named by ``--snapshot ID``: it must be the tool's by its marker (``Ownership`` without
+    a name prefix), and not backup-made.
+    """
+    if run_id is not None and volume_id is not None:
+        return refusal(snapshot, run_id=run_id, volume_id=volume_id)
+    if Ownership().owns(snapshot):
+        return None
+    shown = f"snapshot {snapshot.id}"
+    if snapshot.is_backup:
+        return Refusal(
+            BACKUP_SNAPSHOT, f"{shown} ({snapshot.name}) was made by a backup service; it is never the tool's"
+        )
+    return Refusal(NOT_OWNED, f"{shown} carries no evs_snapshot_run marker: it is not the tool's")

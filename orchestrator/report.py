@@ -489,15 +489,19 @@ def final_records(path: Path) -> Iterator[Record]:
 def name_shape(row_defaults: RowDefaults) -> dict[str, str]:
     """The options that shape names, metadata and where rows go: a resume with others would misidentify rows.
 
-    ``--force`` and ``--description`` may change between a run and its resume (say, to force the rows
-    that were refused as in-use).
+    ``metadata`` holds the ``--metadata`` values as given, templates unrendered (``{tag:env}``), so a
+    resume with another template is refused. ``--force`` and ``--description`` may change between a
+    run and its resume (say, to force the rows that were refused as in-use).
     """
-    return {
+    shape = {
         "name_template": row_defaults.name_template,
         "metadata": orjson.dumps(dict(row_defaults.metadata), option=orjson.OPT_SORT_KEYS).decode(),
         "project_id": row_defaults.project_id or "",
         "region": row_defaults.region or "",
     }
+    if row_defaults.hold is not None:  # only when given: reports of runs without one read as before
+        shape["hold"] = row_defaults.hold
+    return shape
 
 
 def resume_identity(

@@ -27,6 +27,10 @@ that ends ``error_rollbacking`` is ``rollback_failed``. A rollback that ended be
 shows as a disk ``available`` again whose ``updated_at`` moved since it was looked at: it is recorded
 at that poll, not after the settle window.
 
+Retried (``--retry-failed``): a row whose last record in the report being resumed is
+``rollback_failed`` may be rolled back from a disk in ``error_rollbacking`` (the API allows it, 8.3);
+without it that disk blocks the row (``VOLUME_NOT_AVAILABLE``).
+
 Rolled back before: nothing the EVS API shows tells that a disk was rolled back (afterwards it is
 ``available``, its snapshot unchanged), so the evidence is the rollback reports themselves
 (``earlier_rollbacks``).
@@ -73,6 +77,7 @@ class RestorePlan:
     settle: float
     wait: WaitPlan
     stopping: Callable[[], bool] = lambda: False  # a signal: send no rollback that is not out yet
+    retry: frozenset[int] = frozenset()  # rows whose failed rollback is sent again (--retry-failed)
 
     @property
     def reads(self) -> RetryPolicy:
@@ -101,6 +106,7 @@ class Look:
     blocker: Finding | None
     running: bool = False  # a rollback from this snapshot is under way
     disk_updated: str | None = None  # the disk's updated_at as looked at (before anything is sent)
+    retried: bool = False  # the disk is error_rollbacking and the row's failed rollback is sent again
 
 
 async def plan_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
@@ -130,7 +136,9 @@ async def start_row(route: Route, row: Record, plan: RestorePlan) -> Finding | W
         if sent.outcome is not Action.ROLLED_BACK:
             return sent
     now = anyio.current_time()
-    return Watch(sent, seen=found.running, before=found.disk_updated, started=now, due=now)
+    return Watch(
+        sent, seen=found.running, before=found.disk_updated, started=now, due=now, retried=found.retried
+    )
 
 
 async def restore_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
@@ -185,12 +193,18 @@ async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
                 "SNAPSHOT_NOT_AVAILABLE", f"snapshot {row.snapshot_id} is {status}, not available", snapshot
             ),
         )
-    if disk != "available":
+    retried = disk == "error_rollbacking" and row.row in plan.retry
+    if disk != "available" and not retried:
+        hint = (
+            " (--retry-failed --resume sends a failed rollback again)" if disk == "error_rollbacking" else ""
+        )
         return Look(
             snapshot,
-            _blocked("VOLUME_NOT_AVAILABLE", f"disk {row.volume_id} is {disk}, not available", snapshot),
+            _blocked(
+                "VOLUME_NOT_AVAILABLE", f"disk {row.volume_id} is {disk}, not available{hint}", snapshot
+            ),
         )
-    return Look(snapshot, None, disk_updated=updated)
+    return Look(snapshot, None, disk_updated=updated, retried=retried)
 
 
 def unusable(row: Record) -> Finding | None:
@@ -356,7 +370,7 @@ async def _taken(route: Route, row: Record, plan: RestorePlan, *, patience: floa
             return True  # a snapshot rolls back onto its own disk only: this row's request was taken
         volume = await _volume(route, row, policy, evs.Kind.LOOKUP)
         disk = None if volume is None else volume.status
-        if disk == "error_rollbacking":
+        if disk == "error_rollbacking" and row.row not in plan.retry:  # (a retried one started there)
             return True
         # rollbacking here is another snapshot's rollback: watch on (ours may still start)
         if disk not in ("available", "rollbacking") or waited >= patience:
@@ -376,6 +390,7 @@ class Watch:
     started: float  # anyio time the watch began
     due: float  # anyio time of the next look
     interval: float | None = None  # None: the plan's first interval
+    retried: bool = False  # sent from error_rollbacking: that state alone does not end it at first
 
 
 async def poll(route: Route, row: Record, plan: RestorePlan, watch: Watch) -> Finding | None:
@@ -417,7 +432,10 @@ def judge(
     disk = None if volume is None else volume.status
     updated = None if volume is None else volume.updated_at
     changed = watch.before is not None and updated is not None and updated != watch.before
-    if disk == "error_rollbacking":
+    # A retried rollback starts from error_rollbacking: only once it moved (rollbacking seen, the disk
+    # updated) or the settle time passed does that state mean this rollback failed too.
+    unmoved = watch.retried and not (watch.seen or changed) and elapsed < plan.settle
+    if disk == "error_rollbacking" and not unmoved:
         return dataclasses.replace(
             sent,
             outcome=Action.ROLLBACK_FAILED,

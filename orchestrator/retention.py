@@ -6,14 +6,16 @@ For each selected disk, its owned snapshots (``ownership.Ownership``) are ranked
 ``--keep-last N`` (the newest N), by ``--keep-within DURATION`` (younger than that) or by a calendar
 rule (``--keep-daily N`` ...: the newest ``available`` snapshot of each of the last N days that hold
 one, restic's meaning, in ``Rules.zone``) is kept; so is the newest ``available`` one unless
-``--allow-none``. A kept record (``--verbose``) names the rules that kept it (``daily 2026-12-05,
-weekly 2026-W48``). Every other one is a candidate and gets one record naming the rules it falls
-outside of: ``planned`` without ``--apply``; with it ``deleted``,
-``rejected`` or ``failed`` (``deleter``); ``blocked`` (``SNAPSHOT_BUSY``) when its state cannot be
-deleted from. A snapshot already ``deleting`` is neither kept nor a candidate (``--resume`` waits for
-it when an earlier run sent its DELETE). Every project is listed (``selection``) before anything is
-deleted. When the snapshots a disk keeps fill its slots (``SNAPSHOTS_PER_DISK``), the plan warns
-that tonight's create will be refused.
+``--allow-none``; so is a held one (its ``evs_snapshot_hold`` key is set: ``create --hold``, ``hold``),
+whatever the rules say. A kept record (``--verbose``) names the rules that kept it (``daily 2026-12-05,
+weekly 2026-W48``; ``hold: REASON`` first for a held one). Held snapshots still take their place in the
+rules' walk (``--keep-last`` counts them). Every other one is a candidate and gets one record naming the
+rules it falls outside of: ``planned`` without ``--apply``; with it ``deleted``, ``rejected`` or
+``failed`` (``deleter``); ``blocked`` (``SNAPSHOT_BUSY``) when its state cannot be deleted from. A
+snapshot already ``deleting`` is neither kept nor a candidate (``--resume`` waits for it when an earlier
+run sent its DELETE). Every project is listed (``selection``) before anything is deleted. When the
+snapshots a disk keeps fill its slots (``SNAPSHOTS_PER_DISK``), the plan warns that tonight's create
+will be refused.
 
 ``audit``'s rule is here too (``stale_disks``): a disk passes when it has an owned ``available``
 snapshot younger than ``--max-age``.
@@ -332,7 +334,10 @@ def judge_scope(
         by_volume[volume_id].append(snapshot)
     for volume_id, owned in by_volume.items():
         staying = others[volume_id]
-        for snapshot, reasons in settings.rules.judge(owned, now):
+        held = 0
+        for snapshot, kept_by in settings.rules.judge(owned, now):
+            reasons = [f"hold: {snapshot.hold}", *kept_by] if snapshot.held else kept_by
+            held += snapshot.held
             if reasons:
                 staying += 1
                 counts[volume_id]["kept"] += 1
@@ -353,17 +358,19 @@ def judge_scope(
             else:
                 jobs.append(Job(scope.route, record(snapshot, Action.PLANNED, rule=rule)))
         if staying >= SNAPSHOTS_PER_DISK:
-            action.console.warn(slots_warning(volume_id, staying, others[volume_id]))
+            action.console.warn(slots_warning(volume_id, staying, others[volume_id], held=held))
     return jobs
 
 
-def slots_warning(volume_id: str, staying: int, others: int) -> str:
+def slots_warning(volume_id: str, staying: int, others: int, *, held: int = 0) -> str:
     """The plan's warning when a disk keeps no free slot for tonight's ``create`` (its snapshots
-    count as the service counts them: not backup-made, not ``deleting``; evs-api.md 2.8)."""
-    held = f" ({others} of them not the tool's)" if others else ""
+    count as the service counts them: not backup-made, not ``deleting``; evs-api.md 2.8). Held
+    snapshots count too, and the warning says how many there are (``release`` frees them)."""
+    parts = [f"{held} of them held" if held else "", f"{others} of them not the tool's" if others else ""]
+    shown = "; ".join(part for part in parts if part)
     return (
-        f"disk {volume_id}: the rules keep {staying} of {SNAPSHOTS_PER_DISK} slots{held}: "
-        "tonight's create will be refused"
+        f"disk {volume_id}: the rules keep {staying} of {SNAPSHOTS_PER_DISK} slots"
+        f"{f' ({shown})' if shown else ''}: tonight's create will be refused"
     )
 
 

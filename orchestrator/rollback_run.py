@@ -22,7 +22,7 @@ from orchestrator.actions import Action, ActionRecord, now_iso
 from orchestrator.createrun import check_create_run
 from orchestrator.errors import ProjectLookupFailed, RouteClosed, UsageError
 from orchestrator.models import Record
-from orchestrator.report import check_report_path, final_records, read_header
+from orchestrator.report import Outcomes, check_report_path, final_records, read_header
 from orchestrator.restore import (
     Finding,
     RestorePlan,
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from orchestrator.api.routes import Route, Router
     from orchestrator.config import Connection
     from orchestrator.console import Console
-    from orchestrator.frame import Frame
+    from orchestrator.frame import Closing, Frame
     from orchestrator.retry import RetryPolicy
     from orchestrator.waiter import WaitPlan
 
@@ -60,6 +60,8 @@ class RollbackSettings:
     volumes: frozenset[str] | None = None
     lock_file: Path | None = None
     again: bool = False  # roll back rows that an earlier rollback report shows rolled back
+    retry_failed: bool = False  # send again for rows last recorded rollback_failed (error_rollbacking)
+    closing: Closing | None = None  # its notifications (--ping-url, --webhook)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,6 +127,12 @@ def chosen_rows(settings: RollbackSettings) -> Chosen:
         unrecorded=unrecorded if every else 0,
         first_unrecorded=first_without_record(total, seen_rows.__contains__) if every else [],
     )
+
+
+def retried_rows(last: Outcomes[str, Action], rows: list[Record]) -> frozenset[int]:
+    """The chosen rows whose last record in the report being resumed is ``rollback_failed``: with
+    ``--retry-failed``, their disks may be rolled back from ``error_rollbacking``."""
+    return frozenset(row.row for row in rows if last.get(f"row:{row.row}") is Action.ROLLBACK_FAILED)
 
 
 def rolled_back_before(settings: RollbackSettings, chosen: Chosen, console: Console) -> bool:

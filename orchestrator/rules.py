@@ -1,7 +1,8 @@
 """Row rules: a ``RawRow`` becomes a ``SnapshotRequest`` to send, or an ``invalid`` report record.
 
-Also the name template, and the metadata key of the run marker (``RUN_MARKER_KEY``), which neither a
-manifest nor ``--metadata`` may set. Duplicate detection's first pass lives in ``duplicates.py``.
+Also the name template, and the metadata keys the tool reserves: the run marker (``RUN_MARKER_KEY``)
+and the hold (``HOLD_KEY``, set by ``create --hold REASON``), which neither a manifest nor ``--metadata``
+may set. Duplicate detection's first pass lives in ``duplicates.py``.
 
 Names (given, or rendered from the template) are 1 to 64 characters, not only whitespace, without
 the backup prefix, and without control or format characters (Unicode categories Cc, Cf, Cs, Zl, Zp:
@@ -24,7 +25,7 @@ import orjson
 from orchestrator.config import PROJECT_RE, REGION_RE, RowDefaults, RunIdentity
 from orchestrator.duplicates import UUID_RE, volume_key
 from orchestrator.errors import UsageError
-from orchestrator.manifest import RawRow
+from orchestrator.manifest import TAG_PREFIX, RawRow
 from orchestrator.models import Outcome, Record, SnapshotRequest, utc_iso
 
 NAME_MAX = 64
@@ -34,9 +35,13 @@ METADATA_VALUE_MAX = 255
 RESERVED_NAME_PREFIX = "autobk_snapshot_"
 RESERVED_METADATA_PREFIX = "__system__"
 RUN_MARKER_KEY = "evs_snapshot_run"
+HOLD_KEY = "evs_snapshot_hold"
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 BUILTIN_PLACEHOLDERS = frozenset({"volume_id", "row", "run_id", "date", "datetime"})
+PLACEHOLDER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+# {tag:KEY}: a tag key (letters, digits, spaces and _ . : = + - @ /) as select --with-tags names its column
+TAG_KEY_RE = re.compile(r"[\w.:=+\-@/]+(?: [\w.:=+\-@/]+)*")
 
 
 class RowProblem(Exception):
@@ -48,18 +53,47 @@ class RowProblem(Exception):
         self.message = message
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)
 def _parsed(template: str) -> tuple[tuple[str, str | None, str | None, str | None], ...]:
     """The template's pieces, parsed once per run rather than once per row."""
     return tuple(string.Formatter().parse(template))
 
 
-def check_template(template: str) -> None:
-    """Refuse templates that could do more than substitute names (attribute access, conversions)."""
+@functools.lru_cache(maxsize=64)
+def _pieces(template: str) -> tuple[tuple[str, str | None], ...]:
+    """The template as (fixed text, column or ``None``) pairs; ``{tag:KEY}`` names the column ``tag:KEY``."""
+    return tuple(
+        (literal, None if field is None else TAG_PREFIX + spec if field == "tag" and spec else field)
+        for literal, field, spec, _ in _parsed(template)
+    )
+
+
+def _checked(template: str, option: str) -> tuple[tuple[str, str | None, str | None, str | None], ...]:
+    """The template's pieces; a template that could do more than substitute columns is a usage error.
+
+    A placeholder is a plain name (a manifest column or a built-in value), or ``{tag:KEY}``: never
+    attribute access, indexing, a conversion or a format spec.
+    """
     try:
         parsed = _parsed(template)
     except ValueError as exc:
-        raise UsageError(f"--name-template {template!r}: {exc}") from None
+        raise UsageError(f"{option} {template!r}: {exc}") from None
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        plain = bool(field) and PLACEHOLDER_RE.fullmatch(field) is not None and not conversion
+        tag = field == "tag" and TAG_KEY_RE.fullmatch(spec or "") is not None
+        if not plain or (spec and not tag):
+            raise UsageError(
+                f"{option} {template!r}: placeholder {{{field}}} must be a plain name such as "
+                "{volume_id}, {row}, {run_id}, {date}, {datetime}, a manifest column or {tag:KEY}"
+            )
+    return parsed
+
+
+def check_template(template: str) -> None:
+    """Refuse name templates that could do more than substitute names, or never give a valid name."""
+    parsed = _checked(template, "--name-template")
     literal = "".join(piece for piece, _, _, _ in parsed)
     index = unsafe_character(literal)
     if index is not None:
@@ -75,28 +109,83 @@ def check_template(template: str) -> None:
         raise UsageError(f"--name-template {template!r}: gives every snapshot a blank name")
     if parsed and parsed[0][0].startswith(RESERVED_NAME_PREFIX):
         raise UsageError(f"--name-template {template!r}: {RESERVED_NAME_PREFIX} is reserved for backups")
-    for _, field, spec, conversion in parsed:
-        if field is None:
-            continue
-        if not field or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", field) or conversion or spec:
-            raise UsageError(
-                f"--name-template {template!r}: placeholder {{{field}}} must be a plain name such as "
-                "{volume_id}, {row}, {run_id}, {date}, {datetime} or a manifest column"
-            )
+
+
+def check_metadata_templates(metadata: Mapping[str, str]) -> None:
+    """Refuse ``--metadata KEY=TEMPLATE`` values that could do more than substitute columns."""
+    for key, template in metadata.items():
+        _checked(template, f"--metadata {key}")
+
+
+def template_columns(template: str) -> list[str]:
+    """The manifest columns a template names, in order (the built-in values left out)."""
+    return [
+        column for _, column in _pieces(template) if column is not None and column not in BUILTIN_PLACEHOLDERS
+    ]
+
+
+def columns_checked(rows: Iterable[RawRow], defaults: RowDefaults) -> Iterator[RawRow]:
+    """The rows, passed through; once they are all read, a column that a ``--metadata`` template names
+    and no row has is a usage error (exit 2): the first pass raises it, before anything is sent.
+
+    A column some row has is known, even when its cells are empty (an empty cell leaves the key out).
+    """
+    wanted = {
+        column: f"--metadata {key}={template}"
+        for key, template in defaults.metadata.items()
+        for column in template_columns(template)
+    }
+    for raw in rows:
+        if wanted and raw.fields is not None:
+            for column in [column for column in wanted if column in raw.fields]:
+                del wanted[column]
+        yield raw
+    if wanted:
+        column, option = next(iter(wanted.items()))
+        hint = (
+            " (select --with-tags writes a tag:KEY column for each tag)"
+            if column.startswith(TAG_PREFIX)
+            else ""
+        )
+        raise UsageError(
+            f"{option}: no row of the manifest has the column {column!r}{hint}; nothing was sent"
+        )
 
 
 def check_metadata_option_keys(metadata: Mapping[str, str]) -> None:
-    """Refuse ``--metadata`` options that set the run marker or a ``__system__`` key (a usage error)."""
+    """Refuse ``--metadata`` options that set the run marker, the hold or a ``__system__`` key (a usage
+    error)."""
     for key in metadata:
         if _is_run_marker(key):
             raise UsageError(
                 f"--metadata {key!r}: the key {RUN_MARKER_KEY} is reserved for the run marker that "
                 "evs-snapshot puts on every snapshot it creates"
             )
+        if _is_hold(key):
+            raise UsageError(
+                f"--metadata {key!r}: the key {HOLD_KEY} is reserved for holds; use --hold REASON"
+            )
         if key.startswith(RESERVED_METADATA_PREFIX):
             raise UsageError(
                 f"--metadata {key!r}: keys starting with {RESERVED_METADATA_PREFIX} are reserved by the cloud"
             )
+
+
+def check_hold_reason(reason: str | None, option: str = "--hold") -> str | None:
+    """``--hold REASON``: 1 to 255 characters, not only whitespace, no control characters (exit 2)."""
+    if reason is None:
+        return None
+    if not reason.strip():
+        raise UsageError(f"{option} needs a REASON (an incident, a change ticket): it must not be empty")
+    if len(reason) > METADATA_VALUE_MAX:
+        raise UsageError(f"{option}: the REASON has {len(reason)} characters, at most {METADATA_VALUE_MAX}")
+    index = unsafe_character(reason)
+    if index is not None:
+        raise UsageError(
+            f"{option}: the REASON has the control character {_described(reason[index])} "
+            f"at position {index + 1}"
+        )
+    return reason
 
 
 def unsafe_character(text: str) -> int | None:
@@ -109,20 +198,32 @@ def unsafe_character(text: str) -> int | None:
     return None
 
 
-def render_name(template: str, values: Mapping[str, object]) -> str:
-    """The template with each placeholder replaced; a placeholder without a value is a ``RowProblem``."""
+def render(template: str, values: Mapping[str, object]) -> str | None:
+    """The template with each placeholder replaced; ``None`` when one has no value (absent or empty)."""
     out = []
-    for literal, field, _, _ in _parsed(template):
+    for literal, column in _pieces(template):
         out.append(literal)
-        if field is not None:
-            value = values.get(field)
+        if column is not None:
+            value = values.get(column)
             if value is None or value == "":
-                raise RowProblem(
-                    "TEMPLATE_ERROR",
-                    f"--name-template needs {{{field}}}, which this row does not have",
-                )
+                return None
             out.append(str(value))
     return "".join(out)
+
+
+def render_name(template: str, values: Mapping[str, object]) -> str:
+    """The template with each placeholder replaced; a placeholder without a value is a ``RowProblem``."""
+    name = render(template, values)
+    if name is None:
+        missing = next(
+            column
+            for _, column in _pieces(template)
+            if column is not None and values.get(column) in (None, "")
+        )
+        raise RowProblem(
+            "TEMPLATE_ERROR", f"--name-template needs {{{missing}}}, which this row does not have"
+        )
+    return name
 
 
 @dataclasses.dataclass(slots=True)
@@ -134,6 +235,10 @@ class RowValidator:
     candidates: set[bytes]
     region_required: bool = True
     first_rows: dict[bytes, int] = dataclasses.field(default_factory=dict)
+    templated: bool = dataclasses.field(init=False)  # some --metadata value is rendered (has a brace)
+
+    def __post_init__(self) -> None:
+        self.templated = any("{" in value or "}" in value for value in self.defaults.metadata.values())
 
     def validate_all(self, rows: Iterable[RawRow]) -> Iterator[SnapshotRequest | Record]:
         for raw in rows:
@@ -212,21 +317,15 @@ class RowValidator:
                 f"{where}: description has {len(description)} characters, at most {DESCRIPTION_MAX}",
             )
         force = _force(fields.get("force"), raw.from_csv, where)
-        metadata = {**self.defaults.metadata, **_metadata(fields, raw.from_csv, where)}
+        values = self._values(fields, volume_id, raw.row) if self.templated else None
+        metadata = {**self._metadata(values), **_metadata(fields, raw.from_csv, where)}
         _check_metadata(metadata, where)
+        if self.defaults.hold is not None:  # create --hold: in the create request itself
+            metadata[HOLD_KEY] = self.defaults.hold
         name = _optional_text(fields, "name", where, strip=False)
         rendered = name is None
         if name is None:
-            values: dict[str, object] = {
-                key: value for key, value in fields.items() if isinstance(value, str | int | float | bool)
-            }
-            values.update(
-                volume_id=volume_id,
-                row=raw.row,
-                run_id=self.identity.run_id,
-                date=self.identity.day,
-                datetime=self.identity.stamp,
-            )
+            values = values if values is not None else self._values(fields, volume_id, raw.row)
             name = render_name(self.defaults.name_template, values)
         _check_name(name, where, rendered=rendered)
         return SnapshotRequest(
@@ -240,6 +339,27 @@ class RowValidator:
             force=force if force is not None else self.defaults.force,
             metadata=metadata,
         )
+
+    def _metadata(self, values: Mapping[str, object] | None) -> dict[str, str]:
+        """``--metadata`` with its templates rendered; a placeholder with an empty cell leaves its key out."""
+        if values is None:
+            return dict(self.defaults.metadata)
+        rendered = ((key, render(template, values)) for key, template in self.defaults.metadata.items())
+        return {key: value for key, value in rendered if value is not None}
+
+    def _values(self, fields: Mapping[str, Any], volume_id: str, row: int) -> dict[str, object]:
+        """What placeholders name: the row's columns and the built-in values."""
+        values: dict[str, object] = {
+            key: value for key, value in fields.items() if isinstance(value, str | int | float | bool)
+        }
+        values.update(
+            volume_id=volume_id,
+            row=row,
+            run_id=self.identity.run_id,
+            date=self.identity.day,
+            datetime=self.identity.stamp,
+        )
+        return values
 
 
 def _fields_of(raw: RawRow) -> dict[str, Any]:
@@ -305,6 +425,11 @@ def _check_metadata(metadata: Mapping[str, Any], where: str) -> None:
                 f"{where}: metadata key {key!r} is reserved for the run marker that evs-snapshot "
                 "puts on its snapshots",
             )
+        if _is_hold(key):
+            raise RowProblem(
+                "RESERVED_METADATA_KEY",
+                f"{where}: metadata key {key!r} is reserved for holds: use create --hold REASON",
+            )
         if not isinstance(value, str):
             raise RowProblem(
                 "INVALID_METADATA",
@@ -355,6 +480,11 @@ def _check_name(name: str, where: str, *, rendered: bool = False) -> None:
 def _is_run_marker(key: str) -> bool:
     """Near spellings count too: an operator reading metadata could not tell them from the marker."""
     return key.strip().lower() == RUN_MARKER_KEY
+
+
+def _is_hold(key: str) -> bool:
+    """Near spellings count too, as for the marker."""
+    return key.strip().lower() == HOLD_KEY
 
 
 def _escape(char: str) -> str:

@@ -8,6 +8,11 @@ only reported); each is a ``duplicate_deleted`` / ``duplicate_found`` side recor
 does not change the row's state. Where a row's last record is not a success but its snapshot exists
 (a lookup that could not confirm it, then a late commit), an ``accepted`` record with
 ``reconciled: true`` is appended.
+
+The paged listing only finds candidates: it pages by offset over a list with no documented order,
+which may skip an item when the list changes between two pages (evs-api.md 10). So a row whose
+create was in doubt (the journal shows it sent more than once, or sent and then ``failed``) is never
+judged from the listing alone: its disk is looked up by ``volume_id`` (one request, complete).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from orchestrator.duplicates import BloomFilter
 from orchestrator.errors import RouteClosed
 from orchestrator.models import Outcome, Record, utc_iso, utc_now
 from orchestrator.ownership import of_run
-from orchestrator.report import ReportWriter, final_records
+from orchestrator.report import ReportWriter, final_records, read_records
 from orchestrator.retry import RetryPolicy
 from orchestrator.tally import Tally
 
@@ -120,6 +125,7 @@ async def _ours(
     routes = [route for route in routes if route.closed is None]  # nothing can be listed on the others
     if not routes:
         return {}
+    doubted = _doubted(report)
     # Volumes of rows that did not succeed, as a Bloom filter (flat memory however many rows failed):
     # a false positive only makes a settled row's volume a candidate, which the exact check drops.
     unsettled = BloomFilter(bits=1 << 23)
@@ -149,12 +155,48 @@ async def _ours(
                         twice.append((route, volume))
         except RouteClosed:
             continue  # refused now (IAM, say): the run exits 3 and says why
+    looked: set[tuple[str, str]] = set()
     for route, volume in twice:
+        looked.add((route.project_id, volume))
         listed = await volume_snapshots(route, volume, policy)
         found = [(route, snapshot) for snapshot in listed if _ours_alive(snapshot, run_id)]
         if len(found) > 1:
             ours[volume] = found
+    for project, volume in sorted(doubted):  # the listing may have skipped one of them: look it up
+        for route in routes:
+            if (project and route.project_id != project) or (route.project_id, volume) in looked:
+                continue
+            looked.add((route.project_id, volume))
+            try:
+                listed = await volume_snapshots(route, volume, policy)
+            except RouteClosed:
+                continue  # refused now: the run exits 3 and says why
+            found = [(route, snapshot) for snapshot in listed if _ours_alive(snapshot, run_id)]
+            if found:
+                ours[volume] = [*(item for item in ours[volume] if item[0] is not route), *found]
     return {volume: found for volume, found in ours.items() if found}
+
+
+def _doubted(report: Path) -> set[tuple[str, str]]:
+    """The (project, volume) of each row whose create was in doubt: its journal shows it sent more than
+    once (two snapshots are possible), or sent and then ``failed`` (one may have appeared late). The
+    project is ``""`` when the row named none (every route is asked).
+
+    Memory: a Bloom filter of the rows sent once, and exact entries only for the rows in doubt (a
+    false positive only adds one lookup).
+    """
+    sent = BloomFilter(bits=1 << 23)
+    doubted: set[tuple[str, str]] = set()
+    for record in read_records(report):
+        if record.volume_id is None:
+            continue
+        key = str(record.row).encode()
+        if record.outcome is Outcome.SENDING:
+            if sent.add(key):
+                doubted.add((record.project_id or "", record.volume_id.lower()))
+        elif record.outcome is Outcome.FAILED and key in sent:
+            doubted.add((record.project_id or "", record.volume_id.lower()))
+    return doubted
 
 
 def _ours_alive(snapshot: Snapshot, run_id: str) -> bool:

@@ -22,8 +22,7 @@ from typing import Any
 
 import orjson
 
-from orchestrator.actions import SUCCESS, Action, ActionRecord
-from orchestrator.errors import UsageError
+from orchestrator.actions import ROLLBACK_SUCCESS, SUCCESS, Action, ActionRecord, final_actions
 from orchestrator.models import SUCCESSFUL, Outcome, Record
 from orchestrator.report import RowSlots, final_records, read_header, read_records
 
@@ -93,6 +92,13 @@ class Counting:
     def records(cls, command: str, success: frozenset[str] = SUCCESS | {Action.REFUSED}) -> Counting:
         """The records of ``prune``, ``cleanup`` or ``rollback``."""
         return cls(success=success, command=command)
+
+    @classmethod
+    def of_command(cls, command: str) -> Counting:
+        """How the report of ``command`` is counted (as its run counted it)."""
+        if command == "create":
+            return ROWS
+        return cls.records(command, ROLLBACK_SUCCESS if command == "rollback" else SUCCESS | {Action.REFUSED})
 
     @property
     def rows(self) -> bool:
@@ -243,13 +249,14 @@ class Tally:
 
     @classmethod
     def of_report(cls, path: Path) -> Tally:
-        """The summary of a report: the last record of each row, plus its sweep records."""
+        """The summary of a report: the last record of each row (or, in a prune, cleanup or rollback
+        report, of each snapshot or row acted on), plus a create report's sweep records."""
         header = read_header(path)
         if header is not None and header.command != "create":
-            raise UsageError(
-                f"{path} is a {header.command} report: summary reads create reports "
-                f"(a {header.command} run prints its own summary at its end)"
-            )
+            tally = cls(counting=Counting.of_command(header.command))
+            for action in final_actions(path):
+                tally.add(action)
+            return tally
         tally = cls(manifest_rows=None if header is None else header.rows)
         for record in final_records(path):
             tally.add(record)
@@ -318,7 +325,8 @@ class Tally:
             if detailed:
                 lines.append("errors:")
                 lines += [
-                    f"  {code} x{n} (e.g. {self.examples[code]})" for code, n in self.codes.most_common(10)
+                    f"  {code} x{n}" + (f" (e.g. {self.examples[code]})" if code in self.examples else "")
+                    for code, n in self.codes.most_common(10)
                 ]
             else:
                 top = ", ".join(f"{code} x{count}" for code, count in self.codes.most_common(5))

@@ -276,6 +276,11 @@ async def call(
 ACTION_RETRIES = ["--max-attempts", "3", "--backoff-initial", "0.01", "--backoff-max", "0.05"]
 
 
+def run_id_of(run: str) -> str:
+    """A well-formed run id (as create writes it: prune owns no other) standing for a test's run name."""
+    return f"20261101T000000Z-{uuid.uuid5(uuid.NAMESPACE_OID, run).hex[:6]}"
+
+
 def snap(
     volume: str, days: float, *, run: str | None = "run-old", name: str | None = None, **extra: Any
 ) -> SeedSnapshot:
@@ -286,7 +291,7 @@ def snap(
         volume_id=volume,
         name=name or f"pre-maint-{days}",
         created_at=ago(days),
-        metadata={MARKER: run} if run else {},
+        metadata={MARKER: run_id_of(run)} if run else {},
         **extra,
     )
 

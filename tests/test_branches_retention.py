@@ -317,7 +317,7 @@ def test_unreadable_creation_time_is_kept_as_newest(
         volume_id=disk,
         name="odd",
         created_at="yesterday",
-        metadata={"evs_snapshot_run": "x"},
+        metadata={"evs_snapshot_run": "20261101T000000Z-0a0b0c"},
     )
     dated = [snap(disk, d) for d in (1, 2, 3)]
     emu = start(emulator_thread, [disk], [odd, *dated])

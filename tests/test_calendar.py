@@ -35,6 +35,7 @@ from tests.helpers import (
     invoke,
     last_per_row,
     records,
+    run_id_of,
     volume_ids,
 )
 
@@ -215,7 +216,7 @@ def seeded(
         name=f"nightly-{moment:%Y%m%d%H%M}",
         status=status,
         created_at=evs_time(moment),
-        metadata={MARKER: run} if run else {},
+        metadata={MARKER: run_id_of(run)} if run else {},
     )
 
 
@@ -351,8 +352,9 @@ def test_forty_nights_of_calendar_retention(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """40 nights of the cron (prune --keep-daily 4 --keep-weekly 2 --keep-monthly 1 --apply, then
-    create), the emulator's clock a day further each night: no create is refused, and after the last
-    night the snapshots left are exactly those the rules name, plus the last night's."""
+    create), the emulator's clock a day further each night, and one hold in the middle: no create is
+    refused, and after the last night the snapshots left are exactly those the rules name, plus the
+    last night's, plus the held one."""
     disks = volume_ids(2, seed=215)
     clock = ManualClock()
     emu = start(emulator_thread, disks, [], clock=clock, creating_seconds=0.0)
@@ -369,15 +371,24 @@ def test_forty_nights_of_calendar_retention(
         result = invoke(create_args(emu.url, manifest, made, *FAST_RETRIES))
         assert result.exit_code == 0, (night, result.output)
         assert {r["outcome"] for r in last_per_row(made).values()} == {"accepted"}
+        if night == NIGHTS // 2:  # the pre-change baseline of one disk is held
+            held = last_per_row(made)[1]
+            hold = ["hold", str(made), "--rows", "1", "--reason", "baseline", "--apply", *FAST]
+            result = invoke([*hold, "--endpoint", emu.url, "--report", str(tmp_path / "hold.jsonl")])
+            assert result.exit_code == 0, result.output
         for row in last_per_row(made).values():
             snapshot = live(emu)[row["snapshot_id"]]
             when = datetime.strptime(snapshot["created_at"], EVS_TIME_FORMAT).replace(tzinfo=UTC)
             created[row["volume_id"]].append((snapshot["id"], when, "available"))
         counts = Counter(s["volume_id"] for s in live(emu).values())
-        assert max(counts.values()) < 7, (night, counts)  # room left for the next night before its prune
+        # Room left for the next night before its prune; the held disk's hold takes one more slot.
+        assert counts[disks[1]] < 7, (night, counts)
+        assert counts[disks[0]] < (8 if night >= NIGHTS // 2 else 7), (night, counts)
         clock.advance(86400)
     for disk in disks:
         *before, (last_id, _, _) = created[disk]
         named = expected_calendar(before, {"daily": 4, "weekly": 2, "monthly": 1}, ZoneInfo(BERLIN))
         left = {s["id"] for s in live(emu).values() if s["volume_id"] == disk}
-        assert left == {*named, last_id}, disk
+        kept = {held["snapshot_id"]} if disk == held["volume_id"] else set()
+        assert left == {*named, last_id, *kept}, disk
+        assert held["snapshot_id"] not in named  # the rules alone would have deleted it

@@ -305,15 +305,18 @@ def select(emu: EmulatorThread, *selectors: str) -> Any:
 def test_select_checks_other_selectors_on_tagged_disks(
     emulator_thread: Callable[..., Any], selectors: list[str], expected: set[int]
 ) -> None:
-    """With --tag the disks come from the tags API, which knows nothing of --server or --metadata: each
-    tagged disk is checked against them, so a tagged disk on another server, or without the metadata,
-    is left out."""
+    """With --tag the disks come from the volume list (per --server), cross-checked with the tags API,
+    which knows nothing of --server or --metadata: each tagged disk is checked against them, so a
+    tagged disk on another server, or without the metadata, is left out."""
     emu = emulator_thread(volumes=DISKS)
     result = select(emu, *selectors)
     assert result.exit_code == 0, result.stderr
     chosen = {line.split(",", 1)[0] for line in result.stdout.splitlines()[1:]}
     assert chosen == {IDS[i] for i in expected}
-    assert set(emu.state()["requests"]) == {"POST /v2/{project_id}/cloudvolumes/resource_instances/action"}
+    assert set(emu.state()["requests"]) == {
+        "GET /v2/{project_id}/cloudvolumes/detail",
+        "POST /v2/{project_id}/cloudvolumes/resource_instances/action",
+    }
 
 
 def test_select_needs_a_project_or_a_region(emulator_thread: Callable[..., Any]) -> None:

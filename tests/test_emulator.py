@@ -341,6 +341,7 @@ async def test_state_is_open_without_auth(emulator: Callable[..., Any], http: ai
         "snapshots": [],
         "rollbacks": [],
         "requests": {},
+        "unlike_sdk": {},
         "in_flight": 0,
         "max_in_flight": 0,
     }

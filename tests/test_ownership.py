@@ -74,8 +74,8 @@ def test_of_run_is_the_marker_and_never_a_backup() -> None:
 
 
 def test_the_tool_owns_marked_or_prefixed_never_backups() -> None:
-    """Any run's marker owns; a name prefix owns only when given; a backup name never does."""
-    assert Ownership().owns(snap(marker="run-9"))
+    """Any run's well-formed marker owns; a name prefix owns only when given; a backup name never does."""
+    assert Ownership().owns(snap(marker="20261207T010203Z-0a1b2c"))
     assert not Ownership().owns(snap(marker=None))
     assert Ownership("pre-").owns(snap(marker=None))
     assert not Ownership("pre-").owns(snap(name="other", marker=None))

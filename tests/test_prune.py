@@ -32,6 +32,7 @@ from tests.helpers import (
     prune,
     records,
     requests_of,
+    run_id_of,
     run_process,
     snap,
     start,
@@ -67,7 +68,7 @@ def test_keep_last_deletes_only_the_oldest_owned(
         assert record["outcome"] == "deleted"
         assert record["rule"] == "keep-last 3"
         assert record["volume_id"] == disk
-        assert record["source_run"] == "run-old"
+        assert record["source_run"] == run_id_of("run-old")
         assert record["snapshot_name"].startswith("pre-maint-")
         assert record["created_at"]
     assert set(live(emu)) == {s.id for s in owned[:3] + foreign}

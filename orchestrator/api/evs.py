@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Callable, Mapping, Sequence
+from urllib.parse import quote
 
 import orjson
 
@@ -34,6 +35,7 @@ class Kind(enum.StrEnum):
     LIST = "lists"
     DELETE = "deletes"
     ROLLBACK = "rollbacks"
+    METADATA = "metadata"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +86,25 @@ def rollback_snapshot(project_id: str, snapshot_id: str, volume_id: str) -> Call
         method="POST",
         path=f"/v2/{project_id}/cloudsnapshots/{snapshot_id}/rollback",
         body=body,
+    )
+
+
+def add_snapshot_metadata(project_id: str, snapshot_id: str, metadata: Mapping[str, str]) -> Call:
+    """Add (or overwrite) keys of a snapshot's metadata; the others stay (evs_04_2099)."""
+    return Call(
+        kind=Kind.METADATA,
+        method="POST",
+        path=f"/v2/{project_id}/snapshots/{snapshot_id}/metadata",
+        body=orjson.dumps({"metadata": dict(metadata)}),
+    )
+
+
+def delete_snapshot_metadata(project_id: str, snapshot_id: str, key: str) -> Call:
+    """Remove one key of a snapshot's metadata (evs_04_2104)."""
+    return Call(
+        kind=Kind.METADATA,
+        method="DELETE",
+        path=f"/v2/{project_id}/snapshots/{snapshot_id}/metadata/{quote(key, safe='')}",
     )
 
 

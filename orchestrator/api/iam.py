@@ -14,6 +14,7 @@ from datetime import datetime
 import anyio
 import orjson
 
+from orchestrator.api import signing
 from orchestrator.api.credentials import Authenticator, OutgoingRequest
 from orchestrator.api.session import Caller
 from orchestrator.errors import Closure, CredentialsRefused, ProjectLookupFailed, TransportError
@@ -67,7 +68,9 @@ class _Token:
 def refusal(answer: Answer, what: str) -> tuple[str, str]:
     """The code and message of an IAM refusal (kept as data; raised as a fresh exception each time)."""
     code, message = answer.error()
-    return code, f"{what} answered {answer.status}: {message or 'no message'}"
+    said = f"{what} answered {answer.status}: {message or 'no message'}"
+    clock = signing.clock_advice(code, answer.date)
+    return code, f"{clock}: {said}" if clock else said
 
 
 class PasswordAuth:

@@ -10,8 +10,11 @@ resend after renewing a password token) however many workers there are. The gate
 after more than five failures in a row.
 
 A route closes, and takes no more requests, when:
-- the credentials are refused (any 401, or 400 ``Common.0013`` for an expired token, after one
+- the credentials are refused (any 401 (``APIGW.0303``: the signature's time is off the gateway's
+  clock, which the message tells), or 400 ``Common.0013`` for an expired token, after one
   renewal where the credentials can be renewed; or a 403 before anything succeeded);
+- the gateway says the API does not exist (a 404 without an EVS code, such as ``APIGW.0101``: an
+  API missing in the region); nothing is taken as "gone" from it (only ``Answer.gone`` is);
 - the project is wrong (400 ``EVS.0001`` or ``Common.0018`` before anything succeeded);
 - its endpoint cannot be reached (``UNREACHABLE_AFTER`` connect failures in a row and no answer yet).
 The request that is refused raises ``RouteClosed`` with the refusal attached (``answer``); a closed
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from orchestrator.api import signing
 from orchestrator.api.evs import Call
 from orchestrator.api.session import Caller
 from orchestrator.errors import Closure, TransportError, UsageError
@@ -46,6 +50,7 @@ EXPIRED_TOKEN = "Common.0013"  # noqa: S105 - an error code, not a secret
 WRONG_PROJECT = frozenset({"EVS.0001", "Common.0018"})
 UNREACHABLE_AFTER = 3
 THROTTLED = frozenset({"APIGW.0308", "APIG.0308"})
+EVS_CODE = "EVS."  # a 404 with an EVS code is the service's own answer about the request, not a missing API
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -193,7 +198,16 @@ class Route:
         code, message = answer.error()
         said = f"{self.name} answered {status} {code}: {message or 'no message'}"
         if _expired(answer):
+            clock = signing.clock_advice(code, answer.date)
+            if clock:
+                return Closure(code, f"{clock}: {said}")
             return Closure(code, f"credentials refused: {said}")
+        if status == 404 and not answer.gone and not code.startswith(EVS_CODE):
+            return Closure(
+                code,
+                f"no such API here: {said} (a 404 not from the resource itself: nothing is taken as "
+                "gone); check --endpoint/--region, or whether this region offers the API",
+            )
         if self.proven or code in THROTTLED:
             return None
         if status == 403:

@@ -69,6 +69,12 @@ async def _pages(
             return
 
 
+def _paged(offset: int) -> list[tuple[str, str]]:
+    """A list page's ``limit`` and ``offset``; a first page has no ``offset``, as the SDK and Terraform
+    send it (the docs say an offset is "greater than 0")."""
+    return [("limit", str(evs.PAGE)), *((("offset", str(offset)),) if offset else ())]
+
+
 async def snapshot_pages(
     route: Route,
     policy: RetryPolicy,
@@ -87,8 +93,7 @@ async def snapshot_pages(
     query = tuple(query)
 
     def call(offset: int) -> evs.Call:
-        page_query = [("limit", str(evs.PAGE)), ("offset", str(offset)), *query]
-        return evs.list_snapshots(route.project_id, page_query, kind=kind)
+        return evs.list_snapshots(route.project_id, [*_paged(offset), *query], kind=kind)
 
     async for page in _pages(route, policy, call, key="snapshots", overlap=overlap):
         items = page if marker is None else [i for i in page if marker_in(i.get("metadata")) == marker]
@@ -141,7 +146,7 @@ async def fetch_json(
             answer = reply.answer
             if reply.verdict is Verdict.SUCCESS and isinstance(answer.body, dict):
                 return answer.body
-            if missing_ok and answer.status == 404:
+            if missing_ok and answer.gone:
                 return {}
             code, message = answer.error()
             why = f"{answer.status} {code}: {message or 'no message'}"
@@ -160,8 +165,7 @@ async def list_all_volumes(
     query = tuple(query)
 
     def call(offset: int) -> evs.Call:
-        page_query = [("limit", str(evs.PAGE)), ("offset", str(offset)), *query]
-        return evs.list_volumes(route.project_id, page_query)
+        return evs.list_volumes(route.project_id, [*_paged(offset), *query])
 
     return [Volume.parse(item) async for page in _pages(route, policy, call, key="volumes") for item in page]
 

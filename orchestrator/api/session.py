@@ -97,7 +97,10 @@ class Caller:
         outgoing = OutgoingRequest(
             method=method,
             url=url,
-            headers={"Content-Type": JSON_CONTENT_TYPE, "User-Agent": USER_AGENT},
+            # The SDK sends a Content-Type only with a body (evs-api.md 10): it is a signed header.
+            headers={"Content-Type": JSON_CONTENT_TYPE, "User-Agent": USER_AGENT}
+            if body
+            else {"User-Agent": USER_AGENT},
             body=body,
             project_id=project_id,
         )
@@ -128,6 +131,7 @@ class Caller:
                     retry_after=response.headers.get("Retry-After"),
                     subject_token=response.headers.get("X-Subject-Token"),
                     sent_with=outgoing.headers.get("X-Auth-Token"),
+                    date=response.headers.get("Date"),
                 )
         except TimeoutError as exc:
             raise RequestTimeout(f"no answer from {self.base_url} within {self.timeout.total:g}s") from exc

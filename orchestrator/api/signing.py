@@ -7,6 +7,8 @@ emulator to verify. The algorithm and its test vectors are in ``shared/reference
 
 from __future__ import annotations
 
+import contextlib
+import email.utils
 import functools
 import hashlib
 import hmac
@@ -21,6 +23,9 @@ DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 EMPTY_HASH = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 CONTENT_HASH_HEADER = "X-Sdk-Content-Sha256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+# The gateway refuses a signature dated more than this far from its own clock (401 APIGW.0303).
+SIGNATURE_WINDOW = 15 * 60
+SIGNATURE_EXPIRED = "APIGW.0303"
 
 QueryParams = Sequence[tuple[str, str]]
 
@@ -37,6 +42,30 @@ def sdk_date(epoch: float | None = None) -> str:
 @functools.lru_cache(maxsize=4)
 def _sdk_date(second: int) -> str:
     return time.strftime(DATE_FORMAT, time.gmtime(second))  # formatted once a second, not per request
+
+
+def clock_advice(code: str, date: str | None, now: float | None = None) -> str:
+    """What a refused signature says of the local clock: ``""`` unless ``code`` is ``APIGW.0303``.
+
+    ``date`` is the answer's ``Date`` header (the gateway's clock); the offset is the local clock
+    minus it, in whole seconds.
+    """
+    if code != SIGNATURE_EXPIRED:
+        return ""
+    limit = f"the gateway refuses AK/SK signatures more than {SIGNATURE_WINDOW // 60} minutes from its clock"
+    fix = "set this machine's clock right (NTP) and run again"
+    told = None
+    if date:
+        with contextlib.suppress(TypeError, ValueError, IndexError):
+            told = email.utils.parsedate_to_datetime(date)
+    if told is None or told.tzinfo is None:
+        return f"the local clock is off (signature expired): {limit}; {fix}"
+    offset = round((time.time() if now is None else now) - told.timestamp())
+    side = "ahead of" if offset > 0 else "behind"
+    return (
+        f"the local clock is off: it is {abs(offset)} s ({abs(offset) / 60:.1f} min) {side} the gateway's "
+        f"(its Date header: {date}); {limit}; {fix}"
+    )
 
 
 @functools.lru_cache(maxsize=1024)

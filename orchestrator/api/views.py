@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 RUN_MARKER_KEY = "evs_snapshot_run"
+HOLD_KEY = "evs_snapshot_hold"  # set by ``create --hold`` and ``hold``: prune never deletes the snapshot
 # Names the backup service gives its snapshots: never the tool's, never deleted or used (evs-api.md 8.2).
 BACKUP_PREFIXES = ("autobk_snapshot_", "manualbk_snapshot_")
 
@@ -29,6 +30,15 @@ def marker_in(metadata: object) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
+def hold_in(metadata: object) -> str | None:
+    """The reason an ``evs_snapshot_hold`` key holds; ``None`` when absent. Any value holds, even a
+    blank one or one that is not a string (shown as text): a hold errs on the side of keeping."""
+    if not isinstance(metadata, Mapping) or HOLD_KEY not in metadata:
+        return None
+    value = metadata[HOLD_KEY]
+    return value if isinstance(value, str) else str(value)
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
     """One snapshot as a list or show answer gives it."""
@@ -39,6 +49,7 @@ class Snapshot:
     status: str | None = None
     created_at: str | None = None  # as EVS wrote it (no zone): the report keeps it verbatim
     marker: str | None = None  # the run id of its ``evs_snapshot_run`` metadata key
+    hold: str | None = None  # the reason of its ``evs_snapshot_hold`` metadata key: held when not None
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> Snapshot:
@@ -49,6 +60,7 @@ class Snapshot:
             status=_text(data.get("status")),
             created_at=_text(data.get("created_at")),
             marker=marker_in(data.get("metadata")),
+            hold=hold_in(data.get("metadata")),
         )
 
     @classmethod
@@ -61,6 +73,11 @@ class Snapshot:
     def is_backup(self) -> bool:
         """Made by a backup service (CBR): never the tool's, whatever it carries."""
         return (self.name or "").startswith(BACKUP_PREFIXES)
+
+    @property
+    def held(self) -> bool:
+        """Carries a hold (``create --hold``, ``hold``): ``prune`` keeps it, ``cleanup`` blocks it."""
+        return self.hold is not None
 
     def marked(self, run_id: str | None = None) -> bool:
         """Carries the tool's marker (of ``run_id``, when given)."""

@@ -156,7 +156,7 @@ def _side_files(
 )
 @options.CONNECTION
 @options.RETRIES
-@options.CLOSING
+@options.SIDE_FILES
 @options.LOG_FORMAT
 @options.DEBUG
 def command(

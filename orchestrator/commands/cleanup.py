@@ -8,8 +8,9 @@ refused by the report reader (exit 2, naming both run ids).
 
 The exit: 0 only when nothing of the run is left: every snapshot of the run that was found ended
 ``deleted`` (with ``--apply``, after the wait for it to be gone; ``--no-wait`` counts the accepted
-DELETE) or, in a plan, ``planned``. A snapshot still ``creating`` (``blocked``), a deletion that
-failed, or a marked snapshot refused, makes it 1.
+DELETE) or, in a plan, ``planned``. A snapshot still ``creating`` (``blocked``), a held one without
+``--include-held`` (``blocked``, ``HELD``), a deletion that failed, or a marked snapshot refused,
+makes it 1.
 """
 
 from __future__ import annotations
@@ -50,7 +51,11 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
         unsettled = await until_quiet(settings, run_, console)
         router = await frame.connect(settings.connection)
         frame.open_actions(
-            source=str(settings.source), shape=shape, resume=settings.resume, nothing="nothing was deleted"
+            source=str(settings.source),
+            shape=shape,
+            resume=settings.resume,
+            nothing="nothing was deleted",
+            connection=settings.connection,
         )
         left = await Pass(settings, frame, run_.run_id).run(router, run_, search)
         frame.tally.notes += search.notes(run_.run_id)
@@ -72,6 +77,11 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
 @click.command("cleanup")
 @click.argument("source", metavar="REPORT", type=click.Path(path_type=Path, dir_okay=True))
 @options.DELETING
+@click.option(
+    "--include-held",
+    is_flag=True,
+    help="Delete the run's held snapshots too (evs_snapshot_hold set); without it they are blocked (HELD).",
+)
 @options.PROJECT_OF_ROWS
 @options.CONNECTION
 @options.RETRIES
@@ -88,6 +98,7 @@ def command(
     report_path: str | None,
     resume: bool,
     lock_file: Path | None,
+    include_held: bool,
     connection: Connection,
     policy: RetryPolicy,
     closing: Closing,
@@ -116,5 +127,6 @@ def command(
         resume=resume,
         lock_file=lock_file,
         closing=closing,
+        include_held=include_held,
     )
     raise SystemExit(run(lambda: cleanup(settings, console=console), console=console))

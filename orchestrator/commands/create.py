@@ -71,6 +71,7 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
     from orchestrator.lock import run_lock  # noqa: PLC0415
     from orchestrator.manifest import manifest_digest, read_rows, spooled  # noqa: PLC0415
     from orchestrator.report import check_report_path, name_shape, refuse_existing, resume_identity  # noqa: PLC0415
+    from orchestrator.rules import columns_checked  # noqa: PLC0415
     from orchestrator.signals import in_thread  # noqa: PLC0415
 
     if settings.wait is not None and settings.report == "-":
@@ -119,8 +120,10 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
             held = frame.lock(_locks(settings, digest), "create --resume" if settings.resume else "create")
             if not settings.resume and settings.report != "-":
                 refuse_existing(Path(settings.report))  # before anything is sent
-            total, candidates = await in_thread(
-                lambda: duplicate_candidates(rows(warn_columns=True), settings.defaults)
+            total, candidates = await in_thread(  # a --metadata column no row has exits 2 here
+                lambda: duplicate_candidates(
+                    columns_checked(rows(warn_columns=True), settings.defaults), settings.defaults
+                )
             )
             book, identity = resume_identity(
                 settings.report,
@@ -208,6 +211,7 @@ async def _locked(
             dry_run=settings.dry_run,
             journal=True,
             window=settings.settle + settings.connection.limits.timeout,
+            connection={} if settings.emulator else settings.connection.recorded(),
         ),
         resume=settings.resume,
     )
@@ -388,6 +392,14 @@ def _phase(tally: Tally, name: str, started: float, router: Router | None) -> No
 @click.command("create")
 @options.MANIFEST
 @options.ROWS
+@click.option(
+    "--hold",
+    "hold_reason",
+    default=None,
+    metavar="REASON",
+    help="Hold every snapshot made (the evs_snapshot_hold key = REASON, in the create request itself): "
+    "prune never deletes it, cleanup only with --include-held; `release` removes it.",
+)
 @options.CONNECTION
 @click.option(
     "--report",
@@ -447,6 +459,7 @@ def command(
     *,
     source: ManifestSource,
     rows: RowDefaults,
+    hold_reason: str | None,
     connection: Connection,
     report_path: str | None,
     resume: bool,
@@ -466,12 +479,15 @@ def command(
     """Create one snapshot per manifest row and write a JSON-lines report."""
     from orchestrator.console import Console  # noqa: PLC0415
     from orchestrator.models import utc_now  # noqa: PLC0415
+    from orchestrator.rules import check_hold_reason  # noqa: PLC0415
 
     console = Console(sys.stderr, json=log_format == "json")
     settings = CreateSettings(
         source=source,
         report=report_path or f"reports/evs-snapshot-{utc_now():%Y%m%dT%H%M%SZ}.jsonl",
-        defaults=dataclasses.replace(rows, region=connection.endpoints.home_region),
+        defaults=dataclasses.replace(
+            rows, region=connection.endpoints.home_region, hold=check_hold_reason(hold_reason)
+        ),
         connection=connection,
         closing=closing,
         policy=policy,

@@ -61,7 +61,13 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
     async with frame:
         frame.lock(_locks(settings, what, digest))  # before anything is sent
         router = await frame.connect(settings.connection)
-        frame.open_actions(source=what, shape=shape, resume=settings.resume, nothing="nothing was deleted")
+        frame.open_actions(
+            source=what,
+            shape=shape,
+            resume=settings.resume,
+            nothing="nothing was deleted",
+            connection=settings.connection,
+        )
         counts = await prune_scopes(settings, router, targets, frame)
         if bad:
             frame.tally.notes.append(f"{bad} manifest rows skipped: they name no usable disk")

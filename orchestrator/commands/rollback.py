@@ -11,7 +11,9 @@ Go/no-go is counted against the create report's header: rows of the create run w
 (an interrupted create) have no snapshot the report names, so they cannot be rolled back; they are
 counted and named, and the exit is 1. A run that a rollback report found beside this one (or beside
 the create report, or in ``reports/``) already rolled back is not rolled back again without
-``--again`` (see ``orchestrator.restore.earlier_rollbacks``).
+``--again`` (see ``orchestrator.restore.earlier_rollbacks``). A row whose last record in the report
+``--resume`` continues is ``rollback_failed`` (its disk left ``error_rollbacking``) stays blocked;
+``--retry-failed`` sends its rollback again (the API allows a rollback from that state).
 
 Exit codes: 0 when every row of the create run was rolled back (or, when planning, has no blocker);
 1 when a row is blocked, refused, rejected, failed, ``rollback_failed`` or has no record (or, when
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 
     from orchestrator.config import Connection
     from orchestrator.console import Console
+    from orchestrator.frame import Closing
     from orchestrator.retry import RetryPolicy
     from orchestrator.rollback_run import RollbackSettings
     from orchestrator.waiter import WaitPlan
@@ -48,7 +51,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     """Plan or apply the rollback of the chosen rows; returns the exit code (see the module docstring)."""
     import contextlib  # noqa: PLC0415
 
-    from orchestrator.actions import Action  # noqa: PLC0415
+    from orchestrator.actions import ROLLBACK_SUCCESS  # noqa: PLC0415
     from orchestrator.frame import Frame  # noqa: PLC0415
     from orchestrator.lock import run_locks  # noqa: PLC0415
     from orchestrator.restore import RestorePlan  # noqa: PLC0415
@@ -57,6 +60,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
         exit_code,
         notes,
         restore_all,
+        retried_rows,
         rolled_back_before,
     )
     from orchestrator.tally import Counting, Tally  # noqa: PLC0415
@@ -67,18 +71,12 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     _check_resume(settings, source_run)
     before = rolled_back_before(settings, chosen, console)
     stopping: list[Callable[[], bool]] = []
-    plan = RestorePlan(
-        source_run=source_run,
-        policy=settings.policy,
-        settle=settings.settle,
-        wait=settings.wait,
-        stopping=lambda: any(stop() for stop in stopping),
-    )
     frame = Frame(
         command="rollback",
         console=console,
         report=settings.report,
-        tally=Tally(counting=Counting.records("rollback", frozenset({Action.PLANNED, Action.ROLLED_BACK}))),
+        closing=settings.closing,
+        tally=Tally(counting=Counting.records("rollback", ROLLBACK_SUCCESS)),
         grace=ROLLBACK_GRACE,
         drain=f"sending no more rollbacks; those already sent are watched to their end for up to "
         f"{ROLLBACK_GRACE:g}s (longer than other commands' 10s: a disk must not be left mid-rollback "
@@ -87,9 +85,21 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     async with frame:
         frame.lock(run_locks(source_run, settings.lock_file))
         frame.open_actions(
-            source=str(settings.source), shape=shape, resume=settings.resume, nothing="nothing was done"
+            source=str(settings.source),
+            shape=shape,
+            resume=settings.resume,
+            nothing="nothing was done",
+            connection=settings.connection,
         )
         stopping.append(frame.stopping)
+        plan = RestorePlan(
+            source_run=source_run,
+            policy=settings.policy,
+            settle=settings.settle,
+            wait=settings.wait,
+            stopping=lambda: any(stop() for stop in stopping),
+            retry=retried_rows(frame.book.last, rows) if settings.retry_failed else frozenset(),
+        )
         router = await frame.connect(settings.connection)
         with frame.draining() if settings.apply else contextlib.nullcontext():  # a plan stops at once
             finals, skipped = await restore_all(frame, router, rows, plan, apply=settings.apply)
@@ -147,6 +157,12 @@ def _check_resume(settings: RollbackSettings, source_run: str) -> None:
     help="Roll back rows that an earlier rollback report of the same create run shows rolled back "
     "(found beside --report, beside REPORT and in reports/).",
 )
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="With --resume: send the rollback again for rows whose last record is rollback_failed and whose "
+    "disk is error_rollbacking (without it those rows stay blocked).",
+)
 @options.CONNECTION
 @options.RETRIES
 @options.WAITING
@@ -159,6 +175,7 @@ def _check_resume(settings: RollbackSettings, source_run: str) -> None:
     "be sent again.",
 )
 @options.LOCK_FILE
+@options.NOTIFYING
 @options.LOG_FORMAT
 @options.DEBUG
 def command(
@@ -170,11 +187,13 @@ def command(
     report_path: str | None,
     resume: bool,
     again: bool,
+    retry_failed: bool,
     connection: Connection,
     policy: RetryPolicy,
     wait_plan: WaitPlan,
     settle: float,
     lock_file: Path | None,
+    closing: Closing,
     log_format: str,
 ) -> NoReturn:
     """Restore each row's disk from the snapshot the create run in REPORT made; plans unless --apply."""
@@ -196,5 +215,7 @@ def command(
         volumes=frozenset(volume.strip().lower() for volume in volume_ids) or None,
         lock_file=lock_file,
         again=again,
+        retry_failed=retry_failed,
+        closing=closing,
     )
     raise SystemExit(run(lambda: rollback(settings, console=console), console=console))

@@ -3,11 +3,16 @@
 Selectors are ANDed: ``--server`` (repeatable; a disk attached to any of them), ``--tag KEY=VALUE``
 (repeatable; keys ANDed, values of one key ORed, as the tags API does), ``--metadata KEY=VALUE``
 (repeatable, ANDed), ``--availability-zone``, ``--status``, ``--name`` (exact) and
-``--only-boot``/``--exclude-boot``. With ``--tag`` the disks come from
-``POST .../cloudvolumes/resource_instances/action``; otherwise from ``GET .../cloudvolumes/detail``
-(once per ``--server``), with the other selectors as query filters. Both list 1000 a page, through the
+``--only-boot``/``--exclude-boot``. The disks come from ``GET .../cloudvolumes/detail`` (once per
+``--server``, with ``enterprise_project_id=all_granted_eps``), with the other selectors as query
+filters; ``--tag`` is matched on each disk's ``tags``, and cross-checked with the tag search
+(``POST .../cloudvolumes/resource_instances/action``, which has no enterprise-project field): when
+the two disagree the run stops with exit 3 and writes nothing. Both list 1000 a page, through the
 same send path as ``create``; every selector is checked again on each disk, so a filter the service
 applies loosely (or ignores) cannot widen the selection.
+
+``--with-tags`` adds one ``tag:KEY`` column per tag key found on the selected disks (empty where a
+disk lacks the key), for ``create --metadata KEY={tag:KEY}`` to copy onto each snapshot.
 
 Nothing is written until the listing is complete: a listing that fails exits 3 and leaves no file;
 no match exits 1 ("no disk matched") rather than writing an empty manifest.
@@ -82,14 +87,12 @@ class Selector:
             query.append(("metadata", orjson.dumps(dict(self.metadata)).decode()))
         return query
 
-    def matches(self, volume: Volume) -> bool:
-        """True when the disk matches every selector."""
+    def matches(self, volume: Volume, *, tags: bool = True) -> bool:
+        """True when the disk matches every selector (``tags=False``: every one but ``--tag``)."""
         if self.servers and not set(self.servers) & {server.lower() for server in volume.servers}:
             return False
-        tags = volume.tags
-        for key, values in self.tags.items():
-            if key not in tags or (values and tags[key] not in values):
-                return False
+        if tags and not self.tagged(volume):
+            return False
         metadata = volume.metadata
         if any(key not in metadata or metadata[key] != value for key, value in self.metadata.items()):
             return False
@@ -102,6 +105,11 @@ class Selector:
             return False
         return self.boot is None or volume.bootable == self.boot
 
+    def tagged(self, volume: Volume) -> bool:
+        """The disk's tags (a map in the volume list's answer) match every ``--tag``."""
+        tags = volume.tags
+        return all(key in tags and (not values or tags[key] in values) for key, values in self.tags.items())
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SelectSettings:
@@ -113,10 +121,14 @@ class SelectSettings:
     format: str
     force: bool
     overwrite: bool = False  # -o may replace an existing file
+    with_tags: bool = False  # a tag:KEY column per tag key of the selected disks
 
 
-def manifest_row(volume: Volume, selector: Selector, *, force: bool) -> dict[str, Any]:
-    """One manifest row: ``volume_id`` and the informational columns (and ``force`` with ``--force``).
+def manifest_row(
+    volume: Volume, selector: Selector, *, force: bool, with_tags: bool = False
+) -> dict[str, Any]:
+    """One manifest row: ``volume_id`` and the informational columns (and ``force`` with ``--force``,
+    ``tag:KEY`` for each of the disk's tags with ``--with-tags``).
 
     A disk attached to several servers is shown with a selected server's attachment when there is one.
     """
@@ -135,16 +147,33 @@ def manifest_row(volume: Volume, selector: Selector, *, force: bool) -> dict[str
     }
     if force:
         row["force"] = bool(attachments) or volume.status == "in-use"
+    if with_tags:
+        from orchestrator.manifest import TAG_PREFIX  # noqa: PLC0415
+
+        row.update((TAG_PREFIX + key, value) for key, value in volume.tags.items())
     return row
 
 
+def manifest_columns(rows: Iterable[Mapping[str, Any]], *, force: bool, with_tags: bool) -> tuple[str, ...]:
+    """The manifest's columns: ``COLUMNS``, ``force`` with ``--force``, then with ``--with-tags`` one
+    ``tag:KEY`` column per tag key any selected disk has, sorted by key."""
+    from orchestrator.manifest import TAG_PREFIX  # noqa: PLC0415
+
+    tags = {column for row in rows for column in row if column.startswith(TAG_PREFIX)} if with_tags else set()
+    return (*COLUMNS, *(("force",) if force else ()), *sorted(tags))
+
+
 async def find_volumes(route: Route, selector: Selector, policy: RetryPolicy) -> list[Volume]:
-    """Every disk of the route's project that matches, each once, in listing order."""
+    """Every disk of the route's project that matches, each once, in listing order.
+
+    The disks always come from the volume list (every enterprise project the caller may see), and
+    ``--tag`` is matched on each disk's ``tags``. The tag search has no enterprise-project field
+    (evs-api.md 10): it is asked too, and when the two disagree the run stops (exit 3) rather than
+    write a manifest that may leave disks out.
+    """
     from orchestrator.api.safe import list_all_volumes, volumes_by_tags  # noqa: PLC0415
 
-    if selector.tags:
-        candidates = await volumes_by_tags(route, selector.tags, policy)
-    elif selector.servers:
+    if selector.servers:
         candidates = []
         for server in selector.servers:
             candidates += await list_all_volumes(route, policy, [("server_id", server), *selector.query()])
@@ -154,26 +183,62 @@ async def find_volumes(route: Route, selector: Selector, policy: RetryPolicy) ->
     for volume in candidates:
         if volume.id and volume.id not in found and selector.matches(volume):
             found[volume.id] = volume
+    if selector.tags:
+        listed = {volume.id: volume for volume in candidates if volume.id}
+        searched = {
+            volume.id
+            for volume in await volumes_by_tags(route, selector.tags, policy)
+            if volume.id and selector.matches(listed.get(volume.id, volume), tags=False)
+        }
+        _cross_check(found.keys(), searched)
     return list(found.values())
 
 
-def write_manifest(rows: Iterable[Mapping[str, Any]], stream: TextIO, fmt: str, *, force: bool) -> None:
+def _cross_check(listed: Iterable[str], searched: set[str]) -> None:
+    """Stop (exit 3) when the volume list's tag matches and the tag search's differ."""
+    from orchestrator.errors import RunAborted  # noqa: PLC0415
+
+    listed = set(listed)
+    if listed == searched:
+        return
+    only_listed, only_searched = sorted(listed - searched), sorted(searched - listed)
+    told = []
+    if only_listed:
+        told.append(
+            f"{len(only_listed)} disk(s) carry the tags in the volume list but the tag search left them out "
+            f"({', '.join(only_listed[:5])}): the tag search may see only some enterprise projects"
+        )
+    if only_searched:
+        told.append(
+            f"{len(only_searched)} disk(s) found by the tag search do not carry the tags in the volume list "
+            f"({', '.join(only_searched[:5])})"
+        )
+    raise RunAborted(
+        "TAGS_DISAGREE: the volume list and the tag search disagree: "
+        + "; ".join(told)
+        + "; no manifest was written (select by --server, --metadata or --name, or check the tags)"
+    )
+
+
+def write_manifest(
+    rows: Iterable[Mapping[str, Any]], stream: TextIO, fmt: str, columns: tuple[str, ...]
+) -> None:
+    """The rows as CSV, JSON or JSON Lines; a column a row lacks is an empty cell (``null`` in JSON)."""
     import csv  # noqa: PLC0415
 
     import orjson  # noqa: PLC0415
 
-    columns = (*COLUMNS, "force") if force else COLUMNS
     if fmt == "csv":
         writer = csv.writer(stream, lineterminator="\n")
         # Python 3.11 leaves a CR unquoted when lines end in LF, which would split the row: quote that row.
         quoted = csv.writer(stream, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow(columns)
         for row in rows:
-            cells = [_cell(row[column]) for column in columns]
+            cells = [_cell(row.get(column)) for column in columns]
             has_cr = any(isinstance(cell, str) and "\r" in cell for cell in cells)
             (quoted if has_cr else writer).writerow(cells)
         return
-    lines = [orjson.dumps({column: row[column] for column in columns}).decode() for row in rows]
+    lines = [orjson.dumps({column: row.get(column) for column in columns}).decode() for row in rows]
     if fmt == "jsonl":
         stream.write("".join(f"{line}\n" for line in lines))
     else:
@@ -224,7 +289,10 @@ async def select(settings: SelectSettings, *, console: Console, stdout: TextIO) 
         console.error(f"no disk matched in project {route.project_id} ({spent}); nothing was written")
         return 1
     rows = sorted(
-        (manifest_row(volume, settings.selector, force=settings.force) for volume in volumes),
+        (
+            manifest_row(volume, settings.selector, force=settings.force, with_tags=settings.with_tags)
+            for volume in volumes
+        ),
         key=lambda row: (
             row["server_id"] is None,
             row["server_id"] or "",
@@ -263,8 +331,9 @@ def _output(rows: list[dict[str, Any]], settings: SelectSettings, stdout: TextIO
 
     from orchestrator.errors import UsageError  # noqa: PLC0415
 
+    columns = manifest_columns(rows, force=settings.force, with_tags=settings.with_tags)
     if settings.output == "-":
-        write_manifest(rows, stdout, settings.format, force=settings.force)
+        write_manifest(rows, stdout, settings.format, columns)
         stdout.flush()
         return
     target = Path(settings.output)
@@ -272,7 +341,7 @@ def _output(rows: list[dict[str, Any]], settings: SelectSettings, stdout: TextIO
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            write_manifest(rows, handle, settings.format, force=settings.force)
+            write_manifest(rows, handle, settings.format, columns)
         if target.exists() and not settings.overwrite:
             os.unlink(temporary)
             raise UsageError(
@@ -362,7 +431,8 @@ SELECTORS = options.group(
         "tag_items",
         multiple=True,
         metavar="KEY=VALUE",
-        help="Disks with this tag (repeatable: keys ANDed, values of one key ORed); uses the tags API.",
+        help="Disks with this tag (repeatable: keys ANDed, values of one key ORed); matched on the volume "
+        "list, cross-checked with the tags API (exit 3 when they disagree).",
     ),
     click.option(
         "--metadata",
@@ -399,6 +469,11 @@ SELECTORS = options.group(
 )
 @click.option("--overwrite", is_flag=True, help="Let -o replace an existing file.")
 @click.option(
+    "--with-tags",
+    is_flag=True,
+    help="Add a tag:KEY column per tag key of the selected disks (for create's --metadata KEY={tag:KEY}).",
+)
+@click.option(
     "--format",
     "output_format",
     type=click.Choice(["csv", "json", "jsonl"]),
@@ -417,6 +492,7 @@ def command(
     output: str,
     output_format: str | None,
     overwrite: bool,
+    with_tags: bool,
     log_format: str,
 ) -> NoReturn:
     """Write a manifest (CSV, JSON or JSON Lines) of the disks that match every selector."""
@@ -433,5 +509,6 @@ def command(
         format=output_format or FORMATS.get(Path(output).suffix.lower(), "csv"),
         force=force,
         overwrite=overwrite,
+        with_tags=with_tags,
     )
     raise SystemExit(run(lambda: select(settings, console=console, stdout=sys.stdout), console=console))

@@ -76,7 +76,7 @@ async def validate(settings: ValidateSettings, *, console: Console, stdout: Text
     from orchestrator.duplicates import duplicate_candidates  # noqa: PLC0415
     from orchestrator.manifest import read_rows, spooled  # noqa: PLC0415
     from orchestrator.models import Record, utc_now  # noqa: PLC0415
-    from orchestrator.rules import RowValidator  # noqa: PLC0415
+    from orchestrator.rules import RowValidator, columns_checked  # noqa: PLC0415
     from orchestrator.signals import in_thread  # noqa: PLC0415
 
     display = "<stdin>" if settings.source.path == "-" else settings.source.path
@@ -85,7 +85,8 @@ async def validate(settings: ValidateSettings, *, console: Console, stdout: Text
     with spooled(settings.source) as source:
         total, candidates = await in_thread(  # a signal stops a long manifest pass promptly
             lambda: duplicate_candidates(
-                read_rows(source, display=display, warn=console.warn), settings.defaults
+                columns_checked(read_rows(source, display=display, warn=console.warn), settings.defaults),
+                settings.defaults,
             )
         )
         validator = RowValidator(

@@ -74,6 +74,7 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
         frame.lock(run_locks(header.run_id, settings.lock_file))
         router = await frame.connect(settings.connection)
         writer = frame.open_report(None, resume=True)
+        frame.run_id = header.run_id  # for the notifications
         waiter = Waiter(
             settings.plan, router=router, writer=writer, tally=frame.tally, on_round=console.wait_round
         )

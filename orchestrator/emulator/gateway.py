@@ -6,7 +6,8 @@ Authentication follows the real gateway (evs-api.md 3.4, 5, 7, 9): issued or fix
 signatures checked exactly against the gateway's clock (``--clock-offset`` moves it; the ``Date``
 header tells it), and the AK lock after ``--ak-lock-after`` signature failures in a row. Paths
 containing a ``--gateway-404`` text are an API the region lacks (404 ``APIGW.0101``); a call whose IAM
-action is in ``--deny`` is refused 403 after authentication.
+action is in ``--deny`` is refused 403 after authentication. What a request carries that the official
+SDK does not send is counted by route (``unlike_sdk`` in the state document).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Gateway:
                 return self._render(exc, "")
         request_id = uuid.uuid4().hex
         world = self.world
+        self.sdk_check(request, route)
         world.in_flight += 1
         world.max_in_flight = max(world.max_in_flight, world.in_flight)
         status = "dropped"
@@ -70,6 +72,15 @@ class Gateway:
             if request.transport is None or request.transport.is_closing():
                 status = "dropped"
             world.requests[route][status] += 1
+
+    def sdk_check(self, request: web.Request, route: str) -> None:
+        """Record what the official SDK would not send (evs-api.md 10): a ``Content-Type`` on a GET or
+        DELETE without a body, and ``offset=0`` (documented as "greater than 0"; left out of a first page)."""
+        unlike = self.world.unlike_sdk
+        if request.method in ("GET", "DELETE") and "Content-Type" in request.headers:
+            unlike[route]["content-type"] += 1
+        if request.query.get("offset") == "0":
+            unlike[route]["offset=0"] += 1
 
     async def _answer(
         self, request: web.Request, handler: Handler, request_id: str, route: str

@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TypeVar
 
+from orchestrator.api import signing
 from orchestrator.defaults import SNAPSHOTS_PER_DISK
 
 T = TypeVar("T")
@@ -67,7 +68,7 @@ IAM_ACTIONS = (
     "evs:volumeTags:list",
 )
 # The gateway's clock window for AK/SK signatures (evs-api.md 3.4), seconds.
-SIGNATURE_WINDOW = 15 * 60
+SIGNATURE_WINDOW = signing.SIGNATURE_WINDOW
 YEAR = 366 * 86400.0
 
 

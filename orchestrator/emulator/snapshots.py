@@ -7,6 +7,13 @@ snapshot later), list answers replaced by 503, rollbacks ending in error. Switch
 assumption: ``--list-shift`` (the list's order changes between pages), ``--metadata-rewrite lower``.
 Snapshots a backup service made (``autobk_snapshot_*``, ``manualbk_snapshot_*``) are neither deleted nor
 rolled back (evs-api.md 8.2, 10; the refusal's code and words are inferred).
+
+The snapshot metadata API (the Cinder paths ``/v2/{project_id}/snapshots/{snapshot_id}/metadata``):
+``POST`` adds keys (a key already there takes the new value), ``PUT`` replaces the user's keys with the
+body's, ``DELETE .../metadata/{key}`` removes one key (404 when it is not there); ``POST`` and ``PUT``
+answer 200 with the whole map, ``DELETE`` 200 with no body. A ``__system__*`` key in a body, or named
+by a ``DELETE``, is refused with 403 ``EVS.5403`` ("metadata can not be operated."); the metadata is
+kept as sent (``--metadata-rewrite`` changes only what answers show).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from orchestrator.emulator.state import (
 NAME_MAX = 64
 DESCRIPTION_MAX = 85
 RESERVED_NAME_PREFIX = "autobk_snapshot_"
+SYSTEM_PREFIX = "__system__"
 
 
 class SnapshotRoutes:
@@ -68,7 +76,7 @@ class SnapshotRoutes:
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
         ):
             raise evs_error(400, "EVS.5400", "Invalid input: metadata must map strings to strings.")
-        if any(key.startswith("__system__") for key in metadata):
+        if any(key.startswith(SYSTEM_PREFIX) for key in metadata):
             raise evs_error(403, "EVS.5403", "metadata can not be operated.")
         volume = self.world.volume(volume_id)
         if volume is None:
@@ -136,9 +144,14 @@ class SnapshotRoutes:
 
     def _json(self, snap: Snapshot, status: str, *, listed: bool = False) -> dict[str, object]:
         data = snapshot_json(snap, status, listed=listed)
-        if self.settings.metadata_rewrite == "lower":
-            data["metadata"] = {key.lower(): value for key, value in snap.metadata.items()}
+        data["metadata"] = self._shown(snap.metadata)
         return data
+
+    def _shown(self, metadata: dict[str, str]) -> dict[str, str]:
+        """Metadata as answers show it (``--metadata-rewrite lower``: keys lower-cased)."""
+        if self.settings.metadata_rewrite == "lower":
+            return {key.lower(): value for key, value in metadata.items()}
+        return metadata
 
     @staticmethod
     def _refuse_backup_made(snap: Snapshot, doing: str) -> None:
@@ -150,6 +163,38 @@ class SnapshotRoutes:
                 f"Invalid snapshot: snapshot {snap.id} is created by the backup service and "
                 f"cannot be {doing}.",
             )
+
+    @staticmethod
+    async def _metadata_body(request: web.Request) -> dict[str, str]:
+        """A metadata body's map: strings to strings, no ``__system__`` key (403 ``EVS.5403``)."""
+        metadata = await json_body(request, "metadata")
+        if not all(isinstance(k, str) and k and isinstance(v, str) for k, v in metadata.items()):
+            raise evs_error(400, "EVS.5400", "Invalid input: metadata must map strings to strings.")
+        if any(key.startswith(SYSTEM_PREFIX) for key in metadata):
+            raise evs_error(403, "EVS.5403", "metadata can not be operated.")
+        return metadata
+
+    async def add_metadata(self, request: web.Request) -> web.StreamResponse:
+        snap, _ = self._find(request)
+        snap.metadata.update(await self._metadata_body(request))
+        return json_response(200, {"metadata": self._shown(snap.metadata)})
+
+    async def update_metadata(self, request: web.Request) -> web.StreamResponse:
+        snap, _ = self._find(request)
+        metadata = await self._metadata_body(request)
+        system = {k: v for k, v in snap.metadata.items() if k.startswith(SYSTEM_PREFIX)}
+        snap.metadata = {**system, **metadata}
+        return json_response(200, {"metadata": self._shown(snap.metadata)})
+
+    async def delete_metadata(self, request: web.Request) -> web.StreamResponse:
+        snap, _ = self._find(request)
+        key = request.match_info["key"]
+        if key.startswith(SYSTEM_PREFIX):
+            raise evs_error(403, "EVS.5403", "metadata can not be operated.")
+        if key not in snap.metadata:
+            raise evs_error(404, "EVS.5404", f"Metadata item was not found: {key}.")
+        del snap.metadata[key]
+        return web.Response(status=200)
 
     async def show(self, request: web.Request) -> web.StreamResponse:
         return json_response(200, {"snapshot": self._json(*self._find(request))})

@@ -137,6 +137,8 @@ class World:
         self.ak_failures = 0
         self.ak_locked_until: float | None = None
         self.requests: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        # What a request carried that the official SDK does not send, by route (``Gateway.sdk_check``).
+        self.unlike_sdk: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -431,6 +433,7 @@ class World:
             ],
             "rollbacks": list(self.rollbacks),
             "requests": {route: dict(counts) for route, counts in sorted(self.requests.items())},
+            "unlike_sdk": {route: dict(counts) for route, counts in sorted(self.unlike_sdk.items())},
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
         }
