@@ -32,7 +32,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
-	$(BIN)/pytest -q -n 4 --dist worksteal --cov=orchestrator --cov-branch --cov-report=term:skip-covered
+	$(BIN)/pytest -q -n 2 --dist worksteal --cov=orchestrator --cov-branch --cov-report=term:skip-covered
 
 test: lint typecheck pytest
 
