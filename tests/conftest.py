@@ -2,16 +2,23 @@
 
 Both factories take ``clock=``: pass the ``clock`` fixture (a ``ManualClock``) and advance it to move
 the emulator's time (token expiry, ``creating``, deletes, rollbacks) without sleeping.
+
+Property tests run under a hypothesis profile: ``suite`` (the default, sized for ``make test``) or
+``thorough`` (``HYPOTHESIS_PROFILE=thorough``: ten times the examples, for a change to a parser, the
+signer or the rules). Neither checks wall-clock time: the deadline and the ``too_slow`` health check
+measure how busy the machine is, not what the code does.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, settings
 
 from orchestrator.emulator import (
     EmulatorSettings,
@@ -22,6 +29,14 @@ from orchestrator.emulator import (
 )
 from orchestrator.emulator.clock import Clock
 from tests.helpers import TOKEN
+
+settings.register_profile(
+    "suite", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "thorough", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.api.views import Snapshot
@@ -110,7 +110,6 @@ COUNTS = st.dictionaries(st.sampled_from(KINDS), st.integers(0, 6), min_size=1)
 ZONES = st.sampled_from([BERLIN, "America/New_York", "UTC", "Australia/Lord_Howe", "Asia/Kolkata"])
 
 
-@settings(max_examples=300, deadline=None)
 @given(
     HISTORIES, COUNTS, ZONES, st.none() | st.integers(0, 3), st.none() | st.integers(1, 900), st.booleans()
 )

@@ -13,6 +13,7 @@ import orjson
 
 from orchestrator.emulator import EmulatorThread, ManualClock, SeedSnapshot, SeedVolume
 from tests.helpers import (
+    CREATE_ROUTE,
     DELETE,
     FAST_RETRIES,
     LIST,
@@ -195,20 +196,31 @@ def test_cleanup_after_a_killed_create_deletes_every_snapshot_of_the_run(
     --apply waits out the run's window (--settle + --timeout after the last unanswered send), deletes
     them all, exits 0, and no snapshot of the run appears afterwards."""
     disks = volume_ids(40, seed=154)
-    late = {"fault_late_commit": 0.3, "late_commit_seconds": 0.8, "seed": 154}
+    late = {"fault_late_commit": 0.3, "late_commit_seconds": 2.0, "seed": 154}
     emu = start(emulator_thread, disks, [], creating_seconds=0.0, latency_ms=50, **late)
     report = tmp_path / "create.jsonl"
     stop = time.monotonic() + 30
-    window = ("--settle", "1s", "--timeout", "1")  # 2 s: longer than a late commit takes
+    window = ("--settle", "3s", "--timeout", "1")  # 4 s: longer than a late commit takes
     args = create_args(emu.url, csv_manifest(write, disks), report, *window, concurrency=8)
+
+    def late_answers() -> int:
+        return requests_of(emu.state(), CREATE_ROUTE)["504"]
+
     with run_process(args) as process:
         while (not report.exists() or len(records(report)) < 8) and time.monotonic() < stop:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            time.sleep(0.02)
+        # Killed right after a new 504: that row's snapshot commits late for certain, and its record
+        # cannot exist before the snapshot appears (2 s on), so the run leaves a snapshot no record names.
+        seen = late_answers()
+        while late_answers() == seen and time.monotonic() < stop:
             assert process.poll() is None, process.stderr.read() if process.stderr else ""
             time.sleep(0.02)
         process.kill()
         process.wait(timeout=10)
     while emu.state()["in_flight"] and time.monotonic() < stop:  # the killed client's requests land
         time.sleep(0.02)
+    time.sleep(late["late_commit_seconds"] + 0.2)  # and the late commit of the last 504 lands
     recorded = {r["row"] for r in records(report)}
     made = run_snapshots(emu, report)
     assert len(made) > len(recorded), (len(made), len(recorded))  # snapshots no record names

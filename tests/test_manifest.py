@@ -406,7 +406,7 @@ hostile = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(content=hostile, fmt=st.sampled_from(["csv", "json", "jsonl"]))
 def test_hostile_input_raises_only_manifest_error(tmp_path: Path, content: bytes, fmt: str) -> None:
     """Whatever the bytes, reading gives rows or a ManifestError naming the file, never another error."""
@@ -426,7 +426,7 @@ row_strategy = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     rows=st.lists(row_strategy, min_size=1, max_size=30),
     fmt=st.sampled_from(["csv", "json", "jsonl"]),

@@ -30,7 +30,7 @@ CHAOS = {
     "fault_drop_before": 0.05,
     "fault_drop_after": 0.05,
     "rate_limit": 150,
-    "burst": 20,
+    "burst": 4,  # far under --concurrency 32: any 5 creates that reach the gateway together meet a 429
     "latency_ms": 5,
     "jitter_ms": 5,
 }
@@ -48,7 +48,7 @@ def test_chaos_run_creates_exactly_one_snapshot_per_volume(
     ids = volume_ids(300, seed=41)
     emu = emulator_thread(any_volume=True, seed=41, **CHAOS)
     report = tmp_path / "r.jsonl"
-    # 32 in flight at once outrun the burst of 20 however slow the machine: some 429s always happen.
+    # 32 in flight outrun the burst of 4 however slow the machine: some 429s always happen.
     result = invoke(args_for(emu.url, csv_manifest(write, ids), report, "--concurrency", "32", *FAST_RETRIES))
     assert result.exit_code == 0, result.output
     final = last_per_row(report)
@@ -70,7 +70,7 @@ def test_sigkill_then_resume_finishes_without_duplicates(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """A chaos run killed with SIGKILL at a random moment, then --resume: every row once, no doubles."""
-    ids = volume_ids(250, seed=42)
+    ids = volume_ids(150, seed=42)
     emu = emulator_thread(any_volume=True, seed=42, **{**CHAOS, "latency_ms": 25})
     manifest = csv_manifest(write, ids)
     report = tmp_path / "r.jsonl"
@@ -80,11 +80,11 @@ def test_sigkill_then_resume_finishes_without_duplicates(
         process.kill()
         process.wait(timeout=10)
     before = records(report)
-    assert 0 < len(before) < 250
+    assert 0 < len(before) < 150
     result = invoke([*args, "--resume"])
     assert result.exit_code == 0, result.output
     final = last_per_row(report)
-    assert sorted(final) == list(range(1, 251))
+    assert sorted(final) == list(range(1, 151))
     assert {r["outcome"] for r in final.values()} == {"accepted"}
     assert {r["run_id"] for r in records(report)} == {before[0]["run_id"]}
     assert_exactly_one_snapshot_each(emu.state(), ids)
@@ -96,7 +96,7 @@ def test_sigterm_drains_exits_143_and_resume_completes(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """SIGTERM: in-flight rows finish and are recorded, exit 143, summary printed; --resume finishes."""
-    ids = volume_ids(200, seed=43)
+    ids = volume_ids(120, seed=43)
     emu = emulator_thread(any_volume=True, latency_ms=60)
     manifest = csv_manifest(write, ids)
     report = tmp_path / "r.jsonl"
@@ -111,12 +111,12 @@ def test_sigterm_drains_exits_143_and_resume_completes(
     first = records(report)
     whole = len(first) + len(journal(report)) + 1  # records, the journal of sends, the run header
     assert whole == report.read_bytes().count(b"\n")  # every line whole
-    assert len({r["row"] for r in first}) == len(first) < 200
+    assert len({r["row"] for r in first}) == len(first) < 120
     assert all(r["outcome"] == "accepted" for r in first)
     assert len(emu.state()["snapshots"]) == len(first)  # in-flight rows were drained and recorded
     result = invoke([*args, "--resume"])
     assert result.exit_code == 0, result.output
-    assert sorted(last_per_row(report)) == list(range(1, 201))
+    assert sorted(last_per_row(report)) == list(range(1, 121))
     assert_exactly_one_snapshot_each(emu.state(), ids)
 
 

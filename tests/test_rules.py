@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.config import RowDefaults, RunIdentity
@@ -331,7 +331,6 @@ field_names = st.sampled_from(
 )
 
 
-@settings(max_examples=300, deadline=None)
 @given(
     fields=st.dictionaries(field_names, json_values | st.sampled_from(IDS), max_size=8),
     from_csv=st.booleans(),

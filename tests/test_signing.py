@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from yarl import URL
 
@@ -225,7 +225,6 @@ def sdk_authorization(
     return str(signed.header_params["Authorization"])
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     method=st.sampled_from(["GET", "POST", "PUT", "DELETE"]),
     segments=st.lists(segment, min_size=1, max_size=4),
