@@ -14,7 +14,6 @@ import platform
 import sys
 import traceback
 from collections.abc import Sequence
-from importlib.metadata import version
 from typing import Any, NoReturn
 
 import click
@@ -124,6 +123,8 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     """``--version``: ours, and the Python and aiohttp versions (a bug report needs all three)."""
     if not value or ctx.resilient_parsing:
         return
+
+    from importlib.metadata import version  # noqa: PLC0415 - 60 ms of start-up for --version alone
 
     python = platform.python_version()
     click.echo(f"evs-snapshot, version {__version__} (Python {python}, aiohttp {version('aiohttp')})")
