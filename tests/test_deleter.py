@@ -14,7 +14,7 @@ from orchestrator.actions import Action, ActionRecord
 from orchestrator.deleter import WRONG_STATE_PAUSE, Deleter, Deletion, Ended, Job, delete, delete_snapshot
 from orchestrator.emulator import SeedSnapshot
 from orchestrator.retry import RetryPolicy
-from tests.helpers import routed, volume_ids
+from tests.helpers import planned, routed, volume_ids
 
 QUICK = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02)
 (DISK,) = volume_ids(1, seed=1047)
@@ -34,18 +34,6 @@ CASES = {
 def seeded(status: str) -> SeedSnapshot:
     return SeedSnapshot(
         id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"deleter/{status}")), volume_id=DISK, status=status
-    )
-
-
-def planned(snapshot_id: str) -> ActionRecord:
-    return ActionRecord(
-        run_id="r",
-        command="prune",
-        key=snapshot_id,
-        outcome=Action.PLANNED,
-        snapshot_id=snapshot_id,
-        started_at="t",
-        finished_at="t",
     )
 
 
