@@ -1,4 +1,8 @@
-"""Scenario 6: start-up. Wall time of ``evs-snapshot --help`` and of ``create --dry-run`` on one row (target < 0.5 s)."""
+"""Scenario 6: start-up. Wall time of ``evs-snapshot --help`` and of ``create --dry-run`` on one row (target < 0.2 s).
+
+The CPU time of the same processes is shown too: on a shared machine the wall time also counts the
+waits for a core, the CPU time only the process's own work.
+"""
 
 from __future__ import annotations
 
@@ -23,14 +27,16 @@ def run() -> str:
         ),
     )
     for label, make in commands:
-        seconds = []
+        seconds, cpu = [], []
         for _ in range(REPEATS):
             with tempfile.TemporaryDirectory() as folder:
                 measured = run_measured(make(folder))
             if measured.returncode != 0:
                 raise SystemExit(f"{label} exited {measured.returncode}")
             seconds.append(measured.seconds)
-        rows.append([label, spread(seconds, 3)])
-    return "### 6. Start-up (target: under 0.5 s)\n\n" + table(
-        ["command", f"wall seconds over {REPEATS} runs, median (min-max)"], rows
+            cpu.append(measured.cpu_seconds)
+        rows.append([label, spread(seconds, 3), spread(cpu, 3)])
+    return "### 6. Start-up (target: under 0.2 s)\n\n" + table(
+        ["command", f"wall seconds over {REPEATS} runs, median (min-max)", "CPU seconds, median (min-max)"],
+        rows,
     )

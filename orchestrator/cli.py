@@ -4,13 +4,15 @@ Every command module builds typed settings from its options (``options.py``) and
 through ``entry.run``. ``Main.main`` is the only place an error becomes a message and an exit code: our
 errors carry their code; click's usage errors exit 2; anything else is a bug (exit 70, one line,
 the traceback only with ``--debug`` or ``EVS_SNAPSHOT_DEBUG=1``).
+
+A command's module is imported only when the command runs (or shows its own help): ``--help`` lists
+the commands from ``COMMANDS``, so it loads no command, no anyio and no aiohttp (``benchmarks startup``).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-import platform
 import sys
 import traceback
 from collections.abc import Sequence
@@ -20,25 +22,31 @@ import click
 
 from orchestrator import __version__
 from orchestrator.console import Console
-from orchestrator.entry import INTERNAL_ERROR, first_error
-from orchestrator.errors import EvsSnapshotError
-from orchestrator.signals import STOPPED_ADVICE
+from orchestrator.errors import INTERNAL_ERROR, STOPPED_ADVICE, EvsSnapshotError, first_error
 
-COMMANDS = (
-    "create",
-    "wait",
-    "validate",
-    "summary",
-    "prune",
-    "cleanup",
-    "audit",
-    "select",
-    "rollback",
-    "hold",
-    "release",
-    "doctor",
-    "emulator",
-)
+# Each command and its help's first sentence, in the order ``--help`` lists them; tests/test_startup.py
+# checks each against the command's own help, so the list cannot drift from the commands.
+COMMANDS = {
+    "create": "Create one snapshot per manifest row and write a JSON-lines report.",
+    "wait": "Poll the snapshots a report accepted until each is available or error; append their final "
+    "states.",
+    "validate": "Check a manifest (offline, or --online against the API) without creating anything.",
+    "summary": "Summarize a create, prune, cleanup or rollback report (last record per row): outcomes, error "
+    "codes, next steps; --format markdown gives a change-ticket block.",
+    "prune": "Delete the tool's own snapshots beyond --keep-last / --keep-within / the calendar rules (plans "
+    "unless --apply).",
+    "cleanup": "Delete the snapshots one create run made, each after checking its marker (plans unless "
+    "--apply).",
+    "audit": "Exit 1 when a disk has no available snapshot of the tool younger than --max-age (GETs only).",
+    "select": "Write a manifest (CSV, JSON or JSON Lines) of the disks that match every selector.",
+    "rollback": "Restore each row's disk from the snapshot the create run in REPORT made; plans unless "
+    "--apply.",
+    "hold": "Hold the tool's own snapshots: prune never deletes them (plans unless --apply).",
+    "release": "Remove the hold from the tool's own snapshots (plans unless --apply).",
+    "doctor": "Check endpoint, clock, credentials, project, permissions, enterprise projects and quota "
+    "(read-only).",
+    "emulator": "Serve the local EVS emulator until SIGINT/SIGTERM (tests, demos, runbook rehearsal).",
+}
 
 
 def _wants(args: Sequence[str], flag: str, value: str | None = None) -> bool:
@@ -101,6 +109,16 @@ class Main(click.Group):
         command: click.Command = importlib.import_module(f"orchestrator.commands.{cmd_name}").command
         return command
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of ``--help``, shortened as click shortens it, from ``COMMANDS`` alone."""
+        limit = formatter.width - 6 - max(map(len, COMMANDS))
+        rows = [
+            (name, click.Command(name, help=first).get_short_help_str(limit))
+            for name, first in COMMANDS.items()
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
 
 def _interrupted(console: Console) -> int:
     """SIGINT before a command's receiver is in place (parsing options): say so, exit 130."""
@@ -126,7 +144,7 @@ def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 
     from importlib.metadata import version  # noqa: PLC0415 - 60 ms of start-up for --version alone
 
-    python = platform.python_version()
+    python = sys.version.split()[0]  # platform.python_version() without platform's import
     click.echo(f"evs-snapshot, version {__version__} (Python {python}, aiohttp {version('aiohttp')})")
     ctx.exit()
 

@@ -1,4 +1,7 @@
-"""The demo mode of ``create --emulator``: an in-process emulator seeded from the manifest itself."""
+"""The demo mode of ``create --emulator``: an in-process emulator seeded from the manifest itself.
+
+``create`` imports this module only for ``--emulator``, so a run without it loads no emulator.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import TYPE_CHECKING
 from yarl import URL
 
 from orchestrator.duplicates import volume_key
+from orchestrator.emulator import EmulatorSettings, SeedVolume, serving
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_PROJECT_ID, DEFAULT_SK, VOLUME_STATUSES
 from orchestrator.errors import ManifestError
 from orchestrator.manifest import RawRow
@@ -55,8 +59,6 @@ async def with_emulator(
     A manifest column ``emulator_status`` (``available``, ``in-use``, ``error``, ... or ``missing``)
     sets each disk's state, so a demo or rehearsal can show every outcome.
     """
-    from orchestrator.emulator import EmulatorSettings, SeedVolume, serving  # noqa: PLC0415 - the server loads only when used
-
     row_defaults = demo_defaults(defaults)
     project, region = str(row_defaults.project_id), str(row_defaults.region)
     seeds: dict[str, SeedVolume] = {}

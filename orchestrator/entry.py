@@ -1,8 +1,9 @@
-"""How a command runs its one async job, and which error ended it; shared by the commands and ``cli``.
+"""How a command runs its one async job, and the exit code an error that ended it means.
 
 A command module calls ``run`` with its job; ``cli.Main.main`` (the one error boundary) asks
-``first_error`` which error a failed job ended with. Neither imports a command nor the CLI, so the
-commands and the CLI that names them do not import each other.
+``errors.first_error`` which error a failed job ended with (the CLI does not import this module, so
+``--help`` loads no anyio). Neither imports a command nor the CLI, so the commands and the CLI that
+names them do not import each other.
 """
 
 from __future__ import annotations
@@ -13,19 +14,8 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from orchestrator.console import Console
-from orchestrator.errors import EvsSnapshotError
+from orchestrator.errors import INTERNAL_ERROR, EvsSnapshotError, first_error
 from orchestrator.signals import guarded, received
-
-INTERNAL_ERROR = 70  # anything but our errors is a bug
-
-
-def first_error(exc: BaseException) -> BaseException:
-    """Our error inside (possibly nested) task-group exception groups, else the first leaf."""
-    if isinstance(exc, BaseExceptionGroup):
-        leaves = [first_error(inner) for inner in exc.exceptions]
-        ours = [leaf for leaf in leaves if isinstance(leaf, EvsSnapshotError)]
-        return ours[0] if ours else leaves[0]
-    return exc
 
 
 def exit_code_of(exc: BaseException) -> int:

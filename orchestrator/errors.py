@@ -37,6 +37,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from orchestrator.models import Answer
 
+INTERNAL_ERROR = 70  # the exit code of anything but our errors: a bug
+STOPPED_ADVICE = (
+    "any record written is whole: run the same command again (create: with --resume when its report "
+    "holds records)"
+)
+
 
 class EvsSnapshotError(Exception):
     """Root of every error evs-snapshot raises on purpose."""
@@ -172,3 +178,12 @@ class RequestTimeout(TransportError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, code="REQUEST_TIMEOUT")
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """Our error inside (possibly nested) task-group exception groups, else the first leaf."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [first_error(inner) for inner in exc.exceptions]
+        ours = [leaf for leaf in leaves if isinstance(leaf, EvsSnapshotError)]
+        return ours[0] if ours else leaves[0]
+    return exc

@@ -41,8 +41,8 @@ from orchestrator.actions import FINAL, Action, ActionRecord, now_iso, read_acti
 from orchestrator.config import RunIdentity, file_in_the_way
 from orchestrator.console import Console
 from orchestrator.defaults import GRACE
-from orchestrator.entry import exit_code_of, first_error
-from orchestrator.errors import Interrupted, ResumeMismatch, RunAborted, UsageError
+from orchestrator.entry import exit_code_of
+from orchestrator.errors import Interrupted, ResumeMismatch, RunAborted, UsageError, first_error
 from orchestrator.lock import Held, Lock, holding, report_lock
 from orchestrator.models import Record, RunHeader, utc_now
 from orchestrator.report import ReportWriter, ResumeBook, check_report_path, read_header

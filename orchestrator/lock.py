@@ -207,8 +207,9 @@ class RunLock:
         if self.lock.remove:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)  # while the flock is held: see the module docstring
-        else:
-            os.ftruncate(self.fd, 0)
+        # Emptied even once unlinked: ext4 takes about 6 ms to close an unlinked file that still holds
+        # data, and a create takes four locks (benchmarks startup); an empty one closes in microseconds.
+        os.ftruncate(self.fd, 0)
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
         self.fd = None

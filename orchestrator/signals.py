@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 
 from orchestrator.console import Console
-from orchestrator.errors import Interrupted
+from orchestrator.errors import STOPPED_ADVICE, Interrupted
 
 if TYPE_CHECKING:
     import anyio.abc
@@ -44,10 +44,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STOP_EVERY = 1024  # rows between two looks at the command's cancellation in a synchronous pass
-STOPPED_ADVICE = (
-    "any record written is whole: run the same command again (create: with --resume when its report "
-    "holds records)"
-)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
