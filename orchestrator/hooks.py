@@ -111,7 +111,8 @@ class HookContext:
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class HookResult:
     """One run of a hook: ``status`` is ``ok``, ``failed`` (exit code not 0), ``timeout``, ``stopped``
-    (killed by a signal's drain) or ``unstarted`` (the shell could not start)."""
+    (a pre-hook killed by a signal's drain, or by the end of the rows: a ``--deadline``) or ``unstarted``
+    (the shell could not start)."""
 
     hook: str
     server_id: str | None
@@ -130,7 +131,7 @@ class HookResult:
         if self.status == "timeout":
             return f"timed out after {timeout:g}s (its process group was killed)"
         if self.status == "stopped":
-            return "was stopped by the signal (its process group was killed)"
+            return "was stopped: the rows were done with, or a signal came (its process group was killed)"
         if self.status == "unstarted":
             return f"could not start: {self.error}"
         code = self.exit_code or 0
@@ -347,7 +348,10 @@ class Hooks:
     def stop(self) -> None:
         """A signal's drain: start no pre-hook, and kill those still running (their post-hooks run)."""
         self._stopped = True
-        for freeze in self._open:
+        self._kill_pre_hooks()
+
+    def _kill_pre_hooks(self) -> None:
+        for freeze in (self._run, *self._freezes.values()):
             if freeze.scope is not None:
                 freeze.scope.cancel()
 
@@ -362,9 +366,7 @@ class Hooks:
                 try:
                     yield self
                 finally:
-                    for freeze in self._open:
-                        if freeze.scope is not None:
-                            freeze.scope.cancel()
+                    self._kill_pre_hooks()  # no row waits for them any more
         finally:
             with anyio.CancelScope(shield=True):
                 async with anyio.create_task_group() as thaws:
@@ -374,10 +376,13 @@ class Hooks:
                         thaws.start_soon(self._thaw, freeze)
 
     def _thaw_if_answered(self, freeze: _Freeze) -> None:
-        """Start ``freeze``'s post-hook once its rows are answered and no row of it can come any more."""
+        """Start ``freeze``'s post-hook once its rows are answered and no row of it can come any more
+        (a pre-hook still running then, when the rows stopped waiting for it, is killed first)."""
         if freeze.thawing or not freeze.started or freeze.pending or freeze.last_row > self._position:
             return
         assert self._group is not None  # noqa: S101 - started freezes imply a running frozen()
+        if freeze.scope is not None:
+            freeze.scope.cancel()
         self._open.remove(freeze)
         freeze.thawing = True
         self._group.start_soon(self._thaw, freeze)
