@@ -149,6 +149,29 @@ def test_a_failed_pre_hook_sends_nothing_and_resume_sends_it_all(
     assert {r["outcome"] for r in last_per_row(report).values()} == {"accepted"}
     assert set(snapshots_per_volume(emu.state()).values()) == {1}
     assert logged(log) == ["post failed 1", "post ok 0"]
+    done = invoke(
+        [*hook_args(emu.url, manifest, report, pre_hook="true", post_hook=LOG.format(log=log)), "--resume"]
+    )
+    assert done.exit_code == 0, done.output
+    assert logged(log) == ["post failed 1", "post ok 0"]  # nothing left to send: nothing frozen
+
+
+def test_a_signal_while_the_post_hook_runs_does_not_stop_it(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """SIGTERM while the post-hook runs (the hook sends it): the post-hook goes on to its end; exit 143."""
+    emu = emulator_thread(any_volume=True)
+    thawed = tmp_path / "thawed"
+    result = invoke(
+        hook_args(
+            emu.url,
+            csv_manifest(write, volume_ids(2, seed=2314)),
+            tmp_path / "r.jsonl",
+            post_hook=f"kill -TERM $PPID; sleep 0.2; echo thawed > {thawed}",
+        )
+    )
+    assert result.exit_code == 143, result.output
+    assert thawed.read_text() == "thawed\n"
 
 
 def test_hooks_past_the_timeout_are_killed_with_their_process_group(
@@ -520,6 +543,24 @@ async def test_what_a_hook_prints_is_relayed_line_by_line() -> None:
     shown = said.getvalue().splitlines()
     assert shown[:2] == ["post-hook: one", "post-hook: two"]
     assert [len(line) for line in shown[2:]] == [len("post-hook: ") + 4096, len("post-hook: ") + 904]
+
+
+async def test_a_hook_leads_its_own_session_and_reads_nothing() -> None:
+    """A hook runs in a session (and process group) of its own, so a terminal's Ctrl-C does not reach
+    it and its group can be killed whole; its standard input is empty."""
+    said = io.StringIO()
+    result = await run_hook(
+        "cat; echo $$ $(cut -d' ' -f5,6 /proc/$$/stat)",
+        hook="pre",
+        server=None,
+        env=dict(os.environ),
+        limit=10,
+        console=Console(said),
+    )
+    assert result.ok
+    shell, group, session = said.getvalue().removeprefix("pre-hook: ").split()
+    assert shell == group == session
+    assert int(session) != os.getsid(0)
 
 
 @pytest.mark.parametrize(
