@@ -183,14 +183,15 @@ async def run_hook(
         )
 
     try:
-        process = await anyio.open_process(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+        with anyio.CancelScope(shield=True):  # a kill asked for while it starts waits for the process
+            process = await anyio.open_process(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
     except (OSError, ValueError) as exc:  # no shell (fork refused, ...), a NUL in the command
         return result("unstarted", error=str(exc))
     async with process:
@@ -330,6 +331,8 @@ class Hooks:
                 return "the run is stopping"
             assert self._group is not None  # noqa: S101 - the runner runs inside frozen()
             freeze.started = True
+            # Made now, so that a kill asked for before the task runs is not lost.
+            freeze.scope = anyio.CancelScope() if self.plan.pre is not None else None
             self._open.append(freeze)
             self._group.start_soon(self._freeze, freeze)
         await freeze.ready.wait()
@@ -389,11 +392,12 @@ class Hooks:
 
     async def _freeze(self, freeze: _Freeze) -> None:
         try:
-            if self.plan.pre is None:
+            if self.plan.pre is None or freeze.scope is None:
                 return
             result: HookResult | None = None
-            with anyio.CancelScope() as freeze.scope:
-                result = await self._run_hook("pre", self.plan.pre, freeze, {})
+            with freeze.scope:
+                if not freeze.scope.cancel_called:  # killed before it started: it never starts
+                    result = await self._run_hook("pre", self.plan.pre, freeze, {})
             freeze.scope = None
             if result is None:
                 result = HookResult(

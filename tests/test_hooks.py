@@ -526,6 +526,23 @@ async def test_a_pre_hook_left_running_is_killed_when_the_rows_are_done(tmp_path
     assert hooks.results[0].describe(60).startswith("was stopped")
 
 
+async def test_a_pre_hook_stopped_before_it_starts_never_starts(tmp_path: Path) -> None:
+    """A stop that comes between a row's asking and the pre-hook's start: the pre-hook never starts,
+    the post-hook runs."""
+    log = tmp_path / "log"
+    hooks, _ = gate(HookPlan(pre=f"echo pre >> {log}", post=LOG.format(log=log)))
+    async with hooks.frozen():
+        hooks.passed(1, queued=True)
+        async with anyio.create_task_group() as group:
+            group.start_soon(hooks.enter, 1)
+            await anyio.lowlevel.checkpoint()  # the row has asked; the pre-hook's task has not run yet
+            hooks.stop()
+        hooks.done(1, None)
+        hooks.closed()
+    assert logged(log) == ["post failed 1"]
+    assert [result.status for result in hooks.results] == ["stopped", "ok"]
+
+
 async def test_what_a_hook_prints_is_relayed_line_by_line() -> None:
     """Output lines go to the console behind the hook's name: CRLF and a last line without a newline
     are whole lines, a very long line is cut into pieces."""
