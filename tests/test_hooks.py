@@ -543,21 +543,21 @@ async def test_a_pre_hook_stopped_before_it_starts_never_starts(tmp_path: Path) 
     assert [result.status for result in hooks.results] == ["stopped", "ok"]
 
 
+async def shell(command: str, env: dict[str, str] | None = None) -> tuple[HookResult, str]:
+    """``command`` run as a post-hook of the run: its result, and what the console said."""
+    said = io.StringIO()
+    environ = dict(os.environ) if env is None else env
+    result = await run_hook(command, hook="post", server=None, env=environ, limit=10, console=Console(said))
+    return result, said.getvalue()
+
+
 async def test_what_a_hook_prints_is_relayed_line_by_line() -> None:
     """Output lines go to the console behind the hook's name: CRLF and a last line without a newline
     are whole lines, a very long line is cut into pieces."""
-    said = io.StringIO()
-    result = await run_hook(
-        "printf 'one\\r\\ntwo\\n'; head -c 5000 /dev/zero | tr '\\0' x",
-        hook="post",
-        server=None,
-        env=dict(os.environ),
-        limit=10,
-        console=Console(said),
-    )
+    result, said = await shell("printf 'one\\r\\ntwo\\n'; head -c 5000 /dev/zero | tr '\\0' x")
     assert result.ok
     assert result.describe(1) == "exited 0"
-    shown = said.getvalue().splitlines()
+    shown = said.splitlines()
     assert shown[:2] == ["post-hook: one", "post-hook: two"]
     assert [len(line) for line in shown[2:]] == [len("post-hook: ") + 4096, len("post-hook: ") + 904]
 
@@ -565,18 +565,10 @@ async def test_what_a_hook_prints_is_relayed_line_by_line() -> None:
 async def test_a_hook_leads_its_own_session_and_reads_nothing() -> None:
     """A hook runs in a session (and process group) of its own, so a terminal's Ctrl-C does not reach
     it and its group can be killed whole; its standard input is empty."""
-    said = io.StringIO()
-    result = await run_hook(
-        "cat; echo $$ $(cut -d' ' -f5,6 /proc/$$/stat)",
-        hook="pre",
-        server=None,
-        env=dict(os.environ),
-        limit=10,
-        console=Console(said),
-    )
+    result, said = await shell("cat; echo $$ $(cut -d' ' -f5,6 /proc/$$/stat)")
     assert result.ok
-    shell, group, session = said.getvalue().removeprefix("pre-hook: ").split()
-    assert shell == group == session
+    shell_id, group, session = said.removeprefix("post-hook: ").split()
+    assert shell_id == group == session
     assert int(session) != os.getsid(0)
 
 
@@ -589,9 +581,7 @@ async def test_a_hook_leads_its_own_session_and_reads_nothing() -> None:
 )
 async def test_a_hook_that_dies_or_cannot_start(command: str, status: str, described: str) -> None:
     """A hook killed by a signal, or one that cannot start, counts as failed and says why."""
-    result = await run_hook(
-        command, hook="pre", server=None, env={}, limit=10, console=Console(io.StringIO())
-    )
+    result, _ = await shell(command, env={})
     assert result.status == status
     assert not result.ok
     assert result.describe(60).startswith(described)
