@@ -19,6 +19,9 @@ SETTLE = 60.0
 SNAPSHOTS_PER_DISK = 7
 # After the first SIGINT/SIGTERM, work in flight gets this long to finish and be recorded.
 GRACE = 10.0
+# create's --pre-hook and --post-hook: one run of a hook takes at most this long, then its process
+# group is killed (a pre-hook's rows are not sent; a post-hook that timed out makes the exit code 1).
+HOOK_TIMEOUT = 60.0
 # Notifications (--ping-url, --webhook) are best effort: one request takes at most this long, and is
 # tried this many times, so a dead URL costs a run at most NOTIFY_TIMEOUT * NOTIFY_ATTEMPTS (30 s).
 NOTIFY_TIMEOUT = 10.0

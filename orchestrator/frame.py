@@ -7,12 +7,15 @@
    (``Frame.open_report`` for a create report, ``Frame.open_actions`` for the others);
 3. **signals**: outside a drain phase a signal stops the command at once; inside one
    (``Frame.draining``, or ``signals.drain_on_signal`` around create's rows) it stops new work and gives
-   work in flight a grace period; the frame keeps what was received (``Frame.signals``);
+   work in flight a grace period; the frame keeps what was received (``Frame.signals``). create's freeze
+   hooks (``Frame.freezing``) sit inside its drain: a signal kills a pre-hook still running, and every
+   post-hook owed runs before the drain ends, whatever ended the rows;
 4. **the tally** (``tally.Tally``): every record written through ``Frame.write`` is counted;
-5. **the end**: the summary on stderr, ``--summary-json``, ``--metrics-file`` (``metrics``) and the exit
-   code. A route closed anywhere (credentials refused, wrong project, endpoint gone) makes it 3 here,
-   never in a command; a run stopped by ``RunAborted`` still writes exit code 3 to the side files, so an
-   alert on ``evs_snapshot_exit_code`` fires; a signal raises ``Interrupted`` after the summary;
+5. **the end**: the summary on stderr (naming each hook that failed), ``--summary-json``,
+   ``--metrics-file`` (``metrics``) and the exit code (1 when a post-hook failed). A route closed
+   anywhere (credentials refused, wrong project, endpoint gone) makes it 3 here, never in a command;
+   a run stopped by ``RunAborted`` still writes exit code 3 to the side files, so an alert on
+   ``evs_snapshot_exit_code`` fires; a signal raises ``Interrupted`` after the summary;
 6. **notifications** (``--ping-url``, ``--webhook``: ``api.notify``): the start ping goes out in the
    background when the frame is entered; the end ping and the webhooks go out last, after the report
    is closed and synced and the summary printed, whatever ended the run (exit 0, 1, 2, 3, 75, 130/143,
@@ -28,7 +31,7 @@ import dataclasses
 import os
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -43,6 +46,7 @@ from orchestrator.console import Console
 from orchestrator.defaults import GRACE
 from orchestrator.entry import exit_code_of
 from orchestrator.errors import Interrupted, ResumeMismatch, RunAborted, UsageError, first_error
+from orchestrator.hooks import HookContext, HookPlan, Hooks
 from orchestrator.lock import Held, Lock, holding, report_lock
 from orchestrator.models import Record, RunHeader, utc_now
 from orchestrator.report import ReportWriter, ResumeBook, check_report_path, read_header
@@ -55,6 +59,7 @@ if TYPE_CHECKING:
     from orchestrator.api.notify import Notifier
     from orchestrator.api.routes import Router
     from orchestrator.config import Connection, Notify
+    from orchestrator.servers import ServerRows
 
 T = TypeVar("T")
 
@@ -211,6 +216,7 @@ class Frame:
         self.router: Router | None = None
         self.held: Held | None = None
         self.signals: list[int] = []
+        self.hooks: Hooks | None = None
         self.at_least = 0
         self.summary: dict[str, Any] = {}
         self.also: Counter[str] = Counter()
@@ -364,6 +370,33 @@ class Frame:
         if self.writer is not None:
             self.writer.sync()
 
+    @contextlib.asynccontextmanager
+    async def freezing(
+        self,
+        plan: HookPlan,
+        *,
+        manifest: str,
+        servers: ServerRows | None = None,
+        deadline: float | None = None,
+    ) -> AsyncIterator[Hooks | None]:
+        """create's freeze hooks (``hooks.Hooks``, ``None`` when ``plan`` has none), entered inside the
+        drain around the rows of ``manifest`` (the report is open): leaving runs every post-hook owed, and
+        the end of the run names the hooks that failed (a failed post-hook makes the exit code 1). A row
+        is let through the gate just before it is sent, so a dry run runs no hook."""
+        if not plan:
+            yield None
+            return
+        self.hooks = Hooks(
+            plan,
+            context=HookContext.of(self.run_id, manifest=manifest, report=self.report),
+            console=self.console,
+            signals=self.signals,
+            servers=servers,
+            deadline=deadline,
+        )
+        async with self.hooks.frozen() as hooks:
+            yield hooks
+
     # 4. the tally
     def write(self, record: Record | ActionRecord) -> None:
         """Append ``record`` to the report and count it."""
@@ -402,6 +435,10 @@ class Frame:
         """Print the summary, name closed routes, write the side files; the exit code."""
         tally, console = self.tally, self.console
         where = "standard output" if self.report == "-" else self.report
+        if self.hooks is not None:
+            tally.notes += self.hooks.notes()
+            self.summary["hooks"] = self.hooks.summary()
+            self.at_least = max(self.at_least, self.hooks.exit_code)
         data = tally.to_dict()
         text = f"{tally.render()}\nreport: {where}"
         console.event("summary", text, report=where, **data)

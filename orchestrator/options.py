@@ -27,6 +27,7 @@ from orchestrator.api.credentials import environment
 from orchestrator.config import Notify, check_project_id, parse_notify_url
 from orchestrator.errors import UsageError
 from orchestrator.frame import Closing
+from orchestrator.hooks import HookPlan
 from orchestrator.manifest import ManifestSource
 from orchestrator.retry import RetryPolicy
 from orchestrator.rules import check_metadata_option_keys, check_metadata_templates, check_template
@@ -35,6 +36,7 @@ from orchestrator.waiter import WaitPlan
 if TYPE_CHECKING:
     from orchestrator.config import Connection, Notify, RowDefaults
     from orchestrator.frame import Closing
+    from orchestrator.hooks import HookPlan
     from orchestrator.manifest import ManifestSource
     from orchestrator.retry import RetryPolicy
     from orchestrator.waiter import WaitPlan
@@ -543,6 +545,48 @@ WAITING = group(
         show_default=True,
         type=Finite(0.05, 3600),
         help="First pause between poll rounds, seconds (grows by half up to 60).",
+    ),
+)
+
+
+def _hook_plan(
+    pre_hook: str | None, post_hook: str | None, hook_per_server: bool, hook_timeout: float
+) -> HookPlan:
+
+    plan = HookPlan(pre=pre_hook, post=post_hook, per_server=hook_per_server, timeout=hook_timeout)
+    plan.check()
+    return plan
+
+
+HOOKS = group(
+    "hook_plan",
+    _hook_plan,
+    click.option(
+        "--pre-hook",
+        default=None,
+        metavar="CMD",
+        help="Shell command run before the first create is sent (a freeze: `ssh HOST fsfreeze -f /data`); "
+        "if it fails or times out, the rows are not sent (PRE_HOOK_FAILED).",
+    ),
+    click.option(
+        "--post-hook",
+        default=None,
+        metavar="CMD",
+        help="Shell command run as soon as the creates are answered (a thaw), whatever ended them: "
+        "success, failure, a signal, --deadline; if it fails, the exit code is 1.",
+    ),
+    click.option(
+        "--hook-per-server",
+        is_flag=True,
+        help="Run the hooks once per server (the server_id column select writes), {server_id} in CMD "
+        "replaced by the server id; the server's rows wait for its own pre-hook only.",
+    ),
+    click.option(
+        "--hook-timeout",
+        type=Duration(positive=True),
+        default=f"{defaults.HOOK_TIMEOUT:g}s",
+        show_default=True,
+        help="Longest run of one hook; then its process group is killed and it counts as failed.",
     ),
 )
 

@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -73,6 +73,24 @@ class _Attempt:
     clock: float = dataclasses.field(default_factory=time.monotonic)
 
 
+class Gate(Protocol):
+    """What rows pass before they are sent (``hooks.Hooks``: create's freeze hooks). The runner says
+    which manifest rows it has taken (``passed``: every row, ``queued`` for those it will send), that it
+    took the last (``closed``), asks before a row's first request (``enter``: ``None``, or why the row is
+    not sent), and says when a queued row ended (``done``: its record, or ``None`` when it was left
+    without one). ``stop`` comes with the runner's."""
+
+    def passed(self, row: int, *, queued: bool) -> None: ...
+
+    def closed(self) -> None: ...
+
+    async def enter(self, row: int) -> str | None: ...
+
+    def done(self, row: int, record: Record | None) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class _Stopped(Exception):
     """The run is stopping (a signal): the row is left without a record, for --resume."""
 
@@ -88,8 +106,10 @@ class Runner:
         writer: ReportWriter,
         tally: Tally,
         resume: ResumeBook[int, Outcome] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.plan = plan
+        self.gate = gate
         self.router = router
         self.writer = writer
         self.tally = tally
@@ -114,6 +134,8 @@ class Runner:
     def stop(self) -> None:
         """Take no new rows; rows being worked on finish (the caller bounds how long)."""
         self.stopping = True
+        if self.gate is not None:
+            self.gate.stop()
 
     async def run(self, items: Iterable[SnapshotRequest | Record]) -> None:
         """Send every valid row and record every row; returns when all records are written."""
@@ -133,10 +155,11 @@ class Runner:
         items: Iterable[SnapshotRequest | Record],
         send: MemoryObjectSendStream[tuple[SnapshotRequest, float | None]],
     ) -> None:
+        gate = self.gate
         async with send:
             for item in items:
                 if self.stopping:
-                    return
+                    break
                 previous = None if self.resume is None else self.resume.outcome(item.row)
                 if self.resume is not None and self.resume.finished(item.row) and previous is not None:
                     self.tally.add_previous(previous, item.row)
@@ -148,13 +171,19 @@ class Runner:
                     since = None if self.resume is None else self.resume.uncertain_since(item.row)
                     if since is not None:
                         since += self.plan.timeout  # the request may have been answered this much later
+                    if gate is not None:
+                        gate.passed(item.row, queued=True)
                     try:
                         send.send_nowait((item, since))  # fill the buffer in a burst, no checkpoint per row
                     except anyio.WouldBlock:
                         await send.send((item, since))
                     continue
+                if gate is not None:
+                    gate.passed(item.row, queued=False)
                 if item.row % 64 == 0:
                     await anyio.lowlevel.checkpoint()  # rows written without sending must not starve workers
+        if gate is not None:
+            gate.closed()
 
     async def _worker(self, receive: MemoryObjectReceiveStream[tuple[SnapshotRequest, float | None]]) -> None:
         async with receive:
@@ -169,6 +198,8 @@ class Runner:
                 except anyio.EndOfStream:
                     return
                 if self.stopping:
+                    if self.gate is not None:
+                        self.gate.done(request.row, None)
                     continue  # left without a record: --resume picks it up
                 resumed = since is not None
                 state = _Attempt(
@@ -188,14 +219,24 @@ class Runner:
                 if scope.cancelled_caught:
                     record = self._deadline(request, state)
         except _Stopped:
+            if self.gate is not None:
+                self.gate.done(request.row, None)
             return
         if record is not None:
             self.emit(record)
+            if self.gate is not None:
+                self.gate.done(request.row, record)
 
     async def process(self, request: SnapshotRequest, state: _Attempt, *, settling: bool) -> Record | None:
         """Create one row's snapshot; ``None`` when the row went to a settling task."""
         if self.router is None:
             raise UsageError("a dry run sends nothing")
+        if self.gate is not None and not settling:
+            refused = await self.gate.enter(request.row)
+            if self.stopping:
+                raise _Stopped
+            if refused is not None:
+                return self._failed(request, state, ("PRE_HOOK_FAILED", refused))
         try:
             route = await self.router.route_for(request.project_id, request.region)
         except (ProjectLookupFailed, RouteClosed) as exc:

@@ -193,6 +193,20 @@ def _password(environ: Mapping[str, str]) -> PasswordCredentials | None:
     return PasswordCredentials(user, password, domain) if user and password and domain else None
 
 
+# Every variable the readers above take credentials from (a path to them included): what a child
+# process the tool starts (create's hooks) must not inherit.
+CREDENTIAL_VARIABLES = (
+    "OS_AUTH_TOKEN",
+    "HUAWEICLOUD_SDK_AK",
+    "HUAWEICLOUD_SDK_SK",
+    "HUAWEICLOUD_SDK_SECURITY_TOKEN",
+    "HUAWEICLOUD_SDK_CREDENTIALS_FILE",
+    "OS_USERNAME",
+    "OS_PASSWORD",
+    "OS_USER_DOMAIN_NAME",
+)
+
+
 def environment() -> Mapping[str, str]:
     """The process environment (a function, so callers pass it explicitly and tests pass their own)."""
     return os.environ

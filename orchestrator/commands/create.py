@@ -28,6 +28,7 @@ from orchestrator.duplicates import duplicate_candidates
 from orchestrator.entry import run
 from orchestrator.errors import EvsSnapshotError, ListingFailed, UsageError
 from orchestrator.frame import Frame
+from orchestrator.hooks import HookPlan
 from orchestrator.lock import content_lock, manifest_lock, report_lock, run_lock
 from orchestrator.manifest import manifest_digest, read_rows, spooled
 from orchestrator.models import RunHeader, utc_iso, utc_now
@@ -84,6 +85,7 @@ class CreateSettings:
     keep_duplicates: bool = False
     wait: WaitPlan | None = None
     grace: float = GRACE
+    hooks: HookPlan = dataclasses.field(default_factory=HookPlan)
 
 
 async def create(settings: CreateSettings, *, console: Console) -> int:
@@ -184,7 +186,7 @@ async def _locked(
     console: Console,
     started: float,
 ) -> None:
-
+    servers = await settings.hooks.servers(rows)  # exit 2 here when a row names no server
     if settings.emulator:
         from orchestrator.demo import with_emulator  # noqa: PLC0415 - the emulator: 15 ms of every start-up
 
@@ -236,23 +238,26 @@ async def _locked(
     )
     tally = frame.tally = Tally(manifest_rows=total)
     tally.started = started
-    runner = Runner(plan, router=router, writer=writer, tally=tally, resume=book)
     async with anyio.create_task_group() as group:
-        if settings.progress:
-            progress = Progress(tally, total, console.stream, router=router, runner=runner)
-            group.start_soon(progress.run)
-        with anyio.CancelScope() as run_scope:
-            group.start_soon(
-                lambda: drain_on_signal(
-                    stop=runner.stop,
-                    scope=run_scope,
-                    grace=settings.grace,
-                    received=frame.signals,
-                    console=console,
-                    sync=writer.sync,
+        async with frame.freezing(  # inside the drain: a post-hook owed runs before the drain ends
+            settings.hooks, manifest=settings.source.path, servers=servers, deadline=plan.deadline
+        ) as gate:
+            runner = Runner(plan, router=router, writer=writer, tally=tally, resume=book, gate=gate)
+            if settings.progress:
+                progress = Progress(tally, total, console.stream, router=router, runner=runner)
+                group.start_soon(progress.run)
+            with anyio.CancelScope() as run_scope:
+                group.start_soon(
+                    lambda: drain_on_signal(
+                        stop=runner.stop,
+                        scope=run_scope,
+                        grace=settings.grace,
+                        received=frame.signals,
+                        console=console,
+                        sync=writer.sync,
+                    )
                 )
-            )
-            await runner.run(validator.validate_all(rows()))
+                await runner.run(validator.validate_all(rows()))
         group.cancel_scope.cancel()
     _phase(tally, "create", started, router)
     if router is not None and not frame.signals:
@@ -330,7 +335,6 @@ async def _sweep(
     console: Console,
     report: Path,
 ) -> None:
-
     try:
         result = await sweep(
             list(router.routes.values()),
@@ -396,6 +400,7 @@ def _phase(tally: Tally, name: str, started: float, router: Router | None) -> No
     "prune never deletes it, cleanup only with --include-held; `release` removes it.",
 )
 @options.CONNECTION
+@options.HOOKS
 @click.option(
     "--report",
     "report_path",
@@ -456,6 +461,7 @@ def command(
     rows: RowDefaults,
     hold_reason: str | None,
     connection: Connection,
+    hook_plan: HookPlan,
     report_path: str | None,
     resume: bool,
     lock_file: Path | None,
@@ -492,5 +498,6 @@ def command(
         settle=settle,
         keep_duplicates=keep_duplicates,
         wait=wait_plan if wait_for_snapshots else None,
+        hooks=hook_plan,
     )
     raise SystemExit(run(lambda: create(settings, console=console), console=console))

@@ -1,0 +1,73 @@
+"""A manifest's rows grouped by server: the ``server_id`` column that ``select`` writes.
+
+``rows_by_server`` is the one grouping, shared by every mode that works server by server
+(``create --hook-per-server`` runs its hooks once per server it returns). It keeps row numbers, not
+rows: a manifest is read again to send them. Server ids are compared as the API writes them (lower
+case, surrounding spaces trimmed); a row that is not an object is left out (it is invalid anyway).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from orchestrator.errors import UsageError
+from orchestrator.manifest import RawRow
+
+NAMED_ROWS = 20  # rows without a server named in an error, at most
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerRows:
+    """Each server's rows (1-based row numbers, in manifest order), and the rows that name no server."""
+
+    rows: dict[str, list[int]]
+    server_of: dict[int, str]
+    without: int = 0  # rows with no server_id (missing, null or empty)
+    first_without: tuple[int, ...] = ()  # the first NAMED_ROWS of them
+
+    def last_row(self, server: str) -> int:
+        """The server's last row in the manifest."""
+        return self.rows[server][-1]
+
+    def require(self, mode: str) -> None:
+        """Raise ``UsageError`` (exit 2, before anything is sent) when a row names no server: ``mode``
+        (an option) works server by server."""
+        if not self.without:
+            return
+        named = ", ".join(map(str, self.first_without))
+        more = "" if self.without <= len(self.first_without) else f", ... ({self.without} in all)"
+        raise UsageError(
+            f"{mode} works server by server, and rows {named}{more} have no server_id (the column "
+            "`evs-snapshot select` writes; empty for a disk attached to no server): give them one, or "
+            "run them as a manifest of their own without it"
+        )
+
+
+def server_id(fields: dict[str, object]) -> str | None:
+    """A row's server id as the API writes it, or ``None`` when the row names none."""
+    value = fields.get("server_id")
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    return text or None
+
+
+def rows_by_server(rows: Iterable[RawRow]) -> ServerRows:
+    """Group ``rows`` by their ``server_id`` column (one pass; the rows are not kept)."""
+    grouped: dict[str, list[int]] = {}
+    server_of: dict[int, str] = {}
+    without = 0
+    first_without: list[int] = []
+    for raw in rows:
+        if raw.fields is None:
+            continue
+        server = server_id(raw.fields)
+        if server is None:
+            without += 1
+            if len(first_without) < NAMED_ROWS:
+                first_without.append(raw.row)
+            continue
+        grouped.setdefault(server, []).append(raw.row)
+        server_of[raw.row] = server
+    return ServerRows(grouped, server_of, without, tuple(first_without))
