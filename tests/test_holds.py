@@ -11,7 +11,6 @@ from typing import Any
 
 import anyio.to_thread
 import pytest
-from aiohttp import web
 
 from orchestrator.emulator import SeedSnapshot
 from orchestrator.lock import RunLock
@@ -32,6 +31,7 @@ from tests.helpers import (
     create_args,
     create_report,
     csv_manifest,
+    hang_up,
     header,
     invoke,
     last_per_row,
@@ -430,13 +430,6 @@ def metadata_answers(change: Handler) -> dict[str, Handler]:
         f"POST {base}": change,
         f"DELETE {base}/{HOLD}": change,
     }
-
-
-async def hang_up(request: web.Request) -> web.StreamResponse:
-    """Close the connection without an answer (a transport error for the client)."""
-    assert request.transport is not None
-    request.transport.close()
-    return web.Response()
 
 
 @pytest.mark.parametrize(
