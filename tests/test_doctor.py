@@ -529,3 +529,46 @@ def test_a_snapshot_list_that_always_fails_is_named_in_every_check_that_needs_it
     assert "2 could not be read" in room
     assert VOLUME in room
     assert created(emu) == 0
+
+
+@pytest.mark.parametrize(
+    ("disk", "extra", "knobs", "check", "said"),
+    [
+        pytest.param(SNAP_IDS[11], (), {}, "disk", "cannot be read (404", id="unknown-disk"),
+        pytest.param(
+            OTHER_EP_VOLUME,
+            ("--live-rollback",),
+            {"volumes": (SeedVolume(volume_id=OTHER_EP_VOLUME, status="in-use"),)},
+            "disk",
+            "is in-use; it must be available (detached) for --live-rollback",
+            id="attached-disk-rollback",
+        ),
+        pytest.param(
+            VOLUME,
+            (),
+            {"deny": ("evs:snapshots:create",)},
+            "create",
+            "the create did not succeed (failed: EVS.5403",
+            id="create-denied",
+        ),
+    ],
+)
+def test_live_stops_before_making_anything_when_it_cannot(
+    emulator_thread: Start,
+    tmp_path: Path,
+    disk: str,
+    extra: tuple[str, ...],
+    knobs: dict[str, Any],
+    check: str,
+    said: str,
+) -> None:
+    """``--live`` on a disk that cannot be read, is not in a state to roll back, or a denied create: that
+    check fails (exit 1), the rest of the round trip is skipped, and no snapshot is left."""
+    emu = emulator_thread(**{"volumes": DISKS, **knobs})
+    result = doctor(emu, *extra, live=disk, live_report=tmp_path / "probe.jsonl")
+    sound(result, 1)
+    rows = table(result)
+    assert rows[f"live: {check}"].startswith("FAIL"), rows
+    assert said in rows[f"live: {check}"]
+    assert "live: delete" not in rows
+    assert live_state(emu)["snapshots"] == []
