@@ -572,3 +572,44 @@ def test_live_stops_before_making_anything_when_it_cannot(
     assert said in rows[f"live: {check}"]
     assert "live: delete" not in rows
     assert live_state(emu)["snapshots"] == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "knobs", "check", "said"),
+    [
+        pytest.param((), {"fault_snapshot_error": 1.0}, "read back", "is error, not available", id="error"),
+        pytest.param(
+            (),
+            {"fault_list": 1.0},
+            "lookup",
+            "with all_granted_eps does not show the snapshot",
+            id="unlisted",
+        ),
+        pytest.param(
+            ("--live-rollback",),
+            {"deny": ("evs:snapshots:rollback",), "rollback_seconds": 0.1},
+            "rollback",
+            "EVS.5403",
+            id="rollback-denied",
+        ),
+    ],
+)
+def test_live_names_the_step_that_fails_and_still_deletes_the_probe(
+    emulator_thread: Start,
+    tmp_path: Path,
+    extra: tuple[str, ...],
+    knobs: dict[str, Any],
+    check: str,
+    said: str,
+) -> None:
+    """A probe that ends in error, a list that does not show it, or a refused rollback: that check fails
+    (exit 1), and the probe is deleted all the same (one create, nothing left)."""
+    emu = emulator_thread(volumes=DISKS, creating_seconds=0.1, **knobs)
+    result = doctor(emu, *extra, live=VOLUME, live_report=tmp_path / "probe.jsonl")
+    sound(result, 1)
+    rows = table(result)
+    assert rows[f"live: {check}"].startswith("FAIL"), rows
+    assert said in rows[f"live: {check}"]
+    assert rows["live: gone"].startswith("PASS")
+    assert requests_of(live_state(emu), CREATE_ROUTE) == {"202": 1}
+    assert live_state(emu)["snapshots"] == []
