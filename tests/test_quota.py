@@ -190,3 +190,12 @@ def test_validate_online_says_when_the_quota_cannot_be_read(
     assert f"CHECK_FAILED: project {PROJECT}: the snapshot quota could not be read" in result.stdout
     assert "EVS.5403" in result.stdout
     assert sum(requests_of(emu.state(), QUOTA).values()) == 1
+
+
+async def test_a_quota_that_is_not_a_number_is_unknown() -> None:
+    """A quota answer whose limit is not a number: the quota is unknown (None), not a crash."""
+    odd = answering(200, {"quota_set": {"id": PROJECT, "snapshots": {"limit": "many", "in_use": 1}}})
+    quota = {f"GET /v2/{PROJECT}/os-quota-sets/{PROJECT}": odd}
+    async with stand_in(quota) as (url, seen), routed(url) as route:
+        assert await remaining_quota(route, QUICK) is None
+    assert sum(seen.values()) == 1
