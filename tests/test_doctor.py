@@ -604,7 +604,7 @@ def test_live_names_the_step_that_fails_and_still_deletes_the_probe(
 ) -> None:
     """A probe that ends in error, a list that does not show it, or a refused rollback: that check fails
     (exit 1), and the probe is deleted all the same (one create, nothing left)."""
-    emu = emulator_thread(volumes=DISKS, creating_seconds=0.1, **knobs)
+    emu = emulator_thread(volumes=DISKS, creating_seconds=0.05, deleting_seconds=0.05, **knobs)
     result = doctor(emu, *extra, live=VOLUME, live_report=tmp_path / "probe.jsonl")
     sound(result, 1)
     rows = table(result)
