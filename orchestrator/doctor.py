@@ -237,8 +237,6 @@ class Doctor:
     def _clock(
         self, date: str | None, message: str | None, sent: datetime, received: datetime | None = None
     ) -> None:
-        if any(check.name == "clock" for check in self.checks):
-            return
         offset = gateway_offset(date=date, message=message, sent=sent, received=received)
         self.add(clock_check(offset))
 

@@ -145,15 +145,11 @@ class RowRanges:
 
     def __init__(self, ranges: Iterable[tuple[int, int]]) -> None:
         merged: list[tuple[int, int]] = []
-        for first, last in sorted(ranges):
-            if first < 1 or last < first:
-                raise ValueError(f"not a range of rows: {first}-{last}")
+        for first, last in sorted(ranges):  # checked by ``parse``, the one maker
             if merged and first <= merged[-1][1] + 1:
                 merged[-1] = (merged[-1][0], max(merged[-1][1], last))
             else:
                 merged.append((first, last))
-        if not merged:
-            raise ValueError("no rows")
         self._ranges = tuple(merged)
         self._firsts = [first for first, _ in merged]
 

@@ -17,7 +17,7 @@ import anyio
 
 from orchestrator.api.safe import snapshot_pages
 from orchestrator.api.views import Snapshot
-from orchestrator.errors import ListingFailed, RouteClosed
+from orchestrator.errors import ListingFailed
 from orchestrator.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -70,8 +70,6 @@ class RunIndex:
                 for snapshot in page:
                     if snapshot.marked(self.run_id) and snapshot.status not in GONE_STATUSES:
                         found.setdefault(snapshot.volume_id, (snapshot.id, snapshot.status))
-        except ListingFailed:
+        except ListingFailed:  # a RouteClosed (its sibling) goes up: see the docstring above
             return None
-        except RouteClosed:
-            raise
         return Listing(began, found)

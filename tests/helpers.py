@@ -594,6 +594,13 @@ def answering(status: int, body: object) -> Handler:
     return handler
 
 
+async def hang_up(request: web.Request) -> web.StreamResponse:
+    """A ``stand_in`` handler that closes the connection without an answer (a transport error)."""
+    assert request.transport is not None
+    request.transport.close()
+    return web.Response()
+
+
 @contextlib.asynccontextmanager
 async def stand_in(routes: dict[str, Handler]) -> AsyncIterator[tuple[str, Counter[str]]]:
     """A real server on a loopback port for answers the emulator never gives; counts each route's hits."""

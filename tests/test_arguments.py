@@ -166,6 +166,9 @@ def test_row_ranges_behave_as_the_set_they_name(spans: list[tuple[int, int]]) ->
     assert {row for row in range(90) if row in chosen} == expanded
     assert (chosen.count, chosen.last) == (len(expanded), max(expanded))
     assert RowRanges.parse(str(chosen)) == chosen
+    assert hash(RowRanges.parse(str(chosen))) == hash(chosen)
+    assert repr(chosen) == f"RowRanges({str(chosen)!r})"
+    assert str(max(expanded)) not in chosen  # a row is a number, never its text
     present = set(range(1, 90, 2))
     assert chosen.absent(present, limit=5) == sorted(expanded - present)[:5]
 
@@ -180,8 +183,26 @@ def test_row_ranges_never_expand() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("9" * 5000, "a row number of 5000 digits is not a row"),
+        ("3,", "an empty part"),
+        ("0-2", "rows are numbered from 1"),
+        ("9-7", "a range must go up"),
+    ],
+)
+def test_rows_that_are_not_rows_are_usage_errors(text: str, message: str) -> None:
+    """--rows: an empty part, row 0, a range going down, or a number too long to read: exit 2, named."""
+    result = invoke(["release", "--snapshot", "a", "--project-id", "p", "--rows", text])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
     ("extra", "message"),
     [
+        pytest.param(["--timeout", "abc"], "'abc' is not a number", id="not-a-number"),
         pytest.param(["--timeout", "0.01"], "0.01 is below the minimum 0.1", id="below"),
         pytest.param(["--max-rps", "1e6"], "1e6 is above the maximum 100000", id="above"),
     ],

@@ -17,7 +17,18 @@ from click.testing import Result
 from orchestrator.api.clock import gateway_offset
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from tests.helpers import CREATE_ROUTE, NO_CREDENTIALS, PROJECT, cli_args, invoke, requests_of, volume_ids
+from tests.helpers import (
+    CLOSED_PORT,
+    CREATE_ROUTE,
+    NO_CREDENTIALS,
+    PROJECT,
+    TOKEN,
+    TOKEN_ENV,
+    cli_args,
+    invoke,
+    requests_of,
+    volume_ids,
+)
 
 Start = Callable[..., EmulatorThread]
 VOLUME, TAGGED, OTHER_EP_VOLUME = volume_ids(3, seed=2001)
@@ -402,3 +413,203 @@ def test_a_password_user_gets_its_project_from_a_token(
     else:
         assert rows["credentials"].startswith("STOP")
         assert "IAM" in rows["credentials"]
+
+
+def test_a_wrong_password_with_a_project_stops_before_evs(emulator_thread: Start) -> None:
+    """--project-id and a wrong IAM password: IAM refuses the token, so no request reaches EVS (exit 3)."""
+    emu = emulator_thread(volumes=DISKS)
+    args = cli_args("doctor", endpoint=emu.url, iam_endpoint=emu.url, project_id=PROJECT)
+    result = invoke([*args, *FAST], base={**PASSWORD_ENV, "OS_PASSWORD": "wrong"})
+    sound(result, 3)
+    row = table(result)["credentials"]
+    assert row.startswith("STOP")
+    assert "an IAM password" in row
+    assert "refused by IAM (password token)" in row
+    assert not any(route.startswith("GET /v2/") for route in emu.state()["requests"])
+
+
+def test_a_fixed_token_is_named_as_one_that_cannot_be_renewed(emulator_thread: Start) -> None:
+    """OS_AUTH_TOKEN: the credentials check names the source and says a fixed token is not renewed;
+    disks without tags leave the tag search nothing to compare (information, exit 0)."""
+    emu = emulator_thread(token=TOKEN, volumes=(SeedVolume(volume_id=VOLUME),))
+    result = invoke([*cli_args("doctor", endpoint=emu.url, project_id=PROJECT), *FAST], base=TOKEN_ENV)
+    sound(result, 0)
+    rows = table(result)
+    assert rows["credentials"].startswith("PASS")
+    assert "a fixed IAM token (OS_AUTH_TOKEN)" in rows["credentials"]
+    assert "a fixed token cannot be renewed" in rows["credentials"]
+    tags = rows["enterprise projects: tag search"]
+    assert tags.startswith("INFO")
+    assert "no disk of the 1 listed carries a tag: nothing to compare" in tags
+
+
+def test_no_project_and_no_region_stops_at_the_project(emulator_thread: Start) -> None:
+    """Without --project-id and --region there is no project to look up: exit 3 at the project check."""
+    emu = emulator_thread(volumes=DISKS)
+    args = cli_args("doctor", endpoint=emu.url, iam_endpoint=emu.url)
+    result = invoke([*args, *FAST], {"OS_REGION_NAME": ""})
+    sound(result, 3)
+    row = table(result)["project"]
+    assert row.startswith("STOP")
+    assert "no --project-id and no --region" in row
+    assert emu.state()["requests"] == {}
+
+
+def test_an_iam_endpoint_out_of_reach_stops_before_a_request(emulator_thread: Start) -> None:
+    """The project is IAM's to find, and IAM's endpoint (another port) cannot be reached: its endpoint
+    check stops the doctor (exit 3) and nothing is sent."""
+    emu = emulator_thread(volumes=DISKS)
+    args = cli_args("doctor", endpoint=emu.url, iam_endpoint=CLOSED_PORT, region="cn-north-4")
+    result = invoke([*args, *FAST])
+    sound(result, 3)
+    rows = table(result)
+    assert rows[f"endpoint 127.0.0.1:{emu.url.rsplit(':', 1)[1]}"].startswith("PASS")
+    assert rows["endpoint 127.0.0.1:1"].startswith("STOP")
+    assert emu.state()["requests"] == {}
+
+
+def test_a_region_iam_does_not_know_stops_at_the_project(emulator_thread: Start) -> None:
+    """IAM has no project named after the region: the project check fails (exit 3), fix: --project-id."""
+    emu = emulator_thread(volumes=DISKS)
+    result = invoke([*cli_args("doctor", endpoint=emu.url, iam_endpoint=emu.url, region="eu-west-0"), *FAST])
+    sound(result, 3)
+    row = table(result)["project"]
+    assert row.startswith("STOP")
+    assert "pass --project-id" in row
+    assert CREATE_ROUTE not in emu.state()["requests"]
+
+
+def test_a_skewed_clock_refused_by_iam_is_measured_from_the_refusal(emulator_thread: Start) -> None:
+    """The project lookup's signature is refused for the clock (APIGW.0303): the clock check still gives
+    the skew, read from the refusal, and the credentials stop the doctor (exit 3)."""
+    emu = emulator_thread(clock_offset=1000, volumes=DISKS)
+    result = invoke([*cli_args("doctor", endpoint=emu.url, iam_endpoint=emu.url, region="cn-north-4"), *FAST])
+    sound(result, 3)
+    rows = table(result)
+    assert rows["clock"].startswith("FAIL")
+    seconds = re.search(r"clock is (\d+)s ahead of", rows["clock"])
+    assert seconds is not None
+    assert abs(int(seconds[1]) - 1000) <= 2
+    assert rows["credentials"].startswith("STOP")
+    assert "IAM's project lookup" in rows["credentials"]
+    assert "set this machine's clock right" in rows["credentials"]
+
+
+def test_a_gateway_that_never_answers_in_time_stops_at_the_credentials(emulator_thread: Start) -> None:
+    """The endpoint is reached but no signed GET is answered within --timeout: the credentials are not
+    proven (exit 3), and the fix names the network and --timeout."""
+    emu = emulator_thread(volumes=DISKS, latency_ms=500)
+    args = cli_args("doctor", endpoint=emu.url, project_id=PROJECT)
+    result = invoke([*args, "--max-attempts", "2", "--backoff-initial", "0.01", "--timeout", "0.1"])
+    sound(result, 3)
+    row = table(result)["credentials"]
+    assert row.startswith("STOP")
+    assert "no answer to a signed GET" in row
+    assert "--timeout" in row
+
+
+def test_a_snapshot_list_that_always_fails_is_named_in_every_check_that_needs_it(
+    emulator_thread: Start, tmp_path: Path
+) -> None:
+    """``--fault-list 1``: the list's permission check shows the 503, paging is not checked, and each
+    manifest disk whose snapshots cannot be read fails the per-disk check as unread (exit 1)."""
+    emu = emulator_thread(volumes=DISKS, fault_list=1.0)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"volume_id\n{VOLUME}\n{TAGGED}\n", encoding="utf-8")
+    result = invoke([*cli_args("doctor", manifest, endpoint=emu.url, project_id=PROJECT), *FAST])
+    sound(result, 1)
+    rows = table(result)
+    assert rows["permissions: snapshot list"].startswith("FAIL")
+    assert "answered 503 EVS.5503" in rows["permissions: snapshot list"]
+    assert rows["paging: snapshot list"].startswith("INFO")
+    assert "the snapshot list was refused" in rows["paging: snapshot list"]
+    assert rows["enterprise projects: snapshot list"].startswith("INFO")
+    room = rows["quota: per disk"]
+    assert room.startswith("FAIL")
+    assert "2 could not be read" in room
+    assert VOLUME in room
+    assert created(emu) == 0
+
+
+@pytest.mark.parametrize(
+    ("disk", "extra", "knobs", "check", "said"),
+    [
+        pytest.param(SNAP_IDS[11], (), {}, "disk", "cannot be read (404", id="unknown-disk"),
+        pytest.param(
+            OTHER_EP_VOLUME,
+            ("--live-rollback",),
+            {"volumes": (SeedVolume(volume_id=OTHER_EP_VOLUME, status="in-use"),)},
+            "disk",
+            "is in-use; it must be available (detached) for --live-rollback",
+            id="attached-disk-rollback",
+        ),
+        pytest.param(
+            VOLUME,
+            (),
+            {"deny": ("evs:snapshots:create",)},
+            "create",
+            "the create did not succeed (failed: EVS.5403",
+            id="create-denied",
+        ),
+    ],
+)
+def test_live_stops_before_making_anything_when_it_cannot(
+    emulator_thread: Start,
+    tmp_path: Path,
+    disk: str,
+    extra: tuple[str, ...],
+    knobs: dict[str, Any],
+    check: str,
+    said: str,
+) -> None:
+    """``--live`` on a disk that cannot be read, is not in a state to roll back, or a denied create: that
+    check fails (exit 1), the rest of the round trip is skipped, and no snapshot is left."""
+    emu = emulator_thread(**{"volumes": DISKS, **knobs})
+    result = doctor(emu, *extra, live=disk, live_report=tmp_path / "probe.jsonl")
+    sound(result, 1)
+    rows = table(result)
+    assert rows[f"live: {check}"].startswith("FAIL"), rows
+    assert said in rows[f"live: {check}"]
+    assert "live: delete" not in rows
+    assert live_state(emu)["snapshots"] == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "knobs", "check", "said"),
+    [
+        pytest.param((), {"fault_snapshot_error": 1.0}, "read back", "is error, not available", id="error"),
+        pytest.param(
+            (),
+            {"fault_list": 1.0},
+            "lookup",
+            "with all_granted_eps does not show the snapshot",
+            id="unlisted",
+        ),
+        pytest.param(
+            ("--live-rollback",),
+            {"deny": ("evs:snapshots:rollback",), "rollback_seconds": 0.1},
+            "rollback",
+            "EVS.5403",
+            id="rollback-denied",
+        ),
+    ],
+)
+def test_live_names_the_step_that_fails_and_still_deletes_the_probe(
+    emulator_thread: Start,
+    tmp_path: Path,
+    extra: tuple[str, ...],
+    knobs: dict[str, Any],
+    check: str,
+    said: str,
+) -> None:
+    """A probe that ends in error, a list that does not show it, or a refused rollback: that check fails
+    (exit 1), and the probe is deleted all the same (one create, nothing left)."""
+    emu = emulator_thread(volumes=DISKS, creating_seconds=0.05, deleting_seconds=0.05, **knobs)
+    result = doctor(emu, *extra, live=VOLUME, live_report=tmp_path / "probe.jsonl")
+    sound(result, 1)
+    rows = table(result)
+    assert rows[f"live: {check}"].startswith("FAIL"), rows
+    assert said in rows[f"live: {check}"]
+    assert rows["live: gone"].startswith("PASS")
+    assert requests_of(live_state(emu), CREATE_ROUTE) == {"202": 1}
+    assert live_state(emu)["snapshots"] == []

@@ -297,6 +297,15 @@ def test_an_emulator_thread_that_cannot_listen_says_so(emulator_thread: Callable
     assert isinstance(caught.value.__cause__, OSError)
 
 
+def test_the_emulator_command_on_a_port_already_taken_exits_2(emulator_thread: Callable[..., Any]) -> None:
+    """``evs-snapshot emulator --port P`` with P taken: one line naming the address, exit 2."""
+    taken = URL(emulator_thread().url).port
+    result = CliRunner().invoke(main, ["emulator", "--port", str(taken)])
+    assert result.exit_code == 2, result.output
+    assert f"cannot listen on 127.0.0.1:{taken}" in result.stderr
+    assert "Traceback" not in result.output
+
+
 def test_the_emulator_package_names_only_what_it_has() -> None:
     """The emulator package exports serving; an unknown name is an AttributeError naming it."""
     assert emulator_package.serving is serving

@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
+import pytest
+
 from orchestrator.emulator import SeedSnapshot
+from orchestrator.lock import RunLock
 from tests.helpers import (
     ACTION_RETRIES,
+    CLOSED_PORT,
     FAST_RETRIES,
     MARKER,
     PROJECT,
+    RUN,
+    SHOW,
+    SNAPS,
+    VOLUMES,
+    WRONG,
+    Handler,
+    answering,
     cleanup,
     create_args,
+    create_report,
     csv_manifest,
+    hang_up,
     header,
     invoke,
     last_per_row,
@@ -25,8 +40,10 @@ from tests.helpers import (
     records,
     requests_of,
     snap,
+    stand_in,
     start,
     volume_ids,
+    world,
 )
 
 HOLD = "evs_snapshot_hold"
@@ -289,3 +306,160 @@ def test_hold_refused_by_the_api_is_rejected(emulator_thread: Callable[..., Any]
     [record] = records(report)
     assert (record["outcome"], record["http_status"], record["error_code"]) == ("rejected", 403, "EVS.5403")
     assert HOLD not in live(emu)[mine.id]["metadata"]
+
+
+def test_hold_choices_that_name_nothing_are_usage_errors(tmp_path: Path) -> None:
+    """--snapshot without a project, --rows past the run, --volume of no row, rows naming no snapshot, and
+    the create report as the hold's own report: each exit 2 before anything is sent."""
+    url = ["--endpoint", CLOSED_PORT]
+    source = create_report(tmp_path / "c.jsonl", [{}, {"outcome": "failed", "snapshot_id": None}], total=3)
+    own = ["--report", str(tmp_path / "h.jsonl")]
+    cases = [
+        (
+            ["hold", "--snapshot", SNAPS[0], "--reason", "x", *url],
+            "--snapshot needs --project-id or --region",
+        ),
+        (["hold", str(source), "--rows", "4", "--reason", "x", *url, *own], "beyond the 3 rows of the run"),
+        (["hold", str(source), "--volume", VOLUMES[5], "--reason", "x", *url, *own], "no row of"),
+        (["release", str(source), "--rows", "3", *url, *own], "the rows chosen name no snapshot"),
+        (["release", str(source), *url, "--report", str(source)], "give a --report other than the create"),
+    ]
+    for args, message in cases:
+        result = invoke(args, {"OS_REGION_NAME": ""})
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, args
+        assert "Traceback" not in result.output
+
+
+def test_hold_of_part_of_a_run_notes_what_it_leaves_out(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A row without a snapshot is noted; rows with no record make the whole-report hold exit 1 (their
+    snapshots are unknown); --volume of the one recorded disk is complete (exit 0)."""
+    emu = emulator_thread(**world(2))
+    source = create_report(tmp_path / "c.jsonl", [{}, {"outcome": "failed", "snapshot_id": None}], total=3)
+    plan = tmp_path / "h.jsonl"
+    result = command(emu, "hold", str(source), "--reason", "INC-5", report=plan)
+    assert result.exit_code == 1, result.output
+    assert "1 chosen rows have no snapshot (their create did not succeed): nothing to hold" in result.output
+    assert f"1 of 3 rows of run {RUN} have no record (rows 3)" in result.output
+    assert [(r["snapshot_id"], r["outcome"]) for r in records(plan)] == [(SNAPS[0], "planned")]
+    one = tmp_path / "h1.jsonl"
+    result = command(emu, "hold", str(source), "--reason", "INC-5", "--volume", VOLUMES[0], report=one)
+    assert result.exit_code == 0, result.output
+    assert "have no record" not in result.output
+    assert [(r["snapshot_id"], r["outcome"]) for r in records(one)] == [(SNAPS[0], "planned")]
+    assert ADD not in emu.state()["requests"]
+
+
+def test_hold_resume_does_not_look_at_a_held_snapshot_again(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """--resume of an applied hold: a snapshot already ``held`` in the report is not read or sent again; a
+    snapshot that is gone is ``rejected`` (404, exit 1)."""
+    emu = emulator_thread(**world(1))
+    report = tmp_path / "h.jsonl"
+    gone = SNAPS[1]
+    args = [
+        "--snapshot",
+        SNAPS[0],
+        "--snapshot",
+        gone,
+        "--reason",
+        "INC-6",
+        "--project-id",
+        PROJECT,
+        "--apply",
+    ]
+    result = command(emu, "hold", *args, report=report)
+    assert result.exit_code == 1, result.output
+    outcomes = {r["snapshot_id"]: (r["outcome"], r.get("http_status")) for r in records(report)}
+    assert outcomes == {SNAPS[0]: ("held", 200), gone: ("rejected", 404)}
+    shown = sum(requests_of(emu.state(), SHOW).values())
+    result = command(emu, "hold", *args, "--resume", report=report)
+    assert result.exit_code == 1, result.output
+    assert sum(requests_of(emu.state(), SHOW).values()) == shown + 1  # the gone one only
+    assert sum(requests_of(emu.state(), ADD).values()) == 1
+
+
+def test_hold_with_refused_credentials_writes_no_record(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A wrong secret key closes the route: exit 3, no record (a --resume looks at the snapshot again)."""
+    emu = emulator_thread(**world(1))
+    report = tmp_path / "h.jsonl"
+    args = ["--snapshot", SNAPS[0], "--reason", "x", "--project-id", PROJECT, "--apply"]
+    result = invoke(
+        ["hold", *args, "--endpoint", emu.url, "--report", str(report), *ACTION_RETRIES], base=WRONG
+    )
+    assert result.exit_code == 3, result.output
+    assert records(report) == []
+    assert ADD not in emu.state()["requests"]
+
+
+def test_hold_with_a_lock_file_held_elsewhere_exits_75(tmp_path: Path) -> None:
+    """--lock-file held by another holder: exit 75 before anything is sent."""
+    given = tmp_path / "maintenance.lock"
+    args = ["--snapshot", SNAPS[0], "--reason", "x", "--project-id", PROJECT, "--lock-file", str(given)]
+    with RunLock(given, "test"):
+        result = invoke(["hold", *args, "--endpoint", CLOSED_PORT, "--report", str(tmp_path / "h.jsonl")])
+    assert result.exit_code == 75, result.output
+    assert str(given) in result.output
+
+
+def test_hold_when_every_read_fails_is_failed(emulator_thread: Callable[..., Any], tmp_path: Path) -> None:
+    """The snapshot cannot be read (5xx until the retries are spent): ``failed`` (exit 1), nothing changed."""
+    emu = emulator_thread(fault_5xx=1.0, **world(1))
+    report = tmp_path / "h.jsonl"
+    args = ["--snapshot", SNAPS[0], "--reason", "x", "--project-id", PROJECT, "--apply"]
+    result = command(emu, "hold", *args, report=report)
+    assert result.exit_code == 1, result.output
+    [record] = records(report)
+    assert record["outcome"] == "failed"
+    assert record["error_message"]
+    assert ADD not in emu.state()["requests"]
+
+
+def metadata_answers(change: Handler) -> dict[str, Handler]:
+    """A stand-in EVS: SNAPS[0] is RUN's snapshot of VOLUMES[0], held; its metadata calls answer ``change``."""
+    body = {"id": SNAPS[0], "volume_id": VOLUMES[0], "status": "available", "name": "pre-maint-0"}
+    body["metadata"] = {MARKER: RUN, HOLD: "INC-1"}
+    base = f"/v2/{PROJECT}/snapshots/{SNAPS[0]}/metadata"
+    return {
+        f"GET /v2/{PROJECT}/cloudsnapshots/{SNAPS[0]}": answering(200, {"snapshot": body}),
+        f"POST {base}": change,
+        f"DELETE {base}/{HOLD}": change,
+    }
+
+
+@pytest.mark.parametrize(
+    ("verb", "change", "outcome", "status", "said"),
+    [
+        (
+            "release",
+            answering(404, {"error": {"code": "EVS.5404", "message": "no such key"}}),
+            "released",
+            404,
+            "no hold to remove (404 EVS.5404)",
+        ),
+        ("hold", answering(503, {"error": {"code": "EVS.5503", "message": "busy"}}), "failed", 503, "busy"),
+        ("hold", hang_up, "failed", None, ""),
+    ],
+)
+async def test_a_metadata_change_that_does_not_go_through(
+    tmp_path: Path, verb: str, change: Handler, outcome: str, status: int | None, said: str
+) -> None:
+    """release whose hold is already gone (404) is ``released``; 5xx or no answer until the retries are
+    spent is ``failed`` with the last answer (exit 1), after every attempt."""
+    report = tmp_path / "h.jsonl"
+    args = [verb, "--snapshot", SNAPS[0], "--project-id", PROJECT, "--apply", "--report", str(report)]
+    args += ["--reason", "INC-2"] if verb == "hold" else []
+    async with stand_in(metadata_answers(change)) as (url, seen):
+        args += ["--endpoint", url, *ACTION_RETRIES]
+        result = await anyio.to_thread.run_sync(functools.partial(invoke, args))
+    assert result.exit_code == (0 if outcome == "released" else 1), result.output
+    [record] = records(report)
+    assert (record["outcome"], record.get("http_status")) == (outcome, status)
+    assert said in (record.get("error_message") or "")
+    sends = sum(count for key, count in seen.items() if "metadata" in key)
+    assert sends == (1 if outcome == "released" else 3)

@@ -21,7 +21,17 @@ from click.testing import Result
 from orchestrator.cli import main
 from orchestrator.errors import UsageError
 from orchestrator.report import check_report_path
-from tests.helpers import PROJECT, cli_args, create_args, csv_manifest, header, invoke, records, volume_ids
+from tests.helpers import (
+    CLOSED_PORT,
+    PROJECT,
+    cli_args,
+    create_args,
+    csv_manifest,
+    header,
+    invoke,
+    records,
+    volume_ids,
+)
 
 IDS = volume_ids(6, seed=120)
 PASSWORD = "s3cr3t-Pa55"  # a value the output must never show
@@ -592,3 +602,13 @@ def test_paths_that_cannot_be_reports(tmp_path: Path) -> None:
         check_report_path(plain / "r.jsonl")
     with pytest.raises(UsageError, match="not a regular file"):
         check_report_path(Path(os.devnull))
+
+
+def test_a_report_path_that_cannot_be_looked_at_is_refused(
+    write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--report a symlink that points at itself: exit 2, one line naming the report and why."""
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)
+    result = invoke(create_args(CLOSED_PORT, csv_manifest(write, IDS[:1]), loop, "--dry-run"))
+    refused(result, f"cannot use the report {loop}", "symbolic links")

@@ -438,3 +438,26 @@ def test_create_lock_file_replaces_the_manifest_lock(
     assert {r["outcome"] for r in records(report)} == {"accepted"}
     assert lock.exists()
     assert lock_files(runtime) == []
+
+
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [
+        pytest.param("runtime-under-a-file", "cannot create the lock directory", id="lock-directory"),
+        pytest.param("lock-file-in-proc", "cannot open the lock file", id="lock-file"),
+    ],
+)
+def test_a_lock_that_cannot_be_made_is_a_usage_error(tmp_path: Path, where: str, said: str) -> None:
+    """A lock directory under a file, or a --lock-file that cannot be created (in /proc): exit 2, named,
+    before anything is sent."""
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    args = ["hold", "--snapshot", API_IDS[0], "--reason", "x", "--project-id", PROJECT]
+    args += ["--endpoint", "http://127.0.0.1:1", "--report", str(tmp_path / "h.jsonl")]
+    if where == "runtime-under-a-file":
+        result = invoke(args, {"XDG_RUNTIME_DIR": "", "XDG_CACHE_HOME": str(plain)})
+    else:
+        result = invoke([*args, "--lock-file", "/proc/evs-snapshot-test.lock"])
+    assert result.exit_code == 2, result.output
+    assert said in result.stderr
+    assert "Traceback" not in result.output

@@ -17,13 +17,24 @@ import anyio.to_thread
 import orjson
 import pytest
 
+from orchestrator.api.notify import TRUNCATED, Message, Notifier, text_body
 from orchestrator.config import Notify, redact_url
 from orchestrator.console import Console
 from orchestrator.emulator.server import EmulatorThread
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
 from orchestrator.errors import Interrupted, ListingFailed, LockHeld
 from orchestrator.frame import Closing, Frame
-from tests.helpers import TOKEN, create_args, csv_manifest, invoke, seeds, volume_ids
+from tests.helpers import (
+    CLOSED_PORT,
+    TOKEN,
+    create_args,
+    csv_manifest,
+    hang_up,
+    invoke,
+    seeds,
+    stand_in,
+    volume_ids,
+)
 
 SECRET = "q-secret-4711"
 
@@ -296,3 +307,32 @@ async def test_a_signal_in_a_drain_pings_fail_after_the_summary(receiver: Callab
         await run()
     event = orjson.loads(hc.requests[0][2])
     assert (event["event"], event["exit_code"], event["summary"]["command"]) == ("failed", 143, "prune")
+
+
+@pytest.mark.anyio
+async def test_a_receiver_out_of_reach_is_named_and_tried_again() -> None:
+    """A closed port and a receiver that hangs up: each tried ``attempts`` times, then one warning naming
+    why (cannot connect; no answer) with the URL masked."""
+    log = io.StringIO()
+    notify = Notify(attempts=2, pause=0)
+    async with stand_in({"POST /h": hang_up}) as (url, seen):
+        messages = [
+            Message(what="webhook", url=f"{CLOSED_PORT}/h?k={SECRET}", body=b"{}", content_type="x"),
+            Message(what="ping", url=f"{url}/h", body=b"", content_type="x"),
+        ]
+        await Notifier(notify, Console(log)).send(messages)
+    assert seen["POST /h"] == 2
+    said = log.getvalue()
+    assert f"webhook {CLOSED_PORT}/h?*** not delivered: cannot connect" in said
+    assert f"ping {url}/h not delivered: no answer (ServerDisconnectedError) (2 attempts)" in said
+    assert SECRET not in said
+
+
+def test_a_long_summary_is_cut_on_a_character_boundary() -> None:
+    """A ping body past the limit is cut to it, whole characters only, and says it was cut."""
+    assert text_body("short", limit=100) == b"short"
+    body = text_body("é" * 200, limit=101)
+    assert len(body) <= 101
+    text = body.decode()  # no half character
+    assert text.endswith(TRUNCATED)
+    assert set(text.removesuffix(TRUNCATED)) == {"é"}

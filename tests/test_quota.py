@@ -175,3 +175,27 @@ def test_create_warns_before_sending_when_the_quota_is_short(
     refused = [r for r in final.values() if r["outcome"] == "rejected"]
     assert [r["error_code"] for r in refused] == ["SNAPSHOT_LIMIT_REACHED"] * 2
     assert all("prune" in r["error_message"] for r in refused)
+
+
+def test_validate_online_says_when_the_quota_cannot_be_read(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path]
+) -> None:
+    """--online with the quota API refused (403): CHECK_FAILED names the project's quota, exit 1."""
+    ids = volume_ids(2, seed=712)
+    emu = emulator_thread(any_volume=True, deny=("evs:quotas:get",))
+    manifest = csv_manifest(write, ids)
+    args = [*cli_args("validate", manifest, online=True, endpoint=emu.url, project_id=PROJECT), *FEW_RETRIES]
+    result = invoke(args)
+    assert result.exit_code == 1, result.output
+    assert f"CHECK_FAILED: project {PROJECT}: the snapshot quota could not be read" in result.stdout
+    assert "EVS.5403" in result.stdout
+    assert sum(requests_of(emu.state(), QUOTA).values()) == 1
+
+
+async def test_a_quota_that_is_not_a_number_is_unknown() -> None:
+    """A quota answer whose limit is not a number: the quota is unknown (None), not a crash."""
+    odd = answering(200, {"quota_set": {"id": PROJECT, "snapshots": {"limit": "many", "in_use": 1}}})
+    quota = {f"GET /v2/{PROJECT}/os-quota-sets/{PROJECT}": odd}
+    async with stand_in(quota) as (url, seen), routed(url) as route:
+        assert await remaining_quota(route, QUICK) is None
+    assert sum(seen.values()) == 1

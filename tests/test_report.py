@@ -277,3 +277,27 @@ def test_reader_skips_blank_and_torn_lines_and_refuses_damaged_ones(tmp_path: Pa
     bad_record.write_bytes(TWO_ROWS_HEADER.to_json() + b'{"row": 1}\n' + report_record(2).to_json())
     with pytest.raises(UsageError, match=r"bad-record.jsonl:2: not a report record"):
         list(read_records(bad_record))
+
+
+def test_a_report_line_of_a_newer_version_or_broken_is_read_or_named(tmp_path: Path) -> None:
+    """A record's unknown field is skipped (a newer writer); an unknown outcome, or a header whose shape is
+    not an object, is exit 2 naming ``file:line``."""
+    header = orjson.loads(TWO_ROWS_HEADER.to_json())
+    rows = [orjson.loads(report_record(row).to_json()) for row in (1, 2)]
+    path = tmp_path / "r.jsonl"
+
+    def summary(*lines: dict[str, Any]) -> Any:
+        path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+        return invoke(["summary", str(path)])
+
+    newer = summary(header, {**rows[0], "written_by_a_newer_version": [1]}, rows[1])
+    assert newer.exit_code == 0, newer.output
+    assert newer.stdout.startswith("2 rows: 2 accepted")
+    bogus = summary(header, {**rows[0], "outcome": "bogus"}, rows[1])
+    assert bogus.exit_code == 2, bogus.output
+    assert f"{path}:2:" in bogus.stderr
+    assert "bogus" in bogus.stderr
+    shaped = summary({**header, "shape": [1]}, *rows)
+    assert shaped.exit_code == 2, shaped.output
+    assert f"{path}:1: not a run header" in shaped.stderr
+    assert "Traceback" not in newer.output + bogus.output + shaped.output

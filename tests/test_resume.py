@@ -293,3 +293,17 @@ def test_create_resume_refuses_a_report_without_header(
     assert result.exit_code == 2, result.output
     assert "old.jsonl:1: a report starts with its run header" in result.output
     assert emu.state()["requests"] == {}
+
+
+def test_resume_of_a_report_of_another_command_is_refused(write: Callable[..., Path], tmp_path: Path) -> None:
+    """create --resume of a prune report: exit 2 naming the command, nothing sent, the report untouched."""
+    report = tmp_path / "prune.jsonl"
+    line = {"type": "run", "run_id": "20261127T035432Z-abc123", "command": "prune", "manifest": "m.csv"}
+    line |= {"rows": 1, "digest": "sha256:00", "shape": {}, "started_at": "2026-11-27T03:54:32.000Z"}
+    report.write_bytes(orjson.dumps(line) + b"\n")
+    before = report.read_bytes()
+    manifest = csv_manifest(write, volume_ids(1, seed=1207))
+    result = invoke(create_args("http://127.0.0.1:1", manifest, report, "--resume"))
+    assert result.exit_code == 2, result.output
+    assert f"{report} is a prune report, not a create report; nothing was sent" in result.stderr
+    assert report.read_bytes() == before

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import anyio
 import pytest
+from aiohttp import web
 from yarl import URL
 
 from orchestrator.api import evs
@@ -44,6 +45,7 @@ from tests.helpers import (
     routed,
     router_for,
     snapshot_request,
+    stand_in,
     volume_ids,
 )
 
@@ -222,3 +224,19 @@ async def test_a_lookup_that_gets_no_answer_is_unknown_not_absent(tmp_path: Path
             state = _Attempt()
             assert await runner._look_up(request, route, state) is None
             assert state.lookups == 1
+
+
+async def test_an_answer_that_is_not_json_is_kept_as_its_text() -> None:
+    """A gateway's HTML error page: no crash; the answer keeps its status and (the start of) its text,
+    and a 502 stays uncertain (the gateway may have passed the request on)."""
+    page = b"<html><body>502 Bad Gateway</body></html>"
+
+    async def html(_request: web.Request) -> web.Response:
+        return web.Response(status=502, body=page, content_type="text/html")
+
+    routes = {f"GET /v2/{PROJECT}/cloudsnapshots/{API_IDS[0]}": html}
+    async with stand_in(routes) as (url, seen), routed(url) as route:
+        reply = await route.send(evs.show_snapshot(PROJECT, API_IDS[0]))
+    assert reply.verdict is Verdict.UNCERTAIN
+    assert (reply.answer.status, reply.answer.body) == (502, {"message": page.decode()})
+    assert sum(seen.values()) == 1

@@ -292,3 +292,13 @@ def test_validate_online_against_a_dead_endpoint_stops(write: Callable[..., Path
     assert result.exit_code == 3
     assert "ENDPOINT_UNREACHABLE" in result.stderr
     assert result.stdout.count("\n") <= 12
+
+
+def test_a_metrics_file_that_is_not_text_is_replaced(tmp_path: Path) -> None:
+    """A --metrics-file holding bytes that are not UTF-8 (a corrupted file): written afresh, no crash."""
+    path = tmp_path / "m.prom"
+    path.write_bytes(b"\xff\xfe not metrics\n")
+    metrics.write(path, Tally(), command="wait", exit_code=0, throttled=0)
+    text = path.read_text(encoding="utf-8")
+    assert "not metrics" not in text
+    assert metrics.previous_success(text, "wait") is not None

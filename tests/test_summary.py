@@ -214,3 +214,25 @@ def test_replacing_one_of_several_rows_keeps_the_others_counted() -> None:
     assert dict(tally.outcomes) == {"accepted": 2}
     assert (dict(tally.codes), tally.to_act, dict(tally.to_act_count)) == ({}, {}, {})
     assert tally.exit_code == 0
+
+
+def test_rejected_advice_for_a_disk_in_another_state_and_a_refused_permission(tmp_path: Path) -> None:
+    """A disk neither available nor in-use is waited for or repaired (never --force); a 403 names the
+    permissions to grant."""
+    error_state = "Invalid volume: Volume status must be available or in-use, but current status is: error"
+    path = report(
+        tmp_path / "r.jsonl",
+        run_line(rows=2),
+        row_line(1, "rejected", error_code="EVS.5400", error_message=error_state),
+        row_line(2, "rejected", error_code="EVS.5403", error_message="Policy doesn't allow it."),
+    )
+    result = invoke(["summary", str(path)])
+    assert result.exit_code == 1, result.output
+    advice = {
+        line.split(":", 1)[0].strip(): line.split(":", 1)[1]
+        for line in result.stdout.splitlines()
+        if line.startswith("    ")
+    }
+    assert "neither available nor in-use: wait for it or repair it" in advice["EVS.5400 x1"]
+    assert "--force" not in advice["EVS.5400 x1"]
+    assert "grant the EVS snapshot permissions" in advice["EVS.5403 x1"]

@@ -107,8 +107,6 @@ class Notifier:
 
     async def send(self, messages: list[Message]) -> None:
         """Send ``messages`` side by side; returns when each was delivered or given up (never raises)."""
-        if not messages:
-            return
         async with (
             aiohttp.ClientSession(raise_for_status=False) as session,
             anyio.create_task_group() as group,
