@@ -37,7 +37,6 @@ from orchestrator.errors import (
     TransportError,
 )
 from orchestrator.findings import (
-    NO_SUCH_API,
     SIGNATURE_EXPIRED,
     WRITE_ACTIONS,
     Check,
@@ -53,6 +52,7 @@ from orchestrator.findings import (
     reach,
     tags_of,
 )
+from orchestrator.models import NO_SUCH_API
 from orchestrator.throttle import RateLimiter
 
 if TYPE_CHECKING:

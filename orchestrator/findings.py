@@ -24,6 +24,7 @@ from orchestrator.api import evs
 from orchestrator.api.clock import SIGNATURE_WINDOW
 from orchestrator.api.credentials import AkSkAuth, TokenAuth
 from orchestrator.api.probe import said, shown
+from orchestrator.models import NO_SUCH_API
 
 if TYPE_CHECKING:
     from yarl import URL
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 CLOCK_WARN = 60.0  # seconds of skew that earn a warning
 CLOCK_FAIL = 600.0  # and a failure: well inside the gateway's 15 minutes, with room for drift
-NO_SUCH_API = frozenset({"APIGW.0101", "APIG.0101"})
 SIGNATURE_EXPIRED = frozenset({"APIGW.0303", "APIG.0303"})
 TAG_PROBE_KEY = "evs_snapshot_doctor"  # the tag search needs a key; any key proves the permission
 

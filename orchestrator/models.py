@@ -291,6 +291,7 @@ class RunHeader:
 
 
 RESOURCE_NOT_FOUND = frozenset({"EVS.5404"})  # the code a snapshot or disk that does not exist answers
+NO_SUCH_API = frozenset({"APIGW.0101", "APIG.0101"})  # the gateway's 404: an API missing in the region
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
