@@ -4,6 +4,7 @@ second group; a region without groups."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -13,14 +14,26 @@ from typing import Any
 import pytest
 
 from orchestrator.emulator import SeedVolume
-from tests.helpers import create_args, header, invoke, journal, last_per_row, requests_of, volume_ids
+from tests.helpers import (
+    create_args,
+    header,
+    in_flight,
+    invoke,
+    journal,
+    kill_when,
+    last_per_row,
+    records,
+    requests_of,
+    run_process,
+    volume_ids,
+)
 
 GROUP_CREATE = "POST /v5/{project_id}/snapshot-groups"
 GROUP_LIST = "GET /v5/{project_id}/snapshot-groups/detail"
 SERVERS = [str(uuid.UUID(int=0x5E00 + index, version=4)) for index in range(4)]
 DISKS = volume_ids(12, seed=0x6A3)
 QUICK = ("--max-attempts", "6", "--backoff-initial", "0.01", "--backoff-max", "0.05", "--settle", "0.3")
-QUICK += ("--timeout", "2")
+QUICK += ("--timeout", "1")
 
 
 def server_disks(servers: int = 2, per: int = 2, zone: str | None = None) -> tuple[SeedVolume, ...]:
@@ -173,3 +186,123 @@ def test_a_region_without_groups(
     assert requests_of(state, GROUP_LIST) == {"404": 1}
     assert requests_of(state, GROUP_CREATE) == {}
     assert not report.exists()
+
+
+@pytest.mark.parametrize(
+    ("switch", "knobs"),
+    [
+        ("fault_drop_before", {"fault_drop_before": 0.5}),
+        ("fault_drop_after", {"fault_drop_after": 1.0}),
+        ("fault_late_commit", {"fault_late_commit": 1.0, "late_commit_seconds": 0.1}),
+        ("fault_5xx", {"fault_5xx": 0.3}),
+    ],
+)
+def test_each_fault_switch_leaves_one_group_per_server(
+    emulator_thread: Callable[..., Any],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    switch: str,
+    knobs: dict[str, Any],
+) -> None:
+    """Drops before and after EVS records the group, late commits, 5xx: every row accepted, exactly one
+    group per server, uncertain creates found by tag and server (reconciled) instead of sent again."""
+    volumes = server_disks(3)
+    emu = emulator_thread(volumes=volumes, seed=7, creating_seconds=0.05, deleting_seconds=0.05, **knobs)
+    report = tmp_path / "r.jsonl"
+    result = invoke(group_args(emu.url, manifest(write, rows_of(volumes)), report, "--max-attempts", "12"))
+    assert result.exit_code == 0, result.output + result.stderr
+    run_id = header(report)["run_id"]
+    state = emu.state()
+    assert groups_per_server(state, run_id) == dict.fromkeys(SERVERS[:3], 1)
+    final = last_per_row(report)
+    assert {r["outcome"] for r in final.values()} == {"accepted"}
+    assert all(r["snapshot_group_id"] and r["snapshot_id"] for r in final.values())
+    creates = requests_of(state, GROUP_CREATE)
+    if switch in ("fault_drop_after", "fault_late_commit"):  # EVS acted: found, never sent again
+        assert any(r["reconciled"] for r in final.values()), switch
+    assert sum(creates.values()) > creates["202"], (switch, creates)  # the fault really happened
+
+
+def test_a_second_group_is_swept(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A late commit that outlasts --settle makes the group twice; once it appears, the sweep of a
+    --resume deletes the second group whole (members too) and says so in side records."""
+    volumes = server_disks(1)
+    emu = emulator_thread(
+        volumes=volumes,
+        fault_late_commit=1.0,
+        late_commit_seconds=0.5,
+        creating_seconds=0.05,
+        deleting_seconds=0.05,
+    )
+    report = tmp_path / "r.jsonl"
+    args = group_args(emu.url, manifest(write, rows_of(volumes)), report)
+    result = invoke(args)
+    assert result.exit_code == 0, result.output + result.stderr
+    run_id = header(report)["run_id"]
+    time.sleep(0.6)  # the second create's late commit lands
+    assert groups_per_server(emu.state(), run_id) == {SERVERS[0]: 2}
+    result = invoke([*args, "--resume"])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "1 extra snapshot groups of this run found, 1 deleted" in result.stderr
+    state = emu.state()
+    assert groups_per_server(state, run_id) == {SERVERS[0]: 1}
+    kept = {r["snapshot_group_id"] for r in last_per_row(report).values()}
+    assert {g["id"] for g in state["snapshot_groups"] if g["status"] != "deleting"} == kept
+    sides = [r for r in records(report) if r["outcome"] == "duplicate_deleted"]
+    assert len(sides) == 2
+    assert {r["snapshot_group_id"] for r in sides} - kept
+    assert {s["status"] for s in state["snapshots"] if s["volume_id"] in (DISKS[0], DISKS[1])} >= {"deleting"}
+
+
+CHAOS = {
+    "fault_5xx": 0.1,
+    "fault_drop_before": 0.1,
+    "fault_drop_after": 0.1,
+    "fault_late_commit": 0.2,
+    "late_commit_seconds": 0.5,  # longer than --settle: some groups are made twice, then swept
+    "latency_ms": 10,  # a group create is out long enough for the kill to find one in flight
+    "creating_seconds": 0.1,
+    "deleting_seconds": 0.05,
+}
+
+
+def test_chaos_with_a_kill_and_a_resume(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Groups under late commits, drops and 5xx, a SIGKILL while a group create is out, then --resume
+    (twice: the second after the last late commits landed, to sweep them): exactly one group per
+    server of the run, from the emulator's state, and each row names its member of that group."""
+    servers = 8
+    volumes = tuple(
+        SeedVolume(
+            volume_id=volume_ids(servers * 2, seed=0x6A5)[s * 2 + d], server_id=SERVERS[0][:-4] + f"{s:04x}"
+        )
+        for s in range(servers)
+        for d in range(2)
+    )
+    emu = emulator_thread(volumes=volumes, seed=23, **CHAOS)
+    report = tmp_path / "r.jsonl"
+    args = group_args(
+        emu.url, manifest(write, rows_of(volumes)), report, "--max-attempts", "12", concurrency=2
+    )
+    kill_when(report, run_process(args), lambda data: bool(in_flight(data)))
+    assert in_flight(report.read_bytes())  # killed with a group create out
+    result = invoke([*args, "--resume"])
+    assert result.exit_code == 0, result.output + result.stderr
+    time.sleep(CHAOS["late_commit_seconds"] + 0.1)
+    result = invoke([*args, "--resume"])
+    assert result.exit_code == 0, result.output + result.stderr
+    run_id = header(report)["run_id"]
+    state = emu.state()
+    expected = {str(v.server_id) for v in volumes}
+    assert groups_per_server(state, run_id) == dict.fromkeys(expected, 1)
+    live = {g["id"]: g for g in state["snapshot_groups"] if g["status"] != "deleting"}
+    members = {s["id"]: s for s in state["snapshots"]}
+    for record in last_per_row(report).values():
+        assert record["outcome"] == "accepted", record
+        assert record["snapshot_group_id"] in live
+        assert members[record["snapshot_id"]]["volume_id"] == record["volume_id"]
+    creates = requests_of(state, GROUP_CREATE)
+    assert sum(creates.values()) > creates["202"], creates  # faults really happened
