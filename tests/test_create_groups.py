@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.emulator import SeedVolume
+from orchestrator.emulator import SeedSnapshot, SeedVolume
 from tests.helpers import (
     create_args,
     header,
@@ -253,7 +253,7 @@ def test_a_second_group_is_swept(
     sides = [r for r in records(report) if r["outcome"] == "duplicate_deleted"]
     assert len(sides) == 2
     assert {r["snapshot_group_id"] for r in sides} - kept
-    assert {s["status"] for s in state["snapshots"] if s["volume_id"] in (DISKS[0], DISKS[1])} >= {"deleting"}
+    assert len([s for s in state["snapshots"] if s["status"] != "deleting"]) == 2  # the kept group's
 
 
 CHAOS = {
@@ -306,3 +306,64 @@ def test_chaos_with_a_kill_and_a_resume(
         assert members[record["snapshot_id"]]["volume_id"] == record["volume_id"]
     creates = requests_of(state, GROUP_CREATE)
     assert sum(creates.values()) > creates["202"], creates  # faults really happened
+
+
+def test_a_server_with_an_invalid_row_is_not_sent(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """An invalid row leaves its server unsent (GROUP_INCOMPLETE on the others); other servers go."""
+    volumes = server_disks(2)
+    emu = emulator_thread(volumes=volumes)
+    rows = rows_of(volumes)
+    rows[1] = ("not-a-uuid", rows[1][1])
+    report = tmp_path / "r.jsonl"
+    result = invoke(group_args(emu.url, manifest(write, rows), report))
+    assert result.exit_code == 1, result.output + result.stderr
+    final = last_per_row(report)
+    assert (final[1]["outcome"], final[1]["error_code"]) == ("failed", "GROUP_INCOMPLETE")
+    assert final[2]["outcome"] == "invalid"
+    assert {final[3]["outcome"], final[4]["outcome"]} == {"accepted"}
+    assert groups_per_server(emu.state(), header(report)["run_id"]) == {SERVERS[1]: 1}
+
+
+def test_busy_disks_are_sent_again_and_refusals_are_final(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """400 EVS.2409 (a snapshot of a member disk is creating) is sent again until the attempts are
+    spent, then failed; a disk not attached to the row's server is rejected at once."""
+    volumes = server_disks(2)
+    busy = SeedSnapshot(id=str(uuid.UUID(int=0xB5, version=4)), volume_id=DISKS[0], status="creating")
+    emu = emulator_thread(volumes=volumes, snapshots=(busy,))
+    rows = rows_of(volumes)
+    rows[3] = (rows[3][0], SERVERS[2])  # attached to SERVERS[1], named under another server
+    report = tmp_path / "r.jsonl"
+    result = invoke(group_args(emu.url, manifest(write, rows), report, "--max-attempts", "3"))
+    assert result.exit_code == 1, result.output + result.stderr
+    final = last_per_row(report)
+    assert {(final[r]["outcome"], final[r]["error_code"], final[r]["attempts"]) for r in (1, 2)} == {
+        ("failed", "EVS.2409", 3)
+    }
+    assert final[3]["outcome"] == "accepted"
+    assert (final[4]["outcome"], final[4]["error_code"]) == ("rejected", "EVS.5400")
+
+
+def test_dry_run_plans_and_hold_and_tags(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--dry-run writes planned records, sending nothing; a --hold that is no valid tag value exits 2;
+    metadata that are no valid tags are left out of the group's tags with a warning."""
+    volumes = server_disks(1)
+    emu = emulator_thread(volumes=volumes)
+    source = manifest(write, rows_of(volumes))
+    planned = invoke(group_args(emu.url, source, tmp_path / "p.jsonl", dry_run=True))
+    assert planned.exit_code == 0, planned.output + planned.stderr
+    assert {r["outcome"] for r in last_per_row(tmp_path / "p.jsonl").values()} == {"planned"}
+    refused = invoke(group_args(emu.url, source, tmp_path / "h.jsonl", hold="change CHG 1"))
+    assert refused.exit_code == 2
+    assert "tag value" in refused.stderr
+    report = tmp_path / "r.jsonl"
+    result = invoke(group_args(emu.url, source, report, "--metadata", "note=two words", hold="CHG-1"))
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "left out of the snapshot group's tags" in result.stderr
+    (group,) = emu.state()["snapshot_groups"]
+    assert group["tags"] == {"evs_snapshot_run": header(report)["run_id"], "evs_snapshot_hold": "CHG-1"}
