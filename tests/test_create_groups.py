@@ -367,3 +367,18 @@ def test_dry_run_plans_and_hold_and_tags(
     assert "left out of the snapshot group's tags" in result.stderr
     (group,) = emu.state()["snapshot_groups"]
     assert group["tags"] == {"evs_snapshot_run": header(report)["run_id"], "evs_snapshot_hold": "CHG-1"}
+
+
+def test_a_resume_in_the_other_mode_is_refused(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """consistency is part of the run's shape: --resume without --consistency server exits 2, naming it."""
+    volumes = server_disks(1)
+    emu = emulator_thread(volumes=volumes)
+    source = manifest(write, rows_of(volumes))
+    report = tmp_path / "r.jsonl"
+    assert invoke(group_args(emu.url, source, report)).exit_code == 0
+    result = invoke([*create_args(emu.url, source, report, *QUICK), "--resume"])
+    assert result.exit_code == 2, result.output + result.stderr
+    assert "consistency" in result.stderr
+    assert requests_of(emu.state(), GROUP_CREATE) == {"202": 1}
