@@ -1,6 +1,7 @@
 """Deleting snapshots: the one DELETE loop (``delete``), for ``prune``, ``cleanup`` (``Deleter``) and
-create's end-of-run sweep (``delete_snapshot``); what is deleted is chosen elsewhere (``retention``,
-``cleanup_pass``, ``sweep``).
+create's end-of-run sweeps (``delete_snapshot``; a second snapshot group of a server: ``delete`` with
+``group=True``, the whole group); what is deleted is chosen elsewhere (``retention``, ``cleanup_pass``,
+``sweep``, ``groupsweep``).
 
 Every answer is handled the same way, whoever deletes:
 
@@ -34,6 +35,7 @@ import anyio
 
 from orchestrator.actions import Action, ActionRecord, now_iso
 from orchestrator.api import evs
+from orchestrator.api.groups import show_group
 from orchestrator.api.safe import snapshot_pages, snapshot_status
 from orchestrator.errors import ListingFailed, RouteClosed, TransportError
 from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retrying
@@ -88,10 +90,15 @@ class Deletion:
         return text if self.state is None else f"{text} (the snapshot is {self.state})"
 
 
-async def delete(route: Route, snapshot_id: str, policy: RetryPolicy, *, patience: float = 0.0) -> Deletion:
-    """Delete one snapshot, handling each answer as the module docstring says; raises ``RouteClosed``
-    when the route refuses."""
-    call = evs.delete_snapshot(route.project_id, snapshot_id)
+async def delete(
+    route: Route, snapshot_id: str, policy: RetryPolicy, *, patience: float = 0.0, group: bool = False
+) -> Deletion:
+    """Delete one snapshot (with ``group``: one v5 snapshot group, its members with it), handling each
+    answer as the module docstring says; raises ``RouteClosed`` when the route refuses."""
+    if group:
+        call = evs.delete_snapshot_group(route.project_id, snapshot_id)
+    else:
+        call = evs.delete_snapshot(route.project_id, snapshot_id)
     loop = retrying(policy, patience=patience, pause=_pause(policy), reraise=False)
     last = Deletion(ended=Ended.FAILED)
     async for attempt in loop:
@@ -122,7 +129,7 @@ async def delete(route: Route, snapshot_id: str, policy: RetryPolicy, *, patienc
             if reply.verdict is Verdict.SUCCESS or answer.gone:
                 return dataclasses.replace(last, ended=Ended.DONE, gone=answer.gone, code=None, message=None)
             if code == NOT_YET_DELETABLE:
-                last = await _wrong_state(route, snapshot_id, policy, last)
+                last = await _wrong_state(route, snapshot_id, policy, last, group=group)
                 if last.ended is Ended.DONE or last.unreadable:
                     return last
                 if last.state not in SETTLING or loop.waited >= patience:
@@ -147,10 +154,16 @@ def _pause(policy: RetryPolicy) -> Callable[[int, random.Random], float]:
     return pause
 
 
-async def _wrong_state(route: Route, snapshot_id: str, policy: RetryPolicy, last: Deletion) -> Deletion:
+async def _wrong_state(
+    route: Route, snapshot_id: str, policy: RetryPolicy, last: Deletion, *, group: bool
+) -> Deletion:
     """An EVS.1047 looked into: gone or ``deleting`` is done; any other state refuses (for now)."""
     try:
-        status = await snapshot_status(route, snapshot_id, policy)
+        if group:
+            shown = await show_group(route, snapshot_id, policy)
+            status = None if shown is None else str(shown.status)
+        else:
+            status = await snapshot_status(route, snapshot_id, policy)
     except ListingFailed:
         return dataclasses.replace(last, unreadable=True)
     if status is None or status == DELETING:

@@ -37,7 +37,6 @@ from orchestrator.errors import (
     TransportError,
 )
 from orchestrator.findings import (
-    NO_SUCH_API,
     SIGNATURE_EXPIRED,
     WRITE_ACTIONS,
     Check,
@@ -47,12 +46,14 @@ from orchestrator.findings import (
     clock_check,
     credential_source,
     ep_check,
+    groups_check,
     lifetime_note,
     permission_check,
     probes,
     reach,
     tags_of,
 )
+from orchestrator.models import NO_SUCH_API
 from orchestrator.throttle import RateLimiter
 
 if TYPE_CHECKING:
@@ -421,6 +422,12 @@ class Doctor:
                 proves=(3,),
             )
         )
+
+    async def snapshot_groups(self) -> None:
+        """Whether the region answers the v5 group list (on a route of its own: a 404 closes one)."""
+        assert self.project_id is not None  # noqa: S101
+        call = evs.list_snapshot_groups(self.project_id, [("limit", "1")], kind=evs.Kind.CHECK)
+        self.add(groups_check(await exchange(self.fresh_route(), call, self.policy), (shown(call),)))
 
     # --- 7. quota ------------------------------------------------------------------------------------
     async def quota(self, answers: Mapping[str, Answer], targets: Sequence[Target] | None) -> None:

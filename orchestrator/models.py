@@ -111,10 +111,17 @@ class Record:
     started_at: str
     finished_at: str
     elapsed_ms: int
+    # ``create --consistency server``: the v5 snapshot group the row's snapshot (``snapshot_id``, the
+    # group's member on the row's disk) belongs to; ``None`` for a snapshot made alone.
+    snapshot_group_id: str | None = None
 
     def to_json(self) -> bytes:
-        """The record as one JSON line, newline included."""
-        return orjson.dumps(self, option=orjson.OPT_APPEND_NEWLINE)
+        """The record as one JSON line, newline included; without ``snapshot_group_id`` when it is
+        ``None`` (records of snapshots made alone read as before the field existed)."""
+        line = orjson.dumps(self, option=orjson.OPT_APPEND_NEWLINE)
+        if self.snapshot_group_id is None and line.endswith(_NO_GROUP):  # the last field, serialised
+            return line[: -len(_NO_GROUP)] + b"}\n"
+        return line
 
     @staticmethod
     def sending_line(request: SnapshotRequest, *, run_id: str, attempts: int, at: str) -> bytes:
@@ -202,6 +209,7 @@ def checked_fields(data: Mapping[str, Any], types: Mapping[str, tuple[type, ...]
 
 
 _RECORD_TYPES = field_types(Record)
+_NO_GROUP = b',"snapshot_group_id":null}\n'
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -291,6 +299,7 @@ class RunHeader:
 
 
 RESOURCE_NOT_FOUND = frozenset({"EVS.5404"})  # the code a snapshot or disk that does not exist answers
+NO_SUCH_API = frozenset({"APIGW.0101", "APIG.0101"})  # the gateway's 404: an API missing in the region
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

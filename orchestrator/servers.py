@@ -33,15 +33,20 @@ class ServerRows:
     def require(self, mode: str) -> None:
         """Raise ``UsageError`` (exit 2, before anything is sent) when a row names no server: ``mode``
         (an option) works server by server."""
-        if not self.without:
-            return
-        named = ", ".join(map(str, self.first_without))
-        more = "" if self.without <= len(self.first_without) else f", ... ({self.without} in all)"
-        raise UsageError(
-            f"{mode} works server by server, and rows {named}{more} have no server_id (the column "
-            "`evs-snapshot select` writes; empty for a disk attached to no server): give them one, or "
-            "run them as a manifest of their own without it"
-        )
+        require_servers(mode, self.first_without, self.without)
+
+
+def require_servers(mode: str, first_without: tuple[int, ...], without: int) -> None:
+    """Exit 2 (``UsageError``) when ``without`` rows, the first of them ``first_without``, name no server."""
+    if not without:
+        return
+    named = ", ".join(map(str, first_without))
+    more = "" if without <= len(first_without) else f", ... ({without} in all)"
+    raise UsageError(
+        f"{mode} works server by server, and rows {named}{more} have no server_id (the column "
+        "`evs-snapshot select` writes; empty for a disk attached to no server): give them one, or "
+        "run them as a manifest of their own without it"
+    )
 
 
 def server_id(fields: dict[str, object]) -> str | None:

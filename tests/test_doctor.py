@@ -613,3 +613,25 @@ def test_live_names_the_step_that_fails_and_still_deletes_the_probe(
     assert rows["live: gone"].startswith("PASS")
     assert requests_of(live_state(emu), CREATE_ROUTE) == {"202": 1}
     assert live_state(emu)["snapshots"] == []
+
+
+@pytest.mark.parametrize(
+    ("knobs", "code", "shown", "said"),
+    [
+        ({}, 0, "PASS", "create --consistency server can make one"),
+        ({"no_snapshot_groups": True}, 0, "INFO", "no snapshot groups here"),
+        ({"deny": ("evs:snapshots:list",)}, 1, "WARN", "was refused"),
+    ],
+)
+def test_the_snapshot_group_check(
+    emulator_thread: Start, knobs: dict[str, Any], code: int, shown: str, said: str
+) -> None:
+    """Whether the region answers the v5 group list: pass; without groups (--no-snapshot-groups) "no
+    snapshot groups here", which fails nothing; a refusal is a warning."""
+    emu = emulator_thread(volumes=DISKS, **knobs)
+    result = doctor(emu)
+    sound(result, code)
+    row = table(result)["snapshot groups"]
+    assert row.startswith(shown), row
+    assert said in row
+    assert requests_of(emu.state(), "GET /v5/{project_id}/snapshot-groups/detail")

@@ -344,6 +344,7 @@ async def test_state_is_open_without_auth(emulator: Callable[..., Any], http: ai
         "unlike_sdk": {},
         "in_flight": 0,
         "max_in_flight": 0,
+        "snapshot_groups": [],
     }
     async with http.get(f"{emu.url}/_emulator/state") as response:
         again = orjson.loads(await response.read())

@@ -139,3 +139,58 @@ def quota(project_id: str) -> Call:
         path=f"/v2/{project_id}/os-quota-sets/{project_id}",
         query=(("usage", "True"),),
     )
+
+
+# --- v5 snapshot groups (evs-api.md 8.7, 10; the SDK's paths) ------------------------------------
+def create_snapshot_group(
+    project_id: str,
+    *,
+    server_id: str,
+    volume_ids: Sequence[str],
+    name: str,
+    description: str | None,
+    tags: Mapping[str, str],
+    before: Callable[[], None] | None = None,
+) -> Call:
+    """Create one crash-consistent group of a server's disks; the run's marker is a group tag."""
+    spec: dict[str, object] = {
+        "server_id": server_id,
+        "volume_ids": list(volume_ids),
+        "instant_access": False,
+        "name": name,
+        "tags": dict(tags),
+    }
+    if description:
+        spec["description"] = description
+    return Call(
+        kind=Kind.CREATE,
+        method="POST",
+        path=f"/v5/{project_id}/snapshot-groups",
+        body=orjson.dumps({"snapshot_group": spec}),
+        before=before,
+    )
+
+
+def list_snapshot_groups(
+    project_id: str, query: Sequence[tuple[str, str]], *, kind: Kind = Kind.LIST
+) -> Call:
+    """The group list (``server_id``, ``tags`` = JSON ``[{"key", "value"}]``, ``limit``, ``offset``)."""
+    return Call(kind=kind, method="GET", path=f"/v5/{project_id}/snapshot-groups/detail", query=query)
+
+
+def show_snapshot_group(project_id: str, group_id: str, *, kind: Kind = Kind.POLL) -> Call:
+    return Call(kind=kind, method="GET", path=f"/v5/{project_id}/snapshot-groups/{group_id}")
+
+
+def delete_snapshot_group(project_id: str, group_id: str) -> Call:
+    return Call(kind=Kind.DELETE, method="DELETE", path=f"/v5/{project_id}/snapshot-groups/{group_id}")
+
+
+def list_group_members(project_id: str, query: Sequence[tuple[str, str]], *, kind: Kind = Kind.LIST) -> Call:
+    """The v5 snapshot list (``snapshot_group_id`` picks one group's members)."""
+    return Call(kind=kind, method="GET", path=f"/v5/{project_id}/snapshots/detail", query=query)
+
+
+def show_job(project_id: str, job_id: str) -> Call:
+    """A job's status: ``/v1/`` as the SDK's ``show_job`` (Terraform polls ``/v2/``)."""
+    return Call(kind=Kind.POLL, method="GET", path=f"/v1/{project_id}/jobs/{job_id}")

@@ -40,11 +40,13 @@ async def _pages(
     call: Callable[[int], evs.Call],
     *,
     key: str,
-    total: str = "count",
+    total: str | None = "count",
     overlap: bool = False,
 ) -> AsyncGenerator[Page[dict[str, Any]], None]:
     """The one paging loop: ``call(offset)`` for each page, 1000 items a page, until the total is
-    reached or a page comes back empty (every page is yielded, an empty last one too).
+    reached or a page comes back empty (every page is yielded, an empty last one too). A list whose
+    answer has no total (``total=None``: the v5 group and member lists) ends at the first page shorter
+    than the 1000 asked for; each page's ``total`` is then the count seen so far.
 
     The lists page by offset: an item that leaves a list between two pages (a deletion ending) moves
     the later ones up, and one may slip past the page boundary unseen. With ``overlap``, a page whose
@@ -57,6 +59,12 @@ async def _pages(
     while True:
         body = await fetch_json(route, call(offset), policy)
         items = [item for item in body.get(key) or [] if isinstance(item, dict)]
+        if total is None:
+            yield Page(items, offset + len(items))
+            if len(items) < evs.PAGE:
+                return
+            offset += len(items)
+            continue
         count = int(body.get(total) or 0)
         yield Page(items, count)
         shrank = 0 if last_count is None else last_count - count

@@ -1,4 +1,5 @@
-"""Typed views of EVS answers: a snapshot and a disk, parsed once, where the answer arrives.
+"""Typed views of EVS answers: a snapshot, a snapshot group, a job and a disk, parsed once, where the
+answer arrives.
 
 No module outside ``api/`` reads a raw answer dict. A view keeps only the fields the tool uses
 (a listed snapshot is about 3 KB of JSON; its view is a few short strings), each with one spelling
@@ -50,6 +51,7 @@ class Snapshot:
     created_at: str | None = None  # as EVS wrote it (no zone): the report keeps it verbatim
     marker: str | None = None  # the run id of its ``evs_snapshot_run`` metadata key
     hold: str | None = None  # the reason of its ``evs_snapshot_hold`` metadata key: held when not None
+    snapshot_group_id: str | None = None  # the v5 snapshot group it is a member of (v5 answers say)
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> Snapshot:
@@ -61,6 +63,7 @@ class Snapshot:
             created_at=_text(data.get("created_at")),
             marker=marker_in(data.get("metadata")),
             hold=hold_in(data.get("metadata")),
+            snapshot_group_id=_text(data.get("snapshot_group_id")) or None,
         )
 
     @classmethod
@@ -98,6 +101,64 @@ class Snapshot:
         except ValueError:
             return None
         return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotGroup:
+    """One v5 snapshot group (crash-consistent set) as a list or show answer gives it; the run's
+    marker is its ``evs_snapshot_run`` tag (a group has tags, not metadata)."""
+
+    id: str
+    server_id: str = ""
+    name: str | None = None
+    status: str | None = None
+    created_at: str | None = None
+    marker: str | None = None
+    hold: str | None = None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> SnapshotGroup:
+        return cls(
+            id=str(data.get("id") or ""),
+            server_id=str(data.get("server_id") or ""),
+            name=_text(data.get("name")),
+            status=_text(data.get("status")),
+            created_at=_text(data.get("created_at")),
+            marker=marker_in(data.get("tags")),
+            hold=hold_in(data.get("tags")),
+        )
+
+    @classmethod
+    def from_body(cls, body: object) -> SnapshotGroup | None:
+        """The group a show answer holds (``{"snapshot_group": {...}}``), or ``None``."""
+        inner = body.get("snapshot_group") if isinstance(body, Mapping) else None
+        return cls.parse(inner) if isinstance(inner, Mapping) else None
+
+    def marked(self, run_id: str | None = None) -> bool:
+        """Carries the tool's marker tag (of ``run_id``, when given)."""
+        return self.marker is not None and (run_id is None or self.marker == run_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """An asynchronous job's state (``GET /v1/{project_id}/jobs/{job_id}``): ``INIT``, ``RUNNING``,
+    ``SUCCESS`` or ``FAIL`` (with its ``fail_reason``)."""
+
+    id: str
+    status: str | None = None
+    fail_reason: str | None = None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> Job:
+        return cls(
+            id=str(data.get("job_id") or ""),
+            status=_text(data.get("status")),
+            fail_reason=_text(data.get("fail_reason")),
+        )
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("SUCCESS", "FAIL")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

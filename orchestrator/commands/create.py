@@ -22,12 +22,16 @@ import click
 
 from orchestrator import options
 from orchestrator.api.safe import remaining_quota
+from orchestrator.api.views import HOLD_KEY
 from orchestrator.console import Console
 from orchestrator.defaults import GRACE, SETTLE
 from orchestrator.duplicates import duplicate_candidates
 from orchestrator.entry import run
 from orchestrator.errors import EvsSnapshotError, ListingFailed, UsageError
 from orchestrator.frame import Frame
+from orchestrator.groupplan import Server, check_groups_offered, check_zones, plan_servers, valid_tag
+from orchestrator.grouprun import GroupRunner
+from orchestrator.groupsweep import sweep_groups
 from orchestrator.hooks import HookPlan
 from orchestrator.lock import content_lock, manifest_lock, report_lock, run_lock
 from orchestrator.manifest import manifest_digest, read_rows, spooled
@@ -86,6 +90,11 @@ class CreateSettings:
     wait: WaitPlan | None = None
     grace: float = GRACE
     hooks: HookPlan = dataclasses.field(default_factory=HookPlan)
+    consistency: str = "disk"  # "server": one v5 snapshot group per server (groupplan, grouprun)
+
+    @property
+    def grouped(self) -> bool:
+        return self.consistency == "server"
 
 
 async def create(settings: CreateSettings, *, console: Console) -> int:
@@ -112,6 +121,12 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
         raise UsageError("--emulator starts its own emulator; leave out --endpoint (or leave out --emulator)")
     if settings.report != "-":
         check_report_path(Path(settings.report))
+    hold = settings.defaults.hold
+    if settings.grouped and hold is not None and not valid_tag(HOLD_KEY, hold):
+        raise UsageError(
+            f"--hold {hold!r}: with --consistency server the hold is a tag of the snapshot group, and a tag "
+            "value is at most 43 letters, digits, '_', '.' or '-'"
+        )
     if settings.emulator:
         from orchestrator.demo import demo_defaults  # noqa: PLC0415 - the emulator: 15 ms of every start-up
 
@@ -143,17 +158,31 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
                     columns_checked(rows(warn_columns=True), settings.defaults), settings.defaults
                 )
             )
+            servers = None
+            if settings.grouped:  # rows without a server, or servers no group takes: exit 2 here
+                servers = await in_thread(lambda: plan_servers(rows(), settings.defaults))
             book, identity = resume_identity(
                 settings.report,
                 settings.resume,
                 total=total,
                 digest=digest,
                 display=display,
-                shape=name_shape(settings.defaults),
+                shape=_shape(settings),
             )
             held.take(run_lock(identity.run_id))  # a new run's, before its header names it anywhere
             await _locked(
-                frame, settings, identity, book, total, digest, display, rows, candidates, console, started
+                frame,
+                settings,
+                identity,
+                book,
+                total,
+                digest,
+                display,
+                rows,
+                candidates,
+                console,
+                started,
+                servers,
             )
         return frame.exit_code
 
@@ -185,8 +214,9 @@ async def _locked(
     candidates: set[bytes],
     console: Console,
     started: float,
+    servers: dict[str, Server] | None,
 ) -> None:
-    servers = await settings.hooks.servers(rows)  # exit 2 here when a row names no server
+    hook_servers = await settings.hooks.servers(rows)  # exit 2 here when a row names no server
     if settings.emulator:
         from orchestrator.demo import with_emulator  # noqa: PLC0415 - the emulator: 15 ms of every start-up
 
@@ -204,6 +234,9 @@ async def _locked(
             await _warn_over_quota(settings, router, total, console)
         if quota_scope.cancelled_caught:
             console.warn(f"the project's snapshot quota did not answer within {left:.0f}s; going on")
+        if servers is not None:  # before the report: a region without groups, two zones exit 2
+            await check_groups_offered(router, servers, settings.policy)
+            await check_zones(router, servers, settings.policy)
     writer = frame.open_report(
         RunHeader(
             run_id=identity.run_id,
@@ -211,7 +244,7 @@ async def _locked(
             manifest=display,
             rows=total,
             digest=digest,
-            shape=name_shape(settings.defaults),
+            shape=_shape(settings),
             started_at=utc_iso(identity.started),
             emulator=settings.emulator,
             dry_run=settings.dry_run,
@@ -238,13 +271,27 @@ async def _locked(
     )
     tally = frame.tally = Tally(manifest_rows=total)
     tally.started = started
+    runner: Runner | GroupRunner
     async with anyio.create_task_group() as group:
         async with frame.freezing(  # inside the drain: a post-hook owed runs before the drain ends
-            settings.hooks, manifest=settings.source.path, servers=servers, deadline=plan.deadline
+            settings.hooks, manifest=settings.source.path, servers=hook_servers, deadline=plan.deadline
         ) as gate:
-            runner = Runner(plan, router=router, writer=writer, tally=tally, resume=book, gate=gate)
+            if servers is None:
+                runner = Runner(plan, router=router, writer=writer, tally=tally, resume=book, gate=gate)
+            else:
+                runner = GroupRunner(
+                    plan,
+                    servers=servers,
+                    router=router,
+                    writer=writer,
+                    tally=tally,
+                    resume=book,
+                    warn=console.warn,
+                    gate=gate,
+                )
             if settings.progress:
-                progress = Progress(tally, total, console.stream, router=router, runner=runner)
+                shown = runner if isinstance(runner, Runner) else None
+                progress = Progress(tally, total, console.stream, router=router, runner=shown)
                 group.start_soon(progress.run)
             with anyio.CancelScope() as run_scope:
                 group.start_soon(
@@ -271,6 +318,7 @@ async def _locked(
             frame.signals,
             started,
             in_doubt=runner.in_doubt,
+            servers=servers,
         )
 
 
@@ -285,6 +333,7 @@ async def _after_create(
     run_started: float,
     *,
     in_doubt: bool,
+    servers: dict[str, Server] | None = None,
 ) -> Tally:
     """The sweep (exactly one snapshot per accepted row), then ``--wait``; both within ``--deadline``.
 
@@ -300,7 +349,7 @@ async def _after_create(
         if in_doubt:
             writer.sync()
             with anyio.move_on_after(None if deadline is None else deadline - time.monotonic()) as scope:
-                await _sweep(settings, identity, router, writer, tally, console, report)
+                await _sweep(settings, identity, router, writer, tally, console, report, servers)
             if scope.cancelled_caught:
                 tally.unfinished.append("the --deadline passed before the duplicate sweep finished")
                 console.error(f"{tally.unfinished[-1]}; run `evs-snapshot wait {report}` to sweep again")
@@ -334,28 +383,55 @@ async def _sweep(
     tally: Tally,
     console: Console,
     report: Path,
+    servers: dict[str, Server] | None,
 ) -> None:
+    """The sweep of single snapshots (``sweep``), or of snapshot groups (``groupsweep``, ``servers``)."""
+    policy, patience = sweep_policy(settings.policy), max(settings.settle, 10.0)
     try:
-        result = await sweep(
-            list(router.routes.values()),
-            run_id=identity.run_id,
-            report=report,
-            writer=writer,
-            tally=tally,
-            policy=sweep_policy(settings.policy),
-            keep_duplicates=settings.keep_duplicates,
-            patience=max(settings.settle, 10.0),
-            all_succeeded=tally.all_succeeded(),
-        )
+        if servers is None:
+            what, again = "snapshots", f"run `evs-snapshot wait {report}`"
+            result = await sweep(
+                list(router.routes.values()),
+                run_id=identity.run_id,
+                report=report,
+                writer=writer,
+                tally=tally,
+                policy=policy,
+                keep_duplicates=settings.keep_duplicates,
+                patience=patience,
+                all_succeeded=tally.all_succeeded(),
+            )
+        else:
+            what, again = "snapshot groups", "run the same create with --resume"
+            result = await sweep_groups(
+                router,
+                servers,
+                run_id=identity.run_id,
+                report=report,
+                writer=writer,
+                tally=tally,
+                policy=policy,
+                keep_duplicates=settings.keep_duplicates,
+                patience=patience,
+            )
     except ListingFailed as exc:
         tally.unfinished.append(f"the duplicate sweep could not list: {exc}")
-        console.error(f"{tally.unfinished[-1]}; run `evs-snapshot wait {report}` to sweep again")
+        console.error(f"{tally.unfinished[-1]}; {again} to sweep again")
         return
     if result.found or result.reconciled:
         console.warn(
-            f"sweep: {result.found} extra snapshots of this run found, {result.removed} deleted; "
+            f"sweep: {result.found} extra {what} of this run found, {result.removed} deleted; "
             f"{result.reconciled} rows found created after all"
         )
+
+
+def _shape(settings: CreateSettings) -> dict[str, str]:
+    """The run's shape (``report.name_shape``), and ``consistency`` when it is ``server``: a resume in
+    the other mode would look its rows up where they are not."""
+    shape = name_shape(settings.defaults)
+    if settings.grouped:
+        shape["consistency"] = settings.consistency
+    return shape
 
 
 async def _warn_over_quota(settings: CreateSettings, router: Router, total: int, console: Console) -> None:
@@ -398,6 +474,15 @@ def _phase(tally: Tally, name: str, started: float, router: Router | None) -> No
     metavar="REASON",
     help="Hold every snapshot made (the evs_snapshot_hold key = REASON, in the create request itself): "
     "prune never deletes it, cleanup only with --include-held; `release` removes it.",
+)
+@click.option(
+    "--consistency",
+    type=click.Choice(["disk", "server"]),
+    default="disk",
+    show_default=True,
+    help="disk: one snapshot per row, each at its own moment. server: one v5 snapshot group per server "
+    "(rows grouped by the server_id column `select` writes): its disks' snapshots share one point in "
+    "time; exits 2 where the region has no snapshot groups.",
 )
 @options.CONNECTION
 @options.HOOKS
@@ -460,6 +545,7 @@ def command(
     source: ManifestSource,
     rows: RowDefaults,
     hold_reason: str | None,
+    consistency: str,
     connection: Connection,
     hook_plan: HookPlan,
     report_path: str | None,
@@ -499,5 +585,6 @@ def command(
         keep_duplicates=keep_duplicates,
         wait=wait_plan if wait_for_snapshots else None,
         hooks=hook_plan,
+        consistency=consistency,
     )
     raise SystemExit(run(lambda: create(settings, console=console), console=console))

@@ -48,6 +48,13 @@ def not_found() -> ApiError:
     return evs_error(404, "EVS.5404", NOT_FOUND)
 
 
+def drop(request: web.Request) -> web.Response:
+    """Close the connection without an answer (a fault: the client sees the connection dropped)."""
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response(status=202)
+
+
 def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         status=status,

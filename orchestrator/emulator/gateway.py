@@ -5,7 +5,8 @@ Authentication follows the real gateway (evs-api.md 3.4, 5, 7, 9): issued or fix
 (expired ones answered 401, or 400 ``Common.0013`` under ``--expired-token-answer 400``), AK/SK
 signatures checked exactly against the gateway's clock (``--clock-offset`` moves it; the ``Date``
 header tells it), and the AK lock after ``--ak-lock-after`` signature failures in a row. Paths
-containing a ``--gateway-404`` text are an API the region lacks (404 ``APIGW.0101``); a call whose IAM
+containing a ``--gateway-404`` text, and every ``/v5/`` path under ``--no-snapshot-groups``, are an API
+the region lacks (404 ``APIGW.0101``); a call whose IAM
 action is in ``--deny`` is refused 403 after authentication. What a request carries that the official
 SDK does not send is counted by route (``unlike_sdk`` in the state document).
 """
@@ -32,6 +33,7 @@ SKEW = timedelta(seconds=SIGNATURE_WINDOW)
 NO_SUCH_API = "The API does not exist or has not been published in the environment"
 UNAUTHORIZED = "Incorrect IAM authentication information: "
 AK_LOCKED = UNAUTHORIZED + "AK access failed to reach the limit,forbidden"
+EVS_PREFIXES = ("/v2/", "/v5/", "/v1/")  # the EVS APIs: v2 snapshots and disks, v5 groups, v1 jobs
 AUTHENTICATED_IAM_ROUTES = frozenset({"GET /v3/projects", "GET /v3/auth/projects"})
 
 
@@ -93,7 +95,10 @@ class Gateway:
             await self._delay()
             if any(text in request.path for text in self.settings.gateway_404):
                 raise gateway_error(404, "APIGW.0101", NO_SUCH_API)
-            evs = route.split(" ", 1)[1].startswith("/v2/")
+            path = route.split(" ", 1)[1]
+            if self.settings.no_snapshot_groups and path.startswith("/v5/"):
+                raise gateway_error(404, "APIGW.0101", NO_SUCH_API)  # a region without snapshot groups
+            evs = path.startswith(EVS_PREFIXES)
             if evs or route in AUTHENTICATED_IAM_ROUTES:
                 tenant = await self._authenticate(request)
                 if evs:

@@ -280,4 +280,7 @@ class EmulatorSettings:
     metadata_rewrite: str = option(
         "none", "lower: snapshot metadata keys come back lower-cased.", choices=("none", "lower")
     )
+    no_snapshot_groups: bool = option(
+        False, "The v5 snapshot-group API answers 404 APIGW.0101 (a region without it)."
+    )
     seed: int = option(0, "Seed for every random choice.")

@@ -21,6 +21,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from orchestrator.emulator.answers import (
+    drop,
     evs_error,
     gateway_error,
     json_body,
@@ -85,7 +86,7 @@ class SnapshotRoutes:
         self._check_quota()
         world = self.world
         if world.chance(self.settings.fault_drop_before):
-            return self._drop(request)
+            return drop(request)
         if world.chance(self.settings.fault_late_commit):
             world.create_snapshot(
                 volume=volume,
@@ -97,7 +98,7 @@ class SnapshotRoutes:
             raise gateway_error(504, "APIG.0203", "Backend timeout.")
         snap = world.create_snapshot(volume=volume, name=name, description=description, metadata=metadata)
         if world.chance(self.settings.fault_drop_after):
-            return self._drop(request)
+            return drop(request)
         return json_response(202, {"snapshot": self._json(snap, "creating")})
 
     def _check_volume(self, volume: Volume, *, force: bool) -> None:
@@ -129,12 +130,6 @@ class SnapshotRoutes:
         quota = self.settings.snapshot_quota
         if quota is not None and len(self.world.project_snapshots(self.settings.project_id)) >= quota:
             raise evs_error(413, "EVS.5413", "Insufficient volume quota.")
-
-    @staticmethod
-    def _drop(request: web.Request) -> web.Response:
-        if request.transport is not None:
-            request.transport.close()
-        return web.Response(status=202)
 
     def _find(self, request: web.Request) -> tuple[Snapshot, str]:
         found = self.world.find(request.match_info["snapshot_id"], request.match_info["project_id"])
@@ -210,7 +205,7 @@ class SnapshotRoutes:
             )
         if self.world.chance(self.settings.fault_delete_drop_after):
             self.world.delete_snapshot(snap)  # EVS started the deletion; the answer is lost
-            return self._drop(request)
+            return drop(request)
         self.world.delete_snapshot(snap)
         return web.Response(status=202)
 
@@ -244,10 +239,10 @@ class SnapshotRoutes:
                 f"but current status is: {volume.status}.",
             )
         if self.world.chance(self.settings.fault_rollback_drop_before):
-            return self._drop(request)
+            return drop(request)
         self.world.rollback(snap, volume, name)
         if self.world.chance(self.settings.fault_rollback_drop_after):
-            return self._drop(request)
+            return drop(request)
         return json_response(202, {"rollback": {"volume_id": volume.id}})
 
     async def list(self, request: web.Request) -> web.StreamResponse:

@@ -26,7 +26,17 @@ from orchestrator.emulator.settings import (
     SeedVolume,
 )
 
-__all__ = ["UUID_RE", "Attachment", "Clock", "Snapshot", "Volume", "World", "evs_time"]
+__all__ = [
+    "UUID_RE",
+    "Attachment",
+    "Clock",
+    "Job",
+    "Snapshot",
+    "SnapshotGroup",
+    "Volume",
+    "World",
+    "evs_time",
+]
 
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # Snapshots the backup services make; they do not count against the per-disk limit (evs-api.md 9).
@@ -85,6 +95,35 @@ class Snapshot:
     deleted_mono: float | None = None
     rollback_until: float | None = None
     enterprise_project_id: str = DEFAULT_ENTERPRISE_PROJECT  # the disk's, when it was made
+    group_id: str | None = None  # the v5 snapshot group it was made in (``emulator.groups``)
+
+
+@dataclasses.dataclass(slots=True)
+class SnapshotGroup:
+    """A group as the emulator holds it; its status is computed from the clock and its members."""
+
+    id: str
+    project_id: str
+    server_id: str
+    volume_ids: list[str]
+    name: str
+    description: str
+    tags: dict[str, str]
+    enterprise_project_id: str
+    created_at: str
+    visible_from: float
+    creating_until: float
+    deleted_mono: float | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class Job:
+    """An asynchronous job: a group's creation or deletion, or a member's rollback."""
+
+    id: str
+    job_type: str
+    begin: float
+    subject: str  # the group's id (create, delete) or the member's (rollback)
 
 
 @dataclasses.dataclass(slots=True)
@@ -132,6 +171,9 @@ class World:
         for seeded in sorted(settings.snapshots, key=lambda s: s.created_at or "~"):
             self._seed_snapshot(seeded)
         self.rollbacks: list[dict[str, str]] = []
+        # v5 snapshot groups and jobs by id; ``emulator.groups`` reads and changes them.
+        self.groups: dict[str, SnapshotGroup] = {}
+        self.jobs: dict[str, Job] = {}
         self.tokens: dict[str, IssuedToken] = {}
         self.buckets: dict[str, TokenBucket] = {}
         self.ak_failures = 0
@@ -299,13 +341,14 @@ class World:
         description: str | None,
         metadata: dict[str, str],
         delay: float = 0.0,
+        group_id: str | None = None,
     ) -> Snapshot:
         """Record a snapshot; with ``delay`` it appears (starts ``creating``) that many seconds later."""
         appears = self.clock() + delay
         created_at = evs_time(self.timeline.wall(appears))
         failed = self.chance(self.settings.fault_snapshot_error)
         snap = Snapshot(
-            id=str(uuid.UUID(int=self.random.getrandbits(128), version=4)),
+            id=self.new_id(),
             volume_id=volume.id,
             project_id=self.settings.project_id,
             name=name,
@@ -318,10 +361,22 @@ class World:
             creating_until=appears + self.settings.creating_seconds,
             final_status="error" if failed else "available",
             enterprise_project_id=volume.enterprise_project_id,
+            group_id=group_id,
         )
         self.snapshots[snap.id] = snap
         self.by_volume[volume.id].append(snap.id)
         return snap
+
+    def new_id(self) -> str:
+        """A new resource id (a UUID drawn from the seeded random source)."""
+        return str(uuid.UUID(int=self.random.getrandbits(128), version=4))
+
+    def creating_on(self, volume_id: str) -> bool:
+        """Whether a snapshot of the disk is ``creating`` now (a snapshot group refuses it: ``EVS.2409``)."""
+        return any(
+            found is not None and found[1] == "creating"
+            for found in map(self.find, list(self.by_volume.get(volume_id, ())))
+        )
 
     def delete_snapshot(self, snap: Snapshot) -> None:
         snap.deleted_mono = self.clock()
