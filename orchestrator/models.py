@@ -113,8 +113,32 @@ class Record:
     elapsed_ms: int
 
     def to_json(self) -> bytes:
-        """The record as one JSON line, newline included."""
-        return orjson.dumps(self, option=orjson.OPT_APPEND_NEWLINE)
+        """The record as one JSON line, newline included: its fields in their order, as
+        ``orjson.dumps(self)`` writes them (a dict is serialised about twice as fast as a slotted
+        dataclass, and this runs once a row)."""
+        return orjson.dumps(
+            {
+                "run_id": self.run_id,
+                "row": self.row,
+                "volume_id": self.volume_id,
+                "project_id": self.project_id,
+                "region": self.region,
+                "name": self.name,
+                "outcome": self.outcome,
+                "http_status": self.http_status,
+                "snapshot_id": self.snapshot_id,
+                "snapshot_status": self.snapshot_status,
+                "error_code": self.error_code,
+                "error_message": self.error_message,
+                "request_id": self.request_id,
+                "attempts": self.attempts,
+                "reconciled": self.reconciled,
+                "started_at": self.started_at,
+                "finished_at": self.finished_at,
+                "elapsed_ms": self.elapsed_ms,
+            },
+            option=orjson.OPT_APPEND_NEWLINE,
+        )
 
     @staticmethod
     def sending_line(request: SnapshotRequest, *, run_id: str, attempts: int, at: str) -> bytes:

@@ -72,14 +72,22 @@ class RateLimiter:
 
     async def acquire(self) -> None:
         """Wait for this request's slot."""
+        wait = self.slot()
+        if wait > 0:
+            await self.wait(wait)
+
+    def slot(self) -> float:
+        """Take this request's slot: the seconds until it starts (0: at once; ``wait`` them out)."""
         self.started += 1
         if self.rate is None:
-            return
+            return 0.0
         now = self._clock()
         slot = max(now, self._next)
         self._next = slot + 1.0 / self.rate
-        if slot > now:
-            await self._sleep(slot - now)
+        return slot - now
+
+    async def wait(self, seconds: float) -> None:
+        await self._sleep(seconds)
 
     def success_rate(self) -> float:
         """Successes per second over the last ``WINDOW`` (or the shorter time since the first one)."""

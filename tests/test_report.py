@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -57,6 +58,13 @@ def test_record_json_round_trip(record: Record) -> None:
     assert line.endswith(b"\n")
     assert line.count(b"\n") == 1
     assert Record.from_json(line) == record
+
+
+@given(records)
+def test_record_json_is_the_dataclass_json(record: Record) -> None:
+    """``to_json`` writes the bytes orjson gives the record itself: every field, in field order."""
+    assert record.to_json() == orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    assert list(orjson.loads(record.to_json())) == [field.name for field in dataclasses.fields(Record)]
 
 
 def run_header(rows: int = 10, run_id: str = "r") -> RunHeader:
