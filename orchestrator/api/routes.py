@@ -37,7 +37,7 @@ from orchestrator.api.session import Caller, new_session
 from orchestrator.errors import Closure, TransportError, UsageError
 from orchestrator.models import Answer
 from orchestrator.retry import Verdict, classify
-from orchestrator.throttle import RateLimiter
+from orchestrator.throttle import RateLimiter, told_limit
 
 if TYPE_CHECKING:
     import aiohttp
@@ -146,7 +146,7 @@ class Route:
         code = None if answer.ok else answer.error()[0]
         verdict = classify(answer.status, code)
         if verdict is Verdict.RETRY:
-            self.limiter.on_throttled()
+            self.limiter.on_throttled(told_limit(answer.error()[1]))
         elif answer.status < 500:
             self.proven = True
             self.limiter.on_success()
