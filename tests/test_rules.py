@@ -406,3 +406,28 @@ def test_only_the_columns_a_template_names_are_rendered_from_the_row() -> None:
     assert isinstance(request, SnapshotRequest)
     assert request.name == f"prod-1-{IDS[0]}"
     assert request.metadata == {"owner": "db", "fixed": "x"}
+
+
+def test_the_well_formed_values_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past WELL_FORMED_KEPT distinct project ids, the others are checked every time, and still pass."""
+    monkeypatch.setattr("orchestrator.rules.WELL_FORMED_KEPT", 1)
+    validator = RowValidator(defaults=RowDefaults(region="cn-north-4"), identity=IDENTITY, candidates=set())
+    projects = [PROJECT, "f" * 32, "f" * 32]
+    results = [
+        validator.validate(RawRow(row, row + 1, {"volume_id": IDS[row], "project_id": project}, False))
+        for row, project in enumerate(projects)
+    ]
+    assert all(isinstance(result, SnapshotRequest) for result in results)
+    assert validator.good_projects == {PROJECT}
+
+
+def test_a_template_the_options_did_not_check_fails_as_before() -> None:
+    """A validator built with a broken name template (the options refuse one) raises when it renders."""
+    validator = RowValidator(
+        defaults=RowDefaults(project_id=PROJECT, region="cn-north-4", name_template="{volume_id"),
+        identity=IDENTITY,
+        candidates=set(),
+    )
+    assert validator.columns is None
+    with pytest.raises(ValueError, match="expected '}'"):
+        validator.validate(RawRow(1, 2, {"volume_id": IDS[0]}, False))
