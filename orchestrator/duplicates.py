@@ -43,6 +43,7 @@ class BloomFilter:
     def __init__(self, bits: int = 1 << 25, hashes: int = 5) -> None:
         self.bits = 1 << max(6, (bits - 1).bit_length())
         self.mask = self.bits - 1
+        self.hashes = hashes
         self.steps = range(hashes)
         self.array = bytearray(self.bits // 8)
 
@@ -51,12 +52,11 @@ class BloomFilter:
         array, mask = self.array, self.mask
         bit, step = self._start(key)
         present = True
-        for _ in self.steps:
-            byte, flag = (bit & mask) >> 3, 1 << (bit & 7)
+        for position in range(bit, bit + step * self.hashes, step):  # the positions, counted in C
+            byte, flag = (position & mask) >> 3, 1 << (position & 7)
             if not array[byte] & flag:
                 present = False
                 array[byte] |= flag
-            bit += step
         return present
 
     def __contains__(self, key: bytes) -> bool:

@@ -35,7 +35,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import orjson
 
@@ -82,13 +82,13 @@ EXTENSIONS = {
 }
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RawRow:
+class RawRow(NamedTuple):
     """One manifest row as read: its 1-based position, the line it starts on, and its fields.
 
     ``fields`` is ``None`` when the row is not an object (a JSON scalar, or a CSV row with more cells
     than the header); ``from_csv`` tells that values are text to be parsed (``force``, ``metadata``).
     ``problem`` says why fields that were read cannot be trusted (two keys naming one field).
+    A named tuple, not a frozen dataclass: each pass makes one a row, and a tuple is made in C.
     """
 
     row: int
@@ -326,8 +326,8 @@ def _csv_rows(lines: Iterator[tuple[int, str]], name: str, columns_seen: _Column
                 yield RawRow(row, line, None, from_csv=True)
                 continue
             fields = {
-                column: _read_cell(cell)
-                for column, cell in zip(columns, cells, strict=False)
+                column: _read_cell(cell) if cell[0] == "'" else cell
+                for column, cell in zip(columns, cells)  # noqa: B905 - fewer cells than columns: the rest are absent
                 if column and cell.strip()
             }
             yield RawRow(row, line, fields, from_csv=True)

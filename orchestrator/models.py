@@ -116,12 +116,33 @@ class Record:
     snapshot_group_id: str | None = None
 
     def to_json(self) -> bytes:
-        """The record as one JSON line, newline included; without ``snapshot_group_id`` when it is
-        ``None`` (records of snapshots made alone read as before the field existed)."""
-        line = orjson.dumps(self, option=orjson.OPT_APPEND_NEWLINE)
-        if self.snapshot_group_id is None and line.endswith(_NO_GROUP):  # the last field, serialised
-            return line[: -len(_NO_GROUP)] + b"}\n"
-        return line
+        """The record as one JSON line, newline included: its fields in their order, as
+        ``orjson.dumps(self)`` writes them (a dict is serialised about twice as fast as a slotted
+        dataclass, and this runs once a row), without ``snapshot_group_id`` when it is ``None``
+        (records of snapshots made alone read as before the field existed)."""
+        fields = {
+            "run_id": self.run_id,
+            "row": self.row,
+            "volume_id": self.volume_id,
+            "project_id": self.project_id,
+            "region": self.region,
+            "name": self.name,
+            "outcome": self.outcome,
+            "http_status": self.http_status,
+            "snapshot_id": self.snapshot_id,
+            "snapshot_status": self.snapshot_status,
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "request_id": self.request_id,
+            "attempts": self.attempts,
+            "reconciled": self.reconciled,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "elapsed_ms": self.elapsed_ms,
+        }
+        if self.snapshot_group_id is not None:
+            fields["snapshot_group_id"] = self.snapshot_group_id
+        return orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
 
     @staticmethod
     def sending_line(request: SnapshotRequest, *, run_id: str, attempts: int, at: str) -> bytes:
@@ -209,7 +230,6 @@ def checked_fields(data: Mapping[str, Any], types: Mapping[str, tuple[type, ...]
 
 
 _RECORD_TYPES = field_types(Record)
-_NO_GROUP = b',"snapshot_group_id":null}\n'
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -38,6 +38,7 @@ RUN_MARKER_KEY = "evs_snapshot_run"
 HOLD_KEY = "evs_snapshot_hold"
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+WELL_FORMED_KEPT = 4096
 BUILTIN_PLACEHOLDERS = frozenset({"volume_id", "row", "run_id", "date", "datetime"})
 PLACEHOLDER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 # {tag:KEY}: a tag key (letters, digits, spaces and _ . : = + - @ /) as select --with-tags names its column
@@ -236,9 +237,19 @@ class RowValidator:
     region_required: bool = True
     first_rows: dict[bytes, int] = dataclasses.field(default_factory=dict)
     templated: bool = dataclasses.field(init=False)  # some --metadata value is rendered (has a brace)
+    # The manifest columns the templates name (``None``: every column), copied into a row's values.
+    columns: tuple[str, ...] | None = dataclasses.field(init=False)
+    # Project ids and regions found well-formed (most rows repeat the same few): checked once each.
+    good_projects: set[str] = dataclasses.field(init=False, default_factory=set)
+    good_regions: set[str] = dataclasses.field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.templated = any("{" in value or "}" in value for value in self.defaults.metadata.values())
+        templates = [self.defaults.name_template, *self.defaults.metadata.values()]
+        try:
+            self.columns = tuple(dict.fromkeys(c for t in templates for c in template_columns(t)))
+        except ValueError:  # a template the options did not check: render says what is wrong with it
+            self.columns = None
 
     def validate_all(self, rows: Iterable[RawRow]) -> Iterator[SnapshotRequest | Record]:
         for raw in rows:
@@ -247,7 +258,8 @@ class RowValidator:
     def validate(self, raw: RawRow) -> SnapshotRequest | Record:
         try:
             fields = _fields_of(raw)
-            self._check_duplicate(raw, fields)
+            if self.candidates:  # no key the first pass saw twice (the usual case): no row is a duplicate
+                self._check_duplicate(raw, fields)
             return self._request(raw, fields)
         except RowProblem as problem:
             return self.invalid(raw, problem)
@@ -291,16 +303,20 @@ class RowValidator:
         where = f"row {raw.row} (line {raw.line})"
         volume_id = _volume_id(fields.get("volume_id"), where)
         project_id = _optional_text(fields, "project_id", where) or self.defaults.project_id
-        if project_id is not None and not PROJECT_RE.match(project_id):
-            raise RowProblem(
-                "INVALID_PROJECT_ID",
-                f"{where}: project_id {project_id!r} is not 32 lower-case hex characters",
-            )
+        if project_id is not None and project_id not in self.good_projects:
+            if not PROJECT_RE.match(project_id):
+                raise RowProblem(
+                    "INVALID_PROJECT_ID",
+                    f"{where}: project_id {project_id!r} is not 32 lower-case hex characters",
+                )
+            _remember(self.good_projects, project_id)
         region = _optional_text(fields, "region", where) or self.defaults.region
-        if region is not None and not REGION_RE.match(region):
-            raise RowProblem(
-                "INVALID_REGION", f"{where}: region {region!r} is not a region id like cn-north-4"
-            )
+        if region is not None and region not in self.good_regions:
+            if not REGION_RE.match(region):
+                raise RowProblem(
+                    "INVALID_REGION", f"{where}: region {region!r} is not a region id like cn-north-4"
+                )
+            _remember(self.good_regions, region)
         if project_id is None and region is None:
             raise RowProblem(
                 "MISSING_PROJECT_ID",
@@ -348,9 +364,12 @@ class RowValidator:
         return {key: value for key, value in rendered if value is not None}
 
     def _values(self, fields: Mapping[str, Any], volume_id: str, row: int) -> dict[str, object]:
-        """What placeholders name: the row's columns and the built-in values."""
+        """What placeholders name: the row's columns (those the templates name) and the built-in values."""
+        columns = self.columns
         values: dict[str, object] = {
-            key: value for key, value in fields.items() if isinstance(value, str | int | float | bool)
+            key: value
+            for key, value in (fields.items() if columns is None else ((c, fields.get(c)) for c in columns))
+            if isinstance(value, str | int | float | bool)
         }
         values.update(
             volume_id=volume_id,
@@ -360,6 +379,11 @@ class RowValidator:
             datetime=self.identity.stamp,
         )
         return values
+
+
+def _remember(known: set[str], value: str) -> None:
+    if len(known) < WELL_FORMED_KEPT:  # memory stays flat whatever the manifest holds
+        known.add(value)
 
 
 def _fields_of(raw: RawRow) -> dict[str, Any]:

@@ -238,12 +238,14 @@ class Runner:
                 raise Stopped
             if refused is not None:
                 return self._failed(request, state, ("PRE_HOOK_FAILED", refused))
-        try:
-            route = await self.router.route_for(request.project_id, request.region)
-        except (ProjectLookupFailed, RouteClosed) as exc:
-            return self._failed(request, state, (exc.code, exc.message))
-        except TransportError as exc:
-            return self._failed(request, state, (exc.code, str(exc)))
+        route = self.router.known(request.project_id, request.region)  # every row but a project's first
+        if route is None:
+            try:
+                route = await self.router.route_for(request.project_id, request.region)
+            except (ProjectLookupFailed, RouteClosed) as exc:
+                return self._failed(request, state, (exc.code, exc.message))
+            except TransportError as exc:
+                return self._failed(request, state, (exc.code, str(exc)))
         if request.project_id != route.project_id:
             request = dataclasses.replace(request, project_id=route.project_id)
         try:
@@ -260,6 +262,21 @@ class Runner:
     ) -> Record | None:
         """The row's create attempts, each after the lookups an uncertain one before it needs."""
         policy = self.plan.policy
+        fresh = not (state.attempts or state.resumed or settling or state.uncertain_since is not None)
+        if fresh and policy.max_attempts > 0:
+            # The usual case, a fresh row's first attempt, sent without building the retry loop (as
+            # its first attempt would be): the loop takes over, this attempt spent, only when the
+            # answer asks for another try, after the pause the loop would have made.
+            if self._past_deadline():
+                return self._deadline(request, state)
+            if self.stopping:
+                raise Stopped
+            try:
+                return await self._send_once(request, route, state)
+            except TryAgain as exc:
+                if state.attempts < policy.max_attempts:
+                    wait = exc.wait
+                    await self._pause(policy.backoff(state.attempts, self.random) if wait is None else wait)
         if state.attempts < policy.max_attempts:
             # A settling task goes on where the worker stopped: the attempts left are its budget.
             budget = policy if not state.attempts else _spent(policy, state.attempts)

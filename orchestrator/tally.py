@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from orchestrator.actions import ROLLBACK_SUCCESS, SUCCESS, Action, ActionRecord, final_actions
-from orchestrator.models import SUCCESSFUL, Outcome, Record
+from orchestrator.models import SIDE, SUCCESSFUL, Outcome, Record
 from orchestrator.report import RowSlots, final_records, read_header, read_records
 
 SLOWEST = 5
@@ -106,10 +106,11 @@ class Counting:
         return self.command is None
 
     def fine(self, outcome: str, error_code: str | None) -> bool:
-        return outcome in self.success and not (outcome == Outcome.PLANNED.value and error_code)
+        return outcome in self.success and not (outcome == _PLANNED and error_code)
 
 
 ROWS = Counting(success=frozenset(OK))
+_PLANNED = Outcome.PLANNED.value
 
 
 class Tally:
@@ -155,12 +156,14 @@ class Tally:
 
     def add(self, record: Record | ActionRecord) -> None:
         """Count a record written now (a row's newest state, a sweep's side record, an action's record)."""
-        if isinstance(record, Record) and record.side:
+        # ``_value_``, the member's plain attribute: ``.value`` is a Python-level property (once a row).
+        outcome: str = record.outcome._value_
+        if isinstance(record, Record) and record.outcome in SIDE:
             if record.outcome is not Outcome.SENDING:  # the journal of attempts is not an outcome
-                self.duplicates[record.outcome.value] += 1
+                self.duplicates[outcome] += 1
             return
-        self.outcomes[record.outcome.value] += 1
-        fine = self.counting.fine(record.outcome.value, record.error_code)
+        self.outcomes[outcome] += 1
+        fine = self.counting.fine(outcome, record.error_code)
         if not fine:
             self.failing += 1
             if record.error_code is not None:
@@ -185,8 +188,8 @@ class Tally:
         else:
             heapq.heappushpop(self.slowest, entry)
         if record.outcome in NEXT_STEP:
-            self.to_act_count[record.outcome.value] += 1
-            rows = self.to_act.setdefault(record.outcome.value, [])
+            self.to_act_count[record.outcome._value_] += 1
+            rows = self.to_act.setdefault(record.outcome._value_, [])
             if len(rows) < LISTED_ROWS_MAX:
                 rows.append(record.row)
 

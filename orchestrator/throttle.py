@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -10,6 +11,20 @@ import anyio
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+
+# The gateway's 429 names its limit: "...policy user over ratelimit,limit:50,time:1 second" (evs-api.md 3.4).
+TOLD_LIMIT = re.compile(r"limit:\s*(\d+(?:\.\d+)?)\s*,\s*time:\s*(\d+)\s*(second|minute|hour)", re.IGNORECASE)
+UNIT_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
+
+
+def told_limit(message: str | None) -> float | None:
+    """Requests a second that a throttled answer's message names as the limit, or ``None``."""
+    found = TOLD_LIMIT.search(message or "")
+    if found is None:
+        return None
+    count, span, unit = float(found.group(1)), int(found.group(2)), found.group(3).lower()
+    seconds = span * UNIT_SECONDS[unit]
+    return count / seconds if count > 0 and seconds > 0 else None
 
 
 class RateLimiter:
@@ -21,6 +36,9 @@ class RateLimiter:
     succeeded for a second, it halves the rate once per ``COOLDOWN``. Each success adds a little
     back (about ``RECOVERY`` of the last measured rate per second), never above ``max_rps``. Against
     a limit it is not told, it settles in a shallow saw-tooth just under it.
+
+    A 429 whose message names the limit (``told_limit``) makes ``TOLD_SHARE`` of it a ceiling, as
+    ``--max-rps`` is: the saw-tooth then stays under the limit instead of probing past it.
 
     The first 429 ends the unpaced start. A gateway's burst allowance (a limit of R a second lets
     about R through at once, then R a second) makes the service look faster than its limit until
@@ -47,6 +65,7 @@ class RateLimiter:
     MIN_RATE = 0.5
     WINDOW = 1.0
     PROBE = 1.25
+    TOLD_SHARE = 0.97
 
     def __init__(
         self, max_rps: float | None = None, *, clock: Clock = time.monotonic, sleep: Sleep = anyio.sleep
@@ -72,14 +91,22 @@ class RateLimiter:
 
     async def acquire(self) -> None:
         """Wait for this request's slot."""
+        wait = self.slot()
+        if wait > 0:
+            await self.wait(wait)
+
+    def slot(self) -> float:
+        """Take this request's slot: the seconds until it starts (0: at once; ``wait`` them out)."""
         self.started += 1
         if self.rate is None:
-            return
+            return 0.0
         now = self._clock()
         slot = max(now, self._next)
         self._next = slot + 1.0 / self.rate
-        if slot > now:
-            await self._sleep(slot - now)
+        return slot - now
+
+    async def wait(self, seconds: float) -> None:
+        await self._sleep(seconds)
 
     def success_rate(self) -> float:
         """Successes per second over the last ``WINDOW`` (or the shorter time since the first one)."""
@@ -91,7 +118,11 @@ class RateLimiter:
         span = max(0.1, min(self.WINDOW, now - self._first_success))
         return len(self._successes) / span
 
-    def on_throttled(self) -> None:
+    def on_throttled(self, told: float | None = None) -> None:
+        """A 429; ``told``: the requests a second its message names as the limit (``told_limit``)."""
+        if told is not None:
+            ceiling = max(self.MIN_RATE, told * self.TOLD_SHARE)
+            self.ceiling = ceiling if self.ceiling is None else min(self.ceiling, ceiling)
         self.throttled += 1
         self._answered += 1
         now = self._clock()
@@ -106,6 +137,8 @@ class RateLimiter:
                 self._probing = False
                 self._cut(now, self.success_rate())
         if self.rate is not None:
+            if self.ceiling is not None:
+                self.rate = min(self.rate, self.ceiling)
             self._next = max(self._next, now + 1.0 / self.rate)
 
     def _first_throttle(self, now: float) -> None:

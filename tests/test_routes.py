@@ -240,3 +240,17 @@ async def test_an_answer_that_is_not_json_is_kept_as_its_text() -> None:
     assert reply.verdict is Verdict.UNCERTAIN
     assert (reply.answer.status, reply.answer.body) == (502, {"message": page.decode()})
     assert sum(seen.values()) == 1
+
+
+async def test_a_429_that_names_the_limit_caps_the_routes_rate(clocked: Callable[..., Any]) -> None:
+    """The gateway's 429 says "limit:5,time:1 second": the route's limiter keeps under 5 a second
+    from then on (its ceiling), as it would under --max-rps."""
+    emu = await clocked(any_volume=True, rate_limit=5, burst=1)
+    async with routed(emu.url) as route:
+        first = await route.send(evs.show_volume(PROJECT, API_IDS[0]))
+        second = await route.send(evs.show_volume(PROJECT, API_IDS[0]))
+    assert (first.answer.status, second.answer.status) == (200, 429)  # any_volume: every disk exists
+    assert second.verdict is Verdict.RETRY
+    assert route.limiter.ceiling == pytest.approx(5 * route.limiter.TOLD_SHARE)
+    assert route.limiter.rate is not None
+    assert route.limiter.rate <= route.limiter.ceiling

@@ -374,3 +374,60 @@ def test_json_force_is_a_json_boolean(write: Callable[..., Path], tmp_path: Path
     assert result.exit_code == 1, result.output
     got = {r["row"]: (r["outcome"], r["error_code"]) for r in records(report)}
     assert got == {1: ("planned", None), 2: ("invalid", "INVALID_FORCE")}
+
+
+def test_each_row_is_checked_though_its_project_and_region_were_seen_well_formed() -> None:
+    """The validator checks a project id or region once and remembers it: a later row that gives a bad
+    one is still invalid, and a string seen as a good project id is not taken for a good region."""
+    validator = RowValidator(defaults=RowDefaults(), identity=IDENTITY, candidates=set())
+    rows = [
+        {"volume_id": IDS[0], "project_id": PROJECT, "region": "cn-north-4"},
+        {"volume_id": IDS[1], "project_id": PROJECT.upper(), "region": "cn-north-4"},
+        {"volume_id": IDS[2], "project_id": PROJECT, "region": PROJECT},
+        {"volume_id": IDS[3], "project_id": "cn-north-4", "region": "cn-north-4"},
+    ]
+    results = [validator.validate(RawRow(row, row + 1, fields, False)) for row, fields in enumerate(rows, 1)]
+    assert isinstance(results[0], SnapshotRequest)
+    codes = [result.error_code for result in results[1:] if isinstance(result, Record)]
+    assert codes == ["INVALID_PROJECT_ID", "INVALID_REGION", "INVALID_PROJECT_ID"]
+
+
+def test_only_the_columns_a_template_names_are_rendered_from_the_row() -> None:
+    """Name and --metadata templates see the row's columns they name (and the built-in values)."""
+    defaults = RowDefaults(
+        project_id=PROJECT,
+        region="cn-north-4",
+        name_template="{env}-{row}-{volume_id}",
+        metadata={"owner": "{team}", "fixed": "x"},
+    )
+    request = validate(
+        {"volume_id": IDS[0], "env": "prod", "team": "db", "other": "ignored"}, defaults=defaults
+    )
+    assert isinstance(request, SnapshotRequest)
+    assert request.name == f"prod-1-{IDS[0]}"
+    assert request.metadata == {"owner": "db", "fixed": "x"}
+
+
+def test_the_well_formed_values_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past WELL_FORMED_KEPT distinct project ids, the others are checked every time, and still pass."""
+    monkeypatch.setattr("orchestrator.rules.WELL_FORMED_KEPT", 1)
+    validator = RowValidator(defaults=RowDefaults(region="cn-north-4"), identity=IDENTITY, candidates=set())
+    projects = [PROJECT, "f" * 32, "f" * 32]
+    results = [
+        validator.validate(RawRow(row, row + 1, {"volume_id": IDS[row], "project_id": project}, False))
+        for row, project in enumerate(projects)
+    ]
+    assert all(isinstance(result, SnapshotRequest) for result in results)
+    assert validator.good_projects == {PROJECT}
+
+
+def test_a_template_the_options_did_not_check_fails_as_before() -> None:
+    """A validator built with a broken name template (the options refuse one) raises when it renders."""
+    validator = RowValidator(
+        defaults=RowDefaults(project_id=PROJECT, region="cn-north-4", name_template="{volume_id"),
+        identity=IDENTITY,
+        candidates=set(),
+    )
+    assert validator.columns is None
+    with pytest.raises(ValueError, match="expected '}'"):
+        validator.validate(RawRow(1, 2, {"volume_id": IDS[0]}, False))

@@ -18,7 +18,7 @@ from orchestrator.models import Record, SnapshotRequest
 from orchestrator.progress import Progress
 from orchestrator.report import ReportWriter
 from orchestrator.retry import RetryPolicy
-from orchestrator.runner import Runner, RunPlan
+from orchestrator.runner import Runner, RunPlan, _Attempt
 from orchestrator.tally import Tally
 from tests.helpers import (
     AKSK,
@@ -218,3 +218,20 @@ def test_a_create_refused_outright_fails_its_row_and_the_rest_are_not_sent(
     assert all(got[row]["error_message"].startswith("not sent: ") for row in (2, 3))
     assert sum(emu.state()["requests"][CREATE_ROUTE].values()) == 1
     assert WRONG_SK["HUAWEICLOUD_SDK_SK"] not in result.output
+
+
+async def test_a_row_whose_first_attempt_comes_after_the_stop_is_left_unsent(
+    emulator: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A row taken just as the run stops gets no record and no request: --resume sends it."""
+    emu = await emulator(any_volume=True)
+    async with router_for(emu.url, AKSK) as router:
+        await router.route_for(PROJECT, None)  # known: the row's first attempt starts at once
+        with ReportWriter(str(tmp_path / "r.jsonl")) as writer:
+            runner = Runner(
+                RunPlan(run_id=EDGE_RUN, concurrency=1), router=router, writer=writer, tally=Tally()
+            )
+            runner.stop()
+            await runner._row(snapshot_request(CORE_IDS[0], 1), _Attempt(), settling=False)
+            assert writer.written == 0
+    assert hits(emu, CREATE_ROUTE) == {}

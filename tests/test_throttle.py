@@ -9,7 +9,7 @@ import itertools
 
 import pytest
 
-from orchestrator.throttle import RateLimiter
+from orchestrator.throttle import RateLimiter, told_limit
 from tests.helpers import FakeTime
 
 
@@ -125,3 +125,50 @@ async def test_after_the_first_429_starts_are_paced() -> None:
     gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
     assert gaps == pytest.approx([1 / rate] * 4)
     assert len(fake.slept) == 5
+
+
+def test_the_limit_a_429_names_is_read_per_second() -> None:
+    """The gateway's message names its limit (evs-api.md 3.4): per second or per minute; else nothing."""
+    said = "The throttling threshold has been reached: policy user over ratelimit,limit:{},time:1 {}"
+    assert told_limit(said.format(50, "second")) == 50
+    assert told_limit(said.format(600, "minute")) == 10
+    assert told_limit(said.format(0, "second")) is None
+    assert told_limit(said.format(5, "second").replace("time:1", "time:0")) is None
+    assert told_limit("The throttling threshold has been reached") is None
+    assert told_limit(None) is None
+
+
+async def test_a_told_limit_caps_the_rate_and_its_probing() -> None:
+    """After a 429 that names the limit, the rate never goes above TOLD_SHARE of it, however long
+    the successes go on; a 429 that names none leaves the limiter as it was."""
+    fake = FakeTime()
+    limiter = RateLimiter(None, clock=fake.clock, sleep=fake.sleep)
+    await burst(limiter, fake, successes=200, in_flight=32, seconds=0.05)
+    limiter.on_throttled(told=50.0)
+    ceiling = 50.0 * RateLimiter.TOLD_SHARE
+    assert limiter.ceiling == ceiling
+    assert limiter.rate is not None
+    assert limiter.rate <= ceiling
+    highest = 0.0
+    for _ in range(10):  # ten windows of successes, with no 429: the probing stops at the ceiling
+        fake.now += RateLimiter.WINDOW
+        for _ in range(60):
+            fake.now += 1 / 60
+            limiter.on_success()
+            highest = max(highest, limiter.rate)
+    assert highest == pytest.approx(ceiling)
+    untold = RateLimiter(None, clock=fake.clock, sleep=fake.sleep)
+    await burst(untold, fake, successes=200, in_flight=32, seconds=0.05)
+    untold.on_throttled()
+    assert untold.ceiling is None
+
+
+def test_a_told_limit_lowers_a_max_rps_above_it_and_keeps_one_below() -> None:
+    """With --max-rps too, the lower of the two is the ceiling."""
+    fake = FakeTime()
+    above = RateLimiter(100.0, clock=fake.clock, sleep=fake.sleep)
+    above.on_throttled(told=50.0)
+    assert above.ceiling == 50.0 * RateLimiter.TOLD_SHARE
+    below = RateLimiter(10.0, clock=fake.clock, sleep=fake.sleep)
+    below.on_throttled(told=50.0)
+    assert below.ceiling == 10.0

@@ -24,9 +24,8 @@ route raises a fresh ``RouteClosed`` for every later request; the run exits 3.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import anyio
 
@@ -38,7 +37,7 @@ from orchestrator.api.session import Caller, new_session
 from orchestrator.errors import Closure, TransportError, UsageError
 from orchestrator.models import Answer
 from orchestrator.retry import Verdict, classify
-from orchestrator.throttle import RateLimiter
+from orchestrator.throttle import RateLimiter, told_limit
 
 if TYPE_CHECKING:
     import aiohttp
@@ -55,9 +54,9 @@ THROTTLED = frozenset({"APIGW.0308", "APIG.0308"})
 EVS_CODE = "EVS."  # a 404 with an EVS code is the service's own answer about the request, not a missing API
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Reply:
-    """An answer and what it means: SUCCESS, RETRY (throttled), UNCERTAIN (5xx) or FINAL."""
+class Reply(NamedTuple):
+    """An answer and what it means: SUCCESS, RETRY (throttled), UNCERTAIN (5xx) or FINAL (a named
+    tuple: one is made for every request)."""
 
     answer: Answer
     verdict: Verdict
@@ -147,7 +146,7 @@ class Route:
         code = None if answer.ok else answer.error()[0]
         verdict = classify(answer.status, code)
         if verdict is Verdict.RETRY:
-            self.limiter.on_throttled()
+            self.limiter.on_throttled(told_limit(answer.error()[1]))
         elif answer.status < 500:
             self.proven = True
             self.limiter.on_success()
@@ -155,7 +154,9 @@ class Route:
 
     async def _send(self, call: Call) -> tuple[Answer, Closure | None]:
         self.check_open()
-        await self.limiter.acquire()
+        wait = self.limiter.slot()
+        if wait > 0:
+            await self.limiter.wait(wait)
         in_flight = self.in_flight
         try:
             in_flight.acquire_nowait()  # no checkpoint when a slot is free (the usual case)
@@ -172,7 +173,7 @@ class Route:
         return answer, refusal
 
     async def _call(self, call: Call) -> Answer:
-        self.counts[call.kind.value] += 1
+        self.counts[call.kind._value_] += 1  # the plain attribute: ``.value`` is a Python-level property
         if call.before is not None:
             call.before()
         try:
@@ -253,6 +254,7 @@ class Router:
         self.in_flight = anyio.Semaphore(limits.concurrency)
         self.routes: dict[tuple[URL, str], Route] = {}
         self._endpoints: dict[URL, Endpoint] = {}
+        self._known: dict[tuple[str | None, str], Route] = {}  # (region, project): found once a row
 
     async def route_for(self, project_id: str | None, region: str | None) -> Route:
         """The route of a row; raises ``ProjectLookupFailed``, ``RouteClosed`` or ``TransportError``."""
@@ -262,8 +264,15 @@ class Router:
             project_id = await self.resolver.project_for(region)
         return self.route_at(region, project_id)
 
+    def known(self, project_id: str | None, region: str | None) -> Route | None:
+        """The route ``route_for`` gave a row of this project and region before (``None``: not yet)."""
+        return None if project_id is None else self._known.get((region, project_id))
+
     def route_at(self, region: str | None, project_id: str) -> Route:
         """The route of a known region and project (for records that already went out)."""
+        known = self._known.get((region, project_id))
+        if known is not None:
+            return known
         base = self.endpoints.evs_for(region)
         route = self.routes.get((base, project_id))
         if route is None:
@@ -278,6 +287,7 @@ class Router:
                 limiter=RateLimiter(self.max_rps),
                 in_flight=self.in_flight,
             )
+        self._known[(region, project_id)] = route
         return route
 
     def closures(self) -> list[Closure]:

@@ -124,14 +124,15 @@ class Caller:
                 proxy=self.proxy,
             ) as response:
                 raw = await response.read()
+                got = response.headers.get
                 return Answer(
                     status=response.status,
                     body=_parse(raw),
-                    request_id=response.headers.get("X-Request-Id"),
-                    retry_after=response.headers.get("Retry-After"),
-                    subject_token=response.headers.get("X-Subject-Token"),
+                    request_id=got("X-Request-Id"),
+                    retry_after=got("Retry-After"),
+                    subject_token=got("X-Subject-Token"),
                     sent_with=outgoing.headers.get("X-Auth-Token"),
-                    date=response.headers.get("Date"),
+                    date=got("Date"),
                 )
         except TimeoutError as exc:
             raise RequestTimeout(f"no answer from {self.base_url} within {self.timeout.total:g}s") from exc

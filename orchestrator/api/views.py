@@ -55,15 +55,17 @@ class Snapshot:
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> Snapshot:
+        get = data.get
+        metadata = get("metadata")
         return cls(
-            id=str(data.get("id") or ""),
-            volume_id=str(data.get("volume_id") or "").lower(),
-            name=_text(data.get("name")),
-            status=_text(data.get("status")),
-            created_at=_text(data.get("created_at")),
-            marker=marker_in(data.get("metadata")),
-            hold=hold_in(data.get("metadata")),
-            snapshot_group_id=_text(data.get("snapshot_group_id")) or None,
+            id=str(get("id") or ""),
+            volume_id=str(get("volume_id") or "").lower(),
+            name=_text(get("name")),
+            status=_text(get("status")),
+            created_at=_text(get("created_at")),
+            marker=None if metadata is None else marker_in(metadata),
+            hold=None if metadata is None else hold_in(metadata),
+            snapshot_group_id=_text(get("snapshot_group_id")) or None,
         )
 
     @classmethod
