@@ -38,7 +38,9 @@ class RateLimiter:
     a limit it is not told, it settles in a shallow saw-tooth just under it.
 
     A 429 whose message names the limit (``told_limit``) makes ``TOLD_SHARE`` of it a ceiling, as
-    ``--max-rps`` is: the saw-tooth then stays under the limit instead of probing past it.
+    ``--max-rps`` is: the saw-tooth then stays under the limit instead of probing past it. The first
+    such 429 also sets the rate to that ceiling (no slow climb from a low first estimate); a limit
+    shared with other clients, or a message that names another policy's limit, still meets the cuts.
 
     The first 429 ends the unpaced start. A gateway's burst allowance (a limit of R a second lets
     about R through at once, then R a second) makes the service look faster than its limit until
@@ -71,6 +73,8 @@ class RateLimiter:
         self, max_rps: float | None = None, *, clock: Clock = time.monotonic, sleep: Sleep = anyio.sleep
     ):
         self.ceiling = max_rps
+        self._trusting = False  # pacing at a limit a 429 named, not yet shown wrong
+        self._estimate = 0.0  # the first estimate, for when a named limit proves wrong
         self.rate = max_rps
         self._clock = clock
         self._sleep = sleep
@@ -130,9 +134,19 @@ class RateLimiter:
         if self._restarted is None:
             self._first_throttle(now)
             self._probing = True
+            if told is not None and self.ceiling is not None and self.rate is not None:
+                # The gateway said its limit: start just under it rather than climb from the (low)
+                # first estimate, until a 429 shows it is not the limit that binds (below).
+                self._estimate, self._trusting = self.rate, True
+                self.rate, self._cut_from, self._probing = self.ceiling, told, False
         else:
             if self._owed > 0:
                 self._owed -= 1
+            elif self._trusting:
+                # Paced under the named limit, and still throttled: the limit that binds is another
+                # (shared with other clients, or another policy's). Back to the estimate, and climb.
+                self._trusting, self._probing = False, True
+                self.rate = min(self._estimate, self.ceiling or self._estimate)
             if now - self._restarted >= self.WINDOW:
                 self._probing = False
                 self._cut(now, self.success_rate())

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from orchestrator.emulator import SeedVolume
 from tests.helpers import (
     FAST_RETRIES,
@@ -220,15 +222,32 @@ def test_deadline_fails_rows_not_sent(
 def test_unknown_rate_limit_is_learned(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """Against a limit the tool is not told, it slows itself: nothing fails and few attempts are throttled."""
+    """Against a limit the tool is not told (neither --max-rps nor the 429's message names it), it slows
+    itself: nothing fails and few attempts are throttled."""
     ids = volume_ids(240, seed=48)
-    emu = emulator_thread(any_volume=True, rate_limit=60, burst=10)
+    emu = emulator_thread(any_volume=True, rate_limit=60, burst=10, told_limit=0)
     report = tmp_path / "r.jsonl"
     result = invoke(args_for(emu.url, csv_manifest(write, ids), report, "--concurrency", "16", *FAST_RETRIES))
     assert result.exit_code == 0, result.output
     creates = emu.state()["requests"]["POST /v2/{project_id}/cloudsnapshots"]
     assert creates["202"] == 240
     assert creates.get("429", 0) < 0.25 * sum(creates.values()), creates
+
+
+@pytest.mark.parametrize("told", [60, 240], ids=["told-the-limit", "told-four-times-the-limit"])
+def test_a_limit_the_429_names_is_taken_and_a_wrong_one_still_meets_the_cuts(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, told: int
+) -> None:
+    """The 429's message names a limit ("limit:N,time:1 second"): the tool goes straight to just under
+    it. A message that names another policy's (higher) limit costs some 429s but nothing fails."""
+    ids = volume_ids(240, seed=50)
+    emu = emulator_thread(any_volume=True, rate_limit=60, burst=10, told_limit=told)
+    report = tmp_path / "r.jsonl"
+    result = invoke(args_for(emu.url, csv_manifest(write, ids), report, "--concurrency", "16", *FAST_RETRIES))
+    assert result.exit_code == 0, result.output
+    creates = emu.state()["requests"]["POST /v2/{project_id}/cloudsnapshots"]
+    assert creates["202"] == 240
+    assert 0 < creates["429"] < 0.25 * sum(creates.values()), creates
 
 
 def test_max_rps_below_the_limit_is_never_throttled(

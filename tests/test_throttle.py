@@ -172,3 +172,27 @@ def test_a_told_limit_lowers_a_max_rps_above_it_and_keeps_one_below() -> None:
     below = RateLimiter(10.0, clock=fake.clock, sleep=fake.sleep)
     below.on_throttled(told=50.0)
     assert below.ceiling == 10.0
+
+
+async def test_a_told_limit_is_taken_at_once_until_a_paced_429_shows_it_is_not_the_one_that_binds() -> None:
+    """The first 429 names 50/s: the rate goes straight to just under it, not to the first estimate.
+    Once the requests out at that 429 are answered, a 429 while paced under it means another limit
+    binds: the rate falls back to the first estimate and climbs from there (the told cap stays)."""
+    fake = FakeTime()
+    limiter = RateLimiter(None, clock=fake.clock, sleep=fake.sleep)
+    await burst(limiter, fake, successes=10, in_flight=4, seconds=0.2)
+    limiter.on_throttled(told=50.0)  # one of the 4 out; 3 more are owed
+    ceiling = 50.0 * RateLimiter.TOLD_SHARE
+    assert limiter.rate == ceiling
+    estimate = RateLimiter(None, clock=fake.clock, sleep=fake.sleep)
+    fake.now = 0.0
+    await burst(estimate, fake, successes=10, in_flight=4, seconds=0.2)
+    estimate.on_throttled()
+    assert estimate.rate is not None
+    assert estimate.rate < ceiling / 2  # what the untold limiter starts from
+    for _ in range(3):  # the owed answers: throttled too, they were sent before the limit was known
+        limiter.on_throttled(told=50.0)
+    assert limiter.rate == ceiling
+    limiter.on_throttled(told=50.0)  # paced under 50/s and still throttled
+    assert limiter.rate == pytest.approx(estimate.rate)
+    assert limiter.ceiling == ceiling

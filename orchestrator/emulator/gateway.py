@@ -141,12 +141,10 @@ class Gateway:
         wait = self.world.throttle(tenant)
         if wait is None:
             return
-        limit = self.settings.rate_limit
+        told = self.settings.rate_limit if self.settings.told_limit is None else self.settings.told_limit
+        named = f",limit:{told:g},time:1 second" if told else ""
         error = gateway_error(
-            429,
-            "APIGW.0308",
-            "The throttling threshold has been reached: policy user over ratelimit,"
-            f"limit:{limit:g},time:1 second",
+            429, "APIGW.0308", f"The throttling threshold has been reached: policy user over ratelimit{named}"
         )
         if self.settings.retry_after:
             error.headers["Retry-After"] = str(max(1, round(wait + 0.4999)))

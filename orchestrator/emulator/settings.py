@@ -214,6 +214,12 @@ class EmulatorSettings:
     )
     burst: int | None = option(None, "Bucket size.  [default: RPS]", low=1)
     retry_after: bool = option(False, "Add Retry-After to 429 answers.")
+    told_limit: float | None = option(
+        None,
+        "The limit a 429's message names (limit:N,time:1 second); 0 names none, as a gateway that says "
+        "only the policy.  [default: --rate-limit]",
+        low=0,
+    )
     creating_seconds: float = option(2.0, "How long a new snapshot stays creating.", low=0)
     deleting_seconds: float = 0.5
     rollback_seconds: float = option(2.0, "How long a rollback keeps disk and snapshot rollbacking.", low=0)
