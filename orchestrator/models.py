@@ -103,6 +103,7 @@ class Record:
     http_status: int | None = None
     snapshot_id: str | None = None
     snapshot_status: str | None = None
+    snapshot_group_id: str | None = None  # create --consistency server: the group snapshot_id is a member of
     error_code: str | None = None
     error_message: str | None = None
     request_id: str | None = None

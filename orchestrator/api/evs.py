@@ -50,6 +50,9 @@ class Call:
     # Called each time the request is about to leave (after its rate and in-flight slots): create
     # journals the attempt there, so the journal's time is the send's, not the queue's.
     before: Callable[[], None] | None = dataclasses.field(default=None, compare=False, repr=False)
+    # An API some regions lack (the v5 group list, for prune and audit): the gateway's 404 answers the
+    # call (``safe.fetch_json`` raises ``ApiMissing``) instead of closing the route.
+    optional: bool = False
 
 
 def create_snapshot(
@@ -172,10 +175,11 @@ def create_snapshot_group(
 
 
 def list_snapshot_groups(
-    project_id: str, query: Sequence[tuple[str, str]], *, kind: Kind = Kind.LIST
+    project_id: str, query: Sequence[tuple[str, str]], *, kind: Kind = Kind.LIST, optional: bool = False
 ) -> Call:
     """The group list (``server_id``, ``tags`` = JSON ``[{"key", "value"}]``, ``limit``, ``offset``)."""
-    return Call(kind=kind, method="GET", path=f"/v5/{project_id}/snapshot-groups/detail", query=query)
+    path = f"/v5/{project_id}/snapshot-groups/detail"
+    return Call(kind=kind, method="GET", path=path, query=query, optional=optional)
 
 
 def show_snapshot_group(project_id: str, group_id: str, *, kind: Kind = Kind.POLL) -> Call:
@@ -189,6 +193,17 @@ def delete_snapshot_group(project_id: str, group_id: str) -> Call:
 def list_group_members(project_id: str, query: Sequence[tuple[str, str]], *, kind: Kind = Kind.LIST) -> Call:
     """The v5 snapshot list (``snapshot_group_id`` picks one group's members)."""
     return Call(kind=kind, method="GET", path=f"/v5/{project_id}/snapshots/detail", query=query)
+
+
+def rollback_group_member(project_id: str, snapshot_id: str, volume_id: str) -> Call:
+    """Roll one group member back onto its own disk (the v5 rollback; there is no group rollback)."""
+    body = orjson.dumps({"rollback": {"volume_id": volume_id}})
+    return Call(
+        kind=Kind.ROLLBACK,
+        method="POST",
+        path=f"/v5/{project_id}/snapshots/{snapshot_id}/rollback",
+        body=body,
+    )
 
 
 def show_job(project_id: str, job_id: str) -> Call:
