@@ -299,6 +299,8 @@ class Pass:
 
     def judge_group(self, scope: Scope, unit: Unit, named: list[Record], search: Search) -> None:
         """Write the records of one group's members (refused, blocked, planned) or queue its deletion."""
+        if not unit.members:
+            return  # it holds no snapshot of the run: nothing to delete, and no record to write
         rows = {str(row.volume_id).lower(): row.row for row in named}
         group_id = unit.group.id
         targets = {
@@ -312,7 +314,7 @@ class Pass:
         }
         self.ours |= set(targets)
         last = self.action.book.last
-        if unit.members and all(last.get(member.id) is Action.DELETED for member in unit.members):
+        if all(last.get(member.id) is Action.DELETED for member in unit.members):
             self.going |= set(targets)
             return
         if any(last.get(member.id) is Action.REFUSED for member in unit.members):

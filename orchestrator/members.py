@@ -144,6 +144,7 @@ def dropped(units: Units, verdicts: dict[str, list[str]], selected: dict[str, in
         unit
         for unit in units.units
         if unit.group.status != DELETING
+        and unit.members  # a group without members holds no snapshot: no disk's retention speaks of it
         and all(m.volume_id in selected and not verdicts.get(m.id) for m in unit.members)
     ]
 

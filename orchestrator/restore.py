@@ -165,14 +165,16 @@ async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
     blocked = unusable(row)
     if blocked is not None:
         return Look(None, blocked)
-    snapshot = await _snapshot(route, row, plan.reads, evs.Kind.CHECK)
-    if snapshot is None:
-        return Look(None, _blocked("SNAPSHOT_NOT_FOUND", f"snapshot {row.snapshot_id} no longer exists"))
-    if row.snapshot_group_id:
+    group = None
+    if row.snapshot_group_id:  # the group first: gone, it took its members with it
         group = await show_group(route, row.snapshot_group_id, plan.reads, kind=evs.Kind.CHECK)
-        if group is None:
-            gone = f"snapshot group {row.snapshot_group_id} (of snapshot {row.snapshot_id}) no longer exists"
-            return Look(snapshot, _blocked("SNAPSHOT_NOT_FOUND", gone, snapshot))
+    gone = row.snapshot_group_id and group is None
+    snapshot = None if gone else await _snapshot(route, row, plan.reads, evs.Kind.CHECK)
+    if snapshot is None:
+        of = f" (a member of snapshot group {row.snapshot_group_id})" if row.snapshot_group_id else ""
+        why = f"snapshot {row.snapshot_id}{of} no longer exists" + (" (the group is gone)" if gone else "")
+        return Look(None, _blocked("SNAPSHOT_NOT_FOUND", why))
+    if group is not None:
         refused = member_refusal(
             snapshot,
             group,

@@ -402,3 +402,53 @@ def test_ownership_of_groups_and_members_one_code_per_reason() -> None:
         OTHER_GROUP,
         "BACKUP_SNAPSHOT",
     ]
+
+
+def test_wait_leaves_members_of_a_creating_group_pending_until_it_times_out(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A group still creating (its clock held): its rows stay pending, then wait_timeout with the
+    last status seen; no row is settled from the member's own status while the group creates."""
+    emu, _ = world(emulator_thread, creating_seconds=3600.0)
+    made = make_groups(emu, RUN)
+    report = report_of(tmp_path / "create.jsonl", RUN, made)
+    args = cli_args("wait", report, endpoint=emu.url, poll_interval="0.05", wait_timeout="0.3s")
+    result = invoke(args)
+    assert result.exit_code == 1, result.output
+    final = last_per_row(report)
+    assert {(r["outcome"], r["snapshot_status"]) for r in final.values()} == {("wait_timeout", "creating")}
+
+
+def test_cleanup_refuses_a_run_group_with_a_member_on_a_disk_the_run_does_not_name(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A group carrying the run's tag whose disks no record names (and no row lacks a record): every
+    member refused OTHER_VOLUME, the group stays, exit 1; the named group goes."""
+    emu, _ = world(emulator_thread)
+    made = make_groups(emu, RUN)
+    named, stray = list(made)
+    report = report_of(tmp_path / "create.jsonl", RUN, {named: made[named]})
+    result = cleanup(emu, report, tmp_path / "c.jsonl", "--apply")
+    assert result.exit_code == 1, result.output
+    seen = {(r["snapshot_group_id"], r["outcome"], r["error_code"]) for r in records(tmp_path / "c.jsonl")}
+    assert seen == {(named, "deleted", None), (stray, "refused", OTHER_VOLUME)}
+    assert groups_left(emu) == {stray}
+
+
+def test_rollback_of_a_member_whose_group_is_gone_is_blocked(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The row's group no longer exists: blocked SNAPSHOT_NOT_FOUND, naming the group; nothing sent."""
+    emu, _ = world(emulator_thread)
+    made = make_groups(emu, RUN, DISKS[:2])
+    _http(emu, "DELETE", f"/v5/{PROJECT}/snapshot-groups/{next(iter(made))}")
+    report = report_of(tmp_path / "create.jsonl", RUN, made, outcome="available")
+    result = rollback_plan(emu, report, tmp_path / "b.jsonl")
+    assert result.exit_code == 1, result.output
+    final = last_per_row(tmp_path / "b.jsonl").values()
+    assert {(r["outcome"], r["error_code"]) for r in final} == {("planned", "SNAPSHOT_NOT_FOUND")}
+    assert all(next(iter(made)) in r["error_message"] for r in final)
+
+
+def rollback_plan(emu: Any, report: Path, out: Path) -> Any:
+    return invoke([*cli_args("rollback", report, endpoint=emu.url, report=out), *FAST, *FAST_WAIT])
