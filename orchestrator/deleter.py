@@ -1,6 +1,7 @@
 """Deleting snapshots: the one DELETE loop (``delete``), for ``prune``, ``cleanup`` (``Deleter``) and
-create's end-of-run sweep (``delete_snapshot``); what is deleted is chosen elsewhere (``retention``,
-``cleanup_pass``, ``sweep``).
+create's end-of-run sweeps (``delete_snapshot``; a second snapshot group of a server: ``delete`` with
+``group=True``, the whole group); what is deleted is chosen elsewhere (``retention``, ``cleanup_pass``,
+``sweep``, ``groupsweep``).
 
 Every answer is handled the same way, whoever deletes:
 
@@ -97,9 +98,12 @@ class Deletion:
 async def delete(
     route: Route, snapshot_id: str, policy: RetryPolicy, *, patience: float = 0.0, group: bool = False
 ) -> Deletion:
-    """Delete one snapshot (``group``: one snapshot group, its members with it), handling each answer as
-    the module docstring says; raises ``RouteClosed`` when the route refuses."""
-    call = (evs.delete_snapshot_group if group else evs.delete_snapshot)(route.project_id, snapshot_id)
+    """Delete one snapshot (with ``group``: one v5 snapshot group, its members with it), handling each
+    answer as the module docstring says; raises ``RouteClosed`` when the route refuses."""
+    if group:
+        call = evs.delete_snapshot_group(route.project_id, snapshot_id)
+    else:
+        call = evs.delete_snapshot(route.project_id, snapshot_id)
     loop = retrying(policy, patience=patience, pause=_pause(policy), reraise=False)
     last = Deletion(ended=Ended.FAILED)
     async for attempt in loop:

@@ -103,7 +103,6 @@ class Record:
     http_status: int | None = None
     snapshot_id: str | None = None
     snapshot_status: str | None = None
-    snapshot_group_id: str | None = None  # create --consistency server: the group snapshot_id is a member of
     error_code: str | None = None
     error_message: str | None = None
     request_id: str | None = None
@@ -112,6 +111,9 @@ class Record:
     started_at: str
     finished_at: str
     elapsed_ms: int
+    # ``create --consistency server``: the v5 snapshot group the row's snapshot (``snapshot_id``, the
+    # group's member on the row's disk) belongs to; ``None`` for a snapshot made alone.
+    snapshot_group_id: str | None = None
 
     def to_json(self) -> bytes:
         """The record as one JSON line, newline included."""
@@ -141,6 +143,7 @@ class Record:
                 "started_at": at,
                 "finished_at": at,
                 "elapsed_ms": 0,
+                "snapshot_group_id": None,
             },
             option=orjson.OPT_APPEND_NEWLINE,
         )

@@ -452,3 +452,33 @@ def test_rollback_of_a_member_whose_group_is_gone_is_blocked(
 
 def rollback_plan(emu: Any, report: Path, out: Path) -> Any:
     return invoke([*cli_args("rollback", report, endpoint=emu.url, report=out), *FAST, *FAST_WAIT])
+
+
+def test_the_lifecycle_reads_what_create_consistency_server_wrote(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """create --consistency server (members hidden from the v2 API), then wait, audit and cleanup
+    --apply on what it wrote: every row available, every disk fresh, both groups deleted whole."""
+    emu, _ = world(emulator_thread, group_members_unlisted=True)
+    source = manifest(write, DISKS)
+    report = tmp_path / "create.jsonl"
+    made = invoke(
+        [
+            *cli_args("create", source, endpoint=emu.url, project_id=PROJECT, report=report),
+            "--consistency",
+            "server",
+            *FAST,
+        ]
+    )
+    assert made.exit_code == 0, made.output
+    waited = invoke([*cli_args("wait", report, endpoint=emu.url), *FAST_WAIT])
+    assert waited.exit_code == 0, waited.output
+    assert {r["outcome"] for r in last_per_row(report).values()} == {"available"}
+    audited = invoke(
+        ["audit", str(source), "--endpoint", emu.url, "--project-id", PROJECT, "--max-age", "1d"]
+    )
+    assert audited.exit_code == 0, audited.output
+    cleaned = cleanup(emu, report, tmp_path / "c.jsonl", "--apply")
+    assert cleaned.exit_code == 0, cleaned.output
+    assert groups_left(emu) == set()
+    assert not requests_of(emu.state(), V2_DELETE)

@@ -22,6 +22,7 @@ import click
 
 from orchestrator import options
 from orchestrator.api.safe import remaining_quota
+from orchestrator.api.views import HOLD_KEY
 from orchestrator.console import Console
 from orchestrator.defaults import GRACE, SETTLE
 from orchestrator.demo import demo_defaults, with_emulator
@@ -29,6 +30,9 @@ from orchestrator.duplicates import duplicate_candidates
 from orchestrator.entry import run
 from orchestrator.errors import EvsSnapshotError, ListingFailed, UsageError
 from orchestrator.frame import Frame
+from orchestrator.groupplan import Server, check_groups_offered, check_zones, plan_servers, valid_tag
+from orchestrator.grouprun import GroupRunner
+from orchestrator.groupsweep import sweep_groups
 from orchestrator.lock import content_lock, manifest_lock, report_lock, run_lock
 from orchestrator.manifest import manifest_digest, read_rows, spooled
 from orchestrator.models import RunHeader, utc_iso, utc_now
@@ -85,6 +89,11 @@ class CreateSettings:
     keep_duplicates: bool = False
     wait: WaitPlan | None = None
     grace: float = GRACE
+    consistency: str = "disk"  # "server": one v5 snapshot group per server (groupplan, grouprun)
+
+    @property
+    def grouped(self) -> bool:
+        return self.consistency == "server"
 
 
 async def create(settings: CreateSettings, *, console: Console) -> int:
@@ -111,6 +120,12 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
         raise UsageError("--emulator starts its own emulator; leave out --endpoint (or leave out --emulator)")
     if settings.report != "-":
         check_report_path(Path(settings.report))
+    hold = settings.defaults.hold
+    if settings.grouped and hold is not None and not valid_tag(HOLD_KEY, hold):
+        raise UsageError(
+            f"--hold {hold!r}: with --consistency server the hold is a tag of the snapshot group, and a tag "
+            "value is at most 43 letters, digits, '_', '.' or '-'"
+        )
     if settings.emulator:
         settings = dataclasses.replace(settings, defaults=demo_defaults(settings.defaults))
     also_known = frozenset({"emulator_status"}) if settings.emulator else frozenset()
@@ -140,17 +155,31 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
                     columns_checked(rows(warn_columns=True), settings.defaults), settings.defaults
                 )
             )
+            servers = None
+            if settings.grouped:  # rows without a server, or servers no group takes: exit 2 here
+                servers = await in_thread(lambda: plan_servers(rows(), settings.defaults))
             book, identity = resume_identity(
                 settings.report,
                 settings.resume,
                 total=total,
                 digest=digest,
                 display=display,
-                shape=name_shape(settings.defaults),
+                shape=_shape(settings),
             )
             held.take(run_lock(identity.run_id))  # a new run's, before its header names it anywhere
             await _locked(
-                frame, settings, identity, book, total, digest, display, rows, candidates, console, started
+                frame,
+                settings,
+                identity,
+                book,
+                total,
+                digest,
+                display,
+                rows,
+                candidates,
+                console,
+                started,
+                servers,
             )
         return frame.exit_code
 
@@ -182,6 +211,7 @@ async def _locked(
     candidates: set[bytes],
     console: Console,
     started: float,
+    servers: dict[str, Server] | None,
 ) -> None:
 
     if settings.emulator:
@@ -199,6 +229,9 @@ async def _locked(
             await _warn_over_quota(settings, router, total, console)
         if quota_scope.cancelled_caught:
             console.warn(f"the project's snapshot quota did not answer within {left:.0f}s; going on")
+        if servers is not None:  # before the report: a region without groups, two zones exit 2
+            await check_groups_offered(router, servers, settings.policy)
+            await check_zones(router, servers, settings.policy)
     writer = frame.open_report(
         RunHeader(
             run_id=identity.run_id,
@@ -206,7 +239,7 @@ async def _locked(
             manifest=display,
             rows=total,
             digest=digest,
-            shape=name_shape(settings.defaults),
+            shape=_shape(settings),
             started_at=utc_iso(identity.started),
             emulator=settings.emulator,
             dry_run=settings.dry_run,
@@ -233,10 +266,17 @@ async def _locked(
     )
     tally = frame.tally = Tally(manifest_rows=total)
     tally.started = started
-    runner = Runner(plan, router=router, writer=writer, tally=tally, resume=book)
+    runner: Runner | GroupRunner
+    if servers is None:
+        runner = Runner(plan, router=router, writer=writer, tally=tally, resume=book)
+    else:
+        runner = GroupRunner(
+            plan, servers=servers, router=router, writer=writer, tally=tally, resume=book, warn=console.warn
+        )
     async with anyio.create_task_group() as group:
         if settings.progress:
-            progress = Progress(tally, total, console.stream, router=router, runner=runner)
+            shown = runner if isinstance(runner, Runner) else None
+            progress = Progress(tally, total, console.stream, router=router, runner=shown)
             group.start_soon(progress.run)
         with anyio.CancelScope() as run_scope:
             group.start_soon(
@@ -263,6 +303,7 @@ async def _locked(
             frame.signals,
             started,
             in_doubt=runner.in_doubt,
+            servers=servers,
         )
 
 
@@ -277,6 +318,7 @@ async def _after_create(
     run_started: float,
     *,
     in_doubt: bool,
+    servers: dict[str, Server] | None = None,
 ) -> Tally:
     """The sweep (exactly one snapshot per accepted row), then ``--wait``; both within ``--deadline``.
 
@@ -292,7 +334,10 @@ async def _after_create(
         if in_doubt:
             writer.sync()
             with anyio.move_on_after(None if deadline is None else deadline - time.monotonic()) as scope:
-                await _sweep(settings, identity, router, writer, tally, console, report)
+                if servers is None:
+                    await _sweep(settings, identity, router, writer, tally, console, report)
+                else:
+                    await _sweep_groups(settings, identity, router, writer, tally, console, report, servers)
             if scope.cancelled_caught:
                 tally.unfinished.append("the --deadline passed before the duplicate sweep finished")
                 console.error(f"{tally.unfinished[-1]}; run `evs-snapshot wait {report}` to sweep again")
@@ -351,6 +396,48 @@ async def _sweep(
         )
 
 
+async def _sweep_groups(
+    settings: CreateSettings,
+    identity: RunIdentity,
+    router: Router,
+    writer: ReportWriter,
+    tally: Tally,
+    console: Console,
+    report: Path,
+    servers: dict[str, Server],
+) -> None:
+    try:
+        result = await sweep_groups(
+            router,
+            servers,
+            run_id=identity.run_id,
+            report=report,
+            writer=writer,
+            tally=tally,
+            policy=sweep_policy(settings.policy),
+            keep_duplicates=settings.keep_duplicates,
+            patience=max(settings.settle, 10.0),
+        )
+    except ListingFailed as exc:
+        tally.unfinished.append(f"the snapshot-group sweep could not list: {exc}")
+        console.error(f"{tally.unfinished[-1]}; run `evs-snapshot create --resume` to sweep again")
+        return
+    if result.found or result.reconciled:
+        console.warn(
+            f"sweep: {result.found} extra snapshot groups of this run found, {result.removed} deleted; "
+            f"{result.reconciled} rows found created after all"
+        )
+
+
+def _shape(settings: CreateSettings) -> dict[str, str]:
+    """The run's shape (``report.name_shape``), and ``consistency`` when it is ``server``: a resume in
+    the other mode would look its rows up where they are not."""
+    shape = name_shape(settings.defaults)
+    if settings.grouped:
+        shape["consistency"] = settings.consistency
+    return shape
+
+
 async def _warn_over_quota(settings: CreateSettings, router: Router, total: int, console: Console) -> None:
     """Before the first create: warn when the rows exceed the project's remaining snapshot quota.
 
@@ -391,6 +478,15 @@ def _phase(tally: Tally, name: str, started: float, router: Router | None) -> No
     metavar="REASON",
     help="Hold every snapshot made (the evs_snapshot_hold key = REASON, in the create request itself): "
     "prune never deletes it, cleanup only with --include-held; `release` removes it.",
+)
+@click.option(
+    "--consistency",
+    type=click.Choice(["disk", "server"]),
+    default="disk",
+    show_default=True,
+    help="disk: one snapshot per row, each at its own moment. server: one v5 snapshot group per server "
+    "(rows grouped by the server_id column `select` writes): its disks' snapshots share one point in "
+    "time; exits 2 where the region has no snapshot groups.",
 )
 @options.CONNECTION
 @click.option(
@@ -452,6 +548,7 @@ def command(
     source: ManifestSource,
     rows: RowDefaults,
     hold_reason: str | None,
+    consistency: str,
     connection: Connection,
     report_path: str | None,
     resume: bool,
@@ -489,5 +586,6 @@ def command(
         settle=settle,
         keep_duplicates=keep_duplicates,
         wait=wait_plan if wait_for_snapshots else None,
+        consistency=consistency,
     )
     raise SystemExit(run(lambda: create(settings, console=console), console=console))
