@@ -330,8 +330,9 @@ async def _send_until_settled(
     """The sends, under the policy's retries: an attempt whose answer may have been lost is followed by
     a watch of the disk (``_taken``, then every check again) instead of a pause, before the one resend.
     ``sent[0]`` keeps the last attempt's finding (what ``_send`` records when a look fails)."""
-    rollback = evs.rollback_group_member if row.snapshot_group_id else evs.rollback_snapshot
-    call = rollback(route.project_id, str(row.snapshot_id), str(row.volume_id))
+    call = evs.rollback_snapshot(
+        route.project_id, str(row.snapshot_id), str(row.volume_id), member=bool(row.snapshot_group_id)
+    )
     uncertain = doubtful = False  # doubtful: some attempt may have arrived without an answer
     last = sent[0]
     loop = retrying(plan.policy, reraise=False)

@@ -82,14 +82,12 @@ def delete_snapshot(project_id: str, snapshot_id: str) -> Call:
     return Call(kind=Kind.DELETE, method="DELETE", path=f"/v2/{project_id}/cloudsnapshots/{snapshot_id}")
 
 
-def rollback_snapshot(project_id: str, snapshot_id: str, volume_id: str) -> Call:
+def rollback_snapshot(project_id: str, snapshot_id: str, volume_id: str, *, member: bool = False) -> Call:
+    """Roll a snapshot back onto its own disk; ``member``: a v5 snapshot-group member, by the v5
+    rollback (there is no group rollback)."""
     body = orjson.dumps({"rollback": {"volume_id": volume_id}})
-    return Call(
-        kind=Kind.ROLLBACK,
-        method="POST",
-        path=f"/v2/{project_id}/cloudsnapshots/{snapshot_id}/rollback",
-        body=body,
-    )
+    path = f"/v5/{project_id}/snapshots" if member else f"/v2/{project_id}/cloudsnapshots"
+    return Call(kind=Kind.ROLLBACK, method="POST", path=f"{path}/{snapshot_id}/rollback", body=body)
 
 
 def add_snapshot_metadata(project_id: str, snapshot_id: str, metadata: Mapping[str, str]) -> Call:
@@ -193,17 +191,6 @@ def delete_snapshot_group(project_id: str, group_id: str) -> Call:
 def list_group_members(project_id: str, query: Sequence[tuple[str, str]], *, kind: Kind = Kind.LIST) -> Call:
     """The v5 snapshot list (``snapshot_group_id`` picks one group's members)."""
     return Call(kind=kind, method="GET", path=f"/v5/{project_id}/snapshots/detail", query=query)
-
-
-def rollback_group_member(project_id: str, snapshot_id: str, volume_id: str) -> Call:
-    """Roll one group member back onto its own disk (the v5 rollback; there is no group rollback)."""
-    body = orjson.dumps({"rollback": {"volume_id": volume_id}})
-    return Call(
-        kind=Kind.ROLLBACK,
-        method="POST",
-        path=f"/v5/{project_id}/snapshots/{snapshot_id}/rollback",
-        body=body,
-    )
 
 
 def show_job(project_id: str, job_id: str) -> Call:
