@@ -245,6 +245,9 @@ def test_cleanup_refuses_a_named_group_of_another_run_and_counts_a_gone_one_dele
     seen = {(r["snapshot_group_id"], r["outcome"], r["error_code"]) for r in records(tmp_path / "c.jsonl")}
     assert seen == {(next(iter(foreign)), "refused", GROUP_NOT_THIS_RUN), (gone, "deleted", None)}
     assert groups_left(emu) == set(foreign)
+    again = cleanup(emu, report, tmp_path / "c.jsonl", "--apply", "--resume")  # settled: nothing new
+    assert again.exit_code == 0, again.output
+    assert len(records(tmp_path / "c.jsonl")) == len(DISKS)
 
 
 def test_prune_keeps_or_drops_each_group_as_one_unit(
@@ -361,7 +364,8 @@ def test_audit_counts_members_and_reports_an_incomplete_group(
     a server that lacks a disk the manifest puts on that server is one line and exit 1."""
     emu, _ = world(emulator_thread, group_members_unlisted=True)
     make_groups(emu, RUN, [*DISKS[:2], DISKS[2]])  # server 2's group misses DISKS[3]
-    args = ["audit", str(manifest(write, DISKS[:2])), "--endpoint", emu.url, "--project-id", PROJECT]
+    elsewhere = write("x.csv", f"volume_id,server_id\n{DISKS[0]},{SERVERS[0]}\n{DISKS[1]},no-group-server\n")
+    args = ["audit", str(elsewhere), "--endpoint", emu.url, "--project-id", PROJECT]
     whole = invoke([*args, "--max-age", "1d", *ACTION_RETRIES])
     assert whole.exit_code == 0, whole.output
     args[1] = str(manifest(write, DISKS, "all.csv"))
@@ -433,6 +437,10 @@ def test_cleanup_refuses_a_run_group_with_a_member_on_a_disk_the_run_does_not_na
     seen = {(r["snapshot_group_id"], r["outcome"], r["error_code"]) for r in records(tmp_path / "c.jsonl")}
     assert seen == {(named, "deleted", None), (stray, "refused", OTHER_VOLUME)}
     assert groups_left(emu) == {stray}
+    again = cleanup(emu, report, tmp_path / "c.jsonl", "--apply", "--resume")  # settled: nothing new
+    assert again.exit_code == 1, again.output
+    assert len(records(tmp_path / "c.jsonl")) == len(DISKS)
+    assert sum(requests_of(emu.state(), GROUP_DELETE).values()) == 1
 
 
 def test_rollback_of_a_member_whose_group_is_gone_is_blocked(
@@ -482,3 +490,20 @@ def test_the_lifecycle_reads_what_create_consistency_server_wrote(
     assert cleaned.exit_code == 0, cleaned.output
     assert groups_left(emu) == set()
     assert not requests_of(emu.state(), V2_DELETE)
+
+
+def test_cleanup_waits_out_a_group_already_deleting(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A run's group whose deletion an earlier cleanup sent (it is deleting): a plan counts it as going
+    (exit 0, no record); --apply records its members deleted without a second DELETE."""
+    emu, _ = world(emulator_thread, deleting_seconds=3600.0)
+    made = make_groups(emu, RUN, DISKS[:2])
+    _http(emu, "DELETE", f"/v5/{PROJECT}/snapshot-groups/{next(iter(made))}")
+    report = report_of(tmp_path / "create.jsonl", RUN, made)
+    plan = cleanup(emu, report, tmp_path / "plan.jsonl")
+    assert plan.exit_code == 0, plan.output
+    done = cleanup(emu, report, tmp_path / "done.jsonl", "--apply", "--no-wait")
+    assert done.exit_code == 0, done.output
+    assert {r["outcome"] for r in records(tmp_path / "done.jsonl")} == {"deleted"}
+    assert sum(requests_of(emu.state(), GROUP_DELETE).values()) == 1
