@@ -46,6 +46,7 @@ from orchestrator.findings import (
     clock_check,
     credential_source,
     ep_check,
+    groups_check,
     lifetime_note,
     permission_check,
     probes,
@@ -423,6 +424,12 @@ class Doctor:
                 proves=(3,),
             )
         )
+
+    async def snapshot_groups(self) -> None:
+        """Whether the region answers the v5 group list (on a route of its own: a 404 closes one)."""
+        assert self.project_id is not None  # noqa: S101
+        call = evs.list_snapshot_groups(self.project_id, [("limit", "1")], kind=evs.Kind.CHECK)
+        self.add(groups_check(await exchange(self.fresh_route(), call, self.policy), (shown(call),)))
 
     # --- 7. quota ------------------------------------------------------------------------------------
     async def quota(self, answers: Mapping[str, Answer], targets: Sequence[Target] | None) -> None:

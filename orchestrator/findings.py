@@ -364,3 +364,31 @@ def render(checks: Sequence[Check], last: str) -> str:
             lines.append(f"{'':<{width}}  {'':<6}  fix: {check.fix}")
     lines.append(last)
     return "\n".join(lines) + "\n"
+
+
+def groups_check(answer: Answer, sent: tuple[str, ...]) -> Check:
+    """Whether the region answers the v5 snapshot-group list (``create --consistency server``)."""
+    name = "snapshot groups"
+    if answer.ok:
+        return Check(
+            name=name,
+            result=Result.PASS,
+            meaning="the v5 snapshot-group list answers: create --consistency server can make one "
+            "crash-consistent group per server here",
+            sent=sent,
+        )
+    if answer.status == 404 and answer.error()[0] in NO_SUCH_API:
+        return Check(
+            name=name,
+            result=Result.INFO,
+            meaning=f"no snapshot groups here ({said(answer)}): create --consistency server exits 2",
+            fix="use --consistency disk (the default), with --pre-hook/--post-hook to freeze file systems",
+            sent=sent,
+        )
+    return Check(
+        name=name,
+        result=Result.WARN,
+        meaning=f"the v5 snapshot-group list was refused ({said(answer)})",
+        fix="grant evs:snapshots:list for the v5 API, or use --consistency disk",
+        sent=sent,
+    )

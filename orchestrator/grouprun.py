@@ -97,11 +97,13 @@ class GroupRunner:
         A server with an invalid row sends nothing: its other rows end ``GROUP_INCOMPLETE``."""
         units: dict[str, list[SnapshotRequest]] = defaultdict(list)
         invalid: dict[str, int] = {}
+        done: set[str] = set()  # servers with a row an earlier process finished: their group exists
         for item in items:
             server = self.server_of[item.row]
             previous = None if self.resume is None else self.resume.outcome(item.row)
             if self.resume is not None and self.resume.finished(item.row) and previous is not None:
                 self.tally.add_previous(previous, item.row)
+                done.add(server)
             elif isinstance(item, Record):
                 self.emit(item)
                 invalid.setdefault(server, item.row)
@@ -123,6 +125,9 @@ class GroupRunner:
                 known = [moment for moment in since if moment is not None]
                 if known:
                     unit.uncertain_since = max(known) + self.plan.timeout
+                    unit.maybe_sent = unit.resumed = True
+                if server in done:  # its group was made: found by lookups, never sent for part of it
+                    unit.uncertain_since = max(unit.uncertain_since or 0.0, time.monotonic())
                     unit.maybe_sent = unit.resumed = True
             ready.append(unit)
         return ready

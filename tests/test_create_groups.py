@@ -4,6 +4,7 @@ second group; a region without groups."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -12,15 +13,27 @@ from typing import Any
 
 import pytest
 
-from orchestrator.emulator import SeedVolume
-from tests.helpers import create_args, header, invoke, journal, last_per_row, requests_of, volume_ids
+from orchestrator.emulator import SeedSnapshot, SeedVolume
+from tests.helpers import (
+    create_args,
+    header,
+    in_flight,
+    invoke,
+    journal,
+    kill_when,
+    last_per_row,
+    records,
+    requests_of,
+    run_process,
+    volume_ids,
+)
 
 GROUP_CREATE = "POST /v5/{project_id}/snapshot-groups"
 GROUP_LIST = "GET /v5/{project_id}/snapshot-groups/detail"
 SERVERS = [str(uuid.UUID(int=0x5E00 + index, version=4)) for index in range(4)]
 DISKS = volume_ids(12, seed=0x6A3)
 QUICK = ("--max-attempts", "6", "--backoff-initial", "0.01", "--backoff-max", "0.05", "--settle", "0.3")
-QUICK += ("--timeout", "2")
+QUICK += ("--timeout", "1")
 
 
 def server_disks(servers: int = 2, per: int = 2, zone: str | None = None) -> tuple[SeedVolume, ...]:
@@ -173,3 +186,199 @@ def test_a_region_without_groups(
     assert requests_of(state, GROUP_LIST) == {"404": 1}
     assert requests_of(state, GROUP_CREATE) == {}
     assert not report.exists()
+
+
+@pytest.mark.parametrize(
+    ("switch", "knobs"),
+    [
+        ("fault_drop_before", {"fault_drop_before": 0.5}),
+        ("fault_drop_after", {"fault_drop_after": 1.0}),
+        ("fault_late_commit", {"fault_late_commit": 1.0, "late_commit_seconds": 0.1}),
+        ("fault_5xx", {"fault_5xx": 0.3}),
+    ],
+)
+def test_each_fault_switch_leaves_one_group_per_server(
+    emulator_thread: Callable[..., Any],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    switch: str,
+    knobs: dict[str, Any],
+) -> None:
+    """Drops before and after EVS records the group, late commits, 5xx: every row accepted, exactly one
+    group per server, uncertain creates found by tag and server (reconciled) instead of sent again."""
+    volumes = server_disks(3)
+    emu = emulator_thread(volumes=volumes, seed=7, creating_seconds=0.05, deleting_seconds=0.05, **knobs)
+    report = tmp_path / "r.jsonl"
+    result = invoke(group_args(emu.url, manifest(write, rows_of(volumes)), report, "--max-attempts", "12"))
+    assert result.exit_code == 0, result.output + result.stderr
+    run_id = header(report)["run_id"]
+    state = emu.state()
+    assert groups_per_server(state, run_id) == dict.fromkeys(SERVERS[:3], 1)
+    final = last_per_row(report)
+    assert {r["outcome"] for r in final.values()} == {"accepted"}
+    assert all(r["snapshot_group_id"] and r["snapshot_id"] for r in final.values())
+    creates = requests_of(state, GROUP_CREATE)
+    if switch in ("fault_drop_after", "fault_late_commit"):  # EVS acted: found, never sent again
+        assert any(r["reconciled"] for r in final.values()), switch
+    assert sum(creates.values()) > creates["202"], (switch, creates)  # the fault really happened
+
+
+def test_a_second_group_is_swept(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A late commit that outlasts --settle makes the group twice; once it appears, the sweep of a
+    --resume deletes the second group whole (members too) and says so in side records."""
+    volumes = server_disks(1)
+    emu = emulator_thread(
+        volumes=volumes,
+        fault_late_commit=1.0,
+        late_commit_seconds=0.5,
+        creating_seconds=0.05,
+        deleting_seconds=0.05,
+    )
+    report = tmp_path / "r.jsonl"
+    args = group_args(emu.url, manifest(write, rows_of(volumes)), report)
+    result = invoke(args)
+    assert result.exit_code == 0, result.output + result.stderr
+    run_id = header(report)["run_id"]
+    time.sleep(0.6)  # the second create's late commit lands
+    assert groups_per_server(emu.state(), run_id) == {SERVERS[0]: 2}
+    result = invoke([*args, "--resume"])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "1 extra snapshot groups of this run found, 1 deleted" in result.stderr
+    state = emu.state()
+    assert groups_per_server(state, run_id) == {SERVERS[0]: 1}
+    kept = {r["snapshot_group_id"] for r in last_per_row(report).values()}
+    assert {g["id"] for g in state["snapshot_groups"] if g["status"] != "deleting"} == kept
+    sides = [r for r in records(report) if r["outcome"] == "duplicate_deleted"]
+    assert len(sides) == 2
+    assert {r["snapshot_group_id"] for r in sides} - kept
+    assert len([s for s in state["snapshots"] if s["status"] != "deleting"]) == 2  # the kept group's
+
+
+CHAOS = {
+    "fault_5xx": 0.1,
+    "fault_drop_before": 0.1,
+    "fault_drop_after": 0.1,
+    "fault_late_commit": 0.2,
+    "late_commit_seconds": 0.5,  # longer than --settle: some groups are made twice, then swept
+    "latency_ms": 10,  # a group create is out long enough for the kill to find one in flight
+    "creating_seconds": 0.1,
+    "deleting_seconds": 0.05,
+}
+
+
+def test_chaos_with_a_kill_and_a_resume(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Groups under late commits, drops and 5xx, a SIGKILL while a group create is out, then --resume
+    (twice: the second after the last late commits landed, to sweep them): exactly one group per
+    server of the run, from the emulator's state, and each row names its member of that group."""
+    servers = 8
+    volumes = tuple(
+        SeedVolume(
+            volume_id=volume_ids(servers * 2, seed=0x6A5)[s * 2 + d], server_id=SERVERS[0][:-4] + f"{s:04x}"
+        )
+        for s in range(servers)
+        for d in range(2)
+    )
+    emu = emulator_thread(volumes=volumes, seed=23, **CHAOS)
+    report = tmp_path / "r.jsonl"
+    args = group_args(
+        emu.url, manifest(write, rows_of(volumes)), report, "--max-attempts", "12", concurrency=2
+    )
+    kill_when(report, run_process(args), lambda data: bool(in_flight(data)))
+    assert in_flight(report.read_bytes())  # killed with a group create out
+    result = invoke([*args, "--resume"])
+    assert result.exit_code == 0, result.output + result.stderr
+    time.sleep(CHAOS["late_commit_seconds"] + 0.1)
+    result = invoke([*args, "--resume"])
+    assert result.exit_code == 0, result.output + result.stderr
+    run_id = header(report)["run_id"]
+    state = emu.state()
+    expected = {str(v.server_id) for v in volumes}
+    assert groups_per_server(state, run_id) == dict.fromkeys(expected, 1)
+    live = {g["id"]: g for g in state["snapshot_groups"] if g["status"] != "deleting"}
+    members = {s["id"]: s for s in state["snapshots"]}
+    for record in last_per_row(report).values():
+        assert record["outcome"] == "accepted", record
+        assert record["snapshot_group_id"] in live
+        assert members[record["snapshot_id"]]["volume_id"] == record["volume_id"]
+    creates = requests_of(state, GROUP_CREATE)
+    assert sum(creates.values()) > creates["202"], creates  # faults really happened
+
+
+def test_a_server_with_an_invalid_row_is_not_sent(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """An invalid row leaves its server unsent (GROUP_INCOMPLETE on the others); other servers go."""
+    volumes = server_disks(2)
+    emu = emulator_thread(volumes=volumes)
+    rows = rows_of(volumes)
+    rows[1] = ("not-a-uuid", rows[1][1])
+    report = tmp_path / "r.jsonl"
+    result = invoke(group_args(emu.url, manifest(write, rows), report))
+    assert result.exit_code == 1, result.output + result.stderr
+    final = last_per_row(report)
+    assert (final[1]["outcome"], final[1]["error_code"]) == ("failed", "GROUP_INCOMPLETE")
+    assert final[2]["outcome"] == "invalid"
+    assert {final[3]["outcome"], final[4]["outcome"]} == {"accepted"}
+    assert groups_per_server(emu.state(), header(report)["run_id"]) == {SERVERS[1]: 1}
+
+
+def test_busy_disks_are_sent_again_and_refusals_are_final(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """400 EVS.2409 (a snapshot of a member disk is creating) is sent again until the attempts are
+    spent, then failed; a disk not attached to the row's server is rejected at once."""
+    volumes = server_disks(2)
+    busy = SeedSnapshot(id=str(uuid.UUID(int=0xB5, version=4)), volume_id=DISKS[0], status="creating")
+    emu = emulator_thread(volumes=volumes, snapshots=(busy,))
+    rows = rows_of(volumes)
+    rows[3] = (rows[3][0], SERVERS[2])  # attached to SERVERS[1], named under another server
+    report = tmp_path / "r.jsonl"
+    result = invoke(group_args(emu.url, manifest(write, rows), report, "--max-attempts", "3"))
+    assert result.exit_code == 1, result.output + result.stderr
+    final = last_per_row(report)
+    assert {(final[r]["outcome"], final[r]["error_code"], final[r]["attempts"]) for r in (1, 2)} == {
+        ("failed", "EVS.2409", 3)
+    }
+    assert final[3]["outcome"] == "accepted"
+    assert (final[4]["outcome"], final[4]["error_code"]) == ("rejected", "EVS.5400")
+
+
+def test_dry_run_plans_and_hold_and_tags(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--dry-run writes planned records, sending nothing; a --hold that is no valid tag value exits 2;
+    metadata that are no valid tags are left out of the group's tags with a warning."""
+    volumes = server_disks(1)
+    emu = emulator_thread(volumes=volumes)
+    source = manifest(write, rows_of(volumes))
+    planned = invoke(group_args(emu.url, source, tmp_path / "p.jsonl", dry_run=True))
+    assert planned.exit_code == 0, planned.output + planned.stderr
+    assert {r["outcome"] for r in last_per_row(tmp_path / "p.jsonl").values()} == {"planned"}
+    refused = invoke(group_args(emu.url, source, tmp_path / "h.jsonl", hold="change CHG 1"))
+    assert refused.exit_code == 2
+    assert "tag value" in refused.stderr
+    report = tmp_path / "r.jsonl"
+    result = invoke(group_args(emu.url, source, report, "--metadata", "note=two words", hold="CHG-1"))
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "left out of the snapshot group's tags" in result.stderr
+    (group,) = emu.state()["snapshot_groups"]
+    assert group["tags"] == {"evs_snapshot_run": header(report)["run_id"], "evs_snapshot_hold": "CHG-1"}
+
+
+def test_a_resume_in_the_other_mode_is_refused(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """consistency is part of the run's shape: --resume without --consistency server exits 2, naming it."""
+    volumes = server_disks(1)
+    emu = emulator_thread(volumes=volumes)
+    source = manifest(write, rows_of(volumes))
+    report = tmp_path / "r.jsonl"
+    assert invoke(group_args(emu.url, source, report)).exit_code == 0
+    result = invoke([*create_args(emu.url, source, report, *QUICK), "--resume"])
+    assert result.exit_code == 2, result.output + result.stderr
+    assert "consistency" in result.stderr
+    assert requests_of(emu.state(), GROUP_CREATE) == {"202": 1}

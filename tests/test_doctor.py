@@ -402,3 +402,25 @@ def test_a_password_user_gets_its_project_from_a_token(
     else:
         assert rows["credentials"].startswith("STOP")
         assert "IAM" in rows["credentials"]
+
+
+@pytest.mark.parametrize(
+    ("knobs", "code", "shown", "said"),
+    [
+        ({}, 0, "PASS", "create --consistency server can make one"),
+        ({"no_snapshot_groups": True}, 0, "INFO", "no snapshot groups here"),
+        ({"deny": ("evs:snapshots:list",)}, 1, "WARN", "was refused"),
+    ],
+)
+def test_the_snapshot_group_check(
+    emulator_thread: Start, knobs: dict[str, Any], code: int, shown: str, said: str
+) -> None:
+    """Whether the region answers the v5 group list: pass; without groups (--no-snapshot-groups) "no
+    snapshot groups here", which fails nothing; a refusal is a warning."""
+    emu = emulator_thread(volumes=DISKS, **knobs)
+    result = doctor(emu)
+    sound(result, code)
+    row = table(result)["snapshot groups"]
+    assert row.startswith(shown), row
+    assert said in row
+    assert requests_of(emu.state(), "GET /v5/{project_id}/snapshot-groups/detail")

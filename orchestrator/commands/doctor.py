@@ -89,6 +89,7 @@ async def doctor(settings: DoctorSettings, *, console: Console, stdout: TextIO) 
             answers = await checks.permissions()
             await checks.enterprise_projects(answers)
             await checks.paging(answers)
+            await checks.snapshot_groups()
             await checks.quota(answers, targets)
             if settings.live is not None:
                 hint = await _live(checks, settings, console)

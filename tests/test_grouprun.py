@@ -1,0 +1,164 @@
+"""The group runner's edges, in-process: the deadline (unconfirmed and not sent), lookups that keep
+failing, a route refused before or after a group create went out, a stop, and the sweep's reconciling
+of rows whose group appeared after all."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from orchestrator.emulator import ManualClock, RunningEmulator, SeedVolume
+from orchestrator.groupplan import Server
+from orchestrator.grouprun import GroupRunner
+from orchestrator.groupsweep import sweep_groups
+from orchestrator.report import ReportWriter, final_records
+from orchestrator.retry import RetryPolicy
+from orchestrator.runner import RunPlan
+from orchestrator.tally import Tally
+from tests.helpers import (
+    AKSK,
+    EDGE_RUN,
+    PROJECT,
+    SERVER,
+    answering,
+    call,
+    create_report,
+    records,
+    router_for,
+    snapshot_request,
+    stand_in,
+    volume_ids,
+)
+
+DISKS = volume_ids(2, seed=0x6A6)
+POLICY = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02)
+GROUPS = f"/v5/{PROJECT}/snapshot-groups"
+
+
+def servers() -> dict[str, Server]:
+    return {SERVER: Server(rows=[1, 2], project_id=PROJECT)}
+
+
+def requests() -> list[Any]:
+    return [snapshot_request(DISKS[0], 1), snapshot_request(DISKS[1], 2)]
+
+
+@contextlib.asynccontextmanager
+async def running(url: str, path: Path, **plan: Any) -> AsyncIterator[tuple[GroupRunner, Tally]]:
+    tally = Tally()
+    async with router_for(url, AKSK) as router:
+        with ReportWriter(str(path)) as writer:
+            runner = GroupRunner(
+                RunPlan(run_id=EDGE_RUN, concurrency=1, policy=POLICY, **plan),
+                servers=servers(),
+                router=router,
+                writer=writer,
+                tally=tally,
+            )
+            yield runner, tally
+
+
+def outcomes(path: Path) -> set[tuple[str, str | None]]:
+    return {(r["outcome"], r["error_code"]) for r in records(path)}
+
+
+def failing(status: int) -> Callable[[web.Request], Any]:
+    return answering(status, {"error": {"code": f"EVS.{status}", "message": "no"}})
+
+
+async def test_lookups_that_keep_failing_leave_the_rows_unconfirmed(tmp_path: Path) -> None:
+    """A create answered 503 (uncertain), then group lists that keep failing: UNCONFIRMED, never resent."""
+    routes = {f"POST {GROUPS}": failing(503), f"GET {GROUPS}/detail": failing(500)}
+    async with stand_in(routes) as (url, seen), running(url, tmp_path / "r.jsonl", settle=5.0) as (runner, _):
+        await runner.run(requests())
+    assert outcomes(tmp_path / "r.jsonl") == {("failed", "UNCONFIRMED")}
+    assert seen[f"POST {GROUPS}"] == 1
+    assert runner.in_doubt
+
+
+async def test_a_refusal_before_and_after_a_create_went_out(tmp_path: Path) -> None:
+    """A 401 on the first create is its answer (failed, named); a 401 on the lookup after an
+    uncertain create leaves the rows unconfirmed."""
+    refused = answering(401, {"error_code": "APIGW.0301", "error_msg": "Incorrect IAM authentication"})
+    async with (
+        stand_in({f"POST {GROUPS}": refused}) as (url, _),
+        running(url, tmp_path / "a.jsonl") as (runner, _),
+    ):
+        await runner.run(requests())
+    assert outcomes(tmp_path / "a.jsonl") == {("failed", "APIGW.0301")}
+    routes = {f"POST {GROUPS}": failing(503), f"GET {GROUPS}/detail": refused}
+    async with stand_in(routes) as (url, _), running(url, tmp_path / "b.jsonl", settle=5.0) as (runner, _):
+        await runner.run(requests())
+    (record,) = {r["error_message"] for r in records(tmp_path / "b.jsonl")}
+    assert outcomes(tmp_path / "b.jsonl") == {("failed", "UNCONFIRMED")}
+    assert record is not None
+    assert "stopped sending" in record
+
+
+async def test_the_deadline(clocked: Callable[..., Any], tmp_path: Path) -> None:
+    """Past the deadline before sending: DEADLINE_EXCEEDED; while an uncertain create is looked up:
+    UNCONFIRMED; a stopped run leaves a server not started without records."""
+    emu: RunningEmulator = await clocked(
+        volumes=tuple(SeedVolume(volume_id=d, server_id=SERVER) for d in DISKS), fault_drop_before=1.0
+    )
+    async with running(emu.url, tmp_path / "a.jsonl", deadline=0.0) as (runner, _):
+        await runner.run(requests())
+    assert outcomes(tmp_path / "a.jsonl") == {("failed", "DEADLINE_EXCEEDED")}
+    async with running(emu.url, tmp_path / "b.jsonl", deadline=time.monotonic() + 0.3, settle=30.0) as (
+        runner,
+        _,
+    ):
+        await runner.run(requests())
+    assert outcomes(tmp_path / "b.jsonl") == {("failed", "UNCONFIRMED")}
+    async with running(emu.url, tmp_path / "c.jsonl") as (runner, _):
+        runner.stop()
+        await runner.run(requests())
+    assert records(tmp_path / "c.jsonl") == []
+
+
+async def test_the_sweep_reconciles_rows_whose_group_appeared(
+    clocked: Callable[..., Any], clock: ManualClock, http: Any, tmp_path: Path
+) -> None:
+    """Rows that ended failed while their group existed after all: an accepted, reconciled record from
+    the group's members."""
+    emu: RunningEmulator = await clocked(
+        volumes=tuple(SeedVolume(volume_id=d, server_id=SERVER) for d in DISKS)
+    )
+    body = {"snapshot_group": {"server_id": SERVER, "tags": {"evs_snapshot_run": EDGE_RUN}}}
+    status, made, _ = await call(http, emu, "POST", GROUPS, body=body)
+    assert status == 202
+    path = create_report(
+        tmp_path / "r.jsonl",
+        [
+            {"volume_id": d, "outcome": "failed", "error_code": "UNCONFIRMED", "snapshot_id": None}
+            for d in DISKS
+        ],
+        EDGE_RUN,
+    )
+    tally = Tally()
+    for record in final_records(path):
+        tally.add(record)
+    async with router_for(emu.url, AKSK) as router:
+        with ReportWriter(str(path), resume=True) as writer:
+            result = await sweep_groups(
+                router,
+                servers(),
+                run_id=EDGE_RUN,
+                report=path,
+                writer=writer,
+                tally=tally,
+                policy=POLICY,
+                keep_duplicates=True,
+                patience=0.0,
+            )
+    assert result.reconciled == 2
+    final = list(final_records(path))
+    assert {(r.outcome.value, r.reconciled, r.snapshot_group_id) for r in final} == {
+        ("accepted", True, made["snapshot_group_id"])
+    }
+    assert all(r.snapshot_id for r in final)
