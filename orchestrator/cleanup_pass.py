@@ -205,7 +205,7 @@ class Pass:
                 )
             members = units[id(scope.route)].members if grouped else frozenset()
             for item in items:
-                if item.id in members:
+                if item.id in members or item.snapshot_group_id:
                     continue  # a group member: judged with its group, below
                 listed[(id(scope.route), item.id)] = item
                 if of_run(item, self.run_id):

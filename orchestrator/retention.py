@@ -390,7 +390,8 @@ def _owned(
     by_volume: dict[str, list[Snapshot]] = defaultdict(list)
     others: Counter[str] = Counter()
     going: list[Snapshot] = []
-    gathered = [s for s in snapshots if s.id not in members]
+    # a member (of any group, when the v2 answer says so) is never judged alone
+    gathered = [s for s in snapshots if s.id not in members and not s.snapshot_group_id]
     gathered += [m for unit in units.units if unit.group.status != DELETING for m in unit.members]
     for snapshot in gathered:
         volume_id = snapshot.volume_id
