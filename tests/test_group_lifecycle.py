@@ -23,6 +23,9 @@ from orchestrator.ownership import (
     group_refusal,
     member_refusal,
 )
+from orchestrator.report import ReportWriter
+from orchestrator.tally import Tally
+from orchestrator.waiter import Waiter, WaitPlan
 from tests.helpers import (
     ACTION_RETRIES,
     FAST,
@@ -32,11 +35,13 @@ from tests.helpers import (
     TOKEN,
     cleanup,
     cli_args,
+    edge_record,
     invoke,
     last_per_row,
     prune,
     records,
     requests_of,
+    router_for,
     run_id_of,
     volume_ids,
 )
@@ -507,3 +512,19 @@ def test_cleanup_waits_out_a_group_already_deleting(
     assert done.exit_code == 0, done.output
     assert {r["outcome"] for r in records(tmp_path / "done.jsonl")} == {"deleted"}
     assert sum(requests_of(emu.state(), GROUP_DELETE).values()) == 1
+
+
+async def test_a_group_that_cannot_be_read_leaves_its_rows_pending(
+    emulator: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Every answer a 5xx: the group's look fails each round, so its row is looked at again, never
+    settled from nothing, and ends wait_timeout."""
+    emu = await emulator(fault_5xx=1.0)
+    row = edge_record(1, snapshot_id="m1", snapshot_group_id="g1", snapshot_status="creating")
+    path = tmp_path / "w.jsonl"
+    async with router_for(emu.url, {"OS_AUTH_TOKEN": TOKEN}) as router:
+        with ReportWriter(str(path)) as writer:
+            waiter = Waiter(WaitPlan(timeout=0.2, interval=0.05), router=router, writer=writer, tally=Tally())
+            waiter.load([row])
+            await waiter.run()
+    assert [(r["outcome"], r["snapshot_status"]) for r in records(path)] == [("wait_timeout", "creating")]
