@@ -375,12 +375,25 @@ def test_audit_counts_members_and_reports_an_incomplete_group(
     assert whole.exit_code == 0, whole.output
     args[1] = str(manifest(write, DISKS, "all.csv"))
     summary = tmp_path / "s.json"
-    partial = invoke([*args, "--max-age", "1d", "--summary-json", str(summary), *ACTION_RETRIES])
+    metrics = tmp_path / "m.prom"
+    partial = invoke(
+        [
+            *args,
+            "--max-age",
+            "1d",
+            "--summary-json",
+            str(summary),
+            "--metrics-file",
+            str(metrics),
+            *ACTION_RETRIES,
+        ]
+    )
     assert partial.exit_code == 1, partial.output
     assert f"is incomplete: no member of disk {DISKS[3]}" in partial.output
     assert f"volume {DISKS[3]}" in partial.output  # and that disk has no snapshot at all
     incomplete = orjson.loads(summary.read_bytes())["groups_incomplete"]
     assert [item["missing_volume_ids"] for item in incomplete] == [[DISKS[3]]]
+    assert 'evs_snapshot_audit_groups_incomplete{command="audit"} 1' in metrics.read_text()
 
 
 def test_ownership_of_groups_and_members_one_code_per_reason() -> None:
