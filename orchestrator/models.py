@@ -116,8 +116,12 @@ class Record:
     snapshot_group_id: str | None = None
 
     def to_json(self) -> bytes:
-        """The record as one JSON line, newline included."""
-        return orjson.dumps(self, option=orjson.OPT_APPEND_NEWLINE)
+        """The record as one JSON line, newline included; without ``snapshot_group_id`` when it is
+        ``None`` (records of snapshots made alone read as before the field existed)."""
+        line = orjson.dumps(self, option=orjson.OPT_APPEND_NEWLINE)
+        if self.snapshot_group_id is None and line.endswith(_NO_GROUP):  # the last field, serialised
+            return line[: -len(_NO_GROUP)] + b"}\n"
+        return line
 
     @staticmethod
     def sending_line(request: SnapshotRequest, *, run_id: str, attempts: int, at: str) -> bytes:
@@ -143,7 +147,6 @@ class Record:
                 "started_at": at,
                 "finished_at": at,
                 "elapsed_ms": 0,
-                "snapshot_group_id": None,
             },
             option=orjson.OPT_APPEND_NEWLINE,
         )
@@ -206,6 +209,7 @@ def checked_fields(data: Mapping[str, Any], types: Mapping[str, tuple[type, ...]
 
 
 _RECORD_TYPES = field_types(Record)
+_NO_GROUP = b',"snapshot_group_id":null}\n'
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
