@@ -541,3 +541,20 @@ async def test_a_group_that_cannot_be_read_leaves_its_rows_pending(
             waiter.load([row])
             await waiter.run()
     assert [(r["outcome"], r["snapshot_status"]) for r in records(path)] == [("wait_timeout", "creating")]
+
+
+def test_prune_stops_when_a_group_member_list_fails(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The member list refused (the gateway's 404 on it, not on the group list): prune stops, exit 3,
+    before anything is deleted, naming the groups it could not list."""
+    emu, clock = world(emulator_thread, gateway_404=("/snapshots/detail",))
+    for run in ("old", "new"):  # made by hand: make_groups reads the member list this test refuses
+        tags = {MARKER: run_id_of(run)}
+        spec = {"server_id": SERVERS[0], "volume_ids": DISKS[:2], "name": "g", "tags": tags}
+        _http(emu, "POST", f"/v5/{PROJECT}/snapshot-groups", {"snapshot_group": spec})
+        clock.advance(60)
+    result = prune(emu, manifest(write, DISKS[:2]), tmp_path / "p.jsonl", "--keep-last", "1", "--apply")
+    assert result.exit_code == 3, result.output
+    assert "cannot list the snapshot groups" in result.output
+    assert not requests_of(emu.state(), GROUP_DELETE)
