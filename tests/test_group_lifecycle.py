@@ -4,9 +4,11 @@ by member, incomplete groups reported."""
 
 from __future__ import annotations
 
+import dataclasses
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 
 from orchestrator.api.views import Snapshot, SnapshotGroup
 from orchestrator.emulator import ManualClock, SeedVolume
+from orchestrator.freshness import Stale
 from orchestrator.ownership import (
     GROUP_NOT_THIS_RUN,
     OTHER_GROUP,
@@ -558,3 +561,14 @@ def test_prune_stops_when_a_group_member_list_fails(
     assert result.exit_code == 3, result.output
     assert "cannot list the snapshot groups" in result.output
     assert not requests_of(emu.state(), GROUP_DELETE)
+
+
+def test_a_stale_line_names_the_group_of_a_member() -> None:
+    """audit's line about a disk whose newest snapshot is a group member names the group."""
+    member = Snapshot(
+        id="s1", volume_id=DISKS[0], status="available", created_at="2026-01-01T00:00:00.000000"
+    )
+    member = dataclasses.replace(member, snapshot_group_id="g1")
+    stale = Stale(volume_id=DISKS[0], project_id=PROJECT, region=None, newest_available=member, newest=member)
+    assert "s1 (" in stale.line(datetime.now(UTC))
+    assert "member of snapshot group g1)" in stale.line(datetime.now(UTC))
