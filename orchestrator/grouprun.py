@@ -33,11 +33,11 @@ from orchestrator.groupplan import BUSY, GONE, Server, group_tags
 from orchestrator.models import Answer, Outcome, Record, SnapshotRequest, utc_iso, utc_now
 from orchestrator.report import ReportWriter, ResumeBook
 from orchestrator.retry import TryAgain, Verdict, retry_after, retrying
+from orchestrator.runner import RunPlan, Stopped, Unconfirmed, settle
 from orchestrator.tally import Tally
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route, Router
-    from orchestrator.runner import RunPlan
 
 
 @dataclasses.dataclass(slots=True)
@@ -54,10 +54,6 @@ class _Unit:
     error: tuple[str, str | None] | None = None
     started: datetime = dataclasses.field(default_factory=utc_now)
     clock: float = dataclasses.field(default_factory=time.monotonic)
-
-
-class _Stopped(Exception):
-    """The run is stopping (a signal): the server's rows are left without records, for --resume."""
 
 
 class GroupRunner:
@@ -162,7 +158,7 @@ class GroupRunner:
                     records = await self._process(unit)
                 if scope.cancelled_caught:
                     records = self._deadline(unit)
-        except _Stopped:
+        except Stopped:
             return
         for record in records or []:
             self.emit(record)
@@ -184,7 +180,7 @@ class GroupRunner:
             if unit.maybe_sent:
                 return self._unconfirmed(unit, f"stopped sending ({exc.code})")
             return self._failed(unit, (exc.code, f"not sent: {exc.message}"))
-        except _Unconfirmed:
+        except Unconfirmed:
             return self._unconfirmed(unit, "lookups kept failing")
 
     async def _attempts(self, unit: _Unit, route: Route) -> list[Record]:
@@ -202,7 +198,7 @@ class GroupRunner:
                 if found is not None:
                     return await self._accepted(unit, route, found, reconciled=True)
                 if self.stopping:
-                    raise _Stopped
+                    raise Stopped
                 return await self._send_once(unit, route)
         found = await self._identity(unit, route)  # the last attempt may have acted
         if found is not None:
@@ -220,24 +216,16 @@ class GroupRunner:
         since = unit.uncertain_since
         if since is None:
             return None
-        failures = 0
-        delay = min(0.5, self.plan.settle) or 0.05
-        while True:
-            found = await self._look_up(unit, route)
-            if isinstance(found, SnapshotGroup):
-                return found
-            window_left = since + self.plan.settle - time.monotonic()
-            if found is None:
-                failures += 1
-                if failures >= self.plan.policy.max_lookups:
-                    raise _Unconfirmed
-            elif window_left <= 0:
-                unit.uncertain_since = None  # nothing appeared in the whole window: safe to send again
-                return None
-            if self.stopping:
-                raise _Stopped
-            await self._pause(max(0.0, delay if found is None else min(delay, window_left)))
-            delay = min(delay * 2, max(1.0, self.plan.settle / 4), 10.0)
+        found = await settle(
+            lambda: self._look_up(unit, route),
+            since=since,
+            plan=self.plan,
+            stopping=lambda: self.stopping,
+            pause=self._pause,
+        )
+        if found is None:
+            unit.uncertain_since = None  # nothing appeared in the whole window: safe to send again
+        return found
 
     async def _look_up(self, unit: _Unit, route: Route) -> SnapshotGroup | bool | None:
         """This run's group of the server (the oldest alive), ``False`` when absent, ``None`` unknown."""
@@ -386,7 +374,3 @@ class GroupRunner:
             finished_at=utc_iso(utc_now()),
             elapsed_ms=round((time.monotonic() - unit.clock) * 1000),
         )
-
-
-class _Unconfirmed(Exception):
-    """Lookups kept failing: whether the group exists is unknown."""

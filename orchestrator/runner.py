@@ -18,9 +18,9 @@ import dataclasses
 import enum
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from orchestrator.api.routes import Route, Router
 
 GONE_STATUSES = frozenset({"deleting", "error_deleting"})
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,7 +74,7 @@ class _Attempt:
     clock: float = dataclasses.field(default_factory=time.monotonic)
 
 
-class _Stopped(Exception):
+class Stopped(Exception):
     """The run is stopping (a signal): the row is left without a record, for --resume."""
 
 
@@ -187,7 +188,7 @@ class Runner:
                     record = await self.process(request, state, settling=settling)
                 if scope.cancelled_caught:
                     record = self._deadline(request, state)
-        except _Stopped:
+        except Stopped:
             return
         if record is not None:
             self.emit(record)
@@ -210,7 +211,7 @@ class Runner:
             return self._closed(request, state, exc)
         except ProjectLookupFailed as exc:  # IAM would not scope a token to this project
             return self._failed(request, state, (exc.code, exc.message))
-        except _Unconfirmed:
+        except Unconfirmed:
             return self._unconfirmed(request, state, "lookups kept failing")
 
     async def _attempts(
@@ -234,7 +235,7 @@ class Runner:
                     if ready is not _Send.SEND:
                         return ready
                     if self.stopping:
-                        raise _Stopped
+                        raise Stopped
                     return await self._send_once(request, route, state)
         ready = await self._ready(request, route, state, settling=settling)  # the last one's lookups
         return self._record(request, Outcome.FAILED, state) if ready is _Send.SEND else ready
@@ -342,32 +343,20 @@ class Runner:
         )
 
     async def _settle(self, request: SnapshotRequest, route: Route, state: _Attempt) -> Snapshot | None:
-        """Look the row's snapshot up until found, or until the settle window has passed without it.
-
-        Returns the snapshot, or ``None`` when nothing can still appear (the row may be sent again);
-        raises ``_Unconfirmed`` when lookups keep failing.
-        """
+        """Look the row's snapshot up until found, or until the settle window has passed without it
+        (``settle``); ``None``: nothing can still appear, the row may be sent again."""
         since = state.uncertain_since
         assert since is not None  # noqa: S101 - only called for an uncertain row
-        failures = 0
-        delay = min(0.5, self.plan.settle) or 0.05
-        while True:
-            found = await self._look_up(request, route, state)
-            if isinstance(found, Snapshot):
-                return found
-            window_left = since + self.plan.settle - time.monotonic()
-            if found is None:
-                failures += 1
-                if failures >= self.plan.policy.max_lookups:
-                    raise _Unconfirmed(state.lookups)
-            elif window_left <= 0:
-                state.uncertain_since = None  # nothing appeared in the whole window: safe to send again
-                return None
-            if self.stopping:
-                raise _Stopped
-            pause = delay if found is None else min(delay, window_left)
-            await self._pause(max(pause, 0.0))
-            delay = min(delay * 2, max(1.0, self.plan.settle / 4), 10.0)
+        found = await settle(
+            lambda: self._look_up(request, route, state),
+            since=since,
+            plan=self.plan,
+            stopping=lambda: self.stopping,
+            pause=self._pause,
+        )
+        if found is None:
+            state.uncertain_since = None  # nothing appeared in the whole window: safe to send again
+        return found
 
     async def _look_up(
         self, request: SnapshotRequest, route: Route, state: _Attempt
@@ -465,6 +454,38 @@ class Runner:
         )
 
 
+async def settle(
+    look_up: Callable[[], Awaitable[T | bool | None]],
+    *,
+    since: float,
+    plan: RunPlan,
+    stopping: Callable[[], bool],
+    pause: Callable[[float], Awaitable[None]],
+) -> T | None:
+    """The settling rule, for a row's snapshot and for a server's group alike: ``look_up()`` (the thing,
+    ``False`` when absent, ``None`` when unknown) until it is found, or until ``plan.settle`` has passed
+    since ``since`` (monotonic) with it absent: then ``None`` (nothing can still appear; it may be sent
+    again). Raises ``Unconfirmed`` when ``max_lookups`` lookups fail, ``Stopped`` when the run stops.
+    Lookups run after 0.5 s, then back off up to 10 s."""
+    failures = 0
+    delay = min(0.5, plan.settle) or 0.05
+    while True:
+        found = await look_up()
+        if found is not None and not isinstance(found, bool):
+            return found
+        window_left = since + plan.settle - time.monotonic()
+        if found is None:
+            failures += 1
+            if failures >= plan.policy.max_lookups:
+                raise Unconfirmed
+        elif window_left <= 0:
+            return None
+        if stopping():
+            raise Stopped
+        await pause(max(delay if found is None else min(delay, window_left), 0.0))
+        delay = min(delay * 2, max(1.0, plan.settle / 4), 10.0)
+
+
 def _spent(policy: RetryPolicy, attempts: int) -> RetryPolicy:
     """``policy`` with ``attempts`` of its attempts already made."""
     return dataclasses.replace(policy, max_attempts=policy.max_attempts - attempts)
@@ -476,9 +497,5 @@ class _Send(enum.Enum):
     SEND = "send"
 
 
-class _Unconfirmed(Exception):
-    """Lookups kept failing: whether the snapshot exists is unknown."""
-
-    def __init__(self, lookups: int) -> None:
-        super().__init__(lookups)
-        self.lookups = lookups
+class Unconfirmed(Exception):
+    """Lookups kept failing: whether the snapshot (or group) exists is unknown."""

@@ -16,7 +16,7 @@ from orchestrator.emulator import ManualClock, RunningEmulator, SeedVolume
 from orchestrator.groupplan import Server
 from orchestrator.grouprun import GroupRunner
 from orchestrator.groupsweep import sweep_groups
-from orchestrator.report import ReportWriter, final_records
+from orchestrator.report import ReportWriter, ResumeBook, final_records
 from orchestrator.retry import RetryPolicy
 from orchestrator.runner import RunPlan
 from orchestrator.tally import Tally
@@ -162,3 +162,77 @@ async def test_the_sweep_reconciles_rows_whose_group_appeared(
         ("accepted", True, made["snapshot_group_id"])
     }
     assert all(r.snapshot_id for r in final)
+
+
+async def test_a_second_group_that_cannot_be_deleted_yet_is_reported(
+    clocked: Callable[..., Any], clock: ManualClock, http: Any, tmp_path: Path
+) -> None:
+    """The sweep keeps the group the report names; a second one still creating (and no patience) is
+    a duplicate_found with DELETE_FAILED on each row of the server; a server without groups is skipped."""
+    emu: RunningEmulator = await clocked(
+        volumes=tuple(SeedVolume(volume_id=d, server_id=SERVER) for d in DISKS), creating_seconds=1
+    )
+    body = {"snapshot_group": {"server_id": SERVER, "tags": {"evs_snapshot_run": EDGE_RUN}}}
+    _, first, _ = await call(http, emu, "POST", GROUPS, body=body)
+    clock.advance(1)
+    _, second, _ = await call(http, emu, "POST", GROUPS, body=body)
+    path = create_report(
+        tmp_path / "r.jsonl",
+        [{"volume_id": d, "snapshot_group_id": first["snapshot_group_id"]} for d in DISKS],
+        EDGE_RUN,
+    )
+    plan = {**servers(), "0e0e0e0e-0000-4000-8000-000000000000": Server(rows=[], project_id=PROJECT)}
+    async with router_for(emu.url, AKSK) as router:
+        with ReportWriter(str(path), resume=True) as writer:
+            result = await sweep_groups(
+                router,
+                plan,
+                run_id=EDGE_RUN,
+                report=path,
+                writer=writer,
+                tally=Tally(),
+                policy=POLICY,
+                keep_duplicates=False,
+                patience=0.0,
+            )
+    assert (result.found, result.removed) == (1, 0)
+    sides = [r for r in records(path) if r["outcome"] == "duplicate_found"]
+    assert {(r["error_code"], r["snapshot_group_id"]) for r in sides} == {
+        ("DELETE_FAILED", second["snapshot_group_id"])
+    }
+    assert len(sides) == 2
+
+
+async def test_a_resumed_server_with_a_finished_row_is_looked_up_not_sent(
+    clocked: Callable[..., Any], http: Any, tmp_path: Path
+) -> None:
+    """A kill between two records of one server: the resume finds the server's group by tag and server
+    and records the other row from its member; no second group, no create for part of its disks."""
+    emu: RunningEmulator = await clocked(
+        volumes=tuple(SeedVolume(volume_id=d, server_id=SERVER) for d in DISKS)
+    )
+    body = {"snapshot_group": {"server_id": SERVER, "tags": {"evs_snapshot_run": EDGE_RUN}}}
+    _, made, _ = await call(http, emu, "POST", GROUPS, body=body)
+    path = create_report(
+        tmp_path / "r.jsonl",
+        [{"volume_id": DISKS[0], "snapshot_group_id": made["snapshot_group_id"]}],
+        EDGE_RUN,
+        total=2,
+    )
+    book = ResumeBook.load(path)
+    async with router_for(emu.url, AKSK) as router:
+        with ReportWriter(str(path), resume=True) as writer:
+            runner = GroupRunner(
+                RunPlan(run_id=EDGE_RUN, concurrency=1, policy=POLICY, settle=5.0),
+                servers=servers(),
+                router=router,
+                writer=writer,
+                tally=Tally(),
+                resume=book,
+            )
+            await runner.run(requests())
+    (added,) = [r for r in records(path) if r["row"] == 2]
+    assert (added["outcome"], added["reconciled"]) == ("accepted", True)
+    assert added["snapshot_group_id"] == made["snapshot_group_id"]
+    assert added["snapshot_id"]
+    assert len(emu.world.groups) == 1

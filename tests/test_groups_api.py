@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from orchestrator.api import evs, groups
+from orchestrator.deleter import Ended, delete
 from orchestrator.emulator import ManualClock, RunningEmulator, SeedVolume
 from orchestrator.errors import RouteClosed
 from tests.helpers import PROJECT, QUICK, SERVER, call, routed, stand_in, volume_ids
@@ -99,3 +100,23 @@ async def test_count_less_lists_page_to_the_first_short_page() -> None:
         found = await groups.list_groups(route, QUICK, run_id=RUN)
     assert len(found) == evs.PAGE + 2
     assert offsets == [None, str(evs.PAGE)]
+
+
+async def test_a_group_delete_goes_through_the_one_deleter(
+    clocked: Start, clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    """deleter.delete(group=True): a group still creating is refused (EVS.1047, looked into: creating);
+    an available one is deleted; a second DELETE meets EVS.1047 on a group deleting: done; once gone,
+    its 404 EVS.5404 is done too."""
+    emu = await clocked(volumes=disks(), creating_seconds=1, deleting_seconds=1)
+    group_id = await make_group(http, emu, SERVER, RUN)
+    async with routed(emu.url) as route:
+        refused = await delete(route, group_id, QUICK, group=True)
+        assert (refused.ended, refused.state) == (Ended.REJECTED, "creating")
+        clock.advance(1)
+        assert (await delete(route, group_id, QUICK, group=True)).ended is Ended.DONE
+        again = await delete(route, group_id, QUICK, group=True)
+        assert (again.ended, again.gone) == (Ended.DONE, False)
+        clock.advance(1)
+        gone = await delete(route, group_id, QUICK, group=True)
+        assert (gone.ended, gone.gone) == (Ended.DONE, True)

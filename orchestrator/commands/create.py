@@ -334,10 +334,7 @@ async def _after_create(
         if in_doubt:
             writer.sync()
             with anyio.move_on_after(None if deadline is None else deadline - time.monotonic()) as scope:
-                if servers is None:
-                    await _sweep(settings, identity, router, writer, tally, console, report)
-                else:
-                    await _sweep_groups(settings, identity, router, writer, tally, console, report, servers)
+                await _sweep(settings, identity, router, writer, tally, console, report, servers)
             if scope.cancelled_caught:
                 tally.unfinished.append("the --deadline passed before the duplicate sweep finished")
                 console.error(f"{tally.unfinished[-1]}; run `evs-snapshot wait {report}` to sweep again")
@@ -371,60 +368,44 @@ async def _sweep(
     tally: Tally,
     console: Console,
     report: Path,
+    servers: dict[str, Server] | None,
 ) -> None:
-
+    """The sweep of single snapshots (``sweep``), or of snapshot groups (``groupsweep``, ``servers``)."""
+    policy, patience = sweep_policy(settings.policy), max(settings.settle, 10.0)
     try:
-        result = await sweep(
-            list(router.routes.values()),
-            run_id=identity.run_id,
-            report=report,
-            writer=writer,
-            tally=tally,
-            policy=sweep_policy(settings.policy),
-            keep_duplicates=settings.keep_duplicates,
-            patience=max(settings.settle, 10.0),
-            all_succeeded=tally.all_succeeded(),
-        )
+        if servers is None:
+            what, again = "snapshots", f"run `evs-snapshot wait {report}`"
+            result = await sweep(
+                list(router.routes.values()),
+                run_id=identity.run_id,
+                report=report,
+                writer=writer,
+                tally=tally,
+                policy=policy,
+                keep_duplicates=settings.keep_duplicates,
+                patience=patience,
+                all_succeeded=tally.all_succeeded(),
+            )
+        else:
+            what, again = "snapshot groups", "run the same create with --resume"
+            result = await sweep_groups(
+                router,
+                servers,
+                run_id=identity.run_id,
+                report=report,
+                writer=writer,
+                tally=tally,
+                policy=policy,
+                keep_duplicates=settings.keep_duplicates,
+                patience=patience,
+            )
     except ListingFailed as exc:
         tally.unfinished.append(f"the duplicate sweep could not list: {exc}")
-        console.error(f"{tally.unfinished[-1]}; run `evs-snapshot wait {report}` to sweep again")
+        console.error(f"{tally.unfinished[-1]}; {again} to sweep again")
         return
     if result.found or result.reconciled:
         console.warn(
-            f"sweep: {result.found} extra snapshots of this run found, {result.removed} deleted; "
-            f"{result.reconciled} rows found created after all"
-        )
-
-
-async def _sweep_groups(
-    settings: CreateSettings,
-    identity: RunIdentity,
-    router: Router,
-    writer: ReportWriter,
-    tally: Tally,
-    console: Console,
-    report: Path,
-    servers: dict[str, Server],
-) -> None:
-    try:
-        result = await sweep_groups(
-            router,
-            servers,
-            run_id=identity.run_id,
-            report=report,
-            writer=writer,
-            tally=tally,
-            policy=sweep_policy(settings.policy),
-            keep_duplicates=settings.keep_duplicates,
-            patience=max(settings.settle, 10.0),
-        )
-    except ListingFailed as exc:
-        tally.unfinished.append(f"the snapshot-group sweep could not list: {exc}")
-        console.error(f"{tally.unfinished[-1]}; run `evs-snapshot create --resume` to sweep again")
-        return
-    if result.found or result.reconciled:
-        console.warn(
-            f"sweep: {result.found} extra snapshot groups of this run found, {result.removed} deleted; "
+            f"sweep: {result.found} extra {what} of this run found, {result.removed} deleted; "
             f"{result.reconciled} rows found created after all"
         )
 
