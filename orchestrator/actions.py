@@ -60,6 +60,7 @@ class ActionRecord:
     project_id: str | None = None
     region: str | None = None
     snapshot_id: str | None = None
+    snapshot_group_id: str | None = None  # the v5 snapshot group the snapshot is a member of
     snapshot_name: str | None = None
     created_at: str | None = None
     # prune: the rules that condemned it ("keep-last 6") or kept it ("daily ...", "hold: REASON");

@@ -24,6 +24,14 @@ So cleanup goes by the marker, not by the records:
   manifest does not name (``OTHER_VOLUME``; the codes are ``ownership``'s). A held snapshot (its
   ``evs_snapshot_hold`` key is set: ``create --hold``, ``hold``) is ``blocked`` with ``HELD`` and left
   alone, unless ``--include-held``.
+- **Snapshot groups** (a ``create --consistency server`` run: its records name a ``snapshot_group_id``,
+  or its header's shape says ``consistency: server``): the run's groups are those carrying the run's
+  marker tag (v5 group list), and those the records name; each goes whole, with one group DELETE, or
+  not at all (``members``). Each member gets its own record (with ``snapshot_group_id``). A group
+  named by a record without the run's tag is ``refused`` (``GROUP_NOT_THIS_RUN``); a group with a
+  member on a disk the report and manifest do not name is ``refused`` (``OTHER_VOLUME``); one held
+  member blocks the whole group (``HELD``, unless ``--include-held``); a group or member not in a
+  deletable state blocks it (``SNAPSHOT_BUSY``); a named group already gone is ``deleted`` (404).
 """
 
 from __future__ import annotations
@@ -37,13 +45,15 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from orchestrator.actions import Action, ActionRecord, now_iso
+from orchestrator.api.groups import show_group
 from orchestrator.api.safe import show_snapshot
 from orchestrator.api.views import Snapshot
 from orchestrator.createrun import CreateRun, manifest_disks
 from orchestrator.deleter import DELETABLE, DELETING, Deleter, Job
 from orchestrator.errors import UsageError
+from orchestrator.members import Unit, Units, group_record, scope_units, unit_job
 from orchestrator.models import utc_iso
-from orchestrator.ownership import of_run, refusal
+from orchestrator.ownership import OTHER_VOLUME, group_refusal, of_run, refusal
 from orchestrator.selection import Scope, Target, list_scope, scopes_of
 
 HELD = "HELD"  # a held snapshot, blocked without --include-held
@@ -53,6 +63,7 @@ if TYPE_CHECKING:
     from orchestrator.config import Connection
     from orchestrator.console import Console
     from orchestrator.frame import Closing, Frame
+    from orchestrator.models import Record
     from orchestrator.retry import RetryPolicy
 
 
@@ -181,9 +192,21 @@ class Pass:
         scopes = await scopes_of(router, targets, outcome=self.outcome)
         listed: dict[tuple[int, str], Snapshot] = {}
         ours: dict[tuple[int, str], list[Snapshot]] = {}
+        grouped = run_.header.shape.get("consistency") == "server" or any(
+            r.snapshot_group_id for r in run_.sent
+        )
+        units: dict[int, Units] = {}
         for scope in scopes:
             scope.volumes.pop("", None)
-            for item in await list_scope(scope, self.settings.policy, outcome=self.outcome):
+            items = await list_scope(scope, self.settings.policy, outcome=self.outcome)
+            if grouped:  # after the v2 list: a member listed there is in a group listed now
+                units[id(scope.route)] = await scope_units(
+                    scope.route, self.settings.policy, run_id=self.run_id, outcome=self.outcome, listed=items
+                )
+            members = units[id(scope.route)].members if grouped else frozenset()
+            for item in items:
+                if item.id in members or item.snapshot_group_id:
+                    continue  # a group member: judged with its group, below
                 listed[(id(scope.route), item.id)] = item
                 if of_run(item, self.run_id):
                     self.ours.add(item.id)
@@ -193,6 +216,8 @@ class Pass:
         for row in run_.sent:
             route = await router.route_for(row.project_id, row.region)  # known by now: no request
             scope = by_route[id(route)]
+            if row.snapshot_group_id:
+                continue  # its group's, below
             volume = str(row.volume_id).lower()
             found: dict[str, Snapshot | None] = {s.id: s for s in ours.get((id(scope.route), volume), [])}
             claimed |= set(found)
@@ -209,6 +234,8 @@ class Pass:
             for item in items:
                 if item.id not in claimed:
                     await self.judge(scope, target, None, item.id, item, named=named)
+        if grouped:
+            await self.groups(router, run_, search, by_route, units)
         if self.jobs:
             deleter = Deleter(
                 policy=self.settings.policy,
@@ -220,6 +247,134 @@ class Pass:
             with self.action.draining():
                 await deleter.run(self.jobs)
         return len(self.ours - self.going)
+
+    async def groups(
+        self,
+        router: Router,
+        run_: CreateRun,
+        search: Search,
+        by_route: dict[int, Scope],
+        units: dict[int, Units],
+    ) -> None:
+        """The run's snapshot groups: those found by the run's marker tag, and those the records name."""
+        rows: dict[str, list[Record]] = {}  # group id -> the records naming it
+        for row in run_.sent:
+            if row.snapshot_group_id:
+                rows.setdefault(row.snapshot_group_id, []).append(row)
+        for route_id, found in units.items():
+            scope = by_route[route_id]
+            for unit in found.units:
+                self.judge_group(scope, unit, rows.pop(unit.group.id, []), search)
+        for group_id, named in rows.items():  # named by records, not found by the run's tag
+            route = await router.route_for(named[0].project_id, named[0].region)
+            scope = by_route[id(route)]
+            group = await show_group(route, group_id, self.settings.policy)
+            refused = None if group is None else group_refusal(group, run_id=self.run_id)
+            for row in named:
+                member = Snapshot(
+                    id=str(row.snapshot_id), volume_id=str(row.volume_id).lower(), name=row.name
+                )
+                target = Target(member.volume_id, row.project_id, row.region, row.row)
+                if self.action.book.last.get(member.id) in (Action.DELETED, Action.REFUSED):
+                    continue
+                if refused is None:  # gone: its members went with it
+                    fields: dict[str, Any] = {
+                        "http_status": 404,
+                        "error_message": "its snapshot group is gone (404)",
+                    }
+                    self.write(self.record(scope, target, member, group_id, Action.DELETED, **fields))
+                else:
+                    message = f"{refused.message}; left alone"
+                    self.write(
+                        self.record(
+                            scope,
+                            target,
+                            member,
+                            group_id,
+                            Action.REFUSED,
+                            error_code=refused.code,
+                            error_message=message,
+                        )
+                    )
+
+    def judge_group(self, scope: Scope, unit: Unit, named: list[Record], search: Search) -> None:
+        """Write the records of one group's members (refused, blocked, planned) or queue its deletion."""
+        if not unit.members:
+            return  # it holds no snapshot of the run: nothing to delete, and no record to write
+        rows = {str(row.volume_id).lower(): row.row for row in named}
+        group_id = unit.group.id
+        targets = {
+            member.id: Target(
+                member.volume_id,
+                scope.route.project_id,
+                scope.region,
+                rows.get(member.volume_id) or scope.volumes.get(member.volume_id) or 0,
+            )
+            for member in unit.members
+        }
+        self.ours |= set(targets)
+        last = self.action.book.last
+        if all(last.get(member.id) is Action.DELETED for member in unit.members):
+            self.going |= set(targets)
+            return
+        if any(last.get(member.id) is Action.REFUSED for member in unit.members):
+            return  # --resume: settled
+        unnamed = [m.volume_id for m in unit.members if not targets[m.id].row and search.anywhere is None]
+
+        def each(outcome: Action, **fields: Any) -> list[ActionRecord]:
+            return [self.record(scope, targets[m.id], m, group_id, outcome, **fields) for m in unit.members]
+
+        if unnamed:
+            message = (
+                f"snapshot group {group_id} carries run {self.run_id}'s marker, but its member of disk "
+                f"{unnamed[0]} is of a disk the run's report and manifest do not name; the group is left "
+                "alone"
+            )
+            for record in each(Action.REFUSED, error_code=OTHER_VOLUME, error_message=message):
+                self.write(record)
+            return
+        if unit.held and not self.settings.include_held:
+            message = f"{unit.hold_text()}: the whole group is left alone (--include-held deletes it)"
+            for record in each(Action.BLOCKED, error_code=HELD, error_message=message):
+                self.write(record)
+            return
+        if unit.group.status == DELETING:
+            if self.settings.apply:
+                records = each(Action.DELETED)
+                self.jobs.append(
+                    Job(scope.route, group_record(unit, records), sent=True, members=tuple(records))
+                )
+            else:
+                self.going |= set(targets)
+            return
+        queued = unit_job(
+            unit, scope.route, each(Action.PLANNED), apply=self.settings.apply, write=self.write
+        )
+        self.jobs += [queued] if queued is not None else []
+
+    def record(
+        self, scope: Scope, target: Target, member: Snapshot, group_id: str, outcome: Action, **fields: Any
+    ) -> ActionRecord:
+        """A group member's record."""
+        stamp = now_iso()
+        return ActionRecord(
+            run_id=self.action.run_id,
+            command="cleanup",
+            key=member.id,
+            outcome=outcome,
+            row=target.row or None,
+            volume_id=member.volume_id,
+            project_id=scope.route.project_id,
+            region=target.region,
+            snapshot_id=member.id,
+            snapshot_group_id=group_id,
+            snapshot_name=member.name,
+            created_at=member.created_at,
+            source_run=self.run_id,
+            started_at=stamp,
+            finished_at=stamp,
+            **fields,
+        )
 
     async def judge(
         self,

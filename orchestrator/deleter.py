@@ -19,6 +19,11 @@ With waiting (``Deleter``), a deletion ends when the snapshot is gone (``deletin
 Deletions are confirmed while later DELETEs are still being sent: by paging the project's list while
 many are pending (a snapshot absent from it is gone), by parallel GETs while few are (404: gone);
 each record is written when its deletion ends.
+
+A snapshot group (v5) is deleted the same way, whole: one ``DELETE /v5/.../snapshot-groups/{id}``
+(``delete(..., group=True)``), confirmed by GETs of the group (404, or ``deleted``: gone). Its job
+(``Job.members``) holds one record per member, and each member gets its record when the group's
+deletion ends: the members go with their group, never one by one.
 """
 
 from __future__ import annotations
@@ -155,20 +160,22 @@ def _pause(policy: RetryPolicy) -> Callable[[int, random.Random], float]:
 
 
 async def _wrong_state(
-    route: Route, snapshot_id: str, policy: RetryPolicy, last: Deletion, *, group: bool
+    route: Route, snapshot_id: str, policy: RetryPolicy, last: Deletion, *, group: bool = False
 ) -> Deletion:
     """An EVS.1047 looked into: gone or ``deleting`` is done; any other state refuses (for now)."""
     try:
-        if group:
-            shown = await show_group(route, snapshot_id, policy)
-            status = None if shown is None else str(shown.status)
-        else:
-            status = await snapshot_status(route, snapshot_id, policy)
+        status = await (group_status if group else snapshot_status)(route, snapshot_id, policy)
     except ListingFailed:
         return dataclasses.replace(last, unreadable=True)
     if status is None or status == DELETING:
         return dataclasses.replace(last, ended=Ended.DONE, gone=status is None, code=None, message=None)
     return dataclasses.replace(last, ended=Ended.REJECTED, state=status)
+
+
+async def group_status(route: Route, group_id: str, policy: RetryPolicy) -> str | None:
+    """A group's status, ``None`` once it is gone; raises ``ListingFailed`` when it cannot be read."""
+    group = await show_group(route, group_id, policy)
+    return None if group is None else str(group.status)
 
 
 async def delete_snapshot(
@@ -182,11 +189,14 @@ async def delete_snapshot(
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Job:
-    """One snapshot to delete: its route and its record so far; ``sent``: a DELETE already went out."""
+    """One snapshot to delete: its route and its record so far; ``sent``: a DELETE already went out.
+    With ``members``, a snapshot group (``record.key`` is the group's id): each member's record is
+    written with the outcome of the group's deletion."""
 
     route: Route
     record: ActionRecord
     sent: bool = False
+    members: tuple[ActionRecord, ...] = ()
 
 
 @dataclasses.dataclass(slots=True)
@@ -196,6 +206,7 @@ class Pending:
     record: ActionRecord
     started: float
     until: float
+    members: tuple[ActionRecord, ...] = ()
 
 
 NOT_WAITED = "deletion accepted (202); not waited for: the run stopped"
@@ -261,21 +272,23 @@ class Deleter:
                 record, gone = dataclasses.replace(job.record, outcome=Action.DELETED), False
                 if not job.sent:
                     try:
-                        record, gone = await self._delete(job.route, job.record)
+                        record, gone = await self._delete(job.route, job.record, group=bool(job.members))
                     except RouteClosed as exc:
                         record = _with(job.record, Action.FAILED, exc.code, exc.message)
                 if record.outcome is Action.DELETED and not gone and self.wait_timeout is not None:
                     until = time.monotonic() + self.wait_timeout
-                    self._pending.setdefault(job.route, {})[str(record.snapshot_id)] = Pending(
-                        record, started, until
+                    self._pending.setdefault(job.route, {})[record.key] = Pending(
+                        record, started, until, job.members
                     )
                     self._arrived = True
                 else:
-                    self._finish(record, started)
+                    self._finish(record, started, job.members)
 
-    async def _delete(self, route: Route, record: ActionRecord) -> tuple[ActionRecord, bool]:
-        """One ``delete`` (no patience): the record and whether the snapshot is surely gone."""
-        deletion = await delete(route, str(record.snapshot_id), self.policy)
+    async def _delete(
+        self, route: Route, record: ActionRecord, *, group: bool = False
+    ) -> tuple[ActionRecord, bool]:
+        """One ``delete`` (no patience): the record and whether the snapshot (group) is surely gone."""
+        deletion = await delete(route, record.key, self.policy, group=group)
         record = dataclasses.replace(record, attempts=deletion.attempts)
         if deletion.http_status is not None:
             record = dataclasses.replace(
@@ -324,14 +337,16 @@ class Deleter:
 
     async def _check(self, route: Route) -> None:
         """One round for one route: its pending deletions that are gone end (or ``error_deleting``)."""
-        ids = list(self._pending.get(route, {}))
+        pending = self._pending.get(route, {})
+        groups = [key for key, item in pending.items() if item.members]
+        ids = [key for key, item in pending.items() if not item.members]
         try:
             if len(ids) > max(self.concurrency, self._pages.get(route, 1)):
                 await self._by_listing(route, set(ids))
-            else:
-                async with anyio.create_task_group() as group:
-                    for snapshot_id in ids:
-                        group.start_soon(self._by_get, route, snapshot_id)
+                ids = []
+            async with anyio.create_task_group() as group:
+                for snapshot_id in [*ids, *groups]:
+                    group.start_soon(self._by_get, route, snapshot_id)
         except (ListingFailed, RouteClosed) as exc:
             why = f"deletion accepted (202) but could not be confirmed: {exc}"
             self._flush(Action.FAILED, "DELETE_UNCONFIRMED", why, only=route)
@@ -354,8 +369,10 @@ class Deleter:
 
     async def _by_get(self, route: Route, snapshot_id: str) -> None:
         """One GET (404: gone); a GET that keeps failing leaves this deletion unconfirmed."""
+        pending = self._pending.get(route, {}).get(snapshot_id)
+        group = pending is not None and bool(pending.members)
         try:
-            status = await snapshot_status(route, snapshot_id, self.policy)
+            status = await (group_status if group else snapshot_status)(route, snapshot_id, self.policy)
         except ListingFailed as exc:
             pending = self._pending.get(route, {}).get(snapshot_id)
             if pending is not None:
@@ -373,7 +390,7 @@ class Deleter:
         pending = self._pending.get(route, {}).get(snapshot_id)
         if pending is None:
             return  # ended meanwhile (out of time, or a stop)
-        if status is None:
+        if status is None or (pending.members and status == "deleted"):
             self._end(route, snapshot_id, pending.record)
         elif status == "error_deleting":
             why = "the snapshot ended error_deleting; ask the provider's support"
@@ -392,16 +409,28 @@ class Deleter:
         pending = items.pop(snapshot_id)
         if not items:
             self._pending.pop(route, None)
-        self._finish(record, pending.started)
+        self._finish(record, pending.started, pending.members)
 
     def _flush(self, outcome: Action, code: str | None, message: str, *, only: Route | None = None) -> None:
         for route in [only] if only is not None else list(self._pending):
             for pending in self._pending.pop(route, {}).values():
-                self._finish(_with(pending.record, outcome, code, message), pending.started)
+                self._finish(_with(pending.record, outcome, code, message), pending.started, pending.members)
 
-    def _finish(self, record: ActionRecord, started: float) -> None:
+    def _finish(self, record: ActionRecord, started: float, members: tuple[ActionRecord, ...] = ()) -> None:
+        """Write the record (a group's: each member's, with the group's outcome and answer)."""
         elapsed = round((time.monotonic() - started) * 1000)
-        self.write(dataclasses.replace(record, finished_at=now_iso(), elapsed_ms=elapsed))
+        record = dataclasses.replace(record, finished_at=now_iso(), elapsed_ms=elapsed)
+        if not members:
+            self.write(record)
+            return
+        answer = {
+            name: getattr(record, name)
+            for name in ("outcome", "http_status", "error_code", "error_message", "request_id", "attempts")
+        }
+        for member in members:
+            self.write(
+                dataclasses.replace(member, **answer, finished_at=record.finished_at, elapsed_ms=elapsed)
+            )
 
 
 def _with(record: ActionRecord, outcome: Action, code: str | None, message: str | None) -> ActionRecord:

@@ -13,6 +13,7 @@
     |   |   |                        wrong project, or endpoint unreachable (``code`` says which)
     |   |   +-- CredentialsRefused   IAM or the gateway refused the credentials themselves
     |   +-- ListingFailed (3)        a listing that a delete or a check depends on failed or was refused
+    |   |   +-- ApiMissing (3)       the region lacks the API of an optional call (the gateway's 404)
     |   +-- ReportUnwritable (3)     the report cannot be written (disk full, file too large, closed pipe)
     +-- ProjectLookupFailed (1)      IAM knows no project (or several) for a region; fails its rows
     +-- LockHeld (75)                another run holds the lock of this manifest, run or report
@@ -121,6 +122,11 @@ class Closure:
 
 class ListingFailed(RunAborted):
     """A listing failed or was refused; a command that deletes or checks from it must not go on."""
+
+
+class ApiMissing(ListingFailed):
+    """An optional call (``evs.Call.optional``) met the gateway's 404: the region lacks that API. The
+    caller decides what that means (prune and audit: no snapshot groups here)."""
 
 
 class ReportUnwritable(RunAborted):

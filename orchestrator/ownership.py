@@ -10,6 +10,11 @@
 - **Holdable** (``hold_refusal``: hold, release): a row's, when a create report named it; the tool's
   (by its marker alone: a hold never goes by ``--name-prefix``), when ``--snapshot ID`` did.
 
+A snapshot group (v5, ``create --consistency server``) is judged as one: by its own
+``evs_snapshot_run`` tag (``Ownership.owns_group``, ``group_refusal``), never by a name prefix, and its
+members by their group (``member_refusal``): a member is the tool's, or a run's, exactly when its
+group is (a member's own tags are not read).
+
 A backup-made snapshot (named ``autobk_snapshot_*`` or ``manualbk_snapshot_*``) is never the tool's,
 whatever it carries. A command that finds a snapshot it was pointed at (by a report's record, or by
 a run's marker) but may not touch writes a ``refused`` record; each reason has one error code,
@@ -23,6 +28,8 @@ NOT_THIS_RUN       it does not carry the run's marker (none, an empty one, or an
 OTHER_VOLUME       it carries the run's marker but is of another disk than the row's, or (a row
                    without a record) of a disk the run's report and manifest do not name
 NOT_OWNED          it carries no marker of the tool (hold, release by ``--snapshot ID``)
+OTHER_GROUP        a snapshot a record names as a member of group G is not a member of G (any more)
+GROUP_NOT_THIS_RUN its snapshot group does not carry the run's marker tag (none, or another run's)
 =================  ==============================================================================
 
 (``OTHER_VOLUME`` replaces rollback's ``FOREIGN_SNAPSHOT``, which named the same refusal.)
@@ -32,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from orchestrator.api.views import BACKUP_PREFIXES, Snapshot
+from orchestrator.api.views import BACKUP_PREFIXES, Snapshot, SnapshotGroup
 from orchestrator.config import RunIdentity
 from orchestrator.errors import UsageError
 
@@ -40,6 +47,8 @@ BACKUP_SNAPSHOT = "BACKUP_SNAPSHOT"
 NOT_THIS_RUN = "NOT_THIS_RUN"
 OTHER_VOLUME = "OTHER_VOLUME"
 NOT_OWNED = "NOT_OWNED"
+OTHER_GROUP = "OTHER_GROUP"
+GROUP_NOT_THIS_RUN = "GROUP_NOT_THIS_RUN"
 
 
 def check_name_prefix(prefix: str | None) -> str | None:
@@ -65,6 +74,11 @@ class Ownership:
         if snapshot.marker is not None and RunIdentity.well_formed(snapshot.marker):
             return True
         return self.name_prefix is not None and (snapshot.name or "").startswith(self.name_prefix)
+
+    @staticmethod
+    def owns_group(group: SnapshotGroup) -> bool:
+        """A group is the tool's when its ``evs_snapshot_run`` tag is a well-formed run id (no prefix)."""
+        return group.marker is not None and RunIdentity.well_formed(group.marker)
 
 
 def of_run(snapshot: Snapshot, run_id: str) -> bool:
@@ -103,6 +117,38 @@ def refusal(snapshot: Snapshot, *, run_id: str, volume_id: str, named: bool = Tr
             OTHER_VOLUME,
             f"{shown} carries run {run_id}'s marker, but its disk {snapshot.volume_id} is not one the run's "
             "report or manifest names",
+        )
+    return None
+
+
+def group_refusal(group: SnapshotGroup, *, run_id: str) -> Refusal | None:
+    """Why ``group`` is not run ``run_id``'s (``None``: it is): its marker tag must be the run's."""
+    if group.marker == run_id:
+        return None
+    whose = f"run {group.marker}" if group.marker else "no run of this tool"
+    return Refusal(GROUP_NOT_THIS_RUN, f"snapshot group {group.id} was made by {whose}, not by run {run_id}")
+
+
+def member_refusal(
+    member: Snapshot, group: SnapshotGroup, *, run_id: str, volume_id: str, group_id: str | None = None
+) -> Refusal | None:
+    """Why ``member`` of ``group`` is not run ``run_id``'s snapshot of disk ``volume_id`` (``None``: it
+    is). ``group_id``: the group a record names; the member must still be in it."""
+    shown = f"snapshot {member.id}"
+    wanted = group_id or group.id
+    if member.snapshot_group_id != wanted or group.id != wanted:
+        now = f"of group {member.snapshot_group_id}" if member.snapshot_group_id else "of no group"
+        return Refusal(OTHER_GROUP, f"{shown} is {now}, not a member of snapshot group {wanted}")
+    if member.is_backup:
+        return Refusal(
+            BACKUP_SNAPSHOT, f"{shown} ({member.name}) was made by a backup service; it is never the tool's"
+        )
+    refused = group_refusal(group, run_id=run_id)
+    if refused is not None:
+        return Refusal(refused.code, f"{shown} is a member of a group not of this run: {refused.message}")
+    if member.volume_id != volume_id.lower():
+        return Refusal(
+            OTHER_VOLUME, f"{shown} is of disk {member.volume_id}, not of the row's disk {volume_id}"
         )
     return None
 

@@ -31,6 +31,13 @@ Retried (``--retry-failed``): a row whose last record in the report being resume
 ``rollback_failed`` may be rolled back from a disk in ``error_rollbacking`` (the API allows it, 8.3);
 without it that disk blocks the row (``VOLUME_NOT_AVAILABLE``).
 
+Group members (a row whose record names a ``snapshot_group_id``, from ``create --consistency server``):
+there is no group rollback, so each row rolls its own member back onto its own disk, as any row. The
+member is read with the v5 show (``GET /v5/.../snapshots/{id}``) and rolled back with the v5 rollback
+(``POST /v5/.../snapshots/{id}/rollback``); it is the run's when its group carries the run's marker tag
+and it is still a member of the group the record names (``ownership.member_refusal``); a group gone
+blocks the row (``SNAPSHOT_NOT_FOUND``).
+
 Rolled back before: nothing the EVS API shows tells that a disk was rolled back (afterwards it is
 ``available``, its snapshot unchanged), so the evidence is the rollback reports themselves
 (``earlier_rollbacks``).
@@ -48,11 +55,12 @@ import orjson
 
 from orchestrator.actions import Action, read_actions
 from orchestrator.api import evs
-from orchestrator.api.safe import show_snapshot, show_volume, snapshot_status
+from orchestrator.api.groups import group_members, show_group
+from orchestrator.api.safe import show_snapshot, show_volume
 from orchestrator.api.views import Snapshot, Volume
 from orchestrator.errors import ListingFailed, TransportError, UsageError
 from orchestrator.models import Outcome, Record, RunHeader
-from orchestrator.ownership import refusal
+from orchestrator.ownership import member_refusal, refusal
 from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retrying
 from orchestrator.waiter import WaitPlan
 
@@ -157,10 +165,25 @@ async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
     blocked = unusable(row)
     if blocked is not None:
         return Look(None, blocked)
-    snapshot = await _snapshot(route, row, plan.reads, evs.Kind.CHECK)
+    group = None
+    if row.snapshot_group_id:  # the group first: gone, it took its members with it
+        group = await show_group(route, row.snapshot_group_id, plan.reads, kind=evs.Kind.CHECK)
+    gone = row.snapshot_group_id and group is None
+    snapshot = None if gone else await _snapshot(route, row, plan.reads, evs.Kind.CHECK)
     if snapshot is None:
-        return Look(None, _blocked("SNAPSHOT_NOT_FOUND", f"snapshot {row.snapshot_id} no longer exists"))
-    refused = refusal(snapshot, run_id=plan.source_run, volume_id=str(row.volume_id))
+        of = f" (a member of snapshot group {row.snapshot_group_id})" if row.snapshot_group_id else ""
+        why = f"snapshot {row.snapshot_id}{of} no longer exists" + (" (the group is gone)" if gone else "")
+        return Look(None, _blocked("SNAPSHOT_NOT_FOUND", why))
+    if group is not None:
+        refused = member_refusal(
+            snapshot,
+            group,
+            run_id=plan.source_run,
+            volume_id=str(row.volume_id),
+            group_id=row.snapshot_group_id,
+        )
+    else:
+        refused = refusal(snapshot, run_id=plan.source_run, volume_id=str(row.volume_id))
     if refused is not None:
         finding = Finding(
             outcome=Action.REFUSED, code=refused.code, message=refused.message, snapshot=snapshot
@@ -274,8 +297,12 @@ async def _volume(route: Route, row: Record, policy: RetryPolicy, kind: evs.Kind
 
 
 async def _snapshot(route: Route, row: Record, policy: RetryPolicy, kind: evs.Kind) -> Snapshot | None:
-    """The row's snapshot as shown (``None``: gone)."""
-    return await show_snapshot(route, str(row.snapshot_id), policy, kind=kind)
+    """The row's snapshot as shown (``None``: gone); a group member as its group's member list shows it
+    (one request: a group has at most 64 members)."""
+    if not row.snapshot_group_id:
+        return await show_snapshot(route, str(row.snapshot_id), policy, kind=kind)
+    members = await group_members(route, row.snapshot_group_id, policy, kind=kind)
+    return next((member for member in members if member.id == row.snapshot_id), None)
 
 
 async def _send(route: Route, row: Record, plan: RestorePlan, found: Look) -> Finding:
@@ -303,7 +330,9 @@ async def _send_until_settled(
     """The sends, under the policy's retries: an attempt whose answer may have been lost is followed by
     a watch of the disk (``_taken``, then every check again) instead of a pause, before the one resend.
     ``sent[0]`` keeps the last attempt's finding (what ``_send`` records when a look fails)."""
-    call = evs.rollback_snapshot(route.project_id, str(row.snapshot_id), str(row.volume_id))
+    call = evs.rollback_snapshot(
+        route.project_id, str(row.snapshot_id), str(row.volume_id), member=bool(row.snapshot_group_id)
+    )
     uncertain = doubtful = False  # doubtful: some attempt may have arrived without an answer
     last = sent[0]
     loop = retrying(plan.policy, reraise=False)
@@ -365,8 +394,8 @@ async def _taken(route: Route, row: Record, plan: RestorePlan, *, patience: floa
     waited = 0.0
     policy = plan.reads
     while True:
-        status = await snapshot_status(route, str(row.snapshot_id), policy, kind=evs.Kind.LOOKUP)
-        if status == "rollbacking":
+        snapshot = await _snapshot(route, row, policy, evs.Kind.LOOKUP)
+        if snapshot is not None and snapshot.status == "rollbacking":
             return True  # a snapshot rolls back onto its own disk only: this row's request was taken
         volume = await _volume(route, row, policy, evs.Kind.LOOKUP)
         disk = None if volume is None else volume.status

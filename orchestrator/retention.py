@@ -13,12 +13,16 @@ rules' walk (``--keep-last`` counts them). Every other one is a candidate and ge
 rules it falls outside of: ``planned`` without ``--apply``; with it ``deleted``, ``rejected`` or
 ``failed`` (``deleter``); ``blocked`` (``SNAPSHOT_BUSY``) when its state cannot be deleted from. A
 snapshot already ``deleting`` is neither kept nor a candidate (``--resume`` waits for it when an earlier
-run sent its DELETE). Every project is listed (``selection``) before anything is deleted. When the
-snapshots a disk keeps fill its slots (``SNAPSHOTS_PER_DISK``), the plan warns that tonight's create
-will be refused.
+run sent its DELETE).
 
-``audit``'s rule is here too (``stale_disks``): a disk passes when it has an owned ``available``
-snapshot younger than ``--max-age``.
+A snapshot group of the tool (v5, its marker tag well-formed) is kept or dropped as one unit
+(``members.unit_verdicts``): its members are judged with the other snapshots of their disks, and the
+group is kept whole when any member is kept (by a rule, or a hold) or is of a disk outside the
+selection; otherwise all its members are candidates and the group is deleted whole, with one DELETE
+(``blocked`` as a whole when the group or a member is not in a deletable state).
+
+Every project is listed (``selection``) before anything is deleted. When the snapshots a disk keeps
+fill its slots (``SNAPSHOTS_PER_DISK``), the plan warns that tonight's create will be refused.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from orchestrator.actions import Action, ActionRecord, now_iso
 from orchestrator.api.views import Snapshot
 from orchestrator.defaults import SNAPSHOTS_PER_DISK
 from orchestrator.deleter import DELETABLE, DELETING, Deleter, Job
+from orchestrator.members import Units, dropped, scope_units, unit_job, unit_verdicts
 from orchestrator.models import utc_now
 from orchestrator.ownership import Ownership
 from orchestrator.selection import Scope, Target, add_all_volumes, list_scope, scopes_of
@@ -249,7 +254,16 @@ async def prune_scopes(
         for scope in scopes:
             scope.volumes.pop("", None)
             await add_all_volumes(scope, settings.policy, outcome=outcome)
-    listed = [(scope, await list_scope(scope, settings.policy, outcome=outcome)) for scope in scopes]
+    listed = []
+    for scope in scopes:  # the v2 list first: a member listed there is in a group listed after it
+        snapshots = await list_scope(scope, settings.policy, outcome=outcome)
+        units = await scope_units(scope.route, settings.policy, outcome=outcome, listed=snapshots)
+        listed.append((scope, snapshots, units))
+    for scope, _, units in listed:
+        if units.absent:
+            action.tally.notes.append(
+                f"{scope.route.name} has no snapshot groups (the v5 group list answers 404)"
+            )
     counts: dict[str, Counter[str]] = defaultdict(Counter)
 
     def write(record: ActionRecord) -> None:
@@ -258,8 +272,8 @@ async def prune_scopes(
 
     jobs = [
         job
-        for scope, snapshots in listed
-        for job in judge_scope(settings, action, scope, snapshots, counts, write)
+        for scope, snapshots, units in listed
+        for job in judge_scope(settings, action, scope, snapshots, counts, write, units)
     ]
     if jobs:
         deleter = Deleter(
@@ -287,14 +301,14 @@ def judge_scope(
     snapshots: list[Snapshot],
     counts: dict[str, Counter[str]],
     write: Callable[[ActionRecord], None],
+    units: Units | None = None,
 ) -> list[Job]:
     """Records for one project's candidates (planned, blocked, kept with --verbose) and the jobs to run."""
-    ownership = Ownership(settings.name_prefix)
-    by_volume: dict[str, list[Snapshot]] = defaultdict(list)
+    units = units or Units()
+    group_of = {member.id: unit for unit in units.units for member in unit.members}
     jobs: list[Job] = []
     now = utc_now()
     rule = settings.rules.condemning()
-    others: Counter[str] = Counter()  # per selected disk: snapshots not the tool's that hold a slot
 
     def record(snapshot: Snapshot, outcome: Action, **fields: Any) -> ActionRecord:
         stamp = now_iso()
@@ -316,33 +330,36 @@ def judge_scope(
             **fields,
         )
 
-    for snapshot in snapshots:
-        volume_id = snapshot.volume_id
-        if volume_id not in scope.volumes:
-            continue
-        if not ownership.owns(snapshot):
-            if not snapshot.is_backup and snapshot.status != DELETING:
-                others[volume_id] += 1
-            continue
-        key = snapshot.id
-        if action.book.last.get(key) is Action.DELETED:
-            continue
-        if snapshot.status == DELETING:
-            if settings.apply and settings.resume and action.book.last.get(key) is not Action.DELETED:
-                jobs.append(Job(scope.route, record(snapshot, Action.DELETED, rule=rule), sent=True))
-            continue  # on its way out: neither kept nor a candidate
-        by_volume[volume_id].append(snapshot)
-    for volume_id, owned in by_volume.items():
+    by_volume, others, going = _owned(settings, action, scope, snapshots, units)
+    for snapshot in going:  # --resume: a DELETE an earlier run sent; waited for
+        jobs.append(Job(scope.route, record(snapshot, Action.DELETED, rule=rule), sent=True))
+    judged = {volume_id: _judged(settings.rules, owned, now) for volume_id, owned in by_volume.items()}
+    alone = {snapshot.id: reasons for verdicts in judged.values() for snapshot, reasons in verdicts}
+    as_units: dict[str, list[str]] = {}
+    for unit in units.units:
+        as_units |= unit_verdicts(unit, alone, scope.volumes)
+    for unit in dropped(units, as_units, scope.volumes):
+        records = [
+            record(m, Action.PLANNED, rule=rule, snapshot_group_id=unit.group.id) for m in unit.members
+        ]
+        job = unit_job(unit, scope.route, records, apply=settings.apply, write=write)
+        jobs += [job] if job is not None else []
+    for volume_id, verdicts in judged.items():
         staying = others[volume_id]
         held = 0
-        for snapshot, kept_by in settings.rules.judge(owned, now):
-            reasons = [f"hold: {snapshot.hold}", *kept_by] if snapshot.held else kept_by
+        for snapshot, found in verdicts:
+            reasons = as_units.get(snapshot.id, found)
             held += snapshot.held
+            if snapshot.id in group_of and not reasons:
+                continue  # its group goes whole: recorded above
             if reasons:
                 staying += 1
                 counts[volume_id]["kept"] += 1
                 if settings.verbose:
-                    action.write(record(snapshot, Action.KEPT, rule=", ".join(reasons)))
+                    grouped = group_of[snapshot.id].group.id if snapshot.id in group_of else None
+                    action.write(
+                        record(snapshot, Action.KEPT, rule=", ".join(reasons), snapshot_group_id=grouped)
+                    )
             elif snapshot.status not in DELETABLE:
                 staying += 1
                 message = (
@@ -360,6 +377,46 @@ def judge_scope(
         if staying >= SNAPSHOTS_PER_DISK:
             action.console.warn(slots_warning(volume_id, staying, others[volume_id], held=held))
     return jobs
+
+
+def _owned(
+    settings: PruneSettings, action: Frame, scope: Scope, snapshots: list[Snapshot], units: Units
+) -> tuple[dict[str, list[Snapshot]], Counter[str], list[Snapshot]]:
+    """One project's owned snapshots of the selected disks by disk (group members from the v5 member
+    list, never the v2 list's), the snapshots of others holding a slot per disk, and (``--resume
+    --apply``) the owned ones already ``deleting``."""
+    ownership = Ownership(settings.name_prefix)
+    members = units.members
+    by_volume: dict[str, list[Snapshot]] = defaultdict(list)
+    others: Counter[str] = Counter()
+    going: list[Snapshot] = []
+    # a member (of any group, when the v2 answer says so) is never judged alone
+    gathered = [s for s in snapshots if s.id not in members and not s.snapshot_group_id]
+    gathered += [m for unit in units.units if unit.group.status != DELETING for m in unit.members]
+    for snapshot in gathered:
+        volume_id = snapshot.volume_id
+        if volume_id not in scope.volumes:
+            continue
+        if snapshot.id not in members and not ownership.owns(snapshot):
+            if not snapshot.is_backup and snapshot.status != DELETING:
+                others[volume_id] += 1
+            continue
+        if action.book.last.get(snapshot.id) is Action.DELETED:
+            continue
+        if snapshot.status == DELETING:
+            if settings.apply and settings.resume:
+                going.append(snapshot)
+            continue  # on its way out: neither kept nor a candidate
+        by_volume[volume_id].append(snapshot)
+    return by_volume, others, going
+
+
+def _judged(rules: Rules, owned: list[Snapshot], now: datetime) -> list[tuple[Snapshot, list[str]]]:
+    """The rules' verdicts on one disk's snapshots, a held one's reasons led by its hold."""
+    return [
+        (snapshot, [f"hold: {snapshot.hold}", *kept_by] if snapshot.held else kept_by)
+        for snapshot, kept_by in rules.judge(owned, now)
+    ]
 
 
 def slots_warning(volume_id: str, staying: int, others: int, *, held: int = 0) -> str:
@@ -384,70 +441,3 @@ def per_volume_notes(counts: dict[str, Counter[str]], *, shown: int = 20) -> lis
     if len(ordered) > shown:
         notes.append(f"... and {len(ordered) - shown} more volumes")
     return notes
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Stale:
-    """A disk without an owned available snapshot younger than ``audit --max-age``."""
-
-    volume_id: str
-    project_id: str
-    region: str | None
-    newest_available: Snapshot | None
-    newest: Snapshot | None  # the newest owned snapshot of any status
-
-    def line(self, now: datetime) -> str:
-        def shown(snapshot: Snapshot) -> str:
-            seconds = age(snapshot, now)
-            old = "of unknown age" if seconds is None else f"{duration_text(seconds, units=2)} old"
-            return f"{snapshot.id} ({old}, created {snapshot.created_at})"
-
-        text = f"volume {self.volume_id} (project {self.project_id}): "
-        if self.newest_available is None:
-            text += "no available snapshot of the tool"
-        else:
-            text += f"newest available snapshot of the tool is {shown(self.newest_available)}"
-        if self.newest is not None and self.newest is not self.newest_available:
-            text += f"; newest of any state is {self.newest.status}: {shown(self.newest)}"
-        return text
-
-    def to_dict(self, now: datetime) -> dict[str, Any]:
-        newest = self.newest_available
-        seconds = None if newest is None else age(newest, now)
-        return {
-            "volume_id": self.volume_id,
-            "project_id": self.project_id,
-            "region": self.region,
-            "newest_available_id": None if newest is None else newest.id,
-            "newest_available_created_at": None if newest is None else newest.created_at,
-            "newest_available_age_s": None if seconds is None else round(seconds),
-        }
-
-
-async def stale_disks(
-    router: Router, targets: list[Target], *, max_age: float, ownership: Ownership, policy: RetryPolicy
-) -> list[Stale]:
-    """``audit``'s rule: the selected disks without an owned ``available`` snapshot younger than
-    ``max_age`` seconds (every project listed once, 1000 a request)."""
-    stale: list[Stale] = []
-    for scope in await scopes_of(router, targets, outcome="nothing was audited"):
-        owned: dict[str, list[Snapshot]] = {volume: [] for volume in scope.volumes}
-        for snapshot in await list_scope(scope, policy, outcome="nothing was audited"):
-            if snapshot.volume_id in owned and ownership.owns(snapshot):
-                owned[snapshot.volume_id].append(snapshot)
-        now = utc_now()
-        for volume_id, snapshots in owned.items():
-            ranked = newest_first(snapshots)
-            available = next((s for s in ranked if s.status == "available"), None)
-            seconds = None if available is None else age(available, now)
-            if seconds is None or seconds >= max_age:
-                stale.append(
-                    Stale(
-                        volume_id=volume_id,
-                        project_id=scope.route.project_id,
-                        region=scope.region,
-                        newest_available=available,
-                        newest=ranked[0] if ranked else None,
-                    )
-                )
-    return stale

@@ -35,6 +35,7 @@ class Target:
     project_id: str | None
     region: str | None
     row: int
+    server_id: str | None = None  # the manifest's ``server_id`` column (``select`` writes it), if any
 
 
 def read_targets(
@@ -46,7 +47,8 @@ def read_targets(
 ) -> tuple[list[Target], int]:
     """The disks a manifest names (each once) and the number of rows that name none (each warned).
 
-    Only ``volume_id``, ``project_id`` and ``region`` matter here; names and metadata are ``create``'s.
+    Only ``volume_id``, ``project_id``, ``region`` and ``server_id`` matter here; names and metadata are
+    ``create``'s.
     """
     display = "<stdin>" if source.path == "-" else source.path
     targets: list[Target] = []
@@ -76,7 +78,8 @@ def read_targets(
         key = (volume, project or f"region:{row_region}")
         if key not in seen:
             seen.add(key)
-            targets.append(Target(volume, project, row_region, raw.row))
+            server = str(fields.get("server_id") or "").strip() or None
+            targets.append(Target(volume, project, row_region, raw.row, server))
     return targets, bad
 
 

@@ -5,6 +5,14 @@ of the project's list (1000 items) tells how many snapshots the project has; whe
 of them is cheaper than asking by id (100 ids a request), the round pages, else it asks by id. A
 snapshot missing from a listing is confirmed with one GET (offset paging can skip an item while new
 snapshots are created) before it is recorded as gone.
+
+A snapshot-group member (a record with a ``snapshot_group_id``, from ``create --consistency server``)
+is settled by its group, never by the v2 list (whether members appear there is unverified,
+evs-api.md 10): each round asks for the group (``GET /v5/.../snapshot-groups/{id}``) and its member list
+(``GET /v5/.../snapshots/detail?snapshot_group_id=``), two requests per group. A group still
+``creating`` leaves its members pending; a group that ended ``error`` ends each member
+``snapshot_error`` (``GROUP_ERROR``); a group gone, or a member absent from its group's list, is
+``snapshot_error`` (``SNAPSHOT_NOT_FOUND``); otherwise the member's own status settles it.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import anyio
 
 from orchestrator import defaults
 from orchestrator.api import evs
+from orchestrator.api.groups import group_members, show_group
 from orchestrator.api.safe import ONE_TRY, Page, show_snapshot, snapshot_pages
 from orchestrator.api.views import Snapshot
 from orchestrator.errors import ListingFailed
@@ -70,6 +79,8 @@ class Waiter:
         self.writer = writer
         self.tally = tally
         self.pending: defaultdict[tuple[str | None, str], dict[str, Record]] = defaultdict(dict)
+        # group members: (region, project) -> group id -> member snapshot id -> record
+        self.grouped: defaultdict[tuple[str | None, str], dict[str, dict[str, Record]]] = defaultdict(dict)
         self.round_requests: list[int] = []
 
     def load(self, records: Iterable[Record]) -> None:
@@ -82,13 +93,19 @@ class Waiter:
             waitable = record.outcome in (Outcome.ACCEPTED, Outcome.WAIT_TIMEOUT)
             if waitable and record.snapshot_id and record.project_id:
                 self.router.route_at(record.region, record.project_id)
-                self.pending[(record.region, record.project_id)][record.snapshot_id] = record
+                where = (record.region, record.project_id)
+                if record.snapshot_group_id:
+                    members = self.grouped[where].setdefault(record.snapshot_group_id, {})
+                    members[record.snapshot_id] = record
+                else:
+                    self.pending[where][record.snapshot_id] = record
             else:
                 self.tally.add_previous(record.outcome, record.row)
 
     @property
     def waiting(self) -> int:
-        return sum(len(group) for group in self.pending.values())
+        singles = sum(len(group) for group in self.pending.values())
+        return singles + sum(len(m) for groups in self.grouped.values() for m in groups.values())
 
     async def run(self) -> None:
         """Poll until nothing is pending or the wait times out; then record what is left as wait_timeout.
@@ -114,12 +131,14 @@ class Waiter:
                     await self._round(last_seen)
                 if self.waiting and deadline - time.monotonic() > 0:
                     raise TryAgain(f"{self.waiting} snapshots pending")
-        for group in self.pending.values():
+        left = [*self.pending.values(), *(m for groups in self.grouped.values() for m in groups.values())]
+        for group in left:
             for snapshot_id, record in group.items():
                 self._emit(
                     record, Outcome.WAIT_TIMEOUT, last_seen.get(snapshot_id, record.snapshot_status), None
                 )
         self.pending.clear()
+        self.grouped.clear()
 
     async def _round(self, last_seen: dict[str, str]) -> None:
         """One poll of every pending snapshot; records those that settled."""
@@ -134,9 +153,54 @@ class Waiter:
                     self._settle(group.pop(snapshot_id), status)
             if not group:
                 del self.pending[(region, project)]
+        for (region, project), groups in list(self.grouped.items()):
+            route = self.router.route_at(region, project)
+            for group_id, members in list(groups.items()):
+                requests += await self._group_round(route, group_id, members, last_seen)
+                if not members:
+                    del groups[group_id]
+            if not groups:
+                del self.grouped[(region, project)]
         self.round_requests.append(requests)
         if self.on_round is not None:
             self.on_round(requests, self.waiting)
+
+    async def _group_round(
+        self, route: Route, group_id: str, members: dict[str, Record], last_seen: dict[str, str]
+    ) -> int:
+        """One look at a group and its member list; settles the members it can. Returns requests used."""
+        try:
+            group = await show_group(route, group_id, ONE_TRY, kind=evs.Kind.POLL)
+            listed = (
+                [] if group is None else await group_members(route, group_id, ONE_TRY, kind=evs.Kind.POLL)
+            )
+        except ListingFailed:
+            return 1  # looked at again next round
+        statuses = {member.id: member.status or "" for member in listed}
+        for snapshot_id in list(members):
+            status = statuses.get(snapshot_id)
+            last_seen[snapshot_id] = status or "gone"
+            if group is None or (status is None and group.status != "creating"):
+                why = "snapshot group" if group is None else "snapshot (a member of its group)"
+                self._emit(
+                    members.pop(snapshot_id),
+                    Outcome.SNAPSHOT_ERROR,
+                    None,
+                    (
+                        "SNAPSHOT_NOT_FOUND",
+                        f"the {why} {group_id if group is None else snapshot_id} no longer exists",
+                    ),
+                )
+            elif group.status == "error":
+                self._emit(
+                    members.pop(snapshot_id),
+                    Outcome.SNAPSHOT_ERROR,
+                    status or None,
+                    ("GROUP_ERROR", f"its snapshot group {group_id} ended in error"),
+                )
+            elif group.status != "creating" and status in SETTLED:
+                self._settle(members.pop(snapshot_id), status)
+        return 1 if group is None else 2
 
     async def _statuses(self, route: Route, ids: set[str]) -> tuple[dict[str, str | None], int]:
         """Status of each id that this round could learn (``None``: confirmed gone), and requests used."""

@@ -348,7 +348,8 @@ def test_prune_token_expiring_before_the_delete_stops_with_exit_3(
     exit 3 with the refusal printed, and the condemned snapshot is still there."""
     volume = volume_ids(1, seed=721)[0]
     seeds = [snap(volume, 2), snap(volume, 1)]
-    emu = start(emulator_thread, [volume], seeds, clock=clock, rate_limit=1.0, burst=1, token_ttl=60.0)
+    # burst 2: the two listings (snapshots, then snapshot groups) pass; the DELETE is the one throttled
+    emu = start(emulator_thread, [volume], seeds, clock=clock, rate_limit=1.0, burst=2, token_ttl=60.0)
     manifest = csv_manifest(write, [volume])
     report = tmp_path / "prune.jsonl"
     args = cli_args(

@@ -38,9 +38,11 @@ async def group_pages(
     server_id: str | None = None,
     run_id: str | None = None,
     kind: evs.Kind = evs.Kind.LIST,
+    optional: bool = False,
 ) -> AsyncGenerator[Page[SnapshotGroup], None]:
     """A project's snapshot groups (of one server, carrying one run's marker, when given), a page at a
-    time; raises ``ListingFailed`` rather than guess."""
+    time; raises ``ListingFailed`` rather than guess (``optional``: ``ApiMissing`` when the region has
+    no group API, and the route stays open)."""
     query: list[tuple[str, str]] = []
     if server_id is not None:
         query.append(("server_id", server_id))
@@ -48,7 +50,9 @@ async def group_pages(
         query.append(marker_filter(run_id))
 
     def call(offset: int) -> evs.Call:
-        return evs.list_snapshot_groups(route.project_id, [*_paged(offset), *query], kind=kind)
+        return evs.list_snapshot_groups(
+            route.project_id, [*_paged(offset), *query], kind=kind, optional=optional
+        )
 
     async for page in _pages(route, policy, call, key="snapshot_groups", total=None):
         groups = [SnapshotGroup.parse(item) for item in page]
@@ -70,13 +74,11 @@ async def list_groups(
     server_id: str | None = None,
     run_id: str | None = None,
     kind: evs.Kind = evs.Kind.LIST,
+    optional: bool = False,
 ) -> list[SnapshotGroup]:
     """Every group ``group_pages`` yields, in one list."""
-    return [
-        group
-        async for page in group_pages(route, policy, server_id=server_id, run_id=run_id, kind=kind)
-        for group in page
-    ]
+    pages = group_pages(route, policy, server_id=server_id, run_id=run_id, kind=kind, optional=optional)
+    return [group async for page in pages for group in page]
 
 
 async def show_group(

@@ -14,7 +14,8 @@ A route closes, and takes no more requests, when:
   clock, which the message tells), or 400 ``Common.0013`` for an expired token, after one
   renewal where the credentials can be renewed; or a 403 before anything succeeded);
 - the gateway says the API does not exist (a 404 without an EVS code, such as ``APIGW.0101``: an
-  API missing in the region); nothing is taken as "gone" from it (only ``Answer.gone`` is);
+  API missing in the region); nothing is taken as "gone" from it (only ``Answer.gone`` is); a call
+  marked ``optional`` (an API some regions lack) is answered so instead, and the route stays open;
 - the project is wrong (400 ``EVS.0001`` or ``Common.0018`` before anything succeeded);
 - its endpoint cannot be reached (``UNREACHABLE_AFTER`` connect failures in a row and no answer yet).
 The request that is refused raises ``RouteClosed`` with the refusal attached (``answer``); a closed
@@ -164,10 +165,10 @@ class Route:
             await in_flight.acquire()
         try:
             answer = await self._call(call)
-            refusal = self._refusal(answer)
+            refusal = self._refusal(answer, call)
             if refusal is not None and _expired(answer) and self._renewable(answer):
                 answer = await self._call(call)  # the gateway refused the first: no double
-                refusal = self._refusal(answer)
+                refusal = self._refusal(answer, call)
         finally:
             in_flight.release()
         return answer, refusal
@@ -194,7 +195,7 @@ class Route:
     def _renewable(self, answer: Answer) -> bool:
         return self.auth.forget(self.project_id, answer.sent_with)
 
-    def _refusal(self, answer: Answer) -> Closure | None:
+    def _refusal(self, answer: Answer, call: Call) -> Closure | None:
         status = answer.status
         if status < 400 or status >= 500 or status == 429:
             return None
@@ -205,7 +206,7 @@ class Route:
             if clock:
                 return Closure(code, f"{clock}: {said}")
             return Closure(code, f"credentials refused: {said}")
-        if status == 404 and not answer.gone and not code.startswith(EVS_CODE):
+        if status == 404 and not answer.gone and not code.startswith(EVS_CODE) and not call.optional:
             return Closure(
                 code,
                 f"no such API here: {said} (a 404 not from the resource itself: nothing is taken as "

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator.api import evs
 from orchestrator.api.views import Snapshot, Volume, marker_in
-from orchestrator.errors import ListingFailed, TransportError
+from orchestrator.errors import ApiMissing, ListingFailed, TransportError
+from orchestrator.models import NO_SUCH_API
 from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retrying
 
 if TYPE_CHECKING:
@@ -158,6 +159,8 @@ async def fetch_json(
                 return {}
             code, message = answer.error()
             why = f"{answer.status} {code}: {message or 'no message'}"
+            if call.optional and answer.status == 404 and code in NO_SUCH_API:
+                raise ApiMissing(f"{call.method} {call.path} on {route.name}: no such API here ({why})")
             if reply.verdict is Verdict.FINAL:
                 break
             raise TryAgain(why)

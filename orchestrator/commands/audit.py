@@ -2,8 +2,11 @@
 
 GETs only: each project of the manifest is listed once (1000 snapshots a request). A disk passes when
 it has an owned (``evs_snapshot_run`` marker, from any run) ``available`` snapshot younger than
-``--max-age`` (``retention.stale_disks``). Exit 0 when every disk passes; else exit 1 and one line on
-stdout per disk that does not, with the age of its newest snapshot. ``--metrics-file`` writes
+``--max-age`` (``freshness.stale_disks``; a member of a snapshot group of the tool counts, and is named
+as one). Exit 0 when every disk passes; else exit 1 and one line on stdout per disk that does not,
+with the age of its newest snapshot. With a ``server_id`` column in the manifest, the newest snapshot
+group of each server must hold a member of each of its disks: an incomplete group is one line too,
+and exit 1. ``--metrics-file`` writes
 ``evs_snapshot_audit_volumes_missing``, so an alert fires when cron itself stopped running.
 
 Audit changes nothing, so it takes no lock (an alert must not fail because a prune runs) and writes no
@@ -26,11 +29,12 @@ from orchestrator.console import Console
 from orchestrator.entry import run
 from orchestrator.errors import Interrupted
 from orchestrator.frame import recording_aborts, write_side_files
+from orchestrator.freshness import stale_disks
 from orchestrator.manifest import spooled
 from orchestrator.metrics import PREFIX
 from orchestrator.models import utc_now
 from orchestrator.ownership import Ownership, check_name_prefix
-from orchestrator.retention import duration_text, stale_disks
+from orchestrator.retention import duration_text
 from orchestrator.selection import read_targets
 from orchestrator.signals import cancel_on_signal, in_thread
 
@@ -40,8 +44,8 @@ if TYPE_CHECKING:
     from orchestrator.config import Connection
     from orchestrator.console import Console
     from orchestrator.frame import Closing
+    from orchestrator.freshness import Incomplete, Stale
     from orchestrator.manifest import ManifestSource
-    from orchestrator.retention import Stale
     from orchestrator.retry import RetryPolicy
 
 LISTED_IN_SUMMARY = 1000
@@ -70,12 +74,13 @@ async def audit(settings: AuditSettings, *, console: Console, stdout: TextIO) ->
         )
     received: list[int] = []
     findings: list[Stale] = []
+    incomplete: list[Incomplete] = []
     async with contextlib.AsyncExitStack() as stack:
         stack.enter_context(recording_aborts(settings.closing, "audit", console))
         router = await connect(stack, settings.connection)
         async with anyio.create_task_group() as group:
             group.start_soon(cancel_on_signal, group.cancel_scope, received)
-            findings = await stale_disks(
+            findings, incomplete = await stale_disks(
                 router,
                 targets,
                 max_age=settings.max_age,
@@ -89,13 +94,18 @@ async def audit(settings: AuditSettings, *, console: Console, stdout: TextIO) ->
     now = utc_now()
     for finding in findings:
         stdout.write(finding.line(now) + "\n")
+    for unit in incomplete:
+        stdout.write(unit.line() + "\n")
     limit = duration_text(settings.max_age)
     stdout.write(
         f"{len(targets)} volumes: {len(targets) - len(findings)} with a snapshot of the tool younger than "
-        f"{limit}, {len(findings)} without" + (f"; {bad} manifest rows skipped" if bad else "") + "\n"
+        f"{limit}, {len(findings)} without"
+        + (f"; {len(incomplete)} snapshot groups incomplete" if incomplete else "")
+        + (f"; {bad} manifest rows skipped" if bad else "")
+        + "\n"
     )
-    code = 1 if findings or bad else 0
-    _side_files(settings, len(targets), findings, bad, requests, code, now, console)
+    code = 1 if findings or incomplete or bad else 0
+    _side_files(settings, len(targets), findings, incomplete, bad, requests, code, now, console)
     return code
 
 
@@ -103,6 +113,7 @@ def _side_files(
     settings: AuditSettings,
     volumes: int,
     findings: list[Stale],
+    incomplete: list[Incomplete],
     bad: int,
     requests: dict[str, int],
     code: int,
@@ -120,6 +131,7 @@ def _side_files(
             "rows_skipped": bad,
             "max_age_s": settings.max_age,
             "missing": [finding.to_dict(now) for finding in findings[:LISTED_IN_SUMMARY]],
+            "groups_incomplete": [group.to_dict() for group in incomplete[:LISTED_IN_SUMMARY]],
             "requests": requests,
             "exit_code": code,
         },
@@ -133,6 +145,11 @@ def _side_files(
                 f"{PREFIX}_audit_volumes_missing",
                 "Disks without an available snapshot of the tool younger than --max-age (last audit).",
                 [f"{PREFIX}_audit_volumes_missing{{{label}}} {len(findings)}"],
+            ),
+            (
+                f"{PREFIX}_audit_groups_incomplete",
+                "Newest snapshot groups of a server without a member of one of its disks (last audit).",
+                [f"{PREFIX}_audit_groups_incomplete{{{label}}} {len(incomplete)}"],
             ),
         ],
         exit_code=code,

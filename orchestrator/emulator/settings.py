@@ -289,4 +289,9 @@ class EmulatorSettings:
     no_snapshot_groups: bool = option(
         False, "The v5 snapshot-group API answers 404 APIGW.0101 (a region without it)."
     )
+    group_members_unlisted: bool = option(
+        False,
+        "Snapshot-group members are absent from the v2 snapshot list and show (404): only the v5 member "
+        "list shows them.",
+    )
     seed: int = option(0, "Seed for every random choice.")

@@ -192,7 +192,10 @@ class SnapshotRoutes:
         return web.Response(status=200)
 
     async def show(self, request: web.Request) -> web.StreamResponse:
-        return json_response(200, {"snapshot": self._json(*self._find(request))})
+        snap, status = self._find(request)
+        if snap.group_id and self.settings.group_members_unlisted:
+            raise not_found()  # the v2 API does not know v5 group members here
+        return json_response(200, {"snapshot": self._json(snap, status)})
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         snap, status = self._find(request)
@@ -264,6 +267,7 @@ class SnapshotRoutes:
             and (name is None or snap.name == name)
             and (status_filter is None or status == status_filter)
             and (volume_id is None or snap.volume_id == volume_id.lower())
+            and not (snap.group_id and self.settings.group_members_unlisted)
         ]
         matches = self.world.listing_order(matches)
         shift = self.settings.list_shift
