@@ -60,7 +60,6 @@ class ActionRecord:
     project_id: str | None = None
     region: str | None = None
     snapshot_id: str | None = None
-    snapshot_group_id: str | None = None  # the v5 snapshot group the snapshot is a member of
     snapshot_name: str | None = None
     created_at: str | None = None
     # prune: the rules that condemned it ("keep-last 6") or kept it ("daily ...", "hold: REASON");
@@ -75,9 +74,15 @@ class ActionRecord:
     started_at: str
     finished_at: str
     elapsed_ms: int = 0
+    snapshot_group_id: str | None = None  # the v5 snapshot group the snapshot is a member of (last)
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self, option=orjson.OPT_APPEND_NEWLINE)
+        """One JSON line; without ``snapshot_group_id`` when it is ``None`` (reports of snapshots made
+        alone read as before the field existed, as ``Record.to_json`` does)."""
+        line = orjson.dumps(self, option=orjson.OPT_APPEND_NEWLINE)
+        if self.snapshot_group_id is None and line.endswith(_NO_GROUP):
+            return line[: -len(_NO_GROUP)] + b"}\n"
+        return line
 
     @classmethod
     def from_dict(cls, data: object) -> ActionRecord:
@@ -94,6 +99,7 @@ class ActionRecord:
 
 
 _TYPES = field_types(ActionRecord)
+_NO_GROUP = b',"snapshot_group_id":null}\n'
 
 
 def now_iso() -> str:
