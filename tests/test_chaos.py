@@ -1,4 +1,9 @@
-"""The chaos test, sized for CI: every fault at once, a SIGKILL and a resume, then a second same-day run."""
+"""The chaos test, sized for CI: every fault at once, a SIGKILL and a resume, then a second same-day run.
+
+Tens of rows (it had 90) and fault shares high enough that each fault still happens (asserted below).
+Most of its time is the limiter: against a burst of 2 its first estimate is about 2/s, and it grows
+1.25x a second from there. A larger burst would make it quicker, but a loaded machine then sends too
+slowly to meet a 429. A kill and a resume at full size: ``benchmarks/killresume.py``."""
 
 from __future__ import annotations
 
@@ -24,10 +29,10 @@ from tests.helpers import (
 )
 
 CHAOS = {
-    "fault_5xx": 0.05,
-    "fault_drop_before": 0.03,
-    "fault_drop_after": 0.03,
-    "fault_late_commit": 0.06,
+    "fault_5xx": 0.12,
+    "fault_drop_before": 0.08,
+    "fault_drop_after": 0.08,
+    "fault_late_commit": 0.12,
     "late_commit_seconds": 0.5,  # longer than --settle below: some rows are doubled, then swept
     "rate_limit": 50,  # under what a run sends even on a slow, busy machine: some 429s always happen
     "burst": 2,  # far under --concurrency 32: a busy machine that sends in clumps still meets 429s
@@ -62,13 +67,13 @@ def test_chaos_with_a_kill_a_resume_and_a_second_run(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """Late commits, 5xx, drops, throttling, SIGKILL + --resume, a second same-day run: one snapshot per row per run."""
-    ids = volume_ids(90, seed=131)
+    ids = volume_ids(40, seed=131)
     emu = emulator_thread(any_volume=True, seed=131, **CHAOS)
     manifest = csv_manifest(write, ids)
     first = tmp_path / "first.jsonl"
     args = create_args(emu.url, manifest, first, *RETRIES, concurrency=32)
     # SIGKILL between a send and its answer: once a random row's create is out (journalled, unanswered).
-    target = random.Random(131).randint(15, 60)
+    target = random.Random(131).randint(8, 30)
     kill_when(first, run_process(args), lambda data: target in in_flight(data))
     result = invoke([*args, "--resume"])
     assert result.exit_code == 0, result.output

@@ -384,9 +384,9 @@ def test_a_wrong_project_closes_its_route(
 def test_validate_online_retries_throttling_and_5xx(
     emulator_thread: Callable[..., Any], write: Callable[..., Path]
 ) -> None:
-    """Under a 20/s limit and 20% 5xx, validate --online retries: every row checks clean, exit 0."""
+    """Under a 30/s limit and 20% 5xx, validate --online retries: every row checks clean, exit 0."""
     ids = volume_ids(30, seed=114)
-    emu = emulator_thread(any_volume=True, rate_limit=30, burst=5, fault_5xx=0.2, seed=114)
+    emu = emulator_thread(any_volume=True, rate_limit=30, burst=15, fault_5xx=0.2, seed=114)
     result = invoke(
         [
             "validate",

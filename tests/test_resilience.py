@@ -30,7 +30,7 @@ from tests.helpers import create_args as args_for
 CHAOS = {
     "fault_5xx": 0.08,
     "fault_drop_before": 0.05,
-    "fault_drop_after": 0.05,
+    "fault_drop_after": 0.1,  # tens of rows: each fault still happens (asserted)
     "rate_limit": 150,
     "burst": 4,  # far under --concurrency 32: any 5 creates that reach the gateway together meet a 429
     "latency_ms": 5,
@@ -47,16 +47,16 @@ def test_chaos_run_creates_exactly_one_snapshot_per_volume(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """5xx, drops before and after recording, a tight rate limit and latency: one snapshot each, all accepted."""
-    ids = volume_ids(300, seed=41)
+    ids = volume_ids(80, seed=41)
     emu = emulator_thread(any_volume=True, seed=41, **CHAOS)
     report = tmp_path / "r.jsonl"
     # 32 in flight outrun the burst of 4 however slow the machine: some 429s always happen.
     result = invoke(args_for(emu.url, csv_manifest(write, ids), report, "--concurrency", "32", *FAST_RETRIES))
     assert result.exit_code == 0, result.output
     final = last_per_row(report)
-    assert sorted(final) == list(range(1, 301))
+    assert sorted(final) == list(range(1, 81))
     assert {r["outcome"] for r in final.values()} == {"accepted"}
-    assert len(records(report)) == 300
+    assert len(records(report)) == 80
     state = emu.state()
     assert_exactly_one_snapshot_each(state, ids)
     by_volume = {s["volume_id"]: s["id"] for s in state["snapshots"]}
@@ -72,21 +72,21 @@ def test_sigkill_then_resume_finishes_without_duplicates(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """A chaos run killed with SIGKILL at a random moment, then --resume: every row once, no doubles."""
-    ids = volume_ids(150, seed=42)
+    ids = volume_ids(50, seed=42)
     emu = emulator_thread(any_volume=True, seed=42, **{**CHAOS, "latency_ms": 25})
     manifest = csv_manifest(write, ids)
     report = tmp_path / "r.jsonl"
     args = args_for(emu.url, manifest, report, "--concurrency", "12", *FAST_RETRIES)
     with run_process(args) as process:
-        wait_for_records(report, random.Random(42).randint(20, 120), process)
+        wait_for_records(report, random.Random(42).randint(8, 40), process)
         process.kill()
         process.wait(timeout=10)
     before = records(report)
-    assert 0 < len(before) < 150
+    assert 0 < len(before) < 50
     result = invoke([*args, "--resume"])
     assert result.exit_code == 0, result.output
     final = last_per_row(report)
-    assert sorted(final) == list(range(1, 151))
+    assert sorted(final) == list(range(1, 51))
     assert {r["outcome"] for r in final.values()} == {"accepted"}
     assert {r["run_id"] for r in records(report)} == {before[0]["run_id"]}
     assert_exactly_one_snapshot_each(emu.state(), ids)
@@ -98,13 +98,13 @@ def test_sigterm_drains_exits_143_and_resume_completes(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """SIGTERM: in-flight rows finish and are recorded, exit 143, summary printed; --resume finishes."""
-    ids = volume_ids(120, seed=43)
+    ids = volume_ids(60, seed=43)
     emu = emulator_thread(any_volume=True, latency_ms=60)
     manifest = csv_manifest(write, ids)
     report = tmp_path / "r.jsonl"
-    args = args_for(emu.url, manifest, report, "--concurrency", "8", "--settle", "0.5")
+    args = args_for(emu.url, manifest, report, "--concurrency", "4", "--settle", "0.5")
     with run_process(args) as process:
-        wait_for_records(report, 30, process)
+        wait_for_records(report, 15, process)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
         assert process.returncode == 143, stderr
@@ -113,12 +113,12 @@ def test_sigterm_drains_exits_143_and_resume_completes(
     first = records(report)
     whole = len(first) + len(journal(report)) + 1  # records, the journal of sends, the run header
     assert whole == report.read_bytes().count(b"\n")  # every line whole
-    assert len({r["row"] for r in first}) == len(first) < 120
+    assert len({r["row"] for r in first}) == len(first) < 60
     assert all(r["outcome"] == "accepted" for r in first)
     assert len(emu.state()["snapshots"]) == len(first)  # in-flight rows were drained and recorded
     result = invoke([*args, "--resume"])
     assert result.exit_code == 0, result.output
-    assert sorted(last_per_row(report)) == list(range(1, 121))
+    assert sorted(last_per_row(report)) == list(range(1, 61))
     assert_exactly_one_snapshot_each(emu.state(), ids)
 
 
@@ -224,13 +224,13 @@ def test_unknown_rate_limit_is_learned(
 ) -> None:
     """Against a limit the tool is not told (neither --max-rps nor the 429's message names it), it slows
     itself: nothing fails and few attempts are throttled."""
-    ids = volume_ids(240, seed=48)
+    ids = volume_ids(120, seed=48)
     emu = emulator_thread(any_volume=True, rate_limit=60, burst=10, told_limit=0)
     report = tmp_path / "r.jsonl"
     result = invoke(args_for(emu.url, csv_manifest(write, ids), report, "--concurrency", "16", *FAST_RETRIES))
     assert result.exit_code == 0, result.output
     creates = emu.state()["requests"]["POST /v2/{project_id}/cloudsnapshots"]
-    assert creates["202"] == 240
+    assert creates["202"] == 120
     assert creates.get("429", 0) < 0.25 * sum(creates.values()), creates
 
 
@@ -240,13 +240,13 @@ def test_a_limit_the_429_names_is_taken_and_a_wrong_one_still_meets_the_cuts(
 ) -> None:
     """The 429's message names a limit ("limit:N,time:1 second"): the tool goes straight to just under
     it. A message that names another policy's (higher) limit costs some 429s but nothing fails."""
-    ids = volume_ids(240, seed=50)
+    ids = volume_ids(120, seed=50)
     emu = emulator_thread(any_volume=True, rate_limit=60, burst=10, told_limit=told)
     report = tmp_path / "r.jsonl"
     result = invoke(args_for(emu.url, csv_manifest(write, ids), report, "--concurrency", "16", *FAST_RETRIES))
     assert result.exit_code == 0, result.output
     creates = emu.state()["requests"]["POST /v2/{project_id}/cloudsnapshots"]
-    assert creates["202"] == 240
+    assert creates["202"] == 120
     assert 0 < creates["429"] < 0.25 * sum(creates.values()), creates
 
 

@@ -145,7 +145,7 @@ def test_a_resume_lists_the_run_once_and_looks_up_only_rows_in_their_window(
 ) -> None:
     """Case 6: rows never sent are sent at once; in-flight rows are found by one listing of the
     project, with no per-row lookups once their window has passed."""
-    ids = volume_ids(300, seed=1806)
+    ids = volume_ids(120, seed=1806)
     emu = emulator_thread(any_volume=True, latency_ms=30)
     manifest = csv_manifest(write, ids)
     report = tmp_path / "r.jsonl"
@@ -154,7 +154,7 @@ def test_a_resume_lists_the_run_once_and_looks_up_only_rows_in_their_window(
     process = run_process(args)
     kill_when(report, process, lambda data: len(records_in(data)) >= 40 and bool(in_flight(data)))
     sent = {r["row"] for r in journal(report)}
-    unrecorded = 300 - len(last_per_row(report))
+    unrecorded = 120 - len(last_per_row(report))
     assert unrecorded > len(sent - set(last_per_row(report)))  # most rows left were never sent
     time.sleep(1.2)  # the window of the rows in flight (--settle 0.8s after their send + ...) runs out
     time.sleep(1.0)  # ... plus --timeout 1
@@ -165,9 +165,9 @@ def test_a_resume_lists_the_run_once_and_looks_up_only_rows_in_their_window(
     assert resumed.exit_code == 0, resumed.output
     phases = summary_of(summary)["phases"]
     assert phases["create"]["requests"].get("lookups", 0) == 0
-    assert phases["create"]["requests"]["lists"] == 1  # 300 snapshots: one page
+    assert phases["create"]["requests"]["lists"] == 1  # 120 snapshots: one page
     creates = requests_of(emu.state(), CREATE_ROUTE)["202"] - requests_of(before, CREATE_ROUTE)["202"]
-    assert creates == 300 - len(made)  # one create for each disk without a snapshot, none for the others
+    assert creates == 120 - len(made)  # one create for each disk without a snapshot, none for the others
     assert snapshots_per_volume(emu.state(), header(report)["run_id"]) == dict.fromkeys(ids, 1)
     assert requests_of(emu.state(), LIST_ROUTE)["200"] >= 1
 
