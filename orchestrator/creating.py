@@ -1,0 +1,462 @@
+"""``create``'s run: read the manifest twice (check, then send), run, sweep, report.
+
+The first pass reads the whole manifest without sending anything, so that a file that cannot be read
+as a whole stops the run with exit 2 before the first request; it also counts rows, finds the keys
+that may be duplicated, and digests the file for the report's header (an honest ``--resume``). The
+second pass validates each row and streams it to the runner (``runner.Runner``, or with
+``--consistency server`` ``grouprun.GroupRunner``), inside the run frame and its freeze hooks. When
+every row is done, the sweep removes any second snapshot (or group) a late commit made, then
+``--wait`` polls until each settles. ``commands/create.py`` only wires its options to ``create``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from orchestrator.api.safe import remaining_quota
+from orchestrator.api.views import HOLD_KEY
+from orchestrator.console import Console
+from orchestrator.defaults import GRACE, SETTLE
+from orchestrator.duplicates import duplicate_candidates
+from orchestrator.errors import EvsSnapshotError, ListingFailed, UsageError
+from orchestrator.frame import Frame
+from orchestrator.groupplan import Server, check_groups_offered, check_zones, plan_servers, valid_tag
+from orchestrator.grouprun import GroupRunner
+from orchestrator.groupsweep import sweep_groups
+from orchestrator.hooks import HookPlan
+from orchestrator.lock import content_lock, manifest_lock, report_lock, run_lock
+from orchestrator.manifest import manifest_digest, read_rows, spooled
+from orchestrator.models import RunHeader, utc_iso
+from orchestrator.progress import Progress
+from orchestrator.report import (
+    check_report_path,
+    final_records,
+    name_shape,
+    read_header,
+    refuse_existing,
+    resume_identity,
+)
+from orchestrator.rules import RowValidator, columns_checked
+from orchestrator.runner import Runner, RunPlan
+from orchestrator.signals import cancel_on_signal, drain_on_signal, in_thread
+from orchestrator.sweep import sweep, sweep_policy
+from orchestrator.tally import Tally
+from orchestrator.waiter import Waiter
+
+if TYPE_CHECKING:
+    from orchestrator.api.routes import Router
+    from orchestrator.config import Connection, RowDefaults, RunIdentity
+    from orchestrator.console import Console
+    from orchestrator.frame import Closing, Frame
+    from orchestrator.lock import Lock
+    from orchestrator.manifest import ManifestSource, RawRow
+    from orchestrator.models import Outcome
+    from orchestrator.report import ReportWriter, ResumeBook
+    from orchestrator.retry import RetryPolicy
+    from orchestrator.tally import Tally
+    from orchestrator.waiter import WaitPlan
+
+SETTLE_WARN = 10.0  # a shorter --settle may not outlast a late commit
+QUOTA_CHECK_SECONDS = 10.0  # the pre-flight quota check never holds the run up longer
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CreateSettings:
+    """Everything ``create`` was told, resolved from options and the environment."""
+
+    source: ManifestSource
+    report: str
+    defaults: RowDefaults
+    connection: Connection
+    closing: Closing
+    policy: RetryPolicy
+    dry_run: bool = False
+    progress: bool = False
+    emulator: bool = False
+    resume: bool = False
+    lock_file: Path | None = None
+    deadline: float | None = None  # seconds for the whole run
+    settle: float = SETTLE
+    keep_duplicates: bool = False
+    wait: WaitPlan | None = None
+    grace: float = GRACE
+    hooks: HookPlan = dataclasses.field(default_factory=HookPlan)
+    consistency: str = "disk"  # "server": one v5 snapshot group per server (groupplan, grouprun)
+
+    @property
+    def grouped(self) -> bool:
+        return self.consistency == "server"
+
+
+async def create(settings: CreateSettings, *, console: Console) -> int:
+    """Run the whole job and return the exit code; raises ``EvsSnapshotError`` for run-level errors."""
+    started = time.monotonic()  # the run's time and --deadline count from here
+
+    if settings.wait is not None and settings.report == "-":
+        raise UsageError("--wait reads the report back, so it needs a --report file, not standard output")
+    if settings.resume and settings.report == "-":
+        raise UsageError("--resume needs a --report file to read, not standard output")
+    if settings.resume and settings.dry_run:
+        # A plan written into the run's report would read as rows done: the next --resume would trust it.
+        raise UsageError(
+            "--dry-run does not mix with --resume: a plan must not be written into the report a resume "
+            "reads. To see what a resume would send, run `evs-snapshot summary REPORT`"
+        )
+    if settings.settle < SETTLE_WARN:
+        console.warn(
+            f"--settle {settings.settle:g}s is under {SETTLE_WARN:g}s: a create the gateway answered 504 may "
+            "commit later than that, and the row would be sent again (the end-of-run sweep deletes a "
+            "second snapshot it finds, but keep --settle at 60s for real runs)"
+        )
+    if settings.emulator and settings.connection.endpoints.evs is not None:
+        raise UsageError("--emulator starts its own emulator; leave out --endpoint (or leave out --emulator)")
+    if settings.report != "-":
+        check_report_path(Path(settings.report))
+    hold = settings.defaults.hold
+    if settings.grouped and hold is not None and not valid_tag(HOLD_KEY, hold):
+        raise UsageError(
+            f"--hold {hold!r}: with --consistency server the hold is a tag of the snapshot group, and a tag "
+            "value is at most 43 letters, digits, '_', '.' or '-'"
+        )
+    if settings.emulator:
+        from orchestrator.demo import demo_defaults  # noqa: PLC0415 - the emulator: 15 ms of every start-up
+
+        settings = dataclasses.replace(settings, defaults=demo_defaults(settings.defaults))
+    also_known = frozenset({"emulator_status"}) if settings.emulator else frozenset()
+    display = "<stdin>" if settings.source.path == "-" else settings.source.path
+    with spooled(settings.source) as source:
+
+        def rows(*, warn_columns: bool = False) -> Iterator[RawRow]:
+            warn = console.warn if warn_columns else None
+            return read_rows(source, display=display, warn=warn, also_known=also_known)
+
+        # A signal stops a long pass promptly (the passes run in a worker thread).
+        digest = await in_thread(lambda: manifest_digest(source, display=display))
+        frame = Frame(
+            command="create",
+            console=console,
+            report=settings.report,
+            closing=settings.closing,
+            grace=settings.grace,
+        )
+        async with frame:
+            # Locks first: a second run of this manifest, report or run exits 75 (not 2, "report exists").
+            held = frame.lock(_locks(settings, digest), "create --resume" if settings.resume else "create")
+            if not settings.resume and settings.report != "-":
+                refuse_existing(Path(settings.report))  # before anything is sent
+            total, candidates = await in_thread(  # a --metadata column no row has exits 2 here
+                lambda: duplicate_candidates(
+                    columns_checked(rows(warn_columns=True), settings.defaults), settings.defaults
+                )
+            )
+            servers = None
+            if settings.grouped:  # rows without a server, or servers no group takes: exit 2 here
+                servers = await in_thread(lambda: plan_servers(rows(), settings.defaults))
+            book, identity = resume_identity(
+                settings.report,
+                settings.resume,
+                total=total,
+                digest=digest,
+                display=display,
+                shape=_shape(settings),
+            )
+            held.take(run_lock(identity.run_id))  # a new run's, before its header names it anywhere
+            await _locked(
+                frame,
+                settings,
+                identity,
+                book,
+                total,
+                digest,
+                display,
+                rows,
+                candidates,
+                console,
+                started,
+                servers,
+            )
+        return frame.exit_code
+
+
+def _locks(settings: CreateSettings, digest: str) -> list[Lock]:
+    """The manifest's lock (or --lock-file), the report's, and the lock of the run the report holds."""
+
+    locks = [manifest_lock(settings.source.path, digest=digest, lock_file=settings.lock_file)]
+    if settings.lock_file is None and settings.source.path != "-":
+        locks.append(content_lock(digest))  # the same rows from a copy or from standard input
+    if settings.report != "-":
+        locks.append(report_lock(settings.report))
+        with contextlib.suppress(UsageError, OSError):  # not a report: refuse_existing or the resume says so
+            header = read_header(Path(settings.report))
+            if header is not None:
+                locks.append(run_lock(header.run_id))
+    return locks
+
+
+async def _locked(
+    frame: Frame,
+    settings: CreateSettings,
+    identity: RunIdentity,
+    book: ResumeBook[int, Outcome] | None,
+    total: int,
+    digest: str,
+    display: str,
+    rows: Callable[..., Iterator[RawRow]],
+    candidates: set[bytes],
+    console: Console,
+    started: float,
+    servers: dict[str, Server] | None,
+) -> None:
+    hook_servers = await settings.hooks.servers(rows)  # exit 2 here when a row names no server
+    if settings.emulator:
+        from orchestrator.demo import with_emulator  # noqa: PLC0415 - the emulator: 15 ms of every start-up
+
+        defaults, connection = await frame.enter(
+            with_emulator(settings.defaults, settings.connection, rows(), display=display)
+        )
+        settings = dataclasses.replace(settings, defaults=defaults, connection=connection)
+    router: Router | None = None
+    if not settings.dry_run:
+        router = await frame.connect(settings.connection)
+        left = QUOTA_CHECK_SECONDS
+        if settings.deadline is not None:
+            left = min(left, started + settings.deadline - time.monotonic())
+        with anyio.move_on_after(left) as quota_scope:
+            await _warn_over_quota(settings, router, total, console)
+        if quota_scope.cancelled_caught:
+            console.warn(f"the project's snapshot quota did not answer within {left:.0f}s; going on")
+        if servers is not None:  # before the report: a region without groups, two zones exit 2
+            await check_groups_offered(router, servers, settings.policy)
+            await check_zones(router, servers, settings.policy)
+    writer = frame.open_report(
+        RunHeader(
+            run_id=identity.run_id,
+            command="create",
+            manifest=display,
+            rows=total,
+            digest=digest,
+            shape=_shape(settings),
+            started_at=utc_iso(identity.started),
+            emulator=settings.emulator,
+            dry_run=settings.dry_run,
+            journal=True,
+            window=settings.settle + settings.connection.limits.timeout,
+            connection={} if settings.emulator else settings.connection.recorded(),
+        ),
+        resume=settings.resume,
+    )
+    validator = RowValidator(
+        defaults=settings.defaults,
+        identity=identity,
+        candidates=candidates,
+        region_required=settings.connection.endpoints.evs is None,
+    )
+    plan = RunPlan(
+        run_id=identity.run_id,
+        concurrency=settings.connection.limits.concurrency,
+        dry_run=settings.dry_run,
+        policy=settings.policy,
+        deadline=None if settings.deadline is None else started + settings.deadline,
+        settle=settings.settle,
+        timeout=settings.connection.limits.timeout,
+    )
+    tally = frame.tally = Tally(manifest_rows=total)
+    tally.started = started
+    runner: Runner | GroupRunner
+    async with anyio.create_task_group() as group:
+        async with frame.freezing(  # inside the drain: a post-hook owed runs before the drain ends
+            settings.hooks, manifest=settings.source.path, servers=hook_servers, deadline=plan.deadline
+        ) as gate:
+            if servers is None:
+                runner = Runner(plan, router=router, writer=writer, tally=tally, resume=book, gate=gate)
+            else:
+                runner = GroupRunner(
+                    plan,
+                    servers=servers,
+                    router=router,
+                    writer=writer,
+                    tally=tally,
+                    resume=book,
+                    warn=console.warn,
+                    gate=gate,
+                )
+            if settings.progress:
+                shown = runner if isinstance(runner, Runner) else None
+                progress = Progress(tally, total, console.stream, router=router, runner=shown)
+                group.start_soon(progress.run)
+            with anyio.CancelScope() as run_scope:
+                group.start_soon(
+                    lambda: drain_on_signal(
+                        stop=runner.stop,
+                        scope=run_scope,
+                        grace=settings.grace,
+                        received=frame.signals,
+                        console=console,
+                        sync=writer.sync,
+                    )
+                )
+                await runner.run(validator.validate_all(rows()))
+        group.cancel_scope.cancel()
+    _phase(tally, "create", started, router)
+    if router is not None and not frame.signals:
+        frame.tally = await _after_create(
+            settings,
+            identity,
+            router,
+            writer,
+            tally,
+            console,
+            frame.signals,
+            started,
+            in_doubt=runner.in_doubt,
+            servers=servers,
+        )
+
+
+async def _after_create(
+    settings: CreateSettings,
+    identity: RunIdentity,
+    router: Router,
+    writer: ReportWriter,
+    tally: Tally,
+    console: Console,
+    signals: list[int],
+    run_started: float,
+    *,
+    in_doubt: bool,
+    servers: dict[str, Server] | None = None,
+) -> Tally:
+    """The sweep (exactly one snapshot per accepted row), then ``--wait``; both within ``--deadline``.
+
+    The sweep runs when some create was in doubt (resent, answered 5xx, cut off; for a resume, also in an
+    earlier process, as its journal shows, or a row it sent is sent again):
+    a run whose every row was sent once and answered for sure cannot hold two snapshots of a row.
+    """
+
+    report = Path(settings.report) if settings.report != "-" else None
+    deadline = None if settings.deadline is None else run_started + settings.deadline
+    if report is not None:
+        started = time.monotonic()
+        if in_doubt:
+            writer.sync()
+            with anyio.move_on_after(None if deadline is None else deadline - time.monotonic()) as scope:
+                await _sweep(settings, identity, router, writer, tally, console, report, servers)
+            if scope.cancelled_caught:
+                tally.unfinished.append("the --deadline passed before the duplicate sweep finished")
+                console.error(f"{tally.unfinished[-1]}; run `evs-snapshot wait {report}` to sweep again")
+                return tally
+        _phase(tally, "sweep", started, router)  # a sweep with nothing to look at is a phase of 0 requests
+    if settings.wait is None or report is None:
+        return tally
+    started = time.monotonic()
+    writer.sync()
+    console.event("waiting", f"create done; waiting for snapshots (up to {settings.wait.timeout:g}s)")
+    waited = tally.carried_over()
+    waiter = Waiter(settings.wait, router=router, writer=writer, tally=waited, on_round=console.wait_round)
+    waiter.load(final_records(report))
+    async with anyio.create_task_group() as group:
+        group.start_soon(cancel_on_signal, group.cancel_scope, signals)
+        with anyio.move_on_after(None if deadline is None else deadline - time.monotonic()) as scope:
+            await waiter.run()
+        group.cancel_scope.cancel()
+    if scope.cancelled_caught:
+        waited.unfinished.append("the --deadline passed while waiting")
+        console.error(f"{waited.unfinished[-1]}; run `evs-snapshot wait {report}` to wait for the rest")
+    _phase(waited, "wait", started, router)
+    return waited
+
+
+async def _sweep(
+    settings: CreateSettings,
+    identity: RunIdentity,
+    router: Router,
+    writer: ReportWriter,
+    tally: Tally,
+    console: Console,
+    report: Path,
+    servers: dict[str, Server] | None,
+) -> None:
+    """The sweep of single snapshots (``sweep``), or of snapshot groups (``groupsweep``, ``servers``)."""
+    policy, patience = sweep_policy(settings.policy), max(settings.settle, 10.0)
+    try:
+        if servers is None:
+            what, again = "snapshots", f"run `evs-snapshot wait {report}`"
+            result = await sweep(
+                list(router.routes.values()),
+                run_id=identity.run_id,
+                report=report,
+                writer=writer,
+                tally=tally,
+                policy=policy,
+                keep_duplicates=settings.keep_duplicates,
+                patience=patience,
+                all_succeeded=tally.all_succeeded(),
+            )
+        else:
+            what, again = "snapshot groups", "run the same create with --resume"
+            result = await sweep_groups(
+                router,
+                servers,
+                run_id=identity.run_id,
+                report=report,
+                writer=writer,
+                tally=tally,
+                policy=policy,
+                keep_duplicates=settings.keep_duplicates,
+                patience=patience,
+            )
+    except ListingFailed as exc:
+        tally.unfinished.append(f"the duplicate sweep could not list: {exc}")
+        console.error(f"{tally.unfinished[-1]}; {again} to sweep again")
+        return
+    if result.found or result.reconciled:
+        console.warn(
+            f"sweep: {result.found} extra {what} of this run found, {result.removed} deleted; "
+            f"{result.reconciled} rows found created after all"
+        )
+
+
+def _shape(settings: CreateSettings) -> dict[str, str]:
+    """The run's shape (``report.name_shape``), and ``consistency`` when it is ``server``: a resume in
+    the other mode would look its rows up where they are not."""
+    shape = name_shape(settings.defaults)
+    if settings.grouped:
+        shape["consistency"] = settings.consistency
+    return shape
+
+
+async def _warn_over_quota(settings: CreateSettings, router: Router, total: int, console: Console) -> None:
+    """Before the first create: warn when the rows exceed the project's remaining snapshot quota.
+
+    Checked for the ``--project-id`` project (rows naming their own project are not counted); a quota
+    that cannot be read is said, not fatal.
+    """
+    from orchestrator.api.routes import Route  # noqa: PLC0415 - aiohttp loads only when sending
+
+    project = settings.defaults.project_id
+    if project is None or settings.resume:
+        return
+    try:
+        route: Route = router.route_at(settings.defaults.region, project)
+        remaining = await remaining_quota(route, dataclasses.replace(settings.policy, max_attempts=3))
+    except EvsSnapshotError as exc:
+        console.warn(f"the project's snapshot quota could not be read ({exc}); going on")
+        return
+    if remaining is not None and total > remaining:
+        console.warn(
+            f"project {project}: {total} rows to send but only {remaining} snapshots left in the project's "
+            f"quota; rows beyond it will be refused (SNAPSHOT_LIMIT_REACHED): prune first, or ask for more",
+            rows=total,
+            remaining=remaining,
+        )
+
+
+def _phase(tally: Tally, name: str, started: float, router: Router | None) -> None:
+    tally.phase(name, time.monotonic() - started, {} if router is None else router.counts())
