@@ -33,7 +33,7 @@ from orchestrator.groupplan import BUSY, GONE, Server, group_tags
 from orchestrator.models import Answer, Outcome, Record, SnapshotRequest, utc_iso, utc_now
 from orchestrator.report import ReportWriter, ResumeBook
 from orchestrator.retry import TryAgain, Verdict, retry_after, retrying
-from orchestrator.runner import Gate, RunPlan, Stopped, Unconfirmed, settle
+from orchestrator.runner import Gate, RunPlan, Stopped, Unconfirmed, row_record, settle
 from orchestrator.tally import Tally
 
 if TYPE_CHECKING:
@@ -381,26 +381,16 @@ class GroupRunner:
         reconciled: bool = False,
         error: tuple[str, str | None] | None = None,
     ) -> Record:
-        answer = unit.answer
-        error = error or (None if outcome in (Outcome.ACCEPTED, Outcome.PLANNED) else unit.error)
-        return Record(
-            run_id=self.plan.run_id,
-            row=request.row,
-            volume_id=request.volume_id,
-            project_id=request.project_id,
-            region=request.region,
-            name=request.name,
-            outcome=outcome,
-            http_status=None if answer is None else answer.status,
-            request_id=None if answer is None else answer.request_id,
-            snapshot_id=None if snapshot is None else snapshot.id or None,
-            snapshot_status=None if snapshot is None else snapshot.status,
-            snapshot_group_id=group_id,
-            error_code=None if error is None else error[0],
-            error_message=None if error is None else error[1],
+        return row_record(
+            self.plan.run_id,
+            request,
+            outcome,
+            answer=unit.answer,
+            error=error or (None if outcome in (Outcome.ACCEPTED, Outcome.PLANNED) else unit.error),
             attempts=unit.attempts,
+            started=unit.started,
+            clock=unit.clock,
+            snapshot=snapshot,
+            group_id=group_id,
             reconciled=reconciled,
-            started_at=utc_iso(unit.started),
-            finished_at=utc_iso(utc_now()),
-            elapsed_ms=round((time.monotonic() - unit.clock) * 1000),
         )

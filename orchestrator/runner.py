@@ -488,28 +488,56 @@ class Runner:
         snapshot: Snapshot | None = None,
         reconciled: bool = False,
     ) -> Record:
-        answer = state.answer
-        error = None if outcome is Outcome.ACCEPTED else state.error
-        return Record(
-            run_id=self.plan.run_id,
-            row=request.row,
-            volume_id=request.volume_id,
-            project_id=request.project_id,
-            region=request.region,
-            name=request.name,
-            outcome=outcome,
-            http_status=None if answer is None else answer.status,
-            request_id=None if answer is None else answer.request_id,
-            snapshot_id=None if snapshot is None else snapshot.id or None,
-            snapshot_status=None if snapshot is None else snapshot.status,
-            error_code=None if error is None else error[0],
-            error_message=None if error is None else error[1],
+        return row_record(
+            self.plan.run_id,
+            request,
+            outcome,
+            answer=state.answer,
+            error=None if outcome is Outcome.ACCEPTED else state.error,
             attempts=state.attempts,
+            started=state.started,
+            clock=state.clock,
+            snapshot=snapshot,
             reconciled=reconciled,
-            started_at=utc_iso(state.started),
-            finished_at=utc_iso(utc_now()),
-            elapsed_ms=round((time.monotonic() - state.clock) * 1000),
         )
+
+
+def row_record(
+    run_id: str,
+    request: SnapshotRequest,
+    outcome: Outcome,
+    *,
+    answer: Answer | None,
+    error: tuple[str, str | None] | None,
+    attempts: int,
+    started: datetime,
+    clock: float,
+    snapshot: Snapshot | None = None,
+    group_id: str | None = None,
+    reconciled: bool = False,
+) -> Record:
+    """A row's record: its request, the last answer and error, its member snapshot (and group)."""
+    return Record(
+        run_id=run_id,
+        row=request.row,
+        volume_id=request.volume_id,
+        project_id=request.project_id,
+        region=request.region,
+        name=request.name,
+        outcome=outcome,
+        http_status=None if answer is None else answer.status,
+        request_id=None if answer is None else answer.request_id,
+        snapshot_id=None if snapshot is None else snapshot.id or None,
+        snapshot_status=None if snapshot is None else snapshot.status,
+        snapshot_group_id=group_id,
+        error_code=None if error is None else error[0],
+        error_message=None if error is None else error[1],
+        attempts=attempts,
+        reconciled=reconciled,
+        started_at=utc_iso(started),
+        finished_at=utc_iso(utc_now()),
+        elapsed_ms=round((time.monotonic() - clock) * 1000),
+    )
 
 
 async def settle(
