@@ -257,10 +257,10 @@ def test_a_second_group_is_swept(
 
 
 CHAOS = {
-    "fault_5xx": 0.1,
-    "fault_drop_before": 0.1,
-    "fault_drop_after": 0.1,
-    "fault_late_commit": 0.2,
+    "fault_5xx": 0.15,  # with drops and late commits: about half the group creates meet a fault
+    "fault_drop_before": 0.15,
+    "fault_drop_after": 0.15,
+    "fault_late_commit": 0.25,
     "late_commit_seconds": 0.5,  # longer than --settle: some groups are made twice, then swept
     "latency_ms": 10,  # a group create is out long enough for the kill to find one in flight
     "creating_seconds": 0.1,
