@@ -427,11 +427,7 @@ row_strategy = st.fixed_dictionaries(
 )
 
 
-# Half the profile's examples (20 in the suite, 200 thorough): generating the rows' text is most of its cost.
-@settings(
-    max_examples=max(1, settings().max_examples // 2),
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     rows=st.lists(row_strategy, min_size=1, max_size=30),
     fmt=st.sampled_from(["csv", "json", "jsonl"]),
