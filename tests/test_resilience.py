@@ -132,11 +132,10 @@ def test_second_run_on_same_report_exits_75(
     args = args_for(emu.url, csv_manifest(write, ids), report, "--concurrency", "2")
     with run_process(args) as process:
         wait_for_records(report, 2, process)
-        started = time.monotonic()
         second = run_process([*args, "--resume"])
         _, stderr = second.communicate(timeout=30)
         assert second.returncode == 75, stderr
-        assert time.monotonic() - started < 15
+        assert process.poll() is None  # at once: while the first still runs, not after it let go
         assert b"another evs-snapshot run holds" in stderr
         process.communicate(timeout=60)
         assert process.returncode == 0
