@@ -11,7 +11,7 @@ whole through ``deleter.delete`` (``--keep-duplicates``: only reported). Each ex
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -88,6 +88,33 @@ async def sweep_groups(
                 tally.add(side)
     writer.sync()
     return result
+
+
+async def servers_of_run(
+    router: Router, records: Iterable[Record], *, run_id: str, policy: RetryPolicy
+) -> dict[str, Server]:
+    """The servers of a ``--consistency server`` run as its report shows them, for ``wait``'s sweep
+    (``create`` has the manifest; ``wait`` has only the report): the run's groups, listed once per
+    project by the marker tag, each give their server; a row belongs to the server of the group its
+    record names. A row whose record names no group is left out (``create --resume`` finds it)."""
+    places: dict[tuple[str | None, str | None], list[Record]] = {}
+    for record in records:
+        if record.snapshot_group_id:
+            places.setdefault((record.project_id, record.region), []).append(record)
+    servers: dict[str, Server] = {}
+    for (project_id, region), named in places.items():
+        try:
+            route = await router.route_for(project_id, region)
+            groups = await list_groups(route, policy, run_id=run_id)
+        except RouteClosed:
+            continue  # refused now: the run exits 3 and says why
+        server_of = {group.id: group.server_id.lower() for group in groups if group.server_id}
+        for record in named:
+            server = server_of.get(str(record.snapshot_group_id))
+            if server is not None:
+                entry = servers.setdefault(server, Server(project_id=project_id, region=region))
+                entry.rows.append(record.row)
+    return servers
 
 
 async def _members(route: Route, group: SnapshotGroup, policy: RetryPolicy) -> dict[str, Snapshot]:

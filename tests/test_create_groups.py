@@ -419,3 +419,28 @@ def test_hooks_freeze_each_server_around_its_group_create(
     failed = {r["volume_id"] for r in final.values() if r.get("error_code") == "PRE_HOOK_FAILED"}
     assert failed == {v.volume_id for v in volumes if v.server_id == SERVERS[1]}
     assert all(r["attempts"] == 0 for r in final.values() if r["volume_id"] in failed)
+
+
+def test_wait_sweeps_a_second_group_committed_after_the_create_ended(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Group creates answered 504 commit later than --settle and the create's own sweep: the resent
+    creates made a second group of those servers. The next `wait` deletes each second group whole."""
+    volumes = server_disks(servers=4)
+    emu = emulator_thread(
+        volumes=volumes, seed=5, fault_late_commit=0.5, late_commit_seconds=1.0, creating_seconds=0.05
+    )
+    report = tmp_path / "r.jsonl"
+    result = invoke(group_args(emu.url, manifest(write, rows_of(volumes)), report))
+    assert result.exit_code == 0, result.output + result.stderr
+    run_id = header(report)["run_id"]
+    time.sleep(1.2)  # the late commits land
+    doubled = groups_per_server(emu.state(), run_id)
+    assert max(doubled.values()) > 1, doubled  # the fault really made second groups
+    result = invoke(["wait", str(report), "--endpoint", emu.url, "--poll-interval", "0.05", *QUICK[:6]])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "extra snapshot groups of this run found" in result.stderr
+    state = emu.state()
+    assert groups_per_server(state, run_id) == {str(v.server_id): 1 for v in volumes}
+    live = {g["id"] for g in state["snapshot_groups"] if g["status"] != "deleting"}
+    assert {r["snapshot_group_id"] for r in last_per_row(report).values()} <= live
