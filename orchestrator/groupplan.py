@@ -23,7 +23,7 @@ from orchestrator.api.groups import groups_offered
 from orchestrator.api.safe import list_all_volumes
 from orchestrator.api.views import RUN_MARKER_KEY
 from orchestrator.errors import UsageError
-from orchestrator.servers import NAMED_ROWS, require_servers, server_id
+from orchestrator.servers import NAMED_ROWS, refuse_malformed, require_servers, server_id, well_formed
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Router
@@ -55,11 +55,12 @@ def plan_servers(rows: Iterable[RawRow], row_defaults: RowDefaults) -> dict[str,
     without ``server_id``, and for a server with more than 64 disks or disks in two zones."""
     servers: defaultdict[str, Server] = defaultdict(Server)
     missing: list[int] = []
+    malformed: list[int] = []
     for raw in rows:
         fields = raw.fields or {}
         server = server_id(fields)  # the one reading of the column (servers.rows_by_server's)
-        if server is None:
-            missing.append(raw.row)
+        if server is None or not well_formed(server):
+            (missing if server is None else malformed).append(raw.row)
             continue
         entry = servers[server]
         if not entry.rows:
@@ -72,6 +73,7 @@ def plan_servers(rows: Iterable[RawRow], row_defaults: RowDefaults) -> dict[str,
         else:
             entry.zones.add(zone)
     require_servers("--consistency server", tuple(missing[:NAMED_ROWS]), len(missing))
+    refuse_malformed("--consistency server", tuple(malformed[:NAMED_ROWS]), len(malformed))
     for server, entry in servers.items():
         refuse_server(server, len(entry.rows), entry.zones)
     return dict(servers)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
+from orchestrator.duplicates import UUID_RE
 from orchestrator.errors import UsageError
 from orchestrator.manifest import RawRow
 
@@ -25,6 +26,8 @@ class ServerRows:
     server_of: dict[int, str]
     without: int = 0  # rows with no server_id (missing, null or empty)
     first_without: tuple[int, ...] = ()  # the first NAMED_ROWS of them
+    malformed: int = 0  # rows whose server_id is not a UUID
+    first_malformed: tuple[int, ...] = ()
 
     def last_row(self, server: str) -> int:
         """The server's last row in the manifest."""
@@ -34,6 +37,7 @@ class ServerRows:
         """Raise ``UsageError`` (exit 2, before anything is sent) when a row names no server: ``mode``
         (an option) works server by server."""
         require_servers(mode, self.first_without, self.without)
+        refuse_malformed(mode, self.first_malformed, self.malformed)
 
 
 def require_servers(mode: str, first_without: tuple[int, ...], without: int) -> None:
@@ -49,6 +53,24 @@ def require_servers(mode: str, first_without: tuple[int, ...], without: int) -> 
     )
 
 
+def refuse_malformed(mode: str, first: tuple[int, ...], count: int) -> None:
+    """Exit 2 when ``count`` rows, the first of them ``first``, give a server_id that is not a UUID: a
+    server's id reaches a hook's shell command ({server_id}) and the group API, so it must be one."""
+    if not count:
+        return
+    named = ", ".join(map(str, first))
+    more = "" if count <= len(first) else f", ... ({count} in all)"
+    raise UsageError(
+        f"{mode} works server by server, and rows {named}{more} have a server_id that is not a server's id "
+        "(a UUID, as `evs-snapshot select` writes it): fix the column"
+    )
+
+
+def well_formed(server: str) -> bool:
+    """A server id as the API gives it: a UUID (``server_id`` has lower-cased and trimmed it)."""
+    return UUID_RE.match(server) is not None
+
+
 def server_id(fields: dict[str, object]) -> str | None:
     """A row's server id as the API writes it, or ``None`` when the row names none."""
     value = fields.get("server_id")
@@ -62,17 +84,22 @@ def rows_by_server(rows: Iterable[RawRow]) -> ServerRows:
     """Group ``rows`` by their ``server_id`` column (one pass; the rows are not kept)."""
     grouped: dict[str, list[int]] = {}
     server_of: dict[int, str] = {}
-    without = 0
-    first_without: list[int] = []
+    without: list[int] = []
+    malformed: list[int] = []
     for raw in rows:
         if raw.fields is None:
             continue
         server = server_id(raw.fields)
-        if server is None:
-            without += 1
-            if len(first_without) < NAMED_ROWS:
-                first_without.append(raw.row)
+        if server is None or not well_formed(server):
+            (without if server is None else malformed).append(raw.row)
             continue
         grouped.setdefault(server, []).append(raw.row)
         server_of[raw.row] = server
-    return ServerRows(grouped, server_of, without, tuple(first_without))
+    return ServerRows(
+        grouped,
+        server_of,
+        len(without),
+        tuple(without[:NAMED_ROWS]),
+        len(malformed),
+        tuple(malformed[:NAMED_ROWS]),
+    )

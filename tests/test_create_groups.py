@@ -444,3 +444,15 @@ def test_wait_sweeps_a_second_group_committed_after_the_create_ended(
     assert groups_per_server(state, run_id) == {str(v.server_id): 1 for v in volumes}
     live = {g["id"] for g in state["snapshot_groups"] if g["status"] != "deleting"}
     assert {r["snapshot_group_id"] for r in last_per_row(report).values()} <= live
+
+
+def test_a_server_id_that_is_not_a_uuid_is_a_usage_error(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--consistency server: a server_id that is not a UUID is exit 2 naming the row, nothing sent."""
+    emu = emulator_thread(volumes=server_disks(1))
+    source = write("m.csv", f"volume_id,server_id\n{DISKS[0]},{SERVERS[0]}\n{DISKS[1]},db-1; reboot\n")
+    result = invoke(group_args(emu.url, source, tmp_path / "r.jsonl"))
+    assert result.exit_code == 2
+    assert "rows 2 have a server_id that is not a server's id" in result.stderr
+    assert emu.state()["requests"] == {}

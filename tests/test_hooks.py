@@ -451,9 +451,15 @@ def gate(plan: HookPlan, servers: ServerRows | None = None, **options: Any) -> t
 
 
 def two_servers() -> ServerRows:
-    """Server ``a`` (rows 1 and 3), server ``x y`` (row 2), and a row that is not an object."""
-    rows = [RawRow(1, 2, {"server_id": "A"}, True), RawRow(2, 3, {"server_id": "x y"}, True)]
-    return rows_by_server([*rows, RawRow(3, 4, {"server_id": "a "}, True), RawRow(4, 5, None, True)])
+    """Server ``SERVERS[0]`` (rows 1 and 3, as upper and lower case), server ``SERVERS[1]`` (row 2), and a
+    row that is not an object."""
+    rows = [
+        RawRow(1, 2, {"server_id": SERVERS[0].upper()}, True),
+        RawRow(2, 3, {"server_id": SERVERS[1]}, True),
+    ]
+    return rows_by_server(
+        [*rows, RawRow(3, 4, {"server_id": f"{SERVERS[0]} "}, True), RawRow(4, 5, None, True)]
+    )
 
 
 async def test_a_server_thaws_as_soon_as_its_rows_are_answered(tmp_path: Path) -> None:
@@ -470,13 +476,13 @@ async def test_a_server_thaws_as_soon_as_its_rows_are_answered(tmp_path: Path) -
         assert await hooks.enter(1) is None
         assert await hooks.enter(2) is None
         hooks.done(1, edge_record(1))
-        hooks.done(2, edge_record(2))  # server x y's only row: it thaws now
-        await until(lambda: "post x y" in logged(log))
-        assert "post a" not in logged(log)  # row 3 is server a's too, and not passed yet
+        hooks.done(2, edge_record(2))  # server SERVERS[1]'s only row: it thaws now
+        await until(lambda: f"post {SERVERS[1]}" in logged(log))
+        assert f"post {SERVERS[0]}" not in logged(log)  # row 3 is its too, and not passed yet
         hooks.passed(3, queued=False)  # (an invalid row: never queued)
-        await until(lambda: "post a" in logged(log))
+        await until(lambda: f"post {SERVERS[0]}" in logged(log))
         hooks.closed()
-    assert sorted(logged(log)) == ["post a", "post x y", "pre a", "pre x y"]
+    assert sorted(logged(log)) == sorted(f"{hook} {server}" for hook in ("pre", "post") for server in SERVERS)
 
 
 async def test_a_stop_kills_the_pre_hook_and_starts_no_other(tmp_path: Path) -> None:
@@ -500,14 +506,14 @@ async def test_a_stop_kills_the_pre_hook_and_starts_no_other(tmp_path: Path) -> 
                 group.start_soon(enter, 2)
                 await until(lambda: "pre" in logged(log))
                 hooks.stop()
-            assert await hooks.enter(1) == "the run is stopping"  # server a: not frozen after the stop
+            assert await hooks.enter(1) == "the run is stopping"  # server SERVERS[0]: not frozen after the stop
             raise RuntimeError("the acting failed")
 
     with pytest.raises(ExceptionGroup) as raised:
         await act()
     assert raised.group_contains(RuntimeError, match="the acting failed")
     assert "the pre-hook was stopped" in str(answers[0])
-    assert logged(log) == ["pre", "post x y"]
+    assert logged(log) == ["pre", f"post {SERVERS[1]}"]
     assert [result.status for result in hooks.results] == ["stopped", "ok"]
 
 
@@ -603,9 +609,32 @@ def test_the_summary_names_ten_failures_and_counts_the_rest() -> None:
 
 def test_rows_without_a_server_are_counted_and_the_first_named() -> None:
     """rows_by_server: server ids compared in lower case; rows naming none counted, the first 20 named."""
-    rows = [RawRow(n, n + 1, {"server_id": None if n > 1 else " AB "}, True) for n in range(1, 27)]
+    rows = [
+        RawRow(n, n + 1, {"server_id": None if n > 1 else f" {SERVERS[0].upper()} "}, True)
+        for n in range(1, 27)
+    ]
     servers = rows_by_server(rows)
-    assert servers.rows == {"ab": [1]}
+    assert servers.rows == {SERVERS[0]: [1]}
     assert servers.without == 25
     with pytest.raises(UsageError, match=r"rows 2, 3, .*, 21, \.\.\. \(25 in all\) have no server_id"):
         servers.require("--hook-per-server")
+
+
+def test_a_server_id_that_is_not_a_uuid_is_refused_before_any_hook_runs(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A server_id cell reaches the hook's shell command: one that is not a UUID (here a command
+    substitution, inside the double quotes an operator may write around {server_id}) is exit 2 naming
+    the row, nothing sent, no hook run."""
+    emu = emulator_thread(any_volume=True)
+    pwned = tmp_path / "pwned"
+    ids = volume_ids(2, seed=77)
+    source = write("m.csv", f"volume_id,server_id\n{ids[0]},{SERVERS[0]}\n{ids[1]},$(touch {pwned})\n")
+    log = tmp_path / "log"
+    args = create_args(emu.url, source, tmp_path / "r.jsonl", "--hook-per-server")
+    result = invoke([*args, "--pre-hook", f'echo "pre {{server_id}}" >> {log}', "--post-hook", "true"])
+    assert result.exit_code == 2, result.output
+    assert "rows 2 have a server_id that is not a server's id" in result.output
+    assert not pwned.exists()
+    assert not log.exists()
+    assert emu.state()["requests"] == {}
