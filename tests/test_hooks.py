@@ -506,7 +506,9 @@ async def test_a_stop_kills_the_pre_hook_and_starts_no_other(tmp_path: Path) -> 
                 group.start_soon(enter, 2)
                 await until(lambda: "pre" in logged(log))
                 hooks.stop()
-            assert await hooks.enter(1) == "the run is stopping"  # server SERVERS[0]: not frozen after the stop
+            assert (
+                await hooks.enter(1) == "the run is stopping"
+            )  # server SERVERS[0]: not frozen after the stop
             raise RuntimeError("the acting failed")
 
     with pytest.raises(ExceptionGroup) as raised:
