@@ -48,7 +48,7 @@ from orchestrator.entry import exit_code_of
 from orchestrator.errors import Interrupted, ResumeMismatch, RunAborted, UsageError, first_error
 from orchestrator.hooks import HookContext, HookPlan, Hooks
 from orchestrator.lock import Held, Lock, holding, report_lock
-from orchestrator.models import Record, RunHeader, utc_now
+from orchestrator.models import Record, RunHeader, shape_difference, utc_now
 from orchestrator.report import ReportWriter, ResumeBook, check_report_path, read_header
 from orchestrator.signals import draining
 from orchestrator.tally import Counting, Tally
@@ -309,13 +309,11 @@ class Frame:
         if header is not None and header.command != self.command:
             raise UsageError(f"{report} is a {header.command} report, not a {self.command} report")
         if header is not None:
-            for key in sorted(set(header.shape) | set(shape)):
-                if header.shape.get(key) != shape.get(key):
-                    raise ResumeMismatch(
-                        f"--resume: {key} is {shape.get(key)!r}; {report}'s run used "
-                        f"{header.shape.get(key)!r}. Resume with the same options, or start a new "
-                        f"report; {nothing}"
-                    )
+            differs = shape_difference(header.shape, shape, f"{report}'s run")
+            if differs is not None:
+                raise ResumeMismatch(
+                    f"--resume: {differs}. Resume with the same options, or start a new report; {nothing}"
+                )
         if existing:
             self.book = ResumeBook.keyed({r.key: r.outcome for r in read_actions(Path(report))}, FINAL)
         run_id = header.run_id if header is not None else RunIdentity.new(utc_now()).run_id

@@ -232,6 +232,22 @@ def checked_fields(data: Mapping[str, Any], types: Mapping[str, tuple[type, ...]
 _RECORD_TYPES = field_types(Record)
 
 
+ABSENT_SHAPE = {"consistency": "disk"}  # what a shape key a run leaves out means
+
+
+def shape_difference(old: Mapping[str, str], new: Mapping[str, str], whose: str) -> str | None:
+    """The first option of a run's shape that differs between ``whose`` (``old``) and a resume of it
+    (``new``), as a sentence; ``None`` when they are the same. A key left out reads as its default."""
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            shown = [
+                repr(shape[key]) if key in shape else repr(ABSENT_SHAPE.get(key, "not given"))
+                for shape in (new, old)
+            ]
+            return f"{key} is {shown[0]}; {whose} used {shown[1]}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RunHeader:
     """The first line of a report: the run, and the manifest and options its names came from.
@@ -312,10 +328,7 @@ class RunHeader:
             return f"the manifest has {other.rows} rows; the report's had {self.rows}"
         if self.digest != other.digest:
             return f"the manifest's content differs ({other.digest[:19]}... vs {self.digest[:19]}...)"
-        for key in sorted(set(self.shape) | set(other.shape)):
-            if self.shape.get(key) != other.shape.get(key):
-                return f"{key} is {other.shape.get(key)!r}; the report's run used {self.shape.get(key)!r}"
-        return None
+        return shape_difference(self.shape, other.shape, "the report's run")
 
 
 RESOURCE_NOT_FOUND = frozenset({"EVS.5404"})  # the code a snapshot or disk that does not exist answers

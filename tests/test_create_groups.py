@@ -380,7 +380,7 @@ def test_a_resume_in_the_other_mode_is_refused(
     assert invoke(group_args(emu.url, source, report)).exit_code == 0
     result = invoke([*create_args(emu.url, source, report, *QUICK), "--resume"])
     assert result.exit_code == 2, result.output + result.stderr
-    assert "consistency" in result.stderr
+    assert "consistency is 'disk'; the report's run used 'server'" in result.stderr
     assert requests_of(emu.state(), GROUP_CREATE) == {"202": 1}
 
 
