@@ -1,9 +1,10 @@
 """The chaos test, sized for CI: every fault at once, a SIGKILL and a resume, then a second same-day run.
 
 Tens of rows (it had 90) and fault shares high enough that each fault still happens (asserted below).
-Most of its time is the limiter: against a burst of 2 its first estimate is about 2/s, and it grows
-1.25x a second from there. A larger burst would make it quicker, but a loaded machine then sends too
-slowly to meet a 429. A kill and a resume at full size: ``benchmarks/killresume.py``."""
+The burst of 2 makes the limiter's first estimate low (about 2/s); the 429's message names the limit
+(50/s), so the route goes straight to just under it. A larger burst would not make it quicker, and a
+loaded machine would then send too slowly to meet a 429. A kill and a resume at full size:
+``benchmarks/killresume.py``."""
 
 from __future__ import annotations
 
