@@ -329,7 +329,7 @@ class GroupRunner:
         if group.id:
             try:
                 listed = await group_members(route, group.id, self.plan.policy)
-            except ListingFailed:
+            except (ListingFailed, RouteClosed):  # the group exists all the same: its rows are accepted
                 listed = []
             members = {member.volume_id: member for member in listed}
         return [

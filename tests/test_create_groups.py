@@ -456,3 +456,20 @@ def test_a_server_id_that_is_not_a_uuid_is_a_usage_error(
     assert result.exit_code == 2
     assert "rows 2 have a server_id that is not a server's id" in result.stderr
     assert emu.state()["requests"] == {}
+
+
+def test_a_member_list_the_gateway_refuses_leaves_the_made_group_accepted(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The group create is answered 202, then the gateway answers 404 APIGW.0101 on the member list: the
+    route closes (exit 3), but the rows of the group that was made are `accepted` with its id, never
+    `failed` "not sent"."""
+    volumes = server_disks(1)
+    emu = emulator_thread(volumes=volumes, gateway_404=("/snapshots/detail",))
+    report = tmp_path / "r.jsonl"
+    result = invoke(group_args(emu.url, manifest(write, rows_of(volumes)), report))
+    assert result.exit_code == 3, result.output + result.stderr
+    groups = [g["id"] for g in emu.state()["snapshot_groups"]]
+    assert len(groups) == 1
+    final = last_per_row(report)
+    assert {(r["outcome"], r["snapshot_group_id"]) for r in final.values()} == {("accepted", groups[0])}
