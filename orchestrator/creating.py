@@ -29,7 +29,7 @@ from orchestrator.errors import EvsSnapshotError, ListingFailed, UsageError
 from orchestrator.frame import Frame
 from orchestrator.groupplan import Server, check_groups_offered, check_zones, plan_servers, valid_tag
 from orchestrator.grouprun import GroupRunner
-from orchestrator.groupsweep import sweep_groups
+from orchestrator.groupsweep import sweep_run
 from orchestrator.hooks import HookPlan
 from orchestrator.lock import content_lock, manifest_lock, report_lock, run_lock
 from orchestrator.manifest import manifest_digest, read_rows, spooled
@@ -46,7 +46,7 @@ from orchestrator.report import (
 from orchestrator.rules import RowValidator, columns_checked
 from orchestrator.runner import Runner, RunPlan
 from orchestrator.signals import cancel_on_signal, drain_on_signal, in_thread
-from orchestrator.sweep import sweep, sweep_policy
+from orchestrator.sweep import sweep_policy
 from orchestrator.tally import Tally
 from orchestrator.waiter import Waiter
 
@@ -385,36 +385,23 @@ async def _sweep(
 ) -> None:
     """The sweep of single snapshots (``sweep``), or of snapshot groups (``groupsweep``, ``servers``)."""
     policy, patience = sweep_policy(settings.policy), max(settings.settle, 10.0)
+    what = "snapshots" if servers is None else "snapshot groups"
     try:
-        if servers is None:
-            what, again = "snapshots", f"run `evs-snapshot wait {report}`"
-            result = await sweep(
-                list(router.routes.values()),
-                run_id=identity.run_id,
-                report=report,
-                writer=writer,
-                tally=tally,
-                policy=policy,
-                keep_duplicates=settings.keep_duplicates,
-                patience=patience,
-                all_succeeded=tally.all_succeeded(),
-            )
-        else:
-            what, again = "snapshot groups", "run the same create with --resume"
-            result = await sweep_groups(
-                router,
-                servers,
-                run_id=identity.run_id,
-                report=report,
-                writer=writer,
-                tally=tally,
-                policy=policy,
-                keep_duplicates=settings.keep_duplicates,
-                patience=patience,
-            )
+        result = await sweep_run(
+            router,
+            servers,
+            run_id=identity.run_id,
+            report=report,
+            writer=writer,
+            tally=tally,
+            policy=policy,
+            keep_duplicates=settings.keep_duplicates,
+            patience=patience,
+            all_succeeded=tally.all_succeeded(),
+        )
     except ListingFailed as exc:
         tally.unfinished.append(f"the duplicate sweep could not list: {exc}")
-        console.error(f"{tally.unfinished[-1]}; {again} to sweep again")
+        console.error(f"{tally.unfinished[-1]}; run `evs-snapshot wait {report}` to sweep again")
         return
     if result.found or result.reconciled:
         console.warn(

@@ -23,7 +23,7 @@ from orchestrator.groupplan import GONE, Server
 from orchestrator.models import Outcome, Record, utc_iso, utc_now
 from orchestrator.report import ReportWriter, final_records
 from orchestrator.retry import RetryPolicy
-from orchestrator.sweep import SweepResult
+from orchestrator.sweep import SweepResult, sweep
 from orchestrator.tally import Tally
 
 if TYPE_CHECKING:
@@ -88,6 +88,46 @@ async def sweep_groups(
                 tally.add(side)
     writer.sync()
     return result
+
+
+async def sweep_run(
+    router: Router,
+    servers: Mapping[str, Server] | None,
+    *,
+    run_id: str,
+    report: Path,
+    writer: ReportWriter,
+    tally: Tally,
+    policy: RetryPolicy,
+    keep_duplicates: bool,
+    patience: float,
+    all_succeeded: bool = False,
+) -> SweepResult:
+    """A run's sweep, for ``create`` and ``wait``: of its single snapshots (``sweep.sweep``), or with
+    ``servers`` (a ``--consistency server`` run) of its snapshot groups (``sweep_groups``)."""
+    if servers is None:
+        return await sweep(
+            list(router.routes.values()),
+            run_id=run_id,
+            report=report,
+            writer=writer,
+            tally=tally,
+            policy=policy,
+            keep_duplicates=keep_duplicates,
+            patience=patience,
+            all_succeeded=all_succeeded,
+        )
+    return await sweep_groups(
+        router,
+        servers,
+        run_id=run_id,
+        report=report,
+        writer=writer,
+        tally=tally,
+        policy=policy,
+        keep_duplicates=keep_duplicates,
+        patience=patience,
+    )
 
 
 async def servers_of_run(

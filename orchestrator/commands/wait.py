@@ -21,11 +21,11 @@ from orchestrator.createrun import check_create_run
 from orchestrator.entry import run
 from orchestrator.errors import UsageError
 from orchestrator.frame import Frame
-from orchestrator.groupsweep import servers_of_run, sweep_groups
+from orchestrator.groupsweep import servers_of_run, sweep_run
 from orchestrator.lock import run_locks
 from orchestrator.report import check_report_path, final_records, read_header
 from orchestrator.signals import cancel_on_signal
-from orchestrator.sweep import sweep, sweep_policy
+from orchestrator.sweep import sweep_policy
 from orchestrator.tally import Tally
 from orchestrator.waiter import Waiter
 
@@ -102,34 +102,23 @@ async def _sweep_then_wait(
     started = time.monotonic()
     if header is not None and waiter.waiting:
         policy, patience = sweep_policy(settings.policy), settings.plan.interval * 4
+        servers = None
         if header.shape.get("consistency") == "server":  # a second group of a server goes whole
-            what = "snapshot groups"
             servers = await servers_of_run(
                 router, final_records(settings.report), run_id=header.run_id, policy=policy
             )
-            found = await sweep_groups(
-                router,
-                servers,
-                run_id=header.run_id,
-                report=settings.report,
-                writer=writer,
-                tally=tally,
-                policy=policy,
-                keep_duplicates=settings.keep_duplicates,
-                patience=patience,
-            )
-        else:
-            what = "snapshots"
-            found = await sweep(
-                list(router.routes.values()),
-                run_id=header.run_id,
-                report=settings.report,
-                writer=writer,
-                tally=tally,
-                policy=policy,
-                keep_duplicates=settings.keep_duplicates,
-                patience=patience,
-            )
+        what = "snapshots" if servers is None else "snapshot groups"
+        found = await sweep_run(
+            router,
+            servers,
+            run_id=header.run_id,
+            report=settings.report,
+            writer=writer,
+            tally=tally,
+            policy=policy,
+            keep_duplicates=settings.keep_duplicates,
+            patience=patience,
+        )
         if found.found:
             console.warn(f"sweep: {found.found} extra {what} of this run found, {found.removed} deleted")
         tally.phase("sweep", time.monotonic() - started, router.counts())
