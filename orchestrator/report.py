@@ -102,7 +102,11 @@ class ReportWriter:
 
     def write(self, record: Record) -> None:
         """Append one record as one whole line; raises ``ReportUnwritable`` when it cannot."""
-        self._write(record.to_json())
+        self.write_record(record.to_json())
+
+    def write_record(self, line: bytes) -> None:
+        """Append one record already serialised (``models.record_line``: a run's usual row)."""
+        self._write(line)
         self.written += 1
 
     def _write(self, line: bytes) -> None:

@@ -29,9 +29,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from orchestrator import defaults
 from orchestrator.api import evs
 from orchestrator.api.safe import ONE_TRY, volume_snapshots
-from orchestrator.api.views import Snapshot
+from orchestrator.api.views import Snapshot, created_snapshot
 from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError, UsageError
-from orchestrator.models import Answer, Outcome, Record, SnapshotRequest, utc_iso, utc_now
+from orchestrator.models import Answer, Outcome, Record, SnapshotRequest, record_line, utc_iso, utc_now
 from orchestrator.report import ReportWriter, ResumeBook
 from orchestrator.resume import RunIndex
 from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retry_after, retrying
@@ -210,7 +210,7 @@ class Runner:
 
     async def _row(self, request: SnapshotRequest, state: _Attempt, *, settling: bool) -> None:
         """Drive one row to its record, under the run's deadline."""
-        record: Record | None = None
+        record: Record | _Ended | None = None
         try:
             if self.plan.deadline is None:  # no cancel scope to enter and leave for every row
                 record = await self.process(request, state, settling=settling)
@@ -223,13 +223,16 @@ class Runner:
             if self.gate is not None:
                 self.gate.done(request.row, None)
             return
-        if record is not None:
+        if isinstance(record, Record):
             self.emit(record)
             if self.gate is not None:
                 self.gate.done(request.row, record)
 
-    async def process(self, request: SnapshotRequest, state: _Attempt, *, settling: bool) -> Record | None:
-        """Create one row's snapshot; ``None`` when the row went to a settling task."""
+    async def process(
+        self, request: SnapshotRequest, state: _Attempt, *, settling: bool
+    ) -> Record | _Ended | None:
+        """Create one row's snapshot: its record (``_Ended.WRITTEN``: already written), or ``None`` when
+        the row went to a settling task."""
         if self.router is None:
             raise UsageError("a dry run sends nothing")
         if self.gate is not None and not settling:
@@ -259,7 +262,7 @@ class Runner:
 
     async def _attempts(
         self, request: SnapshotRequest, route: Route, state: _Attempt, *, settling: bool
-    ) -> Record | None:
+    ) -> Record | _Ended | None:
         """The row's create attempts, each after the lookups an uncertain one before it needs."""
         policy = self.plan.policy
         fresh = not (state.attempts or state.resumed or settling or state.uncertain_since is not None)
@@ -349,9 +352,10 @@ class Runner:
 
         self._settlers.start_soon(settle)
 
-    async def _send_once(self, request: SnapshotRequest, route: Route, state: _Attempt) -> Record:
-        """One create request: the row's record when the answer decides it; raises ``TryAgain`` when it
-        may be sent again (throttled, or no connection: after a pause; uncertain: after its lookups)."""
+    async def _send_once(self, request: SnapshotRequest, route: Route, state: _Attempt) -> Record | _Ended:
+        """One create request: the row's record when the answer decides it (``_Ended.WRITTEN`` when it
+        is accepted and already written); raises ``TryAgain`` when it may be sent again (throttled, or
+        no connection: after a pause; uncertain: after its lookups)."""
         state.attempts += 1
         if state.sent_before:
             self.in_doubt = True  # a commit of the earlier send later than its window would make two
@@ -383,6 +387,8 @@ class Runner:
         state.answer = answer
         state.error = None if answer.ok else answer.error()
         if verdict is Verdict.SUCCESS:
+            if self.gate is None:  # a gate takes the row's Record
+                return self._accepted(request, state, answer)
             return self._record(request, Outcome.ACCEPTED, state, snapshot=Snapshot.from_body(answer.body))
         if verdict is Verdict.FINAL:
             return self._rejected(request, state)
@@ -392,6 +398,38 @@ class Runner:
             state.maybe_sent, state.uncertain_since = True, time.monotonic()
             raise TryAgain(why, wait=0.0)  # look it up first, no pause
         raise TryAgain(why, wait=retry_after(answer.retry_after))
+
+    def _accepted(self, request: SnapshotRequest, state: _Attempt, answer: Answer) -> _Ended:
+        """The usual row's end, its create accepted: the record ``_record`` would give, written and
+        counted from its fields (``models.record_line``, ``Tally.add_row``) without building it."""
+        snapshot_id, status = created_snapshot(answer.body)
+        finished = utc_iso(utc_now())
+        elapsed = round((time.monotonic() - state.clock) * 1000)
+        attempts, row = state.attempts, request.row
+        self.writer.write_record(
+            record_line(
+                self.plan.run_id,
+                row,
+                request.volume_id,
+                request.project_id,
+                request.region,
+                request.name,
+                Outcome.ACCEPTED,
+                answer.status,
+                snapshot_id,
+                status,
+                None,
+                None,
+                answer.request_id,
+                attempts,
+                False,  # reconciled
+                utc_iso(state.started),
+                finished,
+                elapsed,
+            )
+        )
+        self.tally.add_row(Outcome.ACCEPTED, row, attempts, elapsed, request.volume_id)
+        return _Ended.WRITTEN
 
     def _journal(self, request: SnapshotRequest, state: _Attempt) -> None:
         """Record that a create of the row is leaving now (a ``sending`` side record), before it leaves."""
@@ -581,6 +619,12 @@ class _Send(enum.Enum):
     """The row may be sent (``_ready`` found nothing that decides it)."""
 
     SEND = "send"
+
+
+class _Ended(enum.Enum):
+    """The row's record is written already (``Runner._accepted``)."""
+
+    WRITTEN = "written"
 
 
 class Unconfirmed(Exception):

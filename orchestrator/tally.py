@@ -156,42 +156,65 @@ class Tally:
 
     def add(self, record: Record | ActionRecord) -> None:
         """Count a record written now (a row's newest state, a sweep's side record, an action's record)."""
-        # ``_value_``, the member's plain attribute: ``.value`` is a Python-level property (once a row).
-        outcome: str = record.outcome._value_
-        if isinstance(record, Record) and record.outcome in SIDE:
-            if record.outcome is not Outcome.SENDING:  # the journal of attempts is not an outcome
-                self.duplicates[outcome] += 1
+        if isinstance(record, Record):
+            if record.outcome in SIDE:
+                if record.outcome is not Outcome.SENDING:  # the journal of attempts is not an outcome
+                    self.duplicates[record.outcome._value_] += 1
+                return
+            self.add_row(
+                record.outcome,
+                record.row,
+                record.attempts,
+                record.elapsed_ms,
+                record.volume_id,
+                record.error_code,
+                record.error_message,
+            )
             return
+        self._count(record.outcome._value_, record.error_code)
+
+    def _count(self, outcome: str, error_code: str | None) -> bool:
+        """Count an outcome (and its error code when it is not fine); True when it is fine."""
         self.outcomes[outcome] += 1
-        fine = self.counting.fine(outcome, record.error_code)
+        fine = self.counting.fine(outcome, error_code)
         if not fine:
             self.failing += 1
-            if record.error_code is not None:
-                self.codes[record.error_code] += 1
-        if isinstance(record, Record):
-            self._add_row(record, fine=fine)
+            if error_code is not None:
+                self.codes[error_code] += 1
+        return fine
 
-    def _add_row(self, record: Record, *, fine: bool) -> None:
-        """What only a create run's row adds: its row number, attempts, example, time and next step."""
-        self._mark(record.row)
-        self.attempts += record.attempts
-        if record.error_code is not None and not fine:
-            message = record.error_message or ""
-            example = message if message.startswith(f"row {record.row} ") else f"row {record.row}: {message}"
-            self.examples.setdefault(record.error_code, example)
-        if record.outcome is Outcome.REJECTED:
-            code = record.error_code or "no error code"
-            self.rejected[(code, rejected_step(record.error_code, record.error_message))] += 1
-        entry = (record.elapsed_ms, record.row, record.volume_id or "")  # typed by the report reader
+    def add_row(
+        self,
+        outcome: Outcome,
+        row: int,
+        attempts: int,
+        elapsed_ms: int,
+        volume_id: str | None,
+        error_code: str | None = None,
+        error_message: str | None = None,
+    ) -> None:
+        """Count a create run's row record (not a side record) from its fields: what ``add`` does with a
+        ``Record``, for the runner's usual row, which is written without building one."""
+        # ``_value_``, the member's plain attribute: ``.value`` is a Python-level property (once a row).
+        fine = self._count(outcome._value_, error_code)
+        self._mark(row)
+        self.attempts += attempts
+        if error_code is not None and not fine:
+            message = error_message or ""
+            example = message if message.startswith(f"row {row} ") else f"row {row}: {message}"
+            self.examples.setdefault(error_code, example)
+        if outcome is Outcome.REJECTED:
+            self.rejected[(error_code or "no error code", rejected_step(error_code, error_message))] += 1
+        entry = (elapsed_ms, row, volume_id or "")  # typed by the report reader
         if len(self.slowest) < SLOWEST:
             heapq.heappush(self.slowest, entry)
         else:
             heapq.heappushpop(self.slowest, entry)
-        if record.outcome in NEXT_STEP:
-            self.to_act_count[record.outcome._value_] += 1
-            rows = self.to_act.setdefault(record.outcome._value_, [])
+        if outcome in NEXT_STEP:
+            self.to_act_count[outcome._value_] += 1
+            rows = self.to_act.setdefault(outcome._value_, [])
             if len(rows) < LISTED_ROWS_MAX:
-                rows.append(record.row)
+                rows.append(row)
 
     def all_succeeded(self) -> bool:
         """True when every row counted so far ended in a success."""

@@ -1,8 +1,19 @@
-"""The ``sending`` journal line, written before each create leaves, is the record ``sending`` would be."""
+"""Lines written without building a Record: the ``sending`` journal line, written before each create
+leaves, and an accepted row's record, hold the bytes the Record would give."""
 
 from __future__ import annotations
 
-from orchestrator.models import Outcome, Record
+import dataclasses
+import types
+from pathlib import Path
+
+import pytest
+
+from orchestrator.api.views import Snapshot, created_snapshot
+from orchestrator.models import Answer, Outcome, Record
+from orchestrator.report import ReportWriter
+from orchestrator.runner import Runner, RunPlan, _Attempt
+from orchestrator.tally import Tally
 from tests.helpers import snapshot_request
 
 
@@ -28,3 +39,60 @@ def test_the_journal_line_is_the_sending_records_json() -> None:
     line = Record.sending_line(request, run_id="01JEXAMPLE0000000000000000", attempts=3, at=at)
     assert line == record.to_json()
     assert Record.from_json(line) == record
+
+
+def test_an_accepted_row_is_written_as_its_record(tmp_path: Path) -> None:
+    """The usual row's record, written and counted without a Record (``Runner._accepted``), holds the
+    bytes and counts the Record the runner builds otherwise (with a gate, or for any other end) gives."""
+    request = snapshot_request("0f1e2d3c-4b5a-4678-9abc-def012345678", 7, name="nightly-7", region="r-1")
+    body = {"snapshot": {"id": "snap-1", "status": "creating", "volume_id": request.volume_id}}
+    answer = Answer(status=202, body=body, request_id="req-1")
+    state = _Attempt(attempts=2, answer=answer)  # as _send_once leaves it
+    lines, tallies = [], []
+    for written in (True, False):
+        path = tmp_path / f"{written}.jsonl"
+        tally = Tally()
+        with ReportWriter(str(path)) as writer:
+            runner = Runner(
+                RunPlan(run_id="01JEXAMPLE", concurrency=1), router=None, writer=writer, tally=tally
+            )
+            if written:
+                runner._accepted(request, state, answer)
+            else:
+                runner.emit(
+                    runner._record(request, Outcome.ACCEPTED, state, snapshot=Snapshot.from_body(body))
+                )
+        lines.append(path.read_bytes())
+        tallies.append(tally)
+    fast, built = (Record.from_json(line) for line in lines)
+    assert lines[0] == fast.to_json()  # the fields in their order, no snapshot_group_id
+    assert dataclasses.replace(fast, finished_at="", elapsed_ms=0) == dataclasses.replace(
+        built, finished_at="", elapsed_ms=0
+    )
+    assert fast.snapshot_id == "snap-1"
+    assert fast.snapshot_status == "creating"
+    assert fast.attempts == 2
+    assert tallies[0].outcomes == tallies[1].outcomes
+    assert tallies[0].attempts == tallies[1].attempts
+    assert [row for _, row, _ in tallies[0].slowest] == [row for _, row, _ in tallies[1].slowest] == [7]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"snapshot": {"id": "s", "status": "creating"}},
+        {"snapshot": {"id": None, "status": 3}},
+        {"snapshot": {}},
+        {"snapshot": "text"},
+        {"other": {}},
+        None,
+        "text",
+        types.MappingProxyType({"snapshot": types.MappingProxyType({"id": "s", "status": "available"})}),
+        types.MappingProxyType({"snapshot": {"id": "", "status": None}}),
+    ],
+)
+def test_a_create_answers_snapshot_id_and_status_read_as_the_view_reads_them(body: object) -> None:
+    """``created_snapshot`` is ``Snapshot.from_body``'s id (``None`` when empty) and status."""
+    snapshot = Snapshot.from_body(body)
+    expected = (None, None) if snapshot is None else (snapshot.id or None, snapshot.status)
+    assert created_snapshot(body) == expected

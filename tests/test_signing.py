@@ -263,6 +263,14 @@ def test_matches_official_sdk(
         signing.authorization(ak=AK, sk=SK, method=method, path=path, query=query, headers=ours, body=body)
         == expected
     )
+    raw_query = signing.canonical_query(query)  # the query string the client sends
+    for _ in range(2):  # the prepared head (a cache entry), then the same request again from it
+        assert (
+            signing.sdk_authorization(
+                ak=AK, sk=SK, method=method, path=path, raw_query=raw_query, headers=ours, body=body
+            )
+            == expected
+        )
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream"])
@@ -277,6 +285,10 @@ def test_unsigned_payload_for_non_json(content_type: str) -> None:
         signing.authorization(ak=AK, sk=SK, method="POST", path="/v1/x", query=[], headers=ours, body=b"abc")
         == expected
     )
+    fast = signing.sdk_authorization(
+        ak=AK, sk=SK, method="POST", path="/v1/x", raw_query="", headers=ours, body=b"abc"
+    )
+    assert fast == expected
 
 
 def test_host_header_brackets_ipv6_and_drops_default_ports() -> None:

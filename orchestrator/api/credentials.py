@@ -93,13 +93,12 @@ class AkSkAuth:
         headers["X-Sdk-Date"] = signing.sdk_date()
         url = request.url
         headers["Host"] = host_header(url)
-        raw_query = url.raw_query_string
-        headers["Authorization"] = signing.authorization(
+        headers["Authorization"] = signing.sdk_authorization(
             ak=self.ak,
             sk=self.sk,
             method=request.method,
             path=url.raw_path,
-            query=signing.parse_query(raw_query) if raw_query else (),
+            raw_query=url.raw_query_string,
             headers=headers,
             body=request.body,
         )

@@ -195,6 +195,40 @@ def authorization(
     return f"{DERIVED_ALGORITHM} Credential={ak}/{info}, SignedHeaders={names}, Signature={sig}"
 
 
+def sdk_authorization(
+    *, ak: str, sk: str, method: str, path: str, raw_query: str, headers: Mapping[str, str], body: bytes
+) -> str:
+    """``authorization`` for ``SDK-HMAC-SHA256``, the same value, with the canonical request's head
+    prepared once per route, header values and second (``_canonical_head``): a request then costs the
+    body's hash and the two HMAC steps. ``raw_query`` is the query string as sent."""
+    head, names, content_hash, sdk_date = _canonical_head(method, path, raw_query, tuple(headers.items()))
+    if content_hash is not None and body:
+        hashed = content_hash
+    else:
+        hashed = hashlib.sha256(body).hexdigest() if body else EMPTY_HASH
+    digest = hashlib.sha256(f"{head}{hashed}".encode()).hexdigest()
+    sig = _keyed(sk.encode(), f"{ALGORITHM}\n{sdk_date}\n{digest}".encode())
+    return f"{ALGORITHM} Access={ak}, SignedHeaders={names}, Signature={sig}"
+
+
+@functools.lru_cache(maxsize=64)
+def _canonical_head(
+    method: str, path: str, raw_query: str, headers: tuple[tuple[str, str], ...]
+) -> tuple[str, str, str | None, str]:
+    """The canonical request up to the payload hash, the signed header names, the literal
+    ``X-Sdk-Content-Sha256`` value (or ``None``) and the ``X-Sdk-Date``. The headers hold the date: an
+    entry lasts a second."""
+    values = {name.lower(): str(value).strip() for name, value in headers}
+    signed = sorted([name for name in values if "_" not in name])
+    query = parse_query(raw_query) if raw_query else ()
+    return (
+        _canonical(method, path, query, values, signed, ""),
+        ";".join(signed),
+        next((value for name, value in headers if value and name.lower() == _CONTENT_HASH_LOWER), None),
+        values.get("x-sdk-date", ""),
+    )
+
+
 def parse_authorization(value: str) -> tuple[str, dict[str, str]] | None:
     """Split an ``Authorization`` value into its algorithm and ``Access``/``SignedHeaders``/... parts."""
     algorithm, _, rest = value.strip().partition(" ")

@@ -105,6 +105,17 @@ class Snapshot:
         return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
+def created_snapshot(body: object) -> tuple[str | None, str | None]:
+    """The id and status of the snapshot a create answer holds: ``Snapshot.from_body``'s ``id or None``
+    and ``status`` (``(None, None)`` where it gives ``None``), without building the view (once a row)."""
+    inner = body.get("snapshot") if type(body) is dict else None
+    if type(inner) is not dict:  # not as orjson parses an answer: the view says
+        snapshot = Snapshot.from_body(body)
+        return (None, None) if snapshot is None else (snapshot.id or None, snapshot.status)
+    get = inner.get
+    return str(get("id") or "") or None, _text(get("status"))
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SnapshotGroup:
     """One v5 snapshot group (crash-consistent set) as a list or show answer gives it; the run's
