@@ -242,8 +242,15 @@ class RowValidator:
     # Project ids and regions found well-formed (most rows repeat the same few): checked once each.
     good_projects: set[str] = dataclasses.field(init=False, default_factory=set)
     good_regions: set[str] = dataclasses.field(init=False, default_factory=set)
+    # The name template as a format string of ``{volume_id}`` and ``{row}`` alone, the run's values
+    # (date, run id) put in once: ``None`` when it names a column (rendered by ``render_name``).
+    quick_name: str | None = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
+        self.quick_name = _per_row_format(
+            self.defaults.name_template,
+            {"run_id": self.identity.run_id, "date": self.identity.day, "datetime": self.identity.stamp},
+        )
         self.templated = any("{" in value or "}" in value for value in self.defaults.metadata.values())
         templates = [self.defaults.name_template, *self.defaults.metadata.values()]
         try:
@@ -341,8 +348,11 @@ class RowValidator:
         name = _optional_text(fields, "name", where, strip=False)
         rendered = name is None
         if name is None:
-            values = values if values is not None else self._values(fields, volume_id, raw.row)
-            name = render_name(self.defaults.name_template, values)
+            if self.quick_name is not None:
+                name = self.quick_name.format(volume_id=volume_id, row=raw.row)
+            else:
+                values = values if values is not None else self._values(fields, volume_id, raw.row)
+                name = render_name(self.defaults.name_template, values)
         _check_name(name, where, rendered=rendered)
         return SnapshotRequest(
             row=raw.row,
@@ -379,6 +389,28 @@ class RowValidator:
             datetime=self.identity.stamp,
         )
         return values
+
+
+def _per_row_format(template: str, run: Mapping[str, str]) -> str | None:
+    """``template`` as a ``str.format`` string of ``{volume_id}`` and ``{row}`` alone, with the run's
+    values (``run``) in place: it gives what ``render`` gives a row; ``None`` when the template names
+    anything else (a manifest column), or is not one the options would pass."""
+    try:
+        pieces = _pieces(template)
+    except ValueError:
+        return None
+    out = []
+    for literal, column in pieces:
+        out.append(literal.replace("{", "{{").replace("}", "}}"))
+        if column is None:
+            continue
+        if run.get(column):
+            out.append(run[column].replace("{", "{{").replace("}", "}}"))
+        elif column in ("volume_id", "row"):
+            out.append(f"{{{column}}}")
+        else:
+            return None
+    return "".join(out)
 
 
 def _remember(known: set[str], value: str) -> None:

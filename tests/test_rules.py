@@ -20,8 +20,10 @@ from orchestrator.models import Outcome, Record, SnapshotRequest
 from orchestrator.rules import (
     RUN_MARKER_KEY,
     RowValidator,
+    _per_row_format,
     check_metadata_option_keys,
     check_template,
+    render,
 )
 from tests.helpers import CORE_IDS, OFFLINE, PROJECT, cli_args, invoke, records, volume_ids
 
@@ -200,6 +202,9 @@ def test_bloom_filter_has_no_false_negatives() -> None:
     assert all(bloom.add(key) for key in keys[:1000])
     false_positives = sum(bloom.add(key) for key in keys[1000:])
     assert false_positives < 100
+    assert all(key in bloom for key in keys)
+    with pytest.raises(ValueError, match="1 to 10 hashes"):
+        BloomFilter(hashes=11)
 
 
 NAMES: list[tuple[str, str]] = [
@@ -431,3 +436,27 @@ def test_a_template_the_options_did_not_check_fails_as_before() -> None:
     assert validator.columns is None
     with pytest.raises(ValueError, match="expected '}'"):
         validator.validate(RawRow(1, 2, {"volume_id": IDS[0]}, False))
+
+
+@pytest.mark.parametrize(
+    ("template", "quick"),
+    [
+        ("pre-maint-{date}-{volume_id}", True),
+        ("{run_id}/{datetime}/{row}-{{literal}}-{volume_id}", True),
+        ("plain", True),
+        ("{server_id}-{volume_id}", False),
+        ("{tag:Env}-{volume_id}", False),
+        ("{volume_id", False),
+    ],
+)
+def test_a_name_template_of_run_values_renders_once_per_row_as_render_does(
+    template: str, quick: bool
+) -> None:
+    """The validator's format string for the usual template gives each row what ``render`` gives it;
+    a template naming a column (or not parsing) is left to ``render_name``."""
+    run = {"run_id": "20261207T010203Z-ab{c}d", "date": "20261207", "datetime": "20261207T010203Z"}
+    fmt = _per_row_format(template, run)
+    assert (fmt is not None) is quick
+    if fmt is not None:
+        values = {**run, "volume_id": "0f1e2d3c-4b5a-4678-9abc-def012345678", "row": 7}
+        assert fmt.format(volume_id=values["volume_id"], row=7) == render(template, values)
