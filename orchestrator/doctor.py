@@ -377,11 +377,7 @@ class Doctor:
         route = self.fresh_route()
         call = evs.list_snapshots(self.project_id, [("limit", str(size))], kind=evs.Kind.CHECK)
         while offset < total and pages < MAX_PAGES:
-            page_call = (
-                call
-                if not offset
-                else dataclasses.replace(call, query=(("offset", str(offset)), *call.query))
-            )
+            page_call = call if not offset else call._replace(query=(("offset", str(offset)), *call.query))
             answer = await exchange(route, page_call, self.policy)
             body = answer.body if answer.ok and isinstance(answer.body, dict) else {}
             ids = [str(item.get("id")) for item in body.get("snapshots") or [] if isinstance(item, dict)]

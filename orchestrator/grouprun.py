@@ -203,7 +203,7 @@ class GroupRunner:
             return self._failed(unit, (exc.code, exc.message))
         except TransportError as exc:
             return self._failed(unit, (exc.code, str(exc)))
-        unit.requests = [dataclasses.replace(r, project_id=route.project_id) for r in unit.requests]
+        unit.requests = [r._replace(project_id=route.project_id) for r in unit.requests]
         try:
             return await self._attempts(unit, route)
         except RouteClosed as exc:
@@ -388,7 +388,7 @@ class GroupRunner:
             answer=unit.answer,
             error=error or (None if outcome in (Outcome.ACCEPTED, Outcome.PLANNED) else unit.error),
             attempts=unit.attempts,
-            started=unit.started,
+            started_at=utc_iso(unit.started),
             clock=unit.clock,
             snapshot=snapshot,
             group_id=group_id,

@@ -10,7 +10,7 @@ import enum
 import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -61,9 +61,9 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class SnapshotRequest:
-    """One validated manifest row: exactly what will be sent for it."""
+class SnapshotRequest(NamedTuple):
+    """One validated manifest row: exactly what will be sent for it (a named tuple, not a frozen
+    dataclass: one is made a row, and a tuple is made in C; build it by keyword)."""
 
     row: int
     line: int
@@ -378,20 +378,27 @@ RESOURCE_NOT_FOUND = frozenset({"EVS.5404"})  # the code a snapshot or disk that
 NO_SUCH_API = frozenset({"APIGW.0101", "APIG.0101"})  # the gateway's 404: an API missing in the region
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Answer:
-    """An HTTP answer: status, parsed JSON body (or ``None``), and the headers we use.
+class Answer(NamedTuple):
+    """An HTTP answer: status, parsed JSON body (or ``None``), and the headers we use (a named tuple:
+    one is made a request; build it by keyword).
 
     ``sent_with`` is the token the request carried, so that a 401 renews only a token not yet renewed.
+    Neither token is shown in its ``repr``.
     """
 
     status: int
     body: Any
     request_id: str | None
     retry_after: str | None = None
-    subject_token: str | None = dataclasses.field(default=None, repr=False)
-    sent_with: str | None = dataclasses.field(default=None, repr=False)
-    date: str | None = dataclasses.field(default=None, repr=False)  # the server's ``Date`` header
+    subject_token: str | None = None
+    sent_with: str | None = None
+    date: str | None = None  # the server's ``Date`` header
+
+    def __repr__(self) -> str:
+        return (
+            f"Answer(status={self.status!r}, body={self.body!r}, request_id={self.request_id!r}, "
+            f"retry_after={self.retry_after!r})"
+        )
 
     @property
     def ok(self) -> bool:

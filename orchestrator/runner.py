@@ -250,7 +250,7 @@ class Runner:
             except TransportError as exc:
                 return self._failed(request, state, (exc.code, str(exc)))
         if request.project_id != route.project_id:
-            request = dataclasses.replace(request, project_id=route.project_id)
+            request = request._replace(project_id=route.project_id)
         try:
             return await self._attempts(request, route, state, settling=settling)
         except RouteClosed as exc:
@@ -533,7 +533,7 @@ class Runner:
             answer=state.answer,
             error=None if outcome is Outcome.ACCEPTED else state.error,
             attempts=state.attempts,
-            started=state.started,
+            started_at=utc_iso(state.started),
             clock=state.clock,
             snapshot=snapshot,
             reconciled=reconciled,
@@ -548,7 +548,7 @@ def row_record(
     answer: Answer | None,
     error: tuple[str, str | None] | None,
     attempts: int,
-    started: datetime,
+    started_at: str,
     clock: float,
     snapshot: Snapshot | None = None,
     group_id: str | None = None,
@@ -572,7 +572,7 @@ def row_record(
         error_message=None if error is None else error[1],
         attempts=attempts,
         reconciled=reconciled,
-        started_at=utc_iso(started),
+        started_at=started_at,
         finished_at=utc_iso(utc_now()),
         elapsed_ms=round((time.monotonic() - clock) * 1000),
     )

@@ -7,9 +7,9 @@ written once, in ``routes``.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 from urllib.parse import quote
 
 import orjson
@@ -38,9 +38,9 @@ class Kind(enum.StrEnum):
     METADATA = "metadata"
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Call:
-    """One API request, before credentials are added."""
+class Call(NamedTuple):
+    """One API request, before credentials are added (a named tuple: one is made a request; build it
+    by keyword)."""
 
     kind: Kind
     method: str
@@ -49,7 +49,7 @@ class Call:
     body: bytes = b""
     # Called each time the request is about to leave (after its rate and in-flight slots): create
     # journals the attempt there, so the journal's time is the send's, not the queue's.
-    before: Callable[[], None] | None = dataclasses.field(default=None, compare=False, repr=False)
+    before: Callable[[], None] | None = None
     # An API some regions lack (the v5 group list, for prune and audit): the gateway's 404 answers the
     # call (``safe.fetch_json`` raises ``ApiMissing``) instead of closing the route.
     optional: bool = False

@@ -6,7 +6,6 @@ returns the answer even when it is a refusal: ``doctor`` reports each refusal in
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 from orchestrator.api import evs
@@ -56,7 +55,7 @@ def shown(call: evs.Call) -> str:
 
 def without_every_ep(call: evs.Call) -> evs.Call:
     """The same list without ``enterprise_project_id=all_granted_eps`` (what a list shows by default)."""
-    return dataclasses.replace(call, query=tuple(q for q in call.query if q != evs.EVERY_ENTERPRISE_PROJECT))
+    return call._replace(query=tuple(q for q in call.query if q != evs.EVERY_ENTERPRISE_PROJECT))
 
 
 def said(answer: Answer) -> str:
