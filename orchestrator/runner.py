@@ -1,8 +1,8 @@
 """The bulk run: manifest rows in, one report record per row out, through a fixed pool of workers.
 
-A producer feeds valid rows into a bounded memory stream (so reading never runs far ahead of
-sending); ``concurrency`` workers each take a row, send its create request, and write its record.
-Rows that fail are records, not exceptions; only run-fatal errors escape.
+``concurrency`` workers (one task each) take the next row of the manifest whenever they are free (so
+reading never runs ahead of sending), send its create request, and write its record. Rows that fail
+are records, not exceptions; only run-fatal errors escape.
 
 The create API has no idempotency key, and the cloud can act late: the gateway may answer 504 (or
 the client give up) while EVS still creates the snapshot seconds later. So an attempt whose outcome
@@ -18,13 +18,12 @@ import dataclasses
 import enum
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from orchestrator import defaults
 from orchestrator.api import evs
@@ -123,6 +122,7 @@ class Runner:
         # sent is sent again: only then can the sweep find anything.
         self.in_doubt = resume is not None and resume.doubted
         self._settlers: TaskGroup | None = None
+        self._taken_all = False  # a worker found no row left to take (or the run stopped taking them)
         # Settling rows wait (mostly asleep) in tasks of their own; their number is bounded, so that a
         # run where many rows are uncertain holds the workers back instead of growing without limit.
         self._settle_slots = anyio.Semaphore(max(64, 8 * plan.concurrency))
@@ -140,73 +140,47 @@ class Runner:
 
     async def run(self, items: Iterable[SnapshotRequest | Record]) -> None:
         """Send every valid row and record every row; returns when all records are written."""
-        send, receive = anyio.create_memory_object_stream[tuple[SnapshotRequest, float | None]](
-            4 * self.plan.concurrency
-        )
+        rows = iter(items)
         async with anyio.create_task_group() as settlers:
             self._settlers = settlers
             async with anyio.create_task_group() as group:
-                async with receive:
-                    for _ in range(self.plan.concurrency):
-                        group.start_soon(self._worker, receive.clone())
-                group.start_soon(self._produce, items, send)
+                for _ in range(self.plan.concurrency):
+                    group.start_soon(self._worker, rows)
 
-    async def _produce(
-        self,
-        items: Iterable[SnapshotRequest | Record],
-        send: MemoryObjectSendStream[tuple[SnapshotRequest, float | None]],
-    ) -> None:
-        gate = self.gate
-        async with send:
-            for item in items:
-                if self.stopping:
-                    break
-                previous = None if self.resume is None else self.resume.outcome(item.row)
-                if self.resume is not None and self.resume.finished(item.row) and previous is not None:
-                    self.tally.add_previous(previous, item.row)
-                elif isinstance(item, Record):
-                    self.emit(item)
-                elif self.plan.dry_run:
-                    self.emit(self._record(item, Outcome.PLANNED, _Attempt()))
-                else:
-                    since = None if self.resume is None else self.resume.uncertain_since(item.row)
-                    if since is not None:
-                        since += self.plan.timeout  # the request may have been answered this much later
-                    if gate is not None:
-                        gate.passed(item.row, queued=True)
-                    try:
-                        send.send_nowait((item, since))  # fill the buffer in a burst, no checkpoint per row
-                    except anyio.WouldBlock:
-                        await send.send((item, since))
-                    continue
+    async def _worker(self, rows: Iterator[SnapshotRequest | Record]) -> None:
+        """One slot of the pool: take the next row of the manifest (read, validated, only when a
+        slot is free: nothing runs ahead of sending) and drive it to its record, until none is left
+        or the run stops. Rows that are not sent (invalid, planned, finished before) are written here."""
+        gate, resume, plan = self.gate, self.resume, self.plan
+        while True:
+            item = None if self.stopping else next(rows, None)
+            if item is None:  # the last row is taken, or the run stops taking them
+                if gate is not None and not self._taken_all:
+                    self._taken_all = True
+                    gate.closed()  # freezes whose rows have all ended thaw
+                return
+            previous = None if resume is None else resume.outcome(item.row)
+            if resume is not None and resume.finished(item.row) and previous is not None:
+                self.tally.add_previous(previous, item.row)
+            elif isinstance(item, Record):
+                self.emit(item)
+            elif plan.dry_run:
+                self.emit(self._record(item, Outcome.PLANNED, _Attempt()))
+            else:
+                since = None if resume is None else resume.uncertain_since(item.row)
                 if gate is not None:
-                    gate.passed(item.row, queued=False)
-                if item.row % 64 == 0:
-                    await anyio.lowlevel.checkpoint()  # rows written without sending must not starve workers
-        if gate is not None:
-            gate.closed()
-
-    async def _worker(self, receive: MemoryObjectReceiveStream[tuple[SnapshotRequest, float | None]]) -> None:
-        async with receive:
-            while True:
-                try:
-                    request, since = receive.receive_nowait()  # the usual case: no checkpoint per row
-                except anyio.WouldBlock:
-                    try:
-                        request, since = await receive.receive()
-                    except anyio.EndOfStream:
-                        return
-                except anyio.EndOfStream:
-                    return
-                if self.stopping:
-                    if self.gate is not None:
-                        self.gate.done(request.row, None)
-                    continue  # left without a record: --resume picks it up
-                resumed = since is not None
-                state = _Attempt(
-                    uncertain_since=since, maybe_sent=resumed, resumed=resumed, sent_before=resumed
-                )
-                await self._row(request, state, settling=False)
+                    gate.passed(item.row, queued=True)
+                if since is None:
+                    state = _Attempt()
+                else:  # the request may have been answered this much later
+                    since += plan.timeout
+                    state = _Attempt(uncertain_since=since, maybe_sent=True, resumed=True, sent_before=True)
+                await self._row(item, state, settling=False)
+                continue
+            if gate is not None:
+                gate.passed(item.row, queued=False)
+            if item.row % 64 == 0:
+                await anyio.lowlevel.checkpoint()  # rows written without sending must not starve the others
 
     async def _row(self, request: SnapshotRequest, state: _Attempt, *, settling: bool) -> None:
         """Drive one row to its record, under the run's deadline."""
