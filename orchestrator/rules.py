@@ -307,45 +307,46 @@ class RowValidator:
             )
 
     def _request(self, raw: RawRow, fields: Mapping[str, Any]) -> SnapshotRequest:
-        where = f"row {raw.row} (line {raw.line})"
-        volume_id = _volume_id(fields.get("volume_id"), where)
-        project_id = _optional_text(fields, "project_id", where) or self.defaults.project_id
+        volume_id = _volume_id(fields.get("volume_id"), raw)
+        project_id = _optional_text(fields, "project_id", raw) or self.defaults.project_id
         if project_id is not None and project_id not in self.good_projects:
             if not PROJECT_RE.match(project_id):
                 raise RowProblem(
                     "INVALID_PROJECT_ID",
-                    f"{where}: project_id {project_id!r} is not 32 lower-case hex characters",
+                    f"{_where(raw)}: project_id {project_id!r} is not 32 lower-case hex characters",
                 )
             _remember(self.good_projects, project_id)
-        region = _optional_text(fields, "region", where) or self.defaults.region
+        region = _optional_text(fields, "region", raw) or self.defaults.region
         if region is not None and region not in self.good_regions:
             if not REGION_RE.match(region):
                 raise RowProblem(
-                    "INVALID_REGION", f"{where}: region {region!r} is not a region id like cn-north-4"
+                    "INVALID_REGION", f"{_where(raw)}: region {region!r} is not a region id like cn-north-4"
                 )
             _remember(self.good_regions, region)
         if project_id is None and region is None:
             raise RowProblem(
                 "MISSING_PROJECT_ID",
-                f"{where}: no project_id in the row, no --project-id, and no region to look it up by",
+                f"{_where(raw)}: no project_id in the row, no --project-id, and no region to look it up by",
             )
         if region is None and self.region_required:
-            raise RowProblem("MISSING_REGION", f"{where}: no region in the row and no --region or --endpoint")
-        description = _optional_text(fields, "description", where, strip=False)
+            raise RowProblem(
+                "MISSING_REGION", f"{_where(raw)}: no region in the row and no --region or --endpoint"
+            )
+        description = _optional_text(fields, "description", raw, strip=False)
         if description is None:
             description = self.defaults.description
         if description is not None and len(description) > DESCRIPTION_MAX:
             raise RowProblem(
                 "DESCRIPTION_TOO_LONG",
-                f"{where}: description has {len(description)} characters, at most {DESCRIPTION_MAX}",
+                f"{_where(raw)}: description has {len(description)} characters, at most {DESCRIPTION_MAX}",
             )
-        force = _force(fields.get("force"), raw.from_csv, where)
+        force = _force(fields.get("force"), raw.from_csv, raw)
         values = self._values(fields, volume_id, raw.row) if self.templated else None
-        metadata = {**self._metadata(values), **_metadata(fields, raw.from_csv, where)}
-        _check_metadata(metadata, where)
+        metadata = {**self._metadata(values), **_metadata(fields, raw.from_csv, raw)}
+        _check_metadata(metadata, raw)
         if self.defaults.hold is not None:  # create --hold: in the create request itself
             metadata[HOLD_KEY] = self.defaults.hold
-        name = _optional_text(fields, "name", where, strip=False)
+        name = _optional_text(fields, "name", raw, strip=False)
         rendered = name is None
         if name is None:
             if self.quick_name is not None:
@@ -353,7 +354,7 @@ class RowValidator:
             else:
                 values = values if values is not None else self._values(fields, volume_id, raw.row)
                 name = render_name(self.defaults.name_template, values)
-        _check_name(name, where, rendered=rendered)
+        _check_name(name, raw, rendered=rendered)
         return SnapshotRequest(
             row=raw.row,
             line=raw.line,
@@ -413,6 +414,11 @@ def _per_row_format(template: str, run: Mapping[str, str]) -> str | None:
     return "".join(out)
 
 
+def _where(raw: RawRow) -> str:
+    """How a message names a row (made only when the row breaks a rule)."""
+    return f"row {raw.row} (line {raw.line})"
+
+
 def _remember(known: set[str], value: str) -> None:
     if len(known) < WELL_FORMED_KEPT:  # memory stays flat whatever the manifest holds
         known.add(value)
@@ -427,26 +433,28 @@ def _fields_of(raw: RawRow) -> dict[str, Any]:
     return raw.fields
 
 
-def _volume_id(value: object, where: str) -> str:
+def _volume_id(value: object, raw: RawRow) -> str:
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise RowProblem("MISSING_VOLUME_ID", f"{where}: volume_id is missing")
+        raise RowProblem("MISSING_VOLUME_ID", f"{_where(raw)}: volume_id is missing")
     if not isinstance(value, str) or not UUID_RE.match(value.strip().lower()):
-        raise RowProblem("INVALID_VOLUME_ID", f"{where}: volume_id {value!r} is not a UUID (8-4-4-4-12 hex)")
+        raise RowProblem(
+            "INVALID_VOLUME_ID", f"{_where(raw)}: volume_id {value!r} is not a UUID (8-4-4-4-12 hex)"
+        )
     return value.strip().lower()
 
 
-def _optional_text(fields: Mapping[str, Any], key: str, where: str, *, strip: bool = True) -> str | None:
+def _optional_text(fields: Mapping[str, Any], key: str, raw: RawRow, *, strip: bool = True) -> str | None:
     value = fields.get(key)
     if value is None:
         return None
     if not isinstance(value, str):
         raise RowProblem(
-            f"INVALID_{key.upper()}", f"{where}: {key} must be a string, not {type(value).__name__}"
+            f"INVALID_{key.upper()}", f"{_where(raw)}: {key} must be a string, not {type(value).__name__}"
         )
     return value.strip() if strip else value
 
 
-def _force(value: object, from_csv: bool, where: str) -> bool | None:
+def _force(value: object, from_csv: bool, raw: RawRow) -> bool | None:
     if value is None:
         return None
     if isinstance(value, bool):
@@ -454,18 +462,18 @@ def _force(value: object, from_csv: bool, where: str) -> bool | None:
     if from_csv and isinstance(value, str) and value.strip().lower() in BOOLEANS:
         return BOOLEANS[value.strip().lower()]
     allowed = "true/false/yes/no/1/0" if from_csv else "a JSON boolean"
-    raise RowProblem("INVALID_FORCE", f"{where}: force {value!r} must be {allowed}")
+    raise RowProblem("INVALID_FORCE", f"{_where(raw)}: force {value!r} must be {allowed}")
 
 
-def _metadata(fields: Mapping[str, Any], from_csv: bool, where: str) -> dict[str, Any]:
+def _metadata(fields: Mapping[str, Any], from_csv: bool, raw: RawRow) -> dict[str, Any]:
     value = fields.get("metadata")
     if from_csv and isinstance(value, str):
         try:
             value = orjson.loads(value)
         except orjson.JSONDecodeError:
-            raise RowProblem("INVALID_METADATA", f"{where}: metadata is not a JSON object") from None
+            raise RowProblem("INVALID_METADATA", f"{_where(raw)}: metadata is not a JSON object") from None
     if value is not None and not isinstance(value, dict):
-        raise RowProblem("INVALID_METADATA", f"{where}: metadata must be an object of string to string")
+        raise RowProblem("INVALID_METADATA", f"{_where(raw)}: metadata must be an object of string to string")
     metadata = dict(value or {})
     for key, item in fields.items():
         if isinstance(key, str) and key.startswith("metadata.") and key != "metadata.":
@@ -473,63 +481,63 @@ def _metadata(fields: Mapping[str, Any], from_csv: bool, where: str) -> dict[str
     return metadata
 
 
-def _check_metadata(metadata: Mapping[str, Any], where: str) -> None:
+def _check_metadata(metadata: Mapping[str, Any], raw: RawRow) -> None:
     for key, value in metadata.items():
         if _is_run_marker(key):
             raise RowProblem(
                 "RESERVED_METADATA_KEY",
-                f"{where}: metadata key {key!r} is reserved for the run marker that evs-snapshot "
+                f"{_where(raw)}: metadata key {key!r} is reserved for the run marker that evs-snapshot "
                 "puts on its snapshots",
             )
         if _is_hold(key):
             raise RowProblem(
                 "RESERVED_METADATA_KEY",
-                f"{where}: metadata key {key!r} is reserved for holds: use create --hold REASON",
+                f"{_where(raw)}: metadata key {key!r} is reserved for holds: use create --hold REASON",
             )
         if not isinstance(value, str):
             raise RowProblem(
                 "INVALID_METADATA",
-                f"{where}: metadata {key!r} must be a string, not {type(value).__name__}",
+                f"{_where(raw)}: metadata {key!r} must be a string, not {type(value).__name__}",
             )
         if not 1 <= len(key) <= METADATA_KEY_MAX:
             raise RowProblem(
                 "METADATA_KEY_TOO_LONG",
-                f"{where}: metadata key {key[:40]!r}... must be 1 to {METADATA_KEY_MAX} characters",
+                f"{_where(raw)}: metadata key {key[:40]!r}... must be 1 to {METADATA_KEY_MAX} characters",
             )
         if len(value) > METADATA_VALUE_MAX:
             raise RowProblem(
                 "METADATA_VALUE_TOO_LONG",
-                f"{where}: metadata {key!r} is longer than {METADATA_VALUE_MAX} characters",
+                f"{_where(raw)}: metadata {key!r} is longer than {METADATA_VALUE_MAX} characters",
             )
         if key.startswith(RESERVED_METADATA_PREFIX):
             raise RowProblem(
                 "RESERVED_METADATA_KEY",
-                f"{where}: metadata key {key!r} starts with {RESERVED_METADATA_PREFIX}",
+                f"{_where(raw)}: metadata key {key!r} starts with {RESERVED_METADATA_PREFIX}",
             )
 
 
-def _check_name(name: str, where: str, *, rendered: bool = False) -> None:
+def _check_name(name: str, raw: RawRow, *, rendered: bool = False) -> None:
     what = "name rendered from --name-template" if rendered else "name"
     if not name:
-        raise RowProblem("INVALID_NAME", f"{where}: {what} is empty")
+        raise RowProblem("INVALID_NAME", f"{_where(raw)}: {what} is empty")
     index = unsafe_character(name)
     if index is not None:
         raise RowProblem(
             "INVALID_NAME",
-            f"{where}: {what} {_shown(name)} has the control character {_described(name[index])} "
+            f"{_where(raw)}: {what} {_shown(name)} has the control character {_described(name[index])} "
             f"at position {index + 1}",
         )
     if not name.strip():
-        raise RowProblem("INVALID_NAME", f"{where}: {what} {_shown(name)} is only whitespace")
+        raise RowProblem("INVALID_NAME", f"{_where(raw)}: {what} {_shown(name)} is only whitespace")
     if len(name) > NAME_MAX:
         raise RowProblem(
             "NAME_TOO_LONG",
-            f"{where}: {what} {name[:20]!r}... has {len(name)} characters, at most {NAME_MAX}",
+            f"{_where(raw)}: {what} {name[:20]!r}... has {len(name)} characters, at most {NAME_MAX}",
         )
     if name.startswith(RESERVED_NAME_PREFIX):
         raise RowProblem(
             "RESERVED_NAME_PREFIX",
-            f"{where}: {what} {name!r} starts with {RESERVED_NAME_PREFIX}, reserved for backups",
+            f"{_where(raw)}: {what} {name!r} starts with {RESERVED_NAME_PREFIX}, reserved for backups",
         )
 
 

@@ -124,15 +124,15 @@ class Route:
 
     def check_open(self) -> None:
         """Raise a fresh ``RouteClosed`` when nothing more may be sent on this route."""
-        closure = self.closed
+        closure = self.closure or self.endpoint.closure  # ``closed``, without a property call
         if closure is not None:
             raise closure.error()
 
     async def send(self, call: Call) -> Reply:
         """Send one call; raises ``TransportError`` (no answer) or ``RouteClosed``: nothing was sent
         (the route was closed), or this call was refused (``answer`` holds the refusal)."""
-        self.check_open()
         if not self.proven:
+            self.check_open()  # before waiting for the gate (``_send`` checks again: the usual check)
             async with self._gate:
                 if not self.proven:  # else proven while this one waited: the rows queued fan out
                     return self._judge(*await self._send(call))
@@ -144,11 +144,11 @@ class Route:
             if self.closure is None:
                 self.closure = refusal
             raise self.closure.error(answer)  # the route's first closure names it, as for later calls
-        code = None if answer.ok else answer.error()[0]
-        verdict = classify(answer.status, code)
+        status = answer.status
+        verdict = classify(status, None if status < 400 else answer.error()[0])
         if verdict is Verdict.RETRY:
             self.limiter.on_throttled(told_limit(answer.error()[1]))
-        elif answer.status < 500:
+        elif status < 500:
             self.proven = True
             self.limiter.on_success()
         return Reply(answer, verdict)
