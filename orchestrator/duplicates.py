@@ -49,7 +49,9 @@ class BloomFilter:
         words = 1 << max(0, (bits - 1).bit_length() - 6)
         self.bits = words * 64
         self.mask = words - 1
-        self.shifts = range(64, 64 + 6 * hashes, 6)
+        # Two of the key's bits at a time, from 12 bits of the digest (``_PAIRS``); an odd last one alone.
+        self.pairs = range(64, 64 + 12 * (hashes // 2), 12)
+        self.single = 64 + 12 * (hashes // 2) if hashes % 2 else None
         self.words = array("Q", bytes(8 * words))
 
     def add(self, key: bytes) -> bool:
@@ -69,10 +71,13 @@ class BloomFilter:
     def _slot(self, key: bytes) -> tuple[int, int]:
         """The key's word and its bits in that word."""
         value = int.from_bytes(blake2b(key, digest_size=16).digest(), "little")
-        bits = 0
-        for shift in self.shifts:
-            bits |= 1 << (value >> shift & 63)
+        bits = 0 if self.single is None else 1 << (value >> self.single & 63)
+        for shift in self.pairs:
+            bits |= _PAIRS[value >> shift & 4095]
         return value & self.mask, bits
+
+
+_PAIRS = [1 << (n & 63) | 1 << (n >> 6) for n in range(4096)]  # 12 bits of a digest: their two bits
 
 
 def duplicate_candidates(rows: Iterable[RawRow], defaults: RowDefaults) -> tuple[int, set[bytes]]:

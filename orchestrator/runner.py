@@ -56,9 +56,9 @@ class RunPlan:
     timeout: float = defaults.TIMEOUT  # one request: a resumed row's window counts from its send plus this
 
 
-@dataclasses.dataclass(slots=True)
 class _Attempt:
-    """The state of one row's tries."""
+    """The state of one row's tries. A plain class, not a dataclass (one is made a row): a row sets
+    only its start; every other field reads the class's default until a try changes it."""
 
     attempts: int = 0
     lookups: int = 0
@@ -69,8 +69,13 @@ class _Attempt:
     sent_before: bool = False  # an earlier process sent it: sending it again puts the run in doubt
     answer: Answer | None = None
     error: tuple[str, str | None] | None = None
-    started: datetime = dataclasses.field(default_factory=utc_now)
-    clock: float = dataclasses.field(default_factory=time.monotonic)
+
+    def __init__(self, resumed_since: float | None = None) -> None:
+        self.started: datetime = utc_now()
+        self.clock = time.monotonic()
+        if resumed_since is not None:  # an earlier process sent it; it may have acted until then
+            self.uncertain_since = resumed_since
+            self.maybe_sent = self.resumed = self.sent_before = True
 
 
 class Gate(Protocol):
@@ -170,11 +175,8 @@ class Runner:
                 since = None if resume is None else resume.uncertain_since(item.row)
                 if gate is not None:
                     gate.passed(item.row, queued=True)
-                if since is None:
-                    state = _Attempt()
-                else:  # the request may have been answered this much later
-                    since += plan.timeout
-                    state = _Attempt(uncertain_since=since, maybe_sent=True, resumed=True, sent_before=True)
+                # A resumed row's request may have been answered this much later than it left.
+                state = _Attempt(None if since is None else since + plan.timeout)
                 await self._row(item, state, settling=False)
                 continue
             if gate is not None:

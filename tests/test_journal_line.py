@@ -47,7 +47,8 @@ def test_an_accepted_row_is_written_as_its_record(tmp_path: Path) -> None:
     request = snapshot_request("0f1e2d3c-4b5a-4678-9abc-def012345678", 7, name="nightly-7", region="r-1")
     body = {"snapshot": {"id": "snap-1", "status": "creating", "volume_id": request.volume_id}}
     answer = Answer(status=202, body=body, request_id="req-1")
-    state = _Attempt(attempts=2, answer=answer)  # as _send_once leaves it
+    state = _Attempt()
+    state.attempts, state.answer = 2, answer  # as _send_once leaves it
     lines, tallies = [], []
     for written in (True, False):
         path = tmp_path / f"{written}.jsonl"
