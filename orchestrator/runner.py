@@ -132,6 +132,7 @@ class Runner:
         # run where many rows are uncertain holds the workers back instead of growing without limit.
         self._settle_slots = anyio.Semaphore(max(64, 8 * plan.concurrency))
         self.index = None if resume is None else RunIndex(plan.run_id, plan.policy)
+        self._journalled = writer.resumable  # each create attempt is journalled before it leaves
 
     def emit(self, record: Record) -> None:
         self.writer.write(record)
@@ -335,7 +336,7 @@ class Runner:
         state.attempts += 1
         if state.sent_before:
             self.in_doubt = True  # a commit of the earlier send later than its window would make two
-        journal = (lambda: self._journal(request, state)) if self.writer.resumable else None
+        journal = (lambda: self._journal(request, state)) if self._journalled else None
         call = evs.create_snapshot(route.project_id, request, self.plan.run_id, before=journal)
         state.in_flight = True
         try:
@@ -361,7 +362,7 @@ class Runner:
         verdict = reply.verdict
         answer = reply.answer
         state.answer = answer
-        state.error = None if answer.ok else answer.error()
+        state.error = None if answer.status < 400 else answer.error()  # ``answer.ok``, without the property
         if verdict is Verdict.SUCCESS:
             if self.gate is None:  # a gate takes the row's Record
                 return self._accepted(request, state, answer)
@@ -409,9 +410,10 @@ class Runner:
 
     def _journal(self, request: SnapshotRequest, state: _Attempt) -> None:
         """Record that a create of the row is leaving now (a ``sending`` side record), before it leaves."""
-        at = utc_iso(utc_now())
         self.writer.write_line(
-            Record.sending_line(request, run_id=self.plan.run_id, attempts=state.attempts, at=at)
+            Record.sending_line(
+                request, run_id=self.plan.run_id, attempts=state.attempts, at=utc_iso(utc_now())
+            )
         )
 
     async def _settle(self, request: SnapshotRequest, route: Route, state: _Attempt) -> Snapshot | None:
