@@ -29,6 +29,7 @@ import contextlib
 import csv
 import dataclasses
 import enum
+import functools
 import hashlib
 import shutil
 import sys
@@ -202,7 +203,7 @@ def read_rows(
 
 
 def _decoded_lines(handle: IO[bytes], name: str) -> Iterator[tuple[int, str]]:
-    for number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), start=1):
+    for number, raw in enumerate(iter(functools.partial(handle.readline, MAX_LINE_BYTES + 1), b""), start=1):
         if len(raw) > MAX_LINE_BYTES:
             raise ManifestError(
                 name, number, f"this line is longer than {MAX_LINE_BYTES:,} bytes", "one row per line"

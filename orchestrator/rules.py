@@ -136,6 +136,9 @@ def columns_checked(rows: Iterable[RawRow], defaults: RowDefaults) -> Iterator[R
         for key, template in defaults.metadata.items()
         for column in template_columns(template)
     }
+    if not wanted:  # no --metadata template names a column (the usual case): the rows as they are
+        yield from rows
+        return
     for raw in rows:
         if wanted and raw.fields is not None:
             for column in [column for column in wanted if column in raw.fields]:
@@ -259,8 +262,7 @@ class RowValidator:
             self.columns = None
 
     def validate_all(self, rows: Iterable[RawRow]) -> Iterator[SnapshotRequest | Record]:
-        for raw in rows:
-            yield self.validate(raw)
+        return map(self.validate, rows)  # no generator frame of its own a row
 
     def validate(self, raw: RawRow) -> SnapshotRequest | Record:
         try:
