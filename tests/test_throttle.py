@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import itertools
 
+import anyio
 import pytest
 
-from orchestrator.throttle import RateLimiter, told_limit
+from orchestrator.throttle import RateLimiter, SendWindow, told_limit
 from tests.helpers import FakeTime
 
 
@@ -196,3 +197,112 @@ async def test_a_told_limit_is_taken_at_once_until_a_paced_429_shows_it_is_not_t
     limiter.on_throttled(told=50.0)  # paced under 50/s and still throttled
     assert limiter.rate == pytest.approx(estimate.rate)
     assert limiter.ceiling == ceiling
+
+
+def window_of(fake: FakeTime, concurrency: int = 100) -> SendWindow:
+    limiter = RateLimiter(None, concurrency=concurrency, clock=fake.clock, sleep=fake.sleep)
+    assert limiter.window is not None
+    return limiter.window
+
+
+def enter_all(window: SendWindow, fake: FakeTime, count: int) -> int:
+    """How many of ``count`` requests the window lets out now."""
+    return sum(window.try_enter(fake.now) for _ in range(count))
+
+
+def test_the_send_window_starts_small_and_doubles_only_while_no_answer_comes() -> None:
+    """16 out at once; an answer lets one more out; a window full for STALL without an answer doubles
+    (16, 32, 64), and the next doubling reaches --concurrency: open, nothing counted any more."""
+    fake = FakeTime()
+    window = window_of(fake)
+    assert enter_all(window, fake, 40) == SendWindow.FIRST
+    fake.now += SendWindow.STALL / 2
+    window.leave(fake.now - 0.001)  # a quick answer: the window stays as it is
+    assert enter_all(window, fake, 40) == 1
+    assert window.stall_left(fake.now) == pytest.approx(SendWindow.STALL)
+    sizes = []
+    for _ in range(3):
+        fake.now += SendWindow.STALL
+        let_out = enter_all(window, fake, 200)
+        sizes.append((window.size, let_out, window.opened))
+    assert sizes == [(32, 16, False), (64, 32, False), (128, 200, True)]
+
+
+def test_the_send_window_opens_at_the_first_429() -> None:
+    """The first 429 opens the window: the limiter paces every request from then on."""
+    fake = FakeTime()
+    limiter = RateLimiter(None, concurrency=32, clock=fake.clock, sleep=fake.sleep)
+    window = limiter.window
+    assert window is not None
+    assert enter_all(window, fake, 32) == SendWindow.FIRST
+    limiter.on_throttled()
+    assert window.opened
+    limiter.on_throttled()  # and stays open
+    assert window.opened
+    assert enter_all(window, fake, 32) == 32
+    window.leave(fake.now)  # a request let out before it opened: nothing to count
+    assert window.out == SendWindow.FIRST
+
+
+def test_the_send_window_opens_a_second_after_the_first_request() -> None:
+    """Answers keep coming quickly and no 429 for OPEN_AFTER: the burst was not the limit; open."""
+    fake = FakeTime()
+    window = window_of(fake)
+    assert enter_all(window, fake, 100) == SendWindow.FIRST
+    for _ in range(round(SendWindow.OPEN_AFTER / 0.01) - 1):
+        fake.now += 0.01
+        window.leave(fake.now - 0.002)
+        assert enter_all(window, fake, 100) == 1
+    fake.now += 0.01
+    assert enter_all(window, fake, 100) == 100
+    assert window.opened
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "first_answer", "opens"),
+    [(100, 0.08, True), (100, 0.07, False), (32, 0.055, True), (32, 0.045, False)],
+)
+def test_the_send_window_opens_at_a_first_answer_slower_than_its_doublings(
+    concurrency: int, first_answer: float, opens: bool
+) -> None:
+    """The route's first answer took as long as the doublings to --concurrency (3 for 100; 1 for 32,
+    but at least 2: the first answer also waited for its connection): the window would open before
+    any answer could say anything, so it opens at once."""
+    fake = FakeTime()
+    window = window_of(fake, concurrency)
+    entered = fake.now
+    assert window.try_enter(fake.now)
+    fake.now += first_answer
+    window.leave(entered)
+    assert window.opened is opens
+    fake.now += 0.001
+    window.leave(fake.now)  # a request answered quickly after it changes nothing
+    assert window.opened is opens
+
+
+def test_no_send_window_when_paced_or_when_it_would_not_be_smaller() -> None:
+    """--max-rps paces from the first request; --concurrency 16 or less is no wider than the window."""
+    fake = FakeTime()
+    assert RateLimiter(10.0, concurrency=100, clock=fake.clock, sleep=fake.sleep).window is None
+    assert RateLimiter(None, clock=fake.clock, sleep=fake.sleep).window is None
+    small = RateLimiter(None, concurrency=SendWindow.FIRST, clock=fake.clock, sleep=fake.sleep)
+    assert small.window is None
+
+
+async def test_a_request_the_window_holds_goes_at_an_answer_or_when_a_stall_widens_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request over the window waits: an answer lets it out; with no answer, a stall doubles the
+    window and lets it out (the clock is real here: the stall is made short, then long)."""
+    monkeypatch.setattr(SendWindow, "STALL", 3600.0)
+    window = SendWindow(100)
+    entered = [await window.enter() for _ in range(SendWindow.FIRST)]
+    async with anyio.create_task_group() as group:
+        group.start_soon(window.enter)
+        await anyio.wait_all_tasks_blocked()
+        assert window.out == SendWindow.FIRST  # held
+        window.leave(entered[0])
+    assert (window.size, window.out, window.opened) == (SendWindow.FIRST, SendWindow.FIRST, False)
+    monkeypatch.setattr(SendWindow, "STALL", 0.001)
+    await window.enter()  # no answer comes: it waits out a stall
+    assert (window.size, window.out) == (2 * SendWindow.FIRST, SendWindow.FIRST + 1)
