@@ -35,25 +35,27 @@ class SendWindow:
     A gateway lets a burst through (a limit of R a second lets about R through at once, then R a
     second), so an unpaced start cannot see a limit before the burst runs out, and every request out
     at that moment is throttled. The window keeps that number small while answers come quickly (when
-    a small window costs nothing), and opens as soon as it would only cost time:
+    a small window costs nothing: it turns over many times a second), and opens as soon as it would
+    only cost time:
 
     - ``FIRST`` requests may be out at once (a route whose ``--concurrency`` is not larger has no
       window);
-    - the window doubles after each ``STALL`` seconds in which no answer came back while it was full
-      (the answers are slow: a latency-bound run needs the width);
+    - a full window doubles after each ``PERIOD`` in which fewer answers came back than it holds
+      (the answers take longer than that: a latency-bound run needs the width);
     - it opens for good at the first 429 (the limiter paces from then on), once ``OPEN_AFTER``
       seconds have passed since the route's first request without one (the burst is a second's
       worth), when it has doubled to ``--concurrency``, or at the route's first answer when that
-      answer took at least as long as the doublings to ``--concurrency`` would, and at least two
-      (a service that slow answers nothing before the window has opened anyway: the slow start
-      would protect nothing and cost those doublings; a first answer waited for its connection too).
+      answer took ``SLOW`` seconds or more, and at least as long as the doublings to
+      ``--concurrency`` would (a service that slow answers nothing before the window has opened
+      anyway: the slow start would protect nothing and cost those doublings).
 
     The route's first request is its credential proof, sent alone, so in practice the last rule
     reads the service's latency before any create fans out.
     """
 
     FIRST = 16
-    STALL = 0.025
+    PERIOD = 0.025
+    SLOW = 0.075
     OPEN_AFTER = 1.0
 
     def __init__(self, limit: int, *, clock: Clock = time.monotonic) -> None:
@@ -63,7 +65,8 @@ class SendWindow:
         self.out = 0
         self._clock = clock
         self._started: float | None = None
-        self._quiet_since = 0.0  # the last answer, or the last doubling
+        self._period = 0.0  # when the current period began (the first request, or the last check)
+        self._answers = 0  # answers back in the current period
         self._answered = False
         self._waiters: deque[anyio.Event] = deque()
 
@@ -73,22 +76,25 @@ class SendWindow:
         if self.opened:
             return True
         if self._started is None:
-            self._started = self._quiet_since = now
+            self._started = self._period = now
         elif now - self._started >= self.OPEN_AFTER:
             self.open()
             return True
-        if self.out >= self.size and now - self._quiet_since >= self.STALL:
-            self._grow(now)
-            if self.opened:
-                return True
+        if self.out >= self.size and now - self._period >= self.PERIOD:
+            slow = self._answers < self.size  # the window did not turn over in a whole period
+            self._period, self._answers = now, 0
+            if slow:
+                self._grow()
+                if self.opened:
+                    return True
         if self.out < self.size:
             self.out += 1
             return True
         return False
 
-    def stall_left(self, now: float) -> float:
-        """Seconds until a full window doubles, if no answer comes first."""
-        return max(0.0, self._quiet_since + self.STALL - now)
+    def period_left(self, now: float) -> float:
+        """Seconds until the current period ends (a full window may then double)."""
+        return max(0.0, self._period + self.PERIOD - now)
 
     def leave(self, entered: float) -> None:
         """A request let out at ``entered`` (``enter``'s answer) is answered, or failed."""
@@ -96,12 +102,11 @@ class SendWindow:
             return
         now = self._clock()
         self.out -= 1
-        self._quiet_since = now
+        self._answers += 1
         if not self._answered:
             self._answered = True
-            # At least two: a first answer also waited for its connection (a TLS handshake, far away).
-            doublings = max(2, math.ceil(math.log2(self.limit / self.size)))
-            if now - entered >= doublings * self.STALL:
+            doublings = math.ceil(math.log2(self.limit / self.size))
+            if now - entered >= max(self.SLOW, doublings * self.PERIOD):
                 self.open()
                 return
         self._wake(1)
@@ -111,10 +116,9 @@ class SendWindow:
             self.opened = True
             self._wake(len(self._waiters))
 
-    def _grow(self, now: float) -> None:
+    def _grow(self) -> None:
         added = self.size
         self.size *= 2
-        self._quiet_since = now
         if self.size >= self.limit:
             self.open()
         else:
@@ -133,7 +137,7 @@ class SendWindow:
             woken = anyio.Event()
             self._waiters.append(woken)
             try:
-                with anyio.move_on_after(self.stall_left(now)):
+                with anyio.move_on_after(self.period_left(now)):
                     await woken.wait()
             finally:
                 if not woken.is_set():

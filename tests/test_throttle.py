@@ -210,22 +210,37 @@ def enter_all(window: SendWindow, fake: FakeTime, count: int) -> int:
     return sum(window.try_enter(fake.now) for _ in range(count))
 
 
-def test_the_send_window_starts_small_and_doubles_only_while_no_answer_comes() -> None:
-    """16 out at once; an answer lets one more out; a window full for STALL without an answer doubles
-    (16, 32, 64), and the next doubling reaches --concurrency: open, nothing counted any more."""
+def test_the_send_window_starts_small_and_doubles_only_while_answers_are_slow() -> None:
+    """16 out at once; an answer lets one more out; a full window doubles after a period in which
+    fewer answers came back than it holds (16, 32, 64), and the next doubling reaches --concurrency:
+    open, nothing counted any more."""
     fake = FakeTime()
     window = window_of(fake)
     assert enter_all(window, fake, 40) == SendWindow.FIRST
-    fake.now += SendWindow.STALL / 2
-    window.leave(fake.now - 0.001)  # a quick answer: the window stays as it is
+    fake.now += SendWindow.PERIOD / 2
+    window.leave(fake.now - 0.001)
     assert enter_all(window, fake, 40) == 1
-    assert window.stall_left(fake.now) == pytest.approx(SendWindow.STALL)
+    assert window.period_left(fake.now) == pytest.approx(SendWindow.PERIOD / 2)
     sizes = []
     for _ in range(3):
-        fake.now += SendWindow.STALL
+        fake.now += SendWindow.PERIOD
         let_out = enter_all(window, fake, 200)
         sizes.append((window.size, let_out, window.opened))
     assert sizes == [(32, 16, False), (64, 32, False), (128, 200, True)]
+
+
+def test_a_send_window_that_turns_over_within_a_period_stays_as_it_is() -> None:
+    """Quick answers: a full window whose every request was answered within the period is wide
+    enough (it keeps the service busy); it stays at 16, however many periods pass."""
+    fake = FakeTime()
+    window = window_of(fake)
+    assert enter_all(window, fake, 40) == SendWindow.FIRST
+    for _ in range(20):
+        for _ in range(SendWindow.FIRST):
+            fake.now += SendWindow.PERIOD / SendWindow.FIRST
+            window.leave(fake.now - 0.002)
+            assert enter_all(window, fake, 40) == 1
+    assert (window.size, window.out, window.opened) == (SendWindow.FIRST, SendWindow.FIRST, False)
 
 
 def test_the_send_window_opens_at_the_first_429() -> None:
@@ -249,25 +264,33 @@ def test_the_send_window_opens_a_second_after_the_first_request() -> None:
     fake = FakeTime()
     window = window_of(fake)
     assert enter_all(window, fake, 100) == SendWindow.FIRST
-    for _ in range(round(SendWindow.OPEN_AFTER / 0.01) - 1):
-        fake.now += 0.01
+    step = SendWindow.PERIOD / SendWindow.FIRST  # the window turns over once a period: it stays at 16
+    for _ in range(round(SendWindow.OPEN_AFTER / step) - 1):
+        fake.now += step
         window.leave(fake.now - 0.002)
         assert enter_all(window, fake, 100) == 1
-    fake.now += 0.01
+    fake.now += step
     assert enter_all(window, fake, 100) == 100
     assert window.opened
 
 
 @pytest.mark.parametrize(
     ("concurrency", "first_answer", "opens"),
-    [(100, 0.08, True), (100, 0.07, False), (32, 0.055, True), (32, 0.045, False)],
+    [
+        (100, 0.08, True),
+        (100, 0.07, False),
+        (32, 0.08, True),
+        (32, 0.07, False),
+        (1000, 0.16, True),
+        (1000, 0.14, False),
+    ],
 )
 def test_the_send_window_opens_at_a_first_answer_slower_than_its_doublings(
     concurrency: int, first_answer: float, opens: bool
 ) -> None:
-    """The route's first answer took as long as the doublings to --concurrency (3 for 100; 1 for 32,
-    but at least 2: the first answer also waited for its connection): the window would open before
-    any answer could say anything, so it opens at once."""
+    """The route's first answer took SLOW (75 ms) or more, and as long as the doublings to
+    --concurrency (3 for 100, 1 for 32, 6 for 1,000): the window would open before any answer could
+    say anything, so it opens at once."""
     fake = FakeTime()
     window = window_of(fake, concurrency)
     entered = fake.now
@@ -289,12 +312,12 @@ def test_no_send_window_when_paced_or_when_it_would_not_be_smaller() -> None:
     assert small.window is None
 
 
-async def test_a_request_the_window_holds_goes_at_an_answer_or_when_a_stall_widens_it(
+async def test_a_request_the_window_holds_goes_at_an_answer_or_when_a_slow_period_widens_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A request over the window waits: an answer lets it out; with no answer, a stall doubles the
-    window and lets it out (the clock is real here: the stall is made short, then long)."""
-    monkeypatch.setattr(SendWindow, "STALL", 3600.0)
+    """A request over the window waits: an answer lets it out; with no answer, the end of the period
+    doubles the window and lets it out (the clock is real here: the period is made long, then short)."""
+    monkeypatch.setattr(SendWindow, "PERIOD", 3600.0)
     window = SendWindow(100)
     entered = [await window.enter() for _ in range(SendWindow.FIRST)]
     async with anyio.create_task_group() as group:
@@ -303,6 +326,10 @@ async def test_a_request_the_window_holds_goes_at_an_answer_or_when_a_stall_wide
         assert window.out == SendWindow.FIRST  # held
         window.leave(entered[0])
     assert (window.size, window.out, window.opened) == (SendWindow.FIRST, SendWindow.FIRST, False)
-    monkeypatch.setattr(SendWindow, "STALL", 0.001)
-    await window.enter()  # no answer comes: it waits out a stall
+    monkeypatch.setattr(SendWindow, "PERIOD", 0.02)
+    await window.enter()  # no answer comes: it waits out the period, and the window doubles
     assert (window.size, window.out) == (2 * SendWindow.FIRST, SendWindow.FIRST + 1)
+    while window.out < window.size:
+        await window.enter()
+    await window.enter()  # a period from that doubling, with no answer: it doubles again
+    assert (window.size, window.out) == (4 * SendWindow.FIRST, 2 * SendWindow.FIRST + 1)
