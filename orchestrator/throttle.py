@@ -40,8 +40,10 @@ class SendWindow:
 
     - ``FIRST`` requests may be out at once (a route whose ``--concurrency`` is not larger has no
       window);
-    - a full window doubles after each ``PERIOD`` in which fewer answers came back than it holds
-      (the answers take longer than that: a latency-bound run needs the width);
+    - a full window doubles after each ``PERIOD`` (the first from the first request it held back)
+      in which fewer answers came back than it holds (the answers take longer than that: a
+      latency-bound run needs the width; a window that turns over within the period keeps the
+      service busy);
     - it opens for good at the first 429 (the limiter paces from then on), once ``OPEN_AFTER``
       seconds have passed since the route's first request without one (the burst is a second's
       worth), when it has doubled to ``--concurrency``, or at the route's first answer when that
@@ -65,8 +67,8 @@ class SendWindow:
         self.out = 0
         self._clock = clock
         self._started: float | None = None
-        self._period = 0.0  # when the current period began (the first request, or the last check)
-        self._answers = 0  # answers back in the current period
+        self._full_since: float | None = None  # the period's start (the first held back, the last check)
+        self._answers = 0  # answers back in the period
         self._answered = False
         self._waiters: deque[anyio.Event] = deque()
 
@@ -76,25 +78,29 @@ class SendWindow:
         if self.opened:
             return True
         if self._started is None:
-            self._started = self._period = now
+            self._started = now
         elif now - self._started >= self.OPEN_AFTER:
             self.open()
             return True
-        if self.out >= self.size and now - self._period >= self.PERIOD:
-            slow = self._answers < self.size  # the window did not turn over in a whole period
-            self._period, self._answers = now, 0
-            if slow:
-                self._grow()
-                if self.opened:
-                    return True
-        if self.out < self.size:
-            self.out += 1
-            return True
-        return False
+        if self.out >= self.size:
+            if self._full_since is None:  # the first request the window holds back: a period starts
+                self._full_since, self._answers = now, 0
+            elif now - self._full_since >= self.PERIOD:
+                slow = self._answers < self.size  # the window did not turn over in a whole period
+                self._full_since, self._answers = now, 0
+                if slow:
+                    self._grow()
+                    if self.opened:
+                        return True
+            if self.out >= self.size:
+                return False
+        self.out += 1
+        return True
 
     def period_left(self, now: float) -> float:
-        """Seconds until the current period ends (a full window may then double)."""
-        return max(0.0, self._period + self.PERIOD - now)
+        """Seconds until the period of a full window ends (it may then double)."""
+        since = now if self._full_since is None else self._full_since
+        return max(0.0, since + self.PERIOD - now)
 
     def leave(self, entered: float) -> None:
         """A request let out at ``entered`` (``enter``'s answer) is answered, or failed."""

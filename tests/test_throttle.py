@@ -229,6 +229,21 @@ def test_the_send_window_starts_small_and_doubles_only_while_answers_are_slow() 
     assert sizes == [(32, 16, False), (64, 32, False), (128, 200, True)]
 
 
+def test_time_before_the_window_first_fills_is_no_slow_period() -> None:
+    """The credential proof goes alone and is answered quickly; the fan-out comes later than a
+    period after it (the report is opened, the rows read): still 16 out, the period starts when
+    the window first holds a request back."""
+    fake = FakeTime()
+    window = window_of(fake, 32)
+    proof = fake.now
+    assert window.try_enter(fake.now)
+    fake.now += 0.004
+    window.leave(proof)
+    fake.now += 3 * SendWindow.PERIOD
+    assert enter_all(window, fake, 32) == SendWindow.FIRST
+    assert (window.size, window.opened) == (SendWindow.FIRST, False)
+
+
 def test_a_send_window_that_turns_over_within_a_period_stays_as_it_is() -> None:
     """Quick answers: a full window whose every request was answered within the period is wide
     enough (it keeps the service busy); it stays at 16, however many periods pass."""
