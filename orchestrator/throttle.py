@@ -3,7 +3,6 @@ window of a route's start (the slow start). Pure logic on an injected clock, but
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections import deque
@@ -34,25 +33,24 @@ class SendWindow:
 
     A gateway lets a burst through (a limit of R a second lets about R through at once, then R a
     second), so an unpaced start cannot see a limit before the burst runs out, and every request out
-    at that moment is throttled. The window keeps that number small while answers come quickly (when
-    a small window costs nothing: it turns over many times a second), and opens as soon as it would
-    only cost time:
+    at that moment is throttled. The window keeps that number small while answers come quickly (a
+    small window then costs nothing: it turns over many times a second), and opens as soon as it
+    would only cost time:
 
     - ``FIRST`` requests may be out at once (a route whose ``--concurrency`` is not larger has no
       window);
     - a full window doubles after each ``PERIOD`` (the first from the first request it held back)
-      in which fewer answers came back than it holds (the answers take longer than that: a
-      latency-bound run needs the width; a window that turns over within the period keeps the
-      service busy);
+      while the route's quickest answer so far took ``PERIOD`` or more, or none came yet (a
+      latency-bound service: the run needs the width). The quickest answer, not the latest: the
+      first answers of a fan-out wait for new connections and, on a loaded machine, for the CPU;
     - it opens for good at the first 429 (the limiter paces from then on), once ``OPEN_AFTER``
       seconds have passed since the route's first request without one (the burst is a second's
       worth), when it has doubled to ``--concurrency``, or at the route's first answer when that
-      answer took ``SLOW`` seconds or more, and at least as long as the doublings to
-      ``--concurrency`` would (a service that slow answers nothing before the window has opened
-      anyway: the slow start would protect nothing and cost those doublings).
+      took ``SLOW`` or more (a service that slow answers nothing before the window would have
+      doubled open: the slow start would protect nothing and cost those doublings).
 
-    The route's first request is its credential proof, sent alone, so in practice the last rule
-    reads the service's latency before any create fans out.
+    The route's first request is its credential proof, sent alone, so in practice the first answer
+    tells the service's latency before any create fans out.
     """
 
     FIRST = 16
@@ -68,8 +66,7 @@ class SendWindow:
         self._clock = clock
         self._started: float | None = None
         self._full_since: float | None = None  # the period's start (the first held back, the last check)
-        self._answers = 0  # answers back in the period
-        self._answered = False
+        self._quickest: float | None = None  # the quickest answer so far, in seconds
         self._waiters: deque[anyio.Event] = deque()
 
     def try_enter(self, now: float) -> bool:
@@ -84,11 +81,10 @@ class SendWindow:
             return True
         if self.out >= self.size:
             if self._full_since is None:  # the first request the window holds back: a period starts
-                self._full_since, self._answers = now, 0
+                self._full_since = now
             elif now - self._full_since >= self.PERIOD:
-                slow = self._answers < self.size  # the window did not turn over in a whole period
-                self._full_since, self._answers = now, 0
-                if slow:
+                self._full_since = now
+                if self._quickest is None or self._quickest >= self.PERIOD:
                     self._grow()
                     if self.opened:
                         return True
@@ -108,13 +104,14 @@ class SendWindow:
             return
         now = self._clock()
         self.out -= 1
-        self._answers += 1
-        if not self._answered:
-            self._answered = True
-            doublings = math.ceil(math.log2(self.limit / self.size))
-            if now - entered >= max(self.SLOW, doublings * self.PERIOD):
+        took = now - entered
+        if self._quickest is None:
+            self._quickest = took
+            if took >= self.SLOW:
                 self.open()
                 return
+        else:
+            self._quickest = min(self._quickest, took)
         self._wake(1)
 
     def open(self) -> None:
