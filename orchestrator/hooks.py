@@ -42,7 +42,7 @@ import anyio
 import anyio.abc
 
 from orchestrator import defaults
-from orchestrator.api.credentials import CREDENTIAL_VARIABLES
+from orchestrator.config import CREDENTIAL_VARIABLES
 from orchestrator.console import Console
 from orchestrator.errors import UsageError
 from orchestrator.manifest import RawRow

@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from orchestrator import config, defaults
-from orchestrator.api.credentials import environment
-from orchestrator.config import Notify, check_project_id, parse_notify_url
+from orchestrator.config import Notify, check_project_id, environment, parse_notify_url
 from orchestrator.errors import UsageError
 from orchestrator.frame import Closing
 from orchestrator.hooks import HookPlan
