@@ -22,6 +22,8 @@
    70); best effort, they change nothing else.
 
 A command does its own work inside ``async with Frame(...) as frame:`` and returns ``frame.exit_code``.
+create's dry run, which waits for nothing, enters it without an event loop (``with frame:``): all
+the same but the notifications, which it cannot have.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import dataclasses
 import os
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -181,6 +183,16 @@ def recording_aborts(closing: Closing | None, command: str, console: Console) ->
         raise
 
 
+def _at_once(step: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (an exit stack holding only synchronous contexts) to its end."""
+    try:
+        step.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    step.close()
+    raise RuntimeError("an asynchronous context in a frame entered without an event loop")
+
+
 # --- the frame ---------------------------------------------------------------------------------
 class Frame:
     """One run of a command that writes a report, from its locks to its exit code.
@@ -247,10 +259,8 @@ class Frame:
         ended, interrupted = exc, None
         try:
             await self._stack.__aexit__(kind, exc, traceback)
-            if exc is None:
-                self.exit_code = self._finish()
-                if self.signals:
-                    ended = interrupted = Interrupted(self.signals[0], self.advice)
+            interrupted = self._closed(exc)
+            ended = interrupted or exc
         except BaseException as raised:
             ended = raised
             raise
@@ -260,6 +270,38 @@ class Frame:
             await self._notify_end(ended)
         if interrupted is not None:
             raise interrupted
+
+    def __enter__(self) -> Frame:
+        """The frame without an event loop, for a job that waits for nothing (create's dry run): no
+        notifications, and nothing asynchronous entered (``connect``, ``enter``)."""
+        if self.closing is not None and self.closing.notify:
+            raise RuntimeError("a frame that notifies runs in an event loop: async with")
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        ended, interrupted = exc, None
+        try:
+            _at_once(self._stack.__aexit__(kind, exc, traceback))
+            interrupted = self._closed(exc)
+            ended = interrupted or exc
+        except BaseException as raised:
+            ended = raised
+            raise
+        finally:
+            if ended is not None:
+                self._record_abort(ended)
+        if interrupted is not None:
+            raise interrupted
+
+    def _closed(self, exc: BaseException | None) -> Interrupted | None:
+        """After the report closed and the locks went: the end of a run that raised nothing (summary, side
+        files, exit code); a signal received makes it ``Interrupted``."""
+        if exc is not None:
+            return None
+        self.exit_code = self._finish()
+        return Interrupted(self.signals[0], self.advice) if self.signals else None
 
     def _record_abort(self, exc: BaseException) -> None:
         aborted = _aborted(exc)

@@ -31,7 +31,7 @@ from orchestrator.api import evs
 from orchestrator.api.safe import ONE_TRY, volume_snapshots
 from orchestrator.api.views import Snapshot
 from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError, UsageError
-from orchestrator.models import Answer, Outcome, Record, SnapshotRequest, utc_iso, utc_now
+from orchestrator.models import Answer, Outcome, Record, SnapshotRequest, planned, utc_iso, utc_now
 from orchestrator.report import ReportWriter, ResumeBook
 from orchestrator.resume import RunIndex
 from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retry_after, retrying
@@ -167,7 +167,7 @@ class Runner:
                 elif isinstance(item, Record):
                     self.emit(item)
                 elif self.plan.dry_run:
-                    self.emit(self._record(item, Outcome.PLANNED, _Attempt()))
+                    self.emit(planned(self.plan.run_id, item))
                 else:
                     since = None if self.resume is None else self.resume.uncertain_since(item.row)
                     if since is not None:
