@@ -270,6 +270,15 @@ class Connection:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WaitPlan:
+    """How long to wait in all, and how often to look (the interval grows by half up to its maximum)."""
+
+    timeout: float = defaults.WAIT_TIMEOUT
+    interval: float = defaults.POLL_INTERVAL
+    max_interval: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Notify:
     """Where a run says it started and ended (``--ping-url``, ``--webhook``), and how patiently.
 

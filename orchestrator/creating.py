@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING
 import anyio
 
 from orchestrator.api.safe import remaining_quota
+from orchestrator.api.views import HOLD_KEY
 from orchestrator.console import Console
-from orchestrator.errors import EvsSnapshotError, ListingFailed
+from orchestrator.errors import EvsSnapshotError, ListingFailed, UsageError
 from orchestrator.frame import Frame
-from orchestrator.groupplan import Server, check_groups_offered, check_zones, plan_servers
+from orchestrator.groupplan import Server, check_groups_offered, check_zones, plan_servers, valid_tag
 from orchestrator.grouprun import GroupRunner
 from orchestrator.groupsweep import sweep_run
 from orchestrator.manifest import manifest_digest, read_rows, spooled
@@ -55,6 +56,12 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
     """Run the whole job and return the exit code; raises ``EvsSnapshotError`` for run-level errors."""
     started = time.monotonic()  # the run's time and --deadline count from here
     settings = checked(settings, console)
+    hold = settings.defaults.hold
+    if settings.grouped and hold is not None and not valid_tag(HOLD_KEY, hold):
+        raise UsageError(
+            f"--hold {hold!r}: with --consistency server the hold is a tag of the snapshot group, and a tag "
+            "value is at most 43 letters, digits, '_', '.' or '-'"
+        )
     also_known = frozenset({"emulator_status"}) if settings.emulator else frozenset()
     display = "<stdin>" if settings.source.path == "-" else settings.source.path
     with spooled(settings.source) as source:

@@ -17,12 +17,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.api.views import HOLD_KEY
 from orchestrator.defaults import GRACE, SETTLE
 from orchestrator.duplicates import duplicate_candidates
 from orchestrator.errors import UsageError
 from orchestrator.frame import Frame
-from orchestrator.groupplan import valid_tag
 from orchestrator.hooks import HookPlan
 from orchestrator.lock import content_lock, manifest_lock, report_lock, run_lock
 from orchestrator.manifest import manifest_digest, read_rows, spooled
@@ -34,14 +32,13 @@ from orchestrator.tally import Tally
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Router
-    from orchestrator.config import Connection, RowDefaults, RunIdentity
+    from orchestrator.config import Connection, RowDefaults, RunIdentity, WaitPlan
     from orchestrator.console import Console
     from orchestrator.frame import Closing
     from orchestrator.lock import Held, Lock
     from orchestrator.manifest import ManifestSource, RawRow
     from orchestrator.report import ReportWriter, ResumeBook
     from orchestrator.retry import RetryPolicy
-    from orchestrator.waiter import WaitPlan
 
 SETTLE_WARN = 10.0  # a shorter --settle may not outlast a late commit
 
@@ -104,12 +101,6 @@ def checked(settings: CreateSettings, console: Console) -> CreateSettings:
         raise UsageError("--emulator starts its own emulator; leave out --endpoint (or leave out --emulator)")
     if settings.report != "-":
         check_report_path(Path(settings.report))
-    hold = settings.defaults.hold
-    if settings.grouped and hold is not None and not valid_tag(HOLD_KEY, hold):
-        raise UsageError(
-            f"--hold {hold!r}: with --consistency server the hold is a tag of the snapshot group, and a tag "
-            "value is at most 43 letters, digits, '_', '.' or '-'"
-        )
     if settings.emulator:
         from orchestrator.demo import demo_defaults  # noqa: PLC0415 - the emulator: 15 ms of every start-up
 

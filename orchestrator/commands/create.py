@@ -20,12 +20,11 @@ from orchestrator.planning import CreateSettings, plan
 from orchestrator.rules import check_hold_reason
 
 if TYPE_CHECKING:
-    from orchestrator.config import Connection, RowDefaults
+    from orchestrator.config import Connection, RowDefaults, WaitPlan
     from orchestrator.console import Console
     from orchestrator.frame import Closing
     from orchestrator.manifest import ManifestSource
     from orchestrator.retry import RetryPolicy
-    from orchestrator.waiter import WaitPlan
 
 
 @click.command("create")
