@@ -48,7 +48,7 @@ from orchestrator.console import Console
 from orchestrator.defaults import GRACE
 from orchestrator.entry import exit_code_of
 from orchestrator.errors import Interrupted, ResumeMismatch, RunAborted, UsageError, first_error
-from orchestrator.hooks import HookContext, HookPlan, Hooks
+from orchestrator.hookplan import HookContext, HookPlan
 from orchestrator.lock import Held, Lock, holding, report_lock
 from orchestrator.models import Record, RunHeader, shape_difference, utc_now
 from orchestrator.report import ReportWriter, ResumeBook, check_report_path, read_header
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from orchestrator.api.notify import Notifier
     from orchestrator.api.routes import Router
     from orchestrator.config import Connection, Notify
+    from orchestrator.hooks import Hooks
     from orchestrator.servers import ServerRows
 
 T = TypeVar("T")
@@ -426,6 +427,10 @@ class Frame:
         if not plan:
             yield None
             return
+        # subprocesses and anyio's process machinery: 50 M instructions a dry run does not pay
+        # (benchmarks startup)
+        from orchestrator.hooks import Hooks  # noqa: PLC0415 - see above
+
         self.hooks = Hooks(
             plan,
             context=HookContext.of(self.run_id, manifest=manifest, report=self.report),

@@ -26,7 +26,7 @@ from orchestrator import config, defaults
 from orchestrator.config import Notify, WaitPlan, check_project_id, environment, parse_notify_url
 from orchestrator.errors import UsageError
 from orchestrator.frame import Closing
-from orchestrator.hooks import HookPlan
+from orchestrator.hookplan import HookPlan
 from orchestrator.manifest import ManifestSource
 from orchestrator.retry import RetryPolicy
 from orchestrator.rules import check_metadata_option_keys, check_metadata_templates, check_template
@@ -34,7 +34,7 @@ from orchestrator.rules import check_metadata_option_keys, check_metadata_templa
 if TYPE_CHECKING:
     from orchestrator.config import Connection, Notify, RowDefaults, WaitPlan
     from orchestrator.frame import Closing
-    from orchestrator.hooks import HookPlan
+    from orchestrator.hookplan import HookPlan
     from orchestrator.manifest import ManifestSource
     from orchestrator.retry import RetryPolicy
 

@@ -21,7 +21,7 @@ from orchestrator.defaults import GRACE, SETTLE
 from orchestrator.duplicates import duplicate_candidates
 from orchestrator.errors import UsageError
 from orchestrator.frame import Frame
-from orchestrator.hooks import HookPlan
+from orchestrator.hookplan import HookPlan
 from orchestrator.lock import content_lock, manifest_lock, report_lock, run_lock
 from orchestrator.manifest import manifest_digest, read_rows, spooled
 from orchestrator.models import Outcome, Record, RunHeader, planned, utc_iso

@@ -92,13 +92,18 @@ class Guard:
         elif self.cancel is not None:
             self.cancel()
 
-    async def receive(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Receive every signal until cancelled (``task_status`` is set once the handlers are in place)."""
+    async def receive(self, *, task_status: anyio.abc.TaskStatus[None] | None = None) -> None:
+        """Receive every signal until cancelled (``task_status`` is set once the handlers are in place).
+
+        Its default is ``None``, not ``anyio.TASK_STATUS_IGNORED``: that attribute, read where this
+        class is defined, would import anyio's task machinery into a dry run (``benchmarks startup``)."""
         if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
-            task_status.started()
+            if task_status is not None:
+                task_status.started()
             await anyio.sleep_forever()
         with anyio.open_signal_receiver(*self.signals) as signals:
-            task_status.started()
+            if task_status is not None:
+                task_status.started()
             async for signum in signals:
                 self.deliver(signum)
 

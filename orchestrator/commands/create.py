@@ -14,7 +14,7 @@ from orchestrator import options
 from orchestrator.console import Console
 from orchestrator.defaults import SETTLE
 from orchestrator.entry import run, run_now
-from orchestrator.hooks import HookPlan
+from orchestrator.hookplan import HookPlan
 from orchestrator.models import utc_now
 from orchestrator.planning import CreateSettings, plan
 from orchestrator.rules import check_hold_reason
