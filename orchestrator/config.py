@@ -10,7 +10,6 @@ import dataclasses
 import ipaddress
 import os
 import re
-import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,7 +67,7 @@ class RunIdentity:
     @classmethod
     def new(cls, started: datetime) -> RunIdentity:
         """A fresh identity; the id starts with the start time so that a resumed run can recover it."""
-        return cls(run_id=f"{started:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}", started=started)
+        return cls(run_id=f"{started:%Y%m%dT%H%M%SZ}-{os.urandom(3).hex()}", started=started)
 
     @classmethod
     def resumed(cls, run_id: str) -> RunIdentity:

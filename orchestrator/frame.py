@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
@@ -97,7 +96,7 @@ def check_writable(path: Path, option: str) -> None:
     if path.exists() and not path.is_file():
         # Renaming over a device (/dev/null) would replace it, and reading one (/dev/zero) never ends.
         raise UsageError(f"{option} {path} is not a regular file (a device or a pipe); give a file path")
-    probe = path.with_name(f".{path.name}.{secrets.token_hex(4)}.probe")
+    probe = path.with_name(f".{path.name}.{os.urandom(4).hex()}.probe")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
