@@ -29,6 +29,7 @@ from orchestrator.frame import Frame
 from orchestrator.groupplan import Server, check_groups_offered, check_zones, plan_servers, valid_tag
 from orchestrator.grouprun import GroupRunner
 from orchestrator.groupsweep import sweep_run
+from orchestrator.hooks import hook_servers
 from orchestrator.manifest import manifest_digest, read_rows, spooled
 from orchestrator.planning import CreateSettings, begin, candidates, checked, identify, lock, new_frame, phase
 from orchestrator.progress import Progress
@@ -111,7 +112,7 @@ async def _locked(
     started: float,
     servers: dict[str, Server] | None,
 ) -> None:
-    hook_servers = await settings.hooks.servers(rows)  # exit 2 here when a row names no server
+    servers_hooked = await hook_servers(settings.hooks, rows)  # exit 2 here when a row names no server
     if settings.emulator:
         from orchestrator.demo import with_emulator  # noqa: PLC0415 - the emulator: 15 ms of every start-up
 
@@ -154,7 +155,7 @@ async def _locked(
     runner: Runner | GroupRunner
     async with anyio.create_task_group() as group:
         async with frame.freezing(  # inside the drain: a post-hook owed runs before the drain ends
-            settings.hooks, manifest=settings.source.path, servers=hook_servers, deadline=plan.deadline
+            settings.hooks, manifest=settings.source.path, servers=servers_hooked, deadline=plan.deadline
         ) as gate:
             if servers is None:
                 runner = Runner(plan, router=router, writer=writer, tally=tally, resume=book, gate=gate)

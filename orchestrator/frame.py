@@ -47,7 +47,7 @@ from orchestrator.console import Console
 from orchestrator.defaults import GRACE
 from orchestrator.entry import exit_code_of
 from orchestrator.errors import Interrupted, ResumeMismatch, RunAborted, UsageError, first_error
-from orchestrator.hookplan import HookContext, HookPlan
+from orchestrator.hookplan import HookPlan
 from orchestrator.lock import Held, Lock, holding, report_lock
 from orchestrator.models import Record, RunHeader, shape_difference, utc_now
 from orchestrator.report import ReportWriter, ResumeBook, check_report_path, read_header
@@ -428,7 +428,7 @@ class Frame:
             return
         # subprocesses and anyio's process machinery: 50 M instructions a dry run does not pay
         # (benchmarks startup)
-        from orchestrator.hooks import Hooks  # noqa: PLC0415 - see above
+        from orchestrator.hooks import HookContext, Hooks  # noqa: PLC0415 - see above
 
         self.hooks = Hooks(
             plan,

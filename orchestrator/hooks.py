@@ -23,7 +23,7 @@ end-of-run sweep and before ``--wait``. The rules:
 
 ``Hooks`` is the runner's ``Gate``: the runner tells it which rows it queues and finishes, and asks it
 before sending a row. ``Frame.freezing`` makes one and counts its failures in the summary. What create
-was told (``HookPlan``) and what each hook is told (``HookContext``) are in ``hookplan``.
+was told (``HookPlan``) is in ``hookplan``.
 """
 
 from __future__ import annotations
@@ -36,23 +36,55 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 
 from orchestrator.config import CREDENTIAL_VARIABLES
 from orchestrator.console import Console
-from orchestrator.hookplan import PLACEHOLDER, HookContext, HookPlan
+from orchestrator.hookplan import PLACEHOLDER, HookPlan
 from orchestrator.models import SUCCESSFUL, Record
-from orchestrator.servers import ServerRows
+from orchestrator.servers import ServerRows, rows_by_server
+from orchestrator.signals import in_thread
+
+if TYPE_CHECKING:
+    from orchestrator.manifest import RawRow
 
 # Besides the credentials: URLs that may carry a token of their own.
 PRIVATE_VARIABLES = (*CREDENTIAL_VARIABLES, "EVS_SNAPSHOT_PING_URL", "EVS_SNAPSHOT_WEBHOOK")
 LINE_MAX = 4096  # characters of one output line shown; a longer line is cut into pieces
 OUTPUT_GRACE = 1.0  # seconds the output is still read after the hook's shell ended (background children)
 NAMED_FAILURES = 10  # failed hooks named one per line in the summary
+
+
+async def hook_servers(plan: HookPlan, rows: Callable[[], Iterable[RawRow]]) -> ServerRows | None:
+    """With ``--hook-per-server``: the manifest's rows by server, read in a worker thread; a row that
+    names no server raises ``UsageError`` (exit 2, before anything is sent)."""
+    if not plan.per_server:
+        return None
+    servers = await in_thread(lambda: rows_by_server(rows()))
+    servers.require("--hook-per-server")
+    return servers
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class HookContext:
+    """What every hook of a run is told: the run id, the manifest path and the report path."""
+
+    run_id: str
+    manifest: str
+    report: str
+
+    @classmethod
+    def of(cls, run_id: str, *, manifest: str, report: str) -> HookContext:
+        """The paths made absolute (``-``, standard input or output, stays)."""
+        return cls(
+            run_id=run_id,
+            manifest=manifest if manifest == "-" else os.path.abspath(manifest),
+            report=report if report == "-" else os.path.abspath(report),
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
