@@ -22,7 +22,19 @@ from tests.helpers import PROJECT, csv_manifest, volume_ids
 COMMANDS_DIR = Path(__file__).resolve().parent.parent / "orchestrator" / "commands"
 CLIENT = ("aiohttp", "orchestrator.api.routes", "orchestrator.api.session", "orchestrator.api.iam")
 EMULATOR = ("orchestrator.emulator", "orchestrator.demo")
-RUN = ("asyncio", "yarl", "orchestrator.creating", "orchestrator.runner")  # what a dry run needs none of
+# What a dry run needs none of: an event loop, the HTTP client's URLs, the run's machinery, the API
+# calls, the hooks' subprocesses (benchmarks startup).
+RUN = (
+    "asyncio",
+    "yarl",
+    "email",
+    "subprocess",
+    "orchestrator.creating",
+    "orchestrator.runner",
+    "orchestrator.api",
+    "orchestrator.hooks",
+    "orchestrator.servers",
+)
 
 
 # The CLI as ``python -m orchestrator`` runs it; at exit, the names in ``sys.modules`` go to a file.
@@ -75,7 +87,7 @@ def test_a_dry_run_loads_no_client_no_emulator_and_no_other_command(
     write: Callable[[str, str | bytes], Path], tmp_path: Path
 ) -> None:
     """A one-row ``create --dry-run`` imports ``create`` alone of the commands, no aiohttp or emulator, and
-    no event loop, worker pool or HTTP client (asyncio, the run's ``creating`` and ``runner``, yarl)."""
+    nothing of a run that sends (``RUN``: no event loop, worker pool, API call or hook process)."""
     manifest = csv_manifest(write, volume_ids(1))
     report = tmp_path / "r.jsonl"
     modules = _imported(
