@@ -4,8 +4,8 @@ run share (locks, run identity, report header, row validator); ``plan``, the dry
 A dry run waits for nothing, so it runs without an event loop (``entry.run_now``): no asyncio, no
 worker pool, no HTTP client to import (``benchmarks startup``). It takes the same locks, writes the same
 header and records, and ends in the same frame as the run of ``creating.create``; a dry run with
-something the loop does (freeze hooks, ``--emulator``, ``--consistency server``, notifications) runs
-there. ``commands/create.py`` picks one of the two.
+something the loop does (freeze hooks, ``--emulator``, ``--consistency server``, notifications, the
+progress line of a terminal) runs there. ``commands/create.py`` picks one of the two.
 """
 
 from __future__ import annotations
@@ -74,9 +74,10 @@ class CreateSettings:
 
     @property
     def loopless(self) -> bool:
-        """A dry run that needs no event loop (``plan``): no hooks, emulator, groups or notifications."""
+        """A dry run that needs no event loop (``plan``): no hooks, emulator, groups, notifications or
+        progress line (redrawn by a task of the loop)."""
         notify = self.closing.notify
-        return self.dry_run and not (self.hooks or self.emulator or self.grouped or notify)
+        return self.dry_run and not (self.hooks or self.emulator or self.grouped or notify or self.progress)
 
 
 def checked(settings: CreateSettings, console: Console) -> CreateSettings:
