@@ -114,7 +114,7 @@ def environment() -> Mapping[str, str]:
 
 
 def _url(text: str, *, encoded: bool = False) -> URL:
-    """``yarl.URL(text)``, yarl imported on first use: 30 M instructions a dry run, which makes no URL,
+    """``yarl.URL(text)``, yarl imported on first use: 26 M instructions a dry run, which makes no URL,
     does not pay (``benchmarks startup``)."""
     from yarl import URL  # noqa: PLC0415 - see the docstring
 

@@ -426,7 +426,7 @@ class Frame:
         if not plan:
             yield None
             return
-        # subprocesses and anyio's process machinery: 50 M instructions a dry run does not pay
+        # subprocesses and anyio's process machinery: 40 M instructions a dry run does not pay
         # (benchmarks startup)
         from orchestrator.hooks import HookContext, Hooks  # noqa: PLC0415 - see above
 

@@ -195,7 +195,7 @@ def retry_after(value: str | None, now: datetime | None = None) -> float | None:
     except ValueError:
         pass
 
-    # email.utils (and socket, calendar, ...): 35 M instructions a dry run never needs (benchmarks startup)
+    # email.utils (and socket, calendar, ...): 26 M instructions a dry run never needs (benchmarks startup)
     from email.utils import parsedate_to_datetime  # noqa: PLC0415 - see above
 
     try:

@@ -152,7 +152,7 @@ def command(
     )
     if settings.loopless:
         raise SystemExit(run_now(lambda: plan(settings, console=console), console=console))
-    # The run and its machinery (worker pool, sweep, wait, groups): 120 M instructions a dry run, which
+    # The run and its machinery (worker pool, sweep, wait, groups): 167 M instructions a dry run, which
     # needs none of it, does not load (benchmarks startup).
     from orchestrator.creating import create  # noqa: PLC0415 - see above
 
