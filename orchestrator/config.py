@@ -1,20 +1,41 @@
-"""Frozen settings of a run (endpoints, limits, row defaults) and the functions that build them."""
+"""Frozen settings of a run (endpoints, limits, row defaults) and the functions that build them.
+
+The credential kinds and the variables credentials come from are named here; ``api.credentials`` reads
+them. yarl loads on the first URL made (``_url``): a dry run makes none (``benchmarks startup``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
-import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-
-from yarl import URL
+from typing import TYPE_CHECKING, Literal
 
 from orchestrator import defaults
-from orchestrator.api.credentials import AUTH_KINDS, AuthKind
 from orchestrator.errors import UsageError
+
+if TYPE_CHECKING:
+    from yarl import URL
+
+AuthKind = Literal["token", "aksk", "password"]
+AUTH_KINDS: tuple[AuthKind, ...] = ("token", "aksk", "password")
+
+# Every variable ``api.credentials`` takes credentials from (a path to them included): what a child
+# process the tool starts (create's hooks) must not inherit.
+CREDENTIAL_VARIABLES = (
+    "OS_AUTH_TOKEN",
+    "HUAWEICLOUD_SDK_AK",
+    "HUAWEICLOUD_SDK_SK",
+    "HUAWEICLOUD_SDK_SECURITY_TOKEN",
+    "HUAWEICLOUD_SDK_CREDENTIALS_FILE",
+    "OS_USERNAME",
+    "OS_PASSWORD",
+    "OS_USER_DOMAIN_NAME",
+)
 
 REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z]+)+-\d{1,3}$")
 PROJECT_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -46,7 +67,7 @@ class RunIdentity:
     @classmethod
     def new(cls, started: datetime) -> RunIdentity:
         """A fresh identity; the id starts with the start time so that a resumed run can recover it."""
-        return cls(run_id=f"{started:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}", started=started)
+        return cls(run_id=f"{started:%Y%m%dT%H%M%SZ}-{os.urandom(3).hex()}", started=started)
 
     @classmethod
     def resumed(cls, run_id: str) -> RunIdentity:
@@ -84,7 +105,20 @@ IAM_REGIONS = frozenset(
         *("ae-ad-1", "tr-west-1"),
     }
 )
-GLOBAL_IAM = URL("https://iam.myhuaweicloud.com")
+GLOBAL_IAM = "https://iam.myhuaweicloud.com"
+
+
+def environment() -> Mapping[str, str]:
+    """The process environment (a function, so callers pass it explicitly and tests pass their own)."""
+    return os.environ
+
+
+def _url(text: str, *, encoded: bool = False) -> URL:
+    """``yarl.URL(text)``, yarl imported on first use: 26 M instructions a dry run, which makes no URL,
+    does not pay (``benchmarks startup``)."""
+    from yarl import URL  # noqa: PLC0415 - see the docstring
+
+    return URL(text, encoded=encoded)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,14 +144,14 @@ class Endpoints:
                 "a row has no region and no --endpoint was given: pass the --endpoint (or --region) "
                 "the run used"
             )
-        return self.regions.get(region) or URL(f"https://evs.{region}.myhuaweicloud.com")
+        return self.regions.get(region) or _url(f"https://evs.{region}.myhuaweicloud.com")
 
     def iam_url(self) -> URL:
         if self.iam is not None:
             return self.iam
         if self.home_region in IAM_REGIONS:
-            return URL(f"https://iam.{self.home_region}.myhuaweicloud.com")
-        return GLOBAL_IAM
+            return _url(f"https://iam.{self.home_region}.myhuaweicloud.com")
+        return _url(GLOBAL_IAM)
 
 
 def region_overrides(environ: Mapping[str, str]) -> dict[str, URL]:
@@ -147,7 +181,7 @@ def parse_endpoint(value: str, *, option: str) -> URL:
     """
     shown = redact_url(value)
     try:
-        url = URL(value.strip().rstrip("/"))
+        url = _url(value.strip().rstrip("/"))
         host = url.raw_host
     except ValueError as exc:
         raise UsageError(f"{option} {shown!r} is not a valid URL ({exc}); use https://host[:port]") from None
@@ -235,6 +269,15 @@ class Connection:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WaitPlan:
+    """How long to wait in all, and how often to look (the interval grows by half up to its maximum)."""
+
+    timeout: float = defaults.WAIT_TIMEOUT
+    interval: float = defaults.POLL_INTERVAL
+    max_interval: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Notify:
     """Where a run says it started and ended (``--ping-url``, ``--webhook``), and how patiently.
 
@@ -262,7 +305,7 @@ def parse_notify_url(value: str, *, option: str) -> str:
     path, a query and ``user:password@`` (all kept, none shown: errors use ``redact_url``)."""
     shown = redact_url(value.strip())
     try:
-        url = URL(value.strip(), encoded=True)
+        url = _url(value.strip(), encoded=True)
         host = url.raw_host
     except ValueError as exc:
         raise UsageError(f"{option} {shown!r} is not a valid URL ({exc})") from None

@@ -6,12 +6,13 @@ that may be duplicated, and digests the file for the report's header (an honest 
 second pass validates each row and streams it to the runner (``runner.Runner``, or with
 ``--consistency server`` ``grouprun.GroupRunner``), inside the run frame and its freeze hooks. When
 every row is done, the sweep removes any second snapshot (or group) a late commit made, then
-``--wait`` polls until each settles. ``commands/create.py`` only wires its options to ``create``.
+``--wait`` polls until each settles. The settings, their checks and the steps a dry run shares are
+in ``planning`` (a dry run with nothing for the loop to do runs there, ``planning.plan``);
+``commands/create.py`` only wires its options to one of the two.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
@@ -23,27 +24,16 @@ import anyio
 from orchestrator.api.safe import remaining_quota
 from orchestrator.api.views import HOLD_KEY
 from orchestrator.console import Console
-from orchestrator.defaults import GRACE, SETTLE
-from orchestrator.duplicates import duplicate_candidates
 from orchestrator.errors import EvsSnapshotError, ListingFailed, UsageError
 from orchestrator.frame import Frame
 from orchestrator.groupplan import Server, check_groups_offered, check_zones, plan_servers, valid_tag
 from orchestrator.grouprun import GroupRunner
 from orchestrator.groupsweep import sweep_run
-from orchestrator.hooks import HookPlan
-from orchestrator.lock import content_lock, manifest_lock, report_lock, run_lock
+from orchestrator.hooks import hook_servers
 from orchestrator.manifest import manifest_digest, read_rows, spooled
-from orchestrator.models import RunHeader, utc_iso
+from orchestrator.planning import CreateSettings, begin, candidates, checked, identify, lock, new_frame, phase
 from orchestrator.progress import Progress
-from orchestrator.report import (
-    check_report_path,
-    final_records,
-    name_shape,
-    read_header,
-    refuse_existing,
-    resume_identity,
-)
-from orchestrator.rules import RowValidator, columns_checked
+from orchestrator.report import final_records
 from orchestrator.runner import Runner, RunPlan
 from orchestrator.signals import cancel_on_signal, drain_on_signal, in_thread
 from orchestrator.sweep import sweep_policy
@@ -52,83 +42,27 @@ from orchestrator.waiter import Waiter
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Router
-    from orchestrator.config import Connection, RowDefaults, RunIdentity
+    from orchestrator.config import RunIdentity
     from orchestrator.console import Console
-    from orchestrator.frame import Closing, Frame
-    from orchestrator.lock import Lock
-    from orchestrator.manifest import ManifestSource, RawRow
+    from orchestrator.frame import Frame
+    from orchestrator.manifest import RawRow
     from orchestrator.models import Outcome
     from orchestrator.report import ReportWriter, ResumeBook
-    from orchestrator.retry import RetryPolicy
     from orchestrator.tally import Tally
-    from orchestrator.waiter import WaitPlan
 
-SETTLE_WARN = 10.0  # a shorter --settle may not outlast a late commit
 QUOTA_CHECK_SECONDS = 10.0  # the pre-flight quota check never holds the run up longer
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class CreateSettings:
-    """Everything ``create`` was told, resolved from options and the environment."""
-
-    source: ManifestSource
-    report: str
-    defaults: RowDefaults
-    connection: Connection
-    closing: Closing
-    policy: RetryPolicy
-    dry_run: bool = False
-    progress: bool = False
-    emulator: bool = False
-    resume: bool = False
-    lock_file: Path | None = None
-    deadline: float | None = None  # seconds for the whole run
-    settle: float = SETTLE
-    keep_duplicates: bool = False
-    wait: WaitPlan | None = None
-    grace: float = GRACE
-    hooks: HookPlan = dataclasses.field(default_factory=HookPlan)
-    consistency: str = "disk"  # "server": one v5 snapshot group per server (groupplan, grouprun)
-
-    @property
-    def grouped(self) -> bool:
-        return self.consistency == "server"
 
 
 async def create(settings: CreateSettings, *, console: Console) -> int:
     """Run the whole job and return the exit code; raises ``EvsSnapshotError`` for run-level errors."""
     started = time.monotonic()  # the run's time and --deadline count from here
-
-    if settings.wait is not None and settings.report == "-":
-        raise UsageError("--wait reads the report back, so it needs a --report file, not standard output")
-    if settings.resume and settings.report == "-":
-        raise UsageError("--resume needs a --report file to read, not standard output")
-    if settings.resume and settings.dry_run:
-        # A plan written into the run's report would read as rows done: the next --resume would trust it.
-        raise UsageError(
-            "--dry-run does not mix with --resume: a plan must not be written into the report a resume "
-            "reads. To see what a resume would send, run `evs-snapshot summary REPORT`"
-        )
-    if settings.settle < SETTLE_WARN:
-        console.warn(
-            f"--settle {settings.settle:g}s is under {SETTLE_WARN:g}s: a create the gateway answered 504 may "
-            "commit later than that, and the row would be sent again (the end-of-run sweep deletes a "
-            "second snapshot it finds, but keep --settle at 60s for real runs)"
-        )
-    if settings.emulator and settings.connection.endpoints.evs is not None:
-        raise UsageError("--emulator starts its own emulator; leave out --endpoint (or leave out --emulator)")
-    if settings.report != "-":
-        check_report_path(Path(settings.report))
+    settings = checked(settings, console)
     hold = settings.defaults.hold
     if settings.grouped and hold is not None and not valid_tag(HOLD_KEY, hold):
         raise UsageError(
             f"--hold {hold!r}: with --consistency server the hold is a tag of the snapshot group, and a tag "
             "value is at most 43 letters, digits, '_', '.' or '-'"
         )
-    if settings.emulator:
-        from orchestrator.demo import demo_defaults  # noqa: PLC0415 - the emulator: 15 ms of every start-up
-
-        settings = dataclasses.replace(settings, defaults=demo_defaults(settings.defaults))
     also_known = frozenset({"emulator_status"}) if settings.emulator else frozenset()
     display = "<stdin>" if settings.source.path == "-" else settings.source.path
     with spooled(settings.source) as source:
@@ -139,35 +73,14 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
 
         # A signal stops a long pass promptly (the passes run in a worker thread).
         digest = await in_thread(lambda: manifest_digest(source, display=display))
-        frame = Frame(
-            command="create",
-            console=console,
-            report=settings.report,
-            closing=settings.closing,
-            grace=settings.grace,
-        )
+        frame = new_frame(settings, console)
         async with frame:
-            # Locks first: a second run of this manifest, report or run exits 75 (not 2, "report exists").
-            held = frame.lock(_locks(settings, digest), "create --resume" if settings.resume else "create")
-            if not settings.resume and settings.report != "-":
-                refuse_existing(Path(settings.report))  # before anything is sent
-            total, candidates = await in_thread(  # a --metadata column no row has exits 2 here
-                lambda: duplicate_candidates(
-                    columns_checked(rows(warn_columns=True), settings.defaults), settings.defaults
-                )
-            )
+            held = lock(frame, settings, digest)
+            total, keys = await in_thread(lambda: candidates(rows, settings))
             servers = None
             if settings.grouped:  # rows without a server, or servers no group takes: exit 2 here
                 servers = await in_thread(lambda: plan_servers(rows(), settings.defaults))
-            book, identity = resume_identity(
-                settings.report,
-                settings.resume,
-                total=total,
-                digest=digest,
-                display=display,
-                shape=_shape(settings),
-            )
-            held.take(run_lock(identity.run_id))  # a new run's, before its header names it anywhere
+            book, identity = identify(held, settings, total=total, digest=digest, display=display)
             await _locked(
                 frame,
                 settings,
@@ -177,27 +90,12 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
                 digest,
                 display,
                 rows,
-                candidates,
+                keys,
                 console,
                 started,
                 servers,
             )
         return frame.exit_code
-
-
-def _locks(settings: CreateSettings, digest: str) -> list[Lock]:
-    """The manifest's lock (or --lock-file), the report's, and the lock of the run the report holds."""
-
-    locks = [manifest_lock(settings.source.path, digest=digest, lock_file=settings.lock_file)]
-    if settings.lock_file is None and settings.source.path != "-":
-        locks.append(content_lock(digest))  # the same rows from a copy or from standard input
-    if settings.report != "-":
-        locks.append(report_lock(settings.report))
-        with contextlib.suppress(UsageError, OSError):  # not a report: refuse_existing or the resume says so
-            header = read_header(Path(settings.report))
-            if header is not None:
-                locks.append(run_lock(header.run_id))
-    return locks
 
 
 async def _locked(
@@ -214,7 +112,7 @@ async def _locked(
     started: float,
     servers: dict[str, Server] | None,
 ) -> None:
-    hook_servers = await settings.hooks.servers(rows)  # exit 2 here when a row names no server
+    servers_hooked = await hook_servers(settings.hooks, rows)  # exit 2 here when a row names no server
     if settings.emulator:
         from orchestrator.demo import with_emulator  # noqa: PLC0415 - the emulator: 15 ms of every start-up
 
@@ -235,28 +133,15 @@ async def _locked(
         if servers is not None:  # before the report: a region without groups, two zones exit 2
             await check_groups_offered(router, servers, settings.policy)
             await check_zones(router, servers, settings.policy)
-    writer = frame.open_report(
-        RunHeader(
-            run_id=identity.run_id,
-            command="create",
-            manifest=display,
-            rows=total,
-            digest=digest,
-            shape=_shape(settings),
-            started_at=utc_iso(identity.started),
-            emulator=settings.emulator,
-            dry_run=settings.dry_run,
-            journal=True,
-            window=settings.settle + settings.connection.limits.timeout,
-            connection={} if settings.emulator else settings.connection.recorded(),
-        ),
-        resume=settings.resume,
-    )
-    validator = RowValidator(
-        defaults=settings.defaults,
-        identity=identity,
+    writer, validator, tally = begin(
+        frame,
+        settings,
+        identity,
+        total=total,
+        digest=digest,
+        display=display,
         candidates=candidates,
-        region_required=settings.connection.endpoints.evs is None,
+        started=started,
     )
     plan = RunPlan(
         run_id=identity.run_id,
@@ -267,12 +152,10 @@ async def _locked(
         settle=settings.settle,
         timeout=settings.connection.limits.timeout,
     )
-    tally = frame.tally = Tally(manifest_rows=total)
-    tally.started = started
     runner: Runner | GroupRunner
     async with anyio.create_task_group() as group:
         async with frame.freezing(  # inside the drain: a post-hook owed runs before the drain ends
-            settings.hooks, manifest=settings.source.path, servers=hook_servers, deadline=plan.deadline
+            settings.hooks, manifest=settings.source.path, servers=servers_hooked, deadline=plan.deadline
         ) as gate:
             if servers is None:
                 runner = Runner(plan, router=router, writer=writer, tally=tally, resume=book, gate=gate)
@@ -304,7 +187,7 @@ async def _locked(
                 )
                 await runner.run(validator.validate_all(rows()))
         group.cancel_scope.cancel()
-    _phase(tally, "create", started, router)
+    phase(tally, "create", started, router)
     if router is not None and not frame.signals:
         frame.tally = await _after_create(
             settings,
@@ -352,7 +235,7 @@ async def _after_create(
                 tally.unfinished.append("the --deadline passed before the duplicate sweep finished")
                 console.error(f"{tally.unfinished[-1]}; run `evs-snapshot wait {report}` to sweep again")
                 return tally
-        _phase(tally, "sweep", started, router)  # a sweep with nothing to look at is a phase of 0 requests
+        phase(tally, "sweep", started, router)  # a sweep with nothing to look at is a phase of 0 requests
     if settings.wait is None or report is None:
         return tally
     started = time.monotonic()
@@ -369,7 +252,7 @@ async def _after_create(
     if scope.cancelled_caught:
         waited.unfinished.append("the --deadline passed while waiting")
         console.error(f"{waited.unfinished[-1]}; run `evs-snapshot wait {report}` to wait for the rest")
-    _phase(waited, "wait", started, router)
+    phase(waited, "wait", started, router)
     return waited
 
 
@@ -410,15 +293,6 @@ async def _sweep(
         )
 
 
-def _shape(settings: CreateSettings) -> dict[str, str]:
-    """The run's shape (``report.name_shape``), and ``consistency`` when it is ``server``: a resume in
-    the other mode would look its rows up where they are not."""
-    shape = name_shape(settings.defaults)
-    if settings.grouped:
-        shape["consistency"] = settings.consistency
-    return shape
-
-
 async def _warn_over_quota(settings: CreateSettings, router: Router, total: int, console: Console) -> None:
     """Before the first create: warn when the rows exceed the project's remaining snapshot quota.
 
@@ -443,7 +317,3 @@ async def _warn_over_quota(settings: CreateSettings, router: Router, total: int,
             rows=total,
             remaining=remaining,
         )
-
-
-def _phase(tally: Tally, name: str, started: float, router: Router | None) -> None:
-    tally.phase(name, time.monotonic() - started, {} if router is None else router.counts())

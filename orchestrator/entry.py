@@ -15,7 +15,7 @@ import anyio
 
 from orchestrator.console import Console
 from orchestrator.errors import INTERNAL_ERROR, EvsSnapshotError, first_error
-from orchestrator.signals import guarded, received
+from orchestrator.signals import guarded, guarded_now, received
 
 
 def exit_code_of(exc: BaseException) -> int:
@@ -42,3 +42,9 @@ def run(entry: Callable[[], Awaitable[int]], *, console: Console | None = None) 
 
     said = console or Console(sys.stderr)
     return anyio.run(guarded, entry, said)
+
+
+def run_now(entry: Callable[[], int], *, console: Console | None = None) -> int:
+    """``run`` for a job that never waits: no event loop (create's dry run, ``benchmarks startup``)."""
+
+    return guarded_now(entry, console or Console(sys.stderr))

@@ -22,6 +22,8 @@
    70); best effort, they change nothing else.
 
 A command does its own work inside ``async with Frame(...) as frame:`` and returns ``frame.exit_code``.
+create's dry run, which waits for nothing, enters it without an event loop (``with frame:``): all
+the same but the notifications, which it cannot have.
 """
 
 from __future__ import annotations
@@ -29,9 +31,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -46,7 +47,7 @@ from orchestrator.console import Console
 from orchestrator.defaults import GRACE
 from orchestrator.entry import exit_code_of
 from orchestrator.errors import Interrupted, ResumeMismatch, RunAborted, UsageError, first_error
-from orchestrator.hooks import HookContext, HookPlan, Hooks
+from orchestrator.hookplan import HookPlan
 from orchestrator.lock import Held, Lock, holding, report_lock
 from orchestrator.models import Record, RunHeader, shape_difference, utc_now
 from orchestrator.report import ReportWriter, ResumeBook, check_report_path, read_header
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from orchestrator.api.notify import Notifier
     from orchestrator.api.routes import Router
     from orchestrator.config import Connection, Notify
+    from orchestrator.hooks import Hooks
     from orchestrator.servers import ServerRows
 
 T = TypeVar("T")
@@ -94,7 +96,7 @@ def check_writable(path: Path, option: str) -> None:
     if path.exists() and not path.is_file():
         # Renaming over a device (/dev/null) would replace it, and reading one (/dev/zero) never ends.
         raise UsageError(f"{option} {path} is not a regular file (a device or a pipe); give a file path")
-    probe = path.with_name(f".{path.name}.{secrets.token_hex(4)}.probe")
+    probe = path.with_name(f".{path.name}.{os.urandom(4).hex()}.probe")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
@@ -181,6 +183,16 @@ def recording_aborts(closing: Closing | None, command: str, console: Console) ->
         raise
 
 
+def _at_once(step: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (an exit stack holding only synchronous contexts) to its end."""
+    try:
+        step.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    step.close()
+    raise RuntimeError("an asynchronous context in a frame entered without an event loop")
+
+
 # --- the frame ---------------------------------------------------------------------------------
 class Frame:
     """One run of a command that writes a report, from its locks to its exit code.
@@ -247,10 +259,8 @@ class Frame:
         ended, interrupted = exc, None
         try:
             await self._stack.__aexit__(kind, exc, traceback)
-            if exc is None:
-                self.exit_code = self._finish()
-                if self.signals:
-                    ended = interrupted = Interrupted(self.signals[0], self.advice)
+            interrupted = self._closed(exc)
+            ended = interrupted or exc
         except BaseException as raised:
             ended = raised
             raise
@@ -260,6 +270,38 @@ class Frame:
             await self._notify_end(ended)
         if interrupted is not None:
             raise interrupted
+
+    def __enter__(self) -> Frame:
+        """The frame without an event loop, for a job that waits for nothing (create's dry run): no
+        notifications, and nothing asynchronous entered (``connect``, ``enter``)."""
+        if self.closing is not None and self.closing.notify:
+            raise RuntimeError("a frame that notifies runs in an event loop: async with")
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        ended, interrupted = exc, None
+        try:
+            _at_once(self._stack.__aexit__(kind, exc, traceback))
+            interrupted = self._closed(exc)
+            ended = interrupted or exc
+        except BaseException as raised:
+            ended = raised
+            raise
+        finally:
+            if ended is not None:
+                self._record_abort(ended)
+        if interrupted is not None:
+            raise interrupted
+
+    def _closed(self, exc: BaseException | None) -> Interrupted | None:
+        """After the report closed and the locks went: the end of a run that raised nothing (summary, side
+        files, exit code); a signal received makes it ``Interrupted``."""
+        if exc is not None:
+            return None
+        self.exit_code = self._finish()
+        return Interrupted(self.signals[0], self.advice) if self.signals else None
 
     def _record_abort(self, exc: BaseException) -> None:
         aborted = _aborted(exc)
@@ -384,6 +426,10 @@ class Frame:
         if not plan:
             yield None
             return
+        # subprocesses and anyio's process machinery: 40 M instructions a dry run does not pay
+        # (benchmarks startup)
+        from orchestrator.hooks import HookContext, Hooks  # noqa: PLC0415 - see above
+
         self.hooks = Hooks(
             plan,
             context=HookContext.of(self.run_id, manifest=manifest, report=self.report),

@@ -22,7 +22,8 @@ end-of-run sweep and before ``--wait``. The rules:
 - a post-hook that fails makes the run's exit code 1; every failed hook is named in the summary.
 
 ``Hooks`` is the runner's ``Gate``: the runner tells it which rows it queues and finishes, and asks it
-before sending a row. ``Frame.freezing`` makes one and counts its failures in the summary.
+before sending a row. ``Frame.freezing`` makes one and counts its failures in the summary. What create
+was told (``HookPlan``) is in ``hookplan``.
 """
 
 from __future__ import annotations
@@ -36,21 +37,21 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 
-from orchestrator import defaults
-from orchestrator.api.credentials import CREDENTIAL_VARIABLES
+from orchestrator.config import CREDENTIAL_VARIABLES
 from orchestrator.console import Console
-from orchestrator.errors import UsageError
-from orchestrator.manifest import RawRow
+from orchestrator.hookplan import PLACEHOLDER, HookPlan
 from orchestrator.models import SUCCESSFUL, Record
 from orchestrator.servers import ServerRows, rows_by_server
 from orchestrator.signals import in_thread
 
-PLACEHOLDER = "{server_id}"
+if TYPE_CHECKING:
+    from orchestrator.manifest import RawRow
+
 # Besides the credentials: URLs that may carry a token of their own.
 PRIVATE_VARIABLES = (*CREDENTIAL_VARIABLES, "EVS_SNAPSHOT_PING_URL", "EVS_SNAPSHOT_WEBHOOK")
 LINE_MAX = 4096  # characters of one output line shown; a longer line is cut into pieces
@@ -58,36 +59,14 @@ OUTPUT_GRACE = 1.0  # seconds the output is still read after the hook's shell en
 NAMED_FAILURES = 10  # failed hooks named one per line in the summary
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class HookPlan:
-    """``--pre-hook``, ``--post-hook``, ``--hook-per-server`` and ``--hook-timeout``."""
-
-    pre: str | None = None
-    post: str | None = None
-    per_server: bool = False
-    timeout: float = defaults.HOOK_TIMEOUT
-
-    def __bool__(self) -> bool:
-        return self.pre is not None or self.post is not None
-
-    async def servers(self, rows: Callable[[], Iterable[RawRow]]) -> ServerRows | None:
-        """With ``--hook-per-server``: the manifest's rows by server, read in a worker thread; a row that
-        names no server raises ``UsageError`` (exit 2, before anything is sent)."""
-        if not self.per_server:
-            return None
-        servers = await in_thread(lambda: rows_by_server(rows()))
-        servers.require("--hook-per-server")
-        return servers
-
-    def check(self) -> None:
-        """Refuse options that cannot work together (exit 2, before anything is sent)."""
-        for option, command in (("--pre-hook", self.pre), ("--post-hook", self.post)):
-            if command is not None and not command.strip():
-                raise UsageError(f"{option} is empty; give a shell command")
-            if command is not None and PLACEHOLDER in command and not self.per_server:
-                raise UsageError(f"{option} names {PLACEHOLDER}: add --hook-per-server (one run per server)")
-        if self.per_server and not self:
-            raise UsageError("--hook-per-server needs --pre-hook or --post-hook")
+async def hook_servers(plan: HookPlan, rows: Callable[[], Iterable[RawRow]]) -> ServerRows | None:
+    """With ``--hook-per-server``: the manifest's rows by server, read in a worker thread; a row that
+    names no server raises ``UsageError`` (exit 2, before anything is sent)."""
+    if not plan.per_server:
+        return None
+    servers = await in_thread(lambda: rows_by_server(rows()))
+    servers.require("--hook-per-server")
+    return servers
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

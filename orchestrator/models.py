@@ -245,6 +245,23 @@ def record_line(
     return orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
 
 
+def planned(run_id: str, request: SnapshotRequest) -> Record:
+    """A dry run's record of a valid row: what would be sent, and that nothing was."""
+    now = utc_iso(utc_now())
+    return Record(
+        run_id=run_id,
+        row=request.row,
+        volume_id=request.volume_id,
+        project_id=request.project_id,
+        region=request.region,
+        name=request.name,
+        outcome=Outcome.PLANNED,
+        started_at=now,
+        finished_at=now,
+        elapsed_ms=0,
+    )
+
+
 def field_types(record_type: type) -> dict[str, tuple[type, ...]]:
     """The JSON types each field of a frozen record accepts, from its annotation (``str | None``, ...)."""
     known: dict[str, type] = {"str": str, "int": int, "bool": bool, "None": type(None), "Action": str}

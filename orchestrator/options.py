@@ -23,23 +23,20 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from orchestrator import config, defaults
-from orchestrator.api.credentials import environment
-from orchestrator.config import Notify, check_project_id, parse_notify_url
+from orchestrator.config import Notify, WaitPlan, check_project_id, environment, parse_notify_url
 from orchestrator.errors import UsageError
 from orchestrator.frame import Closing
-from orchestrator.hooks import HookPlan
+from orchestrator.hookplan import HookPlan
 from orchestrator.manifest import ManifestSource
 from orchestrator.retry import RetryPolicy
 from orchestrator.rules import check_metadata_option_keys, check_metadata_templates, check_template
-from orchestrator.waiter import WaitPlan
 
 if TYPE_CHECKING:
-    from orchestrator.config import Connection, Notify, RowDefaults
+    from orchestrator.config import Connection, Notify, RowDefaults, WaitPlan
     from orchestrator.frame import Closing
-    from orchestrator.hooks import HookPlan
+    from orchestrator.hookplan import HookPlan
     from orchestrator.manifest import ManifestSource
     from orchestrator.retry import RetryPolicy
-    from orchestrator.waiter import WaitPlan
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 

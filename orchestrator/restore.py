@@ -58,11 +58,11 @@ from orchestrator.api import evs
 from orchestrator.api.groups import group_members, show_group
 from orchestrator.api.safe import show_snapshot, show_volume
 from orchestrator.api.views import Snapshot, Volume
+from orchestrator.config import WaitPlan
 from orchestrator.errors import ListingFailed, TransportError, UsageError
 from orchestrator.models import Outcome, Record, RunHeader
 from orchestrator.ownership import member_refusal, refusal
 from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retrying
-from orchestrator.waiter import WaitPlan
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route

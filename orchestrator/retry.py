@@ -22,7 +22,6 @@ import enum
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 
 import anyio
@@ -195,6 +194,9 @@ def retry_after(value: str | None, now: datetime | None = None) -> float | None:
         return max(0.0, float(text))
     except ValueError:
         pass
+
+    # email.utils (and socket, calendar, ...): 26 M instructions a dry run never needs (benchmarks startup)
+    from email.utils import parsedate_to_datetime  # noqa: PLC0415 - see above
 
     try:
         moment = parsedate_to_datetime(text)

@@ -39,11 +39,10 @@ from orchestrator.tally import first_without_record
 if TYPE_CHECKING:
     from orchestrator import options
     from orchestrator.api.routes import Route, Router
-    from orchestrator.config import Connection
+    from orchestrator.config import Connection, WaitPlan
     from orchestrator.console import Console
     from orchestrator.frame import Closing, Frame
     from orchestrator.retry import RetryPolicy
-    from orchestrator.waiter import WaitPlan
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -30,7 +30,16 @@ from orchestrator.api import evs
 from orchestrator.api.safe import ONE_TRY, volume_snapshots
 from orchestrator.api.views import Snapshot, created_snapshot
 from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError, UsageError
-from orchestrator.models import Answer, Outcome, Record, SnapshotRequest, record_line, utc_iso, utc_now
+from orchestrator.models import (
+    Answer,
+    Outcome,
+    Record,
+    SnapshotRequest,
+    planned,
+    record_line,
+    utc_iso,
+    utc_now,
+)
 from orchestrator.report import ReportWriter, ResumeBook
 from orchestrator.resume import RunIndex
 from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retry_after, retrying
@@ -171,7 +180,7 @@ class Runner:
             elif isinstance(item, Record):
                 self.emit(item)
             elif plan.dry_run:
-                self.emit(self._record(item, Outcome.PLANNED, _Attempt()))
+                self.emit(planned(plan.run_id, item))
             else:
                 since = None if resume is None else resume.uncertain_since(item.row)
                 if gate is not None:

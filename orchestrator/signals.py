@@ -19,6 +19,9 @@ start them) stays ignored: ``kill -TERM`` stops such a run.
 Synchronous passes (a manifest read) run in a worker thread (``in_thread``), where ``stop_point``
 (called every ``STOP_EVERY`` rows by the manifest reader) ends them soon after the command's scope
 was cancelled, while the event loop stays free to receive signals.
+
+A job that never waits (create's dry run) runs without an event loop (``guarded_now``): the same
+receiver is a signal handler, and "cancel at once" raises where the job is.
 """
 
 from __future__ import annotations
@@ -58,9 +61,9 @@ class Phase:
 class Guard:
     """The command's receiver: the signals it received and the phases it is in (the last one acts)."""
 
-    def __init__(self, console: Console, scope: anyio.CancelScope | None = None) -> None:
+    def __init__(self, console: Console, cancel: Callable[[], None] | None = None) -> None:
         self.console = console
-        self.scope = scope
+        self.cancel = cancel  # what a signal outside every phase does (cancels the command's scope)
         self.received: list[int] = []
         self.phases: list[Phase] = []
         # a signal inherited as ignored stays ignored (POSIX: a script's background job ignores SIGINT)
@@ -86,16 +89,21 @@ class Guard:
         self.received.append(signum)
         if phase is not None:
             phase.first(signum)
-        elif self.scope is not None:
-            self.scope.cancel()
+        elif self.cancel is not None:
+            self.cancel()
 
-    async def receive(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Receive every signal until cancelled (``task_status`` is set once the handlers are in place)."""
+    async def receive(self, *, task_status: anyio.abc.TaskStatus[None] | None = None) -> None:
+        """Receive every signal until cancelled (``task_status`` is set once the handlers are in place).
+
+        Its default is ``None``, not ``anyio.TASK_STATUS_IGNORED``: that attribute, read where this
+        class is defined, would import anyio's task machinery into a dry run (``benchmarks startup``)."""
         if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
-            task_status.started()
+            if task_status is not None:
+                task_status.started()
             await anyio.sleep_forever()
         with anyio.open_signal_receiver(*self.signals) as signals:
-            task_status.started()
+            if task_status is not None:
+                task_status.started()
             async for signum in signals:
                 self.deliver(signum)
 
@@ -107,7 +115,7 @@ async def guarded(entry: Callable[[], Awaitable[int]], console: Console) -> int:
     """Run ``entry`` under the command's receiver; a signal that cancelled it raises ``Interrupted``."""
 
     scope = anyio.CancelScope()
-    guard = Guard(console, scope)
+    guard = Guard(console, scope.cancel)
     token = _CURRENT.set(guard)
     code = 0
     error: Exception | None = None
@@ -124,6 +132,37 @@ async def guarded(entry: Callable[[], Awaitable[int]], console: Console) -> int:
         _CURRENT.reset(token)
     if error is not None:
         raise error
+    if guard.received:
+        raise Interrupted(guard.received[0], STOPPED_ADVICE)
+    return code
+
+
+class _Cancelled(BaseException):
+    """Raised by the receiver of ``guarded_now`` where the job is: a signal outside every phase."""
+
+
+def guarded_now(entry: Callable[[], int], console: Console) -> int:
+    """``guarded`` for a job that never waits, without an event loop (create's dry run: no asyncio to
+    import, ``benchmarks startup``): the receiver is a signal handler; outside every phase a signal
+    stops the job where it is, and the command ends with ``Interrupted`` as under ``guarded``."""
+
+    def cancel() -> None:
+        raise _Cancelled
+
+    guard = Guard(console, cancel)
+    saved = {signum: signal.getsignal(signum) for signum in guard.signals}
+    token = _CURRENT.set(guard)
+    code = 0
+    try:
+        for signum in guard.signals:
+            signal.signal(signum, lambda signum, _frame: guard.deliver(signum))
+        code = entry()
+    except _Cancelled:
+        pass
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        _CURRENT.reset(token)
     if guard.received:
         raise Interrupted(guard.received[0], STOPPED_ADVICE)
     return code
@@ -149,7 +188,7 @@ async def _in_phase(phase: Phase, console: Console) -> None:
 def _drain_phase(
     *,
     stop: Callable[[], None],
-    scope: anyio.CancelScope,
+    scope: anyio.CancelScope | None,
     grace: float,
     received: list[int],
     console: Console,
@@ -162,7 +201,8 @@ def _drain_phase(
         received.append(signum)
         console.event("stopping", f"{name}: {what} (send {name} again to stop at once)", signal=name)
         stop()
-        scope.deadline = min(scope.deadline, anyio.current_time() + grace)
+        if scope is not None:  # None: nothing in flight (rows written without a loop)
+            scope.deadline = min(scope.deadline, anyio.current_time() + grace)
 
     return Phase(first=first, left=left, sync=sync)
 
@@ -180,8 +220,38 @@ async def drain_on_signal(
     sync: Callable[[], None],
 ) -> None:
     """First signal: take no new rows and give rows in flight ``grace`` seconds. Second: exit now."""
+    phase = _rows_phase(stop=stop, scope=scope, grace=grace, received=received, console=console, sync=sync)
+    await _in_phase(phase, console)
+
+
+@contextlib.contextmanager
+def draining_rows(
+    *,
+    stop: Callable[[], None],
+    grace: float,
+    received: list[int],
+    console: Console,
+    sync: Callable[[], None],
+) -> Iterator[None]:
+    """``drain_on_signal`` around rows written without a loop (``guarded_now``): the first signal calls
+    ``stop``; nothing is in flight, so nothing waits for the grace period."""
+    phase = _rows_phase(stop=stop, scope=None, grace=grace, received=received, console=console, sync=sync)
+    guard = _CURRENT.get()
+    with guard.entered(phase) if guard is not None else contextlib.nullcontext():
+        yield
+
+
+def _rows_phase(
+    *,
+    stop: Callable[[], None],
+    scope: anyio.CancelScope | None,
+    grace: float,
+    received: list[int],
+    console: Console,
+    sync: Callable[[], None],
+) -> Phase:
     what = f"taking no new rows; rows in flight get up to {grace:g}s to finish"
-    phase = _drain_phase(
+    return _drain_phase(
         stop=stop,
         scope=scope,
         grace=grace,
@@ -191,7 +261,6 @@ async def drain_on_signal(
         what=what,
         left=ROWS_LEFT,
     )
-    await _in_phase(phase, console)
 
 
 @contextlib.contextmanager

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from orchestrator import defaults
 from orchestrator.api import evs
 from orchestrator.api.groups import group_members, show_group
 from orchestrator.api.safe import ONE_TRY, Page, show_snapshot, snapshot_pages
 from orchestrator.api.views import Snapshot
+from orchestrator.config import WaitPlan
 from orchestrator.errors import ListingFailed
 from orchestrator.models import Outcome, Record, utc_iso, utc_now
 from orchestrator.report import ReportWriter
@@ -50,15 +50,6 @@ SETTLED = {
     "error": Outcome.SNAPSHOT_ERROR,
     "error_deleting": Outcome.SNAPSHOT_ERROR,
 }
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class WaitPlan:
-    """How long to wait in all, and how often to look (the interval grows by half up to its maximum)."""
-
-    timeout: float = defaults.WAIT_TIMEOUT
-    interval: float = defaults.POLL_INTERVAL
-    max_interval: float = 60.0
 
 
 class Waiter:

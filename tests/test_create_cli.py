@@ -164,6 +164,27 @@ def test_dry_run_sends_nothing(
     assert emu.state()["requests"] == {}
 
 
+def test_a_dry_run_without_a_loop_writes_what_one_with_a_loop_writes(
+    write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A plain dry run (no event loop) and those the loop runs (hooks given, none run; a progress line)
+    write the same header and records, row for row, and exit alike."""
+    manifest = write("m.csv", f"volume_id,name\n{IDS[0]},a\n{IDS[1]},\nbad,c\n{IDS[0]},d\n")
+    written = []
+    for extra in ([], ["--pre-hook", "true"], ["--progress"]):
+        report = tmp_path / f"r{len(written)}.jsonl"
+        args = [*helpers.cli_args("create", manifest, dry_run=True, project_id=PROJECT, region="cn-north-4")]
+        result = helpers.invoke([*args, "--report", str(report), *extra])
+        assert result.exit_code == 1, result.output  # the invalid rows
+        lines = [orjson.loads(line) for line in report.read_bytes().splitlines()]
+        for line in lines:
+            for varies in ("run_id", "started_at", "finished_at"):
+                line.pop(varies, None)
+        written.append(lines)
+    assert written[0] == written[1] == written[2]
+    assert [line.get("outcome") for line in written[0]] == [None, "planned", "planned", "invalid", "invalid"]
+
+
 BAD_MANIFESTS = [
     ("empty.csv", b"", "empty.csv: the manifest is empty"),
     ("header.csv", b"volume_id\n", "header.csv: the manifest has no rows"),

@@ -15,6 +15,9 @@ import pytest
 
 from orchestrator.emulator import SeedSnapshot, SeedVolume
 from tests.helpers import (
+    CLOSED_PORT,
+    PROJECT,
+    cli_args,
     create_args,
     header,
     in_flight,
@@ -473,3 +476,21 @@ def test_a_member_list_the_gateway_refuses_leaves_the_made_group_accepted(
     assert len(groups) == 1
     final = last_per_row(report)
     assert {(r["outcome"], r["snapshot_group_id"]) for r in final.values()} == {("accepted", groups[0])}
+
+
+def test_a_hold_that_cannot_be_a_group_tag_exits_2_before_reading(tmp_path: Path) -> None:
+    """--consistency server --hold with a value no group tag takes: exit 2, nothing read or sent."""
+    result = invoke(
+        cli_args(
+            "create",
+            tmp_path / "none.csv",
+            consistency="server",
+            hold="frozen for maintenance!",
+            endpoint=CLOSED_PORT,
+            project_id=PROJECT,
+            report=tmp_path / "r.jsonl",
+        )
+    )
+    assert result.exit_code == 2
+    assert "with --consistency server the hold is a tag of the snapshot group" in result.output
+    assert not (tmp_path / "r.jsonl").exists()

@@ -7,6 +7,7 @@ import ast
 import io
 import re
 import signal
+import types
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 
 from orchestrator import metrics
 from orchestrator.actions import FINAL, Action, ActionRecord
+from orchestrator.config import Notify
 from orchestrator.console import Console
 from orchestrator.errors import Closure, Interrupted, ListingFailed
 from orchestrator.frame import Closing, Frame, recording_aborts
@@ -193,3 +195,47 @@ def test_a_create_reports_rows_are_looked_up_one_by_one() -> None:
     assert rows.get(2) is None
     with pytest.raises(KeyError):
         rows[2]
+
+
+def test_without_a_loop_the_frame_ends_as_with_one(tmp_path: Path) -> None:
+    """``with frame`` (a dry run, no event loop): the same summary, side files and exit code, a signal
+    raising Interrupted after the summary, and an abort still writing exit code 3."""
+    stderr = io.StringIO()
+    closing = Closing(metrics_file=tmp_path / "m.prom", summary_json=tmp_path / "s.json")
+    with Frame(
+        command="prune", console=Console(stderr), report=str(tmp_path / "r.jsonl"), closing=closing
+    ) as frame:
+        frame.open_actions(source="m.csv", shape={}, resume=False, nothing="nothing was deleted")
+        frame.write(action(Action.DELETED))
+    assert frame.exit_code == 0
+    assert orjson.loads((tmp_path / "s.json").read_bytes())["outcomes"] == {"deleted": 1}
+    assert len((tmp_path / "r.jsonl").read_bytes().splitlines()) == 2  # the header and the record
+    stopping = Frame(command="cleanup", console=Console(stderr), report="-")
+    with pytest.raises(Interrupted) as stopped, stopping:
+        stopping.signals.append(signal.SIGTERM)
+    assert stopped.value.exit_code == 143
+    assert "cleanup: 0 records: nothing to do" in stderr.getvalue()
+    aborted = Frame(command="cleanup", console=Console(stderr), report="-", closing=closing)
+    with pytest.raises(ListingFailed), aborted:
+        raise ListingFailed("cannot list the snapshots")
+    assert 'evs_snapshot_exit_code{command="cleanup"} 3' in (tmp_path / "m.prom").read_text()
+
+
+@types.coroutine
+def _suspend() -> Any:
+    yield
+
+
+async def _pausing_exit(*_exc: object) -> None:
+    await _suspend()
+
+
+def test_without_a_loop_the_frame_refuses_what_needs_one() -> None:
+    """A frame that notifies, or that holds an asynchronous context, cannot be left without a loop."""
+    notify = Closing(notify=Notify(ping_url="http://127.0.0.1:1/ping"))
+    notifying = Frame(command="create", console=Console(io.StringIO()), report="-", closing=notify)
+    with pytest.raises(RuntimeError, match="event loop"), notifying:
+        pass
+    frame = Frame(command="create", console=Console(io.StringIO()), report="-")
+    with pytest.raises(RuntimeError, match="without an event loop"), frame:
+        frame._stack.push_async_exit(_pausing_exit)  # what ``frame.enter`` would leave there

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from orchestrator.api.views import Snapshot, SnapshotGroup
+from orchestrator.config import WaitPlan
 from orchestrator.emulator import ManualClock, SeedVolume
 from orchestrator.freshness import Stale
 from orchestrator.ownership import (
@@ -28,7 +29,7 @@ from orchestrator.ownership import (
 )
 from orchestrator.report import ReportWriter
 from orchestrator.tally import Tally
-from orchestrator.waiter import Waiter, WaitPlan
+from orchestrator.waiter import Waiter
 from tests.helpers import (
     ACTION_RETRIES,
     FAST,

@@ -22,14 +22,8 @@ import pytest
 
 from orchestrator.console import Console
 from orchestrator.errors import UsageError
-from orchestrator.hooks import (
-    HookContext,
-    HookPlan,
-    HookResult,
-    Hooks,
-    hook_environment,
-    run_hook,
-)
+from orchestrator.hookplan import HookPlan
+from orchestrator.hooks import HookContext, HookResult, Hooks, hook_environment, run_hook
 from orchestrator.manifest import RawRow
 from orchestrator.servers import ServerRows, rows_by_server
 from tests.helpers import (

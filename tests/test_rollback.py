@@ -22,12 +22,12 @@ import orjson
 import pytest
 
 from orchestrator.actions import Action
+from orchestrator.config import WaitPlan
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from orchestrator.lock import RunLock, run_lock
 from orchestrator.models import Outcome, Record
 from orchestrator.restore import RestorePlan, plan_row
 from orchestrator.retry import RetryPolicy
-from orchestrator.waiter import WaitPlan
 from tests.helpers import (
     CLOSED_PORT,
     FAST,

@@ -30,11 +30,11 @@ from click.testing import CliRunner
 from orchestrator.actions import Action
 from orchestrator.api.routes import Route
 from orchestrator.cli import main
+from orchestrator.config import WaitPlan
 from orchestrator.emulator import EmulatorThread, ManualClock, RunningEmulator, SeedSnapshot, SeedVolume
 from orchestrator.errors import RouteClosed
 from orchestrator.restore import Finding, RestorePlan, restore_row
 from orchestrator.retry import RetryPolicy
-from orchestrator.waiter import WaitPlan
 from tests.helpers import (
     AKSK,
     OTHER_RUN,

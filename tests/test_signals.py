@@ -25,7 +25,9 @@ import pytest
 from orchestrator.console import Console
 from orchestrator.emulator import EmulatorThread, ManualClock
 from orchestrator.emulator.settings import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_USER
-from orchestrator.signals import cancel_on_signal, drain_on_signal
+from orchestrator.entry import run_now
+from orchestrator.errors import Interrupted
+from orchestrator.signals import cancel_on_signal, drain_on_signal, draining_rows
 from tests.helpers import (
     AKSK_ENV,
     CREATE_ROUTE,
@@ -447,3 +449,71 @@ def test_wait_sigint_while_throttled_exits_130(
     assert result.exit_code == 130, result.output
     assert "stopped by SIGINT; run wait again to go on" in result.stderr
     assert report.read_bytes() == before
+
+
+def test_without_a_loop_a_signal_outside_every_phase_stops_at_once() -> None:
+    """A job run without an event loop (a dry run): SIGINT outside a phase stops it where it is, 130."""
+    after: list[str] = []
+    before = signal.getsignal(signal.SIGINT)
+
+    def job() -> int:
+        interrupt()
+        after.append("went on")
+        return 0
+
+    with pytest.raises(Interrupted) as raised:
+        run_now(job, console=Console(io.StringIO()))
+    assert raised.value.exit_code == 130
+    assert after == []
+    assert signal.getsignal(signal.SIGINT) is before  # the receiver is gone with the job
+
+
+def test_without_a_loop_a_first_signal_among_the_rows_stops_new_rows() -> None:
+    """Without an event loop, SIGTERM among the rows: noted, no new rows, the operator told; then 143."""
+    received: list[int] = []
+    stops: list[bool] = []
+    out = io.StringIO()
+    console = Console(out)
+
+    def job() -> int:
+        with draining_rows(
+            stop=lambda: stops.append(True), grace=7.0, received=received, console=console, sync=lambda: None
+        ):
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stops == [True]  # the job goes on: the rows' loop sees ``stop`` and ends itself
+        return 0
+
+    with pytest.raises(Interrupted) as raised:
+        run_now(job, console=console)
+    assert raised.value.exit_code == 143
+    assert received == [signal.SIGTERM]
+    assert "SIGTERM: taking no new rows; rows in flight get up to 7s to finish" in out.getvalue()
+
+
+def test_a_dry_run_stopped_among_its_rows_ends_whole_records_and_its_summary(
+    write: Callable[..., Path],
+) -> None:
+    """SIGTERM while a dry run writes its rows (to a pipe the test does not read yet): it takes no new
+    row, every record written is whole, the summary is printed, and it exits 143."""
+    manifest = csv_manifest(write, volume_ids(3000, seed=4401))
+    args = cli_args("create", manifest, dry_run=True, project_id=PROJECT, region="cn-north-4", report="-")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **NO_CREDENTIALS},
+        bufsize=0,  # the test reads two lines, and ``communicate`` all the rest
+    )
+    with process:
+        assert process.stdout is not None
+        assert b'"type":"run"' in process.stdout.readline()
+        assert b'"outcome":"planned"' in process.stdout.readline()  # among the rows, the pipe soon full
+        process.send_signal(signal.SIGTERM)
+        rest, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    written = rest.decode().splitlines()
+    assert len(written) < 2999  # a 64 KiB pipe holds about 150 records: the rest were never written
+    assert all(line.endswith("}") and '"outcome":"planned"' in line for line in written)
+    assert "SIGTERM: taking no new rows" in stderr.decode()
+    assert f"({1 + len(written)} of 3000 rows have a record)" in stderr.decode()  # the summary counts them
+    stopped_by(stderr.decode(), signal.SIGTERM)

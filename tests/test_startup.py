@@ -22,6 +22,19 @@ from tests.helpers import PROJECT, csv_manifest, volume_ids
 COMMANDS_DIR = Path(__file__).resolve().parent.parent / "orchestrator" / "commands"
 CLIENT = ("aiohttp", "orchestrator.api.routes", "orchestrator.api.session", "orchestrator.api.iam")
 EMULATOR = ("orchestrator.emulator", "orchestrator.demo")
+# What a dry run needs none of: an event loop, the HTTP client's URLs, the run's machinery, the API
+# calls, the hooks' subprocesses (benchmarks startup).
+RUN = (
+    "asyncio",
+    "yarl",
+    "email",
+    "subprocess",
+    "orchestrator.creating",
+    "orchestrator.runner",
+    "orchestrator.api",
+    "orchestrator.hooks",
+    "orchestrator.servers",
+)
 
 
 # The CLI as ``python -m orchestrator`` runs it; at exit, the names in ``sys.modules`` go to a file.
@@ -73,7 +86,8 @@ def test_help_loads_no_command_no_anyio_and_no_client(tmp_path: Path) -> None:
 def test_a_dry_run_loads_no_client_no_emulator_and_no_other_command(
     write: Callable[[str, str | bytes], Path], tmp_path: Path
 ) -> None:
-    """A one-row ``create --dry-run`` imports ``create`` alone of the commands, and no aiohttp or emulator."""
+    """A one-row ``create --dry-run`` imports ``create`` alone of the commands, no aiohttp or emulator, and
+    nothing of a run that sends (``RUN``: no event loop, worker pool, API call or hook process)."""
     manifest = csv_manifest(write, volume_ids(1))
     report = tmp_path / "r.jsonl"
     modules = _imported(
@@ -89,8 +103,8 @@ def test_a_dry_run_loads_no_client_no_emulator_and_no_other_command(
         str(report),
     )
     assert report.exists()
-    assert "anyio" in modules
-    assert not _under(modules, *CLIENT, *EMULATOR)
+    assert "orchestrator.planning" in modules
+    assert not _under(modules, *CLIENT, *EMULATOR, *RUN)
     assert _under(modules, "orchestrator.commands") == {
         "orchestrator.commands",
         "orchestrator.commands.create",

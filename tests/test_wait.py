@@ -20,7 +20,7 @@ from yarl import URL
 from orchestrator.api import evs
 from orchestrator.api.credentials import AkSkAuth
 from orchestrator.api.routes import Router, connect
-from orchestrator.config import Connection, Endpoints
+from orchestrator.config import Connection, Endpoints, WaitPlan
 from orchestrator.emulator import ManualClock, RunningEmulator, SeedSnapshot
 from orchestrator.emulator.settings import (
     DEFAULT_AK,
@@ -33,7 +33,7 @@ from orchestrator.errors import RouteClosed
 from orchestrator.models import Outcome, Record, RunHeader
 from orchestrator.report import ReportWriter, read_records
 from orchestrator.tally import Tally
-from orchestrator.waiter import Waiter, WaitPlan
+from orchestrator.waiter import Waiter
 from tests.helpers import (
     AKSK,
     API_IDS,

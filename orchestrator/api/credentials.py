@@ -8,18 +8,15 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import functools
-import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 from yarl import URL
 
 from orchestrator.api import signing
+from orchestrator.config import AUTH_KINDS, AuthKind
 from orchestrator.errors import CredentialsError
-
-AuthKind = Literal["token", "aksk", "password"]
-AUTH_KINDS: tuple[AuthKind, ...] = ("token", "aksk", "password")
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -190,22 +187,3 @@ def _password(environ: Mapping[str, str]) -> PasswordCredentials | None:
     password = environ.get("OS_PASSWORD", "")
     domain = environ.get("OS_USER_DOMAIN_NAME", "").strip()
     return PasswordCredentials(user, password, domain) if user and password and domain else None
-
-
-# Every variable the readers above take credentials from (a path to them included): what a child
-# process the tool starts (create's hooks) must not inherit.
-CREDENTIAL_VARIABLES = (
-    "OS_AUTH_TOKEN",
-    "HUAWEICLOUD_SDK_AK",
-    "HUAWEICLOUD_SDK_SK",
-    "HUAWEICLOUD_SDK_SECURITY_TOKEN",
-    "HUAWEICLOUD_SDK_CREDENTIALS_FILE",
-    "OS_USERNAME",
-    "OS_PASSWORD",
-    "OS_USER_DOMAIN_NAME",
-)
-
-
-def environment() -> Mapping[str, str]:
-    """The process environment (a function, so callers pass it explicitly and tests pass their own)."""
-    return os.environ

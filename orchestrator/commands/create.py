@@ -1,4 +1,5 @@
-"""``evs-snapshot create MANIFEST``: the command's options, wired to ``creating.create`` (the run)."""
+"""``evs-snapshot create MANIFEST``: the command's options, wired to ``creating.create`` (the run), or
+to ``planning.plan`` (a dry run that needs no event loop)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,19 @@ import click
 
 from orchestrator import options
 from orchestrator.console import Console
-from orchestrator.creating import CreateSettings, create
 from orchestrator.defaults import SETTLE
-from orchestrator.entry import run
-from orchestrator.hooks import HookPlan
+from orchestrator.entry import run, run_now
+from orchestrator.hookplan import HookPlan
 from orchestrator.models import utc_now
+from orchestrator.planning import CreateSettings, plan
 from orchestrator.rules import check_hold_reason
 
 if TYPE_CHECKING:
-    from orchestrator.config import Connection, RowDefaults
+    from orchestrator.config import Connection, RowDefaults, WaitPlan
     from orchestrator.console import Console
     from orchestrator.frame import Closing
     from orchestrator.manifest import ManifestSource
     from orchestrator.retry import RetryPolicy
-    from orchestrator.waiter import WaitPlan
 
 
 @click.command("create")
@@ -150,4 +150,10 @@ def command(
         hooks=hook_plan,
         consistency=consistency,
     )
+    if settings.loopless:
+        raise SystemExit(run_now(lambda: plan(settings, console=console), console=console))
+    # The run and its machinery (worker pool, sweep, wait, groups): 167 M instructions a dry run, which
+    # needs none of it, does not load (benchmarks startup).
+    from orchestrator.creating import create  # noqa: PLC0415 - see above
+
     raise SystemExit(run(lambda: create(settings, console=console), console=console))

@@ -58,12 +58,11 @@ ROLLBACK_GRACE = 60.0  # a rollback sent is watched to its end: the disk is unus
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from orchestrator.config import Connection
+    from orchestrator.config import Connection, WaitPlan
     from orchestrator.console import Console
     from orchestrator.frame import Closing
     from orchestrator.retry import RetryPolicy
     from orchestrator.rollback_run import RollbackSettings
-    from orchestrator.waiter import WaitPlan
 
 
 async def rollback(settings: RollbackSettings, *, console: Console) -> int:

@@ -31,14 +31,13 @@ from orchestrator.waiter import Waiter
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Router
-    from orchestrator.config import Connection
+    from orchestrator.config import Connection, WaitPlan
     from orchestrator.console import Console
     from orchestrator.frame import Closing
     from orchestrator.models import RunHeader
     from orchestrator.report import ReportWriter
     from orchestrator.retry import RetryPolicy
     from orchestrator.tally import Tally
-    from orchestrator.waiter import Waiter, WaitPlan
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
