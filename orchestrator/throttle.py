@@ -1,4 +1,5 @@
-"""The adaptive rate limiter: evenly paced request starts that back off on throttling (pure logic)."""
+"""The adaptive rate limiter: evenly paced request starts that back off on throttling, and the send
+window of a route's start (the slow start). Pure logic on an injected clock, but for the waits."""
 
 from __future__ import annotations
 
@@ -27,10 +28,130 @@ def told_limit(message: str | None) -> float | None:
     return count / seconds if count > 0 and seconds > 0 else None
 
 
+class SendWindow:
+    """The slow start of a route with no ``--max-rps``: how many requests may be out before it opens.
+
+    A gateway lets a burst through (a limit of R a second lets about R through at once, then R a
+    second), so an unpaced start cannot see a limit before the burst runs out, and every request out
+    at that moment is throttled. The window keeps that number small while answers come quickly (a
+    small window then costs nothing: it turns over many times a second), and opens as soon as it
+    would only cost time:
+
+    - ``FIRST`` requests may be out at once (a route whose ``--concurrency`` is not larger has no
+      window);
+    - a full window doubles after each ``PERIOD`` (the first from the first request it held back)
+      while the route's quickest answer so far took ``PERIOD`` or more, or none came yet (a
+      latency-bound service: the run needs the width). The quickest answer, not the latest: the
+      first answers of a fan-out wait for new connections and, on a loaded machine, for the CPU;
+    - it opens for good at the first 429 (the limiter paces from then on), once ``OPEN_AFTER``
+      seconds have passed since the route's first request without one (the burst is a second's
+      worth), when it has doubled to ``--concurrency``, or at the route's first answer when that
+      took ``SLOW`` or more (a service that slow answers nothing before the window would have
+      doubled open: the slow start would protect nothing and cost those doublings).
+
+    The route's first request is its credential proof, sent alone, so in practice the first answer
+    tells the service's latency before any create fans out.
+    """
+
+    FIRST = 16
+    PERIOD = 0.025
+    SLOW = 0.075
+    OPEN_AFTER = 1.0
+
+    def __init__(self, limit: int, *, clock: Clock = time.monotonic) -> None:
+        self.limit = limit
+        self.size = self.FIRST
+        self.opened = limit <= self.FIRST
+        self.out = 0
+        self._clock = clock
+        self._started: float | None = None
+        self._full_since: float | None = None  # the period's start (the first held back, the last check)
+        self._quickest: float | None = None  # the quickest answer so far, in seconds
+        self._waiters: deque[anyio.Event] = deque()
+
+    def try_enter(self, now: float) -> bool:
+        """Let a request out now (counted until ``leave``) unless the window is full; an open window
+        lets everything out uncounted."""
+        if self.opened:
+            return True
+        if self._started is None:
+            self._started = now
+        elif now - self._started >= self.OPEN_AFTER:
+            self.open()
+            return True
+        if self.out >= self.size:
+            if self._full_since is None:  # the first request the window holds back: a period starts
+                self._full_since = now
+            elif now - self._full_since >= self.PERIOD:
+                self._full_since = now
+                if self._quickest is None or self._quickest >= self.PERIOD:
+                    self._grow()
+                    if self.opened:
+                        return True
+            if self.out >= self.size:
+                return False
+        self.out += 1
+        return True
+
+    def period_left(self, now: float) -> float:
+        """Seconds until the period of a full window ends (it may then double)."""
+        since = now if self._full_since is None else self._full_since
+        return max(0.0, since + self.PERIOD - now)
+
+    def leave(self, entered: float) -> None:
+        """A request let out at ``entered`` (``enter``'s answer) is answered, or failed."""
+        if self.opened:
+            return
+        now = self._clock()
+        self.out -= 1
+        took = now - entered
+        if self._quickest is None:
+            self._quickest = took
+            if took >= self.SLOW:
+                self.open()
+                return
+        else:
+            self._quickest = min(self._quickest, took)
+        self._wake(1)
+
+    def open(self) -> None:
+        if not self.opened:
+            self.opened = True
+            self._wake(len(self._waiters))
+
+    def _grow(self) -> None:
+        added = self.size
+        self.size *= 2
+        if self.size >= self.limit:
+            self.open()
+        else:
+            self._wake(added)
+
+    def _wake(self, count: int) -> None:
+        for _ in range(min(count, len(self._waiters))):
+            self._waiters.popleft().set()
+
+    async def enter(self) -> float:
+        """Wait until the window lets this request out; returns when it was let out (for ``leave``)."""
+        while True:
+            now = self._clock()
+            if self.try_enter(now):
+                return now
+            woken = anyio.Event()
+            self._waiters.append(woken)
+            try:
+                with anyio.move_on_after(self.period_left(now)):
+                    await woken.wait()
+            finally:
+                if not woken.is_set():
+                    self._waiters.remove(woken)
+
+
 class RateLimiter:
     """Paces request starts evenly at ``rate`` per second, and adapts to throttling.
 
-    With no ``--max-rps`` it starts unpaced. On a 429 it lowers the rate to ``DECREASE`` times the
+    With no ``--max-rps`` it starts unpaced (but for the send window of its start, ``SendWindow``:
+    ``window``, given the ``--concurrency``). On a 429 it lowers the rate to ``DECREASE`` times the
     rate of *successes* over the last second (what the service really lets through, whatever was
     sent); a burst of 429s sees the same success rate, so it does not compound. When nothing at all
     succeeded for a second, it halves the rate once per ``COOLDOWN``. Each success adds a little
@@ -70,8 +191,19 @@ class RateLimiter:
     TOLD_SHARE = 0.97
 
     def __init__(
-        self, max_rps: float | None = None, *, clock: Clock = time.monotonic, sleep: Sleep = anyio.sleep
+        self,
+        max_rps: float | None = None,
+        *,
+        concurrency: int | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
     ):
+        # The slow start (``SendWindow``): only for an unpaced start of more than its first window.
+        self.window = (
+            SendWindow(concurrency, clock=clock)
+            if max_rps is None and concurrency is not None and concurrency > SendWindow.FIRST
+            else None
+        )
         self.ceiling = max_rps
         self._trusting = False  # pacing at a limit a 429 named, not yet shown wrong
         self._estimate = 0.0  # the first estimate, for when a named limit proves wrong
@@ -129,6 +261,8 @@ class RateLimiter:
             self.ceiling = ceiling if self.ceiling is None else min(self.ceiling, ceiling)
         self.throttled += 1
         self._answered += 1
+        if self.window is not None:
+            self.window.open()  # paced from now on
         now = self._clock()
         self._last_throttle = now
         if self._restarted is None:

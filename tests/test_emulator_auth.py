@@ -17,6 +17,7 @@ from yarl import URL
 from orchestrator.api import signing
 from orchestrator.api.credentials import AkSkAuth, OutgoingRequest, TokenAuth, host_header
 from orchestrator.emulator import ManualClock, RunningEmulator
+from orchestrator.emulator.gateway import sdk_time
 from orchestrator.emulator.settings import (
     DEFAULT_AK,
     DEFAULT_DOMAIN,
@@ -315,6 +316,37 @@ async def test_clock_skew_window(emulator: Callable[..., Any], http: aiohttp.Cli
         async with http.post(url, data=body, headers=headers) as response:
             results.append(response.status)
     assert results == [401, 401, 202]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "20261207T083000Z",
+        "20240229T235959Z",
+        "20230229T120000Z",  # no 29 February that year
+        "20261307T000000Z",  # month 13
+        "20261207T240000Z",
+        "20261207T235960Z",  # a leap second: strptime reads it, datetime refuses it
+        "00001207T000000Z",
+        "2026127T0830000Z",  # the T out of place
+        "20261207T083000z",
+        "2026120\uff17T083000Z",  # a fullwidth digit seven
+        "+2026120T083000Z",
+        "20261207T08300Z",
+        "",
+    ],
+)
+def test_sdk_date_read_as_strptime_reads_it(text: str) -> None:
+    """The gateway's fast reading of X-Sdk-Date accepts and refuses exactly what strptime does."""
+    try:
+        expected: datetime | None = datetime.strptime(text, signing.DATE_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        expected = None
+    try:
+        got: datetime | None = sdk_time(text)
+    except ValueError:
+        got = None
+    assert got == expected
 
 
 async def test_signed_query_string(emulator: Callable[..., Any], http: aiohttp.ClientSession) -> None:

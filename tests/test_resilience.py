@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from orchestrator.emulator import SeedVolume
+from orchestrator.throttle import SendWindow
 from tests.helpers import (
     FAST_RETRIES,
     csv_manifest,
@@ -234,6 +235,33 @@ def test_unknown_rate_limit_is_learned(
     creates = emu.state()["requests"]["POST /v2/{project_id}/cloudsnapshots"]
     assert creates["202"] == 120
     assert creates.get("429", 0) < 0.25 * sum(creates.values()), creates
+
+
+def test_a_burst_it_is_not_told_throttles_at_most_the_first_send_window(
+    emulator_thread: Callable[..., Any],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """32 workers against a limit of 100/s with a burst of 40, not told by --max-rps: the slow start
+    lets at most SendWindow.FIRST requests out at once before the first 429, so at most that many are
+    throttled (without it, the request of every worker out when the burst ran out was: about 30 here;
+    on a machine too loaded to outrun the limit, none is). The 2 ms latency keeps requests out long
+    enough for the emulator to count them; the window's times are stretched so that no pause of a
+    loaded machine widens or opens it (counts only, no timing)."""
+    for stretched in ("PERIOD", "SLOW", "OPEN_AFTER"):
+        monkeypatch.setattr(SendWindow, stretched, 60.0)
+    ids = volume_ids(80, seed=51)
+    emu = emulator_thread(any_volume=True, rate_limit=100, burst=40, latency_ms=2)
+    report = tmp_path / "r.jsonl"
+    result = invoke(args_for(emu.url, csv_manifest(write, ids), report, "--concurrency", "32", *FAST_RETRIES))
+    assert result.exit_code == 0, result.output
+    state = emu.state()
+    creates = state["requests"]["POST /v2/{project_id}/cloudsnapshots"]
+    assert creates["202"] == 80
+    assert creates.get("429", 0) <= SendWindow.FIRST, creates
+    assert state["max_in_flight"] <= SendWindow.FIRST  # then paced: a request or two out at a time
+    assert state["max_in_flight"] <= SendWindow.FIRST
 
 
 @pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)

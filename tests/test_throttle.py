@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import itertools
 
+import anyio
 import pytest
 
-from orchestrator.throttle import RateLimiter, told_limit
+from orchestrator.throttle import RateLimiter, SendWindow, told_limit
 from tests.helpers import FakeTime
 
 
@@ -196,3 +197,150 @@ async def test_a_told_limit_is_taken_at_once_until_a_paced_429_shows_it_is_not_t
     limiter.on_throttled(told=50.0)  # paced under 50/s and still throttled
     assert limiter.rate == pytest.approx(estimate.rate)
     assert limiter.ceiling == ceiling
+
+
+def window_of(fake: FakeTime, concurrency: int = 100, *, proof: float | None = None) -> SendWindow:
+    """A route's send window; ``proof``: the seconds its first request (sent alone) took to answer."""
+    limiter = RateLimiter(None, concurrency=concurrency, clock=fake.clock, sleep=fake.sleep)
+    window = limiter.window
+    assert window is not None
+    if proof is not None:
+        entered = fake.now
+        assert window.try_enter(fake.now)
+        fake.now += proof
+        window.leave(entered)
+    return window
+
+
+def enter_all(window: SendWindow, fake: FakeTime, count: int) -> int:
+    """How many of ``count`` requests the window lets out now."""
+    return sum(window.try_enter(fake.now) for _ in range(count))
+
+
+def test_the_send_window_starts_small_and_doubles_while_answers_are_slow() -> None:
+    """The quickest answer took a period or more (a latency-bound service): 16 out at once, then a
+    full window doubles each period (16, 32, 64); the next doubling reaches --concurrency: open,
+    nothing counted any more. An answer lets one more out meanwhile."""
+    fake = FakeTime()
+    window = window_of(fake, proof=0.03)
+    assert enter_all(window, fake, 40) == SendWindow.FIRST
+    fake.now += SendWindow.PERIOD / 2
+    window.leave(fake.now - 0.03)
+    assert enter_all(window, fake, 40) == 1
+    assert window.period_left(fake.now) == pytest.approx(SendWindow.PERIOD / 2)
+    sizes = []
+    for _ in range(3):
+        fake.now += SendWindow.PERIOD
+        let_out = enter_all(window, fake, 200)
+        sizes.append((window.size, let_out, window.opened))
+    assert sizes == [(32, 16, False), (64, 32, False), (128, 200, True)]
+
+
+def test_a_send_window_doubles_before_any_answer_came() -> None:
+    """No answer at all yet (no proof went first): a period with the window full doubles it."""
+    fake = FakeTime()
+    window = window_of(fake)
+    assert enter_all(window, fake, 40) == SendWindow.FIRST  # and 24 held back: a period starts
+    fake.now += SendWindow.PERIOD * 0.8
+    assert enter_all(window, fake, 40) == 0
+    fake.now += SendWindow.PERIOD * 0.25
+    assert enter_all(window, fake, 40) == SendWindow.FIRST
+    assert window.size == 2 * SendWindow.FIRST
+
+
+def test_quick_answers_keep_the_send_window_at_16() -> None:
+    """The proof came back in 4 ms: however long the window stays full, and however slow the fan-out's
+    first answers (new connections, a loaded machine), it stays at 16 until something opens it."""
+    fake = FakeTime()
+    window = window_of(fake, proof=0.004)
+    assert enter_all(window, fake, 40) == SendWindow.FIRST
+    for _ in range(30):
+        fake.now += SendWindow.PERIOD
+        window.leave(fake.now - 0.2)
+        assert enter_all(window, fake, 40) == 1
+    assert (window.size, window.out, window.opened) == (SendWindow.FIRST, SendWindow.FIRST, False)
+
+
+def test_time_before_the_window_first_fills_is_no_period() -> None:
+    """The fan-out comes later than a period after the proof (the report is opened, the rows read):
+    the period starts when the window first holds a request back."""
+    fake = FakeTime()
+    window = window_of(fake, 32, proof=0.03)
+    fake.now += 3 * SendWindow.PERIOD
+    assert enter_all(window, fake, 32) == SendWindow.FIRST
+    assert (window.size, window.opened) == (SendWindow.FIRST, False)
+
+
+def test_the_send_window_opens_at_the_first_429() -> None:
+    """The first 429 opens the window: the limiter paces every request from then on."""
+    fake = FakeTime()
+    limiter = RateLimiter(None, concurrency=32, clock=fake.clock, sleep=fake.sleep)
+    window = limiter.window
+    assert window is not None
+    assert enter_all(window, fake, 32) == SendWindow.FIRST
+    limiter.on_throttled()
+    assert window.opened
+    limiter.on_throttled()  # and stays open
+    assert window.opened
+    assert enter_all(window, fake, 32) == 32
+    window.leave(fake.now)  # a request let out before it opened: nothing to count
+    assert window.out == SendWindow.FIRST
+
+
+def test_the_send_window_opens_a_second_after_the_first_request() -> None:
+    """Answers keep coming quickly and no 429 for OPEN_AFTER: the burst was not the limit; open."""
+    fake = FakeTime()
+    window = window_of(fake, proof=0.004)
+    assert enter_all(window, fake, 100) == SendWindow.FIRST
+    while fake.now + 0.01 < 100.0 + SendWindow.OPEN_AFTER:
+        fake.now += 0.01
+        window.leave(fake.now - 0.004)
+        assert enter_all(window, fake, 100) == 1
+    fake.now += 0.01
+    assert enter_all(window, fake, 100) == 100
+    assert window.opened
+
+
+@pytest.mark.parametrize(("first_answer", "opens"), [(0.076, True), (0.07, False)])
+def test_the_send_window_opens_at_a_slow_first_answer(first_answer: float, opens: bool) -> None:
+    """The route's first answer took SLOW (75 ms) or more: the window would double open before any
+    answer of the fan-out came back, so it opens at once; a later slow answer changes nothing."""
+    fake = FakeTime()
+    window = window_of(fake, proof=first_answer)
+    assert window.opened is opens
+    entered = fake.now
+    assert window.try_enter(fake.now)
+    fake.now += 0.2
+    window.leave(entered)
+    assert window.opened is opens
+
+
+def test_no_send_window_when_paced_or_when_it_would_not_be_smaller() -> None:
+    """--max-rps paces from the first request; --concurrency 16 or less is no wider than the window."""
+    fake = FakeTime()
+    assert RateLimiter(10.0, concurrency=100, clock=fake.clock, sleep=fake.sleep).window is None
+    assert RateLimiter(None, clock=fake.clock, sleep=fake.sleep).window is None
+    small = RateLimiter(None, concurrency=SendWindow.FIRST, clock=fake.clock, sleep=fake.sleep)
+    assert small.window is None
+
+
+async def test_a_request_the_window_holds_goes_when_a_period_widens_it_or_at_an_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request over the window waits: with no answer yet, the end of the period doubles the window
+    and lets it out; an answer lets a waiting request out (the clock is real here: the period is
+    made short, then long)."""
+    monkeypatch.setattr(SendWindow, "PERIOD", 0.02)
+    window = SendWindow(100)
+    for _ in range(SendWindow.FIRST):
+        await window.enter()
+    await window.enter()  # held back: a period starts, ends, and the window doubles
+    assert (window.size, window.out) == (2 * SendWindow.FIRST, SendWindow.FIRST + 1)
+    monkeypatch.setattr(SendWindow, "PERIOD", 3600.0)
+    entered = [await window.enter() for _ in range(window.size - window.out)]
+    async with anyio.create_task_group() as group:
+        group.start_soon(window.enter)
+        await anyio.wait_all_tasks_blocked()
+        assert window.out == window.size  # held
+        window.leave(entered[-1])
+    assert (window.size, window.out, window.opened) == (2 * SendWindow.FIRST, 2 * SendWindow.FIRST, False)

@@ -155,6 +155,16 @@ class Route:
 
     async def _send(self, call: Call) -> tuple[Answer, Closure | None]:
         self.check_open()
+        window = self.limiter.window
+        if window is None or window.opened:
+            return await self._paced(call)
+        entered = await window.enter()  # before the rate slot: a request let out later is paced
+        try:
+            return await self._paced(call)
+        finally:
+            window.leave(entered)
+
+    async def _paced(self, call: Call) -> tuple[Answer, Closure | None]:
         wait = self.limiter.slot()
         if wait > 0:
             await self.limiter.wait(wait)
@@ -285,7 +295,7 @@ class Router:
                 endpoint,
                 project_id,
                 auth=self.auth,
-                limiter=RateLimiter(self.max_rps),
+                limiter=RateLimiter(self.max_rps, concurrency=self.limits.concurrency),
                 in_flight=self.in_flight,
             )
         self._known[(region, project_id)] = route

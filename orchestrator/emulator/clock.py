@@ -17,8 +17,8 @@ EVS_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 
 
 def evs_time(moment: datetime) -> str:
-    """EVS timestamps: UTC, microseconds, no ``Z``."""
-    return moment.astimezone(UTC).strftime(EVS_TIME_FORMAT)
+    """EVS timestamps: UTC, microseconds, no ``Z`` (``EVS_TIME_FORMAT``; ``isoformat`` writes it faster)."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
 
 
 class ManualClock:
