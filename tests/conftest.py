@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import coverage
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -37,6 +38,23 @@ settings.register_profile(
     "thorough", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """``no_cover`` under xdist: pytest-cov pauses its worker's coverage, but an xdist worker also holds
+    a second one (pytest-cov starts its controller's there too), which the pause resumes; stop every
+    coverage still tracing for the test, and start them again after it."""
+    stopped: list[coverage.Coverage] = []
+    if item.get_closest_marker("no_cover") is not None:
+        while (running := coverage.Coverage.current()) is not None:
+            running.stop()
+            stopped.append(running)
+    try:
+        yield
+    finally:
+        for running in reversed(stopped):
+            running.start()
 
 
 @pytest.fixture(scope="session")

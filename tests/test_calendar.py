@@ -113,6 +113,7 @@ ZONES = st.sampled_from([BERLIN, "America/New_York", "UTC", "Australia/Lord_Howe
 @given(
     HISTORIES, COUNTS, ZONES, st.none() | st.integers(0, 3), st.none() | st.integers(1, 900), st.booleans()
 )
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_calendar_rules_match_an_independent_reading(
     generated: tuple[datetime, list[tuple[int, str]]],
     counts: dict[str, int],
@@ -348,6 +349,7 @@ def test_usage_errors(args: list[str], message: str, write: Callable[..., Path],
 NIGHTS = 40
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_forty_nights_of_calendar_retention(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

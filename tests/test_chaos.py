@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.helpers import (
     CREATE_ROUTE,
     create_args,
@@ -64,6 +66,7 @@ def settle_and_sweep(url: str, report: Path) -> None:
     time.sleep(CHAOS["deleting_seconds"] + 0.1)
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_chaos_with_a_kill_a_resume_and_a_second_run(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

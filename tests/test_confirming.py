@@ -133,6 +133,7 @@ async def test_many_pending_deletions_are_confirmed_by_listing(
     assert 3 <= hits(emu, LIST)["200"] <= 10
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 @pytest.mark.parametrize("overlap", [True, False])
 async def test_a_listing_that_shrinks_between_pages_misses_nothing_with_overlap(
     emulator: Callable[..., Any], clock: ManualClock, overlap: bool

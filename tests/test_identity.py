@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import orjson
+import pytest
 
 from orchestrator.emulator import EmulatorThread, ManualClock, SeedSnapshot, SeedVolume
 from orchestrator.report import ReportWriter
@@ -307,6 +308,7 @@ def test_two_runs_of_one_manifest_never_overlap(
     assert not list(tmp_path.glob("*.lock"))  # no lock files beside reports
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_refused_keys_cost_at_most_two_requests_and_do_not_lock_the_ak(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -17,6 +17,8 @@ import functools
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent / "orchestrator"
 COMMANDS = "orchestrator.commands"
 REGISTRY = "orchestrator.cli"  # names every command, through importlib, and nothing else does
@@ -171,6 +173,7 @@ def _edges(graph: Graph) -> list[Edge]:
     return [edge for found in graph.values() for edge in found]
 
 
+@pytest.mark.no_cover  # it runs no code of the package, only the tracer (development.md)
 def test_no_import_circles() -> None:
     """No module imports itself back through others, counting lazy and ``importlib`` imports."""
     found = circles(import_graph())

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.helpers import (
     ACTION_RETRIES,
     FAST_RETRIES,
@@ -26,6 +28,7 @@ NIGHTS = 8
 MARKER = "evs_snapshot_run"
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_eight_nights_never_hit_the_limit_nor_touch_foreign_snapshots(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

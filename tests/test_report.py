@@ -152,7 +152,7 @@ def made_report(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> tuple[Any, Path, Path]:
     """An emulator, a two-row manifest and the report of a real create run of it."""
-    emu = emulator_thread(any_volume=True)
+    emu = emulator_thread(any_volume=True, creating_seconds=0.2)  # a wait of its snapshots ends soon
     manifest = csv_manifest(write, volume_ids(2, seed=1809))
     report = tmp_path / "r.jsonl"
     assert invoke(create_args(emu.url, manifest, report, "--settle", "0.5s")).exit_code == 0
@@ -162,7 +162,7 @@ def made_report(
 def reading_commands(url: str, manifest: Path, report: Path, tmp_path: Path) -> dict[str, list[str]]:
     return {
         "summary": ["summary", str(report)],
-        "wait": cli_args("wait", report, endpoint=url),
+        "wait": cli_args("wait", report, endpoint=url, poll_interval=0.1),
         "cleanup": cli_args("cleanup", report, endpoint=url, report=tmp_path / "c.jsonl"),
         "rollback": cli_args("rollback", report, endpoint=url, report=tmp_path / "b.jsonl"),
         "create --resume": create_args(url, manifest, report, "--resume"),

@@ -22,6 +22,7 @@ def test_the_tool_sends_what_the_sdk_sends(
     emu = emulator_thread(
         volumes=tuple(SeedVolume(volume_id=disk) for disk in DISKS),
         snapshots=(snap(DISKS[0], 1), snap(DISKS[0], 5)),
+        creating_seconds=0.3,  # --wait polls a few times, not for 2 s
         deleting_seconds=0.05,
     )
     manifest = csv_manifest(write, [DISKS[0]])
@@ -33,7 +34,13 @@ def test_the_tool_sends_what_the_sdk_sends(
     assert selected.exit_code == 0, selected.output + selected.stderr
     created = invoke(
         cli_args(
-            "create", manifest, endpoint=emu.url, project_id=PROJECT, report=tmp_path / "c.jsonl", wait=True
+            "create",
+            manifest,
+            endpoint=emu.url,
+            project_id=PROJECT,
+            report=tmp_path / "c.jsonl",
+            wait=True,
+            poll_interval=0.1,
         )
     )
     assert created.exit_code == 0, created.output + created.stderr

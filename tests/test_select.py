@@ -146,6 +146,7 @@ def test_no_match_exits_1_and_writes_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_pages_1000_at_a_time(emulator_thread: Callable[..., EmulatorThread]) -> None:
     """2,500 disks cost 3 list pages; --tag lists them again (3 pages: tags are matched on the list)
     and cross-checks 1,001 tagged disks with 2 tag pages."""

@@ -277,6 +277,7 @@ def test_wait_outlives_token_lifetime(
     assert emu.state()["requests"]["POST /v3/auth/tokens"]["201"] >= 3
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 async def test_poll_round_costs_about_n_over_1000(emulator: Callable[..., Any], tmp_path: Path) -> None:
     """2,500 pending snapshots in one project cost 3 list requests a round (pages of 1000), not 2,500."""
     emu = await emulator(any_volume=True, creating_seconds=1.5, seed=65)
