@@ -164,9 +164,9 @@ def emulator(*options: str) -> Iterator[Emulator]:
 
 
 @contextlib.contextmanager
-def null_server() -> Iterator[Emulator]:
+def null_server(*options: str) -> Iterator[Emulator]:
     """A server that answers every create 202 at once (``benchmarks.nullserver``) as a process."""
-    with _server([sys.executable, "-m", "benchmarks.nullserver"]) as server:
+    with _server([sys.executable, "-m", "benchmarks.nullserver", *options]) as server:
         yield server
 
 

@@ -4,14 +4,17 @@ Raw asyncio, HTTP/1.1 keep-alive, no routing, no authentication: a POST is answe
 fixed snapshot, a GET 200 with a quota of no limit (the pre-flight check), anything else 404. It
 prints ``listening on URL`` and serves until SIGTERM or SIGINT. Against it the client's own cost is
 what sets the pace, where against the emulator (70-80% of a core) that cost is hidden.
+``--latency-ms N`` holds each answer N ms (a timer, no CPU), for the latency-bound scenario 2.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import signal
 import socket
+import sys
 
 import orjson
 
@@ -47,8 +50,9 @@ MISSING = response("404 Not Found", NOT_FOUND)
 class Connection(asyncio.Protocol):
     """One keep-alive connection: requests parsed by their head and Content-Length, answered in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, latency: float = 0.0) -> None:
         self.buffer = b""
+        self.latency = latency
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -73,12 +77,19 @@ class Connection(asyncio.Protocol):
             self.buffer = self.buffer[end + 4 + length :]
             out.append(ANSWERS.get(head[: head.find(b" ")], MISSING))
         if out and self.transport is not None:
-            self.transport.write(b"".join(out))
+            if self.latency > 0:  # later answers are scheduled later: a connection's stay in order
+                asyncio.get_running_loop().call_later(self.latency, self.answer, b"".join(out))
+            else:
+                self.transport.write(b"".join(out))
+
+    def answer(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
 
-async def serve() -> None:
+async def serve(latency_ms: float = 0.0) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Connection, "127.0.0.1", 0, backlog=1024)
+    server = await loop.create_server(lambda: Connection(latency_ms / 1000), "127.0.0.1", 0, backlog=1024)
     port = server.sockets[0].getsockname()[1]
     for sock in server.sockets:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -91,5 +102,8 @@ async def serve() -> None:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.nullserver")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="hold each answer this long")
+    args = parser.parse_args(sys.argv[1:])
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+        asyncio.run(serve(args.latency_ms))
