@@ -30,7 +30,16 @@ from orchestrator.api import evs
 from orchestrator.api.safe import ONE_TRY, volume_snapshots
 from orchestrator.api.views import Snapshot, created_snapshot
 from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError, UsageError
-from orchestrator.models import Answer, Outcome, Record, SnapshotRequest, record_line, utc_iso, utc_now
+from orchestrator.models import (
+    Answer,
+    Outcome,
+    Record,
+    SnapshotRequest,
+    record_head,
+    record_tail,
+    utc_iso,
+    utc_now,
+)
 from orchestrator.report import ReportWriter, ResumeBook
 from orchestrator.resume import RunIndex
 from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retry_after, retrying
@@ -69,6 +78,7 @@ class _Attempt:
     sent_before: bool = False  # an earlier process sent it: sending it again puts the run in doubt
     answer: Answer | None = None
     error: tuple[str, str | None] | None = None
+    head: bytes | None = None  # the row's ``models.record_head``, once its journal line made it
 
     def __init__(self, resumed_since: float | None = None) -> None:
         self.started: datetime = utc_now()
@@ -378,19 +388,20 @@ class Runner:
 
     def _accepted(self, request: SnapshotRequest, state: _Attempt, answer: Answer) -> _Ended:
         """The usual row's end, its create accepted: the record ``_record`` would give, written and
-        counted from its fields (``models.record_line``, ``Tally.add_row``) without building it."""
+        counted from its fields (``models.record_tail`` after the row's head, ``Tally.add_row``) without
+        building it."""
         snapshot_id, status = created_snapshot(answer.body)
         finished = utc_iso(utc_now())
         elapsed = round((time.monotonic() - state.clock) * 1000)
         attempts, row = state.attempts, request.row
+        head = state.head
+        if head is None:  # not journalled (a report on standard output)
+            head = record_head(
+                self.plan.run_id, row, request.volume_id, request.project_id, request.region, request.name
+            )
         self.writer.write_record(
-            record_line(
-                self.plan.run_id,
-                row,
-                request.volume_id,
-                request.project_id,
-                request.region,
-                request.name,
+            record_tail(
+                head,
                 Outcome.ACCEPTED,
                 answer.status,
                 snapshot_id,
@@ -410,9 +421,19 @@ class Runner:
 
     def _journal(self, request: SnapshotRequest, state: _Attempt) -> None:
         """Record that a create of the row is leaving now (a ``sending`` side record), before it leaves."""
+        head = state.head
+        if head is None:  # the row's identity, serialised once for its journal lines and its record
+            head = state.head = record_head(
+                self.plan.run_id,
+                request.row,
+                request.volume_id,
+                request.project_id,
+                request.region,
+                request.name,
+            )
         self.writer.write_line(
             Record.sending_line(
-                request, run_id=self.plan.run_id, attempts=state.attempts, at=utc_iso(utc_now())
+                request, run_id=self.plan.run_id, attempts=state.attempts, at=utc_iso(utc_now()), head=head
             )
         )
 
