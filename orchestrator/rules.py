@@ -139,8 +139,12 @@ def columns_checked(rows: Iterable[RawRow], defaults: RowDefaults) -> Iterator[R
         for column in template_columns(template)
     }
     if not wanted:  # no --metadata template names a column (the usual case): the rows as they are
-        yield from rows
-        return
+        return iter(rows)
+    return _columns_found(rows, wanted)
+
+
+def _columns_found(rows: Iterable[RawRow], wanted: dict[str, str]) -> Iterator[RawRow]:
+    """``columns_checked``'s rows when some are wanted: the error once all are read."""
     for raw in rows:
         if wanted and raw.fields is not None:
             for column in [column for column in wanted if column in raw.fields]:
