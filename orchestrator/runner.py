@@ -19,7 +19,6 @@ import enum
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio
@@ -37,8 +36,7 @@ from orchestrator.models import (
     SnapshotRequest,
     record_head,
     record_tail,
-    utc_iso,
-    utc_now,
+    utc_iso_now,
 )
 from orchestrator.report import ReportWriter, ResumeBook
 from orchestrator.resume import RunIndex
@@ -81,7 +79,7 @@ class _Attempt:
     head: bytes | None = None  # the row's ``models.record_head``, once its journal line made it
 
     def __init__(self, resumed_since: float | None = None) -> None:
-        self.started: datetime = utc_now()
+        self.started = utc_iso_now()
         self.clock = time.monotonic()
         if resumed_since is not None:  # an earlier process sent it; it may have acted until then
             self.uncertain_since = resumed_since
@@ -391,7 +389,7 @@ class Runner:
         counted from its fields (``models.record_tail`` after the row's head, ``Tally.add_row``) without
         building it."""
         snapshot_id, status = created_snapshot(answer.body)
-        finished = utc_iso(utc_now())
+        finished = utc_iso_now()
         elapsed = round((time.monotonic() - state.clock) * 1000)
         attempts, row = state.attempts, request.row
         head = state.head
@@ -411,7 +409,7 @@ class Runner:
                 answer.request_id,
                 attempts,
                 False,  # reconciled
-                utc_iso(state.started),
+                state.started,
                 finished,
                 elapsed,
             )
@@ -433,7 +431,7 @@ class Runner:
             )
         self.writer.write_line(
             Record.sending_line(
-                request, run_id=self.plan.run_id, attempts=state.attempts, at=utc_iso(utc_now()), head=head
+                request, run_id=self.plan.run_id, attempts=state.attempts, at=utc_iso_now(), head=head
             )
         )
 
@@ -532,7 +530,7 @@ class Runner:
             answer=state.answer,
             error=None if outcome is Outcome.ACCEPTED else state.error,
             attempts=state.attempts,
-            started_at=utc_iso(state.started),
+            started_at=state.started,
             clock=state.clock,
             snapshot=snapshot,
             reconciled=reconciled,
@@ -572,7 +570,7 @@ def row_record(
         attempts=attempts,
         reconciled=reconciled,
         started_at=started_at,
-        finished_at=utc_iso(utc_now()),
+        finished_at=utc_iso_now(),
         elapsed_ms=round((time.monotonic() - clock) * 1000),
     )
 
