@@ -319,13 +319,14 @@ def _csv_rows(lines: Iterator[str], name: str, columns_seen: _ColumnWarnings) ->
         start = reader.line_num + 1
         for cells in reader:
             line, start = start, reader.line_num + 1
-            if not any(map(str.strip, cells)):
+            filled = every_named and cells and all(map(str.strip, cells))  # every cell (the usual row)
+            if not filled and not any(map(str.strip, cells)):
                 continue
             row += 1
             if len(cells) > len(columns):
                 yield RawRow(row, line, None, from_csv=True)
                 continue
-            if every_named and all(map(str.strip, cells)) and "'" not in "".join(cells):
+            if filled and "'" not in "".join(cells):
                 # The usual row (every cell filled, no apostrophe): the comprehension's dict, made in C.
                 fields = dict(zip(columns, cells))  # noqa: B905 - fewer cells than columns: the rest are absent
             else:
