@@ -273,7 +273,8 @@ def ep_check(probe: Probe, everything: int, plain: int | None, answer: Answer) -
 async def reach(url: URL, connection: Connection) -> Check:
     """DNS, TCP and TLS (with ``--ca-bundle``) to ``url``, each timed; no HTTP is sent."""
 
-    from orchestrator.api.session import proxy_for, ssl_context  # noqa: PLC0415
+    from orchestrator.api.session import proxy_for  # noqa: PLC0415
+    from orchestrator.api.tls import context  # noqa: PLC0415
 
     host = url.host or ""
     port = url.port or (443 if url.scheme == "https" else 80)
@@ -304,7 +305,7 @@ async def reach(url: URL, connection: Connection) -> Check:
                     step = "TLS"
                     started = time.monotonic()
                     tls = await TLSStream.wrap(
-                        stream, hostname=host, ssl_context=ssl_context(connection.endpoints.ca_bundle)
+                        stream, hostname=host, ssl_context=context(connection.endpoints.ca_bundle)
                     )
                     steps.append(f"TLS {1000 * (time.monotonic() - started):.0f} ms")
                     await tls.aclose()

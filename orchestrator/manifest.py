@@ -202,19 +202,24 @@ def read_rows(
             raise ManifestError(name, None, "the manifest has no rows", "add at least one volume")
 
 
-def _decoded_lines(handle: IO[bytes], name: str) -> Iterator[tuple[int, str]]:
-    for number, raw in enumerate(iter(functools.partial(handle.readline, MAX_LINE_BYTES + 1), b""), start=1):
+def _decoded_lines(handle: IO[bytes], name: str) -> Iterator[str]:
+    """The manifest's lines as text, in order (a reader counts them: the first is line 1)."""
+    read = functools.partial(handle.readline, MAX_LINE_BYTES + 1)
+    number, raw = 1, read()
+    if raw.startswith(BOM):
+        raw = raw[3:]
+    while raw:
         if len(raw) > MAX_LINE_BYTES:
             raise ManifestError(
                 name, number, f"this line is longer than {MAX_LINE_BYTES:,} bytes", "one row per line"
             )
-        chunk = raw[3:] if number == 1 and raw.startswith(BOM) else raw
         try:
-            yield number, chunk.decode("utf-8")
+            yield raw.decode("utf-8")
         except UnicodeDecodeError:
             raise ManifestError(
                 name, number, "this line is not valid UTF-8", "save the manifest as UTF-8"
             ) from None
+        number, raw = number + 1, read()
 
 
 def spreadsheet_text(cell: str) -> str:
@@ -298,36 +303,30 @@ def _checked_header(header: list[str], name: str, line: int) -> list[str]:
     return columns
 
 
-def _csv_rows(lines: Iterator[tuple[int, str]], name: str, columns_seen: _ColumnWarnings) -> Iterator[RawRow]:
-    numbers: list[int] = [0]
-
-    def text() -> Iterator[str]:
-        for number, line in lines:
-            numbers[0] = number
-            yield line
-
-    reader = csv.reader(text(), strict=True)
+def _csv_rows(lines: Iterator[str], name: str, columns_seen: _ColumnWarnings) -> Iterator[RawRow]:
+    reader = csv.reader(lines, strict=True)  # its line_num: the number of the last line it read
     try:
         header = next(reader, None)
         while header is not None and not any(map(str.strip, header)):
             header = next(reader, None)
         if header is None:
             raise ManifestError(name, None, "the manifest is empty", "add a header row with volume_id")
-        columns = _checked_header(header, name, numbers[0])
+        columns = _checked_header(header, name, reader.line_num)
         columns_seen.check(columns)
         columns_seen.finish()
         every_named = all(columns)
         row = 0
-        start = numbers[0] + 1
+        start = reader.line_num + 1
         for cells in reader:
-            line, start = start, numbers[0] + 1
-            if not any(map(str.strip, cells)):
+            line, start = start, reader.line_num + 1
+            filled = every_named and cells and all(map(str.strip, cells))  # every cell (the usual row)
+            if not filled and not any(map(str.strip, cells)):
                 continue
             row += 1
             if len(cells) > len(columns):
                 yield RawRow(row, line, None, from_csv=True)
                 continue
-            if every_named and all(map(str.strip, cells)) and "'" not in "".join(cells):
+            if filled and "'" not in "".join(cells):
                 # The usual row (every cell filled, no apostrophe): the comprehension's dict, made in C.
                 fields = dict(zip(columns, cells))  # noqa: B905 - fewer cells than columns: the rest are absent
             else:
@@ -339,13 +338,13 @@ def _csv_rows(lines: Iterator[tuple[int, str]], name: str, columns_seen: _Column
             yield RawRow(row, line, fields, from_csv=True)
     except csv.Error as exc:
         raise ManifestError(
-            name, numbers[0], f"CSV syntax error: {exc}", "check the quoting on this line"
+            name, reader.line_num, f"CSV syntax error: {exc}", "check the quoting on this line"
         ) from None
 
 
-def _jsonl_rows(lines: Iterator[tuple[int, str]], name: str, columns: _ColumnWarnings) -> Iterator[RawRow]:
+def _jsonl_rows(lines: Iterator[str], name: str, columns: _ColumnWarnings) -> Iterator[RawRow]:
     row = 0
-    for number, line in lines:
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         start = len(line) - len(line.lstrip())

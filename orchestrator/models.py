@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -60,6 +61,17 @@ def _second(year: int, month: int, day: int, hour: int, minute: int, second: int
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def utc_iso_now() -> str:
+    """Now, as ``utc_iso(utc_now())`` renders it, without a datetime (a run's row takes three)."""
+    second, nanos = divmod(time.time_ns(), 1_000_000_000)
+    return f"{_epoch_second(second)}.{nanos // 1_000_000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 class SnapshotRequest(NamedTuple):
@@ -141,28 +153,18 @@ class Record:
         )
 
     @staticmethod
-    def sending_line(request: SnapshotRequest, *, run_id: str, attempts: int, at: str) -> bytes:
+    def sending_line(
+        request: SnapshotRequest, *, run_id: str, attempts: int, at: str, head: bytes | None = None
+    ) -> bytes:
         """The ``sending`` journal line of a create about to leave at ``at``: the bytes ``to_json`` gives
-        that record, without building it (one per attempt; nothing reads it back in this process)."""
-        return record_line(
-            run_id,
-            request.row,
-            request.volume_id,
-            request.project_id,
-            request.region,
-            request.name,
-            Outcome.SENDING,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            attempts,
-            False,  # reconciled
-            at,
-            at,
-            0,
+        that record, without building it (one per attempt; nothing reads it back in this process).
+        ``head``: the row's ``record_head``, when the caller kept it."""
+        if head is None:
+            head = record_head(
+                run_id, request.row, request.volume_id, request.project_id, request.region, request.name
+            )
+        return record_tail(
+            head, Outcome.SENDING, None, None, None, None, None, None, attempts, False, at, at, 0
         )
 
     @classmethod
@@ -216,17 +218,63 @@ def record_line(
     snapshot_group_id: str | None = None,
 ) -> bytes:
     """A ``Record`` as one JSON line, newline included, without building one (the one place the line
-    is written): its fields in their order, as ``orjson.dumps`` writes the dataclass (a dict is
-    serialised about twice as fast as a slotted dataclass, and this runs once a row), without
-    ``snapshot_group_id`` when it is ``None`` (records of snapshots made alone read as before the
-    field existed)."""
-    fields = {
+    is written, as ``record_head`` and ``record_tail``): its fields in their order, as ``orjson.dumps``
+    writes the dataclass (a dict is serialised about twice as fast as a slotted dataclass, and this
+    runs once a row), without ``snapshot_group_id`` when it is ``None`` (records of snapshots made
+    alone read as before the field existed)."""
+    return record_tail(
+        record_head(run_id, row, volume_id, project_id, region, name),
+        outcome,
+        http_status,
+        snapshot_id,
+        snapshot_status,
+        error_code,
+        error_message,
+        request_id,
+        attempts,
+        reconciled,
+        started_at,
+        finished_at,
+        elapsed_ms,
+        snapshot_group_id,
+    )
+
+
+def record_head(
+    run_id: str, row: int, volume_id: str | None, project_id: str | None, region: str | None, name: str | None
+) -> bytes:
+    """A record line's first six fields, the row's identity, up to the comma after them
+    (``{"run_id":...,"name":...,``): a row's journal lines and its record serialise it once."""
+    identity = {
         "run_id": run_id,
         "row": row,
         "volume_id": volume_id,
         "project_id": project_id,
         "region": region,
         "name": name,
+    }
+    return orjson.dumps(identity)[:-1] + b","
+
+
+def record_tail(
+    head: bytes,
+    outcome: Outcome,
+    http_status: int | None,
+    snapshot_id: str | None,
+    snapshot_status: str | None,
+    error_code: str | None,
+    error_message: str | None,
+    request_id: str | None,
+    attempts: int,
+    reconciled: bool,
+    started_at: str,
+    finished_at: str,
+    elapsed_ms: int,
+    snapshot_group_id: str | None = None,
+) -> bytes:
+    """The line ``record_line`` gives, from the row's ``record_head`` and the other fields (orjson
+    writes no whitespace: the head and the tail's object without its ``{`` join into the same bytes)."""
+    fields = {
         "outcome": outcome,
         "http_status": http_status,
         "snapshot_id": snapshot_id,
@@ -242,7 +290,7 @@ def record_line(
     }
     if snapshot_group_id is not None:
         fields["snapshot_group_id"] = snapshot_group_id
-    return orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
+    return head + orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)[1:]
 
 
 def planned(run_id: str, request: SnapshotRequest) -> Record:

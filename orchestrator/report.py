@@ -110,11 +110,12 @@ class ReportWriter:
         self.written += 1
 
     def _write(self, line: bytes) -> None:
-        data = memoryview(line)
         try:
-            while data:
-                written = os.write(self.fd, data)
-                data = data[written:]
+            written = os.write(self.fd, line)  # the whole line, but for a short write
+            if written < len(line):
+                data = memoryview(line)[written:]
+                while data:
+                    data = data[os.write(self.fd, data) :]
         except OSError as exc:
             self._fail(exc)
         now = time.monotonic()
@@ -315,13 +316,13 @@ class RowSlots(Generic[_N]):
     def __setitem__(self, row: int, value: _N) -> None:
         self._count += 1
         flat = self._flat
+        if row == len(flat) and self._sparse is None:  # the usual case: the next row, in order
+            flat.append(value)  # (never the one that goes sparse: a dense array's end is within SPREAD)
+            return
         if self._sparse is None and row >= len(flat) and row > self.SPREAD * self._count + 65536:
             self._sparse = {index: item for index, item in enumerate(flat) if item != self._default}
         if self._sparse is not None:
             self._sparse[row] = value
-            return
-        if row == len(flat):  # the usual case: the next row, in order
-            flat.append(value)
             return
         if row > len(flat):
             flat.extend(array(flat.typecode, [self._default]) * (row + 1 - len(flat)))

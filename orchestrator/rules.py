@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 import re
 import string
 import unicodedata
@@ -25,7 +26,7 @@ import orjson
 from orchestrator.config import PROJECT_RE, REGION_RE, RowDefaults, RunIdentity
 from orchestrator.duplicates import UUID_RE, volume_key
 from orchestrator.errors import UsageError
-from orchestrator.manifest import TAG_PREFIX, RawRow
+from orchestrator.manifest import METADATA_PREFIX, TAG_PREFIX, RawRow
 from orchestrator.models import Outcome, Record, SnapshotRequest, utc_iso
 
 NAME_MAX = 64
@@ -42,6 +43,7 @@ WELL_FORMED_KEPT = 4096
 BUILTIN_PLACEHOLDERS = frozenset({"volume_id", "row", "run_id", "date", "datetime"})
 PLACEHOLDER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 # {tag:KEY}: a tag key (letters, digits, spaces and _ . : = + - @ /) as select --with-tags names its column
+_METADATA_COLUMN = operator.methodcaller("startswith", METADATA_PREFIX)  # a row's keys are strings
 TAG_KEY_RE = re.compile(r"[\w.:=+\-@/]+(?: [\w.:=+\-@/]+)*")
 
 
@@ -137,8 +139,12 @@ def columns_checked(rows: Iterable[RawRow], defaults: RowDefaults) -> Iterator[R
         for column in template_columns(template)
     }
     if not wanted:  # no --metadata template names a column (the usual case): the rows as they are
-        yield from rows
-        return
+        return iter(rows)
+    return _columns_found(rows, wanted)
+
+
+def _columns_found(rows: Iterable[RawRow], wanted: dict[str, str]) -> Iterator[RawRow]:
+    """``columns_checked``'s rows when some are wanted: the error once all are read."""
     for raw in rows:
         if wanted and raw.fields is not None:
             for column in [column for column in wanted if column in raw.fields]:
@@ -310,7 +316,11 @@ class RowValidator:
 
     def _request(self, raw: RawRow, fields: Mapping[str, Any]) -> SnapshotRequest:
         volume_id = _volume_id(fields.get("volume_id"), raw)
-        project_id = _optional_text(fields, "project_id", raw) or self.defaults.project_id
+        # A column the row leaves out (the usual case) is read without a call to ``_optional_text``.
+        get = fields.get
+        project_id = (
+            get("project_id") is not None and _optional_text(fields, "project_id", raw)
+        ) or self.defaults.project_id
         if project_id is not None and project_id not in self.good_projects:
             if not PROJECT_RE.match(project_id):
                 raise RowProblem(
@@ -318,7 +328,7 @@ class RowValidator:
                     f"{_where(raw)}: project_id {project_id!r} is not 32 lower-case hex characters",
                 )
             _remember(self.good_projects, project_id)
-        region = _optional_text(fields, "region", raw) or self.defaults.region
+        region = (get("region") is not None and _optional_text(fields, "region", raw)) or self.defaults.region
         if region is not None and region not in self.good_regions:
             if not REGION_RE.match(region):
                 raise RowProblem(
@@ -344,11 +354,15 @@ class RowValidator:
             )
         force = _force(fields.get("force"), raw.from_csv, raw)
         values = self._values(fields, volume_id, raw.row) if self.templated else None
-        metadata = {**self._metadata(values), **_metadata(fields, raw.from_csv, raw)}
-        _check_metadata(metadata, raw)
+        metadata = self._metadata(values)
+        row_metadata = _metadata(fields, raw.from_csv, raw)
+        if row_metadata:
+            metadata.update(row_metadata)
+        if metadata:
+            _check_metadata(metadata, raw)
         if self.defaults.hold is not None:  # create --hold: in the create request itself
             metadata[HOLD_KEY] = self.defaults.hold
-        name = _optional_text(fields, "name", raw, strip=False)
+        name = None if get("name") is None else _optional_text(fields, "name", raw, strip=False)
         rendered = name is None
         if name is None:
             if self.quick_name is not None:
@@ -469,6 +483,8 @@ def _force(value: object, from_csv: bool, raw: RawRow) -> bool | None:
 
 def _metadata(fields: Mapping[str, Any], from_csv: bool, raw: RawRow) -> dict[str, Any]:
     value = fields.get("metadata")
+    if value is None and not any(map(_METADATA_COLUMN, fields)):  # the usual row, its keys checked in C
+        return {}
     if from_csv and isinstance(value, str):
         try:
             value = orjson.loads(value)

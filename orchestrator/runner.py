@@ -19,7 +19,6 @@ import enum
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio
@@ -36,9 +35,9 @@ from orchestrator.models import (
     Record,
     SnapshotRequest,
     planned,
-    record_line,
-    utc_iso,
-    utc_now,
+    record_head,
+    record_tail,
+    utc_iso_now,
 )
 from orchestrator.report import ReportWriter, ResumeBook
 from orchestrator.resume import RunIndex
@@ -78,9 +77,10 @@ class _Attempt:
     sent_before: bool = False  # an earlier process sent it: sending it again puts the run in doubt
     answer: Answer | None = None
     error: tuple[str, str | None] | None = None
+    head: bytes | None = None  # the row's ``models.record_head``, once its journal line made it
 
     def __init__(self, resumed_since: float | None = None) -> None:
-        self.started: datetime = utc_now()
+        self.started = utc_iso_now()
         self.clock = time.monotonic()
         if resumed_since is not None:  # an earlier process sent it; it may have acted until then
             self.uncertain_since = resumed_since
@@ -387,19 +387,20 @@ class Runner:
 
     def _accepted(self, request: SnapshotRequest, state: _Attempt, answer: Answer) -> _Ended:
         """The usual row's end, its create accepted: the record ``_record`` would give, written and
-        counted from its fields (``models.record_line``, ``Tally.add_row``) without building it."""
+        counted from its fields (``models.record_tail`` after the row's head, ``Tally.add_row``) without
+        building it."""
         snapshot_id, status = created_snapshot(answer.body)
-        finished = utc_iso(utc_now())
+        finished = utc_iso_now()
         elapsed = round((time.monotonic() - state.clock) * 1000)
         attempts, row = state.attempts, request.row
+        head = state.head
+        if head is None:  # not journalled (a report on standard output)
+            head = record_head(
+                self.plan.run_id, row, request.volume_id, request.project_id, request.region, request.name
+            )
         self.writer.write_record(
-            record_line(
-                self.plan.run_id,
-                row,
-                request.volume_id,
-                request.project_id,
-                request.region,
-                request.name,
+            record_tail(
+                head,
                 Outcome.ACCEPTED,
                 answer.status,
                 snapshot_id,
@@ -409,7 +410,7 @@ class Runner:
                 answer.request_id,
                 attempts,
                 False,  # reconciled
-                utc_iso(state.started),
+                state.started,
                 finished,
                 elapsed,
             )
@@ -419,9 +420,19 @@ class Runner:
 
     def _journal(self, request: SnapshotRequest, state: _Attempt) -> None:
         """Record that a create of the row is leaving now (a ``sending`` side record), before it leaves."""
+        head = state.head
+        if head is None:  # the row's identity, serialised once for its journal lines and its record
+            head = state.head = record_head(
+                self.plan.run_id,
+                request.row,
+                request.volume_id,
+                request.project_id,
+                request.region,
+                request.name,
+            )
         self.writer.write_line(
             Record.sending_line(
-                request, run_id=self.plan.run_id, attempts=state.attempts, at=utc_iso(utc_now())
+                request, run_id=self.plan.run_id, attempts=state.attempts, at=utc_iso_now(), head=head
             )
         )
 
@@ -520,7 +531,7 @@ class Runner:
             answer=state.answer,
             error=None if outcome is Outcome.ACCEPTED else state.error,
             attempts=state.attempts,
-            started_at=utc_iso(state.started),
+            started_at=state.started,
             clock=state.clock,
             snapshot=snapshot,
             reconciled=reconciled,
@@ -560,7 +571,7 @@ def row_record(
         attempts=attempts,
         reconciled=reconciled,
         started_at=started_at,
-        finished_at=utc_iso(utc_now()),
+        finished_at=utc_iso_now(),
         elapsed_ms=round((time.monotonic() - clock) * 1000),
     )
 

@@ -97,3 +97,29 @@ def test_a_create_answers_snapshot_id_and_status_read_as_the_view_reads_them(bod
     snapshot = Snapshot.from_body(body)
     expected = (None, None) if snapshot is None else (snapshot.id or None, snapshot.status)
     assert created_snapshot(body) == expected
+
+
+def test_a_rows_journal_line_and_record_share_its_serialised_identity(tmp_path: Path) -> None:
+    """The row's identity is serialised once (``record_head``) for its journal lines and its record:
+    each line holds the bytes its Record gives, escapes and a group's field included."""
+    request = snapshot_request("0f1e2d3c-4b5a-4678-9abc-def012345678", 9, name='n\u00e9 "q" \\', region="r-1")
+    answer = Answer(status=202, body={"snapshot": {"id": "snap-9", "status": "creating"}}, request_id="q")
+    state = _Attempt()
+    path = tmp_path / "r.jsonl"
+    with ReportWriter(str(path)) as writer:
+        runner = Runner(
+            RunPlan(run_id="01JEXAMPLE", concurrency=1), router=None, writer=writer, tally=Tally()
+        )
+        for attempts in (1, 2):
+            state.attempts = attempts
+            runner._journal(request, state)
+        assert state.head is not None
+        runner._accepted(request, state, answer)
+    lines = path.read_bytes().splitlines(keepends=True)
+    records = [Record.from_json(line) for line in lines]
+    assert [line == record.to_json() for line, record in zip(lines, records, strict=True)] == [True] * 3
+    assert [record.outcome for record in records] == [Outcome.SENDING, Outcome.SENDING, Outcome.ACCEPTED]
+    assert [record.attempts for record in records] == [1, 2, 2]
+    assert {record.name for record in records} == {'n\u00e9 "q" \\'}
+    grouped = dataclasses.replace(records[2], snapshot_group_id="g-1")
+    assert Record.from_json(grouped.to_json()) == grouped

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.errors import ReportExistsError, UsageError
-from orchestrator.models import Outcome, Record, RunHeader, utc_iso
+from orchestrator.models import Outcome, Record, RunHeader, utc_iso, utc_iso_now, utc_now
 from orchestrator.report import ReportWriter, RowSlots, final_records, read_header, read_records
 from orchestrator.tally import Tally
 from tests.helpers import (
@@ -252,6 +252,17 @@ def test_instants_in_other_zones_are_written_in_utc() -> None:
     moment = datetime(2026, 11, 27, 11, 54, 32, 100500, tzinfo=timezone(timedelta(hours=8)))
     assert utc_iso(moment) == "2026-11-27T03:54:32.100Z"
     assert utc_iso(moment.astimezone(UTC)) == "2026-11-27T03:54:32.100Z"
+
+
+def test_now_is_rendered_as_utc_iso_renders_it() -> None:
+    """The run's own clock reading (``utc_iso_now``, no datetime) has utc_iso's form and instant."""
+    before = utc_iso(utc_now())
+    now = utc_iso_now()
+    after = utc_iso(utc_now())
+    assert before <= now <= after  # the same form: ISO strings order as their instants
+    assert len(now) == len(before) == 24
+    assert now.endswith("Z")
+    assert now[19] == "."
 
 
 @pytest.mark.parametrize("line", [b"[1, 2]", b'"accepted"', b"7"])

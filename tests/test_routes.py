@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from orchestrator.api import evs
+from orchestrator.api import evs, tls
 from orchestrator.api.routes import connect
 from orchestrator.api.safe import fetch_json, snapshot_pages
 from orchestrator.api.session import Caller
@@ -181,6 +182,39 @@ async def test_a_truncated_answer_is_a_transport_error() -> None:
     assert str(caught.value).startswith("ClientPayloadError: ")
     assert caught.value.may_have_arrived
     assert caught.value.code == "CONNECTION_ERROR"
+
+
+async def test_tls_is_built_only_for_https_and_verifies() -> None:
+    """A plain-http endpoint builds no TLS context (aiohttp's own hold no CA: nothing relies on them);
+    an https one gets a verifying context with the system CAs, and TLS to a plain-http port fails."""
+
+    async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(plain, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    tls.context.cache_clear()
+    try:
+        async with aiohttp.ClientSession() as session:
+            http = Caller(session, URL(f"http://127.0.0.1:{port}"), timeout=5)
+            assert (await http.call("GET", "/v3/projects", auth=None)).status == 400
+            assert http.tls is True
+            assert tls.context.cache_info().currsize == 0
+            https = Caller(session, URL(f"https://127.0.0.1:{port}"), timeout=5)
+            with pytest.raises(TransportError) as caught:
+                await https.call("GET", "/v3/projects", auth=None)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert caught.value.code == "TLS_ERROR"
+    assert isinstance(https.tls, ssl.SSLContext)
+    assert https.tls.verify_mode is ssl.CERT_REQUIRED
+    assert https.tls.check_hostname
+    assert https.tls.cert_store_stats()["x509_ca"] > 0  # the system CAs
+    assert https.tls is tls.context(None)  # built once a process
 
 
 @pytest.mark.parametrize(

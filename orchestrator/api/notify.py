@@ -19,12 +19,13 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 import anyio
 import orjson
 from yarl import URL
 
+from orchestrator.api import tls
 from orchestrator.api.session import USER_AGENT, proxy_for
+from orchestrator.api.tls import aiohttp
 from orchestrator.config import Notify, redact_url
 from orchestrator.console import Console
 from orchestrator.defaults import NOTIFY_BODY_MAX
@@ -147,6 +148,7 @@ class Notifier:
                 headers={"Content-Type": message.content_type, "User-Agent": USER_AGENT},
                 timeout=aiohttp.ClientTimeout(total=self.notify.timeout),
                 proxy=proxy_for(url),
+                ssl=tls.for_url(url),
             ) as response:
                 await response.read()
                 status = response.status

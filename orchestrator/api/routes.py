@@ -289,7 +289,9 @@ class Router:
         if route is None:
             endpoint = self._endpoints.get(base)
             if endpoint is None:
-                caller = Caller(self.session, base, timeout=self.limits.timeout)
+                caller = Caller(
+                    self.session, base, timeout=self.limits.timeout, ca_bundle=self.endpoints.ca_bundle
+                )
                 endpoint = self._endpoints[base] = Endpoint(caller)
             route = self.routes[(base, project_id)] = Route(
                 endpoint,
@@ -333,7 +335,14 @@ async def connect(stack: contextlib.AsyncExitStack, connection: Connection) -> R
     session = await stack.enter_async_context(
         new_session(connections=limits.concurrency, ca_bundle=connection.endpoints.ca_bundle)
     )
-    iam = IamClient(Caller(session, connection.endpoints.iam_url(), timeout=limits.timeout))
+    iam = IamClient(
+        Caller(
+            session,
+            connection.endpoints.iam_url(),
+            timeout=limits.timeout,
+            ca_bundle=connection.endpoints.ca_bundle,
+        )
+    )
     auth: Authenticator
     if isinstance(found, PasswordCredentials):
         auth = PasswordAuth(user=found.user, password=found.password, domain=found.domain, iam=iam)

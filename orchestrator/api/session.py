@@ -14,14 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 from yarl import URL
 
 from orchestrator import __version__
-from orchestrator.api import signing
+from orchestrator.api import signing, tls
 from orchestrator.api.credentials import Authenticator, OutgoingRequest
-from orchestrator.errors import RequestTimeout, TransportError, UsageError
+from orchestrator.api.tls import aiohttp
+from orchestrator.errors import RequestTimeout, TransportError
 from orchestrator.models import Answer
 
 USER_AGENT = f"evs-snapshot/{__version__} python/{platform.python_version()}"
@@ -38,26 +38,15 @@ def proxy_for(url: URL) -> str | None:
     return proxy
 
 
-def ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
-    """Verified TLS with the system CAs, plus ``--ca-bundle`` when given."""
-    context = ssl.create_default_context()
-    if ca_bundle is not None:
-        try:
-            context.load_verify_locations(cafile=str(ca_bundle))
-        except (ssl.SSLError, OSError) as exc:
-            raise UsageError(
-                f"--ca-bundle {ca_bundle}: not a readable PEM file of CA certificates ({exc})"
-            ) from None
-    return context
-
-
 def new_session(*, connections: int, ca_bundle: Path | None = None) -> aiohttp.ClientSession:
-    """One session for a run: each endpoint's connection pool is as large as the worker count."""
-    # ssl=True is aiohttp's own verified context with the system CAs (built when aiohttp is imported):
-    # building a second one costs about 25 ms of CPU, so only --ca-bundle gets its own.
-    tls: ssl.SSLContext | bool = True if ca_bundle is None else ssl_context(ca_bundle)
+    """One session for a run: each endpoint's connection pool is as large as the worker count.
+
+    TLS contexts are given per request (``Caller``), built only when a request goes to https; a
+    ``--ca-bundle`` is read here, so that an unreadable one is a usage error before anything is sent."""
+    if ca_bundle is not None:
+        tls.context(ca_bundle)
     # The workers bound what is in flight; each endpoint (host) gets its own pool of that size.
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=connections, ssl=tls, ttl_dns_cache=300)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=connections, ttl_dns_cache=300)
     # trust_env would look up netrc and proxies in a thread on every request; Caller does it once.
     return aiohttp.ClientSession(
         connector=connector,
@@ -69,9 +58,13 @@ def new_session(*, connections: int, ca_bundle: Path | None = None) -> aiohttp.C
 class Caller:
     """Sends one request to one base URL and returns its ``Answer`` (shared by EVS and IAM calls)."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: URL, *, timeout: float) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, base_url: URL, *, timeout: float, ca_bundle: Path | None = None
+    ) -> None:
         self.session = session
         self.base_url = base_url
+        self.ca_bundle = ca_bundle
+        self.tls: ssl.SSLContext | bool | None = None  # ``tls.for_url``, on the first request
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.proxy = proxy_for(base_url)
         self._urls: dict[str, URL] = {}  # paths without ids only (the create path), so it stays small
@@ -114,6 +107,9 @@ class Caller:
                     may_have_arrived=False,
                     from_iam=True,
                 ) from exc
+        context = self.tls
+        if context is None:
+            context = self.tls = tls.for_url(self.base_url, self.ca_bundle)
         try:
             async with self.session.request(
                 method,
@@ -122,6 +118,7 @@ class Caller:
                 headers=outgoing.headers,
                 timeout=self.timeout,
                 proxy=self.proxy,
+                ssl=context,
             ) as response:
                 raw = await response.read()
                 got = response.headers.get
