@@ -155,32 +155,31 @@ class Route:
 
     async def _send(self, call: Call) -> tuple[Answer, Closure | None]:
         self.check_open()
-        window = self.limiter.window
-        if window is None or window.opened:
-            return await self._paced(call)
-        entered = await window.enter()  # before the rate slot: a request let out later is paced
+        limiter = self.limiter
+        window = limiter.window
+        entered = None
+        if window is not None and not window.opened:
+            entered = await window.enter()  # before the rate slot: a request let out later is paced
         try:
-            return await self._paced(call)
-        finally:
-            window.leave(entered)
-
-    async def _paced(self, call: Call) -> tuple[Answer, Closure | None]:
-        wait = self.limiter.slot()
-        if wait > 0:
-            await self.limiter.wait(wait)
-        in_flight = self.in_flight
-        try:
-            in_flight.acquire_nowait()  # no checkpoint when a slot is free (the usual case)
-        except anyio.WouldBlock:
-            await in_flight.acquire()
-        try:
-            answer = await self._call(call)
-            refusal = self._refusal(answer, call)
-            if refusal is not None and _expired(answer) and self._renewable(answer):
-                answer = await self._call(call)  # the gateway refused the first: no double
+            wait = limiter.slot()  # one coroutine frame a request: the window's check and the pacing inline
+            if wait > 0:
+                await limiter.wait(wait)
+            in_flight = self.in_flight
+            try:
+                in_flight.acquire_nowait()  # no checkpoint when a slot is free (the usual case)
+            except anyio.WouldBlock:
+                await in_flight.acquire()
+            try:
+                answer = await self._call(call)
                 refusal = self._refusal(answer, call)
+                if refusal is not None and _expired(answer) and self._renewable(answer):
+                    answer = await self._call(call)  # the gateway refused the first: no double
+                    refusal = self._refusal(answer, call)
+            finally:
+                in_flight.release()
         finally:
-            in_flight.release()
+            if entered is not None and window is not None:
+                window.leave(entered)
         return answer, refusal
 
     async def _call(self, call: Call) -> Answer:
