@@ -464,10 +464,9 @@ def _volume_id(value: object, raw: RawRow) -> str:
     )
 
 
-def _optional_text(fields: Mapping[str, Any], key: str, raw: RawRow, *, strip: bool = True) -> str | None:
-    value = fields.get(key)
-    if value is None:
-        return None
+def _optional_text(fields: Mapping[str, Any], key: str, raw: RawRow, *, strip: bool = True) -> str:
+    """An optional column's text; called only when the row has the column (its value is not ``None``)."""
+    value = fields[key]
     if not isinstance(value, str):
         raise RowProblem(
             f"INVALID_{key.upper()}", f"{_where(raw)}: {key} must be a string, not {type(value).__name__}"
@@ -475,9 +474,8 @@ def _optional_text(fields: Mapping[str, Any], key: str, raw: RawRow, *, strip: b
     return value.strip() if strip else value
 
 
-def _force(value: object, from_csv: bool, raw: RawRow) -> bool | None:
-    if value is None:
-        return None
+def _force(value: object, from_csv: bool, raw: RawRow) -> bool:
+    """A present ``force`` cell or value as a boolean."""
     if isinstance(value, bool):
         return value
     if from_csv and isinstance(value, str) and value.strip().lower() in BOOLEANS:
