@@ -344,15 +344,19 @@ class RowValidator:
             raise RowProblem(
                 "MISSING_REGION", f"{_where(raw)}: no region in the row and no --region or --endpoint"
             )
-        description = _optional_text(fields, "description", raw, strip=False)
+        description = get("description")
         if description is None:
             description = self.defaults.description
+        elif not isinstance(description, str):
+            description = _optional_text(fields, "description", raw)  # raises INVALID_DESCRIPTION
         if description is not None and len(description) > DESCRIPTION_MAX:
             raise RowProblem(
                 "DESCRIPTION_TOO_LONG",
                 f"{_where(raw)}: description has {len(description)} characters, at most {DESCRIPTION_MAX}",
             )
-        force = _force(fields.get("force"), raw.from_csv, raw)
+        force = get("force")
+        if force is not None:
+            force = _force(force, raw.from_csv, raw)
         values = self._values(fields, volume_id, raw.row) if self.templated else None
         metadata = self._metadata(values)
         row_metadata = _metadata(fields, raw.from_csv, raw)
@@ -450,19 +454,19 @@ def _fields_of(raw: RawRow) -> dict[str, Any]:
 
 
 def _volume_id(value: object, raw: RawRow) -> str:
-    if value is None or (isinstance(value, str) and not value.strip()):
+    volume = value.strip().lower() if isinstance(value, str) else None  # stripped and lowered once
+    if volume is not None and UUID_RE.match(volume):
+        return volume
+    if value is None or volume == "":
         raise RowProblem("MISSING_VOLUME_ID", f"{_where(raw)}: volume_id is missing")
-    if not isinstance(value, str) or not UUID_RE.match(value.strip().lower()):
-        raise RowProblem(
-            "INVALID_VOLUME_ID", f"{_where(raw)}: volume_id {value!r} is not a UUID (8-4-4-4-12 hex)"
-        )
-    return value.strip().lower()
+    raise RowProblem(
+        "INVALID_VOLUME_ID", f"{_where(raw)}: volume_id {value!r} is not a UUID (8-4-4-4-12 hex)"
+    )
 
 
-def _optional_text(fields: Mapping[str, Any], key: str, raw: RawRow, *, strip: bool = True) -> str | None:
-    value = fields.get(key)
-    if value is None:
-        return None
+def _optional_text(fields: Mapping[str, Any], key: str, raw: RawRow, *, strip: bool = True) -> str:
+    """An optional column's text; called only when the row has the column (its value is not ``None``)."""
+    value = fields[key]
     if not isinstance(value, str):
         raise RowProblem(
             f"INVALID_{key.upper()}", f"{_where(raw)}: {key} must be a string, not {type(value).__name__}"
@@ -470,9 +474,8 @@ def _optional_text(fields: Mapping[str, Any], key: str, raw: RawRow, *, strip: b
     return value.strip() if strip else value
 
 
-def _force(value: object, from_csv: bool, raw: RawRow) -> bool | None:
-    if value is None:
-        return None
+def _force(value: object, from_csv: bool, raw: RawRow) -> bool:
+    """A present ``force`` cell or value as a boolean."""
     if isinstance(value, bool):
         return value
     if from_csv and isinstance(value, str) and value.strip().lower() in BOOLEANS:

@@ -238,54 +238,52 @@ class Runner:
         if request.project_id != route.project_id:
             request = request._replace(project_id=route.project_id)
         try:
-            return await self._attempts(request, route, state, settling=settling)
+            # The row's create attempts, each after the lookups an uncertain one before it needs (in
+            # this frame: one coroutine frame fewer a row).
+            policy = self.plan.policy
+            fresh = not (state.attempts or state.resumed or settling or state.uncertain_since is not None)
+            if fresh and policy.max_attempts > 0:
+                # The usual case, a fresh row's first attempt, sent without building the retry loop (as
+                # its first attempt would be): the loop takes over, this attempt spent, only when the
+                # answer asks for another try, after the pause the loop would have made.
+                if self._past_deadline():
+                    return self._deadline(request, state)
+                if self.stopping:
+                    raise Stopped
+                try:
+                    return await self._send_once(request, route, state)
+                except TryAgain as exc:
+                    if state.attempts < policy.max_attempts:
+                        wait = exc.wait
+                        await self._pause(
+                            policy.backoff(state.attempts, self.random) if wait is None else wait
+                        )
+            if state.attempts < policy.max_attempts:
+                # A settling task goes on where the worker stopped: the attempts left are its budget.
+                budget = policy if not state.attempts else _spent(policy, state.attempts)
+                tries = retrying(
+                    budget,
+                    pause=lambda _number, rng: policy.backoff(state.attempts, rng),
+                    rng=self.random,
+                    sleep=self._pause,
+                    reraise=False,
+                )
+                async for attempt in tries:
+                    with attempt:
+                        ready = await self._ready(request, route, state, settling=settling)
+                        if ready is not _Send.SEND:
+                            return ready
+                        if self.stopping:
+                            raise Stopped
+                        return await self._send_once(request, route, state)
+            ready = await self._ready(request, route, state, settling=settling)  # the last one's lookups
+            return self._record(request, Outcome.FAILED, state) if ready is _Send.SEND else ready
         except RouteClosed as exc:
             return self._closed(request, state, exc)
         except ProjectLookupFailed as exc:  # IAM would not scope a token to this project
             return self._failed(request, state, (exc.code, exc.message))
         except Unconfirmed:
             return self._unconfirmed(request, state, "lookups kept failing")
-
-    async def _attempts(
-        self, request: SnapshotRequest, route: Route, state: _Attempt, *, settling: bool
-    ) -> Record | _Ended | None:
-        """The row's create attempts, each after the lookups an uncertain one before it needs."""
-        policy = self.plan.policy
-        fresh = not (state.attempts or state.resumed or settling or state.uncertain_since is not None)
-        if fresh and policy.max_attempts > 0:
-            # The usual case, a fresh row's first attempt, sent without building the retry loop (as
-            # its first attempt would be): the loop takes over, this attempt spent, only when the
-            # answer asks for another try, after the pause the loop would have made.
-            if self._past_deadline():
-                return self._deadline(request, state)
-            if self.stopping:
-                raise Stopped
-            try:
-                return await self._send_once(request, route, state)
-            except TryAgain as exc:
-                if state.attempts < policy.max_attempts:
-                    wait = exc.wait
-                    await self._pause(policy.backoff(state.attempts, self.random) if wait is None else wait)
-        if state.attempts < policy.max_attempts:
-            # A settling task goes on where the worker stopped: the attempts left are its budget.
-            budget = policy if not state.attempts else _spent(policy, state.attempts)
-            tries = retrying(
-                budget,
-                pause=lambda _number, rng: policy.backoff(state.attempts, rng),
-                rng=self.random,
-                sleep=self._pause,
-                reraise=False,
-            )
-            async for attempt in tries:
-                with attempt:
-                    ready = await self._ready(request, route, state, settling=settling)
-                    if ready is not _Send.SEND:
-                        return ready
-                    if self.stopping:
-                        raise Stopped
-                    return await self._send_once(request, route, state)
-        ready = await self._ready(request, route, state, settling=settling)  # the last one's lookups
-        return self._record(request, Outcome.FAILED, state) if ready is _Send.SEND else ready
 
     async def _ready(
         self, request: SnapshotRequest, route: Route, state: _Attempt, *, settling: bool

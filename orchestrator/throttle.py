@@ -189,6 +189,7 @@ class RateLimiter:
     WINDOW = 1.0
     PROBE = 1.25
     TOLD_SHARE = 0.97
+    KEEP = 64  # successes kept untrimmed at the least (``_trim``)
 
     def __init__(
         self,
@@ -211,7 +212,8 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._next = 0.0
-        self._successes: deque[float] = deque()
+        self._successes: deque[float] = deque()  # the success times of the last WINDOW (and a few older)
+        self._keep = self.KEEP  # ``on_success`` trims the history when it is longer
         self._first_success: float | None = None  # of the history: the first 429 starts it again
         self._last_cut = -1e9
         self._cut_from = max_rps or 0.0
@@ -247,12 +249,20 @@ class RateLimiter:
     def success_rate(self) -> float:
         """Successes per second over the last ``WINDOW`` (or the shorter time since the first one)."""
         now = self._clock()
-        while self._successes and self._successes[0] < now - self.WINDOW:
-            self._successes.popleft()
+        self._trim(now)
         if self._first_success is None:
             return 0.0
         span = max(0.1, min(self.WINDOW, now - self._first_success))
         return len(self._successes) / span
+
+    def _trim(self, now: float) -> None:
+        """Drop the successes older than a ``WINDOW`` before ``now``; the next trim in ``on_success``
+        comes when the history has doubled (no check of its oldest at every success)."""
+        successes = self._successes
+        edge = now - self.WINDOW
+        while successes and successes[0] < edge:
+            successes.popleft()
+        self._keep = max(self.KEEP, 2 * len(successes))
 
     def on_throttled(self, told: float | None = None) -> None:
         """A 429; ``told``: the requests a second its message names as the limit (``told_limit``)."""
@@ -326,9 +336,10 @@ class RateLimiter:
         else:
             if self._first_success is None:
                 self._first_success = now
-            self._successes.append(now)
-            while self._successes[0] < now - self.WINDOW:  # keep one window: memory stays flat
-                self._successes.popleft()
+            successes = self._successes
+            successes.append(now)
+            if len(successes) > self._keep:  # memory stays flat: at most about two windows' worth
+                self._trim(now)
         if self.rate is None:
             return
         if self._probing and now - self._last_throttle >= self.WINDOW:

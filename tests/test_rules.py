@@ -84,6 +84,8 @@ RULES: list[tuple[dict[str, Any] | None, bool, str]] = [
     ({"volume_id": IDS[0], "name": ""}, False, "INVALID_NAME"),
     ({"volume_id": IDS[0], "name": 5}, False, "INVALID_NAME"),
     ({"volume_id": IDS[0], "description": "d" * 86}, False, "DESCRIPTION_TOO_LONG"),
+    ({"volume_id": IDS[0], "description": 5}, False, "INVALID_DESCRIPTION"),
+    ({"volume_id": " \t"}, True, "MISSING_VOLUME_ID"),
     ({"volume_id": IDS[0], "force": "maybe"}, True, "INVALID_FORCE"),
     ({"volume_id": IDS[0], "force": "true"}, False, "INVALID_FORCE"),
     ({"volume_id": IDS[0], "metadata": "{not json"}, True, "INVALID_METADATA"),

@@ -82,6 +82,10 @@ class AkSkAuth:
         return False  # a signature does not expire; a 401 means the keys are wrong
 
     async def authorize(self, request: OutgoingRequest) -> None:
+        self.sign(request)
+
+    def sign(self, request: OutgoingRequest) -> None:
+        """``authorize``'s work, all of it synchronous (``Caller.call`` signs without a coroutine)."""
         headers = request.headers
         if request.project_id is not None:
             headers["X-Project-Id"] = request.project_id

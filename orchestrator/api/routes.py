@@ -130,13 +130,49 @@ class Route:
 
     async def send(self, call: Call) -> Reply:
         """Send one call; raises ``TransportError`` (no answer) or ``RouteClosed``: nothing was sent
-        (the route was closed), or this call was refused (``answer`` holds the refusal)."""
+        (the route was closed), or this call was refused (``answer`` holds the refusal).
+
+        One coroutine frame a request: the proof's gate, the send window, the rate slot and the
+        in-flight slot are taken here, in the order they are listed."""
+        gate = None
         if not self.proven:
-            self.check_open()  # before waiting for the gate (``_send`` checks again: the usual check)
-            async with self._gate:
-                if not self.proven:  # else proven while this one waited: the rows queued fan out
-                    return self._judge(*await self._send(call))
-        return self._judge(*await self._send(call))
+            self.check_open()  # before waiting for the gate (checked again below: the usual check)
+            gate = self._gate
+            await gate.acquire()
+            if self.proven:  # proven while this one waited: the rows queued fan out
+                gate.release()
+                gate = None
+        try:
+            self.check_open()
+            limiter = self.limiter
+            window = limiter.window
+            entered = None
+            if window is not None and not window.opened:
+                entered = await window.enter()  # before the rate slot: a request let out later is paced
+            try:
+                wait = limiter.slot()
+                if wait > 0:
+                    await limiter.wait(wait)
+                in_flight = self.in_flight
+                try:
+                    in_flight.acquire_nowait()  # no checkpoint when a slot is free (the usual case)
+                except anyio.WouldBlock:
+                    await in_flight.acquire()
+                try:
+                    answer = await self._call(call)
+                    refusal = self._refusal(answer, call)
+                    if refusal is not None and _expired(answer) and self._renewable(answer):
+                        answer = await self._call(call)  # the gateway refused the first: no double
+                        refusal = self._refusal(answer, call)
+                finally:
+                    in_flight.release()
+            finally:
+                if entered is not None and window is not None:
+                    window.leave(entered)
+            return self._judge(answer, refusal)  # under the gate, when held: it may prove the route
+        finally:
+            if gate is not None:
+                gate.release()
 
     def _judge(self, answer: Answer, refusal: Closure | None) -> Reply:
         """Close the route on a refusal (and raise it), tell the limiter, classify the answer."""
@@ -152,36 +188,6 @@ class Route:
             self.proven = True
             self.limiter.on_success()
         return Reply(answer, verdict)
-
-    async def _send(self, call: Call) -> tuple[Answer, Closure | None]:
-        self.check_open()
-        window = self.limiter.window
-        if window is None or window.opened:
-            return await self._paced(call)
-        entered = await window.enter()  # before the rate slot: a request let out later is paced
-        try:
-            return await self._paced(call)
-        finally:
-            window.leave(entered)
-
-    async def _paced(self, call: Call) -> tuple[Answer, Closure | None]:
-        wait = self.limiter.slot()
-        if wait > 0:
-            await self.limiter.wait(wait)
-        in_flight = self.in_flight
-        try:
-            in_flight.acquire_nowait()  # no checkpoint when a slot is free (the usual case)
-        except anyio.WouldBlock:
-            await in_flight.acquire()
-        try:
-            answer = await self._call(call)
-            refusal = self._refusal(answer, call)
-            if refusal is not None and _expired(answer) and self._renewable(answer):
-                answer = await self._call(call)  # the gateway refused the first: no double
-                refusal = self._refusal(answer, call)
-        finally:
-            in_flight.release()
-        return answer, refusal
 
     async def _call(self, call: Call) -> Answer:
         self.counts[call.kind._value_] += 1  # the plain attribute: ``.value`` is a Python-level property

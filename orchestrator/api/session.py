@@ -19,7 +19,7 @@ from yarl import URL
 
 from orchestrator import __version__
 from orchestrator.api import signing, tls
-from orchestrator.api.credentials import Authenticator, OutgoingRequest
+from orchestrator.api.credentials import AkSkAuth, Authenticator, OutgoingRequest
 from orchestrator.api.tls import aiohttp
 from orchestrator.errors import RequestTimeout, TransportError
 from orchestrator.models import Answer
@@ -97,7 +97,9 @@ class Caller:
             body=body,
             project_id=project_id,
         )
-        if auth is not None:
+        if type(auth) is AkSkAuth:  # a signature: no coroutine to make and await a request
+            auth.sign(outgoing)
+        elif auth is not None:
             try:
                 await auth.authorize(outgoing)
             except TransportError as exc:  # IAM could not be reached: this request was never sent
