@@ -319,7 +319,7 @@ class RowValidator:
         # A column the row leaves out (the usual case) is read without a call to ``_optional_text``.
         get = fields.get
         project_id = (
-            get("project_id") is not None and _optional_text(fields, "project_id", raw)
+            get("project_id") is not None and _optional_text(fields, "project_id", raw, "INVALID_PROJECT_ID")
         ) or self.defaults.project_id
         if project_id is not None and project_id not in self.good_projects:
             if not PROJECT_RE.match(project_id):
@@ -328,7 +328,9 @@ class RowValidator:
                     f"{_where(raw)}: project_id {project_id!r} is not 32 lower-case hex characters",
                 )
             _remember(self.good_projects, project_id)
-        region = (get("region") is not None and _optional_text(fields, "region", raw)) or self.defaults.region
+        region = (
+            get("region") is not None and _optional_text(fields, "region", raw, "INVALID_REGION")
+        ) or self.defaults.region
         if region is not None and region not in self.good_regions:
             if not REGION_RE.match(region):
                 raise RowProblem(
@@ -348,7 +350,7 @@ class RowValidator:
         if description is None:
             description = self.defaults.description
         elif not isinstance(description, str):
-            description = _optional_text(fields, "description", raw)  # raises INVALID_DESCRIPTION
+            description = _optional_text(fields, "description", raw, "INVALID_DESCRIPTION")
         if description is not None and len(description) > DESCRIPTION_MAX:
             raise RowProblem(
                 "DESCRIPTION_TOO_LONG",
@@ -366,7 +368,9 @@ class RowValidator:
             _check_metadata(metadata, raw)
         if self.defaults.hold is not None:  # create --hold: in the create request itself
             metadata[HOLD_KEY] = self.defaults.hold
-        name = None if get("name") is None else _optional_text(fields, "name", raw, strip=False)
+        name = (
+            None if get("name") is None else _optional_text(fields, "name", raw, "INVALID_NAME", strip=False)
+        )
         rendered = name is None
         if name is None:
             if self.quick_name is not None:
@@ -464,13 +468,12 @@ def _volume_id(value: object, raw: RawRow) -> str:
     )
 
 
-def _optional_text(fields: Mapping[str, Any], key: str, raw: RawRow, *, strip: bool = True) -> str:
-    """An optional column's text; called only when the row has the column (its value is not ``None``)."""
+def _optional_text(fields: Mapping[str, Any], key: str, raw: RawRow, code: str, *, strip: bool = True) -> str:
+    """An optional column's text; called only when the row has the column (its value is not ``None``);
+    ``code`` when it is not a string (a JSON manifest)."""
     value = fields[key]
     if not isinstance(value, str):
-        raise RowProblem(
-            f"INVALID_{key.upper()}", f"{_where(raw)}: {key} must be a string, not {type(value).__name__}"
-        )
+        raise RowProblem(code, f"{_where(raw)}: {key} must be a string, not {type(value).__name__}")
     return value.strip() if strip else value
 
 
