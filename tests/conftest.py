@@ -12,6 +12,7 @@ measure how busy the machine is, not what the code does.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -113,9 +114,11 @@ def emulator_thread() -> Iterator[Callable[..., EmulatorThread]]:
     """A factory for emulators on their own thread, for tests that drive the synchronous CLI."""
     started: list[EmulatorThread] = []
 
-    def start(clock: Clock | None = None, **options: Any) -> EmulatorThread:
+    def start(
+        clock: Clock | None = None, tls: ssl.SSLContext | None = None, **options: Any
+    ) -> EmulatorThread:
         options.setdefault("token", TOKEN)
-        running = EmulatorThread(EmulatorSettings(**options), clock).start()
+        running = EmulatorThread(EmulatorSettings(**options), clock, tls).start()
         started.append(running)
         return running
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import ssl
+import subprocess
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import orjson
 import pytest
 from aiohttp import web
 from yarl import URL
@@ -45,6 +49,7 @@ from tests.helpers import (
     records,
     routed,
     router_for,
+    run_process,
     snapshot_request,
     stand_in,
     volume_ids,
@@ -215,6 +220,67 @@ async def test_tls_is_built_only_for_https_and_verifies() -> None:
     assert https.tls.check_hostname
     assert https.tls.cert_store_stats()["x509_ca"] > 0  # the system CAs
     assert https.tls is tls.context(None)  # built once a process
+
+
+def test_an_https_run_trusts_its_ca_bundle_and_nothing_less(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Real processes against the emulator over TLS, with a certificate no system CA signed: with
+    ``--ca-bundle`` the run proves the credentials and creates every row; without it the run stops
+    before any create (exit 3, a TLS error, no traceback). The process imports aiohttp only through
+    ``api/tls.py`` (aiohttp's own contexts left without CAs), so this is the path a user's run takes."""
+    openssl = shutil.which("openssl")
+    assert openssl is not None
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    emu = emulator_thread(tls=served, any_volume=True)
+    assert emu.url.startswith("https://127.0.0.1:")
+    ids = volume_ids(3, seed=141)
+    trusted = run_process(
+        create_args(emu.url, csv_manifest(write, ids), tmp_path / "ok.jsonl", ca_bundle=cert)
+    )
+    _, err = trusted.communicate(timeout=60)
+    assert trusted.returncode == 0, err.decode()
+    assert sorted(
+        r["volume_id"] for r in records(tmp_path / "ok.jsonl") if r["outcome"] == "accepted"
+    ) == sorted(ids)
+    other = volume_ids(2, seed=142)
+    untrusted = run_process(create_args(emu.url, csv_manifest(write, other, "n.csv"), tmp_path / "no.jsonl"))
+    _, err = untrusted.communicate(timeout=60)
+    text = err.decode()
+    assert untrusted.returncode == 3, text
+    assert "Traceback" not in text
+    assert "certificate" in text.lower()
+    client = ssl.create_default_context(cafile=str(cert))
+    with urllib.request.urlopen(f"{emu.url}/_emulator/state", context=client, timeout=30) as answer:  # noqa: S310
+        state = orjson.loads(answer.read())
+    made = {snapshot["volume_id"] for snapshot in state["snapshots"]}
+    assert made == set(ids)  # the untrusted run sent no create
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 import sys
 import threading
 import urllib.request
@@ -29,21 +30,25 @@ class RunningEmulator:
 
 
 @contextlib.asynccontextmanager
-async def serving(settings: EmulatorSettings, clock: Clock | None = None) -> AsyncIterator[RunningEmulator]:
+async def serving(
+    settings: EmulatorSettings, clock: Clock | None = None, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[RunningEmulator]:
     """Serve the emulator in the running event loop for the duration of the block.
 
     ``clock`` (monotonic seconds, e.g. a ``ManualClock``) drives the emulator's time; handlers are
     never cancelled when a client goes away, so a request the client gave up on is still carried out.
+    ``tls`` (a server context, for tests of https) serves it over TLS, at an ``https://`` URL.
     """
     app = build_app(settings, clock)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, ssl_context=tls)
         await site.start()
         host, port = runner.addresses[0][:2]
         shown = f"[{host}]" if ":" in host else host
-        yield RunningEmulator(f"http://{shown}:{port}", app[WORLD])
+        scheme = "http" if tls is None else "https"
+        yield RunningEmulator(f"{scheme}://{shown}:{port}", app[WORLD])
     finally:
         await runner.cleanup()
 
@@ -63,9 +68,12 @@ async def serve_forever(settings: EmulatorSettings) -> None:
 class EmulatorThread:
     """The emulator on its own event loop in a daemon thread, for synchronous callers (CLI tests)."""
 
-    def __init__(self, settings: EmulatorSettings, clock: Clock | None = None) -> None:
+    def __init__(
+        self, settings: EmulatorSettings, clock: Clock | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.settings = settings
         self.clock = clock
+        self.tls = tls
         self.url = ""
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -83,7 +91,7 @@ class EmulatorThread:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with serving(self.settings, self.clock) as emulator:
+        async with serving(self.settings, self.clock, self.tls) as emulator:
             self.url = emulator.url
             self._ready.set()
             await self._stop.wait()
