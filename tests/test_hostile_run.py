@@ -80,12 +80,14 @@ def with_file_size_limit(limit: int, args: list[str]) -> subprocess.Popen[bytes]
     """The CLI as a process whose files may not grow past ``limit`` bytes (``ulimit -f``).
 
     The limit is set by a small Python launcher that then ``exec``s the CLI, rather than by
-    ``preexec_fn``, which is unsafe in a process that runs threads (the emulator's).
+    ``preexec_fn``, which is unsafe in a process that runs threads (the emulator's). The CLI runs
+    with ``-B``: under the limit, Python would install a cut-short ``.pyc`` of a module it compiles
+    (a short write it does not check), and every later import of that module fails.
     """
     launcher = (
         "import os, resource, sys; "
         "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1]))); "
-        "os.execv(sys.executable, [sys.executable, '-m', 'orchestrator', *sys.argv[2:]])"
+        "os.execv(sys.executable, [sys.executable, '-B', '-m', 'orchestrator', *sys.argv[2:]])"
     )
     return subprocess.Popen(
         [sys.executable, "-c", launcher, str(limit), *args],
@@ -107,13 +109,18 @@ def finished(process: subprocess.Popen[bytes], limit: float = 10.0) -> bytes:
 
 @contextlib.contextmanager
 def file_size_limit(limit: int) -> Iterator[None]:
-    """``ulimit -f`` for this process, for the ``with`` body only (Python ignores SIGXFSZ: writes fail EFBIG)."""
+    """``ulimit -f`` for this process, for the ``with`` body only (Python ignores SIGXFSZ: writes fail
+    EFBIG), and no bytecode written meanwhile (a module first imported in the body would leave a
+    cut-short ``.pyc``; see ``with_file_size_limit``)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    writes = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
     try:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        sys.dont_write_bytecode = writes
 
 
 def test_file_size_limit_stops_the_run_cleanly_and_resume_finishes(
