@@ -74,8 +74,11 @@ class Main(click.Group):
         except click.ClickException as exc:
             _usage_error(console, exc)
             code = exc.exit_code
-        except click.exceptions.Abort:  # click's form of KeyboardInterrupt (and of EOF at a prompt)
-            code = _interrupted(console)
+        except click.exceptions.Abort as exc:  # click's form of KeyboardInterrupt, and of an EOFError
+            if isinstance(exc.__cause__, EOFError):  # the tool asks nothing: a fault (a cut-short .pyc)
+                code = _internal(console, exc.__cause__, debug=debug)
+            else:
+                code = _interrupted(console)
         except KeyboardInterrupt:
             code = _interrupted(console)
         except BaseException as exc:
@@ -88,13 +91,7 @@ class Main(click.Group):
             elif isinstance(error, KeyboardInterrupt):
                 code = _interrupted(console)
             else:
-                if debug:
-                    traceback.print_exception(exc, file=sys.stderr)
-                what = f"{type(error).__name__}: {error}"
-                console.error(
-                    f"internal error: {what}; run with --debug for the traceback", exit_code=INTERNAL_ERROR
-                )
-                code = INTERNAL_ERROR
+                code = _internal(console, exc, shown=error, debug=debug)
         _flush()
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -118,6 +115,18 @@ class Main(click.Group):
         ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def _internal(
+    console: Console, exc: BaseException, *, shown: BaseException | None = None, debug: bool
+) -> int:
+    """A fault of the tool (not of the input): one line, exit 70; the traceback only with ``--debug``."""
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    error = exc if shown is None else shown
+    what = f"{type(error).__name__}: {error}"
+    console.error(f"internal error: {what}; run with --debug for the traceback", exit_code=INTERNAL_ERROR)
+    return INTERNAL_ERROR
 
 
 def _interrupted(console: Console) -> int:

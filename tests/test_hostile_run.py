@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
 import os
+import py_compile
 import re
 import resource
 import shutil
@@ -546,3 +548,35 @@ def test_stdout_report_whose_reader_left_stops_with_the_run_marker() -> None:
     assert "cannot write standard output: the reader of standard output went away (broken pipe)" in message
     assert f"(metadata evs_snapshot_run={RUN})" in message
     assert "the run stopped after 0 records" in message
+
+
+def test_a_cut_short_bytecode_file_is_an_internal_error_not_a_signal(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A module's ``.pyc`` cut short (what a write under ``ulimit -f`` leaves) makes its import raise
+    EOFError, which click turns into an abort: exit 70 naming the fault, not "stopped by SIGINT"."""
+    copy = tmp_path / "tree"
+    shutil.copytree(
+        Path(__file__).parent.parent / "orchestrator",
+        copy / "orchestrator",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    source = copy / "orchestrator" / "creating.py"
+    compiled = Path(importlib.util.cache_from_source(str(source)))
+    py_compile.compile(str(source), cfile=str(compiled), doraise=True)
+    compiled.write_bytes(compiled.read_bytes()[:40])  # the header whole, the code cut short
+    emu = emulator_thread(any_volume=True)
+    args = create_args(emu.url, csv_manifest(write, volume_ids(1, seed=150)), tmp_path / "r.jsonl")
+    process = subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        capture_output=True,
+        env={**os.environ, **AKSK_ENV, "PYTHONPATH": str(copy)},
+        cwd=copy,  # -m puts the working folder first on the path
+        timeout=60,
+        check=False,
+    )
+    text = process.stderr.decode()
+    assert process.returncode == 70, text
+    assert "internal error: EOFError" in text
+    assert "SIGINT" not in text
+    assert "Traceback" not in text
