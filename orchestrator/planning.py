@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from orchestrator.defaults import GRACE, SETTLE
 from orchestrator.duplicates import duplicate_candidates
 from orchestrator.errors import UsageError
-from orchestrator.frame import Frame
+from orchestrator.frame import RESUME_ADVICE, Frame
 from orchestrator.hookplan import HookPlan
 from orchestrator.lock import content_lock, manifest_lock, report_lock, run_lock
 from orchestrator.manifest import manifest_digest, read_rows, spooled
@@ -109,6 +109,9 @@ def checked(settings: CreateSettings, console: Console) -> CreateSettings:
     return settings
 
 
+DRY_RUN_ADVICE = "a dry run is not resumed: run it again with another --report to see the whole plan"
+
+
 def new_frame(settings: CreateSettings, console: Console) -> Frame:
     return Frame(
         command="create",
@@ -116,6 +119,7 @@ def new_frame(settings: CreateSettings, console: Console) -> Frame:
         report=settings.report,
         closing=settings.closing,
         grace=settings.grace,
+        advice=DRY_RUN_ADVICE if settings.dry_run else RESUME_ADVICE,
     )
 
 

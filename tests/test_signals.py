@@ -517,3 +517,6 @@ def test_a_dry_run_stopped_among_its_rows_ends_whole_records_and_its_summary(
     assert "SIGTERM: taking no new rows" in stderr.decode()
     assert f"({1 + len(written)} of 3000 rows have a record)" in stderr.decode()  # the summary counts them
     stopped_by(stderr.decode(), signal.SIGTERM)
+    [error] = [line for line in stderr.decode().splitlines() if line.startswith("evs-snapshot: error:")]
+    assert "a dry run is not resumed" in error  # --resume would be refused with --dry-run
+    assert "--resume" not in error
