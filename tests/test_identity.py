@@ -395,10 +395,10 @@ def test_a_wrong_project_closes_its_route(
 def test_validate_online_retries_throttling_and_5xx(
     emulator_thread: Callable[..., Any], write: Callable[..., Path]
 ) -> None:
-    """Under a 200/s limit (a bucket of 10, under the 32 workers) and 20% 5xx, validate --online retries:
-    every row checks clean, exit 0."""
+    """Under a 100/s limit (a bucket of 2, under the 16 requests its slow start lets out at once) and 20%
+    5xx, validate --online retries: every row checks clean, exit 0."""
     ids = volume_ids(30, seed=114)
-    emu = emulator_thread(any_volume=True, rate_limit=200, burst=10, fault_5xx=0.2, seed=114)
+    emu = emulator_thread(any_volume=True, rate_limit=100, burst=2, fault_5xx=0.2, seed=114)
     result = invoke(
         [
             "validate",

@@ -258,7 +258,7 @@ def test_the_closing_summary_agrees_with_summary_after_the_sweep_reconciles_rows
 ) -> None:
     """Rows that failed and that the sweep then found created are neither counted nor listed to retry twice."""
     emu = emulator_thread(
-        any_volume=True, seed=7, fault_late_commit=0.5, late_commit_seconds=0.15, latency_ms=30
+        any_volume=True, seed=7, fault_late_commit=0.5, late_commit_seconds=0.15, latency_ms=15
     )
     ids = volume_ids(12, seed=1810)
     report = tmp_path / "r.jsonl"
