@@ -563,6 +563,24 @@ def source_row() -> Record:
     )
 
 
+class JumpClock:
+    """Real time for an emulator (``clock=``) that a test can move ahead (``jump``): the emulator's own
+    delays (late commits, ``creating``, deletions, throttling buckets) pass at once between two
+    commands, while each command still meets them in real time."""
+
+    def __init__(self) -> None:
+        self._ahead = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return time.monotonic() + self._ahead
+
+    def jump(self, seconds: float) -> None:
+        with self._lock:
+            self._ahead += seconds
+
+
 class FakeTime:
     """An injected clock and sleep for pure timing logic: sleeping only moves the clock on."""
 
