@@ -1,15 +1,18 @@
 """The chaos test, sized for CI: every fault at once, a SIGKILL and a resume, then a second same-day run.
 
 Tens of rows (it had 90) and fault shares high enough that each fault still happens (asserted below).
-The burst of 2 makes the limiter's first estimate low (about 2/s); the 429's message names the limit
-(50/s), so the route goes straight to just under it. A larger burst would not make it quicker, and a
-loaded machine would then send too slowly to meet a 429. A kill and a resume at full size:
+The 429's message names the limit (75/s), so the route goes straight to just under it. The burst of 8
+is half the send window's first width (16 requests at once): the first fan-out meets 429s however
+slow the machine. The route's first estimate is about the burst a second, and a 429 while it is paced
+under the named limit (a loaded machine sends in clumps) sends it back there, then climbs 1.25 times a
+second: with a burst of 2 a run took 8-11 s instead of 2-3 s, about one in three, under load; a clump
+must now be 8 requests. The emulator's clock jumps over its own delays between two commands
+(``LeapingClock``) instead of sleeping them out. A kill and a resume at full size:
 ``benchmarks/killresume.py``."""
 
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ import pytest
 
 from tests.helpers import (
     CREATE_ROUTE,
+    LeapingClock,
     create_args,
     csv_manifest,
     header,
@@ -37,8 +41,8 @@ CHAOS = {
     "fault_drop_after": 0.08,
     "fault_late_commit": 0.12,
     "late_commit_seconds": 0.5,  # longer than --settle below: some rows are doubled, then swept
-    "rate_limit": 50,  # under what a run sends even on a slow, busy machine: some 429s always happen
-    "burst": 2,  # far under --concurrency 32: a busy machine that sends in clumps still meets 429s
+    "rate_limit": 75,
+    "burst": 8,  # half the first fan-out (SendWindow.FIRST): some 429s always happen
     "latency_ms": 5,
     "jitter_ms": 5,
     "creating_seconds": 0.2,
@@ -58,12 +62,13 @@ def one_per_accepted_row(state: dict[str, Any], report: Path) -> None:
     assert counts == dict.fromkeys(accepted, 1), {v: n for v, n in counts.items() if n != 1}
 
 
-def settle_and_sweep(url: str, report: Path) -> None:
-    """Let the last late commits land, then `wait` sweeps them and waits for every snapshot."""
-    time.sleep(CHAOS["late_commit_seconds"] + 0.2)
+def settle_and_sweep(url: str, report: Path, clock: LeapingClock) -> None:
+    """Let the last late commits land (the emulator's clock jumps past them and their ``creating``),
+    then `wait` sweeps them and waits for every snapshot; then the deletions it sent end."""
+    clock.leap(CHAOS["late_commit_seconds"] + CHAOS["creating_seconds"] + 0.1)
     result = invoke(["wait", str(report), "--endpoint", url, "--poll-interval", "0.1", *RETRIES[:6]])
     assert result.exit_code == 0, result.output
-    time.sleep(CHAOS["deleting_seconds"] + 0.1)
+    clock.leap(CHAOS["deleting_seconds"] + 0.1)
 
 
 @pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
@@ -72,7 +77,8 @@ def test_chaos_with_a_kill_a_resume_and_a_second_run(
 ) -> None:
     """Late commits, 5xx, drops, throttling, SIGKILL + --resume, a second same-day run: one snapshot per row per run."""
     ids = volume_ids(40, seed=131)
-    emu = emulator_thread(any_volume=True, seed=131, **CHAOS)
+    clock = LeapingClock()
+    emu = emulator_thread(clock=clock, any_volume=True, seed=131, **CHAOS)
     manifest = csv_manifest(write, ids)
     first = tmp_path / "first.jsonl"
     args = create_args(emu.url, manifest, first, *RETRIES, concurrency=32)
@@ -81,12 +87,12 @@ def test_chaos_with_a_kill_a_resume_and_a_second_run(
     kill_when(first, run_process(args), lambda data: target in in_flight(data))
     result = invoke([*args, "--resume"])
     assert result.exit_code == 0, result.output
-    settle_and_sweep(emu.url, first)
+    settle_and_sweep(emu.url, first, clock)
     assert {r["outcome"] for r in last_per_row(first).values()} == {"available"}
     second = tmp_path / "second.jsonl"
     result = invoke(create_args(emu.url, manifest, second, *RETRIES, concurrency=32))
     assert result.exit_code == 0, result.output
-    settle_and_sweep(emu.url, second)
+    settle_and_sweep(emu.url, second, clock)
     state = emu.state()
     one_per_accepted_row(state, first)
     one_per_accepted_row(state, second)
