@@ -454,14 +454,8 @@ def test_wait_sweeps_a_second_group_committed_after_the_create_ended(
     volumes = server_disks(servers=4)
     # The emulator's clock stands still during the create: no late commit lands while it settles or
     # sweeps, however short --settle is or slow the machine; the test moves the clock once it ended.
-    emu = emulator_thread(
-        clock=clock,
-        volumes=volumes,
-        seed=5,
-        fault_late_commit=0.5,
-        late_commit_seconds=1.0,
-        creating_seconds=0.05,
-    )
+    late = {"fault_late_commit": 0.5, "late_commit_seconds": 1.0}
+    emu = emulator_thread(clock=clock, volumes=volumes, seed=5, creating_seconds=0.05, **late)
     report = tmp_path / "r.jsonl"
     result = invoke(group_args(emu.url, manifest(write, rows_of(volumes)), report, "--settle", "0.05"))
     assert result.exit_code == 0, result.output + result.stderr
