@@ -28,7 +28,7 @@ from orchestrator.models import Outcome, Record, RunHeader, planned, utc_iso
 from orchestrator.report import check_report_path, name_shape, read_header, refuse_existing, resume_identity
 from orchestrator.rules import RowValidator, columns_checked
 from orchestrator.signals import draining_rows
-from orchestrator.tally import Tally
+from orchestrator.tally import DRY_RUN_ADVICE, Tally
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Router
@@ -107,9 +107,6 @@ def checked(settings: CreateSettings, console: Console) -> CreateSettings:
 
         settings = dataclasses.replace(settings, defaults=demo_defaults(settings.defaults))
     return settings
-
-
-DRY_RUN_ADVICE = "a dry run is not resumed: run it again with another --report to see the whole plan"
 
 
 def new_frame(settings: CreateSettings, console: Console) -> Frame:
@@ -199,7 +196,7 @@ def begin(
         candidates=candidates,
         region_required=settings.connection.endpoints.evs is None,
     )
-    tally = frame.tally = Tally(manifest_rows=total)
+    tally = frame.tally = Tally(manifest_rows=total, dry_run=settings.dry_run)
     tally.started = started
     return writer, validator, tally
 

@@ -110,15 +110,19 @@ class Counting:
 
 
 ROWS = Counting(success=frozenset(OK))
+DRY_RUN_ADVICE = "a dry run is not resumed: run it again with another --report to see the whole plan"
 _PLANNED = Outcome.PLANNED.value
 
 
 class Tally:
     """Counts what a run (or a report) holds; ``counting`` says what a record is."""
 
-    def __init__(self, *, manifest_rows: int | None = None, counting: Counting = ROWS) -> None:
+    def __init__(
+        self, *, manifest_rows: int | None = None, counting: Counting = ROWS, dry_run: bool = False
+    ) -> None:
         self.manifest_rows = manifest_rows
         self.counting = counting
+        self.dry_run = dry_run  # a dry run's missing rows are planned again, never resumed
         self.failing = 0  # records counted that are not fine, and what a command adds (exit 1)
         self.notes: list[str] = []  # lines a command adds to the summary
         self.outcomes: Counter[str] = Counter()
@@ -268,7 +272,7 @@ class Tally:
 
     def carried_over(self) -> Tally:
         """A fresh row count for the next phase (``wait``), keeping the time, requests and sweep so far."""
-        tally = Tally(manifest_rows=self.manifest_rows, counting=self.counting)
+        tally = Tally(manifest_rows=self.manifest_rows, counting=self.counting, dry_run=self.dry_run)
         tally.started, tally.phases, tally.phase_requests = self.started, self.phases, self.phase_requests
         tally.requests, tally.duplicates, tally.unfinished = self.requests, self.duplicates, self.unfinished
         return tally
@@ -283,7 +287,10 @@ class Tally:
             for action in final_actions(path):
                 tally.add(action)
             return tally
-        tally = cls(manifest_rows=None if header is None else header.rows)
+        tally = cls(
+            manifest_rows=None if header is None else header.rows,
+            dry_run=header is not None and header.dry_run,
+        )
         for record in final_records(path):
             tally.add(record)
         for record in read_records(path):
@@ -341,7 +348,8 @@ class Tally:
             shown = f" (rows {', '.join(map(str, named))}{more})" if named else ""
             lines.append(
                 f"{self.missing} of {self.manifest_rows} rows have no record{shown}: not reached, or in "
-                "flight when the run stopped; run the same create command with --resume"
+                "flight when the run stopped; "
+                + (DRY_RUN_ADVICE if self.dry_run else "run the same create command with --resume")
             )
         if self.duplicates:
             found = sum(self.duplicates.values())

@@ -563,6 +563,24 @@ def source_row() -> Record:
     )
 
 
+class LeapingClock:
+    """The emulator's time as real time plus the leaps a test makes: ``leap(s)`` moves it on at once, so
+    late commits land, or ``creating``/``deleting`` ends, without the test sleeping for them; between
+    leaps it runs as real time does (unlike ``ManualClock``, which stands still)."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.ahead
+
+    def leap(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds`` at once (never backward)."""
+        if seconds < 0:
+            raise ValueError("a clock only moves forward")
+        self.ahead += seconds
+
+
 class FakeTime:
     """An injected clock and sleep for pure timing logic: sleeping only moves the clock on."""
 

@@ -20,6 +20,7 @@ from tests.helpers import (
     CREATE_ROUTE,
     FAST_RETRIES,
     LIST_ROUTE,
+    LeapingClock,
     create_args,
     csv_manifest,
     header,
@@ -31,6 +32,7 @@ from tests.helpers import (
     records,
     report_record,
     requests_of,
+    run_main,
     run_process,
     snapshots_per_volume,
     volume_ids,
@@ -41,12 +43,19 @@ FAULTS = {
     "fault_drop_before": 0.05,
     "fault_drop_after": 0.05,
     "fault_late_commit": 0.1,
-    "late_commit_seconds": 0.4,  # shorter than --settle: a careful client never doubles a row
+    "late_commit_seconds": 0.3,  # shorter than --settle: a careful client never doubles a row
     "latency_ms": 40,
     "jitter_ms": 20,
 }
 QUICK = ("--settle", "0.8s", "--timeout", "1", "--backoff-initial", "0.05", "--backoff-max", "0.3")
 QUICK += ("--max-attempts", "12")
+# QUICK with a window (--settle + --timeout) of 1.1 s, not 1.8 s: a resumed row sent before a kill
+# is looked up that long after its send. --settle stays twice the late commit of FAULTS.
+KILLED = ("--settle", "0.6s", "--timeout", "0.5", "--backoff-initial", "0.05", "--backoff-max", "0.3")
+KILLED += ("--max-attempts", "12")
+# For runs without late commits: the window only decides how long a row in doubt after a 5xx waits.
+BRISK = ("--settle", "0.1s", "--timeout", "1", "--backoff-initial", "0.02", "--backoff-max", "0.1")
+BRISK += ("--max-attempts", "12")
 
 
 def summary_of(path: Path) -> dict[str, Any]:
@@ -80,10 +89,10 @@ def test_a_row_in_flight_at_a_kill_is_looked_up_from_its_last_send_not_resent(
     (disk,) = volume_ids(1, seed=1801)
     manifest = csv_manifest(write, [disk])
     report = tmp_path / "r.jsonl"
-    args = create_args(
-        emu.url, manifest, report, "--settle", "3s", "--timeout", "1", "--backoff-initial", "0.1"
-    )
-    process = run_process(args)
+    args = create_args(emu.url, manifest, report, "--timeout", "1", "--backoff-initial", "0.1")
+    # After the drop, the row is looked up for --settle before it is sent again (and answered 504); the
+    # kill must come within the second window. The resume's window is longer than its start-up.
+    process = run_process([*args, "--settle", "1s"])
     kill_when(report, process, lambda _: bool(requests_of(emu.state(), CREATE_ROUTE)["504"]))
     assert requests_of(emu.state(), CREATE_ROUTE) == {"dropped": 1, "504": 1}
     assert records(report) == []  # only the header ...
@@ -102,7 +111,7 @@ def test_a_row_in_flight_at_a_kill_is_looked_up_from_its_last_send_not_resent(
     watcher = threading.Thread(target=commit_on_first_read, daemon=True)
     watcher.start()
     try:
-        resumed = invoke([*args, "--resume"])
+        resumed = invoke([*args, "--settle", "3s", "--resume"])
     finally:
         done.set()
         watcher.join()
@@ -122,10 +131,11 @@ def test_kills_at_random_moments_then_resume_leave_one_snapshot_per_disk(
     while a random row's create is out), then --resume: every disk ends with exactly one snapshot of the run."""
     chooser = random.Random(seed)
     ids = volume_ids(40, seed=1800 + seed)
-    emu = emulator_thread(any_volume=True, seed=seed, **FAULTS)
+    clock = LeapingClock()
+    emu = emulator_thread(clock=clock, any_volume=True, seed=seed, **FAULTS)
     manifest = csv_manifest(write, ids)
     report = tmp_path / "r.jsonl"
-    args = create_args(emu.url, manifest, report, *QUICK, concurrency=6)
+    args = create_args(emu.url, manifest, report, *KILLED, concurrency=6)
     process = run_process(args)
     if chooser.random() < 0.5:
         count = chooser.randint(1, 30)
@@ -135,7 +145,7 @@ def test_kills_at_random_moments_then_resume_leave_one_snapshot_per_disk(
         kill_when(report, process, lambda data: target in in_flight(data))  # between a send and its answer
     resumed = invoke([*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output
-    time.sleep(FAULTS["late_commit_seconds"] + 0.3)  # every commit still due has landed
+    clock.leap(FAULTS["late_commit_seconds"])  # every commit still due has landed
     state = emu.state()
     assert snapshots_per_volume(state, header(report)["run_id"]) == dict.fromkeys(ids, 1)
     assert {r["outcome"] for r in last_per_row(report).values()} == {"accepted"}
@@ -153,14 +163,16 @@ def test_a_resume_lists_the_run_once_and_looks_up_only_rows_in_their_window(
     manifest = csv_manifest(write, ids)
     report = tmp_path / "r.jsonl"
     summary = tmp_path / "s.json"
-    args = create_args(emu.url, manifest, report, *QUICK, "--summary-json", str(summary), concurrency=8)
+    # --settle 0.2s: no create is in doubt but those in flight at the kill, which the test waits out.
+    args = create_args(
+        emu.url, manifest, report, *QUICK, "--settle", "0.2s", "--summary-json", str(summary), concurrency=8
+    )
     process = run_process(args)
     kill_when(report, process, lambda data: len(records_in(data)) >= 40 and bool(in_flight(data)))
     sent = {r["row"] for r in journal(report)}
     unrecorded = 120 - len(last_per_row(report))
     assert unrecorded > len(sent - set(last_per_row(report)))  # most rows left were never sent
-    time.sleep(1.2)  # the window of the rows in flight (--settle 0.8s after their send + ...) runs out
-    time.sleep(1.0)  # ... plus --timeout 1
+    time.sleep(0.2 + 1.0 + 0.2)  # the window of the rows in flight (--settle 0.2s + --timeout 1) runs out
     before = emu.state()
     made = snapshots_per_volume(before, header(report)["run_id"])
     assert set(made) <= {ids[row - 1] for row in sent}  # a create killed in flight may not have committed
@@ -208,14 +220,18 @@ def test_dry_run_never_writes_into_a_report_a_resume_reads(
 
 
 def test_the_journal_costs_one_line_per_attempt_and_no_line_on_standard_output(
-    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+    emulator_thread: Callable[..., Any],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     """One ``sending`` record per create request, each before its row's record; none when the report is stdout."""
     emu = emulator_thread(any_volume=True, seed=5, fault_5xx=0.3)
     ids = volume_ids(20, seed=1808)
     manifest = csv_manifest(write, ids)
     report = tmp_path / "r.jsonl"
-    assert invoke(create_args(emu.url, manifest, report, *QUICK)).exit_code == 0
+    assert invoke(create_args(emu.url, manifest, report, *BRISK)).exit_code == 0
     sends = journal(report)
     assert len(sends) == sum(requests_of(emu.state(), CREATE_ROUTE).values())
     assert len(sends) > 20  # some rows were sent twice (after a 500 or 503)
@@ -228,13 +244,13 @@ def test_the_journal_costs_one_line_per_attempt_and_no_line_on_standard_output(
             place > first_send for place, item in enumerate(order) if item[1] == row and item[0] != "sending"
         )
     assert header(report)["journal"] is True
-    piped = run_process(
-        create_args(emu.url, csv_manifest(write, volume_ids(3, seed=1809), "p.csv"), Path("-"), *QUICK)
-    )
-    out, _ = piped.communicate(timeout=60)
-    assert piped.returncode == 0
-    assert out.count(b"\n") == 4
-    assert b"sending" not in out
+    capfd.readouterr()
+    piped = create_args(emu.url, csv_manifest(write, volume_ids(3, seed=1809), "p.csv"), Path("-"), *BRISK)
+    code = run_main(piped, monkeypatch)
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert out.count("\n") == 4
+    assert "sending" not in out
 
 
 def test_the_closing_summary_agrees_with_summary_after_the_sweep_reconciles_rows(
@@ -242,7 +258,7 @@ def test_the_closing_summary_agrees_with_summary_after_the_sweep_reconciles_rows
 ) -> None:
     """Rows that failed and that the sweep then found created are neither counted nor listed to retry twice."""
     emu = emulator_thread(
-        any_volume=True, seed=7, fault_late_commit=0.5, late_commit_seconds=0.15, latency_ms=30
+        any_volume=True, seed=7, fault_late_commit=0.5, late_commit_seconds=0.15, latency_ms=15
     )
     ids = volume_ids(12, seed=1810)
     report = tmp_path / "r.jsonl"

@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.models import Outcome
 from orchestrator.tally import LISTED_ROWS_MAX, Tally
-from tests.helpers import PROJECT, edge_record, invoke, report_of
+from tests.helpers import PROJECT, cli_args, edge_record, invoke, report_of, volume_ids
 
 RUN = "20261127T035432Z-abc123"
 OTHER_RUN = "20261128T010101Z-def456"
@@ -128,6 +128,25 @@ def test_summary_names_the_rows_without_a_record(tmp_path: Path) -> None:
     assert "run the same create command with --resume" in result.stdout
     data = orjson.loads(invoke(["summary", str(path), "--json"]).stdout)
     assert (data["missing_rows"], data["rows_without_record"], data["exit_code"]) == (3, [2, 4, 5], 1)
+
+
+def test_a_cut_short_dry_run_report_says_to_plan_again_not_to_resume(tmp_path: Path) -> None:
+    """A dry run's report missing its last rows (the run was stopped): the summary says to run the dry
+    run again with another --report, never --resume (which --dry-run refuses)."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("volume_id\n" + "".join(f"{i}\n" for i in volume_ids(4, seed=77)), encoding="utf-8")
+    path = tmp_path / "plan.jsonl"
+    planned = invoke(
+        cli_args("create", manifest, dry_run=True, project_id=PROJECT, region="cn-north-4", report=path)
+    )
+    assert planned.exit_code == 0, planned.output
+    kept = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(kept[:-2]))  # rows 3 and 4 never written
+    result = invoke(["summary", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "2 of 4 rows have no record (rows 3, 4)" in result.stdout
+    assert "a dry run is not resumed: run it again with another --report" in result.stdout
+    assert "--resume" not in result.stdout
 
 
 IN_USE = "Invalid volume: Volume v status must be available, but current status is: in-use."
