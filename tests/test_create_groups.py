@@ -4,7 +4,6 @@ second group; a region without groups."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
 from tests.helpers import (
     CLOSED_PORT,
     PROJECT,
+    LeapingClock,
     cli_args,
     create_args,
     header,
@@ -305,7 +305,8 @@ def test_chaos_with_a_kill_and_a_resume(
         for s in range(servers)
         for d in range(2)
     )
-    emu = emulator_thread(volumes=volumes, seed=23, **CHAOS)
+    clock = LeapingClock()  # real time, but the wait for the last late commits is a leap
+    emu = emulator_thread(clock=clock, volumes=volumes, seed=23, **CHAOS)
     report = tmp_path / "r.jsonl"
     # Four servers at a time: with two, the resume's settle windows (0.3 s each) after a fault ran
     # mostly one after another (3-4 s under load, against 1-1.7 s).
@@ -316,7 +317,7 @@ def test_chaos_with_a_kill_and_a_resume(
     assert in_flight(report.read_bytes())  # killed with a group create out
     result = invoke([*args, "--resume"])
     assert result.exit_code == 0, result.output + result.stderr
-    time.sleep(CHAOS["late_commit_seconds"] + 0.1)
+    clock.leap(CHAOS["late_commit_seconds"] + 0.1)
     result = invoke([*args, "--resume"])
     assert result.exit_code == 0, result.output + result.stderr
     run_id = header(report)["run_id"]
