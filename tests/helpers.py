@@ -670,35 +670,46 @@ def run_main(
     return stopped.value.code
 
 
-# The emulator's token bucket refills only as its clock moves: under a ManualClock that the test holds
-# still, a drained bucket answers 429 until the test acts, so the test can act while a command is
-# provably in the middle of its work (retrying the throttled request).
 @contextlib.contextmanager
-def once_throttled(
-    emu: EmulatorThread, act: Callable[[], None], route: str | None = None
+def once_seen(
+    emu: EmulatorThread, ready: Callable[[dict[str, Any]], bool], act: Callable[[], None]
 ) -> Iterator[list[bool]]:
-    """On a helper thread, run ``act`` as soon as the emulator has answered 429 (to ``route``, or to any
-    route), looking every 10 ms for at most 20 s; yields a list that holds True once it acted."""
+    """On a helper thread, run ``act`` as soon as ``ready(the emulator's state)`` holds, looking every
+    10 ms for at most 20 s; yields a list that holds True once it acted (never after the block)."""
     acted: list[bool] = []
     done = threading.Event()
 
     def watch() -> None:
         limit = time.monotonic() + 20
         while not done.wait(0.01) and time.monotonic() < limit:
-            requests = emu.state()["requests"]
-            if any(counts.get("429") for name, counts in requests.items() if route in (None, name)):
+            if ready(emu.state()):
                 if not done.is_set():
                     act()
                     acted.append(True)
                 return
 
-    watcher = threading.Thread(target=watch, name="once-throttled", daemon=True)
+    watcher = threading.Thread(target=watch, name="once-seen", daemon=True)
     watcher.start()
     try:
         yield acted
     finally:
         done.set()
         watcher.join()
+
+
+# The emulator's token bucket refills only as its clock moves: under a ManualClock that the test holds
+# still, a drained bucket answers 429 until the test acts, so the test can act while a command is
+# provably in the middle of its work (retrying the throttled request).
+def once_throttled(
+    emu: EmulatorThread, act: Callable[[], None], route: str | None = None
+) -> contextlib.AbstractContextManager[list[bool]]:
+    """``once_seen``: run ``act`` as soon as the emulator has answered 429 (to ``route``, or to any
+    route)."""
+
+    def throttled(state: dict[str, Any]) -> bool:
+        return any(counts.get("429") for name, counts in state["requests"].items() if route in (None, name))
+
+    return once_seen(emu, throttled, act)
 
 
 def one_request(emu: EmulatorThread, method: str, path: str, **options: Any) -> tuple[int, dict[str, str]]:

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
+from orchestrator import deleter
 from orchestrator.emulator import EmulatorThread, ManualClock, SeedSnapshot, SeedVolume
 from tests.helpers import (
     CREATE_ROUTE,
@@ -60,14 +62,25 @@ def created(
     disks = volume_ids(count, seed=seed)
     others = [snap(disk, 3) for disk in disks] + [snap(disks[0], 4, run=None, name="by-hand")]
     others.append(snap(disks[0], 5, name="autobk_snapshot_1", run=None))
-    emu = start(emulator_thread, [*disks, *unnamed], others, creating_seconds=0.0)
+    emu = start(emulator_thread, [*disks, *unnamed], others, creating_seconds=0.0, deleting_seconds=0.005)
     report = tmp_path / "create.jsonl"
-    # A short window (--settle + --timeout: 0.3 s): a report cut later is planned with nothing in doubt.
+    # A short window (--settle + --timeout: WINDOW): once it passed, a report cut is planned with nothing
+    # in doubt.
     short = ("--settle", "0.1s", "--timeout", "0.2")
     result = invoke(create_args(emu.url, csv_manifest(write, disks), report, *FAST_RETRIES, *short))
     assert result.exit_code == 0, result.output
-    time.sleep(0.3)
     return emu, report, others
+
+
+WINDOW = 0.3  # seconds: the window of the runs ``created`` makes
+
+
+@pytest.fixture(autouse=True)
+def quick_confirmations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deletion is first confirmed 20 ms after its DELETE was accepted (the tool waits 0.2 s): the
+    emulator's deletions here take 5 ms (``created``) or 50 ms (``start``'s default), so a confirmation
+    still finds each deletion ended, or under way, as it would."""
+    monkeypatch.setattr(deleter, "FIRST_POLL", 0.02)
 
 
 def test_cleanup_plans_then_deletes_only_the_runs_snapshots(
@@ -190,17 +203,29 @@ def mark(emu: Any, volume_id: str, run_id: str) -> None:
 
 
 def test_cleanup_after_a_killed_create_deletes_every_snapshot_of_the_run(
-    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, clock: ManualClock
 ) -> None:
     """A create SIGKILLed with requests in flight, some committed late: more snapshots than records;
     --apply waits out the run's window (--settle + --timeout after the last unanswered send), deletes
     them all, exits 0, and no snapshot of the run appears afterwards."""
     disks = volume_ids(40, seed=154)
     late = {"fault_late_commit": 0.3, "late_commit_seconds": 2.0, "seed": 154}
-    emu = start(emulator_thread, disks, [], creating_seconds=0.0, latency_ms=50, **late)
+    # The emulator's clock stands still: a late commit lands when the test moves it, after the kill
+    # (no sleeping until it lands); a deletion ends at once (cleanup confirms each).
+    emu = start(
+        emulator_thread,
+        disks,
+        [],
+        clock=clock,
+        creating_seconds=0.0,
+        deleting_seconds=0.0,
+        latency_ms=50,
+        **late,
+    )
     report = tmp_path / "create.jsonl"
     stop = time.monotonic() + 30
-    window = ("--settle", "3s", "--timeout", "1")  # 4 s: longer than a late commit takes
+    # 1.2 s: from the kill, time to drain its requests and start cleanup, which then waits out the rest
+    window = ("--settle", "0.8s", "--timeout", "0.4")
     args = create_args(emu.url, csv_manifest(write, disks), report, *window, concurrency=8)
 
     def late_answers() -> int:
@@ -211,7 +236,8 @@ def test_cleanup_after_a_killed_create_deletes_every_snapshot_of_the_run(
             assert process.poll() is None, process.stderr.read() if process.stderr else ""
             time.sleep(0.02)
         # Killed right after a new 504: that row's snapshot commits late for certain, and its record
-        # cannot exist before the snapshot appears (2 s on), so the run leaves a snapshot no record names.
+        # cannot exist before the snapshot appears (when the test moves the clock), so the run leaves a
+        # snapshot no record names.
         seen = late_answers()
         while late_answers() == seen and time.monotonic() < stop:
             assert process.poll() is None, process.stderr.read() if process.stderr else ""
@@ -220,7 +246,7 @@ def test_cleanup_after_a_killed_create_deletes_every_snapshot_of_the_run(
         process.wait(timeout=10)
     while emu.state()["in_flight"] and time.monotonic() < stop:  # the killed client's requests land
         time.sleep(0.02)
-    time.sleep(late["late_commit_seconds"] + 0.2)  # and the late commit of the last 504 lands
+    clock.advance(late["late_commit_seconds"])  # and every late commit, the last 504's too
     recorded = {r["row"] for r in records(report)}
     made = run_snapshots(emu, report)
     assert len(made) > len(recorded), (len(made), len(recorded))  # snapshots no record names
@@ -233,7 +259,7 @@ def test_cleanup_after_a_killed_create_deletes_every_snapshot_of_the_run(
     assert set(outcomes) == {"deleted"}
     assert outcomes["deleted"] >= len(made)  # and the late commits that landed while it waited
     assert f"{40 - len(recorded)} of 40 rows have no record" in result.output
-    time.sleep(late["late_commit_seconds"] + 0.2)
+    clock.advance(late["late_commit_seconds"])
     assert run_snapshots(emu, report) == []  # nothing of the run appeared after cleanup said 0
 
 
@@ -242,6 +268,7 @@ def test_cleanup_of_a_report_cut_mid_line_warns_and_deletes_that_rows_snapshot(
 ) -> None:
     """A torn last line is named (file:line) and skipped; its row's snapshot is found by the marker."""
     emu, report, others = created(emulator_thread, write, tmp_path, 4, seed=155)
+    time.sleep(WINDOW)  # the rows cut are planned with nothing in doubt
     torn = cut(report, 2, torn=True)
     plan = tmp_path / "plan.jsonl"
     result = cleanup(emu, report, plan)
@@ -284,6 +311,7 @@ def test_cleanup_keeps_to_the_manifests_disks_unless_the_manifest_changed(
     emu, report, others = created(emulator_thread, write, tmp_path, 3, seed=157, unnamed=(stranger,))
     run_id = header(report)["run_id"]
     mark(emu, stranger, run_id)
+    time.sleep(WINDOW)  # the rows cut are planned with nothing in doubt
     cut(report, 1)
     plan = tmp_path / "plan.jsonl"
     result = cleanup(emu, report, plan)
@@ -371,7 +399,9 @@ def test_cleanup_token_expiring_before_the_delete_stops_with_exit_3(
 ) -> None:
     """cleanup --apply: the listing passes, the DELETE is throttled, and meanwhile the token expires:
     the DELETE is refused, the route closes, its refusal is printed and the run exits 3."""
-    emu = emulator_thread(clock=clock, rate_limit=1.0, burst=1, token_ttl=60.0, **world(1))
+    # One token in the bucket (its clock stands still); the 429 names 20 a second, so the DELETE is sent
+    # again 50 ms on, when the token expired (the watcher looks every 10 ms).
+    emu = emulator_thread(clock=clock, rate_limit=20.0, burst=1, token_ttl=60.0, **world(1))
     source = create_report(tmp_path / "create.jsonl", [{}])
     report = tmp_path / "cleanup.jsonl"
     args = [*cli_args("cleanup", source, endpoint=emu.url, report=report, apply=True), *MANY_RETRIES]

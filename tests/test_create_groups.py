@@ -4,7 +4,6 @@ second group; a region without groups."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -13,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator.emulator import SeedSnapshot, SeedVolume
+from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
 from tests.helpers import (
     CLOSED_PORT,
     PROJECT,
+    LeapingClock,
     cli_args,
     create_args,
     header,
@@ -25,6 +25,7 @@ from tests.helpers import (
     journal,
     kill_when,
     last_per_row,
+    once_seen,
     records,
     requests_of,
     run_process,
@@ -191,13 +192,15 @@ def test_a_region_without_groups(
     assert not report.exists()
 
 
+# --settle: how long an uncertain group create is looked up before it is sent again. Only a late commit
+# makes a group appear after its answer; a group the other faults let EVS make is there at once.
 @pytest.mark.parametrize(
-    ("switch", "knobs"),
+    ("switch", "knobs", "settle"),
     [
-        ("fault_drop_before", {"fault_drop_before": 0.5}),
-        ("fault_drop_after", {"fault_drop_after": 1.0}),
-        ("fault_late_commit", {"fault_late_commit": 1.0, "late_commit_seconds": 0.1}),
-        ("fault_5xx", {"fault_5xx": 0.3}),
+        ("fault_drop_before", {"fault_drop_before": 0.5}, "0.05"),
+        ("fault_drop_after", {"fault_drop_after": 1.0}, "0.05"),
+        ("fault_late_commit", {"fault_late_commit": 1.0, "late_commit_seconds": 0.1}, "0.3"),
+        ("fault_5xx", {"fault_5xx": 0.3}, "0.05"),
     ],
 )
 def test_each_fault_switch_leaves_one_group_per_server(
@@ -206,13 +209,15 @@ def test_each_fault_switch_leaves_one_group_per_server(
     tmp_path: Path,
     switch: str,
     knobs: dict[str, Any],
+    settle: str,
 ) -> None:
     """Drops before and after EVS records the group, late commits, 5xx: every row accepted, exactly one
     group per server, uncertain creates found by tag and server (reconciled) instead of sent again."""
     volumes = server_disks(3)
     emu = emulator_thread(volumes=volumes, seed=7, creating_seconds=0.05, deleting_seconds=0.05, **knobs)
     report = tmp_path / "r.jsonl"
-    result = invoke(group_args(emu.url, manifest(write, rows_of(volumes)), report, "--max-attempts", "12"))
+    source = manifest(write, rows_of(volumes))
+    result = invoke(group_args(emu.url, source, report, "--max-attempts", "12", "--settle", settle))
     assert result.exit_code == 0, result.output + result.stderr
     run_id = header(report)["run_id"]
     state = emu.state()
@@ -227,12 +232,13 @@ def test_each_fault_switch_leaves_one_group_per_server(
 
 
 def test_a_second_group_is_swept(
-    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, clock: ManualClock
 ) -> None:
     """A late commit that outlasts --settle makes the group twice; once it appears, the sweep of a
     --resume deletes the second group whole (members too) and says so in side records."""
     volumes = server_disks(1)
     emu = emulator_thread(
+        clock=clock,
         volumes=volumes,
         fault_late_commit=1.0,
         late_commit_seconds=0.5,
@@ -241,10 +247,24 @@ def test_a_second_group_is_swept(
     )
     report = tmp_path / "r.jsonl"
     args = group_args(emu.url, manifest(write, rows_of(volumes)), report)
-    result = invoke(args)
+
+    def late(count: int) -> Callable[[dict[str, Any]], bool]:
+        return lambda state: requests_of(state, GROUP_CREATE)["504"] >= count
+
+    # The emulator's time moves only at the 504s: the first create (appearing at 0.5) is still absent
+    # when --settle has passed, so it is sent again (appearing at 0.75); the second 504 moves the clock
+    # to 0.5: the first group appears while the second create is looked up, and the second only when
+    # the test moves the clock past 0.75 (and its creating), after the create and its sweep ended.
+    with (
+        once_seen(emu, late(1), lambda: clock.advance(0.25)) as first,
+        once_seen(emu, late(2), lambda: clock.advance(0.25)) as second,
+    ):
+        result = invoke(args)
+    assert first == second == [True]
     assert result.exit_code == 0, result.output + result.stderr
     run_id = header(report)["run_id"]
-    time.sleep(0.6)  # the second create's late commit lands
+    assert groups_per_server(emu.state(), run_id) == {SERVERS[0]: 1}
+    clock.advance(0.3)  # the second create's late commit lands, and is made (deletable)
     assert groups_per_server(emu.state(), run_id) == {SERVERS[0]: 2}
     result = invoke([*args, "--resume"])
     assert result.exit_code == 0, result.output + result.stderr
@@ -285,16 +305,19 @@ def test_chaos_with_a_kill_and_a_resume(
         for s in range(servers)
         for d in range(2)
     )
-    emu = emulator_thread(volumes=volumes, seed=23, **CHAOS)
+    clock = LeapingClock()  # real time, but the wait for the last late commits is a leap
+    emu = emulator_thread(clock=clock, volumes=volumes, seed=23, **CHAOS)
     report = tmp_path / "r.jsonl"
+    # Four servers at a time: with two, the resume's settle windows (0.3 s each) after a fault ran
+    # mostly one after another (3-4 s under load, against 1-1.7 s).
     args = group_args(
-        emu.url, manifest(write, rows_of(volumes)), report, "--max-attempts", "12", concurrency=2
+        emu.url, manifest(write, rows_of(volumes)), report, "--max-attempts", "12", concurrency=4
     )
     kill_when(report, run_process(args), lambda data: bool(in_flight(data)))
     assert in_flight(report.read_bytes())  # killed with a group create out
     result = invoke([*args, "--resume"])
     assert result.exit_code == 0, result.output + result.stderr
-    time.sleep(CHAOS["late_commit_seconds"] + 0.1)
+    clock.leap(CHAOS["late_commit_seconds"] + 0.1)
     result = invoke([*args, "--resume"])
     assert result.exit_code == 0, result.output + result.stderr
     run_id = header(report)["run_id"]
@@ -425,19 +448,20 @@ def test_hooks_freeze_each_server_around_its_group_create(
 
 
 def test_wait_sweeps_a_second_group_committed_after_the_create_ended(
-    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, clock: ManualClock
 ) -> None:
     """Group creates answered 504 commit later than --settle and the create's own sweep: the resent
     creates made a second group of those servers. The next `wait` deletes each second group whole."""
     volumes = server_disks(servers=4)
-    emu = emulator_thread(
-        volumes=volumes, seed=5, fault_late_commit=0.5, late_commit_seconds=1.0, creating_seconds=0.05
-    )
+    # The emulator's clock stands still during the create: no late commit lands while it settles or
+    # sweeps, however short --settle is or slow the machine; the test moves the clock once it ended.
+    late = {"fault_late_commit": 0.5, "late_commit_seconds": 1.0}
+    emu = emulator_thread(clock=clock, volumes=volumes, seed=5, creating_seconds=0.05, **late)
     report = tmp_path / "r.jsonl"
-    result = invoke(group_args(emu.url, manifest(write, rows_of(volumes)), report))
+    result = invoke(group_args(emu.url, manifest(write, rows_of(volumes)), report, "--settle", "0.05"))
     assert result.exit_code == 0, result.output + result.stderr
     run_id = header(report)["run_id"]
-    time.sleep(1.2)  # the late commits land
+    clock.advance(1.2)  # the late commits land, and every group is made
     doubled = groups_per_server(emu.state(), run_id)
     assert max(doubled.values()) > 1, doubled  # the fault really made second groups
     result = invoke(["wait", str(report), "--endpoint", emu.url, "--poll-interval", "0.05", *QUICK[:6]])

@@ -27,7 +27,8 @@ from typing import Any
 import orjson
 import pytest
 
-from orchestrator.emulator import SeedVolume
+from orchestrator import progress
+from orchestrator.emulator import ManualClock, SeedVolume
 from orchestrator.errors import ReportUnwritable
 from orchestrator.report import ReportWriter
 from tests.helpers import (
@@ -35,6 +36,7 @@ from tests.helpers import (
     CREATE_ROUTE,
     EDGE_RUN,
     FAST_RETRIES,
+    LIST_ROUTE,
     PROJECT,
     RUN,
     TWO_ROWS_HEADER,
@@ -46,7 +48,9 @@ from tests.helpers import (
     invoke,
     last_per_row,
     lines,
+    once_seen,
     records,
+    requests_of,
     run_process,
     snapshots_per_volume,
     volume_ids,
@@ -241,7 +245,9 @@ def test_sigint_before_the_rows_says_so(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """SIGINT during start-up checks (the quota GET): exit 130 with one line, not silently."""
-    emu = emulator_thread(any_volume=True, latency_ms=1000)
+    # The GET is answered 0.5 s after it arrives (SIGINT goes within 20 ms of it); the emulator's stop
+    # waits for that answer, so a longer latency only costs time.
+    emu = emulator_thread(any_volume=True, latency_ms=500)
     report = tmp_path / "r.jsonl"
     args = create_args(emu.url, csv_manifest(write, volume_ids(3, seed=144)), report, "--settle", "0.5")
     with run_process(args) as process:
@@ -302,17 +308,27 @@ def test_create_wait_reports_the_whole_run(
 
 
 def test_wait_reports_its_own_requests_and_time(
-    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, clock: ManualClock
 ) -> None:
     """``wait`` prints the requests it sent over its own time, not the create's."""
     ids = volume_ids(5, seed=135)
-    emu = emulator_thread(any_volume=True, creating_seconds=1.5)  # outlasts the (fast) create: wait has work
+    emu = emulator_thread(clock=clock, any_volume=True)  # its clock stands still: creating until moved
     report, side = tmp_path / "r.jsonl", tmp_path / "s.json"
     assert invoke(create_args(emu.url, csv_manifest(write, ids), report, "--settle", "0.5")).exit_code == 0
     after_create = total_requests(emu.state())
-    started = time.monotonic()
-    result = invoke(cli_args("wait", report, endpoint=emu.url, poll_interval=0.1, summary_json=side))
-    wall = time.monotonic() - started
+    listed = requests_of(emu.state(), LIST_ROUTE).total()
+
+    def three_rounds(state: dict[str, Any]) -> bool:
+        """The wait's own listing (its sweep) and its first three rounds (at 0, 0.1 and 0.25 s) have
+        seen the snapshots creating: once they end, the fourth (0.475 s) finds them available, so the
+        wait lasts more than 0.3 s."""
+        return requests_of(state, LIST_ROUTE).total() >= listed + 4
+
+    with once_seen(emu, three_rounds, lambda: clock.advance(emu.settings.creating_seconds)) as acted:
+        started = time.monotonic()
+        result = invoke(cli_args("wait", report, endpoint=emu.url, poll_interval=0.1, summary_json=side))
+        wall = time.monotonic() - started
+    assert acted == [True]
     assert result.exit_code == 0, result.output
     summary = orjson.loads(side.read_bytes())
     sent = total_requests(emu.state()) - after_create
@@ -408,10 +424,14 @@ def test_progress_says_a_silent_endpoint_has_not_answered(write: Callable[..., P
 
 
 def test_progress_shows_requests_in_flight_and_throttling(
-    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+    emulator_thread: Callable[..., Any],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Slow answers show as requests in flight (not retries); 429s show as throttled."""
-    slow = emulator_thread(any_volume=True, latency_ms=300)
+    monkeypatch.setattr(progress, "INTERVAL", 0.05)  # a frame every 50 ms (the tool's: every 0.5 s)
+    slow = emulator_thread(any_volume=True, latency_ms=150)  # three frames of each answer
     args = rows_args(slow.url, own_project(write, volume_ids(2, seed=141)), tmp_path / "slow.jsonl")
     result = invoke([*args, "--progress", "--settle", "0.5"])
     assert result.exit_code == 0, result.output
@@ -419,7 +439,9 @@ def test_progress_shows_requests_in_flight_and_throttling(
     assert any("in flight" in frame for frame in frames), frames
     assert not any("retries" in frame for frame in frames), frames
 
-    throttled = emulator_thread(any_volume=True, rate_limit=8, burst=1)
+    # Its 429s name half its rate: paced at that, the rows sent again are not throttled again (paced at
+    # the very limit, one that came a little early was, and the tool went back to its first estimate).
+    throttled = emulator_thread(any_volume=True, rate_limit=40, told_limit=20, burst=1)
     args = rows_args(
         throttled.url, own_project(write, volume_ids(6, seed=142), "t.csv"), tmp_path / "t.jsonl"
     )

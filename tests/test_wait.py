@@ -83,12 +83,16 @@ async def wait_throttled(
     emulator: Callable[..., Any], clock: ManualClock, tmp_path: Path, pending: list[int]
 ) -> tuple[RunningEmulator, dict[str, str]]:
     """Wait for the SEEDED snapshots ``pending`` names when only the first request of all gets through
-    (the emulator's one token, its clock standing still); returns the emulator and the outcomes."""
-    emu = await emulator(clock=clock, rate_limit=1.0, burst=1, snapshots=SEEDED)
+    (the emulator's one token, its clock standing still); returns the emulator and the outcomes.
+
+    The 429s name a limit of 20 a second: the client paces its next request 50 ms on, and after a
+    second 429 at the first estimate (about 1 a second); the wait's timeout (50 ms) ends it before a
+    round waits for that (a 1 a second limit, or a longer timeout, cost a second of pacing)."""
+    emu = await emulator(clock=clock, rate_limit=20.0, burst=1, snapshots=SEEDED)
     tally = Tally()
     async with router_for(emu.url, AKSK) as router:
         with ReportWriter(str(tmp_path / "w.jsonl")) as writer:
-            waiter = Waiter(WaitPlan(timeout=0.1, interval=0.05), router=router, writer=writer, tally=tally)
+            waiter = Waiter(WaitPlan(timeout=0.05, interval=0.05), router=router, writer=writer, tally=tally)
             waiter.load(
                 [
                     edge_record(row, snapshot_id=SEEDED[index].id, snapshot_status="creating")
@@ -171,7 +175,7 @@ def test_create_wait_matches_emulator_state(
 ) -> None:
     """create --wait: each row's final record is the emulator's final status of its snapshot."""
     ids = volume_ids(40, seed=61)
-    emu = emulator_thread(any_volume=True, creating_seconds=1.0, fault_snapshot_error=0.25, seed=61)
+    emu = emulator_thread(any_volume=True, creating_seconds=0.3, fault_snapshot_error=0.25, seed=61)
     report = tmp_path / "r.jsonl"
     result = invoke(
         [
@@ -185,7 +189,7 @@ def test_create_wait_matches_emulator_state(
             str(report),
             "--wait",
             "--poll-interval",
-            "0.3",
+            "0.05",  # rounds at 0.05, 0.125, 0.24, 0.41 s: creating (0.3 s) ends within 5 rounds
         ]
     )
     assert result.exit_code == 1, result.output  # some snapshots end in error
@@ -205,11 +209,11 @@ def test_create_wait_matches_emulator_state(
 
 
 def test_wait_command_timeout_and_vanished(
-    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, clock: ManualClock
 ) -> None:
     """wait: a deleted snapshot is SNAPSHOT_NOT_FOUND; ones still creating at the timeout are wait_timeout."""
     ids = volume_ids(4, seed=62)
-    fast = emulator_thread(any_volume=True, creating_seconds=0.0)
+    fast = emulator_thread(clock=clock, any_volume=True, creating_seconds=0.0)
     report = tmp_path / "r.jsonl"
     args = ["--endpoint", fast.url, "--project-id", PROJECT, "--report", str(report)]
     assert invoke(["create", str(manifest(write, ids)), *args]).exit_code == 0
@@ -220,9 +224,9 @@ def test_wait_command_timeout_and_vanished(
             path = f"/v2/{PROJECT}/cloudsnapshots/{doomed}"
             status, _, _ = await call(http, fast, "DELETE", path, auth=AkSkAuth(DEFAULT_AK, DEFAULT_SK))
             assert status == 202
-            await anyio.sleep(0.7)
 
     anyio.run(delete)
+    clock.advance(fast.settings.deleting_seconds)  # the deletion is over: the snapshot is gone
     result = invoke(["wait", str(report), "--endpoint", fast.url, "--poll-interval", "0.1"])
     assert result.exit_code == 1, result.output
     final = last_per_row(report)
@@ -233,7 +237,7 @@ def test_wait_command_timeout_and_vanished(
     args2 = ["--endpoint", slow.url, "--project-id", PROJECT, "--report", str(report2)]
     assert invoke(["create", str(manifest(write, volume_ids(3, seed=63))), *args2]).exit_code == 0
     result = invoke(
-        ["wait", str(report2), "--endpoint", slow.url, "--wait-timeout", "1s", "--poll-interval", "0.2"]
+        ["wait", str(report2), "--endpoint", slow.url, "--wait-timeout", "0.2s", "--poll-interval", "0.05"]
     )
     assert result.exit_code == 1
     assert {(r["outcome"], r["snapshot_status"]) for r in last_per_row(report2).values()} == {
@@ -246,7 +250,11 @@ def test_wait_outlives_token_lifetime(
 ) -> None:
     """A wait longer than the IAM token's lifetime keeps working: tokens are renewed."""
     ids = volume_ids(10, seed=64)
-    emu = emulator_thread(any_volume=True, creating_seconds=2.5, token_ttl=1.0)
+    # Tokens of 1 s (the shortest lifetime the tool accepts) are renewed with a quarter left, so a third
+    # token needs more than 1.5 s of requests. Polls at 0.1 s (growing by half: rounds at 0.81 and
+    # 1.32 s) ask for the second one within 0.1 s of its renewal and the third at the 2.08 s round, the
+    # first after creating (2 s) ends.
+    emu = emulator_thread(any_volume=True, creating_seconds=2.0, token_ttl=1.0)
     report = tmp_path / "r.jsonl"
     env = {
         "HUAWEICLOUD_SDK_AK": "",
@@ -268,7 +276,7 @@ def test_wait_outlives_token_lifetime(
             str(report),
             "--wait",
             "--poll-interval",
-            "0.3",
+            "0.1",
         ],
         env=env,
     )
@@ -278,9 +286,11 @@ def test_wait_outlives_token_lifetime(
 
 
 @pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
-async def test_poll_round_costs_about_n_over_1000(emulator: Callable[..., Any], tmp_path: Path) -> None:
+async def test_poll_round_costs_about_n_over_1000(
+    emulator: Callable[..., Any], clock: ManualClock, tmp_path: Path
+) -> None:
     """2,500 pending snapshots in one project cost 3 list requests a round (pages of 1000), not 2,500."""
-    emu = await emulator(any_volume=True, creating_seconds=1.5, seed=65)
+    emu = await emulator(clock=clock, any_volume=True, creating_seconds=1.5, seed=65)
     ids = volume_ids(2500, seed=65)
     # The snapshots are made in the emulator's world directly (2,500 signed POSTs would be most of the
     # test's cost); the waiter under test still polls them over HTTP.
@@ -311,10 +321,19 @@ async def test_poll_round_costs_about_n_over_1000(emulator: Callable[..., Any], 
         router = await connect(stack, connection)
         tally = Tally()
         with ReportWriter(str(tmp_path / "r.jsonl")) as writer:
-            waiter = Waiter(WaitPlan(timeout=30, interval=0.5), router=router, writer=writer, tally=tally)
+            # The emulator's clock stands still through the first round (all 2,500 pending), then
+            # moves past creating: the next round finds every snapshot available.
+            waiter = Waiter(
+                WaitPlan(timeout=30, interval=0.05),
+                router=router,
+                writer=writer,
+                tally=tally,
+                on_round=lambda _requests, _waiting: clock.advance(1.5),
+            )
             waiter.load(created)
             await waiter.run()
     assert tally.outcomes == {"available": 2500}
+    assert waiter.round_requests[0] == math.ceil(2500 / 1000)  # the round that found all 2,500 pending
     assert waiter.round_requests
     assert max(waiter.round_requests) <= math.ceil(2500 / 1000)
 
@@ -506,7 +525,9 @@ async def test_a_look_at_a_snapshot_refused_for_the_credentials_stops_the_wait(
 ) -> None:
     """The query by id is throttled and the token expires before the GET that stands in for it: the
     401 closes the route and the wait stops (RouteClosed, exit 3), the row left as it was."""
-    emu = await emulator(clock=clock, latency_ms=30, rate_limit=1.0, burst=1, snapshots=SEEDED)
+    # The 429 names 20 a second: the GET is paced 50 ms after it, long after the token expired (the
+    # expiry waits 5 ms at most for the 429, in this loop).
+    emu = await emulator(clock=clock, latency_ms=30, rate_limit=20.0, burst=1, snapshots=SEEDED)
     token, _, _ = emu.world.issue_token()
 
     async def expire_the_token() -> None:
@@ -561,7 +582,7 @@ async def test_server_errors_mid_wait_still_settle_every_row(
     vanished = str(uuid.uuid4())
     rows = [accepted(1, good), accepted(2, bad), accepted(3, vanished)]
     tally, written = await wait_for(
-        emu.url, rows, tmp_path, WaitPlan(timeout=20, interval=0.02, max_interval=0.05)
+        emu.url, rows, tmp_path, WaitPlan(timeout=20, interval=0.01, max_interval=0.02)
     )
     assert tally.outcomes == {"available": 1, "snapshot_error": 2}
     final = {r.row: (r.outcome, r.snapshot_status, r.error_code) for r in written}
