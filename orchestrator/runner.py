@@ -324,8 +324,12 @@ class Runner:
 
     async def _hand_to_settler(self, request: SnapshotRequest, state: _Attempt) -> None:
         assert self._settlers is not None  # noqa: S101 - set by run() before any worker starts
-        await self._settle_slots.acquire()
-        self.settling += 1
+        self.settling += 1  # from now: a row waiting for a settling slot is settling, not a retry
+        try:
+            await self._settle_slots.acquire()
+        except BaseException:
+            self.settling -= 1
+            raise
 
         async def settle() -> None:
             try:
@@ -471,7 +475,8 @@ class Runner:
     async def _pause(self, seconds: float) -> None:
         if self.plan.deadline is not None:
             seconds = min(seconds, max(0.0, self.plan.deadline - time.monotonic()))
-        await anyio.sleep(seconds)
+        if seconds > 0:  # no pause asked (a row in doubt goes to its lookups): no turn of the loop,
+            await anyio.sleep(seconds)  # in which the row would be neither in flight nor settling
 
     def _past_deadline(self) -> bool:
         return self.plan.deadline is not None and time.monotonic() >= self.plan.deadline
