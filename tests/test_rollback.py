@@ -244,7 +244,9 @@ def test_lost_answer_is_not_resent_blindly(
     emu = emulator_thread(rollback_seconds=0.3, fault_5xx=0.25, seed=seed, **world(1))
     source = create_report(tmp_path / "create.jsonl", [{}])
     report = tmp_path / "apply.jsonl"
-    result = rollback(emu, source, report, apply=True)
+    # a 503 is watched for --settle (one look, a pause, one more) before the resend, and a 5xx on a read
+    # is retried after a backoff: shorter ones, the same requests and so the same draws
+    result = rollback(emu, source, report, "--settle", "0.1", "--backoff-max", "0.05", apply=True)
     assert result.exit_code == 0, result.stderr
     (record,) = records(report)
     assert (record["outcome"], record["attempts"]) == ("rolled_back", attempts)
@@ -488,7 +490,7 @@ def test_runbook_select_create_rollback(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
     """The whole runbook: every disk of the server is snapshotted once and restored once, then re-attached."""
-    emu = emulator_thread(volumes=RUNBOOK_DISKS, creating_seconds=0.2, rollback_seconds=0.3)
+    emu = emulator_thread(volumes=RUNBOOK_DISKS, creating_seconds=0.1, rollback_seconds=0.1)
     where = {"endpoint": emu.url, "project_id": PROJECT}
     manifest = tmp_path / "web.csv"
 
