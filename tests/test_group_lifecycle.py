@@ -50,6 +50,8 @@ from tests.helpers import (
     volume_ids,
 )
 
+pytestmark = pytest.mark.usefixtures("quick_deletion_polls")
+
 SERVERS = ["5a0e1c2d-3b4f-4a6b-8c7d-9e0f1a2b3c01", "5a0e1c2d-3b4f-4a6b-8c7d-9e0f1a2b3c02"]
 DISKS = volume_ids(4, seed=0x9A7)  # two per server
 RUN = run_id_of("grouped")
