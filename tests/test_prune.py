@@ -271,7 +271,7 @@ def test_resume_after_sigterm_finishes_the_job(
     """SIGTERM mid-prune: exit 143 with whole records; --resume deletes the rest, each snapshot once."""
     (disk,) = volume_ids(1, seed=141)
     owned = [snap(disk, d) for d in range(1, 14)]
-    emu = start(emulator_thread, [disk], owned, latency_ms=30)
+    emu = start(emulator_thread, [disk], owned, latency_ms=60)
     report = tmp_path / "r.jsonl"
     manifest = csv_manifest(write, [disk])
     args = ["prune", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report)]
