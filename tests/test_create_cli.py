@@ -133,7 +133,7 @@ def test_concurrency_bound(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """Requests in flight never exceed --concurrency (the emulator counts the maximum it saw)."""
-    ids = volume_ids(48, seed=4)
+    ids = volume_ids(20, seed=4)
     emu = emulator_thread(any_volume=True, latency_ms=40)
     manifest = write("m.csv", "volume_id\n" + "".join(f"{i}\n" for i in ids))
     result = invoke(
@@ -142,7 +142,7 @@ def test_concurrency_bound(
     assert result.exit_code == 0, result.output
     state = emu.state()
     assert 2 <= state["max_in_flight"] <= 5
-    assert len(state["snapshots"]) == 48
+    assert len(state["snapshots"]) == 20
 
 
 def test_dry_run_sends_nothing(
@@ -257,8 +257,9 @@ def test_single_attempt_failures_are_failed_never_rejected(
     emu = emulator_thread(any_volume=True, fault_5xx=0.3, fault_drop_before=0.2, seed=3)
     manifest = write("m.csv", "volume_id\n" + "".join(f"{i}\n" for i in ids))
     report = tmp_path / "r.jsonl"
-    # Quick backoff: the end-of-run sweep retries the injected 5xx (at least 8 tries whatever --max-attempts).
-    quick = ("--backoff-initial", "0.05", "--backoff-max", "0.2")
+    # Quick backoff: the end-of-run sweep retries the injected 5xx (at least 8 tries whatever --max-attempts);
+    # a short settle: the lookups after an uncertain attempt pause --settle (up to 0.5 s), then double.
+    quick = ("--backoff-initial", "0.05", "--backoff-max", "0.2", "--settle", "0.1")
     result = invoke(["create", str(manifest), *base_args(emu.url, report), "--max-attempts", "1", *quick])
     assert result.exit_code == 1
     got = records(report)

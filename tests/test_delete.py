@@ -41,6 +41,8 @@ from tests.helpers import (
     volume_ids,
 )
 
+pytestmark = pytest.mark.usefixtures("quick_deletion_polls")
+
 VOLUME = str(uuid.UUID(int=0xDE00, version=4))
 DELETING, ROLLBACKING, AVAILABLE = (str(uuid.UUID(int=0xDE01 + index, version=4)) for index in range(3))
 
@@ -130,15 +132,15 @@ def test_the_sweep_counts_a_deletion_whose_answer_was_lost_as_done(
         any_volume=True,
         seed=106,
         fault_late_commit=0.3,
-        late_commit_seconds=0.6,
-        creating_seconds=0.2,
+        late_commit_seconds=0.15,
+        creating_seconds=0.05,
         deleting_seconds=60.0,  # still deleting when the DELETE is sent again
         fault_delete_drop_after=1.0,
         rate_limit=1000,
     )
     report = tmp_path / "r.jsonl"
     args = create_args(emu.url, csv_manifest(write, ids), report, *FAST_RETRIES)
-    result = invoke([*args, "--settle", "0.1", "--max-rps", "20", "--concurrency", "2"])
+    result = invoke([*args, "--settle", "0.025", "--max-rps", "80", "--concurrency", "2"])
     assert result.exit_code == 0, result.output
     side = [r for r in records(report) if r["outcome"].startswith("duplicate")]
     assert side, "with a settle window shorter than the backend lag, doubles must appear and be swept"

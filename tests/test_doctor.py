@@ -41,6 +41,13 @@ DISKS = (
 )
 
 
+@pytest.fixture(autouse=True)
+def quick_probe_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live probe's first pause between two looks at its snapshot or disk is 0.2 s (doubling), and
+    no option sets it: a tenth of it here, where the emulator's states last a tenth of a second."""
+    monkeypatch.setattr("orchestrator.live_probe.POLL_FIRST", 0.02)
+
+
 def doctor(emu: EmulatorThread, *extra: str, **flags: object) -> Result:
     """``doctor`` against one emulator (endpoint and project given), with short retries."""
     return invoke([*cli_args("doctor", endpoint=emu.url, project_id=PROJECT, **flags), *FAST, *extra])
@@ -270,7 +277,7 @@ def live_state(emu: EmulatorThread) -> dict[str, Any]:
 
 def test_live_makes_exactly_one_snapshot_and_leaves_none(emulator_thread: Start, tmp_path: Path) -> None:
     """``--live``: one create, read back, looked up, deleted, then 404 EVS.5404; exit 0."""
-    emu = emulator_thread(volumes=DISKS, creating_seconds=0.1)
+    emu = emulator_thread(volumes=DISKS, creating_seconds=0.1, deleting_seconds=0.1)
     report = tmp_path / "probe.jsonl"
     result = doctor(emu, live=VOLUME, live_report=report)
     sound(result, 0)
@@ -288,7 +295,7 @@ def test_live_makes_exactly_one_snapshot_and_leaves_none(emulator_thread: Start,
 
 def test_live_rollback_rolls_the_disk_back(emulator_thread: Start, tmp_path: Path) -> None:
     """``--live-rollback``: the disk is rolled back to the probe, then the probe is deleted."""
-    emu = emulator_thread(volumes=DISKS, creating_seconds=0.1, rollback_seconds=0.1)
+    emu = emulator_thread(volumes=DISKS, creating_seconds=0.1, rollback_seconds=0.1, deleting_seconds=0.1)
     result = doctor(emu, "--live-rollback", live=VOLUME, live_report=tmp_path / "probe.jsonl")
     sound(result, 0)
     assert table(result)["live: rollback"].startswith("PASS")
@@ -298,7 +305,7 @@ def test_live_rollback_rolls_the_disk_back(emulator_thread: Start, tmp_path: Pat
 
 def test_live_says_the_marker_did_not_survive_rewritten_keys(emulator_thread: Start, tmp_path: Path) -> None:
     """``--metadata-rewrite lower``: the metadata check fails (exit 1); the probe is still deleted."""
-    emu = emulator_thread(volumes=DISKS, creating_seconds=0.1, metadata_rewrite="lower")
+    emu = emulator_thread(volumes=DISKS, creating_seconds=0.1, deleting_seconds=0.1, metadata_rewrite="lower")
     result = doctor(emu, live=VOLUME, live_report=tmp_path / "probe.jsonl")
     sound(result, 1)
     row = table(result)["live: metadata"]
@@ -498,7 +505,7 @@ def test_a_skewed_clock_refused_by_iam_is_measured_from_the_refusal(emulator_thr
 def test_a_gateway_that_never_answers_in_time_stops_at_the_credentials(emulator_thread: Start) -> None:
     """The endpoint is reached but no signed GET is answered within --timeout: the credentials are not
     proven (exit 3), and the fix names the network and --timeout."""
-    emu = emulator_thread(volumes=DISKS, latency_ms=500)
+    emu = emulator_thread(volumes=DISKS, latency_ms=300)
     args = cli_args("doctor", endpoint=emu.url, project_id=PROJECT)
     result = invoke([*args, "--max-attempts", "2", "--backoff-initial", "0.01", "--timeout", "0.1"])
     sound(result, 3)

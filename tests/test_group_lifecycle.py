@@ -50,6 +50,8 @@ from tests.helpers import (
     volume_ids,
 )
 
+pytestmark = pytest.mark.usefixtures("quick_deletion_polls")
+
 SERVERS = ["5a0e1c2d-3b4f-4a6b-8c7d-9e0f1a2b3c01", "5a0e1c2d-3b4f-4a6b-8c7d-9e0f1a2b3c02"]
 DISKS = volume_ids(4, seed=0x9A7)  # two per server
 RUN = run_id_of("grouped")
@@ -340,7 +342,9 @@ def test_rollback_restores_member_by_member_onto_each_disk(
         _http(emu, "POST", f"/_emulator/volumes/{disk}/detach")
     report = report_of(tmp_path / "create.jsonl", RUN, made, outcome="available")
     args = cli_args("rollback", report, endpoint=emu.url, report=tmp_path / "b.jsonl", apply=True)
-    result = invoke([*args, *FAST, *FAST_WAIT])
+    # rollbacks end at once and the clock stands (the disks' updated_at never moves): each row counts
+    # once --settle has passed
+    result = invoke([*args, *FAST, *FAST_WAIT, "--settle", "0.1"])
     assert result.exit_code == 0, result.output
     rolled = last_per_row(tmp_path / "b.jsonl")
     assert {r["outcome"] for r in rolled.values()} == {"rolled_back"}

@@ -74,7 +74,9 @@ def failing(status: int) -> Callable[[web.Request], Any]:
 async def test_lookups_that_keep_failing_leave_the_rows_unconfirmed(tmp_path: Path) -> None:
     """A create answered 503 (uncertain), then group lists that keep failing: UNCONFIRMED, never resent."""
     routes = {f"POST {GROUPS}": failing(503), f"GET {GROUPS}/detail": failing(500)}
-    async with stand_in(routes) as (url, seen), running(url, tmp_path / "r.jsonl", settle=5.0) as (runner, _):
+    # a failed lookup is tried again after min(0.5, settle) s, then twice that: the settle window itself
+    # does not end lookups that fail
+    async with stand_in(routes) as (url, seen), running(url, tmp_path / "r.jsonl", settle=0.1) as (runner, _):
         await runner.run(requests())
     assert outcomes(tmp_path / "r.jsonl") == {("failed", "UNCONFIRMED")}
     assert seen[f"POST {GROUPS}"] == 1

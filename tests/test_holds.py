@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,8 @@ from tests.helpers import (
     world,
 )
 
+pytestmark = pytest.mark.usefixtures("quick_deletion_polls")
+
 HOLD = "evs_snapshot_hold"
 CREATE = "POST /v2/{project_id}/cloudsnapshots"
 ADD = "POST /v2/{project_id}/snapshots/{snapshot_id}/metadata"
@@ -76,7 +77,6 @@ def created(
     short = ("--settle", "0.1s", "--timeout", "0.2")
     result = invoke(create_args(emu.url, csv_manifest(write, disks), report, *FAST_RETRIES, *short, *extra))
     assert result.exit_code == 0, result.output
-    time.sleep(0.3)
     return emu, report, disks
 
 

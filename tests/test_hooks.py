@@ -63,7 +63,7 @@ def test_sigterm_in_the_middle_still_runs_the_post_hook(
 ) -> None:
     """The issue's "done when": a pre-hook, a SIGTERM in the middle of the run (a real process), a
     post-hook that writes a file: the file is there, it was told the run was interrupted, exit 143."""
-    emu = emulator_thread(any_volume=True, latency_ms=100)
+    emu = emulator_thread(any_volume=True, latency_ms=50)
     report, thawed = tmp_path / "r.jsonl", tmp_path / "thawed"
     args = hook_args(
         emu.url,
@@ -233,7 +233,7 @@ def test_the_post_hook_runs_when_the_deadline_passes(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """--deadline passes with rows not sent: the post-hook runs all the same, told "deadline"."""
-    emu = emulator_thread(any_volume=True, latency_ms=300)
+    emu = emulator_thread(any_volume=True, latency_ms=150)
     report, log = tmp_path / "r.jsonl", tmp_path / "log"
     result = invoke(
         hook_args(
@@ -243,7 +243,7 @@ def test_the_post_hook_runs_when_the_deadline_passes(
             "--concurrency",
             "1",
             "--deadline",
-            "0.5s",
+            "0.25s",  # 4 creates one after the other take 0.6 s at the least
             post_hook=LOG.format(log=log),
         )
     )

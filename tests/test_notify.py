@@ -4,6 +4,7 @@ settings and harmless to the exit code, and no secret in a body or a log line.""
 
 from __future__ import annotations
 
+import functools
 import http.server
 import io
 import signal
@@ -70,7 +71,9 @@ class Receiver:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # shutdown() waits until the serving loop next looks at its flag: every poll_interval (by default
+        # 0.5 s, half a second of each test's teardown per receiver)
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
 
     def paths(self) -> list[str]:
         return [path for path, _, _ in self.requests]
@@ -152,9 +155,14 @@ def test_a_failed_run_pings_fail_and_posts_each_webhook(
 
 
 def test_no_secret_reaches_a_body_or_the_log(
-    emulator_thread: Callable[..., EmulatorThread], receiver: Callable[..., Receiver], tmp_path: Path
+    emulator_thread: Callable[..., EmulatorThread],
+    receiver: Callable[..., Receiver],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Neither the AK/SK nor a token nor the URLs' query or password reach a body or stderr."""
+    # no option sets the pause between two attempts (up to 1 s, then 2 s): the run's Notify without it
+    monkeypatch.setattr("orchestrator.options.Notify", functools.partial(Notify, pause=0))
     ids = volume_ids(1)
     emu = emulator_thread(volumes=seeds(ids))
     hook = receiver([500, 500, 500])
@@ -218,7 +226,7 @@ async def test_a_dead_url_is_bounded_by_its_settings(receiver: Callable[..., Rec
     assert Notify().budget == 30.0
     assert (Notify().timeout, Notify().attempts) == (10.0, 3)
     dead = receiver([200, None, None, None])  # the start ping goes through; the end gets no answer
-    notify = Notify(ping_url=f"{dead.url}/p?k={SECRET}", timeout=0.5, pause=0)
+    notify = Notify(ping_url=f"{dead.url}/p?k={SECRET}", timeout=0.2, pause=0)
     code, log = await frame_run(notify, dead, at_least=1)
     assert code == 1
     assert dead.paths() == [f"/p/start?k={SECRET}"] + [f"/p/fail?k={SECRET}"] * 3

@@ -41,8 +41,8 @@ def test_progress_line_shows_counts_retries_and_settling() -> None:
 def test_progress_on_a_run(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """--progress draws the line on stderr and clears it at the end."""
-    emu = emulator_thread(any_volume=True, latency_ms=100)
+    """--progress draws the line on stderr (at the start, then every second) and clears it at the end."""
+    emu = emulator_thread(any_volume=True, latency_ms=20)
     report = tmp_path / "r.jsonl"
     args = [
         "create",

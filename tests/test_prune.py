@@ -52,6 +52,8 @@ from tests.helpers import (
     volume_ids,
 )
 
+pytestmark = pytest.mark.usefixtures("quick_deletion_polls")
+
 SHOW = "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 
 
@@ -349,7 +351,8 @@ def test_prune_token_expiring_before_the_delete_stops_with_exit_3(
     volume = volume_ids(1, seed=721)[0]
     seeds = [snap(volume, 2), snap(volume, 1)]
     # burst 2: the two listings (snapshots, then snapshot groups) pass; the DELETE is the one throttled
-    emu = start(emulator_thread, [volume], seeds, clock=clock, rate_limit=1.0, burst=2, token_ttl=60.0)
+    # (the clock stands: any rate throttles it; the 429 names the rate, and the client paces at it)
+    emu = start(emulator_thread, [volume], seeds, clock=clock, rate_limit=20.0, burst=2, token_ttl=60.0)
     manifest = csv_manifest(write, [volume])
     report = tmp_path / "prune.jsonl"
     args = cli_args(

@@ -155,7 +155,7 @@ def test_apply_rolls_back_only_what_passes(
 ) -> None:
     """--apply: the good row is rolled back and waited for; attached, foreign and missing rows are not sent."""
     settings, rows = mixed_world()
-    emu = emulator_thread(rollback_seconds=0.2, **settings)
+    emu = emulator_thread(rollback_seconds=0.05, **settings)
     source = create_report(tmp_path / "create.jsonl", rows)
     report = tmp_path / "apply.jsonl"
     result = rollback(emu, source, report, apply=True)
@@ -178,7 +178,7 @@ def test_apply_rolls_back_only_what_passes(
 
 def test_apply_all_good_exits_0(emulator_thread: Callable[..., EmulatorThread], tmp_path: Path) -> None:
     """Every row rolled back: exit 0, one rollback per snapshot, and the request count stays small."""
-    emu = emulator_thread(rollback_seconds=0.2, **world(4))
+    emu = emulator_thread(rollback_seconds=0.05, **world(4))
     source = create_report(tmp_path / "create.jsonl", [{}, {}, {}, {}])
     report = tmp_path / "apply.jsonl"
     result = rollback(emu, source, report, apply=True)
@@ -187,7 +187,7 @@ def test_apply_all_good_exits_0(emulator_thread: Callable[..., EmulatorThread], 
     state = emu.state()
     assert rollbacks_per_snapshot(state) == dict.fromkeys(SNAPS[:4], 1)
     checks = requests_of(state, "GET /v2/{project_id}/cloudvolumes/{volume_id}")
-    assert checks["200"] <= 4 * 12  # one check, then about one poll per 0.05-0.3 s of a 0.2 s rollback
+    assert checks["200"] <= 4 * 12  # one check, then about one poll per 0.05-0.3 s of a 0.05 s rollback
 
 
 def test_attached_disk_is_never_sent(emulator_thread: Callable[..., EmulatorThread], tmp_path: Path) -> None:
@@ -214,7 +214,7 @@ def test_error_rollbacking_is_rollback_failed(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
     """A disk that ends error_rollbacking gives rollback_failed (exit 1)."""
-    emu = emulator_thread(rollback_seconds=0.2, fault_rollback_error=1.0, **world(1))
+    emu = emulator_thread(rollback_seconds=0.05, fault_rollback_error=1.0, **world(1))
     source = create_report(tmp_path / "create.jsonl", [{}])
     report = tmp_path / "apply.jsonl"
     result = rollback(emu, source, report, apply=True)
@@ -244,7 +244,9 @@ def test_lost_answer_is_not_resent_blindly(
     emu = emulator_thread(rollback_seconds=0.3, fault_5xx=0.25, seed=seed, **world(1))
     source = create_report(tmp_path / "create.jsonl", [{}])
     report = tmp_path / "apply.jsonl"
-    result = rollback(emu, source, report, apply=True)
+    # a 503 is watched for --settle (one look, a pause, one more) before the resend, and a 5xx on a read
+    # is retried after a backoff: shorter ones, the same requests and so the same draws
+    result = rollback(emu, source, report, "--settle", "0.1", "--backoff-max", "0.05", apply=True)
     assert result.exit_code == 0, result.stderr
     (record,) = records(report)
     assert (record["outcome"], record["attempts"]) == ("rolled_back", attempts)
@@ -488,7 +490,7 @@ def test_runbook_select_create_rollback(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
     """The whole runbook: every disk of the server is snapshotted once and restored once, then re-attached."""
-    emu = emulator_thread(volumes=RUNBOOK_DISKS, creating_seconds=0.2, rollback_seconds=0.3)
+    emu = emulator_thread(volumes=RUNBOOK_DISKS, creating_seconds=0.1, rollback_seconds=0.1)
     where = {"endpoint": emu.url, "project_id": PROJECT}
     manifest = tmp_path / "web.csv"
 

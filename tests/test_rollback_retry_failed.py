@@ -18,7 +18,7 @@ def cloud(
     """One disk and its run's snapshot; ``disk``: the disk's status."""
     seeded = world(1)
     seeded["volumes"] = (SeedVolume(volume_id=VOLUMES[0], status=disk),)
-    return emulator_thread(rollback_seconds=0.2, **seeded, **knobs)
+    return emulator_thread(rollback_seconds=0.05, **seeded, **knobs)
 
 
 def failed_once(emulator_thread: Callable[..., EmulatorThread], tmp_path: Path) -> tuple[Path, Path]:

@@ -63,6 +63,9 @@ from tests.helpers import (
 
 ROLLBACK_PATH = f"/v2/{PROJECT}/cloudsnapshots/{SNAPS[0]}/rollback"
 LATENCY_MS = 30  # the window in which the in-loop cases act on the world (see the module docstring)
+# The throttled cases hold the clock still: the bucket never refills, so any rate throttles; the 429
+# names it as the limit and the client paces at it, so a high one keeps the pace between tries short.
+THROTTLED_RPS = 20.0
 
 
 @contextlib.contextmanager
@@ -498,7 +501,7 @@ async def test_a_rollback_refused_once_the_disk_was_attached_is_rejected(
 ) -> None:
     """Throttled (the clock stands, the bucket is empty) until the disk is attached: the rollback is
     answered 400 and the row rejected with the service's reason; nothing rolls back."""
-    emu = await emulator(clock=clock, rate_limit=1.0, burst=2, **world(1))
+    emu = await emulator(clock=clock, rate_limit=THROTTLED_RPS, burst=2, **world(1))
 
     async def attach_the_disk() -> None:
         await until(lambda: hits(emu, ROLLBACK)["429"] >= 1)
@@ -520,7 +523,7 @@ async def test_a_rollback_refused_for_the_credentials_stops_the_run(
     emulator: Callable[..., Any], clock: ManualClock
 ) -> None:
     """The token expires while the rollback is throttled: the 401 closes the route (RouteClosed, exit 3)."""
-    emu = await emulator(clock=clock, rate_limit=1.0, burst=2, **world(1))
+    emu = await emulator(clock=clock, rate_limit=THROTTLED_RPS, burst=2, **world(1))
     token, _, _ = emu.world.issue_token()
 
     async def expire_the_token() -> None:
@@ -539,7 +542,9 @@ def test_throttled_rollback_gives_up_after_its_attempts(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path, clock: ManualClock
 ) -> None:
     """A rollback throttled on every attempt fails after --max-attempts, saying --resume looks first."""
-    emu = emulator_thread(clock=clock, rate_limit=1.0, burst=2, **world(1))  # the two checks, then 429s
+    emu = emulator_thread(
+        clock=clock, rate_limit=THROTTLED_RPS, burst=2, **world(1)
+    )  # the two checks, then 429s
     source = create_report(tmp_path / "create.jsonl", [{}])
     report = tmp_path / "r.jsonl"
     result = rollback(emu, source, report, "--max-attempts", "2", apply=True)
@@ -663,7 +668,7 @@ def test_many_rollbacks_under_way_are_watched_by_listing_the_disks(
         for i, v in enumerate(volumes)
     )
     emu = emulator_thread(
-        clock=clock, rollback_seconds=10.0, latency_ms=20, volumes=volumes, snapshots=snapshots
+        clock=clock, rollback_seconds=10.0, latency_ms=5, volumes=volumes, snapshots=snapshots
     )
     lines = [{"volume_id": v.volume_id, "snapshot_id": s.id} for v, s in zip(volumes, snapshots, strict=True)]
     source = create_report(tmp_path / "create.jsonl", [{"index": 0, **line} for line in lines])

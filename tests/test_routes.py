@@ -261,16 +261,17 @@ def test_an_https_run_trusts_its_ca_bundle_and_nothing_less(
     emu = emulator_thread(tls=served, any_volume=True)
     assert emu.url.startswith("https://127.0.0.1:")
     ids = volume_ids(3, seed=141)
+    other = volume_ids(2, seed=142)
+    # the two runs side by side (their disks, manifests and reports apart): one start-up waited for, not two
     trusted = run_process(
         create_args(emu.url, csv_manifest(write, ids), tmp_path / "ok.jsonl", ca_bundle=cert)
     )
+    untrusted = run_process(create_args(emu.url, csv_manifest(write, other, "n.csv"), tmp_path / "no.jsonl"))
     _, err = trusted.communicate(timeout=60)
     assert trusted.returncode == 0, err.decode()
     assert sorted(
         r["volume_id"] for r in records(tmp_path / "ok.jsonl") if r["outcome"] == "accepted"
     ) == sorted(ids)
-    other = volume_ids(2, seed=142)
-    untrusted = run_process(create_args(emu.url, csv_manifest(write, other, "n.csv"), tmp_path / "no.jsonl"))
     _, err = untrusted.communicate(timeout=60)
     text = err.decode()
     assert untrusted.returncode == 3, text

@@ -68,8 +68,10 @@ async def throttled_runner(
     deadline_in: float | None = None,
 ) -> AsyncIterator[tuple[RunningEmulator, Runner]]:
     """A runner whose every create is answered 429: the emulator's one token is spent, its clock stands.
-    ``deadline_in`` seconds from the end of this set-up (not from before it) set the plan's deadline."""
-    emu = await emulator(clock=clock, any_volume=True, rate_limit=1.0, burst=1)
+    ``deadline_in`` seconds from the end of this set-up (not from before it) set the plan's deadline.
+    The 429s name the rate, 20 a second, and the client paces at it (at 1 a second, a stop could wait a
+    second for the next slot)."""
+    emu = await emulator(clock=clock, any_volume=True, rate_limit=20.0, burst=1)
     async with router_for(emu.url, AKSK) as router:
         route = await router.route_for(PROJECT, None)
         assert (await route.send(evs.show_volume(PROJECT, CORE_IDS[0]))).answer.status == 200
@@ -131,14 +133,15 @@ async def test_a_throttled_row_is_not_sent_again_once_the_run_stops(
 async def test_the_deadline_ends_a_throttled_row_that_would_wait_long(
     emulator: Callable[..., Any], clock: ManualClock, tmp_path: Path
 ) -> None:
-    """Throttled, with backoffs of up to 30 s and a deadline 1 s away: the wait is cut at the deadline
-    and the row (never accepted) ends DEADLINE_EXCEEDED."""
+    """Throttled, with backoffs of up to 30 s and a deadline 0.4 s away (its create, answered 429 in
+    the test's own loop, well before it): the wait is cut at the deadline and the row (never accepted)
+    ends DEADLINE_EXCEEDED."""
     plan = RunPlan(
         run_id=EDGE_RUN,
         concurrency=1,
         policy=RetryPolicy(max_attempts=100, initial_wait=30.0, max_wait=30.0),
     )
-    async with throttled_runner(emulator, clock, tmp_path, plan, deadline_in=1.0) as (emu, runner):
+    async with throttled_runner(emulator, clock, tmp_path, plan, deadline_in=0.4) as (emu, runner):
         with anyio.fail_after(5):
             await runner.run([row_request(1)])
     [row] = records(tmp_path / "r.jsonl")

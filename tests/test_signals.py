@@ -60,6 +60,10 @@ PASSWORD_ENV = {
     "OS_USER_DOMAIN_NAME": DEFAULT_DOMAIN,
 }
 ROLLBACK_ROUTE = "POST /v2/{project_id}/cloudsnapshots/{snapshot_id}/rollback"
+# The emulator's latency where a signal must come while a request is out: the test signals as soon as
+# it sees one in flight, and the child has this long to take the signal before the answer comes (and
+# the test then waits for that answer, to count what was sent).
+SIGNAL_WINDOW_MS = 700
 
 
 def started(
@@ -216,7 +220,7 @@ def test_a_signal_in_the_credential_proof_sends_nothing_more(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """SIGTERM while the IAM token request (the first request) is out: exit 143, no other request."""
-    emu = emulator_thread(any_volume=True, latency_ms=1000)
+    emu = emulator_thread(any_volume=True, latency_ms=SIGNAL_WINDOW_MS)
     report = tmp_path / "r.jsonl"
     args = create_args(
         emu.url, csv_manifest(write, volume_ids(3, seed=301)), report, "--iam-endpoint", emu.url
@@ -237,7 +241,7 @@ def test_a_signal_in_the_quota_preflight_sends_nothing_more(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
     """SIGINT while create's quota GET is out (it also proves the AK/SK): exit 130, no create sent."""
-    emu = emulator_thread(any_volume=True, latency_ms=1000)
+    emu = emulator_thread(any_volume=True, latency_ms=SIGNAL_WINDOW_MS)
     report = tmp_path / "r.jsonl"
     with started(create_args(emu.url, csv_manifest(write, volume_ids(3, seed=302)), report)) as process:
         until(lambda: emu.state()["in_flight"] > 0, process)
@@ -256,7 +260,7 @@ def test_a_signal_in_a_listing_sends_nothing_more(
 ) -> None:
     """SIGTERM while validate --online, select or prune lists: exit 143, no request after the signal."""
     ids = volume_ids(6, seed=303)
-    emu = emulator_thread(any_volume=True, latency_ms=1000)
+    emu = emulator_thread(any_volume=True, latency_ms=SIGNAL_WINDOW_MS)
     manifest = csv_manifest(write, ids)
     common = ["--endpoint", emu.url, "--project-id", PROJECT, "--concurrency", "2"]
     args = {
@@ -308,7 +312,7 @@ def test_a_background_run_ignores_sigint_and_stops_on_sigterm(
     first = records(report)
     assert len(first) < 40
     assert len(emu.state()["snapshots"]) == len(first)  # rows in flight were drained and recorded
-    result = invoke([*args, "--resume", "--concurrency", "8"])
+    result = invoke([*args, "--resume", "--concurrency", "16"])
     assert result.exit_code == 0, result.output
     assert sorted(last_per_row(report)) == list(range(1, 41))
     assert set(snapshots_per_volume(emu.state()).values()) == {1}
@@ -319,20 +323,20 @@ def test_rollback_says_why_it_watches_longer_and_a_second_signal_stops_at_once(
 ) -> None:
     """SIGTERM during a rollback: no new rollback is sent, the longer watch is explained; a second
     SIGTERM exits 143 at once, saying so."""
-    ids = volume_ids(10, seed=305)
-    emu = emulator_thread(any_volume=True, creating_seconds=0, rollback_seconds=60, latency_ms=150)
-    created = tmp_path / "c.jsonl"
-    assert invoke(create_args(emu.url, csv_manifest(write, ids), created)).exit_code == 0
+    rows = 8
+    emu = emulator_thread(rollback_seconds=60, latency_ms=30, **world(rows))
+    created = create_report(tmp_path / "c.jsonl", [{} for _ in range(rows)])
     args = ["rollback", str(created), "--apply", "--endpoint", emu.url, "--concurrency", "1"]
-    args += ["--report", str(tmp_path / "b.jsonl")]
+    args += ["--report", str(tmp_path / "b.jsonl"), "--poll-interval", "0.05"]
     with started(args) as process:
         until(lambda: len(emu.state()["rollbacks"]) >= 1, process)
+        state = emu.state()
+        out_at_the_signal = sent(state) + state["in_flight"]
         process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        assert process.poll() is None, "a rollback sent is watched to its end"
-        sent = sum(
-            emu.state()["requests"][ROLLBACK_ROUTE].values()
-        )  # any request out at the signal has ended
+        # a rollback sent is watched to its end: requests go on after the signal (and the process runs)
+        until(lambda: sent(emu.state()) >= out_at_the_signal + 2, process)
+        state = answered(emu)  # any request out at the signal has ended
+        rollbacks_sent = sum(state["requests"][ROLLBACK_ROUTE].values())
         process.send_signal(signal.SIGTERM)
         stderr = ended(process)
     assert process.returncode == 143, stderr
@@ -340,7 +344,8 @@ def test_rollback_says_why_it_watches_longer_and_a_second_signal_stops_at_once(
     assert "a disk must not be left mid-rollback" in stderr
     [second] = [line for line in stderr.splitlines() if "second SIGTERM" in line]
     assert "stopping now" in second
-    assert sum(emu.state()["requests"][ROLLBACK_ROUTE].values()) == sent < 10  # nothing sent after the signal
+    # nothing sent after the signal
+    assert sum(emu.state()["requests"][ROLLBACK_ROUTE].values()) == rollbacks_sent < rows
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
