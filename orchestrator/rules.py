@@ -2,7 +2,8 @@
 
 Also the name template, and the metadata keys the tool reserves: the run marker (``RUN_MARKER_KEY``)
 and the hold (``HOLD_KEY``, set by ``create --hold REASON``), which neither a manifest nor ``--metadata``
-may set. Duplicate detection's first pass lives in ``duplicates.py``.
+may set. ``first_pass`` reads the manifest before anything is sent; duplicate detection's keys and
+Bloom filter live in ``duplicates.py``.
 
 Names (given, or rendered from the template) are 1 to 64 characters, not only whitespace, without
 the backup prefix, and without control or format characters (Unicode categories Cc, Cf, Cs, Zl, Zp:
@@ -17,16 +18,16 @@ import operator
 import re
 import string
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
 import orjson
 
 from orchestrator.config import PROJECT_RE, REGION_RE, RowDefaults, RunIdentity
-from orchestrator.duplicates import UUID_RE, volume_key
+from orchestrator.duplicates import UUID_RE, duplicate_candidates, key_candidates, volume_key
 from orchestrator.errors import UsageError
-from orchestrator.manifest import METADATA_PREFIX, TAG_PREFIX, RawRow
+from orchestrator.manifest import METADATA_PREFIX, TAG_PREFIX, ManifestSource, RawRow, read_keys, read_rows
 from orchestrator.models import Outcome, Record, SnapshotRequest, utc_iso
 
 NAME_MAX = 64
@@ -127,17 +128,39 @@ def template_columns(template: str) -> list[str]:
     ]
 
 
+def first_pass(
+    source: ManifestSource,
+    defaults: RowDefaults,
+    *,
+    display: str,
+    warn: Callable[[str], None] | None,
+    also_known: frozenset[str] = frozenset(),
+) -> tuple[int, set[bytes]]:
+    """The pass over the whole manifest before anything is sent: its rows counted, the keys that may be
+    duplicated (``duplicates``), its file errors and unknown columns (``warn``), and ``columns_checked``.
+    Only the key columns are read unless a ``--metadata`` template names a column."""
+    if not _wanted_columns(defaults):
+        return key_candidates(read_keys(source, display=display, warn=warn, also_known=also_known), defaults)
+    rows = read_rows(source, display=display, warn=warn, also_known=also_known)
+    return duplicate_candidates(columns_checked(rows, defaults), defaults)
+
+
+def _wanted_columns(defaults: RowDefaults) -> dict[str, str]:
+    """The columns ``--metadata`` templates name, each with the option that names it."""
+    return {
+        column: f"--metadata {key}={template}"
+        for key, template in defaults.metadata.items()
+        for column in template_columns(template)
+    }
+
+
 def columns_checked(rows: Iterable[RawRow], defaults: RowDefaults) -> Iterator[RawRow]:
     """The rows, passed through; once they are all read, a column that a ``--metadata`` template names
     and no row has is a usage error (exit 2): the first pass raises it, before anything is sent.
 
     A column some row has is known, even when its cells are empty (an empty cell leaves the key out).
     """
-    wanted = {
-        column: f"--metadata {key}={template}"
-        for key, template in defaults.metadata.items()
-        for column in template_columns(template)
-    }
+    wanted = _wanted_columns(defaults)
     if not wanted:  # no --metadata template names a column (the usual case): the rows as they are
         return iter(rows)
     return _columns_found(rows, wanted)
