@@ -39,9 +39,9 @@ class BloomFilter:
     """A fixed-size blocked Bloom filter over byte strings (4 MiB: about 1 false positive in 2,000 at
     1M keys; a false positive costs only exact bookkeeping for that key).
 
-    Each key lives in one 64-bit word (Putze, Sanders and Singler's blocked filter): one 128-bit
-    BLAKE2b digest of the key picks the word (its low bits) and ``hashes`` bits in it (6 bits of the
-    digest's upper half each), so a key costs one digest, one word read and at most one write.
+    Each key lives in one 64-bit word (Putze, Sanders and Singler's blocked filter): one BLAKE2b
+    digest of the key picks the word (its low 64 bits) and ``hashes`` bits in it (6 bits each of the
+    next 60), so a key costs one digest, one word read and at most one write.
     ``bits`` is rounded up to a power of two (at least one word).
     """
 
@@ -72,7 +72,9 @@ class BloomFilter:
 
     def _slot(self, key: bytes) -> tuple[int, int]:
         """The key's word and its bits in that word."""
-        value = int.from_bytes(blake2b(key, digest_size=16).digest(), "little")
+        # BLAKE2b's whole 512-bit digest: a digest_size argument costs more than the bytes it saves
+        # (1.8 -> 1.4 us a key; Python's own hash is cheaper still, but keyed afresh in each process).
+        value = int.from_bytes(blake2b(key).digest(), "little")
         bits = 0 if self.single is None else 1 << (value >> self.single & 63)
         for shift in self.pairs:
             bits |= _PAIRS[value >> shift & 4095]
