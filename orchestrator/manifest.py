@@ -439,7 +439,7 @@ def _csv_rows(lines: Iterator[str], name: str, columns_seen: _ColumnWarnings) ->
                     for column, cell in zip(columns, cells)  # noqa: B905 - as above
                     if column and cell.strip()
                 }
-            yield RawRow(row, line, fields, from_csv=True)
+            yield tuple.__new__(RawRow, (row, line, fields, True, None))  # made in C: no __new__ frame
     except csv.Error as exc:
         raise _csv_error(name, reader, exc) from None
 

@@ -402,16 +402,21 @@ class RowValidator:
                 values = values if values is not None else self._values(fields, volume_id, raw.row)
                 name = render_name(self.defaults.name_template, values)
         _check_name(name, raw, rendered=rendered)
-        return SnapshotRequest(
-            row=raw.row,
-            line=raw.line,
-            volume_id=volume_id,
-            project_id=project_id,
-            region=region,
-            name=name,
-            description=description,
-            force=force if force is not None else self.defaults.force,
-            metadata=metadata,
+        # Made in C (one a row: no __new__ frame), its fields in order: row, line, volume_id,
+        # project_id, region, name, description, force, metadata.
+        return tuple.__new__(
+            SnapshotRequest,
+            (
+                raw.row,
+                raw.line,
+                volume_id,
+                project_id,
+                region,
+                name,
+                description,
+                force if force is not None else self.defaults.force,
+                metadata,
+            ),
         )
 
     def _metadata(self, values: Mapping[str, object] | None) -> dict[str, str]:

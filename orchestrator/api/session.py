@@ -124,14 +124,19 @@ class Caller:
             ) as response:
                 raw = await response.read()
                 got = response.headers.get
-                return Answer(
-                    status=response.status,
-                    body=_parse(raw),
-                    request_id=got("X-Request-Id"),
-                    retry_after=got("Retry-After"),
-                    subject_token=got("X-Subject-Token"),
-                    sent_with=outgoing.headers.get("X-Auth-Token"),
-                    date=got("Date"),
+                # Made in C (one a request: no __new__ frame), its fields in order: status, body,
+                # request_id, retry_after, subject_token, sent_with, date.
+                return tuple.__new__(
+                    Answer,
+                    (
+                        response.status,
+                        _parse(raw),
+                        got("X-Request-Id"),
+                        got("Retry-After"),
+                        got("X-Subject-Token"),
+                        outgoing.headers.get("X-Auth-Token"),
+                        got("Date"),
+                    ),
                 )
         except TimeoutError as exc:
             raise RequestTimeout(f"no answer from {self.base_url} within {self.timeout.total:g}s") from exc
