@@ -382,8 +382,11 @@ class RowValidator:
         force = get("force")
         if force is not None:
             force = _force(force, raw.from_csv, raw)
-        values = self._values(fields, volume_id, raw.row) if self.templated else None
-        metadata = self._metadata(values)
+        if self.templated:
+            values = self._values(fields, volume_id, raw.row)
+            metadata = self._metadata(values)
+        else:  # no --metadata template (the usual run): ``_metadata``'s copy, without its call
+            values, metadata = None, dict(self.defaults.metadata)
         row_metadata = _metadata(fields, raw.from_csv, raw)
         if row_metadata:
             metadata.update(row_metadata)
@@ -401,7 +404,13 @@ class RowValidator:
             else:
                 values = values if values is not None else self._values(fields, volume_id, raw.row)
                 name = render_name(self.defaults.name_template, values)
-        _check_name(name, raw, rendered=rendered)
+        if not (
+            name.isprintable()  # what ``unsafe_character`` checks first
+            and len(name) <= NAME_MAX
+            and not name.startswith(RESERVED_NAME_PREFIX)
+            and name.strip()
+        ):  # the usual name passes these in C; any other is checked (and named) by ``_check_name``
+            _check_name(name, raw, rendered=rendered)
         # Made in C (one a row: no __new__ frame), its fields in order: row, line, volume_id,
         # project_id, region, name, description, force, metadata.
         return tuple.__new__(
@@ -419,10 +428,8 @@ class RowValidator:
             ),
         )
 
-    def _metadata(self, values: Mapping[str, object] | None) -> dict[str, str]:
+    def _metadata(self, values: Mapping[str, object]) -> dict[str, str]:
         """``--metadata`` with its templates rendered; a placeholder with an empty cell leaves its key out."""
-        if values is None:
-            return dict(self.defaults.metadata)
         rendered = ((key, render(template, values)) for key, template in self.defaults.metadata.items())
         return {key: value for key, value in rendered if value is not None}
 
