@@ -123,3 +123,25 @@ def test_a_rows_journal_line_and_record_share_its_serialised_identity(tmp_path: 
     assert {record.name for record in records} == {'n\u00e9 "q" \\'}
     grouped = dataclasses.replace(records[2], snapshot_group_id="g-1")
     assert Record.from_json(grouped.to_json()) == grouped
+
+
+@pytest.mark.parametrize("at", ["2026-12-07T03:04:05.678Z", 'not "a" time\\', "späť\n", ""])
+@pytest.mark.parametrize("attempts", [1, 12])
+def test_the_journal_line_holds_the_records_bytes_whatever_its_time(at: str, attempts: int) -> None:
+    """The usual time (a ``utc_iso`` timestamp) is put in a constant tail; any other text, which JSON
+    may escape, gives the record's bytes too."""
+    request = snapshot_request("0f1e2d3c-4b5a-4678-9abc-def012345678", 3, name="n", region=None)
+    record = Record(
+        run_id="01JEXAMPLE",
+        row=request.row,
+        volume_id=request.volume_id,
+        project_id=request.project_id,
+        region=request.region,
+        name=request.name,
+        outcome=Outcome.SENDING,
+        attempts=attempts,
+        started_at=at,
+        finished_at=at,
+        elapsed_ms=0,
+    )
+    assert Record.sending_line(request, run_id="01JEXAMPLE", attempts=attempts, at=at) == record.to_json()
