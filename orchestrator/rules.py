@@ -139,35 +139,24 @@ def first_pass(
     """The pass over the whole manifest before anything is sent: its rows counted, the keys that may be
     duplicated (``duplicates``), its file errors and unknown columns (``warn``), and ``columns_checked``.
     Only the key columns are read unless a ``--metadata`` template names a column."""
-    if not _wanted_columns(defaults):
-        return key_candidates(read_keys(source, display=display, warn=warn, also_known=also_known), defaults)
-    rows = read_rows(source, display=display, warn=warn, also_known=also_known)
-    return duplicate_candidates(columns_checked(rows, defaults), defaults)
-
-
-def _wanted_columns(defaults: RowDefaults) -> dict[str, str]:
-    """The columns ``--metadata`` templates name, each with the option that names it."""
-    return {
+    wanted = {
         column: f"--metadata {key}={template}"
         for key, template in defaults.metadata.items()
         for column in template_columns(template)
     }
+    if not wanted:  # no --metadata template names a column (the usual case)
+        return key_candidates(read_keys(source, display=display, warn=warn, also_known=also_known), defaults)
+    rows = read_rows(source, display=display, warn=warn, also_known=also_known)
+    return duplicate_candidates(columns_checked(rows, wanted), defaults)
 
 
-def columns_checked(rows: Iterable[RawRow], defaults: RowDefaults) -> Iterator[RawRow]:
+def columns_checked(rows: Iterable[RawRow], wanted: dict[str, str]) -> Iterator[RawRow]:
     """The rows, passed through; once they are all read, a column that a ``--metadata`` template names
-    and no row has is a usage error (exit 2): the first pass raises it, before anything is sent.
+    (``wanted``: each with its option) and no row has is a usage error (exit 2): the first pass raises
+    it, before anything is sent.
 
     A column some row has is known, even when its cells are empty (an empty cell leaves the key out).
     """
-    wanted = _wanted_columns(defaults)
-    if not wanted:  # no --metadata template names a column (the usual case): the rows as they are
-        return iter(rows)
-    return _columns_found(rows, wanted)
-
-
-def _columns_found(rows: Iterable[RawRow], wanted: dict[str, str]) -> Iterator[RawRow]:
-    """``columns_checked``'s rows when some are wanted: the error once all are read."""
     for raw in rows:
         if wanted and raw.fields is not None:
             for column in [column for column in wanted if column in raw.fields]:
