@@ -31,9 +31,10 @@ from orchestrator.grouprun import GroupRunner
 from orchestrator.groupsweep import sweep_run
 from orchestrator.hooks import hook_servers
 from orchestrator.manifest import manifest_digest, read_rows, spooled
-from orchestrator.planning import CreateSettings, begin, candidates, checked, identify, lock, new_frame, phase
+from orchestrator.planning import CreateSettings, begin, checked, identify, lock, new_frame, phase
 from orchestrator.progress import Progress
 from orchestrator.report import final_records
+from orchestrator.rules import first_pass
 from orchestrator.runner import Runner, RunPlan
 from orchestrator.signals import cancel_on_signal, drain_on_signal, in_thread
 from orchestrator.sweep import sweep_policy
@@ -67,16 +68,19 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
     display = "<stdin>" if settings.source.path == "-" else settings.source.path
     with spooled(settings.source) as source:
 
-        def rows(*, warn_columns: bool = False) -> Iterator[RawRow]:
-            warn = console.warn if warn_columns else None
-            return read_rows(source, display=display, warn=warn, also_known=also_known)
+        def rows() -> Iterator[RawRow]:
+            return read_rows(source, display=display, also_known=also_known)
 
         # A signal stops a long pass promptly (the passes run in a worker thread).
         digest = await in_thread(lambda: manifest_digest(source, display=display))
         frame = new_frame(settings, console)
         async with frame:
             held = lock(frame, settings, digest)
-            total, keys = await in_thread(lambda: candidates(rows, settings))
+            total, keys = await in_thread(
+                lambda: first_pass(
+                    source, settings.defaults, display=display, warn=console.warn, also_known=also_known
+                )
+            )
             servers = None
             if settings.grouped:  # rows without a server, or servers no group takes: exit 2 here
                 servers = await in_thread(lambda: plan_servers(rows(), settings.defaults))

@@ -99,6 +99,11 @@ class RawRow(NamedTuple):
     problem: str | None = None
 
 
+# The columns that make a row's identity (``duplicates.key_of``): all the first pass reads of a row.
+KEY_COLUMNS = ("volume_id", "project_id", "region")
+KeyCells = tuple[Any, Any, Any] | None
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ManifestSource:
     """Where a manifest is and how to read it; ``path`` is ``-`` for standard input."""
@@ -199,7 +204,43 @@ def read_rows(
             yield row
         columns.finish()
         if count == 0:
-            raise ManifestError(name, None, "the manifest has no rows", "add at least one volume")
+            raise _no_rows(name)
+
+
+def read_keys(
+    source: ManifestSource,
+    *,
+    display: str | None = None,
+    warn: Callable[[str], None] | None = None,
+    also_known: frozenset[str] = frozenset(),
+) -> Iterator[KeyCells]:
+    """Each row's ``KEY_COLUMNS`` cells, in order: what ``read_rows``'s row has under those names
+    (``None`` for a column it leaves out), or ``None`` for a row that is not an object. The first pass
+    reads these alone; the file's errors and warnings are ``read_rows``'s, at the same ``file:line``.
+
+    A CSV manifest's cells are read without making each row's fields (a blank volume_id cell is given
+    as ``""``, no UUID either way); JSON's rows are ``read_rows``'s.
+    """
+    if source.format is not Format.CSV:
+        return row_keys(read_rows(source, display=display, warn=warn, also_known=also_known))
+    return _csv_keys(
+        source, display or source.path, _ColumnWarnings(display or source.path, warn, also_known)
+    )
+
+
+def row_keys(rows: Iterable[RawRow]) -> Iterator[KeyCells]:
+    """``read_keys``'s view of rows already read."""
+    for raw in rows:
+        fields = raw.fields
+        yield (
+            None
+            if fields is None
+            else (fields.get("volume_id"), fields.get("project_id"), fields.get("region"))
+        )
+
+
+def _no_rows(name: str) -> ManifestError:
+    return ManifestError(name, None, "the manifest has no rows", "add at least one volume")
 
 
 def _decoded_lines(handle: IO[bytes], name: str) -> Iterator[str]:
@@ -303,17 +344,80 @@ def _checked_header(header: list[str], name: str, line: int) -> list[str]:
     return columns
 
 
+def _csv_header(reader: Any, name: str, columns_seen: _ColumnWarnings) -> list[str]:
+    """The column names of a CSV manifest's first row that is not blank (its unknown names warned of)."""
+    header = next(reader, None)
+    while header is not None and not any(map(str.strip, header)):
+        header = next(reader, None)
+    if header is None:
+        raise ManifestError(name, None, "the manifest is empty", "add a header row with volume_id")
+    columns = _checked_header(header, name, reader.line_num)
+    columns_seen.check(columns)
+    columns_seen.finish()
+    return columns
+
+
+def _csv_error(name: str, reader: Any, exc: csv.Error) -> ManifestError:
+    return ManifestError(name, reader.line_num, f"CSV syntax error: {exc}", "check the quoting on this line")
+
+
+def _key_cell(cell: str) -> str | None:
+    """A CSV cell as ``_csv_rows`` puts it in a row's fields (``None``: left out, being blank)."""
+    if not cell.strip():
+        return None
+    return _read_cell(cell) if cell[0] == "'" else cell
+
+
+def _csv_keys(source: ManifestSource, name: str, columns_seen: _ColumnWarnings) -> Iterator[KeyCells]:
+    """``read_keys`` of a CSV manifest: ``read_rows``'s rows, errors and order, with only the key cells.
+
+    The volume_id cell is given even when blank (``""``, where ``_csv_rows`` leaves it out): a blank
+    one is no UUID either way.
+    """
+    try:
+        handle = open(source.path, "rb")  # noqa: SIM115 - closed by the with below, after the generator ends
+    except OSError as exc:
+        raise ManifestError(name, None, f"cannot open the manifest: {exc.strerror}") from None
+    with handle:
+        reader = csv.reader(_decoded_lines(handle, name), strict=True)
+        row = 0
+        try:
+            columns = _csv_header(reader, name, columns_seen)
+            width = len(columns)
+            volume, project, region = (
+                columns.index(column) if column in columns else width for column in KEY_COLUMNS
+            )
+            for cells in reader:
+                if not any(map(str.strip, cells)):
+                    continue
+                row += 1
+                if row % STOP_EVERY == 0:
+                    stop_point()  # a pass in a worker thread ends soon after a signal cancelled the command
+                count = len(cells)
+                if count > width:
+                    yield None
+                    continue
+                cell = cells[volume] if volume < count else ""
+                if cell[:1] == "'":
+                    cell = _read_cell(cell)
+                if project == region == width:  # the usual manifest: no project_id, no region column
+                    yield (cell, None, None)
+                else:
+                    yield (
+                        cell,
+                        _key_cell(cells[project]) if project < count else None,
+                        _key_cell(cells[region]) if region < count else None,
+                    )
+        except csv.Error as exc:
+            raise _csv_error(name, reader, exc) from None
+        if row == 0:
+            raise _no_rows(name)
+
+
 def _csv_rows(lines: Iterator[str], name: str, columns_seen: _ColumnWarnings) -> Iterator[RawRow]:
     reader = csv.reader(lines, strict=True)  # its line_num: the number of the last line it read
     try:
-        header = next(reader, None)
-        while header is not None and not any(map(str.strip, header)):
-            header = next(reader, None)
-        if header is None:
-            raise ManifestError(name, None, "the manifest is empty", "add a header row with volume_id")
-        columns = _checked_header(header, name, reader.line_num)
-        columns_seen.check(columns)
-        columns_seen.finish()
+        columns = _csv_header(reader, name, columns_seen)
         every_named = all(columns)
         row = 0
         start = reader.line_num + 1
@@ -335,11 +439,9 @@ def _csv_rows(lines: Iterator[str], name: str, columns_seen: _ColumnWarnings) ->
                     for column, cell in zip(columns, cells)  # noqa: B905 - as above
                     if column and cell.strip()
                 }
-            yield RawRow(row, line, fields, from_csv=True)
+            yield tuple.__new__(RawRow, (row, line, fields, True, None))  # made in C: no __new__ frame
     except csv.Error as exc:
-        raise ManifestError(
-            name, reader.line_num, f"CSV syntax error: {exc}", "check the quoting on this line"
-        ) from None
+        raise _csv_error(name, reader, exc) from None
 
 
 def _jsonl_rows(lines: Iterator[str], name: str, columns: _ColumnWarnings) -> Iterator[RawRow]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -163,6 +164,9 @@ class Record:
             head = record_head(
                 run_id, request.row, request.volume_id, request.project_id, request.region, request.name
             )
+        if _PLAIN_TEXT(at):  # a timestamp (``utc_iso``): the constant tail with its values put in
+            stamp = at.encode()
+            return head + _SENDING_TAIL % (attempts, stamp, stamp)
         return record_tail(
             head, Outcome.SENDING, None, None, None, None, None, None, attempts, False, at, at, 0
         )
@@ -291,6 +295,16 @@ def record_tail(
     if snapshot_group_id is not None:
         fields["snapshot_group_id"] = snapshot_group_id
     return head + orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)[1:]
+
+
+# A ``sending`` line's tail as ``record_tail`` writes it, its attempts and time (twice) to put in: the
+# rest is constant. Text that JSON writes as it is (a ``utc_iso`` timestamp) goes in as it is.
+_SENDING_TAIL = (
+    record_tail(b"", Outcome.SENDING, None, None, None, None, None, None, 987654321, False, "@", "@", 0)
+    .replace(b"987654321", b"%d")
+    .replace(b'"@"', b'"%s"')
+)
+_PLAIN_TEXT = re.compile(r"[0-9A-Za-z:.+\-]*").fullmatch
 
 
 def planned(run_id: str, request: SnapshotRequest) -> Record:

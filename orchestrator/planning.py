@@ -13,12 +13,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.defaults import GRACE, SETTLE
-from orchestrator.duplicates import duplicate_candidates
 from orchestrator.errors import UsageError
 from orchestrator.frame import RESUME_ADVICE, Frame
 from orchestrator.hookplan import HookPlan
@@ -26,7 +25,7 @@ from orchestrator.lock import content_lock, manifest_lock, report_lock, run_lock
 from orchestrator.manifest import manifest_digest, read_rows, spooled
 from orchestrator.models import Outcome, Record, RunHeader, planned, utc_iso
 from orchestrator.report import check_report_path, name_shape, read_header, refuse_existing, resume_identity
-from orchestrator.rules import RowValidator, columns_checked
+from orchestrator.rules import RowValidator, first_pass
 from orchestrator.signals import draining_rows
 from orchestrator.tally import DRY_RUN_ADVICE, Tally
 
@@ -41,8 +40,6 @@ if TYPE_CHECKING:
     from orchestrator.retry import RetryPolicy
 
 SETTLE_WARN = 10.0  # a shorter --settle may not outlast a late commit
-
-Rows = Callable[..., Iterator["RawRow"]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,13 +140,6 @@ def _locks(settings: CreateSettings, digest: str) -> list[Lock]:
     return locks
 
 
-def candidates(rows: Rows, settings: CreateSettings) -> tuple[int, set[bytes]]:
-    """The first pass: rows counted, keys that may be duplicated (a --metadata column no row has: exit 2)."""
-    return duplicate_candidates(
-        columns_checked(rows(warn_columns=True), settings.defaults), settings.defaults
-    )
-
-
 def identify(
     held: Held, settings: CreateSettings, *, total: int, digest: str, display: str
 ) -> tuple[ResumeBook[int, Outcome] | None, RunIdentity]:
@@ -209,13 +199,13 @@ def plan(settings: CreateSettings, *, console: Console) -> int:
     display = "<stdin>" if settings.source.path == "-" else settings.source.path
     with spooled(settings.source) as source:
 
-        def rows(*, warn_columns: bool = False) -> Iterator[RawRow]:
-            return read_rows(source, display=display, warn=console.warn if warn_columns else None)
+        def rows() -> Iterator[RawRow]:
+            return read_rows(source, display=display)
 
         digest = manifest_digest(source, display=display)
         with new_frame(settings, console) as frame:
             held = lock(frame, settings, digest)
-            total, keys = candidates(rows, settings)
+            total, keys = first_pass(source, settings.defaults, display=display, warn=console.warn)
             _, identity = identify(held, settings, total=total, digest=digest, display=display)
             writer, validator, tally = begin(
                 frame,

@@ -2,7 +2,8 @@
 
 Also the name template, and the metadata keys the tool reserves: the run marker (``RUN_MARKER_KEY``)
 and the hold (``HOLD_KEY``, set by ``create --hold REASON``), which neither a manifest nor ``--metadata``
-may set. Duplicate detection's first pass lives in ``duplicates.py``.
+may set. ``first_pass`` reads the manifest before anything is sent; duplicate detection's keys and
+Bloom filter live in ``duplicates.py``.
 
 Names (given, or rendered from the template) are 1 to 64 characters, not only whitespace, without
 the backup prefix, and without control or format characters (Unicode categories Cc, Cf, Cs, Zl, Zp:
@@ -17,16 +18,16 @@ import operator
 import re
 import string
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
 import orjson
 
 from orchestrator.config import PROJECT_RE, REGION_RE, RowDefaults, RunIdentity
-from orchestrator.duplicates import UUID_RE, volume_key
+from orchestrator.duplicates import UUID_RE, duplicate_candidates, key_candidates, volume_key
 from orchestrator.errors import UsageError
-from orchestrator.manifest import METADATA_PREFIX, TAG_PREFIX, RawRow
+from orchestrator.manifest import METADATA_PREFIX, TAG_PREFIX, ManifestSource, RawRow, read_keys, read_rows
 from orchestrator.models import Outcome, Record, SnapshotRequest, utc_iso
 
 NAME_MAX = 64
@@ -127,24 +128,35 @@ def template_columns(template: str) -> list[str]:
     ]
 
 
-def columns_checked(rows: Iterable[RawRow], defaults: RowDefaults) -> Iterator[RawRow]:
-    """The rows, passed through; once they are all read, a column that a ``--metadata`` template names
-    and no row has is a usage error (exit 2): the first pass raises it, before anything is sent.
-
-    A column some row has is known, even when its cells are empty (an empty cell leaves the key out).
-    """
+def first_pass(
+    source: ManifestSource,
+    defaults: RowDefaults,
+    *,
+    display: str,
+    warn: Callable[[str], None] | None,
+    also_known: frozenset[str] = frozenset(),
+) -> tuple[int, set[bytes]]:
+    """The pass over the whole manifest before anything is sent: its rows counted, the keys that may be
+    duplicated (``duplicates``), its file errors and unknown columns (``warn``), and ``columns_checked``.
+    Only the key columns are read unless a ``--metadata`` template names a column."""
     wanted = {
         column: f"--metadata {key}={template}"
         for key, template in defaults.metadata.items()
         for column in template_columns(template)
     }
-    if not wanted:  # no --metadata template names a column (the usual case): the rows as they are
-        return iter(rows)
-    return _columns_found(rows, wanted)
+    if not wanted:  # no --metadata template names a column (the usual case)
+        return key_candidates(read_keys(source, display=display, warn=warn, also_known=also_known), defaults)
+    rows = read_rows(source, display=display, warn=warn, also_known=also_known)
+    return duplicate_candidates(columns_checked(rows, wanted), defaults)
 
 
-def _columns_found(rows: Iterable[RawRow], wanted: dict[str, str]) -> Iterator[RawRow]:
-    """``columns_checked``'s rows when some are wanted: the error once all are read."""
+def columns_checked(rows: Iterable[RawRow], wanted: dict[str, str]) -> Iterator[RawRow]:
+    """The rows, passed through; once they are all read, a column that a ``--metadata`` template names
+    (``wanted``: each with its option) and no row has is a usage error (exit 2): the first pass raises
+    it, before anything is sent.
+
+    A column some row has is known, even when its cells are empty (an empty cell leaves the key out).
+    """
     for raw in rows:
         if wanted and raw.fields is not None:
             for column in [column for column in wanted if column in raw.fields]:
@@ -359,8 +371,11 @@ class RowValidator:
         force = get("force")
         if force is not None:
             force = _force(force, raw.from_csv, raw)
-        values = self._values(fields, volume_id, raw.row) if self.templated else None
-        metadata = self._metadata(values)
+        if self.templated:
+            values = self._values(fields, volume_id, raw.row)
+            metadata = self._metadata(values)
+        else:  # no --metadata template (the usual run): ``_metadata``'s copy, without its call
+            values, metadata = None, dict(self.defaults.metadata)
         row_metadata = _metadata(fields, raw.from_csv, raw)
         if row_metadata:
             metadata.update(row_metadata)
@@ -378,23 +393,32 @@ class RowValidator:
             else:
                 values = values if values is not None else self._values(fields, volume_id, raw.row)
                 name = render_name(self.defaults.name_template, values)
-        _check_name(name, raw, rendered=rendered)
-        return SnapshotRequest(
-            row=raw.row,
-            line=raw.line,
-            volume_id=volume_id,
-            project_id=project_id,
-            region=region,
-            name=name,
-            description=description,
-            force=force if force is not None else self.defaults.force,
-            metadata=metadata,
+        if not (
+            name.isprintable()  # what ``unsafe_character`` checks first
+            and len(name) <= NAME_MAX
+            and not name.startswith(RESERVED_NAME_PREFIX)
+            and name.strip()
+        ):  # the usual name passes these in C; any other is checked (and named) by ``_check_name``
+            _check_name(name, raw, rendered=rendered)
+        # Made in C (one a row: no __new__ frame), its fields in order: row, line, volume_id,
+        # project_id, region, name, description, force, metadata.
+        return tuple.__new__(
+            SnapshotRequest,
+            (
+                raw.row,
+                raw.line,
+                volume_id,
+                project_id,
+                region,
+                name,
+                description,
+                force if force is not None else self.defaults.force,
+                metadata,
+            ),
         )
 
-    def _metadata(self, values: Mapping[str, object] | None) -> dict[str, str]:
+    def _metadata(self, values: Mapping[str, object]) -> dict[str, str]:
         """``--metadata`` with its templates rendered; a placeholder with an empty cell leaves its key out."""
-        if values is None:
-            return dict(self.defaults.metadata)
         rendered = ((key, render(template, values)) for key, template in self.defaults.metadata.items())
         return {key: value for key, value in rendered if value is not None}
 

@@ -3,6 +3,8 @@ window of a route's start (the slow start). Pure logic on an injected clock, but
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import time
 from collections import deque
@@ -67,7 +69,7 @@ class SendWindow:
         self._started: float | None = None
         self._full_since: float | None = None  # the period's start (the first held back, the last check)
         self._quickest: float | None = None  # the quickest answer so far, in seconds
-        self._waiters: deque[anyio.Event] = deque()
+        self._waiters: deque[asyncio.Future[None]] = deque()  # held back, the first first
 
     def try_enter(self, now: float) -> bool:
         """Let a request out now (counted until ``leave``) unless the window is full; an open window
@@ -129,22 +131,38 @@ class SendWindow:
 
     def _wake(self, count: int) -> None:
         for _ in range(min(count, len(self._waiters))):
-            self._waiters.popleft().set()
+            woken = self._waiters.popleft()
+            if not woken.done():  # a request cancelled while held back spends its wake, as before
+                woken.set_result(None)
 
     async def enter(self) -> float:
-        """Wait until the window lets this request out; returns when it was let out (for ``leave``)."""
+        """Wait until the window lets this request out; returns when it was let out (for ``leave``).
+
+        A request held back waits for an answer's wake or the period's end, whichever comes first, on
+        a future of the event loop's own and a timer: an ``anyio.Event`` and a cancel scope cost about
+        500 bytecodes a wait more, and a fast service's start holds half the requests of its first
+        second (``benchmarks.bytecodes`` with every request held: 9,852 a row, 7,519 with none)."""
         while True:
             now = self._clock()
             if self.try_enter(now):
                 return now
-            woken = anyio.Event()
+            loop = asyncio.get_running_loop()
+            woken = loop.create_future()
             self._waiters.append(woken)
+            timer = loop.call_later(self.period_left(now), self._expire, woken)
             try:
-                with anyio.move_on_after(self.period_left(now)):
-                    await woken.wait()
+                await woken
             finally:
-                if not woken.is_set():
-                    self._waiters.remove(woken)
+                timer.cancel()
+                if woken.cancelled() or not woken.done():  # stopped from outside (a deadline, a signal)
+                    with contextlib.suppress(ValueError):  # unless a wake took it first (and is spent)
+                        self._waiters.remove(woken)
+
+    def _expire(self, woken: asyncio.Future[None]) -> None:
+        """The period ended for a request still held back: it tries again, as an answer would let it."""
+        if not woken.done():
+            self._waiters.remove(woken)
+            woken.set_result(None)
 
 
 class RateLimiter:

@@ -17,12 +17,14 @@ from orchestrator.tally import Tally
 from tests.helpers import snapshot_request
 
 
-def test_the_journal_line_is_the_sending_records_json() -> None:
-    """Built without a Record, the line holds the same bytes (fields, order, nulls) as one."""
+@pytest.mark.parametrize("at", ["2026-12-07T03:04:05.678Z", 'not "a" time\\', "späť\n", ""])
+@pytest.mark.parametrize("attempts", [3, 12])
+def test_the_journal_line_is_the_sending_records_json(at: str, attempts: int) -> None:
+    """Built without a Record, the line holds the same bytes (fields, order, nulls) as one: the usual
+    time (a ``utc_iso`` timestamp) put in a constant tail, any other text (which JSON may escape) too."""
     request = snapshot_request(
         "0f1e2d3c-4b5a-4678-9abc-def012345678", 7, name="nightly-7", region="cn-north-4"
     )
-    at = "2026-12-07T03:04:05.678Z"
     record = Record(
         run_id="01JEXAMPLE0000000000000000",
         row=request.row,
@@ -31,12 +33,12 @@ def test_the_journal_line_is_the_sending_records_json() -> None:
         region=request.region,
         name=request.name,
         outcome=Outcome.SENDING,
-        attempts=3,
+        attempts=attempts,
         started_at=at,
         finished_at=at,
         elapsed_ms=0,
     )
-    line = Record.sending_line(request, run_id="01JEXAMPLE0000000000000000", attempts=3, at=at)
+    line = Record.sending_line(request, run_id="01JEXAMPLE0000000000000000", attempts=attempts, at=at)
     assert line == record.to_json()
     assert Record.from_json(line) == record
 

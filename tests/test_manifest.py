@@ -18,9 +18,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from orchestrator.config import RowDefaults
+from orchestrator.duplicates import key_of
 from orchestrator.errors import ManifestError, UsageError
 from orchestrator.jsonstream import MAX_DEPTH, JsonScanner, decoded_chunks, manifest_elements
-from orchestrator.manifest import Format, ManifestSource, RawRow, manifest_digest, read_rows
+from orchestrator.manifest import (
+    Format,
+    ManifestSource,
+    RawRow,
+    manifest_digest,
+    read_keys,
+    read_rows,
+    row_keys,
+)
+from orchestrator.signals import STOP_EVERY
 from tests.helpers import CORE_IDS, OFFLINE, cli_args, invoke, records, volume_ids
 
 IDS = volume_ids(3)
@@ -528,3 +539,69 @@ def test_json_object_without_volumes_or_with_a_number_as_key(
     with pytest.raises(ManifestError) as caught:
         rows_of(manifest)
     assert caught.value.problem == problem
+
+
+def _keys(path: Path, read: Callable[..., Any], defaults: Any) -> tuple[list[bytes | None], list[str]]:
+    """Each row's duplicate key (``duplicates.key_of``) as the first pass reads it, and the warnings."""
+    warnings: list[str] = []
+    cells = read(ManifestSource(str(path), Format.CSV), warn=warnings.append)
+    return [None if row is None else key_of(*row, defaults) for row in cells], warnings
+
+
+def _first_pass_keys(path: Path, defaults: Any) -> tuple[list[bytes | None], list[str]]:
+    return _keys(path, read_keys, defaults)
+
+
+def _row_keys(path: Path, defaults: Any) -> tuple[list[bytes | None], list[str]]:
+    return _keys(path, lambda source, warn: row_keys(read_rows(source, warn=warn)), defaults)
+
+
+@pytest.mark.parametrize("defaults", [RowDefaults(project_id="p" * 32), RowDefaults(region="cn-north-4")])
+@pytest.mark.parametrize(
+    "content",
+    [
+        # the usual manifest, long enough to pass a stop point (every STOP_EVERY rows)
+        "volume_id,description\n" + "".join(f"{i},d\n" for i in volume_ids(STOP_EVERY + 2)),
+        # blank, short, long and apostrophe rows; a volume behind an apostrophe and a tab
+        f"Volume_ID,extra,,name\n{IDS[0]},x\n\n , ,\n{IDS[1]},a,b,c,d\n'\t{IDS[2]},x\n'{IDS[0]}\n ,y\n",
+        # project and region columns: blank, apostrophes, missing cells, a row naming the project
+        f"region,volume_id,project_id\ncn-north-1,{IDS[0]}\n ,{IDS[0]},\n'-r,{IDS[1]},'-p\n"
+        f",{IDS[1]}, {'f' * 32} \n'@x,{IDS[2]}, \ncn-north-4\n,{IDS[2].upper()},\n",
+    ],
+    ids=["usual", "odd rows", "project and region"],
+)
+def test_the_first_pass_reads_the_keys_the_rows_have(
+    write: Callable[..., Path], content: str, defaults: RowDefaults
+) -> None:
+    """The first pass (``read_keys``) gives every CSV row the duplicate key its fields give, in order,
+    and warns of the same columns."""
+    path = write("m.csv", content)
+    keys, warnings = _first_pass_keys(path, defaults)
+    assert (keys, warnings) == _row_keys(path, defaults)
+    assert len(keys) > 2
+    assert any(key is not None for key in keys)
+
+
+@pytest.mark.parametrize(
+    ("case", "name", "content", "line", "words"),
+    [case for case in BAD_FILES if case[1] == "m.csv"],
+    ids=[c[0] for c in BAD_FILES if c[1] == "m.csv"],
+)
+def test_the_first_pass_raises_the_file_errors_of_the_rows(
+    write: Callable[..., Path], case: str, name: str, content: bytes, line: int | None, words: str
+) -> None:
+    """A CSV file that cannot be read as a whole stops the first pass with ``read_rows``'s error."""
+    path = write(name, content)
+    with pytest.raises(ManifestError) as first:
+        _first_pass_keys(path, RowDefaults())
+    with pytest.raises(ManifestError) as rows:
+        rows_of(path)
+    assert (str(first.value), first.value.line) == (str(rows.value), rows.value.line), case
+    with pytest.raises(ManifestError, match="cannot open"):
+        _first_pass_keys(path.with_name("gone.csv"), RowDefaults())
+
+
+def test_the_first_pass_of_json_reads_the_rows(write: Callable[..., Path]) -> None:
+    """JSON and JSON Lines rows reach the first pass through ``read_rows``: not objects are ``None``."""
+    path = write("m.jsonl", f'{{"volume_id": "{IDS[0]}", "project_id": "{"a" * 32}"}}\n[1]\n')
+    assert list(read_keys(ManifestSource(str(path), Format.JSONL))) == [(IDS[0], "a" * 32, None), None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import io
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 
 from orchestrator.api import evs
 from orchestrator.emulator import EmulatorThread, ManualClock, RunningEmulator
@@ -21,6 +23,7 @@ from orchestrator.report import ReportWriter
 from orchestrator.retry import RetryPolicy
 from orchestrator.runner import Runner, RunPlan, _Attempt
 from orchestrator.tally import Tally
+from orchestrator.throttle import SendWindow
 from tests.helpers import (
     AKSK,
     CORE_IDS,
@@ -245,3 +248,30 @@ async def test_a_row_whose_first_attempt_comes_after_the_stop_is_left_unsent(
             await runner._row(snapshot_request(CORE_IDS[0], 1), _Attempt(), settling=False)
             assert writer.written == 0
     assert hits(emu, CREATE_ROUTE) == {}
+
+
+async def test_a_request_the_send_window_holds_back_can_be_cancelled_and_spends_a_wake_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker cancelled while the send window holds its request back (the run's deadline, a signal)
+    leaves no one waiting: an answer's wake that comes first is spent on it, and a wake after it lets
+    the next request out at once. A period's end for a request already woken does nothing."""
+    monkeypatch.setattr(SendWindow, "PERIOD", 3600.0)  # no period ends in this test
+    window = SendWindow(100)
+    entered = [await window.enter() for _ in range(SendWindow.FIRST)]
+    async with anyio.create_task_group() as group:
+        group.start_soon(window.enter)
+        group.start_soon(window.enter)
+        await anyio.wait_all_tasks_blocked()
+        assert window.out == SendWindow.FIRST  # both held back
+        group.cancel_scope.cancel()
+        window.leave(entered.pop())  # its wake goes to the first held back, already cancelled: spent
+    assert window.out == SendWindow.FIRST - 1
+    with anyio.fail_after(5):
+        await window.enter()  # the slot that answer freed: at once, no one ahead
+    assert window.out == SendWindow.FIRST
+    window.leave(entered.pop())  # no one waits: the wake finds nobody
+    woken = asyncio.get_running_loop().create_future()
+    woken.set_result(None)
+    window._expire(woken)  # a timer that fires after the wake: nothing to do
+    assert window.out == SendWindow.FIRST - 1

@@ -10,7 +10,7 @@ import dataclasses
 import functools
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from yarl import URL
 
@@ -19,9 +19,9 @@ from orchestrator.config import AUTH_KINDS, AuthKind
 from orchestrator.errors import CredentialsError
 
 
-@dataclasses.dataclass(slots=True, kw_only=True)
-class OutgoingRequest:
-    """A request about to be sent; an authenticator adds its headers in place."""
+class OutgoingRequest(NamedTuple):
+    """A request about to be sent; an authenticator adds its headers in place (a named tuple: one is
+    made a request; build it by keyword)."""
 
     method: str
     url: URL

@@ -187,7 +187,7 @@ class Route:
         elif status < 500:
             self.proven = True
             self.limiter.on_success()
-        return Reply(answer, verdict)
+        return tuple.__new__(Reply, (answer, verdict))  # made in C: no __new__ frame a request
 
     async def _call(self, call: Call) -> Answer:
         self.counts[call.kind._value_] += 1  # the plain attribute: ``.value`` is a Python-level property

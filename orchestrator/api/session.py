@@ -87,16 +87,15 @@ class Caller:
             url = URL(f"{self.base_url}{target}", encoded=True)
             if not query_string and len(self._urls) < URL_CACHE_SIZE:
                 self._urls[target] = url
-        outgoing = OutgoingRequest(
-            method=method,
-            url=url,
-            # The SDK sends a Content-Type only with a body (evs-api.md 10): it is a signed header.
-            headers={"Content-Type": JSON_CONTENT_TYPE, "User-Agent": USER_AGENT}
+        # The SDK sends a Content-Type only with a body (evs-api.md 10): it is a signed header.
+        headers = (
+            {"Content-Type": JSON_CONTENT_TYPE, "User-Agent": USER_AGENT}
             if body
-            else {"User-Agent": USER_AGENT},
-            body=body,
-            project_id=project_id,
+            else {"User-Agent": USER_AGENT}
         )
+        # Made in C (one a request: no __new__ frame), its fields in order: method, url, headers, body,
+        # project_id.
+        outgoing = tuple.__new__(OutgoingRequest, (method, url, headers, body, project_id))
         if type(auth) is AkSkAuth:  # a signature: no coroutine to make and await a request
             auth.sign(outgoing)
         elif auth is not None:
@@ -124,14 +123,19 @@ class Caller:
             ) as response:
                 raw = await response.read()
                 got = response.headers.get
-                return Answer(
-                    status=response.status,
-                    body=_parse(raw),
-                    request_id=got("X-Request-Id"),
-                    retry_after=got("Retry-After"),
-                    subject_token=got("X-Subject-Token"),
-                    sent_with=outgoing.headers.get("X-Auth-Token"),
-                    date=got("Date"),
+                # Made in C (one a request: no __new__ frame), its fields in order: status, body,
+                # request_id, retry_after, subject_token, sent_with, date.
+                return tuple.__new__(
+                    Answer,
+                    (
+                        response.status,
+                        _parse(raw),
+                        got("X-Request-Id"),
+                        got("Retry-After"),
+                        got("X-Subject-Token"),
+                        outgoing.headers.get("X-Auth-Token"),
+                        got("Date"),
+                    ),
                 )
         except TimeoutError as exc:
             raise RequestTimeout(f"no answer from {self.base_url} within {self.timeout.total:g}s") from exc

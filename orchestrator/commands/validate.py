@@ -25,12 +25,11 @@ from orchestrator.api.safe import remaining_quota, show_volume, volume_snapshots
 from orchestrator.config import RunIdentity
 from orchestrator.console import Console
 from orchestrator.defaults import SNAPSHOTS_PER_DISK
-from orchestrator.duplicates import duplicate_candidates
 from orchestrator.entry import run
 from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError
 from orchestrator.manifest import read_rows, spooled
 from orchestrator.models import Record, utc_now
-from orchestrator.rules import RowValidator, columns_checked
+from orchestrator.rules import RowValidator, first_pass
 from orchestrator.signals import in_thread
 
 if TYPE_CHECKING:
@@ -89,10 +88,7 @@ async def validate(settings: ValidateSettings, *, console: Console, stdout: Text
     good = 0
     with spooled(settings.source) as source:
         total, candidates = await in_thread(  # a signal stops a long manifest pass promptly
-            lambda: duplicate_candidates(
-                columns_checked(read_rows(source, display=display, warn=console.warn), settings.defaults),
-                settings.defaults,
-            )
+            lambda: first_pass(source, settings.defaults, display=display, warn=console.warn)
         )
         validator = RowValidator(
             defaults=settings.defaults,
