@@ -161,17 +161,26 @@ def rolled_back_before(settings: RollbackSettings, chosen: Chosen, console: Cons
     return not settings.again
 
 
-async def restore_all(
-    action: Frame, router: Router, rows: list[Record], plan: RestorePlan, *, apply: bool
-) -> tuple[dict[int, tuple[Action, str | None]], int]:
-    """Every chosen row through a fixed pool of workers that check and send; the rollbacks under way
-    are watched meanwhile, together (``rollback_watch.Watcher``), and each row is recorded as it ends. Returns
-    the last outcome (and code) of each row, and how many rows an earlier run of the report had
-    finished."""
+@dataclasses.dataclass
+class Restored:
+    """What ``restore_all`` has ended so far: the last outcome (and code) of each row, and how many
+    rows an earlier run of the report had finished. The caller holds it, so that it stays whole when a
+    drain's grace runs out and cancels the rollbacks still watched."""
 
-    finals: dict[int, tuple[Action, str | None]] = {}
+    finals: dict[int, tuple[Action, str | None]] = dataclasses.field(default_factory=dict)
+    skipped: int = 0
+    under_way: int = 0  # rollbacks sent and not ended when it stopped: no record, --resume looks again
+
+
+async def restore_all(
+    action: Frame, router: Router, rows: list[Record], plan: RestorePlan, *, apply: bool, into: Restored
+) -> None:
+    """Every chosen row through a fixed pool of workers that check and send; the rollbacks under way
+    are watched meanwhile, together (``rollback_watch.Watcher``), and each row is recorded as it ends,
+    and noted ``into``."""
+
+    finals = into.finals
     begun: dict[int, tuple[str | None, str, float]] = {}  # row -> project, started_at, monotonic start
-    skipped = 0
 
     def stopped() -> bool:
         return action.stopping() or bool(router.closures())
@@ -213,14 +222,14 @@ async def restore_all(
                         key = f"row:{row.row}"
                         if action.book.finished(key):
                             finals[row.row] = (action.book.last[key], None)
-                            skipped += 1
+                            into.skipped += 1
                             continue
                         if stopped():
                             break
                         await send.send(row)
         finally:
             watcher.close()
-    return finals, skipped
+            into.under_way = len(begun)
 
 
 async def _one(

@@ -8,8 +8,10 @@ disk and snapshot states it checks; the runbook test runs the real create first.
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import signal
+import threading
 import time
 import urllib.request
 import uuid
@@ -784,3 +786,30 @@ async def test_plan_row_without_a_snapshot_sends_nothing() -> None:
     assert (finding.outcome, finding.code) == (Action.PLANNED, "NO_USABLE_SNAPSHOT")
     assert finding.message is not None
     assert "is rejected: no snapshot to restore from" in finding.message
+
+
+def test_a_drain_whose_grace_runs_out_ends_143_with_what_it_recorded(
+    emulator_thread: Callable[..., Any], clock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while rollbacks are under way, and they outlast the grace: the drain is cut at the
+    grace's end and the run ends 143, saying what has no record; never an internal error."""
+    monkeypatch.setattr("orchestrator.commands.rollback.ROLLBACK_GRACE", 0.3)
+    emu = emulator_thread(clock=clock, rollback_seconds=60, **world(3))  # the clock stands still
+    created = create_report(tmp_path / "c.jsonl", [{} for _ in range(3)])
+
+    def signal_once_rolling() -> None:
+        deadline = time.monotonic() + 20
+        while len(emu.state()["rollbacks"]) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=signal_once_rolling, daemon=True)
+    sender.start()
+    result = rollback(emu, created, tmp_path / "b.jsonl", apply=True)
+    sender.join()
+    assert result.exit_code == 143, result.output
+    assert "internal error" not in result.stderr
+    assert "stopped by SIGTERM; run again with --resume to finish the job" in result.stderr
+    assert "3 rollbacks sent were still under way when the run stopped: they have no record" in result.stderr
+    assert len(emu.state()["rollbacks"]) == 3  # sent before the signal, watched until the grace ran out
+    assert records(tmp_path / "b.jsonl") == []  # none ended: --resume looks at them again

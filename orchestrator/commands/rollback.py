@@ -43,6 +43,7 @@ from orchestrator.models import utc_now
 from orchestrator.report import read_header
 from orchestrator.restore import RestorePlan
 from orchestrator.rollback_run import (
+    Restored,
     RollbackSettings,
     chosen_rows,
     exit_code,
@@ -104,10 +105,25 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
             retry=retried_rows(frame.book.last, rows) if settings.retry_failed else frozenset(),
         )
         router = await frame.connect(settings.connection)
+        restored = Restored()  # kept whole when the drain's grace runs out and cuts the watching short
         with frame.draining() if settings.apply else contextlib.nullcontext():  # a plan stops at once
-            finals, skipped = await restore_all(frame, router, rows, plan, apply=settings.apply)
+            await restore_all(frame, router, rows, plan, apply=settings.apply, into=restored)
+        finals = restored.finals
         counts = router.counts()
-        notes(frame, finals, counts, apply=settings.apply, skipped=skipped, chosen=chosen, before=before)
+        notes(
+            frame,
+            finals,
+            counts,
+            apply=settings.apply,
+            skipped=restored.skipped,
+            chosen=chosen,
+            before=before,
+        )
+        if restored.under_way:
+            frame.tally.notes.append(
+                f"{restored.under_way} rollbacks sent were still under way when the run stopped: they have "
+                "no record; --resume looks at them again before acting"
+            )
         frame.at_least = 1 if chosen.unrecorded or before else exit_code(finals, apply=settings.apply)
     return frame.exit_code
 
