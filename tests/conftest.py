@@ -12,6 +12,7 @@ measure how busy the machine is, not what the code does.
 from __future__ import annotations
 
 import os
+import signal
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,14 @@ from orchestrator.emulator import (
 )
 from orchestrator.emulator.clock import Clock
 from tests.helpers import TOKEN
+
+# The tests' own processes get SIGINT's default action, however pytest was started: a shell without job
+# control (``sh -c 'make test &'``, some CI runners) starts it with SIGINT ignored, which every process
+# it starts would inherit, and the tool rightly leaves an ignored SIGINT ignored (a background run).
+# A handler here (not SIG_DFL: pytest's own Ctrl-C stays a KeyboardInterrupt) resets to the default in
+# each child at exec. Tests of a background run ignore SIGINT in their child themselves.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 settings.register_profile(
     "suite", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
