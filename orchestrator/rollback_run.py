@@ -289,18 +289,19 @@ def record_of(
 
 def notes(
     action: Frame,
-    finals: dict[int, tuple[Action, str | None]],
+    restored: Restored,
     counts: dict[str, int],
     *,
     apply: bool,
-    skipped: int,
     chosen: Chosen,
     before: bool,
 ) -> None:
-    """Summary lines: rows without a record, blockers found while planning, rows skipped on resume,
-    requests by kind. Each row's blocker is counted once, by the tally, as its record is written."""
+    """Summary lines: rows without a record, blockers found while planning, rollbacks still under way
+    when the run stopped, rows skipped on resume, requests by kind. Each row's blocker is counted once,
+    by the tally, as its record is written."""
 
     tally = action.tally
+    finals = restored.finals
     if chosen.unrecorded:
         shown = ", ".join(map(str, chosen.first_unrecorded))
         more = "" if chosen.unrecorded <= len(chosen.first_unrecorded) else ", ..."
@@ -323,8 +324,15 @@ def notes(
     if before:
         tally.notes.append("rolled back before: --apply needs --again (see the warning above)")
         tally.failing += 1
-    if skipped:
-        tally.notes.append(f"{skipped} rows were finished by an earlier run of this report (skipped)")
+    if restored.under_way:
+        tally.notes.append(
+            f"{restored.under_way} rollbacks sent were still under way when the run stopped: they have no "
+            "record; --resume looks at them again before acting"
+        )
+    if restored.skipped:
+        tally.notes.append(
+            f"{restored.skipped} rows were finished by an earlier run of this report (skipped)"
+        )
     if counts:
         tally.notes.append("requests: " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())))
 

@@ -108,23 +108,10 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
         restored = Restored()  # kept whole when the drain's grace runs out and cuts the watching short
         with frame.draining() if settings.apply else contextlib.nullcontext():  # a plan stops at once
             await restore_all(frame, router, rows, plan, apply=settings.apply, into=restored)
-        finals = restored.finals
-        counts = router.counts()
-        notes(
-            frame,
-            finals,
-            counts,
-            apply=settings.apply,
-            skipped=restored.skipped,
-            chosen=chosen,
-            before=before,
+        notes(frame, restored, router.counts(), apply=settings.apply, chosen=chosen, before=before)
+        frame.at_least = (
+            1 if chosen.unrecorded or before else exit_code(restored.finals, apply=settings.apply)
         )
-        if restored.under_way:
-            frame.tally.notes.append(
-                f"{restored.under_way} rollbacks sent were still under way when the run stopped: they have "
-                "no record; --resume looks at them again before acting"
-            )
-        frame.at_least = 1 if chosen.unrecorded or before else exit_code(finals, apply=settings.apply)
     return frame.exit_code
 
 
