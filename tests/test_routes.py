@@ -9,7 +9,7 @@ import ssl
 import subprocess
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,20 @@ def test_create_goes_through_the_environment_proxy(
     assert [snapshot["volume_id"] for snapshot in emu.state()["snapshots"]] == [API_IDS[0]]
 
 
+@contextlib.asynccontextmanager
+async def raw_server(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[int]:
+    """A bare TCP server on loopback that answers with ``handler`` (for answers no HTTP server would
+    send); yields its port."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_truncated_answer_is_a_transport_error() -> None:
     """An answer cut short (fewer bytes than its Content-Length): a TransportError that may have arrived."""
 
@@ -174,16 +188,10 @@ async def test_a_truncated_answer_is_a_transport_error() -> None:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(truncating, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with aiohttp.ClientSession() as session:
-            caller = Caller(session, URL(f"http://127.0.0.1:{port}"), timeout=5)
-            with pytest.raises(TransportError) as caught:
-                await caller.call("GET", "/v3/projects", auth=None)
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with raw_server(truncating) as port, aiohttp.ClientSession() as session:
+        caller = Caller(session, URL(f"http://127.0.0.1:{port}"), timeout=5)
+        with pytest.raises(TransportError) as caught:
+            await caller.call("GET", "/v3/projects", auth=None)
     assert str(caught.value).startswith("ClientPayloadError: ")
     assert caught.value.may_have_arrived
     assert caught.value.code == "CONNECTION_ERROR"
@@ -199,21 +207,15 @@ async def test_tls_is_built_only_for_https_and_verifies() -> None:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(plain, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     tls.context.cache_clear()
-    try:
-        async with aiohttp.ClientSession() as session:
-            http = Caller(session, URL(f"http://127.0.0.1:{port}"), timeout=5)
-            assert (await http.call("GET", "/v3/projects", auth=None)).status == 400
-            assert http.tls is True
-            assert tls.context.cache_info().currsize == 0
-            https = Caller(session, URL(f"https://127.0.0.1:{port}"), timeout=5)
-            with pytest.raises(TransportError) as caught:
-                await https.call("GET", "/v3/projects", auth=None)
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with raw_server(plain) as port, aiohttp.ClientSession() as session:
+        http = Caller(session, URL(f"http://127.0.0.1:{port}"), timeout=5)
+        assert (await http.call("GET", "/v3/projects", auth=None)).status == 400
+        assert http.tls is True
+        assert tls.context.cache_info().currsize == 0
+        https = Caller(session, URL(f"https://127.0.0.1:{port}"), timeout=5)
+        with pytest.raises(TransportError) as caught:
+            await https.call("GET", "/v3/projects", auth=None)
     assert caught.value.code == "TLS_ERROR"
     assert isinstance(https.tls, ssl.SSLContext)
     assert https.tls.verify_mode is ssl.CERT_REQUIRED
