@@ -210,26 +210,28 @@ async def restore_all(
 
     workers = min(len(rows), router.limits.concurrency)
     send, receive = anyio.create_memory_object_stream[Record](workers)
-    async with anyio.create_task_group() as outer:
-        outer.start_soon(watcher.run)
-        try:
-            async with anyio.create_task_group() as group:
-                async with receive:
-                    for _ in range(workers):
-                        group.start_soon(worker, receive.clone())
-                async with send:
-                    for row in rows:
-                        key = f"row:{row.row}"
-                        if action.book.finished(key):
-                            finals[row.row] = (action.book.last[key], None)
-                            into.skipped += 1
-                            continue
-                        if stopped():
-                            break
-                        await send.send(row)
-        finally:
-            watcher.close()
-            into.under_way = len(begun)
+    try:
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(watcher.run)
+            try:
+                async with anyio.create_task_group() as group:
+                    async with receive:
+                        for _ in range(workers):
+                            group.start_soon(worker, receive.clone())
+                    async with send:
+                        for row in rows:
+                            key = f"row:{row.row}"
+                            if action.book.finished(key):
+                                finals[row.row] = (action.book.last[key], None)
+                                into.skipped += 1
+                                continue
+                            if stopped():
+                                break
+                            await send.send(row)
+            finally:
+                watcher.close()
+    finally:  # the watching ended, or a drain's grace cut it short: what was sent and never ended
+        into.under_way = len(begun)
 
 
 async def _one(

@@ -391,6 +391,7 @@ def test_sigterm_drains_then_resume_finishes(
     assert (1, "rolled_back") in drained
     assert {outcome for _, outcome in drained} == {"rolled_back"}  # each one sent was waited for
     assert len(emu.state()["rollbacks"]) == len(drained)
+    assert "still under way" not in stderr.decode()  # every rollback sent ended within the grace
     result = rollback(emu, source, report, apply=True, resume=True)
     assert result.exit_code == 0, result.stderr
     assert sorted((r["row"], r["outcome"]) for r in records(report)) == [
