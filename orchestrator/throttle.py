@@ -179,7 +179,9 @@ class RateLimiter:
     A 429 whose message names the limit (``told_limit``) makes ``TOLD_SHARE`` of it a ceiling, as
     ``--max-rps`` is: the saw-tooth then stays under the limit instead of probing past it. The first
     such 429 also sets the rate to that ceiling (no slow climb from a low first estimate); a limit
-    shared with other clients, or a message that names another policy's limit, still meets the cuts.
+    shared with other clients, or a message that names another policy's limit, still meets the cuts:
+    a 429 while paced under the named limit takes the rate to ``DECREASE`` times what got through
+    since the first 429 (the first estimate at the least), and it climbs from there.
 
     The first 429 ends the unpaced start. A gateway's burst allowance (a limit of R a second lets
     about R through at once, then R a second) makes the service look faster than its limit until
@@ -242,6 +244,7 @@ class RateLimiter:
         self._early = 0  # successes of the first estimate (the last window's before the first 429)
         self._early_span = self.WINDOW  # the seconds they are counted over
         self._owed = 0  # answers still due for requests in flight at the first 429
+        self._clear_at = 0  # ``started`` when the last of those came: a slot taken after is paced alone
         self._probing = False  # from the first 429 until a later one lowers the rate
         self._last_throttle = -1e9
 
@@ -282,8 +285,9 @@ class RateLimiter:
             successes.popleft()
         self._keep = max(self.KEEP, 2 * len(successes))
 
-    def on_throttled(self, told: float | None = None) -> None:
-        """A 429; ``told``: the requests a second its message names as the limit (``told_limit``)."""
+    def on_throttled(self, told: float | None = None, ticket: int | None = None) -> None:
+        """A 429; ``told``: the requests a second its message names as the limit (``told_limit``);
+        ``ticket``: ``started`` just after this request took its slot (``None``: after all others)."""
         if told is not None:
             ceiling = max(self.MIN_RATE, told * self.TOLD_SHARE)
             self.ceiling = ceiling if self.ceiling is None else min(self.ceiling, ceiling)
@@ -304,11 +308,17 @@ class RateLimiter:
         else:
             if self._owed > 0:
                 self._owed -= 1
-            elif self._trusting:
-                # Paced under the named limit, and still throttled: the limit that binds is another
-                # (shared with other clients, or another policy's). Back to the estimate, and climb.
+                if not self._owed:
+                    self._clear_at = self.started
+            elif self._trusting and (ticket is None or ticket > self._clear_at):
+                # Paced under the named limit, and still throttled, though sent after every request of
+                # the unpaced start was answered (those still out spend the gateway's tokens too): the
+                # limit that binds is another (shared with other clients, or another policy's), or the
+                # sends came in a clump (a loaded machine). Down to just under what got through since
+                # the first 429, never below the first estimate, and climb.
                 self._trusting, self._probing = False, True
-                self.rate = min(self._estimate, self.ceiling or self._estimate)
+                through = max(self._estimate, self.DECREASE * self.success_rate())
+                self.rate = min(through, self.ceiling or through)
             if now - self._restarted >= self.WINDOW:
                 self._probing = False
                 self._cut(now, self.success_rate())
@@ -322,6 +332,7 @@ class RateLimiter:
         self.success_rate()  # drops the successes older than a window
         self._early = len(self._successes)
         self._owed = self.started - self._answered
+        self._clear_at = self.started
         if self._owed > 0 and self._first_success is not None:
             self._early_span += min(self.WINDOW, now - self._first_success)
         self._restarted = now
@@ -347,6 +358,8 @@ class RateLimiter:
         now = self._clock()
         if self._owed > 0:  # in flight at the first 429: part of the first estimate, not of the history
             self._owed -= 1
+            if not self._owed:
+                self._clear_at = self.started
             self._early += 1
             allowed = self._early / self._early_span
             if self.rate is not None and allowed * self.DECREASE > self.rate:

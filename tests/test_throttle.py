@@ -199,6 +199,58 @@ async def test_a_told_limit_is_taken_at_once_until_a_paced_429_shows_it_is_not_t
     assert limiter.ceiling == ceiling
 
 
+async def test_a_429_for_a_slot_taken_before_the_unpaced_start_was_answered_keeps_the_told_limit() -> None:
+    """The requests still out at the first 429 spend the gateway's tokens as they arrive, so a paced
+    request sent before the last of them was answered may be throttled for them: that 429 keeps the
+    named limit. A 429 for a slot taken after every one of them was answered shows another limit."""
+    fake = FakeTime()
+    limiter = RateLimiter(None, clock=fake.clock, sleep=fake.sleep)
+    await burst(limiter, fake, successes=10, in_flight=4, seconds=0.2)
+    limiter.on_throttled(told=50.0)  # 3 more are owed
+    ceiling = 50.0 * RateLimiter.TOLD_SHARE
+    early = limiter.slot(), limiter.started  # paced, while answers of the unpaced start are still due
+    limiter.on_success()
+    limiter.on_throttled(told=50.0)
+    limiter.on_success()  # the last of them
+    assert limiter.rate == ceiling
+    limiter.on_throttled(told=50.0, ticket=early[1])
+    assert limiter.rate == ceiling  # throttled for the tokens the unpaced start spent
+    limiter.slot()
+    limiter.on_throttled(told=50.0, ticket=limiter.started)  # paced alone, and still throttled
+    assert limiter.rate is not None
+    assert limiter.rate < ceiling / 2
+
+
+async def test_a_clump_under_a_told_limit_costs_a_cut_not_the_first_estimate() -> None:
+    """Paced under the named limit for half a second, every request through, then one 429 (the sends
+    came in a clump, or another client shares the limit): the rate goes to just under what got through,
+    not back to the low first estimate, and the told cap stays."""
+    fake = FakeTime()
+    limiter = RateLimiter(None, clock=fake.clock, sleep=fake.sleep)
+    await burst(limiter, fake, successes=10, in_flight=4, seconds=0.2)
+    limiter.on_throttled(told=50.0)
+    estimate = limiter._estimate
+    ceiling = 50.0 * RateLimiter.TOLD_SHARE
+    for _ in range(3):  # the answers owed for the requests out at the first 429
+        limiter.on_success()
+    for _ in range(24):  # half a second paced at the ceiling, every request through
+        fake.now += 1 / ceiling
+        limiter.on_success()
+    through = limiter.success_rate()
+    assert through > 4 * estimate
+    limiter.on_throttled(told=50.0)
+    assert limiter.rate == pytest.approx(RateLimiter.DECREASE * through)
+    assert limiter.ceiling == ceiling
+    shared = RateLimiter(None, clock=fake.clock, sleep=fake.sleep)  # another client takes most of it
+    await burst(shared, fake, successes=10, in_flight=4, seconds=0.2)
+    shared.on_throttled(told=50.0)
+    for _ in range(3):
+        shared.on_throttled(told=50.0)
+    fake.now += 0.5  # half a second with nothing through
+    shared.on_throttled(told=50.0)
+    assert shared.rate == pytest.approx(shared._estimate)  # the first estimate at the least
+
+
 def window_of(fake: FakeTime, concurrency: int = 100, *, proof: float | None = None) -> SendWindow:
     """A route's send window; ``proof``: the seconds its first request (sent alone) took to answer."""
     limiter = RateLimiter(None, concurrency=concurrency, clock=fake.clock, sleep=fake.sleep)
