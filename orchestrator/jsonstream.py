@@ -246,7 +246,11 @@ def _volumes_object(scanner: JsonScanner) -> Iterator[tuple[int, Any, str]]:
             if not isinstance(key, str):
                 raise ManifestError(scanner.name, line, "JSON syntax error: object keys must be strings")
             scanner.expect(":", "':'")
-            if key.strip().lower() == "volumes" and not found:
+            if key.strip().lower() == "volumes":
+                if found:
+                    raise ManifestError(
+                        scanner.name, line, 'the JSON object gives "volumes" twice', "give one volumes array"
+                    )
                 if scanner.peek() != "[":
                     raise ManifestError(scanner.name, scanner.line, '"volumes" must be an array of objects')
                 found = True

@@ -123,6 +123,7 @@ BAD_FILES: list[tuple[str, str, bytes, int | None, str]] = [
     ("json scalar", "m.json", b'"volumes"', 1, "array of objects"),
     ("json object without volumes", "m.json", b'{"rows": []}', 1, 'no "volumes" array'),
     ("json volumes not a list", "m.json", b'{"volumes": {"a": 1}}', 1, "must be an array"),
+    ("json volumes twice", "m.json", b'{"volumes": [],\n "Volumes": [{}]}', 2, '"volumes" twice'),
     (
         "json trailing comma",
         "m.json",
