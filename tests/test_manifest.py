@@ -32,7 +32,7 @@ from orchestrator.manifest import (
     row_keys,
 )
 from orchestrator.signals import STOP_EVERY
-from tests.helpers import CORE_IDS, OFFLINE, cli_args, invoke, records, volume_ids
+from tests.helpers import CORE_IDS, OFFLINE, cli_args, invoke, records, validated_and_planned, volume_ids
 
 IDS = volume_ids(3)
 DEEP_1K = b"[" * 1000 + b"]" * 1000
@@ -308,19 +308,17 @@ def test_a_key_given_twice_marks_its_row_alone(write: Callable[..., Path], tmp_p
         None,
         None,
     ]
-    checked = invoke(cli_args("validate", manifest, **OFFLINE))
-    assert checked.exit_code == 1, checked.output
-    assert checked.stdout.splitlines()[-1] == "4 rows: 2 would be sent, 2 with problems (DUPLICATE_FIELD x2)"
-    report = tmp_path / "r.jsonl"
-    created = invoke(cli_args("create", manifest, report=report, dry_run=True, **OFFLINE))
-    assert created.exit_code == 1, created.output
-    got = {r["row"]: (r["outcome"], r["error_code"]) for r in records(report)}
-    assert got == {
-        1: ("invalid", "DUPLICATE_FIELD"),
-        2: ("invalid", "DUPLICATE_FIELD"),
-        3: ("planned", None),
-        4: ("planned", None),
-    }
+    checked, planned = validated_and_planned(manifest, tmp_path / "r.jsonl", **OFFLINE)
+    assert checked == (1, "4 rows: 2 would be sent, 2 with problems (DUPLICATE_FIELD x2)")
+    assert planned == (
+        1,
+        {
+            1: ("invalid", "DUPLICATE_FIELD"),
+            2: ("invalid", "DUPLICATE_FIELD"),
+            3: ("planned", None),
+            4: ("planned", None),
+        },
+    )
 
 
 def test_unknown_column_warnings_are_capped(write: Callable[..., Path]) -> None:
