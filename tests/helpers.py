@@ -130,6 +130,17 @@ def records(path: Path) -> list[dict[str, Any]]:
     return [line for line in lines(path) if line.get("type") != "run" and line.get("outcome") != "sending"]
 
 
+def validated_and_planned(
+    manifest: Path, report: Path, **options: object
+) -> tuple[tuple[int, str], tuple[int, dict[int, tuple[str, str | None]]]]:
+    """``validate`` and ``create --dry-run`` of one manifest with the same options, in-process:
+    validate's exit code and count line, the dry run's exit code and each row's outcome and error code."""
+    checked = invoke(cli_args("validate", manifest, **options))
+    planned = invoke(cli_args("create", manifest, report=report, dry_run=True, **options))
+    verdicts = {r["row"]: (r["outcome"], r["error_code"]) for r in records(report)}
+    return (checked.exit_code, checked.stdout.splitlines()[-1]), (planned.exit_code, verdicts)
+
+
 def journal(path: Path) -> list[dict[str, Any]]:
     """The ``sending`` records of a report: one per create request that left, written before it left."""
     return [line for line in lines(path) if line.get("outcome") == "sending"]

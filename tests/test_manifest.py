@@ -32,7 +32,7 @@ from orchestrator.manifest import (
     row_keys,
 )
 from orchestrator.signals import STOP_EVERY
-from tests.helpers import CORE_IDS, OFFLINE, cli_args, invoke, records, volume_ids
+from tests.helpers import CORE_IDS, OFFLINE, cli_args, invoke, records, validated_and_planned, volume_ids
 
 IDS = volume_ids(3)
 DEEP_1K = b"[" * 1000 + b"]" * 1000
@@ -123,6 +123,7 @@ BAD_FILES: list[tuple[str, str, bytes, int | None, str]] = [
     ("json scalar", "m.json", b'"volumes"', 1, "array of objects"),
     ("json object without volumes", "m.json", b'{"rows": []}', 1, 'no "volumes" array'),
     ("json volumes not a list", "m.json", b'{"volumes": {"a": 1}}', 1, "must be an array"),
+    ("json volumes twice", "m.json", b'{"volumes": [],\n "Volumes": [{}]}', 2, '"volumes" twice'),
     (
         "json trailing comma",
         "m.json",
@@ -288,6 +289,38 @@ def test_json_keys_ignore_case_and_conflicts_mark_the_row(write: Callable[..., P
         assert second.problem == "the keys 'Name' and 'name' both name 'name'"
 
 
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_a_key_given_twice_marks_its_row_alone(write: Callable[..., Path], tmp_path: Path, fmt: str) -> None:
+    """A JSON row giving one key twice (orjson keeps the last), in the row or in its metadata, with or
+    without blanks before the colon, is invalid ``DUPLICATE_FIELD`` in validate and create alike; colons
+    in values (a time, a URL, one after a blank) and a metadata object mark no row."""
+    ids = volume_ids(4, seed=48)
+    rows = [
+        f'{{"volume_id":"{ids[0]}","volume_id":"{ids[1]}"}}',
+        f'{{"volume_id": "{ids[1]}", "metadata": {{"k" : "1",\t"k"\t: "2"}}}}',
+        f'{{"volume_id": "{ids[2]}", "description": "at 12:00 : see http://x", "x": [1, {{"y": 2}}]}}',
+        f'{{"volume_id": "{ids[3]}", "metadata": {{"a": "b"}}}}',
+    ]
+    manifest = write(f"m.{fmt}", "[" + ",\n".join(rows) + "]" if fmt == "json" else "\n".join(rows))
+    assert [row.problem for row in rows_of(manifest)] == [
+        "the key 'volume_id' is given twice",
+        "the key 'k' is given twice",
+        None,
+        None,
+    ]
+    checked, planned = validated_and_planned(manifest, tmp_path / "r.jsonl", **OFFLINE)
+    assert checked == (1, "4 rows: 2 would be sent, 2 with problems (DUPLICATE_FIELD x2)")
+    assert planned == (
+        1,
+        {
+            1: ("invalid", "DUPLICATE_FIELD"),
+            2: ("invalid", "DUPLICATE_FIELD"),
+            3: ("planned", None),
+            4: ("planned", None),
+        },
+    )
+
+
 def test_unknown_column_warnings_are_capped(write: Callable[..., Path]) -> None:
     """20,000 unknown columns give 10 named warnings and one line counting the other 19,990."""
     header = ",".join(["volume_id", *(f"extra{n}" for n in range(20_000))])
@@ -346,7 +379,7 @@ def test_chunk_edges_keep_text_and_lines(tmp_path: Path, size: int) -> None:
     with path.open("rb") as handle:
         scanner = JsonScanner(decoded_chunks(handle, str(path), size=size), str(path))
         got = list(manifest_elements(scanner))
-    assert got == [(n + 2, item) for n, item in enumerate(items)]
+    assert got == [(n + 2, item, orjson.dumps(item).decode()) for n, item in enumerate(items)]
 
 
 def test_json_window_stays_bounded(tmp_path: Path) -> None:
