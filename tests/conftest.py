@@ -52,6 +52,16 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist the controller runs no test, yet pytest-cov traces it all along (its start-up, then
+    each of the workers' reports as it arrives): once this conftest is imported (the package's
+    import-time lines it ran, every worker runs too), its coverage stops. What it measured is kept and
+    combined with the workers' as before."""
+    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
+        while (running := coverage.Coverage.current()) is not None:
+            running.stop()
+
+
 @pytest.hookimpl(hookwrapper=True, trylast=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     """``no_cover`` under xdist: pytest-cov pauses its worker's coverage, but an xdist worker also holds
