@@ -418,10 +418,10 @@ def test_stdin_manifest_and_stdout_report(emulator_thread: Callable[..., Any]) -
 
 def test_stdin_needs_format() -> None:
     """Reading standard input without --format is a usage error (exit 2)."""
-    result = run_cli(["create", "-", "--project-id", PROJECT], env={}, stdin=b"")
-    assert result.returncode == 2
-    assert b"--format" in result.stderr
-    assert b"Traceback" not in result.stderr
+    result = invoke(["create", "-", "--project-id", PROJECT], input=b"")
+    assert result.exit_code == 2
+    assert "--format" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_emulator_demo_mode(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import csv
 import hashlib
 import io
 import shutil
-import subprocess
 import sys
 import tracemalloc
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from orchestrator.manifest import (
     read_keys,
     read_rows,
     row_keys,
+    spooled,
 )
 from orchestrator.signals import STOP_EVERY
 from tests.helpers import CORE_IDS, OFFLINE, cli_args, invoke, records, volume_ids
@@ -404,16 +404,13 @@ def test_manifest_digest(tmp_path: Path) -> None:
         manifest_digest(ManifestSource("-", Format.CSV))
 
 
-def test_digest_of_standard_input() -> None:
+def test_digest_of_standard_input(monkeypatch: pytest.MonkeyPatch) -> None:
     """Standard input, once spooled, has the digest of the bytes that came in."""
     content = f"volume_id\n{IDS[0]}\n".encode()
-    script = (
-        "from orchestrator.manifest import Format, ManifestSource, manifest_digest, spooled\n"
-        "with spooled(ManifestSource('-', Format.CSV)) as source:\n"
-        "    print(manifest_digest(source))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], input=content, capture_output=True, check=True)
-    assert done.stdout.decode().strip() == "sha256:" + hashlib.sha256(content).hexdigest()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(content)))
+    with spooled(ManifestSource("-", Format.CSV)) as source:
+        digest = manifest_digest(source)
+    assert digest == "sha256:" + hashlib.sha256(content).hexdigest()
 
 
 hostile = st.one_of(
