@@ -64,9 +64,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(hookwrapper=True, trylast=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    """``no_cover`` under xdist: pytest-cov pauses its worker's coverage, but an xdist worker also holds
-    a second one (pytest-cov starts its controller's there too), which the pause resumes; stop every
-    coverage still tracing for the test, and start them again after it."""
+    """``no_cover`` under xdist: pytest-cov pauses its worker's coverage, but an xdist worker may also
+    hold a second one (pytest-cov starts its controller's there too; ``tests/__init__.py`` stops it),
+    which the pause would resume; stop every coverage still tracing for the test, and start them again
+    after it."""
     stopped: list[coverage.Coverage] = []
     if item.get_closest_marker("no_cover") is not None:
         while (running := coverage.Coverage.current()) is not None:
