@@ -151,6 +151,7 @@ class Route:
                 entered = await window.enter()  # before the rate slot: a request let out later is paced
             try:
                 wait = limiter.slot()
+                ticket = limiter.started
                 if wait > 0:
                     await limiter.wait(wait)
                 in_flight = self.in_flight
@@ -169,12 +170,12 @@ class Route:
             finally:
                 if entered is not None and window is not None:
                     window.leave(entered)
-            return self._judge(answer, refusal)  # under the gate, when held: it may prove the route
+            return self._judge(answer, refusal, ticket)  # under the gate, when held: it may prove the route
         finally:
             if gate is not None:
                 gate.release()
 
-    def _judge(self, answer: Answer, refusal: Closure | None) -> Reply:
+    def _judge(self, answer: Answer, refusal: Closure | None, ticket: int) -> Reply:
         """Close the route on a refusal (and raise it), tell the limiter, classify the answer."""
         if refusal is not None:
             if self.closure is None:
@@ -183,7 +184,7 @@ class Route:
         status = answer.status
         verdict = classify(status, None if status < 400 else answer.error()[0])
         if verdict is Verdict.RETRY:
-            self.limiter.on_throttled(told_limit(answer.error()[1]))
+            self.limiter.on_throttled(told_limit(answer.error()[1]), ticket)
         elif status < 500:
             self.proven = True
             self.limiter.on_success()
