@@ -39,15 +39,18 @@ from orchestrator.errors import (
 from orchestrator.retry import Verdict
 from tests.helpers import (
     AKSK,
+    CLOSED_PORT,
     PROJECT,
     REGION,
     TOKEN,
     WRONG,
     answering,
     hits,
+    journal,
     records,
     requests_of,
     router_for,
+    snapshot_request,
     stand_in,
     volume_ids,
 )
@@ -434,36 +437,80 @@ def test_secrets_never_leak(
         assert secret not in everything
 
 
-def test_unreachable_iam_sends_nothing_and_fails_rows(
-    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+@pytest.mark.parametrize(
+    ("env", "where"),
+    [(PASSWORD_ENV, ["--project-id", PROJECT]), (AKSK, ["--region", REGION])],
+    ids=["password", "aksk-lookup"],
+)
+def test_unreachable_iam_closes_the_run_without_sending(
+    emulator_thread: Callable[..., Any],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    env: dict[str, str],
+    where: list[str],
 ) -> None:
-    """When IAM cannot be reached for a password token, no create is sent and rows fail CONNECT_FAILED."""
+    """IAM on a closed port (a password token, or AK/SK's project lookup): 3 IAM requests in all, then
+    every row ends ENDPOINT_UNREACHABLE with attempts 0 and no ``sending`` record, and the run exits 3,
+    as for an EVS endpoint that cannot be reached."""
     emu = emulator_thread(any_volume=True)
-    report = tmp_path / "r.jsonl"
+    report, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
     result = invoke(
         [
             "create",
-            str(manifest_of(write, volume_ids(3, seed=28))),
+            str(manifest_of(write, volume_ids(12, seed=28))),
             "--endpoint",
             emu.url,
             "--iam-endpoint",
-            "http://127.0.0.1:9",
-            "--project-id",
-            PROJECT,
+            CLOSED_PORT,
+            *where,
             "--report",
             str(report),
-            "--max-attempts",
-            "2",
+            "--summary-json",
+            str(summary),
+            "--concurrency",
+            "4",
             "--backoff-max",
             "0.05",
         ],
-        env=PASSWORD_ENV,
+        env=env,
     )
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 3, result.output
     got = records(report)
-    assert {(r["outcome"], r["error_code"]) for r in got} == {("failed", "CONNECT_FAILED")}
-    assert all(r["reconciled"] is False for r in got)
+    assert len(got) == 12
+    assert {(r["outcome"], r["error_code"], r["attempts"]) for r in got} == {
+        ("failed", "ENDPOINT_UNREACHABLE", 0)
+    }
+    assert all("IAM at http://127.0.0.1:1 cannot be reached" in r["error_message"] for r in got)
+    assert journal(report) == []  # no create left: none was promised
+    assert orjson.loads(summary.read_bytes())["requests_by_kind"] == {"iam": 3}  # one lookup, 3 tries
+    assert "--iam-endpoint" in result.stderr
     assert emu.state()["requests"] == {}  # neither a create nor a lookup reached EVS
+
+
+async def test_a_request_without_its_token_never_left(emulator: Callable[..., Any]) -> None:
+    """IAM answers 503 for the token: the create fails in transport, its journal line is not written and
+    it is not counted as a create (only the IAM request is), and EVS sees nothing."""
+    emu = await emulator(any_volume=True)
+    busy = answering(503, {"error_msg": "busy", "error_code": "IAM.0500"})
+    journalled: list[int] = []
+    async with (
+        stand_in({"POST /v3/auth/tokens": busy}) as (iam_url, _seen),
+        contextlib.AsyncExitStack() as stack,
+    ):
+        endpoints = Endpoints(evs=URL(emu.url), iam=URL(iam_url))
+        router = await connect(stack, Connection(endpoints=endpoints, environ=PASSWORD_ENV))
+        route = router.route_at(None, PROJECT)
+        call = evs.create_snapshot(
+            PROJECT, snapshot_request(volume_ids(1, seed=31)[0]), "run", before=lambda: journalled.append(1)
+        )
+        with pytest.raises(TransportError) as caught:
+            await route.send(call)
+    assert caught.value.from_iam
+    assert caught.value.code == "IAM_503"
+    assert journalled == []
+    assert router.counts() == {"iam": 1}
+    assert router.closures() == []  # IAM answered: it is not out of reach
+    assert emu.world.requests == {}
 
 
 def test_project_iam_will_not_scope_fails_its_rows(
