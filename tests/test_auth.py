@@ -40,6 +40,7 @@ from orchestrator.retry import Verdict
 from tests.helpers import (
     AKSK,
     CLOSED_PORT,
+    LIST_ROUTE,
     PROJECT,
     REGION,
     TOKEN,
@@ -47,6 +48,7 @@ from tests.helpers import (
     answering,
     hits,
     journal,
+    last_per_row,
     records,
     requests_of,
     router_for,
@@ -454,26 +456,24 @@ def test_unreachable_iam_closes_the_run_without_sending(
     as for an EVS endpoint that cannot be reached."""
     emu = emulator_thread(any_volume=True)
     report, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
-    result = invoke(
-        [
-            "create",
-            str(manifest_of(write, volume_ids(12, seed=28))),
-            "--endpoint",
-            emu.url,
-            "--iam-endpoint",
-            CLOSED_PORT,
-            *where,
-            "--report",
-            str(report),
-            "--summary-json",
-            str(summary),
-            "--concurrency",
-            "4",
-            "--backoff-max",
-            "0.05",
-        ],
-        env=env,
-    )
+    args = [
+        "create",
+        str(manifest_of(write, volume_ids(12, seed=28))),
+        "--endpoint",
+        emu.url,
+        "--iam-endpoint",
+        CLOSED_PORT,
+        *where,
+        "--report",
+        str(report),
+        "--summary-json",
+        str(summary),
+        "--concurrency",
+        "4",
+        "--backoff-max",
+        "0.05",
+    ]
+    result = invoke(args, env=env)
     assert result.exit_code == 3, result.output
     got = records(report)
     assert len(got) == 12
@@ -485,6 +485,12 @@ def test_unreachable_iam_closes_the_run_without_sending(
     assert orjson.loads(summary.read_bytes())["requests_by_kind"] == {"iam": 3}  # one lookup, 3 tries
     assert "--iam-endpoint" in result.stderr
     assert emu.state()["requests"] == {}  # neither a create nor a lookup reached EVS
+    # With IAM back, --resume sends every row at once: nothing was in doubt, so nothing is looked up.
+    args[args.index(CLOSED_PORT)] = emu.url
+    again = invoke([*args, "--resume"], env=env)
+    assert again.exit_code == 0, again.output
+    assert Counter(r["outcome"] for r in last_per_row(report).values()) == {"accepted": 12}
+    assert LIST_ROUTE not in emu.state()["requests"]
 
 
 async def test_a_request_without_its_token_never_left(emulator: Callable[..., Any]) -> None:
