@@ -537,11 +537,15 @@ def test_project_iam_will_not_scope_fails_its_rows(
             "f" * 32,
             "--report",
             str(report),
+            "--summary-json",
+            str(tmp_path / "s.json"),
         ],
         env=PASSWORD_ENV,
     )
     assert result.exit_code == 1, result.output
     assert {(r["outcome"], r["error_code"]) for r in records(report)} == {("failed", "PROJECT_NOT_FOUND")}
+    assert journal(report) == []  # no token, so no create left: none is journalled or counted
+    assert set(orjson.loads((tmp_path / "s.json").read_bytes())["requests_by_kind"]) == {"iam"}
 
 
 async def test_a_password_token_outlives_an_unreachable_iam() -> None:

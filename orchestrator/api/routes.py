@@ -36,7 +36,7 @@ from orchestrator.api.credentials import PasswordCredentials, discover
 from orchestrator.api.evs import Call
 from orchestrator.api.iam import IamClient, PasswordAuth, ProjectResolver
 from orchestrator.api.session import Caller, Endpoint, new_session
-from orchestrator.errors import Closure, RouteClosed, TransportError, UsageError
+from orchestrator.errors import Closure, ProjectLookupFailed, RouteClosed, TransportError, UsageError
 from orchestrator.models import Answer
 from orchestrator.retry import Verdict, classify
 from orchestrator.throttle import RateLimiter, told_limit
@@ -178,7 +178,7 @@ class Route:
                 self.counts[call.kind._value_] -= 1
             self.endpoint.on_transport_error(exc)
             raise
-        except RouteClosed:  # IAM was found unreachable: no credentials, the request never left
+        except (RouteClosed, ProjectLookupFailed):  # raised getting credentials (IAM): it never left
             self.counts[call.kind._value_] -= 1
             raise
         self.endpoint.on_answer()
