@@ -160,16 +160,13 @@ class Record:
         )
 
     @staticmethod
-    def sending_line(
-        request: SnapshotRequest, *, run_id: str, attempts: int, at: str, head: bytes | None = None
-    ) -> bytes:
+    def sending_line(request: SnapshotRequest, *, run_id: str, attempts: int, at: str) -> bytes:
         """The ``sending`` journal line of a create about to leave at ``at``: the bytes ``to_json`` gives
         that record, without building it (one per attempt; nothing reads it back in this process).
-        ``head``: the row's ``record_head``, when the caller kept it."""
-        if head is None:
-            head = record_head(
-                run_id, request.row, request.volume_id, request.project_id, request.region, request.name
-            )
+        ``sending_now`` gives it from a row's ``record_head``, for a create leaving now."""
+        head = record_head(
+            run_id, request.row, request.volume_id, request.project_id, request.region, request.name
+        )
         if _PLAIN_TEXT(at):  # a timestamp (``utc_iso``): the constant tail with its values put in
             stamp = at.encode()
             return head + _SENDING_TAIL % (attempts, stamp, stamp)
@@ -311,6 +308,13 @@ _SENDING_TAIL = (
     .replace(b'"@"', b'"%s"')
 )
 _PLAIN_TEXT = re.compile(r"[0-9A-Za-z:.+\-]*").fullmatch
+
+
+def sending_now(head: bytes, attempts: int) -> bytes:
+    """``Record.sending_line`` of a create leaving now, after the row's ``record_head``: the time is
+    ``utc_iso_now``'s, plain text, which goes in as it is without the check (a regex) a given time needs."""
+    stamp = utc_iso_now().encode()
+    return head + _SENDING_TAIL % (attempts, stamp, stamp)
 
 
 def planned(run_id: str, request: SnapshotRequest) -> Record:
