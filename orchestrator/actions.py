@@ -37,6 +37,9 @@ class Action(enum.StrEnum):
     ROLLBACK_FAILED = "rollback_failed"  # the disk ended error_rollbacking
     HELD = "held"  # hold: the snapshot carries the hold now
     RELEASED = "released"  # release: the snapshot carries no hold now
+    # rollback: written before its POST leaves, with the disk's updated_at as looked at; never a row's
+    # last record (``final_actions`` and the resume book skip it): --resume reads it (``sent_rollbacks``)
+    SENDING = "sending"
 
 
 FINAL = frozenset(
@@ -74,14 +77,17 @@ class ActionRecord:
     started_at: str
     finished_at: str
     elapsed_ms: int = 0
-    snapshot_group_id: str | None = None  # the v5 snapshot group the snapshot is a member of (last)
+    snapshot_group_id: str | None = None  # the v5 snapshot group the snapshot is a member of
+    disk_updated_at: str | None = None  # a rollback's ``sending`` line: the disk's updated_at before it
 
     def to_json(self) -> bytes:
-        """One JSON line; without ``snapshot_group_id`` when it is ``None`` (reports of snapshots made
-        alone read as before the field existed, as ``Record.to_json`` does)."""
+        """One JSON line; without ``snapshot_group_id`` and ``disk_updated_at`` when they are ``None``
+        (reports read as before the fields existed, as ``Record.to_json`` does)."""
         line = orjson.dumps(self, option=orjson.OPT_APPEND_NEWLINE)
-        if self.snapshot_group_id is None and line.endswith(_NO_GROUP):
-            return line[: -len(_NO_GROUP)] + b"}\n"
+        if line.endswith(_NO_DISK):
+            line = line[: -len(_NO_DISK)] + b"}\n"
+            if self.snapshot_group_id is None and line.endswith(_NO_GROUP):
+                return line[: -len(_NO_GROUP)] + b"}\n"
         return line
 
     @classmethod
@@ -100,6 +106,7 @@ class ActionRecord:
 
 _TYPES = field_types(ActionRecord)
 _NO_GROUP = b',"snapshot_group_id":null}\n'
+_NO_DISK = b',"disk_updated_at":null}\n'
 
 
 def now_iso() -> str:
@@ -112,10 +119,31 @@ def read_actions(path: Path) -> Iterator[ActionRecord]:
 
 
 def final_actions(path: Path) -> Iterator[ActionRecord]:
-    """The last record of each key, in file order of those records (two passes)."""
+    """The last record of each key, in file order of those records (two passes; ``sending`` lines are
+    not records of an outcome)."""
     last: dict[str, int] = {}
+    sending = Action.SENDING
     for index, record in enumerate(read_actions(path)):
-        last[record.key] = index
+        if record.outcome is not sending:
+            last[record.key] = index
     for index, record in enumerate(read_actions(path)):
-        if last[record.key] == index:
+        if last.get(record.key) == index:
             yield record
+
+
+def outcomes_and_sends(path: Path) -> tuple[dict[str, Action], dict[str, str | None]]:
+    """An action report's last outcome of each key, and the rollbacks sent and never seen to end: the
+    disk's updated_at before each such send, by key. A send stays in doubt while every record of its
+    key after it is ``failed`` (the run that sent it could not confirm it: ``UNCONFIRMED``, a timeout,
+    given up); any other record settles it (its run looked at the disk, and acted on what it saw)."""
+    last: dict[str, Action] = {}
+    sent: dict[str, str | None] = {}
+    sending, failed = Action.SENDING, Action.FAILED
+    for record in read_actions(path):
+        if record.outcome is sending:
+            sent[record.key] = record.disk_updated_at
+            continue
+        last[record.key] = record.outcome
+        if record.outcome is not failed:
+            sent.pop(record.key, None)
+    return last, sent

@@ -136,6 +136,11 @@ class Endpoints:
     home_region: str | None = None
     ca_bundle: Path | None = None
 
+    @property
+    def region_required(self) -> bool:
+        """A row needs a region (its own or ``--region``) to be sent: no ``--endpoint`` takes every row."""
+        return self.evs is None
+
     def evs_for(self, region: str | None) -> URL:
         if self.evs is not None:
             return self.evs

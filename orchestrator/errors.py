@@ -14,7 +14,8 @@
     |   |   +-- CredentialsRefused   IAM or the gateway refused the credentials themselves
     |   +-- ListingFailed (3)        a listing that a delete or a check depends on failed or was refused
     |   |   +-- ApiMissing (3)       the region lacks the API of an optional call (the gateway's 404)
-    |   +-- ReportUnwritable (3)     the report cannot be written (disk full, file too large, closed pipe)
+    |   +-- Unwritable (3)           a file the run writes cannot be written (disk full, file too large)
+    |       +-- ReportUnwritable     the report (or standard output: also a closed pipe)
     +-- ProjectLookupFailed (1)      IAM knows no project (or several) for a region; fails its rows
     +-- LockHeld (75)                another run holds the lock of this manifest, run or report
     +-- Interrupted (130 / 143)      SIGINT or SIGTERM stopped the run after a graceful drain
@@ -129,7 +130,12 @@ class ApiMissing(ListingFailed):
     caller decides what that means (prune and audit: no snapshot groups here)."""
 
 
-class ReportUnwritable(RunAborted):
+class Unwritable(RunAborted):
+    """A file the run writes cannot be written (disk full, file-size limit): nothing more is sent. Raised
+    as itself for a lock file's holder line, which is written before anything is sent."""
+
+
+class ReportUnwritable(Unwritable):
     """The report cannot be written: nothing more is sent, since no outcome could be recorded."""
 
 

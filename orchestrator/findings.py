@@ -386,10 +386,18 @@ def groups_check(answer: Answer, sent: tuple[str, ...]) -> Check:
             fix="use --consistency disk (the default), with --pre-hook/--post-hook to freeze file systems",
             sent=sent,
         )
+    if answer.status == 403:
+        return Check(
+            name=name,
+            result=Result.WARN,
+            meaning=f"the v5 snapshot-group list was refused ({said(answer)})",
+            fix="grant evs:snapshots:list for the v5 API, or use --consistency disk",
+            sent=sent,
+        )
     return Check(
         name=name,
         result=Result.WARN,
-        meaning=f"the v5 snapshot-group list was refused ({said(answer)})",
-        fix="grant evs:snapshots:list for the v5 API, or use --consistency disk",
+        meaning=f"the v5 snapshot-group list did not answer ({said(answer)}): not known here",
+        fix="run doctor again; a server error is the service's, not a missing grant",
         sent=sent,
     )

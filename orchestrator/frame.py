@@ -41,7 +41,7 @@ import anyio
 import orjson
 
 from orchestrator import metrics
-from orchestrator.actions import FINAL, Action, ActionRecord, now_iso, read_actions
+from orchestrator.actions import FINAL, Action, ActionRecord, now_iso, outcomes_and_sends
 from orchestrator.config import RunIdentity, file_in_the_way
 from orchestrator.console import Console
 from orchestrator.defaults import GRACE
@@ -224,6 +224,7 @@ class Frame:
         self.advice = advice
         self.run_id = ""
         self.book: ResumeBook[str, Action] = ResumeBook.keyed({}, FINAL)
+        self.sent: dict[str, str | None] = {}  # rollbacks an earlier run sent, never seen to end (by key)
         self.writer: ReportWriter | None = None
         self.router: Router | None = None
         self.held: Held | None = None
@@ -357,7 +358,8 @@ class Frame:
                     f"--resume: {differs}. Resume with the same options, or start a new report; {nothing}"
                 )
         if existing:
-            self.book = ResumeBook.keyed({r.key: r.outcome for r in read_actions(Path(report))}, FINAL)
+            last, self.sent = outcomes_and_sends(Path(report))
+            self.book = ResumeBook.keyed(last, FINAL)
         run_id = header.run_id if header is not None else RunIdentity.new(utc_now()).run_id
         self.open_report(
             RunHeader(
@@ -447,6 +449,11 @@ class Frame:
         assert self.writer is not None  # noqa: S101 - a record is written only after the report opened
         self.writer.write_line(record.to_json())
         self.tally.add(record)
+
+    def journal(self, record: ActionRecord) -> None:
+        """Append a line that is no row's outcome (a rollback's ``sending``): written, not counted."""
+        assert self.writer is not None  # noqa: S101 - a record is written only after the report opened
+        self.writer.write_line(record.to_json())
 
     # 6. notifications
     async def _notify_end(self, ended: BaseException | None) -> None:

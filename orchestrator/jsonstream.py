@@ -149,16 +149,22 @@ class JsonScanner:
 
     def value(self) -> tuple[int, Any]:
         """Decode the next JSON value; returns the line it starts on and the value."""
+        line, value, _ = self.element()
+        return line, value
+
+    def element(self) -> tuple[int, Any, str]:
+        """``value``, and the value's text besides (where a row's repeated keys are found)."""
         found = self._text(self.peek())
+        text = found.group()
         try:
-            value = orjson.loads(found.group())
+            value = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
             raise ManifestError(
                 self.name, self._line_at(self.pos + exc.pos), f"JSON syntax error: {exc.msg}"
             ) from None
         start = self.line
         self._advance(found.end())
-        return start, value
+        return start, value, text
 
     def _text(self, first: str) -> re.Match[str]:
         """The text of the next value, reading more chunks while it is incomplete."""
@@ -197,8 +203,9 @@ def nesting_error(name: str, line: int) -> ManifestError:
     return ManifestError(name, line, f"nesting deeper than {MAX_DEPTH} levels", NESTING_HINT)
 
 
-def manifest_elements(scanner: JsonScanner) -> Iterator[tuple[int, Any]]:
-    """The elements of a manifest document (an array, or an object's ``volumes`` array) with their lines."""
+def manifest_elements(scanner: JsonScanner) -> Iterator[tuple[int, Any, str]]:
+    """The elements of a manifest document (an array, or an object's ``volumes`` array): each one's
+    line, value and text."""
     name = scanner.name
     first = scanner.peek()
     if first == "":
@@ -217,18 +224,18 @@ def manifest_elements(scanner: JsonScanner) -> Iterator[tuple[int, Any]]:
         raise ManifestError(name, scanner.line, "JSON syntax error: extra data after the manifest")
 
 
-def _array(scanner: JsonScanner) -> Iterator[tuple[int, Any]]:
+def _array(scanner: JsonScanner) -> Iterator[tuple[int, Any, str]]:
     scanner.expect("[", "'['")
     if scanner.peek() == "]":
         scanner.expect("]", "']'")
         return
     while True:
-        yield scanner.value()
+        yield scanner.element()
         if scanner.expect(",]", "',' or ']'") == "]":
             return
 
 
-def _volumes_object(scanner: JsonScanner) -> Iterator[tuple[int, Any]]:
+def _volumes_object(scanner: JsonScanner) -> Iterator[tuple[int, Any, str]]:
     scanner.expect("{", "'{'")
     found = False
     if scanner.peek() == "}":
@@ -239,7 +246,11 @@ def _volumes_object(scanner: JsonScanner) -> Iterator[tuple[int, Any]]:
             if not isinstance(key, str):
                 raise ManifestError(scanner.name, line, "JSON syntax error: object keys must be strings")
             scanner.expect(":", "':'")
-            if key.strip().lower() == "volumes" and not found:
+            if key.strip().lower() == "volumes":
+                if found:
+                    raise ManifestError(
+                        scanner.name, line, 'the JSON object gives "volumes" twice', "give one volumes array"
+                    )
                 if scanner.peek() != "[":
                     raise ManifestError(scanner.name, scanner.line, '"volumes" must be an array of objects')
                 found = True

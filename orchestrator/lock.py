@@ -34,7 +34,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from orchestrator.errors import LockHeld, ManifestError, UsageError
+from orchestrator.errors import LockHeld, ManifestError, Unwritable, UsageError
 from orchestrator.models import utc_iso, utc_now
 from orchestrator.report import read_header, read_records
 
@@ -180,12 +180,23 @@ class RunLock:
                 ) from None
             if not self.lock.remove or self._still_named(fd):
                 self.fd = fd
-                os.ftruncate(fd, 0)
-                since = utc_iso(utc_now())
-                os.pwrite(fd, f"{os.getpid()} {since} evs-snapshot {self.command}\n".encode(), 0)
+                self._name_holder(fd)
                 return self
             os.close(fd)  # its holder removed it between our open and our flock: lock the new file
         raise LockHeld(f"{self.path} kept being removed while it was being locked; nothing was done")
+
+    def _name_holder(self, fd: int) -> None:
+        """Write this process into the lock file it holds; a full disk releases it and stops the command."""
+        os.ftruncate(fd, 0)
+        line = f"{os.getpid()} {utc_iso(utc_now())} evs-snapshot {self.command}\n".encode()
+        try:
+            os.pwrite(fd, line, 0)
+        except OSError as exc:
+            self.__exit__()
+            raise Unwritable(
+                f"cannot write the lock file {self.path}: {exc.strerror}; nothing was sent. Free space in "
+                f"{self.path.parent} (or lift the file-size limit, ulimit -f) and run the command again"
+            ) from None
 
     def _open(self) -> int:
         try:

@@ -19,7 +19,8 @@ return or another apostrophe is read without the first apostrophe: that is how `
 spreadsheet) keeps such text from being run as a formula.
 
 Two header cells with the same name after this are a file error; two keys of one JSON object with the
-same name make that row invalid (``RawRow.problem``). JSON is streamed by ``jsonstream.py``, where
+same name, or one key given twice (in the row or an object it holds), make that row invalid
+(``RawRow.problem``). JSON is streamed by ``jsonstream.py``, where
 nesting deeper than ``MAX_DEPTH`` levels is a file error.
 """
 
@@ -33,9 +34,11 @@ import functools
 import hashlib
 import io
 import itertools
+import json
 import shutil
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -70,6 +73,9 @@ KNOWN_COLUMNS = FIELDS | INFO_COLUMNS
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # ...and a cell that starts with an apostrophe gets one more, so that every value reads back as it was.
 GUARDED_STARTS = (*FORMULA_STARTS, "'")
+# Where a JSON key's colon can be: right after the key's closing quote, or after a blank.
+_KEY_COLONS = ('":', " :", "\t:", "\n:", "\r:")
+_is_object = functools.partial(type.__instancecheck__, dict)  # isinstance(item, dict), called from C
 
 
 class Format(enum.StrEnum):
@@ -489,19 +495,20 @@ def _jsonl_rows(lines: Iterator[str], name: str, columns: _ColumnWarnings) -> It
         if line.count("[") + line.count("{") > MAX_DEPTH and too_deep(line, start) is not None:
             raise nesting_error(name, number)
         row += 1
-        yield _json_row(row, number, value, columns)
+        yield _json_row(row, number, value, line, columns)
 
 
-def _json_row(row: int, line: int, value: object, columns: _ColumnWarnings) -> RawRow:
-    """A decoded JSON element as a row; anything but an object is kept as a malformed row."""
+def _json_row(row: int, line: int, value: object, text: str, columns: _ColumnWarnings) -> RawRow:
+    """A decoded JSON element (``text``) as a row; anything but an object is kept as a malformed row."""
     if not isinstance(value, dict):
         return RawRow(row, line, None, from_csv=False)
+    # orjson keeps the last of a key given twice: a row with more colons than keys is checked.
+    problem = _repeated_key(text, value) if text.count(":") > len(value) else None
     if KNOWN_COLUMNS.issuperset(value) or all(column_name(key) == key for key in value):
         columns.check(value)
-        return RawRow(row, line, value, from_csv=False)
+        return tuple.__new__(RawRow, (row, line, value, False, problem))  # made in C: no __new__ frame
     fields: dict[str, Any] = {}
     spelled: dict[str, str] = {}
-    problem = None
     for key, item in value.items():
         canonical = column_name(key)
         if canonical in spelled:
@@ -513,3 +520,21 @@ def _json_row(row: int, line: int, value: object, columns: _ColumnWarnings) -> R
         fields[canonical] = item
     columns.check(fields)
     return RawRow(row, line, fields, from_csv=False, problem=problem)
+
+
+def _repeated_key(text: str, value: dict[str, Any]) -> str | None:
+    """Why the JSON object ``text`` (``value`` as orjson read it) cannot be trusted: a key given twice,
+    in it or in an object it holds, of which orjson keeps the last silently. A key is followed by a
+    colon, right after its closing quote or a blank: only an object with more such colons than it and
+    the objects among its values have keys is parsed again (by the standard library), to name the key."""
+    colons = sum(map(text.count, _KEY_COLONS))
+    if colons <= len(value) + sum(map(len, filter(_is_object, value.values()))):
+        return None
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> None:
+        counts = Counter(key for key, _ in items)
+        repeated.extend(key for key, _ in items if counts[key] > 1)
+
+    json.loads(text, object_pairs_hook=pairs)
+    return f"the key {_shown(repeated[0])} is given twice" if repeated else None

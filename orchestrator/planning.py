@@ -184,7 +184,7 @@ def begin(
         defaults=settings.defaults,
         identity=identity,
         candidates=candidates,
-        region_required=settings.connection.endpoints.evs is None,
+        region_required=settings.connection.endpoints.region_required,
     )
     tally = frame.tally = Tally(manifest_rows=total, dry_run=settings.dry_run)
     tally.started = started

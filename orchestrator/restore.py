@@ -46,7 +46,7 @@ Rolled back before: nothing the EVS API shows tells that a disk was rolled back 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,6 +86,9 @@ class RestorePlan:
     wait: WaitPlan
     stopping: Callable[[], bool] = lambda: False  # a signal: send no rollback that is not out yet
     retry: frozenset[int] = frozenset()  # rows whose failed rollback is sent again (--retry-failed)
+    # rows whose rollback an earlier run sent and never saw end: the disk's updated_at before that send
+    sent: Mapping[int, str | None] = dataclasses.field(default_factory=dict)
+    sending: Callable[[Record, str | None], None] = lambda row, updated: None  # the journal's line
 
     @property
     def reads(self) -> RetryPolicy:
@@ -139,6 +142,10 @@ async def start_row(route: Route, row: Record, plan: RestorePlan) -> Finding | W
     if found.blocker is not None:
         return found.blocker
     sent = Finding(outcome=Action.ROLLED_BACK, snapshot=found.snapshot)
+    if not found.running and not found.retried and row.row in plan.sent:
+        settled = _sent_before(row, plan.sent[row.row], found)
+        if settled is not None:
+            return settled
     if not found.running:
         sent = await _send(route, row, plan, found)
         if sent.outcome is not Action.ROLLED_BACK:
@@ -228,6 +235,29 @@ async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
             ),
         )
     return Look(snapshot, None, disk_updated=updated, retried=retried)
+
+
+def _sent_before(row: Record, before: str | None, found: Look) -> Finding | None:
+    """A rollback an earlier run sent and never saw end, its disk now ``available`` and detached: the
+    disk changed since that run looked at it (its ``updated_at`` moved), so that rollback ran and
+    ended; unchanged, it never arrived (``None``: send it). Without both times, nothing tells: it is
+    not sent again."""
+    if before is not None and found.disk_updated is not None:
+        if found.disk_updated == before:
+            return None
+        return Finding(
+            outcome=Action.ROLLED_BACK,
+            snapshot=found.snapshot,
+            message="sent by a run that stopped before it recorded the end; the disk has changed since "
+            f"(updated_at {before} -> {found.disk_updated}): not sent again",
+        )
+    return Finding(
+        outcome=Action.FAILED,
+        code="UNCONFIRMED",
+        snapshot=found.snapshot,
+        message="a run that stopped had sent this rollback, and the disk shows no time of change to tell "
+        "whether it ran: not sent again; check the disk, then roll it back with a new report and --again",
+    )
 
 
 def unusable(row: Record) -> Finding | None:
@@ -334,6 +364,7 @@ async def _send_until_settled(
         route.project_id, str(row.snapshot_id), str(row.volume_id), member=bool(row.snapshot_group_id)
     )
     uncertain = doubtful = False  # doubtful: some attempt may have arrived without an answer
+    journaled = False
     last = sent[0]
     loop = retrying(plan.policy, reraise=False)
     async for attempt in loop:
@@ -350,6 +381,9 @@ async def _send_until_settled(
                 uncertain = False
             if plan.stopping():
                 raise RowStopped  # not sent (again): no record, --resume looks at the disk first
+            if not journaled:  # before the first request leaves: --resume then looks before resending
+                plan.sending(row, found.disk_updated)
+                journaled = True
             try:
                 reply = await route.send(call)
             except TransportError as exc:

@@ -134,6 +134,11 @@ def retried_rows(last: Outcomes[str, Action], rows: list[Record]) -> frozenset[i
     return frozenset(row.row for row in rows if last.get(f"row:{row.row}") is Action.ROLLBACK_FAILED)
 
 
+def sent_rows(sent: dict[str, str | None]) -> dict[int, str | None]:
+    """The rollback report's sends in doubt (``Frame.sent``, by key ``row:N``), by row."""
+    return {int(key[4:]): updated for key, updated in sent.items() if key.startswith("row:")}
+
+
 def rolled_back_before(settings: RollbackSettings, chosen: Chosen, console: Console) -> bool:
     """True when an earlier rollback report of this create run rolled back chosen rows (not asked on
     ``--resume``): ``--apply`` without ``--again`` is refused then (exit 2); a plan warns."""
@@ -190,6 +195,10 @@ async def restore_all(
         action.write(record)
         finals[row.row] = (record.outcome, record.error_code)
 
+    source = plan.source_run
+    plan = dataclasses.replace(
+        plan, sending=lambda row, at: action.journal(sending(action.run_id, source, row, at))
+    )
     watcher = Watcher(plan, concurrency=router.limits.concurrency, done=ended)
 
     async def worker(stream: ObjectReceiveStream[Record]) -> None:
@@ -252,6 +261,26 @@ async def _one(
     except (RouteClosed, ProjectLookupFailed) as exc:
         return project, Finding(outcome=Action.FAILED, code=exc.code, message=exc.message)
     return project, found if isinstance(found, Finding) else (route, row, found)
+
+
+def sending(run_id: str, source_run: str, row: Record, updated: str | None) -> ActionRecord:
+    """The ``sending`` line written before a row's rollback leaves: the disk's updated_at as looked at."""
+    now = now_iso()
+    return ActionRecord(
+        run_id=run_id,
+        command="rollback",
+        key=f"row:{row.row}",
+        outcome=Action.SENDING,
+        row=row.row,
+        volume_id=row.volume_id,
+        project_id=row.project_id,
+        region=row.region,
+        snapshot_id=row.snapshot_id,
+        source_run=source_run,
+        started_at=now,
+        finished_at=now,
+        disk_updated_at=updated,
+    )
 
 
 def record_of(

@@ -318,6 +318,23 @@ class Tally:
             return []
         return first_without_record(self.manifest_rows, self._marked)
 
+    def missing_line(self) -> str:
+        """What the summaries (text and markdown) say of the rows without a record, and what to do."""
+        named = self.without_record()
+        more = "" if len(named) >= self.missing else ", ..."
+        shown = f" (rows {', '.join(map(str, named))}{more})" if named else ""
+        return (
+            f"{self.missing} of {self.manifest_rows} rows have no record{shown}: not reached, or in "
+            "flight when the run stopped; "
+            + (DRY_RUN_ADVICE if self.dry_run else "run the same create command with --resume")
+        )
+
+    @property
+    def resume_next(self) -> bool:
+        """``create --resume`` is a next step: rows without a record, or ``failed`` ones (not in a dry run,
+        which is never resumed)."""
+        return not self.dry_run and bool(self.missing or self.to_act_count.get(Outcome.FAILED.value))
+
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -343,14 +360,7 @@ class Tally:
         else:
             lines = [f"{self.rows} rows: {parts or 'none'}{self._of()}"]
         if self.missing:
-            named = self.without_record()
-            more = "" if len(named) >= self.missing else ", ..."
-            shown = f" (rows {', '.join(map(str, named))}{more})" if named else ""
-            lines.append(
-                f"{self.missing} of {self.manifest_rows} rows have no record{shown}: not reached, or in "
-                "flight when the run stopped; "
-                + (DRY_RUN_ADVICE if self.dry_run else "run the same create command with --resume")
-            )
+            lines.append(self.missing_line())
         if self.duplicates:
             found = sum(self.duplicates.values())
             removed = self.duplicates.get(Outcome.DUPLICATE_DELETED.value, 0)

@@ -179,7 +179,14 @@ class RateLimiter:
     A 429 whose message names the limit (``told_limit``) makes ``TOLD_SHARE`` of it a ceiling, as
     ``--max-rps`` is: the saw-tooth then stays under the limit instead of probing past it. The first
     such 429 also sets the rate to that ceiling (no slow climb from a low first estimate); a limit
-    shared with other clients, or a message that names another policy's limit, still meets the cuts.
+    shared with other clients, or a message that names another policy's limit, still meets the cuts:
+    a 429 while paced under the named limit takes the rate to ``DECREASE`` times what got through
+    since the first 429 (the first estimate at the least), and it climbs from there. Under a named
+    limit every ``WINDOW`` without a 429 grows the rate by ``PROBE`` (the ceiling bounds it).
+
+    A gap of more than ``GAP`` in the sending, though the pace allowed a request (no row was ready, or
+    the process stood still), starts the success history again: the window before it says nothing
+    of the limit, and a 429 lowers the rate only once a ``WINDOW`` of the new history exists.
 
     The first 429 ends the unpaced start. A gateway's burst allowance (a limit of R a second lets
     about R through at once, then R a second) makes the service look faster than its limit until
@@ -207,6 +214,7 @@ class RateLimiter:
     WINDOW = 1.0
     PROBE = 1.25
     TOLD_SHARE = 0.97
+    GAP = 0.25  # seconds with no request sent though the pace allowed one: the history starts again
     KEEP = 64  # successes kept untrimmed at the least (``_trim``)
 
     def __init__(
@@ -239,10 +247,13 @@ class RateLimiter:
         self.started = 0  # requests let through
         self._answered = 0  # successes and 429s seen
         self._restarted: float | None = None  # when the first 429 came
+        self._since = 0.0  # when the success history started again (the first 429, or after a gap)
         self._early = 0  # successes of the first estimate (the last window's before the first 429)
         self._early_span = self.WINDOW  # the seconds they are counted over
         self._owed = 0  # answers still due for requests in flight at the first 429
+        self._clear_at = 0  # ``started`` when the last of those came: a slot taken after is paced alone
         self._probing = False  # from the first 429 until a later one lowers the rate
+        self._told = False  # a 429 named the limit: under it, the rate climbs back as when probing
         self._last_throttle = -1e9
 
     async def acquire(self) -> None:
@@ -257,6 +268,14 @@ class RateLimiter:
         if self.rate is None:
             return 0.0
         now = self._clock()
+        if now - self._next > self.GAP and self._restarted is not None:
+            # Nothing was sent for a while though the pace allowed it (no row was ready, or the process
+            # stood still: a stopped job, a busy machine): the last window's successes say nothing of
+            # the limit, and the requests out before the gap may arrive in a clump. The history starts
+            # again, and a 429 lowers the rate once a window of it exists.
+            self._successes.clear()
+            self._first_success = None
+            self._since = now
         slot = max(now, self._next)
         self._next = slot + 1.0 / self.rate
         return slot - now
@@ -282,9 +301,11 @@ class RateLimiter:
             successes.popleft()
         self._keep = max(self.KEEP, 2 * len(successes))
 
-    def on_throttled(self, told: float | None = None) -> None:
-        """A 429; ``told``: the requests a second its message names as the limit (``told_limit``)."""
+    def on_throttled(self, told: float | None = None, ticket: int | None = None) -> None:
+        """A 429; ``told``: the requests a second its message names as the limit (``told_limit``);
+        ``ticket``: ``started`` just after this request took its slot (``None``: after all others)."""
         if told is not None:
+            self._told = True
             ceiling = max(self.MIN_RATE, told * self.TOLD_SHARE)
             self.ceiling = ceiling if self.ceiling is None else min(self.ceiling, ceiling)
         self.throttled += 1
@@ -304,12 +325,23 @@ class RateLimiter:
         else:
             if self._owed > 0:
                 self._owed -= 1
-            elif self._trusting:
-                # Paced under the named limit, and still throttled: the limit that binds is another
-                # (shared with other clients, or another policy's). Back to the estimate, and climb.
+                if not self._owed:
+                    self._clear_at = self.started
+            elif (
+                self._trusting
+                and (ticket is None or ticket > self._clear_at)
+                and (self._since == self._restarted or now - self._since >= self.WINDOW)
+            ):
+                # Paced under the named limit, and still throttled, though sent after every request of
+                # the unpaced start was answered (those still out spend the gateway's tokens too), and
+                # not in the window after a gap (the requests out before it arrive in a clump): the
+                # limit that binds is another (shared with other clients, or another policy's), or the
+                # sends came in a clump (a loaded machine). Down to just under what got through since
+                # the first 429, never below the first estimate, and climb.
                 self._trusting, self._probing = False, True
-                self.rate = min(self._estimate, self.ceiling or self._estimate)
-            if now - self._restarted >= self.WINDOW:
+                through = max(self._estimate, self.DECREASE * self.success_rate())
+                self.rate = min(through, self.ceiling or through)
+            if now - self._since >= self.WINDOW:
                 self._probing = False
                 self._cut(now, self.success_rate())
         if self.rate is not None:
@@ -322,9 +354,10 @@ class RateLimiter:
         self.success_rate()  # drops the successes older than a window
         self._early = len(self._successes)
         self._owed = self.started - self._answered
+        self._clear_at = self.started
         if self._owed > 0 and self._first_success is not None:
             self._early_span += min(self.WINDOW, now - self._first_success)
-        self._restarted = now
+        self._restarted = self._since = now
         self._successes.clear()
         self._first_success = now
         self._cut(now, self._early / self._early_span)
@@ -347,6 +380,8 @@ class RateLimiter:
         now = self._clock()
         if self._owed > 0:  # in flight at the first 429: part of the first estimate, not of the history
             self._owed -= 1
+            if not self._owed:
+                self._clear_at = self.started
             self._early += 1
             allowed = self._early / self._early_span
             if self.rate is not None and allowed * self.DECREASE > self.rate:
@@ -360,7 +395,7 @@ class RateLimiter:
                 self._trim(now)
         if self.rate is None:
             return
-        if self._probing and now - self._last_throttle >= self.WINDOW:
+        if (self._probing or self._told) and now - self._last_throttle >= self.WINDOW:
             self.rate *= self.PROBE ** (1.0 / self.rate)  # about PROBE times per second
         else:
             self.rate += self.RECOVERY * self._cut_from / self.rate  # about RECOVERY * cut-from per second

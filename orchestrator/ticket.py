@@ -43,11 +43,12 @@ def table(head: list[str], lines: Iterable[list[object]], total: int, what: str)
     return out
 
 
-def follow_ups(report: Path, header: RunHeader | None) -> list[str]:
+def follow_ups(report: Path, header: RunHeader | None, tally: Tally) -> list[str]:
     """The commands that act on this report next, with the options of the run the report knows: where it
     sent its requests (``--endpoint``, ``--iam-endpoint``, ``--ca-bundle``, ``--auth``, ``--region``), and
     for ``cleanup`` its ``--project-id`` (records name their own project; cleanup also searches the run's
-    projects by it). Credentials are never among them: they come from the environment, as for the run."""
+    projects by it). A create run with rows to send again (``tally.resume_next``) is resumed first.
+    Credentials are never among them: they come from the environment, as for the run."""
     shape = {} if header is None else header.shape
     given = {} if header is None else header.connection
     where_to = "".join(
@@ -60,7 +61,11 @@ def follow_ups(report: Path, header: RunHeader | None) -> list[str]:
     quoted = shlex.quote(str(report.resolve()))
     command = "create" if header is None else header.command
     if command == "create":
+        named = header is not None and header.manifest not in ("", "<stdin>")
+        manifest = shlex.quote(header.manifest) if header is not None and named else "MANIFEST"
+        resume = f"evs-snapshot create {manifest} --resume --report {quoted}{where_to}{project}"
         return [
+            *([f"{resume}  # and the run's other options"] if tally.resume_next else []),
             f"evs-snapshot wait {quoted}{where_to}",
             f"evs-snapshot rollback {quoted} --apply{where_to}",
             f"evs-snapshot cleanup {quoted} --apply{where_to}{project}",
@@ -103,7 +108,7 @@ def markdown(report: Path, header: RunHeader | None, tally: Tally, exit_code: in
         out += _create_tables(report, tally)
     else:
         out += _action_tables(report, tally)
-    out += ["", "#### Follow-up commands", "", "```sh", *follow_ups(report, header), "```", ""]
+    out += ["", "#### Follow-up commands", "", "```sh", *follow_ups(report, header, tally), "```", ""]
     return "\n".join(out)
 
 
@@ -121,7 +126,9 @@ def _create_tables(report: Path, tally: Tally) -> list[str]:
         "snapshots",
     )
     retry = sum(tally.to_act_count.values())
-    out += ["", f"#### Rows to retry ({retry})", ""]
+    out += ["", f"#### Rows to retry ({retry + tally.missing})", ""]
+    if tally.missing:
+        out += [tally.missing_line(), *([""] if retry else [])]
     if retry:
         out += table(
             ["row", "disk", "outcome", "error", "why, and the next step"],
@@ -133,7 +140,7 @@ def _create_tables(report: Path, tally: Tally) -> list[str]:
             retry,
             "rows",
         )
-    else:
+    elif not tally.missing:
         out.append("none")
     return out
 

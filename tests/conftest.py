@@ -18,11 +18,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import coverage
 import pytest
 from hypothesis import HealthCheck, settings
 
+# aiohttp as the tool loads it (api/tls.py): without the two CA-loading TLS contexts it builds at import
+# and no test uses, about 0.06 s of CPU in pytest and in each worker.
+from orchestrator.api.tls import aiohttp
 from orchestrator.emulator import (
     EmulatorSettings,
     EmulatorThread,
@@ -50,11 +52,22 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist the controller runs no test, yet pytest-cov traces it all along (its start-up, then
+    each of the workers' reports as it arrives): once this conftest is imported (the package's
+    import-time lines it ran, every worker runs too), its coverage stops. What it measured is kept and
+    combined with the workers' as before."""
+    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
+        while (running := coverage.Coverage.current()) is not None:
+            running.stop()
+
+
 @pytest.hookimpl(hookwrapper=True, trylast=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    """``no_cover`` under xdist: pytest-cov pauses its worker's coverage, but an xdist worker also holds
-    a second one (pytest-cov starts its controller's there too), which the pause resumes; stop every
-    coverage still tracing for the test, and start them again after it."""
+    """``no_cover`` under xdist: pytest-cov pauses its worker's coverage, but an xdist worker may also
+    hold a second one (pytest-cov starts its controller's there too; ``tests/__init__.py`` stops it),
+    which the pause would resume; stop every coverage still tracing for the test, and start them again
+    after it."""
     stopped: list[coverage.Coverage] = []
     if item.get_closest_marker("no_cover") is not None:
         while (running := coverage.Coverage.current()) is not None:

@@ -29,6 +29,7 @@ from orchestrator.api import signing
 from orchestrator.api.credentials import OutgoingRequest, TokenAuth
 from orchestrator.api.routes import Route, Router, connect
 from orchestrator.cli import main
+from orchestrator.commands import emulator as emulator_command
 from orchestrator.config import Connection, Endpoints, Limits
 from orchestrator.emulator import (
     EmulatorThread,
@@ -130,6 +131,17 @@ def records(path: Path) -> list[dict[str, Any]]:
     return [line for line in lines(path) if line.get("type") != "run" and line.get("outcome") != "sending"]
 
 
+def validated_and_planned(
+    manifest: Path, report: Path, **options: object
+) -> tuple[tuple[int, str], tuple[int, dict[int, tuple[str, str | None]]]]:
+    """``validate`` and ``create --dry-run`` of one manifest with the same options, in-process:
+    validate's exit code and count line, the dry run's exit code and each row's outcome and error code."""
+    checked = invoke(cli_args("validate", manifest, **options))
+    planned = invoke(cli_args("create", manifest, report=report, dry_run=True, **options))
+    verdicts = {r["row"]: (r["outcome"], r["error_code"]) for r in records(report)}
+    return (checked.exit_code, checked.stdout.splitlines()[-1]), (planned.exit_code, verdicts)
+
+
 def journal(path: Path) -> list[dict[str, Any]]:
     """The ``sending`` records of a report: one per create request that left, written before it left."""
     return [line for line in lines(path) if line.get("outcome") == "sending"]
@@ -179,6 +191,15 @@ def run_process(args: list[str], env: Mapping[str, str] | None = None) -> subpro
         stderr=subprocess.PIPE,
         env={**os.environ, **AKSK_ENV, **(env or {})},
     )
+
+
+def emulator_as_commanded(args: list[str]) -> EmulatorThread:
+    """The emulator ``evs-snapshot emulator ARGS`` would serve, on a thread of this process (not started):
+    the command's own parser and ``settings_from`` make its settings from the same command line. The
+    command as a real process (its address line, SIGTERM, exit 0): test_create_cli's
+    ``test_emulator_command_serves_until_sigterm``."""
+    context = emulator_command.command.make_context("emulator", list(args))
+    return EmulatorThread(emulator_command.settings_from(context.params))
 
 
 def wait_for_records(report: Path, count: int, process: subprocess.Popen[bytes], limit: float = 30.0) -> None:

@@ -39,15 +39,20 @@ from orchestrator.errors import (
 from orchestrator.retry import Verdict
 from tests.helpers import (
     AKSK,
+    CLOSED_PORT,
+    LIST_ROUTE,
     PROJECT,
     REGION,
     TOKEN,
     WRONG,
     answering,
     hits,
+    journal,
+    last_per_row,
     records,
     requests_of,
     router_for,
+    snapshot_request,
     stand_in,
     volume_ids,
 )
@@ -434,36 +439,84 @@ def test_secrets_never_leak(
         assert secret not in everything
 
 
-def test_unreachable_iam_sends_nothing_and_fails_rows(
-    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+@pytest.mark.parametrize(
+    ("env", "where"),
+    [(PASSWORD_ENV, ["--project-id", PROJECT]), (AKSK, ["--region", REGION])],
+    ids=["password", "aksk-lookup"],
+)
+def test_unreachable_iam_closes_the_run_without_sending(
+    emulator_thread: Callable[..., Any],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    env: dict[str, str],
+    where: list[str],
 ) -> None:
-    """When IAM cannot be reached for a password token, no create is sent and rows fail CONNECT_FAILED."""
+    """IAM on a closed port (a password token, or AK/SK's project lookup): 3 IAM requests in all, then
+    every row ends ENDPOINT_UNREACHABLE with attempts 0 and no ``sending`` record, and the run exits 3,
+    as for an EVS endpoint that cannot be reached."""
     emu = emulator_thread(any_volume=True)
-    report = tmp_path / "r.jsonl"
-    result = invoke(
-        [
-            "create",
-            str(manifest_of(write, volume_ids(3, seed=28))),
-            "--endpoint",
-            emu.url,
-            "--iam-endpoint",
-            "http://127.0.0.1:9",
-            "--project-id",
-            PROJECT,
-            "--report",
-            str(report),
-            "--max-attempts",
-            "2",
-            "--backoff-max",
-            "0.05",
-        ],
-        env=PASSWORD_ENV,
-    )
-    assert result.exit_code == 1, result.output
+    report, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
+    args = [
+        "create",
+        str(manifest_of(write, volume_ids(12, seed=28))),
+        "--endpoint",
+        emu.url,
+        "--iam-endpoint",
+        CLOSED_PORT,
+        *where,
+        "--report",
+        str(report),
+        "--summary-json",
+        str(summary),
+        "--concurrency",
+        "4",
+        "--backoff-max",
+        "0.05",
+    ]
+    result = invoke(args, env=env)
+    assert result.exit_code == 3, result.output
     got = records(report)
-    assert {(r["outcome"], r["error_code"]) for r in got} == {("failed", "CONNECT_FAILED")}
-    assert all(r["reconciled"] is False for r in got)
+    assert len(got) == 12
+    assert {(r["outcome"], r["error_code"], r["attempts"]) for r in got} == {
+        ("failed", "ENDPOINT_UNREACHABLE", 0)
+    }
+    assert all("IAM at http://127.0.0.1:1 cannot be reached" in r["error_message"] for r in got)
+    assert journal(report) == []  # no create left: none was promised
+    assert orjson.loads(summary.read_bytes())["requests_by_kind"] == {"iam": 3}  # one lookup, 3 tries
+    assert "--iam-endpoint" in result.stderr
     assert emu.state()["requests"] == {}  # neither a create nor a lookup reached EVS
+    # With IAM back, --resume sends every row at once: nothing was in doubt, so nothing is looked up.
+    args[args.index(CLOSED_PORT)] = emu.url
+    again = invoke([*args, "--resume"], env=env)
+    assert again.exit_code == 0, again.output
+    assert Counter(r["outcome"] for r in last_per_row(report).values()) == {"accepted": 12}
+    assert LIST_ROUTE not in emu.state()["requests"]
+
+
+async def test_a_request_without_its_token_never_left(emulator: Callable[..., Any]) -> None:
+    """IAM answers 503 for the token: the create fails in transport, its journal line is not written and
+    it is not counted as a create (only the IAM request is), and EVS sees nothing."""
+    emu = await emulator(any_volume=True)
+    busy = answering(503, {"error_msg": "busy", "error_code": "IAM.0500"})
+    journalled: list[int] = []
+    async with (
+        stand_in({"POST /v3/auth/tokens": busy}) as (iam_url, _seen),
+        contextlib.AsyncExitStack() as stack,
+    ):
+        endpoints = Endpoints(evs=URL(emu.url), iam=URL(iam_url))
+        router = await connect(stack, Connection(endpoints=endpoints, environ=PASSWORD_ENV))
+        route = router.route_at(None, PROJECT)
+        call = evs.create_snapshot(
+            PROJECT, snapshot_request(volume_ids(1, seed=31)[0]), "run", before=lambda: journalled.append(1)
+        )
+        with pytest.raises(TransportError) as caught:
+            await route.send(call)
+    assert caught.value.from_iam
+    assert caught.value.code == "IAM_503"
+    assert journalled == []
+    assert router.counts() == {"iam": 1}
+    assert router.closures() == []  # IAM answered: it is not out of reach
+    assert emu.world.requests == {}
 
 
 def test_project_iam_will_not_scope_fails_its_rows(
@@ -484,11 +537,15 @@ def test_project_iam_will_not_scope_fails_its_rows(
             "f" * 32,
             "--report",
             str(report),
+            "--summary-json",
+            str(tmp_path / "s.json"),
         ],
         env=PASSWORD_ENV,
     )
     assert result.exit_code == 1, result.output
     assert {(r["outcome"], r["error_code"]) for r in records(report)} == {("failed", "PROJECT_NOT_FOUND")}
+    assert journal(report) == []  # no token, so no create left: none is journalled or counted
+    assert set(orjson.loads((tmp_path / "s.json").read_bytes())["requests_by_kind"]) == {"iam"}
 
 
 async def test_a_password_token_outlives_an_unreachable_iam() -> None:

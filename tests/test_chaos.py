@@ -3,10 +3,9 @@
 Tens of rows (it had 90) and fault shares high enough that each fault still happens (asserted below).
 The 429's message names the limit (75/s), so the route goes straight to just under it. The burst of 8
 is half the send window's first width (16 requests at once): the first fan-out meets 429s however
-slow the machine. The route's first estimate is about the burst a second, and a 429 while it is paced
-under the named limit (a loaded machine sends in clumps) sends it back there, then climbs 1.25 times a
-second: with a burst of 2 a run took 8-11 s instead of 2-3 s, about one in three, under load; a clump
-must now be 8 requests. The emulator's clock jumps over its own delays between two commands
+slow the machine. A 429 while the route is paced under the named limit (a loaded machine sends in
+clumps, and a stalled one sees little get through) cuts the rate to just under what got through: with
+a burst of 2 a run took 8-12 s against 7-8 s with 8 (load 7); a clump must now be 8 requests. The emulator's clock jumps over its own delays between two commands
 (``LeapingClock``) instead of sleeping them out. A kill and a resume at full size:
 ``benchmarks/killresume.py``."""
 

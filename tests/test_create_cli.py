@@ -17,7 +17,7 @@ import pytest
 from orchestrator.emulator import SeedVolume
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
 from tests import helpers
-from tests.helpers import AKSK, PROJECT, TOKEN, TOKEN_ENV, records, seeds, volume_ids
+from tests.helpers import AKSK, NO_CREDENTIALS, PROJECT, TOKEN, TOKEN_ENV, records, seeds, volume_ids
 
 IDS = volume_ids(8)
 REPORT_FIELDS = {
@@ -418,23 +418,21 @@ def test_stdin_manifest_and_stdout_report(emulator_thread: Callable[..., Any]) -
 
 def test_stdin_needs_format() -> None:
     """Reading standard input without --format is a usage error (exit 2)."""
-    result = run_cli(["create", "-", "--project-id", PROJECT], env={}, stdin=b"")
-    assert result.returncode == 2
-    assert b"--format" in result.stderr
-    assert b"Traceback" not in result.stderr
+    result = invoke(["create", "-", "--project-id", PROJECT], input=b"")
+    assert result.exit_code == 2
+    assert "--format" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_emulator_demo_mode(tmp_path: Path) -> None:
     """--emulator runs the sample against an in-process emulator and shows every outcome."""
     sample = Path(__file__).parent.parent / "samples" / "volumes.csv"
     report = tmp_path / "demo.jsonl"
-    result = run_cli(
-        ["create", str(sample), "--emulator", "--report", str(report)], env={"OS_AUTH_TOKEN": ""}
-    )
-    assert result.returncode == 1, result.stderr
+    result = invoke(["create", str(sample), "--emulator", "--report", str(report)], base=NO_CREDENTIALS)
+    assert result.exit_code == 1, result.stderr
     outcomes = Counter(r["outcome"] for r in records(report))
     assert outcomes == {"accepted": 3, "rejected": 2, "invalid": 2}
-    assert b"warning" not in result.stderr
+    assert "warning" not in result.stderr
 
 
 def test_emulator_command_serves_until_sigterm(tmp_path: Path) -> None:

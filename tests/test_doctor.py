@@ -17,6 +17,9 @@ from click.testing import Result
 from orchestrator.api.clock import gateway_offset
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
+from orchestrator.findings import Result as CheckResult
+from orchestrator.findings import groups_check
+from orchestrator.models import Answer
 from tests.helpers import (
     CLOSED_PORT,
     CREATE_ROUTE,
@@ -642,3 +645,18 @@ def test_the_snapshot_group_check(
     assert row.startswith(shown), row
     assert said in row
     assert requests_of(emu.state(), "GET /v5/{project_id}/snapshot-groups/detail")
+
+
+def test_a_server_error_on_the_group_list_is_not_read_as_a_missing_grant() -> None:
+    """Only a 403 names the grant; a 502 says the list did not answer and to run doctor again."""
+    sent = ("GET /v5/{project_id}/snapshot-groups/detail",)
+    error = {"error": {"code": "APIGW.0101", "message": "bad gateway"}}
+    broken = groups_check(Answer(status=502, body=error, request_id=None), sent)
+    assert broken.result is CheckResult.WARN
+    assert "did not answer" in broken.meaning
+    assert broken.fix is not None
+    assert "grant evs" not in broken.fix
+    denied = {"error": {"code": "EVS.0403", "message": "denied"}}
+    refused = groups_check(Answer(status=403, body=denied, request_id=None), sent)
+    assert refused.fix is not None
+    assert "grant evs:snapshots:list" in refused.fix

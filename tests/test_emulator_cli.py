@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -36,7 +34,7 @@ from orchestrator.emulator import (
     serving,
 )
 from orchestrator.errors import UsageError
-from tests.helpers import API_IDS, PROJECT, TOKEN, installed, invoke, volume_ids
+from tests.helpers import API_IDS, PROJECT, TOKEN, emulator_as_commanded, installed, invoke, volume_ids
 
 IDS = volume_ids(4, seed=5)
 SNAP_IDS = volume_ids(4, seed=6)
@@ -224,46 +222,37 @@ def test_command_wires_the_new_options(write: Callable[..., Path]) -> None:
         *("--port", "0", "--token", TOKEN, "--volumes", str(volumes), "--snapshots", str(snapshots)),
         *("--snapshot-quota", "5", "--iam-deny-list-projects", "--fault-list", "1"),
     ]
-    with subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "emulator", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    ) as process:
-        try:
-            assert process.stdout is not None
-            url = process.stdout.readline().decode().split()[-1]
-            _, state = get(url, "/_emulator/state")
-            assert state["snapshots"] == [
-                {
-                    "id": SNAP_IDS[0],
-                    "volume_id": IDS[0],
-                    "project_id": PROJECT,
-                    "name": "nightly",
-                    "status": "available",
-                    "created_at": "2020-05-06T07:08:09.000001",
-                    "metadata": {"evs_snapshot_run": "run-1"},
-                }
-            ]
-            [volume] = state["volumes"]
-            assert (volume["status"], volume["attachments"][0]["server_id"]) == ("in-use", "srv-9")
-            assert state["rollbacks"] == []
-            status, quota = get(url, f"/v2/{PROJECT}/os-quota-sets/{PROJECT}?usage=True")
-            assert (
-                status,
-                quota["quota_set"]["snapshots"]["limit"],
-                quota["quota_set"]["snapshots"]["in_use"],
-            ) == (
-                200,
-                5,
-                1,
-            )
-            assert get(url, "/v3/projects")[0] == 403
-            assert get(url, "/v3/auth/projects")[0] == 200
-            assert get(url, f"/v2/{PROJECT}/cloudsnapshots/detail")[0] == 503
-            assert get(url, f"/v2/{PROJECT}/cloudsnapshots/{SNAP_IDS[0]}")[0] == 200
-        finally:
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=10) == 0
+    with emulator_as_commanded(args) as served:
+        url = served.url
+        _, state = get(url, "/_emulator/state")
+        assert state["snapshots"] == [
+            {
+                "id": SNAP_IDS[0],
+                "volume_id": IDS[0],
+                "project_id": PROJECT,
+                "name": "nightly",
+                "status": "available",
+                "created_at": "2020-05-06T07:08:09.000001",
+                "metadata": {"evs_snapshot_run": "run-1"},
+            }
+        ]
+        [volume] = state["volumes"]
+        assert (volume["status"], volume["attachments"][0]["server_id"]) == ("in-use", "srv-9")
+        assert state["rollbacks"] == []
+        status, quota = get(url, f"/v2/{PROJECT}/os-quota-sets/{PROJECT}?usage=True")
+        assert (
+            status,
+            quota["quota_set"]["snapshots"]["limit"],
+            quota["quota_set"]["snapshots"]["in_use"],
+        ) == (
+            200,
+            5,
+            1,
+        )
+        assert get(url, "/v3/projects")[0] == 403
+        assert get(url, "/v3/auth/projects")[0] == 200
+        assert get(url, f"/v2/{PROJECT}/cloudsnapshots/detail")[0] == 503
+        assert get(url, f"/v2/{PROJECT}/cloudsnapshots/{SNAP_IDS[0]}")[0] == 200
 
 
 async def test_serve_forever_stops_on_sigterm(capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,6 +33,7 @@ from orchestrator.errors import ReportUnwritable
 from orchestrator.report import ReportWriter
 from tests.helpers import (
     AKSK_ENV,
+    API_IDS,
     CREATE_ROUTE,
     EDGE_RUN,
     FAST_RETRIES,
@@ -553,6 +554,36 @@ def test_report_file_that_cannot_grow_keeps_only_whole_records(tmp_path: Path) -
     assert "the run stopped after 1 records" in message
     assert "--resume" in message
     assert path.read_bytes() == first
+
+
+@pytest.mark.parametrize("command", ["create", "hold"])
+def test_a_lock_directory_that_cannot_grow_stops_before_anything_is_sent(
+    emulator_thread: Callable[..., Any],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    lock_dir_of_the_test: Path,
+    command: str,
+) -> None:
+    """No room for a lock file's holder line (``ulimit -f 0``): exit 3 as for a report that cannot be
+    written, one line naming the lock directory, nothing sent, no lock file and no report left."""
+    emu = emulator_thread(any_volume=True)
+    report = tmp_path / "r.jsonl"
+    if command == "create":
+        args = create_args(emu.url, csv_manifest(write, volume_ids(2, seed=133)), report)
+    else:
+        args = cli_args("hold", snapshot=API_IDS[0], reason="x", project_id=PROJECT, endpoint=emu.url)
+        args += ["--report", str(report)]
+    with file_size_limit(0):
+        result = invoke(args)
+    assert result.exit_code == 3, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("evs-snapshot: error:")]
+    assert len(errors) == 1, result.stderr
+    assert f"cannot write the lock file {lock_dir_of_the_test}/" in errors[0]
+    assert f"{os.strerror(errno.EFBIG)}; nothing was sent. Free space in {lock_dir_of_the_test} " in errors[0]
+    assert "internal error" not in result.stderr
+    assert emu.state()["requests"] == {}
+    assert list(lock_dir_of_the_test.iterdir()) == []
+    assert not report.exists()
 
 
 def test_stdout_report_whose_reader_left_stops_with_the_run_marker() -> None:

@@ -488,7 +488,7 @@ def test_project_lookup_failures_stop_before_listing(
         ]
     )
     assert away.exit_code == 3, away.output
-    assert "cannot reach IAM to find a project" in away.output
+    assert "cannot find the project of region cn-north-4: ENDPOINT_UNREACHABLE: IAM at" in away.output
     assert LIST not in emu.state()["requests"]
     assert DELETE not in emu.state()["requests"]
 

@@ -34,9 +34,8 @@ CHAOS = {
     "fault_drop_after": 0.1,  # tens of rows: each fault still happens (asserted)
     # The burst is half the send window's first width (SendWindow.FIRST, 16 at once): the first fan-out
     # meets 429s however slow the machine. The limit named, the route is paced just under it; a 429
-    # then (a loaded machine sends in clumps) sends it back to its first estimate, about the burst a
-    # second, to climb 1.25 times a second. With 150/s and a burst of 4 every run under load took 7-8 s
-    # (a clump of 5 was enough); with 75/s and 8, 2-3 s.
+    # then (a loaded machine sends in clumps) cuts the rate to just under what got through. With 150/s
+    # and a burst of 4 every run under load took 7-8 s (a clump of 5 was enough); with 75/s and 8, 2-3 s.
     "rate_limit": 75,
     "burst": 8,
     "latency_ms": 5,

@@ -8,6 +8,7 @@ disk and snapshot states it checks; the runbook test runs the real create first.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import shutil
 import signal
@@ -24,11 +25,14 @@ import orjson
 import pytest
 
 from orchestrator.actions import Action
+from orchestrator.api import evs
+from orchestrator.api.safe import show_volume
 from orchestrator.config import WaitPlan
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from orchestrator.lock import RunLock, run_lock
 from orchestrator.models import Outcome, Record
-from orchestrator.restore import RestorePlan, plan_row
+from orchestrator.report import final_records
+from orchestrator.restore import Finding, RestorePlan, Watch, plan_row, start_row
 from orchestrator.retry import RetryPolicy
 from tests.helpers import (
     CLOSED_PORT,
@@ -400,6 +404,62 @@ def test_sigterm_drains_then_resume_finishes(
         (3, "rolled_back"),
     ]
     assert rollbacks_per_snapshot(emu.state()) == dict.fromkeys(SNAPS[:3], 1)
+
+
+def test_a_kill_after_the_sends_then_resume_rolls_each_disk_back_once(
+    emulator_thread: Callable[..., EmulatorThread], clock: Any, tmp_path: Path
+) -> None:
+    """kill -9 while three rollbacks are under way, which then end: --resume finds each disk available
+    again, and its ``sending`` line (written before the POST, with the disk's updated_at then) shows
+    the disk changed since: rolled back, not sent again. Before the journal, each disk was rolled back
+    twice and the resume exited 0."""
+    emu = emulator_thread(clock=clock, rollback_seconds=60, **world(3))  # the clock stands still
+    source = create_report(tmp_path / "create.jsonl", [{}, {}, {}])
+    report = tmp_path / "apply.jsonl"
+    args = cli_args("rollback", source, apply=True, report=report, endpoint=emu.url, concurrency=3)
+    process = run_process([*args, *FAST, *FAST_WAIT])
+    stop = time.monotonic() + 20
+    while len(emu.state()["rollbacks"]) < 3 and time.monotonic() < stop and process.poll() is None:
+        time.sleep(0.02)
+    process.kill()
+    process.communicate(timeout=30)
+    sent = [line for line in lines(report) if line.get("outcome") == "sending"]
+    assert sorted(line["row"] for line in sent) == [1, 2, 3]
+    assert all(line["disk_updated_at"] for line in sent)
+    assert records(report) == []
+    clock.advance(61)  # the rollbacks end while nothing watches
+    result = rollback(emu, source, report, apply=True, resume=True)
+    assert result.exit_code == 0, result.stderr
+    assert [(r["row"], r["outcome"]) for r in records(report)] == [(n, "rolled_back") for n in (1, 2, 3)]
+    assert all("not sent again" in r["error_message"] for r in records(report))
+    assert rollbacks_per_snapshot(emu.state()) == dict.fromkeys(SNAPS[:3], 1)
+    assert "3 records: 3 rolled_back" in result.stderr
+
+
+@pytest.mark.anyio
+async def test_a_send_in_doubt_is_resent_only_when_the_disk_never_changed(
+    emulator: Callable[..., Any], tmp_path: Path
+) -> None:
+    """An earlier run's ``sending`` line and no record: the disk's updated_at as it wrote it decides.
+    Unchanged, the rollback never arrived and is sent; changed, it ran (no request); unknown, nothing
+    tells, so nothing is sent and the row is UNCONFIRMED."""
+    emu = await emulator(rollback_seconds=0, **world(3))
+    rows = list(final_records(create_report(tmp_path / "create.jsonl", [{}, {}, {}])))
+    plan = RestorePlan(source_run=RUN, policy=RetryPolicy(max_attempts=2), settle=0.1, wait=WaitPlan())
+    plan_reads = plan.reads
+    async with routed(emu.url) as route:
+        volume = await show_volume(route, VOLUMES[0], plan_reads, kind=evs.Kind.CHECK)
+        assert volume is not None
+        now = volume.updated_at
+        sent = {1: now, 2: "2026-01-01T00:00:00.000000", 3: None}
+        plan = dataclasses.replace(plan, sent=sent)
+        found = [await start_row(route, row, plan) for row in rows]
+    assert isinstance(found[0], Watch)  # unchanged: sent
+    assert isinstance(found[1], Finding)
+    assert (found[1].outcome, found[1].code) == (Action.ROLLED_BACK, None)
+    assert isinstance(found[2], Finding)
+    assert (found[2].outcome, found[2].code) == (Action.FAILED, "UNCONFIRMED")
+    assert rollbacks_per_snapshot(emu.world.state()) == {SNAPS[0]: 1}
 
 
 def test_plan_counts_rows_without_a_record_against_the_header(

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import signal
-import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -48,6 +45,7 @@ from tests.helpers import (
     VOLUMES,
     call,
     create_report,
+    emulator_as_commanded,
     hits,
     marker,
     records,
@@ -187,29 +185,18 @@ def test_rollback_drop_flags_reach_the_served_emulator(write: Callable[..., Path
         *("--seed", "1", "--fault-rollback-drop-before", "0.5", "--fault-rollback-drop-after", "1"),
         *("--rollback-seconds", "600"),
     ]
-    with subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "emulator", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    ) as process:
-        try:
-            assert process.stdout is not None
-            url = process.stdout.readline().decode().split()[-1]
-            states = []
-            for _ in range(2):
-                request = urllib.request.Request(  # noqa: S310 - the loopback emulator
-                    f"{url}{ROLLBACK_PATH}",
-                    data=orjson.dumps({"rollback": {"volume_id": VOLUMES[0]}}),
-                    headers={"Content-Type": "application/json", "X-Auth-Token": TOKEN},
-                    method="POST",
-                )
-                with pytest.raises((urllib.error.URLError, ConnectionError)):
-                    urllib.request.urlopen(request, timeout=10)  # noqa: S310 - the loopback emulator
-                with urllib.request.urlopen(f"{url}/_emulator/state", timeout=10) as answer:  # noqa: S310
-                    states.append(orjson.loads(answer.read()))
-        finally:
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=10) == 0
+    with emulator_as_commanded(args) as served:
+        states = []
+        for _ in range(2):
+            request = urllib.request.Request(  # noqa: S310 - the loopback emulator
+                f"{served.url}{ROLLBACK_PATH}",
+                data=orjson.dumps({"rollback": {"volume_id": VOLUMES[0]}}),
+                headers={"Content-Type": "application/json", "X-Auth-Token": TOKEN},
+                method="POST",
+            )
+            with pytest.raises((urllib.error.URLError, ConnectionError)):
+                urllib.request.urlopen(request, timeout=10)  # noqa: S310 - the loopback emulator
+            states.append(served.state())
     assert [len(state["rollbacks"]) for state in states] == [0, 1]
     assert [state["volumes"][0]["status"] for state in states] == ["available", "rollbacking"]
     assert states[1]["requests"][ROLLBACK] == {"dropped": 2}

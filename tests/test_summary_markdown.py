@@ -124,6 +124,8 @@ def test_the_block_names_the_run_counts_snapshots_retries_and_follow_ups(tmp_pat
     where = str(report.resolve())
     assert (
         "```sh\n"
+        f"evs-snapshot create night.csv --resume --report {where} --region cn-north-4 --project-id {PROJECT}"
+        "  # and the run's other options\n"
         f"evs-snapshot wait {where} --region cn-north-4\n"
         f"evs-snapshot rollback {where} --apply --region cn-north-4\n"
         f"evs-snapshot cleanup {where} --apply --region cn-north-4 --project-id {PROJECT}\n"
@@ -146,11 +148,45 @@ def test_the_snapshot_table_stops_at_200_lines_and_counts_the_rest(tmp_path: Pat
 
 
 def test_rows_without_a_record_are_counted(tmp_path: Path) -> None:
-    """A run stopped early: the rows that never got a record are a line of the counts (exit 1)."""
+    """A run stopped early: the rows that never got a record are a line of the counts (exit 1), rows to
+    retry with the plain summary's line, and the first follow-up is create --resume."""
     report = write(tmp_path / "cut.jsonl", create_header(5), made(1))
     result = invoke(["summary", str(report), "--format", "markdown"])
     assert result.exit_code == 1
-    assert "| accepted | 1 |\n| (no record) | 4 |\n" in result.stdout
+    block = result.stdout
+    assert "| accepted | 1 |\n| (no record) | 4 |\n" in block
+    missing = "4 of 5 rows have no record (rows 2, 3, 4, 5): not reached, or in flight when the run stopped"
+    assert f"#### Rows to retry (4)\n\n{missing}; run the same create command with --resume\n\n" in block
+    assert missing in invoke(["summary", str(report)]).stdout
+    assert "none" not in block
+    where = report.resolve()
+    assert (
+        f"```sh\nevs-snapshot create night.csv --resume --report {where}  # and the run's other options\n"
+        f"evs-snapshot wait {where}\n"
+    ) in block
+
+
+def test_rows_without_a_record_beside_rows_to_retry_and_a_stdin_manifest(tmp_path: Path) -> None:
+    """Rows without a record and a failed row: both counted, the line then the table; a manifest read
+    from standard input is resumed as MANIFEST (its rows come from the operator again)."""
+    header = {**create_header(3), "manifest": "<stdin>"}
+    report = write(tmp_path / "cut.jsonl", header, made(1, outcome="failed", snapshot_id=None))
+    block = invoke(["summary", str(report), "--format", "markdown"]).stdout
+    assert (
+        "#### Rows to retry (3)\n\n2 of 3 rows have no record (rows 2, 3): not reached, or in flight when "
+        "the run stopped; run the same create command with --resume\n\n| row | disk |"
+    ) in block
+    assert f"| 1 | {disk(1)} | failed |" in block
+    assert f"```sh\nevs-snapshot create MANIFEST --resume --report {report.resolve()}  #" in block
+
+
+def test_a_cut_short_dry_run_is_planned_again_not_resumed(tmp_path: Path) -> None:
+    """A dry run's report missing rows: the block says to plan again, and offers no create --resume."""
+    report = write(tmp_path / "plan.jsonl", create_header(2, dry_run=True), made(1, outcome="planned"))
+    block = invoke(["summary", str(report), "--format", "markdown"]).stdout
+    assert "#### Rows to retry (1)\n\n1 of 2 rows have no record (rows 2)" in block
+    assert "a dry run is not resumed: run it again with another --report" in block
+    assert "--resume" not in block
 
 
 def test_json_is_a_format_and_an_alias(tmp_path: Path) -> None:

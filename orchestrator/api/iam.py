@@ -2,13 +2,19 @@
 
 Many workers may need a token at the same moment; a lock per project makes exactly one of them ask
 IAM while the others wait for its answer (no burst of token requests).
+
+IAM is found unreachable as an EVS endpoint is (``session.Endpoint``): ``UNREACHABLE_AFTER`` connect,
+DNS or TLS failures in a row before it ever answered. One IAM call tries that often at once, so the
+first token or project lookup finds it out; from then on every call (every row's token, every
+region's lookup) raises ``RouteClosed`` (``ENDPOINT_UNREACHABLE``) without a request, and the run
+exits 3 (``ProjectResolver.closures``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import anyio
@@ -16,19 +22,24 @@ import orjson
 
 from orchestrator.api import signing
 from orchestrator.api.credentials import Authenticator, OutgoingRequest
-from orchestrator.api.session import Caller
+from orchestrator.api.session import UNREACHABLE_AFTER, Caller, Endpoint
 from orchestrator.errors import Closure, CredentialsRefused, ProjectLookupFailed, TransportError
 from orchestrator.models import Answer
+from orchestrator.retry import RetryPolicy, TryAgain, retrying
 
 IAM_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 MAX_RENEW_MARGIN = 600.0
+# A call to IAM that never got through (connect, DNS, TLS) before IAM ever answered is tried again at
+# once, until IAM answers or is found unreachable (``UNREACHABLE_AFTER`` such failures in a row).
+AT_ONCE = RetryPolicy(max_attempts=UNREACHABLE_AFTER, initial_wait=0.0, max_wait=0.0)
+IAM_ADVICE = "check --iam-endpoint (or HUAWEICLOUD_SDK_IAM_ENDPOINT) and the network"
 
 
 class IamClient:
     """The IAM calls the tool makes: a password token, and the projects of a region."""
 
     def __init__(self, caller: Caller) -> None:
-        self.caller = caller
+        self.endpoint = Endpoint(caller, label="IAM at ", advice=IAM_ADVICE)
         self.requests = 0
 
     async def password_token(self, *, user: str, password: str, domain: str, scope: dict[str, str]) -> Answer:
@@ -41,20 +52,47 @@ class IamClient:
                 "scope": {"project": scope},
             }
         }
-        self.requests += 1
-        return await self.caller.call(
+        return await self._call(
             "POST", "/v3/auth/tokens", auth=None, query=[("nocatalog", "true")], body=orjson.dumps(body)
         )
 
     async def projects(self, region: str, auth: Authenticator) -> Answer:
         """``GET /v3/projects?name=REGION`` (needs ``iam:projects:listProjects``)."""
-        self.requests += 1
-        return await self.caller.call("GET", "/v3/projects", auth=auth, query=[("name", region)])
+        return await self._call("GET", "/v3/projects", auth=auth, query=[("name", region)])
 
     async def my_projects(self, auth: Authenticator) -> Answer:
         """``GET /v3/auth/projects``: the projects the caller may use (no special permission)."""
-        self.requests += 1
-        return await self.caller.call("GET", "/v3/auth/projects", auth=auth)
+        return await self._call("GET", "/v3/auth/projects", auth=auth)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        auth: Authenticator | None,
+        query: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> Answer:
+        """One IAM call's answer; raises ``TransportError`` (no answer), or ``RouteClosed`` when IAM is
+        found unreachable (by this call, or before it: then nothing is sent)."""
+        endpoint = self.endpoint
+        async for attempt in retrying(AT_ONCE, reraise=False):
+            with attempt:
+                endpoint.check_open()
+                self.requests += 1
+                try:
+                    answer = await endpoint.caller.call(method, path, auth=auth, query=query, body=body)
+                except TransportError as exc:
+                    endpoint.on_transport_error(exc)
+                    if exc.may_have_arrived or endpoint.answered:
+                        raise  # IAM may have got it, or answers otherwise: the caller's to decide
+                    raise TryAgain(str(exc)) from None
+                endpoint.on_answer()
+                return answer
+        # Every try failed to connect before IAM ever answered: each was counted, so it is closed now.
+        closure = endpoint.closure
+        assert closure is not None  # noqa: S101 - UNREACHABLE_AFTER connect failures in a row close it
+        raise closure.error()
 
 
 @dataclasses.dataclass(slots=True)
@@ -218,12 +256,15 @@ class ProjectResolver:
         raise CredentialsRefused(code, message) if refused else ProjectLookupFailed(code, message)
 
     def closures(self) -> list[Closure]:
-        """The regions where IAM refused the credentials (each stops the run: exit 3)."""
+        """The regions where IAM refused the credentials, and IAM found unreachable (each stops the
+        run: exit 3)."""
         found = [
             Closure(item[0], item[1]) for item in self._found.values() if isinstance(item, tuple) and item[2]
         ]
         if isinstance(self._auth, PasswordAuth) and self._auth.refused is not None:
             found.append(Closure(*self._auth.refused))
+        if self._iam.endpoint.closure is not None:
+            found.append(self._iam.endpoint.closure)
         return found
 
     async def _lookup(self, region: str) -> str:

@@ -17,7 +17,8 @@ A route closes, and takes no more requests, when:
   API missing in the region); nothing is taken as "gone" from it (only ``Answer.gone`` is); a call
   marked ``optional`` (an API some regions lack) is answered so instead, and the route stays open;
 - the project is wrong (400 ``EVS.0001`` or ``Common.0018`` before anything succeeded);
-- its endpoint cannot be reached (``UNREACHABLE_AFTER`` connect failures in a row and no answer yet).
+- its endpoint cannot be reached (``session.UNREACHABLE_AFTER`` connect failures in a row and no
+  answer yet), or IAM cannot be reached for its token (``IamClient``: the same rule, the same code).
 The request that is refused raises ``RouteClosed`` with the refusal attached (``answer``); a closed
 route raises a fresh ``RouteClosed`` for every later request; the run exits 3.
 """
@@ -34,8 +35,8 @@ from orchestrator.api import signing
 from orchestrator.api.credentials import PasswordCredentials, discover
 from orchestrator.api.evs import Call
 from orchestrator.api.iam import IamClient, PasswordAuth, ProjectResolver
-from orchestrator.api.session import Caller, new_session
-from orchestrator.errors import Closure, TransportError, UsageError
+from orchestrator.api.session import Caller, Endpoint, new_session
+from orchestrator.errors import Closure, ProjectLookupFailed, RouteClosed, TransportError, UsageError
 from orchestrator.models import Answer
 from orchestrator.retry import Verdict, classify
 from orchestrator.throttle import RateLimiter, told_limit
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
 
 EXPIRED_TOKEN = "Common.0013"  # noqa: S105 - an error code, not a secret
 WRONG_PROJECT = frozenset({"EVS.0001", "Common.0018"})
-UNREACHABLE_AFTER = 3
 THROTTLED = frozenset({"APIGW.0308", "APIG.0308"})
 EVS_CODE = "EVS."  # a 404 with an EVS code is the service's own answer about the request, not a missing API
 
@@ -61,35 +61,6 @@ class Reply(NamedTuple):
 
     answer: Answer
     verdict: Verdict
-
-
-class Endpoint:
-    """One EVS base URL: its caller, and whether it has been found unreachable."""
-
-    def __init__(self, caller: Caller) -> None:
-        self.caller = caller
-        self.answered = False
-        self.connect_failures = 0
-        self.closure: Closure | None = None
-
-    @property
-    def url(self) -> URL:
-        return self.caller.base_url
-
-    def on_transport_error(self, exc: TransportError) -> None:
-        if self.answered or exc.may_have_arrived or exc.from_iam:
-            return
-        self.connect_failures += 1
-        if self.connect_failures >= UNREACHABLE_AFTER:
-            self.closure = Closure(
-                "ENDPOINT_UNREACHABLE",
-                f"{self.url} cannot be reached ({self.connect_failures} attempts in a row: {exc}); "
-                "check --endpoint/--region and the network",
-            )
-
-    def on_answer(self) -> None:
-        self.answered = True
-        self.connect_failures = 0
 
 
 class Route:
@@ -151,6 +122,7 @@ class Route:
                 entered = await window.enter()  # before the rate slot: a request let out later is paced
             try:
                 wait = limiter.slot()
+                ticket = limiter.started
                 if wait > 0:
                     await limiter.wait(wait)
                 in_flight = self.in_flight
@@ -169,12 +141,12 @@ class Route:
             finally:
                 if entered is not None and window is not None:
                     window.leave(entered)
-            return self._judge(answer, refusal)  # under the gate, when held: it may prove the route
+            return self._judge(answer, refusal, ticket)  # under the gate, when held: it may prove the route
         finally:
             if gate is not None:
                 gate.release()
 
-    def _judge(self, answer: Answer, refusal: Closure | None) -> Reply:
+    def _judge(self, answer: Answer, refusal: Closure | None, ticket: int) -> Reply:
         """Close the route on a refusal (and raise it), tell the limiter, classify the answer."""
         if refusal is not None:
             if self.closure is None:
@@ -183,7 +155,7 @@ class Route:
         status = answer.status
         verdict = classify(status, None if status < 400 else answer.error()[0])
         if verdict is Verdict.RETRY:
-            self.limiter.on_throttled(told_limit(answer.error()[1]))
+            self.limiter.on_throttled(told_limit(answer.error()[1]), ticket)
         elif status < 500:
             self.proven = True
             self.limiter.on_success()
@@ -191,8 +163,6 @@ class Route:
 
     async def _call(self, call: Call) -> Answer:
         self.counts[call.kind._value_] += 1  # the plain attribute: ``.value`` is a Python-level property
-        if call.before is not None:
-            call.before()
         try:
             answer = await self.endpoint.caller.call(
                 call.method,
@@ -201,9 +171,15 @@ class Route:
                 project_id=self.project_id,
                 query=call.query,
                 body=call.body,
+                before=call.before,  # the journal's line, once the request has its credentials
             )
         except TransportError as exc:
+            if exc.from_iam:  # no credentials (IAM did not answer): the request never left
+                self.counts[call.kind._value_] -= 1
             self.endpoint.on_transport_error(exc)
+            raise
+        except (RouteClosed, ProjectLookupFailed):  # raised getting credentials (IAM): it never left
+            self.counts[call.kind._value_] -= 1
             raise
         self.endpoint.on_answer()
         return answer
@@ -322,6 +298,7 @@ class Router:
         total: Counter[str] = Counter()
         for route in self.routes.values():
             total.update(route.counts)
+        total = +total  # a kind none of whose requests left (IAM gave no credentials) is not shown
         if self.iam.requests:
             total["iam"] = self.iam.requests
         return total

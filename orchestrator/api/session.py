@@ -1,4 +1,5 @@
-"""The run's one aiohttp session and ``Caller``, which sends one request to one base URL.
+"""The run's one aiohttp session; ``Caller``, which sends one request to one base URL; ``Endpoint``,
+which finds a base URL (EVS or IAM) that cannot be reached.
 
 The only place aiohttp errors are caught: every call returns an ``Answer`` for any HTTP status; a
 request that got no HTTP answer raises ``TransportError`` (``RequestTimeout`` when it ran out of time).
@@ -10,7 +11,7 @@ import asyncio
 import platform
 import ssl
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,13 @@ from orchestrator import __version__
 from orchestrator.api import signing, tls
 from orchestrator.api.credentials import AkSkAuth, Authenticator, OutgoingRequest
 from orchestrator.api.tls import aiohttp
-from orchestrator.errors import RequestTimeout, TransportError
+from orchestrator.errors import Closure, RequestTimeout, TransportError
 from orchestrator.models import Answer
 
 USER_AGENT = f"evs-snapshot/{__version__} python/{platform.python_version()}"
 JSON_CONTENT_TYPE = "application/json;charset=utf-8"
 URL_CACHE_SIZE = 64
+UNREACHABLE_AFTER = 3  # connect, DNS or TLS failures in a row, and no answer yet: the endpoint is closed
 # aiohttp gives a POST, PUT or PATCH without a Content-Type one (``application/octet-stream``), which
 # the SDK never sends without a body: a request without a body skips it. One with a body has its own
 # (``Caller.call``), and asks no skip: a skip builds two header dicts a request in aiohttp.
@@ -78,8 +80,12 @@ class Caller:
         project_id: str | None = None,
         query: Sequence[tuple[str, str]] = (),
         body: bytes = b"",
+        before: Callable[[], None] | None = None,
     ) -> Answer:
-        """Send one request and return its answer; raise ``TransportError`` when none came."""
+        """Send one request and return its answer; raise ``TransportError`` when none came.
+
+        ``before`` runs once the request has its credentials, just before it leaves (the journal's
+        ``sending`` line): a request that could not get them (IAM) never left, and runs nothing."""
         query_string = signing.canonical_query(query) if query else ""
         target = f"{path}?{query_string}" if query_string else path
         url = self._urls.get(target)
@@ -108,6 +114,8 @@ class Caller:
                     may_have_arrived=False,
                     from_iam=True,
                 ) from exc
+        if before is not None:
+            before()
         context = self.tls
         if context is None:
             context = self.tls = tls.for_url(self.base_url, self.ca_bundle)
@@ -150,6 +158,46 @@ class Caller:
             raise TransportError(_describe(exc)) from exc
         except (OSError, asyncio.IncompleteReadError) as exc:
             raise TransportError(f"connection to {self.base_url} failed: {exc.__class__.__name__}") from exc
+
+
+class Endpoint:
+    """One base URL (an EVS endpoint, or IAM): its caller, and whether it has been found unreachable
+    (``UNREACHABLE_AFTER`` connect, DNS or TLS failures in a row before it ever answered). ``label``
+    names it in the closure's message, ``advice`` says what to check."""
+
+    def __init__(
+        self, caller: Caller, *, label: str = "", advice: str = "check --endpoint/--region and the network"
+    ) -> None:
+        self.caller = caller
+        self.label = label
+        self.advice = advice
+        self.answered = False
+        self.connect_failures = 0
+        self.closure: Closure | None = None
+
+    @property
+    def url(self) -> URL:
+        return self.caller.base_url
+
+    def check_open(self) -> None:
+        """Raise a fresh ``RouteClosed`` when the endpoint was found unreachable."""
+        if self.closure is not None:
+            raise self.closure.error()
+
+    def on_transport_error(self, exc: TransportError) -> None:
+        if self.answered or exc.may_have_arrived or exc.from_iam:
+            return
+        self.connect_failures += 1
+        if self.connect_failures >= UNREACHABLE_AFTER:
+            self.closure = Closure(
+                "ENDPOINT_UNREACHABLE",
+                f"{self.label}{self.url} cannot be reached ({self.connect_failures} attempts in a row: "
+                f"{exc}); {self.advice}",
+            )
+
+    def on_answer(self) -> None:
+        self.answered = True
+        self.connect_failures = 0
 
 
 def _parse(raw: bytes) -> Any:

@@ -105,7 +105,7 @@ def settings_from(values: dict[str, Any]) -> EmulatorSettings:
 @settings_options
 def command(**values: Any) -> NoReturn:
     """Serve the local EVS emulator until SIGINT/SIGTERM (tests, demos, runbook rehearsal)."""
-    from orchestrator.emulator.server import serve_forever  # noqa: PLC0415 - keeps --help fast
+    from orchestrator.emulator import serve_forever  # noqa: PLC0415 - keeps --help fast
 
     settings = settings_from(values)  # a seed file's errors: cli's boundary
     try:

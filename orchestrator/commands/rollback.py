@@ -51,6 +51,7 @@ from orchestrator.rollback_run import (
     restore_all,
     retried_rows,
     rolled_back_before,
+    sent_rows,
 )
 from orchestrator.tally import Counting, Tally
 
@@ -103,6 +104,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
             wait=settings.wait,
             stopping=lambda: any(stop() for stop in stopping),
             retry=retried_rows(frame.book.last, rows) if settings.retry_failed else frozenset(),
+            sent=sent_rows(frame.sent),
         )
         router = await frame.connect(settings.connection)
         restored = Restored()  # kept whole when the drain's grace runs out and cuts the watching short

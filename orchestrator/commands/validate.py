@@ -54,7 +54,8 @@ class ValidateSettings:
     source: ManifestSource
     defaults: RowDefaults
     policy: RetryPolicy
-    online: Connection | None = None
+    connection: Connection  # where rows go: offline too, since --endpoint makes a row's region optional
+    online: bool = False
 
 
 class _Problems:
@@ -94,7 +95,7 @@ async def validate(settings: ValidateSettings, *, console: Console, stdout: Text
             defaults=settings.defaults,
             identity=RunIdentity.new(utc_now()),
             candidates=candidates,
-            region_required=settings.online is None or settings.online.endpoints.evs is None,
+            region_required=settings.connection.endpoints.region_required,
         )
 
         def requests() -> Iterator[SnapshotRequest]:
@@ -102,13 +103,13 @@ async def validate(settings: ValidateSettings, *, console: Console, stdout: Text
             for item in validator.validate_all(read_rows(source, display=display)):
                 if isinstance(item, Record):
                     problems.add(item.error_code or "INVALID", item.error_message or "")
-                elif settings.online is None:
+                elif not settings.online:
                     good += 1
                 else:
                     yield item
 
         stopped = None
-        if settings.online is None:
+        if not settings.online:
             await in_thread(lambda: collections.deque(requests(), maxlen=0))
         else:
             try:
@@ -133,8 +134,7 @@ async def _check_online(
 
     from orchestrator.api.routes import connect  # noqa: PLC0415 - aiohttp loads only when sending
 
-    connection = settings.online
-    assert connection is not None  # noqa: S101 - only called online
+    connection = settings.connection
     good = 0
     per_route: Counter[Route] = Counter()  # rows with and without a region can share one endpoint
     async with contextlib.AsyncExitStack() as stack:
@@ -259,6 +259,7 @@ def command(
         source=source,
         defaults=dataclasses.replace(rows, region=connection.endpoints.home_region),
         policy=policy,
-        online=connection if online else None,
+        connection=connection,
+        online=online,
     )
     raise SystemExit(run(lambda: validate(settings, console=console, stdout=sys.stdout), console=console))
