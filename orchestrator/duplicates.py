@@ -1,6 +1,7 @@
-"""Duplicate rows with flat memory: the first pass over a manifest feeds every volume key to a
-fixed-size Bloom filter and remembers only the keys it has possibly seen before, so the second pass
-needs exact first-seen bookkeeping for just those keys.
+"""Duplicate rows with flat memory: the first pass over a manifest feeds every volume key to
+``SeenKeys`` (a set of them up to ``EXACT_KEYS`` keys, a fixed-size Bloom filter beyond) and remembers
+only the keys it has possibly seen before, so the second pass needs exact first-seen bookkeeping for
+just those keys.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any
 from orchestrator.config import RowDefaults
 from orchestrator.manifest import KeyCells, RawRow, row_keys
 
+# Up to this many distinct keys, the first pass holds them in a set (about 5 MB at the limit, less than
+# the Bloom filter's 4 MiB and its hashing a key: a set costs a lookup); beyond it, the Bloom filter.
+EXACT_KEYS = 1 << 15
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -84,6 +88,33 @@ class BloomFilter:
 _PAIRS = [1 << (n & 63) | 1 << (n >> 6) for n in range(4096)]  # 12 bits of a digest: their two bits
 
 
+class SeenKeys:
+    """The keys a pass has seen: exactly (a set) up to ``limit`` distinct keys, then in a ``BloomFilter``
+    that takes them all over (memory stays flat: the set is dropped). ``add`` never says False for a key
+    added before; before the switch it never says True for one that was not."""
+
+    def __init__(self, limit: int = EXACT_KEYS) -> None:
+        self.limit = limit
+        self.exact: set[bytes] | None = set()
+        self.bloom: BloomFilter | None = None
+
+    def add(self, key: bytes) -> bool:
+        """Add a key; True when it was possibly present already."""
+        exact = self.exact
+        if exact is None:
+            assert self.bloom is not None  # noqa: S101 - the set is dropped only for the filter
+            return self.bloom.add(key)
+        if key in exact:
+            return True
+        exact.add(key)
+        if len(exact) > self.limit:
+            self.bloom = BloomFilter()
+            for seen in exact:
+                self.bloom.add(seen)
+            self.exact = None
+        return False
+
+
 def duplicate_candidates(rows: Iterable[RawRow], defaults: RowDefaults) -> tuple[int, set[bytes]]:
     """First pass: count the rows and collect every key that may occur more than once."""
     return key_candidates(row_keys(rows), defaults)
@@ -91,8 +122,7 @@ def duplicate_candidates(rows: Iterable[RawRow], defaults: RowDefaults) -> tuple
 
 def key_candidates(rows: Iterable[KeyCells], defaults: RowDefaults) -> tuple[int, set[bytes]]:
     """``duplicate_candidates`` of the rows' key cells (``manifest.read_keys``)."""
-    bloom = BloomFilter()
-    add = bloom.add
+    add = SeenKeys().add
     candidates: set[bytes] = set()
     count = 0
     for cells in rows:

@@ -37,6 +37,7 @@ from orchestrator.models import (
     planned,
     record_head,
     record_tail,
+    sending_now,
     utc_iso_now,
 )
 from orchestrator.report import ReportWriter, ResumeBook
@@ -432,11 +433,7 @@ class Runner:
                 request.region,
                 request.name,
             )
-        self.writer.write_line(
-            Record.sending_line(
-                request, run_id=self.plan.run_id, attempts=state.attempts, at=utc_iso_now(), head=head
-            )
-        )
+        self.writer.write_line(sending_now(head, state.attempts))
 
     async def _settle(self, request: SnapshotRequest, route: Route, state: _Attempt) -> Snapshot | None:
         """Look the row's snapshot up until found, or until the settle window has passed without it

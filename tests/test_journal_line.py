@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.api.views import Snapshot, created_snapshot
-from orchestrator.models import Answer, Outcome, Record
+from orchestrator.models import Answer, Outcome, Record, record_head, sending_now, utc_iso_now
 from orchestrator.report import ReportWriter
 from orchestrator.runner import Runner, RunPlan, _Attempt
 from orchestrator.tally import Tally
@@ -41,6 +41,23 @@ def test_the_journal_line_is_the_sending_records_json(at: str, attempts: int) ->
     line = Record.sending_line(request, run_id="01JEXAMPLE0000000000000000", attempts=attempts, at=at)
     assert line == record.to_json()
     assert Record.from_json(line) == record
+
+
+@pytest.mark.parametrize("attempts", [1, 12])
+def test_the_journal_line_of_a_create_leaving_now_is_its_sending_line(attempts: int) -> None:
+    """``sending_now`` (the runner's, from the row's head) gives the line ``sending_line`` gives at the
+    time it put in, a time of now."""
+    request = snapshot_request("0f1e2d3c-4b5a-4678-9abc-def012345678", 7, name="nightly-7")
+    run_id = "01JEXAMPLE0000000000000000"
+    head = record_head(
+        run_id, request.row, request.volume_id, request.project_id, request.region, request.name
+    )
+    before = utc_iso_now()
+    line = sending_now(head, attempts)
+    record = Record.from_json(line)
+    assert before <= record.started_at == record.finished_at <= utc_iso_now()
+    assert record.outcome is Outcome.SENDING
+    assert line == Record.sending_line(request, run_id=run_id, attempts=attempts, at=record.started_at)
 
 
 def test_an_accepted_row_is_written_as_its_record(tmp_path: Path) -> None:

@@ -254,6 +254,14 @@ def test_instants_in_other_zones_are_written_in_utc() -> None:
     assert utc_iso(moment.astimezone(UTC)) == "2026-11-27T03:54:32.100Z"
 
 
+@pytest.mark.parametrize(
+    ("micros", "shown"), [(0, ".000Z"), (5_999, ".005Z"), (42_000, ".042Z"), (999_999, ".999Z")]
+)
+def test_milliseconds_are_three_digits_cut_not_rounded(micros: int, shown: str) -> None:
+    """A time's milliseconds are written as three digits, zero-padded, the microseconds cut off."""
+    assert utc_iso(datetime(2026, 11, 27, 3, 54, 32, micros, tzinfo=UTC)) == "2026-11-27T03:54:32" + shown
+
+
 def test_now_is_rendered_as_utc_iso_renders_it() -> None:
     """The run's own clock reading (``utc_iso_now``, no datetime) has utc_iso's form and instant."""
     before = utc_iso(utc_now())

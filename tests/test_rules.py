@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.config import RowDefaults, RunIdentity
-from orchestrator.duplicates import BloomFilter, duplicate_candidates
+from orchestrator.duplicates import BloomFilter, SeenKeys, duplicate_candidates
 from orchestrator.errors import UsageError
 from orchestrator.manifest import Format, ManifestSource, RawRow, read_rows
 from orchestrator.models import Outcome, Record, SnapshotRequest
@@ -207,6 +207,20 @@ def test_bloom_filter_has_no_false_negatives() -> None:
     assert all(key in bloom for key in keys)
     with pytest.raises(ValueError, match="1 to 10 hashes"):
         BloomFilter(hashes=11)
+
+
+def test_seen_keys_are_exact_up_to_the_limit_then_a_bloom_filter_that_forgets_none() -> None:
+    """SeenKeys: a set (no false positive) up to its limit; past it a Bloom filter holds every key seen."""
+    seen = SeenKeys(limit=3)
+    keys = [f"key-{n}".encode() for n in range(1000)]
+    assert [seen.add(key) for key in keys[:3]] == [False, False, False]
+    assert seen.add(keys[0])  # seen before: exactly
+    assert seen.bloom is None
+    assert not seen.add(keys[3])  # the fourth distinct key: the Bloom filter takes over
+    assert seen.exact is None
+    assert seen.bloom is not None
+    assert all(seen.add(key) for key in keys[:4])  # every key from before the switch is still known
+    assert sum(seen.add(key) for key in keys[4:]) < 10  # fresh ones mostly are not
 
 
 NAMES: list[tuple[str, str]] = [

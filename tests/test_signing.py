@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any
 
 import pytest
@@ -300,3 +302,11 @@ def test_host_header_brackets_ipv6_and_drops_default_ports() -> None:
         == "evs.cn-north-4.myhuaweicloud.com"
     )
     assert host_header(URL("http://127.0.0.1:80/")) == "127.0.0.1"
+
+
+@pytest.mark.parametrize("length", [0, 1, 40, 64, 65, 200])
+def test_keyed_hash_is_hmac_sha256_for_any_key_length(length: int) -> None:
+    """The signatures' HMAC (its key's pads hashed once) is HMAC-SHA256, a key longer than a block too."""
+    key = bytes(range(256))[:length]
+    for message in (b"", b"SDK-HMAC-SHA256\n" * 9):
+        assert signing._keyed(key, message) == hmac.new(key, message, hashlib.sha256).hexdigest()

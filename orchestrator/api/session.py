@@ -29,6 +29,10 @@ USER_AGENT = f"evs-snapshot/{__version__} python/{platform.python_version()}"
 JSON_CONTENT_TYPE = "application/json;charset=utf-8"
 URL_CACHE_SIZE = 64
 UNREACHABLE_AFTER = 3  # connect, DNS or TLS failures in a row, and no answer yet: the endpoint is closed
+# aiohttp gives a POST, PUT or PATCH without a Content-Type one (``application/octet-stream``), which
+# the SDK never sends without a body: a request without a body skips it. One with a body has its own
+# (``Caller.call``), and asks no skip: a skip builds two header dicts a request in aiohttp.
+NO_CONTENT_TYPE = ("Content-Type",)
 
 
 def proxy_for(url: URL) -> str | None:
@@ -50,11 +54,7 @@ def new_session(*, connections: int, ca_bundle: Path | None = None) -> aiohttp.C
     # The workers bound what is in flight; each endpoint (host) gets its own pool of that size.
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=connections, ttl_dns_cache=300)
     # trust_env would look up netrc and proxies in a thread on every request; Caller does it once.
-    return aiohttp.ClientSession(
-        connector=connector,
-        skip_auto_headers=("Content-Type",),
-        raise_for_status=False,
-    )
+    return aiohttp.ClientSession(connector=connector, raise_for_status=False)
 
 
 class Caller:
@@ -125,6 +125,7 @@ class Caller:
                 url,
                 data=body or None,
                 headers=outgoing.headers,
+                skip_auto_headers=None if body else NO_CONTENT_TYPE,
                 timeout=self.timeout,
                 proxy=self.proxy,
                 ssl=context,

@@ -153,14 +153,30 @@ def signature(key: str, to_sign: str) -> str:
 
 
 def _keyed(key: bytes, message: bytes) -> str:
-    mac = _prepared(key).copy()  # the key's pads are computed once, not for every request
-    mac.update(message)
-    return mac.hexdigest()
+    """HMAC-SHA256 of ``message`` under ``key``, as hex (RFC 2104, what ``hmac`` computes): the key's
+    padded blocks are hashed once (``_pads``), and a request copies the two hashes, in C (``hmac.HMAC``'s
+    copy, update and digest are Python methods)."""
+    inner, outer = _pads(key)
+    inner = inner.copy()
+    inner.update(message)
+    outer = outer.copy()
+    outer.update(inner.digest())
+    return outer.hexdigest()
 
 
 @functools.lru_cache(maxsize=16)
-def _prepared(key: bytes) -> hmac.HMAC:
-    return hmac.new(key, digestmod=hashlib.sha256)
+def _pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """HMAC-SHA256's inner and outer hashes, each after its padded key block."""
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    return (
+        hashlib.sha256(bytes(byte ^ 0x36 for byte in key)),
+        hashlib.sha256(bytes(byte ^ 0x5C for byte in key)),
+    )
+
+
+_BLOCK = 64  # SHA-256's block, in bytes
 
 
 def authorization(
@@ -199,30 +215,32 @@ def sdk_authorization(
     *, ak: str, sk: str, method: str, path: str, raw_query: str, headers: Mapping[str, str], body: bytes
 ) -> str:
     """``authorization`` for ``SDK-HMAC-SHA256``, the same value, with the canonical request's head
-    prepared once per route, header values and second (``_canonical_head``): a request then costs the
-    body's hash and the two HMAC steps. ``raw_query`` is the query string as sent."""
+    prepared (and hashed) once per route, header values and second (``_canonical_head``): a request then
+    costs the body's hash, the canonical request's last blocks (the head's are hashed already), and the
+    HMAC. ``raw_query`` is the query string as sent."""
     head, names, content_hash, sdk_date = _canonical_head(method, path, raw_query, tuple(headers.items()))
     if content_hash is not None and body:
         hashed = content_hash
     else:
         hashed = hashlib.sha256(body).hexdigest() if body else EMPTY_HASH
-    digest = hashlib.sha256(f"{head}{hashed}".encode()).hexdigest()
-    sig = _keyed(sk.encode(), f"{ALGORITHM}\n{sdk_date}\n{digest}".encode())
+    canonical = head.copy()  # the canonical request's hash, its head hashed already
+    canonical.update(hashed.encode())
+    sig = _keyed(sk.encode(), f"{ALGORITHM}\n{sdk_date}\n{canonical.hexdigest()}".encode())
     return f"{ALGORITHM} Access={ak}, SignedHeaders={names}, Signature={sig}"
 
 
 @functools.lru_cache(maxsize=64)
 def _canonical_head(
     method: str, path: str, raw_query: str, headers: tuple[tuple[str, str], ...]
-) -> tuple[str, str, str | None, str]:
-    """The canonical request up to the payload hash, the signed header names, the literal
-    ``X-Sdk-Content-Sha256`` value (or ``None``) and the ``X-Sdk-Date``. The headers hold the date: an
-    entry lasts a second."""
+) -> tuple[hashlib._Hash, str, str | None, str]:
+    """The SHA-256 of the canonical request up to the payload hash (to be copied: a request hashes
+    only its payload hash after it), the signed header names, the literal ``X-Sdk-Content-Sha256``
+    value (or ``None``) and the ``X-Sdk-Date``. The headers hold the date: an entry lasts a second."""
     values = {name.lower(): str(value).strip() for name, value in headers}
     signed = sorted([name for name in values if "_" not in name])
     query = parse_query(raw_query) if raw_query else ()
     return (
-        _canonical(method, path, query, values, signed, ""),
+        hashlib.sha256(_canonical(method, path, query, values, signed, "").encode()),
         ";".join(signed),
         next((value for name, value in headers if value and name.lower() == _CONTENT_HASH_LOWER), None),
         values.get("x-sdk-date", ""),
