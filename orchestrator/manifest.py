@@ -32,8 +32,6 @@ import dataclasses
 import enum
 import functools
 import hashlib
-import io
-import itertools
 import json
 import shutil
 import sys
@@ -58,7 +56,6 @@ from orchestrator.jsonstream import (
 from orchestrator.signals import STOP_EVERY, blocking, stop_point
 
 MAX_LINE_BYTES = 1 << 22
-LINES_BLOCK = 1 << 16  # bytes of a CSV or JSONL manifest decoded at once (then whole lines)
 WARN_LIMIT = 10
 MAX_TRACKED_COLUMNS = 50_000
 METADATA_PREFIX = "metadata."
@@ -253,36 +250,11 @@ def _no_rows(name: str) -> ManifestError:
 
 
 def _decoded_lines(handle: IO[bytes], name: str) -> Iterator[str]:
-    """The manifest's lines as text, in order (a reader counts them: the first is line 1), split at
-    ``\n`` alone, as ``readline`` splits them; a line too long, or not UTF-8, is a file error at its
-    line. Decoded a block of lines at a time and split in C (no Python frame a line)."""
-    return itertools.chain.from_iterable(_decoded_blocks(handle, name))
-
-
-def _decoded_blocks(handle: IO[bytes], name: str) -> Iterator[Iterator[str]]:
-    """``_decoded_lines`` as iterators over blocks of about ``LINES_BLOCK`` bytes of whole lines. A
-    block that holds an error (or a line it cannot rule out as too long) is read line by line
-    (``_checked_lines``), which raises at the line."""
-    number = 1  # the block's first line
-    block = handle.read(LINES_BLOCK)
-    while block:
-        if not block.endswith(b"\n"):
-            block += handle.readline(MAX_LINE_BYTES + 1)  # its last line whole (or a too long one's start)
-        if number == 1 and block.startswith(BOM):  # the first line's (the first block's lines hold it)
-            block = block[3:]
-        lines: Iterator[str] | None = None
-        if len(block) <= MAX_LINE_BYTES:  # no line of it can be too long
-            with contextlib.suppress(UnicodeDecodeError):
-                lines = io.StringIO(block.decode("utf-8"), newline="\n")
-        yield _checked_lines(io.BytesIO(block).readline, name, number) if lines is None else lines
-        number += block.count(b"\n")
-        block = handle.read(LINES_BLOCK)
-
-
-def _checked_lines(read_line: Callable[[int], bytes], name: str, number: int) -> Iterator[str]:
-    """Lines from ``read_line`` (the first is line ``number``) one at a time, each checked."""
-    read = functools.partial(read_line, MAX_LINE_BYTES + 1)
-    raw = read()
+    """The manifest's lines as text, in order (a reader counts them: the first is line 1)."""
+    read = functools.partial(handle.readline, MAX_LINE_BYTES + 1)
+    number, raw = 1, read()
+    if raw.startswith(BOM):
+        raw = raw[3:]
     while raw:
         if len(raw) > MAX_LINE_BYTES:
             raise ManifestError(

@@ -65,27 +65,6 @@ def test_bom_and_crlf(write: Callable[..., Path]) -> None:
     ]
 
 
-@pytest.mark.parametrize("block", [1, 2, 7, 64])
-def test_lines_read_a_block_at_a_time_are_the_lines_read_one_at_a_time(
-    write: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, block: int
-) -> None:
-    """Whatever the block of lines a read decodes (blocks end mid-line and mid-character), the rows,
-    their line numbers, and a file error's line are those of the whole file read line by line."""
-    text = "\ufeffvolume_id,name\r\n" + f'{IDS[0]},"späť\r\nß"\n\n{IDS[1]},"a\rb\u2028c"\n{IDS[2]},zz'
-    good = write("good.csv", text.encode())
-    bad = write("bad.csv", text.encode() + b"\n" + IDS[0].encode() + b",\xff\n")
-    expected = rows_of(good)
-    with pytest.raises(ManifestError) as whole:
-        rows_of(bad)
-    monkeypatch.setattr(manifest_module, "LINES_BLOCK", block)
-    assert rows_of(good) == expected
-    assert [(r.row, r.line) for r in expected] == [(1, 2), (2, 5), (3, 6)]
-    with pytest.raises(ManifestError) as blocked:
-        rows_of(bad)
-    assert str(blocked.value) == str(whole.value)
-    assert ":7:" in str(blocked.value)
-
-
 def test_json_array_and_volumes_object(write: Callable[..., Path]) -> None:
     """JSON reads as an array of objects or an object with a volumes array, keeping line numbers."""
     array = write(
