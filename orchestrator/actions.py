@@ -133,17 +133,20 @@ def final_actions(path: Path) -> Iterator[ActionRecord]:
 
 def outcomes_and_sends(path: Path) -> tuple[dict[str, Action], dict[str, str | None]]:
     """An action report's last outcome of each key, and the rollbacks sent and never seen to end: the
-    disk's updated_at before each such send, by key. A send stays in doubt while every record of its
-    key after it is ``failed`` (the run that sent it could not confirm it: ``UNCONFIRMED``, a timeout,
-    given up); any other record settles it (its run looked at the disk, and acted on what it saw)."""
+    disk's updated_at before each such send, by key (a later send's line replaces an earlier one's).
+    Only a record of the rollback's end settles a send (``rolled_back``, ``rollback_failed``): a plan,
+    a blocker (the disk attached again since, say) or a failure to confirm leaves it in doubt."""
     last: dict[str, Action] = {}
     sent: dict[str, str | None] = {}
-    sending, failed = Action.SENDING, Action.FAILED
+    sending = Action.SENDING
     for record in read_actions(path):
         if record.outcome is sending:
             sent[record.key] = record.disk_updated_at
             continue
         last[record.key] = record.outcome
-        if record.outcome is not failed:
+        if record.outcome in _ENDS:
             sent.pop(record.key, None)
     return last, sent
+
+
+_ENDS = frozenset({Action.ROLLED_BACK, Action.ROLLBACK_FAILED})  # a rollback's end: its send is settled

@@ -123,6 +123,10 @@ class Look:
 async def plan_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
     """One ``planned`` finding, naming the blocker when there is one; sends nothing."""
     try:
+        settled = await sent_before(route, row, plan)
+        if settled is not None:
+            told = f"{settled.message}; --apply records it, and sends nothing"
+            return dataclasses.replace(settled, outcome=Action.PLANNED, message=told)
         found = await look(route, row, plan)
     except ListingFailed as exc:
         return Finding(outcome=Action.PLANNED, code="CHECK_FAILED", message=str(exc))
@@ -136,16 +140,15 @@ async def start_row(route: Route, row: Record, plan: RestorePlan) -> Finding | W
     """Check and send the rollback (at most once unless it surely did not arrive): the row's finding
     when it ends here (blocked, refused, rejected, failed), or a ``Watch`` of the rollback under way."""
     try:
+        settled = await sent_before(route, row, plan)
+        if settled is not None:
+            return settled
         found = await look(route, row, plan)
     except ListingFailed as exc:
         return Finding(outcome=Action.FAILED, code="CHECK_FAILED", message=str(exc))
     if found.blocker is not None:
         return found.blocker
     sent = Finding(outcome=Action.ROLLED_BACK, snapshot=found.snapshot)
-    if not found.running and not found.retried and row.row in plan.sent:
-        settled = _sent_before(row, plan.sent[row.row], found)
-        if settled is not None:
-            return settled
     if not found.running:
         sent = await _send(route, row, plan, found)
         if sent.outcome is not Action.ROLLED_BACK:
@@ -237,26 +240,44 @@ async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
     return Look(snapshot, None, disk_updated=updated, retried=retried)
 
 
-def _sent_before(row: Record, before: str | None, found: Look) -> Finding | None:
-    """A rollback an earlier run sent and never saw end, its disk now ``available`` and detached: the
-    disk changed since that run looked at it (its ``updated_at`` moved), so that rollback ran and
-    ended; unchanged, it never arrived (``None``: send it). Without both times, nothing tells: it is
-    not sent again."""
-    if before is not None and found.disk_updated is not None:
-        if found.disk_updated == before:
-            return None
+async def sent_before(route: Route, row: Record, plan: RestorePlan) -> Finding | None:
+    """The end of a rollback an earlier run of the report sent and never saw end (its ``sending``
+    line), told by the disk before any other check (``None``: nothing sent before, or it never arrived:
+    the usual checks, then the send). The line holds the disk's ``updated_at`` as that run looked at
+    it: a disk changed since took the rollback (as for a watched one, ``judge``), and whatever came
+    after (attached again, say) does not make it a second time; ``error_rollbacking``, it failed.
+    Still ``rollbacking``, the usual checks wait for it. Without both times nothing tells: not sent
+    again (``UNCONFIRMED``)."""
+    if row.row not in plan.sent or row.row in plan.retry or unusable(row) is not None:
+        return None
+    before = plan.sent[row.row]
+    volume = await _volume(route, row, plan.reads, evs.Kind.CHECK)
+    if volume is None or volume.status == "rollbacking":
+        return None
+    now = volume.updated_at
+    if volume.status == "error_rollbacking":
+        return Finding(
+            outcome=Action.ROLLBACK_FAILED,
+            code="VOLUME_ERROR_ROLLBACKING",
+            message=f"disk {row.volume_id} ended error_rollbacking: the rollback a run that stopped sent "
+            "failed (--retry-failed --resume sends it again)",
+        )
+    if before is not None and now is not None and now == before:
+        return None  # the disk has not changed since: the request never arrived
+    snapshot = await _snapshot(route, row, plan.reads, evs.Kind.CHECK)
+    if before is not None and now is not None:
         return Finding(
             outcome=Action.ROLLED_BACK,
-            snapshot=found.snapshot,
+            snapshot=snapshot,
             message="sent by a run that stopped before it recorded the end; the disk has changed since "
-            f"(updated_at {before} -> {found.disk_updated}): not sent again",
+            f"(updated_at {before} -> {now}): not sent again",
         )
     return Finding(
         outcome=Action.FAILED,
         code="UNCONFIRMED",
-        snapshot=found.snapshot,
+        snapshot=snapshot,
         message="a run that stopped had sent this rollback, and the disk shows no time of change to tell "
-        "whether it ran: not sent again; check the disk, then roll it back with a new report and --again",
+        "whether it ran: not sent again; roll it back with a new report and --again to send it anyway",
     )
 
 
@@ -274,11 +295,14 @@ def unusable(row: Record) -> Finding | None:
     )
 
 
+_MAY_HAVE_ROLLED_BACK = frozenset({Action.ROLLED_BACK, Action.SENDING})  # a request left: it may have run
+
+
 def earlier_rollbacks(run_id: str, places: Iterable[Path], *, skip: Path | None) -> dict[Path, set[int]]:
     """The rollback reports in the folders ``places`` that rolled back rows of create run ``run_id``,
-    each with the rows it shows ``rolled_back`` (``skip``: the report of this run). A row whose
-    rollback was sent but not seen to end (``failed``, ``UNCONFIRMED``) is not counted: the ``--resume``
-    of its own report looks at that disk.
+    each with the rows it shows ``rolled_back`` or sent (a ``sending`` line: the request left, and may
+    have run, whatever that run recorded after) (``skip``: the report of this run); the ``--resume`` of
+    that report tells which ran.
 
     Only each file's first line is read, unless it is the header of such a report. The evidence
     travels with the folder (copy it with the create report to another machine); a rollback report
@@ -300,7 +324,7 @@ def earlier_rollbacks(run_id: str, places: Iterable[Path], *, skip: Path | None)
             if header is None or header.command != "rollback" or header.shape.get("source_run") != run_id:
                 continue
             try:
-                rows = {r.row for r in read_actions(path) if r.outcome is Action.ROLLED_BACK and r.row}
+                rows = {r.row for r in read_actions(path) if r.outcome in _MAY_HAVE_ROLLED_BACK and r.row}
             except (UsageError, OSError):
                 continue  # a damaged report of another run: its own commands say what is wrong
             if rows:
