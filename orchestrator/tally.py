@@ -22,7 +22,14 @@ from typing import Any
 
 import orjson
 
-from orchestrator.actions import ROLLBACK_SUCCESS, SUCCESS, Action, ActionRecord, final_actions
+from orchestrator.actions import (
+    ROLLBACK_SUCCESS,
+    SUCCESS,
+    Action,
+    ActionRecord,
+    final_actions,
+    outcomes_and_sends,
+)
 from orchestrator.models import SIDE, SUCCESSFUL, Outcome, Record
 from orchestrator.report import RowSlots, final_records, read_header, read_records
 
@@ -286,6 +293,8 @@ class Tally:
             tally = cls(counting=Counting.of_command(header.command))
             for action in final_actions(path):
                 tally.add(action)
+            if header.command == "rollback":
+                tally.unsettled_sends(path)
             return tally
         tally = cls(
             manifest_rows=None if header is None else header.rows,
@@ -297,6 +306,20 @@ class Tally:
             if record.side:
                 tally.add(record)
         return tally
+
+    def unsettled_sends(self, path: Path) -> None:
+        """A rollback report's rows whose rollback was sent (a ``sending`` line) and that have no record
+        at all: a note naming them, and exit 1 (they may have run; ``--resume`` tells)."""
+        last, sent = outcomes_and_sends(path)
+        rows = sorted(int(key[4:]) for key in sent if key not in last and key.startswith("row:"))
+        if rows:
+            shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+            self.notes.append(
+                f"{len(rows)} rollbacks were sent and have no record (rows {shown}): the run stopped "
+                "before their end; `rollback --resume --apply` with this report looks at each disk before "
+                "anything is sent again"
+            )
+            self.failing += len(rows)
 
     # --- reading -------------------------------------------------------------------------
     @property

@@ -99,6 +99,7 @@ def markdown(report: Path, header: RunHeader | None, tally: Tally, exit_code: in
     nothing = None if header is None else header.nothing_in_the_cloud()
     if nothing is not None:
         out.append(f"- note: this report {nothing}; wait, rollback and cleanup refuse it")
+    out += [f"- note: {note}" for note in tally.notes]
     out += ["", "#### Outcomes", "", "| outcome | count |", "|---|---:|"]
     out += [f"| {outcome} | {count} |" for outcome, count in sorted(tally.outcomes.items())]
     if tally.missing:

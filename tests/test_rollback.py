@@ -428,6 +428,12 @@ def test_a_kill_after_the_sends_then_resume_rolls_each_disk_back_once(
     assert sorted(line["row"] for line in sent) == [1, 2, 3]
     assert all(line["disk_updated_at"] for line in sent)
     assert records(report) == []
+    told = invoke(["summary", str(report)])
+    assert told.exit_code == 1, told.output
+    assert "3 rollbacks were sent and have no record (rows 1, 2, 3)" in told.output
+    ticket = invoke(["summary", str(report), "--format", "markdown"])
+    assert "- note: 3 rollbacks were sent and have no record" in ticket.output
+    assert "- exit code: 1" in ticket.output
     clock.advance(61)  # the rollbacks end while nothing watches
     again = rollback(emu, source, tmp_path / "new.jsonl", apply=True)  # a new report: the sends count
     assert again.exit_code == 2, again.stderr
