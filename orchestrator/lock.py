@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import os
@@ -38,6 +39,7 @@ from orchestrator.errors import LockHeld, ManifestError, Unwritable, UsageError
 from orchestrator.models import utc_iso, utc_now
 from orchestrator.report import read_header, read_records
 
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # no room for a lock file: exit 3, as a report
 ATTEMPTS = 100  # a lock file removed under a taker this often in a row means something else is wrong
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 
@@ -165,7 +167,7 @@ class RunLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
-            raise UsageError(f"cannot create the lock directory {self.path.parent}: {exc.strerror}") from None
+            raise self._failed(exc, f"cannot create the lock directory {self.path.parent}") from None
         for _ in range(ATTEMPTS):
             fd = self._open()
             try:
@@ -193,16 +195,23 @@ class RunLock:
             os.pwrite(fd, line, 0)
         except OSError as exc:
             self.__exit__()
-            raise Unwritable(
-                f"cannot write the lock file {self.path}: {exc.strerror}; nothing was sent. Free space in "
-                f"{self.path.parent} (or lift the file-size limit, ulimit -f) and run the command again"
-            ) from None
+            raise self._failed(exc, f"cannot write the lock file {self.path}", full=True) from None
+
+    def _failed(self, exc: OSError, what: str, *, full: bool = False) -> Exception:
+        """The error of a lock file or folder that cannot be made: a full disk (or a file-size limit)
+        stops the command as an unwritable report does (exit 3); anything else is the path's (exit 2)."""
+        if full or exc.errno in _FULL:
+            return Unwritable(
+                f"{what}: {exc.strerror}; nothing was sent. Free space in {self.path.parent} (or lift the "
+                "file-size limit, ulimit -f) and run the command again"
+            )
+        return UsageError(f"{what}: {exc.strerror}")
 
     def _open(self) -> int:
         try:
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise UsageError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
+            raise self._failed(exc, f"cannot open the lock file {self.path}") from None
 
     def _still_named(self, fd: int) -> bool:
         try:

@@ -9,6 +9,7 @@ answers: once its first request arrives, it holds every lock it takes, until the
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import socket
@@ -23,7 +24,8 @@ import orjson
 import pytest
 
 from orchestrator.emulator import EmulatorThread
-from orchestrator.errors import LockHeld
+from orchestrator.entry import exit_code_of
+from orchestrator.errors import LockHeld, Unwritable, UsageError
 from orchestrator.lock import Lock, RunLock, holding, manifest_lock, run_lock
 from tests.helpers import (
     AKSK_ENV,
@@ -461,3 +463,20 @@ def test_a_lock_that_cannot_be_made_is_a_usage_error(tmp_path: Path, where: str,
     assert result.exit_code == 2, result.output
     assert said in result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("number", "kind", "code"),
+    [(errno.ENOSPC, Unwritable, 3), (errno.EDQUOT, Unwritable, 3), (errno.EACCES, UsageError, 2)],
+)
+def test_a_lock_file_that_cannot_be_made_for_want_of_room_exits_3(
+    tmp_path: Path, number: int, kind: type[Exception], code: int
+) -> None:
+    """No room for a lock file or its folder (a full tmpfs under XDG_RUNTIME_DIR, a quota): exit 3 and
+    the same advice as a lock file that cannot be written; a path the user may not write: exit 2."""
+    lock = RunLock(tmp_path / "locks" / "x.lock", "create")
+    failed = lock._failed(OSError(number, os.strerror(number)), "cannot open the lock file x")
+    assert isinstance(failed, kind)
+    assert exit_code_of(failed) == code
+    assert str(failed).startswith(f"cannot open the lock file x: {os.strerror(number)}")
+    assert ("Free space in" in str(failed)) is (code == 3)
