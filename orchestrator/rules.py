@@ -525,7 +525,13 @@ def _metadata(fields: Mapping[str, Any], from_csv: bool, raw: RawRow) -> dict[st
     metadata = dict(value or {})
     for key, item in fields.items():
         if isinstance(key, str) and key.startswith("metadata.") and key != "metadata.":
-            metadata[key.removeprefix("metadata.")] = item
+            name = key.removeprefix("metadata.")
+            if value and name in value:  # the same key in the metadata object and as a column
+                raise RowProblem(
+                    "DUPLICATE_FIELD",
+                    f"{_where(raw)}: metadata key {name!r} is given twice (metadata and {key})",
+                )
+            metadata[name] = item
     return metadata
 
 

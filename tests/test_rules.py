@@ -324,6 +324,28 @@ def test_conflicting_json_keys_make_the_row_invalid(write: Callable[..., Path]) 
     assert record.volume_id == IDS[0]
 
 
+def test_a_metadata_key_given_as_a_column_and_in_the_object_makes_the_row_invalid(
+    write: Callable[..., Path],
+) -> None:
+    """``{"metadata": {"owner": "a"}, "metadata.owner": "b"}``: neither value is taken silently (the
+    row is DUPLICATE_FIELD); another key beside the object is merged as before."""
+    rows = (
+        f'{{"volume_id": "{IDS[0]}", "metadata": {{"owner": "a"}}, "metadata.owner": "b"}}\n'
+        f'{{"volume_id": "{IDS[1]}", "metadata": {{"owner": "a"}}, "metadata.team": "b"}}\n'
+    )
+    path = write("m.jsonl", rows)
+    validator = RowValidator(defaults=DEFAULTS, identity=IDENTITY, candidates=set())
+    twice, merged = (validator.validate(raw) for raw in read_rows(ManifestSource(str(path), Format.JSONL)))
+    assert isinstance(twice, Record)
+    assert twice.error_code == "DUPLICATE_FIELD"
+    assert (
+        twice.error_message
+        == "row 1 (line 1): metadata key 'owner' is given twice (metadata and metadata.owner)"
+    )
+    assert isinstance(merged, SnapshotRequest)
+    assert merged.metadata == {"owner": "a", "team": "b"}
+
+
 @pytest.mark.parametrize(
     ("metadata", "words"),
     [
