@@ -79,6 +79,7 @@ class _Attempt:
     answer: Answer | None = None
     error: tuple[str, str | None] | None = None
     head: bytes | None = None  # the row's ``models.record_head``, once its journal line made it
+    lookup_error: str | None = None  # why the last lookup failed (``ListingFailed``'s message)
 
     def __init__(self, resumed_since: float | None = None) -> None:
         self.started = utc_iso_now()
@@ -458,7 +459,8 @@ class Runner:
         state.lookups += 1
         try:
             listed = await volume_snapshots(route, request.volume_id, ONE_TRY)
-        except ListingFailed:
+        except ListingFailed as exc:
+            state.lookup_error = str(exc)
             return None
         for snapshot in listed:
             if (
@@ -488,6 +490,8 @@ class Runner:
     def _unconfirmed(self, request: SnapshotRequest, state: _Attempt, why: str) -> Record:
         self.in_doubt = True  # its snapshot may still appear: the sweep reconciles it
         last = state.error[0] if state.error else "none"
+        if state.lookup_error is not None:
+            last = f"{last}; the last lookup's: {state.lookup_error}"
         message = (
             f"{why}; could not confirm whether the snapshot exists after {state.lookups} lookups "
             f"(last error: {last}); --resume looks again before sending"
@@ -587,8 +591,8 @@ async def settle(
     """The settling rule, for a row's snapshot and for a server's group alike: ``look_up()`` (the thing,
     ``False`` when absent, ``None`` when unknown) until it is found, or until ``plan.settle`` has passed
     since ``since`` (monotonic) with it absent: then ``None`` (nothing can still appear; it may be sent
-    again). Raises ``Unconfirmed`` when ``max_lookups`` lookups fail, ``Stopped`` when the run stops.
-    Lookups run after 0.5 s, then back off up to 10 s."""
+    again). Raises ``Unconfirmed`` when ``max_lookups`` lookups in a row fail (one that answers starts
+    the count again), ``Stopped`` when the run stops. Lookups run after 0.5 s, then back off up to 10 s."""
     failures = 0
     delay = min(0.5, plan.settle) or 0.05
     while True:
@@ -602,6 +606,8 @@ async def settle(
                 raise Unconfirmed
         elif window_left <= 0:
             return None
+        else:
+            failures = 0
         if stopping():
             raise Stopped
         await pause(max(delay if found is None else min(delay, window_left), 0.0))

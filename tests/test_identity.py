@@ -500,6 +500,9 @@ def test_settle_lookups_that_keep_failing_end_unconfirmed(
     assert result.exit_code == 1
     final = last_per_row(report)
     assert {r["error_code"] for r in final.values()} == {"UNCONFIRMED"}
+    assert all(
+        "the last lookup's: GET " in r["error_message"] for r in final.values()
+    )  # not only the create's
     assert requests_of(emu.state(), LIST_ROUTE)["503"] >= 4 * 3  # 3 lookups a row at least
     assert "--resume" in invoke(["summary", str(report)]).stdout
 

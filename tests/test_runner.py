@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import io
+import itertools
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,7 +22,7 @@ from orchestrator.models import SnapshotRequest
 from orchestrator.progress import Progress
 from orchestrator.report import ReportWriter
 from orchestrator.retry import RetryPolicy
-from orchestrator.runner import Runner, RunPlan, _Attempt
+from orchestrator.runner import Runner, RunPlan, Unconfirmed, _Attempt, settle
 from orchestrator.tally import Tally
 from orchestrator.throttle import SendWindow
 from tests.helpers import (
@@ -275,3 +276,32 @@ async def test_a_request_the_send_window_holds_back_can_be_cancelled_and_spends_
     woken.set_result(None)
     window._expire(woken)  # a timer that fires after the wake: nothing to do
     assert window.out == SendWindow.FIRST - 1
+
+
+async def test_settling_gives_up_on_lookups_that_fail_in_a_row_not_in_all() -> None:
+    """A lookup that answers (absent) starts the count of failures again: failures that alternate with
+    answers run to the end of the window (then the row may be sent again), three in a row end it."""
+    plan = RunPlan(run_id="r", concurrency=1, policy=RetryPolicy(max_attempts=1), settle=0.3)
+    assert plan.policy.max_lookups == 3
+    looked: list[bool | None] = []
+
+    async def pause(_seconds: float) -> None:  # no sleep: the window's end comes from ``since``
+        await anyio.lowlevel.checkpoint()
+
+    def scripted(values: Iterator[bool | None]) -> Callable[[], Any]:
+        async def look_up() -> bool | None:
+            looked.append(value := next(values))
+            return value
+
+        return look_up
+
+    alternating = itertools.chain([None, False] * 4, itertools.repeat(False))
+    ends = time.monotonic() - plan.settle + 0.05  # the window ends 50 ms from now
+    found = await settle(scripted(alternating), since=ends, plan=plan, stopping=lambda: False, pause=pause)
+    assert found is None  # the window ended with the snapshot absent: not unconfirmed
+    assert looked[:8].count(None) == 4
+    failing = iter([False, None, None, None])
+    with pytest.raises(Unconfirmed):
+        await settle(
+            scripted(failing), since=time.monotonic(), plan=plan, stopping=lambda: False, pause=pause
+        )
