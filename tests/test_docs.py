@@ -147,6 +147,7 @@ def test_readme_tour_rehearsal_runs_as_written(
     monkeypatch.chdir(tmp_path)
     env = dict(NO_CREDENTIALS)
     codes: list[int] = []
+    warned: list[bool] = []
     for line in _tour():
         words = shlex.split(line, comments=True)
         if words[0] == "export":
@@ -164,7 +165,9 @@ def test_readme_tour_rehearsal_runs_as_written(
         result = invoke(args, base=env)
         assert result.exit_code in (0, 1), f"{line}\n{result.output}"
         codes.append(result.exit_code)
+        warned.append("unknown column 'emulator_status' is ignored" in result.stderr)
     assert codes[0] == 1  # validate: rows 6 and 7 break a rule, as the comment says
+    assert warned[:2] == [True, True]  # validate and create, as the text under the tour says
     created = last_per_row(tmp_path / "r.jsonl")
     made = {row: record for row, record in created.items() if record["outcome"] == "available"}
     assert len(made) == 5
