@@ -248,6 +248,7 @@ class RateLimiter:
         self._answered = 0  # successes and 429s seen
         self._restarted: float | None = None  # when the first 429 came
         self._since = 0.0  # when the success history started again (the first 429, or after a gap)
+        self._after_gap = False  # it started again after a gap in the sending (``slot``)
         self._early = 0  # successes of the first estimate (the last window's before the first 429)
         self._early_span = self.WINDOW  # the seconds they are counted over
         self._owed = 0  # answers still due for requests in flight at the first 429
@@ -275,7 +276,7 @@ class RateLimiter:
             # again, and a 429 lowers the rate once a window of it exists.
             self._successes.clear()
             self._first_success = None
-            self._since = now
+            self._since, self._after_gap = now, True
         slot = max(now, self._next)
         self._next = slot + 1.0 / self.rate
         return slot - now
@@ -330,7 +331,7 @@ class RateLimiter:
             elif (
                 self._trusting
                 and (ticket is None or ticket > self._clear_at)
-                and (self._since == self._restarted or now - self._since >= self.WINDOW)
+                and (not self._after_gap or now - self._since >= self.WINDOW)
             ):
                 # Paced under the named limit, and still throttled, though sent after every request of
                 # the unpaced start was answered (those still out spend the gateway's tokens too), and
