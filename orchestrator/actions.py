@@ -50,7 +50,7 @@ SUCCESS = frozenset({Action.PLANNED, Action.KEPT, Action.DELETED, Action.ROLLED_
 ROLLBACK_SUCCESS = frozenset({Action.PLANNED, Action.ROLLED_BACK})
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class ActionRecord:
     """One line of a prune, cleanup or rollback report."""
 

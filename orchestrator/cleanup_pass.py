@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from orchestrator.retry import RetryPolicy
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class CleanupSettings:
     source: Path  # the create report
     apply: bool
@@ -105,7 +105,7 @@ async def until_quiet(settings: CleanupSettings, run_: CreateRun, console: Conso
     return None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Search:
     """Where cleanup looks for the run's snapshots: the disks named, and the project of rows that name
     none; ``anywhere`` (a warning) when rows have no record and the manifest cannot tell their disks."""

@@ -46,7 +46,7 @@ QUERY_RE = re.compile(r"\?[^#]*")
 FRAGMENT_RE = re.compile(r"#.*", flags=re.DOTALL)
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class RunIdentity:
     """What names a run: its id and start time (kept across --resume so names stay the same)."""
 
@@ -82,7 +82,7 @@ class RunIdentity:
         return cls(run_id=run_id, started=started)
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class RowDefaults:
     """Values a manifest row falls back to when it does not give its own."""
 
@@ -121,7 +121,7 @@ def _url(text: str, *, encoded: bool = False) -> URL:
     return URL(text, encoded=encoded)
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Endpoints:
     """Where requests go.
 
@@ -170,7 +170,7 @@ def region_overrides(environ: Mapping[str, str]) -> dict[str, URL]:
     return found
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Limits:
     """How hard a run may push: requests in flight and the time one request may take."""
 
@@ -249,7 +249,7 @@ def check_region(value: str | None, *, option: str) -> str | None:
     return value
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Connection:
     """How to reach and authenticate to the service (shared by create, wait and validate --online)."""
 
@@ -273,7 +273,7 @@ class Connection:
         return {key: str(value) for key, value in given.items() if value is not None}
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class WaitPlan:
     """How long to wait in all, and how often to look (the interval grows by half up to its maximum)."""
 
@@ -282,7 +282,7 @@ class WaitPlan:
     max_interval: float = 60.0
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Notify:
     """Where a run says it started and ended (``--ping-url``, ``--webhook``), and how patiently.
 

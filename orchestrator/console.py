@@ -10,7 +10,7 @@ import orjson
 from orchestrator.models import utc_iso, utc_now
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Console:
     """Writes events to ``stream``: ``evs-snapshot: LEVEL: message`` or a JSON line with the fields."""
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 DEFAULT_WINDOW = 90.0
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class CreateRun:
     """A create report as cleanup reads it."""
 

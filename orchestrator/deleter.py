@@ -66,7 +66,7 @@ class Ended(enum.Enum):
     FAILED = "failed"  # retries spent, or an EVS.1047 whose snapshot could not be looked at
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Deletion:
     """The end of ``delete``: how it ended, whether the snapshot is surely gone, and the last answer
     (``code``, ``message``: its error, or the transport error's)."""
@@ -187,7 +187,7 @@ async def delete_snapshot(
     return deletion.ended is Ended.DONE, deletion.why
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Job:
     """One snapshot to delete: its route and its record so far; ``sent``: a DELETE already went out.
     With ``members``, a snapshot group (``record.key`` is the group's id): each member's record is
@@ -199,7 +199,7 @@ class Job:
     members: tuple[ActionRecord, ...] = ()
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False, repr=False)
 class Pending:
     """An accepted deletion not yet seen gone: its record, when its job began, when its wait ends."""
 

@@ -38,7 +38,7 @@ COLUMNS = (
 MAX_TAG_KEYS = 10  # evs-api.md 8.5
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Selector:
     """What a disk must match (every given selector, ANDed)."""
 

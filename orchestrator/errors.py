@@ -110,7 +110,7 @@ class CredentialsRefused(RouteClosed):
         self.args = (f"credentials refused: {code} {message}",)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Closure:
     """Why a route or an endpoint takes no more requests (kept as data; raised fresh each time)."""
 

@@ -47,7 +47,7 @@ class Result(enum.StrEnum):
     STOP = "stop"  # the endpoint or the credentials stop the doctor here: exit 3
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Check:
     """One row of the doctor's table."""
 
@@ -73,7 +73,7 @@ class Stopped(Exception):
     """The endpoint or the credentials stop the doctor: the checks so far are shown, exit 3."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Probe:
     """A read API the commands use: its call, the IAM action it needs, and who needs it."""
 

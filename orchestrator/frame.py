@@ -69,7 +69,7 @@ RESUME_ADVICE = "run again with --resume to finish the job"
 
 
 # --- where the summary and the metrics go ------------------------------------------------------
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Closing:
     """Where a run's summary and metrics go besides stderr, and whom it notifies."""
 

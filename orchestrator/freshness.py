@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 NOTHING = "nothing was audited"
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Stale:
     """A disk without an owned available snapshot younger than ``audit --max-age``."""
 
@@ -77,7 +77,7 @@ class Stale:
         }
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Incomplete:
     """The newest group of the tool of a server, without a member of some disks the manifest puts there."""
 

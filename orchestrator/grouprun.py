@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from orchestrator.api.routes import Route, Router
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False, repr=False)
 class _Unit:
     """One server's rows to send together, and the state of their tries."""
 

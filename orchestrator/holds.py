@@ -57,7 +57,7 @@ HOLD = "hold"
 RELEASE = "release"
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class HoldSettings:
     command: str  # HOLD or RELEASE
     reason: str | None  # hold's REASON (None for release)
@@ -85,7 +85,7 @@ class HoldSettings:
         }
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Named:
     """One snapshot to act on, and what named it: a create report's row (``run_id``, ``row`` and the
     row's disk), or ``--snapshot ID``."""
@@ -99,7 +99,7 @@ class Named:
     run_id: str | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Chosen:
     """The snapshots named, the create run's id (from a report), and notes on rows left out."""
 

@@ -15,7 +15,7 @@ from orchestrator.errors import UsageError
 PLACEHOLDER = "{server_id}"
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class HookPlan:
     """``--pre-hook``, ``--post-hook``, ``--hook-per-server`` and ``--hook-timeout``."""
 

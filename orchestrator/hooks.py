@@ -69,7 +69,7 @@ async def hook_servers(plan: HookPlan, rows: Callable[[], Iterable[RawRow]]) -> 
     return servers
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class HookContext:
     """What every hook of a run is told: the run id, the manifest path and the report path."""
 
@@ -87,7 +87,7 @@ class HookContext:
         )
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class HookResult:
     """One run of a hook: ``status`` is ``ok``, ``failed`` (exit code not 0), ``timeout``, ``stopped``
     (a pre-hook killed by a signal's drain, or by the end of the rows: a ``--deadline``) or ``unstarted``
@@ -230,7 +230,7 @@ async def _relay(
     relayed.set()
 
 
-@dataclasses.dataclass(slots=True, eq=False)
+@dataclasses.dataclass(slots=True, eq=False, repr=False)
 class _Freeze:
     """One freeze: the run's, or one server's; ``last_row`` is the last manifest row it covers."""
 

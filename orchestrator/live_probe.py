@@ -46,7 +46,7 @@ POLL_FIRST = 0.2
 POLL_MAX = 3.0
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class LiveSettings:
     volume_id: str
     report: Path  # the create report of the probe (``cleanup REPORT --apply`` removes what it made)

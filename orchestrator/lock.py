@@ -44,7 +44,7 @@ ATTEMPTS = 100  # a lock file removed under a taker this often in a row means so
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Lock:
     """A lock file and what it locks (for the message); ``remove``: delete the file on release."""
 

@@ -110,7 +110,7 @@ KEY_COLUMNS = ("volume_id", "project_id", "region")
 KeyCells = tuple[Any, Any, Any] | None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
 class ManifestSource:
     """Where a manifest is and how to read it; ``path`` is ``-`` for standard input."""
 

@@ -38,7 +38,7 @@ GROUP_DELETABLE = DELETABLE  # a group is deleted from available or error, as a 
 BUSY = "SNAPSHOT_BUSY"  # deleter's code for a state the service does not delete from
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Unit:
     """One snapshot group and its members as listed: deleted whole, or not at all."""
 
@@ -68,7 +68,7 @@ class Unit:
         return f"snapshot group {self.group.id} is held ({', '.join(sorted(set(self.held)))})"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Units:
     """A project's groups of the tool, and the ids of all their members."""
 

@@ -382,7 +382,7 @@ def shape_difference(old: Mapping[str, str], new: Mapping[str, str], whose: str)
     return None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class RunHeader:
     """The first line of a report: the run, and the manifest and options its names came from.
 

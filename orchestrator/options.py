@@ -627,7 +627,7 @@ DELETING = apply(
 )
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Choice:
     """What ``hold`` and ``release`` were told to act on, and how (``HOLDING``)."""
 

@@ -62,7 +62,7 @@ def check_name_prefix(prefix: str | None) -> str | None:
     return prefix
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Ownership:
     """Which snapshots are the tool's own: the run marker, or an explicit name prefix; never a backup's."""
 
@@ -86,7 +86,7 @@ def of_run(snapshot: Snapshot, run_id: str) -> bool:
     return snapshot.marked(run_id) and not snapshot.is_backup
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Refusal:
     """Why a snapshot may not be touched: an error code of the module docstring, and a sentence."""
 

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 SETTLE_WARN = 10.0  # a shorter --settle may not outlast a late commit
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class CreateSettings:
     """Everything ``create`` was told, resolved from options and the environment."""
 

@@ -367,7 +367,7 @@ class RowOutcomes:
         return outcome
 
 
-@dataclasses.dataclass(slots=True, kw_only=True)
+@dataclasses.dataclass(slots=True, kw_only=True, eq=False, repr=False)
 class Journal:
     """What a create report tells of its sends: the wall-clock time of each row's last ``sending``
     record (one float per row, 0 when none), and whether an earlier process may have left two

@@ -76,7 +76,7 @@ class RowStopped(Exception):
     """The run is stopping (a signal) before this row's rollback was sent: the row gets no record."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class RestorePlan:
     """How a rollback run works: the create run it restores, its retries, settle window and waits."""
 
@@ -96,7 +96,7 @@ class RestorePlan:
         return dataclasses.replace(self.policy, max_attempts=self.policy.max_lookups)
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Finding:
     """What became of a row, or (when planning) what stands in its way (``code`` names the blocker)."""
 
@@ -109,7 +109,7 @@ class Finding:
     attempts: int = 0
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Look:
     """The snapshot and disk as found, and the blocker (``None``: the rollback may be sent)."""
 
@@ -467,7 +467,7 @@ async def _taken(route: Route, row: Record, plan: RestorePlan, *, patience: floa
         waited += step
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False, repr=False)
 class Watch:
     """A rollback sent (or found under way) whose end is not seen yet, and when to look next."""
 

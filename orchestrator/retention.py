@@ -83,7 +83,7 @@ PERIODS = ("hourly", "daily", "weekly", "monthly", "yearly")
 """The calendar rules, shortest period first (``--keep-hourly`` ... ``--keep-yearly``)."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Zone:
     """The time zone calendar periods are counted in: ``tzinfo`` ``None`` is the machine's local time,
     read per instant (so its DST changes are followed even without a zone name)."""
@@ -139,7 +139,7 @@ def period(kind: str, local: datetime) -> str:
     return f"{kind} {label}"
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Rules:
     """The retention rules of a prune."""
 
@@ -226,7 +226,7 @@ class Rules:
         return [(snapshot, reasons[snapshot.id]) for snapshot in ranked]
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class PruneSettings:
     source: ManifestSource | None
     all_volumes: bool

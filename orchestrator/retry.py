@@ -52,7 +52,7 @@ def classify(status: int, error_code: str | None) -> Verdict:
     return Verdict.FINAL
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class RetryPolicy:
     """How often and how patiently to retry: exponential backoff with full jitter."""
 

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from orchestrator.retry import RetryPolicy
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class RollbackSettings:
     source: Path  # the create report
     report: str  # this run's report, or "-"
@@ -63,7 +63,7 @@ class RollbackSettings:
     closing: Closing | None = None  # its notifications (--ping-url, --webhook)
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Chosen:
     """The rows a rollback acts on, and how many rows of the create run have no record at all."""
 
@@ -166,7 +166,7 @@ def rolled_back_before(settings: RollbackSettings, chosen: Chosen, console: Cons
     return not settings.again
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False, repr=False)
 class Restored:
     """What ``restore_all`` has ended so far: the last outcome (and code) of each row, and how many
     rows an earlier run of the report had finished. The caller holds it, so that it stays whole when a

@@ -248,7 +248,7 @@ def render_name(template: str, values: Mapping[str, object]) -> str:
     return name
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False, repr=False)
 class RowValidator:
     """Second pass: turns rows into requests or ``invalid`` records, catching duplicates exactly."""
 

@@ -52,7 +52,7 @@ GONE_STATUSES = frozenset({"deleting", "error_deleting"})
 T = TypeVar("T")
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class RunPlan:
     """What the runner needs besides rows: identity, pool size, patience, and whether to send at all."""
 

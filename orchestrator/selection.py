@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from orchestrator.api.routes import Route, Router
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Target:
     """A disk of the selection, as the manifest names it (project or region may be missing)."""
 
@@ -83,7 +83,7 @@ def read_targets(
     return targets, bad
 
 
-@dataclasses.dataclass(eq=False, slots=True)
+@dataclasses.dataclass(eq=False, slots=True, repr=False)
 class Scope:
     """One project of the selection: its route, and its selected disks (volume id -> manifest row)."""
 

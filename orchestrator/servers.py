@@ -18,7 +18,7 @@ from orchestrator.manifest import RawRow
 NAMED_ROWS = 20  # rows without a server named in an error, at most
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
 class ServerRows:
     """Each server's rows (1-based row numbers, in manifest order), and the rows that name no server."""
 

@@ -49,7 +49,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STOP_EVERY = 1024  # rows between two looks at the command's cancellation in a synchronous pass
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Phase:
     """What the first signal does in a phase, and what a second one leaves behind (said as it exits)."""
 

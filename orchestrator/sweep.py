@@ -45,7 +45,7 @@ def sweep_policy(policy: RetryPolicy) -> RetryPolicy:
     return dataclasses.replace(policy, max_attempts=max(8, policy.max_attempts))
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False, repr=False)
 class SweepResult:
     found: int = 0
     removed: int = 0

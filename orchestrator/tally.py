@@ -83,7 +83,7 @@ def first_without_record(total: int, recorded: Callable[[int], bool], limit: int
     return found
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Counting:
     """What differs between counting a create run's rows and an action run's records.
 

@@ -95,7 +95,7 @@ class IamClient:
         raise closure.error()
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False, repr=False)
 class _Token:
     value: str
     project_id: str

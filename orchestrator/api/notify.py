@@ -36,7 +36,7 @@ JSON = "application/json"
 TRUNCATED = "\n... (cut at 10 kB: the report holds everything)"
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Message:
     """One notification: where it goes, what it says, and what the log calls it."""
 

@@ -116,7 +116,7 @@ def created_snapshot(body: object) -> tuple[str | None, str | None]:
     return str(get("id") or "") or None, _text(get("status"))
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class SnapshotGroup:
     """One v5 snapshot group (crash-consistent set) as a list or show answer gives it; the run's
     marker is its ``evs_snapshot_run`` tag (a group has tags, not metadata)."""
@@ -152,7 +152,7 @@ class SnapshotGroup:
         return self.marker is not None and (run_id is None or self.marker == run_id)
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Job:
     """An asynchronous job's state (``GET /v1/{project_id}/jobs/{job_id}``): ``INIT``, ``RUNNING``,
     ``SUCCESS`` or ``FAIL`` (with its ``fail_reason``)."""
@@ -174,7 +174,7 @@ class Job:
         return self.status in ("SUCCESS", "FAIL")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Attachment:
     """Where a disk is attached: the server, and the device name on it."""
 
@@ -182,7 +182,7 @@ class Attachment:
     device: str | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class Volume:
     """One disk as a list, show or tag-filter answer gives it."""
 

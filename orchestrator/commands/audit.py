@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 LISTED_IN_SUMMARY = 1000
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class AuditSettings:
     source: ManifestSource
     project_id: str | None

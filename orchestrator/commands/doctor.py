@@ -52,7 +52,7 @@ class DiskId(click.ParamType):  # type: ignore[type-arg]
         return text
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class DoctorSettings:
     source: ManifestSource | None
     project_id: str | None

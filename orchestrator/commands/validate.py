@@ -49,7 +49,7 @@ HINTS = {
 }
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class ValidateSettings:
     source: ManifestSource
     defaults: RowDefaults

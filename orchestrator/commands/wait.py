@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from orchestrator.tally import Tally
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class WaitSettings:
     report: Path
     connection: Connection
