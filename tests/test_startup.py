@@ -37,13 +37,14 @@ RUN = (
 )
 
 
-# The CLI as ``python -m orchestrator`` runs it; at exit, the names in ``sys.modules`` go to a file.
+# The CLI as ``python -m orchestrator`` runs it; at exit, the names in ``sys.modules`` go to a file,
+# and a last line says whether the garbage collector is on and how many objects it has frozen.
 CHILD = """
-import atexit, sys
+import atexit, gc, sys
 from pathlib import Path
 listed = Path(sys.argv.pop(1))
 sys.argv[0] = "evs-snapshot"
-atexit.register(lambda: listed.write_text("\\n".join(sorted(sys.modules))))
+atexit.register(lambda: listed.write_text("\\n".join([*sorted(sys.modules), f"#gc {gc.isenabled()} {gc.get_freeze_count()}"])))
 from orchestrator.__main__ import main
 main()
 """
@@ -61,7 +62,12 @@ def _imported(tmp_path: Path, *args: str) -> set[str]:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    return set(listed.read_text(encoding="utf-8").split())
+    *modules, collector = listed.read_text(encoding="utf-8").split("\n")
+    # The command ran with the collector on; what the import made (and what lived at exit) is frozen.
+    _, enabled, frozen = collector.split()
+    assert enabled == "True"
+    assert int(frozen) > 10_000
+    return set(modules)
 
 
 def _under(modules: set[str], *packages: str) -> set[str]:
