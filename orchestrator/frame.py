@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from orchestrator.api.routes import Router
     from orchestrator.config import Connection, Notify
     from orchestrator.hooks import Hooks
+    from orchestrator.retry import RetryPolicy
     from orchestrator.servers import ServerRows
 
 T = TypeVar("T")
@@ -375,11 +376,11 @@ class Frame:
             resume=resume,
         )
 
-    async def connect(self, connection: Connection) -> Router:
+    async def connect(self, connection: Connection, policy: RetryPolicy | None = None) -> Router:
         """The run's router (its session closes with the frame); its closed routes make exit 3."""
         from orchestrator.api.routes import connect  # noqa: PLC0415 - aiohttp loads only when sending
 
-        self.router = await connect(self._stack, connection)
+        self.router = await connect(self._stack, connection, policy)
         return self.router
 
     async def enter(self, context: contextlib.AbstractAsyncContextManager[T]) -> T:
