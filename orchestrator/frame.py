@@ -51,7 +51,7 @@ from orchestrator.hookplan import HookPlan
 from orchestrator.lock import Held, Lock, holding, report_lock
 from orchestrator.models import Record, RunHeader, shape_difference, utc_now
 from orchestrator.report import ReportWriter, ResumeBook, check_report_path, read_header
-from orchestrator.signals import draining
+from orchestrator.signals import draining, run_finished
 from orchestrator.tally import Counting, Tally
 
 if TYPE_CHECKING:
@@ -510,6 +510,8 @@ class Frame:
             also=self.also,
         )
         summary = {**summary, "exit_code": code, **self.summary}
+        if not self.signals:  # a signal from now on cannot change what the side files say
+            run_finished(code)
         write_side_files(
             self.closing,
             command=self.command,
