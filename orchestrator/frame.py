@@ -502,6 +502,8 @@ class Frame:
             code = RunAborted.exit_code
         else:
             code = max(tally.exit_code, self.at_least)
+        if self.signals:  # drained after a signal: the process exits 130/143, and the side files say so
+            code = 128 + self.signals[0]
         summary = {**({"command": self.command} if not tally.counting.rows else {}), **data}
         families = metrics.tally_families(
             tally,
