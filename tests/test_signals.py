@@ -38,6 +38,7 @@ from tests.helpers import (
     NO_CREDENTIALS,
     PROJECT,
     TOKEN_ENV,
+    Launched,
     cli_args,
     create_args,
     create_report,
@@ -49,6 +50,7 @@ from tests.helpers import (
     one_request,
     records,
     requests_of,
+    run_process,
     snap,
     snapshots_per_volume,
     start,
@@ -70,24 +72,12 @@ ROLLBACK_ROUTE = "POST /v2/{project_id}/cloudsnapshots/{snapshot_id}/rollback"
 SIGNAL_WINDOW_MS = 700
 
 
-def started(
-    args: list[str], env: dict[str, str] | None = None, *, sigint_ignored: bool = False
-) -> subprocess.Popen[bytes]:
+def started(args: list[str], env: dict[str, str] | None = None, *, sigint_ignored: bool = False) -> Launched:
     """The CLI as a real process; ``sigint_ignored`` starts it as ``sh -c 'cmd &'`` does (POSIX)."""
-
-    def ignore_sigint() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **(env or AKSK_ENV)},
-        preexec_fn=ignore_sigint if sigint_ignored else None,  # noqa: PLW1509 - a test's child only
-    )
+    return run_process(args, env or AKSK_ENV, stdout=subprocess.DEVNULL, sigint_ignored=sigint_ignored)
 
 
-def until(ready: Callable[[], bool], process: subprocess.Popen[bytes], limit: float = 60.0) -> None:
+def until(ready: Callable[[], bool], process: Launched, limit: float = 60.0) -> None:
     """Wait (bounded) until ``ready()`` while the process runs."""
     stop = time.monotonic() + limit
     while time.monotonic() < stop:
@@ -99,7 +89,7 @@ def until(ready: Callable[[], bool], process: subprocess.Popen[bytes], limit: fl
     raise AssertionError("never ready")
 
 
-def ended(process: subprocess.Popen[bytes]) -> str:
+def ended(process: Launched) -> str:
     """Stderr of a process that must end by itself (a hang fails the test here)."""
     _, stderr = process.communicate(timeout=60)
     return stderr.decode()
@@ -125,7 +115,7 @@ def stopped_by(stderr: str, signum: int) -> None:
     assert f"stopped by {name}" in line
 
 
-def reading(process: subprocess.Popen[bytes], path: Path) -> Callable[[], bool]:
+def reading(process: Launched, path: Path) -> Callable[[], bool]:
     """True while the process has ``path`` open (the manifest pass is under way)."""
 
     def now() -> bool:
@@ -192,12 +182,7 @@ def test_a_signal_while_standard_input_stalls_stops_at_once(
     emu = emulator_thread(any_volume=True)
     report = tmp_path / "r.jsonl"
     args = [*cli_args("create", "-", format="csv", endpoint=emu.url, project_id=PROJECT, report=report)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", *args],
-        stdin=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **AKSK_ENV},
-    )
+    process = run_process(args, stdin=subprocess.PIPE, stdout=None)
     with process:
         assert process.stdin is not None
         process.stdin.write(b"volume_id\n")  # then nothing more, and the pipe stays open
@@ -593,11 +578,9 @@ def test_a_dry_run_stopped_among_its_rows_ends_whole_records_and_its_summary(
     row, every record written is whole, the summary is printed, and it exits 143."""
     manifest = csv_manifest(write, volume_ids(3000, seed=4401))
     args = cli_args("create", manifest, dry_run=True, project_id=PROJECT, region="cn-north-4", report="-")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **NO_CREDENTIALS},
+    process = run_process(
+        args,
+        NO_CREDENTIALS,
         bufsize=0,  # the test reads two lines, and ``communicate`` all the rest
     )
     with process:
