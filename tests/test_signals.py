@@ -279,7 +279,7 @@ def test_a_signal_in_a_listing_sends_nothing_more(
     assert not (tmp_path / "out.csv").exists()
 
 
-def taken(process: subprocess.Popen[bytes], signum: int) -> Callable[[], bool]:
+def taken(process: Launched, signum: int) -> Callable[[], bool]:
     """True once ``signum`` sent to the process is no longer pending: its handler has run (and has
     woken the event loop), so the loop sees it before anything that happens after this."""
 
