@@ -126,7 +126,7 @@ async def _locked(
         settings = dataclasses.replace(settings, defaults=defaults, connection=connection)
     router: Router | None = None
     if not settings.dry_run:
-        router = await frame.connect(settings.connection)
+        router = await frame.connect(settings.connection, settings.policy)
         left = QUOTA_CHECK_SECONDS
         if settings.deadline is not None:
             left = min(left, started + settings.deadline - time.monotonic())

@@ -51,7 +51,7 @@ from orchestrator.hookplan import HookPlan
 from orchestrator.lock import Held, Lock, holding, report_lock
 from orchestrator.models import Record, RunHeader, shape_difference, utc_now
 from orchestrator.report import ReportWriter, ResumeBook, check_report_path, read_header
-from orchestrator.signals import draining
+from orchestrator.signals import draining, run_finished
 from orchestrator.tally import Counting, Tally
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from orchestrator.api.routes import Router
     from orchestrator.config import Connection, Notify
     from orchestrator.hooks import Hooks
+    from orchestrator.retry import RetryPolicy
     from orchestrator.servers import ServerRows
 
 T = TypeVar("T")
@@ -375,11 +376,11 @@ class Frame:
             resume=resume,
         )
 
-    async def connect(self, connection: Connection) -> Router:
+    async def connect(self, connection: Connection, policy: RetryPolicy | None = None) -> Router:
         """The run's router (its session closes with the frame); its closed routes make exit 3."""
         from orchestrator.api.routes import connect  # noqa: PLC0415 - aiohttp loads only when sending
 
-        self.router = await connect(self._stack, connection)
+        self.router = await connect(self._stack, connection, policy)
         return self.router
 
     async def enter(self, context: contextlib.AbstractAsyncContextManager[T]) -> T:
@@ -501,6 +502,8 @@ class Frame:
             code = RunAborted.exit_code
         else:
             code = max(tally.exit_code, self.at_least)
+        if self.signals:  # drained after a signal: the process exits 130/143, and the side files say so
+            code = 128 + self.signals[0]
         summary = {**({"command": self.command} if not tally.counting.rows else {}), **data}
         families = metrics.tally_families(
             tally,
@@ -509,6 +512,8 @@ class Frame:
             also=self.also,
         )
         summary = {**summary, "exit_code": code, **self.summary}
+        if not self.signals:  # a signal from now on cannot change what the side files say
+            run_finished(code)
         write_side_files(
             self.closing,
             command=self.command,

@@ -329,7 +329,7 @@ async def run_holds(settings: HoldSettings, *, console: Console) -> int:
     )
     async with frame:
         frame.lock(locks)  # before anything is sent
-        router = await frame.connect(settings.connection)
+        router = await frame.connect(settings.connection, settings.policy)
         frame.open_actions(
             source=str(settings.source or "--snapshot"),
             shape=settings.shape(),

@@ -138,24 +138,27 @@ def first_pass(
 ) -> tuple[int, set[bytes]]:
     """The pass over the whole manifest before anything is sent: its rows counted, the keys that may be
     duplicated (``duplicates``), its file errors and unknown columns (``warn``), and ``columns_checked``.
-    Only the key columns are read unless a ``--metadata`` template names a column."""
+    Only the key columns are read unless a template (``--name-template``, ``--metadata``) names a column."""
     wanted = {
         column: f"--metadata {key}={template}"
         for key, template in defaults.metadata.items()
         for column in template_columns(template)
     }
-    if not wanted:  # no --metadata template names a column (the usual case)
+    for column in template_columns(defaults.name_template):
+        wanted.setdefault(column, f"--name-template {defaults.name_template}")
+    if not wanted:  # no template names a column (the usual case)
         return key_candidates(read_keys(source, display=display, warn=warn, also_known=also_known), defaults)
     rows = read_rows(source, display=display, warn=warn, also_known=also_known)
     return duplicate_candidates(columns_checked(rows, wanted), defaults)
 
 
 def columns_checked(rows: Iterable[RawRow], wanted: dict[str, str]) -> Iterator[RawRow]:
-    """The rows, passed through; once they are all read, a column that a ``--metadata`` template names
-    (``wanted``: each with its option) and no row has is a usage error (exit 2): the first pass raises
-    it, before anything is sent.
+    """The rows, passed through; once they are all read, a column that a template (``--name-template``,
+    ``--metadata``) names (``wanted``: each with its option) and no row has is a usage error (exit 2):
+    the first pass raises it, before anything is sent.
 
-    A column some row has is known, even when its cells are empty (an empty cell leaves the key out).
+    A row has a column when its fields hold the key: a JSON key even with an empty value, a CSV cell
+    that is not blank (a blank one leaves the key out).
     """
     for raw in rows:
         if wanted and raw.fields is not None:
@@ -167,6 +170,9 @@ def columns_checked(rows: Iterable[RawRow], wanted: dict[str, str]) -> Iterator[
         hint = (
             " (select --with-tags writes a tag:KEY column for each tag)"
             if column.startswith(TAG_PREFIX)
+            else f" ({{{builtin}}} is a plain value, and a placeholder cannot read its attributes: "
+            f"write {{{builtin}}})"
+            if (builtin := column.partition(".")[0]) in BUILTIN_PLACEHOLDERS
             else ""
         )
         raise UsageError(

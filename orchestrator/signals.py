@@ -13,6 +13,9 @@ first signal does depends on the phase the command is in:
   the phase is cancelled at once and the command prints its summary.
 
 A second signal ends the process at once in every phase, after saying so and fsyncing the report.
+Once a run has finished (``run_finished``: every record written, the summary printed, the side files
+written with its exit code) a signal changes nothing: the process ends with that exit code, after the
+end notifications (a second signal: at once).
 A signal the process inherited as ignored (SIGINT in a background job of a script, as POSIX shells
 start them) stays ignored: ``kill -TERM`` stops such a run.
 
@@ -66,6 +69,7 @@ class Guard:
         self.cancel = cancel  # what a signal outside every phase does (cancels the command's scope)
         self.received: list[int] = []
         self.phases: list[Phase] = []
+        self.finished: int | None = None  # the exit code of a run that has finished (``run_finished``)
         # a signal inherited as ignored stays ignored (POSIX: a script's background job ignores SIGINT)
         self.signals = tuple(signum for signum in SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN)
 
@@ -80,6 +84,14 @@ class Guard:
     def deliver(self, signum: int) -> None:
         name = signal.Signals(signum).name
         phase = self.phases[-1] if self.phases else None
+        if self.finished is not None:  # the run's summary and side files already say how it ended
+            self.console.event(
+                "stopping", f"{name}: the run had finished; it exits {self.finished}, as it said", signal=name
+            )
+            if self.received:
+                os._exit(self.finished)
+            self.received.append(signum)
+            return
         if self.received:
             left = phase.left if phase is not None else "nothing more is sent"
             self.console.error(f"second {name}: stopping now; {left}", signal=name)
@@ -132,6 +144,8 @@ async def guarded(entry: Callable[[], Awaitable[int]], console: Console) -> int:
         _CURRENT.reset(token)
     if error is not None:
         raise error
+    if guard.finished is not None:
+        return guard.finished
     if guard.received:
         raise Interrupted(guard.received[0], STOPPED_ADVICE)
     return code
@@ -163,9 +177,20 @@ def guarded_now(entry: Callable[[], int], console: Console) -> int:
         for signum, handler in saved.items():
             signal.signal(signum, handler)
         _CURRENT.reset(token)
+    if guard.finished is not None:
+        return guard.finished
     if guard.received:
         raise Interrupted(guard.received[0], STOPPED_ADVICE)
     return code
+
+
+def run_finished(code: int) -> None:
+    """The running command's run has finished with exit ``code`` (its summary printed, its side files
+    about to say ``code``): a signal from now on leaves it so. Nothing changes once a signal was received:
+    that run is stopping."""
+    guard = _CURRENT.get()
+    if guard is not None and not guard.received:
+        guard.finished = code
 
 
 def received() -> list[int]:

@@ -33,7 +33,7 @@ from orchestrator.emulator import (
     serving,
 )
 from orchestrator.emulator.clock import Clock
-from tests.helpers import TOKEN
+from tests.helpers import TOKEN, stop_launcher
 
 # The tests' own processes get SIGINT's default action, however pytest was started: a shell without job
 # control (``sh -c 'make test &'``, some CI runners) starts it with SIGINT ignored, which every process
@@ -78,6 +78,14 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     finally:
         for running in reversed(stopped):
             running.start()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def launcher_ended_with_the_session() -> Iterator[None]:
+    """The launcher of the tests' CLI processes (``helpers.run_process``) ends with the session, waited
+    for: the CPU of the processes it started counts in the worker's own children's, as exec's would."""
+    yield
+    stop_launcher()
 
 
 @pytest.fixture(scope="session")

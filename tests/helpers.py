@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +16,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import anyio
@@ -183,13 +185,310 @@ def snapshots_per_volume(state: Mapping[str, Any], run_id: str | None = None) ->
     )
 
 
-def run_process(args: list[str], env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """The CLI as a real process (for signals and exit codes), AK/SK for the emulator by default."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+# --- the CLI as a real process, forked from an interpreter that has already imported it -------------
+#
+# A test about a real process (a signal, an exit code, a lock's holder, a pipe) starts the CLI as one.
+# Started by exec, each costs about 0.55 s of CPU before its first line runs: the interpreter and the
+# imports (aiohttp, click, anyio and the package). The suite starts about 60 of them. So each xdist worker
+# keeps one launcher process, started once by exec, that imports the package and waits; each CLI process
+# is a fork of it, set up as exec would have set it up (its own pipes or /dev/null on 0-2, every other
+# descriptor closed, the test's environment, working folder and time zone, SIGINT inherited ignored or
+# Python's own, SIGPIPE and SIGXFSZ ignored as Python ignores them, fresh standard streams, `sys.argv`),
+# and then runs `orchestrator.__main__.main()` as `python -m orchestrator` does. It costs about 0.05 s.
+# It is a real process: its own pid, signals from the kernel, its exit status (through a waiter process
+# that forked it, since the test is not its parent), its pipes. What needs a fresh interpreter (the start
+# itself: what it imports, a signal while it imports, `python -m`'s path, a PYTHON* variable, a file size
+# limit or a shell around it) is started by exec: `subprocess` as before.
+
+_LAUNCHER = r"""
+import atexit, importlib, io, json, os, pkgutil, random, signal, socket, sys, threading, time, traceback
+import orchestrator
+for found in pkgutil.walk_packages(orchestrator.__path__, "orchestrator."):
+    importlib.import_module(found.name)
+main = importlib.import_module("orchestrator.__main__").main
+
+
+def stream(fd, mode, old, line_buffering):
+    raw = io.FileIO(fd, mode, closefd=False)
+    buffered = io.BufferedReader(raw) if mode == "r" else io.BufferedWriter(raw)
+    return io.TextIOWrapper(buffered, encoding=old.encoding, errors=old.errors, newline="\n",
+                            line_buffering=line_buffering)
+
+
+def run(request, fds):
+    for target, fd in enumerate(fds[:3]):
+        os.dup2(fd, target)
+    os.closerange(3, 1 << 20)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    time.tzset()
+    random.seed()
+    signal.signal(signal.SIGINT, signal.SIG_IGN if request["sigint_ignored"] else signal.default_int_handler)
+    sys.stdin = sys.__stdin__ = stream(0, "r", sys.__stdin__, False)
+    sys.stdout = sys.__stdout__ = stream(1, "w", sys.__stdout__, os.isatty(1))
+    sys.stderr = sys.__stderr__ = stream(2, "w", sys.__stderr__, True)
+    sys.modules["__main__"] = sys.modules["orchestrator.__main__"]  # as `-m` makes it (click's name)
+    sys.argv = [sys.modules["__main__"].__file__, *request["argv"]]
+    code = 0
+    try:
+        main()
+    except SystemExit as stop:
+        if stop.code is None:
+            code = 0
+        elif isinstance(stop.code, int):
+            code = stop.code
+        else:
+            print(stop.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    for out in (sys.stdout, sys.stderr):
+        try:
+            out.flush()
+        except Exception:
+            code = 120
+    os._exit(code)
+
+
+def wait(request, fds):
+    status = fds[3]
+    pid = os.fork()
+    if pid == 0:
+        run(request, fds)
+    for fd in fds[:3]:
+        os.close(fd)
+    os.write(status, b"%d\n" % pid)
+    _, how = os.waitpid(pid, 0)
+    os.write(status, b"%d\n" % os.waitstatus_to_exitcode(how))
+    os._exit(0)
+
+
+# Each waiter is waited for (at the latest when the worker closes the socket), and the launcher by the
+# worker: the CPU of every process started here counts in the worker's children's, as exec's would.
+control = socket.socket(fileno=int(sys.argv[1]))
+waiters = set()
+while True:
+    message, fds, _, _ = socket.recv_fds(control, 1 << 20, 4)
+    if not message:
+        break
+    waiter = os.fork()
+    if waiter == 0:
+        control.close()
+        wait(json.loads(message), fds)
+    waiters.add(waiter)
+    for fd in fds:
+        os.close(fd)
+    waiters -= {pid for pid in waiters if os.waitpid(pid, os.WNOHANG)[0]}
+for pid in waiters:
+    os.waitpid(pid, 0)
+"""
+
+
+class _Launcher:
+    """This worker's launcher process, started on first use, ended with the worker."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.environ = {key: value for key, value in os.environ.items() if key.startswith("PYTHON")}
+        self.process = subprocess.Popen(  # its source on standard input: `ps` shows one short line
+            [sys.executable, "-c", "import sys; exec(sys.stdin.read())", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        theirs.close()
+        assert self.process.stdin is not None
+        self.process.stdin.write(_LAUNCHER.encode())
+        self.process.stdin.close()
+        self.control = ours
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        self.control.close()  # the launcher reads the end, waits for its waiters, and exits
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a test left a process running: the launcher no longer waits
+            self.process.kill()
+            self.process.wait()
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+_launcher: _Launcher | None = None
+
+
+def _the_launcher() -> _Launcher:
+    global _launcher  # noqa: PLW0603 - one per worker, started on first use
+    if _launcher is None or _launcher.process.poll() is not None:
+        _launcher = _Launcher()
+    return _launcher
+
+
+def stop_launcher() -> None:
+    """End this worker's launcher (conftest, as the session ends), waiting for it."""
+    global _launcher  # noqa: PLW0603
+    if _launcher is not None:
+        _launcher.close()
+        _launcher = None
+
+
+class Launched:
+    """A CLI process forked by the launcher, with the part of ``subprocess.Popen`` the tests use."""
+
+    def __init__(
+        self,
+        args: list[str],
+        *,
+        env: Mapping[str, str],
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | None = None,
+        bufsize: int = -1,
+        sigint_ignored: bool = False,
+    ) -> None:
+        launcher = _the_launcher()
+        changed = {key for key in set(env) | set(launcher.environ) if key.startswith("PYTHON")}
+        if any(env.get(key) != launcher.environ.get(key) for key in changed):
+            raise ValueError("a PYTHON* variable takes a fresh interpreter: start it with subprocess")
+        self.args = args
+        self.returncode: int | None = None
+        ends: list[int] = []  # the child's ends, closed here once sent
+        theirs: list[int] = []
+        files: list[IO[bytes] | None] = []
+        for fd, how, reading in ((0, stdin, False), (1, stdout, True), (2, stderr, True)):
+            if how == subprocess.PIPE:
+                read, write = os.pipe()
+                mine, child = (read, write) if reading else (write, read)
+                ends.append(child)
+                theirs.append(child)
+                files.append(open(mine, "rb" if reading else "wb", buffering=bufsize))  # noqa: SIM115
+            elif how == subprocess.DEVNULL:
+                child = os.open(os.devnull, os.O_RDWR)
+                ends.append(child)
+                theirs.append(child)
+                files.append(None)
+            else:
+                theirs.append(fd)
+                files.append(None)
+        self.stdin, self.stdout, self.stderr = files
+        status, theirs_status = socket.socketpair()
+        request = {"argv": args, "env": dict(env), "cwd": os.getcwd(), "sigint_ignored": sigint_ignored}
+        try:
+            with launcher.lock:
+                socket.send_fds(launcher.control, [orjson.dumps(request)], [*theirs, theirs_status.fileno()])
+        finally:
+            theirs_status.close()
+            for child in ends:
+                os.close(child)
+        self._status = status.makefile("rb", buffering=0)
+        status.close()
+        line = self._status.readline()
+        if not line:
+            raise RuntimeError(
+                "the launcher did not start the process (its stderr: "
+                f"{launcher.process.stderr.read() if launcher.process.poll() is not None and launcher.process.stderr else b''!r})"
+            )
+        self.pid = int(line)
+
+    def poll(self) -> int | None:
+        if self.returncode is None and select.select([self._status], [], [], 0)[0]:
+            self._ended()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            if not select.select([self._status], [], [], timeout)[0]:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            self._ended()
+        assert self.returncode is not None
+        return self.returncode
+
+    def _ended(self) -> None:
+        line = self._status.readline()
+        self.returncode = int(line) if line else -signal.SIGKILL  # the waiter itself was killed
+        self._status.close()
+
+    def communicate(self, input: bytes | None = None, timeout: float | None = None) -> tuple[bytes, bytes]:
+        stop = None if timeout is None else time.monotonic() + timeout
+        if self.stdin is not None:
+            if input:
+                with contextlib.suppress(BrokenPipeError):
+                    self.stdin.write(input)
+            with contextlib.suppress(BrokenPipeError):
+                self.stdin.close()
+        out: dict[IO[bytes], bytearray] = {
+            f: bytearray() for f in (self.stdout, self.stderr) if f is not None
+        }
+        open_files = list(out)
+        while open_files:
+            left = None if stop is None else stop - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            for f in select.select(open_files, [], [], left)[0]:
+                chunk = os.read(f.fileno(), 65536)
+                if chunk:
+                    out[f] += chunk
+                else:
+                    open_files.remove(f)
+        self.wait(None if stop is None else max(0.0, stop - time.monotonic()))
+        result = (
+            bytes(out[self.stdout]) if self.stdout else b"",
+            bytes(out[self.stderr]) if self.stderr else b"",
+        )
+        for done in (self.stdout, self.stderr):
+            if done is not None:
+                done.close()
+        return result
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:  # not a pid the system may have given to another process since
+            os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def __enter__(self) -> Launched:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for f in (self.stdout, self.stderr):
+            if f is not None:
+                f.close()
+        if self.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                self.stdin.close()
+        self.wait()
+
+
+def run_process(
+    args: list[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    stdin: int | None = None,
+    stdout: int | None = subprocess.PIPE,
+    stderr: int | None = subprocess.PIPE,
+    bufsize: int = -1,
+    sigint_ignored: bool = False,
+) -> Launched:
+    """``python -m orchestrator ARGS`` as a real process (for signals, exit codes, locks and pipes), forked
+    from this worker's launcher (below); AK/SK for the emulator by default. ``sigint_ignored`` starts it
+    as ``sh -c 'cmd &'`` does (POSIX: a background job inherits SIGINT ignored)."""
+    return Launched(
+        args,
         env={**os.environ, **AKSK_ENV, **(env or {})},
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        bufsize=bufsize,
+        sigint_ignored=sigint_ignored,
     )
 
 
@@ -202,7 +501,7 @@ def emulator_as_commanded(args: list[str]) -> EmulatorThread:
     return EmulatorThread(emulator_command.settings_from(context.params))
 
 
-def wait_for_records(report: Path, count: int, process: subprocess.Popen[bytes], limit: float = 30.0) -> None:
+def wait_for_records(report: Path, count: int, process: Launched, limit: float = 30.0) -> None:
     """Wait (bounded) until the report holds ``count`` records (the journal not counted) while the process runs."""
     stop = time.monotonic() + limit
     while time.monotonic() < stop and process.poll() is None:

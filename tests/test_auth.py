@@ -244,6 +244,39 @@ def test_region_without_project_fails_its_rows_only(
     assert requests_of(emu.state(), "GET /v3/projects") == {"200": 2}
 
 
+@pytest.mark.parametrize(
+    ("failing", "outcomes", "lookups"),
+    [
+        (100, {("failed", "IAM_502")}, {"502": 3}),  # every try: the rows that need it fail, asked 3 times
+        (2, {("accepted", None)}, {"502": 2, "200": 1}),  # a passing outage: the third try finds it
+    ],
+)
+def test_a_project_lookup_answered_5xx_is_retried_then_remembered(
+    emulator_thread: Callable[..., Any],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    failing: int,
+    outcomes: set[tuple[str, str | None]],
+    lookups: dict[str, int],
+) -> None:
+    """IAM answers the project lookup 5xx: the one lookup is retried under --max-attempts and its
+    backoff, then every row that needs the project fails with that one error: not a lookup per row."""
+    emu = emulator_thread(any_volume=True, iam_5xx_first=failing)
+    report = tmp_path / "r.jsonl"
+    args = ["--region", REGION, "--endpoint", emu.url, "--iam-endpoint", emu.url, "--report", str(report)]
+    retries = ["--max-attempts", "3", "--backoff-initial", "0.01", "--backoff-max", "0.02"]
+    result = invoke(["create", str(manifest_of(write, volume_ids(6, seed=25))), *args, *retries], env=AKSK)
+    assert result.exit_code == (1 if failing > 2 else 0), result.output
+    got = records(report)
+    assert {(r["outcome"], r["error_code"]) for r in got} == outcomes
+    assert len(got) == 6
+    assert requests_of(emu.state(), "GET /v3/projects") == lookups
+    if failing > 2:
+        assert {r["attempts"] for r in got} == {0}
+        assert all("3 times" in r["error_message"] for r in got)
+        assert requests_of(emu.state(), "POST /v2/{project_id}/cloudsnapshots") == {}
+
+
 def test_two_projects_in_two_regions(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

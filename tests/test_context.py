@@ -187,6 +187,31 @@ def test_an_unknown_column_exits_2_before_anything_is_sent(
     assert "'tag:env'" in result.stderr
 
 
+def test_a_name_template_column_no_row_has_exits_2_before_anything_is_sent(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """--name-template naming a column no row has ({volume_id.__class__} is such a column, not an
+    attribute) exits 2 naming it, as --metadata does: not a TEMPLATE_ERROR on every row."""
+    emu = emulator_thread(volumes=DISKS)
+    manifest = selected(emu, tmp_path / "m.csv")
+    report = tmp_path / "r.jsonl"
+    result = invoke(create_args(emu.url, manifest, report, name_template="{volume_id.__class__}"))
+    assert result.exit_code == 2, result.stderr
+    assert "--name-template" in result.stderr
+    assert "'volume_id.__class__'" in result.stderr
+    assert "plain value" in result.stderr
+    assert not report.exists() or not report.read_bytes()
+    result = invoke(create_args(emu.url, manifest, report, name_template="{tag:app}-{row}", dry_run=True))
+    assert result.exit_code == 2
+    assert "'tag:app'" in result.stderr
+    assert "--with-tags" in result.stderr
+    result = invoke(cli_args("validate", manifest, name_template="{hostname}-{row}"))
+    assert result.exit_code == 2
+    assert "'hostname'" in result.stderr
+    assert requests_of(emu.state(), CREATE_ROUTE) == Counter()
+    assert emu.state()["snapshots"] == []
+
+
 @pytest.mark.parametrize(
     ("value", "words"),
     [

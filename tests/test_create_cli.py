@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -17,7 +16,17 @@ import pytest
 from orchestrator.emulator import SeedVolume
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
 from tests import helpers
-from tests.helpers import AKSK, NO_CREDENTIALS, PROJECT, TOKEN, TOKEN_ENV, records, seeds, volume_ids
+from tests.helpers import (
+    AKSK,
+    NO_CREDENTIALS,
+    PROJECT,
+    TOKEN,
+    TOKEN_ENV,
+    records,
+    run_process,
+    seeds,
+    volume_ids,
+)
 
 IDS = volume_ids(8)
 REPORT_FIELDS = {
@@ -388,14 +397,9 @@ def test_connection_refused_fails_rows(write: Callable[..., Path], tmp_path: Pat
 def run_cli(
     args: list[str], env: dict[str, str], stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args],
-        input=stdin,
-        capture_output=True,
-        env={**os.environ, **TOKEN_ENV, **env},
-        timeout=60,
-        check=False,
-    )
+    with run_process(args, {**TOKEN_ENV, **env}, stdin=subprocess.PIPE) as process:
+        stdout, stderr = process.communicate(stdin, timeout=60)
+    return subprocess.CompletedProcess(args, process.wait(), stdout, stderr)
 
 
 def test_stdin_manifest_and_stdout_report(emulator_thread: Callable[..., Any]) -> None:

@@ -160,6 +160,40 @@ def test_bad_seed_files_are_one_line_errors(
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("read", "content", "message"),
+    [
+        (
+            read_volumes,
+            b'volume_id,status\n"x,available\ny,available\n',
+            ":2: not valid CSV",
+        ),  # unclosed quote
+        (
+            read_volumes,
+            b"volume_id,status\nx,available,extra\n",
+            ":2: this row has 3 cells, the header 2 columns",
+        ),
+        (read_volumes, b"this is not a list of disks\n", ":1: the header has no volume_id column"),
+        (read_volumes, b"", "the volumes file is empty"),
+        (read_snapshots, b'id,volume_id\ns1,"x\n', ":2: not valid CSV"),
+        (read_snapshots, b"garbage\n", ":1: the header has no id and no volume_id column"),
+        (read_snapshots, b"\n \n", "the snapshots file is empty"),
+        (read_snapshots, b"id,volume_id\n\ns1,x\ns1,y\n", "entry 2: snapshot id s1 appears twice (line 4)"),
+    ],
+)
+def test_a_seed_file_read_as_what_it_is_not_is_an_error_at_its_line(
+    write: Callable[..., Path], read: Callable[[Path], tuple[Any, ...]], content: bytes, message: str
+) -> None:
+    """A CSV seed file with a quote never closed, a row wider than its header, a header without the
+    columns an entry needs, or nothing at all is one error line naming file:line: never one odd disk,
+    or none (test_bad_seed_files_are_one_line_errors: such a UsageError is exit 2, one line)."""
+    path = write("seed.csv", content)
+    with pytest.raises(UsageError) as raised:
+        read(path)
+    assert f"{path}{message}" in str(raised.value) or f"{path}: {message}" in str(raised.value)
+    assert len(str(raised.value).splitlines()) == 1
+
+
 def test_missing_seed_file_is_a_usage_error(tmp_path: Path) -> None:
     """An unreadable seed file is a UsageError naming the file."""
     with pytest.raises(UsageError, match="cannot read the snapshots file"):

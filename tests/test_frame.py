@@ -187,6 +187,22 @@ async def test_a_signal_stops_after_the_summary(tmp_path: Path) -> None:
     assert "cleanup: 0 records: nothing to do" in stderr.getvalue()
 
 
+async def test_a_drained_run_says_its_signal_in_the_side_files(tmp_path: Path) -> None:
+    """A run that drained after SIGTERM exits 143, and --summary-json and --metrics-file say 143 too
+    (they said 0: a prune stopped among its deletions counted as a success, last success moved)."""
+    closing = Closing(metrics_file=tmp_path / "m.prom", summary_json=tmp_path / "s.json")
+    with pytest.raises(Interrupted) as stopped:
+        async with Frame(
+            command="prune", console=Console(io.StringIO()), report="-", closing=closing
+        ) as frame:
+            frame.signals.append(signal.SIGTERM)
+    assert stopped.value.exit_code == 143
+    text = (tmp_path / "m.prom").read_text()
+    assert 'evs_snapshot_exit_code{command="prune"} 143' in text
+    assert metrics.LAST_SUCCESS not in text
+    assert orjson.loads((tmp_path / "s.json").read_bytes())["exit_code"] == 143
+
+
 def test_a_create_reports_rows_are_looked_up_one_by_one() -> None:
     """The create book's rows answer get and [] like a dict; a row without a record has no outcome."""
     rows = RowOutcomes()

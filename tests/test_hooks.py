@@ -10,7 +10,6 @@ import io
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +37,7 @@ from tests.helpers import (
     lines,
     requests_of,
     run_main,
+    run_process,
     snapshots_per_volume,
     until,
     volume_ids,
@@ -74,12 +74,7 @@ def test_sigterm_in_the_middle_still_runs_the_post_hook(
         pre_hook=f"echo frozen > {tmp_path / 'frozen'}",
         post_hook=f'echo "$EVS_SNAPSHOT_OUTCOME $EVS_SNAPSHOT_EXIT_CODE" > {thawed}',
     )
-    with subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **TOKEN_ENV},
-    ) as process:
+    with run_process(args, TOKEN_ENV, stdout=subprocess.DEVNULL) as process:
         stop = time.monotonic() + 30
         while not (report.exists() and b'"outcome":"accepted"' in report.read_bytes()):
             assert process.poll() is None

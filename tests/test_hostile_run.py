@@ -41,6 +41,7 @@ from tests.helpers import (
     PROJECT,
     RUN,
     TWO_ROWS_HEADER,
+    Launched,
     cli_args,
     create_args,
     csv_manifest,
@@ -104,7 +105,7 @@ def with_file_size_limit(limit: int, args: list[str]) -> subprocess.Popen[bytes]
     )
 
 
-def finished(process: subprocess.Popen[bytes], limit: float = 10.0) -> bytes:
+def finished(process: subprocess.Popen[bytes] | Launched, limit: float = 10.0) -> bytes:
     """The stderr of a process that must end within ``limit`` seconds (killed and shown otherwise)."""
     try:
         return process.communicate(timeout=limit)[1]

@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,10 +27,10 @@ from orchestrator.entry import exit_code_of
 from orchestrator.errors import LockHeld, Unwritable, UsageError
 from orchestrator.lock import Lock, RunLock, holding, manifest_lock, run_lock
 from tests.helpers import (
-    AKSK_ENV,
     API_IDS,
     FAST_RETRIES,
     PROJECT,
+    Launched,
     cli_args,
     create_args,
     csv_manifest,
@@ -40,6 +39,7 @@ from tests.helpers import (
     lock_files,
     records,
     run_main,
+    run_process,
     snapshots_per_volume,
     volume_ids,
 )
@@ -74,17 +74,11 @@ def silent_endpoint() -> Iterator[tuple[str, threading.Event]]:
 
 
 @contextlib.contextmanager
-def holder(args: Callable[[str], list[str]], stdin: bytes = b"") -> Iterator[subprocess.Popen[bytes]]:
+def holder(args: Callable[[str], list[str]], stdin: bytes = b"") -> Iterator[Launched]:
     """A real evs-snapshot process (``args(endpoint)``) that has taken its locks and waits on its first
     request; killed when the block ends."""
     with silent_endpoint() as (url, reached):
-        process = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", *args(url), *HANG],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env={**os.environ, **AKSK_ENV},
-        )
+        process = run_process([*args(url), *HANG], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
         assert process.stdin is not None
         assert process.stderr is not None
         try:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import http.server
 import io
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,9 +27,10 @@ import pytest
 from orchestrator.console import Console
 from orchestrator.emulator import EmulatorThread, ManualClock
 from orchestrator.emulator.settings import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_USER
-from orchestrator.entry import run_now
+from orchestrator.entry import run, run_now
 from orchestrator.errors import Interrupted
-from orchestrator.signals import cancel_on_signal, drain_on_signal, draining_rows
+from orchestrator.frame import Closing, Frame
+from orchestrator.signals import cancel_on_signal, drain_on_signal, draining_rows, received
 from tests.helpers import (
     AKSK_ENV,
     CREATE_ROUTE,
@@ -35,6 +38,7 @@ from tests.helpers import (
     NO_CREDENTIALS,
     PROJECT,
     TOKEN_ENV,
+    Launched,
     cli_args,
     create_args,
     create_report,
@@ -46,12 +50,14 @@ from tests.helpers import (
     one_request,
     records,
     requests_of,
+    run_process,
     snap,
     snapshots_per_volume,
     start,
     volume_ids,
     world,
 )
+from tests.helpers import until as taken_by_the_loop
 
 PASSWORD_ENV = {
     **NO_CREDENTIALS,
@@ -66,24 +72,12 @@ ROLLBACK_ROUTE = "POST /v2/{project_id}/cloudsnapshots/{snapshot_id}/rollback"
 SIGNAL_WINDOW_MS = 700
 
 
-def started(
-    args: list[str], env: dict[str, str] | None = None, *, sigint_ignored: bool = False
-) -> subprocess.Popen[bytes]:
+def started(args: list[str], env: dict[str, str] | None = None, *, sigint_ignored: bool = False) -> Launched:
     """The CLI as a real process; ``sigint_ignored`` starts it as ``sh -c 'cmd &'`` does (POSIX)."""
-
-    def ignore_sigint() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **(env or AKSK_ENV)},
-        preexec_fn=ignore_sigint if sigint_ignored else None,  # noqa: PLW1509 - a test's child only
-    )
+    return run_process(args, env or AKSK_ENV, stdout=subprocess.DEVNULL, sigint_ignored=sigint_ignored)
 
 
-def until(ready: Callable[[], bool], process: subprocess.Popen[bytes], limit: float = 60.0) -> None:
+def until(ready: Callable[[], bool], process: Launched, limit: float = 60.0) -> None:
     """Wait (bounded) until ``ready()`` while the process runs."""
     stop = time.monotonic() + limit
     while time.monotonic() < stop:
@@ -95,7 +89,7 @@ def until(ready: Callable[[], bool], process: subprocess.Popen[bytes], limit: fl
     raise AssertionError("never ready")
 
 
-def ended(process: subprocess.Popen[bytes]) -> str:
+def ended(process: Launched) -> str:
     """Stderr of a process that must end by itself (a hang fails the test here)."""
     _, stderr = process.communicate(timeout=60)
     return stderr.decode()
@@ -121,7 +115,7 @@ def stopped_by(stderr: str, signum: int) -> None:
     assert f"stopped by {name}" in line
 
 
-def reading(process: subprocess.Popen[bytes], path: Path) -> Callable[[], bool]:
+def reading(process: Launched, path: Path) -> Callable[[], bool]:
     """True while the process has ``path`` open (the manifest pass is under way)."""
 
     def now() -> bool:
@@ -188,12 +182,7 @@ def test_a_signal_while_standard_input_stalls_stops_at_once(
     emu = emulator_thread(any_volume=True)
     report = tmp_path / "r.jsonl"
     args = [*cli_args("create", "-", format="csv", endpoint=emu.url, project_id=PROJECT, report=report)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", *args],
-        stdin=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **AKSK_ENV},
-    )
+    process = run_process(args, stdin=subprocess.PIPE, stdout=None)
     with process:
         assert process.stdin is not None
         process.stdin.write(b"volume_id\n")  # then nothing more, and the pipe stays open
@@ -288,6 +277,93 @@ def test_a_signal_in_a_listing_sends_nothing_more(
     stopped_by(stderr, signal.SIGTERM)
     assert sent(answered(emu)) == before  # the requests out at the signal, and no other
     assert not (tmp_path / "out.csv").exists()
+
+
+def taken(process: Launched, signum: int) -> Callable[[], bool]:
+    """True once ``signum`` sent to the process is no longer pending: its handler has run (and has
+    woken the event loop), so the loop sees it before anything that happens after this."""
+
+    def now() -> bool:
+        with open(f"/proc/{process.pid}/status", encoding="ascii") as status:
+            pending = [int(line.split()[1], 16) for line in status if line.startswith(("SigPnd:", "ShdPnd:"))]
+        return not any(mask & (1 << (signum - 1)) for mask in pending)
+
+    return now
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc to see the signal taken")
+def test_a_signal_after_the_run_finished_leaves_its_exit_code(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """SIGTERM twice once the run has finished (every row's record, the summary, --metrics-file
+    written), held there by a --webhook receiver that never answers: the first is taken and changes
+    nothing, the second ends the process at once with 0, as the metrics file says (it exited 143).
+    One signal there: ``test_a_signal_after_the_frame_ended_leaves_its_exit_code``."""
+    arrived, release = threading.Event(), threading.Event()
+
+    class Held(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            arrived.set()
+            release.wait(30)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Held)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+    emu = emulator_thread(any_volume=True)
+    report, metrics = tmp_path / "r.jsonl", tmp_path / "m.prom"
+    hook = f"http://127.0.0.1:{server.server_address[1]}/h"
+    args = create_args(emu.url, csv_manifest(write, volume_ids(2, seed=305)), report, metrics_file=metrics)
+    try:
+        with started([*args, "--webhook", hook]) as process:
+            until(arrived.is_set, process)
+            process.send_signal(signal.SIGTERM)
+            until(taken(process, signal.SIGTERM), process)
+            process.send_signal(signal.SIGTERM)
+            stderr = ended(process)
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    assert process.returncode == 0, stderr
+    assert 'evs_snapshot_exit_code{command="create"} 0' in metrics.read_text()
+    assert {r["outcome"] for r in records(report)} == {"accepted"}
+    assert stderr.count("SIGTERM: the run had finished; it exits 0, as it said") == 2
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("loop", [True, False])
+def test_a_signal_after_the_frame_ended_leaves_its_exit_code(tmp_path: Path, loop: bool) -> None:
+    """With or without an event loop, SIGTERM after the frame's end (summary and --metrics-file
+    written): the command returns the frame's exit code, said on stderr; nothing raises Interrupted."""
+    out = io.StringIO()
+    frame = Frame(
+        command="prune", console=Console(out), report="-", closing=Closing(metrics_file=tmp_path / "m.prom")
+    )
+
+    async def job() -> int:
+        async with frame:
+            frame.at_least = 1
+        os.kill(os.getpid(), signal.SIGTERM)
+        await taken_by_the_loop(lambda: bool(received()))
+        return 0
+
+    def job_now() -> int:
+        with frame:
+            frame.at_least = 1
+        os.kill(os.getpid(), signal.SIGTERM)  # taken at once, where the job is
+        return 0
+
+    code = run(job, console=Console(out)) if loop else run_now(job_now, console=Console(out))
+    assert code == 1
+    assert 'evs_snapshot_exit_code{command="prune"} 1' in (tmp_path / "m.prom").read_text()
+    assert "SIGTERM: the run had finished; it exits 1, as it said" in out.getvalue()
 
 
 def test_a_background_run_ignores_sigint_and_stops_on_sigterm(
@@ -502,11 +578,9 @@ def test_a_dry_run_stopped_among_its_rows_ends_whole_records_and_its_summary(
     row, every record written is whole, the summary is printed, and it exits 143."""
     manifest = csv_manifest(write, volume_ids(3000, seed=4401))
     args = cli_args("create", manifest, dry_run=True, project_id=PROJECT, region="cn-north-4", report="-")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **NO_CREDENTIALS},
+    process = run_process(
+        args,
+        NO_CREDENTIALS,
         bufsize=0,  # the test reads two lines, and ``communicate`` all the rest
     )
     with process:

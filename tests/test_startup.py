@@ -6,10 +6,13 @@ what they load, so a top-level import of the HTTP client or the emulator cannot 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import click
 import pytest
 
 from orchestrator.cli import COMMANDS, main
-from tests.helpers import PROJECT, csv_manifest, volume_ids
+from tests.helpers import AKSK_ENV, PROJECT, cli_args, csv_manifest, run_process, volume_ids
 
 COMMANDS_DIR = Path(__file__).resolve().parent.parent / "orchestrator" / "commands"
 CLIENT = ("aiohttp", "orchestrator.api.routes", "orchestrator.api.session", "orchestrator.api.iam")
@@ -143,3 +146,83 @@ def test_help_shows_what_the_commands_themselves_would_show(width: int) -> None:
     click.Group.format_commands(main, ctx, clicks)
     assert ours.getvalue() == clicks.getvalue()
     assert ours.getvalue().startswith("Commands:\n  create ")
+
+
+def _seen(pid: int) -> dict[str, object]:
+    """What a process looks like from outside: its signal masks, what it holds open (by kind), and where
+    it runs. (Its environment as ``/proc`` shows it is the one it was exec'd with: a forked child's is the
+    launcher's, though ``os.environ`` and ``getenv`` are the test's, as every launched run that takes its
+    credentials from the environment shows.)"""
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    kinds = {"/": "a file", "pipe:": "a pipe", "socket:": "a socket", "anon_inode:": "an event queue"}
+    held = sorted(
+        next(kind for start, kind in kinds.items() if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(start))
+        for fd in os.listdir(f"/proc/{pid}/fd")
+    )
+    return {
+        **{mask: status[mask] for mask in ("SigBlk", "SigIgn", "SigCgt")},
+        "held": held,
+        "cwd": os.readlink(f"/proc/{pid}/cwd"),
+    }
+
+
+def _copying(pid: int) -> bool:
+    """The process copies its manifest from standard input to its spool file."""
+    with contextlib.suppress(OSError):
+        return any(
+            "evs-snapshot-stdin-" in os.readlink(f"/proc/{pid}/fd/{fd}")
+            for fd in os.listdir(f"/proc/{pid}/fd")
+        )
+    return False
+
+
+@pytest.mark.parametrize("sigint_ignored", [False, True])
+def test_the_tests_launcher_starts_the_cli_as_exec_does(sigint_ignored: bool, tmp_path: Path) -> None:
+    """``helpers.run_process`` forks the CLI from a launcher that has imported it (docs/development.md):
+    a create that reads its manifest from a stalled standard input, started that way and by exec,
+    holds the same kinds of files with the same signal dispositions (a SIGINT inherited ignored stays
+    so) in the same working folder, and both end alike on SIGTERM."""
+
+    def args(name: str) -> list[str]:
+        report = tmp_path / f"{name}.jsonl"
+        return cli_args(
+            "create", "-", format="csv", endpoint="http://127.0.0.1:9", project_id=PROJECT, report=report
+        )
+
+    forked = run_process(args("forked"), stdin=subprocess.PIPE, sigint_ignored=sigint_ignored)
+    execed = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *args("execed")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **AKSK_ENV},
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,  # noqa: PLW1509 - a test's child only
+    )
+    try:
+        for process in (forked, execed):
+            assert process.stdin is not None
+            process.stdin.write(b"volume_id\n")  # then nothing more, and the pipe stays open
+            process.stdin.flush()
+        stop = time.monotonic() + 30
+        while not (_copying(forked.pid) and _copying(execed.pid)):
+            assert forked.poll() is None
+            assert execed.poll() is None
+            assert time.monotonic() < stop, "never copying"
+            time.sleep(0.01)
+        seen = _seen(forked.pid)
+        assert seen == _seen(execed.pid)
+        assert seen["cwd"] == os.getcwd()
+        ignored = int(str(seen["SigIgn"]), 16) >> (signal.SIGINT - 1) & 1
+        assert ignored == sigint_ignored
+        ended = []
+        for process, name in ((forked, "forked"), (execed, "execed")):
+            process.send_signal(signal.SIGTERM)
+            out, err = process.communicate(timeout=30)
+            ended.append((process.returncode, out, err.replace(name.encode(), b"NAME")))
+        assert ended[0] == ended[1]
+        assert ended[0][0] == 143
+    finally:
+        for process in (forked, execed):
+            if process.poll() is None:
+                process.kill()
+                process.communicate(timeout=30)

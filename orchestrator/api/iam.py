@@ -229,13 +229,17 @@ class ProjectResolver:
     With AK/SK or a token, ``GET /v3/projects?name=REGION`` is asked first; a least-privilege user
     gets 403 there (it needs ``iam:projects:listProjects``), so ``GET /v3/auth/projects`` (no special
     permission) is asked next and filtered by name. A password user gets the project from a token
-    scoped by the region's name. Outcomes are kept as data and raised fresh for every row.
+    scoped by the region's name. A lookup IAM gives no usable answer (a 5xx, a timeout) is tried again
+    under the run's retry policy (``policy``), the region's other rows waiting for it. Outcomes, that
+    last failure too, are kept as data and raised fresh for every row: one lookup a region, not one a row.
     """
 
-    def __init__(self, iam: IamClient, auth: Authenticator) -> None:
+    def __init__(self, iam: IamClient, auth: Authenticator, policy: RetryPolicy | None = None) -> None:
         self._iam = iam
         self._auth = auth
-        self._found: dict[str, str | tuple[str, str, bool]] = {}
+        self._policy = policy or RetryPolicy(max_attempts=1)  # no policy given: tried once
+        # region -> its project id, or a failure: (code, message, refused: True / lookup: False / None)
+        self._found: dict[str, str | tuple[str, str, bool | None]] = {}
         self._locks: dict[str, anyio.Lock] = {}
         self.via: dict[str, str] = {}  # region -> the IAM request that resolved its project
 
@@ -244,15 +248,19 @@ class ProjectResolver:
         async with self._locks.setdefault(region, anyio.Lock()):
             if region not in self._found:
                 try:
-                    self._found[region] = await self._lookup(region)
+                    self._found[region] = await self._retried(region)
                 except CredentialsRefused as exc:
                     self._found[region] = (exc.code, exc.message, True)
                 except ProjectLookupFailed as exc:
                     self._found[region] = (exc.code, exc.message, False)
+                except TransportError as exc:  # every try the policy allows: the rows fail as it did
+                    self._found[region] = (exc.code, str(exc), None)
         found = self._found[region]
         if isinstance(found, str):
             return found
         code, message, refused = found
+        if refused is None:
+            raise TransportError(message, code=code, may_have_arrived=False)
         raise CredentialsRefused(code, message) if refused else ProjectLookupFailed(code, message)
 
     def closures(self) -> list[Closure]:
@@ -266,6 +274,21 @@ class ProjectResolver:
         if self._iam.endpoint.closure is not None:
             found.append(self._iam.endpoint.closure)
         return found
+
+    async def _retried(self, region: str) -> str:
+        """``_lookup`` under the policy, tried again while IAM gives no usable answer (``TransportError``)."""
+        tries = retrying(self._policy, on=(TransportError,), reraise=False)
+        async for attempt in tries:
+            with attempt:
+                return await self._lookup(region)
+        last = tries.last
+        assert isinstance(last, TransportError)  # noqa: S101 - the loop ends without a return only so
+        raise TransportError(
+            f"the project lookup of {region} failed {tries.number} times, the last: {last}; give project_id "
+            "in the row or --project-id, or run again later",
+            code=last.code,
+            may_have_arrived=False,
+        )
 
     async def _lookup(self, region: str) -> str:
         if isinstance(self._auth, PasswordAuth):

@@ -38,7 +38,7 @@ from orchestrator.api.iam import IamClient, PasswordAuth, ProjectResolver
 from orchestrator.api.session import Caller, Endpoint, new_session
 from orchestrator.errors import Closure, ProjectLookupFailed, RouteClosed, TransportError, UsageError
 from orchestrator.models import Answer
-from orchestrator.retry import Verdict, classify
+from orchestrator.retry import RetryPolicy, Verdict, classify
 from orchestrator.throttle import RateLimiter, told_limit
 
 if TYPE_CHECKING:
@@ -308,8 +308,11 @@ class Router:
         return sum(route.limiter.throttled for route in self.routes.values())
 
 
-async def connect(stack: contextlib.AsyncExitStack, connection: Connection) -> Router:
-    """Find the credentials, open the run's one HTTP session (closed with ``stack``), build the router."""
+async def connect(
+    stack: contextlib.AsyncExitStack, connection: Connection, policy: RetryPolicy | None = None
+) -> Router:
+    """Find the credentials, open the run's one HTTP session (closed with ``stack``), build the router
+    (``policy``: how a project lookup IAM gives no usable answer to is tried again; default: once)."""
 
     found = discover(
         environ=connection.environ, forced=connection.auth_kind, token_file=connection.token_file
@@ -336,7 +339,7 @@ async def connect(stack: contextlib.AsyncExitStack, connection: Connection) -> R
         auth=auth,
         endpoints=connection.endpoints,
         limits=limits,
-        resolver=ProjectResolver(iam, auth),
+        resolver=ProjectResolver(iam, auth, policy),
         iam=iam,
         max_rps=connection.max_rps,
     )

@@ -77,7 +77,7 @@ async def audit(settings: AuditSettings, *, console: Console, stdout: TextIO) ->
     incomplete: list[Incomplete] = []
     async with contextlib.AsyncExitStack() as stack:
         stack.enter_context(recording_aborts(settings.closing, "audit", console))
-        router = await connect(stack, settings.connection)
+        router = await connect(stack, settings.connection, settings.policy)
         async with anyio.create_task_group() as group:
             group.start_soon(cancel_on_signal, group.cancel_scope, received)
             findings, incomplete = await stale_disks(

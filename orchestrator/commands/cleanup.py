@@ -52,7 +52,7 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
         # The create run's lock, before anything is sent: no create, wait or rollback of the run meanwhile.
         frame.lock(run_locks(run_.run_id, settings.lock_file))
         unsettled = await until_quiet(settings, run_, console)
-        router = await frame.connect(settings.connection)
+        router = await frame.connect(settings.connection, settings.policy)
         frame.open_actions(
             source=str(settings.source),
             shape=shape,

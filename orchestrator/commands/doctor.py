@@ -81,7 +81,7 @@ async def doctor(settings: DoctorSettings, *, console: Console, stdout: TextIO) 
             )
     hint: str | None = None
     async with contextlib.AsyncExitStack() as stack:
-        router = await connect(stack, settings.connection)
+        router = await connect(stack, settings.connection, settings.policy)
         checks = Doctor(router, settings.connection, settings.policy)
         try:
             await checks.endpoint(settings.project_id)

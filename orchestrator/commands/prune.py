@@ -65,7 +65,7 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
     frame = Frame(command="prune", console=console, report=settings.report, closing=settings.closing)
     async with frame:
         frame.lock(_locks(settings, what, digest))  # before anything is sent
-        router = await frame.connect(settings.connection)
+        router = await frame.connect(settings.connection, settings.policy)
         frame.open_actions(
             source=what,
             shape=shape,

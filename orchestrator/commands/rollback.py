@@ -106,7 +106,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
             retry=retried_rows(frame.book.last, rows) if settings.retry_failed else frozenset(),
             sent=sent_rows(frame.sent),
         )
-        router = await frame.connect(settings.connection)
+        router = await frame.connect(settings.connection, settings.policy)
         restored = Restored()  # kept whole when the drain's grace runs out and cuts the watching short
         with frame.draining() if settings.apply else contextlib.nullcontext():  # a plan stops at once
             await restore_all(frame, router, rows, plan, apply=settings.apply, into=restored)

@@ -84,7 +84,7 @@ async def select(settings: SelectSettings, *, console: Console, stdout: TextIO) 
         _check_output(Path(settings.output), overwrite=settings.overwrite)
     started = time.monotonic()
     async with contextlib.AsyncExitStack() as stack:
-        router = await connect(stack, connection)
+        router = await connect(stack, connection, settings.policy)
         try:
             route = await router.route_for(settings.project_id, region)
         except ProjectLookupFailed as exc:

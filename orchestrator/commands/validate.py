@@ -138,7 +138,7 @@ async def _check_online(
     good = 0
     per_route: Counter[Route] = Counter()  # rows with and without a region can share one endpoint
     async with contextlib.AsyncExitStack() as stack:
-        router = await connect(stack, connection)
+        router = await connect(stack, connection, settings.policy)
         send, receive = anyio.create_memory_object_stream["SnapshotRequest"](
             2 * connection.limits.concurrency
         )

@@ -73,7 +73,7 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
     async with frame:
         # The run's lock: no create --resume, cleanup, rollback or other wait of the run meanwhile.
         frame.lock(run_locks(header.run_id, settings.lock_file))
-        router = await frame.connect(settings.connection)
+        router = await frame.connect(settings.connection, settings.policy)
         writer = frame.open_report(None, resume=True)
         frame.run_id = header.run_id  # for the notifications
         waiter = Waiter(

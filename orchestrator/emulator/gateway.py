@@ -6,7 +6,8 @@ Authentication follows the real gateway (evs-api.md 3.4, 5, 7, 9): issued or fix
 signatures checked exactly against the gateway's clock (``--clock-offset`` moves it; the ``Date``
 header tells it), and the AK lock after ``--ak-lock-after`` signature failures in a row. Paths
 containing a ``--gateway-404`` text, and every ``/v5/`` path under ``--no-snapshot-groups``, are an API
-the region lacks (404 ``APIGW.0101``); a call whose IAM
+the region lacks (404 ``APIGW.0101``); the first ``--iam-5xx-first`` IAM requests answer 502
+``APIGW.0202``; a call whose IAM
 action is in ``--deny`` is refused 403 after authentication. What a request carries that the official
 SDK does not send is counted by route (``unlike_sdk`` in the state document).
 """
@@ -100,6 +101,9 @@ class Gateway:
             path = route.split(" ", 1)[1]
             if self.settings.no_snapshot_groups and path.startswith("/v5/"):
                 raise gateway_error(404, "APIGW.0101", NO_SUCH_API)  # a region without snapshot groups
+            if path.startswith("/v3/") and self.world.iam_failed < self.settings.iam_5xx_first:
+                self.world.iam_failed += 1
+                raise gateway_error(502, "APIGW.0202", "Backend unavailable.")  # IAM's backend is away
             evs = path.startswith(EVS_PREFIXES)
             if evs or route in AUTHENTICATED_IAM_ROUTES:
                 tenant = await self._authenticate(request)

@@ -1,9 +1,11 @@
 """Reading the emulator's seed files: ``--volumes FILE`` and ``--snapshots FILE`` (CSV or JSON).
 
 A JSON file holds an array of objects, or ``{"volumes": [...]}`` / ``{"snapshots": [...]}``. A CSV file
-has a header row; object-valued columns (``metadata``) hold a JSON object, and ``tags`` is
-``k=v;k2=v2``. Every problem is one ``UsageError`` line naming the file (and the entry): a binary or
-non-UTF-8 file, bad JSON or CSV syntax, a missing id, an unknown status, a malformed value.
+has a header row naming at least the columns an entry needs (``volume_id``; ``id`` and ``volume_id``);
+object-valued columns (``metadata``) hold a JSON object, and ``tags`` is ``k=v;k2=v2``. Every problem is
+one ``UsageError`` line naming the file (and the entry, or ``file:line``): an empty, binary or non-UTF-8
+file, bad JSON or CSV syntax (a quote never closed, a row with more cells than the header), a header
+without a needed column, a missing id, an unknown status, a malformed value.
 """
 
 from __future__ import annotations
@@ -40,12 +42,12 @@ def read_volumes(path: Path) -> tuple[SeedVolume, ...]:
     ``server_id``, ``device``, ``bootable``, ``availability_zone``, ``metadata``, ``tags``,
     ``enterprise_project_id``."""
     volumes = []
-    for number, item in enumerate(_items(path, "volumes", "volume"), start=1):
+    for number, (at, item) in enumerate(_items(path, "volumes", "volume", ("volume_id",)), start=1):
         volume_id = (_text(item, "volume_id") or "").lower()
         server_id = _text(item, "server_id")
         status = _text(item, "status") or ("in-use" if server_id else "available")
         if not volume_id or status not in VOLUME_STATUSES:
-            raise UsageError(f"{path}: entry {number} needs a volume_id and a known status")
+            raise UsageError(f"{path}: entry {number} needs a volume_id and a known status{at}")
         try:
             volumes.append(
                 SeedVolume(
@@ -63,7 +65,7 @@ def read_volumes(path: Path) -> tuple[SeedVolume, ...]:
                 )
             )
         except EntryError as exc:
-            raise UsageError(f"{path}: entry {number}: {exc}") from None
+            raise UsageError(f"{path}: entry {number}: {exc}{at}") from None
     return tuple(volumes)
 
 
@@ -72,16 +74,16 @@ def read_snapshots(path: Path) -> tuple[SeedSnapshot, ...]:
     ``created_at``, ``metadata``, ``project_id``, ``description``, ``size``."""
     snapshots: list[SeedSnapshot] = []
     seen: set[str] = set()
-    for number, item in enumerate(_items(path, "snapshots", "snapshot"), start=1):
+    for number, (at, item) in enumerate(_items(path, "snapshots", "snapshot", ("id", "volume_id")), start=1):
         snapshot_id = _text(item, "id") or ""
         volume_id = (_text(item, "volume_id") or "").lower()
         status = _text(item, "status") or "available"
         if not snapshot_id or not volume_id:
-            raise UsageError(f"{path}: entry {number} needs an id and a volume_id")
+            raise UsageError(f"{path}: entry {number} needs an id and a volume_id{at}")
         if status not in SNAPSHOT_STATUSES:
-            raise UsageError(f"{path}: entry {number}: unknown snapshot status {status!r}")
+            raise UsageError(f"{path}: entry {number}: unknown snapshot status {status!r}{at}")
         if snapshot_id in seen:
-            raise UsageError(f"{path}: entry {number}: snapshot id {snapshot_id} appears twice")
+            raise UsageError(f"{path}: entry {number}: snapshot id {snapshot_id} appears twice{at}")
         seen.add(snapshot_id)
         try:
             size = _whole(item, "size", 0) or None
@@ -99,11 +101,12 @@ def read_snapshots(path: Path) -> tuple[SeedSnapshot, ...]:
                 )
             )
         except EntryError as exc:
-            raise UsageError(f"{path}: entry {number}: {exc}") from None
+            raise UsageError(f"{path}: entry {number}: {exc}{at}") from None
     return tuple(snapshots)
 
 
-def _items(path: Path, key: str, noun: str) -> Iterable[Item]:
+def _items(path: Path, key: str, noun: str, needed: tuple[str, ...]) -> Iterable[tuple[str, Item]]:
+    """The file's entries, each with what a message adds to name it (`` (line N)`` in CSV, else "")."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -114,6 +117,9 @@ def _items(path: Path, key: str, noun: str) -> Iterable[Item]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    expected = f"expected a CSV header with {' and '.join(needed)}, or a JSON array of {noun} objects"
+    if not text.strip():
+        raise UsageError(f"{path}: the {key} file is empty: {expected}")
     if path.suffix.lower() == ".json" or text.lstrip()[:1] in ("[", "{"):
         try:
             loaded = orjson.loads(text)
@@ -122,11 +128,38 @@ def _items(path: Path, key: str, noun: str) -> Iterable[Item]:
         items = loaded.get(key) if isinstance(loaded, dict) else loaded
         if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
             raise UsageError(f"{path}: expected an array of {noun} objects")
-        return items
+        return [("", item) for item in items]
+    return _csv_items(path, text, needed, expected)
+
+
+def _csv_items(path: Path, text: str, needed: tuple[str, ...], expected: str) -> list[tuple[str, Item]]:
+    """A CSV file's entries (blank lines skipped), each a dict of the header's columns and its cells."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # strict: a quote never closed fails
+    start = 1  # the line the row being read starts on
+    header: list[str] | None = None
+    items: list[tuple[str, Item]] = []
     try:
-        return list(csv.DictReader(io.StringIO(text, newline="")))
+        for cells in reader:
+            line, start = start, reader.line_num + 1
+            if not cells:
+                continue
+            if header is None:
+                header = cells
+                missing = [column for column in needed if column not in header]
+                if missing:
+                    raise UsageError(
+                        f"{path}:{line}: the header has no {' and no '.join(missing)} column "
+                        f"(found {', '.join(map(repr, header[:10]))}): {expected}"
+                    )
+            elif len(cells) > len(header):
+                raise UsageError(
+                    f"{path}:{line}: this row has {len(cells)} cells, the header {len(header)} columns"
+                )
+            else:
+                items.append((f" (line {line})", dict(zip(header, cells, strict=False))))
     except csv.Error as exc:
-        raise UsageError(f"{path}: not valid CSV: {exc}") from None
+        raise UsageError(f"{path}:{start}: not valid CSV: {exc} (check the quoting from this line)") from None
+    return items
 
 
 def _text(item: Item, key: str) -> str | None:

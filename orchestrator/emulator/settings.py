@@ -207,6 +207,12 @@ class EmulatorSettings:
     iam_deny_list_projects: bool = option(
         False, "GET /v3/projects answers 403 (GET /v3/auth/projects still works)."
     )
+    iam_5xx_first: int = option(
+        0,
+        "The first N IAM requests (tokens, project lookups) answer 502 APIGW.0202: IAM's gateway "
+        "without its backend.",
+        low=0,
+    )
     latency_ms: float = option(0.0, "Added to every answer.", low=0)
     jitter_ms: float = option(0.0, "Random +/- spread around --latency-ms.", low=0)
     rate_limit: float | None = option(

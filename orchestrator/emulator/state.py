@@ -177,6 +177,7 @@ class World:
         self.tokens: dict[str, IssuedToken] = {}
         self.buckets: dict[str, TokenBucket] = {}
         self.ak_failures = 0
+        self.iam_failed = 0  # IAM requests answered 502 under --iam-5xx-first
         self.ak_locked_until: float | None = None
         self.requests: defaultdict[str, Counter[str]] = defaultdict(Counter)
         # What a request carried that the official SDK does not send, by route (``Gateway.sdk_check``).
@@ -431,6 +432,7 @@ class World:
             return True
         self.ak_locked_until = None
         self.ak_failures = 0
+        self.iam_failed = 0  # IAM requests answered 502 under --iam-5xx-first
         return False
 
     def ak_failed(self) -> None:
@@ -444,6 +446,7 @@ class World:
 
     def ak_succeeded(self) -> None:
         self.ak_failures = 0
+        self.iam_failed = 0  # IAM requests answered 502 under --iam-5xx-first
 
     # --- faults and throttling -------------------------------------------------------------
     def chance(self, probability: float) -> bool:
