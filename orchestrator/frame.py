@@ -51,7 +51,7 @@ from orchestrator.hookplan import HookPlan
 from orchestrator.lock import Held, Lock, holding, report_lock
 from orchestrator.models import Record, RunHeader, shape_difference, utc_now
 from orchestrator.report import ReportWriter, ResumeBook, check_report_path, read_header
-from orchestrator.signals import draining, run_finished
+from orchestrator.signals import draining, run_finished, stopping_now
 from orchestrator.tally import Counting, Tally
 
 if TYPE_CHECKING:
@@ -147,17 +147,13 @@ def write_side_files(
             console.error(f"{option}: cannot write {exc.filename or path}: {exc.strerror}")
 
 
-def record_abort(closing: Closing | None, command: str, console: Console, error: BaseException) -> None:
-    """A run stopped with exit 3 (a listing failed or was refused) writes exit code 3 to the side files."""
-    summary = {"command": command, "exit_code": RunAborted.exit_code, "error": str(error)}
-    write_side_files(
-        closing,
-        command=command,
-        summary=summary,
-        families=[],
-        exit_code=RunAborted.exit_code,
-        console=console,
-    )
+def record_abort(
+    closing: Closing | None, command: str, console: Console, error: BaseException | str, code: int = 3
+) -> None:
+    """A run stopped with exit 3 (a listing failed or was refused), or at once by a second signal (130,
+    143), writes that exit code to the side files, without the counts of a summary."""
+    summary = {"command": command, "exit_code": code, "error": str(error)}
+    write_side_files(closing, command=command, summary=summary, families=[], exit_code=code, console=console)
 
 
 def _aborted(exc: BaseException | None) -> BaseException | None:
@@ -242,6 +238,7 @@ class Frame:
         self._pinging: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> Frame:
+        stopping_now(self._stopped_at_once)
         await self._stack.__aenter__()
         notify = None if self.closing is None else self.closing.notify
         if notify:
@@ -278,6 +275,7 @@ class Frame:
         notifications, and nothing asynchronous entered (``connect``, ``enter``)."""
         if self.closing is not None and self.closing.notify:
             raise RuntimeError("a frame that notifies runs in an event loop: async with")
+        stopping_now(self._stopped_at_once)
         return self
 
     def __exit__(
@@ -309,6 +307,10 @@ class Frame:
         aborted = _aborted(exc)
         if aborted is not None:
             record_abort(self.closing, self.command, self.console, aborted)
+
+    def _stopped_at_once(self, code: int) -> None:
+        """A second signal ends the process at once with ``code``: the side files say so."""
+        record_abort(self.closing, self.command, self.console, "stopped at once by a second signal", code)
 
     # 1. the locks
     def lock(self, locks: Iterable[Lock], holder: str | None = None) -> Held:

@@ -70,6 +70,9 @@ class Guard:
         self.received: list[int] = []
         self.phases: list[Phase] = []
         self.finished: int | None = None  # the exit code of a run that has finished (``run_finished``)
+        self.last_words: Callable[[int], None] | None = (
+            None  # before a second signal's exit (``stopping_now``)
+        )
         # a signal inherited as ignored stays ignored (POSIX: a script's background job ignores SIGINT)
         self.signals = tuple(signum for signum in SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN)
 
@@ -97,6 +100,8 @@ class Guard:
             self.console.error(f"second {name}: stopping now; {left}", signal=name)
             if phase is not None:
                 phase.sync()
+            if self.last_words is not None:
+                self.last_words(128 + signum)  # the side files say this exit, not the last run's
             os._exit(128 + signum)
         self.received.append(signum)
         if phase is not None:
@@ -191,6 +196,14 @@ def run_finished(code: int) -> None:
     guard = _CURRENT.get()
     if guard is not None and not guard.received:
         guard.finished = code
+
+
+def stopping_now(last_words: Callable[[int], None]) -> None:
+    """What the running command does before a second signal ends it at once with an exit code (the
+    frame: writes that code to the side files, which would otherwise still say the last run's)."""
+    guard = _CURRENT.get()
+    if guard is not None:
+        guard.last_words = last_words
 
 
 def received() -> list[int]:

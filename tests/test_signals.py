@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 
 from orchestrator.console import Console
@@ -335,6 +336,37 @@ def test_a_signal_after_the_run_finished_leaves_its_exit_code(
     assert 'evs_snapshot_exit_code{command="create"} 0' in metrics.read_text()
     assert {r["outcome"] for r in records(report)} == {"accepted"}
     assert stderr.count("SIGTERM: the run had finished; it exits 0, as it said") == 2
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc to see the signal taken")
+def test_a_second_signal_in_the_drain_leaves_side_files_that_say_its_exit(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """SIGTERM while a create is out, then SIGTERM again while the drain waits for it: the process exits
+    143 at once, and --metrics-file and --summary-json say 143 (they were not written at all, or kept
+    the last run's, found by a hostile trial)."""
+    emu = emulator_thread(any_volume=True, latency_ms=SIGNAL_WINDOW_MS)
+    report, metrics, summary = tmp_path / "r.jsonl", tmp_path / "m.prom", tmp_path / "s.json"
+    manifest = csv_manifest(write, volume_ids(4, seed=306))
+    args = create_args(
+        emu.url, manifest, report, "--concurrency", "1", metrics_file=metrics, summary_json=summary
+    )
+
+    def a_create_out() -> bool:  # one answered and the next out: not the pre-flight, which stops at once
+        state = emu.state()
+        return CREATE_ROUTE in state["requests"] and state["in_flight"] > 0
+
+    with started(args) as process:
+        until(a_create_out, process)
+        process.send_signal(signal.SIGTERM)
+        until(taken(process, signal.SIGTERM), process)
+        process.send_signal(signal.SIGTERM)
+        stderr = ended(process)
+    assert process.returncode == 143, stderr
+    assert "second SIGTERM: stopping now" in stderr
+    assert 'evs_snapshot_exit_code{command="create"} 143' in metrics.read_text()
+    assert orjson.loads(summary.read_bytes())["exit_code"] == 143
     assert "Traceback" not in stderr
 
 
