@@ -524,5 +524,7 @@ class Frame:
             exit_code=code,
             console=console,
         )
+        if self.signals:  # drained: a second signal from now on exits with what the side files say
+            run_finished(code)
         self._ended = (text, summary)
         return code

@@ -70,6 +70,7 @@ class Guard:
         self.received: list[int] = []
         self.phases: list[Phase] = []
         self.finished: int | None = None  # the exit code of a run that has finished (``run_finished``)
+        self.said: int | None = None  # the exit code the side files of a run drained after a signal say
         self.last_words: Callable[[int], None] | None = (
             None  # before a second signal's exit (``stopping_now``)
         )
@@ -97,12 +98,14 @@ class Guard:
             return
         if self.received:
             left = phase.left if phase is not None else "nothing more is sent"
-            self.console.error(f"second {name}: stopping now; {left}", signal=name)
+            code = 128 + signum if self.said is None else self.said
+            said = "" if self.said is None else f"; it exits {code}, as it said"
+            self.console.error(f"second {name}: stopping now; {left}{said}", signal=name)
             if phase is not None:
                 phase.sync()
-            if self.last_words is not None:
-                self.last_words(128 + signum)  # the side files say this exit, not the last run's
-            os._exit(128 + signum)
+            if self.said is None and self.last_words is not None:
+                self.last_words(code)  # the side files say this exit, not the last run's
+            os._exit(code)
         self.received.append(signum)
         if phase is not None:
             phase.first(signum)
@@ -191,10 +194,14 @@ def guarded_now(entry: Callable[[], int], console: Console) -> int:
 
 def run_finished(code: int) -> None:
     """The running command's run has finished with exit ``code`` (its summary printed, its side files
-    about to say ``code``): a signal from now on leaves it so. Nothing changes once a signal was received:
-    that run is stopping."""
+    about to say ``code``): a signal from now on leaves it so. A run drained after a signal is stopping:
+    it calls this once its side files say ``code`` (130/143), and a second signal then exits with it."""
     guard = _CURRENT.get()
-    if guard is not None and not guard.received:
+    if guard is None:
+        return
+    if guard.received:
+        guard.said = code
+    else:
         guard.finished = code
 
 

@@ -370,6 +370,56 @@ def test_a_second_signal_in_the_drain_leaves_side_files_that_say_its_exit(
     assert "Traceback" not in stderr
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc to see the signal taken")
+def test_a_second_signal_after_a_drained_run_ended_exits_as_its_side_files_say(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """SIGINT drains a create, whose side files then say 130; a SIGTERM while its --webhook is held
+    unanswered ends the process at once with 130, as they say (it exited 143; found by a hostile trial)."""
+    arrived, release = threading.Event(), threading.Event()
+
+    class Held(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            arrived.set()
+            release.wait(30)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Held)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+    emu = emulator_thread(any_volume=True, latency_ms=SIGNAL_WINDOW_MS)
+    report, metrics = tmp_path / "r.jsonl", tmp_path / "m.prom"
+    hook = f"http://127.0.0.1:{server.server_address[1]}/h"
+    manifest = csv_manifest(write, volume_ids(4, seed=307))
+    args = create_args(emu.url, manifest, report, "--concurrency", "1", metrics_file=metrics)
+
+    def a_create_out() -> bool:  # one answered and the next out: not the pre-flight, which stops at once
+        state = emu.state()
+        return CREATE_ROUTE in state["requests"] and state["in_flight"] > 0
+
+    try:
+        with started([*args, "--webhook", hook]) as process:
+            until(a_create_out, process)
+            process.send_signal(signal.SIGINT)
+            until(arrived.is_set, process)  # the end's webhook: the side files are written
+            process.send_signal(signal.SIGTERM)
+            stderr = ended(process)
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    assert process.returncode == 130, stderr
+    assert 'evs_snapshot_exit_code{command="create"} 130' in metrics.read_text()
+    assert "second SIGTERM: stopping now; nothing more is sent; it exits 130, as it said" in stderr
+    assert "Traceback" not in stderr
+
+
 @pytest.mark.parametrize("loop", [True, False])
 def test_a_signal_after_the_frame_ended_leaves_its_exit_code(tmp_path: Path, loop: bool) -> None:
     """With or without an event loop, SIGTERM after the frame's end (summary and --metrics-file
