@@ -136,6 +136,11 @@ BAD_SNAPSHOTS = [
     (b"id,volume_id\n,x\n", "needs an id and a volume_id"),
     (b"id,volume_id,status\ns1,x,melting\n", "unknown snapshot status"),
     (b"id,volume_id,created_at\ns1,x,yesterday\n", "created_at must be"),
+    (b"id,volume_id,created_at\ns1,x,9999-12-31T23:00:00-05:00\n", "is out of range in UTC"),
+    (
+        b'[{"id": "s1", "volume_id": "x", "created_at": "0001-01-01T00:00:00+05:00"}]',
+        "is out of range in UTC",
+    ),
     (b"id,volume_id\ns1,x\ns1,y\n", "appears twice"),
     (b'[{"id": "s1", "volume_id": "x", "metadata": ["a"]}]', "metadata must be a JSON object of strings"),
     (b'[{"id": "s1", "volume_id": "x", "name": {"a": 1}}]', "name must be a string"),

@@ -232,8 +232,10 @@ def _timestamp(item: Item, key: str) -> str | None:
         return None
     try:
         moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return evs_time(moment)
     except ValueError:
         raise EntryError(f"{key} must be YYYY-MM-DDTHH:MM:SS.ffffff (UTC) or ISO 8601") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return evs_time(moment)
+    except OverflowError:  # in UTC it falls before year 1 or after year 9999
+        raise EntryError(f"{key} {text!r} is out of range in UTC (years 1-9999)") from None
