@@ -160,15 +160,24 @@ def columns_checked(rows: Iterable[RawRow], wanted: dict[str, str]) -> Iterator[
     A row has a column when its fields hold the key: a JSON key even with an empty value, a CSV cell
     that is not blank (a blank one leaves the key out).
     """
+    written_so: dict[str, str] = {}  # a wanted column's name as the manifest writes it, in another case
     for raw in rows:
         if wanted and raw.fields is not None:
             for column in [column for column in wanted if column in raw.fields]:
                 del wanted[column]
+            if wanted:
+                folded = {column.casefold(): column for column in wanted}
+                for key in raw.fields:
+                    if key.casefold() in folded:
+                        written_so.setdefault(folded[key.casefold()], key)
         yield raw
     if wanted:
         column, option = next(iter(wanted.items()))
         hint = (
-            " (select --with-tags writes a tag:KEY column for each tag)"
+            f" (it has {written_so[column]!r}: a column the manifest does not know keeps its case, "
+            f"and a placeholder names it as written: {{{written_so[column]}}})"
+            if column in written_so
+            else " (select --with-tags writes a tag:KEY column for each tag)"
             if column.startswith(TAG_PREFIX)
             else f" ({{{builtin}}} is a plain value, and a placeholder cannot read its attributes: "
             f"write {{{builtin}}})"

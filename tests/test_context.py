@@ -208,6 +208,16 @@ def test_a_name_template_column_no_row_has_exits_2_before_anything_is_sent(
     result = invoke(cli_args("validate", manifest, name_template="{hostname}-{row}"))
     assert result.exit_code == 2
     assert "'hostname'" in result.stderr
+    cased = tmp_path / "cased.csv"
+    cased.write_text(f"volume_id,Env\n{DISKS[0].volume_id},prod\n", encoding="utf-8")
+    result = invoke(cli_args("validate", cased, name_template="{env}-{row}"))
+    assert result.exit_code == 2
+    assert "no row of the manifest has the column 'env' (it has 'Env'" in result.stderr
+    assert "{Env}" in result.stderr  # what to write
+    result = invoke(
+        cli_args("validate", cased, name_template="{Env}-{row}", project_id=PROJECT, region="cn-north-4")
+    )
+    assert result.exit_code == 0, result.output + result.stderr
     assert requests_of(emu.state(), CREATE_ROUTE) == Counter()
     assert emu.state()["snapshots"] == []
 
