@@ -129,6 +129,7 @@ BAD_VOLUMES = [
     (b"volume_id,tags\nx,=v\n", "tags must be k=v;k2=v2"),
     (b'[{"volume_id": "x"', "not valid JSON"),
     (b'{"volumes": 3}', "expected an array of volume objects"),
+    (b"volume_id,status\nx,available\nX,in-use\n", "volume id x appears twice"),
 ]
 BAD_SNAPSHOTS = [
     (b"\x89PNG\r\n\x1a\n\x00\x00", "binary"),

@@ -42,12 +42,16 @@ def read_volumes(path: Path) -> tuple[SeedVolume, ...]:
     ``server_id``, ``device``, ``bootable``, ``availability_zone``, ``metadata``, ``tags``,
     ``enterprise_project_id``."""
     volumes = []
+    seen: set[str] = set()
     for number, (at, item) in enumerate(_items(path, "volumes", "volume", ("volume_id",)), start=1):
         volume_id = (_text(item, "volume_id") or "").lower()
         server_id = _text(item, "server_id")
         status = _text(item, "status") or ("in-use" if server_id else "available")
         if not volume_id or status not in VOLUME_STATUSES:
             raise UsageError(f"{path}: entry {number} needs a volume_id and a known status{at}")
+        if volume_id in seen:  # one disk, two descriptions: neither is taken silently
+            raise UsageError(f"{path}: entry {number}: volume id {volume_id} appears twice{at}")
+        seen.add(volume_id)
         try:
             volumes.append(
                 SeedVolume(
