@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import itertools
 import os
 import pkgutil
 import signal
@@ -59,10 +58,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """``long`` marks the tests whose wall (real processes, settle windows) would end the run late if
-    one started last; see ``pytest_collection_modifyitems``.
-
-    Under xdist the controller runs no test, yet pytest-cov traces it all along (its start-up, then
+    """Under xdist the controller runs no test, yet pytest-cov traces it all along (its start-up, then
     each of the workers' reports as it arrives): once this conftest is imported (the package's
     import-time lines it ran, every worker runs too), its coverage stops. What it measured is kept and
     combined with the workers' as before."""
@@ -74,30 +70,6 @@ def pytest_configure(config: pytest.Config) -> None:
             importlib.import_module(module.name)
         while (running := coverage.Coverage.current()) is not None:
             running.stop()
-    config.addinivalue_line("markers", "long: started first by its xdist worker (tests/conftest.py)")
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist, each ``long`` test first in a worker's share: ``--dist worksteal`` hands each of N
-    workers one N-th of the collection in order, then an idle worker takes the back half of the longest
-    queue. A long test that came late in its share ran late (or was stolen and ran last), and the
-    run waited for it; first in each share, in turn, the long tests all run while the short ones
-    still fill the other workers. Every worker orders the same collection the same way (xdist checks),
-    and without xdist the order is the collection's."""
-    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
-    long = [item for item in items if item.get_closest_marker("long") is not None]
-    if workers < 2 or not long:
-        return
-    rest = iter([item for item in items if item.get_closest_marker("long") is None])
-    shares: list[list[pytest.Item]] = [long[start::workers] for start in range(workers)]
-    remaining = len(items)
-    ordered: list[pytest.Item] = []
-    for index, share in enumerate(shares):
-        size = remaining // (workers - index)  # as worksteal's first hand-out sizes them
-        remaining -= size
-        ordered += [*share, *itertools.islice(rest, max(0, size - len(share)))]
-    items[:] = [*ordered, *rest]
 
 
 @pytest.hookimpl(hookwrapper=True, trylast=True)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from orchestrator.emulator import EmulatorThread, SeedVolume
 from tests.helpers import AKSK_ENV, header, last_per_row
@@ -131,7 +130,6 @@ def run_snapshots(state: dict[str, Any], run_id: str) -> Counter[str]:
     )
 
 
-@pytest.mark.long  # started first by its worker (conftest)
 def test_playbook_success_and_rescue_paths(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:

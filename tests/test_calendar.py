@@ -350,7 +350,6 @@ NIGHTS = 40
 
 
 @pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
-@pytest.mark.long  # started first by its worker (conftest)
 def test_forty_nights_of_calendar_retention(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

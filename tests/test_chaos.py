@@ -71,7 +71,6 @@ def settle_and_sweep(url: str, report: Path, clock: LeapingClock) -> None:
 
 
 @pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
-@pytest.mark.long  # started first by its worker (conftest)
 def test_chaos_with_a_kill_a_resume_and_a_second_run(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -203,7 +203,6 @@ def mark(emu: Any, volume_id: str, run_id: str) -> None:
         assert answer.status == 202
 
 
-@pytest.mark.long  # started first by its worker (conftest)
 def test_cleanup_after_a_killed_create_deletes_every_snapshot_of_the_run(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, clock: ManualClock
 ) -> None:

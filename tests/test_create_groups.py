@@ -292,7 +292,6 @@ CHAOS = {
 }
 
 
-@pytest.mark.long  # started first by its worker (conftest)
 def test_chaos_with_a_kill_and_a_resume(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -10,7 +10,6 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from orchestrator import __version__
@@ -55,7 +54,6 @@ def _run(
     )
 
 
-@pytest.mark.long  # started first by its worker (conftest)
 def test_wheel_installs_and_runs_outside_the_repository(tmp_path: Path) -> None:
     """The wheel, built and installed into a fresh venv outside the repository, carries the samples and runs."""
     wheels = tmp_path / "wheels"

@@ -193,7 +193,6 @@ def test_only_available_or_error_are_deleted(
     assert requests_of(emu.state(), DELETE) == {"202": 1}
 
 
-@pytest.mark.long  # started first by its worker (conftest)
 def test_listing_pages_per_project_not_per_volume(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

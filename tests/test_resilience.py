@@ -83,7 +83,6 @@ def test_chaos_run_creates_exactly_one_snapshot_per_volume(
 
 
 @pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
-@pytest.mark.long  # started first by its worker (conftest)
 def test_sigkill_then_resume_finishes_without_duplicates(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -294,7 +293,6 @@ def test_a_burst_it_is_not_told_throttles_at_most_the_first_send_window(
 # A burst of 10 stays: 16 creates at once outrun it however slow the machine (a 429 is asserted). The
 # first estimate is then about 9/s, and a wrong limit sends the route back to it: told-four-times
 # takes 6 s climbing back (a burst of 60 would take 1.5 s, but a loaded machine may then meet no 429).
-# Not ``long``: the rate of 429s it bounds depends on the machine's load, highest at the run's start.
 @pytest.mark.parametrize("told", [60, 240], ids=["told-the-limit", "told-four-times-the-limit"])
 def test_a_limit_the_429_names_is_taken_and_a_wrong_one_still_meets_the_cuts(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, told: int

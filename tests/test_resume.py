@@ -124,7 +124,6 @@ def test_a_row_in_flight_at_a_kill_is_looked_up_from_its_last_send_not_resent(
 
 @pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 @pytest.mark.parametrize("seed", [3, 11, 29])
-@pytest.mark.long  # started first by its worker (conftest)
 def test_kills_at_random_moments_then_resume_leave_one_snapshot_per_disk(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, seed: int
 ) -> None:

@@ -294,7 +294,6 @@ def test_a_signal_in_a_listing_sends_nothing_more(
     assert not (tmp_path / "out.csv").exists()
 
 
-@pytest.mark.long  # started first by its worker (conftest)
 @pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_a_background_run_ignores_sigint_and_stops_on_sigterm(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path

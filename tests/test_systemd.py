@@ -112,7 +112,6 @@ def run_unit(name: str, dirs: dict[str, Path], url: str) -> list[int]:
     return codes
 
 
-@pytest.mark.long  # started first by its worker (conftest)
 def test_exec_start_lines_run_against_the_emulator(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
