@@ -11,7 +11,10 @@ measure how busy the machine is, not what the code does.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
+import pkgutil
 import signal
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,6 +24,8 @@ from typing import Any
 import coverage
 import pytest
 from hypothesis import HealthCheck, settings
+
+import orchestrator
 
 # aiohttp as the tool loads it (api/tls.py): without the two CA-loading TLS contexts it builds at import
 # and no test uses, about 0.06 s of CPU in pytest and in each worker.
@@ -58,6 +63,11 @@ def pytest_configure(config: pytest.Config) -> None:
     import-time lines it ran, every worker runs too), its coverage stops. What it measured is kept and
     combined with the workers' as before."""
     if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
+        # Every module of the package imported here, traced: the workers collect untraced
+        # (``pytest_collection``), and the import-time lines of a module that only a test module
+        # imports are measured here instead.
+        for module in pkgutil.walk_packages(orchestrator.__path__, "orchestrator."):
+            importlib.import_module(module.name)
         while (running := coverage.Coverage.current()) is not None:
             running.stop()
 
@@ -68,11 +78,28 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     hold a second one (pytest-cov starts its controller's there too; ``tests/__init__.py`` stops it),
     which the pause would resume; stop every coverage still tracing for the test, and start them again
     after it."""
+    with untraced(item.get_closest_marker("no_cover") is not None):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_collection(session: pytest.Session) -> Iterator[None]:
+    """An xdist worker collects untraced: importing the test modules and building 1,400 items ran
+    under coverage's tracer, which costs on every line whoever's it is (about 1.4 s of CPU in each
+    worker). The package's import-time lines are measured in the controller (``pytest_configure``),
+    which imports every module of it; no test runs during collection."""
+    with untraced(hasattr(session.config, "workerinput")):
+        yield
+
+
+@contextlib.contextmanager
+def untraced(stop: bool) -> Iterator[None]:
+    """Every coverage tracing this thread stopped for the block, and started again after it, when
+    ``stop``."""
     stopped: list[coverage.Coverage] = []
-    if item.get_closest_marker("no_cover") is not None:
-        while (running := coverage.Coverage.current()) is not None:
-            running.stop()
-            stopped.append(running)
+    while stop and (running := coverage.Coverage.current()) is not None:
+        running.stop()
+        stopped.append(running)
     try:
         yield
     finally:

@@ -95,6 +95,7 @@ def test_durations_at_the_bounds_are_accepted(
         ("--metrics-file", "deeper/metrics.prom"),
     ],
 )
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_a_path_under_a_file_names_that_file(
     emulator_thread: Callable[..., EmulatorThread],
     write: Callable[..., Path],

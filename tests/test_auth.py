@@ -309,6 +309,7 @@ def test_two_projects_in_two_regions(
     assert by_volume[ids[1]]["region"] == "ap-southeast-1"
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_refused_keys_stop_the_run(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

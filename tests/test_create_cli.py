@@ -69,6 +69,7 @@ def base_args(url: str, report: Path) -> list[str]:
     ]
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_every_outcome(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -117,6 +118,7 @@ def test_every_outcome(
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "jsonl"])
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_formats_row_count_in_equals_records_out(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, fmt: str
 ) -> None:
@@ -138,6 +140,7 @@ def test_formats_row_count_in_equals_records_out(
     assert len(emu.state()["snapshots"]) == 40
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_concurrency_bound(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

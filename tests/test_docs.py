@@ -137,6 +137,7 @@ def _tour() -> list[str]:
     return [line for line in block.splitlines() if line.strip()]
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_readme_tour_rehearsal_runs_as_written(
     emulator_thread: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -206,6 +206,7 @@ async def test_list_limit_rules(
     assert (status, body["error"]["code"]) == (400, code)
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 async def test_faults_are_seeded_and_counted(
     emulator: Callable[..., Any], http: aiohttp.ClientSession
 ) -> None:

@@ -46,6 +46,7 @@ async def state_of(http: aiohttp.ClientSession, emu: RunningEmulator) -> dict[st
     return state
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 async def test_late_commit_appears_later(
     clocked: Start, clock: ManualClock, http: aiohttp.ClientSession
 ) -> None:

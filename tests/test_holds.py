@@ -269,6 +269,7 @@ def test_held_snapshots_count_toward_the_slots_and_the_warning_says_so(
     assert {r["outcome"] for r in records(report)} == {"kept"}
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_create_resume_refuses_another_hold(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -207,6 +207,7 @@ def test_resume_after_a_closed_pipe_is_refused_for_standard_output(
     assert "--resume needs a --report file" in result.output
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_second_sigint_says_it_stopped_at_once(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -243,6 +244,7 @@ def test_second_sigint_says_it_stopped_at_once(
     assert "run the same create command with --resume" in summary.stdout
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_sigint_before_the_rows_says_so(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -309,6 +311,7 @@ def test_create_wait_reports_the_whole_run(
     assert float(match.group(2)) >= phase_time - 0.1
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_wait_reports_its_own_requests_and_time(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, clock: ManualClock
 ) -> None:
@@ -518,6 +521,7 @@ def test_readme_force_then_resume_example_works_on_the_sample(
     assert last_per_row(report)[4]["outcome"] == "accepted"
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_emulator_demo_can_be_resumed(tmp_path: Path) -> None:
     """``create samples/volumes.csv --emulator`` then the same with ``--resume``: accepted rows are kept."""
     report = tmp_path / "r.jsonl"

@@ -271,6 +271,7 @@ def test_every_command_on_a_run_takes_its_lock(
 
 
 # --- lock files ---------------------------------------------------------------------------------------
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_lock_files_do_not_pile_up(
     emulator_thread: Callable[..., EmulatorThread],
     write: Callable[..., Path],

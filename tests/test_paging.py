@@ -43,6 +43,7 @@ VOLUMES = "GET /v2/{project_id}/cloudvolumes/detail"
 SNAPSHOTS = "GET /v2/{project_id}/cloudsnapshots/detail"
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 async def test_tagged_disks_page_by_the_offset_in_the_body(emulator: Callable[..., Any]) -> None:
     """1001 tagged disks: two POSTs (offset 0, then 1000), every disk once, as a ``Volume``."""
     disks = tuple(SeedVolume(volume_id=i, tags={"batch": "p"}) for i in volume_ids(evs.PAGE + 1, seed=31))

@@ -38,6 +38,7 @@ def test_progress_line_shows_counts_retries_and_settling() -> None:
     assert "settling 2" in line
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_progress_on_a_run(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -267,6 +267,7 @@ def test_all_volumes_and_no_wait(
     assert invoke(["prune", str(csv_manifest(write, [one]))]).exit_code == 2  # no rule
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_resume_after_sigterm_finishes_the_job(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

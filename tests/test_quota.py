@@ -75,6 +75,7 @@ def test_validate_online_names_rows_beyond_the_project_quota(
     assert sum(requests_of(emu.state(), QUOTA).values()) == 1
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_validate_online_rows_beyond_the_quota_are_not_counted_as_sendable(
     emulator_thread: Callable[..., Any], write: Callable[..., Path]
 ) -> None:

@@ -53,6 +53,7 @@ records = st.builds(
 
 
 @given(records)
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_record_json_round_trip(record: Record) -> None:
     """Any record written as a JSON line reads back equal, as exactly one line."""
     line = record.to_json()
@@ -62,6 +63,7 @@ def test_record_json_round_trip(record: Record) -> None:
 
 
 @given(records)
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_record_json_is_the_dataclass_json(record: Record) -> None:
     """``to_json`` writes the bytes orjson gives the record itself: every field, in field order, but
     ``snapshot_group_id`` only when the row's snapshot is a group's member (records of snapshots made

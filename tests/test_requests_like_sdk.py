@@ -7,12 +7,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from orchestrator.emulator import EmulatorThread, SeedVolume
 from tests.helpers import PROJECT, TOKEN_ENV, cli_args, csv_manifest, invoke, requests_of, snap, volume_ids
 
 DISKS = volume_ids(2, seed=2004)
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_the_tool_sends_what_the_sdk_sends(
     emulator_thread: Callable[..., EmulatorThread], write: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -109,6 +109,7 @@ def test_sigkill_then_resume_finishes_without_duplicates(
     assert all(Counter(r["row"] for r in records(report))[row] == 1 for row in done_before)
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_sigterm_drains_exits_143_and_resume_completes(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -260,6 +261,7 @@ def test_unknown_rate_limit_is_learned(
     assert creates.get("429", 0) < 0.25 * sum(creates.values()), creates
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_a_burst_it_is_not_told_throttles_at_most_the_first_send_window(
     emulator_thread: Callable[..., Any],
     write: Callable[..., Path],

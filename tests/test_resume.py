@@ -219,6 +219,7 @@ def test_dry_run_never_writes_into_a_report_a_resume_reads(
     assert requests_of(emu.state(), CREATE_ROUTE) == sent  # neither the plan nor the refusal sent a create
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_the_journal_costs_one_line_per_attempt_and_no_line_on_standard_output(
     emulator_thread: Callable[..., Any],
     write: Callable[..., Path],

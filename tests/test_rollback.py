@@ -236,6 +236,7 @@ def test_error_rollbacking_is_rollback_failed(
         (14, {"503": 1, "202": 1}, 2),  # EVS did not act: the disk stays available, checked, sent once more
     ],
 )
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_lost_answer_is_not_resent_blindly(
     emulator_thread: Callable[..., EmulatorThread],
     tmp_path: Path,
@@ -572,6 +573,7 @@ def hook(emu: EmulatorThread, volume_id: str, action: str, body: dict[str, Any] 
         assert answer.status == 200
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_runbook_select_create_rollback(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:

@@ -625,6 +625,7 @@ def test_a_rollback_that_never_ends_times_out(
     assert rollbacks_per_snapshot(emu.state()) == {SNAPS[0]: 1}
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_a_rollback_that_ends_before_the_first_poll_is_recorded_at_that_poll(
     emulator_thread: Callable[..., Any], tmp_path: Path
 ) -> None:

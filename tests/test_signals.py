@@ -150,6 +150,7 @@ def interrupt() -> None:
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see the manifest open")
 @pytest.mark.parametrize(("command", "signum"), [("create", signal.SIGTERM), ("validate", signal.SIGINT)])
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_a_signal_in_the_manifest_pass_stops_at_once(
     command: str, signum: int, emulator_thread: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -206,6 +207,7 @@ def test_a_signal_while_standard_input_stalls_stops_at_once(
     assert sent(emu.state()) == 0
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_a_signal_in_the_credential_proof_sends_nothing_more(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -227,6 +229,7 @@ def test_a_signal_in_the_credential_proof_sends_nothing_more(
     assert not report.exists()
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_a_signal_in_the_quota_preflight_sends_nothing_more(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -245,6 +248,7 @@ def test_a_signal_in_the_quota_preflight_sends_nothing_more(
 
 
 @pytest.mark.parametrize("command", ["validate", "select", "prune"])
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_a_signal_in_a_listing_sends_nothing_more(
     command: str, emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -448,6 +452,7 @@ def test_a_signal_after_the_frame_ended_leaves_its_exit_code(tmp_path: Path, loo
     assert "SIGTERM: the run had finished; it exits 1, as it said" in out.getvalue()
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_a_background_run_ignores_sigint_and_stops_on_sigterm(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -476,6 +481,7 @@ def test_a_background_run_ignores_sigint_and_stops_on_sigterm(
     assert set(snapshots_per_volume(emu.state()).values()) == {1}
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_rollback_says_why_it_watches_longer_and_a_second_signal_stops_at_once(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

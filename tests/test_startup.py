@@ -127,6 +127,7 @@ def test_the_command_list_is_every_command() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_the_command_list_says_each_commands_own_help(name: str) -> None:
     """Each line of ``COMMANDS`` is the first sentence of the command's own help, as click reads it."""
     command = importlib.import_module(f"orchestrator.commands.{name}").command
