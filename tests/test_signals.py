@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -296,14 +296,10 @@ def taken(process: Launched, signum: int) -> Callable[[], bool]:
     return now
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc to see the signal taken")
-def test_a_signal_after_the_run_finished_leaves_its_exit_code(
-    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
-) -> None:
-    """SIGTERM twice once the run has finished (every row's record, the summary, --metrics-file
-    written), held there by a --webhook receiver that never answers: the first is taken and changes
-    nothing, the second ends the process at once with 0, as the metrics file says (it exited 143).
-    One signal there: ``test_a_signal_after_the_frame_ended_leaves_its_exit_code``."""
+@contextlib.contextmanager
+def held_webhook() -> Iterator[tuple[str, threading.Event]]:
+    """A --webhook URL whose receiver holds each POST unanswered (for up to 30 s, until the block ends),
+    and the event set when one arrives."""
     arrived, release = threading.Event(), threading.Event()
 
     class Held(http.server.BaseHTTPRequestHandler):
@@ -321,21 +317,31 @@ def test_a_signal_after_the_run_finished_leaves_its_exit_code(
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Held)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-    emu = emulator_thread(any_volume=True)
-    report, metrics = tmp_path / "r.jsonl", tmp_path / "m.prom"
-    hook = f"http://127.0.0.1:{server.server_address[1]}/h"
-    args = create_args(emu.url, csv_manifest(write, volume_ids(2, seed=305)), report, metrics_file=metrics)
     try:
-        with started([*args, "--webhook", hook]) as process:
-            until(arrived.is_set, process)
-            process.send_signal(signal.SIGTERM)
-            until(taken(process, signal.SIGTERM), process)
-            process.send_signal(signal.SIGTERM)
-            stderr = ended(process)
+        yield f"http://127.0.0.1:{server.server_address[1]}/h", arrived
     finally:
         release.set()
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc to see the signal taken")
+def test_a_signal_after_the_run_finished_leaves_its_exit_code(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """SIGTERM twice once the run has finished (every row's record, the summary, --metrics-file
+    written), held there by a --webhook receiver that never answers: the first is taken and changes
+    nothing, the second ends the process at once with 0, as the metrics file says (it exited 143).
+    One signal there: ``test_a_signal_after_the_frame_ended_leaves_its_exit_code``."""
+    emu = emulator_thread(any_volume=True)
+    report, metrics = tmp_path / "r.jsonl", tmp_path / "m.prom"
+    args = create_args(emu.url, csv_manifest(write, volume_ids(2, seed=305)), report, metrics_file=metrics)
+    with held_webhook() as (hook, arrived), started([*args, "--webhook", hook]) as process:
+        until(arrived.is_set, process)
+        process.send_signal(signal.SIGTERM)
+        until(taken(process, signal.SIGTERM), process)
+        process.send_signal(signal.SIGTERM)
+        stderr = ended(process)
     assert process.returncode == 0, stderr
     assert 'evs_snapshot_exit_code{command="create"} 0' in metrics.read_text()
     assert {r["outcome"] for r in records(report)} == {"accepted"}
@@ -380,26 +386,8 @@ def test_a_second_signal_after_a_drained_run_ended_exits_as_its_side_files_say(
 ) -> None:
     """SIGINT drains a create, whose side files then say 130; a SIGTERM while its --webhook is held
     unanswered ends the process at once with 130, as they say (it exited 143; found by a hostile trial)."""
-    arrived, release = threading.Event(), threading.Event()
-
-    class Held(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            arrived.set()
-            release.wait(30)
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Held)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
     emu = emulator_thread(any_volume=True, latency_ms=SIGNAL_WINDOW_MS)
     report, metrics = tmp_path / "r.jsonl", tmp_path / "m.prom"
-    hook = f"http://127.0.0.1:{server.server_address[1]}/h"
     manifest = csv_manifest(write, volume_ids(4, seed=307))
     args = create_args(emu.url, manifest, report, "--concurrency", "1", metrics_file=metrics)
 
@@ -407,17 +395,12 @@ def test_a_second_signal_after_a_drained_run_ended_exits_as_its_side_files_say(
         state = emu.state()
         return CREATE_ROUTE in state["requests"] and state["in_flight"] > 0
 
-    try:
-        with started([*args, "--webhook", hook]) as process:
-            until(a_create_out, process)
-            process.send_signal(signal.SIGINT)
-            until(arrived.is_set, process)  # the end's webhook: the side files are written
-            process.send_signal(signal.SIGTERM)
-            stderr = ended(process)
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
+    with held_webhook() as (hook, arrived), started([*args, "--webhook", hook]) as process:
+        until(a_create_out, process)
+        process.send_signal(signal.SIGINT)
+        until(arrived.is_set, process)  # the end's webhook: the side files are written
+        process.send_signal(signal.SIGTERM)
+        stderr = ended(process)
     assert process.returncode == 130, stderr
     assert 'evs_snapshot_exit_code{command="create"} 130' in metrics.read_text()
     assert "second SIGTERM: stopping now; nothing more is sent; it exits 130, as it said" in stderr
