@@ -177,6 +177,9 @@ def columns_checked(rows: Iterable[RawRow], wanted: dict[str, str]) -> Iterator[
             f" (it has {written_so[column]!r}: a column the manifest does not know keeps its case, "
             f"and a placeholder names it as written: {{{written_so[column]}}})"
             if column in written_so
+            else f" (a placeholder reads the rows' own {column} column; "
+            f"--{column.replace('_', '-')} does not fill it: write its value in the template)"
+            if column in ("region", "project_id")
             else " (select --with-tags writes a tag:KEY column for each tag)"
             if column.startswith(TAG_PREFIX)
             else f" ({{{builtin}}} is a plain value, and a placeholder cannot read its attributes: "

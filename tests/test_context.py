@@ -218,6 +218,11 @@ def test_a_name_template_column_no_row_has_exits_2_before_anything_is_sent(
         cli_args("validate", cased, name_template="{Env}-{row}", project_id=PROJECT, region="cn-north-4")
     )
     assert result.exit_code == 0, result.output + result.stderr
+    result = invoke(
+        cli_args("validate", cased, name_template="{region}-{row}", project_id=PROJECT, region="cn-north-4")
+    )
+    assert result.exit_code == 2
+    assert "the rows' own region column; --region does not fill it" in result.stderr
     assert requests_of(emu.state(), CREATE_ROUTE) == Counter()
     assert emu.state()["snapshots"] == []
 
