@@ -181,6 +181,11 @@ def test_bad_seed_files_are_one_line_errors(
         ),
         (read_volumes, b"this is not a list of disks\n", ":1: the header has no volume_id column"),
         (read_volumes, b"", "the volumes file is empty"),
+        (
+            read_volumes,
+            b"volume_id,status,volume_id\nx,available,y\n",
+            ":1: the header names 'volume_id' twice",
+        ),
         (read_snapshots, b'id,volume_id\ns1,"x\n', ":2: not valid CSV"),
         (read_snapshots, b"garbage\n", ":1: the header has no id and no volume_id column"),
         (read_snapshots, b"\n \n", "the snapshots file is empty"),

@@ -149,6 +149,9 @@ def _csv_items(path: Path, text: str, needed: tuple[str, ...], expected: str) ->
                 continue
             if header is None:
                 header = cells
+                twice = sorted({column for column in header if header.count(column) > 1})
+                if twice:  # one column, two cells: neither is taken silently
+                    raise UsageError(f"{path}:{line}: the header names {', '.join(map(repr, twice))} twice")
                 missing = [column for column in needed if column not in header]
                 if missing:
                     raise UsageError(
