@@ -160,16 +160,16 @@ def columns_checked(rows: Iterable[RawRow], wanted: dict[str, str]) -> Iterator[
     A row has a column when its fields hold the key: a JSON key even with an empty value, a CSV cell
     that is not blank (a blank one leaves the key out).
     """
+    folded = {column.casefold(): column for column in wanted}
     written_so: dict[str, str] = {}  # a wanted column's name as the manifest writes it, in another case
     for raw in rows:
         if wanted and raw.fields is not None:
             for column in [column for column in wanted if column in raw.fields]:
                 del wanted[column]
-            if wanted:
-                folded = {column.casefold(): column for column in wanted}
-                for key in raw.fields:
-                    if key.casefold() in folded:
-                        written_so.setdefault(folded[key.casefold()], key)
+            for key in raw.fields if wanted else ():
+                column = folded.get(key.casefold(), "")
+                if column in wanted:
+                    written_so.setdefault(column, key)
         yield raw
     if wanted:
         column, option = next(iter(wanted.items()))

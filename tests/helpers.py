@@ -492,6 +492,17 @@ def run_process(
     )
 
 
+def copying_stdin(pid: int) -> bool:
+    """The CLI process ``pid`` holds its spool file open: it copies a manifest from standard input
+    (``create -``). False once the process is gone."""
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):  # a descriptor closed since the listing
+                if "evs-snapshot-stdin-" in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                    return True
+    return False
+
+
 def emulator_as_commanded(args: list[str]) -> EmulatorThread:
     """The emulator ``evs-snapshot emulator ARGS`` would serve, on a thread of this process (not started):
     the command's own parser and ``settings_from`` make its settings from the same command line. The

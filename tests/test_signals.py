@@ -41,6 +41,7 @@ from tests.helpers import (
     TOKEN_ENV,
     Launched,
     cli_args,
+    copying_stdin,
     create_args,
     create_report,
     csv_manifest,
@@ -189,16 +190,7 @@ def test_a_signal_while_standard_input_stalls_stops_at_once(
         assert process.stdin is not None
         process.stdin.write(b"volume_id\n")  # then nothing more, and the pipe stays open
         process.stdin.flush()
-
-        def copying() -> bool:
-            with contextlib.suppress(OSError):
-                for fd in os.listdir(f"/proc/{process.pid}/fd"):
-                    with contextlib.suppress(OSError):
-                        if "evs-snapshot-stdin-" in os.readlink(f"/proc/{process.pid}/fd/{fd}"):
-                            return True
-            return False
-
-        until(copying, process)
+        until(lambda: copying_stdin(process.pid), process)
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=60)
     stderr = err.decode()

@@ -6,7 +6,6 @@ what they load, so a top-level import of the HTTP client or the emulator cannot 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import signal
@@ -20,7 +19,7 @@ import click
 import pytest
 
 from orchestrator.cli import COMMANDS, main
-from tests.helpers import AKSK_ENV, PROJECT, cli_args, csv_manifest, run_process, volume_ids
+from tests.helpers import AKSK_ENV, PROJECT, cli_args, copying_stdin, csv_manifest, run_process, volume_ids
 
 COMMANDS_DIR = Path(__file__).resolve().parent.parent / "orchestrator" / "commands"
 CLIENT = ("aiohttp", "orchestrator.api.routes", "orchestrator.api.session", "orchestrator.api.iam")
@@ -167,16 +166,6 @@ def _seen(pid: int) -> dict[str, object]:
     }
 
 
-def _copying(pid: int) -> bool:
-    """The process copies its manifest from standard input to its spool file."""
-    with contextlib.suppress(OSError):
-        return any(
-            "evs-snapshot-stdin-" in os.readlink(f"/proc/{pid}/fd/{fd}")
-            for fd in os.listdir(f"/proc/{pid}/fd")
-        )
-    return False
-
-
 @pytest.mark.parametrize("sigint_ignored", [False, True])
 def test_the_tests_launcher_starts_the_cli_as_exec_does(sigint_ignored: bool, tmp_path: Path) -> None:
     """``helpers.run_process`` forks the CLI from a launcher that has imported it (docs/development.md):
@@ -205,7 +194,7 @@ def test_the_tests_launcher_starts_the_cli_as_exec_does(sigint_ignored: bool, tm
             process.stdin.write(b"volume_id\n")  # then nothing more, and the pipe stays open
             process.stdin.flush()
         stop = time.monotonic() + 30
-        while not (_copying(forked.pid) and _copying(execed.pid)):
+        while not (copying_stdin(forked.pid) and copying_stdin(execed.pid)):
             assert forked.poll() is None
             assert execed.poll() is None
             assert time.monotonic() < stop, "never copying"
