@@ -12,7 +12,8 @@ first signal does depends on the phase the command is in:
 - a cancel phase (``cancel_on_signal``: waits and audit, where nothing is in flight that must end):
   the phase is cancelled at once and the command prints its summary.
 
-A second signal ends the process at once in every phase, after saying so and fsyncing the report.
+A second signal ends the process at once in every phase, after saying so, fsyncing the report and
+writing its exit code to the side files (``stopping_now``; a drained run that wrote them: their code).
 Once a run has finished (``run_finished``: every record written, the summary printed, the side files
 written with its exit code) a signal changes nothing: the process ends with that exit code, after the
 end notifications (a second signal: at once).
