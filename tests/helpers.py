@@ -192,7 +192,7 @@ def snapshots_per_volume(state: Mapping[str, Any], run_id: str | None = None) ->
 # imports (aiohttp, click, anyio and the package). The suite starts about 60 of them. So each xdist worker
 # keeps one launcher process, started once by exec, that imports the package and waits; each CLI process
 # is a fork of it, set up as exec would have set it up (its own pipes or /dev/null on 0-2, every other
-# descriptor closed, the test's environment, working folder and time zone, SIGINT inherited ignored or
+# descriptor closed, the test's environment (its TMPDIR too), working folder and time zone, SIGINT inherited ignored or
 # Python's own, SIGPIPE and SIGXFSZ ignored as Python ignores them, fresh standard streams, `sys.argv`),
 # and then runs `orchestrator.__main__.main()` as `python -m orchestrator` does. It costs about 0.05 s.
 # It is a real process: its own pid, signals from the kernel, its exit status (through a waiter process
@@ -201,7 +201,7 @@ def snapshots_per_volume(state: Mapping[str, Any], run_id: str | None = None) ->
 # limit or a shell around it) is started by exec: `subprocess` as before.
 
 _LAUNCHER = r"""
-import atexit, importlib, io, json, os, pkgutil, random, signal, socket, sys, threading, time, traceback
+import atexit, importlib, io, json, os, pkgutil, random, signal, socket, sys, tempfile, threading, time, traceback
 import orchestrator
 for found in pkgutil.walk_packages(orchestrator.__path__, "orchestrator."):
     importlib.import_module(found.name)
@@ -223,6 +223,7 @@ def run(request, fds):
     os.environ.clear()
     os.environ.update(request["env"])
     time.tzset()
+    tempfile.tempdir = None  # found again from the test's TMPDIR, as a new interpreter finds it
     random.seed()
     signal.signal(signal.SIGINT, signal.SIG_IGN if request["sigint_ignored"] else signal.default_int_handler)
     sys.stdin = sys.__stdin__ = stream(0, "r", sys.__stdin__, False)

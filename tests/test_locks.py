@@ -74,11 +74,15 @@ def silent_endpoint() -> Iterator[tuple[str, threading.Event]]:
 
 
 @contextlib.contextmanager
-def holder(args: Callable[[str], list[str]], stdin: bytes = b"") -> Iterator[Launched]:
+def holder(
+    args: Callable[[str], list[str]], stdin: bytes = b"", spool: Path | None = None
+) -> Iterator[Launched]:
     """A real evs-snapshot process (``args(endpoint)``) that has taken its locks and waits on its first
-    request; killed when the block ends."""
+    request; killed when the block ends. A manifest on standard input is copied to a file in ``spool``
+    (its TMPDIR): the kill leaves that file behind, as any SIGKILL of ``create -`` does."""
     with silent_endpoint() as (url, reached):
-        process = run_process([*args(url), *HANG], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        env = None if spool is None else {"TMPDIR": str(spool)}
+        process = run_process([*args(url), *HANG], env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
         assert process.stdin is not None
         assert process.stderr is not None
         try:
@@ -147,13 +151,15 @@ def test_a_manifest_from_stdin_locks_on_its_digest(
     rows = b"volume_id\n" + b"".join(f"{i}\n".encode() for i in volume_ids(3, seed=1806))
     other = b"volume_id\n" + b"".join(f"{i}\n".encode() for i in volume_ids(2, seed=1807))
     first = lambda url: create_args(url, Path("-"), tmp_path / "first.jsonl", format="csv")  # noqa: E731
-    with holder(first, stdin=rows) as process:
+    with holder(first, stdin=rows, spool=tmp_path) as process:
         same = invoke(create_args(emu.url, Path("-"), tmp_path / "same.jsonl", format="csv"), input=rows)
         refused(same, process.pid, "create")
         assert emu.state()["requests"] == {}
         args = create_args(emu.url, Path("-"), tmp_path / "other.jsonl", *FAST_RETRIES, format="csv")
         assert invoke(args, input=other).exit_code == 0
     assert sum(snapshots_per_volume(emu.state()).values()) == 2
+    spooled = [path.name.partition("stdin-")[0] for path in tmp_path.glob("*.csv")]
+    assert spooled == ["evs-snapshot-"]  # the killed holder's copy of its standard input, and only it
 
 
 def test_the_same_rows_from_a_file_and_from_stdin_exclude_each_other(
