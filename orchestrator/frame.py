@@ -31,6 +31,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
@@ -58,7 +60,7 @@ from orchestrator.hookplan import HookPlan
 from orchestrator.lock import Held, Lock, holding, report_lock
 from orchestrator.models import Record, RunHeader, shape_difference, utc_now
 from orchestrator.report import ReportWriter, ResumeBook, check_report_path, read_header
-from orchestrator.signals import draining, received, run_finished, stopping_now
+from orchestrator.signals import draining, on_early_stop, received, run_finished, stopping_now
 from orchestrator.tally import Counting, Tally
 
 if TYPE_CHECKING:
@@ -161,6 +163,21 @@ def record_abort(
     143), writes that exit code to the side files, without the counts of a summary."""
     summary = {"command": command, "exit_code": code, "error": str(error)}
     write_side_files(closing, command=command, summary=summary, families=[], exit_code=code, console=console)
+
+
+def record_early_stops(closing: Closing, command: str) -> Callable[[], None]:
+    """From now until the returned function is called (the command ended), a signal that ends ``command``
+    before its run wrote its side files (at start-up, in the manifest pass, in a listing) writes its exit
+    code, 130/143, to them (``signals.stopped_early``): they never keep the previous run's."""
+    if closing.summary_json is None and closing.metrics_file is None:
+        return lambda: None
+
+    def words(code: int) -> None:
+        name = signal.Signals(code - 128).name
+        record_abort(closing, command, Console(sys.stderr), f"stopped by {name}", code)
+
+    on_early_stop(words)
+    return lambda: on_early_stop(None)
 
 
 def _aborted(exc: BaseException | None) -> BaseException | None:
