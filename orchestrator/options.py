@@ -487,9 +487,8 @@ def _closing(
         summary_json=summary_json, metrics_file=metrics_file, notify=_notify(ping_url, webhooks)
     )
     closing.check()
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None and ctx.info_name:  # a signal from now on writes its exit code to the side files
-        ctx.call_on_close(record_early_stops(closing, ctx.info_name))
+    ctx = click.get_current_context()  # the command's: a signal from now on writes its code to the side files
+    ctx.call_on_close(record_early_stops(closing, str(ctx.info_name)))
     return closing
 
 
