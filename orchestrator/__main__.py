@@ -4,8 +4,9 @@ it starts.
 Importing the CLI (click, orjson, ...) takes a moment; a SIGINT or SIGTERM then would end the process
 with a traceback (or, inside a C extension's import, worse). Until the command installs its own
 receiver (``signals.guarded``), such a signal ends the process at once with 130/143 and one line:
-nothing has been read or sent yet. A signal inherited as ignored (a background job's SIGINT) stays
-ignored.
+nothing has been sent yet; once the options are read, ``--summary-json`` and ``--metrics-file`` say
+130/143 too (``frame.record_early_stops``), so they never keep the previous run's code. A signal
+inherited as ignored (a background job's SIGINT) stays ignored.
 
 The cyclic garbage collector costs a process about a tenth of its start-up (``benchmarks startup``,
 counted with callgrind: 65 M of a 3-row ``create``'s 1,066 M instructions, 30 M of a dry run's 420 M).
@@ -24,13 +25,22 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 from types import FrameType
 
 
 def _stop(signum: int, _frame: FrameType | None) -> None:
     name = signal.Signals(signum).name
     os.write(2, f"evs-snapshot: stopped by {name} while starting; nothing was sent\n".encode())
-    os._exit(128 + signum)
+    # Once the options are read, the command's --summary-json and --metrics-file say 128+N (not the
+    # last run's code); the module that knows them is loaded by then (``signals.stopped_early``).
+    signals = sys.modules.get("orchestrator.signals")
+    stopped_early = getattr(signals, "stopped_early", None)
+    try:
+        if stopped_early is not None:
+            stopped_early(128 + signum)
+    finally:  # best effort: the process ends with 128+N all the same
+        os._exit(128 + signum)
 
 
 def main() -> None:

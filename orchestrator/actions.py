@@ -40,6 +40,10 @@ class Action(enum.StrEnum):
     # rollback: written before its POST leaves, with the disk's updated_at as looked at; never a row's
     # last record (``final_actions`` and the resume book skip it): --resume reads it (``sent_rollbacks``)
     SENDING = "sending"
+    # the frame's last line of a run whose work came to its end (no signal, no closed route, no error):
+    # no key's record (``final_actions``, the resume book and the tally skip it); ``summary`` reads a
+    # report whose last run has none as unfinished (``last_run``), when its header says runs write one
+    ENDED = "ended"
 
 
 FINAL = frozenset(
@@ -119,12 +123,11 @@ def read_actions(path: Path) -> Iterator[ActionRecord]:
 
 
 def final_actions(path: Path) -> Iterator[ActionRecord]:
-    """The last record of each key, in file order of those records (two passes; ``sending`` lines are
-    not records of an outcome)."""
+    """The last record of each key, in file order of those records (two passes; ``sending`` and ``ended``
+    lines are not records of an outcome)."""
     last: dict[str, int] = {}
-    sending = Action.SENDING
     for index, record in enumerate(read_actions(path)):
-        if record.outcome is not sending:
+        if record.outcome not in JOURNAL:
             last[record.key] = index
     for index, record in enumerate(read_actions(path)):
         if last.get(record.key) == index:
@@ -143,10 +146,44 @@ def outcomes_and_sends(path: Path) -> tuple[dict[str, Action], dict[str, str | N
         if record.outcome is sending:
             sent[record.key] = record.disk_updated_at
             continue
+        if record.outcome is Action.ENDED:
+            continue
         last[record.key] = record.outcome
         if record.outcome in _ENDS:
             sent.pop(record.key, None)
     return last, sent
 
 
+JOURNAL = frozenset({Action.SENDING, Action.ENDED})  # lines of an action report that are no key's outcome
 _ENDS = frozenset({Action.ROLLED_BACK, Action.ROLLBACK_FAILED})  # a rollback's end: its send is settled
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
+class LastRun:
+    """How the last run of an action report ended, as its lines tell: ``ended`` when its end line
+    follows the last record (a run that came to its end writes one); else the lines written since the
+    last end line (``written``), and whether the last of them that tells shows a plan (a ``planned``
+    record: ``True``) or acting (``deleted``, ``sending``, ...: ``False``); ``None``: none tells."""
+
+    ended: bool
+    written: int = 0
+    plan: bool | None = None
+
+
+_PLANS = frozenset({Action.PLANNED})
+_UNTELLING = frozenset({Action.KEPT, Action.BLOCKED, Action.REFUSED})  # written by a plan and an --apply
+
+
+def last_run(path: Path) -> LastRun:
+    """Whether the last run of an action report came to its end (one pass; see ``LastRun``)."""
+    ended, written, plan = False, 0, None
+    for record in read_actions(path):
+        if record.outcome is Action.ENDED:
+            ended, written, plan = True, 0, None
+            continue
+        ended, written = False, written + 1
+        if record.outcome in _PLANS:
+            plan = True
+        elif record.outcome not in _UNTELLING:
+            plan = False
+    return LastRun(ended=ended, written=written, plan=plan)

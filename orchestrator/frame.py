@@ -31,6 +31,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
@@ -46,12 +48,19 @@ from orchestrator.config import RunIdentity, file_in_the_way
 from orchestrator.console import Console
 from orchestrator.defaults import GRACE
 from orchestrator.entry import exit_code_of
-from orchestrator.errors import Interrupted, ResumeMismatch, RunAborted, UsageError, first_error
+from orchestrator.errors import (
+    Interrupted,
+    ReportUnwritable,
+    ResumeMismatch,
+    RunAborted,
+    UsageError,
+    first_error,
+)
 from orchestrator.hookplan import HookPlan
 from orchestrator.lock import Held, Lock, holding, report_lock
 from orchestrator.models import Record, RunHeader, shape_difference, utc_now
 from orchestrator.report import ReportWriter, ResumeBook, check_report_path, read_header
-from orchestrator.signals import draining, run_finished, stopping_now
+from orchestrator.signals import draining, on_early_stop, received, run_finished, stopping_now
 from orchestrator.tally import Counting, Tally
 
 if TYPE_CHECKING:
@@ -156,6 +165,21 @@ def record_abort(
     write_side_files(closing, command=command, summary=summary, families=[], exit_code=code, console=console)
 
 
+def record_early_stops(closing: Closing, command: str) -> Callable[[], None]:
+    """From now until the returned function is called (the command ended), a signal that ends ``command``
+    before its run wrote its side files (at start-up, in the manifest pass, in a listing) writes its exit
+    code, 130/143, to them (``signals.stopped_early``): they never keep the previous run's."""
+    if closing.summary_json is None and closing.metrics_file is None:
+        return lambda: None
+
+    def words(code: int) -> None:
+        name = signal.Signals(code - 128).name
+        record_abort(closing, command, Console(sys.stderr), f"stopped by {name}", code)
+
+    on_early_stop(words)
+    return lambda: on_early_stop(None)
+
+
 def _aborted(exc: BaseException | None) -> BaseException | None:
     """The first ``RunAborted`` that ``exc`` is or holds (a task group wraps what its tasks raise)."""
     if isinstance(exc, RunAborted):
@@ -236,6 +260,7 @@ class Frame:
         self._ended: tuple[str, dict[str, Any]] | None = None  # the summary as text and as JSON
         self._notifier: Notifier | None = None
         self._pinging: anyio.abc.TaskGroup | None = None
+        self._began = ""  # when an action report was opened (its end line's started_at); "": no end line
 
     async def __aenter__(self) -> Frame:
         stopping_now(self._stopped_at_once)
@@ -257,6 +282,7 @@ class Frame:
     ) -> None:
         ended, interrupted = exc, None
         try:
+            self._end_line(exc)
             await self._stack.__aexit__(kind, exc, traceback)
             interrupted = self._closed(exc)
             ended = interrupted or exc
@@ -283,6 +309,7 @@ class Frame:
     ) -> None:
         ended, interrupted = exc, None
         try:
+            self._end_line(exc)
             _at_once(self._stack.__aexit__(kind, exc, traceback))
             interrupted = self._closed(exc)
             ended = interrupted or exc
@@ -302,6 +329,27 @@ class Frame:
             return None
         self.exit_code = self._finish()
         return Interrupted(self.signals[0], self.advice) if self.signals else None
+
+    def _end_line(self, exc: BaseException | None) -> None:
+        """An action report's last line, written before it closes when the command's work came to its end:
+        nothing raised, no signal came (drained or not), no route closed. ``summary`` reads a report whose
+        last run has none as unfinished. A report that cannot take it is said; the run's exit stays."""
+        if not self._began or self.writer is None or exc is not None or self.signals or received():
+            return
+        if self.router is not None and self.router.closures():
+            return
+        line = ActionRecord(
+            run_id=self.run_id,
+            command=self.command,
+            key="",
+            outcome=Action.ENDED,
+            started_at=self._began,
+            finished_at=now_iso(),
+        )
+        try:
+            self.writer.write_line(line.to_json())
+        except ReportUnwritable as error:
+            self.console.error(f"{error} (every record is whole: `summary` reads the run as unfinished)")
 
     def _record_abort(self, exc: BaseException) -> None:
         aborted = _aborted(exc)
@@ -374,9 +422,11 @@ class Frame:
                 shape=shape,
                 started_at=now_iso(),
                 connection={} if connection is None else connection.recorded(),
+                ends=report != "-",
             ),
             resume=resume,
         )
+        self._began = "" if report == "-" else now_iso()  # standard output is not resumed: no end line
 
     async def connect(self, connection: Connection, policy: RetryPolicy | None = None) -> Router:
         """The run's router (its session closes with the frame); its closed routes make exit 3."""

@@ -363,6 +363,17 @@ def _csv_header(reader: Any, name: str, columns_seen: _ColumnWarnings) -> list[s
     return columns
 
 
+def csv_columns(source: ManifestSource, display: str | None = None) -> list[str]:
+    """The column names of a CSV manifest's header (read again; ``read_rows`` has checked it)."""
+    name = display or source.path
+    with open(source.path, "rb") as handle:
+        reader = csv.reader(_decoded_lines(handle, name), strict=True)
+        try:
+            return _csv_header(reader, name, _ColumnWarnings(name, None, frozenset()))
+        except csv.Error as exc:
+            raise _csv_error(name, reader, exc) from None
+
+
 def _csv_error(name: str, reader: Any, exc: csv.Error) -> ManifestError:
     return ManifestError(name, reader.line_num, f"CSV syntax error: {exc}", "check the quoting on this line")
 

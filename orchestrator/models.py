@@ -403,6 +403,10 @@ class RunHeader:
     # Each create attempt is journalled (a ``sending`` record) before it leaves: a resume sends a row
     # with no ``sending`` record at once. Reports written before the journal existed lack the flag.
     journal: bool = False
+    # Each run of an action report (prune, cleanup, rollback, hold, release) writes an ``ended`` line
+    # when its work came to its end: ``summary`` reads a report whose last run has none as unfinished.
+    # Reports written before the end line existed lack the flag, and read as before.
+    ends: bool = False
     # Seconds after a create left within which its snapshot may still appear (--timeout + --settle):
     # cleanup waits that long after the last send whose answer the report does not hold.
     window: float = 0.0
@@ -412,7 +416,7 @@ class RunHeader:
 
     def to_json(self) -> bytes:
         data: dict[str, Any] = {"type": "run", **dataclasses.asdict(self)}
-        for flag in ("emulator", "dry_run", "journal", "window", "connection"):
+        for flag in ("emulator", "dry_run", "journal", "ends", "window", "connection"):
             if not data[flag]:
                 del data[flag]  # headers of ordinary runs read as before
         return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
@@ -436,6 +440,7 @@ class RunHeader:
                 emulator=data.get("emulator") is True,
                 dry_run=data.get("dry_run") is True,
                 journal=data.get("journal") is True,
+                ends=data.get("ends") is True,
                 window=_seconds(data.get("window")),
                 connection={str(k): str(v) for k, v in dict(data.get("connection") or {}).items()},
             )

@@ -25,7 +25,7 @@ import click
 from orchestrator import config, defaults
 from orchestrator.config import Notify, WaitPlan, check_project_id, environment, parse_notify_url
 from orchestrator.errors import UsageError
-from orchestrator.frame import Closing
+from orchestrator.frame import Closing, record_early_stops
 from orchestrator.hookplan import HookPlan
 from orchestrator.manifest import ManifestSource
 from orchestrator.retry import RetryPolicy
@@ -487,6 +487,8 @@ def _closing(
         summary_json=summary_json, metrics_file=metrics_file, notify=_notify(ping_url, webhooks)
     )
     closing.check()
+    ctx = click.get_current_context()  # the command's: a signal from now on writes its code to the side files
+    ctx.call_on_close(record_early_stops(closing, str(ctx.info_name)))
     return closing
 
 

@@ -27,7 +27,16 @@ import orjson
 from orchestrator.config import PROJECT_RE, REGION_RE, RowDefaults, RunIdentity
 from orchestrator.duplicates import UUID_RE, duplicate_candidates, key_candidates, volume_key
 from orchestrator.errors import UsageError
-from orchestrator.manifest import METADATA_PREFIX, TAG_PREFIX, ManifestSource, RawRow, read_keys, read_rows
+from orchestrator.manifest import (
+    METADATA_PREFIX,
+    TAG_PREFIX,
+    Format,
+    ManifestSource,
+    RawRow,
+    csv_columns,
+    read_keys,
+    read_rows,
+)
 from orchestrator.models import Outcome, Record, SnapshotRequest, utc_iso
 
 NAME_MAX = 64
@@ -149,28 +158,39 @@ def first_pass(
     if not wanted:  # no template names a column (the usual case)
         return key_candidates(read_keys(source, display=display, warn=warn, also_known=also_known), defaults)
     rows = read_rows(source, display=display, warn=warn, also_known=also_known)
-    return duplicate_candidates(columns_checked(rows, wanted), defaults)
+    header = (lambda: csv_columns(source, display)) if source.format is Format.CSV else list
+    return duplicate_candidates(columns_checked(rows, wanted, header), defaults)
 
 
-def columns_checked(rows: Iterable[RawRow], wanted: dict[str, str]) -> Iterator[RawRow]:
+def columns_checked(
+    rows: Iterable[RawRow], wanted: dict[str, str], header: Callable[[], list[str]] = list
+) -> Iterator[RawRow]:
     """The rows, passed through; once they are all read, a column that a template (``--name-template``,
-    ``--metadata``) names (``wanted``: each with its option) and no row has is a usage error (exit 2):
-    the first pass raises it, before anything is sent.
+    ``--metadata``) names (``wanted``: each with its option) and the manifest does not have is a usage
+    error (exit 2): the first pass raises it, before anything is sent.
 
-    A row has a column when its fields hold the key: a JSON key even with an empty value, a CSV cell
-    that is not blank (a blank one leaves the key out).
+    The manifest has a column when a row's fields hold the key (a JSON key even with an empty value, a
+    CSV cell that is not blank: a blank one leaves the key out), or when its CSV ``header`` names it
+    (read only when some wanted column is left): a column blank in every row is then each row's
+    ``TEMPLATE_ERROR`` (the name) or a key left out (metadata), as JSON rows holding it empty are.
     """
     folded = {column.casefold(): column for column in wanted}
     written_so: dict[str, str] = {}  # a wanted column's name as the manifest writes it, in another case
+
+    def seen(keys: Iterable[str]) -> None:
+        for column in [column for column in wanted if column in keys]:
+            del wanted[column]
+        for key in keys if wanted else ():
+            column = folded.get(key.casefold(), "")
+            if column in wanted:
+                written_so.setdefault(column, key)
+
     for raw in rows:
         if wanted and raw.fields is not None:
-            for column in [column for column in wanted if column in raw.fields]:
-                del wanted[column]
-            for key in raw.fields if wanted else ():
-                column = folded.get(key.casefold(), "")
-                if column in wanted:
-                    written_so.setdefault(column, key)
+            seen(raw.fields)
         yield raw
+    if wanted:
+        seen(header())
     if wanted:
         column, option = next(iter(wanted.items()))
         hint = (

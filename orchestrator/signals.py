@@ -14,6 +14,9 @@ first signal does depends on the phase the command is in:
 
 A second signal ends the process at once in every phase, after saying so, fsyncing the report and
 writing its exit code to the side files (``stopping_now``; a drained run that wrote them: their code).
+A signal that ends the command before its run wrote its side files (after the options are read: at
+start-up, in the manifest pass, in a listing or check) writes 130/143 to them (``stopped_early``), so
+``--summary-json`` and ``--metrics-file`` never keep the previous run's code.
 Once a run has finished (``run_finished``: every record written, the summary printed, the side files
 written with its exit code) a signal changes nothing: the process ends with that exit code, after the
 end notifications (a second signal: at once).
@@ -104,8 +107,8 @@ class Guard:
             self.console.error(f"second {name}: stopping now; {left}{said}", signal=name)
             if phase is not None:
                 phase.sync()
-            if self.said is None and self.last_words is not None:
-                self.last_words(code)  # the side files say this exit, not the last run's
+            if self.said is None:  # the side files say this exit, not the last run's
+                (self.last_words or stopped_early)(code)
             os._exit(code)
         self.received.append(signum)
         if phase is not None:
@@ -131,10 +134,47 @@ class Guard:
 
 _CURRENT: contextvars.ContextVar[Guard | None] = contextvars.ContextVar("evs_snapshot_guard", default=None)
 
+# What a signal that ends the command before its run has written its side files writes there: set once
+# their paths are known (``frame.record_early_stops``, as the options are read), until the command ends.
+_early_words: Callable[[int], None] | None = None
+
+
+def on_early_stop(words: Callable[[int], None] | None) -> None:
+    """``words(code)`` writes ``code`` to the command's side files when a signal ends it before its run
+    said how it ended (``None``: the command has ended, or has none)."""
+    global _early_words  # noqa: PLW0603 - one command a process; the CLI resets it as the command ends
+    _early_words = words
+
+
+def stopped_early(code: int) -> None:
+    """A signal ends the command with ``code`` before its run wrote its side files: they say ``code``
+    (``__main__``'s start-up receiver, and ``guarded`` below), once."""
+    words = _early_words
+    on_early_stop(None)
+    if words is not None:
+        words(code)
+
+
+def _unsaid(guard: Guard, error: Exception | None) -> None:
+    """A command stopped by a signal whose run did not write its side files with that (a signal outside
+    every phase, before or inside the run frame; audit's cancelled listing): they say 128+N now."""
+    if guard.finished is not None or guard.said is not None:
+        return
+    if isinstance(error, Interrupted):
+        stopped_early(error.exit_code)
+    elif error is None and guard.received:
+        stopped_early(128 + guard.received[0])
+
 
 async def guarded(entry: Callable[[], Awaitable[int]], console: Console) -> int:
     """Run ``entry`` under the command's receiver; a signal that cancelled it raises ``Interrupted``."""
+    try:
+        return await _guarded(entry, console)
+    finally:
+        on_early_stop(None)
 
+
+async def _guarded(entry: Callable[[], Awaitable[int]], console: Console) -> int:
     scope = anyio.CancelScope()
     guard = Guard(console, scope.cancel)
     token = _CURRENT.set(guard)
@@ -151,6 +191,7 @@ async def guarded(entry: Callable[[], Awaitable[int]], console: Console) -> int:
             group.cancel_scope.cancel()
     finally:
         _CURRENT.reset(token)
+    _unsaid(guard, error)
     if error is not None:
         raise error
     if guard.finished is not None:
@@ -176,16 +217,23 @@ def guarded_now(entry: Callable[[], int], console: Console) -> int:
     saved = {signum: signal.getsignal(signum) for signum in guard.signals}
     token = _CURRENT.set(guard)
     code = 0
+    error: Exception | None = None
     try:
         for signum in guard.signals:
             signal.signal(signum, lambda signum, _frame: guard.deliver(signum))
         code = entry()
     except _Cancelled:
         pass
+    except Interrupted as exc:
+        error = exc
     finally:
         for signum, handler in saved.items():
             signal.signal(signum, handler)
         _CURRENT.reset(token)
+    _unsaid(guard, error)
+    on_early_stop(None)
+    if error is not None:
+        raise error
     if guard.finished is not None:
         return guard.finished
     if guard.received:

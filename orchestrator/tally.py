@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import shlex
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -28,9 +29,10 @@ from orchestrator.actions import (
     Action,
     ActionRecord,
     final_actions,
+    last_run,
     outcomes_and_sends,
 )
-from orchestrator.models import SIDE, SUCCESSFUL, Outcome, Record
+from orchestrator.models import SIDE, SUCCESSFUL, Outcome, Record, RunHeader
 from orchestrator.report import RowSlots, final_records, read_header, read_records
 
 SLOWEST = 5
@@ -81,6 +83,75 @@ def first_without_record(total: int, recorded: Callable[[int], bool], limit: int
             found.append(row)
         row += 1
     return found
+
+
+def where_to(header: RunHeader | None) -> str:
+    """The options that send a follow-up command where the run sent its requests (``--endpoint``,
+    ``--iam-endpoint``, ``--ca-bundle``, ``--auth``: the header's ``connection``; ``--region``); never a
+    credential (they come from the environment, as for the run)."""
+    shape = {} if header is None else header.shape
+    given = {} if header is None else header.connection
+    options = "".join(
+        f" --{key.replace('_', '-')} {shlex.quote(given[key])}"
+        for key in ("endpoint", "iam_endpoint", "ca_bundle", "auth")
+        if given.get(key)
+    )
+    return options + (f" --region {shlex.quote(shape['region'])}" if shape.get("region") else "")
+
+
+# Options of an action run its report does not record: the command that finishes it names them.
+UNRECORDED = {
+    "prune": "--project-id",
+    "cleanup": "--include-held/--project-id",
+    "rollback": "--rows/--volume",
+}
+
+
+def finish_command(report: Path, header: RunHeader, *, apply: bool = True) -> str:
+    """The command that finishes (or, planned, carries out) an action run of ``report``: the same command
+    resuming it, with the options its header records (prune's rules, hold's and release's choice, where
+    it sent its requests); ``UNRECORDED`` names those it does not."""
+    shape, command = header.shape, header.command
+    source = header.manifest if header.manifest not in ("", "<stdin>") else "SOURCE"
+    words = [f"evs-snapshot {command}"]
+    if command == "prune":
+        words.append("--all-volumes" if source.startswith("all-volumes:") else shlex.quote(source))
+        words += _prune_rules(shape)
+    elif command in ("hold", "release"):
+        words.append("" if source == "--snapshot" else shlex.quote(source))
+        chosen = [("--snapshot", shape.get("snapshots", "")), ("--rows", shape.get("rows", ""))]
+        chosen += [("--volume", shape.get("volumes", "")), ("--reason", shape.get("hold", ""))]
+        for option, values in chosen:
+            many = values.split(",") if option in ("--snapshot", "--volume") else [values]
+            words += [f"{option} {shlex.quote(value)}" for value in many if value]
+    else:
+        words.append(shlex.quote(source))
+    words += ["--apply"] if apply else []
+    words.append(f"--resume --report {shlex.quote(str(report.resolve()))}{where_to(header)}")
+    return " ".join(word for word in words if word)
+
+
+RULES = (
+    "keep_last",
+    "keep_within",
+    "keep_hourly",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_yearly",
+)
+
+
+def _prune_rules(shape: Mapping[str, str]) -> list[str]:
+    """prune's options as its report's header records them (a resume must repeat them)."""
+    words = []
+    for key in RULES:  # keep_within as seconds (``1209600.0``), which --keep-within reads as such
+        if shape.get(key, "None") != "None":
+            words.append(f"--{key.replace('_', '-')} {shlex.quote(shape[key])}")
+    words += [f"--tz {shlex.quote(shape['tz'])}"] if shape.get("tz") else []
+    words += ["--allow-none"] if shape.get("allow_none") == "True" else []
+    words += [f"--name-prefix {shlex.quote(shape['name_prefix'])}"] if shape.get("name_prefix") else []
+    return words
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
@@ -295,6 +366,8 @@ class Tally:
                 tally.add(action)
             if header.command == "rollback":
                 tally.unsettled_sends(path)
+            if header.ends:
+                tally.unended(path, header)
             return tally
         tally = cls(
             manifest_rows=None if header is None else header.rows,
@@ -320,6 +393,30 @@ class Tally:
                 "anything is sent again"
             )
             self.failing += len(rows)
+
+    def unended(self, path: Path, header: RunHeader) -> None:
+        """An action report whose last run did not come to its end (no ``ended`` line after its last
+        record: a signal, a closed route, a crash or a kill): one line saying so and the command that
+        finishes it, and exit 1 (``unfinished``)."""
+        run = last_run(path)
+        if run.ended:
+            return
+        wrote = (
+            f"after {run.written} line{'s' if run.written != 1 else ''}" if run.written else "before acting"
+        )
+        line = (
+            f"unfinished: the last {header.command} run of this report stopped {wrote} (a signal, a closed "
+            "route, a crash or a kill), so what it still had to do has no record; finish it with "
+            f"`{finish_command(path, header, apply=run.plan is not True)}`"
+            + (
+                f" with the run's {UNRECORDED[header.command]}, if it had them"
+                if header.command in UNRECORDED
+                else ""
+            )
+            + (" (without --apply if the run was a plan)" if run.plan is None else "")
+        )
+        self.notes.append(line)
+        self.unfinished.append(line)
 
     # --- reading -------------------------------------------------------------------------
     @property
@@ -438,6 +535,7 @@ class Tally:
                 "outcomes": dict(sorted(self.outcomes.items())),
                 "error_codes": [{"code": code, "rows": n} for code, n in self.codes.most_common()],
                 "notes": self.notes,
+                **({"unfinished": self.unfinished} if self.unfinished else {}),
                 "elapsed_s": round(self.elapsed, 3),
                 "exit_code": self.exit_code,
             }

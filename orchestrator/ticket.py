@@ -17,7 +17,7 @@ from pathlib import Path
 from orchestrator.actions import ActionRecord, final_actions
 from orchestrator.models import Outcome, Record, RunHeader
 from orchestrator.report import final_records
-from orchestrator.tally import NEXT_STEP, Tally, rejected_step
+from orchestrator.tally import NEXT_STEP, Tally, finish_command, rejected_step, where_to
 
 TABLE_MAX = 200
 
@@ -50,30 +50,21 @@ def follow_ups(report: Path, header: RunHeader | None, tally: Tally) -> list[str
     projects by it). A create run with rows to send again (``tally.resume_next``) is resumed first.
     Credentials are never among them: they come from the environment, as for the run."""
     shape = {} if header is None else header.shape
-    given = {} if header is None else header.connection
-    where_to = "".join(
-        f" --{key.replace('_', '-')} {shlex.quote(given[key])}"
-        for key in ("endpoint", "iam_endpoint", "ca_bundle", "auth")
-        if given.get(key)
-    )
-    where_to += f" --region {shlex.quote(shape['region'])}" if shape.get("region") else ""
+    where = where_to(header)
     project = f" --project-id {shlex.quote(shape['project_id'])}" if shape.get("project_id") else ""
     quoted = shlex.quote(str(report.resolve()))
-    command = "create" if header is None else header.command
-    if command == "create":
+    if header is None or header.command == "create":
         named = header is not None and header.manifest not in ("", "<stdin>")
         manifest = shlex.quote(header.manifest) if header is not None and named else "MANIFEST"
-        resume = f"evs-snapshot create {manifest} --resume --report {quoted}{where_to}{project}"
+        resume = f"evs-snapshot create {manifest} --resume --report {quoted}{where}{project}"
         return [
             *([f"{resume}  # and the run's other options"] if tally.resume_next else []),
-            f"evs-snapshot wait {quoted}{where_to}",
-            f"evs-snapshot rollback {quoted} --apply{where_to}",
-            f"evs-snapshot cleanup {quoted} --apply{where_to}{project}",
+            f"evs-snapshot wait {quoted}{where}",
+            f"evs-snapshot rollback {quoted} --apply{where}",
+            f"evs-snapshot cleanup {quoted} --apply{where}{project}",
         ]
     # finish what the run planned or left: the same command, applied, resuming this report
-    source = header.manifest if header is not None and header.manifest else "SOURCE"
-    line = f"evs-snapshot {command} {shlex.quote(source)} --apply --resume --report {quoted}{where_to}"
-    return [line + ("  # and the run's --keep-last/--keep-within" if command == "prune" else "")]
+    return [finish_command(report, header)]
 
 
 def _last(records: Iterable[Record | ActionRecord]) -> str:

@@ -129,8 +129,13 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 
 def records(path: Path) -> list[dict[str, Any]]:
-    """Every record of a report (the run header and the journal of ``sending`` records left out)."""
-    return [line for line in lines(path) if line.get("type") != "run" and line.get("outcome") != "sending"]
+    """Every record of a report (the run header, the journal of ``sending`` records and an action run's
+    ``ended`` lines left out)."""
+    return [
+        line
+        for line in lines(path)
+        if line.get("type") != "run" and line.get("outcome") not in ("sending", "ended")
+    ]
 
 
 def validated_and_planned(

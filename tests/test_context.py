@@ -289,3 +289,42 @@ def test_name_template_takes_tag_columns_too(
         IDS[2]: ("planned", "shop-3", None),
     }
     assert "{tag:app}" in next(r["error_message"] for r in records(report) if r["error_code"])
+
+
+@pytest.mark.parametrize("form", ["csv", "json"])
+def test_a_tag_column_blank_in_every_row_is_a_template_error_per_row_in_both_formats(
+    tmp_path: Path, form: str
+) -> None:
+    """A tag:KEY column the manifest has (a CSV header names it, JSON rows hold the key) whose cells are
+    all blank: each row gets TEMPLATE_ERROR for the name and no such key in its metadata, in CSV as in
+    JSON (CSV exited 2: a blank cell was taken for no column). A column the manifest does not have at
+    all (not in the CSV header, no JSON row holds it) still exits 2 before anything is sent."""
+    manifest, bare = tmp_path / f"m.{form}", tmp_path / f"bare.{form}"
+    if form == "csv":
+        manifest.write_text(f"volume_id,tag:env\n{IDS[0]},\n{IDS[1]}, \n", encoding="utf-8")
+        bare.write_text(f"volume_id\n{IDS[0]}\n{IDS[1]}\n", encoding="utf-8")
+    else:
+        manifest.write_bytes(
+            orjson.dumps([{"volume_id": IDS[0], "tag:env": ""}, {"volume_id": IDS[1], "tag:env": ""}])
+        )
+        bare.write_bytes(orjson.dumps([{"volume_id": IDS[0]}, {"volume_id": IDS[1]}]))
+    where = {"project_id": PROJECT, "region": "cn-north-4", "dry_run": True}
+    named = invoke(
+        cli_args("create", manifest, name_template="n-{tag:env}", report=tmp_path / "n.jsonl", **where)
+    )
+    assert named.exit_code == 1, named.stderr
+    assert [(r["row"], r["outcome"], r["error_code"]) for r in records(tmp_path / "n.jsonl")] == [
+        (1, "invalid", "TEMPLATE_ERROR"),
+        (2, "invalid", "TEMPLATE_ERROR"),
+    ]
+    tagged = invoke(
+        cli_args("create", manifest, metadata="env={tag:env}", report=tmp_path / "t.jsonl", **where)
+    )
+    assert tagged.exit_code == 0, tagged.stderr
+    assert [r["outcome"] for r in records(tmp_path / "t.jsonl")] == ["planned", "planned"]
+    assert all("env" not in (r.get("metadata") or {}) for r in records(tmp_path / "t.jsonl"))
+    missing = invoke(
+        cli_args("create", bare, name_template="n-{tag:env}", report=tmp_path / "b.jsonl", **where)
+    )
+    assert missing.exit_code == 2
+    assert "no row of the manifest has the column 'tag:env'" in missing.stderr

@@ -225,7 +225,8 @@ def test_without_a_loop_the_frame_ends_as_with_one(tmp_path: Path) -> None:
         frame.write(action(Action.DELETED))
     assert frame.exit_code == 0
     assert orjson.loads((tmp_path / "s.json").read_bytes())["outcomes"] == {"deleted": 1}
-    assert len((tmp_path / "r.jsonl").read_bytes().splitlines()) == 2  # the header and the record
+    written = [orjson.loads(line) for line in (tmp_path / "r.jsonl").read_bytes().splitlines()]
+    assert [line.get("outcome") for line in written] == [None, "deleted", "ended"]  # header, record, end
     stopping = Frame(command="cleanup", console=Console(stderr), report="-")
     with pytest.raises(Interrupted) as stopped, stopping:
         stopping.signals.append(signal.SIGTERM)

@@ -644,3 +644,14 @@ def test_the_first_pass_of_json_reads_the_rows(write: Callable[..., Path]) -> No
     """JSON and JSON Lines rows reach the first pass through ``read_rows``: not objects are ``None``."""
     path = write("m.jsonl", f'{{"volume_id": "{IDS[0]}", "project_id": "{"a" * 32}"}}\n[1]\n')
     assert list(read_keys(ManifestSource(str(path), Format.JSONL))) == [(IDS[0], "a" * 32, None), None]
+
+
+def test_a_csv_header_read_again_names_its_columns_or_its_error(tmp_path: Path) -> None:
+    """``csv_columns`` (the template check's look at a CSV header when no row had a wanted column): the
+    header's names as ``read_rows`` takes them, or a file error at its line when it cannot be read."""
+    path = tmp_path / "m.csv"
+    path.write_text(" Volume_ID ,tag:Env\n", encoding="utf-8")
+    assert manifest_module.csv_columns(ManifestSource(str(path), Format.CSV)) == ["volume_id", "tag:Env"]
+    path.write_text('volume_id,"tag:env\n', encoding="utf-8")
+    with pytest.raises(ManifestError, match="CSV syntax error"):
+        manifest_module.csv_columns(ManifestSource(str(path), Format.CSV), "shown.csv")

@@ -271,7 +271,8 @@ def test_all_volumes_and_no_wait(
 def test_resume_after_sigterm_finishes_the_job(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """SIGTERM mid-prune: exit 143 with whole records; --resume deletes the rest, each snapshot once."""
+    """SIGTERM mid-prune: exit 143 with whole records, and summary says the run is unfinished (exit 1);
+    --resume deletes the rest, each snapshot once, and the summary is exit 0."""
     (disk,) = volume_ids(1, seed=141)
     owned = [snap(disk, d) for d in range(1, 14)]
     emu = start(emulator_thread, [disk], owned, latency_ms=60)
@@ -289,8 +290,15 @@ def test_resume_after_sigterm_finishes_the_job(
     assert process.returncode == 143, stderr.decode()
     first = records(report)
     assert 3 <= len(first) < 12
+    stopped = invoke(["summary", str(report)])  # 5 deleted of 12 must not read as done
+    assert stopped.exit_code == 1, stopped.output
+    assert f"unfinished: the last prune run of this report stopped after {len(first)} lines" in stopped.stdout
+    assert (
+        f"--keep-last 1 --apply --resume --report {report.resolve()} --endpoint {emu.url}`" in stopped.stdout
+    )
     result = prune(emu, manifest, report, "--keep-last", "1", "--apply", "--resume")
     assert result.exit_code == 0, result.output
+    assert invoke(["summary", str(report)]).exit_code == 0
     final = records(report)
     assert {r["run_id"] for r in final} == {first[0]["run_id"]}
     assert Counter(r["snapshot_id"] for r in final if r["outcome"] == "deleted") == {
@@ -402,7 +410,7 @@ def test_action_resume_refuses_damaged_or_foreign_reports(
     )
     damaged = prune(emu, manifest, report, "--keep-last", "1", "--resume")
     assert damaged.exit_code == 2
-    assert "r.jsonl:4: not a record of this report" in damaged.output
+    assert f"r.jsonl:{len(planned.splitlines()) + 1}: not a record of this report" in damaged.output
     source = create_report(tmp_path / "create.jsonl", [{}])
     other = invoke(["cleanup", str(source), "--endpoint", emu.url, "--report", str(tmp_path / "p.jsonl")])
     assert other.exit_code == 0, other.output

@@ -30,10 +30,11 @@ from orchestrator.emulator import EmulatorThread, ManualClock
 from orchestrator.emulator.settings import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_USER
 from orchestrator.entry import run, run_now
 from orchestrator.errors import Interrupted
-from orchestrator.frame import Closing, Frame
-from orchestrator.signals import cancel_on_signal, drain_on_signal, draining_rows, received
+from orchestrator.frame import Closing, Frame, record_early_stops
+from orchestrator.signals import cancel_on_signal, drain_on_signal, draining_rows, received, stopped_early
 from tests.helpers import (
     AKSK_ENV,
+    CLOSED_PORT,
     CREATE_ROUTE,
     MANY_RETRIES,
     NO_CREDENTIALS,
@@ -155,15 +156,23 @@ def interrupt() -> None:
 def test_a_signal_in_the_manifest_pass_stops_at_once(
     command: str, signum: int, emulator_thread: Callable[..., Any], tmp_path: Path
 ) -> None:
-    """A signal while a large manifest is first read: exit 128+N promptly, no report, nothing sent."""
+    """A signal while a large manifest is first read: exit 128+N promptly, no report, nothing sent, and
+    create's side files say 128+N."""
     emu = emulator_thread(any_volume=True)
     manifest = tmp_path / "big.csv"
     manifest.write_text(
         "volume_id\n" + "".join(f"00000000-0000-4000-8000-{n:012x}\n" for n in range(150_000))
     )
     report = tmp_path / "r.jsonl"
+    summary, metrics_file = stale_side_files(tmp_path)
     args = (
-        create_args(emu.url, manifest, report)
+        [
+            *create_args(emu.url, manifest, report),
+            "--summary-json",
+            str(summary),
+            "--metrics-file",
+            str(metrics_file),
+        ]
         if command == "create"
         else ["validate", str(manifest), "--project-id", PROJECT, "--region", "cn-north-4"]
     )
@@ -175,6 +184,8 @@ def test_a_signal_in_the_manifest_pass_stops_at_once(
     stopped_by(stderr, signum)
     assert not report.exists()
     assert sent(emu.state()) == 0
+    if command == "create":  # the side files say 143, not the previous run's 0
+        said_stopped(summary, metrics_file, 128 + signum)
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see the copy open")
@@ -427,6 +438,36 @@ def test_a_signal_after_the_frame_ended_leaves_its_exit_code(tmp_path: Path, loo
     assert "SIGTERM: the run had finished; it exits 1, as it said" in out.getvalue()
 
 
+@pytest.mark.parametrize("how", ["loop", "no-loop", "raised"])
+def test_a_signal_before_the_run_wrote_its_side_files_writes_its_code_there(tmp_path: Path, how: str) -> None:
+    """Once the side files' paths are known (``record_early_stops``), a signal that stops the command
+    outside every phase (with or without an event loop), or an ``Interrupted`` raised where the loop
+    cannot run (a stalled standard input), leaves 143 in them, not the previous run's 0; a command that
+    ended forgets them (a later signal writes nothing)."""
+    summary, metrics_file = stale_side_files(tmp_path)
+    forget = record_early_stops(Closing(summary_json=summary, metrics_file=metrics_file), "create")
+
+    async def job() -> int:
+        if how == "raised":
+            raise Interrupted(signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await taken_by_the_loop(lambda: False)
+        return 0
+
+    def job_now() -> int:
+        os.kill(os.getpid(), signal.SIGTERM)  # taken at once, where the job is
+        return 0
+
+    with pytest.raises(Interrupted) as raised:
+        run_now(job_now, console=Console(io.StringIO())) if how == "no-loop" else run(job)
+    assert raised.value.exit_code == 143
+    said_stopped(summary, metrics_file, 143)
+    stale_side_files(tmp_path)
+    stopped_early(130)  # the command ended: nothing is registered any more
+    forget()
+    assert orjson.loads(summary.read_bytes())["exit_code"] == 0
+
+
 @pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_a_background_run_ignores_sigint_and_stops_on_sigterm(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
@@ -507,6 +548,56 @@ def test_a_signal_while_the_cli_is_imported_ends_quietly(signum: int) -> None:
     assert done.returncode == 128 + signum, done.stderr
     name = signal.Signals(signum).name
     assert done.stderr.decode() == f"evs-snapshot: stopped by {name} while starting; nothing was sent\n"
+
+
+def stale_side_files(tmp_path: Path) -> tuple[Path, Path]:
+    """--summary-json and --metrics-file as a previous create run that succeeded left them."""
+    summary, metrics_file = tmp_path / "s.json", tmp_path / "m.prom"
+    summary.write_bytes(orjson.dumps({"command": "create", "exit_code": 0}))
+    metrics_file.write_text('evs_snapshot_exit_code{command="create"} 0\n', encoding="utf-8")
+    return summary, metrics_file
+
+
+def said_stopped(summary: Path, metrics_file: Path, code: int) -> None:
+    """The side files say the run stopped with ``code`` (not the previous run's 0)."""
+    assert orjson.loads(summary.read_bytes())["exit_code"] == code
+    assert f'evs_snapshot_exit_code{{command="create"}} {code}\n' in metrics_file.read_text()
+
+
+def test_a_signal_after_the_options_and_before_the_run_writes_its_code_to_the_side_files(
+    tmp_path: Path,
+) -> None:
+    """A signal once the options are read (the side files' paths are known) and before the command's
+    own receiver is in place: 130/143, the start-up line, and --summary-json and --metrics-file say
+    130/143, not the previous run's 0. The child signals itself as create imports its run (SIGINT takes
+    the same path)."""
+    signum = signal.SIGTERM
+    summary, metrics_file = stale_side_files(tmp_path)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("volume_id\n00000000-0000-4000-8000-000000000001\n", encoding="utf-8")
+    child = (
+        "import builtins, os, signal\n"
+        "real = builtins.__import__\n"
+        "def hook(name, *args, **kwargs):\n"
+        f"    if name == 'orchestrator.creating': os.kill(os.getpid(), {int(signum)})\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = hook\n"
+        "from orchestrator.__main__ import main\n"
+        "main()\n"
+    )
+    args = create_args(CLOSED_PORT, manifest, tmp_path / "r.jsonl")
+    args += ["--summary-json", str(summary), "--metrics-file", str(metrics_file)]
+    done = subprocess.run(
+        [sys.executable, "-c", child, *args],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **AKSK_ENV},
+    )
+    assert done.returncode == 128 + signum, done.stderr
+    name = signal.Signals(signum).name
+    assert done.stderr.decode() == f"evs-snapshot: stopped by {name} while starting; nothing was sent\n"
+    said_stopped(summary, metrics_file, 128 + signum)
 
 
 async def test_a_first_signal_starts_the_drain() -> None:
