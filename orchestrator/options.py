@@ -188,6 +188,14 @@ class RowRanges:
         index = bisect.bisect_right(self._firsts, row) - 1
         return index >= 0 and row <= self._ranges[index][1]
 
+    def within(self, other: RowRanges) -> bool:
+        """Every row chosen here is chosen in ``other`` too (range by range: never expanded)."""
+        for first, last in self._ranges:
+            index = bisect.bisect_right(other._firsts, first) - 1
+            if index < 0 or last > other._ranges[index][1]:
+                return False
+        return True
+
     def absent(self, present: Container[int], limit: int) -> list[int]:
         """The first ``limit`` chosen rows not in ``present``, in order; walks at most
         ``limit`` rows beyond those of ``present``, whatever the ranges' size."""

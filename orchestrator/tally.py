@@ -103,21 +103,21 @@ def where_to(header: RunHeader | None) -> str:
 UNRECORDED = {
     "prune": "--project-id",
     "cleanup": "--include-held/--project-id",
-    "rollback": "--rows/--volume",
 }
 
 
 def finish_command(report: Path, header: RunHeader, *, apply: bool = True) -> str:
     """The command that finishes (or, planned, carries out) an action run of ``report``: the same command
-    resuming it, with the options its header records (prune's rules, hold's and release's choice, where
-    it sent its requests); ``UNRECORDED`` names those it does not."""
+    resuming it, with the options its header records (prune's rules; the rows, disks or snapshots that
+    hold, release and rollback chose; where it sent its requests); ``UNRECORDED`` names those it does
+    not."""
     shape, command = header.shape, header.command
     source = header.manifest if header.manifest not in ("", "<stdin>") else "SOURCE"
     words = [f"evs-snapshot {command}"]
     if command == "prune":
         words.append("--all-volumes" if source.startswith("all-volumes:") else shlex.quote(source))
         words += _prune_rules(shape)
-    elif command in ("hold", "release"):
+    elif command in ("hold", "release", "rollback"):  # the rows (or disks, or snapshots) chosen
         words.append("" if source == "--snapshot" else shlex.quote(source))
         chosen = [("--snapshot", shape.get("snapshots", "")), ("--rows", shape.get("rows", ""))]
         chosen += [("--volume", shape.get("volumes", "")), ("--reason", shape.get("hold", ""))]

@@ -266,11 +266,19 @@ def test_resume_skips_finished_rows_and_waits_for_a_sent_rollback(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
     """--resume: a rolled-back row is skipped; a rollback sent by a run that died is waited for, not resent."""
-    emu = emulator_thread(rollback_seconds=0.3, **world(3))
+    emu = emulator_thread(rollback_seconds=0.3, **world(3, attached=frozenset({1, 2})))
     source = create_report(tmp_path / "create.jsonl", [{}, {}, {}])
     report = tmp_path / "apply.jsonl"
-    first = rollback(emu, source, report, apply=True, rows="1")
-    assert first.exit_code == 0, first.stderr
+    first = rollback(emu, source, report, apply=True)
+    assert first.exit_code == 1, first.stderr
+    assert sorted((r["row"], r["outcome"]) for r in records(report)) == [
+        (1, "rolled_back"),
+        (2, "blocked"),
+        (3, "blocked"),
+    ]
+    for volume in VOLUMES[1:3]:  # detached since
+        detach = f"{emu.url}/_emulator/volumes/{volume}/detach"
+        urllib.request.urlopen(urllib.request.Request(detach, data=b"{}", method="POST"), timeout=10).close()  # noqa: S310
     # A run that died after sending row 2's rollback, before recording it:
     request = urllib.request.Request(  # noqa: S310 - the loopback emulator
         f"{emu.url}/v2/{PROJECT}/cloudsnapshots/{SNAPS[1]}/rollback",
@@ -285,7 +293,7 @@ def test_resume_skips_finished_rows_and_waits_for_a_sent_rollback(
     assert "1 rows were finished by an earlier run" in result.stderr
     lines = records(report)
     assert [(r["row"], r["outcome"]) for r in lines].count((1, "rolled_back")) == 1
-    row2 = next(r for r in lines if r["row"] == 2)
+    row2 = next(r for r in lines if r["row"] == 2 and r["outcome"] != "blocked")
     assert (row2["outcome"], row2["attempts"]) == ("rolled_back", 0)
     assert {r["run_id"] for r in lines} == {header(report)["run_id"]}
     state = emu.state()
@@ -305,6 +313,37 @@ def test_resume_refuses_another_create_run(
     result = rollback(emu, other, report, apply=True, resume=True)
     assert result.exit_code == 2
     assert "rolls back run" in result.stderr
+
+
+def test_resume_refuses_another_choice_of_rows_or_disks(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """A rollback of rows 1-2 resumed without --rows, with rows beyond them, or by disk (and one of a disk
+    resumed with another) exits 2 and sends nothing: it would roll back disks the run left out. Fewer
+    rows resume, and so do the same."""
+    emu = emulator_thread(**world(4))
+    source = create_report(tmp_path / "create.jsonl", [{} for _ in range(4)])
+    report = tmp_path / "apply.jsonl"
+    first = rollback(emu, source, report, rows="2,1")
+    assert first.exit_code == 0, first.stderr
+    assert header(report)["shape"]["rows"] == "1-2"
+    for flags in ({}, {"rows": "1-3"}, {"rows": "2-3"}, {"volume": VOLUMES[0]}):
+        result = rollback(emu, source, report, apply=True, resume=True, **flags)
+        assert result.exit_code == 2, (flags, result.stderr)
+        assert "chose --rows 1-2, and this one chooses rows outside it" in result.stderr
+    by_disk = tmp_path / "by-disk.jsonl"
+    assert rollback(emu, source, by_disk, volume=VOLUMES[3]).exit_code == 0
+    result = rollback(emu, source, by_disk, apply=True, resume=True, volume=VOLUMES[2])
+    assert result.exit_code == 2, result.stderr
+    assert f"chose --volume {VOLUMES[3]}, and this one chooses rows outside it" in result.stderr
+    assert requests_of(emu.state(), ROLLBACK) == {}
+    result = rollback(emu, source, report, apply=True, resume=True, rows="2")  # fewer rows: resumed
+    assert result.exit_code == 0, result.stderr
+    assert rollbacks_per_snapshot(emu.state()) == {SNAPS[1]: 1}
+    result = rollback(emu, source, report, apply=True, resume=True, rows="1-2")
+    assert result.exit_code == 0, result.stderr
+    assert rollbacks_per_snapshot(emu.state()) == dict.fromkeys(SNAPS[:2], 1)
+    assert header(report)["shape"]["rows"] == "1-2"  # the run's choice, kept by each resume
 
 
 def test_rows_and_volume_subsets(emulator_thread: Callable[..., EmulatorThread], tmp_path: Path) -> None:

@@ -124,7 +124,7 @@ DELETED, PLANNED, SENDING = Action.DELETED, Action.PLANNED, Action.SENDING
             [Action.ROLLED_BACK, SENDING],
             "signal",
             "rollback: 1 records: 1 rolled_back",
-            "evs-snapshot rollback m.csv --apply --resume --report {report}` with the run's --rows/--volume",
+            "evs-snapshot rollback m.csv --rows 1-2,5 --volume a --volume b --apply --resume --report {report}`",
             id="rollback-drained",
         ),
         pytest.param(
@@ -144,7 +144,8 @@ def test_a_run_stopped_before_its_end_reads_unfinished(
     as before, and one more line says the run did not end and how to finish it (a plan: without --apply),
     in text, JSON and markdown; exit 1."""
     path = tmp_path / "r.jsonl"
-    acted(path, command, outcomes, stop=stop, shape=PRUNE_SHAPE if command == "prune" else {})
+    shapes = {"prune": PRUNE_SHAPE, "rollback": {"rows": "1-2,5", "volumes": "a,b"}}
+    acted(path, command, outcomes, stop=stop, shape=shapes.get(command, {}))
     assert lines(path)[-1]["outcome"] != "ended"
     text, data, block = summaries(path)
     assert text.exit_code == 1, text.output

@@ -73,7 +73,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     chosen = chosen_rows(settings)
     source_run, rows = chosen.run_id, chosen.rows
     shape = {"source_report": str(settings.source.resolve()), "source_run": source_run}
-    _check_resume(settings, source_run)
+    shape |= _check_resume(settings, source_run)
     before = rolled_back_before(settings, chosen, console)
     stopping: list[Callable[[], bool]] = []
     frame = Frame(
@@ -117,17 +117,37 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     return frame.exit_code
 
 
-def _check_resume(settings: RollbackSettings, source_run: str) -> None:
-
+def _check_resume(settings: RollbackSettings, source_run: str) -> dict[str, str]:
+    """The rows (``--rows``) and disks (``--volume``) the report's run chose, as its header records them
+    (a new report: this run's choice). A --resume may choose fewer, never more: it would roll back disks
+    the run was told to leave alone (exit 2, nothing sent). A report written before the choice was
+    recorded has neither key, and is not judged by it."""
+    chosen = {} if settings.rows is None else {"rows": str(settings.rows)}
+    chosen |= {"volumes": ",".join(sorted(settings.volumes))} if settings.volumes else {}
     path = Path(settings.report)
     if not settings.resume or settings.report == "-" or not path.is_file():
-        return
+        return chosen
     header = read_header(path)
-    if header is not None and header.shape.get("source_run") not in (None, source_run):
+    if header is None:
+        return chosen
+    if header.shape.get("source_run") not in (None, source_run):
         raise ResumeMismatch(
             f"--resume: {path} rolls back run {header.shape.get('source_run')}, not run {source_run} "
             f"of {settings.source}; nothing was sent"
         )
+    recorded = {key: header.shape[key] for key in ("rows", "volumes") if key in header.shape}
+    wider = None
+    rows = options.RowRanges.parse(recorded["rows"]) if "rows" in recorded else None
+    if rows is not None and (settings.rows is None or not settings.rows.within(rows)):
+        wider = f"--rows {recorded['rows']}"
+    elif "volumes" in recorded and not (settings.volumes or {""}) <= set(recorded["volumes"].split(",")):
+        wider = "--volume " + " --volume ".join(recorded["volumes"].split(","))
+    if wider is not None:
+        raise ResumeMismatch(
+            f"--resume: {path}'s run chose {wider}, and this one chooses rows outside it; resume with "
+            "those rows (or fewer), or roll the others back in a new report; nothing was sent"
+        )
+    return recorded
 
 
 @click.command("rollback")
