@@ -177,17 +177,21 @@ def run_snapshots(emu: Any, report: Path) -> list[dict[str, Any]]:
     return [s for s in emu.state()["snapshots"] if (s.get("metadata") or {}).get(MARKER) == run_id]
 
 
-def cut(report: Path, keep: int, *, torn: bool = False) -> int:
+def cut(report: Path, keep: int, *, torn: bool = False) -> tuple[int, str]:
     """Cut the report after its ``keep``-th outcome record, as a SIGKILL leaves it (``torn``: and half the
-    next line); the number of the first line cut."""
+    next line); the number of the first line cut, and the rows left without a record as the summary
+    names them (``rows 2, 3``): rows end in any order, the order their answers came in."""
     lines = report.read_bytes().splitlines(keepends=True)
-    end, outcomes = 1, 0
-    while outcomes < keep:
-        outcomes += orjson.loads(lines[end])["outcome"] != "sending"
+    end, recorded = 1, set()
+    while len(recorded) < keep:
+        record = orjson.loads(lines[end])
+        if record["outcome"] != "sending":
+            recorded.add(record["row"])
         end += 1
     tail = lines[end][: len(lines[end]) // 2] if torn else b""
     report.write_bytes(b"".join(lines[:end]) + tail)
-    return end + 1
+    left = sorted(set(range(1, header(report)["rows"] + 1)) - recorded)
+    return end + 1, "rows " + ", ".join(map(str, left))
 
 
 def mark(emu: Any, volume_id: str, run_id: str) -> None:
@@ -270,12 +274,12 @@ def test_cleanup_of_a_report_cut_mid_line_warns_and_deletes_that_rows_snapshot(
     """A torn last line is named (file:line) and skipped; its row's snapshot is found by the marker."""
     emu, report, others = created(emulator_thread, write, tmp_path, 4, seed=155)
     time.sleep(WINDOW)  # the rows cut are planned with nothing in doubt
-    torn = cut(report, 2, torn=True)
+    torn, left = cut(report, 2, torn=True)
     plan = tmp_path / "plan.jsonl"
     result = cleanup(emu, report, plan)
     assert result.exit_code == 0, result.output
     assert f"{report}:{torn}:" in result.output
-    assert "2 of 4 rows have no record (rows 3, 4)" in result.output
+    assert f"2 of 4 rows have no record ({left})" in result.output
     assert Counter(r["outcome"] for r in records(plan)) == {"planned": 4}
     result = cleanup(emu, report, plan, "--apply", "--resume")
     assert result.exit_code == 0, result.output
@@ -314,11 +318,11 @@ def test_cleanup_keeps_to_the_manifests_disks_unless_the_manifest_changed(
     run_id = header(report)["run_id"]
     mark(emu, stranger, run_id)
     time.sleep(WINDOW)  # the rows cut are planned with nothing in doubt
-    cut(report, 1)
+    _, left = cut(report, 1)
     plan = tmp_path / "plan.jsonl"
     result = cleanup(emu, report, plan)
     assert result.exit_code == 1, result.output
-    assert "2 of 3 rows have no record (rows 2, 3)" in result.output
+    assert f"2 of 3 rows have no record ({left})" in result.output
     assert Counter((r["outcome"], r["error_code"]) for r in records(plan)) == {
         ("planned", None): 3,
         ("refused", "OTHER_VOLUME"): 1,
@@ -349,7 +353,7 @@ def test_cleanup_exits_1_while_a_snapshot_of_the_run_is_still_creating(
     report = tmp_path / "create.jsonl"
     result = invoke(create_args(emu.url, csv_manifest(write, disks), report, *FAST_RETRIES))
     assert result.exit_code == 0, result.output
-    cut(report, 0)
+    assert cut(report, 0)[1] == "rows 1, 2, 3"
     out = tmp_path / "out.jsonl"
     result = cleanup(emu, report, out, "--apply")
     assert result.exit_code == 1, result.output
