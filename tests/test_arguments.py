@@ -174,6 +174,21 @@ def test_row_ranges_behave_as_the_set_they_name(spans: list[tuple[int, int]]) ->
     assert chosen.absent(present, limit=5) == sorted(expanded - present)[:5]
 
 
+SPANS = st.lists(st.tuples(st.integers(1, 40), st.integers(0, 12)), min_size=1, max_size=5)
+
+
+@given(SPANS, SPANS)
+def test_row_ranges_within_is_the_subset_of_the_sets_they_name(
+    mine: list[tuple[int, int]], theirs: list[tuple[int, int]]
+) -> None:
+    """``a.within(b)`` (a rollback's --resume choosing fewer rows) holds exactly when a's rows are b's."""
+    texts = [",".join(f"{first}-{first + length}" for first, length in spans) for spans in (mine, theirs)]
+    a, b = (RowRanges.parse(text) for text in texts)
+    rows = [{row for row in range(60) if row in chosen} for chosen in (a, b)]
+    assert a.within(b) == (rows[0] <= rows[1])
+    assert a.within(a)
+
+
 def test_row_ranges_never_expand() -> None:
     """A range of 10**14 rows is two numbers: its count, membership and absent rows cost no memory."""
     chosen = RowRanges.parse("1-99999999999999")
