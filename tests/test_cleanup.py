@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 import urllib.request
 from collections import Counter
@@ -15,6 +16,7 @@ import pytest
 from orchestrator import deleter
 from orchestrator.emulator import EmulatorThread, ManualClock, SeedSnapshot, SeedVolume
 from tests.helpers import (
+    ACTION_RETRIES,
     CREATE_ROUTE,
     DELETE,
     FAST_RETRIES,
@@ -56,13 +58,21 @@ def created(
     seed: int,
     *,
     unnamed: tuple[str, ...] = (),
+    latency_ms: float = 0.0,
 ) -> tuple[Any, Path, list[Any]]:
     """An emulator where a create run made one snapshot per disk, beside older and foreign snapshots
-    (``unnamed``: more disks the emulator knows, not in the manifest)."""
+    (``unnamed``: more disks the emulator knows, not in the manifest; ``latency_ms``: each answer's)."""
     disks = volume_ids(count, seed=seed)
     others = [snap(disk, 3) for disk in disks] + [snap(disks[0], 4, run=None, name="by-hand")]
     others.append(snap(disks[0], 5, name="autobk_snapshot_1", run=None))
-    emu = start(emulator_thread, [*disks, *unnamed], others, creating_seconds=0.0, deleting_seconds=0.005)
+    emu = start(
+        emulator_thread,
+        [*disks, *unnamed],
+        others,
+        creating_seconds=0.0,
+        deleting_seconds=0.005,
+        latency_ms=latency_ms,
+    )
     report = tmp_path / "create.jsonl"
     # A short window (--settle + --timeout: WINDOW): once it passed, a report cut is planned with nothing
     # in doubt.
@@ -283,6 +293,48 @@ def test_cleanup_of_a_report_cut_mid_line_warns_and_deletes_that_rows_snapshot(
     assert Counter(r["outcome"] for r in records(plan)) == {"planned": 4}
     result = cleanup(emu, report, plan, "--apply", "--resume")
     assert result.exit_code == 0, result.output
+    assert run_snapshots(emu, report) == []
+    assert set(live(emu)) == {s.id for s in others}
+
+
+def test_a_sigterm_mid_cleanup_reads_unfinished_and_its_command_finishes_the_job(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """SIGTERM while cleanup --apply deletes (one at a time, 100 ms an answer): exit 143; the run's note
+    says the snapshots left were not reached (not "blocked, refused or failed"); summary says unfinished
+    (exit 1) and names the command that finishes it, which run as written deletes the rest, each once
+    (summary exit 0)."""
+    emu, report, others = created(emulator_thread, write, tmp_path, 8, seed=159, latency_ms=100)
+    made = {snapshot["id"] for snapshot in run_snapshots(emu, report)}
+    assert len(made) == 8
+    time.sleep(WINDOW)  # nothing of the run in doubt: cleanup starts at once
+    out = tmp_path / "cleanup.jsonl"
+    args = ["cleanup", str(report), "--endpoint", emu.url, "--report", str(out), "--apply"]
+    with run_process([*args, "--concurrency", "1", *ACTION_RETRIES], {"TZ": "UTC"}) as process:
+        for _ in range(2000):
+            if sum(requests_of(emu.state(), DELETE).values()) >= 2:
+                break
+            time.sleep(0.005)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 143, stderr.decode()
+    deleted = [r for r in records(out) if r["outcome"] == "deleted"]
+    assert 2 <= len(deleted) < 8
+    left = f"{8 - len(deleted)} snapshots of run {header(report)['run_id']} are still there"
+    assert f"{left} (not reached: the run was stopped; --resume finishes it)" in stderr.decode()
+    stopped = invoke(["summary", str(out)])
+    assert stopped.exit_code == 1, stopped.output
+    said = stopped.stdout.split("finish it with `", 1)[1].split("`", 1)[0]
+    assert (
+        said
+        == f"evs-snapshot cleanup {report} --apply --resume --report {out.resolve()} --endpoint {emu.url}"
+    )
+    finished = invoke([*said.split()[1:], *ACTION_RETRIES])
+    assert finished.exit_code == 0, finished.output
+    assert invoke(["summary", str(out)]).exit_code == 0
+    assert Counter(r["snapshot_id"] for r in records(out) if r["outcome"] == "deleted") == dict.fromkeys(
+        made, 1
+    )
     assert run_snapshots(emu, report) == []
     assert set(live(emu)) == {s.id for s in others}
 

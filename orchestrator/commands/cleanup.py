@@ -66,9 +66,13 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
             frame.tally.notes.append(unsettled)
         if left:
             still = "are still there" if settings.apply else "would be left by this plan"
+            why = (  # a signal's drain: the run's exit is 130/143, and --resume goes on
+                "(not reached: the run was stopped; --resume finishes it)"
+                if frame.stopping()
+                else "(blocked, refused or failed: see the records); exit 1"
+            )
             frame.tally.notes.append(
-                f"{left} snapshot{'s' if left > 1 else ''} of run {run_.run_id} {still} "
-                "(blocked, refused or failed: see the records); exit 1"
+                f"{left} snapshot{'s' if left > 1 else ''} of run {run_.run_id} {still} {why}"
             )
         if left or unsettled:
             frame.at_least = 1
