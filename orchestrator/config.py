@@ -37,11 +37,13 @@ CREDENTIAL_VARIABLES = (
     "OS_USER_DOMAIN_NAME",
 )
 
-REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z]+)+-\d{1,3}$")
-PROJECT_RE = re.compile(r"^[0-9a-f]{32}$")
+# ASCII digits only (``\d`` takes any script's: a fullwidth four (U+FF14) named a region, and a marker), and
+# ``\Z``, not ``$`` (which lets a trailing newline through ``match``).
+REGION_RE = re.compile(r"[a-z]{2,}(-[a-z]+)+-[0-9]{1,3}\Z")
+PROJECT_RE = re.compile(r"[0-9a-f]{32}\Z")
 HOST_RE = re.compile(r"[A-Za-z0-9._:%-]+")  # a name, IPv4 or IPv6 (punycode for IDN)
 USERINFO_RE = re.compile(r"(//)[^/?#]*@")
-RUN_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")  # what RunIdentity.new writes
+RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")  # what RunIdentity.new writes
 QUERY_RE = re.compile(r"\?[^#]*")
 FRAGMENT_RE = re.compile(r"#.*", flags=re.DOTALL)
 

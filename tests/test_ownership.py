@@ -76,6 +76,9 @@ def test_of_run_is_the_marker_and_never_a_backup() -> None:
 def test_the_tool_owns_marked_or_prefixed_never_backups() -> None:
     """Any run's well-formed marker owns; a name prefix owns only when given; a backup name never does."""
     assert Ownership().owns(snap(marker="20261207T010203Z-0a1b2c"))
+    fullwidth = "".join(chr(ord(c) + 0xFEE0) if c.isdigit() else c for c in "20261207T010203Z") + "-0a1b2c"
+    assert not Ownership().owns(snap(marker=fullwidth))  # digits of another script: not a run id
+    assert not Ownership().owns(snap(marker="20261207T010203Z-0a1b2c\n"))
     assert not Ownership().owns(snap(marker=None))
     assert Ownership("pre-").owns(snap(marker=None))
     assert not Ownership("pre-").owns(snap(name="other", marker=None))

@@ -96,6 +96,7 @@ RULES: list[tuple[dict[str, Any] | None, bool, str]] = [
     ({"volume_id": IDS[0], "metadata": {"__system__x": "v"}}, False, "RESERVED_METADATA_KEY"),
     ({"volume_id": IDS[0], "project_id": "ABC"}, False, "INVALID_PROJECT_ID"),
     ({"volume_id": IDS[0], "region": "north"}, False, "INVALID_REGION"),
+    ({"volume_id": IDS[0], "region": "cn-north-\uff14"}, False, "INVALID_REGION"),  # a fullwidth digit
     ({"volume_id": IDS[0], "name": "a\x00b"}, False, "INVALID_NAME"),
     ({"volume_id": IDS[0], "name": " \t "}, False, "INVALID_NAME"),
     ({"volume_id": IDS[0], "metadata": {RUN_MARKER_KEY: "x"}}, False, "RESERVED_METADATA_KEY"),
