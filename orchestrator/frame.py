@@ -117,6 +117,14 @@ def check_writable(path: Path, option: str) -> None:
         ) from None
 
 
+def _same_file(one: Path, other: Path) -> bool:
+    """Both paths name one file: the same inode (a link), or the same path once resolved."""
+    try:
+        return os.path.samefile(one, other)
+    except OSError:  # one of them does not exist (yet)
+        return one.resolve() == other.resolve()
+
+
 def default_report(command: str, path: str | None) -> str:
     """``--report``, or the default path of an action command's report."""
     return path or f"reports/evs-snapshot-{command}-{utc_now():%Y%m%dT%H%M%SZ}.jsonl"
@@ -234,11 +242,15 @@ class Frame:
         grace: float = GRACE,
         drain: str | None = None,
         advice: str = RESUME_ADVICE,
+        reads: str = "",
     ) -> None:
+        """``reads``: the file the run reads (its manifest, or the create report it acts on), which the
+        side files must not name, as they must not name the report (exit 2, before anything is sent)."""
         self.command = command
         self.console = console
         self.report = report
         self.closing = closing
+        self._side_files_apart(reads)
         self.tally = tally if tally is not None else Tally(counting=Counting.records(command))
         self.grace = grace
         self.drain = drain
@@ -379,6 +391,22 @@ class Frame:
             self.run_id = header.run_id
         self.writer = writer
         return writer
+
+    def _side_files_apart(self, source: str) -> None:
+        """``--summary-json`` and ``--metrics-file`` are replaced whole at the end: neither may name the
+        report, what the run reads (``source``: a manifest or a create report), or the other (exit 2)."""
+        if self.closing is None:
+            return
+        sides = (("--summary-json", self.closing.summary_json), ("--metrics-file", self.closing.metrics_file))
+        files = [(option, path) for option, path in sides if path is not None]
+        kept = [("the report", self.report), ("what this run reads", source)]
+        kept += [(option, str(path)) for option, path in files[:1]]
+        for option, path in files:
+            for what, other in kept:
+                if other not in ("", "-") and option not in what and _same_file(path, Path(other)):
+                    raise UsageError(
+                        f"{option} {path} is {what}: the end of the run would replace it; choose another path"
+                    )
 
     def open_actions(
         self,

@@ -321,6 +321,7 @@ async def run_holds(settings: HoldSettings, *, console: Console) -> int:
         console=console,
         report=settings.report,
         closing=settings.closing,
+        reads=str(settings.source or ""),
         tally=Tally(
             counting=Counting.records(
                 settings.command, frozenset({Action.PLANNED, Action.HELD, Action.RELEASED})

@@ -114,6 +114,7 @@ def new_frame(settings: CreateSettings, console: Console) -> Frame:
         closing=settings.closing,
         grace=settings.grace,
         advice=DRY_RUN_ADVICE if settings.dry_run else RESUME_ADVICE,
+        reads=settings.source.path,
     )
 
 

@@ -261,6 +261,40 @@ def test_unwritable_side_files_are_refused_before_anything_is_sent(
     assert Path("/dev/full").is_char_device()
 
 
+@pytest.mark.parametrize("option", ["--metrics-file", "--summary-json"])
+def test_side_files_never_name_the_report_or_what_the_run_reads(
+    option: str, emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A side file is replaced whole at the end: naming the report, the manifest (or a hard link of it),
+    the other side file, or the create report a wait or cleanup reads, is exit 2 before
+    anything is sent, and that file is left as it was (found by hostile11)."""
+    emu = emulator_thread(any_volume=True)
+    manifest = csv_manifest(write, IDS[:2])
+    report = tmp_path / "r.jsonl"
+    linked = tmp_path / "linked.csv"
+    os.link(manifest, linked)
+    other = "--summary-json" if option == "--metrics-file" else "--metrics-file"
+    for target, extra, what in (
+        (report, (), "is the report"),
+        (manifest, (), "is what this run reads"),
+        (linked, (), "is what this run reads"),
+        (tmp_path / "both", (other, str(tmp_path / "both")), "is --"),
+    ):
+        result = invoke(create_args(emu.url, manifest, report, option, str(target), *extra))
+        refused(result, str(target), what, "choose another path")
+        assert not report.exists()
+    assert manifest.read_text().startswith("volume_id")
+    nothing_sent(emu)
+    made = invoke(create_args(emu.url, manifest, report, "--settle", "0.1s", "--timeout", "0.5"))
+    assert made.exit_code == 0, made.output
+    kept = report.read_bytes()
+    for command in ("wait", "cleanup"):  # each reads the create report (wait appends to it)
+        own = [] if command == "wait" else ["--report", str(tmp_path / f"{command}.jsonl")]
+        result = invoke([command, str(report), "--endpoint", emu.url, *own, option, str(report)])
+        refused(result, str(report), "choose another path")
+    assert report.read_bytes() == kept
+
+
 # --- manifests ------------------------------------------------------------------------------------
 
 DEEP = 1000

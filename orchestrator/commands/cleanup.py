@@ -47,7 +47,13 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
     if search.anywhere is not None:
         console.warn(search.anywhere)
     shape = {"create_report": str(settings.source), "create_run": run_.run_id}
-    frame = Frame(command="cleanup", console=console, report=settings.report, closing=settings.closing)
+    frame = Frame(
+        command="cleanup",
+        console=console,
+        report=settings.report,
+        closing=settings.closing,
+        reads=str(settings.source),
+    )
     async with frame:
         # The create run's lock, before anything is sent: no create, wait or rollback of the run meanwhile.
         frame.lock(run_locks(run_.run_id, settings.lock_file))

@@ -62,7 +62,13 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
         "all_volumes": str(settings.all_volumes),
         "digest": digest,
     }
-    frame = Frame(command="prune", console=console, report=settings.report, closing=settings.closing)
+    frame = Frame(
+        command="prune",
+        console=console,
+        report=settings.report,
+        closing=settings.closing,
+        reads="" if settings.source is None else settings.source.path,
+    )
     async with frame:
         frame.lock(_locks(settings, what, digest))  # before anything is sent
         router = await frame.connect(settings.connection, settings.policy)
