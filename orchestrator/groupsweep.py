@@ -21,7 +21,7 @@ from orchestrator.deleter import Ended, delete
 from orchestrator.errors import ListingFailed, RouteClosed
 from orchestrator.groupplan import GONE, Server
 from orchestrator.models import Outcome, Record, utc_iso, utc_now
-from orchestrator.report import ReportWriter, final_records
+from orchestrator.report import ReportWriter, final_records, read_records
 from orchestrator.retry import RetryPolicy
 from orchestrator.sweep import SweepResult, sweep
 from orchestrator.tally import Tally
@@ -107,7 +107,7 @@ async def sweep_run(
     ``servers`` (a ``--consistency server`` run) of its snapshot groups (``sweep_groups``)."""
     if servers is None:
         return await sweep(
-            list(router.routes.values()),
+            run_routes(router, report),
             run_id=run_id,
             report=report,
             writer=writer,
@@ -128,6 +128,14 @@ async def sweep_run(
         keep_duplicates=keep_duplicates,
         patience=patience,
     )
+
+
+def run_routes(router: Router, report: Path) -> list[Route]:
+    """Every route the run's creates went out on: those of this process, and those of an earlier process
+    of the run (a resume that sends nothing has none of its own, and its sweep would list nothing)."""
+    for region, project in {(r.region, r.project_id) for r in read_records(report) if r.project_id}:
+        router.route_at(region, project)
+    return list(router.routes.values())
 
 
 async def servers_of_run(

@@ -178,6 +178,50 @@ def test_commits_later_than_the_settle_window_are_swept(
     assert {s["volume_id"]: s["id"] for s in emu.state()["snapshots"]} == kept
 
 
+@pytest.mark.parametrize("then", ["wait", "resume"])
+def test_a_commit_after_the_run_ended_is_swept_by_the_next_wait_or_resume(
+    then: str, emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """create --wait ends with every row available; a create it resent commits later (a second
+    snapshot). The next `wait`, with nothing left to wait for, or `create --resume`, with nothing left
+    to send, still sweeps (the journal shows the row sent twice), and deletes that second snapshot.
+    Before, both ended at once: a resume that sent nothing had no project to list (found by hostile11)."""
+    ids = volume_ids(10, seed=107)
+    clock = LeapingClock()
+    emu = emulator_thread(
+        clock=clock,
+        any_volume=True,
+        seed=107,
+        fault_late_commit=0.3,
+        late_commit_seconds=30,
+        creating_seconds=0,
+        deleting_seconds=0.1,
+    )
+    report = tmp_path / "r.jsonl"
+    args = create_args(
+        emu.url, csv_manifest(write, ids), report, settle="0.1", concurrency=4, backoff_initial="0.01"
+    )
+    made = invoke([*args, "--wait", "--poll-interval", "0.05"])
+    assert made.exit_code == 0, made.output
+    assert {r["outcome"] for r in last_per_row(report).values()} == {"available"}
+    run_id = run_id_of(report)
+    assert snapshots_per_volume(emu.state(), run_id) == dict.fromkeys(ids, 1)
+    clock.leap(30)  # the late commits land, after the run's own sweep
+    extra = sum(n - 1 for n in snapshots_per_volume(emu.state(), run_id).values())
+    assert extra, "a create answered 504 and sent again must commit a second snapshot late"
+    creates = requests_of(emu.state(), CREATE_ROUTE)
+    if then == "wait":
+        result = invoke(["wait", str(report), "--endpoint", emu.url, "--poll-interval", "0.05"])
+    else:
+        result = invoke([*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert requests_of(emu.state(), CREATE_ROUTE) == creates  # nothing sent again
+    assert f"sweep: {extra} extra snapshots of this run found, {extra} deleted" in result.stderr
+    clock.leap(0.1)  # the emulator's deleting state (0.1 s) ends
+    kept = {r["volume_id"]: r["snapshot_id"] for r in last_per_row(report).values()}
+    assert {s["volume_id"]: s["id"] for s in emu.state()["snapshots"]} == kept
+
+
 @pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_the_sweep_lists_only_when_some_create_was_in_doubt(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path

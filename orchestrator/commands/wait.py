@@ -23,7 +23,7 @@ from orchestrator.errors import UsageError
 from orchestrator.frame import Frame
 from orchestrator.groupsweep import servers_of_run, sweep_run
 from orchestrator.lock import run_locks
-from orchestrator.report import check_report_path, final_records, read_header
+from orchestrator.report import ResumeBook, check_report_path, final_records, read_header
 from orchestrator.signals import cancel_on_signal
 from orchestrator.sweep import sweep_policy
 from orchestrator.tally import Tally
@@ -96,10 +96,13 @@ async def _sweep_then_wait(
     tally: Tally,
     console: Console,
 ) -> None:
-    """The sweep (when the report names its run), then the polls, each counted as a phase."""
+    """The sweep (when the report names its run and something is in doubt: a row still waited for, or
+    one the journal shows sent twice or failed after its send, or a report without a journal), then
+    the polls, each counted as a phase."""
 
     started = time.monotonic()
-    if header is not None and waiter.waiting:
+    book = ResumeBook.load(settings.report) if header is not None and not waiter.waiting else None
+    if header is not None and (waiter.waiting or (book is not None and book.doubted)):
         policy, patience = sweep_policy(settings.policy), settings.plan.interval * 4
         servers = None
         if header.shape.get("consistency") == "server":  # a second group of a server goes whole
