@@ -1,7 +1,9 @@
 """Run locks: an exclusive ``flock``, so two commands that would act on the same disks cannot overlap.
 
-Three kinds of lock live in a per-user lock directory (``$XDG_RUNTIME_DIR/evs-snapshot``, else
-``~/.cache/evs-snapshot/locks``):
+Three kinds of lock live in a per-user lock directory, ``$XDG_CACHE_HOME/evs-snapshot/locks``
+(``~/.cache/evs-snapshot/locks`` without it): the same for a cron job, a login shell and a service of
+the user (``XDG_RUNTIME_DIR``, which only a login session has, would give cron and an ssh session two
+directories, and two runs of one manifest at once):
 
 - **a manifest's**, taken by ``create`` and ``prune``: named after the file's identity (device and
   inode, symlinks resolved), so a symlink or a hard link of the manifest is the same manifest. A
@@ -54,9 +56,7 @@ class Lock:
 
 
 def lock_dir(environ: Mapping[str, str] = os.environ) -> Path:
-    runtime = environ.get("XDG_RUNTIME_DIR", "").strip()
-    if runtime and Path(runtime).is_dir():
-        return Path(runtime) / "evs-snapshot"
+    """The user's lock directory (the module docstring): never from ``XDG_RUNTIME_DIR``."""
     cache = environ.get("XDG_CACHE_HOME", "").strip()
     return (Path(cache) if cache else Path.home() / ".cache") / "evs-snapshot" / "locks"
 

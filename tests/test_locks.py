@@ -351,7 +351,7 @@ def test_removing_lock_files_keeps_the_exclusion(tmp_path: Path) -> None:
 
 def test_lock_file_of_a_run_id_is_a_safe_name() -> None:
     """A run id read from a report names a file in the lock directory, never a path out of it."""
-    assert run_lock("20261207T003133Z-a1b2c3", {"XDG_RUNTIME_DIR": "/nonexistent"}).path.name == (
+    assert run_lock("20261207T003133Z-a1b2c3", {"XDG_CACHE_HOME": "/nonexistent"}).path.name == (
         "run-20261207T003133Z-a1b2c3.lock"
     )
     odd = run_lock("../../etc/x", {"XDG_CACHE_HOME": "/c"}).path
@@ -360,16 +360,20 @@ def test_lock_file_of_a_run_id_is_a_safe_name() -> None:
     assert "/" not in odd.name
 
 
-def test_locks_live_in_xdg_runtime_dir(
+def test_cron_and_a_login_shell_share_one_lock_directory(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """With XDG_RUNTIME_DIR set, the manifest's lock is there: held by another, the run exits 75 unsent."""
+    """The lock directory does not depend on XDG_RUNTIME_DIR, which a login session has and cron has
+    not: a manifest's lock held by a run without it (cron) makes a run with it (an ssh session) exit
+    75, nothing sent. Before, each had its own directory and both ran (found by hostile11)."""
     emu = emulator_thread(any_volume=True)
     runtime = tmp_path / "runtime"
     runtime.mkdir()
     manifest = csv_manifest(write, API_IDS[:1])
-    lock = manifest_lock(str(manifest), {"XDG_RUNTIME_DIR": str(runtime)}).path
-    assert lock.parent == runtime / "evs-snapshot"
+    cron = {"XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"], "HOME": os.environ.get("HOME", "/")}
+    lock = manifest_lock(str(manifest), cron).path
+    assert lock == manifest_lock(str(manifest), {**cron, "XDG_RUNTIME_DIR": str(runtime)}).path
+    assert lock.parent == Path(cron["XDG_CACHE_HOME"]) / "evs-snapshot" / "locks"
     with RunLock(lock):
         result = invoke(
             create_args(emu.url, manifest, tmp_path / "r.jsonl"), env={"XDG_RUNTIME_DIR": str(runtime)}
@@ -377,6 +381,7 @@ def test_locks_live_in_xdg_runtime_dir(
     assert result.exit_code == 75, result.output
     assert str(lock) in result.stderr
     assert emu.state()["requests"] == {}
+    assert list(runtime.iterdir()) == []
 
 
 def test_create_stdin_manifest_leaves_no_lock_file(
@@ -389,7 +394,7 @@ def test_create_stdin_manifest_leaves_no_lock_file(
     manifest = b"".join(orjson.dumps({"volume_id": i}) + b"\n" for i in ids)
     report = tmp_path / "r.jsonl"
     args = create_args(emu.url, Path("-"), report, *FAST_RETRIES, format="jsonl")
-    result = invoke(args, env={"XDG_RUNTIME_DIR": str(tmp_path)}, input=manifest)
+    result = invoke(args, env={"XDG_CACHE_HOME": str(tmp_path)}, input=manifest)
     assert result.exit_code == 0, result.stderr
     assert lines(report)[0]["manifest"] == "<stdin>"
     assert sorted((r["row"], r["volume_id"], r["outcome"]) for r in records(report)) == [
@@ -409,7 +414,7 @@ def test_create_report_to_stdout_takes_no_report_lock(
     ids = volume_ids(2, seed=705)
     emu = emulator_thread(any_volume=True)
     manifest = csv_manifest(write, ids)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     code = run_main(create_args(emu.url, manifest, Path("-"), *FAST_RETRIES), monkeypatch)
     out, err = capfd.readouterr()
     assert code == 0, err
@@ -426,9 +431,9 @@ def test_create_lock_file_replaces_the_manifest_lock(
     manifest's own lock (held meanwhile by another), and it is not removed at the end."""
     emu = emulator_thread(any_volume=True)
     manifest = csv_manifest(write, volume_ids(2, seed=703))
-    lock, runtime = tmp_path / "maintenance.lock", tmp_path / "runtime"
-    runtime.mkdir()
-    env = {"XDG_RUNTIME_DIR": str(runtime)}
+    lock, cache = tmp_path / "maintenance.lock", tmp_path / "cache"
+    cache.mkdir()
+    env = {"XDG_CACHE_HOME": str(cache)}
     with RunLock(lock):
         held = invoke(create_args(emu.url, manifest, tmp_path / "held.jsonl", lock_file=lock), env=env)
     assert held.exit_code == 75
@@ -440,13 +445,13 @@ def test_create_lock_file_replaces_the_manifest_lock(
     assert free.exit_code == 0, free.stderr
     assert {r["outcome"] for r in records(report)} == {"accepted"}
     assert lock.exists()
-    assert lock_files(runtime) == []
+    assert lock_files(cache) == []
 
 
 @pytest.mark.parametrize(
     ("where", "said"),
     [
-        pytest.param("runtime-under-a-file", "cannot create the lock directory", id="lock-directory"),
+        pytest.param("cache-under-a-file", "cannot create the lock directory", id="lock-directory"),
         pytest.param("lock-file-in-proc", "cannot open the lock file", id="lock-file"),
     ],
 )
@@ -457,8 +462,8 @@ def test_a_lock_that_cannot_be_made_is_a_usage_error(tmp_path: Path, where: str,
     plain.write_text("x")
     args = ["hold", "--snapshot", API_IDS[0], "--reason", "x", "--project-id", PROJECT]
     args += ["--endpoint", "http://127.0.0.1:1", "--report", str(tmp_path / "h.jsonl")]
-    if where == "runtime-under-a-file":
-        result = invoke(args, {"XDG_RUNTIME_DIR": "", "XDG_CACHE_HOME": str(plain)})
+    if where == "cache-under-a-file":
+        result = invoke(args, {"XDG_CACHE_HOME": str(plain)})
     else:
         result = invoke([*args, "--lock-file", "/proc/evs-snapshot-test.lock"])
     assert result.exit_code == 2, result.output
@@ -473,7 +478,7 @@ def test_a_lock_that_cannot_be_made_is_a_usage_error(tmp_path: Path, where: str,
 def test_a_lock_file_that_cannot_be_made_for_want_of_room_exits_3(
     tmp_path: Path, number: int, kind: type[Exception], code: int
 ) -> None:
-    """No room for a lock file or its folder (a full tmpfs under XDG_RUNTIME_DIR, a quota): exit 3 and
+    """No room for a lock file or its folder (a full disk under XDG_CACHE_HOME, a quota): exit 3 and
     the same advice as a lock file that cannot be written; a path the user may not write: exit 2."""
     lock = RunLock(tmp_path / "locks" / "x.lock", "create")
     failed = lock._failed(OSError(number, os.strerror(number)), "cannot open the lock file x")

@@ -694,7 +694,7 @@ def test_rollback_plan_to_stdout(
     emu = emulator_thread(**world(2))
     source = create_report(tmp_path / "create.jsonl", [{}, {}])
     args = [*cli_args("rollback", source, endpoint=emu.url, report="-"), *FAST, *FAST_WAIT]
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     code = run_main(args, monkeypatch)
     out, err = capfd.readouterr()
     assert code == 0, err

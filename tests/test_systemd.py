@@ -76,7 +76,7 @@ def run_unit(name: str, dirs: dict[str, Path], url: str) -> list[int]:
     assert keys["ProtectSystem"] == "strict"
     assert keys["LoadCredential"] == "aksk:/etc/evs-snapshot/credentials"
     env = {**os.environ, **NO_CREDENTIALS}
-    env.pop("XDG_RUNTIME_DIR", None)  # a system service has none: the locks go to $XDG_CACHE_HOME
+    env.pop("XDG_CACHE_HOME", None)  # the unit sets it: the locks go to its state directory
     for key, value in lines:
         if key == "Environment":
             variable, _, setting = expand(value, dirs).partition("=")
