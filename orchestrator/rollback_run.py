@@ -337,9 +337,9 @@ def notes(
         shown = ", ".join(map(str, chosen.first_unrecorded))
         more = "" if chosen.unrecorded <= len(chosen.first_unrecorded) else ", ..."
         tally.notes.append(
-            f"{chosen.unrecorded} of {chosen.total} rows have no record: their disks have no snapshot of "
-            f"this run to roll back to (rows {shown}{more}); before the maintenance, `create --resume` of "
-            "the create report snapshots them"
+            f"{chosen.unrecorded} of {chosen.total} rows have no record (rows {shown}{more}): the create "
+            "run stopped before it knew their snapshots (one may exist), so they are not rolled back; "
+            "before the maintenance, `create --resume` of the create report finishes them"
         )
         tally.failing += chosen.unrecorded  # the summary's exit code is the command's
     if not apply:

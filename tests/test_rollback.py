@@ -535,8 +535,8 @@ def test_plan_counts_rows_without_a_record_against_the_header(
     result = rollback(emu, source, tmp_path / "plan.jsonl")
     assert result.exit_code == 1, result.stderr
     assert (
-        "2 of 5 rows have no record: their disks have no snapshot of this run to roll back to (rows 4, 5)"
-        in result.stderr
+        "2 of 5 rows have no record (rows 4, 5): the create run stopped before it knew their snapshots "
+        "(one may exist), so they are not rolled back" in result.stderr
     )
     assert "plan only, nothing was sent: 3 of 5 rows can be rolled back, 2 have no record" in result.stderr
     result = rollback(emu, source, tmp_path / "apply.jsonl", apply=True)
