@@ -120,6 +120,12 @@ def choose(settings: HoldSettings, warn: Callable[[str], None]) -> Chosen:
             named=[Named(snapshot_id=i, project_id=settings.project_id, region=region) for i in ids]
         )
     run_ = run_of(settings.source, warn, command=settings.command, verb=settings.command)
+    if run_.header.shape.get("consistency") == "server":  # its members carry no marker, nor a hold
+        raise UsageError(
+            f"{settings.source} is a --consistency server run: its snapshots are members of snapshot "
+            "groups, whose hold is a tag of the group, set when it is made (create --hold REASON); "
+            f"{settings.command} cannot change a group's tags; nothing was sent"
+        )
     rows = settings.rows
     if rows is not None and rows.last > run_.header.rows:
         raise UsageError(

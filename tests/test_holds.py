@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
+import orjson
 import pytest
 
 from orchestrator.emulator import SeedSnapshot
@@ -293,6 +294,24 @@ def test_hold_refuses_a_report_with_nothing_in_the_cloud(write: Callable[..., Pa
     )
     assert result.exit_code == 2, result.output
     assert "nothing to hold" in result.output
+
+
+@pytest.mark.parametrize("command", ["hold", "release"])
+def test_hold_of_a_group_run_is_refused_before_anything_is_sent(command: str, tmp_path: Path) -> None:
+    """A --consistency server run's snapshots are group members: their hold is the group's tag, set at
+    create; hold and release of such a report exit 2 saying so, nothing sent. Before, each row was
+    refused NOT_THIS_RUN "made by no run of this tool" (found by hostile11)."""
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    lines = source.read_bytes().splitlines(keepends=True)
+    head = orjson.loads(lines[0])
+    head["shape"] = {"consistency": "server"}
+    source.write_bytes(orjson.dumps(head) + b"\n" + b"".join(lines[1:]))
+    args = [command, str(source), "--endpoint", "http://127.0.0.1:9", "--report", str(tmp_path / "h.jsonl")]
+    result = invoke([*args, *(["--reason", "x"] if command == "hold" else [])])
+    assert result.exit_code == 2, result.output
+    assert "is a --consistency server run" in result.stderr
+    assert f"{command} cannot change a group's tags; nothing was sent" in result.stderr
+    assert not (tmp_path / "h.jsonl").exists()
 
 
 def test_hold_refused_by_the_api_is_rejected(emulator_thread: Callable[..., Any], tmp_path: Path) -> None:
