@@ -339,6 +339,36 @@ def test_a_sigterm_mid_cleanup_reads_unfinished_and_its_command_finishes_the_job
     assert set(live(emu)) == {s.id for s in others}
 
 
+def test_a_cleanup_killed_between_its_deletes_and_their_records_is_settled_by_resume(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """cleanup --apply whose report is cut after its sending lines, as a kill -9 between its DELETEs and
+    their records leaves it (the snapshots are gone): summary names the deletions sent without a record
+    (exit 1); --resume writes one deleted record for each, those found by the run's marker alone (rows
+    without a record) too, and sends no DELETE again."""
+    emu, report, _ = created(emulator_thread, write, tmp_path, 4, seed=1161)
+    time.sleep(WINDOW)  # the rows cut are planned with nothing in doubt
+    cut(report, 2)  # two rows' snapshots are found by the run's marker alone
+    made = {snapshot["id"] for snapshot in run_snapshots(emu, report)}
+    out = tmp_path / "cleanup.jsonl"
+    assert cleanup(emu, report, out, "--apply").exit_code == 0
+    assert run_snapshots(emu, report) == []
+    kept = [line for line in out.read_bytes().splitlines(keepends=True) if b'"outcome":"deleted"' not in line]
+    assert orjson.loads(kept[-1])["outcome"] == "ended"
+    out.write_bytes(b"".join(kept[:-1]))  # the header and the sending lines; no record, no end line
+    assert {orjson.loads(line)["snapshot_id"] for line in kept[1:-1]} == made
+    killed = invoke(["summary", str(out)])
+    assert killed.exit_code == 1, killed.output
+    assert "4 deletions were sent and have no record (snapshots " in killed.stdout
+    result = cleanup(emu, report, out, "--apply", "--resume")
+    assert result.exit_code == 0, result.output
+    final = records(out)
+    assert Counter(r["snapshot_id"] for r in final if r["outcome"] == "deleted") == dict.fromkeys(made, 1)
+    assert {(r["http_status"], r["error_message"]) for r in final} == {(404, deleter.EARLIER_DELETE)}
+    assert requests_of(emu.state(), DELETE) == {"202": 4}
+    assert invoke(["summary", str(out)]).exit_code == 0
+
+
 @pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_cleanup_refuses_two_runs_joined_in_one_file(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
