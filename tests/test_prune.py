@@ -20,7 +20,7 @@ from orchestrator.actions import Action, ActionRecord
 from orchestrator.api.routes import connect
 from orchestrator.api.views import Snapshot
 from orchestrator.config import Connection, Endpoints
-from orchestrator.deleter import EARLIER_DELETE, Deleter, Job
+from orchestrator.deleter import EARLIER_DELETE, EARLIER_UNDER_WAY, Deleter, Job
 from orchestrator.emulator import ManualClock, SeedSnapshot
 from orchestrator.lock import RunLock
 from orchestrator.retention import newest_first
@@ -360,6 +360,43 @@ def test_a_kill_between_deletes_and_their_records_is_settled_by_resume(
     settled = invoke(["summary", str(report)])
     assert settled.exit_code == 0, settled.output
     assert "no record" not in settled.stdout
+
+
+def test_resume_settles_each_delete_sent_by_what_became_of_its_snapshot(
+    emulator_thread: Callable[..., Any], clock: ManualClock, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A report whose run sent five DELETEs and recorded none (its sending lines, as a kill leaves them):
+    --resume records the two snapshots gone as deleted by the earlier run (404), waits for the one still
+    deleting (no DELETE), and judges and deletes the two still available (the DELETE never arrived),
+    each once."""
+    (disk,) = volume_ids(1, seed=144)
+    owned = [snap(disk, d) for d in range(1, 7)]  # newest first: --keep-last 1 condemns owned[1:]
+    emu = start(emulator_thread, [disk], owned, clock=clock, deleting_seconds=5.0)
+    manifest = csv_manifest(write, [disk])
+    plan = tmp_path / "plan.jsonl"
+    assert prune(emu, manifest, plan, "--keep-last", "1").exit_code == 0
+    for keep, report in ((4, "a.jsonl"), (3, "b.jsonl")):  # owned[4:] go, then owned[3] starts going
+        applied = prune(emu, manifest, tmp_path / report, "--keep-last", str(keep), "--apply", "--no-wait")
+        assert applied.exit_code == 0, applied.output
+        clock.advance(10 if keep == 4 else 0)
+    report = tmp_path / "r.jsonl"
+    head, *planned_lines = plan.read_bytes().splitlines(keepends=True)
+    sent = [line.replace(b'"outcome":"planned"', b'"outcome":"sending"') for line in planned_lines[:-1]]
+    report.write_bytes(head + b"".join(sent))  # the plan's end line dropped: the run was killed
+    assert len(sent) == 5
+    result = prune(emu, manifest, report, "--keep-last", "1", "--apply", "--no-wait", "--resume")
+    assert result.exit_code == 0, result.output
+    ended = {r["snapshot_id"]: (r["outcome"], r["http_status"], r["error_message"]) for r in records(report)}
+    assert ended == {
+        owned[1].id: ("deleted", 202, None),
+        owned[2].id: ("deleted", 202, None),
+        owned[3].id: ("deleted", None, EARLIER_UNDER_WAY),
+        owned[4].id: ("deleted", 404, EARLIER_DELETE),
+        owned[5].id: ("deleted", 404, EARLIER_DELETE),
+    }
+    assert len(records(report)) == 5
+    assert requests_of(emu.state(), DELETE) == {"202": 5}  # 3 before, 2 by the resume
+    assert invoke(["summary", str(report)]).exit_code == 0
 
 
 @pytest.mark.anyio
