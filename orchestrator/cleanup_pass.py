@@ -273,11 +273,10 @@ class Pass:
             gone, found = await look_again(scope.route, lines.values(), self.settings.policy)
             for record in gone:
                 self.write(record)
-            for snapshot in found:
+            for snapshot in [found_ for found_ in found if not found_.snapshot_group_id]:
                 line = lines[snapshot.id]
-                if not snapshot.snapshot_group_id:
-                    target = Target(str(line.volume_id), line.project_id, line.region, line.row or 0)
-                    await self.judge(scope, target, line.snapshot_name, snapshot.id, snapshot)
+                target = Target(str(line.volume_id), line.project_id, line.region, line.row or 0)
+                await self.judge(scope, target, line.snapshot_name, snapshot.id, snapshot)
 
     async def groups(
         self,

@@ -13,12 +13,22 @@ from typing import Any
 import pytest
 
 from orchestrator.actions import Action, ActionRecord
-from orchestrator.deleter import WRONG_STATE_PAUSE, Deleter, Deletion, Ended, Job, delete, delete_snapshot
+from orchestrator.deleter import (
+    EARLIER_DELETE,
+    WRONG_STATE_PAUSE,
+    Deleter,
+    Deletion,
+    Ended,
+    Job,
+    delete,
+    delete_snapshot,
+    look_again,
+)
 from orchestrator.emulator import SeedSnapshot
-from orchestrator.errors import ReportUnwritable
+from orchestrator.errors import ReportUnwritable, RunAborted
 from orchestrator.report import ReportWriter
 from orchestrator.retry import RetryPolicy
-from tests.helpers import DELETE, hits, planned, routed, volume_ids
+from tests.helpers import CLOSED_PORT, DELETE, hits, planned, routed, volume_ids
 
 QUICK = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02)
 (DISK,) = volume_ids(1, seed=1047)
@@ -174,3 +184,26 @@ async def test_a_delete_whose_sending_line_cannot_be_written_is_not_sent(
     assert [(r.key, r.outcome) for r in journaled] == [(snapshot.id, Action.SENDING)]
     assert [(r.key, r.outcome) for r in written] == [(snapshot.id, Action.DELETED)]
     assert hits(running, DELETE) == {"202": 1}
+
+
+@pytest.mark.anyio
+async def test_look_again_tells_the_sends_gone_from_those_still_there(emulator: Callable[..., Any]) -> None:
+    """--resume's lookup of DELETEs an earlier run sent: a snapshot gone (404) gets its deleted record (its
+    sending line's fields, an earlier run's DELETE), one still there is returned to be judged; a lookup
+    that cannot be answered stops the run as a listing does (the error itself, not a group)."""
+    there = seeded("available")
+    gone = str(uuid.uuid4())
+    running = await emulator(snapshots=(there,))
+    lines = [
+        dataclasses.replace(planned(key), outcome=Action.SENDING, rule="keep-last 1")
+        for key in (gone, there.id)
+    ]
+    async with routed(running.url) as route:
+        settled, found = await look_again(route, lines, QUICK)
+    assert [(r.key, r.outcome, r.http_status, r.error_message, r.rule) for r in settled] == [
+        (gone, Action.DELETED, 404, EARLIER_DELETE, "keep-last 1")
+    ]
+    assert [snapshot.id for snapshot in found] == [there.id]
+    async with routed(CLOSED_PORT) as route:
+        with pytest.raises(RunAborted):
+            await look_again(route, lines, QUICK)
