@@ -452,10 +452,11 @@ class Deleter:
             )
 
 
-EARLIER_DELETE = (
-    "an earlier run sent its DELETE (its sending line) and stopped before recording its end; gone now (404)"
+# --resume: a snapshot whose DELETE an earlier run sent (its sending line) and never recorded deleted
+EARLIER_DELETE = "an earlier run sent its DELETE (its sending line) and recorded no deletion; gone now (404)"
+EARLIER_UNDER_WAY = (
+    "an earlier run sent its DELETE (its sending line) and recorded no deletion; it was under way"
 )
-EARLIER_UNDER_WAY = "an earlier run sent its DELETE (its sending line) and stopped before recording its end"
 
 
 async def look_again(
