@@ -1,6 +1,7 @@
 """Scenario 9: deleting. ``prune --apply`` deletes 1,500 snapshots at 200 ms emulator latency, default
 concurrency (32), waiting for each to be gone (target: under 20 s; 332 s before deletions were confirmed
-concurrently). 300 disks with 6 of the tool's snapshots each; ``--keep-last 1`` deletes 5 of each.
+concurrently). 300 disks with 6 of the tool's snapshots each; ``--keep-last 1`` deletes 5 of each. The
+snapshots' marker is a well-formed run id (one that is not is no longer the tool's own).
 
 ``python -m benchmarks.deleting [--tree PATH]`` prints the table for another checkout's evs-snapshot.
 """
@@ -36,7 +37,7 @@ def seed_file(folder: Path) -> Path:
             "name": f"pre-maint-{age}",
             "status": "available",
             "created_at": (now - timedelta(days=age + 1)).strftime("%Y-%m-%dT%H:%M:%S.%f"),
-            "metadata": {"evs_snapshot_run": "20260101T000000Z-bench0"},
+            "metadata": {"evs_snapshot_run": "20260101T000000Z-be0c40"},
         }
         for disk in range(DISKS)
         for age in range(PER_DISK)
@@ -72,7 +73,8 @@ def run(tree: Path | None = None) -> str:
                 cwd=options.get("cwd"),
             )
             state = emu.state()
-            deleted = sum(1 for line in report.read_bytes().splitlines() if b'"outcome":"deleted"' in line)
+            written = report.read_bytes()
+            deleted = sum(1 for line in written.splitlines() if b'"outcome":"deleted"' in line)
     if measured.returncode != 0 or deleted != deletions:
         raise SystemExit(
             f"the prune exited {measured.returncode} with {deleted} of {deletions} deleted: "
@@ -92,6 +94,8 @@ def run(tree: Path | None = None) -> str:
                 "list requests",
                 "single GETs",
                 "most in flight",
+                "report lines",
+                "report (KB)",
             ],
             [
                 [
@@ -102,13 +106,18 @@ def run(tree: Path | None = None) -> str:
                     str(sum(requests.get(LIST, {}).values())),
                     str(sum(requests.get(SHOW, {}).values())),
                     str(state["max_in_flight"]),
+                    str(written.count(b"\n")),
+                    f"{len(written) / 1024:.0f}",
                 ]
             ],
         )
         + "\n\nThe list requests include prune's own listing (2 pages) before anything is deleted. "
         "Before deletions were confirmed concurrently (commit 31968b1, `python -m benchmarks.deleting "
         "--tree ...`), the same scenario took 331.9 s, with 18 list requests and 1,500 single GETs: every "
-        "snapshot that had left the list got one GET, one after another, after the last DELETE."
+        "snapshot that had left the list got one GET, one after another, after the last DELETE. The "
+        "report holds the run header, a `sending` line before each DELETE and a record after it, and the "
+        "end line: before the sending lines (commit 9633cfe) it held 1,502 lines, 945 KB, at the same "
+        "wall and CPU time (12.8-13.2 s, 2.8 s; with them 12.5-12.9 s, 2.8-3.0 s, same machine)."
     )
 
 

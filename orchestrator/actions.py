@@ -37,8 +37,10 @@ class Action(enum.StrEnum):
     ROLLBACK_FAILED = "rollback_failed"  # the disk ended error_rollbacking
     HELD = "held"  # hold: the snapshot carries the hold now
     RELEASED = "released"  # release: the snapshot carries no hold now
-    # rollback: written before its POST leaves, with the disk's updated_at as looked at; never a row's
-    # last record (``final_actions`` and the resume book skip it): --resume reads it (``sent_rollbacks``)
+    # written (and on disk) before a request that changes the cloud leaves: a rollback's POST (with the
+    # disk's updated_at as looked at), a DELETE of prune and cleanup (with the fields of the record it
+    # will end in); never a key's last record (``final_actions`` and the resume book skip it): --resume
+    # reads it (``outcomes_and_sends``: ``Frame.sent``) and settles a send no end record followed
     SENDING = "sending"
     # the frame's last line of a run whose work came to its end (no signal, no closed route, no error):
     # no key's record (``final_actions``, the resume book and the tally skip it); ``summary`` reads a
@@ -134,17 +136,19 @@ def final_actions(path: Path) -> Iterator[ActionRecord]:
             yield record
 
 
-def outcomes_and_sends(path: Path) -> tuple[dict[str, Action], dict[str, str | None]]:
-    """An action report's last outcome of each key, and the rollbacks sent and never seen to end: the
-    disk's updated_at before each such send, by key (a later send's line replaces an earlier one's).
-    Only a record of the rollback's end settles a send (``rolled_back``, ``rollback_failed``): a plan,
-    a blocker (the disk attached again since, say) or a failure to confirm leaves it in doubt."""
+def outcomes_and_sends(path: Path) -> tuple[dict[str, Action], dict[str, ActionRecord]]:
+    """An action report's last outcome of each key, and the requests sent and never seen to end: the
+    ``sending`` line of each such send, by key (a later send's line replaces an earlier one's). A
+    rollback's line holds the disk's updated_at before it; a deletion's (prune, cleanup) the fields of
+    the record it will end in. Only a record of the request's end settles a send (``rolled_back``,
+    ``rollback_failed``; ``deleted``): a plan, a blocker (the disk attached again since, say), a
+    refusal or a failure to confirm leaves it in doubt."""
     last: dict[str, Action] = {}
-    sent: dict[str, str | None] = {}
+    sent: dict[str, ActionRecord] = {}
     sending = Action.SENDING
     for record in read_actions(path):
         if record.outcome is sending:
-            sent[record.key] = record.disk_updated_at
+            sent[record.key] = record
             continue
         if record.outcome is Action.ENDED:
             continue
@@ -155,15 +159,18 @@ def outcomes_and_sends(path: Path) -> tuple[dict[str, Action], dict[str, str | N
 
 
 JOURNAL = frozenset({Action.SENDING, Action.ENDED})  # lines of an action report that are no key's outcome
-_ENDS = frozenset({Action.ROLLED_BACK, Action.ROLLBACK_FAILED})  # a rollback's end: its send is settled
+# a request's end: its send is settled (a rollback's two ends; a deletion's one, gone)
+_ENDS = frozenset({Action.ROLLED_BACK, Action.ROLLBACK_FAILED, Action.DELETED})
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class LastRun:
     """How the last run of an action report ended, as its lines tell: ``ended`` when its end line
     follows the last record (a run that came to its end writes one); else the lines written since the
-    last end line (``written``), and whether the last of them that tells shows a plan (a ``planned``
-    record: ``True``) or acting (``deleted``, ``sending``, ...: ``False``); ``None``: none tells."""
+    last end line (``written``: its records, and its ``sending`` lines that no record of their key
+    follows: a request sent and never seen to end), and whether the last of them that tells shows a plan
+    (a ``planned`` record: ``True``) or acting (``deleted``, ``sending``, ...: ``False``); ``None``: none
+    tells."""
 
     ended: bool
     written: int = 0
@@ -177,13 +184,20 @@ _UNTELLING = frozenset({Action.KEPT, Action.BLOCKED, Action.REFUSED})  # written
 def last_run(path: Path) -> LastRun:
     """Whether the last run of an action report came to its end (one pass; see ``LastRun``)."""
     ended, written, plan = False, 0, None
+    open_sends: set[str] = set()  # keys of the run's sending lines that no record followed yet
     for record in read_actions(path):
         if record.outcome is Action.ENDED:
             ended, written, plan = True, 0, None
+            open_sends.clear()
             continue
-        ended, written = False, written + 1
+        ended = False
+        if record.outcome is Action.SENDING:
+            open_sends.add(record.key)
+        else:
+            written += 1
+            open_sends.discard(record.key)
         if record.outcome in _PLANS:
             plan = True
         elif record.outcome not in _UNTELLING:
             plan = False
-    return LastRun(ended=ended, written=written, plan=plan)
+    return LastRun(ended=ended, written=written + len(open_sends), plan=plan)

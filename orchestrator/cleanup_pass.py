@@ -32,6 +32,10 @@ So cleanup goes by the marker, not by the records:
   member on a disk the report and manifest do not name is ``refused`` (``OTHER_VOLUME``); one held
   member blocks the whole group (``HELD``, unless ``--include-held``); a group or member not in a
   deletable state blocks it (``SNAPSHOT_BUSY``); a named group already gone is ``deleted`` (404).
+- **DELETEs an earlier run sent** (``--resume``): each DELETE's ``sending`` line is written before it
+  leaves (``deleter``); a snapshot one was sent for, no record settled, and this pass did not meet (the
+  listings no longer show it) is looked up (``Pass.sends``): gone, it gets its ``deleted`` record
+  (``EARLIER_DELETE``); still there, it is judged as a listed one.
 """
 
 from __future__ import annotations
@@ -49,7 +53,15 @@ from orchestrator.api.groups import show_group
 from orchestrator.api.safe import show_snapshot
 from orchestrator.api.views import Snapshot
 from orchestrator.createrun import CreateRun, manifest_disks
-from orchestrator.deleter import DELETABLE, DELETING, Deleter, Job
+from orchestrator.deleter import (
+    DELETABLE,
+    DELETING,
+    EARLIER_DELETE,
+    EARLIER_UNDER_WAY,
+    Deleter,
+    Job,
+    look_again,
+)
 from orchestrator.errors import UsageError
 from orchestrator.members import Unit, Units, group_record, scope_units, unit_job
 from orchestrator.models import utc_iso
@@ -177,6 +189,7 @@ class Pass:
         self.outcome = "nothing was deleted" if settings.apply else "nothing was planned"
         self.ours: set[str] = set()  # the run's snapshots found (by id)
         self.going: set[str] = set()  # those deleted, deleting, or (in a plan) planned
+        self.looked: set[str] = set()  # every snapshot judged (or settled) by this pass, by id
         self.jobs: list[Job] = []
 
     def write(self, record: ActionRecord) -> None:
@@ -236,6 +249,7 @@ class Pass:
                     await self.judge(scope, target, None, item.id, item, named=named)
         if grouped:
             await self.groups(router, run_, search, by_route, units)
+        await self.sends(by_route)
         if self.jobs:
             deleter = Deleter(
                 policy=self.settings.policy,
@@ -243,10 +257,26 @@ class Pass:
                 wait_timeout=self.settings.wait_timeout,
                 write=self.write,
                 stopping=self.action.stopping,
+                journal=self.action.journal,
             )
             with self.action.draining():
                 await deleter.run(self.jobs)
         return len(self.ours - self.going)
+
+    async def sends(self, by_route: dict[int, Scope]) -> None:
+        """``--resume``: the DELETEs an earlier run sent (``Frame.sent``) that no record settled, of
+        snapshots this pass did not meet (the listings no longer show them), looked up: gone, each gets
+        its ``deleted`` record; still there, it is judged (a group's member: with its group, not here)."""
+        left = [line for key, line in self.action.sent.items() if key not in self.looked]
+        for scope in by_route.values() if left else ():
+            lines = {line.key: line for line in left if line.project_id == scope.route.project_id}
+            gone, found = await look_again(scope.route, lines.values(), self.settings.policy)
+            for record in gone:
+                self.write(record)
+            for snapshot in [found_ for found_ in found if not found_.snapshot_group_id]:
+                line = lines[snapshot.id]
+                target = Target(str(line.volume_id), line.project_id, line.region, line.row or 0)
+                await self.judge(scope, target, line.snapshot_name, snapshot.id, snapshot)
 
     async def groups(
         self,
@@ -275,6 +305,7 @@ class Pass:
                     id=str(row.snapshot_id), volume_id=str(row.volume_id).lower(), name=row.name
                 )
                 target = Target(member.volume_id, row.project_id, row.region, row.row)
+                self.looked.add(member.id)
                 if self.action.book.last.get(member.id) in (Action.DELETED, Action.REFUSED):
                     continue
                 if refused is None:  # gone: its members went with it
@@ -313,6 +344,7 @@ class Pass:
             for member in unit.members
         }
         self.ours |= set(targets)
+        self.looked |= set(targets)
         last = self.action.book.last
         if all(last.get(member.id) is Action.DELETED for member in unit.members):
             self.going |= set(targets)
@@ -388,6 +420,7 @@ class Pass:
     ) -> None:
         """Write the snapshot's record (planned, refused, blocked, or deleted when already gone) or queue
         its deletion; ``named``: its disk is one the report or the manifest names."""
+        self.looked.add(snapshot_id)
         done = self.action.book.last.get(snapshot_id)
         if done is Action.DELETED:
             self.going.add(snapshot_id)
@@ -417,8 +450,10 @@ class Pass:
                 **fields,
             )
 
+        journaled = snapshot_id in self.action.sent  # an earlier run's DELETE, no record settled
         if snapshot is None:
-            self.write(record(Action.DELETED, http_status=404, error_message="already gone (404)"))
+            message = EARLIER_DELETE if journaled else "already gone (404)"
+            self.write(record(Action.DELETED, http_status=404, error_message=message))
             return
         refused = refusal(snapshot, run_id=self.run_id, volume_id=target.volume_id, named=named)
         if refused is not None:
@@ -431,7 +466,8 @@ class Pass:
             return
         if snapshot.status == DELETING:
             if self.settings.apply:
-                self.jobs.append(Job(route, record(Action.DELETED), sent=True))
+                under_way = EARLIER_UNDER_WAY if journaled else None
+                self.jobs.append(Job(route, record(Action.DELETED, error_message=under_way), sent=True))
             else:
                 self.going.add(snapshot_id)
             return

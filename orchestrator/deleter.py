@@ -20,6 +20,13 @@ Deletions are confirmed while later DELETEs are still being sent: by paging the 
 many are pending (a snapshot absent from it is gone), by parallel GETs while few are (404: gone);
 each record is written when its deletion ends.
 
+Before each DELETE leaves, its ``sending`` line (the record it will end in, as ``Action.SENDING``; a
+group's: one per member) is written to the report (``journal``); a line that cannot be written stops
+the run (``ReportUnwritable``) and that DELETE is not sent. So a kill between a DELETE and its record
+leaves a line naming the snapshot: ``--resume`` settles each such send (``Frame.sent``): a snapshot
+the listing no longer shows is looked up (``look_again``) and, gone, gets its ``deleted`` record
+(``EARLIER_DELETE``); one still there is judged again, as listed ones are.
+
 A snapshot group (v5) is deleted the same way, whole: one ``DELETE /v5/.../snapshot-groups/{id}``
 (``delete(..., group=True)``), confirmed by GETs of the group (404, or ``deleted``: gone). Its job
 (``Job.members``) holds one record per member, and each member gets its record when the group's
@@ -41,12 +48,13 @@ import anyio
 from orchestrator.actions import Action, ActionRecord, now_iso
 from orchestrator.api import evs
 from orchestrator.api.groups import show_group
-from orchestrator.api.safe import snapshot_pages, snapshot_status
-from orchestrator.errors import ListingFailed, RouteClosed, TransportError
+from orchestrator.api.safe import show_snapshot, snapshot_pages, snapshot_status
+from orchestrator.errors import ListingFailed, RouteClosed, RunAborted, TransportError
 from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retrying
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
+    from orchestrator.api.views import Snapshot
 
 NOT_YET_DELETABLE = "EVS.1047"  # 400 "wrong state": creating, or already deleting
 DELETING = "deleting"
@@ -219,7 +227,7 @@ class Deleter:
     parallel GETs (404: gone). Every request goes through the route, under the connection's in-flight
     limit. Every job ends in exactly one record, written through ``write`` as soon as its deletion
     ends; jobs not started when ``stopping()`` turns true, or whose route closed, get none
-    (``--resume``)."""
+    (``--resume``). Each DELETE is journaled first, through ``journal`` (module docstring)."""
 
     def __init__(
         self,
@@ -229,12 +237,14 @@ class Deleter:
         wait_timeout: float | None,
         write: Callable[[ActionRecord], None],
         stopping: Callable[[], bool],
+        journal: Callable[[ActionRecord], None] | None = None,
     ) -> None:
         self.policy = policy
         self.concurrency = concurrency
         self.wait_timeout = wait_timeout
         self.write = write
         self.stopping = stopping
+        self.journal = journal
         self._pending: dict[Route, dict[str, Pending]] = {}
         self._pages: dict[Route, int] = {}  # list pages a route's project took, at the last listing
         self._sending = False
@@ -271,6 +281,7 @@ class Deleter:
                 started = time.monotonic()
                 record, gone = dataclasses.replace(job.record, outcome=Action.DELETED), False
                 if not job.sent:
+                    self._journal(job)  # on disk before the DELETE leaves; raises when it cannot be
                     try:
                         record, gone = await self._delete(job.route, job.record, group=bool(job.members))
                     except RouteClosed as exc:
@@ -283,6 +294,14 @@ class Deleter:
                     self._arrived = True
                 else:
                     self._finish(record, started, job.members)
+
+    def _journal(self, job: Job) -> None:
+        """The ``sending`` line of each record the job ends in (a group's members', else its own)."""
+        if self.journal is None:
+            return
+        stamp = now_iso()
+        for record in job.members or (job.record,):
+            self.journal(dataclasses.replace(record, outcome=Action.SENDING, finished_at=stamp))
 
     async def _delete(
         self, route: Route, record: ActionRecord, *, group: bool = False
@@ -431,6 +450,55 @@ class Deleter:
             self.write(
                 dataclasses.replace(member, **answer, finished_at=record.finished_at, elapsed_ms=elapsed)
             )
+
+
+# --resume: a snapshot whose DELETE an earlier run sent (its sending line) and never recorded deleted
+EARLIER_DELETE = "an earlier run sent its DELETE (its sending line) and recorded no deletion; gone now (404)"
+EARLIER_UNDER_WAY = (
+    "an earlier run sent its DELETE (its sending line) and recorded no deletion; it was under way"
+)
+
+
+async def look_again(
+    route: Route, sent: Iterable[ActionRecord], policy: RetryPolicy
+) -> tuple[list[ActionRecord], list[Snapshot]]:
+    """DELETEs an earlier run sent (their ``sending`` lines, ``Frame.sent``) whose snapshots a listing of
+    ``route`` did not show, each looked up once (GETs in parallel, under the route's in-flight limit):
+    the ``deleted`` records of those gone (404: ``EARLIER_DELETE``), and the snapshots still there (a
+    listing that lagged, or deleting by now), to be judged as listed ones are. Raises ``ListingFailed``
+    when one cannot be read (as a listing that fails)."""
+    lines = list(sent)
+    seen: dict[str, Snapshot | None] = {}
+    failed: list[RunAborted] = []
+
+    async def look(key: str) -> None:
+        try:
+            seen[key] = await show_snapshot(route, key, policy)
+        except (ListingFailed, RouteClosed) as exc:  # raised as itself below, not in a group
+            failed.append(exc)
+
+    async with anyio.create_task_group() as group:
+        for line in lines:
+            group.start_soon(look, line.key)
+    if failed:
+        raise failed[0]
+    gone: list[ActionRecord] = []
+    for line in lines:
+        if seen[line.key] is not None:
+            continue
+        stamp = now_iso()
+        gone.append(
+            dataclasses.replace(
+                _with(line, Action.DELETED, None, EARLIER_DELETE),
+                http_status=404,
+                request_id=None,
+                attempts=0,
+                started_at=stamp,
+                finished_at=stamp,
+                elapsed_ms=0,
+            )
+        )
+    return gone, [snapshot for snapshot in seen.values() if snapshot is not None]
 
 
 def _with(record: ActionRecord, outcome: Action, code: str | None, message: str | None) -> ActionRecord:

@@ -257,7 +257,8 @@ class Frame:
         self.advice = advice
         self.run_id = ""
         self.book: ResumeBook[str, Action] = ResumeBook.keyed({}, FINAL)
-        self.sent: dict[str, str | None] = {}  # rollbacks an earlier run sent, never seen to end (by key)
+        # requests an earlier run sent (rollbacks, deletions) and never saw end: their sending lines, by key
+        self.sent: dict[str, ActionRecord] = {}
         self.writer: ReportWriter | None = None
         self.router: Router | None = None
         self.held: Held | None = None
@@ -532,7 +533,8 @@ class Frame:
         self.tally.add(record)
 
     def journal(self, record: ActionRecord) -> None:
-        """Append a line that is no row's outcome (a rollback's ``sending``): written, not counted."""
+        """Append a line that is no key's outcome (``sending``, before a rollback or a DELETE leaves):
+        written (on disk, not buffered), not counted; raises ``ReportUnwritable`` when it cannot be."""
         assert self.writer is not None  # noqa: S101 - a record is written only after the report opened
         self.writer.write_line(record.to_json())
 

@@ -13,7 +13,9 @@ rules' walk (``--keep-last`` counts them). Every other one is a candidate and ge
 rules it falls outside of: ``planned`` without ``--apply``; with it ``deleted``, ``rejected`` or
 ``failed`` (``deleter``); ``blocked`` (``SNAPSHOT_BUSY``) when its state cannot be deleted from. A
 snapshot already ``deleting`` is neither kept nor a candidate (``--resume`` waits for it when an earlier
-run sent its DELETE).
+run sent its DELETE). Each DELETE's ``sending`` line is written before it leaves (``deleter``): ``--resume``
+looks up each snapshot an earlier run sent one for, no record settled, and the listing no longer shows
+(``unlisted``): gone, it gets its ``deleted`` record; still there, it is judged as a listed one.
 
 A snapshot group of the tool (v5, its marker tag well-formed) is kept or dropped as one unit
 (``members.unit_verdicts``): its members are judged with the other snapshots of their disks, and the
@@ -40,7 +42,7 @@ from zoneinfo import ZoneInfo
 from orchestrator.actions import Action, ActionRecord, now_iso
 from orchestrator.api.views import Snapshot
 from orchestrator.defaults import SNAPSHOTS_PER_DISK
-from orchestrator.deleter import DELETABLE, DELETING, Deleter, Job
+from orchestrator.deleter import DELETABLE, DELETING, EARLIER_UNDER_WAY, Deleter, Job, look_again
 from orchestrator.members import Units, dropped, scope_units, unit_job, unit_verdicts
 from orchestrator.models import utc_now
 from orchestrator.ownership import Ownership
@@ -270,6 +272,13 @@ async def prune_scopes(
         action.write(record)
         counts[str(record.volume_id)][record.outcome.value] += 1
 
+    for scope, snapshots, units in listed:  # --resume: DELETEs an earlier run sent, no record settled
+        gone, found = await look_again(
+            scope.route, unlisted(action, scope, snapshots, units), settings.policy
+        )
+        for record in gone:
+            write(record)
+        snapshots.extend(found)  # still there (a listing that lagged, or deleting): judged as listed ones
     jobs = [
         job
         for scope, snapshots, units in listed
@@ -282,6 +291,7 @@ async def prune_scopes(
             wait_timeout=settings.wait_timeout,
             write=write,
             stopping=action.stopping,
+            journal=action.journal,
         )
         with action.draining():
             await deleter.run(jobs)
@@ -332,7 +342,10 @@ def judge_scope(
 
     by_volume, others, going = _owned(settings, action, scope, snapshots, units)
     for snapshot in going:  # --resume: a DELETE an earlier run sent; waited for
-        jobs.append(Job(scope.route, record(snapshot, Action.DELETED, rule=rule), sent=True))
+        journaled = EARLIER_UNDER_WAY if snapshot.id in action.sent else None
+        jobs.append(
+            Job(scope.route, record(snapshot, Action.DELETED, rule=rule, error_message=journaled), sent=True)
+        )
     judged = {volume_id: _judged(settings.rules, owned, now) for volume_id, owned in by_volume.items()}
     alone = {snapshot.id: reasons for verdicts in judged.values() for snapshot, reasons in verdicts}
     as_units: dict[str, list[str]] = {}
@@ -377,6 +390,16 @@ def judge_scope(
         if staying >= SNAPSHOTS_PER_DISK:
             action.console.warn(slots_warning(volume_id, staying, others[volume_id], held=held))
     return jobs
+
+
+def unlisted(action: Frame, scope: Scope, snapshots: list[Snapshot], units: Units) -> list[ActionRecord]:
+    """The sending lines (``Frame.sent``) of this project's DELETEs that no record settled and whose
+    snapshots its listing (snapshots and group members) does not show."""
+    if not action.sent:
+        return []
+    shown = {snapshot.id for snapshot in snapshots} | units.members
+    project = scope.route.project_id
+    return [line for key, line in action.sent.items() if line.project_id == project and key not in shown]
 
 
 def _owned(

@@ -134,9 +134,10 @@ def retried_rows(last: Outcomes[str, Action], rows: list[Record]) -> frozenset[i
     return frozenset(row.row for row in rows if last.get(f"row:{row.row}") is Action.ROLLBACK_FAILED)
 
 
-def sent_rows(sent: dict[str, str | None]) -> dict[int, str | None]:
-    """The rollback report's sends in doubt (``Frame.sent``, by key ``row:N``), by row."""
-    return {int(key[4:]): updated for key, updated in sent.items() if key.startswith("row:")}
+def sent_rows(sent: dict[str, ActionRecord]) -> dict[int, str | None]:
+    """The rollback report's sends in doubt (``Frame.sent``, by key ``row:N``): the disk's updated_at
+    before each, by row."""
+    return {int(key[4:]): line.disk_updated_at for key, line in sent.items() if key.startswith("row:")}
 
 
 def rolled_back_before(settings: RollbackSettings, chosen: Chosen, console: Console) -> bool:

@@ -99,6 +99,8 @@ def where_to(header: RunHeader | None) -> str:
     return options + (f" --region {shlex.quote(shape['region'])}" if shape.get("region") else "")
 
 
+DELETING = frozenset({"prune", "cleanup"})  # the commands whose reports journal their DELETEs
+
 # Options of an action run its report does not record: the command that finishes it names them.
 UNRECORDED = {
     "prune": "--project-id",
@@ -380,24 +382,38 @@ class Tally:
                 tally.add(record)
         return tally
 
-    def unsettled_sends(self, path: Path) -> None:
-        """A rollback report's rows whose rollback was sent (a ``sending`` line) and that have no record
-        at all: a note naming them, and exit 1 (they may have run; ``--resume`` tells)."""
+    def unsettled_sends(self, path: Path, command: str = "rollback") -> None:
+        """The keys of an action report whose request was sent (a ``sending`` line) and that have no
+        record at all: a rollback report's rows, a prune or cleanup report's snapshots (the tool asked EVS
+        to delete them). A note naming them, and exit 1 (they may have gone through; ``--resume`` tells)."""
         last, sent = outcomes_and_sends(path)
-        rows = sorted(int(key[4:]) for key in sent if key not in last and key.startswith("row:"))
-        if rows:
-            shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
-            self.notes.append(
-                f"{len(rows)} rollbacks were sent and have no record (rows {shown}): the run stopped "
-                "before their end; `rollback --resume --apply` with this report looks at each disk before "
-                "anything is sent again"
+        keys = [key for key in sent if key not in last]
+        if command == "rollback":
+            keys = [str(row) for row in sorted(int(key[4:]) for key in keys if key.startswith("row:"))]
+            what, which = "rollbacks", "rows"
+            settle = (
+                "`rollback --resume --apply` with this report looks at each disk before anything is sent "
             )
-            self.failing += len(rows)
+            settle += "again"
+        else:
+            what, which = "deletions", "snapshots"
+            settle = (
+                f"`{command} --resume --apply` with this report records each: deleted when it is gone, "
+                "else judged again"
+            )
+        if keys:
+            shown = ", ".join(keys[:10]) + (", ..." if len(keys) > 10 else "")
+            self.notes.append(
+                f"{len(keys)} {what} were sent and have no record ({which} {shown}): the run stopped before "
+                f"their end; {settle}"
+            )
+            self.failing += len(keys)
 
     def unended(self, path: Path, header: RunHeader) -> None:
         """An action report whose last run did not come to its end (no ``ended`` line after its last
         record: a signal, a closed route, a crash or a kill): one line saying so and the command that
-        finishes it, and exit 1 (``unfinished``)."""
+        finishes it, and exit 1 (``unfinished``); a prune or cleanup report also names the deletions
+        that run sent and recorded no end of (``unsettled_sends``)."""
         run = last_run(path)
         if run.ended:
             return
@@ -417,6 +433,8 @@ class Tally:
         )
         self.notes.append(line)
         self.unfinished.append(line)
+        if header.command in DELETING:
+            self.unsettled_sends(path, header.command)
 
     # --- reading -------------------------------------------------------------------------
     @property

@@ -339,6 +339,43 @@ def test_a_sigterm_mid_cleanup_reads_unfinished_and_its_command_finishes_the_job
     assert set(live(emu)) == {s.id for s in others}
 
 
+def test_a_cleanup_killed_between_its_deletes_and_their_records_is_settled_by_resume(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """cleanup --apply whose report is cut after its sending lines, as a kill -9 between its DELETEs and
+    their records leaves it (the snapshots are gone): summary names the deletions sent without a record
+    (exit 1); --resume writes one deleted record for each, those found by the run's marker alone (rows
+    without a record) too, and sends no DELETE again. A sending line naming a snapshot still there that
+    the pass did not meet (here one of an older run) is judged as a listed one: refused, left alone."""
+    emu, report, others = created(emulator_thread, write, tmp_path, 4, seed=1161)
+    time.sleep(WINDOW)  # the rows cut are planned with nothing in doubt
+    cut(report, 2)  # two rows' snapshots are found by the run's marker alone
+    made = {snapshot["id"] for snapshot in run_snapshots(emu, report)}
+    out = tmp_path / "cleanup.jsonl"
+    assert cleanup(emu, report, out, "--apply").exit_code == 0
+    assert run_snapshots(emu, report) == []
+    kept = [line for line in out.read_bytes().splitlines(keepends=True) if b'"outcome":"deleted"' not in line]
+    assert orjson.loads(kept[-1])["outcome"] == "ended"
+    out.write_bytes(b"".join(kept[:-1]))  # the header and the sending lines; no record, no end line
+    assert {orjson.loads(line)["snapshot_id"] for line in kept[1:-1]} == made
+    killed = invoke(["summary", str(out)])
+    assert killed.exit_code == 1, killed.output
+    assert "4 deletions were sent and have no record (snapshots " in killed.stdout
+    older = others[0]
+    forged = orjson.loads(kept[1]) | {"key": older.id, "snapshot_id": older.id, "volume_id": older.volume_id}
+    out.write_bytes(out.read_bytes() + orjson.dumps(forged) + b"\n")
+    result = cleanup(emu, report, out, "--apply", "--resume")
+    assert result.exit_code == 0, result.output
+    final = records(out)
+    deleted = [r for r in final if r["outcome"] == "deleted"]
+    assert Counter(r["snapshot_id"] for r in deleted) == dict.fromkeys(made, 1)
+    assert {(r["http_status"], r["error_message"]) for r in deleted} == {(404, deleter.EARLIER_DELETE)}
+    assert [(r["snapshot_id"], r["outcome"]) for r in final if r not in deleted] == [(older.id, "refused")]
+    assert requests_of(emu.state(), DELETE) == {"202": 4}
+    assert older.id in live(emu)
+    assert invoke(["summary", str(out)]).exit_code == 0
+
+
 @pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_cleanup_refuses_two_runs_joined_in_one_file(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path

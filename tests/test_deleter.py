@@ -4,17 +4,31 @@ the same way, through the one loop (``deleter.delete``)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from orchestrator.actions import Action, ActionRecord
-from orchestrator.deleter import WRONG_STATE_PAUSE, Deleter, Deletion, Ended, Job, delete, delete_snapshot
+from orchestrator.deleter import (
+    EARLIER_DELETE,
+    WRONG_STATE_PAUSE,
+    Deleter,
+    Deletion,
+    Ended,
+    Job,
+    delete,
+    delete_snapshot,
+    look_again,
+)
 from orchestrator.emulator import SeedSnapshot
+from orchestrator.errors import ReportUnwritable, RunAborted
+from orchestrator.report import ReportWriter
 from orchestrator.retry import RetryPolicy
-from tests.helpers import planned, routed, volume_ids
+from tests.helpers import CLOSED_PORT, DELETE, hits, planned, routed, volume_ids
 
 QUICK = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02)
 (DISK,) = volume_ids(1, seed=1047)
@@ -118,3 +132,78 @@ def test_why_names_what_was_learned() -> None:
     assert stuck.why == "400 EVS.1047: wrong state (the snapshot is backing-up)"
     lost = Deletion(ended=Ended.FAILED, code="CONNECTION_RESET", message="connection reset", transport=True)
     assert lost.why == "connection reset"
+
+
+@pytest.mark.anyio
+async def test_a_delete_whose_sending_line_cannot_be_written_is_not_sent(
+    emulator: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Each DELETE's sending line is on disk before it leaves: when the report cannot take it (a full
+    disk: /dev/full), the run stops (``ReportUnwritable``: exit 3) and no DELETE is sent; a line that can be
+    written is the job's record as ``sending``."""
+    snapshot = seeded("available")
+    running = await emulator(snapshots=(snapshot,))
+    journaled: list[ActionRecord] = []
+    writer = ReportWriter(str(tmp_path / "r.jsonl"))
+    full = os.open("/dev/full", os.O_WRONLY)
+    real, writer.fd = writer.fd, full
+
+    def journal(record: ActionRecord) -> None:
+        writer.write_line(record.to_json())
+        journaled.append(record)
+
+    try:
+        async with routed(running.url) as route:
+            deleter = Deleter(
+                policy=QUICK,
+                concurrency=2,
+                wait_timeout=None,
+                write=lambda record: None,
+                stopping=lambda: False,
+                journal=journal,
+            )
+            with pytest.raises(BaseExceptionGroup) as stopped:
+                await deleter.run([Job(route, planned(snapshot.id))])
+            assert stopped.value.subgroup(ReportUnwritable) is not None
+            assert journaled == []
+            assert hits(running, DELETE) == {}
+            writer.fd = real  # the disk has room again
+            written: list[ActionRecord] = []
+            deleter = Deleter(
+                policy=QUICK,
+                concurrency=2,
+                wait_timeout=None,
+                write=written.append,
+                stopping=lambda: False,
+                journal=journal,
+            )
+            await deleter.run([Job(route, planned(snapshot.id))])
+    finally:
+        os.close(full)
+        os.close(real)
+    assert [(r.key, r.outcome) for r in journaled] == [(snapshot.id, Action.SENDING)]
+    assert [(r.key, r.outcome) for r in written] == [(snapshot.id, Action.DELETED)]
+    assert hits(running, DELETE) == {"202": 1}
+
+
+@pytest.mark.anyio
+async def test_look_again_tells_the_sends_gone_from_those_still_there(emulator: Callable[..., Any]) -> None:
+    """--resume's lookup of DELETEs an earlier run sent: a snapshot gone (404) gets its deleted record (its
+    sending line's fields, an earlier run's DELETE), one still there is returned to be judged; a lookup
+    that cannot be answered stops the run as a listing does (the error itself, not a group)."""
+    there = seeded("available")
+    gone = str(uuid.uuid4())
+    running = await emulator(snapshots=(there,))
+    lines = [
+        dataclasses.replace(planned(key), outcome=Action.SENDING, rule="keep-last 1")
+        for key in (gone, there.id)
+    ]
+    async with routed(running.url) as route:
+        settled, found = await look_again(route, lines, QUICK)
+    assert [(r.key, r.outcome, r.http_status, r.error_message, r.rule) for r in settled] == [
+        (gone, Action.DELETED, 404, EARLIER_DELETE, "keep-last 1")
+    ]
+    assert [snapshot.id for snapshot in found] == [there.id]
+    async with routed(CLOSED_PORT) as route:
+        with pytest.raises(RunAborted):
+            await look_again(route, lines, QUICK)

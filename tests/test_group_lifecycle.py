@@ -42,6 +42,7 @@ from tests.helpers import (
     edge_record,
     invoke,
     last_per_row,
+    lines,
     prune,
     records,
     requests_of,
@@ -210,6 +211,8 @@ def test_cleanup_deletes_each_group_whole_with_one_delete(
     deleted = records(tmp_path / "done.jsonl")
     assert {(r["outcome"], r["snapshot_group_id"]) for r in deleted} == {("deleted", g) for g in made}
     assert len(deleted) == len(DISKS)
+    journal = [line for line in lines(tmp_path / "done.jsonl") if line.get("outcome") == "sending"]
+    assert sorted(line["snapshot_id"] for line in journal) == sorted(r["snapshot_id"] for r in deleted)
     state = emu.state()
     assert sum(requests_of(state, GROUP_DELETE).values()) == len(made)
     assert not requests_of(state, V2_DELETE)

@@ -20,7 +20,7 @@ from orchestrator.actions import Action, ActionRecord
 from orchestrator.api.routes import connect
 from orchestrator.api.views import Snapshot
 from orchestrator.config import Connection, Endpoints
-from orchestrator.deleter import Deleter, Job
+from orchestrator.deleter import EARLIER_DELETE, EARLIER_UNDER_WAY, Deleter, Job
 from orchestrator.emulator import ManualClock, SeedSnapshot
 from orchestrator.lock import RunLock
 from orchestrator.retention import newest_first
@@ -40,6 +40,7 @@ from tests.helpers import (
     csv_manifest,
     invoke,
     issued_token,
+    lines,
     live,
     once_throttled,
     prune,
@@ -308,6 +309,94 @@ def test_resume_after_sigterm_finishes_the_job(
     changed = prune(emu, manifest, report, "--keep-last", "2", "--apply", "--resume")
     assert changed.exit_code == 2  # a resume must keep the same rules
     assert "keep_last" in changed.output
+
+
+def test_a_kill_between_deletes_and_their_records_is_settled_by_resume(
+    emulator_thread: Callable[..., Any], clock: ManualClock, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """kill -9 after the DELETEs went out, before any was confirmed (the emulator's clock stands, so its
+    snapshots stay deleting): each DELETE left a sending line first, summary names them (exit 1); once
+    they are gone, --resume writes one deleted record for each (an earlier run's DELETE, 404), counted
+    in its summary and metrics, and sends no DELETE again."""
+    (disk,) = volume_ids(1, seed=143)
+    owned = [snap(disk, d) for d in range(1, 8)]
+    emu = start(emulator_thread, [disk], owned, clock=clock, deleting_seconds=5.0)
+    report = tmp_path / "r.jsonl"
+    manifest = csv_manifest(write, [disk])
+    args = ["prune", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report)]
+    args += ["--keep-last", "1", "--apply", *ACTION_RETRIES]
+    stop = time.monotonic() + 30
+    with run_process(args) as process:
+        while requests_of(emu.state(), DELETE)["202"] < 6 and time.monotonic() < stop:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            time.sleep(0.01)
+        process.kill()
+        process.wait(timeout=10)
+    assert process.returncode == -signal.SIGKILL
+    assert records(report) == []  # not one deletion was confirmed: none has its record
+    sending = [line["snapshot_id"] for line in lines(report) if line.get("outcome") == "sending"]
+    assert sorted(sending) == sorted(s.id for s in owned[1:])
+    killed = invoke(["summary", str(report)])
+    assert killed.exit_code == 1, killed.output
+    assert "unfinished: the last prune run of this report stopped after 6 lines" in killed.stdout
+    assert "6 deletions were sent and have no record (snapshots " in killed.stdout
+    clock.advance(10)  # the deletions end: the snapshots are gone, and a listing no longer shows them
+    metrics = tmp_path / "p.prom"
+    result = prune(
+        emu, manifest, report, "--keep-last", "1", "--apply", "--resume", "--metrics-file", str(metrics)
+    )
+    assert result.exit_code == 0, result.output
+    final = records(report)
+    assert Counter(r["snapshot_id"] for r in final if r["outcome"] == "deleted") == {
+        s.id: 1 for s in owned[1:]
+    }
+    assert {(r["http_status"], r["error_message"], r["rule"]) for r in final} == {
+        (404, EARLIER_DELETE, "keep-last 1")
+    }
+    assert "prune: 6 records: 6 deleted" in result.output
+    assert 'evs_snapshot_snapshots{command="prune",outcome="deleted"} 6' in metrics.read_text()
+    assert requests_of(emu.state(), DELETE) == {"202": 6}  # nothing was sent twice
+    assert set(live(emu)) == {owned[0].id}
+    settled = invoke(["summary", str(report)])
+    assert settled.exit_code == 0, settled.output
+    assert "no record" not in settled.stdout
+
+
+def test_resume_settles_each_delete_sent_by_what_became_of_its_snapshot(
+    emulator_thread: Callable[..., Any], clock: ManualClock, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A report whose run sent five DELETEs and recorded none (its sending lines, as a kill leaves them):
+    --resume records the two snapshots gone as deleted by the earlier run (404), waits for the one still
+    deleting (no DELETE), and judges and deletes the two still available (the DELETE never arrived),
+    each once."""
+    (disk,) = volume_ids(1, seed=144)
+    owned = [snap(disk, d) for d in range(1, 7)]  # newest first: --keep-last 1 condemns owned[1:]
+    emu = start(emulator_thread, [disk], owned, clock=clock, deleting_seconds=5.0)
+    manifest = csv_manifest(write, [disk])
+    plan = tmp_path / "plan.jsonl"
+    assert prune(emu, manifest, plan, "--keep-last", "1").exit_code == 0
+    for keep, report in ((4, "a.jsonl"), (3, "b.jsonl")):  # owned[4:] go, then owned[3] starts going
+        applied = prune(emu, manifest, tmp_path / report, "--keep-last", str(keep), "--apply", "--no-wait")
+        assert applied.exit_code == 0, applied.output
+        clock.advance(10 if keep == 4 else 0)
+    report = tmp_path / "r.jsonl"
+    head, *planned_lines = plan.read_bytes().splitlines(keepends=True)
+    sent = [line.replace(b'"outcome":"planned"', b'"outcome":"sending"') for line in planned_lines[:-1]]
+    report.write_bytes(head + b"".join(sent))  # the plan's end line dropped: the run was killed
+    assert len(sent) == 5
+    result = prune(emu, manifest, report, "--keep-last", "1", "--apply", "--no-wait", "--resume")
+    assert result.exit_code == 0, result.output
+    ended = {r["snapshot_id"]: (r["outcome"], r["http_status"], r["error_message"]) for r in records(report)}
+    assert ended == {
+        owned[1].id: ("deleted", 202, None),
+        owned[2].id: ("deleted", 202, None),
+        owned[3].id: ("deleted", None, EARLIER_UNDER_WAY),
+        owned[4].id: ("deleted", 404, EARLIER_DELETE),
+        owned[5].id: ("deleted", 404, EARLIER_DELETE),
+    }
+    assert len(records(report)) == 5
+    assert requests_of(emu.state(), DELETE) == {"202": 5}  # 3 before, 2 by the resume
+    assert invoke(["summary", str(report)]).exit_code == 0
 
 
 @pytest.mark.anyio
