@@ -140,8 +140,9 @@ class ReportWriter:
                 f"A report on standard output cannot be resumed: rows in flight may have made a snapshot"
                 f"{marker} that no record names; next time write the report to a file (--report PATH)"
             )
+        lines = f"{self.written} line{'' if self.written == 1 else 's'}"  # records and journal lines
         raise ReportUnwritable(
-            f"cannot write {where}: {why}; the run stopped after {self.written} records. {advice}"
+            f"cannot write {where}: {why}; the run stopped after {lines}. {advice}"
         ) from None
 
     def sync(self) -> None:

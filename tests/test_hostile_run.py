@@ -556,7 +556,7 @@ def test_report_file_that_cannot_grow_keeps_only_whole_records(tmp_path: Path) -
             writer.write(edge_record(2))
     message = str(caught.value)
     assert f"cannot write the report {path}: {os.strerror(errno.EFBIG)}" in message
-    assert "the run stopped after 1 records" in message
+    assert "the run stopped after 1 line. " in message
     assert "--resume" in message
     assert path.read_bytes() == first
 
@@ -605,7 +605,7 @@ def test_stdout_report_whose_reader_left_stops_with_the_run_marker() -> None:
     message = str(caught.value)
     assert "cannot write standard output: the reader of standard output went away (broken pipe)" in message
     assert f"(metadata evs_snapshot_run={RUN})" in message
-    assert "the run stopped after 0 records" in message
+    assert "the run stopped after 0 lines. " in message
 
 
 def test_a_cut_short_bytecode_file_is_an_internal_error_not_a_signal(
