@@ -376,6 +376,10 @@ class Frame:
     # 1. the locks
     def lock(self, locks: Iterable[Lock], holder: str | None = None) -> Held:
         """Hold ``locks`` until the run ends (more can be taken later through the returned ``Held``)."""
+        locks = list(locks)
+        for given in (lock for lock in locks if not lock.remove and self.report != "-"):
+            if _same_file(given.path, Path(self.report)):
+                raise UsageError(f"--lock-file {given.path} is the report: choose another path")
         if self.held is None:
             self.held = self._stack.enter_context(holding(locks, holder or self.command))
         else:

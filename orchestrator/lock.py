@@ -44,6 +44,7 @@ from orchestrator.report import read_header, read_records
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # no room for a lock file: exit 3, as a report
 ATTEMPTS = 100  # a lock file removed under a taker this often in a row means something else is wrong
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+_HOLDER_LINE = re.compile(rb"[0-9]+ \S+ evs-snapshot\b")  # what ``RunLock._name_holder`` writes
 
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
@@ -162,6 +163,7 @@ class RunLock:
         self.path = self.lock.path
         self.command = command
         self.fd: int | None = None
+        self._named = False  # this process wrote its holder line into the file (and empties it at the end)
 
     def __enter__(self) -> RunLock:
         try:
@@ -188,7 +190,12 @@ class RunLock:
         raise LockHeld(f"{self.path} kept being removed while it was being locked; nothing was done")
 
     def _name_holder(self, fd: int) -> None:
-        """Write this process into the lock file it holds; a full disk releases it and stops the command."""
+        """Write this process into the lock file it holds; a full disk releases it and stops the command.
+        A ``--lock-file`` that holds anything but a holder line (a file of the user's: a report, a
+        manifest, a file other tools read) is only locked, never written: its content stays."""
+        if not self.lock.remove and not _HOLDER_LINE.match(os.pread(fd, 200, 0) or b"0 - evs-snapshot"):
+            return
+        self._named = True
         os.ftruncate(fd, 0)
         line = f"{os.getpid()} {utc_iso(utc_now())} evs-snapshot {self.command}\n".encode()
         try:
@@ -229,7 +236,8 @@ class RunLock:
                 os.unlink(self.path)  # while the flock is held: see the module docstring
         # Emptied even once unlinked: ext4 takes about 6 ms to close an unlinked file that still holds
         # data, and a create takes four locks (benchmarks startup); an empty one closes in microseconds.
-        os.ftruncate(self.fd, 0)
+        if self._named:
+            os.ftruncate(self.fd, 0)
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
         self.fd = None

@@ -448,6 +448,34 @@ def test_create_lock_file_replaces_the_manifest_lock(
     assert lock_files(cache) == []
 
 
+def test_a_lock_file_that_is_a_users_file_is_locked_never_written(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--lock-file naming the manifest (or any file with content of its own) is flocked, and its content
+    stays: it was emptied and given a holder line, so a manifest or a create report pointed at by
+    mistake was lost (found by hostile11b). Naming the report to be written is exit 2. An empty lock
+    file still names its holder while held, and is empty again after."""
+    emu = emulator_thread(any_volume=True)
+    manifest = csv_manifest(write, volume_ids(2, seed=706))
+    kept = manifest.read_bytes()
+    report = tmp_path / "r.jsonl"
+    result = invoke(create_args(emu.url, manifest, report, *FAST_RETRIES, lock_file=manifest))
+    assert result.exit_code == 0, result.stderr
+    assert manifest.read_bytes() == kept
+    with RunLock(manifest):  # held by another: 75, and the content is still the manifest's
+        held = invoke(create_args(emu.url, manifest, tmp_path / "held.jsonl", lock_file=manifest))
+    assert held.exit_code == 75, held.stderr
+    assert manifest.read_bytes() == kept
+    result = invoke(create_args(emu.url, manifest, tmp_path / "new.jsonl", lock_file=tmp_path / "new.jsonl"))
+    assert result.exit_code == 2, result.stderr
+    assert "is the report: choose another path" in result.stderr
+    assert not (tmp_path / "new.jsonl").exists()
+    empty = tmp_path / "empty.lock"
+    with RunLock(empty, "create"):
+        assert b" evs-snapshot create" in empty.read_bytes()
+    assert empty.read_bytes() == b""
+
+
 @pytest.mark.parametrize(
     ("where", "said"),
     [
