@@ -423,13 +423,15 @@ class Tally:
         line = (
             f"unfinished: the last {header.command} run of this report stopped {wrote} (a signal, a closed "
             "route, a crash or a kill), so what it still had to do has no record; finish it with "
-            f"`{finish_command(path, header, apply=run.plan is not True)}`"
+            f"`{finish_command(path, header, apply=run.plan is False)}`"
             + (
                 f" with the run's {UNRECORDED[header.command]}, if it had them"
                 if header.command in UNRECORDED
                 else ""
             )
-            + (" (without --apply if the run was a plan)" if run.plan is None else "")
+            # Nothing tells a plan from an --apply that stopped before acting: the command plans (it
+            # changes nothing); an --apply run is finished by adding --apply.
+            + (" (with --apply if the run was applying: its records do not tell)" if run.plan is None else "")
         )
         self.notes.append(line)
         self.unfinished.append(line)

@@ -227,10 +227,13 @@ def test_an_end_line_that_cannot_be_written_is_said_and_leaves_the_run_unfinishe
     result = invoke(["summary", str(path)])
     assert result.exit_code == 1
     assert "stopped before acting" in result.stdout
-    assert (
-        f"`evs-snapshot release --snapshot s-1 --apply --resume --report {path.resolve()}` "
-        "(without --apply if the run was a plan)"
+    assert (  # nothing tells a plan from an --apply here: the command plans, and the line says so
+        f"`evs-snapshot release --snapshot s-1 --resume --report {path.resolve()}` "
+        "(with --apply if the run was applying: its records do not tell)"
     ) in result.stdout
+    block = invoke(["summary", str(path), "--format", "markdown"]).stdout  # its follow-up plans too
+    assert f"evs-snapshot release --snapshot s-1 --resume --report {path.resolve()}\n" in block
+    assert "--apply --resume" not in block
 
 
 @pytest.mark.parametrize(
