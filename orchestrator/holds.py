@@ -328,11 +328,7 @@ async def run_holds(settings: HoldSettings, *, console: Console) -> int:
         report=settings.report,
         closing=settings.closing,
         reads=str(settings.source or ""),
-        tally=Tally(
-            counting=Counting.records(
-                settings.command, frozenset({Action.PLANNED, Action.HELD, Action.RELEASED})
-            )
-        ),
+        tally=Tally(counting=Counting.of_command(settings.command)),
     )
     async with frame:
         frame.lock(locks)  # before anything is sent

@@ -175,10 +175,10 @@ class Counting:
 
     @classmethod
     def of_command(cls, command: str) -> Counting:
-        """How the report of ``command`` is counted (as its run counted it)."""
+        """How the report of ``command`` is counted: by its run, and by ``summary`` later (one table)."""
         if command == "create":
             return ROWS
-        return cls.records(command, ROLLBACK_SUCCESS if command == "rollback" else SUCCESS | {Action.REFUSED})
+        return cls.records(command, _SUCCESS_OF.get(command, SUCCESS | {Action.REFUSED}))
 
     @property
     def rows(self) -> bool:
@@ -190,6 +190,13 @@ class Counting:
 
 
 ROWS = Counting(success=frozenset(OK))
+# What succeeds, by command (prune, cleanup: SUCCESS and refused): a rollback only where it rolled back
+# (or would); a hold or release where the snapshot carries (or not) the hold now, or would.
+_SUCCESS_OF: dict[str, frozenset[str]] = {
+    "rollback": ROLLBACK_SUCCESS,
+    "hold": frozenset({Action.PLANNED, Action.HELD, Action.RELEASED}),
+    "release": frozenset({Action.PLANNED, Action.HELD, Action.RELEASED}),
+}
 DRY_RUN_ADVICE = "a dry run is not resumed: run it again with another --report to see the whole plan"
 _PLANNED = Outcome.PLANNED.value
 

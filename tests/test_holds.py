@@ -156,6 +156,9 @@ def test_hold_plans_then_applies_and_release_removes(
     assert HOLD not in live(emu)[made[1]]["metadata"]
     assert MARKER in live(emu)[made[1]]["metadata"]
     assert sum(requests_of(emu.state(), REMOVE).values()) == 1
+    for finished in (plan, again, released):  # summary of each finished report exits as its run did
+        told = invoke(["summary", str(finished), "--json"])
+        assert (told.exit_code, orjson.loads(told.stdout)["exit_code"]) == (0, 0), told.output
 
 
 def test_hold_refuses_a_snapshot_not_the_tools(emulator_thread: Callable[..., Any], tmp_path: Path) -> None:

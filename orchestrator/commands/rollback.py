@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from orchestrator import defaults, options
-from orchestrator.actions import ROLLBACK_SUCCESS
 from orchestrator.console import Console
 from orchestrator.entry import run
 from orchestrator.errors import ResumeMismatch
@@ -82,7 +81,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
         report=settings.report,
         closing=settings.closing,
         reads=str(settings.source),
-        tally=Tally(counting=Counting.records("rollback", ROLLBACK_SUCCESS)),
+        tally=Tally(counting=Counting.of_command("rollback")),
         grace=ROLLBACK_GRACE,
         drain=f"sending no more rollbacks; those already sent are watched to their end for up to "
         f"{ROLLBACK_GRACE:g}s (longer than other commands' 10s: a disk must not be left mid-rollback "
