@@ -338,6 +338,7 @@ async def run_holds(settings: HoldSettings, *, console: Console) -> int:
             shape=settings.shape(),
             resume=settings.resume,
             nothing="nothing was changed",
+            connection=settings.connection,  # where it sent its requests: the command that finishes it
         )
         with frame.draining() if settings.apply else contextlib.nullcontext():
             await act_all(settings, frame, router, chosen.named)

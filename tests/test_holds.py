@@ -161,6 +161,28 @@ def test_hold_plans_then_applies_and_release_removes(
         assert (told.exit_code, orjson.loads(told.stdout)["exit_code"]) == (0, 0), told.output
 
 
+def test_a_hold_cut_short_is_finished_by_the_command_summary_prints(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A hold --apply killed before its end line (its report cut there): summary says unfinished and
+    prints a command with the run's --endpoint (the header records where it sent its requests; it did
+    not, so the command failed with exit 2, found by hostile11b), which run as printed ends the run."""
+    emu, report, _ = created(emulator_thread, write, tmp_path, 2, 918)
+    held = tmp_path / "hold.jsonl"
+    result = command(emu, "hold", str(report), "--reason", "CHG-2", "--rows", "1", "--apply", report=held)
+    assert result.exit_code == 0, result.output
+    kept = held.read_bytes().splitlines(keepends=True)
+    assert orjson.loads(kept[-1])["outcome"] == "ended"
+    held.write_bytes(b"".join(kept[:-1]))  # as a kill -9 after its last record leaves it
+    told = invoke(["summary", str(held)])
+    assert told.exit_code == 1, told.output
+    said = told.stdout.split("finish it with `", 1)[1].split("`", 1)[0]
+    assert f"--endpoint {emu.url}" in said
+    finished = invoke(said.split()[1:])
+    assert finished.exit_code == 0, finished.output
+    assert invoke(["summary", str(held)]).exit_code == 0
+
+
 def test_hold_refuses_a_snapshot_not_the_tools(emulator_thread: Callable[..., Any], tmp_path: Path) -> None:
     """hold --snapshot: an unmarked or backup-made snapshot is refused (exit 1) and nothing is sent for it."""
     disk = volume_ids(1, seed=905)[0]
