@@ -373,8 +373,8 @@ class Tally:
             tally = cls(counting=Counting.of_command(header.command))
             for action in final_actions(path):
                 tally.add(action)
-            if header.command == "rollback":
-                tally.unsettled_sends(path)
+            if header.command == "rollback" or header.command in DELETING:
+                tally.unsettled_sends(path, header.command)
             if header.ends:
                 tally.unended(path, header)
             return tally
@@ -391,10 +391,12 @@ class Tally:
 
     def unsettled_sends(self, path: Path, command: str = "rollback") -> None:
         """The keys of an action report whose request was sent (a ``sending`` line) and that have no
-        record at all: a rollback report's rows, a prune or cleanup report's snapshots (the tool asked EVS
-        to delete them). A note naming them, and exit 1 (they may have gone through; ``--resume`` tells)."""
+        record since but a plan's: a rollback report's rows, a prune or cleanup report's snapshots (the
+        tool asked EVS to delete them). A note naming them, and exit 1 (they may have gone through;
+        ``--resume --apply`` tells). A plan resumed after a killed --apply settles none of them, and
+        must not hide them (a blocker or a failure after a send is counted as what it is)."""
         last, sent = outcomes_and_sends(path)
-        keys = [key for key in sent if key not in last]
+        keys = [key for key in sent if last.get(key) in (None, Action.PLANNED)]
         if command == "rollback":
             keys = [str(row) for row in sorted(int(key[4:]) for key in keys if key.startswith("row:"))]
             what, which = "rollbacks", "rows"
@@ -419,8 +421,7 @@ class Tally:
     def unended(self, path: Path, header: RunHeader) -> None:
         """An action report whose last run did not come to its end (no ``ended`` line after its last
         record: a signal, a closed route, a crash or a kill): one line saying so and the command that
-        finishes it, and exit 1 (``unfinished``); a prune or cleanup report also names the deletions
-        that run sent and recorded no end of (``unsettled_sends``)."""
+        finishes it, and exit 1 (``unfinished``)."""
         run = last_run(path)
         if run.ended:
             return
@@ -442,8 +443,6 @@ class Tally:
         )
         self.notes.append(line)
         self.unfinished.append(line)
-        if header.command in DELETING:
-            self.unsettled_sends(path, header.command)
 
     # --- reading -------------------------------------------------------------------------
     @property

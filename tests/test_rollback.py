@@ -481,6 +481,9 @@ def test_a_kill_after_the_sends_then_resume_rolls_each_disk_back_once(
     plan = rollback(emu, source, report, resume=True, rows="1-2")  # a plan settles nothing
     assert plan.exit_code == 0, plan.stderr
     assert all("--apply records it, and sends nothing" in r["error_message"] for r in records(report))
+    told = invoke(["summary", str(report)])  # the plan hides none of the sends (found by hostile11b)
+    assert told.exit_code == 1, told.output
+    assert "3 rollbacks were sent and have no record (rows 1, 2, 3)" in told.output
     url = f"{emu.url}/_emulator/volumes/{VOLUMES[2]}/attach"  # attached again after its rollback
     attach = urllib.request.Request(url, data=b'{"server_id": "s"}', method="POST")  # noqa: S310 - loopback
     urllib.request.urlopen(attach, timeout=10).close()  # noqa: S310 - loopback
