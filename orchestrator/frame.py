@@ -93,6 +93,20 @@ class Closing:
             if path is not None:
                 check_writable(path, option)
 
+    def apart(self, *, report: str = "", reads: str = "") -> None:
+        """The side files are replaced whole at the end: neither may name the report, what the run reads
+        (``reads``: a manifest or a create report), or the other (exit 2, before anything is sent)."""
+        sides = (("--summary-json", self.summary_json), ("--metrics-file", self.metrics_file))
+        files = [(option, path) for option, path in sides if path is not None]
+        kept = [("the report", report), ("what this run reads", reads)]
+        kept += [(option, str(path)) for option, path in files[:1]]
+        for option, path in files:
+            for what, other in kept:
+                if other not in ("", "-") and option not in what and _same_file(path, Path(other)):
+                    raise UsageError(
+                        f"{option} {path} is {what}: the end of the run would replace it; choose another path"
+                    )
+
 
 def check_writable(path: Path, option: str) -> None:
     """Prove that ``path`` can be written atomically (a temporary file beside it, then removed)."""
@@ -250,7 +264,8 @@ class Frame:
         self.console = console
         self.report = report
         self.closing = closing
-        self._side_files_apart(reads)
+        if closing is not None:
+            closing.apart(report=report, reads=reads)
         self.tally = tally if tally is not None else Tally(counting=Counting.records(command))
         self.grace = grace
         self.drain = drain
@@ -396,22 +411,6 @@ class Frame:
             self.run_id = header.run_id
         self.writer = writer
         return writer
-
-    def _side_files_apart(self, source: str) -> None:
-        """``--summary-json`` and ``--metrics-file`` are replaced whole at the end: neither may name the
-        report, what the run reads (``source``: a manifest or a create report), or the other (exit 2)."""
-        if self.closing is None:
-            return
-        sides = (("--summary-json", self.closing.summary_json), ("--metrics-file", self.closing.metrics_file))
-        files = [(option, path) for option, path in sides if path is not None]
-        kept = [("the report", self.report), ("what this run reads", source)]
-        kept += [(option, str(path)) for option, path in files[:1]]
-        for option, path in files:
-            for what, other in kept:
-                if other not in ("", "-") and option not in what and _same_file(path, Path(other)):
-                    raise UsageError(
-                        f"{option} {path} is {what}: the end of the run would replace it; choose another path"
-                    )
 
     def open_actions(
         self,

@@ -293,6 +293,11 @@ def test_side_files_never_name_the_report_or_what_the_run_reads(
         result = invoke([command, str(report), "--endpoint", emu.url, *own, option, str(report)])
         refused(result, str(report), "choose another path")
     assert report.read_bytes() == kept
+    audit = ["audit", str(manifest), "--max-age", "1h", "--endpoint", emu.url, "--project-id", PROJECT]
+    refused(invoke([*audit, option, str(linked)]), str(linked), "is what this run reads")
+    both = tmp_path / "audit-both"
+    refused(invoke([*audit, option, str(both), other, str(both)]), "choose another path")
+    assert manifest.read_text().startswith("volume_id")
 
 
 # --- manifests ------------------------------------------------------------------------------------
