@@ -1,9 +1,10 @@
 """Run locks: an exclusive ``flock``, so two commands that would act on the same disks cannot overlap.
 
-Three kinds of lock live in a per-user lock directory, ``$XDG_CACHE_HOME/evs-snapshot/locks``
-(``~/.cache/evs-snapshot/locks`` without it): the same for a cron job, a login shell and a service of
-the user (``XDG_RUNTIME_DIR``, which only a login session has, would give cron and an ssh session two
-directories, and two runs of one manifest at once):
+Three kinds of lock live in a per-user lock directory, ``.cache/evs-snapshot/locks`` in the user's
+home as the password database names it (``EVS_SNAPSHOT_LOCK_DIR`` replaces it): the same for a cron
+job, a login shell, ``sudo -u`` and a service of the user, whatever their environment says.
+``XDG_RUNTIME_DIR`` (only a login session has one), ``XDG_CACHE_HOME`` (set by some dotfiles) or
+``HOME`` would give two processes of one user two directories, and two runs of one manifest at once:
 
 - **a manifest's**, taken by ``create`` and ``prune``: named after the file's identity (device and
   inode, symlinks resolved), so a symlink or a hard link of the manifest is the same manifest. A
@@ -33,6 +34,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import pwd
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -57,9 +59,16 @@ class Lock:
 
 
 def lock_dir(environ: Mapping[str, str] = os.environ) -> Path:
-    """The user's lock directory (the module docstring): never from ``XDG_RUNTIME_DIR``."""
-    cache = environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(cache) if cache else Path.home() / ".cache") / "evs-snapshot" / "locks"
+    """The user's lock directory (the module docstring): ``EVS_SNAPSHOT_LOCK_DIR``, else one under the
+    home the password database gives the user (never an XDG variable, nor ``HOME``)."""
+    given = environ.get("EVS_SNAPSHOT_LOCK_DIR", "").strip()
+    if given:
+        return Path(given)
+    try:
+        home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError:  # a uid with no entry (a container's): the one home there is
+        home = Path.home()
+    return home / ".cache" / "evs-snapshot" / "locks"
 
 
 def _digest(text: str) -> str:

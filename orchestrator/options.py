@@ -598,7 +598,7 @@ LOCK_FILE = click.option(
     type=click.Path(path_type=Path, dir_okay=False),
     help="Lock held for the whole run; a second run exits 75. It replaces the manifest's own lock (create, "
     "prune); a create run's own lock is always held too.  [default: one per manifest, in "
-    "$XDG_CACHE_HOME/evs-snapshot/locks, else ~/.cache/evs-snapshot/locks]",
+    "$EVS_SNAPSHOT_LOCK_DIR, else ~/.cache/evs-snapshot/locks of the user's home]",
 )
 
 # The report of a command acting on snapshots (prune, cleanup, hold, release), its resume, its lock.

@@ -122,11 +122,11 @@ def anyio_backend() -> str:
 
 @pytest.fixture(autouse=True)
 def lock_dir_of_the_test(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test its own lock directory (``$XDG_CACHE_HOME/evs-snapshot/locks``): runs of fixed run ids
-    in parallel tests, or in other checkouts on the machine, must not hold each other's run locks."""
-    cache = tmp_path_factory.mktemp("xdg-cache")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
-    return cache / "evs-snapshot" / "locks"
+    """Each test its own lock directory (``$EVS_SNAPSHOT_LOCK_DIR``): runs of fixed run ids in parallel
+    tests, or in other checkouts on the machine, must not hold each other's run locks."""
+    locks = tmp_path_factory.mktemp("locks")
+    monkeypatch.setenv("EVS_SNAPSHOT_LOCK_DIR", str(locks))
+    return locks
 
 
 @pytest.fixture

@@ -989,9 +989,8 @@ def installed(signum: int) -> bool:
 MANY_RETRIES = ("--max-attempts", "100", "--backoff-initial", "0.05", "--backoff-max", "0.1")
 
 
-def lock_files(cache: Path) -> list[str]:
-    """The lock files a run left in the per-user lock directory (``$XDG_CACHE_HOME/evs-snapshot/locks``)."""
-    folder = cache / "evs-snapshot" / "locks"
+def lock_files(folder: Path) -> list[str]:
+    """The lock files a run left in a lock directory (``$EVS_SNAPSHOT_LOCK_DIR``)."""
     return sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
 
 

@@ -93,7 +93,7 @@ def start_playbook(folder: Path, url: str) -> subprocess.Popen[str]:
         **AKSK_ENV,
         "HUAWEICLOUD_SDK_REGION_EVS_CN_NORTH_4": url,  # the endpoint: the SDK's per-region variable
         "HUAWEICLOUD_SDK_IAM_ENDPOINT": url,
-        "XDG_CACHE_HOME": str(folder / "cache"),  # the locks; the two paths run one after the other
+        "EVS_SNAPSHOT_LOCK_DIR": str(folder / "locks"),  # the two paths run one after the other
         "ANSIBLE_HOME": str(folder / "ansible-home"),
         "ANSIBLE_LOCAL_TEMP": str(folder / "ansible-tmp"),
         "ANSIBLE_NOCOLOR": "1",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -25,7 +26,7 @@ import pytest
 from orchestrator.emulator import EmulatorThread
 from orchestrator.entry import exit_code_of
 from orchestrator.errors import LockHeld, Unwritable, UsageError
-from orchestrator.lock import Lock, RunLock, holding, manifest_lock, run_lock
+from orchestrator.lock import Lock, RunLock, holding, lock_dir, manifest_lock, run_lock
 from tests.helpers import (
     API_IDS,
     FAST_RETRIES,
@@ -351,11 +352,11 @@ def test_removing_lock_files_keeps_the_exclusion(tmp_path: Path) -> None:
 
 def test_lock_file_of_a_run_id_is_a_safe_name() -> None:
     """A run id read from a report names a file in the lock directory, never a path out of it."""
-    assert run_lock("20261207T003133Z-a1b2c3", {"XDG_CACHE_HOME": "/nonexistent"}).path.name == (
+    assert run_lock("20261207T003133Z-a1b2c3", {"EVS_SNAPSHOT_LOCK_DIR": "/nonexistent"}).path.name == (
         "run-20261207T003133Z-a1b2c3.lock"
     )
-    odd = run_lock("../../etc/x", {"XDG_CACHE_HOME": "/c"}).path
-    assert odd.parent == Path("/c/evs-snapshot/locks")
+    odd = run_lock("../../etc/x", {"EVS_SNAPSHOT_LOCK_DIR": "/c"}).path
+    assert odd.parent == Path("/c")
     assert odd.name.startswith("run-")
     assert "/" not in odd.name
 
@@ -363,25 +364,22 @@ def test_lock_file_of_a_run_id_is_a_safe_name() -> None:
 def test_cron_and_a_login_shell_share_one_lock_directory(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """The lock directory does not depend on XDG_RUNTIME_DIR, which a login session has and cron has
-    not: a manifest's lock held by a run without it (cron) makes a run with it (an ssh session) exit
-    75, nothing sent. Before, each had its own directory and both ran (found by hostile11)."""
+    """The lock directory is the user's, whatever the environment: XDG_RUNTIME_DIR (a login session
+    has one, cron has not), XDG_CACHE_HOME (set by some dotfiles) and HOME (sudo) change nothing. Before,
+    a cron run and an ssh run of one manifest each had their own directory and both ran (found by
+    hostile11, and with XDG_CACHE_HOME by hostile11b). A lock held makes a run with other such
+    variables exit 75, nothing sent."""
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    other = {"XDG_RUNTIME_DIR": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path), "HOME": str(tmp_path)}
+    assert lock_dir({}) == lock_dir(other) == home / ".cache" / "evs-snapshot" / "locks"
     emu = emulator_thread(any_volume=True)
-    runtime = tmp_path / "runtime"
-    runtime.mkdir()
     manifest = csv_manifest(write, API_IDS[:1])
-    cron = {"XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"], "HOME": os.environ.get("HOME", "/")}
-    lock = manifest_lock(str(manifest), cron).path
-    assert lock == manifest_lock(str(manifest), {**cron, "XDG_RUNTIME_DIR": str(runtime)}).path
-    assert lock.parent == Path(cron["XDG_CACHE_HOME"]) / "evs-snapshot" / "locks"
+    lock = manifest_lock(str(manifest)).path  # in the test's EVS_SNAPSHOT_LOCK_DIR (conftest)
     with RunLock(lock):
-        result = invoke(
-            create_args(emu.url, manifest, tmp_path / "r.jsonl"), env={"XDG_RUNTIME_DIR": str(runtime)}
-        )
+        result = invoke(create_args(emu.url, manifest, tmp_path / "r.jsonl"), env=other)
     assert result.exit_code == 75, result.output
     assert str(lock) in result.stderr
     assert emu.state()["requests"] == {}
-    assert list(runtime.iterdir()) == []
 
 
 def test_create_stdin_manifest_leaves_no_lock_file(
@@ -394,13 +392,13 @@ def test_create_stdin_manifest_leaves_no_lock_file(
     manifest = b"".join(orjson.dumps({"volume_id": i}) + b"\n" for i in ids)
     report = tmp_path / "r.jsonl"
     args = create_args(emu.url, Path("-"), report, *FAST_RETRIES, format="jsonl")
-    result = invoke(args, env={"XDG_CACHE_HOME": str(tmp_path)}, input=manifest)
+    result = invoke(args, env={"EVS_SNAPSHOT_LOCK_DIR": str(tmp_path / "locks")}, input=manifest)
     assert result.exit_code == 0, result.stderr
     assert lines(report)[0]["manifest"] == "<stdin>"
     assert sorted((r["row"], r["volume_id"], r["outcome"]) for r in records(report)) == [
         (n, i, "accepted") for n, i in enumerate(ids, start=1)
     ]
-    assert lock_files(tmp_path) == []
+    assert lock_files(tmp_path / "locks") == []
 
 
 def test_create_report_to_stdout_takes_no_report_lock(
@@ -414,14 +412,14 @@ def test_create_report_to_stdout_takes_no_report_lock(
     ids = volume_ids(2, seed=705)
     emu = emulator_thread(any_volume=True)
     manifest = csv_manifest(write, ids)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("EVS_SNAPSHOT_LOCK_DIR", str(tmp_path / "locks"))
     code = run_main(create_args(emu.url, manifest, Path("-"), *FAST_RETRIES), monkeypatch)
     out, err = capfd.readouterr()
     assert code == 0, err
     shown = [orjson.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert shown[0]["type"] == "run"
     assert sorted((r["volume_id"], r["outcome"]) for r in shown[1:]) == sorted((i, "accepted") for i in ids)
-    assert lock_files(tmp_path) == []
+    assert lock_files(tmp_path / "locks") == []
 
 
 def test_create_lock_file_replaces_the_manifest_lock(
@@ -433,7 +431,7 @@ def test_create_lock_file_replaces_the_manifest_lock(
     manifest = csv_manifest(write, volume_ids(2, seed=703))
     lock, cache = tmp_path / "maintenance.lock", tmp_path / "cache"
     cache.mkdir()
-    env = {"XDG_CACHE_HOME": str(cache)}
+    env = {"EVS_SNAPSHOT_LOCK_DIR": str(cache)}
     with RunLock(lock):
         held = invoke(create_args(emu.url, manifest, tmp_path / "held.jsonl", lock_file=lock), env=env)
     assert held.exit_code == 75
@@ -491,7 +489,7 @@ def test_a_lock_that_cannot_be_made_is_a_usage_error(tmp_path: Path, where: str,
     args = ["hold", "--snapshot", API_IDS[0], "--reason", "x", "--project-id", PROJECT]
     args += ["--endpoint", "http://127.0.0.1:1", "--report", str(tmp_path / "h.jsonl")]
     if where == "cache-under-a-file":
-        result = invoke(args, {"XDG_CACHE_HOME": str(plain)})
+        result = invoke(args, {"EVS_SNAPSHOT_LOCK_DIR": str(plain / "locks")})
     else:
         result = invoke([*args, "--lock-file", "/proc/evs-snapshot-test.lock"])
     assert result.exit_code == 2, result.output
@@ -506,7 +504,7 @@ def test_a_lock_that_cannot_be_made_is_a_usage_error(tmp_path: Path, where: str,
 def test_a_lock_file_that_cannot_be_made_for_want_of_room_exits_3(
     tmp_path: Path, number: int, kind: type[Exception], code: int
 ) -> None:
-    """No room for a lock file or its folder (a full disk under XDG_CACHE_HOME, a quota): exit 3 and
+    """No room for a lock file or its folder (a full disk under the lock directory, a quota): exit 3 and
     the same advice as a lock file that cannot be written; a path the user may not write: exit 2."""
     lock = RunLock(tmp_path / "locks" / "x.lock", "create")
     failed = lock._failed(OSError(number, os.strerror(number)), "cannot open the lock file x")

@@ -697,7 +697,7 @@ def test_rollback_plan_to_stdout(
     emu = emulator_thread(**world(2))
     source = create_report(tmp_path / "create.jsonl", [{}, {}])
     args = [*cli_args("rollback", source, endpoint=emu.url, report="-"), *FAST, *FAST_WAIT]
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("EVS_SNAPSHOT_LOCK_DIR", str(tmp_path / "locks"))
     code = run_main(args, monkeypatch)
     out, err = capfd.readouterr()
     assert code == 0, err
@@ -708,7 +708,7 @@ def test_rollback_plan_to_stdout(
         ("row:2", "planned", None),
     ]
     assert "report: standard output" in err
-    assert lock_files(tmp_path) == []
+    assert lock_files(tmp_path / "locks") == []
 
 
 def test_rollback_resume_of_a_report_not_yet_written(

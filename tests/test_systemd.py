@@ -76,7 +76,7 @@ def run_unit(name: str, dirs: dict[str, Path], url: str) -> list[int]:
     assert keys["ProtectSystem"] == "strict"
     assert keys["LoadCredential"] == "aksk:/etc/evs-snapshot/credentials"
     env = {**os.environ, **NO_CREDENTIALS}
-    env.pop("XDG_CACHE_HOME", None)  # the unit sets it: the locks go to its state directory
+    env.pop("EVS_SNAPSHOT_LOCK_DIR", None)  # the unit sets it: the locks go to its state directory
     for key, value in lines:
         if key == "Environment":
             variable, _, setting = expand(value, dirs).partition("=")
@@ -150,7 +150,12 @@ def test_exec_start_lines_run_against_the_emulator(
     state = emu.state()
     assert snapshots_per_volume(state, run_id) == dict.fromkeys(VOLUMES, 1)
     assert snapshots_per_volume(state)[VOLUMES[0]] == 7
-    assert (home / "evs-snapshot" / "locks").is_dir()  # the locks lived in the StateDirectory
+    # The locks lived where a run by hand as the unit's user takes them: its home is the StateDirectory.
+    assert (home / ".cache" / "evs-snapshot" / "locks").is_dir()
+    users = (UNITS / "evs-snapshot.sysusers.conf").read_text().splitlines()
+    assert [line.split()[-1] for line in users if line.startswith("u evs-snapshot ")] == [
+        "/var/lib/evs-snapshot"
+    ]
 
     assert run_unit("evs-snapshot-audit.service", dirs, emu.url) == [0]
     metrics = (home / "metrics" / "evs_snapshot.prom").read_text()
