@@ -448,7 +448,8 @@ class Frame:
             RunHeader(
                 run_id=run_id,
                 command=self.command,
-                manifest=source,
+                # a file as an absolute path: the command summary prints to finish the run works anywhere
+                manifest=str(Path(source).resolve()) if os.path.isfile(source) else source,
                 rows=0,
                 digest="",
                 shape=shape,

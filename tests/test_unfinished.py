@@ -184,6 +184,20 @@ def test_a_run_that_ended_reads_as_before_and_a_resume_decides_again(tmp_path: P
     assert [line.get("outcome") for line in lines(path)].count("ended") == 2
 
 
+def test_the_command_names_a_source_given_relative_by_its_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest given as ``m.csv`` from its folder is recorded absolute: the command summary prints
+    works from any folder (run elsewhere, ``m.csv`` exited 2; found by hostile11b)."""
+    (tmp_path / "m.csv").write_text("volume_id\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "r.jsonl"
+    acted(path, "prune", [DELETED], shape=PRUNE_SHAPE, stop="signal")
+    monkeypatch.chdir("/")
+    said = invoke(["summary", str(path)]).stdout
+    assert f"`evs-snapshot prune {tmp_path / 'm.csv'} --keep-last 1 --apply --resume" in said
+
+
 def test_a_report_written_before_the_end_line_reads_as_before(tmp_path: Path) -> None:
     """A report whose header lacks the flag (written before end lines existed) is not judged by them:
     a run stopped after five deletions reads, as before, "5 deleted" and exit 0."""
