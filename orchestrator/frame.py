@@ -110,6 +110,10 @@ class Closing:
 
 def check_writable(path: Path, option: str) -> None:
     """Prove that ``path`` can be written atomically (a temporary file beside it, then removed)."""
+    if str(path) == "-":
+        raise UsageError(
+            f"{option} -: give a file path (- is not standard output here: it would be a file named -)"
+        )
     blocker = file_in_the_way(path)
     if blocker is not None:
         raise UsageError(

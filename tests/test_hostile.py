@@ -229,10 +229,13 @@ SIDE_FILE_CASES = [
     pytest.param("under-a-file", "cannot write there", id="under-a-file"),
     pytest.param("dev-full", "not a regular file", id="dev-full"),
     pytest.param("symlink-to-dev-null", "not a regular file", id="symlink-to-dev-null"),
+    pytest.param("dash", "give a file path (- is not standard output here", id="dash"),
 ]
 
 
 def _side_target(kind: str, tmp_path: Path) -> Path:
+    if kind == "dash":  # it was a file named - in the working folder (found by hostile11b)
+        return Path("-")
     if kind == "under-a-file":
         (tmp_path / "plain").write_text("x")
         return tmp_path / "plain" / "out"
