@@ -178,7 +178,11 @@ class RunLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
-            raise self._failed(exc, f"cannot create the lock directory {self.path.parent}") from None
+            raise self._failed(
+                exc,
+                f"cannot create the lock directory {self.path.parent} (EVS_SNAPSHOT_LOCK_DIR names another, "
+                "one every run of this user can write)",
+            ) from None
         for _ in range(ATTEMPTS):
             fd = self._open()
             try:

@@ -494,6 +494,8 @@ def test_a_lock_that_cannot_be_made_is_a_usage_error(tmp_path: Path, where: str,
         result = invoke([*args, "--lock-file", "/proc/evs-snapshot-test.lock"])
     assert result.exit_code == 2, result.output
     assert said in result.stderr
+    if where == "cache-under-a-file":
+        assert "EVS_SNAPSHOT_LOCK_DIR names another, one every run of this user can write" in result.stderr
     assert "Traceback" not in result.output
 
 
