@@ -188,13 +188,17 @@ class RunLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                head = os.pread(fd, 200, 0)
                 os.close(fd)
                 what = f"{self.lock.what} ({self.path})" if self.lock.remove else self.lock.what
-                raise LockHeld(
-                    f"another evs-snapshot run holds {what}: {_holder(holder)}; nothing was done "
-                    "(exit 75: try again when it has finished)"
-                ) from None
+                # Only a holder line is read out: a --lock-file of the user's holds their own content
+                # (a credentials file, say), which no message may show.
+                who = (
+                    f"another evs-snapshot run holds {what}: {_holder(head.decode(errors='replace').strip())}"
+                    if _HOLDER_LINE.match(head)
+                    else f"another process holds {what} (its flock; the file names no evs-snapshot run)"
+                )
+                raise LockHeld(f"{who}; nothing was done (exit 75: try again when it has finished)") from None
             if not self.lock.remove or self._still_named(fd):
                 self.fd = fd
                 self._name_holder(fd)

@@ -464,6 +464,13 @@ def test_a_lock_file_that_is_a_users_file_is_locked_never_written(
         held = invoke(create_args(emu.url, manifest, tmp_path / "held.jsonl", lock_file=manifest))
     assert held.exit_code == 75, held.stderr
     assert manifest.read_bytes() == kept
+    secret = tmp_path / "credentials"  # its content is never shown as a holder (hostile11c)
+    secret.write_text("[basic]\nak = AKNEVERSHOWN\nsk = SKNEVERSHOWN\n", encoding="utf-8")
+    with RunLock(secret):
+        held = invoke(create_args(emu.url, manifest, tmp_path / "held.jsonl", lock_file=secret))
+    assert held.exit_code == 75, held.stderr
+    assert f"another process holds {secret} (its flock; the file names no evs-snapshot run)" in held.stderr
+    assert "NEVERSHOWN" not in held.output
     result = invoke(create_args(emu.url, manifest, tmp_path / "new.jsonl", lock_file=tmp_path / "new.jsonl"))
     assert result.exit_code == 2, result.stderr
     assert "is the report: choose another path" in result.stderr
