@@ -8,7 +8,7 @@ job, a login shell, ``sudo -u`` and a service of the user, whatever their enviro
 
 - **a manifest's**, taken by ``create`` and ``prune``: named after the file's identity (device and
   inode, symlinks resolved), so a symlink or a hard link of the manifest is the same manifest. A
-  manifest read from standard input is locked by its digest. ``--lock-file`` replaces it. (A manifest
+  manifest read from standard input is locked by its digest. ``--lock-file`` is held beside it. (A manifest
   rewritten by renaming a new file over it is a new file: a run of it does not wait for one of the old.)
 - **a run's**, named after a create run's id: ``create`` (the new run, or the run ``--resume``
   continues), ``wait``, ``cleanup`` and ``rollback`` of that run all take it, so no two of them act on
@@ -75,14 +75,19 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def manifest_lock(
-    path: str, environ: Mapping[str, str] = os.environ, *, digest: str = "", lock_file: Path | None = None
-) -> Lock:
-    """The lock a run of a manifest takes (``create`` and ``prune`` the same): ``--lock-file`` when
-    given; for standard input (``-``) its ``digest``; else the file's device and inode (every name of
-    the file shares it)."""
-    if lock_file is not None:
-        return given_lock(lock_file)
+def manifest_locks(path: str, digest: str, lock_file: Path | None) -> list[Lock]:
+    """The locks a run of a manifest takes (``create`` and ``prune`` the same): the file's (or, from
+    standard input, its content's) and its content's, and ``--lock-file`` beside them, never instead:
+    a cron job's --lock-file must keep a run of the same manifest by hand out (it did not)."""
+    locks = [manifest_lock(path, digest=digest)]
+    if path != "-":
+        locks.append(content_lock(digest))  # the same rows from a copy or from standard input
+    return locks if lock_file is None else [given_lock(lock_file), *locks]
+
+
+def manifest_lock(path: str, environ: Mapping[str, str] = os.environ, *, digest: str = "") -> Lock:
+    """A manifest's own lock: for standard input (``-``) its ``digest``; else the file's device and inode
+    (every name of the file shares it)."""
     if path == "-":
         return content_lock(digest, environ)
     try:

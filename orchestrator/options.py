@@ -596,9 +596,10 @@ HOOKS = group(
 LOCK_FILE = click.option(
     "--lock-file",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Lock held for the whole run; a second run exits 75. It replaces the manifest's own lock (create, "
-    "prune); a create run's own lock is always held too.  [default: one per manifest, in "
-    "$EVS_SNAPSHOT_LOCK_DIR, else ~/.cache/evs-snapshot/locks of the user's home]",
+    help="One more lock held for the whole run (a file other tools may flock too; its content is never "
+    "changed); a second run exits 75. The manifest's and the run's own locks are always held too.  "
+    "[default: none; the own locks are in $EVS_SNAPSHOT_LOCK_DIR, else ~/.cache/evs-snapshot/locks "
+    "of the user's home]",
 )
 
 # The report of a command acting on snapshots (prune, cleanup, hold, release), its resume, its lock.

@@ -21,7 +21,7 @@ from orchestrator.defaults import GRACE, SETTLE
 from orchestrator.errors import UsageError
 from orchestrator.frame import RESUME_ADVICE, Frame
 from orchestrator.hookplan import HookPlan
-from orchestrator.lock import content_lock, manifest_lock, report_lock, run_lock
+from orchestrator.lock import manifest_locks, report_lock, run_lock
 from orchestrator.manifest import manifest_digest, read_rows, spooled
 from orchestrator.models import Outcome, Record, RunHeader, planned, utc_iso
 from orchestrator.report import check_report_path, name_shape, read_header, refuse_existing, resume_identity
@@ -127,11 +127,9 @@ def lock(frame: Frame, settings: CreateSettings, digest: str) -> Held:
 
 
 def _locks(settings: CreateSettings, digest: str) -> list[Lock]:
-    """The manifest's lock (or --lock-file), the report's, and the lock of the run the report holds."""
+    """The manifest's locks (and --lock-file), the report's, and the lock of the run the report holds."""
 
-    locks = [manifest_lock(settings.source.path, digest=digest, lock_file=settings.lock_file)]
-    if settings.lock_file is None and settings.source.path != "-":
-        locks.append(content_lock(digest))  # the same rows from a copy or from standard input
+    locks = manifest_locks(settings.source.path, digest, settings.lock_file)
     if settings.report != "-":
         locks.append(report_lock(settings.report))
         with contextlib.suppress(UsageError, OSError):  # not a report: refuse_existing or the resume says so

@@ -422,11 +422,12 @@ def test_create_report_to_stdout_takes_no_report_lock(
     assert lock_files(tmp_path / "locks") == []
 
 
-def test_create_lock_file_replaces_the_manifest_lock(
+def test_create_lock_file_is_held_beside_the_manifests_own_lock(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """--lock-file: held by another run, exit 75 with nothing sent; free, it is taken instead of the
-    manifest's own lock (held meanwhile by another), and it is not removed at the end."""
+    """--lock-file: held by another run, exit 75 with nothing sent; the manifest's own lock held by
+    another (a run by hand without --lock-file), exit 75 too: it was taken instead of it, and both runs
+    snapshotted every disk (found by hostile11c); both free, the run goes, and the lock file stays."""
     emu = emulator_thread(any_volume=True)
     manifest = csv_manifest(write, volume_ids(2, seed=703))
     lock, cache = tmp_path / "maintenance.lock", tmp_path / "cache"
@@ -438,8 +439,13 @@ def test_create_lock_file_replaces_the_manifest_lock(
     assert f"another evs-snapshot run holds {lock}" in held.stderr
     assert emu.state()["requests"] == {}
     report = tmp_path / "r.jsonl"
-    with RunLock(manifest_lock(str(manifest), env)):
-        free = invoke(create_args(emu.url, manifest, report, *FAST_RETRIES, lock_file=lock), env=env)
+    with RunLock(manifest_lock(str(manifest), env), "create"):
+        by_hand = invoke(create_args(emu.url, manifest, report, *FAST_RETRIES, lock_file=lock), env=env)
+    assert by_hand.exit_code == 75, by_hand.stderr
+    assert "another evs-snapshot run holds the lock of manifest" in by_hand.stderr
+    assert emu.state()["requests"] == {}
+    assert not report.exists()
+    free = invoke(create_args(emu.url, manifest, report, *FAST_RETRIES, lock_file=lock), env=env)
     assert free.exit_code == 0, free.stderr
     assert {r["outcome"] for r in records(report)} == {"accepted"}
     assert lock.exists()

@@ -19,7 +19,7 @@ from orchestrator.console import Console
 from orchestrator.entry import run
 from orchestrator.errors import UsageError
 from orchestrator.frame import Frame, default_report
-from orchestrator.lock import content_lock, given_lock, manifest_lock, scope_lock
+from orchestrator.lock import given_lock, manifest_locks, scope_lock
 from orchestrator.manifest import ManifestSource
 from orchestrator.ownership import check_name_prefix
 from orchestrator.retention import PruneSettings, Rules, local_zone, named_zone, prune_scopes
@@ -40,11 +40,9 @@ def _locks(settings: PruneSettings, what: str, digest: str) -> list[Lock]:
     """The manifest's locks, the ones ``create`` takes (for --all-volumes alone, the scope's)."""
 
     if settings.source is not None:
-        locks = [manifest_lock(settings.source.path, digest=digest, lock_file=settings.lock_file)]
-        if settings.lock_file is None and settings.source.path != "-":
-            locks.append(content_lock(digest))
-        return locks
-    return [given_lock(settings.lock_file) if settings.lock_file is not None else scope_lock(what)]
+        return manifest_locks(settings.source.path, digest, settings.lock_file)
+    given = [] if settings.lock_file is None else [given_lock(settings.lock_file)]
+    return [*given, scope_lock(what)]
 
 
 async def prune(settings: PruneSettings, *, console: Console) -> int:
