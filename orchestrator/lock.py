@@ -63,6 +63,11 @@ def lock_dir(environ: Mapping[str, str] = os.environ) -> Path:
     home the password database gives the user (never an XDG variable, nor ``HOME``)."""
     given = environ.get("EVS_SNAPSHOT_LOCK_DIR", "").strip()
     if given:
+        if not given.startswith("/"):  # each folder a run starts in would be its own lock directory
+            raise UsageError(
+                f"EVS_SNAPSHOT_LOCK_DIR={given!r} is not an absolute path (a ~ is not expanded there): give "
+                "/path/to/locks, the same for every run of this user; nothing was sent"
+            )
         return Path(given)
     try:
         home = Path(pwd.getpwuid(os.getuid()).pw_dir)
@@ -180,6 +185,8 @@ class RunLock:
         self._named = False  # this process wrote its holder line into the file (and empties it at the end)
 
     def __enter__(self) -> RunLock:
+        if not self.lock.remove and self.path.exists() and not self.path.is_file():
+            raise UsageError(f"--lock-file {self.path} is not a regular file (a device, a pipe, a folder)")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:

@@ -492,17 +492,24 @@ def test_a_lock_file_that_is_a_users_file_is_locked_never_written(
     [
         pytest.param("cache-under-a-file", "cannot create the lock directory", id="lock-directory"),
         pytest.param("lock-file-in-proc", "cannot open the lock file", id="lock-file"),
+        pytest.param("lock-file-a-device", "is not a regular file", id="lock-file-device"),
+        pytest.param("relative-lock-dir", "is not an absolute path (a ~ is not expanded", id="relative"),
     ],
 )
 def test_a_lock_that_cannot_be_made_is_a_usage_error(tmp_path: Path, where: str, said: str) -> None:
-    """A lock directory under a file, or a --lock-file that cannot be created (in /proc): exit 2, named,
-    before anything is sent."""
+    """A lock directory under a file, or a relative one (each folder a run starts in would be its own;
+    it was, found by hostile11c), a --lock-file that cannot be created (in /proc) or is a device (exit
+    70 before): exit 2, named, before anything is sent."""
     plain = tmp_path / "plain"
     plain.write_text("x")
     args = ["hold", "--snapshot", API_IDS[0], "--reason", "x", "--project-id", PROJECT]
     args += ["--endpoint", "http://127.0.0.1:1", "--report", str(tmp_path / "h.jsonl")]
     if where == "cache-under-a-file":
         result = invoke(args, {"EVS_SNAPSHOT_LOCK_DIR": str(plain / "locks")})
+    elif where == "relative-lock-dir":
+        result = invoke(args, {"EVS_SNAPSHOT_LOCK_DIR": "~/.cache/evs-snapshot/locks"})
+    elif where == "lock-file-a-device":
+        result = invoke([*args, "--lock-file", os.devnull])
     else:
         result = invoke([*args, "--lock-file", "/proc/evs-snapshot-test.lock"])
     assert result.exit_code == 2, result.output
