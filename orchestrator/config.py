@@ -262,6 +262,10 @@ class Connection:
     max_rps: float | None = None
     environ: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
+    def files(self) -> tuple[str, ...]:
+        """The files the connection reads (``--token-file``, ``--ca-bundle``): no side file may name one."""
+        return tuple(str(path) for path in (self.token_file, self.endpoints.ca_bundle) if path is not None)
+
     def recorded(self) -> dict[str, str]:
         """The connection options given (``endpoint``, ``iam_endpoint``, ``ca_bundle``, ``auth``), for a
         report's header: where the requests went, never a credential (a URL here has no user or query)."""

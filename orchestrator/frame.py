@@ -93,12 +93,13 @@ class Closing:
             if path is not None:
                 check_writable(path, option)
 
-    def apart(self, *, report: str = "", reads: str = "") -> None:
-        """The side files are replaced whole at the end: neither may name the report, what the run reads
-        (``reads``: a manifest or a create report), or the other (exit 2, before anything is sent)."""
+    def apart(self, *, report: str = "", reads: Iterable[str] = ()) -> None:
+        """The side files are replaced whole at the end: neither may name the report, a file the run reads
+        (``reads``: a manifest or a create report; ``--token-file``, ``--ca-bundle``), or the other (exit
+        2, before anything is sent)."""
         sides = (("--summary-json", self.summary_json), ("--metrics-file", self.metrics_file))
         files = [(option, path) for option, path in sides if path is not None]
-        kept = [("the report", report), ("what this run reads", reads)]
+        kept = [("the report", report), *(("what this run reads", read) for read in reads)]
         kept += [(option, str(path)) for option, path in files[:1]]
         for option, path in files:
             for what, other in kept:
@@ -269,7 +270,7 @@ class Frame:
         self.report = report
         self.closing = closing
         if closing is not None:
-            closing.apart(report=report, reads=reads)
+            closing.apart(report=report, reads=(reads,))
         self.tally = tally if tally is not None else Tally(counting=Counting.records(command))
         self.grace = grace
         self.drain = drain
@@ -469,6 +470,8 @@ class Frame:
         """The run's router (its session closes with the frame); its closed routes make exit 3."""
         from orchestrator.api.routes import connect  # noqa: PLC0415 - aiohttp loads only when sending
 
+        if self.closing is not None:
+            self.closing.apart(reads=connection.files())
         self.router = await connect(self._stack, connection, policy)
         return self.router
 

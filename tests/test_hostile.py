@@ -287,6 +287,11 @@ def test_side_files_never_name_the_report_or_what_the_run_reads(
         refused(result, str(target), what, "choose another path")
         assert not report.exists()
     assert manifest.read_text().startswith("volume_id")
+    token = tmp_path / "token"  # a file the connection reads: it became the summary (hostile11c)
+    token.write_text("a-token-file\n", encoding="utf-8")
+    result = invoke(create_args(emu.url, manifest, report, "--token-file", str(token), option, str(token)))
+    refused(result, str(token), "is what this run reads")
+    assert token.read_text() == "a-token-file\n"
     nothing_sent(emu)
     made = invoke(create_args(emu.url, manifest, report, "--settle", "0.1s", "--timeout", "0.5"))
     assert made.exit_code == 0, made.output

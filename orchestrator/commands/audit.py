@@ -68,7 +68,7 @@ async def audit(settings: AuditSettings, *, console: Console, stdout: TextIO) ->
     from orchestrator.api.routes import connect  # noqa: PLC0415 - aiohttp loads only when sending
 
     region = settings.connection.endpoints.home_region
-    settings.closing.apart(reads=settings.source.path)
+    settings.closing.apart(reads=(settings.source.path, *settings.connection.files()))
     with spooled(settings.source) as source:
         targets, bad = await in_thread(  # a signal stops a long manifest pass promptly
             lambda: read_targets(source, project_id=settings.project_id, region=region, warn=console.warn)
