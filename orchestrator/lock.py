@@ -185,8 +185,10 @@ class RunLock:
         self._named = False  # this process wrote its holder line into the file (and empties it at the end)
 
     def __enter__(self) -> RunLock:
-        if not self.lock.remove and self.path.exists() and not self.path.is_file():
-            raise UsageError(f"--lock-file {self.path} is not a regular file (a device, a pipe, a folder)")
+        if not self.lock.remove and (
+            str(self.path) == "-" or (self.path.exists() and not self.path.is_file())
+        ):
+            raise UsageError(f"--lock-file {self.path} is not a regular file (a device, a pipe, a folder, -)")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:

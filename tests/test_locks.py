@@ -493,6 +493,7 @@ def test_a_lock_file_that_is_a_users_file_is_locked_never_written(
         pytest.param("cache-under-a-file", "cannot create the lock directory", id="lock-directory"),
         pytest.param("lock-file-in-proc", "cannot open the lock file", id="lock-file"),
         pytest.param("lock-file-a-device", "is not a regular file", id="lock-file-device"),
+        pytest.param("lock-file-dash", "--lock-file - is not a regular file", id="lock-file-dash"),
         pytest.param("relative-lock-dir", "is not an absolute path (a ~ is not expanded", id="relative"),
     ],
 )
@@ -510,6 +511,8 @@ def test_a_lock_that_cannot_be_made_is_a_usage_error(tmp_path: Path, where: str,
         result = invoke(args, {"EVS_SNAPSHOT_LOCK_DIR": "~/.cache/evs-snapshot/locks"})
     elif where == "lock-file-a-device":
         result = invoke([*args, "--lock-file", os.devnull])
+    elif where == "lock-file-dash":  # it made a file named - (found by hostile11c)
+        result = invoke([*args, "--lock-file", "-"])
     else:
         result = invoke([*args, "--lock-file", "/proc/evs-snapshot-test.lock"])
     assert result.exit_code == 2, result.output
