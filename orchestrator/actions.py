@@ -159,8 +159,8 @@ def outcomes_and_sends(path: Path) -> tuple[dict[str, Action], dict[str, ActionR
 
 
 JOURNAL = frozenset({Action.SENDING, Action.ENDED})  # lines of an action report that are no key's outcome
-# a request's end: its send is settled (a rollback's two ends; a deletion's one, gone)
-_ENDS = frozenset({Action.ROLLED_BACK, Action.ROLLBACK_FAILED, Action.DELETED})
+# a request's end: its send is settled (a rollback's two ends; a deletion's one, gone; a hold's change)
+_ENDS = frozenset({Action.ROLLED_BACK, Action.ROLLBACK_FAILED, Action.DELETED, Action.HELD, Action.RELEASED})
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)

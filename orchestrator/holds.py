@@ -238,6 +238,9 @@ async def _one(settings: HoldSettings, frame: Frame, route: Route, item: Named) 
         change = evs.add_snapshot_metadata(route.project_id, snapshot.id, {HOLD_KEY: wanted})
     else:
         change = evs.delete_snapshot_metadata(route.project_id, snapshot.id, HOLD_KEY)
+    # On disk before the request leaves: a kill then leaves a line naming the change (``summary`` names
+    # it and its command applies; ``--resume`` looks at the snapshot again, as for any row not final).
+    frame.journal(record(Action.SENDING))
     answer, attempts, why = await _send(route, change, settings.policy)
     if answer is None:
         return record(Action.FAILED, attempts=attempts, error_message=why)

@@ -100,6 +100,7 @@ def where_to(header: RunHeader | None) -> str:
 
 
 DELETING = frozenset({"prune", "cleanup"})  # the commands whose reports journal their DELETEs
+SENDS = DELETING | {"rollback", "hold", "release"}  # those that journal each request (a sending line)
 
 # Options of an action run its report does not record: the command that finishes it names them.
 UNRECORDED = {
@@ -373,7 +374,7 @@ class Tally:
             tally = cls(counting=Counting.of_command(header.command))
             for action in final_actions(path):
                 tally.add(action)
-            if header.command == "rollback" or header.command in DELETING:
+            if header.command in SENDS:
                 tally.unsettled_sends(path, header.command)
             if header.ends:
                 tally.unended(path, header)
@@ -404,12 +405,15 @@ class Tally:
                 "`rollback --resume --apply` with this report looks at each disk before anything is sent "
             )
             settle += "again"
-        else:
+        elif command in DELETING:
             what, which = "deletions", "snapshots"
             settle = (
                 f"`{command} --resume --apply` with this report records each: deleted when it is gone, "
                 "else judged again"
             )
+        else:  # hold, release: each snapshot is looked at again, and changed if it still needs it
+            what, which = f"{command}s", "snapshots"
+            settle = f"`{command} --resume --apply` with this report looks at each again"
         if keys:
             shown = ", ".join(keys[:10]) + (", ..." if len(keys) > 10 else "")
             self.notes.append(

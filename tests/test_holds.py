@@ -183,6 +183,33 @@ def test_a_hold_cut_short_is_finished_by_the_command_summary_prints(
     assert invoke(["summary", str(held)]).exit_code == 0
 
 
+def test_a_hold_killed_after_its_request_is_named_and_finished_once(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Each hold request is journaled (a sending line) before it leaves. Killed after the request (its
+    report cut after that line): summary names the hold sent with no record, exit 1, and its command
+    applies; run as printed, it finds the snapshot held and sends nothing more. Before, the report held
+    only its header, and summary's command was a plan (found by hostile11c)."""
+    emu, report, _ = created(emulator_thread, write, tmp_path, 1, 919)
+    held = tmp_path / "hold.jsonl"
+    result = command(emu, "hold", str(report), "--reason", "CHG-3", "--apply", report=held)
+    assert result.exit_code == 0, result.output
+    head, sending, *_ = held.read_bytes().splitlines(keepends=True)
+    line = orjson.loads(sending)
+    assert (line["outcome"], line["rule"]) == ("sending", "hold: CHG-3")
+    held.write_bytes(head + sending)  # as a kill -9 between the request and its record leaves it
+    told = invoke(["summary", str(held)])
+    assert told.exit_code == 1, told.output
+    assert f"1 holds were sent and have no record (snapshots {line['snapshot_id']})" in told.stdout
+    said = told.stdout.split("finish it with `", 1)[1].split("`", 1)[0]
+    assert " --apply --resume " in said
+    sent = sum(requests_of(emu.state(), ADD).values())
+    finished = invoke(said.split()[1:])
+    assert finished.exit_code == 0, finished.output
+    assert sum(requests_of(emu.state(), ADD).values()) == sent  # already held: nothing sent again
+    assert invoke(["summary", str(held)]).exit_code == 0
+
+
 def test_hold_refuses_a_snapshot_not_the_tools(emulator_thread: Callable[..., Any], tmp_path: Path) -> None:
     """hold --snapshot: an unmarked or backup-made snapshot is refused (exit 1) and nothing is sent for it."""
     disk = volume_ids(1, seed=905)[0]
