@@ -46,7 +46,11 @@ from orchestrator.report import read_header, read_records
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # no room for a lock file: exit 3, as a report
 ATTEMPTS = 100  # a lock file removed under a taker this often in a row means something else is wrong
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
-_HOLDER_LINE = re.compile(rb"[0-9]+ \S+ evs-snapshot\b")  # what ``RunLock._name_holder`` writes
+# What ``RunLock._name_holder`` writes, and nothing else: the whole file is that one line (a file of the
+# user's that only starts like it is neither written nor shown).
+_HOLDER_LINE = re.compile(
+    rb"[0-9]{1,10} [0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{8,12}Z evs-snapshot( [a-z -]{0,40})?\n"
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False, repr=False)
@@ -209,7 +213,7 @@ class RunLock:
                 # (a credentials file, say), which no message may show.
                 who = (
                     f"another evs-snapshot run holds {what}: {_holder(head.decode(errors='replace').strip())}"
-                    if _HOLDER_LINE.match(head)
+                    if _HOLDER_LINE.fullmatch(head)
                     else f"another process holds {what} (its flock; the file names no evs-snapshot run)"
                 )
                 raise LockHeld(f"{who}; nothing was done (exit 75: try again when it has finished)") from None
@@ -224,7 +228,8 @@ class RunLock:
         """Write this process into the lock file it holds; a full disk releases it and stops the command.
         A ``--lock-file`` that holds anything but a holder line (a file of the user's: a report, a
         manifest, a file other tools read) is only locked, never written: its content stays."""
-        if not self.lock.remove and not _HOLDER_LINE.match(os.pread(fd, 200, 0) or b"0 - evs-snapshot"):
+        head = os.pread(fd, 200, 0)
+        if not self.lock.remove and head and not _HOLDER_LINE.fullmatch(head):
             return
         self._named = True
         os.ftruncate(fd, 0)

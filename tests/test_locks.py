@@ -477,6 +477,15 @@ def test_a_lock_file_that_is_a_users_file_is_locked_never_written(
     assert held.exit_code == 75, held.stderr
     assert f"another process holds {secret} (its flock; the file names no evs-snapshot run)" in held.stderr
     assert "NEVERSHOWN" not in held.output
+    # A file that only starts like a holder line is the user's too: neither written nor shown (hostile11d).
+    secret.write_text("4711 2026-12-01 evs-snapshot wrapper\nDB_PASSWORD=NEVERSHOWN\n", encoding="utf-8")
+    kept = secret.read_bytes()
+    assert invoke(create_args(emu.url, manifest, tmp_path / "w.jsonl", lock_file=secret)).exit_code == 0
+    assert secret.read_bytes() == kept
+    with RunLock(secret):
+        held = invoke(create_args(emu.url, manifest, tmp_path / "held2.jsonl", lock_file=secret))
+    assert held.exit_code == 75, held.stderr
+    assert "NEVERSHOWN" not in held.output
     result = invoke(create_args(emu.url, manifest, tmp_path / "new.jsonl", lock_file=tmp_path / "new.jsonl"))
     assert result.exit_code == 2, result.stderr
     assert "is the report: choose another path" in result.stderr
