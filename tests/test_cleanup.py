@@ -39,6 +39,7 @@ from tests.helpers import (
     last_per_row,
     live,
     marker,
+    once_seen,
     once_throttled,
     records,
     requests_of,
@@ -310,13 +311,11 @@ def test_a_sigterm_mid_cleanup_reads_unfinished_and_its_command_finishes_the_job
     time.sleep(WINDOW)  # nothing of the run in doubt: cleanup starts at once
     out = tmp_path / "cleanup.jsonl"
     args = ["cleanup", str(report), "--endpoint", emu.url, "--report", str(out), "--apply"]
+    two_sent = lambda state: sum(requests_of(state, DELETE).values()) >= 2  # noqa: E731
     with run_process([*args, "--concurrency", "1", *ACTION_RETRIES], {"TZ": "UTC"}) as process:
-        for _ in range(2000):
-            if sum(requests_of(emu.state(), DELETE).values()) >= 2:
-                break
-            time.sleep(0.005)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
+        with once_seen(emu, two_sent, lambda: process.send_signal(signal.SIGTERM)) as signalled:
+            _, stderr = process.communicate(timeout=30)
+        assert signalled
     assert process.returncode == 143, stderr.decode()
     deleted = [r for r in records(out) if r["outcome"] == "deleted"]
     assert 2 <= len(deleted) < 8

@@ -42,6 +42,7 @@ from tests.helpers import (
     issued_token,
     lines,
     live,
+    once_seen,
     once_throttled,
     prune,
     records,
@@ -281,13 +282,11 @@ def test_resume_after_sigterm_finishes_the_job(
     manifest = csv_manifest(write, [disk])
     args = ["prune", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report)]
     args += ["--keep-last", "1", "--apply", "--concurrency", "1", *ACTION_RETRIES]
+    three_sent = lambda state: sum(requests_of(state, DELETE).values()) >= 3  # noqa: E731
     with run_process(args) as process:
-        for _ in range(1000):
-            if sum(requests_of(emu.state(), DELETE).values()) >= 3:
-                break
-            time.sleep(0.01)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
+        with once_seen(emu, three_sent, lambda: process.send_signal(signal.SIGTERM)) as signalled:
+            _, stderr = process.communicate(timeout=30)
+        assert signalled
     assert process.returncode == 143, stderr.decode()
     first = records(report)
     assert 3 <= len(first) < 12
