@@ -225,6 +225,7 @@ class Tally:
         self.phase_requests: dict[str, Counter[str]] = {}
         self.duplicates: Counter[str] = Counter()
         self.unfinished: list[str] = []  # run-level steps that did not complete (exit 1)
+        self.finish: str | None = None  # an unfinished action report: the command that finishes its run
         self.rejected: Counter[tuple[str, str]] = Counter()  # (error code, next step) of rejected rows
         self.recorded: RowSlots[int] = RowSlots("B", 0)  # 1 at each manifest row that has a record
         self.untracked = 0  # rows counted without a number within the manifest: rows are not named then
@@ -432,10 +433,11 @@ class Tally:
         wrote = (
             f"after {run.written} line{'s' if run.written != 1 else ''}" if run.written else "before acting"
         )
+        self.finish = finish_command(path, header, apply=run.plan is False)
         line = (
             f"unfinished: the last {header.command} run of this report stopped {wrote} (a signal, a closed "
             "route, a crash or a kill), so what it still had to do has no record; finish it with "
-            f"`{finish_command(path, header, apply=run.plan is False)}`"
+            f"`{self.finish}`"
             + (
                 f" with the run's {UNRECORDED[header.command]}, if it had them"
                 if header.command in UNRECORDED

@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from orchestrator.actions import ActionRecord, final_actions, last_run
+from orchestrator.actions import ActionRecord, final_actions
 from orchestrator.models import Outcome, Record, RunHeader
 from orchestrator.report import final_records
 from orchestrator.tally import NEXT_STEP, Tally, finish_command, rejected_step, where_to
@@ -63,10 +63,9 @@ def follow_ups(report: Path, header: RunHeader | None, tally: Tally) -> list[str
             f"evs-snapshot rollback {quoted} --apply{where}",
             f"evs-snapshot cleanup {quoted} --apply{where}{project}",
         ]
-    # finish what the run planned or left: the same command, applied, resuming this report; a run stopped
-    # before its records told a plan from an --apply gets the plan (as the unfinished line says)
-    run = last_run(report)
-    return [finish_command(report, header, apply=not header.ends or run.ended or run.plan is False)]
+    # finish what the run planned or left: the same command, applied, resuming this report; an unfinished
+    # run's is the one its unfinished line names (a plan when its records do not tell)
+    return [tally.finish or finish_command(report, header)]
 
 
 def _last(records: Iterable[Record | ActionRecord]) -> str:
