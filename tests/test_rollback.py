@@ -321,7 +321,7 @@ def test_resume_refuses_another_choice_of_rows_or_disks(
     """A rollback of rows 1-2 resumed without --rows, with rows beyond them, or by disk (and one of a disk
     resumed with another) exits 2 and sends nothing: it would roll back disks the run left out. Fewer
     rows resume, and so do the same."""
-    emu = emulator_thread(**world(4))
+    emu = emulator_thread(rollback_seconds=0.1, **world(4))
     source = create_report(tmp_path / "create.jsonl", [{} for _ in range(4)])
     report = tmp_path / "apply.jsonl"
     first = rollback(emu, source, report, rows="2,1")
