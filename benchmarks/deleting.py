@@ -111,7 +111,9 @@ def run(tree: Path | None = None) -> str:
                 ]
             ],
         )
-        + "\n\nThe list requests include prune's own listing (2 pages) before anything is deleted. "
+        + "\n\nThe list requests include prune's own listing (2 pages) before anything is deleted. The single "
+        "GETs are one per deletion, its last look just before its DELETE (fix12a: a snapshot held since the "
+        "listing is kept), and those confirming deletions while few are pending. "
         "Before deletions were confirmed concurrently (commit 31968b1, `python -m benchmarks.deleting "
         "--tree ...`), the same scenario took 331.9 s, with 18 list requests and 1,500 single GETs: every "
         "snapshot that had left the list got one GET, one after another, after the last DELETE. The "

@@ -23,7 +23,8 @@ So cleanup goes by the marker, not by the records:
   another row's disk, is ``refused`` and left alone; so is a snapshot with the marker on a disk the
   manifest does not name (``OTHER_VOLUME``; the codes are ``ownership``'s). A held snapshot (its
   ``evs_snapshot_hold`` key is set: ``create --hold``, ``hold``) is ``blocked`` with ``HELD`` and left
-  alone, unless ``--include-held``.
+  alone, unless ``--include-held``; so is one found held at its last look before its DELETE
+  (``lastlook``: after the listing; ``blocked_held``), and no DELETE is sent for it.
 - **Snapshot groups** (a ``create --consistency server`` run: its records name a ``snapshot_group_id``,
   or its header's shape says ``consistency: server``): the run's groups are those carrying the run's
   marker tag (v5 group list), and those the records name; each goes whole, with one group DELETE, or
@@ -51,7 +52,7 @@ import anyio
 from orchestrator.actions import Action, ActionRecord, now_iso
 from orchestrator.api.groups import show_group
 from orchestrator.api.safe import show_snapshot
-from orchestrator.api.views import Snapshot
+from orchestrator.api.views import Snapshot, SnapshotGroup
 from orchestrator.createrun import CreateRun, manifest_disks
 from orchestrator.deleter import (
     DELETABLE,
@@ -178,6 +179,13 @@ class Search:
         ]
 
 
+def held_why(held: Snapshot | Unit) -> str:
+    """The message of a ``HELD`` record: a held snapshot's, or each member's of a held group."""
+    if isinstance(held, Snapshot):
+        return f"the snapshot is held ({held.hold}); left alone (--include-held deletes it)"
+    return f"{held.hold_text()}: the whole group is left alone (--include-held deletes it)"
+
+
 class Pass:
     """One cleanup pass: list the projects, judge each snapshot found (write its record, or queue its
     deletion), delete, and count the run's snapshots that are left."""
@@ -257,6 +265,7 @@ class Pass:
                 wait_timeout=self.settings.wait_timeout,
                 write=self.write,
                 stopping=self.action.stopping,
+                on_hold=self.blocked_held,
                 journal=self.action.journal,
             )
             with self.action.draining():
@@ -366,8 +375,7 @@ class Pass:
                 self.write(record)
             return
         if unit.held and not self.settings.include_held:
-            message = f"{unit.hold_text()}: the whole group is left alone (--include-held deletes it)"
-            for record in each(Action.BLOCKED, error_code=HELD, error_message=message):
+            for record in each(Action.BLOCKED, error_code=HELD, error_message=held_why(unit)):
                 self.write(record)
             return
         if unit.group.status == DELETING:
@@ -383,6 +391,16 @@ class Pass:
             unit, scope.route, each(Action.PLANNED), apply=self.settings.apply, write=self.write
         )
         self.jobs += [queued] if queued is not None else []
+
+    def blocked_held(self, record: ActionRecord, seen: Snapshot | SnapshotGroup) -> ActionRecord | None:
+        """A snapshot (group) found held at its last look before its DELETE (``lastlook``): ``blocked``
+        ``HELD``, as if held when listed; ``None`` (deleted all the same) with ``--include-held``."""
+        if self.settings.include_held:
+            return None
+        held = seen if isinstance(seen, Snapshot) else Unit(seen, ())
+        return dataclasses.replace(
+            record, outcome=Action.BLOCKED, error_code=HELD, error_message=held_why(held)
+        )
 
     def record(
         self, scope: Scope, target: Target, member: Snapshot, group_id: str, outcome: Action, **fields: Any
@@ -461,8 +479,7 @@ class Pass:
             self.write(record(Action.REFUSED, error_code=refused.code, error_message=message))
             return
         if snapshot.held and not self.settings.include_held:
-            message = f"the snapshot is held ({snapshot.hold}); left alone (--include-held deletes it)"
-            self.write(record(Action.BLOCKED, error_code=HELD, error_message=message))
+            self.write(record(Action.BLOCKED, error_code=HELD, error_message=held_why(snapshot)))
             return
         if snapshot.status == DELETING:
             if self.settings.apply:

@@ -20,7 +20,9 @@ Deletions are confirmed while later DELETEs are still being sent: by paging the 
 many are pending (a snapshot absent from it is gone), by parallel GETs while few are (404: gone);
 each record is written when its deletion ends.
 
-Before each DELETE leaves, its ``sending`` line (the record it will end in, as ``Action.SENDING``; a
+Before each DELETE of ``Deleter``, its last look (``lastlook``): the snapshot (group) is read again, one
+GET; one gone, held or carrying another marker since the listing ends there, with no DELETE and no
+``sending`` line. Then its ``sending`` line (the record it will end in, as ``Action.SENDING``; a
 group's: one per member) is written to the report (``journal``); a line that cannot be written stops
 the run (``ReportUnwritable``) and that DELETE is not sent. So a kill between a DELETE and its record
 leaves a line naming the snapshot: ``--resume`` settles each such send (``Frame.sent``): a snapshot
@@ -50,6 +52,7 @@ from orchestrator.api import evs
 from orchestrator.api.groups import show_group
 from orchestrator.api.safe import show_snapshot, snapshot_pages, snapshot_status
 from orchestrator.errors import ListingFailed, RouteClosed, RunAborted, TransportError
+from orchestrator.lastlook import OnHold, last_look
 from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retrying
 
 if TYPE_CHECKING:
@@ -227,7 +230,8 @@ class Deleter:
     parallel GETs (404: gone). Every request goes through the route, under the connection's in-flight
     limit. Every job ends in exactly one record, written through ``write`` as soon as its deletion
     ends; jobs not started when ``stopping()`` turns true, or whose route closed, get none
-    (``--resume``). Each DELETE is journaled first, through ``journal`` (module docstring)."""
+    (``--resume``). Each job not yet sent takes its last look first (``lastlook``; a held one ends in
+    ``on_hold``'s record), and each DELETE is journaled first, through ``journal`` (module docstring)."""
 
     def __init__(
         self,
@@ -237,9 +241,11 @@ class Deleter:
         wait_timeout: float | None,
         write: Callable[[ActionRecord], None],
         stopping: Callable[[], bool],
+        on_hold: OnHold,
         journal: Callable[[ActionRecord], None] | None = None,
     ) -> None:
         self.policy = policy
+        self.on_hold = on_hold
         self.concurrency = concurrency
         self.wait_timeout = wait_timeout
         self.write = write
@@ -281,9 +287,17 @@ class Deleter:
                 started = time.monotonic()
                 record, gone = dataclasses.replace(job.record, outcome=Action.DELETED), False
                 if not job.sent:
-                    self._journal(job)  # on disk before the DELETE leaves; raises when it cannot be
                     try:
-                        record, gone = await self._delete(job.route, job.record, group=bool(job.members))
+                        ended = await last_look(
+                            job.route, job.record, self.policy, self.on_hold, group=bool(job.members)
+                        )
+                        if ended is None and self.stopping():
+                            continue  # no record, no line: --resume lists it again
+                        if ended is None:
+                            self._journal(job)  # on disk before the DELETE leaves; raises when it cannot be
+                            record, gone = await self._delete(job.route, job.record, group=bool(job.members))
+                        else:
+                            record, gone = ended, True  # ended without a DELETE
                     except RouteClosed as exc:
                         record = _with(job.record, Action.FAILED, exc.code, exc.message)
                 if record.outcome is Action.DELETED and not gone and self.wait_timeout is not None:
@@ -444,7 +458,15 @@ class Deleter:
             return
         answer = {
             name: getattr(record, name)
-            for name in ("outcome", "http_status", "error_code", "error_message", "request_id", "attempts")
+            for name in (
+                "outcome",
+                "rule",
+                "http_status",
+                "error_code",
+                "error_message",
+                "request_id",
+                "attempts",
+            )
         }
         for member in members:
             self.write(

@@ -119,14 +119,16 @@ def unit_verdicts(
 ) -> dict[str, list[str]]:
     """``prune``'s judgement of one group as a unit: the reasons that keep each member.
 
-    ``reasons`` holds what the rules (and holds) say of each member alone, on its own disk. A group is
+    ``reasons`` holds what the rules (and holds) say of each member alone, on its own disk; a hold tag of
+    the group itself (``create --hold``) keeps each member, ``hold: REASON`` first. A group is
     kept whole when any member is kept (a rule keeps it, or it is held), or when a member is of a
     disk outside the selection (the rules did not judge it): each member that nothing kept alone then
     gets the reason its group stays (``group G: kept with member S (keep-last 2)``). Otherwise every
     member is a candidate, and the group goes whole.
     """
     group = unit.group.id
-    verdicts = {member.id: list(reasons.get(member.id, [])) for member in unit.members}
+    own = [f"hold: {unit.group.hold}"] if unit.group.hold is not None else []  # the group's tag holds each
+    verdicts = {member.id: own + list(reasons.get(member.id, [])) for member in unit.members}
     outside = [m for m in unit.members if m.volume_id not in selected]
     kept = [m for m in unit.members if verdicts[m.id]]
     if outside:
@@ -174,5 +176,13 @@ def unit_job(
 
 
 def group_record(unit: Unit, records: list[ActionRecord]) -> ActionRecord:
-    """The record a group's deletion job carries (keyed by the group's id); only its members' are written."""
-    return dataclasses.replace(records[0], key=unit.group.id, snapshot_id=None, volume_id=None, row=None)
+    """The record a group's deletion job carries (keyed by the group's id, ``source_run`` its marker tag, as
+    listed); only its members' are written."""
+    return dataclasses.replace(
+        records[0],
+        key=unit.group.id,
+        snapshot_id=None,
+        volume_id=None,
+        row=None,
+        source_run=unit.group.marker,
+    )

@@ -9,6 +9,8 @@
 - **A row's** (``refusal``: cleanup, rollback): it is the run's and of the row's disk.
 - **Holdable** (``hold_refusal``: hold, release): a row's, when a create report named it; the tool's
   (by its marker alone: a hold never goes by ``--name-prefix``), when ``--snapshot ID`` did.
+- **Still as listed** (``changed_hands``: prune's and cleanup's last look before a DELETE, ``lastlook``):
+  it carries the marker its listing showed (a group: its marker tag), and is not named as a backup's.
 
 A snapshot group (v5, ``create --consistency server``) is judged as one: by its own
 ``evs_snapshot_run`` tag (``Ownership.owns_group``, ``group_refusal``), never by a name prefix, and its
@@ -172,3 +174,21 @@ def hold_refusal(
             BACKUP_SNAPSHOT, f"{shown} ({snapshot.name}) was made by a backup service; it is never the tool's"
         )
     return Refusal(NOT_OWNED, f"{shown} carries no evs_snapshot_run marker: it is not the tool's")
+
+
+def changed_hands(seen: Snapshot | SnapshotGroup, marker: str | None) -> Refusal | None:
+    """Why a snapshot (or group) read again just before its DELETE may not be deleted after all (``None``: it
+    may): it carries another marker than ``marker``, the one its listing showed (none, or another run's),
+    or, a snapshot, a backup service's name by now."""
+    what = "snapshot" if isinstance(seen, Snapshot) else "snapshot group"
+    if isinstance(seen, Snapshot) and seen.is_backup:
+        return Refusal(
+            BACKUP_SNAPSHOT,
+            f"snapshot {seen.id} ({seen.name}) is named as a backup service's now; never the tool's",
+        )
+    if seen.marker == marker:
+        return None
+    was = f"run {marker}'s marker" if marker else "no marker"
+    now = f"run {seen.marker}'s" if seen.marker else "none"
+    code = NOT_THIS_RUN if isinstance(seen, Snapshot) else GROUP_NOT_THIS_RUN
+    return Refusal(code, f"{what} {seen.id} carried {was} when listed, and {now} just before its DELETE")

@@ -11,7 +11,10 @@ whatever the rules say. A kept record (``--verbose``) names the rules that kept 
 weekly 2026-W48``; ``hold: REASON`` first for a held one). Held snapshots still take their place in the
 rules' walk (``--keep-last`` counts them). Every other one is a candidate and gets one record naming the
 rules it falls outside of: ``planned`` without ``--apply``; with it ``deleted``, ``rejected`` or
-``failed`` (``deleter``); ``blocked`` (``SNAPSHOT_BUSY``) when its state cannot be deleted from. A
+``failed`` (``deleter``); ``blocked`` (``SNAPSHOT_BUSY``) when its state cannot be deleted from. One
+found held, gone or marked otherwise at its last look before its DELETE (``lastlook``) is ``kept``
+(``kept_held``: rule ``hold: REASON``, written even without ``--verbose``), ``deleted`` (404) or
+``refused``, and no DELETE is sent. A
 snapshot already ``deleting`` is neither kept nor a candidate (``--resume`` waits for it when an earlier
 run sent its DELETE). Each DELETE's ``sending`` line is written before it leaves (``deleter``): ``--resume``
 looks up each snapshot an earlier run sent one for, no record settled, and the listing no longer shows
@@ -40,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from orchestrator.actions import Action, ActionRecord, now_iso
-from orchestrator.api.views import Snapshot
+from orchestrator.api.views import Snapshot, SnapshotGroup
 from orchestrator.defaults import SNAPSHOTS_PER_DISK
 from orchestrator.deleter import DELETABLE, DELETING, EARLIER_UNDER_WAY, Deleter, Job, look_again
 from orchestrator.members import Units, dropped, scope_units, unit_job, unit_verdicts
@@ -291,6 +294,7 @@ async def prune_scopes(
             wait_timeout=settings.wait_timeout,
             write=write,
             stopping=action.stopping,
+            on_hold=kept_held,
             journal=action.journal,
         )
         with action.draining():
@@ -440,6 +444,14 @@ def _judged(rules: Rules, owned: list[Snapshot], now: datetime) -> list[tuple[Sn
         (snapshot, [f"hold: {snapshot.hold}", *kept_by] if snapshot.held else kept_by)
         for snapshot, kept_by in rules.judge(owned, now)
     ]
+
+
+def kept_held(record: ActionRecord, seen: Snapshot | SnapshotGroup) -> ActionRecord:
+    """A candidate found held at its last look before its DELETE (``lastlook``): ``kept``, rule ``hold:
+    REASON``, as if it had been held when listed (written with or without ``--verbose``)."""
+    return dataclasses.replace(
+        record, outcome=Action.KEPT, rule=f"hold: {seen.hold}", error_code=None, error_message=None
+    )
 
 
 def slots_warning(volume_id: str, staying: int, others: int, *, held: int = 0) -> str:

@@ -493,9 +493,10 @@ def test_cleanup_token_expiring_before_the_delete_stops_with_exit_3(
 ) -> None:
     """cleanup --apply: the listing passes, the DELETE is throttled, and meanwhile the token expires:
     the DELETE is refused, the route closes, its refusal is printed and the run exits 3."""
-    # One token in the bucket (its clock stands still); the 429 names 20 a second, so the DELETE is sent
-    # again 50 ms on, when the token expired (the watcher looks every 10 ms).
-    emu = emulator_thread(clock=clock, rate_limit=20.0, burst=1, token_ttl=60.0, **world(1))
+    # Two tokens in the bucket (its clock stands still): the listing's and the last look's GET; the 429
+    # names 20 a second, so the DELETE is sent again 50 ms on, when the token expired (the watcher looks
+    # every 10 ms).
+    emu = emulator_thread(clock=clock, rate_limit=20.0, burst=2, token_ttl=60.0, **world(1))
     source = create_report(tmp_path / "create.jsonl", [{}])
     report = tmp_path / "cleanup.jsonl"
     args = [*cli_args("cleanup", source, endpoint=emu.url, report=report, apply=True), *MANY_RETRIES]

@@ -19,6 +19,7 @@ from orchestrator.api.safe import snapshot_pages
 from orchestrator.config import Connection, Endpoints, Limits
 from orchestrator.deleter import Deleter, Job
 from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
+from orchestrator.retention import kept_held
 from orchestrator.retry import RetryPolicy
 from tests.helpers import (
     AKSK,
@@ -91,7 +92,14 @@ async def test_each_deletion_is_recorded_as_it_ends_while_others_are_sent(
 
     async with limited(emu.url, 3) as route, anyio.create_task_group() as group:
         group.start_soon(drive)
-        deleter = Deleter(policy=QUICK, concurrency=3, wait_timeout=60.0, write=write, stopping=lambda: False)
+        deleter = Deleter(
+            policy=QUICK,
+            concurrency=3,
+            wait_timeout=60.0,
+            write=write,
+            stopping=lambda: False,
+            on_hold=kept_held,
+        )
         await deleter.run([Job(route, planned(s.id)) for s in snapshots])
     assert len(written) == COUNT
     assert {record.outcome for record, _ in written} == {Action.DELETED}
@@ -126,7 +134,12 @@ async def test_many_pending_deletions_are_confirmed_by_listing(
     async with limited(emu.url, 4) as route, anyio.create_task_group() as group:
         group.start_soon(drive)
         deleter = Deleter(
-            policy=QUICK, concurrency=4, wait_timeout=60.0, write=written.append, stopping=lambda: False
+            policy=QUICK,
+            concurrency=4,
+            wait_timeout=60.0,
+            write=written.append,
+            stopping=lambda: False,
+            on_hold=kept_held,
         )
         await deleter.run([Job(route, record, sent=True) for record in sent])
     assert {record.outcome for record in written} == {Action.DELETED}

@@ -13,9 +13,11 @@ import pytest
 
 from orchestrator.actions import Action, ActionRecord
 from orchestrator.api.routes import Route
-from orchestrator.deleter import Deleter, Job, delete_snapshot
+from orchestrator.deleter import Deleter, Ended, Job, delete, delete_snapshot
 from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
 from orchestrator.errors import RouteClosed
+from orchestrator.lastlook import UNCHECKED
+from orchestrator.retention import kept_held
 from tests.helpers import (
     AKSK,
     CLOSED_PORT,
@@ -76,7 +78,12 @@ async def delete_all(
 
     async with routed(url, environ) as route:
         deleter = Deleter(
-            policy=QUICK, concurrency=concurrency, wait_timeout=wait_timeout, write=write, stopping=stopping
+            policy=QUICK,
+            concurrency=concurrency,
+            wait_timeout=wait_timeout,
+            write=write,
+            stopping=stopping,
+            on_hold=kept_held,
         )
         await deleter.run(jobs(route))
     return written
@@ -235,7 +242,8 @@ async def test_safe_delete_with_refused_credentials_closes_the_route(emulator: C
 
 @pytest.mark.anyio
 async def test_delete_of_a_busy_snapshot_is_rejected_with_its_state(emulator: Callable[..., Any]) -> None:
-    """A DELETE refused with EVS.1047 looks the snapshot up: one backing-up is rejected, naming its state."""
+    """A DELETE refused with EVS.1047 looks the snapshot up: one backing-up is rejected, naming its state
+    (two GETs: its last look before the DELETE, then that lookup)."""
     busy = seeded("backing-up")
     emu = await emulator(snapshots=(busy,))
     written = await delete_all(emu.url, lambda route: [Job(route, planned(busy.id))])
@@ -244,7 +252,7 @@ async def test_delete_of_a_busy_snapshot_is_rejected_with_its_state(emulator: Ca
     assert record.error_message is not None
     assert record.error_message.endswith("(the snapshot is backing-up)")
     assert hits(emu, DELETE) == {"400": 1}
-    assert hits(emu, SHOW) == {"200": 1}
+    assert hits(emu, SHOW) == {"200": 2}
 
 
 @pytest.mark.anyio
@@ -278,20 +286,23 @@ async def test_error_deleting_is_rejected_then_reported_when_seen_while_waiting(
 
 @pytest.mark.anyio
 async def test_server_errors_spend_the_attempts(emulator: Callable[..., Any]) -> None:
-    """Every DELETE answered 5xx: the row fails after max_attempts requests, with the last status."""
+    """Every DELETE answered 5xx: it fails after max_attempts requests, with the last status (the one
+    DELETE loop: the deleter's last look would meet the 5xx first, tests/test_deleter.py)."""
     target = seeded("available")
     emu = await emulator(snapshots=(target,), fault_5xx=1.0)
-    [record] = await delete_all(emu.url, lambda route: [Job(route, planned(target.id))])
-    assert record.outcome is Action.FAILED
-    assert record.attempts == QUICK.max_attempts
-    assert record.http_status is not None
-    assert record.http_status >= 500
+    async with routed(emu.url) as route:
+        deletion = await delete(route, target.id, QUICK)
+    assert deletion.ended is Ended.FAILED
+    assert deletion.attempts == QUICK.max_attempts
+    assert deletion.http_status is not None
+    assert deletion.http_status >= 500
     assert sum(hits(emu, DELETE).values()) == QUICK.max_attempts
 
 
 @pytest.mark.anyio
 async def test_refused_credentials_fail_one_job_and_skip_the_rest(emulator: Callable[..., Any]) -> None:
-    """A 401 closes the route: the job that met it fails with the refusal, later jobs get no record."""
+    """A 401 closes the route: the job that met it (at its last look's GET) fails with the refusal, later
+    jobs get no record, and no DELETE is sent."""
     first, second = seeded("available"), seeded("error")
     emu = await emulator(snapshots=(first, second))
     written = await delete_all(
@@ -302,18 +313,25 @@ async def test_refused_credentials_fail_one_job_and_skip_the_rest(emulator: Call
     assert [(r.snapshot_id, r.outcome) for r in written] == [(first.id, Action.FAILED)]
     assert written[0].error_message is not None
     assert "credentials refused" in written[0].error_message
-    assert sum(hits(emu, DELETE).values()) == 1
+    assert sum(hits(emu, SHOW).values()) == 1
+    assert DELETE not in emu.world.requests
     assert [emu.world.status_of(s) for s in emu.world.snapshots.values()] == ["available", "error"]
 
 
 @pytest.mark.anyio
 async def test_unreachable_endpoint_fails_the_delete() -> None:
-    """No connection at all: the DELETE fails with a transport error code after its attempts."""
-    [record] = await delete_all(CLOSED_PORT, lambda route: [Job(route, planned(str(uuid.uuid4())))])
-    assert record.outcome is Action.FAILED
-    assert record.attempts == QUICK.max_attempts
-    assert record.http_status is None
-    assert record.error_code
+    """No connection at all: the DELETE fails with a transport error code after its attempts; through the
+    deleter, its last look's GET fails first: DELETE_UNCHECKED, nothing sent."""
+    snapshot_id = str(uuid.uuid4())
+    async with routed(CLOSED_PORT) as route:
+        deletion = await delete(route, snapshot_id, QUICK)
+    assert deletion.ended is Ended.FAILED
+    assert deletion.attempts == QUICK.max_attempts
+    assert deletion.http_status is None
+    assert deletion.transport
+    assert deletion.code
+    [record] = await delete_all(CLOSED_PORT, lambda route: [Job(route, planned(snapshot_id))])
+    assert (record.outcome, record.error_code, record.attempts) == (Action.FAILED, UNCHECKED, 0)
 
 
 @pytest.mark.anyio

@@ -26,9 +26,12 @@ from orchestrator.deleter import (
 )
 from orchestrator.emulator import SeedSnapshot
 from orchestrator.errors import ReportUnwritable, RunAborted
+from orchestrator.lastlook import UNCHECKED
+from orchestrator.ownership import BACKUP_SNAPSHOT, NOT_THIS_RUN
 from orchestrator.report import ReportWriter
+from orchestrator.retention import kept_held
 from orchestrator.retry import RetryPolicy
-from tests.helpers import CLOSED_PORT, DELETE, hits, planned, routed, volume_ids
+from tests.helpers import CLOSED_PORT, DELETE, MARKER, hits, planned, routed, volume_ids
 
 QUICK = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02)
 (DISK,) = volume_ids(1, seed=1047)
@@ -71,6 +74,7 @@ async def test_the_sweep_and_the_deleter_end_each_answer_alike(emulator: Callabl
             wait_timeout=None,
             write=lambda record: written.__setitem__(str(record.snapshot_id), record),
             stopping=lambda: False,
+            on_hold=kept_held,
         )
         ids = [s.id for s in snapshots] + [missing]
         await deleter.run([Job(route, planned(snapshot_id)) for snapshot_id in ids])
@@ -160,6 +164,7 @@ async def test_a_delete_whose_sending_line_cannot_be_written_is_not_sent(
                 wait_timeout=None,
                 write=lambda record: None,
                 stopping=lambda: False,
+                on_hold=kept_held,
                 journal=journal,
             )
             with pytest.raises(BaseExceptionGroup) as stopped:
@@ -175,6 +180,7 @@ async def test_a_delete_whose_sending_line_cannot_be_written_is_not_sent(
                 wait_timeout=None,
                 write=written.append,
                 stopping=lambda: False,
+                on_hold=kept_held,
                 journal=journal,
             )
             await deleter.run([Job(route, planned(snapshot.id))])
@@ -207,3 +213,57 @@ async def test_look_again_tells_the_sends_gone_from_those_still_there(emulator: 
     async with routed(CLOSED_PORT) as route:
         with pytest.raises(RunAborted):
             await look_again(route, lines, QUICK)
+
+
+@pytest.mark.anyio
+async def test_the_last_look_refuses_a_snapshot_that_changed_hands(emulator: Callable[..., Any]) -> None:
+    """Read again before its DELETE: a snapshot carrying another marker than its listing showed, or named
+    as a backup's by now, is refused and no DELETE is sent."""
+    listed, other = "20261101T000000Z-aaaaaa", "20261101T000000Z-bbbbbb"
+    moved = SeedSnapshot(id=str(uuid.uuid4()), volume_id=DISK, metadata={MARKER: other})
+    renamed = SeedSnapshot(
+        id=str(uuid.uuid4()), volume_id=DISK, name="autobk_snapshot_x", metadata={MARKER: listed}
+    )
+    running = await emulator(snapshots=(moved, renamed))
+    written: dict[str, ActionRecord] = {}
+    async with routed(running.url) as route:
+        deleter = Deleter(
+            policy=QUICK,
+            concurrency=2,
+            wait_timeout=None,
+            write=lambda record: written.__setitem__(record.key, record),
+            stopping=lambda: False,
+            on_hold=kept_held,
+        )
+        jobs = [Job(route, dataclasses.replace(planned(s.id), source_run=listed)) for s in (moved, renamed)]
+        await deleter.run(jobs)
+    assert {key: (r.outcome, r.error_code) for key, r in written.items()} == {
+        moved.id: (Action.REFUSED, NOT_THIS_RUN),
+        renamed.id: (Action.REFUSED, BACKUP_SNAPSHOT),
+    }
+    assert f"carried run {listed}'s marker when listed" in str(written[moved.id].error_message)
+    assert hits(running, DELETE) == {}
+
+
+@pytest.mark.anyio
+async def test_a_snapshot_that_cannot_be_read_again_is_not_deleted(emulator: Callable[..., Any]) -> None:
+    """Every answer a 5xx: the last look's GET spends its retries; the job fails DELETE_UNCHECKED (its
+    hold unknown), and neither a sending line nor a DELETE is sent."""
+    target = seeded("available")
+    running = await emulator(snapshots=(target,), fault_5xx=1.0)
+    written: list[ActionRecord] = []
+    journaled: list[ActionRecord] = []
+    async with routed(running.url) as route:
+        deleter = Deleter(
+            policy=QUICK,
+            concurrency=2,
+            wait_timeout=None,
+            write=written.append,
+            stopping=lambda: False,
+            on_hold=kept_held,
+            journal=journaled.append,
+        )
+        await deleter.run([Job(route, planned(target.id))])
+    assert [(r.outcome, r.error_code) for r in written] == [(Action.FAILED, UNCHECKED)]
+    assert journaled == []
+    assert hits(running, DELETE) == {}

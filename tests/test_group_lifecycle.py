@@ -90,12 +90,15 @@ def world(emulator_thread: Callable[..., Any], **knobs: Any) -> tuple[Any, Manua
     return emulator_thread(clock, volumes=volumes, **knobs), clock
 
 
-def make_groups(emu: Any, run_id: str, disks: list[str] = DISKS) -> dict[str, dict[str, str]]:
-    """One group per server of ``disks``, tagged with ``run_id``: group id -> {disk: member id}."""
+def make_groups(
+    emu: Any, run_id: str, disks: list[str] = DISKS, *, hold: str | None = None
+) -> dict[str, dict[str, str]]:
+    """One group per server of ``disks``, tagged with ``run_id`` (and held for ``hold``, as create --hold
+    tags it): group id -> {disk: member id}."""
     made: dict[str, dict[str, str]] = {}
     for server in dict.fromkeys(server_of(d) for d in disks):
         mine = [d for d in disks if server_of(d) == server]
-        tags = {MARKER: run_id}
+        tags = {MARKER: run_id} if hold is None else {MARKER: run_id, HOLD: hold}
         body = {"snapshot_group": {"server_id": server, "volume_ids": mine, "name": "g", "tags": tags}}
         group_id = _http(emu, "POST", f"/v5/{PROJECT}/snapshot-groups", body)["snapshot_group_id"]
         listed = _http(emu, "GET", f"/v5/{PROJECT}/snapshots/detail?snapshot_group_id={group_id}")
@@ -290,6 +293,68 @@ def test_prune_keeps_or_drops_each_group_as_one_unit(
     assert groups_left(emu) == {*new, kept_group}
     assert sum(requests_of(emu.state(), GROUP_DELETE).values()) == len(old) + len(middle) - 1
     assert not requests_of(emu.state(), V2_DELETE)
+
+
+def test_prune_keeps_a_group_held_by_its_tag(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A group whose own evs_snapshot_hold tag is set (create --hold) is kept whole by prune, each member
+    with rule hold: REASON, while the old group without one goes; cleanup blocks it (HELD)."""
+    emu, clock = world(emulator_thread)
+    old = make_groups(emu, run_id_of("old"), DISKS[:2], hold="CHG-3")
+    old |= make_groups(emu, run_id_of("old"), DISKS[2:])
+    clock.advance(86400)
+    make_groups(emu, run_id_of("new"))
+    held_group, free_group = list(old)
+    result = prune(
+        emu, manifest(write, DISKS), tmp_path / "p.jsonl", "--keep-last", "1", "--apply", "--verbose"
+    )
+    assert result.exit_code == 0, result.output
+    final = {r["snapshot_id"]: r for r in records(tmp_path / "p.jsonl")}
+    assert {(final[m]["outcome"], final[m]["rule"]) for m in old[held_group].values()} == {
+        ("kept", "hold: CHG-3")
+    }
+    assert {final[m]["outcome"] for m in old[free_group].values()} == {"deleted"}
+    assert held_group in groups_left(emu)
+    assert free_group not in groups_left(emu)
+    source = report_of(tmp_path / "create.jsonl", run_id_of("old"), {held_group: old[held_group]})
+    plan = cleanup(emu, source, tmp_path / "c.jsonl")  # cleanup blocks it by the group's tag too
+    assert plan.exit_code == 1, plan.output
+    assert {(r["outcome"], r["error_code"]) for r in records(tmp_path / "c.jsonl")} == {("blocked", "HELD")}
+
+
+@pytest.mark.parametrize("command", ["prune", "cleanup"])
+def test_a_group_held_after_its_listing_is_not_deleted(
+    command: str, emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--hold-at-delete 1: the second group is held (its tag) when the first group's DELETE arrives;
+    it is read again before its DELETE: prune keeps its members (hold: REASON), cleanup blocks them
+    (HELD); one group DELETE is sent."""
+    emu, clock = world(emulator_thread, hold_at_delete=1)
+    old = make_groups(emu, RUN)
+    clock.advance(86400)
+    report = tmp_path / "r.jsonl"
+    if command == "prune":
+        make_groups(emu, run_id_of("new"))
+        result = prune(
+            emu, manifest(write, DISKS), report, "--keep-last", "1", "--apply", "--concurrency", "1"
+        )
+        expected = {("deleted", "keep-last 1", None), ("kept", "hold: emulator", None)}
+    else:
+        source = report_of(tmp_path / "create.jsonl", RUN, old)
+        result = cleanup(emu, source, report, "--apply", "--concurrency", "1")
+        expected = {("deleted", None, None), ("blocked", None, "HELD")}
+    assert result.exit_code == (0 if command == "prune" else 1), result.output
+    final = {r["snapshot_id"]: r for r in records(report)}
+    ended = {
+        group: {(final[m]["outcome"], final[m]["rule"], final[m]["error_code"]) for m in members.values()}
+        for group, members in old.items()
+    }
+    assert sorted(map(len, ended.values())) == [1, 1]  # each group ends whole
+    assert {next(iter(e)) for e in ended.values()} == expected
+    kept = next(group for group, e in ended.items() if next(iter(e))[0] != "deleted")
+    assert kept in groups_left(emu)
+    assert sum(requests_of(emu.state(), GROUP_DELETE).values()) == 1
 
 
 def test_prune_keeps_a_group_with_a_member_outside_the_selection(

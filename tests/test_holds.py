@@ -17,6 +17,7 @@ from orchestrator.lock import RunLock
 from tests.helpers import (
     ACTION_RETRIES,
     CLOSED_PORT,
+    DELETE,
     FAST_RETRIES,
     MARKER,
     PROJECT,
@@ -34,6 +35,7 @@ from tests.helpers import (
     hang_up,
     header,
     invoke,
+    journal,
     last_per_row,
     live,
     prune,
@@ -71,9 +73,10 @@ def created(
     count: int,
     seed: int,
     *extra: str,
+    **knobs: Any,
 ) -> tuple[Any, Path, list[str]]:
     disks = volume_ids(count, seed=seed)
-    emu = start(emulator_thread, disks, [], creating_seconds=0.0)
+    emu = start(emulator_thread, disks, [], creating_seconds=0.0, **knobs)
     report = tmp_path / "create.jsonl"
     short = ("--settle", "0.1s", "--timeout", "0.2")
     result = invoke(create_args(emu.url, csv_manifest(write, disks), report, *FAST_RETRIES, *short, *extra))
@@ -290,6 +293,50 @@ def test_cleanup_blocks_held_unless_include_held(
         (made[2], "deleted"),
     }
     assert made[1] not in live(emu)
+
+
+def test_prune_keeps_a_snapshot_held_after_its_listing(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--hold-at-delete 1: the others are held when the first DELETE arrives, after prune listed them;
+    prune reads each again before its DELETE: one deleted, the rest kept (hold: REASON), not sent."""
+    disk = volume_ids(1, seed=911)[0]
+    olds = [seeded(disk, d) for d in (1, 2, 3, 4)]
+    emu = start(emulator_thread, [disk], olds, hold_at_delete=1)
+    report = tmp_path / "prune.jsonl"
+    result = prune(
+        emu, csv_manifest(write, [disk]), report, "--keep-last", "1", "--apply", "--concurrency", "1"
+    )
+    assert result.exit_code == 0, result.output
+    ended = {r["snapshot_id"]: (r["outcome"], r["rule"]) for r in records(report)}
+    deleted = [key for key, (outcome, _) in ended.items() if outcome == "deleted"]
+    assert len(deleted) == 1
+    assert sorted(ended.values()) == [("deleted", "keep-last 1"), *[("kept", "hold: emulator")] * 2]
+    assert set(live(emu)) == {s.id for s in olds} - set(deleted)
+    assert sum(requests_of(emu.state(), DELETE).values()) == 1
+    sending = [line["snapshot_id"] for line in journal(report)]
+    assert sending == deleted  # a snapshot kept at its last look has no sending line
+
+
+def test_cleanup_blocks_a_snapshot_held_after_its_listing(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--hold-at-delete 1: cleanup reads each snapshot again before its DELETE; those held meanwhile are
+    blocked HELD (exit 1) and stay; --include-held then deletes them."""
+    emu, report, _ = created(emulator_thread, write, tmp_path, 3, 912, hold_at_delete=1)
+    first = tmp_path / "cleanup.jsonl"
+    result = cleanup(emu, report, first, "--apply", "--concurrency", "1")
+    assert result.exit_code == 1, result.output
+    ended = {r["snapshot_id"]: (r["outcome"], r["error_code"]) for r in records(first)}
+    assert sorted(ended.values()) == [("blocked", "HELD"), ("blocked", "HELD"), ("deleted", None)]
+    held = {key for key, (outcome, _) in ended.items() if outcome == "blocked"}
+    assert set(live(emu)) == held
+    assert sum(requests_of(emu.state(), DELETE).values()) == 1
+    second = tmp_path / "cleanup2.jsonl"
+    result = cleanup(emu, report, second, "--apply", "--include-held")
+    assert result.exit_code == 0, result.output
+    assert {(r["snapshot_id"], r["outcome"]) for r in records(second)} >= {(key, "deleted") for key in held}
+    assert not live(emu)
 
 
 def test_hold_and_release_usage(tmp_path: Path) -> None:

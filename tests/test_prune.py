@@ -23,7 +23,7 @@ from orchestrator.config import Connection, Endpoints
 from orchestrator.deleter import EARLIER_DELETE, EARLIER_UNDER_WAY, Deleter, Job
 from orchestrator.emulator import ManualClock, SeedSnapshot
 from orchestrator.lock import RunLock
-from orchestrator.retention import newest_first
+from orchestrator.retention import kept_held, newest_first
 from orchestrator.retry import RetryPolicy
 from tests.helpers import (
     ACTION_RETRIES,
@@ -38,6 +38,7 @@ from tests.helpers import (
     cli_args,
     create_report,
     csv_manifest,
+    hits,
     invoke,
     issued_token,
     lines,
@@ -216,7 +217,7 @@ def test_listing_pages_per_project_not_per_volume(
     assert result.exit_code == 0, result.output
     assert Counter(r["outcome"] for r in records(tmp_path / "apply.jsonl")) == {"deleted": 100}
     lists = sum(requests_of(emu.state(), LIST).values()) - 3
-    gets = sum(requests_of(emu.state(), SHOW).values())
+    gets = sum(requests_of(emu.state(), SHOW).values()) - 100  # each deletion's last look: one GET (lastlook)
     assert lists >= 3  # the listing; confirming lists the project (3 pages) while many are pending
     assert gets <= 100, gets  # and sends GETs only while few are (one each; tests/test_confirming.py)
     assert requests_of(emu.state(), DELETE) == {"202": 100}
@@ -264,7 +265,8 @@ def test_all_volumes_and_no_wait(
         (two, "deleting"): 2,
         (gone, "available"): 3,
     }
-    assert "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}" not in emu.state()["requests"]
+    # one GET each, the last look before its DELETE (lastlook); none after the 202
+    assert emu.state()["requests"]["GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"] == {"200": 4}
     assert invoke(["prune", "--keep-last", "1"]).exit_code == 2  # neither a manifest nor --all-volumes
     assert invoke(["prune", str(csv_manifest(write, [one]))]).exit_code == 2  # no rule
 
@@ -400,7 +402,7 @@ def test_resume_settles_each_delete_sent_by_what_became_of_its_snapshot(
 
 @pytest.mark.anyio
 async def test_delete_answered_404_is_success(emulator: Callable[..., Any]) -> None:
-    """A DELETE answered 404 (already gone) ends deleted, without a wait."""
+    """A snapshot already gone (its last look's GET answers 404) ends deleted, without a DELETE or a wait."""
     running = await emulator()
     environ = {**AKSK}
     connection = Connection(endpoints=Endpoints(evs=URL(running.url)), environ=environ)
@@ -423,9 +425,11 @@ async def test_delete_answered_404_is_success(emulator: Callable[..., Any]) -> N
             wait_timeout=5,
             write=written.append,
             stopping=lambda: False,
+            on_hold=kept_held,
         )
         await deleter.run([Job(route, record)])
-    assert [(r.outcome, r.http_status, r.attempts) for r in written] == [(Action.DELETED, 404, 1)]
+    assert [(r.outcome, r.http_status, r.attempts) for r in written] == [(Action.DELETED, 404, 0)]
+    assert hits(running, DELETE) == {}
 
 
 def test_a_second_run_is_refused_by_the_lock(
@@ -449,9 +453,10 @@ def test_prune_token_expiring_before_the_delete_stops_with_exit_3(
     exit 3 with the refusal printed, and the condemned snapshot is still there."""
     volume = volume_ids(1, seed=721)[0]
     seeds = [snap(volume, 2), snap(volume, 1)]
-    # burst 2: the two listings (snapshots, then snapshot groups) pass; the DELETE is the one throttled
-    # (the clock stands: any rate throttles it; the 429 names the rate, and the client paces at it)
-    emu = start(emulator_thread, [volume], seeds, clock=clock, rate_limit=20.0, burst=2, token_ttl=60.0)
+    # burst 3: the two listings (snapshots, then snapshot groups) and the last look's GET pass; the DELETE
+    # is the one throttled (the clock stands: any rate throttles it; the 429 names the rate, and the
+    # client paces at it)
+    emu = start(emulator_thread, [volume], seeds, clock=clock, rate_limit=20.0, burst=3, token_ttl=60.0)
     manifest = csv_manifest(write, [volume])
     report = tmp_path / "prune.jsonl"
     args = cli_args(

@@ -321,6 +321,7 @@ class GroupRoutes:
 
     # --- delete, rollback, jobs ------------------------------------------------------------
     async def delete(self, request: web.Request) -> web.StreamResponse:
+        self.world.delete_arrived(request.match_info["snapshot_group_id"])
         group, status = self._find(request)
         if status not in ("available", "error"):
             raise evs_error(

@@ -300,4 +300,11 @@ class EmulatorSettings:
         "Snapshot-group members are absent from the v2 snapshot list and show (404): only the v5 member "
         "list shows them.",
     )
+    hold_at_delete: int = option(
+        0,
+        "When the Nth DELETE (of a snapshot or a snapshot group) arrives, every other snapshot and group "
+        "not deleting is held first (evs_snapshot_hold=emulator: a snapshot's metadata, a group's tag), as "
+        "a hold made after a listing; 0: never.",
+        low=0,
+    )
     seed: int = option(0, "Seed for every random choice.")

@@ -198,6 +198,7 @@ class SnapshotRoutes:
         return json_response(200, {"snapshot": self._json(snap, status)})
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
+        self.world.delete_arrived(request.match_info["snapshot_id"])
         snap, status = self._find(request)
         self._refuse_backup_made(snap, "deleted")
         if status == "error_deleting":

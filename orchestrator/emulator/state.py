@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+from orchestrator.api.views import HOLD_KEY
 from orchestrator.emulator.clock import Clock, Timeline, evs_time
 from orchestrator.emulator.settings import (
     ALL_ENTERPRISE_PROJECTS,
@@ -42,6 +43,7 @@ UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 # Snapshots the backup services make; they do not count against the per-disk limit (evs-api.md 9).
 BACKUP_NAME_PREFIXES = ("autobk_snapshot_", "manualbk_snapshot_")
 DEFAULT_DEVICE = "/dev/vdb"
+EMULATOR_HOLD = "emulator"  # the reason ``--hold-at-delete`` holds with
 
 
 @dataclasses.dataclass(slots=True)
@@ -184,6 +186,7 @@ class World:
         self.unlike_sdk: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.in_flight = 0
         self.max_in_flight = 0
+        self.deletes = 0  # DELETEs of snapshots and groups that arrived (``--hold-at-delete``)
 
     def now_text(self) -> str:
         """The wall time now, in EVS form (it follows the injected clock)."""
@@ -382,6 +385,19 @@ class World:
     def delete_snapshot(self, snap: Snapshot) -> None:
         snap.deleted_mono = self.clock()
         snap.updated_at = self.now_text()
+
+    def delete_arrived(self, target: str) -> None:
+        """Count a DELETE of snapshot or group ``target``; at the ``--hold-at-delete`` Nth, hold every other
+        snapshot (not a member of ``target``) and group that is not deleting, as ``hold`` does."""
+        self.deletes += 1
+        if self.deletes != self.settings.hold_at_delete:
+            return
+        for snap, status in list(self.live_snapshots()):
+            if target not in (snap.id, snap.group_id) and status != "deleting":
+                snap.metadata[HOLD_KEY] = EMULATOR_HOLD
+        for group in self.groups.values():
+            if group.id != target and group.deleted_mono is None:
+                group.tags[HOLD_KEY] = EMULATOR_HOLD
 
     def rollback(self, snap: Snapshot, volume: Volume, name: str | None) -> None:
         """Start a rollback: disk and snapshot are ``rollbacking`` for ``rollback_seconds``."""
