@@ -86,6 +86,10 @@ class ActionRecord:
     snapshot_group_id: str | None = None  # the v5 snapshot group the snapshot is a member of
     disk_updated_at: str | None = None  # a rollback's ``sending`` line: the disk's updated_at before it
 
+    def ending(self, outcome: Action, code: str | None = None, message: str | None = None) -> ActionRecord:
+        """This record with ``outcome`` and its error (``code``, ``message``), or none."""
+        return dataclasses.replace(self, outcome=outcome, error_code=code, error_message=message)
+
     def to_json(self) -> bytes:
         """One JSON line; without ``snapshot_group_id`` and ``disk_updated_at`` when they are ``None``
         (reports read as before the fields existed, as ``Record.to_json`` does)."""

@@ -299,7 +299,7 @@ class Deleter:
                         else:
                             record, gone = ended, True  # ended without a DELETE
                     except RouteClosed as exc:
-                        record = _with(job.record, Action.FAILED, exc.code, exc.message)
+                        record = job.record.ending(Action.FAILED, exc.code, exc.message)
                 if record.outcome is Action.DELETED and not gone and self.wait_timeout is not None:
                     until = time.monotonic() + self.wait_timeout
                     self._pending.setdefault(job.route, {})[record.key] = Pending(
@@ -328,12 +328,12 @@ class Deleter:
                 record, http_status=deletion.http_status, request_id=deletion.request_id
             )
         if deletion.ended is Ended.DONE:
-            return _with(record, Action.DELETED, None, None), deletion.gone
+            return record.ending(Action.DELETED), deletion.gone
         message = deletion.message
         if deletion.state is not None:
             message = f"{message} (the snapshot is {deletion.state})"
         outcome = Action.REJECTED if deletion.ended is Ended.REJECTED else Action.FAILED
-        return _with(record, outcome, deletion.code, message), False
+        return record.ending(outcome, deletion.code, message), False
 
     async def _confirm(self) -> None:
         """Rounds of status checks, while DELETEs are still being sent and after, until every accepted
@@ -365,7 +365,7 @@ class Deleter:
                 if pending.until <= now:
                     why = "deletion accepted (202); not gone in time"
                     self._end(
-                        route, snapshot_id, _with(pending.record, Action.FAILED, "DELETE_WAIT_TIMEOUT", why)
+                        route, snapshot_id, pending.record.ending(Action.FAILED, "DELETE_WAIT_TIMEOUT", why)
                     )
 
     async def _check(self, route: Route) -> None:
@@ -410,7 +410,7 @@ class Deleter:
             pending = self._pending.get(route, {}).get(snapshot_id)
             if pending is not None:
                 why = f"deletion accepted (202) but could not be confirmed: {exc}"
-                self._end(route, snapshot_id, _with(pending.record, Action.FAILED, "DELETE_UNCONFIRMED", why))
+                self._end(route, snapshot_id, pending.record.ending(Action.FAILED, "DELETE_UNCONFIRMED", why))
             return
         except RouteClosed as exc:
             why = f"deletion accepted (202) but could not be confirmed: {exc}"
@@ -427,7 +427,7 @@ class Deleter:
             self._end(route, snapshot_id, pending.record)
         elif status == "error_deleting":
             why = "the snapshot ended error_deleting; ask the provider's support"
-            self._end(route, snapshot_id, _with(pending.record, Action.FAILED, "ERROR_DELETING", why))
+            self._end(route, snapshot_id, pending.record.ending(Action.FAILED, "ERROR_DELETING", why))
 
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds``, in slices, so that a stop is noticed within a tenth of a second."""
@@ -447,7 +447,7 @@ class Deleter:
     def _flush(self, outcome: Action, code: str | None, message: str, *, only: Route | None = None) -> None:
         for route in [only] if only is not None else list(self._pending):
             for pending in self._pending.pop(route, {}).values():
-                self._finish(_with(pending.record, outcome, code, message), pending.started, pending.members)
+                self._finish(pending.record.ending(outcome, code, message), pending.started, pending.members)
 
     def _finish(self, record: ActionRecord, started: float, members: tuple[ActionRecord, ...] = ()) -> None:
         """Write the record (a group's: each member's, with the group's outcome and answer)."""
@@ -511,7 +511,7 @@ async def look_again(
         stamp = now_iso()
         gone.append(
             dataclasses.replace(
-                _with(line, Action.DELETED, None, EARLIER_DELETE),
+                line.ending(Action.DELETED, None, EARLIER_DELETE),
                 http_status=404,
                 request_id=None,
                 attempts=0,
@@ -521,7 +521,3 @@ async def look_again(
             )
         )
     return gone, [snapshot for snapshot in seen.values() if snapshot is not None]
-
-
-def _with(record: ActionRecord, outcome: Action, code: str | None, message: str | None) -> ActionRecord:
-    return dataclasses.replace(record, outcome=outcome, error_code=code, error_message=message)

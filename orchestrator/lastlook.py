@@ -54,16 +54,12 @@ async def last_look(
         seen = await (show_group if group else show_snapshot)(route, record.key, policy)
     except ListingFailed as exc:
         why = f"it could not be read again before its DELETE (a hold unknown): {exc}; not deleted"
-        return _with(record, Action.FAILED, UNCHECKED, why)
+        return record.ending(Action.FAILED, UNCHECKED, why)
     if seen is None:
-        return dataclasses.replace(_with(record, Action.DELETED, None, None), http_status=404)
+        return dataclasses.replace(record.ending(Action.DELETED), http_status=404)
     refused = changed_hands(seen, record.source_run)
     if refused is not None:
-        return _with(record, Action.REFUSED, refused.code, f"{refused.message}; left alone")
+        return record.ending(Action.REFUSED, refused.code, f"{refused.message}; left alone")
     if seen.hold is not None:
         return on_hold(record, seen)
     return None
-
-
-def _with(record: ActionRecord, outcome: Action, code: str | None, message: str | None) -> ActionRecord:
-    return dataclasses.replace(record, outcome=outcome, error_code=code, error_message=message)
