@@ -292,7 +292,9 @@ def test_resume_after_sigterm_finishes_the_job(
     assert 3 <= len(first) < 12
     stopped = invoke(["summary", str(report)])  # 5 deleted of 12 must not read as done
     assert stopped.exit_code == 1, stopped.output
-    assert f"unfinished: the last prune run of this report stopped after {len(first)} lines" in stopped.stdout
+    written = len(lines(report)) - 1  # below the header: each deletion's sending line and its record
+    assert written == 2 * len(first)
+    assert f"unfinished: the last prune run of this report stopped after {written} lines" in stopped.stdout
     assert (
         f"--keep-last 1 --apply --resume --report {report.resolve()} --endpoint {emu.url}`" in stopped.stdout
     )
