@@ -28,6 +28,7 @@ from orchestrator.entry import exit_code_of
 from orchestrator.errors import LockHeld, Unwritable, UsageError
 from orchestrator.lock import Lock, RunLock, holding, lock_dir, manifest_lock, run_lock
 from tests.helpers import (
+    ACTION_RETRIES,
     API_IDS,
     FAST_RETRIES,
     PROJECT,
@@ -567,7 +568,7 @@ def test_a_lock_file_that_may_only_be_read_is_locked_never_written(tmp_path: Pat
         folder.chmod(0o555)
     kept = lock.read_bytes()
     args = ["hold", "--snapshot", API_IDS[0], "--reason", "x", "--project-id", PROJECT]
-    args += ["--endpoint", "http://127.0.0.1:1", "--lock-file", str(lock)]
+    args += ["--endpoint", "http://127.0.0.1:1", "--lock-file", str(lock), *ACTION_RETRIES]
     try:
         result = invoke([*args, "--report", str(tmp_path / "h.jsonl")])
         assert result.exit_code == 3, result.stderr  # past the locks: the endpoint is unreachable
