@@ -171,8 +171,8 @@ _ENDS = frozenset({Action.ROLLED_BACK, Action.ROLLBACK_FAILED, Action.DELETED, A
 class LastRun:
     """How the last run of an action report ended, as its lines tell: ``ended`` when its end line
     follows the last record (a run that came to its end writes one); else the lines written since the
-    last end line (``written``: its records, and its ``sending`` lines that no record of their key
-    follows: a request sent and never seen to end), and whether the last of them that tells shows a plan
+    last end line (``written``: its records and its ``sending`` lines, each request's as it left, every
+    one a line of the file), and whether the last of them that tells shows a plan
     (a ``planned`` record: ``True``) or acting (``deleted``, ``sending``, ...: ``False``); ``None``: none
     tells."""
 
@@ -188,20 +188,14 @@ _UNTELLING = frozenset({Action.KEPT, Action.BLOCKED, Action.REFUSED})  # written
 def last_run(path: Path) -> LastRun:
     """Whether the last run of an action report came to its end (one pass; see ``LastRun``)."""
     ended, written, plan = False, 0, None
-    open_sends: set[str] = set()  # keys of the run's sending lines that no record followed yet
     for record in read_actions(path):
         if record.outcome is Action.ENDED:
             ended, written, plan = True, 0, None
-            open_sends.clear()
             continue
         ended = False
-        if record.outcome is Action.SENDING:
-            open_sends.add(record.key)
-        else:
-            written += 1
-            open_sends.discard(record.key)
+        written += 1
         if record.outcome in _PLANS:
             plan = True
         elif record.outcome not in _UNTELLING:
             plan = False
-    return LastRun(ended=ended, written=written + len(open_sends), plan=plan)
+    return LastRun(ended=ended, written=written, plan=plan)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from orchestrator import defaults
 from orchestrator.errors import UsageError
+from orchestrator.models import RUN_ID
 
 if TYPE_CHECKING:
     from yarl import URL
@@ -43,7 +44,6 @@ REGION_RE = re.compile(r"[a-z]{2,}(-[a-z]+)+-[0-9]{1,3}\Z")
 PROJECT_RE = re.compile(r"[0-9a-f]{32}\Z")
 HOST_RE = re.compile(r"[A-Za-z0-9._:%-]+")  # a name, IPv4 or IPv6 (punycode for IDN)
 USERINFO_RE = re.compile(r"(//)[^/?#]*@")
-RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")  # what RunIdentity.new writes
 QUERY_RE = re.compile(r"\?[^#]*")
 FRAGMENT_RE = re.compile(r"#.*", flags=re.DOTALL)
 

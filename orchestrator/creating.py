@@ -65,7 +65,7 @@ async def create(settings: CreateSettings, *, console: Console) -> int:
             "value is at most 43 letters, digits, '_', '.' or '-'"
         )
     also_known = frozenset({"emulator_status"}) if settings.emulator else frozenset()
-    display = "<stdin>" if settings.source.path == "-" else settings.source.path
+    display = settings.source.shown
     with spooled(settings.source) as source:
 
         def rows() -> Iterator[RawRow]:

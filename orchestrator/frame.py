@@ -59,7 +59,7 @@ from orchestrator.errors import (
 from orchestrator.hookplan import HookPlan
 from orchestrator.lock import Held, Lock, holding, report_lock
 from orchestrator.models import Record, RunHeader, shape_difference, utc_now
-from orchestrator.report import ReportWriter, ResumeBook, check_report_path, read_header
+from orchestrator.report import ReportWriter, ResumeBook, check_report_path, read_header, same_file
 from orchestrator.signals import draining, on_early_stop, received, run_finished, stopping_now
 from orchestrator.tally import Counting, Tally
 
@@ -103,7 +103,7 @@ class Closing:
         kept += [(option, str(path)) for option, path in files[:1]]
         for option, path in files:
             for what, other in kept:
-                if other not in ("", "-") and option not in what and _same_file(path, Path(other)):
+                if other not in ("", "-") and option not in what and same_file(path, Path(other)):
                     raise UsageError(
                         f"{option} {path} is {what}: the end of the run would replace it; choose another path"
                     )
@@ -134,14 +134,6 @@ def check_writable(path: Path, option: str) -> None:
         raise UsageError(
             f"{option} {path}: cannot write there ({exc.strerror}); choose another path"
         ) from None
-
-
-def _same_file(one: Path, other: Path) -> bool:
-    """Both paths name one file: the same inode (a link), or the same path once resolved."""
-    try:
-        return os.path.samefile(one, other)
-    except OSError:  # one of them does not exist (yet)
-        return one.resolve() == other.resolve()
 
 
 def default_report(command: str, path: str | None) -> str:
@@ -398,7 +390,7 @@ class Frame:
         """Hold ``locks`` until the run ends (more can be taken later through the returned ``Held``)."""
         locks = list(locks)
         for given in (lock for lock in locks if not lock.remove and self.report != "-"):
-            if _same_file(given.path, Path(self.report)):
+            if same_file(given.path, Path(self.report)):
                 raise UsageError(f"--lock-file {given.path} is the report: choose another path")
         if self.held is None:
             self.held = self._stack.enter_context(holding(locks, holder or self.command))

@@ -44,6 +44,7 @@ from orchestrator.models import utc_iso, utc_now
 from orchestrator.report import read_header, read_records
 
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # no room for a lock file: exit 3, as a report
+_READ_ONLY = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ETXTBSY})  # may be read, not written
 ATTEMPTS = 100  # a lock file removed under a taker this often in a row means something else is wrong
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 # What ``RunLock._name_holder`` writes, and nothing else: the whole file is that one line (a file of the
@@ -227,9 +228,13 @@ class RunLock:
     def _name_holder(self, fd: int) -> None:
         """Write this process into the lock file it holds; a full disk releases it and stops the command.
         A ``--lock-file`` that holds anything but a holder line (a file of the user's: a report, a
-        manifest, a file other tools read) is only locked, never written: its content stays."""
+        manifest, a file other tools read), or that was opened read-only, is only locked, never written:
+        its content stays."""
         head = os.pread(fd, 200, 0)
-        if not self.lock.remove and head and not _HOLDER_LINE.fullmatch(head):
+        if not self.lock.remove and (
+            fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+            or (head and not _HOLDER_LINE.fullmatch(head))
+        ):
             return
         self._named = True
         os.ftruncate(fd, 0)
@@ -251,9 +256,15 @@ class RunLock:
         return UsageError(f"{what}: {exc.strerror}")
 
     def _open(self) -> int:
+        """The lock file, opened to be written; a ``--lock-file`` this user may only read (mode 0444, a
+        read-only folder or file system, a program being run) is opened read-only: ``flock`` needs no
+        more, and such a file is never written."""
         try:
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
+            if not self.lock.remove and exc.errno in _READ_ONLY:
+                with contextlib.suppress(OSError):
+                    return os.open(self.path, os.O_RDONLY)
             raise self._failed(exc, f"cannot open the lock file {self.path}") from None
 
     def _still_named(self, fd: int) -> bool:

@@ -33,6 +33,7 @@ import enum
 import functools
 import hashlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -116,6 +117,12 @@ class ManifestSource:
 
     path: str
     format: Format
+    stdin: bool = False  # a copy of standard input (``spooled``): named ``<stdin>`` in messages
+
+    @property
+    def shown(self) -> str:
+        """How messages name the manifest: its path, or ``<stdin>``."""
+        return "<stdin>" if self.path == "-" or self.stdin else self.path
 
     @classmethod
     def of(cls, path: str, forced: str | None) -> ManifestSource:
@@ -134,16 +141,30 @@ class ManifestSource:
 
 @contextlib.contextmanager
 def spooled(source: ManifestSource) -> Iterator[ManifestSource]:
-    """A source that can be read twice: standard input is copied to a temporary file first."""
+    """A source that can be read twice: standard input is copied to a temporary file first.
+
+    Only this process reads the copy, so where a file can be opened by its descriptor (Linux's
+    ``/proc/self/fd``) its name is unlinked as soon as it is made and the readers open it that way: a
+    killed run leaves no copy in ``$TMPDIR``. Elsewhere the named copy is removed when the block ends.
+    """
     if source.path != "-":
         yield source
         return
 
-    with tempfile.NamedTemporaryFile(prefix="evs-snapshot-stdin-", suffix=f".{source.format}") as copy:
-        with blocking():  # a signal stops a copy that waits on a stalled producer
+    fd, name = tempfile.mkstemp(prefix="evs-snapshot-stdin-", suffix=f".{source.format}")
+    by_descriptor = f"/proc/self/fd/{fd}"
+    named = not os.path.exists(by_descriptor)
+    try:
+        if not named:
+            os.unlink(name)
+        with open(fd, "wb", closefd=False) as copy, blocking():  # a signal stops a stalled producer's copy
             shutil.copyfileobj(sys.stdin.buffer, copy)
-        copy.flush()
-        yield ManifestSource(copy.name, source.format)
+        yield ManifestSource(name if named else by_descriptor, source.format, stdin=True)
+    finally:
+        os.close(fd)
+        if named:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
 
 
 def manifest_digest(source: ManifestSource, *, display: str | None = None) -> str:
@@ -158,7 +179,7 @@ def manifest_digest(source: ManifestSource, *, display: str | None = None) -> st
             digest = hashlib.file_digest(handle, "sha256")
     except OSError as exc:
         raise ManifestError(
-            display or source.path, None, f"cannot open the manifest: {exc.strerror}"
+            display or source.shown, None, f"cannot open the manifest: {exc.strerror}"
         ) from None
     return f"sha256:{digest.hexdigest()}"
 
@@ -188,7 +209,7 @@ def read_rows(
     with the count of the others; ``also_known`` names columns not to warn about.
     """
 
-    name = display or source.path
+    name = display or source.shown
     columns = _ColumnWarnings(name, warn, also_known)
     try:
         handle = open(source.path, "rb")  # noqa: SIM115 - closed by the with below, after the generator ends
@@ -230,7 +251,7 @@ def read_keys(
     if source.format is not Format.CSV:
         return row_keys(read_rows(source, display=display, warn=warn, also_known=also_known))
     return _csv_keys(
-        source, display or source.path, _ColumnWarnings(display or source.path, warn, also_known)
+        source, display or source.shown, _ColumnWarnings(display or source.shown, warn, also_known)
     )
 
 
@@ -365,7 +386,7 @@ def _csv_header(reader: Any, name: str, columns_seen: _ColumnWarnings) -> list[s
 
 def csv_columns(source: ManifestSource, display: str | None = None) -> list[str]:
     """The column names of a CSV manifest's header (read again; ``read_rows`` has checked it)."""
-    name = display or source.path
+    name = display or source.shown
     with open(source.path, "rb") as handle:
         reader = csv.reader(_decoded_lines(handle, name), strict=True)
         try:

@@ -16,6 +16,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
+# A run id, as ``RunIdentity.new`` writes it (the one pattern: ASCII digits only; ``fullmatch`` it).
+RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")
+
 
 class Outcome(enum.StrEnum):
     """What became of one manifest row; the last record of a row holds its current outcome."""
@@ -426,6 +429,12 @@ class RunHeader:
         rows, run_id = data.get("rows"), data.get("run_id")
         if not isinstance(run_id, str) or not run_id:
             raise ValueError("not a run header: no run_id")
+        if RUN_ID.fullmatch(run_id) is None:  # ASCII digits only, as create writes it
+            raise ValueError(
+                f"not a run header of evs-snapshot: run_id {run_id!r} is not a run id of the tool "
+                "(YYYYMMDDTHHMMSSZ- and six lower-case hex digits): the report was edited, or is not one "
+                "of this tool"
+            )
         if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
             raise ValueError(f"not a run header: rows must be a whole number of 0 or more, not {rows!r}")
         try:

@@ -597,7 +597,8 @@ LOCK_FILE = click.option(
     "--lock-file",
     type=click.Path(path_type=Path, dir_okay=False),
     help="One more lock held for the whole run (a file other tools may flock too: one with content of "
-    "its own is never changed; an empty one names the holder while held); a second run exits 75. "
+    "its own, or that this user may only read, is never changed; an empty writable one names the holder "
+    "while held); a second run exits 75. "
     "The manifest's and the run's own locks are always held too.  "
     "[default: none; the own locks are in $EVS_SNAPSHOT_LOCK_DIR, else ~/.cache/evs-snapshot/locks "
     "of the user's home]",

@@ -195,7 +195,7 @@ def plan(settings: CreateSettings, *, console: Console) -> int:
     ``planned`` or ``invalid``, nothing sent; the exit code."""
     started = time.monotonic()
     settings = checked(settings, console)
-    display = "<stdin>" if settings.source.path == "-" else settings.source.path
+    display = settings.source.shown
     with spooled(settings.source) as source:
 
         def rows() -> Iterator[RawRow]:

@@ -176,6 +176,16 @@ def refuse_existing(path: Path) -> None:
         )
 
 
+def same_file(one: Path, other: Path) -> bool:
+    """Both paths name one file: the same inode (a hard link, a symlink), or the same path once resolved
+    (one of them does not exist yet). The one identity test of a report, a side file or a lock file
+    against a file the command reads."""
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return one.resolve() == other.resolve()
+
+
 def check_report_path(path: Path) -> None:
     """A report is a regular file (or will be): not a directory, a device or a pipe."""
     try:

@@ -7,8 +7,9 @@ For each selected disk, its owned snapshots (``ownership.Ownership``) are ranked
 rule (``--keep-daily N`` ...: the newest ``available`` snapshot of each of the last N days that hold
 one, restic's meaning, in ``Rules.zone``) is kept; so is the newest ``available`` one unless
 ``--allow-none``; so is a held one (its ``evs_snapshot_hold`` key is set: ``create --hold``, ``hold``),
-whatever the rules say. A kept record (``--verbose``) names the rules that kept it (``daily 2026-12-05,
-weekly 2026-W48``; ``hold: REASON`` first for a held one). Held snapshots still take their place in the
+whatever the rules say. A kept record (``--verbose``; always for a snapshot an earlier run sent a
+DELETE for, so that send ends in a record) names the rules that kept it (``daily 2026-12-05, weekly
+2026-W48``; ``hold: REASON`` first for a held one). Held snapshots still take their place in the
 rules' walk (``--keep-last`` counts them). Every other one is a candidate and gets one record naming the
 rules it falls outside of: ``planned`` without ``--apply``; with it ``deleted``, ``rejected`` or
 ``failed`` (``deleter``); ``blocked`` (``SNAPSHOT_BUSY``) when its state cannot be deleted from. One
@@ -317,7 +318,8 @@ def judge_scope(
     write: Callable[[ActionRecord], None],
     units: Units | None = None,
 ) -> list[Job]:
-    """Records for one project's candidates (planned, blocked, kept with --verbose) and the jobs to run."""
+    """Records for one project's candidates (planned, blocked; kept with --verbose, or when an earlier
+    run sent its DELETE) and the jobs to run."""
     units = units or Units()
     group_of = {member.id: unit for unit in units.units for member in unit.members}
     jobs: list[Job] = []
@@ -372,7 +374,8 @@ def judge_scope(
             if reasons:
                 staying += 1
                 counts[volume_id]["kept"] += 1
-                if settings.verbose:
+                # A DELETE an earlier run sent (its sending line) is settled by a record, kept too
+                if settings.verbose or snapshot.id in action.sent:
                     grouped = group_of[snapshot.id].group.id if snapshot.id in group_of else None
                     action.write(
                         record(snapshot, Action.KEPT, rule=", ".join(reasons), snapshot_group_id=grouped)

@@ -50,7 +50,7 @@ def read_targets(
     Only ``volume_id``, ``project_id``, ``region`` and ``server_id`` matter here; names and metadata are
     ``create``'s.
     """
-    display = "<stdin>" if source.path == "-" else source.path
+    display = source.shown
     targets: list[Target] = []
     seen: set[tuple[str, str]] = set()
     bad = 0
@@ -141,4 +141,4 @@ async def manifest_selection(
             return (*found, manifest_digest(spool))
 
         targets, bad, digest = await in_thread(read)  # a signal stops a long manifest pass promptly
-    return ("<stdin>" if source.path == "-" else source.path), targets, bad, digest
+    return source.shown, targets, bad, digest

@@ -1072,7 +1072,7 @@ def issued_token(emu: EmulatorThread) -> str:
 CORE_IDS = volume_ids(4, seed=0xED6E)
 
 
-EDGE_RUN = "20261127T035432Z-edge01"
+EDGE_RUN = "20261127T035432Z-ed9e01"
 
 
 OFFLINE = {"project_id": PROJECT, "region": "cn-north-4"}

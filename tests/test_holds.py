@@ -251,6 +251,28 @@ def test_hold_from_a_report_refuses_another_runs_snapshot(
     assert [(r["outcome"], r["error_code"]) for r in records(plan)] == [("refused", "NOT_THIS_RUN")]
 
 
+def test_a_report_whose_run_id_has_non_ascii_digits_is_not_read(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A report edited by hand so its run id holds Arabic-Indic digits was read, and hold refused each row
+    NOT_THIS_RUN; a run id is ASCII (the one pattern), so the report is exit 2 naming file:line."""
+    emu, report, _ = created(emulator_thread, write, tmp_path, 2, 907)
+    run_id = header(report)["run_id"]
+    edited = run_id.translate(
+        str.maketrans("0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669")
+    )
+    report.write_text(report.read_text(encoding="utf-8").replace(run_id, edited), encoding="utf-8")
+    plan = tmp_path / "hold.jsonl"
+    result = command(emu, "hold", str(report), "--reason", "X", report=plan)
+    assert result.exit_code == 2, result.output
+    assert f"{report}:1: not a run header of evs-snapshot: run_id " in result.stderr
+    assert not plan.exists() or records(plan) == []
+    assert emu.state()["requests"].get(ADD) is None
+    summary = invoke(["summary", str(report)])
+    assert summary.exit_code == 2, summary.output
+    assert f"{report}:1: not a run header of evs-snapshot" in summary.stderr
+
+
 def test_prune_keeps_a_held_snapshot(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

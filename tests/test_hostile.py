@@ -26,6 +26,7 @@ from tests.helpers import (
     PROJECT,
     cli_args,
     create_args,
+    create_report,
     csv_manifest,
     header,
     invoke,
@@ -306,6 +307,33 @@ def test_side_files_never_name_the_report_or_what_the_run_reads(
     both = tmp_path / "audit-both"
     refused(invoke([*audit, option, str(both), other, str(both)]), "choose another path")
     assert manifest.read_text().startswith("volume_id")
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        ("hold", "hold writes its own report: give a --report other than the create report"),
+        ("cleanup", "cleanup writes its own report: give a --report other than the create report"),
+        ("rollback", "--report must not be the create report: rollback writes a report of its own"),
+    ],
+)
+def test_an_action_report_never_names_the_create_report_it_reads(
+    command: str, said: str, tmp_path: Path
+) -> None:
+    """hold, cleanup and rollback write their own report: the create report they read, by its path, a
+    symlink or a hard link (it passed: paths were compared, not files), is exit 2 with the command's
+    message, with --resume too, and the create report is left as it was."""
+    source = create_report(tmp_path / "c.jsonl", [{}, {}])
+    kept = source.read_bytes()
+    symlink, hard = tmp_path / "symlink.jsonl", tmp_path / "hard.jsonl"
+    symlink.symlink_to(source)
+    os.link(source, hard)
+    extra = {"hold": ["--reason", "x"], "rollback": ["--rows", "1"]}.get(command, [])
+    for given in (source, symlink, hard):
+        for resume in ([], ["--resume"]):
+            args = [command, str(source), *extra, "--endpoint", CLOSED_PORT, *resume, "--report", str(given)]
+            refused(invoke(args, {"OS_REGION_NAME": ""}), said)
+    assert source.read_bytes() == kept
 
 
 # --- manifests ------------------------------------------------------------------------------------

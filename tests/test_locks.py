@@ -28,6 +28,7 @@ from orchestrator.entry import exit_code_of
 from orchestrator.errors import LockHeld, Unwritable, UsageError
 from orchestrator.lock import Lock, RunLock, holding, lock_dir, manifest_lock, run_lock
 from tests.helpers import (
+    ACTION_RETRIES,
     API_IDS,
     FAST_RETRIES,
     PROJECT,
@@ -80,7 +81,7 @@ def holder(
 ) -> Iterator[Launched]:
     """A real evs-snapshot process (``args(endpoint)``) that has taken its locks and waits on its first
     request; killed when the block ends. A manifest on standard input is copied to a file in ``spool``
-    (its TMPDIR): the kill leaves that file behind, as any SIGKILL of ``create -`` does."""
+    (its TMPDIR), unlinked at once: the kill leaves nothing there."""
     with silent_endpoint() as (url, reached):
         env = None if spool is None else {"TMPDIR": str(spool)}
         process = run_process([*args(url), *HANG], env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
@@ -159,8 +160,7 @@ def test_a_manifest_from_stdin_locks_on_its_digest(
         args = create_args(emu.url, Path("-"), tmp_path / "other.jsonl", *FAST_RETRIES, format="csv")
         assert invoke(args, input=other).exit_code == 0
     assert sum(snapshots_per_volume(emu.state()).values()) == 2
-    spooled = [path.name.partition("stdin-")[0] for path in tmp_path.glob("*.csv")]
-    assert spooled == ["evs-snapshot-"]  # the killed holder's copy of its standard input, and only it
+    assert list(tmp_path.glob("evs-snapshot-stdin-*")) == []  # the killed holder left no copy of its input
 
 
 def test_the_same_rows_from_a_file_and_from_stdin_exclude_each_other(
@@ -546,3 +546,40 @@ def test_a_lock_file_that_cannot_be_made_for_want_of_room_exits_3(
     assert exit_code_of(failed) == code
     assert str(failed).startswith(f"cannot open the lock file x: {os.strerror(number)}")
     assert ("Free space in" in str(failed)) is (code == 3)
+
+
+@pytest.mark.parametrize("how", ["mode-0444-in-a-read-only-folder", "a-running-program"])
+def test_a_lock_file_that_may_only_be_read_is_locked_never_written(tmp_path: Path, how: str) -> None:
+    """A --lock-file this user may read but not write (mode 0444 in a folder it may not write; for root,
+    which writes through modes, a program being run: ETXTBSY) is flocked through a read-only descriptor:
+    it was exit 2 "cannot open the lock file", though flock needs no write. Its content stays, and a
+    holder of it makes the run exit 75."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    running: subprocess.Popen[bytes] | None = None
+    if how == "a-running-program":
+        lock = folder / "sleep"
+        shutil.copy(shutil.which("sleep") or "/bin/sleep", lock)
+        running = subprocess.Popen([str(lock), "60"])
+    else:
+        lock = folder / "maintenance.lock"
+        lock.write_text("owned by the maintenance team\n", encoding="utf-8")
+        lock.chmod(0o444)
+        folder.chmod(0o555)
+    kept = lock.read_bytes()
+    args = ["hold", "--snapshot", API_IDS[0], "--reason", "x", "--project-id", PROJECT]
+    args += ["--endpoint", "http://127.0.0.1:1", "--lock-file", str(lock), *ACTION_RETRIES]
+    try:
+        result = invoke([*args, "--report", str(tmp_path / "h.jsonl")])
+        assert result.exit_code == 3, result.stderr  # past the locks: the endpoint is unreachable
+        assert "cannot open the lock file" not in result.stderr
+        with RunLock(lock, "create"):
+            held = invoke([*args, "--report", str(tmp_path / "held.jsonl")])
+        assert held.exit_code == 75, held.stderr
+        assert f"another process holds {lock} (its flock" in held.stderr
+        assert lock.read_bytes() == kept
+    finally:
+        folder.chmod(0o755)
+        if running is not None:
+            running.kill()
+            running.wait()

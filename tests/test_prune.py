@@ -294,7 +294,9 @@ def test_resume_after_sigterm_finishes_the_job(
     assert 3 <= len(first) < 12
     stopped = invoke(["summary", str(report)])  # 5 deleted of 12 must not read as done
     assert stopped.exit_code == 1, stopped.output
-    assert f"unfinished: the last prune run of this report stopped after {len(first)} lines" in stopped.stdout
+    written = len(lines(report)) - 1  # below the header: each deletion's sending line and its record
+    assert written == 2 * len(first)
+    assert f"unfinished: the last prune run of this report stopped after {written} lines" in stopped.stdout
     assert (
         f"--keep-last 1 --apply --resume --report {report.resolve()} --endpoint {emu.url}`" in stopped.stdout
     )
@@ -398,6 +400,35 @@ def test_resume_settles_each_delete_sent_by_what_became_of_its_snapshot(
     assert len(records(report)) == 5
     assert requests_of(emu.state(), DELETE) == {"202": 5}  # 3 before, 2 by the resume
     assert invoke(["summary", str(report)]).exit_code == 0
+
+
+def test_a_delete_sent_whose_snapshot_is_held_since_gets_its_kept_record(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A DELETE an earlier run sent (its sending line, no record) whose snapshot is still there and held
+    since: --resume keeps it and records it kept, without --verbose (it left no line, and summary kept
+    saying the deletion was sent and has no record, exit 1)."""
+    (disk,) = volume_ids(1, seed=145)
+    owned = [snap(disk, d) for d in (1, 2)]  # --keep-last 1 condemns owned[1]
+    emu = start(emulator_thread, [disk], owned)
+    manifest = csv_manifest(write, [disk])
+    plan = tmp_path / "plan.jsonl"
+    assert prune(emu, manifest, plan, "--keep-last", "1").exit_code == 0
+    head, planned, _ = plan.read_bytes().splitlines(keepends=True)  # its one record, then its end line
+    report = tmp_path / "r.jsonl"
+    report.write_bytes(head + planned.replace(b'"outcome":"planned"', b'"outcome":"sending"'))
+    hold = ["hold", "--snapshot", owned[1].id, "--reason", "audit", "--project-id", PROJECT, "--apply"]
+    held = invoke([*hold, "--endpoint", emu.url, "--report", str(tmp_path / "h.jsonl"), *ACTION_RETRIES])
+    assert held.exit_code == 0, held.output
+    result = prune(emu, manifest, report, "--keep-last", "1", "--apply", "--resume")
+    assert result.exit_code == 0, result.output
+    assert [(r["snapshot_id"], r["outcome"], r["rule"]) for r in records(report)] == [
+        (owned[1].id, "kept", "hold: audit")
+    ]
+    assert requests_of(emu.state(), DELETE) == {}
+    summary = invoke(["summary", str(report)])
+    assert summary.exit_code == 0, summary.output
+    assert "no record" not in summary.stdout
 
 
 @pytest.mark.anyio

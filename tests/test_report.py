@@ -18,6 +18,7 @@ from orchestrator.models import Outcome, Record, RunHeader, utc_iso, utc_iso_now
 from orchestrator.report import ReportWriter, RowSlots, final_records, read_header, read_records
 from orchestrator.tally import Tally
 from tests.helpers import (
+    RUN,
     TWO_ROWS_HEADER,
     cli_args,
     create_args,
@@ -77,7 +78,7 @@ def test_record_json_is_the_dataclass_json(record: Record) -> None:
     assert list(orjson.loads(record.to_json())) == names
 
 
-def run_header(rows: int = 10, run_id: str = "r") -> RunHeader:
+def run_header(rows: int = 10, run_id: str = RUN) -> RunHeader:
     """The header every report starts with (the readers refuse a file without one)."""
     return RunHeader(
         run_id=run_id, command="create", manifest="m.csv", rows=rows, digest="", shape={}, started_at="s"
@@ -86,7 +87,7 @@ def run_header(rows: int = 10, run_id: str = "r") -> RunHeader:
 
 def sample(row: int, outcome: Outcome = Outcome.ACCEPTED, code: str | None = None) -> Record:
     return Record(
-        run_id="r",
+        run_id=RUN,
         row=row,
         volume_id="v",
         project_id="p",

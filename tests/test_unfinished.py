@@ -54,14 +54,16 @@ def acted(
     stop: str | None = None,
     first: int = 1,
 ) -> None:
-    """One run of ``command`` writing a record of each outcome (``sending``: a journal line) through the
-    frame; ``stop``: how it did not reach its end (``signal``: drained after SIGTERM, ``error``: a listing
+    """One run of ``command`` writing a record of each outcome (``sending``: a journal line, of the key of
+    the next record) through the frame; ``stop``: how it did not reach its end (``signal``: drained after SIGTERM, ``error``: a listing
     refused, ``route``: a route closed), else it ends; keys are numbered from ``first``."""
     frame = Frame(command=command, console=Console(io.StringIO()), report=str(path))
     with contextlib.suppress(Interrupted, ListingFailed), frame:
         frame.open_actions(source=source, shape=shape or {}, resume=resume, nothing="nothing was done")
-        for index, outcome in enumerate(outcomes, start=first):
+        index = first
+        for outcome in outcomes:
             key = f"row:{index}" if command == "rollback" else f"snap-{index}"
+            index += outcome is not Action.SENDING  # a send's line and the record of its end share a key
             record = ActionRecord(
                 run_id=frame.run_id,
                 command=command,
@@ -126,6 +128,14 @@ DELETED, PLANNED, SENDING = Action.DELETED, Action.PLANNED, Action.SENDING
             "rollback: 1 records: 1 rolled_back",
             "evs-snapshot rollback m.csv --rows 1-2,5 --volume a --volume b --apply --resume --report {report}`",
             id="rollback-drained",
+        ),
+        pytest.param(
+            "rollback",
+            [SENDING, Action.ROLLED_BACK] * 3,
+            "signal",
+            "rollback: 3 records: 3 rolled_back",
+            "evs-snapshot rollback m.csv --rows 1-2,5 --volume a --volume b --apply --resume --report {report}`",
+            id="rollback-drained-after-its-sends",
         ),
         pytest.param(
             "prune",

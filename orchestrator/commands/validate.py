@@ -84,7 +84,7 @@ class _Problems:
 async def validate(settings: ValidateSettings, *, console: Console, stdout: TextIO) -> int:
     """Check every row; exit 0 when none has a problem, 1 otherwise (3 when the API refused us)."""
 
-    display = "<stdin>" if settings.source.path == "-" else settings.source.path
+    display = settings.source.shown
     problems = _Problems(stdout)
     good = 0
     with spooled(settings.source) as source:
