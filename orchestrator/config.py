@@ -43,7 +43,7 @@ CREDENTIAL_VARIABLES = (
 REGION_RE = re.compile(r"[a-z]{2,}(-[a-z]+)+-[0-9]{1,3}\Z")
 PROJECT_RE = re.compile(r"[0-9a-f]{32}\Z")
 HOST_RE = re.compile(r"[A-Za-z0-9._:%-]+")  # a name, IPv4 or IPv6 (punycode for IDN)
-USERINFO_RE = re.compile(r"(//)[^/?#]*@")
+USERINFO_RE = re.compile(r"(//|^)[^/?#]*@")  # with no scheme too: "user:password@host/..."
 QUERY_RE = re.compile(r"\?[^#]*")
 FRAGMENT_RE = re.compile(r"#.*", flags=re.DOTALL)
 

@@ -8,6 +8,7 @@ names them do not import each other.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -31,6 +32,19 @@ def exit_code_of(exc: BaseException) -> int:
     if isinstance(error, KeyboardInterrupt):
         return 130
     return INTERNAL_ERROR
+
+
+def reason_of(exc: BaseException) -> str:
+    """Why a command that ended with ``exc`` stopped, in the words its side files and notifications give:
+    our error's message, ``stopped by SIGTERM`` for a cancellation by a signal, else the internal error
+    (as ``cli.Main.main`` says it, without its advice)."""
+    error = first_error(exc)
+    if isinstance(error, EvsSnapshotError):
+        return str(error)
+    code = exit_code_of(exc)
+    if code != INTERNAL_ERROR:
+        return f"stopped by {signal.Signals(code - 128).name}"
+    return f"internal error: {type(error).__name__}: {error}"
 
 
 def run(entry: Callable[[], Awaitable[int]], *, console: Console | None = None) -> int:

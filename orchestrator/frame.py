@@ -47,14 +47,13 @@ from orchestrator.actions import FINAL, Action, ActionRecord, now_iso, outcomes_
 from orchestrator.config import RunIdentity, file_in_the_way
 from orchestrator.console import Console
 from orchestrator.defaults import GRACE
-from orchestrator.entry import exit_code_of
+from orchestrator.entry import exit_code_of, reason_of
 from orchestrator.errors import (
     Interrupted,
     ReportUnwritable,
     ResumeMismatch,
     RunAborted,
     UsageError,
-    first_error,
 )
 from orchestrator.hookplan import HookPlan
 from orchestrator.lock import Held, Lock, holding, report_lock
@@ -553,7 +552,7 @@ class Frame:
         if self._ended is not None:
             text, summary = self._ended
         else:  # the run stopped before its summary: what it counted, and why it stopped
-            why = "" if ended is None else str(first_error(ended))
+            why = "" if ended is None else reason_of(ended)
             text = f"{self.tally.render()}\nreport: {where}\nexit {code}" + (f": {why}" if why else "")
             summary = {"command": self.command, "exit_code": code, **({"error": why} if why else {})}
         messages = self._notifier.end_messages(

@@ -38,7 +38,7 @@ from orchestrator.emulator import (
     serving,
 )
 from orchestrator.emulator.clock import Clock
-from tests.helpers import TOKEN, stop_launcher
+from tests.helpers import TOKEN, Receiver, stop_launcher
 
 # The tests' own processes get SIGINT's default action, however pytest was started: a shell without job
 # control (``sh -c 'make test &'``, some CI runners) starts it with SIGINT ignored, which every process
@@ -206,3 +206,16 @@ def write(tmp_path: Path) -> Callable[[str, str | bytes], Path]:
         return path
 
     return writer
+
+
+@pytest.fixture
+def receiver() -> Iterator[Callable[..., Receiver]]:
+    started: list[Receiver] = []
+
+    def start(statuses: list[int | None] | None = None) -> Receiver:
+        started.append(Receiver(statuses))
+        return started[-1]
+
+    yield start
+    for running in started:
+        running.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import select
 import signal
@@ -1146,3 +1147,47 @@ def report_record(row: int, outcome: Outcome = Outcome.ACCEPTED) -> Record:
         finished_at="2026-11-27T03:54:32.200Z",
         elapsed_ms=1,
     )
+
+
+class Receiver:
+    """A loopback HTTP server that records each request and answers with the next status it is given
+    (``None``: never answers, until the test ends)."""
+
+    def __init__(self, statuses: list[int | None] | None = None) -> None:
+        self.statuses = list(statuses or [])
+        self.requests: list[tuple[str, str, bytes]] = []
+        self.released = threading.Event()
+        self.first = threading.Event()  # set once a request arrived
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                receiver.requests.append((self.path, self.headers.get("Content-Type", ""), body))
+                receiver.first.set()
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                if status is None:
+                    receiver.released.wait(30)
+                    return
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        # shutdown() waits until the serving loop next looks at its flag: every poll_interval (by default
+        # 0.5 s, half a second of each test's teardown per receiver)
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
+
+    def paths(self) -> list[str]:
+        return [path for path, _, _ in self.requests]
+
+    def stop(self) -> None:
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()

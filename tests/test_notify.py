@@ -5,12 +5,10 @@ settings and harmless to the exit code, and no secret in a body or a log line.""
 from __future__ import annotations
 
 import functools
-import http.server
 import io
 import re
 import signal
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from orchestrator.frame import Closing, Frame
 from tests.helpers import (
     CLOSED_PORT,
     TOKEN,
+    Receiver,
     create_args,
     csv_manifest,
     hang_up,
@@ -40,63 +39,6 @@ from tests.helpers import (
 )
 
 SECRET = "q-secret-4711"
-
-
-class Receiver:
-    """A loopback HTTP server that records each request and answers with the next status it is given
-    (``None``: never answers, until the test ends)."""
-
-    def __init__(self, statuses: list[int | None] | None = None) -> None:
-        self.statuses = list(statuses or [])
-        self.requests: list[tuple[str, str, bytes]] = []
-        self.released = threading.Event()
-        self.first = threading.Event()  # set once a request arrived
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
-                receiver.requests.append((self.path, self.headers.get("Content-Type", ""), body))
-                receiver.first.set()
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                if status is None:
-                    receiver.released.wait(30)
-                    return
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        # shutdown() waits until the serving loop next looks at its flag: every poll_interval (by default
-        # 0.5 s, half a second of each test's teardown per receiver)
-        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
-
-    def paths(self) -> list[str]:
-        return [path for path, _, _ in self.requests]
-
-    def stop(self) -> None:
-        self.released.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Callable[..., Receiver]]:
-    started: list[Receiver] = []
-
-    def start(statuses: list[int | None] | None = None) -> Receiver:
-        started.append(Receiver(statuses))
-        return started[-1]
-
-    yield start
-    for running in started:
-        running.stop()
 
 
 def run_create(emu: EmulatorThread, tmp_path: Path, ids: list[str], *extra: str, **env: str) -> Any:
@@ -281,6 +223,7 @@ async def test_a_slow_start_ping_does_not_hold_the_run_up(receiver: Callable[...
         pytest.param("ftp://127.0.0.1/p?k=" + SECRET, "is not an http(s) URL", id="scheme"),
         pytest.param("http://example.com/p?k=" + SECRET, "plain http to a non-loopback host", id="http"),
         pytest.param("https://u:" + SECRET + "@h.example/p#x", "has a fragment", id="fragment"),
+        pytest.param("u:" + SECRET + "@h.example/p?k=" + SECRET, "is not an http(s) URL", id="no-scheme"),
     ],
 )
 def test_a_bad_url_is_a_usage_error_that_hides_its_secrets(tmp_path: Path, url: str, said: str) -> None:
@@ -297,6 +240,7 @@ def test_redact_url_masks_userinfo_query_and_fragment() -> None:
     assert redact_url("https://u:p@h.example:8443/a/b?x=1&y=2#f") == "https://***@h.example:8443/a/b?***#***"
     assert redact_url("http://h/a") == "http://h/a"
     assert redact_url("not a url ?x") == "not a url ?***"
+    assert redact_url("u:p@h.example/a?x=1") == "***@h.example/a?***"  # no scheme: still a password
 
 
 @pytest.mark.anyio
@@ -346,6 +290,25 @@ async def test_a_signal_in_a_drain_pings_fail_after_the_summary(receiver: Callab
         await run()
     event = orjson.loads(hc.requests[0][2])
     assert (event["event"], event["exit_code"], event["summary"]["command"]) == ("failed", 143, "prune")
+
+
+@pytest.mark.anyio
+async def test_a_redirect_is_not_followed() -> None:
+    """A receiver that answers 307 elsewhere: the body is not sent on (a redirect would take it past the
+    https-or-loopback check made on the URL given), and the warning names the 3xx, once."""
+    log = io.StringIO()
+
+    async def elsewhere(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=307, headers={"Location": str(request.url.with_path("/other"))})
+
+    async def ok(_request: web.Request) -> web.StreamResponse:
+        return web.Response()
+
+    async with stand_in({"POST /h": elsewhere, "POST /other": ok}) as (url, seen):
+        message = Message(what="webhook", url=f"{url}/h", body=b"{}", content_type="x")
+        await Notifier(Notify(pause=0), Console(log)).send([message])
+    assert (seen["POST /h"], seen["POST /other"]) == (1, 0)
+    assert f"webhook {url}/h not delivered: HTTP 307 (a redirect: not followed)" in log.getvalue()
 
 
 @pytest.mark.anyio

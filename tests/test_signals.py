@@ -41,6 +41,7 @@ from tests.helpers import (
     PROJECT,
     TOKEN_ENV,
     Launched,
+    Receiver,
     cli_args,
     copying_stdin,
     create_args,
@@ -285,6 +286,41 @@ def test_a_signal_in_a_listing_sends_nothing_more(
     stopped_by(stderr, signal.SIGTERM)
     assert sent(answered(emu)) == before  # the requests out at the signal, and no other
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
+def test_a_signal_in_a_listing_is_named_alike_in_the_side_files_the_ping_and_the_webhook(
+    emulator_thread: Callable[..., Any],
+    receiver: Callable[..., Receiver],
+    write: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while prune lists (before its summary): the webhook's summary and the fail ping say why
+    the run stopped in the words --summary-json has ("stopped by SIGTERM"), not the cancelled task's."""
+    hook = receiver()
+    emu = emulator_thread(any_volume=True, latency_ms=SIGNAL_WINDOW_MS)
+    summary = tmp_path / "s.json"
+    args = [
+        *cli_args("prune", csv_manifest(write, volume_ids(4, seed=304)), keep_last=1, apply=True),
+        *cli_args(report=tmp_path / "p.jsonl", summary_json=summary, endpoint=emu.url, project_id=PROJECT),
+        *cli_args(webhook=f"{hook.url}/h", ping_url=f"{hook.url}/p"),
+    ]
+    with started(args) as process:
+        until(lambda: emu.state()["in_flight"] > 0, process)
+        process.send_signal(signal.SIGTERM)
+        stderr = ended(process)
+    assert process.returncode == 143, stderr
+    said = orjson.loads(summary.read_bytes())["error"]
+    assert said == "stopped by SIGTERM"
+    assert hook.paths() == ["/p/start", "/h", "/p/fail"] or sorted(hook.paths()) == [
+        "/h",
+        "/p/fail",
+        "/p/start",
+    ]
+    [event] = [orjson.loads(body) for path, _, body in hook.requests if path == "/h"]
+    assert (event["exit_code"], event["summary"]["error"]) == (143, said)
+    [ping] = [body.decode() for path, _, body in hook.requests if path == "/p/fail"]
+    assert ping.endswith(f"exit 143: {said}"), ping
 
 
 def taken(process: Launched, signum: int) -> Callable[[], bool]:

@@ -8,7 +8,8 @@ the summary JSON and the report's path.
 Best effort means: each request takes at most ``Notify.timeout`` seconds and is tried
 ``Notify.attempts`` times (``retry.retrying``) on no answer, a 5xx or a 429; all the attempts of one URL
 take at most ``Notify.budget`` seconds; a failure is logged as a warning (with the URL masked by
-``config.redact_url``) and changes nothing else: not the exit code, not the report.
+``config.redact_url``) and changes nothing else: not the exit code, not the report. A redirect (3xx) is
+not followed (it would take the body past the check made on the URL given): not delivered.
 
 The requests go through a small session of their own: the run's session may be closed by then.
 """
@@ -147,6 +148,7 @@ class Notifier:
                 data=message.body,
                 headers={"Content-Type": message.content_type, "User-Agent": USER_AGENT},
                 timeout=aiohttp.ClientTimeout(total=self.notify.timeout),
+                allow_redirects=False,  # a 3xx elsewhere would skip the URL's https-or-loopback check
                 proxy=proxy_for(url),
                 ssl=tls.for_url(url),
             ) as response:
@@ -160,5 +162,7 @@ class Notifier:
             raise TryAgain(f"no answer ({type(exc).__name__})") from None
         if status == 429 or status >= 500:
             raise TryAgain(f"HTTP {status}")
-        if status >= 300:
+        if status >= 400:
             raise Refused(f"HTTP {status}")
+        if status >= 300:
+            raise Refused(f"HTTP {status} (a redirect: not followed)")
