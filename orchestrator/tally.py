@@ -401,25 +401,27 @@ class Tally:
         keys = [key for key in sent if last.get(key) in (None, Action.PLANNED)]
         if command == "rollback":
             keys = [str(row) for row in sorted(int(key[4:]) for key in keys if key.startswith("row:"))]
-            what, which = "rollbacks", "rows"
+            what, which = "rollback", "row"
             settle = (
                 "`rollback --resume --apply` with this report looks at each disk before anything is sent "
             )
             settle += "again"
         elif command in DELETING:
-            what, which = "deletions", "snapshots"
+            what, which = "deletion", "snapshot"
             settle = (
                 f"`{command} --resume --apply` with this report records each: deleted when it is gone, "
                 "else judged again"
             )
         else:  # hold, release: each snapshot is looked at again, and changed if it still needs it
-            what, which = f"{command}s", "snapshots"
+            what, which = command, "snapshot"
             settle = f"`{command} --resume --apply` with this report looks at each again"
         if keys:
             shown = ", ".join(keys[:10]) + (", ..." if len(keys) > 10 else "")
+            many = len(keys) != 1
+            said = f"{what}s were sent and have" if many else f"{what} was sent and has"
             self.notes.append(
-                f"{len(keys)} {what} were sent and have no record ({which} {shown}): the run stopped before "
-                f"their end; {settle}"
+                f"{len(keys)} {said} no record ({which}{'s' if many else ''} {shown}): the run stopped "
+                f"before {'their' if many else 'its'} end; {settle}"
             )
             self.failing += len(keys)
 

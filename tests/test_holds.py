@@ -203,7 +203,7 @@ def test_a_hold_killed_after_its_request_is_named_and_finished_once(
     held.write_bytes(head + sending)  # as a kill -9 between the request and its record leaves it
     told = invoke(["summary", str(held)])
     assert told.exit_code == 1, told.output
-    assert f"1 holds were sent and have no record (snapshots {line['snapshot_id']})" in told.stdout
+    assert f"1 hold was sent and has no record (snapshot {line['snapshot_id']})" in told.stdout
     said = told.stdout.split("finish it with `", 1)[1].split("`", 1)[0]
     assert " --apply --resume " in said
     sent = sum(requests_of(emu.state(), ADD).values())
