@@ -125,17 +125,32 @@ def named_zone(name: str) -> Zone:
 
 def local_zone() -> Zone:
     """The machine's zone: ``TZ``, else what ``/etc/localtime`` links to, named when the zone database
-    knows it; else the local time of the C library, named by its abbreviation."""
+    knows it; else the local time of the C library, named so that two that place days differently
+    never share a name (``--resume`` compares it): by the ``TZ`` string (``local (TZ=UTC+3)``, a
+    POSIX rule), else by its abbreviations and offsets (``local (CET UTC+01:00, CEST UTC+02:00)``)."""
 
     key = os.environ.get("TZ", "").removeprefix(":")
-    if not key:
-        with contextlib.suppress(OSError):
-            target = os.path.realpath("/etc/localtime")
-            key = target.partition("/zoneinfo/")[2]
     if key:
         with contextlib.suppress(ValueError):
             return named_zone(key)
-    return Zone(f"local ({clock.tzname[0]})")
+        return Zone(f"local (TZ={key})")
+    with contextlib.suppress(OSError):
+        target = os.path.realpath("/etc/localtime")
+        with contextlib.suppress(ValueError):
+            return named_zone(target.partition("/zoneinfo/")[2])
+    return Zone(
+        f"local ({offsets(clock.tzname, (clock.timezone, clock.altzone), daylight=bool(clock.daylight))})"
+    )
+
+
+def offsets(names: tuple[str, str], west: tuple[int, int], *, daylight: bool) -> str:
+    """The C library's local time (``time.tzname``, ``time.timezone``/``altzone`` in seconds west of
+    UTC) as abbreviations and UTC offsets: ``CET UTC+01:00, CEST UTC+02:00``; the first alone without DST."""
+    parts = []
+    for name, seconds in list(zip(names, west, strict=True))[: 2 if daylight else 1]:
+        hours, minutes = divmod(abs(seconds) // 60, 60)
+        parts.append(f"{name} UTC{'-' if seconds > 0 else '+'}{hours:02d}:{minutes:02d}")
+    return ", ".join(parts)
 
 
 def period(kind: str, local: datetime) -> str:
