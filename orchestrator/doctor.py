@@ -452,12 +452,24 @@ class Doctor:
             need = f", enough for the manifest's {wanted} disks" if wanted is not None else ""
             self.add(Check(name="quota", result=Result.PASS, meaning=f"{text}{need}", sent=sent))
         if targets is not None:
-            await self._room(targets)
+            await self._room(targets, answers["snapshot list"])
 
-    async def _room(self, targets: Sequence[Target]) -> None:
-        """Each disk's room under the per-disk limit, counted as ``validate --online`` counts it."""
+    async def _room(self, targets: Sequence[Target], listing: Answer) -> None:
+        """Each disk's room under the per-disk limit, counted as ``validate --online`` counts it; not
+        checked when the snapshot list was denied (``listing``, the permission probe's answer, a 403)."""
 
         assert self.project_id is not None  # noqa: S101
+        if listing.status == 403:  # the same IAM action: each disk's list is refused too
+            action = probes(self.project_id)[0].action
+            self.add(
+                Check(
+                    name="quota: per disk",
+                    result=Result.INFO,
+                    meaning=f"not checked: the snapshot list was refused (the IAM action {action} is "
+                    "missing; see permissions: snapshot list)",
+                )
+            )
+            return
         full: list[tuple[str, int]] = []
         failed: list[str] = []
         route = self.fresh_route()
@@ -483,14 +495,22 @@ class Doctor:
         sent = (shown(evs.list_snapshots(self.project_id, ())) + "?volume_id=...",)
         if full or failed:
             named = ", ".join(f"{volume} ({count})" for volume, count in sorted(full)[:SHOWN])
-            more = ", ..." if len(full) > SHOWN else ""
-            unread = f"; {len(failed)} could not be read: {', '.join(failed[:SHOWN])}" if failed else ""
+            unread = ", ".join(sorted(failed)[:SHOWN])
+            parts = [
+                f"{len(full)} of {len(ours)} disks already hold {SNAPSHOTS_PER_DISK} manually created "
+                f"snapshots: {named}{', ...' if len(full) > SHOWN else ''}"
+                if full
+                else "",
+                f"{len(failed)} of {len(ours)} could not be read: {unread}"
+                f"{', ...' if len(failed) > SHOWN else ''}"
+                if failed
+                else "",
+            ]
             self.add(
                 Check(
                     name="quota: per disk",
                     result=Result.FAIL,
-                    meaning=f"{len(full)} of {len(ours)} disks already hold {SNAPSHOTS_PER_DISK} manually "
-                    f"created snapshots: {named}{more}{unread}{other}",
+                    meaning="; ".join(part for part in parts if part) + other,
                     fix="prune old snapshots of those disks (evs-snapshot prune), or leave them out",
                     sent=sent,
                 )

@@ -233,7 +233,8 @@ def permission_check(probe: Probe, answer: Answer) -> Check:
 
 
 def ep_check(probe: Probe, everything: int, plain: int | None, answer: Answer) -> Check:
-    """A list with ``all_granted_eps`` must show at least what it shows without."""
+    """A list with ``all_granted_eps`` must show at least what it shows without; when both show
+    nothing, nothing was compared (INFO, not a PASS)."""
     name = f"enterprise projects: {probe.name}"
     sent = (shown(probe.call) + "?enterprise_project_id=all_granted_eps", shown(probe.call))
     if plain is None:
@@ -241,6 +242,15 @@ def ep_check(probe: Probe, everything: int, plain: int | None, answer: Answer) -
             name=name,
             result=Result.INFO,
             meaning=f"{everything} with all_granted_eps; without it: {said(answer)}",
+            sent=sent,
+            proves=(1,),
+        )
+    if everything == plain == 0:
+        return Check(
+            name=name,
+            result=Result.INFO,
+            meaning=f"not checked: no {probe.name.split()[0]} is listed, with all_granted_eps or without: "
+            "nothing to compare",
             sent=sent,
             proves=(1,),
         )

@@ -400,7 +400,7 @@ class Frame:
     # 2. the report and the resume book
     def open_report(self, header: RunHeader | None, *, resume: bool) -> ReportWriter:
         """Open the report for appending (``resume``: it may exist); write ``header`` when it is new."""
-        writer = self._stack.enter_context(ReportWriter(self.report, resume=resume))
+        writer = self._stack.enter_context(ReportWriter(self.report, resume=resume, command=self.command))
         if writer.empty and header is not None:
             writer.write_header(header)
         if header is not None:

@@ -44,8 +44,9 @@ FINISHED = SUCCESSFUL | {Outcome.WAIT_TIMEOUT, Outcome.SNAPSHOT_ERROR}
 class ReportWriter:
     """Appends records to a report file (or standard output when the path is ``-``)."""
 
-    def __init__(self, path: str, *, resume: bool = False) -> None:
+    def __init__(self, path: str, *, resume: bool = False, command: str = "create") -> None:
         self.path = path
+        self.command = command  # whose run it is: the advice when a write fails (``stopped_advice``)
         self._last_sync = time.monotonic()
         self.written = 0
         self.run_id: str | None = None
@@ -131,15 +132,7 @@ class ReportWriter:
             why = exc.strerror or type(exc).__name__
         if self._owned:
             self._cut_torn_tail()  # a partial line must not stay in the report
-            advice = (
-                "Fix it and run again with --resume (rows in flight are looked up before anything is resent)"
-            )
-        else:
-            marker = f" (metadata evs_snapshot_run={self.run_id})" if self.run_id else ""
-            advice = (
-                f"A report on standard output cannot be resumed: rows in flight may have made a snapshot"
-                f"{marker} that no record names; next time write the report to a file (--report PATH)"
-            )
+        advice = stopped_advice(self.command, resumable=self._owned, run_id=self.run_id)
         lines = f"{self.written} line{'' if self.written == 1 else 's'}"  # records and journal lines
         raise ReportUnwritable(
             f"cannot write {where}: {why}; the run stopped after {lines}. {advice}"
@@ -164,6 +157,32 @@ class ReportWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def stopped_advice(command: str, *, resumable: bool, run_id: str | None = None) -> str:
+    """The end of the error that stops ``command``'s run on a report it cannot write: how to go on
+    (``--resume``, and what it does about the requests in flight), or, for a report on standard
+    output, what may have been done that no record names."""
+    if command == "wait":  # no --resume: the report's records are read again
+        return "Fix it and run the same wait again"
+    if command == "create":
+        resumed = "rows in flight are looked up before anything is resent"
+        unnamed = "rows in flight may have made a snapshot"
+    elif command in ("prune", "cleanup"):
+        resumed = (
+            "each snapshot whose DELETE was sent without a record is looked up before anything is sent again"
+        )
+        unnamed = "DELETEs in flight may have deleted a snapshot"
+    else:  # rollback, hold, release
+        resumed = "what the report does not settle is looked at again before anything is sent"
+        unnamed = "requests in flight may have changed a snapshot"
+    if resumable:
+        return f"Fix it and run again with --resume ({resumed})"
+    marker = f" (metadata evs_snapshot_run={run_id})" if run_id else ""
+    return (
+        f"A report on standard output cannot be resumed: {unnamed}{marker} that no record names; "
+        "next time write the report to a file (--report PATH)"
+    )
 
 
 def refuse_existing(path: Path) -> None:

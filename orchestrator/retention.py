@@ -2,14 +2,15 @@
 becomes of the others.
 
 For each selected disk, its owned snapshots (``ownership.Ownership``) are ranked newest first
-(``newest_first``; an unreadable ``created_at`` counts as newest, so it is kept). One kept by
-``--keep-last N`` (the newest N), by ``--keep-within DURATION`` (younger than that) or by a calendar
-rule (``--keep-daily N`` ...: the newest ``available`` snapshot of each of the last N days that hold
-one, restic's meaning, in ``Rules.zone``) is kept; so is the newest ``available`` one unless
-``--allow-none``; so is a held one (its ``evs_snapshot_hold`` key is set: ``create --hold``, ``hold``),
-whatever the rules say. A kept record (``--verbose``; always for a snapshot an earlier run sent a
-DELETE for, so that send ends in a record) names the rules that kept it (``daily 2026-12-05, weekly
-2026-W48``; ``hold: REASON`` first for a held one). Held snapshots still take their place in the
+(``newest_first``; an unreadable ``created_at`` counts as newest, so it is kept; one the zone cannot
+place has no calendar period and is kept too). One kept by ``--keep-last N`` (the newest N), by
+``--keep-within DURATION`` (younger than that) or by a calendar rule (``--keep-daily N`` ...: the newest
+``available`` snapshot of each of the last N days that hold one, restic's meaning, in ``Rules.zone``) is
+kept; so is the newest ``available`` one unless ``--allow-none``; so is a held one (its
+``evs_snapshot_hold`` key is set: ``create --hold``, ``hold``), whatever the rules say. A kept record
+(``--verbose``; always for a snapshot an earlier run sent a DELETE for, so that send ends in a record)
+names the rules that kept it (``daily 2026-12-05, weekly 2026-W48``; ``hold: REASON`` first for a held
+one). Held snapshots still take their place in the
 rules' walk (``--keep-last`` counts them). Every other one is a candidate and gets one record naming the
 rules it falls outside of: ``planned`` without ``--apply``; with it ``deleted``, ``rejected`` or
 ``failed`` (``deleter``); ``blocked`` (``SNAPSHOT_BUSY``) when its state cannot be deleted from. One
@@ -97,8 +98,18 @@ class Zone:
     name: str
     tzinfo: tzinfo | None = None
 
-    def local(self, moment: datetime) -> datetime:
-        return moment.astimezone(self.tzinfo)
+    def placed(self, snapshot: Snapshot) -> datetime | None:
+        """The snapshot's ``created_at`` as wall time of this zone: the one place a snapshot's time is
+        turned local. ``None`` when it cannot be read (``Snapshot.created``) or the zone cannot place it
+        (9999-12-31T23:30 UTC is past the calendar's end in Tokyo, 0001-01-01 before its start in
+        New York)."""
+        moment = snapshot.created
+        if moment is None:
+            return None
+        try:
+            return moment.astimezone(self.tzinfo)
+        except (OverflowError, OSError):  # OSError: the C library's local time refuses the year
+            return None
 
 
 UTC_ZONE = Zone("UTC", UTC)
@@ -115,17 +126,32 @@ def named_zone(name: str) -> Zone:
 
 def local_zone() -> Zone:
     """The machine's zone: ``TZ``, else what ``/etc/localtime`` links to, named when the zone database
-    knows it; else the local time of the C library, named by its abbreviation."""
+    knows it; else the local time of the C library, named so that two that place days differently
+    never share a name (``--resume`` compares it): by the ``TZ`` string (``local (TZ=UTC+3)``, a
+    POSIX rule), else by its abbreviations and offsets (``local (CET UTC+01:00, CEST UTC+02:00)``)."""
 
     key = os.environ.get("TZ", "").removeprefix(":")
-    if not key:
-        with contextlib.suppress(OSError):
-            target = os.path.realpath("/etc/localtime")
-            key = target.partition("/zoneinfo/")[2]
     if key:
         with contextlib.suppress(ValueError):
             return named_zone(key)
-    return Zone(f"local ({clock.tzname[0]})")
+        return Zone(f"local (TZ={key})")
+    with contextlib.suppress(OSError):
+        target = os.path.realpath("/etc/localtime")
+        with contextlib.suppress(ValueError):
+            return named_zone(target.partition("/zoneinfo/")[2])
+    return Zone(
+        f"local ({offsets(clock.tzname, (clock.timezone, clock.altzone), daylight=bool(clock.daylight))})"
+    )
+
+
+def offsets(names: tuple[str, str], west: tuple[int, int], *, daylight: bool) -> str:
+    """The C library's local time (``time.tzname``, ``time.timezone``/``altzone`` in seconds west of
+    UTC) as abbreviations and UTC offsets: ``CET UTC+01:00, CEST UTC+02:00``; the first alone without DST."""
+    parts = []
+    for name, seconds in list(zip(names, west, strict=True))[: 2 if daylight else 1]:
+        hours, minutes = divmod(abs(seconds) // 60, 60)
+        parts.append(f"{name} UTC{'-' if seconds > 0 else '+'}{hours:02d}:{minutes:02d}")
+    return ", ".join(parts)
 
 
 def period(kind: str, local: datetime) -> str:
@@ -196,8 +222,9 @@ class Rules:
 
         A calendar rule of N walks the disk's ``available`` snapshots newest first and keeps the newest
         of each of the last N periods that hold one (restic's ``--keep-daily`` ...); other states fill
-        no period. A snapshot whose ``created_at`` is unreadable has no period: a calendar rule keeps it
-        (``created_at unreadable``), as ``--keep-last`` does by ranking it newest.
+        no period. A snapshot whose ``created_at`` is unreadable, or that the zone cannot place
+        (``Zone.placed``), has no period: a calendar rule keeps it (``created_at unreadable``), as
+        ``--keep-last`` does by ranking an unreadable one newest.
         """
         ranked = newest_first(owned)
         newest_available = next((s for s in ranked if s.status == "available"), None)
@@ -210,14 +237,13 @@ class Rules:
                 reasons[snapshot.id].append(f"keep-within {duration_text(self.keep_within)}")
         calendar = self.calendar()
         if calendar:
+            dated = []
             for snapshot in ranked:
-                if snapshot.created is None:
+                local = self.zone.placed(snapshot)
+                if local is None:
                     reasons[snapshot.id].append("created_at unreadable")
-            dated = [
-                (s, self.zone.local(moment))
-                for s in ranked
-                if s.status == "available" and (moment := s.created) is not None
-            ]
+                elif snapshot.status == "available":
+                    dated.append((snapshot, local))
             for kind, count in calendar:
                 seen: set[str] = set()
                 for snapshot, local in dated:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from orchestrator.api.views import Snapshot
 from orchestrator.emulator import SeedSnapshot, SeedVolume
 from orchestrator.emulator.clock import EVS_TIME_FORMAT, ManualClock, evs_time
-from orchestrator.retention import Rules, Zone, named_zone
+from orchestrator.retention import Rules, Zone, named_zone, offsets
 from tests.helpers import (
     FAST_RETRIES,
     PROJECT,
@@ -36,6 +36,7 @@ from tests.helpers import (
     last_per_row,
     records,
     run_id_of,
+    run_process,
     volume_ids,
 )
 
@@ -207,6 +208,40 @@ def test_iso_weeks_and_years_at_a_year_end() -> None:
     }
 
 
+def test_a_time_the_zone_cannot_place_is_kept_as_unreadable() -> None:
+    """A created_at the zone cannot place (9999-12-31T23:30 in Tokyo, 0001-01-01 in New York, an offset
+    before year 1 in UTC) has no period and is kept ``created_at unreadable``; the rest is judged as ever."""
+    edges = {
+        "Asia/Tokyo": ("9999-12-31T23:30:00.000000", "9999-12-31T23:00:00+08:00"),
+        "America/New_York": ("0001-01-01T00:00:00.000000", "0001-01-01T04:00:00Z"),
+        "UTC": ("0001-01-01T00:00:00+05:00", "0001-01-01T03:00:00+03:30"),
+    }
+    now = datetime(2027, 1, 1, tzinfo=UTC)
+    for zone, times in edges.items():
+        odd = [
+            Snapshot(id=f"odd{i}", volume_id="v", status="available", created_at=t, marker="run")
+            for i, t in enumerate(times)
+        ]
+        dated = [view(f"d{day}", datetime(2026, 12, day, 12, tzinfo=UTC), "available") for day in (1, 2)]
+        rules = Rules(keep_daily=1, allow_none=True, zone=named_zone(zone))
+        judged = {s.id: r for s, r in rules.judge([*odd, *dated], now)}
+        assert judged == {
+            "odd0": ["created_at unreadable"],
+            "odd1": ["created_at unreadable"],
+            "d2": ["daily 2026-12-02"],
+            "d1": [],
+        }, zone
+
+
+def test_an_unnamed_local_time_is_named_by_its_offsets() -> None:
+    """The C library's local time without a database name is named by abbreviations and offsets, so
+    zones an hour apart, or one with DST and one without, never share a name."""
+    assert offsets(("CET", "CEST"), (-3600, -7200), daylight=True) == "CET UTC+01:00, CEST UTC+02:00"
+    assert offsets(("CET", "CET"), (-3600, -3600), daylight=False) == "CET UTC+01:00"
+    assert offsets(("UTC", "UTC"), (10800, 10800), daylight=False) == "UTC UTC-03:00"
+    assert offsets(("NST", "NDT"), (12600, 9000), daylight=True) == "NST UTC-03:30, NDT UTC-02:30"
+
+
 # --- end to end ------------------------------------------------------------------------------------
 def seeded(
     volume: str, moment: datetime, *, status: str = "available", run: str | None = "run-old"
@@ -298,6 +333,61 @@ def test_local_zone_by_default(
     assert header(report)["shape"]["tz"] == "Asia/Tokyo"
     # In Tokyo 12:30 UTC is 21:30 on the 27th; 22:30 and 23:30 UTC are the 28th: one of them goes.
     assert [(r["snapshot_id"], r["outcome"]) for r in records(report)] == [(owned[1].id, "planned")]
+
+
+def test_a_posix_tz_string_is_recorded_and_another_refused_on_resume(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """TZ=UTC+3 (a POSIX rule, 3 h west of UTC, no database name) counts the days (a real process) and
+    is recorded as that string: a --resume under TZ=UTC-9, whose days differ, is refused (exit 2)."""
+    (disk,) = volume_ids(1, seed=217)
+    times = [
+        datetime(2026, 11, 26, 20, tzinfo=UTC),
+        *(datetime(2026, 11, 27, h, tzinfo=UTC) for h in (1, 22)),
+    ]
+    owned = [seeded(disk, t) for t in times]
+    emu = start(emulator_thread, [disk], owned)
+    manifest = csv_manifest(write, [disk])
+    report = tmp_path / "posix.jsonl"
+    args = ["prune", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report)]
+    with run_process([*args, *FAST, "--keep-daily", "2", "--allow-none", "--verbose"], {"TZ": "UTC+3"}) as p:
+        assert p.wait() == 0, p.communicate()
+    assert header(report)["shape"]["tz"] == "local (TZ=UTC+3)"
+    assert {r["snapshot_id"]: r["rule"] for r in records(report)} == {
+        owned[2].id: "daily 2026-11-27",  # 19:00 on the 27th three hours west of UTC
+        owned[1].id: "daily 2026-11-26",  # 22:00 on the 26th
+        owned[0].id: "keep-daily 2",
+    }
+    resume = ["--keep-daily", "2", "--allow-none", "--resume"]
+    refused = prune(emu, manifest, report, *resume, env={"TZ": "UTC-9"})
+    assert refused.exit_code == 2, refused.output
+    assert "--resume: " in refused.output
+    same = prune(emu, manifest, report, *resume, env={"TZ": "UTC+3"})
+    assert same.exit_code == 0, same.output
+
+
+def test_a_date_the_zone_cannot_place_is_kept_and_the_run_goes_on(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--keep-daily 1 --tz Asia/Tokyo --apply with a created_at of 9999-12-31T23:30 (past the calendar's
+    end in Tokyo): exit 0, that snapshot kept (``created_at unreadable``), the rules applied to the rest."""
+    (disk,) = volume_ids(1, seed=216)
+    edge = dataclasses.replace(
+        seeded(disk, datetime(2026, 1, 1, tzinfo=UTC)), created_at="9999-12-31T23:30:00"
+    )
+    newer, older = (seeded(disk, datetime(2026, 12, day, 10, tzinfo=UTC)) for day in (2, 1))
+    emu = start(emulator_thread, [disk], [edge, newer, older])
+    report = tmp_path / "edge.jsonl"
+    args = ["--keep-daily", "1", "--tz", "Asia/Tokyo", "--allow-none", "--verbose", "--apply", "--no-wait"]
+    result = prune(emu, csv_manifest(write, [disk]), report, *args)
+    assert result.exit_code == 0, result.output
+    outcomes = {r["snapshot_id"]: (r["outcome"], r["rule"]) for r in records(report)}
+    assert outcomes == {
+        edge.id: ("kept", "created_at unreadable"),
+        newer.id: ("kept", "daily 2026-12-02"),
+        older.id: ("deleted", "keep-daily 1"),
+    }
+    assert set(live(emu)) == {edge.id, newer.id}
 
 
 def test_rules_filling_the_slots_warn(

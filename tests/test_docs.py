@@ -177,3 +177,21 @@ def test_readme_tour_rehearsal_runs_as_written(
     ids = {record["snapshot_id"] for record in made.values()}
     assert ids
     assert not ids & {snapshot["id"] for snapshot in emu.state()["snapshots"]}
+
+
+def test_the_cron_lines_pass_the_status_of_a_run_that_timeout_stopped() -> None:
+    """Each `timeout` in the README's and the runbook's cron lines (and the docs' advice) sends SIGTERM
+    with --preserve-status, so the shell sees the run's own 143, not timeout's 124."""
+    runbook = (DOCS / "runbook.md").read_text(encoding="utf-8")
+    cron = [text.split("```cron\n", 1)[1].split("```", 1)[0] for text in (README.read_text("utf-8"), runbook)]
+    advice = [
+        line for path in _pages() for line in path.read_text("utf-8").splitlines() if "`timeout " in line
+    ]
+    uses = [
+        use
+        for text in [*cron, *advice]
+        for use in re.findall(r"(?<![\w-])timeout [^`]*?(?=\.venv|`|$)", text)
+    ]
+    assert len(uses) >= 3, uses  # the README's and the runbook's cron lines, operations.md's advice
+    for use in uses:
+        assert re.match(r"timeout --preserve-status -s TERM\b", use), use

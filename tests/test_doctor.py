@@ -260,6 +260,30 @@ def test_a_manifest_gets_each_disks_room(emulator_thread: Start, tmp_path: Path)
     assert f"{TAGGED} (7)" in rows["quota: per disk"]
 
 
+def test_nothing_to_compare_or_a_refused_list_is_not_checked(emulator_thread: Start, tmp_path: Path) -> None:
+    """No snapshot at all: the enterprise-project check of the snapshot list is INFO 'not checked' (0
+    and 0 compare nothing), not a PASS; the snapshot list denied: 'quota: per disk' is one clean INFO
+    line naming the denied action, not a FAIL calling the 403 'credentials refused'."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"volume_id\n{VOLUME}\n{TAGGED}\n", encoding="utf-8")
+    args = [*cli_args("doctor", manifest, project_id=PROJECT), *FAST]
+    empty = invoke([*args, "--endpoint", emulator_thread(volumes=DISKS).url])
+    sound(empty, 0)
+    rows = table(empty)
+    assert rows["enterprise projects: snapshot list"] == (
+        "INFO    not checked: no snapshot is listed, with all_granted_eps or without: nothing to compare"
+    )
+    assert rows["enterprise projects: volume list"].startswith("PASS")
+    denied = invoke([*args, "--endpoint", emulator_thread(volumes=DISKS, deny=("evs:snapshots:list",)).url])
+    sound(denied, 1)
+    rows = table(denied)
+    assert rows["quota: per disk"] == (
+        "INFO    not checked: the snapshot list was refused (the IAM action evs:snapshots:list is "
+        "missing; see permissions: snapshot list)"
+    )
+    assert [name for name, row in rows.items() if row.startswith("FAIL")] == ["permissions: snapshot list"]
+
+
 def test_a_quota_too_small_for_the_manifest_fails(emulator_thread: Start, tmp_path: Path) -> None:
     """The project's snapshot quota is read; fewer left than the manifest's disks fails."""
     emu = emulator_thread(volumes=DISKS, snapshot_quota=1)

@@ -35,6 +35,7 @@ from tests.helpers import (
     AKSK_ENV,
     API_IDS,
     CREATE_ROUTE,
+    DELETE,
     EDGE_RUN,
     FAST_RETRIES,
     LIST_ROUTE,
@@ -559,6 +560,34 @@ def test_report_file_that_cannot_grow_keeps_only_whole_records(tmp_path: Path) -
     assert "the run stopped after 1 line. " in message
     assert "--resume" in message
     assert path.read_bytes() == first
+
+
+@pytest.mark.parametrize("command", ["prune", "cleanup"])
+def test_a_report_that_cannot_grow_ends_with_the_advice_of_the_command_that_stopped(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, command: str
+) -> None:
+    """prune or cleanup stopped by a report that cannot grow: the one error line tells what its own
+    --resume does (deletions in flight), never create's 'rows in flight' sentence; nothing is sent."""
+    emu = emulator_thread(any_volume=True)
+    report = tmp_path / "r.jsonl"
+    if command == "prune":
+        args = cli_args("prune", csv_manifest(write, volume_ids(1, seed=134)), keep_last=1, apply=True)
+    else:
+        source = tmp_path / "create.jsonl"
+        source.write_bytes(TWO_ROWS_HEADER.to_json())
+        args = cli_args("cleanup", source, apply=True)
+    args += ["--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report)]
+    with file_size_limit(200):  # room for a lock's holder line, not for the report's header
+        result = invoke(args)
+    assert result.exit_code == 3, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("evs-snapshot: error:")]
+    assert len(errors) == 1, result.stderr
+    assert f"cannot write the report {report}: {os.strerror(errno.EFBIG)}" in errors[0]
+    assert errors[0].endswith(
+        "Fix it and run again with --resume (each snapshot whose DELETE was sent without a record is "
+        "looked up before anything is sent again)"
+    ), errors[0]
+    assert DELETE not in emu.state()["requests"]
 
 
 @pytest.mark.parametrize("command", ["create", "hold"])

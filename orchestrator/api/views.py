@@ -95,14 +95,15 @@ class Snapshot:
 
     @property
     def created(self) -> datetime | None:
-        """``created_at`` as a UTC instant (EVS writes it without a zone), or ``None`` when unreadable."""
+        """``created_at`` as a UTC instant (EVS writes it without a zone), or ``None`` when unreadable:
+        not ISO 8601, or (with an offset of its own) an instant outside the calendar in UTC."""
         if not self.created_at:
             return None
         try:
             moment = datetime.fromisoformat(self.created_at.replace("Z", "+00:00"))
-        except ValueError:
+            return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        except (ValueError, OverflowError):  # OverflowError: 0001-01-01T00:00+05:00 is before year 1 in UTC
             return None
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def created_snapshot(body: object) -> tuple[str | None, str | None]:
