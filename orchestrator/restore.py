@@ -12,6 +12,10 @@ Before anything is sent, ``look`` checks, in this order (the first that fails is
 
 A disk and snapshot both ``rollbacking`` mean a rollback from this very snapshot is under way (say,
 sent by a run that died before recording it): ``restore`` waits for it instead of sending another.
+A row whose rollback a stopped run of the report sent (its ``sending`` line) is first told by its disk
+and snapshot, and every read of them before a send is judged by one rule (``since_sent``) against
+that line's ``updated_at``, never against a fresh read: a rollback that ends between two reads is
+waited for or recorded, never sent again and never blocked.
 
 Sending: throttled answers and connections that surely never left are resent after a backoff. An
 answer that may have been lost (5xx, reset, timeout) is never resent blindly: the disk is watched for
@@ -118,18 +122,18 @@ class Look:
     running: bool = False  # a rollback from this snapshot is under way
     disk_updated: str | None = None  # the disk's updated_at as looked at (before anything is sent)
     retried: bool = False  # the disk is error_rollbacking and the row's failed rollback is sent again
+    ended: Finding | None = None  # the row's finding: the rollback a run that stopped sent has ended
 
 
 async def plan_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
     """One ``planned`` finding, naming the blocker when there is one; sends nothing."""
     try:
-        settled = await sent_before(route, row, plan)
-        if settled is not None:
-            told = f"{settled.message}; --apply records it, and sends nothing"
-            return dataclasses.replace(settled, outcome=Action.PLANNED, message=told)
         found = await look(route, row, plan)
     except ListingFailed as exc:
         return Finding(outcome=Action.PLANNED, code="CHECK_FAILED", message=str(exc))
+    if found.ended is not None:
+        told = f"{found.ended.message}; --apply records it, and sends nothing"
+        return dataclasses.replace(found.ended, outcome=Action.PLANNED, message=told)
     if found.blocker is not None:
         return dataclasses.replace(found.blocker, outcome=Action.PLANNED)
     message = "a rollback from this snapshot is under way; --apply waits for it" if found.running else None
@@ -140,12 +144,11 @@ async def start_row(route: Route, row: Record, plan: RestorePlan) -> Finding | W
     """Check and send the rollback (at most once unless it surely did not arrive): the row's finding
     when it ends here (blocked, refused, rejected, failed), or a ``Watch`` of the rollback under way."""
     try:
-        settled = await sent_before(route, row, plan)
-        if settled is not None:
-            return settled
         found = await look(route, row, plan)
     except ListingFailed as exc:
         return Finding(outcome=Action.FAILED, code="CHECK_FAILED", message=str(exc))
+    if found.ended is not None:
+        return found.ended
     if found.blocker is not None:
         return found.blocker
     sent = Finding(outcome=Action.ROLLED_BACK, snapshot=found.snapshot)
@@ -175,6 +178,13 @@ async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
     blocked = unusable(row)
     if blocked is not None:
         return Look(None, blocked)
+    journaled = row.row in plan.sent and row.row not in plan.retry
+    if journaled:  # told by the disk (then the snapshot) before any other check
+        volume = await _volume(route, row, plan.reads, evs.Kind.CHECK)
+        if volume is not None:
+            told = since_sent(row, plan, volume, await _snapshot(route, row, plan.reads, evs.Kind.CHECK))
+            if told is not None:
+                return told
     group = None
     if row.snapshot_group_id:  # the group first: gone, it took its members with it
         group = await show_group(route, row.snapshot_group_id, plan.reads, kind=evs.Kind.CHECK)
@@ -204,6 +214,10 @@ async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
         return Look(
             snapshot, _blocked("VOLUME_NOT_FOUND", f"disk {row.volume_id} no longer exists", snapshot)
         )
+    if journaled:  # read again: the rollback may have started or ended since the first reads
+        told = since_sent(row, plan, volume, snapshot)
+        if told is not None:
+            return told
     disk, status, updated = volume.status, snapshot.status, volume.updated_at
     if disk == "rollbacking" and status == "rollbacking":
         return Look(snapshot, None, running=True, disk_updated=updated)
@@ -240,45 +254,51 @@ async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
     return Look(snapshot, None, disk_updated=updated, retried=retried)
 
 
-async def sent_before(route: Route, row: Record, plan: RestorePlan) -> Finding | None:
-    """The end of a rollback an earlier run of the report sent and never saw end (its ``sending``
-    line), told by the disk before any other check (``None``: nothing sent before, or it never arrived:
-    the usual checks, then the send). The line holds the disk's ``updated_at`` as that run looked at
-    it: a disk changed since took the rollback (as for a watched one, ``judge``), and whatever came
-    after (attached again, say) does not make it a second time; ``error_rollbacking``, it failed.
-    Still ``rollbacking``, the usual checks wait for it. Without both times nothing tells: not sent
-    again (``UNCONFIRMED``)."""
-    if row.row not in plan.sent or row.row in plan.retry or unusable(row) is not None:
-        return None
-    before = plan.sent[row.row]
-    volume = await _volume(route, row, plan.reads, evs.Kind.CHECK)
-    if volume is None or volume.status == "rollbacking":
-        return None
-    now = volume.updated_at
+def since_sent(row: Record, plan: RestorePlan, volume: Volume, snapshot: Snapshot | None) -> Look | None:
+    """What one read of the disk and of the snapshot tells of the rollback an earlier run of the report
+    sent and never saw end (its ``sending`` line, which holds the disk's ``updated_at`` as that run
+    looked at it); ``None``: nothing shows it arrived, so the usual checks, then the send.
+
+    The one rule, applied to every such read of the row (``look``), so a rollback that starts or ends
+    between two reads is never taken for a new baseline: a disk or snapshot ``rollbacking`` is that
+    rollback under way (watched to its end against the line's time, never sent again, never blocked);
+    a disk ``error_rollbacking`` is it failed; a disk whose ``updated_at`` differs from the line's took
+    it (as for a watched one, ``judge``), and whatever came after (attached again, say) does not make
+    it a second time. Without both times nothing tells: not sent again (``UNCONFIRMED``)."""
+    before, now = plan.sent[row.row], volume.updated_at
     if volume.status == "error_rollbacking":
-        return Finding(
-            outcome=Action.ROLLBACK_FAILED,
-            code="VOLUME_ERROR_ROLLBACKING",
-            message=f"disk {row.volume_id} ended error_rollbacking: the rollback a run that stopped sent "
-            "failed (--retry-failed --resume sends it again)",
+        return Look(
+            snapshot,
+            None,
+            ended=Finding(
+                outcome=Action.ROLLBACK_FAILED,
+                code="VOLUME_ERROR_ROLLBACKING",
+                snapshot=snapshot,
+                message=f"disk {row.volume_id} ended error_rollbacking: the rollback a run that stopped "
+                "sent failed (--retry-failed --resume sends it again)",
+            ),
         )
+    if "rollbacking" in (volume.status, None if snapshot is None else snapshot.status):
+        return Look(snapshot, None, running=True, disk_updated=before)
     if before is not None and now is not None and now == before:
         return None  # the disk has not changed since: the request never arrived
-    snapshot = await _snapshot(route, row, plan.reads, evs.Kind.CHECK)
     if before is not None and now is not None:
-        return Finding(
+        ended = Finding(
             outcome=Action.ROLLED_BACK,
             snapshot=snapshot,
             message="sent by a run that stopped before it recorded the end; the disk has changed since "
             f"(updated_at {before} -> {now}): not sent again",
         )
-    return Finding(
-        outcome=Action.FAILED,
-        code="UNCONFIRMED",
-        snapshot=snapshot,
-        message="a run that stopped had sent this rollback, and the disk shows no time of change to tell "
-        "whether it ran: not sent again; roll it back with a new report and --again to send it anyway",
-    )
+    else:
+        ended = Finding(
+            outcome=Action.FAILED,
+            code="UNCONFIRMED",
+            snapshot=snapshot,
+            message="a run that stopped had sent this rollback, and the disk shows no time of change to "
+            "tell whether it ran: not sent again; roll it back with a new report and --again to send it "
+            "anyway",
+        )
+    return Look(snapshot, None, ended=ended)
 
 
 def unusable(row: Record) -> Finding | None:
@@ -400,7 +420,7 @@ async def _send_until_settled(
                 again = await look(route, row, plan)  # every check again, before the one resend
                 if again.blocker is not None:
                     return dataclasses.replace(again.blocker, attempts=sends)
-                if again.running:
+                if again.running or again.ended is not None:  # (ended: the earlier run's ran; watched)
                     return dataclasses.replace(last, outcome=Action.ROLLED_BACK, attempts=sends)
                 uncertain = False
             if plan.stopping():

@@ -9,6 +9,7 @@ between two requests: its 30 ms latency is the window, six times the 5 ms poll o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import threading
 import urllib.error
@@ -30,6 +31,7 @@ from orchestrator.cli import main
 from orchestrator.config import WaitPlan
 from orchestrator.emulator import EmulatorThread, ManualClock, RunningEmulator, SeedSnapshot, SeedVolume
 from orchestrator.errors import RouteClosed
+from orchestrator.models import Record
 from orchestrator.restore import Finding, RestorePlan, restore_row
 from orchestrator.retry import RetryPolicy
 from tests.helpers import (
@@ -684,3 +686,99 @@ def test_many_rollbacks_under_way_are_watched_by_listing_the_disks(
     # a look and a first poll each, and a few more before the rows fall due together: not one a round
     assert sum(requests_of(state, VOLUME_GET).values()) <= 3 * rows
     assert 1 < state["max_in_flight"] <= 4
+
+
+# --- a resumed rollback whose sent rollback ends between the resume's reads ---------------------------
+SNAPSHOT_GET = "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"
+MEMBER_LIST = "GET /v5/{project_id}/snapshots/detail"
+MEMBER_ROLLBACK = "POST /v5/{project_id}/snapshots/{snapshot_id}/rollback"
+
+
+async def journaled_row(emu: RunningEmulator, http: aiohttp.ClientSession, group: bool) -> Record:
+    """Row 1 of the create run: its own snapshot of disk 0, or (``group``) its member of a group of the
+    run (``create --consistency server``); the disk is detached, as a rollback needs."""
+    row = source_row()
+    if group:
+        made = {"server_id": SERVER, "volume_ids": [VOLUMES[0]], "name": "g", "tags": marker()}
+        body = {"snapshot_group": made}
+        status, made, _ = await call(http, emu, "POST", f"/v5/{PROJECT}/snapshot-groups", body=body)
+        assert status == 202, made
+        group_id = made["snapshot_group_id"]
+        query = [("snapshot_group_id", group_id)]
+        status, listed, _ = await call(http, emu, "GET", f"/v5/{PROJECT}/snapshots/detail", query=query)
+        (member,) = listed["snapshots"]
+        row = dataclasses.replace(row, snapshot_id=member["id"], snapshot_group_id=group_id)
+    emu.world.detach(emu.world.volumes[VOLUMES[0]])
+    emu.world.requests.clear()  # the resume's reads are counted from here
+    return row
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["disk", "group"])
+@pytest.mark.parametrize(
+    ("arrives", "disk_reads", "snapshot_reads"),
+    [
+        (0, 1, 0),  # under way at the first look; over before the snapshot is read (a send, today)
+        (0, 1, 1),  # under way at the disk and snapshot; over before the disk is read again (a block)
+        (1, 0, 1),  # the killed run's request arrives after the first read; over after the snapshot's
+        (1, 0, 0),  # arrives after the first read and is over before anything else is read
+    ],
+    ids=["ends-after-disk", "ends-after-snapshot", "late-ends-after-snapshot", "late-ends-at-once"],
+)
+async def test_a_resumed_rollback_that_ends_between_two_reads_is_never_sent_again(
+    emulator: Callable[..., Any],
+    clock: ManualClock,
+    http: aiohttp.ClientSession,
+    group: bool,
+    arrives: int,
+    disk_reads: int,
+    snapshot_reads: int,
+) -> None:
+    """A killed run sent the row's rollback (its ``sending`` line holds the disk's updated_at before
+    it); the resume reads the disk and the snapshot while that rollback starts or ends between two of
+    the reads. Any read showing it (rollbacking, or the disk changed since the line) means it ran: the
+    row is rolled_back, watched to its end, never sent again and never blocked SNAPSHOT_NOT_AVAILABLE.
+    Before, a fresh read became the baseline (a second rollback) or the two reads disagreed (blocked)."""
+    own = () if group else (SeedSnapshot(id=SNAPS[0], volume_id=VOLUMES[0], metadata=marker()),)
+    emu = await emulator(
+        clock=clock,
+        latency_ms=LATENCY_MS,
+        creating_seconds=0,
+        rollback_seconds=60,
+        volumes=(SeedVolume(volume_id=VOLUMES[0], server_id=SERVER),),
+        snapshots=own,
+    )
+    row = await journaled_row(emu, http, group)
+    volume = emu.world.volume(VOLUMES[0])
+    assert volume is not None
+    before = volume.updated_at or volume.created_at  # as the killed run's sending line holds it
+    snapshot = emu.world.snapshots[str(row.snapshot_id)]
+    clock.advance(1)  # the rollback moves the disk's updated_at on
+
+    def reads() -> tuple[int, int]:
+        disk = hits(emu, VOLUME_GET)["200"]
+        return disk, hits(emu, SNAPSHOT_GET)["200"] + hits(emu, MEMBER_LIST)["200"]
+
+    async def meanwhile() -> None:
+        if arrives:
+            await until(lambda: reads()[0] >= arrives)
+            emu.world.rollback(snapshot, emu.world.volumes[VOLUMES[0]], None)
+        start = reads()
+        await until(lambda: reads()[0] - start[0] >= disk_reads and reads()[1] - start[1] >= snapshot_reads)
+        clock.advance(60)  # the rollback is over
+
+    if not arrives:
+        emu.world.rollback(snapshot, emu.world.volumes[VOLUMES[0]], None)
+    plan = dataclasses.replace(restore_plan(settle=0.5), sent={1: before})
+    async with routed(emu.url) as route:
+        found: list[Finding] = []
+
+        async def resume() -> None:
+            found.append(await restore_row(route, row, plan))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(resume)
+            await meanwhile()
+    (finding,) = found
+    assert (finding.outcome, finding.code) == (Action.ROLLED_BACK, None), finding
+    assert hits(emu, ROLLBACK) == hits(emu, MEMBER_ROLLBACK) == {}
+    assert [item["snapshot_id"] for item in emu.world.rollbacks] == [row.snapshot_id]
