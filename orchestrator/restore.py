@@ -15,7 +15,9 @@ sent by a run that died before recording it): ``restore`` waits for it instead o
 A row whose rollback a stopped run of the report sent (its ``sending`` line) is first told by its disk
 and snapshot, and every read of them before a send is judged by one rule (``since_sent``) against
 that line's ``updated_at``, never against a fresh read: a rollback that ends between two reads is
-waited for or recorded, never sent again and never blocked.
+waited for or recorded, never sent again and never blocked. A disk unchanged since a line younger than
+``--timeout`` plus ``--settle`` (create's window of a row in flight at a kill) is read again until that
+window has passed before anything is sent: the request may still arrive (``_wait_out``).
 
 Sending: throttled answers and connections that surely never left are resent after a backoff. An
 answer that may have been lost (5xx, reset, timeout) is never resent blindly: the disk is watched for
@@ -80,6 +82,16 @@ class RowStopped(Exception):
     """The run is stopping (a signal) before this row's rollback was sent: the row gets no record."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sent:
+    """A rollback an earlier run of the report sent and never saw end, as its ``sending`` line tells."""
+
+    updated: str | None  # the disk's updated_at as that run looked at it, before the send
+    # anyio time until which that request may still arrive (the line's time, plus --timeout and
+    # --settle: a resumed create row's window, ``rollback_run.sent_rows``); 0: long since
+    quiet: float = 0.0
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class RestorePlan:
     """How a rollback run works: the create run it restores, its retries, settle window and waits."""
@@ -90,8 +102,7 @@ class RestorePlan:
     wait: WaitPlan
     stopping: Callable[[], bool] = lambda: False  # a signal: send no rollback that is not out yet
     retry: frozenset[int] = frozenset()  # rows whose failed rollback is sent again (--retry-failed)
-    # rows whose rollback an earlier run sent and never saw end: the disk's updated_at before that send
-    sent: Mapping[int, str | None] = dataclasses.field(default_factory=dict)
+    sent: Mapping[int, Sent] = dataclasses.field(default_factory=dict)  # rows an earlier run sent
     sending: Callable[[Record, str | None], None] = lambda row, updated: None  # the journal's line
 
     @property
@@ -137,6 +148,12 @@ async def plan_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
     if found.blocker is not None:
         return dataclasses.replace(found.blocker, outcome=Action.PLANNED)
     message = "a rollback from this snapshot is under way; --apply waits for it" if found.running else None
+    left = _in_flight(row, plan)
+    if left > 0 and not found.running:
+        message = (
+            f"the rollback a run that stopped sent may still arrive for {left:.0f}s (--timeout + --settle "
+            "after its sending line); --apply watches the disk until then, and sends only if it never came"
+        )
     return Finding(outcome=Action.PLANNED, message=message, snapshot=found.snapshot)
 
 
@@ -145,6 +162,8 @@ async def start_row(route: Route, row: Record, plan: RestorePlan) -> Finding | W
     when it ends here (blocked, refused, rejected, failed), or a ``Watch`` of the rollback under way."""
     try:
         found = await look(route, row, plan)
+        if found.blocker is None and found.ended is None and not found.running and _in_flight(row, plan) > 0:
+            found = await _wait_out(route, row, plan)
     except ListingFailed as exc:
         return Finding(outcome=Action.FAILED, code="CHECK_FAILED", message=str(exc))
     if found.ended is not None:
@@ -180,11 +199,9 @@ async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
         return Look(None, blocked)
     journaled = row.row in plan.sent and row.row not in plan.retry
     if journaled:  # told by the disk (then the snapshot) before any other check
-        volume = await _volume(route, row, plan.reads, evs.Kind.CHECK)
-        if volume is not None:
-            told = since_sent(row, plan, volume, await _snapshot(route, row, plan.reads, evs.Kind.CHECK))
-            if told is not None:
-                return told
+        told = await _told(route, row, plan, evs.Kind.CHECK)
+        if told is not None:
+            return told
     group = None
     if row.snapshot_group_id:  # the group first: gone, it took its members with it
         group = await show_group(route, row.snapshot_group_id, plan.reads, kind=evs.Kind.CHECK)
@@ -254,10 +271,45 @@ async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
     return Look(snapshot, None, disk_updated=updated, retried=retried)
 
 
+async def _told(route: Route, row: Record, plan: RestorePlan, kind: evs.Kind) -> Look | None:
+    """One read of the disk, then of the snapshot, judged by ``since_sent`` (``None``: nothing shows the
+    rollback an earlier run sent, or the disk is gone)."""
+    volume = await _volume(route, row, plan.reads, kind)
+    if volume is None:
+        return None
+    return since_sent(row, plan, volume, await _snapshot(route, row, plan.reads, kind))
+
+
+def _in_flight(row: Record, plan: RestorePlan) -> float:
+    """Seconds the rollback an earlier run sent for the row may still take to arrive (0: none may)."""
+    sent = plan.sent.get(row.row)
+    if sent is None or row.row in plan.retry:
+        return 0.0
+    return max(0.0, sent.quiet - anyio.current_time())
+
+
+async def _wait_out(route: Route, row: Record, plan: RestorePlan) -> Look:
+    """The row's disk is unchanged since the ``sending`` line of an earlier run, and that line is younger
+    than its window (``Sent.quiet``): the request may still be on its way. The disk and the snapshot are
+    read every ``SETTLE_STEP`` seconds until the window has passed, each read judged by ``since_sent``: a
+    rollback that shows up is that request (under way, ended or failed), never sent again. After the
+    window, every check again (``look``). Raises ``RowStopped`` on a signal meanwhile (nothing sent, no
+    record: ``--resume`` looks again)."""
+    while (left := _in_flight(row, plan)) > 0:
+        if plan.stopping():
+            raise RowStopped
+        await anyio.sleep(min(SETTLE_STEP, left))
+        told = await _told(route, row, plan, evs.Kind.LOOKUP)
+        if told is not None:
+            return told
+    return await look(route, row, plan)
+
+
 def since_sent(row: Record, plan: RestorePlan, volume: Volume, snapshot: Snapshot | None) -> Look | None:
     """What one read of the disk and of the snapshot tells of the rollback an earlier run of the report
     sent and never saw end (its ``sending`` line, which holds the disk's ``updated_at`` as that run
-    looked at it); ``None``: nothing shows it arrived, so the usual checks, then the send.
+    looked at it); ``None``: nothing shows it arrived, so the usual checks, then (once the line's window
+    has passed, ``_wait_out``) the send.
 
     The one rule, applied to every such read of the row (``look``), so a rollback that starts or ends
     between two reads is never taken for a new baseline: a disk or snapshot ``rollbacking`` is that
@@ -265,7 +317,7 @@ def since_sent(row: Record, plan: RestorePlan, volume: Volume, snapshot: Snapsho
     a disk ``error_rollbacking`` is it failed; a disk whose ``updated_at`` differs from the line's took
     it (as for a watched one, ``judge``), and whatever came after (attached again, say) does not make
     it a second time. Without both times nothing tells: not sent again (``UNCONFIRMED``)."""
-    before, now = plan.sent[row.row], volume.updated_at
+    before, now = plan.sent[row.row].updated, volume.updated_at
     if volume.status == "error_rollbacking":
         return Look(
             snapshot,
@@ -281,7 +333,7 @@ def since_sent(row: Record, plan: RestorePlan, volume: Volume, snapshot: Snapsho
     if "rollbacking" in (volume.status, None if snapshot is None else snapshot.status):
         return Look(snapshot, None, running=True, disk_updated=before)
     if before is not None and now is not None and now == before:
-        return None  # the disk has not changed since: the request never arrived
+        return None  # the disk has not changed since: the request has not arrived (yet: ``_wait_out``)
     if before is not None and now is not None:
         ended = Finding(
             outcome=Action.ROLLED_BACK,

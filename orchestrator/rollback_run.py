@@ -22,11 +22,12 @@ from orchestrator.actions import Action, ActionRecord, now_iso
 from orchestrator.createrun import check_create_run
 from orchestrator.errors import ProjectLookupFailed, RouteClosed, UsageError
 from orchestrator.models import Record
-from orchestrator.report import Outcomes, check_report_path, final_records, read_header, same_file
+from orchestrator.report import Outcomes, check_report_path, epoch, final_records, read_header, same_file
 from orchestrator.restore import (
     Finding,
     RestorePlan,
     RowStopped,
+    Sent,
     Watch,
     earlier_rollbacks,
     plan_row,
@@ -134,10 +135,17 @@ def retried_rows(last: Outcomes[str, Action], rows: list[Record]) -> frozenset[i
     return frozenset(row.row for row in rows if last.get(f"row:{row.row}") is Action.ROLLBACK_FAILED)
 
 
-def sent_rows(sent: dict[str, ActionRecord]) -> dict[int, str | None]:
-    """The rollback report's sends in doubt (``Frame.sent``, by key ``row:N``): the disk's updated_at
-    before each, by row."""
-    return {int(key[4:]): line.disk_updated_at for key, line in sent.items() if key.startswith("row:")}
+def sent_rows(sent: dict[str, ActionRecord], *, window: float) -> dict[int, Sent]:
+    """The rollback report's sends in doubt (``Frame.sent``, by key ``row:N``), by row: the disk's
+    updated_at before each, and until when (this process's anyio clock) the request may still arrive:
+    ``window`` (``--timeout`` + ``--settle``, a resumed create row's window) after its ``sending``
+    line's ``finished_at`` (an unreadable stamp counts as now: the longest wait, ``report.epoch``)."""
+    offset = anyio.current_time() - time.time()  # wall clock -> the clock the rollback's waits use
+    return {
+        int(key[4:]): Sent(line.disk_updated_at, quiet=epoch(line.finished_at) + offset + window)
+        for key, line in sent.items()
+        if key.startswith("row:")
+    }
 
 
 def rolled_back_before(settings: RollbackSettings, chosen: Chosen, console: Console) -> bool:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 
@@ -32,8 +33,9 @@ from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from orchestrator.lock import RunLock, run_lock
 from orchestrator.models import Outcome, Record
 from orchestrator.report import final_records
-from orchestrator.restore import Finding, RestorePlan, Watch, plan_row, start_row
+from orchestrator.restore import Finding, RestorePlan, Sent, Watch, plan_row, start_row
 from orchestrator.retry import RetryPolicy
+from orchestrator.rollback_run import sending, sent_rows
 from tests.helpers import (
     CLOSED_PORT,
     FAST,
@@ -516,7 +518,7 @@ async def test_a_send_in_doubt_is_resent_only_when_the_disk_never_changed(
         assert volume is not None
         now = volume.updated_at
         sent = {1: now, 2: "2026-01-01T00:00:00.000000", 3: None, 4: now}
-        plan = dataclasses.replace(plan, sent=sent)
+        plan = dataclasses.replace(plan, sent={row: Sent(at) for row, at in sent.items()})  # old lines
         found = [await start_row(route, row, plan) for row in rows]
     assert isinstance(found[0], Watch)  # unchanged: sent
     assert isinstance(found[1], Finding)
@@ -526,6 +528,37 @@ async def test_a_send_in_doubt_is_resent_only_when_the_disk_never_changed(
     assert isinstance(found[3], Finding)
     assert (found[3].outcome, found[3].code) == (Action.ROLLBACK_FAILED, "VOLUME_ERROR_ROLLBACKING")
     assert rollbacks_per_snapshot(emu.world.state()) == {SNAPS[0]: 1}
+
+
+@pytest.mark.anyio
+async def test_a_sending_line_younger_than_its_window_is_dated_by_its_finished_at(
+    emulator: Callable[..., Any], tmp_path: Path
+) -> None:
+    """``sent_rows`` dates each ``sending`` line by its ``finished_at``: a line written just now, or one
+    whose stamp cannot be read (the longest wait), may still see its request arrive for --timeout +
+    --settle, and the plan says that --apply watches the disk until then; a line older than that window
+    is sent at once, as before (no word of it)."""
+    seeds = world(3)
+    emu = await emulator(volumes=seeds["volumes"], snapshots=seeds["snapshots"])
+    rows = list(final_records(create_report(tmp_path / "create.jsonl", [{}, {}, {}])))
+    plan = RestorePlan(source_run=RUN, policy=RetryPolicy(max_attempts=2), settle=0.1, wait=WaitPlan())
+    async with routed(emu.url) as route:
+        lines = {}
+        for row, stamp in zip(rows, (None, "2020-01-01T00:00:00.000Z", "not a time"), strict=True):
+            volume = await show_volume(route, str(row.volume_id), plan.reads, kind=evs.Kind.CHECK)
+            assert volume is not None
+            line = sending(OTHER_RUN, RUN, row, volume.updated_at)  # stamped now, as a run writes it
+            lines[line.key] = line if stamp is None else dataclasses.replace(line, finished_at=stamp)
+        sent = sent_rows(lines, window=90.0)
+        now = anyio.current_time()
+        assert sent[1].quiet > now
+        assert sent[2].quiet < now
+        assert sent[3].quiet > now
+        found = [await plan_row(route, row, dataclasses.replace(plan, sent=sent)) for row in rows]
+    assert [(f.outcome, f.code) for f in found] == [(Action.PLANNED, None)] * 3
+    told = "s (--timeout + --settle after its sending line); --apply watches the disk until then"
+    assert [told in (f.message or "") for f in found] == [True, False, True], [f.message for f in found]
+    assert rollbacks_per_snapshot(emu.world.state()) == {}
 
 
 def test_plan_counts_rows_without_a_record_against_the_header(

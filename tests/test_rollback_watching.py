@@ -32,7 +32,7 @@ from orchestrator.config import WaitPlan
 from orchestrator.emulator import EmulatorThread, ManualClock, RunningEmulator, SeedSnapshot, SeedVolume
 from orchestrator.errors import RouteClosed
 from orchestrator.models import Record
-from orchestrator.restore import Finding, RestorePlan, restore_row
+from orchestrator.restore import Finding, RestorePlan, Sent, restore_row
 from orchestrator.retry import RetryPolicy
 from tests.helpers import (
     AKSK,
@@ -768,7 +768,7 @@ async def test_a_resumed_rollback_that_ends_between_two_reads_is_never_sent_agai
 
     if not arrives:
         emu.world.rollback(snapshot, emu.world.volumes[VOLUMES[0]], None)
-    plan = dataclasses.replace(restore_plan(settle=0.5), sent={1: before})
+    plan = dataclasses.replace(restore_plan(settle=0.5), sent={1: Sent(before)})  # an old line
     async with routed(emu.url) as route:
         found: list[Finding] = []
 
@@ -781,4 +781,62 @@ async def test_a_resumed_rollback_that_ends_between_two_reads_is_never_sent_agai
     (finding,) = found
     assert (finding.outcome, finding.code) == (Action.ROLLED_BACK, None), finding
     assert hits(emu, ROLLBACK) == hits(emu, MEMBER_ROLLBACK) == {}
+    assert [item["snapshot_id"] for item in emu.world.rollbacks] == [row.snapshot_id]
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["disk", "group"])
+@pytest.mark.parametrize("arrives", [True, False], ids=["arrives-late", "never-arrives"])
+async def test_a_resumed_rollback_in_flight_at_the_kill_is_waited_out_before_it_is_sent(
+    emulator: Callable[..., Any], clock: ManualClock, http: aiohttp.ClientSession, group: bool, arrives: bool
+) -> None:
+    """The killed run's ``sending`` line is younger than --timeout + --settle and the disk is unchanged:
+    its request may still be on its way. The resume watches the disk until that window has passed: a
+    rollback that shows up in it (the killed run's POST arriving after the resume's reads) is that
+    request, watched to its end and never sent again; after the window, still unchanged, it is sent.
+    Before, the resume sent at once and the late request rolled the disk back a second time."""
+    own = () if group else (SeedSnapshot(id=SNAPS[0], volume_id=VOLUMES[0], metadata=marker()),)
+    emu = await emulator(
+        clock=clock,
+        latency_ms=LATENCY_MS,
+        creating_seconds=0,
+        rollback_seconds=60,
+        volumes=(SeedVolume(volume_id=VOLUMES[0], server_id=SERVER),),
+        snapshots=own,
+    )
+    row = await journaled_row(emu, http, group)
+    volume = emu.world.volume(VOLUMES[0])
+    assert volume is not None
+    before = volume.updated_at or volume.created_at  # as the killed run's sending line holds it
+    snapshot = emu.world.snapshots[str(row.snapshot_id)]
+    clock.advance(1)  # a rollback moves the disk's updated_at on
+    # arrives: a window far longer than the test (it ends with the rollback it sees); else a short one
+    window = 30.0 if arrives else 0.2
+    in_flight = Sent(before, quiet=anyio.current_time() + window)
+    plan = dataclasses.replace(restore_plan(settle=0.5), sent={1: in_flight})
+    found: list[Finding] = []
+
+    def reads() -> int:
+        return hits(emu, VOLUME_GET)["200"]
+
+    async def meanwhile() -> None:
+        if arrives:  # the killed run's POST lands after the resume's reads (the disk's twice: all of look)
+            await until(lambda: reads() >= 2)
+            emu.world.rollback(snapshot, emu.world.volumes[VOLUMES[0]], None)
+        await until(lambda: bool(emu.world.rollbacks or found))
+        seen = reads()
+        await until(lambda: reads() >= seen + 1 or bool(found))  # the resume saw it under way
+        clock.advance(60)  # the rollback is over
+
+    async with routed(emu.url) as route:
+
+        async def resume() -> None:
+            found.append(await restore_row(route, row, plan))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(resume)
+            await meanwhile()
+    (finding,) = found
+    assert (finding.outcome, finding.code) == (Action.ROLLED_BACK, None), finding
+    posts = hits(emu, ROLLBACK) + hits(emu, MEMBER_ROLLBACK)
+    assert posts == ({} if arrives else {"202": 1}), posts
     assert [item["snapshot_id"] for item in emu.world.rollbacks] == [row.snapshot_id]

@@ -104,7 +104,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
             wait=settings.wait,
             stopping=lambda: any(stop() for stop in stopping),
             retry=retried_rows(frame.book.last, rows) if settings.retry_failed else frozenset(),
-            sent=sent_rows(frame.sent),
+            sent=sent_rows(frame.sent, window=settings.connection.limits.timeout + settings.settle),
         )
         router = await frame.connect(settings.connection, settings.policy)
         restored = Restored()  # kept whole when the drain's grace runs out and cuts the watching short
