@@ -68,6 +68,7 @@ from orchestrator.config import WaitPlan
 from orchestrator.errors import ListingFailed, TransportError, UsageError
 from orchestrator.models import Outcome, Record, RunHeader
 from orchestrator.ownership import member_refusal, refusal
+from orchestrator.report import same_file
 from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retrying
 
 if TYPE_CHECKING:
@@ -373,15 +374,15 @@ _MAY_HAVE_ROLLED_BACK = frozenset({Action.ROLLED_BACK, Action.SENDING})  # a req
 def earlier_rollbacks(run_id: str, places: Iterable[Path], *, skip: Path | None) -> dict[Path, set[int]]:
     """The rollback reports in the folders ``places`` that rolled back rows of create run ``run_id``,
     each with the rows it shows ``rolled_back`` or sent (a ``sending`` line: the request left, and may
-    have run, whatever that run recorded after) (``skip``: the report of this run); the ``--resume`` of
-    that report tells which ran.
+    have run, whatever that run recorded after) (``skip``: the report of this run, under any of its
+    names: ``report.same_file``); the ``--resume`` of that report tells which ran.
 
     Only each file's first line is read, unless it is the header of such a report. The evidence
     travels with the folder (copy it with the create report to another machine); a rollback report
     written elsewhere, or to standard output, is not seen.
     """
     found: dict[Path, set[int]] = {}
-    seen = set() if skip is None else {skip.resolve()}
+    seen = set()  # a folder named twice (REPORT's is reports/) is read once
     for place in places:
         try:
             entries = sorted(place.iterdir()) if place.is_dir() else []
@@ -392,6 +393,8 @@ def earlier_rollbacks(run_id: str, places: Iterable[Path], *, skip: Path | None)
             if resolved in seen or not path.is_file():  # not a FIFO: opening one would block
                 continue
             seen.add(resolved)
+            if skip is not None and same_file(path, skip):  # a hard link of this run's report, too
+                continue
             header = _first_header(path)
             if header is None or header.command != "rollback" or header.shape.get("source_run") != run_id:
                 continue

@@ -617,6 +617,25 @@ def test_a_run_rolled_back_before_needs_again(
     assert rollbacks_per_snapshot(emu.state()) == {SNAPS[0]: 2, SNAPS[1]: 1, SNAPS[2]: 1}
 
 
+def test_a_hard_link_of_the_runs_own_report_is_not_an_earlier_rollback(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """The report named by --report, hard-linked under another name in its folder, is this run's own
+    report, not an earlier rollback: a run without --resume is told its report already holds records
+    (exit 2, nothing sent), never that the run was rolled back before by the link."""
+    emu = emulator_thread(rollback_seconds=0.1, **world(3))
+    source = create_report(tmp_path / "create.jsonl", [{}, {}, {}])
+    report = tmp_path / "first.jsonl"
+    assert rollback(emu, source, report, apply=True, rows="1-2").exit_code == 0
+    os.link(report, tmp_path / "link.jsonl")
+    for flags in ({"apply": True}, {}):
+        result = rollback(emu, source, report, rows="1-2", **flags)
+        assert result.exit_code == 2, result.stderr
+        assert "already holds records; pass --resume" in result.stderr
+        assert "rolled back before" not in result.stderr
+    assert requests_of(emu.state(), ROLLBACK) == {"202": 2}
+
+
 RUNBOOK_WEB, RUNBOOK_DB = "9a6b7c1d-0e2f-4a3b-8c4d-5e6f7a8b9c01", "9a6b7c1d-0e2f-4a3b-8c4d-5e6f7a8b9c02"
 
 
