@@ -620,15 +620,17 @@ def test_a_run_rolled_back_before_needs_again(
 def test_a_hard_link_of_the_runs_own_report_is_not_an_earlier_rollback(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
-    """The report named by --report, hard-linked under another name in its folder, is this run's own
-    report, not an earlier rollback: a run without --resume is told its report already holds records
+    """The report named by --report, hard-linked (or symlinked) under another name in its folder, is this
+    run's own report, not an earlier rollback: a run without --resume is told its report already holds records
     (exit 2, nothing sent), never that the run was rolled back before by the link."""
     emu = emulator_thread(rollback_seconds=0.1, **world(3))
     source = create_report(tmp_path / "create.jsonl", [{}, {}, {}])
     report = tmp_path / "first.jsonl"
     assert rollback(emu, source, report, apply=True, rows="1-2").exit_code == 0
-    os.link(report, tmp_path / "link.jsonl")
-    for flags in ({"apply": True}, {}):
+    link = tmp_path / "link.jsonl"
+    for make, flags in ((os.link, {"apply": True}), (os.link, {}), (os.symlink, {"apply": True})):
+        link.unlink(missing_ok=True)
+        make(report, link)
         result = rollback(emu, source, report, rows="1-2", **flags)
         assert result.exit_code == 2, result.stderr
         assert "already holds records; pass --resume" in result.stderr
