@@ -32,7 +32,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # pytest rewrites each test module's asserts when it first imports it, and keeps the result in
-# tests/__pycache__. In a fresh clone each of the four workers would rewrite all of them, under coverage's
+# tests/__pycache__. In a fresh clone each of the workers would rewrite all of them, under coverage's
 # tracer: 14-16 s of CPU a worker, against 3.5 s for a worker that finds them written. One collection
 # without workers or coverage writes them first (about 9 s of CPU, once, beside mypy on the other core);
 # it runs again only when a test file changed. The package's bytecode is written before the tests too:
@@ -53,14 +53,16 @@ UNICODE := .hypothesis/unicode_data
 $(UNICODE): $(STAMP)
 	$(BIN)/python -W ignore -c 'from hypothesis import strategies as s; s.text().example(); s.characters(codec="utf-8").example()'
 
-# Four workers on two cores: most tests wait (real processes, signals, settle windows), so two workers
-# left the cores idle half the time; each worker more costs one collection (about 3 s of CPU with coverage).
+# Six workers on two cores: most tests wait (real processes, signals, settle windows), so two workers
+# left the cores idle half the time, and four about a quarter of it. Each worker more costs about 2 s of
+# CPU (its start and collection); six against four, `make test` in a fresh clone's state, interleaved
+# (2026-12-07, loads 1.3-9): 61/64/80/90 s against 73/68/98 s (benchmarks/results.md, session 12).
 # The coverage report comes from `coverage report`, not from pytest-cov: pytest-cov analyses every source
 # file twice (once for its total, once for the table), 1.7 s of CPU each. What is measured is set in
 # pyproject's [tool.coverage]: branches of orchestrator/. Under 97% of them covered fails the target.
 pytest: $(REWRITTEN)
 	$(BIN)/python -m compileall -q orchestrator
-	$(BIN)/pytest -q -n 4 --dist worksteal --cov --cov-report=
+	$(BIN)/pytest -q -n 6 --dist worksteal --cov --cov-report=
 	$(BIN)/coverage report --fail-under=97
 
 # mypy runs on one core; the collection that writes the rewritten test modules, and hypothesis's tables,
