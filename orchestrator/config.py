@@ -43,7 +43,7 @@ CREDENTIAL_VARIABLES = (
 REGION_RE = re.compile(r"[a-z]{2,}(-[a-z]+)+-[0-9]{1,3}\Z")
 PROJECT_RE = re.compile(r"[0-9a-f]{32}\Z")
 HOST_RE = re.compile(r"[A-Za-z0-9._:%-]+")  # a name, IPv4 or IPv6 (punycode for IDN)
-USERINFO_RE = re.compile(r"(//|^)[^/?#]*@")  # with no scheme too: "user:password@host/..."
+SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+")  # "https://", and typed "https:/" too
 QUERY_RE = re.compile(r"\?[^#]*")
 FRAGMENT_RE = re.compile(r"#.*", flags=re.DOTALL)
 
@@ -213,10 +213,18 @@ def parse_endpoint(value: str, *, option: str) -> URL:
 
 
 def redact_url(value: str) -> str:
-    """``value`` as it may be shown (parseable or not): a ``user:password@`` part becomes ``***@``, a query
-    string ``?***`` and a fragment ``#***``. The one masking function of URLs in messages and logs."""
-    shown = USERINFO_RE.sub(r"\1***@", value)
-    return FRAGMENT_RE.sub("#***", QUERY_RE.sub("?***", shown, count=1), count=1)
+    """``value`` as it may be shown (parseable or not): a query string becomes ``?***``, a fragment
+    ``#***``, and all before the last ``@`` ahead of them ``***@`` (after the scheme and its slashes, if
+    any): a ``user:password@`` part, even with no scheme, one slash, or a ``/`` in the password (an
+    ``@`` in a path masks the host too). The one masking function of URLs in messages and logs."""
+    cut = len(value) if (end := re.search(r"[?#]", value)) is None else end.start()
+    head, tail = value[:cut], value[cut:]
+    at = head.rfind("@")
+    if at >= 0:
+        scheme = SCHEME_RE.match(head)
+        start = 0 if scheme is None else scheme.end()
+        head = head[:start] + "***" + head[at:] if start <= at else head
+    return head + FRAGMENT_RE.sub("#***", QUERY_RE.sub("?***", tail, count=1), count=1)
 
 
 def is_loopback(host: str) -> bool:

@@ -224,6 +224,8 @@ async def test_a_slow_start_ping_does_not_hold_the_run_up(receiver: Callable[...
         pytest.param("http://example.com/p?k=" + SECRET, "plain http to a non-loopback host", id="http"),
         pytest.param("https://u:" + SECRET + "@h.example/p#x", "has a fragment", id="fragment"),
         pytest.param("u:" + SECRET + "@h.example/p?k=" + SECRET, "is not an http(s) URL", id="no-scheme"),
+        pytest.param("https:/u:" + SECRET + "@h.example/p", "is not an http(s) URL", id="one-slash"),
+        pytest.param("https://u:" + SECRET + "/x@h.example/p", "is not a valid URL", id="slash-in-password"),
     ],
 )
 def test_a_bad_url_is_a_usage_error_that_hides_its_secrets(tmp_path: Path, url: str, said: str) -> None:
@@ -241,6 +243,9 @@ def test_redact_url_masks_userinfo_query_and_fragment() -> None:
     assert redact_url("http://h/a") == "http://h/a"
     assert redact_url("not a url ?x") == "not a url ?***"
     assert redact_url("u:p@h.example/a?x=1") == "***@h.example/a?***"  # no scheme: still a password
+    assert redact_url("https:/u:p@h.example/a") == "https:/***@h.example/a"  # one slash
+    assert redact_url("https://u:p/q@h.example/a") == "https://***@h.example/a"  # a "/" in the password
+    assert redact_url("https://u:p@h.example/a@b") == "https://***@b"  # an "@" in the path: masked too
 
 
 @pytest.mark.anyio
