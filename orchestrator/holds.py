@@ -37,7 +37,7 @@ from orchestrator.errors import ListingFailed, RouteClosed, TransportError, Usag
 from orchestrator.frame import Frame, default_report
 from orchestrator.lock import given_lock, run_locks, scope_lock
 from orchestrator.ownership import hold_refusal
-from orchestrator.report import same_file
+from orchestrator.report import writes_to
 from orchestrator.retry import TryAgain, Verdict, retrying
 from orchestrator.tally import Counting, Tally
 
@@ -364,7 +364,7 @@ def settings_of(
     """The settings of ``hold`` or ``release`` (exit 2 when its report would be the create report)."""
 
     report = default_report(command, choice.report_path)
-    if choice.source is not None and report != "-" and same_file(Path(report), choice.source):
+    if choice.source is not None and writes_to(report, choice.source):
         raise UsageError(f"{command} writes its own report: give a --report other than the create report")
     return HoldSettings(
         command=command,

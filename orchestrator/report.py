@@ -205,6 +205,18 @@ def same_file(one: Path, other: Path) -> bool:
         return one.resolve() == other.resolve()
 
 
+def writes_to(report: str, other: Path) -> bool:
+    """A command's ``--report`` is ``other``: by ``same_file``, or for ``-`` (standard output) by the file
+    standard output was sent to (``--report - >> create.jsonl``)."""
+    if report != "-":
+        return same_file(Path(report), other)
+    try:
+        out, there = os.fstat(1), os.stat(other)
+    except OSError:
+        return False
+    return (out.st_dev, out.st_ino) == (there.st_dev, there.st_ino)
+
+
 def check_report_path(path: Path) -> None:
     """A report is a regular file (or will be): not a directory, a device or a pipe."""
     try:

@@ -22,7 +22,7 @@ from orchestrator.actions import Action, ActionRecord, now_iso
 from orchestrator.createrun import check_create_run
 from orchestrator.errors import ProjectLookupFailed, RouteClosed, UsageError
 from orchestrator.models import Record
-from orchestrator.report import Outcomes, check_report_path, epoch, final_records, read_header, same_file
+from orchestrator.report import Outcomes, check_report_path, epoch, final_records, read_header, writes_to
 from orchestrator.restore import (
     Finding,
     RestorePlan,
@@ -83,7 +83,7 @@ def chosen_rows(settings: RollbackSettings) -> Chosen:
     check_report_path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such report")
-    if settings.report != "-" and same_file(Path(settings.report), path):
+    if writes_to(settings.report, path):
         raise UsageError("--report must not be the create report: rollback writes a report of its own")
     header = read_header(path)
     if header is not None:

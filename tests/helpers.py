@@ -379,8 +379,8 @@ class Launched:
                 ends.append(child)
                 theirs.append(child)
                 files.append(None)
-            else:
-                theirs.append(fd)
+            else:  # a descriptor of the test's (a file it opened), or None: the worker's own
+                theirs.append(fd if how is None else how)
                 files.append(None)
         self.stdin, self.stdout, self.stderr = files
         status, theirs_status = socket.socketpair()

@@ -31,6 +31,7 @@ from tests.helpers import (
     header,
     invoke,
     records,
+    run_process,
     volume_ids,
 )
 
@@ -321,7 +322,8 @@ def test_an_action_report_never_names_the_create_report_it_reads(
     command: str, said: str, tmp_path: Path
 ) -> None:
     """hold, cleanup and rollback write their own report: the create report they read, by its path, a
-    symlink or a hard link (it passed: paths were compared, not files), is exit 2 with the command's
+    symlink, a hard link (it passed: paths were compared, not files) or `--report -` with standard output
+    sent to it, is exit 2 with the command's
     message, with --resume too, and the create report is left as it was."""
     source = create_report(tmp_path / "c.jsonl", [{}, {}])
     kept = source.read_bytes()
@@ -333,6 +335,12 @@ def test_an_action_report_never_names_the_create_report_it_reads(
         for resume in ([], ["--resume"]):
             args = [command, str(source), *extra, "--endpoint", CLOSED_PORT, *resume, "--report", str(given)]
             refused(invoke(args, {"OS_REGION_NAME": ""}), said)
+    # --report - with standard output sent to the create report (``>> c.jsonl``), in a real process
+    with source.open("ab") as appended:
+        args = [command, str(source), *extra, "--endpoint", CLOSED_PORT, "--report", "-"]
+        process = run_process(args, {"OS_REGION_NAME": ""}, stdout=appended.fileno())
+        _, stderr = process.communicate(timeout=60)
+    assert (process.returncode, said in stderr.decode()) == (2, True), stderr
     assert source.read_bytes() == kept
 
 

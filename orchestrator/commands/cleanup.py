@@ -30,7 +30,7 @@ from orchestrator.entry import run
 from orchestrator.errors import UsageError
 from orchestrator.frame import Frame, default_report
 from orchestrator.lock import run_locks
-from orchestrator.report import same_file
+from orchestrator.report import writes_to
 
 if TYPE_CHECKING:
     from orchestrator.cleanup_pass import CleanupSettings
@@ -121,7 +121,7 @@ def command(
     """Delete the snapshots one create run made, each after checking its marker (plans unless --apply)."""
 
     report = default_report("cleanup", report_path)
-    if report != "-" and same_file(Path(report), source):
+    if writes_to(report, source):
         raise UsageError("cleanup writes its own report: give a --report other than the create report")
 
     console = Console(sys.stderr, json=log_format == "json")
