@@ -150,6 +150,12 @@ def spooled(source: ManifestSource) -> Iterator[ManifestSource]:
     if source.path != "-":
         yield source
         return
+    if sys.stdin is None:  # started with descriptor 0 closed (``<&-``)
+        raise ManifestError(
+            source.shown,
+            None,
+            "standard input is closed: pass the manifest as a file, or give it on standard input",
+        )
 
     fd, name = tempfile.mkstemp(prefix="evs-snapshot-stdin-", suffix=f".{source.format}")
     by_descriptor = f"/proc/self/fd/{fd}"
