@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import resource
 import subprocess
 import sys
 from collections import Counter
@@ -473,6 +474,34 @@ def test_stdin_closed_is_one_line_and_exit_2(
         "evs-snapshot: error: <stdin>: standard input is closed: pass the manifest as a file, or give it on standard input"
     ]
     assert emu.state()["requests"] == {}
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_stdin_larger_than_tmpdir_allows_is_one_line_and_exit_2(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Standard input that cannot be copied to TMPDIR (no room: ENOSPC; here a file size limit: EFBIG)
+    exited 70 with a traceback; it is one line naming TMPDIR and what to do, exit 2 as an unreadable
+    manifest, nothing sent, nothing left in TMPDIR."""
+    emu = emulator_thread(any_volume=True)
+    limit = 64 * 1024
+    manifest = tmp_path / "big.csv"
+    manifest.write_text("volume_id\n" + "".join(f"{i}\n" for i in volume_ids(4000)), encoding="utf-8")
+    assert manifest.stat().st_size > limit
+
+    def limited() -> None:
+        os.dup2(os.open(manifest, os.O_RDONLY), 0)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = execed(stdin_commands(emu.url)["create"], tmp_path, limited)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(
+        f"evs-snapshot: error: <stdin>: cannot copy standard input to a file in TMPDIR ({tmp_path / 'tmpdir'}): "
+    )
+    assert "set TMPDIR to a folder with room, or pass the manifest as a file" in line
+    assert emu.state()["requests"] == {}
+    assert list((tmp_path / "tmpdir").iterdir()) == []
     assert not (tmp_path / "r.jsonl").exists()
 
 
