@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from orchestrator import defaults
 from orchestrator.errors import UsageError
-from orchestrator.models import RUN_ID
+from orchestrator.models import is_run_id
 
 if TYPE_CHECKING:
     from yarl import URL
@@ -64,7 +64,7 @@ class RunIdentity:
     @staticmethod
     def well_formed(run_id: str) -> bool:
         """``run_id`` has the form ``new`` gives (start time, ``-``, six hex digits): a run of the tool."""
-        return RUN_ID.fullmatch(run_id) is not None
+        return is_run_id(run_id)
 
     @classmethod
     def new(cls, started: datetime) -> RunIdentity:

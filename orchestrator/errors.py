@@ -40,9 +40,11 @@ if TYPE_CHECKING:
     from orchestrator.models import Answer
 
 INTERNAL_ERROR = 70  # the exit code of anything but our errors: a bug
+# A run's report holds its header from the start, and a new run refuses a report that is not empty
+# (``report.refuse_existing``): so --resume as soon as the report file is not empty, whatever it holds.
 STOPPED_ADVICE = (
-    "any record written is whole: run the same command again (create: with --resume when its report "
-    "holds records)"
+    "any record written is whole: run the same command again, with --resume if its report file is not "
+    "empty (a run writes its header first)"
 )
 
 

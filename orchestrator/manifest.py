@@ -150,21 +150,46 @@ def spooled(source: ManifestSource) -> Iterator[ManifestSource]:
     if source.path != "-":
         yield source
         return
+    if sys.stdin is None:  # started with descriptor 0 closed (``<&-``)
+        raise ManifestError(
+            source.shown,
+            None,
+            "standard input is closed: pass the manifest as a file, or give it on standard input",
+        )
 
-    fd, name = tempfile.mkstemp(prefix="evs-snapshot-stdin-", suffix=f".{source.format}")
+    try:
+        fd, name = tempfile.mkstemp(prefix="evs-snapshot-stdin-", suffix=f".{source.format}")
+    except OSError as exc:
+        raise _uncopied(source, exc) from None
     by_descriptor = f"/proc/self/fd/{fd}"
     named = not os.path.exists(by_descriptor)
     try:
         if not named:
             os.unlink(name)
-        with open(fd, "wb", closefd=False) as copy, blocking():  # a signal stops a stalled producer's copy
-            shutil.copyfileobj(sys.stdin.buffer, copy)
+        try:
+            with (
+                open(fd, "wb", closefd=False) as copy,
+                blocking(),
+            ):  # a signal stops a stalled producer's copy
+                shutil.copyfileobj(sys.stdin.buffer, copy)
+        except OSError as exc:  # no room in TMPDIR (ENOSPC), a file size limit (EFBIG), a quota
+            raise _uncopied(source, exc) from None
         yield ManifestSource(name if named else by_descriptor, source.format, stdin=True)
     finally:
         os.close(fd)
         if named:
             with contextlib.suppress(OSError):
                 os.unlink(name)
+
+
+def _uncopied(source: ManifestSource, exc: OSError) -> ManifestError:
+    """Standard input could not be copied to its spool file: say where, and what to do."""
+    return ManifestError(
+        source.shown,
+        None,
+        f"cannot copy standard input to a file in TMPDIR ({tempfile.gettempdir()}): {exc.strerror or exc}",
+        "set TMPDIR to a folder with room, or pass the manifest as a file",
+    )
 
 
 def manifest_digest(source: ManifestSource, *, display: str | None = None) -> str:

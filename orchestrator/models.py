@@ -16,8 +16,21 @@ from typing import Any, NamedTuple
 
 import orjson
 
-# A run id, as ``RunIdentity.new`` writes it (the one pattern: ASCII digits only; ``fullmatch`` it).
-RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")
+# A run id, as ``RunIdentity.new`` writes it (the shape: ASCII digits only); ``is_run_id`` is the check.
+_RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")
+RUN_STAMP = "%Y%m%dT%H%M%SZ"  # the start time a run id begins with, UTC
+
+
+def is_run_id(value: str) -> bool:
+    """``value`` is a run id the tool could have written: the shape, and a start time that is a real UTC
+    date-time (not month 13, 30 February or year 0)."""
+    if _RUN_ID.fullmatch(value) is None:
+        return False
+    try:
+        datetime.strptime(value[:16], RUN_STAMP)
+    except ValueError:
+        return False
+    return True
 
 
 class Outcome(enum.StrEnum):
@@ -429,11 +442,11 @@ class RunHeader:
         rows, run_id = data.get("rows"), data.get("run_id")
         if not isinstance(run_id, str) or not run_id:
             raise ValueError("not a run header: no run_id")
-        if RUN_ID.fullmatch(run_id) is None:  # ASCII digits only, as create writes it
+        if not is_run_id(run_id):  # ASCII digits and a real time, as create writes it
             raise ValueError(
                 f"not a run header of evs-snapshot: run_id {run_id!r} is not a run id of the tool "
-                "(YYYYMMDDTHHMMSSZ- and six lower-case hex digits): the report was edited, or is not one "
-                "of this tool"
+                "(a real UTC time YYYYMMDDTHHMMSSZ, - and six lower-case hex digits): the report was edited, "
+                "or is not one of this tool"
             )
         if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
             raise ValueError(f"not a run header: rows must be a whole number of 0 or more, not {rows!r}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import resource
 import subprocess
 import sys
 from collections import Counter
@@ -440,6 +442,78 @@ def test_stdin_needs_format() -> None:
     assert result.exit_code == 2
     assert "--format" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def execed(args: list[str], tmp_path: Path, before: Callable[[], None]) -> subprocess.CompletedProcess[str]:
+    """``python -m orchestrator ARGS`` by exec, ``before`` run in the child first (what the launcher cannot
+    give: standard input closed, a file size limit), with its TMPDIR an empty folder of its own."""
+    spool = tmp_path / "tmpdir"
+    spool.mkdir()
+    env = {**os.environ, **TOKEN_ENV, "TMPDIR": str(spool), "EVS_SNAPSHOT_LOCK_DIR": str(tmp_path / "locks")}
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+        preexec_fn=before,
+        check=False,
+    )
+
+
+def stdin_commands(url: str) -> dict[str, list[str]]:
+    """``create -``, ``validate -`` and ``prune -``: the commands that read a manifest from standard input."""
+    sent = ["--endpoint", url, "--project-id", PROJECT, "--report", "r.jsonl"]
+    return {
+        "create": ["create", "-", "--format", "csv", "--no-progress", *sent],
+        "validate": ["validate", "-", "--format", "csv"],
+        "prune": ["prune", "-", "--format", "csv", "--keep-last", "1", "--apply", *sent],
+    }
+
+
+@pytest.mark.parametrize("name", ["create", "validate", "prune"])
+def test_stdin_closed_is_one_line_and_exit_2(
+    emulator_thread: Callable[..., Any], tmp_path: Path, name: str
+) -> None:
+    """``create -`` (validate, prune) started with standard input closed (``<&-``) exited 70 with a
+    traceback; it is one line, exit 2, and nothing is sent and no report is written."""
+    emu = emulator_thread(any_volume=True)
+    result = execed(stdin_commands(emu.url)[name], tmp_path, lambda: os.close(0))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "evs-snapshot: error: <stdin>: standard input is closed: pass the manifest as a file, or give it on standard input"
+    ]
+    assert emu.state()["requests"] == {}
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_stdin_larger_than_tmpdir_allows_is_one_line_and_exit_2(
+    emulator_thread: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Standard input that cannot be copied to TMPDIR (no room: ENOSPC; here a file size limit: EFBIG)
+    exited 70 with a traceback; it is one line naming TMPDIR and what to do, exit 2 as an unreadable
+    manifest, nothing sent, nothing left in TMPDIR."""
+    emu = emulator_thread(any_volume=True)
+    limit = 64 * 1024
+    manifest = tmp_path / "big.csv"
+    manifest.write_text("volume_id\n" + "".join(f"{i}\n" for i in volume_ids(4000)), encoding="utf-8")
+    assert manifest.stat().st_size > limit
+
+    def limited() -> None:
+        os.dup2(os.open(manifest, os.O_RDONLY), 0)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = execed(stdin_commands(emu.url)["create"], tmp_path, limited)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(
+        f"evs-snapshot: error: <stdin>: cannot copy standard input to a file in TMPDIR ({tmp_path / 'tmpdir'}): "
+    )
+    assert "set TMPDIR to a folder with room, or pass the manifest as a file" in line
+    assert emu.state()["requests"] == {}
+    assert list((tmp_path / "tmpdir").iterdir()) == []
+    assert not (tmp_path / "r.jsonl").exists()
 
 
 def test_emulator_demo_mode(tmp_path: Path) -> None:

@@ -273,6 +273,40 @@ def test_a_report_whose_run_id_has_non_ascii_digits_is_not_read(
     assert f"{report}:1: not a run header of evs-snapshot" in summary.stderr
 
 
+@pytest.mark.parametrize(
+    "stamp",
+    ["20261399T999999Z", "20260230T250000Z", "00000000T000000Z"],
+    ids=["month-13", "february-30-hour-25", "year-0"],
+)
+def test_a_report_whose_run_id_is_not_a_real_time_is_not_read(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, stamp: str
+) -> None:
+    """A run id of the right shape whose start time is no UTC date-time (month 13, 30 February, year 0)
+    was read: summary exited 0 and hold refused each row NOT_THIS_RUN. The tool never writes one, so the
+    report is exit 2 naming file:1, for every reader and for create --resume alike."""
+    emu, report, disks = created(emulator_thread, write, tmp_path, 2, 908)
+    run_id = header(report)["run_id"]
+    edited = stamp + run_id[16:]
+    report.write_text(report.read_text(encoding="utf-8").replace(run_id, edited), encoding="utf-8")
+    before = report.read_bytes()
+    plan = tmp_path / "hold.jsonl"
+    refusal = f"{report}:1: not a run header of evs-snapshot: run_id {edited!r} is not a run id of the tool"
+    result = command(emu, "hold", str(report), "--reason", "X", report=plan)
+    assert result.exit_code == 2, result.output
+    assert refusal in result.stderr
+    assert not plan.exists() or records(plan) == []
+    assert emu.state()["requests"].get(ADD) is None
+    summary = invoke(["summary", str(report)])
+    assert summary.exit_code == 2, summary.output
+    assert refusal in summary.stderr
+    sent = sum(requests_of(emu.state(), CREATE).values())
+    resumed = invoke(create_args(emu.url, csv_manifest(write, disks), report, "--resume", *FAST_RETRIES))
+    assert resumed.exit_code == 2, resumed.output
+    assert refusal in resumed.stderr
+    assert report.read_bytes() == before
+    assert sum(requests_of(emu.state(), CREATE).values()) == sent
+
+
 def test_prune_keeps_a_held_snapshot(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

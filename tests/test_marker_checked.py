@@ -32,6 +32,9 @@ GOOD = "20261101T000000Z-1a2b3c"
         ("20261101T000000Z-1a2b3c ", False),
         ("20261101T000000Z-1a2b3c-extra", False),
         ("2026-11-01T00:00:00Z-1a2b3c", False),
+        ("20261399T999999Z-1a2b3c", False),  # the shape, but no real time: the tool never writes it
+        ("20260230T250000Z-1a2b3c", False),
+        ("00000000T000000Z-000000", False),
     ],
 )
 def test_only_a_well_formed_run_id_owns(marker: str, owned: bool) -> None:

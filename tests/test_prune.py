@@ -314,6 +314,37 @@ def test_resume_after_sigterm_finishes_the_job(
     assert "keep_last" in changed.output
 
 
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
+def test_sigterm_before_any_record_advises_resume_as_create_would(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """SIGTERM as soon as the report holds its header: no record. The advice said "run the same command again", which exits 2 (the report holds
+    records; pass --resume), as create does with a header-only report; the advice says --resume, and
+    --resume finishes the job."""
+    (disk,) = volume_ids(1, seed=144)
+    owned = [snap(disk, d) for d in range(1, 4)]
+    emu = start(emulator_thread, [disk], owned, latency_ms=300)
+    report = tmp_path / "r.jsonl"
+    manifest = csv_manifest(write, [disk])
+    args = ["prune", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report)]
+    args += ["--keep-last", "1", "--apply", "--concurrency", "1", *ACTION_RETRIES]
+    headed = lambda _: report.exists() and report.stat().st_size > 0  # noqa: E731
+    with run_process(args) as process:
+        with once_seen(emu, headed, lambda: process.send_signal(signal.SIGTERM)) as signalled:
+            _, stderr = process.communicate(timeout=30)
+        assert signalled
+    assert process.returncode == 143, stderr.decode()
+    assert len(records(report)) <= 1  # none unless the first DELETE (300 ms) was answered before the signal
+    [line] = [line for line in stderr.decode().splitlines() if "stopped by SIGTERM" in line]
+    assert "--resume if its report file is not empty" in line
+    again = prune(emu, manifest, report, "--keep-last", "1", "--apply")
+    assert again.exit_code == 2, again.output
+    assert "pass --resume" in again.stderr
+    result = prune(emu, manifest, report, "--keep-last", "1", "--apply", "--resume")
+    assert result.exit_code == 0, result.output
+    assert set(live(emu)) == {owned[0].id}
+
+
 def test_a_kill_between_deletes_and_their_records_is_settled_by_resume(
     emulator_thread: Callable[..., Any], clock: ManualClock, write: Callable[..., Path], tmp_path: Path
 ) -> None:
