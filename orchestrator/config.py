@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from orchestrator import defaults
 from orchestrator.errors import UsageError
-from orchestrator.models import is_run_id
+from orchestrator.models import RUN_STAMP, is_run_id
 
 if TYPE_CHECKING:
     from yarl import URL
@@ -59,7 +59,7 @@ class RunIdentity:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "day", self.started.strftime("%Y%m%d"))
-        object.__setattr__(self, "stamp", self.started.strftime("%Y%m%dT%H%M%SZ"))
+        object.__setattr__(self, "stamp", self.started.strftime(RUN_STAMP))
 
     @staticmethod
     def well_formed(run_id: str) -> bool:
@@ -69,14 +69,14 @@ class RunIdentity:
     @classmethod
     def new(cls, started: datetime) -> RunIdentity:
         """A fresh identity; the id starts with the start time so that a resumed run can recover it."""
-        return cls(run_id=f"{started:%Y%m%dT%H%M%SZ}-{os.urandom(3).hex()}", started=started)
+        return cls(run_id=f"{started.strftime(RUN_STAMP)}-{os.urandom(3).hex()}", started=started)
 
     @classmethod
     def resumed(cls, run_id: str) -> RunIdentity:
         """The identity of the run a report belongs to (names render exactly as they did)."""
         try:
             stamp = run_id.split("-", maxsplit=1)[0]
-            started = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+            started = datetime.strptime(stamp, RUN_STAMP).replace(tzinfo=UTC)
         except ValueError:
             raise UsageError(
                 f"the report's run_id {run_id!r} was not written by this tool's create"

@@ -57,7 +57,7 @@ from orchestrator.errors import (
 )
 from orchestrator.hookplan import HookPlan
 from orchestrator.lock import Held, Lock, holding, report_lock
-from orchestrator.models import Record, RunHeader, shape_difference, utc_now
+from orchestrator.models import RUN_STAMP, Record, RunHeader, shape_difference, utc_now
 from orchestrator.report import ReportWriter, ResumeBook, check_report_path, read_header, same_file
 from orchestrator.signals import draining, on_early_stop, received, run_finished, stopping_now
 from orchestrator.tally import Counting, Tally
@@ -137,7 +137,7 @@ def check_writable(path: Path, option: str) -> None:
 
 def default_report(command: str, path: str | None) -> str:
     """``--report``, or the default path of an action command's report."""
-    return path or f"reports/evs-snapshot-{command}-{utc_now():%Y%m%dT%H%M%SZ}.jsonl"
+    return path or f"reports/evs-snapshot-{command}-{utc_now().strftime(RUN_STAMP)}.jsonl"
 
 
 def write_side_files(
