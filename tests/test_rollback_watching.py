@@ -713,6 +713,28 @@ async def journaled_row(emu: RunningEmulator, http: aiohttp.ClientSession, group
     return row
 
 
+async def killed_run(
+    emulator: Callable[..., Any], clock: ManualClock, http: aiohttp.ClientSession, group: bool
+) -> tuple[Any, Record, str | None, Any]:
+    """One disk (a server's, in a group when ``group``) and the row whose rollback a killed run sent: the
+    emulator, the row, the disk's updated_at its ``sending`` line holds, and the row's snapshot."""
+    own = () if group else (SeedSnapshot(id=SNAPS[0], volume_id=VOLUMES[0], metadata=marker()),)
+    emu = await emulator(
+        clock=clock,
+        latency_ms=LATENCY_MS,
+        creating_seconds=0,
+        rollback_seconds=60,
+        volumes=(SeedVolume(volume_id=VOLUMES[0], server_id=SERVER),),
+        snapshots=own,
+    )
+    row = await journaled_row(emu, http, group)
+    volume = emu.world.volume(VOLUMES[0])
+    assert volume is not None
+    before = volume.updated_at or volume.created_at  # as the killed run's sending line holds it
+    snapshot = emu.world.snapshots[str(row.snapshot_id)]
+    return emu, row, before, snapshot
+
+
 @pytest.mark.parametrize("group", [False, True], ids=["disk", "group"])
 @pytest.mark.parametrize(
     ("arrives", "disk_reads", "snapshot_reads"),
@@ -738,20 +760,7 @@ async def test_a_resumed_rollback_that_ends_between_two_reads_is_never_sent_agai
     the reads. Any read showing it (rollbacking, or the disk changed since the line) means it ran: the
     row is rolled_back, watched to its end, never sent again and never blocked SNAPSHOT_NOT_AVAILABLE.
     Before, a fresh read became the baseline (a second rollback) or the two reads disagreed (blocked)."""
-    own = () if group else (SeedSnapshot(id=SNAPS[0], volume_id=VOLUMES[0], metadata=marker()),)
-    emu = await emulator(
-        clock=clock,
-        latency_ms=LATENCY_MS,
-        creating_seconds=0,
-        rollback_seconds=60,
-        volumes=(SeedVolume(volume_id=VOLUMES[0], server_id=SERVER),),
-        snapshots=own,
-    )
-    row = await journaled_row(emu, http, group)
-    volume = emu.world.volume(VOLUMES[0])
-    assert volume is not None
-    before = volume.updated_at or volume.created_at  # as the killed run's sending line holds it
-    snapshot = emu.world.snapshots[str(row.snapshot_id)]
+    emu, row, before, snapshot = await killed_run(emulator, clock, http, group)
     clock.advance(1)  # the rollback moves the disk's updated_at on
 
     def reads() -> tuple[int, int]:
@@ -794,20 +803,7 @@ async def test_a_resumed_rollback_in_flight_at_the_kill_is_waited_out_before_it_
     rollback that shows up in it (the killed run's POST arriving after the resume's reads) is that
     request, watched to its end and never sent again; after the window, still unchanged, it is sent.
     Before, the resume sent at once and the late request rolled the disk back a second time."""
-    own = () if group else (SeedSnapshot(id=SNAPS[0], volume_id=VOLUMES[0], metadata=marker()),)
-    emu = await emulator(
-        clock=clock,
-        latency_ms=LATENCY_MS,
-        creating_seconds=0,
-        rollback_seconds=60,
-        volumes=(SeedVolume(volume_id=VOLUMES[0], server_id=SERVER),),
-        snapshots=own,
-    )
-    row = await journaled_row(emu, http, group)
-    volume = emu.world.volume(VOLUMES[0])
-    assert volume is not None
-    before = volume.updated_at or volume.created_at  # as the killed run's sending line holds it
-    snapshot = emu.world.snapshots[str(row.snapshot_id)]
+    emu, row, before, snapshot = await killed_run(emulator, clock, http, group)
     clock.advance(1)  # a rollback moves the disk's updated_at on
     # arrives: a window far longer than the test (it ends with the rollback it sees); else a short one
     window = 30.0 if arrives else 0.2
