@@ -15,7 +15,7 @@ import threading
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -713,6 +713,23 @@ async def journaled_row(emu: RunningEmulator, http: aiohttp.ClientSession, group
     return row
 
 
+async def resumed_beside(
+    url: str, row: Record, plan: RestorePlan, meanwhile: Callable[[], Awaitable[None]], found: list[Finding]
+) -> Finding:
+    """The row resumed (``restore_row``) while ``meanwhile`` moves the emulator on; its one finding,
+    appended to ``found`` (which ``meanwhile`` may watch)."""
+    async with routed(url) as route:
+
+        async def resume() -> None:
+            found.append(await restore_row(route, row, plan))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(resume)
+            await meanwhile()
+    (finding,) = found
+    return finding
+
+
 async def killed_run(
     emulator: Callable[..., Any], clock: ManualClock, http: aiohttp.ClientSession, group: bool
 ) -> tuple[Any, Record, str | None, Any]:
@@ -778,16 +795,7 @@ async def test_a_resumed_rollback_that_ends_between_two_reads_is_never_sent_agai
     if not arrives:
         emu.world.rollback(snapshot, emu.world.volumes[VOLUMES[0]], None)
     plan = dataclasses.replace(restore_plan(settle=0.5), sent={1: Sent(before)})  # an old line
-    async with routed(emu.url) as route:
-        found: list[Finding] = []
-
-        async def resume() -> None:
-            found.append(await restore_row(route, row, plan))
-
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(resume)
-            await meanwhile()
-    (finding,) = found
+    finding = await resumed_beside(emu.url, row, plan, meanwhile, [])
     assert (finding.outcome, finding.code) == (Action.ROLLED_BACK, None), finding
     assert hits(emu, ROLLBACK) == hits(emu, MEMBER_ROLLBACK) == {}
     assert [item["snapshot_id"] for item in emu.world.rollbacks] == [row.snapshot_id]
@@ -823,15 +831,7 @@ async def test_a_resumed_rollback_in_flight_at_the_kill_is_waited_out_before_it_
         await until(lambda: reads() >= seen + 1 or bool(found))  # the resume saw it under way
         clock.advance(60)  # the rollback is over
 
-    async with routed(emu.url) as route:
-
-        async def resume() -> None:
-            found.append(await restore_row(route, row, plan))
-
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(resume)
-            await meanwhile()
-    (finding,) = found
+    finding = await resumed_beside(emu.url, row, plan, meanwhile, found)
     assert (finding.outcome, finding.code) == (Action.ROLLED_BACK, None), finding
     posts = hits(emu, ROLLBACK) + hits(emu, MEMBER_ROLLBACK)
     assert posts == ({} if arrives else {"202": 1}), posts
