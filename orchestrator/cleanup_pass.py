@@ -398,9 +398,7 @@ class Pass:
         if self.settings.include_held:
             return None
         held = seen if isinstance(seen, Snapshot) else Unit(seen, ())
-        return dataclasses.replace(
-            record, outcome=Action.BLOCKED, error_code=HELD, error_message=held_why(held)
-        )
+        return record.ending(Action.BLOCKED, HELD, held_why(held))
 
     def record(
         self, scope: Scope, target: Target, member: Snapshot, group_id: str, outcome: Action, **fields: Any

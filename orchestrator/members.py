@@ -166,7 +166,7 @@ def unit_job(
     if busy is not None:
         message = f"{busy}; a group is deleted whole, from available or error only (run again later)"
         for item in records:
-            write(dataclasses.replace(item, outcome=Action.BLOCKED, error_code=BUSY, error_message=message))
+            write(item.ending(Action.BLOCKED, BUSY, message))
         return None
     if not apply:
         for item in records:

@@ -478,9 +478,7 @@ def _judged(rules: Rules, owned: list[Snapshot], now: datetime) -> list[tuple[Sn
 def kept_held(record: ActionRecord, seen: Snapshot | SnapshotGroup) -> ActionRecord:
     """A candidate found held at its last look before its DELETE (``lastlook``): ``kept``, rule ``hold:
     REASON``, as if it had been held when listed (written with or without ``--verbose``)."""
-    return dataclasses.replace(
-        record, outcome=Action.KEPT, rule=f"hold: {seen.hold}", error_code=None, error_message=None
-    )
+    return dataclasses.replace(record.ending(Action.KEPT), rule=f"hold: {seen.hold}")
 
 
 def slots_warning(volume_id: str, staying: int, others: int, *, held: int = 0) -> str:
