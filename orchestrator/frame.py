@@ -58,7 +58,7 @@ from orchestrator.errors import (
 from orchestrator.hookplan import HookPlan
 from orchestrator.lock import Held, Lock, holding, report_lock
 from orchestrator.models import RUN_STAMP, Record, RunHeader, shape_difference, utc_now
-from orchestrator.report import ReportWriter, ResumeBook, check_report_path, read_header, same_file
+from orchestrator.report import ReportWriter, ResumeBook, check_report_path, read_header, same_file, writes_to
 from orchestrator.signals import draining, on_early_stop, received, run_finished, stopping_now
 from orchestrator.tally import Counting, Tally
 
@@ -388,8 +388,8 @@ class Frame:
     def lock(self, locks: Iterable[Lock], holder: str | None = None) -> Held:
         """Hold ``locks`` until the run ends (more can be taken later through the returned ``Held``)."""
         locks = list(locks)
-        for given in (lock for lock in locks if not lock.remove and self.report != "-"):
-            if same_file(given.path, Path(self.report)):
+        for given in (lock for lock in locks if not lock.remove):
+            if writes_to(self.report, given.path):
                 raise UsageError(f"--lock-file {given.path} is the report: choose another path")
         if self.held is None:
             self.held = self._stack.enter_context(holding(locks, holder or self.command))

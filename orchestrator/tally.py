@@ -402,10 +402,8 @@ class Tally:
         if command == "rollback":
             keys = [str(row) for row in sorted(int(key[4:]) for key in keys if key.startswith("row:"))]
             what, which = "rollback", "row"
-            settle = (
-                "`rollback --resume --apply` with this report looks at each disk before anything is sent "
-            )
-            settle += "again"
+            settle = "`rollback --resume --apply` with this report looks at each disk before anything is "
+            settle += "sent again"
         elif command in DELETING:
             what, which = "deletion", "snapshot"
             settle = (

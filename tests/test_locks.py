@@ -490,6 +490,14 @@ def test_a_lock_file_that_is_a_users_file_is_locked_never_written(
     assert result.exit_code == 2, result.stderr
     assert "is the report: choose another path" in result.stderr
     assert not (tmp_path / "new.jsonl").exists()
+    out = tmp_path / "out.jsonl"  # --report - with standard output sent to the --lock-file: the same file
+    with out.open("wb") as sent_there:
+        args = create_args(emu.url, manifest, "-", lock_file=out)
+        process = run_process(args, stdout=sent_there.fileno())
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2, stderr
+    assert b"is the report: choose another path" in stderr
+    assert out.read_bytes() == b""
     empty = tmp_path / "empty.lock"
     with RunLock(empty, "create"):
         assert b" evs-snapshot create" in empty.read_bytes()
