@@ -7,6 +7,7 @@ disk and snapshot states it checks; the runbook test runs the real create first.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import os
@@ -17,7 +18,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -265,13 +266,17 @@ def test_lost_answer_is_not_resent_blindly(
 
 
 def test_resume_skips_finished_rows_and_waits_for_a_sent_rollback(
-    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+    emulator_thread: Callable[..., EmulatorThread], clock: Any, tmp_path: Path
 ) -> None:
-    """--resume: a rolled-back row is skipped; a rollback sent by a run that died is waited for, not resent."""
-    emu = emulator_thread(rollback_seconds=0.3, **world(3, attached=frozenset({1, 2})))
+    """--resume: a rolled-back row is skipped; a rollback sent by a run that died, still under way when
+    the resume reads its disk, is waited for, not resent. The emulator's clock stands still: each
+    rollback ends only when the test moves it (before, a rollback of 0.3 s of real time could end before
+    a loaded machine's resume read the disk, and the resume then rightly sent it again)."""
+    emu = emulator_thread(clock=clock, rollback_seconds=60, **world(3, attached=frozenset({1, 2})))
     source = create_report(tmp_path / "create.jsonl", [{}, {}, {}])
     report = tmp_path / "apply.jsonl"
-    first = rollback(emu, source, report, apply=True)
+    with rollbacks_end_at(emu, clock, 1):  # row 1's, once sent
+        first = rollback(emu, source, report, apply=True)
     assert first.exit_code == 1, first.stderr
     assert sorted((r["row"], r["outcome"]) for r in records(report)) == [
         (1, "rolled_back"),
@@ -290,7 +295,10 @@ def test_resume_skips_finished_rows_and_waits_for_a_sent_rollback(
     )
     with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback emulator
         assert answer.status == 202
-    result = rollback(emu, source, report, apply=True, resume=True)
+    # Rows 2 and 3 start together, row 2 first: when row 3's rollback arrives, row 2's disk was read
+    # under way; then both end.
+    with rollbacks_end_at(emu, clock, 3):
+        result = rollback(emu, source, report, apply=True, resume=True)
     assert result.exit_code == 0, result.stderr
     assert "1 rows were finished by an earlier run" in result.stderr
     lines = records(report)
@@ -301,6 +309,25 @@ def test_resume_skips_finished_rows_and_waits_for_a_sent_rollback(
     state = emu.state()
     assert rollbacks_per_snapshot(state) == dict.fromkeys(SNAPS[:3], 1)
     assert requests_of(state, ROLLBACK) == {"202": 3}
+
+
+@contextlib.contextmanager
+def rollbacks_end_at(emu: EmulatorThread, clock: Any, count: int) -> Iterator[None]:
+    """While the block runs, a thread moves the standing ``clock`` past every rollback under way once
+    the emulator has taken ``count`` rollbacks in all."""
+
+    def end() -> None:
+        stop = time.monotonic() + 30
+        while len(emu.state()["rollbacks"]) < count and time.monotonic() < stop:
+            time.sleep(0.01)
+        clock.advance(61)
+
+    mover = threading.Thread(target=end, daemon=True)
+    mover.start()
+    try:
+        yield
+    finally:
+        mover.join(timeout=35)
 
 
 def test_resume_refuses_another_create_run(
