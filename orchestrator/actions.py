@@ -46,6 +46,9 @@ class Action(enum.StrEnum):
     # no key's record (``final_actions``, the resume book and the tally skip it); ``summary`` reads a
     # report whose last run has none as unfinished (``last_run``), when its header says runs write one
     ENDED = "ended"
+    # the first line of a run that applies (--apply) resuming a report whose first run planned (its
+    # header: ``"apply": false``): no key's record; ``last_run`` reads the run as applying from it on
+    APPLYING = "applying"
 
 
 FINAL = frozenset(
@@ -154,7 +157,7 @@ def outcomes_and_sends(path: Path) -> tuple[dict[str, Action], dict[str, ActionR
         if record.outcome is sending:
             sent[record.key] = record
             continue
-        if record.outcome is Action.ENDED:
+        if record.outcome in _MARKS:
             continue
         last[record.key] = record.outcome
         if record.outcome in _ENDS:
@@ -162,7 +165,8 @@ def outcomes_and_sends(path: Path) -> tuple[dict[str, Action], dict[str, ActionR
     return last, sent
 
 
-JOURNAL = frozenset({Action.SENDING, Action.ENDED})  # lines of an action report that are no key's outcome
+_MARKS = frozenset({Action.ENDED, Action.APPLYING})  # a run's lines, not a request's
+JOURNAL = frozenset({Action.SENDING, *_MARKS})  # lines of an action report that are no key's outcome
 # a request's end: its send is settled (a rollback's two ends; a deletion's one, gone; a hold's change)
 _ENDS = frozenset({Action.ROLLED_BACK, Action.ROLLBACK_FAILED, Action.DELETED, Action.HELD, Action.RELEASED})
 
@@ -174,11 +178,13 @@ class LastRun:
     last end line (``written``: its records and its ``sending`` lines, each request's as it left, every
     one a line of the file), and whether the last of them that tells shows a plan
     (a ``planned`` record: ``True``) or acting (``deleted``, ``sending``, ...: ``False``); ``None``: none
-    tells."""
+    tells. ``applied``: some run of the report applied (an ``applying`` or a ``sending`` line: only a
+    run that applies writes either; with the header's ``apply``, that tells for sure)."""
 
     ended: bool
     written: int = 0
     plan: bool | None = None
+    applied: bool = False
 
 
 _PLANS = frozenset({Action.PLANNED})
@@ -187,15 +193,20 @@ _UNTELLING = frozenset({Action.KEPT, Action.BLOCKED, Action.REFUSED})  # written
 
 def last_run(path: Path) -> LastRun:
     """Whether the last run of an action report came to its end (one pass; see ``LastRun``)."""
-    ended, written, plan = False, 0, None
+    ended, written, plan, applied = False, 0, None, False
     for record in read_actions(path):
-        if record.outcome is Action.ENDED:
+        outcome = record.outcome
+        if outcome is Action.ENDED:
             ended, written, plan = True, 0, None
             continue
         ended = False
+        if outcome is Action.APPLYING:  # the run's mark, not a line of its work
+            applied = True
+            continue
         written += 1
-        if record.outcome in _PLANS:
+        applied = applied or outcome is Action.SENDING
+        if outcome in _PLANS:
             plan = True
-        elif record.outcome not in _UNTELLING:
+        elif outcome not in _UNTELLING:
             plan = False
-    return LastRun(ended=ended, written=written, plan=plan)
+    return LastRun(ended=ended, written=written, plan=plan, applied=applied)

@@ -43,7 +43,7 @@ import anyio
 import orjson
 
 from orchestrator import metrics
-from orchestrator.actions import FINAL, Action, ActionRecord, now_iso, outcomes_and_sends
+from orchestrator.actions import FINAL, Action, ActionRecord, last_run, now_iso, outcomes_and_sends
 from orchestrator.config import RunIdentity, file_in_the_way
 from orchestrator.console import Console
 from orchestrator.defaults import GRACE
@@ -414,12 +414,16 @@ class Frame:
         source: str,
         shape: dict[str, str],
         resume: bool,
+        apply: bool,
         nothing: str,
         connection: Connection | None = None,
     ) -> None:
         """The report of ``prune``, ``cleanup``, ``rollback``, ``hold`` or ``release``: its lock, a header
         naming ``source``, ``shape`` (a resume with other options is refused, saying ``nothing`` was
-        done) and where the requests go (``connection``, never a credential), and the book."""
+        done), whether the run applies (``apply``) and where the requests go (``connection``, never a
+        credential), and the book. An ``--apply`` resuming a plan's report (plan, review, apply) first
+        writes an ``applying`` line, so that ``summary`` knows the run applied; a plan resuming a report
+        that a run applied to writes no end line: only an ``--apply`` that ends finishes it."""
         report = self.report
         if resume and report == "-":
             raise UsageError("--resume needs a --report file to read, not standard output")
@@ -436,6 +440,7 @@ class Frame:
                 raise ResumeMismatch(
                     f"--resume: {differs}. Resume with the same options, or start a new report; {nothing}"
                 )
+        applied = existing and header is not None and (header.apply or last_run(Path(report)).applied)
         if existing:
             last, self.sent = outcomes_and_sends(Path(report))
             self.book = ResumeBook.keyed(last, FINAL)
@@ -452,10 +457,28 @@ class Frame:
                 started_at=now_iso(),
                 connection={} if connection is None else connection.recorded(),
                 ends=report != "-",
+                apply=apply,
             ),
             resume=resume,
         )
         self._began = "" if report == "-" else now_iso()  # standard output is not resumed: no end line
+        if applied and not apply:  # its planned records would read as done what an --apply left undone
+            self._began = ""
+            self.tally.notes.append(
+                f"a run applied to this report: this plan does not finish it; {self.command} --apply "
+                "--resume with it does"
+            )
+        if apply and header is not None and not header.apply:
+            self.journal(
+                ActionRecord(
+                    run_id=run_id,
+                    command=self.command,
+                    key="",
+                    outcome=Action.APPLYING,
+                    started_at=self._began,
+                    finished_at=self._began,
+                )
+            )
 
     async def connect(self, connection: Connection, policy: RetryPolicy | None = None) -> Router:
         """The run's router (its session closes with the frame); its closed routes make exit 3."""

@@ -341,6 +341,7 @@ async def run_holds(settings: HoldSettings, *, console: Console) -> int:
             source=str(settings.source or "--snapshot"),
             shape=settings.shape(),
             resume=settings.resume,
+            apply=settings.apply,
             nothing="nothing was changed",
             connection=settings.connection,  # where it sent its requests: the command that finishes it
         )

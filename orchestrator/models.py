@@ -429,12 +429,18 @@ class RunHeader:
     # Where the run sent its requests, as its options said (``Connection.recorded``: never a credential),
     # so that ``summary --format markdown`` can write the follow-up commands with them.
     connection: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # An action report's first run applied (``--apply``: true) or planned (false); a resume in the other
+    # mode is refused, except an ``--apply`` resuming a plan, which writes an ``applying`` line first.
+    # ``None``: not recorded (a create report, or an action report written before the field).
+    apply: bool | None = None
 
     def to_json(self) -> bytes:
         data: dict[str, Any] = {"type": "run", **dataclasses.asdict(self)}
         for flag in ("emulator", "dry_run", "journal", "ends", "window", "connection"):
             if not data[flag]:
                 del data[flag]  # headers of ordinary runs read as before
+        if self.apply is None:
+            del data["apply"]
         return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
 
     @classmethod
@@ -465,6 +471,7 @@ class RunHeader:
                 ends=data.get("ends") is True,
                 window=_seconds(data.get("window")),
                 connection={str(k): str(v) for k, v in dict(data.get("connection") or {}).items()},
+                apply=data["apply"] if isinstance(data.get("apply"), bool) else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a run header: {exc}") from exc

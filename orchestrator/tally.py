@@ -433,19 +433,28 @@ class Tally:
         wrote = (
             f"after {run.written} line{'s' if run.written != 1 else ''}" if run.written else "before acting"
         )
-        self.finish = finish_command(path, header, apply=run.plan is False)
+        # A header that records ``apply`` tells for sure whether a run applied to the report (its own, or
+        # an ``applying`` line): then only an --apply finishes it (a plan since writes no end line);
+        # before the field, only the last run's records may tell (``None``: they do not).
+        if header.apply is None:
+            applying = None if run.plan is None else not run.plan
+        else:
+            applying = header.apply or run.applied
+        self.finish = finish_command(path, header, apply=applying is True)
         line = (
             f"unfinished: the last {header.command} run of this report stopped {wrote} (a signal, a closed "
-            "route, a crash or a kill), so what it still had to do has no record; finish it with "
+            "route, a crash or a kill"
+            + ("; or it applied, and a plan since does not finish it" if applying and run.plan else "")
+            + "), so what it still had to do has no record; finish it with "
             f"`{self.finish}`"
             + (
                 f" with the run's {UNRECORDED[header.command]}, if it had them"
                 if header.command in UNRECORDED
                 else ""
             )
-            # Nothing tells a plan from an --apply that stopped before acting: the command plans (it
+            # A report older than the header's ``apply`` whose records do not tell: the command plans (it
             # changes nothing); an --apply run is finished by adding --apply.
-            + (" (with --apply if the run was applying: its records do not tell)" if run.plan is None else "")
+            + (" (with --apply if the run was applying: its records do not tell)" if applying is None else "")
         )
         self.notes.append(line)
         self.unfinished.append(line)

@@ -131,11 +131,11 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 def records(path: Path) -> list[dict[str, Any]]:
     """Every record of a report (the run header, the journal of ``sending`` records and an action run's
-    ``ended`` lines left out)."""
+    ``ended`` and ``applying`` lines left out)."""
     return [
         line
         for line in lines(path)
-        if line.get("type") != "run" and line.get("outcome") not in ("sending", "ended")
+        if line.get("type") != "run" and line.get("outcome") not in ("sending", "ended", "applying")
     ]
 
 

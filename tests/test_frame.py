@@ -99,7 +99,7 @@ async def test_a_closed_route_is_exit_3_in_the_frame(tmp_path: Path) -> None:
     closing = Closing(metrics_file=tmp_path / "m.prom", summary_json=tmp_path / "s.json")
     frame = Frame(command="prune", console=Console(stderr), report=str(tmp_path / "r.jsonl"), closing=closing)
     async with frame:
-        frame.open_actions(source="m.csv", shape={}, resume=False, nothing="nothing was deleted")
+        frame.open_actions(source="m.csv", shape={}, resume=False, apply=True, nothing="nothing was deleted")
         frame.router = ClosedRouter()  # type: ignore[assignment]
         frame.write(action(Action.DELETED))
     assert frame.exit_code == 3
@@ -221,7 +221,7 @@ def test_without_a_loop_the_frame_ends_as_with_one(tmp_path: Path) -> None:
     with Frame(
         command="prune", console=Console(stderr), report=str(tmp_path / "r.jsonl"), closing=closing
     ) as frame:
-        frame.open_actions(source="m.csv", shape={}, resume=False, nothing="nothing was deleted")
+        frame.open_actions(source="m.csv", shape={}, resume=False, apply=True, nothing="nothing was deleted")
         frame.write(action(Action.DELETED))
     assert frame.exit_code == 0
     assert orjson.loads((tmp_path / "s.json").read_bytes())["outcomes"] == {"deleted": 1}

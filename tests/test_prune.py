@@ -41,6 +41,7 @@ from tests.helpers import (
     hits,
     invoke,
     issued_token,
+    kill_when,
     lines,
     live,
     once_seen,
@@ -343,6 +344,95 @@ def test_sigterm_before_any_record_advises_resume_as_create_would(
     result = prune(emu, manifest, report, "--keep-last", "1", "--apply", "--resume")
     assert result.exit_code == 0, result.output
     assert set(live(emu)) == {owned[0].id}
+
+
+PROJECT_ENV = {
+    "HUAWEICLOUD_SDK_PROJECT_ID": PROJECT
+}  # what the report does not record: the command as printed
+
+
+def finishing(report: Path) -> list[str]:
+    """The command ``summary`` of ``report`` says finishes its last run, as the words of ``invoke``."""
+    said = invoke(["summary", str(report)]).stdout
+    return said.split("finish it with `", 1)[1].split("`", 1)[0].split()[1:]
+
+
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
+def test_an_apply_killed_before_its_first_record_is_finished_by_the_command_summary_prints(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """prune --apply killed (-9) with only its header written: summary's finishing command applies (the
+    header records --apply); a plan --resume of the report sends nothing and writes no end line (the
+    report stays unfinished), and the command as printed deletes: summary exits 0 only then. Before, the
+    command planned ("with --apply if the run was applying"), and its plan read the report as finished,
+    snapshots still there (hostile12b)."""
+    (disk,) = volume_ids(1, seed=145)
+    owned = [snap(disk, d) for d in range(1, 4)]
+    emu = start(emulator_thread, [disk], owned, latency_ms=200)
+    report = tmp_path / "r.jsonl"
+    manifest = csv_manifest(write, [disk])
+    args = ["prune", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report)]
+    args += ["--keep-last", "1", "--apply", *ACTION_RETRIES]
+    kill_when(report, run_process(args), lambda data: data.endswith(b"}\n"))  # the header, then a listing
+    assert [line.get("type") for line in lines(report)] == ["run"]  # killed before its first record
+    stopped = invoke(["summary", str(report)])
+    assert stopped.exit_code == 1, stopped.output
+    assert "stopped before acting" in stopped.stdout
+    assert "if the run was applying" not in stopped.stdout
+    words = finishing(report)
+    assert "--apply" in words
+    plan = invoke([word for word in words if word != "--apply"], env=PROJECT_ENV)  # the mistake
+    assert plan.exit_code == 0, plan.output
+    assert "a run applied to this report: this plan does not finish it; prune --apply --resume" in plan.stderr
+    assert [r["outcome"] for r in records(report)] == ["planned", "planned"]
+    assert requests_of(emu.state(), DELETE) == {}
+    planned = invoke(["summary", str(report)])
+    assert planned.exit_code == 1, planned.output
+    assert "or it applied, and a plan since does not finish it" in planned.stdout
+    assert finishing(report) == words
+    finished = invoke(words, env=PROJECT_ENV)
+    assert finished.exit_code == 0, finished.output
+    assert set(live(emu)) == {owned[0].id}
+    assert invoke(["summary", str(report)]).exit_code == 0
+
+
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
+def test_an_apply_resuming_a_plan_and_killed_before_its_first_record_reads_unfinished(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Plan, review, then --apply --resume on the same report (the runbook's flow), killed (-9) before its
+    first record: its ``applying`` line says the run applied, so summary exits 1 and its finishing command
+    applies; a plan --resume does not finish the report from then on, and the command as printed deletes.
+    Before, the report read as the plan's, finished (exit 0), snapshots still there."""
+    (disk,) = volume_ids(1, seed=146)
+    owned = [snap(disk, d) for d in range(1, 4)]
+    emu = start(emulator_thread, [disk], owned, latency_ms=200)
+    report = tmp_path / "r.jsonl"
+    manifest = csv_manifest(write, [disk])
+    planned = prune(emu, manifest, report, "--keep-last", "1")
+    assert planned.exit_code == 0, planned.output
+    args = ["prune", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report)]
+    args += ["--keep-last", "1", "--apply", "--resume", *ACTION_RETRIES]
+    listed = lambda state: sum(requests_of(state, LIST).values()) >= 2  # noqa: E731 - the plan's, and this one's
+    with run_process(args) as process:
+        with once_seen(emu, listed, process.kill) as killed:
+            process.communicate(timeout=30)
+        assert killed
+    assert requests_of(emu.state(), DELETE) == {}  # killed before its first deletion
+    stopped = invoke(["summary", str(report)])
+    assert stopped.exit_code == 1, stopped.output
+    assert "stopped before acting" in stopped.stdout
+    assert [line.get("outcome") for line in lines(report)[-2:]] == ["ended", "applying"]
+    words = finishing(report)
+    assert "--apply" in words
+    plan = invoke([word for word in words if word != "--apply"], env=PROJECT_ENV)
+    assert plan.exit_code == 0, plan.output
+    assert invoke(["summary", str(report)]).exit_code == 1
+    assert finishing(report) == words
+    finished = invoke(words, env=PROJECT_ENV)
+    assert finished.exit_code == 0, finished.output
+    assert set(live(emu)) == {owned[0].id}
+    assert invoke(["summary", str(report)]).exit_code == 0
 
 
 def test_a_kill_between_deletes_and_their_records_is_settled_by_resume(

@@ -53,13 +53,17 @@ def acted(
     resume: bool = False,
     stop: str | None = None,
     first: int = 1,
+    apply: bool = True,
 ) -> None:
-    """One run of ``command`` writing a record of each outcome (``sending``: a journal line, of the key of
-    the next record) through the frame; ``stop``: how it did not reach its end (``signal``: drained after SIGTERM, ``error``: a listing
-    refused, ``route``: a route closed), else it ends; keys are numbered from ``first``."""
+    """One run of ``command`` (``apply``: with --apply) writing a record of each outcome (``sending``: a
+    journal line, of the key of the next record) through the frame; ``stop``: how it did not reach its
+    end (``signal``: drained after SIGTERM, ``error``: a listing refused, ``route``: a route closed),
+    else it ends; keys are numbered from ``first``."""
     frame = Frame(command=command, console=Console(io.StringIO()), report=str(path))
     with contextlib.suppress(Interrupted, ListingFailed), frame:
-        frame.open_actions(source=source, shape=shape or {}, resume=resume, nothing="nothing was done")
+        frame.open_actions(
+            source=source, shape=shape or {}, resume=resume, apply=apply, nothing="nothing was done"
+        )
         index = first
         for outcome in outcomes:
             key = f"row:{index}" if command == "rollback" else f"snap-{index}"
@@ -155,7 +159,7 @@ def test_a_run_stopped_before_its_end_reads_unfinished(
     in text, JSON and markdown; exit 1."""
     path = tmp_path / "r.jsonl"
     shapes = {"prune": PRUNE_SHAPE, "rollback": {"rows": "1-2,5", "volumes": "a,b"}}
-    acted(path, command, outcomes, stop=stop, shape=shapes.get(command, {}))
+    acted(path, command, outcomes, stop=stop, shape=shapes.get(command, {}), apply=PLANNED not in outcomes)
     assert lines(path)[-1]["outcome"] != "ended"
     text, data, block = summaries(path)
     assert text.exit_code == 1, text.output
@@ -241,7 +245,9 @@ def test_an_end_line_that_cannot_be_written_is_said_and_leaves_the_run_unfinishe
     full = os.open("/dev/full", os.O_WRONLY)
     frame = Frame(command="release", console=Console(stderr), report=str(path))
     with frame:
-        frame.open_actions(source="--snapshot", shape={"snapshots": "s-1"}, resume=False, nothing="-")
+        frame.open_actions(
+            source="--snapshot", shape={"snapshots": "s-1"}, resume=False, apply=False, nothing="-"
+        )
         assert frame.writer is not None
         real, frame.writer.fd = frame.writer.fd, full
     os.close(real)
@@ -251,13 +257,67 @@ def test_an_end_line_that_cannot_be_written_is_said_and_leaves_the_run_unfinishe
     result = invoke(["summary", str(path)])
     assert result.exit_code == 1
     assert "stopped before acting" in result.stdout
-    assert (  # nothing tells a plan from an --apply here: the command plans, and the line says so
-        f"`evs-snapshot release --snapshot s-1 --resume --report {path.resolve()}` "
-        "(with --apply if the run was applying: its records do not tell)"
-    ) in result.stdout
+    # the header says the run planned: the command plans, and nothing is left to guess
+    assert f"`evs-snapshot release --snapshot s-1 --resume --report {path.resolve()}`\n" in result.stdout
     block = invoke(["summary", str(path), "--format", "markdown"]).stdout  # its follow-up plans too
     assert f"evs-snapshot release --snapshot s-1 --resume --report {path.resolve()}\n" in block
     assert "--apply --resume" not in block
+
+
+@pytest.mark.parametrize("apply", [True, False])
+def test_a_run_stopped_before_acting_is_finished_in_the_mode_its_header_records(
+    tmp_path: Path, apply: bool
+) -> None:
+    """A run stopped before any record that tells: the header's ``apply`` says whether the finishing command
+    applies, without a hedge; a header written before the field keeps the hedge (its records do not
+    tell), and its command plans."""
+    path = tmp_path / "r.jsonl"
+    acted(path, "cleanup", [], stop="signal", apply=apply)
+    assert lines(path)[0]["apply"] is apply
+    said = invoke(["summary", str(path)]).stdout
+    finish = f"`evs-snapshot cleanup m.csv{' --apply' if apply else ''} --resume --report {path.resolve()}`"
+    assert (
+        f"stopped before acting (a signal, a closed route, a crash or a kill), so what it still had to do has no record; finish it with {finish}"
+        in said
+    )
+    assert "if the run was applying" not in said
+    header, *rest = path.read_bytes().splitlines(keepends=True)
+    old = orjson.loads(header)
+    del old["apply"]
+    path.write_bytes(orjson.dumps(old) + b"\n" + b"".join(rest))
+    said = invoke(["summary", str(path)]).stdout
+    assert (
+        f"`evs-snapshot cleanup m.csv --resume --report {path.resolve()}` with the run's "
+        "--include-held/--project-id, if it had them (with --apply if the run was applying: its records do "
+        "not tell)"
+    ) in said
+
+
+def test_a_plan_resuming_a_report_a_run_applied_to_does_not_finish_it(tmp_path: Path) -> None:
+    """An --apply that stopped, then a plan --resume that runs to its end: the plan writes no end line, so
+    summary still reads the report unfinished (exit 1) and its command applies; an --apply --resume that
+    ends finishes it. A plan resuming a plan, and an --apply resuming a plan, end as before."""
+    path = tmp_path / "r.jsonl"
+    acted(path, "prune", [DELETED], shape=PRUNE_SHAPE, stop="signal")
+    acted(path, "prune", [PLANNED], shape=PRUNE_SHAPE, resume=True, apply=False, first=2)
+    assert lines(path)[-1]["outcome"] == "planned"
+    text, data, _ = summaries(path)
+    assert text.exit_code == 1, text.output
+    assert "a crash or a kill; or it applied, and a plan since does not finish it)" in text.stdout
+    assert "--keep-last 1 --apply --resume" in text.stdout
+    assert data["unfinished"]
+    acted(path, "prune", [DELETED], shape=PRUNE_SHAPE, resume=True, first=2)
+    assert invoke(["summary", str(path)]).exit_code == 0
+    planned = tmp_path / "p.jsonl"
+    acted(planned, "prune", [PLANNED], shape=PRUNE_SHAPE, apply=False)
+    acted(planned, "prune", [PLANNED], shape=PRUNE_SHAPE, resume=True, apply=False)
+    assert invoke(["summary", str(planned)]).exit_code == 0
+    acted(planned, "prune", [], shape=PRUNE_SHAPE, resume=True, stop="signal")  # an --apply stopped at once
+    assert [line.get("outcome") for line in lines(planned)[-2:]] == ["ended", "applying"]
+    stopped = invoke(["summary", str(planned)])
+    assert stopped.exit_code == 1, stopped.output
+    assert "stopped before acting" in stopped.stdout
+    assert "--keep-last 1 --apply --resume" in stopped.stdout
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,7 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
             source=str(settings.source),
             shape=shape,
             resume=settings.resume,
+            apply=settings.apply,
             nothing="nothing was deleted",
             connection=settings.connection,
         )

@@ -74,6 +74,7 @@ async def prune(settings: PruneSettings, *, console: Console) -> int:
             source=what,
             shape=shape,
             resume=settings.resume,
+            apply=settings.apply,
             nothing="nothing was deleted",
             connection=settings.connection,
         )

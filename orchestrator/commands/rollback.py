@@ -93,6 +93,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
             source=str(settings.source),
             shape=shape,
             resume=settings.resume,
+            apply=settings.apply,
             nothing="nothing was done",
             connection=settings.connection,
         )
