@@ -429,8 +429,8 @@ class RunHeader:
     # Where the run sent its requests, as its options said (``Connection.recorded``: never a credential),
     # so that ``summary --format markdown`` can write the follow-up commands with them.
     connection: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    # An action report's first run applied (``--apply``: true) or planned (false); a resume in the other
-    # mode is refused, except an ``--apply`` resuming a plan, which writes an ``applying`` line first.
+    # An action report's first run applied (``--apply``: true) or planned (false). An ``--apply`` resuming
+    # a plan writes an ``applying`` line first; a plan resuming a report a run applied to writes no end line.
     # ``None``: not recorded (a create report, or an action report written before the field).
     apply: bool | None = None
 
