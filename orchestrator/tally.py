@@ -1,5 +1,8 @@
-"""The one outcome counter: a run's tally as records are written (every command the run frame serves),
-and the summary of a whole create report (``summary``).
+"""A run's tally as its records are written (every command the run frame serves), and the summary of a
+whole report (``summary``): the counts that the summary, ``--summary-json``, ``--metrics-file`` and the
+exit code are made from. Two things are counted beside it, for what it does not see: ``prune`` counts
+its outcomes per disk too, for its per-disk notes (``retention.per_volume_notes``), and the snapshots
+it keeps without a record (no ``--verbose``) go to the metrics through ``Frame.also``.
 
 One class counts both record types of SPEC: a create run's rows (``models.Record``) and the records of
 ``prune``, ``cleanup`` and ``rollback`` (``actions.ActionRecord``). What differs between them is data,
