@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from orchestrator.api.safe import remaining_quota
 from orchestrator.api.views import HOLD_KEY
 from orchestrator.console import Console
 from orchestrator.errors import EvsSnapshotError, ListingFailed, UsageError
@@ -32,6 +31,7 @@ from orchestrator.groupsweep import sweep_run
 from orchestrator.hooks import hook_servers
 from orchestrator.manifest import manifest_digest, read_rows, spooled
 from orchestrator.planning import CreateSettings, begin, checked, identify, lock, new_frame, phase
+from orchestrator.preflight import quota_short
 from orchestrator.progress import Progress
 from orchestrator.report import final_records
 from orchestrator.rules import first_pass
@@ -298,7 +298,8 @@ async def _sweep(
 
 
 async def _warn_over_quota(settings: CreateSettings, router: Router, total: int, console: Console) -> None:
-    """Before the first create: warn when the rows exceed the project's remaining snapshot quota.
+    """Before the first create: warn when the rows exceed the project's remaining snapshot quota
+    (``preflight.quota_short``).
 
     Checked for the ``--project-id`` project (rows naming their own project are not counted); a quota
     that cannot be read is said, not fatal.
@@ -310,14 +311,9 @@ async def _warn_over_quota(settings: CreateSettings, router: Router, total: int,
         return
     try:
         route: Route = router.route_at(settings.defaults.region, project)
-        remaining = await remaining_quota(route, dataclasses.replace(settings.policy, max_attempts=3))
+        short = await quota_short(route, total, dataclasses.replace(settings.policy, max_attempts=3))
     except EvsSnapshotError as exc:
         console.warn(f"the project's snapshot quota could not be read ({exc}); going on")
         return
-    if remaining is not None and total > remaining:
-        console.warn(
-            f"project {project}: {total} rows to send but only {remaining} snapshots left in the project's "
-            f"quota; rows beyond it will be refused (SNAPSHOT_LIMIT_REACHED): prune first, or ask for more",
-            rows=total,
-            remaining=remaining,
-        )
+    if short is not None:
+        console.warn(short.warning(), rows=total, remaining=short.remaining)

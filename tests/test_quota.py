@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from orchestrator.api.safe import remaining_quota
+from orchestrator.emulator import SeedSnapshot
 from orchestrator.retry import RetryPolicy
 from tests.helpers import (
     FAST_RETRIES,
@@ -61,7 +63,8 @@ def test_create_quota_check_cut_short_by_the_deadline(
 def test_validate_online_names_rows_beyond_the_project_quota(
     emulator_thread: Callable[..., Any], write: Callable[..., Path]
 ) -> None:
-    """--online: three good rows and one snapshot left in the project's quota: QUOTA_EXCEEDED, exit 1."""
+    """--online: three good rows and one snapshot left in the project's quota: SNAPSHOT_LIMIT_REACHED (the
+    code create records for the service's refusal), exit 1."""
     ids = volume_ids(3, seed=711)
     emu = emulator_thread(any_volume=True, snapshot_quota=1)
     manifest = csv_manifest(write, ids)
@@ -69,10 +72,36 @@ def test_validate_online_names_rows_beyond_the_project_quota(
     result = invoke(args)
     assert result.exit_code == 1, result.output
     assert (
-        f"QUOTA_EXCEEDED: project {PROJECT}: 3 rows would be sent but only 1 snapshots are left in the "
+        f"SNAPSHOT_LIMIT_REACHED: project {PROJECT}: 3 rows would be sent but only 1 snapshots are left in the "
         "project's quota; 2 would be refused"
     ) in result.stdout
     assert sum(requests_of(emu.state(), QUOTA).values()) == 1
+
+
+def test_validate_online_names_the_quota_after_ten_full_disks(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path]
+) -> None:
+    """--online: 11 disks at the per-disk limit (10 lines shown, then a count) and 2 good rows with 1
+    snapshot left: the project's quota line is still shown, and counted once with the 11 rows."""
+    *full, free, spare = volume_ids(13, seed=717)
+    seeded = tuple(
+        SeedSnapshot(id=str(uuid.UUID(int=(718 << 64) + 7 * disk + n, version=4)), volume_id=volume_id)
+        for disk, volume_id in enumerate(full)
+        for n in range(7)
+    )
+    emu = emulator_thread(any_volume=True, snapshots=seeded, snapshot_quota=len(seeded) + 1)
+    manifest = csv_manifest(write, [*full, free, spare])
+    result = invoke(cli_args("validate", manifest, online=True, endpoint=emu.url, project_id=PROJECT))
+    assert result.exit_code == 1, result.output
+    assert result.stdout.count("SNAPSHOT_LIMIT_REACHED: row ") == 10
+    assert (
+        f"SNAPSHOT_LIMIT_REACHED: project {PROJECT}: 2 rows would be sent but only 1 snapshots are left in "
+        "the project's quota; 1 would be refused"
+    ) in result.stdout
+    assert "SNAPSHOT_LIMIT_REACHED: ... and 1 more rows like these" in result.stdout
+    assert "13 rows: 1 would be sent (checked online), 12 with problems (SNAPSHOT_LIMIT_REACHED x12)" in (
+        result.stdout
+    )
 
 
 @pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
@@ -98,7 +127,7 @@ def test_validate_online_checks_the_quota_of_a_project_looked_up_by_region(
     )
     result = invoke(args)
     assert result.exit_code == 1, result.output
-    assert "QUOTA_EXCEEDED" in result.stdout
+    assert f"SNAPSHOT_LIMIT_REACHED: project {PROJECT}: " in result.stdout
 
 
 def test_validate_online_asks_no_quota_once_a_project_is_refused(
@@ -136,7 +165,10 @@ def test_validate_online_counts_one_quota_for_rows_with_and_without_a_region(
     manifest = write("mixed.csv", "volume_id,region\n" + "".join(f"{row}\n" for row in rows))
     result = invoke(cli_args("validate", manifest, online=True, endpoint=emu.url, project_id=PROJECT))
     assert result.exit_code == 1, result.output
-    assert "6 rows: 4 would be sent (checked online), 2 with problems (QUOTA_EXCEEDED x2)" in result.stdout
+    assert (
+        "6 rows: 4 would be sent (checked online), 2 with problems (SNAPSHOT_LIMIT_REACHED x2)"
+        in result.stdout
+    )
     assert sum(requests_of(emu.state(), QUOTA).values()) == 1
 
 
@@ -172,6 +204,7 @@ def test_create_warns_before_sending_when_the_quota_is_short(
     result = invoke(args)
     assert result.exit_code == 1
     assert "only 3 snapshots left" in result.stderr
+    assert "rows beyond it will be refused (SNAPSHOT_LIMIT_REACHED)" in result.stderr  # as recorded below
     final = last_per_row(report)
     refused = [r for r in final.values() if r["outcome"] == "rejected"]
     assert [r["error_code"] for r in refused] == ["SNAPSHOT_LIMIT_REACHED"] * 2

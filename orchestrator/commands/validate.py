@@ -1,8 +1,8 @@
 """``evs-snapshot validate MANIFEST``: every problem a manifest would meet, by row; creates nothing.
 
 Offline it applies the row rules. ``--online`` also looks each disk up through the same send path as
-``create`` (throttling and 5xx retried under the adaptive limiter): unknown, in use without force,
-not snapshottable, at the per-disk limit (counted as the service counts), or beyond the project's
+``create`` (throttling and 5xx retried under the adaptive limiter) and applies ``preflight``'s checks:
+unknown, in use without force, not snapshottable, at the per-disk limit, or beyond the project's
 snapshot quota. Rows stream through a fixed pool of workers, so memory does not grow with the rows.
 """
 
@@ -20,15 +20,13 @@ import anyio
 import click
 
 from orchestrator import options
-from orchestrator.api import evs
-from orchestrator.api.safe import remaining_quota, show_volume, volume_snapshots
 from orchestrator.config import RunIdentity
 from orchestrator.console import Console
-from orchestrator.defaults import SNAPSHOTS_PER_DISK
 from orchestrator.entry import run
 from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError
 from orchestrator.manifest import read_rows, spooled
 from orchestrator.models import Record, utc_now
+from orchestrator.preflight import Problem, disk_problem, quota_short
 from orchestrator.rules import RowValidator, first_pass
 from orchestrator.signals import in_thread
 
@@ -39,8 +37,6 @@ if TYPE_CHECKING:
     from orchestrator.manifest import ManifestSource
     from orchestrator.models import SnapshotRequest
     from orchestrator.retry import RetryPolicy
-
-MAX_SNAPSHOTS_PER_VOLUME = SNAPSHOTS_PER_DISK
 
 SHOWN_PER_CODE = 10
 HINTS = {
@@ -66,10 +62,11 @@ class _Problems:
         self.counts: Counter[str] = Counter()
         self.shown: Counter[str] = Counter()
 
-    def add(self, code: str, message: str, rows: int = 1) -> None:
-        """``rows`` rows have this problem (one message says it for all of them)."""
+    def add(self, code: str, message: str, rows: int = 1, *, always: bool = False) -> None:
+        """``rows`` rows have this problem (one message says it for all of them); ``always``: a project's
+        line, shown even past the first few of its code (there is one per project)."""
         self.counts[code] += rows
-        if self.shown[code] < SHOWN_PER_CODE:
+        if always or self.shown[code] < SHOWN_PER_CODE:
             self.shown[code] += rows
             self.stdout.write(f"{code}: {message}\n")
 
@@ -151,9 +148,9 @@ async def _check_online(
                         found = await _volume_problem(router, request, settings.policy)
                     except RouteClosed:
                         continue  # refused: not this row's problem; the run stops with one message
-                    if isinstance(found, tuple):
+                    if isinstance(found, Problem):
                         where = f"row {request.row} (line {request.line}): volume {request.volume_id}"
-                        problems.add(found[0], f"{where}: {found[1]}")
+                        problems.add(found.code, f"{where}: {found.message}")
                     else:
                         good += 1
                         per_route[found] += 1  # the looked-up project too
@@ -177,60 +174,34 @@ async def _check_online(
     return good
 
 
-async def _volume_problem(
-    router: Router, request: SnapshotRequest, policy: RetryPolicy
-) -> tuple[str, str] | Route:
-    """The row's problem (code, message), or the route (endpoint and project) the disk was found on."""
+async def _volume_problem(router: Router, request: SnapshotRequest, policy: RetryPolicy) -> Problem | Route:
+    """The row's problem, or the route (endpoint and project) the disk was found on."""
 
     try:
         route = await router.route_for(request.project_id, request.region)
-        volume = await show_volume(route, request.volume_id, policy)
-        if volume is None:
-            return ("VOLUME_NOT_FOUND", "the disk does not exist in this project")
-        status = str(volume.status)
-        if status == "in-use" and not request.force:
-            return (
-                "VOLUME_IN_USE",
-                "the disk is in-use: set force (row or --force) to snapshot it attached",
-            )
-        if status not in ("available", "in-use"):
-            return ("VOLUME_NOT_SNAPSHOTTABLE", f"the disk is {status}; it must be available or in-use")
-        listed = await volume_snapshots(route, request.volume_id, policy, kind=evs.Kind.CHECK)
-        count = sum(1 for snapshot in listed if snapshot.counts_toward_limit)
-        if count >= MAX_SNAPSHOTS_PER_VOLUME:
-            return (
-                "SNAPSHOT_LIMIT_REACHED",
-                f"the disk already has {count} manually created snapshots "
-                f"(at most {MAX_SNAPSHOTS_PER_VOLUME}); prune old ones first",
-            )
-    except ListingFailed as exc:
-        return ("CHECK_FAILED", str(exc))
-    except TransportError as exc:
-        return ("CHECK_FAILED", str(exc))
+        found = await disk_problem(route, request, policy)
+    except (ListingFailed, TransportError) as exc:
+        return Problem("CHECK_FAILED", str(exc))
     except ProjectLookupFailed as exc:
-        return (exc.code, exc.message)
-    return route
+        return Problem(exc.code, exc.message)
+    return route if found is None else found
 
 
 async def _quota_problem(route: Route, wanted: int, policy: RetryPolicy, problems: _Problems) -> int:
-    """Rows beyond the project's remaining snapshot quota (each reported as QUOTA_EXCEEDED)."""
+    """Rows beyond the project's remaining snapshot quota (reported once, for all of them)."""
 
-    project = route.project_id
     try:
-        remaining = await remaining_quota(route, policy)
+        short = await quota_short(route, wanted, policy)
     except ListingFailed as exc:
-        problems.add("CHECK_FAILED", f"project {project}: the snapshot quota could not be read ({exc})")
+        problems.add(
+            "CHECK_FAILED", f"project {route.project_id}: the snapshot quota could not be read ({exc})"
+        )
         return 0
-    if remaining is None or wanted <= remaining:
+    if short is None:
         return 0
-    over = wanted - remaining
-    problems.add(
-        "QUOTA_EXCEEDED",
-        f"project {project}: {wanted} rows would be sent but only {remaining} snapshots are left in the "
-        f"project's quota; {over} would be refused (prune, or ask for a larger quota)",
-        rows=over,
-    )
-    return over
+    problem = short.problem()
+    problems.add(problem.code, problem.message, rows=short.over, always=True)
+    return short.over
 
 
 @click.command("validate")
