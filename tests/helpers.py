@@ -85,6 +85,7 @@ FAST_RETRIES = (
 )
 CREATE_ROUTE = "POST /v2/{project_id}/cloudsnapshots"
 LIST_ROUTE = "GET /v2/{project_id}/cloudsnapshots/detail"
+QUOTA_ROUTE = "GET /v2/{project_id}/os-quota-sets/{target_project_id}"
 
 
 def invoke(
@@ -180,6 +181,21 @@ def csv_manifest(write: Callable[..., Path], ids: list[str], name: str = "m.csv"
 def requests_of(state: Mapping[str, Any], route: str) -> Counter[str]:
     """The emulator's answers to one route, by status (``dropped`` for closed connections)."""
     return Counter(state["requests"].get(route, {}))
+
+
+def server_errors(answers: Mapping[str, int]) -> int:
+    """How many of ``requests_of``'s answers were 5xx: statuses compared as numbers, so ``dropped`` (a
+    closed connection, no answer) is not one, as it would be compared as a string (``"dropped" >= "500"``)."""
+    return sum(count for status, count in answers.items() if status.isdigit() and int(status) >= 500)
+
+
+def at_rest(emu: EmulatorThread) -> dict[str, Any]:
+    """The emulator's state once it holds no request (bounded): a request is counted when its latency
+    ends, so one the client gave up in flight is counted after the client has returned."""
+    stop = time.monotonic() + 5
+    while (state := emu.state())["in_flight"] and time.monotonic() < stop:
+        time.sleep(0.01)
+    return state
 
 
 def snapshots_per_volume(state: Mapping[str, Any], run_id: str | None = None) -> Counter[str]:
