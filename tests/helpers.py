@@ -1133,9 +1133,12 @@ def report_of(path: Path, items: list[Record], rows: int) -> Path:
 DISK = volume_ids(1, seed=911)[0]
 
 
-def api_seeded(status: str) -> SeedSnapshot:
+def api_seeded(status: str, *, project_id: str | None = None) -> SeedSnapshot:
+    """A snapshot of ``DISK`` in ``status`` (of ``project_id``, when given: the emulator's own otherwise),
+    its id the same on every call."""
+    name = f"api/{status}" if project_id is None else f"api/{status}/{project_id}"
     return SeedSnapshot(
-        id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"api/{status}")), volume_id=DISK, status=status
+        id=str(uuid.uuid5(uuid.NAMESPACE_OID, name)), volume_id=DISK, status=status, project_id=project_id
     )
 
 
