@@ -294,7 +294,7 @@ async def test_error_deleting_is_rejected_then_reported_when_seen_while_waiting(
 @pytest.mark.anyio
 async def test_server_errors_spend_the_attempts(emulator: Callable[..., Any]) -> None:
     """Every DELETE answered 5xx: it fails after max_attempts requests, with the last status (the one
-    DELETE loop: the deleter's last look would meet the 5xx first, tests/test_deleter.py)."""
+    DELETE loop: the deleter's last look would meet the 5xx first: below)."""
     target = api_seeded("available")
     emu = await emulator(snapshots=(target,), fault_5xx=1.0)
     async with routed(emu.url) as route:
