@@ -35,6 +35,7 @@ from orchestrator.cli import main
 from orchestrator.commands import emulator as emulator_command
 from orchestrator.config import Connection, Endpoints, Limits
 from orchestrator.emulator import (
+    EmulatorSettings,
     EmulatorThread,
     RunningEmulator,
     SeedSnapshot,
@@ -526,13 +527,19 @@ def copying_stdin(pid: int) -> bool:
     return False
 
 
+def settings_as_commanded(*args: str) -> EmulatorSettings:
+    """The settings ``evs-snapshot emulator ARGS`` would serve with: the command's own parser and
+    ``settings_from``."""
+    with emulator_command.command.make_context("emulator", list(args)) as context:
+        return emulator_command.settings_from(context.params)
+
+
 def emulator_as_commanded(args: list[str]) -> EmulatorThread:
     """The emulator ``evs-snapshot emulator ARGS`` would serve, on a thread of this process (not started):
     the command's own parser and ``settings_from`` make its settings from the same command line. The
     command as a real process (its address line, SIGTERM, exit 0): test_create_cli's
     ``test_emulator_command_serves_until_sigterm``."""
-    context = emulator_command.command.make_context("emulator", list(args))
-    return EmulatorThread(emulator_command.settings_from(context.params))
+    return EmulatorThread(settings_as_commanded(*args))
 
 
 def wait_for_records(report: Path, count: int, process: Launched, limit: float = 30.0) -> None:
@@ -594,6 +601,22 @@ def volume_ids(count: int, seed: int = 0) -> list[str]:
 
 def seeds(ids: list[str], status: str = "available") -> tuple[SeedVolume, ...]:
     return tuple(SeedVolume(volume_id=volume_id, status=status) for volume_id in ids)
+
+
+# The disk the emulator's own tests create snapshots of, unless they name another.
+EMULATOR_VOLUME = volume_ids(1)[0]
+
+
+def create_body(volume_id: str = EMULATOR_VOLUME, **fields: object) -> dict[str, object]:
+    """A create's JSON body: the snapshot of ``volume_id``, with ``fields``."""
+    return {"snapshot": {"volume_id": volume_id, **fields}}
+
+
+async def state_of(http: aiohttp.ClientSession, emu: RunningEmulator) -> dict[str, Any]:
+    """The emulator's ``GET /_emulator/state`` document, read over HTTP."""
+    async with http.get(f"{emu.url}/_emulator/state") as response:
+        state: dict[str, Any] = orjson.loads(await response.read())
+    return state
 
 
 async def call(
