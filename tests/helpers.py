@@ -35,6 +35,7 @@ from orchestrator.cli import main
 from orchestrator.commands import emulator as emulator_command
 from orchestrator.config import Connection, Endpoints, Limits
 from orchestrator.emulator import (
+    EmulatorSettings,
     EmulatorThread,
     RunningEmulator,
     SeedSnapshot,
@@ -85,6 +86,7 @@ FAST_RETRIES = (
 )
 CREATE_ROUTE = "POST /v2/{project_id}/cloudsnapshots"
 LIST_ROUTE = "GET /v2/{project_id}/cloudsnapshots/detail"
+QUOTA_ROUTE = "GET /v2/{project_id}/os-quota-sets/{target_project_id}"
 
 
 def invoke(
@@ -180,6 +182,21 @@ def csv_manifest(write: Callable[..., Path], ids: list[str], name: str = "m.csv"
 def requests_of(state: Mapping[str, Any], route: str) -> Counter[str]:
     """The emulator's answers to one route, by status (``dropped`` for closed connections)."""
     return Counter(state["requests"].get(route, {}))
+
+
+def server_errors(answers: Mapping[str, int]) -> int:
+    """How many of ``requests_of``'s answers were 5xx: statuses compared as numbers, so ``dropped`` (a
+    closed connection, no answer) is not one, as it would be compared as a string (``"dropped" >= "500"``)."""
+    return sum(count for status, count in answers.items() if status.isdigit() and int(status) >= 500)
+
+
+def at_rest(emu: EmulatorThread) -> dict[str, Any]:
+    """The emulator's state once it holds no request (bounded): a request is counted when its latency
+    ends, so one the client gave up in flight is counted after the client has returned."""
+    stop = time.monotonic() + 5
+    while (state := emu.state())["in_flight"] and time.monotonic() < stop:
+        time.sleep(0.01)
+    return state
 
 
 def snapshots_per_volume(state: Mapping[str, Any], run_id: str | None = None) -> Counter[str]:
@@ -510,13 +527,19 @@ def copying_stdin(pid: int) -> bool:
     return False
 
 
+def settings_as_commanded(*args: str) -> EmulatorSettings:
+    """The settings ``evs-snapshot emulator ARGS`` would serve with: the command's own parser and
+    ``settings_from``."""
+    with emulator_command.command.make_context("emulator", list(args)) as context:
+        return emulator_command.settings_from(context.params)
+
+
 def emulator_as_commanded(args: list[str]) -> EmulatorThread:
     """The emulator ``evs-snapshot emulator ARGS`` would serve, on a thread of this process (not started):
     the command's own parser and ``settings_from`` make its settings from the same command line. The
     command as a real process (its address line, SIGTERM, exit 0): test_create_cli's
     ``test_emulator_command_serves_until_sigterm``."""
-    context = emulator_command.command.make_context("emulator", list(args))
-    return EmulatorThread(emulator_command.settings_from(context.params))
+    return EmulatorThread(settings_as_commanded(*args))
 
 
 def wait_for_records(report: Path, count: int, process: Launched, limit: float = 30.0) -> None:
@@ -578,6 +601,22 @@ def volume_ids(count: int, seed: int = 0) -> list[str]:
 
 def seeds(ids: list[str], status: str = "available") -> tuple[SeedVolume, ...]:
     return tuple(SeedVolume(volume_id=volume_id, status=status) for volume_id in ids)
+
+
+# The disk the emulator's own tests create snapshots of, unless they name another.
+EMULATOR_VOLUME = volume_ids(1)[0]
+
+
+def create_body(volume_id: str = EMULATOR_VOLUME, **fields: object) -> dict[str, object]:
+    """A create's JSON body: the snapshot of ``volume_id``, with ``fields``."""
+    return {"snapshot": {"volume_id": volume_id, **fields}}
+
+
+async def state_of(http: aiohttp.ClientSession, emu: RunningEmulator) -> dict[str, Any]:
+    """The emulator's ``GET /_emulator/state`` document, read over HTTP."""
+    async with http.get(f"{emu.url}/_emulator/state") as response:
+        state: dict[str, Any] = orjson.loads(await response.read())
+    return state
 
 
 async def call(
@@ -1117,9 +1156,12 @@ def report_of(path: Path, items: list[Record], rows: int) -> Path:
 DISK = volume_ids(1, seed=911)[0]
 
 
-def api_seeded(status: str) -> SeedSnapshot:
+def api_seeded(status: str, *, project_id: str | None = None) -> SeedSnapshot:
+    """A snapshot of ``DISK`` in ``status`` (of ``project_id``, when given: the emulator's own otherwise),
+    its id the same on every call."""
+    name = f"api/{status}" if project_id is None else f"api/{status}/{project_id}"
     return SeedSnapshot(
-        id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"api/{status}")), volume_id=DISK, status=status
+        id=str(uuid.uuid5(uuid.NAMESPACE_OID, name)), volume_id=DISK, status=status, project_id=project_id
     )
 
 

@@ -27,6 +27,7 @@ from orchestrator.emulator.settings import (
     DEFAULT_AK,
     DEFAULT_DOMAIN,
     DEFAULT_PASSWORD,
+    DEFAULT_SK,
     DEFAULT_USER,
 )
 from orchestrator.errors import (
@@ -411,7 +412,6 @@ def test_endpoint_rules() -> None:
 
 
 SECRET_TOKEN = "SECRET-TOKEN-a1b2c3d4e5f6"
-SECRET_SK = "emulator-secret-key-0000000000000000000000"
 SECRET_SECURITY_TOKEN = "SECURITY-TOKEN-z9y8x7w6"
 
 
@@ -420,22 +420,22 @@ def test_secrets_never_leak(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, kind: str
 ) -> None:
     """A full run (good credentials, then refused ones) never shows a secret in report, output or summary."""
-    emu = emulator_thread(any_volume=True, token=SECRET_TOKEN, sk=SECRET_SK, fault_5xx=0.2)
+    emu = emulator_thread(any_volume=True, token=SECRET_TOKEN, sk=DEFAULT_SK, fault_5xx=0.2)
     good = {
         "token": {"OS_AUTH_TOKEN": SECRET_TOKEN},
         "aksk": {
             **AKSK,
-            "HUAWEICLOUD_SDK_SK": SECRET_SK,
+            "HUAWEICLOUD_SDK_SK": DEFAULT_SK,
             "HUAWEICLOUD_SDK_SECURITY_TOKEN": SECRET_SECURITY_TOKEN,
         },
         "password": PASSWORD_ENV,
     }[kind]
     bad = {
         "token": {"OS_AUTH_TOKEN": SECRET_TOKEN + "x"},
-        "aksk": {**good, "HUAWEICLOUD_SDK_SK": SECRET_SK + "x"},
+        "aksk": {**good, "HUAWEICLOUD_SDK_SK": DEFAULT_SK + "x"},
         "password": {**PASSWORD_ENV, "OS_PASSWORD": DEFAULT_PASSWORD + "x"},
     }[kind]
-    secrets = [SECRET_TOKEN, SECRET_SK, SECRET_SECURITY_TOKEN, DEFAULT_PASSWORD]
+    secrets = [SECRET_TOKEN, DEFAULT_SK, SECRET_SECURITY_TOKEN, DEFAULT_PASSWORD]
     seen = []
     for number, env in enumerate((good, bad)):
         report = tmp_path / f"r{number}.jsonl"

@@ -14,7 +14,7 @@ import orjson
 
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from orchestrator.emulator.clock import evs_time
-from tests.helpers import PROJECT, cli_args, csv_manifest, invoke, records, volume_ids
+from tests.helpers import DELETE, PROJECT, ROLLBACK, cli_args, csv_manifest, invoke, records, volume_ids
 
 RUN = "20261201T010203Z-b0b1b2"
 DISK = volume_ids(1, seed=2007)[0]
@@ -23,8 +23,6 @@ BACKUPS = {
     str(uuid.uuid5(uuid.NAMESPACE_OID, f"backup-{name}")): name
     for name in ("autobk_snapshot_vbs_1a2b", "manualbk_snapshot_csbs_3c4d")
 }
-DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"
-ROLLBACK = "POST /v2/{project_id}/cloudsnapshots/{snapshot_id}/rollback"
 FAST = ("--max-attempts", "3", "--backoff-initial", "0.01", "--backoff-max", "0.05")
 
 
@@ -57,7 +55,9 @@ def world(emulator_thread: Callable[..., EmulatorThread], *, named: bool = True)
     )
 
 
-def create_report(path: Path, snapshot_id: str, *, sent_twice: bool = False) -> Path:
+def journalled_report(path: Path, snapshot_id: str, *, sent_twice: bool = False) -> Path:
+    """A journalled create report (unlike ``helpers.create_report``): one row, its ``sending`` line (two
+    when ``sent_twice``) and its record, accepted as ``snapshot_id``."""
     header = {
         "type": "run",
         "run_id": RUN,
@@ -107,7 +107,7 @@ def test_cleanup_never_deletes_a_backup_made_snapshot(
     the run's marker on the others does not make them the run's either."""
     emu = world(emulator_thread, named=False)
     backup = next(iter(BACKUPS))
-    source = create_report(tmp_path / "create.jsonl", backup)
+    source = journalled_report(tmp_path / "create.jsonl", backup)
     report = tmp_path / "cleanup.jsonl"
     result = invoke(
         [*cli_args("cleanup", source, endpoint=emu.url, project_id=PROJECT, report=report), "--apply", *FAST]
@@ -122,7 +122,7 @@ def test_rollback_never_uses_a_backup_made_snapshot(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
     emu = world(emulator_thread, named=False)
-    source = create_report(tmp_path / "create.jsonl", next(iter(BACKUPS)))
+    source = journalled_report(tmp_path / "create.jsonl", next(iter(BACKUPS)))
     report = tmp_path / "rollback.jsonl"
     result = invoke([*cli_args("rollback", source, endpoint=emu.url, report=report), "--apply", *FAST])
     assert result.exit_code == 1, result.output + result.stderr
@@ -136,7 +136,7 @@ def test_the_sweep_never_deletes_a_backup_made_snapshot(
     """A row sent twice (so its disk is looked up) whose disk holds backup-made snapshots with the run's
     marker: they are not the run's second snapshot; nothing is deleted."""
     emu = world(emulator_thread)
-    source = create_report(tmp_path / "create.jsonl", NAMED, sent_twice=True)
+    source = journalled_report(tmp_path / "create.jsonl", NAMED, sent_twice=True)
     result = invoke(["wait", str(source), "--endpoint", emu.url, "--poll-interval", "0.1"])
     assert result.exit_code == 0, result.output + result.stderr
     assert not [r for r in records(source) if r["outcome"].startswith("duplicate")]

@@ -28,6 +28,7 @@ from orchestrator.emulator.clock import EVS_TIME_FORMAT, ManualClock, evs_time
 from orchestrator.retention import Rules, Zone, named_zone, offsets
 from tests.helpers import (
     FAST_RETRIES,
+    MARKER,
     PROJECT,
     create_args,
     csv_manifest,
@@ -40,7 +41,6 @@ from tests.helpers import (
     volume_ids,
 )
 
-MARKER = "evs_snapshot_run"
 FAST = ["--max-attempts", "3", "--backoff-initial", "0.01", "--backoff-max", "0.05"]
 KINDS = ("hourly", "daily", "weekly", "monthly", "yearly")
 BERLIN = "Europe/Berlin"

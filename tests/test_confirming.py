@@ -20,20 +20,8 @@ from orchestrator.config import Connection, Endpoints, Limits
 from orchestrator.deleter import Deleter, Job
 from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
 from orchestrator.retention import kept_held
-from orchestrator.retry import RetryPolicy
-from tests.helpers import (
-    AKSK,
-    DELETE,
-    LIST,
-    PROJECT,
-    hits,
-    planned,
-    until,
-    volume_ids,
-)
+from tests.helpers import AKSK, DELETE, LIST, PROJECT, QUICK, SHOW, hits, planned, until, volume_ids
 
-SHOW = "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"
-QUICK = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02)
 COUNT = 30
 
 pytestmark = pytest.mark.anyio

@@ -17,6 +17,7 @@ from orchestrator.emulator import EmulatorThread, SeedVolume
 from orchestrator.manifest import ManifestSource, read_rows
 from tests.helpers import (
     CREATE_ROUTE,
+    MARKER,
     PROJECT,
     cli_args,
     create_args,
@@ -26,7 +27,6 @@ from tests.helpers import (
     requests_of,
 )
 
-MARKER = "evs_snapshot_run"
 WEB, DB = "5f0c1a6e-7a52-4c1e-9a1b-0c0f4e2d8b01", "5f0c1a6e-7a52-4c1e-9a1b-0c0f4e2d8b02"
 IDS = [str(uuid.UUID(int=0xC000 + index, version=4)) for index in range(4)]
 DISKS = (

@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.emulator import ManualClock, RunningEmulator, SeedSnapshot, SeedVolume
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from tests.helpers import API_IDS, PROJECT, call, seeds, volume_ids
+from tests.helpers import API_IDS, PROJECT, call, create_body, seeds, volume_ids
 
 SNAPSHOTS = f"/v2/{PROJECT}/cloudsnapshots"
 VOLUME = volume_ids(1)[0]
@@ -22,10 +22,6 @@ EVS_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}$")
 
 
 Start = Callable[..., Awaitable[RunningEmulator]]
-
-
-def create_body(volume_id: str = VOLUME, **fields: object) -> dict[str, object]:
-    return {"snapshot": {"volume_id": volume_id, **fields}}
 
 
 async def test_create_show_list_delete_lifecycle(

@@ -25,7 +25,7 @@ from orchestrator.emulator.settings import (
     DEFAULT_SK,
     DEFAULT_USER,
 )
-from tests.helpers import PROJECT, REGION, call, hits, seeds, volume_ids
+from tests.helpers import PROJECT, REGION, call, create_body, hits, seeds, volume_ids
 
 Start = Callable[..., Awaitable[RunningEmulator]]
 SNAPSHOTS = f"/v2/{PROJECT}/cloudsnapshots"
@@ -36,10 +36,6 @@ AK_LOCKED = {
     "error_code": "APIGW.0301",
     "error_msg": "Incorrect IAM authentication information: AK access failed to reach the limit,forbidden",
 }
-
-
-def create_body(volume_id: str = VOLUME, **fields: object) -> dict[str, object]:
-    return {"snapshot": {"volume_id": volume_id, **fields}}
 
 
 async def password_token(

@@ -15,7 +15,6 @@ import aiohttp
 import pytest
 
 from orchestrator.api.credentials import AkSkAuth
-from orchestrator.commands.emulator import command, settings_from
 from orchestrator.emulator import (
     EmulatorSettings,
     EmulatorThread,
@@ -25,7 +24,7 @@ from orchestrator.emulator import (
     read_snapshots,
 )
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK, IAM_ACTIONS
-from tests.helpers import PROJECT, call, cli_args, invoke, requests_of, volume_ids
+from tests.helpers import PROJECT, call, cli_args, invoke, requests_of, settings_as_commanded, volume_ids
 
 Start = Callable[..., Awaitable[RunningEmulator]]
 BASE = f"/v2/{PROJECT}"
@@ -46,14 +45,9 @@ def seeded_snapshots(count: int) -> tuple[SeedSnapshot, ...]:
     )
 
 
-def parsed(*args: str) -> EmulatorSettings:
-    with command.make_context("emulator", list(args)) as ctx:
-        return settings_from(ctx.params)
-
-
 def test_the_switches_are_options() -> None:
     """Each switch is an option of `evs-snapshot emulator`; --deny and --gateway-404 repeat; all off by default."""
-    settings = parsed(
+    settings = settings_as_commanded(
         *("--clock-offset", "-1200", "--deny", "evs:snapshots:list", "--deny", "evs:quotas:get"),
         *("--tags-default-ep-only", "--list-shift", "2", "--gateway-404", "resource_instances"),
         *("--gateway-404", "os-quota-sets", "--metadata-rewrite", "lower"),

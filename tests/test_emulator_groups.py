@@ -15,7 +15,7 @@ import pytest
 
 from orchestrator.emulator import EmulatorSettings, EmulatorThread, ManualClock, RunningEmulator, SeedVolume
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from tests.helpers import PROJECT, SERVER, call, requests_of, volume_ids
+from tests.helpers import PROJECT, SERVER, call, requests_of, state_of, volume_ids
 
 Start = Callable[..., Awaitable[RunningEmulator]]
 GROUPS = f"/v5/{PROJECT}/snapshot-groups"
@@ -34,12 +34,6 @@ def server_disks(count: int = 3, *, zone: str | None = None, server: str = SERVE
 
 def group_body(**fields: object) -> dict[str, object]:
     return {"snapshot_group": {"server_id": SERVER, "name": "g", "tags": MARK, **fields}}
-
-
-async def state_of(http: aiohttp.ClientSession, emu: RunningEmulator) -> dict[str, Any]:
-    async with http.get(f"{emu.url}/_emulator/state") as response:
-        state: dict[str, Any] = orjson.loads(await response.read())
-    return state
 
 
 def test_the_official_sdk_reads_the_group_api() -> None:

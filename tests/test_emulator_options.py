@@ -6,18 +6,14 @@ import dataclasses
 
 import click
 
-from orchestrator.commands.emulator import command, settings_from
+from orchestrator.commands.emulator import command
 from orchestrator.emulator.settings import OPTION, EmulatorSettings
-
-
-def parsed(*args: str) -> EmulatorSettings:
-    with command.make_context("emulator", list(args)) as ctx:
-        return settings_from(ctx.params)
+from tests.helpers import settings_as_commanded
 
 
 def test_no_options_make_the_default_settings() -> None:
     """Without options the command serves exactly `EmulatorSettings()`."""
-    assert parsed() == EmulatorSettings()
+    assert settings_as_commanded() == EmulatorSettings()
 
 
 def test_each_option_is_a_field_in_field_order() -> None:
@@ -32,7 +28,7 @@ def test_each_option_is_a_field_in_field_order() -> None:
 
 def test_values_reach_the_settings_typed() -> None:
     """Flags, choices, numbers and shares given on the command line land in the settings as their field's type."""
-    settings = parsed(
+    settings = settings_as_commanded(
         *("--any-volume", "--expired-token-answer", "400", "--port", "8080", "--rate-limit", "2.5"),
         *("--burst", "3", "--fault-5xx", "0.25", "--token", "t", "--seed", "7"),
     )

@@ -8,7 +8,6 @@ from typing import Any
 
 import aiohttp
 import anyio
-import orjson
 import pytest
 
 from orchestrator.emulator import (
@@ -20,7 +19,7 @@ from orchestrator.emulator import (
     SeedVolume,
 )
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
-from tests.helpers import PROJECT, call, seeds, volume_ids
+from tests.helpers import PROJECT, call, create_body, seeds, state_of, volume_ids
 
 Start = Callable[..., Awaitable[RunningEmulator]]
 SNAPSHOTS = f"/v2/{PROJECT}/cloudsnapshots"
@@ -34,16 +33,6 @@ NOT_FOUND = {
 
 def seeded(index: int, status: str = "available", name: str | None = None, **fields: Any) -> SeedSnapshot:
     return SeedSnapshot(id=SNAP_IDS[index], volume_id=VOLUME, status=status, name=name, **fields)
-
-
-def create_body(volume_id: str = VOLUME, **fields: object) -> dict[str, object]:
-    return {"snapshot": {"volume_id": volume_id, **fields}}
-
-
-async def state_of(http: aiohttp.ClientSession, emu: RunningEmulator) -> dict[str, Any]:
-    async with http.get(f"{emu.url}/_emulator/state") as response:
-        state: dict[str, Any] = orjson.loads(await response.read())
-    return state
 
 
 @pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)

@@ -16,6 +16,7 @@ from orchestrator.errors import RouteClosed
 from orchestrator.models import Answer
 from orchestrator.retry import RetryPolicy
 from tests.helpers import (
+    DELETE,
     PROJECT,
     SHOW,
     cli_args,
@@ -30,7 +31,6 @@ from tests.helpers import (
 )
 
 DISK = volume_ids(1, seed=2001)[0]
-DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import pytest
 from tests.helpers import (
     ACTION_RETRIES,
     FAST_RETRIES,
+    MARKER,
     PROJECT,
     create_args,
     csv_manifest,
@@ -25,7 +26,6 @@ from tests.helpers import (
 )
 
 NIGHTS = 8
-MARKER = "evs_snapshot_run"
 
 
 @pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)

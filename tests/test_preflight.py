@@ -12,6 +12,7 @@ from typing import Any
 
 from tests.helpers import (
     CREATE_ROUTE,
+    QUOTA_ROUTE,
     create_args,
     csv_manifest,
     invoke,
@@ -20,8 +21,6 @@ from tests.helpers import (
     requests_of,
     volume_ids,
 )
-
-QUOTA_ROUTE = "GET /v2/{project_id}/os-quota-sets/{target_project_id}"
 
 
 def test_the_creates_go_out_together_once_the_quota_check_answered(

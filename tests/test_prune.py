@@ -34,6 +34,7 @@ from tests.helpers import (
     MANY_RETRIES,
     NO_CREDENTIALS,
     PROJECT,
+    SHOW,
     WRONG,
     cli_args,
     create_report,
@@ -57,8 +58,6 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.usefixtures("quick_deletion_polls")
-
-SHOW = "GET /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 
 
 def test_keep_last_deletes_only_the_oldest_owned(

@@ -1,5 +1,6 @@
 """Rollbacks whose answer is lost: the emulator's --fault-rollback-drop-before/--fault-rollback-drop-after,
-and the rollback client after them (the disk is looked at before any resend; one rollback per disk).
+and the rollback client after them (the disk is looked at before any resend; one rollback per disk); and
+a rollback sent again on purpose: ``--retry-failed`` (at the end).
 
 The emulator's clock is a ``ManualClock`` that stands still until the client has seen the rollback, so
 no rollback can end unseen, whatever the machine's speed. The in-loop cases act on the emulator's world
@@ -56,6 +57,7 @@ from tests.helpers import (
     rollbacks_per_snapshot,
     routed,
     router_for,
+    server_errors,
     source_row,
     until,
     world,
@@ -384,7 +386,7 @@ def test_status_reads_are_retried_even_with_one_attempt(
     # a read answered 5xx, and yet not UNCONFIRMED: it was retried. Seed 1 puts a 5xx among the first
     # four reads (a rollback over before the first poll, on a loaded machine, leaves only those: the
     # look and one poll) and never three in a row on one read, for rollbacks of 0 to 0.5 s.
-    assert sum(count for status, count in reads.items() if status.isdigit() and int(status) >= 500) >= 1
+    assert server_errors(reads) >= 1
 
 
 async def test_a_rollback_that_ends_right_after_the_first_read_is_not_sent_again(
@@ -836,3 +838,69 @@ async def test_a_resumed_rollback_in_flight_at_the_kill_is_waited_out_before_it_
     posts = hits(emu, ROLLBACK) + hits(emu, MEMBER_ROLLBACK)
     assert posts == ({} if arrives else {"202": 1}), posts
     assert [item["snapshot_id"] for item in emu.world.rollbacks] == [row.snapshot_id]
+
+
+# --- rollback --retry-failed ---------------------------------------------------------------------------
+# A row whose last record is ``rollback_failed`` (its disk left ``error_rollbacking``) is rolled back
+# again with ``--apply --resume --retry-failed``; without the flag it stays blocked and nothing is sent,
+# as before (the API allows a rollback from that state).
+
+
+def cloud(
+    emulator_thread: Callable[..., EmulatorThread], disk: str = "available", **knobs: Any
+) -> EmulatorThread:
+    """One disk and its run's snapshot; ``disk``: the disk's status."""
+    seeded = world(1)
+    seeded["volumes"] = (SeedVolume(volume_id=VOLUMES[0], status=disk),)
+    return emulator_thread(rollback_seconds=0.05, **seeded, **knobs)
+
+
+def failed_once(emulator_thread: Callable[..., EmulatorThread], tmp_path: Path) -> tuple[Path, Path]:
+    """A rollback report whose row ended rollback_failed (the disk ended error_rollbacking)."""
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    report = tmp_path / "rollback.jsonl"
+    first = rollback(cloud(emulator_thread, fault_rollback_error=1.0), source, report, apply=True)
+    assert first.exit_code == 1, first.output + first.stderr
+    assert [r["outcome"] for r in records(report)] == ["rollback_failed"]
+    return source, report
+
+
+@pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
+def test_without_retry_failed_the_row_stays_blocked(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """--apply --resume: the disk in error_rollbacking blocks the row (the message names --retry-failed);
+    nothing is sent, as before."""
+    source, report = failed_once(emulator_thread, tmp_path)
+    later = cloud(emulator_thread, disk="error_rollbacking")
+    result = rollback(later, source, report, "--resume", apply=True)
+    assert result.exit_code == 1, result.output + result.stderr
+    last = records(report)[-1]
+    assert (last["outcome"], last["error_code"]) == ("blocked", "VOLUME_NOT_AVAILABLE")
+    assert "--retry-failed" in last["error_message"]
+    assert ROLLBACK not in later.state()["requests"]
+
+
+def test_retry_failed_rolls_back_a_disk_left_error_rollbacking(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """--apply --resume --retry-failed: one rollback sent, the row rolled_back, the disk available."""
+    source, report = failed_once(emulator_thread, tmp_path)
+    later = cloud(emulator_thread, disk="error_rollbacking")
+    result = rollback(later, source, report, "--resume", "--retry-failed", apply=True)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert [r["outcome"] for r in records(report)] == ["rollback_failed", "rolled_back"]
+    state = later.state()
+    assert requests_of(state, ROLLBACK) == {"202": 1}
+    assert state["volumes"][0]["status"] == "available"
+
+
+def test_retry_failed_that_fails_again_is_rollback_failed(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    source, report = failed_once(emulator_thread, tmp_path)
+    still = cloud(emulator_thread, disk="error_rollbacking", fault_rollback_error=1.0)
+    result = rollback(still, source, report, "--resume", "--retry-failed", apply=True)
+    assert result.exit_code == 1
+    assert [r["outcome"] for r in records(report)] == ["rollback_failed", "rollback_failed"]
+    assert requests_of(still.state(), ROLLBACK) == {"202": 1}

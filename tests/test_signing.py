@@ -13,10 +13,10 @@ from yarl import URL
 
 from orchestrator.api import signing
 from orchestrator.api.credentials import host_header
+from tests.helpers import PROJECT
 
 AK = "HPUAEXAMPLEAK0000001"
 SK = "ExampleSecretKey0000000000000000000000001"
-PROJECT = "0123456789abcdef0123456789abcdef"
 HOST = "evs.cn-north-4.myhuaweicloud.com"
 DATE = "20240115T083000Z"
 V1_BODY = (

@@ -11,9 +11,8 @@ import pytest
 
 from orchestrator.models import Outcome
 from orchestrator.tally import LISTED_ROWS_MAX, Tally
-from tests.helpers import PROJECT, cli_args, edge_record, invoke, report_of, volume_ids
+from tests.helpers import PROJECT, RUN, cli_args, edge_record, invoke, report_of, volume_ids
 
-RUN = "20261127T035432Z-abc123"
 OTHER_RUN = "20261128T010101Z-def456"
 
 

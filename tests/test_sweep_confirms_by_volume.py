@@ -13,13 +13,12 @@ from typing import Any
 import orjson
 
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
-from tests.helpers import PROJECT, invoke, records, requests_of, volume_ids
+from tests.helpers import DELETE, PROJECT, invoke, records, requests_of, volume_ids
 
 RUN = "20261201T010203Z-0f1e2d"
 DISK, QUIET = volume_ids(2, seed=2006)
 NAMED, LATE = (str(uuid.uuid5(uuid.NAMESPACE_OID, f"sweep-{i}")) for i in range(2))
 OTHERS = 1000  # one full page of other snapshots, newer than the run's: the run's come on page 2
-DELETE = "DELETE /v2/{project_id}/cloudsnapshots/{snapshot_id}"
 LOOKUP_OR_LIST = "GET /v2/{project_id}/cloudsnapshots/detail"
 
 
@@ -41,9 +40,10 @@ def line(row: int, outcome: str, volume: str, snapshot: str | None, attempts: in
     }
 
 
-def create_report(path: Path) -> Path:
-    """Row 1 was sent twice (the first answer lost, the lookup saw nothing in time) and accepted as
-    NAMED; its first send committed late as LATE. Row 2 was sent once."""
+def journalled_report(path: Path) -> Path:
+    """A journalled create report (unlike ``helpers.create_report``). Row 1 was sent twice (the first
+    answer lost, the lookup saw nothing in time) and accepted as NAMED; its first send committed late as
+    LATE. Row 2 was sent once."""
     header = {
         "type": "run",
         "run_id": RUN,
@@ -116,7 +116,7 @@ def test_wait_sweep_confirms_a_doubted_row_by_its_volume(
     """The listing's page 2 skips LATE (shifted past the page boundary); the lookup by volume_id finds
     it: it is deleted as a duplicate, NAMED is kept, the disk ends with one snapshot of the run."""
     emu = world(emulator_thread)
-    report = create_report(tmp_path / "create.jsonl")
+    report = journalled_report(tmp_path / "create.jsonl")
     result = invoke(["wait", str(report), "--endpoint", emu.url, "--poll-interval", "0.1"])
     assert result.exit_code == 0, result.output + result.stderr
     sides = [r for r in records(report) if r["outcome"] in ("duplicate_deleted", "duplicate_found")]
