@@ -15,12 +15,9 @@ removes what it made; the caller prints it.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import anyio
 
 from orchestrator.api import evs
 from orchestrator.api.probe import exchange, said, shown, without_every_ep
@@ -33,6 +30,7 @@ from orchestrator.findings import Check, Result
 from orchestrator.manifest import ManifestSource, manifest_digest
 from orchestrator.models import Outcome, RunHeader, SnapshotRequest, utc_iso, utc_now
 from orchestrator.report import ReportWriter, final_records
+from orchestrator.retry import polling
 from orchestrator.runner import Runner, RunPlan
 from orchestrator.tally import Tally
 
@@ -206,14 +204,15 @@ class Live:
 
     async def _until(self, route: Route, done: Callable[[Answer], bool]) -> Answer:
         """GET the snapshot until ``done(answer)``, for at most the settings' patience."""
-        pause = POLL_FIRST
-        deadline = time.monotonic() + self.settings.patience
-        while True:
+        async for _ in self._polls():
             answer = await self._show(route)
-            if done(answer) or time.monotonic() >= deadline:
-                return answer
-            await anyio.sleep(pause)
-            pause = min(POLL_MAX, pause * 2)
+            if done(answer):
+                break
+        return answer
+
+    def _polls(self) -> polling:
+        """Looks every ``POLL_FIRST`` seconds, doubling up to ``POLL_MAX``, for the settings' patience."""
+        return polling(first=POLL_FIRST, factor=2.0, cap=POLL_MAX, timeout=self.settings.patience)
 
     async def _read_back(self, route: Route) -> bool:
         """GET it until it is available; its metadata must be exactly what was sent."""
@@ -303,17 +302,13 @@ class Live:
                 proves=(6,),
             )
         volume_call = evs.show_volume(self.project_id, self.settings.volume_id)
-        pause = POLL_FIRST
-        deadline = time.monotonic() + self.settings.patience
         status = "rollbacking"
-        while time.monotonic() < deadline:
+        async for _ in self._polls():
             shown_volume = await exchange(route, volume_call, self.doctor.policy)
             volume = Volume.from_body(shown_volume.body) if shown_volume.ok else None
             status = str(None if volume is None else volume.status)
-            if status not in ("rollbacking",):
+            if status != "rollbacking":
                 break
-            await anyio.sleep(pause)
-            pause = min(POLL_MAX, pause * 2)
         ok = status == "available"
         return self.add(
             "rollback",
