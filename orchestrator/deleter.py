@@ -53,7 +53,7 @@ from orchestrator.api.groups import show_group
 from orchestrator.api.safe import show_snapshot, snapshot_pages, snapshot_status
 from orchestrator.errors import ListingFailed, RouteClosed, RunAborted, TransportError
 from orchestrator.lastlook import OnHold, last_look
-from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retrying
+from orchestrator.retry import RetryPolicy, TryAgain, Verdict, polling, retrying
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
@@ -339,9 +339,11 @@ class Deleter:
         """Rounds of status checks, while DELETEs are still being sent and after, until every accepted
         deletion is gone or out of time, or the run stops. The pause between rounds starts at
         ``FIRST_POLL`` again whenever new deletions were accepted, and grows to ``MAX_POLL`` otherwise."""
-        interval = FIRST_POLL
-        while self._sending or self._pending:
-            await self._pause(min(interval, self._time_left()))
+        if not (self._sending or self._pending):
+            return
+        rounds = polling(first=FIRST_POLL, factor=1.5, cap=MAX_POLL, lead=True, sleep=self._pause)
+        rounds.within(self._time_left())
+        async for _ in rounds:
             if self.stopping():
                 self._flush(Action.DELETED, None, NOT_WAITED)
                 return
@@ -351,7 +353,11 @@ class Deleter:
                 async with anyio.create_task_group() as group:
                     for route in list(self._pending):
                         group.start_soon(self._check, route)
-            interval = FIRST_POLL if fresh or not self._pending else min(MAX_POLL, interval * 1.5)
+            if fresh or not self._pending:
+                rounds.reset()
+            if not (self._sending or self._pending):
+                return
+            rounds.within(self._time_left())
 
     def _time_left(self) -> float:
         """Seconds until the first pending deletion runs out of time (``MAX_POLL`` when none is pending)."""

@@ -27,7 +27,7 @@ from orchestrator.api import evs
 from orchestrator.api.clock import gateway_offset
 from orchestrator.api.credentials import AkSkAuth, TokenAuth
 from orchestrator.api.probe import count_of, exchange, said, shown, without_every_ep
-from orchestrator.api.safe import list_all_volumes, remaining_quota, volume_snapshots
+from orchestrator.api.safe import list_all_volumes, remaining_quota, snapshot_pages, volume_snapshots
 from orchestrator.defaults import SNAPSHOTS_PER_DISK
 from orchestrator.errors import (
     CredentialsRefused,
@@ -51,7 +51,6 @@ from orchestrator.findings import (
     permission_check,
     probes,
     reach,
-    tags_of,
 )
 from orchestrator.models import NO_SUCH_API
 from orchestrator.throttle import RateLimiter
@@ -318,7 +317,7 @@ class Doctor:
             )
             return
         volumes = await list_all_volumes(self.fresh_route(), self.policy)
-        keys = Counter(key for volume in volumes for key in tags_of(volume))
+        keys = Counter(key for volume in volumes for key in volume.tags)
         sent_list = shown(evs.list_volumes(self.project_id, ()))
         if not keys:
             self.add(
@@ -374,19 +373,23 @@ class Doctor:
         size = max(1, min(evs.PAGE, -(-total // PAGES)))
         seen: set[str] = set()
         items = offset = pages = 0
-        route = self.fresh_route()
-        call = evs.list_snapshots(self.project_id, [("limit", str(size))], kind=evs.Kind.CHECK)
-        while offset < total and pages < MAX_PAGES:
-            page_call = call if not offset else call._replace(query=(("offset", str(offset)), *call.query))
-            answer = await exchange(route, page_call, self.policy)
-            body = answer.body if answer.ok and isinstance(answer.body, dict) else {}
-            ids = [str(item.get("id")) for item in body.get("snapshots") or [] if isinstance(item, dict)]
-            if not ids:
-                break
-            seen.update(ids)
-            items += len(ids)
-            offset += len(ids)
-            pages += 1
+        listing = snapshot_pages(self.fresh_route(), self.policy, kind=evs.Kind.CHECK, size=size)
+        try:
+            async for page in listing:
+                if not page:
+                    break
+                seen.update(snapshot.id for snapshot in page)
+                items += len(page)
+                offset += len(page)
+                pages += 1
+                if offset >= total or pages >= MAX_PAGES:
+                    break
+        except (ListingFailed, RouteClosed) as exc:  # a refused page ends the paging, as an empty one does
+            if isinstance(exc, RouteClosed) and exc.answer is None:
+                raise
+        finally:
+            await listing.aclose()
+        call = evs.list_snapshots(self.project_id, (), kind=evs.Kind.CHECK)
         repeated = items - len(seen)
         missed = total - len(seen) if offset >= total else 0
         sent = (shown(call) + "?limit=...&offset=...",)

@@ -14,7 +14,7 @@ import dataclasses
 import enum
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -160,11 +160,6 @@ def lifetime_note(router: Router, project_id: str) -> str:
     left = auth.seconds_left(project_id) if isinstance(auth, PasswordAuth) else None
     now = "" if left is None else f" (this one: {left / 3600:.1f} h left)"
     return f"a token is asked of IAM per project{now} and renewed before it expires"
-
-
-def tags_of(volume: object) -> list[str]:
-    tags = volume.get("tags") if isinstance(volume, dict) else getattr(volume, "tags", None)
-    return [str(key) for key in tags] if isinstance(tags, Mapping) else []
 
 
 def clock_check(offset: float | None) -> Check:

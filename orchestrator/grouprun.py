@@ -301,8 +301,7 @@ class GroupRunner:
         answer = unit.answer = reply.answer
         unit.error = None if answer.ok else answer.error()
         if reply.verdict is Verdict.SUCCESS:
-            body = answer.body if isinstance(answer.body, dict) else {}
-            group = SnapshotGroup(id=str(body.get("snapshot_group_id") or ""), server_id=unit.server)
+            group = SnapshotGroup.created(answer.body, server_id=unit.server)
             return await self._accepted(unit, route, group, reconciled=False)
         if reply.verdict is Verdict.FINAL and (unit.error or ("",))[0] != BUSY:
             return self._records(unit, Outcome.REJECTED)

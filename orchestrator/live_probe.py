@@ -15,16 +15,13 @@ removes what it made; the caller prints it.
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import anyio
+from typing import TYPE_CHECKING
 
 from orchestrator.api import evs
 from orchestrator.api.probe import exchange, said, shown, without_every_ep
-from orchestrator.api.views import RUN_MARKER_KEY, marker_in
+from orchestrator.api.views import RUN_MARKER_KEY, Snapshot, Volume, metadata_in
 from orchestrator.config import RunIdentity
 from orchestrator.deleter import Ended, delete
 from orchestrator.doctor import Doctor
@@ -33,6 +30,7 @@ from orchestrator.findings import Check, Result
 from orchestrator.manifest import ManifestSource, manifest_digest
 from orchestrator.models import Outcome, RunHeader, SnapshotRequest, utc_iso, utc_now
 from orchestrator.report import ReportWriter, final_records
+from orchestrator.retry import polling
 from orchestrator.runner import Runner, RunPlan
 from orchestrator.tally import Tally
 
@@ -96,11 +94,11 @@ class Live:
                 await self._rollback(route)
         await self._delete(route)
 
-    async def _volume(self, route: Route) -> dict[str, Any] | None:
+    async def _volume(self, route: Route) -> Volume | None:
         call = evs.show_volume(self.project_id, self.settings.volume_id)
         answer = await exchange(route, call, self.doctor.policy)
-        body = answer.body.get("volume") if answer.ok and isinstance(answer.body, dict) else None
-        if not isinstance(body, dict):
+        volume = Volume.from_body(answer.body) if answer.ok else None
+        if volume is None:
             self.add(
                 "disk",
                 Result.FAIL,
@@ -109,7 +107,7 @@ class Live:
                 shown(call),
             )
             return None
-        status = str(body.get("status"))
+        status = str(volume.status)
         if status not in ("available", "in-use") or (self.settings.rollback and status != "available"):
             need = (
                 "available (detached) for --live-rollback"
@@ -125,9 +123,9 @@ class Live:
             )
             return None
         self.add("disk", Result.PASS, f"disk {self.settings.volume_id} is {status}", "", shown(call))
-        return body
+        return volume
 
-    async def _create(self, volume: Mapping[str, Any]) -> bool:
+    async def _create(self, volume: Volume) -> bool:
         """The normal create path: a one-row run of ``runner.Runner`` writing a create report."""
 
         report = self.settings.report
@@ -142,7 +140,7 @@ class Live:
             region=self.doctor.region,
             name=f"evs-snapshot-doctor-{identity.stamp}",
             description="evs-snapshot doctor --live probe (deleted at once)",
-            force=volume.get("status") == "in-use",
+            force=volume.status == "in-use",
             metadata={PROBE_KEY: PROBE_VALUE},
         )
         connection = self.doctor.connection
@@ -206,24 +204,23 @@ class Live:
 
     async def _until(self, route: Route, done: Callable[[Answer], bool]) -> Answer:
         """GET the snapshot until ``done(answer)``, for at most the settings' patience."""
-        pause = POLL_FIRST
-        deadline = time.monotonic() + self.settings.patience
-        while True:
+        async for _ in self._polls():
             answer = await self._show(route)
-            if done(answer) or time.monotonic() >= deadline:
-                return answer
-            await anyio.sleep(pause)
-            pause = min(POLL_MAX, pause * 2)
+            if done(answer):
+                break
+        return answer
+
+    def _polls(self) -> polling:
+        """Looks every ``POLL_FIRST`` seconds, doubling up to ``POLL_MAX``, for the settings' patience."""
+        return polling(first=POLL_FIRST, factor=2.0, cap=POLL_MAX, timeout=self.settings.patience)
 
     async def _read_back(self, route: Route) -> bool:
         """GET it until it is available; its metadata must be exactly what was sent."""
         answer = await self._until(route, lambda a: not a.ok or _status(a) in ("available", "error"))
         sent = shown(evs.show_snapshot(self.project_id, self.made or ""))
-        snapshot = answer.body.get("snapshot") if answer.ok and isinstance(answer.body, dict) else None
-        if not isinstance(snapshot, dict):
+        metadata = metadata_in(answer.body) if answer.ok else None
+        if metadata is None:
             return self.add("read back", Result.FAIL, f"the GET answered {said(answer)}", "", sent)
-        raw = snapshot.get("metadata")
-        metadata: dict[str, Any] = raw if isinstance(raw, dict) else {}
         wanted = {RUN_MARKER_KEY: self.run_id, PROBE_KEY: PROBE_VALUE}
         changed = {key: value for key, value in wanted.items() if metadata.get(key) != value}
         if changed:
@@ -262,13 +259,8 @@ class Live:
         found = {}
         for label, each in (("with all_granted_eps", call), ("without", without_every_ep(call))):
             answer = await exchange(route, each, self.doctor.policy)
-            items = answer.body.get("snapshots") if answer.ok and isinstance(answer.body, dict) else None
-            found[label] = isinstance(items, list) and any(
-                isinstance(item, dict)
-                and item.get("id") == self.made
-                and marker_in(item.get("metadata")) == self.run_id
-                for item in items
-            )
+            listed = Snapshot.listed(answer.body) if answer.ok else []
+            found[label] = any(item.id == self.made and item.marked(self.run_id) for item in listed)
         sent = shown(call) + "?volume_id=..."
         if not found["with all_granted_eps"]:
             self.add(
@@ -310,21 +302,13 @@ class Live:
                 proves=(6,),
             )
         volume_call = evs.show_volume(self.project_id, self.settings.volume_id)
-        pause = POLL_FIRST
-        deadline = time.monotonic() + self.settings.patience
         status = "rollbacking"
-        while time.monotonic() < deadline:
+        async for _ in self._polls():
             shown_volume = await exchange(route, volume_call, self.doctor.policy)
-            body = (
-                shown_volume.body.get("volume")
-                if shown_volume.ok and isinstance(shown_volume.body, dict)
-                else {}
-            )
-            status = str((body or {}).get("status"))
-            if status not in ("rollbacking",):
+            volume = Volume.from_body(shown_volume.body) if shown_volume.ok else None
+            status = str(None if volume is None else volume.status)
+            if status != "rollbacking":
                 break
-            await anyio.sleep(pause)
-            pause = min(POLL_MAX, pause * 2)
         ok = status == "available"
         return self.add(
             "rollback",
@@ -385,8 +369,8 @@ class Live:
 
 
 def _status(answer: Answer) -> str | None:
-    snapshot = answer.body.get("snapshot") if isinstance(answer.body, dict) else None
-    return str(snapshot.get("status")) if isinstance(snapshot, dict) else None
+    snapshot = Snapshot.from_body(answer.body)
+    return None if snapshot is None else str(snapshot.status)
 
 
 def live_failed(error: BaseException) -> str:

@@ -69,7 +69,7 @@ from orchestrator.errors import ListingFailed, TransportError, UsageError
 from orchestrator.models import Outcome, Record, RunHeader
 from orchestrator.ownership import member_refusal, refusal
 from orchestrator.report import same_file
-from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retrying
+from orchestrator.retry import RetryPolicy, TryAgain, Verdict, polling, retrying
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
@@ -182,17 +182,6 @@ async def start_row(route: Route, row: Record, plan: RestorePlan) -> Finding | W
     )
 
 
-async def restore_row(route: Route, row: Record, plan: RestorePlan) -> Finding:
-    """Check, send the rollback, wait for the end: one row on its own (``Watcher`` watches many)."""
-    watch = await start_row(route, row, plan)
-    while not isinstance(watch, Finding):
-        await anyio.sleep(max(0.0, watch.due - anyio.current_time()))
-        ended = await poll(route, row, plan, watch)
-        if ended is not None:
-            return ended
-    return watch
-
-
 async def look(route: Route, row: Record, plan: RestorePlan) -> Look:
     """The checks of the module docstring, in order; raises ``ListingFailed`` when a GET fails."""
     blocked = unusable(row)
@@ -296,10 +285,22 @@ async def _wait_out(route: Route, row: Record, plan: RestorePlan) -> Look:
     rollback that shows up is that request (under way, ended or failed), never sent again. After the
     window, every check again (``look``). Raises ``RowStopped`` on a signal meanwhile (nothing sent, no
     record: ``--resume`` looks again)."""
-    while (left := _in_flight(row, plan)) > 0:
+
+    async def pause(seconds: float) -> None:
         if plan.stopping():
             raise RowStopped
-        await anyio.sleep(min(SETTLE_STEP, left))
+        await anyio.sleep(seconds)
+
+    steps = polling(
+        first=SETTLE_STEP,
+        factor=1.0,
+        cap=SETTLE_STEP,
+        timeout=_in_flight(row, plan),
+        lead=True,
+        clock=anyio.current_time,
+        sleep=pause,
+    )
+    async for _ in steps:
         told = await _told(route, row, plan, evs.Kind.LOOKUP)
         if told is not None:
             return told
@@ -524,9 +525,8 @@ async def _send_until_settled(
 async def _taken(route: Route, row: Record, plan: RestorePlan, *, patience: float) -> bool:
     """True when the disk shows this row's rollback (running from its snapshot, or failed) within
     ``patience`` seconds. A disk rolling back from another snapshot (another run's) is not ours."""
-    waited = 0.0
     policy = plan.reads
-    while True:
+    async for _ in polling(first=SETTLE_STEP, factor=1.0, cap=SETTLE_STEP, patience=patience):
         snapshot = await _snapshot(route, row, policy, evs.Kind.LOOKUP)
         if snapshot is not None and snapshot.status == "rollbacking":
             return True  # a snapshot rolls back onto its own disk only: this row's request was taken
@@ -535,11 +535,9 @@ async def _taken(route: Route, row: Record, plan: RestorePlan, *, patience: floa
         if disk == "error_rollbacking" and row.row not in plan.retry:  # (a retried one started there)
             return True
         # rollbacking here is another snapshot's rollback: watch on (ours may still start)
-        if disk not in ("available", "rollbacking") or waited >= patience:
+        if disk not in ("available", "rollbacking"):
             return False
-        step = min(SETTLE_STEP, patience - waited)
-        await anyio.sleep(step)
-        waited += step
+    return False
 
 
 @dataclasses.dataclass(slots=True, eq=False, repr=False)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from types import TracebackType
@@ -183,6 +185,86 @@ class retrying:
             await self.sleep(pause)
         self.number += 1
         return Attempt(self, self.number)
+
+
+class polling:
+    """The one wait-and-check loop, beside ``retrying`` and shaped like it::
+
+        async for poll in polling(first=0.2, factor=2.0, cap=3.0, timeout=300.0):
+            if done(await look()):
+                break
+
+    Each pass after the first comes after a pause (with ``lead``, the first too): ``first``, then
+    ``factor`` times the one before, at most ``cap``. ``poll.reset()`` starts the pauses at ``first``
+    again; ``poll.within(seconds)`` cuts the next one to ``seconds`` (a window of the caller's). With
+    ``timeout`` (seconds on ``clock`` from the loop's start), each pause ends by the deadline, and once
+    a pass ends past it the loop ends instead of pausing: the last pass is the one at the deadline.
+    ``patience`` does the same with the pauses' own sum (the passes' own time not counted). ``clock``
+    and ``sleep`` are injected, as ``retrying``'s sleep is.
+    """
+
+    __slots__ = (
+        "cap",
+        "clock",
+        "deadline",
+        "factor",
+        "first",
+        "lead",
+        "limit",
+        "next",
+        "number",
+        "patience",
+        "sleep",
+        "waited",
+    )
+
+    def __init__(
+        self,
+        *,
+        first: float,
+        factor: float,
+        cap: float,
+        timeout: float = math.inf,
+        patience: float = math.inf,
+        lead: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self.first = self.next = first
+        self.factor = factor
+        self.cap = cap
+        self.clock = clock
+        self.deadline = clock() + timeout
+        self.patience = patience
+        self.lead = lead
+        self.sleep = sleep
+        self.limit = math.inf
+        self.number = 0
+        self.waited = 0.0
+
+    def reset(self) -> None:
+        """The next pause is ``first`` again (something new to look at)."""
+        self.next = self.first
+
+    def within(self, seconds: float) -> None:
+        """The next pause lasts at most ``seconds``."""
+        self.limit = seconds
+
+    def __aiter__(self) -> polling:
+        return self
+
+    async def __anext__(self) -> polling:
+        if self.number or self.lead:
+            left = min(self.deadline - self.clock(), self.patience - self.waited)
+            if left <= 0:
+                raise StopAsyncIteration
+            pause = max(0.0, min(self.next, self.limit, left))
+            self.limit = math.inf
+            self.next = min(self.cap, self.next * self.factor)
+            self.waited += pause
+            await (self.sleep or anyio.sleep)(pause)
+        self.number += 1
+        return self
 
 
 def retry_after(value: str | None, now: datetime | None = None) -> float | None:

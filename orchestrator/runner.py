@@ -42,7 +42,7 @@ from orchestrator.models import (
 )
 from orchestrator.report import ReportWriter, ResumeBook
 from orchestrator.resume import RunIndex
-from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retry_after, retrying
+from orchestrator.retry import RetryPolicy, TryAgain, Verdict, polling, retry_after, retrying
 from orchestrator.tally import Tally
 
 if TYPE_CHECKING:
@@ -594,8 +594,8 @@ async def settle(
     again). Raises ``Unconfirmed`` when ``max_lookups`` lookups in a row fail (one that answers starts
     the count again), ``Stopped`` when the run stops. Lookups run after 0.5 s, then back off up to 10 s."""
     failures = 0
-    delay = min(0.5, plan.settle) or 0.05
-    while True:
+    cap = min(max(1.0, plan.settle / 4), 10.0)
+    async for poll in polling(first=min(0.5, plan.settle) or 0.05, factor=2.0, cap=cap, sleep=pause):
         found = await look_up()
         if found is not None and not isinstance(found, bool):
             return found
@@ -608,10 +608,10 @@ async def settle(
             return None
         else:
             failures = 0
+            poll.within(window_left)  # an absent one is looked at once more at the window's end
         if stopping():
             raise Stopped
-        await pause(max(delay if found is None else min(delay, window_left), 0.0))
-        delay = min(delay * 2, max(1.0, plan.settle / 4), 10.0)
+    raise AssertionError("unreachable: polling without a timeout never ends")  # pragma: no cover
 
 
 def _spent(policy: RetryPolicy, attempts: int) -> RetryPolicy:

@@ -20,14 +20,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import random
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
-
-import anyio
 
 from orchestrator.api import evs
 from orchestrator.api.groups import group_members, show_group
@@ -37,7 +33,7 @@ from orchestrator.config import WaitPlan
 from orchestrator.errors import ListingFailed
 from orchestrator.models import Outcome, Record, utc_iso, utc_now
 from orchestrator.report import ReportWriter
-from orchestrator.retry import RetryPolicy, TryAgain, retrying
+from orchestrator.retry import polling
 from orchestrator.tally import Tally
 
 if TYPE_CHECKING:
@@ -101,27 +97,16 @@ class Waiter:
     async def run(self) -> None:
         """Poll until nothing is pending or the wait times out; then record what is left as wait_timeout.
 
-        The rounds are attempts of the one retry loop: a round that leaves snapshots pending asks for
-        another while the wait has time left, after a pause that grows by half up to its maximum.
+        The rounds are passes of the one polling loop: a round that leaves snapshots pending is followed
+        by another while the wait has time left, after a pause that grows by half up to its maximum.
         """
-        deadline = time.monotonic() + self.plan.timeout
         last_seen: dict[str, str] = {}
-        interval = self.plan.interval
-
-        def pause(number: int, _rng: random.Random) -> float:
-            nonlocal interval
-            if number > 1:
-                interval = min(self.plan.max_interval, interval * 1.5)
-            return min(interval, max(0.0, deadline - time.monotonic()))
-
-        # Not bounded by attempts: the wait's own deadline ends it (patience is never spent).
-        rounds = retrying(RetryPolicy(max_attempts=1), patience=math.inf, pause=pause, sleep=anyio.sleep)
-        async for attempt in rounds:
-            with attempt:
-                if self.waiting:
-                    await self._round(last_seen)
-                if self.waiting and deadline - time.monotonic() > 0:
-                    raise TryAgain(f"{self.waiting} snapshots pending")
+        plan = self.plan
+        async for _ in polling(first=plan.interval, factor=1.5, cap=plan.max_interval, timeout=plan.timeout):
+            if self.waiting:
+                await self._round(last_seen)
+            if not self.waiting:
+                break
         left = [*self.pending.values(), *(m for groups in self.grouped.values() for m in groups.values())]
         for group in left:
             for snapshot_id, record in group.items():

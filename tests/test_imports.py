@@ -7,6 +7,10 @@ names every module under that prefix, and any other argument names every module 
 in a string literal (a lazy table such as ``orchestrator.emulator._LAZY``). Importing a submodule
 runs its package's ``__init__`` first; that is not counted as an edge (an ``__init__`` that imports
 its own submodules is no circle).
+
+The same parse shows where answers are read: outside ``api/`` an answer's ``body`` only ever goes
+whole to a view of ``api/views.py`` (``Snapshot.from_body(answer.body)``), and nothing imports
+``fetch_json`` (a raw answer dict).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent / "orchestrator"
 COMMANDS = "orchestrator.commands"
 REGISTRY = "orchestrator.cli"  # names every command, through importlib, and nothing else does
+# Where an answer's dict may be read: api/ parses it, the emulator writes it, models holds ``Answer``.
+ANSWER_READERS = ("orchestrator.api", "orchestrator.emulator", "orchestrator.models")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -239,3 +245,57 @@ def test_the_registry_is_seen() -> None:
     assert {"orchestrator.emulator.app", "orchestrator.emulator.server"} <= {
         edge.target for edge in graph["orchestrator.emulator"]
     }
+
+
+def _views() -> set[str]:
+    """The names ``api/views.py`` defines at module level (its views and parsers)."""
+    tree = ast.parse((ROOT / "api" / "views.py").read_text(encoding="utf-8"))
+    kinds = (ast.ClassDef, ast.FunctionDef)
+    return {node.name for node in tree.body if isinstance(node, kinds)}
+
+
+def raw_reads(source: str, views: set[str]) -> list[int]:
+    """Lines that read an answer's ``body`` other than by handing it whole to a view, or that import
+    ``fetch_json``."""
+    tree = ast.parse(source)
+    handed: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            owner = func.value if isinstance(func, ast.Attribute) else func
+            if isinstance(owner, ast.Name) and owner.id in views:
+                handed.update(id(arg) for arg in node.args)
+    return sorted(
+        {
+            node.lineno
+            for node in ast.walk(tree)
+            if (isinstance(node, ast.Attribute) and node.attr == "body" and id(node) not in handed)
+            or (isinstance(node, ast.ImportFrom) and any(alias.name == "fetch_json" for alias in node.names))
+        }
+    )
+
+
+def test_answers_are_read_only_in_api() -> None:
+    """Outside ``api/`` (and the emulator, and ``models.Answer``) no module reads an answer's dict: its
+    ``body`` goes whole to a view of ``api/views.py``, parsed once there."""
+    views = _views()
+    found = [
+        f"{name} line {line}"
+        for name, path in module_files(ROOT).items()
+        if not name.startswith(ANSWER_READERS)
+        for line in raw_reads(path.read_text(encoding="utf-8"), views)
+    ]
+    assert not found, "answer dicts read outside api/:\n" + "\n".join(found)
+
+
+def test_the_reader_check_sees_a_raw_read() -> None:
+    """A ``.get`` on a body, an ``isinstance`` of it and a ``fetch_json`` import are seen; a body handed
+    to a view is not (or the check above proves nothing)."""
+    source = (
+        "from orchestrator.api.safe import fetch_json\n"
+        "a = answer.body.get('x')\n"
+        "b = isinstance(answer.body, dict)\n"
+        "c = Snapshot.from_body(answer.body)\n"
+        "d = created_snapshot(answer.body)\n"
+    )
+    assert raw_reads(source, _views()) == [1, 2, 3]

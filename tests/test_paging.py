@@ -102,6 +102,20 @@ async def test_snapshot_pages_say_the_total_and_an_empty_listing_is_one_page(
     assert hits(empty, SNAPSHOTS) == {"200": 1}
 
 
+async def test_snapshot_pages_of_a_smaller_size_page_through_the_same_loop(
+    emulator: Callable[..., Any],
+) -> None:
+    """``size=2`` (doctor's paging check): five snapshots in three pages of at most two, each once."""
+    disk = volume_ids(1, seed=35)[0]
+    seeded = tuple(SeedSnapshot(id=i, volume_id=disk) for i in volume_ids(5, seed=36))
+    emu = await emulator(snapshots=seeded)
+    async with routed(emu.url) as route:
+        pages = [page async for page in snapshot_pages(route, QUICK, size=2)]
+    assert [(len(page), page.total) for page in pages] == [(2, 5), (2, 5), (1, 5)]
+    assert sorted(snapshot.id for page in pages for snapshot in page) == sorted(seed.id for seed in seeded)
+    assert hits(emu, SNAPSHOTS) == {"200": 3}
+
+
 async def test_a_refused_request_raises_with_its_answer_and_later_ones_without(
     emulator: Callable[..., Any],
 ) -> None:

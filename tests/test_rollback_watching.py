@@ -33,8 +33,9 @@ from orchestrator.config import WaitPlan
 from orchestrator.emulator import EmulatorThread, ManualClock, RunningEmulator, SeedSnapshot, SeedVolume
 from orchestrator.errors import RouteClosed
 from orchestrator.models import Record
-from orchestrator.restore import Finding, RestorePlan, Sent, restore_row
+from orchestrator.restore import Finding, RestorePlan, Sent, start_row
 from orchestrator.retry import RetryPolicy
+from orchestrator.rollback_watch import Watcher
 from tests.helpers import (
     AKSK,
     OTHER_RUN,
@@ -116,12 +117,27 @@ def restore_plan(settle: float = 5.0) -> RestorePlan:
     )
 
 
+async def restored(route: Route, row: Record, plan: RestorePlan) -> Finding:
+    """One row as ``rollback --apply`` takes it: checked and sent (``start_row``), then watched to its
+    end (the ``Watcher``)."""
+    watch = await start_row(route, row, plan)
+    if isinstance(watch, Finding):
+        return watch
+    found: list[Finding] = []
+    watcher = Watcher(plan, concurrency=1, done=lambda _row, finding: found.append(finding))
+    watcher.add(route, row, watch)
+    watcher.close()
+    await watcher.run()
+    (finding,) = found
+    return finding
+
+
 async def restoring(route: Route, plan: RestorePlan, meanwhile: Callable[[], Any] | None = None) -> Finding:
-    """``restore_row`` on row 1; ``meanwhile`` (awaited) runs beside it, in the same loop."""
+    """Row 1 ``restored``; ``meanwhile`` (awaited) runs beside it, in the same loop."""
     found: list[Finding] = []
 
     async def restore() -> None:
-        found.append(await restore_row(route, source_row(), plan))
+        found.append(await restored(route, source_row(), plan))
 
     async with anyio.create_task_group() as group:
         group.start_soon(restore)
@@ -252,7 +268,7 @@ def test_rollback_dropped_before_evs_acted_is_checked_again_and_sent_once_more(
     assert note["lookups"] >= 1
 
 
-# --- restore_row between two requests (in-loop emulator) ---------------------------------------------
+# --- one row restored between two requests (in-loop emulator) ---------------------------------------------
 def start_rollback(emu: RunningEmulator, snapshot_id: str = SNAPS[0]) -> None:
     """EVS starts a rollback of disk 0 from ``snapshot_id`` (a lost request acted on late, or another
     client); the disk must still be available, and no rollback may have happened yet."""
@@ -718,12 +734,12 @@ async def journaled_row(emu: RunningEmulator, http: aiohttp.ClientSession, group
 async def resumed_beside(
     url: str, row: Record, plan: RestorePlan, meanwhile: Callable[[], Awaitable[None]], found: list[Finding]
 ) -> Finding:
-    """The row resumed (``restore_row``) while ``meanwhile`` moves the emulator on; its one finding,
+    """The row resumed (``restored``) while ``meanwhile`` moves the emulator on; its one finding,
     appended to ``found`` (which ``meanwhile`` may watch)."""
     async with routed(url) as route:
 
         async def resume() -> None:
-            found.append(await restore_row(route, row, plan))
+            found.append(await restored(route, row, plan))
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(resume)

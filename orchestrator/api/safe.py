@@ -43,11 +43,12 @@ async def _pages(
     key: str,
     total: str | None = "count",
     overlap: bool = False,
+    size: int = evs.PAGE,
 ) -> AsyncGenerator[Page[dict[str, Any]], None]:
-    """The one paging loop: ``call(offset)`` for each page, 1000 items a page, until the total is
-    reached or a page comes back empty (every page is yielded, an empty last one too). A list whose
+    """The one paging loop: ``call(offset)`` for each page of ``size`` items (1000), until the total
+    is reached or a page comes back empty (every page is yielded, an empty last one too). A list whose
     answer has no total (``total=None``: the v5 group and member lists) ends at the first page shorter
-    than the 1000 asked for; each page's ``total`` is then the count seen so far.
+    than the ``size`` asked for; each page's ``total`` is then the count seen so far.
 
     The lists page by offset: an item that leaves a list between two pages (a deletion ending) moves
     the later ones up, and one may slip past the page boundary unseen. With ``overlap``, a page whose
@@ -62,7 +63,7 @@ async def _pages(
         items = [item for item in body.get(key) or [] if isinstance(item, dict)]
         if total is None:
             yield Page(items, offset + len(items))
-            if len(items) < evs.PAGE:
+            if len(items) < size:
                 return
             offset += len(items)
             continue
@@ -78,10 +79,10 @@ async def _pages(
             return
 
 
-def _paged(offset: int) -> list[tuple[str, str]]:
+def _paged(offset: int, size: int = evs.PAGE) -> list[tuple[str, str]]:
     """A list page's ``limit`` and ``offset``; a first page has no ``offset``, as the SDK and Terraform
     send it (the docs say an offset is "greater than 0")."""
-    return [("limit", str(evs.PAGE)), *((("offset", str(offset)),) if offset else ())]
+    return [("limit", str(size)), *((("offset", str(offset)),) if offset else ())]
 
 
 async def snapshot_pages(
@@ -92,8 +93,9 @@ async def snapshot_pages(
     overlap: bool = False,
     kind: evs.Kind = evs.Kind.LIST,
     marker: str | None = None,
+    size: int = evs.PAGE,
 ) -> AsyncGenerator[Page[Snapshot], None]:
-    """A project's snapshots one page (1000) at a time, so a caller keeps only what it needs
+    """A project's snapshots one page (``size``, 1000) at a time, so a caller keeps only what it needs
     (``overlap``: see ``_pages``); raises ``ListingFailed`` rather than guess.
 
     With ``marker``, a page holds only the snapshots carrying that run's marker, picked before they
@@ -102,9 +104,9 @@ async def snapshot_pages(
     query = tuple(query)
 
     def call(offset: int) -> evs.Call:
-        return evs.list_snapshots(route.project_id, [*_paged(offset), *query], kind=kind)
+        return evs.list_snapshots(route.project_id, [*_paged(offset, size), *query], kind=kind)
 
-    async for page in _pages(route, policy, call, key="snapshots", overlap=overlap):
+    async for page in _pages(route, policy, call, key="snapshots", overlap=overlap, size=size):
         items = page if marker is None else [i for i in page if marker_in(i.get("metadata")) == marker]
         yield Page(map(Snapshot.parse, items), page.total)
 
@@ -121,8 +123,8 @@ async def volume_snapshots(
 ) -> list[Snapshot]:
     """The snapshots of one disk (one request: a disk holds far fewer than a page)."""
     query = [("volume_id", volume_id), ("limit", str(evs.PAGE))]
-    body = await fetch_json(route, evs.list_snapshots(route.project_id, query, kind=kind), policy)
-    return [Snapshot.parse(item) for item in body.get("snapshots") or [] if isinstance(item, dict)]
+    call = evs.list_snapshots(route.project_id, query, kind=kind)
+    return Snapshot.listed(await fetch_json(route, call, policy))
 
 
 async def show_snapshot(

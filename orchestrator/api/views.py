@@ -74,6 +74,12 @@ class Snapshot:
         inner = body.get("snapshot") if isinstance(body, Mapping) else None
         return cls.parse(inner) if isinstance(inner, Mapping) else None
 
+    @classmethod
+    def listed(cls, body: object) -> list[Snapshot]:
+        """The snapshots a list answer holds (``{"snapshots": [...]}``); none when it holds no list."""
+        items = body.get("snapshots") if isinstance(body, Mapping) else None
+        return [cls.parse(i) for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
     @property
     def is_backup(self) -> bool:
         """Made by a backup service (CBR): never the tool's, whatever it carries."""
@@ -104,6 +110,17 @@ class Snapshot:
             return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
         except (ValueError, OverflowError):  # OverflowError: 0001-01-01T00:00+05:00 is before year 1 in UTC
             return None
+
+
+def metadata_in(body: object) -> Mapping[str, object] | None:
+    """The metadata of the snapshot a show answer holds, keys and values as the answer wrote them
+    (``doctor --live`` checks they came back exactly; a view keeps only the tool's keys); ``{}`` when it
+    has none, ``None`` when the answer holds no snapshot."""
+    inner = body.get("snapshot") if isinstance(body, Mapping) else None
+    if not isinstance(inner, Mapping):
+        return None
+    metadata = inner.get("metadata")
+    return metadata if isinstance(metadata, Mapping) else {}
 
 
 def created_snapshot(body: object) -> tuple[str | None, str | None]:
@@ -147,6 +164,13 @@ class SnapshotGroup:
         """The group a show answer holds (``{"snapshot_group": {...}}``), or ``None``."""
         inner = body.get("snapshot_group") if isinstance(body, Mapping) else None
         return cls.parse(inner) if isinstance(inner, Mapping) else None
+
+    @classmethod
+    def created(cls, body: object, *, server_id: str) -> SnapshotGroup:
+        """The group a create answer names (``{"snapshot_group_id": ...}``); its id is ``""`` when the
+        answer names none."""
+        group_id = body.get("snapshot_group_id") if isinstance(body, Mapping) else None
+        return cls(id=str(group_id or ""), server_id=server_id)
 
     def marked(self, run_id: str | None = None) -> bool:
         """Carries the tool's marker tag (of ``run_id``, when given)."""
