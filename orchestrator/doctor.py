@@ -387,6 +387,10 @@ class Doctor:
         except (ListingFailed, RouteClosed) as exc:  # a refused page ends the paging, as an empty one does
             if isinstance(exc, RouteClosed) and exc.answer is None:
                 raise
+            if not pages:  # nothing was paged: nothing was compared
+                why = f"the first page was refused ({exc})"
+                self.add(Check(name=name, result=Result.INFO, meaning=f"not checked: {why}", proves=(3,)))
+                return
         finally:
             await listing.aclose()
         call = evs.list_snapshots(self.project_id, (), kind=evs.Kind.CHECK)

@@ -4,6 +4,7 @@ documented exit code, no traceback, and nothing created unless ``--live`` is giv
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -13,14 +14,20 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import Result
+from yarl import URL
 
 from orchestrator.api.clock import gateway_offset
+from orchestrator.api.routes import connect
+from orchestrator.config import Connection, Endpoints
+from orchestrator.doctor import Doctor
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
 from orchestrator.findings import Result as CheckResult
 from orchestrator.findings import groups_check
 from orchestrator.models import Answer
+from orchestrator.retry import RetryPolicy
 from tests.helpers import (
+    AKSK,
     CLOSED_PORT,
     CREATE_ROUTE,
     NO_CREDENTIALS,
@@ -684,3 +691,18 @@ def test_a_server_error_on_the_group_list_is_not_read_as_a_missing_grant() -> No
     refused = groups_check(Answer(status=403, body=denied, request_id=None), sent)
     assert refused.fix is not None
     assert "grant evs:snapshots:list" in refused.fix
+
+
+@pytest.mark.anyio
+async def test_a_paging_check_whose_first_page_is_refused_is_not_a_pass(emulator: Callable[..., Any]) -> None:
+    """The list counted 10 snapshots, then its first small page is refused: nothing was compared, so
+    the check is INFO "not checked" (it said PASS, "each of the 10 snapshots (the first 0)")."""
+    emu = await emulator(deny=("evs:snapshots:list",), volumes=DISKS)
+    connection = Connection(endpoints=Endpoints(evs=URL(emu.url), iam=URL(emu.url)), environ=AKSK)
+    async with contextlib.AsyncExitStack() as stack:
+        doctor = Doctor(await connect(stack, connection), connection, RetryPolicy(max_attempts=1))
+        doctor.project_id = PROJECT
+        await doctor.paging({"snapshot list": Answer(status=200, body={"count": 10}, request_id=None)})
+    (check,) = doctor.checks
+    assert check.result is CheckResult.INFO
+    assert check.meaning.startswith("not checked: the first page was refused"), check.meaning
