@@ -53,6 +53,7 @@ from orchestrator.findings import (
     reach,
 )
 from orchestrator.models import NO_SUCH_API
+from orchestrator.preflight import counted, limit_problem
 from orchestrator.throttle import RateLimiter
 
 if TYPE_CHECKING:
@@ -490,9 +491,8 @@ class Doctor:
                 except (ListingFailed, RouteClosed) as exc:
                     failed.append(f"{target.volume_id} ({exc})")
                     continue
-                count = sum(1 for snapshot in listed if snapshot.counts_toward_limit)
-                if count >= SNAPSHOTS_PER_DISK:
-                    full.append((target.volume_id, count))
+                if limit_problem(listed) is not None:  # as validate --online judges it
+                    full.append((target.volume_id, counted(listed)))
 
         async with anyio.create_task_group() as group:
             for _ in range(min(self.connection.limits.concurrency, len(ours))):

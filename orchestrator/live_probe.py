@@ -29,6 +29,7 @@ from orchestrator.errors import ListingFailed
 from orchestrator.findings import Check, Result
 from orchestrator.manifest import ManifestSource, manifest_digest
 from orchestrator.models import Outcome, RunHeader, SnapshotRequest, utc_iso, utc_now
+from orchestrator.preflight import SNAPSHOTTABLE
 from orchestrator.report import ReportWriter, final_records
 from orchestrator.retry import polling
 from orchestrator.runner import Runner, RunPlan
@@ -108,7 +109,7 @@ class Live:
             )
             return None
         status = str(volume.status)
-        if status not in ("available", "in-use") or (self.settings.rollback and status != "available"):
+        if status not in SNAPSHOTTABLE or (self.settings.rollback and status != "available"):
             need = (
                 "available (detached) for --live-rollback"
                 if self.settings.rollback

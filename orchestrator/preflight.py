@@ -55,10 +55,16 @@ def state_problem(status: str, *, force: bool) -> Problem | None:
     return None
 
 
+def counted(snapshots: Iterable[Snapshot]) -> int:
+    """How many of a disk's snapshots (as listed) the per-disk limit counts."""
+
+    return sum(1 for snapshot in snapshots if snapshot.counts_toward_limit)
+
+
 def limit_problem(snapshots: Iterable[Snapshot]) -> Problem | None:
     """The disk's snapshots (as listed) leave no room under the per-disk limit."""
 
-    count = sum(1 for snapshot in snapshots if snapshot.counts_toward_limit)
+    count = counted(snapshots)
     if count < SNAPSHOTS_PER_DISK:
         return None
     return Problem(
