@@ -24,8 +24,8 @@ from typing import Any
 
 import orjson
 
-from orchestrator.api.views import HOLD_KEY, RUN_MARKER_KEY
 from orchestrator.config import PROJECT_RE, REGION_RE, RowDefaults, RunIdentity
+from orchestrator.defaults import HOLD_KEY, RUN_MARKER_KEY
 from orchestrator.duplicates import UUID_RE, duplicate_candidates, key_candidates, volume_key
 from orchestrator.errors import UsageError
 from orchestrator.manifest import (

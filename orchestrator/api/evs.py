@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import orjson
 
-from orchestrator.api.views import RUN_MARKER_KEY
+from orchestrator.defaults import RUN_MARKER_KEY
 from orchestrator.models import SnapshotRequest
 
 PAGE = 1000
