@@ -207,9 +207,8 @@ def test_apply_writes_the_summary_json_and_its_own_metrics(
     emu = emulator_thread(rollback_seconds=0.05, **world(2, attached=frozenset({1})))
     source = create_report(tmp_path / "create.jsonl", [{}, {}])
     metrics = tmp_path / "metrics.prom"
-    metrics.write_text(
-        '# HELP evs_snapshot_exit_code x\n# TYPE evs_snapshot_exit_code gauge\nevs_snapshot_exit_code{command="create"} 0\n'
-    )
+    created = ["# HELP evs_snapshot_exit_code x", "# TYPE evs_snapshot_exit_code gauge"]
+    metrics.write_text("\n".join([*created, 'evs_snapshot_exit_code{command="create"} 0', ""]))
     summary = tmp_path / "summary.json"
     kept = source.read_bytes()
     named = rollback(emu, source, tmp_path / "apply.jsonl", "--summary-json", str(source), apply=True)
