@@ -1,4 +1,5 @@
-"""Every default of the tool, defined once (the CLI shows them; the settings objects use them).
+"""Every default of the tool, defined once (the CLI shows them; the settings objects use them), and the
+metadata keys it writes.
 
 Nothing is imported here, so the CLI can read them without slowing its start-up.
 """
@@ -28,3 +29,7 @@ NOTIFY_TIMEOUT = 10.0
 NOTIFY_ATTEMPTS = 3
 NOTIFY_PAUSE = 1.0  # ceiling of the first pause between two attempts (full jitter, doubling)
 NOTIFY_BODY_MAX = 10_000  # bytes of a ping's body (the summary as text), at most
+# The metadata keys (a group's tags) the tool writes: its run marker, and the hold that ``create --hold``
+# and ``hold`` set (prune never deletes a held snapshot). Neither a manifest nor --metadata may set them.
+RUN_MARKER_KEY = "evs_snapshot_run"
+HOLD_KEY = "evs_snapshot_hold"

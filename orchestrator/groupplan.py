@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator.api.groups import groups_offered
 from orchestrator.api.safe import list_all_volumes
-from orchestrator.api.views import RUN_MARKER_KEY
+from orchestrator.defaults import RUN_MARKER_KEY
 from orchestrator.errors import UsageError
 from orchestrator.servers import NAMED_ROWS, refuse_malformed, require_servers, server_id, well_formed
 

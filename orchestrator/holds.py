@@ -31,8 +31,9 @@ import anyio
 from orchestrator.actions import FINAL, Action, ActionRecord, now_iso
 from orchestrator.api import evs
 from orchestrator.api.safe import show_snapshot
-from orchestrator.api.views import HOLD_KEY, Snapshot
+from orchestrator.api.views import Snapshot
 from orchestrator.createrun import run_of
+from orchestrator.defaults import HOLD_KEY
 from orchestrator.errors import ListingFailed, RouteClosed, TransportError, UsageError
 from orchestrator.frame import Frame, default_report
 from orchestrator.lock import given_lock, run_locks, scope_lock

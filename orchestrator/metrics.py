@@ -31,7 +31,7 @@ def tally_families(tally: Tally, *, command: str, throttled: int, also: Counter[
         return [
             (
                 f"{PREFIX}_snapshots",
-                "Snapshots the last run acted on (or kept), by outcome.",
+                "Snapshots the last run acted on (or kept; rollback: its rows), by outcome.",
                 [f'{PREFIX}_snapshots{{{label},outcome="{o}"}} {n}' for o, n in sorted(outcomes.items())],
             )
         ]

@@ -504,10 +504,6 @@ def _side_files(summary_json: Path | None, metrics_file: Path | None) -> Closing
     return _closing(summary_json, metrics_file, None, ())
 
 
-def _notifying(ping_url: str | None, webhooks: tuple[str, ...]) -> Closing:
-    return _closing(None, None, ping_url, webhooks)
-
-
 SUMMARY_JSON = click.option(
     "--summary-json",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -523,8 +519,6 @@ METRICS_FILE = click.option(
 CLOSING = group("closing", _closing, SUMMARY_JSON, METRICS_FILE, PING_URL, WEBHOOK)
 # The side files only (audit: it writes no report and runs outside the frame).
 SIDE_FILES = group("closing", _side_files, SUMMARY_JSON, METRICS_FILE)
-# The notifications only (rollback).
-NOTIFYING = group("closing", _notifying, PING_URL, WEBHOOK)
 
 
 def _wait_plan(wait_timeout: float, poll_interval: float) -> WaitPlan:

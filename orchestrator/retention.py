@@ -454,7 +454,7 @@ def _owned(
         if volume_id not in scope.volumes:
             continue
         if snapshot.id not in members and not ownership.owns(snapshot):
-            if not snapshot.is_backup and snapshot.status != DELETING:
+            if snapshot.counts_toward_limit:
                 others[volume_id] += 1
             continue
         if action.book.last.get(snapshot.id) is Action.DELETED:

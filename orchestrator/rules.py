@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from orchestrator.config import PROJECT_RE, REGION_RE, RowDefaults, RunIdentity
+from orchestrator.defaults import HOLD_KEY, RUN_MARKER_KEY
 from orchestrator.duplicates import UUID_RE, duplicate_candidates, key_candidates, volume_key
 from orchestrator.errors import UsageError
 from orchestrator.manifest import (
@@ -45,8 +46,6 @@ METADATA_KEY_MAX = 255
 METADATA_VALUE_MAX = 255
 RESERVED_NAME_PREFIX = "autobk_snapshot_"
 RESERVED_METADATA_PREFIX = "__system__"
-RUN_MARKER_KEY = "evs_snapshot_run"
-HOLD_KEY = "evs_snapshot_hold"
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 WELL_FORMED_KEPT = 4096

@@ -44,6 +44,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
+import anyio.to_thread
 
 from orchestrator.console import Console
 from orchestrator.errors import STOPPED_ADVICE, Interrupted
@@ -421,7 +422,7 @@ def blocking() -> Iterator[None]:
 def stop_point() -> None:
     """In a worker thread of ``in_thread``: raise the command's cancellation, if it was cancelled."""
     with contextlib.suppress(RuntimeError):  # not in a worker thread: the event loop's checkpoints do it
-        import anyio.from_thread  # noqa: PLC0415 - 25 ms of start-up (benchmarks startup)
+        import anyio.from_thread  # noqa: PLC0415 - 13 ms of start-up (results.md, session 13)
 
         anyio.from_thread.check_cancelled()
 
@@ -429,6 +430,4 @@ def stop_point() -> None:
 async def in_thread(work: Callable[[], T]) -> T:
     """Run a synchronous pass in a worker thread, so that signals are received while it runs; the pass
     calls ``stop_point`` now and then, and ends soon after the command is cancelled."""
-    import anyio.to_thread  # noqa: PLC0415 - 25 ms of start-up (benchmarks startup)
-
     return await anyio.to_thread.run_sync(work)

@@ -25,6 +25,14 @@ LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 CODE_SHAPE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")
 # Environment variables the tool reads: the same shape, but not error codes.
 ENV_PREFIXES = ("HUAWEICLOUD_", "OS_", "XDG_", "EVS_SNAPSHOT_")
+# A figure that goes stale: a measured time ("150 s of CPU", "23 ms of start-up"), a count of
+# instructions ("0.45 M instructions") or of the suite's tests ("1,503 tests"). A timeout, an option's
+# default or an example's output ("took 25 ms or more", "--settle 60s", "TLS 38 ms") is none of these.
+MEASURED = re.compile(
+    r"\d[\d.,]*(?:-[\d.,]+)?\s*(?:s|ms|seconds)\s+of\s+(?:CPU|wall|(?:every\s+)?start-up)"
+    r"|\d[\d.,]*(?:-[\d.,]+)?\s*[MG]\s+instructions"
+    r"|\d{1,3}(?:,\d{3})+\s+tests\b"
+)
 
 
 def _pages() -> list[Path]:
@@ -86,6 +94,14 @@ def test_every_command_has_a_page_linked_from_the_readme() -> None:
         assert f"docs/commands/{name}.md" in linked, name
     for needed in ("docs/guarantees.md", "docs/runbook.md", "docs/emulator.md", "benchmarks/results.md"):
         assert needed in linked, needed
+
+
+@pytest.mark.parametrize("page", _pages(), ids=lambda page: page.relative_to(ROOT).as_posix())
+def test_performance_figures_live_only_in_the_benchmark_results(page: Path) -> None:
+    """The README and docs/ hold no measured time, instruction count or test count: those live in
+    benchmarks/results.md, which says when and how each was measured (issue 19)."""
+    found = [match.group(0) for match in MEASURED.finditer(page.read_text(encoding="utf-8"))]
+    assert not found, f"{page.relative_to(ROOT)}: move {found} to benchmarks/results.md"
 
 
 @pytest.mark.parametrize("page", _pages(), ids=lambda page: page.relative_to(ROOT).as_posix())

@@ -199,6 +199,36 @@ def test_apply_all_good_exits_0(emulator_thread: Callable[..., EmulatorThread], 
     assert checks["200"] <= 4 * 12  # one check, then about one poll per 0.05-0.3 s of a 0.05 s rollback
 
 
+def test_apply_writes_the_summary_json_and_its_own_metrics(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """--summary-json and --metrics-file, as on every report-writing command: the rollback's outcomes and
+    exit code, beside another command's series in the same file, which it keeps."""
+    emu = emulator_thread(rollback_seconds=0.05, **world(2, attached=frozenset({1})))
+    source = create_report(tmp_path / "create.jsonl", [{}, {}])
+    metrics = tmp_path / "metrics.prom"
+    created = ["# HELP evs_snapshot_exit_code x", "# TYPE evs_snapshot_exit_code gauge"]
+    metrics.write_text("\n".join([*created, 'evs_snapshot_exit_code{command="create"} 0', ""]))
+    summary = tmp_path / "summary.json"
+    kept = source.read_bytes()
+    named = rollback(emu, source, tmp_path / "apply.jsonl", "--summary-json", str(source), apply=True)
+    assert named.exit_code == 2, named.output
+    assert "is what this run reads" in named.stderr
+    assert source.read_bytes() == kept
+    side = ("--metrics-file", str(metrics), "--summary-json", str(summary))
+    result = rollback(emu, source, tmp_path / "apply.jsonl", *side, apply=True)
+    assert result.exit_code == 1, result.stderr
+    text = metrics.read_text()
+    assert 'evs_snapshot_snapshots{command="rollback",outcome="rolled_back"} 1' in text
+    assert 'evs_snapshot_snapshots{command="rollback",outcome="blocked"} 1' in text
+    assert 'evs_snapshot_exit_code{command="rollback"} 1' in text
+    assert 'evs_snapshot_exit_code{command="create"} 0' in text
+    assert text.count("# HELP evs_snapshot_exit_code ") == 1
+    written = orjson.loads(summary.read_bytes())
+    assert (written["command"], written["exit_code"]) == ("rollback", 1)
+    assert written["outcomes"] == {"blocked": 1, "rolled_back": 1}
+
+
 def test_attached_disk_is_never_sent(emulator_thread: Callable[..., EmulatorThread], tmp_path: Path) -> None:
     """An attached disk is blocked with VOLUME_ATTACHED and its server id; its rollback is never POSTed."""
     emu = emulator_thread(**world(2, attached=frozenset({0, 1})))

@@ -14,11 +14,9 @@ from urllib.parse import quote
 
 import orjson
 
-from orchestrator.api import views
-from orchestrator.api.views import RUN_MARKER_KEY
+from orchestrator.defaults import RUN_MARKER_KEY
 from orchestrator.models import SnapshotRequest
 
-BACKUP_PREFIXES = views.BACKUP_PREFIXES  # read here by restore and retention
 PAGE = 1000
 # Every list asks for all the enterprise projects the caller may see: without it a list may show only
 # the default one (evs-api.md section 9), and a lookup would miss a snapshot of a disk in another.

@@ -17,7 +17,8 @@ import orjson
 
 from orchestrator.api import evs
 from orchestrator.api.safe import Page, _paged, _pages, fetch_json
-from orchestrator.api.views import RUN_MARKER_KEY, Job, Snapshot, SnapshotGroup
+from orchestrator.api.views import Job, Snapshot, SnapshotGroup
+from orchestrator.defaults import RUN_MARKER_KEY
 from orchestrator.errors import RouteClosed
 from orchestrator.models import NO_SUCH_API
 from orchestrator.retry import RetryPolicy

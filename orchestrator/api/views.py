@@ -14,8 +14,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-RUN_MARKER_KEY = "evs_snapshot_run"
-HOLD_KEY = "evs_snapshot_hold"  # set by ``create --hold`` and ``hold``: prune never deletes the snapshot
+from orchestrator import defaults
+
+# The keys are defaults' (rules.py reads them there without loading api/); named here too for the
+# modules that still import them from views (creating, live_probe).
+RUN_MARKER_KEY = defaults.RUN_MARKER_KEY
+HOLD_KEY = defaults.HOLD_KEY
 # Names the backup service gives its snapshots: never the tool's, never deleted or used (evs-api.md 8.2).
 BACKUP_PREFIXES = ("autobk_snapshot_", "manualbk_snapshot_")
 

@@ -68,7 +68,7 @@ class DoctorSettings:
 async def doctor(settings: DoctorSettings, *, console: Console, stdout: TextIO) -> int:
     """Run the checks in order, print the table (or JSON) and return the exit code."""
 
-    from orchestrator.api.routes import connect  # noqa: PLC0415
+    from orchestrator.api.routes import connect  # noqa: PLC0415 - aiohttp: 65 ms (results.md, session 13)
 
     targets = None
     if settings.source is not None:

@@ -202,7 +202,7 @@ def _check_resume(settings: RollbackSettings, source_run: str) -> dict[str, str]
     "be sent again.",
 )
 @options.LOCK_FILE
-@options.NOTIFYING
+@options.CLOSING
 @options.LOG_FORMAT
 @options.DEBUG
 def command(

@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-from orchestrator.api.views import HOLD_KEY
+from orchestrator.defaults import HOLD_KEY
 from orchestrator.emulator.clock import Clock, Timeline, evs_time
 from orchestrator.emulator.settings import (
     ALL_ENTERPRISE_PROJECTS,
