@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from orchestrator.api.views import HOLD_KEY
 from orchestrator.console import Console
+from orchestrator.defaults import HOLD_KEY
 from orchestrator.errors import EvsSnapshotError, ListingFailed, UsageError
 from orchestrator.frame import Frame
 from orchestrator.groupplan import Server, check_groups_offered, check_zones, plan_servers, valid_tag

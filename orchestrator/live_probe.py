@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 
 from orchestrator.api import evs
 from orchestrator.api.probe import exchange, said, shown, without_every_ep
-from orchestrator.api.views import RUN_MARKER_KEY, Snapshot, Volume, metadata_in
+from orchestrator.api.views import Snapshot, Volume, metadata_in
 from orchestrator.config import RunIdentity
+from orchestrator.defaults import RUN_MARKER_KEY
 from orchestrator.deleter import Ended, delete
 from orchestrator.doctor import Doctor
 from orchestrator.errors import ListingFailed

@@ -14,12 +14,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator import defaults
+from orchestrator.defaults import HOLD_KEY, RUN_MARKER_KEY
 
-# The keys are defaults' (rules.py reads them there without loading api/); named here too for the
-# modules that still import them from views (creating, live_probe).
-RUN_MARKER_KEY = defaults.RUN_MARKER_KEY
-HOLD_KEY = defaults.HOLD_KEY
 # Names the backup service gives its snapshots: never the tool's, never deleted or used (evs-api.md 8.2).
 BACKUP_PREFIXES = ("autobk_snapshot_", "manualbk_snapshot_")
 
