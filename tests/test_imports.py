@@ -206,6 +206,41 @@ def test_only_the_registry_imports_commands() -> None:
     assert not reaching, "modules importing commands:\n" + "\n".join(map(str, reaching))
 
 
+# The layers, lowest first: a module imports its own layer and those below, never one above. The base
+# imports nothing else of the package; api/ (the requests) and the emulator stand on it; the engine
+# (every other module) on those; the commands on the engine; the CLI names the commands.
+BASE = frozenset(
+    f"orchestrator.{name}"
+    for name in ("defaults", "errors", "models", "console", "config", "retry", "throttle")
+)
+
+
+def layer(module: str) -> int:
+    """0 base, 1 api/ and the emulator, 2 the engine, 3 the commands, 4 the CLI."""
+    if module in BASE or module == "orchestrator":
+        return 0
+    if module.startswith(("orchestrator.api", "orchestrator.emulator")):
+        return 1
+    if _command(module):
+        return 3
+    if module in (REGISTRY, "orchestrator.__main__"):
+        return 4
+    return 2
+
+
+def test_no_import_points_up_a_layer() -> None:
+    """No arrow back up: the base needs nothing of the package, api/ no engine module, the engine no
+    command, a command not the CLI."""
+    upward = [edge for edge in _edges(import_graph()) if layer(edge.target) > layer(edge.source)]
+    assert not upward, "imports up a layer:\n" + "\n".join(map(str, upward))
+
+
+def test_the_layer_check_sees_an_arrow_up() -> None:
+    """The check is not empty: api/ importing the engine would be caught."""
+    assert layer("orchestrator.retry") < layer("orchestrator.api.routes") < layer("orchestrator.deleter")
+    assert layer("orchestrator.deleter") < layer("orchestrator.commands.prune") < layer(REGISTRY)
+
+
 def test_the_walker_counts_every_kind_of_import(tmp_path: Path) -> None:
     """Function-level, ``TYPE_CHECKING``, relative and ``importlib`` imports are edges (or the checks prove nothing)."""
     package = tmp_path / "pkg"
