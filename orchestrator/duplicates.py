@@ -33,6 +33,11 @@ def key_of(raw: object, project: object, region: object, defaults: RowDefaults) 
     volume = raw.strip().lower()
     if not UUID_RE.match(volume):
         return None
+    return _scoped(volume, project, region, defaults)
+
+
+def _scoped(volume: str, project: object, region: object, defaults: RowDefaults) -> bytes:
+    """The key of a volume id (stripped and lowered) in the row's project (or region)."""
     scope = project.strip() if isinstance(project, str) and project.strip() else defaults.project_id
     if scope is None:
         scope = "region:" + (region.strip() if isinstance(region, str) else str(defaults.region))
@@ -121,13 +126,22 @@ def duplicate_candidates(rows: Iterable[RawRow], defaults: RowDefaults) -> tuple
 
 
 def key_candidates(rows: Iterable[KeyCells], defaults: RowDefaults) -> tuple[int, set[bytes]]:
-    """``duplicate_candidates`` of the rows' key cells (``manifest.read_keys``)."""
+    """``duplicate_candidates`` of the rows' key cells (``manifest.read_keys``).
+
+    A cell is keyed as ``key_of`` keys it but for the UUID check (a regex: a third of the pass's
+    instructions, and made again in the second pass): a repeated value that is no UUID may be a
+    candidate, which costs nothing but its bookkeeping, as the second pass's ``volume_key`` gives its
+    rows no key (they are ``INVALID_VOLUME_ID``, never ``DUPLICATE_VOLUME``)."""
     add = SeenKeys().add
     candidates: set[bytes] = set()
     count = 0
     for cells in rows:
         count += 1
-        key = None if cells is None else key_of(*cells, defaults)
-        if key is not None and add(key):
-            candidates.add(key)
+        if cells is None or not isinstance(cells[0], str):
+            continue
+        volume = cells[0].strip().lower()
+        if volume:  # a blank cell is no volume at all
+            key = _scoped(volume, cells[1], cells[2], defaults)
+            if add(key):
+                candidates.add(key)
     return count, candidates

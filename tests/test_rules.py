@@ -197,6 +197,34 @@ def test_duplicates_second_and_later_rows() -> None:
     assert "row 1" in duplicate.error_message
 
 
+def test_a_repeated_value_that_is_no_uuid_is_invalid_not_a_duplicate() -> None:
+    """The first pass keys a volume_id cell without checking it is a UUID: a repeated value that is
+    none may be a candidate, but its rows stay INVALID_VOLUME_ID (or MISSING_VOLUME_ID), never
+    DUPLICATE_VOLUME, and a repeated UUID beside them is still one."""
+    raws = [
+        RawRow(1, 2, {"volume_id": "not-a-uuid"}, True),
+        RawRow(2, 3, {"volume_id": " NOT-A-UUID "}, True),
+        RawRow(3, 4, {"volume_id": IDS[0]}, True),
+        RawRow(4, 5, {"volume_id": " "}, True),
+        RawRow(5, 6, {"volume_id": " "}, True),
+        RawRow(6, 7, {"volume_id": IDS[0]}, True),
+    ]
+    count, candidates = duplicate_candidates(raws, DEFAULTS)
+    assert count == 6
+    results = list(
+        RowValidator(defaults=DEFAULTS, identity=IDENTITY, candidates=candidates).validate_all(raws)
+    )
+    kinds = [r.error_code if isinstance(r, Record) else "ok" for r in results]
+    assert kinds == [
+        "INVALID_VOLUME_ID",
+        "INVALID_VOLUME_ID",
+        "ok",
+        "MISSING_VOLUME_ID",
+        "MISSING_VOLUME_ID",
+        "DUPLICATE_VOLUME",
+    ]
+
+
 def test_bloom_filter_has_no_false_negatives() -> None:
     """Every key added before is reported as possibly present; fresh keys mostly are not."""
     bloom = BloomFilter(bits=1 << 16, hashes=4)
