@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from orchestrator import deleter
+from orchestrator.createrun import run_of
 from orchestrator.emulator import EmulatorThread, ManualClock, SeedSnapshot, SeedVolume
 from tests.helpers import (
     ACTION_RETRIES,
@@ -34,8 +35,10 @@ from tests.helpers import (
     create_report,
     csv_manifest,
     header,
+    in_flight,
     invoke,
     issued_token,
+    kill_when,
     last_per_row,
     live,
     marker,
@@ -277,6 +280,42 @@ def test_cleanup_after_a_killed_create_deletes_every_snapshot_of_the_run(
     assert f"{40 - len(recorded)} of 40 rows have no record" in result.output
     clock.advance(late["late_commit_seconds"])
     assert run_snapshots(emu, report) == []  # nothing of the run appeared after cleanup said 0
+
+
+def test_a_cleanup_refused_for_its_report_after_a_killed_create_exits_2_without_waiting(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A create killed with a request in flight leaves its window ahead; cleanup --apply with a --report
+    that holds records, or a --resume of another create report's cleanup, exits 2 at once: no
+    "waiting" line, nothing sent (it used to wait out the window first)."""
+    disks = volume_ids(2, seed=159)
+    emu = start(emulator_thread, disks, [], creating_seconds=0.0, latency_ms=200)
+    report = tmp_path / "create.jsonl"
+    window = ("--settle", "10s", "--timeout", "5")  # the refusals come well inside it
+    args = create_args(emu.url, csv_manifest(write, disks), report, *window, concurrency=2)
+    kill_when(report, run_process(args), lambda data: bool(in_flight(data)))
+    stop = time.monotonic() + 30
+    while emu.state()["in_flight"] and time.monotonic() < stop:  # the killed client's request lands
+        time.sleep(0.02)
+    copy = tmp_path / "copy.jsonl"  # the same run under another name: another create report
+    copy.write_bytes(report.read_bytes())
+    held = tmp_path / "held.jsonl"
+    plan = cleanup(emu, copy, held)  # a plan does not wait: it says the window is ahead
+    assert plan.exit_code == 1, plan.output
+    assert "this plan may miss them" in plan.output
+    sent = emu.state()["requests"]
+    existing = cleanup(emu, report, held, "--apply")
+    assert existing.exit_code == 2, existing.output
+    assert "already holds records" in existing.output
+    other = cleanup(emu, report, held, "--apply", "--resume")
+    assert other.exit_code == 2, other.output
+    assert "--resume: " in other.output
+    for refused in (existing, other):
+        assert "waiting" not in refused.output
+    assert emu.state()["requests"] == sent
+    quiet = run_of(report, lambda _: None).quiet_at()
+    assert quiet is not None
+    assert quiet > time.time()  # still ahead: the refusals did not wait it out
 
 
 def test_cleanup_of_a_report_cut_mid_line_warns_and_deletes_that_rows_snapshot(

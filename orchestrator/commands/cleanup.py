@@ -58,8 +58,6 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
     async with frame:
         # The create run's lock, before anything is sent: no create, wait or rollback of the run meanwhile.
         frame.lock(run_locks(run_.run_id, settings.lock_file))
-        unsettled = await until_quiet(settings, run_, console)
-        router = await frame.connect(settings.connection, settings.policy)
         frame.open_actions(
             source=str(settings.source),
             shape=shape,
@@ -68,6 +66,9 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
             nothing="nothing was deleted",
             connection=settings.connection,
         )
+        router = await frame.connect(settings.connection, settings.policy)
+        # Only a run that may go on waits: a refused report or credentials exit 2 before, at once.
+        unsettled = await until_quiet(settings, run_, console)
         left = await Pass(settings, frame, run_.run_id).run(router, run_, search)
         frame.tally.notes += search.notes(run_.run_id)
         if unsettled:
