@@ -463,6 +463,29 @@ def test_lock_held_exits_75(emulator_thread: Callable[..., EmulatorThread], tmp_
     assert run_lock(source, {}).path.name == f"run-{RUN}.lock"
 
 
+def test_a_second_apply_while_the_first_rolls_back_exits_75_not_rolled_back_before(
+    emulator_thread: Callable[..., EmulatorThread], clock: Any, tmp_path: Path
+) -> None:
+    """A second rollback --apply of the same create report while the first's rollback is under way (its
+    report beside, showing the send) exits 75 (the lock), not 2 ("rolled back before"); no second rollback."""
+    emu = emulator_thread(clock=clock, rollback_seconds=60, **world(1))  # the clock stands still
+    source = create_report(tmp_path / "create.jsonl", [{}])
+    first = tmp_path / "first.jsonl"
+    args = cli_args("rollback", source, apply=True, report=first, endpoint=emu.url)
+    with run_process([*args, *FAST, *FAST_WAIT]) as process:
+        stop = time.monotonic() + 20
+        while not emu.state()["rollbacks"] and time.monotonic() < stop and process.poll() is None:
+            time.sleep(0.02)
+        assert [line["outcome"] for line in lines(first)[1:]] == ["sending"]  # the first's send is seen
+        second = rollback(emu, source, tmp_path / "second.jsonl", apply=True)
+        clock.advance(61)  # the first's rollback ends
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr.decode()
+    assert second.exit_code == 75, second.stderr
+    assert "rolled back before" not in second.stderr
+    assert rollbacks_per_snapshot(emu.state()) == {SNAPS[0]: 1}
+
+
 def test_not_a_create_report(emulator_thread: Callable[..., EmulatorThread], tmp_path: Path) -> None:
     """A rollback report (or a missing file) is not a create report: exit 2."""
     emu = emulator_thread(**world(1))

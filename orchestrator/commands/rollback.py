@@ -71,9 +71,6 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
 
     chosen = chosen_rows(settings)
     source_run, rows = chosen.run_id, chosen.rows
-    shape = {"source_report": str(settings.source.resolve()), "source_run": source_run}
-    shape |= _check_resume(settings, source_run)
-    before = rolled_back_before(settings, chosen, console)
     stopping: list[Callable[[], bool]] = []
     frame = Frame(
         command="rollback",
@@ -89,6 +86,11 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
     )
     async with frame:
         frame.lock(run_locks(source_run, settings.lock_file))
+        # Read the reports only under the lock: a run under way is "another run holds it" (75), not its
+        # report's rollbacks "rolled back before" (2).
+        shape = {"source_report": str(settings.source.resolve()), "source_run": source_run}
+        shape |= _check_resume(settings, source_run)
+        before = rolled_back_before(settings, chosen, console)
         frame.open_actions(
             source=str(settings.source),
             shape=shape,
