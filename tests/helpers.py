@@ -72,6 +72,12 @@ AKSK = {
 }  # the emulator's AK/SK pair, as the SDK's variables
 AKSK_ENV = {**NO_CREDENTIALS, **AKSK}
 TOKEN_ENV = {**NO_CREDENTIALS, "OS_AUTH_TOKEN": TOKEN}
+PASSWORD_ENV = {  # the emulator's IAM user, as the password variables
+    **NO_CREDENTIALS,
+    "OS_USERNAME": DEFAULT_USER,
+    "OS_PASSWORD": DEFAULT_PASSWORD,
+    "OS_USER_DOMAIN_NAME": DEFAULT_DOMAIN,
+}
 FAST_RETRIES = (
     "--max-attempts",
     "12",
@@ -1099,12 +1105,17 @@ def one_request(emu: EmulatorThread, method: str, path: str, **options: Any) -> 
     return anyio.run(send)
 
 
+def token_request(scope: dict[str, Any] | None = None, **user: str) -> dict[str, Any]:
+    """The body of a password token request (``POST /v3/auth/tokens``) for the emulator's IAM user
+    (``user``: fields changed, ``password="wrong"``), scoped to ``scope`` (default: the test project)."""
+    named = {"name": DEFAULT_USER, "password": DEFAULT_PASSWORD, "domain": {"name": DEFAULT_DOMAIN}, **user}
+    identity = {"methods": ["password"], "password": {"user": named}}
+    return {"auth": {"identity": identity, "scope": scope or {"project": {"id": PROJECT}}}}
+
+
 def issued_token(emu: EmulatorThread) -> str:
     """A password token from the emulator's IAM (unlike the fixed token, it expires with the clock)."""
-    user = {"name": DEFAULT_USER, "password": DEFAULT_PASSWORD, "domain": {"name": DEFAULT_DOMAIN}}
-    identity = {"methods": ["password"], "password": {"user": user}}
-    body = {"auth": {"identity": identity, "scope": {"project": {"id": PROJECT}}}}
-    status, headers = one_request(emu, "POST", "/v3/auth/tokens", body=body, auth=False)
+    status, headers = one_request(emu, "POST", "/v3/auth/tokens", body=token_request(), auth=False)
     assert status == 201
     return headers["X-Subject-Token"]
 

@@ -42,6 +42,7 @@ from tests.helpers import (
     AKSK,
     CLOSED_PORT,
     LIST_ROUTE,
+    PASSWORD_ENV,
     PROJECT,
     REGION,
     TOKEN,
@@ -67,11 +68,6 @@ NO_CREDENTIALS = {
     "OS_PASSWORD": "",
     "OS_USER_DOMAIN_NAME": "",
     "HUAWEICLOUD_SDK_CREDENTIALS_FILE": "/nonexistent/credentials",
-}
-PASSWORD_ENV = {
-    "OS_USERNAME": DEFAULT_USER,
-    "OS_PASSWORD": DEFAULT_PASSWORD,
-    "OS_USER_DOMAIN_NAME": DEFAULT_DOMAIN,
 }
 
 

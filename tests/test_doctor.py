@@ -21,7 +21,7 @@ from orchestrator.api.routes import connect
 from orchestrator.config import Connection, Endpoints
 from orchestrator.doctor import Doctor
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
-from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_SK
+from orchestrator.emulator.settings import DEFAULT_AK, DEFAULT_PASSWORD, DEFAULT_SK
 from orchestrator.findings import Result as CheckResult
 from orchestrator.findings import groups_check
 from orchestrator.models import Answer
@@ -31,6 +31,7 @@ from tests.helpers import (
     CLOSED_PORT,
     CREATE_ROUTE,
     NO_CREDENTIALS,
+    PASSWORD_ENV,
     PROJECT,
     TOKEN,
     TOKEN_ENV,
@@ -429,15 +430,7 @@ def test_an_existing_live_report_is_refused_before_anything_is_sent(
     assert emu.state()["requests"] == {}
 
 
-PASSWORD_ENV = {
-    **NO_CREDENTIALS,
-    "OS_USERNAME": "operator",
-    "OS_PASSWORD": "emulator-password",
-    "OS_USER_DOMAIN_NAME": "emulator-domain",
-}
-
-
-@pytest.mark.parametrize(("password", "code"), [("emulator-password", 0), ("wrong", 3)])
+@pytest.mark.parametrize(("password", "code"), [(DEFAULT_PASSWORD, 0), ("wrong", 3)])
 def test_a_password_user_gets_its_project_from_a_token(
     emulator_thread: Start, password: str, code: int
 ) -> None:

@@ -25,7 +25,7 @@ from orchestrator.emulator.settings import (
     DEFAULT_SK,
     DEFAULT_USER,
 )
-from tests.helpers import PROJECT, REGION, call, create_body, hits, seeds, volume_ids
+from tests.helpers import PROJECT, REGION, call, create_body, hits, seeds, token_request, volume_ids
 
 Start = Callable[..., Awaitable[RunningEmulator]]
 SNAPSHOTS = f"/v2/{PROJECT}/cloudsnapshots"
@@ -41,14 +41,7 @@ AK_LOCKED = {
 async def password_token(
     http: aiohttp.ClientSession, emu: RunningEmulator, **changes: str
 ) -> tuple[int, Any, str]:
-    user = {"name": "operator", "password": "emulator-password", "domain": {"name": "emulator-domain"}}
-    user.update(changes)
-    body = {
-        "auth": {
-            "identity": {"methods": ["password"], "password": {"user": user}},
-            "scope": {"project": {"name": "cn-north-4"}},
-        }
-    }
+    body = token_request({"project": {"name": REGION}}, **changes)
     async with http.post(f"{emu.url}/v3/auth/tokens", data=orjson.dumps(body)) as response:
         return (
             response.status,

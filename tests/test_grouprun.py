@@ -17,13 +17,13 @@ from orchestrator.groupplan import Server
 from orchestrator.grouprun import GroupRunner
 from orchestrator.groupsweep import sweep_groups
 from orchestrator.report import ReportWriter, ResumeBook, final_records
-from orchestrator.retry import RetryPolicy
 from orchestrator.runner import RunPlan
 from orchestrator.tally import Tally
 from tests.helpers import (
     AKSK,
     EDGE_RUN,
     PROJECT,
+    QUICK,
     SERVER,
     answering,
     call,
@@ -36,7 +36,6 @@ from tests.helpers import (
 )
 
 DISKS = volume_ids(2, seed=0x6A6)
-POLICY = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02)
 GROUPS = f"/v5/{PROJECT}/snapshot-groups"
 
 
@@ -54,7 +53,7 @@ async def running(url: str, path: Path, **plan: Any) -> AsyncIterator[tuple[Grou
     async with router_for(url, AKSK) as router:
         with ReportWriter(str(path)) as writer:
             runner = GroupRunner(
-                RunPlan(run_id=EDGE_RUN, concurrency=1, policy=POLICY, **plan),
+                RunPlan(run_id=EDGE_RUN, concurrency=1, policy=QUICK, **plan),
                 servers=servers(),
                 router=router,
                 writer=writer,
@@ -156,7 +155,7 @@ async def test_the_sweep_reconciles_rows_whose_group_appeared(
                 report=path,
                 writer=writer,
                 tally=tally,
-                policy=POLICY,
+                policy=QUICK,
                 keep_duplicates=True,
                 patience=0.0,
             )
@@ -195,7 +194,7 @@ async def test_a_second_group_that_cannot_be_deleted_yet_is_reported(
                 report=path,
                 writer=writer,
                 tally=Tally(),
-                policy=POLICY,
+                policy=QUICK,
                 keep_duplicates=False,
                 patience=0.0,
             )
@@ -227,7 +226,7 @@ async def test_a_resumed_server_with_a_finished_row_is_looked_up_not_sent(
     async with router_for(emu.url, AKSK) as router:
         with ReportWriter(str(path), resume=True) as writer:
             runner = GroupRunner(
-                RunPlan(run_id=EDGE_RUN, concurrency=1, policy=POLICY, settle=5.0),
+                RunPlan(run_id=EDGE_RUN, concurrency=1, policy=QUICK, settle=5.0),
                 servers=servers(),
                 router=router,
                 writer=writer,

@@ -29,15 +29,13 @@ from orchestrator.config import Connection, Endpoints
 from orchestrator.emulator import SeedSnapshot, SeedVolume
 from orchestrator.errors import ListingFailed, RouteClosed
 from orchestrator.report import ReportWriter
-from orchestrator.retry import RetryPolicy
 from orchestrator.runner import Runner, RunPlan
 from orchestrator.tally import Tally
-from tests.helpers import AKSK_ENV, PROJECT, hits, routed, snapshot_request, volume_ids
+from tests.helpers import AKSK_ENV, PROJECT, QUICK, hits, routed, snapshot_request, volume_ids
 
 pytestmark = pytest.mark.anyio
 
 WRONG = {**AKSK_ENV, "HUAWEICLOUD_SDK_SK": "not-the-secret-key-000000000000000000000"}
-QUICK = RetryPolicy(max_attempts=2, initial_wait=0.01, max_wait=0.02)
 BY_TAGS = "POST /v2/{project_id}/cloudvolumes/resource_instances/action"
 VOLUMES = "GET /v2/{project_id}/cloudvolumes/detail"
 SNAPSHOTS = "GET /v2/{project_id}/cloudsnapshots/detail"

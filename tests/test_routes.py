@@ -26,7 +26,6 @@ from orchestrator.api.safe import fetch_json, snapshot_pages
 from orchestrator.api.session import Caller
 from orchestrator.config import Connection, Endpoints
 from orchestrator.emulator import ManualClock, SeedSnapshot
-from orchestrator.emulator.settings import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_USER
 from orchestrator.errors import ListingFailed, RouteClosed, TransportError
 from orchestrator.models import Answer
 from orchestrator.report import ReportWriter
@@ -52,6 +51,7 @@ from tests.helpers import (
     run_process,
     snapshot_request,
     stand_in,
+    token_request,
     volume_ids,
 )
 
@@ -96,22 +96,7 @@ async def test_concurrent_refusals_keep_the_first_closure(
     """A fixed token expires while two requests are in flight on a proven route: both are refused, and
     the route keeps one closure."""
     emu = await clocked(token_ttl=60.0, any_volume=True)
-    body = {
-        "auth": {
-            "identity": {
-                "methods": ["password"],
-                "password": {
-                    "user": {
-                        "name": DEFAULT_USER,
-                        "password": DEFAULT_PASSWORD,
-                        "domain": {"name": DEFAULT_DOMAIN},
-                    }
-                },
-            },
-            "scope": {"project": {"id": PROJECT}},
-        }
-    }
-    status, _, headers = await call(http, emu, "POST", "/v3/auth/tokens", body=body, auth=False)
+    status, _, headers = await call(http, emu, "POST", "/v3/auth/tokens", body=token_request(), auth=False)
     assert status == 201
     environ = {"OS_AUTH_TOKEN": headers["X-Subject-Token"], "HUAWEICLOUD_SDK_PROJECT_ID": PROJECT}
     async with routed(emu.url, environ) as route:

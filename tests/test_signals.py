@@ -27,7 +27,6 @@ import pytest
 
 from orchestrator.console import Console
 from orchestrator.emulator import EmulatorThread, ManualClock
-from orchestrator.emulator.settings import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_USER
 from orchestrator.entry import run, run_now
 from orchestrator.errors import Interrupted
 from orchestrator.frame import Closing, Frame, record_early_stops
@@ -38,6 +37,7 @@ from tests.helpers import (
     CREATE_ROUTE,
     MANY_RETRIES,
     NO_CREDENTIALS,
+    PASSWORD_ENV,
     PROJECT,
     TOKEN_ENV,
     Launched,
@@ -63,12 +63,6 @@ from tests.helpers import (
 )
 from tests.helpers import until as taken_by_the_loop
 
-PASSWORD_ENV = {
-    **NO_CREDENTIALS,
-    "OS_USERNAME": DEFAULT_USER,
-    "OS_PASSWORD": DEFAULT_PASSWORD,
-    "OS_USER_DOMAIN_NAME": DEFAULT_DOMAIN,
-}
 ROLLBACK_ROUTE = "POST /v2/{project_id}/cloudsnapshots/{snapshot_id}/rollback"
 # The emulator's latency where a signal must come while a request is out: the test signals as soon as
 # it sees one in flight, and the child has this long to take the signal before the answer comes (and
