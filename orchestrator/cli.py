@@ -1,9 +1,11 @@
 """The ``evs-snapshot`` command line: the click group, its commands, and the one error boundary.
 
-Every command module builds typed settings from its options (``options.py``) and runs one async job
-through ``entry.run``. ``Main.main`` is the only place an error becomes a message and an exit code: our
-errors carry their code; click's usage errors exit 2; anything else is a bug (exit 70, one line,
-the traceback only with ``--debug`` or ``EVS_SNAPSHOT_DEBUG=1``).
+Every command module builds typed settings from its options and runs one job through ``entry.run``
+(create's dry run: ``entry.run_now``), but one: ``emulator`` serves under its own signal handlers and
+exits 0 on SIGINT/SIGTERM (``emulator.serve_forever``; ``entry.run`` would make that 130/143).
+``Main.main`` is the only place an error becomes a message and an exit code: our errors carry their
+code; click's usage errors exit 2; anything else is a bug (exit 70, one line, the traceback only with
+``--debug`` or ``EVS_SNAPSHOT_DEBUG=1``).
 
 A command's module is imported only when the command runs (or shows its own help): ``--help`` lists
 the commands from ``COMMANDS``, so it loads no command, no anyio and no aiohttp (``benchmarks startup``).

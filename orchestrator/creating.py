@@ -118,7 +118,8 @@ async def _locked(
 ) -> None:
     servers_hooked = await hook_servers(settings.hooks, rows)  # exit 2 here when a row names no server
     if settings.emulator:
-        from orchestrator.demo import with_emulator  # noqa: PLC0415 - the emulator: 15 ms of every start-up
+        # the emulator's server and aiohttp: 574 M instructions, spared without --emulator (results.md)
+        from orchestrator.demo import with_emulator  # noqa: PLC0415 - see above
 
         defaults, connection = await frame.enter(
             with_emulator(settings.defaults, settings.connection, rows(), display=display)

@@ -21,6 +21,16 @@ EXACT_KEYS = 1 << 15
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
+def volume_id_of(value: object) -> str | None:
+    """A manifest's ``volume_id`` value as every reader compares it (SPEC: surrounding spaces trimmed,
+    compared case-insensitively): stripped and lower-cased, or ``None`` when it is not a UUID (or not
+    text at all)."""
+    if not isinstance(value, str):
+        return None
+    volume = value.strip().lower()
+    return volume if UUID_RE.match(volume) else None
+
+
 def volume_key(fields: Mapping[str, Any], defaults: RowDefaults) -> bytes | None:
     """The identity of a row's target disk (volume and project, or region when no project is known)."""
     return key_of(fields.get("volume_id"), fields.get("project_id"), fields.get("region"), defaults)
@@ -28,10 +38,8 @@ def volume_key(fields: Mapping[str, Any], defaults: RowDefaults) -> bytes | None
 
 def key_of(raw: object, project: object, region: object, defaults: RowDefaults) -> bytes | None:
     """``volume_key`` from a row's volume_id, project_id and region values (``manifest.KEY_COLUMNS``)."""
-    if not isinstance(raw, str):
-        return None
-    volume = raw.strip().lower()
-    if not UUID_RE.match(volume):
+    volume = volume_id_of(raw)
+    if volume is None:
         return None
     return _scoped(volume, project, region, defaults)
 

@@ -24,6 +24,7 @@ from orchestrator.api import evs
 from orchestrator.api.clock import SIGNATURE_WINDOW
 from orchestrator.api.credentials import AkSkAuth, TokenAuth
 from orchestrator.api.probe import said, shown
+from orchestrator.errors import RunAborted
 from orchestrator.models import NO_SUCH_API
 
 if TYPE_CHECKING:
@@ -343,11 +344,11 @@ async def reach(url: URL, connection: Connection) -> Check:
 
 
 def verdict(checks: Sequence[Check], where: str, *, live: bool) -> tuple[int, str]:
-    """The exit code and the last line: 3 when stopped, 1 when a check fails, else 0."""
+    """The exit code and the last line: a stopped run's (3) when stopped, 1 when a check fails, else 0."""
     stopped = [check for check in checks if check.result is Result.STOP]
     failed = [check.name for check in checks if check.result is Result.FAIL]
     if stopped:
-        return 3, f"doctor stopped at {stopped[0].name} in {where}: {stopped[0].meaning}"
+        return RunAborted.exit_code, f"doctor stopped at {stopped[0].name} in {where}: {stopped[0].meaning}"
     if failed:
         what = "the assumptions evs-snapshot's exactly-once promise rests on" if live else "these checks"
         return 1, f"{what} do not hold in {where}: {', '.join(failed)}"

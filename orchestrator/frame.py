@@ -535,8 +535,8 @@ class Frame:
         if not plan:
             yield None
             return
-        # subprocesses and anyio's process machinery: 40 M instructions a dry run does not pay
-        # (benchmarks startup)
+        # subprocesses and anyio's process machinery: 57 M instructions a dry run does not pay
+        # (results.md, session 13's function-level imports)
         from orchestrator.hooks import HookContext, Hooks  # noqa: PLC0415 - see above
 
         self.hooks = Hooks(

@@ -87,6 +87,29 @@ def tally_families(tally: Tally, *, command: str, throttled: int, also: Counter[
     return families
 
 
+def audit_families(*, volumes: int, missing: int, groups_incomplete: int) -> list[Family]:
+    """The series of an audit: the disks it checked, those without a recent snapshot of the tool, and
+    the incomplete snapshot groups."""
+    label = 'command="audit"'
+    return [
+        (
+            f"{PREFIX}_audit_volumes",
+            "Disks the last audit checked.",
+            [f"{PREFIX}_audit_volumes{{{label}}} {volumes}"],
+        ),
+        (
+            f"{PREFIX}_audit_volumes_missing",
+            "Disks without an available snapshot of the tool younger than --max-age (last audit).",
+            [f"{PREFIX}_audit_volumes_missing{{{label}}} {missing}"],
+        ),
+        (
+            f"{PREFIX}_audit_groups_incomplete",
+            "Newest snapshot groups of a server without a member of one of its disks (last audit).",
+            [f"{PREFIX}_audit_groups_incomplete{{{label}}} {groups_incomplete}"],
+        ),
+    ]
+
+
 def render(families: list[Family], *, command: str, exit_code: int, previous_success: float | None) -> str:
     """The metrics text of one command: its ``families``, then the exit code, when the run ended and
     (``previous_success`` carries the last good run's time) when a run last ended with exit code 0."""
@@ -158,20 +181,6 @@ def write_atomically(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
     temporary.write_bytes(data)
     os.replace(temporary, path)
-
-
-def write(
-    path: Path,
-    tally: Tally,
-    *,
-    command: str,
-    exit_code: int,
-    throttled: int,
-    also: Counter[str] | None = None,
-) -> None:
-    """Write the series of ``command``'s tally into the file (see ``write_families``)."""
-    families = tally_families(tally, command=command, throttled=throttled, also=also or Counter())
-    write_families(path, families, command=command, exit_code=exit_code)
 
 
 def write_families(path: Path, families: list[Family], *, command: str, exit_code: int) -> None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from orchestrator.api import evs
 from orchestrator.api.safe import remaining_quota, show_volume, volume_snapshots
 from orchestrator.defaults import SNAPSHOTS_PER_DISK
+from orchestrator.models import LIMIT_REACHED
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from orchestrator.models import SnapshotRequest
     from orchestrator.retry import RetryPolicy
 
-LIMIT_REACHED = "SNAPSHOT_LIMIT_REACHED"  # the per-disk limit or the project's quota (see above)
 SNAPSHOTTABLE = frozenset({"available", "in-use"})
 
 

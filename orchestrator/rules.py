@@ -26,7 +26,7 @@ import orjson
 
 from orchestrator.config import PROJECT_RE, REGION_RE, RowDefaults, RunIdentity
 from orchestrator.defaults import HOLD_KEY, RUN_MARKER_KEY
-from orchestrator.duplicates import UUID_RE, duplicate_candidates, key_candidates, volume_key
+from orchestrator.duplicates import duplicate_candidates, key_candidates, volume_id_of, volume_key
 from orchestrator.errors import UsageError
 from orchestrator.manifest import (
     KNOWN_COLUMNS,
@@ -520,10 +520,10 @@ def _fields_of(raw: RawRow) -> dict[str, Any]:
 
 
 def _volume_id(value: object, raw: RawRow) -> str:
-    volume = value.strip().lower() if isinstance(value, str) else None  # stripped and lowered once
-    if volume is not None and UUID_RE.match(volume):
+    volume = volume_id_of(value)
+    if volume is not None:
         return volume
-    if value is None or volume == "":
+    if value is None or (isinstance(value, str) and not value.strip()):
         raise RowProblem("MISSING_VOLUME_ID", f"{_where(raw)}: volume_id is missing")
     raise RowProblem(
         "INVALID_VOLUME_ID", f"{_where(raw)}: volume_id {value!r} is not a UUID (8-4-4-4-12 hex)"

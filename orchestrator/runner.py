@@ -30,6 +30,7 @@ from orchestrator.api.safe import ONE_TRY, volume_snapshots
 from orchestrator.api.views import Snapshot, created_snapshot
 from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError, UsageError
 from orchestrator.models import (
+    LIMIT_REACHED,
     Answer,
     Outcome,
     Record,
@@ -510,7 +511,7 @@ class Runner:
         if per_disk or code == "EVS.5413":  # the per-disk limit, or the project's quota
             limit = "the project's snapshot quota" if code == "EVS.5413" else "the per-disk snapshot limit"
             state.error = (
-                "SNAPSHOT_LIMIT_REACHED",
+                LIMIT_REACHED,
                 f"{message} ({limit}: run prune to delete old snapshots of this tool, then --resume)",
             )
         return self._record(request, Outcome.REJECTED, state)

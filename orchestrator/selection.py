@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from orchestrator.api.safe import list_all, list_all_volumes
 from orchestrator.api.views import Snapshot
 from orchestrator.config import PROJECT_RE, REGION_RE
-from orchestrator.duplicates import UUID_RE
+from orchestrator.duplicates import volume_id_of
 from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError
 from orchestrator.manifest import ManifestSource, manifest_digest, read_rows, spooled
 from orchestrator.retry import RetryPolicy
@@ -57,13 +57,13 @@ def read_targets(
     for raw in read_rows(source, display=display, warn=warn):
         where = f"{display}: row {raw.row} (line {raw.line})"
         fields = raw.fields or {}
-        volume = str(fields.get("volume_id") or "").strip().lower()
+        volume = volume_id_of(fields.get("volume_id"))
         project = str(fields.get("project_id") or "").strip() or project_id
         row_region = str(fields.get("region") or "").strip() or region
         problem = None
         if raw.fields is None or raw.problem is not None:
             problem = raw.problem or "not a row object"
-        elif not UUID_RE.match(volume):
+        elif volume is None:
             problem = f"volume_id {fields.get('volume_id')!r} is not a UUID"
         elif project is not None and not PROJECT_RE.match(project):
             problem = f"project_id {project!r} is not 32 lower-case hex characters"
@@ -71,7 +71,7 @@ def read_targets(
             problem = f"region {row_region!r} is not a region id like cn-north-4"
         elif project is None and row_region is None:
             problem = "no project_id (row or --project-id) and no region to look it up by"
-        if problem is not None:
+        if problem is not None or volume is None:  # volume is None only with a problem (for mypy)
             bad += 1
             warn(f"{where}: skipped: {problem}")
             continue

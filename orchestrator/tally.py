@@ -35,7 +35,7 @@ from orchestrator.actions import (
     last_run,
     outcomes_and_sends,
 )
-from orchestrator.models import SIDE, SUCCESSFUL, Outcome, Record, RunHeader
+from orchestrator.models import LIMIT_REACHED, SIDE, SUCCESSFUL, Outcome, Record, RunHeader
 from orchestrator.report import RowSlots, final_records, read_header, read_records
 
 SLOWEST = 5
@@ -60,7 +60,7 @@ NOT_FOUND = frozenset({"EVS.5404", "EVS.1002"})
 def rejected_step(code: str | None, message: str | None) -> str:
     """The next step for a row the API refused, by its error code (and, for a disk's state, its message)."""
     text = (message or "").lower()
-    if code == "SNAPSHOT_LIMIT_REACHED":
+    if code == LIMIT_REACHED:
         return "run prune to delete old snapshots of this tool (or ask for more quota), then create --resume"
     if "current status is: in-use" in text:  # 400 EVS.5400 (or a Cinder-style 400) for an attached disk
         return (

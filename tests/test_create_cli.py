@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -516,15 +517,31 @@ def test_stdin_larger_than_tmpdir_allows_is_one_line_and_exit_2(
     assert not (tmp_path / "r.jsonl").exists()
 
 
+def _shown_summary(page: Path) -> str:
+    """The demo's summary as ``page`` shows it: the text block that ends with the report's line."""
+    text = page.read_text(encoding="utf-8")
+    return next(
+        block for block in re.findall(r"```text\n(.*?)```", text, flags=re.DOTALL) if "report: demo" in block
+    )
+
+
 def test_emulator_demo_mode(tmp_path: Path) -> None:
-    """--emulator runs the sample against an in-process emulator and shows every outcome."""
-    sample = Path(__file__).parent.parent / "samples" / "volumes.csv"
+    """--emulator runs the sample against an in-process emulator and shows every outcome; its summary
+    is the one the README and create.md show, where ``N`` stands for the digits of a time or a rate."""
+    root = Path(__file__).parent.parent
     report = tmp_path / "demo.jsonl"
-    result = invoke(["create", str(sample), "--emulator", "--report", str(report)], base=NO_CREDENTIALS)
+    result = invoke(
+        ["create", str(root / "samples" / "volumes.csv"), "--emulator", "--report", str(report)],
+        base=NO_CREDENTIALS,
+    )
     assert result.exit_code == 1, result.stderr
     outcomes = Counter(r["outcome"] for r in records(report))
     assert outcomes == {"accepted": 3, "rejected": 2, "invalid": 2}
     assert "warning" not in result.stderr
+    printed = result.stderr.replace(str(report), "demo-reports/demo.jsonl")
+    for page in (root / "README.md", root / "docs" / "commands" / "create.md"):
+        shown = re.sub(r"(?<![A-Z_])N+(?![A-Z_])", r"\\d+", re.escape(_shown_summary(page)))
+        assert re.fullmatch(shown, printed), (page.name, printed)
 
 
 def test_emulator_command_serves_until_sigterm(tmp_path: Path) -> None:

@@ -104,6 +104,19 @@ def test_performance_figures_live_only_in_the_benchmark_results(page: Path) -> N
     assert not found, f"{page.relative_to(ROOT)}: move {found} to benchmarks/results.md"
 
 
+def test_the_layout_names_every_module() -> None:
+    """development.md's layout names each module of ``orchestrator/`` and ``orchestrator/api/``, and
+    each command of ``commands/``."""
+    text = (DOCS / "development.md").read_text(encoding="utf-8")
+    layout = text.split("\norchestrator/\n", 1)[1].split("```", 1)[0]
+    package = ROOT / "orchestrator"
+    modules = [path.name for folder in (package, package / "api") for path in sorted(folder.glob("*.py"))]
+    missing = [name for name in modules if not re.search(rf"(?<![\w.]){re.escape(name)}\b", layout)]
+    commands = [path.stem for path in sorted((package / "commands").glob("*.py")) if path.stem != "__init__"]
+    missing += [f"commands/{name}" for name in commands if not re.search(rf"\b{name}\b", layout)]
+    assert missing == []
+
+
 @pytest.mark.parametrize("page", _pages(), ids=lambda page: page.relative_to(ROOT).as_posix())
 def test_links_resolve(page: Path) -> None:
     """Every relative link of the README and of docs/ names a file that exists, and an anchor it has."""

@@ -8,6 +8,7 @@ import io
 import re
 import signal
 import types
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +77,19 @@ def test_one_resume_book_for_both_record_types(tmp_path: Path) -> None:
     assert ResumeBook.load(tmp_path / "none.jsonl") is None
 
 
+def write_tally(path: Path, tally: Tally, *, command: str, exit_code: int) -> None:
+    """What the frame writes to ``--metrics-file`` for a run's tally (``Frame`` and ``write_side_files``)."""
+    families = metrics.tally_families(tally, command=command, throttled=0, also=Counter())
+    metrics.write_families(path, families, command=command, exit_code=exit_code)
+
+
 def test_one_help_text_per_metric(tmp_path: Path) -> None:
     """create, prune and audit write one file; each metric keeps one HELP line, whoever wrote it."""
     path = tmp_path / "evs.prom"
-    created = Tally()
-    metrics.write(path, created, command="create", exit_code=0, throttled=0)
-    pruned = Tally(counting=Counting.records("prune"))
-    metrics.write(path, pruned, command="prune", exit_code=1, throttled=0)
-    metrics.write_families(path, [], command="audit", exit_code=0)
+    write_tally(path, Tally(), command="create", exit_code=0)
+    write_tally(path, Tally(counting=Counting.records("prune")), command="prune", exit_code=1)
+    audited = metrics.audit_families(volumes=3, missing=1, groups_incomplete=0)
+    metrics.write_families(path, audited, command="audit", exit_code=1)
     text = path.read_text()
     helps = re.findall(r"^# HELP (\S+) (.*)$", text, flags=re.MULTILINE)
     names = [name for name, _ in helps]
@@ -91,6 +97,7 @@ def test_one_help_text_per_metric(tmp_path: Path) -> None:
     assert "evs_snapshot_last_success_timestamp_seconds" in names
     assert 'evs_snapshot_exit_code{command="prune"} 1\n' in text
     assert 'evs_snapshot_exit_code{command="create"} 0\n' in text
+    assert 'evs_snapshot_audit_volumes_missing{command="audit"} 1\n' in text
 
 
 async def test_a_closed_route_is_exit_3_in_the_frame(tmp_path: Path) -> None:
@@ -126,6 +133,48 @@ def test_create_rows_are_counted_as_before() -> None:
     tally.add_previous(Outcome.ACCEPTED, 1)
     assert tally.render().splitlines()[0] == "1 rows: 1 accepted (1 of 2 rows have a record)"
     assert tally.exit_code == 1  # row 2 has no record
+
+
+def _code_literals(path: Path) -> list[str]:
+    """The strings a module writes as code: its string constants and the literal parts of its f-strings,
+    docstrings left out."""
+    tree = ast.parse(path.read_text())
+    documented = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, documented) and node.body and isinstance(node.body[0], ast.Expr)
+    }
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
+
+
+def _uses_metric_prefix(path: Path) -> bool:
+    """The module builds a metric's name from ``metrics.PREFIX`` (imported, or read off the module)."""
+    tree = ast.parse(path.read_text())
+    return any(
+        (
+            isinstance(node, ast.ImportFrom)
+            and node.module == "orchestrator.metrics"
+            and any(alias.name == "PREFIX" for alias in node.names)
+        )
+        or (isinstance(node, ast.Attribute) and node.attr == "PREFIX")
+        for node in ast.walk(tree)
+    )
+
+
+def test_a_metric_and_the_limit_code_are_written_in_one_place() -> None:
+    """Every metric's name and help text is in metrics.py (audit's too), and SNAPSHOT_LIMIT_REACHED is
+    written once (models.LIMIT_REACHED): the runner, the tally and preflight import it."""
+    package = COMMANDS.parent
+    modules = sorted(package.rglob("*.py"))
+    limit = [path.name for path in modules if "SNAPSHOT_LIMIT_REACHED" in _code_literals(path)]
+    assert limit == ["models.py"]
+    naming = [str(path.relative_to(package)) for path in modules if _uses_metric_prefix(path)]
+    assert naming == []
 
 
 def test_no_command_imports_another() -> None:

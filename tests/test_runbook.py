@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -214,11 +215,13 @@ def test_metrics_keep_another_commands_families(tmp_path: Path) -> None:
     path = tmp_path / "m.prom"
     created = Tally()
     created.duplicates["duplicate_deleted"] = 2
-    metrics.write(path, created, command="create", exit_code=1, throttled=0)
+    families = metrics.tally_families(created, command="create", throttled=0, also=Counter())
+    metrics.write_families(path, families, command="create", exit_code=1)  # as the frame writes them
     text = path.read_text()
     assert 'evs_snapshot_duplicates{command="create",outcome="duplicate_deleted"} 2' in text
     assert metrics.LAST_SUCCESS not in text
-    metrics.write(path, Tally(), command="wait", exit_code=0, throttled=0)
+    families = metrics.tally_families(Tally(), command="wait", throttled=0, also=Counter())
+    metrics.write_families(path, families, command="wait", exit_code=0)
     text = path.read_text()
     assert text.count("# TYPE evs_snapshot_duplicates gauge") == 1
     assert 'evs_snapshot_duplicates{command="create",outcome="duplicate_deleted"} 2' in text
@@ -298,7 +301,8 @@ def test_a_metrics_file_that_is_not_text_is_replaced(tmp_path: Path) -> None:
     """A --metrics-file holding bytes that are not UTF-8 (a corrupted file): written afresh, no crash."""
     path = tmp_path / "m.prom"
     path.write_bytes(b"\xff\xfe not metrics\n")
-    metrics.write(path, Tally(), command="wait", exit_code=0, throttled=0)
+    families = metrics.tally_families(Tally(), command="wait", throttled=0, also=Counter())
+    metrics.write_families(path, families, command="wait", exit_code=0)
     text = path.read_text(encoding="utf-8")
     assert "not metrics" not in text
     assert metrics.previous_success(text, "wait") is not None

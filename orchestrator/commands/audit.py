@@ -31,7 +31,7 @@ from orchestrator.errors import Interrupted
 from orchestrator.frame import recording_aborts, write_side_files
 from orchestrator.freshness import stale_disks
 from orchestrator.manifest import spooled
-from orchestrator.metrics import PREFIX
+from orchestrator.metrics import audit_families
 from orchestrator.models import utc_now
 from orchestrator.ownership import Ownership, check_name_prefix
 from orchestrator.retention import duration_text
@@ -121,8 +121,6 @@ def _side_files(
     now: datetime,
     console: Console,
 ) -> None:
-
-    label = 'command="audit"'
     write_side_files(
         settings.closing,
         command="audit",
@@ -136,23 +134,7 @@ def _side_files(
             "requests": requests,
             "exit_code": code,
         },
-        families=[
-            (
-                f"{PREFIX}_audit_volumes",
-                "Disks the last audit checked.",
-                [f"{PREFIX}_audit_volumes{{{label}}} {volumes}"],
-            ),
-            (
-                f"{PREFIX}_audit_volumes_missing",
-                "Disks without an available snapshot of the tool younger than --max-age (last audit).",
-                [f"{PREFIX}_audit_volumes_missing{{{label}}} {len(findings)}"],
-            ),
-            (
-                f"{PREFIX}_audit_groups_incomplete",
-                "Newest snapshot groups of a server without a member of one of its disks (last audit).",
-                [f"{PREFIX}_audit_groups_incomplete{{{label}}} {len(incomplete)}"],
-            ),
-        ],
+        families=audit_families(volumes=volumes, missing=len(findings), groups_incomplete=len(incomplete)),
         exit_code=code,
         console=console,
     )

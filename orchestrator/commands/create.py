@@ -152,8 +152,8 @@ def command(
     )
     if settings.loopless:
         raise SystemExit(run_now(lambda: plan(settings, console=console), console=console))
-    # The run and its machinery (worker pool, sweep, wait, groups): 167 M instructions a dry run, which
-    # needs none of it, does not load (benchmarks startup).
+    # The run and its machinery (worker pool, sweep, wait, groups): 119 M instructions a dry run, which
+    # needs none of it, does not load (results.md, session 13's function-level imports).
     from orchestrator.creating import create  # noqa: PLC0415 - see above
 
     raise SystemExit(run(lambda: create(settings, console=console), console=console))

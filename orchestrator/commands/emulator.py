@@ -108,7 +108,7 @@ def command(**values: Any) -> NoReturn:
     from orchestrator.emulator import serve_forever  # noqa: PLC0415 - keeps --help fast
 
     settings = settings_from(values)  # a seed file's errors: cli's boundary
-    try:
+    try:  # not entry.run: a signal stops the emulator with exit 0, where entry.run would exit 130/143
         anyio.run(serve_forever, settings)
     except OSError as exc:
         raise UsageError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
