@@ -64,7 +64,7 @@ from orchestrator.deleter import (
     look_again,
 )
 from orchestrator.errors import UsageError
-from orchestrator.members import Unit, Units, group_record, scope_units, unit_job
+from orchestrator.members import BUSY, Unit, Units, group_record, scope_units, unit_job
 from orchestrator.models import utc_iso
 from orchestrator.ownership import OTHER_VOLUME, group_refusal, of_run, refusal
 from orchestrator.selection import Scope, Target, list_scope, scopes_of
@@ -489,7 +489,7 @@ class Pass:
         if snapshot.status not in DELETABLE:
             busy = f"the snapshot is {snapshot.status}"
             message = f"{busy}; only available or error snapshots can be deleted (run again later)"
-            self.write(record(Action.BLOCKED, error_code="SNAPSHOT_BUSY", error_message=message))
+            self.write(record(Action.BLOCKED, error_code=BUSY, error_message=message))
         elif self.settings.apply:
             self.jobs.append(Job(route, record(Action.PLANNED)))
         else:

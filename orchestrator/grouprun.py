@@ -30,7 +30,7 @@ from orchestrator.api.safe import ONE_TRY
 from orchestrator.api.views import Snapshot, SnapshotGroup
 from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError, UsageError
 from orchestrator.groupplan import BUSY, GONE, Server, group_tags
-from orchestrator.models import Answer, Outcome, Record, SnapshotRequest, utc_iso, utc_now
+from orchestrator.models import UNCONFIRMED, Answer, Outcome, Record, SnapshotRequest, utc_iso, utc_now
 from orchestrator.report import ReportWriter, ResumeBook
 from orchestrator.retry import TryAgain, Verdict, retry_after, retrying
 from orchestrator.runner import Gate, RunPlan, Stopped, Unconfirmed, row_record, settle
@@ -360,7 +360,7 @@ class GroupRunner:
             f"{why}; could not confirm whether server {unit.server}'s snapshot group exists "
             f"(last error: {last}); --resume looks again before sending"
         )
-        return self._failed(unit, ("UNCONFIRMED", message))
+        return self._failed(unit, (UNCONFIRMED, message))
 
     def _failed(self, unit: _Unit, error: tuple[str, str | None]) -> list[Record]:
         unit.error = error

@@ -499,6 +499,8 @@ NO_SUCH_API = frozenset({"APIGW.0101", "APIG.0101"})  # the gateway's 404: an AP
 # The code of a row the per-disk limit or the project's quota refuses (create) or would refuse
 # (validate --online: ``preflight``); here, in the base, so the dry run's tally reads it without api/.
 LIMIT_REACHED = "SNAPSHOT_LIMIT_REACHED"
+# A request that may have arrived and whose effect could not be seen (create, group create, rollback).
+UNCONFIRMED = "UNCONFIRMED"
 
 
 class Answer(NamedTuple):

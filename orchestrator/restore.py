@@ -66,7 +66,7 @@ from orchestrator.api.safe import show_snapshot, show_volume
 from orchestrator.api.views import Snapshot, Volume
 from orchestrator.config import WaitPlan
 from orchestrator.errors import ListingFailed, TransportError, UsageError
-from orchestrator.models import Outcome, Record, RunHeader
+from orchestrator.models import UNCONFIRMED, Outcome, Record, RunHeader
 from orchestrator.ownership import member_refusal, refusal
 from orchestrator.report import same_file
 from orchestrator.retry import RetryPolicy, TryAgain, Verdict, polling, retrying
@@ -346,7 +346,7 @@ def since_sent(row: Record, plan: RestorePlan, volume: Volume, snapshot: Snapsho
     else:
         ended = Finding(
             outcome=Action.FAILED,
-            code="UNCONFIRMED",
+            code=UNCONFIRMED,
             snapshot=snapshot,
             message="a run that stopped had sent this rollback, and the disk shows no time of change to "
             "tell whether it ran: not sent again; roll it back with a new report and --again to send it "
@@ -448,7 +448,7 @@ async def _send(route: Route, row: Record, plan: RestorePlan, found: Look) -> Fi
         return dataclasses.replace(
             sent[0],
             outcome=Action.FAILED,
-            code="UNCONFIRMED",
+            code=UNCONFIRMED,
             message=f"the disk could not be looked at after the rollback was sent ({exc}); "
             "--resume looks at it before anything is sent again",
         )
@@ -568,7 +568,7 @@ def unconfirmed(watch: Watch, exc: Exception) -> Finding:
     return dataclasses.replace(
         watch.sent,
         outcome=Action.FAILED,
-        code="UNCONFIRMED",
+        code=UNCONFIRMED,
         message=f"the disk could not be looked at after the rollback was sent ({exc}); "
         "--resume looks at it before anything is sent again",
     )

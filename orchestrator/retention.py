@@ -48,7 +48,7 @@ from orchestrator.actions import Action, ActionRecord, now_iso
 from orchestrator.api.views import Snapshot, SnapshotGroup
 from orchestrator.defaults import SNAPSHOTS_PER_DISK
 from orchestrator.deleter import DELETABLE, DELETING, EARLIER_UNDER_WAY, Deleter, Job, look_again
-from orchestrator.members import Units, dropped, scope_units, unit_job, unit_verdicts
+from orchestrator.members import BUSY, Units, dropped, scope_units, unit_job, unit_verdicts
 from orchestrator.models import utc_now
 from orchestrator.ownership import Ownership
 from orchestrator.selection import Scope, Target, add_all_volumes, list_scope, scopes_of
@@ -411,11 +411,7 @@ def judge_scope(
                 message = (
                     f"the snapshot is {snapshot.status}; only available or error snapshots can be deleted"
                 )
-                write(
-                    record(
-                        snapshot, Action.BLOCKED, rule=rule, error_code="SNAPSHOT_BUSY", error_message=message
-                    )
-                )
+                write(record(snapshot, Action.BLOCKED, rule=rule, error_code=BUSY, error_message=message))
             elif not settings.apply:
                 write(record(snapshot, Action.PLANNED, rule=rule))
             else:

@@ -31,6 +31,7 @@ from orchestrator.api.views import Snapshot, created_snapshot
 from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError, UsageError
 from orchestrator.models import (
     LIMIT_REACHED,
+    UNCONFIRMED,
     Answer,
     Outcome,
     Record,
@@ -497,7 +498,7 @@ class Runner:
             f"{why}; could not confirm whether the snapshot exists after {state.lookups} lookups "
             f"(last error: {last}); --resume looks again before sending"
         )
-        return self._failed(request, state, ("UNCONFIRMED", message))
+        return self._failed(request, state, (UNCONFIRMED, message))
 
     def _closed(self, request: SnapshotRequest, state: _Attempt, exc: RouteClosed) -> Record:
         if state.maybe_sent:
