@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -179,12 +180,15 @@ class LastRun:
     one a line of the file), and whether the last of them that tells shows a plan
     (a ``planned`` record: ``True``) or acting (``deleted``, ``sending``, ...: ``False``); ``None``: none
     tells. ``applied``: some run of the report applied (an ``applying`` or a ``sending`` line: only a
-    run that applies writes either; with the header's ``apply``, that tells for sure)."""
+    run that applies writes either; with the header's ``apply``, that tells for sure). ``seconds``: how
+    long the last run took, from its end line (when it opened the report to when it ended); ``None``
+    when it has none, or its stamps do not read."""
 
     ended: bool
     written: int = 0
     plan: bool | None = None
     applied: bool = False
+    seconds: float | None = None
 
 
 _PLANS = frozenset({Action.PLANNED})
@@ -193,13 +197,14 @@ _UNTELLING = frozenset({Action.KEPT, Action.BLOCKED, Action.REFUSED})  # written
 
 def last_run(path: Path) -> LastRun:
     """Whether the last run of an action report came to its end (one pass; see ``LastRun``)."""
-    ended, written, plan, applied = False, 0, None, False
+    ended, written, plan, applied, seconds = False, 0, None, False, None
     for record in read_actions(path):
         outcome = record.outcome
         if outcome is Action.ENDED:
             ended, written, plan = True, 0, None
+            seconds = _between(record.started_at, record.finished_at)
             continue
-        ended = False
+        ended, seconds = False, None
         if outcome is Action.APPLYING:  # the run's mark, not a line of its work
             applied = True
             continue
@@ -209,4 +214,13 @@ def last_run(path: Path) -> LastRun:
             plan = True
         elif outcome not in _UNTELLING:
             plan = False
-    return LastRun(ended=ended, written=written, plan=plan, applied=applied)
+    return LastRun(ended=ended, written=written, plan=plan, applied=applied, seconds=seconds)
+
+
+def _between(started: str, finished: str) -> float | None:
+    """Seconds from one stamp of a line to the other; ``None`` when either does not read."""
+    try:
+        seconds = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+    except (TypeError, ValueError):  # naive and aware stamps cannot be subtracted: TypeError
+        return None
+    return seconds if seconds >= 0 else None

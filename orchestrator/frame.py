@@ -594,6 +594,8 @@ class Frame:
         """Print the summary, name closed routes, write the side files; the exit code."""
         tally, console = self.tally, self.console
         where = "standard output" if self.report == "-" else self.report
+        if self.router is not None and not tally.counting.rows:  # a create run's come with its phases
+            tally.sent(self.router.counts())
         if self.hooks is not None:
             tally.notes += self.hooks.notes()
             self.summary["hooks"] = self.hooks.summary()

@@ -24,8 +24,19 @@ Family = tuple[str, str, list[str]]  # name, help text, samples
 
 def tally_families(tally: Tally, *, command: str, throttled: int, also: Counter[str]) -> list[Family]:
     """The series a run's tally gives: a create run's rows, requests and phases, or an action run's
-    snapshots (or rows) by outcome, plus ``also`` (outcomes counted without a record: prune's kept)."""
+    snapshots (or rows) by outcome, plus ``also`` (outcomes counted without a record: prune's kept);
+    both, the requests by kind and the run's duration."""
     label = f'command="{command}"'
+    by_kind: Family = (
+        f"{PREFIX}_requests_by_kind",
+        "Requests the last run sent, by kind (creates, lookups, polls, checks, lists, deletes, ...).",
+        [f'{PREFIX}_requests_by_kind{{{label},kind="{k}"}} {n}' for k, n in sorted(tally.requests.items())],
+    )
+    duration: Family = (
+        f"{PREFIX}_run_duration_seconds",
+        "Wall time of the last run, from start to exit.",
+        [f"{PREFIX}_run_duration_seconds{{{label}}} {tally.elapsed:.3f}"],
+    )
     if not tally.counting.rows:
         outcomes = tally.outcomes + also
         return [
@@ -33,7 +44,9 @@ def tally_families(tally: Tally, *, command: str, throttled: int, also: Counter[
                 f"{PREFIX}_snapshots",
                 "Snapshots the last run acted on (or kept; rollback: its rows), by outcome.",
                 [f'{PREFIX}_snapshots{{{label},outcome="{o}"}} {n}' for o, n in sorted(outcomes.items())],
-            )
+            ),
+            by_kind,
+            duration,
         ]
     families: list[Family] = [
         (
@@ -46,14 +59,7 @@ def tally_families(tally: Tally, *, command: str, throttled: int, also: Counter[
             "Create requests the last run sent (attempts).",
             [f"{PREFIX}_requests{{{label}}} {tally.requests.get('creates', tally.attempts)}"],
         ),
-        (
-            f"{PREFIX}_requests_by_kind",
-            "Requests the last run sent, by kind (creates, lookups, polls, checks, lists, deletes, ...).",
-            [
-                f'{PREFIX}_requests_by_kind{{{label},kind="{k}"}} {n}'
-                for k, n in sorted(tally.requests.items())
-            ],
-        ),
+        by_kind,
         (
             f"{PREFIX}_phase_duration_seconds",
             "Wall time of each phase of the last run.",
@@ -67,11 +73,7 @@ def tally_families(tally: Tally, *, command: str, throttled: int, also: Counter[
             "Requests of the last run answered 429 / APIGW.0308.",
             [f"{PREFIX}_throttled_requests{{{label}}} {throttled}"],
         ),
-        (
-            f"{PREFIX}_run_duration_seconds",
-            "Wall time of the last run, from start to exit.",
-            [f"{PREFIX}_run_duration_seconds{{{label}}} {tally.elapsed:.3f}"],
-        ),
+        duration,
     ]
     if tally.duplicates:
         families.append(

@@ -330,15 +330,14 @@ def record_of(
 def notes(
     action: Frame,
     restored: Restored,
-    counts: dict[str, int],
     *,
     apply: bool,
     chosen: Chosen,
     before: bool,
 ) -> None:
     """Summary lines: rows without a record, blockers found while planning, rollbacks still under way
-    when the run stopped, rows skipped on resume, requests by kind. Each row's blocker is counted once,
-    by the tally, as its record is written."""
+    when the run stopped, rows skipped on resume (the tally's own line gives the requests by kind).
+    Each row's blocker is counted once, by the tally, as its record is written."""
 
     tally = action.tally
     finals = restored.finals
@@ -373,8 +372,6 @@ def notes(
         tally.notes.append(
             f"{restored.skipped} rows were finished by an earlier run of this report (skipped)"
         )
-    if counts:
-        tally.notes.append("requests: " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())))
 
 
 def exit_code(finals: dict[int, tuple[Action, str | None]], *, apply: bool) -> int:

@@ -31,6 +31,7 @@ from orchestrator.actions import (
     SUCCESS,
     Action,
     ActionRecord,
+    LastRun,
     final_actions,
     last_run,
     outcomes_and_sends,
@@ -233,6 +234,10 @@ class Tally:
         self.recorded: RowSlots[int] = RowSlots("B", 0)  # 1 at each manifest row that has a record
         self.untracked = 0  # rows counted without a number within the manifest: rows are not named then
         self.started = time.monotonic()
+        # ``of_report`` of an action report: no run's clock runs; ``took`` is its last run's time as its
+        # end line tells (``None``: it has none)
+        self.read = False
+        self.took: float | None = None
 
     # --- counting ------------------------------------------------------------------------
     def add_previous(self, outcome: Outcome, row: int | None = None) -> None:
@@ -362,6 +367,10 @@ class Tally:
         self.phase_requests.setdefault(name, Counter()).update(+sent)
         self.requests = Counter(totals)
 
+    def sent(self, totals: Mapping[str, int]) -> None:
+        """An action run ended: the requests it sent, by kind (a create run's come with its phases)."""
+        self.requests = +Counter(totals)
+
     def carried_over(self) -> Tally:
         """A fresh row count for the next phase (``wait``), keeping the time, requests and sweep so far."""
         tally = Tally(manifest_rows=self.manifest_rows, counting=self.counting, dry_run=self.dry_run)
@@ -376,12 +385,15 @@ class Tally:
         header = read_header(path)
         if header is not None and header.command != "create":
             tally = cls(counting=Counting.of_command(header.command))
+            tally.read = True
             for action in final_actions(path):
                 tally.add(action)
             if header.command in SENDS:
                 tally.unsettled_sends(path, header.command)
             if header.ends:
-                tally.unended(path, header)
+                run = last_run(path)
+                tally.took = run.seconds
+                tally.unended(path, header, run)
             return tally
         tally = cls(
             manifest_rows=None if header is None else header.rows,
@@ -426,11 +438,10 @@ class Tally:
             )
             self.failing += len(keys)
 
-    def unended(self, path: Path, header: RunHeader) -> None:
+    def unended(self, path: Path, header: RunHeader, run: LastRun) -> None:
         """An action report whose last run did not come to its end (no ``ended`` line after its last
         record: a signal, a closed route, a crash or a kill): one line saying so and the command that
         finishes it, and exit 1 (``unfinished``)."""
-        run = last_run(path)
         if run.ended:
             return
         wrote = (
@@ -552,13 +563,14 @@ class Tally:
                 if outcome == Outcome.REJECTED.value:
                     lines += [f"    {code} x{n}: {step}" for (code, step), n in self.rejected.most_common()]
         lines += self.notes
-        if self.phases:
+        if self.read:  # a report's: its requests were not counted, its last run's end line may tell
+            lines += [] if self.took is None else [f"the last run took {self.took:.2f}s"]
+        elif self.phases or command is not None:
             lines.append(self._timing())
-        elif command is not None:
-            lines.append(f"elapsed {self.elapsed:.2f}s")
         return "\n".join(lines)
 
     def _timing(self) -> str:
+        """The run's requests by kind over its time, and (a create run's) its phases."""
         total = sum(self.requests.values())
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.requests.items()))
         phases = ", ".join(
@@ -566,21 +578,23 @@ class Tally:
             for name, seconds in self.phases.items()
         )
         rate = total / self.elapsed if self.elapsed > 0 else 0.0
-        return (
-            f"{total} requests ({kinds or 'none'}) in {self.elapsed:.2f}s ({rate:.1f} requests/s); "
-            f"phases: {phases}"
+        return f"{total} requests ({kinds or 'none'}) in {self.elapsed:.2f}s ({rate:.1f} requests/s)" + (
+            f"; phases: {phases}" if self.phases else ""
         )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form of ``summary --json`` and ``--summary-json`` (one shape for both; an action run's
-        is its outcomes, error codes, notes, time and exit code)."""
+        is its outcomes, error codes, notes, requests by kind, time and exit code; a report's time is its
+        last run's, ``null`` when its lines do not tell it)."""
         if not self.counting.rows:
+            took = self.took if self.read else self.elapsed
             return {
                 "outcomes": dict(sorted(self.outcomes.items())),
                 "error_codes": [{"code": code, "rows": n} for code, n in self.codes.most_common()],
                 "notes": self.notes,
                 **({"unfinished": self.unfinished} if self.unfinished else {}),
-                "elapsed_s": round(self.elapsed, 3),
+                "requests_by_kind": dict(sorted(self.requests.items())),
+                "elapsed_s": None if took is None else round(took, 3),
                 "exit_code": self.exit_code,
             }
         return {

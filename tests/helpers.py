@@ -49,6 +49,7 @@ from orchestrator.emulator.settings import (
     DEFAULT_SK,
     DEFAULT_USER,
 )
+from orchestrator.errors import Closure
 from orchestrator.models import Outcome, Record, RunHeader, SnapshotRequest
 from orchestrator.retry import RetryPolicy
 
@@ -188,6 +189,23 @@ def csv_manifest(write: Callable[..., Path], ids: list[str], name: str = "m.csv"
 def requests_of(state: Mapping[str, Any], route: str) -> Counter[str]:
     """The emulator's answers to one route, by status (``dropped`` for closed connections)."""
     return Counter(state["requests"].get(route, {}))
+
+
+class ClosedRouter:
+    """A router whose one route a refusal closed (what ``Router.closures`` reports), after one DELETE."""
+
+    throttled = 0
+
+    def closures(self) -> list[Closure]:
+        return [Closure("CREDENTIALS_REFUSED", "credentials refused by the endpoint")]
+
+    def counts(self) -> Counter[str]:
+        return Counter({"deletes": 1})
+
+
+def answered(emu: Any) -> int:
+    """Every request the emulator has seen so far, over all its routes and statuses."""
+    return sum(sum(counts.values()) for counts in emu.state()["requests"].values())
 
 
 def server_errors(answers: Mapping[str, int]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 import urllib.request
@@ -29,6 +30,7 @@ from tests.helpers import (
     SNAPS,
     TOKEN,
     VOLUMES,
+    answered,
     cleanup,
     cli_args,
     create_args,
@@ -362,6 +364,9 @@ def test_a_sigterm_mid_cleanup_reads_unfinished_and_its_command_finishes_the_job
     assert f"{left} (not reached: the run was stopped; --resume finishes it)" in stderr.decode()
     stopped = invoke(["summary", str(out)])
     assert stopped.exit_code == 1, stopped.output
+    assert "took" not in stopped.output  # no end line: no time is told, never a zero
+    assert "elapsed" not in stopped.output
+    assert orjson.loads(invoke(["summary", "--json", str(out)]).stdout)["elapsed_s"] is None
     said = stopped.stdout.split("finish it with `", 1)[1].split("`", 1)[0]
     assert (
         said
@@ -369,7 +374,9 @@ def test_a_sigterm_mid_cleanup_reads_unfinished_and_its_command_finishes_the_job
     )
     finished = invoke([*said.split()[1:], *ACTION_RETRIES])
     assert finished.exit_code == 0, finished.output
-    assert invoke(["summary", str(out)]).exit_code == 0
+    done = invoke(["summary", str(out)])
+    assert done.exit_code == 0, done.output
+    assert re.search(r"^the last run took [0-9]+\.[0-9]{2}s$", done.stdout, re.MULTILINE), done.stdout
     assert Counter(r["snapshot_id"] for r in records(out) if r["outcome"] == "deleted") == dict.fromkeys(
         made, 1
     )
@@ -597,3 +604,27 @@ def test_cleanup_needs_a_create_report_with_records(
     assert empty.exit_code == 2
     assert "the report holds no records; nothing to clean up" in empty.output
     assert emu.state()["requests"] == {}
+
+
+def test_a_cleanup_writes_its_requests_and_time_to_its_metrics(
+    emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--metrics-file of a cleanup --apply writes its requests by kind (its DELETEs among them) and the
+    run's duration, beside its snapshots by outcome."""
+    emu, report, _ = created(emulator_thread, write, tmp_path, 2, seed=157)
+    before = answered(emu)
+    metrics = tmp_path / "metrics.prom"
+    started = time.monotonic()
+    result = cleanup(emu, report, tmp_path / "apply.jsonl", "--apply", "--metrics-file", str(metrics))
+    wall = time.monotonic() - started
+    assert result.exit_code == 0, result.output
+    text = metrics.read_text()
+    assert 'evs_snapshot_snapshots{command="cleanup",outcome="deleted"} 2\n' in text
+    assert 'evs_snapshot_requests_by_kind{command="cleanup",kind="deletes"} 2\n' in text
+    counted = re.findall(r'^evs_snapshot_requests_by_kind\{command="cleanup",kind="\w+"\} (\d+)$', text, re.M)
+    assert sum(map(int, counted)) == answered(emu) - before
+    (duration,) = re.findall(
+        r'^evs_snapshot_run_duration_seconds\{command="cleanup"\} ([0-9.]+)$', text, re.M
+    )
+    assert 0 < float(duration) <= wall
+    assert "# HELP evs_snapshot_run_duration_seconds Wall time of the last run, from start to exit.\n" in text

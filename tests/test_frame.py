@@ -20,11 +20,12 @@ from orchestrator import metrics
 from orchestrator.actions import FINAL, Action, ActionRecord
 from orchestrator.config import Notify
 from orchestrator.console import Console
-from orchestrator.errors import Closure, Interrupted, ListingFailed
+from orchestrator.errors import Interrupted, ListingFailed
 from orchestrator.frame import Closing, Frame, recording_aborts
 from orchestrator.models import Outcome
 from orchestrator.report import ResumeBook, RowOutcomes
 from orchestrator.tally import Counting, Tally
+from tests.helpers import ClosedRouter
 
 COMMANDS = Path(__file__).resolve().parent.parent / "orchestrator" / "commands"
 
@@ -34,15 +35,6 @@ def action(outcome: Action, key: str = "snap-1", **fields: Any) -> ActionRecord:
     return ActionRecord(
         run_id="r", command="prune", key=key, outcome=outcome, started_at=stamp, finished_at=stamp, **fields
     )
-
-
-class ClosedRouter:
-    """A router whose one route a refusal closed (what ``Router.closures`` reports)."""
-
-    throttled = 0
-
-    def closures(self) -> list[Closure]:
-        return [Closure("CREDENTIALS_REFUSED", "credentials refused by the endpoint")]
 
 
 def test_one_tally_counts_action_records() -> None:
@@ -57,7 +49,7 @@ def test_one_tally_counts_action_records() -> None:
         "errors: SNAPSHOT_BUSY x1",
     ]
     data = tally.to_dict()
-    assert list(data) == ["outcomes", "error_codes", "notes", "elapsed_s", "exit_code"]
+    assert list(data) == ["outcomes", "error_codes", "notes", "requests_by_kind", "elapsed_s", "exit_code"]
     assert data["error_codes"] == [{"code": "SNAPSHOT_BUSY", "rows": 1}]
 
 
@@ -116,6 +108,7 @@ async def test_a_closed_route_is_exit_3_in_the_frame(tmp_path: Path) -> None:
     assert summary["command"] == "prune"
     assert summary["exit_code"] == 3
     assert summary["outcomes"] == {"deleted": 1}
+    assert summary["requests_by_kind"] == {"deletes": 1}
 
 
 async def test_an_aborted_run_still_writes_exit_3(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import csv
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import threading
@@ -49,6 +50,7 @@ from tests.helpers import (
     SNAPS,
     VOLUMES,
     WRONG,
+    answered,
     cli_args,
     create_args,
     create_report,
@@ -1078,3 +1080,40 @@ def test_a_drain_whose_grace_runs_out_ends_143_with_what_it_recorded(
     assert "3 rollbacks sent were still under way when the run stopped: they have no record" in result.stderr
     assert len(emu.state()["rollbacks"]) == 3  # sent before the signal, watched until the grace ran out
     assert records(tmp_path / "b.jsonl") == []  # none ended: --resume looks at them again
+
+
+def test_a_rollback_tells_its_requests_and_time_in_its_metrics_and_summaries(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """--metrics-file of a rollback --apply writes its requests by kind and its run's duration (as the
+    runbook lists them), its summary tells them, and ``summary`` of its report tells the last run's time
+    from its end line, never "elapsed 0.00s"."""
+    emu = emulator_thread(rollback_seconds=0.05, **world(2))
+    source = create_report(tmp_path / "create.jsonl", [{}, {}])
+    metrics = tmp_path / "metrics.prom"
+    report = tmp_path / "apply.jsonl"
+    started = time.monotonic()
+    result = rollback(emu, source, report, "--metrics-file", str(metrics), apply=True)
+    wall = time.monotonic() - started
+    assert result.exit_code == 0, result.stderr
+    text = metrics.read_text()
+    sent = answered(emu)
+    by_kind = {
+        kind: int(n)
+        for kind, n in re.findall(
+            r'^evs_snapshot_requests_by_kind\{command="rollback",kind="(\w+)"\} (\d+)$', text, re.M
+        )
+    }
+    assert by_kind["rollbacks"] == 2
+    assert sum(by_kind.values()) == sent  # every request the emulator saw, and none more
+    (duration,) = re.findall(
+        r'^evs_snapshot_run_duration_seconds\{command="rollback"\} ([0-9.]+)$', text, re.M
+    )
+    assert 0 < float(duration) <= wall
+    assert f"{sent} requests (" in result.stderr
+    assert "elapsed 0.00s" not in result.stderr
+    told = invoke(["summary", str(report)])
+    assert told.exit_code == 0, told.output
+    assert "elapsed 0.00s" not in told.output
+    (took,) = re.findall(r"the last run took ([0-9.]+)s", told.output)
+    assert 0 < float(took) <= wall

@@ -103,9 +103,9 @@ VOLUME_LIST = "GET /v2/{project_id}/cloudvolumes/detail"
 
 
 def requests_note(stderr: str) -> dict[str, int]:
-    """The rollback summary's ``requests: 2 checks, 1 lookups, ...`` line, by kind."""
-    (line,) = [text for text in stderr.splitlines() if "requests: " in text]
-    return {kind: int(count) for count, kind in re.findall(r"(\d+) (\w+)", line.split("requests: ", 1)[1])}
+    """The rollback summary's ``N requests (2 checks, 1 lookups, ...) in ...`` line, by kind."""
+    (kinds,) = re.findall(r"^\d+ requests \(([^)]*)\) in ", stderr, re.MULTILINE)
+    return {kind: int(count) for count, kind in re.findall(r"(\d+) (\w+)", kinds)}
 
 
 def restore_plan(settle: float = 5.0) -> RestorePlan:

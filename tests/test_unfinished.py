@@ -20,9 +20,9 @@ import pytest
 
 from orchestrator.actions import Action, ActionRecord
 from orchestrator.console import Console
-from orchestrator.errors import Closure, Interrupted, ListingFailed
+from orchestrator.errors import Interrupted, ListingFailed
 from orchestrator.frame import Frame
-from tests.helpers import invoke, lines
+from tests.helpers import ClosedRouter, invoke, lines
 
 STAMP = "2026-12-01T00:00:00.000Z"
 PRUNE_SHAPE = {
@@ -32,15 +32,6 @@ PRUNE_SHAPE = {
     "name_prefix": "",
     "digest": "",
 }
-
-
-class ClosedRouter:
-    """A router whose one route a refusal closed (what ``Router.closures`` reports)."""
-
-    throttled = 0
-
-    def closures(self) -> list[Closure]:
-        return [Closure("CREDENTIALS_REFUSED", "credentials refused by the endpoint")]
 
 
 def acted(

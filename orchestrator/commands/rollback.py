@@ -113,7 +113,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
         restored = Restored()  # kept whole when the drain's grace runs out and cuts the watching short
         with frame.draining() if settings.apply else contextlib.nullcontext():  # a plan stops at once
             await restore_all(frame, router, rows, plan, apply=settings.apply, into=restored)
-        notes(frame, restored, router.counts(), apply=settings.apply, chosen=chosen, before=before)
+        notes(frame, restored, apply=settings.apply, chosen=chosen, before=before)
         frame.at_least = (
             1 if chosen.unrecorded or before else exit_code(restored.finals, apply=settings.apply)
         )
