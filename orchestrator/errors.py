@@ -38,7 +38,6 @@ import signal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from orchestrator.api.evs import Call
     from orchestrator.models import Answer
 
 INTERNAL_ERROR = 70  # the exit code of anything but our errors: a bug
@@ -131,11 +130,12 @@ class ListingFailed(RunAborted):
 
 class ActionDenied(ListingFailed):
     """The service refused the call itself with 403 (a permission the user lacks: no retry grants it);
-    ``call`` is the refused call, so that a command can name the IAM action to grant."""
+    ``method`` and ``path`` are the refused call's, so that a command can name the IAM action to grant."""
 
-    def __init__(self, message: str, *, call: Call) -> None:
+    def __init__(self, message: str, *, method: str, path: str) -> None:
         super().__init__(message)
-        self.call = call
+        self.method = method
+        self.path = path
 
 
 class ApiMissing(ListingFailed):

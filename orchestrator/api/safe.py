@@ -169,7 +169,7 @@ async def fetch_json(
             raise TryAgain(why)
     message = f"{call.method} {call.path} on {route.name} failed ({why}); nothing was decided from it"
     if denied:
-        raise ActionDenied(message, call=call)
+        raise ActionDenied(message, method=call.method, path=call.path)
     raise ListingFailed(message)
 
 

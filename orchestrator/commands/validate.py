@@ -190,7 +190,7 @@ def denied(exc: ActionDenied) -> str:
     """The IAM action a refused check needs (doctor's probes name them)."""
     from orchestrator.findings import denied_action  # noqa: PLC0415 - doctor's module: only on a refusal
 
-    return denied_action(exc.call)
+    return denied_action(exc.method, exc.path)
 
 
 async def _volume_problem(router: Router, request: SnapshotRequest, policy: RetryPolicy) -> Problem | Route:
