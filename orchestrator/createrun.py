@@ -112,10 +112,11 @@ def manifest_disks(
     """The disks the run's manifest names, when the file the header names is there and unchanged
     (its digest is the header's); otherwise ``None`` and why not."""
 
-    if header.manifest in ("", "<stdin>"):
+    named = header.manifest_file()
+    if named is None:
         return None, "the run read its manifest from standard input"
     try:
-        source = ManifestSource.of(header.manifest, None)
+        source = ManifestSource.of(named, None)
         if manifest_digest(source) != header.digest:
             return None, f"the manifest {header.manifest} changed since the run (its digest differs)"
         targets, _ = read_targets(source, project_id=project_id, region=region, warn=lambda _: None)

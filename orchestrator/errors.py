@@ -14,6 +14,7 @@
     |   |   +-- CredentialsRefused   IAM or the gateway refused the credentials themselves
     |   +-- ListingFailed (3)        a listing that a delete or a check depends on failed or was refused
     |   |   +-- ApiMissing (3)       the region lacks the API of an optional call (the gateway's 404)
+    |   |   +-- ActionDenied (3)     the service refused the call itself with 403: an IAM action missing
     |   +-- Unwritable (3)           a file the run writes cannot be written (disk full, file too large)
     |       +-- ReportUnwritable     the report (or standard output: also a closed pipe)
     +-- ProjectLookupFailed (1)      IAM knows no project (or several) for a region; fails its rows
@@ -125,6 +126,16 @@ class Closure:
 
 class ListingFailed(RunAborted):
     """A listing failed or was refused; a command that deletes or checks from it must not go on."""
+
+
+class ActionDenied(ListingFailed):
+    """The service refused the call itself with 403 (a permission the user lacks: no retry grants it);
+    ``method`` and ``path`` are the refused call's, so that a command can name the IAM action to grant."""
+
+    def __init__(self, message: str, *, method: str, path: str) -> None:
+        super().__init__(message)
+        self.method = method
+        self.path = path
 
 
 class ApiMissing(ListingFailed):

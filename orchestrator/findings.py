@@ -117,6 +117,17 @@ def probes(project_id: str) -> list[Probe]:
     ]
 
 
+def denied_action(method: str, path: str) -> str:
+    """What a 403 to one of the commands' read calls means: the IAM action to grant, when it is a call
+    doctor probes (matched by method and path), else that a permission is missing."""
+    parts = path.split("/")
+    project = parts[2] if len(parts) > 2 else ""
+    for probe in probes(project):
+        if (probe.call.method, probe.call.path) == (method, path):
+            return f"the IAM action {probe.action} is missing (grant it; needed by {probe.commands})"
+    return "a permission is missing (`evs-snapshot doctor` names the IAM actions the commands need)"
+
+
 def accepted(answer: Answer) -> str:
     """How an authenticated answer reads in the credentials check."""
     if answer.ok:

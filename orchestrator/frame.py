@@ -58,7 +58,15 @@ from orchestrator.errors import (
 from orchestrator.hookplan import HookPlan
 from orchestrator.lock import Held, Lock, holding, report_lock
 from orchestrator.models import RUN_STAMP, Record, RunHeader, shape_difference, utc_now
-from orchestrator.report import ReportWriter, ResumeBook, check_report_path, read_header, same_file, writes_to
+from orchestrator.report import (
+    ReportWriter,
+    ResumeBook,
+    check_report_path,
+    header_path,
+    read_header,
+    same_file,
+    writes_to,
+)
 from orchestrator.signals import draining, on_early_stop, received, run_finished, stopping_now
 from orchestrator.tally import Counting, Tally
 
@@ -133,6 +141,16 @@ def check_writable(path: Path, option: str) -> None:
         raise UsageError(
             f"{option} {path}: cannot write there ({exc.strerror}); choose another path"
         ) from None
+
+
+def run_reads(create_report: str) -> tuple[str, ...]:
+    """A create report and the manifest its header names (as ``createrun.manifest_disks`` reads it: a
+    relative path from here), or ``()`` when there is no such report."""
+    if not create_report or not os.path.isfile(create_report):
+        return ()
+    header = read_header(Path(create_report))
+    named = None if header is None or header.command != "create" else header.manifest_file()
+    return (create_report,) if named is None else (create_report, named)
 
 
 def default_report(command: str, path: str | None) -> str:
@@ -253,15 +271,18 @@ class Frame:
         drain: str | None = None,
         advice: str = RESUME_ADVICE,
         reads: str = "",
+        create_report: str = "",
     ) -> None:
-        """``reads``: the file the run reads (its manifest, or the create report it acts on), which the
-        side files must not name, as they must not name the report (exit 2, before anything is sent)."""
+        """``reads``: the file the run reads (its manifest), which the side files must not name, as they
+        must not name the report (exit 2, before anything is sent). ``create_report``: the create report
+        the run acts on (wait's own report; the REPORT of cleanup, rollback, hold, release): it is read,
+        and so is the manifest its header names, which a ``create --resume`` of that run reads again."""
         self.command = command
         self.console = console
         self.report = report
         self.closing = closing
         if closing is not None:
-            closing.apart(report=report, reads=(reads,))
+            closing.apart(report=report, reads=(reads, *run_reads(create_report)))
         self.tally = tally if tally is not None else Tally(counting=Counting.records(command))
         self.grace = grace
         self.drain = drain
@@ -449,8 +470,7 @@ class Frame:
             RunHeader(
                 run_id=run_id,
                 command=self.command,
-                # a file as an absolute path: the command summary prints to finish the run works anywhere
-                manifest=str(Path(source).resolve()) if os.path.isfile(source) else source,
+                manifest=header_path(source),
                 rows=0,
                 digest="",
                 shape=shape,

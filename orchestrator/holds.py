@@ -332,7 +332,7 @@ async def run_holds(settings: HoldSettings, *, console: Console) -> int:
         console=console,
         report=settings.report,
         closing=settings.closing,
-        reads=str(settings.source or ""),
+        create_report=str(settings.source or ""),
         tally=Tally(counting=Counting.of_command(settings.command)),
     )
     async with frame:

@@ -471,6 +471,11 @@ class RunHeader:
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a run header: {exc}") from exc
 
+    def manifest_file(self) -> str | None:
+        """The file the run read its manifest from, as the header names it (a create run: the path it was
+        given, relative to where it ran), or ``None`` (standard input, or not recorded)."""
+        return None if self.manifest in ("", "<stdin>", "-") else self.manifest
+
     def nothing_in_the_cloud(self) -> str | None:
         """Why no snapshot of this run can exist in a real cloud (``None``: the run sent its requests there).
 

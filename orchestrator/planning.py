@@ -24,7 +24,14 @@ from orchestrator.hookplan import HookPlan
 from orchestrator.lock import manifest_locks, report_lock, run_lock
 from orchestrator.manifest import manifest_digest, read_rows, spooled
 from orchestrator.models import Outcome, Record, RunHeader, planned, utc_iso
-from orchestrator.report import check_report_path, name_shape, read_header, refuse_existing, resume_identity
+from orchestrator.report import (
+    check_report_path,
+    header_path,
+    name_shape,
+    read_header,
+    refuse_existing,
+    resume_identity,
+)
 from orchestrator.rules import RowValidator, first_pass
 from orchestrator.signals import draining_rows
 from orchestrator.tally import DRY_RUN_ADVICE, Tally
@@ -167,7 +174,7 @@ def begin(
         RunHeader(
             run_id=identity.run_id,
             command="create",
-            manifest=display,
+            manifest=header_path(display),
             rows=total,
             digest=digest,
             shape=shape(settings),

@@ -205,6 +205,13 @@ def same_file(one: Path, other: Path) -> bool:
         return one.resolve() == other.resolve()
 
 
+def header_path(path: str) -> str:
+    """How a run header names the file a run read (a manifest, a create report): an absolute path when it
+    is a file, so that a later command run from elsewhere finds it (and the command printed to finish the
+    run works anywhere); otherwise as given (``<stdin>``)."""
+    return str(Path(path).resolve()) if os.path.isfile(path) else path
+
+
 def writes_to(report: str, other: Path) -> bool:
     """A command's ``--report`` is ``other``: by ``same_file``, or for ``-`` (standard output) by the file
     standard output was sent to (``--report - >> create.jsonl``)."""

@@ -356,8 +356,8 @@ def notes(
         tally.notes.append(
             f"plan only, nothing was sent: {len(planned) - blockers} of {len(planned) + chosen.unrecorded} "
             "rows can be rolled back"
-            + (f", {blockers} have a blocker" if blockers else "")
-            + (f", {chosen.unrecorded} have no record" if chosen.unrecorded else "")
+            + (f", {blockers} {_have(blockers)} a blocker" if blockers else "")
+            + (f", {chosen.unrecorded} {_have(chosen.unrecorded)} no record" if chosen.unrecorded else "")
             + "; --apply rolls back"
         )
     if before:
@@ -380,3 +380,8 @@ def exit_code(finals: dict[int, tuple[Action, str | None]], *, apply: bool) -> i
         return 0 if all(outcome is Action.ROLLED_BACK for outcome, _ in finals.values()) else 1
     good = {Action.PLANNED, Action.ROLLED_BACK}
     return 0 if all(outcome in good and not code for outcome, code in finals.values()) else 1
+
+
+def _have(count: int) -> str:
+    """The verb after a count of rows: "1 has", "2 have"."""
+    return "has" if count == 1 else "have"

@@ -310,6 +310,55 @@ def test_side_files_never_name_the_report_or_what_the_run_reads(
     assert manifest.read_text().startswith("volume_id")
 
 
+@pytest.mark.parametrize("command", ["wait", "cleanup", "rollback", "hold", "release"])
+def test_side_files_never_name_the_manifest_of_the_create_report_read(
+    command: str,
+    emulator_thread: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A command reading a create report reads its manifest too (a later create --resume needs it): a
+    side file naming that manifest, a symlink or a hard link of it, is exit 2 before anything is sent,
+    and the manifest is left as it was (found by hostile13)."""
+    emu = emulator_thread(any_volume=True)
+    monkeypatch.chdir(tmp_path)  # the header names the manifest as create was given it: m.csv
+    source = create_report(tmp_path / "r.jsonl", [{}])
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"volume_id\n{IDS[0]}\n", encoding="utf-8")
+    (tmp_path / "symlinked.csv").symlink_to(manifest)
+    os.link(manifest, tmp_path / "linked.csv")
+    own = [] if command == "wait" else ["--report", str(tmp_path / f"{command}.jsonl")]
+    own += ["--reason", "audit"] if command == "hold" else []
+    for option in ("--metrics-file", "--summary-json"):
+        for target in ("m.csv", str(manifest), "symlinked.csv", "linked.csv"):
+            result = invoke([command, str(source), "--endpoint", emu.url, *own, option, target])
+            refused(result, target, "is what this run reads", "choose another path")
+    assert manifest.read_text() == f"volume_id\n{IDS[0]}\n"
+    nothing_sent(emu)
+
+
+def test_a_create_report_names_its_manifest_for_commands_run_elsewhere(
+    emulator_thread: Callable[..., Any],
+    write: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """create's header names its manifest by an absolute path: a wait run from another folder still
+    refuses a side file naming that manifest (exit 2), and the manifest stays a manifest."""
+    emu = emulator_thread(any_volume=True)
+    monkeypatch.chdir(tmp_path)
+    write("m.csv", f"volume_id\n{IDS[0]}\n")
+    made = invoke(create_args(emu.url, Path("m.csv"), Path("r.jsonl"), "--settle", "0.1s"))
+    assert made.exit_code == 0, made.output
+    assert header(tmp_path / "r.jsonl")["manifest"] == str((tmp_path / "m.csv").resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = invoke(["wait", "../r.jsonl", "--endpoint", emu.url, "--metrics-file", "../m.csv"])
+    refused(result, "../m.csv", "is what this run reads")
+    assert (tmp_path / "m.csv").read_text() == f"volume_id\n{IDS[0]}\n"
+
+
 @pytest.mark.parametrize(
     ("command", "said"),
     [

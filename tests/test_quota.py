@@ -214,15 +214,23 @@ def test_create_warns_before_sending_when_the_quota_is_short(
 def test_validate_online_says_when_the_quota_cannot_be_read(
     emulator_thread: Callable[..., Any], write: Callable[..., Path]
 ) -> None:
-    """--online with the quota API refused (403): CHECK_FAILED names the project's quota, exit 1."""
+    """--online with the quota API refused (403, a permission no retry grants): PERMISSION_DENIED names
+    the project's quota and the IAM action to grant, exit 1; the project's line is counted apart from
+    the rows, so the counts add up (found by hostile13)."""
     ids = volume_ids(2, seed=712)
     emu = emulator_thread(any_volume=True, deny=("evs:quotas:get",))
-    manifest = csv_manifest(write, ids)
+    manifest = write("m.csv", "volume_id\n" + "".join(f"{i}\n" for i in ids) + "not-a-uuid\n")
     args = [*cli_args("validate", manifest, online=True, endpoint=emu.url, project_id=PROJECT), *FEW_RETRIES]
     result = invoke(args)
     assert result.exit_code == 1, result.output
-    assert f"CHECK_FAILED: project {PROJECT}: the snapshot quota could not be read" in result.stdout
+    denied = f"PERMISSION_DENIED: project {PROJECT}: the snapshot quota could not be read: the IAM action "
+    assert denied + "evs:quotas:get is missing" in result.stdout
     assert "EVS.5403" in result.stdout
+    assert "CHECK_FAILED" not in result.stdout
+    assert result.stdout.splitlines()[-1] == (
+        "3 rows: 2 would be sent (checked online), 1 with problems (INVALID_VOLUME_ID x1); "
+        "1 project check failed (PERMISSION_DENIED x1)"
+    )
     assert sum(requests_of(emu.state(), QUOTA).values()) == 1
 
 

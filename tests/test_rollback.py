@@ -201,6 +201,18 @@ def test_apply_all_good_exits_0(emulator_thread: Callable[..., EmulatorThread], 
     assert checks["200"] <= 4 * 12  # one check, then about one poll per 0.05-0.3 s of a 0.05 s rollback
 
 
+def test_plan_note_says_one_row_in_the_singular(
+    emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
+) -> None:
+    """The plan's note counts one blocked row and one without a record as "1 has", not "1 have"."""
+    emu = emulator_thread(**world(3, attached=frozenset({1})))
+    source = create_report(tmp_path / "create.jsonl", [{}, {}], total=3)
+    result = rollback(emu, source, tmp_path / "plan.jsonl")
+    assert result.exit_code == 1, result.stderr
+    said = "plan only, nothing was sent: 1 of 3 rows can be rolled back, 1 has a blocker, 1 has no record"
+    assert said in result.stderr
+
+
 def test_apply_writes_the_summary_json_and_its_own_metrics(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator.api import evs
 from orchestrator.api.views import Snapshot, Volume, marker_in
-from orchestrator.errors import ApiMissing, ListingFailed, TransportError
+from orchestrator.errors import ActionDenied, ApiMissing, ListingFailed, TransportError
 from orchestrator.models import NO_SUCH_API
 from orchestrator.retry import RetryPolicy, TryAgain, Verdict, retrying
 
@@ -144,9 +144,9 @@ async def fetch_json(
     """A safe call's JSON body, retrying throttling, 5xx and transport errors under ``policy``.
 
     Raises ``RouteClosed`` when the route refuses, ``ListingFailed`` when retries are spent or the
-    service refuses the call itself (a 403 for a permission, say).
+    service refuses the call itself: ``ActionDenied`` for a 403 (a permission missing).
     """
-    why = ""
+    why, denied = "", False
     async for attempt in retrying(policy, reraise=False):
         with attempt:
             try:
@@ -164,11 +164,13 @@ async def fetch_json(
             if call.optional and answer.status == 404 and code in NO_SUCH_API:
                 raise ApiMissing(f"{call.method} {call.path} on {route.name}: no such API here ({why})")
             if reply.verdict is Verdict.FINAL:
+                denied = answer.status == 403
                 break
             raise TryAgain(why)
-    raise ListingFailed(
-        f"{call.method} {call.path} on {route.name} failed ({why}); nothing was decided from it"
-    )
+    message = f"{call.method} {call.path} on {route.name} failed ({why}); nothing was decided from it"
+    if denied:
+        raise ActionDenied(message, method=call.method, path=call.path)
+    raise ListingFailed(message)
 
 
 async def list_all_volumes(

@@ -53,7 +53,7 @@ async def cleanup(settings: CleanupSettings, *, console: Console) -> int:
         console=console,
         report=settings.report,
         closing=settings.closing,
-        reads=str(settings.source),
+        create_report=str(settings.source),
     )
     async with frame:
         # The create run's lock, before anything is sent: no create, wait or rollback of the run meanwhile.

@@ -77,7 +77,7 @@ async def rollback(settings: RollbackSettings, *, console: Console) -> int:
         console=console,
         report=settings.report,
         closing=settings.closing,
-        reads=str(settings.source),
+        create_report=str(settings.source),
         tally=Tally(counting=Counting.of_command("rollback")),
         grace=ROLLBACK_GRACE,
         drain=f"sending no more rollbacks; those already sent are watched to their end for up to "

@@ -23,7 +23,7 @@ from orchestrator import options
 from orchestrator.config import RunIdentity
 from orchestrator.console import Console
 from orchestrator.entry import run
-from orchestrator.errors import ListingFailed, ProjectLookupFailed, RouteClosed, TransportError
+from orchestrator.errors import ActionDenied, ListingFailed, ProjectLookupFailed, RouteClosed, TransportError
 from orchestrator.manifest import read_rows, spooled
 from orchestrator.models import Record, utc_now
 from orchestrator.preflight import Problem, disk_problem, quota_short
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from orchestrator.retry import RetryPolicy
 
 SHOWN_PER_CODE = 10
+DENIED = "PERMISSION_DENIED"  # a check the service refused with 403: retries spent would not grant it
 HINTS = {
     "MISSING_PROJECT_ID": "pass --project-id or --region (or give project_id/region columns)",
     "MISSING_REGION": "pass --region or --endpoint (or give a region column)",
@@ -61,6 +62,7 @@ class _Problems:
         self.stdout = stdout
         self.counts: Counter[str] = Counter()
         self.shown: Counter[str] = Counter()
+        self.projects: Counter[str] = Counter()  # a project's checks that failed: no row's problem
 
     def add(self, code: str, message: str, rows: int = 1, *, always: bool = False) -> None:
         """``rows`` rows have this problem (one message says it for all of them); ``always``: a project's
@@ -69,6 +71,11 @@ class _Problems:
         if always or self.shown[code] < SHOWN_PER_CODE:
             self.shown[code] += rows
             self.stdout.write(f"{code}: {message}\n")
+
+    def project(self, code: str, message: str) -> None:
+        """A project's check that could not be made (its quota): always shown, counted apart from rows."""
+        self.projects[code] += 1
+        self.stdout.write(f"{code}: {message}\n")
 
     def close(self) -> None:
         for code, count in self.counts.most_common():
@@ -118,10 +125,15 @@ async def validate(settings: ValidateSettings, *, console: Console, stdout: Text
     codes = ", ".join(f"{code} x{count}" for code, count in problems.counts.most_common())
     checked = " (checked online)" if settings.online else ""
     stdout.write(f"{total} rows: {good} would be sent{checked}, {bad} with problems")
-    stdout.write(f" ({codes})\n" if codes else "\n")
+    stdout.write(f" ({codes})" if codes else "")
+    projects = sum(problems.projects.values())
+    if projects:
+        named = ", ".join(f"{code} x{count}" for code, count in problems.projects.most_common())
+        stdout.write(f"; {projects} project check{'s' if projects > 1 else ''} failed ({named})")
+    stdout.write("\n")
     if stopped is not None:
         raise stopped  # after the count: the one error line, exit 3
-    return 0 if bad == 0 else 1
+    return 0 if bad == 0 and projects == 0 else 1
 
 
 async def _check_online(
@@ -174,12 +186,21 @@ async def _check_online(
     return good
 
 
+def denied(exc: ActionDenied) -> str:
+    """The IAM action a refused check needs (doctor's probes name them)."""
+    from orchestrator.findings import denied_action  # noqa: PLC0415 - doctor's module: only on a refusal
+
+    return denied_action(exc.method, exc.path)
+
+
 async def _volume_problem(router: Router, request: SnapshotRequest, policy: RetryPolicy) -> Problem | Route:
     """The row's problem, or the route (endpoint and project) the disk was found on."""
 
     try:
         route = await router.route_for(request.project_id, request.region)
         found = await disk_problem(route, request, policy)
+    except ActionDenied as exc:
+        return Problem(DENIED, f"{denied(exc)} ({exc})")
     except (ListingFailed, TransportError) as exc:
         return Problem("CHECK_FAILED", str(exc))
     except ProjectLookupFailed as exc:
@@ -190,12 +211,14 @@ async def _volume_problem(router: Router, request: SnapshotRequest, policy: Retr
 async def _quota_problem(route: Route, wanted: int, policy: RetryPolicy, problems: _Problems) -> int:
     """Rows beyond the project's remaining snapshot quota (reported once, for all of them)."""
 
+    what = f"project {route.project_id}: the snapshot quota could not be read"
     try:
         short = await quota_short(route, wanted, policy)
+    except ActionDenied as exc:
+        problems.project(DENIED, f"{what}: {denied(exc)} ({exc})")
+        return 0
     except ListingFailed as exc:
-        problems.add(
-            "CHECK_FAILED", f"project {route.project_id}: the snapshot quota could not be read ({exc})"
-        )
+        problems.project("CHECK_FAILED", f"{what} ({exc})")
         return 0
     if short is None:
         return 0

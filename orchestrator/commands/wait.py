@@ -67,6 +67,7 @@ async def wait(settings: WaitSettings, *, console: Console) -> int:
         console=console,
         report=str(report),
         closing=settings.closing,
+        create_report=str(report),
         tally=Tally(manifest_rows=header.rows),
         advice="run wait again to go on",
     )
