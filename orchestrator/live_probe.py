@@ -5,7 +5,10 @@ alone cannot.
    (``runner.Runner``: journal, settle, lookups; a create report the ``cleanup`` command reads);
 2. GET it, and check that the metadata came back exactly (key case and value);
 3. find it in the list by ``volume_id``, with and without ``all_granted_eps``;
-4. with ``rollback``, roll the (detached) disk back to it;
+4. with ``rollback``, roll the (detached) disk back to it, as ``rollback --apply`` does
+   (``restore.start_row``, then ``restore.poll`` until it ends), except that it is sent once: an answer
+   that may have been lost is settled by watching the disk (``RestorePlan.resend``), never by sending
+   again;
 5. delete it (``deleter.delete``), and check that the GET then answers 404 ``EVS.5404``.
 
 If the round trip stops halfway (a failure, a signal), ``cleanup_hint`` is the ``cleanup`` command that
@@ -19,11 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import anyio
+
+from orchestrator.actions import Action
 from orchestrator.api import evs
 from orchestrator.api.probe import exchange, said, shown, without_every_ep
 from orchestrator.api.views import Snapshot, Volume, metadata_in
-from orchestrator.config import RunIdentity
-from orchestrator.defaults import RUN_MARKER_KEY
+from orchestrator.config import RunIdentity, WaitPlan
+from orchestrator.defaults import RUN_MARKER_KEY, SETTLE
 from orchestrator.deleter import Ended, delete
 from orchestrator.doctor import Doctor
 from orchestrator.errors import ListingFailed
@@ -32,13 +38,14 @@ from orchestrator.manifest import ManifestSource, manifest_digest
 from orchestrator.models import Outcome, RunHeader, SnapshotRequest, utc_iso, utc_now
 from orchestrator.preflight import SNAPSHOTTABLE
 from orchestrator.report import ReportWriter, final_records
+from orchestrator.restore import Finding, RestorePlan, poll, start_row
 from orchestrator.retry import polling
 from orchestrator.runner import Runner, RunPlan
 from orchestrator.tally import Tally
 
 if TYPE_CHECKING:
     from orchestrator.api.routes import Route
-    from orchestrator.models import Answer
+    from orchestrator.models import Answer, Record
 
 PROBE_KEY = "Evs_Snapshot_Doctor_Probe"  # mixed case: a service that rewrites keys shows it
 PROBE_VALUE = "Round-Trip Value/1"
@@ -61,6 +68,7 @@ class Live:
         self.doctor = doctor
         self.settings = settings
         self.made: str | None = None
+        self.record: Record | None = None  # the create report's record of the probe
         self.sent = False  # a create left: a snapshot may exist
         self.removed = False
         self.run_id = ""
@@ -188,6 +196,7 @@ class Live:
             )
             return False
         self.made = record.snapshot_id
+        self.record = record
         self.add(
             "create",
             Result.PASS,
@@ -291,39 +300,44 @@ class Live:
         )
 
     async def _rollback(self, route: Route) -> bool:
+        """The product's rollback of the probe's row (checks, one send, the watch to its end)."""
         assert self.made is not None  # noqa: S101
-        call = evs.rollback_snapshot(self.project_id, self.made, self.settings.volume_id)
-        answer = await exchange(route, call, self.doctor.policy)
-        if not answer.ok:
-            return self.add(
-                "rollback",
-                Result.FAIL,
-                f"the rollback answered {said(answer)}",
-                "grant evs:snapshots:rollback; the disk must be detached (available)",
-                shown(call),
-                proves=(6,),
-            )
-        volume_call = evs.show_volume(self.project_id, self.settings.volume_id)
-        status = "rollbacking"
-        async for _ in self._polls():
-            shown_volume = await exchange(route, volume_call, self.doctor.policy)
-            volume = Volume.from_body(shown_volume.body) if shown_volume.ok else None
-            status = str(None if volume is None else volume.status)
-            if status != "rollbacking":
-                break
-        ok = status == "available"
-        return self.add(
-            "rollback",
-            Result.PASS if ok else Result.FAIL,
-            f"the disk was rolled back to the snapshot and is {status}",
-            ""
-            if ok
-            else "look at the disk in the console; rollback --retry-failed sends again "
-            "from error_rollbacking",
-            shown(call),
-            shown(volume_call),
-            proves=(6,),
+        assert self.record is not None  # noqa: S101
+        plan = RestorePlan(
+            source_run=self.run_id,
+            policy=self.doctor.policy,
+            settle=SETTLE,
+            wait=WaitPlan(timeout=self.settings.patience, interval=POLL_FIRST, max_interval=POLL_MAX),
+            resend=False,
         )
+        ended = await start_row(route, self.record, plan)
+        while not isinstance(ended, Finding):  # a Watch: looked at when due, until it ends
+            watch = ended
+            await anyio.sleep(max(0.0, watch.due - anyio.current_time()))
+            ended = await poll(route, self.record, plan, watch) or watch
+        call = evs.rollback_snapshot(self.project_id, self.made, self.settings.volume_id)
+        sent = (shown(call), shown(evs.show_volume(self.project_id, self.settings.volume_id)))
+        status = ended.http_status
+        if ended.outcome is Action.ROLLED_BACK:
+            meaning = "the disk was rolled back to the snapshot and is available"
+            if status is None or not 200 <= status < 300:  # taken, its answer lost (5xx, no answer)
+                meaning = (
+                    f"the rollback's answer was lost ({status or 'no answer'}) and the rollback was seen on "
+                    f"the disk: not sent again; {meaning}"
+                )
+            return self.add("rollback", Result.PASS, meaning, "", *sent, proves=(6,))
+        fix = {
+            Action.REJECTED: "grant evs:snapshots:rollback; the disk must be detached (available)",
+            Action.ROLLBACK_FAILED: "look at the disk in the console; rollback --retry-failed sends again "
+            "from error_rollbacking",
+        }.get(ended.outcome, "look at the disk in the console before it is rolled back again")
+        if ended.outcome is Action.REJECTED:
+            meaning = f"the rollback answered {status} {ended.code}: {ended.message or 'no message'}"
+        elif ended.code == "ROLLBACK_TIMEOUT":  # (its message names --resume, which is the command's)
+            meaning = f"the disk is still rollbacking after {self.settings.patience:g}s"
+        else:  # blocked, failed, ended error_rollbacking, lost and unseen
+            meaning = ended.message or f"the rollback {ended.outcome.value} ({ended.code})"
+        return self.add("rollback", Result.FAIL, meaning, fix, *sent, proves=(6,))
 
     async def _delete(self, route: Route) -> None:
         """Delete it through the one DELETE loop; the GET must then answer 404 with the resource's code."""
@@ -334,11 +348,17 @@ class Live:
             route, self.made, self.doctor.policy, patience=min(60.0, self.settings.patience)
         )
         if deletion.ended is not Ended.DONE:
+            fix = "grant evs:snapshots:delete (create's sweep needs it to remove a double)"
+            if deletion.state is not None:  # EVS.1047, wrong state: not a permission
+                fix = (
+                    f"the snapshot is {deletion.state}, which the service does not delete from: remove it "
+                    "once it is available again (the cleanup command below)"
+                )
             self.add(
                 "delete",
                 Result.FAIL,
                 f"the delete did not succeed ({deletion.why})",
-                "grant evs:snapshots:delete (create's sweep needs it to remove a double)",
+                fix,
                 shown(call),
                 proves=(9,),
             )

@@ -27,6 +27,9 @@ that stays ``available``
 is looked at again (every check above) before the one resend. A rollback that completed unseen and is
 sent again restores the same data again: the disk is detached, and a snapshot may be used for rollback
 more than once (8.3). A 4xx after an uncertain attempt is checked the same way before it counts.
+Without resends (``RestorePlan.resend``, ``doctor --live-rollback``'s probe) a disk whose ``updated_at``
+moved since the look counts as taken too, and one that shows nothing ends the row ``UNCONFIRMED``
+(``LOST_UNSEEN``): not sent again.
 
 Waiting: after the 202 the disk and the snapshot are polled until neither is ``rollbacking``; a disk
 that ends ``error_rollbacking`` is ``rollback_failed``. A rollback that ended before the first poll
@@ -76,6 +79,7 @@ if TYPE_CHECKING:
 
 USABLE = frozenset({Outcome.ACCEPTED, Outcome.AVAILABLE})
 SETTLE_STEP = 1.0  # seconds between looks at a disk while an uncertain rollback settles
+LOST_UNSEEN = "the rollback's answer was lost and no rollback was seen: not sent again"
 HEADER_MAX = 65536  # bytes of a file's first line read to tell whether it is a rollback report
 
 
@@ -105,6 +109,11 @@ class RestorePlan:
     retry: frozenset[int] = frozenset()  # rows whose failed rollback is sent again (--retry-failed)
     sent: Mapping[int, Sent] = dataclasses.field(default_factory=dict)  # rows an earlier run sent
     sending: Callable[[Record, str | None], None] = lambda row, updated: None  # the journal's line
+    # False (doctor --live-rollback): a rollback whose answer may have been lost is never sent again; the
+    # disk is watched for ``settle`` seconds, a moved ``updated_at`` counting as taken (a scratch disk
+    # nobody else touches: the command, which may resend, does not count it, an attach and a detach
+    # meanwhile would pass for it), and nothing seen ends the row UNCONFIRMED (``LOST_UNSEEN``)
+    resend: bool = True
 
     @property
     def reads(self) -> RetryPolicy:
@@ -464,6 +473,7 @@ async def _send_until_settled(
         route.project_id, str(row.snapshot_id), str(row.volume_id), member=bool(row.snapshot_group_id)
     )
     uncertain = doubtful = False  # doubtful: some attempt may have arrived without an answer
+    before = None if plan.resend else found.disk_updated  # a moved updated_at counts (``RestorePlan``)
     journaled = False
     last = sent[0]
     loop = retrying(plan.policy, reraise=False)
@@ -471,8 +481,10 @@ async def _send_until_settled(
         with attempt:
             if uncertain:
                 sends = attempt.number - 1
-                if await _taken(route, row, plan, patience=plan.settle):
+                if await _taken(route, row, plan, patience=plan.settle, before=before):
                     return dataclasses.replace(last, outcome=Action.ROLLED_BACK, attempts=sends)
+                if not plan.resend:
+                    return _lost_unseen(last, plan)
                 again = await look(route, row, plan)  # every check again, before the one resend
                 if again.blocker is not None:
                     return dataclasses.replace(again.blocker, attempts=sends)
@@ -513,8 +525,10 @@ async def _send_until_settled(
             doubtful = doubtful or uncertain
             # an answer that may be lost is watched for (above), not waited out
             raise TryAgain(f"{answer.status} {code}", wait=0.0 if uncertain else None)
-    if uncertain and await _taken(route, row, plan, patience=plan.settle):
+    if uncertain and await _taken(route, row, plan, patience=plan.settle, before=before):
         return dataclasses.replace(last, outcome=Action.ROLLED_BACK, code=None, message=None)
+    if uncertain and not plan.resend:
+        return _lost_unseen(last, plan)
     return dataclasses.replace(
         last,
         message=f"gave up after {loop.number} attempts ({last.message or last.code}); --resume looks at the "
@@ -522,9 +536,20 @@ async def _send_until_settled(
     )
 
 
-async def _taken(route: Route, row: Record, plan: RestorePlan, *, patience: float) -> bool:
+def _lost_unseen(last: Finding, plan: RestorePlan) -> Finding:
+    why = last.message or last.code or last.http_status
+    return dataclasses.replace(
+        last, code=UNCONFIRMED, message=f"{LOST_UNSEEN} (the disk was watched {plan.settle:g}s; {why})"
+    )
+
+
+async def _taken(
+    route: Route, row: Record, plan: RestorePlan, *, patience: float, before: str | None = None
+) -> bool:
     """True when the disk shows this row's rollback (running from its snapshot, or failed) within
-    ``patience`` seconds. A disk rolling back from another snapshot (another run's) is not ours."""
+    ``patience`` seconds. A disk rolling back from another snapshot (another run's) is not ours. With
+    ``before`` (the disk's ``updated_at`` before the send), an available disk changed since took it too
+    (the rollback ran and ended between two looks)."""
     policy = plan.reads
     async for _ in polling(first=SETTLE_STEP, factor=1.0, cap=SETTLE_STEP, patience=patience):
         snapshot = await _snapshot(route, row, policy, evs.Kind.LOOKUP)
@@ -533,6 +558,9 @@ async def _taken(route: Route, row: Record, plan: RestorePlan, *, patience: floa
         volume = await _volume(route, row, policy, evs.Kind.LOOKUP)
         disk = None if volume is None else volume.status
         if disk == "error_rollbacking" and row.row not in plan.retry:  # (a retried one started there)
+            return True
+        updated = None if volume is None else volume.updated_at
+        if before is not None and disk == "available" and updated not in (None, before):
             return True
         # rollbacking here is another snapshot's rollback: watch on (ours may still start)
         if disk not in ("available", "rollbacking"):

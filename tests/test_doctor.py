@@ -5,6 +5,7 @@ documented exit code, no traceback, and nothing created unless ``--live`` is giv
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ import pytest
 from click.testing import Result
 from yarl import URL
 
+from orchestrator import live_probe
 from orchestrator.api.clock import gateway_offset
 from orchestrator.api.routes import connect
 from orchestrator.config import Connection, Endpoints
@@ -33,6 +35,7 @@ from tests.helpers import (
     NO_CREDENTIALS,
     PASSWORD_ENV,
     PROJECT,
+    ROLLBACK,
     TOKEN,
     TOKEN_ENV,
     cli_args,
@@ -57,6 +60,7 @@ def quick_probe_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     """The live probe's first pause between two looks at its snapshot or disk is 0.2 s (doubling), and
     no option sets it: a tenth of it here, where the emulator's states last a tenth of a second."""
     monkeypatch.setattr("orchestrator.live_probe.POLL_FIRST", 0.02)
+    monkeypatch.setattr("orchestrator.live_probe.SETTLE", 0.1)
 
 
 def doctor(emu: EmulatorThread, *extra: str, **flags: object) -> Result:
@@ -336,6 +340,79 @@ def test_live_rollback_rolls_the_disk_back(emulator_thread: Start, tmp_path: Pat
     assert table(result)["live: rollback"].startswith("PASS")
     assert [item["volume_id"] for item in live_state(emu)["rollbacks"]] == [VOLUME]
     assert live_state(emu)["snapshots"] == []
+
+
+@pytest.mark.parametrize(
+    "rollback_seconds",
+    [pytest.param(0.3, id="seen-rollbacking"), pytest.param(0.0, id="ended-unseen-disk-updated")],
+)
+def test_live_rollback_whose_answer_was_lost_is_seen_and_never_sent_again(
+    emulator_thread: Start, tmp_path: Path, rollback_seconds: float
+) -> None:
+    """The rollback took effect and its answer was lost (drop-after): the disk is watched, the rollback
+    seen (rollbacking, or ended already: the disk's updated_at moved since the look before the send) and
+    waited for; one POST, the check passes saying so, the probe is deleted; exit 0."""
+    emu = emulator_thread(
+        volumes=DISKS,
+        creating_seconds=0.05,
+        rollback_seconds=rollback_seconds,
+        deleting_seconds=0.05,
+        fault_rollback_drop_after=1.0,
+    )
+    result = doctor(emu, "--live-rollback", live=VOLUME, live_report=tmp_path / "probe.jsonl")
+    sound(result, 0)
+    rows = table(result)
+    assert rows["live: rollback"].startswith("PASS"), rows
+    assert "answer was lost" in rows["live: rollback"]
+    assert "not sent again" in rows["live: rollback"]
+    assert rows["live: gone"].startswith("PASS"), rows
+    assert requests_of(live_state(emu), ROLLBACK) == {"dropped": 1}
+    assert [item["volume_id"] for item in live_state(emu)["rollbacks"]] == [VOLUME]
+    assert live_state(emu)["snapshots"] == []
+
+
+def test_live_rollback_lost_and_never_seen_fails_and_is_not_sent_again(
+    emulator_thread: Start, tmp_path: Path
+) -> None:
+    """The rollback's answer was lost before EVS acted (drop-before): nothing is seen in the window, the
+    check fails without blaming the account, nothing is sent again, and the probe is deleted; exit 1."""
+    emu = emulator_thread(
+        volumes=DISKS, creating_seconds=0.05, deleting_seconds=0.05, fault_rollback_drop_before=1.0
+    )
+    result = doctor(emu, "--live-rollback", live=VOLUME, live_report=tmp_path / "probe.jsonl")
+    sound(result, 1)
+    rows = table(result)
+    row = rows["live: rollback"]
+    assert row.startswith("FAIL"), rows
+    assert "the rollback's answer was lost and no rollback was seen: not sent again" in row
+    assert "grant" not in row
+    assert rows["live: gone"].startswith("PASS"), rows
+    assert requests_of(live_state(emu), ROLLBACK) == {"dropped": 1}
+    assert live_state(emu)["rollbacks"] == []
+    assert live_state(emu)["snapshots"] == []
+
+
+def test_live_delete_of_a_snapshot_still_rollbacking_names_the_state(
+    emulator_thread: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollback that outlasts the probe's patience: the rollback check fails, the delete is refused
+    with EVS.1047 and its fix names the state (not a permission); the cleanup command is printed."""
+    live_settings = functools.partial(live_probe.LiveSettings, patience=0.2)
+    monkeypatch.setattr("orchestrator.commands.doctor.LiveSettings", live_settings)
+    emu = emulator_thread(volumes=DISKS, creating_seconds=0.05, rollback_seconds=600)
+    report = tmp_path / "probe.jsonl"
+    result = doctor(emu, "--live-rollback", live=VOLUME, live_report=report)
+    sound(result, 1)
+    rows = table(result)
+    assert rows["live: rollback"].startswith("FAIL"), rows
+    assert "still rollbacking after 0.2s" in rows["live: rollback"]
+    delete = rows["live: delete"]
+    assert delete.startswith("FAIL"), rows
+    assert "EVS.1047" in delete
+    assert "fix: the snapshot is rollbacking" in delete
+    assert "grant" not in delete
+    assert f"evs-snapshot cleanup {report} --apply" in result.stderr
+    assert requests_of(live_state(emu), ROLLBACK) == {"202": 1}
 
 
 def test_live_says_the_marker_did_not_survive_rewritten_keys(emulator_thread: Start, tmp_path: Path) -> None:
