@@ -170,22 +170,6 @@ def test_a_metric_and_the_limit_code_are_written_in_one_place() -> None:
     assert naming == []
 
 
-def test_no_command_imports_another() -> None:
-    """Each command module wires core modules; none imports another command."""
-    for path in sorted(COMMANDS.glob("*.py")):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                assert not node.module.startswith("orchestrator.commands"), (
-                    f"{path.name} imports {node.module}"
-                )
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    assert not alias.name.startswith("orchestrator.commands"), (
-                        f"{path.name} imports {alias.name}"
-                    )
-
-
 async def test_an_abort_inside_a_task_group_still_writes_exit_3(tmp_path: Path) -> None:
     """A RunAborted wrapped in a task group's exception group is found, and exit 3 written."""
 
