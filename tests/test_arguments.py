@@ -178,6 +178,7 @@ SPANS = st.lists(st.tuples(st.integers(1, 40), st.integers(0, 12)), min_size=1, 
 
 
 @given(SPANS, SPANS)
+@pytest.mark.no_cover
 def test_row_ranges_within_is_the_subset_of_the_sets_they_name(
     mine: list[tuple[int, int]], theirs: list[tuple[int, int]]
 ) -> None:

@@ -146,6 +146,7 @@ def test_password_tokens_renew_during_a_run(
     assert len(state["snapshots"]) == 20
 
 
+@pytest.mark.no_cover
 def test_many_workers_ask_iam_once(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -274,6 +275,7 @@ def test_a_project_lookup_answered_5xx_is_retried_then_remembered(
         assert requests_of(emu.state(), "POST /v2/{project_id}/cloudsnapshots") == {}
 
 
+@pytest.mark.no_cover
 def test_two_projects_in_two_regions(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -412,6 +414,7 @@ SECRET_SECURITY_TOKEN = "SECURITY-TOKEN-z9y8x7w6"
 
 
 @pytest.mark.parametrize("kind", ["token", "aksk", "password"])
+@pytest.mark.no_cover
 def test_secrets_never_leak(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path, kind: str
 ) -> None:

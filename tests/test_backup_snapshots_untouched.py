@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from orchestrator.emulator.clock import evs_time
@@ -118,6 +119,7 @@ def test_cleanup_never_deletes_a_backup_made_snapshot(
     assert sent(emu) == {}
 
 
+@pytest.mark.no_cover
 def test_rollback_never_uses_a_backup_made_snapshot(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:

@@ -606,6 +606,7 @@ def test_cleanup_needs_a_create_report_with_records(
     assert emu.state()["requests"] == {}
 
 
+@pytest.mark.no_cover
 def test_a_cleanup_writes_its_requests_and_time_to_its_metrics(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -47,6 +47,7 @@ def seeded(count: int, seed: int) -> list[SeedSnapshot]:
 
 
 @pytest.mark.usefixtures("quick_deletion_polls")
+@pytest.mark.no_cover
 async def test_each_deletion_is_recorded_as_it_ends_while_others_are_sent(
     emulator: Callable[..., Any], clock: ManualClock
 ) -> None:

@@ -120,6 +120,7 @@ def test_tag_columns_keep_the_key_case_and_are_not_warned(write: Callable[..., P
     assert warnings == []
 
 
+@pytest.mark.no_cover
 def test_metadata_from_columns_reaches_each_snapshot(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
@@ -143,6 +144,7 @@ def test_metadata_from_columns_reaches_each_snapshot(
     }
 
 
+@pytest.mark.no_cover
 def test_templates_mix_text_and_columns_and_a_row_metadata_wins(
     emulator_thread: Callable[..., EmulatorThread], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -165,6 +167,7 @@ def test_templates_mix_text_and_columns_and_a_row_metadata_wins(
     }
 
 
+@pytest.mark.no_cover
 def test_an_unknown_column_exits_2_before_anything_is_sent(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
@@ -251,6 +254,7 @@ def test_bad_templates_and_reserved_keys_exit_2(
     assert requests_of(emu.state(), CREATE_ROUTE) == Counter()
 
 
+@pytest.mark.no_cover
 def test_resume_refuses_another_metadata_template(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:

@@ -180,6 +180,7 @@ def test_dry_run_sends_nothing(
     assert emu.state()["requests"] == {}
 
 
+@pytest.mark.no_cover
 def test_a_dry_run_without_a_loop_writes_what_one_with_a_loop_writes(
     write: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -396,6 +396,7 @@ def test_dry_run_plans_and_hold_and_tags(
     assert group["tags"] == {"evs_snapshot_run": header(report)["run_id"], "evs_snapshot_hold": "CHG-1"}
 
 
+@pytest.mark.no_cover
 def test_a_resume_in_the_other_mode_is_refused(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

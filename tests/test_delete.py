@@ -168,6 +168,7 @@ def test_the_sweep_counts_a_deletion_whose_answer_was_lost_as_done(
     assert kept <= alive
 
 
+@pytest.mark.no_cover
 async def test_a_duplicate_that_finishes_creating_meanwhile_is_deleted_on_the_next_try(
     emulator: Callable[..., Any], clock: ManualClock
 ) -> None:
@@ -447,6 +448,7 @@ async def test_the_sweep_and_the_deleter_end_each_answer_alike(emulator: Callabl
 
 
 @pytest.mark.anyio
+@pytest.mark.no_cover
 async def test_a_wrong_state_is_waited_out_only_with_patience(emulator: Callable[..., Any]) -> None:
     """EVS.1047 on a snapshot still creating: without patience one DELETE and a refusal naming the state;
     with patience the DELETE is sent again until the patience is spent."""

@@ -132,6 +132,7 @@ async def test_tokens_do_not_care_about_the_clock(emulator: Start, http: aiohttp
     assert status == 200
 
 
+@pytest.mark.no_cover
 def test_a_skewed_gateway_refuses_the_tools_signature(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:

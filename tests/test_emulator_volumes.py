@@ -237,6 +237,7 @@ async def test_new_routes_are_authenticated_throttled_and_counted(
     assert requests["GET /v2/{project_id}/os-quota-sets/{target_project_id}"] == {"401": 1, "200": 1}
 
 
+@pytest.mark.no_cover
 def test_official_sdk_volume_calls(emulator_thread: Callable[..., Any]) -> None:
     """The official SDK's list_volumes, show_volume and list_volumes_by_tags read the emulator's answers."""
     from huaweicloudsdkcore.auth.credentials import BasicCredentials

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from tests.helpers import (
@@ -67,6 +68,7 @@ async def test_lists_show_the_default_enterprise_project_unless_asked_for_all(
         assert (await got.json())["snapshot"]["enterprise_project_id"] == OTHER
 
 
+@pytest.mark.no_cover
 def test_late_commits_on_disks_of_another_enterprise_project_make_no_doubles(
     emulator_thread: Callable[..., EmulatorThread], write: Callable[..., Path], tmp_path: Path
 ) -> None:

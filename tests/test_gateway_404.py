@@ -48,6 +48,7 @@ def test_only_the_resources_own_404_is_gone(body: object, gone: bool) -> None:
     assert not Answer(status=400, body={"error": {"code": "EVS.5404"}}, request_id=None).gone
 
 
+@pytest.mark.no_cover
 def test_a_gateway_404_on_delete_closes_the_route_and_records_nothing_deleted(
     emulator_thread: Callable[..., EmulatorThread], write: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -195,6 +195,7 @@ def test_wait_ends_members_of_a_failed_group_and_of_a_gone_one(
     assert codes == {failed: "GROUP_ERROR", gone: "SNAPSHOT_NOT_FOUND"}
 
 
+@pytest.mark.no_cover
 def test_cleanup_deletes_each_group_whole_with_one_delete(
     emulator_thread: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -267,6 +268,7 @@ def test_cleanup_refuses_a_named_group_of_another_run_and_counts_a_gone_one_dele
     assert len(records(tmp_path / "c.jsonl")) == len(DISKS)
 
 
+@pytest.mark.no_cover
 def test_prune_keeps_or_drops_each_group_as_one_unit(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

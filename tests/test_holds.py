@@ -186,6 +186,7 @@ def test_a_hold_cut_short_is_finished_by_the_command_summary_prints(
     assert invoke(["summary", str(held)]).exit_code == 0
 
 
+@pytest.mark.no_cover
 def test_a_hold_killed_after_its_request_is_named_and_finished_once(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -235,6 +236,7 @@ def test_hold_refuses_a_snapshot_not_the_tools(emulator_thread: Callable[..., An
     assert HOLD not in live(emu)[by_hand.id]["metadata"]
 
 
+@pytest.mark.no_cover
 def test_hold_from_a_report_refuses_another_runs_snapshot(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -251,6 +253,7 @@ def test_hold_from_a_report_refuses_another_runs_snapshot(
     assert [(r["outcome"], r["error_code"]) for r in records(plan)] == [("refused", "NOT_THIS_RUN")]
 
 
+@pytest.mark.no_cover
 def test_a_report_whose_run_id_has_non_ascii_digits_is_not_read(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -374,6 +377,7 @@ def test_prune_keeps_a_snapshot_held_after_its_listing(
     assert sending == deleted  # a snapshot kept at its last look has no sending line
 
 
+@pytest.mark.no_cover
 def test_cleanup_blocks_a_snapshot_held_after_its_listing(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -582,6 +586,7 @@ def test_hold_with_a_lock_file_held_elsewhere_exits_75(tmp_path: Path) -> None:
     assert str(given) in result.output
 
 
+@pytest.mark.no_cover
 def test_hold_when_every_read_fails_is_failed(emulator_thread: Callable[..., Any], tmp_path: Path) -> None:
     """The snapshot cannot be read (5xx until the retries are spent): ``failed`` (exit 1), nothing changed."""
     emu = emulator_thread(fault_5xx=1.0, **world(1))

@@ -366,6 +366,7 @@ def test_no_hook_runs_in_a_dry_run(write: Callable[..., Path], tmp_path: Path) -
     assert not log.exists()
 
 
+@pytest.mark.no_cover
 def test_the_environment_names_the_run_and_holds_no_secret(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

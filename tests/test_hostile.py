@@ -581,6 +581,7 @@ def _cut_report(emu: Any, write: Callable[..., Path], tmp_path: Path, keep: int,
     return report
 
 
+@pytest.mark.no_cover
 def test_summary_of_a_report_cut_short_is_not_a_success(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -625,6 +626,7 @@ def test_summary_of_an_empty_report_is_a_usage_error(write: Callable[..., Path])
     refused(invoke(["summary", str(write("empty.jsonl", b""))]), "holds no records")
 
 
+@pytest.mark.no_cover
 def test_error_codes_have_one_shape_in_summary_json_and_summary_dash_json(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

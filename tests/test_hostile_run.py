@@ -132,6 +132,7 @@ def file_size_limit(limit: int) -> Iterator[None]:
         sys.dont_write_bytecode = writes
 
 
+@pytest.mark.no_cover
 def test_file_size_limit_stops_the_run_cleanly_and_resume_finishes(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -270,6 +271,7 @@ def test_sigint_before_the_rows_says_so(
     assert CREATE_ROUTE not in emu.state()["requests"]
 
 
+@pytest.mark.no_cover
 def test_create_wait_reports_the_whole_run(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -352,6 +354,7 @@ def test_wait_reports_its_own_requests_and_time(
     assert any(line.startswith("poll round: 1 request,") for line in rounds), rounds
 
 
+@pytest.mark.no_cover
 def test_create_and_wait_keep_separate_metrics_series(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -456,6 +459,7 @@ def test_progress_shows_requests_in_flight_and_throttling(
     assert any("throttled" in frame for frame in _frames(result.stderr)), result.stderr
 
 
+@pytest.mark.no_cover
 def test_rows_queued_behind_the_credentials_proof_go_out_together(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -483,6 +487,7 @@ def test_refused_credentials_stop_validate_online_within_two_requests(
     assert "credentials refused" in result.stderr
 
 
+@pytest.mark.no_cover
 def test_refused_credentials_give_validate_one_error_and_a_count(
     emulator_thread: Callable[..., Any], write: Callable[..., Path]
 ) -> None:
@@ -508,6 +513,7 @@ def _sample_emulator(emulator_thread: Callable[..., Any]) -> Any:
     return emulator_thread(volumes=tuple(volumes), project_id=PROJECT)
 
 
+@pytest.mark.no_cover
 def test_readme_force_then_resume_example_works_on_the_sample(
     emulator_thread: Callable[..., Any], tmp_path: Path
 ) -> None:

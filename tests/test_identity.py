@@ -64,6 +64,7 @@ def report_run_id(report: Path) -> str:
     return str(header(report)["run_id"])
 
 
+@pytest.mark.no_cover
 def test_every_snapshot_carries_the_run_marker_beside_user_metadata(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -147,6 +148,7 @@ def test_late_commits_within_the_settle_window_make_no_doubles(
     assert not [r for r in records(report) if r["outcome"].startswith("duplicate")]
 
 
+@pytest.mark.no_cover
 def test_commits_later_than_the_settle_window_are_swept(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -386,6 +388,7 @@ def test_refused_keys_cost_at_most_two_requests_and_do_not_lock_the_ak(
     assert good.exit_code == 0, good.output
 
 
+@pytest.mark.no_cover
 def test_least_privilege_user_finds_the_project_through_auth_projects(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -411,6 +414,7 @@ def test_least_privilege_user_finds_the_project_through_auth_projects(
     assert requests_of(emu.state(), "GET /v3/auth/projects") == Counter({"200": 1})
 
 
+@pytest.mark.no_cover
 def test_a_wrong_project_closes_its_route(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -440,6 +444,7 @@ def test_a_wrong_project_closes_its_route(
     assert sum(r["attempts"] for r in final.values()) == 0
 
 
+@pytest.mark.no_cover
 def test_validate_online_retries_throttling_and_5xx(
     emulator_thread: Callable[..., Any], write: Callable[..., Path]
 ) -> None:
@@ -540,6 +545,7 @@ def test_deadline_holds_and_cancels_requests_in_flight(
     assert {r["attempts"] for r in last_per_row(report).values()} <= {0, 1}
 
 
+@pytest.mark.no_cover
 def test_settle_lookups_that_keep_failing_end_unconfirmed(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -183,6 +183,7 @@ def test_the_same_rows_from_a_file_and_from_stdin_exclude_each_other(
 
 
 # --- case 8: one run, one command at a time -----------------------------------------------------------
+@pytest.mark.no_cover
 def test_cleanup_and_rollback_of_one_run_exclude_each_other(
     emulator_thread: Callable[..., EmulatorThread], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -382,6 +383,7 @@ def test_cron_and_a_login_shell_share_one_lock_directory(
     assert emu.state()["requests"] == {}
 
 
+@pytest.mark.no_cover
 def test_create_stdin_manifest_leaves_no_lock_file(
     emulator_thread: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -422,6 +424,7 @@ def test_create_report_to_stdout_takes_no_report_lock(
     assert lock_files(tmp_path / "locks") == []
 
 
+@pytest.mark.no_cover
 def test_create_lock_file_is_held_beside_the_manifests_own_lock(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -48,6 +48,7 @@ def seeded(days: float, marker: str) -> SeedSnapshot:
     return dataclasses.replace(snap(DISK, days), metadata={"evs_snapshot_run": marker})
 
 
+@pytest.mark.no_cover
 def test_prune_leaves_snapshots_whose_marker_is_not_a_run_id(
     emulator_thread: Callable[..., EmulatorThread], write: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -67,6 +67,7 @@ def test_a_run_pings_start_then_success_with_the_summary(
     assert f"report: {tmp_path / 'r.jsonl'}".encode() in body
 
 
+@pytest.mark.no_cover
 def test_a_failed_run_pings_fail_and_posts_each_webhook(
     emulator_thread: Callable[..., EmulatorThread], receiver: Callable[..., Receiver], tmp_path: Path
 ) -> None:

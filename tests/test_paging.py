@@ -54,6 +54,7 @@ async def test_tagged_disks_page_by_the_offset_in_the_body(emulator: Callable[..
     assert hits(emu, BY_TAGS) == {"200": 2}
 
 
+@pytest.mark.no_cover
 async def test_disks_page_by_the_offset_in_the_query(emulator: Callable[..., Any]) -> None:
     """1001 disks: two list requests; the views read the attachment the emulator made."""
     server = str(uuid.UUID(int=0x5E, version=4))

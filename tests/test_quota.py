@@ -60,6 +60,7 @@ def test_create_quota_check_cut_short_by_the_deadline(
     assert emu.state()["snapshots"] == []
 
 
+@pytest.mark.no_cover
 def test_validate_online_names_rows_beyond_the_project_quota(
     emulator_thread: Callable[..., Any], write: Callable[..., Path]
 ) -> None:
@@ -78,6 +79,7 @@ def test_validate_online_names_rows_beyond_the_project_quota(
     assert sum(requests_of(emu.state(), QUOTA).values()) == 1
 
 
+@pytest.mark.no_cover
 def test_validate_online_names_the_quota_after_ten_full_disks(
     emulator_thread: Callable[..., Any], write: Callable[..., Path]
 ) -> None:

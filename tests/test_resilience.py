@@ -138,6 +138,7 @@ def test_sigterm_drains_exits_143_and_resume_completes(
     assert_exactly_one_snapshot_each(emu.state(), ids)
 
 
+@pytest.mark.no_cover
 def test_second_run_on_same_report_exits_75(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -329,6 +330,7 @@ def test_max_rps_below_the_limit_is_never_throttled(
     assert elapsed >= 29 / 40  # a lower bound: pacing can only make it slower, never faster
 
 
+@pytest.mark.no_cover
 def test_retry_after_is_honoured(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -273,6 +273,7 @@ def test_the_closing_summary_agrees_with_summary_after_the_sweep_reconciles_rows
     assert result.exit_code == printed.exit_code
 
 
+@pytest.mark.no_cover
 def test_a_settle_window_under_ten_seconds_is_warned_about(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -145,6 +145,7 @@ def test_plan_sends_nothing_and_names_blockers(
     assert header(report)["command"] == "rollback"
 
 
+@pytest.mark.no_cover
 def test_plan_without_blockers_exits_0(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
@@ -161,6 +162,7 @@ def test_plan_without_blockers_exits_0(
     assert [r["outcome"] for r in records(report)] == ["planned", "planned", "rolled_back", "rolled_back"]
 
 
+@pytest.mark.no_cover
 def test_apply_rolls_back_only_what_passes(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
@@ -187,6 +189,7 @@ def test_apply_rolls_back_only_what_passes(
     assert statuses[VOLUMES[1]] == "in-use"
 
 
+@pytest.mark.no_cover
 def test_apply_all_good_exits_0(emulator_thread: Callable[..., EmulatorThread], tmp_path: Path) -> None:
     """Every row rolled back: exit 0, one rollback per snapshot, and the request count stays small."""
     emu = emulator_thread(rollback_seconds=0.05, **world(4))
@@ -201,6 +204,7 @@ def test_apply_all_good_exits_0(emulator_thread: Callable[..., EmulatorThread], 
     assert checks["200"] <= 4 * 12  # one check, then about one poll per 0.05-0.3 s of a 0.05 s rollback
 
 
+@pytest.mark.no_cover
 def test_plan_note_says_one_row_in_the_singular(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
@@ -213,6 +217,7 @@ def test_plan_note_says_one_row_in_the_singular(
     assert said in result.stderr
 
 
+@pytest.mark.no_cover
 def test_apply_writes_the_summary_json_and_its_own_metrics(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
@@ -243,6 +248,7 @@ def test_apply_writes_the_summary_json_and_its_own_metrics(
     assert written["outcomes"] == {"blocked": 1, "rolled_back": 1}
 
 
+@pytest.mark.no_cover
 def test_attached_disk_is_never_sent(emulator_thread: Callable[..., EmulatorThread], tmp_path: Path) -> None:
     """An attached disk is blocked with VOLUME_ATTACHED and its server id; its rollback is never POSTed."""
     emu = emulator_thread(**world(2, attached=frozenset({0, 1})))
@@ -511,6 +517,7 @@ def test_not_a_create_report(emulator_thread: Callable[..., EmulatorThread], tmp
     assert rollback(emu, source, source).exit_code == 2
 
 
+@pytest.mark.no_cover
 def test_sigterm_drains_then_resume_finishes(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
@@ -655,6 +662,7 @@ async def test_a_sending_line_younger_than_its_window_is_dated_by_its_finished_a
     assert rollbacks_per_snapshot(emu.world.state()) == {}
 
 
+@pytest.mark.no_cover
 def test_plan_counts_rows_without_a_record_against_the_header(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
@@ -859,6 +867,7 @@ def test_rollback_plan_to_stdout(
     assert lock_files(tmp_path / "locks") == []
 
 
+@pytest.mark.no_cover
 def test_rollback_resume_of_a_report_not_yet_written(
     emulator_thread: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -872,6 +881,7 @@ def test_rollback_resume_of_a_report_not_yet_written(
     assert [(r["key"], r["outcome"]) for r in records(report)] == [("row:1", "planned"), ("row:2", "planned")]
 
 
+@pytest.mark.no_cover
 def test_rollback_resume_skips_a_torn_last_line(emulator_thread: Callable[..., Any], tmp_path: Path) -> None:
     """--resume over a report whose last line was cut short (no newline) and is not a record: the line
     is ignored (and cut), the refused row stays finished and nothing is sent."""
@@ -940,6 +950,7 @@ def test_rollback_plan_of_rows_without_snapshots_sends_nothing(
     assert emu.state()["requests"] == {}
 
 
+@pytest.mark.no_cover
 def test_rollback_resume_of_a_moved_create_report_is_refused(
     emulator_thread: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -1094,6 +1105,7 @@ def test_a_drain_whose_grace_runs_out_ends_143_with_what_it_recorded(
     assert records(tmp_path / "b.jsonl") == []  # none ended: --resume looks at them again
 
 
+@pytest.mark.no_cover
 def test_a_rollback_tells_its_requests_and_time_in_its_metrics_and_summaries(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:

@@ -223,6 +223,7 @@ def test_rollback_drop_flags_reach_the_served_emulator(write: Callable[..., Path
 
 
 # --- the rollback command after a lost answer -----------------------------------------------------
+@pytest.mark.no_cover
 def test_rollback_dropped_after_evs_acted_is_seen_and_never_resent(
     emulator_thread: Callable[..., EmulatorThread], clock: ManualClock, tmp_path: Path
 ) -> None:
@@ -383,6 +384,7 @@ async def test_another_snapshots_rollback_is_not_taken_for_the_lost_one(
     assert finding.outcome is not Action.ROLLED_BACK, finding
 
 
+@pytest.mark.no_cover
 def test_status_reads_are_retried_even_with_one_attempt(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:
@@ -897,6 +899,7 @@ def test_without_retry_failed_the_row_stays_blocked(
     assert ROLLBACK not in later.state()["requests"]
 
 
+@pytest.mark.no_cover
 def test_retry_failed_rolls_back_a_disk_left_error_rollbacking(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:

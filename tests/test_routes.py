@@ -122,6 +122,7 @@ async def test_concurrent_refusals_keep_the_first_closure(
     assert hits(emu, "GET /v2/{project_id}/cloudvolumes/{volume_id}") == {"200": 1, "401": 2}
 
 
+@pytest.mark.no_cover
 async def test_snapshot_pages_follow_the_count_past_one_page(emulator: Callable[..., Any]) -> None:
     """1001 snapshots: two pages (1000 and 1), two list requests."""
     seeded = tuple(

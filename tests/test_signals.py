@@ -383,6 +383,7 @@ def test_a_signal_after_the_run_finished_leaves_its_exit_code(
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc to see the signal taken")
+@pytest.mark.no_cover
 def test_a_second_signal_in_the_drain_leaves_side_files_that_say_its_exit(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -414,6 +415,7 @@ def test_a_second_signal_in_the_drain_leaves_side_files_that_say_its_exit(
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc to see the signal taken")
+@pytest.mark.no_cover
 def test_a_second_signal_after_a_drained_run_ended_exits_as_its_side_files_say(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -268,6 +268,7 @@ def test_a_failed_action_is_listed_to_look_at_again(tmp_path: Path) -> None:
     assert "| s2 | failed | EVS.5500 | a \\| b |" in block
 
 
+@pytest.mark.no_cover
 def test_the_follow_ups_carry_where_the_run_sent_its_requests(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:

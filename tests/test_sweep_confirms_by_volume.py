@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from orchestrator.emulator import EmulatorThread, SeedSnapshot, SeedVolume
 from tests.helpers import DELETE, PROJECT, invoke, records, requests_of, volume_ids
@@ -110,6 +111,7 @@ def world(emulator_thread: Callable[..., EmulatorThread]) -> EmulatorThread:
     )
 
 
+@pytest.mark.no_cover
 def test_wait_sweep_confirms_a_doubted_row_by_its_volume(
     emulator_thread: Callable[..., EmulatorThread], tmp_path: Path
 ) -> None:

@@ -167,6 +167,7 @@ def test_a_run_stopped_before_its_end_reads_unfinished(
     assert "- exit code: 1\n" in block.stdout
 
 
+@pytest.mark.no_cover
 def test_a_run_that_ended_reads_as_before_and_a_resume_decides_again(tmp_path: Path) -> None:
     """A run that ended (exit 0 or 1) reads as before; a killed --resume of it is unfinished again, and a
     --resume that ends makes it finished."""

@@ -246,6 +246,7 @@ def test_wait_command_timeout_and_vanished(
     }
 
 
+@pytest.mark.no_cover
 def test_wait_outlives_token_lifetime(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -377,6 +378,7 @@ def test_wait_says_what_kind_of_report_it_was_given(
     assert emu.state()["requests"] == {}
 
 
+@pytest.mark.no_cover
 def test_wait_counts_rows_without_a_record_against_the_header(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
 ) -> None:
