@@ -272,6 +272,22 @@ def test_all_volumes_and_no_wait(
     assert invoke(["prune", str(csv_manifest(write, [one]))]).exit_code == 2  # no rule
 
 
+def applying(emu: Any, manifest: Path, report: Path, *extra: str) -> list[str]:
+    """The words of a real process's ``prune --keep-last 1 --apply`` of ``manifest`` into ``report``."""
+    args = ["prune", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report)]
+    return [*args, "--keep-last", "1", "--apply", *extra, *ACTION_RETRIES]
+
+
+def stopped_when(emu: Any, args: list[str], seen: Callable[[Any], bool], sig: int) -> tuple[int, bytes]:
+    """Run ``args`` as a process and send it ``sig`` once the emulator's state is ``seen``: its exit code
+    and its standard error."""
+    with run_process(args) as process:
+        with once_seen(emu, seen, lambda: process.send_signal(sig)) as signalled:
+            _, stderr = process.communicate(timeout=30)
+        assert signalled
+    return process.returncode, stderr
+
+
 @pytest.mark.no_cover  # other tests cover every branch it runs: untraced, it costs half (development.md)
 def test_resume_after_sigterm_finishes_the_job(
     emulator_thread: Callable[..., Any], write: Callable[..., Path], tmp_path: Path
@@ -283,14 +299,10 @@ def test_resume_after_sigterm_finishes_the_job(
     emu = start(emulator_thread, [disk], owned, latency_ms=60)
     report = tmp_path / "r.jsonl"
     manifest = csv_manifest(write, [disk])
-    args = ["prune", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report)]
-    args += ["--keep-last", "1", "--apply", "--concurrency", "1", *ACTION_RETRIES]
+    args = applying(emu, manifest, report, "--concurrency", "1")
     three_sent = lambda state: sum(requests_of(state, DELETE).values()) >= 3  # noqa: E731
-    with run_process(args) as process:
-        with once_seen(emu, three_sent, lambda: process.send_signal(signal.SIGTERM)) as signalled:
-            _, stderr = process.communicate(timeout=30)
-        assert signalled
-    assert process.returncode == 143, stderr.decode()
+    returncode, stderr = stopped_when(emu, args, three_sent, signal.SIGTERM)
+    assert returncode == 143, stderr.decode()
     first = records(report)
     assert 3 <= len(first) < 12
     stopped = invoke(["summary", str(report)])  # 5 deleted of 12 must not read as done
@@ -327,14 +339,10 @@ def test_sigterm_before_any_record_advises_resume_as_create_would(
     emu = start(emulator_thread, [disk], owned, latency_ms=300)
     report = tmp_path / "r.jsonl"
     manifest = csv_manifest(write, [disk])
-    args = ["prune", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report)]
-    args += ["--keep-last", "1", "--apply", "--concurrency", "1", *ACTION_RETRIES]
+    args = applying(emu, manifest, report, "--concurrency", "1")
     headed = lambda _: report.exists() and report.stat().st_size > 0  # noqa: E731
-    with run_process(args) as process:
-        with once_seen(emu, headed, lambda: process.send_signal(signal.SIGTERM)) as signalled:
-            _, stderr = process.communicate(timeout=30)
-        assert signalled
-    assert process.returncode == 143, stderr.decode()
+    returncode, stderr = stopped_when(emu, args, headed, signal.SIGTERM)
+    assert returncode == 143, stderr.decode()
     assert len(records(report)) <= 1  # none unless the first DELETE (300 ms) was answered before the signal
     [line] = [line for line in stderr.decode().splitlines() if "stopped by SIGTERM" in line]
     assert "--resume if its report file is not empty" in line
@@ -371,8 +379,7 @@ def test_an_apply_killed_before_its_first_record_is_finished_by_the_command_summ
     emu = start(emulator_thread, [disk], owned, latency_ms=200)
     report = tmp_path / "r.jsonl"
     manifest = csv_manifest(write, [disk])
-    args = ["prune", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report)]
-    args += ["--keep-last", "1", "--apply", *ACTION_RETRIES]
+    args = applying(emu, manifest, report)
     kill_when(report, run_process(args), lambda data: data.endswith(b"}\n"))  # the header, then a listing
     assert [line.get("type") for line in lines(report)] == ["run"]  # killed before its first record
     stopped = invoke(["summary", str(report)])
@@ -411,13 +418,10 @@ def test_an_apply_resuming_a_plan_and_killed_before_its_first_record_reads_unfin
     manifest = csv_manifest(write, [disk])
     planned = prune(emu, manifest, report, "--keep-last", "1")
     assert planned.exit_code == 0, planned.output
-    args = ["prune", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report)]
-    args += ["--keep-last", "1", "--apply", "--resume", *ACTION_RETRIES]
+    args = applying(emu, manifest, report, "--resume")
     listed = lambda state: sum(requests_of(state, LIST).values()) >= 2  # noqa: E731 - the plan's, and this one's
-    with run_process(args) as process:
-        with once_seen(emu, listed, process.kill) as killed:
-            process.communicate(timeout=30)
-        assert killed
+    returncode, _ = stopped_when(emu, args, listed, signal.SIGKILL)
+    assert returncode == -signal.SIGKILL
     assert requests_of(emu.state(), DELETE) == {}  # killed before its first deletion
     stopped = invoke(["summary", str(report)])
     assert stopped.exit_code == 1, stopped.output
@@ -448,8 +452,7 @@ def test_a_kill_between_deletes_and_their_records_is_settled_by_resume(
     emu = start(emulator_thread, [disk], owned, clock=clock, deleting_seconds=5.0)
     report = tmp_path / "r.jsonl"
     manifest = csv_manifest(write, [disk])
-    args = ["prune", str(manifest), "--endpoint", emu.url, "--project-id", PROJECT, "--report", str(report)]
-    args += ["--keep-last", "1", "--apply", *ACTION_RETRIES]
+    args = applying(emu, manifest, report)
     stop = time.monotonic() + 30
     with run_process(args) as process:
         while requests_of(emu.state(), DELETE)["202"] < 6 and time.monotonic() < stop:
