@@ -34,6 +34,7 @@ from orchestrator.api.routes import Route, Router, connect
 from orchestrator.cli import main
 from orchestrator.commands import emulator as emulator_command
 from orchestrator.config import Connection, Endpoints, Limits
+from orchestrator.deleter import Deleter
 from orchestrator.emulator import (
     EmulatorSettings,
     EmulatorThread,
@@ -51,6 +52,7 @@ from orchestrator.emulator.settings import (
 )
 from orchestrator.errors import Closure
 from orchestrator.models import Outcome, Record, RunHeader, SnapshotRequest
+from orchestrator.retention import kept_held
 from orchestrator.retry import RetryPolicy
 
 PROJECT = "0123456789abcdef0123456789abcdef"
@@ -1262,3 +1264,24 @@ class Receiver:
         self.released.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def quick_deleter(
+    write: Callable[[ActionRecord], None],
+    *,
+    policy: RetryPolicy = QUICK,
+    concurrency: int = 2,
+    wait_timeout: float | None = None,
+    stopping: Callable[[], bool] = lambda: False,
+    journal: Callable[[ActionRecord], None] | None = None,
+) -> Deleter:
+    """A ``Deleter`` as prune builds it (a held snapshot kept), quick retries and no wait by default."""
+    return Deleter(
+        policy=policy,
+        concurrency=concurrency,
+        wait_timeout=wait_timeout,
+        write=write,
+        stopping=stopping,
+        on_hold=kept_held,
+        journal=journal,
+    )

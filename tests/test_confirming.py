@@ -17,10 +17,21 @@ from orchestrator.actions import Action, ActionRecord
 from orchestrator.api.routes import Route, connect
 from orchestrator.api.safe import snapshot_pages
 from orchestrator.config import Connection, Endpoints, Limits
-from orchestrator.deleter import Deleter, Job
+from orchestrator.deleter import Job
 from orchestrator.emulator import ManualClock, SeedSnapshot, SeedVolume
-from orchestrator.retention import kept_held
-from tests.helpers import AKSK, DELETE, LIST, PROJECT, QUICK, SHOW, hits, planned, until, volume_ids
+from tests.helpers import (
+    AKSK,
+    DELETE,
+    LIST,
+    PROJECT,
+    QUICK,
+    SHOW,
+    hits,
+    planned,
+    quick_deleter,
+    until,
+    volume_ids,
+)
 
 COUNT = 30
 
@@ -81,14 +92,7 @@ async def test_each_deletion_is_recorded_as_it_ends_while_others_are_sent(
 
     async with limited(emu.url, 3) as route, anyio.create_task_group() as group:
         group.start_soon(drive)
-        deleter = Deleter(
-            policy=QUICK,
-            concurrency=3,
-            wait_timeout=60.0,
-            write=write,
-            stopping=lambda: False,
-            on_hold=kept_held,
-        )
+        deleter = quick_deleter(write, concurrency=3, wait_timeout=60.0)
         await deleter.run([Job(route, planned(s.id)) for s in snapshots])
     assert len(written) == COUNT
     assert {record.outcome for record, _ in written} == {Action.DELETED}
@@ -122,14 +126,7 @@ async def test_many_pending_deletions_are_confirmed_by_listing(
     sent = [dataclasses.replace(planned(s.id), outcome=Action.DELETED) for s in snapshots]
     async with limited(emu.url, 4) as route, anyio.create_task_group() as group:
         group.start_soon(drive)
-        deleter = Deleter(
-            policy=QUICK,
-            concurrency=4,
-            wait_timeout=60.0,
-            write=written.append,
-            stopping=lambda: False,
-            on_hold=kept_held,
-        )
+        deleter = quick_deleter(written.append, concurrency=4, wait_timeout=60.0)
         await deleter.run([Job(route, record, sent=True) for record in sent])
     assert {record.outcome for record in written} == {Action.DELETED}
     assert len(written) == COUNT

@@ -19,7 +19,6 @@ from orchestrator.api.routes import Route
 from orchestrator.deleter import (
     EARLIER_DELETE,
     WRONG_STATE_PAUSE,
-    Deleter,
     Deletion,
     Ended,
     Job,
@@ -32,7 +31,6 @@ from orchestrator.errors import ReportUnwritable, RouteClosed, RunAborted
 from orchestrator.lastlook import UNCHECKED
 from orchestrator.ownership import BACKUP_SNAPSHOT, NOT_THIS_RUN
 from orchestrator.report import ReportWriter
-from orchestrator.retention import kept_held
 from tests.helpers import (
     AKSK,
     CLOSED_PORT,
@@ -52,6 +50,7 @@ from tests.helpers import (
     invoke,
     last_per_row,
     planned,
+    quick_deleter,
     records,
     requests_of,
     routed,
@@ -84,14 +83,7 @@ async def delete_all(
             on_write(record)
 
     async with routed(url, environ) as route:
-        deleter = Deleter(
-            policy=QUICK,
-            concurrency=concurrency,
-            wait_timeout=wait_timeout,
-            write=write,
-            stopping=stopping,
-            on_hold=kept_held,
-        )
+        deleter = quick_deleter(write, concurrency=concurrency, wait_timeout=wait_timeout, stopping=stopping)
         await deleter.run(jobs(route))
     return written
 
@@ -423,14 +415,7 @@ async def test_the_sweep_and_the_deleter_end_each_answer_alike(emulator: Callabl
             swept[snapshot_id] = await delete_snapshot(route, snapshot_id, QUICK, patience=0)
     written: dict[str, ActionRecord] = {}
     async with routed(for_deleter.url) as route:
-        deleter = Deleter(
-            policy=QUICK,
-            concurrency=2,
-            wait_timeout=None,
-            write=lambda record: written.__setitem__(str(record.snapshot_id), record),
-            stopping=lambda: False,
-            on_hold=kept_held,
-        )
+        deleter = quick_deleter(lambda record: written.__setitem__(str(record.snapshot_id), record))
         ids = [s.id for s in snapshots] + [missing]
         await deleter.run([Job(route, planned(snapshot_id)) for snapshot_id in ids])
     assert swept[missing] == (True, None)
@@ -514,15 +499,7 @@ async def test_a_delete_whose_sending_line_cannot_be_written_is_not_sent(
 
     try:
         async with routed(running.url) as route:
-            deleter = Deleter(
-                policy=QUICK,
-                concurrency=2,
-                wait_timeout=None,
-                write=lambda record: None,
-                stopping=lambda: False,
-                on_hold=kept_held,
-                journal=journal,
-            )
+            deleter = quick_deleter(lambda record: None, journal=journal)
             with pytest.raises(BaseExceptionGroup) as stopped:
                 await deleter.run([Job(route, planned(snapshot.id))])
             assert stopped.value.subgroup(ReportUnwritable) is not None
@@ -530,15 +507,7 @@ async def test_a_delete_whose_sending_line_cannot_be_written_is_not_sent(
             assert hits(running, DELETE) == {}
             writer.fd = real  # the disk has room again
             written: list[ActionRecord] = []
-            deleter = Deleter(
-                policy=QUICK,
-                concurrency=2,
-                wait_timeout=None,
-                write=written.append,
-                stopping=lambda: False,
-                on_hold=kept_held,
-                journal=journal,
-            )
+            deleter = quick_deleter(written.append, journal=journal)
             await deleter.run([Job(route, planned(snapshot.id))])
     finally:
         os.close(full)
@@ -583,14 +552,7 @@ async def test_the_last_look_refuses_a_snapshot_that_changed_hands(emulator: Cal
     running = await emulator(snapshots=(moved, renamed))
     written: dict[str, ActionRecord] = {}
     async with routed(running.url) as route:
-        deleter = Deleter(
-            policy=QUICK,
-            concurrency=2,
-            wait_timeout=None,
-            write=lambda record: written.__setitem__(record.key, record),
-            stopping=lambda: False,
-            on_hold=kept_held,
-        )
+        deleter = quick_deleter(lambda record: written.__setitem__(record.key, record))
         jobs = [Job(route, dataclasses.replace(planned(s.id), source_run=listed)) for s in (moved, renamed)]
         await deleter.run(jobs)
     assert {key: (r.outcome, r.error_code) for key, r in written.items()} == {
@@ -610,15 +572,7 @@ async def test_a_snapshot_that_cannot_be_read_again_is_not_deleted(emulator: Cal
     written: list[ActionRecord] = []
     journaled: list[ActionRecord] = []
     async with routed(running.url) as route:
-        deleter = Deleter(
-            policy=QUICK,
-            concurrency=2,
-            wait_timeout=None,
-            write=written.append,
-            stopping=lambda: False,
-            on_hold=kept_held,
-            journal=journaled.append,
-        )
+        deleter = quick_deleter(written.append, journal=journaled.append)
         await deleter.run([Job(route, planned(target.id))])
     assert [(r.outcome, r.error_code) for r in written] == [(Action.FAILED, UNCHECKED)]
     assert journaled == []

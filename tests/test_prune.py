@@ -20,10 +20,10 @@ from orchestrator.actions import Action, ActionRecord
 from orchestrator.api.routes import connect
 from orchestrator.api.views import Snapshot
 from orchestrator.config import Connection, Endpoints
-from orchestrator.deleter import EARLIER_DELETE, EARLIER_UNDER_WAY, Deleter, Job
+from orchestrator.deleter import EARLIER_DELETE, EARLIER_UNDER_WAY, Job
 from orchestrator.emulator import ManualClock, SeedSnapshot
 from orchestrator.lock import RunLock
-from orchestrator.retention import kept_held, newest_first
+from orchestrator.retention import newest_first
 from orchestrator.retry import RetryPolicy
 from tests.helpers import (
     ACTION_RETRIES,
@@ -48,6 +48,7 @@ from tests.helpers import (
     once_seen,
     once_throttled,
     prune,
+    quick_deleter,
     records,
     requests_of,
     run_id_of,
@@ -576,14 +577,7 @@ async def test_delete_answered_404_is_success(emulator: Callable[..., Any]) -> N
             started_at="t",
             finished_at="t",
         )
-        deleter = Deleter(
-            policy=RetryPolicy(max_attempts=2),
-            concurrency=2,
-            wait_timeout=5,
-            write=written.append,
-            stopping=lambda: False,
-            on_hold=kept_held,
-        )
+        deleter = quick_deleter(written.append, policy=RetryPolicy(max_attempts=2), wait_timeout=5)
         await deleter.run([Job(route, record)])
     assert [(r.outcome, r.http_status, r.attempts) for r in written] == [(Action.DELETED, 404, 0)]
     assert hits(running, DELETE) == {}
